@@ -1,0 +1,73 @@
+"""softipu: the Graphcore IPU platform rebuilt as open software.
+
+>>> import softipu as sp
+>>> sp.targets.GC200.num_tiles
+1472
+"""
+
+from softipu import ops, program
+from softipu import target as targets
+from softipu.dtypes import (
+    DType,
+    bool_,
+    float16,
+    float32,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+    uint16,
+    uint32,
+    uint64,
+)
+from softipu.engine import Engine, EngineOptions
+from softipu.errors import (
+    CodeletError,
+    CompileError,
+    DTypeError,
+    EngineError,
+    FieldError,
+    MappingError,
+    OptionError,
+    ProgramError,
+    SoftIPUError,
+    StreamError,
+    TargetError,
+    TensorError,
+    WriteConflictError,
+)
+from softipu.graph import (
+    ComputeSet,
+    DataStream,
+    FieldShape,
+    Function,
+    Graph,
+    InOut,
+    Input,
+    MultiVertex,
+    Output,
+    Param,
+    SupervisorVertex,
+    Tensor,
+    Vertex,
+    VertexRef,
+    concat,
+)
+from softipu.target import Target
+
+SCALAR = FieldShape.SCALAR
+VECTOR = FieldShape.VECTOR
+VECTOR_LIST = FieldShape.VECTOR_LIST
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CodeletError", "CompileError", "ComputeSet", "DType", "DTypeError", "DataStream", "Engine",
+    "EngineError", "EngineOptions", "FieldError", "FieldShape", "Function", "Graph", "InOut",
+    "Input", "MappingError", "MultiVertex", "OptionError", "Output", "Param", "ProgramError",
+    "SCALAR", "SoftIPUError", "StreamError", "SupervisorVertex", "Target", "TargetError",
+    "Tensor", "TensorError", "VECTOR", "VECTOR_LIST", "Vertex", "VertexRef", "WriteConflictError",
+    "bool_", "concat", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
+    "targets", "uint8", "uint16", "uint32", "uint64",
+]

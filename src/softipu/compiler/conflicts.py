@@ -1,0 +1,139 @@
+"""Write/read conflicts inside a compute set, found on address intervals, not elements.
+
+Vertices of a compute set run in parallel, so (1) no two of them may write one element, and
+(2) none may read an element another writes. A vertex may read what it writes itself (in-place
+work). Each field row becomes one interval when it is contiguous (or reversed contiguous), so a
+million-vertex compute set is checked with a few sorts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from softipu.compiler.executable import CompiledComputeSet, VertexGroup
+from softipu.debug import at
+from softipu.dtypes import DType
+from softipu.errors import WriteConflictError
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction
+
+__all__ = ["check_conflicts", "field_intervals"]
+
+
+@dataclass(slots=True)
+class _Intervals:
+    """Columns of intervals: address range and who touches it."""
+
+    starts: list[np.ndarray]
+    ends: list[np.ndarray]
+    owner: list[np.ndarray]  # global vertex number within the compute set
+    where: list[np.ndarray]  # index into the (group, field) list
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate(c) for c in (self.starts, self.ends, self.owner, self.where))
+
+
+def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, ends, row) of a (vertices, n) tensor's rows: one interval per contiguous row."""
+    rows, n = t.shape
+    if rows == 0 or n == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    if t.index is None and (n == 1 or abs(t.strides[1]) == 1):
+        base = t.offset + np.arange(rows, dtype=np.int64) * t.strides[0]
+        starts = base if n == 1 or t.strides[1] > 0 else base - (n - 1)
+        return starts, starts + n, np.arange(rows, dtype=np.int64)
+    starts = t.addresses().reshape(-1)
+    return starts, starts + 1, np.repeat(np.arange(rows, dtype=np.int64), n)
+
+
+def check_conflicts(compiled: CompiledComputeSet) -> None:
+    writes: dict[DType, _Intervals] = {}
+    reads: dict[DType, _Intervals] = {}
+    sources: list[tuple[VertexGroup, str]] = []
+    base = 0
+    for group in compiled.groups:
+        for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+            for t in group.tensors(name):
+                starts, ends, row = field_intervals(t)
+                for table, wanted in ((writes, f.direction.writes),
+                                      (reads, f.direction is Direction.INPUT)):
+                    if wanted:
+                        cols = table.setdefault(t.dtype, _Intervals([], [], [], []))
+                        cols.starts.append(starts)
+                        cols.ends.append(ends)
+                        cols.owner.append(row + base)
+                        cols.where.append(np.full(row.shape, len(sources), np.int64))
+            sources.append((group, name))
+        base += group.num_vertices
+    for dtype, w in writes.items():
+        w_cols = _check_writes(compiled, sources, w.columns(), base)
+        if dtype in reads:
+            _check_reads(compiled, sources, w_cols, reads[dtype].columns(), base)
+
+
+def _check_writes(compiled: CompiledComputeSet, sources: list, cols: tuple, base: int) -> tuple:
+    starts, ends, owner, where = cols
+    order = np.argsort(starts, kind="stable")
+    starts, ends, owner, where = starts[order], ends[order], owner[order], where[order]
+    if starts.size > 1:
+        reach = np.maximum.accumulate(ends)
+        clash = np.flatnonzero(starts[1:] < reach[:-1])
+        if clash.size:
+            i = int(clash[0]) + 1
+            j = int(np.flatnonzero(ends[:i] > starts[i])[0])
+            raise WriteConflictError(
+                f"in compute set {compiled.compute_set.name!r}: "
+                f"{_who(sources, owner[j], where[j], base, compiled)} and "
+                f"{_who(sources, owner[i], where[i], base, compiled)} both write "
+                f"{_element(compiled, sources[where[i]], int(starts[i]))}. Vertices of one compute "
+                "set run in parallel: give each vertex its own output elements, or split the work "
+                "into two compute sets"
+            )
+    return starts, ends, owner, where
+
+
+def _check_reads(compiled: CompiledComputeSet, sources: list, w_cols: tuple, r_cols: tuple,
+                 base: int) -> None:
+    w_start, w_end, w_owner, w_where = w_cols
+    r_start, r_end, r_owner, r_where = r_cols
+    lo = np.searchsorted(w_end, r_start, side="right")  # first write ending after the read starts
+    hi = np.searchsorted(w_start, r_end, side="left")  # writes starting before the read ends
+    hit = hi > lo
+    if not hit.any():
+        return
+    # Owners change along the sorted writes; a read is fine only if every overlapping write is its own.
+    changes = np.concatenate(([0], np.cumsum(w_owner[1:] != w_owner[:-1])))
+    lo_c, hi_c = np.clip(lo, 0, w_owner.size - 1), np.clip(hi - 1, 0, w_owner.size - 1)
+    other = hit & ((changes[hi_c] != changes[lo_c]) | (w_owner[lo_c] != r_owner))
+    bad = np.flatnonzero(other)
+    if bad.size:
+        r = int(bad[0])
+        k = next(k for k in range(int(lo[r]), int(hi[r])) if w_owner[k] != r_owner[r])
+        address = max(int(r_start[r]), int(w_start[k]))
+        raise WriteConflictError(
+            f"in compute set {compiled.compute_set.name!r}: "
+            f"{_who(sources, r_owner[r], r_where[r], base, compiled)} reads "
+            f"{_element(compiled, sources[r_where[r]], address)}, which "
+            f"{_who(sources, w_owner[k], w_where[k], base, compiled)} writes. Inside a compute set "
+            "a vertex may not read what another writes: move the reader to a later compute set"
+        )
+
+
+def _who(sources: list, owner: int, where: int, base: int, compiled: CompiledComputeSet) -> str:
+    group, name = sources[int(where)]
+    first = sum(g.num_vertices for g in compiled.groups[: compiled.groups.index(group)])
+    i = int(owner) - first
+    return (f"vertex {int(group.vertex_indices[i])} ({group.codelet.__name__}, field {name!r}, "
+            f"tile {int(group.tiles[i])}{at(group.location(i))})")
+
+
+def _element(compiled: CompiledComputeSet, source: tuple, address: int) -> str:
+    group, name = source
+    t = group.tensors(name)[0]
+    var = t.graph.spaces[t.dtype].variable_at(address)
+    if var is None:
+        return f"address {address}"
+    return f"element {address - var.start} of {var.name!r}"

@@ -1,0 +1,51 @@
+"""Where things came from: the user's source line for every variable, vertex and program.
+
+Poplar's ``DebugContext`` in miniature. Locations are captured cheaply (one frame walk, no
+``inspect``) and formatted only when an error or a profile needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+__all__ = ["SourceLocation", "caller_location"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    """A file and line in the user's code."""
+
+    filename: str
+    lineno: int
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+
+UNKNOWN = SourceLocation("<unknown>", 0)
+
+
+def caller_location() -> SourceLocation:
+    """The innermost frame on the stack that is not inside the softipu package.
+
+    Library code (ops, frontends) calling the graph API is skipped, so the location is the line
+    the user wrote.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE_DIR):
+            return SourceLocation(filename, frame.f_lineno)
+        frame = frame.f_back
+    return UNKNOWN
+
+
+def at(location: SourceLocation | None) -> str:
+    """' (at file:line)' for messages, or '' where the location is unknown."""
+    if location is None or location is UNKNOWN:
+        return ""
+    return f" (at {location})"

@@ -1,0 +1,86 @@
+"""Element types of IPU tensors.
+
+Each dtype has its own address space in the engine's storage, so a tensor is a view into one
+flat array per dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from softipu.errors import DTypeError
+
+__all__ = [
+    "DType",
+    "float16",
+    "float32",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "bool_",
+    "as_dtype",
+    "ALL_DTYPES",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DType:
+    """An IPU element type: a name and the numpy type that stores it."""
+
+    name: str
+    numpy: np.dtype
+
+    @property
+    def itemsize(self) -> int:
+        return self.numpy.itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self.numpy.kind == "f"
+
+    def __repr__(self) -> str:
+        return f"sp.{self.name}"
+
+    __str__ = __repr__
+
+
+float16 = DType("float16", np.dtype(np.float16))
+float32 = DType("float32", np.dtype(np.float32))
+int8 = DType("int8", np.dtype(np.int8))
+uint8 = DType("uint8", np.dtype(np.uint8))
+int16 = DType("int16", np.dtype(np.int16))
+uint16 = DType("uint16", np.dtype(np.uint16))
+int32 = DType("int32", np.dtype(np.int32))
+uint32 = DType("uint32", np.dtype(np.uint32))
+int64 = DType("int64", np.dtype(np.int64))
+uint64 = DType("uint64", np.dtype(np.uint64))
+bool_ = DType("bool_", np.dtype(np.bool_))
+
+ALL_DTYPES: tuple[DType, ...] = (
+    float16, float32, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool_,
+)
+_BY_NUMPY = {d.numpy: d for d in ALL_DTYPES}
+_BY_NAME = {d.name: d for d in ALL_DTYPES} | {"bool": bool_, "half": float16, "float": float32}
+
+
+def as_dtype(value: object) -> DType:
+    """A softipu dtype from a DType, a numpy dtype or type, or a name like ``"float16"``."""
+    if isinstance(value, DType):
+        return value
+    if isinstance(value, str) and value in _BY_NAME:
+        return _BY_NAME[value]
+    try:
+        found = _BY_NUMPY.get(np.dtype(value))  # type: ignore[call-overload]
+    except TypeError:
+        found = None
+    if found is None:
+        names = ", ".join(d.name for d in ALL_DTYPES)
+        raise DTypeError(f"{value!r} is not a softipu dtype; use one of: {names}")
+    return found

@@ -1,0 +1,121 @@
+"""The Engine: compiles a graph and its programs, holds device memory, runs programs.
+
+>>> import numpy as np, softipu as sp
+>>> from softipu import program as P
+>>> g = sp.Graph(sp.targets.ipu_model(tiles=2))
+>>> x = g.add_variable(sp.float32, (4,), name="x"); y = g.add_variable(sp.float32, (4,), name="y")
+>>> sp.ops.map_linearly(g, x); sp.ops.map_linearly(g, y)
+>>> eng = sp.Engine(g, [P.Copy(x, y)])
+>>> eng.write_tensor(x, [1, 2, 3, 4]); eng.run(0); eng.read_tensor(y)
+array([1., 2., 3., 4.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from softipu.compiler import Executable, compile_graph
+from softipu.engine.fast import FastInterpreter
+from softipu.engine.reference import ReferenceInterpreter
+from softipu.engine.storage import Storage
+from softipu.engine.streams import HostStreams
+from softipu.errors import EngineError, OptionError, ProgramError
+from softipu.graph import program as P
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+
+__all__ = ["Engine", "EngineOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Engine options, given as Poplar-style dotted keys: ``{"engine.reference": True}``."""
+
+    reference: bool = False  # "engine.reference": run the per-vertex reference interpreter
+    floating_point_exceptions: bool = False  # "debug.floatingPointExceptions": raise on inf/nan ops
+
+    KEYS: ClassVar[dict[str, str]] = {"engine.reference": "reference",
+            "debug.floatingPointExceptions": "floating_point_exceptions"}
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None) -> EngineOptions:
+        values: dict[str, Any] = {}
+        for key, value in (options or {}).items():
+            attr = cls.KEYS.get(key)
+            if attr is None:
+                near = difflib.get_close_matches(key, list(cls.KEYS), n=2)
+                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+                raise OptionError(f"unknown engine option {key!r}{hint}; options are {sorted(cls.KEYS)}")
+            if not isinstance(value, bool):
+                raise OptionError(f"engine option {key!r} takes True or False, got {value!r}")
+            values[attr] = value
+        return cls(**values)
+
+
+class Engine:
+    """Compile ``programs`` for ``graph`` and load them onto a simulated device.
+
+    ``programs`` is a program or a list of programs; ``run(i)`` runs the i-th.
+    """
+
+    def __init__(self, graph: Graph, programs: P.Program | Iterable[P.Program],
+                 options: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(graph, Graph):
+            raise EngineError(f"Engine needs a softipu Graph, got {type(graph).__name__}")
+        self.options = EngineOptions.parse(options)
+        self.graph = graph
+        self.executable: Executable = compile_graph(graph, programs)
+        self.storage = Storage(self.executable)
+        self.streams = HostStreams(self.executable.streams, graph.replication_factor)
+        interpreter = ReferenceInterpreter if self.options.reference else FastInterpreter
+        self._interpreter = interpreter(self.executable, self.storage, self.streams)
+        self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"
+
+    @property
+    def num_programs(self) -> int:
+        return len(self.executable.programs)
+
+    def run(self, index: int = 0) -> None:
+        """Run program ``index`` of the list the engine was made with."""
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise ProgramError(f"program index must be an int, got {index!r}") from None
+        if not 0 <= i < self.num_programs:
+            raise ProgramError(f"program index {i} is out of range: this engine has "
+                               f"{self.num_programs} program(s), 0..{self.num_programs - 1}")
+        with np.errstate(all=self._errstate):
+            self._interpreter.run(self.executable.programs[i])
+
+    def write_tensor(self, tensor: Tensor, values: Any) -> None:
+        """Set a tensor's values: ``tensor.shape`` for every replica, or one per replica."""
+        self.storage.write(self._own(tensor, "write_tensor"), values)
+
+    def read_tensor(self, tensor: Tensor) -> np.ndarray:
+        """A copy of a tensor's values (with a leading replica axis when replicated)."""
+        return self.storage.read(self._own(tensor, "read_tensor"))
+
+    def connect_stream(self, name: str, data: Any, replica: int | None = None) -> None:
+        """Connect a host array (a ring of transfers) or a callback to the stream ``name``.
+
+        Unless ``replica`` is given, every replica uses this connection in turn, so one
+        ``Copy`` of a host-to-device stream consumes one transfer per replica.
+        """
+        self.streams.connect(name, data, replica)
+
+    def _own(self, tensor: Any, what: str) -> Tensor:
+        if not isinstance(tensor, Tensor):
+            raise EngineError(f"{what} needs a tensor, got {type(tensor).__name__}")
+        if tensor.graph is not self.graph:
+            raise EngineError(f"{what}: tensor {tensor.name} belongs to another graph than this engine's")
+        starts, lengths = tensor.runs()
+        if starts.size and int((starts + lengths).max()) > self.executable.space_sizes.get(tensor.dtype, 0):
+            raise EngineError(f"{what}: tensor {tensor.name} was added to the graph after this "
+                              "engine was compiled; make a new Engine")
+        return tensor

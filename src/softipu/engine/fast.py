@@ -1,0 +1,112 @@
+"""The fast path: each vertex group of a compute set runs as one numpy call.
+
+Regular groups bind zero-copy strided views of storage once, at load; irregular fields are
+gathered through address arrays before the call and scattered after. All replicas run in the
+same call (a leading replica axis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import Executable, VertexGroup
+from softipu.debug import at
+from softipu.engine.interpreter import ProgramInterpreter
+from softipu.engine.storage import Storage
+from softipu.engine.streams import HostStreams
+from softipu.errors import CodeletError
+from softipu.graph import program as P
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction
+
+__all__ = ["FastInterpreter", "GroupRunner"]
+
+
+class GroupRunner:
+    """Runs one vertex group: bind or gather fields, call ``compute``, scatter outputs."""
+
+    __slots__ = ("group", "where", "fixed", "gathers", "scatters", "compute")
+
+    def __init__(self, group: VertexGroup, storage: Storage, where: str) -> None:
+        self.group = group
+        self.where = where
+        self.compute = group.codelet.compute
+        self.fixed: dict[str, Any] = {}
+        self.gathers: list[tuple[str, int, Tensor, bool]] = []  # (field, part, tensor, read-only)
+        self.scatters: list[tuple[str, int, Tensor]] = []
+        replica_axis = storage.replicas > 1
+        for name, f in group.codelet.fields.items():
+            value = group.fields[name]
+            if f.direction is Direction.PARAM:
+                param = value.reshape(-1, 1)
+                param.flags.writeable = False
+                self.fixed[name] = param
+                continue
+            parts: list[Any] = []
+            for k, t in enumerate(group.tensors(name)):
+                if t.index is None:
+                    parts.append(storage.view(t, writeable=f.direction.writes, replica_axis=replica_axis))
+                else:
+                    parts.append(None)
+                    self.gathers.append((name, k, t, not f.direction.writes))
+                    if f.direction.writes:
+                        self.scatters.append((name, k, t))
+            self.fixed[name] = parts if isinstance(value, tuple) else parts[0]
+
+    def __call__(self, storage: Storage) -> None:
+        args = self.fixed
+        if self.gathers:
+            args = self._gather(storage)
+        try:
+            self.compute(**args)
+        except Exception as exc:
+            raise _codelet_failure(self.group, self.where, exc) from exc
+        for name, k, t in self.scatters:
+            value = args[name]
+            storage.scatter(t, value[k] if isinstance(value, list) else value,
+                            replica_axis=storage.replicas > 1)
+
+    def _gather(self, storage: Storage) -> dict[str, Any]:
+        args = {n: list(v) if isinstance(v, list) else v for n, v in self.fixed.items()}
+        for name, k, t, read_only in self.gathers:
+            arr = storage.gather(t, replica_axis=storage.replicas > 1)
+            arr.flags.writeable = not read_only
+            if isinstance(args[name], list):
+                args[name][k] = arr
+            else:
+                args[name] = arr
+        return args
+
+
+def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletError:
+    codelet = group.codelet
+    tiles = np.unique(group.tiles)
+    tile_text = f"tile {tiles[0]}" if tiles.size == 1 else f"tiles {tiles[0]}..{tiles[-1]}"
+    hint = ""
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        hint = " (an Input field is read-only: declare it InOut to update it in place)"
+    return CodeletError(
+        f"codelet {codelet.__name__} (defined at {codelet.defined_at}) failed in {where}: "
+        f"{group.num_vertices} vertices on {tile_text}, added{at(group.location(0))}: "
+        f"{type(exc).__name__}: {exc}{hint}"
+    )
+
+
+class FastInterpreter(ProgramInterpreter):
+    """The engine's executor: batched compute sets, precomputed views."""
+
+    def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
+                 out: Any = None) -> None:
+        super().__init__(executable, storage, streams, out)
+        self._runners: dict[int, list[Callable[[Storage], None]]] = {}
+        for cs_id, compiled in executable.compute_sets.items():
+            where = f"compute set {compiled.compute_set.name!r}"
+            self._runners[cs_id] = [GroupRunner(g, storage, where) for g in compiled.groups]
+
+    def run_execute(self, node: P.Execute) -> None:
+        storage = self.storage
+        for runner in self._runners[node.compute_set.id]:
+            runner(storage)

@@ -1,0 +1,108 @@
+"""Walking programs: one method per program kind, shared by every interpreter.
+
+Subclasses decide how a compute set runs (``run_execute``) and how data moves (``run_copy``);
+control flow, functions and printing are the same for all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import Executable
+from softipu.debug import at
+from softipu.engine.storage import Storage
+from softipu.engine.streams import HostStreams
+from softipu.errors import EngineError
+from softipu.graph import program as P
+from softipu.graph.streams import DataStream
+from softipu.graph.tensor import Tensor
+
+__all__ = ["ProgramInterpreter"]
+
+
+class ProgramInterpreter:
+    """Runs programs against a storage and host streams."""
+
+    def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
+                 out: Any = None) -> None:
+        self.executable = executable
+        self.storage = storage
+        self.streams = streams
+        self.out = out
+        self._methods = {kind: getattr(self, f"run_{kind.name.lower()}") for kind in P.ProgramKind}
+
+    def run(self, node: P.Program) -> None:
+        self._methods[node.kind](node)
+
+    # -- control flow --------------------------------------------------------------------------
+    def run_sequence(self, node: P.Sequence) -> None:
+        run = self.run
+        for child in node.programs:
+            run(child)
+
+    def run_repeat(self, node: P.Repeat) -> None:
+        for _ in range(node.count):
+            self.run(node.body)
+
+    def run_repeat_while(self, node: P.RepeatWhileTrue) -> None:
+        while True:
+            self.run(node.condition)
+            if bool(self.scalar(node.predicate, node)) != node.run_while:
+                return
+            self.run(node.body)
+
+    def run_if(self, node: P.If) -> None:
+        if self.scalar(node.predicate, node):
+            self.run(node.then)
+        elif node.else_ is not None:
+            self.run(node.else_)
+
+    def run_switch(self, node: P.Switch) -> None:
+        branch = node.cases.get(int(self.scalar(node.control, node)), node.default)
+        if branch is not None:
+            self.run(branch)
+
+    def run_call(self, node: P.Call) -> None:
+        self.run(self.executable.functions[node.function.id])
+
+    def run_write_undef(self, node: P.WriteUndef) -> None:
+        """Values stay as they are; liveness is the memory planner's business."""
+
+    def run_sync(self, node: P.Sync) -> None:
+        """Replicas and tiles already run in lockstep here; syncs only cost cycles."""
+
+    def run_print_tensor(self, node: P.PrintTensor) -> None:
+        values = self.storage.read(node.tensor)
+        title = node.title or node.tensor.name
+        print(f"{title}: {np.array2string(values, threshold=64)}", file=self.out or sys.stdout)
+
+    # -- data ----------------------------------------------------------------------------------
+    def run_copy(self, node: P.Copy) -> None:
+        src, dst, where = node.src, node.dst, at(node.location)
+        if isinstance(src, DataStream):
+            data = self.streams.pull(src, where).reshape((self.storage.replicas,) + dst.shape)
+            self.storage.scatter(dst, data, replica_axis=True)
+        elif isinstance(dst, DataStream):
+            self.streams.push(dst, self.storage.gather(src, replica_axis=True), where)
+        else:
+            self.copy_tensor(src, dst)
+
+    def copy_tensor(self, src: Tensor, dst: Tensor) -> None:
+        self.storage.scatter(dst, self.storage.gather(src, replica_axis=True), replica_axis=True)
+
+    def run_execute(self, node: P.Execute) -> None:
+        raise NotImplementedError
+
+    def scalar(self, t: Tensor, node: P.Program) -> Any:
+        """The value of a 1-element tensor, which every replica must agree on."""
+        values = self.storage.gather(t, replica_axis=True).reshape(-1)
+        if values.size > 1 and np.any(values != values[0]):
+            raise EngineError(
+                f"{node.kind.value}{at(node.location)}: replicas disagree on {t.name} "
+                f"({values.tolist()}); softipu runs replicas in lockstep, so control flow must be "
+                "the same on every replica"
+            )
+        return values[0].item()

@@ -1,0 +1,87 @@
+"""Device memory as the engine holds it: one ``(replicas, elements)`` array per dtype.
+
+Each variable is stored once per replica, never per tile. Tensors become numpy views of these
+arrays (strided tensors) or gathers/scatters through their address arrays (indexed tensors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from softipu.compiler.executable import Executable
+from softipu.dtypes import DType
+from softipu.errors import EngineError
+from softipu.graph.tensor import Tensor
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """The values of every variable of every replica."""
+
+    __slots__ = ("buffers", "replicas")
+
+    def __init__(self, executable: Executable) -> None:
+        r = executable.replication_factor
+        self.replicas = r
+        # np.zeros is lazily committed by the OS: untouched memory costs nothing.
+        self.buffers: dict[DType, np.ndarray] = {
+            d: np.zeros((r, n), dtype=d.numpy) for d, n in executable.space_sizes.items()
+        }
+        for var in executable.variables:
+            if var.initial_value is not None:
+                self.buffers[var.dtype][:, var.start : var.end] = var.initial_value.reshape(-1)
+
+    def view(self, t: Tensor, *, writeable: bool, replica_axis: bool) -> np.ndarray:
+        """A zero-copy numpy view of a strided tensor: ``(replicas, *shape)`` or ``shape``."""
+        buf = self.buffers[t.dtype]
+        lead = (buf.shape[0],) if replica_axis else ()
+        if t.numel == 0:
+            return np.zeros(lead + t.shape, buf.dtype)
+        item = buf.itemsize
+        strides = tuple(s * item for s in t.strides)
+        if replica_axis:
+            return as_strided(buf[:, t.offset :], lead + t.shape, (buf.strides[0],) + strides,
+                              writeable=writeable)
+        return as_strided(buf[0, t.offset :], t.shape, strides, writeable=writeable)
+
+    def gather(self, t: Tensor, *, replica_axis: bool) -> np.ndarray:
+        """A copy of the tensor's values: ``(replicas, *shape)`` or ``shape``."""
+        buf = self.buffers[t.dtype]
+        if t.index is None:
+            return self.view(t, writeable=False, replica_axis=replica_axis).copy()
+        return buf[:, t.index] if replica_axis else buf[0, t.index]
+
+    def scatter(self, t: Tensor, values: np.ndarray, *, replica_axis: bool) -> None:
+        """Write values (``(replicas, *shape)`` or ``shape``) into the tensor's elements."""
+        buf = self.buffers[t.dtype]
+        if t.index is None:
+            self.view(t, writeable=True, replica_axis=replica_axis)[...] = values
+        elif replica_axis:
+            buf[:, t.index] = values
+        else:
+            buf[0, t.index] = values
+
+    # -- host access ---------------------------------------------------------------------------
+    def read(self, t: Tensor) -> np.ndarray:
+        values = self.gather(t, replica_axis=True)
+        return values[0] if self.replicas == 1 else values
+
+    def write(self, t: Tensor, values: object) -> None:
+        if t.repeats_elements():
+            raise EngineError(f"cannot write tensor {t.name}: it repeats elements (a broadcast "
+                              "view?); write the underlying variable")
+        try:
+            arr = np.asarray(values).astype(t.dtype.numpy, casting="same_kind", copy=False)
+        except TypeError:
+            raise EngineError(f"cannot write {np.asarray(values).dtype} values into tensor "
+                              f"{t.name} of {t.dtype} without losing their kind; cast them first") from None
+        r = self.replicas
+        if arr.shape == t.shape:
+            arr = np.broadcast_to(arr, (r,) + t.shape)
+        elif arr.shape != (r,) + t.shape:
+            per = f" or {(r,) + t.shape} (one per replica)" if r > 1 else ""
+            raise EngineError(f"cannot write values of shape {arr.shape} to tensor {t.name}: "
+                              f"expected {t.shape}{per}")
+        self.scatter(t, arr, replica_axis=True)

@@ -1,0 +1,80 @@
+"""softipu's exceptions.
+
+Every error a user can provoke is a :class:`SoftIPUError`. Messages name the object (tensor,
+tile, compute set, vertex, stream, program), the user's source line where known, and what to do.
+Subclasses also derive from the matching builtin (``ValueError``, ``IndexError``...) so generic
+``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SoftIPUError",
+    "TargetError",
+    "DTypeError",
+    "TensorError",
+    "MappingError",
+    "FieldError",
+    "CodeletError",
+    "WriteConflictError",
+    "ProgramError",
+    "StreamError",
+    "CompileError",
+    "EngineError",
+    "OptionError",
+]
+
+
+class SoftIPUError(Exception):
+    """Base class of every error softipu raises on purpose."""
+
+
+class TargetError(SoftIPUError, ValueError):
+    """A chip or system description is inconsistent."""
+
+
+class DTypeError(SoftIPUError, TypeError):
+    """An unknown dtype, or a dtype that does not fit where it is used."""
+
+
+class TensorError(SoftIPUError, ValueError):
+    """A tensor view operation got shapes, indices or axes that do not fit."""
+
+
+class MappingError(SoftIPUError, ValueError):
+    """Elements mapped to no tile, to two tiles, or to a tile the target lacks."""
+
+
+class FieldError(SoftIPUError, ValueError):
+    """A vertex field is missing, unknown, or connected with the wrong dtype or shape."""
+
+
+class CodeletError(SoftIPUError, RuntimeError):
+    """A codelet class is malformed, or its compute raised while running."""
+
+
+class WriteConflictError(SoftIPUError, ValueError):
+    """Two vertices of one compute set write the same element, or one reads what another writes."""
+
+
+class ProgramError(SoftIPUError, ValueError):
+    """A program is malformed or an engine was asked to run a program it does not have."""
+
+
+class StreamError(SoftIPUError, ValueError):
+    """A host stream is unknown, unconnected, or connected with data of the wrong size or dtype."""
+
+
+class CompileError(SoftIPUError, ValueError):
+    """The graph and programs cannot be compiled; the message lists every problem found."""
+
+
+class EngineError(SoftIPUError, ValueError):
+    """Reading or writing engine state with data that does not fit."""
+
+
+class OptionError(SoftIPUError, KeyError):
+    """An unknown option key or a bad option value."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,514 @@
+"""The Graph: variables, tile mappings, compute sets, vertices, streams and functions.
+
+Poplar's ``Graph`` with snake_case names. One graph describes one replica; ``replication_factor``
+copies it. Tiles are numbered globally across the IPUs of a replica.
+
+>>> import numpy as np, softipu as sp
+>>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+>>> x = g.add_variable(sp.float32, (8,), name="x")
+>>> g.set_tile_mapping(x[:4], 0); g.set_tile_mapping(x[4:], 1)
+>>> [len(iv) for iv in g.get_tile_mapping(x)]
+[1, 1, 0, 0]
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import operator
+from collections.abc import Callable, Mapping
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from softipu.debug import SourceLocation, at, caller_location
+from softipu.dtypes import DType, as_dtype
+from softipu.errors import FieldError, MappingError, StreamError, TensorError
+from softipu.graph.mapping import MappingTable, resolve_mapping
+from softipu.graph.program import Program
+from softipu.graph.streams import MAX_STREAM_BYTES, DataStream, StreamDirection
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction, Field, FieldShape, Vertex
+from softipu.graph.vertices import BulkGroup, VertexTable
+from softipu.target import Target
+
+__all__ = ["Graph", "Variable", "ComputeSet", "Function", "VertexRef"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Variable:
+    """A contiguous range ``[start, start + numel)`` of its dtype's address space."""
+
+    id: int
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    start: int
+    location: SourceLocation
+    initial_value: np.ndarray | None = None  # constants only
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def end(self) -> int:
+        return self.start + self.numel
+
+    @property
+    def is_constant(self) -> bool:
+        return self.initial_value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeSet:
+    """A set of vertices that run in one BSP compute phase."""
+
+    id: int
+    name: str
+    location: SourceLocation = field(compare=False)
+
+    def __repr__(self) -> str:
+        return f"ComputeSet({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A program whose code exists once however often it is ``Call``-ed."""
+
+    id: int
+    name: str
+    program: Program = field(compare=False)
+    location: SourceLocation = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VertexRef:
+    """A vertex added one at a time: its compute set and its index there."""
+
+    compute_set: ComputeSet
+    index: int
+
+
+class AddressSpace:
+    """The variables of one dtype, laid end to end, and their tile mapping."""
+
+    __slots__ = ("dtype", "size", "starts", "variables", "mapping")
+
+    def __init__(self, dtype: DType) -> None:
+        self.dtype = dtype
+        self.size = 0
+        self.starts: list[int] = []
+        self.variables: list[Variable] = []
+        self.mapping = MappingTable()
+
+    def variable_at(self, address: int) -> Variable | None:
+        i = bisect.bisect_right(self.starts, address) - 1
+        if i < 0 or address >= self.variables[i].end:
+            return None
+        return self.variables[i]
+
+
+class Graph:
+    """A Poplar-style graph for one replica of a (multi-)IPU target."""
+
+    def __init__(self, target: Target, replication_factor: int = 1) -> None:
+        if not isinstance(target, Target):
+            raise TensorError(f"Graph needs a softipu Target (sp.targets.GC200, ...), got {target!r}")
+        if not isinstance(replication_factor, int) or replication_factor < 1:
+            raise TensorError(f"replication_factor must be an int >= 1, got {replication_factor!r}")
+        self.target = target
+        self.replication_factor = replication_factor
+        self.spaces: dict[DType, AddressSpace] = {}
+        self.variables: list[Variable] = []
+        self.compute_sets: list[ComputeSet] = []
+        self.vertex_tables: list[VertexTable] = []
+        self.streams: dict[str, DataStream] = {}
+        self.functions: list[Function] = []
+        self._names: set[str] = set()
+
+    @property
+    def num_tiles(self) -> int:
+        return self.target.num_tiles
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.target.name}, {len(self.variables)} variables, "
+            f"{len(self.compute_sets)} compute sets, replication_factor={self.replication_factor})"
+        )
+
+    # -- variables ---------------------------------------------------------------------------
+    def add_variable(self, dtype: Any, shape: int | Seq[int], name: str = "") -> Tensor:
+        """A new variable; map it to tiles before compiling."""
+        return self._add(as_dtype(dtype), shape, name, None, caller_location())
+
+    def add_constant(self, dtype: Any, shape: int | Seq[int], values: Any, name: str = "") -> Tensor:
+        """A variable whose contents are ``values`` (broadcast to ``shape``) when the engine loads."""
+        dtype = as_dtype(dtype)
+        location = caller_location()
+        shape_t = _shape(shape, name)
+        try:
+            data = np.broadcast_to(np.asarray(values).astype(dtype.numpy, casting="unsafe"), shape_t)
+        except ValueError:
+            raise TensorError(
+                f"constant {name!r}{at(location)}: values of shape {np.shape(values)} do not "
+                f"broadcast to {shape_t}"
+            ) from None
+        return self._add(dtype, shape_t, name, np.ascontiguousarray(data), location)
+
+    def _add(self, dtype: DType, shape: Any, name: str, value: np.ndarray | None,
+             location: SourceLocation) -> Tensor:
+        shape_t = _shape(shape, name)
+        space = self.spaces.get(dtype)
+        if space is None:
+            space = self.spaces[dtype] = AddressSpace(dtype)
+        name = self._unique_name(name or ("const" if value is not None else "var"))
+        var = Variable(len(self.variables), name, dtype, shape_t, space.size, location, value)
+        self.variables.append(var)
+        space.starts.append(var.start)
+        space.variables.append(var)
+        space.size += var.numel
+        return Tensor(self, dtype, shape_t, var.start, _row_major_strides(shape_t))
+
+    def _unique_name(self, name: str) -> str:
+        unique, k = name, 1
+        while unique in self._names:
+            unique, k = f"{name}.{k}", k + 1
+        self._names.add(unique)
+        return unique
+
+    def variable_of(self, tensor: Tensor) -> Variable | None:
+        """The variable holding the tensor's first element (None for empty tensors)."""
+        if tensor.numel == 0:
+            return None
+        first = tensor.offset if tensor.index is None else int(tensor.index.flat[0])
+        return self.spaces[tensor.dtype].variable_at(first)
+
+    def describe(self, tensor: Tensor) -> str:
+        """A name for messages: the variable's name, or 'name[view shape]'."""
+        var = self.variable_of(tensor)
+        if var is None:
+            return "<empty tensor>"
+        if tensor.index is None and tensor.offset == var.start and tensor.shape == var.shape \
+                and tensor.is_contiguous():
+            return var.name
+        return f"{var.name}[view {tensor.shape}]"
+
+    # -- tile mapping ------------------------------------------------------------------------
+    def set_tile_mapping(self, tensor: Tensor, tile: int) -> None:
+        """Map every element of ``tensor`` to ``tile`` (a global tile number)."""
+        self._check_tensor(tensor, "set_tile_mapping")
+        tile = self._check_tile(tile, f"set_tile_mapping of {tensor.name}")
+        starts, lengths = tensor.runs()
+        space = self.spaces[tensor.dtype]
+        space.mapping.add(starts, lengths, np.full(starts.shape, tile, np.int32), caller_location())
+
+    def set_tile_mappings(self, tensor: Tensor, tiles: Any) -> None:
+        """Map row ``i`` of ``tensor`` (its first axis) to ``tiles[i]``, in one call."""
+        self._check_tensor(tensor, "set_tile_mappings")
+        tiles = np.asarray(tiles, dtype=np.int64).reshape(-1)
+        if tensor.ndim == 0 or tiles.shape[0] != tensor.shape[0]:
+            raise MappingError(
+                f"set_tile_mappings of {tensor.name}{at(caller_location())}: need one tile per row "
+                f"({tensor.shape[0] if tensor.ndim else 0}), got {tiles.shape[0]}"
+            )
+        self._check_tiles(tiles, f"set_tile_mappings of {tensor.name}")
+        row = tensor[0]
+        if tensor.index is None and row.is_contiguous():
+            row_len = row.numel
+            starts = tensor.offset + np.arange(tiles.shape[0], dtype=np.int64) * tensor.strides[0]
+            lengths = np.full(starts.shape, row_len, np.int64)
+            keep = lengths > 0
+            starts, lengths, tile_col = starts[keep], lengths[keep], tiles[keep]
+        else:
+            addrs = tensor.addresses().reshape(tiles.shape[0], -1)
+            starts = addrs.ravel()
+            lengths = np.ones(starts.shape, np.int64)
+            tile_col = np.repeat(tiles, addrs.shape[1])
+        space = self.spaces[tensor.dtype]
+        space.mapping.add(starts, lengths, tile_col.astype(np.int32), caller_location())
+
+    def tile_of(self, tensor: Tensor) -> np.ndarray:
+        """The tile of each element (shape of ``tensor``); -1 where unmapped."""
+        self._check_tensor(tensor, "tile_of")
+        resolved = self.resolved_mapping(tensor.dtype)
+        return resolved.tiles_of(tensor.addresses())
+
+    def get_tile_mapping(self, tensor: Tensor, strict: bool = True) -> list[list[tuple[int, int]]]:
+        """Per tile, the ``[begin, end)`` intervals of the tensor's flattened elements on it.
+
+        Like Poplar, raises when some element is unmapped unless ``strict=False``.
+        """
+        tiles = self.tile_of(tensor).ravel()
+        if strict and tiles.size and tiles.min() < 0:
+            first = int(np.flatnonzero(tiles < 0)[0])
+            raise MappingError(
+                f"element {first} of {tensor.name} is not mapped to a tile; call "
+                "graph.set_tile_mapping first (or pass strict=False)"
+            )
+        result: list[list[tuple[int, int]]] = [[] for _ in range(self.num_tiles)]
+        if tiles.size == 0:
+            return result
+        breaks = np.flatnonzero(np.diff(tiles)) + 1
+        begins = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [tiles.size]))
+        for b, e in zip(begins.tolist(), ends.tolist(), strict=True):
+            if tiles[b] >= 0:
+                result[int(tiles[b])].append((b, e))
+        return result
+
+    def resolved_mapping(self, dtype: DType):  # -> ResolvedMapping
+        space = self.spaces.get(dtype)
+        if space is None:
+            return resolve_mapping(MappingTable(), self._variable_at_fn(dtype))
+        return space.mapping.resolved(self._variable_at_fn(dtype))
+
+    def _variable_at_fn(self, dtype: DType) -> Callable[[int], Variable | None]:
+        space = self.spaces.get(dtype)
+        return space.variable_at if space is not None else (lambda a: None)
+
+    # -- compute sets and vertices -----------------------------------------------------------
+    def add_compute_set(self, name: str = "") -> ComputeSet:
+        cs = ComputeSet(len(self.compute_sets), name or f"cs{len(self.compute_sets)}",
+                        caller_location())
+        self.compute_sets.append(cs)
+        self.vertex_tables.append(VertexTable(cs))
+        return cs
+
+    def add_vertex(self, compute_set: ComputeSet, codelet: type[Vertex],
+                   fields: Mapping[str, Any] | None = None, tile: int = 0) -> VertexRef:
+        """Add one vertex of ``codelet`` on ``tile`` with its fields connected to tensors.
+
+        Fields left out can be connected later with :meth:`connect`.
+        """
+        table = self._table(compute_set)
+        spec = _codelet_fields(codelet)
+        tile = self._check_tile(tile, f"vertex {codelet.__name__} in compute set {compute_set.name!r}")
+        location = caller_location()
+        values: dict[str, Any] = {}
+        if fields:
+            for name, value in fields.items():
+                values[name] = self._field_value(codelet, spec, name, value, location)
+        return VertexRef(compute_set, table.add(codelet, tile, values, location))
+
+    def connect(self, vertex: VertexRef, field_name: str, value: Any) -> None:
+        """Connect one field of a vertex added with :meth:`add_vertex` (Poplar's ``connect``)."""
+        table = self._table(vertex.compute_set)
+        codelet = table.codelet_of(vertex.index)
+        location = caller_location()
+        value = self._field_value(codelet, _codelet_fields(codelet), field_name, value, location)
+        table.connect(vertex.index, field_name, value, location)
+
+    set_initial_value = connect
+
+    def add_vertices(self, compute_set: ComputeSet, codelet: type[Vertex],
+                     fields: Mapping[str, Any], tiles: Any) -> range:
+        """Add many vertices at once: the bulk path for library code.
+
+        Each vector field is a tensor of shape ``(vertices, n)`` (row ``i`` is vertex ``i``'s
+        vector); a scalar field ``(vertices,)``; a vector-list field a list of ``(vertices, n_k)``
+        tensors; a param an array of ``vertices`` values (or one value for all). ``tiles`` holds one
+        tile per vertex. Returns the new vertices' indices in the compute set.
+        """
+        table = self._table(compute_set)
+        spec = _codelet_fields(codelet)
+        location = caller_location()
+        tiles = np.asarray(tiles, dtype=np.int64).reshape(-1)
+        what = f"add_vertices({codelet.__name__}) in compute set {compute_set.name!r}{at(location)}"
+        self._check_tiles(tiles, what)
+        num = tiles.shape[0]
+        missing = [n for n in spec if n not in fields]
+        if missing:
+            raise FieldError(f"{what}: fields {missing} are not connected; the bulk form needs all of them")
+        batched = {n: self._bulk_field(codelet, spec, n, v, num, what) for n, v in fields.items()}
+        return table.add_bulk(BulkGroup(codelet, tiles.astype(np.int32), batched, location))
+
+    def _table(self, compute_set: ComputeSet) -> VertexTable:
+        if not isinstance(compute_set, ComputeSet) or compute_set.id >= len(self.compute_sets) \
+                or self.compute_sets[compute_set.id] is not compute_set:
+            raise FieldError(
+                f"{compute_set!r} is not a compute set of this graph; make one with "
+                "graph.add_compute_set(name)"
+            )
+        return self.vertex_tables[compute_set.id]
+
+    def _field_value(self, codelet: type[Vertex], spec: dict[str, Field], name: str, value: Any,
+                     location: SourceLocation) -> Any:
+        f = spec.get(name)
+        if f is None:
+            raise FieldError(_unknown_field(codelet, spec, name, location))
+        if f.direction is Direction.PARAM:
+            return _param_value(codelet, name, f, value, location)
+        if f.shape is FieldShape.VECTOR_LIST:
+            if isinstance(value, Tensor) or not isinstance(value, (list, tuple)):
+                raise FieldError(
+                    f"field {name!r} of {codelet.__name__}{at(location)} is a vector list: "
+                    "connect a list of tensors"
+                )
+            return tuple(self._field_tensor(codelet, name, f, t, location).flatten() for t in value)
+        t = self._field_tensor(codelet, name, f, value, location)
+        if f.shape is FieldShape.SCALAR and t.numel != 1:
+            raise FieldError(
+                f"field {name!r} of {codelet.__name__}{at(location)} is a scalar but tensor "
+                f"{t.name} has shape {t.shape}; connect a 1-element tensor"
+            )
+        return t if t.ndim == 1 else t.flatten()
+
+    def _field_tensor(self, codelet: type[Vertex], name: str, f: Field, value: Any,
+                      location: SourceLocation) -> Tensor:
+        if type(value) is not Tensor:
+            raise FieldError(
+                f"field {name!r} of {codelet.__name__}{at(location)} needs a tensor of "
+                f"{f.dtype}, got {type(value).__name__}"
+            )
+        if value.dtype is not f.dtype:
+            raise FieldError(
+                f"field {name!r} of {codelet.__name__}{at(location)} expects {f.dtype} but "
+                f"tensor {value.name} is {value.dtype}; cast it or use a codelet for {value.dtype}"
+            )
+        if value.graph is not self:
+            raise FieldError(f"tensor {value.name} for field {name!r}{at(location)} belongs to another graph")
+        return value
+
+    def _bulk_field(self, codelet: type[Vertex], spec: dict[str, Field], name: str, value: Any,
+                    num: int, what: str) -> Any:
+        f = spec.get(name)
+        if f is None:
+            raise FieldError(_unknown_field(codelet, spec, name, None) + f" in {what}")
+        if f.direction is Direction.PARAM:
+            arr = np.asarray(value)
+            try:
+                arr = np.broadcast_to(arr.astype(f.dtype.numpy, casting="same_kind"), (num,))
+            except (ValueError, TypeError):
+                raise FieldError(
+                    f"param {name!r} in {what}: need one {f.dtype} value or {num} values, got "
+                    f"shape {arr.shape} of {arr.dtype}"
+                ) from None
+            return np.ascontiguousarray(arr)
+        parts = value if f.shape is FieldShape.VECTOR_LIST else [value]
+        if f.shape is FieldShape.VECTOR_LIST and not isinstance(value, (list, tuple)):
+            raise FieldError(f"field {name!r} in {what} is a vector list: pass a list of tensors")
+        out = []
+        for part in parts:
+            t = self._field_tensor(codelet, name, f, part, caller_location())
+            if t.ndim == 0 or t.shape[0] != num:
+                raise FieldError(
+                    f"field {name!r} in {what}: tensor {t.name} has shape {t.shape}; its first "
+                    f"axis must be the {num} vertices"
+                )
+            t = t.reshape(num, -1) if t.ndim != 2 else t
+            if f.shape is FieldShape.SCALAR and t.shape[1] != 1:
+                raise FieldError(f"scalar field {name!r} in {what}: tensor {t.name} has {t.shape[1]} "
+                                 "elements per vertex, not 1")
+            out.append(t)
+        return tuple(out) if f.shape is FieldShape.VECTOR_LIST else out[0]
+
+    # -- streams and functions ---------------------------------------------------------------
+    def add_host_to_device_fifo(self, name: str, dtype: Any, num_elements: int) -> DataStream:
+        """A stream the host fills; ``Copy(stream, tensor)`` moves one transfer to the device."""
+        return self._add_stream(name, dtype, num_elements, StreamDirection.HOST_TO_DEVICE)
+
+    def add_device_to_host_fifo(self, name: str, dtype: Any, num_elements: int) -> DataStream:
+        """A stream the host drains; ``Copy(tensor, stream)`` moves one transfer to the host."""
+        return self._add_stream(name, dtype, num_elements, StreamDirection.DEVICE_TO_HOST)
+
+    def _add_stream(self, name: str, dtype: Any, num_elements: int,
+                    direction: StreamDirection) -> DataStream:
+        location = caller_location()
+        if not name or name in self.streams:
+            raise StreamError(f"stream name {name!r}{at(location)} is empty or already used")
+        num_elements = operator.index(num_elements)
+        stream = DataStream(name, as_dtype(dtype), num_elements, direction, location)
+        if num_elements < 0 or stream.nbytes > MAX_STREAM_BYTES:
+            raise StreamError(
+                f"stream {name!r}{at(location)}: {num_elements} elements ({stream.nbytes} bytes); "
+                f"a stream moves between 0 and {MAX_STREAM_BYTES} bytes per transfer"
+            )
+        self.streams[name] = stream
+        return stream
+
+    def add_function(self, program: Program, name: str = "") -> Function:
+        """A reusable function; run it with ``program.Call(function)``."""
+        if not isinstance(program, Program):
+            raise TensorError(f"add_function needs a program, got {type(program).__name__}")
+        fn = Function(len(self.functions), name or f"fn{len(self.functions)}", program,
+                      caller_location())
+        self.functions.append(fn)
+        return fn
+
+    # -- checks --------------------------------------------------------------------------------
+    def _check_tensor(self, tensor: Any, what: str) -> None:
+        if not isinstance(tensor, Tensor):
+            raise TensorError(f"{what} needs a tensor, got {type(tensor).__name__}")
+        if tensor.graph is not self:
+            raise TensorError(f"{what}: tensor {tensor.name} belongs to another graph")
+
+    def _check_tile(self, tile: Any, what: str) -> int:
+        try:
+            tile = operator.index(tile)
+        except TypeError:
+            raise MappingError(f"{what}: tile must be an int, got {tile!r}") from None
+        if not 0 <= tile < self.target.num_tiles:
+            raise MappingError(
+                f"{what}{at(caller_location())}: tile {tile} does not exist; {self.target.name} "
+                f"has tiles 0..{self.target.num_tiles - 1}"
+            )
+        return tile
+
+    def _check_tiles(self, tiles: np.ndarray, what: str) -> None:
+        if tiles.size and (tiles.min() < 0 or tiles.max() >= self.target.num_tiles):
+            bad = int(tiles[(tiles < 0) | (tiles >= self.target.num_tiles)][0])
+            raise MappingError(
+                f"{what}: tile {bad} does not exist; {self.target.name} has tiles "
+                f"0..{self.target.num_tiles - 1}"
+            )
+
+
+def _shape(shape: Any, name: str) -> tuple[int, ...]:
+    try:
+        shape_t = (operator.index(shape),) if not isinstance(shape, (tuple, list)) else tuple(
+            operator.index(d) for d in shape)
+    except TypeError:
+        raise TensorError(f"shape of {name or 'variable'} must be ints, got {shape!r}") from None
+    if any(d < 0 for d in shape_t):
+        raise TensorError(f"shape of {name or 'variable'} has a negative dimension: {shape_t}")
+    return shape_t
+
+
+def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def _codelet_fields(codelet: Any) -> dict[str, Field]:
+    if not (isinstance(codelet, type) and issubclass(codelet, Vertex)) or not codelet.fields:
+        raise FieldError(f"{codelet!r} is not a codelet: subclass sp.Vertex and declare fields")
+    return codelet.fields
+
+
+def _unknown_field(codelet: type[Vertex], spec: dict[str, Field], name: str,
+                   location: SourceLocation | None) -> str:
+    near = difflib.get_close_matches(str(name), list(spec), n=2)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    return (f"codelet {codelet.__name__} has no field {name!r}{at(location)}; its fields are "
+            f"{list(spec)}{hint}")
+
+
+def _param_value(codelet: type[Vertex], name: str, f: Field, value: Any,
+                 location: SourceLocation) -> Any:
+    if isinstance(value, Tensor) or np.ndim(value) != 0:
+        raise FieldError(
+            f"param {name!r} of {codelet.__name__}{at(location)} takes one number, got "
+            f"{type(value).__name__}"
+        )
+    try:
+        return f.dtype.numpy.type(value)
+    except (TypeError, ValueError, OverflowError):
+        raise FieldError(f"param {name!r} of {codelet.__name__}{at(location)}: {value!r} is not "
+                         f"a {f.dtype}") from None
+

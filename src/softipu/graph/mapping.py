@@ -1,0 +1,141 @@
+"""Tile mappings as interval tables: columnar, never one entry per element.
+
+Every ``set_tile_mapping`` call appends (start, length, tile) runs of element addresses. Resolving
+sorts them once into disjoint ``[start, end) -> tile`` intervals, merging repeats that agree and
+refusing elements mapped to two different tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.debug import SourceLocation, at
+from softipu.errors import MappingError
+
+__all__ = ["MappingTable", "ResolvedMapping", "resolve_mapping"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ResolvedMapping:
+    """Disjoint, sorted address intervals and their tiles."""
+
+    starts: np.ndarray  # int64, ascending
+    ends: np.ndarray  # int64, exclusive
+    tiles: np.ndarray  # int32
+
+    def __post_init__(self) -> None:
+        if not (self.starts.shape == self.ends.shape == self.tiles.shape):
+            raise MappingError("resolved mapping columns differ in length")
+
+    def tiles_of(self, addresses: np.ndarray) -> np.ndarray:
+        """The tile of each address (any shape); -1 where unmapped."""
+        a = np.asarray(addresses, dtype=np.int64)
+        k = np.searchsorted(self.starts, a, side="right") - 1
+        kc = np.clip(k, 0, None)
+        if self.starts.size == 0:
+            return np.full(a.shape, -1, np.int32)
+        ok = (k >= 0) & (a < self.ends[kc])
+        return np.where(ok, self.tiles[kc], -1).astype(np.int32)
+
+    def mapped_between(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """How many addresses in each ``[lo, hi)`` are mapped."""
+        return self._mapped_below(np.asarray(hi)) - self._mapped_below(np.asarray(lo))
+
+    def _mapped_below(self, a: np.ndarray) -> np.ndarray:
+        lengths = self.ends - self.starts
+        cum = np.concatenate(([0], np.cumsum(lengths)))
+        k = np.searchsorted(self.starts, a, side="right") - 1
+        kc = np.clip(k, 0, None)
+        if self.starts.size == 0:
+            return np.zeros(np.shape(a), np.int64)
+        inside = np.clip(a - self.starts[kc], 0, lengths[kc])
+        return np.where(k >= 0, cum[kc] + inside, 0)
+
+
+class MappingTable:
+    """The runs appended by mapping calls of one dtype's address space."""
+
+    __slots__ = ("_chunks", "_locations", "_resolved")
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self._locations: list[SourceLocation] = []
+        self._resolved: ResolvedMapping | None = None
+
+    def add(self, starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray,
+            location: SourceLocation) -> None:
+        self._chunks.append((starts, lengths, tiles, len(self._locations)))
+        self._locations.append(location)
+        self._resolved = None
+
+    def resolved(self, variable_at: Callable[[int], Any]) -> ResolvedMapping:
+        if self._resolved is None:
+            self._resolved = resolve_mapping(self, variable_at)
+        return self._resolved
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self._chunks:
+            z = np.zeros(0, np.int64)
+            return z, z, z.astype(np.int32), z
+        starts = np.concatenate([c[0] for c in self._chunks]).astype(np.int64, copy=False)
+        lengths = np.concatenate([c[1] for c in self._chunks]).astype(np.int64, copy=False)
+        tiles = np.concatenate([c[2] for c in self._chunks]).astype(np.int32, copy=False)
+        calls = np.concatenate([np.full(c[0].shape, c[3], np.int64) for c in self._chunks])
+        return starts, lengths, tiles, calls
+
+    def location(self, call: int) -> SourceLocation:
+        return self._locations[call]
+
+
+def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any]) -> ResolvedMapping:
+    """Sort and merge a table's runs; raise MappingError naming any element on two tiles."""
+    starts, lengths, tiles, calls = table.columns()
+    keep = lengths > 0
+    starts, lengths, tiles, calls = starts[keep], lengths[keep], tiles[keep], calls[keep]
+    order = np.lexsort((tiles, starts))
+    starts, tiles, calls = starts[order], tiles[order], calls[order]
+    ends = starts + lengths[order]
+    if starts.size == 0:
+        return ResolvedMapping(starts, ends, tiles)
+    # Overlapping runs form groups; a group is fine when all its runs name the same tile.
+    reach = np.maximum.accumulate(ends)
+    new_group = np.concatenate(([True], starts[1:] >= reach[:-1]))
+    first = np.flatnonzero(new_group)
+    lo_tile = np.minimum.reduceat(tiles, first)
+    hi_tile = np.maximum.reduceat(tiles, first)
+    bad = np.flatnonzero(lo_tile != hi_tile)
+    if bad.size:
+        g0 = first[bad[0]]
+        g1 = first[bad[0] + 1] if bad[0] + 1 < first.size else starts.size
+        raise MappingError(_double_mapping_message(table, variable_at, starts[g0:g1], ends[g0:g1],
+                                                   tiles[g0:g1], calls[g0:g1]))
+    g_starts = starts[first]
+    g_ends = np.maximum.reduceat(ends, first)
+    g_tiles = tiles[first]
+    # Merge touching intervals on the same tile so lookups stay small.
+    touch = np.concatenate(([False], (g_starts[1:] == g_ends[:-1]) & (g_tiles[1:] == g_tiles[:-1])))
+    head = np.flatnonzero(~touch)
+    merged_ends = np.maximum.reduceat(g_ends, head)
+    return ResolvedMapping(g_starts[head], merged_ends, g_tiles[head])
+
+
+def _double_mapping_message(table: MappingTable, variable_at: Callable[[int], Any],
+                            starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray,
+                            calls: np.ndarray) -> str:
+    for i in range(len(starts)):
+        for j in range(i + 1, len(starts)):
+            if starts[j] < ends[i] and tiles[j] != tiles[i]:
+                address = int(starts[j])
+                var = variable_at(address)
+                what = (f"element {address - var.start} of variable {var.name!r}" if var
+                        else f"address {address}")
+                return (
+                    f"{what} is mapped to two tiles: tile {tiles[i]}{at(table.location(calls[i]))} "
+                    f"and tile {tiles[j]}{at(table.location(calls[j]))}. Every element lives on "
+                    "exactly one tile: map each element once"
+                )
+    return "an element is mapped to two tiles"  # unreachable: the caller found a conflict

@@ -1,0 +1,423 @@
+"""Tensors: views, never copies, over a graph's variables.
+
+Every dtype has one flat address space in which each variable occupies a contiguous range of
+element addresses. A tensor is either
+
+* **strided**: ``address(i) = offset + sum(i[k] * strides[k])`` — what slicing, reshaping,
+  transposing, broadcasting, reversing and subsampling produce, and what the engine turns into
+  zero-copy numpy views; or
+* **indexed**: an explicit int64 array of addresses with the tensor's shape — the general form
+  that concatenation of unrelated pieces and fancy indexing produce; the engine gathers and
+  scatters through it.
+
+Both forms describe the same thing, so every operation works on both.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from softipu.dtypes import DType
+from softipu.errors import TensorError
+
+if TYPE_CHECKING:
+    from softipu.graph.graph import Graph
+
+__all__ = ["Tensor", "concat"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Tensor:
+    """A view of some elements of one graph's variables (all of one dtype).
+
+    >>> import softipu as sp
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (4, 6), name="x")
+    >>> x[1:, ::2].T.shape
+    (3, 3)
+    """
+
+    graph: Graph
+    dtype: DType
+    shape: Shape
+    offset: int = 0
+    strides: Shape = ()
+    index: np.ndarray | None = None  # int64 addresses with `shape`; None for strided views
+
+    def __post_init__(self) -> None:
+        if self.index is None and len(self.strides) != len(self.shape):
+            raise TensorError(f"strides {self.strides} do not match shape {self.shape}")
+
+    # -- basic facts -------------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    size = numel
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TensorError(f"len() of 0-d tensor {self.name}")
+        return self.shape[0]
+
+    @property
+    def is_strided(self) -> bool:
+        return self.index is None
+
+    @property
+    def name(self) -> str:
+        """The variable's name, or a description of the view."""
+        return self.graph.describe(self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name}, {self.dtype}, shape={self.shape})"
+
+    def __bool__(self) -> bool:
+        raise TensorError(
+            f"the truth value of tensor {self.name} is not known when the graph is built; "
+            "use program.If(tensor, ...) to branch on device data"
+        )
+
+    # -- addresses ---------------------------------------------------------------------------
+    def addresses(self) -> np.ndarray:
+        """int64 element addresses with this tensor's shape."""
+        if self.index is not None:
+            return self.index
+        out = np.full(self.shape, self.offset, dtype=np.int64)
+        for axis, (size, stride) in enumerate(zip(self.shape, self.strides, strict=True)):
+            if size > 1 and stride != 0:
+                ramp = np.arange(size, dtype=np.int64) * stride
+                out += ramp.reshape((size,) + (1,) * (self.ndim - axis - 1))
+        return out
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of the contiguous address runs covering this tensor's elements.
+
+        A multiset: an element a broadcast view repeats appears in several runs.
+        """
+        if self.numel == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        if self.index is not None:
+            return _runs_of_addresses(self.index.ravel())
+        offset, dims = self.offset, []
+        for size, stride in zip(self.shape, self.strides, strict=True):
+            if size == 1:
+                continue
+            if stride < 0:  # walk reversed axes forwards
+                offset += (size - 1) * stride
+                stride = -stride
+            dims.append((stride, size))
+        dims.sort()
+        run = 1
+        while dims and dims[0][0] == run:
+            run *= dims.pop(0)[1]
+        starts = np.array([offset], dtype=np.int64)
+        for stride, size in dims:
+            starts = (starts[:, None] + np.arange(size, dtype=np.int64) * stride).ravel()
+        return starts, np.full(starts.shape, run, dtype=np.int64)
+
+    def repeats_elements(self) -> bool:
+        """True when some element appears twice (a broadcast view, or repeated indices)."""
+        starts, lengths = self.runs()
+        if starts.size < 2:
+            return False
+        order = np.argsort(starts, kind="stable")
+        s, e = starts[order], (starts + lengths)[order]
+        return bool(np.any(s[1:] < np.maximum.accumulate(e)[:-1]))
+
+    def is_contiguous(self) -> bool:
+        """True when the elements are one ascending run of addresses in row-major order."""
+        if self.index is not None:
+            return False
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def _indexed(self, index: np.ndarray) -> Tensor:
+        return Tensor(self.graph, self.dtype, tuple(index.shape), 0, (), index)
+
+    def _strided(self, shape: Shape, offset: int, strides: Shape) -> Tensor:
+        return Tensor(self.graph, self.dtype, shape, offset, strides)
+
+    # -- indexing ----------------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Tensor:
+        if self.index is None and type(key) is slice and len(self.shape) == 1:
+            start, stop, step = key.indices(self.shape[0])  # the common 1-D slice, kept fast
+            n = len(range(start, stop, step))
+            stride = self.strides[0]
+            return Tensor(self.graph, self.dtype, (n,), self.offset + start * stride, (stride * step,))
+        key = key if isinstance(key, tuple) else (key,)
+        if any(_is_fancy(k) for k in key):
+            try:
+                return self._indexed(self.addresses()[_to_numpy_key(key)])
+            except (IndexError, ValueError) as exc:
+                raise TensorError(f"cannot index {self.name} {self.shape} with {key!r}: {exc}") from None
+        if self.index is not None:
+            try:
+                return self._indexed(self.index[key])
+            except (IndexError, TypeError) as exc:
+                raise TensorError(f"cannot index {self.name} {self.shape} with {key!r}: {exc}") from None
+        return self._basic_index(key)
+
+    def _basic_index(self, key: tuple) -> Tensor:
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if n_real > self.ndim:
+            raise TensorError(f"too many indices for {self.name} of shape {self.shape}: {key!r}")
+        if key.count(Ellipsis) > 1:
+            raise TensorError(f"an index can only have one Ellipsis: {key!r}")
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - n_real) + key[i + 1 :]
+        else:
+            key = key + (slice(None),) * (self.ndim - n_real)
+        offset, shape, strides, axis = self.offset, [], [], 0
+        for k in key:
+            if k is None:
+                shape.append(1)
+                strides.append(0)
+                continue
+            size, stride = self.shape[axis], self.strides[axis]
+            if isinstance(k, slice):
+                start, stop, step = k.indices(size)
+                shape.append(len(range(start, stop, step)))
+                strides.append(stride * step)
+                offset += start * stride if shape[-1] else 0
+            else:
+                i = _as_int(k, self)
+                if not -size <= i < size:
+                    raise TensorError(
+                        f"index {i} is out of bounds for axis {axis} of {self.name} "
+                        f"with shape {self.shape}"
+                    )
+                offset += (i % size) * stride
+            axis += 1
+        return self._strided(tuple(shape), offset, tuple(strides))
+
+    # -- shape operations --------------------------------------------------------------------
+    def reshape(self, *shape: int | Sequence[int]) -> Tensor:
+        new_shape = _resolve_shape(_flat_args(shape), self.numel, self)
+        if new_shape == self.shape:
+            return self
+        if self.index is None:
+            strides = _nocopy_reshape_strides(self.shape, self.strides, new_shape)
+            if strides is not None:
+                return self._strided(new_shape, self.offset, strides)
+        return self._indexed(self.addresses().reshape(new_shape))
+
+    def flatten(self) -> Tensor:
+        return self.reshape(self.numel)
+
+    def transpose(self, *axes: int | Sequence[int]) -> Tensor:
+        perm = _flat_args(axes) or tuple(reversed(range(self.ndim)))
+        perm = tuple(_normalize_axis(a, self.ndim, self) for a in perm)
+        if sorted(perm) != list(range(self.ndim)):
+            raise TensorError(f"{perm} is not a permutation of the axes of {self.name} {self.shape}")
+        if self.index is not None:
+            return self._indexed(self.index.transpose(perm))
+        return self._strided(
+            tuple(self.shape[a] for a in perm), self.offset, tuple(self.strides[a] for a in perm)
+        )
+
+    permute = dimshuffle = transpose
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 - numpy's name
+        return self.transpose()
+
+    def broadcast(self, shape: Sequence[int]) -> Tensor:
+        """This tensor repeated to ``shape`` by numpy's broadcasting rules (stride 0, no copy)."""
+        shape = tuple(int(d) for d in shape)
+        lead = len(shape) - self.ndim
+        if lead < 0 or any(
+            d not in (1, s) for d, s in zip(self.shape, shape[lead:], strict=True)
+        ):
+            raise TensorError(f"cannot broadcast {self.name} of shape {self.shape} to {shape}")
+        if self.index is not None:
+            return self._indexed(np.broadcast_to(self.index, shape))
+        strides = (0,) * lead + tuple(
+            0 if d == 1 and s != 1 else st
+            for d, s, st in zip(self.shape, shape[lead:], self.strides, strict=True)
+        )
+        return self._strided(shape, self.offset, strides)
+
+    expand = broadcast
+
+    def reverse(self, axis: int = 0) -> Tensor:
+        axis = _normalize_axis(axis, self.ndim, self)
+        if self.index is not None:
+            return self._indexed(np.flip(self.index, axis))
+        size, stride = self.shape[axis], self.strides[axis]
+        strides = list(self.strides)
+        strides[axis] = -stride
+        return self._strided(self.shape, self.offset + max(size - 1, 0) * stride, tuple(strides))
+
+    flip = reverse
+
+    def subsample(self, stride: int, axis: int = 0) -> Tensor:
+        """Every ``stride``-th element along ``axis``, starting with the first."""
+        axis = _normalize_axis(axis, self.ndim, self)
+        if stride < 1:
+            raise TensorError(f"subsample stride must be >= 1, got {stride} for {self.name}")
+        key = [slice(None)] * self.ndim
+        key[axis] = slice(None, None, stride)
+        return self[tuple(key)]
+
+    def squeeze(self, axis: int | None = None) -> Tensor:
+        if axis is None:
+            return self.reshape(tuple(d for d in self.shape if d != 1))
+        axis = _normalize_axis(axis, self.ndim, self)
+        if self.shape[axis] != 1:
+            raise TensorError(f"cannot squeeze axis {axis} of size {self.shape[axis]} of {self.name}")
+        return self.reshape(self.shape[:axis] + self.shape[axis + 1 :])
+
+    def expand_dims(self, axis: int) -> Tensor:
+        axis = _normalize_axis(axis, self.ndim + 1, self)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    unsqueeze = expand_dims
+
+
+def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join tensors along ``axis``; a view when the pieces are adjacent, else indexed."""
+    if not tensors:
+        raise TensorError("concat needs at least one tensor")
+    first = tensors[0]
+    for t in tensors[1:]:
+        if t.graph is not first.graph:
+            raise TensorError(f"cannot concat {first.name} and {t.name}: they belong to different graphs")
+        if t.dtype != first.dtype:
+            raise TensorError(f"cannot concat {first.name} ({first.dtype}) with {t.name} ({t.dtype})")
+    axis = _normalize_axis(axis, first.ndim, first)
+    for t in tensors[1:]:
+        if t.ndim != first.ndim or any(
+            a != b for k, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)) if k != axis
+        ):
+            raise TensorError(
+                f"cannot concat {first.name} {first.shape} and {t.name} {t.shape} along axis {axis}"
+            )
+    merged = _merge_adjacent(tensors, axis)
+    if merged is not None:
+        return merged
+    return first._indexed(np.concatenate([t.addresses() for t in tensors], axis=axis))
+
+
+def _merge_adjacent(tensors: Sequence[Tensor], axis: int) -> Tensor | None:
+    parts = [t for t in tensors if t.numel > 0] or [tensors[0]]
+    first = parts[0]
+    if any(t.index is not None for t in parts):
+        return None
+    length = first.shape[axis]
+    for t in parts[1:]:
+        if t.strides != first.strides and any(
+            s != fs for k, (s, fs) in enumerate(zip(t.strides, first.strides, strict=True))
+            if t.shape[k] != 1 or k == axis
+        ):
+            return None
+        if t.offset != first.offset + length * first.strides[axis]:
+            return None
+        length += t.shape[axis]
+    shape = first.shape[:axis] + (length,) + first.shape[axis + 1 :]
+    return first._strided(shape, first.offset, first.strides)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _runs_of_addresses(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.sort(addresses.astype(np.int64, copy=False))
+    breaks = np.flatnonzero(np.diff(a) != 1) + 1
+    starts_at = np.concatenate(([0], breaks))
+    ends_at = np.concatenate((breaks, [a.size]))
+    return a[starts_at], ends_at - starts_at
+
+
+def _is_fancy(k: Any) -> bool:
+    return isinstance(k, (list, np.ndarray)) and not isinstance(k, np.generic)
+
+
+def _to_numpy_key(key: tuple) -> tuple:
+    return tuple(np.asarray(k) if isinstance(k, list) else k for k in key)
+
+
+def _as_int(k: Any, t: Tensor) -> int:
+    try:
+        return operator.index(k)
+    except TypeError:
+        raise TensorError(
+            f"cannot index {t.name} with {k!r} ({type(k).__name__}); use ints, slices, "
+            "None, Ellipsis or integer arrays"
+        ) from None
+
+
+def _flat_args(args: tuple) -> tuple[int, ...]:
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    return tuple(operator.index(a) for a in args)
+
+
+def _normalize_axis(axis: int, ndim: int, t: Tensor) -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise TensorError(f"axis {axis} is out of range for {t.name} with {ndim} dimensions")
+    return axis % max(ndim, 1)
+
+
+def _resolve_shape(shape: tuple[int, ...], numel: int, t: Tensor) -> Shape:
+    if shape.count(-1) > 1:
+        raise TensorError(f"reshape of {t.name}: only one dimension can be -1, got {shape}")
+    if -1 in shape:
+        known = 1
+        for d in shape:
+            known *= d if d != -1 else 1
+        if known == 0 or numel % known:
+            raise TensorError(f"cannot reshape {t.name} of shape {t.shape} ({numel} elements) to {shape}")
+        shape = tuple(numel // known if d == -1 else d for d in shape)
+    n = 1
+    for d in shape:
+        if d < 0:
+            raise TensorError(f"reshape of {t.name}: negative dimension in {shape}")
+        n *= d
+    if n != numel:
+        raise TensorError(f"cannot reshape {t.name} of shape {t.shape} ({numel} elements) to {shape}")
+    return shape
+
+
+def _nocopy_reshape_strides(old_shape: Shape, old_strides: Shape, new_shape: Shape) -> Shape | None:
+    """Strides that view ``old`` as ``new_shape`` without moving data, or None (numpy's rule)."""
+    if 0 in old_shape:
+        return (0,) * len(new_shape)
+    old = [(d, s) for d, s in zip(old_shape, old_strides, strict=True) if d != 1]
+    new_strides = [0] * len(new_shape)
+    oi, oj, ni, nj = 0, 1, 0, 1
+    while ni < len(new_shape) and oi < len(old):
+        np_, op = new_shape[ni], old[oi][0]
+        while np_ != op:
+            if np_ < op:
+                np_ *= new_shape[nj]
+                nj += 1
+            else:
+                op *= old[oj][0]
+                oj += 1
+        for k in range(oi, oj - 1):
+            if old[k][1] != old[k + 1][0] * old[k + 1][1]:
+                return None
+        new_strides[nj - 1] = old[oj - 1][1]
+        for k in range(nj - 1, ni, -1):
+            new_strides[k - 1] = new_strides[k] * new_shape[k]
+        ni, nj, oi, oj = nj, nj + 1, oj, oj + 1
+    return tuple(new_strides)

@@ -1,0 +1,5 @@
+"""PopLibs-shaped operations: ``op(graph, *inputs, prog, *, name="", options=None) -> Tensor``."""
+
+from softipu.ops.mapping import map_linearly
+
+__all__ = ["map_linearly"]

@@ -1,0 +1,45 @@
+"""Tile-mapping helpers: spread tensors over tiles the way PopLibs does."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softipu.errors import MappingError
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+
+__all__ = ["map_linearly"]
+
+
+def map_linearly(graph: Graph, tensor: Tensor, grain_size: int = 1, min_elements_per_tile: int = 1,
+                 tiles: range | None = None) -> None:
+    """Map ``tensor``'s flattened elements in equal contiguous chunks over ``tiles``.
+
+    Chunks are multiples of ``grain_size`` elements and hold at least ``min_elements_per_tile``,
+    so small tensors use fewer tiles (poputil's ``mapTensorLinearly``).
+
+    >>> import softipu as sp
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (10,), name="x")
+    >>> sp.ops.map_linearly(g, x, grain_size=2)
+    >>> g.tile_of(x).tolist()
+    [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+    """
+    tiles = range(graph.num_tiles) if tiles is None else tiles
+    if grain_size < 1 or min_elements_per_tile < 1 or len(tiles) == 0:
+        raise MappingError(f"map_linearly of {tensor.name}: grain_size and min_elements_per_tile "
+                           "must be >= 1 and tiles non-empty")
+    n = tensor.numel
+    if n == 0:
+        return
+    grains = -(-n // grain_size)
+    min_grains = -(-min_elements_per_tile // grain_size)
+    used = max(1, min(len(tiles), grains // max(min_grains, 1)))
+    per_tile = grains // used  # the last tile takes the remainder
+    bounds = np.minimum(np.arange(used + 1, dtype=np.int64) * per_tile * grain_size, n)
+    bounds[-1] = n
+    flat = tensor.flatten()
+    for k in range(used):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        if hi > lo:
+            graph.set_tile_mapping(flat[lo:hi], tiles[k])

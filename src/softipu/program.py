@@ -1,0 +1,26 @@
+"""Program nodes (``from softipu import program as P``); defined in ``softipu.graph.program``."""
+
+from softipu.graph.program import (
+    Call,
+    Copy,
+    Execute,
+    If,
+    PrintTensor,
+    Program,
+    ProgramKind,
+    Repeat,
+    RepeatWhileFalse,
+    RepeatWhileTrue,
+    Sequence,
+    Switch,
+    Sync,
+    SyncType,
+    WriteUndef,
+    walk,
+)
+
+__all__ = [
+    "Call", "Copy", "Execute", "If", "PrintTensor", "Program", "ProgramKind", "Repeat",
+    "RepeatWhileFalse", "RepeatWhileTrue", "Sequence", "Switch", "Sync", "SyncType", "WriteUndef",
+    "walk",
+]
