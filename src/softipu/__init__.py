@@ -5,7 +5,7 @@
 1472
 """
 
-from softipu import ops, program
+from softipu import compiler, ops, program
 from softipu import target as targets
 from softipu.dtypes import (
     DType,
@@ -68,6 +68,6 @@ __all__ = [
     "Input", "MappingError", "MultiVertex", "OptionError", "Output", "Param", "ProgramError",
     "SCALAR", "SoftIPUError", "StreamError", "SupervisorVertex", "Target", "TargetError",
     "Tensor", "TensorError", "VECTOR", "VECTOR_LIST", "Vertex", "VertexRef", "WriteConflictError",
-    "bool_", "concat", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
+    "bool_", "compiler", "concat", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
     "targets", "uint8", "uint16", "uint32", "uint64",
 ]

@@ -1,8 +1,13 @@
-"""The fast path: each vertex group of a compute set runs as one numpy call.
+"""The fast path: each vertex group of a compute set runs as batched numpy calls.
 
 Regular groups bind zero-copy strided views of storage once, at load; irregular fields are
 gathered through address arrays before the call and scattered after. All replicas run in the
 same call (a leading replica axis).
+
+Large regular groups are split into chunks of vertices of about :data:`CHUNK_BYTES` per field,
+so the temporaries a codelet makes (``y[...] = x + 1`` builds ``x + 1`` first) stay in cache
+instead of costing a fresh allocation and an extra pass over memory. Vertices of a compute set
+are independent (the compiler checked), so any split gives the same result.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["FastInterpreter", "GroupRunner"]
+__all__ = ["FastInterpreter", "GroupRunner", "CHUNK_BYTES"]
+
+# Measured on the 8,832-vertex AddOne benchmark: 256 KiB-1 MiB chunks run 0.64-0.75x numpy's
+# `y = x + 1`; one call over the whole group runs 1.47x (bench/bench_engine.py).
+CHUNK_BYTES = 512 * 1024
 
 
 class GroupRunner:
     """Runs one vertex group: bind or gather fields, call ``compute``, scatter outputs."""
 
-    __slots__ = ("group", "where", "fixed", "gathers", "scatters", "compute")
+    __slots__ = ("group", "where", "fixed", "gathers", "scatters", "compute", "calls")
 
     def __init__(self, group: VertexGroup, storage: Storage, where: str) -> None:
         self.group = group
@@ -55,15 +64,17 @@ class GroupRunner:
                     if f.direction.writes:
                         self.scatters.append((name, k, t))
             self.fixed[name] = parts if isinstance(value, tuple) else parts[0]
+        self.calls = [self.fixed] if self.gathers else _chunks(self.fixed, group, storage.replicas)
 
     def __call__(self, storage: Storage) -> None:
-        args = self.fixed
-        if self.gathers:
-            args = self._gather(storage)
+        compute = self.compute
+        calls = self.calls if not self.gathers else [self._gather(storage)]
         try:
-            self.compute(**args)
+            for args in calls:
+                compute(**args)
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
+        args = calls[0]
         for name, k, t in self.scatters:
             value = args[name]
             storage.scatter(t, value[k] if isinstance(value, list) else value,
@@ -79,6 +90,29 @@ class GroupRunner:
             else:
                 args[name] = arr
         return args
+
+
+def _chunks(args: dict[str, Any], group: VertexGroup, replicas: int) -> list[dict[str, Any]]:
+    """The group's arguments split along the vertex axis into cache-sized pieces."""
+    num, replica_axis = group.num_vertices, replicas > 1
+    row_bytes = replicas * max((t.shape[1] * t.dtype.itemsize for name, _ in group.field_items(*_DATA)
+                                for t in group.tensors(name)), default=0)
+    rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    if num <= 2 * rows:
+        return [args]
+    axis_of = {name: (1 if replica_axis and f.direction is not Direction.PARAM else 0)
+               for name, f in group.codelet.fields.items()}
+    return [{name: _rows(v, axis_of[name], lo, lo + rows) for name, v in args.items()}
+            for lo in range(0, num, rows)]
+
+
+_DATA = (Direction.INPUT, Direction.OUTPUT, Direction.INOUT)
+
+
+def _rows(value: Any, axis: int, lo: int, hi: int) -> Any:
+    if isinstance(value, list):
+        return [_rows(v, axis, lo, hi) for v in value]
+    return value[lo:hi] if axis == 0 else value[:, lo:hi]
 
 
 def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletError:

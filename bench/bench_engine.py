@@ -1,0 +1,124 @@
+"""Issue 2's numbers: engine overhead against numpy, and graph build + compile speed.
+
+Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_engine.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+import softipu as sp
+from softipu import program as P
+
+TILES = 1472  # GC200
+VERTICES_PER_TILE = 6  # one per worker context
+ELEMENTS_PER_VERTEX = 2000  # 8,832 vertices x 2,000 = 17.66 M float32
+RUNS = 10
+
+
+class AddOne(sp.Vertex):
+    """The issue's contract example, verbatim."""
+
+    x = sp.Input(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, y):
+        y[...] = x + 1
+
+    @staticmethod
+    def cycles(x, y):
+        return 20 + x
+
+
+class AddOneInPlace(sp.Vertex):
+    """The same codelet written without a temporary (``out=``)."""
+
+    x = sp.Input(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, y):
+        np.add(x, 1, out=y)
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def build_one_at_a_time(codelet: type[sp.Vertex]):
+    """8,832 add_vertex calls, as a tutorial user would write them."""
+    g = sp.Graph(sp.targets.GC200)
+    n = TILES * VERTICES_PER_TILE * ELEMENTS_PER_VERTEX
+    x = g.add_variable(sp.float32, (n,), name="x")
+    y = g.add_variable(sp.float32, (n,), name="y")
+    per_tile = VERTICES_PER_TILE * ELEMENTS_PER_VERTEX
+    cs = g.add_compute_set("add_one")
+    for tile in range(TILES):
+        g.set_tile_mapping(x[tile * per_tile : (tile + 1) * per_tile], tile)
+        g.set_tile_mapping(y[tile * per_tile : (tile + 1) * per_tile], tile)
+        for w in range(VERTICES_PER_TILE):
+            lo = tile * per_tile + w * ELEMENTS_PER_VERTEX
+            part = slice(lo, lo + ELEMENTS_PER_VERTEX)
+            g.add_vertex(cs, codelet, {"x": x[part], "y": y[part]}, tile=tile)
+    return g, x, y, cs
+
+
+def bench_overhead() -> None:
+    for codelet, numpy_form in ((AddOne, "y = x + 1"), (AddOneInPlace, "y = x + 1")):
+        g, x, y, cs = build_one_at_a_time(codelet)
+        eng = sp.Engine(g, [P.Repeat(RUNS, P.Execute(cs))])
+        host_x = np.random.default_rng(0).random(x.numel, dtype=np.float32)
+        eng.write_tensor(x, host_x)
+        eng.run(0)  # warm-up: touches the output pages once
+        best_engine = best_numpy = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            eng.run(0)
+            best_engine = min(best_engine, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in range(RUNS):
+                out = host_x + 1
+            best_numpy = min(best_numpy, time.perf_counter() - t0)
+        assert np.array_equal(eng.read_tensor(y), out)
+        emit(bench="engine_overhead", codelet=codelet.__name__, vertices=TILES * VERTICES_PER_TILE,
+             elements=x.numel, runs=RUNS, engine_s=round(best_engine, 4),
+             numpy_s=round(best_numpy, 4), numpy_form=numpy_form,
+             ratio=round(best_engine / best_numpy, 3), target_ratio=1.2)
+
+
+def bench_build() -> None:
+    t0 = time.perf_counter()
+    g, x, y, cs = build_one_at_a_time(AddOne)
+    t1 = time.perf_counter()
+    sp.compiler.compile_graph(g, [P.Execute(cs)])
+    t2 = time.perf_counter()
+    emit(bench="build_one_at_a_time", vertices=TILES * VERTICES_PER_TILE,
+         build_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3), total_s=round(t2 - t0, 3),
+         target_s=1.0)
+
+
+def bench_bulk(vertices: int = 1 << 20, n: int = 16) -> None:
+    t0 = time.perf_counter()
+    g = sp.Graph(sp.targets.GC200)
+    x = g.add_variable(sp.float32, (vertices, n), name="x")
+    y = g.add_variable(sp.float32, (vertices, n), name="y")
+    tiles = (np.arange(vertices) * TILES) // vertices
+    g.set_tile_mappings(x, tiles)
+    g.set_tile_mappings(y, tiles)
+    cs = g.add_compute_set("add_one")
+    g.add_vertices(cs, AddOne, {"x": x, "y": y}, tiles=tiles)
+    t1 = time.perf_counter()
+    sp.compiler.compile_graph(g, [P.Execute(cs)])
+    t2 = time.perf_counter()
+    emit(bench="build_bulk", vertices=vertices, build_s=round(t1 - t0, 3),
+         compile_s=round(t2 - t1, 3), total_s=round(t2 - t0, 3), target_s=2.0)
+
+
+if __name__ == "__main__":
+    bench_build()
+    bench_bulk()
+    bench_overhead()
