@@ -21,6 +21,8 @@ __all__ = [
     "StreamError",
     "CompileError",
     "EngineError",
+    "OutOfMemoryError",
+    "ReportError",
     "OptionError",
 ]
 
@@ -67,6 +69,15 @@ class StreamError(SoftIPUError, ValueError):
 
 class CompileError(SoftIPUError, ValueError):
     """The graph and programs cannot be compiled; the message lists every problem found."""
+
+
+class OutOfMemoryError(CompileError):
+    """Some tile needs more bytes than it has; the message names the tiles, the largest
+    contributors and what to change."""
+
+
+class ReportError(SoftIPUError, ValueError):
+    """A report read before anything ran, or a saved report that is corrupt or of another version."""
 
 
 class EngineError(SoftIPUError, ValueError):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,10 @@ from softipu.graph.streams import DataStream
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction, Vertex
 from softipu.target import Target
+
+if TYPE_CHECKING:
+    from softipu.compiler.costs import Step
+    from softipu.compiler.memory import MemoryPlan
 
 __all__ = ["VertexGroup", "CompiledComputeSet", "Executable"]
 
@@ -82,6 +86,9 @@ class Executable:
     programs: tuple[Program, ...]
     functions: dict[int, Program]
     streams: dict[str, DataStream]
+    steps: tuple[Step, ...] = ()
+    step_of: dict[int, int] = field(default_factory=dict)  # id(program node) -> step index
+    memory: MemoryPlan | None = None
     pass_seconds: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:

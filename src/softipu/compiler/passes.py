@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from softipu.compiler.conflicts import check_conflicts
+from softipu.compiler.costs import StepPricer
 from softipu.compiler.executable import CompiledComputeSet, Executable, VertexGroup
+from softipu.compiler.memory import MemoryPlan, plan_memory
 from softipu.debug import at
 from softipu.dtypes import DType
 from softipu.errors import CompileError, MappingError, ProgramError, SoftIPUError
@@ -41,6 +43,9 @@ class CompileState:
     functions: dict[int, P.Program] = field(default_factory=dict)
     used_compute_sets: tuple[ComputeSet, ...] = ()
     compute_sets: dict[int, CompiledComputeSet] = field(default_factory=dict)
+    allow_out_of_memory: bool = False
+    pricer: StepPricer | None = None
+    memory: MemoryPlan | None = None
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -291,20 +296,43 @@ def verify_compute_sets(state: CompileState) -> None:
         check_conflicts(compiled)
 
 
+# -- pass: price_steps (exchange plan and cost model) --------------------------------------------
+def price_steps(state: CompileState) -> None:
+    """The static cost of every program step: compute, exchange and sync cycles, bytes moved."""
+    pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets)
+    for root in list(state.programs) + list(state.functions.values()):
+        for node in P.walk(root):
+            pricer.price(node)
+    state.pricer = pricer
+
+
+# -- pass: plan_memory -----------------------------------------------------------------------------
+def plan_memory_pass(state: CompileState) -> None:
+    """Bytes per tile by category with liveness; OutOfMemoryError unless allowed."""
+    assert state.pricer is not None
+    state.memory = plan_memory(state.graph, state.graph.target, state.mappings, state.compute_sets,
+                               state.programs, state.functions, state.pricer.steps,
+                               state.pricer.step_of, state.pricer.exchange_code_regions,
+                               state.allow_out_of_memory)
+
+
 PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (
     ("verify_mapping", verify_mapping),
     ("verify_programs", verify_programs),
     ("build_vertex_groups", build_vertex_groups),
     ("verify_compute_sets", verify_compute_sets),
+    ("price_steps", price_steps),
+    ("plan_memory", plan_memory_pass),
 )
 
 
-def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program]) -> Executable:
+def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program], *,
+                  allow_out_of_memory: bool = False) -> Executable:
     """Run every pass; raise the first pass's CompileError (listing all its problems)."""
     progs = (programs,) if isinstance(programs, P.Program) else tuple(programs)
     if not progs:
         raise ProgramError("an engine needs at least one program; pass [program.Sequence(...)]")
-    state = CompileState(graph, progs)
+    state = CompileState(graph, progs, allow_out_of_memory=allow_out_of_memory)
     for name, run_pass in PASSES:
         t0 = time.perf_counter()
         try:
@@ -324,6 +352,9 @@ def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program]) -> Ex
         programs=state.programs,
         functions=state.functions,
         streams=dict(graph.streams),
+        steps=tuple(state.pricer.steps) if state.pricer else (),
+        step_of=state.pricer.step_of if state.pricer else {},
+        memory=state.memory,
         pass_seconds=tuple(state.timings),
     )
 

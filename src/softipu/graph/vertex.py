@@ -23,7 +23,12 @@ place (``y[...] = ...``, ``np.add(x, 1, out=y)``).
 
 ``cycles`` receives each field's length as an int (a tuple of ints for vector lists, 1 for
 scalars) and each param as an int/float array over the batch's vertices; it may return an int or
-an array.
+an array. It may also take a ``target`` argument (the chip, for worker counts and vector widths).
+``flops`` has the same signature and counts floating-point operations. ``code_bytes`` is the
+size of the codelet's code on a tile, for the memory plan (the target's default when unset).
+Cycles of a plain ``Vertex`` are one worker's cycles; the cost model spreads a tile's vertices
+over its worker contexts. ``MultiVertex`` and ``SupervisorVertex`` estimates are whole-tile
+cycles (poplibs' estimators already include the ``workers x`` factor).
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ class Vertex:
     kind: ClassVar[VertexKind] = VertexKind.VERTEX
     compute: ClassVar[Callable[..., object]]
     cycles: ClassVar[Callable[..., object] | None] = None
+    flops: ClassVar[Callable[..., object] | None] = None
+    code_bytes: ClassVar[int | None] = None
     defined_at: ClassVar[SourceLocation]
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -134,12 +141,18 @@ class Vertex:
             raise CodeletError(f"codelet {cls.__name__} (at {cls.defined_at}) declares no fields")
         _check_signature(cls, "compute", required=True)
         _check_signature(cls, "cycles", required=False)
+        _check_signature(cls, "flops", required=False)
 
     def __init__(self) -> None:
         raise CodeletError(
             f"codelet {type(self).__name__} is a vertex type, not an object: pass the class to "
             "graph.add_vertex(cs, codelet, fields, tile=...)"
         )
+
+
+def takes_target(fn: Callable[..., object]) -> bool:
+    """Whether a cycles/flops estimator wants the target passed in."""
+    return "target" in inspect.signature(fn).parameters
 
 
 def _check_signature(cls: type[Vertex], method: str, *, required: bool) -> None:
@@ -160,11 +173,13 @@ def _check_signature(cls: type[Vertex], method: str, *, required: bool) -> None:
     has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     missing = [n for n in cls.fields if n not in names and not has_var_kw]
-    extra = [n for n in names if n not in cls.fields]
+    optional = ("target",) if method != "compute" else ()
+    extra = [n for n in names if n not in cls.fields and n not in optional]
     if missing or extra:
         raise CodeletError(
             f"{cls.__name__}.{method} (at {cls.defined_at}) must take exactly the fields "
-            f"({', '.join(cls.fields)}); missing {missing}, unknown {extra}"
+            f"({', '.join(cls.fields)}){' and optionally target' if optional else ''}; "
+            f"missing {missing}, unknown {extra}"
         )
 
 

@@ -120,6 +120,32 @@ class Target:
     # Host <-> IPU bandwidth in one direction.
     host_link_bytes_per_second: float
 
+    # --- What the SDK adds: the cost and memory model's own figures --------------------------
+    # None of these is published; each is an ASSUMPTION of softipu [U], kept here so that a
+    # calibration can change it in one place. Cycles are tile clock cycles.
+    # Fixed cost of an exchange phase that moves data: exchange code start-up and fabric
+    # latency [U] (Jia et al. measured tens of cycles tile to tile on Mk1 [S], §6).
+    exchange_latency_cycles: int = 30
+    # On-tile copies: one 64-bit load and one 64-bit store per cycle (ld64st64 pipelining) [U].
+    on_tile_copy_bytes_per_cycle: float = 8.0
+    # Supervisor control code for one program step (a branch, a call, a loop turn) [U].
+    control_cycles_per_step: int = 10
+    # Variables are placed on 8-byte boundaries on each tile (64-bit loads) [U].
+    variable_alignment_bytes: int = 8
+    # Vertex state: a 32-bit pointer and a 32-bit size per vector field; 8 bytes per entry of a
+    # vector list; params and scalar pointers round up to 4 bytes [U].
+    vertex_state_bytes_per_field: int = 8
+    # Code of one codelet type on a tile, unless the codelet declares ``code_bytes`` [U].
+    codelet_code_bytes: int = 256
+    # Exchange code: instructions per contiguous region a tile sends or receives in a step [U].
+    exchange_code_bytes_per_region: int = 16
+    # Control code per program step, on every tile of the IPU [U].
+    control_code_bytes_per_step: int = 24
+    # Stacks per tile: each worker context and the supervisor (Poplar's target.workerStackSize
+    # and target.supervisorStackSize options; defaults not sourced here) [U].
+    worker_stack_bytes: int = 72
+    supervisor_stack_bytes: int = 76
+
     # --- Reference only -----------------------------------------------------------------------
     # Published peak of ONE IPU, for checking the derived peak_*_flops; None for custom chips.
     datasheet_fp16_flops: float | None = None

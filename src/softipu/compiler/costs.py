@@ -1,0 +1,255 @@
+"""The BSP cost model: what each program step costs, computed once at compile time.
+
+A step is a program node that does work: an ``Execute`` (one superstep: sync, exchange, compute),
+a ``Copy`` between tensors (sync, exchange, on-tile copies) or with the host (sync, PCIe), a
+``Sync``, and the control work of loops, branches and calls. A run only adds up the steps it
+executes, so loops and branches cost what they do at run time.
+
+Per tile, a compute set costs its vertices' cycle estimates spread over the worker contexts:
+plain ``Vertex`` estimates are one worker's cycles and a tile's workers share them
+(``workers x max(longest vertex, total / workers)``, a makespan bound for barrel scheduling);
+``MultiVertex`` and ``SupervisorVertex`` estimates are whole-tile cycles and add up. The step's
+compute time is its slowest tile's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from softipu.compiler.exchange import (
+    Traffic,
+    compute_set_transfers,
+    copy_transfers,
+    exchange_cycles,
+    split_by_mapping,
+    traffic,
+)
+from softipu.compiler.executable import CompiledComputeSet, VertexGroup
+from softipu.debug import SourceLocation
+from softipu.dtypes import DType
+from softipu.errors import CodeletError
+from softipu.graph import program as P
+from softipu.graph.mapping import ResolvedMapping
+from softipu.graph.streams import DataStream
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction, FieldShape, VertexKind, takes_target
+from softipu.target import Target
+
+__all__ = ["StepKind", "Step", "StepPricer", "vertex_cycles", "tile_compute_cycles"]
+
+# Worker cycles of a vertex whose codelet has no ``cycles`` estimator: a loop over every field
+# element plus call overhead. An ASSUMPTION [U]; the report marks such steps.
+DEFAULT_VERTEX_OVERHEAD_CYCLES = 10
+
+
+class StepKind(enum.Enum):
+    COMPUTE = "compute"  # Execute
+    COPY = "copy"  # tensor to tensor
+    HOST = "host"  # stream copy or print over PCIe
+    SYNC = "sync"
+    CONTROL = "control"  # loop turn, branch, call
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Step:
+    """The static cost of one program step."""
+
+    index: int
+    kind: StepKind
+    name: str
+    location: SourceLocation
+    compute_cycles: int = 0
+    exchange_cycles: int = 0
+    sync_cycles: int = 0
+    bytes_exchanged: int = 0  # bytes received by tiles, on chip
+    inter_ipu_bytes: int = 0
+    host_bytes: int = 0  # per replica
+    flops: int = 0
+    busiest_tile: int = 0
+    mean_tile_compute_cycles: float = 0.0
+    estimated_by_default: bool = False  # some codelet had no cycles() estimator
+    recv_tiles: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    recv_tile_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def cycles(self) -> int:
+        return self.compute_cycles + self.exchange_cycles + self.sync_cycles
+
+
+def _field_lengths(group: VertexGroup) -> dict[str, object]:
+    lengths: dict[str, object] = {}
+    for name, f in group.codelet.fields.items():
+        if f.direction is Direction.PARAM:
+            lengths[name] = group.fields[name]
+        elif f.shape is FieldShape.VECTOR_LIST:
+            lengths[name] = tuple(t.shape[1] for t in group.tensors(name))
+        else:
+            lengths[name] = group.tensors(name)[0].shape[1]
+    return lengths
+
+
+def _estimate(group: VertexGroup, method: str, target: Target) -> np.ndarray | None:
+    fn = getattr(group.codelet, method)
+    if fn is None:
+        return None
+    kwargs = _field_lengths(group)
+    if takes_target(fn):
+        kwargs["target"] = target
+    try:
+        value = np.asarray(fn(**kwargs))
+        return np.broadcast_to(value, (group.num_vertices,)).astype(np.int64)
+    except Exception as exc:
+        raise CodeletError(f"{method}() of codelet {group.codelet.__name__} (defined at "
+                           f"{group.codelet.defined_at}) failed: {type(exc).__name__}: {exc}") from exc
+
+
+def vertex_cycles(group: VertexGroup, target: Target) -> tuple[np.ndarray, bool]:
+    """(cycles per vertex, whether the default estimate was used)."""
+    cycles = _estimate(group, "cycles", target)
+    if cycles is not None:
+        return cycles, False
+    elements = sum(t.shape[1] for name, f in group.codelet.fields.items()
+                   if f.direction is not Direction.PARAM for t in group.tensors(name))
+    return np.full(group.num_vertices, DEFAULT_VERTEX_OVERHEAD_CYCLES + elements, np.int64), True
+
+
+def tile_compute_cycles(compiled: CompiledComputeSet, target: Target) -> tuple[np.ndarray, int, bool]:
+    """(compute cycles per tile, flops, any default estimates) of one compute set."""
+    tiles, workers = target.num_tiles, target.workers_per_tile
+    worker_total = np.zeros(tiles, np.int64)
+    worker_longest = np.zeros(tiles, np.int64)
+    supervisor = np.zeros(tiles, np.int64)
+    flops, defaulted = 0, False
+    for group in compiled.groups:
+        cycles, used_default = vertex_cycles(group, target)
+        defaulted |= used_default
+        f = _estimate(group, "flops", target)
+        flops += int(f.sum()) if f is not None else 0
+        if group.codelet.kind is VertexKind.VERTEX:
+            worker_total += np.bincount(group.tiles, weights=cycles, minlength=tiles).astype(np.int64)
+            if cycles.size and cycles.min() == cycles.max():
+                present = np.unique(group.tiles)
+                worker_longest[present] = np.maximum(worker_longest[present], cycles[0])
+            else:
+                np.maximum.at(worker_longest, group.tiles, cycles)
+        else:
+            supervisor += np.bincount(group.tiles, weights=cycles, minlength=tiles).astype(np.int64)
+    per_tile = workers * np.maximum(worker_longest, -(-worker_total // workers)) + supervisor
+    return per_tile, flops, defaulted
+
+
+class StepPricer:
+    """Prices program nodes; compute sets are priced once however often they run."""
+
+    def __init__(self, target: Target, mappings: dict[DType, ResolvedMapping],
+                 compute_sets: dict[int, CompiledComputeSet]) -> None:
+        self.target = target
+        self.mappings = mappings
+        self.compute_sets = compute_sets
+        self.steps: list[Step] = []
+        self.step_of: dict[int, int] = {}
+        self.exchange_code_regions = np.zeros(target.num_tiles, np.int64)
+        self._cs_cache: dict[int, dict] = {}
+
+    def price(self, node: P.Program) -> None:
+        method = getattr(self, f"price_{node.kind.name.lower()}", None)
+        if method is not None and id(node) not in self.step_of:
+            self.step_of[id(node)] = len(self.steps)
+            self.steps.append(method(node, len(self.steps)))
+
+    def _sync(self, traffic_: Traffic | None) -> int:
+        crosses = traffic_ is not None and traffic_.inter_ipu_bytes > 0
+        if self.target.num_ipus > 1 and crosses:
+            return self.target.global_sync_cycles()
+        return self.target.on_chip_sync_cycles
+
+    def _moved(self, t: Traffic) -> dict:
+        self.exchange_code_regions += t.send_regions + t.recv_regions
+        cycles, _ = exchange_cycles(t, self.target)
+        recv_tiles = np.flatnonzero(t.recv_bytes)
+        return dict(exchange_cycles=cycles, bytes_exchanged=t.total_bytes,
+                    inter_ipu_bytes=t.inter_ipu_bytes, recv_tiles=recv_tiles,
+                    recv_tile_bytes=t.recv_bytes[recv_tiles], sync_cycles=self._sync(t))
+
+    def price_execute(self, node: P.Execute, index: int) -> Step:
+        cs = node.compute_set
+        parts = self._cs_cache.get(cs.id)
+        if parts is None:
+            compiled = self.compute_sets[cs.id]
+            per_tile, flops, defaulted = tile_compute_cycles(compiled, self.target)
+            busy = int(np.argmax(per_tile))
+            parts = dict(compute_cycles=int(per_tile[busy]), flops=flops, busiest_tile=busy,
+                         mean_tile_compute_cycles=float(per_tile.mean()),
+                         estimated_by_default=defaulted)
+            parts |= self._moved(traffic(compute_set_transfers(compiled, self.mappings), self.target))
+            self._cs_cache[cs.id] = parts
+        else:  # the same compute set again: its exchange code is reused, not repeated
+            parts = dict(parts)
+        return Step(index, StepKind.COMPUTE, cs.name, node.location, **parts)
+
+    def price_copy(self, node: P.Copy, index: int) -> Step:
+        src, dst = node.src, node.dst
+        if isinstance(src, DataStream) or isinstance(dst, DataStream):
+            tensor = dst if isinstance(src, DataStream) else src
+            stream = src if isinstance(src, DataStream) else dst
+            return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
+                                   to_device=isinstance(src, DataStream))
+        transfers, local = copy_transfers(src, dst, self.mappings, self.target.num_tiles)
+        compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
+        return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location,
+                    compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
+                    **self._moved(traffic(transfers, self.target)))
+
+    def price_print_tensor(self, node: P.PrintTensor, index: int) -> Step:
+        return self._host_step(index, f"PrintTensor {node.tensor.name}", node.location, node.tensor,
+                               to_device=False)
+
+    def _host_step(self, index: int, name: str, location: SourceLocation, tensor: Tensor,
+                   to_device: bool) -> Step:
+        nbytes = tensor.numel * tensor.dtype.itemsize
+        tile_bytes = self._bytes_per_tile(tensor)
+        empty = np.zeros(self.target.num_tiles, np.int64)
+        t = Traffic(empty if to_device else tile_bytes, tile_bytes if to_device else empty,
+                    empty, empty, np.zeros(self.target.num_ipus, np.int64),
+                    np.zeros(self.target.num_ipus, np.int64))
+        on_chip, _ = exchange_cycles(t, self.target)
+        host = int(np.ceil(nbytes / self.target.host_link_bytes_per_cycle))
+        parts = self._moved(t)
+        parts["exchange_cycles"] = max(host, on_chip)
+        return Step(index, StepKind.HOST, name, location, host_bytes=nbytes, **parts)
+
+    def _bytes_per_tile(self, tensor: Tensor) -> np.ndarray:
+        starts, lengths = tensor.runs()
+        p_starts, p_ends, tiles, _ = split_by_mapping(starts, starts + lengths, self.mappings[tensor.dtype])
+        return np.bincount(tiles, weights=(p_ends - p_starts) * tensor.dtype.itemsize,
+                           minlength=self.target.num_tiles).astype(np.int64)
+
+    def price_sync(self, node: P.Sync, index: int) -> Step:
+        internal = node.sync_type is P.SyncType.INTERNAL or self.target.num_ipus == 1
+        cycles = self.target.on_chip_sync_cycles if internal else self.target.global_sync_cycles()
+        return Step(index, StepKind.SYNC, f"Sync {node.sync_type.value}", node.location,
+                    sync_cycles=cycles)
+
+    def _control(self, node: P.Program, index: int, name: str, sync: bool) -> Step:
+        return Step(index, StepKind.CONTROL, name, node.location,
+                    compute_cycles=self.target.control_cycles_per_step,
+                    sync_cycles=self.target.on_chip_sync_cycles if sync else 0)
+
+    def price_repeat(self, node: P.Repeat, index: int) -> Step:
+        return self._control(node, index, f"Repeat x{node.count} (per turn)", sync=False)
+
+    def price_repeat_while(self, node: P.RepeatWhileTrue, index: int) -> Step:
+        # Every tile must see the predicate: a sync and a broadcast per test.
+        return self._control(node, index, f"{type(node).__name__} test", sync=True)
+
+    def price_if(self, node: P.If, index: int) -> Step:
+        return self._control(node, index, "If test", sync=True)
+
+    def price_switch(self, node: P.Switch, index: int) -> Step:
+        return self._control(node, index, "Switch test", sync=True)
+
+    def price_call(self, node: P.Call, index: int) -> Step:
+        return self._control(node, index, f"Call {node.function.name}", sync=False)

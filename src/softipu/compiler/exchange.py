@@ -1,0 +1,206 @@
+"""The exchange plan: which bytes each tile sends and receives in a step, and what that costs.
+
+Data moves when a vertex reads elements that live on another tile (they are received before
+compute) or writes an Output that lives elsewhere (sent after compute), and when a Copy's source
+and destination elements sit on different tiles. Everything is computed on address intervals:
+
+* an interval a tile needs is split at the mapping's interval boundaries into pieces with one
+  home tile each (usually one piece per vertex field row);
+* a tile **receives** the union of the remote pieces it needs (an element several of its vertices
+  read arrives once);
+* a tile **sends** the union of its pieces anyone else needs (the exchange multicasts: one send
+  reaches every tile that listens);
+* two tiles of a supertile share one exchange bus, so a tile whose partner is idle moves data at
+  twice the per-tile rate (ipu-facts.md §1);
+* pieces crossing IPUs also travel on IPU-Links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from softipu.compiler.conflicts import field_intervals
+from softipu.compiler.executable import CompiledComputeSet
+from softipu.dtypes import DType
+from softipu.graph.mapping import ResolvedMapping
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction
+from softipu.target import Target
+
+__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic",
+           "exchange_cycles"]
+
+
+@dataclass(slots=True)
+class Transfers:
+    """Columns of address intervals moving from one tile to another, per dtype."""
+
+    starts: list[np.ndarray]
+    ends: list[np.ndarray]
+    src: list[np.ndarray]
+    dst: list[np.ndarray]
+    itemsize: list[int]
+
+    @classmethod
+    def empty(cls) -> Transfers:
+        return cls([], [], [], [], [])
+
+    def add(self, starts, ends, src, dst, itemsize: int) -> None:
+        moving = src != dst
+        if moving.any():
+            self.starts.append(starts[moving])
+            self.ends.append(ends[moving])
+            self.src.append(src[moving])
+            self.dst.append(dst[moving])
+            self.itemsize.append(itemsize)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Traffic:
+    """Bytes and contiguous regions each tile sends and receives in one step."""
+
+    send_bytes: np.ndarray  # int64 (tiles,)
+    recv_bytes: np.ndarray
+    send_regions: np.ndarray
+    recv_regions: np.ndarray
+    ipu_out_bytes: np.ndarray  # int64 (ipus,): bytes leaving each IPU on IPU-Links
+    ipu_in_bytes: np.ndarray
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.recv_bytes.sum())
+
+    @property
+    def inter_ipu_bytes(self) -> int:
+        return int(self.ipu_out_bytes.sum())
+
+
+def split_by_mapping(starts: np.ndarray, ends: np.ndarray, mapping: ResolvedMapping):
+    """Pieces of each interval that lie on one tile: (starts, ends, tiles, parent index)."""
+    if starts.size == 0 or mapping.starts.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z.astype(np.int32), z
+    k0 = np.searchsorted(mapping.starts, starts, side="right") - 1
+    k1 = np.searchsorted(mapping.starts, ends - 1, side="right") - 1
+    k0 = np.maximum(k0, 0)
+    count = k1 - k0 + 1
+    if np.all(count == 1):
+        return starts, ends, mapping.tiles[k0], np.arange(starts.size)
+    parent = np.repeat(np.arange(starts.size), count)
+    offset = np.arange(parent.size) - np.repeat(np.cumsum(count) - count, count)
+    k = k0[parent] + offset
+    p_starts = np.maximum(starts[parent], mapping.starts[k])
+    p_ends = np.minimum(ends[parent], mapping.ends[k])
+    return p_starts, p_ends, mapping.tiles[k], parent
+
+
+def compute_set_transfers(compiled: CompiledComputeSet,
+                          mappings: dict[DType, ResolvedMapping]) -> Transfers:
+    """Remote reads (home tile -> vertex tile) and remote writes (vertex tile -> home tile)."""
+    out = Transfers.empty()
+    for group in compiled.groups:
+        for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+            for t in group.tensors(name):
+                starts, ends, row = field_intervals(t)
+                p_starts, p_ends, home, parent = split_by_mapping(starts, ends, mappings[t.dtype])
+                vertex_tile = group.tiles[row[parent]]
+                if f.direction.reads:
+                    out.add(p_starts, p_ends, home, vertex_tile, t.dtype.itemsize)
+                if f.direction.writes:
+                    out.add(p_starts, p_ends, vertex_tile, home, t.dtype.itemsize)
+    return out
+
+
+def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping], num_tiles: int):
+    """(transfers between tiles, on-tile bytes per tile) of ``Copy(src, dst)``."""
+    mapping = mappings[src.dtype]
+    item = src.dtype.itemsize
+    if src.is_contiguous() and dst.is_contiguous():
+        # Element i is src.offset + i -> dst.offset + i: cut at both mappings' boundaries.
+        n = src.numel
+        cuts = np.concatenate(([0, n], mapping.starts - src.offset, mapping.starts - dst.offset))
+        cuts = np.unique(cuts[(cuts >= 0) & (cuts <= n)])
+        lo, hi = cuts[:-1], cuts[1:]
+        src_tile = mapping.tiles_of(src.offset + lo)
+        dst_tile = mapping.tiles_of(dst.offset + lo)
+        starts, ends = src.offset + lo, src.offset + hi
+    else:  # general views: element by element
+        s_addr, d_addr = src.addresses().reshape(-1), dst.addresses().reshape(-1)
+        src_tile, dst_tile = mapping.tiles_of(s_addr), mapping.tiles_of(d_addr)
+        starts, ends = s_addr, s_addr + 1
+    out = Transfers.empty()
+    out.add(starts, ends, src_tile, dst_tile, item)
+    same = src_tile == dst_tile
+    local = np.bincount(src_tile[same], weights=(ends - starts)[same] * item,
+                        minlength=num_tiles)
+    return out, local
+
+
+def _union(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_keys: int):
+    """Per key: total length of the union of its intervals, and how many regions that union has."""
+    if starts.size == 0:
+        z = np.zeros(num_keys, np.int64)
+        return z, z.copy()
+    span = int(ends.max()) + 1
+    s = keys.astype(np.int64) * span + starts  # keys never overlap after this shift
+    e = keys.astype(np.int64) * span + ends
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    reach = np.maximum.accumulate(e)
+    head = np.concatenate(([True], s[1:] > reach[:-1]))
+    first = np.flatnonzero(head)
+    seg_start = s[first]
+    seg_end = np.maximum.reduceat(e, first)
+    seg_key = seg_start // span
+    length = np.bincount(seg_key, weights=seg_end - seg_start, minlength=num_keys)
+    regions = np.bincount(seg_key, minlength=num_keys)
+    return length.astype(np.int64), regions.astype(np.int64)
+
+
+def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None = None) -> Traffic:
+    """Per-tile bytes and regions of a step's transfers (``extra_recv``: e.g. host data)."""
+    tiles, ipus = target.num_tiles, target.num_ipus
+    send = np.zeros(tiles, np.int64)
+    recv = np.zeros(tiles, np.int64) if extra_recv is None else extra_recv.astype(np.int64)
+    send_regions = np.zeros(tiles, np.int64)
+    recv_regions = np.zeros(tiles, np.int64)
+    ipu_out = np.zeros(ipus, np.int64)
+    ipu_in = np.zeros(ipus, np.int64)
+    for starts, ends, src, dst, item in zip(transfers.starts, transfers.ends, transfers.src,
+                                            transfers.dst, transfers.itemsize, strict=True):
+        length, regions = _union(src, starts, ends, tiles)
+        send += length * item
+        send_regions += regions
+        length, regions = _union(dst, starts, ends, tiles)
+        recv += length * item
+        recv_regions += regions
+        if ipus > 1:
+            src_ipu, dst_ipu = src // target.tiles_per_ipu, dst // target.tiles_per_ipu
+            cross = src_ipu != dst_ipu
+            pair = src_ipu[cross] * ipus + dst_ipu[cross]
+            length, _ = _union(pair, starts[cross], ends[cross], ipus * ipus)
+            per_pair = (length * item).reshape(ipus, ipus)
+            ipu_out += per_pair.sum(axis=1)
+            ipu_in += per_pair.sum(axis=0)
+    return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in)
+
+
+def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
+    """(step exchange cycles, per-tile exchange cycles) of one step's traffic."""
+    if not t.recv_bytes.any() and not t.send_bytes.any():
+        return 0, np.zeros(target.num_tiles, np.int64)
+    pair = np.arange(target.num_tiles) // target.tiles_per_supertile
+    per_tile = np.zeros(target.num_tiles, np.int64)
+    for moved in (t.send_bytes, t.recv_bytes):
+        # The pair shares a bus of twice the per-tile rate: its time is the pair's bytes at that rate.
+        pair_bytes = np.bincount(pair, weights=moved)[pair]
+        cycles = target.exchange_cycles(np.ceil(pair_bytes / target.tiles_per_supertile).astype(np.int64))
+        per_tile = np.maximum(per_tile, np.where(moved > 0, cycles, 0))
+    on_chip = int(per_tile.max())
+    off_chip = 0
+    if t.inter_ipu_bytes:
+        link_rate = target.ipu_links_per_ipu * target.ipu_link_bytes_per_cycle
+        off_chip = int(np.ceil(np.maximum(t.ipu_out_bytes, t.ipu_in_bytes).max() / link_rate))
+    return max(on_chip, off_chip) + target.exchange_latency_cycles, per_tile

@@ -1,0 +1,391 @@
+"""The memory plan: what every tile holds, by category, at its peak.
+
+Categories follow PopVision's memory report:
+
+* ``always_live_variables`` / ``constants`` — values that must survive the whole program: read
+  before they are written (their value comes from the host or an earlier run), never written on
+  the device, or written but never read back on the device (results the host will read);
+* ``not_always_live`` — intermediates written and then read on the device. They are allocated
+  by liveness: two never live at the same program point share bytes. The category is each tile's
+  peak over program points, including the receive buffers of each step's exchange;
+* ``vertex_state`` — each vertex's field pointers and params;
+* ``codelet_code`` — the code of each codelet type present on a tile, once;
+* ``exchange_code`` — instructions for each contiguous region a tile sends or receives;
+* ``control_code`` — the program's control flow, on every tile;
+* ``stacks`` — worker and supervisor stacks.
+
+Liveness is computed on a timeline of program points (functions inlined at each call; loop bodies
+once). A value used inside a loop and outside it, or carried from one turn to the next, is live
+for the whole loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from softipu.compiler.conflicts import field_intervals
+from softipu.compiler.exchange import split_by_mapping
+from softipu.compiler.executable import CompiledComputeSet
+from softipu.debug import at
+from softipu.dtypes import DType
+from softipu.errors import OutOfMemoryError
+from softipu.graph import program as P
+from softipu.graph.graph import Graph, Variable
+from softipu.graph.mapping import ResolvedMapping
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction, FieldShape
+from softipu.target import Target
+
+__all__ = ["MemoryPlan", "plan_memory", "CATEGORIES", "out_of_memory_message"]
+
+CATEGORIES = ("always_live_variables", "constants", "not_always_live", "vertex_state",
+              "codelet_code", "exchange_code", "control_code", "stacks")
+
+_READ, _WRITE, _KILL = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MemoryPlan:
+    """Bytes per tile by category, and the liveness that shaped them."""
+
+    bytes_per_tile: int  # what a tile has
+    categories: dict[str, np.ndarray]  # name -> int64 (tiles,)
+    always_live: np.ndarray  # bool per variable id
+    var_ids: np.ndarray  # sparse (variable, tile, bytes) placement
+    var_tiles: np.ndarray
+    var_bytes: np.ndarray
+    liveness_bytes: np.ndarray  # not-always-live bytes over all tiles at each program point
+    point_steps: np.ndarray  # the step index of each program point
+    cs_state_bytes: dict[int, np.ndarray] = field(default_factory=dict)  # per compute set, per tile
+
+    @property
+    def tile_bytes(self) -> np.ndarray:
+        return sum(self.categories.values())  # type: ignore[return-value]
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.tile_bytes.sum())
+
+
+# -- variables on tiles ----------------------------------------------------------------------
+def _placement(graph: Graph, mappings: dict[DType, ResolvedMapping], target: Target):
+    """Sparse (variable id, tile, bytes) triples, each rounded up to the alignment."""
+    ids, tiles, nbytes = [], [], []
+    for dtype, space in graph.spaces.items():
+        if not space.variables:
+            continue
+        vars_ = space.variables
+        starts = np.array([v.start for v in vars_], np.int64)
+        ends = np.array([v.end for v in vars_], np.int64)
+        p_starts, p_ends, p_tiles, parent = split_by_mapping(starts, ends, mappings[dtype])
+        var_id = np.array([v.id for v in vars_], np.int64)[parent]
+        key = var_id * target.num_tiles + p_tiles
+        uniq, inverse = np.unique(key, return_inverse=True)
+        total = np.bincount(inverse, weights=(p_ends - p_starts) * dtype.itemsize).astype(np.int64)
+        align = target.variable_alignment_bytes
+        ids.append(uniq // target.num_tiles)
+        tiles.append(uniq % target.num_tiles)
+        nbytes.append(-(-total // align) * align)
+    if not ids:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    return np.concatenate(ids), np.concatenate(tiles), np.concatenate(nbytes)
+
+
+# -- liveness --------------------------------------------------------------------------------
+class _Timeline:
+    """Program points in execution order, with the variables each point reads and writes."""
+
+    def __init__(self, graph: Graph, compute_sets: dict[int, CompiledComputeSet],
+                 functions: dict[int, P.Program], step_of: dict[int, int]) -> None:
+        self.graph, self.compute_sets, self.functions, self.step_of = graph, compute_sets, functions, step_of
+        self.points: list[int] = []  # step index per point
+        self.access: list[tuple[int, np.ndarray, int]] = []  # (point, variable ids, kind)
+        self.loops: list[tuple[int, int]] = []
+        self.program_starts: list[int] = []
+        self._cs_vars: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _point(self, node: P.Program) -> int:
+        self.points.append(self.step_of.get(id(node), -1))
+        return len(self.points) - 1
+
+    def _touch(self, point: int, tensors, kind: int) -> None:
+        ids = [self._vars_of(t) for t in tensors if isinstance(t, Tensor)]
+        if ids:
+            self.access.append((point, np.unique(np.concatenate(ids)), kind))
+
+    def _vars_of(self, t: Tensor) -> np.ndarray:
+        space = self.graph.spaces[t.dtype]
+        starts, lengths = t.runs()
+        return self._ids_in(space, starts, starts + lengths)
+
+    @staticmethod
+    def _ids_in(space, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        if starts.size == 0:
+            return np.zeros(0, np.int64)
+        var_starts = np.asarray(space.starts, np.int64)
+        k0 = np.searchsorted(var_starts, starts, side="right") - 1
+        k1 = np.searchsorted(var_starts, ends - 1, side="right") - 1
+        ks = np.unique(np.concatenate([k0, k1]))
+        if np.any(k1 > k0):  # an interval spanning several variables: take all between
+            ks = np.unique(np.concatenate([ks] + [np.arange(a, b + 1) for a, b in zip(k0, k1, strict=True) if b > a]))
+        return np.array([space.variables[k].id for k in ks.tolist()], np.int64)
+
+    def walk(self, node: P.Program) -> None:
+        getattr(self, f"walk_{node.kind.name.lower()}")(node)
+
+    def walk_sequence(self, node: P.Sequence) -> None:
+        for child in node.programs:
+            self.walk(child)
+
+    def walk_execute(self, node: P.Execute) -> None:
+        point = self._point(node)
+        reads, writes = self._compute_set_vars(node.compute_set.id)
+        if reads.size:
+            self.access.append((point, reads, _READ))
+        if writes.size:
+            self.access.append((point, writes, _WRITE))
+
+    def _compute_set_vars(self, cs_id: int) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._cs_vars.get(cs_id)
+        if cached is None:
+            reads, writes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+            for group in self.compute_sets[cs_id].groups:
+                for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                    for t in group.tensors(name):
+                        starts, ends, _ = field_intervals(t)
+                        ids = self._ids_in(self.graph.spaces[t.dtype], starts, ends)
+                        (writes if f.direction.writes else reads).append(ids)
+                        if f.direction is Direction.INOUT:
+                            reads.append(ids)
+            cached = (np.unique(np.concatenate(reads)), np.unique(np.concatenate(writes)))
+            self._cs_vars[cs_id] = cached
+        return cached
+
+    def walk_copy(self, node: P.Copy) -> None:
+        point = self._point(node)
+        self._touch(point, [node.src], _READ)
+        self._touch(point, [node.dst], _WRITE)
+
+    def _loop(self, body) -> None:
+        start = len(self.points)
+        body()
+        self.loops.append((start, len(self.points) - 1))
+
+    def walk_repeat(self, node: P.Repeat) -> None:
+        self._point(node)
+        self._loop(lambda: self.walk(node.body))
+
+    def walk_repeat_while(self, node: P.RepeatWhileTrue) -> None:
+        def body() -> None:
+            self.walk(node.condition)
+            self._touch(self._point(node), [node.predicate], _READ)
+            self.walk(node.body)
+        self._loop(body)
+
+    def walk_if(self, node: P.If) -> None:
+        self._touch(self._point(node), [node.predicate], _READ)
+        for branch in node.children():
+            self.walk(branch)
+
+    def walk_switch(self, node: P.Switch) -> None:
+        self._touch(self._point(node), [node.control], _READ)
+        for branch in node.children():
+            self.walk(branch)
+
+    def walk_call(self, node: P.Call) -> None:
+        self._point(node)
+        self.walk(self.functions[node.function.id])
+
+    def walk_write_undef(self, node: P.WriteUndef) -> None:
+        self._touch(self._point(node), [node.tensor], _KILL)
+
+    def walk_print_tensor(self, node: P.PrintTensor) -> None:
+        self._touch(self._point(node), [node.tensor], _READ)
+
+    def walk_sync(self, node: P.Sync) -> None:
+        self._point(node)
+
+
+def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(always live?, first point, last point) per variable."""
+    always = np.ones(num_vars, bool)
+    first = np.full(num_vars, -1, np.int64)
+    last = np.full(num_vars, -1, np.int64)
+    if not timeline.access:
+        return always, first, last
+    point = np.concatenate([np.full(ids.size, p, np.int64) for p, ids, _ in timeline.access])
+    var = np.concatenate([ids for _, ids, _ in timeline.access])
+    kind = np.concatenate([np.full(ids.size, k, np.int64) for _, ids, k in timeline.access])
+    order = np.lexsort((kind, point, var))  # per variable, in program order (reads before writes)
+    point, var, kind = point[order], var[order], kind[order]
+    head = np.concatenate(([True], var[1:] != var[:-1]))
+    starts = np.flatnonzero(head)
+    ends = np.concatenate((starts[1:], [var.size])) - 1
+    v = var[starts]
+    first[v], last[v] = point[starts], point[ends]
+    # Intermediates: first touched by a write (or undef) and last touched by a read.
+    always[v] = ~((kind[starts] != _READ) & (kind[ends] == _READ))
+    # A program that reads a variable before writing it needs its value from before: always live.
+    bounds = np.asarray(timeline.program_starts + [len(timeline.points)], np.int64)
+    prog = np.searchsorted(bounds, point, side="right") - 1
+    key_head = np.concatenate(([True], (var[1:] != var[:-1]) | (prog[1:] != prog[:-1])))
+    read_first = var[key_head & (kind == _READ)]
+    always[read_first] = True
+    for lo, hi in timeline.loops:  # values used in a loop and beyond it live for the whole loop
+        inside = (point >= lo) & (point <= hi)
+        in_vars = np.unique(var[inside])
+        escapes = (first[in_vars] < lo) | (last[in_vars] > hi)
+        carried = _read_first_in(var[inside], kind[inside], in_vars)
+        grow = in_vars[escapes | carried]
+        first[grow] = np.minimum(first[grow], lo)
+        last[grow] = np.maximum(last[grow], hi)
+    return always, first, last
+
+
+def _read_first_in(var: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each id: is its first access in (var, kind) — already in program order — a read?"""
+    head = np.concatenate(([True], var[1:] != var[:-1])) if var.size else np.zeros(0, bool)
+    first_kind = dict(zip(var[head].tolist(), kind[head].tolist(), strict=True))
+    return np.array([first_kind.get(i, _WRITE) == _READ for i in ids.tolist()], bool)
+
+
+def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles: int,
+                   points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile peak of live bytes, and total live bytes at each point, from +/- events."""
+    if not events:
+        return np.zeros(tiles, np.int64), np.zeros(points, np.int64)
+    p = np.concatenate([e[0] for e in events])
+    t = np.concatenate([e[1] for e in events])
+    d = np.concatenate([e[2] for e in events])
+    order = np.lexsort((d, p, t))  # frees before allocations at the same point
+    p, t, d = p[order], t[order], d[order]
+    running = np.cumsum(d)
+    head = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
+    before = np.concatenate(([0], running[:-1]))[head]
+    running -= np.repeat(before, np.diff(np.concatenate((head, [t.size]))))
+    peak = np.zeros(tiles, np.int64)
+    peak[t[head]] = np.maximum.reduceat(running, head)
+    over_time = np.cumsum(np.bincount(p, weights=d, minlength=points + 1))[:points]
+    return np.maximum(peak, 0), over_time.astype(np.int64)
+
+
+# -- the pass --------------------------------------------------------------------------------
+def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapping],
+                compute_sets: dict[int, CompiledComputeSet], programs: tuple[P.Program, ...],
+                functions: dict[int, P.Program], steps: list, step_of: dict[int, int],
+                exchange_regions: np.ndarray, allow_out_of_memory: bool) -> MemoryPlan:
+    tiles = target.num_tiles
+    var_ids, var_tiles, var_bytes = _placement(graph, mappings, target)
+    timeline = _Timeline(graph, compute_sets, functions, step_of)
+    for prog in programs:
+        timeline.program_starts.append(len(timeline.points))
+        timeline.walk(prog)
+    num_points = len(timeline.points)
+    always, first, last = _live_ranges(timeline, len(graph.variables))
+    constant = np.array([v.is_constant for v in graph.variables], bool)
+    always |= constant
+    cats = {name: np.zeros(tiles, np.int64) for name in CATEGORIES}
+    for mask, name in ((always & ~constant, "always_live_variables"), (constant, "constants")):
+        sel = mask[var_ids]
+        cats[name] = np.bincount(var_tiles[sel], weights=var_bytes[sel], minlength=tiles).astype(np.int64)
+    events = []
+    nal = ~always[var_ids]
+    if nal.any():
+        v, t, b = var_ids[nal], var_tiles[nal], var_bytes[nal]
+        events.append((first[v], t, b))
+        events.append((last[v] + 1, t, -b))
+    point_steps = np.asarray(timeline.points, np.int64)
+    for p in np.flatnonzero(point_steps >= 0).tolist():  # each step's receive buffers, at its point
+        step = steps[point_steps[p]]
+        if step.recv_tiles.size:
+            events.append((np.full(step.recv_tiles.size, p), step.recv_tiles, step.recv_tile_bytes))
+            events.append((np.full(step.recv_tiles.size, p + 1), step.recv_tiles, -step.recv_tile_bytes))
+    cats["not_always_live"], liveness = _peak_per_tile(events, tiles, num_points)
+    cs_state = _vertex_state(compute_sets, target)
+    cats["vertex_state"] = sum(cs_state.values(), np.zeros(tiles, np.int64))
+    cats["codelet_code"] = _codelet_code(compute_sets, target)
+    cats["exchange_code"] = exchange_regions * target.exchange_code_bytes_per_region
+    cats["control_code"] = np.full(tiles, len(steps) * target.control_code_bytes_per_step, np.int64)
+    cats["stacks"] = np.full(tiles, target.workers_per_tile * target.worker_stack_bytes
+                             + target.supervisor_stack_bytes, np.int64)
+    plan = MemoryPlan(target.bytes_per_tile, cats, always, var_ids, var_tiles, var_bytes,
+                      liveness, point_steps, cs_state)
+    if not allow_out_of_memory and int(plan.tile_bytes.max(initial=0)) > target.bytes_per_tile:
+        raise OutOfMemoryError(out_of_memory_message(plan, graph, compute_sets, target))
+    return plan
+
+
+def _state_bytes_per_vertex(codelet, target: Target) -> int:
+    per_field = target.vertex_state_bytes_per_field
+    total = 0
+    for f in codelet.fields.values():
+        if f.direction is Direction.PARAM:
+            total += -(-f.dtype.itemsize // 4) * 4
+        elif f.shape is FieldShape.SCALAR:
+            total += 4
+        elif f.shape is FieldShape.VECTOR:
+            total += per_field
+    return total
+
+
+def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target) -> dict[int, np.ndarray]:
+    out = {}
+    for cs_id, compiled in compute_sets.items():
+        per_tile = np.zeros(target.num_tiles, np.int64)
+        for g in compiled.groups:
+            each = _state_bytes_per_vertex(g.codelet, target)
+            for name, f in g.codelet.fields.items():
+                if f.shape is FieldShape.VECTOR_LIST:
+                    each += 4 + target.vertex_state_bytes_per_field * len(g.tensors(name))
+            per_tile += np.bincount(g.tiles, minlength=target.num_tiles) * each
+        out[cs_id] = per_tile
+    return out
+
+
+def _codelet_code(compute_sets: dict[int, CompiledComputeSet], target: Target) -> np.ndarray:
+    present: dict[type, np.ndarray] = {}
+    for compiled in compute_sets.values():
+        for g in compiled.groups:
+            mask = present.setdefault(g.codelet, np.zeros(target.num_tiles, bool))
+            mask[g.tiles] = True
+    total = np.zeros(target.num_tiles, np.int64)
+    for codelet, mask in present.items():
+        total += mask * (codelet.code_bytes or target.codelet_code_bytes)
+    return total
+
+
+def out_of_memory_message(plan: MemoryPlan, graph: Graph, compute_sets: dict[int, CompiledComputeSet],
+                          target: Target) -> str:
+    used = plan.tile_bytes
+    over = np.flatnonzero(used > target.bytes_per_tile)
+    worst = over[np.argsort(-used[over], kind="stable")][:3]
+    tile = int(worst[0])
+    lines = [f"out of memory on {over.size} of {target.num_tiles} tiles of {target.name}: tile {tile} "
+             f"needs {int(used[tile]):,} bytes but tiles only have {target.bytes_per_tile:,} bytes"]
+    if worst.size > 1:
+        lines.append("  worst tiles: " + ", ".join(f"tile {int(t)} ({int(used[t]):,} B)" for t in worst))
+    by_cat = sorted(((int(a[tile]), n) for n, a in plan.categories.items() if a[tile]), reverse=True)
+    lines.append(f"  on tile {tile}, by category: " + ", ".join(f"{n} {b:,} B" for b, n in by_cat))
+    on_tile = plan.var_tiles == tile
+    order = np.argsort(-plan.var_bytes[on_tile], kind="stable")[:5]
+    for i in order.tolist():
+        var: Variable = graph.variables[int(plan.var_ids[on_tile][i])]
+        live = "always live" if plan.always_live[var.id] else "not always live"
+        nbytes = int(plan.var_bytes[on_tile][i])
+        lines.append(f"  variable {var.name!r} {var.shape} {var.dtype}: {nbytes:,} B "
+                     f"on tile {tile} ({live}){at(var.location)}")
+    states = sorted(((int(a[tile]), cs) for cs, a in plan.cs_state_bytes.items() if a[tile]),
+                    reverse=True)[:3]
+    for nbytes, cs_id in states:
+        cs = compute_sets[cs_id].compute_set
+        lines.append(f"  compute set {cs.name!r}: vertex state {nbytes:,} B on tile {tile}"
+                     f"{at(cs.location)}")
+    lines.append(
+        "  what to do: spread the largest variables over more tiles (sp.ops.map_linearly), put fewer "
+        "vertices on the crowded tiles, split large compute sets, use a target with more tiles or "
+        "IPUs, or compile anyway with options={'debug.allowOutOfMemory': True} and read eng.report")
+    return "\n".join(lines)
+
