@@ -130,7 +130,8 @@ class _Timeline:
         k1 = np.searchsorted(var_starts, ends - 1, side="right") - 1
         ks = np.unique(np.concatenate([k0, k1]))
         if np.any(k1 > k0):  # an interval spanning several variables: take all between
-            ks = np.unique(np.concatenate([ks] + [np.arange(a, b + 1) for a, b in zip(k0, k1, strict=True) if b > a]))
+            spans = [np.arange(a, b + 1) for a, b in zip(k0, k1, strict=True) if b > a]
+            ks = np.unique(np.concatenate([ks, *spans]))
         return np.array([space.variables[k].id for k in ks.tolist()], np.int64)
 
     def walk(self, node: P.Program) -> None:
