@@ -30,7 +30,9 @@ from softipu.errors import (
     FieldError,
     MappingError,
     OptionError,
+    OutOfMemoryError,
     ProgramError,
+    ReportError,
     SoftIPUError,
     StreamError,
     TargetError,
@@ -54,6 +56,8 @@ from softipu.graph import (
     VertexRef,
     concat,
 )
+from softipu.graph.cycles import cycle_count, cycle_stamp
+from softipu.profile import Report
 from softipu.target import Target
 
 SCALAR = FieldShape.SCALAR
@@ -65,9 +69,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CodeletError", "CompileError", "ComputeSet", "DType", "DTypeError", "DataStream", "Engine",
     "EngineError", "EngineOptions", "FieldError", "FieldShape", "Function", "Graph", "InOut",
-    "Input", "MappingError", "MultiVertex", "OptionError", "Output", "Param", "ProgramError",
-    "SCALAR", "SoftIPUError", "StreamError", "SupervisorVertex", "Target", "TargetError",
-    "Tensor", "TensorError", "VECTOR", "VECTOR_LIST", "Vertex", "VertexRef", "WriteConflictError",
-    "bool_", "compiler", "concat", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
+    "Input", "MappingError", "MultiVertex", "OptionError", "OutOfMemoryError", "Output", "Param",
+    "ProgramError", "Report", "ReportError", "SCALAR", "SoftIPUError", "StreamError",
+    "SupervisorVertex", "Target", "TargetError", "Tensor", "TensorError", "VECTOR", "VECTOR_LIST",
+    "Vertex", "VertexRef", "WriteConflictError", "bool_", "compiler", "concat", "cycle_count",
+    "cycle_stamp", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
     "targets", "uint8", "uint16", "uint32", "uint64",
 ]

@@ -209,6 +209,11 @@ class _Timeline:
     def walk_sync(self, node: P.Sync) -> None:
         self._point(node)
 
+    def walk_cycle_count(self, node: P.CycleCount) -> None:
+        if node.body is not None:
+            self.walk(node.body)
+        self._touch(self._point(node), [node.counter], _WRITE)
+
 
 def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(always live?, first point, last point) per variable."""

@@ -8,6 +8,8 @@
 >>> eng = sp.Engine(g, [P.Copy(x, y)])
 >>> eng.write_tensor(x, [1, 2, 3, 4]); eng.run(0); eng.read_tensor(y)
 array([1., 2., 3., 4.], dtype=float32)
+>>> eng.report.cycles > 0
+True
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from softipu.compiler import Executable, compile_graph
+from softipu.engine.estimate import StaticCost
 from softipu.engine.fast import FastInterpreter
+from softipu.engine.interpreter import RunLog
 from softipu.engine.reference import ReferenceInterpreter
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
@@ -29,19 +33,34 @@ from softipu.errors import EngineError, OptionError, ProgramError
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
+from softipu.profile import Report
 
 __all__ = ["Engine", "EngineOptions"]
 
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
-    """Engine options, given as Poplar-style dotted keys: ``{"engine.reference": True}``."""
+    """Engine options, given as Poplar-style dotted keys: ``{"engine.reference": True}``.
 
-    reference: bool = False  # "engine.reference": run the per-vertex reference interpreter
-    floating_point_exceptions: bool = False  # "debug.floatingPointExceptions": raise on inf/nan ops
+    * ``engine.reference`` (bool): run the per-vertex reference interpreter.
+    * ``debug.floatingPointExceptions`` (bool): raise on overflow, invalid and divide-by-zero
+      inside codelets instead of producing inf/nan as the hardware does by default.
+    * ``debug.allowOutOfMemory`` (bool): compile even when a tile overflows, to read the report.
+    * ``estimate.whileIterations`` (int): turns an estimate-only engine assumes for each
+      ``RepeatWhileTrue``/``RepeatWhileFalse`` (default 1).
+    """
 
-    KEYS: ClassVar[dict[str, str]] = {"engine.reference": "reference",
-            "debug.floatingPointExceptions": "floating_point_exceptions"}
+    reference: bool = False
+    floating_point_exceptions: bool = False
+    allow_out_of_memory: bool = False
+    while_iterations: int = 1
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "engine.reference": "reference",
+        "debug.floatingPointExceptions": "floating_point_exceptions",
+        "debug.allowOutOfMemory": "allow_out_of_memory",
+        "estimate.whileIterations": "while_iterations",
+    }
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> EngineOptions:
@@ -52,8 +71,10 @@ class EngineOptions:
                 near = difflib.get_close_matches(key, list(cls.KEYS), n=2)
                 hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
                 raise OptionError(f"unknown engine option {key!r}{hint}; options are {sorted(cls.KEYS)}")
-            if not isinstance(value, bool):
-                raise OptionError(f"engine option {key!r} takes True or False, got {value!r}")
+            want = type(getattr(cls(), attr))
+            if type(value) is not want or (want is int and value < 0):
+                kind = "non-negative int" if want is int else "bool"
+                raise OptionError(f"engine option {key!r} takes a {kind}, got {value!r}")
             values[attr] = value
         return cls(**values)
 
@@ -61,21 +82,29 @@ class EngineOptions:
 class Engine:
     """Compile ``programs`` for ``graph`` and load them onto a simulated device.
 
-    ``programs`` is a program or a list of programs; ``run(i)`` runs the i-th.
+    ``programs`` is a program or a list of programs; ``run(i)`` runs the i-th. With
+    ``estimate_only=True`` nothing is allocated: ``run`` prices the program statically (see
+    :mod:`softipu.engine.estimate`) and ``report`` tells what a real IPU would spend.
     """
 
     def __init__(self, graph: Graph, programs: P.Program | Iterable[P.Program],
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None, *, estimate_only: bool = False) -> None:
         if not isinstance(graph, Graph):
             raise EngineError(f"Engine needs a softipu Graph, got {type(graph).__name__}")
         self.options = EngineOptions.parse(options)
         self.graph = graph
-        self.executable: Executable = compile_graph(graph, programs)
+        self.estimate_only = estimate_only
+        self.executable: Executable = compile_graph(
+            graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
+        self.log = RunLog(len(self.executable.steps))
+        self._static = StaticCost(self.executable, self.options.while_iterations)
+        self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"
+        if estimate_only:
+            return
         self.storage = Storage(self.executable)
         self.streams = HostStreams(self.executable.streams, graph.replication_factor)
         interpreter = ReferenceInterpreter if self.options.reference else FastInterpreter
-        self._interpreter = interpreter(self.executable, self.storage, self.streams)
-        self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"
+        self._interpreter = interpreter(self.executable, self.storage, self.streams, self.log)
 
     @property
     def num_programs(self) -> int:
@@ -83,6 +112,18 @@ class Engine:
 
     def run(self, index: int = 0) -> None:
         """Run program ``index`` of the list the engine was made with."""
+        program = self.executable.programs[self._program_index(index)]
+        start = self.log.cycles
+        if self.estimate_only:
+            cycles, counts = self._static.cost(program)
+            for step, times in sorted(counts.items()):
+                self.log.add(step, self.executable.steps[step].cycles, times)
+        else:
+            with np.errstate(all=self._errstate):
+                self._interpreter.run(program)
+        self.log.runs.append((int(index), self.log.cycles - start))
+
+    def _program_index(self, index: Any) -> int:
         try:
             i = operator.index(index)
         except TypeError:
@@ -90,16 +131,20 @@ class Engine:
         if not 0 <= i < self.num_programs:
             raise ProgramError(f"program index {i} is out of range: this engine has "
                                f"{self.num_programs} program(s), 0..{self.num_programs - 1}")
-        with np.errstate(all=self._errstate):
-            self._interpreter.run(self.executable.programs[i])
+        return i
+
+    @property
+    def report(self) -> Report:
+        """Memory, cycles and steps of everything run so far (see :class:`softipu.Report`)."""
+        return Report.build(self.executable, self.log, estimate_only=self.estimate_only)
 
     def write_tensor(self, tensor: Tensor, values: Any) -> None:
         """Set a tensor's values: ``tensor.shape`` for every replica, or one per replica."""
-        self.storage.write(self._own(tensor, "write_tensor"), values)
+        self._data("write_tensor").write(self._own(tensor, "write_tensor"), values)
 
     def read_tensor(self, tensor: Tensor) -> np.ndarray:
         """A copy of a tensor's values (with a leading replica axis when replicated)."""
-        return self.storage.read(self._own(tensor, "read_tensor"))
+        return self._data("read_tensor").read(self._own(tensor, "read_tensor"))
 
     def connect_stream(self, name: str, data: Any, replica: int | None = None) -> None:
         """Connect a host array (a ring of transfers) or a callback to the stream ``name``.
@@ -107,7 +152,14 @@ class Engine:
         Unless ``replica`` is given, every replica uses this connection in turn, so one
         ``Copy`` of a host-to-device stream consumes one transfer per replica.
         """
+        self._data("connect_stream")
         self.streams.connect(name, data, replica)
+
+    def _data(self, what: str) -> Storage:
+        if self.estimate_only:
+            raise EngineError(f"{what}: this engine is estimate-only and holds no tensor data; "
+                              "make it without estimate_only=True to run on values")
+        return self.storage
 
     def _own(self, tensor: Any, what: str) -> Tensor:
         if not isinstance(tensor, Tensor):

@@ -19,11 +19,10 @@ import numpy as np
 
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
-from softipu.engine.interpreter import ProgramInterpreter
+from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
-from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
@@ -133,14 +132,14 @@ class FastInterpreter(ProgramInterpreter):
     """The engine's executor: batched compute sets, precomputed views."""
 
     def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
-                 out: Any = None) -> None:
-        super().__init__(executable, storage, streams, out)
+                 log: RunLog, out: Any = None) -> None:
+        super().__init__(executable, storage, streams, log, out)
         self._runners: dict[int, list[Callable[[Storage], None]]] = {}
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
             self._runners[cs_id] = [GroupRunner(g, storage, where) for g in compiled.groups]
 
-    def run_execute(self, node: P.Execute) -> None:
+    def execute(self, compute_set_id: int) -> None:
         storage = self.storage
-        for runner in self._runners[node.compute_set.id]:
+        for runner in self._runners[compute_set_id]:
             runner(storage)

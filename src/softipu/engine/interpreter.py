@@ -20,22 +20,52 @@ from softipu.graph import program as P
 from softipu.graph.streams import DataStream
 from softipu.graph.tensor import Tensor
 
-__all__ = ["ProgramInterpreter"]
+__all__ = ["ProgramInterpreter", "RunLog"]
+
+# Trace events kept per engine (for save_trace); later steps are counted, not traced.
+TRACE_LIMIT = 200_000
+
+
+class RunLog:
+    """What ran: modeled cycles, how often each step ran, and a timeline for traces."""
+
+    def __init__(self, num_steps: int) -> None:
+        self.cycles = 0
+        self.runs: list[tuple[int, int]] = []  # (program index, cycles)
+        self.step_counts = [0] * num_steps
+        self.trace: list[tuple[int, int, int]] = []  # (step index, start cycle, times in a row)
+        self.trace_dropped = 0
+
+    def add(self, step: int, cycles: int, times: int = 1) -> None:
+        if len(self.trace) < TRACE_LIMIT:
+            self.trace.append((step, self.cycles, times))
+        else:
+            self.trace_dropped += 1
+        self.cycles += cycles * times
+        self.step_counts[step] += times
 
 
 class ProgramInterpreter:
-    """Runs programs against a storage and host streams."""
+    """Runs programs against a storage and host streams, adding up each step's modeled cycles."""
 
     def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
-                 out: Any = None) -> None:
+                 log: RunLog, out: Any = None) -> None:
         self.executable = executable
         self.storage = storage
         self.streams = streams
+        self.log = log
         self.out = out
         self._methods = {kind: getattr(self, f"run_{kind.name.lower()}") for kind in P.ProgramKind}
+        self._step_of = executable.step_of
+        self._step_cycles = [step.cycles for step in executable.steps]
 
     def run(self, node: P.Program) -> None:
         self._methods[node.kind](node)
+
+    def account(self, node: P.Program) -> None:
+        i = self._step_of.get(id(node))
+        if i is not None:
+            self.log.add(i, self._step_cycles[i])
 
     # -- control flow --------------------------------------------------------------------------
     def run_sequence(self, node: P.Sequence) -> None:
@@ -45,27 +75,32 @@ class ProgramInterpreter:
 
     def run_repeat(self, node: P.Repeat) -> None:
         for _ in range(node.count):
+            self.account(node)
             self.run(node.body)
 
     def run_repeat_while(self, node: P.RepeatWhileTrue) -> None:
         while True:
             self.run(node.condition)
+            self.account(node)
             if bool(self.scalar(node.predicate, node)) != node.run_while:
                 return
             self.run(node.body)
 
     def run_if(self, node: P.If) -> None:
+        self.account(node)
         if self.scalar(node.predicate, node):
             self.run(node.then)
         elif node.else_ is not None:
             self.run(node.else_)
 
     def run_switch(self, node: P.Switch) -> None:
+        self.account(node)
         branch = node.cases.get(int(self.scalar(node.control, node)), node.default)
         if branch is not None:
             self.run(branch)
 
     def run_call(self, node: P.Call) -> None:
+        self.account(node)
         self.run(self.executable.functions[node.function.id])
 
     def run_write_undef(self, node: P.WriteUndef) -> None:
@@ -73,14 +108,24 @@ class ProgramInterpreter:
 
     def run_sync(self, node: P.Sync) -> None:
         """Replicas and tiles already run in lockstep here; syncs only cost cycles."""
+        self.account(node)
+
+    def run_cycle_count(self, node: P.CycleCount) -> None:
+        start = self.log.cycles
+        if node.body is not None:
+            self.run(node.body)
+        value = self.log.cycles - start if node.body is not None else self.log.cycles
+        self.storage.write(node.counter, np.array([value & 0xFFFFFFFF, value >> 32], np.uint32))
 
     def run_print_tensor(self, node: P.PrintTensor) -> None:
+        self.account(node)
         values = self.storage.read(node.tensor)
         title = node.title or node.tensor.name
         print(f"{title}: {np.array2string(values, threshold=64)}", file=self.out or sys.stdout)
 
     # -- data ----------------------------------------------------------------------------------
     def run_copy(self, node: P.Copy) -> None:
+        self.account(node)
         src, dst, where = node.src, node.dst, at(node.location)
         if isinstance(src, DataStream):
             data = self.streams.pull(src, where).reshape((self.storage.replicas,) + dst.shape)
@@ -94,6 +139,11 @@ class ProgramInterpreter:
         self.storage.scatter(dst, self.storage.gather(src, replica_axis=True), replica_axis=True)
 
     def run_execute(self, node: P.Execute) -> None:
+        self.account(node)
+        self.execute(node.compute_set.id)
+
+    def execute(self, compute_set_id: int) -> None:
+        """Run every vertex of a compute set (how is the subclass's business)."""
         raise NotImplementedError
 
     def scalar(self, t: Tensor, node: P.Program) -> Any:

@@ -15,7 +15,6 @@ import numpy as np
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.fast import _codelet_failure
 from softipu.engine.interpreter import ProgramInterpreter
-from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
@@ -23,8 +22,8 @@ __all__ = ["ReferenceInterpreter"]
 
 
 class ReferenceInterpreter(ProgramInterpreter):
-    def run_execute(self, node: P.Execute) -> None:
-        compiled = self.executable.compute_sets[node.compute_set.id]
+    def execute(self, compute_set_id: int) -> None:
+        compiled = self.executable.compute_sets[compute_set_id]
         snapshot = {d: buf.copy() for d, buf in self.storage.buffers.items()}
         writes: list[tuple[Any, np.ndarray, np.ndarray]] = []
         where = f"compute set {compiled.compute_set.name!r}"

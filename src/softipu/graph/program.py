@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from softipu.debug import SourceLocation, caller_location
+from softipu.dtypes import uint32
 from softipu.errors import ProgramError
 from softipu.graph.streams import DataStream
 from softipu.graph.tensor import Tensor
@@ -41,6 +42,7 @@ __all__ = [
     "PrintTensor",
     "Sync",
     "SyncType",
+    "CycleCount",
     "walk",
 ]
 
@@ -57,6 +59,7 @@ class ProgramKind(enum.Enum):
     WRITE_UNDEF = "WriteUndef"
     PRINT_TENSOR = "PrintTensor"
     SYNC = "Sync"
+    CYCLE_COUNT = "CycleCount"
 
 
 class SyncType(enum.Enum):
@@ -274,6 +277,30 @@ class Sync(Program):
     sync_type: SyncType = SyncType.INTERNAL
     location: SourceLocation = field(default_factory=caller_location, compare=False)
     kind: ClassVar[ProgramKind] = ProgramKind.SYNC
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CycleCount(Program):
+    """Write the modeled cycles ``body`` took (or, without a body, the cycles since the engine
+    loaded) into ``counter``: two uint32 words, low then high, like Poplar's cycle counters.
+
+    Made by :func:`softipu.cycle_count` and :func:`softipu.cycle_stamp`.
+    """
+
+    counter: Tensor
+    body: Program | None = None
+    location: SourceLocation = field(default_factory=caller_location, compare=False)
+    kind: ClassVar[ProgramKind] = ProgramKind.CYCLE_COUNT
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.counter, Tensor) or self.counter.dtype != uint32 \
+                or self.counter.shape != (2,):
+            raise ProgramError(f"CycleCount needs a uint32 tensor of shape (2,){_at(self)}")
+        if self.body is not None:
+            _check_program(self.body, "CycleCount body", self)
+
+    def children(self) -> tuple[Program, ...]:
+        return () if self.body is None else (self.body,)
 
 
 def walk(program: Program) -> Iterator[Program]:

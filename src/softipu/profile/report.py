@@ -1,0 +1,263 @@
+"""The Report: how a real IPU would spend memory and cycles on what the engine ran.
+
+A report is a plain, versioned JSON document (schema ``softipu.report``, version 1) with a typed
+view on top. ``engine.report`` builds one from the compiled executable's static costs and memory
+plan and the engine's run log; ``Report.from_json`` reads a saved one back and refuses documents
+of another schema or version, or with missing or mistyped parts.
+
+Schema, version 1 (all sizes in bytes, times in tile clock cycles)::
+
+    {"schema": "softipu.report", "version": 1,
+     "target": {"name", "num_ipus", "tiles_per_ipu", "num_tiles", "bytes_per_tile", "clock_hz"},
+     "replication_factor": int, "estimate_only": bool,
+     "execution": {"cycles": int, "runs": [{"program": int, "cycles": int}],
+                   "trace": [[step, start_cycle, times], ...], "trace_dropped": int},
+     "steps": [{"index", "kind", "name", "source", "compute_cycles", "exchange_cycles",
+                "sync_cycles", "cycles", "bytes_exchanged", "inter_ipu_bytes", "host_bytes",
+                "flops", "count", "busiest_tile", "mean_tile_compute_cycles",
+                "estimated_by_default"}],
+     "memory": {"bytes_per_tile": int, "categories": {name: [bytes per tile]},
+                "liveness": {"bytes": [not-always-live bytes per program point],
+                             "steps": [step index per program point]},
+                "variables": {"always_live": int, "not_always_live": int}},
+     "compile": {"passes": [[name, seconds], ...]}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import Executable
+from softipu.errors import ReportError
+from softipu.profile.html import render_html
+from softipu.profile.trace import trace_events
+
+__all__ = ["Report", "SCHEMA", "VERSION"]
+
+SCHEMA = "softipu.report"
+VERSION = 1
+
+_STEP_KEYS = {"index": int, "kind": str, "name": str, "source": str, "compute_cycles": int,
+              "exchange_cycles": int, "sync_cycles": int, "cycles": int, "bytes_exchanged": int,
+              "inter_ipu_bytes": int, "host_bytes": int, "flops": int, "count": int,
+              "busiest_tile": int, "mean_tile_compute_cycles": (int, float),
+              "estimated_by_default": bool}
+
+
+class Report:
+    """Memory per tile, cycles per step, and what ran. Build with ``engine.report``.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    >>> eng = sp.Engine(g, [P.Sync()]); eng.run(0)
+    >>> eng.report.cycles == g.target.on_chip_sync_cycles
+    True
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        _validate(data)
+        self.data = data
+
+    @classmethod
+    def build(cls, executable: Executable, log: Any, *, estimate_only: bool) -> Report:
+        """A report from an executable's static costs and an engine's run log."""
+        return cls(_build(executable, log, estimate_only))
+
+    # -- execution -------------------------------------------------------------------------------
+    @property
+    def has_run(self) -> bool:
+        return bool(self.data["execution"]["runs"])
+
+    def _execution(self, what: str) -> dict[str, Any]:
+        if not self.has_run:
+            raise ReportError(f"report.{what}: no program has run yet; call engine.run(i) first "
+                              "(memory figures are ready now: tile_memory, memory_by_category)")
+        return self.data["execution"]
+
+    @property
+    def cycles(self) -> int:
+        """Modeled tile clock cycles of every run so far."""
+        return int(self._execution("cycles")["cycles"])
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.data["target"]["clock_hz"]
+
+    @property
+    def flops(self) -> int:
+        self._execution("flops")
+        return int(sum(s["flops"] * s["count"] for s in self.data["steps"]))
+
+    @property
+    def runs(self) -> list[dict[str, int]]:
+        return list(self.data["execution"]["runs"])
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """Per program step: name, kind, source line, cycles split, bytes, times it ran."""
+        return list(self.data["steps"])
+
+    # -- memory ----------------------------------------------------------------------------------
+    @property
+    def tile_memory(self) -> np.ndarray:
+        """Peak bytes on each tile."""
+        cats = self.data["memory"]["categories"]
+        return np.sum([np.asarray(v, np.int64) for v in cats.values()], axis=0)
+
+    @property
+    def memory_by_category(self) -> dict[str, int]:
+        """Bytes over all tiles, by category (each tile's peak for not-always-live bytes)."""
+        return {k: int(sum(v)) for k, v in self.data["memory"]["categories"].items()}
+
+    def memory_by_category_per_tile(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.int64) for k, v in self.data["memory"]["categories"].items()}
+
+    @property
+    def fits(self) -> bool:
+        return int(self.tile_memory.max(initial=0)) <= self.data["memory"]["bytes_per_tile"]
+
+    # -- output ------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(self.data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Report:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"not a softipu report: invalid JSON ({exc})") from None
+        return cls(data)
+
+    def save_json(self, path: str | Path) -> None:
+        _write(path, self.to_json())
+
+    def save_trace(self, path: str | Path) -> None:
+        """A Chrome/Perfetto trace (JSON): one track per IPU, sync/exchange/compute slices."""
+        _write(path, json.dumps({"traceEvents": trace_events(self.data), "displayTimeUnit": "ns"}))
+
+    def save_html(self, path: str | Path) -> None:
+        """One self-contained HTML file: memory per tile, liveness, and the step table."""
+        _write(path, render_html(self))
+
+    def summary(self, top: int = 10) -> str:
+        return _summary(self, top)
+
+    def __repr__(self) -> str:
+        t = self.data["target"]
+        ran = f"{self.data['execution']['cycles']:,} cycles" if self.has_run else "not run"
+        return f"Report({t['name']}, {ran}, peak tile {int(self.tile_memory.max(initial=0)):,} B)"
+
+
+def _write(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)  # nothing half-written is ever left at ``path``
+
+
+def _build(executable: Executable, log: Any, estimate_only: bool) -> dict[str, Any]:
+    target = executable.target
+    counts = log.step_counts
+    steps = [{"index": s.index, "kind": s.kind.value, "name": s.name, "source": str(s.location),
+              "compute_cycles": s.compute_cycles, "exchange_cycles": s.exchange_cycles,
+              "sync_cycles": s.sync_cycles, "cycles": s.cycles, "bytes_exchanged": s.bytes_exchanged,
+              "inter_ipu_bytes": s.inter_ipu_bytes, "host_bytes": s.host_bytes, "flops": s.flops,
+              "count": int(counts[s.index]), "busiest_tile": s.busiest_tile,
+              "mean_tile_compute_cycles": round(s.mean_tile_compute_cycles, 3),
+              "estimated_by_default": s.estimated_by_default} for s in executable.steps]
+    mem = executable.memory
+    assert mem is not None
+    return {
+        "schema": SCHEMA, "version": VERSION,
+        "target": {"name": target.name, "num_ipus": target.num_ipus,
+                   "tiles_per_ipu": target.tiles_per_ipu, "num_tiles": target.num_tiles,
+                   "bytes_per_tile": target.bytes_per_tile, "clock_hz": target.clock_hz},
+        "replication_factor": executable.replication_factor,
+        "estimate_only": estimate_only,
+        "execution": {"cycles": int(log.cycles),
+                      "runs": [{"program": p, "cycles": int(c)} for p, c in log.runs],
+                      "trace": [list(e) for e in log.trace], "trace_dropped": log.trace_dropped},
+        "steps": steps,
+        "memory": {"bytes_per_tile": mem.bytes_per_tile,
+                   "categories": {k: v.tolist() for k, v in mem.categories.items()},
+                   "liveness": {"bytes": mem.liveness_bytes.tolist(),
+                                "steps": mem.point_steps.tolist()},
+                   "variables": {"always_live": int(mem.always_live.sum()),
+                                 "not_always_live": int((~mem.always_live).sum())}},
+        "compile": {"passes": [[n, round(t, 6)] for n, t in executable.pass_seconds]},
+    }
+
+
+def _validate(data: Any) -> None:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ReportError(f"not a softipu report: expected schema {SCHEMA!r}")
+    if data.get("version") != VERSION:
+        raise ReportError(f"softipu report version {data.get('version')!r} is not supported; this "
+                          f"softipu reads version {VERSION}: regenerate the report")
+    try:
+        _check_shape(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"corrupt softipu report: {exc}") from None
+
+
+def _need(value: Any, kind: Any, where: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, (int, float)):
+        raise ValueError(f"{where} should be {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _check_shape(data: dict[str, Any]) -> None:
+    target = data["target"]
+    for key in ("num_ipus", "tiles_per_ipu", "num_tiles", "bytes_per_tile"):
+        _need(target[key], int, f"target.{key}")
+    _need(target["clock_hz"], (int, float), "target.clock_hz")
+    execution = data["execution"]
+    _need(execution["cycles"], int, "execution.cycles")
+    for run in execution["runs"]:
+        _need(run["cycles"], int, "execution.runs[].cycles")
+    for i, step in enumerate(data["steps"]):
+        for key, kind in _STEP_KEYS.items():
+            _need(step[key], kind, f"steps[{i}].{key}")
+    memory = data["memory"]
+    _need(memory["bytes_per_tile"], int, "memory.bytes_per_tile")
+    for name, per_tile in memory["categories"].items():
+        if len(per_tile) != target["num_tiles"]:
+            raise ValueError(f"memory.categories.{name} has {len(per_tile)} tiles, not {target['num_tiles']}")
+    for step, start, times in execution["trace"]:
+        if not 0 <= step < len(data["steps"]) or start < 0 or times < 1:
+            raise ValueError(f"execution.trace entry {[step, start, times]} is out of range")
+
+
+def _summary(report: Report, top: int) -> str:
+    d = report.data
+    t = d["target"]
+    lines = [f"softipu report: {t['name']} ({t['num_ipus']} IPU x {t['tiles_per_ipu']} tiles), "
+             f"replication {d['replication_factor']}{', estimate only' if d['estimate_only'] else ''}"]
+    if report.has_run:
+        seconds = report.seconds
+        lines.append(f"execution: {report.cycles:,} cycles = {seconds * 1e6:,.2f} us at "
+                     f"{t['clock_hz'] / 1e9:.3g} GHz over {len(report.runs)} run(s); "
+                     f"{report.flops / 1e9:,.3f} GFLOP")
+    else:
+        lines.append("execution: nothing has run yet")
+    mem = report.tile_memory
+    worst = int(np.argmax(mem)) if mem.size else 0
+    limit = d["memory"]["bytes_per_tile"]
+    lines.append(f"memory: peak tile {worst} uses {int(mem.max(initial=0)):,} of {limit:,} B "
+                 f"({'fits' if report.fits else 'DOES NOT FIT'}); all tiles {int(mem.sum()):,} B")
+    for name, nbytes in sorted(report.memory_by_category.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<22} {nbytes:>16,} B")
+    ran = [s for s in d["steps"] if s["count"]] or d["steps"]
+    ran.sort(key=lambda s: -s["cycles"] * max(s["count"], 1))
+    lines.append(f"steps (top {min(top, len(ran))} of {len(d['steps'])} by total cycles):")
+    lines.append(f"  {'step':<32} {'runs':>6} {'cycles':>10} {'compute':>9} {'exchange':>9} "
+                 f"{'sync':>6} {'bytes':>10}  source")
+    for s in ran[:top]:
+        lines.append(f"  {s['name'][:32]:<32} {s['count']:>6} {s['cycles']:>10,} {s['compute_cycles']:>9,} "
+                     f"{s['exchange_cycles']:>9,} {s['sync_cycles']:>6,} {s['bytes_exchanged']:>10,}  "
+                     f"{s['source']}")
+    return "\n".join(lines)
