@@ -61,6 +61,7 @@ class Step:
     kind: StepKind
     name: str
     location: SourceLocation
+    op: str = ""
     compute_cycles: int = 0
     exchange_cycles: int = 0
     sync_cycles: int = 0
@@ -188,7 +189,7 @@ class StepPricer:
             self._cs_cache[cs.id] = parts
         else:  # the same compute set again: its exchange code is reused, not repeated
             parts = dict(parts)
-        return Step(index, StepKind.COMPUTE, cs.name, node.location, **parts)
+        return Step(index, StepKind.COMPUTE, cs.name, node.location, cs.op, **parts)
 
     def price_copy(self, node: P.Copy, index: int) -> Step:
         src, dst = node.src, node.dst
@@ -199,7 +200,7 @@ class StepPricer:
                                    to_device=isinstance(src, DataStream))
         transfers, local = copy_transfers(src, dst, self.mappings, self.target.num_tiles)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
-        return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location,
+        return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
                     **self._moved(traffic(transfers, self.target)))
 
@@ -219,7 +220,7 @@ class StepPricer:
         host = int(np.ceil(nbytes / self.target.host_link_bytes_per_cycle))
         parts = self._moved(t)
         parts["exchange_cycles"] = max(host, on_chip)
-        return Step(index, StepKind.HOST, name, location, host_bytes=nbytes, **parts)
+        return Step(index, StepKind.HOST, name, location, "HostTransfer", host_bytes=nbytes, **parts)
 
     def _bytes_per_tile(self, tensor: Tensor) -> np.ndarray:
         starts, lengths = tensor.runs()
@@ -230,11 +231,11 @@ class StepPricer:
     def price_sync(self, node: P.Sync, index: int) -> Step:
         internal = node.sync_type is P.SyncType.INTERNAL or self.target.num_ipus == 1
         cycles = self.target.on_chip_sync_cycles if internal else self.target.global_sync_cycles()
-        return Step(index, StepKind.SYNC, f"Sync {node.sync_type.value}", node.location,
+        return Step(index, StepKind.SYNC, f"Sync {node.sync_type.value}", node.location, "Sync",
                     sync_cycles=cycles)
 
     def _control(self, node: P.Program, index: int, name: str, sync: bool) -> Step:
-        return Step(index, StepKind.CONTROL, name, node.location,
+        return Step(index, StepKind.CONTROL, name, node.location, node.kind.value,
                     compute_cycles=self.target.control_cycles_per_step,
                     sync_cycles=self.target.on_chip_sync_cycles if sync else 0)
 

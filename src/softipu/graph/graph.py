@@ -69,6 +69,7 @@ class ComputeSet:
     id: int
     name: str
     location: SourceLocation = field(compare=False)
+    op: str = ""  # the library op (or user label) that made it, for reports
 
     def __repr__(self) -> str:
         return f"ComputeSet({self.name!r})"
@@ -270,9 +271,10 @@ class Graph:
         return space.variable_at if space is not None else (lambda a: None)
 
     # -- compute sets and vertices -----------------------------------------------------------
-    def add_compute_set(self, name: str = "") -> ComputeSet:
-        cs = ComputeSet(len(self.compute_sets), name or f"cs{len(self.compute_sets)}",
-                        caller_location())
+    def add_compute_set(self, name: str = "", op: str = "") -> ComputeSet:
+        """A new compute set; ``op`` labels it in reports (default: its name)."""
+        name = name or f"cs{len(self.compute_sets)}"
+        cs = ComputeSet(len(self.compute_sets), name, caller_location(), op or name)
         self.compute_sets.append(cs)
         self.vertex_tables.append(VertexTable(cs))
         return cs

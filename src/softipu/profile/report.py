@@ -12,7 +12,7 @@ Schema, version 1 (all sizes in bytes, times in tile clock cycles)::
      "replication_factor": int, "estimate_only": bool,
      "execution": {"cycles": int, "runs": [{"program": int, "cycles": int}],
                    "trace": [[step, start_cycle, times], ...], "trace_dropped": int},
-     "steps": [{"index", "kind", "name", "source", "compute_cycles", "exchange_cycles",
+     "steps": [{"index", "kind", "name", "op", "source", "compute_cycles", "exchange_cycles",
                 "sync_cycles", "cycles", "bytes_exchanged", "inter_ipu_bytes", "host_bytes",
                 "flops", "count", "busiest_tile", "mean_tile_compute_cycles",
                 "estimated_by_default"}],
@@ -41,7 +41,7 @@ __all__ = ["Report", "SCHEMA", "VERSION"]
 SCHEMA = "softipu.report"
 VERSION = 1
 
-_STEP_KEYS = {"index": int, "kind": str, "name": str, "source": str, "compute_cycles": int,
+_STEP_KEYS = {"index": int, "kind": str, "name": str, "op": str, "source": str, "compute_cycles": int,
               "exchange_cycles": int, "sync_cycles": int, "cycles": int, "bytes_exchanged": int,
               "inter_ipu_bytes": int, "host_bytes": int, "flops": int, "count": int,
               "busiest_tile": int, "mean_tile_compute_cycles": (int, float),
@@ -163,7 +163,8 @@ def _write(path: str | Path, text: str) -> None:
 def _build(executable: Executable, log: Any, estimate_only: bool) -> dict[str, Any]:
     target = executable.target
     counts = log.step_counts
-    steps = [{"index": s.index, "kind": s.kind.value, "name": s.name, "source": str(s.location),
+    steps = [{"index": s.index, "kind": s.kind.value, "name": s.name, "op": s.op,
+              "source": str(s.location),
               "compute_cycles": s.compute_cycles, "exchange_cycles": s.exchange_cycles,
               "sync_cycles": s.sync_cycles, "cycles": s.cycles, "bytes_exchanged": s.bytes_exchanged,
               "inter_ipu_bytes": s.inter_ipu_bytes, "host_bytes": s.host_bytes, "flops": s.flops,
