@@ -38,7 +38,8 @@ def caller_location() -> SourceLocation:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_PACKAGE_DIR):
+        # "<string>": code that dataclasses and namedtuples generate (their __init__), not the user's.
+        if not filename.startswith(_PACKAGE_DIR) and filename != "<string>":
             return SourceLocation(filename, frame.f_lineno)
         frame = frame.f_back
     return UNKNOWN

@@ -1,8 +1,8 @@
 """Write/read conflicts inside a compute set, found on address intervals, not elements.
 
 Vertices of a compute set run in parallel, so (1) no two of them may write one element, and
-(2) none may read an element another writes. A vertex may read what it writes itself (in-place
-work). Each field row becomes one interval when it is contiguous (or reversed contiguous), so a
+(2) no Input element may be written in the compute set (in-place work uses one InOut field).
+Each field row becomes one interval when it is contiguous (or reversed contiguous), so a
 million-vertex compute set is checked with a few sorts.
 """
 
@@ -97,29 +97,36 @@ def _check_writes(compiled: CompiledComputeSet, sources: list, cols: tuple, base
 
 def _check_reads(compiled: CompiledComputeSet, sources: list, w_cols: tuple, r_cols: tuple,
                  base: int) -> None:
+    """No Input element may be written in the compute set, not even by its own vertex.
+
+    An Input is never written (Poplar's rule): in-place work goes through one InOut field. The
+    fast engine hands Inputs and Outputs to compute as live views, so an aliased pair would see
+    half-written data; the rule keeps every vertex's inputs as they were when the step began.
+    """
     w_start, w_end, w_owner, w_where = w_cols
     r_start, r_end, r_owner, r_where = r_cols
     lo = np.searchsorted(w_end, r_start, side="right")  # first write ending after the read starts
     hi = np.searchsorted(w_start, r_end, side="left")  # writes starting before the read ends
-    hit = hi > lo
-    if not hit.any():
+    bad = np.flatnonzero(hi > lo)
+    if not bad.size:
         return
-    # Owners change along the sorted writes; a read is fine only if every overlapping write is its own.
-    changes = np.concatenate(([0], np.cumsum(w_owner[1:] != w_owner[:-1])))
-    lo_c, hi_c = np.clip(lo, 0, w_owner.size - 1), np.clip(hi - 1, 0, w_owner.size - 1)
-    other = hit & ((changes[hi_c] != changes[lo_c]) | (w_owner[lo_c] != r_owner))
-    bad = np.flatnonzero(other)
-    if bad.size:
-        r = int(bad[0])
-        k = next(k for k in range(int(lo[r]), int(hi[r])) if w_owner[k] != r_owner[r])
-        address = max(int(r_start[r]), int(w_start[k]))
+    r, k = int(bad[0]), int(lo[bad[0]])
+    address = max(int(r_start[r]), int(w_start[k]))
+    reader = _who(sources, r_owner[r], r_where[r], base, compiled)
+    writer = _who(sources, w_owner[k], w_where[k], base, compiled)
+    element = _element(compiled, sources[r_where[r]], address)
+    if r_owner[r] == w_owner[k]:
         raise WriteConflictError(
-            f"in compute set {compiled.compute_set.name!r}: "
-            f"{_who(sources, r_owner[r], r_where[r], base, compiled)} reads "
-            f"{_element(compiled, sources[r_where[r]], address)}, which "
-            f"{_who(sources, w_owner[k], w_where[k], base, compiled)} writes. Inside a compute set "
-            "a vertex may not read what another writes: move the reader to a later compute set"
+            f"in compute set {compiled.compute_set.name!r}: {reader} reads {element} through an "
+            f"Input that the same vertex writes through field {sources[w_where[k]][1]!r}. An Input "
+            "is never written during its compute set: connect the tensor to one InOut field for "
+            "in-place work"
         )
+    raise WriteConflictError(
+        f"in compute set {compiled.compute_set.name!r}: {reader} reads {element}, which {writer} "
+        "writes. Inside a compute set a vertex may not read what another writes: move the reader "
+        "to a later compute set"
+    )
 
 
 def _who(sources: list, owner: int, where: int, base: int, compiled: CompiledComputeSet) -> str:

@@ -150,7 +150,7 @@ class _ProgramChecker:
         if src.dtype != dst.dtype:
             self.problems.append(f"Copy{where}: {_end(src)} is {src.dtype} but {_end(dst)} is "
                                  f"{dst.dtype}; cast first")
-        elif _shape(src) != _shape(dst):
+        elif _mismatch(src, dst):
             self.problems.append(f"Copy{where}: {_end(src)} has shape {_shape(src)} but "
                                  f"{_end(dst)} has {_shape(dst)}")
         if isinstance(dst, Tensor) and dst.repeats_elements():
@@ -219,20 +219,10 @@ def build_vertex_groups(state: CompileState) -> None:
             problems.append(f"vertex {index} ({codelet.__name__}) in compute set {cs.name!r}"
                             f"{at(location)}: fields {missing} are not connected")
         groups = [_batch_pending(g) for g in table.pending.values()]
-        groups += [_batch_bulk(g, start) for g, start in _bulk_starts(table.bulk, table)]
+        groups += [_batch_bulk(g, start) for g, start in zip(table.bulk, table.bulk_starts, strict=True)]
         state.compute_sets[cs.id] = CompiledComputeSet(cs, tuple(groups))
     if problems:
         raise CompileError(_listing("vertices", problems))
-
-
-def _bulk_starts(bulk: Iterable[BulkGroup], table: Any) -> list[tuple[BulkGroup, int]]:
-    # Bulk groups take consecutive vertex indices after the vertices added before them; the
-    # exact index of a bulk vertex only matters for messages, so count in insertion order.
-    out, start = [], table.count - sum(g.num_vertices for g in table.bulk)
-    for g in bulk:
-        out.append((g, start))
-        start += g.num_vertices
-    return out
 
 
 def _batch_bulk(group: BulkGroup, start: int) -> VertexGroup:
@@ -371,4 +361,15 @@ def _end(end: Tensor | DataStream) -> str:
 
 def _shape(end: Tensor | DataStream) -> tuple[int, ...]:
     return end.shape if isinstance(end, Tensor) else (end.num_elements,)
+
+
+def _mismatch(src: Tensor | DataStream, dst: Tensor | DataStream) -> bool:
+    """Tensors copy shape to shape; a stream transfer only needs the element count to match."""
+    if isinstance(src, Tensor) and isinstance(dst, Tensor):
+        return src.shape != dst.shape
+    return _numel(src) != _numel(dst)
+
+
+def _numel(end: Tensor | DataStream) -> int:
+    return end.numel if isinstance(end, Tensor) else end.num_elements
 

@@ -1,7 +1,8 @@
 """The fast path: each vertex group of a compute set runs as batched numpy calls.
 
-Regular groups bind zero-copy strided views of storage once, at load; irregular fields are
-gathered through address arrays before the call and scattered after. All replicas run in the
+Regular groups bind zero-copy strided views of storage once, at load; irregular fields (and
+rows whose elements are not consecutive) are gathered into contiguous arrays before the call
+and scattered after. All replicas run in the
 same call (a leading replica axis).
 
 Large regular groups are split into chunks of vertices of about :data:`CHUNK_BYTES` per field,
@@ -55,7 +56,7 @@ class GroupRunner:
                 continue
             parts: list[Any] = []
             for k, t in enumerate(group.tensors(name)):
-                if t.index is None:
+                if _unit_inner_stride(t):
                     parts.append(storage.view(t, writeable=f.direction.writes, replica_axis=replica_axis))
                 else:
                     parts.append(None)
@@ -89,6 +90,16 @@ class GroupRunner:
             else:
                 args[name] = arr
         return args
+
+
+def _unit_inner_stride(t: Tensor) -> bool:
+    """Rows with consecutive elements: numpy then reduces each row exactly as the reference does.
+
+    A row strided in memory (a column of a matrix, say) is gathered into a contiguous copy
+    instead: numpy sums a non-contiguous axis in another order, and results must not depend
+    on how the engine batches (design.md principle 6).
+    """
+    return t.index is None and (t.shape[1] <= 1 or t.strides[1] == 1)
 
 
 def _chunks(args: dict[str, Any], group: VertexGroup, replicas: int) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ class ReferenceInterpreter(ProgramInterpreter):
         for name, f in group.codelet.fields.items():
             if f.direction is Direction.PARAM:
                 args[name] = np.array([[group.fields[name][v]]])
+                args[name].flags.writeable = False
                 continue
             arrays = []
             for t in group.tensors(name):

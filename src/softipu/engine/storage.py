@@ -17,6 +17,21 @@ from softipu.graph.tensor import Tensor
 __all__ = ["Storage"]
 
 
+def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
+    """Values cast to the tensor's dtype when nothing is lost in kind or range."""
+    want = t.dtype.numpy
+    if np.can_cast(arr.dtype, want, casting="same_kind"):
+        return arr.astype(want, copy=False)
+    if arr.dtype.kind in "iub" and want.kind in "iub":  # e.g. Python ints into uint32 or bool
+        lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
+        if arr.size == 0 or (int(arr.min()) >= lo and int(arr.max()) <= hi):
+            return arr.astype(want)
+        raise EngineError(f"values {int(arr.min())}..{int(arr.max())} do not fit tensor {t.name} of "
+                          f"{t.dtype} ({lo}..{hi})")
+    raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype} without "
+                      "losing their kind; cast them first")
+
+
 class Storage:
     """The values of every variable of every replica."""
 
@@ -66,17 +81,13 @@ class Storage:
     # -- host access ---------------------------------------------------------------------------
     def read(self, t: Tensor) -> np.ndarray:
         values = self.gather(t, replica_axis=True)
-        return values[0] if self.replicas == 1 else values
+        return values[0, ...] if self.replicas == 1 else values
 
     def write(self, t: Tensor, values: object) -> None:
         if t.repeats_elements():
             raise EngineError(f"cannot write tensor {t.name}: it repeats elements (a broadcast "
                               "view?); write the underlying variable")
-        try:
-            arr = np.asarray(values).astype(t.dtype.numpy, casting="same_kind", copy=False)
-        except TypeError:
-            raise EngineError(f"cannot write {np.asarray(values).dtype} values into tensor "
-                              f"{t.name} of {t.dtype} without losing their kind; cast them first") from None
+        arr = _cast_for_write(np.asarray(values), t)
         r = self.replicas
         if arr.shape == t.shape:
             arr = np.broadcast_to(arr, (r,) + t.shape)

@@ -159,7 +159,7 @@ class Tensor:
 
     # -- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Tensor:
-        if self.index is None and type(key) is slice and len(self.shape) == 1:
+        if self.index is None and type(key) is slice and len(self.shape) == 1 and key.step != 0:
             start, stop, step = key.indices(self.shape[0])  # the common 1-D slice, kept fast
             n = len(range(start, stop, step))
             stride = self.strides[0]
@@ -181,8 +181,8 @@ class Tensor:
         n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
         if n_real > self.ndim:
             raise TensorError(f"too many indices for {self.name} of shape {self.shape}: {key!r}")
-        if key.count(Ellipsis) > 1:
-            raise TensorError(f"an index can only have one Ellipsis: {key!r}")
+        if sum(1 for k in key if k is Ellipsis) > 1:
+            raise TensorError(f"an index of {self.name} can only have one Ellipsis: {key!r}")
         if Ellipsis in key:
             i = key.index(Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - n_real) + key[i + 1 :]
@@ -196,6 +196,8 @@ class Tensor:
                 continue
             size, stride = self.shape[axis], self.strides[axis]
             if isinstance(k, slice):
+                if k.step == 0:
+                    raise TensorError(f"slice step cannot be zero (indexing {self.name} with {k!r})")
                 start, stop, step = k.indices(size)
                 shape.append(len(range(start, stop, step)))
                 strides.append(stride * step)
@@ -246,7 +248,7 @@ class Tensor:
         """This tensor repeated to ``shape`` by numpy's broadcasting rules (stride 0, no copy)."""
         shape = tuple(int(d) for d in shape)
         lead = len(shape) - self.ndim
-        if lead < 0 or any(
+        if lead < 0 or any(d < 0 for d in shape) or any(
             d not in (1, s) for d, s in zip(self.shape, shape[lead:], strict=True)
         ):
             raise TensorError(f"cannot broadcast {self.name} of shape {self.shape} to {shape}")
@@ -320,7 +322,12 @@ def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 
 def _merge_adjacent(tensors: Sequence[Tensor], axis: int) -> Tensor | None:
-    parts = [t for t in tensors if t.numel > 0] or [tensors[0]]
+    parts = [t for t in tensors if t.numel > 0]
+    if not parts:  # nothing to address: any offset will do
+        first = tensors[0]
+        length = sum(t.shape[axis] for t in tensors)
+        return first._strided(first.shape[:axis] + (length,) + first.shape[axis + 1 :], 0, first.strides
+                              if first.index is None else (0,) * first.ndim)
     first = parts[0]
     if any(t.index is not None for t in parts):
         return None
@@ -352,7 +359,12 @@ def _is_fancy(k: Any) -> bool:
 
 
 def _to_numpy_key(key: tuple) -> tuple:
-    return tuple(np.asarray(k) if isinstance(k, list) else k for k in key)
+    return tuple(_as_index_array(k) if isinstance(k, list) else k for k in key)
+
+
+def _as_index_array(k: list) -> np.ndarray:
+    arr = np.asarray(k)
+    return arr.astype(np.intp) if arr.size == 0 else arr  # [] is float64 to numpy
 
 
 def _as_int(k: Any, t: Tensor) -> int:
@@ -372,9 +384,9 @@ def _flat_args(args: tuple) -> tuple[int, ...]:
 
 
 def _normalize_axis(axis: int, ndim: int, t: Tensor) -> int:
-    if not -ndim <= axis < max(ndim, 1):
+    if not -ndim <= axis < ndim:
         raise TensorError(f"axis {axis} is out of range for {t.name} with {ndim} dimensions")
-    return axis % max(ndim, 1)
+    return axis % ndim
 
 
 def _resolve_shape(shape: tuple[int, ...], numel: int, t: Tensor) -> Shape:

@@ -72,12 +72,13 @@ def field_lengths(codelet: type[Vertex], values: dict[str, Any]) -> tuple:
 class VertexTable:
     """All vertices of one compute set."""
 
-    __slots__ = ("compute_set", "pending", "bulk", "count", "unfinished", "_codelets")
+    __slots__ = ("compute_set", "pending", "bulk", "bulk_starts", "count", "unfinished", "_codelets")
 
     def __init__(self, compute_set: Any) -> None:
         self.compute_set = compute_set
         self.pending: dict[tuple, PendingGroup] = {}
         self.bulk: list[BulkGroup] = []
+        self.bulk_starts: list[int] = []  # index of each bulk group's first vertex
         self.count = 0
         self.unfinished: dict[int, tuple[type[Vertex], int, dict[str, Any], SourceLocation]] = {}
         self._codelets: dict[int, type[Vertex]] = {}
@@ -105,6 +106,7 @@ class VertexTable:
         first = self.count
         self.count += group.num_vertices
         self.bulk.append(group)
+        self.bulk_starts.append(first)
         return range(first, self.count)
 
     def codelet_of(self, index: int) -> type[Vertex]:
