@@ -29,7 +29,7 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.target import Target
 
-__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic",
+__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic", "union_per_key",
            "exchange_cycles"]
 
 
@@ -138,7 +138,7 @@ def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMappi
     return out, local
 
 
-def _union(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_keys: int):
+def union_per_key(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_keys: int):
     """Per key: total length of the union of its intervals, and how many regions that union has."""
     if starts.size == 0:
         z = np.zeros(num_keys, np.int64)
@@ -170,17 +170,17 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
     ipu_in = np.zeros(ipus, np.int64)
     for starts, ends, src, dst, item in zip(transfers.starts, transfers.ends, transfers.src,
                                             transfers.dst, transfers.itemsize, strict=True):
-        length, regions = _union(src, starts, ends, tiles)
+        length, regions = union_per_key(src, starts, ends, tiles)
         send += length * item
         send_regions += regions
-        length, regions = _union(dst, starts, ends, tiles)
+        length, regions = union_per_key(dst, starts, ends, tiles)
         recv += length * item
         recv_regions += regions
         if ipus > 1:
             src_ipu, dst_ipu = src // target.tiles_per_ipu, dst // target.tiles_per_ipu
             cross = src_ipu != dst_ipu
             pair = src_ipu[cross] * ipus + dst_ipu[cross]
-            length, _ = _union(pair, starts[cross], ends[cross], ipus * ipus)
+            length, _ = union_per_key(pair, starts[cross], ends[cross], ipus * ipus)
             per_pair = (length * item).reshape(ipus, ipus)
             ipu_out += per_pair.sum(axis=1)
             ipu_in += per_pair.sum(axis=0)

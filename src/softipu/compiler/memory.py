@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from softipu.compiler.conflicts import field_intervals
-from softipu.compiler.exchange import split_by_mapping
+from softipu.compiler.exchange import split_by_mapping, union_per_key
 from softipu.compiler.executable import CompiledComputeSet
 from softipu.debug import at
 from softipu.dtypes import DType
@@ -105,34 +105,43 @@ class _Timeline:
         self.access: list[tuple[int, np.ndarray, int]] = []  # (point, variable ids, kind)
         self.loops: list[tuple[int, int]] = []
         self.program_starts: list[int] = []
-        self._cs_vars: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cs_fields: dict[int, list] = {}
 
     def _point(self, node: P.Program) -> int:
         self.points.append(self.step_of.get(id(node), -1))
         return len(self.points) - 1
 
     def _touch(self, point: int, tensors, kind: int) -> None:
-        ids = [self._vars_of(t) for t in tensors if isinstance(t, Tensor)]
-        if ids:
-            self.access.append((point, np.unique(np.concatenate(ids)), kind))
+        for t in tensors:
+            if isinstance(t, Tensor):
+                starts, lengths = t.runs()
+                self._record(point, self.graph.spaces[t.dtype], starts, starts + lengths, kind)
 
-    def _vars_of(self, t: Tensor) -> np.ndarray:
-        space = self.graph.spaces[t.dtype]
-        starts, lengths = t.runs()
-        return self._ids_in(space, starts, starts + lengths)
+    def _record(self, point: int, space, starts: np.ndarray, ends: np.ndarray, kind: int) -> None:
+        ids, full = self._ids_in(space, starts, ends)
+        if not ids.size:
+            return
+        if kind == _WRITE:
+            # A partial write keeps the rest of the old value: for liveness it also reads it.
+            if not full.all():
+                self.access.append((point, ids[~full], _READ))
+        self.access.append((point, ids, kind))
 
     @staticmethod
-    def _ids_in(space, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _ids_in(space, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The variables the intervals touch, and whether the intervals cover each completely."""
         if starts.size == 0:
-            return np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, bool)
         var_starts = np.asarray(space.starts, np.int64)
         k0 = np.searchsorted(var_starts, starts, side="right") - 1
         k1 = np.searchsorted(var_starts, ends - 1, side="right") - 1
-        ks = np.unique(np.concatenate([k0, k1]))
-        if np.any(k1 > k0):  # an interval spanning several variables: take all between
-            spans = [np.arange(a, b + 1) for a, b in zip(k0, k1, strict=True) if b > a]
-            ks = np.unique(np.concatenate([ks, *spans]))
-        return np.array([space.variables[k].id for k in ks.tolist()], np.int64)
+        if np.any(k1 > k0):  # split intervals spanning several variables at their boundaries
+            starts, ends, k0, _ = _split_at(var_starts, starts, ends, k0, k1)
+        var_ends = np.array([v.end for v in space.variables], np.int64)
+        covered, _ = union_per_key(k0, starts, np.minimum(ends, var_ends[k0]), len(space.variables))
+        ks = np.unique(k0)
+        full = covered[ks] >= var_ends[ks] - var_starts[ks]
+        return np.array([space.variables[k].id for k in ks.tolist()], np.int64), full
 
     def walk(self, node: P.Program) -> None:
         getattr(self, f"walk_{node.kind.name.lower()}")(node)
@@ -143,26 +152,26 @@ class _Timeline:
 
     def walk_execute(self, node: P.Execute) -> None:
         point = self._point(node)
-        reads, writes = self._compute_set_vars(node.compute_set.id)
-        if reads.size:
-            self.access.append((point, reads, _READ))
-        if writes.size:
-            self.access.append((point, writes, _WRITE))
+        for space, starts, ends, kind in self._compute_set_fields(node.compute_set.id):
+            self._record(point, space, starts, ends, kind)
 
-    def _compute_set_vars(self, cs_id: int) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._cs_vars.get(cs_id)
+    def _compute_set_fields(self, cs_id: int) -> list:
+        """(space, starts, ends, kind) of everything a compute set reads and writes, per dtype."""
+        cached = self._cs_fields.get(cs_id)
         if cached is None:
-            reads, writes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+            parts: dict[tuple, list] = {}
             for group in self.compute_sets[cs_id].groups:
                 for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                    kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
+                    kinds += [_WRITE] if f.direction is Direction.INOUT else []
                     for t in group.tensors(name):
                         starts, ends, _ = field_intervals(t)
-                        ids = self._ids_in(self.graph.spaces[t.dtype], starts, ends)
-                        (writes if f.direction.writes else reads).append(ids)
-                        if f.direction is Direction.INOUT:
-                            reads.append(ids)
-            cached = (np.unique(np.concatenate(reads)), np.unique(np.concatenate(writes)))
-            self._cs_vars[cs_id] = cached
+                        for kind in kinds:
+                            parts.setdefault((t.dtype, kind), []).append((starts, ends))
+            cached = [(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
+                       np.concatenate([p[1] for p in pieces]), kind)
+                      for (dtype, kind), pieces in parts.items()]
+            self._cs_fields[cs_id] = cached
         return cached
 
     def walk_copy(self, node: P.Copy) -> None:
@@ -213,6 +222,16 @@ class _Timeline:
         if node.body is not None:
             self.walk(node.body)
         self._touch(self._point(node), [node.counter], _WRITE)
+
+
+def _split_at(bounds: np.ndarray, starts: np.ndarray, ends: np.ndarray, k0: np.ndarray,
+              k1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Intervals cut at the variable starts they cross: (starts, ends, variable index, parent)."""
+    count = k1 - k0 + 1
+    parent = np.repeat(np.arange(starts.size), count)
+    k = k0[parent] + np.arange(parent.size) - np.repeat(np.cumsum(count) - count, count)
+    upper = np.append(bounds, np.iinfo(np.int64).max)
+    return (np.maximum(starts[parent], bounds[k]), np.minimum(ends[parent], upper[k + 1]), k, parent)
 
 
 def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
