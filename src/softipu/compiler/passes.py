@@ -88,7 +88,7 @@ def verify_programs(state: CompileState) -> None:
             before = set(checker.called)
             state.functions[fn.id] = checker.freeze(fn.program)
             pending.extend(f for f in checker.called if f not in before)
-    _check_recursion(state.functions)
+    _check_recursion(state.functions, state.graph.functions)
     if checker.problems:
         raise CompileError(_listing("programs", checker.problems))
     state.used_compute_sets = tuple(checker.compute_sets.values())
@@ -188,7 +188,7 @@ class _ProgramChecker:
         self._check_graph_tensor(node, node.tensor, "tensor")
 
 
-def _check_recursion(functions: Mapping[int, P.Program]) -> None:
+def _check_recursion(functions: Mapping[int, P.Program], defined: list[Function]) -> None:
     calls = {fid: {n.function.id for n in P.walk(p) if isinstance(n, P.Call)}
              for fid, p in functions.items()}
     state: dict[int, int] = {}  # 1 = on the stack, 2 = done
@@ -197,8 +197,10 @@ def _check_recursion(functions: Mapping[int, P.Program]) -> None:
         state[fid] = 1
         for callee in calls.get(fid, ()):
             if state.get(callee) == 1:
-                raise CompileError(f"function {callee} calls itself (directly or through others); "
-                                   "IPU programs cannot recurse: use Repeat or RepeatWhileTrue")
+                fn = defined[callee]
+                raise CompileError(f"function {fn.name!r}{at(fn.location)} calls itself (directly or "
+                                   "through others); IPU programs cannot recurse: use Repeat or "
+                                   "RepeatWhileTrue")
             if callee not in state:
                 visit(callee)
         state[fid] = 2
