@@ -38,8 +38,10 @@ def caller_location() -> SourceLocation:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        # "<string>": code that dataclasses and namedtuples generate (their __init__), not the user's.
-        if not filename.startswith(_PACKAGE_DIR) and filename != "<string>":
+        # Functions compiled from "<string>" (the __init__ dataclasses generate) are not the user's;
+        # a "<string>" module (python -c, exec) is.
+        generated = filename == "<string>" and frame.f_code.co_name != "<module>"
+        if not filename.startswith(_PACKAGE_DIR) and not generated:
             return SourceLocation(filename, frame.f_lineno)
         frame = frame.f_back
     return UNKNOWN

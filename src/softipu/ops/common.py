@@ -1,0 +1,159 @@
+"""What every op shares: argument checks, option parsing, outputs, and tile-local work splitting.
+
+Every op has the signature ``op(graph, *inputs, prog, *, name="", options=None) -> Tensor`` and
+appends its work to ``prog`` (a ``program.Sequence``). Errors name the op, the shapes and the
+user's source line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.debug import at, caller_location
+from softipu.dtypes import DType
+from softipu.errors import SoftIPUError
+from softipu.graph import program as P
+from softipu.graph.graph import ComputeSet, Graph
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Vertex
+from softipu.ops.mapping import map_linearly
+
+__all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of",
+           "add_tile_vertices"]
+
+
+class OpError(SoftIPUError, ValueError):
+    """An op got inputs, shapes, dtypes or options it cannot work with."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpContext:
+    """One op call: its graph, program, name and the user's line, for outputs and messages."""
+
+    graph: Graph
+    prog: P.Sequence
+    op: str
+    name: str
+
+    @classmethod
+    def start(cls, graph: Graph, prog: Any, op: str, name: str, *inputs: Any) -> OpContext:
+        if not isinstance(graph, Graph):
+            raise OpError(f"{op}: the first argument must be the graph, got {type(graph).__name__}")
+        if not isinstance(prog, P.Sequence):
+            raise OpError(f"{op}{at(caller_location())}: prog must be a program.Sequence to append "
+                          f"to, got {type(prog).__name__}")
+        for i, t in enumerate(inputs):
+            if not isinstance(t, Tensor):
+                raise OpError(f"{op}{at(caller_location())}: input {i} must be a tensor, got "
+                              f"{type(t).__name__}")
+            if t.graph is not graph:
+                raise OpError(f"{op}{at(caller_location())}: tensor {t.name} belongs to another graph")
+        return cls(graph, prog, op, name or op)
+
+    def error(self, message: str) -> OpError:
+        return OpError(f"{self.op} {self.name!r}{at(caller_location())}: {message}")
+
+    def compute_set(self, stage: str = "") -> ComputeSet:
+        return self.graph.add_compute_set(f"{self.name}/{stage}" if stage else self.name, op=self.op)
+
+    def execute(self, cs: ComputeSet) -> None:
+        self.prog.add(P.Execute(cs))
+
+    def output(self, dtype: DType, shape: Sequence[int], suffix: str = "out",
+               grain_size: int | None = None) -> Tensor:
+        """A new variable mapped linearly over the tiles in vector-sized grains."""
+        t = self.graph.add_variable(dtype, tuple(shape), name=f"{self.name}/{suffix}")
+        grain = grain_size or max(1, self.graph.target.vector_width(dtype.itemsize))
+        map_linearly(self.graph, t, grain_size=grain, min_elements_per_tile=grain * 8)
+        return t
+
+
+def parse_options(ctx: OpContext, options: Mapping[str, Any] | None,
+                  defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``options``; unknown keys and wrong types are errors."""
+    out = dict(defaults)
+    for key, value in (options or {}).items():
+        if key not in defaults:
+            near = difflib.get_close_matches(key, list(defaults), n=2)
+            hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+            raise ctx.error(f"unknown option {key!r}{hint}; options are {sorted(defaults)}")
+        want = type(defaults[key])
+        if defaults[key] is not None and not isinstance(value, want) and not (
+                want is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise ctx.error(f"option {key!r} takes a {want.__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def broadcast_shapes(ctx: OpContext, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ctx.error(f"shapes {', '.join(map(str, shapes))} do not broadcast together") from None
+
+
+def tile_regions(graph: Graph, t: Tensor, max_elements: int | None = None):
+    """Contiguous pieces of ``t``'s flattened elements that live on one tile.
+
+    Returns (starts, lengths, tiles): element offsets into ``t.flatten()``. Pieces longer than
+    ``max_elements`` are cut so no vertex gets too much work.
+    """
+    tiles = graph.tile_of(t).reshape(-1)
+    if tiles.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    breaks = np.flatnonzero(np.diff(tiles)) + 1
+    starts = np.concatenate(([0], breaks)).astype(np.int64)
+    lengths = np.diff(np.concatenate((starts, [tiles.size])))
+    tile_of = tiles[starts]
+    if max_elements:
+        pieces = -(-lengths // max_elements)
+        if np.any(pieces > 1):
+            parent = np.repeat(np.arange(starts.size), pieces)
+            k = np.arange(parent.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+            starts = starts[parent] + k * max_elements
+            lengths = np.minimum(max_elements, lengths[parent] - k * max_elements)
+            tile_of = tile_of[parent]
+    return starts, lengths, tile_of.astype(np.int64)
+
+
+def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
+    """A (len(starts), length) tensor whose row i is ``flat[starts[i] : starts[i] + length]``.
+
+    Strided (zero-copy for the engine) when the starts are evenly spaced and ``flat`` is strided;
+    indexed otherwise.
+    """
+    num = starts.size
+    if flat.is_strided and flat.ndim == 1:
+        step = int(starts[1] - starts[0]) if num > 1 else 0
+        if num <= 1 or np.all(np.diff(starts) == step):
+            first = int(starts[0]) if num else 0
+            stride = flat.strides[0]
+            return Tensor(flat.graph, flat.dtype, (num, length), flat.offset + first * stride,
+                          (step * stride, stride))
+    addresses = flat.addresses().reshape(-1)
+    index = addresses[starts[:, None] + np.arange(length)]
+    return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
+
+
+def add_tile_vertices(ctx: OpContext, cs: ComputeSet, codelet: type[Vertex], out: Tensor,
+                      inputs: Mapping[str, Tensor], out_field: str = "out",
+                      params: Mapping[str, Any] | None = None, max_elements: int | None = None) -> None:
+    """Elementwise work on the tiles that hold ``out``: one vertex per contiguous region.
+
+    Every input must have ``out``'s shape (broadcast views are fine). Regions of equal length are
+    added in one bulk call, so the engine sees few, regular vertex groups.
+    """
+    starts, lengths, tiles = tile_regions(ctx.graph, out, max_elements)
+    flats = {name: t.flatten() for name, t in inputs.items()} | {out_field: out.flatten()}
+    for length in np.unique(lengths).tolist():
+        pick = lengths == length
+        fields: dict[str, Any] = {name: rows_of(flat, starts[pick], length) for name, flat in flats.items()}
+        for key, value in (params or {}).items():
+            fields[key] = value
+        ctx.graph.add_vertices(cs, codelet, fields, tiles[pick])
