@@ -4,17 +4,19 @@ A *codelet* is the code a tile runs; a *vertex* is one instance of it on one til
 *fields* connected to tensor slices. Each field says how the vertex uses its data:
 
 - ``Input``: only read. It may live on another tile: the exchange brings it in before compute.
-- ``Output``: only written (never read first).
+- ``Output``: only written (never read first); it too may live on another tile, since results
+  move in the next exchange.
 - ``InOut``: read and updated in place.
 - ``Param``: a per-vertex constant, fixed when the graph is built (not a tensor).
 
-A field is a ``Vector`` (the default), a ``SCALAR`` (one element) or a ``VECTOR_LIST`` (a jagged
+A field is a ``VECTOR`` (the default), a ``SCALAR`` (one element) or a ``VECTOR_LIST`` (a jagged
 list of vectors, Poplar's ``VectorList<T>``).
 
 In softipu ``compute`` is *vectorized*: the engine calls it once for all vertices of a compute set
 that share a codelet and field sizes, with one row per vertex (a leading replica axis may come
 first, hence the ``...`` and ``axis=-1`` below). ``cycles`` is the codelet's cycle estimate from its
-field sizes, kept next to ``compute`` so the two cannot drift apart.
+field sizes (and, if it asks for it, the ``target`` chip), kept next to ``compute`` so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class Axpy(sp.Vertex):
         sumsq[...] = np.sum(y * y, axis=-1, keepdims=True)
 
     @staticmethod
-    def cycles(a, x, y, sumsq):
-        # fp32 runs 2 lanes wide: a fused multiply-add pass and a square-accumulate pass over
-        # the vector, plus call overhead. Field sizes arrive as ints.
-        return 20 + 2 * (-(-x // 2))
+    def cycles(a, x, y, sumsq, target):
+        # Field sizes arrive as ints. Two passes over the vector (multiply-add, then
+        # square-accumulate), each one vector of fp32 per cycle, plus call overhead.
+        lanes = target.vector_width(sp.float32)  # 2 fp32 lanes on a GC200 tile
+        return 20 + 2 * -(-x // lanes)
 
 
 class SumVectors(sp.Vertex):
@@ -59,8 +62,9 @@ class SumVectors(sp.Vertex):
         total[...] = sum(v.sum(axis=-1, keepdims=True) for v in vectors)
 
     @staticmethod
-    def cycles(vectors, total):
-        return 10 + sum(5 + -(-n // 2) for n in vectors)  # per vector: loop setup + 2 lanes
+    def cycles(vectors, total, target):
+        lanes = target.vector_width(sp.float32)
+        return 10 + sum(5 + -(-n // lanes) for n in vectors)  # per vector: loop setup, then lanes
 
 
 # Which [start, stop) slices of `data` each tile's SumVectors vertex adds up. Slices cross tile
@@ -112,9 +116,9 @@ def main() -> dict[str, object]:
         "sumsq": eng.read_tensor(sumsq),
         "totals": eng.read_tensor(totals),
         # The cost model calls these per vertex; here we call them ourselves to see the numbers.
-        "axpy_cycles": Axpy.cycles(a=np.float32(1), x=4, y=4, sumsq=1),
-        "sum_vectors_cycles": [SumVectors.cycles(vectors=tuple(hi - lo for lo, hi in s), total=1)
-                               for s in SEGMENTS],
+        "axpy_cycles": Axpy.cycles(a=np.float32(1), x=4, y=4, sumsq=1, target=g.target),
+        "sum_vectors_cycles": [SumVectors.cycles(vectors=tuple(hi - lo for lo, hi in s), total=1,
+                                                 target=g.target) for s in SEGMENTS],
     }
 
 

@@ -6,8 +6,8 @@ fixed number of times, ``RepeatWhileTrue`` until a one-element *device* tensor b
 IPU decides the rest, so a loop costs no host round trip per iteration. A predicate written by a
 vertex on one tile is broadcast to every tile's control code through the exchange.
 
-``g.add_function(program)`` makes a function: its code exists once in tile memory however many
-``Call``\\ s run it (a ``Repeat`` body or a ``Sequence`` listed twice would be code written twice).
+``g.add_function(program)`` makes a function: its code exists once in tile memory however often
+``Call`` runs it, whereas the same program placed twice in a ``Sequence`` is laid down twice.
 
 An engine holds several programs; ``eng.run(i)`` runs the i-th. Here:
 
@@ -41,6 +41,10 @@ class HeronStep(sp.Vertex):
         change[...] = np.abs(new - r).max(axis=-1, keepdims=True)
         r[...] = new
 
+    @staticmethod
+    def cycles(x, r, change):
+        return 20 + 10 * r  # a rough guess: the divide dominates, with no vector form
+
 
 class StillMoving(sp.Vertex):
     """moving <- max(changes) > tol: the loop predicate, computed on one tile."""
@@ -53,6 +57,10 @@ class StillMoving(sp.Vertex):
     def compute(tol, changes, moving):
         moving[...] = changes.max(axis=-1, keepdims=True) > tol
 
+    @staticmethod
+    def cycles(tol, changes, moving):
+        return 15 + changes
+
 
 class Increment(sp.Vertex):
     count = sp.InOut(sp.int32, sp.SCALAR)
@@ -60,6 +68,10 @@ class Increment(sp.Vertex):
     @staticmethod
     def compute(count):
         count[...] += 1
+
+    @staticmethod
+    def cycles(count):
+        return 10
 
 
 class Affine(sp.Vertex):
@@ -72,6 +84,10 @@ class Affine(sp.Vertex):
     @staticmethod
     def compute(scale, shift, v):
         v[...] = scale * v + shift
+
+    @staticmethod
+    def cycles(scale, shift, v, target):
+        return 15 + -(-v // target.vector_width(sp.float32))
 
 
 def per_tile(g: sp.Graph, name: str, codelet: type[sp.Vertex], fields: dict, **slices: sp.Tensor):
@@ -123,7 +139,10 @@ def main() -> dict[str, object]:
     for t in (steps, flag, code):
         g.set_tile_mapping(t, 0)
     eng = sp.Engine(g, heron_programs(g, x, r, steps) + branch_programs(g, v, flag, code))
+    return run_heron(eng, x, r, steps) | run_branches(eng, v, flag, code)
 
+
+def run_heron(eng: sp.Engine, x: sp.Tensor, r: sp.Tensor, steps: sp.Tensor) -> dict[str, object]:
     results: dict[str, object] = {}
     x0 = np.linspace(1.0, 1000.0, N, dtype=np.float32)
     for name, index in (("fixed", 0), ("until_converged", 1)):
@@ -132,7 +151,11 @@ def main() -> dict[str, object]:
         eng.write_tensor(steps, [0])
         eng.run(index)
         results[f"{name}_r"], results[f"{name}_steps"] = eng.read_tensor(r), int(eng.read_tensor(steps)[0])
+    return results
 
+
+def run_branches(eng: sp.Engine, v: sp.Tensor, flag: sp.Tensor, code: sp.Tensor) -> dict[str, object]:
+    results: dict[str, object] = {}
     v0 = np.arange(-2.0, 6.0, 0.5, dtype=np.float32)
     for flag_value in (True, False):  # one compiled program, two branches
         eng.write_tensor(flag, [flag_value])

@@ -35,6 +35,10 @@ class WeightedShift(sp.Vertex):
     def compute(w, x, offset, y):
         y[...] = w * x + offset  # arrays arrive as (replicas, vertices, n): all replicas in one call
 
+    @staticmethod
+    def cycles(w, x, offset, y):
+        return 15 + x  # per replica: every replica runs the same vertices
+
 
 def build(g: sp.Graph) -> tuple[dict[str, sp.Tensor], P.Program]:
     t = {name: g.add_variable(sp.float32, (N,), name=name) for name in ("w", "x", "y")}

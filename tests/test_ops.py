@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.records import OpRecord, all_records
 
 import softipu as sp
 from softipu import program as P
-from tests.records import OpRecord, all_records
 
 RECORDS = all_records()
 CASES = [pytest.param(r, shapes, dtype, id=f"{r.name}-{dtype.name}-{'x'.join(map(str, shapes))}")

@@ -84,6 +84,14 @@ def _check_writes(compiled: CompiledComputeSet, sources: list, cols: tuple, base
         if clash.size:
             i = int(clash[0]) + 1
             j = int(np.flatnonzero(ends[:i] > starts[i])[0])
+            if owner[i] == owner[j]:
+                raise WriteConflictError(
+                    f"in compute set {compiled.compute_set.name!r}: "
+                    f"{_who(sources, owner[i], where[i], base, compiled)} writes "
+                    f"{_element(compiled, sources[where[i]], int(starts[i]))} twice (through field "
+                    f"{sources[where[j]][1]!r} too, or a repeated element): every output element "
+                    "is written once per compute set"
+                )
             raise WriteConflictError(
                 f"in compute set {compiled.compute_set.name!r}: "
                 f"{_who(sources, owner[j], where[j], base, compiled)} and "

@@ -67,6 +67,8 @@ class Traffic:
     recv_regions: np.ndarray
     ipu_out_bytes: np.ndarray  # int64 (ipus,): bytes leaving each IPU on IPU-Links
     ipu_in_bytes: np.ndarray
+    # Bytes each supertile's shared bus receives: partners receiving the same data share it.
+    supertile_recv_bytes: np.ndarray | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -168,6 +170,9 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
     recv_regions = np.zeros(tiles, np.int64)
     ipu_out = np.zeros(ipus, np.int64)
     ipu_in = np.zeros(ipus, np.int64)
+    supertiles = -(-tiles // target.tiles_per_supertile)
+    st_recv = np.bincount(np.arange(tiles) // target.tiles_per_supertile, weights=recv,
+                          minlength=supertiles).astype(np.int64)
     for starts, ends, src, dst, item in zip(transfers.starts, transfers.ends, transfers.src,
                                             transfers.dst, transfers.itemsize, strict=True):
         length, regions = union_per_key(src, starts, ends, tiles)
@@ -176,6 +181,8 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
         length, regions = union_per_key(dst, starts, ends, tiles)
         recv += length * item
         recv_regions += regions
+        length, _ = union_per_key(dst // target.tiles_per_supertile, starts, ends, supertiles)
+        st_recv += length * item
         if ipus > 1:
             src_ipu, dst_ipu = src // target.tiles_per_ipu, dst // target.tiles_per_ipu
             cross = src_ipu != dst_ipu
@@ -184,7 +191,7 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
             per_pair = (length * item).reshape(ipus, ipus)
             ipu_out += per_pair.sum(axis=1)
             ipu_in += per_pair.sum(axis=0)
-    return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in)
+    return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in, st_recv)
 
 
 def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
@@ -193,9 +200,12 @@ def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
         return 0, np.zeros(target.num_tiles, np.int64)
     pair = np.arange(target.num_tiles) // target.tiles_per_supertile
     per_tile = np.zeros(target.num_tiles, np.int64)
-    for moved in (t.send_bytes, t.recv_bytes):
-        # The pair shares a bus of twice the per-tile rate: its time is the pair's bytes at that rate.
-        pair_bytes = np.bincount(pair, weights=moved)[pair]
+    # A supertile's tiles share a bus of twice the per-tile rate: the pair's bytes at that rate.
+    # Data both partners receive crosses the bus once (ipu-facts.md §1).
+    recv_pair = t.supertile_recv_bytes if t.supertile_recv_bytes is not None else \
+        np.bincount(pair, weights=t.recv_bytes)
+    send_pair = np.bincount(pair, weights=t.send_bytes)
+    for moved, pair_bytes in ((t.send_bytes, send_pair[pair]), (t.recv_bytes, recv_pair[pair])):
         cycles = target.exchange_cycles(np.ceil(pair_bytes / target.tiles_per_supertile).astype(np.int64))
         per_tile = np.maximum(per_tile, np.where(moved > 0, cycles, 0))
     on_chip = int(per_tile.max())

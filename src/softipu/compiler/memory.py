@@ -248,11 +248,17 @@ def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.nda
     point, var, kind = point[order], var[order], kind[order]
     head = np.concatenate(([True], var[1:] != var[:-1]))
     starts = np.flatnonzero(head)
-    ends = np.concatenate((starts[1:], [var.size])) - 1
     v = var[starts]
-    first[v], last[v] = point[starts], point[ends]
-    # Intermediates: first touched by a write (or undef) and last touched by a read.
-    always[v] = ~((kind[starts] != _READ) & (kind[ends] == _READ))
+    # A trailing WriteUndef ends a value's life; it is not a use. Find each variable's last
+    # access other than a kill (its first access if every access is a kill).
+    not_kill = np.flatnonzero(kind != _KILL)
+    group = np.cumsum(head) - 1
+    last_use = np.full(v.size, -1, np.int64)
+    last_use[group[not_kill]] = not_kill  # ascending, so the last write per group wins
+    last_use = np.where(last_use < 0, starts, last_use)
+    first[v], last[v] = point[starts], point[last_use]
+    # Intermediates: first touched by a write (or undef) and last used by a read.
+    always[v] = ~((kind[starts] != _READ) & (kind[last_use] == _READ))
     # A program that reads a variable before writing it needs its value from before: always live.
     bounds = np.asarray(timeline.program_starts + [len(timeline.points)], np.int64)
     prog = np.searchsorted(bounds, point, side="right") - 1

@@ -102,11 +102,22 @@ class _ProgramChecker:
         self.problems: list[str] = []
         self.compute_sets: dict[int, ComputeSet] = {}
         self.called: list[Function] = []
+        self._open: set[int] = set()  # nodes being frozen: one seen again contains itself
 
     def freeze(self, node: P.Program) -> P.Program:
         if not isinstance(node, P.Program):
             self.problems.append(f"{node!r} is not a program; wrap compute sets in program.Execute")
             return node
+        if id(node) in self._open:
+            raise CompileError(f"{node.kind.value}{at(node.location)} contains itself; programs are "
+                               "trees: use Repeat for loops and add_function + Call to reuse code")
+        self._open.add(id(node))
+        try:
+            return self._freeze(node)
+        finally:
+            self._open.discard(id(node))
+
+    def _freeze(self, node: P.Program) -> P.Program:
         check = getattr(self, f"check_{node.kind.name.lower()}", None)
         if check is not None:
             check(node)

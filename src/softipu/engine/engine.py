@@ -117,7 +117,8 @@ class Engine:
         if self.estimate_only:
             cycles, counts = self._static.cost(program)
             for step, times in sorted(counts.items()):
-                self.log.add(step, self.executable.steps[step].cycles, times)
+                if times:  # a loop of zero turns runs nothing
+                    self.log.add(step, self.executable.steps[step].cycles, times)
         else:
             with np.errstate(all=self._errstate):
                 self._interpreter.run(program)

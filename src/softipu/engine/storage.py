@@ -20,7 +20,7 @@ __all__ = ["Storage"]
 def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
     """Values cast to the tensor's dtype when nothing is lost in kind or range."""
     want = t.dtype.numpy
-    if np.can_cast(arr.dtype, want, casting="same_kind"):
+    if np.can_cast(arr.dtype, want, casting="safe"):
         return arr.astype(want, copy=False)
     if arr.dtype.kind in "iub" and want.kind in "iub":  # e.g. Python ints into uint32 or bool
         lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
@@ -28,6 +28,8 @@ def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
             return arr.astype(want)
         raise EngineError(f"values {int(arr.min())}..{int(arr.max())} do not fit tensor {t.name} of "
                           f"{t.dtype} ({lo}..{hi})")
+    if np.can_cast(arr.dtype, want, casting="same_kind"):  # e.g. float64 data into float16
+        return arr.astype(want, copy=False)
     raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype} without "
                       "losing their kind; cast them first")
 
@@ -66,7 +68,9 @@ class Storage:
         buf = self.buffers[t.dtype]
         if t.index is None:
             return self.view(t, writeable=False, replica_axis=replica_axis).copy()
-        return buf[:, t.index] if replica_axis else buf[0, t.index]
+        # NOTE: buf[:, index] would lay the result out replica-innermost; take() keeps C order, so
+        # numpy reduces gathered rows in the same order as contiguous ones.
+        return np.take(buf, t.index, axis=1) if replica_axis else buf[0, t.index]
 
     def scatter(self, t: Tensor, values: np.ndarray, *, replica_axis: bool) -> None:
         """Write values (``(replicas, *shape)`` or ``shape``) into the tensor's elements."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from softipu.debug import SourceLocation, at, caller_location
 from softipu.dtypes import DType, as_dtype
-from softipu.errors import FieldError, MappingError, StreamError, TensorError
+from softipu.errors import FieldError, MappingError, StreamError, TargetError, TensorError
 from softipu.graph.mapping import MappingTable, resolve_mapping
 from softipu.graph.program import Program
 from softipu.graph.streams import MAX_STREAM_BYTES, DataStream, StreamDirection
@@ -117,9 +117,9 @@ class Graph:
 
     def __init__(self, target: Target, replication_factor: int = 1) -> None:
         if not isinstance(target, Target):
-            raise TensorError(f"Graph needs a softipu Target (sp.targets.GC200, ...), got {target!r}")
+            raise TargetError(f"Graph needs a softipu Target (sp.targets.GC200, ...), got {target!r}")
         if not isinstance(replication_factor, int) or replication_factor < 1:
-            raise TensorError(f"replication_factor must be an int >= 1, got {replication_factor!r}")
+            raise TargetError(f"replication_factor must be an int >= 1, got {replication_factor!r}")
         self.target = target
         self.replication_factor = replication_factor
         self.spaces: dict[DType, AddressSpace] = {}
@@ -216,6 +216,8 @@ class Graph:
                 f"({tensor.shape[0] if tensor.ndim else 0}), got {tiles.shape[0]}"
             )
         self._check_tiles(tiles, f"set_tile_mappings of {tensor.name}")
+        if tiles.shape[0] == 0:
+            return
         row = tensor[0]
         if tensor.index is None and row.is_contiguous():
             row_len = row.numel
@@ -381,14 +383,11 @@ class Graph:
             raise FieldError(_unknown_field(codelet, spec, name, None) + f" in {what}")
         if f.direction is Direction.PARAM:
             arr = np.asarray(value)
-            try:
-                arr = np.broadcast_to(arr.astype(f.dtype.numpy, casting="same_kind"), (num,))
-            except (ValueError, TypeError):
-                raise FieldError(
-                    f"param {name!r} in {what}: need one {f.dtype} value or {num} values, got "
-                    f"shape {arr.shape} of {arr.dtype}"
-                ) from None
-            return np.ascontiguousarray(arr)
+            if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != num) or isinstance(value, Tensor):
+                raise FieldError(f"param {name!r} in {what}: need one {f.dtype} value or {num} "
+                                 f"values, got shape {arr.shape}")
+            arr = _param_values(codelet, name, f, arr, None)
+            return np.ascontiguousarray(np.broadcast_to(arr, (num,)))
         parts = value if f.shape is FieldShape.VECTOR_LIST else [value]
         if f.shape is FieldShape.VECTOR_LIST and not isinstance(value, (list, tuple)):
             raise FieldError(f"field {name!r} in {what} is a vector list: pass a list of tensors")
@@ -421,7 +420,11 @@ class Graph:
         location = caller_location()
         if not name or name in self.streams:
             raise StreamError(f"stream name {name!r}{at(location)} is empty or already used")
-        num_elements = operator.index(num_elements)
+        try:
+            num_elements = operator.index(num_elements)
+        except TypeError:
+            raise StreamError(f"stream {name!r}{at(location)}: the number of elements must be an "
+                              f"int, got {num_elements!r}") from None
         stream = DataStream(name, as_dtype(dtype), num_elements, direction, location)
         if num_elements < 0 or stream.nbytes > MAX_STREAM_BYTES:
             raise StreamError(
@@ -508,9 +511,25 @@ def _param_value(codelet: type[Vertex], name: str, f: Field, value: Any,
             f"param {name!r} of {codelet.__name__}{at(location)} takes one number, got "
             f"{type(value).__name__}"
         )
-    try:
-        return f.dtype.numpy.type(value)
-    except (TypeError, ValueError, OverflowError):
-        raise FieldError(f"param {name!r} of {codelet.__name__}{at(location)}: {value!r} is not "
-                         f"a {f.dtype}") from None
+    return _param_values(codelet, name, f, np.asarray(value), location)[()]
+
+
+def _param_values(codelet: type[Vertex], name: str, f: Field, arr: np.ndarray,
+                  location: SourceLocation | None) -> np.ndarray:
+    """Param values in the field's dtype; integers must be whole and in range (no wrap-around)."""
+    want = f.dtype.numpy
+    bad = ""
+    if arr.dtype.kind not in "biuf":
+        bad = f"{arr.dtype} is not a number"
+    elif want.kind in "iub" and arr.size:
+        whole = arr.dtype.kind in "biu" or bool(np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
+        lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
+        if not whole:
+            bad = "values must be whole numbers"
+        elif float(arr.min()) < lo or float(arr.max()) > hi:
+            bad = f"values must lie in {lo}..{hi}"
+    if bad:
+        raise FieldError(f"param {name!r} of {codelet.__name__}{at(location)}: {bad} for {f.dtype}, "
+                         f"got {arr.tolist() if arr.size < 8 else arr.dtype}")
+    return arr.astype(want)
 

@@ -112,10 +112,9 @@ class VertexTable:
     def codelet_of(self, index: int) -> type[Vertex]:
         codelet = self._codelets.get(index)
         if codelet is None:
-            raise FieldError(
-                f"vertex {index} of compute set {self.compute_set.name!r} was added with "
-                "add_vertices; connect its fields there"
-            )
+            how = ("was added with add_vertices; connect its fields there" if 0 <= index < self.count
+                   else f"does not exist (the compute set has {self.count} vertices)")
+            raise FieldError(f"vertex {index} of compute set {self.compute_set.name!r} {how}")
         return codelet
 
     def connect(self, index: int, name: str, value: Any, location: SourceLocation) -> None:

@@ -16,14 +16,15 @@ def map_linearly(graph: Graph, tensor: Tensor, grain_size: int = 1, min_elements
     """Map ``tensor``'s flattened elements in equal contiguous chunks over ``tiles``.
 
     Chunks are multiples of ``grain_size`` elements and hold at least ``min_elements_per_tile``,
-    so small tensors use fewer tiles (poputil's ``mapTensorLinearly``).
+    so small tensors use fewer tiles (poputil's ``mapTensorLinearly``); grains are spread evenly,
+    so no tile holds more than one grain above any other.
 
     >>> import softipu as sp
     >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
     >>> x = g.add_variable(sp.float32, (10,), name="x")
     >>> sp.ops.map_linearly(g, x, grain_size=2)
     >>> g.tile_of(x).tolist()
-    [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+    [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
     """
     tiles = range(graph.num_tiles) if tiles is None else tiles
     if grain_size < 1 or min_elements_per_tile < 1 or len(tiles) == 0:
@@ -35,9 +36,10 @@ def map_linearly(graph: Graph, tensor: Tensor, grain_size: int = 1, min_elements
     grains = -(-n // grain_size)
     min_grains = -(-min_elements_per_tile // grain_size)
     used = max(1, min(len(tiles), grains // max(min_grains, 1)))
-    per_tile = grains // used  # the last tile takes the remainder
-    bounds = np.minimum(np.arange(used + 1, dtype=np.int64) * per_tile * grain_size, n)
-    bounds[-1] = n
+    # Spread grains evenly: the first (grains % used) tiles take one grain more.
+    per_tile = np.full(used, grains // used, np.int64)
+    per_tile[: grains % used] += 1
+    bounds = np.minimum(np.concatenate(([0], np.cumsum(per_tile))) * grain_size, n)
     flat = tensor.flatten()
     for k in range(used):
         lo, hi = int(bounds[k]), int(bounds[k + 1])

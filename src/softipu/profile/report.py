@@ -207,30 +207,66 @@ def _validate(data: Any) -> None:
 
 
 def _need(value: Any, kind: Any, where: str) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, (int, float)):
-        raise ValueError(f"{where} should be {getattr(kind, '__name__', kind)}, got {value!r}")
+    numeric = kind in (int, float, (int, float))
+    if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
+        name = getattr(kind, "__name__", "number")
+        raise ValueError(f"{where} should be {name}, got {value!r}")
+
+
+def _ints(values: Any, where: str) -> None:
+    _need(values, list, where)
+    for v in values:
+        _need(v, int, f"{where}[]")
+
+
+_NUMBER = (int, float)
+_SCHEMA: dict[str, Any] = {  # the documented version-1 document, minus lists checked by hand
+    "target": {"name": str, "num_ipus": int, "tiles_per_ipu": int, "num_tiles": int,
+               "bytes_per_tile": int, "clock_hz": _NUMBER},
+    "replication_factor": int,
+    "estimate_only": bool,
+    "execution": {"cycles": int, "runs": list, "trace": list, "trace_dropped": int},
+    "steps": list,
+    "memory": {"bytes_per_tile": int, "categories": dict,
+               "liveness": {"bytes": list, "steps": list},
+               "variables": {"always_live": int, "not_always_live": int}},
+    "compile": {"passes": list},
+}
+
+
+def _check_keys(data: Any, spec: dict[str, Any], where: str) -> None:
+    _need(data, dict, where or "report")
+    for key, kind in spec.items():
+        path = f"{where}.{key}" if where else key
+        if key not in data:
+            raise ValueError(f"missing key {key!r} at {path}")
+        if isinstance(kind, dict):
+            _check_keys(data[key], kind, path)
+        else:
+            _need(data[key], kind, path)
 
 
 def _check_shape(data: dict[str, Any]) -> None:
-    target = data["target"]
-    for key in ("num_ipus", "tiles_per_ipu", "num_tiles", "bytes_per_tile"):
-        _need(target[key], int, f"target.{key}")
-    _need(target["clock_hz"], (int, float), "target.clock_hz")
+    _check_keys(data, _SCHEMA, "")
+    num_tiles = data["target"]["num_tiles"]
     execution = data["execution"]
-    _need(execution["cycles"], int, "execution.cycles")
     for run in execution["runs"]:
-        _need(run["cycles"], int, "execution.runs[].cycles")
+        _check_keys(run, {"program": int, "cycles": int}, "execution.runs[]")
     for i, step in enumerate(data["steps"]):
-        for key, kind in _STEP_KEYS.items():
-            _need(step[key], kind, f"steps[{i}].{key}")
+        _check_keys(step, _STEP_KEYS, f"steps[{i}]")
     memory = data["memory"]
-    _need(memory["bytes_per_tile"], int, "memory.bytes_per_tile")
     for name, per_tile in memory["categories"].items():
-        if len(per_tile) != target["num_tiles"]:
-            raise ValueError(f"memory.categories.{name} has {len(per_tile)} tiles, not {target['num_tiles']}")
-    for step, start, times in execution["trace"]:
-        if not 0 <= step < len(data["steps"]) or start < 0 or times < 1:
-            raise ValueError(f"execution.trace entry {[step, start, times]} is out of range")
+        _ints(per_tile, f"memory.categories.{name}")
+        if len(per_tile) != num_tiles:
+            raise ValueError(f"memory.categories.{name} has {len(per_tile)} tiles, not {num_tiles}")
+    _ints(memory["liveness"]["bytes"], "memory.liveness.bytes")
+    _ints(memory["liveness"]["steps"], "memory.liveness.steps")
+    for entry in execution["trace"]:
+        ok = isinstance(entry, list) and len(entry) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in entry)
+        if not ok or not 0 <= entry[0] < len(data["steps"]) or entry[1] < 0 or entry[2] < 1:
+            raise ValueError(f"execution.trace entry {entry!r} should be [step, start_cycle, times] "
+                             f"with 0 <= step < {len(data['steps'])}, start_cycle >= 0, times >= 1")
 
 
 def _summary(report: Report, top: int) -> str:
