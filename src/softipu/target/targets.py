@@ -44,6 +44,15 @@ _MAY_BE_ZERO = frozenset(
         "supervisor_overhead_cycles",
         "on_chip_sync_cycles",
         "global_sync_cycles_override",
+        # The SDK model's overheads may be zeroed for idealised teaching chips.
+        "exchange_latency_cycles",
+        "control_cycles_per_step",
+        "vertex_state_bytes_per_field",
+        "codelet_code_bytes",
+        "exchange_code_bytes_per_region",
+        "control_code_bytes_per_step",
+        "worker_stack_bytes",
+        "supervisor_stack_bytes",
     }
 )
 
