@@ -38,6 +38,7 @@ class ReferenceInterpreter(ProgramInterpreter):
                     snapshot: dict[Any, np.ndarray], where: str) -> list:
         args: dict[str, Any] = {}
         rows: dict[str, list[np.ndarray]] = {}
+        lead = (1,) if self.storage.replicas > 1 else ()  # the contract's (replicas, vertices, n)
         for name, f in group.codelet.fields.items():
             if f.direction is Direction.PARAM:
                 args[name] = np.array([[group.fields[name][v]]])
@@ -46,7 +47,7 @@ class ReferenceInterpreter(ProgramInterpreter):
             arrays = []
             for t in group.tensors(name):
                 addresses = t.addresses()[v]
-                arr = snapshot[t.dtype][replica, addresses].reshape(1, -1)
+                arr = snapshot[t.dtype][replica, addresses].reshape(lead + (1, -1))
                 arr.flags.writeable = f.direction.writes
                 arrays.append(arr)
             rows[name] = arrays

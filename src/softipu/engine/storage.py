@@ -20,7 +20,7 @@ __all__ = ["Storage"]
 def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
     """Values cast to the tensor's dtype when nothing is lost in kind or range."""
     want = t.dtype.numpy
-    if np.can_cast(arr.dtype, want, casting="safe"):
+    if arr.size == 0 or np.can_cast(arr.dtype, want, casting="safe"):  # [] reads as float64
         return arr.astype(want, copy=False)
     if arr.dtype.kind in "iub" and want.kind in "iub":  # e.g. Python ints into uint32 or bool
         lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)

@@ -87,7 +87,9 @@ class HostStreams:
             raise StreamError(f"stream {stream.name!r} carries {stream.dtype}; got a {data.dtype} "
                               f"array: pass array.astype(np.{stream.dtype.numpy.name})")
         n = stream.num_elements
-        if data.size == 0 or n == 0 or data.size % n or not data.flags.c_contiguous:
+        if n == 0:  # transfers of nothing: any empty array will do
+            return _ArrayConnection(np.zeros((1, 0), stream.dtype.numpy))
+        if data.size == 0 or data.size % n or not data.flags.c_contiguous:
             raise StreamError(f"stream {stream.name!r} moves {n} elements per transfer; the host "
                               f"array must be C-contiguous with a positive multiple of {n} "
                               f"elements, got shape {data.shape}")
