@@ -56,6 +56,10 @@ class JacobiBand(sp.Vertex):
     def cycles(north, band, south, out):
         return 30 + 2 * band  # 3 adds and a multiply per point, 2 fp32 lanes
 
+    @staticmethod
+    def flops(north, band, south, out):
+        return 4 * band
+
 
 def jacobi_update(padded: np.ndarray) -> np.ndarray:
     """The interior of ``padded`` (..., rows+2, width) after one sweep.

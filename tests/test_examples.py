@@ -123,9 +123,9 @@ def jacobi_numpy(grid: np.ndarray, iterations: int) -> np.ndarray:
     return g
 
 
-def test_demo_main_small(demo, capsys):
+def test_demo_main_small(demo, capsys, tmp_path):
     target = sp.targets.ipu_model(tiles=8)
-    results = demo.main(target=target, rows_per_tile=3, width=16, iterations=6)
+    results = demo.main(report_dir=str(tmp_path), target=target, rows_per_tile=3, width=16, iterations=6)
     assert set(results) == {*demo.TUTORIALS, "heat"}
     heat = results["heat"]
     assert heat["shape"] == (8 * 3 + 2, 16) and heat["tiles"] == 8
@@ -134,6 +134,11 @@ def test_demo_main_small(demo, capsys):
     assert heat["max_abs_diff"] == 0.0  # same float32 operations in the same order as numpy
     out = capsys.readouterr().out
     assert all(f"=== {name}" in out for name in demo.TUTORIALS) and "check against numpy" in out
+    # The report files are written, and the JSON reads back as the same report.
+    saved = sp.Report.from_json((tmp_path / "heat.report.json").read_text())
+    assert saved.cycles == heat["report"].cycles > 0
+    assert "<svg" in (tmp_path / "heat.report.html").read_text()
+    assert '"traceEvents"' in (tmp_path / "heat.perfetto.json").read_text()
 
 
 def test_demo_heat_mapping(demo):
