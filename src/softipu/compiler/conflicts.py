@@ -49,7 +49,49 @@ def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, starts + 1, np.repeat(np.arange(rows, dtype=np.int64), n)
 
 
+def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of intervals as sorted, disjoint intervals."""
+    if starts.size == 0:
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    first = np.flatnonzero(np.concatenate(([True], s[1:] > np.maximum.accumulate(e)[:-1])))
+    return s[first], np.maximum.reduceat(e, first)
+
+
+def _fields_may_clash(compiled: CompiledComputeSet) -> bool:
+    """A cheap first look on each field's merged address runs (a whole (V, n) field is often one
+    run): if written fields are disjoint from each other and from every read-only field, and none
+    repeats an element, nothing can clash and the per-vertex check is skipped."""
+    written: dict[DType, list] = {}
+    read: dict[DType, list] = {}
+    for group in compiled.groups:
+        for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+            for t in group.tensors(name):
+                if f.direction.writes and t.repeats_elements():
+                    return True
+                starts, lengths = t.runs()
+                table = written if f.direction.writes else read
+                table.setdefault(t.dtype, []).append(_merged(starts, starts + lengths))
+    for dtype, parts in written.items():
+        w_s = np.concatenate([p[0] for p in parts])
+        w_e = np.concatenate([p[1] for p in parts])
+        u_s, u_e = _merged(w_s, w_e)
+        if int((u_e - u_s).sum()) < int((w_e - w_s).sum()):  # two written fields overlap
+            return True
+        if dtype in read:
+            r_s, r_e = _merged(np.concatenate([p[0] for p in read[dtype]]),
+                               np.concatenate([p[1] for p in read[dtype]]))
+            lo = np.searchsorted(u_e, r_s, side="right")
+            hi = np.searchsorted(u_s, r_e, side="left")
+            if np.any(hi > lo):  # a read-only field touches a written one
+                return True
+    return False
+
+
 def check_conflicts(compiled: CompiledComputeSet) -> None:
+    if not _fields_may_clash(compiled):
+        return
     writes: dict[DType, _Intervals] = {}
     reads: dict[DType, _Intervals] = {}
     sources: list[tuple[VertexGroup, str]] = []

@@ -106,13 +106,27 @@ def compute_set_transfers(compiled: CompiledComputeSet,
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
                 starts, ends, row = field_intervals(t)
+                tiles = group.tiles[row].astype(np.int64)
+                if f.direction is Direction.INPUT:
+                    # Vertices of one tile reading the same row (a broadcast bias, say) need it
+                    # once: split each distinct (tile, interval) only once.
+                    starts, ends, tiles = _distinct(starts, ends, tiles)
                 p_starts, p_ends, home, parent = split_by_mapping(starts, ends, mappings[t.dtype])
-                vertex_tile = group.tiles[row[parent]]
+                vertex_tile = tiles[parent]
                 if f.direction.reads:
                     out.add(p_starts, p_ends, home, vertex_tile, t.dtype.itemsize)
                 if f.direction.writes:
                     out.add(p_starts, p_ends, vertex_tile, home, t.dtype.itemsize)
     return out
+
+
+def _distinct(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray):
+    if starts.size < 2:
+        return starts, ends, tiles
+    order = np.lexsort((ends, starts, tiles))
+    s, e, t = starts[order], ends[order], tiles[order]
+    keep = np.concatenate(([True], (s[1:] != s[:-1]) | (e[1:] != e[:-1]) | (t[1:] != t[:-1])))
+    return s[keep], e[keep], t[keep]
 
 
 def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping], num_tiles: int):
