@@ -36,6 +36,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "compiler": BASE | {"compiler", "graph", "codelets"},
     "engine": BASE | {"engine", "compiler", "graph", "codelets", "profile"},
     "profile": BASE | {"profile", "compiler", "graph", "codelets"},
+    # Frontends sit on top: they lower models onto ops and run them on the engine.
+    "frontends": BASE | {"frontends", "ops", "codelets", "graph", "compiler", "engine", "profile"},
+    "torch": BASE | {"frontends"},  # softipu.torch and softipu.poptorch only re-export
+    "poptorch": BASE | {"frontends"},
 }
 EXEMPT = frozenset({"softipu/__init__.py", "softipu/program.py"})
 NEED_ALL = ("graph", "compiler", "engine", "ops")

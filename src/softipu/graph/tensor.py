@@ -114,9 +114,12 @@ class Tensor:
             return empty, empty
         if self.index is not None:
             return _runs_of_addresses(self.index.ravel())
-        offset, dims = self.offset, []
+        offset, dims, repeats = self.offset, [], 1
         for size, stride in zip(self.shape, self.strides, strict=True):
             if size == 1:
+                continue
+            if stride == 0:  # a broadcast axis repeats the runs; it must not split them
+                repeats *= size
                 continue
             if stride < 0:  # walk reversed axes forwards
                 offset += (size - 1) * stride
@@ -129,6 +132,7 @@ class Tensor:
         starts = np.array([offset], dtype=np.int64)
         for stride, size in dims:
             starts = (starts[:, None] + np.arange(size, dtype=np.int64) * stride).ravel()
+        starts = np.tile(starts, repeats)
         return starts, np.full(starts.shape, run, dtype=np.int64)
 
     def repeats_elements(self) -> bool:

@@ -103,14 +103,7 @@ def tile_regions(graph: Graph, t: Tensor, max_elements: int | None = None):
     Returns (starts, lengths, tiles): element offsets into ``t.flatten()``. Pieces longer than
     ``max_elements`` are cut so no vertex gets too much work.
     """
-    tiles = graph.tile_of(t).reshape(-1)
-    if tiles.size == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z
-    breaks = np.flatnonzero(np.diff(tiles)) + 1
-    starts = np.concatenate(([0], breaks)).astype(np.int64)
-    lengths = np.diff(np.concatenate((starts, [tiles.size])))
-    tile_of = tiles[starts]
+    starts, lengths, tile_of = _mapped_pieces(graph, t)
     if max_elements:
         pieces = -(-lengths // max_elements)
         if np.any(pieces > 1):
@@ -120,6 +113,27 @@ def tile_regions(graph: Graph, t: Tensor, max_elements: int | None = None):
             lengths = np.minimum(max_elements, lengths[parent] - k * max_elements)
             tile_of = tile_of[parent]
     return starts, lengths, tile_of.astype(np.int64)
+
+
+def _mapped_pieces(graph: Graph, t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, tiles) of ``t``'s flattened elements, one piece per tile change."""
+    if t.numel and t.is_contiguous():
+        # Read the mapping's intervals directly: no per-element address list.
+        m = graph.resolved_mapping(t.dtype)
+        lo, hi = t.offset, t.offset + t.numel
+        i0 = np.searchsorted(m.ends, lo, side="right")
+        i1 = np.searchsorted(m.starts, hi, side="left")
+        starts, ends = np.maximum(m.starts[i0:i1], lo), np.minimum(m.ends[i0:i1], hi)
+        if int((ends - starts).sum()) == t.numel:  # fully mapped: the pieces are the regions
+            return starts - lo, ends - starts, m.tiles[i0:i1].astype(np.int64)
+    tiles = graph.tile_of(t).reshape(-1)
+    if tiles.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    breaks = np.flatnonzero(np.diff(tiles)) + 1
+    starts = np.concatenate(([0], breaks)).astype(np.int64)
+    lengths = np.diff(np.concatenate((starts, [tiles.size])))
+    return starts, lengths, tiles[starts].astype(np.int64)
 
 
 def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
