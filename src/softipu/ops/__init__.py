@@ -1,14 +1,25 @@
 """PopLibs-shaped operations: ``op(graph, *inputs, prog, *, name="", options=None) -> Tensor``.
 
 Families, each documented in its module and re-exported here as ``sp.ops.<name>``:
-``elementwise`` (popops unary/binary/ternary ops, ``map`` fusion, casts), ``nn`` (popnn:
-activations, softmax, norms, pooling, losses, each with its gradient).
+
+* ``elementwise`` — popops unary/binary/ternary ops, ``map`` fusion, casts (stochastic rounding);
+* ``reduce`` — multi-stage reductions over any dims, argmax/argmin;
+* ``random`` — poprand distributions and dropout from a counter-based (Philox) generator;
+* ``indexing`` — gather/scatter, embeddings (multi-slice/update), dynamic slices, sort, top-k...;
+* ``nn`` — popnn activations, softmax, norms, pooling, losses, each with its gradient.
 """
 
-from softipu.ops import elementwise, nn
+from softipu.ops import elementwise, indexing, nn, random
+from softipu.ops import reduce as _reduce_family  # ``sp.ops.reduce`` is the op, as in popops
 from softipu.ops.common import OpError
-from softipu.ops.elementwise import *  # noqa: F403 - the family's __all__
+from softipu.ops.elementwise import *  # noqa: F403 - each family's __all__
+from softipu.ops.indexing import *  # noqa: F403
 from softipu.ops.mapping import map_linearly
 from softipu.ops.nn import *  # noqa: F403
+from softipu.ops.random import *  # noqa: F403
+from softipu.ops.reduce import *  # noqa: F403
 
-__all__ = ["OpError", "elementwise", "map_linearly", "nn", *elementwise.__all__, *nn.__all__]
+__all__ = [
+    "OpError", "elementwise", "indexing", "map_linearly", "nn", "random",
+    *elementwise.__all__, *indexing.__all__, *nn.__all__, *random.__all__, *_reduce_family.__all__,
+]

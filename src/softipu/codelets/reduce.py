@@ -1,0 +1,515 @@
+"""popops-style reduction codelets: the two stages of a multi-stage reduce, and arg-max/min.
+
+A reduction runs in two compute sets (ops/reduce.py plans them):
+
+* **stage 1** on the tiles that hold the input: each vertex reduces one contiguous piece of the
+  input into partials (fp32 partials for fp16 inputs, as PopLibs' ``accumType.inVertex``);
+  :func:`segments_codelet` when the reduced elements of an output are contiguous (an inner
+  reduction), :func:`rows_codelet` when they are strided rows of a 2-D piece (an outer one);
+* **stage 2** on the tiles that own the outputs: :func:`gather_codelet` reduces a few partials
+  per output element, :func:`columns_codelet` reduces whole rows of partials column-wise.
+
+Numerics: every vertex's result depends only on its own fields, never on how many vertices the
+engine batches into one call (design.md principle 6). Stage 1 of an inner reduction reduces each
+segment on its own (``ufunc.reduceat``); rows are combined in a fixed order, first to last, and a
+row of partials is reduced with numpy's pairwise order along a contiguous vector. Max and min
+propagate NaN like numpy.
+
+Cycle estimates: poplibs' reduction estimators are not among the figures of ipu-facts.md §5, so
+these are documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per
+worker, ``target.vector_width`` elements, fp16 read 4-wide and accumulated in fp32) plus a fixed
+cost per vertex and per output written.
+"""
+
+from __future__ import annotations
+
+import enum
+import weakref
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+
+from softipu.dtypes import DType, bool_, float16, float32, int32, int64
+from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
+from softipu.target import Target
+
+__all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
+           "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet"]
+
+# [U] estimates (see the module docstring): fixed worker cycles of a reduce vertex, cycles per
+# output element written (a store plus loop control), and per partial row read in stage 2.
+REDUCE_FIXED_CYCLES = 30
+REDUCE_CYCLES_PER_OUTPUT = 8
+REDUCE_CYCLES_PER_ROW = 4
+GATHER_FIXED_CYCLES = 12  # a single-worker stage-2 vertex
+_CACHE_LIMIT = 4096  # entries of the per-run layout caches below, before they start over
+
+
+class ReduceOp(enum.Enum):
+    """The operators of popops::Operation that reduce (ipu-facts.md §4)."""
+
+    ADD = "add"
+    MUL = "mul"
+    MIN = "min"
+    MAX = "max"
+    LOGICAL_AND = "logical_and"
+    LOGICAL_OR = "logical_or"
+    SQUARE_ADD = "square_add"
+
+    @property
+    def ufunc(self) -> np.ufunc:
+        """How two partials combine (SQUARE_ADD squares in stage 1, then adds)."""
+        return _UFUNCS[self]
+
+    @property
+    def is_logical(self) -> bool:
+        return self in (ReduceOp.LOGICAL_AND, ReduceOp.LOGICAL_OR)
+
+    @property
+    def order_sensitive(self) -> bool:
+        """Whether float results depend on the order the elements are combined in."""
+        return self in (ReduceOp.ADD, ReduceOp.MUL, ReduceOp.SQUARE_ADD)
+
+
+_UFUNCS: dict[ReduceOp, np.ufunc] = {
+    ReduceOp.ADD: np.add, ReduceOp.MUL: np.multiply, ReduceOp.MIN: np.minimum,
+    ReduceOp.MAX: np.maximum, ReduceOp.LOGICAL_AND: np.logical_and,
+    ReduceOp.LOGICAL_OR: np.logical_or, ReduceOp.SQUARE_ADD: np.add,
+}
+
+
+def partials_dtype(dtype: DType) -> DType:
+    """fp16 reduces into fp32 partials (PopLibs' default accumulation type); others keep theirs."""
+    return float32 if dtype is float16 else dtype
+
+
+def identity_of(op: ReduceOp, dtype: DType):
+    """The value an empty reduction gives: 0, 1, -inf/+inf (or the integer extremes), True/False."""
+    np_type = dtype.numpy
+    if op in (ReduceOp.ADD, ReduceOp.SQUARE_ADD):
+        return np_type.type(0)
+    if op is ReduceOp.MUL:
+        return np_type.type(1)
+    if op is ReduceOp.LOGICAL_AND:
+        return np.True_
+    if op is ReduceOp.LOGICAL_OR:
+        return np.False_
+    lowest = op is ReduceOp.MAX
+    if dtype is bool_:
+        return np.bool_(not lowest)
+    if dtype.is_float:
+        return np_type.type(-np.inf if lowest else np.inf)
+    info = np.iinfo(np_type)
+    return np_type.type(info.min if lowest else info.max)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _prepare(op: ReduceOp, partial: DType) -> Callable[[np.ndarray], np.ndarray]:
+    """Stage 1's view of the input in the partials type (squared for SQUARE_ADD)."""
+    want = partial.numpy
+    if op is ReduceOp.SQUARE_ADD:
+        return lambda x: np.square(x, dtype=want)
+    return lambda x: x if x.dtype == want else x.astype(want)
+
+
+def _vector_cycles(dtype: DType, elements, outputs, target: Target, vector_outputs: bool = False):
+    """[U] A MultiVertex streaming ``elements`` through its workers' vector loop.
+
+    Outputs cost REDUCE_CYCLES_PER_OUTPUT each when every output ends a segment (a horizontal
+    add and a store), or one cycle per vector when whole rows accumulate column-wise.
+    """
+    workers = target.workers_per_tile
+    width = target.vector_width(dtype.itemsize) if dtype.is_float else 1
+    per_worker = _ceil_div(elements, workers)
+    loop = _ceil_div(per_worker, width) * (1 if dtype.is_float else 2)
+    if vector_outputs:
+        store = _ceil_div(_ceil_div(outputs, width), workers)
+    else:
+        store = _ceil_div(outputs, workers) * REDUCE_CYCLES_PER_OUTPUT
+    return workers * (REDUCE_FIXED_CYCLES + loop + store) + target.supervisor_overhead_cycles
+
+
+def _finish(res: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """Scale float results (reduce_mean) and write them in the output type."""
+    if res.dtype.kind == "f":
+        res = res * scale.astype(res.dtype)
+    out[...] = res
+
+
+# -- stage 1 ---------------------------------------------------------------------------------------
+@cache
+def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
+    """``ReduceSegments<op, dtype>``: reduce consecutive segments of one contiguous piece.
+
+    The piece's first segment has ``first`` elements, the following ones ``period`` each (the
+    last may be shorter); segment ``s`` goes to ``out[s]``. Slots past the piece's segments are
+    padding (the op's identity) that stage 2 never reads, so pieces with a different segment
+    count still share one vertex group.
+    """
+    partial = partials_dtype(dtype)
+    prepare, ufunc = _prepare(op, partial), op.ufunc
+    pad = identity_of(op, partial)
+
+    class ReduceSegments(MultiVertex):
+        x = Input(dtype)
+        out = Output(partial)
+        first = Param(int64)
+        period = Param(int64)
+
+        @staticmethod
+        def compute(x, out, first, period):
+            y = prepare(x)
+            segments, length = out.shape[-1], y.shape[-1]
+            if segments == 1:
+                out[..., 0] = ufunc.reduce(y, axis=-1)
+                return
+            index, complete = _segment_index(first, period, segments, length, out.shape[:-1])
+            flat = (y if y.flags.c_contiguous else np.ascontiguousarray(y)).reshape(-1)
+            if complete:  # every piece has all its segments
+                if out.flags.c_contiguous and out.dtype == partial.numpy:
+                    ufunc.reduceat(flat, index, out=out.reshape(-1))
+                else:
+                    out[...] = ufunc.reduceat(flat, index).reshape(out.shape)
+                return
+            valid = index >= 0
+            result = np.full(valid.shape, pad, partial.numpy)
+            result[valid] = ufunc.reduceat(flat, index[valid])
+            out[...] = result.reshape(out.shape)
+
+        @staticmethod
+        def cycles(x, out, first, period, target):
+            return _vector_cycles(dtype, x, out, target)
+
+        @staticmethod
+        def flops(x, out, first, period):
+            return x * (2 if op is ReduceOp.SQUARE_ADD else 1) if dtype.is_float else 0
+
+    ReduceSegments.__name__ = ReduceSegments.__qualname__ = f"ReduceSegments<{op.name},{dtype.name}>"
+    return ReduceSegments
+
+
+# Segment start indices per param array: the fast engine passes the same (read-only) param
+# arrays on every run, so the index is built once. id(first) -> (weakref(first), key, result).
+_INDEX_CACHE: dict[int, tuple[weakref.ref, tuple, tuple[np.ndarray, bool]]] = {}
+
+
+def _segment_index(first: np.ndarray, period: np.ndarray, segments: int, length: int,
+                   rows_shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """Flat start of every segment of every row (-1 where a row has fewer segments).
+
+    Returns ``(index, complete)``: ``index`` has one entry per segment slot, row-major, and
+    ``complete`` says whether every row has all ``segments``.
+    """
+    key = (segments, length, rows_shape, id(period))
+    hit = _INDEX_CACHE.get(id(first))
+    if hit is not None and hit[0]() is first and hit[1] == key and not first.flags.writeable:
+        return hit[2]
+    starts = first + np.arange(-1, segments - 1) * period
+    starts[:, 0] = 0
+    starts = np.broadcast_to(starts, rows_shape + (segments,)).reshape(-1, segments)
+    rows = starts.shape[0]
+    index = starts + (np.arange(rows) * length)[:, None]
+    complete = bool(starts[:, -1].max() < length)
+    result = (index.reshape(-1) if complete else np.where(starts < length, index, -1).reshape(-1),
+              complete)
+    if not first.flags.writeable:  # engine params are frozen; anything else is not cached
+        if len(_INDEX_CACHE) >= _CACHE_LIMIT:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[id(first)] = (weakref.ref(first), key, result)
+    return result
+
+
+@cache
+def rows_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
+    """``ReduceRows<op, dtype>``: fold a piece of ``L`` elements into a row of ``S <= L`` columns.
+
+    Element ``j`` of the piece belongs to column ``(phase + j) % S``: the piece is a run of an
+    input laid out in rows of ``S``, starting ``phase`` columns into a row. The vertex folds whole
+    rows first (from the first to the last), then the leftover tail, then rotates the result so
+    that ``out[c]`` is column ``c``. With ``S == L`` it only converts (or squares).
+    """
+    partial = partials_dtype(dtype)
+    prepare, ufunc = _prepare(op, partial), op.ufunc
+
+    class ReduceRows(MultiVertex):
+        x = Input(dtype)
+        out = Output(partial)
+        phase = Param(int64)
+
+        @staticmethod
+        def compute(x, out, phase):
+            y = prepare(x)
+            width, length = out.shape[-1], y.shape[-1]
+            rows, rest = divmod(length, width)
+            aligned = not phase.any()
+            folded = out if aligned else np.empty(out.shape, partial.numpy)
+            if rows == 1:
+                folded[...] = y[..., :width]
+            elif rows == 2:
+                ufunc(y[..., :width], y[..., width : 2 * width], out=folded)
+            else:
+                lead = y.shape[:-1]
+                ufunc.reduce(y[..., : rows * width].reshape(lead + (rows, width)), axis=-2,
+                             out=folded)
+            if rest:
+                ufunc(folded[..., :rest], y[..., rows * width :], out=folded[..., :rest])
+            if not aligned:
+                _rotate_into(folded, phase[:, 0], out)
+
+        @staticmethod
+        def cycles(x, out, phase, target):
+            return _vector_cycles(dtype, x, out, target, vector_outputs=True)
+
+        @staticmethod
+        def flops(x, out, phase):
+            return x * (2 if op is ReduceOp.SQUARE_ADD else 1) if dtype.is_float else 0
+
+    ReduceRows.__name__ = ReduceRows.__qualname__ = f"ReduceRows<{op.name},{dtype.name}>"
+    return ReduceRows
+
+
+def _rotate_into(folded: np.ndarray, phase: np.ndarray, out: np.ndarray) -> None:
+    """``out[..., v, (phase[v] + j) % S] = folded[..., v, j]``."""
+    width = out.shape[-1]
+    if phase.size == 0:
+        return
+    p0 = int(phase[0])
+    if np.all(phase == p0):
+        out[..., p0:] = folded[..., : width - p0]
+        out[..., :p0] = folded[..., width - p0 :]
+        return
+    # NOTE: pieces cut from a linear mapping whose tile size is not a multiple of the row length
+    # start at different columns; rotating row by row costs two small copies per vertex.
+    for v, p in enumerate(phase.tolist()):
+        out[..., v, p:] = folded[..., v, : width - p]
+        out[..., v, :p] = folded[..., v, width - p :]
+
+
+# -- stage 2 ---------------------------------------------------------------------------------------
+@cache
+def gather_codelet(op: ReduceOp, partial: DType, out_dtype: DType) -> type[Vertex]:
+    """``ReduceGather``: one output element from its ``k`` partials (a plain, one-worker Vertex)."""
+    ufunc = op.ufunc
+
+    class ReduceGather(Vertex):
+        parts = Input(partial)
+        out = Output(out_dtype)
+        scale = Param(float32)
+
+        @staticmethod
+        def compute(parts, out, scale):
+            _finish(ufunc.reduce(parts, axis=-1), scale[:, 0], out[..., 0])
+
+        @staticmethod
+        def cycles(parts, out, scale, target):
+            width = target.vector_width(partial.itemsize) if partial.is_float else 1
+            return GATHER_FIXED_CYCLES + _ceil_div(parts, width) * 2 + REDUCE_CYCLES_PER_OUTPUT
+
+        @staticmethod
+        def flops(parts, out, scale):
+            return parts if partial.is_float else 0
+
+    ReduceGather.__name__ = ReduceGather.__qualname__ = (
+        f"ReduceGather<{op.name},{partial.name},{out_dtype.name}>")
+    return ReduceGather
+
+
+@cache
+def columns_codelet(op: ReduceOp, parts_dtype: DType, out_dtype: DType, raw: bool = False) -> type[Vertex]:
+    """``ReduceColumns``: ``out = parts[0] op parts[1] op ...``, elementwise over ``n`` columns.
+
+    ``parts`` is a vector list of ``k`` rows, combined first to last: rows of partials, or with
+    ``raw`` rows of the input itself (converted to the partials type, squared for SQUARE_ADD).
+    ``part_step`` is the address distance between consecutive rows when the op laid them out
+    evenly (0 if not): the vertex then reduces them as one strided 3-D view instead of ``k``
+    numpy calls.
+    """
+    ufunc = op.ufunc
+    partial = partials_dtype(parts_dtype) if raw else parts_dtype
+    prepare = _prepare(op, partial) if raw else (lambda a: a)
+
+    class ReduceColumns(MultiVertex):
+        parts = Input(parts_dtype, FieldShape.VECTOR_LIST)
+        out = Output(out_dtype)
+        scale = Param(float32)
+        part_step = Param(int64)
+
+        @staticmethod
+        def compute(parts, out, scale, part_step):
+            step = int(part_step[0, 0]) if part_step.size else 0
+            _finish(_fold_rows(ufunc, parts, step, prepare, partial), scale, out)
+
+        @staticmethod
+        def cycles(parts, out, scale, part_step, target):
+            # The workers share the (row, vector) pairs and each walks its share of rows.
+            workers = target.workers_per_tile
+            width = target.vector_width(parts_dtype.itemsize) if partial.is_float else 1
+            rows = len(parts)
+            vectors = rows * _ceil_div(out, width) * (1 if partial.is_float else 2)
+            return workers * (REDUCE_FIXED_CYCLES + _ceil_div(vectors, workers)
+                              + _ceil_div(rows, workers) * REDUCE_CYCLES_PER_ROW) \
+                + target.supervisor_overhead_cycles
+
+        @staticmethod
+        def flops(parts, out, scale, part_step):
+            return len(parts) * out if partial.is_float else 0
+
+    kind = "ReduceColumnsRaw" if raw else "ReduceColumns"
+    ReduceColumns.__name__ = ReduceColumns.__qualname__ = (
+        f"{kind}<{op.name},{parts_dtype.name},{out_dtype.name}>")
+    return ReduceColumns
+
+
+def _root(a: object) -> object:
+    """The object owning ``a``'s memory (views made by as_strided pass through a wrapper)."""
+    while True:
+        base = getattr(a, "base", None)
+        if base is None:
+            return a
+        a = base
+
+
+# Layout checks of vector lists the fast engine passes again on every run: id(list) ->
+# (weakref to the first row, weakref to the last, row count, whether the rows stack).
+_STACKED_CACHE: dict[int, tuple[weakref.ref, weakref.ref, int, bool]] = {}
+
+
+def _rows_stack(parts: list[np.ndarray], step: int) -> bool:
+    """Whether the rows are evenly spaced (``step`` elements) views of one buffer."""
+    first, last = parts[0], parts[-1]
+    key = id(parts)
+    hit = _STACKED_CACHE.get(key)
+    if hit is not None and hit[0]() is first and hit[1]() is last and hit[2] == len(parts):
+        return hit[3]
+    ok = _check_stack(parts, step)
+    if len(_STACKED_CACHE) >= _CACHE_LIMIT:
+        _STACKED_CACHE.clear()
+    _STACKED_CACHE[key] = (weakref.ref(first), weakref.ref(last), len(parts), ok)
+    return ok
+
+
+def _check_stack(parts: list[np.ndarray], step: int) -> bool:
+    first, last = parts[0], parts[-1]
+    root = _root(first)
+    if any(p.strides != first.strides or p.shape != first.shape or _root(p) is not root
+           for p in parts):
+        return False
+    step_bytes = step * first.itemsize
+    base = first.__array_interface__["data"][0]
+    return (parts[1].__array_interface__["data"][0] - base == step_bytes
+            and last.__array_interface__["data"][0] - base == (len(parts) - 1) * step_bytes)
+
+
+def _stacked(parts: list[np.ndarray], step: int) -> np.ndarray | None:
+    """The rows as one ``(..., V, k, n)`` view when they are evenly spaced views of one buffer.
+
+    The op promised the spacing (``step`` elements) for the graph's addresses; the check makes
+    sure the arrays really are views of one buffer laid out that way (the fast engine's zero-copy
+    views are; the reference engine's per-vertex copies are not). The engine hands the same list
+    to every run, so the check runs once per list.
+    """
+    first = parts[0]
+    if step <= 0 or first.shape[-1] < 2 or first.ndim < 2 or not _rows_stack(parts, step):
+        return None
+    shape = first.shape[:-1] + (len(parts), first.shape[-1])
+    strides = first.strides[:-1] + (step * first.itemsize, first.strides[-1])
+    return np.lib.stride_tricks.as_strided(first, shape, strides, writeable=False)
+
+
+def _fold_rows(ufunc: np.ufunc, parts: list[np.ndarray], step: int,
+               prepare: Callable[[np.ndarray], np.ndarray], partial: DType) -> np.ndarray:
+    """``parts[0] op parts[1] op ...`` elementwise, in that order, whatever the layout.
+
+    The 3-D view is reduced along a non-contiguous axis while the columns (``n >= 2``) stay the
+    inner loop, so numpy combines the rows one after another exactly as the loop does.
+    """
+    if len(parts) > 2:
+        view = _stacked(parts, step)
+        if view is not None:
+            return ufunc.reduce(prepare(view), axis=-2)
+    acc = np.array(prepare(parts[0]), dtype=partial.numpy)
+    for p in parts[1:]:
+        ufunc(acc, prepare(p), out=acc)
+    return acc
+
+
+# -- arg max / arg min -----------------------------------------------------------------------------
+@cache
+def arg_segments_codelet(largest: bool, dtype: DType) -> type[Vertex]:
+    """Stage 1 of argmax/argmin: per segment the extreme value and its index along the axis.
+
+    Segments as :func:`segments_codelet`; ``base`` is the axis index of the piece's first
+    element. NaN wins (numpy's rule), ties go to the first occurrence.
+    """
+    ufunc = np.maximum if largest else np.minimum
+    pad = identity_of(ReduceOp.MAX if largest else ReduceOp.MIN, dtype)
+
+    class ArgSegments(MultiVertex):
+        x = Input(dtype)
+        values = Output(dtype)
+        index = Output(int32)
+        first = Param(int64)
+        period = Param(int64)
+        base = Param(int64)
+
+        @staticmethod
+        def compute(x, values, index, first, period, base):
+            segments, length = values.shape[-1], x.shape[-1]
+            shape = values.shape[:-1] + (segments,)
+            starts = first + (np.arange(segments) - 1) * period
+            starts[:, 0] = 0
+            starts = np.broadcast_to(starts, shape).reshape(-1, segments)
+            rows = starts.shape[0]
+            valid = starts < length
+            flat = np.ascontiguousarray(x).reshape(-1)
+            cut = (np.arange(rows)[:, None] * length + starts)[valid]
+            best = ufunc.reduceat(flat, cut) if flat.size else flat[:0]
+            sizes = np.diff(np.append(cut, flat.size))
+            owner = np.repeat(best, sizes)
+            hit = (flat == owner) | (np.isnan(flat) & np.isnan(owner) if dtype.is_float else False)
+            where = np.where(hit, np.arange(flat.size), flat.size)
+            at = np.minimum.reduceat(where, cut) if flat.size else where[:0]
+            vals = np.full((rows, segments), pad, dtype.numpy)
+            idx = np.zeros((rows, segments), np.int64)
+            vals[valid] = best
+            idx[valid] = at - np.repeat(np.arange(rows) * length, valid.sum(axis=1))
+            b = np.broadcast_to(base, shape).reshape(-1, segments)
+            values[...] = vals.reshape(shape)
+            index[...] = ((b + idx) % np.broadcast_to(period, shape).reshape(-1, segments)
+                          ).reshape(shape)
+
+        @staticmethod
+        def cycles(x, values, index, first, period, base, target):
+            return 2 * _vector_cycles(dtype, x, values, target)
+
+    kind = "Max" if largest else "Min"
+    ArgSegments.__name__ = ArgSegments.__qualname__ = f"Arg{kind}Segments<{dtype.name}>"
+    return ArgSegments
+
+
+@cache
+def arg_gather_codelet(largest: bool, dtype: DType) -> type[Vertex]:
+    """Stage 2 of argmax/argmin: the index of the best of ``k`` candidates (first on ties)."""
+    pick = np.argmax if largest else np.argmin
+
+    class ArgGather(Vertex):
+        values = Input(dtype)
+        index = Input(int32)
+        out = Output(int32)
+
+        @staticmethod
+        def compute(values, index, out):
+            j = pick(values, axis=-1)[..., None]
+            out[...] = np.take_along_axis(index, j, axis=-1)
+
+        @staticmethod
+        def cycles(values, index, out, target):
+            return GATHER_FIXED_CYCLES + 3 * values + REDUCE_CYCLES_PER_OUTPUT
+
+    kind = "Max" if largest else "Min"
+    ArgGather.__name__ = ArgGather.__qualname__ = f"Arg{kind}Gather<{dtype.name}>"
+    return ArgGather

@@ -1,0 +1,507 @@
+"""Reductions (popops Reduce): any dims, any operator, multi-stage across tiles; argmax/argmin.
+
+The plan, like PopLibs':
+
+1. The input is viewed as ``(A, R, B)`` — kept dims before, the reduced dims (``R`` elements per
+   output), kept dims after — or, when the reduced dims are not adjacent, transposed to
+   ``(M, R, 1)``. Output element ``(a, b)`` reduces ``x[a, :, b]``.
+2. **Stage 1** (one compute set): every contiguous piece of the input that lives on one tile is
+   reduced there into partials (fp32 for fp16 inputs). An inner reduction (``B == 1``) cuts the
+   piece into segments of one output each; an outer one folds the piece's rows of ``B`` columns
+   into one row of partials.
+3. **Stage 2** (one compute set): each output element's partials are exchanged to the tile that
+   owns it and reduced there, in input order.
+
+Partials live on the tiles that made them; the output is mapped linearly. Empty reductions give
+the operator's identity; NaN propagates through max and min like numpy.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets.reduce import (
+    ReduceOp,
+    arg_gather_codelet,
+    arg_segments_codelet,
+    columns_codelet,
+    gather_codelet,
+    identity_of,
+    partials_dtype,
+    rows_codelet,
+    segments_codelet,
+)
+from softipu.dtypes import DType, bool_, int32
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
+
+__all__ = ["ReduceOp", "reduce", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min",
+           "reduce_prod", "argmax", "argmin"]
+
+_OPTIONS = {"keepdims": False}
+
+
+@dataclass(frozen=True, slots=True)
+class _Canonical:
+    """The input as ``(A, R, B)``: output ``(a, b)`` reduces ``view[a, :, b]``.
+
+    With ``wrap`` (an inner reduction, ``B == 1``) the view is ``(R1, A, R2)`` in memory order
+    instead: runs of ``seg = R2`` elements belong to output ``run % A`` (reduced dims on both
+    sides of the kept ones, as batch norm's). Otherwise ``seg == R``.
+    """
+
+    view: Tensor
+    A: int
+    R: int
+    B: int
+    seg: int = 0
+    wrap: bool = False
+
+    @property
+    def flat(self) -> Tensor:
+        return self.view.reshape(-1)
+
+    @property
+    def period(self) -> int:
+        return self.seg or self.R
+
+
+def reduce(graph: Graph, x: Tensor, prog: Any, *, dims: int | Sequence[int] | None = None,
+           op: ReduceOp = ReduceOp.ADD, name: str = "", options: dict | None = None) -> Tensor:
+    """Reduce ``x`` over ``dims`` (all dims when None) with ``op``; popops ``reduce``.
+
+    Options: ``keepdims`` (bool, default False) keeps the reduced dims with size 1.
+
+    The result has ``x``'s dtype; fp16 inputs are accumulated in fp32. Reducing no elements
+    gives the operator's identity (0, 1, -inf, +inf, True, False).
+
+    >>> import numpy as np, softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.reduce import reduce, ReduceOp
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (3, 5), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence()
+    >>> y = reduce(g, x, prog, dims=1, op=ReduceOp.MAX)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, np.arange(15).reshape(3, 5)); eng.run(0)
+    >>> eng.read_tensor(y)
+    array([ 4.,  9., 14.], dtype=float32)
+    """
+    ctx = OpContext.start(graph, prog, "reduce", name, x)
+    return _reduce(ctx, x, dims, op, options, scale=None)
+
+
+def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
+            scale: str | None) -> Tensor:
+    opts = parse_options(ctx, options, _OPTIONS)
+    if not isinstance(op, ReduceOp):
+        raise ctx.error(f"op must be a ReduceOp ({', '.join(o.name for o in ReduceOp)}), got {op!r}")
+    _check_dtype(ctx, x.dtype, op)
+    axes = _normalize_dims(ctx, x, dims)
+    cv = _canonical(x, axes)
+    out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    out = ctx.output(x.dtype, out_shape)
+    factor = 1.0
+    if scale == "mean":
+        factor = 1.0 / cv.R if cv.R else float("nan")
+    _plan(ctx, cv, op, out, factor)
+    if opts["keepdims"]:
+        out = out.reshape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
+    return out
+
+
+def _check_dtype(ctx: OpContext, dtype: DType, op: ReduceOp) -> None:
+    if op.is_logical and dtype is not bool_:
+        raise ctx.error(f"{op.name} reduces bool tensors, got {dtype}; compare first to get bools")
+    if dtype is bool_ and op not in (ReduceOp.LOGICAL_AND, ReduceOp.LOGICAL_OR, ReduceOp.MAX,
+                                      ReduceOp.MIN):
+        raise ctx.error(f"{op.name} does not reduce bool tensors; use LOGICAL_OR/LOGICAL_AND or "
+                        "cast to a number first")
+
+
+def _normalize_dims(ctx: OpContext, x: Tensor, dims: Any) -> tuple[int, ...]:
+    if dims is None:
+        return tuple(range(x.ndim))
+    raw = (dims,) if not isinstance(dims, (tuple, list)) else tuple(dims)
+    try:
+        raw = tuple(operator.index(d) for d in raw)
+    except TypeError:
+        raise ctx.error(f"dims must be ints, got {dims!r}") from None
+    for d in raw:
+        if not -x.ndim <= d < x.ndim:
+            raise ctx.error(f"dim {d} is out of range for {x.name} of shape {x.shape}")
+    axes = tuple(sorted(d % x.ndim for d in raw))
+    if len(set(axes)) != len(axes):
+        raise ctx.error(f"dims {dims!r} name a dimension twice (shape {x.shape})")
+    return axes
+
+
+def _canonical(x: Tensor, axes: tuple[int, ...]) -> _Canonical:
+    shape = x.shape
+    r = _prod(shape[d] for d in axes)
+    if not axes or axes == tuple(range(axes[0], axes[-1] + 1)):
+        lo, hi = (axes[0], axes[-1] + 1) if axes else (x.ndim, x.ndim)
+        a, b = _prod(shape[:lo]), _prod(shape[hi:])
+        if not axes:
+            a, b = a * b, 1
+        return _Canonical(x.reshape(a, r, b), a, r, b)
+    kept = [d for d in range(x.ndim) if d not in axes]
+    m = _prod(shape[d] for d in kept)
+    if kept == list(range(kept[0], kept[-1] + 1)):  # reduced dims before and after the kept ones
+        r1, r2 = _prod(shape[: kept[0]]), _prod(shape[kept[-1] + 1 :])
+        return _Canonical(x.reshape(r1, m, r2), m, r, 1, seg=r2, wrap=True)
+    return _Canonical(x.transpose(kept + list(axes)).reshape(m, r, 1), m, r, 1)
+
+
+def _prod(values) -> int:
+    return int(np.prod(list(values), dtype=np.int64))
+
+
+def _plan(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+    if out.numel == 0:
+        return
+    if cv.R == 0:
+        from softipu.ops.indexing import fill_tensor  # noqa: PLC0415 - indexing imports reduce
+
+        fill_tensor(ctx, out, identity_of(op, out.dtype))
+        return
+    if cv.B == 1:
+        _plan_inner(ctx, cv, op, out.reshape(-1), scale)
+    else:
+        _plan_outer(ctx, cv, op, out.reshape(-1), scale)
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+def tensor_at(graph: Graph, dtype: DType, addresses: np.ndarray) -> Tensor:
+    """A ``(V, n)`` tensor over explicit addresses: strided when they are regular, else indexed."""
+    v, n = addresses.shape
+    if v and n:
+        inner = int(addresses[0, 1] - addresses[0, 0]) if n > 1 else 1
+        outer = int(addresses[1, 0] - addresses[0, 0]) if v > 1 else 0
+        expect = addresses[0, 0] + np.arange(v)[:, None] * outer + np.arange(n) * inner
+        if np.array_equal(expect, addresses):
+            return Tensor(graph, dtype, (v, n), int(addresses[0, 0]), (outer, inner))
+    return Tensor(graph, dtype, (v, n), 0, (), addresses.astype(np.int64, copy=False))
+
+
+def partials_variable(ctx: OpContext, dtype: DType, sizes: Sequence[tuple[int, int]],
+                      tiles: Sequence[np.ndarray], suffix: str = "partials") -> list[Tensor]:
+    """One variable holding a ``(V_g, S_g)`` block per group, row ``i`` mapped to ``tiles[g][i]``."""
+    total = sum(v * s for v, s in sizes)
+    var = ctx.graph.add_variable(dtype, (total,), name=f"{ctx.name}/{suffix}")
+    blocks, offset = [], 0
+    for (v, s), t in zip(sizes, tiles, strict=True):
+        block = var[offset : offset + v * s].reshape(v, s)
+        if v * s:
+            ctx.graph.set_tile_mappings(block, t)
+        blocks.append(block)
+        offset += v * s
+    return blocks
+
+
+def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, k): for each owner ``i`` the items ``0..counts[i]-1``."""
+    owner = np.repeat(np.arange(counts.size), counts)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, k
+
+
+def _split_at(starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray, period: int):
+    """Cut each ``[start, start + length)`` at multiples of ``period``."""
+    pieces = (starts + lengths - 1) // period - starts // period + 1
+    if np.all(pieces == 1):
+        return starts, lengths, tiles
+    owner, k = _expand(pieces)
+    s = np.where(k == 0, starts[owner], (starts[owner] // period + k) * period)
+    end = np.minimum(starts[owner] + lengths[owner], (starts[owner] // period + k + 1) * period)
+    return s, end - s, tiles[owner]
+
+
+# -- inner reductions: B == 1 ------------------------------------------------------------------------
+def _plan_inner(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+    graph, dtype, r = ctx.graph, cv.view.dtype, cv.period
+    partial = partials_dtype(dtype)
+    starts, lengths, tiles = tile_regions(graph, cv.view)
+    segments = (starts + lengths - 1) // r - starts // r + 1
+    groups = [lengths == n for n in np.unique(lengths).tolist()]
+    sizes = [(int(p.sum()), int(segments[p].max())) for p in groups]
+    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p in groups])
+    cs1 = ctx.compute_set("partials")
+    codelet = segments_codelet(op, dtype)
+    slot0 = np.zeros(starts.size, np.int64)  # address of each piece's first partial
+    flat = cv.flat
+    for pick, block, (v, s) in zip(groups, blocks, sizes, strict=True):
+        length = int(lengths[pick][0])
+        first = np.minimum(r - starts[pick] % r, length)
+        graph.add_vertices(cs1, codelet, {"x": rows_of(flat, starts[pick], length), "out": block,
+                                          "first": first, "period": r}, tiles[pick])
+        slot0[pick] = block.offset + np.arange(v) * s
+    ctx.execute(cs1)
+    piece, k = _expand(segments)
+    output = starts[piece] // r + k
+    if cv.wrap:
+        output %= cv.A
+    order = np.lexsort((starts[piece], output))
+    address = (slot0[piece] + k)[order]
+    _gather_stage(ctx, op, partial, out, output[order], address, scale)
+
+
+def _gather_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, output: np.ndarray,
+                  address: np.ndarray, scale: float) -> None:
+    """Stage 2 with one vertex per output element; ``output`` sorted, ``address`` alongside."""
+    graph = ctx.graph
+    count = np.bincount(output, minlength=out.numel)
+    begin = np.cumsum(count) - count
+    out_tiles = graph.tile_of(out).reshape(-1).astype(np.int64)
+    cs2 = ctx.compute_set("reduce")
+    codelet = gather_codelet(op, partial, out.dtype)
+    for k in np.unique(count).tolist():
+        which = np.flatnonzero(count == k)
+        parts = tensor_at(graph, partial, address[begin[which][:, None] + np.arange(k)])
+        graph.add_vertices(cs2, codelet, {"parts": parts, "out": rows_of(out, which, 1),
+                                          "scale": scale}, out_tiles[which])
+    ctx.execute(cs2)
+
+
+# -- outer reductions: B > 1 -------------------------------------------------------------------------
+def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+    graph, dtype, r, b = ctx.graph, cv.view.dtype, cv.R, cv.B
+    partial = partials_dtype(dtype)
+    starts, lengths, tiles = _split_at(*tile_regions(graph, cv.view), r * b)
+    if lengths.max() < 2 * b:
+        # No tile holds two rows of any output's elements: stage 1 could not reduce anything.
+        _raw_columns_stage(ctx, cv, op, out, scale)
+        return
+    short = lengths < b  # pieces shorter than a row: cut at row ends, kept column by column
+    if np.any(short):
+        s2, l2, t2 = _split_at(starts[short], lengths[short], tiles[short], b)
+        starts = np.concatenate((starts[~short], s2))
+        lengths = np.concatenate((lengths[~short], l2))
+        tiles = np.concatenate((tiles[~short], t2))
+        order = np.argsort(starts, kind="stable")
+        starts, lengths, tiles = starts[order], lengths[order], tiles[order]
+    width = np.minimum(lengths, b)
+    full = lengths >= b
+    groups = [lengths == n for n in np.unique(lengths).tolist()]
+    sizes = [(int(p.sum()), int(width[p][0])) for p in groups]
+    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p in groups])
+    cs1 = ctx.compute_set("partials")
+    codelet = rows_codelet(op, dtype)
+    row0 = np.zeros(starts.size, np.int64)
+    for pick, block, (v, s) in zip(groups, blocks, sizes, strict=True):
+        length = int(lengths[pick][0])
+        phase = np.where(full[pick], starts[pick] % b, 0)
+        graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[pick], length), "out": block,
+                                          "phase": phase}, tiles[pick])
+        row0[pick] = block.offset + np.arange(v) * s
+    ctx.execute(cs1)
+    # Piece p supplies outputs [lo[p], lo[p] + width[p]) from its partials row.
+    lo = (starts // (r * b)) * b + np.where(full, 0, starts % b)
+    _columns_stage(ctx, op, partial, out, lo, width, row0, scale)
+
+
+def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo: np.ndarray,
+                   width: np.ndarray, row0: np.ndarray, scale: float) -> None:
+    """Stage 2 over runs of outputs that share one tile and one set of partial rows."""
+    graph = ctx.graph
+    o_starts, o_lengths, o_tiles = tile_regions(graph, out)
+    edges = np.unique(np.concatenate((lo, lo + width, o_starts, o_starts + o_lengths)))
+    first = np.searchsorted(edges, lo)
+    count = np.searchsorted(edges, lo + width) - first
+    piece, k = _expand(count)
+    run = first[piece] + k  # the run (edges[run], edges[run + 1]) that piece `piece` covers
+    order = np.lexsort((lo[piece], run))
+    run, piece = run[order], piece[order]
+    rows = np.bincount(run, minlength=edges.size - 1)
+    begin = np.cumsum(rows) - rows
+    n_of = np.diff(edges)
+    tile_of = o_tiles[np.searchsorted(o_starts, edges[:-1], side="right") - 1]
+    cs2 = ctx.compute_set("reduce")
+    codelet = columns_codelet(op, partial, out.dtype)
+    keys = rows.astype(np.int64) * (int(n_of.max()) + 1) + n_of
+    for key in np.unique(keys[rows > 0]).tolist():
+        which = np.flatnonzero((keys == key) & (rows > 0))
+        k_rows, n = int(rows[which[0]]), int(n_of[which[0]])
+        owners = piece[begin[which][:, None] + np.arange(k_rows)]  # (V, k) pieces, input order
+        starts = row0[owners] + (edges[which][:, None] - lo[owners])
+        parts = [tensor_at(graph, partial, starts[:, j : j + 1] + np.arange(n))
+                 for j in range(k_rows)]
+        step = _even_step(starts)
+        graph.add_vertices(cs2, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
+                                          "scale": scale, "part_step": step}, tile_of[which])
+    ctx.execute(cs2)
+
+
+def _raw_columns_stage(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor,
+                       scale: float) -> None:
+    """The only stage: each output run reduces its ``R`` input rows where the output lives."""
+    graph, r, b = ctx.graph, cv.R, cv.B
+    o_starts, o_lengths, o_tiles = tile_regions(graph, out)
+    blocks = np.arange(0, cv.A * b + 1, b)
+    edges = np.unique(np.concatenate((o_starts, o_starts + o_lengths, blocks)))
+    n_of = np.diff(edges)
+    tile_of = o_tiles[np.searchsorted(o_starts, edges[:-1], side="right") - 1]
+    flat = cv.flat
+    cs = ctx.compute_set("reduce")
+    codelet = columns_codelet(op, flat.dtype, out.dtype, raw=True)
+    for n in np.unique(n_of).tolist():
+        which = np.flatnonzero(n_of == n)
+        first = (edges[which] // b) * r * b + edges[which] % b  # element (a, 0, b0) of each run
+        rows = first[:, None] + np.arange(r) * b  # (V, R) positions of each run's rows
+        starts = _addresses(flat, rows)
+        parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
+                 for k in range(r)]
+        graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
+                                         "scale": scale, "part_step": _even_step(starts)},
+                           tile_of[which])
+    ctx.execute(cs)
+
+
+def _addresses(flat: Tensor, positions: np.ndarray) -> np.ndarray:
+    """Addresses of elements ``positions`` of a 1-D tensor (strided or indexed)."""
+    if flat.index is not None:
+        return flat.index[positions]
+    return flat.offset + positions * flat.strides[0]
+
+
+def _even_step(starts: np.ndarray) -> int:
+    """The address step between consecutive rows when it is the same for every vertex, else 0."""
+    if starts.shape[1] < 2:
+        return 0
+    step = starts[:, 1:] - starts[:, :-1]
+    s = int(step[0, 0])
+    return s if s > 0 and np.all(step == s) else 0
+
+
+# -- conveniences -------------------------------------------------------------------------------------
+def _convenience(op_name: str, op: ReduceOp, scale: str | None = None):
+    def fn(graph: Graph, x: Tensor, prog: Any, *, dims: int | Sequence[int] | None = None,
+           name: str = "", options: dict | None = None) -> Tensor:
+        ctx = OpContext.start(graph, prog, op_name, name, x)
+        if scale == "mean" and not x.dtype.is_float:
+            raise ctx.error(f"the mean of {x.dtype} tensor {x.name} is not representable in its "
+                            "dtype; cast to a float type first")
+        return _reduce(ctx, x, dims, op, options, scale)
+
+    fn.__name__ = fn.__qualname__ = op_name
+    fn.__doc__ = (f"``reduce(..., op=ReduceOp.{op.name})``{' divided by the count' if scale else ''}"
+                  f" over ``dims`` (all when None); options as :func:`reduce`.\n\n"
+                  f"    >>> import softipu as sp\n"
+                  f"    >>> from softipu import program as P\n"
+                  f"    >>> from softipu.ops.reduce import {op_name}\n"
+                  f"    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2))\n"
+                  f"    >>> x = g.add_variable(sp.float32, (4, 3)); sp.ops.map_linearly(g, x)\n"
+                  f"    >>> {op_name}(g, x, P.Sequence(), dims=0).shape\n"
+                  f"    (3,)\n")
+    return fn
+
+
+reduce_sum = _convenience("reduce_sum", ReduceOp.ADD)
+reduce_mean = _convenience("reduce_mean", ReduceOp.ADD, "mean")
+reduce_max = _convenience("reduce_max", ReduceOp.MAX)
+reduce_min = _convenience("reduce_min", ReduceOp.MIN)
+reduce_prod = _convenience("reduce_prod", ReduceOp.MUL)
+
+
+# -- argmax / argmin ---------------------------------------------------------------------------------
+def argmax(graph: Graph, x: Tensor, prog: Any, *, dim: int = -1, name: str = "",
+           options: dict | None = None) -> Tensor:
+    """The int32 index of the largest element along ``dim`` (first on ties; NaN counts as largest).
+
+    Options: ``keepdims`` (bool, default False).
+
+    >>> import numpy as np, softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.reduce import argmax
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    >>> x = g.add_variable(sp.float32, (2, 3)); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); i = argmax(g, x, prog, dim=1)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[1, 5, 2], [7, 0, 7]]); eng.run(0)
+    >>> eng.read_tensor(i)
+    array([1, 0], dtype=int32)
+    """
+    ctx = OpContext.start(graph, prog, "argmax", name, x)
+    return _arg(ctx, x, dim, True, options)
+
+
+def argmin(graph: Graph, x: Tensor, prog: Any, *, dim: int = -1, name: str = "",
+           options: dict | None = None) -> Tensor:
+    """The int32 index of the smallest element along ``dim``; as :func:`argmax`.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.reduce import argmin
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    >>> x = g.add_variable(sp.float16, (2, 3)); sp.ops.map_linearly(g, x)
+    >>> argmin(g, x, P.Sequence(), dim=0).shape
+    (3,)
+    """
+    ctx = OpContext.start(graph, prog, "argmin", name, x)
+    return _arg(ctx, x, dim, False, options)
+
+
+def _arg(ctx: OpContext, x: Tensor, dim: Any, largest: bool, options: dict | None) -> Tensor:
+    opts = parse_options(ctx, options, _OPTIONS)
+    if x.ndim == 0:
+        raise ctx.error(f"{ctx.op} needs at least one dimension; {x.name} is 0-d")
+    (axis,) = _normalize_dims(ctx, x, dim)
+    if x.shape[axis] == 0:
+        raise ctx.error(f"{ctx.op} over dim {axis} of {x.name} {x.shape}: the dim is empty")
+    if x.dtype is bool_:
+        raise ctx.error(f"{ctx.op} of bool tensor {x.name}: cast to a number first")
+    cv = _canonical(x, (axis,))
+    if cv.B != 1:  # move the axis last: every output's elements form one segment
+        kept = [d for d in range(x.ndim) if d != axis]
+        cv = _Canonical(x.transpose(kept + [axis]).reshape(cv.A * cv.B, cv.R, 1), cv.A * cv.B,
+                        cv.R, 1)
+    out_shape = tuple(d for i, d in enumerate(x.shape) if i != axis)
+    out = ctx.output(int32, out_shape)
+    if out.numel:
+        _plan_arg(ctx, cv, largest, out.reshape(-1))
+    if opts["keepdims"]:
+        out = out.reshape(tuple(1 if i == axis else d for i, d in enumerate(x.shape)))
+    return out
+
+
+def _plan_arg(ctx: OpContext, cv: _Canonical, largest: bool, out: Tensor) -> None:
+    graph, dtype, r = ctx.graph, cv.view.dtype, cv.R
+    starts, lengths, tiles = tile_regions(graph, cv.view)
+    segments = (starts + lengths - 1) // r - starts // r + 1
+    groups = [lengths == n for n in np.unique(lengths).tolist()]
+    sizes = [(int(p.sum()), int(segments[p].max())) for p in groups]
+    tile_groups = [tiles[p] for p in groups]
+    values = partials_variable(ctx, dtype, sizes, tile_groups, "values")
+    indices = partials_variable(ctx, int32, sizes, tile_groups, "indices")
+    cs1 = ctx.compute_set("partials")
+    codelet = arg_segments_codelet(largest, dtype)
+    slot0 = np.zeros(starts.size, np.int64)
+    for pick, vb, ib, (v, s) in zip(groups, values, indices, sizes, strict=True):
+        length = int(lengths[pick][0])
+        first = np.minimum(r - starts[pick] % r, length)
+        graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[pick], length), "values": vb,
+                                          "index": ib, "first": first, "period": r,
+                                          "base": starts[pick] % r}, tiles[pick])
+        slot0[pick] = (vb.offset - values[0].offset) + np.arange(v) * s
+    ctx.execute(cs1)
+    piece, k = _expand(segments)
+    output = starts[piece] // r + k
+    order = np.lexsort((starts[piece], output))
+    rel = (slot0[piece] + k)[order]  # offset inside the partials variables
+    output = output[order]
+    count = np.bincount(output, minlength=out.numel)
+    begin = np.cumsum(count) - count
+    out_tiles = graph.tile_of(out).reshape(-1).astype(np.int64)
+    cs2 = ctx.compute_set("reduce")
+    gather = arg_gather_codelet(largest, dtype)
+    for kk in np.unique(count).tolist():
+        which = np.flatnonzero(count == kk)
+        at = rel[begin[which][:, None] + np.arange(kk)]
+        graph.add_vertices(cs2, gather, {"values": tensor_at(graph, dtype, at + values[0].offset),
+                                         "index": tensor_at(graph, int32, at + indices[0].offset),
+                                         "out": rows_of(out, which, 1)}, out_tiles[which])
+    ctx.execute(cs2)
