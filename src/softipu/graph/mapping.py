@@ -57,14 +57,22 @@ class ResolvedMapping:
 
 
 class MappingTable:
-    """The runs appended by mapping calls of one dtype's address space."""
+    """The runs appended by mapping calls of one dtype's address space.
 
-    __slots__ = ("_chunks", "_locations", "_resolved")
+    Resolution is incremental: runs added since the last resolve are resolved alone and, when
+    they all lie above everything mapped so far (the usual case: ops map the variables they just
+    made), appended to growable sorted arrays. Anything else re-resolves the whole table.
+    """
+
+    __slots__ = ("_chunks", "_locations", "_resolved", "_done", "_buffers", "_size")
 
     def __init__(self) -> None:
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
         self._locations: list[SourceLocation] = []
         self._resolved: ResolvedMapping | None = None
+        self._done = 0  # chunks already in the resolved arrays
+        self._buffers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+        self._size = 0
 
     def add(self, starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray,
             location: SourceLocation) -> None:
@@ -74,26 +82,49 @@ class MappingTable:
 
     def resolved(self, variable_at: Callable[[int], Any]) -> ResolvedMapping:
         if self._resolved is None:
-            self._resolved = resolve_mapping(self, variable_at)
+            new = resolve_mapping(self, variable_at, first_chunk=self._done)
+            top = int(self._buffers[1][self._size - 1]) if self._size else -1
+            if new.starts.size == 0 or int(new.starts[0]) >= top:
+                self._append(new)
+            else:  # new runs reach below what is mapped: resolve everything again
+                whole = resolve_mapping(self, variable_at)
+                self._size = 0
+                self._append(whole)
+            self._done = len(self._chunks)
+            s, e, t = self._buffers
+            n = self._size
+            self._resolved = ResolvedMapping(s[:n], e[:n], t[:n])
         return self._resolved
 
-    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if not self._chunks:
+    def _append(self, new: ResolvedMapping) -> None:
+        k = new.starts.size
+        if self._size + k > self._buffers[0].size:  # grow geometrically: amortised O(new runs)
+            capacity = max(2 * (self._size + k), 1024)
+            self._buffers = tuple(np.resize(b, capacity) for b in self._buffers)  # type: ignore[assignment]
+        for buf, col in zip(self._buffers, (new.starts, new.ends, new.tiles), strict=True):
+            buf[self._size : self._size + k] = col
+        self._size += k
+
+    def columns(self, first_chunk: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        chunks = self._chunks[first_chunk:]
+        if not chunks:
             z = np.zeros(0, np.int64)
             return z, z, z.astype(np.int32), z
-        starts = np.concatenate([c[0] for c in self._chunks]).astype(np.int64, copy=False)
-        lengths = np.concatenate([c[1] for c in self._chunks]).astype(np.int64, copy=False)
-        tiles = np.concatenate([c[2] for c in self._chunks]).astype(np.int32, copy=False)
-        calls = np.concatenate([np.full(c[0].shape, c[3], np.int64) for c in self._chunks])
+        starts = np.concatenate([c[0] for c in chunks]).astype(np.int64, copy=False)
+        lengths = np.concatenate([c[1] for c in chunks]).astype(np.int64, copy=False)
+        tiles = np.concatenate([c[2] for c in chunks]).astype(np.int32, copy=False)
+        calls = np.concatenate([np.full(c[0].shape, c[3], np.int64) for c in chunks])
         return starts, lengths, tiles, calls
 
     def location(self, call: int) -> SourceLocation:
         return self._locations[call]
 
 
-def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any]) -> ResolvedMapping:
-    """Sort and merge a table's runs; raise MappingError naming any element on two tiles."""
-    starts, lengths, tiles, calls = table.columns()
+def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any],
+                    first_chunk: int = 0) -> ResolvedMapping:
+    """Sort and merge a table's runs (from ``first_chunk`` on); raise MappingError naming any
+    element on two tiles."""
+    starts, lengths, tiles, calls = table.columns(first_chunk)
     keep = lengths > 0
     starts, lengths, tiles, calls = starts[keep], lengths[keep], tiles[keep], calls[keep]
     order = np.lexsort((tiles, starts))
