@@ -198,13 +198,45 @@ class Graph:
         return f"{var.name}[view {tensor.shape}]"
 
     # -- tile mapping ------------------------------------------------------------------------
-    def set_tile_mapping(self, tensor: Tensor, tile: int) -> None:
-        """Map every element of ``tensor`` to ``tile`` (a global tile number)."""
+    def set_tile_mapping(self, tensor: Tensor, tile: int | Seq[Seq[tuple[int, int]]]) -> None:
+        """Map every element of ``tensor`` to ``tile`` (a global tile number).
+
+        ``tile`` may also be a whole mapping as :meth:`get_tile_mapping` returns it: per tile, a
+        list of ``(begin, end)`` intervals of the tensor's flattened elements (Poplar's
+        ``setTileMapping(tensor, TileToTensorMapping)``).
+        """
         self._check_tensor(tensor, "set_tile_mapping")
+        if isinstance(tile, (list, tuple)):
+            pieces = [(b, e, t) for t, intervals in enumerate(tile) for b, e in intervals]
+            b, e, t = (np.array(col, np.int64) for col in zip(*pieces, strict=True)) if pieces else \
+                (np.zeros(0, np.int64),) * 3
+            self.map_intervals(tensor, b, e, t)
+            return
         tile = self._check_tile(tile, f"set_tile_mapping of {tensor.name}")
         starts, lengths = tensor.runs()
         space = self.spaces[tensor.dtype]
         space.mapping.add(starts, lengths, np.full(starts.shape, tile, np.int32), caller_location())
+
+    def map_intervals(self, tensor: Tensor, begins: Any, ends: Any, tiles: Any) -> None:
+        """Map ``tensor.flatten()[begins[i]:ends[i]]`` to ``tiles[i]`` for every i, in one call."""
+        self._check_tensor(tensor, "map_intervals")
+        begins, ends, tiles = (np.asarray(a, np.int64).reshape(-1) for a in (begins, ends, tiles))
+        what = f"map_intervals of {tensor.name}"
+        if not begins.shape == ends.shape == tiles.shape:
+            raise MappingError(f"{what}: begins, ends and tiles differ in length")
+        if begins.size and (begins.min() < 0 or ends.max() > tensor.numel or np.any(ends < begins)):
+            raise MappingError(f"{what}: intervals must lie in 0..{tensor.numel} with begin <= end")
+        self._check_tiles(tiles, what)
+        if tensor.is_contiguous():
+            starts, lengths, tile_col = tensor.offset + begins, ends - begins, tiles
+        else:  # element by element through the view's addresses
+            lengths = ends - begins
+            flat = np.concatenate([np.arange(b, e) for b, e in zip(begins, ends, strict=True)]) \
+                if begins.size else np.zeros(0, np.int64)
+            starts = tensor.addresses().reshape(-1)[flat]
+            tile_col, lengths = np.repeat(tiles, lengths), np.ones(flat.size, np.int64)
+        space = self.spaces[tensor.dtype]
+        space.mapping.add(starts, lengths, tile_col.astype(np.int32), caller_location())
 
     def set_tile_mappings(self, tensor: Tensor, tiles: Any) -> None:
         """Map row ``i`` of ``tensor`` (its first axis) to ``tiles[i]``, in one call."""

@@ -40,8 +40,4 @@ def map_linearly(graph: Graph, tensor: Tensor, grain_size: int = 1, min_elements
     per_tile = np.full(used, grains // used, np.int64)
     per_tile[: grains % used] += 1
     bounds = np.minimum(np.concatenate(([0], np.cumsum(per_tile))) * grain_size, n)
-    flat = tensor.flatten()
-    for k in range(used):
-        lo, hi = int(bounds[k]), int(bounds[k + 1])
-        if hi > lo:
-            graph.set_tile_mapping(flat[lo:hi], tiles[k])
+    graph.map_intervals(tensor, bounds[:-1], bounds[1:], np.asarray(tiles)[:used])
