@@ -258,7 +258,6 @@ def test_stage_one_cost_is_the_vector_loop() -> None:
 
 def test_docstring_examples_run() -> None:
     import doctest  # noqa: PLC0415
-
     import importlib  # noqa: PLC0415
 
     # NOTE: ``softipu.ops.reduce`` the attribute is the op; the module lives in sys.modules.

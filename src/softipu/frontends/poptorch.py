@@ -1,0 +1,462 @@
+"""PopTorch's names over softipu's torch frontend: a PopTorch script runs with only its import
+changed (``import softipu.poptorch as poptorch``).
+
+Options PopTorch has that softipu gives no meaning yet (training, pipelining, tensor locations,
+distribution...) are accepted and stored; each is named in a one-time
+:class:`~softipu.frontends.torch.options.UnusedOptionWarning`. None is silently ignored.
+
+>>> import torch, softipu.poptorch as poptorch
+>>> opts = poptorch.Options().deviceIterations(2).logCycleCount(True)
+>>> model = poptorch.inferenceModel(torch.nn.Linear(4, 2), opts)
+>>> model(torch.randn(6, 4)).shape
+torch.Size([6, 2])
+>>> model.cycleCount() > 0
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from softipu.frontends.errors import FrontendError
+from softipu.frontends.torch.custom_ops import ipu_print_op
+from softipu.frontends.torch.options import Options as TorchOptions
+from softipu.frontends.torch.options import OutputMode as _Mode
+from softipu.frontends.torch.options import warn_unused
+from softipu.frontends.torch.runtime import InferenceModel, logger
+from softipu.target import BOW, GC2, GC200, Target
+
+__all__ = [
+    "Options", "OutputMode", "inferenceModel", "trainingModel", "PoplarExecutor", "BeginBlock", "Block",
+    "ipu_print_tensor", "identity_loss", "recomputationCheckpoint", "set_available_memory", "DataLoader",
+    "HalfFloatCastingBehavior", "ReductionType", "ConnectionType", "SyncPattern", "ShardedExecution",
+    "PipelinedExecution", "SerialPhasedExecution", "ParallelPhasedExecution", "ipuHardwareIsAvailable",
+    "ipuHardwareVersion", "setLogLevel", "block_of", "__version__",
+]
+
+__version__ = "3.3.0+softipu"
+
+
+class OutputMode(enum.IntEnum):
+    """PopTorch's ``OutputMode`` (which iterations' outputs come back to the host)."""
+
+    Final = 0
+    EveryN = 1
+    All = 2
+    Sum = 3
+    Default = 4
+
+
+_MODES = {OutputMode.Final: _Mode.FINAL, OutputMode.EveryN: _Mode.EVERY_N, OutputMode.All: _Mode.ALL,
+          OutputMode.Sum: _Mode.SUM, OutputMode.Default: _Mode.ALL}
+
+
+class HalfFloatCastingBehavior(enum.IntEnum):
+    FloatDowncastToHalf = 0
+    HalfUpcastToFloat = 1
+    Default = 2
+
+
+class ReductionType(enum.IntEnum):
+    Sum = 0
+    Mean = 1
+    NoReduction = 2
+
+
+class ConnectionType(enum.IntEnum):
+    Always = 0
+    OnDemand = 1
+    Never = 2
+
+
+class SyncPattern(enum.IntEnum):
+    Full = 0
+    SinglePipeline = 1
+    ReplicaAndLadder = 2
+
+
+class _Strategy:
+    """An execution strategy (pipelining, sharding, phases): accepted and stored."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.args))})"
+
+
+class ShardedExecution(_Strategy):
+    pass
+
+
+class PipelinedExecution(_Strategy):
+    pass
+
+
+class SerialPhasedExecution(_Strategy):
+    pass
+
+
+class ParallelPhasedExecution(_Strategy):
+    pass
+
+
+# PopTorch's setters that softipu stores without giving them a meaning yet, per section.
+_STORED = {
+    "": ("autoRoundNumIPUs", "connectionType", "disableModuleNamescope", "enableProfiling",
+         "enableStableNorm", "enableSyntheticData", "logDir", "loadFromFile", "modelName",
+         "setExecutionStrategy", "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
+         "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
+         "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
+    "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat",
+                  "enableStochasticRounding"),
+    "Training": ("gradientAccumulation", "accumulationAndReplicationReductionType",
+                 "setMeanAccumulationAndReplicationReductionStrategy", "setAutomaticLossScaling",
+                 "setConvolutionDithering"),
+    "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
+                        "setAccumulatorLocation", "numIOTiles"),
+    "Distributed": ("configureProcessId", "setEnvVarNames", "disableProcessGroup"),
+    "Jit": ("traceModel",),
+    "_Popart": ("set", "setPatterns"),
+}
+
+
+def _no_such_setter(section: str, name: str, methods: list[str]) -> AttributeError:
+    import difflib  # noqa: PLC0415 - only on the error path
+
+    near = difflib.get_close_matches(name, methods, n=2)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    where = f"poptorch.Options.{section}" if section else "poptorch.Options"
+    return AttributeError(f"{where} has no option {name!r}{hint}")
+
+
+class _Section:
+    """A group of PopTorch options (``opts.Training``...): every setter chains.
+
+    Setters with a softipu meaning are real methods of the subclasses; PopTorch's other setters
+    (``_STORED``) are accepted, stored under ``"<Section>.<name>"`` and warned about once.
+    """
+
+    _label = "Section"
+
+    def __init__(self, owner: Options) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in _STORED.get(self._label, ()):
+            own = [m for m in dir(type(self)) if not m.startswith("_")]
+            raise _no_such_setter(self._label, name, own + list(_STORED.get(self._label, ())))
+        return self._owner._stored_setter(f"{self._label}.{name}", self)
+
+
+class _Popart(_Section):
+    _label = "_Popart"
+
+
+class _Precision(_Section):
+    _label = "Precision"
+
+    def setPartialsType(self, dtype: torch.dtype) -> _Precision:  # noqa: N802 - PopTorch's name
+        if dtype not in (torch.float, torch.half):
+            raise FrontendError(f"Precision.setPartialsType takes torch.float or torch.half, got {dtype}")
+        self._owner._set("partials_type", "half" if dtype == torch.half else "float")
+        return self
+
+    def enableFloatingPointExceptions(self, enabled: bool) -> _Precision:  # noqa: N802
+        self._owner._engine["debug.floatingPointExceptions"] = bool(enabled)
+        return self
+
+
+class _Training(_Section):
+    _label = "Training"
+
+
+class _TensorLocations(_Section):
+    _label = "TensorLocations"
+
+
+class _Distributed(_Section):
+    _label = "Distributed"
+
+
+class _Jit(_Section):
+    _label = "Jit"
+
+
+class Options:
+    """PopTorch's ``poptorch.Options``: chaining camelCase setters over ``softipu.torch.Options``.
+
+    ``toSoftipu()`` gives the frozen :class:`softipu.torch.Options` they describe. The softipu
+    extension ``setTarget(sp.targets.X)`` picks the chip (GC200 by default, like a Mk2 IPU);
+    ``useOfflineIpuTarget(2 | 21)`` picks GC200 or BOW.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._engine: dict[str, Any] = {}
+        self._stored: dict[str, Any] = {}
+        self.Precision = _Precision(self)
+        self.Training = _Training(self)
+        self.TensorLocations = _TensorLocations(self)
+        self.Distributed = _Distributed(self)
+        self.Jit = _Jit(self)
+        self._Popart = _Popart(self)
+
+    # -- setters with a softipu meaning -------------------------------------------------------------
+    def deviceIterations(self, device_iterations: int) -> Options:  # noqa: N802 - PopTorch's names
+        return self._set("device_iterations", int(device_iterations))
+
+    def replicationFactor(self, replication_factor: int) -> Options:  # noqa: N802
+        return self._set("replication_factor", int(replication_factor))
+
+    def randomSeed(self, random_seed: int) -> Options:  # noqa: N802
+        return self._set("seed", int(random_seed))
+
+    def logCycleCount(self, log_cycle_count: bool) -> Options:  # noqa: N802
+        return self._set("log_cycle_count", bool(log_cycle_count))
+
+    def outputMode(self, output_mode: OutputMode, output_return_period: int | None = None) -> Options:  # noqa: N802
+        mode = OutputMode(output_mode)
+        self._set("output_mode", _MODES[mode])
+        if mode is OutputMode.EveryN:
+            if not output_return_period:
+                raise FrontendError("outputMode(OutputMode.EveryN, N) needs the period N")
+            self._set("output_return_period", int(output_return_period))
+        return self
+
+    anchorMode = outputMode  # PopTorch 2.x's name
+
+    def setAvailableMemoryProportion(  # noqa: N802
+            self, available_memory_proportion: dict[str, float]) -> Options:
+        values = set(available_memory_proportion.values())
+        if len(values) > 1:  # one IPU today: one proportion
+            self._stored["setAvailableMemoryProportion"] = dict(available_memory_proportion)
+            warn_unused(["setAvailableMemoryProportion (different values per IPU)"], "PopTorch option")
+        return self._set("available_memory_proportion", float(min(values)))
+
+    def enableExecutableCaching(self, path: str) -> Options:  # noqa: N802
+        return self._set("executable_cache_dir", str(path))
+
+    def useIpuModel(self, use_model: bool) -> Options:  # noqa: N802
+        # Every softipu device is a model of the IPU, with cycle counts: nothing to switch.
+        self._values["_use_ipu_model"] = bool(use_model)
+        return self
+
+    def useOfflineIpuTarget(self, ipu_version: int = 2) -> Options:  # noqa: N802
+        targets = {1: GC2, 2: GC200, 21: BOW}
+        if ipu_version not in targets:
+            raise FrontendError(f"useOfflineIpuTarget: IPU version {ipu_version} is not one of "
+                                f"{sorted(targets)}")
+        return self._set("target", targets[ipu_version])
+
+    def setTarget(self, target: Target) -> Options:  # noqa: N802 - softipu's extension
+        return self._set("target", target)
+
+    # -- reading back (PopTorch has these properties) ------------------------------------------------
+    @property
+    def replication_factor(self) -> int:
+        return self._values.get("replication_factor", 1)
+
+    @property
+    def device_iterations(self) -> int:
+        return self._values.get("device_iterations", 1)
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """Options accepted without a softipu meaning yet, by name."""
+        return dict(self._stored)
+
+    def toSoftipu(self) -> TorchOptions:  # noqa: N802
+        """The :class:`softipu.torch.Options` these options describe (validated)."""
+        values = {k: v for k, v in self._values.items() if not k.startswith("_")}
+        return TorchOptions(**values, engine_options=dict(self._engine), stored=dict(self._stored))
+
+    def toDict(self) -> dict[str, Any]:  # noqa: N802
+        return {**self._values, **{f"engine.{k}": v for k, v in self._engine.items()}, **self._stored}
+
+    def __repr__(self) -> str:
+        return f"poptorch.Options({self.toDict()!r})"
+
+    # -- storing ----------------------------------------------------------------------------------
+    def _set(self, key: str, value: Any) -> Options:
+        trial = dict(self._values, **{key: value})
+        TorchOptions(**{k: v for k, v in trial.items() if not k.startswith("_")})  # validate now
+        self._values[key] = value
+        return self
+
+    def _stored_setter(self, name: str, returns: Any) -> Any:
+        def setter(*args: Any, **kwargs: Any) -> Any:
+            self._stored[name] = (args, kwargs) if kwargs else (args[0] if len(args) == 1 else args)
+            warn_unused([name], "PopTorch option")
+            return returns
+        return setter
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in _STORED[""]:
+            own = [m for m in dir(type(self)) if not m.startswith("_")]
+            raise _no_such_setter("", name, own + list(_STORED[""]))
+        return self._stored_setter(name, self)
+
+
+# -- the executor -----------------------------------------------------------------------------------------
+class PoplarExecutor:
+    """PopTorch's executor: call it like the model; ``compile``, ``cycleCount``, weights, attach."""
+
+    def __init__(self, model: torch.nn.Module, options: Options | None = None) -> None:
+        self._options = options or Options()
+        self._impl = InferenceModel(model, self._options.toSoftipu())
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._impl(*args, **kwargs)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        self._impl.compile(*args, **kwargs)
+
+    def compileAndExport(self, filename: str, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+        raise FrontendError("compileAndExport needs softipu's executable cache, which does not exist "
+                            "yet; use compile(*inputs)")
+
+    def isCompiled(self) -> bool:  # noqa: N802
+        return self._impl._current is not None
+
+    def cycleCount(self) -> int:  # noqa: N802
+        if not self._impl.options.log_cycle_count:
+            raise FrontendError("Cycle count logging is disabled: call options.logCycleCount(True) "
+                                "before inferenceModel (softipu.torch's model.cycle_count needs no option)")
+        return self._impl.cycle_count
+
+    def copyWeightsToDevice(self) -> None:  # noqa: N802
+        self._impl.copy_weights_to_device()
+
+    def copyWeightsToHost(self) -> None:  # noqa: N802
+        """Inference never changes the weights on the device: the host copy is already current."""
+
+    def detachFromDevice(self) -> None:  # noqa: N802
+        self._impl.detach()
+
+    def attachToDevice(self) -> None:  # noqa: N802
+        self._impl.attach()
+
+    def isAttachedToDevice(self) -> bool:  # noqa: N802
+        return self._impl.is_attached
+
+    def destroy(self) -> None:
+        self._impl.destroy()
+
+    def getPerfCounters(self) -> dict[str, Any]:  # noqa: N802
+        """Modeled cycles and seconds of the last call (PopTorch reports host timestamps)."""
+        cycles = self._impl.cycle_count
+        return {"cycles": cycles, "seconds": cycles / self._impl.options.target.clock_hz}
+
+    @property
+    def report(self) -> Any:
+        return self._impl.report
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def __getattr__(self, name: str) -> Any:
+        # PopTorch forwards attribute reads to the wrapped model.
+        if name.startswith("_") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __repr__(self) -> str:
+        return f"PoplarExecutor({self._impl!r})"
+
+
+def inferenceModel(model: torch.nn.Module, options: Options | None = None) -> PoplarExecutor:  # noqa: N802
+    """PopTorch's ``inferenceModel``: ``model`` compiled for a (simulated) IPU on its first call."""
+    return PoplarExecutor(model, options)
+
+
+def trainingModel(model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> Any:  # noqa: N802
+    raise FrontendError("softipu runs inference only so far: trainingModel is not supported yet; "
+                        "use inferenceModel")
+
+
+# -- annotations ------------------------------------------------------------------------------------------
+_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def BeginBlock(layer_to_call: torch.nn.Module, user_id: Any = None, ipu_id: int | None = None) -> Any:  # noqa: N802
+    """Mark where a pipeline stage begins: accepted and recorded (``block_of``); everything runs on
+    one IPU until multi-IPU placement lands."""
+    _BLOCKS[layer_to_call] = (user_id, ipu_id)
+    if ipu_id not in (None, 0):
+        warn_unused(["BeginBlock(ipu_id > 0)"], "PopTorch annotation")
+    return layer_to_call
+
+
+def block_of(layer: torch.nn.Module) -> tuple[Any, int | None] | None:
+    """The ``(user_id, ipu_id)`` a layer was given with :func:`BeginBlock`, if any."""
+    return _BLOCKS.get(layer)
+
+
+@contextlib.contextmanager
+def Block(user_id: Any = None, ipu_id: int | None = None) -> Iterator[None]:  # noqa: N802
+    """PopTorch's ``with poptorch.Block(...)``: accepted; placement comes with multi-IPU support."""
+    if ipu_id not in (None, 0):
+        warn_unused(["Block(ipu_id > 0)"], "PopTorch annotation")
+    yield
+
+
+def recomputationCheckpoint(*tensors: torch.Tensor) -> Any:  # noqa: N802
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def set_available_memory(tensor: torch.Tensor, available_memory_proportion: float) -> torch.Tensor:
+    warn_unused(["set_available_memory (per op)"], "PopTorch annotation")
+    return tensor
+
+
+def ipu_print_tensor(tensor: torch.Tensor, title: str = "") -> torch.Tensor:
+    """Print ``tensor`` on the host each time the IPU program computes it (``program.PrintTensor``)."""
+    return ipu_print_op(tensor, title)
+
+
+def identity_loss(x: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Mark ``x`` as the loss: its sum, mean or itself (``reduction`` "sum", "mean", "none")."""
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "none":
+        return x
+    raise FrontendError(f"identity_loss: reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """PopTorch's ``DataLoader(options, dataset, batch_size, ...)``: each batch holds what one call
+    consumes, ``batch_size x deviceIterations x replicationFactor x gradientAccumulation``."""
+
+    def __init__(self, options: Options, dataset: Any, batch_size: int = 1, shuffle: bool = False,
+                 num_workers: int = 0, drop_last: bool = True, **kwargs: Any) -> None:
+        accumulation = options._stored.get("Training.gradientAccumulation", 1)
+        accumulation = accumulation if isinstance(accumulation, int) else 1
+        combined = batch_size * options.device_iterations * options.replication_factor * accumulation
+        kwargs.pop("mode", None)  # DataLoaderMode: synchronous here
+        super().__init__(dataset, batch_size=combined, shuffle=shuffle, num_workers=num_workers,
+                         drop_last=drop_last, **kwargs)
+
+
+def ipuHardwareIsAvailable(num_ipus: int = 1) -> bool:  # noqa: N802
+    """No IPU hardware: softipu simulates one."""
+    return False
+
+
+def ipuHardwareVersion() -> int:  # noqa: N802
+    return 2
+
+
+def setLogLevel(level: int | str) -> None:  # noqa: N802
+    """Set the level of softipu's torch logger (PopTorch's levels by name or number)."""
+    logger.setLevel(level.upper() if isinstance(level, str) else level)

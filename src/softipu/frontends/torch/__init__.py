@@ -1,0 +1,24 @@
+"""The PyTorch frontend: ``inference_model(module, Options(...))`` runs a torch module on a
+simulated IPU, through ``torch.export``, Core ATen and a registry of lowerings onto
+``softipu.ops``. Public as ``softipu.torch``; PopTorch's names are in ``softipu.poptorch``.
+"""
+
+from softipu.frontends.errors import (
+    ExportError,
+    FrontendError,
+    InputError,
+    LoweringError,
+    RegistryError,
+    UnsupportedOpsError,
+)
+from softipu.frontends.torch import custom_ops, lowerings  # noqa: F401 - register lowerings
+from softipu.frontends.torch.lower import Lowered, LoweringContext
+from softipu.frontends.torch.options import Options, OutputMode, UnusedOptionWarning
+from softipu.frontends.torch.registry import LOWERINGS, Lowering, find_lowering, register_lowering
+from softipu.frontends.torch.runtime import InferenceModel, inference_model, logger
+
+__all__ = [
+    "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
+    "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "UnsupportedOpsError",
+    "UnusedOptionWarning", "find_lowering", "inference_model", "logger", "register_lowering",
+]

@@ -1,0 +1,228 @@
+"""From a ``torch.nn.Module`` to a Core ATen graph, and the checks made before building anything.
+
+* :func:`export_program` runs ``torch.export.export`` (in eval mode, without gradients) and
+  ``run_decompositions()`` to Core ATen. Export failures (data-dependent control flow,
+  unsupported Python) become :class:`ExportError` naming the user's line and what to do instead.
+* :func:`check_supported` walks the graph once and raises one :class:`UnsupportedOpsError` that
+  lists every op without a lowering, each with the user's source lines, before anything is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import operator
+import os
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from softipu.frontends.errors import ExportError, UnsupportedOpsError
+from softipu.frontends.torch.registry import find_lowering
+
+__all__ = ["UserLine", "export_program", "check_supported", "user_line", "graph_nodes"]
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_SOFTIPU_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_STDLIB_DIR = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>[^\n]+)\n(?P<code>[^\n]*)')
+
+# Ops whose output shape or value depends on the data: say why, not just "unsupported".
+_DATA_DEPENDENT = {
+    "aten::_local_scalar_dense": "Tensor.item() (or int()/float()/bool() of a tensor) reads a device value "
+                                 "into Python; keep it a tensor (e.g. x * t.sum() instead of "
+                                 "x * t.sum().item())",
+    "aten::nonzero": "its output shape depends on the data, and IPU graphs have static shapes; use "
+                     "torch.where(mask, x, 0) or a fixed-size torch.topk",
+    "aten::masked_select": "its output shape depends on the data; use torch.where(mask, x, 0)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UserLine:
+    """A line of the user's code: where an op came from."""
+
+    filename: str
+    lineno: int
+    function: str
+    code: str
+
+    def __str__(self) -> str:
+        code = f": {self.code.strip()}" if self.code.strip() else ""
+        return f"{self.filename}:{self.lineno} in {self.function}{code}"
+
+
+def _is_user_file(filename: str) -> bool:
+    path = os.path.abspath(filename) if not filename.startswith("<") else filename
+    return not (path.startswith(_TORCH_DIR) or path.startswith(_SOFTIPU_DIR) or path.startswith(_STDLIB_DIR))
+
+
+def user_line(node: Any) -> UserLine | None:
+    """The innermost frame of the user's code in an FX node's ``stack_trace`` (None if unknown)."""
+    trace = node.meta.get("stack_trace") if hasattr(node, "meta") else None
+    if not trace:
+        return None
+    found = None
+    for m in _FRAME.finditer(trace):
+        if _is_user_file(m["file"]):
+            found = UserLine(m["file"], int(m["line"]), m["fn"].strip(), m["code"])
+    return found
+
+
+def _exception_line(exc: BaseException) -> UserLine | None:
+    """The innermost user frame in ``exc``'s traceback, or in its causes'."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_file(f.filename)]
+        if frames:
+            f = frames[-1]
+            return UserLine(f.filename, f.lineno or 0, f.name, f.line or "")
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _message_line(text: str) -> UserLine | None:
+    """torch's own "The following call raised this error" location, when the traceback has none."""
+    found = None
+    for m in _FRAME.finditer(text):
+        if _is_user_file(m["file"]):
+            found = UserLine(m["file"], int(m["line"]), m["fn"].strip(), m["code"])
+    return found
+
+
+def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) -> Any:
+    """``torch.export`` of ``module`` in eval mode, decomposed to Core ATen.
+
+    The module's training flag is restored afterwards. Failures raise :class:`ExportError`.
+    """
+    was_training = module.training
+    module.train(False)
+    try:
+        with torch.no_grad(), _quiet_torch():
+            exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
+            return exported.run_decompositions()
+    except Exception as exc:  # noqa: BLE001 - every export failure is reported the same way
+        raise ExportError(_explain(module, exc)) from exc
+    finally:
+        module.train(was_training)
+
+
+# torch logs the failures it raises (with tracebacks and graph dumps); softipu re-raises them
+# with the user's line, so the logs would only repeat them.
+_NOISY_LOGGERS = ("torch._subclasses.fake_tensor", "torch.fx.experimental.symbolic_shapes",
+                  "torch._dynamo", "torch._export", "torch.export")
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    # torch.export prints a failed trace's partial graph to stderr; keep stderr for success only.
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(captured):
+            # NOTE: torch.export's own use of pytree trips this deprecation in torch 2.13.
+            warnings.filterwarnings("ignore", message=".*treespec, LeafSpec", category=FutureWarning)
+            # NOTE: torch's own RNN modules set _flat_weights while exporting; nothing to fix.
+            warnings.filterwarnings("ignore", message=".*_flat_weights.*were assigned during export")
+            yield
+        sys.stderr.write(captured.getvalue())
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _explain(module: torch.nn.Module, exc: Exception) -> str:
+    text = str(exc)
+    line = _exception_line(exc) or _message_line(text)
+    where = f" at {line}" if line else ""
+    name = type(module).__name__
+    data_dependent = ("data-dependent" in text or "GuardOnDataDependent" in type(exc).__name__
+                      or "data dependent" in text)
+    if data_dependent:
+        return (f"torch.export could not capture {name}: Python control flow{where} depends on the "
+                "values of a tensor, which are not known while the IPU graph is built (static "
+                "graphs). Write the choice with tensor ops instead (torch.where(cond, a, b), masks, "
+                "clamp) or with torch.cond(pred, true_fn, false_fn, operands); avoid .item(), "
+                "bool(tensor) and int(tensor) in forward.\n"
+                f"torch says: {_first_lines(text)}")
+    return (f"torch.export could not capture {name}{where}: {type(exc).__name__}: {_first_lines(text)}\n"
+            "softipu runs what torch.export captures; see "
+            "https://pytorch.org/docs/stable/export.html for what it supports")
+
+
+def _first_lines(text: str, n: int = 3) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n  ".join(lines[:n]) if lines else "(no message)"
+
+
+def graph_nodes(graph: torch.fx.Graph) -> Iterator[torch.fx.Node]:
+    """Every call_function node of ``graph`` and of the subgraphs it calls (torch.cond branches)."""
+    owner = graph.owning_module
+    for node in graph.nodes:
+        if node.op == "call_function":
+            yield node
+        elif node.op == "get_attr" and owner is not None:
+            sub = getattr(owner, str(node.target), None)
+            if isinstance(sub, torch.fx.GraphModule):
+                yield from graph_nodes(sub.graph)
+
+
+def check_supported(graph: torch.fx.Graph) -> None:
+    """Raise one :class:`UnsupportedOpsError` listing every op without a usable lowering."""
+    missing: dict[str, list[str]] = {}
+    for node in graph_nodes(graph):
+        if node.target is operator.getitem:
+            continue
+        name, lowering = find_lowering(node.target)
+        reason = _DATA_DEPENDENT.get(name, "")
+        if lowering is not None:
+            reason = lowering.check(node) if lowering.check is not None else None
+            if not reason:
+                continue
+        key = f"{name} ({reason})" if reason else name
+        line = user_line(node)
+        where = str(line) if line else f"node {node.name} (no source line recorded)"
+        if where not in missing.setdefault(key, []):
+            missing[key].append(where)
+    if any(name.split(" ", 1)[0] in _DATA_DEPENDENT for name in missing):
+        # Symbolic-size arithmetic only follows a data-dependent shape: the cause is listed.
+        missing = {k: v for k, v in missing.items() if not _is_symbolic(k)}
+    if missing:
+        raise UnsupportedOpsError(_unsupported_message(missing), missing)
+
+
+def _is_symbolic(key: str) -> bool:
+    name = key.split(" ", 1)[0]
+    return name.startswith(("aten::sym_", "_operator::", "aten::_assert"))
+
+
+def _unsupported_message(missing: dict[str, list[str]]) -> str:
+    n = len(missing)
+    lines = [f"the model uses {n} op{'s' if n > 1 else ''} softipu cannot lower (all listed; nothing "
+             "was compiled):"]
+    for key, wheres in missing.items():
+        lines.append(f"  {key}")
+        for w in wheres[:5]:
+            lines.append(f"      at {w}")
+        if len(wheres) > 5:
+            lines.append(f"      ... and {len(wheres) - 5} more places")
+    addable = [k.split(" ", 1)[0] for k in missing if k.split(" ", 1)[0] not in _DATA_DEPENDENT]
+    if not addable:
+        return "\n".join(lines)
+    example = addable[0]
+    lines.append(f'To add a lowering: softipu.torch.register_lowering("{example}", fn), where '
+                 "fn(ctx, node, *args, **kwargs) builds the result with softipu.ops on ctx.graph, "
+                 "appending to ctx.prog (see docs/torch_coverage.md).")
+    return "\n".join(lines)
+

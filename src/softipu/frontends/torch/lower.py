@@ -1,0 +1,436 @@
+"""Lowering an exported program onto a softipu graph.
+
+The exported program's placeholders become device variables: parameters, buffers and constants
+are written once when the model loads (program 0 streams them in), user inputs arrive through
+host-to-device streams and outputs leave through device-to-host streams (program 1, the step, in
+a ``Repeat`` of ``device_iterations``). Every other node is lowered by its registered
+:class:`~softipu.frontends.torch.registry.Lowering`, in graph order, appending to the step.
+
+While a node is lowered, softipu sees the user's source line of that node as its caller, so
+every variable, compute set and op error made for the node names the user's line (design.md §2.7).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.export.graph_signature import InputKind, OutputKind
+
+from softipu.dtypes import (
+    DType,
+    bool_,
+    float16,
+    float32,
+    int8,
+    int16,
+    int32,
+    uint8,
+    uint16,
+    uint32,
+)
+from softipu.frontends.errors import LoweringError
+from softipu.frontends.torch.export import UserLine, user_line
+from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.registry import find_lowering
+from softipu.graph import program as P
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops import elementwise as ew
+from softipu.ops.indexing import create_slicable_table
+from softipu.ops.mapping import map_linearly
+
+__all__ = ["LoweringContext", "Lowered", "StreamSlot", "lower_program", "device_dtype", "to_host_array"]
+
+_DTYPES: dict[torch.dtype, DType] = {
+    torch.float32: float32, torch.float16: float16, torch.float64: float32,
+    torch.int64: int32, torch.int32: int32, torch.int16: int16, torch.int8: int8,
+    torch.uint8: uint8, torch.uint16: uint16, torch.uint32: uint32, torch.bool: bool_,
+}
+
+
+def device_dtype(torch_dtype: torch.dtype, precision: str = "fp32") -> DType:
+    """The IPU dtype that holds a torch dtype: int64 -> int32 and float64 -> float32 (as in
+    PopTorch); with precision "fp16" every float is float16."""
+    found = _DTYPES.get(torch_dtype)
+    if found is None:
+        raise LoweringError(f"{torch_dtype} has no IPU dtype; softipu holds "
+                            f"{', '.join(str(d).replace('torch.', '') for d in _DTYPES)}"
+                            + ("; use torch.float16 instead of bfloat16" if torch_dtype == torch.bfloat16
+                               else ""))
+    if precision == "fp16" and found.is_float:
+        return float16
+    return found
+
+
+def to_host_array(value: torch.Tensor, dtype: DType) -> np.ndarray:
+    """A C-contiguous numpy copy of ``value`` in the device dtype."""
+    return np.ascontiguousarray(value.detach().cpu().numpy().astype(dtype.numpy, copy=False))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSlot:
+    """One streamed tensor: a user input or an output, per micro-batch."""
+
+    name: str
+    stream: str
+    shape: tuple[int, ...]
+    torch_dtype: torch.dtype
+    dtype: DType
+
+
+@dataclass(frozen=True, slots=True)
+class Lowered:
+    """A lowered model: its graph, its two programs (0 loads weights, 1 runs a step), its streams."""
+
+    graph: Graph
+    programs: tuple[P.Program, P.Program]
+    inputs: tuple[StreamSlot | None, ...]  # one per flat user input; None where not a tensor
+    outputs: tuple[Any, ...]  # one per flat output: a StreamSlot, or the constant it always is
+    weights: tuple[tuple[str, np.ndarray], ...]  # (stream, host values) in load order
+    nodes: int  # call_function nodes lowered
+
+
+class LoweringContext:
+    """What a lowering gets: the graph, the program to append to, the options and helpers."""
+
+    def __init__(self, graph: Graph, prog: P.Sequence, options: Options) -> None:
+        self.graph = graph
+        self.prog = prog
+        self.options = options
+        self.node: torch.fx.Node | None = None
+        self.seed_variable: Tensor | None = None
+        self._constants: dict[int, tuple[Tensor, np.ndarray]] = {}
+        self._modifiers = 0
+        # Set by the lowerer: lower a torch.fx.GraphModule's graph into a program (torch.cond).
+        self.lower_subgraph: Callable[[Any, Sequence[Any], P.Sequence], list[Any]] | None = None
+
+    # -- the node being lowered -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """A name for the ops of this node (shows in reports): the FX node's name."""
+        return self.node.name if self.node is not None else "torch"
+
+    def meta(self, node: Any = None) -> Any:
+        """The example value torch.export recorded (a FakeTensor, or a tuple of them)."""
+        node = self.node if node is None else node
+        return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
+
+    def out_meta(self, index: int | None = None) -> torch.Tensor:
+        val = self.meta()
+        return val[index] if index is not None else val
+
+    def out_dtype(self, index: int | None = None) -> DType:
+        """The device dtype of the node's (``index``-th) result."""
+        return self.dtype(self.out_meta(index).dtype)
+
+    def out_shape(self, index: int | None = None) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.out_meta(index).shape)
+
+    def dtype(self, torch_dtype: torch.dtype) -> DType:
+        return device_dtype(torch_dtype, self.options.precision)
+
+    def arg_meta(self, i: int) -> Any:
+        """The example value of the node's ``i``-th positional argument."""
+        return self.meta(self.node.args[i])
+
+    # -- making tensors ---------------------------------------------------------------------------
+    def variable(self, dtype: DType, shape: Sequence[int], suffix: str = "out") -> Tensor:
+        """A new variable mapped linearly in vector-sized grains (as library outputs are)."""
+        t = self.graph.add_variable(dtype, tuple(shape), name=f"{self.name}/{suffix}")
+        map_tensor(self.graph, t)
+        return t
+
+    def constant(self, values: Any, dtype: DType, shape: Sequence[int] | None = None,
+                 suffix: str = "const") -> Tensor:
+        """A constant tensor (loaded with the executable), mapped linearly."""
+        values = np.asarray(values)
+        shape = tuple(values.shape if shape is None else shape)
+        t = self.graph.add_constant(dtype, shape, values, name=f"{self.name}/{suffix}")
+        map_tensor(self.graph, t)
+        self._constants[id(t)] = (t, np.broadcast_to(values, shape))
+        return t
+
+    def constant_value(self, t: Any) -> np.ndarray | None:
+        """The values of ``t`` when it is a constant made by :meth:`constant` (known at compile
+        time, e.g. ``torch.arange`` positions), else None."""
+        found = self._constants.get(id(t))
+        return found[1] if found is not None and found[0] is t else None
+
+    def copy(self, t: Tensor, suffix: str = "copy") -> Tensor:
+        """A fresh, contiguous, linearly mapped copy of ``t`` (a ``Copy`` program)."""
+        out = self.variable(t.dtype, t.shape, suffix)
+        if t.numel:
+            self.prog.add(P.Copy(t, out))
+        return out
+
+    def cast(self, t: Any, dtype: DType) -> Any:
+        """``t`` as ``dtype`` (``t`` itself when it already is; numbers pass through)."""
+        if not isinstance(t, Tensor) or t.dtype is dtype:
+            return t
+        return ew.cast(self.graph, t, dtype, self.prog, name=f"{self.name}/cast")
+
+    def matmul_options(self, dtype: DType = float32) -> dict[str, Any]:
+        return self.options.matmul_options(half=dtype is float16)
+
+    def seed(self) -> Tensor:
+        """The device's random seed: a (2,) uint32 variable written at load (``Options.seed``)
+        and advanced after every step, so each run draws new numbers."""
+        if self.seed_variable is None:
+            self.seed_variable = self.graph.add_variable(uint32, (2,), name="seed")
+            self.graph.set_tile_mapping(self.seed_variable, 0)
+        return self.seed_variable
+
+    def seed_modifier(self) -> int:
+        """A distinct modifier for each random op, so no two draw the same numbers."""
+        self._modifiers += 1
+        return self._modifiers
+
+
+_NEXT_TILE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def map_tensor(graph: Graph, t: Tensor) -> None:
+    """Map ``t`` linearly in vector-sized grains. A tensor too small for every tile starts where
+    the previous small one ended, so biases, norms' weights and constants do not all pile up on
+    tile 0 (map_linearly alone starts every tensor there)."""
+    if not t.numel:
+        return
+    grain = max(1, graph.target.vector_width(t.dtype.itemsize))
+    least = grain * 8
+    tiles = graph.num_tiles
+    used = max(1, min(tiles, -(-t.numel // grain) // max(-(-least // grain), 1)))
+    if used >= tiles:
+        map_linearly(graph, t, grain_size=grain, min_elements_per_tile=least)
+        return
+    start = _NEXT_TILE.get(graph, 0)
+    if start + used > tiles:
+        start = 0
+    _NEXT_TILE[graph] = start + used
+    map_linearly(graph, t, grain_size=grain, min_elements_per_tile=least, tiles=range(start, start + used))
+
+
+def _weight_variable(graph: Graph, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
+                     name: str) -> Tensor:
+    """A parameter's variable, laid out for what uses it: an embedding table in whole column
+    blocks (every lookup stays on the tiles holding the columns), anything else linearly."""
+    embedding = torch.ops.aten.embedding.default
+    if len(shape) == 2 and node.users and all(u.target is embedding and u.args[0] is node
+                                              for u in node.users):
+        return create_slicable_table(graph, shape, dtype, name=name)
+    var = graph.add_variable(dtype, shape, name=name)
+    map_tensor(graph, var)
+    return var
+
+
+# -- running one node at the user's line -----------------------------------------------------------
+_STUBS: dict[tuple[str, int], Any] = {}
+
+
+def _at_user_line(line: UserLine | None, fn: Callable[[], Any]) -> Any:
+    """``fn()`` called from a frame whose file and line are the user's.
+
+    NOTE: softipu records the innermost caller outside its package as the source of every
+    variable, compute set and error (``softipu.debug.caller_location``). A lowering runs inside
+    softipu, so without this the user's *call* of the model would be recorded for every node;
+    with it, each node's own line is. The stub is compiled once per (file, line).
+    """
+    if line is None or line.lineno < 1 or line.filename.startswith("<"):
+        return fn()
+    key = (line.filename, line.lineno)
+    code = _STUBS.get(key)
+    if code is None:
+        code = _STUBS[key] = compile("\n" * (line.lineno - 1) + "__box.append(__fn())",
+                                     os.path.abspath(line.filename), "exec")
+    box: list[Any] = []
+    exec(code, {"__fn": fn, "__box": box})  # noqa: S102 - our own one-line stub, see above
+    return box[0]
+
+
+# -- the lowering ----------------------------------------------------------------------------------
+class _Lowerer:
+    def __init__(self, ep: Any, options: Options, input_names: Sequence[str]) -> None:
+        self.ep = ep
+        self.options = options
+        self.graph = Graph(options.target, options.replication_factor)
+        self.ctx = LoweringContext(self.graph, P.Sequence(name="step"), options)
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.input_names = list(input_names)
+        self.weights: list[tuple[str, np.ndarray]] = []
+        self.load = P.Sequence(name="load_weights")
+        self.in_copies: list[P.Program] = []
+        self.inputs: list[StreamSlot | None] = []
+
+    def run(self) -> Lowered:
+        placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
+        specs = self.ep.graph_signature.input_specs
+        for node, spec in zip(placeholders, specs, strict=True):
+            self._placeholder(node, spec)
+        self.ctx.lower_subgraph = self.lower_subgraph
+        count = 0
+        for node in self.ep.graph.nodes:
+            if node.op == "call_function":
+                self.env[node] = self.lower_node(node, self.env)
+                count += 1
+            elif node.op == "get_attr":  # a torch.cond branch
+                self.env[node] = getattr(self.ep.graph_module, str(node.target))
+        output = next(n for n in self.ep.graph.nodes if n.op == "output")
+        return self._finish(output, count)
+
+    def lower_subgraph(self, module: torch.fx.GraphModule, inputs: Sequence[Any],
+                       prog: P.Sequence) -> list[Any]:
+        """Lower ``module``'s graph with its placeholders bound to ``inputs``, appending to ``prog``;
+        returns its outputs (used for ``torch.cond`` branches)."""
+        env: dict[torch.fx.Node, Any] = {}
+        outer, self.ctx.prog = self.ctx.prog, prog
+        try:
+            placeholders = iter(inputs)
+            for node in module.graph.nodes:
+                if node.op == "placeholder":
+                    env[node] = next(placeholders)
+                elif node.op == "get_attr":
+                    env[node] = getattr(module, str(node.target))
+                elif node.op == "call_function":
+                    env[node] = self.lower_node(node, env)
+                elif node.op == "output":
+                    return list(torch.fx.node.map_arg(node.args[0], env.__getitem__))
+        finally:
+            self.ctx.prog = outer
+        raise LoweringError(f"subgraph {type(module).__name__} has no output")
+
+    def _placeholder(self, node: torch.fx.Node, spec: Any) -> None:
+        val = node.meta.get("val")
+        if spec.kind == InputKind.USER_INPUT:
+            self.env[node] = self._user_input(node, val)
+            return
+        if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            if not node.users:  # e.g. a torch.Generator made in forward and never used on tensors
+                self.env[node] = None
+                return
+            raise LoweringError(f"placeholder {node.name} is a {spec.kind.name} input, which softipu "
+                                "does not lower (custom objects and tokens)")
+        value = self.ep.state_dict.get(spec.target)
+        if value is None:
+            value = self.ep.constants[spec.target]
+        dtype = self.ctx.dtype(value.dtype)
+        var = _weight_variable(self.graph, node, dtype, tuple(value.shape), spec.target)
+        stream = f"weights/{spec.target}"
+        self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
+        if var.numel:
+            self.load.add(P.Copy(self.graph.streams[stream], var))
+        self.weights.append((stream, to_host_array(value, dtype).reshape(-1)))
+        self.env[node] = var
+
+    def _user_input(self, node: torch.fx.Node, val: Any) -> Any:
+        index = len(self.inputs)
+        name = self.input_names[index] if index < len(self.input_names) else node.name
+        if not isinstance(val, torch.Tensor):
+            self.inputs.append(None)
+            return val
+        dtype = self.ctx.dtype(val.dtype)
+        shape = tuple(int(d) for d in val.shape)
+        var = self.graph.add_variable(dtype, shape, name=f"inputs/{name}")
+        map_tensor(self.graph, var)
+        stream = f"inputs/{index}/{name}"
+        self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
+        if var.numel:
+            self.in_copies.append(P.Copy(self.graph.streams[stream], var))
+        self.inputs.append(StreamSlot(name, stream, shape, val.dtype, dtype))
+        return var
+
+    def lower_node(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any]) -> Any:
+        if node.target is operator.getitem:
+            source, index = node.args
+            return env[source][index]
+        name, lowering = find_lowering(node.target)
+        if lowering is None:  # check_supported ran first: a lowering was unregistered since
+            raise LoweringError(f"no lowering for {name} (node {node.name})")
+        args = torch.fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+        line = user_line(node)
+        outer, self.ctx.node = self.ctx.node, node
+        try:
+            result = _at_user_line(line, lambda: lowering.fn(self.ctx, node, *args, **kwargs))
+            return self._conform(node, name, result)
+        except LoweringError:
+            raise
+        except Exception as exc:
+            where = f" from {line}" if line else ""
+            raise LoweringError(f"lowering {name} (node {node.name}{where}) failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.ctx.node = outer
+
+    def _conform(self, node: torch.fx.Node, name: str, result: Any) -> Any:
+        """Check the result's shapes against torch's and cast to the expected device dtypes."""
+        val = node.meta.get("val")
+        if isinstance(result, Tensor) and isinstance(val, torch.Tensor):
+            return self._conform_one(node, name, result, val)
+        if isinstance(result, (tuple, list)) and isinstance(val, (tuple, list)):
+            return tuple(self._conform_one(node, name, r, v) if isinstance(r, Tensor) and
+                         isinstance(v, torch.Tensor) else r for r, v in zip(result, val, strict=False))
+        return result
+
+    def _conform_one(self, node: torch.fx.Node, name: str, t: Tensor, val: torch.Tensor) -> Tensor:
+        shape = tuple(int(d) for d in val.shape)
+        if t.shape != shape:
+            raise LoweringError(f"the lowering of {name} (node {node.name}) made shape {t.shape}; "
+                                f"torch says {shape}: the lowering is wrong")
+        return self.ctx.cast(t, self.ctx.dtype(val.dtype))
+
+    def _finish(self, output: torch.fx.Node, count: int) -> Lowered:
+        specs = self.ep.graph_signature.output_specs
+        outs: list[Any] = []
+        copies: list[P.Program] = []
+        for k, (arg, spec) in enumerate(zip(output.args[0], specs, strict=True)):
+            if spec.kind != OutputKind.USER_OUTPUT:
+                continue  # buffer and input mutations: inference keeps the module's state as it is
+            if not isinstance(arg, torch.fx.Node):
+                outs.append(arg)
+                continue
+            value = self.env[arg]
+            val = arg.meta.get("val")
+            if not isinstance(value, Tensor):
+                outs.append(value)
+                continue
+            stream = f"outputs/{k}"
+            self.graph.add_device_to_host_fifo(stream, value.dtype, value.numel)
+            if value.numel:
+                copies.append(P.Copy(value, self.graph.streams[stream]))
+            outs.append(StreamSlot(arg.name, stream, value.shape, val.dtype, value.dtype))
+        self._load_seed()
+        step = P.Sequence([*self.in_copies, self.ctx.prog], name="step")
+        final = self.options.output_mode is OutputMode.FINAL
+        if not final:
+            for c in copies:
+                step.add(c)
+        di = self.options.device_iterations
+        run: P.Program = P.Repeat(di, step) if di > 1 else step
+        if final:
+            run = P.Sequence([run, *copies], name="run")
+        return Lowered(self.graph, (self.load, run), tuple(self.inputs), tuple(outs),
+                       tuple(self.weights), count)
+
+
+    def _load_seed(self) -> None:
+        seed = self.ctx.seed_variable
+        if seed is None:
+            return
+        value = (self.options.seed or 0) & ((1 << 64) - 1)
+        stream = "weights/__seed__"
+        self.graph.add_host_to_device_fifo(stream, uint32, 2)
+        self.load.add(P.Copy(self.graph.streams[stream], seed))
+        self.weights.append((stream, np.array([value & 0xFFFFFFFF, value >> 32], np.uint32)))
+        ew.add_(self.graph, seed[0:1], 1, self.ctx.prog, name="seed/advance")
+
+
+def lower_program(ep: Any, options: Options, input_names: Sequence[str] = ()) -> Lowered:
+    """Lower an exported, decomposed program (checked by ``check_supported``) onto a new graph."""
+    return _Lowerer(ep, options, input_names).run()
+

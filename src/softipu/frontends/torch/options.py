@@ -1,0 +1,167 @@
+"""``softipu.torch.Options``: how a model is compiled and run, as one frozen, checked value.
+
+>>> from softipu.frontends.torch.options import Options
+>>> Options(device_iterations=4).device_iterations
+4
+>>> Options(precision="fp64")
+Traceback (most recent call last):
+...
+softipu.errors.OptionError: Options: precision must be 'fp32' or 'fp16', got 'fp64'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from softipu.errors import OptionError
+from softipu.target import GC200, Target
+
+__all__ = ["Options", "OutputMode", "UnusedOptionWarning", "warn_unused"]
+
+
+class OutputMode(enum.Enum):
+    """Which outputs of the ``device_iterations`` on-device loop come back to the host.
+
+    ALL: every iteration's (concatenated along dim 0); FINAL: the last iteration's; SUM: the sum
+    over iterations; EVERY_N: every ``output_return_period``-th iteration's.
+    """
+
+    ALL = "all"
+    FINAL = "final"
+    SUM = "sum"
+    EVERY_N = "every_n"
+
+
+class UnusedOptionWarning(UserWarning):
+    """An option was accepted and stored but has no effect in softipu yet."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_unused(names: list[str] | tuple[str, ...], what: str = "option") -> None:
+    """Warn once per process about each of ``names``: stored, but without effect yet."""
+    fresh = [n for n in names if n not in _WARNED]
+    if not fresh:
+        return
+    _WARNED.update(fresh)
+    listed = ", ".join(fresh)
+    many = len(fresh) > 1
+    warnings.warn(f"softipu accepted and stored the {what}{'s' if many else ''} {listed}, which "
+                  f"{'have' if many else 'has'} no effect in softipu yet (see docs/torch_coverage.md)",
+                  UnusedOptionWarning, stacklevel=3)
+
+
+_PRECISIONS = ("fp32", "fp16")
+_PARTIALS = ("float", "half")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How ``inference_model`` compiles and runs a module.
+
+    * ``target``: the chip (``sp.targets.GC200`` by default; ``sp.targets.ipu_model(tiles=16)``
+      for fast experiments).
+    * ``replication_factor``: copies of the model, each fed its own micro-batches.
+    * ``device_iterations``: batches run by one call in an on-device loop; every input's dim 0 is
+      ``device_iterations * replication_factor * micro_batch``.
+    * ``precision``: ``"fp32"``, or ``"fp16"`` (float weights, inputs and work in float16; outputs
+      come back in the module's dtypes).
+    * ``partials_type``: ``"float"`` or ``"half"``: what float16 matmuls accumulate in (float32
+      matmuls always accumulate in float32).
+    * ``available_memory_proportion``: the share of each tile's memory a matmul plan may use for
+      temporaries (PopTorch's ``setAvailableMemoryProportion``).
+    * ``seed``: the seed of random ops on the device.
+    * ``output_mode`` / ``output_return_period``: see :class:`OutputMode`.
+    * ``log_cycle_count``: log the modeled cycles of each run (``model.cycle_count`` works always).
+    * ``recompile_on_shape_change``: a call with new input shapes compiles again (with a log line)
+      instead of raising :class:`~softipu.frontends.errors.InputError`.
+    * ``engine_options``: Poplar-style engine options (``{"engine.reference": True}``).
+    * ``executable_cache_dir``: where compiled executables will be cached (stored; not used yet).
+    * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
+    """
+
+    target: Target = GC200
+    replication_factor: int = 1
+    device_iterations: int = 1
+    precision: str = "fp32"
+    partials_type: str = "float"
+    available_memory_proportion: float = 0.6
+    seed: int | None = None
+    output_mode: OutputMode = OutputMode.ALL
+    output_return_period: int = 1
+    log_cycle_count: bool = False
+    recompile_on_shape_change: bool = True
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    executable_cache_dir: str | None = None
+    stored: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, Target):
+            self._bad(f"target must be a softipu Target (sp.targets.GC200, sp.targets.ipu_model(...)), "
+                      f"got {self.target!r}")
+        for name in ("replication_factor", "device_iterations", "output_return_period"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                self._bad(f"{name} must be an int >= 1, got {value!r}")
+        if self.precision not in _PRECISIONS:
+            self._bad(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if self.partials_type not in _PARTIALS:
+            self._bad(f"partials_type must be 'float' or 'half', got {self.partials_type!r}")
+        amp = self.available_memory_proportion
+        if isinstance(amp, bool) or not isinstance(amp, (int, float)) or not 0.0 < amp <= 1.0:
+            self._bad(f"available_memory_proportion must be a number in (0, 1], got {amp!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            self._bad(f"seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.output_mode, OutputMode):
+            self._bad(f"output_mode must be an OutputMode ({', '.join(m.name for m in OutputMode)}), "
+                      f"got {self.output_mode!r}")
+        for name in ("log_cycle_count", "recompile_on_shape_change"):
+            if not isinstance(getattr(self, name), bool):
+                self._bad(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.executable_cache_dir is not None and not isinstance(self.executable_cache_dir, str):
+            self._bad(f"executable_cache_dir must be a path string or None, got "
+                      f"{self.executable_cache_dir!r}")
+        # Read-only copies, so a frozen Options cannot change under a compiled model.
+        object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
+        object.__setattr__(self, "stored", MappingProxyType(dict(self.stored)))
+
+    @staticmethod
+    def _bad(message: str) -> None:
+        raise OptionError(f"Options: {message}")
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` applied (and checked)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            import difflib  # noqa: PLC0415 - only on the error path
+
+            near = {k: difflib.get_close_matches(k, [f.name for f in dataclasses.fields(self)], n=1)
+                    for k in unknown}
+            hints = "; ".join(f"{k!r}" + (f" (did you mean {v[0]!r}?)" if v else "") for k, v in near.items())
+            self._bad(f"unknown option {hints}")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def batches_per_call(self) -> int:
+        """Micro-batches one call consumes: ``device_iterations * replication_factor``."""
+        return self.device_iterations * self.replication_factor
+
+    def matmul_options(self, half: bool = False) -> dict[str, Any]:
+        """The ``softipu.ops.matmul`` options these options imply (for a float16 matmul if ``half``)."""
+        return {"availableMemoryProportion": float(self.available_memory_proportion),
+                "partialsType": self.partials_type if half else "float"}
+
+    def warn_unused(self) -> None:
+        """The one-time warning for options that are stored but have no effect yet."""
+        names = sorted(self.stored)
+        if self.executable_cache_dir is not None:
+            names.append("executable_cache_dir")
+        if names:
+            warn_unused(names)

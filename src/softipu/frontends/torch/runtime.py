@@ -1,0 +1,352 @@
+"""``inference_model``: a torch module as a callable that runs on a simulated IPU.
+
+The first call (or ``compile``) exports the module, checks every op has a lowering, lowers it,
+compiles an ``Engine`` and loads the weights once; later calls only stream inputs in and outputs
+out. Outputs come back as torch tensors in the module's own structure (tensor, tuple, dict,
+dataclass or HuggingFace ``ModelOutput``).
+
+>>> import torch, softipu as sp, softipu.torch as st
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+>>> model = st.inference_model(net, st.Options(target=sp.targets.ipu_model(tiles=4)))
+>>> x = torch.randn(2, 4)
+>>> torch.allclose(model(x), net(x), rtol=1e-4, atol=1e-6)
+True
+>>> model.cycle_count > 0
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from softipu.engine import Engine
+from softipu.frontends.errors import FrontendError, InputError
+from softipu.frontends.torch.export import check_supported, export_program
+from softipu.frontends.torch.lower import Lowered, StreamSlot, lower_program, to_host_array
+from softipu.frontends.torch.options import Options, OutputMode
+from softipu.profile import Report
+
+__all__ = ["InferenceModel", "inference_model", "logger"]
+
+logger = logging.getLogger("softipu.torch")
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """One flattened input as compiled: a tensor's shape and dtype, or a constant's value."""
+
+    name: str
+    shape: tuple[int, ...] | None  # None: not a tensor
+    dtype: torch.dtype | None
+    value: Any = None
+
+    def describe(self) -> str:
+        if self.shape is None:
+            return f"{self.name}={self.value!r}"
+        return f"{self.name}: {str(self.dtype).replace('torch.', '')}{list(self.shape)}"
+
+
+def _leaf_of(name: str, value: Any) -> _Leaf:
+    if isinstance(value, torch.Tensor):
+        return _Leaf(name, tuple(int(d) for d in value.shape), value.dtype)
+    return _Leaf(name, None, None, value)
+
+
+class _Compiled:
+    """One compiled signature: its lowered graph, its engine, and how to stream a call."""
+
+    def __init__(self, lowered: Lowered, out_spec: Any, options: Options, leaves: tuple[_Leaf, ...]) -> None:
+        self.lowered = lowered
+        self.out_spec = out_spec
+        self.options = options
+        self.leaves = leaves
+        self.weights = list(lowered.weights)  # what the device holds: (stream, host values)
+        self.engine = Engine(lowered.graph, list(lowered.programs), options=dict(options.engine_options))
+
+    def load_weights(self, weights: Sequence[tuple[str, np.ndarray]] | None = None) -> None:
+        """Run the load program (program 0) on ``weights`` (default: the current ones)."""
+        if weights is not None:
+            self.weights = list(weights)
+        for stream, values in self.weights:
+            for r in range(self.options.replication_factor):
+                self.engine.connect_stream(stream, values, replica=r)
+        self.engine.run(0)
+
+    def run(self, values: list[Any]) -> Any:
+        opts = self.options
+        di, rf = opts.device_iterations, opts.replication_factor
+        for slot, value in zip(self.lowered.inputs, values, strict=True):
+            if slot is None or int(np.prod(slot.shape)) == 0:
+                continue
+            host = to_host_array(value, slot.dtype).reshape(di, rf, -1)
+            for r in range(rf):
+                self.engine.connect_stream(slot.stream, np.ascontiguousarray(host[:, r]), replica=r)
+        turns = 1 if opts.output_mode is OutputMode.FINAL else di
+        buffers: list[np.ndarray | None] = []
+        for slot in self.lowered.outputs:
+            if not isinstance(slot, StreamSlot) or int(np.prod(slot.shape)) == 0:
+                buffers.append(None)
+                continue
+            buf = np.empty((rf, turns, int(np.prod(slot.shape))), slot.dtype.numpy)
+            for r in range(rf):
+                self.engine.connect_stream(slot.stream, buf[r], replica=r)
+            buffers.append(buf)
+        self.engine.run(1)
+        leaves = [self._output(slot, buf) for slot, buf in zip(self.lowered.outputs, buffers, strict=True)]
+        return pytree.tree_unflatten(leaves, self.out_spec)
+
+    def _output(self, slot: Any, buf: np.ndarray | None) -> Any:
+        if not isinstance(slot, StreamSlot):
+            return slot
+        opts = self.options
+        rf = opts.replication_factor
+        if buf is None:
+            buf = np.zeros((rf, 1, 0), slot.dtype.numpy)
+        if opts.output_mode is OutputMode.SUM:
+            buf = buf.sum(axis=1, keepdims=True, dtype=buf.dtype)
+        elif opts.output_mode is OutputMode.EVERY_N:
+            buf = buf[:, opts.output_return_period - 1::opts.output_return_period]
+        turns = buf.shape[1]
+        data = buf.transpose(1, 0, 2)  # (iterations, replicas, elements): the batch order in
+        if turns * rf == 1:
+            data = data.reshape(slot.shape)
+        elif slot.shape:
+            data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
+        else:
+            data = data.reshape(turns * rf)
+        return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)  # keeps 0-d
+
+    @property
+    def cycles(self) -> int:
+        runs = [cycles for index, cycles in self.engine.log.runs if index == 1]
+        return int(runs[-1]) if runs else 0
+
+
+class InferenceModel:
+    """A torch module compiled for a simulated IPU; call it like the module.
+
+    Attributes after the first call: ``report`` (:class:`softipu.Report`), ``cycle_count``
+    (modeled cycles of the last call), ``compile_seconds`` (export, lower, compile, load),
+    ``engine`` and ``graph``.
+    """
+
+    def __init__(self, module: torch.nn.Module, options: Options | None = None) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise FrontendError(f"inference_model needs a torch.nn.Module, got {type(module).__name__}")
+        options = Options() if options is None else options
+        if not isinstance(options, Options):
+            raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
+        options.warn_unused()
+        self.module = module
+        self.options = options
+        self.compile_seconds: dict[str, float] = {}
+        self._compiled: dict[tuple, _Compiled] = {}
+        self._current: _Compiled | None = None
+        self._attached = True
+        self._arg_names = _positional_names(module)
+
+    # -- calling ----------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        compiled, values = self._prepare(args, kwargs)
+        if not self._attached:
+            self.attach()
+        out = compiled.run(values)
+        if self.options.log_cycle_count:
+            logger.info("%s: %d cycles (%.3g ms at %.0f MHz)", self._label, compiled.cycles,
+                        1e3 * compiled.cycles / self.options.target.clock_hz,
+                        self.options.target.clock_hz / 1e6)
+        return out
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Export, lower, compile and load for these inputs without running (PopTorch's ``compile``)."""
+        self._prepare(args, kwargs)
+
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[_Compiled, list[Any]]:
+        flat, spec = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
+        names = [self._name(path) for path, _ in flat]
+        values = [v for _, v in flat]
+        leaves = tuple(_leaf_of(n, v) for n, v in zip(names, values, strict=True))
+        for leaf in leaves:
+            self._check_batch(leaf)
+        key = (str(spec), leaves)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            if self._current is not None:
+                self._check_against(self._current.leaves, leaves)
+            compiled = self._compile(args, kwargs, leaves)
+            self._compiled[key] = compiled
+        self._current = compiled  # each signature's engine keeps its own weights
+        return compiled, values
+
+    def _check_batch(self, leaf: _Leaf) -> None:
+        per_call = self.options.batches_per_call
+        if per_call == 1 or leaf.shape is None:
+            return
+        if not leaf.shape or leaf.shape[0] % per_call:
+            raise InputError(
+                f"input {leaf.name!r} has shape {list(leaf.shape)}; with device_iterations="
+                f"{self.options.device_iterations} and replication_factor={self.options.replication_factor} "
+                f"every input's dim 0 must be a multiple of {per_call} (device_iterations x "
+                "replication_factor x micro-batch)")
+
+    def _check_against(self, old: tuple[_Leaf, ...], new: tuple[_Leaf, ...]) -> None:
+        """Raise for calls that cannot match the compiled model; log a recompile for new shapes."""
+        if [leaf.name for leaf in old] != [leaf.name for leaf in new]:
+            raise InputError(f"{self._label} was compiled for inputs "
+                             f"({', '.join(x.describe() for x in old)}) but was called with "
+                             f"({', '.join(x.describe() for x in new)})")
+        for a, b in zip(old, new, strict=True):
+            if (a.shape is None) != (b.shape is None):
+                raise InputError(f"input {b.name!r} was {'not ' if a.shape is None else ''}a tensor when "
+                                 f"{self._label} was compiled ({a.describe()}); got {b.describe()}")
+            if a.dtype != b.dtype:
+                raise InputError(f"input {b.name!r} is {b.dtype} but {self._label} was compiled for "
+                                 f"{a.dtype}; convert it with .to({a.dtype})")
+        changed = [f"{a.describe()} -> {list(b.shape) if b.shape is not None else repr(b.value)}"
+                   for a, b in zip(old, new, strict=True) if a != b]
+        if not self.options.recompile_on_shape_change:
+            raise InputError(f"{self._label} was compiled for other inputs: {'; '.join(changed)} "
+                             "(Options(recompile_on_shape_change=True) compiles again instead)")
+        logger.warning("%s: inputs changed (%s); compiling again", self._label, "; ".join(changed))
+
+    def _compile(self, args: tuple, kwargs: dict, leaves: tuple[_Leaf, ...]) -> _Compiled:
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        margs, mkwargs = self._micro_batch(args, kwargs)
+        ep = export_program(self.module, margs, mkwargs)
+        check_supported(ep.graph)
+        times["export"] = time.perf_counter() - start
+        t = time.perf_counter()
+        lowered = lower_program(ep, self.options, [leaf.name for leaf in leaves])
+        times["lower"] = time.perf_counter() - t
+        t = time.perf_counter()
+        compiled = _Compiled(lowered, ep.call_spec.out_spec, self.options, leaves)
+        times["compile"] = time.perf_counter() - t
+        t = time.perf_counter()
+        compiled.load_weights()
+        times["load"] = time.perf_counter() - t
+        self.compile_seconds = times
+        logger.info("%s: compiled %d ops for %s in %.2f s (%s)", self._label, lowered.nodes,
+                    self.options.target.name, sum(times.values()),
+                    ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+        return compiled
+
+    def _micro_batch(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        per_call = self.options.batches_per_call
+        if per_call == 1:
+            return args, kwargs
+
+        def first(v: Any) -> Any:
+            return v[: v.shape[0] // per_call] if isinstance(v, torch.Tensor) else v
+        return pytree.tree_map(first, (tuple(args), dict(kwargs)))
+
+    def _name(self, path: tuple) -> str:
+        """A readable name for a flattened input: the forward argument's name, then any keys."""
+        if len(path) < 2:
+            return pytree.keystr(path)
+        top, key = path[0], path[1]
+        if getattr(top, "idx", None) == 0:
+            i = key.idx
+            base = self._arg_names[i] if i < len(self._arg_names) else f"input {i}"
+        else:
+            base = str(getattr(key, "key", key))
+        return base + pytree.keystr(path[2:])
+
+    @property
+    def _label(self) -> str:
+        return type(self.module).__name__
+
+    # -- results and state ----------------------------------------------------------------------------
+    def _need(self, what: str) -> _Compiled:
+        if self._current is None:
+            raise FrontendError(f"{what}: {self._label} has not been compiled yet; call it (or "
+                                ".compile(*inputs)) first")
+        return self._current
+
+    @property
+    def report(self) -> Report:
+        """Memory and cycles of the compiled model and everything it ran (``softipu.Report``)."""
+        return self._need("report").engine.report
+
+    @property
+    def cycle_count(self) -> int:
+        """Modeled cycles of the last call (0 before any call ran)."""
+        return self._need("cycle_count").cycles
+
+    @property
+    def engine(self) -> Engine:
+        return self._need("engine").engine
+
+    @property
+    def graph(self) -> Any:
+        return self._need("graph").lowered.graph
+
+    @property
+    def lowered(self) -> Lowered:
+        return self._need("lowered").lowered
+
+    def copy_weights_to_device(self) -> None:
+        """Write the module's current parameters and buffers to the device again (to every
+        compiled signature's engine)."""
+        self._need("copy_weights_to_device")
+        state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
+        for compiled in self._compiled.values():
+            fresh = []
+            for stream, values in compiled.weights:
+                t = state.get(stream.removeprefix("weights/"))
+                if t is not None:
+                    values = to_host_array(t, compiled.lowered.graph.streams[stream].dtype).reshape(-1)
+                fresh.append((stream, values))
+            compiled.load_weights(fresh)
+
+    def detach(self) -> None:
+        """Release the (simulated) device; the next call attaches again and reloads the weights."""
+        self._need("detach")
+        self._attached = False
+
+    def attach(self) -> None:
+        compiled = self._need("attach")
+        if not self._attached:
+            compiled.load_weights()
+            self._attached = True
+
+    @property
+    def is_attached(self) -> bool:
+        return self._current is not None and self._attached
+
+    def destroy(self) -> None:
+        """Drop every compiled executable; the next call compiles again."""
+        self._compiled.clear()
+        self._current = None
+        self._attached = True
+
+    def __repr__(self) -> str:
+        state = "not compiled" if self._current is None else f"{self._current.lowered.nodes} ops"
+        return f"InferenceModel({self._label}, {self.options.target.name}, {state})"
+
+
+def _positional_names(module: torch.nn.Module) -> list[str]:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def inference_model(module: torch.nn.Module, options: Options | None = None) -> InferenceModel:
+    """``module`` compiled for a simulated IPU on first call; see :class:`InferenceModel`.
+
+    The module is exported in eval mode (its training flag is restored afterwards) and its
+    parameters are copied to the device once; call ``copy_weights_to_device()`` after changing
+    them.
+    """
+    return InferenceModel(module, options)

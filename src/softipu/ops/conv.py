@@ -1,0 +1,404 @@
+"""Convolutions (poplin's Convolution): forward, input gradient and weight update, 1-D and 2-D.
+
+A convolution is planned and run as a grouped matmul (ipu-facts.md §4): for conv group ``g``,
+the output ``[N*Ho*Wo, Og]`` is the product of the im2col matrix ``[N*Ho*Wo, Cg*kh*kw]`` (batch
+and output field are the matmul's M, input channels and kernel its K) and the weights
+``[Cg*kh*kw, Og]`` (out channels its N). The im2col matrix is materialised: ``Copy`` programs
+gather each kernel position's input window into the column slabs the plan wants (K blocks hold
+whole kernels, so every slab is one strided view of the padded input). The copies are real
+exchange and on-tile work, so the cost model and the memory plan see what this lowering costs
+(more than poplin's in-place AMP over the input field: the input is replicated ``kh * kw``
+times).
+
+The result of ``conv`` is a view ``[N, O, Ho, Wo]`` of the matmul's output, stored with channels
+innermost (NHWC); with ``groups > 1`` the view is indexed.
+
+The training passes are convolutions too, as in torch's autograd:
+
+* ``conv_input_grad``: the output gradient, dilated by the stride and padded, convolved with the
+  flipped, transposed weights;
+* ``conv_weight_grad``: ``dW[g] = dY[g] . im2col(x)[g]`` over batch and output field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.dtypes import DType, float32
+from softipu.graph import program as P
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext
+from softipu.ops.mapping import map_linearly
+from softipu.ops.matmul import (
+    _Blocks,
+    _Grid,
+    _grouped,
+    _Operand,
+    _options,
+    _PlanContext,
+    _slab_variable,
+    _Spec,
+)
+from softipu.ops.planner import Plan
+
+__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "conv_output_shape"]
+
+IntOrPair = int | Sequence[int]
+
+
+# -- public API --------------------------------------------------------------------------------
+def conv(graph: Graph, x: Tensor, w: Tensor, prog: P.Sequence, *, stride: IntOrPair = 1,
+         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1, name: str = "",
+         options: Mapping[str, Any] | None = None) -> Tensor:
+    """``torch.nn.functional.conv2d`` (or ``conv1d``): ``x [N, C, H, W]`` with ``w [O, C/groups,
+    kh, kw]`` (``[N, C, L]`` and ``[O, C/groups, k]`` in 1-D). Returns ``[N, O, Ho, Wo]``.
+
+    ``stride``, ``padding`` (zeros) and ``dilation`` are an int or one per spatial dimension.
+    Options as :func:`softipu.ops.matmul.matmul` (``availableMemoryProportion``,
+    ``partialsType``).
+
+    >>> import numpy as np, softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.conv import conv
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 1, 3, 3), name="x"); sp.ops.map_linearly(g, x)
+    >>> w = g.add_variable(sp.float32, (1, 1, 2, 2), name="w"); sp.ops.map_linearly(g, w)
+    >>> prog = P.Sequence()
+    >>> y = conv(g, x, w, prog)
+    >>> eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(x, np.arange(9).reshape(1, 1, 3, 3)); eng.write_tensor(w, np.ones((1, 1, 2, 2)))
+    >>> eng.run(0); eng.read_tensor(y)
+    array([[[[ 8., 12.],
+             [20., 24.]]]], dtype=float32)
+    """
+    ctx = OpContext.start(graph, prog, "conv", name, x, w)
+    geo = _Geometry.of(ctx, x.shape, w.shape, x.dtype, w.dtype, stride, padding, dilation, groups)
+    opts = _options(ctx, options, x.dtype)
+    xp = _padded(ctx, geo.as_2d(x), geo.ph, geo.pw, geo.ph, geo.pw)
+    out = _conv_matmul(ctx, xp, _weight_matrix(geo.as_2d_weight(w), geo.groups), geo.inner(), opts)
+    return geo.unflatten(out)
+
+
+def conv_input_grad(graph: Graph, dy: Tensor, w: Tensor, prog: P.Sequence, *,
+                    input_shape: Sequence[int], stride: IntOrPair = 1, padding: IntOrPair = 0,
+                    dilation: IntOrPair = 1, groups: int = 1, name: str = "",
+                    options: Mapping[str, Any] | None = None) -> Tensor:
+    """The gradient of ``conv``'s input, ``dx [N, C, H, W]`` of ``input_shape``, from the
+    output gradient ``dy`` and the weights (torch's conv backward for the input)."""
+    ctx = OpContext.start(graph, prog, "conv_input_grad", name, dy, w)
+    geo = _Geometry.of(ctx, tuple(input_shape), w.shape, dy.dtype, w.dtype, stride, padding,
+                       dilation, groups)
+    geo.check_output(ctx, dy.shape, "dy")
+    opts = _options(ctx, options, dy.dtype)
+    # dx = conv(dilate(dy, stride) padded by d(k-1)-p (more at the high end for the rows the
+    # forward stride skipped), flip(w)^T, dilation d).
+    lo_h, lo_w = geo.dh * (geo.kh - 1) - geo.ph, geo.dw * (geo.kw - 1) - geo.pw
+    hi_h = lo_h + (geo.h + 2 * geo.ph - geo.dh * (geo.kh - 1) - 1) % geo.sh
+    hi_w = lo_w + (geo.w + 2 * geo.pw - geo.dw * (geo.kw - 1) - 1) % geo.sw
+    dyp = _dilated_padded(ctx, geo.as_2d_output(dy), (geo.sh, geo.sw), (lo_h, lo_w), (hi_h, hi_w))
+    w5 = geo.as_2d_weight(w).reshape(geo.groups, geo.og, geo.cg, geo.kh, geo.kw)
+    flipped = w5.reverse(3).reverse(4).transpose(0, 1, 3, 4, 2)  # (G, Og, kh, kw, Cg)
+    wmat = flipped.reshape(geo.groups, geo.og * geo.kh * geo.kw, geo.cg)
+    inner = _Inner(geo.n, geo.groups, geo.og, geo.cg, geo.kh, geo.kw, 1, 1, geo.dh, geo.dw,
+                   geo.h, geo.w)
+    out = _conv_matmul(ctx, dyp, wmat, inner, opts)
+    return geo.unflatten_input(out)
+
+
+def conv_weight_grad(graph: Graph, dy: Tensor, x: Tensor, prog: P.Sequence, *,
+                     weight_shape: Sequence[int], stride: IntOrPair = 1, padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1, groups: int = 1, name: str = "",
+                     options: Mapping[str, Any] | None = None) -> Tensor:
+    """The gradient of ``conv``'s weights, ``dw`` of ``weight_shape``, from the output gradient
+    ``dy`` and the input ``x`` (torch's conv backward for the weight)."""
+    ctx = OpContext.start(graph, prog, "conv_weight_grad", name, dy, x)
+    geo = _Geometry.of(ctx, x.shape, tuple(weight_shape), x.dtype, dy.dtype, stride, padding,
+                       dilation, groups)
+    geo.check_output(ctx, dy.shape, "dy")
+    opts = _options(ctx, options, x.dtype)
+    xp = _padded(ctx, geo.as_2d(x), geo.ph, geo.pw, geo.ph, geo.pw)
+    inner = geo.inner()
+    hw = geo.ho * geo.wo
+    dy4 = geo.as_2d_output(dy).reshape(geo.n, geo.groups, geo.og, hw)
+    dy_mat = dy4.transpose(1, 2, 0, 3).reshape(geo.groups, geo.og, geo.n * hw)
+    k = geo.cg * geo.kh * geo.kw
+    spec = _Spec((geo.groups,), geo.og, inner.m, k, x.dtype, (geo.groups,), (geo.groups,),
+                 (geo.groups, geo.og, k), False, False)
+    im2col = _Im2Col(xp, inner)
+    out = _grouped(ctx, _Operand(dy_mat, np.arange(geo.groups)), im2col, spec, opts,
+                   grains=(1, 1, geo.kh * geo.kw), allow_swap=False)
+    return out.reshape(tuple(weight_shape))
+
+
+def conv_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], *,
+                      stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                      groups: int = 1) -> tuple[int, ...]:
+    """The shape ``conv`` returns for these arguments."""
+    ctx = _PlanContext("conv_output_shape")
+    geo = _Geometry.of(ctx, tuple(input_shape), tuple(weight_shape), float32, float32, stride,
+                       padding, dilation, groups)
+    return geo.output_shape
+
+
+# -- geometry ----------------------------------------------------------------------------------
+def _pair(ctx: Any, value: IntOrPair, what: str, dims: int, minimum: int) -> tuple[int, int]:
+    try:
+        vals = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:
+        vals = ()
+    if len(vals) == 1:
+        vals = vals * dims
+    if len(vals) != dims or any(not isinstance(v, (int, np.integer)) or v < minimum for v in vals):
+        raise ctx.error(f"{what} must be an int >= {minimum} or {dims} of them, got {value!r}")
+    vals = tuple(int(v) for v in vals)
+    return (minimum, vals[0]) if dims == 1 else (vals[0], vals[1])
+
+
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """A convolution's sizes, as 2-D (a 1-D convolution has H = kh = 1)."""
+
+    one_d: bool
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    groups: int
+
+    @classmethod
+    def of(cls, ctx: Any, x_shape: tuple[int, ...], w_shape: tuple[int, ...], x_dtype: DType,
+           w_dtype: DType, stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair,
+           groups: int) -> _Geometry:
+        if x_dtype != w_dtype:
+            raise ctx.error(f"the tensors are {x_dtype} and {w_dtype}; cast one so both match")
+        if x_dtype.name not in ("float16", "float32"):
+            raise ctx.error(f"dtype {x_dtype} is not supported; convolutions take float16 or float32")
+        if len(x_shape) not in (3, 4) or len(w_shape) != len(x_shape):
+            raise ctx.error(f"input {x_shape} and weights {w_shape}: need [N, C, L] with [O, C/groups, k] "
+                            "or [N, C, H, W] with [O, C/groups, kh, kw]")
+        one_d = len(x_shape) == 3
+        dims = 1 if one_d else 2
+        if not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ctx.error(f"groups must be an int >= 1, got {groups!r}")
+        sh, sw = _pair(ctx, stride, "stride", dims, 1)
+        ph, pw = _pair(ctx, padding, "padding", dims, 0)
+        dh, dw = _pair(ctx, dilation, "dilation", dims, 1)
+        if one_d:
+            sh, ph, dh = 1, 0, 1
+        xs = (x_shape[0], x_shape[1], 1, x_shape[2]) if one_d else x_shape
+        ws = (w_shape[0], w_shape[1], 1, w_shape[2]) if one_d else w_shape
+        geo = cls(one_d, xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], sh, sw, ph, pw, dh, dw,
+                  int(groups))
+        geo._check(ctx, x_shape, w_shape)
+        return geo
+
+    def _check(self, ctx: Any, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> None:
+        if self.c % self.groups or self.o % self.groups:
+            raise ctx.error(f"input {x_shape} has {self.c} channels and weights {w_shape} {self.o} "
+                            f"output channels; both must be divisible by groups={self.groups}")
+        if w_shape[1] != self.c // self.groups:
+            raise ctx.error(f"weights {w_shape} have {w_shape[1]} input channels per group but input "
+                            f"{x_shape} with groups={self.groups} has {self.c // self.groups}")
+        if self.ho < 1 or self.wo < 1:
+            raise ctx.error(f"the kernel {w_shape[2:]} (dilated) is larger than the padded input "
+                            f"{x_shape[2:]}: no output positions")
+
+    @property
+    def cg(self) -> int:
+        return self.c // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.o // self.groups
+
+    @property
+    def ho(self) -> int:
+        return (self.h + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.sh + 1
+
+    @property
+    def wo(self) -> int:
+        return (self.w + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.sw + 1
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        if self.one_d:
+            return (self.n, self.o, self.wo)
+        return (self.n, self.o, self.ho, self.wo)
+
+    def check_output(self, ctx: Any, shape: tuple[int, ...], what: str) -> None:
+        if tuple(shape) != self.output_shape:
+            raise ctx.error(f"{what} has shape {tuple(shape)} but the convolution's output is "
+                            f"{self.output_shape}")
+
+    def as_2d(self, x: Tensor) -> Tensor:
+        return x.reshape(self.n, self.c, 1, self.w) if self.one_d else x
+
+    def as_2d_weight(self, w: Tensor) -> Tensor:
+        return w.reshape(self.o, self.cg, 1, self.kw) if self.one_d else w
+
+    def as_2d_output(self, y: Tensor) -> Tensor:
+        return y.reshape(self.n, self.o, 1, self.wo) if self.one_d else y
+
+    def inner(self) -> _Inner:
+        return _Inner(self.n, self.groups, self.cg, self.og, self.kh, self.kw, self.sh, self.sw,
+                      self.dh, self.dw, self.ho, self.wo)
+
+    def unflatten(self, out: Tensor) -> Tensor:
+        """``[G, N*Ho*Wo, Og]`` as ``[N, O, Ho, Wo]`` (``[N, O, Wo]`` in 1-D)."""
+        y = _nchw(out, self.n, self.ho, self.wo)
+        return y.reshape(self.output_shape)
+
+    def unflatten_input(self, out: Tensor) -> Tensor:
+        y = _nchw(out, self.n, self.h, self.w)
+        return y.reshape((self.n, self.c, self.w) if self.one_d else (self.n, self.c, self.h, self.w))
+
+
+def _nchw(out: Tensor, n: int, h: int, w: int) -> Tensor:
+    g_, _, og = out.shape
+    return out.reshape(g_, n, h, w, og).transpose(1, 0, 4, 2, 3).reshape(n, g_ * og, h, w)
+
+
+@dataclass(frozen=True, slots=True)
+class _Inner:
+    """The unpadded convolution the matmul computes: input channels per group ``cg`` from an
+    already padded input, ``og`` outputs per group, output field ``ho x wo``."""
+
+    n: int
+    groups: int
+    cg: int
+    og: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    ho: int
+    wo: int
+
+    @property
+    def m(self) -> int:
+        return self.n * self.ho * self.wo
+
+    @property
+    def k(self) -> int:
+        return self.cg * self.kh * self.kw
+
+
+# -- building blocks -----------------------------------------------------------------------------
+def _weight_matrix(w: Tensor, groups: int) -> Tensor:
+    """``[O, Cg, kh, kw]`` weights as ``[G, Cg*kh*kw, Og]``."""
+    o, cg, kh, kw = w.shape
+    return w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+
+
+def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
+                 opts: dict[str, Any]) -> Tensor:
+    """``[G, N*Ho*Wo, Og]`` = im2col(xp) . wmat, planned so K blocks hold whole kernels."""
+    spec = _Spec((inner.groups,), inner.m, inner.k, inner.og, xp.dtype, (inner.groups,),
+                 (inner.groups,), (inner.groups, inner.m, inner.og), False, False)
+    lhs = _Im2Col(xp, inner)
+    rhs = _Operand(wmat, np.arange(inner.groups))
+    return _grouped(ctx, lhs, rhs, spec, opts, grains=(1, inner.kh * inner.kw, 1), allow_swap=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Im2Col:
+    """The im2col matrix ``[G, N*Ho*Wo, Cg*kh*kw]`` of a padded input, built in column slabs."""
+
+    xp: Tensor  # [N, C, Hp, Wp], strided
+    inner: _Inner
+
+    def place(self, ctx: OpContext, pl: Plan, rows: _Grid, cols: _Grid, role: str) -> _Blocks:
+        q = self.inner
+        kk = q.kh * q.kw
+        if np.any(cols.sizes % kk):
+            raise AssertionError("im2col slabs must hold whole kernels")
+        groups = np.arange(q.groups)
+        var, starts = _slab_variable(ctx, pl, self.xp.dtype, q.groups, rows, cols, role, groups)
+        width = int(cols.sizes[0])
+        full = int(np.sum(cols.sizes == width))
+        self._copy(ctx, var, 0, full, width // kk)
+        if full < len(cols):
+            self._copy(ctx, var, full, 1, int(cols.sizes[-1]) // kk, tail_of=width // kk)
+        return _Blocks(var, starts, False, groups)
+
+    def _copy(self, ctx: OpContext, var: Tensor, first: int, count: int, chans: int,
+              tail_of: int | None = None) -> None:
+        """Copy ``count`` slabs of ``chans`` channels each, starting at slab ``first``."""
+        q, x = self.inner, self.xp
+        s_n, s_c, s_h, s_w = x.strides
+        kk, m, k = q.kh * q.kw, q.m, q.k
+        width = chans * kk
+        c0 = first * (tail_of or chans)
+        src = Tensor(x.graph, x.dtype, (q.groups, q.n, q.ho, q.wo, count, chans, q.kh, q.kw),
+                     x.offset + c0 * s_c,
+                     (q.cg * s_c, s_n, q.sh * s_h, q.sw * s_w, chans * s_c, s_c, q.dh * s_h,
+                      q.dw * s_w))
+        dst = Tensor(var.graph, var.dtype, src.shape, var.offset + c0 * kk * m,
+                     (m * k, q.ho * q.wo * width, q.wo * width, width, m * width, kk, q.kw, 1))
+        ctx.prog.add(P.Copy(src, dst))
+
+
+def _zero(ctx: OpContext, dtype: DType) -> Tensor:
+    zero = ctx.graph.add_constant(dtype, (1,), 0, name=f"{ctx.name}/zero")
+    ctx.graph.set_tile_mapping(zero, 0)
+    return zero
+
+
+def _padded(ctx: OpContext, x: Tensor, top: int, left: int, bottom: int, right: int) -> Tensor:
+    """``x [N, C, H, W]`` with zero borders, as a strided tensor (``x`` itself when possible)."""
+    if top == left == bottom == right == 0 and x.is_strided:
+        return x
+    n, c, h, w = x.shape
+    var = ctx.graph.add_variable(x.dtype, (n, c, h + top + bottom, w + left + right),
+                                 name=f"{ctx.name}/padded")
+    map_linearly(ctx.graph, var, grain_size=ctx.graph.target.vector_width(x.dtype.itemsize))
+    bands = [var[:, :, :top], var[:, :, top + h:], var[:, :, top:top + h, :left],
+             var[:, :, top:top + h, left + w:]]
+    bands = [b for b in bands if b.numel]
+    if bands:
+        zero = _zero(ctx, x.dtype)
+        for band in bands:
+            ctx.prog.add(P.Copy(zero.broadcast(band.shape), band))
+    if x.numel:
+        ctx.prog.add(P.Copy(x, var[:, :, top:top + h, left:left + w]))
+    return var
+
+
+def _dilated_padded(ctx: OpContext, dy: Tensor, stride: tuple[int, int], lo: tuple[int, int],
+                    hi: tuple[int, int]) -> Tensor:
+    """``dy`` with ``stride - 1`` zeros between elements and ``lo``/``hi`` zeros around (negative:
+    cropped), as a strided tensor."""
+    if stride == (1, 1) and min(lo + hi) >= 0:
+        return _padded(ctx, dy, lo[0], lo[1], hi[0], hi[1])
+    n, o, ho, wo = dy.shape
+    size = [(d - 1) * s + 1 + a + b for d, s, a, b in zip((ho, wo), stride, lo, hi, strict=True)]
+    var = ctx.graph.add_variable(dy.dtype, (n, o, size[0], size[1]), name=f"{ctx.name}/dilated")
+    map_linearly(ctx.graph, var, grain_size=ctx.graph.target.vector_width(dy.dtype.itemsize))
+    ctx.prog.add(P.Copy(_zero(ctx, dy.dtype).broadcast(var.shape), var))
+    src_key, dst_key = [slice(None)] * 2, [slice(None)] * 2
+    for d, s, a, length in zip((ho, wo), stride, lo, size, strict=True):
+        u0 = -(a // s) if a < 0 else 0  # first dy row that lands inside
+        u1 = min(d, (length - 1 - a) // s + 1)
+        src_key.append(slice(u0, max(u0, u1)))
+        dst_key.append(slice(a + u0 * s, a + u0 * s + max(0, u1 - u0) * s, s) if u1 > u0
+                       else slice(0, 0))
+    src, dst = dy[tuple(src_key)], var[tuple(dst_key)]
+    if src.numel:
+        ctx.prog.add(P.Copy(src, dst))
+    return var

@@ -1,0 +1,711 @@
+"""Matrix products (poplin's MatMul): planned, tile-mapped AMP partial products and a reduction.
+
+``matmul(graph, a, b, prog)`` multiplies ``a[..., M, K]`` by ``b[..., K, N]`` with numpy's rules
+(1-D operands, broadcast batch dimensions). The work is planned by :mod:`softipu.ops.planner`:
+the groups, M, N and K are cut into blocks, tile ``(g, i, j, l)`` multiplies its blocks with an
+``AmpMatMul`` vertex (fp32 partials by default), and when K is split over tiles a second compute
+set of ``ReducePartials`` vertices adds the partials into the output (and casts them).
+
+Block layout, and why it matters for speed: a vertex's field is one contiguous run of memory per
+block, and a bulk call's vertices sit at evenly spaced addresses, so the engine runs each call as
+one batched GEMM over zero-copy views. An operand whose blocks are contiguous already (a row-major
+matrix whose blocks span whole rows, a transposed one spanning whole columns, or a tensor made
+with :func:`create_matmul_input_lhs` / :func:`create_matmul_input_rhs`) is used in place; any
+other operand is first copied into the planned layout ("column slabs": the matrix cut into its
+column blocks, each stored row-major), and the cost model prices that copy's exchange.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets.matmul import (
+    A_TRANSPOSED,
+    B_TRANSPOSED,
+    amp_codelet,
+    amp_in_chans,
+    amp_out_chans,
+    reduce_codelet,
+)
+from softipu.debug import at, caller_location
+from softipu.dtypes import DType, as_dtype, float16, float32
+from softipu.graph import program as P
+from softipu.graph.graph import ComputeSet, Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, OpError, broadcast_shapes, parse_options
+from softipu.ops.mapping import map_linearly
+from softipu.ops.planner import MatMulProblem, Plan, plan, plan_report
+
+__all__ = ["matmul", "plan_matmul", "matmul_plan_report", "create_matmul_input_lhs",
+           "create_matmul_input_rhs", "MATMUL_OPTIONS"]
+
+MATMUL_OPTIONS: dict[str, Any] = {"availableMemoryProportion": 0.6, "partialsType": "float"}
+_PARTIALS_NAMES = {"float": float32, "float32": float32, "half": float16, "float16": float16}
+
+
+# -- public API --------------------------------------------------------------------------------
+def matmul(graph: Graph, a: Tensor, b: Tensor, prog: P.Sequence, *, name: str = "",
+           options: Mapping[str, Any] | None = None) -> Tensor:
+    """``a @ b`` with numpy's rules, planned over the tiles (poplin's matMul / matMulGrouped).
+
+    ``a`` is ``[..., M, K]`` (or ``[K]``), ``b`` is ``[..., K, N]`` (or ``[K]``); leading
+    dimensions broadcast. float16 or float32, both the same; the result has their dtype.
+
+    Options:
+
+    * ``availableMemoryProportion`` (float, default 0.6): the share of each tile's memory the
+      plan may use for temporaries (received blocks, partials).
+    * ``partialsType`` (``"float"`` or ``"half"``; default float): the type the AMP accumulates
+      in. ``"half"`` is allowed for float16 inputs only.
+
+    >>> import numpy as np, softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.matmul import matmul
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> a = g.add_variable(sp.float32, (3, 5), name="a"); sp.ops.map_linearly(g, a)
+    >>> b = g.add_variable(sp.float32, (5, 2), name="b"); sp.ops.map_linearly(g, b)
+    >>> prog = P.Sequence()
+    >>> c = matmul(g, a, b, prog)
+    >>> eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(a, np.ones((3, 5))); eng.write_tensor(b, np.ones((5, 2))); eng.run(0)
+    >>> eng.read_tensor(c)
+    array([[5., 5.],
+           [5., 5.],
+           [5., 5.]], dtype=float32)
+    """
+    ctx = OpContext.start(graph, prog, "matmul", name, a, b)
+    opts = _options(ctx, options, a.dtype)
+    spec = _Spec.of(ctx, a.shape, b.shape, a.dtype, b.dtype)
+    out = _grouped(ctx, spec.lhs(a), spec.rhs(b), spec, opts)
+    return out.reshape(spec.out_shape)
+
+
+def plan_matmul(graph_or_target: Any, dtype: Any, shape_a: Sequence[int], shape_b: Sequence[int],
+                options: Mapping[str, Any] | None = None) -> Plan:
+    """The frozen :class:`~softipu.ops.planner.Plan` ``matmul`` would use for these shapes.
+
+    >>> import softipu as sp
+    >>> from softipu.ops.matmul import plan_matmul
+    >>> p = plan_matmul(sp.targets.GC200, sp.float16, (2048, 2048), (2048, 2048))
+    >>> p.tiles_used <= 1472 and p.fits
+    True
+    """
+    target = graph_or_target.target if isinstance(graph_or_target, Graph) else graph_or_target
+    ctx = _PlanContext("plan_matmul")
+    dtype = _as_float_dtype(ctx, dtype)
+    opts = _options(ctx, options, dtype)
+    spec = _Spec.of(ctx, tuple(shape_a), tuple(shape_b), dtype, dtype)
+    return _plan(spec, opts, target)[0]
+
+
+def matmul_plan_report(graph_or_target: Any, dtype: Any, shape_a: Sequence[int],
+                       shape_b: Sequence[int], options: Mapping[str, Any] | None = None) -> str:
+    """A readable account of the plan for ``a @ b`` (partition, cycles, memory)."""
+    return plan_report(plan_matmul(graph_or_target, dtype, shape_a, shape_b, options))
+
+
+def create_matmul_input_lhs(graph: Graph, dtype: Any, shape_a: Sequence[int],
+                            shape_b: Sequence[int], name: str = "",
+                            options: Mapping[str, Any] | None = None) -> Tensor:
+    """A new variable of ``shape_a`` laid out and mapped as ``matmul(a, b)``'s plan wants it.
+
+    Each of its blocks is contiguous and spread over the tiles that use it, so ``matmul``
+    neither copies it nor moves more than the plan's own exchange (poplin's createMatMulInputLHS).
+    """
+    return _create_input(graph, dtype, shape_a, shape_b, name, options, lhs=True)
+
+
+def create_matmul_input_rhs(graph: Graph, dtype: Any, shape_a: Sequence[int],
+                            shape_b: Sequence[int], name: str = "",
+                            options: Mapping[str, Any] | None = None) -> Tensor:
+    """A new variable of ``shape_b`` laid out and mapped as ``matmul(a, b)``'s plan wants it."""
+    return _create_input(graph, dtype, shape_a, shape_b, name, options, lhs=False)
+
+
+# -- shapes and options --------------------------------------------------------------------------
+class _PlanContext:
+    """Error formatting for the planning helpers, which have no program to append to."""
+
+    def __init__(self, op: str) -> None:
+        self.op, self.name = op, op
+
+    def error(self, message: str) -> OpError:
+        return OpError(f"{self.op}{at(caller_location())}: {message}")
+
+
+def _as_float_dtype(ctx: Any, dtype: Any) -> DType:
+    d = as_dtype(dtype)
+    if d not in (float16, float32):
+        raise ctx.error(f"dtype {d} is not supported; matmul takes float16 or float32")
+    return d
+
+
+def _options(ctx: Any, options: Mapping[str, Any] | None, dtype: DType) -> dict[str, Any]:
+    opts = parse_options(ctx, options, MATMUL_OPTIONS)
+    amp = opts["availableMemoryProportion"]
+    if not 0 < amp <= 1:
+        raise ctx.error(f"option 'availableMemoryProportion' must lie in (0, 1], got {amp!r}")
+    partials = _PARTIALS_NAMES.get(opts["partialsType"].lower())
+    if partials is None:
+        raise ctx.error(f"option 'partialsType' must be 'float' or 'half', got {opts['partialsType']!r}")
+    if partials.itemsize < dtype.itemsize:
+        raise ctx.error(f"partialsType 'half' needs float16 inputs, not {dtype}")
+    opts["partials"] = partials
+    return opts
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A matmul's shapes after numpy's rules: ``G`` groups of ``(M x K) . (K x N)``."""
+
+    batch: tuple[int, ...]
+    m: int
+    k: int
+    n: int
+    dtype: DType
+    a_batch: tuple[int, ...]
+    b_batch: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    a_vector: bool
+    b_vector: bool
+
+    @classmethod
+    def of(cls, ctx: Any, shape_a: tuple[int, ...], shape_b: tuple[int, ...], dtype_a: DType,
+           dtype_b: DType) -> _Spec:
+        if dtype_a != dtype_b:
+            raise ctx.error(f"a is {dtype_a} but b is {dtype_b}; cast one so both match")
+        _as_float_dtype(ctx, dtype_a)
+        if len(shape_a) == 0 or len(shape_b) == 0:
+            raise ctx.error(f"matmul needs at least 1-D operands, got shapes {shape_a} and {shape_b}")
+        a_vec, b_vec = len(shape_a) == 1, len(shape_b) == 1
+        sa = (1,) + shape_a if a_vec else shape_a
+        sb = shape_b + (1,) if b_vec else shape_b
+        if sa[-1] != sb[-2]:
+            raise ctx.error(f"shapes {shape_a} and {shape_b} do not match: a has {sa[-1]} columns "
+                            f"but b has {sb[-2]} rows")
+        batch = broadcast_shapes(ctx, sa[:-2], sb[:-2])
+        out = batch + ((sa[-2],) if not a_vec else ()) + ((sb[-1],) if not b_vec else ())
+        return cls(batch, sa[-2], sa[-1], sb[-1], dtype_a, sa[:-2], sb[:-2], out, a_vec, b_vec)
+
+    @property
+    def groups(self) -> int:
+        return math.prod(self.batch)
+
+    def lhs(self, a: Tensor) -> _Operand:
+        x = a.reshape(1, -1) if self.a_vector else a
+        return _Operand(x.reshape(math.prod(self.a_batch), self.m, self.k),
+                        _group_map(self.a_batch, self.batch))
+
+    def rhs(self, b: Tensor) -> _Operand:
+        x = b.reshape(-1, 1) if self.b_vector else b
+        return _Operand(x.reshape(math.prod(self.b_batch), self.k, self.n),
+                        _group_map(self.b_batch, self.batch))
+
+
+def _group_map(own: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+    """For each group of the broadcast batch, the operand's own group."""
+    ids = np.arange(math.prod(own), dtype=np.int64).reshape(own)
+    return np.broadcast_to(ids.reshape((1,) * (len(batch) - len(own)) + own), batch).reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Operand:
+    """A ``(own groups, rows, cols)`` tensor and the own group of each product group."""
+
+    x: Tensor
+    group_of: np.ndarray
+
+    def transposed(self) -> _Operand:
+        return _Operand(self.x.transpose(0, 2, 1), self.group_of)
+
+    def place(self, ctx: OpContext, pl: Plan, rows: _Grid, cols: _Grid, role: str) -> _Blocks:
+        return _place_operand(ctx, pl, self, rows, cols, role)
+
+
+def _plan(spec: _Spec, opts: dict[str, Any], target: Any,
+          grains: tuple[int, int, int] = (1, 1, 1), allow_swap: bool = True) -> tuple[Plan, bool]:
+    """The plan of ``spec``, and whether it is swapped.
+
+    Swapped: the plan computes ``C^T = B^T . A^T`` (the AMP's field is N, not M) and C is stored
+    column-major. It is taken only when it is clearly faster (by ``_SWAP_GAIN``), since a
+    row-major C suits the ops that read it next.
+    """
+    partials = opts["partials"]
+    mg, kg, ng = grains
+    g_, m, k, n = (max(x, 1) for x in (spec.groups, spec.m, spec.k, spec.n))
+    amp = opts["availableMemoryProportion"]
+    # Blocks hold whole AMP channel groups (poplin's grain sizes): the K grain is the input
+    # channels of one pass, the N grain the conv units.
+    k_amp, n_amp = amp_in_chans(spec.dtype, target), amp_out_chans(spec.dtype, target)
+    kg = math.lcm(kg, k_amp) if k >= k_amp else kg
+    straight = plan(MatMulProblem(g_, m, k, n, spec.dtype, partials, spec.dtype, mg, kg,
+                                  math.lcm(ng, n_amp) if n >= n_amp else ng), target, amp)
+    if not allow_swap:
+        return straight, False
+    swapped = plan(MatMulProblem(g_, n, k, m, spec.dtype, partials, spec.dtype, ng, kg,
+                                 math.lcm(mg, n_amp) if m >= n_amp else mg), target, amp)
+    if (swapped.fits, straight.fits) == (True, False) or (
+            swapped.fits == straight.fits and swapped.cycles * _SWAP_GAIN < straight.cycles):
+        return swapped, True
+    return straight, False
+
+
+_SWAP_GAIN = 1.05
+
+
+# -- the op body -----------------------------------------------------------------------------------
+def _grouped(ctx: OpContext, lhs: Any, rhs: Any, spec: _Spec, opts: dict[str, Any],
+             grains: tuple[int, int, int] = (1, 1, 1), allow_swap: bool = True) -> Tensor:
+    """``C[g] = A[g] . B[g]`` for every group; returns C as ``(G, M, N)``.
+
+    ``lhs`` and ``rhs`` place their blocks as the plan wants (``place(ctx, plan, rows, cols,
+    role)``): an :class:`_Operand` tensor, or a convolution's im2col that builds them.
+    """
+    graph = ctx.graph
+    g_, m, k, n = spec.groups, spec.m, spec.k, spec.n
+    if g_ * m * n == 0 or k == 0:
+        return _trivial(ctx, spec)
+    pl, swapped = _plan(spec, opts, graph.target, grains, allow_swap)
+    if not pl.fits:
+        raise ctx.error(
+            f"no plan for {g_} x ({m} x {k}) . ({k} x {n}) {spec.dtype} fits: the best needs "
+            f"{pl.temp_bytes_per_tile:,} B of temporaries per tile (availableMemoryProportion "
+            f"{opts['availableMemoryProportion']} allows {pl.budget_bytes_per_tile:,} B) beside "
+            f"{pl.resident_bytes_per_tile:,} B of its share of the operands, code and state, and a "
+            f"tile has {graph.target.bytes_per_tile:,} B; change options['availableMemoryProportion']"
+            " or split the matmul")
+    if swapped:  # C^T = B^T . A^T
+        return _run_plan(ctx, pl, rhs.transposed(), lhs.transposed()).transpose(0, 2, 1)
+    return _run_plan(ctx, pl, lhs, rhs)
+
+
+def _trivial(ctx: OpContext, spec: _Spec) -> Tensor:
+    """Empty results, or zeros when K is 0."""
+    shape = (spec.groups, spec.m, spec.n)
+    out = ctx.output(spec.dtype, shape)
+    if out.numel and spec.k == 0:
+        zero = ctx.graph.add_constant(spec.dtype, (1,), 0, name=f"{ctx.name}/zero")
+        ctx.graph.set_tile_mapping(zero, 0)
+        ctx.prog.add(P.Copy(zero.broadcast(shape), out))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """Block boundaries of the plan along one dimension."""
+
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, size: int, block: int) -> _Grid:
+        starts = np.arange(0, size, block, dtype=np.int64)
+        return cls(starts, np.minimum(block, size - starts))
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+
+def _run_plan(ctx: OpContext, pl: Plan, lhs: Any, rhs: Any) -> Tensor:
+    """Build the program of plan ``pl`` for ``C = A . B`` (A, B in the plan's orientation)."""
+    q = pl.problem
+    bg, bm, bn, bk = pl.blocks
+    grids = _Grid.of(q.m, bm), _Grid.of(q.n, bn), _Grid.of(q.k, bk)
+    a_blocks = lhs.place(ctx, pl, grids[0], grids[2], "a")
+    b_blocks = rhs.place(ctx, pl, grids[2], grids[1], "b")
+    out, direct = _output(ctx, pl, grids)
+    partials = None if direct else _partials(ctx, pl, grids)
+    target_blocks = direct if direct is not None else partials
+    for step in range(pl.k_serial):
+        cs = ctx.compute_set(f"amp{step}" if pl.k_serial > 1 else "amp")
+        _add_amp_vertices(ctx, cs, pl, grids, a_blocks, b_blocks, target_blocks, step)
+        ctx.execute(cs)
+    if partials is not None:
+        cs = ctx.compute_set("reduce")
+        _add_reduce_vertices(ctx, cs, pl, grids, partials, out)
+        ctx.execute(cs)
+    return out
+
+
+# -- operand layouts -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Blocks:
+    """Where each block of a ``(groups, rows, cols)`` matrix starts, all blocks contiguous.
+
+    ``starts[g, r, c]`` is the address of block ``(r, c)`` of the operand's own group ``g``;
+    ``transposed``: blocks are stored column by column (as the block's transpose).
+    """
+
+    tensor: Tensor
+    starts: np.ndarray
+    transposed: bool
+    group_of: np.ndarray
+
+
+def _place_operand(ctx: OpContext, pl: Plan, op: _Operand, rows: _Grid, cols: _Grid,
+                   role: str) -> _Blocks:
+    """The operand's blocks in place when contiguous, else copied into column slabs."""
+    found = _contiguous_blocks(op.x, rows, cols)
+    if found is not None:
+        starts, transposed = found
+        return _Blocks(op.x, starts, transposed, op.group_of)
+    slab, starts = _slab_variable(ctx, pl, op.x.dtype, op.x.shape[0], rows, cols, role, op.group_of)
+    _copy_into_slabs(ctx, op.x, slab, rows, cols)
+    return _Blocks(slab, starts, False, op.group_of)
+
+
+def _contiguous_blocks(x: Tensor, rows: _Grid, cols: _Grid):
+    """(starts, transposed) when every block of ``x`` is one contiguous run; else None."""
+    if x.numel == 0:
+        return None
+    if x.is_strided:
+        sg, sr, sc = x.strides
+        for transposed in (False, True):
+            if _strided_blocks_ok(x.strides, rows, cols, transposed):
+                starts = (x.offset + np.arange(x.shape[0])[:, None, None] * sg
+                          + rows.starts[None, :, None] * sr + cols.starts[None, None, :] * sc)
+                return starts, transposed
+        return None
+    addr = x.addresses()
+    for transposed in (False, True):
+        if _indexed_blocks_ok(addr, rows, cols, transposed):
+            return addr[:, rows.starts][:, :, cols.starts], transposed
+    return None
+
+
+def _strided_blocks_ok(strides: tuple[int, ...], rows: _Grid, cols: _Grid, transposed: bool) -> bool:
+    _, sr, sc = strides
+    if transposed:
+        sr, sc, rows, cols = sc, sr, cols, rows
+    if sc != 1 and int(cols.sizes.max()) > 1:
+        return False
+    if int(rows.sizes.max()) == 1:
+        return True
+    # Rows of a block are adjacent when the row stride is the block width: one block column.
+    return len(cols) == 1 and sr == int(cols.sizes[0])
+
+
+def _indexed_blocks_ok(addr: np.ndarray, rows: _Grid, cols: _Grid, transposed: bool) -> bool:
+    r = np.arange(addr.shape[1], dtype=np.int64)
+    c = np.arange(addr.shape[2], dtype=np.int64)
+    r_block = np.searchsorted(rows.starts, r, side="right") - 1
+    c_block = np.searchsorted(cols.starts, c, side="right") - 1
+    r_in, c_in = r - rows.starts[r_block], c - cols.starts[c_block]
+    if transposed:
+        local = c_in[None, :] * rows.sizes[r_block][:, None] + r_in[:, None]
+    else:
+        local = r_in[:, None] * cols.sizes[c_block][None, :] + c_in[None, :]
+    first = addr[:, rows.starts[r_block]][:, :, cols.starts[c_block]]
+    return bool(np.array_equal(first + local[None], addr))
+
+
+def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _Grid, cols: _Grid,
+                   role: str, group_of: np.ndarray, name: str = "") -> tuple[Tensor, np.ndarray]:
+    """A new ``(groups, R, C)`` matrix in column slabs, mapped as the plan wants.
+
+    Returns its variable (flat) and the start address of each block.
+    """
+    r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
+    var = ctx.graph.add_variable(dtype, (groups * r_total * c_total,),
+                                 name=name or f"{ctx.name}/{role}")
+    slab_start = np.concatenate(([0], np.cumsum(cols.sizes[:-1] * r_total)))
+    starts = (var.offset + np.arange(groups)[:, None, None] * r_total * c_total
+              + slab_start[None, None, :] + rows.starts[None, :, None] * cols.sizes[None, None, :])
+    _map_blocks(ctx.graph, pl, var, starts, rows, cols, role, group_of)
+    return var, starts
+
+
+def _copy_into_slabs(ctx: OpContext, x: Tensor, slab: Tensor, rows: _Grid, cols: _Grid) -> None:
+    """Copy ``x`` (groups, R, C) into the column-slab variable ``slab``."""
+    g_, r_total, c_total = x.shape
+    width = int(cols.sizes[0])
+    full = int(np.sum(cols.sizes == width))
+    dst = Tensor(slab.graph, slab.dtype, (g_, r_total, full, width), slab.offset,
+                 (r_total * c_total, width, r_total * width, 1))
+    ctx.prog.add(P.Copy(x[:, :, : full * width].reshape(g_, r_total, full, width), dst))
+    if full < len(cols):
+        tail = int(cols.sizes[-1])
+        dst = Tensor(slab.graph, slab.dtype, (g_, r_total, tail), slab.offset + full * width * r_total,
+                     (r_total * c_total, tail, 1))
+        ctx.prog.add(P.Copy(x[:, :, full * width:], dst))
+
+
+def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _Grid, cols: _Grid,
+                role: str, group_of: np.ndarray) -> None:
+    """Spread each block over the tiles that read it (A: its N blocks; B: its M blocks)."""
+    first_user = np.full(starts.shape[0], group_of.size, np.int64)  # the first group using it
+    np.minimum.at(first_user, group_of, np.arange(group_of.size))
+    first_user = np.minimum(first_user, max(group_of.size - 1, 0))
+    bg = pl.blocks[0]
+    gi = (first_user // bg)[:, None, None]
+    if role == "a":  # block (g, i, lt): users (g, i, j, lt // serial) for every j
+        i = np.arange(len(rows))[None, :, None]
+        lt = np.arange(len(cols))[None, None, :]
+        spread = pl.n_split
+        tiles = [pl.tile_of(gi, i, j, lt // pl.k_serial) for j in range(spread)]
+    else:  # block (g, lt, j): users (g, i, j, lt // serial) for every i
+        lt = np.arange(len(rows))[None, :, None]
+        j = np.arange(len(cols))[None, None, :]
+        spread = pl.m_split
+        tiles = [pl.tile_of(gi, i, j, lt // pl.k_serial) for i in range(spread)]
+    size = rows.sizes[None, :, None] * cols.sizes[None, None, :]
+    piece = -(-size // spread)
+    runs_s, runs_l, runs_t = [], [], []
+    for p, t in enumerate(tiles):
+        lo = np.minimum(p * piece, size)
+        hi = np.minimum(lo + piece, size)
+        shape = np.broadcast_shapes(starts.shape, t.shape)
+        runs_s.append(np.broadcast_to(starts + lo, shape).ravel())
+        runs_l.append(np.broadcast_to(hi - lo, shape).ravel())
+        runs_t.append(np.broadcast_to(t, shape).ravel())
+    map_runs(graph, var, np.concatenate(runs_s), np.concatenate(runs_l), np.concatenate(runs_t))
+
+
+def map_runs(graph: Graph, var: Tensor, starts: np.ndarray, lengths: np.ndarray,
+             tiles: np.ndarray) -> None:
+    """Map address runs ``[start, start + length)`` of ``var``'s dtype to tiles, in few calls.
+
+    Runs of one length whose starts are evenly spaced go in one ``set_tile_mappings`` call.
+    """
+    keep = lengths > 0
+    starts, lengths, tiles = starts[keep], lengths[keep], tiles[keep]
+    if starts.size == 0:
+        return
+    order = np.lexsort((starts, lengths))
+    starts, lengths, tiles = starts[order], lengths[order], tiles[order]
+    bounds = _segments(lengths, starts)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        length, n = int(lengths[lo]), hi - lo
+        step = int(starts[lo + 1] - starts[lo]) if n > 1 else length
+        rows = Tensor(graph, var.dtype, (n, length), int(starts[lo]), (step, 1))
+        graph.set_tile_mappings(rows, tiles[lo:hi])
+
+
+def _segments(lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Boundaries of runs of equal length and evenly spaced starts (input sorted by both).
+
+    A cut falls wherever the length or the spacing changes, so every piece is regular (a change
+    of spacing may leave a one-run piece; that costs a call, not correctness).
+    """
+    n = starts.size
+    if n <= 1:
+        return np.array([0, n], np.int64) if n else np.zeros(1, np.int64)
+    d = np.diff(starts)
+    same_len = lengths[1:] == lengths[:-1]
+    cut = ~same_len  # between k and k + 1
+    cut[1:] |= (d[1:] != d[:-1]) & same_len[:-1]
+    return np.concatenate(([0], np.flatnonzero(cut) + 1, [n])).astype(np.int64)
+
+
+# -- output and partials ---------------------------------------------------------------------------
+def _output(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]):
+    """The result variable and, when the AMP writes it directly, its blocks."""
+    q = pl.problem
+    gm, gn, _ = grids
+    out = ctx.graph.add_variable(q.out_dtype, (q.groups, q.m, q.n), name=f"{ctx.name}/out")
+    if pl.two_stage:
+        return out, None
+    # One block per (g, i): whole rows, so each is contiguous.
+    starts = (out.offset + np.arange(q.groups)[:, None, None] * q.m * q.n
+              + gm.starts[None, :, None] * q.n + gn.starts[None, None, :])
+    sizes = gm.sizes[None, :, None] * gn.sizes[None, None, :]
+    g = np.arange(q.groups)[:, None, None]
+    tiles = pl.tile_of(g // pl.blocks[0], np.arange(len(gm))[None, :, None],
+                       np.arange(len(gn))[None, None, :], 0)
+    map_runs(ctx.graph, out, starts.ravel(), np.broadcast_to(sizes, starts.shape).ravel(),
+             np.broadcast_to(tiles, starts.shape).ravel())
+    return out, _Blocks(out, starts, False, np.arange(q.groups))
+
+
+def _partials(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]) -> _Blocks:
+    """Partials: one contiguous block per (g, i, j, l), the vertices' batched dimension innermost."""
+    q = pl.problem
+    gm, gn, _ = grids
+    g_, mS, nS, kS = q.groups, len(gm), len(gn), pl.k_split
+    sizes = np.broadcast_to(gm.sizes[None, :, None, None] * gn.sizes[None, None, :, None],
+                            (g_, mS, nS, kS))
+    axis = "gmnk".index(pl.vary)
+    order = [d for d in range(4) if d != axis] + [axis]
+    flat = np.transpose(sizes, order).ravel()
+    offsets = np.concatenate(([0], np.cumsum(flat[:-1]))).reshape(np.transpose(sizes, order).shape)
+    offsets = np.transpose(offsets, np.argsort(order))
+    var = ctx.graph.add_variable(q.partials_dtype, (int(flat.sum()),), name=f"{ctx.name}/partials")
+    g = np.arange(g_)[:, None, None, None]
+    tiles = pl.tile_of(g // pl.blocks[0], np.arange(mS)[None, :, None, None],
+                       np.arange(nS)[None, None, :, None], np.arange(kS)[None, None, None, :])
+    starts = var.offset + offsets
+    map_runs(ctx.graph, var, starts.ravel(), sizes.ravel(), np.broadcast_to(tiles, sizes.shape).ravel())
+    return _Blocks(var, starts, False, np.arange(g_))
+
+
+# -- vertices ---------------------------------------------------------------------------------------
+def _add_amp_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, a: _Blocks, b: _Blocks,
+                      out: _Blocks, step: int) -> None:
+    """One AmpMatMul vertex per (g, i, j, l) whose K range has a chunk at serial ``step``."""
+    q = pl.problem
+    gm, gn, gk = grids
+    g_, mS, nS, kS = q.groups, len(gm), len(gn), pl.k_split
+    g, i, j, kr = np.meshgrid(np.arange(g_), np.arange(mS), np.arange(nS), np.arange(kS),
+                             indexing="ij")
+    lt = kr * pl.k_serial + step
+    valid = lt < len(gk)
+    g, i, j, kr, lt = (x[valid] for x in (g, i, j, kr, lt))
+    msz, nsz, ksz = gm.sizes[i], gn.sizes[j], gk.sizes[lt]
+    starts = {
+        "a": a.starts[a.group_of[g], i, lt],
+        "b": b.starts[b.group_of[g], lt, j],
+        "out": out.starts[g, i, j] if out.starts.ndim == 3 else out.starts[g, i, j, kr],
+    }
+    layout = (A_TRANSPOSED if a.transposed else 0) | (B_TRANSPOSED if b.transposed else 0)
+    accumulate = step > 0
+    codelet = amp_codelet(q.in_dtype, q.partials_dtype if pl.two_stage else q.out_dtype, accumulate)
+    tiles = pl.tile_of(g // pl.blocks[0], i, j, kr)
+    coords = {"g": g, "m": i, "n": j, "k": kr}
+    keys = [coords[d] for d in "gmnk" if d != pl.vary] + [msz, nsz, ksz]
+    tensors = {"a": (a.tensor.dtype, msz * ksz), "b": (b.tensor.dtype, ksz * nsz),
+               "out": (out.tensor.dtype, msz * nsz)}
+    params = {"m": msz, "k": ksz, "n": nsz, "layout": np.full(g.shape, layout)}
+    add_vertex_runs(ctx.graph, cs, codelet, keys, coords[pl.vary], tiles, starts, tensors, params)
+
+
+def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
+                         out: Tensor) -> None:
+    """ReducePartials vertices: one per output row of a block, adding its ``k_split`` partials.
+
+    The rows of block (g, i, j) are shared out over its ``k_split`` tiles, which hold its partials;
+    the output rows are mapped to the tile that writes them.
+    """
+    q = pl.problem
+    gm, gn, _ = grids
+    g_, kS = q.groups, pl.k_split
+    # Every (g, row, j): row-major over the output, N blocks innermost.
+    g, row, j = (x.ravel() for x in np.meshgrid(np.arange(g_), np.arange(q.m), np.arange(len(gn)),
+                                                 indexing="ij"))
+    i = np.searchsorted(gm.starts, row, side="right") - 1
+    r = row - gm.starts[i]
+    length = gn.sizes[j]
+    home = r // -(-gm.sizes[i] // kS)
+    tiles = pl.tile_of(g // pl.blocks[0], i, j, home)
+    out_start = out.offset + (g * q.m + row) * q.n + gn.starts[j]
+    part_starts = np.stack([partials.starts[g, i, j, kr] + r * length for kr in range(kS)])
+    map_runs(ctx.graph, out, out_start, length, tiles)
+    codelet = reduce_codelet(q.partials_dtype, q.out_dtype)
+    add_vertex_runs(ctx.graph, cs, codelet, [i, j, length], g * q.m + row, tiles,
+                    {"out": out_start, "partials": part_starts},
+                    {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {},
+                    fine_key=g)
+
+
+def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray], order: np.ndarray,
+                    tiles: np.ndarray, starts: dict[str, np.ndarray],
+                    tensors: dict[str, tuple[DType, np.ndarray]], params: dict[str, np.ndarray],
+                    fine_key: np.ndarray | None = None) -> None:
+    """Add vertices in bulk calls whose fields are evenly spaced rows (zero-copy for the engine).
+
+    Vertices are grouped by ``keys`` (equal keys, equal field lengths) and ordered by ``order``
+    inside a group. A group whose field starts are not evenly spaced is split by ``fine_key``
+    and, if still irregular, gets indexed fields (the engine then gathers them).
+    ``starts[name]`` is ``(V,)``, or ``(entries, V)`` for a vector-list field.
+    """
+    cols = [np.asarray(k, np.int64) for k in keys]
+    idx = np.lexsort([order] + cols[::-1])
+    key_mat = np.stack([c[idx] for c in cols]) if cols else np.zeros((0, idx.size), np.int64)
+    change = np.flatnonzero(np.any(key_mat[:, 1:] != key_mat[:, :-1], axis=0)) + 1
+    bounds = np.concatenate(([0], change, [idx.size]))
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        sel = idx[lo:hi]
+        pieces = [sel]
+        if fine_key is not None and not _regular(starts, sel):
+            fk = fine_key[sel]
+            cut = np.flatnonzero(fk[1:] != fk[:-1]) + 1
+            pieces = np.split(sel, cut)
+        for piece in pieces:
+            _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
+
+
+def _regular(starts: dict[str, np.ndarray], sel: np.ndarray) -> bool:
+    if sel.size <= 2:
+        return True
+    for s in starts.values():
+        rows = s[..., sel]
+        d = np.diff(rows, axis=-1)
+        if np.any(d != d[..., :1]):
+            return False
+    return True
+
+
+def _bulk(graph: Graph, cs: ComputeSet, codelet, tiles, starts, tensors, params, sel) -> None:
+    fields: dict[str, Any] = {}
+    for name, s in starts.items():
+        dtype, length = tensors[name]
+        n = int(np.asarray(length).reshape(-1)[sel[0]]) if np.ndim(length) else int(length)
+        if s.ndim == 2:
+            fields[name] = [_row_tensor(graph, dtype, row[sel], n) for row in s]
+        else:
+            fields[name] = _row_tensor(graph, dtype, s[sel], n)
+    for name, values in params.items():
+        fields[name] = np.asarray(values)[sel]
+    graph.add_vertices(cs, codelet, fields, tiles[sel])
+
+
+def _row_tensor(graph: Graph, dtype: DType, starts: np.ndarray, length: int) -> Tensor:
+    """A ``(V, length)`` tensor whose row v starts at address ``starts[v]``."""
+    v = starts.size
+    step = int(starts[1] - starts[0]) if v > 1 else 0
+    if v <= 2 or bool(np.all(np.diff(starts) == step)):
+        return Tensor(graph, dtype, (v, length), int(starts[0]), (step, 1))
+    return Tensor(graph, dtype, (v, length), 0, (), starts[:, None] + np.arange(length, dtype=np.int64))
+
+
+# -- create_matmul_input_* -----------------------------------------------------------------------
+def _create_input(graph: Graph, dtype: Any, shape_a: Sequence[int], shape_b: Sequence[int], name: str,
+                  options: Mapping[str, Any] | None, lhs: bool) -> Tensor:
+    op = "create_matmul_input_lhs" if lhs else "create_matmul_input_rhs"
+    ctx = _PlanContext(op)
+    if not isinstance(graph, Graph):
+        raise ctx.error(f"the first argument must be the graph, got {type(graph).__name__}")
+    dtype = _as_float_dtype(ctx, dtype)
+    opts = _options(ctx, options, dtype)
+    spec = _Spec.of(ctx, tuple(shape_a), tuple(shape_b), dtype, dtype)
+    shape = tuple(shape_a) if lhs else tuple(shape_b)
+    own = spec.a_batch if lhs else spec.b_batch
+    rows_cols = (spec.m, spec.k) if lhs else (spec.k, spec.n)
+    groups = math.prod(own)
+    if spec.groups * spec.m * spec.n * spec.k == 0:
+        t = graph.add_variable(dtype, shape, name=name or op)
+        map_linearly(graph, t)
+        return t
+    pl, swapped = _plan(spec, opts, graph.target)
+    q = pl.problem
+    grid_m, grid_n, grid_k = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(
+        q.k, pl.blocks[3])
+    # In a swapped plan, A^T is the plan's right operand and B^T its left one.
+    role = ("a" if lhs else "b") if not swapped else ("b" if lhs else "a")
+    rows, cols = (grid_m, grid_k) if role == "a" else (grid_k, grid_n)
+    fake = OpContext(graph, P.Sequence(), op, name or op)
+    group_of = _group_map(own, spec.batch)
+    var, _ = _slab_variable(fake, pl, dtype, groups, rows, cols, role, group_of, name=name or op)
+    view = _slab_view(var, groups, rows, cols)
+    if swapped:
+        view = view.transpose(0, 2, 1)
+    assert view.shape[1:] == rows_cols, (view.shape, rows_cols)
+    return view.reshape(shape)
+
+
+def _slab_view(var: Tensor, groups: int, rows: _Grid, cols: _Grid) -> Tensor:
+    """The ``(groups, R, C)`` matrix a column-slab variable holds (strided when one slab)."""
+    r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
+    if len(cols) == 1:
+        return var.reshape(groups, r_total, c_total)
+    c = np.arange(c_total, dtype=np.int64)
+    block = np.searchsorted(cols.starts, c, side="right") - 1
+    slab_start = np.concatenate(([0], np.cumsum(cols.sizes[:-1] * r_total)))
+    within = slab_start[block][None, :] + np.arange(r_total)[:, None] * cols.sizes[block][None, :] \
+        + (c - cols.starts[block])[None, :]
+    index = var.offset + np.arange(groups)[:, None, None] * r_total * c_total + within[None]
+    return Tensor(var.graph, var.dtype, (groups, r_total, c_total), 0, (), index)

@@ -1,0 +1,364 @@
+"""The matmul planner: how a grouped matmul ``C[g] = A[g] . B[g]`` is cut across tiles.
+
+poplin plans a matmul as a 1-D convolution (ipu-facts.md §4): batch = M, input channels = K,
+output channels = N, conv groups = G. A plan partitions the four dimensions over the tiles:
+
+* ``g_split``, ``m_split``, ``n_split``: parallel splits (poplin's convGroupSplit, batchSplit /
+  fieldSplit, outChanSplit.parallel);
+* ``k_split``: parallel split of the reduction dimension (inChanSplit.parallel): each of the
+  ``k_split`` tiles of an output block computes a partial sum and a second compute set adds them;
+* ``k_serial``: serial split of each tile's K range (inChanSplit.serial): the tile receives and
+  multiplies its inputs chunk by chunk, accumulating in place, so that it needs less memory.
+
+Tile ``(g, i, j, l)`` (a group block, an M block, an N block, a K block) runs one AMP partial
+product per group of its group block (codelet ``AmpMatMul``) over blocks of ``m_block x
+k_block`` and ``k_block x n_block``. Its inputs arrive by exchange: with the inputs laid out as the
+plan wants (``create_matmul_input_lhs/rhs``), each A block is spread over the ``n_split`` tiles
+that use it and each B block over the ``m_split`` tiles, so a tile receives all but its own share
+(the exchange multicasts: a sender sends a piece once however many tiles listen).
+
+The price of a candidate is built from the cost model's own pieces (see :func:`price`): AMP
+cycles from the codelet's estimator, exchange cycles of the bytes each tile receives at
+``target.exchange_cycles`` (twice the rate when a plan uses at most one tile per supertile),
+sync, and the reduction stage (ReducePartials vertices on the workers plus the partials'
+exchange). Temporary bytes per tile (received blocks and partials) must stay below
+``availableMemoryProportion x target.bytes_per_tile``, and with the tile's own share of A, B and
+C below ``target.bytes_per_tile``. The fastest candidate wins; plans are cached by problem,
+target and options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from softipu.codelets.matmul import amp_cycles, reduce_cycles
+from softipu.dtypes import DType
+from softipu.target import Target
+
+__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "DIMS"]
+
+DIMS = ("g", "m", "n", "k")
+
+
+@dataclass(frozen=True, slots=True)
+class MatMulProblem:
+    """What to plan: ``groups`` products of ``(m x k) . (k x n)``.
+
+    The output is stored row-major, ``(g, m, n)``. ``*_grain``: block sizes of that dimension are
+    multiples of it (a convolution's K blocks hold whole kernels).
+    """
+
+    groups: int
+    m: int
+    k: int
+    n: int
+    in_dtype: DType
+    partials_dtype: DType
+    out_dtype: DType
+    m_grain: int = 1
+    k_grain: int = 1
+    n_grain: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("groups", "m", "k", "n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MatMulProblem.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("m_grain", "k_grain", "n_grain"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MatMulProblem.{name} must be >= 1")
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.groups * self.m * self.k * self.n
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A chosen partition and what the cost model expects it to cost (per tile, cycles)."""
+
+    problem: MatMulProblem
+    target_name: str
+    num_tiles: int
+    splits: tuple[int, int, int, int]  # g, m, n, k (parallel)
+    blocks: tuple[int, int, int, int]  # g, m, n, k (a K block is one serial chunk)
+    k_serial: int
+    two_stage: bool  # partials reduced (or cast) by a second compute set
+    spread: int  # 2: at most one busy tile per supertile
+    amp_cycles: int
+    exchange_cycles: int
+    reduce_cycles: int
+    sync_cycles: int
+    temp_bytes_per_tile: int
+    resident_bytes_per_tile: int  # its share of A, B and C, and code and vertex state
+    budget_bytes_per_tile: int
+    peak_flops_per_cycle: int
+    candidates: int
+    fits: bool = True
+    planning_seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def g_split(self) -> int:
+        return self.splits[0]
+
+    @property
+    def m_split(self) -> int:
+        return self.splits[1]
+
+    @property
+    def n_split(self) -> int:
+        return self.splits[2]
+
+    @property
+    def k_split(self) -> int:
+        return self.splits[3]
+
+    @property
+    def tiles_used(self) -> int:
+        return int(np.prod(self.splits))
+
+    @property
+    def cycles(self) -> int:
+        return self.amp_cycles + self.exchange_cycles + self.reduce_cycles + self.sync_cycles
+
+    @property
+    def k_blocks(self) -> int:
+        """K blocks in all: ``k_split`` tile ranges of ``k_serial`` chunks (the last may be short)."""
+        return -(-self.problem.k // self.blocks[3])
+
+    @property
+    def vary(self) -> str:
+        """The dimension whose vertices one bulk call batches.
+
+        M when it is not much smaller than the largest (its vertices share their B block, so the
+        engine runs a bulk call as one tall GEMM); otherwise the dimension with most vertices.
+        """
+        counts = (self.problem.groups, self.m_split, self.n_split, self.k_split)
+        if self.m_split > 1 and 4 * self.m_split >= max(counts):
+            return "m"
+        return DIMS[int(np.argmax(counts))]
+
+    @property
+    def efficiency(self) -> float:
+        """Modeled flops / (cycles x the whole chip's AMP peak)."""
+        return self.problem.flops / max(1, self.cycles * self.peak_flops_per_cycle)
+
+    def tile_of(self, gi, i, j, kr) -> np.ndarray:
+        """The tile of partition (group block, M block, N block, K range); arrays broadcast."""
+        g_s, m_s, n_s, k_s = self.splits
+        u = ((np.asarray(gi, np.int64) * m_s + i) * n_s + j) * k_s + kr
+        if self.spread > 1:
+            return (u * self.num_tiles) // self.tiles_used
+        return u
+
+    def report(self) -> str:
+        return plan_report(self)
+
+
+# -- candidate enumeration ---------------------------------------------------------------------
+def _split_options(size: int, grain: int, max_split: int) -> tuple[np.ndarray, np.ndarray]:
+    """(splits, block sizes): every distinct block size ``grain x ceil(units / s)`` (at most
+    ``size``: a single block may be shorter than a grain)."""
+    units = -(-size // grain)
+    s = np.arange(1, max(1, min(units, max_split)) + 1, dtype=np.int64)
+    blocks = np.unique(np.minimum(grain * (-(-units // s)), size))
+    return -(-size // blocks), blocks
+
+
+def _candidates(p: MatMulProblem, tiles: int) -> dict[str, np.ndarray]:
+    """All (g, m, n, k) partitions using at most ``tiles`` tiles, as columns."""
+    cols: dict[str, np.ndarray] = {"used": np.ones(1, np.int64)}
+    for dim, size, grain in (("g", p.groups, 1), ("m", p.m, p.m_grain), ("n", p.n, p.n_grain),
+                             ("k", p.k, p.k_grain)):
+        s, b = _split_options(size, grain, tiles)
+        rows, picks = np.nonzero(cols["used"][:, None] * s[None, :] <= tiles)
+        cols = {key: v[rows] for key, v in cols.items()}
+        cols["s" + dim], cols["b" + dim] = s[picks], b[picks]
+        cols["used"] = cols["used"] * s[picks]
+    return cols
+
+
+def _serial_chunks(p: MatMulProblem, bk: np.ndarray, recv_per_k: np.ndarray,
+                   room: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(serial steps, chunk): the fewest K chunks of a tile's range whose inputs fit ``room``.
+
+    Chunks are whole K grains (or the whole range); 0 steps: not even one grain fits.
+    """
+    max_chunk = np.where(recv_per_k > 0, np.maximum(room, 0) // np.maximum(recv_per_k, 1), bk)
+    whole = max_chunk >= bk
+    max_units = max_chunk // p.k_grain
+    k_units = -(-bk // p.k_grain)
+    serial = np.where(whole, 1, np.where(max_units >= 1, -(-k_units // np.maximum(max_units, 1)), 0))
+    chunk = np.where(whole, bk, np.minimum(bk, p.k_grain * -(-k_units // np.maximum(serial, 1))))
+    return serial, chunk
+
+
+def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
+          budget: int) -> dict[str, np.ndarray]:
+    """Cycles and temporary bytes per tile of each candidate (columns of ``c``), vectorized.
+
+    Per tile: ``k_serial`` steps of (sync, exchange of the step's A and B chunks, AMP), then, when
+    partials must be added or cast, a second step (sync, exchange of the partials, ReducePartials
+    on the workers). Temporaries: the received chunks and the partials block; in the second step
+    the partials and the received partials.
+    """
+    sg, sm, sn, sk = c["sg"], c["sm"], c["sn"], c["sk"]
+    bg, bm, bn, bk = c["bg"], c["bm"], c["bn"], c["bk"]
+    isz, psz, osz = p.in_dtype.itemsize, p.partials_dtype.itemsize, p.out_dtype.itemsize
+    direct = sn == 1  # the AMP writes whole output rows: no second stage needed
+    staged = (sk > 1) | (psz != osz) | ~direct
+    partial_bytes = np.where(staged, bg * bm * bn * psz, 0)
+    recv_per_k = bg * (bm * (sn - 1) // sn + bn * (sm - 1) // sm) * isz
+    serial, chunk = _serial_chunks(p, bk, recv_per_k, budget - partial_bytes)
+    steps = np.maximum(serial, 1)
+    k_blocks = -(-p.k // chunk)
+    sk = -(-k_blocks // steps)  # K ranges actually used with these chunks
+    two_stage = (sk > 1) | (psz != osz) | ~direct
+    used = sg * sm * sn * sk
+    spread = np.where(used * target.tiles_per_supertile <= target.num_tiles,
+                      target.tiles_per_supertile, 1)
+    recv_in = recv_per_k * chunk
+    amp = bg * (amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target)
+                + (steps - 1) * amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target,
+                                           zeroing=False))
+    runs = bg * -(-bm // sk)  # output rows each tile reduces
+    recv_red = (sk - 1) * runs * bn * psz
+    each = reduce_cycles(sk, bn, p.partials_dtype, p.out_dtype, target)
+    workers = target.workers_per_tile
+    red = np.where(two_stage, workers * np.maximum(each, -(-(runs * each) // workers)), 0)
+    sync = target.on_chip_sync_cycles
+    exchange = steps * _exchange(recv_in, spread, target) + np.where(
+        two_stage, _exchange(recv_red, spread, target), 0)
+    partial_bytes = np.where(two_stage, bg * bm * bn * psz, 0)
+    reduce_temp = np.where(two_stage, partial_bytes + recv_red, 0)
+    temp = np.maximum(recv_in + partial_bytes, reduce_temp)
+    # What the candidate needs at least: one grain of K at a time (for the no-fit message).
+    least = np.maximum(recv_per_k * np.minimum(p.k_grain, bk) + partial_bytes, reduce_temp)
+    temp = np.where(serial > 0, temp, least)
+    # The tile's own share of A, B and C, laid out as planned, must fit beside the temporaries,
+    # and so must the code and state of every step (exchange code per region received).
+    k_range = chunk * steps
+    resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
+    resident = resident + _code_bytes(target, steps, bg, sm, sn, sk, runs, two_stage)
+    return {"sk": sk, "used": used, "spread": spread, "two_stage": two_stage, "serial": serial,
+            "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
+            "sync": steps * sync + np.where(two_stage, sync, 0), "temp": temp,
+            "resident": resident,
+            "fits": (serial > 0) & (temp <= budget) & (temp + resident <= target.bytes_per_tile)}
+
+
+def _code_bytes(target: Target, steps, bg, sm, sn, sk, runs, two_stage) -> np.ndarray:
+    """Per tile: exchange code (a region per sending tile), control code and vertex state of
+    the AMP steps and the reduction, as the memory plan counts them."""
+    region = target.exchange_code_bytes_per_region
+    field = target.vertex_state_bytes_per_field
+    amp_state = 3 * field + 4 * 4  # three vector fields and four params
+    per_step = region * (sn + sm) + target.control_code_bytes_per_step + bg * amp_state
+    reduce_state = runs * (field + 4 + field * sk) + region * (sk + 1) + target.control_code_bytes_per_step
+    return steps * per_step + np.where(two_stage, reduce_state, 0)
+
+
+def _exchange(nbytes: np.ndarray, spread: np.ndarray, target: Target) -> np.ndarray:
+    """Exchange cycles of a step in which each busy tile receives ``nbytes``."""
+    per_bus = -(-np.asarray(nbytes, np.int64) // spread)
+    cycles = target.exchange_cycles(np.maximum(per_bus, 0))
+    return np.where(nbytes > 0, cycles + target.exchange_latency_cycles, 0)
+
+
+# -- the planner ---------------------------------------------------------------------------------
+def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6) -> Plan:
+    """The fastest partition of ``p`` on ``target`` within the memory budget (cached)."""
+    return _plan_cached(p, target, float(available_memory_proportion))
+
+
+def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:
+    """Cycles no candidate can beat: its AMP at peak plus its input exchange at twice the rate."""
+    macs = (target.amp_macs_per_cycle_fp16 if p.in_dtype.itemsize == 2
+            else target.amp_macs_per_cycle_fp32)
+    amp = c["bg"] * c["bm"] * c["bn"] * c["bk"] // macs
+    recv = c["bg"] * c["bk"] * (c["bm"] * (c["sn"] - 1) // c["sn"] + c["bn"] * (c["sm"] - 1) // c["sm"])
+    rate = target.exchange_bytes_per_cycle * target.tiles_per_supertile
+    return amp + (recv * p.in_dtype.itemsize / rate).astype(np.int64)
+
+
+_FIRST_PRICED = 1024
+
+
+def _promising(p: MatMulProblem, target: Target, every: dict[str, np.ndarray],
+               budget: int) -> dict[str, np.ndarray]:
+    """The candidates that may be best: priced in order of their lower bounds, stopping where
+    the bound passes the best fitting price found (branch and bound, vectorized)."""
+    if every["used"].size <= _FIRST_PRICED:
+        return every
+    bound = _lower_bound(p, target, every)
+    order = np.argsort(bound, kind="stable")
+    head = {k: v[order[:_FIRST_PRICED]] for k, v in every.items()}
+    costs = price(p, target, head, budget)
+    total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
+    if not costs["fits"].any():
+        return every
+    best = int(total[costs["fits"]].min())
+    keep = order[bound[order] <= best]
+    return {k: v[keep] for k, v in every.items()}
+
+
+@lru_cache(maxsize=512)
+def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
+    t0 = time.perf_counter()
+    budget = int(proportion * target.bytes_per_tile)
+    every = _candidates(p, target.num_tiles)
+    cols = _promising(p, target, every, budget)
+    costs = price(p, target, cols, budget)
+    total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
+    fits = costs["fits"]
+    if fits.any():
+        key = np.where(fits, total, np.iinfo(np.int64).max)
+        best = int(np.lexsort((costs["serial"], costs["used"], key))[0])
+    else:  # nothing fits: the least memory, so the caller can say how much is missing
+        over = (np.maximum(costs["temp"] - budget, 0)
+                + np.maximum(costs["temp"] + costs["resident"] - target.bytes_per_tile, 0))
+        best = int(np.lexsort((total, over))[0])
+    get = {k: int(v[best]) for k, v in costs.items()}
+    peak = (target.amp_macs_per_cycle_fp16 if p.in_dtype.itemsize == 2
+            else target.amp_macs_per_cycle_fp32) * 2 * target.num_tiles
+    return Plan(
+        problem=p, target_name=target.name, num_tiles=target.num_tiles,
+        splits=(int(cols["sg"][best]), int(cols["sm"][best]), int(cols["sn"][best]), get["sk"]),
+        blocks=(int(cols["bg"][best]), int(cols["bm"][best]), int(cols["bn"][best]), get["chunk"]),
+        k_serial=max(1, get["serial"]), two_stage=bool(get["two_stage"]), spread=get["spread"],
+        amp_cycles=get["amp"], exchange_cycles=get["exchange"], reduce_cycles=get["reduce"],
+        sync_cycles=get["sync"], temp_bytes_per_tile=get["temp"],
+        resident_bytes_per_tile=get["resident"], budget_bytes_per_tile=budget,
+        peak_flops_per_cycle=peak, candidates=int(every["used"].size), fits=bool(fits[best]),
+        planning_seconds=time.perf_counter() - t0)
+
+
+def plan_report(plan_: Plan) -> str:
+    """A readable account of a plan: the partition, the blocks, the cycles and the memory."""
+    p = plan_
+    q = p.problem
+    g, m, n, k = p.blocks
+    lines = [
+        f"matmul plan on {p.target_name} ({p.num_tiles} tiles): {q.groups} x ({q.m} x {q.k}) . "
+        f"({q.k} x {q.n}), {q.in_dtype.name} in, {q.partials_dtype.name} partials, "
+        f"{q.out_dtype.name} out",
+        f"  partition: groups {p.g_split} x M {p.m_split} x N {p.n_split} x K {p.k_split} "
+        f"(parallel) = {p.tiles_used} tiles"
+        + (", one per supertile" if p.spread > 1 else "")
+        + f"; K serial {p.k_serial}",
+        f"  per tile: {g} group(s) of ({m} x {k}) . ({k} x {n})"
+        + (" per serial step" if p.k_serial > 1 else ""),
+        f"  cycles: {p.cycles:,} = AMP {p.amp_cycles:,} + exchange {p.exchange_cycles:,} + "
+        f"reduce {p.reduce_cycles:,} + sync {p.sync_cycles:,}"
+        + (" (partials reduced in a second compute set)" if p.two_stage else ""),
+        f"  efficiency: {100 * p.efficiency:.1f}% of the AMP peak "
+        f"({p.peak_flops_per_cycle:,} flops/cycle)",
+        f"  memory per tile: {p.temp_bytes_per_tile:,} B of temporaries (budget "
+        f"{p.budget_bytes_per_tile:,} B) + {p.resident_bytes_per_tile:,} B of operands, code and "
+        "state" + ("" if p.fits else " (DOES NOT FIT)"),
+        f"  {p.candidates:,} candidates priced in {1000 * p.planning_seconds:.1f} ms",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""``softipu.poptorch``: PopTorch's API on a simulated IPU (defined in ``softipu.frontends.poptorch``).
+
+An existing PopTorch script runs with only its import changed::
+
+    import softipu.poptorch as poptorch
+"""
+
+from softipu.frontends.poptorch import (
+    BeginBlock,
+    Block,
+    ConnectionType,
+    DataLoader,
+    HalfFloatCastingBehavior,
+    Options,
+    OutputMode,
+    ParallelPhasedExecution,
+    PipelinedExecution,
+    PoplarExecutor,
+    ReductionType,
+    SerialPhasedExecution,
+    ShardedExecution,
+    SyncPattern,
+    __version__,
+    block_of,
+    identity_loss,
+    inferenceModel,
+    ipu_print_tensor,
+    ipuHardwareIsAvailable,
+    ipuHardwareVersion,
+    recomputationCheckpoint,
+    set_available_memory,
+    setLogLevel,
+    trainingModel,
+)
+
+__all__ = [
+    "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior", "Options",
+    "OutputMode", "ParallelPhasedExecution", "PipelinedExecution", "PoplarExecutor", "ReductionType",
+    "SerialPhasedExecution", "ShardedExecution", "SyncPattern", "__version__", "block_of",
+    "identity_loss", "inferenceModel", "ipuHardwareIsAvailable", "ipuHardwareVersion",
+    "ipu_print_tensor", "recomputationCheckpoint", "set_available_memory", "setLogLevel",
+    "trainingModel",
+]

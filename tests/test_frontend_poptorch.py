@@ -1,0 +1,171 @@
+"""softipu.poptorch: a PopTorch-style script runs with only its import changed."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import softipu as sp
+import softipu.poptorch as poptorch
+import softipu.torch as st
+from softipu.errors import OptionError, SoftIPUError
+from softipu.frontends.torch import options as options_module
+
+SMALL = sp.targets.ipu_model(tiles=8, bytes_per_tile=512 * 1024)
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    """Each test sees its own one-time warnings (they are once per process otherwise)."""
+    options_module._WARNED.clear()
+    yield
+
+
+class Classifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = poptorch.BeginBlock(torch.nn.Linear(8, 16), "encoder", ipu_id=0)
+        self.l2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x, labels=None):
+        out = self.l2(torch.relu(self.l1(x)))
+        if labels is None:
+            return out
+        return out, poptorch.identity_loss(torch.nn.functional.cross_entropy(out, labels), "mean")
+
+
+def test_a_poptorch_inference_script_runs_unchanged():
+    # -- what a PopTorch user writes (on GC200, the default chip) --------------------------------------
+    torch.manual_seed(0)
+    model = Classifier()
+    model.eval()
+    opts = poptorch.Options()
+    opts.deviceIterations(2)
+    opts.replicationFactor(1)
+    opts.randomSeed(42)
+    opts.logCycleCount(True)
+    opts.outputMode(poptorch.OutputMode.All)
+    opts.setAvailableMemoryProportion({"IPU0": 0.5})
+    opts.Precision.setPartialsType(torch.float)
+    poptorch_model = poptorch.inferenceModel(model, opts)
+    x = torch.randn(8, 8)
+    out = poptorch_model(x)
+    cycles = poptorch_model.cycleCount()
+    # -- checks -------------------------------------------------------------------------------------
+    assert torch.allclose(out, model(x), rtol=1e-4, atol=1e-5)
+    assert cycles > 0 and poptorch_model.isCompiled() and poptorch_model.isAttachedToDevice()
+    assert poptorch_model.options is opts and poptorch_model.l2 is model.l2  # attribute forwarding
+    assert poptorch.block_of(model.l1) == ("encoder", 0)
+
+
+def test_options_chain_validate_and_convert():
+    opts = poptorch.Options().deviceIterations(4).replicationFactor(2).randomSeed(7).setTarget(SMALL)
+    converted = opts.toSoftipu()
+    assert isinstance(converted, st.Options)
+    assert (converted.device_iterations, converted.replication_factor, converted.seed) == (4, 2, 7)
+    assert opts.device_iterations == 4 and opts.replication_factor == 2
+    assert poptorch.Options().useOfflineIpuTarget(21).toSoftipu().target is sp.targets.BOW
+    with pytest.raises(OptionError, match="device_iterations must be an int >= 1"):
+        poptorch.Options().deviceIterations(0)
+    with pytest.raises(AttributeError, match="did you mean 'deviceIterations'"):
+        poptorch.Options().deviceIteration(3)
+    with pytest.raises(AttributeError, match="Precision has no option"):
+        poptorch.Options().Precision.setPartialType(torch.half)
+    assert poptorch.Options().Precision.setPartialsType(torch.half) is not None
+    assert poptorch.Options().outputMode(poptorch.OutputMode.EveryN, 2).toSoftipu().output_return_period == 2
+
+
+def test_options_without_meaning_are_stored_and_warned_once():
+    opts = poptorch.Options()
+    with pytest.warns(st.UnusedOptionWarning, match="Training.gradientAccumulation"):
+        assert opts.Training.gradientAccumulation(4) is opts.Training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opts.Training.gradientAccumulation(8)  # the second time: stored, no warning
+    with pytest.warns(st.UnusedOptionWarning, match="Precision.enableStochasticRounding"):
+        opts.Precision.enableStochasticRounding(True)
+    with pytest.warns(st.UnusedOptionWarning, match="setExecutionStrategy"):
+        opts.setExecutionStrategy(poptorch.PipelinedExecution("a", "b"))
+    assert opts.stored["Training.gradientAccumulation"] == 8
+    assert opts.toSoftipu().stored["Precision.enableStochasticRounding"] is True
+    opts.Precision.enableFloatingPointExceptions(True)
+    assert opts.toSoftipu().engine_options == {"debug.floatingPointExceptions": True}
+
+
+def test_executor_methods():
+    torch.manual_seed(1)
+    net = torch.nn.Linear(3, 2).eval()
+    model = poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL))
+    x = torch.randn(2, 3)
+    model.compile(x)
+    assert model.isCompiled()
+    with pytest.raises(SoftIPUError, match="logCycleCount"):
+        model.cycleCount()
+    model.detachFromDevice()
+    assert not model.isAttachedToDevice()
+    model.attachToDevice()
+    with torch.no_grad():
+        net.bias.add_(1.0)
+    model.copyWeightsToDevice()
+    model.copyWeightsToHost()
+    assert torch.allclose(model(x), net(x), atol=1e-6)
+    assert model.getPerfCounters()["cycles"] > 0
+    model.destroy()
+    assert not model.isCompiled()
+    with pytest.raises(SoftIPUError, match="executable cache"):
+        model.compileAndExport("model.popef", x)
+    with pytest.raises(SoftIPUError, match="trainingModel is not supported yet"):
+        poptorch.trainingModel(net)
+
+
+def test_output_mode_final_and_replication():
+    torch.manual_seed(2)
+    net = torch.nn.Linear(4, 2).eval()
+    opts = poptorch.Options().deviceIterations(3).replicationFactor(2).setTarget(SMALL)
+    opts.outputMode(poptorch.OutputMode.Final)
+    x = torch.randn(12, 4)
+    out = poptorch.inferenceModel(net, opts)(x)
+    assert torch.allclose(out, net(x[8:]), atol=1e-6)
+
+
+def test_ipu_print_tensor_prints_on_the_device(capsys):
+    class Printer(torch.nn.Module):
+        def forward(self, x):
+            return poptorch.ipu_print_tensor(x * 2, "doubled") + 1
+
+    model = poptorch.inferenceModel(Printer(), poptorch.Options().setTarget(SMALL))
+    assert torch.equal(model(torch.tensor([1.0, 2.0])), torch.tensor([3.0, 5.0]))
+    assert "doubled: [2. 4.]" in capsys.readouterr().out
+
+
+def test_dataloader_batches_what_one_call_consumes():
+    opts = poptorch.Options().deviceIterations(3).replicationFactor(2)
+    data = torch.utils.data.TensorDataset(torch.arange(60.0).view(30, 2))
+    loader = poptorch.DataLoader(opts, data, batch_size=2)
+    (batch,) = next(iter(loader))
+    assert batch.shape == (12, 2) and len(loader) == 2
+
+
+def test_annotations_and_helpers():
+    with poptorch.Block("stage", ipu_id=0):
+        t = torch.ones(2)
+    assert poptorch.recomputationCheckpoint(t) is t
+    with pytest.warns(st.UnusedOptionWarning, match="set_available_memory"):
+        assert poptorch.set_available_memory(t, 0.3) is t
+    assert float(poptorch.identity_loss(torch.tensor([1.0, 3.0]), "sum")) == 4.0
+    with pytest.raises(SoftIPUError, match="reduction"):
+        poptorch.identity_loss(t, "max")
+    assert not poptorch.ipuHardwareIsAvailable()
+    poptorch.setLogLevel("INFO")
+    assert st.logger.level == 20
+    poptorch.setLogLevel("WARNING")
+
+
+def test_docstring_example():
+    import doctest
+
+    import softipu.frontends.poptorch
+
+    assert doctest.testmod(softipu.frontends.poptorch).failed == 0
