@@ -108,11 +108,12 @@ def _all_to_all(target: sp.Target, k: int) -> sp.Report:
     tiles = target.num_tiles
     g = sp.Graph(target)
     data = g.add_variable(sp.float32, (tiles, tiles, k), name="data")  # [home tile, reader, k]
+    own = g.add_variable(sp.float32, (tiles, tiles * k), name="own")
     got = g.add_variable(sp.float32, (tiles, tiles * k), name="gathered")
-    g.set_tile_mappings(data, np.arange(tiles))
-    g.set_tile_mappings(got, np.arange(tiles))
+    for t in (data, own, got):
+        g.set_tile_mappings(t, np.arange(tiles))
     cs = g.add_compute_set("all_to_all")
-    fields = {"a": data.transpose(1, 0, 2).reshape(tiles, tiles * k), "b": got, "out": got}
+    fields = {"a": data.transpose(1, 0, 2).reshape(tiles, tiles * k), "b": own, "out": got}
     g.add_vertices(cs, binary_op_codelet(BinaryOp.ADD, sp.float32), fields, np.arange(tiles))
     return price(g, P.Execute(cs))
 
