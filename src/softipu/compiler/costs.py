@@ -220,6 +220,7 @@ class StepPricer:
         host = int(np.ceil(nbytes / self.target.host_link_bytes_per_cycle))
         parts = self._moved(t)
         parts["exchange_cycles"] = max(host, on_chip)
+        parts["bytes_exchanged"] = int(tile_bytes.sum())  # on chip, either direction
         return Step(index, StepKind.HOST, name, location, "HostTransfer", host_bytes=nbytes, **parts)
 
     def _bytes_per_tile(self, tensor: Tensor) -> np.ndarray:
