@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["SourceLocation", "caller_location"]
+__all__ = ["SourceLocation", "caller_location", "user_location"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -29,12 +32,30 @@ class SourceLocation:
 UNKNOWN = SourceLocation("<unknown>", 0)
 
 
+# Set by frontends while they lower one node of a user's model: that node's line in the user's
+# source, which no frame on the stack shows (the user's code ran inside torch.export).
+_USER_LOCATION: ContextVar[SourceLocation | None] = ContextVar("softipu_user_location", default=None)
+
+
+@contextmanager
+def user_location(location: SourceLocation | None) -> Iterator[None]:
+    """Attribute everything created inside the block to ``location`` (when it is known)."""
+    token = _USER_LOCATION.set(location)
+    try:
+        yield
+    finally:
+        _USER_LOCATION.reset(token)
+
+
 def caller_location() -> SourceLocation:
     """The innermost frame on the stack that is not inside the softipu package.
 
     Library code (ops, frontends) calling the graph API is skipped, so the location is the line
-    the user wrote.
+    the user wrote. Inside :func:`user_location`, that location instead.
     """
+    given = _USER_LOCATION.get()
+    if given is not None:
+        return given
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
+from softipu.debug import SourceLocation, user_location
 from softipu.dtypes import (
     DType,
     bool_,
@@ -230,27 +231,12 @@ def _weight_variable(graph: Graph, node: torch.fx.Node, dtype: DType, shape: tup
 
 
 # -- running one node at the user's line -----------------------------------------------------------
-_STUBS: dict[tuple[str, int], Any] = {}
-
-
 def _at_user_line(line: UserLine | None, fn: Callable[[], Any]) -> Any:
-    """``fn()`` called from a frame whose file and line are the user's.
-
-    NOTE: softipu records the innermost caller outside its package as the source of every
-    variable, compute set and error (``softipu.debug.caller_location``). A lowering runs inside
-    softipu, so without this the user's *call* of the model would be recorded for every node;
-    with it, each node's own line is. The stub is compiled once per (file, line).
-    """
+    """``fn()`` with everything it creates attributed to the user's line of this node."""
     if line is None or line.lineno < 1 or line.filename.startswith("<"):
         return fn()
-    key = (line.filename, line.lineno)
-    code = _STUBS.get(key)
-    if code is None:
-        code = _STUBS[key] = compile("\n" * (line.lineno - 1) + "__box.append(__fn())",
-                                     os.path.abspath(line.filename), "exec")
-    box: list[Any] = []
-    exec(code, {"__fn": fn, "__box": box})  # noqa: S102 - our own one-line stub, see above
-    return box[0]
+    with user_location(SourceLocation(os.path.abspath(line.filename), line.lineno)):
+        return fn()
 
 
 # -- the lowering ----------------------------------------------------------------------------------
