@@ -1,0 +1,536 @@
+"""Layer, group and batch norm, and their gradients."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets import nn as C
+from softipu.dtypes import DType, float32
+from softipu.graph.graph import ComputeSet, Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, rows_of
+from softipu.ops.nn._common import (
+    PLANE_VERTEX_MIN_ELEMENTS,
+    _add_blocks,
+    _add_rows,
+    _block_output,
+    _blocks_of,
+    _by_value,
+    _cast,
+    _check_float,
+    _check_same,
+    _check_vector,
+    _constant,
+    _map_pieces,
+    _output_like,
+    _plan_rows,
+    _row_output,
+    _start,
+    _sum_rows,
+    _tiles_at,
+    _variable,
+    _vertex_output,
+)
+
+__all__ = ["layer_norm", "layer_norm_grad", "group_norm", "group_norm_grad", "batch_norm",
+           "batch_norm_training", "batch_norm_grad"]
+
+# -- layer norm and group norm -----------------------------------------------------------------
+def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | None, prog: Any, *,
+               normalized_shape: Sequence[int] | None = None, eps: float = 1e-5, name: str = "",
+               options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer norm over the last dims (``normalized_shape``; default: ``weight``'s shape, else the
+    last dim): ``(x - mean) / sqrt(var + eps) * weight + bias``. ``weight``/``bias`` may be None.
+    Returns ``(out, mean, inv_std)``; the statistics are fp32 of shape ``x.shape[:-d]`` (what
+    :func:`layer_norm_grad` takes). Each vertex owns whole rows. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 2), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); y, mean, inv_std = nn.layer_norm(g, x, None, None, prog, eps=0.0)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[1, 3]]); eng.run(0)
+    >>> eng.read_tensor(y).tolist(), eng.read_tensor(mean).tolist()
+    ([[-1.0, 1.0]], [2.0])
+    """
+    ctx, _ = _start(graph, prog, "layer_norm", name, options, x, weight, bias)
+    shape = _normalized_shape(ctx, x, weight, normalized_shape)
+    _check_float(ctx, x)
+    _check_vector(ctx, weight, shape, "weight")
+    _check_vector(ctx, bias, shape, "bias")
+    n = math.prod(shape)
+    rows = x.numel // n
+    x2 = x.reshape(rows, n)
+    lead = x.shape[: x.ndim - len(shape)]
+    if rows == 0:
+        return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, float32, lead, "mean"),
+                _variable(ctx, float32, lead, "inv_std"))
+    wdtype = (weight if weight is not None else bias if bias is not None else x).dtype
+    weight = weight if weight is not None else _constant(ctx, wdtype, shape, 1.0, "ones")
+    bias = bias if bias is not None else _constant(ctx, wdtype, shape, 0.0, "zeros")
+    plan = _plan_rows(ctx, x2)
+    out2 = _row_output(ctx, plan, x.dtype, n, "out")
+    mean, inv_std = (_row_output(ctx, plan, float32, 1, s) for s in ("mean", "inv_std"))
+    cs = ctx.compute_set()
+    _add_rows(ctx, cs, C.norm_rows_codelet(x.dtype, wdtype, False), plan,
+              {"x": x2, "out": out2, "mean": mean, "inv_std": inv_std},
+              shared={"weight": weight, "bias": bias}, params={"eps": float(eps)})
+    ctx.execute(cs)
+    return out2.reshape(x.shape), mean.reshape(lead), inv_std.reshape(lead)
+
+
+def _normalized_shape(ctx: OpContext, x: Tensor, weight: Tensor | None,
+                      normalized_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if normalized_shape is not None:
+        shape = tuple(int(d) for d in ([normalized_shape] if isinstance(normalized_shape, int)
+                                       else normalized_shape))
+    else:
+        shape = weight.shape if weight is not None else x.shape[-1:]
+    if not shape or x.shape[x.ndim - len(shape):] != shape or len(shape) > x.ndim:
+        raise ctx.error(f"normalized_shape {shape} must be the last dims of {x.name} {x.shape}")
+    if math.prod(shape) == 0:
+        raise ctx.error(f"normalized_shape {shape} of {x.name} {x.shape} has no elements")
+    return shape
+
+
+def layer_norm_grad(graph: Graph, grad_out: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor,
+                    weight: Tensor | None, prog: Any, *, normalized_shape: Sequence[int] | None = None,
+                    name: str = "", options: Mapping[str, Any] | None = None):
+    """Gradients of :func:`layer_norm` from its saved ``mean`` and ``inv_std``: returns
+    ``(dx, dweight, dbias)`` (the last two None when ``weight`` is None). ``dweight``/``dbias``
+    sum over all rows with the two-stage reduction. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x, dy = (g.add_variable(sp.float32, (2, 2), name=n) for n in ("x", "dy"))
+    >>> w = g.add_variable(sp.float32, (2,), name="w")
+    >>> for t in (x, dy, w): sp.ops.map_linearly(g, t)
+    >>> prog = P.Sequence(); y, mean, inv_std = nn.layer_norm(g, x, w, None, prog)
+    >>> dx, dw, db = nn.layer_norm_grad(g, dy, x, mean, inv_std, w, prog)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[1, 3], [0, 2]])
+    >>> eng.write_tensor(w, [1, 1]); eng.write_tensor(dy, [[1, 1], [2, 3]]); eng.run(0)
+    >>> eng.read_tensor(db).tolist()
+    [3.0, 4.0]
+    """
+    ctx, _ = _start(graph, prog, "layer_norm_grad", name, options, grad_out, x, mean, inv_std, weight)
+    shape = _normalized_shape(ctx, x, weight, normalized_shape)
+    _check_float(ctx, x)
+    _check_same(ctx, grad_out, x)
+    _check_vector(ctx, weight, shape, "weight")
+    n = math.prod(shape)
+    rows = x.numel // n
+    for stat in (mean, inv_std):
+        if stat.numel != rows or stat.dtype is not float32:
+            raise ctx.error(f"{stat.name} {stat.shape} ({stat.dtype}) must hold one float32 per row "
+                            f"({rows} rows of {x.name} {x.shape})")
+    wdtype = weight.dtype if weight is not None else x.dtype
+    if rows == 0:
+        dx = _variable(ctx, x.dtype, x.shape, "dx")
+        zeros = _constant(ctx, wdtype, shape, 0.0, "zero_grads") if weight is not None else None
+        return dx, zeros, zeros
+    w = weight if weight is not None else _constant(ctx, wdtype, shape, 1.0, "ones")
+    x2, dy2 = x.reshape(rows, n), grad_out.reshape(rows, n)
+    plan = _plan_rows(ctx, x2)
+    dx2 = _row_output(ctx, plan, x.dtype, n, "dx")
+    partial = _vertex_output(ctx, plan, 2 * n, "param_partials")
+    cs = ctx.compute_set()
+    _add_rows(ctx, cs, C.norm_grad_rows_codelet(x.dtype, wdtype, False), plan,
+              {"dy": dy2, "x": x2, "mean": mean.reshape(rows, 1), "inv_std": inv_std.reshape(rows, 1),
+               "dx": dx2}, per_vertex={"partial": partial}, shared={"weight": w})
+    ctx.execute(cs)
+    if weight is None:
+        return dx2.reshape(x.shape), None, None
+    sums = _sum_rows(ctx, partial, plan.tiles)
+    dweight = _cast(ctx, sums[:n], wdtype, suffix="dweight").reshape(shape)
+    dbias = _cast(ctx, sums[n:], wdtype, suffix="dbias").reshape(shape)
+    return dx2.reshape(x.shape), dweight, dbias
+
+
+def _group_rows(ctx: OpContext, x: Tensor, num_groups: int):
+    if x.ndim < 2:
+        raise ctx.error(f"needs (N, C, ...) input, got {x.name} {x.shape}")
+    n, c = x.shape[:2]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or c % num_groups:
+        raise ctx.error(f"num_groups={num_groups!r} must be a positive divisor of the {c} channels "
+                        f"of {x.name} {x.shape}")
+    return n, c, c // num_groups, math.prod(x.shape[2:])
+
+
+def group_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | None, prog: Any, *,
+               num_groups: int, eps: float = 1e-5, name: str = "",
+               options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Group norm of ``(N, C, *spatial)`` input: statistics over each sample's ``C / num_groups``
+    channels and all positions (a contiguous row), per-channel ``weight``/``bias`` (``(C,)`` or
+    None). Returns ``(out, mean, inv_std)``, statistics fp32 ``(N, num_groups)``. Instance norm is
+    ``num_groups = C``. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 2, 2), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); y, mean, _ = nn.group_norm(g, x, None, None, prog, num_groups=2)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 3], [5, 5]]]); eng.run(0)
+    >>> eng.read_tensor(mean).tolist()
+    [[2.0, 5.0]]
+    """
+    ctx, _ = _start(graph, prog, "group_norm", name, options, x, weight, bias)
+    _check_float(ctx, x)
+    n, c, cg, spatial = _group_rows(ctx, x, num_groups)
+    _check_vector(ctx, weight, (c,), "weight")
+    _check_vector(ctx, bias, (c,), "bias")
+    rows, width = n * num_groups, cg * spatial
+    if x.numel == 0:
+        return (_variable(ctx, x.dtype, x.shape, "out"),
+                *(_variable(ctx, float32, (n, num_groups), s) for s in ("mean", "inv_std")))
+    wdtype = (weight if weight is not None else bias if bias is not None else x).dtype
+    weight = weight if weight is not None else _constant(ctx, wdtype, (c,), 1.0, "ones")
+    bias = bias if bias is not None else _constant(ctx, wdtype, (c,), 0.0, "zeros")
+    x2 = x.reshape(rows, width)
+    plan = _plan_rows(ctx, x2)
+    out2 = _row_output(ctx, plan, x.dtype, width, "out")
+    mean, inv_std = (_row_output(ctx, plan, float32, 1, s) for s in ("mean", "inv_std"))
+    cs = ctx.compute_set()
+    _add_rows(ctx, cs, C.norm_rows_codelet(x.dtype, wdtype, True), plan,
+              {"x": x2, "out": out2, "mean": mean, "inv_std": inv_std,
+               "weight": _per_row_channels(weight, n, rows, cg),
+               "bias": _per_row_channels(bias, n, rows, cg)}, params={"eps": float(eps)})
+    ctx.execute(cs)
+    return out2.reshape(x.shape), mean.reshape(n, num_groups), inv_std.reshape(n, num_groups)
+
+
+def _per_row_channels(w: Tensor, n: int, rows: int, cg: int) -> Tensor:
+    """``(rows, cg)``: row ``(sample, group)`` holds that group's channel weights (a view)."""
+    return w.reshape(1, w.numel).broadcast((n, w.numel)).reshape(rows, cg)
+
+
+def group_norm_grad(graph: Graph, grad_out: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor,
+                    weight: Tensor | None, prog: Any, *, num_groups: int, name: str = "",
+                    options: Mapping[str, Any] | None = None):
+    """Gradients of :func:`group_norm` from its saved statistics: ``(dx, dweight, dbias)`` (the
+    last two None when ``weight`` is None). No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x, dy = (g.add_variable(sp.float32, (1, 2, 2), name=n) for n in ("x", "dy"))
+    >>> w = g.add_variable(sp.float32, (2,), name="w")
+    >>> for t in (x, dy, w): sp.ops.map_linearly(g, t)
+    >>> prog = P.Sequence(); y, mean, inv_std = nn.group_norm(g, x, w, None, prog, num_groups=1)
+    >>> dx, dw, db = nn.group_norm_grad(g, dy, x, mean, inv_std, w, prog, num_groups=1)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 3], [5, 7]]]); eng.write_tensor(w, [1, 1])
+    >>> eng.write_tensor(dy, [[[1, 2], [3, 4]]]); eng.run(0); eng.read_tensor(db).tolist()
+    [3.0, 7.0]
+    """
+    ctx, _ = _start(graph, prog, "group_norm_grad", name, options, grad_out, x, mean, inv_std, weight)
+    _check_float(ctx, x)
+    _check_same(ctx, grad_out, x)
+    n, c, cg, spatial = _group_rows(ctx, x, num_groups)
+    _check_vector(ctx, weight, (c,), "weight")
+    rows, width = n * num_groups, cg * spatial
+    for stat in (mean, inv_std):
+        if stat.numel != rows or stat.dtype is not float32:
+            raise ctx.error(f"{stat.name} {stat.shape} ({stat.dtype}) must hold one float32 per "
+                            f"sample and group ({n} x {num_groups})")
+    wdtype = weight.dtype if weight is not None else x.dtype
+    if x.numel == 0:
+        zeros = _constant(ctx, wdtype, (c,), 0.0, "zero_grads") if weight is not None else None
+        return _variable(ctx, x.dtype, x.shape, "dx"), zeros, zeros
+    w = weight if weight is not None else _constant(ctx, wdtype, (c,), 1.0, "ones")
+    x2, dy2 = x.reshape(rows, width), grad_out.reshape(rows, width)
+    plan = _plan_rows(ctx, x2)
+    dx2 = _row_output(ctx, plan, x.dtype, width, "dx")
+    partial = _row_output(ctx, plan, float32, cg * 2, "param_partials")
+    cs = ctx.compute_set()
+    _add_rows(ctx, cs, C.norm_grad_rows_codelet(x.dtype, wdtype, True), plan,
+              {"dy": dy2, "x": x2, "mean": mean.reshape(rows, 1), "inv_std": inv_std.reshape(rows, 1),
+               "weight": _per_row_channels(w, n, rows, cg), "dx": dx2, "partial": partial})
+    ctx.execute(cs)
+    if weight is None:
+        return dx2.reshape(x.shape), None, None
+    sums = _sum_rows(ctx, partial.reshape(n, 2 * c), grain=2)  # (C, 2): [dweight, dbias]
+    return (dx2.reshape(x.shape), _cast(ctx, sums[0::2], wdtype, suffix="dweight"),
+            _cast(ctx, sums[1::2], wdtype, suffix="dbias"))
+
+
+# -- batch norm ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Planes:
+    """Batch-norm vertices: sample ``n``, channels ``[c0, c0 + count)``, plane positions
+    ``[p0, p0 + length)`` (several channels only with whole planes), on ``tile``; ``piece``
+    numbers the plane pieces (``pieces`` per plane)."""
+
+    shape: tuple[int, int, int]  # (N, C, P)
+    pieces: int
+    n: np.ndarray
+    c0: np.ndarray
+    count: np.ndarray
+    p0: np.ndarray
+    length: np.ndarray
+    piece: np.ndarray
+    tiles: np.ndarray
+
+    def groups(self) -> Iterator[np.ndarray]:
+        """Vertex selections of equal field sizes, ordered so their fields are evenly spaced."""
+        key = (self.piece * (self.count.max() + 1) + self.count) * (self.length.max() + 1) + self.length
+        for _, pick in _by_value(key):
+            yield np.flatnonzero(pick)
+
+
+def _plan_planes(ctx: OpContext, x3: Tensor) -> _Planes:
+    n, c, p = x3.shape
+    target = ctx.graph.target
+    total = n * c * p
+    want = min(target.num_tiles * target.workers_per_tile,
+               max(1, total // PLANE_VERTEX_MIN_ELEMENTS))
+    per_vertex = -(-total // want)
+    if p >= per_vertex:
+        cb, pieces = 1, -(-p // per_vertex)
+    else:
+        cb, pieces = _divisor_near(c, max(1, per_vertex // p)), 1
+    length = -(-p // pieces)
+    pieces = -(-p // length)
+    blocks = -(-c // cb)
+    piece, s, b = (a.ravel() for a in np.meshgrid(np.arange(pieces), np.arange(n), np.arange(blocks),
+                                                  indexing="ij"))
+    c0 = b * cb
+    count = np.minimum(cb, c - c0)
+    p0 = piece * length
+    plen = np.minimum(length, p - p0)
+    tiles = _tiles_at(ctx, x3, (s, c0 + count // 2, p0 + plen // 2))
+    return _Planes((n, c, p), pieces, s, c0, count, p0, plen, piece, tiles)
+
+
+def _divisor_near(c: int, want: int) -> int:
+    """The largest divisor of ``c`` <= ``want`` if it is at least half of ``want`` (even blocks
+    keep the engine's fields strided), else ``want``."""
+    want = min(c, want)
+    best = max(d for d in range(1, want + 1) if c % d == 0)
+    return best if 2 * best >= want else want
+
+
+def _add_planes(ctx: OpContext, cs: ComputeSet, codelet: type, plan: _Planes,
+                planes: Mapping[str, Tensor], channels: Mapping[str, Tensor],
+                partial: Tensor | None = None, params: Mapping[str, Any] | None = None) -> None:
+    """``planes``: tensors shaped like x as ``(N, C, P)``; ``channels``: ``(C, q)`` per-channel
+    tensors; ``partial``: the ``(pieces, N, C, 2)`` fp32 partial sums the vertices write."""
+    n_, c_, p_ = plan.shape
+    for sel in plan.groups():
+        fields: dict[str, Any] = dict(params or {})
+        length = int(plan.count[sel[0]] * plan.length[sel[0]])
+        starts = (plan.n[sel] * c_ + plan.c0[sel]) * p_ + plan.p0[sel]
+        for name, t in planes.items():
+            fields[name] = rows_of(t.flatten(), starts, length)
+        cnt = int(plan.count[sel[0]])
+        for name, t in channels.items():
+            q = t.shape[1]
+            fields[name] = rows_of(t.flatten(), plan.c0[sel] * q, cnt * q)
+        if partial is not None:
+            at = ((plan.piece[sel] * n_ + plan.n[sel]) * c_ + plan.c0[sel]) * 2
+            fields["partial"] = rows_of(partial.flatten(), at, cnt * 2)
+        ctx.graph.add_vertices(cs, codelet, fields, plan.tiles[sel])
+
+
+def _plane_partials(ctx: OpContext, plan: _Planes, suffix: str) -> Tensor:
+    """The ``(pieces, N, C, 2)`` partials, each vertex's on its tile."""
+    n, c, _ = plan.shape
+    t = _variable(ctx, float32, (plan.pieces, n, c, 2), suffix)
+    flat = t.flatten()
+    at = ((plan.piece * n + plan.n) * c + plan.c0) * 2
+    _map_pieces(ctx.graph, flat, at, plan.count * 2, plan.tiles)
+    return t
+
+
+def _channel_sums(ctx: OpContext, plan: _Planes, partial: Tensor) -> Tensor:
+    """Reduce the plane partials over samples and pieces: ``(C * 2,)`` fp32 ``[s1, s2]`` pairs."""
+    n, c, _ = plan.shape
+    return _sum_rows(ctx, partial.reshape(plan.pieces * n, c * 2), grain=2)
+
+
+def _bn_input(ctx: OpContext, x: Tensor, *vectors: tuple[Tensor | None, str]):
+    _check_float(ctx, x)
+    if x.ndim < 2:
+        raise ctx.error(f"needs (N, C, ...) input, got {x.name} {x.shape}")
+    n, c = x.shape[:2]
+    for t, what in vectors:
+        _check_vector(ctx, t, (c,), what)
+    return n, c, math.prod(x.shape[2:])
+
+
+def _affine(ctx: OpContext, weight: Tensor | None, bias: Tensor | None, c: int, dtype: DType):
+    wdtype = (weight if weight is not None else bias if bias is not None else None)
+    wdtype = wdtype.dtype if wdtype is not None else dtype
+    weight = weight if weight is not None else _constant(ctx, wdtype, (c,), 1.0, "ones")
+    bias = bias if bias is not None else _constant(ctx, wdtype, (c,), 0.0, "zeros")
+    return weight, bias
+
+
+def batch_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+               running_mean: Tensor, running_var: Tensor, prog: Any, *, eps: float = 1e-5,
+               name: str = "", options: Mapping[str, Any] | None = None) -> Tensor:
+    """Batch norm for inference: normalise ``(N, C, *spatial)`` input with the running statistics,
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` per channel. The output is mapped like ``x``.
+    No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (2, 1), name="x")
+    >>> m, v = (g.add_variable(sp.float32, (1,), name=n) for n in ("m", "v"))
+    >>> for t in (x, m, v): sp.ops.map_linearly(g, t)
+    >>> prog = P.Sequence(); y = nn.batch_norm(g, x, None, None, m, v, prog, eps=0.0)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[1], [3]]); eng.write_tensor(m, [1])
+    >>> eng.write_tensor(v, [4]); eng.run(0); eng.read_tensor(y).tolist()
+    [[0.0], [1.0]]
+    """
+    ctx, _ = _start(graph, prog, "batch_norm", name, options, x, weight, bias, running_mean, running_var)
+    n, c, p = _bn_input(ctx, x, (weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
+                        (running_var, "running_var"))
+    if running_mean.dtype is not running_var.dtype:
+        raise ctx.error(f"running_mean ({running_mean.dtype}) and running_var ({running_var.dtype}) "
+                        "must have one dtype")
+    out = _output_like(ctx, x, x.dtype)
+    if x.numel:
+        _bn_apply(ctx, x, out, running_mean, running_var, *_affine(ctx, weight, bias, c, x.dtype), eps)
+    return out
+
+
+def _bn_apply(ctx: OpContext, x: Tensor, out: Tensor, mean: Tensor, var: Tensor, weight: Tensor,
+              bias: Tensor, eps: float, plan: _Planes | None = None) -> None:
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    plan = plan or _plan_planes(ctx, x3)
+    cs = ctx.compute_set("apply")
+    codelet = C.batch_norm_apply_codelet(x.dtype, mean.dtype, weight.dtype)
+    _add_planes(ctx, cs, codelet, plan, {"x": x3, "out": out.reshape(x3.shape)},
+                {k: t.reshape(c, 1) for k, t in (("mean", mean), ("var", var), ("weight", weight),
+                                                 ("bias", bias))}, params={"eps": float(eps)})
+    ctx.execute(cs)
+
+
+def batch_norm_training(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                        prog: Any, *, eps: float = 1e-5, name: str = "",
+                        options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm in training: per-channel statistics of the batch (over N and all positions,
+    fp32), then the normalised output. Returns ``(out, mean, var)``; ``var`` is the biased
+    variance the output was normalised with (``unbiased_var`` returns the unbiased estimate,
+    for running statistics).
+
+    Options:
+
+    * ``stable_algorithm`` (bool, default False): two passes — the mean first, then the
+      moments around it — instead of ``E[x^2] - E[x]^2`` (PopLibs' ``stableAlgo``).
+    * ``unbiased_var`` (bool, default False): return ``var * M / (M - 1)``.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (2, 1, 2), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); y, mean, var = nn.batch_norm_training(g, x, None, None, prog)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 2]], [[3, 6]]]); eng.run(0)
+    >>> eng.read_tensor(mean).tolist(), eng.read_tensor(var).tolist()
+    ([3.0], [3.5])
+    """
+    ctx, opts = _start(graph, prog, "batch_norm_training", name, options, x, weight, bias,
+                       defaults={"stable_algorithm": False, "unbiased_var": False})
+    n, c, p = _bn_input(ctx, x, (weight, "weight"), (bias, "bias"))
+    out = _output_like(ctx, x, x.dtype)
+    count = n * p
+    if x.numel == 0:
+        return out, *(_constant(ctx, float32, (c,), np.nan, s) for s in ("mean", "var"))
+    x3 = x.reshape(n, c, p)
+    plan = _plan_planes(ctx, x3)
+    mean, var = _bn_statistics(ctx, plan, x3, _constant(ctx, float32, (c,), 0.0, "zeros"), "moments")
+    if opts["stable_algorithm"]:
+        mean, var = _bn_statistics(ctx, plan, x3, mean, "centred_moments")
+    _bn_apply(ctx, x, out, mean, var, *_affine(ctx, weight, bias, c, x.dtype), eps, plan)
+    if opts["unbiased_var"]:
+        var = _cast(ctx, var, float32, count / (count - 1) if count > 1 else math.nan, "unbiased_var")
+    return out, mean, var
+
+
+def _bn_statistics(ctx: OpContext, plan: _Planes, x3: Tensor, shift: Tensor, stage: str):
+    """(mean, biased var) per channel from the moments of ``x - shift``."""
+    n, c, p = plan.shape
+    partial = _plane_partials(ctx, plan, f"{stage}/partials")
+    cs = ctx.compute_set(stage)
+    _add_planes(ctx, cs, C.plane_moments_codelet(x3.dtype), plan, {"x": x3},
+                {"shift": shift.reshape(c, 1)}, partial)
+    ctx.execute(cs)
+    sums = _channel_sums(ctx, plan, partial)
+    blocks = _blocks_of(ctx, sums, 2)
+    mean, var = (_block_output(ctx, blocks, float32, c, 1, f"{stage}/{s}") for s in ("mean", "var"))
+    cs = ctx.compute_set(f"{stage}/finish")
+    _add_blocks(ctx, cs, C.BatchNormStatsFinish, blocks,
+                {"sums": sums.reshape(c, 2), "shift": shift.reshape(c, 1), "mean": mean, "var": var},
+                params={"count": float(n * p)})
+    ctx.execute(cs)
+    return mean.reshape(c), var.reshape(c)
+
+
+def batch_norm_grad(graph: Graph, grad_out: Tensor, x: Tensor, mean: Tensor, var: Tensor,
+                    weight: Tensor | None, prog: Any, *, eps: float = 1e-5, name: str = "",
+                    options: Mapping[str, Any] | None = None):
+    """Gradients of :func:`batch_norm_training` from its batch ``mean`` and biased ``var``:
+    ``(dx, dweight, dbias)`` (the last two None when ``weight`` is None). No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x, dy = (g.add_variable(sp.float32, (2, 1), name=n) for n in ("x", "dy"))
+    >>> w = g.add_variable(sp.float32, (1,), name="w")
+    >>> for t in (x, dy, w): sp.ops.map_linearly(g, t)
+    >>> prog = P.Sequence(); y, mean, var = nn.batch_norm_training(g, x, w, None, prog)
+    >>> dx, dw, db = nn.batch_norm_grad(g, dy, x, mean, var, w, prog)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[1], [3]]); eng.write_tensor(w, [1])
+    >>> eng.write_tensor(dy, [[1], [2]]); eng.run(0); eng.read_tensor(db).tolist()
+    [3.0]
+    """
+    ctx, _ = _start(graph, prog, "batch_norm_grad", name, options, grad_out, x, mean, var, weight)
+    n, c, p = _bn_input(ctx, x, (weight, "weight"), (mean, "mean"), (var, "var"))
+    _check_same(ctx, grad_out, x)
+    if mean.dtype is not var.dtype:
+        raise ctx.error(f"mean ({mean.dtype}) and var ({var.dtype}) must have one dtype")
+    wdtype = weight.dtype if weight is not None else x.dtype
+    dx = _output_like(ctx, x, x.dtype, "dx")
+    if x.numel == 0:
+        zeros = _constant(ctx, wdtype, (c,), 0.0, "zero_grads") if weight is not None else None
+        return dx, zeros, zeros
+    w = weight if weight is not None else _constant(ctx, wdtype, (c,), 1.0, "ones")
+    x3, dy3 = x.reshape(n, c, p), grad_out.reshape(n, c, p)
+    plan = _plan_planes(ctx, x3)
+    stats = {"mean": mean.reshape(c, 1), "var": var.reshape(c, 1)}
+    partial = _plane_partials(ctx, plan, "partials")
+    cs = ctx.compute_set("sums")
+    _add_planes(ctx, cs, C.batch_norm_grad_sums_codelet(x.dtype, mean.dtype), plan,
+                {"dy": dy3, "x": x3}, stats, partial, params={"eps": float(eps)})
+    ctx.execute(cs)
+    sums = _channel_sums(ctx, plan, partial)
+    blocks = _blocks_of(ctx, sums, 2)
+    coef = _block_output(ctx, blocks, float32, c, 2, "coef")
+    dweight, dbias = (_block_output(ctx, blocks, wdtype, c, 1, s) for s in ("dweight", "dbias"))
+    cs = ctx.compute_set("finish")
+    _add_blocks(ctx, cs, C.batch_norm_grad_finish_codelet(wdtype), blocks,
+                {"sums": sums.reshape(c, 2), "coef": coef, "dweight": dweight, "dbias": dbias},
+                params={"count": float(n * p)})
+    ctx.execute(cs)
+    cs = ctx.compute_set("dx")
+    _add_planes(ctx, cs, C.batch_norm_grad_apply_codelet(x.dtype, mean.dtype, wdtype), plan,
+                {"dy": dy3, "x": x3, "dx": dx.reshape(x3.shape)},
+                stats | {"weight": w.reshape(c, 1), "coef": coef}, params={"eps": float(eps)})
+    ctx.execute(cs)
+    if weight is None:
+        return dx, None, None
+    return dx, dweight.reshape(c), dbias.reshape(c)

@@ -1,0 +1,250 @@
+"""Max and average pooling, 1-D and 2-D, and their gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets import nn as C
+from softipu.codelets.nn import PoolMode
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, rows_of
+from softipu.ops.nn._common import _check_float, _start, _tiles_at, _variable
+
+__all__ = ['max_pool', 'avg_pool', 'max_pool_grad', 'avg_pool_grad']
+
+# -- pooling ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """Pooling geometry as 2-D NCHW (1-D input is ``(N, C, L, 1)`` with a ``(k, 1)`` kernel)."""
+
+    planes: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    OH: int
+    OW: int
+    out_shape: tuple[int, ...]
+
+    def params(self, row0: int) -> dict[str, int]:
+        return dict(H=self.H, W=self.W, OW=self.OW, kh=self.kh, kw=self.kw, sh=self.sh, sw=self.sw,
+                    pw=self.pw, row0=row0)
+
+    def input_rows(self, o0: int, o1: int) -> tuple[int, int]:
+        """Input rows the windows of output rows ``[o0, o1)`` read."""
+        return max(0, o0 * self.sh - self.ph), min(self.H, (o1 - 1) * self.sh - self.ph + self.kh)
+
+
+def _ints(ctx: OpContext, value: Any, d: int, what: str, low: int) -> tuple[int, ...]:
+    vals = (value,) * d if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(vals) != d or not all(isinstance(v, (int, np.integer)) and v >= low for v in vals):
+        raise ctx.error(f"{what} must be {d} int(s) >= {low}, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
+def _pool_geometry(ctx: OpContext, shape: tuple[int, ...], kernel: Any, stride: Any,
+                   padding: Any) -> _Pool:
+    if len(shape) not in (3, 4):
+        raise ctx.error(f"pooling takes (N, C, L) or (N, C, H, W) input, got shape {shape}")
+    d = len(shape) - 2
+    k = _ints(ctx, kernel, d, "kernel", 1)
+    s = _ints(ctx, stride if stride is not None else k, d, "stride", 1)
+    p = _ints(ctx, padding, d, "padding", 0)
+    if any(pi > ki // 2 for pi, ki in zip(p, k, strict=True)):
+        raise ctx.error(f"padding {p} must be at most half the kernel {k}")
+    spatial = shape[2:]
+    out = tuple((n + 2 * pi - ki) // si + 1 for n, pi, ki, si in zip(spatial, p, k, s, strict=True))
+    if any(o <= 0 for o in out):
+        raise ctx.error(f"kernel {k} with padding {p} does not fit input of shape {shape}: output "
+                        f"size {out} is too small")
+    if d == 1:
+        return _Pool(shape[0] * shape[1], spatial[0], 1, k[0], 1, s[0], 1, p[0], 0, out[0], 1,
+                     (*shape[:2], out[0]))
+    return _Pool(shape[0] * shape[1], *spatial, *k, *s, *p, *out, (*shape[:2], *out))
+
+
+def _bands(g: _Pool, target) -> np.ndarray:
+    """Output-row band bounds: enough bands that the planes' vertices fill every worker."""
+    want = -(-target.num_tiles * target.workers_per_tile // max(g.planes, 1))
+    bands = max(1, min(g.OH, want))
+    return (np.arange(bands + 1) * g.OH) // bands
+
+
+def _band_tiles(ctx: OpContext, t3: Tensor, row: int) -> np.ndarray:
+    """Tile of each plane's element ``(row, W // 2)`` of a ``(planes, rows, W)`` tensor."""
+    planes = np.arange(t3.shape[0])
+    return _tiles_at(ctx, t3, (planes, np.full(t3.shape[0], row), np.full(t3.shape[0], t3.shape[2] // 2)))
+
+
+def _map_band(ctx: OpContext, t3: Tensor, r0: int, r1: int, tiles: np.ndarray) -> None:
+    ctx.graph.set_tile_mappings(t3[:, r0:r1, :], tiles)
+
+
+def _plane_rows(t: Tensor, planes: int, rows: int, width: int, r0: int, r1: int) -> Tensor:
+    """Rows ``[r0, r1)`` of every plane of ``t`` (``planes x rows x width``) as vertex rows."""
+    return rows_of(t.flatten(), np.arange(planes) * rows * width + r0 * width, (r1 - r0) * width)
+
+
+def _pool(graph, x, prog, kernel, stride, padding, mode: PoolMode, op, name, options) -> Tensor:
+    ctx, _ = _start(graph, prog, op, name, options, x)
+    _check_float(ctx, x)
+    g = _pool_geometry(ctx, x.shape, kernel, stride, padding)
+    out = _variable(ctx, x.dtype, g.out_shape, "out")
+    if g.planes == 0:
+        return out
+    x3, out3 = x.reshape(g.planes, g.H, g.W), out.reshape(g.planes, g.OH, g.OW)
+    cs = ctx.compute_set()
+    bounds = _bands(g, ctx.graph.target)
+    for o0, o1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        r0, r1 = g.input_rows(o0, o1)
+        tiles = _band_tiles(ctx, x3, (r0 + r1 - 1) // 2)
+        _map_band(ctx, out3, o0, o1, tiles)
+        ctx.graph.add_vertices(cs, C.pool_codelet(x.dtype, mode), {
+            "x": _plane_rows(x, g.planes, g.H, g.W, r0, r1),
+            "out": _plane_rows(out, g.planes, g.OH, g.OW, o0, o1),
+            **g.params(o0 * g.sh - g.ph)}, tiles)
+    ctx.execute(cs)
+    return out
+
+
+def max_pool(graph: Graph, x: Tensor, prog: Any, *, kernel: Any, stride: Any = None, padding: Any = 0,
+             name: str = "", options: Mapping[str, Any] | None = None) -> Tensor:
+    """Max pooling of ``(N, C, L)`` (1-D) or ``(N, C, H, W)`` (2-D) input like torch's
+    ``max_pool1d/2d`` (``stride`` defaults to ``kernel``; implicit ``-inf`` padding of at most half
+    the kernel; floor mode; NaN propagates). Each vertex computes a band of output rows of one
+    plane. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 1, 4), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); y = nn.max_pool(g, x, prog, kernel=2)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 5, 2, 0]]]); eng.run(0)
+    >>> eng.read_tensor(y).tolist()
+    [[[5.0, 2.0]]]
+    """
+    return _pool(graph, x, prog, kernel, stride, padding, PoolMode.MAX, "max_pool", name, options)
+
+
+def avg_pool(graph: Graph, x: Tensor, prog: Any, *, kernel: Any, stride: Any = None, padding: Any = 0,
+             count_include_pad: bool = True, name: str = "",
+             options: Mapping[str, Any] | None = None) -> Tensor:
+    """Average pooling like torch's ``avg_pool1d/2d``: zero padding; the divisor is the whole
+    window (``count_include_pad``, torch's default) or its real elements; fp32 accumulation.
+    Layout as :func:`max_pool`. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 1, 4), name="x"); sp.ops.map_linearly(g, x)
+    >>> prog = P.Sequence(); y = nn.avg_pool(g, x, prog, kernel=2)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 5, 2, 0]]]); eng.run(0)
+    >>> eng.read_tensor(y).tolist()
+    [[[3.0, 1.0]]]
+    """
+    mode = PoolMode.AVG if count_include_pad else PoolMode.AVG_EXCLUDE_PAD
+    return _pool(graph, x, prog, kernel, stride, padding, mode, "avg_pool", name, options)
+
+
+def _grad_bands(g: _Pool, target) -> list[tuple[int, int, int, int]]:
+    """(input rows a, b, contributing output rows oa, ob) per gradient band: each band owns the
+    input rows of its output rows' window starts, so every band has outputs touching it."""
+    bounds = _bands(g, target)
+    starts = [0] + [min(g.H, max(0, o * g.sh - g.ph)) for o in bounds[1:-1].tolist()] + [g.H]
+    out = []
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        if b > a:
+            oa = max(0, (a + g.ph - g.kh) // g.sh + 1)
+            ob = min(g.OH, (b - 1 + g.ph) // g.sh + 1)
+            out.append((a, b, oa, ob))  # ob > oa: the band holds output oa's window start
+    return out
+
+
+def _pool_grad(ctx: OpContext, g: _Pool, x: Tensor | None, grad_out: Tensor, mode: PoolMode,
+               in_shape: tuple[int, ...]) -> Tensor:
+    dx = _variable(ctx, grad_out.dtype, in_shape, "dx")
+    if g.planes == 0:
+        return dx
+    dy3, dx3 = grad_out.reshape(g.planes, g.OH, g.OW), dx.reshape(g.planes, g.H, g.W)
+    cs = ctx.compute_set()
+    codelet = C.pool_grad_codelet(grad_out.dtype, mode)
+    for a, b, oa, ob in _grad_bands(g, ctx.graph.target):
+        if x is not None:
+            tiles = _band_tiles(ctx, x.reshape(g.planes, g.H, g.W), (a + b - 1) // 2)
+        else:
+            tiles = _band_tiles(ctx, dy3, (oa + ob - 1) // 2)
+        _map_band(ctx, dx3, a, b, tiles)
+        fields = {"dy": _plane_rows(grad_out, g.planes, g.OH, g.OW, oa, ob),
+                  "dx": _plane_rows(dx, g.planes, g.H, g.W, a, b),
+                  "dx_row0": a, **g.params(oa * g.sh - g.ph)}
+        if x is not None:
+            fields["x"] = _plane_rows(x, g.planes, g.H, g.W, *g.input_rows(oa, ob))
+        ctx.graph.add_vertices(cs, codelet, fields, tiles)
+    ctx.execute(cs)
+    return dx
+
+
+def max_pool_grad(graph: Graph, x: Tensor, grad_out: Tensor, prog: Any, *, kernel: Any,
+                  stride: Any = None, padding: Any = 0, name: str = "",
+                  options: Mapping[str, Any] | None = None) -> Tensor:
+    """Input gradient of :func:`max_pool`: each output's gradient goes to its window's maximum,
+    the first one in row-major order on ties (a NaN wins over numbers), as torch does; gradients
+    of overlapping windows add up (fp32). Each vertex owns a band of input rows. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> x = g.add_variable(sp.float32, (1, 1, 4), name="x")
+    >>> dy = g.add_variable(sp.float32, (1, 1, 2), name="dy")
+    >>> sp.ops.map_linearly(g, x); sp.ops.map_linearly(g, dy)
+    >>> prog = P.Sequence(); dx = nn.max_pool_grad(g, x, dy, prog, kernel=2)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, [[[1, 5, 2, 2]]]); eng.write_tensor(dy, [[[1, 2]]])
+    >>> eng.run(0); eng.read_tensor(dx).tolist()
+    [[[0.0, 1.0, 2.0, 0.0]]]
+    """
+    ctx, _ = _start(graph, prog, "max_pool_grad", name, options, x, grad_out)
+    _check_float(ctx, x)
+    g = _pool_geometry(ctx, x.shape, kernel, stride, padding)
+    if grad_out.shape != g.out_shape or grad_out.dtype != x.dtype:
+        raise ctx.error(f"grad_out {grad_out.name} {grad_out.shape} ({grad_out.dtype}) must have the "
+                        f"pooled shape {g.out_shape} and {x.name}'s dtype {x.dtype}")
+    return _pool_grad(ctx, g, x, grad_out, PoolMode.MAX, x.shape)
+
+
+def avg_pool_grad(graph: Graph, grad_out: Tensor, prog: Any, *, input_shape: Sequence[int],
+                  kernel: Any, stride: Any = None, padding: Any = 0, count_include_pad: bool = True,
+                  name: str = "", options: Mapping[str, Any] | None = None) -> Tensor:
+    """Input gradient of :func:`avg_pool` for input of ``input_shape``: each output's gradient
+    spread evenly over its window. No options.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops import nn
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> dy = g.add_variable(sp.float32, (1, 1, 2), name="dy"); sp.ops.map_linearly(g, dy)
+    >>> prog = P.Sequence(); dx = nn.avg_pool_grad(g, dy, prog, input_shape=(1, 1, 4), kernel=2)
+    >>> eng = sp.Engine(g, [prog]); eng.write_tensor(dy, [[[2, 4]]]); eng.run(0)
+    >>> eng.read_tensor(dx).tolist()
+    [[[1.0, 1.0, 2.0, 2.0]]]
+    """
+    ctx, _ = _start(graph, prog, "avg_pool_grad", name, options, grad_out)
+    _check_float(ctx, grad_out)
+    shape = tuple(int(d) for d in input_shape)
+    g = _pool_geometry(ctx, shape, kernel, stride, padding)
+    if grad_out.shape != g.out_shape:
+        raise ctx.error(f"grad_out {grad_out.name} {grad_out.shape} must have the pooled shape "
+                        f"{g.out_shape} of input {shape}")
+    mode = PoolMode.AVG if count_include_pad else PoolMode.AVG_EXCLUDE_PAD
+    return _pool_grad(ctx, g, None, grad_out, mode, shape)
