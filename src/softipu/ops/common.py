@@ -20,11 +20,9 @@ from softipu.errors import SoftIPUError
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
-from softipu.graph.vertex import Vertex
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of",
-           "add_tile_vertices"]
+__all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of"]
 
 
 class OpError(SoftIPUError, ValueError):
@@ -153,21 +151,3 @@ def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
     addresses = flat.addresses().reshape(-1)
     index = addresses[starts[:, None] + np.arange(length)]
     return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
-
-
-def add_tile_vertices(ctx: OpContext, cs: ComputeSet, codelet: type[Vertex], out: Tensor,
-                      inputs: Mapping[str, Tensor], out_field: str = "out",
-                      params: Mapping[str, Any] | None = None, max_elements: int | None = None) -> None:
-    """Elementwise work on the tiles that hold ``out``: one vertex per contiguous region.
-
-    Every input must have ``out``'s shape (broadcast views are fine). Regions of equal length are
-    added in one bulk call, so the engine sees few, regular vertex groups.
-    """
-    starts, lengths, tiles = tile_regions(ctx.graph, out, max_elements)
-    flats = {name: t.flatten() for name, t in inputs.items()} | {out_field: out.flatten()}
-    for length in np.unique(lengths).tolist():
-        pick = lengths == length
-        fields: dict[str, Any] = {name: rows_of(flat, starts[pick], length) for name, flat in flats.items()}
-        for key, value in (params or {}).items():
-            fields[key] = value
-        ctx.graph.add_vertices(cs, codelet, fields, tiles[pick])
