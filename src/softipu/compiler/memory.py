@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from softipu.compiler.conflicts import field_intervals
 from softipu.compiler.exchange import split_by_mapping, union_per_key
 from softipu.compiler.executable import CompiledComputeSet
 from softipu.debug import at
@@ -106,6 +105,7 @@ class _Timeline:
         self.loops: list[tuple[int, int]] = []
         self.program_starts: list[int] = []
         self._cs_fields: dict[int, list] = {}
+        self._ranges: dict[DType, ResolvedMapping] = {}
 
     def _point(self, node: P.Program) -> int:
         self.points.append(self.step_of.get(id(node), -1))
@@ -127,21 +127,25 @@ class _Timeline:
                 self.access.append((point, ids[~full], _READ))
         self.access.append((point, ids, kind))
 
-    @staticmethod
-    def _ids_in(space, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _ids_in(self, space, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The variables the intervals touch, and whether the intervals cover each completely."""
         if starts.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, bool)
-        var_starts = np.asarray(space.starts, np.int64)
-        k0 = np.searchsorted(var_starts, starts, side="right") - 1
-        k1 = np.searchsorted(var_starts, ends - 1, side="right") - 1
-        if np.any(k1 > k0):  # split intervals spanning several variables at their boundaries
-            starts, ends, k0, _ = _split_at(var_starts, starts, ends, k0, k1)
-        var_ends = np.array([v.end for v in space.variables], np.int64)
-        covered, _ = union_per_key(k0, starts, np.minimum(ends, var_ends[k0]), len(space.variables))
-        ks = np.unique(k0)
-        full = covered[ks] >= var_ends[ks] - var_starts[ks]
-        return np.array([space.variables[k].id for k in ks.tolist()], np.int64), full
+        ranges = self._variable_ranges(space)
+        p_starts, p_ends, k, _ = split_by_mapping(starts, ends, ranges)
+        covered, _ = union_per_key(k, p_starts, p_ends, ranges.starts.size)
+        ks = np.unique(k)
+        full = covered[ks] >= ranges.ends[ks] - ranges.starts[ks]
+        return np.array([space.variables[i].id for i in ks.tolist()], np.int64), full
+
+    def _variable_ranges(self, space) -> ResolvedMapping:
+        """The space's variables as an interval table whose 'tile' is the variable's index."""
+        ranges = self._ranges.get(space.dtype)
+        if ranges is None:
+            starts = np.asarray(space.starts, np.int64)
+            ends = np.array([v.end for v in space.variables], np.int64)
+            ranges = self._ranges[space.dtype] = ResolvedMapping(starts, ends, np.arange(starts.size))
+        return ranges
 
     def walk(self, node: P.Program) -> None:
         getattr(self, f"walk_{node.kind.name.lower()}")(node)
@@ -165,9 +169,9 @@ class _Timeline:
                     kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
                     kinds += [_WRITE] if f.direction is Direction.INOUT else []
                     for t in group.tensors(name):
-                        starts, ends, _ = field_intervals(t)
+                        starts, lengths = t.runs()
                         for kind in kinds:
-                            parts.setdefault((t.dtype, kind), []).append((starts, ends))
+                            parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
             cached = [(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
                        np.concatenate([p[1] for p in pieces]), kind)
                       for (dtype, kind), pieces in parts.items()]
@@ -222,16 +226,6 @@ class _Timeline:
         if node.body is not None:
             self.walk(node.body)
         self._touch(self._point(node), [node.counter], _WRITE)
-
-
-def _split_at(bounds: np.ndarray, starts: np.ndarray, ends: np.ndarray, k0: np.ndarray,
-              k1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Intervals cut at the variable starts they cross: (starts, ends, variable index, parent)."""
-    count = k1 - k0 + 1
-    parent = np.repeat(np.arange(starts.size), count)
-    k = k0[parent] + np.arange(parent.size) - np.repeat(np.cumsum(count) - count, count)
-    upper = np.append(bounds, np.iinfo(np.int64).max)
-    return (np.maximum(starts[parent], bounds[k]), np.minimum(ends[parent], upper[k + 1]), k, parent)
 
 
 def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
