@@ -138,10 +138,12 @@ def _rows_in_range(index: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray
 
 
 @cache
-def multi_slice_codelet(dtype: DType, index_dtype: DType) -> type[Vertex]:
+def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = False) -> type[Vertex]:
     """``MultiSlice``: rows ``index[i]`` of a column block of a table; out-of-range rows give 0.
 
-    ``table`` is the block (``rows x width``, row-major), ``out`` is ``len(index) x width``.
+    ``table`` is the block (``rows x width`` row-major, or ``width x rows`` with
+    ``column_major``: a table stored transposed, see ``create_slicable_table``); ``out`` is
+    ``len(index) x width``.
     """
 
     class MultiSlice(MultiVertex):
@@ -159,10 +161,16 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType) -> type[Vertex]:
             if rows == 0:
                 out[...] = 0
                 return
-            block = table.reshape(table.shape[:-1] + (rows, width))
             safe, valid = _rows_in_range(index, rows)
-            picked = np.take_along_axis(block, np.broadcast_to(safe, block.shape[:-2] + (n,))[..., None],
-                                        axis=-2)
+            lead = table.shape[:-1]
+            if column_major:
+                block = table.reshape(lead + (width, rows))
+                picked = np.take_along_axis(block, np.broadcast_to(safe, lead + (n,))[..., None, :], axis=-1)
+                picked = np.where(np.broadcast_to(valid, lead + (n,))[..., None, :], picked, 0)
+                out[...] = np.swapaxes(picked, -1, -2).reshape(out.shape)
+                return
+            block = table.reshape(lead + (rows, width))
+            picked = np.take_along_axis(block, np.broadcast_to(safe, lead + (n,))[..., None], axis=-2)
             picked[~np.broadcast_to(valid, picked.shape[:-1])] = 0
             out[...] = picked.reshape(out.shape)
 
@@ -170,7 +178,7 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType) -> type[Vertex]:
         def cycles(table, index, out, target):
             return _multi_slice_cycles(dtype, index, out, target, update=False)
 
-    return _named(MultiSlice, f"MultiSlice<{dtype.name}>")
+    return _named(MultiSlice, f"MultiSlice<{dtype.name}{',columnMajor' if column_major else ''}>")
 
 
 def _multi_slice_cycles(dtype: DType, index, out, target: Target, update: bool):
@@ -185,8 +193,10 @@ def _multi_slice_cycles(dtype: DType, index, out, target: Target, update: bool):
 
 
 @cache
-def multi_update_codelet(dtype: DType, index_dtype: DType, accumulate: bool) -> type[Vertex]:
-    """``MultiUpdate(Add)``: ``table[index[i]] (+)= scale * updates[i]`` on a column block.
+def multi_update_codelet(dtype: DType, index_dtype: DType, accumulate: bool,
+                         column_major: bool = False) -> type[Vertex]:
+    """``MultiUpdate(Add)``: ``table[index[i]] (+)= scale * updates[i]`` on a column block
+    (laid out as for :func:`multi_slice_codelet`).
 
     Out-of-range rows are skipped. With ``accumulate``, repeated indices all add; without, the
     last update of a row wins.
@@ -207,7 +217,9 @@ def multi_update_codelet(dtype: DType, index_dtype: DType, accumulate: bool) -> 
             rows = table.shape[-1] // width
             lead = table.shape[:-1]
             work = np.float32 if dtype.is_float and dtype.itemsize <= 4 else dtype.numpy
-            block = table.reshape(-1, rows, width).astype(work)
+            block = table.reshape(-1, rows, width) if not column_major else \
+                np.swapaxes(table.reshape(-1, width, rows), -1, -2)
+            block = block.astype(work)
             idx = np.broadcast_to(index, lead + (n,)).reshape(-1, n)
             upd = np.broadcast_to(updates, lead + (n * width,)).reshape(-1, n, width).astype(work)
             safe, valid = _rows_in_range(idx, rows)
@@ -217,6 +229,8 @@ def multi_update_codelet(dtype: DType, index_dtype: DType, accumulate: bool) -> 
                 np.add.at(block, (owner, safe[valid]), upd[valid] * factor[:, None])
             else:  # numpy assigns repeated rows in order: the last update wins
                 block[owner, safe[valid]] = upd[valid]
+            if column_major:
+                block = np.swapaxes(block, -1, -2)
             table[...] = block.reshape(table.shape)
 
         @staticmethod
@@ -224,7 +238,7 @@ def multi_update_codelet(dtype: DType, index_dtype: DType, accumulate: bool) -> 
             return _multi_slice_cycles(dtype, index, updates, target, update=True)
 
     kind = "MultiUpdateAdd" if accumulate else "MultiUpdate"
-    return _named(MultiUpdate, f"{kind}<{dtype.name}>")
+    return _named(MultiUpdate, f"{kind}<{dtype.name}{',columnMajor' if column_major else ''}>")
 
 
 def _dynamic_start(offset: np.ndarray, size: int) -> np.ndarray:

@@ -46,6 +46,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
+from softipu.ops.mapping import map_linearly
 from softipu.ops.random import clone_mapping
 from softipu.ops.reduce import tensor_at
 
@@ -376,10 +377,24 @@ def _column_blocks(graph: Graph, table: Tensor) -> list[tuple[int, int, int]]:
         if starts.size > 1:
             return [(int(s), int(s + n), int(first[s])) for s, n in zip(starts, lengths, strict=True)]
     t = graph.num_tiles
-    grain = max(1, graph.target.vector_width(table.dtype.itemsize))
-    width = max(grain, -(-cols // t))
+    width = -(-cols // t)
+    if not _column_major(table):
+        width = max(width, graph.target.vector_width(table.dtype.itemsize))
     nb = -(-cols // width)
     return [(b * width, min(cols, (b + 1) * width), (b * t) // nb) for b in range(nb)]
+
+
+def _column_major(table: Tensor) -> bool:
+    """Whether a 2-D table is stored transposed (each column contiguous), as
+    :func:`create_slicable_table` makes it."""
+    rows, cols = table.shape
+    return table.is_strided and rows > 1 and table.strides == (1, rows)
+
+
+def _block_addresses(addr: np.ndarray, c0: int, c1: int, column_major: bool) -> np.ndarray:
+    """A column block's addresses in the order its vertex sees them (storage order)."""
+    block = addr[:, c0:c1]
+    return (block.T if column_major else block).reshape(-1)
 
 
 def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
@@ -394,10 +409,11 @@ def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
 
 
 def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: str = "table") -> Tensor:
-    """A ``[rows, columns]`` variable laid out for multi_slice: whole column blocks per tile.
+    """A ``[rows, columns]`` table laid out for multi_slice: whole column blocks per tile.
 
     (popops ``createSliceableTensor``): each tile holds every row of a few columns, so a lookup
-    is local wherever the index points.
+    is local wherever the index points. The variable is stored transposed (``[columns, rows]``;
+    the result is its ``.T`` view) so each tile's block is one contiguous region.
 
     >>> import softipu as sp
     >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
@@ -405,19 +421,28 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
     [0, 1, 2, 3]
     """
     rows, cols = (operator.index(d) for d in shape)
-    t = graph.add_variable(as_dtype(dtype), (rows, cols), name=name)
+    t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
     for c0, c1, tile in _column_blocks(graph, t) if rows else []:
         graph.set_tile_mapping(t[:, c0:c1], tile)
     return t
 
 
 def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> None:
-    """``out[i, :] = table[indices[i], :]`` by column blocks and lookup blocks; maps ``out``."""
+    """``out[i, :] = table[indices[i], :]`` by column blocks and lookup blocks; maps ``out``.
+
+    A contiguous ``out`` is mapped in whole rows (what row-wise consumers such as a layer norm
+    want; each block's vertex writes its columns to the rows' tiles); any other ``out`` keeps
+    each block on its table block's tile.
+    """
     graph = ctx.graph
     n = indices.shape[0]
     blocks = _column_blocks(graph, table)
     if n == 0 or not blocks:
         return
+    whole_rows = out.is_contiguous()
+    if whole_rows:
+        map_linearly(graph, out, grain_size=max(1, out.shape[1]))
+    column_major = _column_major(table)
     lookups = max(1, min(n, graph.num_tiles // len(blocks)))
     bounds = np.linspace(0, n, lookups + 1).astype(np.int64)
     t_addr, i_addr, o_addr = table.addresses(), indices.addresses(), out.addresses()
@@ -425,13 +450,14 @@ def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> 
     for c0, c1, tile in blocks:
         for l0, l1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             if l1 > l0:
-                graph.set_tile_mapping(out[l0:l1, c0:c1], tile)
+                if not whole_rows:
+                    graph.set_tile_mapping(out[l0:l1, c0:c1], tile)
                 groups.setdefault((c1 - c0, l1 - l0), []).append((c0, c1, l0, l1, tile))
     cs = ctx.compute_set()
-    codelet = multi_slice_codelet(table.dtype, indices.dtype)
+    codelet = multi_slice_codelet(table.dtype, indices.dtype, column_major)
     for members in groups.values():
         fields = {
-            "table": tensor_at(graph, table.dtype, np.stack([t_addr[:, c0:c1].reshape(-1)
+            "table": tensor_at(graph, table.dtype, np.stack([_block_addresses(t_addr, c0, c1, column_major)
                                                              for c0, c1, *_ in members])),
             "index": tensor_at(graph, indices.dtype, np.stack([i_addr[l0:l1]
                                                                for _, _, l0, l1, _ in members])),
@@ -454,11 +480,12 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
     for block in blocks:
         widths.setdefault(block[1] - block[0], []).append(block)
     cs = ctx.compute_set()
-    codelet = multi_update_codelet(table.dtype, indices.dtype, accumulate)
+    column_major = _column_major(table)
+    codelet = multi_update_codelet(table.dtype, indices.dtype, accumulate, column_major)
     for members in widths.values():
         v = len(members)
         fields = {
-            "table": tensor_at(graph, table.dtype, np.stack([t_addr[:, c0:c1].reshape(-1)
+            "table": tensor_at(graph, table.dtype, np.stack([_block_addresses(t_addr, c0, c1, column_major)
                                                              for c0, c1, _ in members])),
             "index": tensor_at(graph, indices.dtype, np.broadcast_to(i_addr, (v, i_addr.size))),
             "updates": tensor_at(graph, updates.dtype, np.stack([u_addr[:, c0:c1].reshape(-1)
@@ -500,8 +527,6 @@ def multi_slice(graph: Graph, table: Tensor, indices: Tensor, prog: Any, *, name
 def _map_rest(ctx: OpContext, out: Tensor) -> None:
     """Map what the plan left unmapped (nothing, unless a dim is empty)."""
     if out.numel and np.any(ctx.graph.tile_of(out) < 0):
-        from softipu.ops.mapping import map_linearly  # noqa: PLC0415
-
         map_linearly(ctx.graph, out)
 
 
