@@ -29,8 +29,8 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.target import Target
 
-__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic", "union_per_key",
-           "exchange_cycles"]
+__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "element_runs", "traffic",
+           "union_per_key", "exchange_cycles"]
 
 
 @dataclass(slots=True)
@@ -41,20 +41,27 @@ class Transfers:
     ends: list[np.ndarray]
     src: list[np.ndarray]
     dst: list[np.ndarray]
-    itemsize: list[int]
+    dtypes: list[DType]
 
     @classmethod
     def empty(cls) -> Transfers:
         return cls([], [], [], [], [])
 
-    def add(self, starts, ends, src, dst, itemsize: int) -> None:
+    def add(self, starts, ends, src, dst, dtype: DType) -> None:
         moving = src != dst
         if moving.any():
             self.starts.append(starts[moving])
             self.ends.append(ends[moving])
             self.src.append(src[moving])
             self.dst.append(dst[moving])
-            self.itemsize.append(itemsize)
+            self.dtypes.append(dtype)
+
+    def per_dtype(self):
+        """``(starts, ends, src, dst, itemsize)`` of all intervals of each dtype's address space."""
+        for dtype in dict.fromkeys(self.dtypes):
+            pick = [i for i, d in enumerate(self.dtypes) if d is dtype]
+            yield (*(np.concatenate([col[i] for i in pick]) for col in
+                     (self.starts, self.ends, self.src, self.dst)), dtype.itemsize)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -114,9 +121,9 @@ def compute_set_transfers(compiled: CompiledComputeSet,
                 p_starts, p_ends, home, parent = split_by_mapping(starts, ends, mappings[t.dtype])
                 vertex_tile = tiles[parent]
                 if f.direction.reads:
-                    out.add(p_starts, p_ends, home, vertex_tile, t.dtype.itemsize)
+                    out.add(p_starts, p_ends, home, vertex_tile, t.dtype)
                 if f.direction.writes:
-                    out.add(p_starts, p_ends, vertex_tile, home, t.dtype.itemsize)
+                    out.add(p_starts, p_ends, vertex_tile, home, t.dtype)
     return out
 
 
@@ -130,28 +137,64 @@ def _distinct(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray):
 
 
 def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping], num_tiles: int):
-    """(transfers between tiles, on-tile bytes per tile) of ``Copy(src, dst)``."""
+    """(transfers between tiles, on-tile bytes per tile) of ``Copy(src, dst)``.
+
+    Element ``i`` of ``src`` goes to element ``i`` of ``dst``: the copy is cut where either
+    side's contiguous runs end and where either side's mapping changes tile, so a copy costs
+    work per piece, not per element.
+    """
     mapping = mappings[src.dtype]
     item = src.dtype.itemsize
-    if src.is_contiguous() and dst.is_contiguous():
-        # Element i is src.offset + i -> dst.offset + i: cut at both mappings' boundaries.
-        n = src.numel
-        cuts = np.concatenate(([0, n], mapping.starts - src.offset, mapping.starts - dst.offset))
-        cuts = np.unique(cuts[(cuts >= 0) & (cuts <= n)])
-        lo, hi = cuts[:-1], cuts[1:]
-        src_tile = mapping.tiles_of(src.offset + lo)
-        dst_tile = mapping.tiles_of(dst.offset + lo)
-        starts, ends = src.offset + lo, src.offset + hi
-    else:  # general views: element by element
-        s_addr, d_addr = src.addresses().reshape(-1), dst.addresses().reshape(-1)
-        src_tile, dst_tile = mapping.tiles_of(s_addr), mapping.tiles_of(d_addr)
-        starts, ends = s_addr, s_addr + 1
+    s_start, d_start, length = _paired_runs(src, dst)
+    # Cut at the source's tile boundaries, then at the destination's.
+    p0, p1, _, parent = split_by_mapping(s_start, s_start + length, mapping)
+    d0 = d_start[parent] + (p0 - s_start[parent])
+    q0, q1, dst_tile, parent = split_by_mapping(d0, d0 + (p1 - p0), mapping)
+    starts = p0[parent] + (q0 - d0[parent])
+    ends = starts + (q1 - q0)
+    src_tile = mapping.tiles_of(starts)
     out = Transfers.empty()
-    out.add(starts, ends, src_tile, dst_tile, item)
+    out.add(starts, ends, src_tile, dst_tile, src.dtype)
     same = src_tile == dst_tile
     local = np.bincount(src_tile[same], weights=(ends - starts)[same] * item,
                         minlength=num_tiles)
     return out, local
+
+
+def element_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the runs of consecutive addresses in ``t``'s element order."""
+    if t.numel == 0:
+        z = np.zeros(0, np.int64)
+        return z, z
+    if t.index is not None:
+        flat = t.index.reshape(-1)
+        cut = np.flatnonzero(np.diff(flat) != 1) + 1
+        first = np.concatenate(([0], cut))
+        return flat[first], np.diff(np.concatenate((first, [flat.size])))
+    run, axis = 1, t.ndim
+    while axis > 0 and (t.shape[axis - 1] == 1 or t.strides[axis - 1] == run):
+        axis -= 1
+        run *= t.shape[axis]
+    outer = Tensor(t.graph, t.dtype, t.shape[:axis], t.offset, t.strides[:axis])
+    starts = outer.addresses().reshape(-1)
+    return starts, np.full(starts.shape, run, np.int64)
+
+
+def _paired_runs(src: Tensor, dst: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src starts, dst starts, lengths) of pieces contiguous on both sides of a copy."""
+    if src.is_contiguous() and dst.is_contiguous():
+        n = np.array([src.numel], np.int64)
+        return np.array([src.offset], np.int64), np.array([dst.offset], np.int64), n
+    (ss, sl), (ds, dl) = element_runs(src), element_runs(dst)
+    s_edge, d_edge = np.cumsum(sl) - sl, np.cumsum(dl) - dl  # first element of each run
+    if ss.size == ds.size and np.array_equal(sl, dl):
+        return ss, ds, sl
+    cuts = np.sort(np.concatenate((s_edge, d_edge)), kind="stable")  # merges the two sorted runs
+    cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]
+    lengths = np.diff(np.concatenate((cuts, [src.numel])))
+    si = np.searchsorted(s_edge, cuts, side="right") - 1
+    di = np.searchsorted(d_edge, cuts, side="right") - 1
+    return ss[si] + (cuts - s_edge[si]), ds[di] + (cuts - d_edge[di]), lengths
 
 
 def union_per_key(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_keys: int):
@@ -187,8 +230,9 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
     supertiles = -(-tiles // target.tiles_per_supertile)
     st_recv = np.bincount(np.arange(tiles) // target.tiles_per_supertile, weights=recv,
                           minlength=supertiles).astype(np.int64)
-    for starts, ends, src, dst, item in zip(transfers.starts, transfers.ends, transfers.src,
-                                            transfers.dst, transfers.itemsize, strict=True):
+    # One union per dtype: a tile receives an element once however many fields of the step
+    # read it, and sends it once however many tiles listen.
+    for starts, ends, src, dst, item in transfers.per_dtype():
         length, regions = union_per_key(src, starts, ends, tiles)
         send += length * item
         send_regions += regions
