@@ -468,38 +468,10 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
 
 def map_runs(graph: Graph, var: Tensor, starts: np.ndarray, lengths: np.ndarray,
              tiles: np.ndarray) -> None:
-    """Map address runs ``[start, start + length)`` of ``var``'s dtype to tiles, in few calls.
-
-    Runs of one length whose starts are evenly spaced go in one ``set_tile_mappings`` call.
-    """
+    """Map address runs ``[start, start + length)`` of the contiguous ``var`` to tiles, in one call."""
     keep = lengths > 0
-    starts, lengths, tiles = starts[keep], lengths[keep], tiles[keep]
-    if starts.size == 0:
-        return
-    order = np.lexsort((starts, lengths))
-    starts, lengths, tiles = starts[order], lengths[order], tiles[order]
-    bounds = _segments(lengths, starts)
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        length, n = int(lengths[lo]), hi - lo
-        step = int(starts[lo + 1] - starts[lo]) if n > 1 else length
-        rows = Tensor(graph, var.dtype, (n, length), int(starts[lo]), (step, 1))
-        graph.set_tile_mappings(rows, tiles[lo:hi])
-
-
-def _segments(lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Boundaries of runs of equal length and evenly spaced starts (input sorted by both).
-
-    A cut falls wherever the length or the spacing changes, so every piece is regular (a change
-    of spacing may leave a one-run piece; that costs a call, not correctness).
-    """
-    n = starts.size
-    if n <= 1:
-        return np.array([0, n], np.int64) if n else np.zeros(1, np.int64)
-    d = np.diff(starts)
-    same_len = lengths[1:] == lengths[:-1]
-    cut = ~same_len  # between k and k + 1
-    cut[1:] |= (d[1:] != d[:-1]) & same_len[:-1]
-    return np.concatenate(([0], np.flatnonzero(cut) + 1, [n])).astype(np.int64)
+    begins = starts[keep] - var.offset
+    graph.map_intervals(var, begins, begins + lengths[keep], tiles[keep])
 
 
 # -- output and partials ---------------------------------------------------------------------------

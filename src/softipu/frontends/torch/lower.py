@@ -46,6 +46,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 from softipu.ops.indexing import create_slicable_table
 from softipu.ops.mapping import map_linearly
+from softipu.ops.matmul import create_matmul_input_rhs
 
 __all__ = ["LoweringContext", "Lowered", "StreamSlot", "lower_program", "device_dtype", "to_host_array"]
 
@@ -217,17 +218,58 @@ def map_tensor(graph: Graph, t: Tensor) -> None:
     map_linearly(graph, t, grain_size=grain, min_elements_per_tile=least, tiles=range(start, start + used))
 
 
-def _weight_variable(graph: Graph, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
+def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
                      name: str) -> Tensor:
     """A parameter's variable, laid out for what uses it: an embedding table in whole column
-    blocks (every lookup stays on the tiles holding the columns), anything else linearly."""
+    blocks (every lookup stays on the tiles holding the columns), a linear layer's weight in the
+    blocks its matmul plan wants (poplin's ``createMatMulInputRHS``: the matmul then neither
+    copies nor re-lays it out on every call), anything else linearly."""
+    graph = ctx.graph
     embedding = torch.ops.aten.embedding.default
     if len(shape) == 2 and node.users and all(u.target is embedding and u.args[0] is node
-                                              for u in node.users):
+                                              and not _static_index(u.args[1]) for u in node.users):
         return create_slicable_table(graph, shape, dtype, name=name)
+    rows = _linear_rows(node) if len(shape) == 2 and dtype.is_float else None
+    if rows is not None:
+        n, k = shape
+        rhs = create_matmul_input_rhs(graph, dtype, (rows, k), (k, n), name=name,
+                                      options=ctx.matmul_options(dtype))
+        return rhs.T
     var = graph.add_variable(dtype, shape, name=name)
     map_tensor(graph, var)
     return var
+
+
+def _linear_rows(node: torch.fx.Node) -> int | None:
+    """The lhs row count M when a 2-D weight's only use is ``mm``/``addmm(bias, x[M, K], W.T)``
+    (a linear layer, every use with the same M); else None."""
+    aten = torch.ops.aten
+    users = list(node.users)
+    if len(users) != 1 or users[0].target not in (aten.permute.default, aten.t.default):
+        return None
+    t = users[0]
+    if t.target is aten.permute.default and list(t.args[1]) != [1, 0]:
+        return None
+    rows = set()
+    for u in t.users:
+        if u.target is aten.mm.default and u.args[1] is t and u.args[0] is not t:
+            lhs = u.args[0]
+        elif u.target is aten.addmm.default and u.args[2] is t and u.args[1] is not t:
+            lhs = u.args[1]
+        else:
+            return None
+        val = lhs.meta.get("val") if isinstance(lhs, torch.fx.Node) else None
+        if val is None or val.ndim != 2:
+            return None
+        rows.add(int(val.shape[0]))
+    return rows.pop() if len(rows) == 1 else None
+
+
+def _static_index(node: Any) -> bool:
+    """Whether an index argument is known when compiling (an ``arange``): such lookups are views
+    of whole rows, so the table is best laid out by rows."""
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and \
+        getattr(node.target, "overloadpacket", None) is torch.ops.aten.arange
 
 
 # -- running one node at the user's line -----------------------------------------------------------
@@ -305,7 +347,7 @@ class _Lowerer:
         if value is None:
             value = self.ep.constants[spec.target]
         dtype = self.ctx.dtype(value.dtype)
-        var = _weight_variable(self.graph, node, dtype, tuple(value.shape), spec.target)
+        var = _weight_variable(self.ctx, node, dtype, tuple(value.shape), spec.target)
         stream = f"weights/{spec.target}"
         self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
         if var.numel:

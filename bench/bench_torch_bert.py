@@ -1,0 +1,160 @@
+"""Issue 5's BERT numbers: first-call time, later-call time against eager PyTorch, and fit.
+
+Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_torch_bert.py`` for both
+sizes, ``--base`` or ``--large`` for one, ``--layers N`` / ``--hidden H`` for a smaller model.
+
+* ``bert_base``: BERT-base shape (12 layers, hidden 768, 12 heads, seq 128, batch 2), fp32, on one
+  GC200: the first call (export + lower + compile + load + run) and the best of later calls, each
+  beside PyTorch eager on the same module and inputs in this process; the largest relative error.
+* ``bert_large``: BERT-Large shape (24 layers, hidden 1024, 16 heads) in fp16: compile time
+  (``.compile`` without running) and what the report says about fitting one GC200.
+
+The model is built in code with random weights (no downloads): word/position/type embeddings,
+post-LN encoder layers with an additive attention mask and erf GELU, a tanh pooler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+import softipu as sp
+import softipu.torch as st
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(hidden, 3 * hidden)
+        self.out = torch.nn.Linear(hidden, hidden)
+        self.norm1 = torch.nn.LayerNorm(hidden, eps=1e-12)
+        self.up = torch.nn.Linear(hidden, 4 * hidden)
+        self.down = torch.nn.Linear(4 * hidden, hidden)
+        self.norm2 = torch.nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        d = h // self.heads
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + mask
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
+        x = self.norm1(x + self.out(ctx))
+        return self.norm2(x + self.down(torch.nn.functional.gelu(self.up(x))))
+
+
+class Bert(torch.nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, vocab: int = 30522, positions: int = 512):
+        super().__init__()
+        self.words = torch.nn.Embedding(vocab, hidden)
+        self.positions = torch.nn.Embedding(positions, hidden)
+        self.types = torch.nn.Embedding(2, hidden)
+        self.norm = torch.nn.LayerNorm(hidden, eps=1e-12)
+        self.layers = torch.nn.ModuleList(Layer(hidden, heads) for _ in range(layers))
+        self.pooler = torch.nn.Linear(hidden, hidden)
+
+    def forward(self, ids: torch.Tensor, types: torch.Tensor, attention: torch.Tensor):
+        pos = torch.arange(ids.shape[1])
+        x = self.norm(self.words(ids) + self.positions(pos) + self.types(types))
+        mask = (1.0 - attention[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask)
+        return {"last_hidden_state": x, "pooled": torch.tanh(self.pooler(x[:, 0]))}
+
+
+def inputs(batch: int, seq: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30522, (batch, seq), generator=g)
+    types = torch.zeros(batch, seq, dtype=torch.long)
+    types[:, seq // 2:] = 1
+    attention = torch.ones(batch, seq, dtype=torch.long)
+    attention[1, seq - seq // 4:] = 0
+    return ids, types, attention
+
+
+def rel_error(got: dict, want: dict) -> float:
+    return max(float((got[k].float() - want[k]).abs().max() / want[k].abs().max()) for k in want)
+
+
+def best_of(fn, runs: int) -> float:
+    best = math.inf
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_base(layers: int, hidden: int, heads: int, runs: int) -> None:
+    torch.manual_seed(0)
+    net = Bert(layers, hidden, heads).eval()
+    args = inputs(2, 128)
+    with torch.no_grad():
+        want = net(*args)
+        t = time.perf_counter()
+        net(*args)
+        eager_first = time.perf_counter() - t
+    model = st.inference_model(net, st.Options(target=sp.targets.GC200,
+                                               engine_options={"debug.allowOutOfMemory": True}))
+    t = time.perf_counter()
+    got = model(*args)
+    first = time.perf_counter() - t
+    with torch.no_grad():
+        eager = best_of(lambda: net(*args), runs)
+    later = best_of(lambda: model(*args), runs)
+    with torch.no_grad():
+        eager2 = best_of(lambda: net(*args), runs)
+    eager = min(eager, eager2)
+    report = model.report
+    emit(bench="bert_base", layers=layers, hidden=hidden, first_call_s=round(first, 2),
+         first_call_target_s=30, stages_s={k: round(v, 2) for k, v in model.compile_seconds.items()},
+         eager_first_call_s=round(eager_first, 3), later_call_s=round(later, 3), eager_s=round(eager, 3),
+         later_over_eager=round(later / eager, 2), later_target=2.0, max_rel_error=rel_error(got, want),
+         modeled_ms=round(1e3 * model.cycle_count / sp.targets.GC200.clock_hz, 3),
+         fits=report.fits, peak_tile_bytes=int(report.tile_memory.max()),
+         total_bytes=int(report.tile_memory.sum()))
+
+
+def bench_large(layers: int, hidden: int, heads: int) -> None:
+    torch.manual_seed(0)
+    net = Bert(layers, hidden, heads).eval()
+    opts = st.Options(target=sp.targets.GC200, precision="fp16",
+                      engine_options={"debug.allowOutOfMemory": True})
+    model = st.inference_model(net, opts)
+    t = time.perf_counter()
+    model.compile(*inputs(2, 128))
+    seconds = time.perf_counter() - t
+    report = model.report
+    emit(bench="bert_large_fp16", layers=layers, hidden=hidden, compile_s=round(seconds, 2),
+         compile_target_s=60, stages_s={k: round(v, 2) for k, v in model.compile_seconds.items()},
+         fits=report.fits, peak_tile_bytes=int(report.tile_memory.max()),
+         total_bytes=int(report.tile_memory.sum()), tile_bytes=sp.targets.GC200.bytes_per_tile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", action="store_true")
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--runs", type=int, default=5)
+    a = parser.parse_args()
+    both = not (a.base or a.large)
+    if a.base or both:
+        hidden = a.hidden or 768
+        bench_base(a.layers or 12, hidden, hidden // 64, a.runs)
+    if a.large or both:
+        hidden = a.hidden or 1024
+        bench_large(a.layers or 24, hidden, hidden // 64)
+
+
+if __name__ == "__main__":
+    main()
