@@ -24,6 +24,7 @@ test: venv
 
 demo: venv
 	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo_torch.py
 
 # Each benchmark prints one JSON line per result on stdout; the banner goes to stderr.
 bench: venv

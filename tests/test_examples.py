@@ -8,6 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 import softipu as sp
 
@@ -152,3 +153,33 @@ def test_demo_heat_mapping(demo):
 def test_demo_rejects_odd_iterations(demo):
     with pytest.raises(ValueError, match="even"):
         demo.heat(sp.targets.ipu_model(tiles=2), rows_per_tile=1, width=4, iterations=3)
+
+
+def test_demo_torch_small(capsys, tmp_path):
+    """The PopTorch demo's main path on a 16-tile chip with small models (the GC200 run is ``make demo``)."""
+    demo_torch = load("demo_torch")
+    target = sp.targets.ipu_model(tiles=16)
+    results = demo_torch.main(report_dir=str(tmp_path), target=target,
+                              bert={"hidden": 32, "heads": 2, "seq": 16},
+                              cnn={"batch": 2, "size": 8, "device_iterations": 2})
+    assert set(results) == {"bert", "cnn"}
+    bert, cnn = results["bert"], results["cnn"]
+    assert bert["out"]["last_hidden_state"].shape == (2, 16, 32) and bert["out"]["pooled"].shape == (2, 32)
+    assert cnn["out"].shape == (4, 10) and cnn["samples"] == 4  # 2 device iterations x batch 2
+    for name, r in results.items():
+        with torch.no_grad():  # eager PyTorch again, on the module and inputs the demo ran
+            want = r["ipu_model"].model(*r["inputs"])
+        torch.testing.assert_close(r["out"], want, rtol=1e-4, atol=1e-5, msg=name)
+        assert r["passed"] and r["rel_diff"] <= 1e-4
+        assert r["cycles"] > 0 and r["latency_s"] == pytest.approx(r["cycles"] / target.clock_hz)
+        assert r["samples_per_s"] == pytest.approx(r["samples"] / r["latency_s"])
+        assert r["fits"] and 0 < r["mean_tile_bytes"] <= r["max_tile_bytes"] <= r["bytes_per_tile"]
+        # The report files are written, and the JSON reads back as the same report.
+        saved = sp.Report.from_json((tmp_path / f"{name}.report.json").read_text())
+        assert saved.cycles == r["report"].cycles > 0
+        np.testing.assert_array_equal(saved.tile_memory, r["report"].tile_memory)
+        assert "<svg" in (tmp_path / f"{name}.report.html").read_text()
+        assert '"traceEvents"' in (tmp_path / f"{name}.perfetto.json").read_text()
+    out = capsys.readouterr().out
+    assert out.count("(PASS, tolerance 0.0001)") == 2 and "FAIL" not in out
+    assert "samples/s" in out and "memory per tile over 16 tiles" in out
