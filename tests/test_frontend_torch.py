@@ -86,6 +86,29 @@ def test_mlp_matches_eager_and_later_calls_only_stream():
     assert model.report.cycles > 0 and "step" in model.report.summary()
 
 
+def test_weights_are_laid_out_for_their_consumers_not_copied_each_call():
+    """Linear weights are created in their matmul's block layout and embedding tables in whole
+    column blocks: no step of a call copies a parameter."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.words = torch.nn.Embedding(50, 24)
+            self.up = torch.nn.Linear(24, 40)
+            self.down = torch.nn.Linear(40, 24, bias=False)
+
+        def forward(self, ids):
+            return self.down(torch.relu(self.up(self.words(ids))))
+
+    torch.manual_seed(2)
+    model, _ = run(Net(), torch.randint(0, 50, (3, 5)))
+    steps = model.engine.executable.steps
+    copies = [s.name for s in steps if s.kind.name == "COPY"]
+    assert not [c for c in copies if c.startswith(("Copy up.", "Copy down.", "Copy words."))], copies
+    table = model.graph.variables[[v.name for v in model.graph.variables].index("words.weight")]
+    assert table.shape == (24, 50)  # stored transposed: each tile's columns are one region
+
+
 def test_fp16_precision_within_1e_2():
     torch.manual_seed(4)
     net = MLP()
