@@ -68,16 +68,14 @@ def _fields_may_clash(compiled: CompiledComputeSet) -> bool:
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
-                if f.direction.writes and t.repeats_elements():
-                    return True
                 starts, lengths = t.runs()
                 table = written if f.direction.writes else read
-                table.setdefault(t.dtype, []).append(_merged(starts, starts + lengths))
+                table.setdefault(t.dtype, []).append((starts, starts + lengths))
     for dtype, parts in written.items():
         w_s = np.concatenate([p[0] for p in parts])
         w_e = np.concatenate([p[1] for p in parts])
         u_s, u_e = _merged(w_s, w_e)
-        if int((u_e - u_s).sum()) < int((w_e - w_s).sum()):  # two written fields overlap
+        if int((u_e - u_s).sum()) < int((w_e - w_s).sum()):  # some element is written twice
             return True
         if dtype in read:
             r_s, r_e = _merged(np.concatenate([p[0] for p in read[dtype]]),

@@ -107,23 +107,35 @@ def split_by_mapping(starts: np.ndarray, ends: np.ndarray, mapping: ResolvedMapp
 
 def compute_set_transfers(compiled: CompiledComputeSet,
                           mappings: dict[DType, ResolvedMapping]) -> Transfers:
-    """Remote reads (home tile -> vertex tile) and remote writes (vertex tile -> home tile)."""
-    out = Transfers.empty()
+    """Remote reads (home tile -> vertex tile) and remote writes (vertex tile -> home tile).
+
+    Every field row of every group is collected first, so the mapping is searched once per
+    dtype and direction, however many vertex groups the compute set has.
+    """
+    parts: dict[tuple[DType, bool], tuple[list, list, list]] = {}
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
                 starts, ends, row = field_intervals(t)
                 tiles = group.tiles[row].astype(np.int64)
-                if f.direction is Direction.INPUT:
-                    # Vertices of one tile reading the same row (a broadcast bias, say) need it
-                    # once: split each distinct (tile, interval) only once.
-                    starts, ends, tiles = _distinct(starts, ends, tiles)
-                p_starts, p_ends, home, parent = split_by_mapping(starts, ends, mappings[t.dtype])
-                vertex_tile = tiles[parent]
-                if f.direction.reads:
-                    out.add(p_starts, p_ends, home, vertex_tile, t.dtype)
-                if f.direction.writes:
-                    out.add(p_starts, p_ends, vertex_tile, home, t.dtype)
+                for reads in (True, False):
+                    if (f.direction.reads if reads else f.direction.writes):
+                        cols = parts.setdefault((t.dtype, reads), ([], [], []))
+                        cols[0].append(starts)
+                        cols[1].append(ends)
+                        cols[2].append(tiles)
+    out = Transfers.empty()
+    for (dtype, reads), cols in parts.items():
+        starts, ends, tiles = (np.concatenate(c) for c in cols)
+        # Vertices of one tile touching the same row (a broadcast bias, say) need it once:
+        # split each distinct (tile, interval) only once.
+        starts, ends, tiles = _distinct(starts, ends, tiles)
+        p_starts, p_ends, home, parent = split_by_mapping(starts, ends, mappings[dtype])
+        vertex_tile = tiles[parent]
+        if reads:
+            out.add(p_starts, p_ends, home, vertex_tile, dtype)
+        else:
+            out.add(p_starts, p_ends, vertex_tile, home, dtype)
     return out
 
 
