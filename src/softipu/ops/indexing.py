@@ -391,10 +391,15 @@ def _column_major(table: Tensor) -> bool:
     return table.is_strided and rows > 1 and table.strides == (1, rows)
 
 
-def _block_addresses(addr: np.ndarray, c0: int, c1: int, column_major: bool) -> np.ndarray:
-    """A column block's addresses in the order its vertex sees them (storage order)."""
-    block = addr[:, c0:c1]
-    return (block.T if column_major else block).reshape(-1)
+def _table_blocks(graph: Graph, table: Tensor, columns: list[tuple[int, int]]) -> Tensor:
+    """A ``(V, rows * width)`` field of equal-width column blocks, each in storage order: a
+    strided view of a column-major table (no address arrays), else the blocks' addresses."""
+    rows = table.shape[0]
+    if _column_major(table):
+        starts = np.array([c0 * rows for c0, _ in columns], np.int64)
+        return rows_of(table.T.reshape(-1), starts, (columns[0][1] - columns[0][0]) * rows)
+    addr = table.addresses()
+    return tensor_at(graph, table.dtype, np.stack([addr[:, c0:c1].reshape(-1) for c0, c1 in columns]))
 
 
 def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
@@ -445,7 +450,7 @@ def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> 
     column_major = _column_major(table)
     lookups = max(1, min(n, graph.num_tiles // len(blocks)))
     bounds = np.linspace(0, n, lookups + 1).astype(np.int64)
-    t_addr, i_addr, o_addr = table.addresses(), indices.addresses(), out.addresses()
+    i_addr, o_addr = indices.addresses(), out.addresses()
     groups: dict[tuple[int, int], list[tuple[int, int, int, int, int]]] = {}
     for c0, c1, tile in blocks:
         for l0, l1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
@@ -457,8 +462,7 @@ def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> 
     codelet = multi_slice_codelet(table.dtype, indices.dtype, column_major)
     for members in groups.values():
         fields = {
-            "table": tensor_at(graph, table.dtype, np.stack([_block_addresses(t_addr, c0, c1, column_major)
-                                                             for c0, c1, *_ in members])),
+            "table": _table_blocks(graph, table, [(c0, c1) for c0, c1, *_ in members]),
             "index": tensor_at(graph, indices.dtype, np.stack([i_addr[l0:l1]
                                                                for _, _, l0, l1, _ in members])),
             "out": tensor_at(graph, out.dtype, np.stack([o_addr[l0:l1, c0:c1].reshape(-1)
@@ -475,7 +479,7 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
     blocks = _column_blocks(graph, table)
     if indices.shape[0] == 0 or not blocks or table.shape[0] == 0:
         return
-    t_addr, i_addr, u_addr = table.addresses(), indices.addresses(), updates.addresses()
+    i_addr, u_addr = indices.addresses(), updates.addresses()
     widths: dict[int, list[tuple[int, int, int]]] = {}
     for block in blocks:
         widths.setdefault(block[1] - block[0], []).append(block)
@@ -485,8 +489,7 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
     for members in widths.values():
         v = len(members)
         fields = {
-            "table": tensor_at(graph, table.dtype, np.stack([_block_addresses(t_addr, c0, c1, column_major)
-                                                             for c0, c1, _ in members])),
+            "table": _table_blocks(graph, table, [(c0, c1) for c0, c1, _ in members]),
             "index": tensor_at(graph, indices.dtype, np.broadcast_to(i_addr, (v, i_addr.size))),
             "updates": tensor_at(graph, updates.dtype, np.stack([u_addr[:, c0:c1].reshape(-1)
                                                                  for c0, c1, _ in members])),
