@@ -114,6 +114,11 @@ class Tensor:
             return empty, empty
         if self.index is not None:
             return _runs_of_addresses(self.index.ravel())
+        if len(self.shape) == 2 and self.strides[1] == 1 and self.strides[0] >= self.shape[1]:
+            rows, n = self.shape  # the common (vertices, n) field: one run a row, or one in all
+            if self.strides[0] == n or rows == 1:
+                return np.array([self.offset], np.int64), np.array([rows * n], np.int64)
+            return self.offset + np.arange(rows, dtype=np.int64) * self.strides[0], np.full(rows, n, np.int64)
         offset, dims, repeats = self.offset, [], 1
         for size, stride in zip(self.shape, self.strides, strict=True):
             if size == 1:
