@@ -657,3 +657,15 @@ def test_random_basic_chains_are_strided_exactly_when_numpy_returns_a_view(shape
         assert_view(t, expected)
         if expected.size:  # numpy never shares memory through an empty array
             assert t.is_strided == np.shares_memory(expected, a)
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: t, lambda t: t.T, lambda t: t[::-1, 1::2], lambda t: t[:, 2:5], lambda t: t[[3, 1, 2]],
+    lambda t: t.reshape(-1)[[5, 6, 7, 0, 1, 9]], lambda t: t[1:2].broadcast((3, 8)), lambda t: t[:0],
+])
+def test_element_runs_expand_to_the_addresses_in_element_order(make):
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    t = make(g.add_variable(sp.float32, (4, 8)))
+    starts, lengths = t.element_runs()
+    expanded = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)] or [[]])
+    np.testing.assert_array_equal(expanded, t.addresses().reshape(-1))

@@ -19,7 +19,7 @@ from softipu.errors import WriteConflictError
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["check_conflicts", "field_intervals"]
+__all__ = ["address_runs", "check_conflicts", "field_intervals"]
 
 
 @dataclass(slots=True)
@@ -49,6 +49,12 @@ def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, starts + 1, np.repeat(np.arange(rows, dtype=np.int64), n)
 
 
+def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) covering ``t``'s elements (a multiset), the cheapest way: a strided
+    view's own runs, an indexed view's runs in element order (its addresses are not sorted)."""
+    return t.runs() if t.index is None else t.element_runs()
+
+
 def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The union of intervals as sorted, disjoint intervals."""
     if starts.size == 0:
@@ -68,7 +74,7 @@ def _fields_may_clash(compiled: CompiledComputeSet) -> bool:
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
-                starts, lengths = t.runs()
+                starts, lengths = address_runs(t)
                 table = written if f.direction.writes else read
                 table.setdefault(t.dtype, []).append((starts, starts + lengths))
     for dtype, parts in written.items():

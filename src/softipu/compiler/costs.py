@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import (
     Traffic,
     compute_set_transfers,
@@ -224,7 +225,7 @@ class StepPricer:
         return Step(index, StepKind.HOST, name, location, "HostTransfer", host_bytes=nbytes, **parts)
 
     def _bytes_per_tile(self, tensor: Tensor) -> np.ndarray:
-        starts, lengths = tensor.runs()
+        starts, lengths = address_runs(tensor)
         p_starts, p_ends, tiles, _ = split_by_mapping(starts, starts + lengths, self.mappings[tensor.dtype])
         return np.bincount(tiles, weights=(p_ends - p_starts) * tensor.dtype.itemsize,
                            minlength=self.target.num_tiles).astype(np.int64)

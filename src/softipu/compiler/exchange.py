@@ -29,8 +29,8 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.target import Target
 
-__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "element_runs", "traffic",
-           "union_per_key", "exchange_cycles"]
+__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic", "union_per_key",
+           "exchange_cycles"]
 
 
 @dataclass(slots=True)
@@ -173,31 +173,12 @@ def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMappi
     return out, local
 
 
-def element_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) of the runs of consecutive addresses in ``t``'s element order."""
-    if t.numel == 0:
-        z = np.zeros(0, np.int64)
-        return z, z
-    if t.index is not None:
-        flat = t.index.reshape(-1)
-        cut = np.flatnonzero(np.diff(flat) != 1) + 1
-        first = np.concatenate(([0], cut))
-        return flat[first], np.diff(np.concatenate((first, [flat.size])))
-    run, axis = 1, t.ndim
-    while axis > 0 and (t.shape[axis - 1] == 1 or t.strides[axis - 1] == run):
-        axis -= 1
-        run *= t.shape[axis]
-    outer = Tensor(t.graph, t.dtype, t.shape[:axis], t.offset, t.strides[:axis])
-    starts = outer.addresses().reshape(-1)
-    return starts, np.full(starts.shape, run, np.int64)
-
-
 def _paired_runs(src: Tensor, dst: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(src starts, dst starts, lengths) of pieces contiguous on both sides of a copy."""
     if src.is_contiguous() and dst.is_contiguous():
         n = np.array([src.numel], np.int64)
         return np.array([src.offset], np.int64), np.array([dst.offset], np.int64), n
-    (ss, sl), (ds, dl) = element_runs(src), element_runs(dst)
+    (ss, sl), (ds, dl) = src.element_runs(), dst.element_runs()
     s_edge, d_edge = np.cumsum(sl) - sl, np.cumsum(dl) - dl  # first element of each run
     if ss.size == ds.size and np.array_equal(sl, dl):
         return ss, ds, sl

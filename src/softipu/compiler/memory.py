@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import split_by_mapping, union_per_key
 from softipu.compiler.executable import CompiledComputeSet
 from softipu.debug import at
@@ -114,7 +115,7 @@ class _Timeline:
     def _touch(self, point: int, tensors, kind: int) -> None:
         for t in tensors:
             if isinstance(t, Tensor):
-                starts, lengths = t.runs()
+                starts, lengths = address_runs(t)
                 self._record(point, self.graph.spaces[t.dtype], starts, starts + lengths, kind)
 
     def _record(self, point: int, space, starts: np.ndarray, ends: np.ndarray, kind: int) -> None:
@@ -169,7 +170,7 @@ class _Timeline:
                     kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
                     kinds += [_WRITE] if f.direction is Direction.INOUT else []
                     for t in group.tensors(name):
-                        starts, lengths = t.runs()
+                        starts, lengths = address_runs(t)
                         for kind in kinds:
                             parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
             cached = [(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),

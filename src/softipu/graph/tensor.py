@@ -140,6 +140,23 @@ class Tensor:
         starts = np.tile(starts, repeats)
         return starts, np.full(starts.shape, run, dtype=np.int64)
 
+    def element_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of the runs of consecutive addresses in element (row-major) order."""
+        if self.numel == 0:
+            z = np.zeros(0, np.int64)
+            return z, z
+        if self.index is not None:
+            flat = self.index.reshape(-1)
+            first = np.concatenate(([0], np.flatnonzero(np.diff(flat) != 1) + 1))
+            return flat[first], np.diff(np.concatenate((first, [flat.size])))
+        run, axis = 1, self.ndim
+        while axis > 0 and (self.shape[axis - 1] == 1 or self.strides[axis - 1] == run):
+            axis -= 1
+            run *= self.shape[axis]
+        outer = Tensor(self.graph, self.dtype, self.shape[:axis], self.offset, self.strides[:axis])
+        starts = outer.addresses().reshape(-1)
+        return starts, np.full(starts.shape, run, np.int64)
+
     def repeats_elements(self) -> bool:
         """True when some element appears twice (a broadcast view, or repeated indices)."""
         starts, lengths = self.runs()
