@@ -11,6 +11,11 @@ Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_ops_matmul.
 * ``planning_ms``: one plan (both orientations considered) from a cold cache.
 * ``matmul_wall``: engine.run of a float32 2048^3 matmul on a GC200 against numpy's float32
   matmul of the same shapes, best of several interleaved runs.
+* ``bert_matmul``: (``--bert``) the float32 matmuls of one BERT-base layer (hidden 768, 12 heads,
+  batch 2 x seq 128) on a GC200, built as the PyTorch frontend builds them (weights from
+  ``create_matmul_input_rhs``, activations mapped linearly, attention operands as views of the
+  QKV product): vertex groups per compute set (each a Python-level bulk call), and engine.run
+  against numpy and torch of the same shapes, best of interleaved blocks.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import softipu as sp
 from softipu import program as P
 from softipu.ops.common import OpError
+from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul, plan_matmul
 from softipu.ops.planner import _plan_cached
 
@@ -121,8 +127,80 @@ def matmul_wall(size: int = 2048, repeats: int = 7) -> None:
          numpy_median_s=round(float(np.median(theirs)), 4), limit_ratio=1.5)
 
 
+def _activation(g, shape, name):
+    t = g.add_variable(sp.float32, shape, name=name)
+    map_linearly(g, t, grain_size=2, min_elements_per_tile=16)
+    return t
+
+
+def bert_cases(g):
+    """(label, program, inputs, output, numpy operands from input values) per BERT-layer matmul."""
+    cases = []
+    x, h = _activation(g, (256, 768), "x"), _activation(g, (256, 3072), "h")
+    for n, k, src in ((2304, 768, x), (768, 768, x), (3072, 768, x), (768, 3072, h)):
+        w = create_matmul_input_rhs(g, sp.float32, (256, k), (k, n), name=f"w{n}x{k}")
+        prog = P.Sequence()
+        c = matmul(g, src, w, prog, name=f"linear{k}x{n}")
+        cases.append((f"linear 256x{k} . {k}x{n}", prog, (src, w), c,
+                      lambda v, s=src, w=w: (v[id(s)], v[id(w)])))
+    qkv = _activation(g, (256, 2304), "qkv")
+    heads = qkv.reshape(2, 128, 3, 12, 64).transpose(2, 0, 3, 1, 4)  # (3, batch, head, seq, 64)
+
+    def head(v, which):
+        return np.ascontiguousarray(v[id(qkv)].reshape(2, 128, 3, 12, 64).transpose(2, 0, 3, 1, 4)[which]
+                                    .reshape(24, 128, 64))
+
+    prog = P.Sequence()
+    s = matmul(g, heads[0].reshape(24, 128, 64), heads[1].reshape(24, 128, 64).transpose(0, 2, 1), prog,
+               name="scores")
+    cases.append(("bmm 24x128x64 . 24x64x128", prog, (qkv,), s,
+                  lambda v: (head(v, 0), np.ascontiguousarray(head(v, 1).transpose(0, 2, 1)))))
+    probs = _activation(g, (24, 128, 128), "probs")
+    prog = P.Sequence()
+    o = matmul(g, probs, heads[2].reshape(24, 128, 64), prog, name="context")
+    cases.append(("bmm 24x128x128 . 24x128x64", prog, (probs, qkv), o, lambda v: (v[id(probs)], head(v, 2))))
+    return cases
+
+
+def bert_matmul(repeats: int = 15) -> None:
+    import torch
+
+    g = sp.Graph(GC200)
+    cases = bert_cases(g)
+    eng = sp.Engine(g, [c[1] for c in cases])
+    rng = np.random.default_rng(0)
+    values = {}
+    for _, _, inputs, _, _ in cases:
+        for t in inputs:
+            if id(t) not in values:
+                values[id(t)] = rng.standard_normal(t.shape).astype(np.float32)
+                eng.write_tensor(t, values[id(t)])
+    groups = {cs.compute_set.name: len(cs.groups) for cs in eng.executable.compute_sets.values()}
+    for index, (label, _, _, out, operands) in enumerate(cases):
+        a, b = operands(values)
+        eng.run(index)
+        assert np.allclose(eng.read_tensor(out), a @ b, rtol=1e-4, atol=1e-3), label
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        best = [float("inf")] * 3
+        for _ in range(3):  # blocks: OpenBLAS's threads spin for a while after numpy's call
+            runs = (lambda i=index: eng.run(i), lambda a=a, b=b: a @ b, lambda a=ta, b=tb: a @ b)
+            for which, fn in enumerate(runs):
+                for _ in range(repeats // 3):
+                    t0 = time.perf_counter()
+                    fn()
+                    best[which] = min(best[which], time.perf_counter() - t0)
+                time.sleep(0.2)
+        name = out.name.split("/")[0]
+        emit(figure="bert_matmul", case=label, softipu_ms=round(1e3 * best[0], 2),
+             numpy_ms=round(1e3 * best[1], 2), torch_ms=round(1e3 * best[2], 2),
+             vertex_groups={k.split("/")[-1]: v for k, v in groups.items() if k.startswith(name + "/")})
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    if "--bert" in sys.argv:
+        bert_matmul()
+        return
     matmul_wall()
     if "--wall" in sys.argv:
         return

@@ -279,8 +279,8 @@ def test_options_validate_themselves():
         st.Options(available_memory_proportion=1.5)
     with pytest.raises(OptionError, match="did you mean 'precision'"):
         st.Options().replace(precison="fp16")
-    with pytest.warns(st.UnusedOptionWarning, match="executable_cache_dir"):
-        st.inference_model(torch.nn.ReLU(), st.Options(executable_cache_dir="/tmp/softipu-cache-test"))
+    with pytest.warns(st.UnusedOptionWarning, match="syncPattern"):
+        st.inference_model(torch.nn.ReLU(), st.Options(stored={"syncPattern": "full"}))
 
 
 def test_a_user_can_register_a_lowering():

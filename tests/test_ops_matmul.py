@@ -146,12 +146,15 @@ def test_plan_report_reads_well():
         assert words in text
 
 
-@pytest.mark.parametrize(("dtype", "floor"), [(sp.float16, 0.40), (sp.float32, 0.60)])
+@pytest.mark.parametrize(("dtype", "floor"), [(sp.float16, 0.48), (sp.float32, 0.68)])
 def test_gc200_2048_planner_quality_and_speed(dtype, floor):
     """The modeled AMP efficiency of a 2048^3 matmul (bench/bench_ops_matmul.py reports it).
 
-    NOTE: the issue asks for 70%; with 4 B/cycle/tile of exchange and no compute/exchange
-    overlap in BSP, 2048^3 cannot reach it here (see the plan report's exchange share).
+    NOTE: the issue asks for 70%. fp16 cannot reach it in this cost model: per tile the AMP's
+    fixed cost per weight pass (~256 cycles per 16 x 16 block of B), the input exchange, the
+    fp32 partials' exchange and their reduction add up to at least ~55% of the ideal compute
+    for any partition of 2048^3 over 1472 tiles (BSP, no exchange/compute overlap). fp32 sits
+    near its bound (~72%).
     """
     _plan_cached.cache_clear()
     t0 = time.perf_counter()
@@ -159,6 +162,32 @@ def test_gc200_2048_planner_quality_and_speed(dtype, floor):
     seconds = time.perf_counter() - t0
     assert p.fits and p.efficiency >= floor
     assert seconds < 0.1  # the bench holds it to 50 ms on a quiet machine
+
+
+def test_supertile_partners_share_a_block_and_the_compiled_exchange_matches_the_plan():
+    """2048^3 fp16: the two tiles of each supertile hold neighbouring N blocks of the same A block
+    (poplin's use of the shared exchange bus), and the compiler charges what the planner says."""
+    target = sp.targets.GC200
+    p = plan_matmul(target, sp.float16, (2048, 2048), (2048, 2048))
+    assert p.pair == "n" and p.n_split % 2 == 0
+    j = np.arange(p.n_split)
+    tiles = p.tile_of(0, 1, j, 2)
+    assert np.array_equal(tiles[0::2] // 2, tiles[1::2] // 2)  # partners on one supertile
+    g = sp.Graph(target)
+    a = create_matmul_input_lhs(g, sp.float16, (2048, 2048), (2048, 2048), name="a")
+    b = create_matmul_input_rhs(g, sp.float16, (2048, 2048), (2048, 2048), name="b")
+    prog = P.Sequence()
+    matmul(g, a, b, prog)
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    eng.run(0)
+    amp_step = next(s for s in eng.executable.steps if s.name.endswith("/amp"))
+    exchange_per_step = (p.exchange_cycles - _reduce_exchange(eng)) // p.k_serial
+    assert abs(amp_step.exchange_cycles - exchange_per_step) <= 0.01 * exchange_per_step
+    assert abs(eng.report.cycles - p.cycles) <= 0.005 * p.cycles
+
+
+def _reduce_exchange(eng) -> int:
+    return sum(s.exchange_cycles for s in eng.executable.steps if s.name.endswith("/reduce"))
 
 
 def test_a_skewed_product_is_planned_transposed():
@@ -233,6 +262,57 @@ def test_fast_and_reference_engines_agree_bitwise_on_split_k_and_broadcast_batch
     (ref,), _ = _run(g, prog, {a: av, b: bv}, [c], reference=True)
     np.testing.assert_array_equal(fast, ref)
     np.testing.assert_allclose(fast, np.matmul(av, bv), rtol=1e-5, atol=1e-5)
+
+
+def _amp_inputs(rng, v, m, k, n, dtype, shared_b):
+    a = rng.standard_normal((v, m * k)).astype(dtype)
+    b = rng.standard_normal((1 if shared_b else v, k * n)).astype(dtype)
+    return a, np.broadcast_to(b, (v, k * n)) if shared_b else b
+
+
+@pytest.mark.parametrize(("m", "k", "n", "layout"), [
+    (64, 64, 24, 0), (29, 70, 16, 0), (134, 96, 32, 0), (40, 48, 40, 1), (33, 17, 9, 2), (300, 128, 80, 0),
+])
+@pytest.mark.parametrize("shared_b", [True, False])
+def test_amp_vertices_get_the_same_bytes_whatever_the_batch(m, k, n, layout, shared_b):
+    """A bulk AmpMatMul call gives each vertex the bytes it gets alone, as the reference engine
+    runs it (design principle 6). OpenBLAS rounds small products (its small-matrix and direct
+    kernels) differently from large ones, so a bulk call must not merge blocks into one GEMM."""
+    from softipu.codelets.matmul import amp_codelet
+    rng = np.random.default_rng(m * k + n)
+    v = 24  # enough that the blocks together pass OpenBLAS's small-matrix size
+    for in_dtype, partials, accumulate in [(sp.float32, sp.float32, False), (sp.float32, sp.float32, True),
+                                           (sp.float16, sp.float32, False), (sp.float16, sp.float16, True)]:
+        codelet = amp_codelet(in_dtype, partials, accumulate)
+        a, b = _amp_inputs(rng, v, m, k, n, in_dtype.numpy, shared_b)
+        start = rng.standard_normal((v, m * n)).astype(partials.numpy)
+        params = {name: np.full((v, 1), x, np.int32) for name, x in (("m", m), ("k", k), ("n", n),
+                                                                      ("layout", layout))}
+        bulk = start.copy()
+        codelet.compute(a, b, bulk, **params)
+        for i in range(v):
+            alone = start[i:i + 1].copy()
+            codelet.compute(a[i:i + 1].copy(), b[i:i + 1].copy(), alone,
+                            **{name: x[:1] for name, x in params.items()})
+            np.testing.assert_array_equal(bulk[i:i + 1], alone)
+
+
+def test_reductions_are_one_bulk_call_per_n_block():
+    """Partials live in column slabs, so every row of an N block is reduced by one bulk call
+    (a BERT attention product: 24 heads of 128 x 64 . 64 x 128)."""
+    g = _graph(sp.targets.GC200)
+    a, b = _var(g, sp.float32, (24, 128, 64), "a"), _var(g, sp.float32, (24, 64, 128), "b")
+    prog = P.Sequence()
+    c = matmul(g, a, b, prog)
+    p = plan_matmul(g, sp.float32, a.shape, b.shape)
+    assert p.k_split > 1
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    groups = {cs.compute_set.name: len(cs.groups) for cs in eng.executable.compute_sets.values()}
+    widths = len(set(np.minimum(p.blocks[2], p.problem.n - np.arange(0, p.problem.n, p.blocks[2]))))
+    assert groups["matmul/reduce"] <= p.n_split * widths
+    # AMP calls: one per vertex coordinate outside the dimension with most blocks (x block sizes).
+    assert groups["matmul/amp"] <= 2 * p.tiles_used // max(p.splits)
+    assert c.shape == (24, 128, 128)
 
 
 def test_serial_k_chunks_accumulate_correctly():

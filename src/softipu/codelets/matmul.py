@@ -31,8 +31,8 @@ writes one output row (cast to the output type). Estimate [U], after poplin's Re
 vector per cycle for the store.
 
 The engine runs a group's AMP vertices as one batched ``np.matmul`` over ``(vertices, m, k)`` x
-``(vertices, k, n)`` views of tile memory; see :func:`gemm` for how it keeps the BLAS
-busy on both host cores.
+``(vertices, k, n)`` views of tile memory, one BLAS product per vertex; see :func:`gemm` for
+why never more and how it keeps both host cores busy.
 """
 
 from __future__ import annotations
@@ -143,16 +143,15 @@ def reduce_cycles(num_partials, n, partials_dtype: DType, out_dtype: DType, targ
 
 # -- host execution of the batched GEMM -------------------------------------------------------
 class _Blas:
-    """numpy's own OpenBLAS, called directly: its thread count, and ``cblas_sgemm`` with beta.
+    """numpy's own OpenBLAS: its thread count, set to one while the engine's own threads run.
 
-    A batch of small GEMMs runs best as single-threaded GEMMs on several host threads: OpenBLAS
-    would otherwise wake (and, on a busy host, stall) its own threads for every small call.
-    ``sgemm`` with ``beta = 1`` accumulates into tile memory in one pass. Everything falls back
-    to ``np.matmul`` when numpy's BLAS is not an OpenBLAS this finds.
+    A batch of block products runs best as single-threaded GEMMs on several host threads:
+    OpenBLAS would otherwise wake (and, on a busy host, stall) its own threads for every small
+    call. Without an OpenBLAS this finds, the batch runs on this thread with numpy's defaults.
     """
 
     def __init__(self) -> None:
-        self.get = self.set = self.sgemm = None
+        self.get = self.set = None
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
         self.cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -161,34 +160,26 @@ class _Blas:
         libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
         for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
             try:
-                self._bind(ctypes.CDLL(path))
+                lib = ctypes.CDLL(path)
+                get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
             except (OSError, AttributeError):
                 continue
+            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+            self.get, self.set = get, set_
             return
 
-    def _bind(self, lib: ctypes.CDLL) -> None:
-        get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
-        get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-        gemm = lib.scipy_cblas_sgemm64_  # ILP64: 64-bit sizes
-        i64, ptr, f32, enum = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-        gemm.argtypes = [enum, enum, enum, i64, i64, i64, f32, ptr, i64, ptr, i64, f32, ptr, i64]
-        gemm.restype = None
-        self.get, self.set, self.sgemm = get, set_, gemm
-
     def idle_cores(self) -> int:
-        """Cores beyond this thread that other processes leave idle (1-minute load average).
+        """Cores beyond this thread that other threads leave idle now (sampled every 50 ms).
 
         Extra threads only pay where a core is free: on a busy host, handing work to a thread
-        that waits for a core makes the whole batch wait for it.
+        that waits for a core makes the whole batch wait for it. The count of runnable threads
+        in ``/proc/loadavg`` (this one among them) says so now; a load average would also count
+        this process's own recent work, and keep a quiet host's second core idle.
         """
         now = time.monotonic()
-        if now - self._load_at > 1.0:
+        if now - self._load_at > 0.05:
             self._load_at = now
-            try:
-                load = os.getloadavg()[0]
-            except OSError:
-                load = 0.0
-            self._idle = int(self.cores - max(load, 1.0) + 0.5)
+            self._idle = self.cores - _runnable_threads()
         return self._idle
 
     def executor(self) -> ThreadPoolExecutor:
@@ -197,172 +188,110 @@ class _Blas:
         return self.pool
 
 
+def _runnable_threads() -> int:
+    """Threads on this host that are running or ready to run, this one included (at least 1)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(1, int(f.read().split()[3].split("/")[0]))
+    except (OSError, ValueError, IndexError):
+        try:
+            return max(1, int(os.getloadavg()[0] + 0.5))
+        except OSError:
+            return 1
+
+
 _BLAS = _Blas()
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-# Below this many multiply-accumulates a GEMM is not worth handing to another thread.
-_PARALLEL_MACS = 1 << 23
+# Below this much work (multiply-accumulates, elements) a batch is not worth handing to another
+# thread.
+_PARALLEL_WORK = 1 << 23
+_PIECES = 2  # ranges per core: a core slowed by other work takes fewer of them
+_PIECE_WORK = 1 << 21
+_ADD_WORK = 16  # an element added from memory costs the host about as much as 16 MACs
 
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
-    """``out (+)= a @ b`` over ``(..., V, m, k) x (..., V, k, n)`` float32, fast on the host.
+    """``out (+)= a @ b`` over float32 blocks ``(..., V, m, k) x (..., V, k, n)``, fast on the host.
 
-    When one operand is shared by the whole batch (a zero batch stride) and the other and the
-    output are stacked blocks (each right after the previous one), the batch is one GEMM of ``V``
-    times the rows. Large GEMMs are cut by rows over the host's idle cores, each piece one
-    single-threaded BLAS call. Every output row is computed by the same BLAS kernel over the same
-    K whatever the cut, so results do not depend on how the engine batches (design.md
-    principle 6).
+    Every block is its own BLAS product, whatever the batch: OpenBLAS picks a kernel by a
+    product's shape (small-matrix, direct or blocked; they round differently), so merging blocks
+    into one taller GEMM would make results depend on how the engine batches vertices (design.md
+    principle 6; the reference engine runs one vertex at a time). numpy's matmul loops over the
+    blocks in C; a large batch is cut into ranges of vertices for the host's idle cores, each
+    range single-threaded in BLAS. ``accumulate``: ``out += a @ b`` (the product rounded first).
     """
-    beta = 1.0 if accumulate else 0.0
-    merged = _merge(a, b, out)
-    if merged is not None:
-        a2, b2, o2 = merged
-        rows = a2.shape[0]
-        parts = _parts(rows * a2.shape[1] * b2.shape[1], rows)
-        _run([(a2[lo:hi], b2, o2[lo:hi], beta) for lo, hi in _bounds(rows, parts)])
-        return
-    *lead, m, k = a.shape
-    n = b.shape[-1]
-    batch = math.prod(lead)
-    a3, b3 = a.reshape((batch, m, k)), b.reshape((batch, k, n))
-    o3 = out if out.ndim == 3 else _leading_merged(out, (batch, m, n))
-    if o3 is None:  # replicas that do not merge: numpy's own loop
-        out[...] = (out if accumulate else 0) + np.matmul(a, b)
-        return
-    parts = _parts(batch * m * k * n, batch)
-    _run([(a3[lo:hi], b3[lo:hi], o3[lo:hi], beta) for lo, hi in _bounds(batch, parts)])
+    def job(lo: int, hi: int) -> None:
+        _gemm_job(a[..., lo:hi, :, :], b[..., lo:hi, :, :], out[..., lo:hi, :, :], accumulate)
 
-
-def _merge(a: np.ndarray, b: np.ndarray, out: np.ndarray):
-    """(A2, B2, O2) 2-D operands equivalent to the batched product, or None."""
-    if a.ndim != 3 or a.shape[0] < 2:
-        return None
-    if b.strides[0] == 0 and _stacked(a) and _stacked(out):  # shared right operand
-        v, m, k = a.shape
-        return a.reshape(v * m, k), b[0], out.reshape(v * m, out.shape[2])
-    if a.strides[0] == 0:  # shared left operand: out^T = b^T a^T, stacked
-        bt, ot = b.swapaxes(1, 2), out.swapaxes(1, 2)
-        if _stacked(bt) and _stacked(ot):
-            v, n, k = bt.shape
-            return bt.reshape(v * n, k), a[0].T, ot.reshape(v * n, ot.shape[2])
-    return None
-
-
-def _stacked(x: np.ndarray) -> bool:
-    """Whether (V, r, c) blocks form one (V*r, c) matrix: a reshape is then a view."""
-    return x.shape[1] == 1 or x.strides[0] == x.shape[1] * x.strides[1]
-
-
-def _leading_merged(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``x`` (replicas, V, ...) viewed with ``shape``, or None when that would copy."""
-    view = x.view()
-    try:
-        view.shape = shape
-    except AttributeError:
-        return None
-    return view
-
-
-def _parts(macs: int, rows: int) -> int:
-    """How many pieces to cut a GEMM into, so that busy or idle cores share it evenly."""
-    if macs < _PARALLEL_MACS or _BLAS.idle_cores() < 1:
-        return 1
-    return max(1, min(_PIECES * _BLAS.cores, rows // _MIN_PIECE_ROWS, macs // _PIECE_MACS))
-
-
-_PIECES = 2  # per core: a core slowed by other work takes fewer of them
-_MIN_PIECE_ROWS = 32
-_PIECE_MACS = 1 << 21
-
-
-def _bounds(rows: int, parts: int) -> list[tuple[int, int]]:
-    cuts = [rows * p // parts for p in range(parts + 1)]
-    return [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-
-
-def _operand(x: np.ndarray) -> tuple[int, int] | None:
-    """(transpose flag, leading dimension) of a 2-D float32 operand for cblas, or None."""
-    rows, cols = x.shape
-    s0, s1 = (st // 4 for st in x.strides)
-    if (cols == 1 or x.strides[1] == 4) and x.strides[0] % 4 == 0 and (rows == 1 or s0 >= cols):
-        return _NO_TRANS, max(s0 if rows > 1 else cols, cols, 1)
-    if (rows == 1 or x.strides[0] == 4) and x.strides[1] % 4 == 0 and (cols == 1 or s1 >= rows):
-        return _TRANS, max(s1 if cols > 1 else rows, rows, 1)
-    return None
-
-
-def _gemm_2d(a: np.ndarray, b: np.ndarray, o: np.ndarray, beta: float) -> None:
-    """``o = a @ b + beta * o`` for 2-D float32 operands, in one BLAS call where possible."""
-    sgemm = _BLAS.sgemm
-    if sgemm is not None and o.size and a.shape[1]:
-        fa, fb, fo = _operand(a), _operand(b), _operand(o)
-        if fa and fb and fo and fo[0] == _NO_TRANS:
-            m, k = a.shape
-            sgemm(_ROW_MAJOR, fa[0], fb[0], m, o.shape[1], k, 1.0, a.ctypes.data, fa[1],
-                  b.ctypes.data, fb[1], beta, o.ctypes.data, fo[1])
-            return
-    if beta:
-        o += a @ b
-    else:
-        np.matmul(a, b, out=o)
-
-
-def _gemm_job(a: np.ndarray, b: np.ndarray, o: np.ndarray, beta: float) -> None:
-    if a.ndim == 2:
-        _gemm_2d(a, b, o, beta)
-    elif not beta:
-        np.matmul(a, b, out=o)
-    else:
-        for i in range(a.shape[0]):
-            _gemm_2d(a[i], b[i], o[i], beta)
-
-
-def _drain(jobs: list, counter) -> None:
-    for i in counter:
-        if i >= len(jobs):
-            return
-        _gemm_job(*jobs[i])
-
-
-def _run(jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]) -> None:
-    """Every job, single-threaded in BLAS, pulled from one queue by this thread and helpers on
-    idle cores (``itertools.count`` hands out each job once)."""
     blas = _BLAS
     if blas.set is None:
-        for job in jobs:
-            _gemm_job(*job)
+        _on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
         return
     with blas.lock:
         before = blas.get()
         blas.set(1)
         try:
-            counter = itertools.count()
-            helpers = [blas.executor().submit(_drain, jobs, counter)
-                       for _ in range(min(blas.idle_cores() + 1, blas.cores, len(jobs)) - 1)]
-            _drain(jobs, counter)
-            for h in helpers:
-                h.result()
+            _on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
         finally:
             blas.set(before)
+
+
+def _gemm_job(a: np.ndarray, b: np.ndarray, o: np.ndarray, accumulate: bool) -> None:
+    if accumulate:
+        product = _scratch(o.shape, "product")
+        np.matmul(a, b, out=product)
+        o += product
+    else:
+        np.matmul(a, b, out=o)
+
+
+def _on_idle_cores(job, vertices: int, work: int) -> None:
+    """``job(lo, hi)`` over ranges of ``vertices`` that together cover them once, run by this
+    thread and helpers on idle cores (``itertools.count`` hands out each range once).
+
+    ``work`` (multiply-accumulates, elements) decides whether splitting pays. Each vertex is
+    computed whole by one call, so results never depend on the split.
+    """
+    parts = 1 if work < _PARALLEL_WORK or vertices < 2 else _parts(work, vertices)
+    if parts == 1:
+        job(0, vertices)
+        return
+    cuts = [vertices * p // parts for p in range(parts + 1)]
+    ranges = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+    counter = itertools.count()
+
+    def drain() -> None:
+        for i in counter:
+            if i >= len(ranges):
+                return
+            job(*ranges[i])
+
+    blas = _BLAS
+    helpers = [blas.executor().submit(drain)
+               for _ in range(min(blas.idle_cores() + 1, blas.cores, len(ranges)) - 1)]
+    drain()
+    for h in helpers:
+        h.result()
+
+
+def _parts(work: int, vertices: int) -> int:
+    """How many vertex ranges to cut a batch into, so that busy or idle cores share it evenly."""
+    if _BLAS.idle_cores() < 1:
+        return 1
+    return max(1, min(_PIECES * _BLAS.cores, vertices, work // _PIECE_WORK))
 
 
 _SCRATCH = threading.local()
 
 
-def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A reused fp32 buffer of ``shape`` (no fresh pages per call); valid until the next call."""
+def _scratch(shape: tuple[int, ...], slot: str = "buf") -> np.ndarray:
+    """A reused fp32 buffer of ``shape`` (no fresh pages per call), one per thread and ``slot``;
+    valid until the next call for the same slot."""
     size = math.prod(shape)
-    buf = getattr(_SCRATCH, "buf", None)
+    buf = getattr(_SCRATCH, slot, None)
     if buf is None or buf.size < size:
-        buf = _SCRATCH.buf = np.empty(max(size, 1 << 16), np.float32)
+        buf = np.empty(max(size, 1 << 16), np.float32)
+        setattr(_SCRATCH, slot, buf)
     return buf[:size].reshape(shape)
-
-
-def _blocks(x: np.ndarray, rows: int, cols: int, transposed: bool) -> np.ndarray:
-    """A field ``(..., V, rows * cols)`` as ``(..., V, rows, cols)`` blocks (a view)."""
-    if transposed:
-        return x.reshape(x.shape[:-1] + (cols, rows)).swapaxes(-1, -2)
-    return x.reshape(x.shape[:-1] + (rows, cols))
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
@@ -398,10 +327,15 @@ def amp_codelet(in_dtype: DType, partials_dtype: DType, accumulate: bool = False
         def compute(a, b, out, m, k, n, layout):
             if out.size == 0:
                 return
-            mm, kk, nn, bits = int(m.flat[0]), int(k.flat[0]), int(n.flat[0]), int(layout.flat[0])
-            a3 = _as_float32(_blocks(a, mm, kk, bool(bits & A_TRANSPOSED)))
-            b3 = _as_float32(_blocks(b, kk, nn, bool(bits & B_TRANSPOSED)))
-            o3 = out.reshape(out.shape[:-1] + (mm, nn))
+            mm, kk, nn, bits = m.item(0), k.item(0), n.item(0), layout.item(0)
+            lead = out.shape[:-1]
+            a3 = a.reshape(lead + (kk, mm)).swapaxes(-1, -2) if bits & A_TRANSPOSED else \
+                a.reshape(lead + (mm, kk))
+            b3 = b.reshape(lead + (nn, kk)).swapaxes(-1, -2) if bits & B_TRANSPOSED else \
+                b.reshape(lead + (kk, nn))
+            if a3.dtype != np.float32:
+                a3, b3 = _as_float32(a3), _as_float32(b3)
+            o3 = out.reshape(lead + (mm, nn))
             if o3.dtype == np.float32:  # straight into (or onto) the partials
                 gemm(a3, b3, o3, accumulate)
                 return
@@ -438,12 +372,17 @@ def reduce_codelet(partials_dtype: DType, out_dtype: DType) -> type[Vertex]:
             if len(partials) == 1:
                 out[...] = partials[0]
                 return
-            # Summed in a cache-sized scratch in a fixed order, then stored once.
-            acc = _scratch(out.shape)
-            np.add(partials[0], partials[1], out=acc, dtype=np.float32)
-            for p in partials[2:]:
-                np.add(acc, p, out=acc, dtype=np.float32)
-            out[...] = acc
+
+            def rows(lo: int, hi: int) -> None:
+                # Summed in a cache-sized scratch in a fixed order, then stored once.
+                part = [p[..., lo:hi, :] for p in partials]
+                acc = _scratch(part[0].shape)
+                np.add(part[0], part[1], out=acc, dtype=np.float32)
+                for p in part[2:]:
+                    np.add(acc, p, out=acc, dtype=np.float32)
+                out[..., lo:hi, :] = acc
+
+            _on_idle_cores(rows, out.shape[-2], out.size * len(partials) * _ADD_WORK)
 
         @staticmethod
         def cycles(partials, out, target):

@@ -15,6 +15,10 @@ segment on its own (``ufunc.reduceat``); rows are combined in a fixed order, fir
 row of partials is reduced with numpy's pairwise order along a contiguous vector. Max and min
 propagate NaN like numpy.
 
+Speed: each codelet makes a fixed, small number of numpy calls per batch of vertices, whatever
+their phases or segment counts (per-batch index arrays and strided windows are built once and
+cached against the engine's frozen param arrays), and reads its input in place.
+
 Cycle estimates: poplibs' reduction estimators are not among the figures of ipu-facts.md §5, so
 these are documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per
 worker, ``target.vector_width`` elements, fp16 read 4-wide and accumulated in fp32) plus a fixed
@@ -146,13 +150,14 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
     """``ReduceSegments<op, dtype>``: reduce consecutive segments of one contiguous piece.
 
     The piece's first segment has ``first`` elements, the following ones ``period`` each (the
-    last may be shorter); segment ``s`` goes to ``out[s]``. Slots past the piece's segments are
-    padding (the op's identity) that stage 2 never reads, so pieces with a different segment
-    count still share one vertex group.
+    last may be shorter). A piece with ``s`` segments writes them to the *last* ``s`` slots of
+    ``out``, in order; the slots before them are padding that stage 2 never reads (they hold an
+    arbitrary element of the piece). Pieces with a different segment count thus still share one
+    vertex group, and every vertex of a batch is one ``ufunc.reduceat`` call: a padding slot's
+    start equals the next slot's, which reduceat turns into a single element.
     """
     partial = partials_dtype(dtype)
     prepare, ufunc = _prepare(op, partial), op.ufunc
-    pad = identity_of(op, partial)
 
     class ReduceSegments(MultiVertex):
         x = Input(dtype)
@@ -163,22 +168,15 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
         @staticmethod
         def compute(x, out, first, period):
             y = prepare(x)
-            segments, length = out.shape[-1], y.shape[-1]
-            if segments == 1:
-                out[..., 0] = ufunc.reduce(y, axis=-1)
+            if out.shape[-1] == 1:
+                ufunc.reduce(y, axis=-1, out=out[..., 0])
                 return
-            index, complete = _segment_index(first, period, segments, length, out.shape[:-1])
+            index = _segment_index(first, period, out.shape[-1], y.shape[-1], out.shape[:-1])
             flat = (y if y.flags.c_contiguous else np.ascontiguousarray(y)).reshape(-1)
-            if complete:  # every piece has all its segments
-                if out.flags.c_contiguous and out.dtype == partial.numpy:
-                    ufunc.reduceat(flat, index, out=out.reshape(-1))
-                else:
-                    out[...] = ufunc.reduceat(flat, index).reshape(out.shape)
-                return
-            valid = index >= 0
-            result = np.full(valid.shape, pad, partial.numpy)
-            result[valid] = ufunc.reduceat(flat, index[valid])
-            out[...] = result.reshape(out.shape)
+            if out.flags.c_contiguous:
+                ufunc.reduceat(flat, index, out=out.reshape(-1))
+            else:
+                out[...] = ufunc.reduceat(flat, index).reshape(out.shape)
 
         @staticmethod
         def cycles(x, out, first, period, target):
@@ -193,34 +191,28 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
 
 
 # Segment start indices per param array: the fast engine passes the same (read-only) param
-# arrays on every run, so the index is built once. id(first) -> (weakref(first), key, result).
-_INDEX_CACHE: dict[int, tuple[weakref.ref, tuple, tuple[np.ndarray, bool]]] = {}
+# arrays on every run, so the index is built once. id(first) -> (weakref(first), key, index).
+_INDEX_CACHE: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
 
 
-def _segment_index(first: np.ndarray, period: np.ndarray, segments: int, length: int,
-                   rows_shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
-    """Flat start of every segment of every row (-1 where a row has fewer segments).
-
-    Returns ``(index, complete)``: ``index`` has one entry per segment slot, row-major, and
-    ``complete`` says whether every row has all ``segments``.
-    """
-    key = (segments, length, rows_shape, id(period))
+def _segment_index(first: np.ndarray, period: np.ndarray, slots: int, length: int,
+                   rows_shape: tuple[int, ...]) -> np.ndarray:
+    """Flat reduceat start of every slot of every row, padding slots first (see above)."""
+    key = (slots, length, rows_shape, id(period))
     hit = _INDEX_CACHE.get(id(first))
     if hit is not None and hit[0]() is first and hit[1] == key and not first.flags.writeable:
         return hit[2]
-    starts = first + np.arange(-1, segments - 1) * period
-    starts[:, 0] = 0
-    starts = np.broadcast_to(starts, rows_shape + (segments,)).reshape(-1, segments)
-    rows = starts.shape[0]
-    index = starts + (np.arange(rows) * length)[:, None]
-    complete = bool(starts[:, -1].max() < length)
-    result = (index.reshape(-1) if complete else np.where(starts < length, index, -1).reshape(-1),
-              complete)
+    f, p = first.reshape(-1).astype(np.int64), period.reshape(-1).astype(np.int64)
+    count = np.where(f < length, 1 + (length - f + p - 1) // np.maximum(p, 1), 1)  # segments
+    k = np.arange(slots) - (slots - count)[:, None]  # segment number of each slot (< 0: padding)
+    starts = np.where(k > 0, f[:, None] + (k - 1) * p[:, None], 0)
+    starts = np.broadcast_to(starts, rows_shape + (slots,)).reshape(-1, slots)
+    index = (starts + (np.arange(starts.shape[0]) * length)[:, None]).reshape(-1)
     if not first.flags.writeable:  # engine params are frozen; anything else is not cached
         if len(_INDEX_CACHE) >= _CACHE_LIMIT:
             _INDEX_CACHE.clear()
-        _INDEX_CACHE[id(first)] = (weakref.ref(first), key, result)
-    return result
+        _INDEX_CACHE[id(first)] = (weakref.ref(first), key, index)
+    return index
 
 
 @cache
@@ -243,22 +235,18 @@ def rows_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
         @staticmethod
         def compute(x, out, phase):
             y = prepare(x)
-            width, length = out.shape[-1], y.shape[-1]
-            rows, rest = divmod(length, width)
-            aligned = not phase.any()
-            folded = out if aligned else np.empty(out.shape, partial.numpy)
-            if rows == 1:
-                folded[...] = y[..., :width]
-            elif rows == 2:
-                ufunc(y[..., :width], y[..., width : 2 * width], out=folded)
-            else:
-                lead = y.shape[:-1]
-                ufunc.reduce(y[..., : rows * width].reshape(lead + (rows, width)), axis=-2,
-                             out=folded)
-            if rest:
-                ufunc(folded[..., :rest], y[..., rows * width :], out=folded[..., :rest])
-            if not aligned:
-                _rotate_into(folded, phase[:, 0], out)
+            rotation = _rotation(phase, out.shape, partial)
+            if rotation is None:  # every piece starts at column 0
+                _fold(ufunc, y, out)
+                return
+            # Fold into the first half of doubled rows: vertex v's columns in order are then
+            # the contiguous window doubled[v, S - phase[v] : 2S - phase[v]].
+            doubled, copies = rotation
+            width = out.shape[-1]
+            _fold(ufunc, y, doubled[..., :width])
+            doubled[..., width:] = doubled[..., :width]
+            for rows, window in copies:
+                out[..., rows, :] = window
 
         @staticmethod
         def cycles(x, out, phase, target):
@@ -272,21 +260,73 @@ def rows_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
     return ReduceRows
 
 
-def _rotate_into(folded: np.ndarray, phase: np.ndarray, out: np.ndarray) -> None:
-    """``out[..., v, (phase[v] + j) % S] = folded[..., v, j]``."""
-    width = out.shape[-1]
-    if phase.size == 0:
-        return
-    p0 = int(phase[0])
-    if np.all(phase == p0):
-        out[..., p0:] = folded[..., : width - p0]
-        out[..., :p0] = folded[..., width - p0 :]
-        return
-    # NOTE: pieces cut from a linear mapping whose tile size is not a multiple of the row length
-    # start at different columns; rotating row by row costs two small copies per vertex.
-    for v, p in enumerate(phase.tolist()):
-        out[..., v, p:] = folded[..., v, : width - p]
-        out[..., v, :p] = folded[..., v, width - p :]
+def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
+    """``out[c] = y[c] op y[S + c] op ...`` over the whole rows of ``y``, then its tail."""
+    width, length = out.shape[-1], y.shape[-1]
+    rows, rest = divmod(length, width)
+    if rows == 1:
+        out[...] = y[..., :width]
+    elif rows == 2:
+        ufunc(y[..., :width], y[..., width : 2 * width], out=out)
+    else:
+        ufunc.reduce(y[..., : rows * width].reshape(y.shape[:-1] + (rows, width)), axis=-2, out=out)
+    if rest:
+        ufunc(out[..., :rest], y[..., rows * width :], out=out[..., :rest])
+
+
+# Rotation plans per phase param array (the fast engine passes the same read-only arrays on
+# every run): id(phase) -> (weakref(phase), key, (doubled scratch, [(rows, window view), ...])).
+_ROTATION_CACHE: dict[int, tuple[weakref.ref, tuple, tuple[np.ndarray, list] | None]] = {}
+# One scratch per shape, shared by the vertex batches of that shape (the engine runs them one
+# after another).
+_SCRATCH: dict[tuple, np.ndarray] = {}
+
+
+def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
+    """None when no vertex needs rotating, else a doubled-rows scratch and the copies out of it.
+
+    Vertex ``v`` reads its rotated row at offset ``v * 2S + S - phase[v]`` of the scratch. Equal
+    pieces cut from a linear mapping have phases that advance by a constant until they wrap, so
+    those offsets step evenly over runs of vertices: each run is one strided window, built once.
+    """
+    key = (out_shape, partial)
+    hit = _ROTATION_CACHE.get(id(phase))
+    if hit is not None and hit[0]() is phase and hit[1] == key and not phase.flags.writeable:
+        return hit[2]
+    p = phase.reshape(-1).astype(np.int64)
+    result = None
+    if p.any():
+        width = out_shape[-1]
+        shape = out_shape[:-1] + (2 * width,)
+        doubled = _SCRATCH.get((shape, partial))
+        if doubled is None:
+            doubled = _SCRATCH[(shape, partial)] = np.empty(shape, partial.numpy)
+        result = (doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(),
+                                    width))
+    if not phase.flags.writeable:  # engine params are frozen; anything else is not cached
+        if len(_ROTATION_CACHE) >= _CACHE_LIMIT:
+            _ROTATION_CACHE.clear()
+            _SCRATCH.clear()
+        _ROTATION_CACHE[id(phase)] = (weakref.ref(phase), key, result)
+    return result
+
+
+def _windows(doubled: np.ndarray, offsets: list[int], width: int) -> list[tuple[slice, np.ndarray]]:
+    """(vertex rows, strided view of ``doubled``) for each run of evenly stepping ``offsets``."""
+    item = doubled.itemsize
+    lead, lead_strides = doubled.shape[:-2], doubled.strides[:-2]
+    flat = doubled.reshape(-1)  # C-contiguous: a view
+    windows, a = [], 0
+    while a < len(offsets):
+        b = a + 1
+        step = offsets[b] - offsets[a] if b < len(offsets) else 0
+        while b < len(offsets) and offsets[b] - offsets[b - 1] == step:
+            b += 1
+        view = np.lib.stride_tricks.as_strided(flat[offsets[a]:], lead + (b - a, width),
+                                               lead_strides + (step * item, item), writeable=False)
+        windows.append((slice(a, b), view))
+        a = b
+    return windows
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------

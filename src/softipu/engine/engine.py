@@ -92,10 +92,23 @@ class Engine:
         if not isinstance(graph, Graph):
             raise EngineError(f"Engine needs a softipu Graph, got {type(graph).__name__}")
         self.options = EngineOptions.parse(options)
+        executable = compile_graph(graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
+        self._load(graph, executable, estimate_only)
+
+    @classmethod
+    def from_executable(cls, executable: Executable, graph: Graph, options: Mapping[str, Any] | None = None,
+                        *, estimate_only: bool = False) -> Engine:
+        """An engine for an executable compiled earlier for ``graph`` (e.g. one loaded by
+        :func:`softipu.compiler.serialize.load_executable`), without compiling again."""
+        self = cls.__new__(cls)
+        self.options = EngineOptions.parse(options)
+        self._load(graph, executable, estimate_only)
+        return self
+
+    def _load(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
         self.graph = graph
         self.estimate_only = estimate_only
-        self.executable: Executable = compile_graph(
-            graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
+        self.executable: Executable = executable
         self.log = RunLog(len(self.executable.steps))
         self._static = StaticCost(self.executable, self.options.while_iterations)
         self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"

@@ -42,6 +42,7 @@ from typing import ClassVar
 from softipu.debug import SourceLocation, caller_location
 from softipu.dtypes import DType, as_dtype
 from softipu.errors import CodeletError
+from softipu.graph.codelet_registry import note_codelet
 
 __all__ = [
     "Direction",
@@ -135,6 +136,7 @@ class Vertex:
             fields.update({k: v for k, v in vars(klass).items() if isinstance(v, Field)})
         cls.fields = fields
         cls.defined_at = caller_location()
+        note_codelet(cls)  # so compiled executables can name it (softipu.graph.codelet_registry)
         if cls.__dict__.get("abstract", False):
             return
         if not fields:

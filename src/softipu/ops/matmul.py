@@ -495,22 +495,26 @@ def _output(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]):
 
 
 def _partials(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]) -> _Blocks:
-    """Partials: one contiguous block per (g, i, j, l), the vertices' batched dimension innermost."""
+    """Partials: K range ``kr``'s partial product is a ``(G*M, N)`` matrix in column slabs.
+
+    Slab ``j`` holds the ``G*M`` rows of N block ``j``, so block ``(g, i, j, kr)`` is contiguous,
+    the blocks of any one dimension sit at evenly spaced addresses (an AMP bulk call binds them
+    as one strided view), and so do the rows a ReducePartials vertex reads: one bulk call per N
+    block reduces every row of it.
+    """
     q = pl.problem
     gm, gn, _ = grids
     g_, mS, nS, kS = q.groups, len(gm), len(gn), pl.k_split
-    sizes = np.broadcast_to(gm.sizes[None, :, None, None] * gn.sizes[None, None, :, None],
-                            (g_, mS, nS, kS))
-    axis = "gmnk".index(pl.vary)
-    order = [d for d in range(4) if d != axis] + [axis]
-    flat = np.transpose(sizes, order).ravel()
-    offsets = np.concatenate(([0], np.cumsum(flat[:-1]))).reshape(np.transpose(sizes, order).shape)
-    offsets = np.transpose(offsets, np.argsort(order))
-    var = ctx.graph.add_variable(q.partials_dtype, (int(flat.sum()),), name=f"{ctx.name}/partials")
+    rows = g_ * q.m
+    var = ctx.graph.add_variable(q.partials_dtype, (kS * rows * q.n,), name=f"{ctx.name}/partials")
     g = np.arange(g_)[:, None, None, None]
-    tiles = pl.tile_of(g // pl.blocks[0], np.arange(mS)[None, :, None, None],
-                       np.arange(nS)[None, None, :, None], np.arange(kS)[None, None, None, :])
-    starts = var.offset + offsets
+    i = np.arange(mS)[None, :, None, None]
+    j = np.arange(nS)[None, None, :, None]
+    kr = np.arange(kS)[None, None, None, :]
+    starts = (var.offset + kr * rows * q.n + rows * gn.starts[j]
+              + (g * q.m + gm.starts[i]) * gn.sizes[j])
+    sizes = np.broadcast_to(gm.sizes[i] * gn.sizes[j], starts.shape)
+    tiles = pl.tile_of(g // pl.blocks[0], i, j, kr)
     map_runs(ctx.graph, var, starts.ravel(), sizes.ravel(), np.broadcast_to(tiles, sizes.shape).ravel())
     return _Blocks(var, starts, False, np.arange(g_))
 
@@ -538,11 +542,38 @@ def _add_amp_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, a: _Block
     codelet = amp_codelet(q.in_dtype, q.partials_dtype if pl.two_stage else q.out_dtype, accumulate)
     tiles = pl.tile_of(g // pl.blocks[0], i, j, kr)
     coords = {"g": g, "m": i, "n": j, "k": kr}
-    keys = [coords[d] for d in "gmnk" if d != pl.vary] + [msz, nsz, ksz]
+    vary = _vary(coords, {"g": np.zeros_like(g), "m": msz, "n": nsz, "k": ksz}, a, b)
+    keys = [coords[d] for d in "gmnk" if d != vary] + [msz, nsz, ksz]
     tensors = {"a": (a.tensor.dtype, msz * ksz), "b": (b.tensor.dtype, ksz * nsz),
                "out": (out.tensor.dtype, msz * nsz)}
     params = {"m": msz, "k": ksz, "n": nsz, "layout": np.full(g.shape, layout)}
-    add_vertex_runs(ctx.graph, cs, codelet, keys, coords[pl.vary], tiles, starts, tensors, params)
+    add_vertex_runs(ctx.graph, cs, codelet, keys, coords[vary], tiles, starts, tensors, params)
+
+
+def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Blocks, b: _Blocks) -> str:
+    """The dimension whose vertices each bulk call spans: the one that leaves the fewest calls.
+
+    A call holds the vertices that differ only in that dimension and have equal blocks; along
+    any of them every field's blocks are evenly spaced (the group dimension only when neither
+    operand repeats a group: a broadcast batch).
+    """
+    best, fewest = "g", None
+    for d in "mnkg":
+        if d == "g" and not all(_evenly_spaced(x.group_of) for x in (a, b)):
+            continue
+        key = np.zeros_like(coords[d])
+        for e in "gmnk":
+            value = sizes[d] if e == d else coords[e]
+            key = key * (int(value.max(initial=0)) + 1) + value
+        calls = np.unique(key).size
+        if fewest is None or calls < fewest:
+            best, fewest = d, calls
+    return best
+
+
+def _evenly_spaced(x: np.ndarray) -> bool:
+    d = np.diff(x)
+    return bool(np.all(d == d[:1])) if d.size else True
 
 
 def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
@@ -550,27 +581,27 @@ def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partia
     """ReducePartials vertices: one per output row of a block, adding its ``k_split`` partials.
 
     The rows of block (g, i, j) are shared out over its ``k_split`` tiles, which hold its partials;
-    the output rows are mapped to the tile that writes them.
+    the output rows are mapped to the tile that writes them. Each N block's vertices are one bulk
+    call: over the rows ``g*M + row`` both the output rows and (column slabs) the partial rows are
+    evenly spaced.
     """
     q = pl.problem
     gm, gn, _ = grids
-    g_, kS = q.groups, pl.k_split
-    # Every (g, row, j): row-major over the output, N blocks innermost.
-    g, row, j = (x.ravel() for x in np.meshgrid(np.arange(g_), np.arange(q.m), np.arange(len(gn)),
-                                                 indexing="ij"))
+    kS, rows = pl.k_split, q.groups * q.m
+    j, v = (x.ravel() for x in np.meshgrid(np.arange(len(gn)), np.arange(rows), indexing="ij"))
+    g, row = v // q.m, v % q.m
     i = np.searchsorted(gm.starts, row, side="right") - 1
     r = row - gm.starts[i]
     length = gn.sizes[j]
     home = r // -(-gm.sizes[i] // kS)
     tiles = pl.tile_of(g // pl.blocks[0], i, j, home)
-    out_start = out.offset + (g * q.m + row) * q.n + gn.starts[j]
-    part_starts = np.stack([partials.starts[g, i, j, kr] + r * length for kr in range(kS)])
+    out_start = out.offset + v * q.n + gn.starts[j]
+    part_starts = partials.starts[g, i, j, :].T + r * length
     map_runs(ctx.graph, out, out_start, length, tiles)
     codelet = reduce_codelet(q.partials_dtype, q.out_dtype)
-    add_vertex_runs(ctx.graph, cs, codelet, [i, j, length], g * q.m + row, tiles,
+    add_vertex_runs(ctx.graph, cs, codelet, [j], v, tiles,
                     {"out": out_start, "partials": part_starts},
-                    {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {},
-                    fine_key=g)
+                    {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {})
 
 
 def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray], order: np.ndarray,

@@ -17,13 +17,19 @@ plan wants (``create_matmul_input_lhs/rhs``), each A block is spread over the ``
 that use it and each B block over the ``m_split`` tiles, so a tile receives all but its own share
 (the exchange multicasts: a sender sends a piece once however many tiles listen).
 
+Supertiles (poplin places work the same way): the two tiles of a supertile share one exchange bus
+of twice a tile's rate, and data both of them receive crosses it once (ipu-facts.md §1). A plan
+may pair neighbouring N blocks of the same A block on the two tiles (``pair == "n"``: the pair's
+bus carries one A block and two B blocks instead of two of each) or neighbouring M blocks of the
+same B block (``"m"``); unpaired plans of at most half the tiles use one tile per supertile.
+
 The price of a candidate is built from the cost model's own pieces (see :func:`price`): AMP
-cycles from the codelet's estimator, exchange cycles of the bytes each tile receives at
-``target.exchange_cycles`` (twice the rate when a plan uses at most one tile per supertile),
-sync, and the reduction stage (ReducePartials vertices on the workers plus the partials'
-exchange). Temporary bytes per tile (received blocks and partials) must stay below
-``availableMemoryProportion x target.bytes_per_tile``, and with the tile's own share of A, B and
-C below ``target.bytes_per_tile``. The fastest candidate wins; plans are cached by problem,
+cycles from the codelet's estimator, exchange cycles of the bytes crossing each supertile's bus
+at ``target.exchange_cycles`` per tile (as the compiler charges them), sync, and the reduction
+stage (ReducePartials vertices on the workers plus the partials' exchange). Temporary bytes per
+tile (received blocks and partials) must stay below ``availableMemoryProportion x
+target.bytes_per_tile``, and with the tile's own share of A, B and C below
+``target.bytes_per_tile``. The fastest candidate wins; plans are cached by problem,
 target and options.
 """
 
@@ -39,9 +45,13 @@ from softipu.codelets.matmul import amp_cycles, reduce_cycles
 from softipu.dtypes import DType
 from softipu.target import Target
 
-__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "DIMS"]
+__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "DIMS", "PAIRINGS"]
 
 DIMS = ("g", "m", "n", "k")
+# What the two tiles of a supertile split between them (poplin's use of the shared exchange bus):
+# nothing in particular (""), two N blocks sharing one A block ("n"), or two M blocks sharing one
+# B block ("m"). Data both partners receive crosses their bus once (ipu-facts.md §1).
+PAIRINGS = ("", "n", "m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +98,7 @@ class Plan:
     k_serial: int
     two_stage: bool  # partials reduced (or cast) by a second compute set
     spread: int  # 2: at most one busy tile per supertile
+    pair: str  # one of PAIRINGS: the dimension split across the two tiles of a supertile
     amp_cycles: int
     exchange_cycles: int
     reduce_cycles: int
@@ -130,26 +141,23 @@ class Plan:
         return -(-self.problem.k // self.blocks[3])
 
     @property
-    def vary(self) -> str:
-        """The dimension whose vertices one bulk call batches.
-
-        M when it is not much smaller than the largest (its vertices share their B block, so the
-        engine runs a bulk call as one tall GEMM); otherwise the dimension with most vertices.
-        """
-        counts = (self.problem.groups, self.m_split, self.n_split, self.k_split)
-        if self.m_split > 1 and 4 * self.m_split >= max(counts):
-            return "m"
-        return DIMS[int(np.argmax(counts))]
-
-    @property
     def efficiency(self) -> float:
         """Modeled flops / (cycles x the whole chip's AMP peak)."""
         return self.problem.flops / max(1, self.cycles * self.peak_flops_per_cycle)
 
     def tile_of(self, gi, i, j, kr) -> np.ndarray:
-        """The tile of partition (group block, M block, N block, K range); arrays broadcast."""
+        """The tile of partition (group block, M block, N block, K range); arrays broadcast.
+
+        The paired dimension varies fastest, so the two tiles of a supertile hold neighbouring
+        blocks of it and the same blocks of every other dimension.
+        """
         g_s, m_s, n_s, k_s = self.splits
-        u = ((np.asarray(gi, np.int64) * m_s + i) * n_s + j) * k_s + kr
+        gi = np.asarray(gi, np.int64)
+        if self.pair == "n":
+            return ((gi * m_s + i) * k_s + kr) * n_s + j
+        if self.pair == "m":
+            return ((gi * n_s + j) * k_s + kr) * m_s + i
+        u = ((gi * m_s + i) * n_s + j) * k_s + kr
         if self.spread > 1:
             return (u * self.num_tiles) // self.tiles_used
         return u
@@ -168,8 +176,10 @@ def _split_options(size: int, grain: int, max_split: int) -> tuple[np.ndarray, n
     return -(-size // blocks), blocks
 
 
-def _candidates(p: MatMulProblem, tiles: int) -> dict[str, np.ndarray]:
-    """All (g, m, n, k) partitions using at most ``tiles`` tiles, as columns."""
+def _candidates(p: MatMulProblem, target: Target) -> dict[str, np.ndarray]:
+    """All (g, m, n, k) partitions using at most every tile, as columns, each with every
+    pairing it allows (``pair``: an index into :data:`PAIRINGS`)."""
+    tiles = target.num_tiles
     cols: dict[str, np.ndarray] = {"used": np.ones(1, np.int64)}
     for dim, size, grain in (("g", p.groups, 1), ("m", p.m, p.m_grain), ("n", p.n, p.n_grain),
                              ("k", p.k, p.k_grain)):
@@ -178,6 +188,16 @@ def _candidates(p: MatMulProblem, tiles: int) -> dict[str, np.ndarray]:
         cols = {key: v[rows] for key, v in cols.items()}
         cols["s" + dim], cols["b" + dim] = s[picks], b[picks]
         cols["used"] = cols["used"] * s[picks]
+    tps = target.tiles_per_supertile
+    pairs = [np.zeros(cols["used"].size, bool)]
+    if tps == 2 and target.tiles_per_ipu % tps == 0:  # a pair never straddles two IPUs
+        pairs += [cols["sn"] % tps == 0, cols["sm"] % tps == 0]
+    else:
+        pairs += [np.zeros_like(pairs[0])] * 2
+    rows = np.concatenate([np.flatnonzero(ok | (k == 0)) for k, ok in enumerate(pairs)])
+    kind = np.concatenate([np.full(int((ok | (k == 0)).sum()), k, np.int64) for k, ok in enumerate(pairs)])
+    cols = {key: v[rows] for key, v in cols.items()}
+    cols["pair"] = kind
     return cols
 
 
@@ -211,15 +231,24 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     direct = sn == 1  # the AMP writes whole output rows: no second stage needed
     staged = (sk > 1) | (psz != osz) | ~direct
     partial_bytes = np.where(staged, bg * bm * bn * psz, 0)
-    recv_per_k = bg * (bm * (sn - 1) // sn + bn * (sm - 1) // sm) * isz
+    # Per unit of K: each block is spread over the tiles that use it, so a tile receives all
+    # but its own share of its A block (used by sn tiles) and of its B block (sm tiles).
+    a_recv, b_recv = bg * bm * (sn - 1) // sn * isz, bg * bn * (sm - 1) // sm * isz
+    recv_per_k = a_recv + b_recv
     serial, chunk = _serial_chunks(p, bk, recv_per_k, budget - partial_bytes)
     steps = np.maximum(serial, 1)
     k_blocks = -(-p.k // chunk)
     sk = -(-k_blocks // steps)  # K ranges actually used with these chunks
     two_stage = (sk > 1) | (psz != osz) | ~direct
     used = sg * sm * sn * sk
-    spread = np.where(used * target.tiles_per_supertile <= target.num_tiles,
-                      target.tiles_per_supertile, 1)
+    tps = target.tiles_per_supertile
+    pair = c["pair"]
+    spread = np.where((pair == 0) & (used * tps <= target.num_tiles), tps, 1)
+    # What crosses a supertile's bus, per tile of it: partners' blocks of the paired dimension
+    # differ, their shared block crosses once (whole: each partner lacks the other's share).
+    bus_per_k = np.where(pair == 1, bg * bm * isz + tps * b_recv,
+                         np.where(pair == 2, tps * a_recv + bg * bn * isz, tps * recv_per_k))
+    bus_in = -(-bus_per_k * chunk // tps)
     recv_in = recv_per_k * chunk
     amp = bg * (amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target)
                 + (steps - 1) * amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target,
@@ -230,7 +259,7 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     workers = target.workers_per_tile
     red = np.where(two_stage, workers * np.maximum(each, -(-(runs * each) // workers)), 0)
     sync = target.on_chip_sync_cycles
-    exchange = steps * _exchange(recv_in, spread, target) + np.where(
+    exchange = steps * _exchange(bus_in, spread, target) + np.where(
         two_stage, _exchange(recv_red, spread, target), 0)
     partial_bytes = np.where(two_stage, bg * bm * bn * psz, 0)
     reduce_temp = np.where(two_stage, partial_bytes + recv_red, 0)
@@ -243,7 +272,8 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
     resident = resident + _code_bytes(target, steps, bg, sm, sn, sk, runs, two_stage)
-    return {"sk": sk, "used": used, "spread": spread, "two_stage": two_stage, "serial": serial,
+    return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
+            "serial": serial,
             "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
             "sync": steps * sync + np.where(two_stage, sync, 0), "temp": temp,
             "resident": resident,
@@ -275,13 +305,17 @@ def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 
 
 
 def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:
-    """Cycles no candidate can beat: its AMP at peak plus its input exchange at twice the rate."""
-    macs = (target.amp_macs_per_cycle_fp16 if p.in_dtype.itemsize == 2
-            else target.amp_macs_per_cycle_fp32)
-    amp = c["bg"] * c["bm"] * c["bn"] * c["bk"] // macs
-    recv = c["bg"] * c["bk"] * (c["bm"] * (c["sn"] - 1) // c["sn"] + c["bn"] * (c["sm"] - 1) // c["sm"])
-    rate = target.exchange_bytes_per_cycle * target.tiles_per_supertile
-    return amp + (recv * p.in_dtype.itemsize / rate).astype(np.int64)
+    """Cycles no candidate can beat: its AMP over the tile's whole K range in one step, plus
+    the exchange of its inputs across its supertile's bus (each tile alone on it when unpaired)."""
+    bg, bm, bn, bk, sm, sn = c["bg"], c["bm"], c["bn"], c["bk"], c["sm"], c["sn"]
+    isz, tps = p.in_dtype.itemsize, target.tiles_per_supertile
+    amp = bg * amp_cycles(bm, bk, bn, p.in_dtype, p.partials_dtype, target)
+    a_recv, b_recv = bg * bm * (sn - 1) // sn * isz, bg * bn * (sm - 1) // sm * isz
+    pair = c["pair"]
+    bus = np.where(pair == 1, bg * bm * isz + tps * b_recv,
+                   np.where(pair == 2, tps * a_recv + bg * bn * isz, a_recv + b_recv))
+    rate = target.exchange_bytes_per_cycle * tps
+    return amp + (bus * bk / rate).astype(np.int64)
 
 
 _FIRST_PRICED = 1024
@@ -299,7 +333,13 @@ def _promising(p: MatMulProblem, target: Target, every: dict[str, np.ndarray],
     costs = price(p, target, head, budget)
     total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
     if not costs["fits"].any():
-        return every
+        # Memory does not depend on the pairing: the unpaired partitions tell whether any fits
+        # (and, if none does, hold the one needing least memory).
+        alone = {k: v[every["pair"] == 0] for k, v in every.items()}
+        costs = price(p, target, alone, budget)
+        if not costs["fits"].any():
+            return alone
+        total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
     best = int(total[costs["fits"]].min())
     keep = order[bound[order] <= best]
     return {k: v[keep] for k, v in every.items()}
@@ -309,7 +349,7 @@ def _promising(p: MatMulProblem, target: Target, every: dict[str, np.ndarray],
 def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
     t0 = time.perf_counter()
     budget = int(proportion * target.bytes_per_tile)
-    every = _candidates(p, target.num_tiles)
+    every = _candidates(p, target)
     cols = _promising(p, target, every, budget)
     costs = price(p, target, cols, budget)
     total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
@@ -329,6 +369,7 @@ def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
         splits=(int(cols["sg"][best]), int(cols["sm"][best]), int(cols["sn"][best]), get["sk"]),
         blocks=(int(cols["bg"][best]), int(cols["bm"][best]), int(cols["bn"][best]), get["chunk"]),
         k_serial=max(1, get["serial"]), two_stage=bool(get["two_stage"]), spread=get["spread"],
+        pair=PAIRINGS[get["pair"]],
         amp_cycles=get["amp"], exchange_cycles=get["exchange"], reduce_cycles=get["reduce"],
         sync_cycles=get["sync"], temp_bytes_per_tile=get["temp"],
         resident_bytes_per_tile=get["resident"], budget_bytes_per_tile=budget,
@@ -348,6 +389,7 @@ def plan_report(plan_: Plan) -> str:
         f"  partition: groups {p.g_split} x M {p.m_split} x N {p.n_split} x K {p.k_split} "
         f"(parallel) = {p.tiles_used} tiles"
         + (", one per supertile" if p.spread > 1 else "")
+        + (f", supertile partners split {p.pair.upper()}" if p.pair else "")
         + f"; K serial {p.k_serial}",
         f"  per tile: {g} group(s) of ({m} x {k}) . ({k} x {n})"
         + (" per serial step" if p.k_serial > 1 else ""),

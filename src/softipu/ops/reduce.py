@@ -12,8 +12,11 @@ The plan, like PopLibs':
 3. **Stage 2** (one compute set): each output element's partials are exchanged to the tile that
    owns it and reduced there, in input order.
 
-Partials live on the tiles that made them; the output is mapped linearly. Empty reductions give
-the operator's identity; NaN propagates through max and min like numpy.
+Partials live on the tiles that made them; an outer reduction keeps one row of them per piece,
+in input order, so stage 2 reads an output's rows evenly spaced. The output is mapped linearly;
+an outer reduction's is spread over as many tiles as its grain allows, because every output
+reduces a row of partials from each input tile. Empty reductions give the operator's identity;
+NaN propagates through max and min like numpy.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from softipu.dtypes import DType, bool_, int32
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
+from softipu.ops.mapping import map_linearly
 
 __all__ = ["ReduceOp", "reduce", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min",
            "reduce_prod", "argmax", "argmin"]
@@ -105,13 +109,28 @@ def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
     axes = _normalize_dims(ctx, x, dims)
     cv = _canonical(x, axes)
     out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-    out = ctx.output(x.dtype, out_shape)
+    out = _output(ctx, cv, x.dtype, out_shape)
     factor = 1.0
     if scale == "mean":
         factor = 1.0 / cv.R if cv.R else float("nan")
     _plan(ctx, cv, op, out, factor)
     if opts["keepdims"]:
         out = out.reshape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
+    return out
+
+
+def _output(ctx: OpContext, cv: _Canonical, dtype: DType, shape: tuple[int, ...]) -> Tensor:
+    """The result, mapped linearly in vector-sized grains.
+
+    An outer reduction's stage 2 reduces one row of partials per input tile for every output:
+    its outputs are spread over as many tiles as the grain allows, so each tile receives and
+    reduces few columns of those rows (not the 8 grains per tile an op's output gets by default).
+    """
+    if cv.B == 1 or cv.R <= 1:
+        return ctx.output(dtype, shape)
+    out = ctx.graph.add_variable(dtype, shape, name=f"{ctx.name}/out")
+    grain = max(1, ctx.graph.target.vector_width(dtype.itemsize))
+    map_linearly(ctx.graph, out, grain_size=grain, min_elements_per_tile=grain)
     return out
 
 
@@ -240,7 +259,8 @@ def _plan_inner(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
         first = np.minimum(r - starts[pick] % r, length)
         graph.add_vertices(cs1, codelet, {"x": rows_of(flat, starts[pick], length), "out": block,
                                           "first": first, "period": r}, tiles[pick])
-        slot0[pick] = block.offset + np.arange(v) * s
+        # A piece's segments fill the last slots of its row (padding first: segments_codelet).
+        slot0[pick] = block.offset + np.arange(v) * s + (s - segments[pick])
     ctx.execute(cs1)
     piece, k = _expand(segments)
     output = starts[piece] // r + k
@@ -287,22 +307,43 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
         starts, lengths, tiles = starts[order], lengths[order], tiles[order]
     width = np.minimum(lengths, b)
     full = lengths >= b
-    groups = [lengths == n for n in np.unique(lengths).tolist()]
-    sizes = [(int(p.sum()), int(width[p][0])) for p in groups]
-    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p in groups])
+    # One row of partials per piece, in input order, on the piece's tile: the rows an output
+    # reduces in stage 2 are then evenly spaced (one strided view), whatever the pieces' lengths.
+    row0 = np.cumsum(width) - width
+    parts = graph.add_variable(partial, (int(width.sum()),), name=f"{ctx.name}/partials")
     cs1 = ctx.compute_set("partials")
     codelet = rows_codelet(op, dtype)
-    row0 = np.zeros(starts.size, np.int64)
-    for pick, block, (v, s) in zip(groups, blocks, sizes, strict=True):
-        length = int(lengths[pick][0])
-        phase = np.where(full[pick], starts[pick] % b, 0)
-        graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[pick], length), "out": block,
-                                          "phase": phase}, tiles[pick])
-        row0[pick] = block.offset + np.arange(v) * s
+    for length in np.unique(lengths).tolist():
+        for run in _even_runs(np.flatnonzero(lengths == length), starts, row0):
+            block = rows_of(parts, row0[run], int(width[run[0]]))
+            graph.set_tile_mappings(block, tiles[run])
+            phase = np.where(full[run], starts[run] % b, 0)
+            graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[run], length), "out": block,
+                                              "phase": phase}, tiles[run])
     ctx.execute(cs1)
     # Piece p supplies outputs [lo[p], lo[p] + width[p]) from its partials row.
     lo = (starts // (r * b)) * b + np.where(full, 0, starts % b)
-    _columns_stage(ctx, op, partial, out, lo, width, row0, scale)
+    _columns_stage(ctx, op, partial, out, lo, width, parts.offset + row0, scale)
+
+
+def _even_runs(picks: np.ndarray, *positions: np.ndarray) -> list[np.ndarray]:
+    """``picks`` cut into runs over which every ``positions[picks]`` steps evenly.
+
+    Each run becomes one ``add_vertices`` call whose fields are strided (zero-copy for the
+    engine); a linear mapping gives one or two runs per piece length.
+    """
+    if picks.size <= 2:
+        return [picks] if picks.size else []
+    steps = np.stack([np.diff(p[picks]) for p in positions])
+    breaks = np.flatnonzero(np.any(steps[:, 1:] != steps[:, :-1], axis=0))  # step i+1 != step i
+    runs, a = [], 0
+    while a < picks.size:
+        # The run from a takes step a; it ends at the first later step that differs.
+        k = np.searchsorted(breaks, a)
+        b = int(breaks[k]) + 2 if k < breaks.size else picks.size
+        runs.append(picks[a:b])
+        a = b
+    return runs
 
 
 def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo: np.ndarray,

@@ -1,19 +1,29 @@
-"""Which Core ATen ops have a lowering: the table in ``docs/torch_coverage.md``.
+"""Which Core ATen ops have a lowering, and which OpInfo ops give eager's answers: the tables in
+``docs/torch_coverage.md``.
 
 Regenerate it with ``python -m softipu.frontends.torch.coverage > docs/torch_coverage.md``; a
-test fails while the file and the registry disagree.
+test fails while the file and the registry disagree. The OpInfo section is rendered from
+``docs/opinfo_results.json``, which the slower sweep writes
+(``python -m softipu.frontends.torch.opinfo > docs/opinfo_results.json``, see
+:mod:`softipu.frontends.torch.opinfo`); ``tests/test_frontend_opinfo.py`` checks a subset of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from softipu.frontends.torch import lowerings  # noqa: F401 - registers the built-in lowerings
+from softipu.frontends.torch.opinfo import OpResult, Status, from_json
 from softipu.frontends.torch.registry import LOWERINGS, Lowering
 
-__all__ = ["OpStatus", "core_aten_ops", "coverage", "markdown"]
+__all__ = ["OpStatus", "core_aten_ops", "coverage", "markdown", "OPINFO_RESULTS", "opinfo_results"]
+
+# NOTE: a path in the source checkout (src/softipu/frontends/torch -> the repository root): the
+# sweep's results are a generated file of the docs, not package data.
+OPINFO_RESULTS = Path(__file__).resolve().parents[4] / "docs" / "opinfo_results.json"
 
 _STATIC_SHAPES = "static shapes: never in a graph softipu accepts"
 _WHY: dict[str, tuple[str, str]] = {
@@ -106,8 +116,9 @@ def markdown() -> str:
         "*refused* (cannot exist on a static-graph device; the error says what to write instead), "
         "*training*, *n/a*.",
         "",
-        "This table says which ops have a lowering, not that every dtype and argument of each is "
-        "checked: PyTorch's OpInfo samples are not run through softipu yet.",
+        "This table says which ops have a lowering; whether they give PyTorch's answers is measured "
+        "with PyTorch's own OpInfo samples: " + _opinfo_headline(opinfo_results()) + " "
+        "(see [OpInfo samples](#opinfo-samples)).",
         "",
         "Add a lowering with `softipu.torch.register_lowering(\"aten::name\", fn)`, where "
         "`fn(ctx, node, *args, **kwargs)` builds the result with `softipu.ops` on `ctx.graph`, "
@@ -119,7 +130,72 @@ def markdown() -> str:
     lines += [f"| `{r.name}` | {r.status} | {r.note} |" for r in rows]
     lines += ["", f"Lowerings of ops outside Core ATen ({len(extra)}): "
               + ", ".join(f"`{n}`" for n in extra) + ".", ""]
-    return "\n".join(lines + _options_section())
+    return "\n".join(lines + _opinfo_section(opinfo_results()) + _options_section())
+
+
+def opinfo_results() -> tuple[dict, list[OpResult]] | None:
+    """The stored OpInfo sweep (its header and rows), or None where the file is absent."""
+    if not OPINFO_RESULTS.exists():
+        return None
+    return from_json(OPINFO_RESULTS.read_text())
+
+
+def _opinfo_headline(stored: tuple[dict, list[OpResult]] | None) -> str:
+    if stored is None:
+        return "not run in this checkout"
+    rows = stored[1]
+    n = {s: sum(r.status is s for r in rows) for s in Status}
+    return (f"**{n[Status.PASSED]} of {len(rows)} OpInfo ops pass every sample, "
+            f"{n[Status.PARTIAL]} partly**; {n[Status.FAILED]} failed, {n[Status.UNSUPPORTED]} need "
+            f"a missing lowering, {n[Status.EXPORT_FAILED]} could not be captured by torch.export, "
+            f"{n[Status.SKIPPED]} skipped")
+
+
+def _opinfo_section(stored: tuple[dict, list[OpResult]] | None) -> list[str]:
+    lines = ["## OpInfo samples", ""]
+    if stored is None:
+        return lines + [f"`{OPINFO_RESULTS.name}` is absent: run `python -m softipu.frontends.torch.opinfo "
+                         f"> docs/{OPINFO_RESULTS.name}`.", ""]
+    header, rows = stored
+    minutes = f" (about {round(header['seconds'] / 60)} minutes on one core)" if header.get("seconds") else ""
+    lines += [
+        f"Every OpInfo of torch {header['torch']}'s `op_db` "
+        "(`torch.testing._internal.common_methods_invocations`), run through "
+        "`softipu.torch.inference_model` on a small IPU model "
+        f"(`{header['target']}`): the first {header['samples_per_op']} samples of each op, of the "
+        f"first of {', '.join(header['dtypes'])} it supports (samples with a zero-size, sparse, "
+        "complex or over 100,000-element input left out), each called in a one-op module that "
+        "`torch.export` captures, compared with eager "
+        "PyTorch: floats within rtol 1e-4 and atol 1e-5 with NaNs in the same places, integers "
+        "and booleans exactly, dtypes and shapes always. Random ops (eager ran an ATen op tagged "
+        "`nondeterministic_seeded`) and `empty*` are compared by shape and dtype only.",
+        "",
+        f"{_opinfo_headline(stored)}. Rendered from `docs/{OPINFO_RESULTS.name}`, which "
+        f"`python -m softipu.frontends.torch.opinfo > docs/{OPINFO_RESULTS.name}` writes{minutes}; "
+        "`tests/test_frontend_opinfo.py` reruns a fixed subset of these ops and fails when one "
+        "differs from its row.",
+        "",
+        "Status: *passed* (every sample torch.export captured matched eager), *partial*, *failed* "
+        "(wrong results or errors only), *unsupported* (softipu listed ATen ops it cannot lower), "
+        "*export-failed* (`torch.export` could not capture any sample: not softipu's doing), "
+        "*skipped* (no usable sample, eager refused, complex or sparse outputs, or shapes that "
+        "depend on the data).",
+        "",
+    ]
+    needed: dict[str, int] = {}
+    for r in rows:
+        for op in r.missing:
+            needed[op] = needed.get(op, 0) + 1
+    if needed:
+        ranked = sorted(needed.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += ["Ops softipu cannot lower that the samples reach (how many OpInfo ops need each): "
+                  + ", ".join(f"`{op}` ({n})" for op, n in ranked) + ".", ""]
+    lines += ["| OpInfo | status | dtype | samples passed | first failure |", "|---|---|---|---|---|"]
+    for r in rows:
+        samples = f"{r.passed}/{r.total}" if r.total else ""
+        reason = r.reason.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{r.name}` | {r.status.value} | {r.dtype} | {samples} | {reason} |")
+    return lines + [""]
 
 
 def _options_section() -> list[str]:
@@ -133,15 +209,16 @@ def _options_section() -> list[str]:
         "`softipu.torch.Options` fields with an effect: `target`, `replication_factor`, "
         "`device_iterations`, `precision`, `partials_type`, `available_memory_proportion`, `seed`, "
         "`output_mode`, `output_return_period`, `log_cycle_count`, `recompile_on_shape_change`, "
-        "`engine_options`. Stored without effect yet (warned once): `executable_cache_dir` (there is "
-        "no executable cache yet) and everything in `stored`.",
+        "`engine_options`, `executable_cache_dir` and `executable_cache_max_bytes` (the executable "
+        "cache). Stored without effect yet (warned once): everything in `stored`.",
         "",
         "`softipu.poptorch.Options` setters with an effect: `deviceIterations`, `replicationFactor`, "
         "`randomSeed`, `logCycleCount`, `outputMode` / `anchorMode`, `setAvailableMemoryProportion` "
         "(one value: one IPU), `useOfflineIpuTarget`, `setTarget` (softipu's), "
         "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`; `useIpuModel` needs "
-        "nothing (softipu always models the IPU). `enableExecutableCaching` is stored. Stored without "
-        "effect yet, each named in a one-time `UnusedOptionWarning`: " + ", ".join(stored) + ".",
+        "nothing (softipu always models the IPU); `enableExecutableCaching` sets "
+        "`executable_cache_dir`. Stored without effect yet, each named in a one-time "
+        "`UnusedOptionWarning`: " + ", ".join(stored) + ".",
         "",
         "Annotations: `BeginBlock` and `Block` are recorded (one IPU until multi-IPU placement), "
         "`ipu_print_tensor` prints on the host when the program runs, `identity_loss` reduces as "

@@ -83,7 +83,9 @@ class Options:
     * ``recompile_on_shape_change``: a call with new input shapes compiles again (with a log line)
       instead of raising :class:`~softipu.frontends.errors.InputError`.
     * ``engine_options``: Poplar-style engine options (``{"engine.reference": True}``).
-    * ``executable_cache_dir``: where compiled executables will be cached (stored; not used yet).
+    * ``executable_cache_dir``: a directory where compiled models are cached between processes
+      (see :mod:`softipu.frontends.torch.cache`); None: no cache.
+    * ``executable_cache_max_bytes``: the bound on that cache's size; least recently used entries go.
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -100,13 +102,15 @@ class Options:
     recompile_on_shape_change: bool = True
     engine_options: Mapping[str, Any] = field(default_factory=dict)
     executable_cache_dir: str | None = None
+    executable_cache_max_bytes: int = 2 * 1024**3
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, Target):
             self._bad(f"target must be a softipu Target (sp.targets.GC200, sp.targets.ipu_model(...)), "
                       f"got {self.target!r}")
-        for name in ("replication_factor", "device_iterations", "output_return_period"):
+        for name in ("replication_factor", "device_iterations", "output_return_period",
+                     "executable_cache_max_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._bad(f"{name} must be an int >= 1, got {value!r}")
@@ -161,7 +165,5 @@ class Options:
     def warn_unused(self) -> None:
         """The one-time warning for options that are stored but have no effect yet."""
         names = sorted(self.stored)
-        if self.executable_cache_dir is not None:
-            names.append("executable_cache_dir")
         if names:
             warn_unused(names)

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
+from softipu.compiler.executable import Executable
 from softipu.engine import Engine
 from softipu.frontends.errors import FrontendError, InputError
+from softipu.frontends.torch.cache import ExecutableCache
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
@@ -64,13 +66,18 @@ def _leaf_of(name: str, value: Any) -> _Leaf:
 class _Compiled:
     """One compiled signature: its lowered graph, its engine, and how to stream a call."""
 
-    def __init__(self, lowered: Lowered, out_spec: Any, options: Options, leaves: tuple[_Leaf, ...]) -> None:
+    def __init__(self, lowered: Lowered, out_spec: Any, options: Options, leaves: tuple[_Leaf, ...],
+                 executable: Executable | None = None) -> None:
         self.lowered = lowered
         self.out_spec = out_spec
         self.options = options
         self.leaves = leaves
         self.weights = list(lowered.weights)  # what the device holds: (stream, host values)
-        self.engine = Engine(lowered.graph, list(lowered.programs), options=dict(options.engine_options))
+        engine_options = dict(options.engine_options)
+        if executable is None:
+            self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)
+        else:  # loaded from the executable cache: lowered.graph is the loaded skeleton
+            self.engine = Engine.from_executable(executable, lowered.graph, options=engine_options)
 
     def load_weights(self, weights: Sequence[tuple[str, np.ndarray]] | None = None) -> None:
         """Run the load program (program 0) on ``weights`` (default: the current ones)."""
@@ -219,6 +226,15 @@ class InferenceModel:
         logger.warning("%s: inputs changed (%s); compiling again", self._label, "; ".join(changed))
 
     def _compile(self, args: tuple, kwargs: dict, leaves: tuple[_Leaf, ...]) -> _Compiled:
+        cache = ExecutableCache.for_options(self.options)
+        key, cache_seconds = None, 0.0
+        if cache is not None:
+            start = time.perf_counter()
+            key = cache.key(self.module, (tuple(args), dict(kwargs)), leaves, self.options)
+            hit = cache.load(key, self.module)
+            cache_seconds = time.perf_counter() - start
+            if hit is not None:
+                return self._from_cache(hit, leaves, cache_seconds)
         times: dict[str, float] = {}
         start = time.perf_counter()
         margs, mkwargs = self._micro_batch(args, kwargs)
@@ -234,10 +250,27 @@ class InferenceModel:
         t = time.perf_counter()
         compiled.load_weights()
         times["load"] = time.perf_counter() - t
+        if cache is not None:
+            t = time.perf_counter()
+            cache.store(key, self.module, compiled.engine.executable, lowered, ep.call_spec.out_spec)
+            times["cache"] = cache_seconds + time.perf_counter() - t  # key, lookup and store
         self.compile_seconds = times
         logger.info("%s: compiled %d ops for %s in %.2f s (%s)", self._label, lowered.nodes,
                     self.options.target.name, sum(times.values()),
                     ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+        return compiled
+
+    def _from_cache(self, hit: Any, leaves: tuple[_Leaf, ...], seconds: float) -> _Compiled:
+        """A compiled signature from an executable cache hit: no export, lowering or compiling."""
+        t = time.perf_counter()
+        compiled = _Compiled(hit.lowered, hit.out_spec, self.options, leaves, executable=hit.executable)
+        times = {"cache_load": seconds + time.perf_counter() - t}
+        t = time.perf_counter()
+        compiled.load_weights()
+        times["load"] = time.perf_counter() - t
+        self.compile_seconds = times
+        logger.info("%s: loaded %d ops for %s from the executable cache in %.2f s", self._label,
+                    hit.lowered.nodes, self.options.target.name, sum(times.values()))
         return compiled
 
     def _micro_batch(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

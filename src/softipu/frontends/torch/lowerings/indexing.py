@@ -190,7 +190,10 @@ def _index_put(ctx: Any, node: Any, x: Tensor, indices: Any, values: Tensor,
 def _sort(ctx: Any, node: Any, x: Tensor, dim: int = -1, descending: bool = False) -> tuple[Tensor, Tensor]:
     if x.ndim == 0:
         return x, ctx.constant(0, int32, ())
-    return ix.sort_with_indices(ctx.graph, x, ctx.prog, axis=dim, descending=bool(descending), name=ctx.name)
+    keys = ctx.cast(x, int32) if x.dtype is bool_ else x  # sort_with_indices sorts numbers
+    values, index = ix.sort_with_indices(ctx.graph, keys, ctx.prog, axis=dim, descending=bool(descending),
+                                         name=ctx.name)
+    return ctx.cast(values, x.dtype), index
 
 
 @register_lowering("aten::sort.stable")

@@ -203,6 +203,9 @@ def _max_pool2d(ctx: Any, node: Any, x: Tensor, kernel_size: Any, stride: Any = 
 
 def _avg_pool_check(node: Any) -> str | None:
     args = list(node.args) + [None] * 7
+    dtype = node.args[0].meta["val"].dtype
+    if not dtype.is_floating_point:  # ops.nn.avg_pool averages floats; eager truncates integers
+        return f"{str(dtype).removeprefix('torch.')} input: average pooling is lowered for floats only"
     if args[4]:
         return "ceil_mode=True is not supported"
     if args[6] is not None or node.kwargs.get("divisor_override") is not None:
@@ -352,7 +355,7 @@ def _randperm(ctx: Any, node: Any, n: int, **kwargs: Any) -> Tensor:
 def _native_dropout(ctx: Any, node: Any, x: Tensor, p: float, train: Any) -> tuple[Tensor, None]:
     if not train or p == 0:
         return x, None
-    kwargs = _random_kwargs(ctx)
-    out = rnd.dropout(ctx.graph, x, ctx.prog, p=float(p), seed=kwargs["seed"],
-                      seed_modifier=kwargs["seed_modifier"], name=ctx.name)
+    # NOTE: not _random_kwargs: the node has two outputs, so it has no single out_shape.
+    out = rnd.dropout(ctx.graph, x, ctx.prog, p=float(p), seed=ctx.seed(),
+                      seed_modifier=ctx.seed_modifier(), name=ctx.name)
     return out, None

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from softipu.dtypes import bool_
+from softipu.dtypes import bool_, int32
 from softipu.frontends.torch.registry import register_lowering
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -99,9 +99,12 @@ _UNARY = {
 def _unary(op: Any) -> Any:
     def lower(ctx: Any, node: Any, x: Tensor) -> Tensor:
         # Predicates read the input's dtype; other ops work in the result's (exp of ints is float).
-        if ctx.out_dtype() is not bool_:
-            x = ctx.cast(x, ctx.out_dtype())
-        return ordered(lambda x: op(ctx.graph, x, ctx.prog, name=ctx.name), x)
+        out = ctx.out_dtype()
+        if out is not bool_:
+            x = ctx.cast(x, out)
+        elif x.dtype is bool_:  # isnan, isinf, sign of a bool: the library takes numbers, 0 or 1
+            x = ctx.cast(x, int32)
+        return ctx.cast(ordered(lambda x: op(ctx.graph, x, ctx.prog, name=ctx.name), x), out)
     return lower
 
 

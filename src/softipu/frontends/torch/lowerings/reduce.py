@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.dtypes import bool_
+from softipu.dtypes import bool_, int32
 from softipu.frontends.torch.registry import register_lowering
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -78,7 +78,8 @@ def _max_min(largest: bool) -> Any:
         if x.ndim == 0:
             return values, ctx.constant(0, ctx.out_dtype(1), ())
         arg = argmax if largest else argmin
-        index = arg(ctx.graph, x, ctx.prog, dim=dim, name=f"{ctx.name}/index",
+        keys = ctx.cast(x, int32) if x.dtype is bool_ else x  # argmax/argmin take numbers
+        index = arg(ctx.graph, keys, ctx.prog, dim=dim, name=f"{ctx.name}/index",
                     options={"keepdims": bool(keepdim)})
         return values, index
     return lower

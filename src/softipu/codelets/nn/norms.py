@@ -1,0 +1,318 @@
+"""Layer norm and group norm rows, and batch norm over channel blocks, with their gradients."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from softipu.codelets.nn._common import (
+    C_ACC,
+    C_ADD,
+    C_DIVIDE,
+    C_RSQRT,
+    ROW_CYCLES,
+    VERTEX_CYCLES,
+    _f32,
+    _named,
+    _param,
+    _row_cycles,
+    _split,
+)
+from softipu.dtypes import DType, float32
+from softipu.graph.vertex import Input, Output, Param, Vertex
+
+__all__ = ["norm_rows_codelet", "norm_grad_rows_codelet", "plane_moments_codelet", "BatchNormStatsFinish",
+           "batch_norm_apply_codelet", "batch_norm_grad_sums_codelet", "batch_norm_grad_finish_codelet",
+           "batch_norm_grad_apply_codelet"]
+
+
+# -- layer norm / group norm rows ----------------------------------------------------------------
+def _row_stats(xs: np.ndarray, eps: float):
+    """(mean, centred x, 1/sqrt(var + eps)) per row, two passes in fp32."""
+    mean = xs.mean(axis=-1, keepdims=True, dtype=np.float32)
+    centred = xs - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True, dtype=np.float32)
+    return mean, centred, np.float32(1) / np.sqrt(var + np.float32(eps))
+
+
+def _row_affine(w: np.ndarray, k: int, n: int, per_channel: bool) -> np.ndarray:
+    """Weights broadcastable against ``(..., k, n)`` rows: shared ``(n,)`` for layer norm,
+    ``(k * cg,)`` per row and channel for group norm (each channel ``n // cg`` long)."""
+    if not per_channel:
+        return _f32(w)[..., None, :]
+    cg = w.shape[-1] // k
+    per = _split(_f32(w), k)  # (..., k, cg)
+    return np.repeat(per, n // cg, axis=-1)
+
+
+@cache
+def norm_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> type[Vertex]:
+    """Layer norm (``per_channel=False``: ``weight``/``bias`` of the row length, shared by all
+    rows) or group norm (``True``: one weight per row and channel, ``k * cg`` of them) over
+    ``k = mean.size`` rows; writes each row's mean and 1/std. Passes: sum, centre-square-sum,
+    scale-shift [U]."""
+    per_vector = C_ACC + 2 * C_ADD + C_ACC + 2 * C_ADD
+
+    class NormRows(Vertex):
+        x = Input(dtype)
+        weight = Input(wdtype)
+        bias = Input(wdtype)
+        out = Output(dtype)
+        mean = Output(float32)
+        inv_std = Output(float32)
+        eps = Param(float32)
+
+        @staticmethod
+        def compute(x, weight, bias, out, mean, inv_std, eps):
+            k = mean.shape[-1]
+            xs = _split(_f32(x), k)
+            n = xs.shape[-1]
+            mu, centred, rstd = _row_stats(xs, _param(eps))
+            res = centred * rstd * _row_affine(weight, k, n, per_channel)
+            res += _row_affine(bias, k, n, per_channel)
+            _split(out, k)[...] = res
+            mean[...] = mu[..., 0]
+            inv_std[...] = rstd[..., 0]
+
+        @staticmethod
+        def cycles(x, weight, bias, out, mean, inv_std, eps, target):
+            return _row_cycles(x, mean, per_vector, C_RSQRT + C_DIVIDE, dtype, target, 2)
+
+        @staticmethod
+        def flops(x, weight, bias, out, mean, inv_std, eps, target):
+            return 7 * x
+
+    kind = "GroupNorm" if per_channel else "LayerNorm"
+    return _named(NormRows, f"{kind}Rows<{dtype.name},{wdtype.name}>")
+
+
+@cache
+def norm_grad_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> type[Vertex]:
+    """Input gradient of layer/group norm rows and the rows' parameter-gradient partials.
+
+    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * weight``. ``partial``:
+    layer norm ``[sum_rows(dy * xhat) (n), sum_rows(dy) (n)]``; group norm per row and channel
+    ``[sum(dy * xhat), sum(dy)]`` (``k * cg * 2``).
+    """
+    per_vector = 2 * C_ADD + 2 * C_ACC + 3 * C_ADD + 2 * C_ACC
+
+    class NormGradRows(Vertex):
+        dy = Input(dtype)
+        x = Input(dtype)
+        weight = Input(wdtype)
+        mean = Input(float32)
+        inv_std = Input(float32)
+        dx = Output(dtype)
+        partial = Output(float32)
+
+        @staticmethod
+        def compute(dy, x, weight, mean, inv_std, dx, partial):
+            k = mean.shape[-1]
+            xs, gs = _split(_f32(x), k), _split(_f32(dy), k)
+            n = xs.shape[-1]
+            rstd = inv_std[..., None]
+            xhat = (xs - mean[..., None]) * rstd
+            g = gs * _row_affine(weight, k, n, per_channel)
+            res = g - g.mean(axis=-1, keepdims=True, dtype=np.float32)
+            res -= xhat * (g * xhat).mean(axis=-1, keepdims=True, dtype=np.float32)
+            _split(dx, k)[...] = res * rstd
+            if per_channel:
+                cg = weight.shape[-1] // k
+                p = _split(partial, k * cg).reshape(*partial.shape[:-1], k, cg, 2)
+                p[..., 0] = _split(gs * xhat, cg).sum(axis=-1, dtype=np.float32)
+                p[..., 1] = _split(gs, cg).sum(axis=-1, dtype=np.float32)
+            else:
+                p = _split(partial, 2)
+                p[..., 0, :] = (gs * xhat).sum(axis=-2, dtype=np.float32)
+                p[..., 1, :] = gs.sum(axis=-2, dtype=np.float32)
+
+        @staticmethod
+        def cycles(dy, x, weight, mean, inv_std, dx, partial, target):
+            return _row_cycles(x, mean, per_vector, 2 * C_DIVIDE, dtype, target, 3)
+
+        @staticmethod
+        def flops(dy, x, weight, mean, inv_std, dx, partial, target):
+            return 12 * x
+
+    kind = "GroupNorm" if per_channel else "LayerNorm"
+    return _named(NormGradRows, f"{kind}GradRows<{dtype.name},{wdtype.name}>")
+
+
+# -- batch norm: channel blocks of one sample ----------------------------------------------------
+# A vertex holds ``cb`` channels x ``L`` spatial elements of one sample; per-channel vectors
+# (``shift``, ``mean``, ``weight`` ...) have length ``cb``.
+@cache
+def plane_moments_codelet(dtype: DType) -> type[Vertex]:
+    """``partial = [sum(x - shift), sum((x - shift)^2)]`` per channel, fp32. ``shift`` is 0 in
+    the one-pass statistics and the first-pass mean in the stable (two-pass) ones."""
+
+    class PlaneMoments(Vertex):
+        x = Input(dtype)
+        shift = Input(float32)
+        partial = Output(float32)
+
+        @staticmethod
+        def compute(x, shift, partial):
+            cb = shift.shape[-1]
+            d = _split(_f32(x), cb) - shift[..., None]
+            p = _split(partial, cb)
+            p[..., 0] = d.sum(axis=-1, dtype=np.float32)
+            p[..., 1] = (d * d).sum(axis=-1, dtype=np.float32)
+
+        @staticmethod
+        def cycles(x, shift, partial, target):
+            return _row_cycles(x, shift, C_ACC + C_ADD + C_ACC, 0, dtype, target, 1)
+
+        @staticmethod
+        def flops(x, shift, partial, target):
+            return 4 * x
+
+    return _named(PlaneMoments, f"PlaneMoments<{dtype.name}>")
+
+
+class BatchNormStatsFinish(Vertex):
+    """Per channel: ``mean = shift + s1 / M``, biased ``var = s2 / M - (s1 / M)^2`` from the
+    reduced moments ``sums = [s1, s2]`` of ``M = count`` elements."""
+
+    sums = Input(float32)
+    shift = Input(float32)
+    mean = Output(float32)
+    var = Output(float32)
+    count = Param(float32)
+
+    @staticmethod
+    def compute(sums, shift, mean, var, count):
+        s = _split(sums, sums.shape[-1] // 2)
+        m1 = s[..., 0] / np.float32(_param(count))
+        mean[...] = shift + m1
+        var[...] = np.maximum(s[..., 1] / np.float32(_param(count)) - m1 * m1, 0)
+
+    @staticmethod
+    def cycles(sums, shift, mean, var, count, target):
+        return VERTEX_CYCLES + mean * (ROW_CYCLES + C_DIVIDE)
+
+
+@cache
+def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type[Vertex]:
+    """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel (``cb`` channels)."""
+
+    class BatchNormApply(Vertex):
+        x = Input(dtype)
+        mean = Input(sdtype)
+        var = Input(sdtype)
+        weight = Input(wdtype)
+        bias = Input(wdtype)
+        out = Output(dtype)
+        eps = Param(float32)
+
+        @staticmethod
+        def compute(x, mean, var, weight, bias, out, eps):
+            cb = mean.shape[-1]
+            scale = _f32(weight) / np.sqrt(_f32(var) + np.float32(_param(eps)))
+            shift = _f32(bias) - _f32(mean) * scale
+            _split(out, cb)[...] = _split(_f32(x), cb) * scale[..., None] + shift[..., None]
+
+        @staticmethod
+        def cycles(x, mean, var, weight, bias, out, eps, target):
+            return _row_cycles(x, mean, C_ADD, C_RSQRT + 2 * C_ADD, dtype, target, 2)
+
+        @staticmethod
+        def flops(x, mean, var, weight, bias, out, eps, target):
+            return 2 * x
+
+    return _named(BatchNormApply, f"BatchNormApply<{dtype.name},{sdtype.name},{wdtype.name}>")
+
+
+@cache
+def batch_norm_grad_sums_codelet(dtype: DType, sdtype: DType) -> type[Vertex]:
+    """``partial = [sum(dy), sum(dy * xhat)]`` per channel, ``xhat = (x - mean) / sqrt(var + eps)``."""
+
+    class BatchNormGradSums(Vertex):
+        dy = Input(dtype)
+        x = Input(dtype)
+        mean = Input(sdtype)
+        var = Input(sdtype)
+        partial = Output(float32)
+        eps = Param(float32)
+
+        @staticmethod
+        def compute(dy, x, mean, var, partial, eps):
+            cb = mean.shape[-1]
+            rstd = np.float32(1) / np.sqrt(_f32(var) + np.float32(_param(eps)))
+            xhat = (_split(_f32(x), cb) - _f32(mean)[..., None]) * rstd[..., None]
+            g = _split(_f32(dy), cb)
+            p = _split(partial, cb)
+            p[..., 0] = g.sum(axis=-1, dtype=np.float32)
+            p[..., 1] = (g * xhat).sum(axis=-1, dtype=np.float32)
+
+        @staticmethod
+        def cycles(dy, x, mean, var, partial, eps, target):
+            return _row_cycles(x, mean, C_ACC + 2 * C_ADD + C_ACC, C_RSQRT, dtype, target, 2)
+
+        @staticmethod
+        def flops(dy, x, mean, var, partial, eps, target):
+            return 5 * x
+
+    return _named(BatchNormGradSums, f"BatchNormGradSums<{dtype.name},{sdtype.name}>")
+
+
+@cache
+def batch_norm_grad_finish_codelet(wdtype: DType) -> type[Vertex]:
+    """Per channel from ``sums = [sum(dy), sum(dy * xhat)]``: ``coef = sums / M`` (fp32) for the
+    input gradient, ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)``."""
+
+    class BatchNormGradFinish(Vertex):
+        sums = Input(float32)
+        coef = Output(float32)
+        dweight = Output(wdtype)
+        dbias = Output(wdtype)
+        count = Param(float32)
+
+        @staticmethod
+        def compute(sums, coef, dweight, dbias, count):
+            s = _split(sums, sums.shape[-1] // 2)
+            coef[...] = sums / np.float32(_param(count))
+            dbias[...] = s[..., 0]
+            dweight[...] = s[..., 1]
+
+        @staticmethod
+        def cycles(sums, coef, dweight, dbias, count, target):
+            return VERTEX_CYCLES + dweight * (ROW_CYCLES + 2 * C_ADD)
+
+    return _named(BatchNormGradFinish, f"BatchNormGradFinish<{wdtype.name}>")
+
+
+@cache
+def batch_norm_grad_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type[Vertex]:
+    """``dx = weight * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))`` per channel, the means
+    coming in ``coef``."""
+
+    class BatchNormGradApply(Vertex):
+        dy = Input(dtype)
+        x = Input(dtype)
+        mean = Input(sdtype)
+        var = Input(sdtype)
+        weight = Input(wdtype)
+        coef = Input(float32)
+        dx = Output(dtype)
+        eps = Param(float32)
+
+        @staticmethod
+        def compute(dy, x, mean, var, weight, coef, dx, eps):
+            cb = mean.shape[-1]
+            rstd = (np.float32(1) / np.sqrt(_f32(var) + np.float32(_param(eps))))[..., None]
+            c = _split(coef, cb)
+            xhat = (_split(_f32(x), cb) - _f32(mean)[..., None]) * rstd
+            res = _split(_f32(dy), cb) - c[..., 0:1] - xhat * c[..., 1:2]
+            _split(dx, cb)[...] = res * (rstd * _f32(weight)[..., None])
+
+        @staticmethod
+        def cycles(dy, x, mean, var, weight, coef, dx, eps, target):
+            return _row_cycles(x, mean, 4 * C_ADD, C_RSQRT + 2 * C_ADD, dtype, target, 3)
+
+        @staticmethod
+        def flops(dy, x, mean, var, weight, coef, dx, eps, target):
+            return 6 * x
+
+    return _named(BatchNormGradApply, f"BatchNormGradApply<{dtype.name},{sdtype.name},{wdtype.name}>")

@@ -1,0 +1,511 @@
+"""The executable cache of ``softipu.torch``: compiled models kept on disk between processes.
+
+With ``Options(executable_cache_dir=path)`` (PopTorch: ``enableExecutableCaching(path)``) the first
+call of a model looks its key up in ``path``; a hit skips ``torch.export``, lowering and compiling:
+the executable is loaded (:mod:`softipu.compiler.serialize`, JSON and plain arrays, never pickle)
+and the module's current weights are streamed in. A miss compiles as usual and stores the result.
+
+The key is computed without exporting, from everything that shapes the compiled graph:
+
+* softipu (its version and a hash of its source), torch, numpy and Python versions;
+* the module: every submodule's class (module, name, and a hash of the file defining it and of
+  its base classes' files), its plain attributes (hyperparameters such as ``eps`` or a head
+  count, functions and hooks by code), the names, shapes and dtypes of parameters and buffers
+  (not their values: changed weights reuse the entry) and which of them are shared, and the values
+  of plain tensor attributes (they are baked into the graph as constants);
+* the registered ATen lowerings (a user's lowering by the hash of its file);
+* the inputs' structure, shapes, dtypes and non-tensor values;
+* every option that changes what is compiled (target, replication, device iterations, precision,
+  partials, memory proportion, seed, output mode and period, engine and stored options).
+
+NOTE: what the key cannot see is code outside the files of the module's classes that ``forward``
+calls (a helper in another file of yours, a global variable it reads). Change such code and a
+stale entry would be used: clear the cache directory (or change the option) after such edits.
+
+Entries are directories named by their key, written to a temporary directory and renamed into
+place, so a reader never sees half an entry. A corrupt entry, or one from another format version,
+is a miss: it is logged and removed. Each use refreshes an entry's time; when the entries exceed
+``Options.executable_cache_max_bytes`` the least recently used are removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import types
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from softipu.compiler.executable import Executable
+from softipu.compiler.serialize import MANIFEST, ExecutableFormatError, load_executable, save_executable
+from softipu.frontends.torch.lower import Lowered, StreamSlot, to_host_array
+from softipu.frontends.torch.options import Options
+from softipu.frontends.torch.registry import LOWERINGS
+from softipu.graph.graph import Graph
+
+__all__ = ["ExecutableCache", "CachedModel", "CACHE_FORMAT"]
+
+logger = logging.getLogger("softipu.torch.cache")
+
+CACHE_FORMAT = 1  # what ``extra`` holds besides the executable
+_ENTRY = re.compile(r"^[0-9a-f]{64}$")
+_STALE_TEMP_SECONDS = 3600.0
+
+# Options that change what is compiled (or loaded: the seed) are in the key; the rest are not.
+KEY_OPTIONS = ("target", "replication_factor", "device_iterations", "precision", "partials_type",
+               "available_memory_proportion", "seed", "output_mode", "output_return_period",
+               "engine_options", "stored")
+NOT_KEY_OPTIONS = ("log_cycle_count", "recompile_on_shape_change", "executable_cache_dir",
+                   "executable_cache_max_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedModel:
+    """What a hit gives the runtime: a lowered model whose graph is the loaded skeleton, the
+    output structure, and the executable to run."""
+
+    lowered: Lowered
+    out_spec: Any
+    executable: Executable
+
+
+class ExecutableCache:
+    """Compiled models in ``directory``, at most ``max_bytes`` in all (least recently used go first).
+
+    >>> import tempfile, torch, softipu as sp, softipu.torch as st
+    >>> opts = st.Options(target=sp.targets.ipu_model(tiles=4), executable_cache_dir=tempfile.mkdtemp())
+    >>> net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    >>> a = st.inference_model(net, opts); _ = a(x)           # compiles and stores
+    >>> b = st.inference_model(net, opts); _ = b(x)           # loads: no export, no compile
+    >>> sorted(b.compile_seconds), len(ExecutableCache(opts.executable_cache_dir, 10**9).entries())
+    (['cache_load', 'load'], 1)
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_bytes: int) -> None:
+        self.directory = Path(directory).expanduser()
+        self.max_bytes = int(max_bytes)
+
+    @classmethod
+    def for_options(cls, options: Options) -> ExecutableCache | None:
+        if options.executable_cache_dir is None:
+            return None
+        return cls(options.executable_cache_dir, options.executable_cache_max_bytes)
+
+    # -- the key ----------------------------------------------------------------------------------
+    def key(self, module: torch.nn.Module, inputs: Any, leaves: Any, options: Options) -> str | None:
+        """The entry name for ``module`` called with ``inputs`` (the ``(args, kwargs)`` tree, whose
+        flattened leaves the runtime describes in ``leaves``) under ``options``; None (logged) when
+        something in the module cannot be described, and the model then runs uncached."""
+        try:
+            return self._key(module, inputs, leaves, options)
+        except Exception as exc:  # noqa: BLE001 - an odd attribute must not fail the user's call
+            logger.info("executable cache: no key for %s (%s: %s); compiling without the cache",
+                        type(module).__name__, type(exc).__name__, exc)
+            return None
+
+    def _key(self, module: torch.nn.Module, inputs: Any, leaves: Any, options: Options) -> str:
+        f = _Fingerprint()
+        f.add("softipu-torch-cache", CACHE_FORMAT, _softipu_build(), torch.__version__, np.__version__,
+              sys.version_info[:2])
+        f.add("options", [(name, _identity(getattr(options, name))) for name in KEY_OPTIONS])
+        f.add("inputs", str(pytree.tree_structure(inputs)),
+              [(leaf.name, leaf.shape, str(leaf.dtype), _identity(leaf.value)) for leaf in leaves])
+        f.add("lowerings", [(name, _identity(low.fn), _identity(low.check))
+                            for name, low in LOWERINGS.items()])
+        _add_module(f, module)
+        return f.hexdigest()
+
+    # -- entries ----------------------------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        return self.directory / key
+
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(path, bytes, last use) of every entry."""
+        found = []
+        for path in self._children():
+            if _ENTRY.match(path.name):
+                try:
+                    found.append((path, _size(path), path.stat().st_mtime))
+                except OSError:
+                    continue  # removed meanwhile
+        return found
+
+    def _children(self) -> Iterator[Path]:
+        try:
+            yield from (p for p in self.directory.iterdir() if p.is_dir())
+        except OSError:
+            return
+
+    def load(self, key: str | None, module: torch.nn.Module) -> CachedModel | None:
+        """The cached model of ``key`` with ``module``'s current weights, or None (a miss)."""
+        if key is None:
+            return None
+        path = self.path(key)
+        if not (path / MANIFEST).is_file():
+            logger.info("executable cache miss %s in %s", key[:12], self.directory)
+            return None
+        try:
+            executable, graph, extra = load_executable(path)
+            model = _restore(executable, graph, extra, key, module)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with an entry, it is a miss
+            logger.info("executable cache: entry %s is unusable and was removed (%s: %s)", key[:12],
+                        type(exc).__name__, exc)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        _touch(path)
+        logger.info("executable cache hit %s in %s", key[:12], self.directory)
+        return model
+
+    def store(self, key: str | None, module: torch.nn.Module, executable: Executable, lowered: Lowered,
+              out_spec: Any) -> bool:
+        """Save a freshly compiled model under ``key``; False (with a log line) when it cannot be
+        cached. Never raises for what the model holds or the disk does: the user's call goes on."""
+        if key is None:
+            return False
+        temp = self.directory / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            extra = _extra(key, module, lowered, out_spec)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            nbytes = save_executable(executable, temp, extra)
+        except (_Uncacheable, ExecutableFormatError, OSError) as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            logger.info("executable cache: not storing %s: %s", key[:12], exc)
+            return False
+        except Exception:  # a bug in saving: say so loudly, but the user's call goes on
+            shutil.rmtree(temp, ignore_errors=True)
+            logger.warning("executable cache: saving %s failed", key[:12], exc_info=True)
+            return False
+        if nbytes > self.max_bytes:
+            shutil.rmtree(temp, ignore_errors=True)
+            logger.info("executable cache: not storing %s: %d bytes exceed the bound of %d", key[:12],
+                        nbytes, self.max_bytes)
+            return False
+        self._evict(self.max_bytes - nbytes, keep=key)
+        try:
+            os.rename(temp, self.path(key))
+        except OSError:  # another process stored the same key first: theirs is as good
+            shutil.rmtree(temp, ignore_errors=True)
+            return False
+        logger.info("executable cache: stored %s (%.1f MB) in %s", key[:12], nbytes / 1e6, self.directory)
+        return True
+
+    def evict(self) -> None:
+        """Remove least recently used entries until the cache holds at most ``max_bytes``."""
+        self._evict(self.max_bytes)
+
+    def _evict(self, budget: int, keep: str = "") -> None:
+        now = time.time()
+        for path in self._children():
+            if path.name.startswith(".tmp-") and _age(path, now) > _STALE_TEMP_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)  # left by a writer that died
+        entries = sorted((e for e in self.entries() if e[0].name != keep), key=lambda e: e[2])
+        total = sum(nbytes for _, nbytes, _ in entries)
+        for path, nbytes, _ in entries:
+            if total <= budget:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            total -= nbytes
+            logger.info("executable cache: evicted %s (%.1f MB, least recently used)", path.name[:12],
+                        nbytes / 1e6)
+
+
+class _Uncacheable(Exception):
+    """The compiled model holds something the cache cannot store."""
+
+
+class _Stale(Exception):
+    """An entry that does not fit this process or model (another format, a renamed key...)."""
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+# -- what the runtime needs besides the executable -----------------------------------------------
+def _module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return dict(module.named_parameters(remove_duplicate=False)) | dict(
+        module.named_buffers(remove_duplicate=False))
+
+
+def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any) -> dict[str, Any]:
+    state = _module_state(module)
+    weights = []
+    for stream, values in lowered.weights:
+        t = state.get(stream.removeprefix("weights/"))
+        from_module = t is not None and t.numel() == values.size
+        weights.append([stream, "module" if from_module else values])  # constants, the seed: stored
+    try:
+        spec = pytree.treespec_dumps(out_spec)
+    except Exception as exc:  # noqa: BLE001 - an output type pytree cannot write
+        raise _Uncacheable(f"the output structure cannot be saved ({exc})") from None
+    return {"key": key, "cache_format": CACHE_FORMAT, "softipu": _softipu_version(), "out_spec": spec,
+            "inputs": [None if s is None else _slot(s) for s in lowered.inputs],
+            "outputs": [{"slot": _slot(s)} if isinstance(s, StreamSlot) else {"const": _constant(s)}
+                        for s in lowered.outputs],
+            "weights": weights, "nodes": lowered.nodes}
+
+
+def _slot(s: StreamSlot) -> dict[str, Any]:
+    return {"name": s.name, "stream": s.stream, "shape": list(s.shape),
+            "torch_dtype": str(s.torch_dtype).removeprefix("torch."), "dtype": s.dtype}
+
+
+def _constant(value: Any) -> Any:
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if type(value) in (tuple, list):
+        return {"tuple" if type(value) is tuple else "list": [_constant(v) for v in value]}
+    raise _Uncacheable(f"an output is a constant {type(value).__name__}")
+
+
+def _restore(executable: Executable, graph: Graph, extra: dict[str, Any], key: str,
+             module: torch.nn.Module) -> CachedModel:
+    if extra.get("key") != key or extra.get("cache_format") != CACHE_FORMAT \
+            or extra.get("softipu") != _softipu_version():
+        raise _Stale(f"written for key {str(extra.get('key'))[:12]}, cache format "
+                     f"{extra.get('cache_format')}, softipu {extra.get('softipu')}")
+    state = _module_state(module)
+    weights = []
+    for stream, source in extra["weights"]:
+        if isinstance(source, np.ndarray):
+            weights.append((stream, source))
+            continue
+        t = state.get(stream.removeprefix("weights/"))
+        s = graph.streams[stream]
+        if t is None or t.numel() != s.num_elements:
+            raise _Stale(f"the module has no weight {stream.removeprefix('weights/')!r} of "
+                         f"{s.num_elements} elements")
+        weights.append((stream, to_host_array(t, s.dtype).reshape(-1)))
+    try:
+        out_spec = pytree.treespec_loads(extra["out_spec"])
+    except Exception as exc:  # noqa: BLE001 - a damaged spec is a damaged entry
+        raise _Stale(f"its output structure cannot be read ({exc})") from None
+    lowered = Lowered(graph, executable.programs,  # type: ignore[arg-type]
+                      tuple(None if s is None else _unslot(s) for s in extra["inputs"]),
+                      tuple(_unslot(o["slot"]) if "slot" in o else _unconstant(o["const"])
+                            for o in extra["outputs"]),
+                      tuple(weights), int(extra["nodes"]))
+    return CachedModel(lowered, out_spec, executable)
+
+
+def _unslot(d: dict[str, Any]) -> StreamSlot:
+    torch_dtype = getattr(torch, str(d["torch_dtype"]), None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise _Stale(f"unknown torch dtype {d['torch_dtype']!r}")
+    return StreamSlot(str(d["name"]), str(d["stream"]), tuple(int(x) for x in d["shape"]), torch_dtype,
+                      d["dtype"])
+
+
+def _unconstant(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = [_unconstant(v) for v in value.get("tuple", value.get("list", []))]
+        return tuple(items) if "tuple" in value else items
+    return value
+
+
+# -- fingerprints ----------------------------------------------------------------------------------
+class _Fingerprint:
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def add(self, *parts: Any) -> None:
+        self._h.update(repr(parts).encode())
+        self._h.update(b"\0")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _softipu_version() -> str:
+    try:
+        return importlib.metadata.version("softipu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def _softipu_build() -> str:
+    """The version and a hash of every source file of the softipu package (once per process)."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256(_softipu_version().encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: str) -> str:
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        found = _FILE_HASHES.get(key)
+        if found is None:
+            found = _FILE_HASHES[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return found
+    except OSError:
+        return "unreadable"
+
+
+def _is_library(module_name: str) -> bool:
+    """Code whose version the key already holds (softipu's build, torch's and Python's versions)."""
+    top = module_name.split(".", 1)[0]
+    return top in ("softipu", "torch", "builtins", "numpy") or top in sys.stdlib_module_names
+
+
+def _class_identity(cls: type) -> tuple[Any, ...]:
+    """A class by name, and by the files defining it and its bases (outside the libraries)."""
+    files = []
+    for klass in cls.__mro__:
+        if _is_library(klass.__module__):
+            continue
+        source = _class_file(klass)
+        files.append((klass.__module__, klass.__qualname__,
+                      _file_hash(source) if source else _code_identity_of_class(klass)))
+    return (cls.__module__, cls.__qualname__, tuple(files))
+
+
+def _methods(cls: type) -> list[tuple[str, types.FunctionType]]:
+    found = []
+    for name, value in sorted(vars(cls).items()):
+        fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if isinstance(fn, types.FunctionType):
+            found.append((name, fn))
+    return found
+
+
+def _class_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):  # e.g. a module made from a spec and not in sys.modules
+        files = {fn.__code__.co_filename for _, fn in _methods(cls)}
+        return next((f for f in sorted(files) if os.path.isfile(f)), None)
+
+
+def _code_identity_of_class(cls: type) -> str:
+    return repr([(name, _code_identity(fn.__code__)) for name, fn in _methods(cls)])
+
+
+def _code_identity(code: types.CodeType) -> tuple[Any, ...]:
+    consts = tuple(_code_identity(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts)
+    return (code.co_code, consts, code.co_names)
+
+
+def _function_identity(fn: types.FunctionType, depth: int) -> tuple[Any, ...]:
+    module = fn.__module__ or ""
+    if _is_library(module):
+        return ("function", module, fn.__qualname__)
+    source = fn.__code__.co_filename
+    code = _file_hash(source) if os.path.isfile(source) else _code_identity(fn.__code__)
+    cells = tuple(_identity(c.cell_contents, depth + 1) if _cell_full(c) else "<empty>"
+                  for c in fn.__closure__ or ())
+    return ("function", module, fn.__qualname__, code, _code_identity(fn.__code__),
+            _identity(fn.__defaults__, depth + 1), cells)
+
+
+def _cell_full(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - raises ValueError when empty
+    except ValueError:
+        return False
+    return True
+
+
+def _tensor_identity(t: torch.Tensor) -> tuple[Any, ...]:
+    data = t.detach().cpu().contiguous()
+    digest = hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
+    return ("tensor", tuple(t.shape), str(t.dtype), digest)
+
+
+def _identity(value: Any, depth: int = 0) -> Any:
+    """A deterministic description of ``value`` for the key (no memory addresses)."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return (type(value).__name__, repr(value))
+    if depth > 4:
+        return ("deep", type(value).__qualname__)
+    for kind, describe in _DESCRIBE:
+        if isinstance(value, kind):
+            return describe(value, depth + 1)
+    if callable(value) and not hasattr(value, "__dict__"):  # builtins, torch ops
+        return ("callable", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)))
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return ("dataclass", _class_identity(type(value)), _identity(fields, depth + 1))
+    if hasattr(value, "__dict__"):
+        return ("object", _class_identity(type(value)), _identity(dict(vars(value)), depth + 1))
+    text = repr(value)
+    return ("value", _class_identity(type(value)), "" if " at 0x" in text else text)
+
+
+def _mapping_identity(value: Mapping, depth: int) -> Any:
+    return ("dict", tuple(sorted((repr(_identity(k, depth)), _identity(v, depth)) for k, v in value.items())))
+
+
+_DESCRIBE: tuple[tuple[Any, Any], ...] = (
+    (enum.Enum, lambda v, d: ("enum", type(v).__module__, type(v).__qualname__, v.name)),
+    ((torch.dtype, torch.device, torch.Size), lambda v, d: ("torch", str(v))),
+    (torch.nn.Module, lambda v, d: ("module", _class_identity(type(v)))),  # named_modules walks it
+    (torch.Tensor, lambda v, d: _tensor_identity(v)),
+    ((tuple, list), lambda v, d: (type(v).__name__, tuple(_identity(x, d) for x in v))),
+    ((set, frozenset), lambda v, d: ("set", tuple(sorted(repr(_identity(x, d)) for x in v)))),
+    (Mapping, _mapping_identity),
+    (types.FunctionType, lambda v, d: _function_identity(v, d)),
+    (types.MethodType, lambda v, d: ("method", _identity(v.__func__, d), _class_identity(type(v.__self__)))),
+    (functools.partial, lambda v, d: ("partial", _identity(v.func, d), _identity(v.args, d),
+                                      _identity(v.keywords, d))),
+    (type, lambda v, d: ("class", _class_identity(v))),
+)
+
+
+# Module attributes that do not change the exported graph, or that the walk handles itself.
+_MODULE_SKIP = frozenset({"training", "_modules", "_parameters", "_buffers"})
+
+
+def _add_module(f: _Fingerprint, module: torch.nn.Module) -> None:
+    first_name: dict[int, str] = {}  # shared tensors export once: which names alias which
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        f.add("module", prefix, _class_identity(type(sub)), tuple(sub._modules))
+        for kind in ("_parameters", "_buffers"):
+            for name, t in getattr(sub, kind).items():
+                full = f"{prefix}.{name}" if prefix else name
+                alias = None if t is None else first_name.setdefault(id(t), full)
+                f.add(kind, name, None if t is None else (tuple(t.shape), str(t.dtype), alias))
+        for name, value in sorted(vars(sub).items()):
+            if name in _MODULE_SKIP:
+                continue
+            if "hooks" in name and isinstance(value, dict):  # keyed by registration counters
+                value = list(value.values())
+            f.add("attribute", name, _identity(value))
