@@ -159,12 +159,12 @@ def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMappi
     item = src.dtype.itemsize
     s_start, d_start, length = _paired_runs(src, dst)
     # Cut at the source's tile boundaries, then at the destination's.
-    p0, p1, _, parent = split_by_mapping(s_start, s_start + length, mapping)
+    p0, p1, p_tile, parent = split_by_mapping(s_start, s_start + length, mapping)
     d0 = d_start[parent] + (p0 - s_start[parent])
     q0, q1, dst_tile, parent = split_by_mapping(d0, d0 + (p1 - p0), mapping)
     starts = p0[parent] + (q0 - d0[parent])
     ends = starts + (q1 - q0)
-    src_tile = mapping.tiles_of(starts)
+    src_tile = p_tile[parent]  # each piece lies inside one source piece
     out = Transfers.empty()
     out.add(starts, ends, src_tile, dst_tile, src.dtype)
     same = src_tile == dst_tile
