@@ -37,18 +37,11 @@ why never more and how it keeps both host cores busy.
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import itertools
-import math
-import os
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
 
+from softipu.codelets.host import BLAS, on_idle_cores, scratch
 from softipu.dtypes import DType, float16, float32, int32
 from softipu.graph.vertex import FieldShape as _Shape
 from softipu.graph.vertex import InOut, Input, MultiVertex, Output, Param, Vertex
@@ -142,70 +135,6 @@ def reduce_cycles(num_partials, n, partials_dtype: DType, out_dtype: DType, targ
 
 
 # -- host execution of the batched GEMM -------------------------------------------------------
-class _Blas:
-    """numpy's own OpenBLAS: its thread count, set to one while the engine's own threads run.
-
-    A batch of block products runs best as single-threaded GEMMs on several host threads:
-    OpenBLAS would otherwise wake (and, on a busy host, stall) its own threads for every small
-    call. Without an OpenBLAS this finds, the batch runs on this thread with numpy's defaults.
-    """
-
-    def __init__(self) -> None:
-        self.get = self.set = None
-        self.lock = threading.Lock()
-        self.pool: ThreadPoolExecutor | None = None
-        self.cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else (os.cpu_count() or 1))
-        self._load_at, self._idle = -1e9, 0
-        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
-            try:
-                lib = ctypes.CDLL(path)
-                get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
-            except (OSError, AttributeError):
-                continue
-            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-            self.get, self.set = get, set_
-            return
-
-    def idle_cores(self) -> int:
-        """Cores beyond this thread that other threads leave idle now (sampled every 50 ms).
-
-        Extra threads only pay where a core is free: on a busy host, handing work to a thread
-        that waits for a core makes the whole batch wait for it. The count of runnable threads
-        in ``/proc/loadavg`` (this one among them) says so now; a load average would also count
-        this process's own recent work, and keep a quiet host's second core idle.
-        """
-        now = time.monotonic()
-        if now - self._load_at > 0.05:
-            self._load_at = now
-            self._idle = self.cores - _runnable_threads()
-        return self._idle
-
-    def executor(self) -> ThreadPoolExecutor:
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(max(1, self.cores - 1), thread_name_prefix="softipu-gemm")
-        return self.pool
-
-
-def _runnable_threads() -> int:
-    """Threads on this host that are running or ready to run, this one included (at least 1)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return max(1, int(f.read().split()[3].split("/")[0]))
-    except (OSError, ValueError, IndexError):
-        try:
-            return max(1, int(os.getloadavg()[0] + 0.5))
-        except OSError:
-            return 1
-
-
-_BLAS = _Blas()
-# Below this much work (multiply-accumulates, elements) a batch is not worth handing to another
-# thread.
-_PARALLEL_WORK = 1 << 23
-_PIECES = 2  # ranges per core: a core slowed by other work takes fewer of them
-_PIECE_WORK = 1 << 21
 _ADD_WORK = 16  # an element added from memory costs the host about as much as 16 MACs
 
 
@@ -222,76 +151,17 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False
     def job(lo: int, hi: int) -> None:
         _gemm_job(a[..., lo:hi, :, :], b[..., lo:hi, :, :], out[..., lo:hi, :, :], accumulate)
 
-    blas = _BLAS
-    if blas.set is None:
-        _on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
-        return
-    with blas.lock:
-        before = blas.get()
-        blas.set(1)
-        try:
-            _on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
-        finally:
-            blas.set(before)
+    with BLAS.single_threaded():
+        on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
 
 
 def _gemm_job(a: np.ndarray, b: np.ndarray, o: np.ndarray, accumulate: bool) -> None:
     if accumulate:
-        product = _scratch(o.shape, "product")
+        product = scratch(o.shape, "product")
         np.matmul(a, b, out=product)
         o += product
     else:
         np.matmul(a, b, out=o)
-
-
-def _on_idle_cores(job, vertices: int, work: int) -> None:
-    """``job(lo, hi)`` over ranges of ``vertices`` that together cover them once, run by this
-    thread and helpers on idle cores (``itertools.count`` hands out each range once).
-
-    ``work`` (multiply-accumulates, elements) decides whether splitting pays. Each vertex is
-    computed whole by one call, so results never depend on the split.
-    """
-    parts = 1 if work < _PARALLEL_WORK or vertices < 2 else _parts(work, vertices)
-    if parts == 1:
-        job(0, vertices)
-        return
-    cuts = [vertices * p // parts for p in range(parts + 1)]
-    ranges = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-    counter = itertools.count()
-
-    def drain() -> None:
-        for i in counter:
-            if i >= len(ranges):
-                return
-            job(*ranges[i])
-
-    blas = _BLAS
-    helpers = [blas.executor().submit(drain)
-               for _ in range(min(blas.idle_cores() + 1, blas.cores, len(ranges)) - 1)]
-    drain()
-    for h in helpers:
-        h.result()
-
-
-def _parts(work: int, vertices: int) -> int:
-    """How many vertex ranges to cut a batch into, so that busy or idle cores share it evenly."""
-    if _BLAS.idle_cores() < 1:
-        return 1
-    return max(1, min(_PIECES * _BLAS.cores, vertices, work // _PIECE_WORK))
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(shape: tuple[int, ...], slot: str = "buf") -> np.ndarray:
-    """A reused fp32 buffer of ``shape`` (no fresh pages per call), one per thread and ``slot``;
-    valid until the next call for the same slot."""
-    size = math.prod(shape)
-    buf = getattr(_SCRATCH, slot, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(max(size, 1 << 16), np.float32)
-        setattr(_SCRATCH, slot, buf)
-    return buf[:size].reshape(shape)
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
@@ -339,7 +209,7 @@ def amp_codelet(in_dtype: DType, partials_dtype: DType, accumulate: bool = False
             if o3.dtype == np.float32:  # straight into (or onto) the partials
                 gemm(a3, b3, o3, accumulate)
                 return
-            tmp = _scratch(o3.shape)  # half partials: accumulate in fp32, round once
+            tmp = scratch(o3.shape)  # half partials: accumulate in fp32, round once
             if accumulate:
                 tmp[...] = o3
             gemm(a3, b3, tmp, accumulate)
@@ -376,13 +246,13 @@ def reduce_codelet(partials_dtype: DType, out_dtype: DType) -> type[Vertex]:
             def rows(lo: int, hi: int) -> None:
                 # Summed in a cache-sized scratch in a fixed order, then stored once.
                 part = [p[..., lo:hi, :] for p in partials]
-                acc = _scratch(part[0].shape)
+                acc = scratch(part[0].shape)
                 np.add(part[0], part[1], out=acc, dtype=np.float32)
                 for p in part[2:]:
                     np.add(acc, p, out=acc, dtype=np.float32)
                 out[..., lo:hi, :] = acc
 
-            _on_idle_cores(rows, out.shape[-2], out.size * len(partials) * _ADD_WORK)
+            on_idle_cores(rows, out.shape[-2], out.size * len(partials) * _ADD_WORK)
 
         @staticmethod
         def cycles(partials, out, target):

@@ -9,15 +9,23 @@ Large regular groups are split into chunks of vertices of about :data:`CHUNK_BYT
 so the temporaries a codelet makes (``y[...] = x + 1`` builds ``x + 1`` first) stay in cache
 instead of costing a fresh allocation and an extra pass over memory. Vertices of a compute set
 are independent (the compiler checked), so any split gives the same result.
+
+The groups and chunks of a compute set also run side by side on the host's idle cores
+(:func:`softipu.codelets.host.run_side_by_side`), largest first as timed on the compute set's
+first run. Only softipu's own codelets are shared out so: a user's codelet runs on the calling
+thread, in order, as it would without threads.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from softipu.codelets.host import run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
@@ -27,11 +35,14 @@ from softipu.errors import CodeletError
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["FastInterpreter", "GroupRunner", "CHUNK_BYTES"]
+__all__ = ["FastInterpreter", "GroupRunner", "CHUNK_BYTES", "SIDE_BY_SIDE_SECONDS"]
 
 # Measured on the 8,832-vertex AddOne benchmark: 256 KiB-1 MiB chunks run 0.64-0.75x numpy's
 # `y = x + 1`; one call over the whole group runs 1.47x (bench/bench_engine.py).
 CHUNK_BYTES = 512 * 1024
+# A compute set that took less than this on its first run stays on one thread: handing work to
+# another costs tens of microseconds.
+SIDE_BY_SIDE_SECONDS = 5e-4
 
 
 class GroupRunner:
@@ -66,14 +77,23 @@ class GroupRunner:
             self.fixed[name] = parts if isinstance(value, tuple) else parts[0]
         self.calls = [self.fixed] if self.gathers else _chunks(self.fixed, group, storage.replicas)
 
-    def __call__(self, storage: Storage) -> None:
-        compute = self.compute
-        calls = self.calls if not self.gathers else [self._gather(storage)]
+    def jobs(self, storage: Storage) -> list[Callable[[], None]]:
+        """This group as pieces that may run side by side: its chunks, or the whole group where
+        it gathers and scatters."""
+        if self.gathers:
+            return [partial(self, storage)]
+        return [partial(self._compute, args) for args in self.calls]
+
+    def _compute(self, args: dict[str, Any]) -> None:
         try:
-            for args in calls:
-                compute(**args)
+            self.compute(**args)
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
+
+    def __call__(self, storage: Storage) -> None:
+        calls = self.calls if not self.gathers else [self._gather(storage)]
+        for args in calls:
+            self._compute(args)
         args = calls[0]
         for name, k, t in self.scatters:
             value = args[name]
@@ -139,18 +159,61 @@ def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletE
     )
 
 
+class _ComputeSetRunner:
+    """A compute set's jobs (groups and chunks). Its first run times them one by one on this
+    thread; where that took long enough to be worth sharing, the second run shares them out,
+    largest first, and whichever of the two ran faster is kept. (Jobs that are mostly Python
+    contend for the interpreter lock and can run slower side by side.)"""
+
+    __slots__ = ("jobs", "shared", "runs", "serial_seconds")
+
+    def __init__(self, runners: list[GroupRunner], storage: Storage) -> None:
+        self.jobs = [job for r in runners for job in r.jobs(storage)]
+        self.shared = len(self.jobs) > 1 and all(_host_safe(r.group.codelet) for r in runners)
+        self.runs = 0
+        self.serial_seconds = 0.0
+
+    def __call__(self) -> None:
+        if self.runs >= 2 or not self.shared:
+            if self.shared:
+                run_side_by_side(self.jobs)
+            else:
+                for job in self.jobs:
+                    job()
+            return
+        self.runs += 1
+        if self.runs == 1:
+            seconds = []
+            for job in self.jobs:
+                start = time.perf_counter()
+                job()
+                seconds.append(time.perf_counter() - start)
+            order = sorted(range(len(self.jobs)), key=seconds.__getitem__, reverse=True)
+            self.jobs = [self.jobs[i] for i in order]
+            self.serial_seconds = sum(seconds)
+            self.shared = self.serial_seconds >= SIDE_BY_SIDE_SECONDS
+            return
+        start = time.perf_counter()
+        run_side_by_side(self.jobs)
+        self.shared = time.perf_counter() - start < self.serial_seconds
+
+
+def _host_safe(codelet: type) -> bool:
+    """softipu's own codelets may share host threads; a user's may keep state between calls."""
+    return codelet.__module__.startswith("softipu.")
+
+
 class FastInterpreter(ProgramInterpreter):
     """The engine's executor: batched compute sets, precomputed views."""
 
     def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
                  log: RunLog, out: Any = None) -> None:
         super().__init__(executable, storage, streams, log, out)
-        self._runners: dict[int, list[Callable[[Storage], None]]] = {}
+        self._runners: dict[int, _ComputeSetRunner] = {}
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
-            self._runners[cs_id] = [GroupRunner(g, storage, where) for g in compiled.groups]
+            groups = [GroupRunner(g, storage, where) for g in compiled.groups]
+            self._runners[cs_id] = _ComputeSetRunner(groups, storage)
 
     def execute(self, compute_set_id: int) -> None:
-        storage = self.storage
-        for runner in self._runners[compute_set_id]:
-            runner(storage)
+        self._runners[compute_set_id]()

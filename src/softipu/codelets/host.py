@@ -1,0 +1,210 @@
+"""Host threads for the fast engine: spread independent work over this machine's idle cores.
+
+Two levels share one pool. The engine runs a compute set's vertex groups (and a large group's
+chunks) side by side (:func:`run_side_by_side`), since vertices of a compute set never write what
+another reads or writes (the compiler checks it). A codelet may also cut one large batch into
+vertex ranges (:func:`on_idle_cores`); inside a side-by-side run it does not, as the other cores
+already have work. Each vertex is computed whole by one call, so results never depend on how the
+work was shared out (design.md principle 6).
+
+numpy's own OpenBLAS runs single-threaded meanwhile (:meth:`Blas.single_threaded`): its threads
+would otherwise compete with these for the same cores on every small product.
+
+Helper threads run in a copy of the caller's context, so ``np.errstate`` (how the engine turns
+floating-point exceptions on or off) holds in them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import glob
+import itertools
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["BLAS", "idle_cores", "on_idle_cores", "run_side_by_side", "scratch"]
+
+
+def _host_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+CORES = _host_cores()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+_LOCAL = threading.local()  # .side_by_side: this thread runs one share of a side-by-side run
+_load_at, _idle = -1e9, 0
+
+
+class Blas:
+    """numpy's OpenBLAS thread count, held at one while any caller is inside
+    :meth:`single_threaded` (counted, so concurrent callers neither serialize nor restore it
+    early). Without an OpenBLAS this finds, nothing is changed."""
+
+    def __init__(self) -> None:
+        self.get = self.set = None
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before = 1
+        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+        for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+            try:
+                lib = ctypes.CDLL(path)
+                get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
+            except (OSError, AttributeError):
+                continue
+            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+            self.get, self.set = get, set_
+            return
+
+    @contextlib.contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        if self.set is None:
+            yield
+            return
+        with self.lock:
+            if self.users == 0:
+                self.before = self.get()
+                self.set(1)
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    self.set(self.before)
+
+
+BLAS = Blas()
+
+
+def idle_cores() -> int:
+    """Cores beyond this thread that other threads leave idle now (sampled every 50 ms).
+
+    Extra threads only pay where a core is free: on a busy host, handing work to a thread that
+    waits for a core makes the whole batch wait for it. The count of runnable threads in
+    ``/proc/loadavg`` (this one among them) says so now; a load average would also count this
+    process's own recent work, and keep a quiet host's second core idle.
+    """
+    global _load_at, _idle
+    now = time.monotonic()
+    if now - _load_at > 0.05:
+        _load_at = now
+        _idle = CORES - _runnable_threads()
+    return _idle
+
+
+def _runnable_threads() -> int:
+    """Threads on this host that are running or ready to run, this one included (at least 1)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(1, int(f.read().split()[3].split("/")[0]))
+    except (OSError, ValueError, IndexError):
+        try:
+            return max(1, int(os.getloadavg()[0] + 0.5))
+        except OSError:
+            return 1
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, CORES - 1), thread_name_prefix="softipu-host")
+        return _POOL
+
+
+def _share(jobs: Sequence[Callable[[], None]], helpers: int) -> None:
+    """Run every job once, on this thread and ``helpers`` pool threads taking the next one in
+    turn (``itertools.count`` hands each out once). A job's exception stops the others taking
+    new jobs and is raised here."""
+    counter = itertools.count()
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        _LOCAL.side_by_side = True
+        try:
+            for i in counter:
+                if i >= len(jobs) or failed:
+                    return
+                try:
+                    jobs[i]()
+                except BaseException as exc:
+                    failed.append(exc)
+                    return
+        finally:
+            _LOCAL.side_by_side = False
+
+    pool = _pool()
+    futures = [pool.submit(contextvars.copy_context().run, drain) for _ in range(helpers)]
+    with BLAS.single_threaded():
+        drain()
+        for f in futures:
+            f.result()
+    if failed:
+        raise failed[0]
+
+
+def run_side_by_side(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run independent ``jobs`` on this thread and the host's idle cores. Order them largest
+    first: each thread takes the next job when it finishes one, so the shares end together."""
+    helpers = 0 if len(jobs) < 2 else min(idle_cores(), len(jobs) - 1)
+    if helpers < 1:
+        for job in jobs:
+            job()
+        return
+    _share(jobs, helpers)
+
+
+# Below this much work (multiply-accumulates, elements) a batch is not worth handing to another
+# thread.
+PARALLEL_WORK = 1 << 23
+_PIECES = 2  # ranges per core: a core slowed by other work takes fewer of them
+_PIECE_WORK = 1 << 21
+
+
+def on_idle_cores(job: Callable[[int, int], None], vertices: int, work: int) -> None:
+    """``job(lo, hi)`` over ranges of ``vertices`` that together cover them once, run by this
+    thread and helpers on idle cores; one call where the batch is small or the other cores are
+    busy with a side-by-side run.
+
+    ``work`` (multiply-accumulates, elements) decides whether splitting pays. Each vertex is
+    computed whole by one call, so results never depend on the split.
+    """
+    parts = 1
+    if work >= PARALLEL_WORK and vertices > 1 and not getattr(_LOCAL, "side_by_side", False):
+        idle = idle_cores()
+        if idle > 0:
+            parts = max(1, min(_PIECES * CORES, vertices, work // _PIECE_WORK))
+    if parts == 1:
+        job(0, vertices)
+        return
+    cuts = [vertices * p // parts for p in range(parts + 1)]
+    ranges = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
+    jobs = [lambda lo=lo, hi=hi: job(lo, hi) for lo, hi in ranges]
+    _share(jobs, min(idle, len(jobs) - 1))
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(shape: tuple[int, ...], slot: str = "buf") -> np.ndarray:
+    """A reused fp32 buffer of ``shape`` (no fresh pages per call), one per thread and ``slot``;
+    valid until the next call for the same slot."""
+    size = math.prod(shape)
+    buf = getattr(_SCRATCH, slot, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1 << 16), np.float32)
+        setattr(_SCRATCH, slot, buf)
+    return buf[:size].reshape(shape)

@@ -1,0 +1,149 @@
+"""The fast engine shares a compute set's groups over host threads: same bytes, errors, fp flags."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.codelets import host
+from softipu.engine import fast
+from softipu.errors import CodeletError
+from softipu.graph.vertex import Input, Output, Vertex
+
+TARGET = sp.targets.ipu_model(tiles=16, bytes_per_tile=512 * 1024)
+
+
+@pytest.fixture
+def always_share(monkeypatch):
+    """Every library compute set shared from its second run, with one helper thread."""
+    monkeypatch.setattr(fast, "SIDE_BY_SIDE_SECONDS", 0.0)
+    monkeypatch.setattr(host, "idle_cores", lambda: 1)
+    calls = []
+    real = host._share
+
+    def share(jobs, helpers):
+        calls.append(len(jobs))
+        real(jobs, helpers)
+
+    monkeypatch.setattr(host, "_share", share)
+    return calls
+
+
+def _var(g, shape, name, dtype=sp.float32):
+    t = g.add_variable(dtype, shape, name=name)
+    sp.ops.map_linearly(g, t)
+    return t
+
+
+def _matmul_graph():
+    g = sp.Graph(TARGET)
+    a, b = _var(g, (3, 40, 96), "a"), _var(g, (96, 72), "b")
+    prog = P.Sequence()
+    c = sp.ops.matmul(g, a, b, prog)
+    d = sp.ops.gelu(g, sp.ops.add(g, c, c, prog), prog)
+    return g, prog, (a, b), (c, d)
+
+
+def test_shared_runs_give_the_reference_engines_bytes(always_share):
+    g, prog, (a, b), outs = _matmul_graph()
+    rng = np.random.default_rng(0)
+    av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+    results = {}
+    for reference in (True, False):
+        eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        for _ in range(3):  # timed alone, tried side by side, then kept
+            eng.run(0)
+            results.setdefault(reference, []).append([eng.read_tensor(o) for o in outs])
+    assert always_share, "no compute set was shared out"
+    for run in results[False]:
+        for got, want in zip(run, results[True][0], strict=True):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(results[False][-1][0], av @ bv, rtol=1e-5, atol=1e-4)
+
+
+class _Fails(Vertex):
+    x = Input(sp.float32)
+    y = Output(sp.float32)
+
+    @staticmethod
+    def compute(x, y):
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("ran on a helper thread")
+        time.sleep(0.002)  # leaves the helper time to take a job
+        y[...] = x
+
+
+_Fails.__module__ = "softipu.codelets.for_this_test"  # treated as a library codelet
+
+
+def test_a_failing_job_on_a_helper_thread_raises_a_codelet_error_naming_the_group(always_share):
+    g = sp.Graph(TARGET)
+    x, y = _var(g, (16, 64), "x"), _var(g, (16, 64), "y")
+    cs = g.add_compute_set("copy_rows")
+    for tile in range(16):  # rows of different lengths: one group a tile
+        g.add_vertex(cs, _Fails, {"x": x[tile, :tile + 1], "y": y[tile, :tile + 1]}, tile=tile)
+    eng = sp.Engine(g, [P.Execute(cs)])
+    eng.run(0)  # first run: every job on this thread
+    with pytest.raises(CodeletError, match=r"_Fails.*'copy_rows'.*ran on a helper thread"):
+        for _ in range(4):  # a helper takes some job within a few runs
+            eng.run(0)
+
+
+class _UserCodelet(Vertex):
+    x = Input(sp.float32)
+    y = Output(sp.float32)
+    threads: set[int] = set()
+
+    @staticmethod
+    def compute(x, y):
+        _UserCodelet.threads.add(threading.get_ident())
+        y[...] = x * 2
+
+
+def test_user_codelets_stay_on_the_calling_thread(always_share):
+    g = sp.Graph(TARGET)
+    x, y = _var(g, (16, 32), "x"), _var(g, (16, 32), "y")
+    cs = g.add_compute_set("double")
+    for tile in range(16):  # one group a tile
+        g.add_vertex(cs, _UserCodelet, {"x": x[tile, :tile + 1], "y": y[tile, :tile + 1]}, tile=tile)
+        g.add_vertex(cs, _UserCodelet, {"x": x[tile, tile + 1:], "y": y[tile, tile + 1:]}, tile=tile)
+    eng = sp.Engine(g, [P.Execute(cs)])
+    eng.write_tensor(x, np.arange(512, dtype=np.float32).reshape(16, 32))
+    for _ in range(4):
+        eng.run(0)
+    assert _UserCodelet.threads == {threading.get_ident()}
+    assert not always_share
+    np.testing.assert_array_equal(eng.read_tensor(y), 2 * np.arange(512, dtype=np.float32).reshape(16, 32))
+
+
+def test_floating_point_exceptions_raise_on_helper_threads_too():
+    def overflow():
+        np.float32(3e38) * np.float32(10)
+
+    with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+        host._share([overflow] * 8, helpers=1)
+    with np.errstate(all="ignore"):
+        host._share([overflow] * 8, helpers=1)  # ignored here as on this thread
+
+
+def test_blas_single_threaded_is_counted_across_threads():
+    blas = host.BLAS
+    assert blas.set is not None, "numpy's bundled OpenBLAS was not found"
+    before = blas.get()
+    blas.set(2)
+    try:
+        with blas.single_threaded():
+            assert blas.get() == 1
+            with blas.single_threaded():
+                assert blas.get() == 1
+            assert blas.get() == 1  # the outer user still holds it
+        assert blas.get() == 2
+    finally:
+        blas.set(before)
