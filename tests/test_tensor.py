@@ -669,3 +669,22 @@ def test_element_runs_expand_to_the_addresses_in_element_order(make):
     starts, lengths = t.element_runs()
     expanded = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)] or [[]])
     np.testing.assert_array_equal(expanded, t.addresses().reshape(-1))
+
+
+@pytest.mark.parametrize(("make", "one_run"), [
+    (lambda t: t, True), (lambda t: t.T, True), (lambda t: t[:, 2:5], False),
+    (lambda t: t.reshape(-1)[np.random.default_rng(0).permutation(32)].reshape(8, 4), True),
+    (lambda t: t.reshape(-1)[np.random.default_rng(1).permutation(32)].reshape(4, 8).T, True),
+    (lambda t: t.reshape(-1)[[5, 6, 7, 4]], True), (lambda t: t.reshape(-1)[[5, 5, 7]], False),
+    (lambda t: t.reshape(-1)[[3, 1, 9]], False), (lambda t: t[1:2].broadcast((3, 8)), False),
+])
+def test_address_runs_cover_the_elements_as_a_multiset(make, one_run):
+    """The compiler's cover of a tensor (for memory and host-transfer bytes): order may differ,
+    the multiset of addresses may not; a view reordering one whole range is that one run."""
+    from softipu.compiler.conflicts import address_runs
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    t = make(g.add_variable(sp.float32, (4, 8)))
+    starts, lengths = address_runs(t)
+    expanded = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+    np.testing.assert_array_equal(np.sort(expanded), np.sort(t.addresses().reshape(-1)))
+    assert (starts.size == 1) == one_run

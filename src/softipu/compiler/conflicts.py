@@ -51,8 +51,20 @@ def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(starts, lengths) covering ``t``'s elements (a multiset), the cheapest way: a strided
-    view's own runs, an indexed view's runs in element order (its addresses are not sorted)."""
-    return t.runs() if t.index is None else t.element_runs()
+    view's own runs; an indexed view that reorders one whole range (a weight laid out in its
+    matmul's blocks, say) as that one range; any other indexed view's runs in element order
+    (its addresses are not sorted)."""
+    if t.index is None:
+        return t.runs()
+    flat = t.index.reshape(-1)
+    if flat.size > 1:
+        lo, hi = int(flat.min()), int(flat.max())
+        if hi - lo + 1 == flat.size:
+            seen = np.zeros(flat.size, bool)
+            seen[flat - lo] = True
+            if seen.all():  # every address of [lo, hi] once
+                return np.array([lo], np.int64), np.array([flat.size], np.int64)
+    return t.element_runs()
 
 
 def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
