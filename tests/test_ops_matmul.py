@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -222,6 +223,61 @@ def test_inputs_made_for_the_plan_need_no_copies_and_cost_what_the_plan_says():
     # AMP flops plus the adds that combine the K split's partials
     assert eng.report.flops == 2 * 384 * 512 * 256 + (p.k_split - 1) * 384 * 256
     assert eng.report.fits
+
+
+@pytest.mark.parametrize(("shape_a", "shape_b"), [((384, 512), (512, 256)), ((256, 768), (768, 3072)),
+                                              ((2, 40, 96), (96, 200))])
+def test_made_operands_are_taken_in_place_by_what_they_were_made_for(shape_a, shape_b, monkeypatch):
+    """create_matmul_input_* remembers its operands' blocks; the matmul they were made for takes
+    them as the full address check would, through transposed round trips (a linear layer's
+    ``W.T`` then ``permute``), and another plan still checks every address."""
+    mm = sys.modules["softipu.ops.matmul"]
+    checked = []
+    real = mm._indexed_blocks_ok
+    monkeypatch.setattr(mm, "_indexed_blocks_ok", lambda *a: checked.append(1) or real(*a))
+    g = _graph(sp.targets.GC200)
+    a = create_matmul_input_lhs(g, sp.float32, shape_a, shape_b, name="a")
+    b = create_matmul_input_rhs(g, sp.float32, shape_a, shape_b, name="b").T.T
+    prog = P.Sequence()
+    c = matmul(g, a, b, prog)
+    assert not checked and not any(s.kind is StepKind.COPY for s in sp.Engine(
+        g, [prog], estimate_only=True).executable.steps)
+    known = []
+    real_known = mm._known_blocks
+    monkeypatch.setattr(mm, "_known_blocks", lambda *a: known.append(real_known(*a)) or None)
+    g2 = _graph(sp.targets.GC200)  # the same operands again, every address checked this time
+    a2 = create_matmul_input_lhs(g2, sp.float32, shape_a, shape_b, name="a")
+    b2 = create_matmul_input_rhs(g2, sp.float32, shape_a, shape_b, name="b").T.T
+    prog2 = P.Sequence()
+    c2 = matmul(g2, a2, b2, prog2)
+    assert checked or all(x.is_strided for x in (a2, b2))
+    assert any(k is not None for k in known) or all(x.is_strided for x in (a2, b2))
+    av, bv = _values(shape_a, shape_b)
+    (got,), _ = _run(g, prog, {a: av, b: bv}, [c])
+    (want,), _ = _run(g2, prog2, {a2: av, b2: bv}, [c2])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, av @ bv, rtol=1e-4, atol=1e-4)
+    # a grid other than the one it was made for is not taken on trust
+    made = [x for x in (a, b) if not x.is_strided]
+    for x in made:
+        _, rows, cols, _ = mm._MADE[g][x.index.ctypes.data]
+        assert real_known(x, mm._Grid.of(int(rows.sizes.sum()), 1), cols) is None
+
+
+def test_slab_views_address_every_element_of_their_variable_once():
+    from softipu.ops.matmul import _Grid, _slab_view
+    g = _graph()
+    for groups, r, c, w in [(1, 5, 7, 3), (2, 4, 9, 3), (3, 6, 8, 8), (1, 3, 10, 4)]:
+        var = g.add_variable(sp.float32, (groups * r * c,))
+        rows, cols = _Grid.of(r, 2), _Grid.of(c, w)
+        view = _slab_view(var, groups, rows, cols)
+        want = np.empty((groups, r, c), np.int64)  # slab j holds columns j*w.. row by row
+        for gi in range(groups):
+            at = var.offset + gi * r * c
+            for c0, cw in zip(cols.starts, cols.sizes, strict=True):
+                want[gi, :, c0:c0 + cw] = at + np.arange(r * cw).reshape(r, cw)
+                at += r * cw
+        np.testing.assert_array_equal(view.addresses(), want)
 
 
 def test_linearly_mapped_inputs_are_copied_into_the_plan_layout_and_cost_more():

@@ -392,6 +392,10 @@ def test_runs_count_broadcast_repeats():
     assert not x[::2].repeats_elements()
     assert x[[0, 1, 0]].repeats_elements()
     assert not x[[2, 0, 1]].repeats_elements()
+    y, _ = variable((400,))  # sparse indices (sorted, not marked), and a transposed index
+    assert y[[399, 0, 399]].repeats_elements() and not y[[399, 0, 7]].repeats_elements()
+    grid = y[np.arange(400).reshape(20, 20)]
+    assert not grid.T.repeats_elements() and grid.T[[0, 1, 0]].repeats_elements()
 
 
 def test_is_contiguous():

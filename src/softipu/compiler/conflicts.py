@@ -56,7 +56,7 @@ def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     (its addresses are not sorted)."""
     if t.index is None:
         return t.runs()
-    flat = t.index.reshape(-1)
+    flat = t.index.ravel(order="K")  # any order will do: no copy of a transposed view
     if flat.size > 1:
         lo, hi = int(flat.min()), int(flat.max())
         if hi - lo + 1 == flat.size:

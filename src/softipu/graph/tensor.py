@@ -159,6 +159,13 @@ class Tensor:
 
     def repeats_elements(self) -> bool:
         """True when some element appears twice (a broadcast view, or repeated indices)."""
+        if self.index is not None and self.index.size > 1:
+            flat = self.index.ravel(order="K")  # any order will do: no copy of a transposed view
+            lo, hi = int(flat.min()), int(flat.max())
+            if hi - lo < 4 * flat.size:  # dense enough to mark, no sort
+                seen = np.zeros(hi - lo + 1, bool)
+                seen[flat - lo] = True
+                return int(np.count_nonzero(seen)) < flat.size
         starts, lengths = self.runs()
         if starts.size < 2:
             return False

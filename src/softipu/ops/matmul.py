@@ -18,6 +18,7 @@ column blocks, each stored row-major), and the cost model prices that copy's exc
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -363,6 +364,9 @@ def _contiguous_blocks(x: Tensor, rows: _Grid, cols: _Grid):
     """(starts, transposed) when every block of ``x`` is one contiguous run; else None."""
     if x.numel == 0:
         return None
+    known = _known_blocks(x, rows, cols)
+    if known is not None:
+        return known, False
     if x.is_strided:
         sg, sr, sc = x.strides
         for transposed in (False, True):
@@ -388,6 +392,38 @@ def _strided_blocks_ok(strides: tuple[int, ...], rows: _Grid, cols: _Grid, trans
         return True
     # Rows of a block are adjacent when the row stride is the block width: one block column.
     return len(cols) == 1 and sr == int(cols.sizes[0])
+
+
+# Operands made by create_matmul_input_*: their index arrays (by address, shape and strides) and
+# block starts for the grid they were made for, so the matmul they were made for takes their
+# blocks without checking every address again (a BERT-Large weight has 4 M of them).
+_MADE: weakref.WeakKeyDictionary[Graph, dict[int, tuple]] = weakref.WeakKeyDictionary()
+
+
+def _remember_blocks(view: Tensor, rows: _Grid, cols: _Grid, starts: np.ndarray) -> None:
+    if view.index is not None:
+        made = _MADE.setdefault(view.graph, {})
+        made[view.index.ctypes.data] = (view.index, rows, cols, starts)
+
+
+def _known_blocks(x: Tensor, rows: _Grid, cols: _Grid) -> np.ndarray | None:
+    """The block starts of an operand create_matmul_input_* made for this grid, else None."""
+    if x.index is None:
+        return None
+    entry = _MADE.get(x.graph, {}).get(x.index.ctypes.data)
+    if entry is None:
+        return None
+    index, made_rows, made_cols, starts = entry
+    same = (index.shape == x.index.shape and _strides(index) == _strides(x.index)
+            and all(np.array_equal(a, b) for a, b in ((made_rows.starts, rows.starts),
+                    (made_rows.sizes, rows.sizes), (made_cols.starts, cols.starts),
+                    (made_cols.sizes, cols.sizes))))
+    return starts if same else None
+
+
+def _strides(a: np.ndarray) -> tuple[int, ...]:
+    """Strides that matter: numpy keeps any stride on a length-1 axis."""
+    return tuple(st for st, n in zip(a.strides, a.shape, strict=True) if n > 1)
 
 
 def _indexed_blocks_ok(addr: np.ndarray, rows: _Grid, cols: _Grid, transposed: bool) -> bool:
@@ -692,8 +728,9 @@ def _create_input(graph: Graph, dtype: Any, shape_a: Sequence[int], shape_b: Seq
     rows, cols = (grid_m, grid_k) if role == "a" else (grid_k, grid_n)
     fake = OpContext(graph, P.Sequence(), op, name or op)
     group_of = _group_map(own, spec.batch)
-    var, _ = _slab_variable(fake, pl, dtype, groups, rows, cols, role, group_of, name=name or op)
+    var, starts = _slab_variable(fake, pl, dtype, groups, rows, cols, role, group_of, name=name or op)
     view = _slab_view(var, groups, rows, cols)
+    _remember_blocks(view, rows, cols, starts)
     if swapped:
         view = view.transpose(0, 2, 1)
     assert view.shape[1:] == rows_cols, (view.shape, rows_cols)
@@ -701,14 +738,23 @@ def _create_input(graph: Graph, dtype: Any, shape_a: Sequence[int], shape_b: Seq
 
 
 def _slab_view(var: Tensor, groups: int, rows: _Grid, cols: _Grid) -> Tensor:
-    """The ``(groups, R, C)`` matrix a column-slab variable holds (strided when one slab)."""
+    """The ``(groups, R, C)`` matrix a column-slab variable holds (strided when one slab).
+
+    Every slab but the last is ``w`` columns wide (:meth:`_Grid.of`), so the full ones are one
+    ``(slabs, R, w)`` block transposed into place, written once.
+    """
     r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
     if len(cols) == 1:
         return var.reshape(groups, r_total, c_total)
-    c = np.arange(c_total, dtype=np.int64)
-    block = np.searchsorted(cols.starts, c, side="right") - 1
-    slab_start = np.concatenate(([0], np.cumsum(cols.sizes[:-1] * r_total)))
-    within = slab_start[block][None, :] + np.arange(r_total)[:, None] * cols.sizes[block][None, :] \
-        + (c - cols.starts[block])[None, :]
-    index = var.offset + np.arange(groups)[:, None, None] * r_total * c_total + within[None]
+    w = int(cols.sizes[0])
+    full = int(np.count_nonzero(cols.sizes == w))
+    index = np.empty((groups, r_total, c_total), np.int64)
+    base = var.offset + np.arange(groups, dtype=np.int64)[:, None, None, None] * (r_total * c_total)
+    head = np.arange(full * r_total * w, dtype=np.int64).reshape(1, full, r_total, w).transpose(0, 2, 1, 3)
+    np.add(base, head, out=index[:, :, :full * w].reshape(groups, r_total, full, w))
+    if full < len(cols):
+        last = c_total - full * w
+        tail = full * r_total * w + np.arange(r_total * last, dtype=np.int64).reshape(1, r_total, last)
+        np.add(base[..., 0], tail, out=index[:, :, full * w:])
+    index.flags.writeable = False
     return Tensor(var.graph, var.dtype, (groups, r_total, c_total), 0, (), index)
