@@ -7,7 +7,8 @@ sizes, ``--base`` or ``--large`` for one, ``--layers N`` / ``--hidden H`` for a 
   GC200: the first call (export + lower + compile + load + run) and the best of later calls, each
   beside PyTorch eager on the same module and inputs in this process; the largest relative error.
 * ``bert_large``: BERT-Large shape (24 layers, hidden 1024, 16 heads) in fp16: compile time
-  (``.compile`` without running) and what the report says about fitting one GC200.
+  (``.compile`` without running) and what the report says about fitting one GC200
+  (:meth:`softipu.Report.fit`, and the memory lines of its summary).
 
 The model is built in code with random weights (no downloads): word/position/type embeddings,
 post-LN encoder layers with an additive attention mask and erf GELU, a tanh pooler.
@@ -118,9 +119,7 @@ def bench_base(layers: int, hidden: int, heads: int, runs: int) -> None:
          first_call_target_s=30, stages_s={k: round(v, 2) for k, v in model.compile_seconds.items()},
          eager_first_call_s=round(eager_first, 3), later_call_s=round(later, 3), eager_s=round(eager, 3),
          later_over_eager=round(later / eager, 2), later_target=2.0, max_rel_error=rel_error(got, want),
-         modeled_ms=round(1e3 * model.cycle_count / sp.targets.GC200.clock_hz, 3),
-         fits=report.fits, peak_tile_bytes=int(report.tile_memory.max()),
-         total_bytes=int(report.tile_memory.sum()))
+         modeled_ms=round(1e3 * model.cycle_count / sp.targets.GC200.clock_hz, 3), fit=report.fit())
 
 
 def bench_large(layers: int, hidden: int, heads: int) -> None:
@@ -135,8 +134,11 @@ def bench_large(layers: int, hidden: int, heads: int) -> None:
     report = model.report
     emit(bench="bert_large_fp16", layers=layers, hidden=hidden, compile_s=round(seconds, 2),
          compile_target_s=60, stages_s={k: round(v, 2) for k, v in model.compile_seconds.items()},
-         fits=report.fits, peak_tile_bytes=int(report.tile_memory.max()),
-         total_bytes=int(report.tile_memory.sum()), tile_bytes=sp.targets.GC200.bytes_per_tile)
+         fit=report.fit())
+    lines = report.summary(top=0).splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("memory:"))
+    last = next(i for i, line in enumerate(lines) if line.startswith("steps"))
+    print("\n".join(lines[first:last]), flush=True)
 
 
 def main() -> None:

@@ -397,3 +397,40 @@ def test_report_round_trips_and_renders_after_an_estimate(tmp_path):
     report.save_html(tmp_path / "r.html")
     report.save_trace(tmp_path / "r.json")
     assert copy.deepcopy(report.data) == b.engine.report.data
+
+
+# --- whether and how it fits -----------------------------------------------------------------------
+
+
+def _filled(per_tile: list[int], bytes_per_tile: int = 4096) -> sp.Report:
+    """A report of variables of ``per_tile`` floats on tiles 0..n-1 of a tile-limited target."""
+    target = sp.targets.ipu_model(tiles=len(per_tile), bytes_per_tile=bytes_per_tile)
+    g = sp.Graph(target)
+    for tile, n in enumerate(per_tile):
+        if n:
+            variable(g, n, tile, f"v{tile}")
+    return sp.Engine(g, [P.Sequence()], options={"debug.allowOutOfMemory": True},
+                     estimate_only=True).report
+
+
+def test_fit_says_how_much_room_is_left():
+    report = _filled([100, 300, 0, 0])
+    f = report.fit()
+    mem = report.tile_memory
+    assert f["fits"] and f["tiles_over"] == 0 and f["worst_tile"] == 1
+    assert f["headroom"] == 4096 - int(mem[1]) and f["ipus_needed"] == 1
+    assert f["worst_tile_categories"] and sum(f["worst_tile_categories"].values()) == int(mem[1])
+    assert f"fits: {f['headroom']:,} B left on the fullest tile (tile 1)" in report.summary()
+
+
+def test_an_uneven_spread_is_told_apart_from_too_much_data():
+    uneven = _filled([1500, 10, 10, 10])  # 6,000 B on tile 0; the chip holds 16,384 B
+    f = uneven.fit()
+    assert not f["fits"] and f["tiles_over"] == 1 and f["worst_tile"] == 0 and f["headroom"] < 0
+    assert f["ipus_needed"] == 1
+    assert "only its spread is too uneven" in uneven.summary()
+    assert f"tile 0 is {-f['headroom']:,} B over" in uneven.summary()
+    full = _filled([1500, 1500, 1500, 1500])  # 24,000 B > 16,384 B: two IPUs' memory at least
+    f = full.fit()
+    assert f["tiles_over"] == 4 and f["ipus_needed"] == -(-f["total_bytes"] // 16384) == 2
+    assert "needs the memory of 2 IPUs" in full.summary()

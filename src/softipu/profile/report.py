@@ -121,6 +121,31 @@ class Report:
     def fits(self) -> bool:
         return int(self.tile_memory.max(initial=0)) <= self.data["memory"]["bytes_per_tile"]
 
+    def fit(self) -> dict[str, Any]:
+        """Whether and how the program fits the target's memory.
+
+        ``tiles_over`` (tiles above ``bytes_per_tile``), the fullest tile, its bytes and what
+        they are (``worst_tile_categories``), ``headroom`` (bytes left on the fullest tile,
+        negative when over), ``total_bytes`` against the ``chip_bytes`` of all tiles, and
+        ``ipus_needed``: the fewest IPUs whose memory could hold the total, perfectly spread
+        (1 means a better spread alone could make it fit).
+        """
+        mem = self.tile_memory
+        limit = int(self.data["memory"]["bytes_per_tile"])
+        t = self.data["target"]
+        worst = int(np.argmax(mem)) if mem.size else 0
+        total = int(mem.sum())
+        per_ipu = limit * int(t["tiles_per_ipu"])
+        cats = self.memory_by_category_per_tile()
+        return {
+            "fits": self.fits, "bytes_per_tile": limit, "tiles_over": int(np.count_nonzero(mem > limit)),
+            "tiles": int(mem.size), "worst_tile": worst, "worst_tile_bytes": int(mem.max(initial=0)),
+            "headroom": limit - int(mem.max(initial=0)),
+            "worst_tile_categories": {k: int(v[worst]) for k, v in cats.items() if v.size and v[worst]},
+            "total_bytes": total, "chip_bytes": limit * int(mem.size),
+            "ipus_needed": max(1, -(-total // per_ipu)) if per_ipu else 1,
+        }
+
     # -- output ------------------------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(self.data, separators=(",", ":"))
@@ -269,6 +294,19 @@ def _check_shape(data: dict[str, Any]) -> None:
                              f"with 0 <= step < {len(data['steps'])}, start_cycle >= 0, times >= 1")
 
 
+def _fit_line(f: dict[str, Any], ipus: int) -> str:
+    share = f"{f['total_bytes'] / max(f['chip_bytes'], 1):.0%} of the {f['chip_bytes']:,} B all tiles hold"
+    if f["fits"]:
+        return f"  fits: {f['headroom']:,} B left on the fullest tile (tile {f['worst_tile']}); {share}"
+    worst = sorted(f["worst_tile_categories"].items(), key=lambda kv: -kv[1])
+    what = ", ".join(f"{k} {v:,}" for k, v in worst)
+    how = (f"even spread perfectly it needs the memory of {f['ipus_needed']} IPUs: split it over IPUs "
+           "(pipelining) or make it smaller"
+           if f["ipus_needed"] > ipus else "the tiles hold the total: only its spread is too uneven")
+    return (f"  does not fit: {f['tiles_over']:,} of {f['tiles']:,} tiles over {f['bytes_per_tile']:,} B; "
+            f"tile {f['worst_tile']} is {-f['headroom']:,} B over ({what}); needs {share}: {how}")
+
+
 def _summary(report: Report, top: int) -> str:
     d = report.data
     t = d["target"]
@@ -288,6 +326,7 @@ def _summary(report: Report, top: int) -> str:
                  f"({'fits' if report.fits else 'DOES NOT FIT'}); all tiles {int(mem.sum()):,} B")
     for name, nbytes in sorted(report.memory_by_category.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<22} {nbytes:>16,} B")
+    lines.append(_fit_line(report.fit(), t["num_ipus"]))
     ran = [s for s in d["steps"] if s["count"]] or d["steps"]
     ran.sort(key=lambda s: -s["cycles"] * max(s["count"], 1))
     lines.append(f"steps (top {min(top, len(ran))} of {len(d['steps'])} by total cycles):")
