@@ -884,3 +884,21 @@ def test_gc200_all_tiles_six_vertices_each():
     eng.run(0)
     np.testing.assert_array_equal(eng.read_tensor(y), xs * factors[:, None])
     np.testing.assert_array_equal(eng.read_tensor(sums), sequential_sum(xs)[:, 0])
+
+
+@ENGINES
+@pytest.mark.parametrize("views", [
+    lambda x: (x[0:6], x[2:8]), lambda x: (x[2:8], x[0:6]), lambda x: (x[::-1], x),
+    lambda x: (x.reshape(2, 4).T.reshape(-1), x), lambda x: (x[[7, 6, 5, 4]], x[:4]),
+])
+def test_a_copy_between_overlapping_views_writes_the_source_values_from_before(views, reference):
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = variable(g, sp.float32, (8,), "x")
+    src, dst = views(x)
+    eng = engine(g, [P.Copy(src, dst)], reference)
+    start = np.arange(8, dtype=np.float32)
+    eng.write_tensor(x, start)
+    eng.run(0)
+    want = start.copy()
+    want[np.asarray(dst.addresses()).ravel() - x.offset] = start[np.asarray(src.addresses()).ravel() - x.offset]
+    np.testing.assert_array_equal(eng.read_tensor(x), want)

@@ -139,12 +139,23 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
           -1.42647390514189e-02)
 
 
+def _horner(coeffs: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    """``np.polyval(coeffs, x)`` in x's dtype with the same roundings, in place (no temporaries)."""
+    dtype = x.dtype.type
+    y = np.full_like(x, dtype(coeffs[0]))
+    for c in coeffs[1:]:
+        y *= x
+        y += dtype(c)
+    return y
+
+
 def _erf_values(x: np.ndarray) -> np.ndarray:
     x = np.clip(_f32(x), -4.0, 4.0)
     x2 = x * x
-    p = np.polyval(np.asarray(_ERF_P, x.dtype), x2)
-    q = np.polyval(np.asarray(_ERF_Q, x.dtype), x2)
-    return x * p / q
+    p = _horner(_ERF_P, x2)
+    p *= x
+    p /= _horner(_ERF_Q, x2)
+    return p
 
 
 def _erf(x, out=None):

@@ -136,7 +136,13 @@ class ProgramInterpreter:
             self.copy_tensor(src, dst)
 
     def copy_tensor(self, src: Tensor, dst: Tensor) -> None:
-        self.storage.scatter(dst, self.storage.gather(src, replica_axis=True), replica_axis=True)
+        storage = self.storage
+        if src.index is None and dst.index is None:  # view to view, in one pass
+            # (numpy copies through a buffer where the two overlap)
+            storage.view(dst, writeable=True, replica_axis=True)[...] = storage.view(
+                src, writeable=False, replica_axis=True)
+            return
+        storage.scatter(dst, storage.gather(src, replica_axis=True), replica_axis=True)
 
     def run_execute(self, node: P.Execute) -> None:
         self.account(node)
