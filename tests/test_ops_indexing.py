@@ -126,6 +126,34 @@ def test_slicable_table_keeps_lookups_local() -> None:
     assert step.bytes_exchanged <= 10 * 4 * 8 + out.numel * 4
 
 
+@pytest.mark.parametrize(("tiles", "cols", "lookups"), [(16, 4, 9), (64, 8, 30), (48, 16, 7)])
+def test_lookups_read_their_table_blocks_in_place(tiles, cols, lookups) -> None:
+    """Several lookup ranges per column block (more tiles than blocks): each vertex group's table
+    field is a strided view, so the engine never gathers the table (a BERT vocabulary table is
+    23 M elements), and the engine's chunks are sized by the lookups, not the table."""
+    g = graph(tiles)
+    table = create_slicable_table(g, (300, cols))
+    idx = var(g, (lookups,), sp.int32, "idx")
+    prog = P.Sequence()
+    out = multi_slice(g, table, idx, prog)
+    eng = sp.Engine(g, [prog])
+    groups = [grp for cs in eng.executable.compute_sets.values() for grp in cs.groups
+              if grp.codelet.__name__.startswith("MultiSlice")]
+    assert sum(grp.num_vertices for grp in groups) > min(tiles, cols)  # several ranges a block
+    assert all(grp.tensors("table")[0].is_strided and grp.tensors("index")[0].is_strided for grp in groups)
+    from softipu.engine.fast import CHUNK_BYTES, _chunks
+    for grp in groups:
+        rows = max(1, CHUNK_BYTES // (grp.tensors("out")[0].shape[1] * 4))
+        assert len(_chunks({}, grp, 1)) == (1 if grp.num_vertices <= 2 * rows else -(-grp.num_vertices // rows))
+    rng = np.random.default_rng(cols)
+    values = rng.standard_normal((300, cols)).astype(np.float32)
+    picks = rng.integers(0, 300, lookups).astype(np.int32)
+    eng.write_tensor(table, values)
+    eng.write_tensor(idx, picks)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(out), values[picks])
+
+
 def test_multi_slice_cycles_follow_the_poplibs_estimator() -> None:
     """8 column blocks x 1 lookup block: W x (29 + ceil(10 / 6) x (19 + ceil(8 x 4 / 8))) per tile."""
     g = graph()

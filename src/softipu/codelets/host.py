@@ -16,7 +16,6 @@ floating-point exceptions on or off) holds in them too.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import ctypes
 import glob
@@ -25,7 +24,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -47,9 +46,10 @@ _load_at, _idle = -1e9, 0
 
 
 class Blas:
-    """numpy's OpenBLAS thread count, held at one while any caller is inside
-    :meth:`single_threaded` (counted, so concurrent callers neither serialize nor restore it
-    early). Without an OpenBLAS this finds, nothing is changed."""
+    """numpy's OpenBLAS thread count, held at one while any caller is inside ``with
+    BLAS.single_threaded():`` (counted, so concurrent callers neither serialize nor restore it
+    early; the engine holds it for a whole run, so a codelet's own entry costs a counter).
+    Without an OpenBLAS this finds, nothing is changed."""
 
     def __init__(self) -> None:
         self.get = self.set = None
@@ -67,23 +67,25 @@ class Blas:
             self.get, self.set = get, set_
             return
 
-    @contextlib.contextmanager
-    def single_threaded(self) -> Iterator[None]:
+    def single_threaded(self) -> Blas:
+        return self
+
+    def __enter__(self) -> None:
         if self.set is None:
-            yield
             return
         with self.lock:
             if self.users == 0:
                 self.before = self.get()
                 self.set(1)
             self.users += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.users -= 1
-                if self.users == 0:
-                    self.set(self.before)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.set is None:
+            return
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.set(self.before)
 
 
 BLAS = Blas()

@@ -150,6 +150,7 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = F
         table = Input(dtype)
         index = Input(index_dtype)
         out = Output(dtype)
+        chunk_fields = ("index", "out")  # a lookup reads a few elements of a long table block
 
         @staticmethod
         def compute(table, index, out):

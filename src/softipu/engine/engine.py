@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from softipu.codelets.host import BLAS
 from softipu.compiler import Executable, compile_graph
 from softipu.engine.estimate import StaticCost
 from softipu.engine.fast import FastInterpreter
@@ -133,7 +134,7 @@ class Engine:
                 if times:  # a loop of zero turns runs nothing
                     self.log.add(step, self.executable.steps[step].cycles, times)
         else:
-            with np.errstate(all=self._errstate):
+            with np.errstate(all=self._errstate), BLAS.single_threaded():
                 self._interpreter.run(program)
         self.log.runs.append((int(index), self.log.cycles - start))
 

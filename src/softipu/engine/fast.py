@@ -125,8 +125,9 @@ def _unit_inner_stride(t: Tensor) -> bool:
 def _chunks(args: dict[str, Any], group: VertexGroup, replicas: int) -> list[dict[str, Any]]:
     """The group's arguments split along the vertex axis into cache-sized pieces."""
     num, replica_axis = group.num_vertices, replicas > 1
+    sizing = group.codelet.chunk_fields
     row_bytes = replicas * max((t.shape[1] * t.dtype.itemsize for name, _ in group.field_items(*_DATA)
-                                for t in group.tensors(name)), default=0)
+                                if sizing is None or name in sizing for t in group.tensors(name)), default=0)
     rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
     if num <= 2 * rows:
         return [args]

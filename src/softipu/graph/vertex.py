@@ -127,6 +127,9 @@ class Vertex:
     cycles: ClassVar[Callable[..., object] | None] = None
     flops: ClassVar[Callable[..., object] | None] = None
     code_bytes: ClassVar[int | None] = None
+    # The fields whose rows size the fast engine's cache-sized chunks of a group (None: every
+    # data field). A codelet that picks a few elements of a large input names its outputs.
+    chunk_fields: ClassVar[tuple[str, ...] | None] = None
     defined_at: ClassVar[SourceLocation]
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -451,13 +451,15 @@ def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> 
     lookups = max(1, min(n, graph.num_tiles // len(blocks)))
     bounds = np.linspace(0, n, lookups + 1).astype(np.int64)
     i_addr, o_addr = indices.addresses(), out.addresses()
-    groups: dict[tuple[int, int], list[tuple[int, int, int, int, int]]] = {}
+    # One group per lookup range and block width: its table blocks are then evenly spaced (a
+    # strided field, never gathered) and its index rows one row repeated.
+    groups: dict[tuple[int, int, int], list[tuple[int, int, int, int, int]]] = {}
     for c0, c1, tile in blocks:
         for l0, l1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             if l1 > l0:
                 if not whole_rows:
                     graph.set_tile_mapping(out[l0:l1, c0:c1], tile)
-                groups.setdefault((c1 - c0, l1 - l0), []).append((c0, c1, l0, l1, tile))
+                groups.setdefault((c1 - c0, l0, l1), []).append((c0, c1, l0, l1, tile))
     cs = ctx.compute_set()
     codelet = multi_slice_codelet(table.dtype, indices.dtype, column_major)
     for members in groups.values():
