@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["BLAS", "idle_cores", "on_idle_cores", "run_side_by_side", "scratch"]
+__all__ = ["BLAS", "PARALLEL_WORK", "idle_cores", "on_idle_cores", "run_side_by_side", "scratch"]
 
 
 def _host_cores() -> int:

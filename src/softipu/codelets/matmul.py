@@ -41,7 +41,7 @@ from functools import cache
 
 import numpy as np
 
-from softipu.codelets.host import BLAS, on_idle_cores, scratch
+from softipu.codelets.host import BLAS, PARALLEL_WORK, on_idle_cores, scratch
 from softipu.dtypes import DType, float16, float32, int32
 from softipu.graph.vertex import FieldShape as _Shape
 from softipu.graph.vertex import InOut, Input, MultiVertex, Output, Param, Vertex
@@ -148,11 +148,16 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False
     blocks in C; a large batch is cut into ranges of vertices for the host's idle cores, each
     range single-threaded in BLAS. ``accumulate``: ``out += a @ b`` (the product rounded first).
     """
-    def job(lo: int, hi: int) -> None:
-        _gemm_job(a[..., lo:hi, :, :], b[..., lo:hi, :, :], out[..., lo:hi, :, :], accumulate)
-
+    work = out.size * a.shape[-1]
     with BLAS.single_threaded():
-        on_idle_cores(job, out.shape[-3], out.size * a.shape[-1])
+        if work < PARALLEL_WORK:  # the common small batch: no ranges to cut
+            _gemm_job(a, b, out, accumulate)
+            return
+
+        def job(lo: int, hi: int) -> None:
+            _gemm_job(a[..., lo:hi, :, :], b[..., lo:hi, :, :], out[..., lo:hi, :, :], accumulate)
+
+        on_idle_cores(job, out.shape[-3], work)
 
 
 def _gemm_job(a: np.ndarray, b: np.ndarray, o: np.ndarray, accumulate: bool) -> None:
