@@ -201,6 +201,20 @@ def test_poptorch_executable_caching_is_the_cache(tmp_path, recwarn):
     assert not [w for w in recwarn if "executable_cache" in str(w.message)]
 
 
+def test_a_model_loaded_from_the_cache_exports_the_same_executable(tmp_path, monkeypatch):
+    net, x = mlp(), torch.randn(8, 16)
+    opts = options(tmp_path)
+    cold = st.inference_model(net, opts)
+    want = cold(x)
+    no_compiling(monkeypatch)
+    warm = st.inference_model(net, opts)
+    warm.export(tmp_path / "exported", x)  # the loaded executable, saved again
+    loaded = st.inference_model(mlp(), opts.replace(executable_cache_dir=None))
+    loaded.load_executable(tmp_path / "exported")
+    same(loaded(x), want)
+    assert loaded.cycle_count == cold.cycle_count > 0
+
+
 # -- keys --------------------------------------------------------------------------------------------
 def key(net, args, opts, kwargs=None):
     kwargs = kwargs or {}

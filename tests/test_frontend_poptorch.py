@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import pytest
@@ -10,8 +11,12 @@ import torch
 import softipu as sp
 import softipu.poptorch as poptorch
 import softipu.torch as st
+from softipu.compiler.serialize import ARRAYS, MANIFEST
+from softipu.engine import engine as engine_module
 from softipu.errors import OptionError, SoftIPUError
+from softipu.frontends import poptorch as frontend_poptorch
 from softipu.frontends.torch import options as options_module
+from softipu.frontends.torch import runtime
 
 SMALL = sp.targets.ipu_model(tiles=8, bytes_per_tile=512 * 1024)
 
@@ -114,10 +119,108 @@ def test_executor_methods():
     assert model.getPerfCounters()["cycles"] > 0
     model.destroy()
     assert not model.isCompiled()
-    with pytest.raises(SoftIPUError, match="executable cache"):
-        model.compileAndExport("model.popef", x)
     with pytest.raises(SoftIPUError, match="trainingModel is not supported yet"):
         poptorch.trainingModel(net)
+
+
+# -- compileAndExport / loadExecutable -----------------------------------------------------------------
+def classifier_wrapper() -> tuple[torch.nn.Module, poptorch.PoplarExecutor]:
+    """The same module and options each time, as a second process would build them."""
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    opts = poptorch.Options().deviceIterations(2).setTarget(SMALL).logCycleCount(True)
+    return model, poptorch.inferenceModel(model, opts)
+
+
+def no_compiling(monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("compiled although an exported executable was loaded")
+    monkeypatch.setattr(runtime, "export_program", boom)
+    monkeypatch.setattr(runtime, "lower_program", boom)
+    monkeypatch.setattr(engine_module, "compile_graph", boom)
+
+
+def test_an_exported_executable_loads_into_a_fresh_wrapper_without_compiling(tmp_path, monkeypatch):
+    _, original = classifier_wrapper()
+    x = torch.randn(8, 8)
+    with pytest.warns(st.UnusedOptionWarning, match=r"build the module again.*loadExecutable"):
+        original.compileAndExport(str(tmp_path / "a" / "model.poptorch"), x)  # export_model=True
+    assert original.isCompiled()
+    want, cycles = original(x), original.cycleCount()
+    moved = tmp_path / "b" / "model.poptorch"  # another directory, the original gone
+    shutil.copytree(tmp_path / "a" / "model.poptorch", moved)
+    shutil.rmtree(tmp_path / "a")
+    no_compiling(monkeypatch)
+    model, loaded = classifier_wrapper()
+    loaded.loadExecutable(str(moved))
+    assert loaded.isCompiled() and set(loaded._impl.compile_seconds) == {"executable_load", "load"}
+    out = loaded(x)
+    assert torch.equal(out, want) and loaded.cycleCount() == cycles > 0
+    with torch.no_grad():
+        assert torch.allclose(out, model(x), rtol=1e-4, atol=1e-5)
+        model.l2.bias.add_(1.0)  # the weights are the module's, not the file's
+    loaded.copyWeightsToDevice()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.compileAndExport(moved, x, export_model=False)  # replaces it; compiled already
+
+
+def test_loading_into_another_model_names_what_differs(tmp_path):
+    path = tmp_path / "net"
+    opts = poptorch.Options().setTarget(SMALL)
+    x = torch.randn(2, 4)
+    narrow = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    poptorch.inferenceModel(narrow, opts).compileAndExport(path, x, export_model=False)
+    wider = poptorch.inferenceModel(torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()), opts)
+    with pytest.raises(SoftIPUError, match=r"0.weight is float32\[3, 5\] here, float32\[3, 4\] in the file"):
+        wider.loadExecutable(path)
+    assert not wider.isCompiled()  # nothing half-loaded
+    other_act = poptorch.inferenceModel(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.GELU()), opts)
+    with pytest.raises(SoftIPUError, match="code, classes or attributes"):
+        other_act.loadExecutable(path)
+    iterating = poptorch.inferenceModel(narrow, poptorch.Options().setTarget(SMALL).deviceIterations(2))
+    with pytest.raises(SoftIPUError, match="option device_iterations is 2 here, 1 in the file"):
+        iterating.loadExecutable(path)
+    assert not iterating.isCompiled()
+
+
+def test_corrupt_and_foreign_files_are_refused_clearly(tmp_path):
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = poptorch.Options().setTarget(SMALL)
+    path = tmp_path / "net"
+    poptorch.inferenceModel(net, opts).compileAndExport(path, x, export_model=False)
+    damaged = {"manifest": tmp_path / "manifest", "arrays": tmp_path / "arrays", "signature": tmp_path / "sig"}
+    for copy in damaged.values():
+        shutil.copytree(path, copy)
+    (damaged["manifest"] / MANIFEST).write_text("{ not json")
+    data = (damaged["arrays"] / ARRAYS).read_bytes()
+    (damaged["arrays"] / ARRAYS).write_bytes(data[: len(data) // 2])
+    text = (damaged["signature"] / MANIFEST).read_text()
+    assert text.count('["signature",') == 1
+    (damaged["signature"] / MANIFEST).write_text(text.replace('["signature",', '["signatur",'))
+    popart_file = tmp_path / "model.poptorch"
+    popart_file.write_bytes(b"\x80\x04 a PopTorch pickle")
+    cache_dir = tmp_path / "cache"  # an executable cache entry: an executable but no signature
+    poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL).enableExecutableCaching(str(cache_dir)))(x)
+    (entry,) = cache_dir.iterdir()
+    cases = [(damaged["manifest"], "cannot load"), (damaged["arrays"], "cannot load"),
+             (damaged["signature"], "cannot load"), (popart_file, "is a file"),
+             (tmp_path / "absent", "does not exist"), (entry, "no exported signature")]
+    for where, message in cases:
+        model = poptorch.inferenceModel(net, opts)
+        with pytest.raises(SoftIPUError, match=message):
+            model.loadExecutable(where)
+        assert not model.isCompiled()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(SoftIPUError, match="not a softipu export"):
+        poptorch.inferenceModel(net, opts).compileAndExport(tmp_path / "notes", x, export_model=False)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    # NOTE: from the defining module until softipu.poptorch re-exports load.
+    with pytest.raises(SoftIPUError, match=r"never pickles.*loadExecutable"):
+        frontend_poptorch.load(path)
 
 
 def test_output_mode_final_and_replication():

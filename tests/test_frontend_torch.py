@@ -352,6 +352,44 @@ def test_item_is_refused_with_advice():
         st.inference_model(Item(), OPTS)(torch.randn(4))
 
 
+def test_unheld_dtypes_are_listed_up_front_with_the_line_and_the_alternative():
+    class Brain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3).to(torch.bfloat16)  # bfloat16 weights
+
+        def forward(self, x):
+            y = x.bfloat16() * 2  # the line the error must name
+            return torch.special.i0(self.lin(y).float())
+
+    model = st.inference_model(Brain(), OPTS)
+    with pytest.raises(st.UnsupportedOpsError) as info:
+        model(torch.randn(2, 3))
+    err, message = info.value, str(info.value)
+    (bf16,) = [key for key in err.ops if key.startswith("torch.bfloat16")]
+    assert "use torch.float16" in bf16 and "aten::i0" in err.ops  # every problem in one error
+    assert "y = x.bfloat16() * 2" in message and "test_frontend_torch.py" in message
+    assert "input or weight p_lin_weight" in message
+    assert "1 dtype and 1 op" in message
+    with pytest.raises(SoftIPUError, match="not been compiled"):
+        model.report  # noqa: B018 - nothing was lowered
+
+
+@pytest.mark.parametrize(("fn", "op", "advice"), [
+    (torch.unique, "aten::_unique2", "number of distinct values"),
+    (lambda x: torch.bincount(x.long()), "aten::bincount", "one_hot"),
+], ids=["unique", "bincount"])
+def test_data_dependent_shapes_are_refused_with_advice(fn, op, advice):
+    class Counts(torch.nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    with pytest.raises(st.UnsupportedOpsError) as info:
+        st.inference_model(Counts(), OPTS)(torch.tensor([1.0, 2.0, 2.0, 0.0]))
+    (key,) = info.value.ops  # the symbolic-size arithmetic after it is not listed
+    assert key.startswith(op) and advice in key and "register_lowering" not in str(info.value)
+
+
 def test_wrong_inputs_name_the_input(caplog):
     model = st.inference_model(torch.nn.Linear(4, 2), OPTS)
     model(torch.randn(3, 4))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +30,7 @@ from softipu.frontends.errors import FrontendError
 from softipu.frontends.torch.custom_ops import ipu_print_op
 from softipu.frontends.torch.options import Options as TorchOptions
 from softipu.frontends.torch.options import OutputMode as _Mode
-from softipu.frontends.torch.options import warn_unused
+from softipu.frontends.torch.options import UnusedOptionWarning, warn_unused
 from softipu.frontends.torch.runtime import InferenceModel, logger
 from softipu.target import BOW, GC2, GC200, Target
 
@@ -37,7 +39,7 @@ __all__ = [
     "ipu_print_tensor", "identity_loss", "recomputationCheckpoint", "set_available_memory", "DataLoader",
     "HalfFloatCastingBehavior", "ReductionType", "ConnectionType", "SyncPattern", "ShardedExecution",
     "PipelinedExecution", "SerialPhasedExecution", "ParallelPhasedExecution", "ipuHardwareIsAvailable",
-    "ipuHardwareVersion", "setLogLevel", "block_of", "__version__",
+    "ipuHardwareVersion", "setLogLevel", "block_of", "load", "__version__",
 ]
 
 __version__ = "3.3.0+softipu"
@@ -319,9 +321,21 @@ class PoplarExecutor:
     def compile(self, *args: Any, **kwargs: Any) -> None:
         self._impl.compile(*args, **kwargs)
 
-    def compileAndExport(self, filename: str, *args: Any, **kwargs: Any) -> None:  # noqa: N802
-        raise FrontendError("compileAndExport needs softipu's executable cache, which does not exist "
-                            "yet; use compile(*inputs)")
+    def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
+                         **kwargs: Any) -> None:
+        """Compile for these inputs and write the executable to ``filename`` (a directory of JSON and
+        plain arrays). The model stays compiled. softipu never pickles, so the torch module is not
+        saved: ``export_model=True`` (PopTorch's default) warns once and writes the executable only.
+        Load it with :meth:`loadExecutable` on a wrapper of the same module code and options."""
+        if export_model:
+            warnings.warn(_NO_MODEL_IN_EXPORT, UnusedOptionWarning, stacklevel=2)
+        self._impl.export(filename, *args, **kwargs)
+
+    def loadExecutable(self, filename: str | os.PathLike) -> None:  # noqa: N802
+        """Load an executable written by :meth:`compileAndExport` from a wrapper of the same module
+        code and options; the weights are the module's current ones. Raises naming what differs
+        when the file was exported from another module, options or softipu."""
+        self._impl.load_executable(filename)
 
     def isCompiled(self) -> bool:  # noqa: N802
         return self._impl._current is not None
@@ -371,6 +385,23 @@ class PoplarExecutor:
 
     def __repr__(self) -> str:
         return f"PoplarExecutor({self._impl!r})"
+
+
+_NO_MODEL_IN_EXPORT = (
+    "compileAndExport(export_model=True) saves the executable but not the torch module: softipu never "
+    "pickles, since loading a pickle runs code. To load it, build the module again in code, wrap it "
+    "with poptorch.inferenceModel(module, options) and call loadExecutable(filename); pass "
+    "export_model=False to say so and silence this warning")
+
+
+def load(filename: str | os.PathLike, edit_opts_fn: Any = None) -> PoplarExecutor:
+    """PopTorch's ``poptorch.load`` restores a pickled module with its executable; softipu never
+    pickles, so it raises and says what to do instead."""
+    raise FrontendError(
+        f"poptorch.load({str(filename)!r}) needs the torch module pickled in the file, and softipu never "
+        "pickles (loading a pickle runs code): build the module again in code, then "
+        "model = poptorch.inferenceModel(module, options) (edit the options there instead of with "
+        "edit_opts_fn) and model.loadExecutable(filename)")
 
 
 def inferenceModel(model: torch.nn.Module, options: Options | None = None) -> PoplarExecutor:  # noqa: N802

@@ -27,6 +27,7 @@ from softipu.frontends.poptorch import (
     ipu_print_tensor,
     ipuHardwareIsAvailable,
     ipuHardwareVersion,
+    load,
     recomputationCheckpoint,
     set_available_memory,
     setLogLevel,
@@ -38,6 +39,6 @@ __all__ = [
     "OutputMode", "ParallelPhasedExecution", "PipelinedExecution", "PoplarExecutor", "ReductionType",
     "SerialPhasedExecution", "ShardedExecution", "SyncPattern", "__version__", "block_of",
     "identity_loss", "inferenceModel", "ipuHardwareIsAvailable", "ipuHardwareVersion",
-    "ipu_print_tensor", "recomputationCheckpoint", "set_available_memory", "setLogLevel",
+    "ipu_print_tensor", "load", "recomputationCheckpoint", "set_available_memory", "setLogLevel",
     "trainingModel",
 ]

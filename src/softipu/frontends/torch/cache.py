@@ -26,6 +26,11 @@ Entries are directories named by their key, written to a temporary directory and
 place, so a reader never sees half an entry. A corrupt entry, or one from another format version,
 is a miss: it is logged and removed. Each use refreshes an entry's time; when the entries exceed
 ``Options.executable_cache_max_bytes`` the least recently used are removed.
+
+The same files serve PopTorch's ``compileAndExport`` / ``loadExecutable``
+(:func:`export_compiled`, :func:`load_exported`): an exported model is an entry written to a
+path of the user's choosing, with its input signature and the parts of its key, so that loading
+it into another model names what differs instead of missing silently.
 """
 
 from __future__ import annotations
@@ -44,10 +49,10 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,16 +60,20 @@ from torch.utils import _pytree as pytree
 
 from softipu.compiler.executable import Executable
 from softipu.compiler.serialize import MANIFEST, ExecutableFormatError, load_executable, save_executable
+from softipu.frontends.errors import FrontendError
 from softipu.frontends.torch.lower import Lowered, StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options
 from softipu.frontends.torch.registry import LOWERINGS
 from softipu.graph.graph import Graph
+from softipu.target import Target
 
-__all__ = ["ExecutableCache", "CachedModel", "CACHE_FORMAT"]
+__all__ = ["ExecutableCache", "CachedModel", "CACHE_FORMAT", "ExportedModel", "InputRecord",
+           "export_compiled", "load_exported", "key_parts", "EXPORT_FORMAT"]
 
 logger = logging.getLogger("softipu.torch.cache")
 
 CACHE_FORMAT = 1  # what ``extra`` holds besides the executable
+EXPORT_FORMAT = 1  # what an exported model adds to ``extra`` (its "export" section)
 _ENTRY = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TEMP_SECONDS = 3600.0
 
@@ -121,16 +130,7 @@ class ExecutableCache:
             return None
 
     def _key(self, module: torch.nn.Module, inputs: Any, leaves: Any, options: Options) -> str:
-        f = _Fingerprint()
-        f.add("softipu-torch-cache", CACHE_FORMAT, _softipu_build(), torch.__version__, np.__version__,
-              sys.version_info[:2])
-        f.add("options", [(name, _identity(getattr(options, name))) for name in KEY_OPTIONS])
-        f.add("inputs", str(pytree.tree_structure(inputs)),
-              [(leaf.name, leaf.shape, str(leaf.dtype), _identity(leaf.value)) for leaf in leaves])
-        f.add("lowerings", [(name, _identity(low.fn), _identity(low.check))
-                            for name, low in LOWERINGS.items()])
-        _add_module(f, module)
-        return f.hexdigest()
+        return _key_of(key_parts(module, str(pytree.tree_structure(inputs)), leaves, options))
 
     # -- entries ----------------------------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -224,6 +224,31 @@ class ExecutableCache:
             total -= nbytes
             logger.info("executable cache: evicted %s (%.1f MB, least recently used)", path.name[:12],
                         nbytes / 1e6)
+
+
+def key_parts(module: torch.nn.Module, structure: str, leaves: Sequence[Any], options: Options
+              ) -> dict[str, str]:
+    """The parts of a key, each a digest, by what they describe: a file whose parts differ from a
+    model's can say which. ``structure`` is ``str`` of the inputs' pytree structure and ``leaves``
+    the flattened inputs (``name``, ``shape``, ``dtype``, ``value``)."""
+    return {
+        "versions": _digest("softipu-torch-cache", CACHE_FORMAT, _softipu_build(), torch.__version__,
+                            np.__version__, sys.version_info[:2]),
+        "options": _digest(sorted(_option_digests(options).items())),
+        "inputs": _digest(structure, [(leaf.name, leaf.shape, str(leaf.dtype), _identity(leaf.value))
+                                      for leaf in leaves]),
+        "lowerings": _digest([(name, _identity(low.fn), _identity(low.check))
+                              for name, low in LOWERINGS.items()]),
+        "module": _module_digest(module),
+    }
+
+
+def _key_of(parts: dict[str, str]) -> str:
+    return _digest(sorted(parts.items()))
+
+
+def _option_digests(options: Options) -> dict[str, str]:
+    return {name: _digest(_identity(getattr(options, name))) for name in KEY_OPTIONS}
 
 
 class _Uncacheable(Exception):
@@ -320,11 +345,15 @@ def _restore(executable: Executable, graph: Graph, extra: dict[str, Any], key: s
 
 
 def _unslot(d: dict[str, Any]) -> StreamSlot:
-    torch_dtype = getattr(torch, str(d["torch_dtype"]), None)
+    return StreamSlot(str(d["name"]), str(d["stream"]), tuple(int(x) for x in d["shape"]),
+                      _torch_dtype(d["torch_dtype"]), d["dtype"])
+
+
+def _torch_dtype(name: Any) -> torch.dtype:
+    torch_dtype = getattr(torch, str(name), None)
     if not isinstance(torch_dtype, torch.dtype):
-        raise _Stale(f"unknown torch dtype {d['torch_dtype']!r}")
-    return StreamSlot(str(d["name"]), str(d["stream"]), tuple(int(x) for x in d["shape"]), torch_dtype,
-                      d["dtype"])
+        raise _Stale(f"unknown torch dtype {name!r}")
+    return torch_dtype
 
 
 def _unconstant(value: Any) -> Any:
@@ -332,6 +361,190 @@ def _unconstant(value: Any) -> Any:
         items = [_unconstant(v) for v in value.get("tuple", value.get("list", []))]
         return tuple(items) if "tuple" in value else items
     return value
+
+
+# -- exported models: PopTorch's compileAndExport and loadExecutable -----------------------------
+class InputRecord(NamedTuple):
+    """One flattened input of an exported signature: a tensor's shape and dtype, or a constant."""
+
+    name: str
+    shape: tuple[int, ...] | None  # None: not a tensor
+    dtype: torch.dtype | None
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedModel:
+    """A loaded export: the model, and the signature (``str`` of the inputs' pytree structure and
+    the flattened inputs) it was compiled for."""
+
+    model: CachedModel
+    structure: str
+    leaves: tuple[InputRecord, ...]
+
+
+def export_compiled(path: str | os.PathLike, module: torch.nn.Module, options: Options, structure: str,
+                    leaves: Sequence[Any], executable: Executable, lowered: Lowered, out_spec: Any) -> int:
+    """Write one compiled signature of ``module`` to the directory ``path`` (replacing an earlier
+    export there); returns the bytes written. The weights are not needed: :func:`load_exported`
+    takes them from the module it loads into. Raises :class:`FrontendError`; nothing is left at
+    ``path`` but a complete export or what was there before."""
+    target = Path(path)
+    label = type(module).__name__
+    if target.exists() and not (target / MANIFEST).is_file() and not _empty_directory(target):
+        raise FrontendError(f"cannot export {label} to {target}: it exists and is not a softipu export; "
+                            "remove it or choose another path")
+    try:
+        parts = key_parts(module, structure, leaves, options)
+        extra = _extra(_key_of(parts), module, lowered, out_spec)
+        extra["export"] = {
+            "format": EXPORT_FORMAT, "parts": parts, "versions": _versions(),
+            "signature": {"structure": structure, "leaves": [_record(leaf) for leaf in leaves]},
+            "options": {name: [digest, _short(getattr(options, name))]
+                        for name, digest in _option_digests(options).items()},
+            "state": [[name, list(t.shape), str(t.dtype)] for name, t in _module_state(module).items()]}
+    except _Uncacheable as exc:
+        raise FrontendError(f"cannot export {label}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - something in the module the key cannot describe
+        raise FrontendError(f"cannot export {label}: describing it failed ({type(exc).__name__}: "
+                            f"{exc})") from exc
+    return _write_replacing(target, lambda temp: save_executable(executable, temp, extra))
+
+
+def load_exported(path: str | os.PathLike, module: torch.nn.Module, options: Options) -> ExportedModel:
+    """The model exported to ``path``, with ``module``'s current weights. Raises
+    :class:`FrontendError` naming what differs when the file was exported from another module,
+    options, softipu or torch, and for a damaged or foreign file."""
+    directory, label = Path(path), type(module).__name__
+    if not (directory / MANIFEST).is_file():
+        what = ("does not exist" if not directory.exists() else
+                "is a file (a PopTorch export?)" if directory.is_file() else f"has no {MANIFEST}")
+        raise FrontendError(f"{directory} is not a model exported by softipu's compileAndExport: it {what}")
+    try:
+        executable, graph, extra = load_executable(directory)
+        info = extra.get("export")
+        if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
+            raise _Stale("it holds an executable but no exported signature (an executable cache entry, "
+                         "or an export from another softipu)")
+        structure = str(info["signature"]["structure"])
+        leaves = tuple(_unrecord(d) for d in info["signature"]["leaves"])
+    except (ExecutableFormatError, _Stale, KeyError, TypeError, ValueError) as exc:
+        raise FrontendError(f"cannot load {directory}: {exc}; export the model again") from None
+    try:
+        parts = key_parts(module, structure, leaves, options)
+    except Exception as exc:  # noqa: BLE001 - something in the module the key cannot describe
+        raise FrontendError(f"cannot load {directory} into {label}: describing the module failed "
+                            f"({type(exc).__name__}: {exc})") from exc
+    try:
+        wrong = _mismatches(info, parts, module, options)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FrontendError(f"cannot load {directory}: its description is damaged ({exc!r}); export "
+                            "the model again") from None
+    if wrong:
+        raise FrontendError(f"{directory} was not exported from this {label} and its options: "
+                            + "; ".join(wrong) + ". Build the module and options it was exported from, "
+                            "or export this model again (compileAndExport)")
+    try:
+        model = _restore(executable, graph, extra, _key_of(parts), module)
+    except Exception as exc:  # noqa: BLE001 - parts that match around a damaged body
+        raise FrontendError(f"cannot load {directory}: {type(exc).__name__}: {exc}; export the model "
+                            "again") from None
+    return ExportedModel(model, structure, leaves)
+
+
+def _empty_directory(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _write_replacing(target: Path, write: Callable[[Path], int]) -> int:
+    """``write(directory)`` into a temporary sibling of ``target``, then swap it into place."""
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp, old = target.with_name(f".{target.name}.tmp-{tag}"), target.with_name(f".{target.name}.old-{tag}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbytes = write(temp)
+        if target.exists():
+            os.rename(target, old)
+        os.rename(temp, target)
+    except (ExecutableFormatError, OSError) as exc:
+        raise FrontendError(f"cannot export to {target}: {exc}") from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return nbytes
+
+
+def _record(leaf: Any) -> dict[str, Any]:
+    if leaf.shape is not None:
+        return {"name": leaf.name, "shape": list(leaf.shape), "dtype": str(leaf.dtype).removeprefix("torch.")}
+    try:
+        return {"name": leaf.name, "value": _constant(leaf.value)}
+    except _Uncacheable:
+        raise _Uncacheable(f"input {leaf.name!r} is a {type(leaf.value).__name__}, which an export "
+                           "cannot record (it records tensors, numbers, strings, None and tuples or "
+                           "lists of them)") from None
+
+
+def _unrecord(d: dict[str, Any]) -> InputRecord:
+    if "shape" in d:
+        return InputRecord(str(d["name"]), tuple(int(x) for x in d["shape"]), _torch_dtype(d["dtype"]), None)
+    return InputRecord(str(d["name"]), None, None, _unconstant(d["value"]))
+
+
+def _versions() -> dict[str, str]:
+    return {"softipu": f"{_softipu_version()} (build {_softipu_build()[:12]})",
+            "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "Python": ".".join(map(str, sys.version_info[:2]))}
+
+
+def _listed(versions: Any) -> str:
+    return ", ".join(f"{name} {version}" for name, version in sorted(dict(versions).items()))
+
+
+def _short(value: Any) -> str:
+    text = value.name if isinstance(value, Target) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mismatches(info: dict[str, Any], parts: dict[str, str], module: torch.nn.Module,
+                options: Options) -> list[str]:
+    """What differs between an export's key parts (``info``) and this module and options'."""
+    stored, found = info.get("parts") or {}, []
+    if stored.get("versions") != parts["versions"]:
+        found.append(f"it was exported with {_listed(info.get('versions', {}))}; this is "
+                     f"{_listed(_versions())}")
+    if stored.get("options") != parts["options"]:
+        was = info.get("options", {})
+        for name, digest in _option_digests(options).items():
+            if name in was and was[name][0] == digest:
+                continue
+            here, there = _short(getattr(options, name)), was.get(name, [None, "absent"])[1]
+            found.append(f"option {name} is {here} here, {there} in the file" if here != there else
+                         f"option {name} differs from the file's in a detail ({here} in short)")
+    if stored.get("module") != parts["module"]:
+        found += _state_mismatches(info.get("state", []), module) or [
+            f"the code, classes or attributes (hyperparameters, hooks) of {type(module).__name__} "
+            "differ from the exported module's, whose parameters and buffers were the same"]
+    if stored.get("lowerings") != parts["lowerings"]:
+        found.append("the registered ATen lowerings differ (one was registered, removed or changed since)")
+    if stored.get("inputs") != parts["inputs"]:
+        found.append("its input signature does not match its key (a damaged file)")
+    return found
+
+
+def _state_mismatches(stored: list[Any], module: torch.nn.Module) -> list[str]:
+    def described(shape: Any, dtype: str) -> str:
+        return f"{dtype.removeprefix('torch.')}{list(shape)}"
+    was = {str(name): described(shape, str(dtype)) for name, shape, dtype in stored}
+    now = {name: described(t.shape, str(t.dtype)) for name, t in _module_state(module).items()}
+    found = [f"{name} is {now[name]} here, {was[name]} in the file" for name in now
+             if name in was and now[name] != was[name]]
+    missing, extra = [n for n in was if n not in now], [n for n in now if n not in was]
+    if missing:
+        found.append(f"the module has no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    if extra:
+        found.append(f"the file has no {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}")
+    return found
 
 
 # -- fingerprints ----------------------------------------------------------------------------------
@@ -345,6 +558,18 @@ class _Fingerprint:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def _digest(*parts: Any) -> str:
+    f = _Fingerprint()
+    f.add(*parts)
+    return f.hexdigest()
+
+
+def _module_digest(module: torch.nn.Module) -> str:
+    f = _Fingerprint()
+    _add_module(f, module)
+    return f.hexdigest()
 
 
 def _softipu_version() -> str:

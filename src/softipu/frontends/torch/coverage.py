@@ -223,8 +223,10 @@ def _options_section() -> list[str]:
         "Annotations: `BeginBlock` and `Block` are recorded (one IPU until multi-IPU placement), "
         "`ipu_print_tensor` prints on the host when the program runs, `identity_loss` reduces as "
         "PopTorch does, `recomputationCheckpoint` and `set_available_memory` are accepted. "
-        "`trainingModel` and `compileAndExport` raise: training and the executable cache do not "
-        "exist yet.",
+        "`trainingModel` raises: training does not exist yet. `compileAndExport` writes the "
+        "executable but not the module (softipu never pickles; `export_model=True` says so once), "
+        "`loadExecutable` loads it into a wrapper of the same module and options without compiling, "
+        "and `poptorch.load` raises, saying to do that instead.",
         "",
     ]
 

@@ -4,7 +4,8 @@
   ``run_decompositions()`` to Core ATen. Export failures (data-dependent control flow,
   unsupported Python) become :class:`ExportError` naming the user's line and what to do instead.
 * :func:`check_supported` walks the graph once and raises one :class:`UnsupportedOpsError` that
-  lists every op without a lowering, each with the user's source lines, before anything is built.
+  lists every op without a lowering and every dtype the IPU cannot hold (bfloat16, complex...),
+  each with the user's source lines, before anything is built.
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ from typing import Any
 
 import torch
 
+from softipu.dtypes import DType, bool_, float16, float32, int8, int16, int32, uint8, uint16, uint32
 from softipu.frontends.errors import ExportError, UnsupportedOpsError
 from softipu.frontends.torch.registry import find_lowering
 
-__all__ = ["UserLine", "export_program", "check_supported", "user_line", "graph_nodes"]
+__all__ = ["UserLine", "export_program", "check_supported", "user_line", "graph_nodes", "IPU_DTYPES",
+           "dtype_problem"]
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _SOFTIPU_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 _STDLIB_DIR = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>[^\n]+)\n(?P<code>[^\n]*)')
+
+_UNIQUE = ("torch.unique's output length is the number of distinct values, known only from the data; "
+           "compare with a fixed set of candidates (x.unsqueeze(-1) == values) or sort (torch.sort) "
+           "and mask the first of each run (s[1:] != s[:-1])")
 
 # Ops whose output shape or value depends on the data: say why, not just "unsupported".
 _DATA_DEPENDENT = {
@@ -42,7 +49,37 @@ _DATA_DEPENDENT = {
     "aten::nonzero": "its output shape depends on the data, and IPU graphs have static shapes; use "
                      "torch.where(mask, x, 0) or a fixed-size torch.topk",
     "aten::masked_select": "its output shape depends on the data; use torch.where(mask, x, 0)",
+    # torch.unique (sorted or not, with inverse and counts), torch._unique, unique(dim=...) and
+    # unique_consecutive (with or without dim) export as these.
+    "aten::_unique2": _UNIQUE,
+    "aten::_unique": _UNIQUE,
+    "aten::unique_dim": "torch.unique(dim=...) returns as many slices as there are distinct ones, known "
+                        "only from the data; keep every slice and a mask of the first of each (torch.where)",
+    "aten::unique_consecutive": "its output length is the number of runs, known only from the data; "
+                                "keep the full shape and mask the first of each run (x[1:] != x[:-1])",
+    "aten::bincount": "its output length is max(input) + 1, known only from the data; count into a fixed "
+                      "number of bins with torch.zeros(n).scatter_add(0, x, torch.ones_like(x, "
+                      "dtype=torch.float)) or one_hot(x, n).sum(0)",
 }
+
+# The IPU dtype that holds each torch dtype: int64 -> int32 and float64 -> float32, as in PopTorch.
+IPU_DTYPES: dict[torch.dtype, DType] = {
+    torch.float32: float32, torch.float16: float16, torch.float64: float32,
+    torch.int64: int32, torch.int32: int32, torch.int16: int16, torch.int8: int8,
+    torch.uint8: uint8, torch.uint16: uint16, torch.uint32: uint32, torch.bool: bool_,
+}
+
+
+def dtype_problem(dtype: torch.dtype) -> str:
+    """Why no IPU dtype holds ``dtype``, and what to use instead ('' when one does)."""
+    if dtype in IPU_DTYPES:
+        return ""
+    if dtype == torch.bfloat16:
+        return "the IPU has no bfloat16; use torch.float16"
+    if dtype.is_complex:
+        return "the IPU has no complex dtypes; pass and compute real and imaginary parts as float tensors"
+    held = ", ".join(str(d).removeprefix("torch.") for d in IPU_DTYPES)
+    return f"no IPU dtype holds it; use one of {held}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +216,8 @@ def graph_nodes(graph: torch.fx.Graph) -> Iterator[torch.fx.Node]:
 
 
 def check_supported(graph: torch.fx.Graph) -> None:
-    """Raise one :class:`UnsupportedOpsError` listing every op without a usable lowering."""
+    """Raise one :class:`UnsupportedOpsError` listing every op without a usable lowering and every
+    dtype no IPU dtype holds (where such tensors are made)."""
     missing: dict[str, list[str]] = {}
     for node in graph_nodes(graph):
         if node.target is operator.getitem:
@@ -190,28 +228,55 @@ def check_supported(graph: torch.fx.Graph) -> None:
             reason = lowering.check(node) if lowering.check is not None else None
             if not reason:
                 continue
-        key = f"{name} ({reason})" if reason else name
-        line = user_line(node)
-        where = str(line) if line else f"node {node.name} (no source line recorded)"
-        if where not in missing.setdefault(key, []):
-            missing[key].append(where)
+        _note(missing, f"{name} ({reason})" if reason else name, node)
     if any(name.split(" ", 1)[0] in _DATA_DEPENDENT for name in missing):
         # Symbolic-size arithmetic only follows a data-dependent shape: the cause is listed.
         missing = {k: v for k, v in missing.items() if not _is_symbolic(k)}
-    if missing:
-        raise UnsupportedOpsError(_unsupported_message(missing), missing)
+    dtypes = _unheld_dtypes(graph)
+    if missing or dtypes:
+        raise UnsupportedOpsError(_unsupported_message(dtypes, missing), dtypes | missing)
 
 
+def _note(found: dict[str, list[str]], key: str, node: torch.fx.Node, where: str = "") -> None:
+    line = user_line(node)
+    where = where or (str(line) if line else f"node {node.name} (no source line recorded)")
+    if where not in found.setdefault(key, []):
+        found[key].append(where)
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _unheld_dtypes(graph: torch.fx.Graph) -> dict[str, list[str]]:
+    """Each dtype no IPU dtype holds, with where its tensors enter the graph: the inputs and
+    weights that have it and the ops that make it from other dtypes (not every op it flows on)."""
+    found: dict[str, list[str]] = {}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node in [*placeholders, *graph_nodes(graph)]:
+        made = {t.dtype for t in _tensors(node.meta.get("val"))}
+        given = {t.dtype for a in node.all_input_nodes for t in _tensors(a.meta.get("val"))}
+        for dtype in sorted(made - given, key=str):
+            problem = dtype_problem(dtype)
+            if problem:
+                where = f"input or weight {node.name}" if node.op == "placeholder" else ""
+                _note(found, f"{dtype} ({problem})", node, where)
+    return found
 def _is_symbolic(key: str) -> bool:
     name = key.split(" ", 1)[0]
     return name.startswith(("aten::sym_", "_operator::", "aten::_assert"))
 
 
-def _unsupported_message(missing: dict[str, list[str]]) -> str:
-    n = len(missing)
-    lines = [f"the model uses {n} op{'s' if n > 1 else ''} softipu cannot lower (all listed; nothing "
-             "was compiled):"]
-    for key, wheres in missing.items():
+def _unsupported_message(dtypes: dict[str, list[str]], missing: dict[str, list[str]]) -> str:
+    counts = [f"{n} {what}{'s' if n > 1 else ''}"
+              for n, what in ((len(dtypes), "dtype"), (len(missing), "op")) if n]
+    lines = [f"the model uses {' and '.join(counts)} softipu cannot lower (all listed; nothing was "
+             "compiled):"]
+    for key, wheres in (dtypes | missing).items():
         lines.append(f"  {key}")
         for w in wheres[:5]:
             lines.append(f"      at {w}")
@@ -225,4 +290,3 @@ def _unsupported_message(missing: dict[str, list[str]]) -> str:
                  "fn(ctx, node, *args, **kwargs) builds the result with softipu.ops on ctx.graph, "
                  "appending to ctx.prog (see docs/torch_coverage.md).")
     return "\n".join(lines)
-

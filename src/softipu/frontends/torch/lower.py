@@ -24,20 +24,9 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
 from softipu.debug import SourceLocation, user_location
-from softipu.dtypes import (
-    DType,
-    bool_,
-    float16,
-    float32,
-    int8,
-    int16,
-    int32,
-    uint8,
-    uint16,
-    uint32,
-)
+from softipu.dtypes import DType, float16, float32, uint32
 from softipu.frontends.errors import LoweringError
-from softipu.frontends.torch.export import UserLine, user_line
+from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.registry import find_lowering
 from softipu.graph import program as P
@@ -50,22 +39,16 @@ from softipu.ops.matmul import create_matmul_input_rhs
 
 __all__ = ["LoweringContext", "Lowered", "StreamSlot", "lower_program", "device_dtype", "to_host_array"]
 
-_DTYPES: dict[torch.dtype, DType] = {
-    torch.float32: float32, torch.float16: float16, torch.float64: float32,
-    torch.int64: int32, torch.int32: int32, torch.int16: int16, torch.int8: int8,
-    torch.uint8: uint8, torch.uint16: uint16, torch.uint32: uint32, torch.bool: bool_,
-}
-
-
 def device_dtype(torch_dtype: torch.dtype, precision: str = "fp32") -> DType:
     """The IPU dtype that holds a torch dtype: int64 -> int32 and float64 -> float32 (as in
-    PopTorch); with precision "fp16" every float is float16."""
-    found = _DTYPES.get(torch_dtype)
+    PopTorch); with precision "fp16" every float is float16.
+
+    NOTE: :func:`~softipu.frontends.torch.export.check_supported` lists the graph's unheld dtypes
+    before lowering starts; this error is for dtypes a lowering asks about itself.
+    """
+    found = IPU_DTYPES.get(torch_dtype)
     if found is None:
-        raise LoweringError(f"{torch_dtype} has no IPU dtype; softipu holds "
-                            f"{', '.join(str(d).replace('torch.', '') for d in _DTYPES)}"
-                            + ("; use torch.float16 instead of bfloat16" if torch_dtype == torch.bfloat16
-                               else ""))
+        raise LoweringError(f"{torch_dtype} has no IPU dtype: {dtype_problem(torch_dtype)}")
     if precision == "fp16" and found.is_float:
         return float16
     return found

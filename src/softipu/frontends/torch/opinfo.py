@@ -37,6 +37,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from softipu.frontends.errors import ExportError, UnsupportedOpsError
+from softipu.frontends.torch.export import _DATA_DEPENDENT
 from softipu.frontends.torch.options import Options
 from softipu.frontends.torch.runtime import inference_model
 from softipu.target import ipu_model
@@ -51,7 +52,7 @@ RTOL, ATOL = 1e-4, 1e-5
 TARGET = ipu_model(tiles=4, bytes_per_tile=1 << 20)
 DTYPES = (torch.float32, torch.int64, torch.bool)  # an op's samples are of the first it supports
 # Data-dependent ops softipu refuses by design (export.py's list): a skip, not a missing lowering.
-_REFUSED = ("aten::nonzero", "aten::masked_select", "aten::_local_scalar_dense")
+_REFUSED = tuple(_DATA_DEPENDENT)
 # Ops whose results are uninitialised memory: only shape and dtype mean anything.
 _UNDEFINED_VALUES = {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
                      "new_empty_strided"}

@@ -3,7 +3,9 @@
 The first call (or ``compile``) exports the module, checks every op has a lowering, lowers it,
 compiles an ``Engine`` and loads the weights once; later calls only stream inputs in and outputs
 out. Outputs come back as torch tensors in the module's own structure (tensor, tuple, dict,
-dataclass or HuggingFace ``ModelOutput``).
+dataclass or HuggingFace ``ModelOutput``). ``export(path, *inputs)`` writes a compiled signature
+to a directory and ``load_executable(path)`` loads it into a model of the same module and options
+without compiling (PopTorch's ``compileAndExport`` and ``loadExecutable``).
 
 >>> import torch, softipu as sp, softipu.torch as st
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +33,9 @@ from torch.utils import _pytree as pytree
 
 from softipu.compiler.executable import Executable
 from softipu.engine import Engine
+from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
-from softipu.frontends.torch.cache import ExecutableCache
+from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load_exported
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
@@ -260,18 +264,60 @@ class InferenceModel:
                     ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
         return compiled
 
-    def _from_cache(self, hit: Any, leaves: tuple[_Leaf, ...], seconds: float) -> _Compiled:
-        """A compiled signature from an executable cache hit: no export, lowering or compiling."""
+    def _from_cache(self, hit: Any, leaves: tuple[_Leaf, ...], seconds: float,
+                    source: str = "the executable cache", step: str = "cache_load") -> _Compiled:
+        """A compiled signature from an executable cache hit (or an export): no export, lowering or
+        compiling. ``step`` names the loading time in ``compile_seconds``."""
         t = time.perf_counter()
         compiled = _Compiled(hit.lowered, hit.out_spec, self.options, leaves, executable=hit.executable)
-        times = {"cache_load": seconds + time.perf_counter() - t}
+        times = {step: seconds + time.perf_counter() - t}
         t = time.perf_counter()
         compiled.load_weights()
         times["load"] = time.perf_counter() - t
         self.compile_seconds = times
-        logger.info("%s: loaded %d ops for %s from the executable cache in %.2f s", self._label,
-                    hit.lowered.nodes, self.options.target.name, sum(times.values()))
+        logger.info("%s: loaded %d ops for %s from %s in %.2f s", self._label, hit.lowered.nodes,
+                    self.options.target.name, source, sum(times.values()))
         return compiled
+
+    # -- exported executables ---------------------------------------------------------------------
+    def export(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Compile for these inputs (unless compiled already) and write the executable to the
+        directory ``path``. The module is not saved (softipu never pickles): build it again in code
+        and call :meth:`load_executable` on a model of it with the same options.
+
+        >>> import tempfile, torch, softipu as sp, softipu.torch as st
+        >>> opts, path = st.Options(target=sp.targets.ipu_model(tiles=4)), tempfile.mkdtemp() + "/net"
+        >>> net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+        >>> st.inference_model(net, opts).export(path, x)
+        >>> loaded = st.inference_model(net, opts); loaded.load_executable(path)
+        >>> torch.allclose(loaded(x), net(x), atol=1e-6), sorted(loaded.compile_seconds)
+        (True, ['executable_load', 'load'])
+        """
+        compiled, _ = self._prepare(args, kwargs)
+        structure, leaves = next(key for key, c in self._compiled.items() if c is compiled)
+        nbytes = export_compiled(path, self.module, self.options, structure, leaves,
+                                 compiled.engine.executable, compiled.lowered, compiled.out_spec)
+        logger.info("%s: exported %d ops to %s (%.1f MB)", self._label, compiled.lowered.nodes, path,
+                    nbytes / 1e6)
+
+    def load_executable(self, path: str | os.PathLike) -> None:
+        """Load what :meth:`export` wrote, with the module's current weights, checking it was
+        exported from this module's code, parameters and options (an error names what differs).
+        Calls with the exported inputs' shapes then run it; nothing is compiled."""
+        start = time.perf_counter()
+        exported = load_exported(path, self.module, self.options)
+        leaves = tuple(_Leaf(*record) for record in exported.leaves)
+        try:
+            compiled = self._from_cache(exported.model, leaves, time.perf_counter() - start,
+                                        source=str(path), step="executable_load")
+        except SoftIPUError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file the format checks let through
+            raise FrontendError(f"cannot load {path}: {type(exc).__name__}: {exc}; export the model "
+                                "again") from exc
+        self._compiled[(exported.structure, leaves)] = compiled
+        self._current = compiled
+        self._attached = True
 
     def _micro_batch(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         per_call = self.options.batches_per_call
