@@ -889,3 +889,20 @@ def test_copy_transfers_of_views_match_an_element_by_element_oracle(case):
     want, want_local = _copy_oracle(src, dst, g, tiles)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(local, want_local)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_intervals_holding_agrees_with_a_binary_search(dense):
+    """The table lookup split_by_mapping uses for dense addresses (and the binary search for
+    sparse ones) finds the interval a bisection would, gaps and addresses before the first
+    interval included."""
+    from softipu.compiler.exchange import _intervals_holding
+    rng = np.random.default_rng(int(dense))
+    for _ in range(100):
+        starts = np.unique(rng.integers(5, 2000, rng.integers(1, 60)))
+        n = int(rng.integers(300, 600)) if dense else int(rng.integers(1, 20))
+        first = rng.integers(0, 2100, n)
+        last = first + rng.integers(-1, 40, n)  # -1: an empty interval
+        got = _intervals_holding(starts, first, last)
+        for mine, addresses in zip(got, (first, last), strict=True):
+            np.testing.assert_array_equal(mine, np.searchsorted(starts, addresses, side="right") - 1)

@@ -91,8 +91,7 @@ def split_by_mapping(starts: np.ndarray, ends: np.ndarray, mapping: ResolvedMapp
     if starts.size == 0 or mapping.starts.size == 0:
         z = np.zeros(0, np.int64)
         return z, z, z.astype(np.int32), z
-    k0 = np.searchsorted(mapping.starts, starts, side="right") - 1
-    k1 = np.searchsorted(mapping.starts, ends - 1, side="right") - 1
+    k0, k1 = _intervals_holding(mapping.starts, starts, ends - 1)
     k0 = np.maximum(k0, 0)
     count = k1 - k0 + 1
     if np.all(count == 1):
@@ -103,6 +102,28 @@ def split_by_mapping(starts: np.ndarray, ends: np.ndarray, mapping: ResolvedMapp
     p_starts = np.maximum(starts[parent], mapping.starts[k])
     p_ends = np.minimum(ends[parent], mapping.ends[k])
     return p_starts, p_ends, mapping.tiles[k], parent
+
+
+def _intervals_holding(mapping_starts: np.ndarray, first: np.ndarray, last: np.ndarray):
+    """For each address of ``first`` and of ``last``: the index of the last mapping interval
+    starting at or before it (-1 before the first), as ``searchsorted(..., side="right") - 1``.
+
+    Where the addresses are dense in their span (a copy cut into single elements, say), one
+    table over the span answers all of them, cheaper than a binary search each.
+    """
+    lo = min(int(first.min()), int(last.min()))  # an empty interval's last precedes its first
+    hi = max(int(first.max()), int(last.max())) + 1
+    span = hi - lo
+    if span > 8 * (first.size + last.size):
+        return (np.searchsorted(mapping_starts, first, side="right") - 1,
+                np.searchsorted(mapping_starts, last, side="right") - 1)
+    a = max(int(np.searchsorted(mapping_starts, lo, side="right")) - 1, 0)
+    b = int(np.searchsorted(mapping_starts, hi - 1, side="right"))
+    marks = np.zeros(span, np.int64)
+    marks[np.maximum(mapping_starts[a:b] - lo, 0)] = 1
+    index = np.cumsum(marks)
+    index += a - 1
+    return index[first - lo], index[last - lo]
 
 
 def compute_set_transfers(compiled: CompiledComputeSet,

@@ -427,7 +427,10 @@ def _regions(graph: Graph, t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if t.is_strided and t.strides[0] > 0:
         mapping = graph.resolved_mapping(t.dtype)
         step, first = t.strides[0], t.offset
-        bounds = np.concatenate((mapping.starts, mapping.ends))
+        # Only the mapping's intervals that meet [first, last] can cut the tensor.
+        a = max(int(np.searchsorted(mapping.starts, first, side="right")) - 1, 0)
+        b = int(np.searchsorted(mapping.starts, first + max(n - 1, 0) * step, side="right"))
+        bounds = np.concatenate((mapping.starts[a:b], mapping.ends[a:b]))
         cuts = -(-(bounds - first) // step)
         cuts = np.unique(np.concatenate(([0, n], cuts[(cuts > 0) & (cuts < n)])))
         starts = cuts[:-1]
