@@ -147,3 +147,26 @@ def test_blas_single_threaded_is_counted_across_threads():
         assert blas.get() == 2
     finally:
         blas.set(before)
+
+
+def test_shared_reductions_with_rotated_pieces_keep_their_bytes(always_share, monkeypatch):
+    """Pieces cut mid-row (an outer reduction of a linearly mapped input) fold through a
+    rotation scratch; chunks of one shape run side by side must not share it."""
+    monkeypatch.setattr(fast, "CHUNK_BYTES", 4096)  # many equal chunks
+    g = sp.Graph(sp.targets.ipu_model(tiles=20, bytes_per_tile=512 * 1024))
+    x = g.add_variable(sp.float32, (48, 4096), name="x")  # 2.4 rows a tile
+    sp.ops.map_linearly(g, x, grain_size=1)
+    prog = P.Sequence()
+    y = sp.ops.reduce(g, x, prog, dims=0, op=sp.ops.ReduceOp.MAX)
+    rng = np.random.default_rng(5)
+    for reference in (True, False):
+        eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+        for _ in range(20):
+            values = rng.standard_normal(x.shape).astype(np.float32)
+            eng.write_tensor(x, values)
+            eng.run(0)
+            np.testing.assert_array_equal(eng.read_tensor(y), values.max(axis=0))
+    assert always_share
+    rows = [grp for cs in eng.executable.compute_sets.values() for grp in cs.groups
+            if grp.codelet.__name__.startswith("ReduceRows")]
+    assert rows and any(np.any(np.asarray(grp.fields["phase"])) for grp in rows)  # rotated pieces

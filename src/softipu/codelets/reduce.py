@@ -28,6 +28,7 @@ cost per vertex and per output written.
 from __future__ import annotations
 
 import enum
+import threading
 import weakref
 from collections.abc import Callable
 from functools import cache
@@ -275,10 +276,11 @@ def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
 
 
 # Rotation plans per phase param array (the fast engine passes the same read-only arrays on
-# every run): id(phase) -> (weakref(phase), key, (doubled scratch, [(rows, window view), ...])).
-_ROTATION_CACHE: dict[int, tuple[weakref.ref, tuple, tuple[np.ndarray, list] | None]] = {}
-# One scratch per shape, shared by the vertex batches of that shape (the engine runs them one
-# after another).
+# every run) and host thread: (id(phase), thread) -> (weakref(phase), key, (doubled scratch,
+# [(rows, window view), ...])).
+_ROTATION_CACHE: dict[tuple[int, int], tuple[weakref.ref, tuple, tuple[np.ndarray, list] | None]] = {}
+# One scratch per shape and host thread, shared by the vertex batches of that shape a thread
+# runs one after another (batches on other threads run at the same time: never theirs).
 _SCRATCH: dict[tuple, np.ndarray] = {}
 
 
@@ -290,7 +292,8 @@ def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
     those offsets step evenly over runs of vertices: each run is one strided window, built once.
     """
     key = (out_shape, partial)
-    hit = _ROTATION_CACHE.get(id(phase))
+    thread = threading.get_ident()
+    hit = _ROTATION_CACHE.get((id(phase), thread))
     if hit is not None and hit[0]() is phase and hit[1] == key and not phase.flags.writeable:
         return hit[2]
     p = phase.reshape(-1).astype(np.int64)
@@ -298,16 +301,16 @@ def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
     if p.any():
         width = out_shape[-1]
         shape = out_shape[:-1] + (2 * width,)
-        doubled = _SCRATCH.get((shape, partial))
+        doubled = _SCRATCH.get((shape, partial, thread))
         if doubled is None:
-            doubled = _SCRATCH[(shape, partial)] = np.empty(shape, partial.numpy)
+            doubled = _SCRATCH[(shape, partial, thread)] = np.empty(shape, partial.numpy)
         result = (doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(),
                                     width))
     if not phase.flags.writeable:  # engine params are frozen; anything else is not cached
         if len(_ROTATION_CACHE) >= _CACHE_LIMIT:
             _ROTATION_CACHE.clear()
             _SCRATCH.clear()
-        _ROTATION_CACHE[id(phase)] = (weakref.ref(phase), key, result)
+        _ROTATION_CACHE[(id(phase), thread)] = (weakref.ref(phase), key, result)
     return result
 
 
