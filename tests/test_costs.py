@@ -906,3 +906,23 @@ def test_intervals_holding_agrees_with_a_binary_search(dense):
         got = _intervals_holding(starts, first, last)
         for mine, addresses in zip(got, (first, last), strict=True):
             np.testing.assert_array_equal(mine, np.searchsorted(starts, addresses, side="right") - 1)
+
+
+def test_union_per_key_is_the_same_with_the_callers_start_order():
+    """traffic() sorts a step's intervals by start once and keys them three ways (sender,
+    receiver, supertile); each union equals a brute-force one over the covered addresses."""
+    from softipu.compiler.exchange import union_per_key
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 400):
+        starts = rng.integers(0, 300, n)
+        ends = starts + rng.integers(1, 12, n)  # transfers are never empty
+        keys = rng.integers(0, 9, n)
+        by_start = np.argsort(starts, kind="stable")
+        for order in (None, by_start):
+            length, regions = union_per_key(keys, starts, ends, 9, order)
+            for k in range(9):
+                covered = np.zeros(320, bool)
+                for s, e in zip(starts[keys == k], ends[keys == k], strict=True):
+                    covered[s:e] = True
+                assert length[k] == covered.sum()
+                assert regions[k] == np.count_nonzero(np.diff(np.concatenate(([0], covered.astype(int)))) == 1)
