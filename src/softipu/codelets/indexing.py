@@ -162,8 +162,17 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = F
             if rows == 0:
                 out[...] = 0
                 return
-            safe, valid = _rows_in_range(index, rows)
             lead = table.shape[:-1]
+            if column_major and index.ndim == 2 and index.shape[0] > 1 and index.strides[0] == 0:
+                # Every vertex looks up the same rows (one lookup range, its columns split over
+                # the vertices): one take over all of them.
+                safe, valid = _rows_in_range(index[0], rows)
+                picked = np.take(table.reshape(lead + (width, rows)), safe, axis=-1)
+                if not valid.all():
+                    picked[..., ~valid] = 0
+                out[...] = np.swapaxes(picked, -1, -2).reshape(out.shape)
+                return
+            safe, valid = _rows_in_range(index, rows)
             if column_major:
                 block = table.reshape(lead + (width, rows))
                 picked = np.take_along_axis(block, np.broadcast_to(safe, lead + (n,))[..., None, :], axis=-1)
