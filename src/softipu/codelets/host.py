@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -184,17 +185,14 @@ def on_idle_cores(job: Callable[[int, int], None], vertices: int, work: int) -> 
     ``work`` (multiply-accumulates, elements) decides whether splitting pays. Each vertex is
     computed whole by one call, so results never depend on the split.
     """
-    parts = 1
-    if work >= PARALLEL_WORK and vertices > 1 and not getattr(_LOCAL, "side_by_side", False):
-        idle = idle_cores()
-        if idle > 0:
-            parts = max(1, min(_PIECES * CORES, vertices, work // _PIECE_WORK))
+    worth = work >= PARALLEL_WORK and vertices > 1 and not getattr(_LOCAL, "side_by_side", False)
+    idle = idle_cores() if worth else 0
+    parts = max(1, min(_PIECES * CORES, vertices, work // _PIECE_WORK)) if idle > 0 else 1
     if parts == 1:
         job(0, vertices)
         return
     cuts = [vertices * p // parts for p in range(parts + 1)]
-    ranges = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-    jobs = [lambda lo=lo, hi=hi: job(lo, hi) for lo, hi in ranges]
+    jobs = [partial(job, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
     _share(jobs, min(idle, len(jobs) - 1))
 
 
