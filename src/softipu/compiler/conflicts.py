@@ -56,14 +56,10 @@ def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     (its addresses are not sorted)."""
     if t.index is None:
         return t.runs()
-    flat = t.index.ravel(order="K")  # any order will do: no copy of a transposed view
-    if flat.size > 1:
-        lo, hi = int(flat.min()), int(flat.max())
-        if hi - lo + 1 == flat.size:
-            seen = np.zeros(flat.size, bool)
-            seen[flat - lo] = True
-            if seen.all():  # every address of [lo, hi] once
-                return np.array([lo], np.int64), np.array([flat.size], np.int64)
+    if t.index.size > 1:
+        lo, hi = int(t.index.min()), int(t.index.max())
+        if hi - lo + 1 == t.index.size and not t.repeats_elements():  # all of [lo, hi], once
+            return np.array([lo], np.int64), np.array([t.index.size], np.int64)
     return t.element_runs()
 
 
