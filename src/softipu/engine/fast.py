@@ -12,8 +12,9 @@ are independent (the compiler checked), so any split gives the same result.
 
 The groups and chunks of a compute set also run side by side on the host's idle cores
 (:func:`softipu.codelets.host.run_side_by_side`), largest first as timed on the compute set's
-first run. Only softipu's own codelets are shared out so: a user's codelet runs on the calling
-thread, in order, as it would without threads.
+first run, from its third run on where that proved faster than one thread. Only softipu's own
+codelets are shared out so: a user's codelet runs on the calling thread, in order, as it would
+without threads.
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletE
 
 class _ComputeSetRunner:
     """A compute set's jobs (groups and chunks). Its first run times them one by one on this
-    thread; where that took long enough to be worth sharing, the second run shares them out,
-    largest first, and whichever of the two ran faster is kept. (Jobs that are mostly Python
-    contend for the interpreter lock and can run slower side by side.)"""
+    thread (and touches their memory); where that took long enough to be worth sharing, the
+    second run is timed on this thread alone, the third shares the jobs out, largest first, and
+    whichever of the two ran faster is kept. (Jobs that are mostly Python contend for the
+    interpreter lock and can run slower side by side.)"""
 
     __slots__ = ("jobs", "shared", "runs", "serial_seconds")
 
@@ -175,7 +177,7 @@ class _ComputeSetRunner:
         self.serial_seconds = 0.0
 
     def __call__(self) -> None:
-        if self.runs >= 2 or not self.shared:
+        if self.runs >= 3 or not self.shared:
             if self.shared:
                 run_side_by_side(self.jobs)
             else:
@@ -191,10 +193,14 @@ class _ComputeSetRunner:
                 seconds.append(time.perf_counter() - start)
             order = sorted(range(len(self.jobs)), key=seconds.__getitem__, reverse=True)
             self.jobs = [self.jobs[i] for i in order]
-            self.serial_seconds = sum(seconds)
-            self.shared = self.serial_seconds >= SIDE_BY_SIDE_SECONDS
+            self.shared = sum(seconds) >= SIDE_BY_SIDE_SECONDS
             return
         start = time.perf_counter()
+        if self.runs == 2:
+            for job in self.jobs:
+                job()
+            self.serial_seconds = time.perf_counter() - start
+            return
         run_side_by_side(self.jobs)
         self.shared = time.perf_counter() - start < self.serial_seconds
 
