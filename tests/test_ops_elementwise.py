@@ -4,6 +4,8 @@ aliasing, stochastic rounding, engines and replicas agreeing. Values are in test
 from __future__ import annotations
 
 import doctest
+import importlib
+import pkgutil
 import sys
 
 import numpy as np
@@ -450,5 +452,6 @@ def test_replicas_compute_independently():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(ew, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 100 and result.failed == 0
+    modules = [ew] + [importlib.import_module(f"{ew.__name__}.{m.name}") for m in pkgutil.iter_modules(ew.__path__)]
+    results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in modules]
+    assert sum(r.attempted for r in results) > 100 and all(r.failed == 0 for r in results)

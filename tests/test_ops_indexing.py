@@ -319,8 +319,12 @@ def test_errors_name_op_shapes_and_line(call, op, words) -> None:
 
 def test_docstring_examples_run() -> None:
     import doctest  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
+    import pkgutil  # noqa: PLC0415
 
-    import softipu.ops.indexing as module  # noqa: PLC0415
+    import softipu.ops.indexing as package  # noqa: PLC0415
 
-    result = doctest.testmod(module)
-    assert result.attempted >= 40 and result.failed == 0
+    modules = [package] + [importlib.import_module(f"{package.__name__}.{m.name}")
+                           for m in pkgutil.iter_modules(package.__path__)]
+    results = [doctest.testmod(m) for m in modules]
+    assert sum(r.attempted for r in results) >= 40 and all(r.failed == 0 for r in results)

@@ -1,0 +1,142 @@
+"""Row-wise ops along one axis: sort, sort with indices, top-k, cumsum.
+
+Each row goes to one vertex on the tile that holds the output row (outputs are mapped in whole
+rows); the result is returned in the input's layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets.indexing import SortOrder, cumsum_codelet, sort_codelet
+from softipu.dtypes import int32
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, parse_options
+from softipu.ops.indexing._common import _axis, _int, _moveaxis, _prod
+
+__all__ = ["sort", "sort_with_indices", "top_k", "cumsum"]
+
+
+# -- row-wise: sort, top-k, cumsum ---------------------------------------------------------------------
+def _row_op(ctx: OpContext, x: Tensor, axis: int, codelet: type, keep: int,
+            with_index: bool) -> tuple[Tensor, Tensor | None]:
+    """One vertex per row along ``axis``; outputs mapped in whole rows, returned in x's layout."""
+    graph = ctx.graph
+    moved = _moveaxis(x, axis, -1)
+    n = moved.shape[-1]
+    out_shape = moved.shape[:-1] + (keep,)
+    out = ctx.output(x.dtype, out_shape, grain_size=max(keep, 1))
+    index = ctx.output(int32, out_shape, suffix="indices", grain_size=max(keep, 1)) \
+        if with_index else None
+    rows = _prod(moved.shape[:-1])
+    if rows and n and keep:
+        fields: dict[str, Any] = {"x": moved.reshape(rows, n), "out": out.reshape(rows, keep)}
+        if index is not None:
+            fields["index"] = index.reshape(rows, keep)
+        tiles = graph.tile_of(out.reshape(rows, keep)[:, 0]).astype(np.int64)
+        cs = ctx.compute_set()
+        graph.add_vertices(cs, codelet, fields, tiles)
+        ctx.execute(cs)
+    back = (lambda t: _moveaxis(t, -1, axis)) if x.ndim else (lambda t: t)
+    return back(out), (back(index) if index is not None else None)
+
+
+def _sort_args(ctx: OpContext, x: Tensor, axis: Any) -> int:
+    if x.ndim == 0:
+        raise ctx.error(f"{ctx.op} needs at least one dimension; {x.name} is 0-d")
+    if x.dtype.numpy.kind == "b":
+        raise ctx.error(f"{ctx.op} of bool tensor {x.name}: cast to a number first")
+    return _axis(ctx, x, axis)
+
+
+def sort(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1, descending: bool = False,
+         name: str = "", options: dict | None = None) -> Tensor:
+    """``x`` sorted along ``axis`` (stable; NaN last ascending, first descending).
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import sort
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2)); prog = P.Sequence()
+    >>> x = g.add_variable(sp.float32, (4,)); sp.ops.map_linearly(g, x)
+    >>> y = sort(g, x, prog); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(x, [3, 1, 2, 0]); eng.run(0); eng.read_tensor(y).tolist()
+    [0.0, 1.0, 2.0, 3.0]
+    """
+    ctx = OpContext.start(graph, prog, "sort", name, x)
+    parse_options(ctx, options, {})
+    axis = _sort_args(ctx, x, axis)
+    order = SortOrder.DESCENDING if descending else SortOrder.ASCENDING
+    values, _ = _row_op(ctx, x, axis, sort_codelet(x.dtype, order, False), x.shape[axis], False)
+    return values
+
+
+def sort_with_indices(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1,
+                      descending: bool = False, name: str = "",
+                      options: dict | None = None) -> tuple[Tensor, Tensor]:
+    """``(sorted values, int32 positions in x)`` along ``axis``, stable (see :func:`sort`).
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import sort_with_indices
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2)); prog = P.Sequence()
+    >>> x = g.add_variable(sp.float32, (3,)); sp.ops.map_linearly(g, x)
+    >>> v, i = sort_with_indices(g, x, prog); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(x, [5, 3, 4]); eng.run(0); eng.read_tensor(i).tolist()
+    [1, 2, 0]
+    """
+    ctx = OpContext.start(graph, prog, "sort_with_indices", name, x)
+    parse_options(ctx, options, {})
+    axis = _sort_args(ctx, x, axis)
+    order = SortOrder.DESCENDING if descending else SortOrder.ASCENDING
+    values, index = _row_op(ctx, x, axis, sort_codelet(x.dtype, order, True), x.shape[axis], True)
+    assert index is not None
+    return values, index
+
+
+def top_k(graph: Graph, x: Tensor, prog: Any, *, k: int, axis: int = -1, name: str = "",
+          options: dict | None = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries along ``axis``, largest first, and their int32 positions.
+
+    Ties keep input order; NaN counts as largest (as torch.topk).
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import top_k
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2)); prog = P.Sequence()
+    >>> x = g.add_variable(sp.float32, (5,)); sp.ops.map_linearly(g, x)
+    >>> v, i = top_k(g, x, prog, k=2); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(x, [1, 9, 3, 9, 0]); eng.run(0); eng.read_tensor(i).tolist()
+    [1, 3]
+    """
+    ctx = OpContext.start(graph, prog, "top_k", name, x)
+    parse_options(ctx, options, {})
+    axis = _sort_args(ctx, x, axis)
+    k = _int(ctx, k, "k")
+    if not 0 <= k <= x.shape[axis]:
+        raise ctx.error(f"k={k} must be in 0..{x.shape[axis]} (dim {axis} of {x.name} {x.shape})")
+    values, index = _row_op(ctx, x, axis, sort_codelet(x.dtype, SortOrder.DESCENDING, True), k, True)
+    assert index is not None
+    return values, index
+
+
+def cumsum(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1, name: str = "",
+           options: dict | None = None) -> Tensor:
+    """Inclusive running sums along ``axis`` (fp16 accumulates in fp32).
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import cumsum
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2)); prog = P.Sequence()
+    >>> x = g.add_variable(sp.int32, (4,)); sp.ops.map_linearly(g, x)
+    >>> y = cumsum(g, x, prog); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(x, [1, 2, 3, 4]); eng.run(0); eng.read_tensor(y).tolist()
+    [1, 3, 6, 10]
+    """
+    ctx = OpContext.start(graph, prog, "cumsum", name, x)
+    parse_options(ctx, options, {})
+    axis = _sort_args(ctx, x, axis)
+    values, _ = _row_op(ctx, x, axis, cumsum_codelet(x.dtype), x.shape[axis], False)
+    return values

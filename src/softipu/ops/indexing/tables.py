@@ -1,0 +1,240 @@
+"""Multi-slice / multi-update-add over slicable tables (embedding lookups and their gradients).
+
+Indices are read **at run time** inside the vertices. The table's columns are split into
+blocks (the table's own column layout when it has one, see :func:`create_slicable_table`):
+
+* **multi_slice**: each block's vertex looks up every index (split into lookup blocks for
+  parallelism); out-of-range indices (negative or ``>= rows``) give rows of **zeros**.
+* **multi_update_add**: one vertex per block updates it in place; out-of-range indices are
+  **skipped** and repeated indices all add.
+
+:func:`_slice_rows` and :func:`_update_rows` are the engines that gather and scatter reuse.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from softipu.codelets.indexing import multi_slice_codelet, multi_update_codelet
+from softipu.dtypes import as_dtype, float32
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, parse_options, rows_of
+from softipu.ops.indexing._common import _index_tensor, _map_rest, _runs
+from softipu.ops.mapping import map_linearly
+from softipu.ops.reduce import tensor_at
+
+__all__ = ["multi_slice", "multi_update_add", "create_slicable_table"]
+
+
+# -- multi-slice / multi-update -----------------------------------------------------------------------
+def _column_blocks(graph: Graph, table: Tensor) -> list[tuple[int, int, int]]:
+    """``(c0, c1, tile)`` column blocks of a 2-D table: its own layout, or an even split.
+
+    A table whose first row spans several tiles (e.g. one from :func:`create_slicable_table`)
+    is split where its tiles change; otherwise the columns are spread evenly over the tiles.
+    """
+    rows, cols = table.shape
+    if cols == 0:
+        return []
+    if rows:
+        first = graph.tile_of(table[0]).astype(np.int64)
+        starts, lengths = _runs(first)
+        if starts.size > 1:
+            return [(int(s), int(s + n), int(first[s])) for s, n in zip(starts, lengths, strict=True)]
+    t = graph.num_tiles
+    width = -(-cols // t)
+    if not _column_major(table):
+        width = max(width, graph.target.vector_width(table.dtype.itemsize))
+    nb = -(-cols // width)
+    return [(b * width, min(cols, (b + 1) * width), (b * t) // nb) for b in range(nb)]
+
+
+def _column_major(table: Tensor) -> bool:
+    """Whether a 2-D table is stored transposed (each column contiguous), as
+    :func:`create_slicable_table` makes it."""
+    rows, cols = table.shape
+    return table.is_strided and rows > 1 and table.strides == (1, rows)
+
+
+def _table_blocks(graph: Graph, table: Tensor, columns: list[tuple[int, int]]) -> Tensor:
+    """A ``(V, rows * width)`` field of equal-width column blocks, each in storage order: a
+    strided view of a column-major table (no address arrays), else the blocks' addresses."""
+    rows = table.shape[0]
+    if _column_major(table):
+        starts = np.array([c0 * rows for c0, _ in columns], np.int64)
+        return rows_of(table.T.reshape(-1), starts, (columns[0][1] - columns[0][0]) * rows)
+    addr = table.addresses()
+    return tensor_at(graph, table.dtype, np.stack([addr[:, c0:c1].reshape(-1) for c0, c1 in columns]))
+
+
+def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
+    if table.ndim != 2:
+        raise ctx.error(f"the table must be 2-D [rows, columns]; {table.name} has shape {table.shape}")
+    _index_tensor(ctx, indices)
+    if indices.ndim == 2 and indices.shape[1] == 1:
+        indices = indices.reshape(-1)
+    if indices.ndim != 1:
+        raise ctx.error(f"indices must be 1-D (or [n, 1]); {indices.name} has shape {indices.shape}")
+    return indices
+
+
+def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: str = "table") -> Tensor:
+    """A ``[rows, columns]`` table laid out for multi_slice: whole column blocks per tile.
+
+    (popops ``createSliceableTensor``): each tile holds every row of a few columns, so a lookup
+    is local wherever the index points. The variable is stored transposed (``[columns, rows]``;
+    the result is its ``.T`` view) so each tile's block is one contiguous region.
+
+    >>> import softipu as sp
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> t = create_slicable_table(g, (10, 8)); sorted(set(g.tile_of(t)[0].tolist()))
+    [0, 1, 2, 3]
+    """
+    rows, cols = (operator.index(d) for d in shape)
+    t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
+    for c0, c1, tile in _column_blocks(graph, t) if rows else []:
+        graph.set_tile_mapping(t[:, c0:c1], tile)
+    return t
+
+
+def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> None:
+    """``out[i, :] = table[indices[i], :]`` by column blocks and lookup blocks; maps ``out``.
+
+    A contiguous ``out`` is mapped in whole rows (what row-wise consumers such as a layer norm
+    want; each block's vertex writes its columns to the rows' tiles); any other ``out`` keeps
+    each block on its table block's tile.
+    """
+    graph = ctx.graph
+    n = indices.shape[0]
+    blocks = _column_blocks(graph, table)
+    if n == 0 or not blocks:
+        return
+    whole_rows = out.is_contiguous()
+    if whole_rows:
+        map_linearly(graph, out, grain_size=max(1, out.shape[1]))
+    column_major = _column_major(table)
+    lookups = max(1, min(n, graph.num_tiles // len(blocks)))
+    bounds = np.linspace(0, n, lookups + 1).astype(np.int64)
+    i_addr, o_addr = indices.addresses(), out.addresses()
+    # One group per lookup range and block width: its table blocks are then evenly spaced (a
+    # strided field, never gathered) and its index rows one row repeated.
+    groups: dict[tuple[int, int, int], list[tuple[int, int, int, int, int]]] = {}
+    for c0, c1, tile in blocks:
+        for l0, l1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            if l1 > l0:
+                if not whole_rows:
+                    graph.set_tile_mapping(out[l0:l1, c0:c1], tile)
+                groups.setdefault((c1 - c0, l0, l1), []).append((c0, c1, l0, l1, tile))
+    cs = ctx.compute_set()
+    codelet = multi_slice_codelet(table.dtype, indices.dtype, column_major)
+    for members in groups.values():
+        fields = {
+            "table": _table_blocks(graph, table, [(c0, c1) for c0, c1, *_ in members]),
+            "index": tensor_at(graph, indices.dtype, np.stack([i_addr[l0:l1]
+                                                               for _, _, l0, l1, _ in members])),
+            "out": tensor_at(graph, out.dtype, np.stack([o_addr[l0:l1, c0:c1].reshape(-1)
+                                                         for c0, c1, l0, l1, _ in members])),
+        }
+        graph.add_vertices(cs, codelet, fields, [m[4] for m in members])
+    ctx.execute(cs)
+
+
+def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor, scale: float,
+                 accumulate: bool) -> None:
+    """``table[indices[i], :] (+)= scale * updates[i, :]`` in place, one vertex per column block."""
+    graph = ctx.graph
+    blocks = _column_blocks(graph, table)
+    if indices.shape[0] == 0 or not blocks or table.shape[0] == 0:
+        return
+    i_addr, u_addr = indices.addresses(), updates.addresses()
+    widths: dict[int, list[tuple[int, int, int]]] = {}
+    for block in blocks:
+        widths.setdefault(block[1] - block[0], []).append(block)
+    cs = ctx.compute_set()
+    column_major = _column_major(table)
+    codelet = multi_update_codelet(table.dtype, indices.dtype, accumulate, column_major)
+    for members in widths.values():
+        v = len(members)
+        fields = {
+            "table": _table_blocks(graph, table, [(c0, c1) for c0, c1, _ in members]),
+            "index": tensor_at(graph, indices.dtype, np.broadcast_to(i_addr, (v, i_addr.size))),
+            "updates": tensor_at(graph, updates.dtype, np.stack([u_addr[:, c0:c1].reshape(-1)
+                                                                 for c0, c1, _ in members])),
+            "scale": scale,
+        }
+        graph.add_vertices(cs, codelet, fields, [m[2] for m in members])
+    ctx.execute(cs)
+
+
+def multi_slice(graph: Graph, table: Tensor, indices: Tensor, prog: Any, *, name: str = "",
+                options: dict | None = None) -> Tensor:
+    """Rows ``table[indices[i], :]`` as a ``[len(indices), columns]`` tensor (embedding lookup).
+
+    popops ``multiSlice`` over dim 0. ``indices`` (int, 1-D or ``[n, 1]``) are read at run
+    time; out-of-range indices give rows of zeros. The output's column blocks live where the
+    table's do.
+
+    >>> import softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import multi_slice, create_slicable_table
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4)); prog = P.Sequence()
+    >>> t = create_slicable_table(g, (5, 4), sp.float32)
+    >>> i = g.add_variable(sp.int32, (2,)); sp.ops.map_linearly(g, i)
+    >>> y = multi_slice(g, t, i, prog); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(t, [[r] * 4 for r in range(5)]); eng.write_tensor(i, [3, 9]); eng.run(0)
+    >>> eng.read_tensor(y).tolist()
+    [[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    ctx = OpContext.start(graph, prog, "multi_slice", name, table, indices)
+    parse_options(ctx, options, {})
+    indices = _check_table(ctx, table, indices)
+    out = graph.add_variable(table.dtype, (indices.shape[0], table.shape[1]), name=f"{ctx.name}/out")
+    _slice_rows(ctx, table, indices, out)
+    _map_rest(ctx, out)
+    return out
+
+
+def multi_update_add(graph: Graph, table: Tensor, indices: Tensor, updates: Tensor, scale: float,
+                     prog: Any, *, name: str = "", options: dict | None = None) -> Tensor:
+    """``table[indices[i], :] += scale * updates[i, :]`` in place (embedding gradient update).
+
+    popops ``multiUpdateAdd``: repeated indices all add (fp16 tables accumulate in fp32);
+    out-of-range indices are skipped. Returns ``table``.
+
+    >>> import numpy as np, softipu as sp
+    >>> from softipu import program as P
+    >>> from softipu.ops.indexing import multi_update_add
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=2)); prog = P.Sequence()
+    >>> t = g.add_variable(sp.float32, (3, 2)); sp.ops.map_linearly(g, t)
+    >>> i = g.add_variable(sp.int32, (2,)); u = g.add_variable(sp.float32, (2, 2))
+    >>> sp.ops.map_linearly(g, i); sp.ops.map_linearly(g, u)
+    >>> _ = multi_update_add(g, t, i, u, 0.5, prog); eng = sp.Engine(g, [prog])
+    >>> eng.write_tensor(t, np.zeros((3, 2))); eng.write_tensor(i, [1, 1])
+    >>> eng.write_tensor(u, [[2, 4], [2, 4]]); eng.run(0); eng.read_tensor(t).tolist()
+    [[0.0, 0.0], [2.0, 4.0], [0.0, 0.0]]
+    """
+    ctx = OpContext.start(graph, prog, "multi_update_add", name, table, indices, updates)
+    parse_options(ctx, options, {})
+    indices = _check_table(ctx, table, indices)
+    _check_updates(ctx, table, indices, updates, scale)
+    _update_rows(ctx, table, indices, updates, float(scale), accumulate=True)
+    return table
+
+
+def _check_updates(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor,
+                   scale: Any) -> None:
+    want = (indices.shape[0], table.shape[1])
+    if updates.shape != want:
+        raise ctx.error(f"updates {updates.name} has shape {updates.shape}; with {indices.shape[0]} "
+                        f"indices into table {table.name} {table.shape} it must be {want}")
+    if updates.dtype is not table.dtype:
+        raise ctx.error(f"updates {updates.name} is {updates.dtype} but table {table.name} is "
+                        f"{table.dtype}")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise ctx.error(f"scale must be a number, got {scale!r}")
+    if not table.dtype.is_float and scale != 1:
+        raise ctx.error(f"an integer table ({table.dtype}) takes scale 1, got {scale}")
