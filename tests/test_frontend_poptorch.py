@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -272,3 +273,31 @@ def test_docstring_example():
     import softipu.frontends.poptorch
 
     assert doctest.testmod(softipu.frontends.poptorch).failed == 0
+
+
+def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, monkeypatch):
+    """Exporting over an earlier export swaps directories; when the swap fails, the earlier
+    export is put back whole and the error says why."""
+    from softipu.frontends.torch import cache
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = poptorch.Options().setTarget(SMALL)
+    path = tmp_path / "net"
+    poptorch.inferenceModel(net, opts).compileAndExport(path, x, export_model=False)
+    before = sorted(p.name for p in path.iterdir())
+    real = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(cache.os, "rename", rename)
+    with pytest.raises(SoftIPUError, match="cannot export to .*disk full"):
+        poptorch.inferenceModel(net, opts).compileAndExport(path, torch.randn(5, 4), export_model=False)
+    monkeypatch.setattr(cache.os, "rename", real)
+    assert sorted(p.name for p in path.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["net"]  # no temporaries left behind
+    loaded = poptorch.inferenceModel(net, opts)
+    loaded.loadExecutable(path)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-6)

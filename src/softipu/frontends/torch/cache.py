@@ -463,9 +463,15 @@ def _write_replacing(target: Path, write: Callable[[Path], int]) -> int:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         nbytes = write(temp)
-        if target.exists():
+        moved = target.exists()
+        if moved:
             os.rename(target, old)
-        os.rename(temp, target)
+        try:
+            os.rename(temp, target)
+        except OSError:
+            if moved:  # put the earlier export back: nothing is lost
+                os.rename(old, target)
+            raise
     except (ExecutableFormatError, OSError) as exc:
         raise FrontendError(f"cannot export to {target}: {exc}") from None
     finally:
