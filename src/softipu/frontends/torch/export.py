@@ -266,6 +266,8 @@ def _unheld_dtypes(graph: torch.fx.Graph) -> dict[str, list[str]]:
                 where = f"input or weight {node.name}" if node.op == "placeholder" else ""
                 _note(found, f"{dtype} ({problem})", node, where)
     return found
+
+
 def _is_symbolic(key: str) -> bool:
     name = key.split(" ", 1)[0]
     return name.startswith(("aten::sym_", "_operator::", "aten::_assert"))
