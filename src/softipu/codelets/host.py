@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -199,12 +200,12 @@ def on_idle_cores(job: Callable[[int, int], None], vertices: int, work: int) -> 
 _SCRATCH = threading.local()
 
 
-def scratch(shape: tuple[int, ...], slot: str = "buf") -> np.ndarray:
-    """A reused fp32 buffer of ``shape`` (no fresh pages per call), one per thread and ``slot``;
-    valid until the next call for the same slot."""
-    size = math.prod(shape)
-    buf = getattr(_SCRATCH, slot, None)
+def scratch(shape: tuple[int, ...], slot: str = "buf", dtype: Any = np.float32) -> np.ndarray:
+    """A reused buffer of ``shape`` (no fresh pages per call), one per thread, ``slot`` and dtype;
+    valid until the next call for the same slot that needs more room."""
+    size, name = math.prod(shape), f"{slot}:{np.dtype(dtype).str}"
+    buf = getattr(_SCRATCH, name, None)
     if buf is None or buf.size < size:
-        buf = np.empty(max(size, 1 << 16), np.float32)
-        setattr(_SCRATCH, slot, buf)
+        buf = np.empty(max(size, 1 << 16), dtype)
+        setattr(_SCRATCH, name, buf)
     return buf[:size].reshape(shape)

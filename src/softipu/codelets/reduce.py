@@ -35,6 +35,7 @@ from functools import cache
 
 import numpy as np
 
+from softipu.codelets.host import scratch
 from softipu.dtypes import DType, bool_, float16, float32, int32, int64
 from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
@@ -276,12 +277,9 @@ def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
 
 
 # Rotation plans per phase param array (the fast engine passes the same read-only arrays on
-# every run) and host thread: (id(phase), thread) -> (weakref(phase), key, (doubled scratch,
-# [(rows, window view), ...])).
+# every run) and host thread, whose scratch the windows view: (id(phase), thread) ->
+# (weakref(phase), key, (doubled scratch, [(rows, window view), ...])).
 _ROTATION_CACHE: dict[tuple[int, int], tuple[weakref.ref, tuple, tuple[np.ndarray, list] | None]] = {}
-# One scratch per shape and host thread, shared by the vertex batches of that shape a thread
-# runs one after another (batches on other threads run at the same time: never theirs).
-_SCRATCH: dict[tuple, np.ndarray] = {}
 
 
 def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
@@ -300,16 +298,14 @@ def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
     result = None
     if p.any():
         width = out_shape[-1]
-        shape = out_shape[:-1] + (2 * width,)
-        doubled = _SCRATCH.get((shape, partial, thread))
-        if doubled is None:
-            doubled = _SCRATCH[(shape, partial, thread)] = np.empty(shape, partial.numpy)
+        # The thread's own scratch: batches it runs one after another share it; batches on
+        # other threads, running at the same time, never do.
+        doubled = scratch(out_shape[:-1] + (2 * width,), "rotation", partial.numpy)
         result = (doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(),
                                     width))
     if not phase.flags.writeable:  # engine params are frozen; anything else is not cached
         if len(_ROTATION_CACHE) >= _CACHE_LIMIT:
             _ROTATION_CACHE.clear()
-            _SCRATCH.clear()
         _ROTATION_CACHE[(id(phase), thread)] = (weakref.ref(phase), key, result)
     return result
 
