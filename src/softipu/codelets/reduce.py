@@ -30,8 +30,9 @@ from __future__ import annotations
 import enum
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -192,29 +193,37 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
     return ReduceSegments
 
 
-# Segment start indices per param array: the fast engine passes the same (read-only) param
-# arrays on every run, so the index is built once. id(first) -> (weakref(first), key, index).
+def _per_param(cache: dict, slot: Hashable, param: np.ndarray, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, built once per frozen param array: the fast engine passes the same read-only
+    param arrays on every run. ``cache[slot]`` holds (weakref(param), key, value); a writeable
+    param (anything but the engine's) is never cached."""
+    hit = cache.get(slot)
+    if hit is not None and hit[0]() is param and hit[1] == key and not param.flags.writeable:
+        return hit[2]
+    value = build()
+    if not param.flags.writeable:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[slot] = (weakref.ref(param), key, value)
+    return value
+
+
+# Segment start indices per ``first`` param: id(first) -> (weakref(first), key, index).
 _INDEX_CACHE: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
 
 
 def _segment_index(first: np.ndarray, period: np.ndarray, slots: int, length: int,
                    rows_shape: tuple[int, ...]) -> np.ndarray:
     """Flat reduceat start of every slot of every row, padding slots first (see above)."""
-    key = (slots, length, rows_shape, id(period))
-    hit = _INDEX_CACHE.get(id(first))
-    if hit is not None and hit[0]() is first and hit[1] == key and not first.flags.writeable:
-        return hit[2]
-    f, p = first.reshape(-1).astype(np.int64), period.reshape(-1).astype(np.int64)
-    count = np.where(f < length, 1 + (length - f + p - 1) // np.maximum(p, 1), 1)  # segments
-    k = np.arange(slots) - (slots - count)[:, None]  # segment number of each slot (< 0: padding)
-    starts = np.where(k > 0, f[:, None] + (k - 1) * p[:, None], 0)
-    starts = np.broadcast_to(starts, rows_shape + (slots,)).reshape(-1, slots)
-    index = (starts + (np.arange(starts.shape[0]) * length)[:, None]).reshape(-1)
-    if not first.flags.writeable:  # engine params are frozen; anything else is not cached
-        if len(_INDEX_CACHE) >= _CACHE_LIMIT:
-            _INDEX_CACHE.clear()
-        _INDEX_CACHE[id(first)] = (weakref.ref(first), key, index)
-    return index
+    def build() -> np.ndarray:
+        f, p = first.reshape(-1).astype(np.int64), period.reshape(-1).astype(np.int64)
+        count = np.where(f < length, 1 + (length - f + p - 1) // np.maximum(p, 1), 1)  # segments
+        k = np.arange(slots) - (slots - count)[:, None]  # segment number of each slot (< 0: padding)
+        starts = np.where(k > 0, f[:, None] + (k - 1) * p[:, None], 0)
+        starts = np.broadcast_to(starts, rows_shape + (slots,)).reshape(-1, slots)
+        return (starts + (np.arange(starts.shape[0]) * length)[:, None]).reshape(-1)
+
+    return _per_param(_INDEX_CACHE, id(first), first, (slots, length, rows_shape, id(period)), build)
 
 
 @cache
@@ -289,25 +298,18 @@ def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
     pieces cut from a linear mapping have phases that advance by a constant until they wrap, so
     those offsets step evenly over runs of vertices: each run is one strided window, built once.
     """
-    key = (out_shape, partial)
-    thread = threading.get_ident()
-    hit = _ROTATION_CACHE.get((id(phase), thread))
-    if hit is not None and hit[0]() is phase and hit[1] == key and not phase.flags.writeable:
-        return hit[2]
-    p = phase.reshape(-1).astype(np.int64)
-    result = None
-    if p.any():
+    def build() -> tuple[np.ndarray, list] | None:
+        p = phase.reshape(-1).astype(np.int64)
+        if not p.any():
+            return None
         width = out_shape[-1]
         # The thread's own scratch: batches it runs one after another share it; batches on
         # other threads, running at the same time, never do.
         doubled = scratch(out_shape[:-1] + (2 * width,), "rotation", partial.numpy)
-        result = (doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(),
-                                    width))
-    if not phase.flags.writeable:  # engine params are frozen; anything else is not cached
-        if len(_ROTATION_CACHE) >= _CACHE_LIMIT:
-            _ROTATION_CACHE.clear()
-        _ROTATION_CACHE[(id(phase), thread)] = (weakref.ref(phase), key, result)
-    return result
+        return doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(), width)
+
+    slot = (id(phase), threading.get_ident())
+    return _per_param(_ROTATION_CACHE, slot, phase, (out_shape, partial), build)
 
 
 def _windows(doubled: np.ndarray, offsets: list[int], width: int) -> list[tuple[slice, np.ndarray]]:
