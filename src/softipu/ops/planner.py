@@ -216,6 +216,21 @@ def _serial_chunks(p: MatMulProblem, bk: np.ndarray, recv_per_k: np.ndarray,
     return serial, chunk
 
 
+def _inputs_per_k(c: dict[str, np.ndarray], isz: int, tps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit of K, the input bytes a tile receives and those crossing its supertile's bus.
+
+    Each block is spread over the tiles that use it, so a tile receives all but its own share of
+    its A block (used by sn tiles) and of its B block (sm tiles). On the bus, per tile of it:
+    partners' blocks of the paired dimension differ; their shared block crosses once (whole: each
+    partner lacks the other's share); unpaired partners each bring all they receive.
+    """
+    bg, bm, bn, sm, sn, pair = c["bg"], c["bm"], c["bn"], c["sm"], c["sn"], c["pair"]
+    a_recv, b_recv = bg * bm * (sn - 1) // sn * isz, bg * bn * (sm - 1) // sm * isz
+    bus = np.where(pair == 1, bg * bm * isz + tps * b_recv,
+                   np.where(pair == 2, tps * a_recv + bg * bn * isz, tps * (a_recv + b_recv)))
+    return a_recv + b_recv, bus
+
+
 def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
           budget: int) -> dict[str, np.ndarray]:
     """Cycles and temporary bytes per tile of each candidate (columns of ``c``), vectorized.
@@ -231,23 +246,16 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     direct = sn == 1  # the AMP writes whole output rows: no second stage needed
     staged = (sk > 1) | (psz != osz) | ~direct
     partial_bytes = np.where(staged, bg * bm * bn * psz, 0)
-    # Per unit of K: each block is spread over the tiles that use it, so a tile receives all
-    # but its own share of its A block (used by sn tiles) and of its B block (sm tiles).
-    a_recv, b_recv = bg * bm * (sn - 1) // sn * isz, bg * bn * (sm - 1) // sm * isz
-    recv_per_k = a_recv + b_recv
+    tps = target.tiles_per_supertile
+    recv_per_k, bus_per_k = _inputs_per_k(c, isz, tps)
     serial, chunk = _serial_chunks(p, bk, recv_per_k, budget - partial_bytes)
     steps = np.maximum(serial, 1)
     k_blocks = -(-p.k // chunk)
     sk = -(-k_blocks // steps)  # K ranges actually used with these chunks
     two_stage = (sk > 1) | (psz != osz) | ~direct
     used = sg * sm * sn * sk
-    tps = target.tiles_per_supertile
     pair = c["pair"]
     spread = np.where((pair == 0) & (used * tps <= target.num_tiles), tps, 1)
-    # What crosses a supertile's bus, per tile of it: partners' blocks of the paired dimension
-    # differ, their shared block crosses once (whole: each partner lacks the other's share).
-    bus_per_k = np.where(pair == 1, bg * bm * isz + tps * b_recv,
-                         np.where(pair == 2, tps * a_recv + bg * bn * isz, tps * recv_per_k))
     bus_in = -(-bus_per_k * chunk // tps)
     recv_in = recv_per_k * chunk
     amp = bg * (amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target)
@@ -307,13 +315,11 @@ def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 
 def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:
     """Cycles no candidate can beat: its AMP over the tile's whole K range in one step, plus
     the exchange of its inputs across its supertile's bus (each tile alone on it when unpaired)."""
-    bg, bm, bn, bk, sm, sn = c["bg"], c["bm"], c["bn"], c["bk"], c["sm"], c["sn"]
+    bg, bm, bn, bk = c["bg"], c["bm"], c["bn"], c["bk"]
     isz, tps = p.in_dtype.itemsize, target.tiles_per_supertile
     amp = bg * amp_cycles(bm, bk, bn, p.in_dtype, p.partials_dtype, target)
-    a_recv, b_recv = bg * bm * (sn - 1) // sn * isz, bg * bn * (sm - 1) // sm * isz
-    pair = c["pair"]
-    bus = np.where(pair == 1, bg * bm * isz + tps * b_recv,
-                   np.where(pair == 2, tps * a_recv + bg * bn * isz, a_recv + b_recv))
+    recv, paired_bus = _inputs_per_k(c, isz, tps)
+    bus = np.where(c["pair"] == 0, recv, paired_bus)  # an unpaired tile alone on its bus
     rate = target.exchange_bytes_per_cycle * tps
     return amp + (bus * bk / rate).astype(np.int64)
 
