@@ -608,8 +608,9 @@ def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Block
 
 
 def _evenly_spaced(x: np.ndarray) -> bool:
-    d = np.diff(x)
-    return bool(np.all(d == d[:1])) if d.size else True
+    """Whether every row of ``x`` (the last axis) steps by one constant of its own."""
+    d = np.diff(x, axis=-1)
+    return bool(np.all(d == d[..., :1]))
 
 
 def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
@@ -668,14 +669,7 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
 
 
 def _regular(starts: dict[str, np.ndarray], sel: np.ndarray) -> bool:
-    if sel.size <= 2:
-        return True
-    for s in starts.values():
-        rows = s[..., sel]
-        d = np.diff(rows, axis=-1)
-        if np.any(d != d[..., :1]):
-            return False
-    return True
+    return sel.size <= 2 or all(_evenly_spaced(s[..., sel]) for s in starts.values())
 
 
 def _bulk(graph: Graph, cs: ComputeSet, codelet, tiles, starts, tensors, params, sel) -> None:
@@ -696,7 +690,7 @@ def _row_tensor(graph: Graph, dtype: DType, starts: np.ndarray, length: int) -> 
     """A ``(V, length)`` tensor whose row v starts at address ``starts[v]``."""
     v = starts.size
     step = int(starts[1] - starts[0]) if v > 1 else 0
-    if v <= 2 or bool(np.all(np.diff(starts) == step)):
+    if v <= 2 or _evenly_spaced(starts):
         return Tensor(graph, dtype, (v, length), int(starts[0]), (step, 1))
     return Tensor(graph, dtype, (v, length), 0, (), starts[:, None] + np.arange(length, dtype=np.int64))
 
