@@ -116,6 +116,9 @@ def compute_cycles_of(target: sp.Target, jobs: dict[int, list[int]], codelet=Wor
 # --- compute: plain vertices share the tile's workers ---------------------------------------------
 
 W = sp.targets.ipu_model(tiles=4).workers_per_tile  # 6 barrel-scheduled workers (ipu-facts §1)
+# Exchange code set-up per contiguous region a tile sends or receives (Target, [U]).
+REGION = sp.targets.GC200.exchange_cycles_per_region
+assert REGION == 4
 
 
 @pytest.mark.parametrize("k", [1, 6, 13])
@@ -294,24 +297,64 @@ def test_single_ipu_sync_is_the_on_chip_figure():
     assert sync_cycles(sp.targets.ipu_model(tiles=4, on_chip_sync_cycles=77), P.SyncType.INTERNAL) == 77
 
 
-def test_external_sync_on_two_ipus_is_the_poplibs_global_sync():
+def test_external_sync_on_two_ipus_is_the_on_chip_sync_plus_the_poplibs_fabric_term():
     target = sp.targets.ipu_model(tiles=4, num_ipus=2)
-    # ipu-facts §2: hops = 1 + (2 / 2) / 2 = 1 (integer); ceil(15e-9 s x 1.33e9 Hz x 1 x 2) = ceil(39.9).
+    # ipu-facts §2: hops = 1 + (2 / 2) / 2 = 1 (integer); ceil(15e-9 s x 1.33e9 Hz x 1 x 2) = ceil(39.9)
+    # = 40 cycles over the fabric. Each IPU first syncs its own tiles (150, on_chip_sync_cycles),
+    # so a sync across IPUs can never be cheaper than one on a chip: 150 + 40 = 190.
     hops = 1 + (2 // 2) // 2
-    expected = math.ceil(15e-9 * 1.33e9 * hops * 2)
-    assert expected == 40
-    assert sync_cycles(target, P.SyncType.EXTERNAL) == expected
-    assert sync_cycles(target, P.SyncType.GLOBAL) == expected
-    assert sync_cycles(target, P.SyncType.INTERNAL) == target.on_chip_sync_cycles
+    fabric = math.ceil(15e-9 * 1.33e9 * hops * 2)
+    assert fabric == 40
+    assert sync_cycles(target, P.SyncType.EXTERNAL) == 150 + 40
+    assert sync_cycles(target, P.SyncType.GLOBAL) == 150 + 40
+    assert sync_cycles(target, P.SyncType.INTERNAL) == target.on_chip_sync_cycles == 150
+    assert sync_cycles(target, P.SyncType.EXTERNAL) > sync_cycles(target, P.SyncType.INTERNAL)
 
 
 def test_global_sync_grows_with_ipus_and_honours_the_override():
-    # 4 IPUs: hops = 1 + (4 // 2) // 2 = 2: ceil(15e-9 x 1.33e9 x 2 x 2) = ceil(79.8) = 80.
-    assert sync_cycles(sp.targets.ipu_model(tiles=4, num_ipus=4), P.SyncType.EXTERNAL) == 80
+    # 4 IPUs: hops = 1 + (4 // 2) // 2 = 2: ceil(15e-9 x 1.33e9 x 2 x 2) = ceil(79.8) = 80; + 150.
+    assert sync_cycles(sp.targets.ipu_model(tiles=4, num_ipus=4), P.SyncType.EXTERNAL) == 150 + 80
     target = sp.targets.ipu_model(tiles=4, num_ipus=2, global_sync_cycles_override=500)
-    assert sync_cycles(target, P.SyncType.EXTERNAL) == 500
-    # GC200 pair (the poplibs figure on the real chip).
-    assert sync_cycles(sp.targets.GC200.with_num_ipus(2), P.SyncType.EXTERNAL) == 40
+    assert sync_cycles(target, P.SyncType.EXTERNAL) == 500  # Poplar's globalSyncCycles: the whole sync
+    # GC200 pair: 150 on chip + the poplibs figure 40.
+    assert sync_cycles(sp.targets.GC200.with_num_ipus(2), P.SyncType.EXTERNAL) == 190
+
+
+def test_global_sync_counts_every_ipu_of_every_replica():
+    def replicated(ipus: int, replicas: int, kind: P.SyncType) -> int:
+        g = sp.Graph(sp.targets.ipu_model(tiles=4, num_ipus=ipus), replication_factor=replicas)
+        eng = sp.Engine(g, [P.Sync(kind)], estimate_only=True)
+        eng.run(0)
+        return only_step(eng).sync_cycles
+
+    # 1 IPU x 4 replicas: GLOBAL spans 4 IPUs: hops = 1 + (4 // 2) // 2 = 2, ceil(79.8) = 80; + 150.
+    assert replicated(1, 4, P.SyncType.GLOBAL) == 150 + 80
+    # ... while EXTERNAL stays within the replica's one IPU: the on-chip sync.
+    assert replicated(1, 4, P.SyncType.EXTERNAL) == 150
+    # 2 IPUs x 8 replicas = 16 IPUs: hops = 1 + 8 // 2 = 5, ceil(15e-9 x 1.33e9 x 5 x 2) = ceil(199.5) = 200.
+    assert replicated(2, 8, P.SyncType.GLOBAL) == 150 + 200
+    assert replicated(2, 8, P.SyncType.EXTERNAL) == 150 + 40
+
+
+def test_a_copy_across_ipus_pays_more_sync_than_one_on_the_chip():
+    # The review's case: 2 x GC200, copy 16 floats tile 0 -> tile 1 (same IPU) and tile 0 ->
+    # tile 1472 (the second IPU). The inter-IPU copy's sync is 150 + 40 = 190, the on-chip one 150.
+    target = sp.targets.GC200.with_num_ipus(2)
+
+    def copy_step(dst_tile: int):
+        g = sp.Graph(target)
+        a = g.add_variable(sp.float32, (16,), name="a")
+        b = g.add_variable(sp.float32, (16,), name="b")
+        g.set_tile_mapping(a, 0)
+        g.set_tile_mapping(b, dst_tile)
+        eng = sp.Engine(g, [P.Copy(a, b)], estimate_only=True)
+        eng.run(0)
+        return only_step(eng)
+
+    near, far = copy_step(1), copy_step(1472)
+    assert near.sync_cycles == 150
+    assert far.sync_cycles == 190
+    assert far.cycles > near.cycles
 
 
 # --- exchange ---------------------------------------------------------------------------------
@@ -344,10 +387,12 @@ def test_remote_read_within_a_supertile():
     step = exchange_step(target, [(0, 1)], n)
     assert step.bytes_exchanged == 4 * n
     # Tile 0 sends 400 B and tile 1 receives 400 B; each direction's pair total is 400 B, moved at
-    # twice the per-tile rate: exchange_cycles(ceil(400 / 2)) = ceil(200 x 16 / 64) = 50, + latency.
+    # twice the per-tile rate: exchange_cycles(ceil(400 / 2)) = ceil(200 x 16 / 64) = 50; each tile
+    # moves one contiguous region (+ exchange_cycles_per_region = 4); + latency 30.
     pair_bytes = 4 * n
-    expected = target.exchange_cycles(math.ceil(pair_bytes / 2)) + target.exchange_latency_cycles
-    assert expected == 50 + 30
+    expected = (target.exchange_cycles(math.ceil(pair_bytes / 2)) + REGION
+                + target.exchange_latency_cycles)
+    assert expected == 50 + 4 + 30
     assert step.exchange_cycles == expected
     assert step.sync_cycles == target.on_chip_sync_cycles
     assert step.compute_cycles == W * 7
@@ -357,9 +402,9 @@ def test_remote_read_within_a_supertile():
 
 def test_without_supertiles_a_tile_moves_at_its_own_rate():
     target = sp.targets.ipu_model(tiles=4, tiles_per_supertile=1)
-    # No partner: 400 B at 4 B/cycle = 100 cycles, plus the exchange latency.
+    # No partner: 400 B at 4 B/cycle = 100 cycles, one region (4), plus the exchange latency (30).
     step = exchange_step(target, [(0, 1)], 100)
-    assert step.exchange_cycles == target.exchange_cycles(400) + target.exchange_latency_cycles == 130
+    assert step.exchange_cycles == target.exchange_cycles(400) + REGION + target.exchange_latency_cycles == 134
 
 
 def test_two_receivers_sharing_a_supertile_share_its_bus():
@@ -369,10 +414,11 @@ def test_two_receivers_sharing_a_supertile_share_its_bus():
     # Tiles 0 and 1 (one supertile) each receive 400 B: the pair moves 800 B, ceil(800 / 2) = 400
     # B per tile's share: exchange_cycles(400) = 100. Senders 4 and 6 sit on different supertiles.
     shared = exchange_step(target, [(4, 0), (6, 1)], n)
-    assert shared.exchange_cycles - latency == target.exchange_cycles(math.ceil(8 * n / 2)) == 100
+    # Each receiver has one region: + 4.
+    assert shared.exchange_cycles - latency - REGION == target.exchange_cycles(math.ceil(8 * n / 2)) == 100
     # Tiles 1 and 2 are on different supertiles: each pair moves 400 B, exchange_cycles(200) = 50.
     apart = exchange_step(target, [(4, 1), (6, 2)], n)
-    assert apart.exchange_cycles - latency == target.exchange_cycles(math.ceil(4 * n / 2)) == 50
+    assert apart.exchange_cycles - latency - REGION == target.exchange_cycles(math.ceil(4 * n / 2)) == 50
     assert shared.bytes_exchanged == apart.bytes_exchanged == 8 * n
 
 
@@ -387,7 +433,7 @@ def test_supertile_partners_receiving_the_same_data_share_it():
     both = exchange_step(target, [(2, 0), (2, 1)], n, shared=True)
     assert both.bytes_exchanged == 8 * n  # two tiles each hold a copy
     assert both.exchange_cycles == alone.exchange_cycles == (
-        target.exchange_cycles(math.ceil(4 * n / 2)) + target.exchange_latency_cycles)
+        target.exchange_cycles(math.ceil(4 * n / 2)) + REGION + target.exchange_latency_cycles)
 
 
 def test_one_tile_receives_an_element_once():
@@ -397,7 +443,8 @@ def test_one_tile_receives_an_element_once():
     # Two vertices on tile 1 read the same 100 floats of tile 0: they arrive once (400 B).
     step = exchange_step(target, [(0, 1), (0, 1)], n, shared=True)
     assert step.bytes_exchanged == 4 * n
-    assert step.exchange_cycles - latency == target.exchange_cycles(2 * n)  # 400 B over the pair's bus
+    # 400 B over the pair's bus, in one region (the union of the two identical reads): + 4.
+    assert step.exchange_cycles - latency == target.exchange_cycles(2 * n) + REGION
 
 
 def test_one_send_reaches_every_listener():
@@ -409,7 +456,8 @@ def test_one_send_reaches_every_listener():
     # tile 2 is alone on pair 1: every bus moves 400 B, exchange_cycles(200) = 50.
     step = exchange_step(target, [(0, 1), (0, 2)], n, shared=True)
     assert step.bytes_exchanged == 8 * n
-    assert step.exchange_cycles - latency == target.exchange_cycles(math.ceil(4 * n / 2)) == 50
+    # One region per sending and receiving tile: + 4.
+    assert step.exchange_cycles - latency - REGION == target.exchange_cycles(math.ceil(4 * n / 2)) == 50
     assert sorted(step.recv_tiles.tolist()) == [1, 2]
 
 
@@ -427,7 +475,8 @@ def test_an_output_on_another_tile_is_sent_after_compute():
     step = only_step(eng)
     assert step.bytes_exchanged == 4 * n
     assert step.recv_tiles.tolist() == [1]  # tile 1 (the Output's home) receives
-    assert step.exchange_cycles == target.exchange_cycles(2 * n) + target.exchange_latency_cycles
+    # 256 B over the pair's bus: exchange_cycles(128) = 32, one region (4), latency 30.
+    assert step.exchange_cycles == target.exchange_cycles(2 * n) + REGION + target.exchange_latency_cycles
     assert step.compute_cycles == W * 7  # compute happens on tile 0
 
 
@@ -449,8 +498,9 @@ def test_reading_across_ipus_uses_the_links_and_the_global_sync():
     assert step.bytes_exchanged == 4 * n
     link_rate = target.ipu_links_per_ipu * target.ipu_link_bytes_per_cycle
     assert step.exchange_cycles >= math.ceil(4 * n / link_rate)
-    assert step.exchange_cycles >= target.exchange_cycles(2 * n) + target.exchange_latency_cycles
-    assert step.sync_cycles == target.global_sync_cycles() == 40
+    assert step.exchange_cycles >= target.exchange_cycles(2 * n) + REGION + target.exchange_latency_cycles
+    # The on-chip sync (150) plus the fabric's 40 (see the sync tests).
+    assert step.sync_cycles == target.global_sync_cycles() == 150 + 40
     # The same read inside IPU 1 stays on the chip.
     local = exchange_step(target, [(4, 5)], n)
     assert local.inter_ipu_bytes == 0
@@ -464,11 +514,11 @@ def test_gc200_pair_read_across_the_ipu_link():
     # Links: 10 x 128 Gibit/s / 8 x 0.85 / 1.33 GHz = 109.8 B/cycle: 16,384 B in 150 cycles.
     link_rate = 10 * 128 * 2**30 / 8 * 0.85 / 1.33e9
     assert math.ceil(4 * n / link_rate) == 150
-    # On chip the 16,384 B move over lone supertile buses: exchange_cycles(8192) = 2048 cycles,
-    # the slower of the two.
-    assert step.exchange_cycles == max(2048, 150) + target.exchange_latency_cycles
+    # On chip the 16,384 B move over lone supertile buses in one region: exchange_cycles(8192) +
+    # 4 = 2052 cycles, the slower of the two.
+    assert step.exchange_cycles == max(2048 + REGION, 150) + target.exchange_latency_cycles
     assert step.inter_ipu_bytes == 4 * n
-    assert step.sync_cycles == 40
+    assert step.sync_cycles == 150 + 40
 
 
 def test_slow_links_bound_the_exchange():
@@ -479,8 +529,8 @@ def test_slow_links_bound_the_exchange():
     assert target.ipu_link_bytes_per_cycle == 1.0
     step = exchange_step(target, [(1, 6)], 1000)
     assert step.exchange_cycles == 4000 + target.exchange_latency_cycles
-    # ceil(15e-9 x 1e9 x 1 x 2) = 30 cycles of global sync at 1 GHz.
-    assert step.sync_cycles == 30
+    # ceil(15e-9 x 1e9 x 1 x 2) = 30 cycles over the fabric at 1 GHz, after the 150 on chip.
+    assert step.sync_cycles == 150 + 30
 
 
 # --- copies -----------------------------------------------------------------------------------
@@ -497,8 +547,9 @@ def test_copy_between_tiles_is_an_exchange():
     n = 256
     step = copy_step(target, 0, 3, n)
     assert step.bytes_exchanged == 4 * n
-    # 1024 B out of pair 0 and into pair 1, each alone on its bus: exchange_cycles(512) = 128.
-    assert step.exchange_cycles == target.exchange_cycles(2 * n) + target.exchange_latency_cycles
+    # 1024 B out of pair 0 and into pair 1, each alone on its bus: exchange_cycles(512) = 128,
+    # one region each side (+ 4).
+    assert step.exchange_cycles == target.exchange_cycles(2 * n) + REGION + target.exchange_latency_cycles
     assert step.compute_cycles == 0
     assert step.sync_cycles == target.on_chip_sync_cycles
 
@@ -524,8 +575,10 @@ def test_copy_of_a_strided_view_moves_only_its_elements():
     step = only_step(sp.Engine(g, [P.Copy(x.subsample(2), y)], estimate_only=True))
     # x[0], x[2] from tile 0 and x[4], x[6] from tile 1: 16 B into tile 2. Pair 0 sends 16 B and
     # pair 1 receives 16 B: exchange_cycles(ceil(16 / 2)) = ceil(8 x 16 / 64) = 2, + latency.
+    # Tile 2 receives four one-element regions (x[0], x[2], x[4], x[6] are not contiguous):
+    # 4 x 4 = 16 cycles of region set-up; tiles 0 and 1 each send 2 regions (8), fewer.
     assert step.bytes_exchanged == 16
-    assert step.exchange_cycles == target.exchange_cycles(8) + target.exchange_latency_cycles == 32
+    assert step.exchange_cycles == target.exchange_cycles(8) + 4 * REGION + target.exchange_latency_cycles
     assert step.compute_cycles == 0
 
 

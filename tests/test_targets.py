@@ -155,13 +155,17 @@ def test_supertile_and_tiles_of_ipu():
 
 
 def test_global_sync_cycles_poplibs_formula():
+    # A sync across IPUs = each IPU's on-chip sync (150 [U]) + the poplibs fabric term
+    # ceil(15e-9 s x clock x hops x 2) with hops = 1 + (n // 2) // 2 [V] (ipu-facts §2).
     two = GC200.with_num_ipus(2)
-    assert two.global_sync_cycles() == 40  # ceil(15e-9 x 1.33e9 x 1 hop x 2) = ceil(39.9)
-    # hops = 1 + (n // 2) // 2
-    assert GC200.global_sync_cycles(4) == math.ceil(15e-9 * 1.33e9 * 2 * 2) == 80
-    assert GC200.global_sync_cycles(6) == 80
-    assert GC200.global_sync_cycles(16) == math.ceil(15e-9 * 1.33e9 * 5 * 2) == 200
-    assert BOW.global_sync_cycles(2) == math.ceil(15e-9 * 1.85e9 * 2) == 56
+    assert two.fabric_sync_cycles(2) == 40  # ceil(15e-9 x 1.33e9 x 1 hop x 2) = ceil(39.9)
+    assert two.global_sync_cycles() == 150 + 40
+    assert GC200.global_sync_cycles(4) == 150 + math.ceil(15e-9 * 1.33e9 * 2 * 2) == 150 + 80
+    assert GC200.global_sync_cycles(6) == 150 + 80
+    assert GC200.global_sync_cycles(16) == 150 + math.ceil(15e-9 * 1.33e9 * 5 * 2) == 150 + 200
+    assert BOW.global_sync_cycles(2) == 150 + math.ceil(15e-9 * 1.85e9 * 2) == 150 + 56
+    # Never below the on-chip sync it contains.
+    assert all(GC200.global_sync_cycles(n) > GC200.on_chip_sync_cycles for n in (2, 4, 64, 1024))
 
 
 def test_single_ipu_sync_is_on_chip_parameter():
@@ -299,7 +303,8 @@ def test_ipu_model_overrides_and_base():
     assert m.amp_macs_per_cycle_fp16 == GC2.amp_macs_per_cycle_fp16
     assert m.clock_hz == 1e9
     assert m.exchange_cycles(16) == 2
-    assert m.global_sync_cycles() == 30  # ceil(15e-9 x 1e9 x 1 hop x 2)
+    # GC2's on-chip 150 + ceil(15e-9 x 1e9 x 1 hop x 2) = 30 over the fabric.
+    assert m.global_sync_cycles() == 150 + 30
     assert ipu_model(name="tiny").name == "tiny"
 
 
@@ -319,3 +324,16 @@ def test_public_names():
 
     assert set(targets.__all__) == {"Target", "GC2", "GC200", "BOW", "ipu_model"}
     assert all(isinstance(getattr(targets, n), Target) for n in ("GC2", "GC200", "BOW"))
+
+
+def test_exchange_phase_prices_bytes_regions_and_latency():
+    # GC200: 4 B/cycle per tile, 4 cycles per region, 30 cycles of latency ([U] fields).
+    # One 4 KiB block: ceil(4096 x 16 / 64) = 1024 + 1 x 4 = 1028 cycles on the tile.
+    assert GC200.exchange_tile_cycles(4096, 1) == 1024 + 4
+    # The same bytes as 1,024 one-float pieces: 1024 + 1024 x 4 = 5120 cycles.
+    assert GC200.exchange_tile_cycles(4096, 1024) == 1024 + 4096
+    # Twice the rate on a whole supertile bus: ceil(4096 / 2) = 2048 B -> 512 cycles, + 4, + 30.
+    assert GC200.exchange_phase_cycles(4096, 1, 2) == 512 + 4 + 30
+    # Nothing moved: nothing paid, not even the latency.
+    assert GC200.exchange_phase_cycles(0, 0) == 0
+    assert dataclasses.replace(GC200, exchange_cycles_per_region=0).exchange_tile_cycles(4096, 1024) == 1024

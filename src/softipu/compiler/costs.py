@@ -29,7 +29,7 @@ from softipu.compiler.exchange import (
     traffic,
 )
 from softipu.compiler.executable import CompiledComputeSet, VertexGroup
-from softipu.debug import SourceLocation
+from softipu.debug import SourceLocation, at
 from softipu.dtypes import DType
 from softipu.errors import CodeletError
 from softipu.graph import program as P
@@ -101,11 +101,36 @@ def _estimate(group: VertexGroup, method: str, target: Target) -> np.ndarray | N
     if takes_target(fn):
         kwargs["target"] = target
     try:
-        value = np.asarray(fn(**kwargs))
-        return np.broadcast_to(value, (group.num_vertices,)).astype(np.int64)
+        value = np.broadcast_to(np.asarray(fn(**kwargs)), (group.num_vertices,))
     except Exception as exc:
         raise CodeletError(f"{method}() of codelet {group.codelet.__name__} (defined at "
-                           f"{group.codelet.defined_at}) failed: {type(exc).__name__}: {exc}") from exc
+                           f"{group.codelet.defined_at}) failed: {type(exc).__name__}: {exc}"
+                           f"{at(group.location(0))}") from exc
+    if method != "cycles":
+        return value.astype(np.int64)
+    return _checked_counts(group, method, value)
+
+
+def _checked_counts(group: VertexGroup, method: str, value: np.ndarray) -> np.ndarray:
+    """``value`` as int64 counts, or a CodeletError naming the codelet, the first bad vertex's
+    value and the user's line that added it: a cycle or flop count is a non-negative integer
+    (a negative estimate would cancel other vertices' work on the tile)."""
+    kind = value.dtype.kind
+    if kind in "iu" and (kind == "u" or value.size == 0 or value.min() >= 0):
+        return value.astype(np.int64)
+    if kind in "iuf":
+        as_float = value.astype(np.float64)
+        bad = ~np.isfinite(as_float) | (as_float < 0) | (as_float != np.floor(as_float))
+    else:  # bool, object, complex, strings: never a count
+        bad = np.ones(value.shape, bool)
+    if not bad.any():
+        return value.astype(np.int64)
+    i = int(np.flatnonzero(bad)[0])
+    raise CodeletError(
+        f"{method}() of codelet {group.codelet.__name__} (defined at {group.codelet.defined_at}) "
+        f"returned {value[i]!r} for vertex {int(group.vertex_indices[i])} on tile "
+        f"{int(group.tiles[i])}{at(group.location(i))}: estimates must be non-negative integers "
+        f"(whole cycles); round up with int(np.ceil(...)) or fix the formula")
 
 
 def vertex_cycles(group: VertexGroup, target: Target) -> tuple[np.ndarray, bool]:
@@ -147,8 +172,9 @@ class StepPricer:
     """Prices program nodes; compute sets are priced once however often they run."""
 
     def __init__(self, target: Target, mappings: dict[DType, ResolvedMapping],
-                 compute_sets: dict[int, CompiledComputeSet]) -> None:
+                 compute_sets: dict[int, CompiledComputeSet], replication_factor: int = 1) -> None:
         self.target = target
+        self.replication_factor = replication_factor
         self.mappings = mappings
         self.compute_sets = compute_sets
         self.steps: list[Step] = []
@@ -231,8 +257,11 @@ class StepPricer:
                            minlength=self.target.num_tiles).astype(np.int64)
 
     def price_sync(self, node: P.Sync, index: int) -> Step:
-        internal = node.sync_type is P.SyncType.INTERNAL or self.target.num_ipus == 1
-        cycles = self.target.on_chip_sync_cycles if internal else self.target.global_sync_cycles()
+        # INTERNAL: this IPU's tiles; EXTERNAL: every IPU of the replica; GLOBAL: every IPU of
+        # every replica (an inter-IPU sync includes each IPU's on-chip sync, Target docs).
+        ipus = {P.SyncType.INTERNAL: 1, P.SyncType.EXTERNAL: self.target.num_ipus,
+                P.SyncType.GLOBAL: self.target.num_ipus * self.replication_factor}[node.sync_type]
+        cycles = self.target.global_sync_cycles(ipus)
         return Step(index, StepKind.SYNC, f"Sync {node.sync_type.value}", node.location, "Sync",
                     sync_cycles=cycles)
 

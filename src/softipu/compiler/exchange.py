@@ -287,9 +287,12 @@ def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
     recv_pair = t.supertile_recv_bytes if t.supertile_recv_bytes is not None else \
         np.bincount(pair, weights=t.recv_bytes)
     send_pair = np.bincount(pair, weights=t.send_bytes)
-    for moved, pair_bytes in ((t.send_bytes, send_pair[pair]), (t.recv_bytes, recv_pair[pair])):
-        cycles = target.exchange_cycles(np.ceil(pair_bytes / target.tiles_per_supertile).astype(np.int64))
-        per_tile = np.maximum(per_tile, np.where(moved > 0, cycles, 0))
+    # Each region a tile sends or receives costs its exchange code's set-up as well
+    # (Target.exchange_phase_cycles, the rule the matmul planner prices with).
+    for moved, pair_bytes, regions in ((t.send_bytes, send_pair[pair], t.send_regions),
+                                       (t.recv_bytes, recv_pair[pair], t.recv_regions)):
+        bus = np.where(moved > 0, np.ceil(pair_bytes / target.tiles_per_supertile), 0).astype(np.int64)
+        per_tile = np.maximum(per_tile, target.exchange_tile_cycles(bus, regions))
     on_chip = int(per_tile.max())
     off_chip = 0
     if t.inter_ipu_bytes:

@@ -302,7 +302,8 @@ def verify_compute_sets(state: CompileState) -> None:
 # -- pass: price_steps (exchange plan and cost model) --------------------------------------------
 def price_steps(state: CompileState) -> None:
     """The static cost of every program step: compute, exchange and sync cycles, bytes moved."""
-    pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets)
+    pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets,
+                        state.graph.replication_factor)
     for root in list(state.programs) + list(state.functions.values()):
         for node in P.walk(root):
             pricer.price(node)

@@ -46,6 +46,7 @@ _MAY_BE_ZERO = frozenset(
         "global_sync_cycles_override",
         # The SDK model's overheads may be zeroed for idealised teaching chips.
         "exchange_latency_cycles",
+        "exchange_cycles_per_region",
         "control_cycles_per_step",
         "vertex_state_bytes_per_field",
         "codelet_code_bytes",
@@ -72,8 +73,8 @@ class Target:
     >>> from softipu.target import GC200
     >>> GC200.num_tiles, GC200.bytes_per_tile, GC200.vector_width(2)
     (1472, 638976, 4)
-    >>> GC200.with_num_ipus(2).global_sync_cycles()
-    40
+    >>> GC200.with_num_ipus(2).global_sync_cycles()  # 150 on chip + 40 over the fabric
+    190
     """
 
     name: str
@@ -112,12 +113,14 @@ class Target:
 
     # --- Synchronisation ----------------------------------------------------------------------
     # Cost of a sync barrier across the tiles of one IPU. No primary source gives it: an
-    # ASSUMPTION of softipu [U]. The 2-IPU poplibs figure (40 cycles) bounds the fabric part only.
+    # ASSUMPTION of softipu [U]. A sync across IPUs pays it too, plus the fabric term below.
     on_chip_sync_cycles: int = 150
-    # poplibs test model of inter-IPU sync: 15 ns per hop, each hop paid twice [V] (§2).
+    # poplibs test model of inter-IPU sync: 15 ns per hop, each hop paid twice [V] (§2). It is
+    # the fabric part only: every IPU still syncs its own tiles first.
     sync_seconds_per_hop: float = 15e-9
-    # If set, every sync spanning more than one IPU costs this many cycles instead of the poplibs
-    # formula: Poplar's IPUModel ``globalSyncCycles`` (Mk1-era code used 500 [V], §2).
+    # If set, every sync spanning more than one IPU costs this many cycles in all instead of the
+    # on-chip sync plus the poplibs fabric term: Poplar's IPUModel ``globalSyncCycles`` (Mk1-era
+    # code used 500 [V], §2).
     global_sync_cycles_override: int | None = None
 
     # --- Off-chip links -----------------------------------------------------------------------
@@ -135,6 +138,17 @@ class Target:
     # Fixed cost of an exchange phase that moves data: exchange code start-up and fabric
     # latency [U] (Jia et al. measured tens of cycles tile to tile on Mk1 [S], §6).
     exchange_latency_cycles: int = 30
+    # Per contiguous region a tile sends or receives in an exchange phase: the exchange code
+    # sets up each region (address, count) before its data moves. [U]: no published figure;
+    # [D] from ``exchange_code_bytes_per_region`` = 16 B = four 32-bit instructions, one issue
+    # cycle each. So 1,024 one-element pieces cost more than one 4 KiB block.
+    exchange_cycles_per_region: int = 4
+    # AMP weight (coefficient) loads into the conv units. poplin loads them 64 bits at a time
+    # unless the convolution option ``use128BitConvUnitLoad`` is set, and it defaults to false
+    # [V] (poplibs include/poplin/Convolution.hpp; lib/poplin/ConvPartialsStubs / poplin cycle
+    # estimators halve ``getConvUnitCoeffLoadBytesPerCycle`` then); that target figure is 16 B
+    # per cycle in poplibs' IPU model options [V], so 8 B per cycle with default options.
+    conv_unit_coeff_load_bytes_per_cycle: int = 8
     # On-tile copies: one 64-bit load and one 64-bit store per cycle (ld64st64 pipelining) [U].
     on_tile_copy_bytes_per_cycle: float = 8.0
     # Supervisor control code for one program step (a branch, a call, a loop turn) [U].
@@ -283,13 +297,12 @@ class Target:
     def global_sync_cycles(self, num_ipus: int | None = None) -> int:
         """Cycles of one sync barrier across ``num_ipus`` IPUs (default: all of this target's).
 
-        One IPU: :attr:`on_chip_sync_cycles`. More: the poplibs test model [V] (ipu-facts §2),
-        ``hops = 1 + (num_ipus // 2) // 2`` (one hop within a card plus one per card pair) and
-        ``ceil(sync_seconds_per_hop * clock_hz * hops * 2)``, unless
-        :attr:`global_sync_cycles_override` is set.
-
-        NOTE: the poplibs formula gives 40 cycles for 2 IPUs at 1.33 GHz, less than the assumed
-        on-chip figure; it models the fabric only. It is kept as poplibs wrote it.
+        One IPU: :attr:`on_chip_sync_cycles`. More: each IPU syncs its own tiles, then the IPUs
+        sync over the fabric, so the on-chip figure plus the poplibs test model of the fabric [V]
+        (ipu-facts §2): ``hops = 1 + (num_ipus // 2) // 2`` (one hop within a card plus one per
+        card pair), ``ceil(sync_seconds_per_hop * clock_hz * hops * 2)``; or
+        :attr:`global_sync_cycles_override` in all where set. A sync across every replica
+        passes ``num_ipus`` = IPUs per replica x replicas.
         """
         n = self.num_ipus if num_ipus is None else num_ipus
         if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n <= 0:
@@ -298,7 +311,11 @@ class Target:
             return self.on_chip_sync_cycles
         if self.global_sync_cycles_override is not None:
             return self.global_sync_cycles_override
-        hops = 1 + (int(n) // 2) // 2
+        return self.on_chip_sync_cycles + self.fabric_sync_cycles(int(n))
+
+    def fabric_sync_cycles(self, num_ipus: int) -> int:
+        """The fabric part of a sync across ``num_ipus`` > 1 IPUs: poplibs' test model [V]."""
+        hops = 1 + (int(num_ipus) // 2) // 2
         return math.ceil(self.sync_seconds_per_hop * self.clock_hz * hops * 2)
 
     @overload
@@ -320,6 +337,26 @@ class Target:
         per_16_cycles = round(self.exchange_bytes_per_cycle * 16)
         checked = int(arr) if arr.ndim == 0 else arr.astype(np.int64)
         return _apply(checked, lambda b: -(-(b * 16) // per_16_cycles))
+
+    def exchange_tile_cycles(self, num_bytes: npt.ArrayLike, regions: npt.ArrayLike,
+                             bytes_per_cycle_scale: npt.ArrayLike = 1) -> IntArray:
+        """Cycles a tile spends moving ``num_bytes`` in ``regions`` contiguous regions in one
+        exchange phase, before the phase's fixed latency (elementwise; 0 where nothing moves).
+
+        The one rule both the compiler's exchange plan and the matmul planner price with:
+        ``exchange_cycles(ceil(bytes / scale)) + regions x exchange_cycles_per_region``;
+        ``bytes_per_cycle_scale`` 2 where a tile has its supertile's whole bus (ipu-facts §1).
+        """
+        nbytes = np.maximum(np.asarray(num_bytes, np.int64), 0)
+        cycles = self.exchange_cycles(-(-nbytes // np.asarray(bytes_per_cycle_scale, np.int64)))
+        cycles = cycles + np.asarray(regions, np.int64) * self.exchange_cycles_per_region
+        return np.where(nbytes > 0, cycles, 0).astype(np.int64)
+
+    def exchange_phase_cycles(self, num_bytes: npt.ArrayLike, regions: npt.ArrayLike,
+                              bytes_per_cycle_scale: npt.ArrayLike = 1) -> IntArray:
+        """:meth:`exchange_tile_cycles` plus :attr:`exchange_latency_cycles` where data moves."""
+        cycles = self.exchange_tile_cycles(num_bytes, regions, bytes_per_cycle_scale)
+        return np.where(cycles > 0, cycles + self.exchange_latency_cycles, 0).astype(np.int64)
 
     @overload
     def seconds(self, cycles: int | float) -> float: ...
