@@ -33,6 +33,7 @@ from softipu.frontends.poptorch import (
     setLogLevel,
     trainingModel,
 )
+from softipu.frontends.torch import optim  # noqa: F401 - poptorch.optim.SGD... (as softipu.poptorch.optim)
 
 __all__ = [
     "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior", "Options",
