@@ -147,7 +147,9 @@ def test_plan_report_reads_well():
         assert words in text
 
 
-@pytest.mark.parametrize(("dtype", "floor"), [(sp.float16, 0.48), (sp.float32, 0.68)])
+# Issue 10 replaced the AMP/ReduceAdd estimates with poplibs' latest (codelets/matmul.py): the
+# model now gives 48.3% (fp16) and 67.5% (fp32) here; the floors guard against planner regressions.
+@pytest.mark.parametrize(("dtype", "floor"), [(sp.float16, 0.47), (sp.float32, 0.66)])
 def test_gc200_2048_planner_quality_and_speed(dtype, floor):
     """The modeled AMP efficiency of a 2048^3 matmul (bench/bench_ops_matmul.py reports it).
 

@@ -32,6 +32,7 @@ from softipu.debug import at
 from softipu.dtypes import DType
 from softipu.errors import OutOfMemoryError
 from softipu.graph import program as P
+from softipu.graph.accounting import control_code_bytes, exchange_code_bytes, vertex_state_bytes
 from softipu.graph.graph import Graph, Variable
 from softipu.graph.mapping import ResolvedMapping
 from softipu.graph.tensor import Tensor
@@ -333,8 +334,8 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
     cs_state = _vertex_state(compute_sets, target)
     cats["vertex_state"] = sum(cs_state.values(), np.zeros(tiles, np.int64))
     cats["codelet_code"] = _codelet_code(compute_sets, target)
-    cats["exchange_code"] = exchange_regions * target.exchange_code_bytes_per_region
-    cats["control_code"] = np.full(tiles, len(steps) * target.control_code_bytes_per_step, np.int64)
+    cats["exchange_code"] = exchange_code_bytes(exchange_regions, target)
+    cats["control_code"] = np.full(tiles, control_code_bytes(len(steps), target), np.int64)
     cats["stacks"] = np.full(tiles, target.workers_per_tile * target.worker_stack_bytes
                              + target.supervisor_stack_bytes, np.int64)
     plan = MemoryPlan(target.bytes_per_tile, cats, always, var_ids, var_tiles, var_bytes,
@@ -344,28 +345,14 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
     return plan
 
 
-def _state_bytes_per_vertex(codelet, target: Target) -> int:
-    per_field = target.vertex_state_bytes_per_field
-    total = 0
-    for f in codelet.fields.values():
-        if f.direction is Direction.PARAM:
-            total += -(-f.dtype.itemsize // 4) * 4
-        elif f.shape is FieldShape.SCALAR:
-            total += 4
-        elif f.shape is FieldShape.VECTOR:
-            total += per_field
-    return total
-
-
 def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target) -> dict[int, np.ndarray]:
     out = {}
     for cs_id, compiled in compute_sets.items():
         per_tile = np.zeros(target.num_tiles, np.int64)
         for g in compiled.groups:
-            each = _state_bytes_per_vertex(g.codelet, target)
-            for name, f in g.codelet.fields.items():
-                if f.shape is FieldShape.VECTOR_LIST:
-                    each += 4 + target.vertex_state_bytes_per_field * len(g.tensors(name))
+            lists = {name: len(g.tensors(name)) for name, f in g.codelet.fields.items()
+                     if f.shape is FieldShape.VECTOR_LIST}
+            each = vertex_state_bytes(g.codelet, target, lists)  # the rule the planner uses too
             per_tile += np.bincount(g.tiles, minlength=target.num_tiles) * each
         out[cs_id] = per_tile
     return out

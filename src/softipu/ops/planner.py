@@ -41,8 +41,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from softipu.codelets.matmul import amp_cycles, reduce_cycles
+from softipu.codelets.matmul import amp_codelet, amp_cycles, reduce_codelet, reduce_cycles
 from softipu.dtypes import DType
+from softipu.graph.accounting import control_code_bytes, exchange_code_bytes, vertex_state_bytes
 from softipu.target import Target
 
 __all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "DIMS", "PAIRINGS"]
@@ -267,8 +268,10 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     workers = target.workers_per_tile
     red = np.where(two_stage, workers * np.maximum(each, -(-(runs * each) // workers)), 0)
     sync = target.on_chip_sync_cycles
-    exchange = steps * _exchange(bus_in, spread, target) + np.where(
-        two_stage, _exchange(recv_red, spread, target), 0)
+    # Regions received per step: a piece of the A block from each other tile sharing it and of
+    # the B block likewise; in the reduction, partials from the other K ranges.
+    exchange = steps * target.exchange_phase_cycles(bus_in, (sn - 1) + (sm - 1), spread) + np.where(
+        two_stage, target.exchange_phase_cycles(recv_red, sk - 1, spread), 0)
     partial_bytes = np.where(two_stage, bg * bm * bn * psz, 0)
     reduce_temp = np.where(two_stage, partial_bytes + recv_red, 0)
     temp = np.maximum(recv_in + partial_bytes, reduce_temp)
@@ -279,7 +282,7 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     # and so must the code and state of every step (exchange code per region received).
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
-    resident = resident + _code_bytes(target, steps, bg, sm, sn, sk, runs, two_stage)
+    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, runs, two_stage)
     return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
             "serial": serial,
             "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
@@ -288,22 +291,17 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
             "fits": (serial > 0) & (temp <= budget) & (temp + resident <= target.bytes_per_tile)}
 
 
-def _code_bytes(target: Target, steps, bg, sm, sn, sk, runs, two_stage) -> np.ndarray:
+def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, runs, two_stage) -> np.ndarray:
     """Per tile: exchange code (a region per sending tile), control code and vertex state of
-    the AMP steps and the reduction, as the memory plan counts them."""
-    region = target.exchange_code_bytes_per_region
-    field = target.vertex_state_bytes_per_field
-    amp_state = 3 * field + 4 * 4  # three vector fields and four params
-    per_step = region * (sn + sm) + target.control_code_bytes_per_step + bg * amp_state
-    reduce_state = runs * (field + 4 + field * sk) + region * (sk + 1) + target.control_code_bytes_per_step
+    the AMP steps and the reduction, by the rules the compiler's memory plan charges
+    (:mod:`softipu.graph.accounting`), for the codelets :mod:`softipu.ops.matmul` adds."""
+    amp_state = vertex_state_bytes(amp_codelet(p.in_dtype, p.partials_dtype), target)
+    per_step = (exchange_code_bytes(sn + sm, target) + control_code_bytes(1, target)
+                + bg * amp_state)
+    red = reduce_codelet(p.partials_dtype, p.out_dtype)
+    reduce_state = (runs * vertex_state_bytes(red, target, {"partials": sk})
+                    + exchange_code_bytes(sk + 1, target) + control_code_bytes(1, target))
     return steps * per_step + np.where(two_stage, reduce_state, 0)
-
-
-def _exchange(nbytes: np.ndarray, spread: np.ndarray, target: Target) -> np.ndarray:
-    """Exchange cycles of a step in which each busy tile receives ``nbytes``."""
-    per_bus = -(-np.asarray(nbytes, np.int64) // spread)
-    cycles = target.exchange_cycles(np.maximum(per_bus, 0))
-    return np.where(nbytes > 0, cycles + target.exchange_latency_cycles, 0)
 
 
 # -- the planner ---------------------------------------------------------------------------------
