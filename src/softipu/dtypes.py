@@ -26,6 +26,8 @@ __all__ = [
     "uint64",
     "bool_",
     "as_dtype",
+    "narrow",
+    "value_range",
     "ALL_DTYPES",
 ]
 
@@ -84,3 +86,46 @@ def as_dtype(value: object) -> DType:
         names = ", ".join(d.name for d in ALL_DTYPES)
         raise DTypeError(f"{value!r} is not a softipu dtype; use one of: {names}")
     return found
+
+
+def value_range(dtype: DType) -> str:
+    """The values ``dtype`` holds, for messages: ``-2147483648..2147483647`` or ``±3.4028235e+38``."""
+    np_type = dtype.numpy
+    if np_type.kind == "f":
+        return f"±{float(np.finfo(np_type).max):.8g}"
+    if np_type.kind == "b":
+        return "0..1"
+    info = np.iinfo(np_type)
+    return f"{info.min}..{info.max}"
+
+
+def narrow(values: np.ndarray, dtype: DType) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """``values`` cast to ``dtype``, and the index of the first value the cast does not keep
+    (None when every value fits).
+
+    A value is not kept when it is an integer outside ``dtype``'s range (a plain ``astype`` would
+    wrap it: ``2**40`` becomes 0 as int32), a float beyond an integer dtype's range or NaN, or a
+    finite number that becomes inf in a float dtype; bool holds 0 and 1. Rounding to the nearest
+    float is not a loss, nor is a float cast to an integer dropping its fraction.
+    """
+    want = dtype.numpy
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(want, copy=False)
+    src = values.dtype
+    if values.size == 0 or src == want or np.can_cast(src, want, casting="safe"):
+        return cast, None
+    if want.kind == "f":
+        if src.kind not in "iuf" or np.isfinite(cast).all():
+            return cast, None
+        bad = np.isfinite(values) & ~np.isfinite(cast)
+    elif src.kind in "biu":
+        if np.array_equal(values, cast):
+            return cast, None
+        bad = values != cast
+    else:  # floats into an integer dtype: whole part within range
+        lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
+        with np.errstate(invalid="ignore"):
+            bad = ~((values >= lo) & (values < float(hi) + 1))
+    if not bad.any():
+        return cast, None
+    return cast, tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), values.shape))

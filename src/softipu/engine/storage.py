@@ -10,7 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from softipu.compiler.executable import Executable
-from softipu.dtypes import DType
+from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError
 from softipu.graph.tensor import Tensor
 
@@ -18,16 +18,20 @@ __all__ = ["Storage"]
 
 
 def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
-    """Values cast to the tensor's dtype when nothing is lost in kind or range."""
+    """Values cast to the tensor's dtype when nothing is lost in kind or range.
+
+    An integer beyond an integer dtype's range is refused (``astype`` would wrap it); floats round
+    and, like numpy's cast, overflow to inf.
+    """
     want = t.dtype.numpy
     if arr.size == 0 or np.can_cast(arr.dtype, want, casting="safe"):  # [] reads as float64
         return arr.astype(want, copy=False)
     if arr.dtype.kind in "iub" and want.kind in "iub":  # e.g. Python ints into uint32 or bool
-        lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
-        if arr.size == 0 or (int(arr.min()) >= lo and int(arr.max()) <= hi):
-            return arr.astype(want)
-        raise EngineError(f"values {int(arr.min())}..{int(arr.max())} do not fit tensor {t.name} of "
-                          f"{t.dtype} ({lo}..{hi})")
+        cast, bad = narrow(arr, t.dtype)
+        if bad is None:
+            return cast
+        raise EngineError(f"values do not fit tensor {t.name} of {t.dtype} ({value_range(t.dtype)}): "
+                          f"{arr[bad].item()!r} at index {bad}; keep them within that range")
     if np.can_cast(arr.dtype, want, casting="same_kind"):  # e.g. float64 data into float16
         return arr.astype(want, copy=False)
     raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype} without "

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from softipu.debug import SourceLocation, at, caller_location
-from softipu.dtypes import DType, as_dtype
+from softipu.dtypes import DType, as_dtype, narrow, value_range
 from softipu.errors import FieldError, MappingError, StreamError, TargetError, TensorError
 from softipu.graph.mapping import MappingTable, resolve_mapping
 from softipu.graph.program import Program
@@ -150,8 +150,15 @@ class Graph:
         dtype = as_dtype(dtype)
         location = caller_location()
         shape_t = _shape(shape, name)
+        given = np.asarray(values)
+        cast, bad = narrow(given, dtype) if given.dtype.kind in "biuf" else (given.astype(dtype.numpy), None)
+        # NOTE: only integers are refused: a float constant may overflow to inf on purpose (a mask's
+        # -1e9 in float16), and a bool constant is True where the value is nonzero.
+        if bad is not None and dtype.numpy.kind in "iu":
+            raise TensorError(f"constant {name!r}{at(location)}: {given[bad].item()!r} does not fit "
+                              f"{dtype} ({value_range(dtype)}); give values within that range")
         try:
-            data = np.broadcast_to(np.asarray(values).astype(dtype.numpy, casting="unsafe"), shape_t)
+            data = np.broadcast_to(cast, shape_t)
         except ValueError:
             raise TensorError(
                 f"constant {name!r}{at(location)}: values of shape {np.shape(values)} do not "

@@ -331,7 +331,8 @@ def _restore(executable: Executable, graph: Graph, extra: dict[str, Any], key: s
         if t is None or t.numel() != s.num_elements:
             raise _Stale(f"the module has no weight {stream.removeprefix('weights/')!r} of "
                          f"{s.num_elements} elements")
-        weights.append((stream, to_host_array(t, s.dtype).reshape(-1)))
+        what = f"weight {stream.removeprefix('weights/')!r}"
+        weights.append((stream, to_host_array(t, s.dtype, what).reshape(-1)))
     try:
         out_spec = pytree.treespec_loads(extra["out_spec"])
     except Exception as exc:  # noqa: BLE001 - a damaged spec is a damaged entry

@@ -24,8 +24,8 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
 from softipu.debug import SourceLocation, user_location
-from softipu.dtypes import DType, float16, float32, uint32
-from softipu.frontends.errors import LoweringError
+from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
+from softipu.frontends.errors import FrontendError, LoweringError
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.registry import find_lowering
@@ -54,9 +54,25 @@ def device_dtype(torch_dtype: torch.dtype, precision: str = "fp32") -> DType:
     return found
 
 
-def to_host_array(value: torch.Tensor, dtype: DType) -> np.ndarray:
-    """A C-contiguous numpy copy of ``value`` in the device dtype."""
-    return np.ascontiguousarray(value.detach().cpu().numpy().astype(dtype.numpy, copy=False))
+def to_host_array(value: torch.Tensor, dtype: DType, what: str = "a tensor",
+                  error: type[FrontendError] = LoweringError) -> np.ndarray:
+    """A C-contiguous numpy copy of ``value`` in the device dtype.
+
+    A value the device dtype cannot hold (an int64 beyond int32, a float64 beyond float32's range)
+    raises ``error`` naming ``what`` and the value: ``astype`` would wrap it silently. Float
+    rounding is fine, as in PopTorch. NOTE: float16 (the "fp16" precision the user chose) is cast
+    as ``.half()`` casts, large values becoming inf.
+    """
+    host = value.detach().cpu().numpy()
+    if dtype is float16:
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(host.astype(dtype.numpy, copy=False))
+    cast, bad = narrow(host, dtype)
+    if bad is not None:
+        raise error(f"{what} holds {host[bad].item()!r} at index {bad}, beyond {dtype} "
+                    f"({value_range(dtype)}), the dtype the IPU holds {value.dtype} in: keep its "
+                    "values within that range (a plain cast would wrap or overflow them)")
+    return np.ascontiguousarray(cast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +351,8 @@ class _Lowerer:
         self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
         if var.numel:
             self.load.add(P.Copy(self.graph.streams[stream], var))
-        self.weights.append((stream, to_host_array(value, dtype).reshape(-1)))
+        kind = "buffer" if spec.kind == InputKind.BUFFER else spec.kind.name.lower().replace("_", " ")
+        self.weights.append((stream, to_host_array(value, dtype, f"{kind} {spec.target!r}").reshape(-1)))
         self.env[node] = var
 
     def _user_input(self, node: torch.fx.Node, val: Any) -> Any:

@@ -98,7 +98,7 @@ class _Compiled:
         for slot, value in zip(self.lowered.inputs, values, strict=True):
             if slot is None or int(np.prod(slot.shape)) == 0:
                 continue
-            host = to_host_array(value, slot.dtype).reshape(di, rf, -1)
+            host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError).reshape(di, rf, -1)
             for r in range(rf):
                 self.engine.connect_stream(slot.stream, np.ascontiguousarray(host[:, r]), replica=r)
         turns = 1 if opts.output_mode is OutputMode.FINAL else di
@@ -383,7 +383,9 @@ class InferenceModel:
             for stream, values in compiled.weights:
                 t = state.get(stream.removeprefix("weights/"))
                 if t is not None:
-                    values = to_host_array(t, compiled.lowered.graph.streams[stream].dtype).reshape(-1)
+                    dtype = compiled.lowered.graph.streams[stream].dtype
+                    values = to_host_array(t, dtype, f"weight {stream.removeprefix('weights/')!r}",
+                                           InputError).reshape(-1)
                 fresh.append((stream, values))
             compiled.load_weights(fresh)
 
