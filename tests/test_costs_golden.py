@@ -1,0 +1,175 @@
+"""Golden figures of the estimators the matmul is priced with, each worked out BY HAND below from
+poplibs' own formulas (graphcore/poplibs lib/poplin/PerformanceEstimation.hpp:
+getConvPartial1x1SupervisorInnerLoopCycleEstimate / ...OuterLoopCycleEstimate, and
+getReduceCycleEstimate), never read back from the code under test.
+
+GC200 figures used: 6 workers; AMP fp16 16 conv units x 16 input channels, fp32 8 x 16;
+weights loaded 64 bits at a time by default (poplin use128BitConvUnitLoad = false), 8 B/cycle;
+exchange 4 B/cycle/tile, 4 cycles per region [U], 30 cycles latency [U].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.codelets.matmul import amp_cycles, reduce_cycles
+from softipu.errors import CodeletError
+from softipu.ops.planner import MatMulProblem, price
+
+GC200 = sp.targets.GC200
+F16, F32 = sp.float16, sp.float32
+
+
+# --- AMP (ConvPartial1x1Out) -----------------------------------------------------------------------
+def test_amp_fp16_in_fp32_partials_two_by_two_groups():
+    # m = 36 rows, k = 32, n = 32, fp16 in, fp32 partials.
+    # Groups: n_in = 32 / 16 = 2 input groups, n_out = 32 / 16 = 2 output groups (1 pass each).
+    # Weight loads per (in, out) group: 16 units x 16 weights x 2 B / 8 B per cycle = 64.
+    # Workers: 36 / 6 = 6 rows each (busiest = least busy = 6).
+    #   zeroing pass (first input group):  41 + 4 x (6 - 3) = 53 per worker
+    #   accumulating passes:               44 + 4 x (6 - 3) = 56 per worker
+    #   inner (zeroing) = max(6 x 53, 6 x 53 + 14) = 332; inner = max(6 x 56, 6 x 56 + 14) = 350.
+    # Outer: 50 (non-loop) + 12 (conv group)
+    #   + first input group: 10 + 2 x (19 + 6 + 64 + 332) = 10 + 2 x 421 = 852
+    #   + one more input group: 15 + 2 x (19 + 6 + 64 + 350) = 15 + 2 x 439 = 893
+    #   = 50 + 12 + 852 + 893 = 1807.
+    assert int(amp_cycles(36, 32, 32, F16, F32, GC200)) == 1807
+
+
+def test_amp_accumulating_vertex_never_zeroes():
+    # As above but a later serial K chunk: every input group is an accumulating pass (inner 350):
+    # 50 + 12 + (10 + 2 x (89 + 350)) + (15 + 2 x (89 + 350)) = 62 + 888 + 893 = 1843.
+    assert int(amp_cycles(36, 32, 32, F16, F32, GC200, zeroing=False)) == 1843
+
+
+def test_amp_fp32_uneven_workers():
+    # m = 20, k = 16, n = 8, fp32: n_in = 1, n_out = 1; loads = 8 units x 16 x 4 B / 8 = 64.
+    # Workers: ceil(20 / 6) = 4 rows (busiest), 20 // 6 = 3 rows (least busy).
+    #   r = 4, zeroing: 50 + (2 + 8 x 4) + 8 x (4 - 3) = 50 + 34 + 8 = 92
+    #   r = 3, zeroing: 50 + (2 + 8 x 3) + 0 = 76
+    #   inner = max(6 x 92, 6 x 76 + 14) = max(552, 470) = 552.
+    # Outer: 50 + 12 + 10 + 1 x (19 + 6 + 64 + 552) = 72 + 641 = 713.
+    assert int(amp_cycles(20, 16, 8, F32, F32, GC200)) == 713
+
+
+def test_amp_fp16_half_partials_tag_on_the_least_busy_worker():
+    # m = 7, k = 16, n = 16, fp16 in and partials: busiest worker 2 rows, least busy 1 row.
+    #   r = 2, zeroing: 44 + (2 + 2 x 2) = 50;  r = 1, zeroing: 43 + (2 + 2 x 1) = 47
+    #   inner = max(6 x 50, 6 x 47 + 14) = max(300, 296) = 300.
+    # Outer: 50 + 12 + 10 + (19 + 6 + 64 + 300) = 72 + 389 = 461.
+    assert int(amp_cycles(7, 16, 16, F16, F16, GC200)) == 461
+
+
+def test_amp_throughput_tends_to_the_peak_from_below():
+    # A long fp16 pass: per extra row 4 worker cycles x 6 workers / 6 rows = 4 tile cycles per row
+    # for 16 x 16 MACs: 64 MACs/cycle, the GC200 peak. Overheads keep it below.
+    m, k, n = 6 * 4000, 16, 16
+    cycles = int(amp_cycles(m, k, n, F16, F32, GC200))
+    ideal = m * k * n / GC200.amp_macs_per_cycle_fp16
+    assert ideal < cycles < 1.01 * ideal
+    # Twice the rows cost 4 x 6 x 4000 / 6 ... = 96,000 more cycles: 4 per row, exactly.
+    assert int(amp_cycles(2 * m, k, n, F16, F32, GC200)) - cycles == 4 * m
+
+
+# --- ReduceAdd -------------------------------------------------------------------------------------
+def test_reduce_matches_poplibs_supervisor_figure_on_a_full_tile():
+    # poplibs getReduceCycleEstimate(outSize = 24, partials = 4, float out, float partials, 6 workers):
+    #   loops = 24 / 4 = 6 (no remainder); per worker 6 / 6 = 1 loop; no partial loop.
+    #   cycles = 32 + (3 x 4 + 7) x 1 = 51 per worker; x 6 workers = 306 tile cycles.
+    # softipu: six one-worker ReducePartials of 4 outputs each: 51 worker cycles each, and a tile
+    # charges 6 x max(longest, total / 6) = 6 x 51 = 306.
+    each = int(reduce_cycles(4, 4, F32, F32, GC200))
+    assert each == 51
+    assert 6 * max(each, 6 * each // 6) == 306
+
+
+def test_reduce_half_output_and_remainder():
+    # Half output: 3 P + 6 per loop: 32 + (12 + 6) = 50 for 4 outputs of 4 partials.
+    assert int(reduce_cycles(4, 4, F32, F16, GC200)) == 50
+    # 6 outputs: one full loop of 4 (3 x 4 + 7 = 19) and the shorter remainder loop for the
+    # other 2 (2 x 4 + 13 = 21): 32 + 19 + 21 = 72.
+    assert int(reduce_cycles(4, 6, F32, F32, GC200)) == 72
+    # fp16 partials, fp16 out: 8 per loop at 3 P + 8: 16 outputs of 2 partials: 32 + 2 x 14 = 60.
+    assert int(reduce_cycles(2, 16, F16, F16, GC200)) == 60
+
+
+# --- the planner's exchange (the same rule as the compiler's) ---------------------------------------
+def test_planner_prices_one_candidate_by_hand():
+    # 64 x 64 x 64, fp16 in, fp32 partials, fp16 out; the candidate: M split 2, N split 2, no K split,
+    # blocks 32 x 64 (A) and 64 x 32 (B), unpaired (one tile per supertile: 4 of 1472 tiles used).
+    p = MatMulProblem(1, 64, 64, 64, F16, F32, F16)
+    one = {"sg": 1, "sm": 2, "sn": 2, "sk": 1, "bg": 1, "bm": 32, "bn": 32, "bk": 64, "pair": 0}
+    c = {key: np.array([v]) for key, v in one.items()}
+    got = {k: int(v[0]) for k, v in price(p, GC200, c, budget=10**6).items()}
+    # Inputs: each A block is spread over the sn = 2 tiles using it, so a tile receives half of its
+    # 32 x 64 block: 32 x 64 / 2 x 2 B = 2048 B, likewise half its B block: 2048 B; 4096 B in all,
+    # the tile alone on its supertile's bus (twice the rate): ceil(4096 / 2) = 2048 B at 4 B/cycle
+    # = 512 cycles; one region from each other tile sharing a block: (2 - 1) + (2 - 1) = 2 x 4 = 8;
+    # + 30 latency = 550. No K split: no partials to exchange.
+    assert got["exchange"] == 512 + 8 + 30
+    # AMP (32 x 64) . (64 x 32): n_in = 4, n_out = 2, loads 64; workers 6 rows (busiest), 5 (least).
+    #   zeroing: r=6 41 + 12 = 53, r=5 41 + 8 = 49: inner0 = max(318, 294 + 14) = 318
+    #   accumulating: r=6 44 + 12 = 56, r=5 44 + 8 = 52: inner = max(336, 312 + 14) = 336
+    #   62 + (10 + 2 x (89 + 318)) + 3 x (15 + 2 x (89 + 336)) = 62 + 824 + 2595 = 3481.
+    assert got["amp"] == 3481
+    # fp32 partials to fp16 out: a second stage (one partial per row): each tile casts its 32 rows
+    # of 32: a ReducePartials of P = 1: 32 + 8 x (3 + 6) = 104 worker cycles; 32 of them over 6
+    # workers: 6 x max(104, ceil(32 x 104 / 6) = 555) = 3330.
+    assert got["reduce"] == 3330
+    # One sync per step: the AMP step and the reduction: 2 x 150.
+    assert got["sync"] == 300
+
+
+# --- codelet estimates are validated -------------------------------------------------------------------
+class BadCycles(sp.Vertex):
+    x = sp.Input(sp.float32)
+    sign = sp.Param(sp.int32)
+
+    @staticmethod
+    def compute(x, sign):
+        pass
+
+    @staticmethod
+    def cycles(x, sign):
+        return sign * 4000 + (sign > 0) * 1000  # -4000 for sign -1, 5000 for sign +1
+
+
+class HalfCycles(sp.Vertex):
+    x = sp.Input(sp.float32)
+
+    @staticmethod
+    def compute(x):
+        pass
+
+    @staticmethod
+    def cycles(x):
+        return x / 4 + 0.5  # 10.5 for 40 elements: not a whole number of cycles
+
+
+def _graph_with(codelet, fields_of):
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = g.add_variable(sp.float32, (40,), name="x")
+    g.set_tile_mapping(x, 0)
+    cs = g.add_compute_set("bad")
+    for fields in fields_of(x):
+        g.add_vertex(cs, codelet, fields, tile=0)
+    return g, cs
+
+
+def test_a_negative_cycle_estimate_is_an_error_naming_the_codelet_and_the_line():
+    # Today's bug: -4000 and 5000 on one tile would make a 1,000-cycle step.
+    g, cs = _graph_with(BadCycles, lambda x: [{"x": x, "sign": 1}, {"x": x, "sign": -1}])
+    with pytest.raises(CodeletError) as info:
+        sp.Engine(g, [P.Execute(cs)], estimate_only=True)
+    text = str(info.value)
+    assert "BadCycles" in text and "-4000" in text and "test_costs_golden.py" in text
+    assert "non-negative integer" in text
+
+
+def test_a_fractional_cycle_estimate_is_an_error():
+    g, cs = _graph_with(HalfCycles, lambda x: [{"x": x}])
+    with pytest.raises(CodeletError, match=r"HalfCycles.*10\.5.*test_costs_golden\.py"):
+        sp.Engine(g, [P.Execute(cs)], estimate_only=True)
