@@ -28,6 +28,7 @@ import softipu as sp
 import softipu.engine.fast as fast_engine
 from codelets_for_tests import family, sequential_sum
 from softipu import program as P
+from softipu.codelets._common import contraction_bound
 
 DTYPES = (sp.float32, sp.int32, sp.float16)
 
@@ -365,6 +366,57 @@ def test_fast_engine_matches_reference_on_random_graphs(seed, replicas, tiles, d
             at = np.argwhere(got.view(f"u{got.itemsize}") != want.view(f"u{want.itemsize}"))[:4]
             pytest.fail(f"{var.name}: fast and reference differ at {at.tolist()}: fast "
                         f"{[got[tuple(i)] for i in at]}, reference {[want[tuple(i)] for i in at]}")
+
+
+# -- contractions: within the written rounding bound, deterministic --------------------------------
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    replicas=st.sampled_from([1, 2]),
+    tiles=st.sampled_from([4, 16]),
+    dtype=st.sampled_from([sp.float32, sp.float16]),
+    dims=st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 200), st.integers(1, 60)),
+    memory=st.sampled_from([0.6, 0.05]),
+    transpose=st.booleans(),
+)
+def test_contractions_agree_with_the_reference_within_the_rounding_bound(seed, replicas, tiles, dtype, dims,
+                                                                         memory, transpose):
+    """Matmuls (AMP partial products, merged by the fast engine where vertices share a block;
+    serial K chunks where memory is short) and float sums on random shapes and mappings: the
+    fast engine is within :func:`contraction_bound` of the per-vertex reference, and two
+    engines of the same graph give the same bits (design.md principle 6)."""
+    batch, m, k, n = dims
+    rng = random.Random(seed)
+    g = sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=256 * 1024), replication_factor=replicas)
+    a = g.add_variable(dtype, (batch, m, k), name="a")
+    b = g.add_variable(dtype, (n, k) if transpose else (k, n), name="b")
+    for t in (a, b):
+        sp.ops.map_linearly(g, t, grain_size=rng.choice([1, 2, 7]))
+    prog = P.Sequence()
+    c = sp.ops.matmul(g, a, b.T if transpose else b, prog, options={"availableMemoryProportion": memory})
+    total = sp.ops.reduce(g, a, prog, dims=(0, 1))
+    data = np.random.default_rng(seed)
+    lead = (replicas,) if replicas > 1 else ()
+    av = data.standard_normal(lead + a.shape).astype(dtype.numpy)
+    bv = data.standard_normal(lead + b.shape).astype(dtype.numpy)
+    got = {}
+    for name, options in (("fast", {}), ("again", {}), ("ref", {"engine.reference": True})):
+        eng = sp.Engine(g, [prog], options)
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        eng.run(0)
+        got[name] = [eng.read_tensor(c), eng.read_tensor(total)]
+    for x, y in zip(got["fast"], got["again"], strict=True):
+        assert x.tobytes() == y.tobytes(), "the same graph gave other bits"
+    abs_a, abs_b = np.abs(av.astype(np.float64)), np.abs(bv.astype(np.float64))
+    abs_b = np.swapaxes(abs_b, -1, -2) if transpose else abs_b
+    terms = np.matmul(abs_a, abs_b[..., None, :, :] if replicas > 1 else abs_b)
+    out = dtype.numpy if dtype is sp.float16 else None
+    bounds = [contraction_bound(terms, k, np.float32, out),
+              contraction_bound(abs_a.sum(axis=(-3, -2)), batch * m, np.float32, out)]
+    for x, y, bound in zip(got["fast"], got["ref"], bounds, strict=True):
+        diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
+        assert np.all(diff <= bound), f"{float((diff - bound).max())} over the bound"
 
 
 # -- fixed graphs against numpy ----------------------------------------------------------------

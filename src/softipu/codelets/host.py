@@ -3,9 +3,10 @@
 Two levels share one pool. The engine runs a compute set's vertex groups (and a large group's
 chunks) side by side (:func:`run_side_by_side`), since vertices of a compute set never write what
 another reads or writes (the compiler checks it). A codelet may also cut one large batch into
-vertex ranges (:func:`on_idle_cores`); inside a side-by-side run it does not, as the other cores
-already have work. Each vertex is computed whole by one call, so results never depend on how the
-work was shared out (design.md principle 6).
+vertex ranges (:func:`on_idle_cores`), each vertex computed whole by one call, or into pieces cut
+by their size alone (:func:`run_pieces`: a merged GEMM); inside a side-by-side run it does not
+split, as the other cores already have work. Either way results never depend on how the work was
+shared out, nor on how many cores there are (design.md principle 6).
 
 numpy's own OpenBLAS runs single-threaded meanwhile (:meth:`Blas.single_threaded`): its threads
 would otherwise compete with these for the same cores on every small product.
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BLAS", "PARALLEL_WORK", "idle_cores", "on_idle_cores", "run_side_by_side", "scratch"]
+__all__ = ["BLAS", "PARALLEL_WORK", "idle_cores", "on_idle_cores", "run_pieces", "run_side_by_side",
+           "scratch"]
 
 
 def _host_cores() -> int:
@@ -195,6 +197,20 @@ def on_idle_cores(job: Callable[[int, int], None], vertices: int, work: int) -> 
     cuts = [vertices * p // parts for p in range(parts + 1)]
     jobs = [partial(job, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
     _share(jobs, min(idle, len(jobs) - 1))
+
+
+def run_pieces(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run ``jobs`` (pieces the caller cut without asking how many cores there are) on this
+    thread and the host's idle cores; in order on this thread inside a side-by-side run, whose
+    other shares already keep the cores busy. Where a piece's arithmetic depends on its size
+    (a merged GEMM), cutting by the work alone keeps the bits independent of the thread count."""
+    if len(jobs) > 1 and not getattr(_LOCAL, "side_by_side", False):
+        helpers = min(idle_cores(), len(jobs) - 1)
+        if helpers > 0:
+            _share(jobs, helpers)
+            return
+    for job in jobs:
+        job()
 
 
 _SCRATCH = threading.local()
