@@ -8,6 +8,10 @@ Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_ops_matmul.
   chip). Where the data does not fit beside the default 0.6 of temporaries, the
   ``availableMemoryProportion`` is lowered, then (fp16) half partials are tried, until it does
   (both reported); where nothing fits, the planner's own estimate is reported.
+* ``modeled_efficiency`` (``--efficiency`` prints only these): the plan's modeled % of the AMP peak
+  per shape, squares and skinny ones (N <= 64 with large M x K), plan only, so it is quick. The
+  figures are the model's, not hardware's: issue 10 asks for fidelity (within 10% of hardware),
+  not efficiency.
 * ``planning_ms``: one plan (both orientations considered) from a cold cache.
 * ``matmul_wall``: engine.run of a float32 2048^3 matmul on a GC200 against numpy's float32
   matmul of the same shapes, best of several interleaved runs.
@@ -36,6 +40,8 @@ from softipu.ops.planner import _plan_cached
 GC200 = sp.targets.GC200
 SQUARES = (256, 512, 1024, 2048, 4096, 8192)
 SKEWED = ((16, 4096, 4096), (4096, 16, 4096), (4096, 4096, 16))
+# Skinny products (N <= 64, large M x K), where hardware is furthest from the model (issue 10).
+SKINNY = ((4096, 4096, 16), (4096, 4096, 64), (8192, 4096, 32), (16384, 1024, 64), (2048, 2048, 8))
 
 
 def emit(**fields) -> None:
@@ -85,6 +91,18 @@ def planner_efficiency(dtype, m, k, n) -> None:
          available_memory_proportion=proportion, partials=options["partialsType"],
          fits=bool(report.fits),
          build_and_compile_s=round(seconds, 2))
+
+
+def modeled_efficiency() -> None:
+    """The plan's modeled efficiency per shape (what the cost model predicts for a GC200)."""
+    shapes = list(dict.fromkeys([(s, s, s) for s in SQUARES if s <= 4096] + list(SKEWED) + list(SKINNY)))
+    for dtype in (sp.float16, sp.float32):
+        for m, k, n in shapes:
+            p = plan_matmul(GC200, dtype, (m, k), (k, n))
+            emit(figure="modeled_efficiency", dtype=dtype.name, m=m, k=k, n=n,
+                 efficiency_pct=round(100 * p.efficiency, 1), cycles=p.cycles, amp=p.amp_cycles,
+                 exchange=p.exchange_cycles, reduce=p.reduce_cycles, sync=p.sync_cycles,
+                 splits=list(p.splits), k_serial=p.k_serial, fits=p.fits)
 
 
 def planning_ms(dtype, m, k, n) -> None:
@@ -200,6 +218,9 @@ def main() -> None:
     quick = "--quick" in sys.argv
     if "--bert" in sys.argv:
         bert_matmul()
+        return
+    modeled_efficiency()
+    if "--efficiency" in sys.argv:
         return
     matmul_wall()
     if "--wall" in sys.argv:
