@@ -104,3 +104,59 @@ def test_write_tensor_refuses_int64_values_beyond_int32():
     eng, x = _engine_with(sp.int32)
     with pytest.raises(EngineError, match=rf"tensor x of sp.int32.*{BIG}"):
         eng.write_tensor(x, np.array([1, BIG], np.int64))
+
+
+# -- poisoning memory nothing wrote ----------------------------------------------------------------------
+def _copy_of_unwritten(dtype, options):
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = g.add_variable(dtype, (4,), name="x")
+    y = g.add_variable(dtype, (4,), name="y")
+    k = g.add_constant(dtype, (2,), 1, name="k")
+    for t in (x, y, k):
+        sp.ops.map_linearly(g, t)
+    prog = sp.program.Sequence([sp.program.Copy(x, y)])
+    undef = sp.program.Sequence([sp.program.WriteUndef(y)])
+    eng = sp.Engine(g, [prog, undef], options=options)
+    return eng, x, y, k
+
+
+POISON = {"debug.poisonUnwritten": True}
+
+
+def test_poison_fills_unwritten_floats_with_nan_and_ints_with_a_pattern():
+    eng, _, y, k = _copy_of_unwritten(sp.float32, POISON)
+    eng.run(0)
+    assert np.isnan(eng.read_tensor(y)).all()
+    assert eng.read_tensor(k).tolist() == [1.0, 1.0]  # constants hold their values
+    eng, x, y, _ = _copy_of_unwritten(sp.int32, POISON)
+    eng.run(0)
+    assert eng.read_tensor(y).tolist() == [np.int32(np.uint32(0xDEADBEEF).view(np.int32))] * 4
+    eng, x, _, _ = _copy_of_unwritten(sp.uint16, POISON)
+    assert (eng.read_tensor(x) == 0xBEEF).all()
+    eng, x, _, _ = _copy_of_unwritten(sp.bool_, POISON)
+    assert eng.read_tensor(x).all()
+    eng, x, y, _ = _copy_of_unwritten(sp.float16, POISON)
+    eng.write_tensor(x, [1, 2, 3, 4])
+    eng.run(0)
+    assert eng.read_tensor(y).tolist() == [1, 2, 3, 4]  # written values are values
+    eng.run(1)  # WriteUndef: the values are undefined again
+    assert np.isnan(eng.read_tensor(y)).all()
+
+
+def test_without_poison_unwritten_memory_reads_zero():
+    eng, _, y, _ = _copy_of_unwritten(sp.float32, None)
+    eng.run(0)
+    assert eng.read_tensor(y).tolist() == [0.0] * 4
+
+
+def test_poison_option_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", '{"debug.poisonUnwritten": true}')
+    eng, _, y, _ = _copy_of_unwritten(sp.float32, None)
+    assert eng.options.poison_unwritten
+    assert not _copy_of_unwritten(sp.float32, {"debug.poisonUnwritten": False})[0].options.poison_unwritten
+    monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", '{"debug.poisonUnwriten": true}')
+    with pytest.raises(sp.OptionError, match="SOFTIPU_ENGINE_OPTIONS.*did you mean 'debug.poisonUnwritten'"):
+        _copy_of_unwritten(sp.float32, None)
+    monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", "{not json")
+    with pytest.raises(sp.OptionError, match="SOFTIPU_ENGINE_OPTIONS.*JSON"):
+        _copy_of_unwritten(sp.float32, None)

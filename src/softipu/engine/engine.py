@@ -15,7 +15,9 @@ True
 from __future__ import annotations
 
 import difflib
+import json
 import operator
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,35 +51,66 @@ class EngineOptions:
     * ``debug.allowOutOfMemory`` (bool): compile even when a tile overflows, to read the report.
     * ``estimate.whileIterations`` (int): turns an estimate-only engine assumes for each
       ``RepeatWhileTrue``/``RepeatWhileFalse`` (default 1).
+    * ``debug.poisonUnwritten`` (bool): memory nothing has written (and a ``WriteUndef``'s tensor)
+      holds NaN in floats, True in bools and 0xDEADBEEF's low bytes in integers instead of zeros,
+      so a program that reads values it never wrote shows it (real device memory is not zeroed).
+
+    Options given in the JSON object of the environment variable ``SOFTIPU_ENGINE_OPTIONS`` (as
+    Poplar's ``POPLAR_ENGINE_OPTIONS``) apply to every engine; those passed in ``options`` win.
     """
 
     reference: bool = False
     floating_point_exceptions: bool = False
     allow_out_of_memory: bool = False
     while_iterations: int = 1
+    poison_unwritten: bool = False
 
     KEYS: ClassVar[dict[str, str]] = {
         "engine.reference": "reference",
         "debug.floatingPointExceptions": "floating_point_exceptions",
         "debug.allowOutOfMemory": "allow_out_of_memory",
         "estimate.whileIterations": "while_iterations",
+        "debug.poisonUnwritten": "poison_unwritten",
     }
+    ENVIRONMENT: ClassVar[str] = "SOFTIPU_ENGINE_OPTIONS"
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> EngineOptions:
         values: dict[str, Any] = {}
+        for key, value in cls._from_environment().items():
+            values[cls._attr(key, f" (in ${cls.ENVIRONMENT})")] = value
         for key, value in (options or {}).items():
-            attr = cls.KEYS.get(key)
-            if attr is None:
-                near = difflib.get_close_matches(key, list(cls.KEYS), n=2)
-                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
-                raise OptionError(f"unknown engine option {key!r}{hint}; options are {sorted(cls.KEYS)}")
+            values[cls._attr(key, "")] = value
+        for attr, value in values.items():
             want = type(getattr(cls(), attr))
             if type(value) is not want or (want is int and value < 0):
                 kind = "non-negative int" if want is int else "bool"
+                key = next(k for k, a in cls.KEYS.items() if a == attr)
                 raise OptionError(f"engine option {key!r} takes a {kind}, got {value!r}")
-            values[attr] = value
         return cls(**values)
+
+    @classmethod
+    def _attr(cls, key: str, where: str) -> str:
+        attr = cls.KEYS.get(key)
+        if attr is None:
+            near = difflib.get_close_matches(key, list(cls.KEYS), n=2)
+            hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+            raise OptionError(f"unknown engine option {key!r}{where}{hint}; options are {sorted(cls.KEYS)}")
+        return attr
+
+    @classmethod
+    def _from_environment(cls) -> dict[str, Any]:
+        text = os.environ.get(cls.ENVIRONMENT, "").strip()
+        if not text:
+            return {}
+        try:
+            found = json.loads(text)
+        except json.JSONDecodeError as exc:
+            found = exc
+        if not isinstance(found, dict):
+            raise OptionError(f"${cls.ENVIRONMENT} must hold a JSON object such as "
+                              f'{{"debug.poisonUnwritten": true}}, got {text!r}')
+        return found
 
 
 class Engine:
@@ -115,7 +148,7 @@ class Engine:
         self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"
         if estimate_only:
             return
-        self.storage = Storage(self.executable)
+        self.storage = Storage(self.executable, poison=self.options.poison_unwritten)
         self.streams = HostStreams(self.executable.streams, graph.replication_factor)
         interpreter = ReferenceInterpreter if self.options.reference else FastInterpreter
         self._interpreter = interpreter(self.executable, self.storage, self.streams, self.log)

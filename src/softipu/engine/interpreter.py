@@ -104,7 +104,9 @@ class ProgramInterpreter:
         self.run(self.executable.functions[node.function.id])
 
     def run_write_undef(self, node: P.WriteUndef) -> None:
-        """Values stay as they are; liveness is the memory planner's business."""
+        """Values stay as they are (liveness is the memory planner's business), or become poison
+        under ``debug.poisonUnwritten``."""
+        self.storage.undefine(node.tensor)
 
     def run_sync(self, node: P.Sync) -> None:
         """Replicas and tiles already run in lockstep here; syncs only cost cycles."""

@@ -38,17 +38,33 @@ def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
                       "losing their kind; cast them first")
 
 
+def poison_value(dtype: DType) -> np.generic:
+    """What unwritten memory of ``dtype`` holds under ``debug.poisonUnwritten``: NaN for floats,
+    True for bools, the low bytes of 0xDEADBEEF(DEADBEEF) for integers (0xBEEF in 16 bits)."""
+    if dtype.is_float:
+        return dtype.numpy.type(np.nan)
+    if dtype.numpy.kind == "b":
+        return np.True_
+    return np.frombuffer((0xDEADBEEFDEADBEEF).to_bytes(8, "little")[: dtype.itemsize], dtype.numpy)[0]
+
+
 class Storage:
-    """The values of every variable of every replica."""
+    """The values of every variable of every replica.
 
-    __slots__ = ("buffers", "replicas")
+    Memory nothing wrote reads as zeros, or with ``poison=True`` as :func:`poison_value`, so a
+    program that reads what it never wrote shows it.
+    """
 
-    def __init__(self, executable: Executable) -> None:
+    __slots__ = ("buffers", "replicas", "poison")
+
+    def __init__(self, executable: Executable, *, poison: bool = False) -> None:
         r = executable.replication_factor
         self.replicas = r
-        # np.zeros is lazily committed by the OS: untouched memory costs nothing.
+        self.poison = poison
+        # np.zeros is lazily committed by the OS: untouched memory costs nothing (poison costs it all).
         self.buffers: dict[DType, np.ndarray] = {
-            d: np.zeros((r, n), dtype=d.numpy) for d, n in executable.space_sizes.items()
+            d: np.full((r, n), poison_value(d)) if poison else np.zeros((r, n), dtype=d.numpy)
+            for d, n in executable.space_sizes.items()
         }
         for var in executable.variables:
             if var.initial_value is not None:
@@ -85,6 +101,11 @@ class Storage:
             buf[:, t.index] = values
         else:
             buf[0, t.index] = values
+
+    def undefine(self, t: Tensor) -> None:
+        """A ``WriteUndef``: with poison, the tensor's elements read as poison again."""
+        if self.poison and t.numel:
+            self.scatter(t, poison_value(t.dtype), replica_axis=True)  # type: ignore[arg-type]
 
     # -- host access ---------------------------------------------------------------------------
     def read(self, t: Tensor) -> np.ndarray:
