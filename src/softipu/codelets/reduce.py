@@ -31,6 +31,7 @@ import enum
 import threading
 import weakref
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -44,12 +45,24 @@ from softipu.target import Target
 __all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
            "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet"]
 
-# [U] estimates (see the module docstring): fixed worker cycles of a reduce vertex, cycles per
-# output element written (a store plus loop control), and per partial row read in stage 2.
-REDUCE_FIXED_CYCLES = 30
-REDUCE_CYCLES_PER_OUTPUT = 8
-REDUCE_CYCLES_PER_ROW = 4
-GATHER_FIXED_CYCLES = 12  # a single-worker stage-2 vertex
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceEstimates:
+    """Every figure of this module's cycle estimates, all [U] (see the module docstring: poplibs'
+    popops reduction estimators are not among the sourced figures), in one place to change."""
+
+    fixed: int = 30  # [U] worker cycles of a reduce vertex (set-up, pointers, loop entry)
+    per_output: int = 8  # [U] per output that ends a segment: a horizontal add and a store
+    per_row: int = 4  # [U] per partial row a worker walks in ReduceColumns (pointer, loop)
+    gather_fixed: int = 12  # [U] a single-worker stage-2 vertex
+    gather_per_vector: int = 2  # [U] ReduceGather: a load and an op per vector of partials
+    arg_gather_per_value: int = 3  # [U] ArgGather: compare, select value and index per value
+    int_cycles_per_element: int = 2  # [U] integer reductions have no vector op: 2 per element
+    arg_passes: int = 2  # [U] ArgSegments walks its segment twice (extreme, then its index)
+
+
+ESTIMATES = ReduceEstimates()
 _CACHE_LIMIT = 4096  # entries of the per-run layout caches below, before they start over
 
 
@@ -126,18 +139,18 @@ def _prepare(op: ReduceOp, partial: DType) -> Callable[[np.ndarray], np.ndarray]
 def _vector_cycles(dtype: DType, elements, outputs, target: Target, vector_outputs: bool = False):
     """[U] A MultiVertex streaming ``elements`` through its workers' vector loop.
 
-    Outputs cost REDUCE_CYCLES_PER_OUTPUT each when every output ends a segment (a horizontal
+    Outputs cost ESTIMATES.per_output each when every output ends a segment (a horizontal
     add and a store), or one cycle per vector when whole rows accumulate column-wise.
     """
     workers = target.workers_per_tile
     width = target.vector_width(dtype.itemsize) if dtype.is_float else 1
     per_worker = _ceil_div(elements, workers)
-    loop = _ceil_div(per_worker, width) * (1 if dtype.is_float else 2)
+    loop = _ceil_div(per_worker, width) * (1 if dtype.is_float else ESTIMATES.int_cycles_per_element)
     if vector_outputs:
         store = _ceil_div(_ceil_div(outputs, width), workers)
     else:
-        store = _ceil_div(outputs, workers) * REDUCE_CYCLES_PER_OUTPUT
-    return workers * (REDUCE_FIXED_CYCLES + loop + store) + target.supervisor_overhead_cycles
+        store = _ceil_div(outputs, workers) * ESTIMATES.per_output
+    return workers * (ESTIMATES.fixed + loop + store) + target.supervisor_overhead_cycles
 
 
 def _finish(res: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
@@ -348,7 +361,8 @@ def gather_codelet(op: ReduceOp, partial: DType, out_dtype: DType) -> type[Verte
         @staticmethod
         def cycles(parts, out, scale, target):
             width = target.vector_width(partial.itemsize) if partial.is_float else 1
-            return GATHER_FIXED_CYCLES + _ceil_div(parts, width) * 2 + REDUCE_CYCLES_PER_OUTPUT
+            return (ESTIMATES.gather_fixed + _ceil_div(parts, width) * ESTIMATES.gather_per_vector
+                    + ESTIMATES.per_output)
 
         @staticmethod
         def flops(parts, out, scale):
@@ -390,9 +404,10 @@ def columns_codelet(op: ReduceOp, parts_dtype: DType, out_dtype: DType, raw: boo
             workers = target.workers_per_tile
             width = target.vector_width(parts_dtype.itemsize) if partial.is_float else 1
             rows = len(parts)
-            vectors = rows * _ceil_div(out, width) * (1 if partial.is_float else 2)
-            return workers * (REDUCE_FIXED_CYCLES + _ceil_div(vectors, workers)
-                              + _ceil_div(rows, workers) * REDUCE_CYCLES_PER_ROW) \
+            per_vector = 1 if partial.is_float else ESTIMATES.int_cycles_per_element
+            vectors = rows * _ceil_div(out, width) * per_vector
+            return workers * (ESTIMATES.fixed + _ceil_div(vectors, workers)
+                              + _ceil_div(rows, workers) * ESTIMATES.per_row) \
                 + target.supervisor_overhead_cycles
 
         @staticmethod
@@ -525,7 +540,7 @@ def arg_segments_codelet(largest: bool, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, values, index, first, period, base, target):
-            return 2 * _vector_cycles(dtype, x, values, target)
+            return ESTIMATES.arg_passes * _vector_cycles(dtype, x, values, target)
 
     kind = "Max" if largest else "Min"
     ArgSegments.__name__ = ArgSegments.__qualname__ = f"Arg{kind}Segments<{dtype.name}>"
@@ -549,7 +564,7 @@ def arg_gather_codelet(largest: bool, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(values, index, out, target):
-            return GATHER_FIXED_CYCLES + 3 * values + REDUCE_CYCLES_PER_OUTPUT
+            return ESTIMATES.gather_fixed + ESTIMATES.arg_gather_per_value * values + ESTIMATES.per_output
 
     kind = "Max" if largest else "Min"
     ArgGather.__name__ = ArgGather.__qualname__ = f"Arg{kind}Gather<{dtype.name}>"
