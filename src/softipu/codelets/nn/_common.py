@@ -4,6 +4,7 @@ cast-scale codelets that finish statistics and parameter gradients."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -13,12 +14,38 @@ from softipu.errors import CodeletError
 from softipu.graph.vertex import Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
 
-__all__ = ["ReduceAddColumns", "cast_scale_codelet"]
+__all__ = ["ReduceAddColumns", "cast_scale_codelet", "NnEstimates", "NN"]
 
-VERTEX_CYCLES = 30  # [U] vertex entry, field pointer loads, return
-ROW_CYCLES = 20  # [U] per-row loop set-up and the row's scalar work
-C_MAX, C_ADD, C_ACC, C_EXP, C_LOG, C_TANH, C_SIGMOID = 3, 3, 1, 10, 16, 16, 14  # see the package docstring
-C_DIVIDE, C_RSQRT = 10, 8
+
+
+@dataclass(frozen=True, slots=True)
+class NnEstimates:
+    """Every figure of the nn codelets' cycle estimates, with its tag (the table in the package
+    docstring explains each). fp32 cycles per vector per worker unless named otherwise."""
+
+    vertex: int = 30  # [U] vertex entry, field pointer loads, return
+    row: int = 20  # [U] per-row loop set-up and the row's scalar work
+    max: int = 3  # [V] popops MAX float {3, 2}
+    add: int = 3  # [V] popops ADD {1, natural} + 2 load/store
+    acc: int = 1  # [U] loads pipelined into an add, no store
+    exp: int = 10  # [V] popops EXP float {6, 2} + 4
+    log: int = 16  # [V] popops LOG float {12, 2} + 4
+    tanh: int = 16  # [V] popops TANH float {12, 2} + 4
+    sigmoid: int = 14  # [V] popops SIGMOID float {10, 2} + 4
+    relu: int = 6  # [V] popops RELU {2, vw} + 4
+    divide: int = 10  # [V] per row: popops DIVIDE float {10, 2}, one reciprocal
+    rsqrt: int = 8  # [V] per row: popops RSQRT float {8, 2}
+    multi_fixed: int = 17  # [V] popops UnaryOp1D fixed worker cycles (non-EXP)
+    multi_supervisor: int = 20  # [V] popops UnaryOp1D supervisor cycles
+    per_label: int = 1  # [U] a compare-add per label (loss counts)
+
+
+NN = NnEstimates()
+# The public names of the former single module, read from the one table.
+VERTEX_CYCLES, ROW_CYCLES = NN.vertex, NN.row
+C_MAX, C_ADD, C_ACC, C_EXP = NN.max, NN.add, NN.acc, NN.exp
+C_LOG, C_TANH, C_SIGMOID = NN.log, NN.tanh, NN.sigmoid
+C_DIVIDE, C_RSQRT, C_RELU = NN.divide, NN.rsqrt, NN.relu
 
 
 def _ceil_div(a, b):
@@ -38,7 +65,7 @@ def _io(n, dtype: DType, target: Target):
 def _multi(n, per_vector: int, fixed: int, target: Target):
     """popops' MultiVertex shape: ``W x (fixed + ceil(ceil(n / W) / vw) x c) + 20`` [V] (§5)."""
     workers = target.workers_per_tile
-    return workers * (fixed + _vectors(_ceil_div(n, workers), target) * per_vector) + 20
+    return workers * (fixed + _vectors(_ceil_div(n, workers), target) * per_vector) + NN.multi_supervisor
 
 
 def _param(p: np.ndarray):
@@ -84,7 +111,7 @@ class ReduceAddColumns(MultiVertex):
 
     @staticmethod
     def cycles(partial, out, target):
-        return _multi(partial, C_ACC, 17, target) + _multi(out, C_ADD, 0, target)
+        return _multi(partial, C_ACC, NN.multi_fixed, target) + _multi(out, C_ADD, 0, target)
 
     @staticmethod
     def flops(partial, out, target):
@@ -107,7 +134,7 @@ def cast_scale_codelet(src: DType, dst: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, out, scale, target):
-            return _multi(out, C_ADD, 17, target) + _io(out, src, target) + _io(out, dst, target)
+            return _multi(out, C_ADD, NN.multi_fixed, target) + _io(out, src, target) + _io(out, dst, target)
 
         @staticmethod
         def flops(x, out, scale, target):

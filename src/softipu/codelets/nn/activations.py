@@ -12,8 +12,10 @@ import numpy as np
 from softipu.codelets.nn._common import (
     C_ADD,
     C_EXP,
+    C_RELU,
     C_SIGMOID,
     C_TANH,
+    NN,
     _f32,
     _io,
     _multi,
@@ -96,7 +98,7 @@ class NonLinearity(enum.Enum):
     *output* (True) or *input* (False), fp32 cycles per vector [U] = the popops unary cost of
     its transcendental + 3 per extra multiply-add)."""
 
-    RELU = (lambda x: np.maximum(x, 0), lambda y, g: np.where(y > 0, g, 0), True, 2 + 4)
+    RELU = (lambda x: np.maximum(x, 0), lambda y, g: np.where(y > 0, g, 0), True, C_RELU)
     SIGMOID = (_sigmoid, lambda y, g: g * y * (1 - y), True, C_SIGMOID)
     TANH = (np.tanh, lambda y, g: g * (1 - y * y), True, C_TANH)
     GELU = (_gelu_tanh, _gelu_tanh_grad, False, C_TANH + 4 * C_ADD)  # tanh approximation
@@ -132,7 +134,7 @@ def non_linearity_codelet(kind: NonLinearity, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, out, target):
-            return _multi(out, kind.cycles_per_vector, 17, target) + 2 * _io(out, dtype, target)
+            return _multi(out, kind.cycles_per_vector, NN.multi_fixed, target) + 2 * _io(out, dtype, target)
 
         @staticmethod
         def flops(x, out, target):
@@ -157,7 +159,8 @@ def non_linearity_grad_codelet(kind: NonLinearity, dtype: DType) -> type[Vertex]
 
         @staticmethod
         def cycles(act, grad, out, target):
-            return _multi(out, kind.cycles_per_vector + C_ADD, 17, target) + 3 * _io(out, dtype, target)
+            per_vector = kind.cycles_per_vector + C_ADD
+            return _multi(out, per_vector, NN.multi_fixed, target) + 3 * _io(out, dtype, target)
 
         @staticmethod
         def flops(act, grad, out, target):

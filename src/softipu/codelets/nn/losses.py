@@ -13,6 +13,7 @@ from softipu.codelets.nn._common import (
     C_EXP,
     C_LOG,
     C_MAX,
+    NN,
     VERTEX_CYCLES,
     _ceil_div,
     _f32,
@@ -168,7 +169,7 @@ class ValidCount(MultiVertex):
     @staticmethod
     def cycles(labels, count, ignore_index, target):
         workers = target.workers_per_tile
-        return workers * (17 + _ceil_div(labels, workers)) + 20  # [U] 1 compare-add per label
+        return workers * (NN.multi_fixed + NN.per_label * _ceil_div(labels, workers)) + NN.multi_supervisor
 
 
 @cache
@@ -190,7 +191,7 @@ def mse_codelet(dtype: DType, reduce: bool) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, t, out, target):
-            return _multi(x, 2 * C_ADD, 17, target) + 2 * _io(x, dtype, target)
+            return _multi(x, 2 * C_ADD, NN.multi_fixed, target) + 2 * _io(x, dtype, target)
 
         @staticmethod
         def flops(x, t, out, target):
@@ -217,7 +218,7 @@ def mse_grad_codelet(dtype: DType, per_element: bool) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, t, g, dx, scale, target):
-            return _multi(x, 2 * C_ADD, 17, target) + 3 * _io(x, dtype, target)
+            return _multi(x, 2 * C_ADD, NN.multi_fixed, target) + 3 * _io(x, dtype, target)
 
         @staticmethod
         def flops(x, t, g, dx, scale, target):
