@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import math
 import operator
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
@@ -51,7 +52,7 @@ class Variable:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def end(self) -> int:
@@ -129,6 +130,7 @@ class Graph:
         self.streams: dict[str, DataStream] = {}
         self.functions: list[Function] = []
         self._names: set[str] = set()
+        self._next_suffix: dict[str, int] = {}  # per base name, the first ".k" not yet tried
 
     @property
     def num_tiles(self) -> int:
@@ -181,9 +183,14 @@ class Graph:
         return Tensor(self, dtype, shape_t, var.start, _row_major_strides(shape_t))
 
     def _unique_name(self, name: str) -> str:
-        unique, k = name, 1
-        while unique in self._names:
-            unique, k = f"{name}.{k}", k + 1
+        """``name``, or ``name.k`` with the first free k: remembered per base name, so n
+        variables of one default name cost O(n) in all, not O(n^2)."""
+        unique = name
+        if unique in self._names:
+            k = self._next_suffix.get(name, 1)
+            while f"{name}.{k}" in self._names:
+                k += 1
+            unique, self._next_suffix[name] = f"{name}.{k}", k + 1
         self._names.add(unique)
         return unique
 
@@ -191,15 +198,14 @@ class Graph:
         """The variable holding the tensor's first element (None for empty tensors)."""
         if tensor.numel == 0:
             return None
-        first = tensor.offset if tensor.index is None else int(tensor.index.flat[0])
-        return self.spaces[tensor.dtype].variable_at(first)
+        return self.spaces[tensor.dtype].variable_at(tensor.first_address())
 
     def describe(self, tensor: Tensor) -> str:
         """A name for messages: the variable's name, or 'name[view shape]'."""
         var = self.variable_of(tensor)
         if var is None:
             return "<empty tensor>"
-        if tensor.index is None and tensor.offset == var.start and tensor.shape == var.shape \
+        if tensor.is_strided and tensor.offset == var.start and tensor.shape == var.shape \
                 and tensor.is_contiguous():
             return var.name
         return f"{var.name}[view {tensor.shape}]"

@@ -8,13 +8,17 @@ element addresses. A tensor is either
   zero-copy numpy views; or
 * **indexed**: an explicit int64 array of addresses with the tensor's shape — the general form
   that concatenation of unrelated pieces and fancy indexing produce; the engine gathers and
-  scatters through it.
+  scatters through it. An indexed tensor may be described by structure instead (:class:`Slabs`:
+  strided pieces joined along an axis, e.g. a matmul operand in column slabs); its ``index`` array
+  is then built only when something asks for it, so pricing a program never holds one int64
+  per element of such a layout.
 
 Both forms describe the same thing, so every operation works on both.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from softipu.errors import TensorError
 if TYPE_CHECKING:
     from softipu.graph.graph import Graph
 
-__all__ = ["Tensor", "concat"]
+__all__ = ["Tensor", "Slabs", "concat"]
 
 Shape = tuple[int, ...]
 
@@ -50,9 +54,13 @@ class Tensor:
     offset: int = 0
     strides: Shape = ()
     index: np.ndarray | None = None  # int64 addresses with `shape`; None for strided views
+    slabs: Slabs | None = None  # the structure an indexed tensor's addresses are built from, lazily
 
     def __post_init__(self) -> None:
-        if self.index is None and len(self.strides) != len(self.shape):
+        if self.slabs is not None:
+            if self.slabs.shape != self.shape:
+                raise TensorError(f"slab layout {self.slabs.shape} does not match shape {self.shape}")
+        elif self.index is None and len(self.strides) != len(self.shape):
             raise TensorError(f"strides {self.strides} do not match shape {self.shape}")
 
     # -- basic facts -------------------------------------------------------------------------
@@ -76,7 +84,13 @@ class Tensor:
 
     @property
     def is_strided(self) -> bool:
-        return self.index is None
+        return self.slabs is None and _INDEX_SLOT.__get__(self, Tensor) is None
+
+    def first_address(self) -> int:
+        """The address of element 0 (the tensor must not be empty), without building an index."""
+        if self.slabs is not None:
+            return self.slabs.first_address()
+        return self.offset if self.index is None else int(self.index.flat[0])
 
     @property
     def name(self) -> str:
@@ -175,7 +189,7 @@ class Tensor:
 
     def is_contiguous(self) -> bool:
         """True when the elements are one ascending run of addresses in row-major order."""
-        if self.index is not None:
+        if not self.is_strided:
             return False
         expected = 1
         for size, stride in zip(reversed(self.shape), reversed(self.strides), strict=True):
@@ -251,6 +265,10 @@ class Tensor:
         new_shape = _resolve_shape(_flat_args(shape), self.numel, self)
         if new_shape == self.shape:
             return self
+        if self.slabs is not None:
+            slabs = self.slabs.reshape(new_shape)
+            if slabs is not None:
+                return Tensor(self.graph, self.dtype, new_shape, 0, (), None, slabs)
         if self.index is None:
             strides = _nocopy_reshape_strides(self.shape, self.strides, new_shape)
             if strides is not None:
@@ -265,6 +283,9 @@ class Tensor:
         perm = tuple(_normalize_axis(a, self.ndim, self) for a in perm)
         if sorted(perm) != list(range(self.ndim)):
             raise TensorError(f"{perm} is not a permutation of the axes of {self.name} {self.shape}")
+        if self.slabs is not None:
+            slabs = self.slabs.transpose(perm)
+            return Tensor(self.graph, self.dtype, slabs.shape, 0, (), None, slabs)
         if self.index is not None:
             return self._indexed(self.index.transpose(perm))
         return self._strided(
@@ -328,6 +349,91 @@ class Tensor:
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
     unsqueeze = expand_dims
+
+
+# The slot holding a tensor's index array; ``Tensor.index`` reads it through a property that builds
+# the array from ``slabs`` on first use (and keeps it: the tensor owns it).
+_INDEX_SLOT = Tensor.index
+
+
+def _get_index(self: Tensor) -> np.ndarray | None:
+    index = _INDEX_SLOT.__get__(self, Tensor)
+    if index is None and self.slabs is not None:
+        index = self.slabs.addresses()
+        index.flags.writeable = False
+        _INDEX_SLOT.__set__(self, index)
+    return index
+
+
+Tensor.index = property(_get_index, _INDEX_SLOT.__set__,  # type: ignore[assignment,misc]
+                        doc="int64 addresses with the tensor's shape; None for strided views")
+
+
+@dataclass(frozen=True, slots=True)
+class Slabs:
+    """Addresses described by structure: strided pieces joined along one axis, then permuted.
+
+    Piece ``(offset, shape, strides, mid)`` is the strided block ``shape``/``strides`` from
+    ``offset``, read in row-major order and reshaped to ``mid``; the pieces' ``mid`` blocks are
+    concatenated along ``axis`` and the result's axes permuted by ``perm``. A matrix stored in
+    column slabs is one piece of shape ``(G, R, slabs, w)`` (reshaped to ``(G, R, slabs * w)``)
+    and perhaps a narrower last slab. Cost: a few ints per piece, whatever the element count.
+
+    >>> s = Slabs(((0, (2, 2, 2), (2, 4, 1), (2, 4)),), axis=1, perm=(0, 1))
+    >>> s.addresses().tolist()
+    [[0, 1, 4, 5], [2, 3, 6, 7]]
+    >>> s.transpose((1, 0)).reshape((1, 4, 2)).addresses()[0, :, 0].tolist()
+    [0, 1, 4, 5]
+    """
+
+    pieces: tuple[tuple[int, Shape, Shape, Shape], ...]
+    axis: int
+    perm: Shape
+
+    @property
+    def mid(self) -> Shape:
+        first = self.pieces[0][3]
+        size = sum(p[3][self.axis] for p in self.pieces)
+        return first[: self.axis] + (size,) + first[self.axis + 1 :]
+
+    @property
+    def shape(self) -> Shape:
+        mid = self.mid
+        return tuple(mid[a] for a in self.perm)
+
+    def addresses(self) -> np.ndarray:
+        parts = [_strided_addresses(o, sh, st).reshape(mid) for o, sh, st, mid in self.pieces]
+        whole = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=self.axis)
+        return whole.transpose(self.perm)
+
+    def first_address(self) -> int:
+        return next(p[0] for p in self.pieces if math.prod(p[1]))
+
+    def transpose(self, perm: Shape) -> Slabs:
+        return Slabs(self.pieces, self.axis, tuple(self.perm[a] for a in perm))
+
+    def reshape(self, new_shape: Shape) -> Slabs | None:
+        """The same addresses with size-1 axes added or removed; None for any other reshape."""
+        shape, mid = self.shape, self.mid
+        if [d for d in shape if d != 1] != [d for d in new_shape if d != 1] or mid[self.axis] == 1:
+            return None
+        keep = [a for a in range(len(mid)) if mid[a] != 1]
+        pos = {a: i for i, a in enumerate(keep)}
+        ones = sum(1 for d in new_shape if d == 1)
+        pieces = tuple((o, sh, st, tuple(m[a] for a in keep) + (1,) * ones) for o, sh, st, m in self.pieces)
+        taken = iter([pos[self.perm[i]] for i, d in enumerate(shape) if d != 1])
+        added = iter(range(len(keep), len(keep) + ones))
+        perm = tuple(next(added) if d == 1 else next(taken) for d in new_shape)
+        return Slabs(pieces, pos[self.axis], perm)
+
+
+def _strided_addresses(offset: int, shape: Shape, strides: Shape) -> np.ndarray:
+    out = np.full(shape, offset, dtype=np.int64)
+    for axis, (size, stride) in enumerate(zip(shape, strides, strict=True)):
+        if size > 1 and stride != 0:
+            ramp = np.arange(size, dtype=np.int64) * stride
+            out += ramp.reshape((size,) + (1,) * (len(shape) - axis - 1))
+    return out
 
 
 def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:

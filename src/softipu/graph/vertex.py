@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -156,8 +157,20 @@ class Vertex:
 
 
 def takes_target(fn: Callable[..., object]) -> bool:
-    """Whether a cycles/flops estimator wants the target passed in."""
-    return "target" in inspect.signature(fn).parameters
+    """Whether a cycles/flops estimator wants the target passed in (its signature is read once:
+    the answer is kept beside the function object, and goes when the function does)."""
+    try:
+        return _TAKES_TARGET[fn]
+    except (KeyError, TypeError):
+        found = "target" in inspect.signature(fn).parameters
+        try:
+            _TAKES_TARGET[fn] = found
+        except TypeError:  # not weak-referenceable (a builtin): just don't keep it
+            pass
+        return found
+
+
+_TAKES_TARGET: weakref.WeakKeyDictionary[Callable[..., object], bool] = weakref.WeakKeyDictionary()
 
 
 def _check_signature(cls: type[Vertex], method: str, *, required: bool) -> None:

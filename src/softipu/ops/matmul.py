@@ -18,7 +18,6 @@ column blocks, each stored row-major), and the cost model prices that copy's exc
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ from softipu.debug import at, caller_location
 from softipu.dtypes import DType, as_dtype, float16, float32
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet, Graph
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Slabs, Tensor
 from softipu.ops.common import OpContext, OpError, broadcast_shapes, parse_options
 from softipu.ops.mapping import map_linearly
 from softipu.ops.planner import MatMulProblem, Plan, plan, plan_report
@@ -366,7 +365,7 @@ def _contiguous_blocks(x: Tensor, rows: _Grid, cols: _Grid):
         return None
     known = _known_blocks(x, rows, cols)
     if known is not None:
-        return known, False
+        return known, _known_transposed(x)
     if x.is_strided:
         sg, sr, sc = x.strides
         for transposed in (False, True):
@@ -394,36 +393,41 @@ def _strided_blocks_ok(strides: tuple[int, ...], rows: _Grid, cols: _Grid, trans
     return len(cols) == 1 and sr == int(cols.sizes[0])
 
 
-# Operands made by create_matmul_input_*: their index arrays (by address, shape and strides) and
-# block starts for the grid they were made for, so the matmul they were made for takes their
-# blocks without checking every address again (a BERT-Large weight has 4 M of them).
-_MADE: weakref.WeakKeyDictionary[Graph, dict[int, tuple]] = weakref.WeakKeyDictionary()
-
-
-def _remember_blocks(view: Tensor, rows: _Grid, cols: _Grid, starts: np.ndarray) -> None:
-    if view.index is not None:
-        made = _MADE.setdefault(view.graph, {})
-        made[view.index.ctypes.data] = (view.index, rows, cols, starts)
-
-
 def _known_blocks(x: Tensor, rows: _Grid, cols: _Grid) -> np.ndarray | None:
-    """The block starts of an operand create_matmul_input_* made for this grid, else None."""
-    if x.index is None:
+    """Block starts of a matrix stored in column slabs (create_matmul_input_*, see
+    :func:`_slab_view`), read from its structure alone when its slabs are ``cols`` (or, for a
+    transposed view, ``rows``); None when ``x`` is not such a matrix or its slabs differ."""
+    slabs = x.slabs
+    if slabs is None or x.ndim != 3:
         return None
-    entry = _MADE.get(x.graph, {}).get(x.index.ctypes.data)
-    if entry is None:
+    mid = slabs.mid
+    transposed = slabs.perm[1] == slabs.axis
+    if slabs.perm[2 if not transposed else 1] != slabs.axis:
         return None
-    index, made_rows, made_cols, starts = entry
-    same = (index.shape == x.index.shape and _strides(index) == _strides(x.index)
-            and all(np.array_equal(a, b) for a, b in ((made_rows.starts, rows.starts),
-                    (made_rows.sizes, rows.sizes), (made_cols.starts, cols.starts),
-                    (made_cols.sizes, cols.sizes))))
-    return starts if same else None
+    s_rows, s_cols = (cols, rows) if transposed else (rows, cols)
+    offsets, widths, group_strides = [], [], set()
+    for offset, shape, strides, _ in slabs.pieces:
+        if len(shape) == 4 and strides[1:] == (shape[3], shape[1] * shape[3], 1):
+            n, w = shape[2], shape[3]
+        elif len(shape) == 3 and strides[1:] == (shape[2], 1):
+            n, w = 1, shape[2]
+        else:
+            return None
+        if shape[0] != x.shape[0] or shape[1] != int(s_rows.sizes.sum()):
+            return None
+        group_strides.add(strides[0] if shape[0] > 1 else 0)
+        offsets.extend(offset + k * shape[1] * w for k in range(n))
+        widths.extend([w] * n)
+    if len(group_strides) != 1 or mid[slabs.axis] != sum(widths) or not np.array_equal(widths, s_cols.sizes):
+        return None
+    sg = group_strides.pop()
+    starts = (np.asarray(offsets, np.int64)[None, None, :] + np.arange(x.shape[0])[:, None, None] * sg
+              + s_rows.starts[None, :, None] * np.asarray(widths, np.int64)[None, None, :])
+    return starts.transpose(0, 2, 1) if transposed else starts
 
 
-def _strides(a: np.ndarray) -> tuple[int, ...]:
-    """Strides that matter: numpy keeps any stride on a length-1 axis."""
-    return tuple(st for st, n in zip(a.strides, a.shape, strict=True) if n > 1)
+def _known_transposed(x: Tensor) -> bool:
+    return x.slabs is not None and x.slabs.perm[1] == x.slabs.axis
 
 
 def _indexed_blocks_ok(addr: np.ndarray, rows: _Grid, cols: _Grid, transposed: bool) -> bool:
@@ -724,7 +728,6 @@ def _create_input(graph: Graph, dtype: Any, shape_a: Sequence[int], shape_b: Seq
     group_of = _group_map(own, spec.batch)
     var, starts = _slab_variable(fake, pl, dtype, groups, rows, cols, role, group_of, name=name or op)
     view = _slab_view(var, groups, rows, cols)
-    _remember_blocks(view, rows, cols, starts)
     if swapped:
         view = view.transpose(0, 2, 1)
     assert view.shape[1:] == rows_cols, (view.shape, rows_cols)
@@ -735,20 +738,19 @@ def _slab_view(var: Tensor, groups: int, rows: _Grid, cols: _Grid) -> Tensor:
     """The ``(groups, R, C)`` matrix a column-slab variable holds (strided when one slab).
 
     Every slab but the last is ``w`` columns wide (:meth:`_Grid.of`), so the full ones are one
-    ``(slabs, R, w)`` block transposed into place, written once.
+    ``(groups, R, slabs, w)`` strided block read as ``(groups, R, slabs * w)``, and the last one
+    another: a :class:`~softipu.graph.tensor.Slabs` layout, a few ints however large the matrix.
     """
     r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
     if len(cols) == 1:
         return var.reshape(groups, r_total, c_total)
     w = int(cols.sizes[0])
     full = int(np.count_nonzero(cols.sizes == w))
-    index = np.empty((groups, r_total, c_total), np.int64)
-    base = var.offset + np.arange(groups, dtype=np.int64)[:, None, None, None] * (r_total * c_total)
-    head = np.arange(full * r_total * w, dtype=np.int64).reshape(1, full, r_total, w).transpose(0, 2, 1, 3)
-    np.add(base, head, out=index[:, :, :full * w].reshape(groups, r_total, full, w))
+    pieces = [(var.offset, (groups, r_total, full, w), (r_total * c_total, w, r_total * w, 1),
+               (groups, r_total, full * w))]
     if full < len(cols):
         last = c_total - full * w
-        tail = full * r_total * w + np.arange(r_total * last, dtype=np.int64).reshape(1, r_total, last)
-        np.add(base[..., 0], tail, out=index[:, :, full * w:])
-    index.flags.writeable = False
-    return Tensor(var.graph, var.dtype, (groups, r_total, c_total), 0, (), index)
+        pieces.append((var.offset + full * r_total * w, (groups, r_total, last), (r_total * c_total, last, 1),
+                       (groups, r_total, last)))
+    slabs = Slabs(tuple(pieces), axis=2, perm=(0, 1, 2))
+    return Tensor(var.graph, var.dtype, (groups, r_total, c_total), 0, (), None, slabs)
