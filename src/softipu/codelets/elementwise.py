@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from softipu.codelets._common import ceil_div as _ceil_div
 from softipu.dtypes import ALL_DTYPES, DType, as_dtype, bool_, float16, float32, int32, int64
 from softipu.errors import DTypeError
 from softipu.graph.vertex import InOut, Input, MultiVertex, Output, Param, Vertex
@@ -48,10 +49,6 @@ __all__ = [
     "unary_op_codelet", "binary_op_inplace_codelet", "unary_op_inplace_codelet", "map_codelet",
     "cast_codelet", "binary_op_cycles", "unary_op_cycles", "map_cycles", "cast_cycles",
 ]
-
-
-def _ceil_div(a, b):  # works on ints and int arrays
-    return -(-a // b)
 
 
 @dataclass(frozen=True, slots=True)

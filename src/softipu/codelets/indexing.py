@@ -16,6 +16,7 @@ from functools import cache
 
 import numpy as np
 
+from softipu.codelets._common import ceil_div as _ceil_div
 from softipu.dtypes import DType, float32, int32, int64
 from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
@@ -30,10 +31,6 @@ MULTISLICE_OUT_OF_RANGE_CYCLES = 8  # [V]
 FIXED_CYCLES = 20  # [U] a MultiVertex's per-worker set-up
 SORT_CYCLES_PER_COMPARE = 3  # [U] compare, select and store per element per pass
 SCAN_CYCLES_PER_ELEMENT = 2  # [U] add and store, one element at a time (a dependent chain)
-
-
-def _ceil_div(a, b):
-    return -(-a // b)
 
 
 def _stream_cycles(dtype: DType, n, target: Target, per_vector: int = 1):

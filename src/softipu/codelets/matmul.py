@@ -47,6 +47,7 @@ from functools import cache
 
 import numpy as np
 
+from softipu.codelets._common import ceil_div as _ceil_div
 from softipu.codelets.gemm import as_float32 as _as_float32
 from softipu.codelets.gemm import gemm
 from softipu.codelets.host import on_idle_cores, scratch
@@ -116,10 +117,6 @@ class ReduceEstimates:
 
 AMP = AmpEstimates()
 REDUCE = ReduceEstimates()
-
-
-def _ceil_div(a, b):
-    return -(-a // b)
 
 
 def _macs_per_cycle(dtype: DType, target: Target) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from softipu.codelets._common import ceil_div as _ceil_div
 from softipu.codelets.host import scratch
 from softipu.dtypes import DType, bool_, float16, float32, int32, int64
 from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
@@ -44,7 +45,6 @@ from softipu.target import Target
 
 __all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
            "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet"]
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +122,6 @@ def identity_of(op: ReduceOp, dtype: DType):
         return np_type.type(-np.inf if lowest else np.inf)
     info = np.iinfo(np_type)
     return np_type.type(info.min if lowest else info.max)
-
-
-def _ceil_div(a, b):
-    return -(-a // b)
 
 
 def _prepare(op: ReduceOp, partial: DType) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,13 +9,13 @@ from functools import cache
 
 import numpy as np
 
+from softipu.codelets._common import ceil_div as _ceil_div
 from softipu.dtypes import DType, float32
 from softipu.errors import CodeletError
 from softipu.graph.vertex import Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
 
 __all__ = ["ReduceAddColumns", "cast_scale_codelet", "NnEstimates", "NN"]
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +46,6 @@ VERTEX_CYCLES, ROW_CYCLES = NN.vertex, NN.row
 C_MAX, C_ADD, C_ACC, C_EXP = NN.max, NN.add, NN.acc, NN.exp
 C_LOG, C_TANH, C_SIGMOID = NN.log, NN.tanh, NN.sigmoid
 C_DIVIDE, C_RSQRT, C_RELU = NN.divide, NN.rsqrt, NN.relu
-
-
-def _ceil_div(a, b):
-    return -(-a // b)
 
 
 def _vectors(n, target: Target):
