@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import softipu.poptorch as poptorch
-from softipu.frontends.torch.optim import Kind, optimizer_spec
+from softipu.frontends.torch.optim import Kind, OptimizerError, optimizer_spec
 
 SHAPES = {"fc.weight": (5, 4), "fc.bias": (5,), "emb": (3, 2, 2)}
 STEPS = 5
@@ -258,6 +258,182 @@ def test_lamb_host_step_is_the_same_rule():
         want = _lamb_reference(_params()[n].detach().numpy(), [g[n].numpy() for g in grads], lr=0.01, beta1=0.9,
                                beta2=0.999, eps=1e-8, wd=1e-2, bias_correction=True, max_weight_norm=1.0)
         np.testing.assert_allclose(named[n].detach().numpy(), want, rtol=2e-6, atol=1e-7)
+
+
+
+# ---------------------------------------------------------------------- constants and variables
+def _variables(spec) -> list[set[str]]:
+    return [set(g.variables) for g in spec.groups]
+
+
+def test_poptorch_attributes_passed_explicitly_are_variables():
+    named = _params()
+    spec = optimizer_spec(poptorch.optim.SGD(named.values(), lr=0.1, momentum=0.9, loss_scaling=4.0), named)
+    assert _variables(spec) == [{"lr", "momentum"}] and spec.loss_scaling_variable
+    assert sorted(h.name for h in spec.hyper) == ["group0.lr", "group0.momentum", "loss_scaling"]
+    spec = optimizer_spec(poptorch.optim.Adam(named.values()), named)  # nothing passed: only lr varies
+    assert _variables(spec) == [{"lr"}] and not spec.loss_scaling_variable
+    spec = optimizer_spec(poptorch.optim.AdamW(named.values(), betas=(0.8, 0.9), weight_decay=0.0), named)
+    assert _variables(spec) == [{"lr", "betas", "weight_decay"}]
+    assert {"group0.beta1", "group0.one_minus_beta2", "group0.log_beta1"} <= {h.name for h in spec.hyper}
+    spec = optimizer_spec(poptorch.optim.LAMB(named.values(), max_weight_norm=3.0, eps=1e-6), named)
+    assert _variables(spec) == [{"lr", "max_weight_norm", "eps"}]
+
+
+def test_mark_as_constant_and_variable():
+    named = _params()
+    opt = poptorch.optim.RMSprop(named.values(), lr=0.01, alpha=0.9, loss_scaling=8.0)
+    opt.variable_attrs.markAsConstant("alpha")
+    opt.variable_attrs.markAsConstant("loss_scaling")
+    opt.variable_attrs.markAsVariable("eps")
+    spec = optimizer_spec(opt, named)
+    assert _variables(spec) == [{"lr", "eps"}] and not spec.loss_scaling_variable and spec.loss_scaling == 8.0
+    with pytest.raises(OptimizerError, match="Unknown attribute 'velocity_scaling'"):
+        opt.variable_attrs.markAsVariable("velocity_scaling")
+
+
+def test_torch_optim_attributes_at_their_defaults_are_constants():
+    named = _params()
+    spec = optimizer_spec(torch.optim.SGD(named.values(), lr=0.1, momentum=0.0, weight_decay=0.01), named)
+    assert _variables(spec) == [{"lr", "weight_decay"}]
+    spec = optimizer_spec(torch.optim.AdamW(named.values(), weight_decay=0.01, eps=1e-6, betas=(0.5, 0.6)), named)
+    assert _variables(spec) == [{"lr", "eps"}]  # AdamW's default decay is 1e-2; betas are always constant
+    spec = optimizer_spec(torch.optim.RMSprop(named.values(), alpha=0.5, momentum=0.9), named)
+    assert _variables(spec) == [{"lr", "momentum"}]
+
+
+def test_param_groups_are_read_per_group():
+    named = _params()
+    opt = torch.optim.SGD([{"params": [named["fc.weight"]], "lr": 0.1, "momentum": 0.9},
+                           {"params": [named["fc.bias"], named["emb"]], "lr": 0.01}], lr=0.5)
+    spec = optimizer_spec(opt, named)
+    assert [g.params for g in spec.groups] == [("fc.weight",), ("fc.bias", "emb")]
+    assert {s.param_name for s in spec.state} == {"fc.weight"}  # only group 0 has momentum
+    assert spec.hyper_values(opt) == {"group0.lr": 0.1, "group0.momentum": 0.9, "group1.lr": 0.01}
+    grads = _grads()
+    got, _ = _run_spec(spec, named, grads, optimizer=opt)
+    want = _run_torch(lambda ps: torch.optim.SGD([{"params": [ps[0]], "lr": 0.1, "momentum": 0.9},
+                                                  {"params": ps[1:], "lr": 0.01}], lr=0.5), grads)
+    for n in SHAPES:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-6, atol=1e-7)
+
+
+def test_variables_follow_set_values_without_a_new_spec():
+    """A variable lr changed between steps (setOptimizer) gives torch's result with the same change."""
+    named = _params()
+    opt = poptorch.optim.SGD(list(named.values()), lr=0.1, momentum=0.9)
+    spec = optimizer_spec(opt, named)
+    params = {n: p.detach().clone() for n, p in named.items()}
+    state = {(s.param_name, s.name): torch.zeros(s.shape) for s in spec.state}
+    ref = _params()
+    ref_opt = torch.optim.SGD(list(ref.values()), lr=0.1, momentum=0.9)
+    for i, g in enumerate(_grads()):
+        for group in (opt.param_groups[0], ref_opt.param_groups[0]):
+            group["lr"], group["momentum"] = 0.1 / (i + 1), 0.9 - 0.1 * i
+        spec.check_compatible(opt)
+        hyper = {k: torch.tensor(v) for k, v in spec.hyper_values(opt).items()}
+        new_p, new_s = spec.update(params, g, state, hyper, torch.tensor(float(i + 1)))
+        params.update(new_p)
+        state.update(new_s)
+        for n, p in ref.items():
+            p.grad = g[n].clone()
+        ref_opt.step()
+    for n in SHAPES:
+        torch.testing.assert_close(params[n], ref[n].detach(), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------- errors
+def test_changing_a_constant_after_compile_is_refused():
+    named = _params()
+    opt = poptorch.optim.SGD(named.values(), lr=0.1, momentum=0.9)
+    spec = optimizer_spec(opt, named)
+    opt.param_groups[0]["lr"] = 0.2
+    opt.param_groups[0]["momentum"] = 0.5
+    spec.check_compatible(opt)  # both variables
+    opt.param_groups[0]["weight_decay"] = 0.1
+    with pytest.raises(OptimizerError, match=r"'weight_decay' of param group 0 is a constant.*0\.0.*0\.1.*"
+                                             r"markAsVariable\('weight_decay'\)"):
+        spec.check_compatible(opt)
+    opt.param_groups[0]["weight_decay"] = 0.0
+    opt.loss_scaling = 2.0
+    with pytest.raises(OptimizerError, match="'loss_scaling' is a constant"):
+        spec.check_compatible(opt)
+
+
+def test_other_optimizer_or_groups_are_refused_by_check_compatible():
+    named = _params()
+    spec = optimizer_spec(poptorch.optim.SGD(named.values(), lr=0.1), named)
+    with pytest.raises(OptimizerError, match="compiled with a SGD optimizer and the new one is Adam"):
+        spec.check_compatible(poptorch.optim.Adam(named.values()))
+    with pytest.raises(OptimizerError, match="param groups hold other parameters"):
+        spec.check_compatible(poptorch.optim.SGD([named["fc.weight"]], lr=0.1))
+    with pytest.raises(OptimizerError, match="max_grad_norm was inf when the model was compiled"):
+        spec.check_compatible(poptorch.optim.SGD(named.values(), lr=0.1, max_grad_norm=1.0))
+
+
+def test_foreign_parameters_are_named():
+    named = _params()
+    stranger = torch.nn.Parameter(torch.zeros(7, 2))
+    opt = torch.optim.SGD([*named.values(), stranger], lr=0.1)
+    with pytest.raises(OptimizerError, match=r"1 parameter\(s\) that are not the model's: param group 0, "
+                                             r"parameter 3 \(shape \[7, 2\]"):
+        optimizer_spec(opt, named)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ps: torch.optim.Adagrad(ps), "Unsupported optimizer type torch.optim.adagrad.Adagrad"),
+    (lambda ps: torch.optim.Adam(ps, amsgrad=True), "Only non-amsgrad Adam/AdamW optimizers are supported"),
+    (lambda ps: poptorch.optim.AdamW(ps, amsgrad=True), "Only non-amsgrad"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, maximize=True), "maximize=True is not supported"),
+    (lambda ps: poptorch.optim.SGD(ps, lr=0.1, max_grad_norm=float("nan")), "cannot be NaN"),
+    (lambda ps: torch.optim.RMSprop([{"params": ps[:1], "centered": True}, {"params": ps[1:]}]),
+     "same value for the 'centered' attribute"),
+])
+def test_unsupported_optimizers_are_refused(make, message):
+    named = _params()
+    with pytest.raises(OptimizerError, match=message):
+        optimizer_spec(make(list(named.values())), named)
+
+
+def test_accumulator_types_must_be_float16_or_float32():
+    with pytest.raises(OptimizerError, match="Accumulation types must be either torch.float32 or torch.float16"):
+        poptorch.optim.Adam(_params().values(), accum_type=torch.bfloat16)
+
+
+def test_velocity_scaling_is_ignored_by_the_separate_variant():
+    with pytest.warns(UserWarning, match="velocity_scaling value ignored"):
+        poptorch.optim.SGD(_params().values(), lr=0.1, velocity_scaling=2.0)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_state_dict_round_trip():
+    named = _params()
+    opt = poptorch.optim.Adam(list(named.values()), lr=0.01)
+    spec = optimizer_spec(opt, named)
+    _, state = _run_spec(spec, named, _grads(), optimizer=opt)
+    saved = spec.state_dict(state, opt, step=STEPS)
+    assert saved["ipu_param"]["group0.lr"] == 0.01 and saved["ipu_state"]["step"] == STEPS
+    loaded, step = spec.load_state_dict(saved)
+    assert step == STEPS and loaded.keys() == state.keys()
+    for key, t in state.items():
+        torch.testing.assert_close(loaded[key], t, rtol=0, atol=0)
+    del saved["ipu_state"]["exp_avg/emb"]
+    with pytest.raises(OptimizerError, match="no 'exp_avg/emb'"):
+        spec.load_state_dict(saved)
+    with pytest.raises(OptimizerError, match="Only IPU optimizer states can be loaded"):
+        spec.load_state_dict(opt.state_dict())
+
+
+def test_optimizer_state_dict_keeps_torch_part_and_ipu_part():
+    named = _params()
+    opt = poptorch.optim.SGD(list(named.values()), lr=0.1, momentum=0.9)
+    opt.ipu_state_source = lambda: {"ipu_state": {"momentum_buffer/emb": torch.ones(3, 2, 2)}, "ipu_param": {}}
+    opt.host_state_is_dirty = True
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["lr"] == 0.1 and sd["ipu_state"]["momentum_buffer/emb"].shape == (3, 2, 2)
+    fresh = poptorch.optim.SGD(list(_params().values()), lr=0.5, momentum=0.9)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["lr"] == 0.1 and fresh.ipu_state_is_dirty and fresh.has_ipu_state()
 
 
 # ---------------------------------------------------------------------- tracing

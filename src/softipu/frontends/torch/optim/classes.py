@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -99,6 +100,9 @@ class SGD(_IpuOptimizer, torch.optim.SGD):
                                                                 "differentiable")}
         torch.optim.SGD.__init__(self, params, **torch_args)
         combined = bool(use_combined_accum)
+        if velocity_scaling is not None and not combined:
+            warnings.warn("velocity_scaling value ignored when using the separate variant "
+                          "(use_combined_accum=False)", stacklevel=2)
         if combined:
             vs = 1.0 if velocity_scaling is None else float(velocity_scaling)
             self.defaults["velocity_scaling"] = vs

@@ -395,11 +395,13 @@ def _slots_of(kind: Kind, group: GroupSpec, options: dict[str, Any], optimizer: 
         dtype = param_dtype if combined else _accum(optimizer, "velocity_accum_type")
         return [("momentum_buffer", dtype if dtype in ACCUM_DTYPES else torch.float32, 0.0)]
     if kind is Kind.RMSPROP:
-        out = [("square_avg", second, 1.0 if options["use_tf_variant"] else 0.0)]
+        # PopART's Adaptive: accl1 (the mean square) takes the first-order type, accl2 (the centered
+        # mean) the second-order type, and accl3 (momentum) is always float32, as PopTorch builds it.
+        out = [("square_avg", first, 1.0 if options["use_tf_variant"] else 0.0)]
         if options["centered"]:
-            out.append(("grad_avg", first, 0.0))
+            out.append(("grad_avg", second, 0.0))
         if _momentum_may_be_nonzero(group):
-            out.append(("momentum_buffer", first, 0.0))
+            out.append(("momentum_buffer", torch.float32, 0.0))
         return out
     return [("exp_avg", first, 0.0), ("exp_avg_sq", second, 0.0)]
 
@@ -423,6 +425,8 @@ def optimizer_spec(optimizer: torch.optim.Optimizer, named_params: Mapping[str, 
     loss_scaling = _number(getattr(optimizer, "loss_scaling", 1.0), "loss_scaling")
     ls_variable = auto_loss_scaling or not is_constant(optimizer, "loss_scaling", loss_scaling)
     max_grad_norm = _number(getattr(optimizer, "max_grad_norm", math.inf), "max_grad_norm")
+    if math.isnan(max_grad_norm):
+        raise OptimizerError("Maximum norm of gradients cannot be NaN (max_grad_norm)")
     if kind not in _HAS_MAX_GRAD_NORM:
         max_grad_norm = math.inf
     hyper = [HyperSlot("loss_scaling")] if ls_variable else []
