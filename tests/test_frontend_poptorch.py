@@ -85,16 +85,16 @@ def test_options_chain_validate_and_convert():
 
 def test_options_without_meaning_are_stored_and_warned_once():
     opts = poptorch.Options()
-    with pytest.warns(st.UnusedOptionWarning, match="Training.gradientAccumulation"):
-        assert opts.Training.gradientAccumulation(4) is opts.Training
+    with pytest.warns(st.UnusedOptionWarning, match="Training.setConvolutionDithering"):
+        assert opts.Training.setConvolutionDithering(False) is opts.Training
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        opts.Training.gradientAccumulation(8)  # the second time: stored, no warning
+        opts.Training.setConvolutionDithering(True)  # the second time: stored, no warning
     with pytest.warns(st.UnusedOptionWarning, match="Precision.enableStochasticRounding"):
         opts.Precision.enableStochasticRounding(True)
     with pytest.warns(st.UnusedOptionWarning, match="setExecutionStrategy"):
         opts.setExecutionStrategy(poptorch.PipelinedExecution("a", "b"))
-    assert opts.stored["Training.gradientAccumulation"] == 8
+    assert opts.stored["Training.setConvolutionDithering"] is True
     assert opts.toSoftipu().stored["Precision.enableStochasticRounding"] is True
     opts.Precision.enableFloatingPointExceptions(True)
     assert opts.toSoftipu().engine_options == {"debug.floatingPointExceptions": True}
@@ -120,8 +120,6 @@ def test_executor_methods():
     assert model.getPerfCounters()["cycles"] > 0
     model.destroy()
     assert not model.isCompiled()
-    with pytest.raises(SoftIPUError, match="trainingModel is not supported yet"):
-        poptorch.trainingModel(net)
 
 
 # -- compileAndExport / loadExecutable -----------------------------------------------------------------

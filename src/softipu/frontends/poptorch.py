@@ -1,7 +1,7 @@
 """PopTorch's names over softipu's torch frontend: a PopTorch script runs with only its import
 changed (``import softipu.poptorch as poptorch``).
 
-Options PopTorch has that softipu gives no meaning yet (training, pipelining, tensor locations,
+Options PopTorch has that softipu gives no meaning yet (pipelining, tensor locations,
 distribution...) are accepted and stored; each is named in a one-time
 :class:`~softipu.frontends.torch.options.UnusedOptionWarning`. None is silently ignored.
 
@@ -32,10 +32,12 @@ from softipu.frontends.torch.options import Options as TorchOptions
 from softipu.frontends.torch.options import OutputMode as _Mode
 from softipu.frontends.torch.options import UnusedOptionWarning, warn_unused
 from softipu.frontends.torch.runtime import InferenceModel, logger
+from softipu.frontends.torch.training import TrainingModel, record_loss
 from softipu.target import BOW, GC2, GC200, Target
 
 __all__ = [
-    "Options", "OutputMode", "inferenceModel", "trainingModel", "PoplarExecutor", "BeginBlock", "Block",
+    "Options", "OutputMode", "inferenceModel", "trainingModel", "PoplarExecutor", "TrainingExecutor",
+    "BeginBlock", "Block",
     "ipu_print_tensor", "identity_loss", "recomputationCheckpoint", "set_available_memory", "DataLoader",
     "HalfFloatCastingBehavior", "ReductionType", "ConnectionType", "SyncPattern", "ShardedExecution",
     "PipelinedExecution", "SerialPhasedExecution", "ParallelPhasedExecution", "ipuHardwareIsAvailable",
@@ -56,7 +58,7 @@ class OutputMode(enum.IntEnum):
 
 
 _MODES = {OutputMode.Final: _Mode.FINAL, OutputMode.EveryN: _Mode.EVERY_N, OutputMode.All: _Mode.ALL,
-          OutputMode.Sum: _Mode.SUM, OutputMode.Default: _Mode.ALL}
+          OutputMode.Sum: _Mode.SUM, OutputMode.Default: _Mode.DEFAULT}
 
 
 class HalfFloatCastingBehavior(enum.IntEnum):
@@ -118,8 +120,7 @@ _STORED = {
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat",
                   "enableStochasticRounding"),
-    "Training": ("gradientAccumulation", "accumulationAndReplicationReductionType",
-                 "setMeanAccumulationAndReplicationReductionStrategy", "setAutomaticLossScaling",
+    "Training": ("setMeanAccumulationAndReplicationReductionStrategy", "setAutomaticLossScaling",
                  "setConvolutionDithering"),
     "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
                         "setAccumulatorLocation", "numIOTiles"),
@@ -177,6 +178,22 @@ class _Precision(_Section):
 
 class _Training(_Section):
     _label = "Training"
+
+    def gradientAccumulation(self, gradient_accumulation: int) -> _Training:  # noqa: N802 - PopTorch's name
+        self._owner._set("gradient_accumulation", int(gradient_accumulation))
+        return self
+
+    def accumulationAndReplicationReductionType(self, reduction_type: ReductionType) -> _Training:  # noqa: N802
+        reduction = ReductionType(reduction_type)
+        if reduction is ReductionType.NoReduction:
+            raise FrontendError("accumulationAndReplicationReductionType takes ReductionType.Mean or "
+                                "ReductionType.Sum (NoReduction is not supported by PopTorch either)")
+        self._owner._set("accumulation_reduction", "mean" if reduction is ReductionType.Mean else "sum")
+        return self
+
+    @property
+    def gradient_accumulation(self) -> int:
+        return self._owner._values.get("gradient_accumulation", 1)
 
 
 class _TensorLocations(_Section):
@@ -312,10 +329,20 @@ class PoplarExecutor:
 
     def __init__(self, model: torch.nn.Module, options: Options | None = None) -> None:
         self._options = options or Options()
-        self._impl = InferenceModel(model, self._options.toSoftipu())
+        opts = self._options.toSoftipu()
+        if opts.gradient_accumulation != 1:
+            raise FrontendError(f"Training.gradientAccumulation is {opts.gradient_accumulation}, but it "
+                                "must be 1 for inference: use poptorch.trainingModel, or other Options")
+        self._impl = InferenceModel(model, opts)
         self.model = model
+        self._seen_version = model.__dict__.get("_softipu_host_version", 0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        version = self.model.__dict__.get("_softipu_host_version", 0)
+        if version != self._seen_version:  # a trainingModel on the same module has trained it since
+            self._seen_version = version
+            if self._impl._current is not None:
+                self._impl.copy_weights_to_device()
         return self._impl(*args, **kwargs)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
@@ -409,9 +436,63 @@ def inferenceModel(model: torch.nn.Module, options: Options | None = None) -> Po
     return PoplarExecutor(model, options)
 
 
-def trainingModel(model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> Any:  # noqa: N802
-    raise FrontendError("softipu runs inference only so far: trainingModel is not supported yet; "
-                        "use inferenceModel")
+class TrainingExecutor(PoplarExecutor):
+    """PopTorch's executor for ``trainingModel``: each call runs ``deviceIterations`` optimizer steps
+    (forward, backward, update) on the device and returns what the model returns (the last
+    micro-batch's by default, ``OutputMode.Final``)."""
+
+    def __init__(self, model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> None:
+        self._options = options or Options()
+        self._impl = TrainingModel(model, optimizer, self._options.toSoftipu())
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._impl(*args, **kwargs)
+
+    def setOptimizer(self, optimizer: Any) -> None:  # noqa: N802
+        """Use ``optimizer``'s learning rate and other variable attributes from the next call, without
+        compiling again; changing an attribute compiled in as a constant raises."""
+        self._impl.set_optimizer(optimizer)
+
+    def copyWeightsToHost(self) -> None:  # noqa: N802
+        """Copy the trained weights from the device into the model now."""
+        self._impl.copy_weights_to_host()
+
+    def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
+                         **kwargs: Any) -> None:
+        raise FrontendError("compileAndExport is not supported for training models yet: call the "
+                            "trainingModel (or compile()) instead; inferenceModel executables export")
+
+    def loadExecutable(self, filename: str | os.PathLike) -> None:  # noqa: N802
+        raise FrontendError("loadExecutable is not supported for training models yet; compile instead")
+
+    def getPerfCounters(self) -> dict[str, Any]:  # noqa: N802
+        cycles = self._impl.cycle_count
+        return {"cycles": cycles, "seconds": cycles / self._impl.options.target.clock_hz}
+
+    def parameters(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.parameters(*args, **kwargs)
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.named_parameters(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.state_dict(*args, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        """Memory by role and cycles by phase of the training step (softipu's extension)."""
+        return self._impl.summary()
+
+    def __repr__(self) -> str:
+        return f"PoplarExecutor({self._impl!r})"
+
+
+def trainingModel(model: torch.nn.Module, options: Options | None = None,  # noqa: N802
+                  optimizer: Any = None) -> TrainingExecutor:
+    """PopTorch's ``trainingModel``: ``model`` and ``optimizer`` (default
+    ``poptorch.optim.SGD(lr=0.01)``) compiled as one training step for a (simulated) IPU on the
+    first call. The model's parameters are the trained ones whenever they are read."""
+    return TrainingExecutor(model, options, optimizer)
 
 
 # -- annotations ------------------------------------------------------------------------------------------
@@ -455,14 +536,18 @@ def ipu_print_tensor(tensor: torch.Tensor, title: str = "") -> torch.Tensor:
 
 
 def identity_loss(x: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-    """Mark ``x`` as the loss: its sum, mean or itself (``reduction`` "sum", "mean", "none")."""
+    """Mark ``x`` as the loss: its sum, mean or itself (``reduction`` "sum", "mean", "none"). A
+    training model differentiates this loss (see :func:`trainingModel`)."""
     if reduction == "sum":
-        return x.sum()
-    if reduction == "mean":
-        return x.mean()
-    if reduction == "none":
-        return x
-    raise FrontendError(f"identity_loss: reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+        out = x.sum()
+    elif reduction == "mean":
+        out = x.mean()
+    elif reduction == "none":
+        out = x
+    else:
+        raise FrontendError(f"identity_loss: reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+    record_loss(out)
+    return out
 
 
 class DataLoader(torch.utils.data.DataLoader):
@@ -471,8 +556,7 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def __init__(self, options: Options, dataset: Any, batch_size: int = 1, shuffle: bool = False,
                  num_workers: int = 0, drop_last: bool = True, **kwargs: Any) -> None:
-        accumulation = options._stored.get("Training.gradientAccumulation", 1)
-        accumulation = accumulation if isinstance(accumulation, int) else 1
+        accumulation = options._values.get("gradient_accumulation", 1)
         combined = batch_size * options.device_iterations * options.replication_factor * accumulation
         kwargs.pop("mode", None)  # DataLoaderMode: synchronous here
         super().__init__(dataset, batch_size=combined, shuffle=shuffle, num_workers=num_workers,

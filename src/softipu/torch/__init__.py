@@ -19,16 +19,19 @@ from softipu.frontends.torch import (
     Options,
     OutputMode,
     RegistryError,
+    TrainingModel,
     UnsupportedOpsError,
     UnusedOptionWarning,
     find_lowering,
     inference_model,
     logger,
     register_lowering,
+    training_model,
 )
 
 __all__ = [
     "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
-    "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "UnsupportedOpsError",
-    "UnusedOptionWarning", "find_lowering", "inference_model", "logger", "register_lowering",
+    "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "TrainingModel",
+    "UnsupportedOpsError", "UnusedOptionWarning", "find_lowering", "inference_model", "logger",
+    "register_lowering", "training_model",
 ]

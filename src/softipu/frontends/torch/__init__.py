@@ -1,5 +1,5 @@
 """The PyTorch frontend: ``inference_model(module, Options(...))`` runs a torch module on a
-simulated IPU, through ``torch.export``, Core ATen and a registry of lowerings onto
+simulated IPU and ``training_model(module, optimizer, Options(...))`` trains it there, through ``torch.export``, Core ATen and a registry of lowerings onto
 ``softipu.ops``. Public as ``softipu.torch``; PopTorch's names are in ``softipu.poptorch``.
 """
 
@@ -16,9 +16,11 @@ from softipu.frontends.torch.lower import Lowered, LoweringContext
 from softipu.frontends.torch.options import Options, OutputMode, UnusedOptionWarning
 from softipu.frontends.torch.registry import LOWERINGS, Lowering, find_lowering, register_lowering
 from softipu.frontends.torch.runtime import InferenceModel, inference_model, logger
+from softipu.frontends.torch.training import TrainingModel, training_model
 
 __all__ = [
     "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
-    "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "UnsupportedOpsError",
-    "UnusedOptionWarning", "find_lowering", "inference_model", "logger", "register_lowering",
+    "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "TrainingModel",
+    "UnsupportedOpsError", "UnusedOptionWarning", "find_lowering", "inference_model", "logger",
+    "register_lowering", "training_model",
 ]

@@ -106,6 +106,7 @@ class LoweringContext:
         self.prog = prog
         self.options = options
         self.node: torch.fx.Node | None = None
+        self.phase = ""  # a training step's phase ("fwd/", "bwd/", "upd/"): prefixes every op's name
         self.seed_variable: Tensor | None = None
         self._constants: dict[int, tuple[Tensor, np.ndarray]] = {}
         self._modifiers = 0
@@ -116,7 +117,7 @@ class LoweringContext:
     @property
     def name(self) -> str:
         """A name for the ops of this node (shows in reports): the FX node's name."""
-        return self.node.name if self.node is not None else "torch"
+        return f"{self.phase}{self.node.name}" if self.node is not None else f"{self.phase}torch"
 
     def meta(self, node: Any = None) -> Any:
         """The example value torch.export recorded (a FakeTensor, or a tuple of them)."""

@@ -29,13 +29,15 @@ class OutputMode(enum.Enum):
     """Which outputs of the ``device_iterations`` on-device loop come back to the host.
 
     ALL: every iteration's (concatenated along dim 0); FINAL: the last iteration's; SUM: the sum
-    over iterations; EVERY_N: every ``output_return_period``-th iteration's.
+    over iterations; EVERY_N: every ``output_return_period``-th iteration's; DEFAULT: ALL for
+    inference, FINAL for training (PopTorch's defaults).
     """
 
     ALL = "all"
     FINAL = "final"
     SUM = "sum"
     EVERY_N = "every_n"
+    DEFAULT = "default"
 
 
 class UnusedOptionWarning(UserWarning):
@@ -86,6 +88,10 @@ class Options:
     * ``executable_cache_dir``: a directory where compiled models are cached between processes
       (see :mod:`softipu.frontends.torch.cache`); None: no cache.
     * ``executable_cache_max_bytes``: the bound on that cache's size; least recently used entries go.
+    * ``gradient_accumulation``: micro-batches whose gradients a training step adds up before
+      one optimizer update (PopTorch's ``Training.gradientAccumulation``; 1 for inference).
+    * ``accumulation_reduction``: ``"mean"`` (PopTorch's default) or ``"sum"``: how accumulated
+      gradients are reduced (``accumulationAndReplicationReductionType``).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -96,13 +102,15 @@ class Options:
     partials_type: str = "float"
     available_memory_proportion: float = 0.6
     seed: int | None = None
-    output_mode: OutputMode = OutputMode.ALL
+    output_mode: OutputMode = OutputMode.DEFAULT
     output_return_period: int = 1
     log_cycle_count: bool = False
     recompile_on_shape_change: bool = True
     engine_options: Mapping[str, Any] = field(default_factory=dict)
     executable_cache_dir: str | None = None
     executable_cache_max_bytes: int = 2 * 1024**3
+    gradient_accumulation: int = 1
+    accumulation_reduction: str = "mean"
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,14 +118,14 @@ class Options:
             self._bad(f"target must be a softipu Target (sp.targets.GC200, sp.targets.ipu_model(...)), "
                       f"got {self.target!r}")
         for name in ("replication_factor", "device_iterations", "output_return_period",
-                     "executable_cache_max_bytes"):
+                     "executable_cache_max_bytes", "gradient_accumulation"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._bad(f"{name} must be an int >= 1, got {value!r}")
-        if self.precision not in _PRECISIONS:
-            self._bad(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
-        if self.partials_type not in _PARTIALS:
-            self._bad(f"partials_type must be 'float' or 'half', got {self.partials_type!r}")
+        for name, allowed in (("precision", _PRECISIONS), ("partials_type", _PARTIALS),
+                              ("accumulation_reduction", ("mean", "sum"))):
+            if getattr(self, name) not in allowed:
+                self._bad(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         amp = self.available_memory_proportion
         if isinstance(amp, bool) or not isinstance(amp, (int, float)) or not 0.0 < amp <= 1.0:
             self._bad(f"available_memory_proportion must be a number in (0, 1], got {amp!r}")

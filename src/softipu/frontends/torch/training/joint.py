@@ -1,0 +1,164 @@
+"""The joint forward + backward graph of a training step, from PyTorch's own autograd machinery.
+
+:func:`joint_graph` runs forward once eagerly (with copies of the buffers, so running statistics
+are untouched) to find the loss (:mod:`.losses`) and the output structure, then traces the joint
+graph with AOTAutograd (``aot_export_module(trace_joint=True)``) decomposed to Core ATen as
+``torch.export`` decomposes. Attention runs as its math form, so its backward decomposes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from softipu.frontends.errors import ExportError, FrontendError
+from softipu.frontends.torch.export import _explain, _quiet_torch
+from softipu.frontends.torch.training.losses import find_loss, recording
+
+__all__ = ["Joint", "joint_graph"]
+
+
+@dataclass
+class Joint:
+    """A traced training step: the graph and what its placeholders and outputs are."""
+
+    gm: torch.fx.GraphModule
+    params: list[str]  # parameter names, in placeholder order (all parameters)
+    buffers: list[str]  # buffer names, after the parameters
+    trainable: list[str]  # parameters with a gradient output, in output order
+    mutated: list[str]  # buffers written back (running statistics), in output order
+    num_user_outputs: int
+    loss_index: int  # among the user outputs
+    out_spec: Any
+    forward_nodes: set[torch.fx.Node]
+
+
+class _Flat(torch.nn.Module):
+    """The user's module with flat inputs and flat outputs, every output but the loss detached."""
+
+    def __init__(self, module: torch.nn.Module, in_spec: Any, loss_index: int) -> None:
+        super().__init__()
+        self.m = module
+        self.in_spec = in_spec
+        self.loss_index = loss_index
+
+    def forward(self, *flat: Any) -> tuple[Any, ...]:
+        args, kwargs = pytree.tree_unflatten(list(flat), self.in_spec)
+        outs = pytree.tree_leaves(self.m(*args, **kwargs))
+        return tuple(o if i == self.loss_index or not isinstance(o, torch.Tensor) else o.detach()
+                     for i, o in enumerate(outs))
+
+
+def _find_loss(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, Any]:
+    """Run forward eagerly once (buffers copied) to find the loss; (its flat index, out spec)."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    buffers = {k: v.clone() for k, v in module.named_buffers(remove_duplicate=False)}
+    with recording() as rec, torch.enable_grad():
+        try:
+            out = torch.func.functional_call(module, {**params, **buffers}, tuple(args), dict(kwargs))
+        except RuntimeError as exc:
+            if "does not require grad" in str(exc) or "backward" in str(exc):
+                raise FrontendError(_backward_message(module, exc)) from exc
+            raise
+    flat, spec = pytree.tree_flatten(out)
+    return find_loss(rec.losses, flat, type(module).__name__), spec
+
+
+def _backward_message(module: torch.nn.Module, exc: BaseException) -> str:
+    return (f"{type(module).__name__}.forward calls .backward() (or autograd.grad): on the IPU the "
+            "backward pass and the optimizer step are part of the compiled training step; return the "
+            f"loss from forward instead and let trainingModel differentiate it. torch says: {exc}")
+
+
+@contextlib.contextmanager
+def _own_signature() -> Iterator[dict[str, Any]]:
+    """AOTAutograd builds its graph signature keyed by output names, which breaks when two
+    gradients are the same node (an LSTM's two biases); softipu reads the outputs by position, so
+    the signature step is replaced by one that keeps what is needed."""
+    import torch._functorch.aot_autograd as aot  # noqa: PLC0415 - torch internals, used here only
+
+    captured: dict[str, Any] = {}
+
+    def capture(fx_g: Any, fw_metadata: Any, in_spec: Any, out_spec: Any, **kwargs: Any) -> Any:
+        captured.update(kwargs, fw_metadata=fw_metadata)
+        return None
+
+    original = aot.create_graph_signature
+    aot.create_graph_signature = capture
+    try:
+        yield captured
+    finally:
+        aot.create_graph_signature = original
+
+
+def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
+    """Trace ``module``'s forward and backward on these (micro-batch) inputs."""
+    from torch._functorch.aot_autograd import aot_export_module  # noqa: PLC0415 - heavy import
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
+
+    label = type(module).__name__
+    trainable = [n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
+    if not trainable:
+        raise FrontendError(f"{label} has no parameter that requires grad: there is nothing to train. "
+                            "Set requires_grad=True on the parameters to train, or use inferenceModel")
+    flat_in, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+    loss_index, out_spec = _find_loss(module, args, kwargs)
+    flat = _Flat(module, in_spec, loss_index)
+    try:
+        with _quiet_torch(), _own_signature() as captured, sdpa_kernel([SDPBackend.MATH]):
+            gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True, output_loss_index=loss_index,
+                                      decompositions=torch.export.default_decompositions())
+    except FrontendError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every trace failure is reported the same way
+        if "backward" in str(exc) and "inside" not in str(exc):
+            raise FrontendError(_backward_message(module, exc)) from exc
+        raise ExportError(_explain(module, exc).replace("torch.export", "AOTAutograd", 1)) from exc
+    params = [n.removeprefix("m.") for n in captured["param_names"]]
+    buffers = [n.removeprefix("m.") for n in captured["buffer_names"]]
+    meta = captured["fw_metadata"]
+    n_pb = len(params) + len(buffers)
+    mutated = []
+    for i in meta.mutated_inp_runtime_indices:
+        if not len(params) <= i < n_pb:
+            raise FrontendError(f"{label}.forward writes in place into an input or a parameter; only "
+                                "buffers (running statistics) may change in a training step")
+        mutated.append(buffers[i - len(params)])
+    requires = [p.requires_grad for p in captured["params_and_buffers_flat"][:len(params)]]
+    grads = [n for n, r in zip(params, requires, strict=True) if r]
+    num_user = int(captured["num_user_fw_outs"])
+    _drop_pool_indices(gm.graph)
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    fwd_outs = list(output.args[0][:len(mutated) + num_user])
+    return Joint(gm, params, buffers, grads, mutated, num_user, loss_index, out_spec,
+                 _ancestors(fwd_outs))
+
+
+def _ancestors(nodes: list[Any]) -> set[torch.fx.Node]:
+    seen: set[torch.fx.Node] = set()
+    todo = [n for n in nodes if isinstance(n, torch.fx.Node)]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(n.all_input_nodes)
+    return seen
+
+
+def _drop_pool_indices(graph: torch.fx.Graph) -> None:
+    """max_pool2d's backward is lowered from the input and the gradient (``max_pool_grad``), so the
+    pooling's indices output, used only by the backward, is dropped."""
+    bwd = torch.ops.aten.max_pool2d_with_indices_backward.default
+    for node in list(graph.nodes):
+        if node.target is bwd and isinstance(node.args[7], torch.fx.Node):
+            idx = node.args[7]
+            node.args = (*node.args[:7], None)
+            if idx.target is operator.getitem and not idx.users:
+                graph.erase_node(idx)

@@ -1,0 +1,255 @@
+"""Lowering a training step: forward, backward, gradient accumulation and the optimizer update.
+
+Program 1 (the step) is ``Repeat(device_iterations, [zero accumulators, Repeat(GA, micro-batch),
+update])``; a micro-batch streams its inputs in, runs the joint graph (compute sets named
+``fwd/...`` and ``bwd/...``), writes the running statistics back and adds its gradients to the
+accumulators (GA > 1). The update (``upd/...``) is the optimizer's pure-torch update function,
+traced with ``make_fx`` and lowered by the same registry, then copied into the weight and state
+variables. Variables are named by role: ``weights/``, ``buffers/``, ``accum/``, ``optimizer/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from softipu.dtypes import float16, float32
+from softipu.frontends.errors import LoweringError
+from softipu.frontends.torch.export import check_supported
+from softipu.frontends.torch.lower import StreamSlot, _Lowerer, map_tensor
+from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.training.joint import Joint
+from softipu.graph import program as P
+from softipu.graph.tensor import Tensor
+from softipu.ops import elementwise as ew
+from softipu.ops.indexing import zero
+
+__all__ = ["TrainLowered", "lower_training"]
+
+
+@dataclass
+class TrainLowered:
+    """A lowered training step and where everything lives."""
+
+    graph: Any
+    programs: tuple[P.Program, P.Program]
+    inputs: tuple[StreamSlot | None, ...]
+    outputs: tuple[Any, ...]
+    params: dict[str, Tensor]  # every parameter's variable
+    buffers: dict[str, Tensor]
+    state: dict[tuple[str, str], Tensor]
+    hyper: dict[str, Tensor]
+    step: Tensor
+    seed_weights: list[tuple[str, np.ndarray]]
+    nodes: int
+    saved_bytes: int  # forward values the backward reads (activations kept for the backward)
+    grad_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _zeros(spec_dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
+    return torch.zeros(tuple(shape), dtype=spec_dtype)
+
+
+class _TrainLowerer(_Lowerer):
+    def __init__(self, joint: Joint, spec: Any, options: Options, input_names: Sequence[str],
+                 named: dict[str, torch.Tensor]) -> None:
+        super().__init__(None, options, input_names)
+        self.joint = joint
+        self.spec = spec
+        self.named = named
+
+    def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int]) -> Tensor:
+        t = self.graph.add_variable(self.ctx.dtype(torch_dtype), tuple(int(s) for s in shape), name=name)
+        map_tensor(self.graph, t)
+        return t
+
+    def build(self) -> TrainLowered:
+        j, opts = self.joint, self.options
+        ga = opts.gradient_accumulation
+        placeholders = [n for n in j.gm.graph.nodes if n.op == "placeholder"]
+        params: dict[str, Tensor] = {}
+        buffers: dict[str, Tensor] = {}
+        for i, node in enumerate(placeholders):
+            val = node.meta.get("val")
+            if i < len(j.params):
+                name = j.params[i]
+                params[name] = self.env[node] = self._var(f"weights/{name}", val.dtype, val.shape)
+            elif i < len(j.params) + len(j.buffers):
+                name = j.buffers[i - len(j.params)]
+                buffers[name] = self.env[node] = self._var(f"buffers/{name}", val.dtype, val.shape)
+            else:
+                self.env[node] = self._user_input(node, val)
+        micro = P.Sequence(name="micro_batch")
+        self.ctx.prog = micro
+        count = 0
+        saved = 0
+        for node in j.gm.graph.nodes:
+            if node.op != "call_function":
+                continue
+            forward = node in j.forward_nodes
+            self.ctx.phase = "fwd/" if forward else "bwd/"
+            self.env[node] = self.lower_node(node, self.env)
+            count += 1
+            if forward and any(u not in j.forward_nodes for u in node.users):
+                saved += _nbytes(node.meta.get("val"), opts.precision)
+        self.ctx.phase = ""
+        output = next(n for n in reversed(j.gm.graph.nodes) if n.op == "output")
+        outs = list(output.args[0])
+        n_mut = len(j.mutated)
+        for name, node in zip(j.mutated, outs[:n_mut], strict=True):
+            micro.add(P.Copy(self.ctx.cast(self.env[node], buffers[name].dtype), buffers[name]))
+        user = outs[n_mut:n_mut + j.num_user_outputs]
+        grad_nodes = outs[n_mut + j.num_user_outputs:]
+        grads = {name: self.env[node] for name, node in zip(j.trainable, grad_nodes, strict=True)}
+        grad_bytes = sum(int(g.numel) * g.dtype.itemsize for g in grads.values())
+        slots, copies = self._outputs(user)
+        body = P.Sequence([*self.in_copies, micro], name="micro_batch")
+        final = opts.output_mode in (OutputMode.FINAL, OutputMode.DEFAULT)
+        if not final:
+            for c in copies:
+                body.add(c)
+        update = P.Sequence(name="update")
+        if ga > 1:
+            grads, iteration = self._accumulate(grads, body, update)
+            grad_bytes = sum(int(a.numel) * a.dtype.itemsize for a in grads.values())
+        else:
+            iteration = P.Sequence([body, update], name="iteration")
+        state, hyper, step = self._update(params, grads, update)
+        self._load_seed()
+        di = opts.device_iterations
+        run: P.Program = P.Repeat(di, iteration) if di > 1 else iteration
+        if final:
+            run = P.Sequence([run, *copies], name="run")
+        return TrainLowered(self.graph, (self.load, run), tuple(self.inputs), tuple(slots), params, buffers,
+                            state, hyper, step, list(self.weights), count, saved, grad_bytes)
+
+    def _accumulate(self, grads: dict[str, Tensor], body: P.Sequence,
+                    update: P.Sequence) -> tuple[dict[str, Tensor], P.Program]:
+        """Accumulators (``accum/<param>``) zeroed before the GA loop, added to by each micro-batch,
+        divided by GA before the update when the reduction is the mean."""
+        ga = self.options.gradient_accumulation
+        accums = {n: self._var(f"accum/{n}", self.named[n].dtype, g.shape) for n, g in grads.items()}
+        for n, g in grads.items():
+            ew.add_(self.graph, accums[n], self.ctx.cast(g, accums[n].dtype), body, name=f"accum/{n}")
+        zeroing = P.Sequence(name="zero_accumulators")
+        for n, a in accums.items():
+            zero(self.graph, a, zeroing, name=f"accum/{n}/zero")
+        if self.options.accumulation_reduction == "mean":
+            for n, a in accums.items():
+                ew.mul_(self.graph, a, 1.0 / ga, update, name=f"upd/accum/{n}/mean")
+        return accums, P.Sequence([zeroing, P.Repeat(ga, body), update], name="iteration")
+
+    def _outputs(self, user: list[Any]) -> tuple[list[Any], list[P.Program]]:
+        slots: list[Any] = []
+        copies: list[P.Program] = []
+        for k, arg in enumerate(user):
+            value = self.env[arg] if isinstance(arg, torch.fx.Node) else arg
+            if not isinstance(value, Tensor):
+                slots.append(value)
+                continue
+            stream = f"outputs/{k}"
+            self.graph.add_device_to_host_fifo(stream, value.dtype, value.numel)
+            if value.numel:
+                copies.append(P.Copy(value, self.graph.streams[stream]))
+            slots.append(StreamSlot(arg.name, stream, value.shape, arg.meta["val"].dtype, value.dtype))
+        return slots, copies
+
+    # -- the optimizer update ----------------------------------------------------------------------
+    def _update(self, params: dict[str, Tensor], grads: dict[str, Tensor],
+                prog: P.Sequence) -> tuple[dict, dict, Tensor]:
+        spec = self.spec
+        state = {(s.param_name, s.name): self._var(f"optimizer/{s.param_name}/{s.name}", s.torch_dtype,
+                                                   s.shape) for s in spec.state}
+        hyper = {h.name: self._var(f"optimizer/hyper/{h.name}", h.torch_dtype, ()) for h in spec.hyper}
+        step = self.graph.add_variable(float32, (), name="optimizer/step")
+        self.graph.set_tile_mapping(step, 0)
+        ew.add_(self.graph, step, 1.0, prog, name="upd/step")
+        pnames = list(grads)
+        skeys = list(state)
+        hnames = list(hyper)
+        named = self.named
+
+        def flat_update(*flat: torch.Tensor) -> list[torch.Tensor]:
+            it = iter(flat)
+            p = {n: next(it) for n in pnames}
+            g = {n: next(it) for n in pnames}
+            s = {k: next(it) for k in skeys}
+            h = {n: next(it) for n in hnames}
+            new_p, new_s = spec.update(p, g, s, h, next(it))
+            return [new_p[n] for n in pnames if n in new_p] + [new_s[k] for k in skeys if k in new_s]
+
+        examples = ([_zeros(named[n].dtype, named[n].shape) for n in pnames]
+                    + [_zeros(_torch_dtype(grads[n]), grads[n].shape) for n in pnames]
+                    + [_zeros(next(s.torch_dtype for s in spec.state if (s.param_name, s.name) == k),
+                              state[k].shape) for k in skeys]
+                    + [_zeros(next(h.torch_dtype for h in spec.hyper if h.name == n), ()) for n in hnames]
+                    + [torch.zeros((), dtype=torch.float32)])
+        with torch.no_grad():
+            gm = make_fx(flat_update, decomposition_table=torch.export.default_decompositions())(*examples)
+        check_supported(gm.graph)
+        inputs = ([params[n] for n in pnames] + [grads[n] for n in pnames] + [state[k] for k in skeys]
+                  + [hyper[n] for n in hnames] + [step])
+        self.ctx.phase = "upd/"
+        outer, self.ctx.prog = self.ctx.prog, prog
+        try:
+            results = self._lower_fx(gm, inputs)
+        finally:
+            self.ctx.prog, self.ctx.phase = outer, ""
+        targets = [params[n] for n in pnames] + [state[k] for k in skeys]
+        if len(results) != len(targets):
+            raise LoweringError(f"the optimizer update returned {len(results)} tensors for {len(targets)} "
+                                "weights and state tensors: it must return every parameter and state slot")
+        for new, var in zip(results, targets, strict=True):
+            if isinstance(new, Tensor) and new is not var:
+                prog.add(P.Copy(self.ctx.cast(new, var.dtype), var))
+            elif not isinstance(new, Tensor):
+                ew.mul_(self.graph, var, 0.0, prog, name="upd/const")
+                ew.add_(self.graph, var, float(new), prog, name="upd/const")
+        return state, hyper, step
+
+    def _lower_fx(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
+        env: dict[torch.fx.Node, Any] = {}
+        it = iter(inputs)
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = next(it)
+            elif node.op == "get_attr":
+                value = getattr(gm, str(node.target))
+                self.ctx.node = node
+                env[node] = self.ctx.constant(value.detach().cpu().numpy(), self.ctx.dtype(value.dtype))
+                self.ctx.node = None
+            elif node.op == "call_function":
+                if node.target is torch.ops.aten.lift_fresh_copy.default:
+                    env[node] = env[node.args[0]]
+                    continue
+                env[node] = self.lower_node(node, env)
+            elif node.op == "output":
+                return [env[a] if isinstance(a, torch.fx.Node) else a for a in node.args[0]]
+        return []
+
+
+def _torch_dtype(t: Tensor) -> torch.dtype:
+    return torch.float16 if t.dtype is float16 else torch.float32
+
+
+def _nbytes(val: Any, precision: str) -> int:
+    if isinstance(val, torch.Tensor):
+        size = 2 if (val.dtype.is_floating_point and precision == "fp16") else min(val.element_size(), 4)
+        return int(val.numel()) * size
+    if isinstance(val, (tuple, list)):
+        return sum(_nbytes(v, precision) for v in val)
+    return 0
+
+
+def lower_training(joint: Joint, spec: Any, options: Options, input_names: Sequence[str],
+                   named: dict[str, torch.Tensor]) -> TrainLowered:
+    """Lower a joint graph and an optimizer spec onto a new graph (see the module docstring)."""
+    check_supported(joint.gm.graph)
+    return _TrainLowerer(joint, spec, options, input_names, named).build()
+

@@ -1,0 +1,426 @@
+"""``training_model``: a torch module and an optimizer as a callable training step on a simulated IPU.
+
+The first call traces forward and backward (:mod:`.joint`), lowers them with the optimizer's
+update (:mod:`.lowering`), compiles one ``Engine`` and writes the weights, the optimizer state and
+its variable hyper-parameters into device variables. Each call then streams a host batch in and
+runs ``device_iterations`` optimizer steps (each over ``gradient_accumulation`` micro-batches).
+
+Weights live in both places as in PopTorch: after a step the host copy is stale ("dirty") and is
+copied back when the module's parameters, buffers or ``state_dict`` are read (or on
+``copy_weights_to_host``); edits made on the host need ``copy_weights_to_device``. A step that
+fails leaves the device weights and optimizer state as they were before it.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from softipu.engine import Engine
+from softipu.errors import SoftIPUError
+from softipu.frontends.errors import FrontendError, InputError
+from softipu.frontends.torch.lower import StreamSlot, to_host_array
+from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.runtime import logger
+from softipu.frontends.torch.training.joint import joint_graph
+from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+
+__all__ = ["TrainingModel", "training_model", "optimizer_spec"]
+
+
+def optimizer_spec(optimizer: Any, named: dict[str, torch.nn.Parameter]) -> Any:
+    """The optimizer's device description (``softipu.frontends.torch.optim.optimizer_spec``)."""
+    from softipu.frontends.torch.optim import optimizer_spec as spec  # noqa: PLC0415 - optional module
+
+    return spec(optimizer, named)
+
+
+def default_optimizer(module: torch.nn.Module) -> Any:
+    """PopTorch's default: ``poptorch.optim.SGD(lr=0.01)``."""
+    from softipu.frontends.torch import optim  # noqa: PLC0415 - poptorch.optim's definitions
+
+    return optim.SGD(module.parameters(), lr=0.01)
+
+
+class TrainingModel:
+    """A module and its optimizer compiled as one training step; call it with a host batch.
+
+    Attributes after the first call: ``report``, ``cycle_count`` (cycles of the last call),
+    ``compile_seconds`` (export, lower, compile, load), ``engine``, ``lowered`` and
+    :meth:`summary` (memory and cycles split by role and phase).
+    """
+
+    def __init__(self, module: torch.nn.Module, optimizer: Any = None,
+                 options: Options | None = None) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise FrontendError(f"training_model needs a torch.nn.Module, got {type(module).__name__}")
+        options = Options() if options is None else options
+        if not isinstance(options, Options):
+            raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
+        options.warn_unused()
+        self.module = module
+        self.options = options
+        self.optimizer = optimizer if optimizer is not None else default_optimizer(module)
+        self.compile_seconds: dict[str, float] = {}
+        self._check_optimizer(self.optimizer)
+        self._lowered: TrainLowered | None = None
+        self._engine: Engine | None = None
+        self._spec: Any = None
+        self._leaves: tuple | None = None
+        self._in_spec: Any = None
+        self._out_spec: Any = None
+        self._dirty = False  # the device holds newer weights than the module
+        self._hyper_written: dict[str, float] = {}
+        self._attached = True
+        _LiveModule.wrap(module, self)
+
+    # -- checks --------------------------------------------------------------------------------------
+    @property
+    def _label(self) -> str:
+        return type(self.module).__name__
+
+    def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        named = _raw(self.module, "named_parameters")(remove_duplicate=False)
+        return {n: p for n, p in named if p.requires_grad}
+
+    def _check_optimizer(self, optimizer: Any) -> None:
+        groups = getattr(optimizer, "param_groups", None)
+        if groups is None:
+            raise FrontendError(f"optimizer must be a poptorch.optim or torch.optim optimizer, got "
+                                f"{type(optimizer).__name__}")
+        own = {id(p) for _, p in _raw(self.module, "named_parameters")(remove_duplicate=False)}
+        foreign = [tuple(p.shape) for g in groups for p in g["params"] if id(p) not in own]
+        if foreign:
+            raise FrontendError(
+                f"the optimizer holds {len(foreign)} parameter(s) that are not {self._label}'s (shapes "
+                f"{foreign[:4]}): build it from this module's parameters, e.g. "
+                f"poptorch.optim.SGD(model.parameters(), lr=...)")
+
+    def _check_batch(self, leaves: list[tuple[str, Any]]) -> None:
+        o = self.options
+        per_call = o.device_iterations * o.replication_factor * o.gradient_accumulation
+        for name, v in leaves:
+            if isinstance(v, torch.Tensor) and per_call > 1 and (v.ndim == 0 or v.shape[0] % per_call):
+                size = v.shape[0] if v.ndim else 0
+                raise InputError(
+                    f"Model input {name!r} has batch size {size}, which is not divisible by the product of "
+                    f"deviceIterations ({o.device_iterations}) x replicationFactor ({o.replication_factor}) "
+                    f"x gradientAccumulation ({o.gradient_accumulation}) = {per_call}: give each call a "
+                    f"multiple of {per_call} samples (poptorch.DataLoader batches this way)")
+
+    # -- compiling -----------------------------------------------------------------------------------
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """Trace, lower, compile and load for these inputs without running a step."""
+        self._prepare(args, kwargs)
+
+    def _prepare(self, args: tuple, kwargs: dict) -> list[Any]:
+        flat, spec = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
+        leaves = [(pytree.keystr(p), v) for p, v in flat]
+        self._check_batch(leaves)
+        sig = tuple((n, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (n, v)
+                    for n, v in leaves)
+        if self._lowered is None:
+            self._compile(args, kwargs, sig)
+        elif sig != self._leaves or str(spec) != str(self._in_spec):
+            raise InputError(f"{self._label} was compiled for inputs {self._leaves} but was called with "
+                             f"{sig}; a training model keeps one input signature (destroy() and compile "
+                             "again for another)")
+        return [v for _, v in leaves]
+
+    def _micro(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        o = self.options
+        per_call = o.device_iterations * o.replication_factor * o.gradient_accumulation
+        if per_call == 1:
+            return args, kwargs
+        return pytree.tree_map(lambda v: v[: v.shape[0] // per_call] if isinstance(v, torch.Tensor) else v,
+                               (tuple(args), dict(kwargs)))
+
+    def _compile(self, args: tuple, kwargs: dict, sig: tuple) -> None:
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        margs, mkwargs = self._micro(args, kwargs)
+        was_training = self.module.training
+        self.module.train(True)
+        try:
+            joint = joint_graph(self.module, margs, mkwargs)
+        finally:
+            self.module.train(was_training)
+        times["export"] = time.perf_counter() - start
+        t = time.perf_counter()
+        named = self._named_trainable()
+        spec = optimizer_spec(self.optimizer, named)
+        names = [n for n, _ in pytree.tree_flatten_with_path((tuple(margs), dict(mkwargs)))[0]]
+        every = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
+        lowered = lower_training(joint, spec, self.options, [pytree.keystr(n) for n in names], every)
+        times["lower"] = time.perf_counter() - t
+        t = time.perf_counter()
+        engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
+        times["compile"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._lowered, self._engine, self._spec = lowered, engine, spec
+        self._leaves, self._out_spec = sig, joint.out_spec
+        self._in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))[1]
+        self._write_weights()
+        self._write_state()
+        self._write_hyper(force=True)
+        for stream, values in lowered.seed_weights:
+            engine.connect_stream(stream, values)
+        engine.run(0)
+        times["load"] = time.perf_counter() - t
+        self.compile_seconds = times
+        logger.info("%s: compiled a training step of %d ops for %s in %.2f s (%s)", self._label,
+                    lowered.nodes, self.options.target.name, sum(times.values()),
+                    ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
+    # -- device state --------------------------------------------------------------------------------
+    def _write_weights(self) -> None:
+        low, eng = self._need("copy_weights_to_device"), self._engine
+        params = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
+        buffers = dict(_raw(self.module, "named_buffers")(remove_duplicate=False))
+        for name, var in low.params.items():
+            eng.write_tensor(var, to_host_array(params[name], var.dtype, f"parameter {name!r}"))
+        for name, var in low.buffers.items():
+            eng.write_tensor(var, to_host_array(buffers[name], var.dtype, f"buffer {name!r}"))
+
+    def _write_state(self) -> None:
+        low, eng = self._need("optimizer state"), self._engine
+        for slot in self._spec.state:
+            var = low.state[(slot.param_name, slot.name)]
+            eng.write_tensor(var, np.broadcast_to(np.asarray(slot.initial, var.dtype.numpy), var.shape))
+        eng.write_tensor(low.step, np.zeros((), np.float32))
+
+    def _write_hyper(self, force: bool = False) -> None:
+        low, eng = self._need("optimizer"), self._engine
+        values = self._spec.hyper_values(self.optimizer)
+        for name, var in low.hyper.items():
+            value = float(values[name])
+            if force or self._hyper_written.get(name) != value:
+                eng.write_tensor(var, np.asarray(value, var.dtype.numpy))
+                self._hyper_written[name] = value
+
+    def _snapshot(self) -> list[tuple[Any, np.ndarray]]:
+        low, eng = self._lowered, self._engine
+        vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
+        return [(v, eng.read_tensor(v)) for v in vars_]
+
+    def copy_weights_to_host(self) -> None:
+        """Copy the device's weights and buffers into the module (PopTorch's ``copyWeightsToHost``)."""
+        if self._lowered is None or not self._dirty:
+            return
+        low, eng = self._lowered, self._engine
+        self._dirty = False  # first: reading the module below must not copy again
+        with torch.no_grad():
+            params = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
+            buffers = dict(_raw(self.module, "named_buffers")(remove_duplicate=False))
+            for name, var in low.params.items():
+                _assign(params[name], eng.read_tensor(var))
+            for name, var in low.buffers.items():
+                _assign(buffers[name], eng.read_tensor(var))
+
+    def copy_weights_to_device(self) -> None:
+        """Write the module's parameters and buffers to the device (after editing them on the host)."""
+        if self._dirty:
+            self.copy_weights_to_host()
+        self._write_weights()
+
+    # -- running -------------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        values = self._prepare(args, kwargs)
+        if not self._attached:
+            self.attach()
+        self._write_hyper()
+        snapshot = self._snapshot()
+        try:
+            out = self._run(values)
+        except BaseException:
+            for var, data in snapshot:  # nothing half-updated
+                self._engine.write_tensor(var, data)
+            raise
+        self._dirty = True
+        _LiveModule.bump(self.module)
+        if self.options.log_cycle_count:
+            logger.info("%s: %d cycles per training call", self._label, self.cycle_count)
+        return out
+
+    def _run(self, values: list[Any]) -> Any:
+        low, eng, o = self._lowered, self._engine, self.options
+        di, rf, ga = o.device_iterations, o.replication_factor, o.gradient_accumulation
+        turns = di * ga
+        for slot, value in zip(low.inputs, values, strict=True):
+            if slot is None or int(np.prod(slot.shape)) == 0:
+                continue
+            host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError)
+            host = host.reshape(turns, rf, -1)
+            for r in range(rf):
+                eng.connect_stream(slot.stream, np.ascontiguousarray(host[:, r]), replica=r)
+        final = o.output_mode in (OutputMode.FINAL, OutputMode.DEFAULT)
+        n = 1 if final else turns
+        buffers: list[np.ndarray | None] = []
+        for slot in low.outputs:
+            if not isinstance(slot, StreamSlot) or int(np.prod(slot.shape)) == 0:
+                buffers.append(None)
+                continue
+            buf = np.empty((rf, n, int(np.prod(slot.shape))), slot.dtype.numpy)
+            for r in range(rf):
+                eng.connect_stream(slot.stream, buf[r], replica=r)
+            buffers.append(buf)
+        eng.run(1)
+        leaves = [self._output(slot, buf) for slot, buf in zip(low.outputs, buffers, strict=True)]
+        return pytree.tree_unflatten(leaves, self._out_spec)
+
+    def _output(self, slot: Any, buf: np.ndarray | None) -> Any:
+        if not isinstance(slot, StreamSlot):
+            return slot
+        o = self.options
+        rf = o.replication_factor
+        if buf is None:
+            buf = np.zeros((rf, 1, 0), slot.dtype.numpy)
+        if o.output_mode is OutputMode.SUM:
+            buf = buf.sum(axis=1, keepdims=True, dtype=buf.dtype)
+        elif o.output_mode is OutputMode.EVERY_N:
+            buf = buf[:, o.output_return_period - 1::o.output_return_period]
+        turns = buf.shape[1]
+        data = buf.transpose(1, 0, 2)
+        if turns * rf == 1:
+            data = data.reshape(slot.shape)
+        elif slot.shape:
+            data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
+        else:
+            data = data.reshape(turns * rf)
+        return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)
+
+    # -- the optimizer -------------------------------------------------------------------------------
+    def set_optimizer(self, optimizer: Any) -> None:
+        """Use ``optimizer``'s variable hyper-parameters (lr...) from the next step, without compiling
+        again; a changed constant attribute is an error. The device's optimizer state is kept."""
+        self._check_optimizer(optimizer)
+        if self._spec is not None:
+            self._spec.check_compatible(optimizer)
+        self.optimizer = optimizer
+        if self._spec is not None and self._attached:
+            self._write_hyper()
+
+    # -- attach / detach -----------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Release the (simulated) device: weights are copied back first; the next call reloads them."""
+        self._need("detach")
+        self.copy_weights_to_host()
+        self._attached = False
+
+    def attach(self) -> None:
+        self._need("attach")
+        if not self._attached:
+            self._write_weights()
+            self._write_hyper(force=True)
+            self._attached = True
+
+    @property
+    def is_attached(self) -> bool:
+        return self._lowered is not None and self._attached
+
+    def destroy(self) -> None:
+        """Copy the weights back and drop the compiled step; the next call compiles again."""
+        self.copy_weights_to_host()
+        self._lowered = self._engine = self._spec = None
+        self._leaves = None
+        self._attached = True
+
+    # -- results -------------------------------------------------------------------------------------
+    def _need(self, what: str) -> TrainLowered:
+        if self._lowered is None:
+            raise FrontendError(f"{what}: {self._label} has not been compiled yet; call it (or "
+                                ".compile(*inputs)) first")
+        return self._lowered
+
+    @property
+    def lowered(self) -> TrainLowered:
+        return self._need("lowered")
+
+    @property
+    def engine(self) -> Engine:
+        self._need("engine")
+        return self._engine
+
+    @property
+    def report(self) -> Any:
+        return self.engine.report
+
+    @property
+    def cycle_count(self) -> int:
+        """Modeled cycles of the last call (all its device iterations)."""
+        runs = [c for i, c in self.engine.log.runs if i == 1]
+        return int(runs[-1]) if runs else 0
+
+    def summary(self) -> dict[str, Any]:
+        """Memory split by role (bytes over all tiles) and the last call's cycles split by phase."""
+        from softipu.frontends.torch.training.summary import training_summary  # noqa: PLC0415
+
+        return training_summary(self)
+
+    def __repr__(self) -> str:
+        state = "not compiled" if self._lowered is None else f"{self._lowered.nodes} ops"
+        return f"TrainingModel({self._label}, {self.options.target.name}, {state})"
+
+
+def _assign(t: torch.Tensor, values: np.ndarray) -> None:
+    t.data.copy_(torch.from_numpy(np.asarray(values).reshape(t.shape).astype(
+        np.dtype(str(t.dtype).removeprefix("torch.")) if t.dtype != torch.bool else np.bool_, copy=False)))
+
+
+def _raw(module: torch.nn.Module, method: str) -> Any:
+    """``module``'s own ``method``, without the lazy copy back."""
+    return getattr(torch.nn.Module, method).__get__(module)
+
+
+class _LiveModule:
+    """PopTorch's wrapped module: reading its parameters, buffers or state_dict (or calling it)
+    first copies trained weights back from the device when they are newer there."""
+
+    _CLASSES: dict[type, type] = {}
+
+    @classmethod
+    def wrap(cls, module: torch.nn.Module, model: TrainingModel) -> None:
+        module.__dict__["_softipu_training"] = weakref.ref(model)
+        module.__dict__.setdefault("_softipu_host_version", 0)
+        base = type(module)
+        if getattr(base, "_softipu_live", False):
+            return
+        sub = cls._CLASSES.get(base)
+        if sub is None:
+            sub = type(base.__name__, (base,), {
+                "_softipu_live": True, "__module__": base.__module__, "__qualname__": base.__qualname__,
+                **{m: _syncing(getattr(base, m)) for m in
+                   ("parameters", "named_parameters", "buffers", "named_buffers", "state_dict", "__call__")}})
+            cls._CLASSES[base] = sub
+        module.__class__ = sub
+
+    @staticmethod
+    def bump(module: torch.nn.Module) -> None:
+        module.__dict__["_softipu_host_version"] = module.__dict__.get("_softipu_host_version", 0) + 1
+
+
+def _syncing(method: Any) -> Any:
+    def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        ref = self.__dict__.get("_softipu_training")
+        model = ref() if ref is not None else None
+        if model is not None and model._dirty:
+            try:
+                model.copy_weights_to_host()
+            except SoftIPUError:
+                pass
+        return method(self, *args, **kwargs)
+    wrapper.__name__ = getattr(method, "__name__", "method")
+    wrapper.__doc__ = getattr(method, "__doc__", None)
+    return wrapper
+
+
+def training_model(module: torch.nn.Module, optimizer: Any = None,
+                   options: Options | None = None) -> TrainingModel:
+    """``module`` trained by ``optimizer`` (default ``poptorch.optim.SGD(lr=0.01)``) on a simulated IPU;
+    see :class:`TrainingModel`."""
+    return TrainingModel(module, optimizer, options)
