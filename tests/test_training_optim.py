@@ -489,3 +489,54 @@ EXPORT_CASES = {
 def test_update_exports_to_lowered_core_aten(case):
     named = {n: p for n, p in _params().items() if n != "emb"}  # two parameters keep the trace short
     _export_checked(EXPORT_CASES[case](list(named.values())), named)
+
+
+@pytest.mark.parametrize("case", ["adam_fp16_state", "sgd_combined_fp16"])
+def test_fp16_update_traces_with_make_fx_to_lowered_ops(case):
+    """The training executor traces ``update`` with make_fx and the export decompositions; fp16 weights
+    and fp16 state add the casts around the float32 arithmetic."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from softipu.frontends.torch.export import check_supported
+
+    named = {n: torch.nn.Parameter(p.detach().half()) for n, p in _params().items() if n != "emb"}
+    make = {"adam_fp16_state": lambda ps: poptorch.optim.Adam(ps, lr=0.01, loss_scaling=128.0,
+                                                              first_order_momentum_accum_type=torch.float16),
+            "sgd_combined_fp16": lambda ps: poptorch.optim.SGD(ps, lr=0.1, momentum=0.9, use_combined_accum=True,
+                                                               velocity_scaling=8.0)}[case]
+    opt = make(list(named.values()))
+    spec = optimizer_spec(opt, named)
+    keys = [(s.param_name, s.name) for s in spec.state]
+    names = list(named)
+    values = spec.hyper_values(opt)
+
+    def flat(*xs):
+        it = iter(xs)
+        p, g = {n: next(it) for n in names}, {n: next(it) for n in names}
+        s, h = {k: next(it) for k in keys}, {h.name: next(it) for h in spec.hyper}
+        new_p, new_s = spec.update(p, g, s, h, next(it))
+        return [new_p[n] for n in names] + [new_s[k] for k in keys]
+
+    grads = _grads(1)[0]
+    args = ([named[n].detach() for n in names] + [(grads[n] * 128).half() for n in names]
+            + [torch.zeros(s.shape, dtype=s.torch_dtype) for s in spec.state]
+            + [torch.tensor(values[h.name]) for h in spec.hyper] + [torch.tensor(1.0)])
+    gm = make_fx(flat, decomposition_table=torch.export.default_decompositions())(*args)
+    check_supported(gm.graph)
+    got = gm(*args)
+    assert [t.dtype for t in got] == [torch.float16] * len(names) + [s.torch_dtype for s in spec.state]
+    torch.testing.assert_close(got, flat(*args))
+
+
+def test_fp16_weights_with_loss_scaling_follow_fp32_torch():
+    """fp16 weights and gradients scaled by 1024 (fp32 state): within fp16 rounding of torch in fp32."""
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.01)
+    named = {n: torch.nn.Parameter(p.detach().half()) for n, p in _params().items()}
+    opt = poptorch.optim.SGD(list(named.values()), loss_scaling=1024.0, **kw)
+    spec = optimizer_spec(opt, named)
+    grads = [{n: g.half().float() for n, g in step.items()} for step in _grads()]
+    got, _ = _run_spec(spec, named, [{n: g.half() for n, g in step.items()} for step in grads], 1024.0, opt)
+    want = _run_torch(lambda ps: torch.optim.SGD(ps, **kw), grads)
+    for n in SHAPES:
+        assert got[n].dtype == torch.float16
+        torch.testing.assert_close(got[n].float(), want[n], rtol=1e-2, atol=1e-2)
