@@ -137,8 +137,7 @@ def compute_set_transfers(compiled: CompiledComputeSet,
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
-                starts, ends, row = field_intervals(t)
-                tiles = group.tiles[row].astype(np.int64)
+                starts, ends, tiles = _joined(*field_intervals(t), group.tiles)
                 for reads in (True, False):
                     if (f.direction.reads if reads else f.direction.writes):
                         cols = parts.setdefault((t.dtype, reads), ([], [], []))
@@ -158,6 +157,21 @@ def compute_set_transfers(compiled: CompiledComputeSet,
         else:
             out.add(p_starts, p_ends, vertex_tile, home, dtype)
     return out
+
+
+def _joined(starts: np.ndarray, ends: np.ndarray, row: np.ndarray, group_tiles: np.ndarray):
+    """(starts, ends, tiles) of a field's rows, rows that continue the one before on the same
+    tile joined into one interval (a vertex's row and its neighbour's are one read): the step's
+    interval count then follows the tiles' pieces, not the vertex count."""
+    tiles = group_tiles[row].astype(np.int64)
+    if starts.size < 2:
+        return starts, ends, tiles
+    join = (starts[1:] == ends[:-1]) & (tiles[1:] == tiles[:-1])
+    if not join.any():
+        return starts, ends, tiles
+    head = np.flatnonzero(np.concatenate(([True], ~join)))
+    last = np.concatenate((head[1:] - 1, [starts.size - 1]))
+    return starts[head], ends[last], tiles[head]
 
 
 def _distinct(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray):
