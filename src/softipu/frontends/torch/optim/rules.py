@@ -11,6 +11,23 @@ compute sets.
 The op order follows ``torch.optim``'s single-tensor step, so with float32 and no loss scaling the
 results agree with ``torch.optim`` to a few ulp. Host-side derived scalars (``1 - beta``, ``log(beta)``)
 are computed in double on the host, as torch computes them in Python, and arrive as their own scalars.
+
+Where PopART's documented update differs from ``torch.optim``, softipu follows torch (the project's
+goal is PyTorch's results; PopTorch documents its optimizers as matching torch's):
+
+* SGD with dampening: PopART starts the velocity at zero and damps the first gradient too
+  (``v1 = (1-dm) g``), and with momentum 0 still scales the step by ``1-dm`` (SGD0's
+  ``lr*(1-dm)/ls``); torch starts the buffer at the undamped gradient and ignores dampening without
+  momentum. Equal when dampening is 0 (the default).
+* Global-norm clip: PopART multiplies by ``max_norm / max(max_norm, norm)``; torch's
+  ``clip_grad_norm_`` by ``min(1, max_norm / (norm + 1e-6))`` (used here): they differ by ~1e-6/norm.
+* PopART's Separate SGD keeps the velocity times the loss scaling (velocity scaling glued to loss
+  scaling) and Combined SGD applies part of the next velocity update early ("lagged" when
+  hyper-parameters change); here the velocity is kept unscaled (Combined: times velocity_scaling) and
+  updated in one place, which is the same arithmetic for fixed hyper-parameters.
+* Adam/AdamW/LAMB: PopART's ``m̂ / (sqrt(v̂) + eps)`` is torch's (eps outside the root of the
+  bias-corrected second moment); LAMB follows PopTorch's own reference step; RMSprop's TF variant
+  follows PopART's Adaptive documentation.
 """
 
 from __future__ import annotations
