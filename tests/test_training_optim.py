@@ -540,3 +540,18 @@ def test_fp16_weights_with_loss_scaling_follow_fp32_torch():
     for n in SHAPES:
         assert got[n].dtype == torch.float16
         torch.testing.assert_close(got[n].float(), want[n], rtol=1e-2, atol=1e-2)
+
+
+def test_optimizers_pickle_with_their_poptorch_attributes():
+    import copy
+    import pickle
+
+    named = _params()
+    opt = poptorch.optim.AdamW(list(named.values()), lr=0.01, loss_scaling=32.0, bias_correction=False,
+                               max_grad_norm=2.0)
+    opt.variable_attrs.markAsConstant("loss_scaling")
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert (clone.loss_scaling, clone.bias_correction, clone.max_grad_norm) == (32.0, False, 2.0)
+        assert clone.variable_attrs.isConstant("loss_scaling") and not clone.variable_attrs.isConstant("lr")
+        spec = optimizer_spec(clone, dict(zip(SHAPES, clone.param_groups[0]["params"], strict=True)))
+        assert not spec.option("bias_correction") and spec.max_grad_norm == 2.0

@@ -41,6 +41,11 @@ def _accum_type(value: torch.dtype | None, name: str) -> torch.dtype:
     return value
 
 
+_PICKLED = ("variable_attrs", "loss_scaling", "use_combined_accum", "accum_type", "velocity_accum_type",
+            "first_order_momentum_accum_type", "second_order_momentum_accum_type", "max_grad_norm",
+            "bias_correction", "use_tf_variant", "max_weight_norm", "_ipu_state")
+
+
 class _IpuOptimizer:
     """PopTorch's additions to an optimizer: ``variable_attrs`` and a state dict the training
     executor backs with the device state (``ipu_state_source`` reads it back; ``load_state_dict``
@@ -78,6 +83,15 @@ class _IpuOptimizer:
 
     def has_ipu_state(self) -> bool:
         return self._ipu_state.get("ipu_state") is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults, state and param_groups: keep PopTorch's attributes
+        # too (not the executor's reader; a loaded optimizer uploads the IPU state it carries).
+        state = torch.optim.Optimizer.__getstate__(self)  # type: ignore[arg-type]
+        state.update({k: v for k, v in self.__dict__.items() if k in _PICKLED})
+        state.update(ipu_state_source=None, ipu_state_is_dirty=self.has_ipu_state(),
+                     host_state_is_dirty=False)
+        return state
 
 
 class SGD(_IpuOptimizer, torch.optim.SGD):
