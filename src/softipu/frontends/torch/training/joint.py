@@ -111,7 +111,9 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
     loss_index, out_spec = _find_loss(module, args, kwargs)
     flat = _Flat(module, in_spec, loss_index)
     try:
-        with _quiet_torch(), _own_signature() as captured, sdpa_kernel([SDPBackend.MATH]):
+        # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
+        with _quiet_torch(), _own_signature() as captured, sdpa_kernel([SDPBackend.MATH]), \
+                torch.backends.mkldnn.flags(enabled=False):
             gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True, output_loss_index=loss_index,
                                       decompositions=torch.export.default_decompositions())
     except FrontendError:
