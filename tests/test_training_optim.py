@@ -434,6 +434,9 @@ def test_optimizer_state_dict_keeps_torch_part_and_ipu_part():
     fresh = poptorch.optim.SGD(list(_params().values()), lr=0.5, momentum=0.9)
     fresh.load_state_dict(sd)
     assert fresh.param_groups[0]["lr"] == 0.1 and fresh.ipu_state_is_dirty and fresh.has_ipu_state()
+    upload = fresh.take_ipu_state_to_upload()
+    assert upload["ipu_state"]["momentum_buffer/emb"].shape == (3, 2, 2)
+    assert fresh.take_ipu_state_to_upload() is None  # once
 
 
 # ---------------------------------------------------------------------- tracing

@@ -84,6 +84,14 @@ class _IpuOptimizer:
     def has_ipu_state(self) -> bool:
         return self._ipu_state.get("ipu_state") is not None
 
+    def take_ipu_state_to_upload(self) -> dict[str, Any] | None:
+        """The IPU state ``load_state_dict`` loaded, once (the executor writes it to the device on the
+        next call; ``OptimizerSpec.load_state_dict`` checks and unpacks it); None when nothing is due."""
+        if not self.ipu_state_is_dirty:
+            return None
+        self.ipu_state_is_dirty = False
+        return dict(self._ipu_state)
+
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer pickles only defaults, state and param_groups: keep PopTorch's attributes
         # too (not the executor's reader; a loaded optimizer uploads the IPU state it carries).
