@@ -54,7 +54,7 @@ def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     view's own runs; an indexed view that reorders one whole range (a weight laid out in its
     matmul's blocks, say) as that one range; any other indexed view's runs in element order
     (its addresses are not sorted)."""
-    if t.index is None:
+    if t.is_strided or t.slabs is not None:  # a slab layout's pieces are its runs: no index built
         return t.runs()
     if t.index.size > 1:
         lo, hi = int(t.index.min()), int(t.index.max())

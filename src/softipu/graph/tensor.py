@@ -126,6 +126,9 @@ class Tensor:
         if self.numel == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
+        if self.slabs is not None and _INDEX_SLOT.__get__(self, Tensor) is None:
+            parts = [Tensor(self.graph, self.dtype, sh, o, st).runs() for o, sh, st, _ in self.slabs.pieces]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         if self.index is not None:
             return _runs_of_addresses(self.index.ravel())
         if len(self.shape) == 2 and self.strides[1] == 1 and self.strides[0] >= self.shape[1]:
@@ -173,7 +176,9 @@ class Tensor:
 
     def repeats_elements(self) -> bool:
         """True when some element appears twice (a broadcast view, or repeated indices)."""
-        if self.index is not None and self.index.size > 1:
+        if self.is_strided and _strides_never_meet(self.shape, self.strides):
+            return False
+        if self.slabs is None and self.index is not None and self.index.size > 1:
             flat = self.index.ravel(order="K")  # any order will do: no copy of a transposed view
             lo, hi = int(flat.min()), int(flat.max())
             if hi - lo < 4 * flat.size:  # dense enough to mark, no sort
@@ -485,6 +490,18 @@ def _merge_adjacent(tensors: Sequence[Tensor], axis: int) -> Tensor | None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _strides_never_meet(shape: Shape, strides: Shape) -> bool:
+    """A sufficient test that a strided view addresses no element twice: with its axes sorted by
+    |stride|, each stride steps past everything the smaller axes reach (numpy's own test)."""
+    reach = 0
+    for size, stride in sorted(((d, abs(st)) for d, st in zip(shape, strides, strict=True) if d > 1),
+                               key=lambda a: a[1]):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
+
+
 def _runs_of_addresses(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.sort(addresses.astype(np.int64, copy=False))
     breaks = np.flatnonzero(np.diff(a) != 1) + 1
