@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.host import run_side_by_side
+from softipu.codelets.host import keep_freed_pages, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
@@ -216,6 +216,7 @@ class FastInterpreter(ProgramInterpreter):
     def __init__(self, executable: Executable, storage: Storage, streams: HostStreams,
                  log: RunLog, out: Any = None) -> None:
         super().__init__(executable, storage, streams, log, out)
+        keep_freed_pages()  # codelets' temporaries reuse pages instead of faulting fresh ones
         self._runners: dict[int, _ComputeSetRunner] = {}
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
