@@ -173,3 +173,26 @@ def test_a_fractional_cycle_estimate_is_an_error():
     g, cs = _graph_with(HalfCycles, lambda x: [{"x": x}])
     with pytest.raises(CodeletError, match=r"HalfCycles.*10\.5.*test_costs_golden\.py"):
         sp.Engine(g, [P.Execute(cs)], estimate_only=True)
+
+
+# --- one source of truth for vertex state --------------------------------------------------------------
+def test_planner_and_memory_plan_charge_an_amp_vertex_the_same_state():
+    # AmpMatMul's fields: a, b, out (vectors, 8 B each: pointer + size) and m, k, n, layout (int32
+    # params, 4 B each): 3 x 8 + 4 x 4 = 40 B. ReducePartials with 5 partial rows: out (8) + the list's
+    # count (4) + 5 entries x 8 = 52 B. The compiler's memory plan and the planner both ask
+    # graph.accounting.vertex_state_bytes, so one figure serves both.
+    from softipu.codelets.matmul import amp_codelet, reduce_codelet
+    from softipu.graph.accounting import vertex_state_bytes
+
+    target = sp.targets.ipu_model(tiles=2)
+    amp = amp_codelet(F32, F32)
+    assert vertex_state_bytes(amp, target) == 3 * 8 + 4 * 4 == 40
+    assert vertex_state_bytes(reduce_codelet(F32, F32), target, {"partials": 5}) == 8 + 4 + 5 * 8
+    g = sp.Graph(target)
+    a, b, c = (g.add_variable(F32, (16,), name=n) for n in "abc")
+    for t in (a, b, c):
+        g.set_tile_mapping(t, 0)
+    cs = g.add_compute_set("amp")
+    g.add_vertex(cs, amp, {"a": a, "b": b, "out": c, "m": 4, "k": 4, "n": 4, "layout": 0}, tile=0)
+    eng = sp.Engine(g, [P.Execute(cs)], estimate_only=True)
+    assert int(eng.executable.memory.cs_state_bytes[cs.id][0]) == 40
