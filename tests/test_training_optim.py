@@ -451,8 +451,11 @@ class _Update(torch.nn.Module):
         return new_p, {"|".join(k): v for k, v in new_s.items()}
 
 
-def _export_checked(opt, named):
-    """Export ``spec.update`` to Core ATen and check softipu lowers every op in it."""
+def _trace_checked(opt, named, tracer):
+    """Trace ``spec.update`` to Core ATen (``torch.export`` + decompositions, or make_fx with the same
+    decompositions as the training executor does) and check softipu lowers every op in it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
     from softipu.frontends.torch.export import check_supported
 
     spec = optimizer_spec(opt, named)
@@ -462,13 +465,15 @@ def _export_checked(opt, named):
     values = spec.hyper_values(opt)
     assert sorted(values) == sorted(h.name for h in spec.hyper)
     hyper = {h.name: torch.tensor(values[h.name], dtype=h.torch_dtype) for h in spec.hyper}
-    ep = torch.export.export(_Update(spec), (params, grads, state, hyper, torch.tensor(1.0))).run_decompositions()
-    check_supported(ep.graph)
-    # the traced program computes what the eager rule computes
     args = (params, grads, state, hyper, torch.tensor(1.0))
-    got, want = ep.module()(*args), _Update(spec)(*args)
-    torch.testing.assert_close(got, want)
-    return ep
+    if tracer == "export":
+        ep = torch.export.export(_Update(spec), args).run_decompositions()
+        graph, traced = ep.graph, ep.module()
+    else:
+        traced = make_fx(_Update(spec), decomposition_table=torch.export.default_decompositions())(*args)
+        graph = traced.graph
+    check_supported(graph)
+    torch.testing.assert_close(traced(*args), _Update(spec)(*args))  # the trace computes the eager rule
 
 
 EXPORT_CASES = {
@@ -489,9 +494,15 @@ EXPORT_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(EXPORT_CASES))
-def test_update_exports_to_lowered_core_aten(case):
+def test_update_traces_to_lowered_core_aten(case):
     named = {n: p for n, p in _params().items() if n != "emb"}  # two parameters keep the trace short
-    _export_checked(EXPORT_CASES[case](list(named.values())), named)
+    _trace_checked(EXPORT_CASES[case](list(named.values())), named, "make_fx")
+
+
+@pytest.mark.parametrize("case", ["adamw_all_variable", "lamb_all_variable"])
+def test_update_exports_with_torch_export(case):
+    named = {n: p for n, p in _params().items() if n != "emb"}
+    _trace_checked(EXPORT_CASES[case](list(named.values())), named, "export")
 
 
 @pytest.mark.parametrize("case", ["adam_fp16_state", "sgd_combined_fp16"])
@@ -558,3 +569,28 @@ def test_optimizers_pickle_with_their_poptorch_attributes():
         assert clone.variable_attrs.isConstant("loss_scaling") and not clone.variable_attrs.isConstant("lr")
         spec = optimizer_spec(clone, dict(zip(SHAPES, clone.param_groups[0]["params"], strict=True)))
         assert not spec.option("bias_correction") and spec.max_grad_norm == 2.0
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_update_leaves_its_inputs_untouched(case):
+    named = _params()
+    opt = EXPORT_CASES[case](list(named.values()))
+    spec = optimizer_spec(opt, named)
+    params = {n: p.detach().clone() for n, p in named.items()}
+    grads = _grads(1)[0]
+    state = {(s.param_name, s.name): torch.rand(s.shape).to(s.torch_dtype) for s in spec.state}
+    hyper = {k: torch.tensor(v) for k, v in spec.hyper_values(opt).items()}
+    before = [{k: v.clone() for k, v in d.items()} for d in (params, grads, state, hyper)]
+    new_p, new_s = spec.update(params, grads, state, hyper, torch.tensor(2.0))
+    for old, now in zip(before, (params, grads, state, hyper), strict=True):
+        for k in old:
+            assert torch.equal(old[k], now[k]), k
+    assert new_p.keys() == params.keys() and new_s.keys() == state.keys()
+
+
+def test_rmsprop_state_dtypes_follow_popart_adaptive():
+    named = _params()
+    opt = poptorch.optim.RMSprop(list(named.values()), momentum=0.9, centered=True,
+                                 first_order_momentum_accum_type=torch.float16)
+    dtypes = {s.name: s.torch_dtype for s in optimizer_spec(opt, named).state}
+    assert dtypes == {"square_avg": torch.float16, "grad_avg": torch.float32, "momentum_buffer": torch.float32}
