@@ -380,6 +380,13 @@ def test_foreign_parameters_are_named():
         optimizer_spec(opt, named)
 
 
+def test_frozen_parameters_outside_the_model_are_skipped():
+    named = _params()
+    frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    spec = optimizer_spec(torch.optim.SGD([*named.values(), frozen], lr=0.1, momentum=0.9), named)
+    assert spec.param_names == tuple(SHAPES) and len(spec.state) == len(SHAPES)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda ps: torch.optim.Adagrad(ps), "Unsupported optimizer type torch.optim.adagrad.Adagrad"),
     (lambda ps: torch.optim.Adam(ps, amsgrad=True), "Only non-amsgrad Adam/AdamW optimizers are supported"),

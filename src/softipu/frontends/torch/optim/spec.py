@@ -359,7 +359,7 @@ def _names_of(optimizer: Any, named_params: Mapping[str, torch.nn.Parameter]) ->
         for pi, p in enumerate(group["params"]):
             if id(p) in by_id:
                 names[-1].append(by_id[id(p)])
-            else:
+            elif p.requires_grad:  # a frozen parameter gets no gradient: torch's step skips it too
                 foreign.append(f"param group {gi}, parameter {pi} (shape {list(p.shape)}, {p.dtype})")
     if foreign:
         raise OptimizerError(f"the optimizer holds {len(foreign)} parameter(s) that are not the model's: "
