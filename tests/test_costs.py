@@ -979,3 +979,23 @@ def test_union_per_key_is_the_same_with_the_callers_start_order():
                     covered[s:e] = True
                 assert length[k] == covered.sum()
                 assert regions[k] == np.count_nonzero(np.diff(np.concatenate(([0], covered.astype(int)))) == 1)
+
+
+# --- exchange granularity ---------------------------------------------------------------------
+
+
+def test_a_transposing_copy_pays_per_piece_not_per_block():
+    # 1,024 floats from tile 0 to tile 2 (different supertiles, each tile alone on its bus).
+    # As one 4 KiB block: ceil(4096 / 2) = 2048 B on the bus at 4 B/cycle = 512 cycles, one region
+    # each side (+ 4), latency 30: 546. As a 32 x 32 transpose every element is its own piece
+    # (contiguous on neither side): the same 512 cycles of data + 1,024 regions x 4 = 4,096 + 30.
+    target = sp.targets.ipu_model(tiles=4)
+
+    def copy_cycles(transpose: bool) -> int:
+        g = sp.Graph(target)
+        x, y = variable(g, 1024, 0, "x"), variable(g, 1024, 2, "y")
+        src = x.reshape(32, 32).transpose(1, 0).reshape(1024) if transpose else x
+        return only_step(sp.Engine(g, [P.Copy(src, y)], estimate_only=True)).exchange_cycles
+
+    assert copy_cycles(False) == 512 + REGION + 30 == 546
+    assert copy_cycles(True) == 512 + 1024 * REGION + 30 == 4638

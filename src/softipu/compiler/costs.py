@@ -15,7 +15,7 @@ compute time is its slowest tile's.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -168,6 +168,18 @@ def tile_compute_cycles(compiled: CompiledComputeSet, target: Target) -> tuple[n
     return per_tile, flops, defaulted
 
 
+def _piece_regions(t: Traffic, transfers, num_tiles: int) -> Traffic:
+    """A copy's traffic with one region per piece: a copy's pieces are runs contiguous on BOTH
+    sides (``copy_transfers``), so pieces that touch in the source but land apart (a transpose,
+    a gather) are separate regions to send and receive, though their bytes are one union."""
+    send = np.zeros(num_tiles, np.int64)
+    recv = np.zeros(num_tiles, np.int64)
+    for _starts, _ends, src, dst, _item in transfers.per_dtype():
+        send += np.bincount(src, minlength=num_tiles)
+        recv += np.bincount(dst, minlength=num_tiles)
+    return replace(t, send_regions=send, recv_regions=recv)
+
+
 class StepPricer:
     """Prices program nodes; compute sets are priced once however often they run."""
 
@@ -229,7 +241,8 @@ class StepPricer:
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
-                    **self._moved(traffic(transfers, self.target)))
+                    **self._moved(_piece_regions(traffic(transfers, self.target), transfers,
+                                                 self.target.num_tiles)))
 
     def price_print_tensor(self, node: P.PrintTensor, index: int) -> Step:
         return self._host_step(index, f"PrintTensor {node.tensor.name}", node.location, node.tensor,
