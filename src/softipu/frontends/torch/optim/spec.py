@@ -114,6 +114,17 @@ class OptimizerSpec:
     # The model's parameters by name, to read a later optimizer (check_compatible) the same way.
     named_params: Mapping[str, torch.nn.Parameter] = field(compare=False, repr=False, default_factory=dict)
 
+    def __post_init__(self) -> None:
+        names = self.param_names
+        if len(set(names)) != len(names):
+            raise OptimizerError(f"a parameter is in more than one param group: {sorted(names)}")
+        keys = [(s.param_name, s.name) for s in self.state]
+        if len(set(keys)) != len(keys) or not {k[0] for k in keys} <= set(names):
+            raise OptimizerError(f"state slots {keys} are not one per parameter and name")
+        hyper = [h.name for h in self.hyper]
+        if len(set(hyper)) != len(hyper):
+            raise OptimizerError(f"device variables named twice: {hyper}")
+
     @property
     def param_names(self) -> tuple[str, ...]:
         return tuple(n for g in self.groups for n in g.params)
@@ -219,7 +230,7 @@ class OptimizerSpec:
         ipu_param = {"loss_scaling": float(getattr(optimizer, "loss_scaling", 1.0))}
         for i, group in enumerate(optimizer.param_groups):
             for attr in _GROUP_ATTRS[self.kind]:
-                value = _group_value(self.kind, optimizer, group, attr)
+                value = _group_value(optimizer, group, attr)
                 for name, number in derived_scalars(attr, value).items():
                     ipu_param[f"group{i}.{name}"] = number
         return {"ipu_state": ipu_state, "ipu_param": ipu_param}
@@ -310,7 +321,7 @@ def _number(value: Any, what: str) -> Any:
     return float(value)
 
 
-def _group_value(kind: Kind, optimizer: Any, group: Mapping[str, Any], attr: str) -> Any:
+def _group_value(optimizer: Any, group: Mapping[str, Any], attr: str) -> Any:
     if attr == "max_weight_norm" and attr not in group:
         value = getattr(optimizer, "max_weight_norm", None)
         return 65500.0 if value is None else _number(value, attr)
@@ -319,7 +330,7 @@ def _group_value(kind: Kind, optimizer: Any, group: Mapping[str, Any], attr: str
     return _number(group[attr], f"{attr} (param group)")
 
 
-def _check_group(kind: Kind, index: int, group: Mapping[str, Any]) -> None:
+def _check_group(index: int, group: Mapping[str, Any]) -> None:
     if group.get("amsgrad"):
         raise OptimizerError("Only non-amsgrad Adam/AdamW optimizers are supported (param group "
                              f"{index} has amsgrad=True)")
@@ -417,8 +428,8 @@ def optimizer_spec(optimizer: torch.optim.Optimizer, named_params: Mapping[str, 
     attrs = _GROUP_ATTRS[kind] + (("velocity_scaling",) if options.get("use_combined_accum") else ())
     groups: list[GroupSpec] = []
     for index, (group, params) in enumerate(zip(optimizer.param_groups, names, strict=True)):
-        _check_group(kind, index, group)
-        values = tuple((a, _group_value(kind, optimizer, group, a)) for a in attrs)
+        _check_group(index, group)
+        values = tuple((a, _group_value(optimizer, group, a)) for a in attrs)
         variables = frozenset(a for a, v in values
                               if not is_constant(optimizer, a, v, adamw=kind is Kind.ADAMW))
         groups.append(GroupSpec(index, tuple(params), values, variables, bool(group.get("nesterov", False))))
