@@ -137,7 +137,10 @@ def compute_set_transfers(compiled: CompiledComputeSet,
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
-                starts, ends, tiles = _joined(*field_intervals(t), group.tiles)
+                starts, ends, row = field_intervals(t)
+                tiles = group.tiles[row]
+                if starts.size > 512:  # join a long field at once, before it is held with the rest
+                    starts, ends, tiles = _joined(starts, ends, tiles)
                 for reads in (True, False):
                     if (f.direction.reads if reads else f.direction.writes):
                         cols = parts.setdefault((t.dtype, reads), ([], [], []))
@@ -146,7 +149,7 @@ def compute_set_transfers(compiled: CompiledComputeSet,
                         cols[2].append(tiles)
     out = Transfers.empty()
     for (dtype, reads), cols in parts.items():
-        starts, ends, tiles = (np.concatenate(c) for c in cols)
+        starts, ends, tiles = _joined(*(np.concatenate(c) for c in cols))
         # Vertices of one tile touching the same row (a broadcast bias, say) need it once:
         # split each distinct (tile, interval) only once.
         starts, ends, tiles = _distinct(starts, ends, tiles)
@@ -159,11 +162,11 @@ def compute_set_transfers(compiled: CompiledComputeSet,
     return out
 
 
-def _joined(starts: np.ndarray, ends: np.ndarray, row: np.ndarray, group_tiles: np.ndarray):
-    """(starts, ends, tiles) of a field's rows, rows that continue the one before on the same
-    tile joined into one interval (a vertex's row and its neighbour's are one read): the step's
-    interval count then follows the tiles' pieces, not the vertex count."""
-    tiles = group_tiles[row].astype(np.int64)
+def _joined(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray):
+    """Field rows as (starts, ends, tiles), a row that continues the one before on the same tile
+    joined to it (a vertex's row and its neighbour's are one read): the step's interval count
+    then follows the tiles' pieces, not the vertex count."""
+    tiles = tiles.astype(np.int64, copy=False)
     if starts.size < 2:
         return starts, ends, tiles
     join = (starts[1:] == ends[:-1]) & (tiles[1:] == tiles[:-1])
