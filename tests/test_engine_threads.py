@@ -241,3 +241,27 @@ def test_shared_reductions_with_rotated_pieces_keep_their_bytes(always_share, mo
     rows = [grp for cs in eng.executable.compute_sets.values() for grp in cs.groups
             if grp.codelet.__name__.startswith("ReduceRows")]
     assert rows and any(np.any(np.asarray(grp.fields["phase"])) for grp in rows)  # rotated pieces
+
+
+def test_rotation_plans_live_in_the_loaded_groups_frozen_params():
+    """A reduction's per-group plans (rotation windows) are state of the loaded engine's frozen
+    params, built on the first run and reused, not a module cache keyed by object identity."""
+    from softipu.codelets import reduce as reduce_codelets
+    from softipu.codelets.host import Frozen
+    g = sp.Graph(sp.targets.ipu_model(tiles=20, bytes_per_tile=512 * 1024))
+    x = g.add_variable(sp.float32, (48, 256), name="x")
+    sp.ops.map_linearly(g, x, grain_size=1)
+    prog = P.Sequence()
+    y = sp.ops.reduce(g, x, prog, dims=0, op=sp.ops.ReduceOp.MAX)
+    eng = sp.Engine(g, [prog])
+    values = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    eng.write_tensor(x, values)
+    phases = [args["phase"] for runner in eng._interpreter._runners.values() for job in runner.jobs
+              for args in job.args if isinstance(args, dict) and "phase" in args]
+    assert phases and all(isinstance(p, Frozen) and not p.flags.writeable for p in phases)
+    for _ in range(2):
+        eng.run(0)
+        np.testing.assert_array_equal(eng.read_tensor(y), values.max(axis=0))
+    plans = [p.memo for p in phases if p.any()]
+    assert plans and all(any(k[0] == "rotation" for k in m) for m in plans)
+    assert not [n for n, v in vars(reduce_codelets).items() if n.endswith("_CACHE") and isinstance(v, dict)]

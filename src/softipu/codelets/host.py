@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BLAS", "PARALLEL_WORK", "idle_cores", "keep_freed_pages", "on_idle_cores", "run_pieces",
-           "run_side_by_side", "scratch"]
+__all__ = ["BLAS", "PARALLEL_WORK", "Frozen", "FrozenList", "frozen", "idle_cores", "keep_freed_pages",
+           "memo", "on_idle_cores", "run_pieces", "run_side_by_side", "scratch"]
 
 
 def _host_cores() -> int:
@@ -254,3 +254,51 @@ def scratch(shape: tuple[int, ...], slot: str = "buf", dtype: Any = np.float32) 
         buf = np.empty(max(size, 1 << 16), dtype)
         setattr(_SCRATCH, name, buf)
     return buf[:size].reshape(shape)
+
+
+# -- what a loaded vertex group hands its codelet on every run --------------------------------------
+class Frozen(np.ndarray):
+    """A read-only array the fast engine hands a codelet on every run of one vertex group (a
+    param, or a chunk's rows of it). Its ``memo`` keeps what a codelet derives from it once (a
+    segment index, a rotation plan): state owned by the loaded group, living and dying with it,
+    not a cache keyed by object identity or data address. Arrays derived from it get an empty
+    memo of their own."""
+
+    memo: dict
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.memo = {}
+
+
+class FrozenList(list):
+    """A vector-list field's arrays, the same objects on every run of one group, with a ``memo``
+    like :class:`Frozen`'s."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.memo: dict = {}
+
+
+def frozen(a: np.ndarray) -> Frozen:
+    """``a`` as a read-only :class:`Frozen` view."""
+    view = a.view(Frozen)
+    view.flags.writeable = False
+    return view
+
+
+_MISSING = object()
+
+
+def memo(owner: Any, key: Any, build: Callable[[], Any]) -> Any:
+    """``build()``, kept in ``owner.memo`` under ``key`` where the owner is frozen (the fast
+    engine's params and vector lists); built afresh for anything else (the reference engine's
+    per-vertex copies). Two threads may both build a missing entry: the same value either way."""
+    store = getattr(owner, "memo", None)
+    if store is None:
+        return build()
+    value = store.get(key, _MISSING)
+    if value is _MISSING:
+        value = store[key] = build()
+    return value

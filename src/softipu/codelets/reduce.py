@@ -16,8 +16,9 @@ row of partials is reduced with numpy's pairwise order along a contiguous vector
 propagate NaN like numpy.
 
 Speed: each codelet makes a fixed, small number of numpy calls per batch of vertices, whatever
-their phases or segment counts (per-batch index arrays and strided windows are built once and
-cached against the engine's frozen param arrays), and reads its input in place.
+their phases or segment counts (per-batch index arrays and window plans are built once and kept
+in the memo of the fast engine's frozen params, :class:`softipu.codelets.host.Frozen`), and reads
+its input in place.
 
 Cycle estimates: poplibs' reduction estimators are not among the figures of ipu-facts.md §5, so
 these are documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per
@@ -28,17 +29,14 @@ cost per vertex and per output written.
 from __future__ import annotations
 
 import enum
-import threading
-import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import numpy as np
 
 from softipu.codelets._common import ceil_div as _ceil_div
-from softipu.codelets.host import scratch
+from softipu.codelets.host import memo, scratch
 from softipu.dtypes import DType, bool_, float16, float32, int32, int64
 from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
@@ -63,7 +61,6 @@ class ReduceEstimates:
 
 
 ESTIMATES = ReduceEstimates()
-_CACHE_LIMIT = 4096  # entries of the per-run layout caches below, before they start over
 
 
 class ReduceOp(enum.Enum):
@@ -202,28 +199,10 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
     return ReduceSegments
 
 
-def _per_param(cache: dict, slot: Hashable, param: np.ndarray, key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()``, built once per frozen param array: the fast engine passes the same read-only
-    param arrays on every run. ``cache[slot]`` holds (weakref(param), key, value); a writeable
-    param (anything but the engine's) is never cached."""
-    hit = cache.get(slot)
-    if hit is not None and hit[0]() is param and hit[1] == key and not param.flags.writeable:
-        return hit[2]
-    value = build()
-    if not param.flags.writeable:
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[slot] = (weakref.ref(param), key, value)
-    return value
-
-
-# Segment start indices per ``first`` param: id(first) -> (weakref(first), key, index).
-_INDEX_CACHE: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
-
-
 def _segment_index(first: np.ndarray, period: np.ndarray, slots: int, length: int,
                    rows_shape: tuple[int, ...]) -> np.ndarray:
-    """Flat reduceat start of every slot of every row, padding slots first (see above)."""
+    """Flat reduceat start of every slot of every row, padding slots first (see above); built
+    once per frozen ``first`` param (the fast engine's, with ``period`` of the same group)."""
     def build() -> np.ndarray:
         f, p = first.reshape(-1).astype(np.int64), period.reshape(-1).astype(np.int64)
         count = np.where(f < length, 1 + (length - f + p - 1) // np.maximum(p, 1), 1)  # segments
@@ -232,7 +211,7 @@ def _segment_index(first: np.ndarray, period: np.ndarray, slots: int, length: in
         starts = np.broadcast_to(starts, rows_shape + (slots,)).reshape(-1, slots)
         return (starts + (np.arange(starts.shape[0]) * length)[:, None]).reshape(-1)
 
-    return _per_param(_INDEX_CACHE, id(first), first, (slots, length, rows_shape, id(period)), build)
+    return memo(first, ("segments", slots, length, rows_shape), build)
 
 
 @cache
@@ -294,49 +273,51 @@ def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
         ufunc(out[..., :rest], y[..., rows * width :], out=out[..., :rest])
 
 
-# Rotation plans per phase param array (the fast engine passes the same read-only arrays on
-# every run) and host thread, whose scratch the windows view: (id(phase), thread) ->
-# (weakref(phase), key, (doubled scratch, [(rows, window view), ...])).
-_ROTATION_CACHE: dict[tuple[int, int], tuple[weakref.ref, tuple, tuple[np.ndarray, list] | None]] = {}
-
-
 def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
     """None when no vertex needs rotating, else a doubled-rows scratch and the copies out of it.
 
     Vertex ``v`` reads its rotated row at offset ``v * 2S + S - phase[v]`` of the scratch. Equal
     pieces cut from a linear mapping have phases that advance by a constant until they wrap, so
-    those offsets step evenly over runs of vertices: each run is one strided window, built once.
+    those offsets step evenly over runs of vertices: each run is one strided window. The runs are
+    planned once per frozen ``phase`` param; the windows view this thread's own scratch (batches
+    it runs one after another share it; batches on other threads, at the same time, never do).
     """
-    def build() -> tuple[np.ndarray, list] | None:
+    def build() -> list[tuple[int, int, int, int]] | None:
         p = phase.reshape(-1).astype(np.int64)
         if not p.any():
             return None
-        width = out_shape[-1]
-        # The thread's own scratch: batches it runs one after another share it; batches on
-        # other threads, running at the same time, never do.
-        doubled = scratch(out_shape[:-1] + (2 * width,), "rotation", partial.numpy)
-        return doubled, _windows(doubled, (np.arange(p.size) * 2 * width + width - p).tolist(), width)
+        return _runs((np.arange(p.size) * 2 * out_shape[-1] + out_shape[-1] - p).tolist())
 
-    slot = (id(phase), threading.get_ident())
-    return _per_param(_ROTATION_CACHE, slot, phase, (out_shape, partial), build)
+    runs = memo(phase, ("rotation", out_shape), build)
+    if runs is None:
+        return None
+    doubled = scratch(out_shape[:-1] + (2 * out_shape[-1],), "rotation", partial.numpy)
+    return doubled, _windows(doubled, runs, out_shape[-1])
 
 
-def _windows(doubled: np.ndarray, offsets: list[int], width: int) -> list[tuple[slice, np.ndarray]]:
-    """(vertex rows, strided view of ``doubled``) for each run of evenly stepping ``offsets``."""
-    item = doubled.itemsize
-    lead, lead_strides = doubled.shape[:-2], doubled.strides[:-2]
-    flat = doubled.reshape(-1)  # C-contiguous: a view
-    windows, a = [], 0
+def _runs(offsets: list[int]) -> list[tuple[int, int, int, int]]:
+    """(first vertex, end vertex, first offset, step) of each run of evenly stepping ``offsets``."""
+    runs, a = [], 0
     while a < len(offsets):
         b = a + 1
         step = offsets[b] - offsets[a] if b < len(offsets) else 0
         while b < len(offsets) and offsets[b] - offsets[b - 1] == step:
             b += 1
-        view = np.lib.stride_tricks.as_strided(flat[offsets[a]:], lead + (b - a, width),
-                                               lead_strides + (step * item, item), writeable=False)
-        windows.append((slice(a, b), view))
+        runs.append((a, b, offsets[a], step))
         a = b
-    return windows
+    return runs
+
+
+def _windows(doubled: np.ndarray, runs: list[tuple[int, int, int, int]],
+             width: int) -> list[tuple[slice, np.ndarray]]:
+    """(vertex rows, strided view of ``doubled``) for each run of :func:`_runs`."""
+    item = doubled.itemsize
+    lead, lead_strides = doubled.shape[:-2], doubled.strides[:-2]
+    flat = doubled.reshape(-1)  # C-contiguous: a view
+    return [(slice(a, b), np.lib.stride_tricks.as_strided(flat[offset:], lead + (b - a, width),
+                                                           lead_strides + (step * item, item),
+                                                           writeable=False))
+            for a, b, offset, step in runs]
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------
@@ -425,23 +406,10 @@ def _root(a: object) -> object:
         a = base
 
 
-# Layout checks of vector lists the fast engine passes again on every run: id(list) ->
-# (weakref to the first row, weakref to the last, row count, whether the rows stack).
-_STACKED_CACHE: dict[int, tuple[weakref.ref, weakref.ref, int, bool]] = {}
-
-
 def _rows_stack(parts: list[np.ndarray], step: int) -> bool:
-    """Whether the rows are evenly spaced (``step`` elements) views of one buffer."""
-    first, last = parts[0], parts[-1]
-    key = id(parts)
-    hit = _STACKED_CACHE.get(key)
-    if hit is not None and hit[0]() is first and hit[1]() is last and hit[2] == len(parts):
-        return hit[3]
-    ok = _check_stack(parts, step)
-    if len(_STACKED_CACHE) >= _CACHE_LIMIT:
-        _STACKED_CACHE.clear()
-    _STACKED_CACHE[key] = (weakref.ref(first), weakref.ref(last), len(parts), ok)
-    return ok
+    """Whether the rows are evenly spaced (``step`` elements) views of one buffer; checked once
+    per frozen list (the fast engine hands the same one to every run)."""
+    return memo(parts, ("stacked", step), lambda: _check_stack(parts, step))
 
 
 def _check_stack(parts: list[np.ndarray], step: int) -> bool:

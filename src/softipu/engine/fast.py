@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.host import keep_freed_pages, run_side_by_side
+from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
@@ -61,10 +61,8 @@ class GroupRunner:
         replica_axis = storage.replicas > 1
         for name, f in group.codelet.fields.items():
             value = group.fields[name]
-            if f.direction is Direction.PARAM:
-                param = value.reshape(-1, 1)
-                param.flags.writeable = False
-                self.fixed[name] = param
+            if f.direction is Direction.PARAM:  # frozen: codelets keep plans in its memo
+                self.fixed[name] = frozen(value.reshape(-1, 1))
                 continue
             parts: list[Any] = []
             for k, t in enumerate(group.tensors(name)):
@@ -75,7 +73,7 @@ class GroupRunner:
                     self.gathers.append((name, k, t, not f.direction.writes))
                     if f.direction.writes:
                         self.scatters.append((name, k, t))
-            self.fixed[name] = parts if isinstance(value, tuple) else parts[0]
+            self.fixed[name] = FrozenList(parts) if isinstance(value, tuple) else parts[0]
         self.calls = [self.fixed] if self.gathers else _chunks(self.fixed, group, storage.replicas)
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
@@ -143,7 +141,7 @@ _DATA = (Direction.INPUT, Direction.OUTPUT, Direction.INOUT)
 
 def _rows(value: Any, axis: int, lo: int, hi: int) -> Any:
     if isinstance(value, list):
-        return [_rows(v, axis, lo, hi) for v in value]
+        return FrozenList(_rows(v, axis, lo, hi) for v in value)
     return value[lo:hi] if axis == 0 else value[:, lo:hi]
 
 
