@@ -166,7 +166,9 @@ class Graph:
                 f"constant {name!r}{at(location)}: values of shape {np.shape(values)} do not "
                 f"broadcast to {shape_t}"
             ) from None
-        return self._add(dtype, shape_t, name, np.ascontiguousarray(data), location)
+        # Kept as value + shape (a read-only broadcast view): the element array is built only
+        # when an engine loads it, never by building or pricing the graph.
+        return self._add(dtype, shape_t, name, data, location)
 
     def _add(self, dtype: DType, shape: Any, name: str, value: np.ndarray | None,
              location: SourceLocation) -> Tensor:
@@ -234,12 +236,12 @@ class Graph:
         """Map ``tensor.flatten()[begins[i]:ends[i]]`` to ``tiles[i]`` for every i, in one call."""
         self._check_tensor(tensor, "map_intervals")
         begins, ends, tiles = (np.asarray(a, np.int64).reshape(-1) for a in (begins, ends, tiles))
-        what = f"map_intervals of {tensor.name}"
+        what = f"map_intervals of {tensor.name}{at(caller_location())}"
         if not begins.shape == ends.shape == tiles.shape:
             raise MappingError(f"{what}: begins, ends and tiles differ in length")
         if begins.size and (begins.min() < 0 or ends.max() > tensor.numel or np.any(ends < begins)):
             raise MappingError(f"{what}: intervals must lie in 0..{tensor.numel} with begin <= end")
-        self._check_tiles(tiles, what)
+        self._check_tiles(tiles, what, "interval")
         if tensor.is_contiguous():
             starts, lengths, tile_col = tensor.offset + begins, ends - begins, tiles
         else:  # element by element through the view's addresses
@@ -260,7 +262,7 @@ class Graph:
                 f"set_tile_mappings of {tensor.name}{at(caller_location())}: need one tile per row "
                 f"({tensor.shape[0] if tensor.ndim else 0}), got {tiles.shape[0]}"
             )
-        self._check_tiles(tiles, f"set_tile_mappings of {tensor.name}")
+        self._check_tiles(tiles, f"set_tile_mappings of {tensor.name}{at(caller_location())}", "row")
         if tiles.shape[0] == 0:
             return
         row = tensor[0]
@@ -366,7 +368,7 @@ class Graph:
         location = caller_location()
         tiles = np.asarray(tiles, dtype=np.int64).reshape(-1)
         what = f"add_vertices({codelet.__name__}) in compute set {compute_set.name!r}{at(location)}"
-        self._check_tiles(tiles, what)
+        self._check_tiles(tiles, what, "vertex")
         num = tiles.shape[0]
         missing = [n for n in spec if n not in fields]
         if missing:
@@ -499,7 +501,7 @@ class Graph:
         try:
             tile = operator.index(tile)
         except TypeError:
-            raise MappingError(f"{what}: tile must be an int, got {tile!r}") from None
+            raise MappingError(f"{what}{at(caller_location())}: tile must be an int, got {tile!r}") from None
         if not 0 <= tile < self.target.num_tiles:
             raise MappingError(
                 f"{what}{at(caller_location())}: tile {tile} does not exist; {self.target.name} "
@@ -507,12 +509,14 @@ class Graph:
             )
         return tile
 
-    def _check_tiles(self, tiles: np.ndarray, what: str) -> None:
+    def _check_tiles(self, tiles: np.ndarray, what: str, item: str) -> None:
+        """``what`` names the call and the user's line; ``item`` what each tile is for."""
         if tiles.size and (tiles.min() < 0 or tiles.max() >= self.target.num_tiles):
-            bad = int(tiles[(tiles < 0) | (tiles >= self.target.num_tiles)][0])
+            i = int(np.flatnonzero((tiles < 0) | (tiles >= self.target.num_tiles))[0])
             raise MappingError(
-                f"{what}: tile {bad} does not exist; {self.target.name} has tiles "
-                f"0..{self.target.num_tiles - 1}"
+                f"{what}: tile {int(tiles[i])} does not exist ({item} {i} asks for it); "
+                f"{self.target.name} has tiles 0..{self.target.num_tiles - 1}: map to one of those, or "
+                "use a target with more tiles"
             )
 
 
