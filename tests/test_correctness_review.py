@@ -143,7 +143,8 @@ def test_poison_fills_unwritten_floats_with_nan_and_ints_with_a_pattern():
     assert np.isnan(eng.read_tensor(y)).all()
 
 
-def test_without_poison_unwritten_memory_reads_zero():
+def test_without_poison_unwritten_memory_reads_zero(monkeypatch):
+    monkeypatch.delenv("SOFTIPU_ENGINE_OPTIONS", raising=False)  # conftest poisons this file's engines
     eng, _, y, _ = _copy_of_unwritten(sp.float32, None)
     eng.run(0)
     assert eng.read_tensor(y).tolist() == [0.0] * 4
@@ -160,3 +161,87 @@ def test_poison_option_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", "{not json")
     with pytest.raises(sp.OptionError, match="SOFTIPU_ENGINE_OPTIONS.*JSON"):
         _copy_of_unwritten(sp.float32, None)
+
+
+# -- errors name the object, the user's line and what to do ----------------------------------------------
+def _line_of(marker: str) -> int:
+    """The line of this file holding ``marker`` (the statement whose error must point at it)."""
+    with open(__file__) as f:
+        return next(i for i, line in enumerate(f, 1) if marker in line and "_line_of" not in line)
+
+
+def _at_line(err: pytest.ExceptionInfo, marker: str) -> None:
+    assert f"test_correctness_review.py:{_line_of(marker)}" in str(err.value), str(err.value)
+
+
+def test_set_tile_mappings_with_a_missing_tile_names_the_users_line():
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (3, 2), name="x")
+    with pytest.raises(sp.MappingError, match=r"set_tile_mappings of x.*tile 9.*row 1.*tiles 0\.\.3") as err:
+        g.set_tile_mappings(x, [0, 9, 1])  # MARK-set-tile-mappings
+    _at_line(err, "MARK-set-tile-mappings")
+    with pytest.raises(sp.MappingError, match="map_intervals of x.*tile -1") as err:
+        g.map_intervals(x, [0], [6], [-1])  # MARK-map-intervals
+    _at_line(err, "MARK-map-intervals")
+
+
+def test_an_index_out_of_range_names_the_users_line():
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (8,), name="x")
+    m = g.add_variable(sp.float32, (8, 3), name="m")
+    with pytest.raises(sp.TensorError, match=r"index 12 is out of range for axis 0 of x.*0\.\.7") as err:
+        x[12]  # MARK-index
+    _at_line(err, "MARK-index")
+    with pytest.raises(sp.TensorError, match=r"index -4 .*axis 1 of m") as err:
+        m[2, -4]  # MARK-index-2d
+    _at_line(err, "MARK-index-2d")
+
+
+@pytest.mark.parametrize("key", [slice(5, 20), slice(-20, None), slice(9, None), slice(0, 8, 2)])
+def test_a_slice_beyond_the_tensor_is_an_error_not_clamped(key):
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (8,), name="x")
+    m = g.add_variable(sp.float32, (2, 8), name="m")
+    if key == slice(0, 8, 2):  # in range: as numpy
+        assert x[key].shape == (4,) and m[:, key].shape == (2, 4)
+        return
+    with pytest.raises(sp.TensorError, match=r"slice .* of x.*axis 0 of 8 elements.*-8\.\.8") as err:
+        x[key]  # MARK-slice-1d
+    _at_line(err, "MARK-slice-1d")
+    with pytest.raises(sp.TensorError, match=r"slice .* of m.*axis 1") as err:
+        m[0:1, key]  # MARK-slice-2d
+    _at_line(err, "MARK-slice-2d")
+    assert x[-8:8].shape == (8,) and x[5:3].shape == (0,)  # the whole range is fine, and empty slices
+
+
+def test_write_tensor_of_the_wrong_shape_names_the_users_line():
+    eng, x = _engine_with(sp.float32)
+    with pytest.raises(EngineError, match=r"shape \(3,\) to tensor x.*it has shape \(2,\)") as err:
+        eng.write_tensor(x, [1.0, 2.0, 3.0])  # MARK-write-shape
+    _at_line(err, "MARK-write-shape")
+
+
+class FailingEstimate(sp.Vertex):
+    x = sp.Input(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, y):
+        y[...] = x
+
+    @staticmethod
+    def cycles(x, y):
+        raise ZeroDivisionError("division by zero")
+
+
+def test_a_cycles_estimate_that_raises_names_the_codelet_and_the_users_line():
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = g.add_variable(sp.float32, (4,), name="x")
+    y = g.add_variable(sp.float32, (4,), name="y")
+    g.set_tile_mapping(x, 0)
+    g.set_tile_mapping(y, 0)
+    cs = g.add_compute_set("cs")
+    g.add_vertex(cs, FailingEstimate, {"x": x, "y": y}, tile=0)  # MARK-vertex
+    with pytest.raises(sp.CodeletError, match=r"cycles\(\) of codelet FailingEstimate.*ZeroDivisionError") as err:
+        sp.Engine(g, [sp.program.Execute(cs)])
+    _at_line(err, "MARK-vertex")

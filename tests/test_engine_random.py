@@ -173,7 +173,7 @@ class GraphMaker:
             span = (size - 1) * step + 1 if size else 0
             if span <= a * b:
                 s = rng.randint(0, a * b - span)
-                return self._maybe_reverse(flat[s : s + size * step : step].reshape(rows, n))
+                return self._maybe_reverse(flat[s : s + span : step].reshape(rows, n))  # slices do not clamp
         if kind == "fancy":
             free = [i for i in range(a * b) if int(var.view.m.flat[i]) not in used] if writes else range(a * b)
             if len(free) >= size:

@@ -95,7 +95,7 @@ BASIC = [
     ((4, 6), np.s_[::-1]),
     ((4, 6), np.s_[3:0:-2, ::-3]),
     ((4, 6), np.s_[-3:, 5::-1]),
-    ((4, 6), np.s_[10:20]),  # clamps to an empty view, like numpy
+    ((4, 6), np.s_[4:4]),  # an empty view at the end (x[10:20] is an error: Poplar slices do not clamp)
     ((4, 6), np.s_[2:2, 1]),
     ((2, 3, 4), np.s_[..., 1]),
     ((2, 3, 4), np.s_[1, ...]),
@@ -521,7 +521,7 @@ def _index_items(data, dims):
         if kind == "int":
             key.append(data.draw(st.integers(-d, d - 1)))
         else:
-            bound = st.none() | st.integers(-d - 1, d + 1)
+            bound = st.none() | st.integers(-d, d)  # beyond is an error (test_correctness_review)
             step = st.none() | st.integers(-3, 3).filter(bool)
             key.append(slice(data.draw(bound), data.draw(bound), data.draw(step)))
     return key

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from softipu.compiler.executable import Executable
+from softipu.debug import at, caller_location
 from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError
 from softipu.graph.tensor import Tensor
@@ -30,12 +31,13 @@ def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
         cast, bad = narrow(arr, t.dtype)
         if bad is None:
             return cast
-        raise EngineError(f"values do not fit tensor {t.name} of {t.dtype} ({value_range(t.dtype)}): "
-                          f"{arr[bad].item()!r} at index {bad}; keep them within that range")
+        raise EngineError(f"values do not fit tensor {t.name} of {t.dtype} ({value_range(t.dtype)})"
+                          f"{at(caller_location())}: {arr[bad].item()!r} at index {bad}; keep them "
+                          "within that range")
     if np.can_cast(arr.dtype, want, casting="same_kind"):  # e.g. float64 data into float16
         return arr.astype(want, copy=False)
-    raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype} without "
-                      "losing their kind; cast them first")
+    raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype}"
+                      f"{at(caller_location())} without losing their kind; cast them first")
 
 
 def poison_value(dtype: DType) -> np.generic:
@@ -114,14 +116,15 @@ class Storage:
 
     def write(self, t: Tensor, values: object) -> None:
         if t.repeats_elements():
-            raise EngineError(f"cannot write tensor {t.name}: it repeats elements (a broadcast "
-                              "view?); write the underlying variable")
+            raise EngineError(f"cannot write tensor {t.name}{at(caller_location())}: it repeats elements "
+                              "(a broadcast view?); write the underlying variable")
         arr = _cast_for_write(np.asarray(values), t)
         r = self.replicas
         if arr.shape == t.shape:
             arr = np.broadcast_to(arr, (r,) + t.shape)
         elif arr.shape != (r,) + t.shape:
             per = f" or {(r,) + t.shape} (one per replica)" if r > 1 else ""
-            raise EngineError(f"cannot write values of shape {arr.shape} to tensor {t.name}: "
-                              f"expected {t.shape}{per}")
+            raise EngineError(f"cannot write values of shape {arr.shape} to tensor {t.name}"
+                              f"{at(caller_location())}: it has shape {t.shape}; give values of shape "
+                              f"{t.shape}{per}")
         self.scatter(t, arr, replica_axis=True)

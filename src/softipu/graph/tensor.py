@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from softipu.debug import at, caller_location
 from softipu.dtypes import DType
 from softipu.errors import TensorError
 
@@ -212,7 +213,7 @@ class Tensor:
     # -- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Tensor:
         if self.index is None and type(key) is slice and len(self.shape) == 1 and key.step != 0:
-            start, stop, step = key.indices(self.shape[0])  # the common 1-D slice, kept fast
+            start, stop, step = _slice_indices(key, self.shape[0], self, 0)  # the common 1-D slice, kept fast
             n = len(range(start, stop, step))
             stride = self.strides[0]
             return Tensor(self.graph, self.dtype, (n,), self.offset + start * stride, (stride * step,))
@@ -221,20 +222,25 @@ class Tensor:
             try:
                 return self._indexed(self.addresses()[_to_numpy_key(key)])
             except (IndexError, ValueError) as exc:
-                raise TensorError(f"cannot index {self.name} {self.shape} with {key!r}: {exc}") from None
+                raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
+                                  f"{key!r}: {exc}") from None
         if self.index is not None:
+            _check_slices(key, self)
             try:
                 return self._indexed(self.index[key])
             except (IndexError, TypeError) as exc:
-                raise TensorError(f"cannot index {self.name} {self.shape} with {key!r}: {exc}") from None
+                raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
+                                  f"{key!r}: {exc}") from None
         return self._basic_index(key)
 
     def _basic_index(self, key: tuple) -> Tensor:
         n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
         if n_real > self.ndim:
-            raise TensorError(f"too many indices for {self.name} of shape {self.shape}: {key!r}")
+            raise TensorError(f"too many indices for {self.name} of shape {self.shape}"
+                              f"{at(caller_location())}: {key!r}")
         if sum(1 for k in key if k is Ellipsis) > 1:
-            raise TensorError(f"an index of {self.name} can only have one Ellipsis: {key!r}")
+            raise TensorError(f"an index of {self.name}{at(caller_location())} can only have one "
+                              f"Ellipsis: {key!r}")
         if Ellipsis in key:
             i = key.index(Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - n_real) + key[i + 1 :]
@@ -248,9 +254,7 @@ class Tensor:
                 continue
             size, stride = self.shape[axis], self.strides[axis]
             if isinstance(k, slice):
-                if k.step == 0:
-                    raise TensorError(f"slice step cannot be zero (indexing {self.name} with {k!r})")
-                start, stop, step = k.indices(size)
+                start, stop, step = _slice_indices(k, size, self, axis)
                 shape.append(len(range(start, stop, step)))
                 strides.append(stride * step)
                 offset += start * stride if shape[-1] else 0
@@ -258,8 +262,8 @@ class Tensor:
                 i = _as_int(k, self)
                 if not -size <= i < size:
                     raise TensorError(
-                        f"index {i} is out of bounds for axis {axis} of {self.name} "
-                        f"with shape {self.shape}"
+                        f"index {i} is out of range for axis {axis} of {self.name} of shape {self.shape}"
+                        f"{at(caller_location())}: use 0..{size - 1} (or -{size}..-1 from the end)"
                     )
                 offset += (i % size) * stride
             axis += 1
@@ -528,9 +532,39 @@ def _as_int(k: Any, t: Tensor) -> int:
         return operator.index(k)
     except TypeError:
         raise TensorError(
-            f"cannot index {t.name} with {k!r} ({type(k).__name__}); use ints, slices, "
-            "None, Ellipsis or integer arrays"
+            f"cannot index {t.name}{at(caller_location())} with {k!r} ({type(k).__name__}); use ints, "
+            "slices, None, Ellipsis or integer arrays"
         ) from None
+
+
+def _slice_indices(k: slice, size: int, t: Tensor, axis: int) -> tuple[int, int, int]:
+    """``k.indices(size)``, refusing a zero step and bounds beyond the axis: numpy and Python clamp
+    ``x[5:20]`` of 8 elements to ``x[5:8]``; Poplar's ``slice`` does not, and a silently shorter
+    view hides the bug that asked for it."""
+    if k.step is not None and _as_int(k.step, t) == 0:
+        raise TensorError(f"slice step cannot be zero (indexing {t.name}{at(caller_location())} with {k!r})")
+    for bound in (k.start, k.stop):
+        if bound is not None and not -size <= _as_int(bound, t) <= size:
+            text = ":".join("" if b is None else str(b) for b in (k.start, k.stop, k.step)).rstrip(":")
+            raise TensorError(
+                f"slice [{text}] of {t.name}{at(caller_location())} is out of range for axis {axis} of "
+                f"{size} elements: slices do not clamp (Poplar's do not); give bounds in -{size}..{size}"
+            )
+    return k.indices(size)
+
+
+def _check_slices(key: tuple, t: Tensor) -> None:
+    """The bounds of every slice in ``key`` (an indexed view's numpy indexing clamps them too)."""
+    axis = 0
+    for k in key:
+        if k is Ellipsis:
+            axis = t.ndim - sum(1 for j in key[key.index(k) + 1 :] if j is not None)
+        elif isinstance(k, slice):
+            if axis < t.ndim:
+                _slice_indices(k, t.shape[axis], t, axis)
+            axis += 1
+        elif k is not None:
+            axis += 1
 
 
 def _flat_args(args: tuple) -> tuple[int, ...]:

@@ -396,8 +396,8 @@ def _dilated_padded(ctx: OpContext, dy: Tensor, stride: tuple[int, int], lo: tup
         u0 = -(a // s) if a < 0 else 0  # first dy row that lands inside
         u1 = min(d, (length - 1 - a) // s + 1)
         src_key.append(slice(u0, max(u0, u1)))
-        dst_key.append(slice(a + u0 * s, a + u0 * s + max(0, u1 - u0) * s, s) if u1 > u0
-                       else slice(0, 0))
+        dst_key.append(slice(a + u0 * s, a + u0 * s + (u1 - u0 - 1) * s + 1, s) if u1 > u0
+                       else slice(0, 0))  # stop just past the last row: slices do not clamp
     src, dst = dy[tuple(src_key)], var[tuple(dst_key)]
     if src.numel:
         ctx.prog.add(P.Copy(src, dst))

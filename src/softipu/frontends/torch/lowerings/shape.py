@@ -78,8 +78,14 @@ def _expand_copy(ctx: Any, node: Any, x: Tensor, size: Any, *, implicit: bool = 
 def _slice(ctx: Any, node: Any, x: Tensor, dim: int = 0, start: Any = None, end: Any = None,
            step: int = 1) -> Tensor:
     key = [slice(None)] * x.ndim
-    key[_dim(dim, x.ndim)] = slice(start, end, step)
+    key[_dim(dim, x.ndim)] = _clamped(x, dim, start, end, step)
     return x[tuple(key)]
+
+
+def _clamped(x: Tensor, dim: int, start: Any, end: Any, step: int) -> slice:
+    """torch's slice bounds clamped to the axis, as torch clamps them (``x[1:]`` exports with end
+    ``2**63 - 1``); softipu's own slices refuse bounds beyond the axis."""
+    return slice(*slice(start, end, step).indices(x.shape[_dim(dim, x.ndim)]))
 
 
 @register_lowering("aten::select.int")
@@ -225,7 +231,7 @@ def _select_scatter(ctx: Any, node: Any, x: Tensor, src: Tensor, dim: int, index
 def _slice_scatter(ctx: Any, node: Any, x: Tensor, src: Tensor, dim: int = 0, start: Any = None,
                    end: Any = None, step: int = 1) -> Tensor:
     key: list[Any] = [slice(None)] * x.ndim
-    key[_dim(dim, x.ndim)] = slice(start, end, step)
+    key[_dim(dim, x.ndim)] = _clamped(x, dim, start, end, step)
     return _scatter_view(ctx, x, src, tuple(key))
 
 
