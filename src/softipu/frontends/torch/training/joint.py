@@ -42,38 +42,35 @@ class Joint:
 class _Flat(torch.nn.Module):
     """The user's module with flat inputs and flat outputs, every output but the loss detached."""
 
-    def __init__(self, module: torch.nn.Module, in_spec: Any, loss_index: int) -> None:
+    def __init__(self, module: torch.nn.Module, in_spec: Any, loss_index: int | None, position: int) -> None:
         super().__init__()
         self.m = module
         self.in_spec = in_spec
         self.loss_index = loss_index
+        self.position = position  # the loss among the recorded losses, when forward does not return it
 
     def forward(self, *flat: Any) -> tuple[Any, ...]:
         args, kwargs = pytree.tree_unflatten(list(flat), self.in_spec)
-        outs = pytree.tree_leaves(self.m(*args, **kwargs))
+        with recording(type(self.m).__name__) as rec:
+            outs = pytree.tree_leaves(self.m(*args, **kwargs))
+        if self.loss_index is None:
+            return (*(o.detach() if isinstance(o, torch.Tensor) else o for o in outs),
+                    rec.losses[self.position][0])
         return tuple(o if i == self.loss_index or not isinstance(o, torch.Tensor) else o.detach()
                      for i, o in enumerate(outs))
 
 
-def _find_loss(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, Any]:
-    """Run forward eagerly once (buffers copied) to find the loss; (its flat index, out spec)."""
+def _find_loss(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int | None, int, Any]:
+    """Run forward eagerly once (buffers copied) to find the loss: (its flat output index or None,
+    its index among the recorded losses, the output spec)."""
+    label = type(module).__name__
     params = dict(module.named_parameters(remove_duplicate=False))
     buffers = {k: v.clone() for k, v in module.named_buffers(remove_duplicate=False)}
-    with recording() as rec, torch.enable_grad():
-        try:
-            out = torch.func.functional_call(module, {**params, **buffers}, tuple(args), dict(kwargs))
-        except RuntimeError as exc:
-            if "does not require grad" in str(exc) or "backward" in str(exc):
-                raise FrontendError(_backward_message(module, exc)) from exc
-            raise
+    with recording(label) as rec, torch.enable_grad():
+        out = torch.func.functional_call(module, {**params, **buffers}, tuple(args), dict(kwargs))
     flat, spec = pytree.tree_flatten(out)
-    return find_loss(rec.losses, flat, type(module).__name__), spec
-
-
-def _backward_message(module: torch.nn.Module, exc: BaseException) -> str:
-    return (f"{type(module).__name__}.forward calls .backward() (or autograd.grad): on the IPU the "
-            "backward pass and the optimizer step are part of the compiled training step; return the "
-            f"loss from forward instead and let trainingModel differentiate it. torch says: {exc}")
+    index, position = find_loss(rec.losses, flat, label)
+    return index, position, spec
 
 
 @contextlib.contextmanager
@@ -108,8 +105,9 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
         raise FrontendError(f"{label} has no parameter that requires grad: there is nothing to train. "
                             "Set requires_grad=True on the parameters to train, or use inferenceModel")
     flat_in, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
-    loss_index, out_spec = _find_loss(module, args, kwargs)
-    flat = _Flat(module, in_spec, loss_index)
+    returned, position, out_spec = _find_loss(module, args, kwargs)
+    loss_index = returned if returned is not None else out_spec.num_leaves
+    flat = _Flat(module, in_spec, returned, position)
     try:
         # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
         with _quiet_torch(), _own_signature() as captured, sdpa_kernel([SDPBackend.MATH]), \
@@ -119,9 +117,12 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
     except FrontendError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure is reported the same way
-        if "backward" in str(exc) and "inside" not in str(exc):
-            raise FrontendError(_backward_message(module, exc)) from exc
-        raise ExportError(_explain(module, exc).replace("torch.export", "AOTAutograd", 1)) from exc
+        text = _explain(module, exc).replace("torch.export", "AOTAutograd", 1)
+        if "DataDependent" in type(exc).__name__ or "_local_scalar_dense" in str(exc):
+            text = (f"{text}\nThe training step reads a tensor's value into Python (.item(), float(t), "
+                    "bool(t) or an `if` on a tensor): IPU graphs are static, so keep it a tensor "
+                    "(torch.where(cond, a, b), masks, clamp) or use torch.cond")
+        raise ExportError(text) from exc
     params = [n.removeprefix("m.") for n in captured["param_names"]]
     buffers = [n.removeprefix("m.") for n in captured["buffer_names"]]
     meta = captured["fw_metadata"]

@@ -9,6 +9,7 @@ and forward must return it.
 from __future__ import annotations
 
 import contextvars
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from torch.overrides import TorchFunctionMode
 
 from softipu.frontends.errors import FrontendError
+from softipu.frontends.torch.export import _is_user_file
 
 __all__ = ["LossRecorder", "record_loss", "find_loss"]
 
@@ -34,20 +36,36 @@ _ACTIVE: contextvars.ContextVar[LossRecorder | None] = contextvars.ContextVar("s
 class LossRecorder(TorchFunctionMode):
     """Records the result of every loss function called while it is active."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "the model") -> None:
         super().__init__()
+        self.label = label
         self.losses: list[tuple[torch.Tensor, str]] = []
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _BACKWARD:
+            raise FrontendError(backward_message(self.label))
         out = func(*args, **(kwargs or {}))
         if func in _LOSS_FUNCTIONS and isinstance(out, torch.Tensor):
             self.losses.append((out, f"torch.nn.functional.{func.__name__}"))
         return out
 
 
+_BACKWARD = frozenset((torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad))
+
+
+def backward_message(label: str) -> str:
+    """What to do when forward calls ``.backward()``, with the user's line."""
+    frames = [f for f in traceback.extract_stack() if _is_user_file(f.filename)]
+    last = frames[-1] if frames else None
+    where = f" at {last.filename}:{last.lineno}: {(last.line or '').strip()}" if last else ""
+    return (f"{label}.forward calls .backward() (or torch.autograd.grad){where}: on the IPU the backward "
+            "pass and the optimizer step are part of the compiled training step. Return the loss from "
+            "forward instead; trainingModel differentiates it and steps the optimizer")
+
+
 @contextmanager
-def recording() -> Iterator[LossRecorder]:
-    recorder = LossRecorder()
+def recording(label: str = "the model") -> Iterator[LossRecorder]:
+    recorder = LossRecorder(label)
     token = _ACTIVE.set(recorder)
     try:
         with recorder:
@@ -79,8 +97,10 @@ def _reaches(start: Any, target: Any) -> bool:
     return False
 
 
-def find_loss(losses: list[tuple[torch.Tensor, str]], flat_outputs: list[Any], label: str) -> int:
-    """The index among ``flat_outputs`` of the one independent loss (PopTorch's errors otherwise)."""
+def find_loss(losses: list[tuple[torch.Tensor, str]], flat_outputs: list[Any],
+              label: str) -> tuple[int | None, int]:
+    """(the index among ``flat_outputs`` of the one independent loss or None when forward does not
+    return it, its index among ``losses``); PopTorch's errors when there is none or several."""
     unique: list[tuple[torch.Tensor, str]] = []
     for t, what in losses:
         if not any(t is u for u, _ in unique):
@@ -100,11 +120,8 @@ def find_loss(losses: list[tuple[torch.Tensor, str]], flat_outputs: list[Any], l
             f"Multiple independent losses found in {label}.forward ({names}). Wrap final graph loss in "
             "poptorch.identity_loss, e.g. return poptorch.identity_loss(loss_a + loss_b, reduction='none')")
     loss = independent[0][0]
-    for i, out in enumerate(flat_outputs):
-        if out is loss:
-            if loss.numel() != 1:
-                raise FrontendError(f"the loss of {label} has shape {list(loss.shape)}; it must be a "
-                                    "scalar: use poptorch.identity_loss(x, reduction='sum' or 'mean')")
-            return i
-    raise FrontendError(f"{label}.forward computes its loss ({independent[0][1]}) but does not return "
-                        "it: return the loss from forward, e.g. `return out, loss`")
+    if loss.numel() != 1:
+        raise FrontendError(f"the loss of {label} has shape {list(loss.shape)}; it must be a "
+                            "scalar: use poptorch.identity_loss(x, reduction='sum' or 'mean')")
+    position = next(k for k, (t, _) in enumerate(losses) if t is loss)
+    return next((i for i, out in enumerate(flat_outputs) if out is loss), None), position

@@ -26,7 +26,7 @@ from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.lower import StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.runtime import logger
+from softipu.frontends.torch.runtime import _positional_names, logger
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
 
@@ -77,6 +77,7 @@ class TrainingModel:
         self._dirty = False  # the device holds newer weights than the module
         self._hyper_written: dict[str, float] = {}
         self._attached = True
+        self._arg_names = _positional_names(module)
         _LiveModule.wrap(module, self)
 
     # -- checks --------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class TrainingModel:
 
     def _prepare(self, args: tuple, kwargs: dict) -> list[Any]:
         flat, spec = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
-        leaves = [(pytree.keystr(p), v) for p, v in flat]
+        leaves = [(self._input_name(p), v) for p, v in flat]
         self._check_batch(leaves)
         sig = tuple((n, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (n, v)
                     for n, v in leaves)
@@ -131,6 +132,17 @@ class TrainingModel:
                              f"{sig}; a training model keeps one input signature (destroy() and compile "
                              "again for another)")
         return [v for _, v in leaves]
+
+    def _input_name(self, path: tuple) -> str:
+        """The forward argument's name (then any keys) of a flattened input."""
+        if len(path) < 2:
+            return pytree.keystr(path)
+        if getattr(path[0], "idx", None) == 0:
+            i = path[1].idx
+            base = self._arg_names[i] if i < len(self._arg_names) else f"input {i}"
+        else:
+            base = str(getattr(path[1], "key", path[1]))
+        return base + pytree.keystr(path[2:])
 
     def _micro(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         o = self.options
@@ -154,9 +166,10 @@ class TrainingModel:
         t = time.perf_counter()
         named = self._named_trainable()
         spec = optimizer_spec(self.optimizer, named)
-        names = [n for n, _ in pytree.tree_flatten_with_path((tuple(margs), dict(mkwargs)))[0]]
+        flat = pytree.tree_flatten_with_path((tuple(margs), dict(mkwargs)))[0]
+        names = [self._input_name(n) for n, _ in flat]
         every = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
-        lowered = lower_training(joint, spec, self.options, [pytree.keystr(n) for n in names], every)
+        lowered = lower_training(joint, spec, self.options, names, every)
         times["lower"] = time.perf_counter() - t
         t = time.perf_counter()
         engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
@@ -168,6 +181,8 @@ class TrainingModel:
         self._write_weights()
         self._write_state()
         self._write_hyper(force=True)
+        self._bind_optimizer(self.optimizer)
+        self._upload_optimizer_state()
         for stream, values in lowered.seed_weights:
             engine.connect_stream(stream, values)
         engine.run(0)
@@ -203,6 +218,31 @@ class TrainingModel:
                 eng.write_tensor(var, np.asarray(value, var.dtype.numpy))
                 self._hyper_written[name] = value
 
+    def _bind_optimizer(self, optimizer: Any) -> None:
+        """Back a poptorch optimizer's ``state_dict`` with the device state (PopTorch's protocol)."""
+        if hasattr(optimizer, "ipu_state_source"):
+            optimizer.ipu_state_source = self._optimizer_state_dict
+            optimizer.host_state_is_dirty = self._lowered is not None
+
+    def _optimizer_state_dict(self) -> dict[str, Any]:
+        low, eng = self._need("optimizer state_dict"), self._engine
+        values = {k: torch.from_numpy(np.array(eng.read_tensor(v))) for k, v in low.state.items()}
+        step = int(round(float(eng.read_tensor(low.step))))
+        return self._spec.state_dict(values, self.optimizer, step)
+
+    def _upload_optimizer_state(self) -> None:
+        """Write a state loaded with ``optimizer.load_state_dict`` to the device."""
+        opt = self.optimizer
+        if not getattr(opt, "ipu_state_is_dirty", False):
+            return
+        low, eng = self._need("optimizer load_state_dict"), self._engine
+        values, step = self._spec.load_state_dict(opt._ipu_state)
+        for key, t in values.items():
+            eng.write_tensor(low.state[key], t.detach().cpu().numpy())
+        if step is not None:
+            eng.write_tensor(low.step, np.asarray(step, np.float32))
+        opt.ipu_state_is_dirty = False
+
     def _snapshot(self) -> list[tuple[Any, np.ndarray]]:
         low, eng = self._lowered, self._engine
         vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
@@ -222,6 +262,13 @@ class TrainingModel:
             for name, var in low.buffers.items():
                 _assign(buffers[name], eng.read_tensor(var))
 
+    def __del__(self) -> None:
+        # The module outlives its training model: it keeps the trained weights.
+        try:
+            self.copy_weights_to_host()
+        except Exception:  # noqa: BLE001, S110 - nothing can be raised from a finalizer
+            pass
+
     def copy_weights_to_device(self) -> None:
         """Write the module's parameters and buffers to the device (after editing them on the host)."""
         if self._dirty:
@@ -234,6 +281,7 @@ class TrainingModel:
         if not self._attached:
             self.attach()
         self._write_hyper()
+        self._upload_optimizer_state()
         snapshot = self._snapshot()
         try:
             out = self._run(values)
@@ -242,6 +290,8 @@ class TrainingModel:
                 self._engine.write_tensor(var, data)
             raise
         self._dirty = True
+        if hasattr(self.optimizer, "host_state_is_dirty"):
+            self.optimizer.host_state_is_dirty = True
         _LiveModule.bump(self.module)
         if self.options.log_cycle_count:
             logger.info("%s: %d cycles per training call", self._label, self.cycle_count)
@@ -271,7 +321,8 @@ class TrainingModel:
             buffers.append(buf)
         eng.run(1)
         leaves = [self._output(slot, buf) for slot, buf in zip(low.outputs, buffers, strict=True)]
-        return pytree.tree_unflatten(leaves, self._out_spec)
+        # A loss forward does not return was traced as one more output: not handed back.
+        return pytree.tree_unflatten(leaves[:self._out_spec.num_leaves], self._out_spec)
 
     def _output(self, slot: Any, buf: np.ndarray | None) -> Any:
         if not isinstance(slot, StreamSlot):
@@ -301,9 +352,13 @@ class TrainingModel:
         self._check_optimizer(optimizer)
         if self._spec is not None:
             self._spec.check_compatible(optimizer)
+        if optimizer is not self.optimizer and self._spec is not None:
+            # The device keeps the optimizer state: the new optimizer's state_dict reads it.
+            self._bind_optimizer(optimizer)
         self.optimizer = optimizer
         if self._spec is not None and self._attached:
             self._write_hyper()
+            self._upload_optimizer_state()
 
     # -- attach / detach -----------------------------------------------------------------------------
     def detach(self) -> None:
