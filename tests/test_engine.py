@@ -902,3 +902,37 @@ def test_a_copy_between_overlapping_views_writes_the_source_values_from_before(v
     want = start.copy()
     want[np.asarray(dst.addresses()).ravel() - x.offset] = start[np.asarray(src.addresses()).ravel() - x.offset]
     np.testing.assert_array_equal(eng.read_tensor(x), want)
+
+
+@pytest.mark.parametrize("memory", [0.6, 0.02])
+def test_small_amp_groups_run_merged_within_the_rounding_bound(memory):
+    """Small AMP groups of one compute set run as one merged job (groups a leading axis, fields
+    gathered and scattered through address tables); the values stay within the contraction
+    bound of the per-vertex reference, and the same on every run."""
+    from softipu.codelets._common import contraction_bound
+    from softipu.engine.fast import MergedRunner
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
+    a = variable(g, sp.float32, (64, 256), "a")
+    b = variable(g, sp.float32, (256, 64), "b")
+    prog = P.Sequence()
+    c = sp.ops.matmul(g, a, b, prog, options={"availableMemoryProportion": memory})
+    rng = np.random.default_rng(3)
+    av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+    got = {}
+    for reference in (False, True):
+        eng = engine(g, [prog], reference)
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        runs = []
+        for _ in range(2):
+            eng.run(0)
+            runs.append(eng.read_tensor(c))
+        assert runs[0].tobytes() == runs[1].tobytes()
+        got[reference] = runs[0]
+        if not reference:
+            merged = [r for cs in eng._interpreter._runners.values() for r in cs.jobs
+                      if isinstance(getattr(r, "__self__", None), MergedRunner)]
+            assert merged, "no AMP groups were merged"
+    terms = np.abs(av).astype(np.float64) @ np.abs(bv).astype(np.float64)
+    assert np.all(np.abs(got[False].astype(np.float64) - got[True]) <= contraction_bound(terms, 256))
+    np.testing.assert_allclose(got[False], av @ bv, rtol=1e-5, atol=1e-4)

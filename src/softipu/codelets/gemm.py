@@ -48,52 +48,58 @@ def pieces(vertices: int, macs: int) -> list[tuple[int, int]]:
 
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False) -> None:
-    """``out (+)= a @ b`` over float32 blocks ``(..., V, m, k) x (..., V, k, n)`` (module doc)."""
+    """``out (+)= a @ b`` over float32 blocks ``(..., V, m, k) x (..., V, k, n)`` (module doc).
+
+    Leading axes (replicas, or the vertex groups the fast engine runs as one job) batch the
+    products: the merged product of each leading index is one matrix of one batched matmul.
+    """
     with BLAS.single_threaded():
-        if out.ndim > 3:  # replicas: each its own products
+        if out.ndim > 4:
             for i in range(out.shape[0]):
                 gemm(a[i], b[i], out[i], accumulate)
             return
-        vertices = out.shape[0]
+        if out.ndim == 3:
+            a, b, out = a[None], b[None], out[None]
+        vertices = out.shape[1]
         macs = out.size * a.shape[-1]
-        if vertices > 1 and a.strides[0] == 0:
+        if vertices > 1 and a.strides[1] == 0:
             run = _shared_left
-        elif vertices > 1 and b.strides[0] == 0:
+        elif vertices > 1 and b.strides[1] == 0:
             run = _shared_right
         else:
             _separate(a, b, out, accumulate, macs)
             return
-        run_pieces([partial(run, a[lo:hi], b[lo:hi], out[lo:hi], accumulate)
+        run_pieces([partial(run, a[:, lo:hi], b[:, lo:hi], out[:, lo:hi], accumulate)
                     for lo, hi in pieces(vertices, macs)])
 
 
 def _shared_left(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
-    """One ``m x k . k x (V n)`` product: the vertices' ``b`` blocks side by side."""
-    v, k, n = b.shape
+    """Per leading index one ``m x k . k x (V n)`` product: the vertices' ``b`` blocks side by side."""
+    lead, v, k, n = b.shape
     m = a.shape[-2]
-    wide = scratch((k, v, n), "gemm:b")
-    np.copyto(wide, b.transpose(1, 0, 2))
-    product = scratch((m, v, n), "gemm:product")
-    np.matmul(a[0], wide.reshape(k, v * n), out=product.reshape(m, v * n))
-    _store(out, product.transpose(1, 0, 2), accumulate)
+    wide = scratch((lead, k, v, n), "gemm:b")
+    np.copyto(wide, b.transpose(0, 2, 1, 3))
+    product = scratch((lead, m, v, n), "gemm:product")
+    np.matmul(a[:, 0], wide.reshape(lead, k, v * n), out=product.reshape(lead, m, v * n))
+    _store(out, product.transpose(0, 2, 1, 3), accumulate)
 
 
 def _shared_right(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
-    """One ``(V m) x k . k x n`` product: the vertices' ``a`` blocks stacked."""
-    v, m, k = a.shape
+    """Per leading index one ``(V m) x k . k x n`` product: the vertices' ``a`` blocks stacked."""
+    lead, v, m, k = a.shape
     n = b.shape[-1]
-    tall = _flat(a, (v * m, k))
+    tall = _flat(a)
     if tall is None:
-        tall = scratch((v, m, k), "gemm:a")
+        tall = scratch(a.shape, "gemm:a")
         np.copyto(tall, a)
-        tall = tall.reshape(v * m, k)
-    target = None if accumulate else _flat(out, (v * m, n))
+        tall = tall.reshape(lead, v * m, k)
+    target = None if accumulate else _flat(out)
     if target is not None:
-        np.matmul(tall, b[0], out=target)
+        np.matmul(tall, b[:, 0], out=target)
         return
-    product = scratch((v * m, n), "gemm:product")
-    np.matmul(tall, b[0], out=product)
-    _store(out, product.reshape(v, m, n), accumulate)
+    product = scratch((lead, v * m, n), "gemm:product")
+    np.matmul(tall, b[:, 0], out=product)
+    _store(out, product.reshape(out.shape), accumulate)
 
 
 def _separate(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool, macs: int) -> None:
@@ -103,9 +109,9 @@ def _separate(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool, m
         return
 
     def job(lo: int, hi: int) -> None:
-        _products(a[lo:hi], b[lo:hi], out[lo:hi], accumulate)
+        _products(a[:, lo:hi], b[:, lo:hi], out[:, lo:hi], accumulate)
 
-    on_idle_cores(job, out.shape[0], macs)
+    on_idle_cores(job, out.shape[1], macs)
 
 
 def _products(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
@@ -124,13 +130,13 @@ def _store(out: np.ndarray, product: np.ndarray, accumulate: bool) -> None:
         out[...] = product
 
 
-def _flat(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
-    """``(V, m, c)`` blocks seen as one ``(V m) x c`` matrix without copying, or None where the
-    blocks do not follow each other in memory."""
-    v, m, _ = x.shape
-    if v > 1 and m > 1 and x.strides[0] != m * x.strides[1]:
+def _flat(x: np.ndarray) -> np.ndarray | None:
+    """``(L, V, m, c)`` blocks seen as ``(L, V m, c)`` without copying, or None where the blocks
+    do not follow each other in memory."""
+    lead, v, m, c = x.shape
+    if v > 1 and m > 1 and x.strides[1] != m * x.strides[2]:
         return None
-    return x.reshape(shape)
+    return x.reshape(lead, v * m, c)
 
 
 def as_float32(x: np.ndarray) -> np.ndarray:

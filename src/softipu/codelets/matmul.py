@@ -219,6 +219,8 @@ def amp_codelet(in_dtype: DType, partials_dtype: DType, accumulate: bool = False
     class AmpMatMul(MultiVertex):
         # No cache-sized chunks: the group's products are merged and cut by gemm itself.
         chunk_fields = ()
+        # Small groups of a compute set may run as one call, the groups a leading axis.
+        merge_groups = True
         a = Input(in_dtype)
         b = Input(in_dtype)
         out = out_field

@@ -36,7 +36,8 @@ from softipu.errors import CodeletError
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["FastInterpreter", "GroupRunner", "CHUNK_BYTES", "SIDE_BY_SIDE_SECONDS"]
+__all__ = ["FastInterpreter", "GroupRunner", "MergedRunner", "CHUNK_BYTES", "MERGE_BYTES",
+           "SIDE_BY_SIDE_SECONDS"]
 
 # Measured on the 8,832-vertex AddOne benchmark: 256 KiB-1 MiB chunks run 0.64-0.75x numpy's
 # `y = x + 1`; one call over the whole group runs 1.47x (bench/bench_engine.py).
@@ -159,6 +160,109 @@ def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletE
     )
 
 
+class MergedRunner:
+    """Small vertex groups of one compute set, of one codelet that allows it (``merge_groups``),
+    with equal field lengths and equal constant params, run as one job (a BERT-style model on a
+    GC200 cuts each small matmul into ~90 groups of a few tile blocks; one call each cost more
+    than the products). Every field is gathered through an address table built at load into a
+    ``(groups, vertices, n)`` array (a field all vertices of a group share: once per group,
+    broadcast), the codelet is called once with the groups as a leading axis, and outputs are
+    scattered back. Vertices of a compute set are independent, so the merge changes no value a
+    vertex computes alone; a contraction's merged products stay the same for every run."""
+
+    __slots__ = ("group", "where", "compute", "params", "fields")
+
+    def __init__(self, groups: list[VertexGroup], storage: Storage, where: str) -> None:
+        self.group, self.where = groups[0], where
+        self.compute = self.group.codelet.compute
+        self.params: dict[str, Any] = {}
+        self.fields: list[tuple[str, Direction, np.ndarray, np.ndarray, np.ndarray, tuple | None]] = []
+        vertices = self.group.num_vertices
+        for name, f in self.group.codelet.fields.items():
+            if f.direction is Direction.PARAM:
+                self.params[name] = frozen(np.asarray(self.group.fields[name]).reshape(-1, 1))
+                continue
+            tensors = [g.fields[name] for g in groups]
+            shared = _shared(tensors[0])
+            index = np.stack([t.addresses()[:1] if shared else t.addresses() for t in tensors])
+            space = np.empty(index.shape, tensors[0].dtype.numpy)
+            shape = (len(groups), vertices, index.shape[-1]) if shared else None
+            self.fields.append((name, f.direction, storage.buffers[tensors[0].dtype][0], index, space, shape))
+
+    def jobs(self, storage: Storage) -> list[Callable[[], None]]:
+        return [self.run]
+
+    def run(self) -> None:
+        args = dict(self.params)
+        for name, direction, buf, index, space, shape in self.fields:
+            if direction is not Direction.OUTPUT:
+                np.take(buf, index, out=space, mode="clip")  # addresses are in range
+            if direction is Direction.INPUT:
+                value = np.broadcast_to(space, shape) if shape else space.view()
+                value.flags.writeable = False
+            else:
+                value = space
+            args[name] = value
+        try:
+            self.compute(**args)
+        except Exception as exc:
+            raise _codelet_failure(self.group, self.where, exc) from exc
+        for _, direction, buf, index, space, _ in self.fields:
+            if direction.writes:
+                buf[index] = space
+
+
+# A group whose data fields hold fewer bytes than this may be merged with others like it: about
+# what numpy copies in the time a Python-level call of a group costs.
+MERGE_BYTES = 64 * 1024
+
+
+def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
+    """What groups must share to run as one :class:`MergedRunner` job, or None if this one runs
+    alone (a large group, a vector list, per-vertex params, replicas, or a codelet that does not
+    take a leading groups axis)."""
+    codelet = group.codelet
+    if replicas > 1 or not getattr(codelet, "merge_groups", False):
+        return None
+    key: list[Any] = [codelet, group.num_vertices]
+    size = 0
+    for name, f in codelet.fields.items():
+        value = group.fields[name]
+        if f.direction is Direction.PARAM:
+            param = np.asarray(value).reshape(-1)
+            if param.size and not np.all(param == param[0]):
+                return None
+            key.append(param[0].item() if param.size else None)
+        elif isinstance(value, tuple):
+            return None
+        else:
+            shared = _shared(value)
+            key.append((value.shape[1], shared))
+            size += (value.shape[1] if shared else value.numel) * value.dtype.itemsize
+    return tuple(key) if size < MERGE_BYTES else None
+
+
+def _shared(t: Tensor) -> bool:
+    """All of a group's vertices read the same elements (a broadcast block)."""
+    return t.index is None and t.shape[0] > 1 and t.strides[0] == 0
+
+
+def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str) -> list[Any]:
+    """A runner per group, small groups alike merged (:class:`MergedRunner`)."""
+    runners: list[Any] = []
+    alike: dict[tuple, list[VertexGroup]] = {}
+    for g in groups:
+        key = _merge_key(g, storage.replicas)
+        if key is None:
+            runners.append(GroupRunner(g, storage, where))
+        else:
+            alike.setdefault(key, []).append(g)
+    for gs in alike.values():
+        merged = len(gs) > 1
+        runners.append(MergedRunner(gs, storage, where) if merged else GroupRunner(gs[0], storage, where))
+    return runners
+
+
 class _ComputeSetRunner:
     """A compute set's jobs (groups and chunks). Its first run times them one by one on this
     thread (and touches their memory); where that took long enough to be worth sharing, the
@@ -168,7 +272,7 @@ class _ComputeSetRunner:
 
     __slots__ = ("jobs", "shared", "runs", "serial_seconds")
 
-    def __init__(self, runners: list[GroupRunner], storage: Storage) -> None:
+    def __init__(self, runners: list[Any], storage: Storage) -> None:
         self.jobs = [job for r in runners for job in r.jobs(storage)]
         self.shared = len(self.jobs) > 1 and all(_host_safe(r.group.codelet) for r in runners)
         self.runs = 0
@@ -218,8 +322,7 @@ class FastInterpreter(ProgramInterpreter):
         self._runners: dict[int, _ComputeSetRunner] = {}
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
-            groups = [GroupRunner(g, storage, where) for g in compiled.groups]
-            self._runners[cs_id] = _ComputeSetRunner(groups, storage)
+            self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where), storage)
 
     def execute(self, compute_set_id: int) -> None:
         self._runners[compute_set_id]()
