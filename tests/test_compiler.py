@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -424,7 +423,9 @@ def test_vertices_in_different_compute_sets_do_not_conflict():
     compile_graph(g, P.Sequence(P.Execute(first), P.Execute(second)))
 
 
-def test_a_large_bulk_group_compiles_fast_and_its_conflicts_are_found():
+def test_a_large_bulk_group_compiles_and_its_conflicts_are_found():
+    # Its compile time (columnar: a few sorts, no per-vertex Python) is compile_bulk_group in
+    # bench/bench_host_times.py.
     vertices = 100_000
     g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=1 << 20))  # room for 6,250 per tile
     x = mapped(g, sp.float32, (vertices, 2), "x")
@@ -432,9 +433,7 @@ def test_a_large_bulk_group_compiles_fast_and_its_conflicts_are_found():
     tiles = np.arange(vertices) % 16
     cs = g.add_compute_set("bulk")
     g.add_vertices(cs, Move, {"src": x, "dst": y}, tiles=tiles)
-    start = time.perf_counter()
     exe = run_cs(g, cs)
-    assert time.perf_counter() - start < 5.0  # columnar: a few sorts, no per-vertex Python
     assert exe.compute_sets[cs.id].num_vertices == vertices
     # The last vertex's second output element is element 5 of y, which vertex 2 ([4, 5]) writes.
     rows = np.arange(2 * vertices).reshape(vertices, 2)

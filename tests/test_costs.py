@@ -9,7 +9,6 @@ numbers readable; keywords override a figure where that makes the arithmetic cle
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -804,13 +803,13 @@ def test_estimate_equals_running_for_a_branch_free_program():
     assert [s["count"] for s in est.report.steps] == [s["count"] for s in real.report.steps]
 
 
-def test_estimate_prices_a_billion_turns_instantly():
+def test_estimate_prices_a_billion_turns():
+    # How fast (a loop's price is multiplied, never walked): estimate_billion_turns in
+    # bench/bench_host_times.py.
     target = sp.targets.ipu_model(tiles=4)
     g = sp.Graph(target)
     eng = sp.Engine(g, [P.Repeat(10**9, P.Execute(single_work(g, 1000)))], estimate_only=True)
-    start = time.perf_counter()
     eng.run(0)
-    assert time.perf_counter() - start < 1.0
     assert eng.report.cycles == 10**9 * (step_cost(target, 1000) + target.control_cycles_per_step)
     assert steps_by_name(eng)["work"] is not None
     assert {s["name"]: s["count"] for s in eng.report.steps}["work"] == 10**9
@@ -868,12 +867,13 @@ def test_estimate_only_engine_holds_no_data():
     assert eng.report.data["estimate_only"] is True
 
 
-def test_estimate_time_grows_with_vertices_not_elements():
+def test_estimate_sees_the_elements_through_the_same_structure():
+    # That the time to price grows with vertices, not elements, is estimate_time_vs_elements in
+    # bench/bench_host_times.py; here, what the price is.
     target = sp.targets.ipu_model(tiles=16, bytes_per_tile=16 * 2**20)
     codelet = binary_op_codelet(BinaryOp.ADD, sp.float32)
 
-    def build_and_price(elements: int) -> tuple[float, sp.Engine]:
-        start = time.perf_counter()
+    def build_and_price(elements: int) -> sp.Engine:
         g = sp.Graph(target)
         vertices = 256
         ts = {}
@@ -884,13 +884,10 @@ def test_estimate_time_grows_with_vertices_not_elements():
         g.add_vertices(cs, codelet, ts, tiles=np.repeat(np.arange(16), vertices // 16))
         eng = sp.Engine(g, [P.Execute(cs)], estimate_only=True)
         eng.run(0)
-        return time.perf_counter() - start, eng
+        return eng
 
-    small = min(build_and_price(16)[0] for _ in range(2))
-    big_time, big = min((build_and_price(65536) for _ in range(2)), key=lambda r: r[0])
-    _, small_eng = build_and_price(16)
-    # The structure is the same: one vertex group of 256 vertices, one step, 4096x the data
-    # (16M floats per variable: an engine that touched every element would take seconds).
+    big, small_eng = build_and_price(65536), build_and_price(16)
+    # The structure is the same: one vertex group of 256 vertices, one step, 4096x the data.
     for eng in (small_eng, big):
         (compiled,) = eng.executable.compute_sets.values()
         assert [grp.num_vertices for grp in compiled.groups] == [256]
@@ -898,7 +895,6 @@ def test_estimate_time_grows_with_vertices_not_elements():
     # 16 vertices per tile of 65536 floats: ceil(65536 / 6) = 10923 per worker, ceil(10923 / 2)
     # = 5462 loops: 16 x (6 x (29 + 5462 x 3) + 11).
     assert only_step(big).compute_cycles == 16 * (6 * (29 + 5462 * 3) + 11)
-    assert big_time < 3 * small + 0.05  # ...but the time to compute it does not
 
 
 # -- copies between arbitrary views ----------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -169,13 +167,13 @@ def test_im2col_copies_and_flops_are_in_the_report():
     assert report.fits
 
 
-def test_a_resnet_conv_plans_in_under_50_ms():
+def test_a_resnet_conv_plan_fits_and_keeps_kernels_whole():
+    # Its planning time (< 50 ms) is conv_plan_ms in bench/bench_host_times.py.
     from softipu.ops.matmul import _options, _plan, _PlanContext, _Spec
     _plan_cached.cache_clear()
     opts = _options(_PlanContext("t"), None, sp.float16)
     m, k, n = 8 * 28 * 28, 128 * 9, 128  # ResNet-50 conv3 3x3, batch 8
     spec = _Spec((1,), m, k, n, sp.float16, (1,), (1,), (1, m, n), False, False)
-    t0 = time.perf_counter()
     pl, swapped = _plan(spec, opts, sp.targets.GC200, grains=(1, 9, 1), allow_swap=False)
-    assert time.perf_counter() - t0 < 0.05 and pl.fits and not swapped
+    assert pl.fits and not swapped
     assert pl.blocks[3] % 9 == 0  # K blocks hold whole 3x3 kernels
