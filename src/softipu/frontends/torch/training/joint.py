@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -110,10 +111,13 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
     flat = _Flat(module, in_spec, returned, position)
     try:
         # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
-        with _quiet_torch(), _own_signature() as captured, sdpa_kernel([SDPBackend.MATH]), \
-                torch.backends.mkldnn.flags(enabled=False):
-            gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True, output_loss_index=loss_index,
-                                      decompositions=torch.export.default_decompositions())
+        with _quiet_torch(), warnings.catch_warnings(), _own_signature() as captured, \
+                sdpa_kernel([SDPBackend.MATH]):
+            # NOTE: torch warns about oneDNN's TF32 (for Intel GPUs) whenever its flags are set.
+            warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN")
+            with torch.backends.mkldnn.flags(enabled=False):
+                gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True, output_loss_index=loss_index,
+                                          decompositions=torch.export.default_decompositions())
     except FrontendError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure is reported the same way

@@ -1,0 +1,250 @@
+"""poptorch.trainingModel / softipu.torch.training_model: the executor's API, weights in both places,
+setOptimizer, output modes, the cost split and the bad-input errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+import softipu as sp
+import softipu.poptorch as poptorch
+import softipu.torch as st
+from softipu.errors import SoftIPUError
+
+CHIP = sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x, y):
+        out = self.fc2(torch.relu(self.fc1(x)))
+        return out, F.cross_entropy(out, y)
+
+
+def data(b: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 6, generator=g), torch.randint(0, 3, (b,), generator=g)
+
+
+def opts() -> poptorch.Options:
+    return poptorch.Options().setTarget(CHIP)
+
+
+def eager_sgd(module: nn.Module, batches, lr: float) -> None:
+    opt = torch.optim.SGD(module.parameters(), lr=lr)
+    for x, y in batches:
+        opt.zero_grad()
+        module(x, y)[1].backward()
+        opt.step()
+
+
+def close(a: nn.Module, b: nn.Module, tol: float = 1e-5) -> bool:
+    return all(torch.allclose(p, q, rtol=tol, atol=tol) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_training_model_default_optimizer_and_lazy_copy_back():
+    torch.manual_seed(0)
+    net = Net()
+    ref = copy.deepcopy(net)
+    model = poptorch.trainingModel(net, opts())  # PopTorch's default: SGD(lr=0.01)
+    batches = [data(seed=i) for i in range(3)]
+    outs = [model(*b) for b in batches]
+    eager_sgd(ref, batches, 0.01)
+    assert outs[0][0].shape == (4, 3) and outs[0][1].shape == ()
+    assert close(net, ref)  # reading the module's parameters copied the trained weights back
+    assert close(model, ref)  # the executor's parameters() are the module's
+    sd = model.state_dict()
+    assert torch.allclose(sd["fc1.weight"], ref.fc1.weight.detach(), atol=1e-5)
+
+
+def test_inference_model_on_the_same_module_sees_the_trained_weights():
+    torch.manual_seed(0)
+    net = Net()
+    train = poptorch.trainingModel(net, opts(), torch.optim.SGD(net.parameters(), lr=0.5))
+    infer = poptorch.inferenceModel(net, opts())
+    x, y = data(seed=7)
+    before = infer(x, y)[0]
+    train(*data())
+    after = infer(x, y)[0]  # compiled before training: its weights are refreshed on the next call
+    with torch.no_grad():
+        expect = net(x, y)[0]
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, expect, atol=1e-5)
+
+
+def test_set_optimizer_changes_the_learning_rate_without_compiling():
+    torch.manual_seed(0)
+    net = Net()
+    model = poptorch.trainingModel(net, opts(), torch.optim.SGD(net.parameters(), lr=0.1))
+    model(*data())
+    lowered = model._impl.lowered
+    model.setOptimizer(torch.optim.SGD(net.parameters(), lr=0.0))
+    frozen = [p.detach().clone() for p in net.parameters()]
+    model(*data(seed=1))
+    assert model._impl.lowered is lowered  # no recompile
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), frozen, strict=True))
+    with pytest.raises(SoftIPUError, match="momentum"):
+        model.setOptimizer(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5))
+
+
+def test_copy_weights_to_device_after_host_edits():
+    torch.manual_seed(0)
+    net = Net()
+    model = poptorch.trainingModel(net, opts(), torch.optim.SGD(net.parameters(), lr=0.0))
+    x, y = data()
+    model(x, y)
+    with torch.no_grad():
+        net.fc2.bias.add_(3.0)
+    model.copyWeightsToDevice()
+    out = model(x, y)[0]
+    with torch.no_grad():
+        assert torch.allclose(out, net(x, y)[0], atol=1e-5)
+
+
+def test_device_iterations_and_output_modes():
+    torch.manual_seed(0)
+    net = Net()
+    ref = copy.deepcopy(net)
+    o = opts().deviceIterations(2).outputMode(poptorch.OutputMode.All)
+    model = poptorch.trainingModel(net, o, torch.optim.SGD(net.parameters(), lr=0.1))
+    x, y = data(8)
+    out, loss = model(x, y)
+    assert out.shape == (8, 3) and loss.shape == (2,)  # every iteration's outputs
+    eager_sgd(ref, [(x[:4], y[:4]), (x[4:], y[4:])], 0.1)
+    assert close(net, ref)
+    final = poptorch.trainingModel(Net(), opts().deviceIterations(2), None)
+    out, loss = final(x, y)  # Final by default for training: the last micro-batch's
+    assert out.shape == (4, 3) and loss.shape == ()
+
+
+def test_summary_splits_memory_and_cycles():
+    torch.manual_seed(0)
+    net = Net()
+    o = opts().logCycleCount(True)
+    o.Training.gradientAccumulation(2)
+    model = poptorch.trainingModel(net, o, poptorch.optim.Adam(net.parameters(), lr=1e-3))
+    model(*data(8))
+    s = model.summary()
+    weights = sum(p.numel() for p in net.parameters()) * 4
+    assert s["memory"]["weights"] == weights
+    assert s["memory"]["gradients"] == weights  # one fp32 accumulator per parameter
+    assert s["memory"]["optimizer_state"] >= 2 * weights  # Adam's two moments
+    assert s["memory"]["activations"] > 0
+    assert all(s["cycles"][k] > 0 for k in ("forward", "backward", "weight_update"))
+    assert model.cycleCount() > 0
+
+
+def test_a_failing_step_leaves_weights_and_state_unchanged(monkeypatch):
+    torch.manual_seed(0)
+    net = Net()
+    model = st.training_model(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
+                              st.Options(target=CHIP))
+    model(*data())
+    model.copy_weights_to_host()
+    before = [p.detach().clone() for p in net.parameters()]
+    engine = model.engine
+    state = {k: engine.read_tensor(v) for k, v in model.lowered.state.items()}
+    run = engine.run
+
+    def run_then_fail(index: int = 0) -> None:
+        run(index)  # the step ran and updated everything, then something fails
+        raise SoftIPUError("simulated failure")
+    monkeypatch.setattr(engine, "run", run_then_fail)
+    with pytest.raises(SoftIPUError, match="simulated"):
+        model(*data(seed=1))
+    monkeypatch.setattr(engine, "run", run)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
+    for k, v in model.lowered.state.items():
+        assert np.array_equal(engine.read_tensor(v), state[k])
+
+
+# -- losses as PopTorch finds them -----------------------------------------------------------------------
+class TwoLosses(Net):
+    def forward(self, x, y):
+        out = self.fc2(torch.relu(self.fc1(x)))
+        return out, F.cross_entropy(out, y) + F.mse_loss(out, torch.zeros_like(out))
+
+
+class Folded(Net):
+    def forward(self, x, y):
+        out = self.fc2(torch.relu(self.fc1(x)))
+        return out, poptorch.identity_loss(F.cross_entropy(out, y) + 0.5 * F.mse_loss(out, torch.zeros_like(out)),
+                                           reduction="none")
+
+
+class NoLoss(Net):
+    def forward(self, x, y):
+        return self.fc2(self.fc1(x))
+
+
+class CallsBackward(Net):
+    def forward(self, x, y):
+        loss = F.cross_entropy(self.fc2(self.fc1(x)), y)
+        loss.backward()
+        return loss
+
+
+class ReadsItem(Net):
+    def forward(self, x, y):
+        loss = F.cross_entropy(self.fc2(self.fc1(x)), y)
+        return loss * 2 if loss.item() > 1 else loss
+
+
+def test_identity_loss_folds_the_losses_that_feed_it():
+    torch.manual_seed(0)
+    net = Folded()
+    ref = copy.deepcopy(net)
+    model = poptorch.trainingModel(net, opts(), torch.optim.SGD(net.parameters(), lr=0.1))
+    x, y = data()
+    loss = model(x, y)[1]
+    expect = ref(x, y)[1]
+    eager_sgd(ref, [(x, y)], 0.1)
+    assert torch.allclose(loss, expect.detach(), rtol=1e-5)
+    assert close(net, ref)
+
+
+@pytest.mark.parametrize(("cls", "message"), [
+    (NoLoss, "Couldn't find a loss in graph!"),
+    (TwoLosses, "Multiple independent losses found .*Wrap final graph loss in poptorch.identity_loss"),
+    (CallsBackward, r"calls \.backward\(\).*test_training.py:\d+.*loss.backward\(\)"),
+    (ReadsItem, r"test_training.py:\d+.*\.item\(\)"),
+])
+def test_bad_models_are_explained(cls, message):
+    model = poptorch.trainingModel(cls(), opts(), None)
+    with pytest.raises(SoftIPUError, match=message):
+        model(*data())
+
+
+def test_bad_optimizers_and_batches_are_explained():
+    net = Net()
+    with pytest.raises(SoftIPUError, match="not Net's"):
+        poptorch.trainingModel(net, opts(), torch.optim.SGD(Net().parameters(), lr=0.1))
+    frozen = Net().requires_grad_(False)
+    with pytest.raises(SoftIPUError, match="no parameter that requires grad"):
+        poptorch.trainingModel(frozen, opts(), torch.optim.SGD(frozen.parameters(), lr=0.1))(*data())
+    o = opts()
+    o.Training.gradientAccumulation(3)
+    with pytest.raises(SoftIPUError, match=r"'x' has batch size 4.*gradientAccumulation \(3\)"):
+        poptorch.trainingModel(Net(), o, None)(*data())
+    with pytest.raises(SoftIPUError, match="must be 1 for inference"):
+        poptorch.inferenceModel(Net(), o)
+
+
+def test_data_loader_combines_the_batch_for_training():
+    o = opts().deviceIterations(2)
+    o.Training.gradientAccumulation(3)
+    dataset = torch.utils.data.TensorDataset(torch.randn(24, 6), torch.randint(0, 3, (24,)))
+    loader = poptorch.DataLoader(o, dataset, batch_size=2)
+    x, y = next(iter(loader))
+    assert x.shape == (12, 6)
+    model = poptorch.trainingModel(Net(), o, None)
+    out, loss = model(x, y)
+    assert out.shape == (2, 3) and loss.shape == ()
