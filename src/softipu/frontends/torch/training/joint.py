@@ -116,7 +116,8 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
             # NOTE: torch warns about oneDNN's TF32 (for Intel GPUs) whenever its flags are set.
             warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN")
             with torch.backends.mkldnn.flags(enabled=False):
-                gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True, output_loss_index=loss_index,
+                gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True,
+                                          output_loss_index=loss_index,
                                           decompositions=torch.export.default_decompositions())
     except FrontendError:
         raise
