@@ -26,13 +26,15 @@ import numpy as np
 
 from softipu.codelets.host import BLAS
 from softipu.compiler import Executable, compile_graph
+from softipu.engine import fpchecks
 from softipu.engine.estimate import StaticCost
 from softipu.engine.fast import FastInterpreter
 from softipu.engine.interpreter import RunLog
 from softipu.engine.reference import ReferenceInterpreter
+from softipu.engine.rounding import with_stochastic_rounding
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
-from softipu.errors import EngineError, OptionError, ProgramError
+from softipu.errors import CodeletError, EngineError, OptionError, ProgramError
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
@@ -47,7 +49,10 @@ class EngineOptions:
 
     * ``engine.reference`` (bool): run the per-vertex reference interpreter.
     * ``debug.floatingPointExceptions`` (bool): raise on overflow, invalid and divide-by-zero
-      inside codelets instead of producing inf/nan as the hardware does by default.
+      inside codelets instead of producing inf/nan as the hardware does by default; underflow is
+      not trapped, as on the IPU (:mod:`softipu.engine.fpchecks`).
+    * ``prng.enableStochasticRounding`` (bool): float32 -> float16 casts round stochastically,
+      keyed by ``prng.seed`` (int, default 0) (:mod:`softipu.engine.rounding`).
     * ``debug.allowOutOfMemory`` (bool): compile even when a tile overflows, to read the report.
     * ``estimate.whileIterations`` (int): turns an estimate-only engine assumes for each
       ``RepeatWhileTrue``/``RepeatWhileFalse`` (default 1).
@@ -64,6 +69,8 @@ class EngineOptions:
     allow_out_of_memory: bool = False
     while_iterations: int = 1
     poison_unwritten: bool = False
+    stochastic_rounding: bool = False
+    seed: int = 0
 
     KEYS: ClassVar[dict[str, str]] = {
         "engine.reference": "reference",
@@ -71,6 +78,8 @@ class EngineOptions:
         "debug.allowOutOfMemory": "allow_out_of_memory",
         "estimate.whileIterations": "while_iterations",
         "debug.poisonUnwritten": "poison_unwritten",
+        "prng.enableStochasticRounding": "stochastic_rounding",
+        "prng.seed": "seed",
     }
     ENVIRONMENT: ClassVar[str] = "SOFTIPU_ENGINE_OPTIONS"
 
@@ -145,12 +154,14 @@ class Engine:
         self.executable: Executable = executable
         self.log = RunLog(len(self.executable.steps))
         self._static = StaticCost(self.executable, self.options.while_iterations)
-        self._errstate = "raise" if self.options.floating_point_exceptions else "ignore"
+        self._errstate = fpchecks.TRAPS if self.options.floating_point_exceptions else fpchecks.IGNORE
         if estimate_only:
             return
         self.storage = Storage(self.executable, poison=self.options.poison_unwritten)
         self.streams = HostStreams(self.executable.streams, graph.replication_factor)
         interpreter = ReferenceInterpreter if self.options.reference else FastInterpreter
+        if self.options.stochastic_rounding:
+            interpreter = with_stochastic_rounding(interpreter, self.options.seed)
         self._interpreter = interpreter(self.executable, self.storage, self.streams, self.log)
 
     @property
@@ -167,8 +178,13 @@ class Engine:
                 if times:  # a loop of zero turns runs nothing
                     self.log.add(step, self.executable.steps[step].cycles, times)
         else:
-            with np.errstate(all=self._errstate), BLAS.single_threaded():
-                self._interpreter.run(program)
+            with np.errstate(**self._errstate), BLAS.single_threaded():
+                try:
+                    self._interpreter.run(program)
+                except CodeletError as exc:
+                    if isinstance(exc.__cause__, FloatingPointError):
+                        raise fpchecks.reword(exc) from exc.__cause__
+                    raise
         self.log.runs.append((int(index), self.log.cycles - start))
 
     def _program_index(self, index: Any) -> int:
