@@ -162,54 +162,37 @@ def _codelet_failure(group: VertexGroup, where: str, exc: Exception) -> CodeletE
 
 class MergedRunner:
     """Small vertex groups of one compute set, of one codelet that allows it (``merge_groups``),
-    with equal field lengths and equal constant params, run as one job (a BERT-style model on a
-    GC200 cuts each small matmul into ~90 groups of a few tile blocks; one call each cost more
-    than the products). Every field is gathered through an address table built at load into a
-    ``(groups, vertices, n)`` array (a field all vertices of a group share: once per group,
-    broadcast), the codelet is called once with the groups as a leading axis, and outputs are
-    scattered back. Vertices of a compute set are independent, so the merge changes no value a
-    vertex computes alone; a contraction's merged products stay the same for every run."""
+    with equal field lengths and equal constant params, whose fields lie at evenly spaced offsets
+    (a matmul's tile blocks, one group per block row), run as one call: every field a zero-copy
+    ``(groups, vertices, n)`` view, the groups a leading axis (a BERT-style model on a GC200
+    cuts each small matmul into ~90 groups of a few tile blocks; a call each cost more than the
+    products). Vertices of a compute set are independent, so the merge changes no value a vertex
+    computes alone; a contraction's merged products are the same on every run."""
 
-    __slots__ = ("group", "where", "compute", "params", "fields")
+    __slots__ = ("group", "where", "compute", "args")
 
     def __init__(self, groups: list[VertexGroup], storage: Storage, where: str) -> None:
         self.group, self.where = groups[0], where
         self.compute = self.group.codelet.compute
-        self.params: dict[str, Any] = {}
-        self.fields: list[tuple[str, Direction, np.ndarray, np.ndarray, np.ndarray, tuple | None]] = []
-        vertices = self.group.num_vertices
+        self.args: dict[str, Any] = {}
         for name, f in self.group.codelet.fields.items():
+            first = self.group.fields[name]
             if f.direction is Direction.PARAM:
-                self.params[name] = frozen(np.asarray(self.group.fields[name]).reshape(-1, 1))
+                self.args[name] = frozen(np.asarray(first).reshape(-1, 1))
                 continue
-            tensors = [g.fields[name] for g in groups]
-            shared = _shared(tensors[0])
-            index = np.stack([t.addresses()[:1] if shared else t.addresses() for t in tensors])
-            space = np.empty(index.shape, tensors[0].dtype.numpy)
-            shape = (len(groups), vertices, index.shape[-1]) if shared else None
-            self.fields.append((name, f.direction, storage.buffers[tensors[0].dtype][0], index, space, shape))
+            step = groups[1].fields[name].offset - first.offset
+            t = Tensor(first.graph, first.dtype, (len(groups),) + first.shape, first.offset,
+                       (step,) + first.strides)
+            self.args[name] = storage.view(t, writeable=f.direction.writes, replica_axis=False)
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
         return [self.run]
 
     def run(self) -> None:
-        args = dict(self.params)
-        for name, direction, buf, index, space, shape in self.fields:
-            if direction is not Direction.OUTPUT:
-                np.take(buf, index, out=space, mode="clip")  # addresses are in range
-            if direction is Direction.INPUT:
-                value = np.broadcast_to(space, shape) if shape else space.view()
-                value.flags.writeable = False
-            else:
-                value = space
-            args[name] = value
         try:
-            self.compute(**args)
+            self.compute(**self.args)
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
-        for _, direction, buf, index, space, _ in self.fields:
-            if direction.writes:
-                buf[index] = space
 
 
 # A group whose data fields hold fewer bytes than this may be merged with others like it: about
@@ -218,9 +201,9 @@ MERGE_BYTES = 64 * 1024
 
 
 def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
-    """What groups must share to run as one :class:`MergedRunner` job, or None if this one runs
-    alone (a large group, a vector list, per-vertex params, replicas, or a codelet that does not
-    take a leading groups axis)."""
+    """What groups must share to run as one :class:`MergedRunner` call, or None if this one runs
+    alone (a large group, a vector list, an indexed field, per-vertex params, replicas, or a
+    codelet that does not take a leading groups axis)."""
     codelet = group.codelet
     if replicas > 1 or not getattr(codelet, "merge_groups", False):
         return None
@@ -233,22 +216,34 @@ def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
             if param.size and not np.all(param == param[0]):
                 return None
             key.append(param[0].item() if param.size else None)
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple) or value.index is not None or not _unit_inner_stride(value):
             return None
         else:
-            shared = _shared(value)
-            key.append((value.shape[1], shared))
-            size += (value.shape[1] if shared else value.numel) * value.dtype.itemsize
+            key.append((value.shape, value.strides))
+            size += (value.shape[1] if value.strides[0] == 0 else value.numel) * value.dtype.itemsize
     return tuple(key) if size < MERGE_BYTES else None
 
 
-def _shared(t: Tensor) -> bool:
-    """All of a group's vertices read the same elements (a broadcast block)."""
-    return t.index is None and t.shape[0] > 1 and t.strides[0] == 0
+def _even_runs(groups: list[VertexGroup]) -> list[list[VertexGroup]]:
+    """The groups (alike by :func:`_merge_key`) in runs whose every field steps evenly from one
+    group to the next, in order of their first field's offset."""
+    names = [n for n, f in groups[0].codelet.fields.items() if f.direction is not Direction.PARAM]
+    groups = sorted(groups, key=lambda g: g.fields[names[0]].offset)
+    def steps(a: VertexGroup, b: VertexGroup) -> list[int]:
+        return [b.fields[n].offset - a.fields[n].offset for n in names]
+
+    runs: list[list[VertexGroup]] = []
+    for g in groups:
+        run = runs[-1] if runs else None
+        if run and (len(run) == 1 or steps(run[-1], g) == steps(run[0], run[1])):
+            run.append(g)
+        else:
+            runs.append([g])
+    return runs
 
 
 def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str) -> list[Any]:
-    """A runner per group, small groups alike merged (:class:`MergedRunner`)."""
+    """A runner per group; small groups alike and evenly spaced merged (:class:`MergedRunner`)."""
     runners: list[Any] = []
     alike: dict[tuple, list[VertexGroup]] = {}
     for g in groups:
@@ -258,8 +253,9 @@ def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str) -> l
         else:
             alike.setdefault(key, []).append(g)
     for gs in alike.values():
-        merged = len(gs) > 1
-        runners.append(MergedRunner(gs, storage, where) if merged else GroupRunner(gs[0], storage, where))
+        for run in _even_runs(gs):
+            runners.append(MergedRunner(run, storage, where) if len(run) > 1 else
+                           GroupRunner(run[0], storage, where))
     return runners
 
 
