@@ -217,3 +217,45 @@ def test_sum_reduction_scales_the_gradients_by_the_accumulation_factor():
     eager_opt.step()
     for (name, got), ref in zip(module.named_parameters(), eager.parameters(), strict=True):
         assert relative(got, ref) <= 1e-4, name
+
+
+@pytest.mark.parametrize("loss_scaling", [None, 128.0])
+def test_loss_scaling_gives_the_same_training(loss_scaling):
+    # The backward starts from loss x scaling; the update divides the gradients by it again.
+    torch.manual_seed(0)
+    module = MLP()
+    eager = copy.deepcopy(module)
+    kwargs = {} if loss_scaling is None else {"loss_scaling": loss_scaling}
+    model = st.training_model(module, ipu_optim.SGD(module.parameters(), lr=0.1, **kwargs),
+                              st.Options(target=chip(16)))
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    for i in range(3):
+        x, y = batch("mlp", 4, seed=i)
+        loss = model(x, y)[1]
+        eager_opt.zero_grad()
+        ref = eager(x, y)[1]
+        ref.backward()
+        eager_opt.step()
+        assert abs(float(loss) - float(ref)) <= 1e-5 * float(ref)  # the loss comes back unscaled
+    check([], module, eager)
+
+
+def test_fp16_training_with_loss_scaling_follows_fp32():
+    torch.manual_seed(0)
+    module = MLP()
+    eager = copy.deepcopy(module)
+    half = module.half()
+    model = st.training_model(half, ipu_optim.SGD(half.parameters(), lr=0.1, loss_scaling=256.0,
+                                                  accum_type=torch.float32), st.Options(target=chip(16)))
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    losses = []
+    for i in range(6):
+        x, y = batch("mlp", 8, seed=i % 2)
+        loss = float(model(x.half(), y)[1])
+        eager_opt.zero_grad()
+        ref = eager(x, y)[1]
+        ref.backward()
+        eager_opt.step()
+        losses.append(loss)
+        assert abs(loss - float(ref)) <= 1e-2 * float(ref), (i, loss, float(ref))
+    assert losses[-1] < losses[0] and losses[-2] < losses[1]  # it trains

@@ -38,25 +38,32 @@ class Joint:
     loss_index: int  # among the user outputs
     out_spec: Any
     forward_nodes: set[torch.fx.Node]
+    scaled: bool = False  # the last user input is the loss scaling the differentiated loss is multiplied by
 
 
 class _Flat(torch.nn.Module):
     """The user's module with flat inputs and flat outputs, every output but the loss detached."""
 
-    def __init__(self, module: torch.nn.Module, in_spec: Any, loss_index: int | None, position: int) -> None:
+    def __init__(self, module: torch.nn.Module, in_spec: Any, loss_index: int | None, position: int,
+                 scaled: bool) -> None:
         super().__init__()
         self.m = module
         self.in_spec = in_spec
         self.loss_index = loss_index
         self.position = position  # the loss among the recorded losses, when forward does not return it
+        self.scaled = scaled
 
     def forward(self, *flat: Any) -> tuple[Any, ...]:
+        scale = flat[-1] if self.scaled else None
+        flat = flat[:-1] if self.scaled else flat
         args, kwargs = pytree.tree_unflatten(list(flat), self.in_spec)
         with recording(type(self.m).__name__) as rec:
             outs = pytree.tree_leaves(self.m(*args, **kwargs))
-        if self.loss_index is None:
+        if self.loss_index is None or scale is not None:
+            # The differentiated loss as one more output (times the loss scaling when there is one).
+            loss = rec.losses[self.position][0] if self.loss_index is None else outs[self.loss_index]
             return (*(o.detach() if isinstance(o, torch.Tensor) else o for o in outs),
-                    rec.losses[self.position][0])
+                    loss if scale is None else loss * scale)
         return tuple(o if i == self.loss_index or not isinstance(o, torch.Tensor) else o.detach()
                      for i, o in enumerate(outs))
 
@@ -95,8 +102,9 @@ def _own_signature() -> Iterator[dict[str, Any]]:
         aot.create_graph_signature = original
 
 
-def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
-    """Trace ``module``'s forward and backward on these (micro-batch) inputs."""
+def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool = False) -> Joint:
+    """Trace ``module``'s forward and backward on these (micro-batch) inputs; with ``scaled`` the
+    backward starts from the loss times a loss-scaling input (the last user input)."""
     from torch._functorch.aot_autograd import aot_export_module  # noqa: PLC0415 - heavy import
     from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
 
@@ -107,8 +115,10 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
                             "Set requires_grad=True on the parameters to train, or use inferenceModel")
     flat_in, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     returned, position, out_spec = _find_loss(module, args, kwargs)
-    loss_index = returned if returned is not None else out_spec.num_leaves
-    flat = _Flat(module, in_spec, returned, position)
+    loss_index = returned if returned is not None and not scaled else out_spec.num_leaves
+    flat = _Flat(module, in_spec, returned, position, scaled)
+    if scaled:
+        flat_in = [*flat_in, torch.ones((), dtype=torch.float32)]
     try:
         # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
         with _quiet_torch(), warnings.catch_warnings(), _own_signature() as captured, \
@@ -145,7 +155,7 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict) -> Joint:
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     fwd_outs = list(output.args[0][:len(mutated) + num_user])
     return Joint(gm, params, buffers, grads, mutated, num_user, loss_index, out_spec,
-                 _ancestors(fwd_outs))
+                 _ancestors(fwd_outs), scaled)
 
 
 def _ancestors(nodes: list[Any]) -> set[torch.fx.Node]:

@@ -72,19 +72,7 @@ class _TrainLowerer(_Lowerer):
     def build(self) -> TrainLowered:
         j, opts = self.joint, self.options
         ga = opts.gradient_accumulation
-        placeholders = [n for n in j.gm.graph.nodes if n.op == "placeholder"]
-        params: dict[str, Tensor] = {}
-        buffers: dict[str, Tensor] = {}
-        for i, node in enumerate(placeholders):
-            val = node.meta.get("val")
-            if i < len(j.params):
-                name = j.params[i]
-                params[name] = self.env[node] = self._var(f"weights/{name}", val.dtype, val.shape)
-            elif i < len(j.params) + len(j.buffers):
-                name = j.buffers[i - len(j.params)]
-                buffers[name] = self.env[node] = self._var(f"buffers/{name}", val.dtype, val.shape)
-            else:
-                self.env[node] = self._user_input(node, val)
+        params, buffers = self._placeholders()
         micro = P.Sequence(name="micro_batch")
         self.ctx.prog = micro
         count = 0
@@ -129,6 +117,32 @@ class _TrainLowerer(_Lowerer):
         return TrainLowered(self.graph, (self.load, run), tuple(self.inputs), tuple(slots), params, buffers,
                             state, hyper, step, list(self.weights), count, saved, grad_bytes)
 
+    def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Variables for the parameters and buffers, streams for the user inputs, and the loss
+        scaling (a device variable when it is one, else a constant)."""
+        j = self.joint
+        placeholders = [n for n in j.gm.graph.nodes if n.op == "placeholder"]
+        self.hyper = {h.name: self._var(f"optimizer/hyper/{h.name}", h.torch_dtype, ())
+                      for h in self.spec.hyper}
+        if j.scaled:
+            scale = placeholders.pop()
+            found = self.hyper.get("loss_scaling")
+            self.env[scale] = found if found is not None else self.ctx.constant(
+                float(self.spec.loss_scaling), float32, (), "loss_scaling")
+        params: dict[str, Tensor] = {}
+        buffers: dict[str, Tensor] = {}
+        for i, node in enumerate(placeholders):
+            val = node.meta.get("val")
+            if i < len(j.params):
+                name = j.params[i]
+                params[name] = self.env[node] = self._var(f"weights/{name}", val.dtype, val.shape)
+            elif i < len(j.params) + len(j.buffers):
+                name = j.buffers[i - len(j.params)]
+                buffers[name] = self.env[node] = self._var(f"buffers/{name}", val.dtype, val.shape)
+            else:
+                self.env[node] = self._user_input(node, val)
+        return params, buffers
+
     def _accumulate(self, grads: dict[str, Tensor], body: P.Sequence,
                     update: P.Sequence) -> tuple[dict[str, Tensor], P.Program]:
         """Accumulators (``accum/<param>``) zeroed before the GA loop, added to by each micro-batch,
@@ -166,7 +180,7 @@ class _TrainLowerer(_Lowerer):
         spec = self.spec
         state = {(s.param_name, s.name): self._var(f"optimizer/{s.param_name}/{s.name}", s.torch_dtype,
                                                    s.shape) for s in spec.state}
-        hyper = {h.name: self._var(f"optimizer/hyper/{h.name}", h.torch_dtype, ()) for h in spec.hyper}
+        hyper = self.hyper
         step = self.graph.add_variable(float32, (), name="optimizer/step")
         self.graph.set_tile_mapping(step, 0)
         ew.add_(self.graph, step, 1.0, prog, name="upd/step")

@@ -156,16 +156,21 @@ class TrainingModel:
         times: dict[str, float] = {}
         start = time.perf_counter()
         margs, mkwargs = self._micro(args, kwargs)
+        named = self._named_trainable()
+        if not named:
+            raise FrontendError(f"{self._label} has no parameter that requires grad: there is nothing "
+                                "to train. Set requires_grad=True on the parameters to train, or use "
+                                "inferenceModel")
+        spec = optimizer_spec(self.optimizer, named)
+        scaled = spec.loss_scaling != 1.0 or spec.loss_scaling_variable
         was_training = self.module.training
         self.module.train(True)
         try:
-            joint = joint_graph(self.module, margs, mkwargs)
+            joint = joint_graph(self.module, margs, mkwargs, scaled)
         finally:
             self.module.train(was_training)
         times["export"] = time.perf_counter() - start
         t = time.perf_counter()
-        named = self._named_trainable()
-        spec = optimizer_spec(self.optimizer, named)
         flat = pytree.tree_flatten_with_path((tuple(margs), dict(mkwargs)))[0]
         names = [self._input_name(n) for n, _ in flat]
         every = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
