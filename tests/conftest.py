@@ -11,7 +11,7 @@ import softipu as sp
 
 # Test files whose engines run with ``debug.poisonUnwritten`` (their chips are small, so filling
 # memory with poison instead of lazily committed zeros costs nothing measurable).
-POISONED = ("test_ops", "test_correctness_review", "test_graph", "test_tensor")
+POISONED = ("test_ops", "test_correctness_review", "test_graph", "test_tensor", "test_frontend", "test_training")
 
 
 @pytest.fixture(autouse=True)
