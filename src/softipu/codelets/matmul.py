@@ -270,6 +270,7 @@ def reduce_codelet(partials_dtype: DType, out_dtype: DType) -> type[Vertex]:
     """``poplin::ReduceAdd<out, partials>``: ``out = sum(partials)`` over one row, in fp32."""
 
     class ReducePartials(Vertex):
+        merge_groups = True  # small groups of a compute set may run as one call (groups lead)
         partials = Input(partials_dtype, _Shape.VECTOR_LIST)
         out = Output(out_dtype)
 

@@ -180,10 +180,10 @@ class MergedRunner:
             if f.direction is Direction.PARAM:
                 self.args[name] = frozen(np.asarray(first).reshape(-1, 1))
                 continue
-            step = groups[1].fields[name].offset - first.offset
-            t = Tensor(first.graph, first.dtype, (len(groups),) + first.shape, first.offset,
-                       (step,) + first.strides)
-            self.args[name] = storage.view(t, writeable=f.direction.writes, replica_axis=False)
+            views = [storage.view(_stacked(one, two, len(groups)), writeable=f.direction.writes,
+                                  replica_axis=False)
+                     for one, two in zip(self.group.tensors(name), groups[1].tensors(name), strict=True)]
+            self.args[name] = FrozenList(views) if isinstance(first, tuple) else views[0]
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
         return [self.run]
@@ -198,6 +198,12 @@ class MergedRunner:
 # A group whose data fields hold fewer bytes than this may be merged with others like it: about
 # what numpy copies in the time a Python-level call of a group costs.
 MERGE_BYTES = 64 * 1024
+
+
+def _stacked(first: Tensor, second: Tensor, count: int) -> Tensor:
+    """``count`` evenly spaced copies of ``first``'s layout, ``second`` the next, as one tensor."""
+    return Tensor(first.graph, first.dtype, (count,) + first.shape, first.offset,
+                  (second.offset - first.offset,) + first.strides)
 
 
 def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
@@ -216,11 +222,12 @@ def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
             if param.size and not np.all(param == param[0]):
                 return None
             key.append(param[0].item() if param.size else None)
-        elif isinstance(value, tuple) or value.index is not None or not _unit_inner_stride(value):
-            return None
         else:
-            key.append((value.shape, value.strides))
-            size += (value.shape[1] if value.strides[0] == 0 else value.numel) * value.dtype.itemsize
+            tensors = value if isinstance(value, tuple) else (value,)
+            if any(t.index is not None or not _unit_inner_stride(t) for t in tensors):
+                return None
+            key.append(tuple((t.shape, t.strides) for t in tensors))
+            size += sum((t.shape[1] if t.strides[0] == 0 else t.numel) * t.dtype.itemsize for t in tensors)
     return tuple(key) if size < MERGE_BYTES else None
 
 
@@ -228,9 +235,14 @@ def _even_runs(groups: list[VertexGroup]) -> list[list[VertexGroup]]:
     """The groups (alike by :func:`_merge_key`) in runs whose every field steps evenly from one
     group to the next, in order of their first field's offset."""
     names = [n for n, f in groups[0].codelet.fields.items() if f.direction is not Direction.PARAM]
-    groups = sorted(groups, key=lambda g: g.fields[names[0]].offset)
+
+    def offsets(g: VertexGroup) -> list[int]:
+        return [t.offset for n in names for t in g.tensors(n)]
+
     def steps(a: VertexGroup, b: VertexGroup) -> list[int]:
-        return [b.fields[n].offset - a.fields[n].offset for n in names]
+        return [y - x for x, y in zip(offsets(a), offsets(b), strict=True)]
+
+    groups = sorted(groups, key=lambda g: offsets(g)[0])
 
     runs: list[list[VertexGroup]] = []
     for g in groups:
