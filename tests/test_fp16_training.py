@@ -180,6 +180,34 @@ def test_stochastic_rounding_with_replicas_rounds_each_replica_on_its_own():
     assert results[0][0].tobytes() != results[0][1].tobytes()
 
 
+@pytest.mark.parametrize(("m", "k", "n", "tiles", "runs"), [(50, 2, 200, 4, 1), (16, 1024, 16, 16, 8)],
+                         ids=["one_partial", "16_partials"])
+def test_stochastic_rounding_of_fp16_matmul_outputs(m, k, n, tiles, runs):
+    """An fp16 matmul accumulates in float32 partials; each float16 output rounds stochastically
+    from the float32 sum: ones @ [1, 2**-12, 0, ...] is 1 + 2**-12 exactly, a quarter of an fp16
+    ulp (with K split over tiles the partials are added by ReducePartials first)."""
+    g, prog = sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=1 << 20)), P.Sequence()
+    a, b = _var(g, sp.float16, (m, k), "a"), _var(g, sp.float16, (k, n), "b")
+    y = sp.ops.matmul(g, a, b, prog)
+    col = np.zeros(k, np.float16)
+    col[[0, k - 1]] = [1, 2**-12]  # the two terms land in different partials when K is split
+    got = []
+    for reference, sr in ((False, False), (False, True), (True, True)):
+        eng = _engine(g, prog, reference, **({"prng.enableStochasticRounding": True} if sr else {}))
+        eng.write_tensor(a, np.ones((m, k), np.float16))
+        eng.write_tensor(b, np.repeat(col[:, None], n, axis=1))
+        runs_out = []
+        for _ in range(runs if sr else 1):
+            eng.run(0)
+            runs_out.append(eng.read_tensor(y))
+        got.append(np.stack(runs_out))
+    np.testing.assert_array_equal(got[0], np.ones((1, m, n), np.float16))  # round to nearest: 1
+    assert got[1].tobytes() == got[2].tobytes()  # fast == reference
+    assert set(np.unique(got[1]).tolist()) == {1.0, 1 + 2**-10}
+    sigma = 2**-10 * np.sqrt(0.25 * 0.75 / got[1].size)
+    assert abs(got[1].astype(np.float64).mean() - (1 + 2**-12)) < 4 * sigma
+
+
 def test_stochastic_rounding_options_are_checked():
     g, prog, _, _ = _cast_graph(4)
     with pytest.raises(sp.OptionError, match="prng.seed"):

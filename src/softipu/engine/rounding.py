@@ -4,10 +4,13 @@
 On the IPU stochastic rounding is a mode of the tiles' floating-point units, on for the whole
 program: a float32 -> float16 conversion then rounds up or down with probability proportional
 to the distance, from the hardware PRNG. softipu applies it to every float32 -> float16 cast
-vertex (``popops::cast``, softipu's ``Cast1D``/``Cast2D`` codelets with a full-length input):
-after such a compute set has run, the engine rounds each cast's output again from its float32
-input with :func:`softipu.codelets.elementwise.stochastic_round_to_half` (unbiased: the
-expected result is the float32 value) keyed by
+vertex (``popops::cast``, softipu's ``Cast1D``/``Cast2D`` codelets with a full-length input) and
+to the float16 outputs of matmul and convolution partials (``ReducePartials<float32,float16>``,
+``poplin::ReduceAdd``): after such a compute set has run, the engine rounds each output again
+from its float32 value (the cast's input; the partials added in the codelet's order, which
+gives the codelet's own float32 sum bit for bit) with
+:func:`softipu.codelets.elementwise.stochastic_round_to_half` (unbiased: the expected result is
+the float32 value) keyed by
 
 * the engine's ``prng.seed`` and the number of compute sets the engine has executed so far
   (:func:`step_seed`): a fresh draw every step, the same sequence for the same seed in every
@@ -17,8 +20,8 @@ expected result is the float32 value) keyed by
 It runs on storage outside the codelets, the same code for the fast engine and the reference
 interpreter, so the two stay bitwise equal. Casts already asked for stochastic rounding by the
 op (``cast(..., options={"stochasticRounding": True})``, keyed by the op's own seed) keep theirs.
-Not covered (they still round to nearest): float16 results of fused maps and of fp16
-arithmetic, and the float16 outputs of matmul/convolution partials.
+Not covered (they still round to nearest): float16 results of fused maps, of fp16 arithmetic,
+of float reductions (``reduce``) and casts of a broadcast input.
 """
 
 from __future__ import annotations
@@ -57,42 +60,72 @@ def _is_plain_cast(codelet: type) -> bool:
             and fields["out"].dtype is float16)
 
 
-def _casts(executable: Executable, replicas: int) -> dict[int, list[tuple[Any, Any, np.ndarray]]]:
-    """Per compute set: (input tensor, output tensor, element keys) of each plain cast group."""
+def _is_half_partials_sum(codelet: type) -> bool:
+    """poplin's ReduceAdd from float32 partials to a float16 output (codelets/matmul.py)."""
+    fields = codelet.fields
+    return (codelet.__module__ == "softipu.codelets.matmul"
+            and codelet.__name__ == "ReducePartials<float32,float16>"
+            and set(fields) == {"partials", "out"} and fields["out"].dtype is float16)
+
+
+def _sources(group: Any) -> tuple[Any, ...] | None:
+    """The float32 tensors whose in-order sum is each output element before rounding, or None."""
+    out = group.fields["out"] if "out" in group.fields else None
+    if out is None or not out.numel:
+        return None
+    if _is_plain_cast(group.codelet):
+        x = group.fields["x"]
+        return (x,) if x.shape == out.shape else None  # a broadcast input: not covered
+    if _is_half_partials_sum(group.codelet):
+        parts = group.fields["partials"]
+        return parts if all(p.shape == out.shape for p in parts) else None
+    return None
+
+
+def _roundings(executable: Executable, replicas: int) -> dict[int, list[tuple[tuple, Any, np.ndarray]]]:
+    """Per compute set: (float32 sources, float16 output, element keys) of each covered group."""
     shift = (np.arange(replicas, dtype=np.int64) << REPLICA_SHIFT)[:, None, None]
-    found: dict[int, list[tuple[Any, Any, np.ndarray]]] = {}
+    found: dict[int, list[tuple[tuple, Any, np.ndarray]]] = {}
     for cs_id, compiled in executable.compute_sets.items():
         for group in compiled.groups:
-            if not _is_plain_cast(group.codelet):
-                continue
-            x, out = group.fields["x"], group.fields["out"]
-            if x.shape != out.shape or not out.numel:
-                continue  # a broadcast input (a row or column per block): not covered
-            found.setdefault(cs_id, []).append((x, out, out.addresses()[None] + shift))
+            sources = _sources(group)
+            if sources:
+                out = group.fields["out"]
+                found.setdefault(cs_id, []).append((sources, out, out.addresses()[None] + shift))
     return found
 
 
+def _float32_value(storage: Any, sources: tuple) -> np.ndarray:
+    """The sources added in order in float32 (ReducePartials' arithmetic; one source: itself)."""
+    acc = storage.gather(sources[0], replica_axis=True)
+    if len(sources) > 1:
+        acc = np.add(acc, storage.gather(sources[1], replica_axis=True), dtype=np.float32)
+        for t in sources[2:]:
+            np.add(acc, storage.gather(t, replica_axis=True), out=acc, dtype=np.float32)
+    return acc
+
+
 class StochasticRounding:
-    """Interpreter mixin: rounds the outputs of float32 -> float16 casts stochastically after
-    each compute set (see the module docstring). Made by :func:`with_stochastic_rounding`."""
+    """Interpreter mixin: rounds the float16 outputs of casts and partials sums stochastically
+    after each compute set (see the module docstring). Made by :func:`with_stochastic_rounding`."""
 
     seed: int = 0
 
     def __init__(self, executable: Executable, storage: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(executable, storage, *args, **kwargs)
-        self._sr_casts = _casts(executable, storage.replicas)
+        self._sr_outputs = _roundings(executable, storage.replicas)
         self._sr_steps = 0
 
     def execute(self, compute_set_id: int) -> None:
         super().execute(compute_set_id)
         self._sr_steps += 1
-        casts = self._sr_casts.get(compute_set_id)
-        if not casts:
+        outputs = self._sr_outputs.get(compute_set_id)
+        if not outputs:
             return
         key = step_seed(self.seed, self._sr_steps)
         storage = self.storage
-        for x, out, index in casts:
-            values = storage.gather(x, replica_axis=True)
+        for sources, out, index in outputs:
+            values = _float32_value(storage, sources)
             storage.scatter(out, stochastic_round_to_half(values, key, index), replica_axis=True)
 
 
