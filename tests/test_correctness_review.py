@@ -245,3 +245,11 @@ def test_a_cycles_estimate_that_raises_names_the_codelet_and_the_users_line():
     with pytest.raises(sp.CodeletError, match=r"cycles\(\) of codelet FailingEstimate.*ZeroDivisionError") as err:
         sp.Engine(g, [sp.program.Execute(cs)])
     _at_line(err, "MARK-vertex")
+
+
+def test_write_tensor_of_another_graphs_tensor_names_the_users_line():
+    eng, _ = _engine_with(sp.float32)
+    _, elsewhere = _engine_with(sp.float32)
+    with pytest.raises(EngineError, match="tensor x.*another graph") as err:
+        eng.write_tensor(elsewhere, [1.0, 2.0])  # MARK-other-graph
+    _at_line(err, "MARK-other-graph")

@@ -26,6 +26,7 @@ import numpy as np
 
 from softipu.codelets.host import BLAS
 from softipu.compiler import Executable, compile_graph
+from softipu.debug import at, caller_location
 from softipu.engine import fpchecks
 from softipu.engine.estimate import StaticCost
 from softipu.engine.fast import FastInterpreter
@@ -227,11 +228,12 @@ class Engine:
 
     def _own(self, tensor: Any, what: str) -> Tensor:
         if not isinstance(tensor, Tensor):
-            raise EngineError(f"{what} needs a tensor, got {type(tensor).__name__}")
+            raise EngineError(f"{what}{at(caller_location())} needs a tensor, got {type(tensor).__name__}")
         if tensor.graph is not self.graph:
-            raise EngineError(f"{what}: tensor {tensor.name} belongs to another graph than this engine's")
+            raise EngineError(f"{what}{at(caller_location())}: tensor {tensor.name} belongs to another graph "
+                              "than this engine's")
         starts, lengths = tensor.runs()
         if starts.size and int((starts + lengths).max()) > self.executable.space_sizes.get(tensor.dtype, 0):
-            raise EngineError(f"{what}: tensor {tensor.name} was added to the graph after this "
-                              "engine was compiled; make a new Engine")
+            raise EngineError(f"{what}{at(caller_location())}: tensor {tensor.name} was added to the graph "
+                              "after this engine was compiled; make a new Engine")
         return tensor
