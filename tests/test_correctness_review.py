@@ -2,6 +2,9 @@
 
 * Values that do not fit the device dtype (int64 -> int32, float64 -> float32) are an error
   naming the input, weight or constant and the value, never a silent wrap.
+* ``debug.poisonUnwritten`` makes memory nothing wrote read as NaN / a pattern, not zeros.
+* Errors name the user's line: a missing tile in ``set_tile_mappings``, an index or a slice out of
+  range (slices no longer clamp), a ``write_tensor`` of the wrong shape, a raising ``cycles()``.
 """
 
 from __future__ import annotations
