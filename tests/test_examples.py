@@ -183,3 +183,16 @@ def test_demo_torch_small(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("(PASS, tolerance 0.0001)") == 2 and "FAIL" not in out
     assert "samples/s" in out and "memory per tile over 16 tiles" in out
+
+
+def test_train_mnist_poptorch(capsys):
+    """Graphcore's PopTorch MNIST tutorial, only the import changed: it trains, and the inference
+    model validates with the trained weights (the same outputs as eager on the trained network)."""
+    r = load("train_mnist_poptorch").main()
+    losses = r["losses"]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns
+    with torch.no_grad():
+        want = r["model"](r["last_batch"])
+    torch.testing.assert_close(r["last_output"], want, rtol=1e-4, atol=1e-5)
+    assert "Accuracy on test set" in capsys.readouterr().out
