@@ -12,7 +12,7 @@ import softipu as sp
 import softipu.poptorch as poptorch
 from softipu import program as P
 from softipu.frontends.torch.optim import LossScalingSettings, OptimizerError, update_loss_scale
-from softipu.frontends.torch.optim.als import upper_bin_count, upper_bin_edge
+from softipu.frontends.torch.optim.als import scale_from_counts, upper_bin_count, upper_bin_edge
 from softipu.ops import elementwise as ew
 
 ENGINES = pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
@@ -252,6 +252,20 @@ def test_loss_scale_follows_popart_sequence(period):
         assert got == [2048, 1024, 2048, 4096, 2048, 4096]
     else:  # updates on steps 0 and 3 only
         assert got == [2048, 2048, 2048, 4096, 4096, 4096]
+
+
+def test_loss_scale_from_counts_accumulated_over_micro_batches():
+    """With gradient accumulation PopART sums the micro-batches' histograms before deciding: one
+    upper element in each of two micro-batches of 5,000 is 2e-4 of all of them (threshold 1e-4)."""
+    settings = LossScalingSettings(threshold_upper_count_proportion=1e-4)
+    micro = [torch.zeros(5_000, dtype=torch.float16) for _ in range(2)]
+    for m in micro:
+        m[7] = 20_000.0
+    upper = upper_bin_count([micro[0]]) + upper_bin_count([micro[1]])
+    total = sum(m.numel() for m in micro)
+    assert float(scale_from_counts(torch.tensor(64.0), upper, total, torch.tensor(0.0), settings)) == 32.0
+    one = upper_bin_count([micro[0]])  # 1 in 100,000: below the threshold
+    assert float(scale_from_counts(torch.tensor(64.0), one, 10 * total, torch.tensor(0.0), settings)) == 128.0
 
 
 def test_loss_scale_threshold_and_bin_edge():

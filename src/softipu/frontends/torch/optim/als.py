@@ -32,7 +32,8 @@ import torch
 
 from softipu.frontends.torch.optim.attrs import OptimizerError
 
-__all__ = ["LossScalingSettings", "upper_bin_edge", "upper_bin_count", "update_loss_scale"]
+__all__ = ["LossScalingSettings", "upper_bin_edge", "upper_bin_count", "update_loss_scale",
+           "scale_from_counts"]
 
 # PopART's getLevels: the "largest value" of each tracked type.
 _TYPE_MAX = {torch.float16: 65535.0, torch.float32: float(torch.finfo(torch.float32).max)}
@@ -86,10 +87,17 @@ def update_loss_scale(scale: torch.Tensor, grads: Iterable[torch.Tensor], step: 
     ``scale`` unchanged. ``scale`` is a 0-d float tensor (its dtype is kept)."""
     grads = list(grads)
     upper = upper_bin_count(grads, settings.bin_edge_location)
-    total = float(sum(g.numel() for g in grads))  # shapes are static: the count of all elements
+    return scale_from_counts(scale, upper, sum(g.numel() for g in grads), step, settings)
+
+
+def scale_from_counts(scale: torch.Tensor, upper: torch.Tensor, total: int, step: torch.Tensor,
+                      settings: LossScalingSettings = LossScalingSettings()) -> torch.Tensor:
+    """:func:`update_loss_scale` from counts: ``upper`` (a 0-d float32 tensor, e.g. the sum of
+    :func:`upper_bin_count` over the micro-batches of an accumulated step, as PopART accumulates
+    its histograms) of ``total`` elements (a static int: all elements counted)."""
     t = settings.threshold_upper_count_proportion
     f = t / (1 - t)
-    lower = total - upper
+    lower = float(total) - upper
     down = upper > lower * f
     new = torch.where(down, scale * 0.5, scale * 2.0)
     if settings.min_scale is not None or settings.max_scale is not None:
