@@ -541,11 +541,17 @@ def _slice_indices(k: slice, size: int, t: Tensor, axis: int) -> tuple[int, int,
     """``k.indices(size)``, refusing a zero step and bounds beyond the axis: numpy and Python clamp
     ``x[5:20]`` of 8 elements to ``x[5:8]``; Poplar's ``slice`` does not, and a silently shorter
     view hides the bug that asked for it."""
-    if k.step is not None and _as_int(k.step, t) == 0:
+    start, stop, step = k.start, k.stop, k.step
+    if ((start is None or type(start) is int and -size <= start <= size)
+            and (stop is None or type(stop) is int and -size <= stop <= size)
+            and (step is None or type(step) is int and step != 0)):
+        return k.indices(size)  # the common case, kept fast
+    if step is not None and _as_int(step, t) == 0:
         raise TensorError(f"slice step cannot be zero (indexing {t.name}{at(caller_location())} with {k!r})")
-    for bound in (k.start, k.stop):
+    for bound in (start, stop):
         if bound is not None and not -size <= _as_int(bound, t) <= size:
-            text = ":".join("" if b is None else str(b) for b in (k.start, k.stop, k.step)).rstrip(":")
+            parts = (start, stop) if step is None else (start, stop, step)
+            text = ":".join("" if b is None else str(b) for b in parts)
             raise TensorError(
                 f"slice [{text}] of {t.name}{at(caller_location())} is out of range for axis {axis} of "
                 f"{size} elements: slices do not clamp (Poplar's do not); give bounds in -{size}..{size}"
