@@ -1,0 +1,143 @@
+"""Estimate-only pricing grows with a program's structure, not its element count (issue 10).
+
+Memory is asserted with tracemalloc (numpy's arrays are traced), in-process and deterministic;
+times are for bench/bench_estimate.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.graph.tensor import _INDEX_SLOT, Slabs, Tensor
+from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul
+
+MIB = 1 << 20
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_pricing_a_large_matmul_holds_no_array_per_element():
+    """2048^2 fp16 operands from create_matmul_input_*: one int64 per element would be 32 MiB
+    per operand; pricing the whole matmul must stay well under one such array."""
+    n = 2048
+
+    def price():
+        g = sp.Graph(sp.targets.ipu_model(tiles=64, bytes_per_tile=MIB))
+        a = create_matmul_input_lhs(g, sp.float16, (n, n), (n, n), name="a")
+        b = create_matmul_input_rhs(g, sp.float16, (n, n), (n, n), name="b")
+        prog = P.Sequence()
+        matmul(g, a, b, prog)
+        eng = sp.Engine(g, [prog], estimate_only=True, options={"debug.allowOutOfMemory": True})
+        eng.run(0)
+        return a, b, eng
+
+    (a, b, eng), peak = _peak(price)
+    assert peak < 16 * MIB, f"pricing peaked at {peak / MIB:.1f} MiB"
+    assert eng.log.cycles > 0
+    # the operands are slab layouts, and nothing asked for their per-element index
+    for x in (a, b):
+        assert x.slabs is not None and _INDEX_SLOT.__get__(x, Tensor) is None
+
+
+def test_a_broadcast_constant_is_kept_as_value_and_shape():
+    def build():
+        g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=8 * MIB))
+        c = g.add_constant(sp.float32, (2048, 2048), 0.5, name="c")
+        sp.ops.map_linearly(g, c)
+        sp.Engine(g, [P.Sequence()], estimate_only=True).run(0)
+        return g, c
+
+    (g, c), peak = _peak(build)
+    assert peak < 2 * MIB  # the elements would be 16 MiB
+    var = g.variable_of(c)
+    assert var.initial_value.shape == (2048, 2048) and var.initial_value.strides == (0, 0)
+    # and the engine still loads every element
+    small = sp.Graph(sp.targets.ipu_model(tiles=2))
+    k = small.add_constant(sp.int32, (3, 4), np.arange(4), name="k")
+    sp.ops.map_linearly(small, k)
+    eng = sp.Engine(small, [P.Sequence()])
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(k), np.broadcast_to(np.arange(4), (3, 4)))
+
+
+class _CountingSet(set):
+    lookups = 0
+
+    def __contains__(self, item):  # noqa: D105
+        type(self).lookups += 1
+        return super().__contains__(item)
+
+
+def test_default_names_take_a_bounded_number_of_lookups_each():
+    """n variables of one default name: O(n) name lookups in all (it was O(n^2))."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    g._names = _CountingSet()
+    n = 2000
+    for _ in range(n):
+        g.add_variable(sp.float32, (1,))
+    assert _CountingSet.lookups <= 3 * n
+    assert len({v.name for v in g.variables}) == n
+    assert [v.name for v in g.variables[:3]] == ["var", "var.1", "var.2"]
+    g.add_variable(sp.float32, (1,), name="var.2000")  # a taken suffix is skipped, not reused
+    assert g.variables[-1].name == "var.2000" and g.add_variable(sp.float32, (1,)).name == "var.2001"
+
+
+@pytest.mark.parametrize("groups,rows,cols,width", [(1, 5, 7, 3), (2, 4, 9, 3), (3, 6, 8, 8), (1, 3, 10, 4)])
+def test_slab_layout_views_match_numpy_on_their_addresses(groups, rows, cols, width):
+    """Transposes and size-1 reshapes of a Slabs tensor keep the structure and address exactly
+    what numpy's same views of the built index address."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    var = g.add_variable(sp.float32, (groups * rows * cols,))
+    full, last = cols // width, cols % width
+    pieces = [(var.offset, (groups, rows, full, width), (rows * cols, width, rows * width, 1),
+               (groups, rows, full * width))]
+    if last:
+        pieces.append((var.offset + full * rows * width, (groups, rows, last), (rows * cols, last, 1),
+                       (groups, rows, last)))
+    t = Tensor(g, sp.float32, (groups, rows, cols), 0, (), None, Slabs(tuple(pieces), 2, (0, 1, 2)))
+    want = np.empty((groups, rows, cols), np.int64)  # worked out slab by slab
+    for gi in range(groups):
+        at = var.offset + gi * rows * cols
+        for c0 in range(0, cols, width):
+            cw = min(width, cols - c0)
+            want[gi, :, c0:c0 + cw] = at + np.arange(rows * cw).reshape(rows, cw)
+            at += rows * cw
+    assert sorted(want.ravel().tolist()) == list(range(var.offset, var.offset + want.size))
+    for perm in itertools.permutations(range(3)):
+        view = t.transpose(perm).reshape((1,) + tuple(want.transpose(perm).shape))
+        assert view.slabs is not None and not view.is_strided
+        np.testing.assert_array_equal(view.addresses(), want.transpose(perm)[None])
+        assert view.first_address() == int(want.transpose(perm).flat[0])
+    starts, lengths = t.runs()
+    covered = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+    assert sorted(covered.tolist()) == sorted(want.ravel().tolist())
+    assert not t.repeats_elements()
+
+
+def test_strided_views_repeat_elements_exactly_when_their_addresses_do():
+    rng = np.random.default_rng(0)
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = g.add_variable(sp.float32, (6, 5, 4), name="x")
+    for _ in range(200):
+        shape = tuple(int(d) for d in rng.integers(1, 4, size=rng.integers(1, 4)))
+        strides = tuple(int(s) for s in rng.integers(-7, 8, size=len(shape)))
+        reach = sum((d - 1) * abs(s) for d, s in zip(shape, strides, strict=True))
+        offset = sum((d - 1) * -s for d, s in zip(shape, strides, strict=True) if s < 0)
+        if offset + reach >= x.numel:
+            continue
+        view = Tensor(g, sp.float32, shape, offset, strides)
+        addresses = view.addresses().ravel()
+        assert view.repeats_elements() == (np.unique(addresses).size < addresses.size), (shape, strides)
