@@ -1,0 +1,74 @@
+"""Cast semantics: float -> int truncation and saturation, stochastic rounding to half."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softipu.codelets.elementwise._numerics import _store
+
+
+# -- cast semantics --------------------------------------------------------------------------------
+def cast_values(x: np.ndarray, to: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` converted to ``to``: floats round to nearest even; float -> int truncates toward
+    zero and saturates (NaN -> 0); -> bool is ``x != 0``; int -> int wraps (two's complement)."""
+    x = np.asarray(x)
+    to = np.dtype(to)
+    if x.dtype == to:
+        return _store(x, out)
+    if to.kind == "b":
+        return _store(x != 0, out)
+    if x.dtype.kind == "f" and to.kind in "iu":
+        return _store(_float_to_int(x, to), out)
+    if out is None:
+        return x.astype(to)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+def _float_to_int(x: np.ndarray, to: np.dtype) -> np.ndarray:
+    info = np.iinfo(to)
+    y = np.trunc(x.astype(np.float64))  # exact for float16 and float32
+    top = float(info.max)  # 2**63 for 64-bit types: not representable as the int
+    below_top = np.nextafter(top, 0.0) if to.itemsize == 8 else top
+    clipped = np.clip(np.where(np.isnan(y), 0.0, y), float(info.min), below_top)
+    r = clipped.astype(to)
+    if to.itemsize == 8:
+        r = np.where(y >= top, to.type(info.max), r)
+    return r
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _uniform24(seed: int, index: np.ndarray) -> np.ndarray:
+    """A counter-based uniform in [0, 1) with 24 bits per element: splitmix64 of (seed, index)."""
+    key = np.uint64(((seed & _MASK64) * _GOLDEN + 0x632BE59BD9B4E019) & _MASK64)
+    z = index.astype(np.uint64) * np.uint64(_GOLDEN) + key
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+
+
+def stochastic_round_to_half(x: np.ndarray, seed: int, index: np.ndarray) -> np.ndarray:
+    """float32 -> float16 rounding up or down with probability proportional to the distance.
+
+    Element ``i`` rounds away from zero iff ``u(seed, index[i]) < (|x| - |lo|) / (|hi| - |lo|)``
+    where ``lo``/``hi`` are the float16 neighbours toward/away from zero, so results depend only
+    on the seed and each element's index. Values that round to infinity under round-to-nearest
+    still do; between the largest half (65504) and that threshold the gap is taken as 32.
+    """
+    x = np.asarray(x, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rn = x.astype(np.float16)
+        over = np.abs(rn.astype(np.float32)) > np.abs(x)
+        toward = np.where(over, np.nextafter(rn, np.float16(0)), rn)
+        sign_inf = np.where(np.signbit(x), np.float16(-np.inf), np.float16(np.inf))
+        away = np.nextafter(toward, sign_inf)
+        low = np.abs(toward.astype(np.float32))
+        gap = np.where(np.isinf(away), np.float32(32), np.abs(away.astype(np.float32)) - low)
+        up = _uniform24(seed, np.asarray(index)) < (np.abs(x) - low) / gap
+    return np.where(np.isinf(rn), rn, np.where(up, away, toward))
