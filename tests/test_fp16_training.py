@@ -278,6 +278,13 @@ def test_loss_scale_threshold_and_bin_edge():
     assert float(update_loss_scale(torch.tensor(8.0), [many], torch.tensor(0.0))) == 4.0
     loose = LossScalingSettings(threshold_upper_count_proportion=1e-6)
     assert float(update_loss_scale(torch.tensor(8.0), [many], torch.tensor(0.0), loose)) == 16.0
+    zero = [torch.zeros(4, dtype=torch.float16)]  # nothing in the upper bin: double, clipped at 2**15
+    clipped = LossScalingSettings(clip_output=True)
+    assert float(update_loss_scale(torch.tensor(16384.0), zero, torch.tensor(0.0), clipped)) == 32768.0
+    assert float(update_loss_scale(torch.tensor(32768.0), zero, torch.tensor(1.0), clipped)) == 32768.0
+    assert float(update_loss_scale(torch.tensor(32768.0), zero, torch.tensor(1.0))) == 65536.0  # fp32: none
+    half = update_loss_scale(torch.tensor(32768.0, dtype=torch.float16), zero, torch.tensor(1.0))
+    assert half.dtype == torch.float16 and float(half) == 32768.0  # an fp16 scale is always clipped
     capped = LossScalingSettings(max_scale=8.0)
     assert float(update_loss_scale(torch.tensor(8.0), [torch.zeros(4)], torch.tensor(0.0), capped)) == 8.0
     with pytest.raises(OptimizerError, match="binEdgeLocation"):

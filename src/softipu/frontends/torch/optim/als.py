@@ -17,10 +17,16 @@ PopART's algorithm (``AutomaticLossScale`` transform and ``LossScaleUpdateOpx``,
 * PopART tracks the outputs of matmuls and convolutions on the path from the loss (activation
   and weight gradients); which tensors to pass is the caller's choice.
 
-PopART clamps nothing (the factor simply doubles or halves); ``min_scale``/``max_scale`` are an
-opt-in guard, off by default. The rule uses tensor ops only (no ``.item()``, no Python branch on a
-value), so the training executor traces it with make_fx and lowers it after the backward pass, as
-it does the optimizer rules (see :mod:`.rules`).
+Clipping (PopART's ``LossScaleUpdateOp::getClipOutput``, later SDKs): when the loss scale or the
+weights are float16 the new scale is clipped at 2**15 = 32768, the largest power of two fp16
+holds (:data:`FP16_CLIP`); ``clip_output=True`` asks for it (the executor sets it for fp16
+weights), and a float16 ``scale`` always gets it. There is no lower clip. ``min_scale`` and
+``max_scale`` are an extra opt-in guard (not PopART's), off by default.
+
+The binEdgeLocation default differs between PopART releases (1.0, 0.0625, 0.125); softipu takes
+0.125, the value in shared/ipu-facts-scale.md. The rule uses tensor ops only (no ``.item()``, no
+Python branch on a value), so the training executor traces it with make_fx and lowers it after
+the backward pass, as it does the optimizer rules (see :mod:`.rules`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import torch
 
 from softipu.frontends.torch.optim.attrs import OptimizerError
 
-__all__ = ["LossScalingSettings", "upper_bin_edge", "upper_bin_count", "update_loss_scale",
+__all__ = ["FP16_CLIP", "LossScalingSettings", "upper_bin_edge", "upper_bin_count", "update_loss_scale",
            "scale_from_counts"]
 
+# PopART's clip of an fp16 loss scale: numeric_limits<short>::max() + 1.
+FP16_CLIP = 32768.0
 # PopART's getLevels: the "largest value" of each tracked type.
 _TYPE_MAX = {torch.float16: 65535.0, torch.float32: float(torch.finfo(torch.float32).max)}
 
@@ -46,6 +54,7 @@ class LossScalingSettings:
     bin_edge_location: float = 0.125
     threshold_upper_count_proportion: float = 1e-7
     update_period: int = 1
+    clip_output: bool = False
     min_scale: float | None = None
     max_scale: float | None = None
 
@@ -100,6 +109,8 @@ def scale_from_counts(scale: torch.Tensor, upper: torch.Tensor, total: int, step
     lower = float(total) - upper
     down = upper > lower * f
     new = torch.where(down, scale * 0.5, scale * 2.0)
+    if settings.clip_output or scale.dtype == torch.float16:
+        new = torch.clamp(new, max=FP16_CLIP)
     if settings.min_scale is not None or settings.max_scale is not None:
         new = torch.clamp(new, settings.min_scale, settings.max_scale)
     if settings.update_period > 1:
