@@ -298,7 +298,7 @@ def test_loss_scale_rule_traces_to_lowered_ops():
 
     from softipu.frontends.torch.export import check_supported
 
-    settings = LossScalingSettings(update_period=2)
+    settings = LossScalingSettings(update_period=2, clip_output=True)
 
     def rule(scale, g1, g2, step):
         return update_loss_scale(scale, [g1, g2], step, settings)
