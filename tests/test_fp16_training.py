@@ -98,6 +98,18 @@ def test_selecting_a_masked_minus_inf_does_not_trap(reference):
     np.testing.assert_array_equal(eng.read_tensor(y), [1, -np.inf, 3, -np.inf])
 
 
+@ENGINES
+def test_sigmoid_of_a_large_negative_does_not_trap(reference):
+    """sigmoid(-100) is 0 exactly (1 / (1 + e^100)): no IPU trap, though e^100 overflows float32."""
+    g, prog = sp.Graph(sp.targets.ipu_model(tiles=2)), P.Sequence()
+    x = _var(g, sp.float32, (3,), "x")
+    y = ew.sigmoid(g, x, prog)
+    eng = _engine(g, prog, reference, **TRAPS)
+    eng.write_tensor(x, [-100, 0, 100])
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), [0, 0.5, 1])
+
+
 class _Exploding(torch.nn.Module):
     def forward(self, x):
         y = x * 2

@@ -54,8 +54,9 @@ def step_seed(seed: int, step: int) -> int:
 def _is_plain_cast(codelet: type) -> bool:
     """softipu's float32 -> float16 cast codelet, round-to-nearest form (no ``base``/seed param)."""
     fields = codelet.fields
-    return (codelet.__module__ == "softipu.codelets.elementwise" and codelet.__name__.startswith("Cast")
-            and set(fields) == {"x", "out"} and fields["x"].direction is Direction.INPUT
+    return (codelet.__module__.startswith("softipu.codelets.elementwise")
+            and codelet.__name__.startswith("Cast") and set(fields) == {"x", "out"}
+            and fields["x"].direction is Direction.INPUT
             and fields["x"].dtype is float32 and fields["out"].direction is Direction.OUTPUT
             and fields["out"].dtype is float16)
 
@@ -63,7 +64,7 @@ def _is_plain_cast(codelet: type) -> bool:
 def _is_half_partials_sum(codelet: type) -> bool:
     """poplin's ReduceAdd from float32 partials to a float16 output (codelets/matmul.py)."""
     fields = codelet.fields
-    return (codelet.__module__ == "softipu.codelets.matmul"
+    return (codelet.__module__.startswith("softipu.codelets.matmul")
             and codelet.__name__ == "ReducePartials<float32,float16>"
             and set(fields) == {"partials", "out"} and fields["out"].dtype is float16)
 
