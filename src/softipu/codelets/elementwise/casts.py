@@ -44,13 +44,19 @@ _MASK64 = (1 << 64) - 1
 def _uniform24(seed: int, index: np.ndarray) -> np.ndarray:
     """A counter-based uniform in [0, 1) with 24 bits per element: splitmix64 of (seed, index)."""
     key = np.uint64(((seed & _MASK64) * _GOLDEN + 0x632BE59BD9B4E019) & _MASK64)
-    z = index.astype(np.uint64) * np.uint64(_GOLDEN) + key
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+    z = index.astype(np.uint64)
+    z *= np.uint64(_GOLDEN)
+    z += key
+    t = np.empty_like(z)  # the shifted copy, reused: no temporaries per step
+    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+        np.right_shift(z, np.uint64(shift), out=t)
+        z ^= t
+        if mul is not None:
+            z *= np.uint64(mul)
+    z >>= np.uint64(40)
+    u = z.astype(np.float32)
+    u *= np.float32(2.0**-24)
+    return u
 
 
 def stochastic_round_to_half(x: np.ndarray, seed: int, index: np.ndarray) -> np.ndarray:
@@ -60,15 +66,24 @@ def stochastic_round_to_half(x: np.ndarray, seed: int, index: np.ndarray) -> np.
     where ``lo``/``hi`` are the float16 neighbours toward/away from zero, so results depend only
     on the seed and each element's index. Values that round to infinity under round-to-nearest
     still do; between the largest half (65504) and that threshold the gap is taken as 32.
+
+    Worked in float32 bits: ``lo`` is ``|x|`` with the 13 mantissa bits fp16 lacks cleared (on
+    fp16's subnormal grid of 2**-24 below 2**-14) and ``hi - lo`` one step of that grid; both are
+    exact, so the fraction is the exact float32 quotient.
     """
     x = np.asarray(x, np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        rn = x.astype(np.float16)
-        over = np.abs(rn.astype(np.float32)) > np.abs(x)
-        toward = np.where(over, np.nextafter(rn, np.float16(0)), rn)
-        sign_inf = np.where(np.signbit(x), np.float16(-np.inf), np.float16(np.inf))
-        away = np.nextafter(toward, sign_inf)
-        low = np.abs(toward.astype(np.float32))
-        gap = np.where(np.isinf(away), np.float32(32), np.abs(away.astype(np.float32)) - low)
-        up = _uniform24(seed, np.asarray(index)) < (np.abs(x) - low) / gap
-    return np.where(np.isinf(rn), rn, np.where(up, away, toward))
+        a = np.abs(x)
+        top = a.view(np.uint32) & np.uint32(0xFFFFE000)
+        low = top.view(np.float32)
+        gap = (top + np.uint32(0x2000)).view(np.float32) - low  # 65504's step is 32 (its hi is 65536)
+        sub = a < np.float32(2.0**-14)
+        if sub.any():
+            low = np.where(sub, np.floor(a * np.float32(2.0**24)) * np.float32(2.0**-24), low)
+            gap = np.where(sub, np.float32(2.0**-24), gap)
+        up = _uniform24(seed, np.asarray(index)) < (a - low) / gap
+        out = np.copysign(np.where(up, low + gap, low), x).astype(np.float16)
+        keep = ~(a < np.float32(65520))  # inf, NaN and what round-to-nearest sends to inf
+        if keep.any():
+            out = np.where(keep, x.astype(np.float16), out)
+    return out
