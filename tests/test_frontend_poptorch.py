@@ -90,14 +90,18 @@ def test_options_without_meaning_are_stored_and_warned_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opts.Training.setConvolutionDithering(True)  # the second time: stored, no warning
-    with pytest.warns(st.UnusedOptionWarning, match="Precision.enableStochasticRounding"):
-        opts.Precision.enableStochasticRounding(True)
+    with pytest.warns(st.UnusedOptionWarning, match="Precision.halfFloatCasting"):
+        opts.Precision.halfFloatCasting(poptorch.HalfFloatCastingBehavior.HalfUpcastToFloat)
     with pytest.warns(st.UnusedOptionWarning, match="setExecutionStrategy"):
         opts.setExecutionStrategy(poptorch.PipelinedExecution("a", "b"))
     assert opts.stored["Training.setConvolutionDithering"] is True
-    assert opts.toSoftipu().stored["Precision.enableStochasticRounding"] is True
+    assert opts.toSoftipu().stored["Precision.halfFloatCasting"] == poptorch.HalfFloatCastingBehavior.HalfUpcastToFloat
     opts.Precision.enableFloatingPointExceptions(True)
     assert opts.toSoftipu().engine_options == {"debug.floatingPointExceptions": True}
+    opts.Precision.enableStochasticRounding(True)
+    opts.randomSeed(7)
+    assert opts.toSoftipu().engine_options == {"debug.floatingPointExceptions": True,
+                                              "prng.enableStochasticRounding": True, "prng.seed": 7}
 
 
 def test_executor_methods():

@@ -118,8 +118,7 @@ _STORED = {
          "setExecutionStrategy", "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
          "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
-    "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat",
-                  "enableStochasticRounding"),
+    "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
     "Training": ("setMeanAccumulationAndReplicationReductionStrategy", "setAutomaticLossScaling",
                  "setConvolutionDithering"),
     "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
@@ -173,6 +172,12 @@ class _Precision(_Section):
 
     def enableFloatingPointExceptions(self, enabled: bool) -> _Precision:  # noqa: N802
         self._owner._engine["debug.floatingPointExceptions"] = bool(enabled)
+        return self
+
+    def enableStochasticRounding(self, enabled: bool) -> _Precision:  # noqa: N802
+        """float32 -> float16 casts and fp16 partial results round stochastically, keyed by
+        ``randomSeed`` (Poplar's engine option ``prng.enableStochasticRounding``)."""
+        self._owner._engine["prng.enableStochasticRounding"] = bool(enabled)
         return self
 
 
@@ -294,7 +299,10 @@ class Options:
     def toSoftipu(self) -> TorchOptions:  # noqa: N802
         """The :class:`softipu.torch.Options` these options describe (validated)."""
         values = {k: v for k, v in self._values.items() if not k.startswith("_")}
-        return TorchOptions(**values, engine_options=dict(self._engine), stored=dict(self._stored))
+        engine = dict(self._engine)
+        if engine.get("prng.enableStochasticRounding") and "seed" in values:
+            engine.setdefault("prng.seed", values["seed"])
+        return TorchOptions(**values, engine_options=engine, stored=dict(self._stored))
 
     def toDict(self) -> dict[str, Any]:  # noqa: N802
         return {**self._values, **{f"engine.{k}": v for k, v in self._engine.items()}, **self._stored}
