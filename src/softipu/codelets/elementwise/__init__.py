@@ -79,6 +79,8 @@ from softipu.codelets.elementwise.casts import (  # noqa: F401 - every name of t
     stochastic_round_to_half,
 )
 from softipu.codelets.elementwise.estimates import (  # noqa: F401 - every name of the former module
+    ESTIMATES,
+    ElementwiseEstimates,
     _binary_inner,
     _flops,
     _inner_sum,
@@ -171,7 +173,7 @@ def binary_op_inplace_codelet(op: BinaryOp, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(a, b, target):
-            return binary_op_cycles(op, dtype, a, target, fixed=58)  # [V] in-place 1D: 58
+            return binary_op_cycles(op, dtype, a, target, fixed=ESTIMATES.in_place_fixed)
 
         @staticmethod
         def flops(a, b, target):
@@ -347,7 +349,7 @@ def cast_cycles(src: DType, n, target: Target, worker: bool = False):
     """Cast1D/Cast2D: BinaryOp1D's / BinaryOp2D's shape with a conversion loop of one vector per
     2 cycles [U]."""
     if worker:
-        return 5 + _binary_inner(_CAST_COST, src, n, target)
+        return ESTIMATES.worker_fixed + _binary_inner(_CAST_COST, src, n, target)
     workers = target.workers_per_tile
     inner = _binary_inner(_CAST_COST, src, _ceil_div(n, workers), target)
-    return workers * ((29 if src is float32 else 26) + inner) + target.supervisor_overhead_cycles
+    return workers * (ESTIMATES.binary_fixed(src) + inner) + target.supervisor_overhead_cycles
