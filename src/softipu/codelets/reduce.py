@@ -311,12 +311,11 @@ def _runs(offsets: list[int]) -> list[tuple[int, int, int, int]]:
 def _windows(doubled: np.ndarray, runs: list[tuple[int, int, int, int]],
              width: int) -> list[tuple[slice, np.ndarray]]:
     """(vertex rows, strided view of ``doubled``) for each run of :func:`_runs`."""
-    item = doubled.itemsize
+    item, dtype = doubled.itemsize, doubled.dtype
     lead, lead_strides = doubled.shape[:-2], doubled.strides[:-2]
-    flat = doubled.reshape(-1)  # C-contiguous: a view
-    return [(slice(a, b), np.lib.stride_tricks.as_strided(flat[offset:], lead + (b - a, width),
-                                                           lead_strides + (step * item, item),
-                                                           writeable=False))
+    flat = doubled.reshape(-1)  # C-contiguous: a view; the constructor is cheaper than as_strided
+    return [(slice(a, b), np.ndarray(lead + (b - a, width), dtype, flat, offset * item,
+                                     lead_strides + (step * item, item)))
             for a, b, offset, step in runs]
 
 
