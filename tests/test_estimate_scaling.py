@@ -141,3 +141,47 @@ def test_strided_views_repeat_elements_exactly_when_their_addresses_do():
         view = Tensor(g, sp.float32, shape, offset, strides)
         addresses = view.addresses().ravel()
         assert view.repeats_elements() == (np.unique(addresses).size < addresses.size), (shape, strides)
+
+
+@pytest.mark.parametrize("perm,flip", [((1, 0, 2), None), ((2, 1, 0), None), ((0, 2, 1), 1), ((2, 0, 1), 2),
+                                       ((2, 1, 0), "dst")])
+def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
+    """Copy pieces cut only where a side's tile changes: per tile, the bytes and regions sent
+    and received, and the bytes copied on tile, as worked out element by element."""
+    from softipu.compiler.exchange import copy_transfers, traffic
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=16))
+    x = g.add_variable(sp.float32, (6, 10, 12), name="x")
+    rng = np.random.default_rng(sum(perm))
+    cuts = np.sort(rng.choice(np.arange(1, x.numel), 15, replace=False))
+    bounds = np.concatenate(([0], cuts, [x.numel]))
+    g.map_intervals(x, bounds[:-1], bounds[1:], rng.integers(0, 16, bounds.size - 1))
+    src = x.transpose(perm)
+    if isinstance(flip, int):
+        src = src.reverse(flip)
+    var_y = g.add_variable(sp.float32, src.shape, name="y")
+    sp.ops.map_linearly(g, var_y, grain_size=7)
+    y = var_y.reverse(0) if flip == "dst" else var_y
+    transfers, local = copy_transfers(src, y, {sp.float32: g.resolved_mapping(sp.float32)}, 16)
+    got = traffic(transfers, g.target)
+    s_addr, s_tile, d_tile = src.addresses().ravel(), g.tile_of(src).ravel(), g.tile_of(y).ravel()
+    moving = s_tile != d_tile
+    want_local = np.bincount(s_tile[~moving], minlength=16) * 4
+
+    def regions(addresses):
+        a = np.unique(addresses)
+        return 0 if a.size == 0 else 1 + int(np.count_nonzero(np.diff(a) != 1))
+
+    for t in range(16):
+        sent, received = s_addr[moving & (s_tile == t)], s_addr[moving & (d_tile == t)]
+        assert got.send_bytes[t] == 4 * np.unique(sent).size and got.recv_bytes[t] == 4 * received.size
+        assert got.send_regions[t] == regions(sent) and got.recv_regions[t] == regions(received)
+    np.testing.assert_array_equal(local, want_local)
+    # pieces contiguous on both sides (what regions of a copy are priced by), element order
+    d_addr = y.addresses().ravel()
+    new_piece = np.concatenate(([True], (np.diff(s_addr) != 1) | (np.diff(d_addr) != 1)
+                                | (np.diff(s_tile) != 0) | (np.diff(d_tile) != 0)))
+    first = new_piece & moving
+    send, recv = transfers.pieces_per_tile(16)
+    np.testing.assert_array_equal(send, np.bincount(s_tile[first], minlength=16))
+    np.testing.assert_array_equal(recv, np.bincount(d_tile[first], minlength=16))

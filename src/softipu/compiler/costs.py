@@ -172,11 +172,7 @@ def _piece_regions(t: Traffic, transfers, num_tiles: int) -> Traffic:
     """A copy's traffic with one region per piece: a copy's pieces are runs contiguous on BOTH
     sides (``copy_transfers``), so pieces that touch in the source but land apart (a transpose,
     a gather) are separate regions to send and receive, though their bytes are one union."""
-    send = np.zeros(num_tiles, np.int64)
-    recv = np.zeros(num_tiles, np.int64)
-    for _starts, _ends, src, dst, _item in transfers.per_dtype():
-        send += np.bincount(src, minlength=num_tiles)
-        recv += np.bincount(dst, minlength=num_tiles)
+    send, recv = transfers.pieces_per_tile(num_tiles)
     return replace(t, send_regions=send, recv_regions=recv)
 
 

@@ -42,12 +42,15 @@ class Transfers:
     src: list[np.ndarray]
     dst: list[np.ndarray]
     dtypes: list[DType]
+    # How many pieces contiguous on both sides each interval stands for (None: one each): a
+    # transposing copy's interval is contiguous in the source only, one piece per element.
+    pieces: list[np.ndarray | None]
 
     @classmethod
     def empty(cls) -> Transfers:
-        return cls([], [], [], [], [])
+        return cls([], [], [], [], [], [])
 
-    def add(self, starts, ends, src, dst, dtype: DType) -> None:
+    def add(self, starts, ends, src, dst, dtype: DType, pieces: np.ndarray | None = None) -> None:
         moving = src != dst
         if moving.any():
             self.starts.append(starts[moving])
@@ -55,6 +58,17 @@ class Transfers:
             self.src.append(src[moving])
             self.dst.append(dst[moving])
             self.dtypes.append(dtype)
+            self.pieces.append(None if pieces is None else pieces[moving])
+
+    def pieces_per_tile(self, num_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pieces each tile sends, pieces each tile receives), counting pieces contiguous on both
+        sides of the move."""
+        send = np.zeros(num_tiles, np.int64)
+        recv = np.zeros(num_tiles, np.int64)
+        for src, dst, pieces in zip(self.src, self.dst, self.pieces, strict=True):
+            send += np.bincount(src, weights=pieces, minlength=num_tiles).astype(np.int64)
+            recv += np.bincount(dst, weights=pieces, minlength=num_tiles).astype(np.int64)
+        return send, recv
 
     def per_dtype(self):
         """``(starts, ends, src, dst, itemsize)`` of all intervals of each dtype's address space."""
@@ -195,20 +209,92 @@ def copy_transfers(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMappi
     """
     mapping = mappings[src.dtype]
     item = src.dtype.itemsize
-    s_start, d_start, length = _paired_runs(src, dst)
-    # Cut at the source's tile boundaries, then at the destination's.
-    p0, p1, p_tile, parent = split_by_mapping(s_start, s_start + length, mapping)
-    d0 = d_start[parent] + (p0 - s_start[parent])
-    q0, q1, dst_tile, parent = split_by_mapping(d0, d0 + (p1 - p0), mapping)
-    starts = p0[parent] + (q0 - d0[parent])
-    ends = starts + (q1 - q0)
-    src_tile = p_tile[parent]  # each piece lies inside one source piece
+    runs = _source_runs(src, dst)
+    pieces = None
+    if runs is not None:  # long source runs; the destination steps evenly along each
+        starts, ends, src_tile, dst_tile = _split_progressions(*runs, mapping)
+        pieces = ends - starts  # never contiguous in the destination: a piece per element
+    else:
+        s_start, d_start, length = _paired_runs(src, dst)
+        # Cut at the source's tile boundaries, then at the destination's.
+        p0, p1, p_tile, parent = split_by_mapping(s_start, s_start + length, mapping)
+        d0 = d_start[parent] + (p0 - s_start[parent])
+        q0, q1, dst_tile, parent = split_by_mapping(d0, d0 + (p1 - p0), mapping)
+        starts = p0[parent] + (q0 - d0[parent])
+        ends = starts + (q1 - q0)
+        src_tile = p_tile[parent]  # each piece lies inside one source piece
     out = Transfers.empty()
-    out.add(starts, ends, src_tile, dst_tile, src.dtype)
+    out.add(starts, ends, src_tile, dst_tile, src.dtype, pieces)
     same = src_tile == dst_tile
     local = np.bincount(src_tile[same], weights=(ends - starts)[same] * item,
                         minlength=num_tiles)
     return out, local
+
+
+def _source_runs(src: Tensor, dst: Tensor):
+    """(src starts, run length, dst starts, dst step) of a copy walked in the order that makes
+    the source's runs longest, when a destination that is not contiguous with them steps evenly
+    along each (a transposed view copied into place, say); None when that does not apply.
+
+    A transfer is a source interval with one source tile and one destination tile: the
+    destination need not be contiguous along it, only on one tile, so a transposing copy is
+    cut where either side's tile changes, not at every element.
+    """
+    if not (src.is_strided and dst.is_strided) or src.numel < 2:
+        return None
+    axes = [k for k in range(src.ndim) if src.shape[k] > 1]
+    inner = min(axes, key=lambda k: abs(src.strides[k]))
+    if src.strides[inner] != 1 or dst.strides[inner] == 1:
+        return None  # no contiguous source axis, or the paired runs are long already
+    run_axes, length, step = [inner], src.shape[inner], dst.strides[inner]
+    grown = True
+    while grown:  # axes that continue the run on both sides join it
+        grown = False
+        for k in axes:
+            if k not in run_axes and src.strides[k] == length and dst.strides[k] == step * length:
+                run_axes.append(k)
+                length *= src.shape[k]
+                grown = True
+    outer = [k for k in axes if k not in run_axes]
+
+    def outer_starts(t: Tensor) -> np.ndarray:
+        view = Tensor(t.graph, t.dtype, tuple(t.shape[k] for k in outer), t.offset,
+                      tuple(t.strides[k] for k in outer))
+        return view.addresses().reshape(-1)
+
+    return outer_starts(src), length, outer_starts(dst), step
+
+
+def _split_progressions(s0: np.ndarray, length: int, d0: np.ndarray, step: int,
+                        mapping: ResolvedMapping):
+    """(starts, ends, src tiles, dst tiles) of source runs ``[s0, s0 + length)`` whose element
+    ``k`` goes to ``d0 + k * step``: cut where the source's tile changes and where the
+    destination's does (each destination mapping interval a progression crosses is one piece)."""
+    p0, p1, s_tile, parent = split_by_mapping(s0, s0 + length, mapping)
+    k0, k1, base = p0 - s0[parent], p1 - s0[parent], d0[parent]
+    first, last = base + k0 * step, base + (k1 - 1) * step
+    i0, i1 = _intervals_holding(mapping.starts, np.minimum(first, last), np.maximum(first, last))
+    i0 = np.maximum(i0, 0)
+    count = np.maximum(i1 - i0 + 1, 0)
+    piece = np.repeat(np.arange(p0.size), count)
+    j = i0[piece] + np.arange(piece.size) - np.repeat(np.cumsum(count) - count, count)
+    lo, hi, b = mapping.starts[j], mapping.ends[j], base[piece]
+    if step > 0:  # the k with lo <= b + k * step < hi
+        k_lo, k_hi = -((b - lo) // step), -((b - hi) // step)
+    else:
+        k_lo, k_hi = (b - hi) // -step + 1, (b - lo) // -step + 1
+    k_lo, k_hi = np.maximum(k_lo, k0[piece]), np.minimum(k_hi, k1[piece])
+    keep = k_lo < k_hi
+    piece, k_lo, k_hi, d_tile = piece[keep], k_lo[keep], k_hi[keep], mapping.tiles[j[keep]]
+    # Neighbouring cuts of one piece that land on the same destination tile are one transfer.
+    if piece.size > 1:
+        touch = (k_hi[:-1] == k_lo[1:]) | (k_lo[:-1] == k_hi[1:])
+        join = (piece[1:] == piece[:-1]) & (d_tile[1:] == d_tile[:-1]) & touch
+        head = np.flatnonzero(np.concatenate(([True], ~join)))
+        k_lo, k_hi = np.minimum.reduceat(k_lo, head), np.maximum.reduceat(k_hi, head)
+        piece, d_tile = piece[head], d_tile[head]
+    starts = s0[parent[piece]] + k_lo
+    return starts, starts + (k_hi - k_lo), s_tile[piece], d_tile
 
 
 def _paired_runs(src: Tensor, dst: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
