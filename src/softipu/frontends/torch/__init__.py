@@ -1,5 +1,6 @@
 """The PyTorch frontend: ``inference_model(module, Options(...))`` runs a torch module on a
-simulated IPU and ``training_model(module, optimizer, Options(...))`` trains it there, through ``torch.export``, Core ATen and a registry of lowerings onto
+simulated IPU and ``training_model(module, optimizer, Options(...))`` trains it there, through
+``torch.export`` (AOTAutograd for training), Core ATen and a registry of lowerings onto
 ``softipu.ops``. Public as ``softipu.torch``; PopTorch's names are in ``softipu.poptorch``.
 """
 

@@ -6,7 +6,10 @@ reductions (softmax, layer norm, GELU, tanh, embedding...); what stays is lowere
 ``convolution_backward`` (``conv_input_grad`` / ``conv_weight_grad`` and a reduction for the
 bias), ``max_pool2d_with_indices_backward`` (``max_pool_grad``, from the input), ``avg_pool2d_backward``
 (``avg_pool_grad``), batch norm in training (``batch_norm_training`` with the running statistics
-updated as torch does) and ``native_batch_norm_backward`` (``batch_norm_grad``).
+updated as torch does) and ``native_batch_norm_backward`` (``batch_norm_grad``). Training graphs
+keep the negative log-likelihood and the softmax backwards whole (``nll_loss``,
+``nll_loss_grad``, ``softmax_grad``, ``log_softmax_grad``): decomposed, the loss is a gather over
+the whole vocabulary and its backward a scatter.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ __all__ = ["BACKWARD_OPS"]
 # The backward (and training-forward) ops lowered here, for docs/torch_coverage.md.
 BACKWARD_OPS = ("aten::convolution_backward", "aten::max_pool2d_with_indices_backward",
                 "aten::avg_pool2d_backward", "aten::_native_batch_norm_legit_functional",
-                "aten::_native_batch_norm_legit", "aten::native_batch_norm_backward")
+                "aten::_native_batch_norm_legit", "aten::native_batch_norm_backward",
+                "aten::nll_loss_forward", "aten::nll_loss_backward", "aten::_log_softmax_backward_data",
+                "aten::_softmax_backward_data")
 
 
 def _pair(v: Any, n: int = 2) -> tuple[int, ...]:
@@ -153,3 +158,50 @@ def _bn_backward(ctx: Any, node: Any, grad_out: Tensor, x: Tensor, weight: Any, 
     dx, dw, db = nn.batch_norm_grad(ctx.graph, grad_out, x, save_mean, var, weight, ctx.prog,
                                     eps=float(eps), name=ctx.name)
     return (dx if output_mask[0] else None, dw if output_mask[1] else None, db if output_mask[2] else None)
+
+
+# -- losses and softmax: kept whole in training graphs (see training.joint's decompositions) -------------
+_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+
+
+def _nll_check(node: Any, first: int = 0) -> str | None:
+    """``first``: where the log-probabilities are (1 in the backward, after the gradient)."""
+    args = list(node.args) + [None] * 4
+    if args[first + 2] is not None:
+        return "class weights are not supported"
+    if node.args[first].meta["val"].ndim != 2:
+        return "only (N, classes) inputs are supported"
+    return None
+
+
+def _nll_backward_check(node: Any) -> str | None:
+    return _nll_check(node, 1)
+
+
+@register_lowering("aten::nll_loss_forward", check=_nll_check)
+def _nll_loss_forward(ctx: Any, node: Any, log_probs: Tensor, target: Tensor, weight: Any, reduction: int,
+                      ignore_index: int) -> tuple[Tensor, Tensor]:
+    loss = nn.nll_loss(ctx.graph, log_probs, target, ctx.prog, reduction=_REDUCTIONS[int(reduction)],
+                       ignore_index=int(ignore_index), name=ctx.name)
+    # total_weight only feeds nll_loss_backward, which counts the rows itself.
+    return loss, ctx.constant(0.0, ctx.out_dtype(1), (), "total_weight")
+
+
+@register_lowering("aten::nll_loss_backward", check=_nll_backward_check)
+def _nll_loss_backward(ctx: Any, node: Any, grad_out: Tensor, log_probs: Tensor, target: Tensor, weight: Any,
+                       reduction: int, ignore_index: int, total_weight: Any) -> Tensor:
+    return nn.nll_loss_grad(ctx.graph, log_probs, target, grad_out, ctx.prog,
+                            reduction=_REDUCTIONS[int(reduction)], ignore_index=int(ignore_index),
+                            name=ctx.name)
+
+
+@register_lowering("aten::_log_softmax_backward_data")
+def _log_softmax_backward(ctx: Any, node: Any, grad_out: Tensor, out: Tensor, dim: int,
+                          input_dtype: Any) -> Tensor:
+    return nn.log_softmax_grad(ctx.graph, out, grad_out, ctx.prog, dim=int(dim), name=ctx.name)
+
+
+@register_lowering("aten::_softmax_backward_data")
+def _softmax_backward(ctx: Any, node: Any, grad_out: Tensor, out: Tensor, dim: int,
+                      input_dtype: Any) -> Tensor:
+    return nn.softmax_grad(ctx.graph, out, grad_out, ctx.prog, dim=int(dim), name=ctx.name)

@@ -128,7 +128,7 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool
             with torch.backends.mkldnn.flags(enabled=False):
                 gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True,
                                           output_loss_index=loss_index,
-                                          decompositions=torch.export.default_decompositions())
+                                          decompositions=_decompositions())
     except FrontendError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure is reported the same way
@@ -156,6 +156,17 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool
     fwd_outs = list(output.args[0][:len(mutated) + num_user])
     return Joint(gm, params, buffers, grads, mutated, num_user, loss_index, out_spec,
                  _ancestors(fwd_outs), scaled)
+
+
+def _decompositions() -> Any:
+    """torch.export's Core ATen decompositions, but for the ops softipu lowers whole in training
+    (lowerings/backward.py): the loss and the softmax backwards."""
+    table = torch.export.default_decompositions()
+    aten = torch.ops.aten
+    for op in (aten.nll_loss_forward.default, aten.nll_loss_backward.default,
+               aten._log_softmax_backward_data.default, aten._softmax_backward_data.default):
+        table.pop(op, None)
+    return table
 
 
 def _ancestors(nodes: list[Any]) -> set[torch.fx.Node]:

@@ -21,7 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from softipu.dtypes import float16, float32
 from softipu.frontends.errors import LoweringError
 from softipu.frontends.torch.export import check_supported
-from softipu.frontends.torch.lower import StreamSlot, _Lowerer, map_tensor
+from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.joint import Joint
 from softipu.graph import program as P
@@ -135,7 +135,10 @@ class _TrainLowerer(_Lowerer):
             val = node.meta.get("val")
             if i < len(j.params):
                 name = j.params[i]
-                params[name] = self.env[node] = self._var(f"weights/{name}", val.dtype, val.shape)
+                # Laid out for what uses it (an embedding table in column blocks...), as for inference.
+                shape = tuple(int(d) for d in val.shape)
+                var = _weight_variable(self.ctx, node, self.ctx.dtype(val.dtype), shape, f"weights/{name}")
+                params[name] = self.env[node] = var
             elif i < len(j.params) + len(j.buffers):
                 name = j.buffers[i - len(j.params)]
                 buffers[name] = self.env[node] = self._var(f"buffers/{name}", val.dtype, val.shape)
