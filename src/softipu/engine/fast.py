@@ -164,15 +164,16 @@ class MergedRunner:
     """Small vertex groups of one compute set, of one codelet that allows it (``merge_groups``),
     with equal field lengths and equal constant params, whose fields lie at evenly spaced offsets
     (a matmul's tile blocks, one group per block row), run as one call: every field a zero-copy
-    ``(groups, vertices, n)`` view, the groups a leading axis (a BERT-style model on a GC200
-    cuts each small matmul into ~90 groups of a few tile blocks; a call each cost more than the
-    products). Vertices of a compute set are independent, so the merge changes no value a vertex
-    computes alone; a contraction's merged products are the same on every run."""
+    ``(runs, groups, vertices, n)`` view of a grid of groups (``(groups, vertices, n)`` for one
+    run), the groups leading axes (a BERT-style model on a GC200 cuts each small matmul into ~90
+    groups of a few tile blocks; a call each cost more than the products). Vertices of a compute
+    set are independent, so the merge changes no value a vertex computes alone; a contraction's
+    merged products are the same on every run."""
 
     __slots__ = ("group", "where", "compute", "args")
 
-    def __init__(self, groups: list[VertexGroup], storage: Storage, where: str) -> None:
-        self.group, self.where = groups[0], where
+    def __init__(self, grid: list[list[VertexGroup]], storage: Storage, where: str) -> None:
+        self.group, self.where = grid[0][0], where
         self.compute = self.group.codelet.compute
         self.args: dict[str, Any] = {}
         for name, f in self.group.codelet.fields.items():
@@ -180,9 +181,9 @@ class MergedRunner:
             if f.direction is Direction.PARAM:
                 self.args[name] = frozen(np.asarray(first).reshape(-1, 1))
                 continue
-            views = [storage.view(_stacked(one, two, len(groups)), writeable=f.direction.writes,
-                                  replica_axis=False)
-                     for one, two in zip(self.group.tensors(name), groups[1].tensors(name), strict=True)]
+            views = [storage.view(_stacked([[g.tensors(name)[k] for g in run] for run in grid]),
+                                  writeable=f.direction.writes, replica_axis=False)
+                     for k in range(len(self.group.tensors(name)))]
             self.args[name] = FrozenList(views) if isinstance(first, tuple) else views[0]
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
@@ -200,10 +201,17 @@ class MergedRunner:
 MERGE_BYTES = 64 * 1024
 
 
-def _stacked(first: Tensor, second: Tensor, count: int) -> Tensor:
-    """``count`` evenly spaced copies of ``first``'s layout, ``second`` the next, as one tensor."""
-    return Tensor(first.graph, first.dtype, (count,) + first.shape, first.offset,
-                  (second.offset - first.offset,) + first.strides)
+def _stacked(grid: list[list[Tensor]]) -> Tensor:
+    """A grid of tensors of one layout at evenly spaced offsets (rows of equal steps, rows evenly
+    spaced) as one tensor with the grid's axes leading (the row axis dropped for one row)."""
+    first = grid[0][0]
+    inner = grid[0][1].offset - first.offset if len(grid[0]) > 1 else 0
+    if len(grid) == 1:
+        return Tensor(first.graph, first.dtype, (len(grid[0]),) + first.shape, first.offset,
+                      (inner,) + first.strides)
+    outer = grid[1][0].offset - first.offset
+    return Tensor(first.graph, first.dtype, (len(grid), len(grid[0])) + first.shape, first.offset,
+                  (outer, inner) + first.strides)
 
 
 def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
@@ -265,10 +273,30 @@ def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str) -> l
         else:
             alike.setdefault(key, []).append(g)
     for gs in alike.values():
-        for run in _even_runs(gs):
-            runners.append(MergedRunner(run, storage, where) if len(run) > 1 else
-                           GroupRunner(run[0], storage, where))
+        for grid in _grids(_even_runs(gs)):
+            alone = len(grid) == 1 and len(grid[0]) == 1
+            runners.append(GroupRunner(grid[0][0], storage, where) if alone else
+                           MergedRunner(grid, storage, where))
     return runners
+
+
+def _grids(runs: list[list[VertexGroup]]) -> list[list[list[VertexGroup]]]:
+    """Consecutive runs of equal length and steps whose first groups step evenly too, as grids
+    (a matmul's blocks indexed by two block coordinates)."""
+    def step(a: VertexGroup, b: VertexGroup) -> list[int]:
+        return [y.offset - x.offset for n in names for x, y in zip(a.tensors(n), b.tensors(n), strict=True)]
+
+    names = [n for n, f in runs[0][0].codelet.fields.items() if f.direction is not Direction.PARAM]
+    grids: list[list[list[VertexGroup]]] = []
+    for run in runs:
+        grid = grids[-1] if grids else None
+        if (grid and len(run) == len(grid[0]) and len(run) > 1
+                and step(run[0], run[1]) == step(grid[0][0], grid[0][1])
+                and (len(grid) == 1 or step(grid[-1][0], run[0]) == step(grid[0][0], grid[1][0]))):
+            grid.append(run)
+        else:
+            grids.append([run])
+    return grids
 
 
 class _ComputeSetRunner:
