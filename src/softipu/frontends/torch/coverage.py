@@ -130,7 +130,23 @@ def markdown() -> str:
     lines += [f"| `{r.name}` | {r.status} | {r.note} |" for r in rows]
     lines += ["", f"Lowerings of ops outside Core ATen ({len(extra)}): "
               + ", ".join(f"`{n}`" for n in extra) + ".", ""]
-    return "\n".join(lines + _opinfo_section(opinfo_results()) + _options_section())
+    return "\n".join(lines + _training_section() + _opinfo_section(opinfo_results()) + _options_section())
+
+
+def _training_section() -> list[str]:
+    from softipu.frontends.torch.lowerings.backward import BACKWARD_OPS  # noqa: PLC0415
+
+    return [
+        "## Training: backward ops",
+        "",
+        "`training_model` / `poptorch.trainingModel` trace forward and backward with AOTAutograd "
+        "(`aot_export_module(trace_joint=True)`) and torch.export's Core ATen decompositions, which "
+        "turn most backward ops into the elementwise ops and reductions above (layer norm, GELU, "
+        "tanh, sigmoid, threshold/ReLU, embedding, LSTM cells, attention in its math form). The "
+        "backward and training-forward ops lowered as such (onto `softipu.ops`' gradient ops): "
+        + ", ".join(f"`{n}`" for n in BACKWARD_OPS) + ".",
+        "",
+    ]
 
 
 def opinfo_results() -> tuple[dict, list[OpResult]] | None:
@@ -210,12 +226,15 @@ def _options_section() -> list[str]:
         "`device_iterations`, `precision`, `partials_type`, `available_memory_proportion`, `seed`, "
         "`output_mode`, `output_return_period`, `log_cycle_count`, `recompile_on_shape_change`, "
         "`engine_options`, `executable_cache_dir` and `executable_cache_max_bytes` (the executable "
-        "cache). Stored without effect yet (warned once): everything in `stored`.",
+        "cache), `gradient_accumulation` and `accumulation_reduction` (training). "
+        "Stored without effect yet (warned once): everything in `stored`.",
         "",
         "`softipu.poptorch.Options` setters with an effect: `deviceIterations`, `replicationFactor`, "
         "`randomSeed`, `logCycleCount`, `outputMode` / `anchorMode`, `setAvailableMemoryProportion` "
         "(one value: one IPU), `useOfflineIpuTarget`, `setTarget` (softipu's), "
-        "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`; `useIpuModel` needs "
+        "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`, "
+        "`Training.gradientAccumulation`, `Training.accumulationAndReplicationReductionType`; "
+        "`useIpuModel` needs "
         "nothing (softipu always models the IPU); `enableExecutableCaching` sets "
         "`executable_cache_dir`. Stored without effect yet, each named in a one-time "
         "`UnusedOptionWarning`: " + ", ".join(stored) + ".",
@@ -223,7 +242,8 @@ def _options_section() -> list[str]:
         "Annotations: `BeginBlock` and `Block` are recorded (one IPU until multi-IPU placement), "
         "`ipu_print_tensor` prints on the host when the program runs, `identity_loss` reduces as "
         "PopTorch does, `recomputationCheckpoint` and `set_available_memory` are accepted. "
-        "`trainingModel` raises: training does not exist yet. `compileAndExport` writes the "
+        "`trainingModel` trains on the device (forward, backward, optimizer update; "
+        "`compileAndExport` of a training model raises). `compileAndExport` writes the "
         "executable but not the module (softipu never pickles; `export_model=True` says so once), "
         "`loadExecutable` loads it into a wrapper of the same module and options without compiling, "
         "and `poptorch.load` raises, saying to do that instead.",
