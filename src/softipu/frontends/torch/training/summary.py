@@ -4,8 +4,9 @@ Memory: ``weights`` (parameters and buffers), ``gradients`` (the accumulators wi
 accumulation, else the step's gradient tensors), ``optimizer_state`` (state slots, variable
 hyper-parameters, the step counter) and ``activations`` (forward values the backward reads),
 from the lowered variables' roles and the joint graph; ``total`` and ``fit`` from the report.
-Cycles: the last call's step cycles split by the phase prefix of each compute set's name
-(``fwd/``, ``bwd/``, ``upd/``); the rest (streams, copies, loops) is ``other``.
+When the step does not fit, ``advice`` names the largest of these and what to do. Cycles: the
+step cycles per call (averaged over the calls so far), split by the phase prefix of each
+compute set's name (``fwd/``, ``bwd/``, ``upd/``); the rest (streams, copies, loops) is ``other``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,30 @@ def training_summary(model: Any) -> dict[str, Any]:
     cycles = {"forward": 0, "backward": 0, "weight_update": 0, "other": 0}
     for step in report.steps:
         cycles[phase_of(str(step["name"]))] += int(step["cycles"]) * int(step["count"])
-    return {"memory": memory, "memory_total": int(report.tile_memory.sum()),
-            "memory_by_category": report.memory_by_category, "fit": report.fit(),
-            "cycles": cycles, "cycles_per_call": model.cycle_count, "runs": len(report.runs)}
+    calls = max(1, sum(1 for r in report.runs if r["program"] == 1))
+    fit = report.fit()
+    return {"memory": memory, "advice": _advice(memory, fit), "memory_total": int(report.tile_memory.sum()),
+            "memory_by_category": report.memory_by_category, "fit": fit,
+            "cycles": {k: v // calls for k, v in cycles.items()}, "cycles_per_call": model.cycle_count,
+            "calls": calls}
+
+
+_ADVICE = {
+    "weights": "the weights dominate: shard the model over more IPUs (pipelining) or train in fp16",
+    "gradients": "the gradients/accumulators dominate: keep accumulators in fp16 (accum_type) or "
+                 "shard the model over more IPUs",
+    "optimizer_state": "the optimizer state dominates: fp16 first/second moments (Adam's "
+                       "first_order_momentum_accum_type...), a lighter optimizer, or offloading the "
+                       "state to streaming memory",
+    "activations": "the activations kept for the backward dominate: a smaller micro-batch with more "
+                   "gradient accumulation, or recomputation (poptorch.recomputationCheckpoint)",
+}
+
+
+def _advice(memory: dict[str, int], fit: dict[str, Any]) -> str:
+    """What dominates the training memory and what to do, when the step does not fit."""
+    if fit["fits"]:
+        return ""
+    top = max(memory, key=memory.__getitem__)
+    return (f"does not fit: {fit['tiles_over']} tiles over; of the model's memory, {_ADVICE[top]} "
+            f"({top} {memory[top] / 1e6:.1f} MB of {sum(memory.values()) / 1e6:.1f} MB)")
