@@ -248,3 +248,22 @@ def test_data_loader_combines_the_batch_for_training():
     model = poptorch.trainingModel(Net(), o, None)
     out, loss = model(x, y)
     assert out.shape == (2, 3) and loss.shape == ()
+
+
+def test_checkpoints_of_model_and_optimizer_state_round_trip():
+    torch.manual_seed(0)
+    net = Net()
+    opt = poptorch.optim.Adam(net.parameters(), lr=1e-2)
+    model = poptorch.trainingModel(net, opts(), opt)
+    for i in range(2):
+        model(*data(seed=i))
+    weights, state = copy.deepcopy(net.state_dict()), opt.state_dict()
+    assert state["ipu_state"]["step"] == 2 and any(k.startswith("exp_avg") for k in state["ipu_state"])
+    expect = model(*data(seed=5))[1]  # the step a restored model must repeat
+    fresh = Net()
+    fresh.load_state_dict(weights)
+    fresh_opt = poptorch.optim.Adam(fresh.parameters(), lr=1e-2)
+    fresh_opt.load_state_dict(state)
+    restored = poptorch.trainingModel(fresh, opts(), fresh_opt)
+    assert torch.equal(restored(*data(seed=5))[1], expect)
+    assert close(fresh, net, tol=1e-6)  # the same update: Adam's moments and step came back
