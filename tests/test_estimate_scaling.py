@@ -148,7 +148,7 @@ def test_strided_views_repeat_elements_exactly_when_their_addresses_do():
 def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
     """Copy pieces cut only where a side's tile changes: per tile, the bytes and regions sent
     and received, and the bytes copied on tile, as worked out element by element."""
-    from softipu.compiler.exchange import copy_transfers, traffic
+    from softipu.compiler.exchange import copy_traffic, copy_transfers, traffic
 
     g = sp.Graph(sp.targets.ipu_model(tiles=16))
     x = g.add_variable(sp.float32, (6, 10, 12), name="x")
@@ -185,3 +185,15 @@ def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
     send, recv = transfers.pieces_per_tile(16)
     np.testing.assert_array_equal(send, np.bincount(s_tile[first], minlength=16))
     np.testing.assert_array_equal(recv, np.bincount(d_tile[first], minlength=16))
+    # the same figures counted per tile, without listing pieces (a one-to-one transposing copy)
+    counted = copy_traffic(src, y, {sp.float32: g.resolved_mapping(sp.float32)}, g.target)
+    if perm[0] == 2:  # the source's contiguous axis leads: the counted path applies
+        assert counted is not None
+    if counted is not None:
+        t, on_tile = counted
+        np.testing.assert_array_equal(on_tile, want_local)
+        np.testing.assert_array_equal(t.send_bytes, got.send_bytes)
+        np.testing.assert_array_equal(t.recv_bytes, got.recv_bytes)
+        np.testing.assert_array_equal(t.supertile_recv_bytes, got.supertile_recv_bytes)
+        np.testing.assert_array_equal(t.send_regions, send)
+        np.testing.assert_array_equal(t.recv_regions, recv)

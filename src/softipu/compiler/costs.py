@@ -23,6 +23,7 @@ from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import (
     Traffic,
     compute_set_transfers,
+    copy_traffic,
     copy_transfers,
     exchange_cycles,
     split_by_mapping,
@@ -233,12 +234,16 @@ class StepPricer:
             stream = src if isinstance(src, DataStream) else dst
             return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
                                    to_device=isinstance(src, DataStream))
-        transfers, local = copy_transfers(src, dst, self.mappings, self.target.num_tiles)
+        counted = copy_traffic(src, dst, self.mappings, self.target)  # a transpose, per tile
+        if counted is not None:
+            moved, local = counted
+        else:
+            transfers, local = copy_transfers(src, dst, self.mappings, self.target.num_tiles)
+            moved = _piece_regions(traffic(transfers, self.target), transfers, self.target.num_tiles)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
-                    **self._moved(_piece_regions(traffic(transfers, self.target), transfers,
-                                                 self.target.num_tiles)))
+                    **self._moved(moved))
 
     def price_print_tensor(self, node: P.PrintTensor, index: int) -> Step:
         return self._host_step(index, f"PrintTensor {node.tensor.name}", node.location, node.tensor,

@@ -29,8 +29,8 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.target import Target
 
-__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "traffic", "union_per_key",
-           "exchange_cycles"]
+__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "copy_traffic", "traffic",
+           "union_per_key", "exchange_cycles"]
 
 
 @dataclass(slots=True)
@@ -265,6 +265,51 @@ def _source_runs(src: Tensor, dst: Tensor):
     return outer_starts(src), length, outer_starts(dst), step
 
 
+def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping], target: Target):
+    """(traffic, on-tile bytes per tile) of a one-to-one transposing ``Copy(src, dst)`` on one
+    IPU, counted per tile without listing its pieces; None where it does not apply (then
+    :func:`copy_transfers`). Its regions are its pieces contiguous on both sides: one per element.
+
+    Each source element moves once, so a tile sends the elements it holds whose destination is
+    on another tile and receives the destination elements it holds whose source is elsewhere;
+    only the elements staying on their tile need finding: each source run's destination
+    progression is met with its own tile's few mapping intervals.
+    """
+    runs = _source_runs(src, dst) if target.num_ipus == 1 else None
+    if runs is None or src.repeats_elements() or dst.repeats_elements():
+        return None
+    s0, length, d0, step = runs
+    mapping, tiles, item = mappings[src.dtype], target.num_tiles, src.dtype.itemsize
+    p0, p1, s_tile, parent = split_by_mapping(s0, s0 + length, mapping)
+    held = np.bincount(s_tile, weights=p1 - p0, minlength=tiles).astype(np.int64)
+    d_starts, d_lengths = dst.runs()
+    q0, q1, d_tile, _ = split_by_mapping(d_starts, d_starts + d_lengths, mapping)
+    landing = np.bincount(d_tile, weights=q1 - q0, minlength=tiles).astype(np.int64)
+    # Elements staying put: a source piece on tile t against tile t's own intervals.
+    by_tile = np.argsort(mapping.tiles, kind="stable")
+    first = np.searchsorted(mapping.tiles[by_tile], np.arange(tiles + 1))
+    count = (first[s_tile + 1] - first[s_tile]).astype(np.int64)
+    piece = np.repeat(np.arange(p0.size), count)
+    j = by_tile[first[s_tile][piece] + np.arange(piece.size) - np.repeat(np.cumsum(count) - count, count)]
+    k_lo, k_hi = _progression_range(d0[parent][piece], step, mapping.starts[j], mapping.ends[j])
+    k0, k1 = (p0 - s0[parent])[piece], (p1 - s0[parent])[piece]
+    stay = np.maximum(np.minimum(k_hi, k1) - np.maximum(k_lo, k0), 0)
+    local = np.bincount(s_tile[piece], weights=stay, minlength=tiles).astype(np.int64)
+    sent, received = held - local, landing - local  # elements, and pieces: one each
+    supertiles = -(-tiles // target.tiles_per_supertile)
+    st_recv = np.bincount(np.arange(tiles) // target.tiles_per_supertile, weights=received * item,
+                          minlength=supertiles).astype(np.int64)
+    none = np.zeros(1, np.int64)
+    return Traffic(sent * item, received * item, sent, received, none, none.copy(), st_recv), local * item
+
+
+def _progression_range(base: np.ndarray, step: int, lo: np.ndarray, hi: np.ndarray):
+    """The ``k`` with ``lo <= base + k * step < hi``, as ``[k_lo, k_hi)`` (``step`` != 0)."""
+    if step > 0:
+        return -((base - lo) // step), -((base - hi) // step)
+    return (base - hi) // -step + 1, (base - lo) // -step + 1
+
+
 def _split_progressions(s0: np.ndarray, length: int, d0: np.ndarray, step: int,
                         mapping: ResolvedMapping):
     """(starts, ends, src tiles, dst tiles) of source runs ``[s0, s0 + length)`` whose element
@@ -278,11 +323,7 @@ def _split_progressions(s0: np.ndarray, length: int, d0: np.ndarray, step: int,
     count = np.maximum(i1 - i0 + 1, 0)
     piece = np.repeat(np.arange(p0.size), count)
     j = i0[piece] + np.arange(piece.size) - np.repeat(np.cumsum(count) - count, count)
-    lo, hi, b = mapping.starts[j], mapping.ends[j], base[piece]
-    if step > 0:  # the k with lo <= b + k * step < hi
-        k_lo, k_hi = -((b - lo) // step), -((b - hi) // step)
-    else:
-        k_lo, k_hi = (b - hi) // -step + 1, (b - lo) // -step + 1
+    k_lo, k_hi = _progression_range(base[piece], step, mapping.starts[j], mapping.ends[j])
     k_lo, k_hi = np.maximum(k_lo, k0[piece]), np.minimum(k_hi, k1[piece])
     keep = k_lo < k_hi
     piece, k_lo, k_hi, d_tile = piece[keep], k_lo[keep], k_hi[keep], mapping.tiles[j[keep]]
