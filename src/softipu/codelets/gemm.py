@@ -54,6 +54,13 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False
     products: the merged product of each leading index is one matrix of one batched matmul.
     """
     with BLAS.single_threaded():
+        if out.ndim == 5 and out.shape[1] > 1 and out.shape[2] > 1:
+            if a.strides[2] == 0 and b.strides[1] == 0:
+                _outer(a, b, out, accumulate)
+                return
+            if a.strides[1] == 0 and b.strides[2] == 0:
+                _outer(a.swapaxes(1, 2), b.swapaxes(1, 2), out.swapaxes(1, 2), accumulate)
+                return
         if out.ndim > 4:
             for i in range(out.shape[0]):
                 gemm(a[i], b[i], out[i], accumulate)
@@ -100,6 +107,28 @@ def _shared_right(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: boo
     product = scratch((lead, v * m, n), "gemm:product")
     np.matmul(tall, b[:, 0], out=product)
     _store(out, product.reshape(out.shape), accumulate)
+
+
+def _outer(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
+    """``out[l, p, q] = a[l, p] . b[l, q]`` (a grid of merged groups whose left blocks vary along
+    ``p`` only and right blocks along ``q`` only): per ``l`` one ``(P m) x k . k x (Q n)``
+    product, the ``a`` blocks stacked and the ``b`` blocks side by side. Each ``l``'s product is
+    made whole, so cutting the ``l`` axis over threads changes no bits."""
+    lead, p, q, m, n = out.shape
+    k = a.shape[-1]
+
+    def job(lo: int, hi: int) -> None:
+        rows = hi - lo
+        tall = scratch((rows, p, m, k), "gemm:a")
+        np.copyto(tall, a[lo:hi, :, 0])
+        wide = scratch((rows, k, q, n), "gemm:b")
+        np.copyto(wide, b[lo:hi, 0].transpose(0, 2, 1, 3))
+        product = scratch((rows, p, m, q, n), "gemm:product")
+        np.matmul(tall.reshape(rows, p * m, k), wide.reshape(rows, k, q * n),
+                  out=product.reshape(rows, p * m, q * n))
+        _store(out[lo:hi], product.transpose(0, 1, 3, 2, 4), accumulate)
+
+    on_idle_cores(job, lead, out.size * k)
 
 
 def _separate(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool, macs: int) -> None:
