@@ -144,7 +144,7 @@ def test_strided_views_repeat_elements_exactly_when_their_addresses_do():
 
 
 @pytest.mark.parametrize("perm,flip", [((1, 0, 2), None), ((2, 1, 0), None), ((0, 2, 1), 1), ((2, 0, 1), 2),
-                                       ((2, 1, 0), "dst")])
+                                       ((2, 1, 0), "dst"), ((2, 1, 0), "index"), ((1, 2, 0), "index")])
 def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
     """Copy pieces cut only where a side's tile changes: per tile, the bytes and regions sent
     and received, and the bytes copied on tile, as worked out element by element."""
@@ -159,6 +159,9 @@ def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
     src = x.transpose(perm)
     if isinstance(flip, int):
         src = src.reverse(flip)
+    if flip == "index":  # a gathering copy: the source is an address array
+        src = src.reshape(-1).reshape(src.shape)
+        assert src.index is not None
     var_y = g.add_variable(sp.float32, src.shape, name="y")
     sp.ops.map_linearly(g, var_y, grain_size=7)
     y = var_y.reverse(0) if flip == "dst" else var_y
@@ -187,7 +190,7 @@ def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
     np.testing.assert_array_equal(recv, np.bincount(d_tile[first], minlength=16))
     # the same figures counted per tile, without listing pieces (a one-to-one transposing copy)
     counted = copy_traffic(src, y, {sp.float32: g.resolved_mapping(sp.float32)}, g.target)
-    if perm[0] == 2:  # the source's contiguous axis leads: the counted path applies
+    if perm[0] == 2 or flip == "index":  # the counted paths apply
         assert counted is not None
     if counted is not None:
         t, on_tile = counted

@@ -275,8 +275,15 @@ def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping
     only the elements staying on their tile need finding: each source run's destination
     progression is met with its own tile's few mapping intervals.
     """
-    runs = _source_runs(src, dst) if target.num_ipus == 1 else None
-    if runs is None or src.repeats_elements() or dst.repeats_elements():
+    if target.num_ipus > 1 or src.repeats_elements() or dst.repeats_elements():
+        return None
+    if src.index is not None and src.slabs is None:  # its addresses exist already
+        flat = src.index.reshape(-1)
+        if np.count_nonzero(np.diff(flat) != 1) < flat.size // 8:
+            return None  # long runs: listing its pieces is cheaper than counting elements
+        return _counted_by_element(src, dst, mappings[src.dtype], target)
+    runs = _source_runs(src, dst)
+    if runs is None:
         return None
     s0, length, d0, step = runs
     mapping, tiles, item = mappings[src.dtype], target.num_tiles, src.dtype.itemsize
@@ -301,6 +308,30 @@ def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping
                           minlength=supertiles).astype(np.int64)
     none = np.zeros(1, np.int64)
     return Traffic(sent * item, received * item, sent, received, none, none.copy(), st_recv), local * item
+
+
+def _counted_by_element(src: Tensor, dst: Tensor, mapping: ResolvedMapping, target: Target):
+    """:func:`copy_traffic` of a gathering copy (an indexed source), from its addresses: a piece
+    is a run of elements contiguous on both sides on one pair of tiles."""
+    tiles, item = target.num_tiles, src.dtype.itemsize
+    a_src, a_dst = src.index.reshape(-1), dst.addresses().reshape(-1)
+    s_tile, d_tile = mapping.tiles_of(a_src), mapping.tiles_of(a_dst)
+    moving = s_tile != d_tile
+    new_piece = np.empty(a_src.size, bool)
+    new_piece[0] = True
+    new_piece[1:] = ((np.diff(a_src) != 1) | (np.diff(a_dst) != 1) | (s_tile[1:] != s_tile[:-1])
+                     | (d_tile[1:] != d_tile[:-1]))
+    first = new_piece & moving
+    sent = np.bincount(s_tile[moving], minlength=tiles).astype(np.int64) * item
+    received = np.bincount(d_tile[moving], minlength=tiles).astype(np.int64) * item
+    local = np.bincount(s_tile[~moving], minlength=tiles).astype(np.int64) * item
+    supertiles = -(-tiles // target.tiles_per_supertile)
+    st_recv = np.bincount(np.arange(tiles) // target.tiles_per_supertile, weights=received,
+                          minlength=supertiles).astype(np.int64)
+    regions = (np.bincount(s_tile[first], minlength=tiles).astype(np.int64),
+               np.bincount(d_tile[first], minlength=tiles).astype(np.int64))
+    none = np.zeros(1, np.int64)
+    return Traffic(sent, received, *regions, none, none.copy(), st_recv), local
 
 
 def _progression_range(base: np.ndarray, step: int, lo: np.ndarray, hi: np.ndarray):
