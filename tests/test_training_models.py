@@ -259,3 +259,27 @@ def test_fp16_training_with_loss_scaling_follows_fp32():
         losses.append(loss)
         assert abs(loss - float(ref)) <= 1e-2 * float(ref), (i, loss, float(ref))
     assert losses[-1] < losses[0] and losses[-2] < losses[1]  # it trains
+
+
+def test_automatic_loss_scaling_doubles_or_halves_the_scale_each_step():
+    # PopART's rule: the scale doubles unless more than 1e-7 of the gradients' elements reach the
+    # upper bin (|g| >= 0.125 x 65535 in fp16), then it halves; fp16 scales clip at 2**15.
+    torch.manual_seed(0)
+    module = MLP()
+    eager = copy.deepcopy(module)
+    half = module.half()
+    opts = st.Options(target=chip(16), auto_loss_scaling=True)
+    model = st.training_model(half, ipu_optim.SGD(half.parameters(), lr=0.1, loss_scaling=2.0**13), opts)
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    scales = []
+    for i in range(4):
+        x, y = batch("mlp", 8, seed=i)
+        loss = float(model(x.half(), y)[1])
+        scales.append(float(model.engine.read_tensor(model.lowered.hyper["loss_scaling"])))
+        eager_opt.zero_grad()
+        ref = eager(x, y)[1]
+        ref.backward()
+        eager_opt.step()
+        assert abs(loss - float(ref)) <= 1e-2 * float(ref), (i, loss, float(ref))
+    # The gradients of this small model times 2**13.. stay far below the edge: doubling to the clip.
+    assert scales == [2.0**14, 2.0**15, 2.0**15, 2.0**15]

@@ -119,7 +119,7 @@ _STORED = {
          "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
-    "Training": ("setMeanAccumulationAndReplicationReductionStrategy", "setAutomaticLossScaling",
+    "Training": ("setMeanAccumulationAndReplicationReductionStrategy",
                  "setConvolutionDithering"),
     "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
                         "setAccumulatorLocation", "numIOTiles"),
@@ -194,6 +194,12 @@ class _Training(_Section):
             raise FrontendError("accumulationAndReplicationReductionType takes ReductionType.Mean or "
                                 "ReductionType.Sum (NoReduction is not supported by PopTorch either)")
         self._owner._set("accumulation_reduction", "mean" if reduction is ReductionType.Mean else "sum")
+        return self
+
+    def setAutomaticLossScaling(self, enabled: bool) -> _Training:  # noqa: N802 - PopTorch's name
+        """PopART's automatic loss scaling: the loss scale (a device variable) halves or doubles after
+        each optimizer step by the proportion of gradient elements in the histogram's upper bin."""
+        self._owner._set("auto_loss_scaling", bool(enabled))
         return self
 
     @property

@@ -80,7 +80,8 @@ _STALE_TEMP_SECONDS = 3600.0
 # Options that change what is compiled (or loaded: the seed) are in the key; the rest are not.
 KEY_OPTIONS = ("target", "replication_factor", "device_iterations", "precision", "partials_type",
                "available_memory_proportion", "seed", "output_mode", "output_return_period",
-               "engine_options", "stored", "gradient_accumulation", "accumulation_reduction")
+               "engine_options", "stored", "gradient_accumulation", "accumulation_reduction",
+               "auto_loss_scaling")
 NOT_KEY_OPTIONS = ("log_cycle_count", "recompile_on_shape_change", "executable_cache_dir",
                    "executable_cache_max_bytes")
 

@@ -226,14 +226,15 @@ def _options_section() -> list[str]:
         "`device_iterations`, `precision`, `partials_type`, `available_memory_proportion`, `seed`, "
         "`output_mode`, `output_return_period`, `log_cycle_count`, `recompile_on_shape_change`, "
         "`engine_options`, `executable_cache_dir` and `executable_cache_max_bytes` (the executable "
-        "cache), `gradient_accumulation` and `accumulation_reduction` (training). "
+        "cache), `gradient_accumulation`, `accumulation_reduction` and `auto_loss_scaling` (training). "
         "Stored without effect yet (warned once): everything in `stored`.",
         "",
         "`softipu.poptorch.Options` setters with an effect: `deviceIterations`, `replicationFactor`, "
         "`randomSeed`, `logCycleCount`, `outputMode` / `anchorMode`, `setAvailableMemoryProportion` "
         "(one value: one IPU), `useOfflineIpuTarget`, `setTarget` (softipu's), "
         "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`, "
-        "`Training.gradientAccumulation`, `Training.accumulationAndReplicationReductionType`; "
+        "`Training.gradientAccumulation`, `Training.accumulationAndReplicationReductionType`, "
+        "`Training.setAutomaticLossScaling`; "
         "`useIpuModel` needs "
         "nothing (softipu always models the IPU); `enableExecutableCaching` sets "
         "`executable_cache_dir`. Stored without effect yet, each named in a one-time "

@@ -92,6 +92,8 @@ class Options:
       one optimizer update (PopTorch's ``Training.gradientAccumulation``; 1 for inference).
     * ``accumulation_reduction``: ``"mean"`` (PopTorch's default) or ``"sum"``: how accumulated
       gradients are reduced (``accumulationAndReplicationReductionType``).
+    * ``auto_loss_scaling``: PopART's automatic loss scaling in training (the loss scale halves or
+      doubles after each step by the gradients' upper-bin proportion; ``setAutomaticLossScaling``).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -111,6 +113,7 @@ class Options:
     executable_cache_max_bytes: int = 2 * 1024**3
     gradient_accumulation: int = 1
     accumulation_reduction: str = "mean"
+    auto_loss_scaling: bool = False
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,7 +137,7 @@ class Options:
         if not isinstance(self.output_mode, OutputMode):
             self._bad(f"output_mode must be an OutputMode ({', '.join(m.name for m in OutputMode)}), "
                       f"got {self.output_mode!r}")
-        for name in ("log_cycle_count", "recompile_on_shape_change"):
+        for name in ("log_cycle_count", "recompile_on_shape_change", "auto_loss_scaling"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.executable_cache_dir is not None and not isinstance(self.executable_cache_dir, str):

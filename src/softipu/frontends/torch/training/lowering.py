@@ -22,6 +22,7 @@ from softipu.dtypes import float16, float32
 from softipu.frontends.errors import LoweringError
 from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor
+from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.joint import Joint
 from softipu.graph import program as P
@@ -191,6 +192,8 @@ class _TrainLowerer(_Lowerer):
         skeys = list(state)
         hnames = list(hyper)
         named = self.named
+        auto = self.options.auto_loss_scaling
+        clip = any(named[n].dtype == torch.float16 for n in pnames)
 
         def flat_update(*flat: torch.Tensor) -> list[torch.Tensor]:
             it = iter(flat)
@@ -198,8 +201,13 @@ class _TrainLowerer(_Lowerer):
             g = {n: next(it) for n in pnames}
             s = {k: next(it) for k in skeys}
             h = {n: next(it) for n in hnames}
-            new_p, new_s = spec.update(p, g, s, h, next(it))
-            return [new_p[n] for n in pnames if n in new_p] + [new_s[k] for k in skeys if k in new_s]
+            step_ = next(it)
+            new_p, new_s = spec.update(p, g, s, h, step_)
+            out = [new_p[n] for n in pnames if n in new_p] + [new_s[k] for k in skeys if k in new_s]
+            if auto:  # PopART's automatic loss scaling, from this step's gradients (0-based step)
+                out.append(update_loss_scale(h["loss_scaling"], [g[n] for n in pnames], step_ - 1,
+                                             LossScalingSettings(clip_output=clip)))
+            return out
 
         examples = ([_zeros(named[n].dtype, named[n].shape) for n in pnames]
                     + [_zeros(_torch_dtype(grads[n]), grads[n].shape) for n in pnames]
@@ -219,6 +227,8 @@ class _TrainLowerer(_Lowerer):
         finally:
             self.ctx.prog, self.ctx.phase = outer, ""
         targets = [params[n] for n in pnames] + [state[k] for k in skeys]
+        if auto:
+            targets.append(hyper["loss_scaling"])
         if len(results) != len(targets):
             raise LoweringError(f"the optimizer update returned {len(results)} tensors for {len(targets)} "
                                 "weights and state tensors: it must return every parameter and state slot")

@@ -33,11 +33,11 @@ from softipu.frontends.torch.training.lowering import TrainLowered, lower_traini
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
 
 
-def optimizer_spec(optimizer: Any, named: dict[str, torch.nn.Parameter]) -> Any:
+def optimizer_spec(optimizer: Any, named: dict[str, torch.nn.Parameter], **kwargs: Any) -> Any:
     """The optimizer's device description (``softipu.frontends.torch.optim.optimizer_spec``)."""
     from softipu.frontends.torch.optim import optimizer_spec as spec  # noqa: PLC0415 - optional module
 
-    return spec(optimizer, named)
+    return spec(optimizer, named, **kwargs)
 
 
 def default_optimizer(module: torch.nn.Module) -> Any:
@@ -161,7 +161,8 @@ class TrainingModel:
             raise FrontendError(f"{self._label} has no parameter that requires grad: there is nothing "
                                 "to train. Set requires_grad=True on the parameters to train, or use "
                                 "inferenceModel")
-        spec = optimizer_spec(self.optimizer, named)
+        auto = {"auto_loss_scaling": True} if self.options.auto_loss_scaling else {}
+        spec = optimizer_spec(self.optimizer, named, **auto)
         scaled = spec.loss_scaling != 1.0 or spec.loss_scaling_variable
         was_training = self.module.training
         self.module.train(True)
