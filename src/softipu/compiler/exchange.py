@@ -292,14 +292,21 @@ def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping
     d_starts, d_lengths = dst.runs()
     q0, q1, d_tile, _ = split_by_mapping(d_starts, d_starts + d_lengths, mapping)
     landing = np.bincount(d_tile, weights=q1 - q0, minlength=tiles).astype(np.int64)
-    # Elements staying put: a source piece on tile t against tile t's own intervals.
-    by_tile = np.argsort(mapping.tiles, kind="stable")
-    first = np.searchsorted(mapping.tiles[by_tile], np.arange(tiles + 1))
-    count = (first[s_tile + 1] - first[s_tile]).astype(np.int64)
+    # Elements staying put: a source piece on tile t against tile t's own intervals within the
+    # span of its destination progression (intervals ordered by tile, then address).
+    k0, k1, base = p0 - s0[parent], p1 - s0[parent], d0[parent]
+    ends_at = base + np.where(step > 0, k0, k1 - 1) * step, base + np.where(step > 0, k1 - 1, k0) * step
+    span = int(mapping.ends[-1]) + 1 if mapping.ends.size else 1
+    by_tile = np.lexsort((mapping.starts, mapping.tiles))
+    keys = mapping.tiles[by_tile].astype(np.int64) * span + mapping.starts[by_tile]
+    tile_key = s_tile.astype(np.int64) * span
+    a = np.maximum(np.searchsorted(keys, tile_key + ends_at[0], side="right") - 1,
+                   np.searchsorted(keys, tile_key, side="left"))
+    count = np.maximum(np.searchsorted(keys, tile_key + ends_at[1], side="right") - a, 0)
     piece = np.repeat(np.arange(p0.size), count)
-    j = by_tile[first[s_tile][piece] + np.arange(piece.size) - np.repeat(np.cumsum(count) - count, count)]
-    k_lo, k_hi = _progression_range(d0[parent][piece], step, mapping.starts[j], mapping.ends[j])
-    k0, k1 = (p0 - s0[parent])[piece], (p1 - s0[parent])[piece]
+    j = by_tile[np.repeat(a, count) + np.arange(piece.size) - np.repeat(np.cumsum(count) - count, count)]
+    k_lo, k_hi = _progression_range(base[piece], step, mapping.starts[j], mapping.ends[j])
+    k0, k1 = k0[piece], k1[piece]
     stay = np.maximum(np.minimum(k_hi, k1) - np.maximum(k_lo, k0), 0)
     local = np.bincount(s_tile[piece], weights=stay, minlength=tiles).astype(np.int64)
     sent, received = held - local, landing - local  # elements, and pieces: one each
