@@ -8,6 +8,9 @@ later) and in bulk; programs of Sequence / Repeat / Copy / Call; replication fac
 different data per replica. Each compute set splits the variables into read-only and written ones,
 so vertices never write an element twice nor read what another writes. The fast engine (with
 chunk sizes small enough to split groups) and the reference engine must end bitwise equal.
+Contractions (library matmuls, whose AMP products the fast engine merges, and float sums) on
+random shapes and mappings must agree within the written rounding bound
+(:func:`softipu.codelets._common.contraction_bound`) and give the same bits run after run.
 
 Every generated view is also checked against the same view taken of a numpy array of addresses,
 so the generator's idea of which elements a field touches is independent of softipu's.
