@@ -165,7 +165,7 @@ def train_both(model_name: str, opt_name: str, steps: int = 4, b: int = 4, optio
         ref = loss_of(eager(*data))
         ref.backward()
         eager_opt.step()
-        losses.append((ipu, float(ref)))
+        losses.append((ipu, float(ref.detach())))
     return losses, module, eager, model
 
 

@@ -62,6 +62,11 @@ class TrainingModel:
         options = Options() if options is None else options
         if not isinstance(options, Options):
             raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
+        if options.replication_factor != 1:
+            raise FrontendError(
+                f"training with replication_factor={options.replication_factor} needs the gradients "
+                "all-reduced across replicas, and softipu has no cross-replica collectives yet: train "
+                "with replicationFactor(1) (gradientAccumulation gives the same samples per step)")
         options.warn_unused()
         self.module = module
         self.options = options
