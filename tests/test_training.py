@@ -269,3 +269,15 @@ def test_checkpoints_of_model_and_optimizer_state_round_trip():
     restored = poptorch.trainingModel(fresh, opts(), fresh_opt)
     assert torch.equal(restored(*data(seed=5))[1], expect)
     assert close(fresh, net, tol=1e-6)  # the same update: Adam's moments and step came back
+
+
+def test_the_trained_module_pickles_and_copies_as_its_own_class(tmp_path):
+    torch.manual_seed(0)
+    net = Net()
+    model = poptorch.trainingModel(net, opts(), torch.optim.SGD(net.parameters(), lr=0.5))
+    model(*data())
+    snapshot = copy.deepcopy(net)  # a plain Net with the trained weights
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    assert type(snapshot) is Net and type(loaded) is Net
+    assert close(snapshot, net, tol=0) and close(loaded, net, tol=0)

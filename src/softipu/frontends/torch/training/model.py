@@ -13,6 +13,7 @@ fails leaves the device weights and optimizer state as they were before it.
 
 from __future__ import annotations
 
+import copyreg
 import time
 import weakref
 from typing import Any
@@ -460,6 +461,7 @@ class _LiveModule:
         if sub is None:
             sub = type(base.__name__, (base,), {
                 "_softipu_live": True, "__module__": base.__module__, "__qualname__": base.__qualname__,
+                "__reduce_ex__": _syncing(_reduce_as(base)),
                 **{m: _syncing(getattr(base, m)) for m in
                    ("parameters", "named_parameters", "buffers", "named_buffers", "state_dict", "__call__")}})
             cls._CLASSES[base] = sub
@@ -468,6 +470,14 @@ class _LiveModule:
     @staticmethod
     def bump(module: torch.nn.Module) -> None:
         module.__dict__["_softipu_host_version"] = module.__dict__.get("_softipu_host_version", 0) + 1
+
+
+def _reduce_as(base: type) -> Any:
+    """Pickle and deepcopy a wrapped module as the user's own class (trained weights included)."""
+    def reduce_ex(self: torch.nn.Module, protocol: int) -> Any:
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_softipu_")}
+        return copyreg._reconstructor, (base, object, None), state
+    return reduce_ex
 
 
 def _syncing(method: Any) -> Any:
