@@ -6,10 +6,10 @@ reductions (softmax, layer norm, GELU, tanh, embedding...); what stays is lowere
 ``convolution_backward`` (``conv_input_grad`` / ``conv_weight_grad`` and a reduction for the
 bias), ``max_pool2d_with_indices_backward`` (``max_pool_grad``, from the input), ``avg_pool2d_backward``
 (``avg_pool_grad``), batch norm in training (``batch_norm_training`` with the running statistics
-updated as torch does) and ``native_batch_norm_backward`` (``batch_norm_grad``). Training graphs
-keep the negative log-likelihood and the softmax backwards whole (``nll_loss``,
-``nll_loss_grad``, ``softmax_grad``, ``log_softmax_grad``): decomposed, the loss is a gather over
-the whole vocabulary and its backward a scatter.
+updated as torch does) and ``native_batch_norm_backward`` (``batch_norm_grad``). The negative
+log-likelihood and the softmax backwards have lowerings too (``nll_loss``, ``nll_loss_grad``,
+``softmax_grad``, ``log_softmax_grad``), though ``training.joint`` decomposes them: those ops keep
+each row on one tile, which a vocabulary-wide row overflows.
 """
 
 from __future__ import annotations

@@ -159,14 +159,57 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool
 
 
 def _decompositions() -> Any:
-    """torch.export's Core ATen decompositions, but for the ops softipu lowers whole in training
-    (lowerings/backward.py): the loss and the softmax backwards."""
+    """torch.export's Core ATen decompositions, with the softmaxes decomposed too (with their
+    backwards) and the negative log-likelihood as a mask of the labels instead of a gather."""
+    from torch._decomp import decomposition_table  # noqa: PLC0415 - torch's own table
+
     table = torch.export.default_decompositions()
     aten = torch.ops.aten
-    for op in (aten.nll_loss_forward.default, aten.nll_loss_backward.default,
-               aten._log_softmax_backward_data.default, aten._softmax_backward_data.default):
-        table.pop(op, None)
+    table[aten.nll_loss_forward.default] = _nll_forward
+    table[aten.nll_loss_backward.default] = _nll_backward
+    # NOTE: ops.nn's (log_)softmax keeps each row on one tile, which a vocabulary-wide row (an LM
+    # head) overflows; as elementwise ops and reductions it spreads over the chip.
+    for op in (aten._log_softmax.default, aten._softmax.default):
+        table[op] = decomposition_table[op]
     return table
+
+
+def _label_mask(logp: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, ...]:
+    valid = target != ignore_index
+    classes = torch.arange(logp.shape[-1], device=logp.device)
+    return (classes == target.unsqueeze(-1)) & valid.unsqueeze(-1), valid
+
+
+def _nll_forward(logp: torch.Tensor, target: torch.Tensor, weight: Any, reduction: int,
+                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nll_loss_forward`` with the labels as a mask: elementwise ops and reductions spread over the
+    chip, where a gather of a vocabulary-wide row gathers from few tiles."""
+    if weight is not None:
+        from torch._decomp import decomposition_table  # noqa: PLC0415
+
+        return decomposition_table[torch.ops.aten.nll_loss_forward.default](logp, target, weight, reduction,
+                                                                             ignore_index)
+    hit, valid = _label_mask(logp, target, ignore_index)
+    per_row = -torch.where(hit, logp, torch.zeros((), dtype=logp.dtype)).sum(-1)
+    total = valid.sum().to(logp.dtype)
+    if reduction == 0:
+        return per_row, total
+    summed = per_row.sum()
+    return (summed / total if reduction == 1 else summed), total
+
+
+def _nll_backward(grad: torch.Tensor, logp: torch.Tensor, target: torch.Tensor, weight: Any, reduction: int,
+                  ignore_index: int, total_weight: torch.Tensor) -> torch.Tensor:
+    if weight is not None:
+        from torch._decomp import decomposition_table  # noqa: PLC0415
+
+        return decomposition_table[torch.ops.aten.nll_loss_backward.default](
+            grad, logp, target, weight, reduction, ignore_index, total_weight)
+    hit, _ = _label_mask(logp, target, ignore_index)
+    g = grad.unsqueeze(-1) if reduction == 0 else grad
+    if reduction == 1:
+        g = g / total_weight
+    return torch.where(hit, -g, torch.zeros((), dtype=logp.dtype)).to(logp.dtype)
 
 
 def _ancestors(nodes: list[Any]) -> set[torch.fx.Node]:
