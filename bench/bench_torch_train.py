@@ -3,7 +3,7 @@
 Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_torch_train.py`` (4 layers,
 hidden 768, 12 heads, ffn 3072, vocab 30522, batch 8, seq 128, fp32; fp16 too when fp32 does not
 fit), ``--small`` for a 2-layer hidden-256 model (vocab 8192, batch 4) that runs in seconds,
-``--steps N`` for the number of timed steps.
+``--steps N`` for the number of timed steps, ``--precision fp32|fp16`` for one precision only.
 
 * ``first_call``: seconds of the first call split into export (eager forward to find the loss +
   AOTAutograd joint graph), lower, compile, load and the step itself.
@@ -133,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                        help="run only this precision (default: fp32, then fp16 when fp32 does not fit)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.small:
@@ -140,7 +142,9 @@ def main() -> None:
     else:
         cfg = {"layers": 4, "hidden": 768, "heads": 12, "ffn": 3072, "vocab": 30522, "batch": 8, "seq": 128}
     label = f"L{cfg['layers']}_H{cfg['hidden']}_V{cfg['vocab']}_b{cfg['batch']}_s{cfg['seq']}_adamw"
-    if not run(f"{label}_fp32", cfg, "fp32", args.steps):
+    if args.precision is not None:
+        run(f"{label}_{args.precision}", cfg, args.precision, args.steps)
+    elif not run(f"{label}_fp32", cfg, "fp32", args.steps):
         run(f"{label}_fp16", cfg, "fp16", args.steps)
 
 
