@@ -243,6 +243,8 @@ def _source_runs(src: Tensor, dst: Tensor):
     if not (src.is_strided and dst.is_strided) or src.numel < 2:
         return None
     axes = [k for k in range(src.ndim) if src.shape[k] > 1]
+    if any(src.strides[k] == 1 and dst.strides[k] == 1 for k in axes):
+        return None  # runs contiguous on both sides exist (an im2col window's row): pair them
     inner = min(axes, key=lambda k: abs(src.strides[k]))
     if src.strides[inner] != 1 or dst.strides[inner] == 1:
         return None  # no contiguous source axis, or the paired runs are long already
