@@ -298,9 +298,7 @@ def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping
     # span of its destination progression (intervals ordered by tile, then address).
     k0, k1, base = p0 - s0[parent], p1 - s0[parent], d0[parent]
     ends_at = base + np.where(step > 0, k0, k1 - 1) * step, base + np.where(step > 0, k1 - 1, k0) * step
-    span = int(mapping.ends[-1]) + 1 if mapping.ends.size else 1
-    by_tile = np.lexsort((mapping.starts, mapping.tiles))
-    keys = mapping.tiles[by_tile].astype(np.int64) * span + mapping.starts[by_tile]
+    by_tile, keys, span = mapping.tile_order()
     tile_key = s_tile.astype(np.int64) * span
     a = np.maximum(np.searchsorted(keys, tile_key + ends_at[0], side="right") - 1,
                    np.searchsorted(keys, tile_key, side="left"))

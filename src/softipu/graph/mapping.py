@@ -8,7 +8,7 @@ refusing elements mapped to two different tiles.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,10 +26,22 @@ class ResolvedMapping:
     starts: np.ndarray  # int64, ascending
     ends: np.ndarray  # int64, exclusive
     tiles: np.ndarray  # int32
+    _by_tile: list = field(default_factory=list, compare=False, repr=False)  # tile_order(), once
 
     def __post_init__(self) -> None:
         if not (self.starts.shape == self.ends.shape == self.tiles.shape):
             raise MappingError("resolved mapping columns differ in length")
+
+    def tile_order(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(order, keys, span): the intervals ordered by (tile, start), and their keys
+        ``tile * span + start`` (searchable for a tile's intervals near an address); sorted once
+        per resolved mapping (it never changes) and kept with it."""
+        if not self._by_tile:
+            span = int(self.ends[-1]) + 1 if self.ends.size else 1
+            order = np.lexsort((self.starts, self.tiles))
+            keys = self.tiles[order].astype(np.int64) * span + self.starts[order]
+            self._by_tile.append((order, keys, span))
+        return self._by_tile[0]
 
     def tiles_of(self, addresses: np.ndarray) -> np.ndarray:
         """The tile of each address (any shape); -1 where unmapped."""
