@@ -94,7 +94,8 @@ def test_coverage_counts_and_the_doc_is_current():
     assert "aten::add.Tensor" in names and "aten::convolution" in names and len(names) > 150
     rows = {r.name: r.status for r in coverage()}
     assert rows["aten::addmm"] == "lowered" and rows["aten::sym_size.int"] == "n/a"
-    assert rows["aten::convolution_backward"] == "training"
+    assert rows["aten::convolution_backward"] == "lowered"  # the training lowerings
+    assert rows["aten::native_layer_norm_backward"] == "training"  # left to the decompositions
     assert DOC.read_text() == markdown(), (
         "docs/torch_coverage.md is out of date: run "
         "`python -m softipu.frontends.torch.coverage > docs/torch_coverage.md`")
