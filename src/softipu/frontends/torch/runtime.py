@@ -41,7 +41,7 @@ from softipu.frontends.torch.lower import Lowered, StreamSlot, lower_program, to
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.profile import Report
 
-__all__ = ["InferenceModel", "inference_model", "logger"]
+__all__ = ["InferenceModel", "inference_model", "logger", "unpack_output"]
 
 logger = logging.getLogger("softipu.torch")
 
@@ -116,30 +116,36 @@ class _Compiled:
         return pytree.tree_unflatten(leaves, self.out_spec)
 
     def _output(self, slot: Any, buf: np.ndarray | None) -> Any:
-        if not isinstance(slot, StreamSlot):
-            return slot
-        opts = self.options
-        rf = opts.replication_factor
-        if buf is None:
-            buf = np.zeros((rf, 1, 0), slot.dtype.numpy)
-        if opts.output_mode is OutputMode.SUM:
-            buf = buf.sum(axis=1, keepdims=True, dtype=buf.dtype)
-        elif opts.output_mode is OutputMode.EVERY_N:
-            buf = buf[:, opts.output_return_period - 1::opts.output_return_period]
-        turns = buf.shape[1]
-        data = buf.transpose(1, 0, 2)  # (iterations, replicas, elements): the batch order in
-        if turns * rf == 1:
-            data = data.reshape(slot.shape)
-        elif slot.shape:
-            data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
-        else:
-            data = data.reshape(turns * rf)
-        return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)  # keeps 0-d
+        return unpack_output(slot, buf, self.options)
 
     @property
     def cycles(self) -> int:
         runs = [cycles for index, cycles in self.engine.log.runs if index == 1]
         return int(runs[-1]) if runs else 0
+
+
+def unpack_output(slot: Any, buf: np.ndarray | None, opts: Options) -> Any:
+    """One flat output as the user gets it: a constant as is, a streamed one from its
+    ``(replicas, turns, elements)`` host buffer by the output mode (Sum adds the turns, EveryN keeps
+    every N-th), micro-batches concatenated along dim 0 in PopTorch's order."""
+    if not isinstance(slot, StreamSlot):
+        return slot
+    rf = opts.replication_factor
+    if buf is None:
+        buf = np.zeros((rf, 1, 0), slot.dtype.numpy)
+    if opts.output_mode is OutputMode.SUM:
+        buf = buf.sum(axis=1, keepdims=True, dtype=buf.dtype)
+    elif opts.output_mode is OutputMode.EVERY_N:
+        buf = buf[:, opts.output_return_period - 1::opts.output_return_period]
+    turns = buf.shape[1]
+    data = buf.transpose(1, 0, 2)  # (iterations, replicas, elements): the batch order
+    if turns * rf == 1:
+        data = data.reshape(slot.shape)
+    elif slot.shape:
+        data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
+    else:
+        data = data.reshape(turns * rf)
+    return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)  # keeps 0-d
 
 
 class InferenceModel:

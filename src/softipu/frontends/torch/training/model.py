@@ -27,7 +27,7 @@ from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.lower import StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.runtime import _positional_names, logger
+from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
 
@@ -337,25 +337,7 @@ class TrainingModel:
         return pytree.tree_unflatten(leaves[:self._out_spec.num_leaves], self._out_spec)
 
     def _output(self, slot: Any, buf: np.ndarray | None) -> Any:
-        if not isinstance(slot, StreamSlot):
-            return slot
-        o = self.options
-        rf = o.replication_factor
-        if buf is None:
-            buf = np.zeros((rf, 1, 0), slot.dtype.numpy)
-        if o.output_mode is OutputMode.SUM:
-            buf = buf.sum(axis=1, keepdims=True, dtype=buf.dtype)
-        elif o.output_mode is OutputMode.EVERY_N:
-            buf = buf[:, o.output_return_period - 1::o.output_return_period]
-        turns = buf.shape[1]
-        data = buf.transpose(1, 0, 2)
-        if turns * rf == 1:
-            data = data.reshape(slot.shape)
-        elif slot.shape:
-            data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
-        else:
-            data = data.reshape(turns * rf)
-        return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)
+        return unpack_output(slot, buf, self.options)
 
     # -- the optimizer -------------------------------------------------------------------------------
     def set_optimizer(self, optimizer: Any) -> None:
