@@ -1,9 +1,10 @@
 """The joint forward + backward graph of a training step, from PyTorch's own autograd machinery.
 
-:func:`joint_graph` runs forward once eagerly (with copies of the buffers, so running statistics
-are untouched) to find the loss (:mod:`.losses`) and the output structure, then traces the joint
-graph with AOTAutograd (``aot_export_module(trace_joint=True)``) decomposed to Core ATen as
-``torch.export`` decomposes. Attention runs as its math form, so its backward decomposes too.
+:func:`joint_graph` runs forward once on fake tensors (no arithmetic; eagerly with copies of the
+buffers when fake tensors cannot run it) to find the loss (:mod:`.losses`) and the output
+structure, then traces the joint graph with AOTAutograd (``aot_export_module(trace_joint=True)``)
+decomposed to Core ATen as ``torch.export`` decomposes. Attention runs as its math form, so its
+backward decomposes too.
 """
 
 from __future__ import annotations
@@ -69,13 +70,35 @@ class _Flat(torch.nn.Module):
 
 
 def _find_loss(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int | None, int, Any]:
-    """Run forward eagerly once (buffers copied) to find the loss: (its flat output index or None,
-    its index among the recorded losses, the output spec)."""
+    """Run forward once to find the loss: (its flat output index or None, its index among the
+    recorded losses, the output spec). It runs on fake tensors (shapes, dtypes and autograd links,
+    no arithmetic: an fp16 model's eager forward on the CPU is slow); a forward fake tensors cannot
+    run (one that reads a value) runs eagerly with its buffers copied, so running statistics are
+    untouched either way."""
+    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC0415 - torch internals
+
     label = type(module).__name__
     params = dict(module.named_parameters(remove_duplicate=False))
-    buffers = {k: v.clone() for k, v in module.named_buffers(remove_duplicate=False)}
+    buffers = dict(module.named_buffers(remove_duplicate=False))
+    try:
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        real = {**params, **buffers}
+        state = {k: fake.from_tensor(v) for k, v in real.items()}
+        fargs, fkwargs = pytree.tree_map_only(torch.Tensor, fake.from_tensor, (tuple(args), dict(kwargs)))
+        with fake:
+            return _record_loss(module, state, fargs, fkwargs, label)
+    except FrontendError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - the eager forward below reports what is wrong
+        pass
+    copied = {**params, **{k: v.clone() for k, v in buffers.items()}}
+    return _record_loss(module, copied, tuple(args), dict(kwargs), label)
+
+
+def _record_loss(module: torch.nn.Module, state: dict[str, Any], args: tuple, kwargs: dict,
+                 label: str) -> tuple[int | None, int, Any]:
     with recording(label) as rec, torch.enable_grad():
-        out = torch.func.functional_call(module, {**params, **buffers}, tuple(args), dict(kwargs))
+        out = torch.func.functional_call(module, state, tuple(args), dict(kwargs))
     flat, spec = pytree.tree_flatten(out)
     index, position = find_loss(rec.losses, flat, label)
     return index, position, spec
