@@ -200,3 +200,34 @@ def test_a_transposing_copy_moves_what_each_element_moves(perm, flip):
         np.testing.assert_array_equal(t.supertile_recv_bytes, got.supertile_recv_bytes)
         np.testing.assert_array_equal(t.send_regions, send)
         np.testing.assert_array_equal(t.recv_regions, recv)
+
+
+def test_lowering_a_torch_model_estimate_only_converts_no_weight():
+    """The torch frontend keeps each weight as its torch tensor until the weights are loaded:
+    lowering and pricing a 2048 x 2048 Linear in fp16 estimate-only (its weight converted would be
+    an 8 MiB float16 array) stays well under one such array; the load converts it, value for value."""
+    import torch
+
+    import softipu.torch as st
+    from softipu.frontends.torch.export import export_program
+    from softipu.frontends.torch.lower import host_values, lower_program
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2048, 2048, bias=False).eval()
+    ep = export_program(net, (torch.randn(1, 2048),), {})
+    opts = st.Options(target=sp.targets.ipu_model(tiles=64, bytes_per_tile=MIB), precision="fp16")
+
+    def price():
+        lowered = lower_program(ep, opts, ["x"])
+        eng = sp.Engine(lowered.graph, list(lowered.programs), estimate_only=True)
+        for i in range(eng.num_programs):
+            eng.run(i)
+        return lowered, eng.log.cycles
+
+    (lowered, cycles), peak = _peak(price)
+    assert cycles > 0
+    assert peak < 2 * MIB, peak
+    ((stream, values),) = lowered.weights
+    assert stream == "weights/weight"
+    np.testing.assert_array_equal(host_values(values).reshape(2048, 2048),
+                                  net.weight.detach().numpy().astype(np.float16))

@@ -61,7 +61,7 @@ from torch.utils import _pytree as pytree
 from softipu.compiler.executable import Executable
 from softipu.compiler.serialize import MANIFEST, ExecutableFormatError, load_executable, save_executable
 from softipu.frontends.errors import FrontendError
-from softipu.frontends.torch.lower import Lowered, StreamSlot, to_host_array
+from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, to_host_array
 from softipu.frontends.torch.options import Options
 from softipu.frontends.torch.registry import LOWERINGS
 from softipu.graph.graph import Graph
@@ -290,7 +290,8 @@ def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any) -
     for stream, values in lowered.weights:
         t = state.get(stream.removeprefix("weights/"))
         from_module = t is not None and t.numel() == values.size
-        weights.append([stream, "module" if from_module else values])  # constants, the seed: stored
+        # constants, the seed: stored (a lowered HostWeight converted now)
+        weights.append([stream, "module" if from_module else host_values(values)])
     try:
         spec = pytree.treespec_dumps(out_spec)
     except Exception as exc:  # noqa: BLE001 - an output type pytree cannot write

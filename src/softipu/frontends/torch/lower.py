@@ -37,7 +37,8 @@ from softipu.ops.indexing import create_slicable_table
 from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_rhs
 
-__all__ = ["LoweringContext", "Lowered", "StreamSlot", "lower_program", "device_dtype", "to_host_array"]
+__all__ = ["HostWeight", "LoweringContext", "Lowered", "StreamSlot", "device_dtype", "host_values",
+           "lower_program", "to_host_array"]
 
 def device_dtype(torch_dtype: torch.dtype, precision: str = "fp32") -> DType:
     """The IPU dtype that holds a torch dtype: int64 -> int32 and float64 -> float32 (as in
@@ -76,6 +77,30 @@ def to_host_array(value: torch.Tensor, dtype: DType, what: str = "a tensor",
 
 
 @dataclass(frozen=True, slots=True)
+class HostWeight:
+    """A weight as lowered: its torch value, converted to the device dtype only when the weights
+    are written to an engine (:meth:`array`), so an estimate-only compile never holds the model's
+    data twice. The range check of :func:`to_host_array` (its error naming ``what``) runs then."""
+
+    value: torch.Tensor
+    dtype: DType
+    what: str
+
+    @property
+    def size(self) -> int:
+        return int(self.value.numel())
+
+    def array(self) -> np.ndarray:
+        """The flat host values in the device dtype (a new conversion on every call)."""
+        return to_host_array(self.value, self.dtype, self.what).reshape(-1)
+
+
+def host_values(values: np.ndarray | HostWeight) -> np.ndarray:
+    """The host array of one of :attr:`Lowered.weights`' values, converting a :class:`HostWeight`."""
+    return values.array() if isinstance(values, HostWeight) else values
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSlot:
     """One streamed tensor: a user input or an output, per micro-batch."""
 
@@ -94,7 +119,7 @@ class Lowered:
     programs: tuple[P.Program, P.Program]
     inputs: tuple[StreamSlot | None, ...]  # one per flat user input; None where not a tensor
     outputs: tuple[Any, ...]  # one per flat output: a StreamSlot, or the constant it always is
-    weights: tuple[tuple[str, np.ndarray], ...]  # (stream, host values) in load order
+    weights: tuple[tuple[str, np.ndarray | HostWeight], ...]  # (stream, host values) in load order
     nodes: int  # call_function nodes lowered
 
 
@@ -290,7 +315,7 @@ class _Lowerer:
         self.ctx = LoweringContext(self.graph, P.Sequence(name="step"), options)
         self.env: dict[torch.fx.Node, Any] = {}
         self.input_names = list(input_names)
-        self.weights: list[tuple[str, np.ndarray]] = []
+        self.weights: list[tuple[str, np.ndarray | HostWeight]] = []
         self.load = P.Sequence(name="load_weights")
         self.in_copies: list[P.Program] = []
         self.inputs: list[StreamSlot | None] = []
@@ -353,7 +378,8 @@ class _Lowerer:
         if var.numel:
             self.load.add(P.Copy(self.graph.streams[stream], var))
         kind = "buffer" if spec.kind == InputKind.BUFFER else spec.kind.name.lower().replace("_", " ")
-        self.weights.append((stream, to_host_array(value, dtype, f"{kind} {spec.target!r}").reshape(-1)))
+        # Converted when loaded (host_values): an estimate-only compile never needs the data.
+        self.weights.append((stream, HostWeight(value, dtype, f"{kind} {spec.target!r}")))
         self.env[node] = var
 
     def _user_input(self, node: torch.fx.Node, val: Any) -> Any:

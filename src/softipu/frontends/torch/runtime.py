@@ -37,7 +37,7 @@ from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load_exported
 from softipu.frontends.torch.export import check_supported, export_program
-from softipu.frontends.torch.lower import Lowered, StreamSlot, lower_program, to_host_array
+from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.profile import Report
 
@@ -76,17 +76,19 @@ class _Compiled:
         self.out_spec = out_spec
         self.options = options
         self.leaves = leaves
-        self.weights = list(lowered.weights)  # what the device holds: (stream, host values)
+        self.weights = list(lowered.weights)  # what the device holds: (stream, host values or HostWeight)
         engine_options = dict(options.engine_options)
         if executable is None:
             self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)
         else:  # loaded from the executable cache: lowered.graph is the loaded skeleton
             self.engine = Engine.from_executable(executable, lowered.graph, options=engine_options)
 
-    def load_weights(self, weights: Sequence[tuple[str, np.ndarray]] | None = None) -> None:
-        """Run the load program (program 0) on ``weights`` (default: the current ones)."""
-        if weights is not None:
-            self.weights = list(weights)
+    def load_weights(self, weights: Sequence[tuple[str, Any]] | None = None) -> None:
+        """Run the load program (program 0) on ``weights`` (default: the current ones): host arrays
+        or lowered :class:`~softipu.frontends.torch.lower.HostWeight` values."""
+        # Lowered weights are converted here, on their first load, and kept as the device's copy.
+        self.weights = [(stream, host_values(values))
+                        for stream, values in (self.weights if weights is None else weights)]
         for stream, values in self.weights:
             for r in range(self.options.replication_factor):
                 self.engine.connect_stream(stream, values, replica=r)
