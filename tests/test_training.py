@@ -281,3 +281,28 @@ def test_the_trained_module_pickles_and_copies_as_its_own_class(tmp_path):
     loaded = torch.load(tmp_path / "net.pt", weights_only=False)
     assert type(snapshot) is Net and type(loaded) is Net
     assert close(snapshot, net, tol=0) and close(loaded, net, tol=0)
+
+
+# -- floating-point exceptions name the line of forward ------------------------------------------------------
+class Overflows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x, t):
+        y = torch.exp(x * self.w * 1000)  # overflows float32 for x > 0.089
+        r = torch.sqrt(y - 1)  # d/dy at y = 1 divides by zero in the backward
+        return F.mse_loss(r, t)
+
+
+@pytest.mark.parametrize(("x", "line", "phase"), [(1.0, 1, "fwd/"), (0.0, 2, "bwd/")])
+def test_a_floating_point_trap_names_the_line_of_forward(x, line, phase):
+    o = opts()
+    o.Precision.enableFloatingPointExceptions(True)
+    model = poptorch.trainingModel(Overflows(), o)
+    model(torch.full((4,), 0.001), torch.zeros(4))  # finite: runs on
+    with pytest.raises(sp.CodeletError, match=r"floating-point exception") as info:
+        model(torch.full((4,), x), torch.zeros(4))
+    message = str(info.value)
+    assert f"test_training.py:{Overflows.forward.__code__.co_firstlineno + line}" in message, message
+    assert f"compute set '{phase}" in message, message

@@ -125,6 +125,52 @@ def _own_signature() -> Iterator[dict[str, Any]]:
         aot.create_graph_signature = original
 
 
+@contextlib.contextmanager
+def _user_stack_traces() -> Iterator[None]:
+    """AOTAutograd traces the joint graph without stack traces, then traces that graph again, so its
+    nodes name lines of generated code. Here the first trace records the user's stack and the second
+    copies each node's meta (stack trace, autograd ``seq_nr``) from the node it retraces: a fault on
+    the device then names the line of ``forward`` as inference does (:func:`_backward_lines`)."""
+    import torch._functorch._aot_autograd.graph_capture as capture  # noqa: PLC0415 - torch internals
+    import torch._functorch.aot_autograd as aot  # noqa: PLC0415
+    from torch.fx import traceback as fx_traceback  # noqa: PLC0415
+
+    make_fx, export = capture.make_fx, aot._aot_export_function
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        return make_fx(*args, **{**kwargs, "record_stack_traces": True})
+
+    def exported(*args: Any, **kwargs: Any) -> Any:
+        fx_g, *rest = export(*args, **kwargs)
+        if isinstance(fx_g, torch.fx.GraphModule):
+            _backward_lines(fx_g.graph)
+
+        def rerun(*inputs: Any) -> Any:
+            with fx_traceback.preserve_node_meta():
+                return torch.fx.Interpreter(fx_g).run(*inputs)
+        return (rerun, *rest) if isinstance(fx_g, torch.fx.GraphModule) else (fx_g, *rest)
+
+    capture.make_fx, aot._aot_export_function = traced, exported
+    try:
+        yield
+    finally:
+        capture.make_fx, aot._aot_export_function = make_fx, export
+
+
+def _backward_lines(graph: torch.fx.Graph) -> None:
+    """A backward node takes the stack trace of the forward op it differentiates, the first node
+    with its autograd ``seq_nr`` (its own trace names the frames that called the training step)."""
+    traces: dict[int, str | None] = {}
+    for n in graph.nodes:
+        seq = n.meta.get("seq_nr")
+        if seq is None:
+            continue
+        if seq not in traces:
+            traces[seq] = n.meta.get("stack_trace")
+        elif traces[seq]:
+            n.meta["stack_trace"] = traces[seq]
+
+
 def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool = False) -> Joint:
     """Trace ``module``'s forward and backward on these (micro-batch) inputs; with ``scaled`` the
     backward starts from the loss times a loss-scaling input (the last user input)."""
@@ -145,7 +191,7 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool
     try:
         # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
         with _quiet_torch(), warnings.catch_warnings(), _own_signature() as captured, \
-                sdpa_kernel([SDPBackend.MATH]):
+                sdpa_kernel([SDPBackend.MATH]), _user_stack_traces():
             # NOTE: torch warns about oneDNN's TF32 (for Intel GPUs) whenever its flags are set.
             warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN")
             with torch.backends.mkldnn.flags(enabled=False):
