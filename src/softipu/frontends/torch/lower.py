@@ -38,7 +38,7 @@ from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_rhs
 
 __all__ = ["HostWeight", "LoweringContext", "Lowered", "StreamSlot", "device_dtype", "host_values",
-           "lower_program", "to_host_array"]
+           "lower_program", "stream_out", "to_host_array"]
 
 def device_dtype(torch_dtype: torch.dtype, precision: str = "fp32") -> DType:
     """The IPU dtype that holds a torch dtype: int64 -> int32 and float64 -> float32 (as in
@@ -307,6 +307,17 @@ def _at_user_line(line: UserLine | None, fn: Callable[[], Any]) -> Any:
 
 
 # -- the lowering ----------------------------------------------------------------------------------
+def stream_out(graph: Graph, k: int, name: str, value: Tensor, torch_dtype: torch.dtype,
+               copies: list[P.Program]) -> StreamSlot:
+    """The ``k``-th output's device-to-host stream: its slot, and the copy onto it (appended to
+    ``copies``; none for an empty tensor)."""
+    stream = f"outputs/{k}"
+    graph.add_device_to_host_fifo(stream, value.dtype, value.numel)
+    if value.numel:
+        copies.append(P.Copy(value, graph.streams[stream]))
+    return StreamSlot(name, stream, value.shape, torch_dtype, value.dtype)
+
+
 class _Lowerer:
     def __init__(self, ep: Any, options: Options, input_names: Sequence[str]) -> None:
         self.ep = ep
@@ -454,11 +465,7 @@ class _Lowerer:
             if not isinstance(value, Tensor):
                 outs.append(value)
                 continue
-            stream = f"outputs/{k}"
-            self.graph.add_device_to_host_fifo(stream, value.dtype, value.numel)
-            if value.numel:
-                copies.append(P.Copy(value, self.graph.streams[stream]))
-            outs.append(StreamSlot(arg.name, stream, value.shape, val.dtype, value.dtype))
+            outs.append(stream_out(self.graph, k, arg.name, value, val.dtype, copies))
         self._load_seed()
         step = P.Sequence([*self.in_copies, self.ctx.prog], name="step")
         final = self.options.output_mode is OutputMode.FINAL

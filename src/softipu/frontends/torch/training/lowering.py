@@ -21,7 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from softipu.dtypes import float16, float32
 from softipu.frontends.errors import LoweringError
 from softipu.frontends.torch.export import check_supported
-from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor
+from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
 from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.joint import Joint
@@ -171,11 +171,7 @@ class _TrainLowerer(_Lowerer):
             if not isinstance(value, Tensor):
                 slots.append(value)
                 continue
-            stream = f"outputs/{k}"
-            self.graph.add_device_to_host_fifo(stream, value.dtype, value.numel)
-            if value.numel:
-                copies.append(P.Copy(value, self.graph.streams[stream]))
-            slots.append(StreamSlot(arg.name, stream, value.shape, arg.meta["val"].dtype, value.dtype))
+            slots.append(stream_out(self.graph, k, arg.name, value, arg.meta["val"].dtype, copies))
         return slots, copies
 
     # -- the optimizer update ----------------------------------------------------------------------
