@@ -161,6 +161,12 @@ def test_poison_option_can_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", '{"debug.poisonUnwriten": true}')
     with pytest.raises(sp.OptionError, match="SOFTIPU_ENGINE_OPTIONS.*did you mean 'debug.poisonUnwritten'"):
         _copy_of_unwritten(sp.float32, None)
+    monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", '{"debug.poisonUnwritten": "true"}')  # Poplar's style
+    with pytest.raises(sp.OptionError, match=r"'debug.poisonUnwritten' \(in \$SOFTIPU_ENGINE_OPTIONS\) "
+                                             "takes a bool"):
+        _copy_of_unwritten(sp.float32, None)
+    with pytest.raises(sp.OptionError, match=r"'debug.poisonUnwritten' takes a bool"):  # given in code
+        _copy_of_unwritten(sp.float32, {"debug.poisonUnwritten": 1})
     monkeypatch.setenv("SOFTIPU_ENGINE_OPTIONS", "{not json")
     with pytest.raises(sp.OptionError, match="SOFTIPU_ENGINE_OPTIONS.*JSON"):
         _copy_of_unwritten(sp.float32, None)

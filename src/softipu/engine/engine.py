@@ -87,16 +87,19 @@ class EngineOptions:
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> EngineOptions:
         values: dict[str, Any] = {}
+        where: dict[str, str] = {}  # attr -> where its value came from, for the error
         for key, value in cls._from_environment().items():
-            values[cls._attr(key, f" (in ${cls.ENVIRONMENT})")] = value
+            attr = cls._attr(key, f" (in ${cls.ENVIRONMENT})")
+            values[attr], where[attr] = value, f" (in ${cls.ENVIRONMENT})"
         for key, value in (options or {}).items():
-            values[cls._attr(key, "")] = value
+            attr = cls._attr(key, "")
+            values[attr], where[attr] = value, ""
         for attr, value in values.items():
             want = type(getattr(cls(), attr))
             if type(value) is not want or (want is int and value < 0):
                 kind = "non-negative int" if want is int else "bool"
                 key = next(k for k, a in cls.KEYS.items() if a == attr)
-                raise OptionError(f"engine option {key!r} takes a {kind}, got {value!r}")
+                raise OptionError(f"engine option {key!r}{where[attr]} takes a {kind}, got {value!r}")
         return cls(**values)
 
     @classmethod
