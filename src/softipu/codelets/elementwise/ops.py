@@ -35,7 +35,19 @@ from softipu.codelets.elementwise._numerics import (
 _F, _N, _A, _I, _IB = Kinds.FLOAT, Kinds.NUMERIC, Kinds.ANY, Kinds.INT, Kinds.INTEGRAL
 
 
-class BinaryOp(enum.Enum):
+class _Op(enum.Enum):
+    """An op vocabulary: each member's value is an ``_OpSpec`` (function and cost)."""
+
+    @property
+    def fn(self) -> Callable[..., object]:
+        return self.value.fn
+
+    @property
+    def cost(self) -> _OpCost:
+        return self.value.cost
+
+
+class BinaryOp(_Op):
     """popops BinaryOpType. Costs: [V] from poplibs (ipu-facts §5), [U] softipu estimates."""
 
     ADD = _OpSpec(_ufunc(np.add), _OpCost(1, 0, 1, 0), _A)  # [V] ADD/MUL {1, natural}
@@ -64,16 +76,8 @@ class BinaryOp(enum.Enum):
     SHIFT_RIGHT = _OpSpec(_shift_right_logical, _OpCost(1, 0, 1, 0, 2), _I)  # popops: logical
     SHIFT_RIGHT_SIGN_EXTEND = _OpSpec(_ufunc(np.right_shift), _OpCost(1, 0, 1, 0, 2), _I)
 
-    @property
-    def fn(self) -> Callable[..., object]:
-        return self.value.fn
 
-    @property
-    def cost(self) -> _OpCost:
-        return self.value.cost
-
-
-class UnaryOp(enum.Enum):
+class UnaryOp(_Op):
     """popops UnaryOpType (plus popnn's GELU forms). ROUND rounds half to even."""
 
     EXPONENT = _OpSpec(_ufunc(np.exp), _OpCost(6, 2, 4, 4), _F)  # [V] EXP f{6,2} h{4,4}
@@ -109,28 +113,12 @@ class UnaryOp(enum.Enum):
     POPCOUNT = _OpSpec(_popcount, _OpCost(1, 0, 1, 0, 2), _I)  # popc instruction [U]
     COUNT_LEADING_ZEROS = _OpSpec(_count_leading_zeros, _OpCost(1, 0, 1, 0, 2), _I)  # clz [U]
 
-    @property
-    def fn(self) -> Callable[..., object]:
-        return self.value.fn
 
-    @property
-    def cost(self) -> _OpCost:
-        return self.value.cost
-
-
-class TernaryOp(enum.Enum):
+class TernaryOp(_Op):
     """popops TernaryOpType: SELECT(cond, a, b) = cond ? a : b; CLAMP(x, lo, hi)."""
 
     SELECT = _OpSpec(_select, _OpCost(2, 0, 2, 0, 2), _A)  # [U]
     CLAMP = _OpSpec(_clamp, _OpCost(4, 2, 6, 4, 4), _N)  # max then min [U]
-
-    @property
-    def fn(self) -> Callable[..., object]:
-        return self.value.fn
-
-    @property
-    def cost(self) -> _OpCost:
-        return self.value.cost
 
 
 _CAST_COST = _OpCost(2, 0, 2, 0, 2)  # f32v2tof16-style conversions, one vector per 2 cycles [U]
