@@ -112,10 +112,7 @@ def adam(p: torch.Tensor, g: torch.Tensor, state: State, s: Scalars, step: torch
             p = p * (1.0 - lr * s["weight_decay"])
         else:
             g = g + p * s["weight_decay"]
-    m = state["exp_avg"].to(torch.float32)
-    v = state["exp_avg_sq"].to(torch.float32)
-    m = m + (g - m) * s["one_minus_beta1"]
-    v = v * s["beta2"] + g * g * s["one_minus_beta2"]
+    m, v = _moments(g, state, s)
     if bias_corrected:
         step_size = lr / bias_correction(s["log_beta1"], step)
         denom = torch.sqrt(v) / torch.sqrt(bias_correction(s["log_beta2"], step)) + s["eps"]
@@ -123,6 +120,14 @@ def adam(p: torch.Tensor, g: torch.Tensor, state: State, s: Scalars, step: torch
         step_size = lr
         denom = torch.sqrt(v) + s["eps"]
     return p - (m / denom) * step_size, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def _moments(g: torch.Tensor, state: State, s: Scalars) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's and LAMB's moments after this gradient, in float32: ``m = lerp(m, g, 1-b1)`` and
+    ``v = b2*v + (1-b2)*g*g``."""
+    m = state["exp_avg"].to(torch.float32)
+    v = state["exp_avg_sq"].to(torch.float32)
+    return m + (g - m) * s["one_minus_beta1"], v * s["beta2"] + g * g * s["one_minus_beta2"]
 
 
 def rmsprop(p: torch.Tensor, g: torch.Tensor, state: State, s: Scalars, step: torch.Tensor, *,
@@ -166,10 +171,7 @@ def lamb(p: torch.Tensor, g: torch.Tensor, state: State, s: Scalars, step: torch
     ``r = m̂/(sqrt(v̂)+eps) + wd*w``, trust ratio ``min(|w|, max_weight_norm) / |r|`` (1 when either
     norm is zero), ``w -= lr * trust * r``; norms over the whole tensor (one "layer" per parameter).
     """
-    m = state["exp_avg"].to(torch.float32)
-    v = state["exp_avg_sq"].to(torch.float32)
-    m = m + (g - m) * s["one_minus_beta1"]
-    v = v * s["beta2"] + g * g * s["one_minus_beta2"]
+    m, v = _moments(g, state, s)
     if bias_corrected:
         m_hat = m / bias_correction(s["log_beta1"], step)
         v_hat = v / bias_correction(s["log_beta2"], step)
