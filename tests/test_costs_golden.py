@@ -1,11 +1,12 @@
 """Golden figures of the estimators the matmul is priced with, each worked out BY HAND below from
-poplibs' own formulas (graphcore/poplibs lib/poplin/PerformanceEstimation.hpp:
-getConvPartial1x1SupervisorInnerLoopCycleEstimate / ...OuterLoopCycleEstimate, and
-getReduceCycleEstimate), never read back from the code under test.
+poplibs' own formulas (graphcore/poplibs lib/poplin/PerformanceEstimation.hpp, the latest published
+version: getConvPartial1x1SupervisorInnerLoopCycleEstimate / ...OuterLoopCycleEstimate with the
+worker state retention, estimateCastCycles, getReduceCycleEstimate; lib/poplin/ConvModel.cpp:
+addInPlaceEstimate, addTransformCycleEstimate), never read back from the code under test.
 
 GC200 figures used: 6 workers; AMP fp16 16 conv units x 16 input channels, fp32 8 x 16;
 weights loaded 64 bits at a time by default (poplin use128BitConvUnitLoad = false), 8 B/cycle;
-exchange 4 B/cycle/tile, 4 cycles per region [U], 30 cycles latency [U].
+exchange 4 B/cycle/tile, 4 cycles per region [U], 30 cycles latency [U]; on-tile copies 8 B/cycle.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import pytest
 
 import softipu as sp
 from softipu import program as P
-from softipu.codelets.matmul import amp_cycles, reduce_cycles
+from softipu.codelets.matmul import accumulate_cycles, amp_cycles, reduce_cycles
 from softipu.errors import CodeletError
-from softipu.ops.planner import MatMulProblem, price
+from softipu.ops.planner import MatMulProblem, price, rearrange_cycles
 
 GC200 = sp.targets.GC200
 F16, F32 = sp.float16, sp.float32
@@ -28,39 +29,50 @@ def test_amp_fp16_in_fp32_partials_two_by_two_groups():
     # m = 36 rows, k = 32, n = 32, fp16 in, fp32 partials.
     # Groups: n_in = 32 / 16 = 2 input groups, n_out = 32 / 16 = 2 output groups (1 pass each).
     # Weight loads per (in, out) group: 16 units x 16 weights x 2 B / 8 B per cycle = 64.
-    # Workers: 36 / 6 = 6 rows each (busiest = least busy = 6).
-    #   zeroing pass (first input group):  41 + 4 x (6 - 3) = 53 per worker
-    #   accumulating passes:               44 + 4 x (6 - 3) = 56 per worker
-    #   inner (zeroing) = max(6 x 53, 6 x 53 + 14) = 332; inner = max(6 x 56, 6 x 56 + 14) = 350.
-    # Outer: 50 (non-loop) + 12 (conv group)
-    #   + first input group: 10 + 2 x (19 + 6 + 64 + 332) = 10 + 2 x 421 = 852
-    #   + one more input group: 15 + 2 x (19 + 6 + 64 + 350) = 15 + 2 x 439 = 893
-    #   = 50 + 12 + 852 + 893 = 1807.
-    assert int(amp_cycles(36, 32, 32, F16, F32, GC200)) == 1807
+    # Workers: 36 / 6 = 6 rows each (busiest = least busy = 6); retention saves 10 per worker.
+    #   zeroing pass (first input group):  38 + 4 x (6 - 3) - 10 = 40 per worker
+    #   accumulating passes:               40 + 4 x (6 - 3) - 10 = 42 per worker
+    #   inner (zeroing) = max(6 x 40, 6 x 40 + 14) = 254; inner = max(6 x 42, 6 x 42 + 14) = 266.
+    # Outer: 50 (non-loop) + 6 x (10 + 2 x (2 - 1)) (retention paid back) = 122, + 12 (conv group)
+    #   + first input group: (10 + 1) + 2 x (19 + 7 + 64 + 254) = 11 + 2 x 344 = 699
+    #   + one more input group: (15 + 1) + 2 x (19 + 6 + 64 + 266) = 16 + 2 x 355 = 726
+    #   = 122 + 12 + 699 + 726 = 1559.
+    assert int(amp_cycles(36, 32, 32, F16, F32, GC200)) == 1559
 
 
-def test_amp_accumulating_vertex_never_zeroes():
-    # As above but a later serial K chunk: every input group is an accumulating pass (inner 350):
-    # 50 + 12 + (10 + 2 x (89 + 350)) + (15 + 2 x (89 + 350)) = 62 + 888 + 893 = 1843.
-    assert int(amp_cycles(36, 32, 32, F16, F32, GC200, zeroing=False)) == 1843
+def test_amp_accumulating_vertex_is_a_zeroing_product_plus_an_in_place_add():
+    # ConvPartial1x1Out overwrites its partials on the first input group (out is an Output), so a
+    # later serial K chunk is computed into fresh partials and added in place (poplin
+    # addInPlaceEstimate): 1559 (above) + BinaryOp1DInPlace<ADD, float> over 36 x 32 = 1152:
+    #   per worker ceil(1152 / 6) = 192 elements = 96 float pairs x (1 + 2) = 288;
+    #   6 x (58 + 288) + 11 = 2087.  1559 + 2087 = 3646.
+    assert int(accumulate_cycles(36 * 32, F32, GC200)) == 2087
+    assert int(amp_cycles(36, 32, 32, F16, F32, GC200, zeroing=False)) == 3646
 
 
 def test_amp_fp32_uneven_workers():
     # m = 20, k = 16, n = 8, fp32: n_in = 1, n_out = 1; loads = 8 units x 16 x 4 B / 8 = 64.
-    # Workers: ceil(20 / 6) = 4 rows (busiest), 20 // 6 = 3 rows (least busy).
-    #   r = 4, zeroing: 50 + (2 + 8 x 4) + 8 x (4 - 3) = 50 + 34 + 8 = 92
-    #   r = 3, zeroing: 50 + (2 + 8 x 3) + 0 = 76
-    #   inner = max(6 x 92, 6 x 76 + 14) = max(552, 470) = 552.
-    # Outer: 50 + 12 + 10 + 1 x (19 + 6 + 64 + 552) = 72 + 641 = 713.
-    assert int(amp_cycles(20, 16, 8, F32, F32, GC200)) == 713
+    # Workers: ceil(20 / 6) = 4 rows (busiest), 20 // 6 = 3 rows (least busy); no retention.
+    #   r = 4, zeroing: 46 + (2 + 4 x 4) + 8 x (4 - 3) = 46 + 18 + 8 = 72
+    #   r = 3, zeroing: 46 + (2 + 4 x 3) + 0 = 60
+    #   inner = max(6 x 72, 6 x 60 + 14) = max(432, 374) = 432.
+    # Outer: 50 + 12 + 11 + 1 x (19 + 7 + 64 + 432) = 73 + 522 = 595.
+    assert int(amp_cycles(20, 16, 8, F32, F32, GC200)) == 595
 
 
 def test_amp_fp16_half_partials_tag_on_the_least_busy_worker():
     # m = 7, k = 16, n = 16, fp16 in and partials: busiest worker 2 rows, least busy 1 row.
-    #   r = 2, zeroing: 44 + (2 + 2 x 2) = 50;  r = 1, zeroing: 43 + (2 + 2 x 1) = 47
-    #   inner = max(6 x 50, 6 x 47 + 14) = max(300, 296) = 300.
-    # Outer: 50 + 12 + 10 + (19 + 6 + 64 + 300) = 72 + 389 = 461.
-    assert int(amp_cycles(7, 16, 16, F16, F16, GC200)) == 461
+    #   r = 2, zeroing: 40 + (2 + 2 x 2) = 46;  r = 1, zeroing: 39 + (2 + 2 x 1) = 43
+    #   inner = max(6 x 46, 6 x 43 + 14) = max(276, 272) = 276.
+    # Outer: 50 + 12 + 11 + (19 + 7 + 64 + 276) = 73 + 366 = 439.
+    assert int(amp_cycles(7, 16, 16, F16, F16, GC200)) == 439
+
+
+def test_amp_worker_without_rows_costs_nothing():
+    # m = 5 fp32 rows over 6 workers: busiest 1 row, one worker has none (no worklist entry, 0).
+    #   r = 1, zeroing: 47 + (2 + 4) = 53;  inner = max(6 x 53, 6 x 0 + 14) = 318.
+    # Outer: 50 + 12 + 11 + (19 + 7 + 64 + 318) = 481.
+    assert int(amp_cycles(5, 16, 8, F32, F32, GC200)) == 481
 
 
 def test_amp_throughput_tends_to_the_peak_from_below():
@@ -96,6 +108,29 @@ def test_reduce_half_output_and_remainder():
     assert int(reduce_cycles(2, 16, F16, F16, GC200)) == 60
 
 
+def test_one_partial_row_is_a_cast_priced_as_poplin_prices_it():
+    # No K split: poplin casts (estimateCastCycles), per worker max(ceil(n / vw_partials),
+    # ceil(n / vw_out)) + 26: 32 fp32 -> fp16: max(16, 8) + 26 = 42 (ReduceAdd would say
+    # 32 + 8 x (3 + 6) = 104). 7 fp32 -> fp32: max(4, 4) + 26 = 30.
+    assert int(reduce_cycles(1, 32, F32, F16, GC200)) == 42
+    assert int(reduce_cycles(1, 7, F32, F32, GC200)) == 30
+
+
+def test_rearranging_operands_from_another_layout():
+    # poplin addTransformCycleEstimate for 4096 x 4096 . 4096 x 16 fp32 over 1472 tiles:
+    #   A: 4096 x 4096 x 4 B / 1472 = 45590.3 -> 45591 B per tile; k x n = 65536 is even: x 5 / 4;
+    #      copy ceil(45591 x 5 / (min(8, 4) x 4)) = ceil(14247.2) = 14248; exchange
+    #      ceil(45591 / 4) = 11398.
+    #   B: 4096 x 16 x 4 B / 1472 = 178.1 -> 179 B: copy ceil(179 x 5 / 16) = 56, exchange 45.
+    #   14248 + 11398 + 56 + 45 = 25747.
+    p = MatMulProblem(1, 4096, 4096, 16, F32, F32, F32)
+    assert rearrange_cycles(p, GC200, 1472) == 25747
+    # fp16: 2 B per element: copy at min(8, 2) = 2 B per cycle, A 22796 B per tile:
+    #   ceil(22796 x 5 / 8) = 14248, ceil(22796 / 4) = 5699; B 90 B: ceil(450 / 8) = 57, 23.
+    p = MatMulProblem(1, 4096, 4096, 16, F16, F32, F16)
+    assert rearrange_cycles(p, GC200, 1472) == 14248 + 5699 + 57 + 23
+
+
 # --- the planner's exchange (the same rule as the compiler's) ---------------------------------------
 def test_planner_prices_one_candidate_by_hand():
     # 64 x 64 x 64, fp16 in, fp32 partials, fp16 out; the candidate: M split 2, N split 2, no K split,
@@ -111,14 +146,15 @@ def test_planner_prices_one_candidate_by_hand():
     # + 30 latency = 550. No K split: no partials to exchange.
     assert got["exchange"] == 512 + 8 + 30
     # AMP (32 x 64) . (64 x 32): n_in = 4, n_out = 2, loads 64; workers 6 rows (busiest), 5 (least).
-    #   zeroing: r=6 41 + 12 = 53, r=5 41 + 8 = 49: inner0 = max(318, 294 + 14) = 318
-    #   accumulating: r=6 44 + 12 = 56, r=5 44 + 8 = 52: inner = max(336, 312 + 14) = 336
-    #   62 + (10 + 2 x (89 + 318)) + 3 x (15 + 2 x (89 + 336)) = 62 + 824 + 2595 = 3481.
-    assert got["amp"] == 3481
+    #   zeroing: r=6 38 + 12 - 10 = 40, r=5 38 + 8 - 10 = 36: inner0 = max(240, 216 + 14) = 240
+    #   accumulating: r=6 40 + 12 - 10 = 42, r=5 38: inner = max(252, 228 + 14) = 252
+    #   50 + 6 x (10 + 2 x 3) + 12 + (11 + 2 x (19 + 7 + 64 + 240))
+    #      + 3 x (16 + 2 x (19 + 6 + 64 + 252)) = 146 + 12 + 671 + 2094 = 2923.
+    assert got["amp"] == 2923
     # fp32 partials to fp16 out: a second stage (one partial per row): each tile casts its 32 rows
-    # of 32: a ReducePartials of P = 1: 32 + 8 x (3 + 6) = 104 worker cycles; 32 of them over 6
-    # workers: 6 x max(104, ceil(32 x 104 / 6) = 555) = 3330.
-    assert got["reduce"] == 3330
+    # of 32: a cast of max(32 / 2, 32 / 4) + 26 = 42 worker cycles; 32 of them over 6 workers:
+    # 6 x max(42, ceil(32 x 42 / 6) = 224) = 1344.
+    assert got["reduce"] == 1344
     # One sync per step: the AMP step and the reduction: 2 x 150.
     assert got["sync"] == 300
 

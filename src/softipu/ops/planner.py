@@ -46,7 +46,7 @@ from softipu.dtypes import DType
 from softipu.graph.accounting import control_code_bytes, exchange_code_bytes, vertex_state_bytes
 from softipu.target import Target
 
-__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "DIMS", "PAIRINGS"]
+__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "rearrange_cycles", "DIMS", "PAIRINGS"]
 
 DIMS = ("g", "m", "n", "k")
 # What the two tiles of a supertile split between them (poplin's use of the shared exchange bus):
@@ -110,6 +110,10 @@ class Plan:
     peak_flops_per_cycle: int
     candidates: int
     fits: bool = True
+    # Cycles to bring A and B into this plan's layout when they arrive in another one (the
+    # layout of the op before, a linear mapping): not part of ``cycles``, which is for operands
+    # made by ``create_matmul_input_lhs/rhs`` (see :func:`rearrange_cycles`).
+    rearrange_cycles: int = 0
     planning_seconds: float = field(default=0.0, compare=False)
 
     @property
@@ -145,6 +149,13 @@ class Plan:
     def efficiency(self) -> float:
         """Modeled flops / (cycles x the whole chip's AMP peak)."""
         return self.problem.flops / max(1, self.cycles * self.peak_flops_per_cycle)
+
+    @property
+    def efficiency_rearranged(self) -> float:
+        """As :attr:`efficiency`, for operands that must first be rearranged into the plan's
+        layout (``cycles + rearrange_cycles``)."""
+        total = self.cycles + self.rearrange_cycles
+        return self.problem.flops / max(1, total * self.peak_flops_per_cycle)
 
     def tile_of(self, gi, i, j, kr) -> np.ndarray:
         """The tile of partition (group block, M block, N block, K range); arrays broadcast.
@@ -304,6 +315,30 @@ def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, runs, t
     return steps * per_step + np.where(two_stage, reduce_state, 0)
 
 
+def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
+    """Cycles to rearrange A and B into a plan's layout when they arrive in another one.
+
+    poplin's planner prices an operand rearrangement (lib/poplin/ConvModel.cpp,
+    addTransformCycleEstimate: rearrangeInput / rearrangeWeights) per tile as an on-tile copy
+    ``ceil(bytes x 5 / (min(memcpyBytesPerCycle, element bytes) x 4))`` (``x 3`` when
+    in-channels x out-channels is not a multiple of 2 (fp32) or 4 (fp16):
+    getScaleFactorForTransform) plus an exchange ``ceil(bytes / exchangeBytesPerCycle)``, with
+    ``bytes`` the operand's bytes over the tiles the plan uses [V]. memcpyBytesPerCycle is
+    ``target.on_tile_copy_bytes_per_cycle``. A skinny product does ``2 N`` flops per element of
+    A, so this costs as much as the product itself there; a cube's is a few percent.
+    """
+    size = p.in_dtype.itemsize
+    granule = 2 if size == 4 else 4
+    num, den = (5, 4) if (p.k * p.n) % granule == 0 else (5, 3)
+    per_cycle = min(int(target.on_tile_copy_bytes_per_cycle), size)
+    total = 0
+    for elements in (p.groups * p.m * p.k, p.groups * p.k * p.n):
+        per_tile = -(-elements * size // max(tiles_used, 1))
+        total += -(-per_tile * num // (per_cycle * den))
+        total += int(np.ceil(per_tile / target.exchange_bytes_per_cycle))
+    return total
+
+
 # -- the planner ---------------------------------------------------------------------------------
 def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6) -> Plan:
     """The fastest partition of ``p`` on ``target`` within the memory budget (cached)."""
@@ -366,11 +401,12 @@ def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
                 + np.maximum(costs["temp"] + costs["resident"] - target.bytes_per_tile, 0))
         best = int(np.lexsort((total, over))[0])
     get = {k: int(v[best]) for k, v in costs.items()}
+    splits = (int(cols["sg"][best]), int(cols["sm"][best]), int(cols["sn"][best]), get["sk"])
     peak = (target.amp_macs_per_cycle_fp16 if p.in_dtype.itemsize == 2
             else target.amp_macs_per_cycle_fp32) * 2 * target.num_tiles
     return Plan(
         problem=p, target_name=target.name, num_tiles=target.num_tiles,
-        splits=(int(cols["sg"][best]), int(cols["sm"][best]), int(cols["sn"][best]), get["sk"]),
+        splits=splits,
         blocks=(int(cols["bg"][best]), int(cols["bm"][best]), int(cols["bn"][best]), get["chunk"]),
         k_serial=max(1, get["serial"]), two_stage=bool(get["two_stage"]), spread=get["spread"],
         pair=PAIRINGS[get["pair"]],
@@ -378,6 +414,7 @@ def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
         sync_cycles=get["sync"], temp_bytes_per_tile=get["temp"],
         resident_bytes_per_tile=get["resident"], budget_bytes_per_tile=budget,
         peak_flops_per_cycle=peak, candidates=int(every["used"].size), fits=bool(fits[best]),
+        rearrange_cycles=rearrange_cycles(p, target, int(np.prod(splits))),
         planning_seconds=time.perf_counter() - t0)
 
 
@@ -401,7 +438,8 @@ def plan_report(plan_: Plan) -> str:
         f"reduce {p.reduce_cycles:,} + sync {p.sync_cycles:,}"
         + (" (partials reduced in a second compute set)" if p.two_stage else ""),
         f"  efficiency: {100 * p.efficiency:.1f}% of the AMP peak "
-        f"({p.peak_flops_per_cycle:,} flops/cycle)",
+        f"({p.peak_flops_per_cycle:,} flops/cycle); operands from another layout: "
+        f"+{p.rearrange_cycles:,} cycles to rearrange them, {100 * p.efficiency_rearranged:.1f}%",
         f"  memory per tile: {p.temp_bytes_per_tile:,} B of temporaries (budget "
         f"{p.budget_bytes_per_tile:,} B) + {p.resident_bytes_per_tile:,} B of operands, code and "
         "state" + ("" if p.fits else " (DOES NOT FIT)"),
