@@ -40,6 +40,7 @@ from softipu.graph.tensor import Slabs, Tensor
 from softipu.ops.common import OpContext, OpError, broadcast_shapes, parse_options
 from softipu.ops.mapping import map_linearly
 from softipu.ops.planner import MatMulProblem, Plan, plan, plan_report
+from softipu.ops.rearrange import is_column_major, pieces_per_block, transpose_into_slabs
 
 __all__ = ["matmul", "plan_matmul", "matmul_plan_report", "create_matmul_input_lhs",
            "create_matmul_input_rhs", "MATMUL_OPTIONS"]
@@ -354,9 +355,46 @@ def _place_operand(ctx: OpContext, pl: Plan, op: _Operand, rows: _Grid, cols: _G
     if found is not None:
         starts, transposed = found
         return _Blocks(op.x, starts, transposed, op.group_of)
+    spread = pl.n_split if role == "a" else pl.m_split
+    tallest = int(rows.sizes.max())
+    if is_column_major(op.x) and tallest // pieces_per_block(tallest, spread) >= 2:
+        return _transposed_into_slabs(ctx, pl, op, rows, cols, role, spread)
     slab, starts = _slab_variable(ctx, pl, op.x.dtype, op.x.shape[0], rows, cols, role, op.group_of)
     _copy_into_slabs(ctx, op.x, slab, rows, cols)
     return _Blocks(slab, starts, False, op.group_of)
+
+
+def _transposed_into_slabs(ctx: OpContext, pl: Plan, op: _Operand, rows: _Grid, cols: _Grid, role: str,
+                           spread: int) -> _Blocks:
+    """A column-major operand re-laid out into column slabs as popops rearranges: whole source
+    runs exchanged to the tiles that hold each piece of a block, then transposed there
+    (:func:`~softipu.ops.rearrange.transpose_into_slabs`); pieces sit where :func:`_map_blocks`
+    spreads a block, over the tiles that read it."""
+    gi = _first_user(op.group_of, op.x.shape[0]) // pl.blocks[0]
+    ks = pl.k_serial
+
+    def tile_of(g: np.ndarray, rb: np.ndarray, p: np.ndarray, cb: np.ndarray) -> np.ndarray:
+        # A block cut over fewer tiles than read it: the k_serial blocks sharing those tiles
+        # take turns, so each tile holds its share.
+        if role == "a":  # block (g, i, lt): users (g, i, j, lt // serial)
+            used = pieces_per_block(int(rows.sizes[0]), spread)
+            return pl.tile_of(gi[g], rb, (p + (cb % ks) * used) % spread, cb // ks)
+        used = pieces_per_block(int(rows.sizes[0]), spread)  # block (g, lt, j): users (g, i, j, ..)
+        return pl.tile_of(gi[g], (p + (rb % ks) * used) % spread, cb, rb // ks)
+
+    slab = transpose_into_slabs(ctx, op.x, rows.starts, rows.sizes, cols.starts, cols.sizes, spread,
+                                tile_of, name=f"{ctx.name}/{role}")
+    r_total = int(rows.sizes.sum())
+    starts = (slab.offset + np.arange(op.x.shape[0])[:, None, None] * r_total * int(cols.sizes.sum())
+              + cols.starts[None, None, :] * r_total + rows.starts[None, :, None] * cols.sizes[None, None, :])
+    return _Blocks(slab, starts, False, op.group_of)
+
+
+def _first_user(group_of: np.ndarray, groups: int) -> np.ndarray:
+    """For each own group of an operand, the first product group that uses it."""
+    first_user = np.full(groups, group_of.size, np.int64)
+    np.minimum.at(first_user, group_of, np.arange(group_of.size))
+    return np.minimum(first_user, max(group_of.size - 1, 0))
 
 
 def _contiguous_blocks(x: Tensor, rows: _Grid, cols: _Grid):
@@ -478,9 +516,7 @@ def _copy_into_slabs(ctx: OpContext, x: Tensor, slab: Tensor, rows: _Grid, cols:
 def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _Grid, cols: _Grid,
                 role: str, group_of: np.ndarray) -> None:
     """Spread each block over the tiles that read it (A: its N blocks; B: its M blocks)."""
-    first_user = np.full(starts.shape[0], group_of.size, np.int64)  # the first group using it
-    np.minimum.at(first_user, group_of, np.arange(group_of.size))
-    first_user = np.minimum(first_user, max(group_of.size - 1, 0))
+    first_user = _first_user(group_of, starts.shape[0])
     bg = pl.blocks[0]
     gi = (first_user // bg)[:, None, None]
     if role == "a":  # block (g, i, lt): users (g, i, j, lt // serial) for every j

@@ -1,0 +1,132 @@
+"""Transposing re-layouts (ops.rearrange) and the Transpose2d codelet, against numpy transposes
+and hand-worked region counts and cycle figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+import softipu.torch as st
+from softipu import program as P
+from softipu.codelets.transpose import transpose_codelet, transpose_cycles
+from softipu.compiler.exchange import copy_transfers
+from softipu.ops.common import OpContext
+from softipu.ops.matmul import _grouped, _options, _Spec
+from softipu.ops.rearrange import is_column_major, transpose_into_slabs
+
+torch = pytest.importorskip("torch")
+
+ENGINES = [False, True]  # engine.reference
+
+
+def _slab_case(dtype, reference: bool):
+    """A 256 x 256 matrix stored row-major, read as its transpose (column-major), re-laid into
+    two column slabs of 128 columns, row blocks of 64 rows cut into 4 pieces of 16 rows over 8
+    tiles."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=8, bytes_per_tile=1024 * 1024))
+    x = g.add_variable(dtype, (256, 256), name="x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    ctx = OpContext(g, prog, "t", "t")
+    src = x.T.reshape(1, 256, 256)
+    assert is_column_major(src) and not is_column_major(x.reshape(1, 256, 256))
+    rows, cols = np.arange(0, 256, 64), np.arange(0, 256, 128)
+    dst = transpose_into_slabs(ctx, src, rows, np.full(4, 64), cols, np.full(2, 128), 4,
+                               lambda gg, rb, p, cb: (p + 4 * cb) % 8, "d")
+    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+    return g, x, dst, prog, eng
+
+
+@pytest.mark.parametrize("reference", ENGINES)
+@pytest.mark.parametrize("dtype", [sp.float32, sp.float16])
+def test_transposed_slabs_are_numpys_transpose_bitwise(dtype, reference):
+    g, x, dst, _, eng = _slab_case(dtype, reference)
+    host = np.random.default_rng(0).standard_normal((256, 256)).astype(dtype.numpy)
+    eng.write_tensor(x, host)
+    eng.run(0)
+    want = np.concatenate([host.T[:, :128].ravel(), host.T[:, 128:].ravel()])  # slab 0, slab 1
+    assert eng.read_tensor(dst).tobytes() == want.tobytes()
+
+
+def test_a_transposing_relayout_exchanges_runs_not_elements():
+    """Hand count: 4 row blocks x 4 pieces x 2 slabs = 32 pieces of 16 rows x 128 columns; each
+    piece's column is one run of 16 elements contiguous in the source (x row c) and in the piece's
+    buffer: 32 x 128 = 4,096 runs in all, each sent once and received once at most (a run stays
+    put when x's row c lives on the piece's tile). Element by element it would be up to 65,536
+    regions a side; the exchange code is 16 B a region a side."""
+    g, _, _, prog, eng = _slab_case(sp.float32, False)
+    copy = prog.programs[0]
+    transfers, _ = copy_transfers(copy.src, copy.dst, {sp.float32: g.resolved_mapping(sp.float32)}, 8)
+    send, recv = transfers.pieces_per_tile(8)
+    # x is 32 rows a tile; piece p of slab j sits on tile 4 j + p, which holds x's rows
+    # 128 j + 32 p ..+ 31: 32 of each piece's 128 runs stay put, 32 x 32 = 1,024 in all.
+    assert send.sum() == recv.sum() == 4096 - 1024
+    per_side = g.target.exchange_code_bytes_per_region
+    assert eng.report.memory_by_category["exchange_code"] <= 2 * 4096 * per_side
+
+
+def test_transpose2d_cycles_are_poplibs_figures():
+    """poplibs' Transpose2d estimator, one matrix: fp32 16x16 fast path 27 + 11 + 8 x (6 + 3 x 7)
+    = 254; fp32 128 x 16 (stride 128 x 14 / 2 = 896 >= 512): slow 13 + 8 + 16 x (5 + 256) = 4,197;
+    fp16 16x16: 37 + 12 + 4 x (15 + 4 x 2) = 141; fp16 4x4: 32 + 15 = 47; fp16 3 x 5 (slow):
+    15 + 8 + 5 x (5 + 7) = 83."""
+    assert int(transpose_cycles(16, 16, 4)) == 254
+    assert int(transpose_cycles(128, 16, 4)) == 4197
+    assert int(transpose_cycles(16, 16, 2)) == 141
+    assert int(transpose_cycles(4, 4, 2)) == 47
+    assert int(transpose_cycles(3, 5, 2)) == 83
+
+
+def test_transpose2d_batches_mixed_shapes():
+    """One batch of equal field lengths holding 2 x 6 and 3 x 4 matrices (and a replica axis)."""
+    codelet = transpose_codelet(sp.float32)
+    src = np.arange(2 * 3 * 12, dtype=np.float32).reshape(2, 3, 12)
+    dst = np.zeros_like(src)
+    rows = np.array([2, 3, 2], np.int32).reshape(3, 1)
+    codelet.compute(src, dst, rows, 12 // rows)
+    for r in range(2):
+        for v, k in enumerate((2, 3, 2)):
+            assert np.array_equal(dst[r, v], src[r, v].reshape(k, 12 // k).T.ravel())
+
+
+@pytest.mark.parametrize("reference", ENGINES)
+def test_matmul_of_a_column_major_operand_rearranges_and_matches_numpy(reference):
+    """``a.T @ b`` with ``a`` row-major and an unswapped plan: the left operand is column-major,
+    so it is rearranged (exchange + Transpose2d) rather than copied element by element."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=512 * 1024))
+    a = g.add_variable(sp.float32, (96, 128), name="a")
+    sp.ops.map_linearly(g, a)
+    b = g.add_variable(sp.float32, (96, 40), name="b")
+    sp.ops.map_linearly(g, b)
+    prog = P.Sequence()
+    ctx = OpContext.start(g, prog, "matmul", "mm", a, b)
+    opts = _options(ctx, None, sp.float32)
+    spec = _Spec.of(ctx, (128, 96), (96, 40), sp.float32, sp.float32)
+    c = _grouped(ctx, spec.lhs(a.T), spec.rhs(b), spec, opts, allow_swap=False)
+    names = [p.compute_set.name for p in prog.programs if isinstance(p, P.Execute)]
+    assert "mm/transpose" in names
+    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+    rng = np.random.default_rng(1)
+    ha, hb = rng.standard_normal((96, 128)).astype(np.float32), rng.standard_normal((96, 40)).astype(np.float32)
+    eng.write_tensor(a, ha)
+    eng.write_tensor(b, hb)
+    eng.run(0)
+    want = ha.T.astype(np.float64) @ hb
+    assert np.allclose(eng.read_tensor(c).reshape(128, 40), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_linear_weight_needs_no_copy():
+    """A torch Linear's weight is created in the layout its matmul wants (createMatMulInputRHS):
+    no Copy program reads it on the device."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(64, 48).eval()
+    model = st.inference_model(net, st.Options(target=sp.targets.ipu_model(tiles=16)))
+    x = torch.randn(32, 64)
+    got = model(x)
+    with torch.no_grad():
+        assert torch.allclose(got, net(x), rtol=1e-4, atol=1e-4)
+    steps = model.report.steps
+    copies = [s["name"] for s in steps if s["name"].startswith("Copy ") and "weight" in s["name"]
+              and "'" not in s["name"]]
+    assert copies == []
