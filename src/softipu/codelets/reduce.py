@@ -230,22 +230,27 @@ def rows_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
         x = Input(dtype)
         out = Output(partial)
         phase = Param(int64)
+        # The engine's chunks are sized by the rows of partials (the rotation's scratch), so they
+        # stay in cache; a piece is read once, streaming, and larger chunks cost fewer calls.
+        chunk_fields = ("out",)
 
         @staticmethod
         def compute(x, out, phase):
             y = prepare(x)
-            rotation = _rotation(phase, out.shape, partial)
+            rotation = _rotation(phase, out.shape)
             if rotation is None:  # every piece starts at column 0
                 _fold(ufunc, y, out)
                 return
-            # Fold into the first half of doubled rows: vertex v's columns in order are then
-            # the contiguous window doubled[v, S - phase[v] : 2S - phase[v]].
-            doubled, copies = rotation
-            width = out.shape[-1]
-            _fold(ufunc, y, doubled[..., :width])
-            doubled[..., width:] = doubled[..., :width]
-            for rows, window in copies:
-                out[..., rows, :] = window
+            # Fold in piece order into this thread's scratch (in cache), then write each row
+            # rotated: its two parts, for every vertex, in one concatenate into ``out``.
+            folded = scratch(out.shape, "rotation", partial.numpy)
+            _fold(ufunc, y, folded)
+            rows = folded.reshape(-1, out.shape[-1])
+            pieces = [rows[r, lo:hi] for r, lo, hi in rotation]
+            if out.flags.c_contiguous:
+                np.concatenate(pieces, out=out.reshape(-1))
+            else:
+                out[...] = np.concatenate(pieces).reshape(out.shape)
 
         @staticmethod
         def cycles(x, out, phase, target):
@@ -273,50 +278,22 @@ def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
         ufunc(out[..., :rest], y[..., rows * width :], out=out[..., :rest])
 
 
-def _rotation(phase: np.ndarray, out_shape: tuple[int, ...], partial: DType):
-    """None when no vertex needs rotating, else a doubled-rows scratch and the copies out of it.
+def _rotation(phase: np.ndarray, out_shape: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
+    """None when no vertex needs rotating, else the pieces of the folded rows (row, start,
+    stop) that, laid end to end, are every row rotated: ``out[v, c]`` is column ``c`` when the
+    folded row holds column ``(phase[v] + j) % S`` at ``j``. Planned once per frozen ``phase``
+    param (vertex rows of every leading replica axis included)."""
+    width, lead = out_shape[-1], out_shape[:-1]
 
-    Vertex ``v`` reads its rotated row at offset ``v * 2S + S - phase[v]`` of the scratch. Equal
-    pieces cut from a linear mapping have phases that advance by a constant until they wrap, so
-    those offsets step evenly over runs of vertices: each run is one strided window. The runs are
-    planned once per frozen ``phase`` param; the windows view this thread's own scratch (batches
-    it runs one after another share it; batches on other threads, at the same time, never do).
-    """
-    def build() -> list[tuple[int, int, int, int]] | None:
+    def build() -> list[tuple[int, int, int]] | None:
         p = phase.reshape(-1).astype(np.int64)
         if not p.any():
             return None
-        return _runs((np.arange(p.size) * 2 * out_shape[-1] + out_shape[-1] - p).tolist())
+        p = np.broadcast_to(p.reshape(lead[-1:]), lead).reshape(-1).tolist()
+        return [piece for r, q in enumerate(p)
+                for piece in ((r, width - q, width), (r, 0, width - q)) if piece[2] > piece[1]]
 
-    runs = memo(phase, ("rotation", out_shape), build)
-    if runs is None:
-        return None
-    doubled = scratch(out_shape[:-1] + (2 * out_shape[-1],), "rotation", partial.numpy)
-    return doubled, _windows(doubled, runs, out_shape[-1])
-
-
-def _runs(offsets: list[int]) -> list[tuple[int, int, int, int]]:
-    """(first vertex, end vertex, first offset, step) of each run of evenly stepping ``offsets``."""
-    runs, a = [], 0
-    while a < len(offsets):
-        b = a + 1
-        step = offsets[b] - offsets[a] if b < len(offsets) else 0
-        while b < len(offsets) and offsets[b] - offsets[b - 1] == step:
-            b += 1
-        runs.append((a, b, offsets[a], step))
-        a = b
-    return runs
-
-
-def _windows(doubled: np.ndarray, runs: list[tuple[int, int, int, int]],
-             width: int) -> list[tuple[slice, np.ndarray]]:
-    """(vertex rows, strided view of ``doubled``) for each run of :func:`_runs`."""
-    item, dtype = doubled.itemsize, doubled.dtype
-    lead, lead_strides = doubled.shape[:-2], doubled.strides[:-2]
-    flat = doubled.reshape(-1)  # C-contiguous: a view; the constructor is cheaper than as_strided
-    return [(slice(a, b), np.ndarray(lead + (b - a, width), dtype, flat, offset * item,
-                                     lead_strides + (step * item, item)))
-            for a, b, offset, step in runs]
+    return memo(phase, ("rotation", out_shape), build)
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------
@@ -424,7 +401,9 @@ def _check_stack(parts: list[np.ndarray], step: int) -> bool:
 
 
 def _stacked(parts: list[np.ndarray], step: int) -> np.ndarray | None:
-    """The rows as one ``(..., V, k, n)`` view when they are evenly spaced views of one buffer.
+    """The rows as one view when they are evenly spaced views of one buffer: ``(..., k, V * n)``
+    when the vertices' columns are one contiguous run (the outputs of a linearly mapped op), so
+    the reduction's inner loop is long; else ``(..., V, k, n)`` (columns, ``n >= 2``, inner).
 
     The op promised the spacing (``step`` elements) for the graph's addresses; the check makes
     sure the arrays really are views of one buffer laid out that way (the fast engine's zero-copy
@@ -432,10 +411,17 @@ def _stacked(parts: list[np.ndarray], step: int) -> np.ndarray | None:
     to every run, so the check runs once per list.
     """
     first = parts[0]
-    if step <= 0 or first.shape[-1] < 2 or first.ndim < 2 or not _rows_stack(parts, step):
+    if step <= 0 or first.ndim < 2 or not _rows_stack(parts, step):
         return None
-    shape = first.shape[:-1] + (len(parts), first.shape[-1])
-    strides = first.strides[:-1] + (step * first.itemsize, first.strides[-1])
+    (v, n), item = first.shape[-2:], first.itemsize
+    lead, lead_strides = first.shape[:-2], first.strides[:-2]
+    if first.strides[-1] == item and (v == 1 or first.strides[-2] == n * item) and v * n >= 2:
+        shape, strides = lead + (len(parts), v * n), lead_strides + (step * item, item)
+    elif n >= 2:
+        shape = lead + (v, len(parts), n)
+        strides = lead_strides + (first.strides[-2], step * item, first.strides[-1])
+    else:
+        return None
     return np.lib.stride_tricks.as_strided(first, shape, strides, writeable=False)
 
 
@@ -443,13 +429,13 @@ def _fold_rows(ufunc: np.ufunc, parts: list[np.ndarray], step: int,
                prepare: Callable[[np.ndarray], np.ndarray], partial: DType) -> np.ndarray:
     """``parts[0] op parts[1] op ...`` elementwise, in that order, whatever the layout.
 
-    The 3-D view is reduced along a non-contiguous axis while the columns (``n >= 2``) stay the
-    inner loop, so numpy combines the rows one after another exactly as the loop does.
+    The stacked view is reduced along a non-contiguous axis while columns stay the inner loop
+    (at least two of them), so numpy combines the rows one after another exactly as the loop does.
     """
     if len(parts) > 2:
         view = _stacked(parts, step)
         if view is not None:
-            return ufunc.reduce(prepare(view), axis=-2)
+            return ufunc.reduce(prepare(view), axis=-2).reshape(parts[0].shape)
     acc = np.array(prepare(parts[0]), dtype=partial.numpy)
     for p in parts[1:]:
         ufunc(acc, prepare(p), out=acc)
