@@ -29,6 +29,7 @@ cost per vertex and per output written.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -241,12 +242,11 @@ def rows_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
             if rotation is None:  # every piece starts at column 0
                 _fold(ufunc, y, out)
                 return
-            # Fold in piece order into this thread's scratch (in cache), then write each row
-            # rotated: its two parts, for every vertex, in one concatenate into ``out``.
+            # Fold in piece order into this thread's scratch (in cache), then write every row
+            # rotated (its two parts, for every vertex) with one concatenate into ``out``.
             folded = scratch(out.shape, "rotation", partial.numpy)
             _fold(ufunc, y, folded)
-            rows = folded.reshape(-1, out.shape[-1])
-            pieces = [rows[r, lo:hi] for r, lo, hi in rotation]
+            pieces = rotation(folded.reshape(-1))
             if out.flags.c_contiguous:
                 np.concatenate(pieces, out=out.reshape(-1))
             else:
@@ -278,20 +278,21 @@ def _fold(ufunc: np.ufunc, y: np.ndarray, out: np.ndarray) -> None:
         ufunc(out[..., :rest], y[..., rows * width :], out=out[..., :rest])
 
 
-def _rotation(phase: np.ndarray, out_shape: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
-    """None when no vertex needs rotating, else the pieces of the folded rows (row, start,
-    stop) that, laid end to end, are every row rotated: ``out[v, c]`` is column ``c`` when the
-    folded row holds column ``(phase[v] + j) % S`` at ``j``. Planned once per frozen ``phase``
-    param (vertex rows of every leading replica axis included)."""
+def _rotation(phase: np.ndarray, out_shape: tuple[int, ...]) -> operator.itemgetter | None:
+    """None when no vertex needs rotating, else the getter of the pieces of the flat folded rows
+    that, laid end to end, are every row rotated: ``out[v, c]`` is column ``c`` where the folded
+    row holds column ``(phase[v] + j) % S`` at ``j``. Planned once per frozen ``phase`` param
+    (the vertex rows of any leading replica axis included); the getter makes the slices in C."""
     width, lead = out_shape[-1], out_shape[:-1]
 
-    def build() -> list[tuple[int, int, int]] | None:
+    def build() -> operator.itemgetter | None:
         p = phase.reshape(-1).astype(np.int64)
         if not p.any():
             return None
         p = np.broadcast_to(p.reshape(lead[-1:]), lead).reshape(-1).tolist()
-        return [piece for r, q in enumerate(p)
-                for piece in ((r, width - q, width), (r, 0, width - q)) if piece[2] > piece[1]]
+        cuts = [(r * width + lo, r * width + hi) for r, q in enumerate(p)
+                for lo, hi in ((width - q, width), (0, width - q)) if hi > lo]
+        return operator.itemgetter(*[slice(lo, hi) for lo, hi in cuts], slice(0, 0))
 
     return memo(phase, ("rotation", out_shape), build)
 
