@@ -30,6 +30,7 @@ from softipu.compiler.exchange import (
     traffic,
 )
 from softipu.compiler.executable import CompiledComputeSet, VertexGroup
+from softipu.compiler.structure import StructureKeys
 from softipu.debug import SourceLocation, at
 from softipu.dtypes import DType
 from softipu.errors import CodeletError
@@ -181,7 +182,8 @@ class StepPricer:
     """Prices program nodes; compute sets are priced once however often they run."""
 
     def __init__(self, target: Target, mappings: dict[DType, ResolvedMapping],
-                 compute_sets: dict[int, CompiledComputeSet], replication_factor: int = 1) -> None:
+                 compute_sets: dict[int, CompiledComputeSet], replication_factor: int = 1, *,
+                 keys: StructureKeys | None = None) -> None:
         self.target = target
         self.replication_factor = replication_factor
         self.mappings = mappings
@@ -190,6 +192,12 @@ class StepPricer:
         self.step_of: dict[int, int] = {}
         self.exchange_code_regions = np.zeros(target.num_tiles, np.int64)
         self._cs_cache: dict[int, dict] = {}
+        # Structurally identical work (a repeated layer's) is priced once: compute by work key,
+        # exchange by layout key, copies by copy key (softipu.compiler.structure).
+        self.keys = keys
+        self._work: dict[tuple, dict] = {}
+        self._layouts: dict[tuple, Traffic] = {}
+        self._copies: dict[tuple, tuple[Traffic, np.ndarray]] = {}
 
     def price(self, node: P.Program) -> None:
         method = getattr(self, f"price_{node.kind.name.lower()}", None)
@@ -216,12 +224,7 @@ class StepPricer:
         parts = self._cs_cache.get(cs.id)
         if parts is None:
             compiled = self.compute_sets[cs.id]
-            per_tile, flops, defaulted = tile_compute_cycles(compiled, self.target)
-            busy = int(np.argmax(per_tile))
-            parts = dict(compute_cycles=int(per_tile[busy]), flops=flops, busiest_tile=busy,
-                         mean_tile_compute_cycles=float(per_tile.mean()),
-                         estimated_by_default=defaulted)
-            parts |= self._moved(traffic(compute_set_transfers(compiled, self.mappings), self.target))
+            parts = self._compute_parts(compiled) | self._moved(self._exchange(compiled))
             self._cs_cache[cs.id] = parts
         else:  # the same compute set again: its exchange code is reused, not repeated
             parts = dict(parts)
@@ -234,16 +237,48 @@ class StepPricer:
             stream = src if isinstance(src, DataStream) else dst
             return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
                                    to_device=isinstance(src, DataStream))
-        counted = copy_traffic(src, dst, self.mappings, self.target)  # a transpose, per tile
-        if counted is not None:
-            moved, local = counted
-        else:
-            transfers, local = copy_transfers(src, dst, self.mappings, self.target.num_tiles)
-            moved = _piece_regions(traffic(transfers, self.target), transfers, self.target.num_tiles)
+        moved, local = self._copy_traffic(src, dst)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
                     **self._moved(moved))
+
+    def _compute_parts(self, compiled: CompiledComputeSet) -> dict:
+        key = self.keys.work(compiled) if self.keys is not None else None
+        parts = self._work.get(key) if key is not None else None
+        if parts is None:
+            per_tile, flops, defaulted = tile_compute_cycles(compiled, self.target)
+            busy = int(np.argmax(per_tile))
+            parts = dict(compute_cycles=int(per_tile[busy]), flops=flops, busiest_tile=busy,
+                         mean_tile_compute_cycles=float(per_tile.mean()),
+                         estimated_by_default=defaulted)
+            if key is not None:
+                self._work[key] = parts
+        return dict(parts)
+
+    def _exchange(self, compiled: CompiledComputeSet) -> Traffic:
+        key = self.keys.layout(compiled) if self.keys is not None else None
+        moved = self._layouts.get(key) if key is not None else None
+        if moved is None:
+            moved = traffic(compute_set_transfers(compiled, self.mappings), self.target)
+            if key is not None:
+                self._layouts[key] = moved
+        return moved
+
+    def _copy_traffic(self, src: Tensor, dst: Tensor) -> tuple[Traffic, np.ndarray]:
+        key = self.keys.copy(src, dst) if self.keys is not None else None
+        found = self._copies.get(key) if key is not None else None
+        if found is None:
+            counted = copy_traffic(src, dst, self.mappings, self.target)  # a transpose, per tile
+            if counted is not None:
+                found = counted
+            else:
+                tiles = self.target.num_tiles
+                transfers, local = copy_transfers(src, dst, self.mappings, tiles)
+                found = _piece_regions(traffic(transfers, self.target), transfers, tiles), local
+            if key is not None:
+                self._copies[key] = found
+        return found
 
     def price_print_tensor(self, node: P.PrintTensor, index: int) -> Step:
         return self._host_step(index, f"PrintTensor {node.tensor.name}", node.location, node.tensor,

@@ -19,6 +19,7 @@ from softipu.compiler.conflicts import check_conflicts
 from softipu.compiler.costs import StepPricer
 from softipu.compiler.executable import CompiledComputeSet, Executable, VertexGroup
 from softipu.compiler.memory import MemoryPlan, plan_memory
+from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
 from softipu.dtypes import DType
 from softipu.errors import CompileError, MappingError, ProgramError, SoftIPUError
@@ -46,6 +47,7 @@ class CompileState:
     allow_out_of_memory: bool = False
     pricer: StepPricer | None = None
     memory: MemoryPlan | None = None
+    keys: StructureKeys | None = None  # structurally identical work is checked and priced once
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -236,6 +238,7 @@ def build_vertex_groups(state: CompileState) -> None:
         state.compute_sets[cs.id] = CompiledComputeSet(cs, tuple(groups))
     if problems:
         raise CompileError(_listing("vertices", problems))
+    state.keys = StructureKeys(state.graph, state.mappings)
 
 
 def _batch_bulk(group: BulkGroup, start: int) -> VertexGroup:
@@ -294,16 +297,25 @@ def _stack_rows(rows: list[Tensor], order: np.ndarray) -> Tensor:
 
 # -- pass: verify_compute_sets -------------------------------------------------------------------
 def verify_compute_sets(state: CompileState) -> None:
-    """No two vertices of a compute set write one element; none reads what another writes."""
+    """No two vertices of a compute set write one element; none reads what another writes.
+
+    A compute set laid out like one already checked (equal layout keys: a repeated layer's)
+    has the same conflicts, none, and is not checked again."""
+    passed: set[tuple] = set()
     for compiled in state.compute_sets.values():
+        key = state.keys.layout(compiled) if state.keys is not None else None
+        if key is not None and key in passed:
+            continue
         check_conflicts(compiled)
+        if key is not None:
+            passed.add(key)
 
 
 # -- pass: price_steps (exchange plan and cost model) --------------------------------------------
 def price_steps(state: CompileState) -> None:
     """The static cost of every program step: compute, exchange and sync cycles, bytes moved."""
     pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets,
-                        state.graph.replication_factor)
+                        state.graph.replication_factor, keys=state.keys)
     for root in list(state.programs) + list(state.functions.values()):
         for node in P.walk(root):
             pricer.price(node)

@@ -99,12 +99,37 @@ class Storage:
     def scatter(self, t: Tensor, values: np.ndarray, *, replica_axis: bool) -> None:
         """Write values (``(replicas, *shape)`` or ``shape``) into the tensor's elements."""
         buf = self.buffers[t.dtype]
-        if t.index is None:
+        if t.slabs is not None and t.numel:
+            self._scatter_slabs(t, values, replica_axis)
+        elif t.index is None:
             self.view(t, writeable=True, replica_axis=replica_axis)[...] = values
         elif replica_axis:
             buf[:, t.index] = values
         else:
             buf[0, t.index] = values
+
+    def _scatter_slabs(self, t: Tensor, values: np.ndarray, replica_axis: bool) -> None:
+        """A slab layout written piece by piece through strided views: no address array is built
+        (loading a model's matmul weights would otherwise make one int64 per element)."""
+        slabs, buf = t.slabs, self.buffers[t.dtype]
+        lead = (buf.shape[0],) if replica_axis else ()
+        mid = np.broadcast_to(values, lead + t.shape)
+        # Back to the joined pieces' axis order: the tensor's axis i is the pieces' perm[i].
+        back = [0] * len(slabs.perm)
+        for i, a in enumerate(slabs.perm):
+            back[a] = i
+        mid = mid.transpose(tuple(range(len(lead))) + tuple(len(lead) + i for i in back))
+        at_ = 0
+        axis = len(lead) + slabs.axis
+        for offset, shape, strides, piece_mid in slabs.pieces:
+            size = piece_mid[slabs.axis]
+            if size and 0 not in shape:
+                part = mid[(slice(None),) * axis + (slice(at_, at_ + size),)]
+                view = np.ndarray(lead + shape, buf.dtype, buf, offset * buf.itemsize,
+                                  ((buf.strides[0],) if replica_axis else ())
+                                  + tuple(s * buf.itemsize for s in strides))
+                view[...] = part.reshape(lead + shape)
+            at_ += size
 
     def undefine(self, t: Tensor) -> None:
         """A ``WriteUndef``: with poison, the tensor's elements read as poison again."""

@@ -1,0 +1,170 @@
+"""Content keys that let the compiler price and check structurally identical work once.
+
+A model's repeated layers build compute sets and copies that differ only in where their
+variables sit in the address space: the same codelets on the same tiles, fields of the same
+shapes and strides, each variable mapped to tiles the same way relative to its own start. The
+conflict check and the exchange plan depend on nothing else (intervals are compared, split at
+the mapping and unioned per tile; only whole variables move), so two compute sets with equal
+:meth:`StructureKeys.layout` keys have equal conflicts and traffic, and two with equal
+:meth:`StructureKeys.work` keys have equal compute cycles and flops (estimators see field
+lengths and params only).
+
+A layout key names each field tensor by the variable holding it (numbered in order of first
+use within the key), its offset from that variable's start, and its shape and strides (or slab
+pieces, or addresses relative to the variable); each variable by its size and its mapping
+intervals relative to its start; and which of the variables touch end to start in the address
+space (intervals of touching variables can join into one region). A tensor that spans two
+variables gets no key (None): its compute set is priced on its own, as before.
+
+The keys are built from the compile's own graph and mappings and held by one
+:class:`StructureKeys` per compile (its per-variable mapping keys are reused across compute
+sets); nothing is keyed by object identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import CompiledComputeSet
+from softipu.dtypes import DType
+from softipu.graph.graph import Graph, Variable
+from softipu.graph.mapping import ResolvedMapping
+from softipu.graph.tensor import Tensor
+from softipu.graph.vertex import Direction
+
+__all__ = ["StructureKeys"]
+
+
+class _Unkeyable(Exception):
+    """A tensor the layout key cannot describe relative to one variable."""
+
+
+class StructureKeys:
+    """Layout and work keys of one compile's compute sets and copies (see the module docs)."""
+
+    def __init__(self, graph: Graph, mappings: dict[DType, ResolvedMapping]) -> None:
+        self.graph = graph
+        self.mappings = mappings
+        self._variable_keys: dict[tuple[DType, int], tuple] = {}  # (dtype, variable id) -> key
+        self._layouts: dict[int, tuple | None] = {}  # compute set id -> its layout key
+
+    # -- compute sets ------------------------------------------------------------------------------
+    def layout(self, compiled: CompiledComputeSet) -> tuple | None:
+        """What a compute set's conflicts and exchange depend on; None when not describable."""
+        cs_id = compiled.compute_set.id
+        if cs_id not in self._layouts:
+            self._layouts[cs_id] = self._layout(compiled)
+        return self._layouts[cs_id]
+
+    def _layout(self, compiled: CompiledComputeSet) -> tuple | None:
+        used = _Used()
+        parts: list[Any] = []
+        try:
+            for group in compiled.groups:
+                fields = []
+                for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                    tensors = tuple(self._tensor(t, used) for t in group.tensors(name))
+                    fields.append((name, f.direction, tensors))
+                parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
+        except _Unkeyable:
+            return None
+        return tuple(parts), self._variables(used)
+
+    @staticmethod
+    def work(compiled: CompiledComputeSet) -> tuple:
+        """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
+        field lengths and params."""
+        parts = []
+        for group in compiled.groups:
+            fields = []
+            for name, f in group.codelet.fields.items():
+                if f.direction is Direction.PARAM:
+                    value = np.asarray(group.fields[name])
+                    fields.append((name, value.dtype.str, value.shape, value.tobytes()))
+                else:
+                    fields.append((name, tuple(t.shape for t in group.tensors(name))))
+            parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
+        return tuple(parts)
+
+    # -- copies ------------------------------------------------------------------------------------
+    def copy(self, src: Tensor, dst: Tensor) -> tuple | None:
+        """What a tensor-to-tensor copy's traffic depends on; None when not describable."""
+        used = _Used()
+        try:
+            ends = (self._tensor(src, used), self._tensor(dst, used))
+        except _Unkeyable:
+            return None
+        return ends, self._variables(used)
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _tensor(self, t: Tensor, used: _Used) -> tuple:
+        if t.numel == 0:
+            return ("empty", t.dtype, t.shape)
+        if t.is_strided:
+            return ("strided", t.dtype, self._strided(t.dtype, t.offset, t.shape, t.strides, used))
+        if t.slabs is not None:
+            s = t.slabs
+            pieces = tuple((self._strided(t.dtype, o, sh, st, used), mid) for o, sh, st, mid in s.pieces)
+            return ("slabs", t.dtype, pieces, s.axis, s.perm)
+        index = t.index
+        lo, hi = int(index.min()), int(index.max())
+        var = self._holder(t.dtype, lo, hi)
+        rel = index.astype(np.int64, copy=False) - var.start
+        return ("indexed", t.dtype, used.number(t.dtype, var), t.shape, rel.tobytes())
+
+    def _strided(self, dtype: DType, offset: int, shape: tuple, strides: tuple, used: _Used) -> tuple:
+        if 0 in shape:
+            return ("empty", shape)
+        lo = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
+        hi = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
+        var = self._holder(dtype, lo, hi)
+        return (used.number(dtype, var), offset - var.start, shape, strides)
+
+    def _holder(self, dtype: DType, lo: int, hi: int) -> Variable:
+        space = self.graph.spaces.get(dtype)
+        var = space.variable_at(lo) if space is not None else None
+        if var is None or hi >= var.end:
+            raise _Unkeyable
+        return var
+
+    def _variables(self, used: _Used) -> tuple:
+        """Each used variable's mapping key, and which of them touch in the address space."""
+        keys = tuple(self._variable_key(dtype, var) for dtype, var in used.variables)
+        touching = []
+        for dtype in dict.fromkeys(d for d, _ in used.variables):
+            mine = sorted((var.start, var.end, n) for n, (d, var) in enumerate(used.variables) if d is dtype)
+            touching += [(a[2], b[2]) for a, b in zip(mine, mine[1:], strict=False) if a[1] == b[0]]
+        return keys, tuple(touching)
+
+    def _variable_key(self, dtype: DType, var: Variable) -> tuple:
+        key = self._variable_keys.get((dtype, var.id))
+        if key is None:
+            m = self.mappings[dtype]
+            a = max(int(np.searchsorted(m.starts, var.start, side="right")) - 1, 0)
+            b = int(np.searchsorted(m.starts, var.end, side="left"))
+            starts = np.maximum(m.starts[a:b], var.start) - var.start
+            ends = np.minimum(m.ends[a:b], var.end) - var.start
+            keep = ends > starts
+            key = (dtype, var.numel, starts[keep].tobytes(), ends[keep].tobytes(),
+                   m.tiles[a:b][keep].astype(np.int32).tobytes())
+            self._variable_keys[(dtype, var.id)] = key
+        return key
+
+
+class _Used:
+    """The variables one key refers to, numbered in order of first use."""
+
+    __slots__ = ("variables", "_numbers")
+
+    def __init__(self) -> None:
+        self.variables: list[tuple[DType, Variable]] = []
+        self._numbers: dict[tuple[DType, int], int] = {}
+
+    def number(self, dtype: DType, var: Variable) -> int:
+        n = self._numbers.get((dtype, var.id))
+        if n is None:
+            n = self._numbers[(dtype, var.id)] = len(self.variables)
+            self.variables.append((dtype, var))
+        return n
