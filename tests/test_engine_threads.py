@@ -12,7 +12,7 @@ import softipu as sp
 from softipu import program as P
 from softipu.codelets import host
 from softipu.codelets._common import contraction_bound
-from softipu.engine import fast
+from softipu.engine import chains, fast
 from softipu.errors import CodeletError
 from softipu.graph.vertex import Input, Output, Vertex
 
@@ -23,6 +23,7 @@ TARGET = sp.targets.ipu_model(tiles=16, bytes_per_tile=512 * 1024)
 def always_share(monkeypatch):
     """Every library compute set shared from its second run, with one helper thread."""
     monkeypatch.setattr(fast, "SIDE_BY_SIDE_SECONDS", 0.0)
+    monkeypatch.setattr(chains, "FUSE_MATMULS", False)  # group by group (test_engine_chains.py fuses)
     monkeypatch.setattr(host, "idle_cores", lambda: 1)
     calls = []
     real = host._share

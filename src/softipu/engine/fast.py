@@ -29,10 +29,13 @@ import numpy as np
 from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
+from softipu.engine.chains import find_chains
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
+from softipu.engine.rounding import StochasticRounding
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
+from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
@@ -359,6 +362,21 @@ class FastInterpreter(ProgramInterpreter):
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
             self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where), storage)
+        # Library matmuls as whole GEMMs (engine/chains.py): step -> runner at a chain's first
+        # Execute, None at its later ones (already done). Not under stochastic rounding, which
+        # counts executed compute sets and rounds from the partials.
+        rounding = isinstance(self, StochasticRounding)
+        self._chains = {} if rounding else find_chains(executable, storage)
+
+    def run_execute(self, node: P.Execute) -> None:
+        self.account(node)
+        step = self._step_of.get(id(node)) if self._chains else None
+        if step is None or step not in self._chains:
+            self.execute(node.compute_set.id)
+            return
+        runner = self._chains[step]
+        if runner is not None:
+            runner()
 
     def execute(self, compute_set_id: int) -> None:
         self._runners[compute_set_id]()
