@@ -89,7 +89,8 @@ class AmpEstimates:
     # "Core loop cycles for 16x8 AMP vertex": per output row, by input itemsize [V].
     core_cycles_per_row: tuple[tuple[int, int], ...] = ((2, 4), (4, 8))
     # (in itemsize, partials itemsize) -> (zeroing, accumulating) worker cycles for 1, 2 and >= 3
-    # rows, before the per-row zeroing below and the (rows - 3) core loops [V]:
+    # rows, before the per-row zeroing below, the (rows - 3) core loops and the retention saving;
+    # a zeroing entry includes the fixed 2 of ``(2 + c r) z`` [V]:
     #   fp32:       47 + (2 + 4) z, 46 + (2 + 8) z, 46 + (2 + 4 r) z          (zeroCyclesPerGroup 4)
     #   fp16/fp16:  39 + (2 + 2) z, 40 + (2 + 4) z, 41 + (2 + 2 r) z          (zeroCyclesPerGroup 2)
     #   fp16/fp32:  31 + (z ? 2 : 4), 40 + (z ? 2 : 4), (z ? 38 : 40): the AMP starts from clear
