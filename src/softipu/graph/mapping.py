@@ -111,8 +111,13 @@ class MappingTable:
     def _append(self, new: ResolvedMapping) -> None:
         k = new.starts.size
         if self._size + k > self._buffers[0].size:  # grow geometrically: amortised O(new runs)
-            capacity = max(2 * (self._size + k), 1024)
-            self._buffers = tuple(np.resize(b, capacity) for b in self._buffers)  # type: ignore[assignment]
+            # NOTE: by 1.5x into fresh arrays, copying only the used part; np.resize fills the
+            # new capacity by repeating the old array (a second, useless copy of every run).
+            capacity = max(self._size + k + (self._size + k) // 2, 1024)
+            grown = tuple(np.empty(capacity, b.dtype) for b in self._buffers)
+            for new, old in zip(grown, self._buffers, strict=True):
+                new[: self._size] = old[: self._size]
+            self._buffers = grown  # type: ignore[assignment]
         for buf, col in zip(self._buffers, (new.starts, new.ends, new.tiles), strict=True):
             buf[self._size : self._size + k] = col
         self._size += k

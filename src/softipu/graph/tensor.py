@@ -11,7 +11,9 @@ element addresses. A tensor is either
   scatters through it. An indexed tensor may be described by structure instead (:class:`Slabs`:
   strided pieces joined along an axis, e.g. a matmul operand in column slabs); its ``index`` array
   is then built only when something asks for it, so pricing a program never holds one int64
-  per element of such a layout.
+  per element of such a layout. A reshape of a strided view that is not one strided view is
+  such a layout too (one piece: :mod:`softipu.graph.grouped` cuts its axes into strided factors),
+  and so are the slices, broadcasts and reshapes of it that its factors allow.
 
 Both forms describe the same thing, so every operation works on both.
 """
@@ -29,6 +31,7 @@ import numpy as np
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType
 from softipu.errors import TensorError
+from softipu.graph.grouped import Grouped, refine
 
 if TYPE_CHECKING:
     from softipu.graph.graph import Graph
@@ -163,6 +166,10 @@ class Tensor:
         if self.numel == 0:
             z = np.zeros(0, np.int64)
             return z, z
+        grouped = self._grouped() if self.slabs is not None else None
+        if grouped is not None:  # the fine axes, read row-major, are the elements in order
+            fine = Tensor(self.graph, self.dtype, grouped.shape, grouped.offset, grouped.strides)
+            return fine.element_runs()
         if self.index is not None:
             flat = self.index.reshape(-1)
             first = np.concatenate(([0], np.flatnonzero(np.diff(flat) != 1) + 1))
@@ -178,6 +185,9 @@ class Tensor:
     def repeats_elements(self) -> bool:
         """True when some element appears twice (a broadcast view, or repeated indices)."""
         if self.is_strided and _strides_never_meet(self.shape, self.strides):
+            return False
+        grouped = self._grouped() if self.slabs is not None else None
+        if grouped is not None and _strides_never_meet(grouped.shape, grouped.strides):
             return False
         if self.slabs is None and self.index is not None and self.index.size > 1:
             flat = self.index.ravel(order="K")  # any order will do: no copy of a transposed view
@@ -210,9 +220,31 @@ class Tensor:
     def _strided(self, shape: Shape, offset: int, strides: Shape) -> Tensor:
         return Tensor(self.graph, self.dtype, shape, offset, strides)
 
+    def _grouped(self) -> Grouped | None:
+        """This view as a grouped strided view (a strided view, or a one-piece slab layout whose
+        factors allow); None for an empty view or any other layout."""
+        if self.numel == 0:
+            return None
+        if self.is_strided:
+            return Grouped(self.offset, self.shape, self.strides, (1,) * self.ndim)
+        slabs = self.slabs
+        if slabs is None or len(slabs.pieces) != 1:
+            return None
+        offset, shape, strides, mid = slabs.pieces[0]
+        grouped = refine(offset, shape, strides, mid)
+        return None if grouped is None else grouped.transpose(slabs.perm)
+
+    def _from_grouped(self, g: Grouped) -> Tensor:
+        strided = g.strided()
+        if strided is not None:
+            return self._strided(strided[1], strided[0], strided[2])
+        shape = g.view_shape
+        slabs = Slabs(((g.offset, g.shape, g.strides, shape),), 0, tuple(range(len(shape))))
+        return Tensor(self.graph, self.dtype, shape, 0, (), None, slabs)
+
     # -- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Tensor:
-        if self.index is None and type(key) is slice and len(self.shape) == 1 and key.step != 0:
+        if self.is_strided and type(key) is slice and len(self.shape) == 1 and key.step != 0:
             start, stop, step = _slice_indices(key, self.shape[0], self, 0)  # the common 1-D slice, kept fast
             n = len(range(start, stop, step))
             stride = self.strides[0]
@@ -224,7 +256,12 @@ class Tensor:
             except (IndexError, ValueError) as exc:
                 raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
                                   f"{key!r}: {exc}") from None
-        if self.index is not None:
+        if not self.is_strided:
+            grouped = self._grouped() if self.slabs is not None else None
+            if grouped is not None:
+                cut = grouped.index(self._normalized_key(key))
+                if cut is not None:
+                    return self._from_grouped(cut)
             _check_slices(key, self)
             try:
                 return self._indexed(self.index[key])
@@ -234,6 +271,26 @@ class Tensor:
         return self._basic_index(key)
 
     def _basic_index(self, key: tuple) -> Tensor:
+        offset, shape, strides, axis = self.offset, [], [], 0
+        for k in self._normalized_key(key):
+            if k is None:
+                shape.append(1)
+                strides.append(0)
+                continue
+            stride = self.strides[axis]
+            if isinstance(k, int):
+                offset += k * stride
+            else:
+                start, n, step = k
+                shape.append(n)
+                strides.append(stride * step)
+                offset += start * stride if n else 0
+            axis += 1
+        return self._strided(tuple(shape), offset, tuple(strides))
+
+    def _normalized_key(self, key: tuple) -> list[int | tuple[int, int, int] | None]:
+        """A basic key with one entry per axis (plus Nones): ints in ``0..size-1``, slices as
+        ``(start, count, step)``; out-of-range ints and slices are errors naming the user's line."""
         n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
         if n_real > self.ndim:
             raise TensorError(f"too many indices for {self.name} of shape {self.shape}"
@@ -246,18 +303,16 @@ class Tensor:
             key = key[:i] + (slice(None),) * (self.ndim - n_real) + key[i + 1 :]
         else:
             key = key + (slice(None),) * (self.ndim - n_real)
-        offset, shape, strides, axis = self.offset, [], [], 0
+        out: list[int | tuple[int, int, int] | None] = []
+        axis = 0
         for k in key:
             if k is None:
-                shape.append(1)
-                strides.append(0)
+                out.append(None)
                 continue
-            size, stride = self.shape[axis], self.strides[axis]
+            size = self.shape[axis]
             if isinstance(k, slice):
                 start, stop, step = _slice_indices(k, size, self, axis)
-                shape.append(len(range(start, stop, step)))
-                strides.append(stride * step)
-                offset += start * stride if shape[-1] else 0
+                out.append((start, len(range(start, stop, step)), step))
             else:
                 i = _as_int(k, self)
                 if not -size <= i < size:
@@ -265,9 +320,9 @@ class Tensor:
                         f"index {i} is out of range for axis {axis} of {self.name} of shape {self.shape}"
                         f"{at(caller_location())}: use 0..{size - 1} (or -{size}..-1 from the end)"
                     )
-                offset += (i % size) * stride
+                out.append(i % size)
             axis += 1
-        return self._strided(tuple(shape), offset, tuple(strides))
+        return out
 
     # -- shape operations --------------------------------------------------------------------
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
@@ -278,10 +333,14 @@ class Tensor:
             slabs = self.slabs.reshape(new_shape)
             if slabs is not None:
                 return Tensor(self.graph, self.dtype, new_shape, 0, (), None, slabs)
-        if self.index is None:
+        elif self.is_strided:
             strides = _nocopy_reshape_strides(self.shape, self.strides, new_shape)
             if strides is not None:
                 return self._strided(new_shape, self.offset, strides)
+        grouped = self._grouped()
+        reshaped = None if grouped is None else grouped.reshape(new_shape)
+        if reshaped is not None:  # no int64 per element: a grouped view (or strided again)
+            return self._from_grouped(reshaped)
         return self._indexed(self.addresses().reshape(new_shape))
 
     def flatten(self) -> Tensor:
@@ -315,7 +374,10 @@ class Tensor:
             d not in (1, s) for d, s in zip(self.shape, shape[lead:], strict=True)
         ):
             raise TensorError(f"cannot broadcast {self.name} of shape {self.shape} to {shape}")
-        if self.index is not None:
+        grouped = self._grouped() if self.slabs is not None else None
+        if grouped is not None:
+            return self._from_grouped(grouped.broadcast(shape))
+        if not self.is_strided:
             return self._indexed(np.broadcast_to(self.index, shape))
         strides = (0,) * lead + tuple(
             0 if d == 1 and s != 1 else st
@@ -327,7 +389,10 @@ class Tensor:
 
     def reverse(self, axis: int = 0) -> Tensor:
         axis = _normalize_axis(axis, self.ndim, self)
-        if self.index is not None:
+        grouped = self._grouped() if self.slabs is not None else None
+        if grouped is not None:
+            return self._from_grouped(grouped.reverse(axis))
+        if not self.is_strided:
             return self._indexed(np.flip(self.index, axis))
         size, stride = self.shape[axis], self.strides[axis]
         strides = list(self.strides)
@@ -475,9 +540,9 @@ def _merge_adjacent(tensors: Sequence[Tensor], axis: int) -> Tensor | None:
         first = tensors[0]
         length = sum(t.shape[axis] for t in tensors)
         return first._strided(first.shape[:axis] + (length,) + first.shape[axis + 1 :], 0, first.strides
-                              if first.index is None else (0,) * first.ndim)
+                              if first.is_strided else (0,) * first.ndim)
     first = parts[0]
-    if any(t.index is not None for t in parts):
+    if any(not t.is_strided for t in parts):
         return None
     length = first.shape[axis]
     for t in parts[1:]:
