@@ -24,7 +24,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import softipu as sp
@@ -32,6 +32,7 @@ import softipu.engine.fast as fast_engine
 from codelets_for_tests import family, sequential_sum
 from softipu import program as P
 from softipu.codelets._common import contraction_bound
+from softipu.ops.common import OpError
 
 DTYPES = (sp.float32, sp.int32, sp.float16)
 
@@ -396,7 +397,12 @@ def test_contractions_agree_with_the_reference_within_the_rounding_bound(seed, r
     for t in (a, b):
         sp.ops.map_linearly(g, t, grain_size=rng.choice([1, 2, 7]))
     prog = P.Sequence()
-    c = sp.ops.matmul(g, a, b.T if transpose else b, prog, options={"availableMemoryProportion": memory})
+    try:
+        c = sp.ops.matmul(g, a, b.T if transpose else b, prog, options={"availableMemoryProportion": memory})
+    except OpError as e:
+        if "fits" not in str(e):
+            raise
+        reject()  # no plan fits this memory proportion (that error: test_ops_matmul MARK-fit)
     total = sp.ops.reduce(g, a, prog, dims=(0, 1))
     data = np.random.default_rng(seed)
     lead = (replicas,) if replicas > 1 else ()
