@@ -115,8 +115,8 @@ class MappingTable:
             # new capacity by repeating the old array (a second, useless copy of every run).
             capacity = max(self._size + k + (self._size + k) // 2, 1024)
             grown = tuple(np.empty(capacity, b.dtype) for b in self._buffers)
-            for new, old in zip(grown, self._buffers, strict=True):
-                new[: self._size] = old[: self._size]
+            for buf, old in zip(grown, self._buffers, strict=True):
+                buf[: self._size] = old[: self._size]
             self._buffers = grown  # type: ignore[assignment]
         for buf, col in zip(self._buffers, (new.starts, new.ends, new.tiles), strict=True):
             buf[self._size : self._size + k] = col
