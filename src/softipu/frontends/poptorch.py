@@ -39,7 +39,8 @@ __all__ = [
     "Options", "OutputMode", "inferenceModel", "trainingModel", "PoplarExecutor", "TrainingExecutor",
     "BeginBlock", "Block",
     "ipu_print_tensor", "identity_loss", "recomputationCheckpoint", "set_available_memory", "DataLoader",
-    "HalfFloatCastingBehavior", "ReductionType", "ConnectionType", "SyncPattern", "ShardedExecution",
+    "HalfFloatCastingBehavior", "ReductionType", "MeanReductionStrategy", "ConnectionType", "SyncPattern",
+    "ShardedExecution",
     "PipelinedExecution", "SerialPhasedExecution", "ParallelPhasedExecution", "ipuHardwareIsAvailable",
     "ipuHardwareVersion", "setLogLevel", "block_of", "load", "__version__",
 ]
@@ -71,6 +72,18 @@ class ReductionType(enum.IntEnum):
     Sum = 0
     Mean = 1
     NoReduction = 2
+
+
+class MeanReductionStrategy(enum.IntEnum):
+    """When a mean reduction of accumulated gradients divides (PopTorch's enum): ``Running`` keeps
+    the accumulator the mean so far (never larger than the largest micro-batch gradient: no fp16
+    overflow), ``Post`` adds them up and divides once before the update, ``PostAndLoss``
+    (deprecated in PopTorch) divides by the replica count before the backward, the same as
+    ``Post`` with one replica."""
+
+    Running = 0
+    Post = 1
+    PostAndLoss = 2
 
 
 class ConnectionType(enum.IntEnum):
@@ -119,8 +132,7 @@ _STORED = {
          "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
-    "Training": ("setMeanAccumulationAndReplicationReductionStrategy",
-                 "setConvolutionDithering"),
+    "Training": ("setConvolutionDithering",),
     "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
                         "setAccumulatorLocation", "numIOTiles"),
     "Distributed": ("configureProcessId", "setEnvVarNames", "disableProcessGroup"),
@@ -195,6 +207,22 @@ class _Training(_Section):
                                 "ReductionType.Sum (NoReduction is not supported by PopTorch either)")
         self._owner._set("accumulation_reduction", "mean" if reduction is ReductionType.Mean else "sum")
         return self
+
+    def setMeanAccumulationAndReplicationReductionStrategy(  # noqa: N802 - PopTorch's name
+            self, mean_reduction_strategy: MeanReductionStrategy) -> _Training:
+        """With ``ReductionType.Mean``: ``Running`` (a running mean in the accumulators) or ``Post``
+        (sum, then one division before the update). Unset, PopTorch picks Running for float16
+        accumulators (``accum_type``) and Post otherwise."""
+        strategy = MeanReductionStrategy(mean_reduction_strategy)
+        self._owner._set("mean_reduction_strategy",
+                         "running" if strategy is MeanReductionStrategy.Running else "post")
+        return self
+
+    @property
+    def meanAccumulationAndReplicationReductionStrategy(self) -> MeanReductionStrategy | None:  # noqa: N802
+        value = self._owner._values.get("mean_reduction_strategy")
+        return None if value is None else (MeanReductionStrategy.Running if value == "running"
+                                           else MeanReductionStrategy.Post)
 
     def setAutomaticLossScaling(self, enabled: bool) -> _Training:  # noqa: N802 - PopTorch's name
         """PopART's automatic loss scaling: the loss scale (a device variable) halves or doubles after
@@ -474,11 +502,22 @@ class TrainingExecutor(PoplarExecutor):
 
     def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
                          **kwargs: Any) -> None:
-        raise FrontendError("compileAndExport is not supported for training models yet: call the "
-                            "trainingModel (or compile()) instead; inferenceModel executables export")
+        """Compile for these inputs (unless compiled) and write the training executable with the
+        device's weights and optimizer state to ``filename`` (a directory of JSON and plain arrays).
+        The torch module is not saved (softipu never pickles): ``export_model=True`` warns once.
+        Load it with :meth:`loadExecutable` on a trainingModel of the same module code, options
+        and optimizer; training goes on from the saved state."""
+        if export_model:
+            warnings.warn(_NO_MODEL_IN_EXPORT.replace("inferenceModel(module, options)",
+                                                      "trainingModel(module, options, optimizer)"),
+                          UnusedOptionWarning, stacklevel=2)
+        self._impl.export(filename, *args, **kwargs)
 
     def loadExecutable(self, filename: str | os.PathLike) -> None:  # noqa: N802
-        raise FrontendError("loadExecutable is not supported for training models yet; compile instead")
+        """Load a training executable written by :meth:`compileAndExport` with its saved weights and
+        optimizer state; raises naming what differs when it came from another module, options or
+        optimizer."""
+        self._impl.load_executable(filename)
 
     def getPerfCounters(self) -> dict[str, Any]:  # noqa: N802
         cycles = self._impl.cycle_count

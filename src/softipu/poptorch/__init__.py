@@ -11,6 +11,7 @@ from softipu.frontends.poptorch import (
     ConnectionType,
     DataLoader,
     HalfFloatCastingBehavior,
+    MeanReductionStrategy,
     Options,
     OutputMode,
     ParallelPhasedExecution,
@@ -36,7 +37,8 @@ from softipu.frontends.poptorch import (
 from softipu.frontends.torch import optim  # noqa: F401 - poptorch.optim.SGD... (as softipu.poptorch.optim)
 
 __all__ = [
-    "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior", "Options",
+    "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior",
+    "MeanReductionStrategy", "Options",
     "OutputMode", "ParallelPhasedExecution", "PipelinedExecution", "PoplarExecutor", "ReductionType",
     "SerialPhasedExecution", "ShardedExecution", "SyncPattern", "__version__", "block_of",
     "identity_loss", "inferenceModel", "ipuHardwareIsAvailable", "ipuHardwareVersion",

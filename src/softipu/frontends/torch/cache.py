@@ -81,6 +81,7 @@ _STALE_TEMP_SECONDS = 3600.0
 KEY_OPTIONS = ("target", "replication_factor", "device_iterations", "precision", "partials_type",
                "available_memory_proportion", "seed", "output_mode", "output_return_period",
                "engine_options", "stored", "gradient_accumulation", "accumulation_reduction",
+               "mean_reduction_strategy",
                "auto_loss_scaling")
 NOT_KEY_OPTIONS = ("log_cycle_count", "recompile_on_shape_change", "executable_cache_dir",
                    "executable_cache_max_bytes")
@@ -429,6 +430,9 @@ def load_exported(path: str | os.PathLike, module: torch.nn.Module, options: Opt
         if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
             raise _Stale("it holds an executable but no exported signature (an executable cache entry, "
                          "or an export from another softipu)")
+        if info.get("kind") == "training":
+            raise FrontendError(f"{directory} holds a training executable: load it with "
+                                "poptorch.trainingModel(module, options, optimizer).loadExecutable(path)")
         structure = str(info["signature"]["structure"])
         leaves = tuple(_unrecord(d) for d in info["signature"]["leaves"])
     except (ExecutableFormatError, _Stale, KeyError, TypeError, ValueError) as exc:
@@ -731,14 +735,17 @@ _MODULE_SKIP = frozenset({"training", "_modules", "_parameters", "_buffers"})
 def _add_module(f: _Fingerprint, module: torch.nn.Module) -> None:
     first_name: dict[int, str] = {}  # shared tensors export once: which names alias which
     for prefix, sub in module.named_modules(remove_duplicate=False):
-        f.add("module", prefix, _class_identity(type(sub)), tuple(sub._modules))
+        cls = type(sub)
+        if getattr(cls, "_softipu_live", False):  # a training model's wrapper: the user's own class
+            cls = cls.__mro__[1]
+        f.add("module", prefix, _class_identity(cls), tuple(sub._modules))
         for kind in ("_parameters", "_buffers"):
             for name, t in getattr(sub, kind).items():
                 full = f"{prefix}.{name}" if prefix else name
                 alias = None if t is None else first_name.setdefault(id(t), full)
                 f.add(kind, name, None if t is None else (tuple(t.shape), str(t.dtype), alias))
         for name, value in sorted(vars(sub).items()):
-            if name in _MODULE_SKIP:
+            if name in _MODULE_SKIP or name.startswith("_softipu_"):  # a training model's bookkeeping
                 continue
             if "hooks" in name and isinstance(value, dict):  # keyed by registration counters
                 value = list(value.values())

@@ -92,6 +92,9 @@ class Options:
       one optimizer update (PopTorch's ``Training.gradientAccumulation``; 1 for inference).
     * ``accumulation_reduction``: ``"mean"`` (PopTorch's default) or ``"sum"``: how accumulated
       gradients are reduced (``accumulationAndReplicationReductionType``).
+    * ``mean_reduction_strategy``: with the mean, ``"post"`` adds the micro-batches' gradients and
+      divides once before the update, ``"running"`` keeps the accumulator the running mean (PopART's
+      ``MeanReductionStrategy``); None: PopTorch's choice, running for float16 accumulators.
     * ``auto_loss_scaling``: PopART's automatic loss scaling in training (the loss scale halves or
       doubles after each step by the gradients' upper-bin proportion; ``setAutomaticLossScaling``).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
@@ -113,6 +116,7 @@ class Options:
     executable_cache_max_bytes: int = 2 * 1024**3
     gradient_accumulation: int = 1
     accumulation_reduction: str = "mean"
+    mean_reduction_strategy: str | None = None
     auto_loss_scaling: bool = False
     stored: Mapping[str, Any] = field(default_factory=dict)
 
@@ -126,7 +130,8 @@ class Options:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._bad(f"{name} must be an int >= 1, got {value!r}")
         for name, allowed in (("precision", _PRECISIONS), ("partials_type", _PARTIALS),
-                              ("accumulation_reduction", ("mean", "sum"))):
+                              ("accumulation_reduction", ("mean", "sum")),
+                              ("mean_reduction_strategy", (None, "post", "running"))):
             if getattr(self, name) not in allowed:
                 self._bad(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         amp = self.available_memory_proportion

@@ -149,19 +149,46 @@ class _TrainLowerer(_Lowerer):
 
     def _accumulate(self, grads: dict[str, Tensor], body: P.Sequence,
                     update: P.Sequence) -> tuple[dict[str, Tensor], P.Program]:
-        """Accumulators (``accum/<param>``) zeroed before the GA loop, added to by each micro-batch,
-        divided by GA before the update when the reduction is the mean."""
+        """Accumulators (``accum/<param>``, the optimizer's ``accum_type``) zeroed before the GA loop
+        and fed by each micro-batch. With the mean reduction, ``post`` adds each gradient and
+        divides by GA once before the update; ``running`` keeps the accumulator the mean so far,
+        ``a = (f / (f + 1)) a + g / (f + 1)`` after ``f`` micro-batches (PopART's
+        ``MeanReductionStrategy``: never larger than the largest gradient, so no fp16 overflow)."""
         ga = self.options.gradient_accumulation
-        accums = {n: self._var(f"accum/{n}", self.named[n].dtype, g.shape) for n, g in grads.items()}
-        for n, g in grads.items():
-            ew.add_(self.graph, accums[n], self.ctx.cast(g, accums[n].dtype), body, name=f"accum/{n}")
+        dtype = self.spec.accum_type
+        accums = {n: self._var(f"accum/{n}", dtype, g.shape) for n, g in grads.items()}
         zeroing = P.Sequence(name="zero_accumulators")
+        strategy = self.mean_strategy()
+        if strategy == "running":
+            count = self.graph.add_variable(float32, (), name="accum/micro_batches")
+            self.graph.set_tile_mapping(count, 0)
+            zero(self.graph, count, zeroing, name="accum/micro_batches/zero")
+            ew.add_(self.graph, count, 1.0, body, name="accum/micro_batches")
+            e = ew.E
+            f = e.input(2)  # micro-batches seen, this one included
+            running = e.add(e.mul(e.input(0), e.div(e.sub(f, 1.0), f)), e.div(e.input(1), f))
+            for n, g in grads.items():
+                ew.map_(self.graph, running, [accums[n], g, count], body, name=f"accum/{n}/running_mean")
+        else:
+            for n, g in grads.items():
+                ew.add_(self.graph, accums[n], self.ctx.cast(g, accums[n].dtype), body, name=f"accum/{n}")
         for n, a in accums.items():
             zero(self.graph, a, zeroing, name=f"accum/{n}/zero")
-        if self.options.accumulation_reduction == "mean":
+        if strategy == "post":
             for n, a in accums.items():
                 ew.mul_(self.graph, a, 1.0 / ga, update, name=f"upd/accum/{n}/mean")
         return accums, P.Sequence([zeroing, P.Repeat(ga, body), update], name="iteration")
+
+    def mean_strategy(self) -> str:
+        """``"sum"``, or the mean's strategy: the option, else PopTorch's rule (running for float16
+        accumulators, except SGD's combined variant; post otherwise)."""
+        o = self.options
+        if o.accumulation_reduction == "sum":
+            return "sum"
+        if o.mean_reduction_strategy is not None:
+            return o.mean_reduction_strategy
+        combined = dict(self.spec.options).get("use_combined_accum", False)
+        return "running" if self.spec.accum_type == torch.float16 and not combined else "post"
 
     def _outputs(self, user: list[Any]) -> tuple[list[Any], list[P.Program]]:
         slots: list[Any] = []

@@ -204,6 +204,60 @@ class TrainingModel:
                     lowered.nodes, self.options.target.name, sum(times.values()),
                     ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 
+    # -- exported executables (PopTorch's compileAndExport / loadExecutable) ---------------------------
+    def export(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        """Compile for these inputs (unless compiled already) and write the training step and the
+        device state (weights, optimizer state, step counter) to the directory ``path``; never
+        pickles. A training model of the same module code, options and optimizer loads it with
+        :meth:`load_executable` and trains on from that state."""
+        from softipu.frontends.torch.cache import InputRecord  # noqa: PLC0415
+        from softipu.frontends.torch.training.export import export_training  # noqa: PLC0415
+
+        if self._lowered is None or args or kwargs:
+            self._prepare(args, kwargs)
+        if not self._attached:
+            self.attach()
+        leaves = [InputRecord(s[0], s[1], s[2], None) if len(s) == 3 else InputRecord(s[0], None, None, s[1])
+                  for s in self._leaves]
+        nbytes = export_training(path, self, str(self._in_spec), leaves)
+        logger.info("%s: exported a training step of %d ops to %s (%.1f MB)", self._label,
+                    self._lowered.nodes, path, nbytes / 1e6)
+
+    def load_executable(self, path: Any) -> None:
+        """Load what :meth:`export` wrote: the compiled step and the device state saved with it (the
+        module's parameters then read as those weights). The file must come from this module's
+        code and parameter shapes, these options and an optimizer of the same structure and
+        constants (an error names what differs); this optimizer's variable attributes (lr...) are
+        used from the next call, as ``setOptimizer`` would. Nothing is compiled."""
+        from softipu.frontends.torch.training.export import load_training  # noqa: PLC0415
+
+        start = time.perf_counter()
+        named = self._named_trainable()
+        auto = {"auto_loss_scaling": True} if self.options.auto_loss_scaling else {}
+        self._spec = optimizer_spec(self.optimizer, named, **auto)
+        loaded = load_training(path, self)
+        engine = Engine.from_executable(loaded.executable, loaded.lowered.graph,
+                                        options=dict(self.options.engine_options))
+        times = {"executable_load": time.perf_counter() - start}
+        t = time.perf_counter()
+        low = loaded.lowered
+        for stream, values in low.seed_weights:
+            engine.connect_stream(stream, values)
+        engine.run(0)
+        for var, value in loaded.writes():
+            engine.write_tensor(var, np.asarray(value, var.dtype.numpy).reshape(var.shape))
+        self._lowered, self._engine = low, engine
+        self._leaves = tuple((r.name, r.shape, r.dtype) if r.shape is not None else (r.name, r.value)
+                             for r in loaded.leaves)
+        self._in_spec, self._out_spec = loaded.structure, loaded.out_spec
+        self._hyper_written = dict(loaded.hyper_written)
+        self._attached = True
+        self._bind_optimizer(self.optimizer)
+        self._dirty = True  # the module reads the loaded weights
+        _LiveModule.bump(self.module)
+        times["load"] = time.perf_counter() - t
+        self.compile_seconds = times
+
     # -- device state --------------------------------------------------------------------------------
     def _write_weights(self) -> None:
         low, eng = self._need("copy_weights_to_device"), self._engine
