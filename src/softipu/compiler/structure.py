@@ -115,11 +115,17 @@ class StructureKeys:
         return ("indexed", t.dtype, used.number(t.dtype, var), t.shape, rel.tobytes())
 
     def _strided(self, dtype: DType, offset: int, shape: tuple, strides: tuple, used: _Used) -> tuple:
-        if 0 in shape:
-            return ("empty", shape)
-        lo = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
-        hi = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
-        var = self._holder(dtype, lo, hi)
+        lo = hi = offset
+        for n, s in zip(shape, strides, strict=True):
+            if n == 0:
+                return ("empty", shape)
+            if s > 0:
+                hi += (n - 1) * s
+            else:
+                lo += (n - 1) * s
+        last = used.last
+        var = last[1] if last is not None and last[0] is dtype and last[1].start <= lo and hi < last[1].end \
+            else self._holder(dtype, lo, hi)
         return (used.number(dtype, var), offset - var.start, shape, strides)
 
     def _holder(self, dtype: DType, lo: int, hi: int) -> Variable:
@@ -156,13 +162,15 @@ class StructureKeys:
 class _Used:
     """The variables one key refers to, numbered in order of first use."""
 
-    __slots__ = ("variables", "_numbers")
+    __slots__ = ("variables", "_numbers", "last")
 
     def __init__(self) -> None:
         self.variables: list[tuple[DType, Variable]] = []
         self._numbers: dict[tuple[DType, int], int] = {}
+        self.last: tuple[DType, Variable] | None = None  # the variable numbered last: often the next
 
     def number(self, dtype: DType, var: Variable) -> int:
+        self.last = (dtype, var)
         n = self._numbers.get((dtype, var.id))
         if n is None:
             n = self._numbers[(dtype, var.id)] = len(self.variables)
