@@ -130,3 +130,31 @@ def test_a_linear_weight_needs_no_copy():
     copies = [s["name"] for s in steps if s["name"].startswith("Copy ") and "weight" in s["name"]
               and "'" not in s["name"]]
     assert copies == []
+
+
+@pytest.mark.parametrize("reference", ENGINES)
+def test_grouped_indexed_column_major_operand(reference):
+    """Attention's ``q @ k^T`` shape: 3 groups, ``k^T`` an indexed (gathered) column-major view
+    whose K (512) the plan cuts into blocks shorter than a column; fp16 through fp32 partials,
+    against numpy."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=512 * 1024))
+    q = g.add_variable(sp.float16, (3, 64, 512), name="q")
+    k = g.add_variable(sp.float16, (3, 64, 512), name="k")
+    for t in (q, k):
+        sp.ops.map_linearly(g, t)
+    kt = k[:, np.arange(64)].transpose(0, 2, 1)  # (3, 512, 64), one address per element
+    assert kt.index is not None or kt.slabs is not None
+    prog = P.Sequence()
+    ctx = OpContext.start(g, prog, "matmul", "qk", q, kt)
+    opts = _options(ctx, None, sp.float16)
+    spec = _Spec.of(ctx, q.shape, kt.shape, sp.float16, sp.float16)
+    c = _grouped(ctx, spec.lhs(q), spec.rhs(kt), spec, opts, allow_swap=False)
+    assert "qk/transpose" in [p.compute_set.name for p in prog.programs if isinstance(p, P.Execute)]
+    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+    rng = np.random.default_rng(2)
+    hq, hk = (rng.standard_normal((3, 64, 512)).astype(np.float16) for _ in range(2))
+    eng.write_tensor(q, hq)
+    eng.write_tensor(k, hk)
+    eng.run(0)
+    want = np.matmul(hq.astype(np.float64), hk.astype(np.float64).transpose(0, 2, 1))
+    assert np.allclose(eng.read_tensor(c).astype(np.float64), want, rtol=2e-2, atol=5e-2)
