@@ -134,12 +134,43 @@ def test_summary_splits_memory_and_cycles():
     model(*data(8))
     s = model.summary()
     weights = sum(p.numel() for p in net.parameters()) * 4
-    assert s["memory"]["weights"] == weights
-    assert s["memory"]["gradients"] == weights  # one fp32 accumulator per parameter
+    # Bytes as placed on tiles: each (variable, tile) piece rounds up to the 8-byte alignment.
+    slack = 8 * CHIP.num_tiles * len(list(net.parameters()))
+    assert weights <= s["memory"]["weights"] <= weights + slack
+    assert weights <= s["memory"]["gradients"] <= weights + slack  # one fp32 accumulator per parameter
     assert s["memory"]["optimizer_state"] >= 2 * weights  # Adam's two moments
     assert s["memory"]["activations"] > 0
+    per_tile = s["memory_per_tile"]
+    assert all(v.shape == (CHIP.num_tiles,) and int(v.sum()) == s["memory"][k] for k, v in per_tile.items())
+    # Weights, accumulators and state are always live, the saved activations all live at once
+    # when the backward starts: together no more than any tile's peak.
+    assert (sum(per_tile.values()) <= model.report.tile_memory).all()
     assert all(s["cycles"][k] > 0 for k in ("forward", "backward", "weight_update"))
     assert model.cycleCount() > 0
+
+
+def test_a_step_that_does_not_fit_names_what_dominates_its_fullest_tile():
+    # Adam's two fp32 moments of a 256x256 layer (512 KiB) on a 4-tile chip of 128 KiB tiles.
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(256, 256, bias=False)
+
+        def forward(self, x):
+            return F.mse_loss(self.fc(x), x)
+
+    torch.manual_seed(0)
+    net = Layer()
+    chip = sp.targets.ipu_model(tiles=4, bytes_per_tile=128 * 1024)
+    o = st.Options(target=chip, engine_options={"debug.allowOutOfMemory": True})
+    model = st.training_model(net, torch.optim.Adam(net.parameters(), lr=1e-3), o)
+    model(torch.randn(2, 256))
+    s = model.summary()
+    assert not s["fit"]["fits"] and s["dominant"] == "optimizer_state"
+    worst = s["worst_tile"]
+    assert worst["by_role"]["optimizer_state"] >= 2 * worst["by_role"]["weights"] > 0  # two moments
+    assert worst["bytes"] == worst["other"] + sum(worst["by_role"].values())
+    assert "the optimizer state dominates" in s["advice"] and f"fullest tile ({worst['tile']}" in s["advice"]
 
 
 def test_a_failing_step_leaves_weights_and_state_unchanged(monkeypatch):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from softipu.frontends.errors import FrontendError
+from softipu.frontends.poptorch_data import AsynchronousDataAccessor, DataLoaderMode, SharingStrategy
 from softipu.frontends.torch.custom_ops import ipu_print_op
 from softipu.frontends.torch.options import Options as TorchOptions
 from softipu.frontends.torch.options import OutputMode as _Mode
@@ -39,6 +40,7 @@ __all__ = [
     "Options", "OutputMode", "inferenceModel", "trainingModel", "PoplarExecutor", "TrainingExecutor",
     "BeginBlock", "Block",
     "ipu_print_tensor", "identity_loss", "recomputationCheckpoint", "set_available_memory", "DataLoader",
+    "AsynchronousDataAccessor", "DataLoaderMode", "SharingStrategy",
     "HalfFloatCastingBehavior", "ReductionType", "MeanReductionStrategy", "ConnectionType", "SyncPattern",
     "ShardedExecution",
     "PipelinedExecution", "SerialPhasedExecution", "ParallelPhasedExecution", "ipuHardwareIsAvailable",
@@ -611,9 +613,40 @@ class DataLoader(torch.utils.data.DataLoader):
                  num_workers: int = 0, drop_last: bool = True, **kwargs: Any) -> None:
         accumulation = options._values.get("gradient_accumulation", 1)
         combined = batch_size * options.device_iterations * options.replication_factor * accumulation
-        kwargs.pop("mode", None)  # DataLoaderMode: synchronous here
+        mode = DataLoaderMode(kwargs.pop("mode", DataLoaderMode.Sync))
+        async_options = dict(kwargs.pop("async_options", None) or {})
         super().__init__(dataset, batch_size=combined, shuffle=shuffle, num_workers=num_workers,
                          drop_last=drop_last, **kwargs)
+        self._async = None if mode is DataLoaderMode.Sync else async_options
+        self._accessor: AsynchronousDataAccessor | None = None
+
+    def __iter__(self) -> Any:
+        """Batches in order; with ``mode=DataLoaderMode.Async`` prefetched by an
+        :class:`AsynchronousDataAccessor` (made on the first iteration, with ``async_options``)."""
+        if self._async is None:
+            return super().__iter__()
+        if self._accessor is None:
+            self._accessor = AsynchronousDataAccessor(_SyncBatches(self), **self._async)
+        return iter(self._accessor)
+
+    def terminate(self) -> None:
+        """Stop the asynchronous worker, if any (PopTorch's ``DataLoader.terminate``)."""
+        if self._accessor is not None:
+            self._accessor.terminate()
+            self._accessor = None
+
+
+class _SyncBatches:
+    """A DataLoader's own synchronous batches, for its asynchronous worker."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._loader = loader
+
+    def __iter__(self) -> Any:
+        return torch.utils.data.DataLoader.__iter__(self._loader)
+
+    def __len__(self) -> int:
+        return len(self._loader)
 
 
 def ipuHardwareIsAvailable(num_ipus: int = 1) -> bool:  # noqa: N802

@@ -6,10 +6,12 @@ An existing PopTorch script runs with only its import changed::
 """
 
 from softipu.frontends.poptorch import (
+    AsynchronousDataAccessor,
     BeginBlock,
     Block,
     ConnectionType,
     DataLoader,
+    DataLoaderMode,
     HalfFloatCastingBehavior,
     MeanReductionStrategy,
     Options,
@@ -20,6 +22,7 @@ from softipu.frontends.poptorch import (
     ReductionType,
     SerialPhasedExecution,
     ShardedExecution,
+    SharingStrategy,
     SyncPattern,
     __version__,
     block_of,
@@ -37,6 +40,7 @@ from softipu.frontends.poptorch import (
 from softipu.frontends.torch import optim  # noqa: F401 - poptorch.optim.SGD... (as softipu.poptorch.optim)
 
 __all__ = [
+    "AsynchronousDataAccessor", "DataLoaderMode", "SharingStrategy",
     "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior",
     "MeanReductionStrategy", "Options",
     "OutputMode", "ParallelPhasedExecution", "PipelinedExecution", "PoplarExecutor", "ReductionType",

@@ -114,7 +114,8 @@ def export_training(path: str | Path, model: Any, structure: str, leaves: list[_
                 "tensors": _tensors(low), "values": _values(low, lambda t: np.array(eng.read_tensor(t))),
                 "hyper_written": dict(model._hyper_written),
                 "seed_weights": [[stream, host_values(v)] for stream, v in low.seed_weights],
-                "nodes": low.nodes, "saved_bytes": low.saved_bytes, "grad_bytes": low.grad_bytes},
+                "nodes": low.nodes, "saved_bytes": low.saved_bytes, "grad_bytes": low.grad_bytes,
+                "variables": {k: [int(i) for i in v] for k, v in low.extra.items()}},
         }
     except _cache._Uncacheable as exc:
         raise FrontendError(f"cannot export {label}: {exc}") from None
@@ -216,7 +217,8 @@ def _restore(executable: Executable, graph: Graph, train: dict[str, Any], struct
         {n: _unview(graph, d) for n, d in t["buffers"].items()}, state,
         {n: _unview(graph, d) for n, d in t["hyper"].items()}, _unview(graph, t["step"]),
         [(str(s), np.asarray(v)) for s, v in train["seed_weights"]], int(train["nodes"]),
-        int(train["saved_bytes"]), int(train["grad_bytes"]))
+        int(train["saved_bytes"]), int(train["grad_bytes"]),
+        {str(k): [int(i) for i in v] for k, v in train["variables"].items()})
     out_spec = pytree.treespec_loads(train["out_spec"])
     written = {str(k): float(v) for k, v in train["hyper_written"].items()}
     return LoadedTraining(lowered, executable, out_spec, structure, leaves, train["values"], written)

@@ -78,6 +78,7 @@ class _TrainLowerer(_Lowerer):
         self.ctx.prog = micro
         count = 0
         saved = 0
+        saved_vars: set[int] = set()
         for node in j.gm.graph.nodes:
             if node.op != "call_function":
                 continue
@@ -87,6 +88,7 @@ class _TrainLowerer(_Lowerer):
             count += 1
             if forward and any(u not in j.forward_nodes for u in node.users):
                 saved += _nbytes(node.meta.get("val"), opts.precision)
+                saved_vars |= variable_ids(self.graph, self.env[node])
         self.ctx.phase = ""
         output = next(n for n in reversed(j.gm.graph.nodes) if n.op == "output")
         outs = list(output.args[0])
@@ -97,6 +99,7 @@ class _TrainLowerer(_Lowerer):
         grad_nodes = outs[n_mut + j.num_user_outputs:]
         grads = {name: self.env[node] for name, node in zip(j.trainable, grad_nodes, strict=True)}
         grad_bytes = sum(int(g.numel) * g.dtype.itemsize for g in grads.values())
+        grad_vars = variable_ids(self.graph, list(grads.values()))
         slots, copies = self._outputs(user)
         body = P.Sequence([*self.in_copies, micro], name="micro_batch")
         final = opts.output_mode in (OutputMode.FINAL, OutputMode.DEFAULT)
@@ -116,7 +119,8 @@ class _TrainLowerer(_Lowerer):
         if final:
             run = P.Sequence([run, *copies], name="run")
         return TrainLowered(self.graph, (self.load, run), tuple(self.inputs), tuple(slots), params, buffers,
-                            state, hyper, step, list(self.weights), count, saved, grad_bytes)
+                            state, hyper, step, list(self.weights), count, saved, grad_bytes,
+                            {"saved_variables": sorted(saved_vars), "gradient_variables": sorted(grad_vars)})
 
     def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Variables for the parameters and buffers, streams for the user inputs, and the loss
@@ -282,6 +286,22 @@ class _TrainLowerer(_Lowerer):
             elif node.op == "output":
                 return [env[a] if isinstance(a, torch.fx.Node) else a for a in node.args[0]]
         return []
+
+
+def variable_ids(graph: Any, values: Any) -> set[int]:
+    """The ids of the variables holding any element of the tensors in ``values`` (a tensor, or
+    tuples and lists of them; anything else is skipped)."""
+    out: set[int] = set()
+    for t in values if isinstance(values, (tuple, list)) else (values,):
+        if isinstance(t, (tuple, list)):
+            out |= variable_ids(graph, t)
+        elif isinstance(t, Tensor) and t.numel:
+            space = graph.spaces[t.dtype]
+            starts, lengths = t.runs()
+            found = np.searchsorted(np.asarray(space.starts, np.int64),
+                                    np.concatenate([starts, starts + lengths - 1]), side="right") - 1
+            out |= {space.variables[i].id for i in np.unique(found).tolist() if i >= 0}
+    return out
 
 
 def _torch_dtype(t: Tensor) -> torch.dtype:

@@ -1,25 +1,29 @@
-"""What a training step costs: memory by role and cycles by phase.
+"""What a training step costs: memory by role, per tile, and cycles by phase.
 
-Memory: ``weights`` (parameters and buffers), ``gradients`` (the accumulators with gradient
-accumulation, else the step's gradient tensors), ``optimizer_state`` (state slots, variable
-hyper-parameters, the step counter) and ``activations`` (forward values the backward reads),
-from the lowered variables' roles and the joint graph; ``total`` and ``fit`` from the report.
-When the step does not fit, ``advice`` names the largest of these and what to do. Cycles: the
-step cycles per call (averaged over the calls so far), split by the phase prefix of each
-compute set's name (``fwd/``, ``bwd/``, ``upd/``); the rest (streams, copies, loops) is ``other``.
+Memory, from the compiled memory plan's placement of every variable on tiles (the same bytes the
+report's categories add up, alignment included): ``weights`` (parameters and buffers),
+``gradients`` (the accumulators with gradient accumulation, else the variables holding the
+step's gradients), ``optimizer_state`` (state slots, variable hyper-parameters, the step counter)
+and ``activations`` (the variables of forward values the backward reads). ``memory_per_tile`` holds
+each role's bytes on every tile, ``memory`` their totals; ``worst_tile`` is the fullest tile with
+its bytes by role and ``dominant`` the role with the most bytes there. When the step does not fit,
+``advice`` names that role and what to do. Cycles: the step cycles per call (averaged over the
+calls so far), split by the phase prefix of each compute set's name (``fwd/``, ``bwd/``,
+``upd/``); the rest (streams, copies, loops) is ``other``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["training_summary"]
+import numpy as np
+
+__all__ = ["training_summary", "memory_by_role_per_tile", "ROLES"]
 
 _PHASES = {"fwd/": "forward", "bwd/": "backward", "upd/": "weight_update", "accum/": "backward"}
-
-
-def _bytes(tensors: Any) -> int:
-    return sum(int(t.numel) * t.dtype.itemsize for t in tensors)
+ROLES = ("weights", "gradients", "optimizer_state", "activations")
+_PREFIXES = {"weights/": "weights", "buffers/": "weights", "accum/": "gradients",
+             "optimizer/": "optimizer_state"}
 
 
 def phase_of(name: str) -> str:
@@ -29,23 +33,55 @@ def phase_of(name: str) -> str:
     return "other"
 
 
+def _role_of_variables(low: Any) -> dict[int, int]:
+    """Variable id -> index in :data:`ROLES`: by name for the roles' own variables, by the ids the
+    lowering recorded for gradients (without accumulation) and saved activations."""
+    roles: dict[int, int] = {}
+    for var_id in low.extra.get("saved_variables", ()):
+        roles[int(var_id)] = ROLES.index("activations")
+    for var_id in low.extra.get("gradient_variables", ()):
+        roles[int(var_id)] = ROLES.index("gradients")
+    for v in low.graph.variables:
+        for prefix, role in _PREFIXES.items():
+            if v.name.startswith(prefix):
+                roles[v.id] = ROLES.index(role)
+    return roles
+
+
+def memory_by_role_per_tile(low: Any, plan: Any, tiles: int) -> dict[str, np.ndarray]:
+    """Bytes of each role on each tile, from the memory plan's (variable, tile, bytes) placement."""
+    roles = _role_of_variables(low)
+    lookup = np.full(max(len(low.graph.variables), 1), -1, np.int64)
+    for var_id, role in roles.items():
+        if var_id < lookup.size:
+            lookup[var_id] = role
+    role = lookup[plan.var_ids] if plan.var_ids.size else plan.var_ids
+    out = {}
+    for i, name in enumerate(ROLES):
+        sel = role == i
+        out[name] = np.bincount(plan.var_tiles[sel], weights=plan.var_bytes[sel],
+                                minlength=tiles).astype(np.int64)
+    return out
+
+
 def training_summary(model: Any) -> dict[str, Any]:
     low = model.lowered
     report = model.report
-    accum = [v for v in low.graph.variables if str(getattr(v, "name", "")).startswith("accum/")] \
-        if hasattr(low.graph, "variables") else []
-    memory = {
-        "weights": _bytes([*low.params.values(), *low.buffers.values()]),
-        "gradients": _bytes(accum) if accum else int(low.grad_bytes),
-        "optimizer_state": _bytes([*low.state.values(), *low.hyper.values(), low.step]),
-        "activations": int(low.saved_bytes),
-    }
+    per_tile = memory_by_role_per_tile(low, model.engine.executable.memory, int(report.tile_memory.size))
+    memory = {k: int(v.sum()) for k, v in per_tile.items()}
+    fit = report.fit()
+    worst = int(fit["worst_tile"])
+    on_worst = {k: int(v[worst]) for k, v in per_tile.items()} if report.tile_memory.size else {}
+    dominant = max(on_worst, key=on_worst.__getitem__) if any(on_worst.values()) else ""
     cycles = {"forward": 0, "backward": 0, "weight_update": 0, "other": 0}
     for step in report.steps:
         cycles[phase_of(str(step["name"]))] += int(step["cycles"]) * int(step["count"])
     calls = max(1, sum(1 for r in report.runs if r["program"] == 1))
-    fit = report.fit()
-    return {"memory": memory, "advice": _advice(memory, fit), "memory_total": int(report.tile_memory.sum()),
+    return {"memory": memory, "memory_per_tile": per_tile,
+            "worst_tile": {"tile": worst, "bytes": int(fit["worst_tile_bytes"]), "by_role": on_worst,
+                           "other": int(fit["worst_tile_bytes"]) - sum(on_worst.values())},
+            "dominant": dominant, "advice": _advice(memory, on_worst, fit),
+            "memory_total": int(report.tile_memory.sum()),
             "memory_by_category": report.memory_by_category, "fit": fit,
             "cycles": {k: v // calls for k, v in cycles.items()}, "cycles_per_call": model.cycle_count,
             "calls": calls}
@@ -63,10 +99,13 @@ _ADVICE = {
 }
 
 
-def _advice(memory: dict[str, int], fit: dict[str, Any]) -> str:
-    """What dominates the training memory and what to do, when the step does not fit."""
+def _advice(memory: dict[str, int], on_worst: dict[str, int], fit: dict[str, Any]) -> str:
+    """What dominates the fullest tile (else the whole model) and what to do, when the step does
+    not fit."""
     if fit["fits"]:
         return ""
-    top = max(memory, key=memory.__getitem__)
-    return (f"does not fit: {fit['tiles_over']} tiles over; of the model's memory, {_ADVICE[top]} "
-            f"({top} {memory[top] / 1e6:.1f} MB of {sum(memory.values()) / 1e6:.1f} MB)")
+    where = on_worst if any(on_worst.values()) else memory
+    top = max(where, key=where.__getitem__)
+    return (f"does not fit: {fit['tiles_over']} tiles over; on the fullest tile ({fit['worst_tile']}, "
+            f"{fit['worst_tile_bytes']:,} B) {_ADVICE[top]} ({top} {where[top]:,} B there; "
+            f"{top} {memory[top] / 1e6:.1f} MB of {sum(memory.values()) / 1e6:.1f} MB over all tiles)")
