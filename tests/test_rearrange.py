@@ -158,3 +158,31 @@ def test_grouped_indexed_column_major_operand(reference):
     eng.run(0)
     want = np.matmul(hq.astype(np.float64), hk.astype(np.float64).transpose(0, 2, 1))
     assert np.allclose(eng.read_tensor(c).astype(np.float64), want, rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("reference", ENGINES)
+@pytest.mark.parametrize("indexed", [False, True])
+def test_ragged_blocks_and_pieces_match_numpy(indexed, reference):
+    """Row blocks 50, 50, 7 (pieces of 17, 17, 16 rows and one of 7), column slabs 32, 32, 6, two
+    groups; the source strided or indexed: the slabs hold numpy's values bitwise."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=8, bytes_per_tile=256 * 1024))
+    x = g.add_variable(sp.float32, (2, 70, 107), name="x")
+    sp.ops.map_linearly(g, x)
+    src = x.transpose(0, 2, 1)
+    if indexed:
+        src = src[:, np.arange(107)]
+        assert not src.is_strided
+    assert is_column_major(src)
+    prog = P.Sequence()
+    rows, rsz = np.array([0, 50, 100]), np.array([50, 50, 7])
+    cols, csz = np.array([0, 32, 64]), np.array([32, 32, 6])
+    dst = transpose_into_slabs(OpContext(g, prog, "t", "t"), src, rows, rsz, cols, csz, 3,
+                               lambda gg, rb, p, cb: (gg + rb + 3 * p + cb) % 8, "d")
+    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+    host = np.random.default_rng(3).standard_normal((2, 70, 107)).astype(np.float32)
+    eng.write_tensor(x, host)
+    eng.run(0)
+    t = host.transpose(0, 2, 1)
+    slabs = list(zip(cols.tolist(), csz.tolist(), strict=True))
+    want = np.concatenate([t[k][:, c:c + w].ravel() for k in range(2) for c, w in slabs])
+    assert eng.read_tensor(dst).tobytes() == want.tobytes()
