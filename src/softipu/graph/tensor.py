@@ -112,9 +112,15 @@ class Tensor:
 
     # -- addresses ---------------------------------------------------------------------------
     def addresses(self) -> np.ndarray:
-        """int64 element addresses with this tensor's shape."""
-        if self.index is not None:
-            return self.index
+        """int64 element addresses with this tensor's shape.
+
+        A slab layout's are built afresh for the caller, not kept with the tensor (pricing asks for
+        them once and lets go); ``index`` builds them once and keeps them, for the engine."""
+        index = _INDEX_SLOT.__get__(self, Tensor)
+        if index is not None:
+            return index
+        if self.slabs is not None:
+            return self.slabs.addresses()
         out = np.full(self.shape, self.offset, dtype=np.int64)
         for axis, (size, stride) in enumerate(zip(self.shape, self.strides, strict=True)):
             if size > 1 and stride != 0:
@@ -170,8 +176,8 @@ class Tensor:
         if grouped is not None:  # the fine axes, read row-major, are the elements in order
             fine = Tensor(self.graph, self.dtype, grouped.shape, grouped.offset, grouped.strides)
             return fine.element_runs()
-        if self.index is not None:
-            flat = self.index.reshape(-1)
+        if not self.is_strided:
+            flat = self.addresses().reshape(-1)
             first = np.concatenate(([0], np.flatnonzero(np.diff(flat) != 1) + 1))
             return flat[first], np.diff(np.concatenate((first, [flat.size])))
         run, axis = 1, self.ndim
@@ -264,7 +270,7 @@ class Tensor:
                     return self._from_grouped(cut)
             _check_slices(key, self)
             try:
-                return self._indexed(self.index[key])
+                return self._indexed(self.addresses()[key])
             except (IndexError, TypeError) as exc:
                 raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
                                   f"{key!r}: {exc}") from None
@@ -378,7 +384,7 @@ class Tensor:
         if grouped is not None:
             return self._from_grouped(grouped.broadcast(shape))
         if not self.is_strided:
-            return self._indexed(np.broadcast_to(self.index, shape))
+            return self._indexed(np.broadcast_to(self.addresses(), shape))
         strides = (0,) * lead + tuple(
             0 if d == 1 and s != 1 else st
             for d, s, st in zip(self.shape, shape[lead:], self.strides, strict=True)
@@ -393,7 +399,7 @@ class Tensor:
         if grouped is not None:
             return self._from_grouped(grouped.reverse(axis))
         if not self.is_strided:
-            return self._indexed(np.flip(self.index, axis))
+            return self._indexed(np.flip(self.addresses(), axis))
         size, stride = self.shape[axis], self.strides[axis]
         strides = list(self.strides)
         strides[axis] = -stride

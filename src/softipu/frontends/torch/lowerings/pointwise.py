@@ -48,10 +48,10 @@ def _map(ctx: Any, expr: Any, inputs: list[Tensor], suffix: str = "") -> Tensor:
 def _steps(t: Tensor) -> tuple[int, ...]:
     """Address step along each axis: the strides, or for an indexed view the step from its first
     element (indexed views from reshaping permuted tensors are mostly strided piecewise)."""
-    if t.index is None:
+    if t.is_strided:
         return t.strides
-    first = t.index[(0,) * t.ndim]
-    return tuple(int(t.index[(0,) * a + (1,) + (0,) * (t.ndim - a - 1)] - first) if n > 1 else 0
+    first = t.first_address()  # a grouped view's elements are found from its structure, no index
+    return tuple(t[(0,) * a + (1,) + (0,) * (t.ndim - a - 1)].first_address() - first if n > 1 else 0
                  for a, n in enumerate(t.shape))
 
 
