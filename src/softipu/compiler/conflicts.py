@@ -41,7 +41,7 @@ def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if rows == 0 or n == 0:
         z = np.zeros(0, np.int64)
         return z, z, z
-    if t.index is None and (n == 1 or abs(t.strides[1]) == 1):
+    if t.is_strided and (n == 1 or abs(t.strides[1]) == 1):
         base = t.offset + np.arange(rows, dtype=np.int64) * t.strides[0]
         starts = base if n == 1 or t.strides[1] > 0 else base - (n - 1)
         return starts, starts + n, np.arange(rows, dtype=np.int64)

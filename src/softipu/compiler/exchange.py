@@ -279,7 +279,7 @@ def copy_traffic(src: Tensor, dst: Tensor, mappings: dict[DType, ResolvedMapping
     """
     if target.num_ipus > 1 or src.repeats_elements() or dst.repeats_elements():
         return None
-    if src.index is not None and src.slabs is None:  # its addresses exist already
+    if src.slabs is None and src.index is not None:  # its addresses exist already
         flat = src.index.reshape(-1)
         if np.count_nonzero(np.diff(flat) != 1) < flat.size // 8:
             return None  # long runs: listing its pieces is cheaper than counting elements

@@ -267,5 +267,5 @@ def _middle_tiles(graph: Graph, field: Tensor) -> np.ndarray | None:
     if field.is_strided:
         address = field.offset + np.arange(v, dtype=np.int64) * field.strides[0] + (n // 2) * field.strides[1]
     else:
-        address = field.index[:, n // 2]
+        address = field[:, n // 2].addresses()
     return graph.resolved_mapping(field.dtype).tiles_of(address).astype(np.int64)

@@ -52,7 +52,7 @@ def _mm(ctx: Any, node: Any, a: Tensor, b: Tensor) -> Tensor:
 
 def _broadcast_batch(t: Tensor) -> bool:
     """True when a 3-D operand repeats one matrix along its batch dim (an ``expand`` view)."""
-    return t.ndim == 3 and t.shape[0] > 1 and t.index is None and t.strides[0] == 0
+    return t.ndim == 3 and t.shape[0] > 1 and t.is_strided and t.strides[0] == 0
 
 
 @register_lowering("aten::bmm", check=_float_result)
