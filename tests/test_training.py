@@ -337,3 +337,24 @@ def test_a_floating_point_trap_names_the_line_of_forward(x, line, phase):
     message = str(info.value)
     assert f"test_training.py:{Overflows.forward.__code__.co_firstlineno + line}" in message, message
     assert f"compute set '{phase}" in message, message
+
+
+def test_the_update_fuses_elementwise_chains_with_the_same_values(monkeypatch):
+    # Adam's update lowered op by op and as fused maps (training/fuse.py): the same weights bit for
+    # bit (each expression node rounds as its op would), in far fewer weight-update compute sets.
+    from softipu.frontends.torch.training import lowering
+
+    runs = []
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(lowering, "fusible", lambda *a: False)
+        torch.manual_seed(0)
+        net = Net()
+        model = st.training_model(net, torch.optim.AdamW(net.parameters(), lr=1e-2), st.Options(target=CHIP))
+        for i in range(3):
+            model(*data(seed=i))
+        updates = sum(1 for s in model.report.steps if str(s["name"]).startswith("upd/"))
+        runs.append(([p.detach().clone() for p in net.parameters()], updates))
+    (fused, n_fused), (plain, n_plain) = runs
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain, strict=True))
+    assert n_fused * 2 < n_plain

@@ -24,6 +24,7 @@ from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
 from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
 from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.training.fuse import fuse_node, fusible, materialize
 from softipu.frontends.torch.training.joint import Joint
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -282,10 +283,24 @@ class _TrainLowerer(_Lowerer):
                 if node.target is torch.ops.aten.lift_fresh_copy.default:
                     env[node] = env[node.args[0]]
                     continue
-                env[node] = self.lower_node(node, env)
+                env[node] = self._fused_or_lowered(node, env)
             elif node.op == "output":
-                return [env[a] if isinstance(a, torch.fx.Node) else a for a in node.args[0]]
+                return [materialize(env[a], self.ctx, a) if isinstance(a, torch.fx.Node) else a
+                        for a in node.args[0]]
         return []
+
+    def _fused_or_lowered(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any]) -> Any:
+        """An elementwise op joins its operands' pending expression (:mod:`.fuse`) while its value
+        has one user that is not the output; else the expression so far is lowered as one map."""
+        pending = fuse_node(node, env, self.ctx) if fusible(node, self.ctx.dtype) else None
+        if pending is not None:
+            users = list(node.users)
+            if len(users) == 1 and users[0].op != "output":
+                return pending
+            return materialize(pending, self.ctx, node)
+        for a in node.all_input_nodes:
+            env[a] = materialize(env[a], self.ctx, a)
+        return self.lower_node(node, env)
 
 
 def variable_ids(graph: Any, values: Any) -> set[int]:
