@@ -51,20 +51,22 @@ __all__ = ["ChainRunner", "FUSE_MATMULS", "find_chains"]
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
 
-_BLOCK = tuple[int, int, int, int]  # (start, bits, rows, cols) of a block as the codelet sees it
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Band:
-    """One GEMM: left blocks ``a[i][l]`` (row i, K slot l), right blocks ``b[l][j]``, outputs
-    ``out[i][j]`` as (start, row stride) of an ``m_i x n_j`` block of the output space."""
+    """One GEMM: left blocks ``a[i, l]`` (row i, K slot l), right blocks ``b[l, j]`` and output
+    blocks ``out[i, j]``, each grid of (start, row stride, column stride) in its dtype's space;
+    row i is ``m[i]`` high, K slot l ``k[l]`` deep, column j ``n[j]`` wide."""
 
-    a: tuple[tuple[_BLOCK, ...], ...]
-    b: tuple[tuple[_BLOCK, ...], ...]
-    out: tuple[tuple[tuple[int, int], ...], ...]
-    m: tuple[int, ...]
-    k: tuple[int, ...]
-    n: tuple[int, ...]
+    a: np.ndarray  # (R, T, 3)
+    b: np.ndarray  # (T, J, 3)
+    out: np.ndarray  # (R, J, 3)
+    m: np.ndarray
+    k: np.ndarray
+    n: np.ndarray
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return int(self.m.sum()), int(self.k.sum()), int(self.n.sum())
 
 
 class ChainRunner:
@@ -99,21 +101,19 @@ class ChainRunner:
 
     def _plan(self, band: _Band) -> tuple:
         """(copies in, A, B, C, copies out) of one band: views built once, reused every run."""
-        m_at, k_at, n_at = (np.cumsum((0,) + sizes) for sizes in (band.m, band.k, band.n))
-        rows, ks, cols = int(m_at[-1]), int(k_at[-1]), int(n_at[-1])
+        m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
+        rows, ks, cols = band.sizes
         src, dst = self.in_buf, self.out_buf
         copies_in: list[tuple[np.ndarray, np.ndarray]] = []
-        a_grid = _grid([[_inner(blk, A_TRANSPOSED) for blk in row] for row in band.a])
+        a_grid, b_grid, out_grid = band.a, band.b, band.out
         a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 else None
         if a is None:
             a = self.scratch.get("a", (rows, ks))
             copies_in += _copies(a, src, a_grid, m_at, k_at)
-        b_grid = _grid([[_inner(blk, B_TRANSPOSED) for blk in row] for row in band.b])
         b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None
         if b is None:
             b = self.scratch.get("b", (ks, cols))
             copies_in += _copies(b, src, b_grid, k_at, n_at)
-        out_grid = _grid([[(start, stride, 1) for start, stride in row] for row in band.out])
         c = _direct(dst, out_grid, m_at, n_at, writeable=True)
         copies_out: list[tuple[np.ndarray, np.ndarray]] = []
         if c is None:
@@ -148,16 +148,6 @@ class _Scratch:
         if buf is None:
             buf = self.buffers[name] = np.empty(self.sizes[name], np.float32)
         return buf[:shape[0] * shape[1]].reshape(shape)
-
-
-def _inner(block: _BLOCK, transposed_bit: int) -> tuple[int, int, int]:
-    """(start, row stride, column stride) of a block as the codelet reads it."""
-    start, bits, rows, cols = block
-    return (start, 1, rows) if bits & transposed_bit else (start, cols, 1)
-
-
-def _grid(blocks: list[list[tuple[int, int, int]]]) -> np.ndarray:
-    return np.array(blocks, np.int64).reshape(len(blocks), -1, 3)
 
 
 def _direct(buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,
@@ -241,6 +231,7 @@ class _Chain:
     in_dtype: Any
     out_dtype: Any
     partials: list[tuple[int, int]]  # [start, end) of every partial block the chain leaves unwritten
+    reads: np.ndarray  # (N, 2) [start, end) of what it reads in float32 (operands, partials)
     group: VertexGroup
     name: str
 
@@ -263,7 +254,7 @@ def find_chains(executable: Executable, storage: Any) -> dict[int, Callable[[], 
     scratch = _Scratch()
     for ch in _without_read_partials(executable, chains, roots):
         for band in ch.bands:
-            rows, ks, cols = sum(band.m), sum(band.k), sum(band.n)
+            rows, ks, cols = band.sizes
             for name, size in (("a", rows * ks), ("b", ks * cols), ("c", rows * cols)):
                 scratch.need(name, size)
         runner = ChainRunner(ch.bands, storage.buffers[ch.in_dtype][0], storage.buffers[ch.out_dtype][0],
@@ -396,11 +387,10 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     else:
         f_of_p = np.arange(p_start.size)
         f_out = [(int(s), int(w)) for s, w in zip(p_start, p_n, strict=True)]
-    terms: dict[int, list[tuple[_BLOCK, _BLOCK]]] = {}
-    for s_a, ab, s_b, bb, p, mm, kk, nn in zip(a0, abit, b0, bbit, p_of, m, k, n, strict=True):
-        terms.setdefault(int(f_of_p[p]), []).append(((int(s_a), int(ab), int(mm), int(kk)),
-                                                    (int(s_b), int(bb), int(kk), int(nn))))
-    bands = _bands(terms, f_out)
+    f_out = np.array(f_out, np.int64).reshape(-1, 2)
+    m_f = np.zeros(len(f_out), np.int64)
+    m_f[f_of_p] = p_m
+    bands = _bands(table, f_of_p[p_of], f_out, m_f)
     if bands is None or _writes_operands(bands, in_dtype):
         return None
     first_group = executable.compute_sets[amp_ids[0]].groups[0]
@@ -408,8 +398,11 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     out_dtype = float32
     partials = [(int(s), int(s + mm * nn)) for s, mm, nn in zip(p_start, p_m, p_n, strict=True)] \
         if has_reduce else []
+    reads = [np.stack([p_start, p_start + p_m * p_n], 1)]
+    if in_dtype == float32:
+        reads += [np.stack([a0, a0 + m * k], 1), np.stack([b0, b0 + k * n], 1)]
     return _Chain([executable.step_of[id(nd)] for nd in nodes], [nd.compute_set.id for nd in nodes], bands,
-                  in_dtype, out_dtype, partials, first_group, name)
+                  in_dtype, out_dtype, partials, np.concatenate(reads), first_group, name)
 
 
 def _writes_operands(bands: list[_Band], in_dtype: Any) -> bool:
@@ -417,11 +410,16 @@ def _writes_operands(bands: list[_Band], in_dtype: Any) -> bool:
     band before it writes, but writes one band before the next reads)."""
     if in_dtype != float32:
         return False
-    spans = [(s, s + (m - 1) * stride + n) for band in bands for m, row in zip(band.m, band.out, strict=True)
-             for n, (s, stride) in zip(band.n, row, strict=True)]
-    starts, ends = _union(np.array(spans, np.int64).reshape(-1, 2))
-    blocks = [(blk[0], blk[0] + blk[2] * blk[3]) for band in bands for row in band.a + band.b for blk in row]
-    return _overlaps(np.array(blocks, np.int64).reshape(-1, 2), starts, ends)
+    spans, blocks = [], []
+    for band in bands:
+        start, stride = band.out[..., 0], band.out[..., 1]
+        end = start + (band.m[:, None] - 1) * stride + band.n[None, :]
+        spans.append(np.stack([start, end], -1).reshape(-1, 2))
+        m, k, n = band.m, band.k, band.n
+        for grid, rows, cols in ((band.a, m[:, None], k[None, :]), (band.b, k[:, None], n[None, :])):
+            blocks.append(np.stack([grid[..., 0], grid[..., 0] + rows * cols], -1).reshape(-1, 2))
+    starts, ends = _union(np.concatenate(spans))
+    return _overlaps(np.concatenate(blocks), starts, ends)
 
 
 def _union(spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -449,43 +447,58 @@ def _reduced(executable: Executable, cs_id: int, p_start: np.ndarray, p_m: np.nd
     """Which final block each partial block is reduced into, and each final block's (start, row
     stride) in the output space; None unless every partial row is read once, by one reduce row
     that reads the same row of every partial block of its final block."""
-    seen = np.zeros(int(p_m.sum()), bool)
     row_base = np.concatenate(([0], np.cumsum(p_m)[:-1]))
     f_key: dict[tuple[int, ...], int] = {}
-    found = []  # (final block, row, output row start) per reduce vertex
+    found, flats = [], []  # (final block, row, output row start) per reduce vertex; partial rows read
     for g in executable.compute_sets[cs_id].groups:
         rows = _reduce_rows(g, p_start, p_m, p_n)
         if rows is None:
             return None
         p_idx, r, outs = rows
-        flat = row_base[p_idx] + r[:, None]
-        if seen[flat].any() or len(np.unique(flat)) != flat.size:
+        flats.append((row_base[p_idx] + r[:, None]).reshape(-1))
+        keys, first, inverse = _unique_rows(np.sort(p_idx, axis=1))
+        if keys is None:
             return None
-        seen[flat] = True
-        keys, inverse = np.unique(np.sort(p_idx, axis=1), axis=0, return_inverse=True)
-        f_of_key = np.array([f_key.setdefault(tuple(int(p) for p in key), len(f_key)) for key in keys])
-        found.append(np.stack([f_of_key[inverse.reshape(-1)], r, outs], 1))
-    if not seen.all():
-        return None
+        f_of_key = np.array([f_key.setdefault(tuple(keys[i].tolist()), len(f_key)) for i in first])
+        found.append(np.stack([f_of_key[inverse], r, outs], 1))
+    if (np.bincount(np.concatenate(flats), minlength=int(p_m.sum())) != 1).any():
+        return None  # a partial row read twice, or never
+    key_f = np.repeat(np.arange(len(f_key)), [len(k) for k in f_key])
+    key_p = np.fromiter((p for k in f_key for p in k), np.int64, len(key_f))
+    if (np.bincount(key_p, minlength=p_start.size) > 1).any():
+        return None  # a partial block in two final blocks
     f_of_p = np.full(p_start.size, -1, np.int64)
-    for key, f in f_key.items():
-        if (f_of_p[list(key)] != -1).any():
-            return None  # a partial block in two final blocks
-        f_of_p[list(key)] = f
+    f_of_p[key_p] = key_f
+    first_p = np.array([k[0] for k in f_key], np.int64)
+    m_f, n_f = p_m[first_p], p_n[first_p]
     table = np.concatenate(found)
     table = table[np.lexsort((table[:, 1], table[:, 0]))]
     bounds = np.searchsorted(table[:, 0], np.arange(len(f_key) + 1))
-    f_out = []
-    for key, f in f_key.items():
-        m, n = int(p_m[key[0]]), int(p_n[key[0]])
-        rows = table[bounds[f]:bounds[f + 1]]
-        if (p_m[list(key)] != m).any() or len(rows) != m or (rows[:, 1] != np.arange(m)).any():
-            return None
-        stride = int(rows[1, 2] - rows[0, 2]) if m > 1 else n
-        if (np.diff(rows[:, 2]) != stride).any() or stride < n:
-            return None
-        f_out.append((int(rows[0, 2]), stride))
-    return f_of_p, f_out
+    f, pos = table[:, 0], np.arange(len(table)) - bounds[table[:, 0]]
+    if (p_m[key_p] != m_f[key_f]).any() or (np.diff(bounds) != m_f).any() or (table[:, 1] != pos).any():
+        return None  # one final block's partial blocks differ in rows, or it misses a row
+    start = table[bounds[:-1], 2]
+    second = table[np.minimum(bounds[:-1] + 1, len(table) - 1), 2]
+    stride = np.where(m_f > 1, second - start, n_f)
+    if (table[:, 2] != start[f] + pos * stride[f]).any() or (stride < n_f).any():
+        return None  # output rows not evenly spaced
+    return f_of_p, [(int(a), int(b)) for a, b in zip(start, stride, strict=True)]
+
+
+_HASH = np.random.default_rng(0x5EED).integers(1, 2**62, size=64, dtype=np.int64) | 1
+
+
+def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(keys, index of each distinct row's first occurrence, each row's distinct index) of an
+    int matrix, by a hash of each row checked exactly; None if it has more than 64 columns."""
+    if keys.shape[1] > _HASH.size:
+        return None, keys, keys
+    with np.errstate(over="ignore"):
+        h = (keys * _HASH[:keys.shape[1]]).sum(axis=1)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    if (keys != keys[first[inverse]]).any():
+        return None, first, inverse  # two rows of one hash differ (never seen; fall back)
+    return keys, first, inverse.reshape(-1)
 
 
 def _reduce_rows(g: VertexGroup, p_start: np.ndarray, p_m: np.ndarray,
@@ -508,54 +521,95 @@ def _reduce_rows(g: VertexGroup, p_start: np.ndarray, p_m: np.ndarray,
     return p_idx, rows[:, 0], outs
 
 
-def _bands(terms: dict[int, list[tuple[_BLOCK, _BLOCK]]], f_out: list[tuple[int, int]]) -> list[_Band] | None:
-    """Final blocks grouped into rows (same left blocks) and bands (same right-hand columns)."""
-    rows: dict[tuple[_BLOCK, ...], list[tuple[tuple[_BLOCK, ...], int]]] = {}
-    for f, ts in terms.items():
-        ts = sorted(ts)
-        a_seq = tuple(t[0] for t in ts)
-        b_seq = tuple(t[1] for t in ts)
-        if len({blk[2] for blk in a_seq}) != 1 or len({blk[3] for blk in b_seq}) != 1:
-            return None  # one output block has one m and one n
-        rows.setdefault(a_seq, []).append((b_seq, f))
-    bands: dict[tuple, list[tuple[tuple[_BLOCK, ...], list[tuple[tuple[_BLOCK, ...], int]]]]] = {}
-    for a_seq, cols in sorted(rows.items()):
-        cols.sort()
-        k_shape = tuple(blk[3] for blk in a_seq)
-        key = (k_shape, tuple(c[0] for c in cols))
-        bands.setdefault(key, []).append((a_seq, cols))
+def _grid_of(start: np.ndarray, transposed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(start, row stride, column stride) of blocks stored row-major, or as their transpose."""
+    start, transposed, rows, cols = np.broadcast_arrays(start, transposed, rows, cols)
+    return np.stack([start, np.where(transposed, 1, cols), np.where(transposed, rows, 1)], -1)
+
+
+def _mix(*columns: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of int columns (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(columns[0]), np.int64)
+        for c, x in zip(_HASH, columns, strict=False):
+            h = h * np.int64(31) + x.astype(np.int64) * c
+        return h ^ (h >> np.int64(29))
+
+
+def _bands(table: np.ndarray, f_v: np.ndarray, f_out: np.ndarray, m_f: np.ndarray) -> list[_Band] | None:
+    """Final blocks grouped into rows (the same left blocks) and bands (rows with the same
+    right-hand columns), by hashes of their term sequences, every grouping then checked exactly.
+
+    ``table``: the AMP vertices (see :func:`_amp_table`); ``f_v``: each one's final block;
+    ``f_out``: each final block's (start, row stride); ``m_f``: its rows."""
+    _, a0, abit, b0, bbit, _, _, k, n = table.T
+    order = np.lexsort((bbit, b0, k, abit, a0, f_v))
+    a0, abit, b0, bbit, k, n, fs = (x[order] for x in (a0, abit, b0, bbit, k, n, f_v))
+    num_f = len(f_out)
+    seg = np.searchsorted(fs, np.arange(num_f + 1))
+    terms = np.diff(seg)
+    if (terms == 0).any():
+        return None
+    pos = np.arange(len(fs)) - seg[fs]
+    h_a = np.add.reduceat(_mix(a0, abit, k, pos), seg[:-1]) + _mix(terms, m_f)
+    h_b = np.add.reduceat(_mix(b0, bbit, n, pos), seg[:-1])
+    _, row_rep, row_of = np.unique(h_a, return_index=True, return_inverse=True)
+    members: list[list[int]] = [[] for _ in row_rep]
+    for f in np.lexsort((h_b, b0[seg[:-1]], row_of)):  # each row's blocks by their first b block
+        members[row_of[f]].append(int(f))
+    bands: dict[tuple, list[int]] = {}
+    for r, rep in enumerate(row_rep):
+        key = (tuple(k[seg[rep]:seg[rep + 1]].tolist()), tuple(h_b[members[r]].tolist()))
+        bands.setdefault(key, []).append(r)
+    cols = dict(a=np.stack([a0, abit, k], 1), b=np.stack([b0, bbit, n], 1))
     out = []
-    for (k_shape, b_cols), members in bands.items():
-        num_l = len(k_shape)
-        out.append(_Band(
-            a=tuple(a_seq for a_seq, _ in members),
-            b=tuple(tuple(col[slot] for col in b_cols) for slot in range(num_l)),
-            out=tuple(tuple(f_out[f] for _, f in cols) for _, cols in members),
-            m=tuple(a_seq[0][2] for a_seq, _ in members),
-            k=k_shape,
-            n=tuple(b_seq[0][3] for b_seq in b_cols)))
+    for rows in sorted(bands.values(), key=lambda rs: a0[seg[row_rep[rs[0]]]]):
+        rows.sort(key=lambda r: a0[seg[row_rep[r]]])
+        grid = np.array([members[r] for r in rows], np.int64)  # (R, J) final blocks
+        band = _band(grid, seg, cols, m_f, f_out, int(terms[grid[0, 0]]))
+        if band is None:
+            return None
+        out.append(band)
     return out
+
+
+def _band(grid: np.ndarray, seg: np.ndarray, cols: dict[str, np.ndarray], m_f: np.ndarray,
+          f_out: np.ndarray, num_terms: int) -> _Band | None:
+    """One band from its (R, J) grid of final blocks, after checking that every block of a row
+    has the row's left blocks and every block of a column the column's right blocks."""
+    slots = np.arange(num_terms)
+    if (np.diff(seg)[grid] != num_terms).any():
+        return None
+    at = seg[grid][..., None] + slots  # (R, J, T) term index
+    a, b = cols["a"], cols["b"]
+    if (a[at] != a[at[:, :1]]).any() or (b[at] != b[at[:1]]).any() or (m_f[grid] != m_f[grid[:, :1]]).any():
+        return None
+    a_terms, b_terms = a[at[:, 0]], b[at[0]]  # (R, T, 3) and (J, T, 3): start, transposed, size
+    m, k, n = m_f[grid[:, 0]], a_terms[0, :, 2], b_terms[:, 0, 2]
+    if (b_terms[..., 2] != n[:, None]).any():
+        return None
+    a_grid = _grid_of(a_terms[..., 0], a_terms[..., 1] != 0, m[:, None], k[None, :])
+    b_t = b_terms.transpose(1, 0, 2)  # (T, J, 3)
+    b_grid = _grid_of(b_t[..., 0], b_t[..., 1] != 0, k[:, None], n[None, :])
+    out_grid = np.stack([f_out[grid, 0], f_out[grid, 1], np.ones_like(grid)], -1)
+    return _Band(a_grid, b_grid, out_grid, m, k, n)
 
 
 # -- who else reads the partials ------------------------------------------------------------------
 def _without_read_partials(executable: Executable, chains: list[_Chain],
                            roots: list[P.Program]) -> list[_Chain]:
     """The chains whose partials nothing outside them reads (module doc)."""
-    need = [c for c in chains if c.partials]
-    if not need:
+    if not any(c.partials for c in chains):
         return chains
-    reads = list(_reads(executable, roots))  # (compute set id or -1, dtype, lo, hi)
+    skip = {cs for ch in chains for cs in ch.cs_ids}
+    reads = [(-1, lo, hi) for cs, d, lo, hi in _reads(executable, roots, skip) if d == float32]
+    table = np.concatenate([np.array(reads, np.int64).reshape(-1, 3)] + [
+        np.concatenate([np.full((len(ch.reads), 1), i), ch.reads], 1) for i, ch in enumerate(chains)])
     keep = []
-    for ch in chains:
+    for i, ch in enumerate(chains):
         if ch.partials:
-            starts = np.array([p[0] for p in ch.partials], np.int64)
-            ends = np.array([p[1] for p in ch.partials], np.int64)
-            order = np.argsort(starts)
-            starts, ends = starts[order], ends[order]
-            own = set(ch.cs_ids)
-            spans = np.array([(lo, hi) for cs, d, lo, hi in reads if d == float32 and cs not in own],
-                             np.int64).reshape(-1, 2)
-            if _overlaps(spans, starts, ends):
+            blocks = np.array(sorted(ch.partials), np.int64)
+            if _overlaps(table[table[:, 0] != i, 1:], blocks[:, 0], blocks[:, 1]):
                 continue
         keep.append(ch)
     return keep
@@ -574,10 +628,14 @@ def _extent(t: Tensor) -> tuple[int, int] | None:
     return int(addr.min()), int(addr.max()) + 1
 
 
-def _reads(executable: Executable, roots: list[P.Program]) -> Iterable[tuple[int, Any, int, int]]:
+def _reads(executable: Executable, roots: list[P.Program],
+           skip: set[int]) -> Iterable[tuple[int, Any, int, int]]:
     """(compute set id or -1 for a program node, dtype, lo, hi) of everything the executable
-    touches outside vertex params (writes too: conservative)."""
+    touches outside vertex params (writes too: conservative), but the compute sets in ``skip``
+    (the chains', whose reads the chains list themselves)."""
     for cs_id, compiled in executable.compute_sets.items():
+        if cs_id in skip:
+            continue
         for g in compiled.groups:
             for name, f in g.codelet.fields.items():
                 if f.direction is not Direction.PARAM:
