@@ -106,6 +106,8 @@ class HostStreams:
 
     def pull(self, stream: DataStream, where: str) -> np.ndarray:
         """One transfer for every replica: ``(replicas, num_elements)``."""
+        if self.replicas == 1:  # no copy of the host data (a model's weights, at load)
+            return self._for(stream, 0, where).pull(stream)[None]
         return np.stack([self._for(stream, r, where).pull(stream) for r in range(self.replicas)])
 
     def push(self, stream: DataStream, data: np.ndarray, where: str) -> None:
