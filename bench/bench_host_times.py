@@ -11,6 +11,10 @@ Run: ``.venv/bin/python bench/bench_host_times.py``.
   price is multiplied, never walked).
 * ``estimate_time_vs_elements``: pricing 256 vertices of 65,536 floats each takes < 3x (+ 50 ms)
   the time of 256 vertices of 16 floats (pricing grows with structure, not elements).
+* ``compile_repeated_layers``: 12 identical layers (a 512^2 matmul and a bias add each, GC200):
+  the conflict check and pricing (``verify_compute_sets`` + ``price_steps``) with structure keys
+  (each distinct layout checked and priced once) beside the same compile with the keys off, in
+  this run; ``identical`` says both priced every step the same. Target: < 0.5x the keys-off time.
 * ``conv_plan_ms``: planning a ResNet-50 conv3 3x3 (batch 8, fp16) as a matmul on a GC200 takes
   < 50 ms from a cold plan cache. (The matmul 2048^3 plan time is ``planning_ms`` in
   ``bench_ops_matmul.py``.)
@@ -104,6 +108,49 @@ def estimate_time_vs_elements(vertices: int = 256) -> None:
          ratio=round(big / small, 2), vertices=vertices, elements=[16, 65536])
 
 
+def _stacked_layers(layers: int):
+    from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul
+
+    g = sp.Graph(sp.targets.GC200)
+    x = create_matmul_input_lhs(g, sp.float32, (512, 512), (512, 512), name="x")
+    prog = P.Sequence()
+    for k in range(layers):
+        w = create_matmul_input_rhs(g, sp.float32, (512, 512), (512, 512), name=f"w{k}")
+        y = matmul(g, x, w, prog)
+        x = sp.ops.add(g, y, y, prog)
+    return g, prog
+
+
+def compile_repeated_layers(layers: int = 12) -> None:
+    import dataclasses
+
+    from softipu.compiler.structure import StructureKeys
+
+    g, prog = _stacked_layers(layers)
+    timed = ("verify_compute_sets", "price_steps")
+
+    def once(keys: bool) -> tuple[float, list]:
+        saved = {n: StructureKeys.__dict__[n] for n in ("layout", "work", "copy")}
+        if not keys:
+            StructureKeys.layout = lambda self, c: None  # type: ignore[method-assign]
+            StructureKeys.work = lambda self, c: None  # type: ignore[method-assign,assignment]
+            StructureKeys.copy = lambda self, a, b: None  # type: ignore[method-assign]
+        try:
+            ex = compile_graph(g, prog, allow_out_of_memory=True)
+        finally:
+            for n, f in saved.items():
+                setattr(StructureKeys, n, f)
+        costs = [{f.name: (v.tolist() if isinstance(v := getattr(s, f.name), np.ndarray) else v)
+                  for f in dataclasses.fields(s)} for s in ex.steps]
+        return sum(t for name, t in ex.pass_seconds if name in timed), costs
+
+    off = min(once(False)[0] for _ in range(REPEATS))
+    on = min(once(True)[0] for _ in range(REPEATS))
+    identical = once(True)[1] == once(False)[1]
+    emit("compile_repeated_layers", on, round(0.5 * off, 4), baseline_seconds=round(off, 4),
+         ratio=round(on / off, 3), identical=identical, layers=layers)
+
+
 def conv_plan_ms() -> None:
     from softipu.ops.matmul import _options, _plan, _PlanContext, _Spec
     from softipu.ops.planner import _plan_cached
@@ -125,6 +172,7 @@ def main() -> None:
     compile_bulk_group()
     estimate_billion_turns()
     estimate_time_vs_elements()
+    compile_repeated_layers()
     conv_plan_ms()
 
 

@@ -100,10 +100,10 @@ class StructureKeys:
 
     # -- pieces ------------------------------------------------------------------------------------
     def _tensor(self, t: Tensor, used: _Used) -> tuple:
+        if t.is_strided:  # the usual (vertices, n) field: (variable, offset in it, shape, strides)
+            return self._strided(t.dtype, t.offset, t.shape, t.strides, used)
         if t.numel == 0:
-            return ("empty", t.dtype, t.shape)
-        if t.is_strided:
-            return ("strided", t.dtype, self._strided(t.dtype, t.offset, t.shape, t.strides, used))
+            return ("empty", t.shape)
         if t.slabs is not None:
             s = t.slabs
             pieces = tuple((self._strided(t.dtype, o, sh, st, used), mid) for o, sh, st, mid in s.pieces)
