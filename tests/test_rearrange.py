@@ -50,20 +50,26 @@ def test_transposed_slabs_are_numpys_transpose_bitwise(dtype, reference):
 
 
 def test_a_transposing_relayout_exchanges_runs_not_elements():
-    """Hand count: 4 row blocks x 4 pieces x 2 slabs = 32 pieces of 16 rows x 128 columns; each
-    piece's column is one run of 16 elements contiguous in the source (x row c) and in the piece's
-    buffer: 32 x 128 = 4,096 runs in all, each sent once and received once at most (a run stays
-    put when x's row c lives on the piece's tile). Element by element it would be up to 65,536
-    regions a side; the exchange code is 16 B a region a side."""
+    """Hand count: 4 row blocks x 4 pieces x 2 slabs = 32 pieces of 16 rows x 128 columns. fp32
+    units on Transpose2d's fast path are 8 rows (128 x (8 - 2) / 2 = 384 < 512; 10 rows would be
+    512), so each piece is 2 units, and each unit's column is one run of 8 elements contiguous in
+    the source (x row c) and in the unit's buffer: 64 x 128 = 8,192 runs, each sent and received
+    once at most. Element by element it would be up to 65,536 regions a side; the exchange code is
+    16 B a region a side."""
     g, _, _, prog, eng = _slab_case(sp.float32, False)
     copy = prog.programs[0]
     transfers, _ = copy_transfers(copy.src, copy.dst, {sp.float32: g.resolved_mapping(sp.float32)}, 8)
     send, recv = transfers.pieces_per_tile(8)
     # x is 32 rows a tile; piece p of slab j sits on tile 4 j + p, which holds x's rows
-    # 128 j + 32 p ..+ 31: 32 of each piece's 128 runs stay put, 32 x 32 = 1,024 in all.
-    assert send.sum() == recv.sum() == 4096 - 1024
+    # 128 j + 32 p ..+ 31: 32 of each unit's 128 runs stay put, 64 x 32 = 2,048 in all.
+    assert send.sum() == recv.sum() == 8192 - 2048
     per_side = g.target.exchange_code_bytes_per_region
-    assert eng.report.memory_by_category["exchange_code"] <= 2 * 4096 * per_side
+    assert eng.report.memory_by_category["exchange_code"] <= 2 * 8192 * per_side
+    # 8 units a tile of 27 + 11 + 64 x (6 + 3 x 3) = 998 worker cycles each, shared by the
+    # tile's 6 worker contexts (6 x ceil(8 x 998 / 6) tile cycles).
+    assert int(transpose_cycles(128, 8, 4)) == 998
+    step = next(s for s in eng.report.steps if s["name"] == "t/transpose")
+    assert step["compute_cycles"] == 6 * -(-8 * 998 // 6)
 
 
 def test_transpose2d_cycles_are_poplibs_figures():

@@ -13,10 +13,13 @@ and transpose there with ``Transpose2d`` vertices. :func:`transpose_into_slabs` 
   one tile;
 * the exchange copies, for each piece and each of its columns, the piece's rows of that column:
   one run contiguous in the source, landing contiguous in the piece's buffer (``cols x rows``);
-* one ``Transpose2d`` vertex per piece writes its ``rows x cols`` block into the slab.
+* ``Transpose2d`` vertices write it into the slab, one per *unit* of the piece's rows: the whole
+  piece, or (4-byte types) the tallest unit on poplibs' fast path (:func:`unit_rows`); the buffer
+  holds the piece unit by unit, each ``cols x unit rows``.
 
-So a piece of ``r`` rows and ``w`` columns is ``w`` exchange regions, not ``r w``. Everything is
-described by strides (a few boxes of pieces), never by one address per element.
+So a piece of ``r`` rows and ``w`` columns is ``w`` exchange regions (``w r / u`` with units of
+``u`` rows), not ``r w``. Everything is described by strides (a few boxes of units), never by one
+address per element.
 """
 
 from __future__ import annotations
@@ -26,19 +29,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from softipu.codelets.transpose import transpose_codelet
+from softipu.codelets.transpose import TRANSPOSE, transpose_codelet
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext
 
-__all__ = ["MIN_PIECE_ROWS", "is_column_major", "pieces_per_block", "transpose_into_slabs", "PieceTiles"]
+__all__ = ["MIN_PIECE_ROWS", "MIN_UNIT_ROWS", "is_column_major", "pieces_per_block", "transpose_into_slabs",
+           "unit_rows", "PieceTiles"]
 
 # A piece of r rows and w columns is w exchange regions (16 B of exchange code each on the sending
 # and the receiving tile, Target.exchange_code_bytes_per_region) holding r w elements: below 16
 # rows the code outweighs the data it moves in fp16 (2 r B per region). Fewer, taller pieces put
 # a block on fewer of the tiles that read it; the matmul's own exchange broadcasts it anyway. [U]
 MIN_PIECE_ROWS = 16
+# A piece is transposed in units on Transpose2d's fast path, but none shorter than this. [U]
+MIN_UNIT_ROWS = 8
 
 # tile_of(g, row_block, piece, col_block) -> tiles (numpy arrays that broadcast)
 PieceTiles = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -61,11 +67,12 @@ def is_column_major(x: Tensor) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Box:
-    """Pieces of equal shape at evenly spaced places: row blocks ``rb0 + [0, nrb)`` (height
-    ``h``), pieces ``p0 + [0, np_)`` of ``nr`` rows (every piece but a block's last is ``pr``
-    rows), column blocks ``cb0 + [0, ncb)`` of width ``w``."""
+    """Units (one Transpose2d each) of equal shape at evenly spaced places: row blocks
+    ``rb0 + [0, nrb)`` (height ``h``), units ``p0 + [0, np_)`` of ``nr`` rows (every unit but a
+    block's last is ``pr`` rows; unit ``p`` is on the tile of the block's piece ``p // per``),
+    column blocks ``cb0 + [0, ncb)`` of width ``w``."""
 
-    r0: int  # first row of the box's first piece
+    r0: int  # first row of the box's first unit
     rb0: int
     nrb: int
     h: int
@@ -77,10 +84,11 @@ class _Box:
     c0: int
     ncb: int
     w: int
+    per: int  # units per piece
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Row blocks, pieces, column blocks, columns, rows: a piece's rows innermost, so the
+        """Row blocks, units, column blocks, columns, rows: a unit's rows innermost, so the
         copy's element order walks the runs contiguous on both sides."""
         return (self.nrb, self.np_, self.ncb, self.w, self.nr)
 
@@ -102,22 +110,35 @@ def pieces_per_block(height: int, spread: int) -> int:
     return max(1, min(spread, height // MIN_PIECE_ROWS))
 
 
+def unit_rows(piece_rows: int, width: int, itemsize: int) -> int:
+    """Rows of one Transpose2d unit of a piece ``piece_rows`` x ``width``: the whole piece, but
+    for 4-byte types the tallest even unit, of at least :data:`MIN_UNIT_ROWS`, on poplibs' fast
+    path (its largest stride ``width (rows - 2) / 2`` under 512 words, codelets.transpose): about
+    one cycle an element instead of two, for a region per ``rows`` elements."""
+    t = TRANSPOSE
+    if itemsize < 4 or width % 2 or width >= t.stride_limit:
+        return piece_rows
+    fast = 1 + -(-2 * t.stride_limit // width)  # largest rows with width (rows - 2) < 1024
+    unit = min(piece_rows, fast) // 2 * 2
+    return unit if unit >= MIN_UNIT_ROWS else piece_rows
+
+
 def _boxes(row_starts: np.ndarray, row_sizes: np.ndarray, col_starts: np.ndarray,
-           col_sizes: np.ndarray, spread: int) -> list[_Box]:
+           col_sizes: np.ndarray, spread: int, itemsize: int) -> list[_Box]:
     boxes = []
     for rb0, nrb, h in _runs_of_equal(row_sizes):
-        pr = -(-h // pieces_per_block(h, spread))
-        full, rem = divmod(h, pr)
-        kinds = [(0, full, pr)] + ([(full, 1, rem)] if rem else [])
-        for p0, np_, nr in kinds:
-            for cb0, ncb, w in _runs_of_equal(col_sizes):
+        tall = -(-h // pieces_per_block(h, spread))
+        for cb0, ncb, w in _runs_of_equal(col_sizes):
+            pr = unit_rows(tall, w, itemsize)
+            full, rem = divmod(h, pr)
+            for p0, np_, nr in [(0, full, pr)] + ([(full, 1, rem)] if rem else []):
                 boxes.append(_Box(int(row_starts[rb0]) + p0 * pr, rb0, nrb, h, p0, np_, pr, nr, cb0,
-                                  int(col_starts[cb0]), ncb, w))
+                                  int(col_starts[cb0]), ncb, w, -(-tall // pr)))
     return boxes
 
 
 def _source_box(x: Tensor, b: _Box) -> Tensor:
-    """``x``'s elements of box ``b`` as a ``(G, nrb, pieces, ncb, w, rows)`` view."""
+    """``x``'s elements of box ``b`` as a ``(G, nrb, units, ncb, w, rows)`` view."""
     shape = (x.shape[0],) + b.shape
     if x.is_strided:
         sg, sr, sc = x.strides
@@ -131,7 +152,7 @@ def _source_box(x: Tensor, b: _Box) -> Tensor:
 
 
 def _piece_starts(b: _Box, groups: int, rows: int, cols: int) -> np.ndarray:
-    """Offset of each piece of ``b`` in the slab layout, ``(G, nrb, pieces, ncb)``."""
+    """Offset of each unit of ``b`` in the slab layout, ``(G, nrb, units, ncb)``."""
     g = np.arange(groups)[:, None, None, None] * rows * cols
     rb = np.arange(b.nrb)[None, :, None, None] * b.h * b.w
     p = np.arange(b.np_)[None, None, :, None] * b.pr * b.w
@@ -154,16 +175,16 @@ def transpose_into_slabs(ctx: OpContext, x: Tensor, row_starts: np.ndarray, row_
     groups, rows, cols = x.shape
     dst = graph.add_variable(x.dtype, (groups * rows * cols,), name=name)
     buf = graph.add_variable(x.dtype, (groups * rows * cols,), name=f"{name}/rearranged")
-    boxes = _boxes(row_starts, row_sizes, col_starts, col_sizes, spread)
+    boxes = _boxes(row_starts, row_sizes, col_starts, col_sizes, spread, x.dtype.itemsize)
     cs = ctx.compute_set("transpose")
     starts, lengths, tiles = [], [], []
     for b in boxes:
         first = _piece_starts(b, groups, rows, cols)
         rb = b.rb0 + np.arange(b.nrb)[None, :, None, None]
-        p = b.p0 + np.arange(b.np_)[None, None, :, None]
+        p = (b.p0 + np.arange(b.np_)[None, None, :, None]) // b.per
         cb = b.cb0 + np.arange(b.ncb)[None, None, None, :]
         tile = np.broadcast_to(tile_of(np.arange(groups)[:, None, None, None], rb, p, cb), first.shape)
-        # The buffer holds each piece in the source's order: its w columns of nr rows.
+        # The buffer holds each unit in the source's order: its w columns of nr rows.
         view = Tensor(graph, x.dtype, (groups,) + b.shape, buf.offset + int(first.flat[0]),
                       (rows * cols, b.h * b.w, b.pr * b.w, b.w * rows, b.nr, 1))
         ctx.prog.add(P.Copy(_source_box(x, b), view))
@@ -180,8 +201,8 @@ def transpose_into_slabs(ctx: OpContext, x: Tensor, row_starts: np.ndarray, row_
 
 def _add_transposes(graph, cs: ComputeSet, dtype, src_starts: np.ndarray, dst_starts: np.ndarray,
                     tiles: np.ndarray, b: _Box) -> None:
-    """One Transpose2d per piece (``w x nr`` in the buffer to ``nr x w`` in the slab), in bulk
-    calls along the box's longest axis, where the pieces are evenly spaced."""
+    """One Transpose2d per unit (``w x nr`` in the buffer to ``nr x w`` in the slab), in bulk
+    calls along the box's longest axis, where the units are evenly spaced."""
     codelet = transpose_codelet(dtype)
     axis = int(np.argmax(src_starts.shape))
     src = np.moveaxis(src_starts, axis, -1).reshape(-1, src_starts.shape[axis])
