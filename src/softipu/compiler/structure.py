@@ -14,7 +14,8 @@ use within the key), its offset from that variable's start, and its shape and st
 pieces, or addresses relative to the variable); each variable by its size and its mapping
 intervals relative to its start; and which of the variables touch end to start in the address
 space (intervals of touching variables can join into one region). A tensor that spans two
-variables gets no key (None): its compute set is priced on its own, as before.
+variables, or an indexed one of more than 65,536 addresses, gets no key (None): its compute set
+is priced on its own, as before.
 
 The keys are built from the compile's own graph and mappings and held by one
 :class:`StructureKeys` per compile (its per-variable mapping keys are reused across compute
@@ -35,6 +36,10 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
 __all__ = ["StructureKeys"]
+
+# An indexed field (no structure) is keyed by its addresses relative to its variable, a copy of
+# 8 bytes an element held for the compile; beyond this many it is priced on its own instead.
+_MAX_KEYED_ADDRESSES = 1 << 16
 
 
 class _Unkeyable(Exception):
@@ -109,6 +114,8 @@ class StructureKeys:
             pieces = tuple((self._strided(t.dtype, o, sh, st, used), mid) for o, sh, st, mid in s.pieces)
             return ("slabs", t.dtype, pieces, s.axis, s.perm)
         index = t.index
+        if index.size > _MAX_KEYED_ADDRESSES:  # a copy of its addresses would cost more than pricing
+            raise _Unkeyable
         lo, hi = int(index.min()), int(index.max())
         var = self._holder(t.dtype, lo, hi)
         rel = index.astype(np.int64, copy=False) - var.start
