@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.gemm import pieces
+from softipu.codelets.gemm import MAX_PIECES
 from softipu.codelets.host import BLAS, run_pieces
 from softipu.codelets.matmul import A_TRANSPOSED, B_TRANSPOSED, amp_codelet, reduce_codelet
 from softipu.compiler.executable import Executable, VertexGroup
@@ -122,14 +122,27 @@ class ChainRunner:
         return copies_in, a, b, c, copies_out
 
 
+# A band's GEMM is cut into pieces of at least this many multiply-accumulates (at most
+# MAX_PIECES, and at least PIECE_LINES rows or columns each): a product of a small model's layer
+# (128 x 512 x 128) still keeps a second core busy; pieces of a few hundred microseconds pay for
+# handing one to another thread.
+CHAIN_PIECE_MACS = 1 << 21
+PIECE_LINES = 32
+
+
 def _gemm_pieces(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> list[Callable[[], Any]]:
     """``c = a @ b`` cut into pieces by its shape alone (never by the host's cores): along the
     rows, or along the columns where there are more of them (each piece then packs only its
     part of ``b``). Each element is one piece's dot product, the same on every run."""
     macs = c.size * a.shape[1]
-    if c.shape[1] > c.shape[0]:
-        return [partial(np.matmul, a, b[:, lo:hi], out=c[:, lo:hi]) for lo, hi in pieces(c.shape[1], macs)]
-    return [partial(np.matmul, a[lo:hi], b, out=c[lo:hi]) for lo, hi in pieces(c.shape[0], macs)]
+    wide = c.shape[1] > c.shape[0]
+    lines = c.shape[1] if wide else c.shape[0]
+    parts = max(1, min(MAX_PIECES, macs // CHAIN_PIECE_MACS, lines // PIECE_LINES))
+    cuts = [lines * p // parts for p in range(parts + 1)]
+    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+    if wide:
+        return [partial(np.matmul, a, b[:, lo:hi], out=c[:, lo:hi]) for lo, hi in spans]
+    return [partial(np.matmul, a[lo:hi], b, out=c[lo:hi]) for lo, hi in spans]
 
 
 class _Scratch:
