@@ -367,6 +367,8 @@ class FastInterpreter(ProgramInterpreter):
         # counts executed compute sets and rounds from the partials.
         rounding = isinstance(self, StochasticRounding)
         self._chains = {} if rounding else find_chains(executable, storage)
+        # Copy step -> its tensor-to-tensor copy between views bound once (None: not such a copy).
+        self._copies: dict[int, Callable[[], Any] | None] = {}
 
     def run_execute(self, node: P.Execute) -> None:
         self.account(node)
@@ -377,6 +379,28 @@ class FastInterpreter(ProgramInterpreter):
         runner = self._chains[step]
         if runner is not None:
             runner()
+
+    def run_copy(self, node: P.Copy) -> None:
+        """A copy between two strided tensors with its views bound on its first run (a small
+        model's later call makes dozens); anything else as the base interpreter copies."""
+        step = self._step_of.get(id(node))
+        copy = self._copies.get(step, False) if step is not None else None
+        if copy is False:
+            copy = self._copies[step] = self._bound_copy(node)
+        if copy is None:
+            super().run_copy(node)
+            return
+        self.log.add(step, self._step_cycles[step])
+        copy()
+
+    def _bound_copy(self, node: P.Copy) -> Callable[[], Any] | None:
+        src, dst = node.src, node.dst
+        if not (isinstance(src, Tensor) and isinstance(dst, Tensor)) or src.index is not None \
+                or dst.index is not None:
+            return None
+        view = self.storage.view
+        return partial(np.copyto, view(dst, writeable=True, replica_axis=True),
+                       view(src, writeable=False, replica_axis=True))
 
     def execute(self, compute_set_id: int) -> None:
         self._runners[compute_set_id]()
