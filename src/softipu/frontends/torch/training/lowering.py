@@ -10,6 +10,7 @@ variables. Variables are named by role: ``weights/``, ``buffers/``, ``accum/``, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ class _TrainLowerer(_Lowerer):
         self.joint = joint
         self.spec = spec
         self.named = named
+        self._update_traces: dict[Any, torch.fx.GraphModule] = {}  # per-parameter update signature
 
     def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int]) -> Tensor:
         t = self.graph.add_variable(self.ctx.dtype(torch_dtype), tuple(int(s) for s in shape), name=name)
@@ -216,10 +218,55 @@ class _TrainLowerer(_Lowerer):
         step = self.graph.add_variable(float32, (), name="optimizer/step")
         self.graph.set_tile_mapping(step, 0)
         ew.add_(self.graph, step, 1.0, prog, name="upd/step")
-        pnames = list(grads)
-        skeys = list(state)
-        hnames = list(hyper)
-        named = self.named
+        self.ctx.phase = "upd/"
+        outer, self.ctx.prog = self.ctx.prog, prog
+        try:
+            for pnames in self._update_chunks(grads):
+                skeys = [k for k in state if k[0] in pnames]
+                gm = self._traced_update(pnames, skeys, grads, state)
+                inputs = ([params[n] for n in pnames] + [grads[n] for n in pnames] + [state[k] for k in skeys]
+                          + list(hyper.values()) + [step])
+                results = self._lower_fx(gm, inputs)
+                targets = [params[n] for n in pnames] + [state[k] for k in skeys]
+                if self.options.auto_loss_scaling:
+                    targets.append(hyper["loss_scaling"])
+                self._write_back(results, targets, prog)
+        finally:
+            self.ctx.prog, self.ctx.phase = outer, ""
+        return state, hyper, step
+
+    def _update_chunks(self, grads: dict[str, Tensor]) -> list[list[str]]:
+        """The parameters traced together: all at once when the update couples them (a global
+        norm clip, automatic loss scaling) or when few share a signature (one trace is cheaper than
+        several, each with make_fx's fixed cost), else one by one, each signature traced once."""
+        coupled = self.options.auto_loss_scaling or math.isfinite(self.spec.max_grad_norm)
+        signatures = {self._signature(n, grads) for n in grads}
+        if coupled or 2 * len(signatures) > len(grads):
+            return [list(grads)]
+        return [[n] for n in grads]
+
+    def _signature(self, name: str, grads: dict[str, Tensor]) -> tuple[Any, ...]:
+        """What a parameter's traced update depends on: shapes, dtypes, group and state slots."""
+        spec, p = self.spec, self.named[name]
+        group = next((g.index for g in spec.groups if name in g.params), None)
+        slots = tuple((sl.name, sl.torch_dtype, tuple(sl.shape)) for sl in spec.state
+                      if sl.param_name == name)
+        return (p.dtype, tuple(p.shape), grads[name].dtype, group, slots)
+
+    def _traced_update(self, pnames: list[str], skeys: list[tuple[str, str]], grads: dict[str, Tensor],
+                       state: dict[tuple[str, str], Tensor]) -> torch.fx.GraphModule:
+        """The optimizer's update of ``pnames`` traced with ``make_fx`` (fake tensors) to Core ATen;
+        a single parameter's trace is reused for every parameter of the same shapes, dtypes, group
+        and state slots (a transformer's layers share a handful)."""
+        spec, named = self.spec, self.named
+        slot_of = {(sl.param_name, sl.name): sl for sl in spec.state}
+        key = None
+        if len(pnames) == 1:
+            key = self._signature(pnames[0], grads)
+            found = self._update_traces.get(key)
+            if found is not None:
+                return found
+        hyper_slots = list(spec.hyper)
         auto = self.options.auto_loss_scaling
         clip = any(named[n].dtype == torch.float16 for n in pnames)
 
@@ -228,7 +275,7 @@ class _TrainLowerer(_Lowerer):
             p = {n: next(it) for n in pnames}
             g = {n: next(it) for n in pnames}
             s = {k: next(it) for k in skeys}
-            h = {n: next(it) for n in hnames}
+            h = {hs.name: next(it) for hs in hyper_slots}
             step_ = next(it)
             new_p, new_s = spec.update(p, g, s, h, step_)
             out = [new_p[n] for n in pnames if n in new_p] + [new_s[k] for k in skeys if k in new_s]
@@ -239,24 +286,18 @@ class _TrainLowerer(_Lowerer):
 
         examples = ([_zeros(named[n].dtype, named[n].shape) for n in pnames]
                     + [_zeros(_torch_dtype(grads[n]), grads[n].shape) for n in pnames]
-                    + [_zeros(next(s.torch_dtype for s in spec.state if (s.param_name, s.name) == k),
-                              state[k].shape) for k in skeys]
-                    + [_zeros(next(h.torch_dtype for h in spec.hyper if h.name == n), ()) for n in hnames]
+                    + [_zeros(slot_of[k].torch_dtype, state[k].shape) for k in skeys]
+                    + [_zeros(hs.torch_dtype, ()) for hs in hyper_slots]
                     + [torch.zeros((), dtype=torch.float32)])
         with torch.no_grad():
-            gm = make_fx(flat_update, decomposition_table=torch.export.default_decompositions())(*examples)
+            gm = make_fx(flat_update, decomposition_table=torch.export.default_decompositions(),
+                         tracing_mode="fake")(*examples)
         check_supported(gm.graph)
-        inputs = ([params[n] for n in pnames] + [grads[n] for n in pnames] + [state[k] for k in skeys]
-                  + [hyper[n] for n in hnames] + [step])
-        self.ctx.phase = "upd/"
-        outer, self.ctx.prog = self.ctx.prog, prog
-        try:
-            results = self._lower_fx(gm, inputs)
-        finally:
-            self.ctx.prog, self.ctx.phase = outer, ""
-        targets = [params[n] for n in pnames] + [state[k] for k in skeys]
-        if auto:
-            targets.append(hyper["loss_scaling"])
+        if key is not None:
+            self._update_traces[key] = gm
+        return gm
+
+    def _write_back(self, results: list[Any], targets: list[Tensor], prog: P.Sequence) -> None:
         if len(results) != len(targets):
             raise LoweringError(f"the optimizer update returned {len(results)} tensors for {len(targets)} "
                                 "weights and state tensors: it must return every parameter and state slot")
@@ -266,7 +307,6 @@ class _TrainLowerer(_Lowerer):
             elif not isinstance(new, Tensor):
                 ew.mul_(self.graph, var, 0.0, prog, name="upd/const")
                 ew.add_(self.graph, var, float(new), prog, name="upd/const")
-        return state, hyper, step
 
     def _lower_fx(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
         env: dict[torch.fx.Node, Any] = {}
