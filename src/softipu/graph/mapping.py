@@ -73,17 +73,21 @@ class MappingTable:
 
     Resolution is incremental: runs added since the last resolve are resolved alone and, when
     they all lie above everything mapped so far (the usual case: ops map the variables they just
-    made), appended to growable sorted arrays. Anything else re-resolves the whole table.
+    made), appended to growable sorted arrays. Anything else re-resolves those arrays together
+    with the new runs. Resolved runs are not kept: each resolved interval keeps the mapping call
+    that began it (for the message naming both calls that put an element on two tiles), so the
+    table holds one entry per interval, not one per run ever added.
     """
 
-    __slots__ = ("_chunks", "_locations", "_resolved", "_done", "_buffers", "_size")
+    __slots__ = ("_chunks", "_locations", "_resolved", "_buffers", "_size")
 
     def __init__(self) -> None:
-        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # not yet resolved
         self._locations: list[SourceLocation] = []
         self._resolved: ResolvedMapping | None = None
-        self._done = 0  # chunks already in the resolved arrays
-        self._buffers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+        # resolved (starts, ends, tiles, calls), grown geometrically; the first _size are in use
+        self._buffers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                         np.zeros(0, np.int32))
         self._size = 0
 
     def add(self, starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray,
@@ -94,21 +98,24 @@ class MappingTable:
 
     def resolved(self, variable_at: Callable[[int], Any]) -> ResolvedMapping:
         if self._resolved is None:
-            new = resolve_mapping(self, variable_at, first_chunk=self._done)
+            new, calls = _resolve(self, variable_at, self.columns())
             top = int(self._buffers[1][self._size - 1]) if self._size else -1
             if new.starts.size == 0 or int(new.starts[0]) >= top:
-                self._append(new)
-            else:  # new runs reach below what is mapped: resolve everything again
-                whole = resolve_mapping(self, variable_at)
+                self._append(new, calls)
+            else:  # new runs reach below what is mapped: resolve them with the resolved intervals
+                n = self._size
+                s, e, t, c = (b[:n] for b in self._buffers)
+                old = (s, e - s, t, c.astype(np.int64))
+                whole, calls = _resolve(self, variable_at, _joined(old, self.columns()))
                 self._size = 0
-                self._append(whole)
-            self._done = len(self._chunks)
-            s, e, t = self._buffers
+                self._append(whole, calls)
+            self._chunks = []
+            s, e, t, _ = self._buffers
             n = self._size
             self._resolved = ResolvedMapping(s[:n], e[:n], t[:n])
         return self._resolved
 
-    def _append(self, new: ResolvedMapping) -> None:
+    def _append(self, new: ResolvedMapping, calls: np.ndarray) -> None:
         k = new.starts.size
         if self._size + k > self._buffers[0].size:  # grow geometrically: amortised O(new runs)
             # NOTE: by 1.5x into fresh arrays, copying only the used part; np.resize fills the
@@ -118,12 +125,13 @@ class MappingTable:
             for buf, old in zip(grown, self._buffers, strict=True):
                 buf[: self._size] = old[: self._size]
             self._buffers = grown  # type: ignore[assignment]
-        for buf, col in zip(self._buffers, (new.starts, new.ends, new.tiles), strict=True):
+        for buf, col in zip(self._buffers, (new.starts, new.ends, new.tiles, calls), strict=True):
             buf[self._size : self._size + k] = col
         self._size += k
 
-    def columns(self, first_chunk: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        chunks = self._chunks[first_chunk:]
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, lengths, tiles, calls) of the runs added since the last resolve."""
+        chunks = self._chunks
         if not chunks:
             z = np.zeros(0, np.int64)
             return z, z, z.astype(np.int32), z
@@ -137,18 +145,32 @@ class MappingTable:
         return self._locations[call]
 
 
-def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any],
-                    first_chunk: int = 0) -> ResolvedMapping:
-    """Sort and merge a table's runs (from ``first_chunk`` on); raise MappingError naming any
-    element on two tiles."""
-    starts, lengths, tiles, calls = table.columns(first_chunk)
+def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any]) -> ResolvedMapping:
+    """Sort and merge a table's unresolved runs; raise MappingError naming any element on two
+    tiles."""
+    return _resolve(table, variable_at, table.columns())[0]
+
+
+def _joined(a: tuple, b: tuple) -> tuple:
+    return tuple(np.concatenate((x, y)) for x, y in zip(a, b, strict=True))
+
+
+def _resolve(table: MappingTable, variable_at: Callable[[int], Any],
+             columns: tuple[np.ndarray, ...]) -> tuple[ResolvedMapping, np.ndarray]:
+    """Runs (starts, lengths, tiles, calls) sorted and merged into disjoint intervals, and the
+    call of each interval's first run.
+
+    NOTE: touching intervals on one tile merge even when two calls mapped them (lookups stay
+    small); such an interval keeps the first call, so a later conflict inside its second part
+    names the call that mapped the part before it."""
+    starts, lengths, tiles, calls = columns
     keep = lengths > 0
     starts, lengths, tiles, calls = starts[keep], lengths[keep], tiles[keep], calls[keep]
     order = np.lexsort((tiles, starts))
     starts, tiles, calls = starts[order], tiles[order], calls[order]
     ends = starts + lengths[order]
     if starts.size == 0:
-        return ResolvedMapping(starts, ends, tiles)
+        return ResolvedMapping(starts, ends, tiles), calls
     # Overlapping runs form groups; a group is fine when all its runs name the same tile.
     reach = np.maximum.accumulate(ends)
     new_group = np.concatenate(([True], starts[1:] >= reach[:-1]))
@@ -168,7 +190,7 @@ def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any],
     touch = np.concatenate(([False], (g_starts[1:] == g_ends[:-1]) & (g_tiles[1:] == g_tiles[:-1])))
     head = np.flatnonzero(~touch)
     merged_ends = np.maximum.reduceat(g_ends, head)
-    return ResolvedMapping(g_starts[head], merged_ends, g_tiles[head])
+    return ResolvedMapping(g_starts[head], merged_ends, g_tiles[head]), calls[first][head]
 
 
 def _double_mapping_message(table: MappingTable, variable_at: Callable[[int], Any],

@@ -1,0 +1,46 @@
+"""Tile mapping tables: incremental resolution keeps one entry per interval, not per run added.
+
+Oracle: the tile of every element worked out by hand from the mapping calls.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu.errors import MappingError
+
+
+def test_mapping_below_the_top_re_resolves_with_the_same_tiles():
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    a = g.add_variable(sp.float32, (100,), name="a")
+    b = g.add_variable(sp.float32, (100,), name="b")
+    g.map_intervals(b, [0, 50], [50, 100], [3, 4])
+    g.resolved_mapping(sp.float32)
+    g.map_intervals(a, np.arange(0, 100, 10), np.arange(10, 110, 10), np.arange(10) % 8)  # below b
+    want = np.concatenate((np.repeat(np.arange(10) % 8, 10), np.repeat([3, 4], 50)))
+    np.testing.assert_array_equal(g.tile_of(sp.concat([a, b])), want)
+    resolved = g.resolved_mapping(sp.float32)
+    # touching intervals on one tile are merged: a's last ten (tile 1) and b's first fifty (tile 3)
+    assert resolved.starts.size == 12
+    assert not g.spaces[sp.float32].mapping._chunks  # resolved runs are not kept
+
+
+def test_a_conflict_below_the_top_names_both_calls():
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    a = g.add_variable(sp.float32, (100,), name="a")
+    b = g.add_variable(sp.float32, (100,), name="b")
+    first = sys._getframe().f_lineno + 1
+    g.map_intervals(a, [0], [100], [1])
+    g.map_intervals(b, [0], [100], [2])
+    g.resolved_mapping(sp.float32)
+    second = sys._getframe().f_lineno + 1
+    g.map_intervals(a, [40], [41], [5])
+    with pytest.raises(MappingError) as err:
+        g.resolved_mapping(sp.float32)
+    text = str(err.value)
+    assert "element 40 of variable 'a'" in text
+    assert f":{first}" in text and f":{second}" in text
