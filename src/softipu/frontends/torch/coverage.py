@@ -146,6 +146,18 @@ def _training_section() -> list[str]:
         "backward and training-forward ops lowered as such (onto `softipu.ops`' gradient ops): "
         + ", ".join(f"`{n}`" for n in BACKWARD_OPS) + ".",
         "",
+        "The optimizer update (`poptorch.optim` SGD, Adam, AdamW, RMSprop, LAMB; `torch.optim` SGD, "
+        "Adam, AdamW, RMSprop) is traced from pure-torch rules with `make_fx` on fake tensors, once "
+        "per parameter signature when layers share shapes, and its elementwise chains are lowered "
+        "as one fused `map` each (the same values bit for bit as op by op). Gradient accumulation "
+        "reduces by `Sum` or `Mean`, the mean `Post` (sum, one division before the update) or "
+        "`Running` (a running mean in the accumulators every micro-batch; PopTorch's choice for "
+        "float16 accumulators). `compileAndExport` / `loadExecutable` of a training model save and "
+        "restore the step with the device's weights, optimizer state and step counter. "
+        "`TrainingModel.summary()` splits memory into weights, gradients/accumulators, optimizer "
+        "state and activations kept for the backward, per tile, and names the one dominating the "
+        "fullest tile when the step does not fit. Benchmark: `bench/bench_torch_train.py`.",
+        "",
     ]
 
 
@@ -226,7 +238,8 @@ def _options_section() -> list[str]:
         "`device_iterations`, `precision`, `partials_type`, `available_memory_proportion`, `seed`, "
         "`output_mode`, `output_return_period`, `log_cycle_count`, `recompile_on_shape_change`, "
         "`engine_options`, `executable_cache_dir` and `executable_cache_max_bytes` (the executable "
-        "cache), `gradient_accumulation`, `accumulation_reduction` and `auto_loss_scaling` (training). "
+        "cache), `gradient_accumulation`, `accumulation_reduction`, `mean_reduction_strategy` and "
+        "`auto_loss_scaling` (training). "
         "Stored without effect yet (warned once): everything in `stored`.",
         "",
         "`softipu.poptorch.Options` setters with an effect: `deviceIterations`, `replicationFactor`, "
@@ -234,6 +247,7 @@ def _options_section() -> list[str]:
         "(one value: one IPU), `useOfflineIpuTarget`, `setTarget` (softipu's), "
         "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`, "
         "`Training.gradientAccumulation`, `Training.accumulationAndReplicationReductionType`, "
+        "`Training.setMeanAccumulationAndReplicationReductionStrategy`, "
         "`Training.setAutomaticLossScaling`; "
         "`useIpuModel` needs "
         "nothing (softipu always models the IPU); `enableExecutableCaching` sets "
@@ -243,11 +257,13 @@ def _options_section() -> list[str]:
         "Annotations: `BeginBlock` and `Block` are recorded (one IPU until multi-IPU placement), "
         "`ipu_print_tensor` prints on the host when the program runs, `identity_loss` reduces as "
         "PopTorch does, `recomputationCheckpoint` and `set_available_memory` are accepted. "
-        "`trainingModel` trains on the device (forward, backward, optimizer update; "
-        "`compileAndExport` of a training model raises). `compileAndExport` writes the "
-        "executable but not the module (softipu never pickles; `export_model=True` says so once), "
-        "`loadExecutable` loads it into a wrapper of the same module and options without compiling, "
-        "and `poptorch.load` raises, saying to do that instead.",
+        "`trainingModel` trains on the device (forward, backward, optimizer update). "
+        "`compileAndExport` writes the executable (a training one with the device's weights and "
+        "optimizer state) but not the module (softipu never pickles; `export_model=True` says so "
+        "once), `loadExecutable` loads it into a wrapper of the same module, options (and "
+        "optimizer) without compiling, and `poptorch.load` raises, saying to do that instead. "
+        "`AsynchronousDataAccessor` (and `DataLoader(mode=DataLoaderMode.Async)`) prefetches "
+        "batches in a background thread.",
         "",
     ]
 
