@@ -11,7 +11,8 @@ fit), ``--small`` for a 2-layer hidden-256 model (vocab 8192, batch 4) that runs
   the same module and inputs, ``torch.set_num_threads(2)``), with their ratio, and the spread.
 * ``model``: the modeled step time on the chip (cycles / clock), the split of the step's cycles
   into forward, backward and weight update, the memory split (weights, gradients, optimizer state,
-  activations kept for the backward) and whether it fits (``Report.fit()``).
+  activations kept for the backward; in all and on the fullest tile, with the role dominating
+  it) and whether it fits (``Report.fit()``).
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def run(label: str, cfg: dict, precision: str, steps: int) -> bool:
          memory_split_mb={k: round(v / 1e6, 2) for k, v in summary["memory"].items()},
          memory_total_mb=round(summary["memory_total"] / 1e6, 1), fits=fit["fits"],
          tiles_over=fit["tiles_over"], worst_tile_bytes=fit["worst_tile_bytes"],
-         ipus_needed=fit["ipus_needed"], advice=summary["advice"])
+         ipus_needed=fit["ipus_needed"], worst_tile=summary["worst_tile"]["tile"],
+         worst_tile_by_role=summary["worst_tile"]["by_role"], dominant=summary["dominant"],
+         advice=summary["advice"])
     return bool(fit["fits"])
 
 
