@@ -14,7 +14,8 @@ Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_ops_matmul.
   not efficiency.
 * ``planning_ms``: one plan (both orientations considered) from a cold cache.
 * ``matmul_wall``: engine.run of a float32 2048^3 matmul on a GC200 against numpy's float32
-  matmul of the same shapes, best of several interleaved runs.
+  matmul of the same shapes, best of several interleaved runs; beside it the same executable run
+  compute set by compute set (``per_group_s``: the fast engine's matmul chains switched off).
 * ``bert_matmul``: (``--bert``) the float32 matmuls of one BERT-base layer (hidden 768, 12 heads,
   batch 2 x seq 128) on a GC200, built as the PyTorch frontend builds them (weights from
   ``create_matmul_input_rhs``, activations mapped linearly, attention operands as views of the
@@ -32,6 +33,7 @@ import numpy as np
 
 import softipu as sp
 from softipu import program as P
+from softipu.engine import chains
 from softipu.ops.common import OpError
 from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul, plan_matmul
@@ -116,33 +118,42 @@ def planning_ms(dtype, m, k, n) -> None:
 
 
 def matmul_wall(size: int = 2048, repeats: int = 7) -> None:
+    """``softipu_s``: the fast engine as it runs (the matmul's AMP steps and partials reduction as
+    whole GEMMs, engine/chains.py); ``per_group_s``: the same executable run compute set by
+    compute set (chains off), beside numpy's matmul, all best of interleaved blocks."""
     g, a, b, c, prog = build(sp.float32, size, size, size)
-    eng = sp.Engine(g, [prog])
     rng = np.random.default_rng(0)
     av = rng.standard_normal((size, size), np.float32)
     bv = rng.standard_normal((size, size), np.float32)
-    eng.write_tensor(a, av)
-    eng.write_tensor(b, bv)
-    eng.run(0)  # first touch of device memory
+    engines = []
+    for fuse in (True, False):
+        chains.FUSE_MATMULS = fuse
+        eng = sp.Engine(g, [prog])
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        eng.run(0)  # first touch of device memory
+        engines.append(eng)
+    chains.FUSE_MATMULS = True
     # Blocks of runs, not alternating ones: after a multi-threaded call OpenBLAS's threads spin
     # for a while, which would slow whichever of the two runs right after numpy.
-    ours, theirs = [], []
+    times: list[list[float]] = [[], [], []]
+    runs = (lambda: av @ bv, lambda: engines[0].run(0), lambda: engines[1].run(0))
     for _ in range(2):
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            want = av @ bv
-            theirs.append(time.perf_counter() - t0)
-        time.sleep(0.5)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            eng.run(0)
-            ours.append(time.perf_counter() - t0)
-    got = eng.read_tensor(c)
-    assert np.allclose(got, want, rtol=1e-3, atol=1e-2)
+        for which, fn in enumerate(runs):
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times[which].append(time.perf_counter() - t0)
+            time.sleep(0.5)
+    want = av @ bv
+    for eng in engines:
+        assert np.allclose(eng.read_tensor(c), want, rtol=1e-3, atol=1e-2)
+    theirs, ours, per_group = (min(t) for t in times)
     emit(figure="matmul_wall", dtype="float32", m=size, k=size, n=size,
-         softipu_s=round(min(ours), 4), numpy_s=round(min(theirs), 4),
-         ratio=round(min(ours) / min(theirs), 2), softipu_median_s=round(float(np.median(ours)), 4),
-         numpy_median_s=round(float(np.median(theirs)), 4), limit_ratio=1.2)
+         softipu_s=round(ours, 4), numpy_s=round(theirs, 4), ratio=round(ours / theirs, 2),
+         per_group_s=round(per_group, 4), per_group_ratio=round(per_group / theirs, 2),
+         softipu_median_s=round(float(np.median(times[1])), 4),
+         numpy_median_s=round(float(np.median(times[0])), 4), limit_ratio=1.2)
 
 
 def _activation(g, shape, name):
