@@ -51,78 +51,71 @@ def _loss(out) -> float:
     return float(out[1])
 
 
-def test_a_loaded_training_executable_trains_on_with_the_same_losses(tmp_path):
-    net, _, model = _model(0)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One model trained 3 steps and exported, then trained 3 more: the file, the losses of those 3
+    steps, the weights and buffers at the export and the optimizer's state_dict there."""
+    path = tmp_path_factory.mktemp("export") / "step"
+    net, opt, model = _model(0)
     for i in range(3):
         model(*_data(i))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.compileAndExport(tmp_path / "step")
-    expected = [_loss(model(*_data(i))) for i in range(3, 6)]
-    trained = {n: p.detach().clone() for n, p in net.named_parameters()}
-    state = net.state_dict()
+        model.compileAndExport(path)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    saved_opt = opt.state_dict()
+    losses = [_loss(model(*_data(i))) for i in range(3, 6)]
+    return path, losses, state, saved_opt
 
+
+def test_a_loaded_training_executable_trains_on_with_the_same_losses(exported):
+    path, expected, state, _ = exported
     other, _, loaded = _model(1)  # other initial weights: the file's replace them
-    loaded.loadExecutable(tmp_path / "step")
+    loaded.loadExecutable(path)
     assert sorted(loaded._impl.compile_seconds) == ["executable_load", "load"]  # nothing compiled
-    got = [_loss(loaded(*_data(i))) for i in range(3, 6)]
-    assert got == expected
-    for name, p in other.named_parameters():  # the module reads the device's trained weights
-        assert torch.equal(p.detach(), trained[name]), name
-    for name, b in other.named_buffers():  # batch norm's running statistics came along
-        assert torch.equal(b, state[name]), name
+    for name, t in other.state_dict().items():  # the module reads the device's weights and buffers
+        assert torch.equal(t, state[name]), name
+    assert [_loss(loaded(*_data(i))) for i in range(3, 6)] == expected
 
 
-def test_the_optimizer_state_and_step_come_along(tmp_path):
-    _, opt, model = _model(0)
-    model(*_data(0))
-    model(*_data(1))
-    model.compileAndExport(tmp_path / "step", export_model=False)
+def test_the_optimizer_state_and_step_come_along(exported):
+    path, _, _, saved = exported
     _, other_opt, loaded = _model(1)
-    loaded.loadExecutable(tmp_path / "step")
-    saved, now = opt.state_dict(), other_opt.state_dict()
-    assert now["ipu_state"]["step"] == saved["ipu_state"]["step"] == 2
+    loaded.loadExecutable(path)
+    now = other_opt.state_dict()
+    assert now["ipu_state"]["step"] == saved["ipu_state"]["step"] == 3
     for key, value in saved["ipu_state"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(now["ipu_state"][key], value), key
 
 
-def test_the_loading_optimizer_gives_the_variable_attributes(tmp_path):
-    _, _, model = _model(0)
-    model(*_data(0))
-    model.compileAndExport(tmp_path / "step", export_model=False)
-    reference = _loss(model(*_data(1))), _loss(model(*_data(2)))
+def test_the_loading_optimizer_gives_the_variable_attributes(exported):
+    path, expected, _, _ = exported
     _, _, loaded = _model(0, lr=0.5)  # lr is a variable: taken from this optimizer
-    loaded.loadExecutable(tmp_path / "step")
-    first, second = _loss(loaded(*_data(1))), _loss(loaded(*_data(2)))
-    assert first == reference[0] and second != reference[1]  # the first step ran with lr 0.5
+    loaded.loadExecutable(path)
+    first, second = _loss(loaded(*_data(3))), _loss(loaded(*_data(4)))
+    assert first == expected[0] and second != expected[1]  # the first step ran with lr 0.5
 
 
-def test_loading_into_another_model_options_or_optimizer_names_what_differs(tmp_path):
-    _, _, model = _model(0)
-    model.compile(*_data(0))
-    model.compileAndExport(tmp_path / "step", export_model=False)
+def test_loading_into_another_model_options_or_optimizer_names_what_differs(exported):
+    path = exported[0]
     torch.manual_seed(0)
     wide = Net(hidden=16)
     with pytest.raises(FrontendError, match="fc1.weight is float32\\[16, 6\\] here"):
-        poptorch.trainingModel(wide, _options(), torch.optim.SGD(wide.parameters(), lr=0.1)).loadExecutable(
-            tmp_path / "step")
+        poptorch.trainingModel(wide, _options(), torch.optim.SGD(wide.parameters(), lr=0.1)).loadExecutable(path)
     net = Net()
     with pytest.raises(FrontendError, match="option gradient_accumulation is 4 here, 2 in the file"):
         poptorch.trainingModel(net, _options(ga=4), poptorch.optim.AdamW(net.parameters(), lr=0.05,
                                                                          weight_decay=0.01)
-                               ).loadExecutable(tmp_path / "step")
+                               ).loadExecutable(path)
     with pytest.raises(FrontendError, match="the optimizer differs"):
-        poptorch.trainingModel(net, _options(), torch.optim.SGD(net.parameters(), lr=0.1)).loadExecutable(
-            tmp_path / "step")
+        poptorch.trainingModel(net, _options(), torch.optim.SGD(net.parameters(), lr=0.1)).loadExecutable(path)
 
 
-def test_training_and_inference_exports_refuse_each_other(tmp_path):
-    _, _, model = _model(0)
-    model.compileAndExport(tmp_path / "train", *_data(0), export_model=False)
+def test_training_and_inference_exports_refuse_each_other(exported, tmp_path):
     net = Net()
     with pytest.raises(FrontendError, match="holds a training executable: load it with"):
         poptorch.inferenceModel(net, poptorch.Options().setTarget(sp.targets.ipu_model(tiles=8))
-                                ).loadExecutable(tmp_path / "train")
+                                ).loadExecutable(exported[0])
     with pytest.raises(FrontendError, match="is not a model exported by softipu"):
         _model(0)[2].loadExecutable(tmp_path / "missing")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -69,19 +68,16 @@ def _counts(model, fragment: str) -> int:
     return sum(int(s["count"]) for s in model.report.steps if fragment in str(s["name"]))
 
 
-@pytest.mark.parametrize("strategy", ["post", "running"])
-def test_both_strategies_equal_eager_on_the_whole_batch(strategy):
-    module, eager, model = _train(strategy, lambda p: torch.optim.SGD(p, lr=0.1))
-    got = dict(module.named_parameters())
-    for name, ref in eager.named_parameters():
-        assert _relative(got[name].detach(), ref.detach()) <= 1e-5, name
-
-
-def test_post_divides_once_per_step_and_running_every_micro_batch():
-    steps = 3
-    _, _, post = _train("post", lambda p: torch.optim.SGD(p, lr=0.1), steps=steps)
-    _, _, running = _train("running", lambda p: torch.optim.SGD(p, lr=0.1), steps=steps)
-    params = 4  # two weights, two biases: one accumulator each
+def test_both_strategies_equal_eager_and_divide_where_they_should():
+    # Post divides once per step (in the update), Running every micro-batch (in the loop).
+    steps, params = 3, 4  # two weights, two biases: one accumulator each
+    models = {}
+    for strategy in ("post", "running"):
+        module, eager, models[strategy] = _train(strategy, lambda p: torch.optim.SGD(p, lr=0.1), steps=steps)
+        got = dict(module.named_parameters())
+        for name, ref in eager.named_parameters():
+            assert _relative(got[name].detach(), ref.detach()) <= 1e-5, (strategy, name)
+    post, running = models["post"], models["running"]
     assert _counts(post, "/mean") == steps * params and _counts(post, "running_mean") == 0
     assert _counts(running, "running_mean") == steps * GA * params and _counts(running, "upd/accum") == 0
     # One more compute set per micro-batch (the micro-batch counter) for the running mean.
