@@ -57,7 +57,7 @@ def test_a_transposing_relayout_exchanges_runs_not_elements():
     once at most. Element by element it would be up to 65,536 regions a side; the exchange code is
     16 B a region a side."""
     g, _, _, prog, eng = _slab_case(sp.float32, False)
-    copy = prog.programs[0]
+    copy = next(p for p in prog.programs if isinstance(p, P.Copy))
     transfers, _ = copy_transfers(copy.src, copy.dst, {sp.float32: g.resolved_mapping(sp.float32)}, 8)
     send, recv = transfers.pieces_per_tile(8)
     # x is 32 rows a tile; piece p of slab j sits on tile 4 j + p, which holds x's rows
@@ -65,6 +65,9 @@ def test_a_transposing_relayout_exchanges_runs_not_elements():
     assert send.sum() == recv.sum() == 8192 - 2048
     per_side = g.target.exchange_code_bytes_per_region
     assert eng.report.memory_by_category["exchange_code"] <= 2 * 8192 * per_side
+    # Always live: x (read from the host) and the slabs (never read here); the buffer, written
+    # by one copy per box, is an intermediate (WriteUndef first), not a third 256 KiB.
+    assert eng.report.memory_by_category["always_live_variables"] == 2 * 256 * 256 * 4
     # 8 units a tile of 27 + 11 + 64 x (6 + 3 x 3) = 998 worker cycles each, shared by the
     # tile's 6 worker contexts (6 x ceil(8 x 998 / 6) tile cycles).
     assert int(transpose_cycles(128, 8, 4)) == 998
@@ -192,3 +195,20 @@ def test_ragged_blocks_and_pieces_match_numpy(indexed, reference):
     slabs = list(zip(cols.tolist(), csz.tolist(), strict=True))
     want = np.concatenate([t[k][:, c:c + w].ravel() for k in range(2) for c, w in slabs])
     assert eng.read_tensor(dst).tobytes() == want.tobytes()
+
+
+def test_operand_copies_into_slabs_are_intermediates():
+    """A matmul operand copied into column slabs in two copies (full slabs, then a narrower last
+    one) or rearranged box by box is not always live: each copy alone writes part of it."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=512 * 1024))
+    a = g.add_variable(sp.float32, (48, 1100), name="a")
+    b = g.add_variable(sp.float32, (64, 1000), name="b")
+    for t in (a, b):
+        sp.ops.map_linearly(g, t)
+    prog = P.Sequence()
+    sp.ops.matmul(g, a[:, :1000], b.T, prog, name="mm")  # a: 7 slabs of 128 and one of 104
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    made = [v for v in g.variables if v.name.startswith("mm/") and v.name != "mm/out"]
+    assert len(made) >= 2 and any(p for p in prog.programs if isinstance(p, P.WriteUndef))
+    for v in made:
+        assert not eng.executable.memory.always_live[v.id], v.name

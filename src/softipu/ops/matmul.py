@@ -503,6 +503,8 @@ def _copy_into_slabs(ctx: OpContext, x: Tensor, slab: Tensor, rows: _Grid, cols:
     g_, r_total, c_total = x.shape
     width = int(cols.sizes[0])
     full = int(np.sum(cols.sizes == width))
+    if full < len(cols):  # two partial writes: declared dead first, or liveness keeps it always
+        ctx.prog.add(P.WriteUndef(slab))
     dst = Tensor(slab.graph, slab.dtype, (g_, r_total, full, width), slab.offset,
                  (r_total * c_total, width, r_total * width, 1))
     ctx.prog.add(P.Copy(x[:, :, : full * width].reshape(g_, r_total, full, width), dst))

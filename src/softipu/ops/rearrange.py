@@ -177,6 +177,9 @@ def transpose_into_slabs(ctx: OpContext, x: Tensor, row_starts: np.ndarray, row_
     buf = graph.add_variable(x.dtype, (groups * rows * cols,), name=f"{name}/rearranged")
     boxes = _boxes(row_starts, row_sizes, col_starts, col_sizes, spread, x.dtype.itemsize)
     cs = ctx.compute_set("transpose")
+    # The buffer is written box by box: each copy alone is a partial write, which liveness reads
+    # as keeping an older value (always live) unless the buffer is declared dead first.
+    ctx.prog.add(P.WriteUndef(buf))
     starts, lengths, tiles = [], [], []
     for b in boxes:
         first = _piece_starts(b, groups, rows, cols)
