@@ -120,7 +120,9 @@ class _Timeline:
                 self._record(point, self.graph.spaces[t.dtype], starts, starts + lengths, kind)
 
     def _record(self, point: int, space, starts: np.ndarray, ends: np.ndarray, kind: int) -> None:
-        ids, full = self._ids_in(space, starts, ends)
+        self._record_ids(point, *self._ids_in(space, starts, ends), kind)
+
+    def _record_ids(self, point: int, ids: np.ndarray, full: np.ndarray, kind: int) -> None:
         if not ids.size:
             return
         if kind == _WRITE:
@@ -158,11 +160,12 @@ class _Timeline:
 
     def walk_execute(self, node: P.Execute) -> None:
         point = self._point(node)
-        for space, starts, ends, kind in self._compute_set_fields(node.compute_set.id):
-            self._record(point, space, starts, ends, kind)
+        for ids, full, kind in self._compute_set_fields(node.compute_set.id):
+            self._record_ids(point, ids, full, kind)
 
     def _compute_set_fields(self, cs_id: int) -> list:
-        """(space, starts, ends, kind) of everything a compute set reads and writes, per dtype."""
+        """(variable ids, fully covered?, kind) of everything a compute set reads and writes, per
+        dtype; kept per compute set (a few ints a variable, never its fields' address runs)."""
         cached = self._cs_fields.get(cs_id)
         if cached is None:
             parts: dict[tuple, list] = {}
@@ -174,8 +177,8 @@ class _Timeline:
                         starts, lengths = address_runs(t)
                         for kind in kinds:
                             parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
-            cached = [(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
-                       np.concatenate([p[1] for p in pieces]), kind)
+            cached = [(*self._ids_in(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
+                                     np.concatenate([p[1] for p in pieces])), kind)
                       for (dtype, kind), pieces in parts.items()]
             self._cs_fields[cs_id] = cached
         return cached
@@ -284,19 +287,25 @@ def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile
     """Per-tile peak of live bytes, and total live bytes at each point, from +/- events."""
     if not events:
         return np.zeros(tiles, np.int64), np.zeros(points, np.int64)
-    p = np.concatenate([e[0] for e in events])
-    t = np.concatenate([e[1] for e in events])
-    d = np.concatenate([e[2] for e in events])
-    order = np.lexsort((d, p, t))  # frees before allocations at the same point
-    p, t, d = p[order], t[order], d[order]
-    running = np.cumsum(d)
+    over_time = np.zeros(points + 1)
+    for e in events:
+        over_time += np.bincount(e[0], weights=e[2], minlength=points + 1)[: points + 1]
+    # One int64 key per event orders them by tile, point, then frees before allocations (the
+    # order among frees, or among allocations, cannot change a running maximum); a key, its
+    # order and the deltas are all the memory this takes, a few arrays of events.
+    span = 2 * (points + 2)
+    key = np.concatenate([e[1].astype(np.int64) * span + 2 * e[0] + (e[2] > 0) for e in events])
+    order = np.argsort(key, kind="stable")
+    t = key[order] // span
+    del key
+    running = np.cumsum(np.concatenate([e[2] for e in events]).astype(np.int64)[order])
+    del order
     head = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
     before = np.concatenate(([0], running[:-1]))[head]
     running -= np.repeat(before, np.diff(np.concatenate((head, [t.size]))))
     peak = np.zeros(tiles, np.int64)
     peak[t[head]] = np.maximum.reduceat(running, head)
-    over_time = np.cumsum(np.bincount(p, weights=d, minlength=points + 1))[:points]
-    return np.maximum(peak, 0), over_time.astype(np.int64)
+    return np.maximum(peak, 0), np.cumsum(over_time)[:points].astype(np.int64)
 
 
 # -- the pass --------------------------------------------------------------------------------
