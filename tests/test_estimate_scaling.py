@@ -231,3 +231,27 @@ def test_lowering_a_torch_model_estimate_only_converts_no_weight():
     assert stream == "weights/weight"
     np.testing.assert_array_equal(host_values(values).reshape(2048, 2048),
                                   net.weight.detach().numpy().astype(np.float16))
+
+
+def test_pricing_ops_on_permuted_reshapes_holds_no_index_per_element():
+    """Attention's head split and merge: (b, s, h, d) -> (b*h, s, d) and back to (b, s, h*d) are
+    not strided views. Before grouped views each reshape, and each op's rows of it, held an int64
+    per element (about 40 MiB at this size); what remains is the compile's own transient work."""
+    def price():
+        g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=1 << 24))
+        x = g.add_variable(sp.float16, (2, 256, 16, 64), name="x")  # 512 Ki elements
+        sp.ops.map_linearly(g, x)
+        prog = P.Sequence()
+        heads = x.transpose(0, 2, 1, 3).reshape(32, 256, 64)
+        y = sp.ops.add(g, heads, heads, prog, name="y")
+        merged = y.reshape(2, 16, 256, 64).transpose(0, 2, 1, 3).reshape(2, 256, 1024)
+        sp.ops.mul(g, merged, merged, prog, name="z")
+        eng = sp.Engine(g, [prog], estimate_only=True, options={"debug.allowOutOfMemory": True})
+        eng.run(0)
+        return heads, merged, eng
+
+    (heads, merged, eng), peak = _peak(price)
+    assert peak < 28 * MIB, f"pricing peaked at {peak / MIB:.1f} MiB"
+    assert eng.log.cycles > 0
+    for v in (heads, merged):
+        assert v.slabs is not None and _INDEX_SLOT.__get__(v, Tensor) is None

@@ -129,7 +129,7 @@ def _apply(op: str, rng, t: Tensor, a: np.ndarray) -> tuple[Tensor, np.ndarray]:
     return t[tuple(key)], a[tuple(key)]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_chains_of_views_of_a_reshape_match_numpy(chain):
     shape, perm, key, ops = chain
@@ -189,3 +189,26 @@ def test_reshaping_permuted_views_holds_no_index():
         tracemalloc.stop()
     assert peak < 1 << 20, f"reshaping views peaked at {peak / 2**20:.1f} MiB"
     assert all(not built(v) for v in views)
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+def test_elementwise_ops_over_grouped_views_match_numpy(reference):
+    """add over (b*h, s, d) heads and mul over the merged (b, s, h*d): numpy on the same views."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (2, 8, 4, 6), name="x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    heads = x.transpose(0, 2, 1, 3).reshape(8, 8, 6)
+    y = sp.ops.add(g, heads, heads[::-1], prog, name="y")
+    merged = y.reshape(2, 4, 8, 6).transpose(0, 2, 1, 3).reshape(2, 8, 24)
+    z = sp.ops.mul(g, merged, merged, prog, name="z")
+    assert heads.slabs is not None and merged.slabs is not None
+    eng = sp.Engine(g, [prog], {"engine.reference": reference})
+    host = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    eng.write_tensor(x, host)
+    eng.run(0)
+    h = host.transpose(0, 2, 1, 3).reshape(8, 8, 6)
+    want_y = h + h[::-1]
+    m = want_y.reshape(2, 4, 8, 6).transpose(0, 2, 1, 3).reshape(2, 8, 24)
+    np.testing.assert_array_equal(eng.read_tensor(y), want_y)
+    np.testing.assert_array_equal(eng.read_tensor(z), m * m)

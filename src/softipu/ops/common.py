@@ -148,6 +148,11 @@ def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
             stride = flat.strides[0]
             return Tensor(flat.graph, flat.dtype, (num, length), flat.offset + first * stride,
                           (step * stride, stride))
+    if flat.slabs is not None and flat.ndim == 1 and num > 1 and np.all(np.diff(starts) == length):
+        first = int(starts[0])  # back-to-back rows of a grouped view: a slice and a reshape of it
+        rows = flat[first : first + num * length].reshape(num, length)
+        if rows.is_strided or rows.slabs is not None:
+            return rows
     addresses = flat.addresses().reshape(-1)
     index = addresses[starts[:, None] + np.arange(length)]
     return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
