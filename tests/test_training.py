@@ -358,3 +358,18 @@ def test_the_update_fuses_elementwise_chains_with_the_same_values(monkeypatch):
     (fused, n_fused), (plain, n_plain) = runs
     assert all(torch.equal(a, b) for a, b in zip(fused, plain, strict=True))
     assert n_fused * 2 < n_plain
+
+
+def test_advice_names_a_category_outside_the_roles_when_it_dominates_the_tile():
+    from softipu.frontends.torch.training.summary import _advice, _others
+
+    fit = {"fits": False, "tiles_over": 3, "worst_tile": 7, "worst_tile_bytes": 900,
+           "worst_tile_categories": {"always_live_variables": 300, "not_always_live": 500, "exchange_code": 100}}
+    on_worst = {"weights": 100, "gradients": 100, "optimizer_state": 100, "activations": 50}
+    others = _others((300, 50), fit)  # the roles' always-live and transient bytes on the tile
+    assert others == {"not_always_live": 450, "exchange_code": 100}
+    advice = _advice({k: 10 * v for k, v in on_worst.items()}, on_worst, others, fit)
+    assert "temporary values" in advice and "not_always_live 450 B" in advice and "(7, 900 B)" in advice
+    fit["worst_tile_categories"]["not_always_live"] = 60
+    advice = _advice(on_worst, on_worst, _others((300, 50), fit), fit)
+    assert "the weights dominate" in advice

@@ -48,14 +48,18 @@ def _role_of_variables(low: Any) -> dict[int, int]:
     return roles
 
 
-def memory_by_role_per_tile(low: Any, plan: Any, tiles: int) -> dict[str, np.ndarray]:
-    """Bytes of each role on each tile, from the memory plan's (variable, tile, bytes) placement."""
-    roles = _role_of_variables(low)
+def _roles_of_pieces(low: Any, plan: Any) -> np.ndarray:
+    """The role index (-1: none) of each (variable, tile) piece of the memory plan."""
     lookup = np.full(max(len(low.graph.variables), 1), -1, np.int64)
-    for var_id, role in roles.items():
+    for var_id, role in _role_of_variables(low).items():
         if var_id < lookup.size:
             lookup[var_id] = role
-    role = lookup[plan.var_ids] if plan.var_ids.size else plan.var_ids
+    return lookup[plan.var_ids] if plan.var_ids.size else plan.var_ids
+
+
+def memory_by_role_per_tile(low: Any, plan: Any, tiles: int) -> dict[str, np.ndarray]:
+    """Bytes of each role on each tile, from the memory plan's (variable, tile, bytes) placement."""
+    role = _roles_of_pieces(low, plan)
     out = {}
     for i, name in enumerate(ROLES):
         sel = role == i
@@ -73,6 +77,9 @@ def training_summary(model: Any) -> dict[str, Any]:
     worst = int(fit["worst_tile"])
     on_worst = {k: int(v[worst]) for k, v in per_tile.items()} if report.tile_memory.size else {}
     dominant = max(on_worst, key=on_worst.__getitem__) if any(on_worst.values()) else ""
+    others = _others(_always_live_role_bytes(low, model.engine.executable.memory, worst), fit)
+    if others and max(others.values()) > on_worst.get(dominant, 0):
+        dominant = max(others, key=others.__getitem__)
     cycles = {"forward": 0, "backward": 0, "weight_update": 0, "other": 0}
     for step in report.steps:
         cycles[phase_of(str(step["name"]))] += int(step["cycles"]) * int(step["count"])
@@ -80,7 +87,7 @@ def training_summary(model: Any) -> dict[str, Any]:
     return {"memory": memory, "memory_per_tile": per_tile,
             "worst_tile": {"tile": worst, "bytes": int(fit["worst_tile_bytes"]), "by_role": on_worst,
                            "other": int(fit["worst_tile_bytes"]) - sum(on_worst.values())},
-            "dominant": dominant, "advice": _advice(memory, on_worst, fit),
+            "dominant": dominant, "advice": _advice(memory, on_worst, others, fit),
             "memory_total": int(report.tile_memory.sum()),
             "memory_by_category": report.memory_by_category, "fit": fit,
             "cycles": {k: v // calls for k, v in cycles.items()}, "cycles_per_call": model.cycle_count,
@@ -99,13 +106,50 @@ _ADVICE = {
 }
 
 
-def _advice(memory: dict[str, int], on_worst: dict[str, int], fit: dict[str, Any]) -> str:
-    """What dominates the fullest tile (else the whole model) and what to do, when the step does
-    not fit."""
+# What else fills a tile, by the report's memory category, when none of the roles dominates.
+_OTHER_ADVICE = {
+    "not_always_live": "the step's temporary values (the working sets of its largest ops) dominate: "
+                       "a smaller micro-batch with more gradient accumulation, a lower "
+                       "availableMemoryProportion, or recomputation",
+    "exchange_code": "exchange code dominates (many small ops moving data to this tile): fewer, "
+                     "larger ops, or a layout that keeps the data where it is used",
+    "codelet_code": "vertex code dominates (many kinds of codelets on this tile): fewer op kinds "
+                    "per tile, or spreading the model over more IPUs",
+    "vertex_state": "vertex state dominates (many vertices on this tile): larger grains per vertex, "
+                    "or spreading the model over more IPUs",
+}
+
+
+def _always_live_role_bytes(low: Any, plan: Any, tile: int) -> tuple[int, int]:
+    """(always-live, not-always-live) bytes of the four roles' variables on ``tile``."""
+    role = _roles_of_pieces(low, plan)
+    on = (plan.var_tiles == tile) & (role >= 0)
+    always = plan.always_live[plan.var_ids] if plan.var_ids.size else on
+    return int(plan.var_bytes[on & always].sum()), int(plan.var_bytes[on & ~always].sum())
+
+
+def _others(role_bytes: tuple[int, int], fit: dict[str, Any]) -> dict[str, int]:
+    """The fullest tile's bytes outside the four roles, by the report's category (the roles'
+    variables taken out of the variable categories they are counted in)."""
+    cats = dict(fit.get("worst_tile_categories", {}))
+    always, transient = role_bytes
+    cats["always_live_variables"] = max(0, cats.get("always_live_variables", 0) - always)
+    cats["not_always_live"] = max(0, cats.get("not_always_live", 0) - transient)
+    return {k: v for k, v in cats.items() if v > 0}
+
+
+def _advice(memory: dict[str, int], on_worst: dict[str, int], others: dict[str, int],
+            fit: dict[str, Any]) -> str:
+    """What dominates the fullest tile and what to do, when the step does not fit: one of the four
+    roles, or else the largest other category (temporaries, code, vertex state)."""
     if fit["fits"]:
         return ""
+    head = (f"does not fit: {fit['tiles_over']} tiles over; on the fullest tile ({fit['worst_tile']}, "
+            f"{fit['worst_tile_bytes']:,} B) ")
+    other = max(others, key=others.__getitem__) if others else ""
     where = on_worst if any(on_worst.values()) else memory
     top = max(where, key=where.__getitem__)
-    return (f"does not fit: {fit['tiles_over']} tiles over; on the fullest tile ({fit['worst_tile']}, "
-            f"{fit['worst_tile_bytes']:,} B) {_ADVICE[top]} ({top} {where[top]:,} B there; "
-            f"{top} {memory[top] / 1e6:.1f} MB of {sum(memory.values()) / 1e6:.1f} MB over all tiles)")
+    if other in _OTHER_ADVICE and others[other] > where[top]:
+        return head + f"{_OTHER_ADVICE[other]} ({other} {others[other]:,} B there; {top} {where[top]:,} B)"
+    return head + (f"{_ADVICE[top]} ({top} {where[top]:,} B there; {top} {memory[top] / 1e6:.1f} MB of "
+                   f"{sum(memory.values()) / 1e6:.1f} MB over all tiles)")
