@@ -3,7 +3,8 @@
 Each case runs 20 steps on the IPU (``softipu.torch.training_model``, compiled once per model and
 optimizer) and in eager torch (the same optimizer's own ``step``) from the same weights and data,
 and compares the per-step losses and the final weights (1e-4 relative, fp32). The matrix: the MLP
-with every optimizer, every other model with two, so each optimizer trains at least two models.
+with every optimizer, every other model with one or two, so each optimizer trains at least two
+models (LAMB three: it is the one checked against its published definition).
 No parameter has a gradient that is zero in exact arithmetic (a conv bias before batch norm, an
 attention key bias): adaptive optimizers would scale its float rounding noise into full steps.
 """
@@ -185,8 +186,8 @@ def test_mlp_with_every_optimizer_matches_eager(opt_name):
 
 
 @pytest.mark.parametrize(("model_name", "opt_name"), [
-    ("cnn", "sgd_momentum"), ("cnn", "lamb"), ("encoder", "adamw"), ("encoder", "rmsprop"),
-    ("gpt", "adam"), ("gpt", "lamb"), ("lstm", "rmsprop"), ("lstm", "adamw")])
+    ("cnn", "sgd_momentum"), ("cnn", "lamb"), ("encoder", "adamw"), ("gpt", "adam"), ("gpt", "lamb"),
+    ("lstm", "rmsprop")])
 def test_each_model_matches_eager(model_name, opt_name):
     losses, module, eager, _ = train_both(model_name, opt_name)
     check(losses, module, eager)
