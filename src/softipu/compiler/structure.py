@@ -130,9 +130,11 @@ class StructureKeys:
                 hi += (n - 1) * s
             else:
                 lo += (n - 1) * s
-        last = used.last
-        var = last[1] if last is not None and last[0] is dtype and last[1].start <= lo and hi < last[1].end \
-            else self._holder(dtype, lo, hi)
+        first = max(len(used.ranges) - 8, 0)  # usually one of the few numbered last
+        for n, (d, start, end) in enumerate(used.ranges[first:], first):
+            if d is dtype and start <= lo and hi < end:
+                return (n, offset - start, shape, strides)
+        var = self._holder(dtype, lo, hi)
         return (used.number(dtype, var), offset - var.start, shape, strides)
 
     def _holder(self, dtype: DType, lo: int, hi: int) -> Variable:
@@ -169,17 +171,17 @@ class StructureKeys:
 class _Used:
     """The variables one key refers to, numbered in order of first use."""
 
-    __slots__ = ("variables", "_numbers", "last")
+    __slots__ = ("variables", "ranges", "_numbers")
 
     def __init__(self) -> None:
         self.variables: list[tuple[DType, Variable]] = []
+        self.ranges: list[tuple[DType, int, int]] = []  # (dtype, start, end) of each, by number
         self._numbers: dict[tuple[DType, int], int] = {}
-        self.last: tuple[DType, Variable] | None = None  # the variable numbered last: often the next
 
     def number(self, dtype: DType, var: Variable) -> int:
-        self.last = (dtype, var)
         n = self._numbers.get((dtype, var.id))
         if n is None:
             n = self._numbers[(dtype, var.id)] = len(self.variables)
             self.variables.append((dtype, var))
+            self.ranges.append((dtype, var.start, var.end))
         return n
