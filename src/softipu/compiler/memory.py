@@ -71,6 +71,8 @@ class MemoryPlan:
 
 
 # -- variables on tiles ----------------------------------------------------------------------
+_PLACEMENT_PIECES = 1 << 18  # mapping pieces a placement batch holds (memory, not results)
+
 def _placement(graph: Graph, mappings: dict[DType, ResolvedMapping], target: Target):
     """Sparse (variable id, tile, bytes) triples, each rounded up to the alignment."""
     ids, tiles, nbytes = [], [], []
@@ -80,11 +82,25 @@ def _placement(graph: Graph, mappings: dict[DType, ResolvedMapping], target: Tar
         vars_ = space.variables
         starts = np.array([v.start for v in vars_], np.int64)
         ends = np.array([v.end for v in vars_], np.int64)
-        p_starts, p_ends, p_tiles, parent = split_by_mapping(starts, ends, mappings[dtype])
-        var_id = np.array([v.id for v in vars_], np.int64)[parent]
-        key = var_id * target.num_tiles + p_tiles
-        uniq, inverse = np.unique(key, return_inverse=True)
-        total = np.bincount(inverse, weights=(p_ends - p_starts) * dtype.itemsize).astype(np.int64)
+        var_ids = np.array([v.id for v in vars_], np.int64)
+        mapping = mappings[dtype]
+        # Variables in batches of about _PLACEMENT_PIECES mapping pieces: only one batch's pieces
+        # are held at once (a model's are millions). A (variable, tile) pair lies in one batch.
+        pieces = np.maximum(np.searchsorted(mapping.starts, ends) - np.searchsorted(mapping.ends, starts,
+                                                                                   side="right"), 1)
+        cuts = np.searchsorted(np.cumsum(pieces), np.arange(_PLACEMENT_PIECES, int(pieces.sum()),
+                                                            _PLACEMENT_PIECES), side="right")
+        bounds = np.unique(np.concatenate(([0], cuts, [len(vars_)])))
+        keys, totals = [], []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            p_starts, p_ends, p_tiles, parent = split_by_mapping(starts[a:b], ends[a:b], mapping)
+            key = var_ids[a:b][parent] * target.num_tiles + p_tiles
+            uniq, inverse = np.unique(key, return_inverse=True)
+            keys.append(uniq)
+            totals.append(np.bincount(inverse, weights=(p_ends - p_starts) * dtype.itemsize))
+        order = np.argsort(np.concatenate(keys), kind="stable")
+        uniq = np.concatenate(keys)[order]
+        total = np.concatenate(totals)[order].astype(np.int64)
         align = target.variable_alignment_bytes
         ids.append(uniq // target.num_tiles)
         tiles.append(uniq % target.num_tiles)
