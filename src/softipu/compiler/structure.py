@@ -54,6 +54,7 @@ class StructureKeys:
         self.mappings = mappings
         self._variable_keys: dict[tuple[DType, int], tuple] = {}  # (dtype, variable id) -> key
         self._layouts: dict[int, tuple | None] = {}  # compute set id -> its layout key
+        self._codelet_fields: dict[type, tuple[tuple[str, bool], ...]] = {}  # (name, is a param)
 
     # -- compute sets ------------------------------------------------------------------------------
     def layout(self, compiled: CompiledComputeSet) -> tuple | None:
@@ -77,21 +78,31 @@ class StructureKeys:
             return None
         return tuple(parts), self._variables(used)
 
-    @staticmethod
-    def work(compiled: CompiledComputeSet) -> tuple:
+    def work(self, compiled: CompiledComputeSet) -> tuple:
         """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
-        field lengths and params."""
+        field lengths and params (fields in the codelet's order: names are implied by it)."""
         parts = []
         for group in compiled.groups:
             fields = []
-            for name, f in group.codelet.fields.items():
-                if f.direction is Direction.PARAM:
-                    value = np.asarray(group.fields[name])
-                    fields.append((name, value.dtype.str, value.shape, value.tobytes()))
+            values = group.fields
+            for name, is_param in self._fields_of(group.codelet):
+                value = values[name]
+                if is_param:
+                    value = np.asarray(value)
+                    fields.append((value.dtype.str, value.shape, value.tobytes()))
+                elif isinstance(value, tuple):
+                    fields.append(tuple(t.shape for t in value))
                 else:
-                    fields.append((name, tuple(t.shape for t in group.tensors(name))))
+                    fields.append(value.shape)
             parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
         return tuple(parts)
+
+    def _fields_of(self, codelet: type) -> tuple[tuple[str, bool], ...]:
+        found = self._codelet_fields.get(codelet)
+        if found is None:
+            found = self._codelet_fields[codelet] = tuple(
+                (name, f.direction is Direction.PARAM) for name, f in codelet.fields.items())
+        return found
 
     # -- copies ------------------------------------------------------------------------------------
     def copy(self, src: Tensor, dst: Tensor) -> tuple | None:
