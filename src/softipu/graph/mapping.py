@@ -40,6 +40,8 @@ class ResolvedMapping:
             span = int(self.ends[-1]) + 1 if self.ends.size else 1
             order = np.lexsort((self.starts, self.tiles))
             keys = self.tiles[order].astype(np.int64) * span + self.starts[order]
+            if order.size < 1 << 31:  # kept for the compile: half the bytes as int32
+                order = order.astype(np.int32)
             self._by_tile.append((order, keys, span))
         return self._by_tile[0]
 
