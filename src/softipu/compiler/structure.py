@@ -24,6 +24,7 @@ sets); nothing is keyed by object identity.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -173,8 +174,11 @@ class StructureKeys:
             starts = np.maximum(m.starts[a:b], var.start) - var.start
             ends = np.minimum(m.ends[a:b], var.end) - var.start
             keep = ends > starts
-            key = (dtype, var.numel, starts[keep].tobytes(), ends[keep].tobytes(),
-                   m.tiles[a:b][keep].astype(np.int32).tobytes())
+            # a digest of the intervals, not their bytes: a model's keys would copy its whole mapping
+            digest = hashlib.blake2b(starts[keep].tobytes(), digest_size=32)
+            digest.update(ends[keep].tobytes())
+            digest.update(m.tiles[a:b][keep].astype(np.int32).tobytes())
+            key = (dtype, var.numel, int(keep.sum()), digest.digest())
             self._variable_keys[(dtype, var.id)] = key
         return key
 
