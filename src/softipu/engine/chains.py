@@ -90,17 +90,20 @@ class ChainRunner:
             if self.plans is None:
                 self.plans = [self._plan(band) for band in self.bands]
             with BLAS.single_threaded():
-                for copies_in, a, b, c, copies_out in self.plans:
+                for copies_in, products, copies_out in self.plans:
                     for dst, src in copies_in:
                         np.copyto(dst, src)
-                    run_pieces(_gemm_pieces(a, b, c))
+                    if len(products) == 1:
+                        products[0]()
+                    else:
+                        run_pieces(products)
                     for dst, src in copies_out:
                         np.copyto(dst, src)
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
 
     def _plan(self, band: _Band) -> tuple:
-        """(copies in, A, B, C, copies out) of one band: views built once, reused every run."""
+        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
         m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
         rows, ks, cols = band.sizes
         src, dst = self.in_buf, self.out_buf
@@ -119,7 +122,7 @@ class ChainRunner:
         if c is None:
             c = self.scratch.get("c", (rows, cols))
             copies_out = [(d, s) for s, d in _copies(c, dst, out_grid, m_at, n_at, writeable=True)]
-        return copies_in, a, b, c, copies_out
+        return copies_in, _gemm_pieces(a, b, c), copies_out
 
 
 # A band's GEMM is cut into pieces of at least this many multiply-accumulates (at most
