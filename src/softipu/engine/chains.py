@@ -13,10 +13,14 @@ evaluate a contraction in any order, deterministically and within
   partial block it is reduced from; output blocks with the same left blocks form a *row* whose
   left blocks are copied side by side (``m x K``), and rows whose right-hand columns are the same
   form a *band* whose right blocks are copied once (``K x N``);
-* one GEMM per band, cut into row pieces by its size alone (:func:`softipu.codelets.gemm.pieces`,
+* one GEMM per band, cut into row or column pieces by its shape alone (:func:`_gemm_pieces`,
   never by the host's cores), the pieces side by side on idle cores;
 * a *scatter* of the product into the output blocks (the reduce's rows, or the AMP's own blocks
-  where nothing reduces them), rounded once to the output type.
+  where nothing reduces them) — or none, where the output blocks tile one row-major matrix and
+  the GEMM writes straight into it (likewise an operand read in place where its blocks tile one).
+
+Only float32 results (float32 or float16 inputs): a float16 output is rounded by the reduction,
+and under stochastic rounding from the partials, which this does not write.
 
 A chain is only taken when every check holds; else its compute sets run as usual. Checked: the
 compute sets are consecutive ``Execute`` nodes of one ``Sequence``, each run nowhere else; every

@@ -15,6 +15,9 @@ The groups and chunks of a compute set also run side by side on the host's idle 
 first run, from its third run on where that proved faster than one thread. Only softipu's own
 codelets are shared out so: a user's codelet runs on the calling thread, in order, as it would
 without threads.
+
+A library matmul's AMP steps and partials reduction run instead as a few whole GEMMs
+(:mod:`softipu.engine.chains`), and a copy between two strided tensors binds its views once.
 """
 
 from __future__ import annotations
