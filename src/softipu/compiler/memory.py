@@ -300,22 +300,37 @@ def _read_first_in(var: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.nda
 
 def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles: int,
                    points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile peak of live bytes, and total live bytes at each point, from +/- events."""
+    """Per-tile peak of live bytes, and total live bytes at each point, from +/- events (the
+    list is consumed)."""
     if not events:
         return np.zeros(tiles, np.int64), np.zeros(points, np.int64)
-    over_time = np.zeros(points + 1)
-    for e in events:
-        over_time += np.bincount(e[0], weights=e[2], minlength=points + 1)[: points + 1]
     # One int64 key per event orders them by tile, point, then frees before allocations (the
-    # order among frees, or among allocations, cannot change a running maximum); a key, its
-    # order and the deltas are all the memory this takes, a few arrays of events.
+    # order among frees, or among allocations, cannot change a running maximum). The events are
+    # consumed: each is let go once copied into the keys and deltas, which with their order are
+    # all the memory this takes.
     span = 2 * (points + 2)
-    key = np.concatenate([e[1].astype(np.int64) * span + 2 * e[0] + (e[2] > 0) for e in events])
+    n = sum(e[0].size for e in events)
+    key, d = np.empty(n, np.int64), np.empty(n, np.int64)
+    over_time = np.zeros(points + 1)
+    at = 0
+    while events:
+        p, t, w = events.pop(0)
+        seg = key[at : at + p.size]
+        seg[...] = t
+        seg *= span
+        seg += p
+        seg += p
+        seg += w > 0
+        d[at : at + p.size] = w
+        over_time += np.bincount(p, weights=w, minlength=points + 1)[: points + 1]
+        at += p.size
     order = np.argsort(key, kind="stable")
-    t = key[order] // span
+    t = key[order]
     del key
-    running = np.cumsum(np.concatenate([e[2] for e in events]).astype(np.int64)[order])
-    del order
+    t //= span
+    running = d[order]
+    del d, order
+    np.cumsum(running, out=running)
     head = np.flatnonzero(np.concatenate(([True], t[1:] != t[:-1])))
     before = np.concatenate(([0], running[:-1]))[head]
     running -= np.repeat(before, np.diff(np.concatenate((head, [t.size]))))
@@ -349,6 +364,7 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
         v, t, b = var_ids[nal], var_tiles[nal], var_bytes[nal]
         events.append((first[v], t, b))
         events.append((last[v] + 1, t, -b))
+        del v, t, b
     point_steps = np.asarray(timeline.points, np.int64)
     for p in np.flatnonzero(point_steps >= 0).tolist():  # each step's receive buffers, at its point
         step = steps[point_steps[p]]
