@@ -25,7 +25,7 @@ from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
 from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.training.fuse import fuse_node, fusible, materialize
+from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize
 from softipu.frontends.torch.training.joint import Joint
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -226,10 +226,10 @@ class _TrainLowerer(_Lowerer):
                 gm = self._traced_update(pnames, skeys, grads, state)
                 inputs = ([params[n] for n in pnames] + [grads[n] for n in pnames] + [state[k] for k in skeys]
                           + list(hyper.values()) + [step])
-                results = self._lower_fx(gm, inputs)
                 targets = [params[n] for n in pnames] + [state[k] for k in skeys]
                 if self.options.auto_loss_scaling:
                     targets.append(hyper["loss_scaling"])
+                results = self._lower_fx(gm, inputs, targets)
                 self._write_back(results, targets, prog)
         finally:
             self.ctx.prog, self.ctx.phase = outer, ""
@@ -308,9 +308,15 @@ class _TrainLowerer(_Lowerer):
                 ew.mul_(self.graph, var, 0.0, prog, name="upd/const")
                 ew.add_(self.graph, var, float(new), prog, name="upd/const")
 
-    def _lower_fx(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
+    def _lower_fx(self, gm: torch.fx.GraphModule, inputs: Sequence[Any],
+                  targets: Sequence[Tensor] | None = None) -> list[Any]:
+        """Lower ``gm`` on ``inputs``; with ``targets`` (the variables its outputs go to), an output
+        is copied into its variable as soon as nothing later reads the variable's old value, so
+        the new values do not all stay live until the end (PopART updates in place)."""
         env: dict[torch.fx.Node, Any] = {}
         it = iter(inputs)
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        outputs = list(next(n for n in reversed(gm.graph.nodes) if n.op == "output").args[0])
         for node in gm.graph.nodes:
             if node.op == "placeholder":
                 env[node] = next(it)
@@ -324,10 +330,39 @@ class _TrainLowerer(_Lowerer):
                     env[node] = env[node.args[0]]
                     continue
                 env[node] = self._fused_or_lowered(node, env)
+                if targets is not None and node in outputs:
+                    self._write_early(node, env, outputs, targets, order)
             elif node.op == "output":
-                return [materialize(env[a], self.ctx, a) if isinstance(a, torch.fx.Node) else a
-                        for a in node.args[0]]
+                return [targets[i] if a is _WRITTEN and targets is not None else
+                        materialize(env[a], self.ctx, a) if isinstance(a, torch.fx.Node) else a
+                        for i, a in enumerate(outputs)]
         return []
+
+    def _write_early(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any], outputs: list[Any],
+                     targets: Sequence[Tensor], order: dict[torch.fx.Node, int]) -> None:
+        """Copy ``node``'s value into its target variables now when no node after it, and no
+        expression still pending, reads their old values (through the variable or a view of it);
+        later readers of ``node`` then read the variable."""
+        value = env[node]
+        if not isinstance(value, Tensor):
+            return
+        for i in (i for i, a in enumerate(outputs) if a is node):
+            var = targets[i]
+            home = self.graph.variable_of(var)
+            if value is var or home is None:
+                continue
+            views = [n for n, v in env.items() if isinstance(v, Tensor) and v.dtype is var.dtype
+                     and self.graph.variable_of(v) is home]
+            late = any(order[u] > order[node] for n in views for u in n.users)
+            pending = any(isinstance(v, Pending) and any(order[u] > order[node] for u in n.users)
+                          and any(self.graph.variable_of(t) is home for t in v.leaves())
+                          for n, v in env.items())
+            if late or pending:
+                continue
+            self.ctx.prog.add(P.Copy(self.ctx.cast(value, var.dtype), var))
+            if value.dtype is var.dtype:
+                env[node] = var  # the same values: readers after this read the variable
+            outputs[i] = _WRITTEN
 
     def _fused_or_lowered(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any]) -> Any:
         """An elementwise op joins its operands' pending expression (:mod:`.fuse`) while its value
@@ -341,6 +376,9 @@ class _TrainLowerer(_Lowerer):
         for a in node.all_input_nodes:
             env[a] = materialize(env[a], self.ctx, a)
         return self.lower_node(node, env)
+
+
+_WRITTEN = object()  # an output already copied into its variable
 
 
 def variable_ids(graph: Any, values: Any) -> set[int]:
