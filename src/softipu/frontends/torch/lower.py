@@ -64,6 +64,9 @@ def to_host_array(value: torch.Tensor, dtype: DType, what: str = "a tensor",
     rounding is fine, as in PopTorch. NOTE: float16 (the "fp16" precision the user chose) is cast
     as ``.half()`` casts, large values becoming inf.
     """
+    if dtype is float16 and value.dtype == torch.float32:
+        # torch's float -> half rounds as numpy's astype (nearest even, overflow to inf), ~4x faster
+        return value.detach().cpu().to(torch.float16).contiguous().numpy()
     host = value.detach().cpu().numpy()
     if dtype is float16:
         with np.errstate(over="ignore"):
