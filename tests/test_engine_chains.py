@@ -31,16 +31,18 @@ def _matmul(m, k, n, batch=()):
     return g, prog, a, b, c
 
 
-def _run(g, programs, values, outs, reference=False, run=0):
+def _run(g, programs, values, outs, reference=False, runs=1):
+    """The results of the ``runs``-th run (a chain is built on its first)."""
     eng = sp.Engine(g, programs, {"engine.reference": reference, "debug.allowOutOfMemory": True})
-    for t, v in values.items():
-        eng.write_tensor(t, v)
-    eng.run(run)
+    for _ in range(runs):
+        for t, v in values.items():
+            eng.write_tensor(t, v)
+        eng.run(0)
     return eng, [eng.read_tensor(o) for o in outs]
 
 
 def _fused(eng):
-    return [r for r in eng._interpreter._chains.values() if r is not None]
+    return eng._interpreter._chains.fused()
 
 
 def _check(got, ref, av, bv, k):
@@ -87,6 +89,7 @@ def test_same_bits_on_every_run_and_with_one_or_two_threads(monkeypatch):
     for idle in (0, 1, 0, 1):
         monkeypatch.setattr(host, "idle_cores", lambda idle=idle: idle)
         eng, (got,) = _run(g, [prog], {a: av, b: bv}, [c])
+        assert _fused(eng)
         eng.run(0)
         results += [got, eng.read_tensor(c)]
     assert shared, "no GEMM was shared out"

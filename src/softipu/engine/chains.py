@@ -50,7 +50,7 @@ from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["ChainRunner", "FUSE_MATMULS", "find_chains"]
+__all__ = ["ChainRunner", "Chains", "FUSE_MATMULS"]
 
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
@@ -154,20 +154,18 @@ def _gemm_pieces(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> list[Callable[[
 
 class _Scratch:
     """The interpreter's matrices for gathered operands and products, shared by its chains (they
-    run one at a time), each as large as the largest band needs."""
+    run one at a time). A band that needs more than the current buffer gets a larger one; plans
+    made earlier keep the views of the old one (alive through them)."""
 
     def __init__(self) -> None:
         self.buffers: dict[str, np.ndarray] = {}
-        self.sizes: dict[str, int] = {}
-
-    def need(self, name: str, size: int) -> None:
-        self.sizes[name] = max(self.sizes.get(name, 0), size)
 
     def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        size = shape[0] * shape[1]
         buf = self.buffers.get(name)
-        if buf is None:
-            buf = self.buffers[name] = np.empty(self.sizes[name], np.float32)
-        return buf[:shape[0] * shape[1]].reshape(shape)
+        if buf is None or buf.size < size:
+            buf = self.buffers[name] = np.empty(size, np.float32)
+        return buf[:size].reshape(shape)
 
 
 def _direct(buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,
@@ -256,32 +254,81 @@ class _Chain:
     name: str
 
 
-def find_chains(executable: Executable, storage: Any) -> dict[int, Callable[[], None] | None]:
-    """For each step of a fused chain: its runner at the first step, None at the others."""
-    if executable.replication_factor != 1 or not FUSE_MATMULS:
-        return {}
-    roots = list(executable.programs) + list(executable.functions.values())
-    executions: dict[int, int] = {}
-    for root in roots:
-        for node in P.walk(root):
-            if node.kind is P.ProgramKind.EXECUTE:
-                executions[node.compute_set.id] = executions.get(node.compute_set.id, 0) + 1
-    chains = [chain for root in roots for node in P.walk(root) if node.kind is P.ProgramKind.SEQUENCE
-              for chain in _chains_in(executable, node.programs, executions)]
-    if not chains:
-        return {}
-    found: dict[int, Callable[[], None] | None] = {}
-    scratch = _Scratch()
-    for ch in _without_read_partials(executable, chains, roots):
-        for band in ch.bands:
-            rows, ks, cols = band.sizes
-            for name, size in (("a", rows * ks), ("b", ks * cols), ("c", rows * cols)):
-                scratch.need(name, size)
-        runner = ChainRunner(ch.bands, storage.buffers[ch.in_dtype][0], storage.buffers[ch.out_dtype][0],
-                             ch.group, f"compute sets {ch.name!r}", scratch)
-        found.update(dict.fromkeys(ch.steps[1:]))
-        found[ch.steps[0]] = runner
-    return found
+@dataclass(slots=True)
+class _Candidate:
+    """Consecutive Execute nodes that look like a matmul chain; built (checked and planned) on
+    its first run, so chains a program never runs cost nothing. Every run of a built chain is
+    fused, the first included: the same executable gives the same bits on every run."""
+
+    nodes: list[P.Program]
+    steps: list[int]
+    in_dtype: Any
+    runner: ChainRunner | None = None
+    failed: bool = False
+    active: bool = False  # the runner did this pass's work at the first step
+
+
+class Chains:
+    """The fast engine's matmul chains: ``handle(step)`` says whether a step's work is done here
+    (the chain's GEMMs at its first step, nothing at its later ones) or runs as usual."""
+
+    def __init__(self, executable: Executable, storage: Any) -> None:
+        self.executable, self.storage = executable, storage
+        self.first: dict[int, _Candidate] = {}
+        self.later: dict[int, _Candidate] = {}
+        self.scratch = _Scratch()
+        self._reads: np.ndarray | None = None
+        if executable.replication_factor != 1 or not FUSE_MATMULS:
+            return
+        roots = list(executable.programs) + list(executable.functions.values())
+        executions: dict[int, int] = {}
+        for root in roots:
+            for node in P.walk(root):
+                if node.kind is P.ProgramKind.EXECUTE:
+                    executions[node.compute_set.id] = executions.get(node.compute_set.id, 0) + 1
+        for root in roots:
+            for node in P.walk(root):
+                if node.kind is P.ProgramKind.SEQUENCE:
+                    for cand in _candidates(executable, node.programs, executions):
+                        self.first[cand.steps[0]] = cand
+                        self.later.update(dict.fromkeys(cand.steps[1:], cand))
+
+    def __bool__(self) -> bool:
+        return bool(self.first)
+
+    def fused(self) -> list[ChainRunner]:
+        return [c.runner for c in self.first.values() if c.runner is not None]
+
+    def handle(self, step: int) -> bool:
+        cand = self.first.get(step)
+        if cand is not None:
+            if cand.runner is None and not cand.failed:
+                cand.runner = self._build(cand)
+                cand.failed = cand.runner is None
+            cand.active = cand.runner is not None
+            if cand.active:
+                cand.runner()
+            return cand.active
+        cand = self.later.get(step)
+        return cand is not None and cand.active
+
+    def _build(self, cand: _Candidate) -> ChainRunner | None:
+        ch = _build(self.executable, cand.nodes, cand.in_dtype)
+        if ch is None:
+            return None
+        if ch.partials:
+            if self._reads is None:
+                roots = list(self.executable.programs) + list(self.executable.functions.values())
+                reads = _reads(self.executable, roots, set())
+                self._reads = np.array([(cs, lo, hi) for cs, d, lo, hi in reads if d == float32],
+                                       np.int64).reshape(-1, 3)
+            table = self._reads
+            blocks = np.array(sorted(ch.partials), np.int64)
+            if _overlaps(table[~np.isin(table[:, 0], ch.cs_ids), 1:], blocks[:, 0], blocks[:, 1]):
+                return None
+        buffers = self.storage.buffers
+        return ChainRunner(ch.bands, buffers[ch.in_dtype][0], buffers[ch.out_dtype][0], ch.group,
+                           f"compute sets {ch.name!r}", self.scratch)
 
 
 def _kind(executable: Executable, cs_id: int) -> tuple[str, Any] | None:
@@ -310,7 +357,10 @@ def _codelet_kind(codelet: type) -> tuple[str, Any] | None:
     return None
 
 
-def _chains_in(executable: Executable, children: list[P.Program], executions: dict[int, int]) -> list[_Chain]:
+def _candidates(executable: Executable, children: list[P.Program],
+                executions: dict[int, int]) -> list[_Candidate]:
+    """Runs of children that look like a matmul chain: an AMP step, accumulating steps, and
+    optionally a partials reduction, each compute set run nowhere else."""
     step_of = executable.step_of
     kinds = []
     for node in children:
@@ -331,9 +381,7 @@ def _chains_in(executable: Executable, children: list[P.Program], executions: di
         if j < len(children) and kinds[j] is not None and kinds[j][0] == "reduce":
             j += 1
         nodes = children[i:j]
-        chain = _build(executable, nodes, in_dtype)
-        if chain is not None:
-            found.append(chain)
+        found.append(_Candidate(nodes, [step_of[id(n)] for n in nodes], in_dtype))
         i = j
     return found
 
@@ -616,25 +664,6 @@ def _band(grid: np.ndarray, seg: np.ndarray, cols: dict[str, np.ndarray], m_f: n
 
 
 # -- who else reads the partials ------------------------------------------------------------------
-def _without_read_partials(executable: Executable, chains: list[_Chain],
-                           roots: list[P.Program]) -> list[_Chain]:
-    """The chains whose partials nothing outside them reads (module doc)."""
-    if not any(c.partials for c in chains):
-        return chains
-    skip = {cs for ch in chains for cs in ch.cs_ids}
-    reads = [(-1, lo, hi) for cs, d, lo, hi in _reads(executable, roots, skip) if d == float32]
-    table = np.concatenate([np.array(reads, np.int64).reshape(-1, 3)] + [
-        np.concatenate([np.full((len(ch.reads), 1), i), ch.reads], 1) for i, ch in enumerate(chains)])
-    keep = []
-    for i, ch in enumerate(chains):
-        if ch.partials:
-            blocks = np.array(sorted(ch.partials), np.int64)
-            if _overlaps(table[table[:, 0] != i, 1:], blocks[:, 0], blocks[:, 1]):
-                continue
-        keep.append(ch)
-    return keep
-
-
 def _extent(t: Tensor) -> tuple[int, int] | None:
     if t.numel == 0:
         return None

@@ -32,7 +32,7 @@ import numpy as np
 from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
-from softipu.engine.chains import find_chains
+from softipu.engine.chains import Chains
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.rounding import StochasticRounding
 from softipu.engine.storage import Storage
@@ -365,23 +365,19 @@ class FastInterpreter(ProgramInterpreter):
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
             self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where), storage)
-        # Library matmuls as whole GEMMs (engine/chains.py): step -> runner at a chain's first
-        # Execute, None at its later ones (already done). Not under stochastic rounding, which
-        # counts executed compute sets and rounds from the partials.
-        rounding = isinstance(self, StochasticRounding)
-        self._chains = {} if rounding else find_chains(executable, storage)
+        # Library matmuls as whole GEMMs (engine/chains.py), each built on its first run. Not under
+        # stochastic rounding, which counts executed compute sets and rounds from the partials.
+        self._chains = None if isinstance(self, StochasticRounding) else Chains(executable, storage)
         # Copy step -> its tensor-to-tensor copy between views bound once (None: not such a copy).
         self._copies: dict[int, Callable[[], Any] | None] = {}
 
     def run_execute(self, node: P.Execute) -> None:
         self.account(node)
-        step = self._step_of.get(id(node)) if self._chains else None
-        if step is None or step not in self._chains:
-            self.execute(node.compute_set.id)
-            return
-        runner = self._chains[step]
-        if runner is not None:
-            runner()
+        if self._chains:
+            step = self._step_of.get(id(node))
+            if step is not None and self._chains.handle(step):
+                return
+        self.execute(node.compute_set.id)
 
     def run_copy(self, node: P.Copy) -> None:
         """A copy between two strided tensors with its views bound on its first run (a small
