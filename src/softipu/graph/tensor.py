@@ -344,9 +344,14 @@ class Tensor:
             if strides is not None:
                 return self._strided(new_shape, self.offset, strides)
         grouped = self._grouped()
-        reshaped = None if grouped is None else grouped.reshape(new_shape)
-        if reshaped is not None:  # no int64 per element: a grouped view (or strided again)
-            return self._from_grouped(reshaped)
+        if grouped is not None:
+            reshaped = grouped.reshape(new_shape)
+            if reshaped is not None:  # no int64 per element: a grouped view (or strided again)
+                return self._from_grouped(reshaped)
+            # Interleaved factors: still one strided piece read row-major, addresses on demand.
+            piece = (grouped.offset, grouped.shape, grouped.strides, new_shape)
+            return Tensor(self.graph, self.dtype, new_shape, 0, (), None,
+                          Slabs((piece,), 0, tuple(range(len(new_shape)))))
         return self._indexed(self.addresses().reshape(new_shape))
 
     def flatten(self) -> Tensor:
