@@ -71,7 +71,9 @@ def exported(tmp_path_factory):
 def test_a_loaded_training_executable_trains_on_with_the_same_losses(exported):
     path, expected, state, _ = exported
     other, _, loaded = _model(1)  # other initial weights: the file's replace them
+    assert not loaded.isCompiled()
     loaded.loadExecutable(path)
+    assert loaded.isCompiled()
     assert sorted(loaded._impl.compile_seconds) == ["executable_load", "load"]  # nothing compiled
     for name, t in other.state_dict().items():  # the module reads the device's weights and buffers
         assert torch.equal(t, state[name]), name

@@ -493,6 +493,9 @@ class TrainingExecutor(PoplarExecutor):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._impl(*args, **kwargs)
 
+    def isCompiled(self) -> bool:  # noqa: N802
+        return self._impl._lowered is not None
+
     def setOptimizer(self, optimizer: Any) -> None:  # noqa: N802
         """Use ``optimizer``'s learning rate and other variable attributes from the next call, without
         compiling again; changing an attribute compiled in as a constant raises."""
