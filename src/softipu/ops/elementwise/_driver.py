@@ -65,6 +65,8 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
     """Type ``expr``, plan the output's blocks, add the vertices, execute: the one path of every op."""
     typed = _typed(ctx, expr, tensors)
     shape = broadcast_shapes(ctx, *(t.shape for t in tensors))
+    if seed is None and _all_transposed(tensors, shape):  # e.g. an embedding table and its gradient
+        return _run(ctx, expr, [t.T if t.ndim else t for t in tensors], inplace=inplace).T
     target = tensors[0] if inplace else None
     if target is not None:
         typed, tensors = _prepare_inplace(ctx, typed, tensors, shape)
@@ -84,6 +86,16 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
         ctx.graph.add_vertices(cs, codelet, fields, call.tiles)
     ctx.execute(cs)
     return out
+
+
+def _all_transposed(tensors: list[Tensor], shape: tuple[int, ...]) -> bool:
+    """Whether every operand is a 2-D matrix stored transposed (each column contiguous, as
+    ``create_slicable_table`` stores tables) or a scalar: the op then runs on the ``.T`` views,
+    whose blocks are contiguous, and its result is the ``.T`` of theirs (layout kept)."""
+    if len(shape) != 2 or shape[0] < 2 or not any(t.ndim for t in tensors):
+        return False
+    return all(not t.ndim or (t.shape == shape and t.is_strided and t.strides == (1, shape[0]))
+               for t in tensors)
 
 
 def _prepare_inplace(ctx: OpContext, typed: Expr, tensors: list[Tensor], shape: tuple[int, ...]):

@@ -27,7 +27,7 @@ from softipu.ops.indexing._common import _index_tensor, _map_rest, _runs
 from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce import tensor_at
 
-__all__ = ["multi_slice", "multi_update_add", "create_slicable_table"]
+__all__ = ["multi_slice", "multi_update_add", "create_slicable_table", "create_slicable_like"]
 
 
 # -- multi-slice / multi-update -----------------------------------------------------------------------
@@ -97,6 +97,26 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
     rows, cols = (operator.index(d) for d in shape)
     t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
     for c0, c1, tile in _column_blocks(graph, t) if rows else []:
+        graph.set_tile_mapping(t[:, c0:c1], tile)
+    return t
+
+
+def create_slicable_like(graph: Graph, like: Tensor, dtype: Any = None, name: str = "table") -> Tensor | None:
+    """A fresh table laid out as the slicable table ``like`` (stored transposed, the same column
+    blocks on the same tiles), e.g. an embedding table's gradient accumulator or optimizer state,
+    so elementwise work between them stays on tile; None when ``like`` is not such a table.
+
+    >>> import softipu as sp
+    >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    >>> t = create_slicable_table(g, (10, 8)); m = create_slicable_like(g, t, sp.float16, "m")
+    >>> bool((g.tile_of(m) == g.tile_of(t)).all()), m.dtype is sp.float16
+    (True, True)
+    """
+    if like.ndim != 2 or not _column_major(like):
+        return None
+    rows, cols = like.shape
+    t = graph.add_variable(as_dtype(dtype) if dtype is not None else like.dtype, (cols, rows), name=name).T
+    for c0, c1, tile in _column_blocks(graph, like):
         graph.set_tile_mapping(t[:, c0:c1], tile)
     return t
 

@@ -166,6 +166,28 @@ def _index_put_check(node: Any) -> str | None:
     return _index_check(node)
 
 
+def _embedding_grad(ctx: Any, x: Tensor, indices: list[Any], values: Tensor) -> Tensor | None:
+    """An embedding table's gradient (``embedding_dense_backward`` decomposes to ``index_put`` of
+    the output gradient's rows into zeros, accumulating): popops ``multiUpdateAdd`` into a fresh
+    table laid out as :func:`~softipu.ops.indexing.create_slicable_table` lays out the embedding
+    table itself (whole column blocks a tile, stored transposed), so the scatter moves whole rows
+    of the output gradient, and the optimizer's update of the table, mapped the same, stays on
+    its tiles. None when this is not such an ``index_put``."""
+    if x.ndim != 2 or len(indices) != 1 or indices[0] is None or not x.dtype.is_float:
+        return None
+    base = ctx.constant_value(x)
+    if base is None or np.any(np.asarray(base) != 0):
+        return None
+    index = indices[0]
+    want = index.shape + x.shape[1:]
+    values = ctx.cast(values, x.dtype)
+    values = (values.broadcast(want) if values.shape != want else values).reshape(-1, x.shape[1])
+    flat = _index(ctx, index, x.shape[0]).reshape(-1)
+    table = ix.create_slicable_table(ctx.graph, x.shape, x.dtype, name=f"{ctx.name}/grad")
+    ix.zero(ctx.graph, table.T, ctx.prog, name=f"{ctx.name}/zero")  # its storage, one region a tile
+    return ix.multi_update_add(ctx.graph, table, flat, values, 1.0, ctx.prog, name=ctx.name)
+
+
 @register_lowering("aten::index_put", check=_index_put_check)
 def _index_put(ctx: Any, node: Any, x: Tensor, indices: Any, values: Tensor,
                accumulate: bool = False) -> Tensor:
@@ -176,6 +198,9 @@ def _index_put(ctx: Any, node: Any, x: Tensor, indices: Any, values: Tensor,
         if accumulate:
             value = ew.add(ctx.graph, x, value, ctx.prog, name=f"{ctx.name}/add")
         return ew.where(ctx.graph, mask, value, x, ctx.prog, name=ctx.name)
+    grad = _embedding_grad(ctx, x, indices, values) if accumulate else None
+    if grad is not None:
+        return grad
     indices += [None] * (x.ndim - len(indices))
     flat, k0, m = _flat_index(ctx, x, indices)
     merged = x.reshape(x.shape[:k0] + (math.prod(x.shape[k0:k0 + m]),) + x.shape[k0 + m:])

@@ -30,7 +30,7 @@ from softipu.frontends.torch.training.joint import Joint
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
-from softipu.ops.indexing import zero
+from softipu.ops.indexing import create_slicable_like, zero
 
 __all__ = ["TrainLowered", "lower_training"]
 
@@ -68,9 +68,15 @@ class _TrainLowerer(_Lowerer):
         self.named = named
         self._update_traces: dict[Any, torch.fx.GraphModule] = {}  # per-parameter update signature
 
-    def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int]) -> Tensor:
-        t = self.graph.add_variable(self.ctx.dtype(torch_dtype), tuple(int(s) for s in shape), name=name)
-        map_tensor(self.graph, t)
+    def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int],
+             like: Tensor | None = None) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        # An embedding table's accumulator and optimizer state: laid out as the table (on tile).
+        t = create_slicable_like(self.graph, like, self.ctx.dtype(torch_dtype), name) \
+            if like is not None and like.shape == shape else None
+        if t is None:
+            t = self.graph.add_variable(self.ctx.dtype(torch_dtype), shape, name=name)
+            map_tensor(self.graph, t)
         return t
 
     def build(self) -> TrainLowered:
@@ -163,7 +169,7 @@ class _TrainLowerer(_Lowerer):
         ``MeanReductionStrategy``: never larger than the largest gradient, so no fp16 overflow)."""
         ga = self.options.gradient_accumulation
         dtype = self.spec.accum_type
-        accums = {n: self._var(f"accum/{n}", dtype, g.shape) for n, g in grads.items()}
+        accums = {n: self._var(f"accum/{n}", dtype, g.shape, g) for n, g in grads.items()}
         zeroing = P.Sequence(name="zero_accumulators")
         strategy = self.mean_strategy()
         if strategy == "running":
@@ -213,7 +219,7 @@ class _TrainLowerer(_Lowerer):
                 prog: P.Sequence) -> tuple[dict, dict, Tensor]:
         spec = self.spec
         state = {(s.param_name, s.name): self._var(f"optimizer/{s.param_name}/{s.name}", s.torch_dtype,
-                                                   s.shape) for s in spec.state}
+                                                   s.shape, params.get(s.param_name)) for s in spec.state}
         hyper = self.hyper
         step = self.graph.add_variable(float32, (), name="optimizer/step")
         self.graph.set_tile_mapping(step, 0)
