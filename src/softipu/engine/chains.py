@@ -34,6 +34,7 @@ reads what was there before.) One replica; a matmul on replicated graphs runs as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -665,16 +666,25 @@ def _band(grid: np.ndarray, seg: np.ndarray, cols: dict[str, np.ndarray], m_f: n
 
 # -- who else reads the partials ------------------------------------------------------------------
 def _extent(t: Tensor) -> tuple[int, int] | None:
+    """[lo, hi) of the addresses a tensor touches (a strided or slab tensor without its index)."""
     if t.numel == 0:
         return None
+    if t.slabs is not None:
+        spans = [_strided_extent(offset, shape, strides) for offset, shape, strides, _ in t.slabs.pieces
+                 if math.prod(shape)]
+        return min(lo for lo, _ in spans), max(hi for _, hi in spans)
     if t.is_strided:
-        lo = hi = t.offset
-        for size, stride in zip(t.shape, t.strides, strict=True):
-            reach = (size - 1) * stride
-            lo, hi = lo + min(reach, 0), hi + max(reach, 0)
-        return lo, hi + 1
+        return _strided_extent(t.offset, t.shape, t.strides)
     addr = t.addresses()
     return int(addr.min()), int(addr.max()) + 1
+
+
+def _strided_extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int]:
+    lo = hi = offset
+    for size, stride in zip(shape, strides, strict=True):
+        reach = (size - 1) * stride
+        lo, hi = lo + min(reach, 0), hi + max(reach, 0)
+    return lo, hi + 1
 
 
 def _reads(executable: Executable, roots: list[P.Program],
