@@ -144,3 +144,13 @@ def test_elementwise_over_transposed_tables_keeps_their_layout(reference):
     eng.run(0)
     np.testing.assert_allclose(eng.read_tensor(out), av - 0.25 * bv)
     np.testing.assert_allclose(eng.read_tensor(a), av + bv)
+
+
+def test_slicable_like_refuses_tables_split_inside_columns():
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    rhs = g.add_variable(sp.float32, (8, 6), name="rhs")  # stored transposed, but row blocks a tile
+    for k in range(4):
+        g.set_tile_mapping(rhs[:, 0:3][2 * k:2 * k + 2], k)
+        g.set_tile_mapping(rhs[:, 3:6][2 * k:2 * k + 2], (k + 1) % 4)
+    assert create_slicable_like(g, rhs.T, sp.float32, "m") is None
+    assert create_slicable_like(g, g.add_variable(sp.float32, (6, 8)), sp.float32, "m") is None

@@ -22,7 +22,7 @@ from softipu.codelets.indexing import multi_slice_codelet, multi_update_codelet
 from softipu.dtypes import as_dtype, float32
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
-from softipu.ops.common import OpContext, parse_options, rows_of
+from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.indexing._common import _index_tensor, _map_rest, _runs
 from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce import tensor_at
@@ -104,7 +104,8 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
 def create_slicable_like(graph: Graph, like: Tensor, dtype: Any = None, name: str = "table") -> Tensor | None:
     """A fresh table laid out as the slicable table ``like`` (stored transposed, the same column
     blocks on the same tiles), e.g. an embedding table's gradient accumulator or optimizer state,
-    so elementwise work between them stays on tile; None when ``like`` is not such a table.
+    so elementwise work between them stays on tile; None when ``like`` is not such a table
+    (not stored transposed, or a tile holding part of a column).
 
     >>> import softipu as sp
     >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
@@ -115,10 +116,14 @@ def create_slicable_like(graph: Graph, like: Tensor, dtype: Any = None, name: st
     if like.ndim != 2 or not _column_major(like):
         return None
     rows, cols = like.shape
-    t = graph.add_variable(as_dtype(dtype) if dtype is not None else like.dtype, (cols, rows), name=name).T
-    for c0, c1, tile in _column_blocks(graph, like):
-        graph.set_tile_mapping(t[:, c0:c1], tile)
-    return t
+    starts, lengths, tiles = tile_regions(graph, like.T)  # pieces of its storage, one tile each
+    if starts.size == 0 or np.any(starts % rows) or np.any(lengths % rows):
+        return None  # not whole columns a tile (e.g. a matmul operand's blocks)
+    t = graph.add_variable(as_dtype(dtype) if dtype is not None else like.dtype, (cols, rows), name=name)
+    flat = t.reshape(-1)
+    for s0, n, tile in zip(starts.tolist(), lengths.tolist(), tiles.tolist(), strict=True):
+        graph.set_tile_mapping(flat[s0:s0 + n], tile)
+    return t.T
 
 
 def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> None:
