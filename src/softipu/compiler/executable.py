@@ -37,7 +37,7 @@ class VertexGroup:
     codelet: type[Vertex]
     tiles: np.ndarray  # int32 (V,)
     fields: dict[str, Any]
-    vertex_indices: np.ndarray  # int64 (V,): index of each vertex in its compute set
+    vertex_indices: np.ndarray  # int32 or int64 (V,): index of each vertex in its compute set
     locations: tuple[SourceLocation, ...]  # one per vertex, or one for a bulk group
 
     def __post_init__(self) -> None:

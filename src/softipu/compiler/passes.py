@@ -246,7 +246,8 @@ def _batch_bulk(group: BulkGroup, start: int) -> VertexGroup:
     for name, f in group.codelet.fields.items():
         value = group.fields[name]
         fields[name] = value.reshape(-1) if f.direction is Direction.PARAM else value
-    indices = np.arange(start, start + group.num_vertices, dtype=np.int64)
+    end = start + group.num_vertices  # int32 where it fits: kept for the compile, one a vertex
+    indices = np.arange(start, end, dtype=np.int32 if end < 1 << 31 else np.int64)
     return VertexGroup(group.codelet, group.tiles, fields, indices, (group.location,))
 
 
