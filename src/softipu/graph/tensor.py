@@ -13,7 +13,8 @@ element addresses. A tensor is either
   is then built only when something asks for it, so pricing a program never holds one int64
   per element of such a layout. A reshape of a strided view that is not one strided view is
   such a layout too (one piece: :mod:`softipu.graph.grouped` cuts its axes into strided factors),
-  and so are the slices, broadcasts and reshapes of it that its factors allow.
+  and so are the slices, broadcasts and reshapes of it that its factors allow (a reshape whose
+  factors interleave stays one piece, read row-major; only its other view ops build an index).
 
 Both forms describe the same thing, so every operation works on both.
 """
