@@ -154,3 +154,30 @@ def test_slicable_like_refuses_tables_split_inside_columns():
         g.set_tile_mapping(rhs[:, 3:6][2 * k:2 * k + 2], (k + 1) % 4)
     assert create_slicable_like(g, rhs.T, sp.float32, "m") is None
     assert create_slicable_like(g, g.add_variable(sp.float32, (6, 8)), sp.float32, "m") is None
+
+
+def test_embedding_with_gradient_accumulation_matches_eager_on_the_whole_batch():
+    torch.manual_seed(0)
+    module = Tiny()
+    eager = copy.deepcopy(module)
+    target = sp.targets.ipu_model(tiles=TILES, bytes_per_tile=256 * 1024)
+    model = st.training_model(module, torch.optim.AdamW(module.parameters(), lr=1e-2),
+                              st.Options(target=target, gradient_accumulation=2))
+    opt = torch.optim.AdamW(eager.parameters(), lr=1e-2)
+    for i in range(2):
+        a, b = data(i), data(10 + i)
+        ids, labels = torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
+        model(ids, labels)
+        opt.zero_grad()
+        eager(ids, labels).backward()
+        opt.step()
+    got = dict(module.named_parameters())
+    for name, ref in eager.named_parameters():
+        err = float((got[name].detach() - ref.detach()).abs().max() / ref.detach().abs().max())
+        assert err <= 1e-4, f"{name}: {err}"
+    graph = model.lowered.graph
+    accum = [v for v in graph.variables if v.name == "accum/words.weight"]
+    weight = graph.variable_of(model.lowered.params["words.weight"])
+    assert len(accum) == 1 and accum[0].shape == weight.shape == (HIDDEN, VOCAB)
+    np.testing.assert_array_equal(np.asarray(graph.tile_of(_whole(graph, accum[0]))),
+                                  np.asarray(graph.tile_of(_whole(graph, weight))))
