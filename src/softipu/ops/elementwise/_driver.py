@@ -25,7 +25,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Vertex
-from softipu.ops.common import OpContext, broadcast_shapes
+from softipu.ops.common import OpContext, broadcast_shapes, tile_regions
 from softipu.ops.elementwise._expr import _expr
 from softipu.ops.elementwise._planning import _plan, _Problem, _reference
 from softipu.ops.mapping import map_linearly
@@ -65,7 +65,7 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
     """Type ``expr``, plan the output's blocks, add the vertices, execute: the one path of every op."""
     typed = _typed(ctx, expr, tensors)
     shape = broadcast_shapes(ctx, *(t.shape for t in tensors))
-    if seed is None and _all_transposed(tensors, shape):  # e.g. an embedding table and its gradient
+    if seed is None and _all_transposed(ctx.graph, tensors, shape):  # an embedding table and its gradient
         return _run(ctx, expr, [t.T if t.ndim else t for t in tensors], inplace=inplace).T
     target = tensors[0] if inplace else None
     if target is not None:
@@ -88,14 +88,18 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
     return out
 
 
-def _all_transposed(tensors: list[Tensor], shape: tuple[int, ...]) -> bool:
-    """Whether every operand is a 2-D matrix stored transposed (each column contiguous, as
-    ``create_slicable_table`` stores tables) or a scalar: the op then runs on the ``.T`` views,
-    whose blocks are contiguous, and its result is the ``.T`` of theirs (layout kept)."""
-    if len(shape) != 2 or shape[0] < 2 or not any(t.ndim for t in tensors):
+def _all_transposed(graph: Graph, tensors: list[Tensor], shape: tuple[int, ...]) -> bool:
+    """Whether every operand is a scalar or a 2-D table stored as ``create_slicable_table`` stores
+    them (transposed, whole columns a tile): the op then runs on the ``.T`` views, whose blocks
+    are contiguous, and its result is the ``.T`` of theirs (the table's layout kept). Other
+    transposed views (a matmul's output) keep a row-major result, which row-wise consumers want."""
+    rows = shape[0] if len(shape) == 2 else 0
+    full = [t for t in tensors if t.ndim]
+    if rows < 2 or not full or not all(t.shape == shape and t.is_strided and t.strides == (1, rows)
+                                       for t in full):
         return False
-    return all(not t.ndim or (t.shape == shape and t.is_strided and t.strides == (1, shape[0]))
-               for t in tensors)
+    starts, lengths, _ = tile_regions(graph, full[0].T)
+    return bool(starts.size) and not np.any(starts % rows) and not np.any(lengths % rows)
 
 
 def _prepare_inplace(ctx: OpContext, typed: Expr, tensors: list[Tensor], shape: tuple[int, ...]):
