@@ -37,6 +37,7 @@ from softipu.dtypes import DType, as_dtype, float16, float32
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Slabs, Tensor
+from softipu.ops.bulk import add_vertex_runs, evenly_spaced, map_runs
 from softipu.ops.common import OpContext, OpError, broadcast_shapes, parse_options
 from softipu.ops.mapping import map_linearly
 from softipu.ops.planner import MatMulProblem, Plan, plan, plan_report
@@ -544,14 +545,6 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
     map_runs(graph, var, np.concatenate(runs_s), np.concatenate(runs_l), np.concatenate(runs_t))
 
 
-def map_runs(graph: Graph, var: Tensor, starts: np.ndarray, lengths: np.ndarray,
-             tiles: np.ndarray) -> None:
-    """Map address runs ``[start, start + length)`` of the contiguous ``var`` to tiles, in one call."""
-    keep = lengths > 0
-    begins = starts[keep] - var.offset
-    graph.map_intervals(var, begins, begins + lengths[keep], tiles[keep])
-
-
 # -- output and partials ---------------------------------------------------------------------------
 def _output(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]):
     """The result variable and, when the AMP writes it directly, its blocks."""
@@ -637,7 +630,7 @@ def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Block
     """
     best, fewest = "g", None
     for d in "mnkg":
-        if d == "g" and not all(_evenly_spaced(x.group_of) for x in (a, b)):
+        if d == "g" and not all(evenly_spaced(x.group_of) for x in (a, b)):
             continue
         key = np.zeros_like(coords[d])
         for e in "gmnk":
@@ -647,12 +640,6 @@ def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Block
         if fewest is None or calls < fewest:
             best, fewest = d, calls
     return best
-
-
-def _evenly_spaced(x: np.ndarray) -> bool:
-    """Whether every row of ``x`` (the last axis) steps by one constant of its own."""
-    d = np.diff(x, axis=-1)
-    return bool(np.all(d == d[..., :1]))
 
 
 def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
@@ -681,60 +668,6 @@ def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partia
     add_vertex_runs(ctx.graph, cs, codelet, [j], v, tiles,
                     {"out": out_start, "partials": part_starts},
                     {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {})
-
-
-def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray], order: np.ndarray,
-                    tiles: np.ndarray, starts: dict[str, np.ndarray],
-                    tensors: dict[str, tuple[DType, np.ndarray]], params: dict[str, np.ndarray],
-                    fine_key: np.ndarray | None = None) -> None:
-    """Add vertices in bulk calls whose fields are evenly spaced rows (zero-copy for the engine).
-
-    Vertices are grouped by ``keys`` (equal keys, equal field lengths) and ordered by ``order``
-    inside a group. A group whose field starts are not evenly spaced is split by ``fine_key``
-    and, if still irregular, gets indexed fields (the engine then gathers them).
-    ``starts[name]`` is ``(V,)``, or ``(entries, V)`` for a vector-list field.
-    """
-    cols = [np.asarray(k, np.int64) for k in keys]
-    idx = np.lexsort([order] + cols[::-1])
-    key_mat = np.stack([c[idx] for c in cols]) if cols else np.zeros((0, idx.size), np.int64)
-    change = np.flatnonzero(np.any(key_mat[:, 1:] != key_mat[:, :-1], axis=0)) + 1
-    bounds = np.concatenate(([0], change, [idx.size]))
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        sel = idx[lo:hi]
-        pieces = [sel]
-        if fine_key is not None and not _regular(starts, sel):
-            fk = fine_key[sel]
-            cut = np.flatnonzero(fk[1:] != fk[:-1]) + 1
-            pieces = np.split(sel, cut)
-        for piece in pieces:
-            _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
-
-
-def _regular(starts: dict[str, np.ndarray], sel: np.ndarray) -> bool:
-    return sel.size <= 2 or all(_evenly_spaced(s[..., sel]) for s in starts.values())
-
-
-def _bulk(graph: Graph, cs: ComputeSet, codelet, tiles, starts, tensors, params, sel) -> None:
-    fields: dict[str, Any] = {}
-    for name, s in starts.items():
-        dtype, length = tensors[name]
-        n = int(np.asarray(length).reshape(-1)[sel[0]]) if np.ndim(length) else int(length)
-        if s.ndim == 2:
-            fields[name] = [_row_tensor(graph, dtype, row[sel], n) for row in s]
-        else:
-            fields[name] = _row_tensor(graph, dtype, s[sel], n)
-    for name, values in params.items():
-        fields[name] = np.asarray(values)[sel]
-    graph.add_vertices(cs, codelet, fields, tiles[sel])
-
-
-def _row_tensor(graph: Graph, dtype: DType, starts: np.ndarray, length: int) -> Tensor:
-    """A ``(V, length)`` tensor whose row v starts at address ``starts[v]``."""
-    v = starts.size
-    step = int(starts[1] - starts[0]) if v > 1 else 0
-    if v <= 2 or _evenly_spaced(starts):
-        return Tensor(graph, dtype, (v, length), int(starts[0]), (step, 1))
-    return Tensor(graph, dtype, (v, length), 0, (), starts[:, None] + np.arange(length, dtype=np.int64))
 
 
 # -- create_matmul_input_* -----------------------------------------------------------------------
