@@ -187,3 +187,15 @@ def test_switched_off_gives_the_per_group_path(monkeypatch):
     g, prog, a, b, c = _matmul(30, 700, 50)
     eng, _ = _run(g, [prog], {a: np.ones(a.shape, np.float32), b: np.ones(b.shape, np.float32)}, [c])
     assert not _fused(eng)
+
+
+def test_a_chain_over_the_size_limit_runs_per_group(monkeypatch):
+    """30 x 700 x 50 = 1,050,000 multiply-accumulates: fused at the limit, per group one under."""
+    for limit, fused in ((30 * 700 * 50, True), (30 * 700 * 50 - 1, False)):
+        monkeypatch.setattr(chains, "CHAIN_MAX_MACS", limit)
+        g, prog, a, b, c = _matmul(30, 700, 50)
+        av = np.random.default_rng(2).standard_normal(a.shape, np.float32)
+        bv = np.random.default_rng(3).standard_normal(b.shape, np.float32)
+        eng, (got,) = _run(g, [prog], {a: av, b: bv}, [c])
+        assert bool(_fused(eng)) is fused
+        np.testing.assert_allclose(got, av.astype(np.float64) @ bv, rtol=1e-4, atol=1e-4)

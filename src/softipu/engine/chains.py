@@ -55,6 +55,13 @@ __all__ = ["ChainRunner", "Chains", "FUSE_MATMULS"]
 
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
+# Chains whose GEMMs hold more multiply-accumulates than this run per vertex group instead.
+# NOTE: measured idle on BERT-base (12 x 768, b2 s128): its products (100-450 M MACs each) took
+# 2.7x eager fused against 1.8x per group; the fused path's single-threaded OpenBLAS pieces hit
+# a slow path on this host (256 x 768 x 288 at 12 GFLOP/s in one thread against 36 for most
+# shapes, depending on the operands' addresses). Small products, where per-call overhead
+# dominates (the demo encoder: 16 ms fused against 29 ms), stay fused.
+CHAIN_MAX_MACS = 1 << 25
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Band:
@@ -72,6 +79,11 @@ class _Band:
     @property
     def sizes(self) -> tuple[int, int, int]:
         return int(self.m.sum()), int(self.k.sum()), int(self.n.sum())
+
+    @property
+    def macs(self) -> int:
+        rows, ks, cols = self.sizes
+        return rows * ks * cols
 
 
 class ChainRunner:
@@ -315,7 +327,7 @@ class Chains:
 
     def _build(self, cand: _Candidate) -> ChainRunner | None:
         ch = _build(self.executable, cand.nodes, cand.in_dtype)
-        if ch is None:
+        if ch is None or sum(band.macs for band in ch.bands) > CHAIN_MAX_MACS:
             return None
         if ch.partials:
             if self._reads is None:
