@@ -190,9 +190,12 @@ def test_switched_off_gives_the_per_group_path(monkeypatch):
 
 
 def test_a_chain_over_the_size_limit_runs_per_group(monkeypatch):
-    """30 x 700 x 50 = 1,050,000 multiply-accumulates: fused at the limit, per group one under."""
-    for limit, fused in ((30 * 700 * 50, True), (30 * 700 * 50 - 1, False)):
-        monkeypatch.setattr(chains, "CHAIN_MAX_MACS", limit)
+    """30 x 700 x 50 = 1,050,000 multiply-accumulates: fused at the small limit, per group one under it,
+    fused again from the large limit."""
+    macs = 30 * 700 * 50
+    for small, big, fused in ((macs, 1 << 40, True), (macs - 1, 1 << 40, False), (macs - 1, macs, True)):
+        monkeypatch.setattr(chains, "CHAIN_MAX_MACS", small)
+        monkeypatch.setattr(chains, "CHAIN_BIG_MACS", big)
         g, prog, a, b, c = _matmul(30, 700, 50)
         av = np.random.default_rng(2).standard_normal(a.shape, np.float32)
         bv = np.random.default_rng(3).standard_normal(b.shape, np.float32)

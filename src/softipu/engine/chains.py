@@ -55,13 +55,15 @@ __all__ = ["ChainRunner", "Chains", "FUSE_MATMULS"]
 
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
-# Chains whose GEMMs hold more multiply-accumulates than this run per vertex group instead.
-# NOTE: measured idle on BERT-base (12 x 768, b2 s128): its products (100-450 M MACs each) took
-# 2.7x eager fused against 1.8x per group; the fused path's single-threaded OpenBLAS pieces hit
-# a slow path on this host (256 x 768 x 288 at 12 GFLOP/s in one thread against 36 for most
-# shapes, depending on the operands' addresses). Small products, where per-call overhead
-# dominates (the demo encoder: 16 ms fused against 29 ms), stay fused.
+# Chains whose GEMMs hold between these two counts of multiply-accumulates run per vertex group.
+# NOTE: a host-speed rule, measured idle on one 2-core host, not understood: BERT-base's products
+# (12 x 768, b2 s128; 100-600 M MACs a chain) took 2.7x eager fused against 1.8x per group: the
+# fused path's single-threaded OpenBLAS pieces hit a slow path there (256 x 768 x 288 at
+# 12 GFLOP/s in one thread against 36 for most shapes, varying with the operands' addresses).
+# Small products, where per-call overhead dominates (the demo encoder: 16 ms fused against
+# 29 ms), and large ones (2048^3: 1.13x numpy fused against 1.84x per group) stay fused.
 CHAIN_MAX_MACS = 1 << 25
+CHAIN_BIG_MACS = 1 << 31
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Band:
@@ -327,7 +329,7 @@ class Chains:
 
     def _build(self, cand: _Candidate) -> ChainRunner | None:
         ch = _build(self.executable, cand.nodes, cand.in_dtype)
-        if ch is None or sum(band.macs for band in ch.bands) > CHAIN_MAX_MACS:
+        if ch is None or CHAIN_MAX_MACS < sum(band.macs for band in ch.bands) < CHAIN_BIG_MACS:
             return None
         if ch.partials:
             if self._reads is None:
