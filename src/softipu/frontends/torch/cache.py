@@ -415,15 +415,20 @@ def export_compiled(path: str | os.PathLike, module: torch.nn.Module, options: O
     return _write_replacing(target, lambda temp: save_executable(executable, temp, extra))
 
 
+def check_export_directory(directory: Path) -> None:
+    """Raise :class:`FrontendError` unless ``directory`` holds a softipu export's manifest."""
+    if not (directory / MANIFEST).is_file():
+        what = ("does not exist" if not directory.exists() else
+                "is a file (a PopTorch export?)" if directory.is_file() else f"has no {MANIFEST}")
+        raise FrontendError(f"{directory} is not a model exported by softipu's compileAndExport: it {what}")
+
+
 def load_exported(path: str | os.PathLike, module: torch.nn.Module, options: Options) -> ExportedModel:
     """The model exported to ``path``, with ``module``'s current weights. Raises
     :class:`FrontendError` naming what differs when the file was exported from another module,
     options, softipu or torch, and for a damaged or foreign file."""
     directory, label = Path(path), type(module).__name__
-    if not (directory / MANIFEST).is_file():
-        what = ("does not exist" if not directory.exists() else
-                "is a file (a PopTorch export?)" if directory.is_file() else f"has no {MANIFEST}")
-        raise FrontendError(f"{directory} is not a model exported by softipu's compileAndExport: it {what}")
+    check_export_directory(directory)
     try:
         executable, graph, extra = load_executable(directory)
         info = extra.get("export")

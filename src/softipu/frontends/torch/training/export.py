@@ -156,10 +156,7 @@ class LoadedTraining:
 
 
 def _read(directory: Path) -> tuple[Executable, Graph, dict[str, Any], dict[str, Any]]:
-    if not (directory / MANIFEST).is_file():
-        what = ("does not exist" if not directory.exists() else
-                "is a file (a PopTorch export?)" if directory.is_file() else f"has no {MANIFEST}")
-        raise FrontendError(f"{directory} is not a model exported by softipu's compileAndExport: it {what}")
+    _cache.check_export_directory(directory)
     try:
         executable, graph, extra = load_executable(directory)
     except ExecutableFormatError as exc:
