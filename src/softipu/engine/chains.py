@@ -253,13 +253,11 @@ def _even(sub: np.ndarray) -> bool:
 # -- finding chains -------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Chain:
-    steps: list[int]  # step indices of the chain's Execute nodes, in order
     cs_ids: list[int]
     bands: list[_Band]
     in_dtype: Any
     out_dtype: Any
     partials: list[tuple[int, int]]  # [start, end) of every partial block the chain leaves unwritten
-    reads: np.ndarray  # (N, 2) [start, end) of what it reads in float32 (operands, partials)
     group: VertexGroup
     name: str
 
@@ -478,11 +476,8 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     out_dtype = float32
     partials = [(int(s), int(s + mm * nn)) for s, mm, nn in zip(p_start, p_m, p_n, strict=True)] \
         if has_reduce else []
-    reads = [np.stack([p_start, p_start + p_m * p_n], 1)]
-    if in_dtype == float32:
-        reads += [np.stack([a0, a0 + m * k], 1), np.stack([b0, b0 + k * n], 1)]
-    return _Chain([executable.step_of[id(nd)] for nd in nodes], [nd.compute_set.id for nd in nodes], bands,
-                  in_dtype, out_dtype, partials, np.concatenate(reads), first_group, name)
+    return _Chain([nd.compute_set.id for nd in nodes], bands, in_dtype, out_dtype, partials, first_group,
+                  name)
 
 
 def _writes_operands(bands: list[_Band], in_dtype: Any) -> bool:
