@@ -34,6 +34,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext
+from softipu.ops.indexing._common import _runs
 
 __all__ = ["MIN_PIECE_ROWS", "MIN_UNIT_ROWS", "is_column_major", "pieces_per_block", "transpose_into_slabs",
            "unit_rows", "PieceTiles"]
@@ -95,13 +96,8 @@ class _Box:
 
 def _runs_of_equal(sizes: np.ndarray) -> list[tuple[int, int, int]]:
     """(first index, count, size) of each run of equal consecutive sizes."""
-    out: list[tuple[int, int, int]] = []
-    for i, s in enumerate(sizes.tolist()):
-        if out and out[-1][2] == s:
-            out[-1] = (out[-1][0], out[-1][1] + 1, s)
-        else:
-            out.append((i, 1, s))
-    return out
+    starts, lengths = _runs(sizes)
+    return list(zip(starts.tolist(), lengths.tolist(), sizes[starts].tolist(), strict=True))
 
 
 def pieces_per_block(height: int, spread: int) -> int:
