@@ -322,8 +322,8 @@ def test_ipu_model_validates():
 def test_public_names():
     import softipu.target as targets
 
-    assert set(targets.__all__) == {"Target", "GC2", "GC200", "BOW", "ipu_model"}
-    assert all(isinstance(getattr(targets, n), Target) for n in ("GC2", "GC200", "BOW"))
+    assert set(targets.__all__) == {"Target", "GC2", "GC200", "BOW", "C600", "ipu_model"}
+    assert all(isinstance(getattr(targets, n), Target) for n in ("GC2", "GC200", "BOW", "C600"))
 
 
 def test_exchange_phase_prices_bytes_regions_and_latency():
@@ -337,3 +337,35 @@ def test_exchange_phase_prices_bytes_regions_and_latency():
     # Nothing moved: nothing paid, not even the latency.
     assert GC200.exchange_phase_cycles(0, 0) == 0
     assert dataclasses.replace(GC200, exchange_cycles_per_region=0).exchange_tile_cycles(4096, 1024) == 1024
+
+
+# --- C600 card and I/O tiles --------------------------------------------------------------------
+
+
+def test_c600_card_figures_by_hand():
+    from softipu.target import C600
+
+    assert (C600.tiles_per_ipu, C600.bytes_per_tile, C600.num_ipus) == (1472, 638976, 1)
+    assert C600.clock_hz == 1.5e9
+    # 1472 tiles x 64 MACs x 2 flops x 1.5 GHz = 282.6 TFLOPS, the card's "280 TFLOPS" within 1%
+    assert C600.peak_fp16_flops == 1472 * 64 * 2 * 1.5e9
+    assert C600.peak_fp16_flops == pytest.approx(280e12, rel=0.01)
+    # 1472 x 16 x 2 x 1.5 GHz = 70.65 TFLOPS against "70 TFLOPS"
+    assert C600.peak_fp32_flops == pytest.approx(70e12, rel=0.01)
+    # "32 lanes, 64 GB/s each direction": 4 links x 128 Gibit/s / 8 = 68.7 GB/s raw, within 8%
+    assert C600.ipu_links_per_ipu * C600.ipu_link_bytes_per_second == pytest.approx(64e9, rel=0.08)
+    # PCIe Gen4 x16: 16 GT/s x 16 lanes x 128/130 / 8 bits = 31.5 GB/s each way
+    assert C600.host_link_bytes_per_second == pytest.approx(31.51e9, rel=1e-3)
+
+
+def test_num_io_tiles_default_and_validation():
+    assert GC200.num_io_tiles == 0 and GC200.compute_tiles_per_ipu == 1472
+    io = dataclasses.replace(GC200, num_io_tiles=32)
+    assert io.compute_tiles_per_ipu == 1440 and io.num_tiles == 1472
+    assert ipu_model(tiles=16, num_io_tiles=2).compute_tiles_per_ipu == 14
+    with pytest.raises(TargetError, match="num_io_tiles must be even"):
+        dataclasses.replace(GC200, num_io_tiles=33)
+    with pytest.raises(TargetError, match="num_io_tiles must be even"):
+        ipu_model(tiles=16, num_io_tiles=16)
+    with pytest.raises(TargetError, match="num_io_tiles must be a non-negative int"):
+        dataclasses.replace(GC200, num_io_tiles=-2)

@@ -15,7 +15,8 @@ Every figure cites its source with the tags of ``ipu-facts.md``:
   literal buried in a formula.
 
 Presets: :data:`GC2` (Mk1), :data:`GC200` (Mk2, the IPU of the M2000 and the IPU-PODs), :data:`BOW`
-(Bow IPU). :func:`ipu_model` makes small custom chips for tests and teaching.
+(Bow IPU), :data:`C600` (the GC200-class PCIe card). :func:`ipu_model` makes small custom chips for
+tests and teaching.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy.typing as npt
 
 from softipu.errors import TargetError
 
-__all__ = ["Target", "GC2", "GC200", "BOW", "ipu_model"]
+__all__ = ["Target", "GC2", "GC200", "BOW", "C600", "ipu_model"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -54,6 +55,7 @@ _MAY_BE_ZERO = frozenset(
         "control_code_bytes_per_step",
         "worker_stack_bytes",
         "supervisor_stack_bytes",
+        "num_io_tiles",
     }
 )
 
@@ -83,6 +85,13 @@ class Target:
     tiles_per_ipu: int
     bytes_per_tile: int
     num_ipus: int = 1
+    # Tiles of each IPU reserved for host I/O that overlaps compute (PopART/PopTorch
+    # ``numIOTiles``; the I/O tiles are the last ones of each IPU here). PopART requires an even
+    # count from 32 to 192 when I/O tiles are used [V] (ipu-facts-scale §2); 0 (the default, as in
+    # Poplar) reserves none. Checked: even and fewer than ``tiles_per_ipu``; the 32..192 range is
+    # PopART's rule, not the chip's, and is left to the frontend that sets it (small teaching
+    # chips of 16 tiles may reserve 2).
+    num_io_tiles: int = 0
 
     # --- Tile core ----------------------------------------------------------------------------
     clock_hz: float
@@ -185,6 +194,11 @@ class Target:
                 f"Target {self.name!r}: ipu_link_efficiency must lie in (0, 1], "
                 f"got {self.ipu_link_efficiency}"
             )
+        if self.num_io_tiles % 2 or self.num_io_tiles >= self.tiles_per_ipu:
+            raise TargetError(
+                f"Target {self.name!r}: num_io_tiles must be even and fewer than the "
+                f"{self.tiles_per_ipu} tiles of an IPU, got {self.num_io_tiles}"
+            )
         if round(self.exchange_bytes_per_cycle * 16) < 1:
             raise TargetError(
                 f"Target {self.name!r}: exchange_bytes_per_cycle must be at least 1/32 (poplibs "
@@ -214,6 +228,11 @@ class Target:
     def num_tiles(self) -> int:
         """Tiles of the whole target, numbered globally ``0 .. num_tiles - 1``."""
         return self.num_ipus * self.tiles_per_ipu
+
+    @property
+    def compute_tiles_per_ipu(self) -> int:
+        """Tiles of each IPU left for compute: ``tiles_per_ipu - num_io_tiles``."""
+        return self.tiles_per_ipu - self.num_io_tiles
 
     @property
     def bytes_per_ipu(self) -> int:
@@ -460,6 +479,26 @@ BOW = replace(
     # NOTE: Bow's "512 Gbps" IPU-Link figure [V] is not broken down per link; GC200's model kept.
     datasheet_fp16_flops=350e12,  # [S]
     datasheet_fp32_flops=None,  # no published figure; ~87 TFLOPS [D] = peak_fp32_flops
+)
+
+
+# C600 PCIe card: one GC200-class IPU (1472 tiles, ~900 MB SRAM) at a higher clock, for
+# inference in a server. [S] ByteMLPerf C600 README (ipu-facts-scale §3): 280 TFLOPS fp16, 560
+# fp8, 70 fp32, 185 W; IPU-Link "32 lanes, 128 GB/s (64 GB/s each direction)".
+C600 = replace(
+    GC200,
+    name="C600",
+    # [D] 280e12 / (1472 tiles x 64 MACs x 2) = 1.486 GHz; Graphcore quotes 1.5 GHz [S], which gives
+    # 282.6 TFLOPS fp16 and 70.7 fp32 (both within 1% of the card's figures).
+    clock_hz=1.5e9,
+    # 32 lanes at 16 GT/s = 4 links of x8 lanes, each 128 Gbit/s per direction as on the M2000
+    # (6 x PCIe-Gen4-x8 SerDes per IPU pair [S]): 4 x 16 GB/s = 64 GB/s each direction [D]. The
+    # per-link rate is GC200's poplibs figure [V]; the card links to other cards in a chassis.
+    ipu_links_per_ipu=4,
+    # The card sits in a PCIe Gen4 x16 slot [S] (C600 product brief): 31.5 GB/s each direction [D].
+    host_link_bytes_per_second=_PCIE_GEN4_X16_BYTES_PER_SECOND,
+    datasheet_fp16_flops=280e12,  # [S]
+    datasheet_fp32_flops=70e12,  # [S]
 )
 
 
