@@ -60,6 +60,8 @@ class MemoryPlan:
     liveness_bytes: np.ndarray  # not-always-live bytes over all tiles at each program point
     point_steps: np.ndarray  # the step index of each program point
     cs_state_bytes: dict[int, np.ndarray] = field(default_factory=dict)  # per compute set, per tile
+    var_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # live range per
+    var_last: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # variable, in points
 
     @property
     def tile_bytes(self) -> np.ndarray:
@@ -380,7 +382,7 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
     cats["stacks"] = np.full(tiles, target.workers_per_tile * target.worker_stack_bytes
                              + target.supervisor_stack_bytes, np.int64)
     plan = MemoryPlan(target.bytes_per_tile, cats, always, var_ids, var_tiles, var_bytes,
-                      liveness, point_steps, cs_state)
+                      liveness, point_steps, cs_state, first, last)
     if not allow_out_of_memory and int(plan.tile_bytes.max(initial=0)) > target.bytes_per_tile:
         raise OutOfMemoryError(out_of_memory_message(plan, graph, compute_sets, target))
     return plan
