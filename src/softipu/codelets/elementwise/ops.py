@@ -30,9 +30,15 @@ from softipu.codelets.elementwise._numerics import (
     _sigmoid,
     _ufunc,
 )
+from softipu.codelets.elementwise.special import BINARY_SPECIAL, UNARY_SPECIAL, _signbit, special_cost
 
 # -- the op vocabularies ---------------------------------------------------------------------------
 _F, _N, _A, _I, _IB = Kinds.FLOAT, Kinds.NUMERIC, Kinds.ANY, Kinds.INT, Kinds.INTEGRAL
+
+
+def _special(name: str, kinds: Kinds = _F) -> _OpSpec:
+    """The spec of one op of ``special.py`` (its function and ``SPECIAL_CYCLES`` cost)."""
+    return _OpSpec(UNARY_SPECIAL.get(name) or BINARY_SPECIAL[name], special_cost(name), kinds)
 
 
 class _Op(enum.Enum):
@@ -75,6 +81,31 @@ class BinaryOp(_Op):
     SHIFT_LEFT = _OpSpec(_ufunc(np.left_shift), _OpCost(1, 0, 1, 0, 2), _I)  # [U]
     SHIFT_RIGHT = _OpSpec(_shift_right_logical, _OpCost(1, 0, 1, 0, 2), _I)  # popops: logical
     SHIFT_RIGHT_SIGN_EXTEND = _OpSpec(_ufunc(np.right_shift), _OpCost(1, 0, 1, 0, 2), _I)
+    # special functions and IEEE manipulations: costs are special.SPECIAL_CYCLES' [U] figures
+    FMAX = _special("fmax", _N)
+    FMIN = _special("fmin", _N)
+    COPYSIGN = _special("copysign")
+    NEXTAFTER = _special("nextafter")
+    HYPOT = _special("hypot")
+    LDEXP = _special("ldexp")
+    GCD = _special("gcd", _I)
+    LCM = _special("lcm", _I)
+    POLYGAMMA = _special("polygamma")
+    ZETA = _special("zeta")
+    CHEBYSHEV_POLYNOMIAL_T = _special("chebyshev_polynomial_t")
+    CHEBYSHEV_POLYNOMIAL_U = _special("chebyshev_polynomial_u")
+    CHEBYSHEV_POLYNOMIAL_V = _special("chebyshev_polynomial_v")
+    CHEBYSHEV_POLYNOMIAL_W = _special("chebyshev_polynomial_w")
+    SHIFTED_CHEBYSHEV_POLYNOMIAL_T = _special("shifted_chebyshev_polynomial_t")
+    SHIFTED_CHEBYSHEV_POLYNOMIAL_U = _special("shifted_chebyshev_polynomial_u")
+    SHIFTED_CHEBYSHEV_POLYNOMIAL_V = _special("shifted_chebyshev_polynomial_v")
+    SHIFTED_CHEBYSHEV_POLYNOMIAL_W = _special("shifted_chebyshev_polynomial_w")
+    HERMITE_POLYNOMIAL_H = _special("hermite_polynomial_h")
+    HERMITE_POLYNOMIAL_HE = _special("hermite_polynomial_he")
+    LAGUERRE_POLYNOMIAL_L = _special("laguerre_polynomial_l")
+    LEGENDRE_POLYNOMIAL_P = _special("legendre_polynomial_p")
+    IGAMMA = _special("igamma")
+    IGAMMAC = _special("igammac")
 
 
 class UnaryOp(_Op):
@@ -112,6 +143,33 @@ class UnaryOp(_Op):
     BITWISE_NOT = _OpSpec(_ufunc(np.invert), _OpCost(1, 0, 1, 0, 1), _IB)  # [U]
     POPCOUNT = _OpSpec(_popcount, _OpCost(1, 0, 1, 0, 2), _I)  # popc instruction [U]
     COUNT_LEADING_ZEROS = _OpSpec(_count_leading_zeros, _OpCost(1, 0, 1, 0, 2), _I)  # clz [U]
+    # special functions and IEEE manipulations: costs are special.SPECIAL_CYCLES' [U] figures
+    FREXP_MANTISSA = _special("frexp_mantissa")
+    FREXP_EXPONENT = _special("frexp_exponent")
+    I0 = _special("i0")
+    ERFC = _special("erfc")
+    ERFINV = _special("erfinv")
+    ERFCX = _special("erfcx")
+    NDTRI = _special("ndtri")
+    LOG_NDTR = _special("log_ndtr")
+    I0E = _special("i0e")
+    I1 = _special("i1")
+    I1E = _special("i1e")
+    BESSEL_J0 = _special("bessel_j0")
+    BESSEL_J1 = _special("bessel_j1")
+    BESSEL_Y0 = _special("bessel_y0")
+    BESSEL_Y1 = _special("bessel_y1")
+    MODIFIED_BESSEL_I0 = _special("modified_bessel_i0")
+    MODIFIED_BESSEL_I1 = _special("modified_bessel_i1")
+    MODIFIED_BESSEL_K0 = _special("modified_bessel_k0")
+    MODIFIED_BESSEL_K1 = _special("modified_bessel_k1")
+    SCALED_MODIFIED_BESSEL_K0 = _special("scaled_modified_bessel_k0")
+    SCALED_MODIFIED_BESSEL_K1 = _special("scaled_modified_bessel_k1")
+    SPHERICAL_BESSEL_J0 = _special("spherical_bessel_j0")
+    AIRY_AI = _special("airy_ai")
+    LGAMMA = _special("lgamma")
+    DIGAMMA = _special("digamma")
+    SIGNBIT = _OpSpec(_signbit, special_cost("signbit"), _N, Result.BOOL)
 
 
 class TernaryOp(_Op):

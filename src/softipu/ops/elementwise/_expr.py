@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from softipu.codelets.elementwise import BinaryOp, Expr, ExprKind, TernaryOp, UnaryOp
+from softipu.codelets.elementwise.special import BINARY_SPECIAL, UNARY_SPECIAL
 from softipu.dtypes import as_dtype
 from softipu.errors import DTypeError
 
@@ -23,6 +24,7 @@ UNARY_OPS: dict[str, UnaryOp] = {
     "is_finite": UnaryOp.IS_FINITE, "is_nan": UnaryOp.IS_NAN, "is_inf": UnaryOp.IS_INF,
     "logical_not": UnaryOp.LOGICAL_NOT, "bitwise_not": UnaryOp.BITWISE_NOT,
     "popcount": UnaryOp.POPCOUNT, "count_leading_zeros": UnaryOp.COUNT_LEADING_ZEROS,
+    **{name: UnaryOp[name.upper()] for name in (*UNARY_SPECIAL, "signbit")},
 }
 BINARY_OPS: dict[str, BinaryOp] = {
     "add": BinaryOp.ADD, "sub": BinaryOp.SUBTRACT, "mul": BinaryOp.MULTIPLY, "div": BinaryOp.DIVIDE,
@@ -35,6 +37,7 @@ BINARY_OPS: dict[str, BinaryOp] = {
     "bitwise_or": BinaryOp.BITWISE_OR, "bitwise_xor": BinaryOp.BITWISE_XOR,
     "shift_left": BinaryOp.SHIFT_LEFT, "shift_right_logical": BinaryOp.SHIFT_RIGHT,
     "shift_right_arithmetic": BinaryOp.SHIFT_RIGHT_SIGN_EXTEND,
+    **{name: BinaryOp[name.upper()] for name in BINARY_SPECIAL},
 }
 
 

@@ -1,5 +1,14 @@
 """The built-in ATen lowerings; importing this package registers them in ``LOWERINGS``."""
 
-from softipu.frontends.torch.lowerings import backward, control, indexing, nn, pointwise, reduce, shape
+from softipu.frontends.torch.lowerings import (
+    backward,
+    control,
+    indexing,
+    nn,
+    pointwise,
+    reduce,
+    shape,
+    special,
+)
 
-__all__ = ["backward", "control", "indexing", "nn", "pointwise", "reduce", "shape"]
+__all__ = ["backward", "control", "indexing", "nn", "pointwise", "reduce", "shape", "special"]
