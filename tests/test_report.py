@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_json_round_trip(ran):
     report = ran.engine.report
     text = report.to_json()
     data = json.loads(text)
-    assert (data["schema"], data["version"]) == (SCHEMA, VERSION) == ("softipu.report", 1)
+    assert (data["schema"], data["version"]) == (SCHEMA, VERSION) == ("softipu.report", 2)
     again = sp.Report.from_json(text)
     assert again.data == report.data
     assert again.cycles == report.cycles and again.flops == report.flops
@@ -186,8 +187,8 @@ def test_from_json_rejects_invalid_json():
 def test_from_json_rejects_another_schema_or_version(ran):
     data = document(ran)
     assert "softipu.report" in rejected(dict(data, schema="perfetto"))
-    message = rejected(dict(data, version=2))
-    assert "version 2" in message and "regenerate" in message
+    message = rejected(dict(data, version=3))
+    assert "version 3" in message and "regenerate" in message
     assert "version" in rejected({k: v for k, v in data.items() if k != "version"})
 
 
@@ -203,7 +204,7 @@ def _set(data: dict, path: tuple, value: object) -> None:
     data[path[-1]] = value
 
 
-# Every key of the version-1 schema (report.py's docstring).
+# Every key of the version-2 schema (report.py's docstring, docs/report_schema.md).
 SCHEMA_KEYS = [
     ("target",), ("target", "name"), ("target", "num_ipus"), ("target", "tiles_per_ipu"),
     ("target", "num_tiles"), ("target", "bytes_per_tile"), ("target", "clock_hz"),
@@ -214,6 +215,12 @@ SCHEMA_KEYS = [
     ("steps", 0, "count"), ("memory",), ("memory", "bytes_per_tile"), ("memory", "categories"),
     ("memory", "liveness"), ("memory", "liveness", "bytes"), ("memory", "liveness", "steps"),
     ("memory", "variables"), ("compile",), ("compile", "passes"),
+    ("softipu_version",), ("target", "peak_flops_per_cycle"), ("target", "peak_flops_per_cycle", "fp16"),
+    ("memory", "named"), ("memory", "named", "list"), ("memory", "named", "list", 0, "name"),
+    ("memory", "named", "list", 0, "bytes"), ("memory", "named", "list", 0, "first"),
+    ("memory", "named", "tile_top"), ("memory", "named", "peak"),
+    ("memory", "named", "peak", "contributors"), ("program",), ("program", "programs"),
+    ("program", "functions"), ("tile_cycles",), ("tile_cycles", "steps"), ("tile_cycles", "cycles"),
 ]
 
 
@@ -365,9 +372,12 @@ def test_html_is_one_self_contained_file(ran, tmp_path):
     assert "http://" not in text and "https://" not in text
     assert "<script src" not in text.lower()
     assert "<link" not in text.lower()
-    assert "<svg" in text
     assert "add&lt;f32&gt;" in text and "Copy x -&gt; y" in text  # step names, escaped
     assert "add<f32>" not in text
+    # The page carries the JSON report itself, intact, as the source of every view.
+    block = re.search(r'<script type="application/json" id="softipu-report">(.*?)</script>', text, re.S)
+    assert json.loads(block.group(1)) == ran.engine.report.data
+    assert text.count("</script>") == 2  # the data block and the page's script, nothing more
     for category in sp.compiler.memory.CATEGORIES:
         assert category in text
     assert os.listdir(tmp_path) == ["report.html"]

@@ -1,14 +1,16 @@
 """The Report: how a real IPU would spend memory and cycles on what the engine ran.
 
-A report is a plain, versioned JSON document (schema ``softipu.report``, version 1) with a typed
+A report is a plain, versioned JSON document (schema ``softipu.report``, version 2) with a typed
 view on top. ``engine.report`` builds one from the compiled executable's static costs and memory
-plan and the engine's run log; ``Report.from_json`` reads a saved one back and refuses documents
-of another schema or version, or with missing or mistyped parts.
+plan and the engine's run log; ``Report.from_json`` reads a saved one back (a version-1 document
+is upgraded with empty version-2 parts) and refuses documents of another schema or version, or
+with missing or mistyped parts. docs/report_schema.md documents every field.
 
-Schema, version 1 (all sizes in bytes, times in tile clock cycles)::
+Schema, version 2 (all sizes in bytes, times in tile clock cycles)::
 
-    {"schema": "softipu.report", "version": 1,
-     "target": {"name", "num_ipus", "tiles_per_ipu", "num_tiles", "bytes_per_tile", "clock_hz"},
+    {"schema": "softipu.report", "version": 2, "softipu_version": str,
+     "target": {"name", "num_ipus", "tiles_per_ipu", "num_tiles", "bytes_per_tile", "clock_hz",
+                "peak_flops_per_cycle": {"fp16", "fp32"}},
      "replication_factor": int, "estimate_only": bool,
      "execution": {"cycles": int, "runs": [{"program": int, "cycles": int}],
                    "trace": [[step, start_cycle, times], ...], "trace_dropped": int},
@@ -19,13 +21,23 @@ Schema, version 1 (all sizes in bytes, times in tile clock cycles)::
      "memory": {"bytes_per_tile": int, "categories": {name: [bytes per tile]},
                 "liveness": {"bytes": [not-always-live bytes per program point],
                              "steps": [step index per program point]},
-                "variables": {"always_live": int, "not_always_live": int}},
+                "variables": {"always_live": int, "not_always_live": int},
+                "named": {"list": [{"name", "shape", "dtype", "bytes", "tiles", "always_live",
+                                    "constant", "source", "first", "last"}],
+                          "tile_top": [[[variable, bytes], ...] per tile],
+                          "peak": {"point", "bytes", "step", "receive_bytes",
+                                   "contributors": [[variable, bytes]]},
+                          "count": int}},
+     "program": {"programs": [node], "functions": [[id, node]], "truncated": bool},
+     "tile_cycles": {"steps": [step], "cycles": [[cycles per tile] per step]},
+     "step_memory": [[step, vertex-state bytes], ...],
      "compile": {"passes": [[name, seconds], ...]}}
 """
 
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +45,15 @@ import numpy as np
 
 from softipu.compiler.executable import Executable
 from softipu.errors import ReportError
+from softipu.profile import extract
 from softipu.profile.html import render_html
 from softipu.profile.trace import trace_events
 
 __all__ = ["Report", "SCHEMA", "VERSION"]
 
 SCHEMA = "softipu.report"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # versions from_json accepts (1 is upgraded)
 
 _STEP_KEYS = {"index": int, "kind": str, "name": str, "op": str, "source": str, "compute_cycles": int,
               "exchange_cycles": int, "sync_cycles": int, "cycles": int, "bytes_exchanged": int,
@@ -165,9 +179,22 @@ class Report:
         """A Chrome/Perfetto trace (JSON): one track per IPU, sync/exchange/compute slices."""
         _write(path, json.dumps({"traceEvents": trace_events(self.data), "displayTimeUnit": "ns"}))
 
-    def save_html(self, path: str | Path) -> None:
-        """One self-contained HTML file: memory per tile, liveness, and the step table."""
-        _write(path, render_html(self))
+    def save_html(self, path: str | Path, compare: Report | None = None) -> None:
+        """One self-contained HTML file (no network): floor plan, memory, execution, and with
+        ``compare`` a side-by-side comparison against that other report."""
+        _write(path, render_html(self, compare))
+
+    def html(self, compare: Report | None = None) -> str:
+        return render_html(self, compare)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        """A report saved with ``save_json``."""
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise ReportError(f"cannot read report {str(path)!r}: {exc.strerror or exc}") from None
+        return cls.from_json(text)
 
     def summary(self, top: int = 10) -> str:
         return _summary(self, top)
@@ -199,10 +226,13 @@ def _build(executable: Executable, log: Any, estimate_only: bool) -> dict[str, A
     mem = executable.memory
     assert mem is not None
     return {
-        "schema": SCHEMA, "version": VERSION,
+        "schema": SCHEMA, "version": VERSION, "softipu_version": _package_version(),
         "target": {"name": target.name, "num_ipus": target.num_ipus,
                    "tiles_per_ipu": target.tiles_per_ipu, "num_tiles": target.num_tiles,
-                   "bytes_per_tile": target.bytes_per_tile, "clock_hz": target.clock_hz},
+                   "bytes_per_tile": target.bytes_per_tile, "clock_hz": target.clock_hz,
+                   "peak_flops_per_cycle": {
+                       "fp16": 2 * target.amp_macs_per_cycle_fp16 * target.num_tiles,
+                       "fp32": 2 * target.amp_macs_per_cycle_fp32 * target.num_tiles}},
         "replication_factor": executable.replication_factor,
         "estimate_only": estimate_only,
         "execution": {"cycles": int(log.cycles),
@@ -214,18 +244,31 @@ def _build(executable: Executable, log: Any, estimate_only: bool) -> dict[str, A
                    "liveness": {"bytes": mem.liveness_bytes.tolist(),
                                 "steps": mem.point_steps.tolist()},
                    "variables": {"always_live": int(mem.always_live.sum()),
-                                 "not_always_live": int((~mem.always_live).sum())}},
+                                 "not_always_live": int((~mem.always_live).sum())},
+                   "named": extract.variables(executable)},
+        "program": extract.program_tree(executable),
+        "tile_cycles": extract.tile_cycles(executable, counts),
+        "step_memory": extract.step_memory(executable),
         "compile": {"passes": [[n, round(t, 6)] for n, t in executable.pass_seconds]},
     }
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("softipu")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _validate(data: Any) -> None:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ReportError(f"not a softipu report: expected schema {SCHEMA!r}")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READS:
         raise ReportError(f"softipu report version {data.get('version')!r} is not supported; this "
-                          f"softipu reads version {VERSION}: regenerate the report")
+                          f"softipu reads versions {', '.join(map(str, READS))}: regenerate the report")
     try:
+        if data["version"] == 1:
+            _upgrade_v1(data)
         _check_shape(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"corrupt softipu report: {exc}") from None
@@ -244,17 +287,39 @@ def _ints(values: Any, where: str) -> None:
         _need(v, int, f"{where}[]")
 
 
+def _upgrade_v1(data: dict[str, Any]) -> None:
+    """A version-1 document in place as version 2: the parts version 1 lacked, empty."""
+    data["version"] = VERSION
+    data.setdefault("softipu_version", "unknown")
+    data["target"].setdefault("peak_flops_per_cycle", {"fp16": 0, "fp32": 0})
+    tiles = data["target"]["num_tiles"]
+    data["memory"].setdefault("named", {"list": [], "tile_top": [[] for _ in range(tiles)],
+                                        "peak": {"point": -1, "bytes": 0, "step": -1, "receive_bytes": 0,
+                                                 "contributors": []}, "count": 0})
+    data.setdefault("program", {"programs": [], "functions": [], "truncated": False})
+    data.setdefault("tile_cycles", {"steps": [], "cycles": []})
+    data.setdefault("step_memory", [])
+
+
 _NUMBER = (int, float)
-_SCHEMA: dict[str, Any] = {  # the documented version-1 document, minus lists checked by hand
+_SCHEMA: dict[str, Any] = {  # the documented version-2 document, minus lists checked by hand
+    "softipu_version": str,
     "target": {"name": str, "num_ipus": int, "tiles_per_ipu": int, "num_tiles": int,
-               "bytes_per_tile": int, "clock_hz": _NUMBER},
+               "bytes_per_tile": int, "clock_hz": _NUMBER,
+               "peak_flops_per_cycle": {"fp16": _NUMBER, "fp32": _NUMBER}},
     "replication_factor": int,
     "estimate_only": bool,
     "execution": {"cycles": int, "runs": list, "trace": list, "trace_dropped": int},
     "steps": list,
     "memory": {"bytes_per_tile": int, "categories": dict,
                "liveness": {"bytes": list, "steps": list},
-               "variables": {"always_live": int, "not_always_live": int}},
+               "variables": {"always_live": int, "not_always_live": int},
+               "named": {"list": list, "tile_top": list, "count": int,
+                         "peak": {"point": int, "bytes": int, "step": int, "receive_bytes": int,
+                                  "contributors": list}}},
+    "program": {"programs": list, "functions": list, "truncated": bool},
+    "tile_cycles": {"steps": list, "cycles": list},
+    "step_memory": list,
     "compile": {"passes": list},
 }
 
@@ -286,6 +351,7 @@ def _check_shape(data: dict[str, Any]) -> None:
             raise ValueError(f"memory.categories.{name} has {len(per_tile)} tiles, not {num_tiles}")
     _ints(memory["liveness"]["bytes"], "memory.liveness.bytes")
     _ints(memory["liveness"]["steps"], "memory.liveness.steps")
+    _check_v2(data)
     for entry in execution["trace"]:
         ok = isinstance(entry, list) and len(entry) == 3 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in entry)
@@ -337,3 +403,41 @@ def _summary(report: Report, top: int) -> str:
                      f"{s['exchange_cycles']:>9,} {s['sync_cycles']:>6,} {s['bytes_exchanged']:>10,}  "
                      f"{s['source']}")
     return "\n".join(lines)
+
+
+_VAR_KEYS = {"name": str, "shape": list, "dtype": str, "bytes": int, "tiles": int, "always_live": bool,
+             "constant": bool, "source": str, "first": int, "last": int}
+
+
+def _check_refs(pairs: Any, count: int, where: str) -> None:
+    _need(pairs, list, where)
+    for pair in pairs:
+        ok = isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        if not ok or not 0 <= pair[0] < count:
+            raise ValueError(f"{where} entry {pair!r} should be [variable < {count}, bytes]")
+
+
+def _check_v2(data: dict[str, Any]) -> None:
+    """The parts version 2 added: references stay inside their lists."""
+    named = data["memory"]["named"]
+    for i, var in enumerate(named["list"]):
+        _check_keys(var, _VAR_KEYS, f"memory.named.list[{i}]")
+    count = len(named["list"])
+    if len(named["tile_top"]) != data["target"]["num_tiles"]:
+        raise ValueError(f"memory.named.tile_top has {len(named['tile_top'])} tiles, "
+                         f"not {data['target']['num_tiles']}")
+    for t, pairs in enumerate(named["tile_top"]):
+        _check_refs(pairs, count, f"memory.named.tile_top[{t}]")
+    _check_refs(named["peak"]["contributors"], count, "memory.named.peak.contributors")
+    _check_refs(data["step_memory"], len(data["steps"]), "step_memory")
+    cycles = data["tile_cycles"]
+    _ints(cycles["steps"], "tile_cycles.steps")
+    if len(cycles["cycles"]) != len(cycles["steps"]):
+        raise ValueError("tile_cycles.cycles should hold one list per step of tile_cycles.steps")
+    for step, per_tile in zip(cycles["steps"], cycles["cycles"], strict=True):
+        if not 0 <= step < len(data["steps"]):
+            raise ValueError(f"tile_cycles.steps entry {step} is not a step")
+        _ints(per_tile, f"tile_cycles.cycles[{step}]")
+        if len(per_tile) != data["target"]["num_tiles"]:
+            raise ValueError(f"tile_cycles.cycles[{step}] should have one entry per tile")
