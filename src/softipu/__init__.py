@@ -58,7 +58,7 @@ from softipu.graph import (
 )
 from softipu.graph.cycles import cycle_count, cycle_stamp
 from softipu.profile import Report
-from softipu.target import Target
+from softipu.target import Target, systems
 
 SCALAR = FieldShape.SCALAR
 VECTOR = FieldShape.VECTOR
@@ -74,5 +74,5 @@ __all__ = [
     "SupervisorVertex", "Target", "TargetError", "Tensor", "TensorError", "VECTOR", "VECTOR_LIST",
     "Vertex", "VertexRef", "WriteConflictError", "bool_", "compiler", "concat", "cycle_count",
     "cycle_stamp", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
-    "targets", "uint8", "uint16", "uint32", "uint64",
+    "systems", "targets", "uint8", "uint16", "uint32", "uint64",
 ]

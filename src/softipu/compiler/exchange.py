@@ -12,7 +12,8 @@ and destination elements sit on different tiles. Everything is computed on addre
   reaches every tile that listens);
 * two tiles of a supertile share one exchange bus, so a tile whose partner is idle moves data at
   twice the per-tile rate (ipu-facts.md §1);
-* pieces crossing IPUs also travel on IPU-Links.
+* pieces crossing IPUs also travel on IPU-Links, routed over the ladder of the replica's IPUs
+  (``softipu.target.links.exchange_link_cycles``: hops, and contention per link group).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from softipu.graph.mapping import ResolvedMapping
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.target import Target
+from softipu.target.links import exchange_link_cycles
 
 __all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "copy_traffic", "traffic",
            "union_per_key", "exchange_cycles"]
@@ -90,6 +92,8 @@ class Traffic:
     ipu_in_bytes: np.ndarray
     # Bytes each supertile's shared bus receives: partners receiving the same data share it.
     supertile_recv_bytes: np.ndarray | None = None
+    # int64 (ipus, ipus): bytes from IPU a to IPU b, routed over the IPU-Link ladder when priced.
+    ipu_pair_bytes: np.ndarray | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -432,6 +436,7 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
     recv_regions = np.zeros(tiles, np.int64)
     ipu_out = np.zeros(ipus, np.int64)
     ipu_in = np.zeros(ipus, np.int64)
+    ipu_pairs = np.zeros((ipus, ipus), np.int64)
     supertiles = -(-tiles // target.tiles_per_supertile)
     st_recv = np.bincount(np.arange(tiles) // target.tiles_per_supertile, weights=recv,
                           minlength=supertiles).astype(np.int64)
@@ -453,9 +458,11 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
             pair = src_ipu[cross] * ipus + dst_ipu[cross]
             length, _ = union_per_key(pair, starts[cross], ends[cross], ipus * ipus)
             per_pair = (length * item).reshape(ipus, ipus)
+            ipu_pairs += per_pair
             ipu_out += per_pair.sum(axis=1)
             ipu_in += per_pair.sum(axis=0)
-    return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in, st_recv)
+    return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in, st_recv,
+                   ipu_pairs if ipus > 1 else None)
 
 
 def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
@@ -477,7 +484,10 @@ def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
         per_tile = np.maximum(per_tile, target.exchange_tile_cycles(bus, regions))
     on_chip = int(per_tile.max())
     off_chip = 0
-    if t.inter_ipu_bytes:
+    if t.inter_ipu_bytes and t.ipu_pair_bytes is not None:
+        # Routed over the IPU-Link ladder, each link group at its rate (target.links).
+        off_chip = exchange_link_cycles(target, t.ipu_pair_bytes)
+    elif t.inter_ipu_bytes:
         link_rate = target.ipu_links_per_ipu * target.ipu_link_bytes_per_cycle
         off_chip = int(np.ceil(np.maximum(t.ipu_out_bytes, t.ipu_in_bytes).max() / link_rate))
     return max(on_chip, off_chip) + target.exchange_latency_cycles, per_tile
