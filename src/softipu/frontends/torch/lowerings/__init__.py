@@ -6,9 +6,11 @@ from softipu.frontends.torch.lowerings import (
     indexing,
     nn,
     pointwise,
+    poptorch_ops,
+    random,
     reduce,
     shape,
     special,
 )
 
-__all__ = ["backward", "control", "indexing", "nn", "pointwise", "reduce", "shape", "special"]
+__all__ = ["backward", "control", "indexing", "nn", "pointwise", "poptorch_ops", "random", "reduce", "shape", "special"]
