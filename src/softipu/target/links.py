@@ -303,13 +303,11 @@ def _ring_steps(system: System, rings, nbytes: float, method: str, k: int, what:
             out.append((what + " (last, one way)", 1, ring_step(system, rings, frag, (1,), k)))
         return out
     if method == "quad_directional_ring":
-        one = ring_step(system, rings, frag / 4, (1, -1), k)
-        two = ring_step(system, rings, frag / 4, (1, -1), k, mirrored=True)
-        both = flows_cost(system, [], 0)
-        # Both pairs of rings at once: the busier of the two bounds the step [U: no contention
-        # between a ring and its mirror is assumed, they use the other side's links].
-        worst = max(one, two, key=lambda s: s.cycles, default=both)
-        return [(what, n - 1, worst)]
+        # A quarter each way on the ring and on its mirror (each replica swapped with its rung
+        # partner), all four at once: they contend on shared link groups like any flows.
+        pairs = [p for m in (False, True) for d in (1, -1) for p in _ring_pairs(rings, d, k, m)]
+        used = len({r for ring in rings for r in ring}) * k
+        return [(what, n - 1, flows_cost(system, pairs, frag / 4 / k, sync_ipus=used))]
     raise TargetError(f"unknown collective method {method!r}; choose auto or one of {', '.join(METHODS)}")
 
 
