@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -153,7 +154,7 @@ def svg(curves_: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--svg", default=os.path.join(HERE, "collectives_scale.svg"))
+    ap.add_argument("--svg", default=os.path.join(tempfile.gettempdir(), "softipu_collectives_scale.svg"))
     ap.add_argument("--replica-step-s", type=float, default=0.5)
     ap.add_argument("--gradient-bytes", type=int, default=340 * 10**6 * 2)
     args = ap.parse_args()
