@@ -282,3 +282,22 @@ def test_compiler_link_cycles_function_by_hand():
     c = sp.targets.C600.with_num_ipus(2)
     pairs = np.array([[0, 2**20], [0, 0]])
     assert L.exchange_link_cycles(c, pairs) == math.ceil(2**20 / (4 * c.ipu_link_bytes_per_cycle))
+
+
+def test_orthogonal_groups_across_domains_use_gw_links_by_hand():
+    # POD128, orthogonal groups of 2: {i, i + 64}, one IPU in each POD64. 2 ranks -> clockwise ring:
+    # one reduce-scatter and one all-gather step of B/2; every machine's GW-Links carry its 4 IPUs'.
+    b = 2**24
+    cost = L.collective_cost(POD128, "all_reduce", b, group_size=2, group_kind="orthogonal", compute=False)
+    assert cost.method == "clockwise_ring" and cost.num_steps == 2
+    step = cost.steps[0][2]
+    assert step.busiest_link[0] in ("gw_out", "gw_in")
+    assert step.link_cycles == math.ceil(4 * (b / 2) / GW * CLOCK)
+
+
+def test_two_level_reduce_scatter_and_all_gather_steps():
+    rs = L.collective_cost(POD256, "reduce_scatter", 2**30, compute=False)
+    ag = L.collective_cost(POD256, "all_gather", 2**30, compute=False)
+    # within a POD64: meet-in-middle 32 steps; across 4 domains: 3 GW steps
+    assert rs.num_steps == ag.num_steps == 32 + 3
+    assert L.collective_cost(POD256, "all_reduce", 2**30, compute=False).num_steps == 2 * (32 + 3)

@@ -346,16 +346,10 @@ def collective_cost(system: System, operation: str, nbytes: int, num_replicas: i
     pattern = ring_pattern(system, k)
     rings = group_rings(n_all, group_size, group_kind, pattern)
     n = len(rings[0])
-    if any(ring_span(system, ring, k) > 1 for ring in rings):
-        raise TargetError(f"{operation}: replica groups of kind {group_kind!r} and size {n} span several "
-                          f"IPU-Link domains of {system.name}; only whole-domain consecutive groups can")
+    # Other groups spanning domains (orthogonal ones, say) run one level: their routes cross
+    # GW-Links where they must, priced flow by flow like any step.
     chosen = choose_method(system, operation, nbytes, n, k) if method == "auto" else method
     return _one_level(system, operation, nbytes, rings, chosen, k, itemsize, compute)
-
-
-def ring_span(system: System, ring: Sequence[int], k: int) -> int:
-    """IPU-Link domains the IPUs of a ring's replicas touch."""
-    return len({(r * k) // system.ipus_per_ild for r in ring})
 
 
 def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute) -> CollectiveCost:
