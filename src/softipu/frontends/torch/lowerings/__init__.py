@@ -9,8 +9,10 @@ from softipu.frontends.torch.lowerings import (
     poptorch_ops,
     random,
     reduce,
+    scans,
     shape,
     special,
 )
 
-__all__ = ["backward", "control", "indexing", "nn", "pointwise", "poptorch_ops", "random", "reduce", "shape", "special"]
+__all__ = ["backward", "control", "indexing", "nn", "pointwise", "poptorch_ops", "random", "reduce", "scans",
+           "shape", "special"]
