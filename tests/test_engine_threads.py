@@ -12,7 +12,7 @@ import softipu as sp
 from softipu import program as P
 from softipu.codelets import host
 from softipu.codelets._common import contraction_bound
-from softipu.engine import chains, fast
+from softipu.engine import chains, fast, reductions
 from softipu.errors import CodeletError
 from softipu.graph.vertex import Input, Output, Vertex
 
@@ -24,6 +24,7 @@ def always_share(monkeypatch):
     """Every library compute set shared from its second run, with one helper thread."""
     monkeypatch.setattr(fast, "SIDE_BY_SIDE_SECONDS", 0.0)
     monkeypatch.setattr(chains, "FUSE_MATMULS", False)  # group by group (test_engine_chains.py fuses)
+    monkeypatch.setattr(reductions, "FUSE_REDUCTIONS", False)  # stage by stage (test_engine_reductions.py)
     monkeypatch.setattr(host, "idle_cores", lambda: 1)
     calls = []
     real = host._share
@@ -244,9 +245,10 @@ def test_shared_reductions_with_rotated_pieces_keep_their_bytes(always_share, mo
     assert rows and any(np.any(np.asarray(grp.fields["phase"])) for grp in rows)  # rotated pieces
 
 
-def test_rotation_plans_live_in_the_loaded_groups_frozen_params():
+def test_rotation_plans_live_in_the_loaded_groups_frozen_params(monkeypatch):
     """A reduction's per-group plans (rotation windows) are state of the loaded engine's frozen
     params, built on the first run and reused, not a module cache keyed by object identity."""
+    monkeypatch.setattr(reductions, "FUSE_REDUCTIONS", False)  # stage by stage
     from softipu.codelets import reduce as reduce_codelets
     from softipu.codelets.host import Frozen
     g = sp.Graph(sp.targets.ipu_model(tiles=20, bytes_per_tile=512 * 1024))

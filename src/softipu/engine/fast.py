@@ -34,6 +34,7 @@ from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.chains import Chains
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
+from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
@@ -367,15 +368,19 @@ class FastInterpreter(ProgramInterpreter):
             self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where), storage)
         # Library matmuls as whole GEMMs (engine/chains.py), each built on its first run. Not under
         # stochastic rounding, which counts executed compute sets and rounds from the partials.
-        self._chains = None if isinstance(self, StochasticRounding) else Chains(executable, storage)
+        # Outer max/min/logical reductions as one numpy reduction (engine/reductions.py), likewise.
+        rounding = isinstance(self, StochasticRounding)
+        self._chains = None if rounding else Chains(executable, storage)
+        self._reductions = None if rounding else Reductions(executable, storage)
+        self._fusions = [f for f in (self._chains, self._reductions) if f]
         # Copy step -> its tensor-to-tensor copy between views bound once (None: not such a copy).
         self._copies: dict[int, Callable[[], Any] | None] = {}
 
     def run_execute(self, node: P.Execute) -> None:
         self.account(node)
-        if self._chains:
+        if self._fusions:
             step = self._step_of.get(id(node))
-            if step is not None and self._chains.handle(step):
+            if step is not None and any(f.handle(step) for f in self._fusions):
                 return
         self.execute(node.compute_set.id)
 
