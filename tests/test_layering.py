@@ -36,8 +36,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "compiler": BASE | {"compiler", "graph", "codelets"},
     "engine": BASE | {"engine", "compiler", "graph", "codelets", "profile"},
     "profile": BASE | {"profile", "compiler", "graph", "codelets"},
+    # GCL-shaped collectives sit at the ops level: rings of popops ops and cross-replica copies.
+    "collectives": BASE | {"collectives", "ops", "codelets", "graph"},
     # Frontends sit on top: they lower models onto ops and run them on the engine.
-    "frontends": BASE | {"frontends", "ops", "codelets", "graph", "compiler", "engine", "profile"},
+    "frontends": BASE | {"frontends", "ops", "collectives", "codelets", "graph", "compiler", "engine",
+                         "profile"},
     "torch": BASE | {"frontends"},  # softipu.torch and softipu.poptorch only re-export
     "poptorch": BASE | {"frontends"},
 }

@@ -5,7 +5,7 @@
 1472
 """
 
-from softipu import compiler, ops, program
+from softipu import collectives, compiler, ops, program
 from softipu import target as targets
 from softipu.dtypes import (
     DType,
@@ -72,7 +72,7 @@ __all__ = [
     "Input", "MappingError", "MultiVertex", "OptionError", "OutOfMemoryError", "Output", "Param",
     "ProgramError", "Report", "ReportError", "SCALAR", "SoftIPUError", "StreamError",
     "SupervisorVertex", "Target", "TargetError", "Tensor", "TensorError", "VECTOR", "VECTOR_LIST",
-    "Vertex", "VertexRef", "WriteConflictError", "bool_", "compiler", "concat", "cycle_count",
+    "Vertex", "VertexRef", "WriteConflictError", "bool_", "collectives", "compiler", "concat", "cycle_count",
     "cycle_stamp", "float16", "float32", "int8", "int16", "int32", "int64", "ops", "program",
     "systems", "targets", "uint8", "uint16", "uint32", "uint64",
 ]

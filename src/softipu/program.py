@@ -3,6 +3,7 @@
 from softipu.graph.program import (
     Call,
     Copy,
+    CrossReplicaCopy,
     Execute,
     If,
     PrintTensor,
@@ -20,7 +21,7 @@ from softipu.graph.program import (
 )
 
 __all__ = [
-    "Call", "Copy", "Execute", "If", "PrintTensor", "Program", "ProgramKind", "Repeat",
+    "Call", "Copy", "CrossReplicaCopy", "Execute", "If", "PrintTensor", "Program", "ProgramKind", "Repeat",
     "RepeatWhileFalse", "RepeatWhileTrue", "Sequence", "Switch", "Sync", "SyncType", "WriteUndef",
     "walk",
 ]

@@ -206,6 +206,8 @@ class _Timeline:
         self._touch(point, [node.src], _READ)
         self._touch(point, [node.dst], _WRITE)
 
+    walk_cross_replica_copy = walk_copy  # collectives' maps cover every replica: a whole write
+
     def _loop(self, body) -> None:
         start = len(self.points)
         body()

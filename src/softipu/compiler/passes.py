@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from softipu.compiler.conflicts import check_conflicts
 from softipu.compiler.costs import StepPricer
 from softipu.compiler.executable import CompiledComputeSet, Executable, VertexGroup
 from softipu.compiler.memory import MemoryPlan, plan_memory
+from softipu.compiler.replicas import check_cross_replica_copy, price_cross_replica_copy
 from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
 from softipu.dtypes import DType
@@ -169,6 +171,9 @@ class _ProgramChecker:
         if isinstance(dst, Tensor) and dst.repeats_elements():
             self.problems.append(f"Copy{where}: destination {dst.name} repeats elements (a broadcast view?)")
 
+    def check_cross_replica_copy(self, node: P.CrossReplicaCopy) -> None:
+        self.problems += check_cross_replica_copy(self.graph, node)
+
     def check_call(self, node: P.Call) -> None:
         fn, fns = node.function, self.graph.functions
         if not isinstance(fn, Function) or fn.id >= len(fns) or fns[fn.id] is not fn:
@@ -317,6 +322,7 @@ def price_steps(state: CompileState) -> None:
     """The static cost of every program step: compute, exchange and sync cycles, bytes moved."""
     pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets,
                         state.graph.replication_factor, keys=state.keys)
+    pricer.price_cross_replica_copy = partial(price_cross_replica_copy, pricer)  # compiler/replicas.py
     for root in list(state.programs) + list(state.functions.values()):
         for node in P.walk(root):
             pricer.price(node)

@@ -79,7 +79,7 @@ _RLE_MIN = 1024
 
 _NODES: dict[str, type] = {c.__name__: c for c in (
     P.Execute, P.Copy, P.Repeat, P.RepeatWhileTrue, P.RepeatWhileFalse, P.If, P.Switch, P.Call,
-    P.WriteUndef, P.PrintTensor, P.Sync, P.CycleCount)}
+    P.WriteUndef, P.PrintTensor, P.Sync, P.CycleCount, P.CrossReplicaCopy)}
 _ENUMS: dict[str, type[enum.Enum]] = {c.__name__: c for c in (StepKind, P.SyncType, StreamDirection)}
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from softipu.compiler.executable import Executable
 from softipu.debug import at
+from softipu.engine.replicas import cross_replica_copy
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
 from softipu.errors import EngineError
@@ -149,6 +150,13 @@ class ProgramInterpreter:
     def run_execute(self, node: P.Execute) -> None:
         self.account(node)
         self.execute(node.compute_set.id)
+
+    def run_cross_replica_copy(self, node: P.CrossReplicaCopy) -> None:
+        """Data moved between replicas along storage's replica axis (``engine/replicas.py``)."""
+        self.account(node)
+        cross_replica_copy(self.storage, node, by_address=self.by_address)
+
+    by_address = False  # the reference interpreter moves data through element addresses
 
     def execute(self, compute_set_id: int) -> None:
         """Run every vertex of a compute set (how is the subclass's business)."""

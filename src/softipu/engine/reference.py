@@ -22,6 +22,8 @@ __all__ = ["ReferenceInterpreter"]
 
 
 class ReferenceInterpreter(ProgramInterpreter):
+    by_address = True  # cross-replica copies too (engine/replicas.py)
+
     def execute(self, compute_set_id: int) -> None:
         compiled = self.executable.compute_sets[compute_set_id]
         snapshot = {d: buf.copy() for d, buf in self.storage.buffers.items()}

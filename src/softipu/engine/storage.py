@@ -69,7 +69,9 @@ class Storage:
         }
         for var in executable.variables:
             if var.initial_value is not None:
-                self.buffers[var.dtype][:, var.start : var.end] = var.initial_value.reshape(-1)
+                value = var.initial_value  # one row per replica: a replication index constant
+                self.buffers[var.dtype][:, var.start : var.end] = value.reshape(
+                    -1 if value.size == var.numel else (r, var.numel))
 
     def view(self, t: Tensor, *, writeable: bool, replica_axis: bool) -> np.ndarray:
         """A zero-copy numpy view of a strided tensor: ``(replicas, *shape)`` or ``shape``."""

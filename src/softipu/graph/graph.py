@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from softipu.debug import SourceLocation, at, caller_location
-from softipu.dtypes import DType, as_dtype, narrow, value_range
+from softipu.dtypes import DType, as_dtype, narrow, uint32, value_range
 from softipu.errors import FieldError, MappingError, StreamError, TargetError, TensorError
 from softipu.graph.mapping import MappingTable, resolve_mapping
 from softipu.graph.program import Program
@@ -169,6 +169,12 @@ class Graph:
         # Kept as value + shape (a read-only broadcast view): the element array is built only
         # when an engine loads it, never by building or pricing the graph.
         return self._add(dtype, shape_t, name, data, location)
+
+    def add_replication_index_constant(self, name: str = "") -> Tensor:
+        """Poplar's ``addReplicationIndexConstant``: a uint32 of shape (1,) holding each replica's
+        index (its initial value has one row per replica). Map it to a tile like any variable."""
+        values = np.arange(self.replication_factor, dtype=np.uint32).reshape(-1, 1)
+        return self._add(uint32, (1,), name or "replication_index", values, caller_location())
 
     def _add(self, dtype: DType, shape: Any, name: str, value: np.ndarray | None,
              location: SourceLocation) -> Tensor:

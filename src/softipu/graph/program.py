@@ -43,6 +43,7 @@ __all__ = [
     "Sync",
     "SyncType",
     "CycleCount",
+    "CrossReplicaCopy",
     "walk",
 ]
 
@@ -60,6 +61,7 @@ class ProgramKind(enum.Enum):
     PRINT_TENSOR = "PrintTensor"
     SYNC = "Sync"
     CYCLE_COUNT = "CycleCount"
+    CROSS_REPLICA_COPY = "CrossReplicaCopy"
 
 
 class SyncType(enum.Enum):
@@ -301,6 +303,30 @@ class CycleCount(Program):
 
     def children(self) -> tuple[Program, ...]:
         return () if self.body is None else (self.body,)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CrossReplicaCopy(Program):
+    """Poplar's ``CrossReplicaCopy``: ``src`` of replica ``r`` is copied to ``dst`` of replica
+    ``replica_map[r]``; replicas the map sends nothing to keep their ``dst``. ``fault`` (a link
+    ``(from, to)`` or a replica) is an injected failure: running the step raises naming it.
+    Made by ``softipu.collectives``; the engine runs it along the replica axis of storage."""
+
+    src: Tensor
+    dst: Tensor
+    replica_map: Mapping[int, int]
+    fault: tuple[int, ...] | None = None
+    location: SourceLocation = field(default_factory=caller_location, compare=False)
+    kind: ClassVar[ProgramKind] = ProgramKind.CROSS_REPLICA_COPY
+
+    def __post_init__(self) -> None:
+        for end in (self.src, self.dst):
+            if not isinstance(end, Tensor):
+                raise ProgramError(f"CrossReplicaCopy needs tensors, got {type(end).__name__}{_at(self)}")
+        pairs = dict(self.replica_map)
+        if len(set(pairs.values())) != len(pairs):
+            raise ProgramError(f"CrossReplicaCopy{_at(self)}: two replicas copy to one destination")
+        object.__setattr__(self, "replica_map", pairs)
 
 
 def walk(program: Program) -> Iterator[Program]:

@@ -1,0 +1,294 @@
+"""GCL-shaped collectives across replicas: ``op(graph, t, prog, *, op=..., group=..., name=...)``.
+
+Each call appends compute sets (popops elementwise reductions, dynamic slices) and
+``CrossReplicaCopy`` steps to ``prog``: a ring per direction, a ``Repeat`` over its steps.
+The destination of every collective (its new output, the ``*_to_destination`` tensor, the
+in-place tensor) is written only after the last cross-replica step, so a failed link leaves it
+as it was.
+
+Options (``options={...}``):
+
+* ``"method"`` — a :class:`Method` or its name (default ``AUTO``: poplibs' choice,
+  :func:`auto_method`). Clockwise and anticlockwise rings run as such; the bidirectional ring
+  pair runs half the data each way (two rings, run one after the other here and priced so).
+  NOTE: meet-in-middle runs as the bidirectional ring pair and quad-directional as four rings
+  over quarters (two each way): the values are the same up to float summation order, which is
+  each ring's (see :mod:`softipu.collectives.ring`), and the price is that of the rings run.
+* ``"injectFault"`` — ``("link", a, b)`` or ``("replica", r)``: the collective's cross-replica
+  steps fail when they use that link or replica, raising ``LinkFailure`` (an ``EngineError``)
+  at run time; nothing the collective writes for the user is touched.
+
+>>> import numpy as np, softipu as sp
+>>> from softipu import program as P, collectives as C
+>>> g = sp.Graph(sp.targets.ipu_model(tiles=4), replication_factor=4)
+>>> x = g.add_variable(sp.int32, (8,), "x"); sp.ops.map_linearly(g, x); prog = P.Sequence()
+>>> y = C.all_reduce(g, x, prog)
+>>> eng = sp.Engine(g, [prog]); eng.write_tensor(x, np.arange(32).reshape(4, 8)); eng.run(0)
+>>> eng.read_tensor(y)[2].tolist()
+[48, 52, 56, 60, 64, 68, 72, 76]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import softipu.ops as ops
+from softipu.collectives.groups import (
+    CollectiveError,
+    CollectiveOperator,
+    CommGroup,
+    Groups,
+    Method,
+    auto_method,
+)
+from softipu.collectives.ring import Ring
+from softipu.debug import at, caller_location
+from softipu.graph import program as P
+from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, parse_options
+from softipu.ops.mapping import map_linearly
+
+__all__ = ["all_reduce", "all_reduce_in_place", "all_reduce_to_destination", "reduce_scatter",
+           "reduce_scatter_to_destination", "all_gather", "all_gather_to_destination", "all_to_all",
+           "all_to_all_to_destination"]
+
+ADD = CollectiveOperator.ADD
+ALL = CommGroup()  # every replica in one group
+_OPTIONS = {"method": None, "injectFault": None}
+
+
+class _Call:
+    """One collective call: its context, groups, rings and fault."""
+
+    def __init__(self, kind: str, graph: Graph, t: Tensor, prog: Any, op: CollectiveOperator,
+                 group: CommGroup, name: str, options: dict | None, all_gather: bool = False) -> None:
+        self.ctx = ctx = OpContext.start(graph, prog, kind, name, t)
+        opts = parse_options(ctx, options, _OPTIONS)
+        where = f"{kind} {ctx.name!r}{at(caller_location())}"
+        if not isinstance(group, CommGroup):
+            raise CollectiveError(f"{where}: group must be a CommGroup, got {type(group).__name__}")
+        self.groups = Groups.of(group, graph.replication_factor, where)
+        self.op = _operator(ctx, op, t, where)
+        self.fault = _fault(where, opts["injectFault"], graph.replication_factor)
+        method = _method(where, opts["method"])
+        if method is Method.AUTO:
+            method = auto_method(t.numel * t.dtype.itemsize, self.groups.n,
+                                 ipus_per_replica=graph.target.num_ipus, all_gather=all_gather)
+        self.method = method
+        self.where = where
+
+    def error(self, message: str) -> CollectiveError:
+        return CollectiveError(f"{self.where}: {message}")
+
+    def rings(self, width: int) -> list[tuple[Ring, int, int]]:
+        """(ring, first column, end column) per direction the method uses over ``width`` columns."""
+        directions = {Method.CLOCKWISE_RING: [True], Method.ANTICLOCKWISE_RING: [False],
+                      Method.QUAD_DIRECTIONAL_RING: [True, False, True, False]}.get(
+                          self.method, [True, False])
+        parts = min(len(directions), max(width, 1))
+        cuts = [width * i // parts for i in range(parts + 1)]
+        return [(Ring(self.ctx, self.groups, directions[i], self.fault), cuts[i], cuts[i + 1])
+                for i in range(parts)]
+
+    def output(self, like: Tensor, shape: tuple[int, ...], suffix: str = "out") -> Tensor:
+        out = self.ctx.graph.add_variable(like.dtype, shape, name=f"{self.ctx.name}/{suffix}")
+        map_linearly(self.ctx.graph, out)
+        return out
+
+    def finish(self, result: Tensor, dst: Tensor) -> Tensor:
+        """``result`` (MEAN: divided by the group size) copied to ``dst``, the one write the user sees."""
+        if self.op is CollectiveOperator.MEAN:
+            ops.div_(self.ctx.graph, result, self.groups.n, self.ctx.prog, name=f"{self.ctx.name}/mean")
+        if result is not dst:
+            self.ctx.prog.add(P.Copy(result, dst))
+        return dst
+
+
+def _operator(ctx: OpContext, op: Any, t: Tensor, where: str) -> CollectiveOperator:
+    if not isinstance(op, CollectiveOperator):
+        raise CollectiveError(f"{where}: op must be a CollectiveOperator, got {op!r}")
+    logical = op in (CollectiveOperator.LOGICAL_AND, CollectiveOperator.LOGICAL_OR)
+    if logical != (t.dtype.numpy.kind == "b") and op is not CollectiveOperator.LOCAL:
+        raise CollectiveError(f"{where}: {op.name} does not apply to {t.name} of {t.dtype}; "
+                              "LOGICAL_AND/OR take bool tensors, the other operators numbers")
+    if op is CollectiveOperator.MEAN and not t.dtype.is_float:
+        raise CollectiveError(f"{where}: MEAN needs a float tensor, {t.name} is {t.dtype}; "
+                              "use ADD and divide")
+    return op
+
+
+def _method(where: str, method: Any) -> Method:
+    if method is None:
+        return Method.AUTO
+    if isinstance(method, Method):
+        return method
+    try:
+        return Method[str(method).upper()]
+    except KeyError:
+        names = [m.name for m in Method]
+        raise CollectiveError(f"{where}: unknown method {method!r}; methods are {names}") from None
+
+
+def _fault(where: str, fault: Any, replicas: int) -> tuple[int, ...] | None:
+    if fault is None:
+        return None
+    ok = isinstance(fault, (tuple, list)) and (
+        (len(fault) == 3 and fault[0] == "link") or (len(fault) == 2 and fault[0] == "replica"))
+    if not ok or not all(isinstance(r, int) and 0 <= r < replicas for r in fault[1:]):
+        raise CollectiveError(f"{where}: injectFault must be ('link', a, b) or ('replica', r) with "
+                              "replicas in "
+                        f"0..{replicas - 1}, got {fault!r}")
+    return tuple(fault[1:])
+
+
+def _fragments(call: _Call, t: Tensor) -> tuple[Tensor, int]:
+    """``t`` as (n, m) rows, zero-padded to a multiple of the group size: a view, or a padded copy."""
+    n, numel = call.groups.n, t.numel
+    m = max(1, math.ceil(numel / n))
+    if numel == n * m:
+        return t.reshape(n, m), m
+    padded = call.output(t, (n * m,), "padded")
+    ops.zero(call.ctx.graph, padded, call.ctx.prog, name=f"{call.ctx.name}/pad")
+    call.ctx.prog.add(P.Copy(t.flatten(), padded[:numel]))
+    return padded.reshape(n, m), m
+
+
+def _reduce_scatter(call: _Call, t: Tensor) -> Tensor:
+    """The (m,) reduced fragment of each replica's rank (before MEAN's division)."""
+    rows, m = _fragments(call, t)
+    prog, out = call.ctx.prog, call.output(t, (m,), "fragment")
+    for ring, c0, c1 in call.rings(m):
+        y = ring.rotated(rows[:, c0:c1], prog)
+        if call.op is CollectiveOperator.LOCAL:
+            prog.add(P.Copy(y[0], out[c0:c1]))
+            continue
+        if call.op is CollectiveOperator.SQUARE_ADD:
+            ops.square_(call.ctx.graph, y, prog, name=f"{call.ctx.name}/square")
+        prog.add(P.Copy(ring.reduce_scatter(y, call.op, prog), out[c0:c1]))
+    return out
+
+
+def _all_gather_rows(call: _Call, own: Tensor) -> Tensor:
+    """(n, m) rows of every rank's (m,) ``own``, in rank order."""
+    (m,) = own.shape
+    prog, out = call.ctx.prog, call.output(own, (call.groups.n, m), "gathered")
+    for ring, c0, c1 in call.rings(m):
+        piece = call.output(own, (c1 - c0,), "own")
+        prog.add(P.Copy(own[c0:c1], piece))
+        prog.add(P.Copy(ring.unrotated(ring.all_gather(piece, prog), prog), out[:, c0:c1]))
+    return out
+
+
+def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
+    if not isinstance(dst, Tensor) or dst.graph is not call.ctx.graph:
+        raise call.error("the destination must be a tensor of this graph")
+    if dst.shape != shape or dst.dtype != like.dtype:
+        raise call.error(f"destination {dst.name} is {dst.dtype} {dst.shape}; this collective gives "
+                             f"{like.dtype} {shape} (the same on every replica)")
+
+
+# -- all-reduce ----------------------------------------------------------------------------------
+def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *,
+                              op: CollectiveOperator = ADD,
+                              group: CommGroup = ALL, name: str = "",
+                              options: dict | None = None) -> Tensor:
+    """GCL ``allReduceToDestinationCrossReplica``: ``dst`` = ``op`` over each group of ``t``."""
+    call = _Call("all_reduce", graph, t, prog, op, group, name, options)
+    _check_destination(call, dst, t.shape, t)
+    if call.op is CollectiveOperator.LOCAL:
+        return call.finish(t, dst)
+    gathered = _all_gather_rows(call, _reduce_scatter(call, t))
+    result = call.output(t, t.shape, "result")
+    call.ctx.prog.add(P.Copy(gathered.flatten()[: t.numel].reshape(t.shape), result))
+    return call.finish(result, dst)
+
+
+def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
+               group: CommGroup = ALL, name: str = "", options: dict | None = None) -> Tensor:
+    """GCL ``allReduceCrossReplica``: a new tensor, ``op`` over each replica group of ``t``."""
+    out = graph.add_variable(t.dtype, t.shape, name=f"{name or 'all_reduce'}/out")
+    map_linearly(graph, out)
+    return all_reduce_to_destination(graph, t, out, prog, op=op, group=group, name=name, options=options)
+
+
+def all_reduce_in_place(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
+                        group: CommGroup = ALL, name: str = "", options: dict | None = None) -> Tensor:
+    """GCL ``allReduceInPlaceCrossReplica``: ``t`` replaced by the reduction (written last)."""
+    return all_reduce_to_destination(graph, t, t, prog, op=op, group=group, name=name, options=options)
+
+
+# -- reduce-scatter ------------------------------------------------------------------------------
+def reduce_scatter_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *,
+                                  op: CollectiveOperator = ADD, group: CommGroup = ALL,
+                                  name: str = "", options: dict | None = None) -> Tensor:
+    """GCL ``reduceScatterToDestinationCrossReplica``: ``dst`` (ceil(numel / n),) on the replica of
+    rank ``q`` is fragment ``q`` of ``t`` flattened (zero-padded), reduced over the group."""
+    call = _Call("reduce_scatter", graph, t, prog, op, group, name, options)
+    _check_destination(call, dst, (max(1, math.ceil(t.numel / call.groups.n)),), t)
+    return call.finish(_reduce_scatter(call, t), dst)
+
+
+def reduce_scatter(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
+                   group: CommGroup = ALL, name: str = "", options: dict | None = None) -> Tensor:
+    """GCL ``reduceScatterCrossReplica``: a new (ceil(numel / n),) tensor per replica."""
+    call = _Call("reduce_scatter", graph, t, prog, op, group, name, options)
+    size = max(1, math.ceil(t.numel / call.groups.n))
+    return call.finish(_reduce_scatter(call, t), call.output(t, (size,)))
+
+
+# -- all-gather ----------------------------------------------------------------------------------
+def all_gather_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *,
+                              group: CommGroup = ALL, name: str = "",
+                              options: dict | None = None) -> Tensor:
+    """GCL ``allGatherToDestinationCrossReplica``: ``dst`` (n, *t.shape) holds every group
+    member's ``t`` in rank order."""
+    call = _Call("all_gather", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
+                 CollectiveOperator.LOGICAL_OR, group, name, options, all_gather=True)
+    _check_destination(call, dst, (call.groups.n, *t.shape), t)
+    rows = _all_gather_rows(call, t.flatten())
+    call.finish(rows, dst.reshape(rows.shape))
+    return dst
+
+
+def all_gather(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",
+               options: dict | None = None) -> Tensor:
+    """GCL ``allGatherCrossReplica``: a new (n, *t.shape) tensor of every group member's ``t``."""
+    where = f"all_gather {name or 'all_gather'!r}{at(caller_location())}"
+    n = Groups.of(group, graph.replication_factor, where).n if isinstance(group, CommGroup) else 1
+    out = graph.add_variable(t.dtype, (n, *t.shape), name=f"{name or 'all_gather'}/out")
+    map_linearly(graph, out)
+    return all_gather_to_destination(graph, t, out, prog, group=group, name=name, options=options)
+
+
+# -- all-to-all ----------------------------------------------------------------------------------
+def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *,
+                              group: CommGroup = ALL, name: str = "",
+                              options: dict | None = None) -> Tensor:
+    """GCL ``allToAllCrossReplica``: ``t`` (n, ...) per replica; replica ``q``'s ``dst[r]`` is
+    replica ``r``'s ``t[q]`` (``[A,B], [C,D] -> [A,C], [B,D]``). Rows are rotated by rank so
+    that step ``d`` (1..n-1) sends row ``d`` to the replica ``d`` ranks on: n - 1 cross-replica
+    steps, each a different map (all-to-all is not a ring)."""
+    call = _Call("all_to_all", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
+                 CollectiveOperator.LOGICAL_OR, group, name, options)
+    n = call.groups.n
+    if t.ndim == 0 or t.shape[0] != n:
+        raise call.error(f"{t.name} {t.shape} needs a leading dim of the group size {n}")
+    _check_destination(call, dst, t.shape, t)
+    ring, prog = Ring(call.ctx, call.groups, True, call.fault), call.ctx.prog
+    rows = t.reshape(n, t.numel // n)
+    y = ring.rotated(rows, prog)
+    v = call.output(t, rows.shape, "received")
+    prog.add(P.Copy(y[0], v[0]))
+    for d in range(1, n):
+        prog.add(P.CrossReplicaCopy(y[d], v[(n - d) % n], call.groups.shifted(d), call.fault))
+    return call.finish(ring.unrotated(v, prog).reshape(t.shape), dst)
+
+
+def all_to_all(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",
+               options: dict | None = None) -> Tensor:
+    """GCL ``allToAllCrossReplica``: a new tensor; see :func:`all_to_all_to_destination`."""
+    out = graph.add_variable(t.dtype, t.shape, name=f"{name or 'all_to_all'}/out")
+    map_linearly(graph, out)
+    return all_to_all_to_destination(graph, t, out, prog, group=group, name=name, options=options)
