@@ -6,8 +6,9 @@ algorithms (:mod:`softipu.collectives.ring`) whose steps the compiler prices on 
 (``compiler/replicas.py``) and the engine runs along the replica axis of its storage
 (``engine/replicas.py``).
 
+>>> import softipu as sp
 >>> from softipu import collectives as C
->>> C.auto_method(64 << 20, 16).name
+>>> C.auto_method(sp.systems.POD16, "all_reduce", 64 << 20, 16).name
 'BIDIRECTIONAL_RING_PAIR'
 """
 

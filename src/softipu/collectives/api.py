@@ -49,6 +49,7 @@ from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
 from softipu.ops.mapping import map_linearly
+from softipu.target.systems import smallest_fabric
 
 __all__ = ["all_reduce", "all_reduce_in_place", "all_reduce_to_destination", "reduce_scatter",
            "reduce_scatter_to_destination", "all_gather", "all_gather_to_destination", "all_to_all",
@@ -63,7 +64,7 @@ class _Call:
     """One collective call: its context, groups, rings and fault."""
 
     def __init__(self, kind: str, graph: Graph, t: Tensor, prog: Any, op: CollectiveOperator,
-                 group: CommGroup, name: str, options: dict | None, all_gather: bool = False) -> None:
+                 group: CommGroup, name: str, options: dict | None) -> None:
         self.ctx = ctx = OpContext.start(graph, prog, kind, name, t)
         opts = parse_options(ctx, options, _OPTIONS)
         where = f"{kind} {ctx.name!r}{at(caller_location())}"
@@ -73,9 +74,10 @@ class _Call:
         self.op = _operator(ctx, op, t, where)
         self.fault = _fault(where, opts["injectFault"], graph.replication_factor)
         method = _method(where, opts["method"])
-        if method is Method.AUTO:
-            method = auto_method(t.numel * t.dtype.itemsize, self.groups.n,
-                                 ipus_per_replica=graph.target.num_ipus, all_gather=all_gather)
+        if method is Method.AUTO:  # on the smallest IPU-Fabric holding the replicas
+            k = graph.target.num_ipus
+            system = smallest_fabric(graph.replication_factor * k, graph.target)
+            method = auto_method(system, kind, t.numel * t.dtype.itemsize, self.groups.n, ipus_per_replica=k)
         self.method = method
         self.where = where
 
@@ -245,7 +247,7 @@ def all_gather_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
     """GCL ``allGatherToDestinationCrossReplica``: ``dst`` (n, *t.shape) holds every group
     member's ``t`` in rank order."""
     call = _Call("all_gather", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
-                 CollectiveOperator.LOGICAL_OR, group, name, options, all_gather=True)
+                 CollectiveOperator.LOGICAL_OR, group, name, options)
     _check_destination(call, dst, (call.groups.n, *t.shape), t)
     rows = _all_gather_rows(call, t.flatten())
     call.finish(rows, dst.reshape(rows.shape))

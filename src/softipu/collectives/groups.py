@@ -15,6 +15,8 @@ import enum
 from dataclasses import dataclass
 
 from softipu.ops.common import OpError
+from softipu.target import links
+from softipu.target.systems import System
 
 __all__ = ["CollectiveError", "CollectiveOperator", "CommGroupType", "CommGroup", "Method", "Groups",
            "auto_method"]
@@ -108,24 +110,18 @@ class Groups:
         return {r: self.member(r, self.rank(r) + distance) for r in range(self.replicas)}
 
 
-# poplibs' bytes-per-IPU thresholds for the reduce-scatter choice (all-gather: halved).
-_MEET_IN_MIDDLE_BELOW = ((0, 1_245_184), (4, 4_980_736), (8, 39_845_888))
+def auto_method(system: System, operation: str, num_bytes: int, ranks: int, *,
+                ipus_per_replica: int = 1) -> Method:
+    """The method poplibs' AUTO picks (ipu-facts-scale §3), as ``softipu.target.links`` decides it
+    (one rule for functional and estimate-only collectives): a torus with several IPUs per
+    replica takes meet-in-middle; several IPUs per replica or at most 2 ranks, the clockwise ring;
+    otherwise meet-in-middle below size thresholds (halved for all-gather) or above 16 ranks,
+    else the bidirectional ring pair.
 
-
-def auto_method(num_bytes: int, ranks: int, *, ipus_per_replica: int = 1, torus: bool = False,
-                all_gather: bool = False) -> Method:
-    """The method poplibs' AUTO picks (ipu-facts-scale §3): a torus with several IPUs per replica
-    takes meet-in-middle; several IPUs per replica or at most 2 ranks, the clockwise ring;
-    otherwise meet-in-middle below the size thresholds (halved for all-gather) or above 16
-    ranks, else the bidirectional ring pair.
-
-    >>> auto_method(1 << 20, 8).name, auto_method(1 << 30, 8).name
-    ('MEET_IN_MIDDLE_RING', 'BIDIRECTIONAL_RING_PAIR')
+    >>> from softipu.target import systems
+    >>> auto_method(systems.POD16, "all_reduce", 1 << 20, 8).name
+    'MEET_IN_MIDDLE_RING'
+    >>> auto_method(systems.POD16, "all_reduce", 1 << 30, 8).name
+    'BIDIRECTIONAL_RING_PAIR'
     """
-    if torus and ipus_per_replica > 1:
-        return Method.MEET_IN_MIDDLE_RING
-    if ipus_per_replica > 1 or ranks <= 2:
-        return Method.CLOCKWISE_RING
-    scale = 2 if all_gather else 1
-    small = any(ranks > above and num_bytes < limit // scale for above, limit in _MEET_IN_MIDDLE_BELOW)
-    return Method.MEET_IN_MIDDLE_RING if small or ranks > 16 else Method.BIDIRECTIONAL_RING_PAIR
+    return Method[links.choose_method(system, operation, num_bytes, ranks, ipus_per_replica).upper()]

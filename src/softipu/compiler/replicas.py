@@ -1,17 +1,15 @@
 """Checking and pricing ``CrossReplicaCopy`` steps: data moved between replicas over IPU-Links.
 
-One rule prices every cross-replica step (``cross_replica_copy_cycles``): each replica of the
-map sends ``src``'s bytes to one other replica at the same time, so a step costs the bytes one
-replica sends over the links it may use, plus the exchange latency, plus a sync across the IPUs
-of every replica the step touches (an inter-IPU sync: ``Target.global_sync_cycles``). The link
-figures are the target's (``ipu_link_bytes_per_cycle``: raw rate x efficiency); how many links a
-ring step drives between neighbours is ``links`` (one by default: a ring sends each fragment to
-one neighbour over one IPU-Link [U]; poplibs' bidirectional algorithms use a link each way).
+The link-level cost model is ``softipu.target.links`` (one source of truth, shared with the
+estimate-only collective pricing): a step in which every replica of the map sends ``src``'s bytes
+to its destination replica at the same time is ``links.flows_cost`` over the routes of the
+system the replicas run on — replica ``r`` of ``k`` IPUs on IPUs ``r*k .. r*k+k-1``, each IPU
+sending its ``1/k`` share to the same IPU of the destination replica — with a sync across the
+IPUs of every replica the step touches. A graph names only its chip, so the system is the
+smallest IPU-Fabric of that chip that holds every replica (``systems.smallest_fabric``).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -19,9 +17,9 @@ from softipu.compiler.costs import Step, StepKind
 from softipu.debug import at
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
-from softipu.target import Target
+from softipu.target import Target, links, systems
 
-__all__ = ["check_cross_replica_copy", "cross_replica_copy_cycles", "price_cross_replica_copy"]
+__all__ = ["check_cross_replica_copy", "cross_replica_copy_cost", "price_cross_replica_copy"]
 
 
 def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str]:
@@ -44,25 +42,25 @@ def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str
     return problems
 
 
-def cross_replica_copy_cycles(target: Target, num_bytes: int, links: int = 1) -> int:
-    """Cycles for every replica to send ``num_bytes`` to a neighbour over ``links`` IPU-Links at
-    once, without the sync: the link time plus the exchange latency."""
-    if num_bytes <= 0:
-        return 0
-    rate = target.ipu_link_bytes_per_cycle * max(1, min(links, target.ipu_links_per_ipu))
-    return target.exchange_latency_cycles + math.ceil(num_bytes / rate)
+def cross_replica_copy_cost(target: Target, replicas: int, replica_map: dict[int, int],
+                            num_bytes: int) -> links.StepCost:
+    """The link-level cost of one cross-replica step: every replica of the map sends ``num_bytes``."""
+    k = target.num_ipus
+    moving = [(s, d) for s, d in replica_map.items() if s != d]
+    pairs = [(s * k + j, d * k + j) for s, d in moving for j in range(k)]
+    touched = {r for pair in moving for r in pair}
+    system = systems.smallest_fabric(replicas * k, target)
+    return links.flows_cost(system, pairs, num_bytes / k if pairs else 0, sync_ipus=len(touched) * k)
 
 
 def price_cross_replica_copy(pricer, node: P.CrossReplicaCopy, index: int) -> Step:
     """The step of one ``CrossReplicaCopy`` (``StepPricer`` calls it as its ``price_`` method)."""
-    target = pricer.target
-    moving = {s for s, d in node.replica_map.items() if s != d}
-    num_bytes = node.src.numel * node.src.dtype.itemsize if moving else 0
-    touched = moving | {node.replica_map[s] for s in moving}
-    ipus = max(2, len(touched)) * target.num_ipus
+    num_bytes = node.src.numel * node.src.dtype.itemsize
+    cost = cross_replica_copy_cost(pricer.target, pricer.replication_factor, node.replica_map,
+                                   num_bytes)
+    sent = num_bytes * sum(1 for s, d in node.replica_map.items() if s != d)
     return Step(index, StepKind.COPY, f"CrossReplicaCopy {node.src.name} -> {node.dst.name}",
                 node.location, "CrossReplicaCopy",
-                exchange_cycles=cross_replica_copy_cycles(target, num_bytes),
-                sync_cycles=target.global_sync_cycles(ipus) if moving else 0,
-                inter_ipu_bytes=num_bytes, recv_tiles=np.zeros(0, np.int64),
-                recv_tile_bytes=np.zeros(0, np.int64))
+                exchange_cycles=cost.link_cycles + cost.latency_cycles, sync_cycles=cost.sync_cycles,
+                inter_ipu_bytes=sent // max(1, pricer.replication_factor),
+                recv_tiles=np.zeros(0, np.int64), recv_tile_bytes=np.zeros(0, np.int64))

@@ -33,8 +33,8 @@ from softipu.debug import at, caller_location
 from softipu.errors import TargetError
 from softipu.target.targets import BOW, GC200, Target
 
-__all__ = ["LinkLadder", "System", "ladder_of", "ipu_fabric", "M2000", "BOW_2000", "POD4", "POD16",
-           "POD64", "POD128", "POD256", "BOW_POD16", "BOW_POD64", "BOW_POD128", "BOW_POD256"]
+__all__ = ["LinkLadder", "System", "ladder_of", "ipu_fabric", "smallest_fabric", "M2000", "BOW_2000", "POD4",
+           "POD16", "POD64", "POD128", "POD256", "BOW_POD16", "BOW_POD64", "BOW_POD128", "BOW_POD256"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +283,13 @@ def ipu_fabric(num_ipus: int, chip: Target = GC200, name: str | None = None, **o
         "ladder": ladder_of(chip, wraps=ild >= 16) or LinkLadder(),
     }
     return System(**(base | overrides))  # type: ignore[arg-type]
+
+
+def smallest_fabric(num_ipus: int, chip: Target = GC200) -> System:
+    """The smallest :func:`ipu_fabric` of ``chip`` with at least ``num_ipus`` IPUs: whole machines
+    up to a POD64, whole POD64s beyond (what a graph of replicas runs on when no system is named)."""
+    need = max(4, int(num_ipus))
+    return ipu_fabric(-(-need // 4) * 4 if need <= 64 else -(-need // 64) * 64, chip=chip.with_num_ipus(1))
 
 
 # --- Presets ---------------------------------------------------------------------------------------
