@@ -4,6 +4,7 @@ from softipu.frontends.torch.lowerings import (
     backward,
     control,
     indexing,
+    linalg,
     nn,
     pointwise,
     poptorch_ops,
@@ -14,5 +15,5 @@ from softipu.frontends.torch.lowerings import (
     special,
 )
 
-__all__ = ["backward", "control", "indexing", "nn", "pointwise", "poptorch_ops", "random", "reduce", "scans",
-           "shape", "special"]
+__all__ = ["backward", "control", "indexing", "linalg", "nn", "pointwise", "poptorch_ops", "random", "reduce",
+           "scans", "shape", "special"]
