@@ -28,6 +28,7 @@ from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
 from softipu.frontends.errors import FrontendError, LoweringError
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.passes import inference_passes
 from softipu.frontends.torch.registry import find_lowering
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
@@ -124,6 +125,10 @@ class Lowered:
     outputs: tuple[Any, ...]  # one per flat output: a StreamSlot, or the constant it always is
     weights: tuple[tuple[str, np.ndarray | HostWeight], ...]  # (stream, host values) in load order
     nodes: int  # call_function nodes lowered
+    rewrites: tuple[str, ...] = ()  # what the frontend graph passes rewrote (frontends/torch/passes.py)
+    # In-place changes of user inputs and buffers: ("input", flat input index, slot) or ("buffer",
+    # buffer name, slot); streamed out every iteration (a buffer is also updated on the device).
+    mutations: tuple[tuple[str, str, StreamSlot], ...] = ()
 
 
 class LoweringContext:
@@ -144,8 +149,12 @@ class LoweringContext:
     # -- the node being lowered -------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """A name for the ops of this node (shows in reports): the FX node's name."""
-        return f"{self.phase}{self.node.name}" if self.node is not None else f"{self.phase}torch"
+        """A name for the ops of this node (shows in reports): the FX node's name, under its
+        ``poptorch.NameScope`` if any."""
+        if self.node is None:
+            return f"{self.phase}torch"
+        scope = (self.node.meta.get("custom") or {}).get("poptorch_scope")
+        return f"{self.phase}{scope}/{self.node.name}" if scope else f"{self.phase}{self.node.name}"
 
     def meta(self, node: Any = None) -> Any:
         """The example value torch.export recorded (a FakeTensor, or a tuple of them)."""
@@ -333,6 +342,10 @@ class _Lowerer:
         self.load = P.Sequence(name="load_weights")
         self.in_copies: list[P.Program] = []
         self.inputs: list[StreamSlot | None] = []
+        self.buffers: dict[str, Tensor] = {}  # buffer variables by name (for in-place changes)
+        self.input_index: dict[str, int] = {}  # user input placeholders' flat indices
+        self.folded: dict[str, tuple[str, torch.Tensor]] = {}  # graph passes' new weights (inference)
+        self.rewrites: list[str] = []
 
     def run(self) -> Lowered:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
@@ -377,27 +390,33 @@ class _Lowerer:
             self.env[node] = self._user_input(node, val)
             return
         if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-            if not node.users:  # e.g. a torch.Generator made in forward and never used on tensors
+            # A torch.Generator made in forward and never used on tensors; an effect token
+            # (with_effects orders effectful checks, which have nothing to order on the device).
+            if not node.users or spec.kind == InputKind.TOKEN:
                 self.env[node] = None
                 return
             raise LoweringError(f"placeholder {node.name} is a {spec.kind.name} input, which softipu "
                                 "does not lower (custom objects and tokens)")
-        value = self.ep.state_dict.get(spec.target)
+        stream, value = self.folded.get(spec.target, (f"weights/{spec.target}", None))
+        if value is None:
+            value = self.ep.state_dict.get(spec.target)
         if value is None:
             value = self.ep.constants[spec.target]
         dtype = self.ctx.dtype(value.dtype)
         var = _weight_variable(self.ctx, node, dtype, tuple(value.shape), spec.target)
-        stream = f"weights/{spec.target}"
         self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
         if var.numel:
             self.load.add(P.Copy(self.graph.streams[stream], var))
         kind = "buffer" if spec.kind == InputKind.BUFFER else spec.kind.name.lower().replace("_", " ")
         # Converted when loaded (host_values): an estimate-only compile never needs the data.
         self.weights.append((stream, HostWeight(value, dtype, f"{kind} {spec.target!r}")))
+        if spec.kind == InputKind.BUFFER:
+            self.buffers[spec.target] = var
         self.env[node] = var
 
     def _user_input(self, node: torch.fx.Node, val: Any) -> Any:
         index = len(self.inputs)
+        self.input_index[node.name] = index
         name = self.input_names[index] if index < len(self.input_names) else node.name
         if not isinstance(val, torch.Tensor):
             self.inputs.append(None)
@@ -457,9 +476,10 @@ class _Lowerer:
         specs = self.ep.graph_signature.output_specs
         outs: list[Any] = []
         copies: list[P.Program] = []
+        mutations, mutation_copies = self._mutations(output, specs)
         for k, (arg, spec) in enumerate(zip(output.args[0], specs, strict=True)):
             if spec.kind != OutputKind.USER_OUTPUT:
-                continue  # buffer and input mutations: inference keeps the module's state as it is
+                continue  # buffer and input mutations: streamed by _mutations
             if not isinstance(arg, torch.fx.Node):
                 outs.append(arg)
                 continue
@@ -470,7 +490,7 @@ class _Lowerer:
                 continue
             outs.append(stream_out(self.graph, k, arg.name, value, val.dtype, copies))
         self._load_seed()
-        step = P.Sequence([*self.in_copies, self.ctx.prog], name="step")
+        step = P.Sequence([*self.in_copies, self.ctx.prog, *mutation_copies], name="step")
         final = self.options.output_mode is OutputMode.FINAL
         if not final:
             for c in copies:
@@ -480,7 +500,31 @@ class _Lowerer:
         if final:
             run = P.Sequence([run, *copies], name="run")
         return Lowered(self.graph, (self.load, run), tuple(self.inputs), tuple(outs),
-                       tuple(self.weights), count)
+                       tuple(self.weights), count, tuple(self.rewrites),
+                       mutations=tuple(mutations))
+
+    def _mutations(self, output: torch.fx.Node, specs: Any) -> tuple[list, list[P.Program]]:
+        """In-place changes of inputs and buffers: each new value streamed out every iteration
+        (the runtime writes it back to the caller's tensor or the module's buffer); a buffer's
+        is also copied into the buffer's variable, so the next iteration and call see it."""
+        mutations: list[tuple[str, str, StreamSlot]] = []
+        copies: list[P.Program] = []
+        kinds = {OutputKind.BUFFER_MUTATION: "buffer", OutputKind.USER_INPUT_MUTATION: "input"}
+        for k, (arg, spec) in enumerate(zip(output.args[0], specs, strict=True)):
+            kind = kinds.get(spec.kind)
+            value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+            if kind is None or not isinstance(value, Tensor):
+                continue
+            if kind == "buffer":
+                var = self.buffers[spec.target]
+                if value is not var and var.numel:
+                    self.ctx.prog.add(P.Copy(self.ctx.cast(value, var.dtype), var))
+                target = spec.target
+            else:
+                target = str(self.input_index[spec.target])
+            slot = stream_out(self.graph, k, f"{kind}:{spec.target}", value, arg.meta["val"].dtype, copies)
+            mutations.append((kind, target, slot))
+        return mutations, copies
 
 
     def _load_seed(self) -> None:
@@ -497,5 +541,7 @@ class _Lowerer:
 
 def lower_program(ep: Any, options: Options, input_names: Sequence[str] = ()) -> Lowered:
     """Lower an exported, decomposed program (checked by ``check_supported``) onto a new graph."""
-    return _Lowerer(ep, options, input_names).run()
+    lowerer = _Lowerer(ep, options, input_names)
+    lowerer.folded, lowerer.rewrites = inference_passes(ep)  # PopART's inference patterns (passes.py)
+    return lowerer.run()
 

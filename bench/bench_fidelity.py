@@ -1,0 +1,174 @@
+"""Issue 19's fidelity table: whole models priced estimate-only as one real IPU runs them.
+
+For each configuration (model, precision, batch, sequence) a fresh subprocess exports the model
+(``fidelity_models.build``: ResNet-50, ViT-B/16, BERT-base, BERT-Large, random weights), lowers it,
+compiles an estimate-only engine and prices one inference step (``eng.run`` of the load and step
+programs). Each line prints:
+
+* ``items_per_s``: batch / (modeled cycles of the step / the target's clock) — the modeled
+  throughput of one IPU (the step's host streams included, as the engine prices them);
+* ``fits``, ``max_tile_kib``, ``mean_tile_kib``, ``worst_tile`` and its categories
+  (``worst_kib``: KiB by memory category on the fullest tile);
+* ``compile_s`` (export + lower + compile + price, wall) with its ``stages_s``, and ``rss_mb``:
+  the growth of the process's peak resident size over the case (ru_maxrss);
+* ``rewrites``: what the frontend graph passes rewrote (batch norms folded, ...), where any.
+
+Then a table. Run: ``.venv/bin/python bench/bench_fidelity.py`` (all configurations, some minutes)
+or ``--only resnet50`` / ``--configs resnet50:fp16:1,resnet50:fp16:32`` / ``--quick`` (a small
+subset). ``--baseline DIR`` prices each configuration also with the softipu source tree in DIR
+(an earlier checkout), measured in the same run, and prints it beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (model, precision, batch, seq): the configurations of issue 19 (GC200/C600 inference figures).
+CONFIGS = [
+    ("resnet50", "fp16", b, 0) for b in (1, 4, 16, 32, 90)
+] + [
+    ("resnet50", "fp32", b, 0) for b in (1, 8, 16)
+] + [
+    ("bert_base", "fp16", 16, 128), ("bert_base", "fp16", 8, 256),
+    ("bert_large", "fp16", 18, 128), ("bert_large", "fp16", 4, 256),
+    ("vit_b16", "fp16", 8, 0),
+]
+QUICK = [("resnet50", "fp16", 1, 0), ("resnet50", "fp16", 16, 0), ("bert_base", "fp16", 16, 128)]
+
+
+def target():
+    import softipu as sp  # noqa: PLC0415
+
+    return getattr(sp.targets, "C600", sp.targets.GC200)
+
+
+def child(model: str, precision: str, batch: int, seq: int) -> dict:
+    """Price one configuration in this (fresh) process."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    import softipu as sp  # noqa: PLC0415
+    import softipu.torch as st  # noqa: PLC0415
+    from softipu.frontends.torch.export import export_program  # noqa: PLC0415
+    from softipu.frontends.torch.lower import lower_program  # noqa: PLC0415
+
+    sys.path.insert(0, HERE)
+    import fidelity_models  # noqa: PLC0415
+
+    tgt = target()
+    net, args, names = fidelity_models.build(model, batch, seq or 128)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stages = {}
+    t0 = t = time.perf_counter()
+    with torch.no_grad():
+        ep = export_program(net, args, {})
+    stages["export"] = time.perf_counter() - t
+    t = time.perf_counter()
+    opts = st.Options(target=tgt, precision=precision)
+    lowered = lower_program(ep, opts, names)
+    stages["lower"] = time.perf_counter() - t
+    t = time.perf_counter()
+    eng = sp.Engine(lowered.graph, list(lowered.programs), estimate_only=True,
+                    options={"debug.allowOutOfMemory": True})
+    stages["compile"] = time.perf_counter() - t
+    t = time.perf_counter()
+    eng.run(0)
+    before = eng.log.cycles
+    eng.run(1)
+    cycles = eng.log.cycles - before
+    stages["price"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    report = eng.report
+    fit = report.fit()
+    mem = report.tile_memory
+    rewrites = getattr(lowered, "rewrites", None)
+    return {
+        "model": model, "precision": precision, "batch": batch, "seq": seq or None,
+        "target": tgt.name, "cycles": int(cycles),
+        "items_per_s": round(batch * tgt.clock_hz / max(cycles, 1), 1),
+        "fits": bool(fit["fits"]), "max_tile_kib": round(int(mem.max()) / 1024, 1),
+        "mean_tile_kib": round(float(np.mean(mem)) / 1024, 1),
+        "worst_tile": fit["worst_tile"],
+        "worst_kib": {k: round(v / 1024, 1) for k, v in sorted(fit["worst_tile_categories"].items(),
+                                                                 key=lambda kv: -kv[1])},
+        "compile_s": round(seconds, 2), "stages_s": {k: round(v, 2) for k, v in stages.items()},
+        "rss_mb": round(rss, 1),
+        **({"rewrites": rewrites} if rewrites else {}),
+    }
+
+
+def measure(config: tuple, src: str | None, timeout: float) -> dict:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--child", ":".join(map(str, config))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse(text: str) -> tuple:
+    model, precision, batch, *rest = text.split(":")
+    return model, precision, int(batch), int(rest[0]) if rest else (128 if model.startswith("bert") else 0)
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'model':<11}{'prec':<5}{'b':>4}{'seq':>5}{'items/s':>10}{'fits':>6}{'max KiB':>9}"
+            f"{'mean KiB':>9}{'compile s':>10}{'rss MB':>8}  fullest tile (KiB)")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r.get('model', '?'):<11}{r.get('precision', ''):<5}{r.get('batch', 0):>4}  "
+                       f"error: {r['error']}")
+            continue
+        cats = ", ".join(f"{k} {v:.0f}" for k, v in list(r["worst_kib"].items())[:4])
+        out.append(f"{r['model']:<11}{r['precision']:<5}{r['batch']:>4}{r['seq'] or '':>5}"
+                   f"{r['items_per_s']:>10.1f}{'yes' if r['fits'] else 'NO':>6}{r['max_tile_kib']:>9.0f}"
+                   f"{r['mean_tile_kib']:>9.0f}{r['compile_s']:>10.1f}{r['rss_mb']:>8.0f}  {cats}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child")
+    parser.add_argument("--only", help="model names, comma-separated")
+    parser.add_argument("--configs", help="model:precision:batch[:seq], comma-separated")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", help="a softipu checkout whose src/ is measured beside")
+    parser.add_argument("--timeout", type=float, default=900)
+    a = parser.parse_args()
+    if a.child:
+        print(json.dumps(child(*parse(a.child))))
+        return
+    configs = [parse(c) for c in a.configs.split(",")] if a.configs else (QUICK if a.quick else CONFIGS)
+    if a.only:
+        configs = [c for c in configs if c[0] in a.only.split(",")]
+    rows = []
+    for config in configs:
+        row = {"bench": "fidelity", **measure(config, None, a.timeout)}
+        row.setdefault("model", config[0])
+        row.setdefault("precision", config[1])
+        row.setdefault("batch", config[2])
+        if a.baseline:
+            row["baseline"] = measure(config, os.path.join(a.baseline, "src"), a.timeout)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(table(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
