@@ -57,12 +57,15 @@ from softipu.graph import (
     concat,
 )
 from softipu.graph.cycles import cycle_count, cycle_stamp
+from softipu.log import configure_from_env as _configure_logging
 from softipu.profile import Report
 from softipu.target import Target, systems
 
 SCALAR = FieldShape.SCALAR
 VECTOR = FieldShape.VECTOR
 VECTOR_LIST = FieldShape.VECTOR_LIST
+
+_configure_logging()  # SOFTIPU_LOG_LEVEL / SOFTIPU_LOG_DEST (softipu.log)
 
 __version__ = "0.1.0"
 

@@ -30,6 +30,7 @@ from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+from softipu.log import progress_stage, progress_task
 
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
 
@@ -132,7 +133,8 @@ class TrainingModel:
         sig = tuple((n, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (n, v)
                     for n, v in leaves)
         if self._lowered is None:
-            self._compile(args, kwargs, sig)
+            with progress_task(self._label, ("export", "lower", "compile", "load")):
+                self._compile(args, kwargs, sig)
         elif sig != self._leaves or str(spec) != str(self._in_spec):
             raise InputError(f"{self._label} was compiled for inputs {self._leaves} but was called with "
                              f"{sig}; a training model keeps one input signature (destroy() and compile "
@@ -177,15 +179,18 @@ class TrainingModel:
         finally:
             self.module.train(was_training)
         times["export"] = time.perf_counter() - start
+        progress_stage("lower")
         t = time.perf_counter()
         flat = pytree.tree_flatten_with_path((tuple(margs), dict(mkwargs)))[0]
         names = [self._input_name(n) for n, _ in flat]
         every = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
         lowered = lower_training(joint, spec, self.options, names, every)
         times["lower"] = time.perf_counter() - t
+        progress_stage("compile")
         t = time.perf_counter()
         engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
         times["compile"] = time.perf_counter() - t
+        progress_stage("load")
         t = time.perf_counter()
         self._lowered, self._engine, self._spec = lowered, engine, spec
         self._leaves, self._out_spec = sig, joint.out_spec
