@@ -135,6 +135,11 @@ def _message_line(text: str) -> UserLine | None:
     return found
 
 
+# Ops lowered whole (frontends/torch/lowerings/poptorch_ops.py): their decompositions compute values
+# the op never needs (softplus's exp above its threshold overflows and traps).
+KEPT_WHOLE = (torch.ops.aten.softplus.default,)
+
+
 def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) -> Any:
     """``torch.export`` of ``module`` in eval mode, decomposed to Core ATen.
 
@@ -145,7 +150,10 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
     try:
         with torch.no_grad(), _quiet_torch():
             exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
-            return exported.run_decompositions()
+            table = torch.export.default_decompositions()
+            for op in KEPT_WHOLE:
+                table.pop(op)
+            return exported.run_decompositions(table)
     except Exception as exc:  # noqa: BLE001 - every export failure is reported the same way
         raise ExportError(_explain(module, exc)) from exc
     finally:

@@ -173,7 +173,8 @@ def _leaky_relu(ctx: Any, node: Any, x: Tensor, negative_slope: float = 0.01) ->
 @register_lowering("aten::elu")
 def _elu(ctx: Any, node: Any, x: Tensor, alpha: float = 1.0, scale: float = 1.0,
          input_scale: float = 1.0) -> Tensor:
-    neg = E.mul(E.expm1(E.mul(X, float(input_scale))), float(alpha) * float(scale))
+    # expm1 of min(x, 0): the positive lanes are not selected, and exp of them could overflow (and trap)
+    neg = E.mul(E.expm1(E.mul(E.minimum(X, 0.0), float(input_scale))), float(alpha) * float(scale))
     return _map(ctx, E.select(E.gt(X, 0.0), E.mul(X, float(scale)), neg), [x])
 
 
