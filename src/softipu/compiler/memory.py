@@ -28,6 +28,7 @@ import numpy as np
 from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import split_by_mapping, union_per_key
 from softipu.compiler.executable import CompiledComputeSet
+from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
 from softipu.dtypes import DType
 from softipu.errors import OutOfMemoryError
@@ -118,8 +119,11 @@ class _Timeline:
     """Program points in execution order, with the variables each point reads and writes."""
 
     def __init__(self, graph: Graph, compute_sets: dict[int, CompiledComputeSet],
-                 functions: dict[int, P.Program], step_of: dict[int, int]) -> None:
+                 functions: dict[int, P.Program], step_of: dict[int, int],
+                 keys: StructureKeys | None = None) -> None:
         self.graph, self.compute_sets, self.functions, self.step_of = graph, compute_sets, functions, step_of
+        self.keys = keys  # compute sets with equal layout keys touch their n-th variables alike
+        self._by_layout: dict[tuple, list] = {}  # layout key -> (dtype, numbers, full, kind) per part
         self.points: list[int] = []  # step index per point
         self.access: list[tuple[int, np.ndarray, int]] = []  # (point, variable ids, kind)
         self.loops: list[tuple[int, int]] = []
@@ -183,23 +187,44 @@ class _Timeline:
 
     def _compute_set_fields(self, cs_id: int) -> list:
         """(variable ids, fully covered?, kind) of everything a compute set reads and writes, per
-        dtype; kept per compute set (a few ints a variable, never its fields' address runs)."""
+        dtype; kept per compute set (a few ints a variable, never its fields' address runs). A
+        compute set laid out like one seen before (equal layout keys: a repeated layer's) touches
+        the corresponding variables alike, so its parts are that one's, renumbered."""
         cached = self._cs_fields.get(cs_id)
-        if cached is None:
-            parts: dict[tuple, list] = {}
-            for group in self.compute_sets[cs_id].groups:
-                for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
-                    kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
-                    kinds += [_WRITE] if f.direction is Direction.INOUT else []
-                    for t in group.tensors(name):
-                        starts, lengths = address_runs(t)
-                        for kind in kinds:
-                            parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
-            cached = [(*self._ids_in(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
-                                     np.concatenate([p[1] for p in pieces])), kind)
-                      for (dtype, kind), pieces in parts.items()]
-            self._cs_fields[cs_id] = cached
+        if cached is not None:
+            return cached
+        compiled = self.compute_sets[cs_id]
+        key = self.keys.layout(compiled) if self.keys is not None else None
+        if key is None:
+            cached = [(ids, full, kind) for _, ids, full, kind in self._fields_of(compiled)]
+        else:
+            used = self.keys.layout_variables(compiled)
+            shared = self._by_layout.get(key)
+            if shared is None:
+                number = {(d, v.id): n for n, (d, v) in enumerate(used)}
+                shared = self._by_layout[key] = [
+                    (dtype, np.array([number[(dtype, i)] for i in ids.tolist()], np.int64), full, kind)
+                    for dtype, ids, full, kind in self._fields_of(compiled)]
+            cached = [(np.array([used[n][1].id for n in numbers.tolist()], np.int64), full, kind)
+                      for _, numbers, full, kind in shared]
+        self._cs_fields[cs_id] = cached
         return cached
+
+    def _fields_of(self, compiled: CompiledComputeSet) -> list:
+        """(dtype, variable ids, fully covered?, kind) per dtype and access kind, from the fields'
+        address runs."""
+        parts: dict[tuple, list] = {}
+        for group in compiled.groups:
+            for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
+                kinds += [_WRITE] if f.direction is Direction.INOUT else []
+                for t in group.tensors(name):
+                    starts, lengths = address_runs(t)
+                    for kind in kinds:
+                        parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
+        return [(dtype, *self._ids_in(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
+                                      np.concatenate([p[1] for p in pieces])), kind)
+                for (dtype, kind), pieces in parts.items()]
 
     def walk_copy(self, node: P.Copy) -> None:
         point = self._point(node)
@@ -207,6 +232,13 @@ class _Timeline:
         self._touch(point, [node.dst], _WRITE)
 
     walk_cross_replica_copy = walk_copy  # collectives' maps cover every replica: a whole write
+
+    def walk_remote_copy(self, node: P.RemoteCopy) -> None:
+        point = self._point(node)
+        offset = [node.offset] if isinstance(node.offset, Tensor) else []
+        self._touch(point, offset + ([node.src] if node.src is node.tensor else []), _READ)
+        if node.dst is node.tensor:
+            self._touch(point, [node.dst], _WRITE)
 
     def _loop(self, body) -> None:
         start = len(self.points)
@@ -347,10 +379,11 @@ def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile
 def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapping],
                 compute_sets: dict[int, CompiledComputeSet], programs: tuple[P.Program, ...],
                 functions: dict[int, P.Program], steps: list, step_of: dict[int, int],
-                exchange_regions: np.ndarray, allow_out_of_memory: bool) -> MemoryPlan:
+                exchange_regions: np.ndarray, allow_out_of_memory: bool,
+                keys: StructureKeys | None = None) -> MemoryPlan:
     tiles = target.num_tiles
     var_ids, var_tiles, var_bytes = _placement(graph, mappings, target)
-    timeline = _Timeline(graph, compute_sets, functions, step_of)
+    timeline = _Timeline(graph, compute_sets, functions, step_of, keys)
     for prog in programs:
         timeline.program_starts.append(len(timeline.points))
         timeline.walk(prog)

@@ -20,7 +20,12 @@ from softipu.compiler.conflicts import check_conflicts
 from softipu.compiler.costs import StepPricer
 from softipu.compiler.executable import CompiledComputeSet, Executable, VertexGroup
 from softipu.compiler.memory import MemoryPlan, plan_memory
-from softipu.compiler.replicas import check_cross_replica_copy, price_cross_replica_copy
+from softipu.compiler.replicas import (
+    check_cross_replica_copy,
+    check_remote_copy,
+    price_cross_replica_copy,
+    price_remote_copy,
+)
 from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
 from softipu.dtypes import DType
@@ -174,6 +179,9 @@ class _ProgramChecker:
     def check_cross_replica_copy(self, node: P.CrossReplicaCopy) -> None:
         self.problems += check_cross_replica_copy(self.graph, node)
 
+    def check_remote_copy(self, node: P.RemoteCopy) -> None:
+        self.problems += check_remote_copy(self.graph, node)
+
     def check_call(self, node: P.Call) -> None:
         fn, fns = node.function, self.graph.functions
         if not isinstance(fn, Function) or fn.id >= len(fns) or fns[fn.id] is not fn:
@@ -323,6 +331,7 @@ def price_steps(state: CompileState) -> None:
     pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets,
                         state.graph.replication_factor, keys=state.keys)
     pricer.price_cross_replica_copy = partial(price_cross_replica_copy, pricer)  # compiler/replicas.py
+    pricer.price_remote_copy = partial(price_remote_copy, pricer)
     for root in list(state.programs) + list(state.functions.values()):
         for node in P.walk(root):
             pricer.price(node)
@@ -336,7 +345,7 @@ def plan_memory_pass(state: CompileState) -> None:
     state.memory = plan_memory(state.graph, state.graph.target, state.mappings, state.compute_sets,
                                state.programs, state.functions, state.pricer.steps,
                                state.pricer.step_of, state.pricer.exchange_code_regions,
-                               state.allow_out_of_memory)
+                               state.allow_out_of_memory, keys=state.keys)
 
 
 PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (

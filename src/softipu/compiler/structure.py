@@ -55,6 +55,8 @@ class StructureKeys:
         self.mappings = mappings
         self._variable_keys: dict[tuple[DType, int], tuple] = {}  # (dtype, variable id) -> key
         self._layouts: dict[int, tuple | None] = {}  # compute set id -> its layout key
+        # compute set id -> the variables its layout key numbers, in number order
+        self._layout_variables: dict[int, tuple[tuple[DType, Variable], ...]] = {}
         self._codelet_fields: dict[type, tuple[tuple[str, bool], ...]] = {}  # (name, is a param)
 
     # -- compute sets ------------------------------------------------------------------------------
@@ -65,8 +67,16 @@ class StructureKeys:
             self._layouts[cs_id] = self._layout(compiled)
         return self._layouts[cs_id]
 
+    def layout_variables(self, compiled: CompiledComputeSet) -> tuple[tuple[DType, Variable], ...]:
+        """The (dtype, variable) pairs a compute set's layout key numbers, in number order: two
+        compute sets with equal keys touch their n-th variables alike (same fields, offsets and
+        extents). Empty when the compute set has no key."""
+        self.layout(compiled)
+        return self._layout_variables.get(compiled.compute_set.id, ())
+
     def _layout(self, compiled: CompiledComputeSet) -> tuple | None:
         used = _Used()
+        self._layout_variables[compiled.compute_set.id] = ()
         parts: list[Any] = []
         try:
             for group in compiled.groups:
@@ -77,6 +87,7 @@ class StructureKeys:
                 parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
         except _Unkeyable:
             return None
+        self._layout_variables[compiled.compute_set.id] = tuple(used.variables)
         return tuple(parts), self._variables(used)
 
     def work(self, compiled: CompiledComputeSet) -> tuple:
