@@ -88,11 +88,14 @@ def _as_tuple(result: Any) -> tuple[Any, ...]:
 def linalg_codelet(function: str, params: tuple[tuple[str, Any], ...], cost: str,
                    in_specs: tuple[tuple[DType, tuple[int, ...]], ...],
                    out_specs: tuple[tuple[DType, tuple[int, ...]], ...],
-                   positional: tuple[Any, ...] = (), picks: tuple[int, ...] = ()) -> type[Vertex]:
+                   positional: tuple[Any, ...] = (), picks: tuple[int, ...] = (),
+                   batched: bool = True) -> type[Vertex]:
     """A vertex evaluating ``function`` on one batch element (``in_specs``/``out_specs``: dtype
     and per-vertex shape of each input and output). ``positional`` places the inputs among
-    constant arguments: an int ``i`` is input ``i``; ``("const", v)`` is ``v``. ``picks`` are the
-    function's results the outputs hold (default: the first ``len(out_specs)``)."""
+    constant arguments: an int ``i`` is input ``i``; ``("const", v)`` is ``v`` (and a keyword
+    parameter ``("input", i)`` is input ``i``). ``picks`` are the
+    function's results the outputs hold (default: the first ``len(out_specs)``). Not ``batched``:
+    the one vertex holds the whole tensors, given to ``function`` in their own shapes."""
     torch = None
     ins = [f"in{i}" for i in range(len(in_specs))]
     outs = [f"out{i}" for i in range(len(out_specs))]
@@ -106,9 +109,11 @@ def linalg_codelet(function: str, params: tuple[tuple[str, Any], ...], cost: str
         arrays = []
         for name, (_, shape) in zip(ins, in_specs, strict=True):
             a = fields[name]
-            arrays.append(torch.from_numpy(np.array(a.reshape((-1, *shape)))))
+            arrays.append(torch.from_numpy(np.array(a.reshape((-1, *shape) if batched else shape))))
         args = [arrays[p] if isinstance(p, int) else p[1] for p in positional] if positional else arrays
-        results = _as_tuple(host_function(function)(*args, **kwargs))
+        named = {k: arrays[v[1]] if isinstance(v, tuple) and v[:1] == ("input",) else v
+                 for k, v in kwargs.items()}
+        results = _as_tuple(host_function(function)(*args, **named))
         for j, (name, (dtype, _)) in enumerate(zip(outs, out_specs, strict=True)):
             r = results[picks[j] if picks else j]
             value = np.asarray(r.detach().numpy() if hasattr(r, "detach") else r).astype(dtype.numpy)

@@ -47,7 +47,9 @@ def _host_constants(ctx: OpContext, function: str, inputs: Sequence[Tensor], out
     arrays = [torch.zeros(t.shape, dtype=torch.float32 if t.dtype.is_float else torch.int32)
               for t in inputs]
     args = [arrays[p] if isinstance(p, int) else p[1] for p in positional] if positional else arrays
-    result = host_function(function)(*args, **params)
+    named = {k: arrays[v[1]] if isinstance(v, tuple) and v[:1] == ("input",) else v
+             for k, v in params.items()}
+    result = host_function(function)(*args, **named)
     result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
     consts = []
     for i, ((dtype, shape), r) in enumerate(zip(outs, result, strict=False)):
@@ -99,7 +101,7 @@ def matrix_function(graph: Graph, function: str, inputs: Sequence[Tensor], outpu
             picks.append(i)
     fields.update({f"in{i}": t for i, t in enumerate(in_flat)})
     codelet = linalg_codelet(function, tuple(sorted(params.items())), cost or function.removeprefix("aten::"),
-                             in_specs, tuple(out_specs), tuple(positional), tuple(picks))
+                             in_specs, tuple(out_specs), tuple(positional), tuple(picks), b > 0)
     tiles = graph.tile_of(fields["out0"][:, 0]).astype(np.int64)
     cs = ctx.compute_set()
     graph.add_vertices(cs, codelet, fields, tiles)

@@ -49,6 +49,13 @@ def _lower(cost: str, cores: tuple[int, ...]) -> Any:
                 tensors.append(ctx.cast(a, float32) if a.dtype.is_float else a)
             else:
                 positional.append(("const", _const(a)))
+        params = {}
+        for k, v in kwargs.items():
+            if isinstance(v, Tensor):
+                params[k] = ("input", len(tensors))
+                tensors.append(ctx.cast(v, float32) if v.dtype.is_float else v)
+            else:
+                params[k] = _const(v)
         meta = ctx.meta()
         many = isinstance(meta, (tuple, list))
         count = len(meta) if many else 1
@@ -56,7 +63,7 @@ def _lower(cost: str, cores: tuple[int, ...]) -> Any:
                 for i in range(count)]
         outs = [(float32 if d.is_float else d, s) for d, s in outs]
         results = matrix_function(ctx.graph, op_name(node.target), tensors, outs, ctx.prog,
-                                  params={k: _const(v) for k, v in kwargs.items()},
+                                  params=params,
                                   positional=tuple(positional),
                                   cores=[cores[min(i, len(cores) - 1)] for i in range(len(tensors))],
                                   cost=cost, name=ctx.name)
