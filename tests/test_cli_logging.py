@@ -1,0 +1,128 @@
+"""softipu.log: SOFTIPU_LOG_LEVEL / SOFTIPU_LOG_DEST, and the progress line by stage."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from softipu import log
+
+
+@pytest.fixture
+def softipu_logger():
+    logger = logging.getLogger("softipu")
+    level, handlers = logger.level, list(logger.handlers)
+    yield logger
+    for h in list(logger.handlers):
+        if h not in handlers:
+            logger.removeHandler(h)
+            h.close()
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize(("name", "level"), [("ERR", logging.ERROR), ("WARN", logging.WARNING),
+                                             ("INFO", logging.INFO), ("DEBUG", logging.DEBUG),
+                                             ("TRACE", 5), ("trace", 5), ("warning", logging.WARNING)])
+def test_levels_follow_poptorch_names(softipu_logger, name, level):
+    log.configure(name, io.StringIO())
+    assert softipu_logger.level == level
+    assert logging.getLevelName(5) == "TRACE"
+
+
+def test_a_file_destination_gets_messages_at_and_above_the_level(softipu_logger, tmp_path):
+    dest = tmp_path / "softipu.log"
+    log.configure_from_env({"SOFTIPU_LOG_LEVEL": "INFO", "SOFTIPU_LOG_DEST": str(dest)})
+    child = logging.getLogger("softipu.frontends.torch.cache")
+    child.debug("not this")
+    child.info("executable cache hit %s", "abc")
+    log.configure_from_env({"SOFTIPU_LOG_LEVEL": "ERR", "SOFTIPU_LOG_DEST": str(dest)})  # replaces
+    child.warning("nor this")
+    for h in softipu_logger.handlers:
+        h.flush()
+    lines = dest.read_text().splitlines()
+    assert len(lines) == 1
+    assert "INFO" in lines[0] and "softipu.frontends.torch.cache: executable cache hit abc" in lines[0]
+
+
+def test_unset_variables_leave_logging_alone(softipu_logger):
+    before = list(softipu_logger.handlers), softipu_logger.level
+    log.configure_from_env({})
+    assert (list(softipu_logger.handlers), softipu_logger.level) == before
+
+
+def test_a_bad_level_is_reported_not_raised(softipu_logger, capsys):
+    log.configure_from_env({"SOFTIPU_LOG_LEVEL": "LOUD"})
+    err = capsys.readouterr().err
+    assert "LOUD" in err and "ERR, WARN, INFO, DEBUG, TRACE" in err
+    with pytest.raises(ValueError, match="unknown softipu log level"):
+        log.configure("LOUD")
+
+
+def test_the_environment_is_read_when_softipu_is_imported(tmp_path):
+    env = dict(os.environ, SOFTIPU_LOG_LEVEL="DEBUG", SOFTIPU_LOG_DEST="stdout")
+    code = "import logging, softipu; logging.getLogger('softipu.engine').debug('hello %d', 7)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "DEBUG" in done.stdout and "softipu.engine: hello 7" in done.stdout
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bar(stream: io.StringIO, clock: Clock) -> log.Progress:
+    return log.Progress("Bert", ("export", "lower", "compile", "load"), stream=stream, enabled=True,
+                        clock=clock)
+
+
+def test_progress_draws_stages_after_a_second_and_ends_with_the_times():
+    stream, clock = io.StringIO(), Clock()
+    with bar(stream, clock) as b:
+        clock.now += 0.5
+        b.draw()
+        assert stream.getvalue() == ""  # quick jobs stay silent
+        clock.now += 1.0
+        log.progress_stage("lower")  # from deep inside the job: finds this bar
+        assert stream.getvalue().endswith("softipu: compiling Bert 1.5s: export 1.5s | [lower 0.0s] | compile | load")
+        clock.now += 2.0
+        b.stage("compile")
+        clock.now += 4.0
+        b.stage("load")
+        clock.now += 0.25
+    final = stream.getvalue().split("\r\x1b[2K")[-1]
+    assert final == "softipu: done in Bert 7.8s: export 1.5s | lower 2.0s | compile 4.0s | load 0.2s\n"
+    log.progress_stage("export")  # no job in progress: nothing happens
+    assert stream.getvalue().split("\r\x1b[2K")[-1] == final
+
+
+def test_a_failed_job_clears_its_line():
+    stream, clock = io.StringIO(), Clock()
+    with pytest.raises(RuntimeError), bar(stream, clock) as b:
+        clock.now += 2.0
+        b.draw()
+        raise RuntimeError("lowering failed")
+    assert stream.getvalue().endswith("\r\x1b[2K")
+    assert b.finished
+
+
+def test_no_progress_in_a_pipe_under_pytest_or_when_turned_off(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert not log.progress_enabled(io.StringIO())  # a pipe or a file
+    assert not log.progress_enabled(Tty())  # under pytest (PYTEST_CURRENT_TEST is set)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    monkeypatch.delenv("CI", raising=False)
+    assert log.progress_enabled(Tty())
+    monkeypatch.setenv("SOFTIPU_PROGRESS", "0")
+    assert not log.progress_enabled(Tty())
