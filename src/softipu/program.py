@@ -9,6 +9,7 @@ from softipu.graph.program import (
     PrintTensor,
     Program,
     ProgramKind,
+    RemoteCopy,
     Repeat,
     RepeatWhileFalse,
     RepeatWhileTrue,
@@ -21,7 +22,8 @@ from softipu.graph.program import (
 )
 
 __all__ = [
-    "Call", "Copy", "CrossReplicaCopy", "Execute", "If", "PrintTensor", "Program", "ProgramKind", "Repeat",
+    "Call", "Copy", "CrossReplicaCopy", "Execute", "If", "PrintTensor", "Program", "ProgramKind",
+    "RemoteCopy", "Repeat",
     "RepeatWhileFalse", "RepeatWhileTrue", "Sequence", "Switch", "Sync", "SyncType", "WriteUndef",
     "walk",
 ]

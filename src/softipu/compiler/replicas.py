@@ -11,15 +11,19 @@ smallest IPU-Fabric of that chip that holds every replica (``systems.smallest_fa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from softipu.compiler.costs import Step, StepKind
 from softipu.debug import at
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
+from softipu.graph.tensor import Tensor
 from softipu.target import Target, links, systems
 
-__all__ = ["check_cross_replica_copy", "cross_replica_copy_cost", "price_cross_replica_copy"]
+__all__ = ["check_cross_replica_copy", "cross_replica_copy_cost", "price_cross_replica_copy",
+           "check_remote_copy", "remote_copy_cycles", "price_remote_copy"]
 
 
 def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str]:
@@ -64,3 +68,48 @@ def price_cross_replica_copy(pricer, node: P.CrossReplicaCopy, index: int) -> St
                 exchange_cycles=cost.link_cycles + cost.latency_cycles, sync_cycles=cost.sync_cycles,
                 inter_ipu_bytes=sent // max(1, pricer.replication_factor),
                 recv_tiles=np.zeros(0, np.int64), recv_tile_bytes=np.zeros(0, np.int64))
+
+
+# -- remote buffers (Streaming Memory) -----------------------------------------------------------
+def check_remote_copy(graph: Graph, node: P.RemoteCopy) -> list[str]:
+    """Problems of one ``RemoteCopy``: a foreign buffer or tensor, dtype, shape or offset misfit."""
+    where = f"RemoteCopy{at(node.location)}"
+    buffer, tensor, offset = node.buffer, node.tensor, node.offset
+    if graph.remote_buffers.get(buffer.name) is not buffer:
+        return [f"{where}: {buffer!r} is not a remote buffer of this graph"]
+    if tensor.graph is not graph:
+        return [f"{where}: tensor {tensor.name} belongs to another graph"]
+    problems = []
+    if tensor.dtype != buffer.dtype:
+        problems.append(f"{where}: tensor {tensor.name} is {tensor.dtype} but {buffer!r} holds "
+                        f"{buffer.dtype}")
+    rows = 1 if tensor.shape == buffer.shape else tensor.shape[0] if tensor.shape[1:] == buffer.shape else 0
+    if not rows:
+        problems.append(f"{where}: tensor {tensor.name} {tensor.shape} is neither a row {buffer.shape} of "
+                        f"{buffer!r} nor (rows, {', '.join(map(str, buffer.shape))})")
+    if isinstance(offset, int) and not 0 <= offset <= buffer.repeats - max(rows, 1):
+        problems.append(f"{where}: offset {offset} with {rows} row(s) is outside {buffer!r}")
+    elif isinstance(offset, Tensor) and (offset.dtype.is_float or offset.numel != rows):
+        problems.append(f"{where}: offset {offset.name} must be an integer tensor of {rows} element(s)")
+    if node.dst is tensor and tensor.repeats_elements():
+        problems.append(f"{where}: destination {tensor.name} repeats elements (a broadcast view?)")
+    return problems
+
+
+def remote_copy_cycles(target: Target, replicas: int, num_bytes: int) -> int:
+    """Cycles to move ``num_bytes`` per replica to or from Streaming Memory: at each IPU's
+    Streaming Memory rate (``System.streaming_memory_bytes_per_second_per_ipu``), plus the
+    exchange latency."""
+    system = systems.smallest_fabric(replicas * target.num_ipus, target)
+    rate = system.streaming_memory_bytes_per_second_per_ipu * target.num_ipus / target.clock_hz
+    return target.exchange_latency_cycles + math.ceil(num_bytes / rate) if num_bytes else 0
+
+
+def price_remote_copy(pricer, node: P.RemoteCopy, index: int) -> Step:
+    """The step of one ``RemoteCopy``: the Streaming Memory path and an on-chip sync."""
+    target, tensor = pricer.target, node.tensor
+    num_bytes = tensor.numel * tensor.dtype.itemsize
+    name = f"RemoteCopy {node.src.name} -> {node.dst.name}"
+    return Step(index, StepKind.HOST, name, node.location, "RemoteCopy",
+                exchange_cycles=remote_copy_cycles(target, pricer.replication_factor, num_bytes),
+                sync_cycles=target.on_chip_sync_cycles, host_bytes=num_bytes)

@@ -38,6 +38,7 @@ from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError, EngineError, OptionError, ProgramError
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
+from softipu.graph.remote import RemoteBuffer
 from softipu.graph.tensor import Tensor
 from softipu.profile import Report
 
@@ -213,6 +214,16 @@ class Engine:
     def read_tensor(self, tensor: Tensor) -> np.ndarray:
         """A copy of a tensor's values (with a leading replica axis when replicated)."""
         return self._data("read_tensor").read(self._own(tensor, "read_tensor"))
+
+    def write_remote_buffer(self, buffer: RemoteBuffer, values: Any, repeat: int | None = None) -> None:
+        """Poplar's ``copyToRemoteBuffer``: host values into a remote buffer (every row, or ``repeat``)."""
+        self._data("write_remote_buffer")
+        self._interpreter.remote.write(buffer, values, repeat)
+
+    def read_remote_buffer(self, buffer: RemoteBuffer) -> np.ndarray:
+        """Poplar's ``copyFromRemoteBuffer``: a remote buffer's rows (leading replica axis if replicated)."""
+        self._data("read_remote_buffer")
+        return self._interpreter.remote.read(buffer)
 
     def connect_stream(self, name: str, data: Any, replica: int | None = None) -> None:
         """Connect a host array (a ring of transfers) or a callback to the stream ``name``.

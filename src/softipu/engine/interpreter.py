@@ -13,7 +13,7 @@ import numpy as np
 
 from softipu.compiler.executable import Executable
 from softipu.debug import at
-from softipu.engine.replicas import cross_replica_copy
+from softipu.engine.replicas import RemoteMemory, cross_replica_copy, remote_copy
 from softipu.engine.storage import Storage
 from softipu.engine.streams import HostStreams
 from softipu.errors import EngineError
@@ -59,6 +59,7 @@ class ProgramInterpreter:
         self._methods = {kind: getattr(self, f"run_{kind.name.lower()}") for kind in P.ProgramKind}
         self._step_of = executable.step_of
         self._step_cycles = [step.cycles for step in executable.steps]
+        self.remote = RemoteMemory(storage.replicas, storage.poison)  # remote buffers' contents
 
     def run(self, node: P.Program) -> None:
         self._methods[node.kind](node)
@@ -155,6 +156,11 @@ class ProgramInterpreter:
         """Data moved between replicas along storage's replica axis (``engine/replicas.py``)."""
         self.account(node)
         cross_replica_copy(self.storage, node, by_address=self.by_address)
+
+    def run_remote_copy(self, node: P.RemoteCopy) -> None:
+        """Rows to or from a remote buffer in Streaming Memory (``engine/replicas.py``)."""
+        self.account(node)
+        remote_copy(self.storage, self.remote, node)
 
     by_address = False  # the reference interpreter moves data through element addresses
 

@@ -1,4 +1,5 @@
-"""Running a ``CrossReplicaCopy``: data moved along the replica axis of storage.
+"""Running a ``CrossReplicaCopy`` (data moved along the replica axis of storage) and a
+``RemoteCopy`` (rows to and from a remote buffer in Streaming Memory, :class:`RemoteMemory`).
 
 Storage holds every variable once per replica as ``(replicas, elements)`` arrays (design.md
 principle 3), so a copy between replicas is a copy between rows of those arrays: replica ``r``'s
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from softipu.debug import at
-from softipu.engine.storage import Storage
+from softipu.debug import at, caller_location
+from softipu.engine.storage import Storage, poison_value
 from softipu.errors import EngineError
 from softipu.graph import program as P
+from softipu.graph.remote import RemoteBuffer
 
-__all__ = ["LinkFailure", "cross_replica_copy"]
+__all__ = ["LinkFailure", "RemoteMemory", "cross_replica_copy", "remote_copy"]
 
 
 class LinkFailure(EngineError):
@@ -71,3 +73,70 @@ def _check_fault(node: P.CrossReplicaCopy, replicas: int) -> None:
     if r in node.replica_map or r in node.replica_map.values():
         raise LinkFailure(f"{step}: the process of replica {r} of {replicas} failed (an injected "
                           f"fault){kept}. Restart that replica's instance")
+
+
+class RemoteMemory:
+    """The contents of a device's remote buffers (Streaming Memory): per buffer, a
+    ``(replicas, repeats, *shape)`` array, allocated on first use (zeros, or poison)."""
+
+    __slots__ = ("replicas", "poison", "buffers")
+
+    def __init__(self, replicas: int, poison: bool = False) -> None:
+        self.replicas = replicas
+        self.poison = poison
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def array(self, buffer: RemoteBuffer) -> np.ndarray:
+        arr = self.buffers.get(buffer.name)
+        if arr is None:
+            shape = (self.replicas, buffer.repeats, *buffer.shape)
+            arr = np.full(shape, poison_value(buffer.dtype)) if self.poison else \
+                np.zeros(shape, buffer.dtype.numpy)
+            self.buffers[buffer.name] = arr
+        return arr
+
+    def write(self, buffer: RemoteBuffer, values: object, repeat: int | None = None) -> None:
+        """Host values into the buffer: every row (``(repeats, *shape)``, or one per replica), or
+        row ``repeat`` (``shape``, or one per replica)."""
+        arr = self.array(buffer)
+        target = arr if repeat is None else arr[:, _row(buffer, repeat)]
+        values = np.asarray(values)
+        if values.shape not in (target.shape, target.shape[1:]):
+            raise EngineError(f"write_remote_buffer{at(caller_location())}: values of shape {values.shape} "
+                              f"do not fit {buffer!r}; give {target.shape[1:]} or {target.shape}")
+        target[...] = values
+
+    def read(self, buffer: RemoteBuffer) -> np.ndarray:
+        arr = self.array(buffer)
+        return arr[0].copy() if self.replicas == 1 else arr.copy()
+
+
+def _row(buffer: RemoteBuffer, repeat: int) -> int:
+    if not isinstance(repeat, int) or not 0 <= repeat < buffer.repeats:
+        raise EngineError(f"{buffer!r}{at(caller_location())}: repeat {repeat!r} is not in "
+                          f"0..{buffer.repeats - 1}")
+    return repeat
+
+
+def remote_copy(storage: Storage, memory: RemoteMemory, node: P.RemoteCopy) -> None:
+    """Run one ``RemoteCopy``: rows at the node's offsets (per replica) to or from the tensor."""
+    buffer, tensor = node.buffer, node.tensor
+    arr = memory.array(buffer)
+    rows = tensor.numel // max(1, buffer.row_elements) if buffer.row_elements else 1
+    if isinstance(node.offset, int):
+        offsets = np.full((storage.replicas, rows), node.offset, np.int64) + np.arange(rows)
+    else:
+        offsets = storage.gather(node.offset, replica_axis=True).reshape(storage.replicas, -1)
+        offsets = offsets.astype(np.int64)
+    bad = (offsets < 0) | (offsets >= buffer.repeats)
+    if bad.any():
+        r, k = np.argwhere(bad)[0].tolist()
+        raise EngineError(f"RemoteCopy{at(node.location)}: offset {int(offsets[r, k])} on replica {r} is "
+                          f"outside {buffer!r} (rows 0..{buffer.repeats - 1}); keep offsets in range")
+    replica = np.arange(storage.replicas)[:, None]
+    flat = arr.reshape(storage.replicas, buffer.repeats, -1)
+    if node.dst is tensor:
+        values = flat[replica, offsets].reshape((storage.replicas, *tensor.shape))
+        storage.scatter(tensor, values, replica_axis=True)
+    else:
+        flat[replica, offsets] = storage.gather(tensor, replica_axis=True).reshape(storage.replicas, rows, -1)

@@ -29,6 +29,7 @@ from softipu.dtypes import DType, as_dtype, narrow, uint32, value_range
 from softipu.errors import FieldError, MappingError, StreamError, TargetError, TensorError
 from softipu.graph.mapping import MappingTable, resolve_mapping
 from softipu.graph.program import Program
+from softipu.graph.remote import RemoteBuffer, make_remote_buffer
 from softipu.graph.streams import MAX_STREAM_BYTES, DataStream, StreamDirection
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction, Field, FieldShape, Vertex
@@ -129,6 +130,7 @@ class Graph:
         self.vertex_tables: list[VertexTable] = []
         self.streams: dict[str, DataStream] = {}
         self.functions: list[Function] = []
+        self.remote_buffers: dict[str, RemoteBuffer] = {}  # Streaming Memory (graph/remote.py)
         self._names: set[str] = set()
         self._next_suffix: dict[str, int] = {}  # per base name, the first ".k" not yet tried
 
@@ -486,6 +488,14 @@ class Graph:
             )
         self.streams[name] = stream
         return stream
+
+    def add_remote_buffer(self, name: str, dtype: Any, shape: int | Seq[int],
+                          repeats: int = 1) -> RemoteBuffer:
+        """Poplar's ``addRemoteBuffer``: ``repeats`` rows of ``shape`` in Streaming Memory per replica,
+        moved with ``program.RemoteCopy``; too large for Streaming Memory is a ``StreamError``."""
+        buffer = make_remote_buffer(self, name, dtype, shape, repeats, caller_location())
+        self.remote_buffers[name] = buffer
+        return buffer
 
     def add_function(self, program: Program, name: str = "") -> Function:
         """A reusable function; run it with ``program.Call(function)``."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from softipu.debug import SourceLocation, caller_location
 from softipu.dtypes import uint32
 from softipu.errors import ProgramError
+from softipu.graph.remote import RemoteBuffer
 from softipu.graph.streams import DataStream
 from softipu.graph.tensor import Tensor
 
@@ -44,6 +45,7 @@ __all__ = [
     "SyncType",
     "CycleCount",
     "CrossReplicaCopy",
+    "RemoteCopy",
     "walk",
 ]
 
@@ -62,6 +64,7 @@ class ProgramKind(enum.Enum):
     SYNC = "Sync"
     CYCLE_COUNT = "CycleCount"
     CROSS_REPLICA_COPY = "CrossReplicaCopy"
+    REMOTE_COPY = "RemoteCopy"
 
 
 class SyncType(enum.Enum):
@@ -327,6 +330,38 @@ class CrossReplicaCopy(Program):
         if len(set(pairs.values())) != len(pairs):
             raise ProgramError(f"CrossReplicaCopy{_at(self)}: two replicas copy to one destination")
         object.__setattr__(self, "replica_map", pairs)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RemoteCopy(Program):
+    """Poplar's ``Copy(tensor, remoteBuffer, offset)`` and ``Copy(remoteBuffer, tensor, offset)``:
+    one end a tensor of the buffer's row shape (or ``(n, *shape)`` for n rows), the other a
+    :class:`~softipu.graph.remote.RemoteBuffer`; ``offset`` the row (an int) or an integer tensor
+    of n rows read at run time, per replica."""
+
+    src: Tensor | RemoteBuffer
+    dst: Tensor | RemoteBuffer
+    offset: Tensor | int = 0
+    location: SourceLocation = field(default_factory=caller_location, compare=False)
+    kind: ClassVar[ProgramKind] = ProgramKind.REMOTE_COPY
+
+    def __post_init__(self) -> None:
+        remote = [isinstance(e, RemoteBuffer) for e in (self.src, self.dst)]
+        tensor = [isinstance(e, Tensor) for e in (self.src, self.dst)]
+        if sorted(remote) != [False, True] or sorted(tensor) != [False, True]:
+            raise ProgramError(f"RemoteCopy needs a tensor and a remote buffer, got "
+                               f"{type(self.src).__name__} and {type(self.dst).__name__}{_at(self)}")
+        if not isinstance(self.offset, (Tensor, int)):
+            raise ProgramError(f"RemoteCopy offset must be an int or a tensor, got {self.offset!r}"
+                               f"{_at(self)}")
+
+    @property
+    def tensor(self) -> Tensor:
+        return self.dst if isinstance(self.dst, Tensor) else self.src  # type: ignore[return-value]
+
+    @property
+    def buffer(self) -> RemoteBuffer:
+        return self.src if isinstance(self.src, RemoteBuffer) else self.dst  # type: ignore[return-value]
 
 
 def walk(program: Program) -> Iterator[Program]:
