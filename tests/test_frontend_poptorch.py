@@ -15,7 +15,6 @@ import softipu.torch as st
 from softipu.compiler.serialize import ARRAYS, MANIFEST
 from softipu.engine import engine as engine_module
 from softipu.errors import OptionError, SoftIPUError
-from softipu.frontends import poptorch as frontend_poptorch
 from softipu.frontends.torch import options as options_module
 from softipu.frontends.torch import runtime
 
@@ -121,7 +120,7 @@ def test_executor_methods():
     model.copyWeightsToDevice()
     model.copyWeightsToHost()
     assert torch.allclose(model(x), net(x), atol=1e-6)
-    assert model.getPerfCounters()["cycles"] > 0
+    assert set(model.getPerfCounters()) == {"input", "input_complete", "output", "output_complete"}
     model.destroy()
     assert not model.isCompiled()
 
@@ -150,8 +149,10 @@ def test_an_exported_executable_loads_into_a_fresh_wrapper_without_compiling(tmp
         original.compileAndExport(str(tmp_path / "a" / "model.poptorch"), x)  # export_model=True
     assert original.isCompiled()
     want, cycles = original(x), original.cycleCount()
+    assert (tmp_path / "a" / "model.poptorch").is_file()  # one file, as PopTorch writes
     moved = tmp_path / "b" / "model.poptorch"  # another directory, the original gone
-    shutil.copytree(tmp_path / "a" / "model.poptorch", moved)
+    moved.parent.mkdir()
+    shutil.copy(tmp_path / "a" / "model.poptorch", moved)
     shutil.rmtree(tmp_path / "a")
     no_compiling(monkeypatch)
     model, loaded = classifier_wrapper()
@@ -191,9 +192,9 @@ def test_loading_into_another_model_names_what_differs(tmp_path):
 
 def test_corrupt_and_foreign_files_are_refused_clearly(tmp_path):
     net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    opts = poptorch.Options().setTarget(SMALL)
+    opts = st.Options(target=SMALL)
     path = tmp_path / "net"
-    poptorch.inferenceModel(net, opts).compileAndExport(path, x, export_model=False)
+    st.inference_model(net, opts).export(path, x)  # softipu.torch's export: a directory
     damaged = {"manifest": tmp_path / "manifest", "arrays": tmp_path / "arrays", "signature": tmp_path / "sig"}
     for copy in damaged.values():
         shutil.copytree(path, copy)
@@ -209,21 +210,28 @@ def test_corrupt_and_foreign_files_are_refused_clearly(tmp_path):
     poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL).enableExecutableCaching(str(cache_dir)))(x)
     (entry,) = cache_dir.iterdir()
     cases = [(damaged["manifest"], "cannot load"), (damaged["arrays"], "cannot load"),
-             (damaged["signature"], "cannot load"), (popart_file, "is a file"),
+             (damaged["signature"], "cannot load"), (popart_file, "not a softipu archive"),
              (tmp_path / "absent", "does not exist"), (entry, "no exported signature")]
     for where, message in cases:
-        model = poptorch.inferenceModel(net, opts)
-        with pytest.raises(SoftIPUError, match=message):
+        model = poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL))
+        with pytest.raises(poptorch.Error, match=message) as caught:
             model.loadExecutable(where)
+        assert isinstance(caught.value, SoftIPUError)
         assert not model.isCompiled()
+    truncated = tmp_path / "truncated.poptorch"
+    poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL)).compileAndExport(
+        truncated, x, export_model=False)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(SoftIPUError, match="not a softipu archive|damaged archive|cannot load"):
+        poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL)).loadExecutable(truncated)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(SoftIPUError, match="not a softipu export"):
-        poptorch.inferenceModel(net, opts).compileAndExport(tmp_path / "notes", x, export_model=False)
+        poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL)).compileAndExport(
+            tmp_path / "notes", x, export_model=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
-    # NOTE: from the defining module until softipu.poptorch re-exports load.
     with pytest.raises(SoftIPUError, match=r"never pickles.*loadExecutable"):
-        frontend_poptorch.load(path)
+        poptorch.load(path)
 
 
 def test_output_mode_final_and_replication():
@@ -278,13 +286,14 @@ def test_docstring_example():
 
 
 def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, monkeypatch):
-    """Exporting over an earlier export swaps directories; when the swap fails, the earlier
-    export is put back whole and the error says why."""
+    """Exporting over an earlier export swaps directories (softipu.torch) or replaces the one file
+    (softipu.poptorch); when that fails, the earlier export is there whole and the error says why."""
+    from softipu.frontends import poptorch_executor
     from softipu.frontends.torch import cache
     net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    opts = poptorch.Options().setTarget(SMALL)
+    opts = st.Options(target=SMALL)
     path = tmp_path / "net"
-    poptorch.inferenceModel(net, opts).compileAndExport(path, x, export_model=False)
+    st.inference_model(net, opts).export(path, x)
     before = sorted(p.name for p in path.iterdir())
     real = os.rename
 
@@ -295,11 +304,25 @@ def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache.os, "rename", rename)
     with pytest.raises(SoftIPUError, match="cannot export to .*disk full"):
-        poptorch.inferenceModel(net, opts).compileAndExport(path, torch.randn(5, 4), export_model=False)
+        st.inference_model(net, opts).export(path, torch.randn(5, 4))
     monkeypatch.setattr(cache.os, "rename", real)
     assert sorted(p.name for p in path.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["net"]  # no temporaries left behind
-    loaded = poptorch.inferenceModel(net, opts)
-    loaded.loadExecutable(path)
+    loaded = st.inference_model(net, opts)
+    loaded.load_executable(path)
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x), atol=1e-6)
+    # softipu.poptorch's one file
+    popts = poptorch.Options().setTarget(SMALL)
+    file = tmp_path / "net.poptorch"
+    poptorch.inferenceModel(net, popts).compileAndExport(file, x, export_model=False)
+    data = file.read_bytes()
+
+    def replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(poptorch_executor.os, "replace", replace)
+    with pytest.raises(poptorch.Error, match="disk full"):
+        poptorch.inferenceModel(net, popts).compileAndExport(file, torch.randn(5, 4), export_model=False)
+    assert file.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "net.poptorch"]

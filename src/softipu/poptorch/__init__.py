@@ -1,51 +1,17 @@
-"""``softipu.poptorch``: PopTorch's API on a simulated IPU (defined in ``softipu.frontends.poptorch``).
+"""``softipu.poptorch``: PopTorch's API on a simulated IPU (defined in ``softipu.frontends.poptorch``
+and its sibling modules).
 
 An existing PopTorch script runs with only its import changed::
 
     import softipu.poptorch as poptorch
+
+``docs/poptorch_coverage.md`` lists every public name of PopTorch's Python API and what softipu does
+with it. ``poptorch.enums`` is importable as PopTorch's code imports it.
 """
 
-from softipu.frontends.poptorch import (
-    AsynchronousDataAccessor,
-    BeginBlock,
-    Block,
-    ConnectionType,
-    DataLoader,
-    DataLoaderMode,
-    HalfFloatCastingBehavior,
-    MeanReductionStrategy,
-    Options,
-    OutputMode,
-    ParallelPhasedExecution,
-    PipelinedExecution,
-    PoplarExecutor,
-    ReductionType,
-    SerialPhasedExecution,
-    ShardedExecution,
-    SharingStrategy,
-    SyncPattern,
-    __version__,
-    block_of,
-    identity_loss,
-    inferenceModel,
-    ipu_print_tensor,
-    ipuHardwareIsAvailable,
-    ipuHardwareVersion,
-    load,
-    recomputationCheckpoint,
-    set_available_memory,
-    setLogLevel,
-    trainingModel,
-)
+from softipu.frontends import poptorch as _frontend
+from softipu.frontends.poptorch import *  # noqa: F403 - PopTorch's whole public surface
 from softipu.frontends.torch import optim  # noqa: F401 - poptorch.optim.SGD... (as softipu.poptorch.optim)
+from softipu.poptorch import enums  # noqa: F401 - from poptorch.enums import ...
 
-__all__ = [
-    "AsynchronousDataAccessor", "DataLoaderMode", "SharingStrategy",
-    "BeginBlock", "Block", "ConnectionType", "DataLoader", "HalfFloatCastingBehavior",
-    "MeanReductionStrategy", "Options",
-    "OutputMode", "ParallelPhasedExecution", "PipelinedExecution", "PoplarExecutor", "ReductionType",
-    "SerialPhasedExecution", "ShardedExecution", "SyncPattern", "__version__", "block_of",
-    "identity_loss", "inferenceModel", "ipuHardwareIsAvailable", "ipuHardwareVersion",
-    "ipu_print_tensor", "load", "recomputationCheckpoint", "set_available_memory", "setLogLevel",
-    "trainingModel",
-]
+__all__ = [name for name in _frontend.__all__ if not name.startswith("_")] + ["enums", "optim"]

@@ -301,7 +301,8 @@ def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any) -
             "inputs": [None if s is None else _slot(s) for s in lowered.inputs],
             "outputs": [{"slot": _slot(s)} if isinstance(s, StreamSlot) else {"const": _constant(s)}
                         for s in lowered.outputs],
-            "weights": weights, "nodes": lowered.nodes}
+            "weights": weights, "nodes": lowered.nodes,
+            "mutations": [[kind, target, _slot(slot)] for kind, target, slot in lowered.mutations]}
 
 
 def _slot(s: StreamSlot) -> dict[str, Any]:
@@ -344,7 +345,9 @@ def _restore(executable: Executable, graph: Graph, extra: dict[str, Any], key: s
                       tuple(None if s is None else _unslot(s) for s in extra["inputs"]),
                       tuple(_unslot(o["slot"]) if "slot" in o else _unconstant(o["const"])
                             for o in extra["outputs"]),
-                      tuple(weights), int(extra["nodes"]))
+                      tuple(weights), int(extra["nodes"]),
+                      mutations=tuple((str(kind), str(target), _unslot(slot))
+                                      for kind, target, slot in extra.get("mutations", [])))
     return CachedModel(lowered, out_spec, executable)
 
 

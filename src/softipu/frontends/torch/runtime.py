@@ -23,12 +23,13 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.fx.traceback as fx_traceback
 from torch.utils import _pytree as pytree
 
 from softipu.compiler.executable import Executable
@@ -36,6 +37,7 @@ from softipu.engine import Engine
 from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load_exported
+from softipu.frontends.torch.custom_ops import connect_host_calls
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
@@ -65,7 +67,35 @@ class _Leaf:
 def _leaf_of(name: str, value: Any) -> _Leaf:
     if isinstance(value, torch.Tensor):
         return _Leaf(name, tuple(int(d) for d in value.shape), value.dtype)
+    try:
+        hash(value)
+    except TypeError:  # an unhashable constant (a custom object): matched by its repr
+        value = repr(value)
     return _Leaf(name, None, None, value)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with mappings pytree does not know (an ``OrderedDict`` subclass, a ``UserDict``)
+    as plain dicts, in their order, so any nesting of them flattens."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping) and type(value) not in pytree.SUPPORTED_NODES:
+        return {k: _plain(v) for k, v in value.items()}
+    if type(value) in (list, tuple, dict):
+        items = value.items() if isinstance(value, dict) else None
+        return (type(value)((k, _plain(v)) for k, v in items) if items is not None
+                else type(value)(_plain(v) for v in value))
+    return value
+
+
+def _reorder(value: Any, template: Any) -> Any:
+    """``value`` with its dicts' keys in ``template``'s order where they hold the same keys (a
+    later call passing a dict in another order matches the compiled model, as in PopTorch)."""
+    if isinstance(value, dict) and isinstance(template, dict) and set(value) == set(template):
+        return type(value)((k, _reorder(value[k], template[k])) for k in template)
+    if type(value) in (list, tuple) and type(template) is type(value) and len(value) == len(template):
+        return type(value)(_reorder(v, t) for v, t in zip(value, template, strict=True))
+    return value
 
 
 class _Compiled:
@@ -83,6 +113,9 @@ class _Compiled:
             self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)
         else:  # loaded from the executable cache: lowered.graph is the loaded skeleton
             self.engine = Engine.from_executable(executable, lowered.graph, options=engine_options)
+        connect_host_calls(self.engine, lowered.graph, options.replication_factor)
+        self.skeleton: Any = None  # the inputs' structure, tensors as None (dict key order)
+        self.mutated: list[tuple[str, str, torch.Tensor]] = []  # the last run's in-place changes
 
     def load_weights(self, weights: Sequence[tuple[str, Any]] | None = None) -> None:
         """Run the load program (program 0) on ``weights`` (default: the current ones): host arrays
@@ -114,7 +147,17 @@ class _Compiled:
             for r in range(rf):
                 self.engine.connect_stream(slot.stream, buf[r], replica=r)
             buffers.append(buf)
+        changed = []
+        for kind, target, slot in self.lowered.mutations:  # every iteration's value
+            buf = np.empty((rf, di, int(np.prod(slot.shape))), slot.dtype.numpy)
+            for r in range(rf):
+                self.engine.connect_stream(slot.stream, buf[r], replica=r)
+            changed.append((kind, target, slot, buf))
         self.engine.run(1)
+        every = opts.replace(output_mode=OutputMode.ALL)
+        self.mutated = [(kind, target, unpack_output(slot, buf, every) if kind == "input" else
+                         torch.from_numpy(buf[0, -1].reshape(slot.shape)).to(slot.torch_dtype))
+                        for kind, target, slot, buf in changed]
         leaves = [self._output(slot, buf) for slot, buf in zip(self.lowered.outputs, buffers, strict=True)]
         return pytree.tree_unflatten(leaves, self.out_spec)
 
@@ -173,6 +216,7 @@ class InferenceModel:
         self._current: _Compiled | None = None
         self._attached = True
         self._arg_names = _positional_names(module)
+        self._buffers: dict[str, torch.Tensor] = {}  # buffers the device changed, by name
 
     # -- calling ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -180,6 +224,7 @@ class InferenceModel:
         if not self._attached:
             self.attach()
         out = compiled.run(values)
+        self._write_back(compiled, values)
         if self.options.log_cycle_count:
             logger.info("%s: %d cycles (%.3g ms at %.0f MHz)", self._label, compiled.cycles,
                         1e3 * compiled.cycles / self.options.target.clock_hz,
@@ -190,7 +235,46 @@ class InferenceModel:
         """Export, lower, compile and load for these inputs without running (PopTorch's ``compile``)."""
         self._prepare(args, kwargs)
 
+    def _write_back(self, compiled: _Compiled, values: list[Any]) -> None:
+        """In-place changes the model made: to the caller's input tensors now (as PopTorch does);
+        buffers' kept for :meth:`copy_buffers_to_host` (the device keeps them for the next call)."""
+        for kind, target, value in compiled.mutated:
+            if kind == "input":
+                with torch.no_grad():
+                    values[int(target)].copy_(value)
+            else:
+                self._buffers[target] = value
+
+    def _bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The call's inputs as forward's parameters in order, defaults filled in: the same inputs
+        passed by position or keyword, or left to their defaults, match the same compiled model
+        (PopTorch matches inputs by position)."""
+        try:
+            sig = inspect.signature(self.module.forward)
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InputError(f"{self._label}.forward cannot take these inputs: {exc}") from None
+        except ValueError:  # no signature to read (a builtin): taken as given
+            return tuple(args), dict(kwargs)
+        bound.apply_defaults()
+        positional: list[Any] = []
+        named: dict[str, Any] = {}
+        for name, p in sig.parameters.items():
+            value = bound.arguments[name]
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                positional.append(value)
+            elif p.kind == p.VAR_POSITIONAL:
+                positional.extend(value)
+            elif p.kind == p.KEYWORD_ONLY:
+                named[name] = value
+            else:
+                named.update(value)
+        return tuple(positional), named
+
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[_Compiled, list[Any]]:
+        args, kwargs = _plain(self._bind(args, kwargs))
+        if self._current is not None:
+            args, kwargs = _reorder((args, kwargs), self._current.skeleton)
         flat, spec = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
         names = [self._name(path) for path, _ in flat]
         values = [v for _, v in flat]
@@ -204,6 +288,8 @@ class InferenceModel:
                 self._check_against(self._current.leaves, leaves)
             with progress_task(self._label, ("export", "lower", "compile", "load")):
                 compiled = self._compile(args, kwargs, leaves)
+            compiled.skeleton = pytree.tree_map(lambda v: None if isinstance(v, torch.Tensor) else v,
+                                                (tuple(args), dict(kwargs)))
             self._compiled[key] = compiled
         self._current = compiled  # each signature's engine keeps its own weights
         return compiled, values
@@ -252,7 +338,8 @@ class InferenceModel:
         times: dict[str, float] = {}
         start = time.perf_counter()
         margs, mkwargs = self._micro_batch(args, kwargs)
-        ep = export_program(self.module, margs, mkwargs)
+        with fx_traceback.preserve_node_meta():  # poptorch.NameScope's annotations reach the nodes
+            ep = export_program(self.module, margs, mkwargs)
         check_supported(ep.graph)
         times["export"] = time.perf_counter() - start
         progress_stage("lower")
@@ -386,11 +473,13 @@ class InferenceModel:
     def lowered(self) -> Lowered:
         return self._need("lowered").lowered
 
-    def copy_weights_to_device(self) -> None:
-        """Write the module's current parameters and buffers to the device again (to every
-        compiled signature's engine)."""
+    def copy_weights_to_device(self, buffers_only: bool = False) -> None:
+        """Write the module's current parameters and buffers (only its buffers if
+        ``buffers_only``) to the device again (to every compiled signature's engine)."""
         self._need("copy_weights_to_device")
-        state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
+        state = dict(self.module.named_buffers())
+        if not buffers_only:
+            state |= dict(self.module.named_parameters())
         for compiled in self._compiled.values():
             fresh = []
             for stream, values in compiled.weights:
@@ -401,6 +490,17 @@ class InferenceModel:
                                            InputError).reshape(-1)
                 fresh.append((stream, values))
             compiled.load_weights(fresh)
+
+    def copy_buffers_to_host(self) -> None:
+        """Write the buffers the model changed on the device (``self.count += 1`` in forward) into
+        the module's buffers: their values after the last call."""
+        if not self._buffers:
+            return
+        buffers = dict(self.module.named_buffers())
+        with torch.no_grad():
+            for name, value in self._buffers.items():
+                if name in buffers:
+                    buffers[name].copy_(value)
 
     def detach(self) -> None:
         """Release the (simulated) device; the next call attaches again and reloads the weights."""

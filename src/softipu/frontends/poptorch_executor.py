@@ -1,0 +1,395 @@
+"""PopTorch's executors: ``inferenceModel`` / ``trainingModel`` wrappers over softipu's torch frontend.
+
+Where softipu.poptorch behaves as PopTorch and unlike ``softipu.torch``:
+
+* 64-bit types run as 32-bit and come back 32-bit (int64 -> int32, float64 -> float32), as PopTorch
+  returns them; an input value that does not fit 32 bits is an error, never a silent wrap.
+  ``softipu.torch`` returns the module's own dtypes.
+* Errors are ``poptorch.Error`` (a run that fails on the device: ``poptorch.RecoverableError``)
+  as well as ``sp.SoftIPUError``.
+* ``compileAndExport`` writes one file (a zip archive of softipu's export directory).
+* ``getPerfCounters`` gives PopTorch's structure, from the modeled timeline of the last call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from softipu.compiler.serialize import MANIFEST
+from softipu.errors import CodeletError, SoftIPUError
+from softipu.frontends.errors import FrontendError, PoptorchError, RecoverableError, as_poptorch_error
+from softipu.frontends.poptorch_ops import POST_COMPILE_HOOKS
+from softipu.frontends.poptorch_options import Options
+from softipu.frontends.torch.options import UnusedOptionWarning
+from softipu.frontends.torch.runtime import InferenceModel
+from softipu.frontends.torch.training import TrainingModel
+
+__all__ = ["PoplarExecutor", "TrainingExecutor", "inferenceModel", "load", "trainingModel"]
+
+_NARROW = {torch.int64: torch.int32, torch.float64: torch.float32}
+
+
+def _as_32bit(out: Any) -> Any:
+    """PopTorch's outputs: int64 and float64 results come back as int32 and float32."""
+    def narrow(t: Any) -> Any:
+        return t.to(_NARROW[t.dtype]) if isinstance(t, torch.Tensor) and t.dtype in _NARROW else t
+    return pytree.tree_map(narrow, out)
+
+
+def _poptorch_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` raising softipu's errors as PopTorch's: a failure while running on the device is a
+    ``poptorch.RecoverableError``, any other a ``poptorch.Error`` (both stay SoftIPUErrors)."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SoftIPUError as exc:
+            raise as_poptorch_error(exc, RecoverableError if isinstance(exc, CodeletError)
+                                    else PoptorchError) from None
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    wrapper.__qualname__ = fn.__qualname__
+    return wrapper
+
+
+def _run_hooks() -> None:
+    for hook in list(POST_COMPILE_HOOKS.values()):
+        hook()
+
+
+# -- one-file exports ------------------------------------------------------------------------------
+def _export_file(filename: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write an export as ONE file at ``filename``: ``write`` fills a temporary directory, which is
+    stored in a zip archive (uncompressed) that replaces ``filename`` whole."""
+    target = Path(filename)
+    if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
+        raise FrontendError(f"cannot export to {target}: it is a directory and not a softipu export; "
+                            "remove it or choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    archive = work.with_name(work.name + ".zip")
+    try:
+        write(work / "export")
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+            for f in sorted((work / "export").rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(work / "export").as_posix())
+        if target.is_dir():  # an export of an earlier softipu (a directory): replaced by the file
+            shutil.rmtree(target)
+        os.replace(archive, target)
+    except OSError as exc:
+        raise FrontendError(f"cannot export to {target}: {exc}; the earlier file there (if any) is "
+                            "unchanged") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        archive.unlink(missing_ok=True)
+
+
+def _load_file(filename: str | os.PathLike, load: Callable[[Path], None]) -> None:
+    """Load an export written by :func:`_export_file` (or an export directory) with ``load``."""
+    path = Path(filename)
+    if path.is_dir() or not path.exists():
+        load(path)  # softipu.torch's directory format (its own errors for a missing path)
+        return
+    if not zipfile.is_zipfile(path):
+        raise FrontendError(f"{path} is not a model exported by softipu's compileAndExport: it is a file "
+                            "but not a softipu archive (a PopTorch export?); export the model with "
+                            "softipu.poptorch's compileAndExport")
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.load-", dir=path.parent))
+    try:
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.extractall(work)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise FrontendError(f"cannot load {path}: a damaged archive ({exc}); export the model "
+                                "again") from exc
+        load(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- performance counters -------------------------------------------------------------------------------
+_STREAM = re.compile(r"Copy '(inputs|outputs)/(\d+)")
+
+
+def perf_counters(engine: Any) -> dict[str, list[list[float]]]:
+    """PopTorch's ``getPerfCounters()`` from the engine's modeled timeline of its last run: for each
+    input (output) tensor, the seconds at which each transfer was requested ('input', 'output')
+    and done ('input_complete', 'output_complete'), one value per iteration, from the run's
+    start. Transfers whose trace events were dropped (very long runs) are missing."""
+    clock = engine.graph.target.clock_hz
+    steps = engine.report.steps
+    log = engine.log
+    start = log.cycles - (log.runs[-1][1] if log.runs else 0)
+    found: dict[str, dict[int, list[tuple[float, float]]]] = {"inputs": {}, "outputs": {}}
+    for step, begin, times in log.trace:
+        if begin < start:
+            continue
+        m = _STREAM.match(steps[step]["name"])
+        if m is None:
+            continue
+        cycles = steps[step]["cycles"]
+        spans = found[m.group(1)].setdefault(int(m.group(2)), [])
+        for j in range(times):
+            first = begin - start + j * cycles
+            spans.append((first / clock, (first + cycles) / clock))
+    out: dict[str, list[list[float]]] = {}
+    for kind, key in (("inputs", "input"), ("outputs", "output")):
+        ordered = [found[kind][k] for k in sorted(found[kind])]
+        out[key] = [[a for a, _ in spans] for spans in ordered]
+        out[f"{key}_complete"] = [[b for _, b in spans] for spans in ordered]
+    return out
+
+
+def _latency(counters: dict[str, list[list[float]]], first: str, last: str) -> tuple[float, float, float]:
+    starts, ends = counters[first], counters[last]
+    if not starts or not ends:
+        return (0.0, 0.0, 0.0)
+    n = min(min(len(s) for s in starts), min(len(e) for e in ends))
+    spans = [max(e[i] for e in ends) - min(s[i] for s in starts) for i in range(n)]
+    return (min(spans), max(spans), sum(spans) / len(spans)) if spans else (0.0, 0.0, 0.0)
+
+
+# -- the executor -----------------------------------------------------------------------------------------
+class PoplarExecutor:
+    """PopTorch's executor: call it like the model; ``compile``, ``cycleCount``, weights, attach."""
+
+    def __init__(self, model: torch.nn.Module, options: Options | None = None) -> None:
+        self._options = options or Options()
+        opts = self._options.toSoftipu()
+        if opts.gradient_accumulation != 1:
+            raise as_poptorch_error(FrontendError(
+                f"Training.gradientAccumulation is {opts.gradient_accumulation}, but it must be 1 for "
+                "inference: use poptorch.trainingModel, or other Options"))
+        self._impl = InferenceModel(model, opts)
+        self.model = model
+        self._seen_version = model.__dict__.get("_softipu_host_version", 0)
+
+    @_poptorch_errors
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        version = self.model.__dict__.get("_softipu_host_version", 0)
+        if version != self._seen_version:  # a trainingModel on the same module has trained it since
+            self._seen_version = version
+            if self._impl._current is not None:
+                self._impl.copy_weights_to_device()
+        before = self._impl.compile_seconds
+        out = _as_32bit(self._impl(*args, **kwargs))
+        if self._impl.compile_seconds is not before:
+            _run_hooks()
+        return out
+
+    @_poptorch_errors
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        before = self._impl.compile_seconds
+        self._impl.compile(*args, **kwargs)
+        if self._impl.compile_seconds is not before:
+            _run_hooks()
+
+    @_poptorch_errors
+    def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
+                         **kwargs: Any) -> None:
+        """Compile for these inputs and write the executable to the file ``filename`` (one zip
+        archive of JSON and plain arrays). The model stays compiled. softipu never pickles, so the
+        torch module is not saved: ``export_model=True`` (PopTorch's default) warns once and writes
+        the executable only. Load it with :meth:`loadExecutable` on a wrapper of the same module
+        code and options."""
+        if export_model:
+            warnings.warn(_NO_MODEL_IN_EXPORT, UnusedOptionWarning, stacklevel=3)
+        was = self.isCompiled()
+        _export_file(filename, lambda d: self._impl.export(d, *args, **kwargs))
+        if not was:
+            _run_hooks()
+
+    @_poptorch_errors
+    def loadExecutable(self, filename: str | os.PathLike) -> None:  # noqa: N802
+        """Load an executable written by :meth:`compileAndExport` from a wrapper of the same module
+        code and options; the weights are the module's current ones. Raises naming what differs
+        when the file was exported from another module, options or softipu."""
+        _load_file(filename, self._impl.load_executable)
+        _run_hooks()
+
+    def isCompiled(self) -> bool:  # noqa: N802
+        return self._impl._current is not None
+
+    @_poptorch_errors
+    def cycleCount(self) -> int:  # noqa: N802
+        if not self._impl.options.log_cycle_count:
+            raise FrontendError("Cycle count logging is disabled: call options.logCycleCount(True) "
+                                "before inferenceModel (softipu.torch's model.cycle_count needs no option)")
+        return self._impl.cycle_count
+
+    @_poptorch_errors
+    def copyWeightsToDevice(self) -> None:  # noqa: N802
+        self._impl.copy_weights_to_device()
+
+    @_poptorch_errors
+    def copyNamedBuffersToDevice(self) -> None:  # noqa: N802
+        """Write the module's current buffers (not its parameters) to the device."""
+        self._impl.copy_weights_to_device(buffers_only=True)
+
+    @_poptorch_errors
+    def copyWeightsToHost(self) -> None:  # noqa: N802
+        """Bring the buffers the model changed on the device (``self.count += 1`` in forward) back
+        into the module; inference never changes the parameters."""
+        self._impl.copy_buffers_to_host()
+
+    def detachFromDevice(self) -> None:  # noqa: N802
+        self._impl.detach()
+
+    def attachToDevice(self) -> None:  # noqa: N802
+        self._impl.attach()
+
+    def isAttachedToDevice(self) -> bool:  # noqa: N802
+        return self._impl.is_attached
+
+    def destroy(self) -> None:
+        self._impl.destroy()
+
+    @_poptorch_errors
+    def getPerfCounters(self) -> dict[str, list[list[float]]]:  # noqa: N802
+        """PopTorch's performance counters of the last call: ``{'input', 'input_complete',
+        'output', 'output_complete'}``, each a list per input (output) tensor of the times in
+        seconds, one per iteration, at which the IPU requested the transfer and had it done, on
+        the modeled timeline (its reference point is the run's start)."""
+        return perf_counters(self._impl.engine)
+
+    def getLatency(self) -> tuple[float, float, float]:  # noqa: N802
+        """(min, max, mean) seconds from the first input requested to the last output transferred,
+        over the last call's iterations (modeled)."""
+        return _latency(self.getPerfCounters(), "input", "output_complete")
+
+    def getHostIpuLatency(self) -> tuple[float, float, float]:  # noqa: N802
+        return _latency(self.getPerfCounters(), "input", "input_complete")
+
+    def getComputeLatency(self) -> tuple[float, float, float]:  # noqa: N802
+        return _latency(self.getPerfCounters(), "input_complete", "output")
+
+    def getIpuHostLatency(self) -> tuple[float, float, float]:  # noqa: N802
+        return _latency(self.getPerfCounters(), "output", "output_complete")
+
+    @property
+    def report(self) -> Any:
+        return self._impl.report
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def __getattr__(self, name: str) -> Any:
+        # PopTorch forwards attribute reads to the wrapped model.
+        if name.startswith("_") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __repr__(self) -> str:
+        return f"PoplarExecutor({self._impl!r})"
+
+
+_NO_MODEL_IN_EXPORT = (
+    "compileAndExport(export_model=True) saves the executable but not the torch module: softipu never "
+    "pickles, since loading a pickle runs code. To load it, build the module again in code, wrap it "
+    "with poptorch.inferenceModel(module, options) and call loadExecutable(filename); pass "
+    "export_model=False to say so and silence this warning")
+
+
+def load(filename: str | os.PathLike, edit_opts_fn: Any = None) -> PoplarExecutor:
+    """PopTorch's ``poptorch.load`` restores a pickled module with its executable; softipu never
+    pickles, so it raises and says what to do instead."""
+    raise as_poptorch_error(FrontendError(
+        f"poptorch.load({str(filename)!r}) needs the torch module pickled in the file, and softipu never "
+        "pickles (loading a pickle runs code): build the module again in code, then "
+        "model = poptorch.inferenceModel(module, options) (edit the options there instead of with "
+        "edit_opts_fn) and model.loadExecutable(filename)"))
+
+
+def inferenceModel(model: torch.nn.Module, options: Options | None = None) -> PoplarExecutor:  # noqa: N802
+    """PopTorch's ``inferenceModel``: ``model`` compiled for a (simulated) IPU on its first call."""
+    return PoplarExecutor(model, options)
+
+
+class TrainingExecutor(PoplarExecutor):
+    """PopTorch's executor for ``trainingModel``: each call runs ``deviceIterations`` optimizer steps
+    (forward, backward, update) on the device and returns what the model returns (the last
+    micro-batch's by default, ``OutputMode.Final``)."""
+
+    def __init__(self, model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> None:
+        self._options = options or Options()
+        self._impl = TrainingModel(model, optimizer, self._options.toSoftipu())
+        self.model = model
+
+    @_poptorch_errors
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        was = self.isCompiled()
+        out = _as_32bit(self._impl(*args, **kwargs))
+        if not was:
+            _run_hooks()
+        return out
+
+    def isCompiled(self) -> bool:  # noqa: N802
+        return self._impl._lowered is not None
+
+    @_poptorch_errors
+    def setOptimizer(self, optimizer: Any) -> None:  # noqa: N802
+        """Use ``optimizer``'s learning rate and other variable attributes from the next call, without
+        compiling again; changing an attribute compiled in as a constant raises."""
+        self._impl.set_optimizer(optimizer)
+
+    @_poptorch_errors
+    def copyWeightsToHost(self) -> None:  # noqa: N802
+        """Copy the trained weights from the device into the model now."""
+        self._impl.copy_weights_to_host()
+
+    @_poptorch_errors
+    def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
+                         **kwargs: Any) -> None:
+        """Compile for these inputs (unless compiled) and write the training executable with the
+        device's weights and optimizer state to the file ``filename`` (one zip archive). The torch
+        module is not saved (softipu never pickles): ``export_model=True`` warns once. Load it with
+        :meth:`loadExecutable` on a trainingModel of the same module code, options and optimizer;
+        training goes on from the saved state."""
+        if export_model:
+            warnings.warn(_NO_MODEL_IN_EXPORT.replace("inferenceModel(module, options)",
+                                                      "trainingModel(module, options, optimizer)"),
+                          UnusedOptionWarning, stacklevel=3)
+        _export_file(filename, lambda d: self._impl.export(d, *args, **kwargs))
+
+    @_poptorch_errors
+    def loadExecutable(self, filename: str | os.PathLike) -> None:  # noqa: N802
+        """Load a training executable written by :meth:`compileAndExport` with its saved weights and
+        optimizer state; raises naming what differs when it came from another module, options or
+        optimizer."""
+        _load_file(filename, self._impl.load_executable)
+        _run_hooks()
+
+    def parameters(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.parameters(*args, **kwargs)
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.named_parameters(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.state_dict(*args, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        """Memory by role and cycles by phase of the training step (softipu's extension)."""
+        return self._impl.summary()
+
+    def __repr__(self) -> str:
+        return f"PoplarExecutor({self._impl!r})"
+
+
+def trainingModel(model: torch.nn.Module, options: Options | None = None,  # noqa: N802
+                  optimizer: Any = None) -> TrainingExecutor:
+    """PopTorch's ``trainingModel``: ``model`` and ``optimizer`` (default
+    ``poptorch.optim.SGD(lr=0.01)``) compiled as one training step for a (simulated) IPU on the
+    first call. The model's parameters are the trained ones whenever they are read."""
+    return TrainingExecutor(model, options, optimizer)

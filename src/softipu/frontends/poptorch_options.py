@@ -1,0 +1,326 @@
+"""PopTorch's ``poptorch.Options``: chaining camelCase setters over ``softipu.torch.Options``.
+
+Options PopTorch has that softipu gives no meaning yet (pipelining, tensor locations,
+distribution...) are accepted and stored; each is named in a one-time
+:class:`~softipu.frontends.torch.options.UnusedOptionWarning`. None is silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from softipu.frontends.errors import FrontendError
+from softipu.frontends.poptorch_enums import MeanReductionStrategy, OutputMode, ReductionType
+from softipu.frontends.torch.options import Options as TorchOptions
+from softipu.frontends.torch.options import OutputMode as _Mode
+from softipu.frontends.torch.options import warn_unused
+from softipu.target import BOW, GC2, GC200, Target
+
+__all__ = ["Options", "ParallelPhasedExecution", "PipelinedExecution", "SerialPhasedExecution",
+           "ShardedExecution", "TensorLocationSettings"]
+
+
+_MODES = {OutputMode.Final: _Mode.FINAL, OutputMode.EveryN: _Mode.EVERY_N, OutputMode.All: _Mode.ALL,
+          OutputMode.Sum: _Mode.SUM, OutputMode.Default: _Mode.DEFAULT}
+
+
+class _Strategy:
+    """An execution strategy (pipelining, sharding, phases): accepted and stored."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.args))})"
+
+
+class ShardedExecution(_Strategy):
+    pass
+
+
+class PipelinedExecution(_Strategy):
+    pass
+
+
+class SerialPhasedExecution(_Strategy):
+    pass
+
+
+class ParallelPhasedExecution(_Strategy):
+    pass
+
+
+# PopTorch's setters that softipu stores without giving them a meaning yet, per section.
+_STORED = {
+    "": ("autoRoundNumIPUs", "connectionType", "disableModuleNamescope", "enableProfiling",
+         "enableStableNorm", "enableSyntheticData", "logDir", "loadFromFile", "modelName",
+         "setExecutionStrategy", "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
+         "useIpuId", "updatableNamedBuffers", "broadcastBuffers", "relaxOptimizerAttributesChecks",
+         "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
+    "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
+    "Training": ("setConvolutionDithering",),
+    "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
+                        "setAccumulatorLocation", "numIOTiles"),
+    "Distributed": ("configureProcessId", "setEnvVarNames", "disableProcessGroup"),
+    "Jit": ("traceModel",),
+    "_Popart": ("set", "setPatterns"),
+}
+
+
+def _no_such_setter(section: str, name: str, methods: list[str]) -> AttributeError:
+    import difflib  # noqa: PLC0415 - only on the error path
+
+    near = difflib.get_close_matches(name, methods, n=2)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    where = f"poptorch.Options.{section}" if section else "poptorch.Options"
+    return AttributeError(f"{where} has no option {name!r}{hint}")
+
+
+class _Section:
+    """A group of PopTorch options (``opts.Training``...): every setter chains.
+
+    Setters with a softipu meaning are real methods of the subclasses; PopTorch's other setters
+    (``_STORED``) are accepted, stored under ``"<Section>.<name>"`` and warned about once.
+    """
+
+    _label = "Section"
+
+    def __init__(self, owner: Options) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in _STORED.get(self._label, ()):
+            own = [m for m in dir(type(self)) if not m.startswith("_")]
+            raise _no_such_setter(self._label, name, own + list(_STORED.get(self._label, ())))
+        return self._owner._stored_setter(f"{self._label}.{name}", self)
+
+
+class _Popart(_Section):
+    _label = "_Popart"
+
+
+class _Precision(_Section):
+    _label = "Precision"
+
+    def setPartialsType(self, dtype: torch.dtype) -> _Precision:  # noqa: N802 - PopTorch's name
+        if dtype not in (torch.float, torch.half):
+            raise FrontendError(f"Precision.setPartialsType takes torch.float or torch.half, got {dtype}")
+        self._owner._set("partials_type", "half" if dtype == torch.half else "float")
+        return self
+
+    def enableFloatingPointExceptions(self, enabled: bool) -> _Precision:  # noqa: N802
+        self._owner._engine["debug.floatingPointExceptions"] = bool(enabled)
+        return self
+
+    def enableStochasticRounding(self, enabled: bool) -> _Precision:  # noqa: N802
+        """float32 -> float16 casts and fp16 partial results round stochastically, keyed by
+        ``randomSeed`` (Poplar's engine option ``prng.enableStochasticRounding``)."""
+        self._owner._engine["prng.enableStochasticRounding"] = bool(enabled)
+        return self
+
+
+class _Training(_Section):
+    _label = "Training"
+
+    def gradientAccumulation(self, gradient_accumulation: int) -> _Training:  # noqa: N802 - PopTorch's name
+        self._owner._set("gradient_accumulation", int(gradient_accumulation))
+        return self
+
+    def accumulationAndReplicationReductionType(self, reduction_type: ReductionType) -> _Training:  # noqa: N802
+        reduction = ReductionType(reduction_type)
+        if reduction is ReductionType.NoReduction:
+            raise FrontendError("accumulationAndReplicationReductionType takes ReductionType.Mean or "
+                                "ReductionType.Sum (NoReduction is not supported by PopTorch either)")
+        self._owner._set("accumulation_reduction", "mean" if reduction is ReductionType.Mean else "sum")
+        return self
+
+    def setMeanAccumulationAndReplicationReductionStrategy(  # noqa: N802 - PopTorch's name
+            self, mean_reduction_strategy: MeanReductionStrategy) -> _Training:
+        """With ``ReductionType.Mean``: ``Running`` (a running mean in the accumulators) or ``Post``
+        (sum, then one division before the update). Unset, PopTorch picks Running for float16
+        accumulators (``accum_type``) and Post otherwise."""
+        strategy = MeanReductionStrategy(mean_reduction_strategy)
+        self._owner._set("mean_reduction_strategy",
+                         "running" if strategy is MeanReductionStrategy.Running else "post")
+        return self
+
+    @property
+    def meanAccumulationAndReplicationReductionStrategy(self) -> MeanReductionStrategy | None:  # noqa: N802
+        value = self._owner._values.get("mean_reduction_strategy")
+        return None if value is None else (MeanReductionStrategy.Running if value == "running"
+                                           else MeanReductionStrategy.Post)
+
+    def setAutomaticLossScaling(self, enabled: bool) -> _Training:  # noqa: N802 - PopTorch's name
+        """PopART's automatic loss scaling: the loss scale (a device variable) halves or doubles after
+        each optimizer step by the proportion of gradient elements in the histogram's upper bin."""
+        self._owner._set("auto_loss_scaling", bool(enabled))
+        return self
+
+    @property
+    def gradient_accumulation(self) -> int:
+        return self._owner._values.get("gradient_accumulation", 1)
+
+
+class _TensorLocations(_Section):
+    _label = "TensorLocations"
+
+
+class _Distributed(_Section):
+    _label = "Distributed"
+
+
+class _Jit(_Section):
+    _label = "Jit"
+
+
+class Options:
+    """PopTorch's ``poptorch.Options``: chaining camelCase setters over ``softipu.torch.Options``.
+
+    ``toSoftipu()`` gives the frozen :class:`softipu.torch.Options` they describe. The softipu
+    extension ``setTarget(sp.targets.X)`` picks the chip (GC200 by default, like a Mk2 IPU);
+    ``useOfflineIpuTarget(2 | 21)`` picks GC200 or BOW.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._engine: dict[str, Any] = {}
+        self._stored: dict[str, Any] = {}
+        self.Precision = _Precision(self)
+        self.Training = _Training(self)
+        self.TensorLocations = _TensorLocations(self)
+        self.Distributed = _Distributed(self)
+        self.Jit = _Jit(self)
+        self._Popart = _Popart(self)
+
+    # -- setters with a softipu meaning -------------------------------------------------------------
+    def deviceIterations(self, device_iterations: int) -> Options:  # noqa: N802 - PopTorch's names
+        return self._set("device_iterations", int(device_iterations))
+
+    def replicationFactor(self, replication_factor: int) -> Options:  # noqa: N802
+        return self._set("replication_factor", int(replication_factor))
+
+    def randomSeed(self, random_seed: int) -> Options:  # noqa: N802
+        return self._set("seed", int(random_seed))
+
+    def logCycleCount(self, log_cycle_count: bool) -> Options:  # noqa: N802
+        return self._set("log_cycle_count", bool(log_cycle_count))
+
+    def outputMode(self, output_mode: OutputMode, output_return_period: int | None = None) -> Options:  # noqa: N802
+        mode = OutputMode(output_mode)
+        self._set("output_mode", _MODES[mode])
+        if mode is OutputMode.EveryN:
+            if not output_return_period:
+                raise FrontendError("outputMode(OutputMode.EveryN, N) needs the period N")
+            self._set("output_return_period", int(output_return_period))
+        return self
+
+    anchorMode = outputMode  # PopTorch 2.x's name
+
+    def setAvailableMemoryProportion(  # noqa: N802
+            self, available_memory_proportion: dict[str, float]) -> Options:
+        values = set(available_memory_proportion.values())
+        if len(values) > 1:  # one IPU today: one proportion
+            self._stored["setAvailableMemoryProportion"] = dict(available_memory_proportion)
+            warn_unused(["setAvailableMemoryProportion (different values per IPU)"], "PopTorch option")
+        return self._set("available_memory_proportion", float(min(values)))
+
+    def enableExecutableCaching(self, path: str) -> Options:  # noqa: N802
+        return self._set("executable_cache_dir", str(path))
+
+    def useIpuModel(self, use_model: bool) -> Options:  # noqa: N802
+        # Every softipu device is a model of the IPU, with cycle counts: nothing to switch.
+        self._values["_use_ipu_model"] = bool(use_model)
+        return self
+
+    def useOfflineIpuTarget(self, ipu_version: int = 2) -> Options:  # noqa: N802
+        targets = {1: GC2, 2: GC200, 21: BOW}
+        if ipu_version not in targets:
+            raise FrontendError(f"useOfflineIpuTarget: IPU version {ipu_version} is not one of "
+                                f"{sorted(targets)}")
+        return self._set("target", targets[ipu_version])
+
+    def setTarget(self, target: Target) -> Options:  # noqa: N802 - softipu's extension
+        return self._set("target", target)
+
+    # -- reading back (PopTorch has these properties) ------------------------------------------------
+    @property
+    def replication_factor(self) -> int:
+        return self._values.get("replication_factor", 1)
+
+    @property
+    def device_iterations(self) -> int:
+        return self._values.get("device_iterations", 1)
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """Options accepted without a softipu meaning yet, by name."""
+        return dict(self._stored)
+
+    def toSoftipu(self) -> TorchOptions:  # noqa: N802
+        """The :class:`softipu.torch.Options` these options describe (validated)."""
+        values = {k: v for k, v in self._values.items() if not k.startswith("_")}
+        engine = dict(self._engine)
+        if engine.get("prng.enableStochasticRounding") and "seed" in values:
+            engine.setdefault("prng.seed", values["seed"])
+        return TorchOptions(**values, engine_options=engine, stored=dict(self._stored))
+
+    def toDict(self) -> dict[str, Any]:  # noqa: N802
+        return {**self._values, **{f"engine.{k}": v for k, v in self._engine.items()}, **self._stored}
+
+    def __repr__(self) -> str:
+        return f"poptorch.Options({self.toDict()!r})"
+
+    # -- storing ----------------------------------------------------------------------------------
+    def _set(self, key: str, value: Any) -> Options:
+        trial = dict(self._values, **{key: value})
+        TorchOptions(**{k: v for k, v in trial.items() if not k.startswith("_")})  # validate now
+        self._values[key] = value
+        return self
+
+    def _stored_setter(self, name: str, returns: Any) -> Any:
+        def setter(*args: Any, **kwargs: Any) -> Any:
+            self._stored[name] = (args, kwargs) if kwargs else (args[0] if len(args) == 1 else args)
+            warn_unused([name], "PopTorch option")
+            return returns
+        return setter
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in _STORED[""]:
+            own = [m for m in dir(type(self)) if not m.startswith("_")]
+            raise _no_such_setter("", name, own + list(_STORED[""]))
+        return self._stored_setter(name, self)
+
+
+class TensorLocationSettings:
+    """PopTorch's per-kind tensor location settings (``TensorLocations.setWeightLocation(...)``):
+    every setter chains and is stored; softipu keeps every tensor on chip today."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Any] = {}
+
+    def _store(self, name: str, value: Any) -> TensorLocationSettings:
+        self.stored[name] = value
+        return self
+
+    def minElementsForOffChip(self, min_elements: int) -> TensorLocationSettings:  # noqa: N802
+        return self._store("minElementsForOffChip", int(min_elements))
+
+    def minElementsForReplicatedTensorSharding(self, min_elements: int) -> TensorLocationSettings:  # noqa: N802
+        return self._store("minElementsForReplicatedTensorSharding", int(min_elements))
+
+    def useOnChipStorage(self, use: bool = True) -> TensorLocationSettings:  # noqa: N802
+        return self._store("useOnChipStorage", bool(use))
+
+    def useReplicatedTensorSharding(self, use: bool = True) -> TensorLocationSettings:  # noqa: N802
+        return self._store("useReplicatedTensorSharding", bool(use))
+
+    def useIOTilesToLoad(self, use: bool = True) -> TensorLocationSettings:  # noqa: N802
+        return self._store("useIOTilesToLoad", bool(use))
+
+    def useIOTilesToStore(self, use: bool = True) -> TensorLocationSettings:  # noqa: N802
+        return self._store("useIOTilesToStore", bool(use))
+
+    def __repr__(self) -> str:
+        return f"TensorLocationSettings({self.stored!r})"
