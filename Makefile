@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp
 LINT_PATHS := $(wildcard src tests bench examples)
 BENCHES    := $(wildcard bench/bench_*.py)
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint clean browser screenshots
 
 venv: $(STAMP)
 
@@ -18,9 +18,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-test: venv
+test: venv browser
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/python -m pytest -n 2 tests
+
+# The browser tests (tests/test_browser.py) drive Debian's chromium through playwright (a [dev]
+# package); no browser is downloaded. Installed with apt when missing and we may (root or sudo -n);
+# elsewhere the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+	      || echo "note: chromium not installed; the browser tests will skip"; \
+	  else echo "note: no apt-get; install Chromium yourself or the browser tests skip"; fi; }
+
+# docs/images: the report page's views for the README, from the demo's BERT report (run `make demo` first).
+screenshots: venv browser
+	$(BIN)/python docs/screenshots.py reports docs/images
 
 demo: venv
 	$(BIN)/python examples/demo.py
