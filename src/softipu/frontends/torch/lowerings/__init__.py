@@ -2,6 +2,7 @@
 
 from softipu.frontends.torch.lowerings import (
     backward,
+    composite,
     control,
     indexing,
     linalg,
@@ -15,5 +16,5 @@ from softipu.frontends.torch.lowerings import (
     special,
 )
 
-__all__ = ["backward", "control", "indexing", "linalg", "nn", "pointwise", "poptorch_ops", "random", "reduce",
-           "scans", "shape", "special"]
+__all__ = ["backward", "composite", "control", "indexing", "linalg", "nn", "pointwise", "poptorch_ops",
+           "random", "reduce", "scans", "shape", "special"]

@@ -31,6 +31,7 @@ _OPS: dict[str, tuple[str, tuple[int, ...]]] = {
     "linalg_pinv.atol_rtol_tensor": ("pinv", (2, 0, 0)),
     "linalg_householder_product": ("householder_product", (2, 1)),
     "geqrf": ("geqrf", (2,)), "ormqr": ("ormqr", (2, 1, 2)),
+    "linalg_ldl_factor_ex": ("lu_factor", (2,)), "linalg_ldl_solve": ("lu_solve", (2, 1, 2)),
 }
 
 

@@ -1,0 +1,182 @@
+"""Lowerings composed of other lowerings and library ops: the ``*_copy`` forms of views,
+``diagonal_scatter`` / ``as_strided_scatter``, ``addmv``, ``addbmm``, ``dist``, ``_trilinear``
+(``bilinear``), ``angle`` of reals, ``bucketize`` / ``searchsorted`` (counts of comparisons)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from softipu.dtypes import float32
+from softipu.frontends.torch.lowerings.backward import _bn_functional
+from softipu.frontends.torch.lowerings.indexing import _gather
+from softipu.frontends.torch.lowerings.nn import _matmul
+from softipu.frontends.torch.lowerings.pointwise import _map
+from softipu.frontends.torch.lowerings.reduce import _vector_norm, reduce_to
+from softipu.frontends.torch.lowerings.shape import (
+    _as_strided,
+    _dim,
+    _fancy,
+    _permute,
+    _slice,
+    _unbind,
+)
+from softipu.frontends.torch.registry import register_lowering
+from softipu.graph import program as P
+from softipu.graph.tensor import Tensor
+from softipu.ops.elementwise import E
+from softipu.ops.reduce import ReduceOp
+
+__all__: list[str] = []
+
+register_lowering("aten::permute_copy", _permute)
+register_lowering("aten::as_strided_copy", _as_strided)
+register_lowering("aten::unbind_copy.int", _unbind)
+
+
+@register_lowering("aten::narrow_copy")
+def _narrow_copy(ctx: Any, node: Any, x: Tensor, dim: int, start: int, length: int) -> Tensor:
+    start = int(start) % x.shape[_dim(dim, x.ndim)] if start < 0 else int(start)
+    return _slice(ctx, node, x, dim, start, start + int(length))
+
+
+def _diagonal_index(shape: tuple[int, ...], offset: int, d1: int, d2: int) -> tuple[Any, list[int]]:
+    rest = [d for d in range(len(shape)) if d not in (d1, d2)]
+    n = max(0, min(shape[d1] - max(-offset, 0), shape[d2] - max(offset, 0)))
+    return (..., np.arange(n) + max(-offset, 0), np.arange(n) + max(offset, 0)), rest + [d1, d2]
+
+
+@register_lowering("aten::diagonal_scatter")
+def _diagonal_scatter(ctx: Any, node: Any, x: Tensor, src: Tensor, offset: int = 0, dim1: int = 0,
+                      dim2: int = 1) -> Tensor:
+    out = ctx.copy(x)
+    d1, d2 = _dim(dim1, x.ndim), _dim(dim2, x.ndim)
+    index, perm = _diagonal_index(x.shape, int(offset), d1, d2)
+    view = _fancy(out.transpose(perm), index)
+    if view.numel:
+        ctx.prog.add(P.Copy(ctx.cast(src, out.dtype).broadcast(view.shape), view))
+    return out
+
+
+@register_lowering("aten::as_strided_scatter")
+def _as_strided_scatter(ctx: Any, node: Any, x: Tensor, src: Tensor, size: Any, stride: Any,
+                        storage_offset: Any = None) -> Tensor:
+    out = ctx.copy(x)
+    view = _as_strided(ctx, node, out, size, stride, storage_offset)
+    if view.numel:
+        ctx.prog.add(P.Copy(ctx.cast(src, out.dtype).broadcast(view.shape), view))
+    return out
+
+
+def _axpby(ctx: Any, product: Tensor, bias: Tensor, alpha: Any, beta: Any) -> Tensor:
+    """``alpha * product + beta * bias`` (bias ignored, NaNs and all, when beta is 0)."""
+    if beta == 0:
+        return _map(ctx, E.mul(E.input(0), float(alpha)), [product])
+    bias = ctx.cast(bias, product.dtype).broadcast(product.shape)
+    return _map(ctx, E.add(E.mul(E.input(0), float(alpha)), E.mul(E.input(1), float(beta))), [product, bias])
+
+
+@register_lowering("aten::addmv")
+def _addmv(ctx: Any, node: Any, bias: Tensor, mat: Tensor, vec: Tensor, *, beta: Any = 1,
+           alpha: Any = 1) -> Tensor:
+    n, m = mat.shape
+    if not n or not m:
+        product = ctx.constant(0, ctx.out_dtype(), (n,))
+    else:
+        product = _matmul(ctx, mat, vec.reshape(m, 1), "/matmul").reshape(n)
+    return _axpby(ctx, product, bias, alpha, beta)
+
+
+@register_lowering("aten::addbmm")
+def _addbmm(ctx: Any, node: Any, bias: Tensor, a: Tensor, b: Tensor, *, beta: Any = 1,
+            alpha: Any = 1) -> Tensor:
+    batch, n, k = a.shape
+    p = b.shape[2]
+    if not batch or not k or not n or not p:
+        product = ctx.constant(0, ctx.out_dtype(), (n, p))
+    else:  # the sum over the batch is one matmul over the joined (batch, k) axis
+        product = _matmul(ctx, a.transpose(1, 0, 2).reshape(n, batch * k), b.reshape(batch * k, p), "/matmul")
+    return _axpby(ctx, product, bias, alpha, beta)
+
+
+@register_lowering("aten::dist")
+def _dist(ctx: Any, node: Any, a: Tensor, b: Tensor, p: Any = 2) -> Tensor:
+    a, b = ctx.cast(a, ctx.out_dtype()), ctx.cast(b, ctx.out_dtype())
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    diff = _map(ctx, E.sub(E.input(0), E.input(1)), [a.broadcast(shape), b.broadcast(shape)], "/diff")
+    return _vector_norm(ctx, node, diff, float(p), None, False)
+
+
+@register_lowering("aten::_trilinear")
+def _trilinear(ctx: Any, node: Any, i1: Tensor, i2: Tensor, i3: Tensor, expand1: Any, expand2: Any,
+               expand3: Any, sumdim: Any, unroll_dim: int = 1) -> Tensor:
+    """``sum over sumdim of i1 * i2 * i3``, each unsqueezed at its ``expand`` dims."""
+    ndim = i1.ndim + len(expand1)
+    views = []
+    for t, expand in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        shape = list(t.shape)
+        for d in sorted(expand):
+            shape.insert(d, 1)
+        views.append(ctx.cast(t, ctx.out_dtype()).reshape(tuple(shape)))
+    full = tuple(max(v.shape[d] for v in views) for d in range(ndim))
+    product = _map(ctx, E.mul(E.mul(E.input(0), E.input(1)), E.input(2)), [v.broadcast(full) for v in views],
+                   "/product")
+    if sumdim:
+        product = reduce_to(ctx, product, ReduceOp.ADD, tuple(sorted(int(d) for d in sumdim)), False, "/sum")
+    return product.reshape(ctx.out_shape())
+
+
+@register_lowering("aten::angle")
+def _angle(ctx: Any, node: Any, x: Tensor) -> Tensor:
+    """The argument of a real number: pi for negatives, 0 otherwise, NaN for NaN."""
+    x = ctx.cast(x, ctx.out_dtype())
+    X = E.input(0)
+    return _map(ctx, E.select(E.ne(X, X), X, E.select(E.lt(X, 0.0), math.pi, 0.0)), [x])
+
+
+def _count_below(ctx: Any, seq: Tensor, values: Tensor, right: bool) -> Tensor:
+    """For each value, how many entries of the sorted last axis of ``seq`` lie below it (or at
+    or below it, ``right``): the insertion index, as a sum of comparisons."""
+    values = ctx.cast(values, float32)
+    seq = ctx.cast(seq, float32)
+    k = seq.shape[-1]
+    lead = values.shape
+    if seq.ndim == 1:
+        s = seq.reshape((1,) * values.ndim + (k,)).broadcast(lead + (k,))
+    else:
+        s = seq.reshape(seq.shape[:-1] + (1, k)).broadcast(lead + (k,))
+    v = values.reshape(lead + (1,)).broadcast(lead + (k,))
+    cmp = E.le(E.input(0), E.input(1)) if right else E.lt(E.input(0), E.input(1))
+    below = _map(ctx, E.cast(cmp, ctx.out_dtype()), [s, v], "/compare")
+    return reduce_to(ctx, below, ReduceOp.ADD, (below.ndim - 1,), False, "/count")
+
+
+@register_lowering("aten::bucketize.Tensor")
+def _bucketize(ctx: Any, node: Any, x: Tensor, boundaries: Tensor, *, out_int32: bool = False,
+               right: bool = False) -> Tensor:
+    if x.ndim == 0:
+        return _count_below(ctx, boundaries, x.reshape((1,)), right).reshape(())
+    return _count_below(ctx, boundaries, x, right)
+
+
+@register_lowering("aten::searchsorted.Tensor")
+def _searchsorted(ctx: Any, node: Any, seq: Tensor, values: Tensor, *, out_int32: bool = False,
+                  right: bool = False, side: Any = None, sorter: Any = None) -> Tensor:
+    right = bool(right) or side == "right"
+    if sorter is not None:  # the sequence in sorted order: a gather along its last axis
+        seq = _gather(ctx, node, seq, -1, sorter)
+    if values.ndim == 0:
+        return _count_below(ctx, seq, values.reshape((1,)), right).reshape(())
+    return _count_below(ctx, seq, values, right)
+
+
+@register_lowering("aten::_batch_norm_with_update_functional")
+def _batch_norm_with_update(ctx: Any, node: Any, x: Tensor, weight: Any, bias: Any, running_mean: Tensor,
+                            running_var: Tensor, momentum: float, eps: float) -> tuple:
+    """Training batch norm with running statistics; the reserve (cuDNN's workspace) is empty."""
+    out, mean, inv_std, new_mean, new_var = _bn_functional(ctx, node, x, weight, bias, running_mean,
+                                                           running_var, True, momentum, eps)
+    reserve = ctx.constant(0, ctx.out_dtype(3), ctx.out_shape(3))
+    return out, mean, inv_std, reserve, new_mean, new_var
