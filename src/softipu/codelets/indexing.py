@@ -278,6 +278,11 @@ def dynamic_slice_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
                 for j, o in enumerate(out):
                     o[...] = base[(first + j) % size]
                 return
+            if start.ndim == 2 and np.all(start == start[:, :1]):  # one offset per replica: row copies
+                for r, at_r in enumerate(start[:, 0].tolist()):
+                    for j, o in enumerate(out):
+                        o[r] = base[(at_r + j) % size][r]
+                return
             stacked = np.stack(base, axis=-2)
             for j, o in enumerate(out):
                 rows = ((start + j) % size)[..., None, None]
@@ -307,6 +312,11 @@ def dynamic_update_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
             if np.all(start == first):
                 for j, u in enumerate(update):
                     base[(first + j) % size][...] = u
+                return
+            if start.ndim == 2 and np.all(start == start[:, :1]):  # one offset per replica
+                for r, at_r in enumerate(start[:, 0].tolist()):
+                    for j, u in enumerate(update):
+                        base[(at_r + j) % size][r] = u[r]
                 return
             for j, u in enumerate(update):
                 row = (start + j) % size

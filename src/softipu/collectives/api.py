@@ -99,12 +99,23 @@ class _Call:
         map_linearly(self.ctx.graph, out)
         return out
 
-    def finish(self, result: Tensor, dst: Tensor) -> Tensor:
-        """``result`` (MEAN: divided by the group size) copied to ``dst``, the one write the user sees."""
+    def finish(self, parts: list[tuple[Tensor, int, int]], dst: Tensor, columns: int) -> Tensor:
+        """The collective's last steps, after every cross-replica step: each part (MEAN: divided
+        by the group size) copied to its columns of ``dst`` seen as ``(..., columns)`` (zero
+        padding dropped), the only writes the user sees."""
+        prog, graph, name = self.ctx.prog, self.ctx.graph, self.ctx.name
         if self.op is CollectiveOperator.MEAN:
-            ops.div_(self.ctx.graph, result, self.groups.n, self.ctx.prog, name=f"{self.ctx.name}/mean")
-        if result is not dst:
-            self.ctx.prog.add(P.Copy(result, dst))
+            for part, _, _ in parts:
+                ops.div_(graph, part, self.groups.n, prog, name=f"{name}/mean")
+        lead = parts[0][0].shape[:-1]
+        if math.prod(lead) * columns == dst.numel:
+            cols = dst.reshape(lead + (columns,))
+        else:  # padded: assemble, then drop the padding
+            cols = self.output(dst, lead + (columns,), "assembled")
+        for part, c0, c1 in parts:
+            prog.add(P.Copy(part, cols[..., c0:c1]))
+        if cols.numel != dst.numel:
+            prog.add(P.Copy(cols.flatten()[: dst.numel].reshape(dst.shape), dst))
         return dst
 
 
@@ -157,30 +168,29 @@ def _fragments(call: _Call, t: Tensor) -> tuple[Tensor, int]:
     return padded.reshape(n, m), m
 
 
-def _reduce_scatter(call: _Call, t: Tensor) -> Tensor:
-    """The (m,) reduced fragment of each replica's rank (before MEAN's division)."""
+def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int]], int]:
+    """Per ring, (the (w,) reduced columns of fragment ``q`` on rank ``q``, columns); fragment size."""
     rows, m = _fragments(call, t)
-    prog, out = call.ctx.prog, call.output(t, (m,), "fragment")
+    graph, prog, name = call.ctx.graph, call.ctx.prog, call.ctx.name
+    if call.op is CollectiveOperator.SQUARE_ADD:
+        rows = ops.square(graph, rows, prog, name=f"{name}/square")
+    parts = []
     for ring, c0, c1 in call.rings(m):
-        y = ring.rotated(rows[:, c0:c1], prog)
+        piece = rows[:, c0:c1]
         if call.op is CollectiveOperator.LOCAL:
-            prog.add(P.Copy(y[0], out[c0:c1]))
-            continue
-        if call.op is CollectiveOperator.SQUARE_ADD:
-            ops.square_(call.ctx.graph, y, prog, name=f"{call.ctx.name}/square")
-        prog.add(P.Copy(ring.reduce_scatter(y, call.op, prog), out[c0:c1]))
-    return out
+            own = ops.dynamic_slice(graph, piece, ring.counter(0, "rank", prog), prog, size=1,
+                                    name=f"{name}/local")
+            parts.append((own.reshape(c1 - c0), c0, c1))
+        else:
+            parts.append((ring.reduce_scatter(piece, call.op, prog), c0, c1))
+    return parts, m
 
 
-def _all_gather_rows(call: _Call, own: Tensor) -> Tensor:
-    """(n, m) rows of every rank's (m,) ``own``, in rank order."""
-    (m,) = own.shape
-    prog, out = call.ctx.prog, call.output(own, (call.groups.n, m), "gathered")
-    for ring, c0, c1 in call.rings(m):
-        piece = call.output(own, (c1 - c0,), "own")
-        prog.add(P.Copy(own[c0:c1], piece))
-        prog.add(P.Copy(ring.unrotated(ring.all_gather(piece, prog), prog), out[:, c0:c1]))
-    return out
+def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]]) -> list[tuple[Tensor, int, int]]:
+    """Per ring, the (n, w) gathered columns of every rank's (w,) part."""
+    rings = call.rings(sum(c1 - c0 for _, c0, c1 in parts))
+    return [(ring.all_gather(part, call.ctx.prog), c0, c1)
+            for (ring, _, _), (part, c0, c1) in zip(rings, parts, strict=True)]
 
 
 def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
@@ -200,11 +210,11 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
     call = _Call("all_reduce", graph, t, prog, op, group, name, options)
     _check_destination(call, dst, t.shape, t)
     if call.op is CollectiveOperator.LOCAL:
-        return call.finish(t, dst)
-    gathered = _all_gather_rows(call, _reduce_scatter(call, t))
-    result = call.output(t, t.shape, "result")
-    call.ctx.prog.add(P.Copy(gathered.flatten()[: t.numel].reshape(t.shape), result))
-    return call.finish(result, dst)
+        if t is not dst:
+            prog.add(P.Copy(t, dst))
+        return dst
+    parts, m = _reduce_scatter(call, t)
+    return call.finish(_all_gather(call, parts), dst, m)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
@@ -229,15 +239,16 @@ def reduce_scatter_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: An
     rank ``q`` is fragment ``q`` of ``t`` flattened (zero-padded), reduced over the group."""
     call = _Call("reduce_scatter", graph, t, prog, op, group, name, options)
     _check_destination(call, dst, (max(1, math.ceil(t.numel / call.groups.n)),), t)
-    return call.finish(_reduce_scatter(call, t), dst)
+    parts, m = _reduce_scatter(call, t)
+    return call.finish(parts, dst, m)
 
 
 def reduce_scatter(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
                    group: CommGroup = ALL, name: str = "", options: dict | None = None) -> Tensor:
     """GCL ``reduceScatterCrossReplica``: a new (ceil(numel / n),) tensor per replica."""
     call = _Call("reduce_scatter", graph, t, prog, op, group, name, options)
-    size = max(1, math.ceil(t.numel / call.groups.n))
-    return call.finish(_reduce_scatter(call, t), call.output(t, (size,)))
+    parts, m = _reduce_scatter(call, t)
+    return call.finish(parts, call.output(t, (m,)), m)
 
 
 # -- all-gather ----------------------------------------------------------------------------------
@@ -249,9 +260,9 @@ def all_gather_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
     call = _Call("all_gather", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
                  CollectiveOperator.LOGICAL_OR, group, name, options)
     _check_destination(call, dst, (call.groups.n, *t.shape), t)
-    rows = _all_gather_rows(call, t.flatten())
-    call.finish(rows, dst.reshape(rows.shape))
-    return dst
+    own = t.flatten()
+    parts = [(own[c0:c1], c0, c1) for _, c0, c1 in call.rings(t.numel)]
+    return call.finish(_all_gather(call, parts), dst, t.numel)
 
 
 def all_gather(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",
@@ -285,7 +296,7 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
     prog.add(P.Copy(y[0], v[0]))
     for d in range(1, n):
         prog.add(P.CrossReplicaCopy(y[d], v[(n - d) % n], call.groups.shifted(d), call.fault))
-    return call.finish(ring.unrotated(v, prog).reshape(t.shape), dst)
+    return call.finish([(ring.unrotated(v, prog), 0, rows.shape[1])], dst, rows.shape[1])
 
 
 def all_to_all(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",

@@ -1,21 +1,20 @@
 """Ring algorithms as compute sets and cross-replica copies, their structure independent of the
 group size (a ``Repeat`` over ring steps, as GCL builds them).
 
-Each replica first rotates its ``n`` fragments by its ring offset ``o`` (one dynamic slice with a
-per-replica offset read from a replication index constant), so that every ring step is the same
-on every replica: with ``y[j] = x[(o + j) % n]`` and offsets rising by one along the ring,
+A replica of rank ``q`` sends to rank ``q + d`` (``d`` = +1 clockwise, -1 anticlockwise). Which
+fragment (row of the ``(n, w)`` data) a replica works on at a step is a per-replica counter: its
+first value comes from a table indexed by the replication index constant, and every step moves
+it on by ``-d`` (mod n), so every step is the same program on every replica:
 
-* reduce-scatter: ``send = y[n-1]``; then ``n - 1`` times: ``send`` goes to the next replica's
-  ``recv``; ``send = y[c] op recv`` with ``c = n-2, n-3, ... 0`` (a replica-independent
-  counter); the replica ends holding fragment ``o`` reduced over its group. For replica ``q``,
-  fragment ``q``'s sum is accumulated in ring order from ``q + 1``:
-  ``((x[q+1] + x[q+2]) + ...) + x[q]`` (ranks mod n, anticlockwise mirrored);
-* all-gather: ``z[0] = own``; then ``n - 1`` times: ``send`` goes to the next replica, which
-  stores it at ``z[c]``, ``c = n-1, ... 1``, and forwards it; ``z`` rotated back by ``n - o``
-  is the gathered tensor.
+* reduce-scatter: ``send = x[q - d]``; then ``n - 1`` times: ``send`` goes to the next replica's
+  ``recv``; ``recv = recv op x[c]`` with ``c = q - 2d, q - 3d, ...`` and the two buffers swap
+  roles (``_alternating``: a ``Repeat`` of two steps, no copies); the replica ends holding
+  fragment ``q`` reduced over its group. Fragment ``q``'s sum is accumulated in ring order from
+  ``q + d``: ``((x[q+d] + x[q+2d]) + ...) + x[q]`` (ranks mod n);
+* all-gather: ``z[q] = own``; then ``n - 1`` times: ``send`` goes to the next replica, which
+  stores it at ``z[c]``, ``c = q - d, q - 2d, ...``, and forwards it.
 
-An anticlockwise ring sends to rank ``q - 1`` and numbers fragments from the end (rows
-reversed), so that replica ``q`` still ends with fragment ``q``.
+All-to-all (not a ring) rotates rows by rank instead: see :meth:`Ring.rotated`.
 """
 
 from __future__ import annotations
@@ -79,69 +78,87 @@ class Ring:
         return ops.dynamic_slice(graph, table, index, prog, size=1, name=f"{self.ctx.name}/{suffix}")
 
     def rotated(self, rows: Tensor, prog: P.Sequence) -> Tensor:
-        """``rows`` (n, w) as ``y[j] = rows[(o + j) % n]`` (rows reversed first, anticlockwise)."""
-        work = self.var(rows.dtype, rows.shape, "rows")
-        prog.add(P.Copy(rows if self.clockwise else rows.reverse(0), work))
+        """``rows`` (n, w) as ``y[j] = rows[(q + j) % n]`` on the replica of rank ``q``."""
         if self.n == 1:
-            return work
-        offsets = self.per_replica([self.offset(r) for r in range(self.groups.replicas)], "offset", prog)
-        return ops.dynamic_slice(self.ctx.graph, work, offsets, prog, size=self.n,
+            return rows
+        offsets = self.per_replica([self.groups.rank(r) for r in range(self.groups.replicas)], "offset", prog)
+        return ops.dynamic_slice(self.ctx.graph, rows, offsets, prog, size=self.n,
                                  name=f"{self.ctx.name}/rotate")
 
     def unrotated(self, z: Tensor, prog: P.Sequence) -> Tensor:
-        """The gathered rows in rank order from the rotated ``z``."""
-        if self.n > 1:
-            back = [(self.n - self.offset(r)) % self.n for r in range(self.groups.replicas)]
-            z = ops.dynamic_slice(self.ctx.graph, z, self.per_replica(back, "unrotate", prog), prog,
-                                  size=self.n, name=f"{self.ctx.name}/unrotate")
-        return z if self.clockwise else z.reverse(0)
+        """The inverse of :meth:`rotated`."""
+        if self.n == 1:
+            return z
+        back = [(self.n - self.groups.rank(r)) % self.n for r in range(self.groups.replicas)]
+        return ops.dynamic_slice(self.ctx.graph, z, self.per_replica(back, "unrotate", prog), prog,
+                                 size=self.n, name=f"{self.ctx.name}/unrotate")
 
-    def _counter(self, start: int, prog: P.Sequence) -> Tensor:
-        graph = self.ctx.graph
-        counter = self.var(int32, (1,), "step")
-        first = graph.add_constant(int32, (1,), start, name=f"{self.ctx.name}/first_step")
-        graph.set_tile_mapping(first, 0)
-        prog.add(P.Copy(first, counter))
-        return counter
+    def counter(self, steps_on: int, suffix: str, prog: P.Sequence) -> Tensor:
+        """A per-replica row counter starting at ``q - steps_on * d`` (mod n)."""
+        d = 1 if self.clockwise else -1
+        first = [(self.groups.rank(r) - steps_on * d) % self.n for r in range(self.groups.replicas)]
+        return self.per_replica(first, suffix, prog)
+
+    def advance(self, counter: Tensor, body: P.Sequence) -> None:
+        """``counter = (counter - d) mod n``: the next step's row."""
+        d = 1 if self.clockwise else -1
+        ops.add_(self.ctx.graph, counter, (self.n - d) % self.n, body, name=f"{self.ctx.name}/next")
+        ops.remainder_(self.ctx.graph, counter, self.n, body, name=f"{self.ctx.name}/wrap")
 
     def _send(self, send: Tensor, recv: Tensor) -> P.CrossReplicaCopy:
         return P.CrossReplicaCopy(send, recv, self.step_map(), self.fault)
 
-    def reduce_scatter(self, y: Tensor, op: CollectiveOperator, prog: P.Sequence) -> Tensor:
-        """The (w,) fragment ``o`` of rotated ``y`` (n, w) reduced over the group."""
-        n, w = y.shape
-        send = self.var(y.dtype, (w,), "send")
-        prog.add(P.Copy(y[n - 1], send))
+    def reduce_scatter(self, rows: Tensor, op: CollectiveOperator, prog: P.Sequence) -> Tensor:
+        """The (w,) fragment ``q`` of ``rows`` (n, w) reduced over the group, on rank ``q``."""
+        n, w = rows.shape
+        graph, name = self.ctx.graph, self.ctx.name
+        first = ops.dynamic_slice(graph, rows, self.counter(1, "first", prog), prog, size=1,
+                                  name=f"{name}/first").reshape(w)
         if n == 1:
-            return send
-        recv = self.var(y.dtype, (w,), "recv")
-        counter = self._counter(n - 2, prog)
-        body = P.Sequence()
-        body.add(self._send(send, recv))
-        own = ops.dynamic_slice(self.ctx.graph, y, counter, body, size=1, name=f"{self.ctx.name}/fragment")
-        _OP_INPLACE[op](self.ctx.graph, own.reshape(w), recv, body, name=f"{self.ctx.name}/reduce")
-        body.add(P.Copy(own.reshape(w), send))
-        ops.sub_(self.ctx.graph, counter, 1, body, name=f"{self.ctx.name}/next")
-        prog.add(P.Repeat(n - 1, body))
-        return send
+            return first
+        recv = self.var(rows.dtype, (w,), "recv")
+        counter = self.counter(2, "row", prog)
+
+        def step(send: Tensor, into: Tensor) -> P.Sequence:  # into = into op own row
+            seq = P.Sequence()
+            seq.add(self._send(send, into))
+            own = ops.dynamic_slice(graph, rows, counter, seq, size=1, name=f"{name}/fragment")
+            _OP_INPLACE[op](graph, into, own.reshape(w), seq, name=f"{name}/reduce")
+            self.advance(counter, seq)
+            return seq
+
+        return _alternating(n - 1, step(first, recv), step(recv, first), (recv, first), prog)
 
     def all_gather(self, own: Tensor, prog: P.Sequence) -> Tensor:
-        """Rotated ``z`` (n, w): ``z[j]`` is the fragment of the replica ``j`` places on."""
+        """(n, w) rows in rank order: every group member's (w,) ``own``."""
         (w,) = own.shape
-        n = self.n
+        graph, name, n = self.ctx.graph, self.ctx.name, self.n
         z = self.var(own.dtype, (n, w), "gathered")
-        prog.add(P.Copy(own, z[0]))
+        ops.dynamic_update(graph, z, own.reshape(1, w), self.counter(0, "rank", prog), prog,
+                           name=f"{name}/own")
         if n == 1:
             return z
-        send = self.var(own.dtype, (w,), "send")
-        recv = self.var(own.dtype, (w,), "recv")
-        prog.add(P.Copy(own, send))
-        counter = self._counter(n - 1, prog)
-        body = P.Sequence()
-        body.add(self._send(send, recv))
-        ops.dynamic_update(self.ctx.graph, z, recv.reshape(1, w), counter, body,
-                           name=f"{self.ctx.name}/store")
-        body.add(P.Copy(recv, send))
-        ops.sub_(self.ctx.graph, counter, 1, body, name=f"{self.ctx.name}/next")
-        prog.add(P.Repeat(n - 1, body))
+        buffers = (self.var(own.dtype, (w,), "send"), self.var(own.dtype, (w,), "recv"))
+        prog.add(P.Copy(own, buffers[0]))
+        counter = self.counter(1, "row", prog)
+
+        def step(send: Tensor, into: Tensor) -> P.Sequence:  # z[row] = what arrives; forwarded next
+            seq = P.Sequence()
+            seq.add(self._send(send, into))
+            ops.dynamic_update(graph, z, into.reshape(1, w), counter, seq, name=f"{name}/store")
+            self.advance(counter, seq)
+            return seq
+
+        _alternating(n - 1, step(*buffers), step(*buffers[::-1]), buffers, prog)
         return z
+
+
+def _alternating(steps: int, even: P.Sequence, odd: P.Sequence, results: tuple[Tensor, Tensor],
+                 prog: P.Sequence) -> Tensor:
+    """``steps`` ring steps as ``Repeat(steps // 2, [even, odd])`` (plus ``even`` once more for an
+    odd count): two buffers take turns sending and receiving, so nothing is copied between steps.
+    Returns the buffer the last step received into (``results`` = (even's, odd's))."""
+    prog.add(P.Repeat(steps // 2, P.Sequence([even, odd])))
+    if steps % 2:
+        prog.add(even)
+    return results[0] if steps % 2 else results[1]
