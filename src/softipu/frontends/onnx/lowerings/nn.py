@@ -1,0 +1,473 @@
+"""ONNX neural-network ops onto poplin/popnn-shaped ops: MatMul/Gemm, Conv, pooling, norms,
+softmax, reductions, arg/top-k, cumulative sums."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from softipu.dtypes import float32, int32
+from softipu.frontends.onnx.registry import register_onnx_lowering
+from softipu.graph.tensor import Tensor
+from softipu.ops import elementwise as ew
+from softipu.ops import indexing as ix
+from softipu.ops import nn
+from softipu.ops.conv import conv
+from softipu.ops.elementwise import E
+from softipu.ops.matmul import matmul
+from softipu.ops.reduce import ReduceOp, argmax, argmin, reduce
+
+
+def _map(ctx: Any, expr: Any, inputs: list[Tensor], suffix: str = "") -> Tensor:
+    return ew.map(ctx.graph, expr, inputs, ctx.prog, name=ctx.name + suffix)
+
+
+# -- matmul ------------------------------------------------------------------------------------------
+def _float_check(ctx: Any) -> str | None:
+    x = ctx.input(0)
+    return None if x.dtype.is_float else f"{x.dtype} operands: lowered for float data only"
+
+
+def _mm(ctx: Any, a: Tensor, b: Tensor, suffix: str = "") -> Tensor:
+    """numpy's ``a @ b`` (1-d operands, broadcast batch dims) as one planned (batched) matmul."""
+    squeeze_a, squeeze_b = a.ndim == 1, b.ndim == 1
+    a = a.reshape((1, a.shape[0])) if squeeze_a else a
+    b = b.reshape((b.shape[0], 1)) if squeeze_b else b
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    if b.ndim == 2 and a.ndim > 2:  # a shared weight: one (B*M, K) @ (K, N)
+        out = matmul(ctx.graph, a.reshape((-1, k)), b, ctx.prog, name=ctx.name + suffix)
+        out = out.reshape(batch + (m, n))
+    elif not batch:
+        out = matmul(ctx.graph, a, b, ctx.prog, name=ctx.name + suffix)
+    else:
+        nb = int(np.prod(batch, dtype=np.int64))
+        a3 = a.broadcast(batch + (m, k)).reshape((nb, m, k))
+        b3 = b.broadcast(batch + (k, n)).reshape((nb, k, n))
+        out = matmul(ctx.graph, a3, b3, ctx.prog, name=ctx.name + suffix).reshape(batch + (m, n))
+    if squeeze_a:
+        out = out.reshape(out.shape[:-2] + (n,))
+    if squeeze_b:
+        out = out.reshape(out.shape[:-1]) if not squeeze_a else out.reshape(out.shape[:-1])
+    return out
+
+
+@register_onnx_lowering("MatMul", check=_float_check)
+def _matmul(ctx: Any, node: Any) -> Tensor:
+    return _mm(ctx, ctx.input(0), ctx.input(1))
+
+
+@register_onnx_lowering("Gemm", check=_float_check)
+def _gemm(ctx: Any, node: Any) -> Tensor:
+    a, b = ctx.input(0), ctx.input(1)
+    a = a.transpose(1, 0) if int(ctx.attr("transA", 0)) else a
+    b = b.transpose(1, 0) if int(ctx.attr("transB", 0)) else b
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    product = _mm(ctx, a, b, "/matmul" if ctx.has(2) or alpha != 1 else "")
+    if not ctx.has(2) or beta == 0:
+        return product if alpha == 1 else _map(ctx, E.mul(E.input(0), alpha), [product])
+    c = ctx.input(2)
+    return _map(ctx, E.add(E.mul(E.input(0), alpha), E.mul(E.input(1), beta)), [product, c])
+
+
+# -- convolution and pooling --------------------------------------------------------------------------
+def _pads(ctx: Any, x_shape: tuple[int, ...], kernel: list[int], strides: list[int],
+          dilations: list[int]) -> list[tuple[int, int]]:
+    spatial = len(kernel)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for i in range(spatial):
+            size = x_shape[2 + i]
+            want = -(-size // strides[i])
+            total = max((want - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size, 0)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            out.append((lo, total - lo))
+        return out
+    if auto == "VALID":
+        return [(0, 0)] * spatial
+    pads = list(ctx.attr("pads", [0] * (2 * spatial)))
+    return [(int(pads[i]), int(pads[i + spatial])) for i in range(spatial)]
+
+
+def _pad_input(ctx: Any, x: Tensor, pads: list[tuple[int, int]], value: float = 0.0) -> tuple[Tensor, tuple]:
+    """Symmetric padding goes to the op; an asymmetric remainder is padded explicitly first."""
+    sym = tuple(min(lo, hi) for lo, hi in pads)
+    extra = [(0, 0), (0, 0)] + [(lo - s, hi - s) for (lo, hi), s in zip(pads, sym, strict=True)]
+    if any(a or b for a, b in extra):
+        x = ix.pad(ctx.graph, x, ctx.prog, pad_width=extra, mode="constant", value=value,
+                   name=f"{ctx.name}/pad")
+    return x, sym
+
+
+def _conv_check(ctx: Any) -> str | None:
+    w = ctx.shape(1)
+    if len(w) not in (3, 4):
+        return f"{len(w) - 2}-d convolution is not supported (1-d and 2-d are)"
+    return _float_check(ctx)
+
+
+@register_onnx_lowering("Conv", check=_conv_check)
+def _conv(ctx: Any, node: Any) -> Tensor:
+    x, w = ctx.input(0), ctx.input(1)
+    spatial = w.ndim - 2
+    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+    strides = list(ctx.attr("strides", [1] * spatial))
+    dil = list(ctx.attr("dilations", [1] * spatial))
+    x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
+    out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, stride=tuple(strides), padding=pads,
+               dilation=tuple(dil), groups=int(ctx.attr("group", 1)),
+               name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
+    if not ctx.has(2):
+        return out
+    bias = ctx.input(2)
+    return _map(ctx, E.add(E.input(0), E.input(1)), [out, bias.reshape((bias.shape[0],) + (1,) * spatial)])
+
+
+def _pool_check(ctx: Any) -> str | None:
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        return "the Indices output of MaxPool is not supported"
+    if int(ctx.attr("storage_order", 0)):
+        return "storage_order=1 is not supported"
+    return None
+
+
+def _pool_geometry(ctx: Any, x: Tensor) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
+    kernel = list(ctx.attr("kernel_shape"))
+    spatial = len(kernel)
+    strides = list(ctx.attr("strides", [1] * spatial))
+    dil = list(ctx.attr("dilations", [1] * spatial))
+    return kernel, strides, dil, _pads(ctx, x.shape, kernel, strides, dil)
+
+
+def _native_pool(ctx: Any, x: Tensor, kind: str, kernel: list[int], strides: list[int], dil: list[int],
+                 pads: list[tuple[int, int]]) -> Tensor | None:
+    """popnn's pooling where it applies (1-/2-d floats, symmetric pads within half the kernel)."""
+    if x.ndim not in (3, 4) or not x.dtype.is_float or any(d != 1 for d in dil) or \
+            int(ctx.attr("ceil_mode", 0)):
+        return None
+    if any(lo != hi or 2 * lo > k for (lo, hi), k in zip(pads, kernel, strict=True)):
+        return None
+    one_d = x.ndim == 3
+    x4 = x.reshape(x.shape[:2] + (1, x.shape[2])) if one_d else x
+    k4, s4 = tuple([1] * one_d + kernel), tuple([1] * one_d + strides)
+    p4 = tuple([0] * one_d + [lo for lo, _ in pads])
+    if kind == "max":
+        out = nn.max_pool(ctx.graph, x4, ctx.prog, kernel=k4, stride=s4, padding=p4, name=ctx.name)
+    else:
+        out = nn.avg_pool(ctx.graph, x4, ctx.prog, kernel=k4, stride=s4, padding=p4,
+                          count_include_pad=bool(int(ctx.attr("count_include_pad", 0))), name=ctx.name)
+    return out.reshape(out.shape[:2] + (out.shape[3],)) if one_d else out
+
+
+def _window_pool(ctx: Any, x: Tensor, kind: str, kernel: list[int], strides: list[int], dil: list[int],
+                 pads: list[tuple[int, int]]) -> Tensor:
+    """Any pooling (N-d, dilated, ceil mode, asymmetric pads, integers): the windows of the padded
+    input as one indexed view (no data moves), reduced over the window by popops ``reduce``."""
+    ceil = int(ctx.attr("ceil_mode", 0))
+    outs, widths, axes_idx = [], [(0, 0), (0, 0)], []
+    for i, (k, s, d, (lo, hi)) in enumerate(zip(kernel, strides, dil, pads, strict=True)):
+        n = x.shape[2 + i]
+        span = n + lo + hi - d * (k - 1) - 1
+        o = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (o - 1) * s >= n + lo:
+            o -= 1
+        outs.append(o)
+        widths.append((lo, max(hi, (o - 1) * s + d * (k - 1) + 1 - n - lo)))
+        axes_idx.append(np.arange(o)[:, None] * s + np.arange(k)[None, :] * d)
+    if kind == "max":
+        fill = float("-inf") if x.dtype.is_float else int(np.iinfo(x.dtype.numpy).min)
+    else:
+        fill = 0
+    padded = ix.pad(ctx.graph, x, ctx.prog, pad_width=widths, mode="constant", value=fill,
+                    name=f"{ctx.name}/pad") \
+        if any(a or b for a, b in widths) else x
+    nd = len(kernel)
+    index: list[Any] = [slice(None), slice(None)]
+    for i, idx in enumerate(axes_idx):
+        shape = [1] * (2 * nd)
+        shape[i], shape[nd + i] = idx.shape
+        index.append(idx.reshape(shape))
+    addr = padded.addresses()[tuple(index)]
+    view = Tensor(padded.graph, padded.dtype, tuple(addr.shape), 0, (), addr)
+    view = view.reshape(x.shape[:2] + tuple(outs) + (int(np.prod(kernel)),))
+    op = ReduceOp.MAX if kind == "max" else ReduceOp.ADD
+    out = reduce(ctx.graph, view, ctx.prog, dims=[view.ndim - 1], op=op, name=f"{ctx.name}/{kind}")
+    if kind in ("max", "sum"):
+        return out
+    include = bool(int(ctx.attr("count_include_pad", 0)))
+    count = np.ones((), np.float64)
+    for i, idx in enumerate(axes_idx):
+        n, (lo, hi) = x.shape[2 + i], pads[i]
+        ok = (idx < n + lo + hi) if include else ((idx >= lo) & (idx < lo + n))
+        count = np.multiply.outer(count, ok.sum(axis=1)) if count.ndim else ok.sum(axis=1).astype(np.float64)
+    inv = ctx.constant((1.0 / np.maximum(count, 1)).astype(np.float32), float32, "count")
+    return _map(ctx, E.mul(E.input(0), E.input(1)), [out, inv])
+
+
+def _pool(kind: str) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        x = ctx.input(0)
+        kernel, strides, dil, pads = _pool_geometry(ctx, x)
+        out = _native_pool(ctx, x, kind, kernel, strides, dil, pads)
+        return out if out is not None else _window_pool(ctx, x, kind, kernel, strides, dil, pads)
+    return lower
+
+
+@register_onnx_lowering("LpPool")
+def _lp_pool(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    p = float(ctx.attr("p", 2))
+    kernel, strides, dil, pads = _pool_geometry(ctx, x)
+    powered = _map(ctx, E.pow(E.abs(E.input(0)), p), [x], "/pow")
+    total = _window_pool(ctx, powered, "sum", kernel, strides, dil, pads)
+    return _map(ctx, E.pow(E.input(0), 1.0 / p), [total])
+
+
+register_onnx_lowering("MaxPool", _pool("max"), check=_pool_check)
+register_onnx_lowering("AveragePool", _pool("avg"), check=_pool_check)
+
+
+def _global(op: ReduceOp, mean: bool) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        x = ctx.input(0)
+        dims = list(range(2, x.ndim))
+        out = reduce(ctx.graph, x, ctx.prog, dims=dims, op=op, name=ctx.name, options={"keepdims": True})
+        if mean:
+            out = _map(ctx, E.div(E.input(0), float(np.prod(x.shape[2:]))), [out], "/mean")
+        return out
+    return lower
+
+
+register_onnx_lowering("GlobalAveragePool", _global(ReduceOp.ADD, True))
+register_onnx_lowering("GlobalMaxPool", _global(ReduceOp.MAX, False))
+
+
+# -- normalisation -------------------------------------------------------------------------------------
+@register_onnx_lowering("BatchNormalization", check=_float_check)
+def _batch_norm(ctx: Any, node: Any) -> Tensor:
+    if int(ctx.attr("training_mode", 0)):
+        raise ValueError("training_mode=1 is not supported by the inference lowering")
+    x, scale, bias, mean, var = (ctx.input(i) for i in range(5))
+    x3 = x.reshape(x.shape[:2] + (-1,)) if x.ndim != 3 else x
+    if x.ndim == 2:
+        x3 = x.reshape(x.shape + (1,))
+    out = nn.batch_norm(ctx.graph, x3, scale, bias, mean, var, ctx.prog, eps=float(ctx.attr("epsilon", 1e-5)),
+                        name=ctx.name)
+    return out.reshape(x.shape)
+
+
+@register_onnx_lowering("InstanceNormalization", check=_float_check)
+def _instance_norm(ctx: Any, node: Any) -> Tensor:
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    c = x.shape[1]
+    out, _, _ = nn.group_norm(ctx.graph, x.reshape(x.shape[:2] + (-1,)), scale, bias, ctx.prog, num_groups=c,
+                              eps=float(ctx.attr("epsilon", 1e-5)), name=ctx.name)
+    return out.reshape(x.shape)
+
+
+@register_onnx_lowering("LayerNormalization", check=_float_check)
+def _layer_norm(ctx: Any, node: Any) -> tuple:
+    x = ctx.input(0)
+    a = int(ctx.attr("axis", -1)) % x.ndim
+    shape = x.shape[a:]
+    lead = x.shape[:a]
+    flat = x.reshape(lead + (int(np.prod(shape, dtype=np.int64)),))
+    w = ctx.input(1).broadcast(shape).reshape(-1) if ctx.has(1) else None
+    b = ctx.input(2).broadcast(shape).reshape(-1) if ctx.has(2) else None
+    out, mean, inv = nn.layer_norm(ctx.graph, flat, w, b, ctx.prog, eps=float(ctx.attr("epsilon", 1e-5)),
+                                   name=ctx.name)
+    stat_shape = lead + (1,) * len(shape)
+    return out.reshape(x.shape), mean.reshape(stat_shape), inv.reshape(stat_shape)
+
+
+@register_onnx_lowering("GroupNormalization", check=_float_check)
+def _group_norm(ctx: Any, node: Any) -> Tensor:
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    g = int(ctx.attr("num_groups"))
+    c = x.shape[1]
+    if scale.shape[0] == g and g != c:  # opset 18: per-group scale
+        scale = scale.reshape((g, 1)).broadcast((g, c // g)).reshape(-1)
+        bias = bias.reshape((g, 1)).broadcast((g, c // g)).reshape(-1)
+    out, _, _ = nn.group_norm(ctx.graph, x.reshape(x.shape[:2] + (-1,)), scale, bias, ctx.prog, num_groups=g,
+                              eps=float(ctx.attr("epsilon", 1e-5)), name=ctx.name)
+    return out.reshape(x.shape)
+
+
+def _softmax(log: bool) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        x = ctx.input(0)
+        fn = nn.log_softmax if log else nn.softmax
+        a = int(ctx.attr("axis", -1 if ctx.opset.get("", 13) >= 13 else 1)) % max(x.ndim, 1)
+        if ctx.opset.get("", 13) < 13:  # softmax over the flattened trailing dims
+            lead = int(np.prod(x.shape[:a], dtype=np.int64))
+            return fn(ctx.graph, x.reshape((lead, -1)), ctx.prog, dim=1, name=ctx.name).reshape(x.shape)
+        return fn(ctx.graph, x, ctx.prog, dim=a, name=ctx.name)
+    return lower
+
+
+register_onnx_lowering("Softmax", _softmax(False), check=_float_check)
+register_onnx_lowering("LogSoftmax", _softmax(True), check=_float_check)
+
+
+@register_onnx_lowering("LpNormalization", check=_float_check)
+def _lp_norm(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    a = int(ctx.attr("axis", -1)) % x.ndim
+    p = int(ctx.attr("p", 2))
+    op = ReduceOp.SQUARE_ADD if p == 2 else ReduceOp.ADD
+    src = x if p == 2 else _map(ctx, E.abs(E.input(0)), [x], "/abs")
+    norm = reduce(ctx.graph, src, ctx.prog, dims=[a], op=op, name=f"{ctx.name}/norm",
+                  options={"keepdims": True})
+    expr = E.div(E.input(0), E.sqrt(E.input(1)) if p == 2 else E.input(1))
+    return _map(ctx, expr, [x, norm])
+
+
+@register_onnx_lowering("MeanVarianceNormalization", check=_float_check)
+def _mvn(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    axes = [int(a) % x.ndim for a in ctx.attr("axes", [0, 2, 3])]
+    n = float(np.prod([x.shape[a] for a in axes]))
+    opts = {"keepdims": True}
+    mean = _map(ctx, E.div(E.input(0), n), [reduce(ctx.graph, x, ctx.prog, dims=axes, name=f"{ctx.name}/sum",
+                                                   options=opts)], "/mean")
+    centered = _map(ctx, E.sub(E.input(0), E.input(1)), [x, mean], "/centered")
+    var = reduce(ctx.graph, centered, ctx.prog, dims=axes, op=ReduceOp.SQUARE_ADD, name=f"{ctx.name}/var",
+                 options=opts)
+    return _map(ctx, E.div(E.input(0), E.add(E.sqrt(E.div(E.input(1), n)), 1e-9)), [centered, var])
+
+
+# -- reductions ----------------------------------------------------------------------------------------
+def _reduce_axes(ctx: Any, x: Tensor) -> list[int] | None:
+    if ctx.has(1):
+        axes = [int(a) for a in np.asarray(ctx.static(1, "axes")).reshape(-1)]
+    else:
+        axes = ctx.attr("axes")
+        axes = None if axes is None else [int(a) for a in axes]
+    if not axes:
+        return [] if int(ctx.attr("noop_with_empty_axes", 0)) else list(range(x.ndim))
+    return sorted(a % max(x.ndim, 1) for a in axes)
+
+
+_REDUCE = {
+    "ReduceSum": (ReduceOp.ADD, None, None), "ReduceMean": (ReduceOp.ADD, None, "mean"),
+    "ReduceMax": (ReduceOp.MAX, None, None), "ReduceMin": (ReduceOp.MIN, None, None),
+    "ReduceProd": (ReduceOp.MUL, None, None), "ReduceSumSquare": (ReduceOp.SQUARE_ADD, None, None),
+    "ReduceL1": (ReduceOp.ADD, E.abs, None), "ReduceL2": (ReduceOp.SQUARE_ADD, None, E.sqrt),
+    "ReduceLogSum": (ReduceOp.ADD, None, E.log), "ReduceLogSumExp": (ReduceOp.ADD, E.exp, E.log),
+}
+
+
+def _reduction(op: ReduceOp, pre: Any, post: Any) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        x = ctx.input(0)
+        axes = _reduce_axes(ctx, x)
+        keep = bool(int(ctx.attr("keepdims", 1)))
+        if not axes:
+            return ctx.copy(x) if pre is None else _map(ctx, pre(E.input(0)), [x])
+        if op is ReduceOp.ADD and post is E.log and pre is E.exp and x.dtype.is_float:  # stable
+            m = reduce(ctx.graph, x, ctx.prog, dims=axes, op=ReduceOp.MAX, name=f"{ctx.name}/max",
+                       options={"keepdims": True})
+            m = _map(ctx, E.select(E.is_finite(E.input(0)), E.input(0), 0.0), [m], "/safe")
+            e = _map(ctx, E.exp(E.sub(E.input(0), E.input(1))), [x, m], "/exp")
+            s = reduce(ctx.graph, e, ctx.prog, dims=axes, name=f"{ctx.name}/sum", options={"keepdims": keep})
+            mk = m if keep else m.reshape(s.shape)
+            return _map(ctx, E.add(E.log(E.input(0)), E.input(1)), [s, mk])
+        src = x if pre is None else _map(ctx, pre(E.input(0)), [x], "/pre")
+        out = reduce(ctx.graph, src, ctx.prog, dims=axes, op=op,
+                     name=ctx.name if post is None else f"{ctx.name}/r",
+                     options={"keepdims": keep})
+        if post == "mean":
+            n = float(np.prod([x.shape[a] for a in axes]))
+            return _map(ctx, E.div(E.input(0), n) if x.dtype.is_float else
+                        E.cast(E.trunc(E.div(E.cast(E.input(0), float32), n)), x.dtype), [out], "/mean")
+        return out if post is None else _map(ctx, post(E.input(0)), [out], "/post")
+    return lower
+
+
+for _name, (_op, _pre, _post) in _REDUCE.items():
+    register_onnx_lowering(_name, _reduction(_op, _pre, _post), static=(1,))
+
+
+def _arg(fn: Any, flip_op: str) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        x = ctx.input(0)
+        a = int(ctx.attr("axis", 0)) % x.ndim
+        keep = bool(int(ctx.attr("keepdims", 1)))
+        last = bool(int(ctx.attr("select_last_index", 0)))
+        src = x.reverse(a) if last else x
+        out = fn(ctx.graph, src, ctx.prog, dim=a, name=ctx.name, options={"keepdims": keep})
+        if last:
+            out = _map(ctx, E.sub(x.shape[a] - 1, E.input(0)), [out], "/last")
+        return out
+    return lower
+
+
+register_onnx_lowering("ArgMax", _arg(argmax, "max"))
+register_onnx_lowering("ArgMin", _arg(argmin, "min"))
+
+
+@register_onnx_lowering("TopK", static=(1,))
+def _top_k(ctx: Any, node: Any) -> tuple:
+    x = ctx.input(0)
+    k = int(np.asarray(ctx.static(1, "K")).reshape(-1)[0]) if ctx.has(1) else int(ctx.attr("k"))
+    a = int(ctx.attr("axis", -1)) % x.ndim
+    largest = int(ctx.attr("largest", 1))
+    if not largest:
+        vals, idx = ix.sort_with_indices(ctx.graph, x, ctx.prog, axis=a, name=ctx.name)
+        key = (slice(None),) * a + (slice(0, k),)
+        return vals[key], idx[key]
+    vals, idx = ix.top_k(ctx.graph, x, ctx.prog, k=k, axis=a, name=ctx.name)
+    return vals, idx
+
+
+@register_onnx_lowering("CumSum", static=(1,))
+def _cumsum(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    a = int(np.asarray(ctx.static(1, "axis")).reshape(-1)[0]) % x.ndim
+    rev, excl = int(ctx.attr("reverse", 0)), int(ctx.attr("exclusive", 0))
+    src = x.reverse(a) if rev else x
+    out = ix.cumsum(ctx.graph, src, ctx.prog, axis=a, name=ctx.name)
+    if excl:
+        out = _map(ctx, E.sub(E.input(0), E.input(1)), [out, src], "/exclusive")
+    return out.reverse(a) if rev else out
+
+
+@register_onnx_lowering("Hardmax")
+def _hardmax(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    a = int(ctx.attr("axis", -1)) % x.ndim
+    if ctx.opset.get("", 13) < 13:
+        lead = int(np.prod(x.shape[:a], dtype=np.int64))
+        x2, a2 = x.reshape((lead, -1)), 1
+    else:
+        x2, a2 = x, a
+    idx = argmax(ctx.graph, x2, ctx.prog, dim=a2, name=f"{ctx.name}/argmax", options={"keepdims": True})
+    iota = np.arange(x2.shape[a2]).reshape((-1,) + (1,) * (x2.ndim - 1 - a2))
+    ids = ctx.constant(iota.astype(np.int32), int32, "iota")
+    out = _map(ctx, E.cast(E.eq(E.input(0), E.input(1)), x.dtype), [idx, ids])
+    return out.reshape(x.shape)
+
+
+@register_onnx_lowering("LRN", check=_float_check)
+def _lrn(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    size = int(ctx.attr("size"))
+    alpha, beta = float(ctx.attr("alpha", 1e-4)), float(ctx.attr("beta", 0.75))
+    bias = float(ctx.attr("bias", 1.0))
+    sq = _map(ctx, E.square(E.input(0)), [x], "/square")
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = ix.pad(ctx.graph, sq, ctx.prog, pad_width=[(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2),
+                    name=f"{ctx.name}/pad")
+    c = x.shape[1]
+    windows = [padded[:, i:i + c] for i in range(size)]
+    total = _map(ctx, _sum_inputs(size), windows, "/window")
+    return _map(ctx, E.div(E.input(0), E.pow(E.add(bias, E.mul(alpha / size, E.input(1))), beta)), [x, total])
+
+
+def _sum_inputs(n: int) -> Any:
+    expr = E.input(0)
+    for i in range(1, n):
+        expr = E.add(expr, E.input(i))
+    return expr if n > 1 else E.add(expr, 0.0)
