@@ -43,6 +43,8 @@ ALLOWED: dict[str, frozenset[str]] = {
                          "profile"},
     "torch": BASE | {"frontends"},  # softipu.torch and softipu.poptorch only re-export
     "poptorch": BASE | {"frontends"},
+    "onnx": BASE | {"frontends"},  # softipu.onnx and softipu.popart only re-export
+    "popart": BASE | {"frontends"},
     # The command line sits above everything (the package root included, for its version).
     "cli": BASE | {"cli", "softipu", "profile", "frontends", "engine", "compiler", "graph"},
     "__main__": BASE | {"cli"},
