@@ -20,6 +20,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 from softipu.ops import indexing as ix
 from softipu.ops.elementwise import E
+from softipu.ops.indexing.scatter_reduce import scatter_reduce
 
 __all__: list[str] = []
 
@@ -241,18 +242,67 @@ def _topk(ctx: Any, node: Any, x: Tensor, k: int, dim: int = -1, largest: bool =
     return ew.neg(g, values, prog, name=f"{ctx.name}/values"), index
 
 
-def _scatter_reduce_check(node: Any) -> str | None:
-    reduce = node.args[4] if len(node.args) > 4 else node.kwargs.get("reduce")
-    include_self = node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True)
-    if reduce != "sum" or not include_self:
-        return f"reduce={reduce!r}, include_self={include_self} (only 'sum' with include_self is supported)"
-    return None
+def _reduce_into(ctx: Any, x: Tensor, positions: Tensor, src: Any, reduce: str, include_self: bool) -> Tensor:
+    """``x`` with ``src`` reduced into its flat ``positions`` (``ops.indexing.scatter_reduce``)."""
+    dtype = ctx.out_dtype()
+    x = ctx.cast(x, dtype)
+    if not isinstance(src, Tensor):
+        src = ctx.constant(src, dtype, positions.shape, "value")
+    src = ctx.cast(src, dtype)
+    out = scatter_reduce(ctx.graph, x.reshape(-1), positions.reshape(-1), src.reshape(-1), ctx.prog,
+                         reduce=reduce, include_self=include_self, name=ctx.name)
+    return out.reshape(x.shape)
 
 
-@register_lowering("aten::scatter_reduce.two", check=_scatter_reduce_check)
+@register_lowering("aten::scatter_reduce.two")
 def _scatter_reduce(ctx: Any, node: Any, x: Tensor, dim: int, index: Tensor, src: Tensor, reduce: str,
                     *, include_self: bool = True) -> Tensor:
-    return _scatter_into(ctx, x, dim, index, src, add=True)
+    if index.numel == 0:
+        return ctx.cast(x, ctx.out_dtype())
+    src = src[tuple(slice(0, n) for n in index.shape)]  # torch reads src only where index is
+    return _reduce_into(ctx, x, _positions(ctx, x, dim, index), src, reduce, bool(include_self))
+
+
+_SCATTER_REDUCE = {"add": "sum", "multiply": "prod"}
+
+
+@register_lowering("aten::scatter.reduce")
+def _scatter_src_reduce(ctx: Any, node: Any, x: Tensor, dim: int, index: Tensor, src: Any, *,
+                        reduce: str) -> Tensor:
+    if index.numel == 0:
+        return ctx.cast(x, ctx.out_dtype())
+    if isinstance(src, Tensor):
+        src = src[tuple(slice(0, n) for n in index.shape)]
+    return _reduce_into(ctx, x, _positions(ctx, x, dim, index), src, _SCATTER_REDUCE[reduce], True)
+
+
+register_lowering("aten::scatter.value_reduce", _scatter_src_reduce)
+
+
+@register_lowering("aten::index_reduce")
+def _index_reduce(ctx: Any, node: Any, x: Tensor, dim: int, index: Tensor, source: Tensor, reduce: str,
+                  *, include_self: bool = True) -> Tensor:
+    """``x[..., index[i], ...] (reduce)= source[..., i, ...]`` along ``dim``."""
+    if index.numel == 0 or source.numel == 0:
+        return ctx.cast(x, ctx.out_dtype())
+    if x.ndim == 0:  # a 0-d x is a 1-element vector here
+        return _index_reduce(ctx, node, x.reshape((1,)), 0, index, source.reshape((1,)), reduce,
+                             include_self=include_self).reshape(())
+    axis = dim % x.ndim
+    shape = [1] * source.ndim
+    shape[axis] = index.numel
+    full = ctx.cast(index, int32).reshape(tuple(shape)).broadcast(source.shape)
+    return _reduce_into(ctx, x, _positions(ctx, x, dim, full), source, reduce, bool(include_self))
+
+
+@register_lowering("aten::put")
+def _put(ctx: Any, node: Any, x: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:
+    """``x.flatten()[index] = source`` (``accumulate``: ``+=``); negative indices wrap."""
+    if index.numel == 0:
+        return ctx.cast(x, ctx.out_dtype())
+    positions = ew.map(ctx.graph, _wrapped(E.input(0), max(x.numel, 1)), [ctx.cast(index, int32)], ctx.prog,
+                       name=f"{ctx.name}/positions")
+    return _reduce_into(ctx, x, positions, source, "sum" if accumulate else "assign", True)
 
 
 @register_lowering("aten::masked_scatter")
