@@ -32,7 +32,9 @@ def numpy_all_reduce(values: np.ndarray, out: np.ndarray) -> None:
 def build(replicas: int, n: int, method: C.Method):
     g = sp.Graph(sp.targets.GC200, replication_factor=replicas)
     x = g.add_variable(sp.float32, (n,), "x")
-    sp.ops.map_linearly(g, x)
+    # Laid out as GCL wants a collective's input: every tile holds the same columns of each of the
+    # replicas' fragments (a linear map puts each fragment on 1/R of the tiles).
+    C.map_by_columns(g, x.reshape(replicas, n // replicas))
     prog = P.Sequence()
     y = C.all_reduce(g, x, prog, options={"method": method})
     return g, prog, x, y

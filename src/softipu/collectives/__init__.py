@@ -31,10 +31,11 @@ from softipu.collectives.groups import (
     Method,
     auto_method,
 )
+from softipu.collectives.ring import map_by_columns
 
 __all__ = [
     "CollectiveError", "CollectiveOperator", "CommGroup", "CommGroupType", "Method", "all_gather",
     "all_gather_to_destination", "all_reduce", "all_reduce_in_place", "all_reduce_to_destination",
-    "all_to_all", "all_to_all_to_destination", "auto_method", "reduce_scatter",
+    "all_to_all", "all_to_all_to_destination", "auto_method", "map_by_columns", "reduce_scatter",
     "reduce_scatter_to_destination",
 ]

@@ -42,7 +42,7 @@ from softipu.collectives.groups import (
     Method,
     auto_method,
 )
-from softipu.collectives.ring import Ring
+from softipu.collectives.ring import Ring, map_by_columns
 from softipu.debug import at, caller_location
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
@@ -96,7 +96,7 @@ class _Call:
 
     def output(self, like: Tensor, shape: tuple[int, ...], suffix: str = "out") -> Tensor:
         out = self.ctx.graph.add_variable(like.dtype, shape, name=f"{self.ctx.name}/{suffix}")
-        map_linearly(self.ctx.graph, out)
+        map_by_columns(self.ctx.graph, out)
         return out
 
     def finish(self, parts: list[tuple[Tensor, int, int]], dst: Tensor, columns: int) -> Tensor:
@@ -162,7 +162,7 @@ def _fragments(call: _Call, t: Tensor) -> tuple[Tensor, int]:
     m = max(1, math.ceil(numel / n))
     if numel == n * m:
         return t.reshape(n, m), m
-    padded = call.output(t, (n * m,), "padded")
+    padded = call.output(t, (n, m), "padded").reshape(n * m)
     ops.zero(call.ctx.graph, padded, call.ctx.prog, name=f"{call.ctx.name}/pad")
     call.ctx.prog.add(P.Copy(t.flatten(), padded[:numel]))
     return padded.reshape(n, m), m

@@ -31,7 +31,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["Ring"]
+__all__ = ["Ring", "map_by_columns"]
 
 _OP_INPLACE = {
     CollectiveOperator.ADD: ops.add_, CollectiveOperator.MEAN: ops.add_,
@@ -39,6 +39,17 @@ _OP_INPLACE = {
     CollectiveOperator.MIN: ops.minimum_, CollectiveOperator.MAX: ops.maximum_,
     CollectiveOperator.LOGICAL_AND: ops.minimum_, CollectiveOperator.LOGICAL_OR: ops.maximum_,  # on bools
 }
+
+
+def map_by_columns(graph, t: Tensor) -> None:
+    """Map a (rows, w) ring buffer so that every tile holds the same columns of every row (a 1-D
+    one linearly): a fragment then spreads over all tiles, as GCL lays out its buffers, and a row
+    slice or update works on every tile instead of the few that hold one row."""
+    if t.ndim != 2:
+        map_linearly(graph, t)
+        return
+    grain = t.shape[0] * graph.target.vector_width(t.dtype.itemsize)
+    map_linearly(graph, t.transpose(), grain_size=grain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +74,7 @@ class Ring:
 
     def var(self, dtype, shape: tuple[int, ...], suffix: str) -> Tensor:
         t = self.ctx.graph.add_variable(dtype, shape, name=f"{self.ctx.name}/{suffix}")
-        map_linearly(self.ctx.graph, t)
+        map_by_columns(self.ctx.graph, t)
         return t
 
     def per_replica(self, values: list[int], suffix: str, prog: P.Sequence) -> Tensor:
