@@ -7,6 +7,7 @@ Where softipu.poptorch behaves as PopTorch and unlike ``softipu.torch``:
   ``softipu.torch`` returns the module's own dtypes.
 * Errors are ``poptorch.Error`` (a run that fails on the device: ``poptorch.RecoverableError``)
   as well as ``sp.SoftIPUError``.
+* A ``.half()`` model gets float32 inputs as float16 (PopTorch's default half casting).
 * ``compileAndExport`` writes one file (a zip archive of softipu's export directory).
 * ``getPerfCounters`` gives PopTorch's structure, from the modeled timeline of the last call.
 """
@@ -29,6 +30,7 @@ from torch.utils import _pytree as pytree
 from softipu.compiler.serialize import MANIFEST
 from softipu.errors import CodeletError, SoftIPUError
 from softipu.frontends.errors import FrontendError, PoptorchError, RecoverableError, as_poptorch_error
+from softipu.frontends.poptorch_enums import HalfFloatCastingBehavior
 from softipu.frontends.poptorch_ops import POST_COMPILE_HOOKS
 from softipu.frontends.poptorch_options import Options
 from softipu.frontends.torch.options import UnusedOptionWarning
@@ -45,6 +47,20 @@ def _as_32bit(out: Any) -> Any:
     def narrow(t: Any) -> Any:
         return t.to(_NARROW[t.dtype]) if isinstance(t, torch.Tensor) and t.dtype in _NARROW else t
     return pytree.tree_map(narrow, out)
+
+
+def _half_inputs(model: torch.nn.Module, options: Options, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A model converted with ``.half()`` (every float parameter and buffer float16) gets its
+    float32 inputs as float16, as PopTorch's default half casting (``FloatDowncastToHalf``) does;
+    ``Precision.halfFloatCasting(HalfUpcastToFloat)`` keeps them float32 (torch's promotion)."""
+    if options.stored.get("Precision.halfFloatCasting") == HalfFloatCastingBehavior.HalfUpcastToFloat:
+        return args, kwargs
+    floats = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if floats != {torch.float16}:
+        return args, kwargs
+    def cast(t: Any) -> Any:
+        return t.half() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
+    return pytree.tree_map(cast, (args, kwargs))
 
 
 def _poptorch_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -182,6 +198,7 @@ class PoplarExecutor:
             if self._impl._current is not None:
                 self._impl.copy_weights_to_device()
         before = self._impl.compile_seconds
+        args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
         out = _as_32bit(self._impl(*args, **kwargs))
         if self._impl.compile_seconds is not before:
             _run_hooks()
@@ -190,6 +207,7 @@ class PoplarExecutor:
     @_poptorch_errors
     def compile(self, *args: Any, **kwargs: Any) -> None:
         before = self._impl.compile_seconds
+        args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
         self._impl.compile(*args, **kwargs)
         if self._impl.compile_seconds is not before:
             _run_hooks()
@@ -205,6 +223,7 @@ class PoplarExecutor:
         if export_model:
             warnings.warn(_NO_MODEL_IN_EXPORT, UnusedOptionWarning, stacklevel=3)
         was = self.isCompiled()
+        args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
         _export_file(filename, lambda d: self._impl.export(d, *args, **kwargs))
         if not was:
             _run_hooks()
