@@ -65,6 +65,30 @@ def test_split_k_matmul_runs_fused_within_the_bound_of_the_reference(m, k, n, ba
     _check(got, ref, av, bv, k)
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(128, 512, 128), (30, 700, 50)])
+def test_half_matmul_reduced_to_half_runs_fused_within_the_bound_with_one_rounding(m, k, n):
+    """fp16 operands and output, fp32 partials: the fused product is rounded to fp16 once, as the
+    reduction rounds its sum, so it stays within the bound that counts the output's rounding."""
+    g = sp.Graph(TARGET)
+    a, b = g.add_variable(sp.float16, (m, k), name="a"), g.add_variable(sp.float16, (k, n), name="b")
+    for t in (a, b):
+        sp.ops.map_linearly(g, t)
+    prog = P.Sequence()
+    c = sp.ops.matmul(g, a, b, prog)
+    assert c.dtype is sp.float16
+    rng = np.random.default_rng(6)
+    av, bv = rng.standard_normal(a.shape).astype(np.float16), rng.standard_normal(b.shape).astype(np.float16)
+    eng, (got,) = _run(g, [prog], {a: av, b: bv}, [c], runs=2)
+    assert _fused(eng), "the matmul was not fused"
+    assert any(cs.groups[0].codelet.__name__.startswith("ReducePartials<float32,float16>")
+               for cs in eng.executable.compute_sets.values())  # a reduction wrote fp16
+    _, (ref,) = _run(g, [prog], {a: av, b: bv}, [c], reference=True)
+    terms = np.abs(av.astype(np.float64)) @ np.abs(bv.astype(np.float64))
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    assert np.all(diff <= contraction_bound(terms, k, out=np.float16))
+    np.testing.assert_allclose(got, av.astype(np.float64) @ bv, rtol=1e-2, atol=0.05)
+
+
 def test_the_first_shape_has_serial_and_split_k():
     p = plan_matmul(TARGET, F32, (128, 512), (512, 128))
     assert p.k_serial > 1 and p.k_split > 1

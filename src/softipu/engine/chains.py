@@ -19,8 +19,10 @@ evaluate a contraction in any order, deterministically and within
   where nothing reduces them) — or none, where the output blocks tile one row-major matrix and
   the GEMM writes straight into it (likewise an operand read in place where its blocks tile one).
 
-Only float32 results (float32 or float16 inputs): a float16 output is rounded by the reduction,
-and under stochastic rounding from the partials, which this does not write.
+Inputs float32 or float16, partials float32; the result float32, or float16 where a reduction
+writes it: the fused product is rounded to it once, from fp32, as the reduction rounds its sum
+(the written bound has the output's rounding: ``contraction_bound(..., out=float16)``). Not under
+stochastic rounding, which rounds from the partials this does not write.
 
 A chain is only taken when every check holds; else its compute sets run as usual. Checked: the
 compute sets are consecutive ``Execute`` nodes of one ``Sequence``, each run nowhere else; every
@@ -62,6 +64,9 @@ FUSE_MATMULS = True
 # 12 GFLOP/s in one thread against 36 for most shapes, varying with the operands' addresses).
 # Small products, where per-call overhead dominates (the demo encoder: 16 ms fused against
 # 29 ms), and large ones (2048^3: 1.13x numpy fused against 1.84x per group) stay fused.
+# fp32 operands only: per group, fp16 operands are converted to fp32 block by block on every
+# call (the small fp16 training step spent 14.4 s of 32.6 profiled in its matmuls per group
+# against 8.9 of 20.0 fused, same load), fused once into the GEMM's scratch.
 CHAIN_MAX_MACS = 1 << 25
 CHAIN_BIG_MACS = 1 << 31
 
@@ -131,7 +136,7 @@ class ChainRunner:
         if b is None:
             b = self.scratch.get("b", (ks, cols))
             copies_in += _copies(b, src, b_grid, k_at, n_at)
-        c = _direct(dst, out_grid, m_at, n_at, writeable=True)
+        c = _direct(dst, out_grid, m_at, n_at, writeable=True) if dst.dtype == np.float32 else None
         copies_out: list[tuple[np.ndarray, np.ndarray]] = []
         if c is None:
             c = self.scratch.get("c", (rows, cols))
@@ -360,7 +365,7 @@ def _codelet_kind(codelet: type) -> tuple[str, Any] | None:
         return None
     if set(fields) == {"partials", "out"}:
         part, out = fields["partials"].dtype, fields["out"].dtype
-        if part == float32 and out == float32 and codelet is reduce_codelet(part, out):
+        if part == float32 and out in (float16, float32) and codelet is reduce_codelet(part, out):
             return "reduce", out
     return None
 
@@ -442,7 +447,7 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     step, a0, abit, b0, bbit, o0, m, k, n = table.T
     if (m <= 0).any() or (k <= 0).any() or (n <= 0).any():
         return None
-    if CHAIN_MAX_MACS < int((m * k * n).sum()) < CHAIN_BIG_MACS:
+    if in_dtype == float32 and CHAIN_MAX_MACS < int((m * k * n).sum()) < CHAIN_BIG_MACS:
         return None  # checked before the banding, which is most of a chain's analysis
     first = step == 0
     p_start = o0[first]
@@ -469,21 +474,23 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     m_f = np.zeros(len(f_out), np.int64)
     m_f[f_of_p] = p_m
     bands = _bands(table, f_of_p[p_of], f_out, m_f)
-    if bands is None or _writes_operands(bands, in_dtype):
+    if bands is None:
         return None
     first_group = executable.compute_sets[amp_ids[0]].groups[0]
     name = "', '".join(executable.compute_sets[n.compute_set.id].compute_set.name for n in nodes)
-    out_dtype = float32
+    out_dtype = _kind(executable, nodes[-1].compute_set.id)[1] if has_reduce else float32
+    if _writes_operands(bands, in_dtype, out_dtype):
+        return None
     partials = [(int(s), int(s + mm * nn)) for s, mm, nn in zip(p_start, p_m, p_n, strict=True)] \
         if has_reduce else []
     return _Chain([nd.compute_set.id for nd in nodes], bands, in_dtype, out_dtype, partials, first_group,
                   name)
 
 
-def _writes_operands(bands: list[_Band], in_dtype: Any) -> bool:
+def _writes_operands(bands: list[_Band], in_dtype: Any, out_dtype: Any) -> bool:
     """Whether an output block meets an operand block (the fused chain reads every operand of a
     band before it writes, but writes one band before the next reads)."""
-    if in_dtype != float32:
+    if in_dtype != out_dtype:
         return False
     spans, blocks = [], []
     for band in bands:
