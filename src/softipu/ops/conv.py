@@ -41,13 +41,15 @@ from softipu.ops.matmul import (
     _grouped,
     _Operand,
     _options,
+    _plan,
     _PlanContext,
     _slab_variable,
+    _slab_view,
     _Spec,
 )
 from softipu.ops.planner import Plan
 
-__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "conv_output_shape"]
+__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "conv_output_shape", "create_conv_weights"]
 
 IntOrPair = int | Sequence[int]
 
@@ -134,6 +136,40 @@ def conv_weight_grad(graph: Graph, dy: Tensor, x: Tensor, prog: P.Sequence, *,
     out = _grouped(ctx, _Operand(dy_mat, np.arange(geo.groups)), im2col, spec, opts,
                    grains=(1, 1, geo.kh * geo.kw), allow_swap=False)
     return out.reshape(tuple(weight_shape))
+
+
+def create_conv_weights(graph: Graph, dtype: DType, input_shape: Sequence[int], weight_shape: Sequence[int],
+                        *, stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                        groups: int = 1, name: str = "",
+                        options: Mapping[str, Any] | None = None) -> Tensor:
+    """A new weights variable ``[O, C/groups, kh, kw]`` laid out and mapped as ``conv``'s plan for
+    these arguments wants it (poplin's ``createWeights``: the convolution then uses the weights in
+    place instead of re-laying them out on every call, poplibs include/poplin/Convolution.hpp)."""
+    ctx = _PlanContext("create_conv_weights")
+    geo = _Geometry.of(ctx, tuple(input_shape), tuple(weight_shape), dtype, dtype, stride, padding,
+                       dilation, groups)
+    opts = _options(ctx, options, dtype)
+    inner = geo.inner()
+    spec = _conv_spec(inner, dtype)
+    pl, _ = _plan(spec, opts, graph.target, _conv_grains(inner), allow_swap=False)
+    q = pl.problem
+    rows, cols = _Grid.of(q.k, pl.blocks[3]), _Grid.of(q.n, pl.blocks[2])
+    fake = OpContext(graph, P.Sequence(), "create_conv_weights", name or "create_conv_weights")
+    var, _ = _slab_variable(fake, pl, dtype, geo.groups, rows, cols, "b", np.arange(geo.groups),
+                            name=name or "create_conv_weights")
+    wmat = _slab_view(var, geo.groups, rows, cols)  # [G, Cg*kh*kw, Og]
+    return wmat.transpose(0, 2, 1).reshape(tuple(weight_shape))
+
+
+def _conv_spec(inner: _Inner, dtype: DType) -> _Spec:
+    return _Spec((inner.groups,), inner.m, inner.k, inner.og, dtype, (inner.groups,),
+                 (inner.groups,), (inner.groups, inner.m, inner.og), False, False)
+
+
+def _conv_grains(inner: _Inner) -> tuple[int, int, int]:
+    """The plan's grains: K blocks of whole kernels, except where the input is used in place."""
+    pointwise = (inner.kh, inner.kw, inner.sh, inner.sw) == (1, 1, 1, 1)
+    return (1, 1, 1) if pointwise else (1, inner.kh * inner.kw, 1)
 
 
 def conv_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], *,
@@ -310,11 +346,26 @@ def _weight_matrix(w: Tensor, groups: int) -> Tensor:
 def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
                  opts: dict[str, Any]) -> Tensor:
     """``[G, N*Ho*Wo, Og]`` = im2col(xp) . wmat, planned so K blocks hold whole kernels."""
-    spec = _Spec((inner.groups,), inner.m, inner.k, inner.og, xp.dtype, (inner.groups,),
-                 (inner.groups,), (inner.groups, inner.m, inner.og), False, False)
-    lhs = _Im2Col(xp, inner)
+    spec = _conv_spec(inner, xp.dtype)
     rhs = _Operand(wmat, np.arange(inner.groups))
-    return _grouped(ctx, lhs, rhs, spec, opts, grains=(1, inner.kh * inner.kw, 1), allow_swap=False)
+    grains = _conv_grains(inner)
+    direct = _pointwise_matrix(xp, inner)
+    lhs = _Im2Col(xp, inner) if direct is None else _Operand(direct, np.arange(inner.groups))
+    return _grouped(ctx, lhs, rhs, spec, opts, grains=grains, allow_swap=False)
+
+
+def _pointwise_matrix(xp: Tensor, inner: _Inner) -> Tensor | None:
+    """A 1x1, stride-1 convolution's im2col matrix ``[G, N*H*W, Cg]`` as a view of its input,
+    or None. Its im2col is the input itself: poplin runs a 1x1 convolution's AMP straight over
+    the input field (no window to gather), so no copy is made here either; the matmul uses the
+    view in place where its blocks are contiguous (an input stored channels innermost, as every
+    convolution's output is) or re-lays it out as any operand. (Materialised, each 1x1 layer
+    copied its whole input once more per step; host work grew with the batch.)"""
+    if (inner.kh, inner.kw, inner.sh, inner.sw) != (1, 1, 1, 1) or not xp.is_strided:
+        return None
+    n, c, h, w = xp.shape
+    view = xp.transpose(0, 2, 3, 1).reshape(n * h * w, inner.groups, inner.cg).transpose(1, 0, 2)
+    return view if view.is_strided else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,13 @@ from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
 from softipu.frontends.errors import FrontendError, LoweringError
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.passes import inference_passes
+from softipu.frontends.torch.passes import conv_weight_use, inference_passes
 from softipu.frontends.torch.registry import find_lowering
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
+from softipu.ops.conv import create_conv_weights
 from softipu.ops.indexing import create_slicable_table
 from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_rhs
@@ -266,6 +267,10 @@ def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, sh
     if len(shape) == 2 and node.users and all(u.target is embedding and u.args[0] is node
                                               and not _static_index(u.args[1]) for u in node.users):
         return create_slicable_table(graph, shape, dtype, name=name)
+    conv = conv_weight_use(node) if dtype.is_float else None
+    if conv is not None:  # poplin's createWeights (passes.conv_weight_use)
+        return create_conv_weights(graph, dtype, weight_shape=shape, name=name,
+                                   options=ctx.matmul_options(dtype), **conv)
     rows = _linear_rows(node) if len(shape) == 2 and dtype.is_float else None
     if rows is not None:
         n, k = shape

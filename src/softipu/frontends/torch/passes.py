@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FOLDED_SUFFIX", "Folded", "fold_batch_norms", "inference_passes"]
+__all__ = ["FOLDED_SUFFIX", "Folded", "conv_weight_use", "fold_batch_norms", "inference_passes"]
 
 logger = logging.getLogger("softipu.frontends.torch")
 
@@ -133,3 +133,26 @@ def inference_passes(ep: Any) -> tuple[Folded, list[str]]:
         logger.info("graph passes: %d rewrites (%s)", len(rewrites),
                     f"{len(rewrites)} batch norms folded into convolutions")
     return folded, rewrites
+
+
+def conv_weight_use(node: torch.fx.Node) -> dict[str, Any] | None:
+    """The ``create_conv_weights`` arguments for a weight placeholder whose only use is as the
+    weights of one (not transposed) convolution; else None. The lowering then lays the weights out
+    as the convolution's plan wants them, as poplin's ``createWeights`` does."""
+    users = list(node.users)
+    if len(users) != 1 or _op_name(users[0]) != _CONV:
+        return None
+    conv = users[0]
+    args = list(conv.args) + [None] * 9
+    x = args[0].meta.get("val") if isinstance(args[0], torch.fx.Node) else None
+    if args[1] is not node or args[6] or x is None or x.ndim not in (3, 4) \
+            or any(int(p) for p in args[7] or []):
+        return None
+    spatial = x.ndim - 2
+
+    def pair(v: Any) -> tuple[int, ...]:
+        v = [int(i) for i in v]
+        return tuple(v * spatial if len(v) == 1 else v)
+
+    return {"input_shape": tuple(int(d) for d in x.shape), "stride": pair(args[3]),
+            "padding": pair(args[4]), "dilation": pair(args[5]), "groups": int(args[8])}
