@@ -403,7 +403,7 @@ class _Lowerer:
         names = [n for n in node.input if n]
         if not names:
             return node.op_type in ("Constant", "ConstantOfShape")
-        if any(n not in self.host or n in self.dev for n in names):
+        if any(n not in self.host for n in names):
             return False
         return sum(self.host[n].size for n in names) <= FOLD_LIMIT
 

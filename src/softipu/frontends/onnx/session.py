@@ -76,16 +76,26 @@ def _node_arg(vi: onnx.ValueInfoProto) -> NodeArg:
     return NodeArg(vi.name, dims, _type_string(tt.elem_type))
 
 
+# Their outputs are known while compiling whatever their inputs hold (shapes are static).
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
 def static_inputs(model: onnx.ModelProto) -> set[str]:
-    """Graph inputs that feed an input a lowering needs while compiling (``static``)."""
+    """Graph inputs whose values a lowering needs while compiling: those feeding a ``static`` input
+    (a Reshape's shape...), directly or through default-domain nodes that fold on the host."""
     names = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
-    found = set()
+    need: set[str] = set()
     for node in model.graph.node:
         lowering = ONNX_LOWERINGS.get(onnx_op_name(node.domain, node.op_type))
         for i in lowering.static if lowering is not None else ():
-            if i < len(node.input) and node.input[i] in names:
-                found.add(node.input[i])
-    return found
+            if i < len(node.input) and node.input[i]:
+                need.add(node.input[i])
+    for node in reversed(model.graph.node):  # producers of needed values need their inputs too
+        if node.op_type in _SHAPE_ONLY or node.domain not in ("", "ai.onnx"):
+            continue
+        if any(out in need for out in node.output):
+            need.update(n for n in node.input if n)
+    return need & names
 
 
 class _Compiled:

@@ -65,6 +65,7 @@ _ACTIVATIONS = {
                                           E.sub(X, float(c.attr("bias", 0.0))), 0.0)),
     "Gelu": lambda c: E.gelu(X) if c.attr("approximate", "none") == "tanh" else E.gelu_erf(X),
     "IsInf": lambda c: _is_inf(c),
+    "Swish": lambda c: E.mul(X, E.sigmoid(E.mul(X, float(c.attr("alpha", 1.0))))),
 }
 for _name, _fn in _ACTIVATIONS.items():
     register_onnx_lowering(_name, _unary(_fn))

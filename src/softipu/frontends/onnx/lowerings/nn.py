@@ -471,3 +471,53 @@ def _sum_inputs(n: int) -> Any:
     for i in range(1, n):
         expr = E.add(expr, E.input(i))
     return expr if n > 1 else E.add(expr, 0.0)
+
+
+@register_onnx_lowering("RMSNormalization", check=_float_check)
+def _rms_norm(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    a = int(ctx.attr("axis", -1)) % x.ndim
+    axes = list(range(a, x.ndim))
+    n = float(np.prod(x.shape[a:]))
+    src = ctx.cast(x, float32)
+    ms = reduce(ctx.graph, src, ctx.prog, dims=axes, op=ReduceOp.SQUARE_ADD, name=f"{ctx.name}/sumsq",
+                options={"keepdims": True})
+    eps = float(ctx.attr("epsilon", 1e-5))
+    expr = E.cast(E.mul(E.mul(E.input(0), E.rsqrt(E.add(E.div(E.input(1), n), eps))), E.input(2)), x.dtype)
+    return _map(ctx, expr, [src, ms, ctx.cast(ctx.input(1), float32)])
+
+
+# -- losses -------------------------------------------------------------------------------------------
+def _class_loss(log_input: bool) -> Any:
+    def lower(ctx: Any, node: Any) -> Any:
+        x, labels = ctx.input(0), ctx.cast(ctx.input(1), int32)
+        c = x.shape[1]
+        logp = x if log_input else nn.log_softmax(ctx.graph, x, ctx.prog, dim=1, name=f"{ctx.name}/log_softmax")
+        lab = labels.reshape(labels.shape[:1] + (1,) + labels.shape[1:])
+        iota = ctx.constant(np.arange(c, dtype=np.int32).reshape((c,) + (1,) * (x.ndim - 2)), int32, "classes")
+        ignore = ctx.attr("ignore_index")
+        inputs = [logp, lab, iota]
+        hit = E.eq(E.input(1), E.input(2))
+        weight = E.cast(hit, x.dtype)
+        if ctx.has(2):
+            inputs.append(ctx.input(2).reshape((c,) + (1,) * (x.ndim - 2)))
+            weight = E.select(hit, E.input(3), E.cast(0, x.dtype))
+        if ignore is not None:
+            weight = E.select(E.eq(E.input(1), int(ignore)), E.cast(0, x.dtype), weight)
+        terms = _map(ctx, E.mul(E.neg(E.input(0)), weight), inputs, "/terms")
+        loss = reduce(ctx.graph, terms, ctx.prog, dims=[1], name=f"{ctx.name}/picked")
+        red = ctx.attr("reduction", "mean")
+        if red == "none":
+            out = loss
+        elif red == "sum":
+            out = reduce(ctx.graph, loss, ctx.prog, name=f"{ctx.name}/sum")
+        else:
+            wsum = reduce(ctx.graph, _map(ctx, weight, inputs, "/weights"), ctx.prog, name=f"{ctx.name}/wsum")
+            total = reduce(ctx.graph, loss, ctx.prog, name=f"{ctx.name}/sum")
+            out = _map(ctx, E.div(E.input(0), E.input(1)), [total, wsum], "/mean")
+        return (out, logp) if not log_input and len(node.output) > 1 else out
+    return lower
+
+
+register_onnx_lowering("SoftmaxCrossEntropyLoss", _class_loss(False), check=_float_check)
+register_onnx_lowering("NegativeLogLikelihoodLoss", _class_loss(True), check=_float_check)

@@ -292,10 +292,12 @@ def _pad(ctx: Any, node: Any) -> Tensor:
     key = tuple(slice(max(-lo, 0), x.shape[d] - max(-hi, 0)) for d, (lo, hi) in enumerate(widths))
     x = x[key]
     widths = [(max(lo, 0), max(hi, 0)) for lo, hi in widths]
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}[ctx.attr("mode",
-                                                                                                 "constant")]
+    mode = ctx.attr("mode", "constant")
     if not any(lo or hi for lo, hi in widths):
         return x
+    if mode != "constant":  # edge, reflect, wrap: every element is one of x's, an indexed view
+        index = np.ix_(*(np.pad(np.arange(n), w, mode=mode) for n, w in zip(x.shape, widths, strict=True)))
+        return _fancy(x, index)
     return ix.pad(ctx.graph, x, ctx.prog, pad_width=widths, mode=mode, value=value, name=ctx.name)
 
 
@@ -316,7 +318,8 @@ def _space_to_depth(ctx: Any, node: Any) -> Tensor:
     x = ctx.input(0)
     b = int(ctx.attr("blocksize"))
     n, c, h, w = x.shape
-    t = x.reshape((n, c, h // b, b, w // b, b)).transpose(0, 3, 5, 1, 2, 4)
+    perm = (0, 3, 5, 1, 2, 4) if ctx.attr("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+    t = x.reshape((n, c, h // b, b, w // b, b)).transpose(*perm)
     return t.reshape((n, c * b * b, h // b, w // b))
 
 
@@ -394,3 +397,37 @@ def _reverse_sequence(ctx: Any, node: Any) -> Tensor:
     n = np.asarray(lens)[grid[b]]
     grid[t] = np.where(grid[t] < n, n - 1 - grid[t], grid[t])
     return _fancy(x, tuple(grid))
+
+
+@register_onnx_lowering("CenterCropPad", static=(1,))
+def _center_crop_pad(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    want = _ints(ctx.static(1, "shape"))
+    axes = [_axis(a, x.ndim) for a in ctx.attr("axes", list(range(x.ndim)))]
+    key: list[Any] = [slice(None)] * x.ndim
+    widths = [(0, 0)] * x.ndim
+    for a, n in zip(axes, want, strict=True):
+        have = x.shape[a]
+        if n < have:
+            lo = (have - n) // 2
+            key[a] = slice(lo, lo + n)
+        elif n > have:
+            lo = (n - have) // 2
+            widths[a] = (lo, n - have - lo)
+    x = x[tuple(key)]
+    if not any(lo or hi for lo, hi in widths):
+        return x
+    return ix.pad(ctx.graph, x, ctx.prog, pad_width=widths, mode="constant", value=0, name=ctx.name)
+
+
+def _host_only(ctx: Any, node: Any) -> list[np.ndarray]:
+    """An op whose output depends only on compile-time values (a window of a given size): its
+    value is computed while compiling (onnx's reference implementation), a constant on the IPU."""
+    from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
+
+    feeds = {n: ctx.static(i) for i, n in enumerate(node.input) if n}
+    return list(ReferenceEvaluator(node, opsets=ctx.opset).run(None, feeds))
+
+
+for _name in ("HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix"):
+    register_onnx_lowering(_name, _host_only, static=(0, 1, 2, 3, 4))
