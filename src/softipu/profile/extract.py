@@ -28,7 +28,7 @@ TOP_VARIABLES = 200  # the largest variables, over all tiles
 TILE_TOP = 3  # the largest variables on each tile (floor-plan hover)
 PEAK_TOP = 20  # the largest variables live at the not-always-live peak
 MAX_NODES = 20_000  # program-tree nodes kept (the rest: "truncated")
-TILE_CYCLE_STEPS = 12  # compute steps with per-tile cycles, dearest first
+TILE_CYCLE_STEPS = 8  # compute steps with per-tile cycles, dearest first (each is priced again)
 
 
 def variables(exe: Executable) -> dict[str, Any]:

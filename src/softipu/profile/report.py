@@ -283,8 +283,9 @@ def _need(value: Any, kind: Any, where: str) -> None:
 
 def _ints(values: Any, where: str) -> None:
     _need(values, list, where)
-    for v in values:
-        _need(v, int, f"{where}[]")
+    if not all(type(v) is int for v in values):  # one pass (bool is not int here); then the culprit
+        for v in values:
+            _need(v, int, f"{where}[]")
 
 
 def _upgrade_v1(data: dict[str, Any]) -> None:
