@@ -14,7 +14,8 @@ from softipu.frontends.torch.lowerings import (
     scans,
     shape,
     special,
+    windows,
 )
 
 __all__ = ["backward", "composite", "control", "indexing", "linalg", "nn", "pointwise", "poptorch_ops",
-           "random", "reduce", "scans", "shape", "special"]
+           "random", "reduce", "scans", "shape", "special", "windows"]
