@@ -94,12 +94,16 @@ def test_all_reduce_reduce_scatter_and_all_gather_match_numpy(op, dtype, kind, s
             np.testing.assert_array_equal(eng.read_tensor(ag)[r], values[grp])
 
 
+# poplibs' interleaved ring of 4 ranks (one IPU per replica): evens up, odds back down.
+RING4 = (0, 2, 3, 1)
+
+
 def ring_sum(rows: np.ndarray, q: int, step: int) -> np.ndarray:
-    """Replica q's fragment as the ring adds it: from q + step around to q, left to right."""
-    n = rows.shape[0]
-    order = [(q + step * (i + 1)) % n for i in range(n)]
-    acc = rows[order[0]].copy()
-    for r in order[1:]:
+    """Rank q's fragment as the ring adds it: from the rank after q around to q, left to right."""
+    n, p = rows.shape[0], RING4.index(q)
+    ranks = [RING4[(p + step * (i + 1)) % n] for i in range(n)]
+    acc = rows[ranks[0]].copy()
+    for r in ranks[1:]:
         acc = acc + rows[r]
     return acc
 
@@ -171,7 +175,7 @@ def test_ring_structure_does_not_grow_with_the_replicas():
         prog = P.Sequence()
         C.all_reduce(g, x, prog, options={"method": Method.CLOCKWISE_RING})
         return sum(1 for _ in P.walk(prog))
-    assert nodes(2) == nodes(4) == nodes(8)
+    assert nodes(4) == nodes(8) == nodes(16)  # interleaved rings (flat ones skip the order look-up)
 
 
 def test_cross_replica_step_priced_by_the_link_model_over_the_ring_routes():
@@ -190,6 +194,24 @@ def test_cross_replica_step_priced_by_the_link_model_over_the_ring_routes():
                                                         cost.sync_cycles)
     assert step.sync_cycles == TARGET.global_sync_cycles(4) and step.inter_ipu_bytes == 4000
     assert step.exchange_cycles >= 4000 / TARGET.ipu_link_bytes_per_cycle / TARGET.ipu_links_per_ipu
+
+
+@pytest.mark.parametrize("replicas,method", [(4, "clockwise_ring"), (8, "anticlockwise_ring"),
+                                             (16, "clockwise_ring")])
+def test_functional_ring_costs_what_the_link_model_prices_for_the_whole_collective(replicas, method):
+    g = sp.Graph(TARGET, replication_factor=replicas)
+    x = g.add_variable(sp.float32, (replicas * 64,), "x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    C.all_reduce(g, x, prog, options={"method": method})
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    eng.run(0)
+    steps = eng.executable.steps
+    ring = sum(count * steps[i].cycles for i, count in enumerate(eng.log.step_counts)
+               if steps[i].op == "CrossReplicaCopy")
+    whole = links.collective_cost(systems.smallest_fabric(replicas, TARGET), "all_reduce", replicas * 64 * 4,
+                                  replicas, method=method, compute=False)
+    assert ring == whole.cycles and whole.num_steps == 2 * (replicas - 1)
 
 
 def test_auto_method_follows_poplibs_thresholds():

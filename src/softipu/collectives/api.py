@@ -49,6 +49,7 @@ from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
 from softipu.ops.mapping import map_linearly
+from softipu.target import links
 from softipu.target.systems import smallest_fabric
 
 __all__ = ["all_reduce", "all_reduce_in_place", "all_reduce_to_destination", "reduce_scatter",
@@ -74,11 +75,12 @@ class _Call:
         self.op = _operator(ctx, op, t, where)
         self.fault = _fault(where, opts["injectFault"], graph.replication_factor)
         method = _method(where, opts["method"])
-        if method is Method.AUTO:  # on the smallest IPU-Fabric holding the replicas
-            k = graph.target.num_ipus
-            system = smallest_fabric(graph.replication_factor * k, graph.target)
+        k = graph.target.num_ipus  # on the smallest IPU-Fabric holding the replicas:
+        system = smallest_fabric(graph.replication_factor * k, graph.target)
+        if method is Method.AUTO:
             method = auto_method(system, kind, t.numel * t.dtype.itemsize, self.groups.n, ipus_per_replica=k)
         self.method = method
+        self.order = links.ring_order(self.groups.n, links.ring_pattern(system, k))  # poplibs' ring
         self.where = where
 
     def error(self, message: str) -> CollectiveError:
@@ -91,7 +93,7 @@ class _Call:
                           self.method, [True, False])
         parts = min(len(directions), max(width, 1))
         cuts = [width * i // parts for i in range(parts + 1)]
-        return [(Ring(self.ctx, self.groups, directions[i], self.fault), cuts[i], cuts[i + 1])
+        return [(Ring(self.ctx, self.groups, directions[i], self.fault, self.order), cuts[i], cuts[i + 1])
                 for i in range(parts)]
 
     def output(self, like: Tensor, shape: tuple[int, ...], suffix: str = "out") -> Tensor:
@@ -178,7 +180,7 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
     for ring, c0, c1 in call.rings(m):
         piece = rows[:, c0:c1]
         if call.op is CollectiveOperator.LOCAL:
-            own = ops.dynamic_slice(graph, piece, ring.counter(0, "rank", prog), prog, size=1,
+            own = ops.dynamic_slice(graph, piece, ring.rows_at(0, "rank", prog), prog, size=1,
                                     name=f"{name}/local")
             parts.append((own.reshape(c1 - c0), c0, c1))
         else:

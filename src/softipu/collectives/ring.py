@@ -1,10 +1,14 @@
 """Ring algorithms as compute sets and cross-replica copies, their structure independent of the
 group size (a ``Repeat`` over ring steps, as GCL builds them).
 
-A replica of rank ``q`` sends to rank ``q + d`` (``d`` = +1 clockwise, -1 anticlockwise). Which
-fragment (row of the ``(n, w)`` data) a replica works on at a step is a per-replica counter: its
-first value comes from a table indexed by the replication index constant, and every step moves
-it on by ``-d`` (mod n), so every step is the same program on every replica:
+Ranks sit around a ring in poplibs' order for the system (``links.ring_order``: interleaved,
+``0, 2, 4, ..., 5, 3, 1``, with one IPU per replica; flat with several on a torus); below, ``q``
+stands for ring positions and fragment ``q`` for the fragment of the rank at position ``q``. A
+replica sends to the one ``d`` places on (+1 clockwise, -1 anticlockwise). Which fragment (row of
+the ``(n, w)`` data) a replica works on at a step is a per-replica position counter: its first
+value comes from a table indexed by the replication index constant, every step moves it on by
+``-d`` (mod n) and looks its rank up in the ring order, so every step is the same program on
+every replica:
 
 * reduce-scatter: ``send = x[q - d]``; then ``n - 1`` times: ``send`` goes to the next replica's
   ``recv``; ``recv = recv op x[c]`` with ``c = q - 2d, q - 3d, ...`` and the two buffers swap
@@ -60,17 +64,27 @@ class Ring:
     groups: Groups
     clockwise: bool
     fault: tuple[int, ...] | None
+    order: tuple[int, ...] = ()  # ring position -> rank (``links.ring_order``); () is 0..n-1
 
     @property
     def n(self) -> int:
         return self.groups.n
 
-    def offset(self, replica: int) -> int:
+    @property
+    def d(self) -> int:
+        return 1 if self.clockwise else -1
+
+    def rank_at(self, position: int) -> int:
+        return self.order[position % self.n] if self.order else position % self.n
+
+    def position(self, replica: int) -> int:
         rank = self.groups.rank(replica)
-        return rank if self.clockwise else self.n - 1 - rank
+        return self.order.index(rank) if self.order else rank
 
     def step_map(self) -> dict[int, int]:
-        return self.groups.shifted(1 if self.clockwise else -1)
+        """Each replica to its neighbour ``d`` places on around its group's ring."""
+        return {r: self.groups.member(r, self.rank_at(self.position(r) + self.d))
+                for r in range(self.groups.replicas)}
 
     def var(self, dtype, shape: tuple[int, ...], suffix: str) -> Tensor:
         t = self.ctx.graph.add_variable(dtype, shape, name=f"{self.ctx.name}/{suffix}")
@@ -104,17 +118,31 @@ class Ring:
         return ops.dynamic_slice(self.ctx.graph, z, self.per_replica(back, "unrotate", prog), prog,
                                  size=self.n, name=f"{self.ctx.name}/unrotate")
 
+    def rows_at(self, steps_on: int, suffix: str, prog: P.Sequence) -> Tensor:
+        """Per replica (position p), the rank at position ``p - steps_on * d``: a fragment row."""
+        values = [self.rank_at(self.position(r) - steps_on * self.d) for r in range(self.groups.replicas)]
+        return self.per_replica(values, suffix, prog)
+
     def counter(self, steps_on: int, suffix: str, prog: P.Sequence) -> Tensor:
-        """A per-replica row counter starting at ``q - steps_on * d`` (mod n)."""
-        d = 1 if self.clockwise else -1
-        first = [(self.groups.rank(r) - steps_on * d) % self.n for r in range(self.groups.replicas)]
+        """A per-replica ring position counter starting at ``p - steps_on * d`` (mod n)."""
+        first = [(self.position(r) - steps_on * self.d) % self.n for r in range(self.groups.replicas)]
         return self.per_replica(first, suffix, prog)
 
     def advance(self, counter: Tensor, body: P.Sequence) -> None:
-        """``counter = (counter - d) mod n``: the next step's row."""
-        d = 1 if self.clockwise else -1
-        ops.add_(self.ctx.graph, counter, (self.n - d) % self.n, body, name=f"{self.ctx.name}/next")
+        """``counter = (counter - d) mod n``: the next step's position."""
+        ops.add_(self.ctx.graph, counter, (self.n - self.d) % self.n, body, name=f"{self.ctx.name}/next")
         ops.remainder_(self.ctx.graph, counter, self.n, body, name=f"{self.ctx.name}/wrap")
+
+    def row_of(self, counter: Tensor, body: P.Sequence) -> Tensor:
+        """The fragment row (rank) at the counter's ring position: the counter itself on a flat
+        ring, else a look-up in the ring order."""
+        if not self.order or self.order == tuple(range(self.n)):
+            return counter
+        graph = self.ctx.graph
+        table = graph.add_constant(int32, (self.n,), np.array(self.order, np.int32),
+                                   name=f"{self.ctx.name}/ring_order")
+        graph.set_tile_mapping(table, 0)
+        return ops.dynamic_slice(graph, table, counter, body, size=1, name=f"{self.ctx.name}/row")
 
     def _send(self, send: Tensor, recv: Tensor) -> P.CrossReplicaCopy:
         return P.CrossReplicaCopy(send, recv, self.step_map(), self.fault)
@@ -123,7 +151,7 @@ class Ring:
         """The (w,) fragment ``q`` of ``rows`` (n, w) reduced over the group, on rank ``q``."""
         n, w = rows.shape
         graph, name = self.ctx.graph, self.ctx.name
-        first = ops.dynamic_slice(graph, rows, self.counter(1, "first", prog), prog, size=1,
+        first = ops.dynamic_slice(graph, rows, self.rows_at(1, "first", prog), prog, size=1,
                                   name=f"{name}/first").reshape(w)
         if n == 1:
             return first
@@ -133,7 +161,8 @@ class Ring:
         def step(send: Tensor, into: Tensor) -> P.Sequence:  # into = into op own row
             seq = P.Sequence()
             seq.add(self._send(send, into))
-            own = ops.dynamic_slice(graph, rows, counter, seq, size=1, name=f"{name}/fragment")
+            own = ops.dynamic_slice(graph, rows, self.row_of(counter, seq), seq, size=1,
+                                    name=f"{name}/fragment")
             _OP_INPLACE[op](graph, into, own.reshape(w), seq, name=f"{name}/reduce")
             self.advance(counter, seq)
             return seq
@@ -145,7 +174,7 @@ class Ring:
         (w,) = own.shape
         graph, name, n = self.ctx.graph, self.ctx.name, self.n
         z = self.var(own.dtype, (n, w), "gathered")
-        ops.dynamic_update(graph, z, own.reshape(1, w), self.counter(0, "rank", prog), prog,
+        ops.dynamic_update(graph, z, own.reshape(1, w), self.rows_at(0, "rank", prog), prog,
                            name=f"{name}/own")
         if n == 1:
             return z
@@ -156,7 +185,8 @@ class Ring:
         def step(send: Tensor, into: Tensor) -> P.Sequence:  # z[row] = what arrives; forwarded next
             seq = P.Sequence()
             seq.add(self._send(send, into))
-            ops.dynamic_update(graph, z, into.reshape(1, w), counter, seq, name=f"{name}/store")
+            ops.dynamic_update(graph, z, into.reshape(1, w), self.row_of(counter, seq), seq,
+                               name=f"{name}/store")
             self.advance(counter, seq)
             return seq
 
