@@ -426,16 +426,17 @@
     prog.functions.forEach(function (p) { fns[p[0]] = p[1]; });
     var box = el("div", {cls: "tree", id: "program-tree"});
     var budget = {n: 4000};
-    function label(n) {
+    function label(n, leaf) {
       var s = n.s >= 0 ? steps[n.s] : null;
-      var text = n.k + (n.n !== undefined ? " x" + n.n : "") + (n.f !== undefined ? " function " + n.f : "") +
-        (s ? "  " + s.name : (n.name ? "  " + n.name : ""));
+      var text = leaf && s ? s.name : n.k + (n.n !== undefined ? " x" + n.n : "") + (n.f !== undefined ? " function " + n.f : "") +
+        (s && n.k !== "repeat" ? ": " + s.name : (n.name ? ": " + n.name : ""));
       return [text, s ? "  " + fmt(s.cycles) + " cycles x " + fmt(s.count) + " runs" : ""];
     }
     function node(n, parent, depth) {
       if (budget.n-- <= 0) return;
-      var l = label(n), kids = n.c || [];
+      var kids = n.c || [];
       if (n.f !== undefined && fns[n.f] && depth < 12) kids = [fns[n.f]];
+      var l = label(n, !kids.length);
       if (!kids.length) {
         parent.appendChild(el("div", {cls: "leaf"}, [l[0], el("span", {cls: "cyc", text: l[1]})]));
         return;
@@ -446,7 +447,9 @@
       kids.forEach(function (k) { node(k, d, depth + 1); });
     }
     prog.programs.forEach(function (p, i) {
-      var d = el("details", {cls: "node", open: ""}, [el("summary", {text: "program " + i})]);
+      var ran = R.execution.runs.some(function (r) { return r.program === i; });
+      var d = el("details", {cls: "node"}, [el("summary", {text: "program " + i + (ran ? "" : " (not run)")})]);
+      d.open = i === prog.programs.length - 1;  // the last program is the model's step in frontends
       box.appendChild(d);
       node(p, d, 0);
     });

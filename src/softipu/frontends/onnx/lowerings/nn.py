@@ -422,16 +422,33 @@ def _top_k(ctx: Any, node: Any) -> tuple:
     return vals, idx
 
 
-@register_onnx_lowering("CumSum", static=(1,))
-def _cumsum(ctx: Any, node: Any) -> Tensor:
-    x = ctx.input(0)
-    a = int(np.asarray(ctx.static(1, "axis")).reshape(-1)[0]) % x.ndim
-    rev, excl = int(ctx.attr("reverse", 0)), int(ctx.attr("exclusive", 0))
-    src = x.reverse(a) if rev else x
-    out = ix.cumsum(ctx.graph, src, ctx.prog, axis=a, name=ctx.name)
-    if excl:
-        out = _map(ctx, E.sub(E.input(0), E.input(1)), [out, src], "/exclusive")
-    return out.reverse(a) if rev else out
+def _scan(fn: Any, identity: int) -> Any:
+    def lower(ctx: Any, node: Any) -> Tensor:
+        from softipu.graph.tensor import concat  # noqa: PLC0415
+
+        x = ctx.input(0)
+        a = int(np.asarray(ctx.static(1, "axis")).reshape(-1)[0]) % x.ndim
+        rev, excl = int(ctx.attr("reverse", 0)), int(ctx.attr("exclusive", 0))
+        src = x.reverse(a) if rev else x
+        out = fn(ctx.graph, src, ctx.prog, axis=a, name=ctx.name)
+        if excl:  # shifted by one along the axis, the identity first (a view and a constant)
+            shape = list(x.shape)
+            shape[a] = 1
+            first = ctx.constant(np.full(shape, identity, x.dtype.numpy), x.dtype, "identity")
+            key = (slice(None),) * a + (slice(0, x.shape[a] - 1),)
+            out = concat([first, out[key]], axis=a) if x.shape[a] > 1 else first
+        return out.reverse(a) if rev else out
+    return lower
+
+
+def _cumprod(graph: Any, x: Tensor, prog: Any, *, axis: int, name: str) -> Tensor:
+    from softipu.ops.indexing.scans import cumprod  # noqa: PLC0415
+
+    return cumprod(graph, x, prog, axis=axis, name=name)
+
+
+register_onnx_lowering("CumSum", _scan(ix.cumsum, 0), static=(1,))
+register_onnx_lowering("CumProd", _scan(_cumprod, 1), static=(1,))
 
 
 @register_onnx_lowering("Hardmax")
@@ -521,3 +538,62 @@ def _class_loss(log_input: bool) -> Any:
 
 register_onnx_lowering("SoftmaxCrossEntropyLoss", _class_loss(False), check=_float_check)
 register_onnx_lowering("NegativeLogLikelihoodLoss", _class_loss(True), check=_float_check)
+
+
+def _conv_transpose_pads(ctx: Any, x: Tensor, kernel: list[int], strides: list[int], dil: list[int],
+                         out_pad: list[int]) -> list[tuple[int, int]]:
+    spatial = len(kernel)
+    out_shape = ctx.attr("output_shape")
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if out_shape is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = list(ctx.attr("pads", [0] * (2 * spatial)))
+        return [(int(pads[i]), int(pads[i + spatial])) for i in range(spatial)]
+    want = list(out_shape)[-spatial:] if out_shape is not None else [n * s for n, s in
+                                                                     zip(x.shape[2:], strides, strict=True)]
+    out = []
+    for i in range(spatial):
+        total = strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dil[i] + 1 - want[i]
+        if total < 0:  # the output is longer than the convolution reaches: zeros at the end
+            out.append((0, total))
+        else:
+            out.append((total // 2, total - total // 2) if auto != "SAME_LOWER" else (total - total // 2, total // 2))
+    return out
+
+
+@register_onnx_lowering("ConvTranspose", check=_conv_check)
+def _conv_transpose(ctx: Any, node: Any) -> Tensor:
+    """A transposed convolution as poplin lowers one: the input with zeros inserted between its
+    elements (stride), padded by the kernel's reach, convolved with the flipped kernel."""
+    from softipu.graph import program as P  # noqa: PLC0415
+    from softipu.ops.indexing import zeros  # noqa: PLC0415
+
+    x, w = ctx.input(0), ctx.input(1)
+    spatial, g = w.ndim - 2, int(ctx.attr("group", 1))
+    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+    strides = list(ctx.attr("strides", [1] * spatial))
+    dil = list(ctx.attr("dilations", [1] * spatial))
+    out_pad = list(ctx.attr("output_padding", [0] * spatial))
+    pads = _conv_transpose_pads(ctx, x, kernel, strides, dil, out_pad)
+    if any(s > 1 for s in strides):
+        up_shape = x.shape[:2] + tuple((n - 1) * s + 1 for n, s in zip(x.shape[2:], strides, strict=True))
+        up = zeros(ctx.graph, ctx.prog, shape=up_shape, dtype=x.dtype, name=f"{ctx.name}/dilate")
+        ctx.prog.add(P.Copy(x, up[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]))
+        x = up
+    widths = [(0, 0), (0, 0)] + [(d * (k - 1) - lo, d * (k - 1) - hi + op) for k, d, (lo, hi), op in
+                                 zip(kernel, dil, pads, out_pad, strict=True)]
+    key = tuple(slice(max(-a, 0), x.shape[i] - max(-b, 0)) for i, (a, b) in enumerate(widths))
+    x = x[key]
+    widths = [(max(a, 0), max(b, 0)) for a, b in widths]
+    if any(a or b for a, b in widths):
+        x = ix.pad(ctx.graph, x, ctx.prog, pad_width=widths, mode="constant", value=0, name=f"{ctx.name}/pad")
+    c, mg = w.shape[0], w.shape[1]
+    wt = w.reshape((g, c // g, mg) + w.shape[2:]).transpose((0, 2, 1) + tuple(range(3, 3 + spatial)))
+    wt = wt.reshape((g * mg, c // g) + w.shape[2:])
+    for axis in range(2, 2 + spatial):
+        wt = wt.reverse(axis)
+    out = conv(ctx.graph, x, ctx.cast(wt, x.dtype), ctx.prog, stride=1, padding=0, dilation=tuple(dil), groups=g,
+               name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
+    if not ctx.has(2):
+        return out
+    bias = ctx.input(2)
+    return _map(ctx, E.add(E.input(0), E.input(1)), [out, bias.reshape((bias.shape[0],) + (1,) * spatial)])
