@@ -197,7 +197,7 @@ def test_cross_replica_step_priced_by_the_link_model_over_the_ring_routes():
 
 
 @pytest.mark.parametrize("replicas,method", [(4, "clockwise_ring"), (8, "anticlockwise_ring"),
-                                             (16, "clockwise_ring")])
+                                             (16, "clockwise_ring"), (8, "bidirectional_ring_pair")])
 def test_functional_ring_costs_what_the_link_model_prices_for_the_whole_collective(replicas, method):
     g = sp.Graph(TARGET, replication_factor=replicas)
     x = g.add_variable(sp.float32, (replicas * 64,), "x")

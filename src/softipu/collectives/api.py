@@ -10,10 +10,11 @@ Options (``options={...}``):
 
 * ``"method"`` — a :class:`Method` or its name (default ``AUTO``: poplibs' choice,
   :func:`auto_method`). Clockwise and anticlockwise rings run as such; the bidirectional ring
-  pair runs half the data each way (two rings, run one after the other here and priced so).
+  pair runs half the columns each way, both rings stepping together (one exchange a step).
   NOTE: meet-in-middle runs as the bidirectional ring pair and quad-directional as four rings
-  over quarters (two each way): the values are the same up to float summation order, which is
-  each ring's (see :mod:`softipu.collectives.ring`), and the price is that of the rings run.
+  over quarters (two each way, on the same ring rather than a mirrored one): the values are the
+  same up to float summation order, which is each ring's (see :mod:`softipu.collectives.ring`),
+  and the price is that of the rings run.
 * ``"injectFault"`` — ``("link", a, b)`` or ``("replica", r)``: the collective's cross-replica
   steps fail when they use that link or replica, raising ``LinkFailure`` (an ``EngineError``)
   at run time; nothing the collective writes for the user is touched.
@@ -43,6 +44,8 @@ from softipu.collectives.groups import (
     auto_method,
 )
 from softipu.collectives.ring import Ring, map_by_columns
+from softipu.collectives.ring import all_gather as ring_all_gather
+from softipu.collectives.ring import reduce_scatter as ring_reduce_scatter
 from softipu.debug import at, caller_location
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
@@ -176,23 +179,22 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
     graph, prog, name = call.ctx.graph, call.ctx.prog, call.ctx.name
     if call.op is CollectiveOperator.SQUARE_ADD:
         rows = ops.square(graph, rows, prog, name=f"{name}/square")
-    parts = []
-    for ring, c0, c1 in call.rings(m):
-        piece = rows[:, c0:c1]
-        if call.op is CollectiveOperator.LOCAL:
-            own = ops.dynamic_slice(graph, piece, ring.rows_at(0, "rank", prog), prog, size=1,
-                                    name=f"{name}/local")
-            parts.append((own.reshape(c1 - c0), c0, c1))
-        else:
-            parts.append((ring.reduce_scatter(piece, call.op, prog), c0, c1))
-    return parts, m
+    rings = call.rings(m)
+    pieces = [rows[:, c0:c1] for _, c0, c1 in rings]
+    if call.op is CollectiveOperator.LOCAL:
+        owns = [ops.dynamic_slice(graph, piece, ring.rows_at(0, "rank", prog), prog, size=1,
+                                  name=f"{name}/local").reshape(piece.shape[1])
+                for (ring, _, _), piece in zip(rings, pieces, strict=True)]
+    else:
+        owns = ring_reduce_scatter([ring for ring, _, _ in rings], pieces, call.op, prog)
+    return [(own, c0, c1) for own, (_, c0, c1) in zip(owns, rings, strict=True)], m
 
 
 def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]]) -> list[tuple[Tensor, int, int]]:
     """Per ring, the (n, w) gathered columns of every rank's (w,) part."""
-    rings = call.rings(sum(c1 - c0 for _, c0, c1 in parts))
-    return [(ring.all_gather(part, call.ctx.prog), c0, c1)
-            for (ring, _, _), (part, c0, c1) in zip(rings, parts, strict=True)]
+    rings = [ring for ring, _, _ in call.rings(sum(c1 - c0 for _, c0, c1 in parts))]
+    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog)
+    return [(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)]
 
 
 def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:

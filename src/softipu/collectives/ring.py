@@ -144,61 +144,77 @@ class Ring:
         graph.set_tile_mapping(table, 0)
         return ops.dynamic_slice(graph, table, counter, body, size=1, name=f"{self.ctx.name}/row")
 
-    def _send(self, send: Tensor, recv: Tensor) -> P.CrossReplicaCopy:
-        return P.CrossReplicaCopy(send, recv, self.step_map(), self.fault)
 
-    def reduce_scatter(self, rows: Tensor, op: CollectiveOperator, prog: P.Sequence) -> Tensor:
-        """The (w,) fragment ``q`` of ``rows`` (n, w) reduced over the group, on rank ``q``."""
-        n, w = rows.shape
-        graph, name = self.ctx.graph, self.ctx.name
-        first = ops.dynamic_slice(graph, rows, self.rows_at(1, "first", prog), prog, size=1,
-                                  name=f"{name}/first").reshape(w)
-        if n == 1:
-            return first
-        recv = self.var(rows.dtype, (w,), "recv")
-        counter = self.counter(2, "row", prog)
 
-        def step(send: Tensor, into: Tensor) -> P.Sequence:  # into = into op own row
-            seq = P.Sequence()
-            seq.add(self._send(send, into))
-            own = ops.dynamic_slice(graph, rows, self.row_of(counter, seq), seq, size=1,
+def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.CrossReplicaCopy:
+    """One exchange in which every ring sends its buffer to its neighbour (both directions of a
+    bidirectional pair at once: one step, priced as such)."""
+    transfers = [(s, r, ring.step_map()) for ring, s, r in zip(rings, sends, recvs, strict=True)]
+    (src, dst, first), rest = transfers[0], tuple(transfers[1:])
+    return P.CrossReplicaCopy(src, dst, first, rings[0].fault, rest)
+
+
+def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperator,
+                   prog: P.Sequence) -> list[Tensor]:
+    """Per ring, the (w,) fragment ``q`` of its piece (n, w) reduced over the group, on rank
+    ``q``; the rings step together."""
+    ring0 = rings[0]
+    graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
+    firsts = [ops.dynamic_slice(graph, rows, ring.rows_at(1, "first", prog), prog, size=1,
+                                name=f"{name}/first").reshape(rows.shape[1])
+              for ring, rows in zip(rings, pieces, strict=True)]
+    if n == 1:
+        return firsts
+    recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
+    counters = [ring.counter(2, "row", prog) for ring in rings]
+
+    def step(sends: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # into = into op own row
+        seq = P.Sequence([_exchange(rings, sends, intos)])
+        for ring, rows, into, counter in zip(rings, pieces, intos, counters, strict=True):
+            own = ops.dynamic_slice(graph, rows, ring.row_of(counter, seq), seq, size=1,
                                     name=f"{name}/fragment")
-            _OP_INPLACE[op](graph, into, own.reshape(w), seq, name=f"{name}/reduce")
-            self.advance(counter, seq)
-            return seq
+            _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
+            ring.advance(counter, seq)
+        return seq
 
-        return _alternating(n - 1, step(first, recv), step(recv, first), (recv, first), prog)
+    return _alternating(n - 1, step(firsts, recvs), step(recvs, firsts), (recvs, firsts), prog)
 
-    def all_gather(self, own: Tensor, prog: P.Sequence) -> Tensor:
-        """(n, w) rows in rank order: every group member's (w,) ``own``."""
-        (w,) = own.shape
-        graph, name, n = self.ctx.graph, self.ctx.name, self.n
-        z = self.var(own.dtype, (n, w), "gathered")
-        ops.dynamic_update(graph, z, own.reshape(1, w), self.rows_at(0, "rank", prog), prog,
+
+def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence) -> list[Tensor]:
+    """Per ring, (n, w) rows in rank order of every group member's (w,) ``own``; the rings step
+    together."""
+    ring0 = rings[0]
+    graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
+    zs = []
+    for ring, own in zip(rings, owns, strict=True):
+        z = ring.var(own.dtype, (n, own.shape[0]), "gathered")
+        ops.dynamic_update(graph, z, own.reshape(1, -1), ring.rows_at(0, "rank", prog), prog,
                            name=f"{name}/own")
-        if n == 1:
-            return z
-        buffers = (self.var(own.dtype, (w,), "send"), self.var(own.dtype, (w,), "recv"))
-        prog.add(P.Copy(own, buffers[0]))
-        counter = self.counter(1, "row", prog)
+        zs.append(z)
+    if n == 1:
+        return zs
+    sends = [ring.var(own.dtype, own.shape, "send") for ring, own in zip(rings, owns, strict=True)]
+    recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
+    for own, send in zip(owns, sends, strict=True):
+        prog.add(P.Copy(own, send))
+    counters = [ring.counter(1, "row", prog) for ring in rings]
 
-        def step(send: Tensor, into: Tensor) -> P.Sequence:  # z[row] = what arrives; forwarded next
-            seq = P.Sequence()
-            seq.add(self._send(send, into))
-            ops.dynamic_update(graph, z, into.reshape(1, w), self.row_of(counter, seq), seq,
+    def step(froms: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # z[row] = arrival, forwarded
+        seq = P.Sequence([_exchange(rings, froms, intos)])
+        for ring, z, into, counter in zip(rings, zs, intos, counters, strict=True):
+            ops.dynamic_update(graph, z, into.reshape(1, -1), ring.row_of(counter, seq), seq,
                                name=f"{name}/store")
-            self.advance(counter, seq)
-            return seq
+            ring.advance(counter, seq)
+        return seq
 
-        _alternating(n - 1, step(*buffers), step(*buffers[::-1]), buffers, prog)
-        return z
+    _alternating(n - 1, step(sends, recvs), step(recvs, sends), (recvs, sends), prog)
+    return zs
 
 
-def _alternating(steps: int, even: P.Sequence, odd: P.Sequence, results: tuple[Tensor, Tensor],
-                 prog: P.Sequence) -> Tensor:
+def _alternating(steps: int, even: P.Sequence, odd: P.Sequence, results: tuple, prog: P.Sequence):
     """``steps`` ring steps as ``Repeat(steps // 2, [even, odd])`` (plus ``even`` once more for an
     odd count): two buffers take turns sending and receiving, so nothing is copied between steps.
-    Returns the buffer the last step received into (``results`` = (even's, odd's))."""
+    Returns the buffers the last step received into (``results`` = (even's, odd's))."""
     prog.add(P.Repeat(steps // 2, P.Sequence([even, odd])))
     if steps % 2:
         prog.add(even)

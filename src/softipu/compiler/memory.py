@@ -231,7 +231,10 @@ class _Timeline:
         self._touch(point, [node.src], _READ)
         self._touch(point, [node.dst], _WRITE)
 
-    walk_cross_replica_copy = walk_copy  # collectives' maps cover every replica: a whole write
+    def walk_cross_replica_copy(self, node: P.CrossReplicaCopy) -> None:
+        point = self._point(node)  # collectives' maps cover every replica: a whole write
+        self._touch(point, [src for src, _, _ in node.transfers], _READ)
+        self._touch(point, [dst for _, dst, _ in node.transfers], _WRITE)
 
     def walk_remote_copy(self, node: P.RemoteCopy) -> None:
         point = self._point(node)

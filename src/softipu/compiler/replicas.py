@@ -29,7 +29,14 @@ __all__ = ["check_cross_replica_copy", "cross_replica_copy_cost", "price_cross_r
 def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str]:
     """Problems of one step: foreign tensors, dtype or shape mismatch, replicas out of range."""
     where = f"CrossReplicaCopy{at(node.location)}"
-    src, dst, r = node.src, node.dst, graph.replication_factor
+    problems: list[str] = []
+    for src, dst, replica_map in node.transfers:
+        problems += _transfer_problems(graph, where, src, dst, replica_map)
+    return problems
+
+
+def _transfer_problems(graph: Graph, where: str, src: Tensor, dst: Tensor, replica_map: dict) -> list[str]:
+    r = graph.replication_factor
     problems = [f"{where}: tensor {t.name} belongs to another graph"
                 for t in (src, dst) if t.graph is not graph]
     if src.dtype != dst.dtype:
@@ -38,7 +45,7 @@ def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str
     elif src.shape != dst.shape:
         problems.append(f"{where}: source {src.name} has shape {src.shape} but destination {dst.name} "
                         f"has {dst.shape}")
-    bad = sorted({k for pair in node.replica_map.items() for k in pair if not 0 <= k < r})
+    bad = sorted({k for pair in replica_map.items() for k in pair if not 0 <= k < r})
     if bad:
         problems.append(f"{where}: replicas {bad} do not exist (replication factor {r})")
     if dst.repeats_elements():
@@ -46,11 +53,12 @@ def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str
     return problems
 
 
-def cross_replica_copy_cost(target: Target, replicas: int, replica_map: dict[int, int],
+def cross_replica_copy_cost(target: Target, replicas: int, replica_maps: list[dict[int, int]],
                             num_bytes: int) -> links.StepCost:
-    """The link-level cost of one cross-replica step: every replica of the map sends ``num_bytes``."""
+    """The link-level cost of one cross-replica step: in every map, every replica that moves sends
+    ``num_bytes`` at the same time (the maps' flows share the links)."""
     k = target.num_ipus
-    moving = [(s, d) for s, d in replica_map.items() if s != d]
+    moving = [(s, d) for m in replica_maps for s, d in m.items() if s != d]
     pairs = [(s * k + j, d * k + j) for s, d in moving for j in range(k)]
     touched = {r for pair in moving for r in pair}
     system = systems.smallest_fabric(replicas * k, target)
@@ -58,11 +66,15 @@ def cross_replica_copy_cost(target: Target, replicas: int, replica_map: dict[int
 
 
 def price_cross_replica_copy(pricer, node: P.CrossReplicaCopy, index: int) -> Step:
-    """The step of one ``CrossReplicaCopy`` (``StepPricer`` calls it as its ``price_`` method)."""
-    num_bytes = node.src.numel * node.src.dtype.itemsize
-    cost = cross_replica_copy_cost(pricer.target, pricer.replication_factor, node.replica_map,
-                                   num_bytes)
-    sent = num_bytes * sum(1 for s, d in node.replica_map.items() if s != d)
+    """The step of one ``CrossReplicaCopy`` (``StepPricer`` calls it as its ``price_`` method);
+    transfers side by side are priced at the largest one's bytes on every flow (an upper bound
+    where they differ: a bidirectional ring's halves differ by at most a column)."""
+    transfers = node.transfers
+    num_bytes = max(src.numel * src.dtype.itemsize for src, _, _ in transfers)
+    maps = [m for _, _, m in transfers]
+    cost = cross_replica_copy_cost(pricer.target, pricer.replication_factor, maps, num_bytes)
+    sent = sum(src.numel * src.dtype.itemsize * sum(1 for s, d in m.items() if s != d)
+               for src, _, m in transfers)
     return Step(index, StepKind.COPY, f"CrossReplicaCopy {node.src.name} -> {node.dst.name}",
                 node.location, "CrossReplicaCopy",
                 exchange_cycles=cost.link_cycles + cost.latency_cycles, sync_cycles=cost.sync_cycles,

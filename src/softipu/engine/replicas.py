@@ -30,31 +30,37 @@ class LinkFailure(EngineError):
 
 def cross_replica_copy(storage: Storage, node: P.CrossReplicaCopy, *, by_address: bool = False) -> None:
     """Run one ``CrossReplicaCopy`` on ``storage``; ``by_address`` is the reference interpreter's way."""
-    _check_fault(node, storage.replicas)
-    pairs = [(s, d) for s, d in node.replica_map.items() if not (s == d and node.src is node.dst)]
-    if not pairs or node.src.numel == 0:
+    _check_fault(node, storage.replicas)  # before anything moves
+    for src, dst, replica_map in node.transfers:
+        _transfer(storage, src, dst, replica_map, by_address)
+
+
+def _transfer(storage: Storage, src_t: Tensor, dst_t: Tensor, replica_map: dict[int, int],
+              by_address: bool) -> None:
+    pairs = [(s, d) for s, d in replica_map.items() if not (s == d and src_t is dst_t)]
+    if not pairs or src_t.numel == 0:
         return
     srcs = np.fromiter((s for s, _ in pairs), np.int64, len(pairs))
     dsts = np.fromiter((d for _, d in pairs), np.int64, len(pairs))
     if by_address:
-        buf = storage.buffers[node.src.dtype]
-        src_at, dst_at = node.src.addresses().reshape(-1), node.dst.addresses().reshape(-1)
+        buf = storage.buffers[src_t.dtype]
+        src_at, dst_at = src_t.addresses().reshape(-1), dst_t.addresses().reshape(-1)
         # Fancy indexing reads every source first: overlapping src and dst behave as a real
         # exchange does (everything sent before anything lands).
         buf[dsts[:, None], dst_at[None, :]] = buf[srcs[:, None], src_at[None, :]]
         return
-    if node.src.index is None and node.dst.index is None:
-        src = storage.view(node.src, writeable=False, replica_axis=True)
-        dst = storage.view(node.dst, writeable=True, replica_axis=True)
-        if _may_overlap(node.src, node.dst):
+    if src_t.index is None and dst_t.index is None:
+        src = storage.view(src_t, writeable=False, replica_axis=True)
+        dst = storage.view(dst_t, writeable=True, replica_axis=True)
+        if _may_overlap(src_t, dst_t):
             dst[dsts] = src[srcs]  # the fancy read copies first
         else:
             for s, d in pairs:  # one pass per replica, no temporary
                 np.copyto(dst[d], src[s])
         return
-    values = storage.gather(node.dst, replica_axis=True)
-    values[dsts] = storage.gather(node.src, replica_axis=True)[srcs]
-    storage.scatter(node.dst, values, replica_axis=True)
+    values = storage.gather(dst_t, replica_axis=True)
+    values[dsts] = storage.gather(src_t, replica_axis=True)[srcs]
+    storage.scatter(dst_t, values, replica_axis=True)
 
 
 def _may_overlap(a: Tensor, b: Tensor) -> bool:
@@ -73,14 +79,15 @@ def _check_fault(node: P.CrossReplicaCopy, replicas: int) -> None:
     where = at(node.location)
     step = f"CrossReplicaCopy {node.src.name} -> {node.dst.name}{where}"
     kept = "; nothing was written: the collective's destination keeps its previous values"
+    maps = [replica_map for _, _, replica_map in node.transfers]
     if len(fault) == 2:
         a, b = fault
-        if node.replica_map.get(a) == b:
+        if any(m.get(a) == b for m in maps):
             raise LinkFailure(f"{step}: the link from replica {a} to replica {b} failed (an injected "
                               f"fault){kept}. Check the link, or route the collective around it")
         return
     (r,) = fault
-    if r in node.replica_map or r in node.replica_map.values():
+    if any(r in m or r in m.values() for m in maps):
         raise LinkFailure(f"{step}: the process of replica {r} of {replicas} failed (an injected "
                           f"fault){kept}. Restart that replica's instance")
 

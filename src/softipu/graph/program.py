@@ -311,25 +311,36 @@ class CycleCount(Program):
 @dataclass(frozen=True, slots=True, eq=False)
 class CrossReplicaCopy(Program):
     """Poplar's ``CrossReplicaCopy``: ``src`` of replica ``r`` is copied to ``dst`` of replica
-    ``replica_map[r]``; replicas the map sends nothing to keep their ``dst``. ``fault`` (a link
-    ``(from, to)`` or a replica) is an injected failure: running the step raises naming it.
-    Made by ``softipu.collectives``; the engine runs it along the replica axis of storage."""
+    ``replica_map[r]``; replicas the map sends nothing to keep their ``dst``. ``alongside`` are
+    more ``(src, dst, replica_map)`` transfers in the same exchange (a bidirectional ring's other
+    direction), priced as one step. ``fault`` (a link ``(from, to)`` or a replica) is an injected
+    failure: running the step raises naming it. Made by ``softipu.collectives``; the engine runs
+    it along the replica axis of storage."""
 
     src: Tensor
     dst: Tensor
     replica_map: Mapping[int, int]
     fault: tuple[int, ...] | None = None
+    alongside: tuple[tuple[Tensor, Tensor, Mapping[int, int]], ...] = ()
     location: SourceLocation = field(default_factory=caller_location, compare=False)
     kind: ClassVar[ProgramKind] = ProgramKind.CROSS_REPLICA_COPY
 
     def __post_init__(self) -> None:
-        for end in (self.src, self.dst):
-            if not isinstance(end, Tensor):
-                raise ProgramError(f"CrossReplicaCopy needs tensors, got {type(end).__name__}{_at(self)}")
-        pairs = dict(self.replica_map)
-        if len(set(pairs.values())) != len(pairs):
-            raise ProgramError(f"CrossReplicaCopy{_at(self)}: two replicas copy to one destination")
-        object.__setattr__(self, "replica_map", pairs)
+        checked = []
+        for src, dst, replica_map in ((self.src, self.dst, self.replica_map), *self.alongside):
+            for end in (src, dst):
+                if not isinstance(end, Tensor):
+                    raise ProgramError(f"CrossReplicaCopy needs tensors, got {type(end).__name__}{_at(self)}")
+            pairs = dict(replica_map)
+            if len(set(pairs.values())) != len(pairs):
+                raise ProgramError(f"CrossReplicaCopy{_at(self)}: two replicas copy to one destination")
+            checked.append((src, dst, pairs))
+        object.__setattr__(self, "replica_map", checked[0][2])
+        object.__setattr__(self, "alongside", tuple(checked[1:]))
+
+    @property
+    def transfers(self) -> tuple[tuple[Tensor, Tensor, dict[int, int]], ...]:
+        return ((self.src, self.dst, self.replica_map), *self.alongside)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
