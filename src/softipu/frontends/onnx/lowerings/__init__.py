@@ -1,3 +1,10 @@
 """The built-in ONNX lowerings; importing this package registers them all."""
 
-from softipu.frontends.onnx.lowerings import elementwise, nn, recurrent, resize, shape  # noqa: F401 - registers
+from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the lowerings
+    einsum,
+    elementwise,
+    nn,
+    recurrent,
+    resize,
+    shape,
+)
