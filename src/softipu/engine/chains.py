@@ -416,6 +416,12 @@ def _param(group: VertexGroup, name: str) -> np.ndarray:
     return np.broadcast_to(np.asarray(group.fields[name], np.int64).reshape(-1), (group.num_vertices,))
 
 
+def _macs(executable: Executable, cs_ids: list[int]) -> int:
+    """Multiply-accumulates of the chain's AMP vertices, from their ``m``, ``k``, ``n`` params."""
+    return sum(int((_param(g, "m") * _param(g, "k") * _param(g, "n")).sum())
+               for cs_id in cs_ids for g in executable.compute_sets[cs_id].groups)
+
+
 def _amp_table(executable: Executable, cs_ids: list[int]) -> np.ndarray | None:
     """One row per AMP vertex of the chain: step, a start, a bits, b start, b bits, out start, m, k, n."""
     rows = []
@@ -441,14 +447,14 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     if len(nodes) < 2 and not has_reduce and len(amp_ids) == 1 \
             and sum(g.num_vertices for g in executable.compute_sets[amp_ids[0]].groups) < 2:
         return None
+    if in_dtype == float32 and CHAIN_MAX_MACS < _macs(executable, amp_ids) < CHAIN_BIG_MACS:
+        return None  # from the params alone, before the table and the banding (most of the analysis)
     table = _amp_table(executable, amp_ids)
     if table is None:
         return None
     step, a0, abit, b0, bbit, o0, m, k, n = table.T
     if (m <= 0).any() or (k <= 0).any() or (n <= 0).any():
         return None
-    if in_dtype == float32 and CHAIN_MAX_MACS < int((m * k * n).sum()) < CHAIN_BIG_MACS:
-        return None  # checked before the banding, which is most of a chain's analysis
     first = step == 0
     p_start = o0[first]
     order = np.argsort(p_start, kind="stable")

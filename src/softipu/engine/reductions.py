@@ -87,6 +87,7 @@ class Reductions:
         self.executable, self.storage = executable, storage
         self.first: dict[int, _Candidate] = {}
         self.second: dict[int, _Candidate] = {}
+        self._reads: list[tuple[int, Any, int, int]] | None = None
         if not FUSE_REDUCTIONS:
             return
         roots = list(executable.programs) + list(executable.functions.values())
@@ -122,10 +123,12 @@ class Reductions:
         plan, partials = _plan(self.executable, cand.cs_ids, cand.op)
         if plan is None:
             return None
-        roots = list(self.executable.programs) + list(self.executable.functions.values())
+        if self._reads is None:  # what every compute set and program node touches, found once
+            roots = list(self.executable.programs) + list(self.executable.functions.values())
+            self._reads = list(_reads(self.executable, roots, set()))
         dtype = partials_dtype(plan.dtype)
-        others = np.array([(lo, hi) for _, d, lo, hi in _reads(self.executable, roots, set(cand.cs_ids))
-                           if d == dtype], np.int64).reshape(-1, 2)
+        others = np.array([(lo, hi) for cs, d, lo, hi in self._reads if d == dtype and cs not in cand.cs_ids],
+                          np.int64).reshape(-1, 2)
         if _overlaps(others, *partials):
             return None
         buf = self.storage.buffers[plan.dtype]
