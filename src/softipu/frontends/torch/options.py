@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ _WARNED: set[str] = set()
 
 def warn_unused(names: list[str] | tuple[str, ...], what: str = "option") -> None:
     """Warn once per process about each of ``names``: stored, but without effect yet."""
+    logging.getLogger("softipu.torch").info("%s(s) stored without effect: %s", what, ", ".join(names))
     fresh = [n for n in names if n not in _WARNED]
     if not fresh:
         return
