@@ -126,3 +126,31 @@ def test_no_progress_in_a_pipe_under_pytest_or_when_turned_off(monkeypatch):
     assert log.progress_enabled(Tty())
     monkeypatch.setenv("SOFTIPU_PROGRESS", "0")
     assert not log.progress_enabled(Tty())
+
+
+def test_the_torch_frontend_marks_its_stages(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import softipu as sp
+    import softipu.torch as st
+    from softipu.frontends.torch import runtime
+
+    bars: list[log.Progress] = []
+
+    def recording(name, stages):
+        bars.append(log.Progress(name, stages, stream=io.StringIO(), enabled=False))
+        return bars[-1]
+
+    monkeypatch.setattr(runtime, "progress_task", recording)
+    model = st.inference_model(torch.nn.Linear(4, 3), st.Options(target=sp.targets.ipu_model(tiles=4)))
+    model(torch.randn(2, 4))
+    (bar,) = bars
+    assert bar.finished and list(bar.times) == ["export", "lower", "compile", "load"]
+
+
+def test_options_stored_without_effect_are_logged_at_info(caplog):
+    pytest.importorskip("torch")
+    from softipu.frontends.torch.options import warn_unused
+
+    with caplog.at_level(logging.INFO, logger="softipu"), pytest.warns(UserWarning):
+        warn_unused(["h8.test_option_never_used"])
+    assert "option(s) stored without effect: h8.test_option_never_used" in caplog.text
