@@ -223,7 +223,7 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
         name = onnx_op_name(node.domain, node.op_type)
         lowering = ONNX_LOWERINGS.get(name)
         where = node.name or f"#{k} ({node.output[0] if node.output else node.op_type})"
-        if lowering is None:
+        if lowering is None and not has_function(node, model):
             missing.setdefault(name, []).append(where)
     bad_types = []
     for vi in [*model.graph.input, *model.graph.output]:
@@ -358,7 +358,8 @@ class _Lowerer:
         name = onnx_op_name(node.domain, node.op_type)
         lowering = ONNX_LOWERINGS.get(name)
         if lowering is None:
-            raise LoweringError(f"no lowering for ONNX op {name} (node {node.name!r})")
+            self._expand(node, name)
+            return
         self.ctx.node = node
         try:
             if self._can_fold(node, lowering):
@@ -382,6 +383,29 @@ class _Lowerer:
             if not out or k >= len(results) or results[k] is None:
                 continue
             self._bind(node, out, results[k])
+
+    def _expand(self, node: onnx.NodeProto, name: str) -> None:
+        """An op with no lowering of its own that ONNX defines as a function of other ops: its
+        function body is lowered in its place (node by node, names prefixed by the node's)."""
+        types = [onnx.helper.make_tensor_type_proto(self.types.get(n, T.FLOAT), self._shape_of(n)) if n
+                 else onnx.TypeProto() for n in node.input]
+        found = function_body(node, self.opset.get(node.domain or "", 1), types)
+        if found is None:
+            raise LoweringError(f"no lowering for ONNX op {name} (node {node.name!r})")
+        body, opsets = found
+        outer = dict(self.opset)
+        self.opset.update(opsets)
+        try:
+            for inner in body:
+                self._node(inner)
+        finally:
+            self.opset.clear()
+            self.opset.update(outer)
+
+    def _shape_of(self, name: str) -> list[int] | None:
+        value = self.dev.get(name)
+        value = self.host.get(name) if value is None else value
+        return None if value is None else [int(d) for d in value.shape]
 
     def _bind(self, node: onnx.NodeProto, out: str, value: Any) -> None:
         if isinstance(value, Tensor):
@@ -432,6 +456,48 @@ class _Lowerer:
         run = P.Sequence([*self.in_copies, self.step, *copies], name="run")
         return OnnxLowered(self.graph, (self.load, run), tuple(self.inputs), tuple(outs),
                            tuple(self.weights), tuple(self.weight_names), count, self.folded)
+
+
+def _schema(node: onnx.NodeProto, version: int) -> Any:
+    try:
+        return onnx.defs.get_schema(node.op_type, version, domain=node.domain)
+    except Exception:  # noqa: BLE001 - onnx.defs.SchemaError: no such op
+        return None
+
+
+def has_function(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    """Whether ONNX defines ``node``'s op as a function of other ops (at the model's opset)."""
+    version = next((int(o.version) for o in model.opset_import if (o.domain or "") == (node.domain or "")), 1)
+    schema = _schema(node, version)
+    return schema is not None and bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def function_body(node: onnx.NodeProto, version: int, input_types: list[onnx.TypeProto]
+                  ) -> tuple[list[onnx.NodeProto], dict[str, int]] | None:
+    """The nodes of ``node``'s function body (its values renamed under the node's name, its
+    attributes bound) and the body's opsets; None when ONNX defines no function for the op."""
+    from onnx.backend.test.case.node import function_expand_helper  # noqa: PLC0415 - onnx's own expander
+
+    schema = _schema(node, version)
+    if schema is None:
+        return None
+    node = onnx.NodeProto.FromString(node.SerializeToString())
+    for attr, spec in schema.attributes.items():
+        if attr not in {a.name for a in node.attribute} and spec.default_value.name:
+            node.attribute.append(spec.default_value)
+    proto = onnx.FunctionProto()
+    plain = [v for v in schema.function_opset_versions if v <= version]
+    context = [v for v in schema.context_dependent_function_opset_versions if v <= version]
+    if plain and (not context or max(plain) >= max(context)):
+        proto.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+    elif context:
+        proto.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+            max(context), node.SerializeToString(), [t.SerializeToString() for t in input_types]))
+    else:
+        return None
+    prefix = f"{node.name or node.op_type + '_' + node.output[0]}/"
+    body = function_expand_helper(node, proto, prefix)
+    return body, {o.domain or "": int(o.version) for o in proto.opset_import}
 
 
 def _elem_type_of(value: np.ndarray) -> int:
