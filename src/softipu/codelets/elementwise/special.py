@@ -65,7 +65,7 @@ def _via_torch(fn_name: str) -> Callable[..., Any]:
         torch = _torch()
         fn = getattr(torch.special, fn_name, None) or getattr(torch, fn_name)
         dtype = np.result_type(*xs)
-        args = [torch.from_numpy(np.ascontiguousarray(_f32(np.asarray(x)))) for x in xs]
+        args = [torch.from_numpy(np.array(_f32(np.asarray(x)))) for x in xs]
         return _store(fn(*args).numpy(), out, dtype)
     apply.__name__ = fn_name
     return apply
