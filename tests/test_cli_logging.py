@@ -95,7 +95,10 @@ def test_progress_draws_stages_after_a_second_and_ends_with_the_times():
         assert stream.getvalue().endswith("softipu: compiling Bert 1.5s: export 1.5s | [lower 0.0s] | compile | load")
         clock.now += 2.0
         b.stage("compile")
+        log.progress_detail("plan_memory")  # a compiler pass, shown beside its stage
         clock.now += 4.0
+        b.draw()
+        assert stream.getvalue().endswith("[compile 4.0s: plan_memory] | load")
         b.stage("load")
         clock.now += 0.25
     final = stream.getvalue().split("\r\x1b[2K")[-1]

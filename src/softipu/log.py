@@ -10,8 +10,8 @@ up without code:
 * ``SOFTIPU_LOG_DEST``: ``stderr`` (the default), ``stdout``, or a file path (appended to).
 
 Recompiles, executable-cache hits and stores, and options stored without effect are logged at
-INFO; compile stage times at INFO; per-pass details at DEBUG. :func:`configure` does the same
-from code.
+INFO; compile stage times at INFO; each compiler pass as it starts at DEBUG. :func:`configure`
+does the same from code.
 
 Progress. :func:`progress_task` is a progress line for a slow job made of named stages (a model's
 export, lower, compile, load). It is drawn only on an interactive terminal, never in a pipe, a
@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from typing import IO
 
 __all__ = ["LEVELS", "TRACE", "configure", "configure_from_env", "progress_task", "progress_stage",
-           "Progress", "progress_enabled"]
+           "progress_detail", "Progress", "progress_enabled"]
 
 TRACE = 5  # below DEBUG, like PopTorch's TRACE
 logging.addLevelName(TRACE, "TRACE")
@@ -123,6 +123,7 @@ class Progress:
         self.start = clock()
         self.times: dict[str, float] = {}
         self.current = self.stages[0] if self.stages else ""
+        self.detail = ""  # what the current stage is doing (a compiler pass)
         self._stage_start = self.start
         self.finished = False
         self.drawn = False
@@ -145,7 +146,7 @@ class Progress:
         now = self.clock()
         with self._lock:
             self.times[self.current] = now - self._stage_start
-            self.current, self._stage_start = name, now
+            self.current, self._stage_start, self.detail = name, now, ""
             if name not in self.stages:
                 self.stages.append(name)
         self.draw()
@@ -169,7 +170,8 @@ class Progress:
             if s in self.times and s != self.current:
                 parts.append(f"{s} {self.times[s]:.1f}s")
             elif s == self.current:
-                parts.append(f"[{s} {now - self._stage_start:.1f}s]")
+                detail = f": {self.detail}" if self.detail else ""
+                parts.append(f"[{s} {now - self._stage_start:.1f}s{detail}]")
             else:
                 parts.append(s)
         head = "done in" if self.finished else "compiling"
@@ -218,3 +220,12 @@ def progress_stage(name: str) -> None:
     bar = _CURRENT.get()
     if bar is not None:
         bar.stage(name)
+
+
+def progress_detail(text: str) -> None:
+    """What the current stage is doing now (e.g. a compiler pass's name), shown beside it; also
+    logged at DEBUG."""
+    logging.getLogger("softipu.progress").debug("%s", text)
+    bar = _CURRENT.get()
+    if bar is not None:
+        bar.detail = text

@@ -37,6 +37,7 @@ from softipu.graph.streams import DataStream, StreamDirection
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 from softipu.graph.vertices import BulkGroup, PendingGroup
+from softipu.log import progress_detail
 
 __all__ = ["compile_graph", "PASSES", "CompileState"]
 
@@ -367,6 +368,7 @@ def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program], *,
     state = CompileState(graph, progs, allow_out_of_memory=allow_out_of_memory)
     for name, run_pass in PASSES:
         t0 = time.perf_counter()
+        progress_detail(name)
         try:
             run_pass(state)
         except SoftIPUError:
