@@ -2,9 +2,10 @@
 
 Each call appends compute sets (popops elementwise reductions, dynamic slices) and
 ``CrossReplicaCopy`` steps to ``prog``: a ring per direction, a ``Repeat`` over its steps.
-The destination of every collective (its new output, the ``*_to_destination`` tensor, the
-in-place tensor) is written only after the last cross-replica step, so a failed link leaves it
-as it was.
+With an injected fault, the destination of a collective (its new output, the
+``*_to_destination`` tensor, the in-place tensor) is written only after the last cross-replica
+step, so a failed link leaves it as it was; without one (nothing can fail), an all-gather stores
+straight into it, as GCL does.
 
 Options (``options={...}``):
 
@@ -118,10 +119,16 @@ class _Call:
         else:  # padded: assemble, then drop the padding
             cols = self.output(dst, lead + (columns,), "assembled")
         for part, c0, c1 in parts:
-            prog.add(P.Copy(part, cols[..., c0:c1]))
+            if part is not cols[..., c0:c1] and not _same_view(part, cols[..., c0:c1]):
+                prog.add(P.Copy(part, cols[..., c0:c1]))
         if cols.numel != dst.numel:
             prog.add(P.Copy(cols.flatten()[: dst.numel].reshape(dst.shape), dst))
         return dst
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    return (a.index is None and b.index is None and a.dtype == b.dtype and a.shape == b.shape
+            and a.offset == b.offset and a.strides == b.strides)
 
 
 def _operator(ctx: OpContext, op: Any, t: Tensor, where: str) -> CollectiveOperator:
@@ -190,11 +197,18 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
     return [(own, c0, c1) for own, (_, c0, c1) in zip(owns, rings, strict=True)], m
 
 
-def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]]) -> list[tuple[Tensor, int, int]]:
-    """Per ring, the (n, w) gathered columns of every rank's (w,) part."""
-    rings = [ring for ring, _, _ in call.rings(sum(c1 - c0 for _, c0, c1 in parts))]
-    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog)
-    return [(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)]
+def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor) -> Tensor:
+    """Every rank's (w,) parts gathered into ``dst`` (viewed as (n, columns)), the last writes.
+
+    Without an injected fault, no cross-replica step can fail, so the rings store straight into
+    ``dst`` (as GCL does); with one, they gather into their own buffers and ``dst`` is written
+    after the last step (``_Call.finish``), so a failure leaves it as it was."""
+    columns = sum(c1 - c0 for _, c0, c1 in parts)
+    rings = [ring for ring, _, _ in call.rings(columns)]
+    direct = call.fault is None and call.groups.n * columns == dst.numel
+    into = [dst.reshape(call.groups.n, columns)[:, c0:c1] for _, c0, c1 in parts] if direct else None
+    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into)
+    return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns)
 
 
 def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
@@ -218,7 +232,7 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
             prog.add(P.Copy(t, dst))
         return dst
     parts, m = _reduce_scatter(call, t)
-    return call.finish(_all_gather(call, parts), dst, m)
+    return _all_gather(call, parts, dst)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
@@ -265,8 +279,7 @@ def all_gather_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
                  CollectiveOperator.LOGICAL_OR, group, name, options)
     _check_destination(call, dst, (call.groups.n, *t.shape), t)
     own = t.flatten()
-    parts = [(own[c0:c1], c0, c1) for _, c0, c1 in call.rings(t.numel)]
-    return call.finish(_all_gather(call, parts), dst, t.numel)
+    return _all_gather(call, [(own[c0:c1], c0, c1) for _, c0, c1 in call.rings(t.numel)], dst)
 
 
 def all_gather(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",

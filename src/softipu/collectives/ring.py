@@ -180,14 +180,15 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     return _alternating(n - 1, step(firsts, recvs), step(recvs, firsts), (recvs, firsts), prog)
 
 
-def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence) -> list[Tensor]:
-    """Per ring, (n, w) rows in rank order of every group member's (w,) ``own``; the rings step
-    together."""
+def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
+               into: list[Tensor] | None = None) -> list[Tensor]:
+    """Per ring, (n, w) rows in rank order of every group member's (w,) ``own`` (written into
+    ``into``'s tensors if given); the rings step together."""
     ring0 = rings[0]
     graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
     zs = []
-    for ring, own in zip(rings, owns, strict=True):
-        z = ring.var(own.dtype, (n, own.shape[0]), "gathered")
+    for i, (ring, own) in enumerate(zip(rings, owns, strict=True)):
+        z = into[i] if into else ring.var(own.dtype, (n, own.shape[0]), "gathered")
         ops.dynamic_update(graph, z, own.reshape(1, -1), ring.rows_at(0, "rank", prog), prog,
                            name=f"{name}/own")
         zs.append(z)
