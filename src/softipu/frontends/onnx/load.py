@@ -44,6 +44,7 @@ def load_model(model: Any, *, check: bool = True) -> tuple[onnx.ModelProto, str]
     else:
         raise OnnxModelError(f"an ONNX model is a path, bytes or an onnx.ModelProto, got "
                              f"{type(model).__name__}")
+    _strip_annotations(proto)
     _load_external(proto, folder, label)
     _check_sizes(proto, label)
     proto = _convert_opset(proto, label)
@@ -69,6 +70,16 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise OnnxModelError(f"{label} holds no ONNX graph (an empty or non-ONNX file)")
     return proto
+
+
+def _strip_annotations(proto: onnx.ModelProto) -> None:
+    """PopART's placement annotations (``__ipu_number``...) are not ONNX attributes: the checker
+    would refuse them. softipu runs a model on one IPU, so they are dropped."""
+    for node in proto.graph.node:
+        keep = [a for a in node.attribute if not a.name.startswith("__")]
+        if len(keep) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(keep)
 
 
 def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:

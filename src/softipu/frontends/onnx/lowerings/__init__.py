@@ -3,6 +3,7 @@
 from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the lowerings
     einsum,
     elementwise,
+    graphcore,
     nn,
     recurrent,
     resize,
