@@ -272,19 +272,19 @@ def test_injected_fault_raises_naming_it_and_destinations_keep_their_values(faul
 
 def test_executable_with_cross_replica_copies_saves_and_loads(tmp_path):
     from softipu.compiler.serialize import load_executable, save_executable
-    g = sp.Graph(TARGET, replication_factor=2)
+    g = sp.Graph(TARGET, replication_factor=4)
     x = g.add_variable(sp.int32, (6,), "x")
     sp.ops.map_linearly(g, x)
     prog = P.Sequence()
-    y = C.all_reduce(g, x, prog)
+    y = C.all_reduce(g, x, prog, options={"method": Method.BIDIRECTIONAL_RING_PAIR})  # transfers side by side
     eng = sp.Engine(g, [prog])
     save_executable(eng.executable, tmp_path / "exe")
     exe, skeleton, _ = load_executable(tmp_path / "exe")
     loaded = sp.Engine.from_executable(exe, skeleton)
-    values = np.arange(12, dtype=np.int32).reshape(2, 6)
+    values = np.arange(24, dtype=np.int32).reshape(4, 6)
     loaded.write_tensor(skeleton_tensor(skeleton, x), values)
     loaded.run(0)
-    np.testing.assert_array_equal(loaded.read_tensor(skeleton_tensor(skeleton, y))[1], values.sum(0))
+    np.testing.assert_array_equal(loaded.read_tensor(skeleton_tensor(skeleton, y)), np.tile(values.sum(0), (4, 1)))
 
 
 def skeleton_tensor(graph: sp.Graph, t: sp.Tensor) -> sp.Tensor:
