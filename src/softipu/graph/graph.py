@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -442,7 +443,7 @@ class Graph:
                 raise FieldError(f"param {name!r} in {what}: need one {f.dtype} value or {num} "
                                  f"values, got shape {arr.shape}")
             arr = _param_values(codelet, name, f, arr, None)
-            return np.ascontiguousarray(np.broadcast_to(arr, (num,)))
+            return np.full(num, arr) if arr.ndim == 0 else np.ascontiguousarray(arr)
         parts = value if f.shape is FieldShape.VECTOR_LIST else [value]
         if f.shape is FieldShape.VECTOR_LIST and not isinstance(value, (list, tuple)):
             raise FieldError(f"field {name!r} in {what} is a vector list: pass a list of tensors")
@@ -579,6 +580,12 @@ def _param_value(codelet: type[Vertex], name: str, f: Field, value: Any,
     return _param_values(codelet, name, f, np.asarray(value), location)[()]
 
 
+@functools.cache
+def _int_range(want: np.dtype) -> tuple[int, int]:
+    """The values an integer (or bool) param dtype holds."""
+    return (0, 1) if want.kind == "b" else (int(np.iinfo(want).min), int(np.iinfo(want).max))
+
+
 def _param_values(codelet: type[Vertex], name: str, f: Field, arr: np.ndarray,
                   location: SourceLocation | None) -> np.ndarray:
     """Param values in the field's dtype; integers must be whole and in range (no wrap-around)."""
@@ -588,9 +595,11 @@ def _param_values(codelet: type[Vertex], name: str, f: Field, arr: np.ndarray,
         bad = f"{arr.dtype} is not a number"
     elif want.kind in "iub" and arr.size:
         whole = arr.dtype.kind in "biu" or bool(np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
-        lo, hi = (0, 1) if want.kind == "b" else (np.iinfo(want).min, np.iinfo(want).max)
+        lo, hi = _int_range(want)
         if not whole:
             bad = "values must be whole numbers"
+        elif arr.dtype.kind == "b" or (arr.dtype == want and want.kind != "b"):
+            pass  # every value of the field's own dtype (or a bool) is in range
         elif float(arr.min()) < lo or float(arr.max()) > hi:
             bad = f"values must lie in {lo}..{hi}"
     if bad:

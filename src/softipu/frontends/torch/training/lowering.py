@@ -67,6 +67,9 @@ class _TrainLowerer(_Lowerer):
         self.spec = spec
         self.named = named
         self._update_traces: dict[Any, torch.fx.GraphModule] = {}  # per-parameter update signature
+        # Core ATen's table, materialized once: make_fx materializes a CustomDecompTable on every
+        # trace (walking every op namespace for composite ops), a fixed cost per traced update
+        self._decompositions: dict | None = None
 
     def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int],
              like: Tensor | None = None) -> Tensor:
@@ -295,8 +298,10 @@ class _TrainLowerer(_Lowerer):
                     + [_zeros(slot_of[k].torch_dtype, state[k].shape) for k in skeys]
                     + [_zeros(hs.torch_dtype, ()) for hs in hyper_slots]
                     + [torch.zeros((), dtype=torch.float32)])
+        if self._decompositions is None:
+            self._decompositions = torch.export.default_decompositions().materialize()
         with torch.no_grad():
-            gm = make_fx(flat_update, decomposition_table=torch.export.default_decompositions(),
+            gm = make_fx(flat_update, decomposition_table=self._decompositions,
                          tracing_mode="fake")(*examples)
         check_supported(gm.graph)
         if key is not None:
