@@ -460,3 +460,25 @@ def test_small_amp_groups_run_merged_within_the_rounding_bound(memory):
     terms = np.abs(av).astype(np.float64) @ np.abs(bv).astype(np.float64)
     assert np.all(np.abs(got[False].astype(np.float64) - got[True]) <= contraction_bound(terms, 256))
     np.testing.assert_allclose(got[False], av @ bv, rtol=1e-5, atol=1e-4)
+
+
+def test_writes_reads_and_copies_across_layouts_in_blocks_equal_numpy():
+    """A transposed view of 300 x 260 (over the blocked-copy threshold) written, read and copied
+    into a row-major one: the engine copies such crossing layouts in cache-sized blocks
+    (``storage.assign``); the values are numpy's."""
+    from softipu.engine import storage
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=4, bytes_per_tile=1 << 20))
+    x = g.add_variable(sp.float32, (260, 300), name="x")
+    y = g.add_variable(sp.float32, (300, 260), name="y")
+    sp.ops.map_linearly(g, x)
+    sp.ops.map_linearly(g, y)
+    xt = x.transpose()
+    assert xt.numel >= storage.BLOCKED_MIN and storage._crossing(np.zeros((300, 260)).T, np.zeros((260, 300)))
+    eng = sp.Engine(g, [P.Copy(xt, y)])
+    values = np.random.default_rng(0).standard_normal((300, 260)).astype(np.float32)
+    eng.write_tensor(xt, values)
+    np.testing.assert_array_equal(eng.read_tensor(x), values.T)
+    np.testing.assert_array_equal(eng.read_tensor(xt), values)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), values)

@@ -36,7 +36,7 @@ from softipu.engine.chains import Chains
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
-from softipu.engine.storage import Storage
+from softipu.engine.storage import BLOCKED_MIN, Storage, assign
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
 from softipu.graph import program as P
@@ -403,8 +403,9 @@ class FastInterpreter(ProgramInterpreter):
                 or dst.index is not None:
             return None
         view = self.storage.view
-        return partial(np.copyto, view(dst, writeable=True, replica_axis=True),
-                       view(src, writeable=False, replica_axis=True))
+        to, of = view(dst, writeable=True, replica_axis=True), view(src, writeable=False, replica_axis=True)
+        # In blocks where the layouts cross (a transposing copy), else one call.
+        return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
 
     def execute(self, compute_set_id: int) -> None:
         self._runners[compute_set_id]()

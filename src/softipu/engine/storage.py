@@ -14,7 +14,14 @@ from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError
 from softipu.graph.tensor import Tensor
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "assign"]
+
+# A copy between two layouts that cross (the destination's fastest axis is not the source's: a
+# transposed weight written, read or copied) goes in square blocks of this many elements a side,
+# so both sides stay in cache: numpy walks one of them with a large stride otherwise (BERT-base's
+# word embedding table, laid out column-wise, took 0.70 s to write against 0.14 s in blocks).
+BLOCK = 128
+BLOCKED_MIN = 1 << 16  # elements; smaller copies go in one call
 
 
 def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
@@ -37,6 +44,43 @@ def _cast_for_write(arr: np.ndarray, t: Tensor) -> np.ndarray:
         return arr.astype(want, copy=False)
     raise EngineError(f"cannot write {arr.dtype} values into tensor {t.name} of {t.dtype}"
                       f"{at(caller_location())} without losing their kind; cast them first")
+
+
+def assign(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (``src`` broadcast to ``dst``), in blocks where the layouts cross."""
+    axes = _crossing(dst, src) if dst.size >= BLOCKED_MIN else None
+    if axes is None or np.may_share_memory(dst, src):  # numpy buffers an overlapping copy whole
+        dst[...] = src
+        return
+    i, j = axes
+    src = np.broadcast_to(src, dst.shape)
+    every = [slice(None)] * dst.ndim
+    for a in range(0, dst.shape[i], BLOCK):
+        every[i] = slice(a, a + BLOCK)
+        for b in range(0, dst.shape[j], BLOCK):
+            every[j] = slice(b, b + BLOCK)
+            at = tuple(every)
+            dst[at] = src[at]
+
+
+def _crossing(dst: np.ndarray, src: np.ndarray) -> tuple[int, int] | None:
+    """(the destination's fastest axis, the source's) where they differ and both are long."""
+    if src.ndim > dst.ndim or dst.ndim < 2:
+        return None
+    src = np.broadcast_to(src, dst.shape)
+    i, j = _fastest(dst), _fastest(src)
+    if i is None or j is None or i == j or min(dst.shape[i], dst.shape[j]) < BLOCK // 4:
+        return None
+    return i, j
+
+
+def _fastest(a: np.ndarray) -> int | None:
+    """The axis of ``a`` with the smallest non-zero stride (of more than one element)."""
+    best = None
+    for k, (n, stride) in enumerate(zip(a.shape, a.strides, strict=True)):
+        if n > 1 and stride and (best is None or abs(stride) < abs(a.strides[best])):
+            best = k
+    return best
 
 
 def poison_value(dtype: DType) -> np.generic:
@@ -93,7 +137,12 @@ class Storage:
         """A copy of the tensor's values: ``(replicas, *shape)`` or ``shape``."""
         buf = self.buffers[t.dtype]
         if t.index is None:
-            return self.view(t, writeable=False, replica_axis=replica_axis).copy()
+            view = self.view(t, writeable=False, replica_axis=replica_axis)
+            if view.size < BLOCKED_MIN:
+                return view.copy()
+            out = np.empty(view.shape, view.dtype)
+            assign(out, view)
+            return out
         # NOTE: buf[:, index] would lay the result out replica-innermost; take() keeps C order, so
         # numpy reduces gathered rows in the same order as contiguous ones.
         return np.take(buf, t.index, axis=1) if replica_axis else buf[0, t.index]
@@ -104,7 +153,7 @@ class Storage:
         if t.slabs is not None and t.numel:
             self._scatter_slabs(t, values, replica_axis)
         elif t.index is None:
-            self.view(t, writeable=True, replica_axis=replica_axis)[...] = values
+            assign(self.view(t, writeable=True, replica_axis=replica_axis), values)
         elif replica_axis:
             buf[:, t.index] = values
         else:
@@ -130,7 +179,7 @@ class Storage:
                 view = np.ndarray(lead + shape, buf.dtype, buf, offset * buf.itemsize,
                                   ((buf.strides[0],) if replica_axis else ())
                                   + tuple(s * buf.itemsize for s in strides))
-                view[...] = part.reshape(lead + shape)
+                assign(view, part.reshape(lead + shape))
             at_ += size
 
     def undefine(self, t: Tensor) -> None:
