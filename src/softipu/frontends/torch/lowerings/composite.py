@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from softipu.dtypes import float32
 from softipu.frontends.torch.lowerings.backward import _bn_functional
@@ -180,3 +181,21 @@ def _batch_norm_with_update(ctx: Any, node: Any, x: Tensor, weight: Any, bias: A
                                                            running_var, True, momentum, eps)
     reserve = ctx.constant(0, ctx.out_dtype(3), ctx.out_shape(3))
     return out, mean, inv_std, reserve, new_mean, new_var
+
+
+@register_lowering("aten::_upsample_bilinear2d_aa")
+def _upsample_bilinear_aa(ctx: Any, node: Any, x: Tensor, output_size: Any, align_corners: bool,
+                          scales_h: Any = None, scales_w: Any = None) -> Tensor:
+    """Antialiased bilinear resizing is linear in the input with static weights: the weights are
+    torch's op applied to the unit images once, when lowering, and the resize one matmul."""
+    hin, win = x.shape[-2:]
+    hout, wout = ctx.out_shape()[-2:]
+    rows = math.prod(x.shape[:-2])
+    if not rows or not hin * win * hout * wout:
+        return ctx.constant(0, ctx.out_dtype(), ctx.out_shape())
+    unit = torch.eye(hin * win, dtype=torch.float32).reshape(hin * win, 1, hin, win)
+    weights = torch.ops.aten._upsample_bilinear2d_aa(unit, output_size, align_corners, scales_h, scales_w)
+    size = (hin * win, hout * wout)
+    w = ctx.constant(weights.reshape(size).numpy(), ctx.out_dtype(), size, "weights")
+    y = _matmul(ctx, ctx.cast(x, ctx.out_dtype()).reshape(rows, hin * win), w, "/resize")
+    return y.reshape(ctx.out_shape())

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from softipu.dtypes import float32, int32
+from softipu.frontends.torch.lowerings import backward as bw
 from softipu.frontends.torch.lowerings import nn as nnl
+from softipu.frontends.torch.lowerings.indexing import _reduce_into
 from softipu.frontends.torch.lowerings.nn import _float_result, _pair
 from softipu.frontends.torch.lowerings.pointwise import _map
 from softipu.frontends.torch.lowerings.reduce import reduce_to
@@ -294,3 +296,23 @@ def _convolution(ctx: Any, node: Any, x: Tensor, weight: Tensor, bias: Tensor | 
 
 
 register_lowering("aten::convolution", _convolution, check=_float_result, override=True)
+
+
+def _max_pool_backward(ctx: Any, node: Any, grad_out: Tensor, x: Tensor, kernel_size: Any, stride: Any,
+                       padding: Any, dilation: Any, ceil_mode: bool, indices: Tensor) -> Tensor:
+    """The gradient of max pooling: each output's gradient added at its argmax (``indices``,
+    flat in its plane); ops.nn.max_pool_grad's form where it applies (no dilation or ceil mode)."""
+    if not ceil_mode and all(d == 1 for d in _pair(dilation)):
+        return bw._max_pool2d_backward(ctx, node, grad_out, x, kernel_size, stride, padding, dilation,
+                                       ceil_mode, indices)
+    plane = x.shape[-2] * x.shape[-1]
+    planes = x.numel // plane if plane else 0
+    base = ctx.constant((np.arange(planes) * plane).astype(np.int32), int32, (planes,), "plane")
+    idx = ctx.cast(indices, int32).reshape(planes, -1)
+    base = base.reshape(planes, 1).broadcast(idx.shape)
+    pos = _map(ctx, E.add(E.input(0), E.input(1)), [idx, base], "/pos")
+    zeros = ctx.constant(0, ctx.out_dtype(), x.shape, "zeros")
+    return _reduce_into(ctx, zeros, pos, ctx.cast(grad_out, ctx.out_dtype()), "sum", True)
+
+
+register_lowering("aten::max_pool2d_with_indices_backward", _max_pool_backward, override=True)
