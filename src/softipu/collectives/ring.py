@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import softipu.ops as ops
+from softipu.collectives.codelets import FUSED_DTYPES, ring_reduce
 from softipu.collectives.groups import CollectiveOperator, Groups
 from softipu.dtypes import int32
 from softipu.graph import program as P
@@ -43,6 +44,12 @@ _OP_INPLACE = {
     CollectiveOperator.MIN: ops.minimum_, CollectiveOperator.MAX: ops.maximum_,
     CollectiveOperator.LOGICAL_AND: ops.minimum_, CollectiveOperator.LOGICAL_OR: ops.maximum_,  # on bools
 }
+
+
+_FUSED_OP = {CollectiveOperator.ADD: "add", CollectiveOperator.MEAN: "add",
+             CollectiveOperator.SQUARE_ADD: "add", CollectiveOperator.MUL: "mul",
+             CollectiveOperator.MIN: "min", CollectiveOperator.MAX: "max",
+             CollectiveOperator.LOGICAL_AND: "min", CollectiveOperator.LOGICAL_OR: "max"}  # on bools
 
 
 def map_by_columns(graph, t: Tensor) -> None:
@@ -171,9 +178,13 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     def step(sends: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # into = into op own row
         seq = P.Sequence([_exchange(rings, sends, intos)])
         for ring, rows, into, counter in zip(rings, pieces, intos, counters, strict=True):
-            own = ops.dynamic_slice(graph, rows, ring.row_of(counter, seq), seq, size=1,
-                                    name=f"{name}/fragment")
-            _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
+            fused = _FUSED_OP.get(op)
+            if fused and rows.dtype.name in FUSED_DTYPES:  # GCL's one pass: into op= rows[row]
+                ring_reduce(ring.ctx, into, rows, ring.row_of(counter, seq), fused, seq)
+            else:
+                own = ops.dynamic_slice(graph, rows, ring.row_of(counter, seq), seq, size=1,
+                                        name=f"{name}/fragment")
+                _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
             ring.advance(counter, seq)
         return seq
 
