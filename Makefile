@@ -33,9 +33,10 @@ browser:
 	      || echo "note: chromium not installed; the browser tests will skip"; \
 	  else echo "note: no apt-get; install Chromium yourself or the browser tests skip"; fi; }
 
-# docs/images: the report page's views for the README, from the demo's BERT report (run `make demo` first).
+# docs/images: the report page's views for the README, from the demo's BERT report (run `make demo` first;
+# COMPARE=path/to/other.report.json for the compare view, default reports/cnn.report.json).
 screenshots: venv browser
-	$(BIN)/python docs/screenshots.py reports docs/images
+	$(BIN)/python docs/screenshots.py reports docs/images $(COMPARE)
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -1,10 +1,11 @@
 """Screenshots of the report page's views for the README (``make screenshots``).
 
-    python docs/screenshots.py REPORT_DIR OUT_DIR
+    python docs/screenshots.py REPORT_DIR OUT_DIR [COMPARE_JSON]
 
-Reads ``bert.report.json`` (and ``cnn.report.json`` for the compare view) from REPORT_DIR (what
-``make demo`` writes to ``reports/``), opens each view in headless Chromium (Debian's package,
-driven by Playwright) and writes ``report-<view>.png`` to OUT_DIR.
+Reads ``bert.report.json`` from REPORT_DIR (what ``make demo`` writes to ``reports/``) and, for the
+compare view, COMPARE_JSON (the README's: the same BERT on a C600, ``demo_bert(sp.targets.C600,
+...)``; default REPORT_DIR/cnn.report.json), opens each view in headless Chromium (Debian's
+package, driven by Playwright) and writes ``report-<view>.png`` to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def main(report_dir: str, out_dir: str) -> None:
+def main(report_dir: str, out_dir: str, compare: str | None = None) -> None:
     src, out = Path(report_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bert = Report.load(src / "bert.report.json")
-    cnn = src / "cnn.report.json"
+    cnn = Path(compare) if compare else src / "cnn.report.json"
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         page_path = Path(tmp) / "bert.html"
         bert.save_html(page_path, Report.load(cnn) if cnn.exists() else None)
@@ -46,4 +47,4 @@ def main(report_dir: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -236,7 +236,9 @@ def _print_report(out: Output, report: Any, top: int) -> None:
 
 def _print_compare(out: Output, a: Any, b: Any, name_a: str, name_b: str) -> None:
     def figures(r: Any) -> dict[str, int]:
-        f = {"cycles": r.data["execution"]["cycles"], "peak tile bytes": int(r.tile_memory.max(initial=0)),
+        f = {"cycles": r.data["execution"]["cycles"],
+             "time (ns)": round(r.data["execution"]["cycles"] / r.data["target"]["clock_hz"] * 1e9),
+             "peak tile bytes": int(r.tile_memory.max(initial=0)),
              "all tiles bytes": int(r.tile_memory.sum()),
              "flops": sum(s["flops"] * s["count"] for s in r.data["steps"]), "steps": len(r.data["steps"])}
         f.update({f"  {k}": v for k, v in r.memory_by_category.items()})

@@ -466,13 +466,13 @@
   }
   function viewCompare(host) {
     var ta = totals(R), tb = totals(B);
-    host.appendChild(el("p", {cls: "note", text: "A: " + R.target.name + " (this report)   B: " + B.target.name +
+    host.appendChild(el("p", {cls: "note", text: "A: this report, on " + R.target.name + ".   B: the other, on " + B.target.name +
       ". Differences are B - A; green where B is better (fewer cycles, less memory), red where worse."}));
-    var rows = [["cycles", ta.cycles, tb.cycles, true], ["peak tile memory (B)", ta.peakTile, tb.peakTile, true],
+    var rows = [["cycles", ta.cycles, tb.cycles, true], ["time (us, at each chip's clock)", ta.seconds * 1e6, tb.seconds * 1e6, true], ["peak tile memory (B)", ta.peakTile, tb.peakTile, true],
       ["memory, all tiles (B)", ta.totalMemory, tb.totalMemory, true], ["not-always-live peak (B)", ta.liveness, tb.liveness, true],
       ["FLOPs", ta.flops, tb.flops, false], ["steps", ta.steps, tb.steps, true], ["tiles", R.target.num_tiles, B.target.num_tiles, false]];
     Object.keys(Object.assign({}, ta.cats, tb.cats)).forEach(function (k) { rows.push(["  " + k + " (B)", ta.cats[k] || 0, tb.cats[k] || 0, true]); });
-    var table = el("table", {cls: "grid", id: "compare-summary"}, [el("tr", null, ["figure", "A", "B", "B - A"].map(function (h) { return el("th", {text: h}); }))]);
+    var table = el("table", {cls: "grid", id: "compare-summary"}, [el("tr", null, ["figure", "A", "B", "B - A"].map(function (h, i) { return el("th", {text: h, cls: i ? "" : "t"}); }))]);
     rows.forEach(function (r) {
       var dd = delta(r[1], r[2], r[3]);
       table.appendChild(el("tr", {cls: dd.cls ? "hl" : ""}, [el("td", {cls: "t", text: r[0]}), el("td", {text: fmt(r[1])}), el("td", {text: fmt(r[2])}),
