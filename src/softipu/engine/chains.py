@@ -332,7 +332,7 @@ class Chains:
         if ch.partials:
             if self._reads is None:
                 roots = list(self.executable.programs) + list(self.executable.functions.values())
-                reads = _reads(self.executable, roots, set())
+                reads = _reads(self.executable, roots, set(), float32)
                 self._reads = np.array([(cs, lo, hi) for cs, d, lo, hi in reads if d == float32],
                                        np.int64).reshape(-1, 3)
             table = self._reads
@@ -706,27 +706,29 @@ def _strided_extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...
     return lo, hi + 1
 
 
-def _reads(executable: Executable, roots: list[P.Program],
-           skip: set[int]) -> Iterable[tuple[int, Any, int, int]]:
+def _reads(executable: Executable, roots: list[P.Program], skip: set[int],
+           dtype: Any = None) -> Iterable[tuple[int, Any, int, int]]:
     """(compute set id or -1 for a program node, dtype, lo, hi) of everything the executable
     touches outside vertex params (writes too: conservative), but the compute sets in ``skip``
-    (the chains', whose reads the chains list themselves)."""
+    (the chains', whose reads the chains list themselves); only of ``dtype`` where given."""
     for cs_id, compiled in executable.compute_sets.items():
         if cs_id in skip:
             continue
         for g in compiled.groups:
             for name, f in g.codelet.fields.items():
                 if f.direction is not Direction.PARAM:
-                    yield from _spans(cs_id, g.tensors(name))
+                    yield from _spans(cs_id, g.tensors(name), dtype)
     for root in roots:
         for node in P.walk(root):
             if node.kind is not P.ProgramKind.EXECUTE:
                 tensors = [getattr(node, slot, None) for slot in _slots(node)]
-                yield from _spans(-1, [t for t in tensors if isinstance(t, Tensor)])
+                yield from _spans(-1, [t for t in tensors if isinstance(t, Tensor)], dtype)
 
 
-def _spans(owner: int, tensors: Iterable[Tensor]) -> Iterable[tuple[int, Any, int, int]]:
+def _spans(owner: int, tensors: Iterable[Tensor], dtype: Any = None) -> Iterable[tuple[int, Any, int, int]]:
     for t in tensors:
+        if dtype is not None and t.dtype != dtype:
+            continue
         span = _extent(t)
         if span is not None:
             yield owner, t.dtype, span[0], span[1]
