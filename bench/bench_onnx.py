@@ -1,0 +1,125 @@
+"""ONNX on a simulated IPU: a ResNet-50-shaped model (built in code, random weights, no download)
+exported with ``torch.onnx.export``, loaded, compiled and run by ``softipu.onnx.InferenceSession``
+beside onnxruntime on the same machine in the same run.
+
+    python bench/bench_onnx.py [--image 224] [--batch 1] [--repeats 3] [--tiles 0]
+
+Prints one JSON line per figure: ``first_call_s`` (load + check + lower + compile + weights + one
+batch) and ``later_call_s`` (median of the repeats) beside onnxruntime's session creation + first
+run and its later run, their ratio, the modeled IPU time of a batch and the answers' difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import softipu as sp
+import softipu.onnx as so
+
+
+class Bottleneck(torch.nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * 4
+        self.c1, self.b1 = torch.nn.Conv2d(cin, width, 1, bias=False), torch.nn.BatchNorm2d(width)
+        self.c2 = torch.nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.b2 = torch.nn.BatchNorm2d(width)
+        self.c3, self.b3 = torch.nn.Conv2d(width, cout, 1, bias=False), torch.nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(y)))
+        y = self.b3(self.c3(y))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet50(torch.nn.Module):
+    """torchvision's ResNet-50 layout ([3, 4, 6, 3] bottlenecks), written out (no torchvision)."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False), torch.nn.BatchNorm2d(64),
+                                        torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for k in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if k == 0 else 1))
+                cin = width * 4
+        self.layers = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(self.stem(x))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def export_resnet50(image: int, batch: int) -> bytes:
+    torch.manual_seed(0)
+    net = ResNet50().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(batch, 3, image, image),), f, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"])
+    return f.getvalue()
+
+
+def _timed(fn):  # noqa: ANN001, ANN202
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiles", type=int, default=0, help="0: a whole GC200; else a small ipu_model")
+    args = parser.parse_args()
+    data = export_resnet50(args.image, args.batch)
+    x = np.random.default_rng(0).standard_normal((args.batch, 3, args.image, args.image)).astype(np.float32)
+    target = sp.targets.GC200 if not args.tiles else sp.targets.ipu_model(tiles=args.tiles, bytes_per_tile=1 << 22)
+
+    def first_softipu():  # noqa: ANN202
+        sess = so.InferenceSession(data, so.Options(target=target))
+        return sess, sess.run(None, {"x": x})[0]
+
+    def first_ort():  # noqa: ANN202
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return sess, sess.run(None, {"x": x})[0]
+
+    (sess, got), first_s = _timed(first_softipu)
+    (ref_sess, want), first_ort_s = _timed(first_ort)
+    later = [_timed(lambda: sess.run(None, {"x": x}))[1] for _ in range(args.repeats)]
+    later_ort = [_timed(lambda: ref_sess.run(None, {"x": x}))[1] for _ in range(args.repeats)]
+    diff = float(np.abs(got - want).max())
+    common = {"model": "resnet50", "image": args.image, "batch": args.batch, "target": target.name}
+    print(json.dumps({"bench": "onnx_first_call", **common, "first_call_s": round(first_s, 3),
+                      "onnxruntime_first_call_s": round(first_ort_s, 3), "compile_s": round(sess.compile_seconds, 3),
+                      "target_s": 15.0}))
+    print(json.dumps({"bench": "onnx_later_call", **common, "later_call_s": round(statistics.median(later), 4),
+                      "later_call_spread_s": [round(t, 4) for t in later],
+                      "onnxruntime_s": round(statistics.median(later_ort), 4),
+                      "onnxruntime_spread_s": [round(t, 4) for t in later_ort],
+                      "ratio": round(statistics.median(later) / statistics.median(later_ort), 2), "target_ratio": 2.0}))
+    print(json.dumps({"bench": "onnx_answers", **common, "max_abs_diff_vs_onnxruntime": diff,
+                      "modeled_ipu_ms": round(sess.report.seconds * 1e3, 3) if hasattr(sess.report, "seconds")
+                      else None, "cycles": sess.cycle_count}))
+
+
+if __name__ == "__main__":
+    main()
