@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx.traceback as fx_traceback
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.utils import _pytree as pytree
 from torch.utils.hooks import RemovableHandle
 
@@ -133,7 +134,16 @@ class CPU:
             with torch.no_grad():
                 return self.layer(*tensors)
 
-        register_host_call(self.key, HostCall(run, run))
+        def shapes(*fakes: torch.Tensor) -> Any:
+            try:  # torch code runs on the fake tensors of the capture
+                return run(*fakes)
+            except Exception:  # noqa: BLE001 - numpy or other host code: run it once on zeros
+                with unset_fake_temporarily():
+                    out = run(*(torch.zeros(t.shape, dtype=t.dtype) for t in fakes))
+                outs = [out] if isinstance(out, torch.Tensor) else list(out)
+                return [torch.empty(o.shape, dtype=o.dtype) for o in outs]
+
+        register_host_call(self.key, HostCall(run, shapes))
 
     def __call__(self, *args: torch.Tensor) -> Any:
         if not isRunningOnIpu():
@@ -358,11 +368,15 @@ def registerCustomArgParser(arg_type: type, parser: ICustomArgParser) -> None:  
     def flatten(obj: Any) -> tuple[list[torch.Tensor], Any]:
         return list(parser.yieldTensors(obj)), _Original(obj)
 
+    def flatten_with_keys(obj: Any) -> tuple[list[tuple[Any, torch.Tensor]], Any]:
+        values, context = flatten(obj)
+        return [(pytree.SequenceKey(i), v) for i, v in enumerate(values)], context
+
     def unflatten(values: Any, context: Any) -> Any:
         return parser.reconstruct(context.obj, iter(list(values)))
 
     try:
-        pytree.register_pytree_node(arg_type, flatten, unflatten,
+        pytree.register_pytree_node(arg_type, flatten, unflatten, flatten_with_keys_fn=flatten_with_keys,
                                     serialized_type_name=f"{arg_type.__module__}.{arg_type.__qualname__}")
     except ValueError:  # registered already (a second parser for the type): keep the first
         warn_unused([f"registerCustomArgParser({arg_type.__name__}) again"], "PopTorch call")
@@ -381,12 +395,19 @@ class _Original:
     def __hash__(self) -> int:
         return 0
 
+    def __deepcopy__(self, memo: dict) -> _Original:  # the capture copies specs: share the object
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self.obj).__name__}>"
 
 
 # -- hooks and annotations ---------------------------------------------------------------------
-POST_COMPILE_HOOKS: dict[int, Callable[[], Any]] = {}
+class _Hooks(dict):
+    """The registered hooks by handle id (a dict a ``RemovableHandle`` can refer to weakly)."""
+
+
+POST_COMPILE_HOOKS: dict[int, Callable[[], Any]] = _Hooks()
 
 
 def registerPostCompileHook(hook: Callable[[], Any]) -> RemovableHandle:  # noqa: N802

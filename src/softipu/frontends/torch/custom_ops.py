@@ -24,8 +24,8 @@ import torch
 
 from softipu.frontends.errors import FrontendError
 
-__all__ = ["HOST_CALL_PREFIX", "HostCall", "connect_host_calls", "host_call", "ipu_print_op", "nop_op",
-           "print_format_key", "register_host_call"]
+__all__ = ["HOST_CALL_PREFIX", "HostCall", "connect_host_calls", "host_call", "ipu_print_op",
+           "nop_op", "print_format_key", "register_host_call"]
 
 HOST_CALL_PREFIX = "host_call/"
 
