@@ -44,3 +44,23 @@ def test_a_conflict_below_the_top_names_both_calls():
     text = str(err.value)
     assert "element 40 of variable 'a'" in text
     assert f":{first}" in text and f":{second}" in text
+
+
+@pytest.mark.parametrize("span", [6000, 60000])  # dense addresses (one table), sparse (searched)
+def test_tiles_of_many_addresses_matches_each_interval(span):
+    """Intervals with gaps between them; every address looked up, in random order and with
+    repeats, against the tile written out interval by interval (-1 in a gap or outside)."""
+    from softipu.graph.mapping import ResolvedMapping
+
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(100, 5000), 400, replace=False))
+    starts, ends = cuts[0::2].astype(np.int64), cuts[1::2].astype(np.int64)
+    tiles = rng.integers(0, 8, starts.size).astype(np.int32)
+    resolved = ResolvedMapping(starts, ends, tiles)
+    want_at = np.full(span + 50, -1, np.int32)
+    for s, e, t in zip(starts.tolist(), ends.tolist(), tiles.tolist(), strict=True):
+        want_at[s:e] = t
+    addresses = rng.integers(50, span + 50, 5000)
+    np.testing.assert_array_equal(resolved.tiles_of(addresses), want_at[addresses])
+    grid = addresses.reshape(50, 100)  # any shape, kept
+    assert resolved.tiles_of(grid).shape == (50, 100)

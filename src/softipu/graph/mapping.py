@@ -18,6 +18,10 @@ from softipu.errors import MappingError
 
 __all__ = ["MappingTable", "ResolvedMapping", "resolve_mapping"]
 
+# ResolvedMapping.tiles_of looks this many addresses or more up in one table over their span
+# (when they are dense in it) rather than one binary search each.
+_DENSE_MIN_ADDRESSES = 1 << 12
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ResolvedMapping:
@@ -48,12 +52,31 @@ class ResolvedMapping:
     def tiles_of(self, addresses: np.ndarray) -> np.ndarray:
         """The tile of each address (any shape); -1 where unmapped."""
         a = np.asarray(addresses, dtype=np.int64)
-        k = np.searchsorted(self.starts, a, side="right") - 1
-        kc = np.clip(k, 0, None)
         if self.starts.size == 0:
             return np.full(a.shape, -1, np.int32)
+        k = self._interval_at(a) if a.size >= _DENSE_MIN_ADDRESSES else None
+        if k is None:
+            k = np.searchsorted(self.starts, a, side="right") - 1
+        kc = np.clip(k, 0, None)
         ok = (k >= 0) & (a < self.ends[kc])
         return np.where(ok, self.tiles[kc], -1).astype(np.int32)
+
+    def _interval_at(self, a: np.ndarray) -> np.ndarray | None:
+        """``searchsorted(starts, a, side="right") - 1`` from one table over the addresses' span,
+        where they are dense in it (a gather's whole table, say): a cumulative count of interval
+        starts costs a pass over the span, not a binary search with cache misses per address.
+        None where the span is too sparse for that."""
+        lo, hi = int(a.min()), int(a.max()) + 1
+        span = hi - lo
+        if span > 2 * a.size:
+            return None
+        first = max(int(np.searchsorted(self.starts, lo, side="right")) - 1, 0)
+        last = int(np.searchsorted(self.starts, hi - 1, side="right"))
+        marks = np.zeros(span, np.int32)
+        marks[np.maximum(self.starts[first:last] - lo, 0)] = 1  # starts are distinct
+        index = np.cumsum(marks, dtype=np.int64 if last >= 1 << 31 else np.int32)
+        index += first - 1
+        return index[a - lo]
 
     def mapped_between(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """How many addresses in each ``[lo, hi)`` are mapped."""
