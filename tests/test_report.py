@@ -445,3 +445,98 @@ def test_an_uneven_spread_is_told_apart_from_too_much_data():
     f = full.fit()
     assert f["tiles_over"] == 4 and f["ipus_needed"] == -(-f["total_bytes"] // 16384) == 2
     assert "needs the memory of 2 IPUs" in full.summary()
+
+
+# --- version 2: what the page's views read --------------------------------------------------------------
+
+
+def test_named_variables_and_each_tiles_largest(ran):
+    named = ran.engine.report.data["memory"]["named"]
+    by_name = {v["name"]: v for v in named["list"]}
+    # Nine vectors of N floats (a, b, o on tiles 0..2) and two of 64 (x on tile 0, y on tile 3).
+    assert named["count"] == 11 and set(by_name) == {f"{k}{t}" for k in "abo" for t in range(3)} | {"x", "y"}
+    for t in range(3):
+        for k in "abo":
+            v = by_name[f"{k}{t}"]
+            assert (v["bytes"], v["tiles"], v["shape"], v["dtype"]) == (N * 4, 1, [N], str(sp.float32))
+    assert by_name["x"]["bytes"] == by_name["y"]["bytes"] == 64 * 4
+    top = named["tile_top"]
+    # Tile 0 holds a0, b0, o0 (400 B each) and x (256 B): its three largest are the 400s.
+    assert sorted(named["list"][i]["name"] for i, _ in top[0]) == ["a0", "b0", "o0"]
+    assert [b for _, b in top[0]] == [N * 4] * 3
+    assert [(named["list"][i]["name"], b) for i, b in top[3]] == [("y", 256)]
+    # x and a0..b2 are read before anything writes them: always live; the outputs are results.
+    assert by_name["x"]["always_live"] and by_name["a0"]["always_live"]
+
+
+def test_tile_cycles_of_the_add_are_its_vertex_on_each_tile(ran):
+    report = ran.engine.report
+    add = step_named(report, "add<f32>")
+    cycles = report.data["tile_cycles"]
+    assert add["index"] in cycles["steps"]
+    per_tile = cycles["cycles"][cycles["steps"].index(add["index"])]
+    # One BinaryOp1D<ADD,float> of 100 elements on each of tiles 0..2 (353 cycles, see above), none on 3.
+    assert per_tile == [6 * (29 + 9 * 3) + 11] * 3 + [0]
+    assert max(per_tile) == add["compute_cycles"]
+    state = dict(map(tuple, report.data["step_memory"]))
+    assert state[add["index"]] == int(report.memory_by_category_per_tile()["vertex_state"].sum())
+
+
+def test_program_tree_mirrors_the_program(ran):
+    tree = ran.engine.report.data["program"]
+    assert not tree["truncated"] and tree["functions"] == []
+    (root,) = tree["programs"]
+    assert root["k"] == "sequence" and root["s"] == -1
+    copy_node, repeat, sync = root["c"]
+    steps = ran.engine.report.steps
+    assert copy_node["k"] == "copy" and steps[copy_node["s"]]["name"] == "Copy x -> y"
+    assert repeat["k"] == "repeat" and repeat["n"] == 2
+    (execute,) = repeat["c"]
+    assert execute["k"] == "execute" and execute["name"] == "add<f32>"
+    assert steps[execute["s"]]["name"] == "add<f32>"
+    assert execute["src"].endswith(f"{HERE}:{ran.execute_line}")
+    assert sync["k"] == "sync"
+
+
+def test_peak_contributors_are_live_at_the_peak():
+    """Two intermediates written then read, one after the other: the peak is where both live."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    add = binary_op_codelet(BinaryOp.ADD, sp.float32)
+    a, b = variable(g, N, 0, "a"), variable(g, N, 0, "b")
+    t1, t2, out = variable(g, N, 0, "t1"), variable(g, N, 0, "t2"), variable(g, N, 0, "out")
+    cs = []
+    for i, (x, y, z) in enumerate([(a, b, t1), (t1, b, t2), (t1, t2, out)]):
+        c = g.add_compute_set(f"step{i}")
+        g.add_vertex(c, add, {"a": x, "b": y, "out": z}, tile=0)
+        cs.append(c)
+    eng = sp.Engine(g, [P.Sequence(*(P.Execute(c) for c in cs))])
+    eng.run(0)
+    named = eng.report.data["memory"]["named"]
+    peak = named["peak"]
+    names = {named["list"][i]["name"]: nbytes for i, nbytes in peak["contributors"]}
+    # t1 (written at step0, read at step2) and t2 (written at step1, read at step2) overlap.
+    assert names == {"t1": N * 4, "t2": N * 4}
+    assert peak["bytes"] == max(eng.report.data["memory"]["liveness"]["bytes"])
+    assert peak["bytes"] == 2 * N * 4 + peak["receive_bytes"]  # no exchange here: receive_bytes 0
+    assert eng.report.steps[peak["step"]]["name"] in ("step1", "step2")
+
+
+def test_a_version_1_document_is_upgraded_on_read(ran):
+    data = json.loads(ran.engine.report.to_json())
+    data["version"] = 1
+    for key in ("softipu_version", "program", "tile_cycles", "step_memory"):
+        del data[key]
+    del data["memory"]["named"], data["target"]["peak_flops_per_cycle"]
+    old = sp.Report.from_json(json.dumps(data))
+    assert old.data["version"] == 2 and old.data["memory"]["named"]["list"] == []
+    assert old.summary() == ran.engine.report.summary()
+    assert old.cycles == ran.engine.report.cycles
+
+
+def test_references_outside_their_lists_are_refused(ran):
+    data = document(ran)
+    data["memory"]["named"]["tile_top"][0] = [[999, 4]]
+    assert "memory.named.tile_top[0]" in rejected(data)
+    data = document(ran)
+    data["tile_cycles"]["cycles"][0] = [1, 2]
+    assert "tile_cycles.cycles" in rejected(data)
