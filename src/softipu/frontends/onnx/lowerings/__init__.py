@@ -5,6 +5,7 @@ from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the low
     elementwise,
     graphcore,
     nn,
+    quant,
     recurrent,
     resize,
     shape,
