@@ -299,3 +299,17 @@ def test_page_opens_offline_from_a_v1_document(reports, open_page, tmp_path):
     for view in VIEWS:
         assert page.show(view).is_visible()
     assert page.errors == []
+
+
+def test_a_report_of_nothing_run_renders(open_page):
+    """Memory is known at compile time; the execution views are empty but must not fail."""
+    from softipu import program as P
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (8,), name="x")
+    g.set_tile_mapping(x, 0)
+    page = open_page(sp.Engine(g, [P.Sequence(P.Copy(x, x), P.Sync())]).report, name="unrun")
+    for view in VIEWS:
+        assert page.show(view).is_visible()
+    assert "not run" in page.page.locator("#view-summary").inner_text()
+    assert page.errors == []

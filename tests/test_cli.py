@@ -183,3 +183,15 @@ def test_python_dash_m_softipu_and_the_console_script():
 
     (script,) = entry_points(group="console_scripts", name="softipu")
     assert script.value == "softipu.cli:main"
+
+
+def test_plugins_register_subcommands_and_a_broken_one_is_skipped(monkeypatch, tmp_path, capsys):
+    (tmp_path / "h8_cli_plugin.py").write_text(
+        "from softipu import cli\n"
+        "cli.register('hello', 'say hello', lambda p: None, lambda a, out: out.line('hello') or 0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "_COMMANDS", dict(cli._COMMANDS))
+    monkeypatch.setattr(cli, "PLUGINS", ["h8_cli_plugin", "h8_no_such_module"])
+    assert run("hello") == (0, "hello\n")
+    assert "subcommands of h8_no_such_module unavailable" in capsys.readouterr().err
+    assert run("info")[0] == 0  # the built-in commands still work

@@ -2,7 +2,10 @@
 
 Subcommands live in a registry: :func:`register` adds one (its name, a one-line help, a function
 that adds its arguments to an ``argparse`` parser, and the function that runs it), so other parts
-of softipu (the systems launcher's ``softipu run``) plug in without editing this file's parser.
+of softipu (the systems launcher's ``softipu run``) plug in without editing this file's parser:
+either a module registered in :data:`PLUGINS` (imported when the command line starts; it calls
+:func:`register`), or a package's entry point in the group ``softipu.commands`` (a callable
+that is given :func:`register`).
 Built in:
 
 * ``softipu info``: version, Python and library versions, targets, systems, where caches live;
@@ -36,6 +39,7 @@ from softipu.log import configure_from_env
 __all__ = ["Command", "register", "commands", "main", "Output"]
 
 CACHE_ENV = "SOFTIPU_CACHE_DIR"
+PLUGINS: list[str] = []  # softipu modules that register subcommands when imported
 
 
 @dataclass(frozen=True)
@@ -311,9 +315,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_plugins() -> None:
+    """Import :data:`PLUGINS` and call every ``softipu.commands`` entry point with :func:`register`;
+    a plugin that fails is reported on stderr and skipped (the built-in commands still work)."""
+    import importlib
+
+    for name in PLUGINS:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
+            print(f"softipu: subcommands of {name} unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    for ep in importlib.metadata.entry_points(group="softipu.commands"):
+        try:
+            ep.load()(register)
+        except Exception as exc:  # noqa: BLE001
+            print(f"softipu: subcommand plugin {ep.name} unavailable: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, stream: IO[str] | None = None) -> int:
     """Run ``softipu ARGV``; returns the exit status (errors of softipu: 1, with the message)."""
     configure_from_env()
+    load_plugins()
     args = parser().parse_args(argv)
     if args.command is None:
         parser().print_help(stream)
