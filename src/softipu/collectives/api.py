@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 import softipu.ops as ops
 from softipu.collectives.groups import (
     CollectiveError,
@@ -51,7 +53,7 @@ from softipu.debug import at, caller_location
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
-from softipu.ops.common import OpContext, parse_options
+from softipu.ops.common import OpContext, parse_options, tile_regions
 from softipu.ops.mapping import map_linearly
 from softipu.target import links
 from softipu.target.systems import smallest_fabric
@@ -124,6 +126,22 @@ class _Call:
         if cols.numel != dst.numel:
             prog.add(P.Copy(cols.flatten()[: dst.numel].reshape(dst.shape), dst))
         return dst
+
+
+def _like(graph: Graph, t: Tensor, copies: int | None, name: str) -> Tensor:
+    """A new output of ``t``'s shape (``copies`` of it along a new leading axis unless None), each
+    copy mapped as ``t`` is: GCL clones its outputs from the input, so a well-spread input (every
+    tile holding part of every fragment) gives a well-spread output."""
+    out = graph.add_variable(t.dtype, t.shape if copies is None else (copies, *t.shape), name=name)
+    copies = copies or 1
+    starts, lengths, tiles = tile_regions(graph, t)
+    if tiles.size == 0 or tiles.min() < 0:  # the input is not mapped (yet): spread the output
+        map_linearly(graph, out)
+        return out
+    shift = np.repeat(np.arange(copies, dtype=np.int64) * t.numel, starts.size)
+    begins = np.tile(starts, copies) + shift
+    graph.map_intervals(out, begins, begins + np.tile(lengths, copies), np.tile(tiles, copies))
+    return out
 
 
 def _same_view(a: Tensor, b: Tensor) -> bool:
@@ -238,8 +256,7 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,
                group: CommGroup = ALL, name: str = "", options: dict | None = None) -> Tensor:
     """GCL ``allReduceCrossReplica``: a new tensor, ``op`` over each replica group of ``t``."""
-    out = graph.add_variable(t.dtype, t.shape, name=f"{name or 'all_reduce'}/out")
-    map_linearly(graph, out)
+    out = _like(graph, t, None, f"{name or 'all_reduce'}/out")
     return all_reduce_to_destination(graph, t, out, prog, op=op, group=group, name=name, options=options)
 
 
@@ -287,8 +304,7 @@ def all_gather(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, na
     """GCL ``allGatherCrossReplica``: a new (n, *t.shape) tensor of every group member's ``t``."""
     where = f"all_gather {name or 'all_gather'!r}{at(caller_location())}"
     n = Groups.of(group, graph.replication_factor, where).n if isinstance(group, CommGroup) else 1
-    out = graph.add_variable(t.dtype, (n, *t.shape), name=f"{name or 'all_gather'}/out")
-    map_linearly(graph, out)
+    out = _like(graph, t, n, f"{name or 'all_gather'}/out")
     return all_gather_to_destination(graph, t, out, prog, group=group, name=name, options=options)
 
 
@@ -319,6 +335,5 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
 def all_to_all(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",
                options: dict | None = None) -> Tensor:
     """GCL ``allToAllCrossReplica``: a new tensor; see :func:`all_to_all_to_destination`."""
-    out = graph.add_variable(t.dtype, t.shape, name=f"{name or 'all_to_all'}/out")
-    map_linearly(graph, out)
+    out = _like(graph, t, None, f"{name or 'all_to_all'}/out")
     return all_to_all_to_destination(graph, t, out, prog, group=group, name=name, options=options)
