@@ -125,3 +125,55 @@ def _resize(ctx: Any, node: Any) -> Tensor:
 
 register_onnx_lowering("Resize", _resize, static=(1, 2, 3))
 register_onnx_lowering("Upsample", _resize, static=(1,))
+
+
+# -- DFT ---------------------------------------------------------------------------------------------
+def _dft_matrix(ctx: Any, node: Any, n: int, c: int, axis_input: bool) -> tuple[np.ndarray, int]:
+    """The DFT as a real matrix from the (n, c) signal to the (m, 2) spectrum, probed with onnx's
+    reference DFT on the n*c basis signals (exact: the transform is linear)."""
+    import onnx  # noqa: PLC0415
+    from onnx import helper  # noqa: PLC0415
+    from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
+
+    basis = np.eye(n * c, dtype=np.float32).reshape(n * c, n, c)
+    inputs, feeds = ["x"], {"x": basis}
+    if ctx.has(1):
+        inputs.append("len")
+        feeds["len"] = np.asarray(ctx.static(1, "dft_length"))
+    else:
+        inputs.append("")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "axis"}
+    if axis_input:
+        inputs.append("axis")
+        feeds["axis"] = np.array(1, np.int64)
+    else:
+        attrs["axis"] = 1
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    probe = helper.make_node("DFT", inputs, ["y"], **attrs)
+    out = ReferenceEvaluator(probe, opsets=ctx.opset).run(None, feeds)[0]
+    _ = onnx
+    return out.reshape(n * c, -1).T, out.shape[-1]  # (m*oc, n*c), oc
+
+
+def _dft(ctx: Any, node: Any) -> Tensor:
+    x = ctx.input(0)
+    axis_input = ctx.opset.get("", 20) >= 20
+    if axis_input:
+        axis = int(np.asarray(ctx.static(2, "axis")).reshape(-1)[0]) if ctx.has(2) else -2
+    else:
+        axis = int(ctx.attr("axis", 1))
+    axis %= x.ndim
+    n, c = x.shape[axis], x.shape[-1]
+    m, oc = _dft_matrix(ctx, node, n, c, axis_input)
+    rest = [d for d in range(x.ndim - 1) if d != axis]
+    moved = x.transpose(rest + [axis, x.ndim - 1])
+    lead = moved.shape[:-2]
+    w = ctx.constant(np.ascontiguousarray(m.T).astype(x.dtype.numpy), x.dtype, "dft")
+    y = matmul(ctx.graph, moved.reshape((-1, n * c)), w, ctx.prog, name=ctx.name)
+    y = y.reshape(lead + (m.shape[0] // oc, oc))
+    order = rest + [axis, x.ndim - 1]
+    return y.transpose(list(np.argsort(order)))
+
+
+register_onnx_lowering("DFT", _dft, static=(1, 2))
