@@ -245,3 +245,11 @@ def test_composites_match_torch():
         torch.dist(m, m.flip(0), 3), torch.bucketize(vals, seq), torch.searchsorted(seq, vals, right=True),
         torch.diagonal_scatter(torch.zeros(4, 4), v, 1), torch.angle(vals - 1.0),
         F.bilinear(b3[0], b3[1], torch.ones(2, 3, 3))), m, v, b3, c3, seq, vals)
+
+
+def test_fractional_max_pool_with_given_samples_matches_torch():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 2, 9, 8, generator=g)
+    u = torch.rand(1, 2, 2, generator=g)
+    _compare(lambda x, u: F.fractional_max_pool2d(x, 3, output_size=(4, 3), return_indices=True,
+                                                  _random_samples=u), x, u)

@@ -316,3 +316,60 @@ def _max_pool_backward(ctx: Any, node: Any, grad_out: Tensor, x: Tensor, kernel_
 
 
 register_lowering("aten::max_pool2d_with_indices_backward", _max_pool_backward, override=True)
+
+
+# -- fractional max pooling ------------------------------------------------------------------------
+def _fractional_max_pool(nsp: int) -> Any:
+    """Windows start at torch's pseudo-random intervals: along an axis of ``n`` inputs, ``o``
+    outputs and window ``k``, output ``i < o - 1`` starts at ``floor((i + u) a) - floor(u a)``
+    with ``a = (n - k) / (o - 1)`` and ``u`` the plane's sample; the last starts at ``n - k``.
+    The starts depend on the samples (data), so the windows are gathered, not viewed."""
+    def lower(ctx: Any, node: Any, x: Tensor, kernel_size: Any, output_size: Any,
+              random_samples: Tensor) -> tuple[Tensor, Tensor]:
+        k, outs = _pair(kernel_size, nsp), _pair(output_size, nsp)
+        lead, sizes = x.shape[:-nsp], x.shape[-nsp:]
+        planes, plane = math.prod(lead), math.prod(sizes)
+        out_shape = lead + outs
+        if not planes or not math.prod(outs):
+            return ctx.constant(0, x.dtype, out_shape), ctx.constant(0, ctx.out_dtype(1), out_shape)
+        samples = ctx.cast(random_samples, float32).reshape(planes, nsp)
+        full = (planes,) + outs + k
+        pos = ctx.constant(np.arange(planes, dtype=np.int32) * plane, int32, (planes,), "base")
+        pos = pos.reshape((planes,) + (1,) * (2 * nsp)).broadcast(full)
+        for a in range(nsp):
+            sample = samples[:, nsp - 1 - a] if nsp == 2 else samples[:, a]  # 2-d: sample 0 is W
+            n, o, kk = sizes[a], outs[a], k[a]
+            alpha = (n - kk) / (o - 1) if o > 1 else 0.0
+            i = ctx.constant(np.arange(o, dtype=np.float32), float32, (o,), f"i{a}")
+            u = sample.reshape(planes, 1).broadcast((planes, o))
+            X, U = E.input(0), E.input(1)
+            start = E.sub(E.floor(E.mul(E.add(X, U), alpha)), E.floor(E.mul(U, alpha)))
+            start = E.select(E.eq(X, float(o - 1)), float(n - kk), start)
+            i = i.reshape(1, o).broadcast((planes, o))
+            starts = _map(ctx, E.cast(start, int32), [i, u], f"/start{a}")
+            stride = math.prod(sizes[a + 1:])
+            shape = [planes] + [1] * (2 * nsp)
+            shape[1 + a] = o
+            kshape = [1] * (1 + 2 * nsp)
+            kshape[1 + nsp + a] = kk
+            offs = ctx.constant(np.arange(kk, dtype=np.int32) * stride, int32, (kk,), f"k{a}")
+            pos = _map(ctx, E.add(E.input(0), E.add(E.mul(E.input(1), stride), E.input(2))),
+                       [pos, starts.reshape(tuple(shape)).broadcast(full),
+                        offs.reshape(tuple(kshape)).broadcast(full)],
+                       f"/pos{a}")
+        windows = (planes * math.prod(outs), math.prod(k))
+        values = ix.gather(ctx.graph, x.reshape(-1), pos.reshape(-1), ctx.prog, axis=0,
+                           name=f"{ctx.name}/gather").reshape(windows)
+        out = reduce_to(ctx, values, ReduceOp.MAX, (1,), False, "/max").reshape(out_shape)
+        best = ctx.cast(argmax(ctx.graph, values, ctx.prog, dim=1, name=f"{ctx.name}/argmax"), int32)
+        flat = _map(ctx, E.add(E.mul(E.input(0), windows[1]), E.input(1)),
+                    [ctx.constant(np.arange(windows[0], dtype=np.int32), int32, (windows[0],), "row"), best],
+                    "/at")
+        chosen = ix.gather(ctx.graph, pos.reshape(-1), flat, ctx.prog, axis=0, name=f"{ctx.name}/index")
+        index = _map(ctx, E.rem(E.input(0), plane), [chosen], "/plane")
+        return out, ctx.cast(index.reshape(out_shape), ctx.out_dtype(1))
+    return lower
+
+
+register_lowering("aten::fractional_max_pool2d", _fractional_max_pool(2))
+register_lowering("aten::fractional_max_pool3d", _fractional_max_pool(3))
