@@ -22,6 +22,7 @@ The training passes are convolutions too, as in torch's autograd:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,8 @@ def conv_input_grad(graph: Graph, dy: Tensor, w: Tensor, prog: P.Sequence, *,
     hi_w = lo_w + (geo.w + 2 * geo.pw - geo.dw * (geo.kw - 1) - 1) % geo.sw
     dyp = _dilated_padded(ctx, geo.as_2d_output(dy), (geo.sh, geo.sw), (lo_h, lo_w), (hi_h, hi_w))
     w5 = geo.as_2d_weight(w).reshape(geo.groups, geo.og, geo.cg, geo.kh, geo.kw)
-    flipped = w5.reverse(3).reverse(4).transpose(0, 1, 3, 4, 2)  # (G, Og, kh, kw, Cg)
-    wmat = flipped.reshape(geo.groups, geo.og * geo.kh * geo.kw, geo.cg)
+    flipped = w5.reverse(3).reverse(4).transpose(0, 3, 4, 1, 2)  # (G, kh, kw, Og, Cg)
+    wmat = flipped.reshape(geo.groups, geo.kh * geo.kw * geo.og, geo.cg)
     inner = _Inner(geo.n, geo.groups, geo.og, geo.cg, geo.kh, geo.kw, 1, 1, geo.dh, geo.dw,
                    geo.h, geo.w)
     out = _conv_matmul(ctx, dyp, wmat, inner, opts)
@@ -134,7 +135,8 @@ def conv_weight_grad(graph: Graph, dy: Tensor, x: Tensor, prog: P.Sequence, *,
                  (geo.groups, geo.og, k), False, False)
     im2col = _Im2Col(xp, inner)
     out = _grouped(ctx, _Operand(dy_mat, np.arange(geo.groups)), im2col, spec, opts,
-                   grains=(1, 1, geo.kh * geo.kw), allow_swap=False)
+                   grains=(1, 1, _conv_grains(inner)[1]), allow_swap=False)
+    out = out.reshape(geo.o, geo.kh, geo.kw, geo.cg).transpose(0, 3, 1, 2)
     return out.reshape(tuple(weight_shape))
 
 
@@ -157,8 +159,9 @@ def create_conv_weights(graph: Graph, dtype: DType, input_shape: Sequence[int], 
     fake = OpContext(graph, P.Sequence(), "create_conv_weights", name or "create_conv_weights")
     var, _ = _slab_variable(fake, pl, dtype, geo.groups, rows, cols, "b", np.arange(geo.groups),
                             name=name or "create_conv_weights")
-    wmat = _slab_view(var, geo.groups, rows, cols)  # [G, Cg*kh*kw, Og]
-    return wmat.transpose(0, 2, 1).reshape(tuple(weight_shape))
+    wmat = _slab_view(var, geo.groups, rows, cols)  # [G, kh*kw*Cg, Og]
+    w4 = wmat.transpose(0, 2, 1).reshape(geo.o, geo.kh, geo.kw, geo.cg).transpose(0, 3, 1, 2)
+    return w4.reshape(tuple(weight_shape))
 
 
 def _conv_spec(inner: _Inner, dtype: DType) -> _Spec:
@@ -167,9 +170,13 @@ def _conv_spec(inner: _Inner, dtype: DType) -> _Spec:
 
 
 def _conv_grains(inner: _Inner) -> tuple[int, int, int]:
-    """The plan's grains: K blocks of whole kernels, except where the input is used in place."""
-    pointwise = (inner.kh, inner.kw, inner.sh, inner.sw) == (1, 1, 1, 1)
-    return (1, 1, 1) if pointwise else (1, inner.kh * inner.kw, 1)
+    """The plan's grains: K blocks of channel blocks dividing ``Cg``; any K block for a 1x1."""
+    return (1, 1, 1) if (inner.kh, inner.kw) == (1, 1) else (1, math.gcd(inner.cg, _K_GRAIN), 1)
+
+
+# The K grain of a convolution with a window: channel blocks that divide Cg (so a slab cut inside
+# a kernel position is one copy, _Im2Col._split) as fine as poplin's AMP needs [D]: 64 channels.
+_K_GRAIN = 64
 
 
 def conv_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], *,
@@ -338,9 +345,9 @@ class _Inner:
 
 # -- building blocks -----------------------------------------------------------------------------
 def _weight_matrix(w: Tensor, groups: int) -> Tensor:
-    """``[O, Cg, kh, kw]`` weights as ``[G, Cg*kh*kw, Og]``."""
+    """``[O, Cg, kh, kw]`` weights as ``[G, kh*kw*Cg, Og]`` (K in im2col's order)."""
     o, cg, kh, kw = w.shape
-    return w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+    return w.transpose(0, 2, 3, 1).reshape(groups, o // groups, kh * kw * cg).transpose(0, 2, 1)
 
 
 def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
@@ -370,39 +377,110 @@ def _pointwise_matrix(xp: Tensor, inner: _Inner) -> Tensor | None:
 
 @dataclass(frozen=True, slots=True)
 class _Im2Col:
-    """The im2col matrix ``[G, N*Ho*Wo, Cg*kh*kw]`` of a padded input, built in column slabs."""
+    """The im2col matrix ``[G, N*Ho*Wo, kh*kw*Cg]`` of a padded input, built in column slabs.
+
+    K runs kernel position by kernel position, channels innermost (``(kh, kw, Cg)``, the order of
+    poplin's channel-grouped layouts), and each slab holds whole kernel positions, so every piece
+    copied is a run of ``Cg`` channels contiguous on both sides when the input is stored channels
+    innermost (as :func:`_padded` and every convolution's output are): a region per pixel and
+    kernel position, not per element, for the exchange, its code and the compiler."""
 
     xp: Tensor  # [N, C, Hp, Wp], strided
     inner: _Inner
 
     def place(self, ctx: OpContext, pl: Plan, rows: _Grid, cols: _Grid, role: str) -> _Blocks:
         q = self.inner
-        kk = q.kh * q.kw
-        if np.any(cols.sizes % kk):
-            raise AssertionError("im2col slabs must hold whole kernels")
         groups = np.arange(q.groups)
         var, starts = _slab_variable(ctx, pl, self.xp.dtype, q.groups, rows, cols, role, groups)
+        kk = q.kh * q.kw
+        if kk == 1:  # a strided 1x1: slabs of channels, a copy for the full ones and the tail
+            self._channels(ctx, var, cols)
+            return _Blocks(var, starts, False, groups)
         width = int(cols.sizes[0])
-        full = int(np.sum(cols.sizes == width))
-        self._copy(ctx, var, 0, full, width // kk)
-        if full < len(cols):
-            self._copy(ctx, var, full, 1, int(cols.sizes[-1]) // kk, tail_of=width // kk)
+        if len(cols) == 1 or width == q.cg:  # one copy: one slab, or a slab per kernel position
+            self._copy(ctx, var, 0, kk, width // q.cg)
+        elif q.cg % width == 0:  # one copy: each kernel position split over cg / width slabs
+            self._split(ctx, var, width)
+        else:
+            ctx.prog.add(P.WriteUndef(var))  # written in pieces: dead until the first
+            k0 = 0
+            for w in cols.sizes.tolist():
+                self._slab(ctx, var, k0, k0 + w)
+                k0 += w
         return _Blocks(var, starts, False, groups)
 
-    def _copy(self, ctx: OpContext, var: Tensor, first: int, count: int, chans: int,
-              tail_of: int | None = None) -> None:
-        """Copy ``count`` slabs of ``chans`` channels each, starting at slab ``first``."""
+    def _slab(self, ctx: OpContext, var: Tensor, k0: int, k1: int) -> None:
+        """Copy the slab of K range ``[k0, k1)``: runs of whole kernel positions within a kernel
+        row, and part of a position's channels at either end."""
+        cg, kw = self.inner.cg, self.inner.kw
+        k = k0
+        while k < k1:
+            p, c = divmod(k, cg)
+            if c == 0 and k + cg <= k1:
+                p_end = min((p // kw + 1) * kw, k1 // cg)
+                self._piece(ctx, var, k0, k1 - k0, k - k0, p, p_end - p, 0, cg)
+                k = p_end * cg
+            else:
+                c_end = min(cg, c + k1 - k)
+                self._piece(ctx, var, k0, k1 - k0, k - k0, p, 1, c, c_end - c)
+                k += c_end - c
+
+    def _piece(self, ctx: OpContext, var: Tensor, k0: int, width: int, col: int, p: int, npos: int,
+               c0: int, clen: int) -> None:
+        """Positions ``[p, p + npos)`` (one kernel row), channels ``[c0, c0 + clen)``, into the slab
+        that starts at K ``k0`` (``width`` wide), from its column ``col``."""
         q, x = self.inner, self.xp
         s_n, s_c, s_h, s_w = x.strides
-        kk, m, k = q.kh * q.kw, q.m, q.k
-        width = chans * kk
-        c0 = first * (tail_of or chans)
-        src = Tensor(x.graph, x.dtype, (q.groups, q.n, q.ho, q.wo, count, chans, q.kh, q.kw),
-                     x.offset + c0 * s_c,
-                     (q.cg * s_c, s_n, q.sh * s_h, q.sw * s_w, chans * s_c, s_c, q.dh * s_h,
-                      q.dw * s_w))
-        dst = Tensor(var.graph, var.dtype, src.shape, var.offset + c0 * kk * m,
-                     (m * k, q.ho * q.wo * width, q.wo * width, width, m * width, kk, q.kw, 1))
+        i, j = divmod(p, q.kw)
+        src = Tensor(x.graph, x.dtype, (q.groups, npos, q.n, q.ho, q.wo, clen),
+                     x.offset + i * q.dh * s_h + j * q.dw * s_w + c0 * s_c,
+                     (q.cg * s_c, q.dw * s_w, s_n, q.sh * s_h, q.sw * s_w, s_c))
+        dst = Tensor(var.graph, var.dtype, src.shape, var.offset + k0 * q.m + col,
+                     (q.m * q.k, q.cg, q.ho * q.wo * width, q.wo * width, width, 1))
+        ctx.prog.add(P.Copy(src, dst))
+
+    def _split(self, ctx: OpContext, var: Tensor, width: int) -> None:
+        """One copy when each kernel position fills ``cg / width`` slabs of ``width`` channels."""
+        q, x = self.inner, self.xp
+        s_n, s_c, s_h, s_w = x.strides
+        m, parts = q.m, q.cg // width
+        src = Tensor(x.graph, x.dtype, (q.groups, q.kh, q.kw, parts, q.n, q.ho, q.wo, width), x.offset,
+                     (q.cg * s_c, q.dh * s_h, q.dw * s_w, width * s_c, s_n, q.sh * s_h, q.sw * s_w, s_c))
+        dst = Tensor(var.graph, var.dtype, src.shape, var.offset,
+                     (m * q.k, q.kw * parts * m * width, parts * m * width, m * width,
+                      q.ho * q.wo * width, q.wo * width, width, 1))
+        ctx.prog.add(P.Copy(src, dst))
+
+    def _channels(self, ctx: OpContext, var: Tensor, cols: _Grid) -> None:
+        q, x = self.inner, self.xp
+        s_n, s_c, s_h, s_w = x.strides
+        m, k = q.m, q.k
+        width = int(cols.sizes[0])
+        full = int(np.sum(cols.sizes == width))
+        pixel = (s_n, q.sh * s_h, q.sw * s_w)
+        if full < len(cols):
+            ctx.prog.add(P.WriteUndef(var))  # written in two parts: dead until the first
+        for first, count, w in ((0, full, width), (full, len(cols) - full, int(cols.sizes[-1]))):
+            if not count:
+                continue
+            src = Tensor(x.graph, x.dtype, (q.groups, count, q.n, q.ho, q.wo, w),
+                         x.offset + first * width * s_c, (q.cg * s_c, w * s_c, *pixel, s_c))
+            dst = Tensor(var.graph, var.dtype, src.shape, var.offset + first * width * m,
+                         (m * k, m * w, q.ho * q.wo * w, q.wo * w, w, 1))
+            ctx.prog.add(P.Copy(src, dst))
+
+    def _copy(self, ctx: OpContext, var: Tensor, p0: int, p1: int, per: int) -> None:
+        """Copy every kernel position in one go: slabs of ``per`` positions, ``per`` 1 or all."""
+        q, x = self.inner, self.xp
+        s_n, s_c, s_h, s_w = x.strides
+        m, k, cg = q.m, q.k, q.cg
+        width = per * cg
+        # position p = (i, j): slab p // per, column (p % per) * cg
+        pos = (m * cg * q.kw, m * cg) if per == 1 else (q.kw * cg, cg)
+        src = Tensor(x.graph, x.dtype, (q.groups, q.kh, q.kw, q.n, q.ho, q.wo, cg), x.offset,
+                     (q.cg * s_c, q.dh * s_h, q.dw * s_w, s_n, q.sh * s_h, q.sw * s_w, s_c))
+        dst = Tensor(var.graph, var.dtype, src.shape, var.offset,
+                     (m * k, *pos, q.ho * q.wo * width, q.wo * width, width, 1))
         ctx.prog.add(P.Copy(src, dst))
 
 
@@ -416,15 +494,21 @@ def _zero_fill(ctx: OpContext, var: Tensor) -> None:
     zero_fill(ctx.graph, var, ctx.prog, name=f"{ctx.name}/pad")
 
 
+def _nhwc_variable(ctx: OpContext, dtype: DType, shape: tuple[int, ...], suffix: str) -> Tensor:
+    """A new ``[N, C, H, W]`` zeroed variable stored channels innermost (NHWC), mapped linearly."""
+    n, c, h, w = shape
+    var = ctx.graph.add_variable(dtype, (n, h, w, c), name=f"{ctx.name}/{suffix}")
+    map_linearly(ctx.graph, var, grain_size=ctx.graph.target.vector_width(dtype.itemsize))
+    _zero_fill(ctx, var)  # in storage order: one region a tile
+    return var.transpose(0, 3, 1, 2)
+
+
 def _padded(ctx: OpContext, x: Tensor, top: int, left: int, bottom: int, right: int) -> Tensor:
     """``x [N, C, H, W]`` with zero borders, as a strided tensor (``x`` itself when possible)."""
     if top == left == bottom == right == 0 and x.is_strided:
         return x
     n, c, h, w = x.shape
-    var = ctx.graph.add_variable(x.dtype, (n, c, h + top + bottom, w + left + right),
-                                 name=f"{ctx.name}/padded")
-    map_linearly(ctx.graph, var, grain_size=ctx.graph.target.vector_width(x.dtype.itemsize))
-    _zero_fill(ctx, var)
+    var = _nhwc_variable(ctx, x.dtype, (n, c, h + top + bottom, w + left + right), "padded")
     if x.numel:
         ctx.prog.add(P.Copy(x, var[:, :, top:top + h, left:left + w]))
     return var
@@ -438,9 +522,7 @@ def _dilated_padded(ctx: OpContext, dy: Tensor, stride: tuple[int, int], lo: tup
         return _padded(ctx, dy, lo[0], lo[1], hi[0], hi[1])
     n, o, ho, wo = dy.shape
     size = [(d - 1) * s + 1 + a + b for d, s, a, b in zip((ho, wo), stride, lo, hi, strict=True)]
-    var = ctx.graph.add_variable(dy.dtype, (n, o, size[0], size[1]), name=f"{ctx.name}/dilated")
-    map_linearly(ctx.graph, var, grain_size=ctx.graph.target.vector_width(dy.dtype.itemsize))
-    _zero_fill(ctx, var)
+    var = _nhwc_variable(ctx, dy.dtype, (n, o, size[0], size[1]), "dilated")
     src_key, dst_key = [slice(None)] * 2, [slice(None)] * 2
     for d, s, a, length in zip((ho, wo), stride, lo, size, strict=True):
         u0 = -(a // s) if a < 0 else 0  # first dy row that lands inside
