@@ -93,7 +93,7 @@ __all__ = [
     "VariableRetrievalMode", "__version__", "block_of", "cond", "ctc_beam_search_decoder", "custom_op",
     "dynamic_slice", "dynamic_update", "for_loop", "identity_loss", "inferenceModel",
     "ipuHardwareIsAvailable", "ipuHardwareVersion", "ipu_print_tensor", "isRunningOnIpu", "load", "nop",
-    "recomputationCheckpoint",
+    "recomputationCheckpoint", "removeBlocks",
     "registerCustomArgParser", "registerPostCompileHook", "register_custom_op", "serializedMatMul",
     "set_available_memory", "set_overlap_for_input", "set_overlap_for_output", "setLogLevel",
     "trainingModel", "_STORED",
@@ -118,6 +118,13 @@ def BeginBlock(layer_to_call: torch.nn.Module, user_id: Any = None, ipu_id: int 
 def block_of(layer: torch.nn.Module) -> tuple[Any, int | None] | None:
     """The ``(user_id, ipu_id)`` a layer was given with :func:`BeginBlock`, if any."""
     return _BLOCKS.get(layer)
+
+
+def removeBlocks(module: torch.nn.Module) -> torch.nn.Module:  # noqa: N802 - PopTorch's name
+    """Forget the :func:`BeginBlock` marks of ``module`` and its submodules."""
+    for layer in module.modules():
+        _BLOCKS.pop(layer, None)
+    return module
 
 
 @contextlib.contextmanager

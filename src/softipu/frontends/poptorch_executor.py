@@ -261,6 +261,12 @@ class PoplarExecutor:
         into the module; inference never changes the parameters."""
         self._impl.copy_buffers_to_host()
 
+    @_poptorch_errors
+    def setOptimizer(self, optimizer: Any) -> None:  # noqa: N802
+        """An inference model has no optimizer (PopTorch refuses it too)."""
+        raise FrontendError("setOptimizer: this is an inference model (poptorch.inferenceModel), which has "
+                            "no optimizer; use poptorch.trainingModel(model, options, optimizer)")
+
     def detachFromDevice(self) -> None:  # noqa: N802
         self._impl.detach()
 

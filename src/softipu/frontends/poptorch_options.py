@@ -170,6 +170,15 @@ class _TensorLocations(_Section):
 class _Distributed(_Section):
     _label = "Distributed"
 
+    @property
+    def numProcesses(self) -> int:  # noqa: N802 - PopTorch's names
+        """One host process (softipu runs every replica in this process)."""
+        return 1
+
+    @property
+    def processId(self) -> int:  # noqa: N802
+        return 0
+
 
 class _Jit(_Section):
     _label = "Jit"
@@ -265,6 +274,13 @@ class Options:
         if engine.get("prng.enableStochasticRounding") and "seed" in values:
             engine.setdefault("prng.seed", values["seed"])
         return TorchOptions(**values, engine_options=engine, stored=dict(self._stored))
+
+    def clone(self) -> Options:
+        """An independent copy of these options (PopTorch's ``Options.clone``)."""
+        twin = Options()
+        twin._values, twin._engine = dict(self._values), dict(self._engine)
+        twin._stored = dict(self._stored)
+        return twin
 
     def toDict(self) -> dict[str, Any]:  # noqa: N802
         return {**self._values, **{f"engine.{k}": v for k, v in self._engine.items()}, **self._stored}
