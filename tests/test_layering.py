@@ -133,7 +133,7 @@ def test_the_checker_names_the_offending_module_and_import():
                                "softipu.compiler.executable (layer compiler)")
     assert "softipu/graph/bad.py:7:" in found[1] and "softipu.engine.engine (layer engine)" in found[1]
     assert "softipu/graph/bad.py:8:" in found[2] and "imports softipu.ops (layer ops)" in found[2]
-    assert "graph may import only: debug, dtypes, errors, graph, target" in found[0]
+    assert "graph may import only: debug, dtypes, errors, graph, log, target" in found[0]
 
 
 def test_relative_imports_resolve_from_packages_and_modules():
