@@ -309,6 +309,10 @@ class Chains:
     def __bool__(self) -> bool:
         return bool(self.first)
 
+    def steps(self) -> list[int]:
+        """The steps ``handle`` may take over."""
+        return list(self.first) + list(self.later)
+
     def fused(self) -> list[ChainRunner]:
         return [c.runner for c in self.first.values() if c.runner is not None]
 

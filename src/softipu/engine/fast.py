@@ -372,15 +372,17 @@ class FastInterpreter(ProgramInterpreter):
         rounding = isinstance(self, StochasticRounding)
         self._chains = None if rounding else Chains(executable, storage)
         self._reductions = None if rounding else Reductions(executable, storage)
-        self._fusions = [f for f in (self._chains, self._reductions) if f]
+        # Step -> the fusion that may take it over (a step belongs to one at most).
+        self._fused = {step: f for f in (self._chains, self._reductions) if f for step in f.steps()}
         # Copy step -> its tensor-to-tensor copy between views bound once (None: not such a copy).
         self._copies: dict[int, Callable[[], Any] | None] = {}
 
     def run_execute(self, node: P.Execute) -> None:
-        self.account(node)
-        if self._fusions:
-            step = self._step_of.get(id(node))
-            if step is not None and any(f.handle(step) for f in self._fusions):
+        step = self._step_of.get(id(node))
+        if step is not None:
+            self.log.add(step, self._step_cycles[step])  # as account(node)
+            fusion = self._fused.get(step)
+            if fusion is not None and fusion.handle(step):
                 return
         self.execute(node.compute_set.id)
 

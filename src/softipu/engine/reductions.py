@@ -106,6 +106,10 @@ class Reductions:
     def __bool__(self) -> bool:
         return bool(self.first)
 
+    def steps(self) -> list[int]:
+        """The steps ``handle`` may take over."""
+        return list(self.first) + list(self.second)
+
     def handle(self, step: int) -> bool:
         cand = self.first.get(step)
         if cand is not None:
