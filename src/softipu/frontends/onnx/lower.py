@@ -208,6 +208,12 @@ class OnnxContext:
             return t
         return ew.cast(self.graph, t, dtype, self.prog, name=f"{self.name}/cast")
 
+    def lower_graph(self, graph: onnx.GraphProto, inputs: Sequence[Any]) -> list[Any]:
+        """Lower a subgraph (a Loop/Scan body, an If branch) with its inputs bound to ``inputs``
+        (tensors or host arrays); returns its outputs. Its own values are forgotten afterwards, so
+        an unrolled body can be lowered again; outer values stay visible (ONNX's scoping)."""
+        return self._lw.lower_graph(graph, inputs)
+
     def copy(self, t: Tensor) -> Tensor:
         """A new variable holding ``t``'s values (a view made a tensor of its own)."""
         out = self.variable(t.dtype, t.shape)
@@ -401,6 +407,31 @@ class _Lowerer:
         finally:
             self.opset.clear()
             self.opset.update(outer)
+
+    def lower_graph(self, graph: onnx.GraphProto, inputs: Sequence[Any]) -> list[Any]:
+        node = self.ctx.node
+        before_host, before_dev, before_types = set(self.host), set(self.dev), set(self.types)
+        try:
+            for vi, value in zip(graph.input, inputs, strict=False):
+                if value is None:
+                    continue
+                elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+                if isinstance(value, Tensor):
+                    self.dev[vi.name] = value
+                else:
+                    self.host[vi.name] = np.asarray(value)
+                self.types[vi.name] = elem or (self.types.get(vi.name) or T.FLOAT)
+            for init in graph.initializer:
+                self.host[init.name] = to_numpy(init)
+                self.types[init.name] = init.data_type
+            for inner in graph.node:
+                self._node(inner)
+            return [self.dev[o.name] if o.name in self.dev else self.host[o.name] for o in graph.output]
+        finally:
+            for table, before in ((self.host, before_host), (self.dev, before_dev), (self.types, before_types)):
+                for key in set(table) - before:
+                    del table[key]
+            self.ctx.node = node
 
     def _shape_of(self, name: str) -> list[int] | None:
         value = self.dev.get(name)

@@ -84,18 +84,40 @@ def static_inputs(model: onnx.ModelProto) -> set[str]:
     """Graph inputs whose values a lowering needs while compiling: those feeding a ``static`` input
     (a Reshape's shape...), directly or through default-domain nodes that fold on the host."""
     names = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+    flat = _flatten(model.graph.node)
+    int64_inputs = {vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type == onnx.TensorProto.INT64}
     need: set[str] = set()
-    for node in model.graph.node:
+    for node, _ in flat:
         lowering = ONNX_LOWERINGS.get(onnx_op_name(node.domain, node.op_type))
+        if lowering is None:  # lowered through its ONNX function body: its int64 inputs are shape-like
+            need.update(n for n in node.input if n in int64_inputs)
         for i in lowering.static if lowering is not None else ():
             if i < len(node.input) and node.input[i]:
                 need.add(node.input[i])
-    for node in reversed(model.graph.node):  # producers of needed values need their inputs too
-        if node.op_type in _SHAPE_ONLY or node.domain not in ("", "ai.onnx"):
-            continue
-        if any(out in need for out in node.output):
-            need.update(n for n in node.input if n)
+    for _ in range(2):  # producers of needed values need their inputs too (twice: nested scopes)
+        for node, reads in reversed(flat):
+            if node.op_type in _SHAPE_ONLY or node.domain not in ("", "ai.onnx"):
+                continue
+            if any(out in need for out in node.output):
+                need.update(reads)
     return need & names
+
+
+def _flatten(nodes: Any) -> list[tuple[onnx.NodeProto, set[str]]]:
+    """Every node, subgraph nodes before the node holding them, with the names each reads (a node
+    with subgraphs reads its inputs and every name its subgraphs read)."""
+    out: list[tuple[onnx.NodeProto, set[str]]] = []
+    for node in nodes:
+        reads = {n for n in node.input if n}
+        for attr in node.attribute:
+            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for g in graphs:
+                inner = _flatten(g.node)
+                out += inner
+                for _, r in inner:
+                    reads |= r
+        out.append((node, reads))
+    return out
 
 
 class _Compiled:
