@@ -253,3 +253,12 @@ def test_fractional_max_pool_with_given_samples_matches_torch():
     u = torch.rand(1, 2, 2, generator=g)
     _compare(lambda x, u: F.fractional_max_pool2d(x, 3, output_size=(4, 3), return_indices=True,
                                                   _random_samples=u), x, u)
+
+
+def test_grid_sample_matches_torch():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 5, 6, generator=g)
+    grid = torch.rand(2, 4, 3, 2, generator=g) * 2.6 - 1.3  # some points outside
+    _compare(lambda x, grid: (F.grid_sample(x, grid, "bilinear", "zeros", align_corners=False),
+                              F.grid_sample(x, grid, "bilinear", "reflection", align_corners=True),
+                              F.grid_sample(x, grid, "nearest", "border", align_corners=False)), x, grid)

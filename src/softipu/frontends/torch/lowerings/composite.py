@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softipu.dtypes import float32
+from softipu.dtypes import float32, int32
 from softipu.frontends.torch.lowerings.backward import _bn_functional
 from softipu.frontends.torch.lowerings.indexing import _gather
 from softipu.frontends.torch.lowerings.nn import _matmul
@@ -27,6 +27,7 @@ from softipu.frontends.torch.lowerings.shape import (
 from softipu.frontends.torch.registry import register_lowering
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
+from softipu.ops import indexing as ix
 from softipu.ops.elementwise import E
 from softipu.ops.reduce import ReduceOp
 
@@ -199,3 +200,83 @@ def _upsample_bilinear_aa(ctx: Any, node: Any, x: Tensor, output_size: Any, alig
     w = ctx.constant(weights.reshape(size).numpy(), ctx.out_dtype(), size, "weights")
     y = _matmul(ctx, ctx.cast(x, ctx.out_dtype()).reshape(rows, hin * win), w, "/resize")
     return y.reshape(ctx.out_shape())
+
+
+def _grid_check(node: Any) -> str | None:
+    mode = node.args[2] if len(node.args) > 2 else 0
+    return "bicubic grid sampling is not supported (use bilinear or nearest)" if mode == 2 else None
+
+
+def _source_coordinate(g: Any, size: int, align: bool, padding: int) -> Any:
+    """torch's grid_sampler_compute_source_index as an expression of the grid value ``g``."""
+    if align:
+        x = E.mul(E.add(g, 1.0), (size - 1) / 2)
+    else:
+        x = E.div(E.sub(E.mul(E.add(g, 1.0), float(size)), 1.0), 2.0)
+    if padding == 1:  # border
+        return E.clamp(x, 0.0, float(size - 1))
+    if padding == 2:  # reflection, then clipped
+        low, high = (0.0, 2.0 * (size - 1)) if align else (-1.0, 2.0 * size - 1.0)
+        if high == low:
+            return E.mul(x, 0.0)
+        lo, span = low / 2, (high - low) / 2
+        d = E.abs(E.sub(x, lo))
+        extra = E.rem(d, span)
+        flips = E.floor(E.div(d, span))
+        even = E.eq(E.rem(flips, 2.0), 0.0)
+        x = E.select(even, E.add(extra, lo), E.add(E.sub(span, extra), lo))
+        return E.clamp(x, 0.0, float(size - 1))
+    return x
+
+
+@register_lowering("aten::grid_sampler_2d", check=_grid_check)
+def _grid_sampler_2d(ctx: Any, node: Any, x: Tensor, grid: Tensor, interpolation: int, padding: int,
+                     align_corners: bool) -> Tensor:
+    """Bilinear (weights of the four neighbours) or nearest sampling at the grid's points: the
+    neighbours' positions are computed elementwise and gathered; outside ones count zero."""
+    n, c, h, w = x.shape
+    ho, wo = grid.shape[1:3]
+    dtype = ctx.out_dtype()
+    if not x.numel or not grid.numel:
+        return ctx.constant(0, dtype, ctx.out_shape())
+    grid = ctx.cast(grid, float32)
+    gx, gy = grid[..., 0], grid[..., 1]  # (n, ho, wo)
+    ix_e = _source_coordinate(E.input(0), w, bool(align_corners), int(padding))
+    iy_e = _source_coordinate(E.input(0), h, bool(align_corners), int(padding))
+    ix = _map(ctx, ix_e, [gx], "/ix")
+    iy = _map(ctx, iy_e, [gy], "/iy")
+    base = (np.arange(n * c, dtype=np.int32) * (h * w)).reshape(n, c, 1, 1)
+    base = ctx.constant(base, int32, (n, c, 1, 1), "base")
+    full = (n, c, ho, wo)
+    flat = ctx.cast(x, float32).reshape(-1)
+
+    def corner(dx: int, dy: int, weight: Any) -> Tensor:
+        X, Y = E.input(0), E.input(1)
+        cx = E.add(E.floor(X), float(dx)) if interpolation == 0 else E.round(X)
+        cy = E.add(E.floor(Y), float(dy)) if interpolation == 0 else E.round(Y)
+        inside = E.logical_and(E.logical_and(E.ge(cx, 0.0), E.le(cx, float(w - 1))),
+                               E.logical_and(E.ge(cy, 0.0), E.le(cy, float(h - 1))))
+        offset = E.add(E.mul(E.clamp(cy, 0.0, float(h - 1)), float(w)), E.clamp(cx, 0.0, float(w - 1)))
+        off = _map(ctx, E.cast(offset, int32), [ix, iy], f"/offset{dx}{dy}").reshape(n, 1, ho, wo)
+        wt = _map(ctx, E.mul(weight(X, Y, cx, cy), E.cast(inside, float32)), [ix, iy], f"/weight{dx}{dy}")
+        pos = _map(ctx, E.add(E.input(0), E.input(1)), [base.broadcast(full), off.broadcast(full)],
+                   f"/pos{dx}{dy}")
+        vals = ix_gather(ctx, flat, pos.reshape(-1)).reshape(full)
+        return _map(ctx, E.mul(E.input(0), E.input(1)), [vals, wt.reshape(n, 1, ho, wo).broadcast(full)],
+                    f"/term{dx}{dy}")
+
+    if interpolation == 1:
+        return ctx.cast(corner(0, 0, lambda X, Y, cx, cy: E.const(1.0)), dtype)
+    def bilinear(dx: int, dy: int) -> Any:
+        def weight(X: Any, Y: Any, cx: Any, cy: Any) -> Any:
+            fx, fy = E.sub(X, E.floor(X)), E.sub(Y, E.floor(Y))
+            return E.mul(fx if dx else E.sub(1.0, fx), fy if dy else E.sub(1.0, fy))
+        return weight
+
+    terms = [corner(dx, dy, bilinear(dx, dy)) for dy in (0, 1) for dx in (0, 1)]
+    total = _map(ctx, E.add(E.add(E.input(0), E.input(1)), E.add(E.input(2), E.input(3))), terms, "/sum")
+    return ctx.cast(total, dtype)
+
+
+def ix_gather(ctx: Any, flat: Tensor, positions: Tensor) -> Tensor:
+    return ix.gather(ctx.graph, flat, positions, ctx.prog, axis=0, name=f"{ctx.name}/gather")
