@@ -494,7 +494,8 @@ def test_program_tree_mirrors_the_program(ran):
     (execute,) = repeat["c"]
     assert execute["k"] == "execute" and execute["name"] == "add<f32>"
     assert steps[execute["s"]]["name"] == "add<f32>"
-    assert execute["src"].endswith(f"{HERE}:{ran.execute_line}")
+    assert steps[execute["s"]]["source"].endswith(f"{HERE}:{ran.execute_line}")
+    assert "src" not in execute and HERE in root["src"]  # the Sequence was built in this file
     assert sync["k"] == "sync"
 
 

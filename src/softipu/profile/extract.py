@@ -92,7 +92,8 @@ def _peak(exe: Executable, per_var: np.ndarray, ref: Any) -> dict[str, Any]:
 
 def program_tree(exe: Executable) -> dict[str, Any]:
     """Programs and functions as nodes ``{"k": kind, "s": step, "n": repeat count, "f": function,
-    "c": children, "src": source}``; ``s`` is -1 for nodes that are no step."""
+    "c": children, "src": source}``; ``s`` is -1 for nodes that are no step, and only those carry
+    ``src`` (a step's source is in ``steps``)."""
     budget = [MAX_NODES]
 
     def node(p: P.Program) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def program_tree(exe: Executable) -> dict[str, Any]:
             out["f"] = p.function.id
         if isinstance(p, P.Execute):
             out["name"] = p.compute_set.name
-        out["src"] = str(p.location)
+        if out["s"] < 0:  # a step's source is in its step entry
+            out["src"] = str(p.location)
         kids = []
         for child in p.children():
             if budget[0] <= 0:
