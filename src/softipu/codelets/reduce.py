@@ -23,7 +23,9 @@ its input in place. A piece that starts mid-row folds in piece order into a per-
 reduces a group's contiguous columns as one ``(rows, columns)`` view. What is left is memory
 traffic: on 4096 x 4096 fp32 over 1,472 tiles, stage 1 reads the input and writes 1,472 rows of
 partials (37% of the input), stage 2 reads them back; numpy's own ``max(axis=0)`` reads the input
-once.
+once. For max, min and the logical ops (exact, so any grouping gives the same bits) the fast
+engine runs both stages of an outer reduction as that one numpy reduction
+(:mod:`softipu.engine.reductions`), where the vertices prove it equivalent.
 
 Cycle estimates: poplibs' reduction estimators are not among the figures of ipu-facts.md §5, so
 these are documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per
