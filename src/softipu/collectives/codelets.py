@@ -74,10 +74,14 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
 
 
 def ring_reduce(ctx: OpContext, acc: Tensor, rows: Tensor, offset: Tensor, op: str, prog: P.Sequence) -> None:
-    """``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), one vertex per tile piece of ``acc``."""
+    """``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a vertex per worker's share of each tile
+    piece of ``acc``."""
     graph: Graph = ctx.graph
     codelet = ring_reduce_codelet(acc.dtype, offset.dtype, op)
-    starts, lengths, tiles = tile_regions(graph, acc)
+    _, per_tile, _ = tile_regions(graph, acc)  # pieces cut so a tile's 6 workers share them
+    share = -(-int(per_tile.max(initial=1)) // graph.target.workers_per_tile)
+    share = max(share, graph.target.vector_width(acc.dtype.itemsize))
+    starts, lengths, tiles = tile_regions(graph, acc, share)
     cs = graph.add_compute_set(f"{ctx.name}/reduce", op=ctx.op)
     for width in np.unique(lengths).tolist():
         pick = lengths == width

@@ -5,10 +5,9 @@ Ranks sit around a ring in poplibs' order for the system (``links.ring_order``: 
 ``0, 2, 4, ..., 5, 3, 1``, with one IPU per replica; flat with several on a torus); below, ``q``
 stands for ring positions and fragment ``q`` for the fragment of the rank at position ``q``. A
 replica sends to the one ``d`` places on (+1 clockwise, -1 anticlockwise). Which fragment (row of
-the ``(n, w)`` data) a replica works on at a step is a per-replica position counter: its first
-value comes from a table indexed by the replication index constant, every step moves it on by
-``-d`` (mod n) and looks its rank up in the ring order, so every step is the same program on
-every replica:
+the ``(n, w)`` data) a replica works on at a step is read from its own sequence of rows (a table
+indexed by the replication index constant, made at compile time from the ring order) at a step
+counter that is the same on every replica, so every step is the same program on every replica:
 
 * reduce-scatter: ``send = x[q - d]``; then ``n - 1`` times: ``send`` goes to the next replica's
   ``recv``; ``recv = recv op x[c]`` with ``c = q - 2d, q - 3d, ...`` and the two buffers swap
@@ -98,12 +97,13 @@ class Ring:
         map_by_columns(self.ctx.graph, t)
         return t
 
-    def per_replica(self, values: list[int], suffix: str, prog: P.Sequence) -> Tensor:
-        """A (1,) int32 holding ``values[replica]`` on each replica: a table indexed by the
-        replication index constant (Poplar's ``addReplicationIndexConstant``)."""
+    def per_replica(self, values: list, suffix: str, prog: P.Sequence) -> Tensor:
+        """``values[replica]`` (an int, or a list of L ints) on each replica, as a (1,) or (1, L)
+        int32: a table indexed by the replication index constant (Poplar's
+        ``addReplicationIndexConstant``)."""
         graph = self.ctx.graph
-        table = graph.add_constant(int32, (len(values),), np.array(values, np.int32),
-                                   name=f"{self.ctx.name}/{suffix}_table")
+        values = np.array(values, np.int32)
+        table = graph.add_constant(int32, values.shape, values, name=f"{self.ctx.name}/{suffix}_table")
         index = graph.add_replication_index_constant(name=f"{self.ctx.name}/replica")
         graph.set_tile_mapping(table, 0)
         graph.set_tile_mapping(index, 0)
@@ -130,27 +130,28 @@ class Ring:
         values = [self.rank_at(self.position(r) - steps_on * self.d) for r in range(self.groups.replicas)]
         return self.per_replica(values, suffix, prog)
 
-    def counter(self, steps_on: int, suffix: str, prog: P.Sequence) -> Tensor:
-        """A per-replica ring position counter starting at ``p - steps_on * d`` (mod n)."""
-        first = [(self.position(r) - steps_on * self.d) % self.n for r in range(self.groups.replicas)]
-        return self.per_replica(first, suffix, prog)
+    def sequence(self, steps_on: int, length: int, suffix: str, prog: P.Sequence) -> Tensor:
+        """Per replica (position p), the ranks at positions ``p - (steps_on + j) * d`` for the ring's
+        steps ``j = 0 .. length-1``: the fragment rows it works on, as a (length,) tensor that a
+        replica-independent step counter indexes (no modular arithmetic on the device)."""
+        values = [[self.rank_at(self.position(r) - (steps_on + j) * self.d) for j in range(length)]
+                  for r in range(self.groups.replicas)]
+        return self.per_replica(values, suffix, prog).reshape(length)
 
-    def advance(self, counter: Tensor, body: P.Sequence) -> None:
-        """``counter = (counter - d) mod n``: the next step's position."""
-        ops.add_(self.ctx.graph, counter, (self.n - self.d) % self.n, body, name=f"{self.ctx.name}/next")
-        ops.remainder_(self.ctx.graph, counter, self.n, body, name=f"{self.ctx.name}/wrap")
 
-    def row_of(self, counter: Tensor, body: P.Sequence) -> Tensor:
-        """The fragment row (rank) at the counter's ring position: the counter itself on a flat
-        ring, else a look-up in the ring order."""
-        if not self.order or self.order == tuple(range(self.n)):
-            return counter
-        graph = self.ctx.graph
-        table = graph.add_constant(int32, (self.n,), np.array(self.order, np.int32),
-                                   name=f"{self.ctx.name}/ring_order")
-        graph.set_tile_mapping(table, 0)
-        return ops.dynamic_slice(graph, table, counter, body, size=1, name=f"{self.ctx.name}/row")
+def _steps(ring: Ring, prog: P.Sequence) -> Tensor:
+    """The ring steps' counter, 0 at the first step, the same on every replica."""
+    graph = ring.ctx.graph
+    counter = ring.var(int32, (1,), "step")
+    zero = graph.add_constant(int32, (1,), 0, name=f"{ring.ctx.name}/first_step")
+    graph.set_tile_mapping(zero, 0)
+    prog.add(P.Copy(zero, counter))
+    return counter
 
+
+def _row(ring: Ring, rows: Tensor, step: Tensor, body: P.Sequence) -> Tensor:
+    """This step's fragment row: ``rows[step]`` of the replica's row sequence."""
+    return ops.dynamic_slice(ring.ctx.graph, rows, step, body, size=1, name=f"{ring.ctx.name}/row")
 
 
 def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.CrossReplicaCopy:
@@ -173,19 +174,19 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     if n == 1:
         return firsts
     recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
-    counters = [ring.counter(2, "row", prog) for ring in rings]
+    sequences = [ring.sequence(2, n - 1, "rows", prog) for ring in rings]
+    counter = _steps(ring0, prog)
 
     def step(sends: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # into = into op own row
         seq = P.Sequence([_exchange(rings, sends, intos)])
-        for ring, rows, into, counter in zip(rings, pieces, intos, counters, strict=True):
-            fused = _FUSED_OP.get(op)
+        for ring, rows, into, order in zip(rings, pieces, intos, sequences, strict=True):
+            row, fused = _row(ring, order, counter, seq), _FUSED_OP.get(op)
             if fused and rows.dtype.name in FUSED_DTYPES:  # GCL's one pass: into op= rows[row]
-                ring_reduce(ring.ctx, into, rows, ring.row_of(counter, seq), fused, seq)
+                ring_reduce(ring.ctx, into, rows, row, fused, seq)
             else:
-                own = ops.dynamic_slice(graph, rows, ring.row_of(counter, seq), seq, size=1,
-                                        name=f"{name}/fragment")
+                own = ops.dynamic_slice(graph, rows, row, seq, size=1, name=f"{name}/fragment")
                 _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
-            ring.advance(counter, seq)
+        ops.add_(graph, counter, 1, seq, name=f"{name}/next")
         return seq
 
     return _alternating(n - 1, step(firsts, recvs), step(recvs, firsts), (recvs, firsts), prog)
@@ -209,14 +210,15 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
     recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
     for own, send in zip(owns, sends, strict=True):
         prog.add(P.Copy(own, send))
-    counters = [ring.counter(1, "row", prog) for ring in rings]
+    sequences = [ring.sequence(1, n - 1, "rows", prog) for ring in rings]
+    counter = _steps(ring0, prog)
 
     def step(froms: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # z[row] = arrival, forwarded
         seq = P.Sequence([_exchange(rings, froms, intos)])
-        for ring, z, into, counter in zip(rings, zs, intos, counters, strict=True):
-            ops.dynamic_update(graph, z, into.reshape(1, -1), ring.row_of(counter, seq), seq,
+        for ring, z, into, order in zip(rings, zs, intos, sequences, strict=True):
+            ops.dynamic_update(graph, z, into.reshape(1, -1), _row(ring, order, counter, seq), seq,
                                name=f"{name}/store")
-            ring.advance(counter, seq)
+        ops.add_(graph, counter, 1, seq, name=f"{name}/next")
         return seq
 
     _alternating(n - 1, step(sends, recvs), step(recvs, sends), (recvs, sends), prog)
