@@ -230,20 +230,22 @@ def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
         return None
     key: list[Any] = [codelet, group.num_vertices]
     size = 0
-    for name, f in codelet.fields.items():
-        value = group.fields[name]
-        if f.direction is Direction.PARAM:
-            param = np.asarray(value).reshape(-1)
-            if param.size and not np.all(param == param[0]):
-                return None
-            key.append(param[0].item() if param.size else None)
-        else:
-            tensors = value if isinstance(value, tuple) else (value,)
+    for name, f in codelet.fields.items():  # the size first: most large groups stop here
+        if f.direction is not Direction.PARAM:
+            tensors = group.tensors(name)
             if any(t.index is not None or not _unit_inner_stride(t) for t in tensors):
                 return None
             key.append(tuple((t.shape, t.strides) for t in tensors))
             size += sum((t.shape[1] if t.strides[0] == 0 else t.numel) * t.dtype.itemsize for t in tensors)
-    return tuple(key) if size < MERGE_BYTES else None
+            if size >= MERGE_BYTES:
+                return None
+    for name, f in codelet.fields.items():
+        if f.direction is Direction.PARAM:
+            param = np.asarray(group.fields[name]).reshape(-1)
+            if param.size and not np.all(param == param[0]):
+                return None
+            key.append(param[0].item() if param.size else None)
+    return tuple(key)
 
 
 def _even_runs(groups: list[VertexGroup]) -> list[list[VertexGroup]]:
