@@ -510,7 +510,9 @@ def _padded(ctx: OpContext, x: Tensor, top: int, left: int, bottom: int, right: 
     n, c, h, w = x.shape
     var = _nhwc_variable(ctx, x.dtype, (n, c, h + top + bottom, w + left + right), "padded")
     if x.numel:
-        ctx.prog.add(P.Copy(x, var[:, :, top:top + h, left:left + w]))
+        # in storage order (channels innermost on both sides): a run per row, not per element
+        inside = var[:, :, top:top + h, left:left + w]
+        ctx.prog.add(P.Copy(x.transpose(0, 2, 3, 1), inside.transpose(0, 2, 3, 1)))
     return var
 
 
@@ -532,5 +534,5 @@ def _dilated_padded(ctx: OpContext, dy: Tensor, stride: tuple[int, int], lo: tup
                        else slice(0, 0))  # stop just past the last row: slices do not clamp
     src, dst = dy[tuple(src_key)], var[tuple(dst_key)]
     if src.numel:
-        ctx.prog.add(P.Copy(src, dst))
+        ctx.prog.add(P.Copy(src.transpose(0, 2, 3, 1), dst.transpose(0, 2, 3, 1)))
     return var
