@@ -29,6 +29,7 @@ from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import indexing as ix
 from softipu.ops.elementwise import E
+from softipu.ops.indexing.scatter_reduce import scatter_reduce
 from softipu.ops.reduce import ReduceOp
 
 __all__: list[str] = []
@@ -280,3 +281,73 @@ def _grid_sampler_2d(ctx: Any, node: Any, x: Tensor, grid: Tensor, interpolation
 
 def ix_gather(ctx: Any, flat: Tensor, positions: Tensor) -> Tensor:
     return ix.gather(ctx.graph, flat, positions, ctx.prog, axis=0, name=f"{ctx.name}/gather")
+
+
+@register_lowering("aten::nonzero_static")
+def _nonzero_static(ctx: Any, node: Any, x: Tensor, *, size: int, fill_value: int = -1) -> Tensor:
+    """The coordinates of the first ``size`` nonzero elements, rows of ``fill_value`` after them:
+    each nonzero element's rank among them (a running count) is its row."""
+    size, ndim = int(size), x.ndim
+    out_dtype = ctx.out_dtype()
+    if not size or not ndim or not x.numel:
+        return ctx.constant(fill_value, out_dtype, ctx.out_shape())
+    flat = x.reshape(-1)
+    nonzero = _map(ctx, E.cast(E.ne(E.input(0), 0), int32), [flat], "/nonzero")
+    count = ix.cumsum(ctx.graph, nonzero, ctx.prog, name=f"{ctx.name}/rank")
+    rows = _map(ctx, E.select(E.logical_and(E.ne(E.input(0), 0), E.le(E.input(1), size)),
+                              E.sub(E.input(1), 1), -1), [nonzero, count], "/row")  # -1: not kept
+    col = ctx.constant(np.arange(ndim, dtype=np.int32), int32, (ndim,), "col").reshape(1, ndim)
+    pos = _map(ctx, E.select(E.ge(E.input(0), 0), E.add(E.mul(E.input(0), ndim), E.input(1)), -1),
+               [rows.reshape(-1, 1).broadcast((x.numel, ndim)), col.broadcast((x.numel, ndim))], "/pos")
+    coords = np.stack(np.unravel_index(np.arange(x.numel), x.shape), axis=1).astype(np.int32)
+    src = ctx.constant(coords, int32, coords.shape, "coords")
+    filled = ctx.constant(fill_value, int32, (size, ndim), "fill")
+    out = scatter_reduce(ctx.graph, filled.reshape(-1), pos.reshape(-1), src.reshape(-1), ctx.prog,
+                         reduce="assign", name=ctx.name)
+    return ctx.cast(out.reshape(size, ndim), out_dtype)
+
+
+_BAG_REDUCE = {0: "sum", 1: "mean", 2: "amax"}
+
+
+def _bag_check(node: Any) -> str | None:
+    used = any(u.args[1] != 0 for u in node.users)
+    return "only the bags output is supported (not offset2bag, bag_size, max_indices)" if used else None
+
+
+@register_lowering("aten::_embedding_bag_forward_only", check=_bag_check)
+def _embedding_bag(ctx: Any, node: Any, weight: Tensor, indices: Tensor, offsets: Tensor,
+                   scale_grad_by_freq: bool = False, mode: int = 0, sparse: bool = False,
+                   per_sample_weights: Any = None, include_last_offset: bool = False,
+                   padding_idx: int = -1) -> tuple[Tensor, ...]:
+    """Bags of embedding rows reduced (sum, mean, max): an entry's bag is the number of offsets
+    at or before it, less one; its row is gathered and reduced into its bag's output row
+    (``scatter_reduce``), padding entries skipped. Empty bags are zero, as in torch."""
+    dtype = ctx.out_dtype(0)
+    bags, dim = ctx.out_shape(0)
+    count = indices.numel
+    # offset2bag, bag_size, max_indices: the forward-only form keeps them for a backward; unused.
+    extras = (None, None, None)
+    if not count or not bags or not dim:
+        return (ctx.constant(0, dtype, (bags, dim)), *extras)
+    offs = ctx.cast(offsets, int32)
+    starts = offs.reshape(1, -1).broadcast((count, offs.numel))
+    j = np.broadcast_to(np.arange(count, dtype=np.int32)[:, None], starts.shape)
+    j = ctx.constant(j, int32, starts.shape, "entry")
+    at_or_before = _map(ctx, E.cast(E.le(E.input(1), E.input(0)), int32), [j, starts], "/started")
+    bag = _map(ctx, E.sub(E.input(0), 1),
+               [reduce_to(ctx, at_or_before, ReduceOp.ADD, (1,), False, "/bags")], "/bag")
+    idx = ctx.cast(indices, int32).reshape(-1)
+    keep = E.logical_and(E.lt(E.input(0), bags), E.ne(E.input(1), int(padding_idx)))
+    col = ctx.constant(np.arange(dim, dtype=np.int32), int32, (dim,), "col").reshape(1, dim)
+    pos = _map(ctx, E.select(keep, E.add(E.mul(E.input(0), dim), E.input(2)), -1),
+               [bag.reshape(count, 1).broadcast((count, dim)), idx.reshape(count, 1).broadcast((count, dim)),
+                col.broadcast((count, dim))], "/pos")
+    rows = ix.gather(ctx.graph, ctx.cast(weight, dtype), idx, ctx.prog, axis=0, name=f"{ctx.name}/rows")
+    if per_sample_weights is not None:
+        w = ctx.cast(per_sample_weights, dtype).reshape(count, 1).broadcast((count, dim))
+        rows = _map(ctx, E.mul(E.input(0), E.input(1)), [rows, w], "/weighted")
+    zeros = ctx.constant(0, dtype, (bags * dim,), "zeros")
+    out = scatter_reduce(ctx.graph, zeros, pos.reshape(-1), rows.reshape(-1), ctx.prog,
+                         reduce=_BAG_REDUCE[int(mode)], include_self=False, name=ctx.name)
+    return (out.reshape(bags, dim), *extras)
