@@ -13,6 +13,7 @@ from softipu.codelets.nn._common import (
     C_RSQRT,
     ROW_CYCLES,
     VERTEX_CYCLES,
+    _ceil_div,
     _f32,
     _named,
     _param,
@@ -215,7 +216,14 @@ def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type
 
         @staticmethod
         def cycles(x, mean, var, weight, bias, out, eps, target):
-            return _row_cycles(x, mean, C_ADD, C_RSQRT + 2 * C_ADD, dtype, target, 2)
+            # popnn's inference batch norm is poplin::normalise: a popops ``mul`` by the combined
+            # multiplicand then an ``addInPlace`` of the addend, both broadcast per channel and run
+            # in the activations' type (poplibs lib/popnn/BatchNorm.cpp batchNormalise,
+            # lib/poplin/Norms.cpp normalise) [V]: two passes of C_ADD per vector of ``dtype``
+            # (4 halves or 2 floats a 64-bit vector), so half costs half of float. (Priced as one
+            # fp32 pass plus widening and narrowing, half cost 30% more than float.)
+            vectors = _ceil_div(x, target.vector_width(dtype.itemsize))
+            return VERTEX_CYCLES + mean * (ROW_CYCLES + C_RSQRT + 2 * C_ADD) + vectors * 2 * C_ADD
 
         @staticmethod
         def flops(x, mean, var, weight, bias, out, eps, target):

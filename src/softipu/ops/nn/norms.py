@@ -16,6 +16,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, rows_of
 from softipu.ops.nn._common import (
     PLANE_VERTEX_MIN_ELEMENTS,
+    ROW_VERTEX_ELEMENTS,
     _add_blocks,
     _add_rows,
     _block_output,
@@ -71,6 +72,9 @@ def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
     if rows == 0:
         return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, float32, lead, "mean"),
                 _variable(ctx, float32, lead, "inv_std"))
+    if n > ROW_VERTEX_ELEMENTS:  # a row too long for one vertex: split it across tiles
+        out, mean, inv_std = _layer_norm_split(ctx, x, x2, weight, bias, float(eps))
+        return out, mean.reshape(lead), inv_std.reshape(lead)
     wdtype = (weight if weight is not None else bias if bias is not None else x).dtype
     weight = weight if weight is not None else _constant(ctx, wdtype, shape, 1.0, "ones")
     bias = bias if bias is not None else _constant(ctx, wdtype, shape, 0.0, "zeros")
@@ -83,6 +87,34 @@ def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
               shared={"weight": weight, "bias": bias}, params={"eps": float(eps)})
     ctx.execute(cs)
     return out2.reshape(x.shape), mean.reshape(lead), inv_std.reshape(lead)
+
+
+def _layer_norm_split(ctx: OpContext, x: Tensor, x2: Tensor, weight: Tensor | None, bias: Tensor | None,
+                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer norm of rows longer than a vertex takes (``ROW_VERTEX_ELEMENTS``), each row cut into
+    pieces over the tiles that hold it, as popnn's group/layer norm computes its statistics:
+    per-piece moments (fp32), summed per row across tiles, then the two-pass (stable) variance,
+    then each piece normalised where it lives; an affine ``weight``/``bias`` is applied after,
+    elementwise, where the output lives. Nothing is gathered onto one tile: a half-precision
+    (4, 56, 56, 56) layer norm over its last three dims put 1.4 MB on one tile with whole rows
+    (the row, its output, and the gathered unit weight and zero bias)."""
+    from softipu.ops import elementwise as ew  # noqa: PLC0415 - a sibling family, used here only
+
+    rows, n = x2.shape
+    x3 = x2.reshape(1, rows, n)
+    plan = _plan_planes(ctx, x3)
+    mean, var = _bn_statistics(ctx, plan, x3, _constant(ctx, float32, (rows,), 0.0, "zeros"), "moments")
+    mean, var = _bn_statistics(ctx, plan, x3, mean, "centred_moments")
+    out = _output_like(ctx, x, x.dtype)
+    _bn_apply(ctx, x3, out.reshape(1, rows, n), mean, var, *_affine(ctx, None, None, rows, x.dtype), eps,
+              plan)
+    inv_std = ew.rsqrt(ctx.graph, ew.add(ctx.graph, var, eps, ctx.prog, name=f"{ctx.name}/var_eps"),
+                       ctx.prog, name=f"{ctx.name}/inv_std")
+    if weight is not None:
+        out = ew.mul(ctx.graph, out, weight, ctx.prog, name=f"{ctx.name}/weight")
+    if bias is not None:
+        out = ew.add(ctx.graph, out, bias, ctx.prog, name=f"{ctx.name}/bias")
+    return out, mean, inv_std
 
 
 def _normalized_shape(ctx: OpContext, x: Tensor, weight: Tensor | None,
