@@ -253,7 +253,12 @@ class InferenceModel:
             sig = inspect.signature(self.module.forward)
             bound = sig.bind(*args, **kwargs)
         except TypeError as exc:
-            raise InputError(f"{self._label}.forward cannot take these inputs: {exc}") from None
+            given = ", ".join([_leaf_of(f"input {i}", a).describe() for i, a in enumerate(args)]
+                              + [_leaf_of(k, v).describe() for k, v in kwargs.items()])
+            was = "" if self._current is None else (
+                f"{self._label} was compiled for inputs "
+                f"({', '.join(x.describe() for x in self._current.leaves)}); ")
+            raise InputError(f"{was}{self._label}.forward cannot take ({given}): {exc}") from None
         except ValueError:  # no signature to read (a builtin): taken as given
             return tuple(args), dict(kwargs)
         bound.apply_defaults()
