@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import operator
 import os
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 from softipu.debug import SourceLocation, user_location
 from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
 from softipu.frontends.errors import FrontendError, LoweringError
+from softipu.frontends.placement import map_tensor  # shared with the ONNX frontend
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.passes import conv_weight_use, inference_passes
@@ -36,7 +36,6 @@ from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 from softipu.ops.conv import create_conv_weights
 from softipu.ops.indexing import create_slicable_table
-from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import create_matmul_input_rhs
 
 __all__ = ["HostWeight", "LoweringContext", "Lowered", "StreamSlot", "device_dtype", "host_values",
@@ -231,29 +230,6 @@ class LoweringContext:
         """A distinct modifier for each random op, so no two draw the same numbers."""
         self._modifiers += 1
         return self._modifiers
-
-
-_NEXT_TILE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def map_tensor(graph: Graph, t: Tensor) -> None:
-    """Map ``t`` linearly in vector-sized grains. A tensor too small for every tile starts where
-    the previous small one ended, so biases, norms' weights and constants do not all pile up on
-    tile 0 (map_linearly alone starts every tensor there)."""
-    if not t.numel:
-        return
-    grain = max(1, graph.target.vector_width(t.dtype.itemsize))
-    least = grain * 8
-    tiles = graph.num_tiles
-    used = max(1, min(tiles, -(-t.numel // grain) // max(-(-least // grain), 1)))
-    if used >= tiles:
-        map_linearly(graph, t, grain_size=grain, min_elements_per_tile=least)
-        return
-    start = _NEXT_TILE.get(graph, 0)
-    if start + used > tiles:
-        start = 0
-    _NEXT_TILE[graph] = start + used
-    map_linearly(graph, t, grain_size=grain, min_elements_per_tile=least, tiles=range(start, start + used))
 
 
 def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
