@@ -2,8 +2,9 @@
 
 GCL reduces what arrives with the replica's own fragment, picked at run time, in one pass; the
 same done with popops would be a dynamic slice (a copy of the fragment) and then the binary op.
-The cycle estimate is the sum of the two library estimates it replaces (a row set-up and vector
-copy, ``codelets.indexing``; the binary op, ``codelets.elementwise.estimates``), an upper bound.
+A multi-vertex (the tile's workers share its piece); the cycle estimate is the sum of the two
+library estimates it replaces (a row set-up and vector copy per worker, ``codelets.indexing``;
+the binary op, ``codelets.elementwise.estimates``), an upper bound.
 Values are the binary op's: numpy's ufunc on the same dtype, as popops' codelets compute it.
 """
 
@@ -20,7 +21,7 @@ from softipu.dtypes import DType
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
-from softipu.graph.vertex import FieldShape, InOut, Input, Vertex
+from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Vertex
 from softipu.ops.common import OpContext, rows_of, tile_regions
 
 __all__ = ["FUSED", "ring_reduce_codelet", "ring_reduce"]
@@ -38,7 +39,7 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
     starts at 0); offsets may differ by replica."""
     ufunc, binary = FUSED[op]
 
-    class RingReduce(Vertex):
+    class RingReduce(MultiVertex):
         offset = Input(offset_dtype, FieldShape.SCALAR)
         rows = Input(dtype, FieldShape.VECTOR_LIST)
         acc = InOut(dtype)
@@ -65,8 +66,9 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
                 ufunc(acc, own[..., 0, :], out=acc)
 
         @staticmethod
-        def cycles(offset, rows, acc, target):
-            return (_dynamic_cycles(dtype, 1, acc, target)
+        def cycles(offset, rows, acc, target):  # the workers share the piece, as popops' BinaryOp1D
+            workers = target.workers_per_tile
+            return (workers * _dynamic_cycles(dtype, 1, -(-acc // workers), target)
                     + binary_op_cycles(binary, dtype, acc, target))
 
     RingReduce.__name__ = RingReduce.__qualname__ = f"RingReduce<{op},{dtype.name}>"
@@ -74,14 +76,10 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
 
 
 def ring_reduce(ctx: OpContext, acc: Tensor, rows: Tensor, offset: Tensor, op: str, prog: P.Sequence) -> None:
-    """``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a vertex per worker's share of each tile
-    piece of ``acc``."""
+    """``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a multi-vertex per tile piece of ``acc``."""
     graph: Graph = ctx.graph
     codelet = ring_reduce_codelet(acc.dtype, offset.dtype, op)
-    _, per_tile, _ = tile_regions(graph, acc)  # pieces cut so a tile's 6 workers share them
-    share = -(-int(per_tile.max(initial=1)) // graph.target.workers_per_tile)
-    share = max(share, graph.target.vector_width(acc.dtype.itemsize))
-    starts, lengths, tiles = tile_regions(graph, acc, share)
+    starts, lengths, tiles = tile_regions(graph, acc)
     cs = graph.add_compute_set(f"{ctx.name}/reduce", op=ctx.op)
     for width in np.unique(lengths).tolist():
         pick = lengths == width
