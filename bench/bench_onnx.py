@@ -92,7 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     data = export_resnet50(args.image, args.batch)
     x = np.random.default_rng(0).standard_normal((args.batch, 3, args.image, args.image)).astype(np.float32)
-    target = sp.targets.GC200 if not args.tiles else sp.targets.ipu_model(tiles=args.tiles, bytes_per_tile=1 << 22)
+    target = sp.targets.GC200 if not args.tiles else \
+        sp.targets.ipu_model(tiles=args.tiles, bytes_per_tile=1 << 22)
 
     def first_softipu():  # noqa: ANN202
         sess = so.InferenceSession(data, so.Options(target=target))
@@ -109,13 +110,16 @@ def main() -> None:
     diff = float(np.abs(got - want).max())
     common = {"model": "resnet50", "image": args.image, "batch": args.batch, "target": target.name}
     print(json.dumps({"bench": "onnx_first_call", **common, "first_call_s": round(first_s, 3),
-                      "onnxruntime_first_call_s": round(first_ort_s, 3), "compile_s": round(sess.compile_seconds, 3),
+                      "onnxruntime_first_call_s": round(first_ort_s, 3),
+                      "compile_s": round(sess.compile_seconds, 3),
                       "target_s": 15.0}))
-    print(json.dumps({"bench": "onnx_later_call", **common, "later_call_s": round(statistics.median(later), 4),
+    print(json.dumps({"bench": "onnx_later_call", **common,
+                      "later_call_s": round(statistics.median(later), 4),
                       "later_call_spread_s": [round(t, 4) for t in later],
                       "onnxruntime_s": round(statistics.median(later_ort), 4),
                       "onnxruntime_spread_s": [round(t, 4) for t in later_ort],
-                      "ratio": round(statistics.median(later) / statistics.median(later_ort), 2), "target_ratio": 2.0}))
+                      "ratio": round(statistics.median(later) / statistics.median(later_ort), 2),
+                      "target_ratio": 2.0}))
     print(json.dumps({"bench": "onnx_answers", **common, "max_abs_diff_vs_onnxruntime": diff,
                       "modeled_ipu_ms": round(sess.report.seconds * 1e3, 3) if hasattr(sess.report, "seconds")
                       else None, "cycles": sess.cycle_count}))

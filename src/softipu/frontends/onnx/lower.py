@@ -428,7 +428,8 @@ class _Lowerer:
                 self._node(inner)
             return [self.dev[o.name] if o.name in self.dev else self.host[o.name] for o in graph.output]
         finally:
-            for table, before in ((self.host, before_host), (self.dev, before_dev), (self.types, before_types)):
+            tables = ((self.host, before_host), (self.dev, before_dev), (self.types, before_types))
+            for table, before in tables:
                 for key in set(table) - before:
                     del table[key]
             self.ctx.node = node

@@ -42,9 +42,11 @@ __all__ = ["AnchorReturnType", "Builder", "DataFlow", "DeviceInfo", "DeviceManag
 
 GRAPHCORE = "ai.graphcore"
 _OPSET = 11  # the highest ONNX opset PopART supports (ipu-facts-scale.md §6)
-_TYPES = {"FLOAT": onnx.TensorProto.FLOAT, "FLOAT16": onnx.TensorProto.FLOAT16, "INT32": onnx.TensorProto.INT32,
+_TYPES = {"FLOAT": onnx.TensorProto.FLOAT, "FLOAT16": onnx.TensorProto.FLOAT16,
+          "INT32": onnx.TensorProto.INT32,
           "INT64": onnx.TensorProto.INT64, "INT8": onnx.TensorProto.INT8, "UINT8": onnx.TensorProto.UINT8,
-          "INT16": onnx.TensorProto.INT16, "UINT16": onnx.TensorProto.UINT16, "UINT32": onnx.TensorProto.UINT32,
+          "INT16": onnx.TensorProto.INT16, "UINT16": onnx.TensorProto.UINT16,
+          "UINT32": onnx.TensorProto.UINT32,
           "BOOL": onnx.TensorProto.BOOL, "DOUBLE": onnx.TensorProto.DOUBLE}
 
 
@@ -103,7 +105,8 @@ _SPECIAL = {"matmul": "MatMul", "nllloss": "NllLoss", "identityloss": "IdentityL
             "InstanceNormalization", "scatterelements": "ScatterElements", "topk": "TopK", "argmax": "ArgMax",
             "argmin": "ArgMin", "hardsigmoid": "HardSigmoid", "lessorequal": "LessOrEqual", "greaterorequal":
             "GreaterOrEqual", "isnan": "IsNaN", "isinf": "IsInf", "lrn": "LRN", "prelu": "PRelu",
-            "thresholdedrelu": "ThresholdedRelu", "depthtospace": "DepthToSpace", "spacetodepth": "SpaceToDepth",
+            "thresholdedrelu": "ThresholdedRelu", "depthtospace": "DepthToSpace",
+            "spacetodepth": "SpaceToDepth",
             "gathernd": "GatherND", "scatternd": "ScatterND", "cumsum": "CumSum", "onehot": "OneHot"}
 
 
@@ -357,7 +360,8 @@ class DeviceManager:
         if int(numIpus) != 1:
             raise PopartError("acquireAvailableDevice: softipu's PopART sessions run on one simulated IPU; "
                               f"asked for {numIpus} (use numIpus=1)")
-        target = GC200 if not tilesPerIpu or tilesPerIpu == GC200.num_tiles else ipu_model(tiles=int(tilesPerIpu))
+        whole = not tilesPerIpu or tilesPerIpu == GC200.num_tiles
+        target = GC200 if whole else ipu_model(tiles=int(tilesPerIpu))
         return DeviceInfo(target, 1, 0, "ipu")
 
     def acquireDeviceById(self, device_id: int, **kwargs: Any) -> DeviceInfo:  # noqa: N802
@@ -428,7 +432,8 @@ class InferenceSession:
             raise InputError(f"PyStepIO has no data for input(s) {missing}; the model's inputs are {names}")
         results: list[dict[str, np.ndarray]] = []
         for b in range(bps):
-            feeds = {n: np.asarray(stepio.inputs[n])[b] if bps > 1 else np.asarray(stepio.inputs[n]) for n in names}
+            feeds = {n: np.asarray(stepio.inputs[n])[b] if bps > 1 else np.asarray(stepio.inputs[n])
+                     for n in names}
             outs = sess.run(list(self.dataFlow.anchors), feeds)
             results.append(dict(zip(self.dataFlow.anchors, outs, strict=True)))
         for name, art in self.dataFlow.anchors.items():

@@ -85,7 +85,8 @@ def static_inputs(model: onnx.ModelProto) -> set[str]:
     (a Reshape's shape...), directly or through default-domain nodes that fold on the host."""
     names = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
     flat = _flatten(model.graph.node)
-    int64_inputs = {vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type == onnx.TensorProto.INT64}
+    int64_inputs = {vi.name for vi in model.graph.input
+                    if vi.type.tensor_type.elem_type == onnx.TensorProto.INT64}
     need: set[str] = set()
     for node, _ in flat:
         lowering = ONNX_LOWERINGS.get(onnx_op_name(node.domain, node.op_type))

@@ -20,8 +20,9 @@ MAX_UNROLL = 4096
 def _tensor(ctx: Any, value: Any, like: Any = None) -> Tensor:
     if isinstance(value, Tensor):
         return value
-    from softipu.frontends.onnx.lower import DEVICE_DTYPES  # noqa: PLC0415
     import onnx  # noqa: PLC0415
+
+    from softipu.frontends.onnx.lower import DEVICE_DTYPES  # noqa: PLC0415
 
     arr = np.asarray(value)
     elem = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
@@ -98,7 +99,7 @@ def _scan(ctx: Any, node: Any) -> list[Any]:
     out_axes = list(ctx.attr("scan_output_axes", [0] * n_out))
     out_dirs = list(ctx.attr("scan_output_directions", [0] * n_out))
     xs_t = [x if not isinstance(x, np.ndarray) else x for x in xs]
-    axes = [a % np.ndim(x) if not isinstance(x, Tensor) else a % x.ndim for a, x in zip(in_axes, xs_t, strict=True)]
+    axes = [a % (x.ndim if isinstance(x, Tensor) else np.ndim(x)) for a, x in zip(in_axes, xs_t, strict=True)]
     length = (xs[0].shape if isinstance(xs[0], Tensor) else np.shape(xs[0]))[axes[0]]
     outs: list[list[Any]] = []
     for t in range(length):

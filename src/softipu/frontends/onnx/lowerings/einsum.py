@@ -14,15 +14,21 @@ from softipu.ops.matmul import matmul
 from softipu.ops.reduce import reduce
 
 
+def _ellipsis(ell: str, n: int) -> str:
+    """The last ``n`` letters standing for an operand's ``...`` dims."""
+    return ell[len(ell) - n:] if n else ""
+
+
 def _parse(eq: str, ranks: list[int]) -> tuple[list[str], str]:
     eq = eq.replace(" ", "")
     lhs, _, rhs = eq.partition("->")
     terms = lhs.split(",")
     spare = [c for c in string.ascii_uppercase if c not in eq]
-    dots = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks, strict=True) if "..." in t), default=0)
+    dots = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks, strict=True) if "..." in t),
+               default=0)
     ell = "".join(spare[:dots])
-    terms = [t.replace("...", ell[len(ell) - (r - len(t.replace("...", ""))):] if r - len(t.replace("...", ""))
-                       else "") for t, r in zip(terms, ranks, strict=True)]
+    terms = [t.replace("...", _ellipsis(ell, r - len(t.replace("...", ""))))
+             for t, r in zip(terms, ranks, strict=True)]
     if not _:
         counts = {c: sum(t.count(c) for t in terms) for t in terms for c in t}
         rhs = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
@@ -72,8 +78,10 @@ def _einsum(ctx: Any, node: Any) -> Tensor:
     fb = [c for c in tb if c not in ta]
     size = {c: n for t, x in ((ta, a), (tb, b)) for c, n in zip(t, x.shape, strict=True)}
     prod = lambda cs: int(np.prod([size[c] for c in cs], dtype=np.int64))  # noqa: E731
-    a3 = a.transpose([ta.index(c) for c in batch + fa + contract]).reshape((prod(batch), prod(fa), prod(contract)))
-    b3 = b.transpose([tb.index(c) for c in batch + contract + fb]).reshape((prod(batch), prod(contract), prod(fb)))
+    a3 = a.transpose([ta.index(c) for c in batch + fa + contract])
+    a3 = a3.reshape((prod(batch), prod(fa), prod(contract)))
+    b3 = b.transpose([tb.index(c) for c in batch + contract + fb])
+    b3 = b3.reshape((prod(batch), prod(contract), prod(fb)))
     y = matmul(ctx.graph, a3, b3, ctx.prog, name=ctx.name)
     letters = batch + fa + fb
     y = y.reshape(tuple(size[c] for c in letters))

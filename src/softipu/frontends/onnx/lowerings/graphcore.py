@@ -26,7 +26,8 @@ def _reduced(ctx: Any, per_sample: Tensor, weights: Tensor | None = None) -> Ten
     if weights is not None:
         count = reduce(ctx.graph, weights, ctx.prog, name=f"{ctx.name}/count")
         return ew.map(ctx.graph, E.div(E.input(0), E.input(1)), [total, count], ctx.prog, name=ctx.name)
-    return ew.map(ctx.graph, E.div(E.input(0), float(max(per_sample.numel, 1))), [total], ctx.prog, name=ctx.name)
+    expr = E.div(E.input(0), float(max(per_sample.numel, 1)))
+    return ew.map(ctx.graph, expr, [total], ctx.prog, name=ctx.name)
 
 
 @register_onnx_lowering(f"{DOMAIN}::NllLoss")

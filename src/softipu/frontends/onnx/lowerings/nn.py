@@ -509,9 +509,11 @@ def _class_loss(log_input: bool) -> Any:
     def lower(ctx: Any, node: Any) -> Any:
         x, labels = ctx.input(0), ctx.cast(ctx.input(1), int32)
         c = x.shape[1]
-        logp = x if log_input else nn.log_softmax(ctx.graph, x, ctx.prog, dim=1, name=f"{ctx.name}/log_softmax")
+        logp = x if log_input else \
+            nn.log_softmax(ctx.graph, x, ctx.prog, dim=1, name=f"{ctx.name}/log_softmax")
         lab = labels.reshape(labels.shape[:1] + (1,) + labels.shape[1:])
-        iota = ctx.constant(np.arange(c, dtype=np.int32).reshape((c,) + (1,) * (x.ndim - 2)), int32, "classes")
+        classes = np.arange(c, dtype=np.int32).reshape((c,) + (1,) * (x.ndim - 2))
+        iota = ctx.constant(classes, int32, "classes")
         ignore = ctx.attr("ignore_index")
         inputs = [logp, lab, iota]
         hit = E.eq(E.input(1), E.input(2))
@@ -556,7 +558,8 @@ def _conv_transpose_pads(ctx: Any, x: Tensor, kernel: list[int], strides: list[i
         if total < 0:  # the output is longer than the convolution reaches: zeros at the end
             out.append((0, total))
         else:
-            out.append((total // 2, total - total // 2) if auto != "SAME_LOWER" else (total - total // 2, total // 2))
+            half = total // 2
+            out.append((half, total - half) if auto != "SAME_LOWER" else (total - half, half))
     return out
 
 
@@ -591,7 +594,8 @@ def _conv_transpose(ctx: Any, node: Any) -> Tensor:
     wt = wt.reshape((g * mg, c // g) + w.shape[2:])
     for axis in range(2, 2 + spatial):
         wt = wt.reverse(axis)
-    out = conv(ctx.graph, x, ctx.cast(wt, x.dtype), ctx.prog, stride=1, padding=0, dilation=tuple(dil), groups=g,
+    out = conv(ctx.graph, x, ctx.cast(wt, x.dtype), ctx.prog, stride=1, padding=0, dilation=tuple(dil),
+               groups=g,
                name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
     if not ctx.has(2):
         return out

@@ -144,7 +144,8 @@ def _gru_step(ctx, xw, hr, bias, h, c, hidden, acts, tag):  # noqa: ANN001, ANN2
             inputs.append(rb)
     else:  # (r * h) @ Rh + Rbh
         rh = _map(ctx, E.mul(E.input(0), E.input(1)), [r, h], f"{tag}/rh")
-        rh_r = matmul(ctx.graph, rh, ctx.input(2)[int(tag[1:tag.index("/")])][sl[2]].transpose(1, 0), ctx.prog,
+        r_h = ctx.input(2)[int(tag[1:tag.index("/")])][sl[2]]
+        rh_r = matmul(ctx.graph, rh, r_h.transpose(1, 0), ctx.prog,
                       name=f"{ctx.name}/{tag}/reset_recurrent")
         inputs = [xw[:, sl[2]], r, rh_r]
         rec = E.input(2) if rb is None else E.add(E.input(2), E.input(len(inputs)))

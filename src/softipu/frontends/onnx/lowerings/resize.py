@@ -97,7 +97,8 @@ def _apply(ctx: Any, x: Tensor, axis: int, m: np.ndarray, b: np.ndarray) -> Tens
     y = matmul(ctx.graph, moved.reshape((-1, m.shape[1])), w, ctx.prog, name=f"{ctx.name}/axis{axis}")
     if b.any():
         bias = ctx.constant(b.astype(x.dtype.numpy), x.dtype, f"extrapolation{axis}")
-        y = ew.map(ctx.graph, E.add(E.input(0), E.input(1)), [y, bias], ctx.prog, name=f"{ctx.name}/extra{axis}")
+        y = ew.map(ctx.graph, E.add(E.input(0), E.input(1)), [y, bias], ctx.prog,
+                   name=f"{ctx.name}/extra{axis}")
     y = y.reshape(lead + (m.shape[0],))
     back = list(np.argsort(perm))
     return y.transpose(back)
@@ -109,7 +110,8 @@ def _resize(ctx: Any, node: Any) -> Tensor:
     mode = ctx.attr("mode", "nearest")
     transform = "asymmetric" if old else ctx.attr("coordinate_transformation_mode", "half_pixel")
     nearest = "floor" if old else ctx.attr("nearest_mode", "round_prefer_floor")
-    fn = _coeff_fn(mode, nearest, float(ctx.attr("cubic_coeff_a", -0.75)), bool(int(ctx.attr("antialias", 0))))
+    cubic_a, antialias = float(ctx.attr("cubic_coeff_a", -0.75)), bool(int(ctx.attr("antialias", 0)))
+    fn = _coeff_fn(mode, nearest, cubic_a, antialias)
     scales, sizes, roi = _plan(ctx, x.shape)
     r = x.ndim
     for axis in range(r):
