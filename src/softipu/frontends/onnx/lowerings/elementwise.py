@@ -236,3 +236,16 @@ def _constant(ctx: Any, node: Any) -> np.ndarray:
                      "value_ints": np.int64}.get(key)
             return np.asarray(value, dtype=dtype)
     raise ValueError("a Constant node with no numeric value (strings and sparse tensors are not supported)")
+
+
+@register_onnx_lowering("OptionalHasElement")
+def _optional_has_element(ctx: Any, node: Any) -> np.ndarray:
+    return np.array(ctx.has(0))  # a plain tensor input is always present
+
+
+@register_onnx_lowering(("OptionalGetElement", "Optional"))
+def _optional_get_element(ctx: Any, node: Any) -> Any:
+    if not ctx.has(0):
+        raise ValueError("an empty optional has no IPU meaning")
+    value = ctx.host(0)
+    return value if value is not None else ctx.input(0)

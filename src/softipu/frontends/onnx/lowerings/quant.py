@@ -84,3 +84,55 @@ def _dynamic_quantize(ctx: Any, node: Any) -> tuple:
     q = E.clamp(E.add(_round_even(E.div(E.input(0), E.input(1))), E.cast(E.input(2), float32)), 0.0, 255.0)
     y = ew.map(ctx.graph, E.cast(q, uint8), [x, scale, zp], ctx.prog, name=ctx.name)
     return y, scale, zp
+
+
+def _dequantized(ctx: Any, x: Tensor, scale: Tensor | None, zero: Tensor | None, suffix: str) -> Tensor:
+    """``(x - zero) * scale`` in float32 (integer inputs of the quantized linear ops)."""
+    inputs, v = [x], E.cast(E.input(0), float32)
+    if zero is not None:
+        inputs.append(_aligned_rows(zero, x))
+        v = E.sub(v, E.cast(E.input(len(inputs) - 1), float32))
+    if scale is not None:
+        inputs.append(_aligned_rows(scale, x))
+        v = E.mul(v, E.cast(E.input(len(inputs) - 1), float32))
+    return ew.map(ctx.graph, v, inputs, ctx.prog, name=f"{ctx.name}/{suffix}")
+
+
+def _aligned_rows(t: Tensor, x: Tensor) -> Tensor:
+    """A per-tensor scalar, or a per-row (a's M) / per-column (b's N) vector as the matmul reads it."""
+    if t.numel == 1:
+        return t.reshape(())
+    return t.reshape((t.shape[0],) + (1,) * (x.ndim - 1)) if t.shape[0] == x.shape[-2] and x.ndim >= 2 and \
+        t.shape[0] != x.shape[-1] else t.reshape((t.shape[0],))
+
+
+def _requantize(ctx: Any, y: Tensor, scale: Tensor, zero: Tensor | None, out_type: int) -> Tensor:
+    dtype = device_dtype(out_type, f"{ctx.node.op_type} node {ctx.name!r}")
+    lo, hi = _limits(dtype)
+    inputs = [y, scale.reshape(()) if scale.numel == 1 else scale]
+    q = _round_even(E.div(E.input(0), E.cast(E.input(1), float32)))
+    if zero is not None:
+        inputs.append(zero.reshape(()) if zero.numel == 1 else zero)
+        q = E.add(q, E.cast(E.input(2), float32))
+    return ew.map(ctx.graph, E.cast(E.clamp(q, lo, hi), dtype), inputs, ctx.prog, name=ctx.name)
+
+
+@register_onnx_lowering("QLinearMatMul")
+def _qlinear_matmul(ctx: Any, node: Any) -> Tensor:
+    from softipu.frontends.onnx.lowerings.nn import _mm  # noqa: PLC0415
+
+    a = _dequantized(ctx, ctx.input(0), ctx.input(1), ctx.input(2), "a")
+    b = _dequantized(ctx, ctx.input(3), ctx.input(4), ctx.input(5), "b")
+    y = _mm(ctx, a, b, "/matmul")
+    return _requantize(ctx, y, ctx.input(6), ctx.input(7), ctx.elem_type(7))
+
+
+@register_onnx_lowering("MatMulInteger")
+def _matmul_integer(ctx: Any, node: Any) -> Tensor:
+    from softipu.dtypes import int32  # noqa: PLC0415
+    from softipu.frontends.onnx.lowerings.nn import _mm  # noqa: PLC0415
+
+    a = _dequantized(ctx, ctx.input(0), None, ctx.input(2) if ctx.has(2) else None, "a")
+    b = _dequantized(ctx, ctx.input(1), None, ctx.input(3) if ctx.has(3) else None, "b")
+    y = _mm(ctx, a, b, "/matmul")  # exact in fp32 for 8-bit operands and K < 2**8
+    return ew.map(ctx.graph, E.cast(E.round(E.input(0)), int32), [y], ctx.prog, name=ctx.name)
