@@ -431,3 +431,32 @@ def _host_only(ctx: Any, node: Any) -> list[np.ndarray]:
 
 for _name in ("HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix"):
     register_onnx_lowering(_name, _host_only, static=(0, 1, 2, 3, 4))
+
+
+@register_onnx_lowering("Col2Im", static=(1, 2))
+def _col2im(ctx: Any, node: Any) -> Tensor:
+    """Columns back to an image: every column element added into its (padded) image position by
+    one popops scatter-add with indices worked out while compiling, then the padding cut off."""
+    x = ctx.input(0)
+    image, block = _ints(ctx.static(1, "image_shape")), _ints(ctx.static(2, "block_shape"))
+    nd = len(image)
+    dil = _ints(ctx.attr("dilations", [1] * nd))
+    pads = _ints(ctx.attr("pads", [0] * (2 * nd)))
+    strides = _ints(ctx.attr("strides", [1] * nd))
+    padded = [image[i] + pads[i] + pads[i + nd] for i in range(nd)]
+    counts = [(padded[i] - (dil[i] * (block[i] - 1) + 1)) // strides[i] + 1 for i in range(nd)]
+    n, ck, length = x.shape
+    c = ck // int(np.prod(block))
+    kpos = np.indices(block).reshape(nd, -1)  # (nd, K)
+    lpos = np.indices(counts).reshape(nd, -1)  # (nd, L)
+    coords = [kpos[i][:, None] * dil[i] + lpos[i][None, :] * strides[i] for i in range(nd)]  # (K, L) each
+    flat = np.ravel_multi_index(tuple(coords), padded)  # (K, L)
+    area = int(np.prod(padded))
+    index = (np.arange(c)[:, None, None] * area + flat[None]).reshape(-1).astype(np.int32)
+    out = ix.zeros(ctx.graph, ctx.prog, shape=(n, c * area), dtype=x.dtype, name=f"{ctx.name}/zeros")
+    idx = ctx.constant(index, int32, "positions")
+    summed = ix.scatter_add(ctx.graph, out, idx, x.reshape((n, c * length * int(np.prod(block)))), ctx.prog,
+                            axis=1, name=ctx.name)
+    img = summed.reshape((n, c, *padded))
+    key = (slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + image[i]) for i in range(nd))
+    return img[key]
