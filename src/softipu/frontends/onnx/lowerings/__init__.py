@@ -9,5 +9,6 @@ from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the low
     quant,
     recurrent,
     resize,
+    sampling,
     shape,
 )
