@@ -250,3 +250,24 @@ def test_huge_initializer_refused_before_reading() -> None:
                [helper.make_tensor_value_info("y", T.FLOAT, [1])], inits=[t])
     with pytest.raises(so.OnnxModelError, match="GiB"):
         so.InferenceSession(m.SerializeToString(), OPTS)
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(6, 8, batch_first=True)
+        self.gru = torch.nn.GRU(8, 5, bidirectional=True)
+        self.head = torch.nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y.transpose(0, 1))
+        return self.head(z[-1])
+
+
+def test_lstm_and_gru_match_onnxruntime() -> None:
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 6)
+    data = export(Recurrent(), x, input_names=["x"])
+    assert {"LSTM", "GRU"} <= {n.op_type for n in onnx.load_from_string(data).graph.node}
+    against_ort(data, {"x": x.numpy()})
