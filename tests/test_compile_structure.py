@@ -244,3 +244,36 @@ def test_two_permuted_slab_pieces_are_written_to_their_addresses(replicas):
     want = np.zeros((replicas, 12), np.float32)
     want[:, addr] = values
     np.testing.assert_array_equal(got, want)
+
+
+def test_gathers_across_variables_are_keyed_and_priced_exactly(monkeypatch):
+    """Each layer's vertex j reads element j of each of four partials variables (an indexed
+    field across them, as a reduction's second stage does): the layers share one layout key and
+    cost what each costs alone; a layer gathering in another order gets another key."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    prog = P.Sequence()
+    for k, order in enumerate(((0, 1, 2, 3), (0, 1, 2, 3), (1, 0, 2, 3))):
+        parts = [g.add_variable(sp.float32, (4,), name=f"p{k}_{i}") for i in range(4)]
+        for i, p in enumerate(parts):
+            g.set_tile_mapping(p, i)
+        other = g.add_variable(sp.float32, (4, 4), name=f"other{k}")
+        out = g.add_variable(sp.float32, (4, 4), name=f"out{k}")
+        for t in (other, out):
+            g.set_tile_mapping(t, 0)
+        index = np.array([[parts[i].offset + j for i in order] for j in range(4)], np.int64)
+        gathered = sp.Tensor(g, sp.float32, (4, 4), 0, (), index)
+        cs = g.add_compute_set(f"layer{k}")
+        for j in range(4):
+            g.add_vertex(cs, Add, {"a": gathered[j], "b": other[j], "out": out[j]}, tile=0)
+        prog.add(P.Execute(cs))
+    compiled = passes.compile_graph(g, [prog])
+    keys = StructureKeys(g, compiled.mappings)
+    layouts = [keys.layout(c) for c in compiled.compute_sets.values()]
+    assert None not in layouts
+    assert layouts[0] == layouts[1] != layouts[2]
+    with monkeypatch.context() as m:
+        _without_keys(m)
+        alone = passes.compile_graph(g, [prog])
+    assert _costs(compiled) == _costs(alone)
+    # tile 0 receives partials 1..3 (tiles 1..3) in full: 3 x 4 elements of 4 bytes
+    assert compiled.steps[0].bytes_exchanged == 3 * 4 * 4

@@ -11,11 +11,12 @@ lengths and params only).
 
 A layout key names each field tensor by the variable holding it (numbered in order of first
 use within the key), its offset from that variable's start, and its shape and strides (or slab
-pieces, or addresses relative to the variable); each variable by its size and its mapping
-intervals relative to its start; and which of the variables touch end to start in the address
-space (intervals of touching variables can join into one region). A tensor that spans two
-variables, or an indexed one of more than 65,536 addresses, gets no key (None): its compute set
-is priced on its own, as before.
+pieces, or a digest of its addresses relative to the variable); an indexed tensor gathering from
+several variables by a digest of each element's variable number and offset in it (its variables
+numbered in address order); each variable by its size and its mapping intervals relative to its
+start; and which of the variables touch end to start in the address space (intervals of touching
+variables can join into one region). A strided tensor that spans two variables, or an indexed one
+with an address outside every variable, gets no key (None): its compute set is priced on its own.
 
 The keys are built from the compile's own graph and mappings and held by one
 :class:`StructureKeys` per compile (its per-variable mapping keys are reused across compute
@@ -38,9 +39,15 @@ from softipu.graph.vertex import Direction
 
 __all__ = ["StructureKeys"]
 
-# An indexed field (no structure) is keyed by its addresses relative to its variable, a copy of
-# 8 bytes an element held for the compile; beyond this many it is priced on its own instead.
-_MAX_KEYED_ADDRESSES = 1 << 16
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    """A 256-bit digest of int64 arrays: an indexed field's key holds this, not its addresses (a
+    copy of 8 bytes an element held for the whole compile)."""
+    h = hashlib.blake2b(digest_size=32)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, np.int64).data)
+    return h.digest()
 
 
 class _Unkeyable(Exception):
@@ -58,6 +65,7 @@ class StructureKeys:
         # compute set id -> the variables its layout key numbers, in number order
         self._layout_variables: dict[int, tuple[tuple[DType, Variable], ...]] = {}
         self._codelet_fields: dict[type, tuple[tuple[str, bool], ...]] = {}  # (name, is a param)
+        self._bounds: dict[DType, tuple[np.ndarray, np.ndarray]] = {}  # variable starts and ends
 
     # -- compute sets ------------------------------------------------------------------------------
     def layout(self, compiled: CompiledComputeSet) -> tuple | None:
@@ -137,12 +145,37 @@ class StructureKeys:
             pieces = tuple((self._strided(t.dtype, o, sh, st, used), mid) for o, sh, st, mid in s.pieces)
             return ("slabs", t.dtype, pieces, s.axis, s.perm)
         index = t.index
-        if index.size > _MAX_KEYED_ADDRESSES:  # a copy of its addresses would cost more than pricing
-            raise _Unkeyable
         lo, hi = int(index.min()), int(index.max())
-        var = self._holder(t.dtype, lo, hi)
-        rel = index.astype(np.int64, copy=False) - var.start
-        return ("indexed", t.dtype, used.number(t.dtype, var), t.shape, rel.tobytes())
+        space = self.graph.spaces.get(t.dtype)
+        var = space.variable_at(lo) if space is not None else None
+        if var is not None and hi < var.end:
+            rel = index.astype(np.int64, copy=False) - var.start
+            return ("indexed", t.dtype, used.number(t.dtype, var), t.shape, _digest(rel))
+        return self._indexed_across(t, space, used)
+
+    def _indexed_across(self, t: Tensor, space: Any, used: _Used) -> tuple:
+        """An indexed tensor gathering from several variables (a reduction's partials, say): per
+        element the variable's number and the offset in it; the variables numbered in address
+        order. Unkeyable where an address lies outside every variable."""
+        if space is None or not space.variables:
+            raise _Unkeyable
+        starts, ends = self._space_bounds(space)
+        flat = t.index.reshape(-1).astype(np.int64, copy=False)
+        k = np.searchsorted(starts, flat, side="right") - 1
+        if k.min() < 0 or np.any(flat >= ends[k]):
+            raise _Unkeyable
+        held = np.unique(k)
+        numbers = np.array([used.number(t.dtype, space.variables[i]) for i in held.tolist()], np.int64)
+        number = numbers[np.searchsorted(held, k)]
+        return ("indexed across", t.dtype, t.shape, _digest(number, flat - starts[k]))
+
+    def _space_bounds(self, space: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Each variable's (start, end) in a dtype's space, as arrays (the graph is only read)."""
+        found = self._bounds.get(space.dtype)
+        if found is None or found[0].size != len(space.variables):
+            found = self._bounds[space.dtype] = (np.asarray(space.starts, np.int64),
+                                                 np.array([v.end for v in space.variables], np.int64))
+        return found
 
     def _strided(self, dtype: DType, offset: int, shape: tuple, strides: tuple, used: _Used) -> tuple:
         lo = hi = offset
