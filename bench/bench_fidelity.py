@@ -102,7 +102,7 @@ def child(model: str, precision: str, batch: int, seq: int) -> dict:
                                                                  key=lambda kv: -kv[1])},
         "compile_s": round(seconds, 2), "stages_s": {k: round(v, 2) for k, v in stages.items()},
         "rss_mb": round(rss, 1),
-        **({"rewrites": rewrites} if rewrites else {}),
+        **({"rewrites": len(rewrites), "rewrite_example": rewrites[0]} if rewrites else {}),
     }
 
 
