@@ -179,7 +179,7 @@ class Activations(torch.nn.Module):
     def forward(self, x):
         f = torch.nn.functional
         return (torch.sigmoid(x), f.silu(x), torch.softmax(x, 0), torch.log_softmax(x, 0), f.softplus(x),
-                f.elu(-x), f.mish(x))
+                f.elu(-x), f.mish(x), f.celu(x, 0.5), f.softplus(x, beta=2.0, threshold=5.0))
 
 
 def test_floating_point_exceptions_trap_overflow_not_underflow():

@@ -136,8 +136,8 @@ def _message_line(text: str) -> UserLine | None:
 
 
 # Ops lowered whole (frontends/torch/lowerings/poptorch_ops.py): their decompositions compute values
-# the op never needs (softplus's exp above its threshold overflows and traps).
-KEPT_WHOLE = (torch.ops.aten.softplus.default,)
+# the op never needs (softplus's exp above its threshold, celu's of positive inputs, overflow and trap).
+KEPT_WHOLE = (torch.ops.aten.softplus.default, torch.ops.aten.celu.default)
 
 
 def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) -> Any:

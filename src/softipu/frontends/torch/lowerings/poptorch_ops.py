@@ -1,10 +1,11 @@
 """Lowerings for PopTorch's own ops and for ops kept whole so they compute only what they need.
 
-* ``aten::softplus`` (kept out of the decompositions, ``export.KEPT_WHOLE``): torch's
+* ``aten::softplus`` and ``aten::celu`` (kept out of the decompositions, ``export.KEPT_WHOLE``): torch's
   decomposition evaluates ``exp(beta * x)`` everywhere and selects ``x`` above the threshold, so a
   legal input such as 1000 overflows and traps under ``Precision.enableFloatingPointExceptions``.
   The IPU's softplus never evaluates exp there; this lowering clamps exp's argument at the
-  threshold (those lanes are not selected) so it computes exactly what the op defines.
+  threshold (those lanes are not selected) so it computes exactly what the op defines; celu's
+  expm1 reads min(x, 0) likewise.
 * ``softipu::nop``: PopTorch's ``poptorch.nop``, an identity the graph keeps.
 * ``softipu::host_call``: a host callback inside the model (``poptorch.CPU``,
   ``ctc_beam_search_decoder``): its inputs leave through device-to-host streams, the host runs the
@@ -35,6 +36,14 @@ def _softplus(ctx: Any, node: Any, x: Tensor, beta: float = 1.0, threshold: floa
     # exp's argument clamped at the threshold: above it the op is x, and exp is never needed there.
     soft = E.div(E.log1p(E.exp(E.minimum(scaled, threshold))), beta)
     return _map(ctx, E.select(E.gt(scaled, threshold), X, soft), [ctx.cast(x, ctx.out_dtype())])
+
+
+@register_lowering("aten::celu")
+def _celu(ctx: Any, node: Any, x: Tensor, alpha: float = 1.0) -> Tensor:
+    alpha = float(alpha)
+    # expm1 of min(x, 0): the positive lanes are x, and exp of them could overflow (and trap)
+    neg = E.mul(E.expm1(E.div(E.minimum(X, 0.0), alpha)), alpha)
+    return _map(ctx, E.select(E.gt(X, 0.0), X, neg), [ctx.cast(x, ctx.out_dtype())])
 
 
 @register_lowering("softipu::nop")
