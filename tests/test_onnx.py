@@ -271,3 +271,19 @@ def test_lstm_and_gru_match_onnxruntime() -> None:
     data = export(Recurrent(), x, input_names=["x"])
     assert {"LSTM", "GRU"} <= {n.op_type for n in onnx.load_from_string(data).graph.node}
     against_ort(data, {"x": x.numpy()})
+
+
+def test_mutated_models_fail_only_with_softipu_errors() -> None:
+    """A few hundred mutants of the fuzz benchmark's seed models (bench/bench_onnx_fuzz.py runs 10,000)."""
+    import importlib.util
+    import pathlib
+    import random
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_onnx_fuzz.py"
+    spec = importlib.util.spec_from_file_location("bench_onnx_fuzz", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    rnd = random.Random(7)
+    models = fuzz.seeds()
+    outcomes = {fuzz.try_one(fuzz.mutant(rnd.choice(models), rnd), rnd) for _ in range(200)}
+    assert outcomes <= {"refused", "run_refused", "ran"} and "refused" in outcomes

@@ -27,6 +27,16 @@ MAX_TENSOR_BYTES = 16 << 30  # one initializer bigger than this is refused befor
 def load_model(model: Any, *, check: bool = True) -> tuple[onnx.ModelProto, str]:
     """``(model, label)``: a ModelProto from a path, bytes or a ModelProto, checked and with its
     shapes inferred; ``label`` names it in errors (the file name, or "<bytes>")."""
+    try:
+        return _load(model, check)
+    except OnnxModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed model trips onnx in many ways: one clear error
+        raise OnnxModelError(f"the ONNX model is malformed ({type(exc).__name__}: {_first_line(exc)}); "
+                             "export it again") from exc
+
+
+def _load(model: Any, check: bool) -> tuple[onnx.ModelProto, str]:
     folder: Path | None = None
     if isinstance(model, onnx.ModelProto):
         proto, label = model, "<ModelProto>"
@@ -76,7 +86,7 @@ def _strip_annotations(proto: onnx.ModelProto) -> None:
     """PopART's placement annotations (``__ipu_number``...) are not ONNX attributes: the checker
     would refuse them. softipu runs a model on one IPU, so they are dropped."""
     for node in proto.graph.node:
-        keep = [a for a in node.attribute if not a.name.startswith("__")]
+        keep = [a for a in node.attribute if not str(a.name).startswith("__")]
         if len(keep) != len(node.attribute):
             del node.attribute[:]
             node.attribute.extend(keep)
