@@ -267,8 +267,6 @@ def test_bad_optimizers_and_batches_are_explained():
         poptorch.trainingModel(Net(), o, None)(*data())
     with pytest.raises(SoftIPUError, match="must be 1 for inference"):
         poptorch.inferenceModel(Net(), o)
-    with pytest.raises(SoftIPUError, match="no cross-replica collectives yet"):
-        poptorch.trainingModel(Net(), opts().replicationFactor(2), None)
 
 
 def test_data_loader_combines_the_batch_for_training():

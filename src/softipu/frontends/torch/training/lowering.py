@@ -27,6 +27,7 @@ from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_s
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize
 from softipu.frontends.torch.training.joint import Joint
+from softipu.frontends.torch.training.replication import reduce_gradients
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -124,6 +125,7 @@ class _TrainLowerer(_Lowerer):
             grad_bytes = sum(int(a.numel) * a.dtype.itemsize for a in grads.values())
         else:
             iteration = P.Sequence([body, update], name="iteration")
+        grads = reduce_gradients(self.graph, grads, update, opts, in_place=ga > 1)  # across replicas
         state, hyper, step = self._update(params, grads, update)
         self._load_seed()
         di = opts.device_iterations

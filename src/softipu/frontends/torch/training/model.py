@@ -30,6 +30,7 @@ from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+from softipu.frontends.torch.training.replication import replica_view
 from softipu.log import progress_stage, progress_task
 
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
@@ -64,11 +65,6 @@ class TrainingModel:
         options = Options() if options is None else options
         if not isinstance(options, Options):
             raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
-        if options.replication_factor != 1:
-            raise FrontendError(
-                f"training with replication_factor={options.replication_factor} needs the gradients "
-                "all-reduced across replicas, and softipu has no cross-replica collectives yet: train "
-                "with replicationFactor(1) (gradientAccumulation gives the same samples per step)")
         options.warn_unused()
         self.module = module
         self.options = options
@@ -297,8 +293,10 @@ class TrainingModel:
 
     def _optimizer_state_dict(self) -> dict[str, Any]:
         low, eng = self._need("optimizer state_dict"), self._engine
-        values = {k: torch.from_numpy(np.array(eng.read_tensor(v))) for k, v in low.state.items()}
-        step = int(round(float(eng.read_tensor(low.step))))
+        rf = self.options.replication_factor  # replicas hold the same state: replica 0's
+        values = {k: torch.from_numpy(np.array(replica_view(eng.read_tensor(v), rf)))
+                  for k, v in low.state.items()}
+        step = int(round(float(replica_view(eng.read_tensor(low.step), rf))))
         return self._spec.state_dict(values, self.optimizer, step)
 
     def _upload_optimizer_state(self) -> None:
@@ -328,10 +326,11 @@ class TrainingModel:
         with torch.no_grad():
             params = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
             buffers = dict(_raw(self.module, "named_buffers")(remove_duplicate=False))
+            rf = self.options.replication_factor  # replicas hold the same weights: replica 0's
             for name, var in low.params.items():
-                _assign(params[name], eng.read_tensor(var))
+                _assign(params[name], replica_view(eng.read_tensor(var), rf))
             for name, var in low.buffers.items():
-                _assign(buffers[name], eng.read_tensor(var))
+                _assign(buffers[name], replica_view(eng.read_tensor(var), rf))
 
     def __del__(self) -> None:
         # The module outlives its training model: it keeps the trained weights.
