@@ -10,8 +10,8 @@ with it. ``poptorch.enums`` is importable as PopTorch's code imports it.
 """
 
 from softipu.frontends import poptorch as _frontend
+from softipu.frontends import poptorch_enums as enums  # noqa: F401 - poptorch.enums.X (and softipu.poptorch.enums)
 from softipu.frontends.poptorch import *  # noqa: F403 - PopTorch's whole public surface
 from softipu.frontends.torch import optim  # noqa: F401 - poptorch.optim.SGD... (as softipu.poptorch.optim)
-from softipu.poptorch import enums  # noqa: F401 - from poptorch.enums import ...
 
 __all__ = [name for name in _frontend.__all__ if not name.startswith("_")] + ["enums", "optim"]
