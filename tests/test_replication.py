@@ -10,6 +10,7 @@ cost of the all-reduces.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -158,3 +159,21 @@ def test_cycles_grow_by_the_all_reduces_priced_on_the_links():
         expected += links.collective_cost(system, "all_reduce", nbytes, R, method=method,
                                           compute=False).cycles
     assert links_cycles == expected > 0
+
+
+def test_a_replicated_training_step_exports_and_loads_every_replicas_state(tmp_path):
+    torch.manual_seed(4)
+    R, GA, micro = 2, 1, 2
+    net = Encoder()
+    model = poptorch.trainingModel(net, options(R, GA), torch.optim.SGD(net.parameters(), lr=0.05))
+    model(*batch(R * micro, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.compileAndExport(tmp_path / "step")
+    expected = [model(*batch(R * micro, 21 + i))[1] for i in range(2)]
+    other = Encoder()
+    loaded = poptorch.trainingModel(other, options(R, GA), torch.optim.SGD(other.parameters(), lr=0.05))
+    loaded.loadExecutable(tmp_path / "step")
+    got = [loaded(*batch(R * micro, 21 + i))[1] for i in range(2)]
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == (R,) and torch.equal(a, b)

@@ -30,7 +30,7 @@ from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
-from softipu.frontends.torch.training.replication import replica_view
+from softipu.frontends.torch.training.replication import per_replica, replica_view
 from softipu.log import progress_stage, progress_task
 
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
@@ -246,7 +246,8 @@ class TrainingModel:
             engine.connect_stream(stream, values)
         engine.run(0)
         for var, value in loaded.writes():
-            engine.write_tensor(var, np.asarray(value, var.dtype.numpy).reshape(var.shape))
+            engine.write_tensor(var, per_replica(np.asarray(value, var.dtype.numpy), var.shape,
+                                                self.options.replication_factor))
         self._lowered, self._engine = low, engine
         self._leaves = tuple((r.name, r.shape, r.dtype) if r.shape is not None else (r.name, r.value)
                              for r in loaded.leaves)

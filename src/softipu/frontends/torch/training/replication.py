@@ -26,7 +26,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 
-__all__ = ["reduce_gradients", "replica_view"]
+__all__ = ["per_replica", "reduce_gradients", "replica_view"]
 
 
 def reduce_gradients(graph: Graph, grads: dict[str, Tensor], prog: P.Sequence, options: Any,
@@ -47,3 +47,11 @@ def replica_view(values: np.ndarray, replicas: int) -> np.ndarray:
     """Replica 0's copy of a replica-identical variable read from the device (weights, optimizer
     state): ``read_tensor`` gives a leading replica axis when the graph is replicated."""
     return values[0] if replicas > 1 else values
+
+
+def per_replica(values: np.ndarray, shape: tuple[int, ...], replicas: int) -> np.ndarray:
+    """Saved values (an exported step's, read with a leading replica axis when replicated) as
+    ``write_tensor`` takes them: one per replica, or ``shape`` for every replica."""
+    if replicas > 1 and values.size == replicas * int(np.prod(shape)):
+        return values.reshape((replicas, *shape))
+    return values.reshape(shape)
