@@ -126,10 +126,6 @@ def _conv(ctx: Any, node: Any) -> Tensor:
 
 
 def _pool_check(ctx: Any) -> str | None:
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        return "the Indices output of MaxPool is not supported"
-    if int(ctx.attr("storage_order", 0)):
-        return "storage_order=1 is not supported"
     return None
 
 
@@ -194,6 +190,8 @@ def _window_pool(ctx: Any, x: Tensor, kind: str, kernel: list[int], strides: lis
     view = view.reshape(x.shape[:2] + tuple(outs) + (int(np.prod(kernel)),))
     op = ReduceOp.MAX if kind == "max" else ReduceOp.ADD
     out = reduce(ctx.graph, view, ctx.prog, dims=[view.ndim - 1], op=op, name=f"{ctx.name}/{kind}")
+    if kind == "max" and len(ctx.node.output) > 1 and ctx.node.output[1]:
+        return out, _argmax_positions(ctx, view, widths, tuple(index))
     if kind in ("max", "sum"):
         return out
     include = bool(int(ctx.attr("count_include_pad", 0)))
@@ -206,11 +204,33 @@ def _window_pool(ctx: Any, x: Tensor, kind: str, kernel: list[int], strides: lis
     return _map(ctx, E.mul(E.input(0), E.input(1)), [out, inv])
 
 
+def _argmax_positions(ctx: Any, view: Tensor, widths: list[tuple[int, int]], index: tuple) -> Tensor:
+    """MaxPool's Indices: the flat input position of each window's maximum, read from a table of
+    positions laid out as the windows are (worked out while compiling) at the window's argmax."""
+    shape = view.shape[:2] + tuple(view.shape[2:-1])
+    x_shape = ctx.shape(0)
+    area = int(np.prod(x_shape[2:]))
+    spatial = np.arange(area).reshape(x_shape[2:])
+    if int(ctx.attr("storage_order", 0)):  # column-major positions within each image
+        spatial = np.arange(area).reshape(x_shape[2:][::-1]).transpose()
+    lead = (np.arange(x_shape[0] * x_shape[1]) * area).reshape(x_shape[:2] + (1,) * (len(x_shape) - 2))
+    table = np.pad(lead + spatial, widths, constant_values=-1)[index]
+    k = view.shape[-1]
+    table = table.reshape(-1, k).reshape(-1)
+    which = argmax(ctx.graph, view, ctx.prog, dim=view.ndim - 1, name=f"{ctx.name}/argmax")
+    rows = ctx.constant((np.arange(int(np.prod(shape))) * k).reshape(shape).astype(np.int32), int32, "rows")
+    flat = _map(ctx, E.add(E.input(0), E.input(1)), [which, rows], "/flat")
+    positions = ctx.constant(table.astype(np.int32), int32, "positions")
+    found = ix.gather(ctx.graph, positions, flat.reshape(-1), ctx.prog, name=f"{ctx.name}/indices")
+    return found.reshape(shape)
+
+
 def _pool(kind: str) -> Any:
     def lower(ctx: Any, node: Any) -> Tensor:
         x = ctx.input(0)
         kernel, strides, dil, pads = _pool_geometry(ctx, x)
-        out = _native_pool(ctx, x, kind, kernel, strides, dil, pads)
+        indices = len(node.output) > 1 and node.output[1]
+        out = None if indices else _native_pool(ctx, x, kind, kernel, strides, dil, pads)
         return out if out is not None else _window_pool(ctx, x, kind, kernel, strides, dil, pads)
     return lower
 
