@@ -48,6 +48,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # The command line sits above everything (the package root included, for its version).
     "cli": BASE | {"cli", "softipu", "profile", "frontends", "engine", "compiler", "graph"},
     "__main__": BASE | {"cli"},
+    # Replicas over processes: popdist's queries and the ``softipu run`` launcher (engine/distributed.py).
+    "popdist": BASE | {"engine"},
+    "poprun": BASE | {"cli", "engine"},
 }
 EXEMPT = frozenset({"softipu/__init__.py", "softipu/program.py"})
 NEED_ALL = ("graph", "compiler", "engine", "ops")

@@ -39,7 +39,7 @@ from softipu.log import configure_from_env
 __all__ = ["Command", "register", "commands", "main", "Output"]
 
 CACHE_ENV = "SOFTIPU_CACHE_DIR"
-PLUGINS: list[str] = []  # softipu modules that register subcommands when imported
+PLUGINS: list[str] = ["softipu.poprun"]  # softipu modules that register subcommands when imported
 
 
 @dataclass(frozen=True)

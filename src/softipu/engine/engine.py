@@ -30,6 +30,7 @@ from softipu.codelets.host import BLAS
 from softipu.compiler import Executable, compile_graph
 from softipu.debug import at, caller_location
 from softipu.engine import fpchecks
+from softipu.engine.distributed import process_group
 from softipu.engine.estimate import StaticCost
 from softipu.engine.fast import FastInterpreter
 from softipu.engine.interpreter import RunLog
@@ -63,6 +64,9 @@ class EngineOptions:
     * ``debug.poisonUnwritten`` (bool): memory nothing has written (and a ``WriteUndef``'s tensor)
       holds NaN in floats, True in bools and 0xDEADBEEF's low bytes in integers instead of zeros,
       so a program that reads values it never wrote shows it (real device memory is not zeroed).
+    * ``distributed.enabled`` (bool): this process holds only its instance's replicas and
+      cross-replica copies reach the other processes over torch.distributed
+      (:mod:`softipu.engine.distributed`); ``distributed.timeoutSeconds`` (int, default 60).
 
     Options given in the JSON object of the environment variable ``SOFTIPU_ENGINE_OPTIONS`` (as
     Poplar's ``POPLAR_ENGINE_OPTIONS``) apply to every engine; those passed in ``options`` win.
@@ -75,6 +79,8 @@ class EngineOptions:
     poison_unwritten: bool = False
     stochastic_rounding: bool = False
     seed: int = 0
+    distributed: bool = False
+    distributed_timeout: int = 60
 
     KEYS: ClassVar[dict[str, str]] = {
         "engine.reference": "reference",
@@ -84,6 +90,8 @@ class EngineOptions:
         "debug.poisonUnwritten": "poison_unwritten",
         "prng.enableStochasticRounding": "stochastic_rounding",
         "prng.seed": "seed",
+        "distributed.enabled": "distributed",
+        "distributed.timeoutSeconds": "distributed_timeout",
     }
     ENVIRONMENT: ClassVar[str] = "SOFTIPU_ENGINE_OPTIONS"
 
@@ -184,8 +192,10 @@ class Engine:
         self._errstate = fpchecks.TRAPS if self.options.floating_point_exceptions else fpchecks.IGNORE
         if estimate_only:
             return
-        self.storage = Storage(self.executable, poison=self.options.poison_unwritten)
-        self.streams = HostStreams(self.executable.streams, graph.replication_factor)
+        group = process_group(graph.replication_factor, self.options.distributed_timeout) \
+            if self.options.distributed else None  # None: one process holds every replica
+        self.storage = Storage(self.executable, poison=self.options.poison_unwritten, group=group)
+        self.streams = HostStreams(self.executable.streams, self.storage.replicas)
         interpreter = ReferenceInterpreter if self.options.reference else FastInterpreter
         if self.options.stochastic_rounding:
             interpreter = with_stochastic_rounding(interpreter, self.options.seed)
@@ -253,7 +263,9 @@ class Engine:
         Unless ``replica`` is given, every replica uses this connection in turn, so one
         ``Copy`` of a host-to-device stream consumes one transfer per replica.
         """
-        self._data("connect_stream")
+        storage = self._data("connect_stream")
+        if replica is not None and storage.group is not None:  # a global replica number
+            replica = storage.group.local_row(replica, f"connect_stream({name!r})")
         self.streams.connect(name, data, replica)
 
     def _data(self, what: str) -> Storage:

@@ -30,7 +30,10 @@ class LinkFailure(EngineError):
 
 def cross_replica_copy(storage: Storage, node: P.CrossReplicaCopy, *, by_address: bool = False) -> None:
     """Run one ``CrossReplicaCopy`` on ``storage``; ``by_address`` is the reference interpreter's way."""
-    _check_fault(node, storage.replicas)  # before anything moves
+    group = storage.group  # replicas split over processes (engine/distributed.py)
+    _check_fault(node, group.replicas if group else storage.replicas)  # before anything moves
+    if group is not None:
+        return group.cross_replica_copy(storage, node, by_address)
     for src, dst, replica_map in node.transfers:
         _transfer(storage, src, dst, replica_map, by_address)
 

@@ -6,6 +6,8 @@ arrays (strided tensors) or gathers/scatters through their address arrays (index
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from softipu.compiler.executable import Executable
@@ -100,12 +102,14 @@ class Storage:
     program that reads what it never wrote shows it.
     """
 
-    __slots__ = ("buffers", "replicas", "poison")
+    __slots__ = ("buffers", "replicas", "poison", "group")
 
-    def __init__(self, executable: Executable, *, poison: bool = False) -> None:
-        r = executable.replication_factor
+    def __init__(self, executable: Executable, *, poison: bool = False, group: Any = None) -> None:
+        # With ``group`` (engine/distributed.py) this process holds only its block of replicas.
+        first, r = (group.first, group.local) if group else (0, executable.replication_factor)
         self.replicas = r
         self.poison = poison
+        self.group = group
         # np.zeros is lazily committed by the OS: untouched memory costs nothing (poison costs it all).
         self.buffers: dict[DType, np.ndarray] = {
             d: np.full((r, n), poison_value(d)) if poison else np.zeros((r, n), dtype=d.numpy)
@@ -114,8 +118,8 @@ class Storage:
         for var in executable.variables:
             if var.initial_value is not None:
                 value = var.initial_value  # one row per replica: a replication index constant
-                self.buffers[var.dtype][:, var.start : var.end] = value.reshape(
-                    -1 if value.size == var.numel else (r, var.numel))
+                self.buffers[var.dtype][:, var.start : var.end] = value.reshape(-1) \
+                    if value.size == var.numel else value.reshape(-1, var.numel)[first : first + r]
 
     def view(self, t: Tensor, *, writeable: bool, replica_axis: bool) -> np.ndarray:
         """A zero-copy numpy view of a strided tensor: ``(replicas, *shape)`` or ``shape``."""
