@@ -80,9 +80,13 @@ def _bands(g: _Pool, target) -> np.ndarray:
 
 
 def _band_tiles(ctx: OpContext, t3: Tensor, row: int) -> np.ndarray:
-    """Tile of each plane's element ``(row, W // 2)`` of a ``(planes, rows, W)`` tensor."""
+    """Tile of each plane's element in ``row`` of a ``(planes, rows, W)`` tensor, at a column that
+    moves across the row with the plane: a plane's row on one tile (NCHW) gives that tile, and
+    channels stored innermost (a convolution's NHWC output, where every plane's element of one
+    pixel shares a tile) spread over the tiles holding the row instead of piling on one."""
     planes = np.arange(t3.shape[0])
-    return _tiles_at(ctx, t3, (planes, np.full(t3.shape[0], row), np.full(t3.shape[0], t3.shape[2] // 2)))
+    cols = (planes * t3.shape[2]) // max(t3.shape[0], 1)
+    return _tiles_at(ctx, t3, (planes, np.full(t3.shape[0], row), cols))
 
 
 def _map_band(ctx: OpContext, t3: Tensor, r0: int, r1: int, tiles: np.ndarray) -> None:
