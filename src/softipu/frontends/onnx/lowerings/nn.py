@@ -110,7 +110,11 @@ def _conv_check(ctx: Any) -> str | None:
 
 @register_onnx_lowering("Conv", check=_conv_check)
 def _conv(ctx: Any, node: Any) -> Tensor:
-    x, w = ctx.input(0), ctx.input(1)
+    return convolve(ctx, ctx.input(0), ctx.input(1), ctx.input(2) if ctx.has(2) else None)
+
+
+def convolve(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """The node's convolution (its pads, strides, dilations and groups) of ``x`` by ``w``."""
     spatial = w.ndim - 2
     kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
     strides = list(ctx.attr("strides", [1] * spatial))
@@ -118,15 +122,11 @@ def _conv(ctx: Any, node: Any) -> Tensor:
     x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
     out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, stride=tuple(strides), padding=pads,
                dilation=tuple(dil), groups=int(ctx.attr("group", 1)),
-               name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
-    if not ctx.has(2):
+               name=f"{ctx.name}/conv" if bias is not None else ctx.name)
+    if bias is None:
         return out
-    bias = ctx.input(2)
-    return _map(ctx, E.add(E.input(0), E.input(1)), [out, bias.reshape((bias.shape[0],) + (1,) * spatial)])
-
-
-def _pool_check(ctx: Any) -> str | None:
-    return None
+    per_channel = ctx.cast(bias, out.dtype).reshape((bias.shape[0],) + (1,) * spatial)
+    return _map(ctx, E.add(E.input(0), E.input(1)), [out, per_channel])
 
 
 def _pool_geometry(ctx: Any, x: Tensor) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
@@ -245,8 +245,8 @@ def _lp_pool(ctx: Any, node: Any) -> Tensor:
     return _map(ctx, E.pow(E.input(0), 1.0 / p), [total])
 
 
-register_onnx_lowering("MaxPool", _pool("max"), check=_pool_check)
-register_onnx_lowering("AveragePool", _pool("avg"), check=_pool_check)
+register_onnx_lowering("MaxPool", _pool("max"))
+register_onnx_lowering("AveragePool", _pool("avg"))
 
 
 def _global(op: ReduceOp, mean: bool) -> Any:

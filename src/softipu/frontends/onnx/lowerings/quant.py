@@ -136,3 +136,48 @@ def _matmul_integer(ctx: Any, node: Any) -> Tensor:
     b = _dequantized(ctx, ctx.input(1), None, ctx.input(3) if ctx.has(3) else None, "b")
     y = _mm(ctx, a, b, "/matmul")  # exact in fp32 for 8-bit operands and K < 2**8
     return ew.map(ctx.graph, E.cast(E.round(E.input(0)), int32), [y], ctx.prog, name=ctx.name)
+
+
+def _per_channel(t: Tensor, ndim: int) -> Tensor:
+    """A per-output-channel scale or zero point (or a scalar) shaped for a (M, C/g, k...) weight."""
+    return t.reshape(()) if t.numel == 1 else t.reshape((t.shape[0],) + (1,) * (ndim - 1))
+
+
+def _dequantize_conv(ctx: Any, x: Tensor, scale: Tensor | None, zero: Tensor | None, weight: bool,
+                     suffix: str) -> Tensor:
+    inputs, v = [x], E.cast(E.input(0), float32)
+    if zero is not None:
+        inputs.append(_per_channel(zero, x.ndim) if weight else zero.reshape(()))
+        v = E.sub(v, E.cast(E.input(1), float32))
+    if scale is not None:
+        inputs.append(_per_channel(scale, x.ndim) if weight else scale.reshape(()))
+        v = E.mul(v, E.cast(E.input(len(inputs) - 1), float32))
+    return ew.map(ctx.graph, v, inputs, ctx.prog, name=f"{ctx.name}/{suffix}")
+
+
+@register_onnx_lowering("ConvInteger")
+def _conv_integer(ctx: Any, node: Any) -> Tensor:
+    from softipu.dtypes import int32  # noqa: PLC0415
+    from softipu.frontends.onnx.lowerings.nn import convolve  # noqa: PLC0415
+
+    x = _dequantize_conv(ctx, ctx.input(0), None, ctx.input(2), False, "x")
+    w = _dequantize_conv(ctx, ctx.input(1), None, ctx.input(3), True, "w")
+    y = convolve(ctx, x, w, None)
+    return ew.map(ctx.graph, E.cast(E.round(E.input(0)), int32), [y], ctx.prog, name=f"{ctx.name}/int")
+
+
+@register_onnx_lowering("QLinearConv")
+def _qlinear_conv(ctx: Any, node: Any) -> Tensor:
+    from softipu.frontends.onnx.lowerings.nn import convolve  # noqa: PLC0415
+
+    x = _dequantize_conv(ctx, ctx.input(0), ctx.input(1), ctx.input(2), False, "x")
+    w = _dequantize_conv(ctx, ctx.input(3), ctx.input(4), ctx.input(5), True, "w")
+    bias = None
+    if ctx.has(8):  # int32 bias in units of x_scale * w_scale
+        bias = _dequantize_conv(ctx, ctx.input(8).reshape((1, -1, 1)), None, None, False, "b")
+        scale = ew.map(ctx.graph, E.mul(E.input(0), E.input(1)), [ctx.input(1).reshape(()), ctx.input(4)],
+                       ctx.prog, name=f"{ctx.name}/bias_scale")
+        bias = ew.map(ctx.graph, E.mul(E.input(0), E.input(1)), [bias.reshape(-1), scale], ctx.prog,
+                      name=f"{ctx.name}/bias")
+    y = convolve(ctx, x, w, bias)
+    return _requantize(ctx, y, ctx.input(6), ctx.input(7), ctx.elem_type(7))
