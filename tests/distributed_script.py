@@ -61,8 +61,12 @@ def run_program(numel: int, distributed: bool, die: bool = False, timeout: int =
     options = {"distributed.enabled": True, "distributed.timeoutSeconds": timeout} if distributed else {}
     eng = sp.Engine(g, [prog], options=options)
     t1 = time.perf_counter()
-    first = popdist.getReplicaIndexOffset() if distributed else 0
-    local = popdist.getNumLocalReplicas() if distributed else REPLICAS
+    first, local = 0, REPLICAS
+    if distributed and popdist.isPopdistEnvSet():  # softipu run (PopRun's variables)
+        first, local = popdist.getReplicaIndexOffset(), popdist.getNumLocalReplicas()
+    elif distributed:  # plain torchrun: an even split by rank
+        local = REPLICAS // popdist.getNumInstances()
+        first = popdist.getInstanceIndex() * local
     x, k = values(numel)
     eng.write_tensor(out["x"], x[first : first + local])
     eng.write_tensor(out["k"], k[first : first + local])
@@ -72,7 +76,7 @@ def run_program(numel: int, distributed: bool, die: bool = False, timeout: int =
     eng.run(0)
     t3 = time.perf_counter()
     results = {name: np.asarray(eng.read_tensor(t)).reshape((local, *t.shape)) for name, t in out.items()}
-    return results, {"compile_s": t1 - t0, "run_s": t3 - t2}
+    return results, {"compile_s": t1 - t0, "run_s": t3 - t2, "first": first, "local": local}
 
 
 def main() -> None:
@@ -90,8 +94,7 @@ def main() -> None:
         raise SystemExit(2) from None
     np.savez(os.path.join(ns.out, f"rank{rank}.npz"), **results)
     with open(os.path.join(ns.out, f"times{rank}.json"), "w") as f:
-        json.dump({**times, "first": popdist.getReplicaIndexOffset(), "local": popdist.getNumLocalReplicas(),
-                   "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet()}, f)
+        json.dump({**times, "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet()}, f)
 
 
 if __name__ == "__main__":
