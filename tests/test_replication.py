@@ -177,3 +177,47 @@ def test_a_replicated_training_step_exports_and_loads_every_replicas_state(tmp_p
     got = [loaded(*batch(R * micro, 21 + i))[1] for i in range(2)]
     for a, b in zip(got, expected, strict=True):
         assert a.shape == (R,) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,slices", [(poptorch.CommGroupType.Consecutive, [0, 0, 1, 1]),
+                                         (poptorch.CommGroupType.Orthogonal, [0, 1, 0, 1])])
+def test_input_replica_grouping_feeds_a_group_one_slice_and_returns_every_replica(kind, slices):
+    torch.manual_seed(5)
+    net = nn.Linear(8, 3).eval()
+    o = poptorch.Options().replicationFactor(4).deviceIterations(2).setTarget(CHIP)
+    o.inputReplicaGrouping(2, kind)
+    x = torch.randn(2 * 2 * 3, 8)  # deviceIterations x (4 replicas / groups of 2) x micro-batch 3
+    out = poptorch.inferenceModel(net, o)(x)
+    # PopTorch's order: iteration, then replica; replica r was fed its group's slice.
+    xs = x.reshape(2, 2, 3, 8)
+    expected = torch.cat([net(xs[i, s]) for i in range(2) for s in slices])
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_inputs_in_training_average_the_groups_gradients():
+    torch.manual_seed(6)
+    net = Encoder()
+    ref = copy.deepcopy(net)
+    o = options(4, 1).inputReplicaGrouping(2, poptorch.CommGroupType.Consecutive)
+    model = poptorch.trainingModel(net, o, torch.optim.SGD(net.parameters(), lr=0.1))
+    x, y = batch(2 * 2, 30)  # (4 replicas / groups of 2) x micro-batch 2
+    _, loss = model(x, y)
+    eager = torch.optim.SGD(ref.parameters(), lr=0.1)
+    losses = micro_losses(ref, x, y, 2, 1)[0]  # the two slices
+    losses.mean().backward()  # each slice's gradient on two replicas: the mean over four is theirs
+    eager.step()
+    relative_close(net, ref)
+    torch.testing.assert_close(loss, losses.detach()[[0, 0, 1, 1]], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_input_replica_grouping_is_a_clear_error():
+    with pytest.raises(SoftIPUError, match="CommGroupType.All is not allowed"):
+        poptorch.Options().replicationFactor(4).inputReplicaGrouping(4, poptorch.CommGroupType.All)
+    o = poptorch.Options().replicationFactor(4).setTarget(CHIP).inputReplicaGrouping(
+        3, poptorch.CommGroupType.Consecutive)
+    with pytest.raises(SoftIPUError, match="input group size 3 must divide the replication factor 4"):
+        poptorch.inferenceModel(nn.Linear(2, 2), o)
+    o = options(4, 2).inputReplicaGrouping(2, poptorch.CommGroupType.Orthogonal)
+    with pytest.raises(SoftIPUError, match=r"batch size 6, .* replicationFactor \(4\) / input group size \(2\) "
+                                           r"x gradientAccumulation \(2\) = 4"):
+        poptorch.trainingModel(Encoder(), o, None)(*batch(6, 0))

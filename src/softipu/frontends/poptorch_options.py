@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from softipu.frontends.errors import FrontendError
-from softipu.frontends.poptorch_enums import MeanReductionStrategy, OutputMode, ReductionType
+from softipu.frontends.poptorch_enums import CommGroupType, MeanReductionStrategy, OutputMode, ReductionType
 from softipu.frontends.torch.options import Options as TorchOptions
 from softipu.frontends.torch.options import OutputMode as _Mode
 from softipu.frontends.torch.options import warn_unused
@@ -209,6 +209,19 @@ class Options:
 
     def replicationFactor(self, replication_factor: int) -> Options:  # noqa: N802
         return self._set("replication_factor", int(replication_factor))
+
+    def inputReplicaGrouping(self, input_group_size: int,  # noqa: N802
+                             input_group_type: CommGroupType) -> Options:
+        """Replicas of a group are fed the same inputs (checked against replicationFactor when the
+        model is made, as PopTorch does at compile time)."""
+        kind = CommGroupType(input_group_type)
+        if kind is CommGroupType.All:
+            raise FrontendError("inputReplicaGrouping: CommGroupType.All is not allowed for input "
+                                "grouping; use Consecutive or Orthogonal (or NoGrouping)")
+        size = 1 if kind is CommGroupType.NoGrouping else int(input_group_size)
+        self._values["input_group_size"] = size
+        self._values["input_group_type"] = "orthogonal" if kind is CommGroupType.Orthogonal else "consecutive"
+        return self
 
     def randomSeed(self, random_seed: int) -> Options:  # noqa: N802
         return self._set("seed", int(random_seed))

@@ -99,6 +99,10 @@ class Options:
       ``MeanReductionStrategy``); None: PopTorch's choice, running for float16 accumulators.
     * ``auto_loss_scaling``: PopART's automatic loss scaling in training (the loss scale halves or
       doubles after each step by the gradients' upper-bin proportion; ``setAutomaticLossScaling``).
+    * ``input_group_size`` / ``input_group_type``: PopTorch's ``inputReplicaGrouping``: the
+      replicas of a group (``"consecutive"`` {0..k-1}, {k..2k-1}...; ``"orthogonal"`` {0, m, 2m...}
+      with m = replicas / k) are fed the same micro-batches, so inputs carry
+      ``replication_factor / input_group_size`` replicas' worth.
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -120,6 +124,8 @@ class Options:
     accumulation_reduction: str = "mean"
     mean_reduction_strategy: str | None = None
     auto_loss_scaling: bool = False
+    input_group_size: int = 1
+    input_group_type: str = "consecutive"
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -127,15 +133,17 @@ class Options:
             self._bad(f"target must be a softipu Target (sp.targets.GC200, sp.targets.ipu_model(...)), "
                       f"got {self.target!r}")
         for name in ("replication_factor", "device_iterations", "output_return_period",
-                     "executable_cache_max_bytes", "gradient_accumulation"):
+                     "executable_cache_max_bytes", "gradient_accumulation", "input_group_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._bad(f"{name} must be an int >= 1, got {value!r}")
         for name, allowed in (("precision", _PRECISIONS), ("partials_type", _PARTIALS),
                               ("accumulation_reduction", ("mean", "sum")),
-                              ("mean_reduction_strategy", (None, "post", "running"))):
+                              ("mean_reduction_strategy", (None, "post", "running")),
+                              ("input_group_type", ("consecutive", "orthogonal"))):
             if getattr(self, name) not in allowed:
                 self._bad(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        self._check_input_groups()
         amp = self.available_memory_proportion
         if isinstance(amp, bool) or not isinstance(amp, (int, float)) or not 0.0 < amp <= 1.0:
             self._bad(f"available_memory_proportion must be a number in (0, 1], got {amp!r}")
@@ -153,6 +161,11 @@ class Options:
         # Read-only copies, so a frozen Options cannot change under a compiled model.
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
         object.__setattr__(self, "stored", MappingProxyType(dict(self.stored)))
+
+    def _check_input_groups(self) -> None:
+        if self.replication_factor % self.input_group_size:
+            self._bad(f"inputReplicaGrouping: the input group size {self.input_group_size} must divide "
+                      f"the replication factor {self.replication_factor}")
 
     @staticmethod
     def _bad(message: str) -> None:
@@ -172,8 +185,9 @@ class Options:
 
     @property
     def batches_per_call(self) -> int:
-        """Micro-batches one call consumes: ``device_iterations * replication_factor``."""
-        return self.device_iterations * self.replication_factor
+        """Micro-batches one call consumes: ``device_iterations * replication_factor`` (divided by
+        ``input_group_size``: a group's replicas share their micro-batches)."""
+        return self.device_iterations * (self.replication_factor // self.input_group_size)
 
     def matmul_options(self, half: bool = False) -> dict[str, Any]:
         """The ``softipu.ops.matmul`` options these options imply (for a float16 matmul if ``half``)."""

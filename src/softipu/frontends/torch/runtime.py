@@ -37,10 +37,11 @@ from softipu.engine import Engine
 from softipu.errors import SoftIPUError
 from softipu.frontends.errors import ExportError, FrontendError, InputError
 from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load_exported
-from softipu.frontends.torch.custom_ops import connect_host_calls
+from softipu.frontends.torch.custom_ops import NAME_SCOPES, connect_host_calls
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.replicas import input_slices
 from softipu.log import progress_stage, progress_task
 from softipu.profile import Report
 
@@ -134,9 +135,10 @@ class _Compiled:
         for slot, value in zip(self.lowered.inputs, values, strict=True):
             if slot is None or int(np.prod(slot.shape)) == 0:
                 continue
-            host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError).reshape(di, rf, -1)
-            for r in range(rf):
-                self.engine.connect_stream(slot.stream, np.ascontiguousarray(host[:, r]), replica=r)
+            host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError).reshape(
+                di, rf // opts.input_group_size, -1)  # a replica group shares its slice
+            for r, i in enumerate(input_slices(opts)):
+                self.engine.connect_stream(slot.stream, np.ascontiguousarray(host[:, i]), replica=r)
         turns = 1 if opts.output_mode is OutputMode.FINAL else di
         buffers: list[np.ndarray | None] = []
         for slot in self.lowered.outputs:
@@ -343,13 +345,7 @@ class InferenceModel:
         times: dict[str, float] = {}
         start = time.perf_counter()
         margs, mkwargs = self._micro_batch(args, kwargs)
-        try:
-            with fx_traceback.preserve_node_meta():  # poptorch.NameScope's annotations reach the nodes
-                ep = export_program(self.module, margs, mkwargs)
-        except ExportError as exc:  # NOTE: torch.cond's capture trips on kept annotations (torch 2.13)
-            if "custom metadata" not in str(exc):
-                raise
-            ep = export_program(self.module, margs, mkwargs)
+        ep = _export(self.module, margs, mkwargs)
         check_supported(ep.graph)
         times["export"] = time.perf_counter() - start
         progress_stage("lower")
@@ -536,6 +532,23 @@ class InferenceModel:
     def __repr__(self) -> str:
         state = "not compiled" if self._current is None else f"{self._current.lowered.nodes} ops"
         return f"InferenceModel({self._label}, {self.options.target.name}, {state})"
+
+
+def _export(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    """``export_program``, keeping node annotations (``poptorch.NameScope``) once a name scope has
+    been used in this process (a model that enters one is exported again, keeping them)."""
+    before = NAME_SCOPES[0]
+    if not before:
+        ep = export_program(module, args, kwargs)
+        if NAME_SCOPES[0] == before:
+            return ep
+    try:
+        with fx_traceback.preserve_node_meta():
+            return export_program(module, args, kwargs)
+    except ExportError as exc:  # NOTE: torch.cond's capture trips on kept annotations (torch 2.13)
+        if "custom metadata" not in str(exc):
+            raise
+        return export_program(module, args, kwargs)
 
 
 def _positional_names(module: torch.nn.Module) -> list[str]:

@@ -27,6 +27,7 @@ from softipu.errors import SoftIPUError
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.lower import StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.replicas import input_slices
 from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
@@ -107,14 +108,15 @@ class TrainingModel:
 
     def _check_batch(self, leaves: list[tuple[str, Any]]) -> None:
         o = self.options
-        per_call = o.device_iterations * o.replication_factor * o.gradient_accumulation
+        per_call = o.batches_per_call * o.gradient_accumulation
         for name, v in leaves:
             if isinstance(v, torch.Tensor) and per_call > 1 and (v.ndim == 0 or v.shape[0] % per_call):
                 size = v.shape[0] if v.ndim else 0
                 raise InputError(
                     f"Model input {name!r} has batch size {size}, which is not divisible by the product of "
                     f"deviceIterations ({o.device_iterations}) x replicationFactor ({o.replication_factor}) "
-                    f"x gradientAccumulation ({o.gradient_accumulation}) = {per_call}: give each call a "
+                    + (f"/ input group size ({o.input_group_size}) " if o.input_group_size > 1 else "")
+                    + f"x gradientAccumulation ({o.gradient_accumulation}) = {per_call}: give each call a "
                     f"multiple of {per_call} samples (poptorch.DataLoader batches this way)")
 
     # -- compiling -----------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ class TrainingModel:
 
     def _micro(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         o = self.options
-        per_call = o.device_iterations * o.replication_factor * o.gradient_accumulation
+        per_call = o.batches_per_call * o.gradient_accumulation
         if per_call == 1:
             return args, kwargs
         return pytree.tree_map(lambda v: v[: v.shape[0] // per_call] if isinstance(v, torch.Tensor) else v,
@@ -376,9 +378,9 @@ class TrainingModel:
             if slot is None or int(np.prod(slot.shape)) == 0:
                 continue
             host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError)
-            host = host.reshape(turns, rf, -1)
-            for r in range(rf):
-                eng.connect_stream(slot.stream, np.ascontiguousarray(host[:, r]), replica=r)
+            host = host.reshape(turns, rf // o.input_group_size, -1)  # a replica group shares its slice
+            for r, i in enumerate(input_slices(o)):
+                eng.connect_stream(slot.stream, np.ascontiguousarray(host[:, i]), replica=r)
         final = o.output_mode in (OutputMode.FINAL, OutputMode.DEFAULT)
         n = 1 if final else turns
         buffers: list[np.ndarray | None] = []
