@@ -262,3 +262,9 @@ def test_grid_sample_matches_torch():
     _compare(lambda x, grid: (F.grid_sample(x, grid, "bilinear", "zeros", align_corners=False),
                               F.grid_sample(x, grid, "bilinear", "reflection", align_corners=True),
                               F.grid_sample(x, grid, "nearest", "border", align_corners=False)), x, grid)
+
+
+def test_unfold_histc_and_triangle_indices_match_torch():
+    x = torch.tensor([[0.5, -1.0, 2.0, 3.0, 0.0], [1.0, 1.5, -2.0, 2.0, 4.0]])
+    _compare(lambda x: (x.unfold(1, 2, 2), torch.histc(x, 4), torch.histc(x, 3, min=-1.0, max=2.0),
+                        torch.triu_indices(3, 4, 1), torch.tril_indices(4, 3, -1)), x)

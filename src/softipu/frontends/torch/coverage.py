@@ -24,6 +24,8 @@ __all__ = ["OpStatus", "core_aten_ops", "coverage", "markdown", "OPINFO_RESULTS"
 # NOTE: a path in the source checkout (src/softipu/frontends/torch -> the repository root): the
 # sweep's results are a generated file of the docs, not package data.
 OPINFO_RESULTS = Path(__file__).resolve().parents[4] / "docs" / "opinfo_results.json"
+# The float16 sweep over a fixed list of ops (``--dtypes float16``), rendered when present.
+OPINFO_RESULTS_FP16 = OPINFO_RESULTS.with_name("opinfo_results_fp16.json")
 
 _STATIC_SHAPES = "static shapes: never in a graph softipu accepts"
 _WHY: dict[str, tuple[str, str]] = {
@@ -130,7 +132,8 @@ def markdown() -> str:
     lines += [f"| `{r.name}` | {r.status} | {r.note} |" for r in rows]
     lines += ["", f"Lowerings of ops outside Core ATen ({len(extra)}): "
               + ", ".join(f"`{n}`" for n in extra) + ".", ""]
-    return "\n".join(lines + _training_section() + _opinfo_section(opinfo_results()) + _options_section())
+    return "\n".join(lines + _training_section() + _opinfo_section(opinfo_results()) + _fp16_section()
+                     + _options_section())
 
 
 def _training_section() -> list[str]:
@@ -219,6 +222,28 @@ def _opinfo_section(stored: tuple[dict, list[OpResult]] | None) -> list[str]:
         lines += ["Ops softipu cannot lower that the samples reach (how many OpInfo ops need each): "
                   + ", ".join(f"`{op}` ({n})" for op, n in ranked) + ".", ""]
     lines += ["| OpInfo | status | dtype | samples passed | first failure |", "|---|---|---|---|---|"]
+    for r in rows:
+        samples = f"{r.passed}/{r.total}" if r.total else ""
+        reason = r.reason.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{r.name}` | {r.status.value} | {r.dtype} | {samples} | {reason} |")
+    return lines + [""]
+
+
+def _fp16_section() -> list[str]:
+    """The float16 samples of a fixed list of ops, judged within two fp16 ulps (opinfo.HALF_RTOL)."""
+    if not OPINFO_RESULTS_FP16.exists():
+        return []
+    header, rows = from_json(OPINFO_RESULTS_FP16.read_text())
+    n = {s: sum(r.status is s for r in rows) for s in Status}
+    lines = ["## OpInfo float16 samples", "",
+             f"The float16 samples of {len(rows)} ops (a fixed list: every family of lowerings), "
+             f"written by `python -m softipu.frontends.torch.opinfo --dtypes float16 NAME... > "
+             f"docs/{OPINFO_RESULTS_FP16.name}`; float16 results are compared with eager's float16 "
+             "results within rtol 2e-3 and atol 1e-3 (about two float16 ulps). "
+             f"**{n[Status.PASSED]} of {len(rows)} pass every sample, {n[Status.PARTIAL]} partly**; "
+             f"{n[Status.FAILED]} failed, {n[Status.UNSUPPORTED]} unsupported, "
+             f"{n[Status.EXPORT_FAILED]} export-failed, {n[Status.SKIPPED]} skipped (no float16 samples).",
+             "", "| OpInfo | status | dtype | samples passed | first failure |", "|---|---|---|---|---|"]
     for r in rows:
         samples = f"{r.passed}/{r.total}" if r.total else ""
         reason = r.reason.replace("|", "\\|").replace("\n", " ")

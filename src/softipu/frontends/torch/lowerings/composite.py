@@ -351,3 +351,58 @@ def _embedding_bag(ctx: Any, node: Any, weight: Tensor, indices: Tensor, offsets
     out = scatter_reduce(ctx.graph, zeros, pos.reshape(-1), rows.reshape(-1), ctx.prog,
                          reduce=_BAG_REDUCE[int(mode)], include_self=False, name=ctx.name)
     return (out.reshape(bags, dim), *extras)
+
+
+@register_lowering("aten::unfold")
+def _unfold(ctx: Any, node: Any, x: Tensor, dimension: int, size: int, step: int) -> Tensor:
+    """Sliding windows along ``dimension`` as a new last axis: an indexed view (no data moves)."""
+    if x.ndim == 0:
+        return x.reshape((1,))
+    d = _dim(dimension, x.ndim)
+    windows = (x.shape[d] - size) // step + 1
+    index = np.arange(windows)[:, None] * step + np.arange(size)[None, :]
+    addr = np.moveaxis(np.take(x.addresses(), index, axis=d), d + 1, -1)
+    return Tensor(x.graph, x.dtype, tuple(addr.shape), 0, (), np.ascontiguousarray(addr))
+
+
+def _indices_of(fn: Any) -> Any:
+    def lower(ctx: Any, node: Any, row: int, col: int, offset: int = 0, **kwargs: Any) -> Tensor:
+        # Static arguments: torch computes the indices once, at compile time, exactly as it would.
+        values = fn(int(row), int(col), int(offset)).numpy()
+        return ctx.constant(values, ctx.out_dtype(), ctx.out_shape())
+    return lower
+
+
+register_lowering("aten::triu_indices", _indices_of(torch.triu_indices))
+register_lowering("aten::tril_indices", _indices_of(torch.tril_indices))
+
+
+@register_lowering("aten::histc")
+def _histc(ctx: Any, node: Any, x: Tensor, bins: int = 100, min: Any = 0, max: Any = 0) -> Tensor:  # noqa: A002
+    """Counts in ``bins`` equal bins of ``[min, max]`` (the data's range when both are 0; widened
+    by 1 each way when that is one value); values outside are not counted, ``max`` is in the last."""
+    dtype = ctx.out_dtype()
+    bins = int(bins)
+    flat = ctx.cast(x, float32).reshape(-1)
+    n = flat.numel
+    if not n:
+        return ctx.constant(0, dtype, (bins,))
+    if min == max == 0:
+        lo = reduce_to(ctx, flat, ReduceOp.MIN, (0,), False, "/min")
+        hi = reduce_to(ctx, flat, ReduceOp.MAX, (0,), False, "/max")
+    else:
+        lo = ctx.constant(float(min), float32, (), "lo")
+        hi = ctx.constant(float(max), float32, (), "hi")
+    L, H = E.input(1), E.input(2)
+    same = E.eq(L, H)
+    lo_e, hi_e = E.select(same, E.sub(L, 1.0), L), E.select(same, E.add(H, 1.0), H)
+    X = E.input(0)
+    b = E.floor(E.div(E.mul(E.sub(X, lo_e), float(bins)), E.sub(hi_e, lo_e)))
+    b = E.select(E.eq(X, hi_e), float(bins - 1), b)
+    b = E.select(E.logical_and(E.ge(X, lo_e), E.le(X, hi_e)), b, -1.0)
+    which = _map(ctx, b, [flat, lo.reshape(()).broadcast((n,)), hi.reshape(()).broadcast((n,))], "/bin")
+    edges = ctx.constant(np.arange(bins, dtype=np.float32), float32, (bins,), "bins")
+    grid = (n, bins)
+    hits = _map(ctx, E.cast(E.eq(E.input(0), E.input(1)), float32),
+                [which.reshape(n, 1).broadcast(grid), edges.reshape(1, bins).broadcast(grid)], "/hits")
+    return ctx.cast(reduce_to(ctx, hits, ReduceOp.ADD, (0,), False, "/count"), dtype)
