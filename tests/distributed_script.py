@@ -55,11 +55,12 @@ def build(numel: int) -> tuple[sp.Graph, P.Sequence, dict[str, sp.Tensor]]:
 
 
 def run_program(numel: int, distributed: bool, die: bool = False, timeout: int = 20,
-                repeats: int = 1) -> tuple[dict, dict]:
+                repeats: int = 1, reference: bool = False) -> tuple[dict, dict]:
     """(results of this process's replicas by name, timings in seconds: each run's)."""
     t0 = time.perf_counter()
     g, prog, out = build(numel)
-    options = {"debug.allowOutOfMemory": True}  # the bench's sizes exceed 4 tiles; host timing only
+    options = {"debug.allowOutOfMemory": True,  # the bench's sizes exceed 4 tiles; host timing only
+               "engine.reference": reference}
     if distributed:
         options |= {"distributed.enabled": True, "distributed.timeoutSeconds": timeout}
     eng = sp.Engine(g, [prog], options=options)
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--numel", type=int, default=64)
     ap.add_argument("--die", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--reference", action="store_true", help="also run the reference interpreter")
     ns = ap.parse_args()
     rank = popdist.getInstanceIndex()
     try:
@@ -100,6 +102,8 @@ def main() -> None:
             f.write(f"{type(exc).__name__}: {exc}")
         raise SystemExit(2) from None
     np.savez(os.path.join(ns.out, f"rank{rank}.npz"), **results)
+    if ns.reference:
+        np.savez(os.path.join(ns.out, f"rank{rank}_ref.npz"), **run_program(ns.numel, True, reference=True)[0])
     with open(os.path.join(ns.out, f"times{rank}.json"), "w") as f:
         json.dump({**times, "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet()}, f)
 

@@ -44,15 +44,16 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 def test_8_replicas_in_2_processes_match_1_process_bitwise(tmp_path):
     cmd = [sys.executable, "-m", "softipu", "run", "--num-instances", "2", "--num-replicas", "8",
-           str(TESTS / "distributed_script.py"), "--out", str(tmp_path)]
+           str(TESTS / "distributed_script.py"), "--out", str(tmp_path), "--reference"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    parts = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     whole, _ = D.run_program(64, distributed=False)
-    assert set(parts[0]) == set(whole)
-    for name, want in whole.items():
-        got = np.concatenate([p[name] for p in parts])
-        np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=name)
+    for suffix in ("", "_ref"):  # the fast engine, then the reference interpreter, in 2 processes
+        parts = [dict(np.load(tmp_path / f"rank{r}{suffix}.npz")) for r in range(2)]
+        assert set(parts[0]) == set(whole)
+        for name, want in whole.items():
+            got = np.concatenate([p[name] for p in parts])
+            np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=name + suffix)
     # The single-process run against numpy: the 2-process run is only as good as it.
     x, k = D.values(64)
     np.testing.assert_array_equal(whole["index"].ravel(), np.arange(8))

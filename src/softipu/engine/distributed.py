@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from softipu.debug import at
-from softipu.engine.replicas import LinkFailure, _transfer
+from softipu.engine.replicas import LinkFailure, _may_overlap, _transfer
 from softipu.errors import EngineError
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -140,15 +140,32 @@ class ProcessGroup:
 
     # -- one CrossReplicaCopy -------------------------------------------------------------------
     def cross_replica_copy(self, storage: Any, node: P.CrossReplicaCopy, by_address: bool) -> None:
-        for src_t, dst_t, replica_map in node.transfers:
-            local, sends, recvs = self._split(replica_map)
-            outgoing = {p: self._rows(storage, src_t, rows) for p, rows in sends.items()}
-            incoming = self._exchange(node, src_t, outgoing, recvs)  # sent before anything lands
-            _transfer(storage, src_t, dst_t, local, by_address)
+        """The node's transfers in as few exchanges as their overlaps allow (usually one): a batch's
+        rows are all sent before anything of it lands, so a failed peer leaves it unwritten."""
+        for batch in _batches(node.transfers):
+            self._run_batch(storage, node, [(s, d, *self._split(m)) for s, d, m in batch], by_address)
+
+    def _run_batch(self, storage: Any, node: P.CrossReplicaCopy, batch: list, by_address: bool) -> None:
+        outgoing: dict[int, list[np.ndarray]] = {}
+        sizes: dict[int, int] = {}
+        for src_t, _, _, sends, recvs in batch:
+            for p, rows in sends.items():
+                outgoing.setdefault(p, []).append(self._rows(storage, src_t, rows))
             for p, rows in recvs.items():
-                values = storage.gather(dst_t, replica_axis=True)
-                values[[d - self.first for d in rows]] = incoming[p].reshape((len(rows), *dst_t.shape))
-                storage.scatter(dst_t, values, replica_axis=True)
+                sizes[p] = sizes.get(p, 0) + len(rows) * src_t.numel * src_t.dtype.itemsize
+        incoming = self._exchange(node, {p: np.concatenate(b) for p, b in outgoing.items()}, sizes)
+        read = dict.fromkeys(incoming, 0)
+        for src_t, dst_t, local, _, recvs in batch:
+            _transfer(storage, src_t, dst_t, local, by_address)
+            if not recvs:
+                continue
+            values = storage.gather(dst_t, replica_axis=True)
+            for p, rows in recvs.items():
+                n = len(rows) * src_t.numel * src_t.dtype.itemsize
+                got = incoming[p][read[p] : read[p] + n].view(src_t.dtype.numpy)
+                values[[d - self.first for d in rows]] = got.reshape((len(rows), *dst_t.shape))
+                read[p] += n
+            storage.scatter(dst_t, values, replica_axis=True)
 
     def _split(self, replica_map: dict[int, int]) -> tuple[dict[int, int], dict[int, list], dict[int, list]]:
         """The map's pairs held wholly here (as local rows), and per peer instance the global
@@ -171,12 +188,12 @@ class ProcessGroup:
         values = storage.gather(t, replica_axis=True)[[s - self.first for s in rows]]
         return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
 
-    def _exchange(self, node: P.CrossReplicaCopy, t: Tensor, outgoing: dict[int, np.ndarray],
-                  recvs: dict[int, list[int]]) -> dict[int, np.ndarray]:
+    def _exchange(self, node: P.CrossReplicaCopy, outgoing: dict[int, np.ndarray],
+                  sizes: dict[int, int]) -> dict[int, np.ndarray]:
+        """Bytes to each peer and from each peer (of known sizes), all posted before any wait."""
         import torch
         dist = _dist()
-        row_bytes = t.numel * t.dtype.itemsize
-        incoming = {p: np.empty(len(rows) * row_bytes, np.uint8) for p, rows in recvs.items()}
+        incoming = {p: np.empty(n, np.uint8) for p, n in sizes.items()}
         works, peer = [], None
         try:
             for p, buf in incoming.items():
@@ -192,13 +209,30 @@ class ProcessGroup:
             raise InstanceFailure(
                 f"CrossReplicaCopy {node.src.name} -> {node.dst.name}{at(node.location)}: instance {peer} "
                 f"(process rank {peer}, replicas {self._held(peer)}) did not answer within "
-                f"{self.timeout_s} s or failed: {_first_line(exc)}. "
-                "Check that process's output; the run cannot go on without it") from exc
-        return {p: buf.view(t.dtype.numpy) for p, buf in incoming.items()}
+                f"{self.timeout_s} s or failed: {_first_line(exc)}. Nothing of this step was written; "
+                "check that process's output: the run cannot go on without it") from exc
+        return incoming
 
     def _held(self, instance: int | None) -> str:
         rows = np.flatnonzero(self.owner == instance)
         return f"{rows[0]}..{rows[-1]}" if rows.size else "?"
+
+
+def _batches(transfers: tuple) -> list[list]:
+    """Consecutive transfers cut where one reads what an earlier one of its batch writes (one
+    process runs them in order: the later reads the earlier's result)."""
+    batches: list[list] = [[]]
+    for transfer in transfers:
+        if any(_may_clash(transfer[0], dst) for _, dst, _ in batches[-1]):
+            batches.append([])
+        batches[-1].append(transfer)
+    return batches
+
+
+def _may_clash(src: Tensor, dst: Tensor) -> bool:
+    if src.index is not None or dst.index is not None:
+        return src.dtype == dst.dtype  # addresses anywhere: assume they meet
+    return _may_overlap(src, dst)
 
 
 def _first_line(exc: BaseException) -> str:
