@@ -83,19 +83,19 @@ def test_for_loop_cond_and_dynamic_slices():
     def choose(flag, a, b):
         return poptorch.cond(flag, lambda a: a * 2, [a], lambda b: b - 1, [b])[0]
 
-    for flag in (True, False):
-        got, want = run(choose, torch.tensor([flag]), torch.randn(3), torch.randn(3))
-        assert close(got, want)
+    model = poptorch.inferenceModel(Fn(choose), opts())
+    for flag in (True, False):  # one compiled model, both branches
+        a, b = torch.randn(3), torch.randn(3)
+        assert torch.allclose(model(torch.tensor([flag]), a, b), choose(torch.tensor([flag]), a, b))
 
     table = torch.arange(20.0).reshape(10, 2)
     start = torch.tensor([3])
-    got, want = run(lambda t, s: poptorch.dynamic_slice(t, 0, s, 4, 2), table, start)
-    assert torch.equal(got, want) and torch.equal(want, table[3:11:2])
     rows = torch.full((2, 2), -1.0)
-    got, want = run(lambda t, r, s: poptorch.dynamic_update(t, r, 0, s, 2), table, rows, start)
+    got, want = run(lambda t, r, s: (poptorch.dynamic_slice(t, 0, s, 4, 2),
+                                     poptorch.dynamic_update(t, r, 0, s, 2)), table, rows, start)
     expected = table.clone()
     expected[3:5] = -1.0
-    assert torch.equal(got, want) and torch.equal(want, expected)
+    assert close(got, want) and torch.equal(want[0], table[3:11:2]) and torch.equal(want[1], expected)
 
 
 def test_is_running_on_ipu_nop_and_name_scopes():
@@ -150,10 +150,10 @@ def test_cpu_runs_a_layer_on_the_host_between_device_ops():
 
 def test_serialized_matmul_and_multiconv():
     a, b = torch.randn(8, 12), torch.randn(12, 6)
-    for mode in (poptorch.MatMulSerializationMode.InputChannels, poptorch.MatMulSerializationMode.ReducingDim,
-                 poptorch.MatMulSerializationMode.OutputChannels, poptorch.MatMulSerializationMode.Disabled):
-        got, _ = run(lambda a, b, mode=mode: poptorch.serializedMatMul(a, b, mode, 2), a, b)
-        assert torch.allclose(got, a @ b, atol=1e-5), mode
+    modes = list(poptorch.MatMulSerializationMode)
+    got, _ = run(lambda a, b: [poptorch.serializedMatMul(a, b, mode, 2) for mode in modes], a, b)
+    for mode, product in zip(modes, got, strict=True):
+        assert torch.allclose(product, a @ b, atol=1e-5), mode
     with pytest.raises(sp.SoftIPUError, match="not a multiple of the factor 5"):
         poptorch.serializedMatMul(a, b, poptorch.MatMulSerializationMode.ReducingDim, 5)
 

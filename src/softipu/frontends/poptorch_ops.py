@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from softipu.frontends.errors import FrontendError
 from softipu.frontends.poptorch_enums import MatMulSerializationMode, MultiConvPlanType, OverlapMode
-from softipu.frontends.torch.custom_ops import HostCall, host_call, nop_op, register_host_call
+from softipu.frontends.torch.custom_ops import NAME_SCOPES, HostCall, host_call, nop_op, register_host_call
 from softipu.frontends.torch.options import warn_unused
 
 __all__ = ["CPU", "ICustomArgParser", "MultiConv", "NameScope", "POST_COMPILE_HOOKS", "cond",
@@ -339,6 +339,7 @@ def NameScope(name: str) -> Iterator[None]:  # noqa: N802 - PopTorch's name
     report (nested scopes join with "/")."""
     outer = _current_scope()
     scope = f"{outer}/{name}" if outer else str(name)
+    NAME_SCOPES[0] += 1  # exports keep node annotations from now on (runtime._export)
     with fx_traceback.annotate({"poptorch_scope": scope}):
         yield
 

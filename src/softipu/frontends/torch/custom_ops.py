@@ -24,10 +24,13 @@ import torch
 
 from softipu.frontends.errors import FrontendError
 
-__all__ = ["HOST_CALL_PREFIX", "HostCall", "connect_host_calls", "host_call", "ipu_print_op",
+__all__ = ["HOST_CALL_PREFIX", "NAME_SCOPES", "HostCall", "connect_host_calls", "host_call", "ipu_print_op",
            "nop_op", "print_format_key", "register_host_call"]
 
 HOST_CALL_PREFIX = "host_call/"
+# How many poptorch.NameScope blocks were entered in this process: exports keep node annotations
+# (fx preserve_node_meta) only once there were some (see runtime._export).
+NAME_SCOPES = [0]
 
 
 @torch.library.custom_op("softipu::ipu_print_tensor", mutates_args=())
