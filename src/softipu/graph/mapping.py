@@ -72,9 +72,9 @@ class ResolvedMapping:
             return None
         first = max(int(np.searchsorted(self.starts, lo, side="right")) - 1, 0)
         last = int(np.searchsorted(self.starts, hi - 1, side="right"))
-        marks = np.zeros(span, np.int32)
-        marks[np.maximum(self.starts[first:last] - lo, 0)] = 1  # starts are distinct
-        index = np.cumsum(marks, dtype=np.int64 if last >= 1 << 31 else np.int32)
+        index = np.zeros(span, np.int64 if last >= 1 << 31 else np.int32)
+        index[np.maximum(self.starts[first:last] - lo, 0)] = 1  # starts are distinct
+        np.cumsum(index, out=index)  # in place: one array over the span
         index += first - 1
         return index[a - lo]
 
