@@ -38,13 +38,15 @@ def build(numel: int) -> tuple[sp.Graph, P.Sequence, dict[str, sp.Tensor]]:
     x = g.add_variable(sp.float32, (numel,), "x")
     k = g.add_variable(sp.int32, (REPLICAS, 3), "k")
     index = g.add_variable(sp.uint32, (1,), "index")
-    for t in (x, k, index):
+    fed = g.add_variable(sp.float32, (4,), "fed")
+    for t in (x, k, index, fed):
         sp.ops.map_linearly(g, t)
     const = g.add_replication_index_constant()
     g.set_tile_mapping(const, 0)
     prog = P.Sequence()
     prog.add(P.Copy(const, index))
-    out = {"x": x, "index": index,
+    prog.add(P.Copy(g.add_host_to_device_fifo("feed", sp.float32, 4), fed))
+    out = {"x": x, "index": index, "fed": fed,
            "sum": C.all_reduce(g, x, prog, options={"method": Method.BIDIRECTIONAL_RING_PAIR}, name="sum"),
            "max": C.all_reduce(g, x, prog, op=CollectiveOperator.MAX, name="max",
                                options={"method": Method.CLOCKWISE_RING}),
@@ -74,6 +76,8 @@ def run_program(numel: int, distributed: bool, die: bool = False, timeout: int =
     x, k = values(numel)
     eng.write_tensor(out["x"], x[first : first + local])
     eng.write_tensor(out["k"], k[first : first + local])
+    for r in range(first, first + local):  # per-replica connections by global replica number
+        eng.connect_stream("feed", np.full((1, 4), r * 10 + 0.5, np.float32), replica=r)
     if die and popdist.getInstanceIndex() == 1:
         os._exit(3)  # a process lost before the collectives
     runs = []

@@ -57,6 +57,7 @@ def test_8_replicas_in_2_processes_match_1_process_bitwise(tmp_path):
     # The single-process run against numpy: the 2-process run is only as good as it.
     x, k = D.values(64)
     np.testing.assert_array_equal(whole["index"].ravel(), np.arange(8))
+    np.testing.assert_array_equal(whole["fed"], np.arange(8)[:, None] * 10 + np.full((8, 4), 0.5))
     for r in range(8):
         np.testing.assert_array_equal(whole["gathered"][r], x)
         np.testing.assert_array_equal(whole["exchanged"][r], k[:, r])
