@@ -56,9 +56,10 @@ def build(numel: int) -> tuple[sp.Graph, P.Sequence, dict[str, sp.Tensor]]:
     return g, prog, out
 
 
-def run_program(numel: int, distributed: bool, die: bool = False, timeout: int = 20,
+def run_program(numel: int, distributed: bool, die: int | None = None, timeout: int = 20,
                 repeats: int = 1, reference: bool = False) -> tuple[dict, dict]:
-    """(results of this process's replicas by name, timings in seconds: each run's)."""
+    """(results of this process's replicas by name, timings in seconds: each run's). With ``die``
+    instance 1 exits with that code once the engines are made, before the collectives run."""
     t0 = time.perf_counter()
     g, prog, out = build(numel)
     options = {"debug.allowOutOfMemory": True,  # the bench's sizes exceed 4 tiles; host timing only
@@ -78,8 +79,8 @@ def run_program(numel: int, distributed: bool, die: bool = False, timeout: int =
     eng.write_tensor(out["k"], k[first : first + local])
     for r in range(first, first + local):  # per-replica connections by global replica number
         eng.connect_stream("feed", np.full((1, 4), r * 10 + 0.5, np.float32), replica=r)
-    if die and popdist.getInstanceIndex() == 1:
-        os._exit(3)  # a process lost before the collectives
+    if die is not None and popdist.getInstanceIndex() == 1:
+        os._exit(die)  # a process lost before the collectives
     runs = []
     for _ in range(repeats):
         t2 = time.perf_counter()
@@ -93,13 +94,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--numel", type=int, default=64)
-    ap.add_argument("--die", action="store_true")
+    ap.add_argument("--die", action="store_true", help="instance 1 exits (code 3) before the collectives")
+    ap.add_argument("--lose", action="store_true",
+                    help="after the runs, once more with instance 1 leaving (code 0, so torchrun waits)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--reference", action="store_true", help="also run the reference interpreter")
     ns = ap.parse_args()
     rank = popdist.getInstanceIndex()
     try:
-        results, times = run_program(ns.numel, distributed=True, die=ns.die, timeout=5 if ns.die else 60,
+        results, times = run_program(ns.numel, distributed=True, die=3 if ns.die else None,
+                                     timeout=5 if ns.die else 60,
                                      repeats=ns.repeats)
     except sp.errors.SoftIPUError as exc:
         with open(os.path.join(ns.out, f"error{rank}.txt"), "w") as f:
@@ -110,6 +114,13 @@ def main() -> None:
         np.savez(os.path.join(ns.out, f"rank{rank}_ref.npz"), **run_program(ns.numel, True, reference=True)[0])
     with open(os.path.join(ns.out, f"times{rank}.json"), "w") as f:
         json.dump({**times, "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet()}, f)
+    if ns.lose:
+        start = time.monotonic()
+        try:
+            run_program(ns.numel, True, die=0, timeout=5)
+        except sp.errors.SoftIPUError as exc:
+            with open(os.path.join(ns.out, f"lost{rank}.txt"), "w") as f:
+                f.write(f"{time.monotonic() - start:.3f}\n{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":
