@@ -124,6 +124,9 @@ def test_one_process_with_the_option_changes_nothing(monkeypatch):
     eng = sp.Engine(g, [sp.program.Copy(idx, out)], options={"distributed.enabled": True})
     eng.run(0)
     np.testing.assert_array_equal(eng.read_tensor(out).ravel(), np.arange(4))
+    with pytest.raises(OptionError, match="'distributed.timeoutSeconds' must be at least 1, got 0"):
+        sp.Engine(g, [sp.program.Copy(idx, out)], options={"distributed.enabled": True,
+                                                           "distributed.timeoutSeconds": 0})
 
 
 def test_softipu_run_is_a_registered_subcommand():

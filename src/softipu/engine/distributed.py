@@ -14,6 +14,11 @@ The layout comes from the environment a launcher sets: PopRun's ``POPDIST_NUM_TO
 ``MASTER_PORT``. With one instance nothing changes. Enabled by the engine option
 ``distributed.enabled``; ``distributed.timeoutSeconds`` bounds how long a collective waits for a
 peer (gloo's timeout): a process that died mid-collective is reported by name, never a hang.
+
+The engine's host calls see this instance's replicas: ``write_tensor`` takes ``shape`` or
+``(local_replicas, *shape)`` values and ``read_tensor`` gives the local rows (``softipu.popdist``
+says which global replicas they are); ``connect_stream(..., replica=r)`` takes a global number
+held here. Every instance must make its engines, and run their programs, in the same order.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 
 from softipu.debug import at
 from softipu.engine.replicas import LinkFailure, _may_overlap, _transfer
-from softipu.errors import EngineError
+from softipu.errors import EngineError, OptionError
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 
@@ -121,7 +126,12 @@ class ProcessGroup:
         import torch
         mine = torch.tensor([self.first, self.local], dtype=torch.int64)
         every = [torch.zeros(2, dtype=torch.int64) for _ in range(self.layout.instances)]
-        dist.all_gather(every, mine)
+        try:
+            dist.all_gather(every, mine)
+        except RuntimeError as exc:
+            raise InstanceFailure(f"instance {self.layout.instance}: the other instances did not make their "
+                                  f"engine within {self.timeout_s} s ({_first_line(exc)}); every instance "
+                                  "must make the same engines in the same order") from exc
         owner = np.full(self.replicas, -1, np.int64)
         for i, (first, n) in enumerate(t.tolist() for t in every):
             owner[first : first + n] = i
@@ -243,6 +253,8 @@ def _first_line(exc: BaseException) -> str:
 def process_group(replicas: int, timeout_s: int = DEFAULT_TIMEOUT_S,
                   layout: Layout | None = None) -> ProcessGroup | None:
     """The process group of a run with ``distributed.enabled``; None with one instance."""
+    if timeout_s < 1:
+        raise OptionError(f"engine option 'distributed.timeoutSeconds' must be at least 1, got {timeout_s}")
     layout = layout or layout_from_environment()
     if layout.instances <= 1:
         layout.resolve(replicas)  # still checks the replica count
