@@ -406,3 +406,58 @@ def _histc(ctx: Any, node: Any, x: Tensor, bins: int = 100, min: Any = 0, max: A
     hits = _map(ctx, E.cast(E.eq(E.input(0), E.input(1)), float32),
                 [which.reshape(n, 1).broadcast(grid), edges.reshape(1, bins).broadcast(grid)], "/hits")
     return ctx.cast(reduce_to(ctx, hits, ReduceOp.ADD, (0,), False, "/count"), dtype)
+
+
+_SEGMENT_IDENTITY = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": -math.inf, "min": math.inf}
+_SEGMENT_REDUCE = {"sum": "sum", "mean": "sum", "prod": "prod", "max": "amax", "min": "amin"}
+
+
+def _segment_check(node: Any) -> str | None:
+    axis = node.kwargs.get("axis", 0)
+    counts = node.kwargs.get("lengths") or node.kwargs.get("offsets")
+    if axis != 0 or counts is None or counts.meta["val"].ndim != 1:
+        return "only 1-D lengths or offsets along axis 0 are supported"
+    return None
+
+
+@register_lowering("aten::segment_reduce", check=_segment_check)
+def _segment_reduce(ctx: Any, node: Any, data: Tensor, reduce: str, *, lengths: Any = None,
+                    indices: Any = None, offsets: Any = None, axis: int = 0, unsafe: bool = False,
+                    initial: Any = None) -> Tensor:
+    """Each segment (consecutive rows: ``lengths``, or ``[offsets[i], offsets[i+1])``) reduced from
+    ``initial`` (or the reduction's identity); a row's segment is how many segment ends lie at or
+    before it. Empty segments give ``initial``, or NaN for a mean without one."""
+    dtype = ctx.out_dtype()
+    segments = ctx.out_shape()[0]
+    rest = data.shape[1:]
+    width = math.prod(rest)
+    rows = data.shape[0]
+    start = float(initial) if initial is not None else _SEGMENT_IDENTITY[reduce]
+    if lengths is not None:
+        counts = ctx.cast(lengths, int32)
+        ends = ix.cumsum(ctx.graph, counts, ctx.prog, name=f"{ctx.name}/ends")
+    else:
+        offs = ctx.cast(offsets, int32)
+        ends = offs[1:]
+        counts = _map(ctx, E.sub(E.input(0), E.input(1)), [offs[1:], offs[:-1]], "/lengths")
+    out = ctx.constant(start, dtype, (segments * width,), "initial")
+    if rows and segments and width:
+        grid = (rows, segments)
+        j = np.broadcast_to(np.arange(rows, dtype=np.int32)[:, None], grid).copy()
+        j = ctx.constant(j, int32, grid, "row")
+        done = _map(ctx, E.cast(E.le(E.input(1), E.input(0)), int32),
+                    [j, ends.reshape(1, segments).broadcast(grid)], "/done")
+        seg = reduce_to(ctx, done, ReduceOp.ADD, (1,), False, "/segment")
+        col = ctx.constant(np.arange(width, dtype=np.int32), int32, (width,), "col").reshape(1, width)
+        at = E.select(E.lt(E.input(0), segments), E.add(E.mul(E.input(0), width), E.input(1)), -1)
+        cells = (rows, width)
+        pos = _map(ctx, at, [seg.reshape(rows, 1).broadcast(cells), col.broadcast(cells)], "/pos")
+        out = scatter_reduce(ctx.graph, out, pos.reshape(-1), ctx.cast(data, dtype).reshape(-1), ctx.prog,
+                             reduce=_SEGMENT_REDUCE[reduce], include_self=True, name=ctx.name)
+    out = out.reshape((segments,) + rest)
+    if reduce == "mean":
+        n = ctx.cast(counts, dtype).reshape((segments,) + (1,) * len(rest)).broadcast(out.shape)
+        empty = float(initial) if initial is not None else math.nan
+        mean = E.select(E.gt(E.input(1), 0.0), E.div(E.input(0), E.input(1)), empty)
+        out = _map(ctx, mean, [out, n], "/mean")
+    return out

@@ -161,8 +161,8 @@ def _index_put_check(node: Any) -> str | None:
     indices = node.args[1]
     masks = [t for t in indices if t is not None and t.meta["val"].dtype in (torch.bool, torch.uint8)]
     if masks:
-        if len(indices) != 1 or node.args[2].meta["val"].numel() != 1:
-            return "boolean-mask index_put needs one mask and a single value (x[mask] = v)"
+        if len(indices) != 1:
+            return "boolean-mask index_put needs one mask (x[mask] = v)"
         return None
     return _index_check(node)
 
@@ -189,11 +189,32 @@ def _embedding_grad(ctx: Any, x: Tensor, indices: list[Any], values: Tensor) -> 
     return ix.multi_update_add(ctx.graph, table, flat, values, 1.0, ctx.prog, name=ctx.name)
 
 
+def _masked_put(ctx: Any, x: Tensor, mask: Tensor, values: Tensor, accumulate: bool) -> Tensor:
+    """``x[mask] = values`` (``+=``): the i-th selected row (the mask covers x's leading dims)
+    takes ``values``' i-th row, found by the selected elements' running count."""
+    g, prog = ctx.graph, ctx.prog
+    rest = x.shape[mask.ndim:]
+    width = math.prod(rest)
+    values = ctx.cast(values, x.dtype)
+    k = values.shape[-len(rest) - 1] if values.ndim > len(rest) else 1
+    rows = values.reshape((1,) * max(0, len(rest) + 1 - values.ndim) + values.shape).broadcast((k,) + rest)
+    counts = ix.cumsum(g, ctx.cast(mask, int32).reshape(-1), prog, name=f"{ctx.name}/rank")
+    rank = ew.map(g, E.clamp(E.sub(E.input(0), 1), 0, k - 1), [counts], prog, name=f"{ctx.name}/row")
+    picked = ix.gather(g, rows.reshape(k, width), rank, prog, axis=0, name=f"{ctx.name}/gather")
+    picked = picked.reshape(x.shape)
+    if accumulate:
+        picked = ew.add(g, x, picked, prog, name=f"{ctx.name}/add")
+    full = ctx.cast(mask, bool_).reshape(mask.shape + (1,) * len(rest)).broadcast(x.shape)
+    return ew.where(g, full, picked, x, prog, name=ctx.name)
+
+
 @register_lowering("aten::index_put", check=_index_put_check)
 def _index_put(ctx: Any, node: Any, x: Tensor, indices: Any, values: Tensor,
                accumulate: bool = False) -> Tensor:
     indices = list(indices)
     if len(indices) == 1 and indices[0] is not None and indices[0].dtype is bool_:
+        if values.numel != 1:
+            return _masked_put(ctx, x, indices[0], values, accumulate)
         mask = indices[0].reshape(indices[0].shape + (1,) * (x.ndim - indices[0].ndim)).broadcast(x.shape)
         value = ctx.cast(values, x.dtype).reshape(())
         if accumulate:
