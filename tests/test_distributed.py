@@ -110,6 +110,8 @@ def test_layout_errors_name_what_to_change():
         torchrun_arguments(3, 8, 1, "s.py", [])
     argv, _ = torchrun_arguments(2, 8, 1, "s.py", ["--x"])
     assert argv == ["--standalone", "--nproc-per-node", "2", "--max-restarts", "0", "s.py", "--x"]
+    argv, _ = torchrun_arguments(2, 8, 1, "s.py", [], ["--nnodes", "2", "--node-rank", "1"])
+    assert argv[:4] == ["--nnodes", "2", "--node-rank", "1"]
 
 
 def test_one_process_with_the_option_changes_nothing(monkeypatch):

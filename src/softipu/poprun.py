@@ -5,14 +5,16 @@ N processes of ``script.py`` on this host through ``torch.distributed.run`` (tor
 rendezvous), each with PopRun's environment (``POPDIST_NUM_TOTAL_REPLICAS=R``,
 ``POPDIST_NUM_LOCAL_REPLICAS=R/N``, ``POPDIST_NUM_IPUS_PER_REPLICA=K``; torchrun adds ``RANK``,
 ``WORLD_SIZE`` and the rendezvous address). Instance i holds replicas ``i*R/N .. (i+1)*R/N - 1``
-(:mod:`softipu.popdist` tells the script). Several hosts: give torchrun's own arguments after
-``--torchrun`` (e.g. ``--torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint host:29400``).
+(:mod:`softipu.popdist` tells the script). Several hosts: give torchrun's rendezvous arguments
+as one string, ``--torchrun="--nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint
+host:29400"``, in place of the one-host ``--standalone`` rendezvous (untested beyond loopback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -27,8 +29,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-instances", type=int, default=1, help="processes to start (PopRun's instances)")
     p.add_argument("--num-replicas", type=int, required=True, help="replicas of the program in all")
     p.add_argument("--ipus-per-replica", type=int, default=1, help="IPUs of each replica")
-    p.add_argument("--torchrun", nargs="*", default=None, metavar="ARG",
-                   help="torchrun arguments instead of a one-host standalone rendezvous")
+    p.add_argument("--torchrun", default=None, metavar="ARGS",
+                   help="torchrun's rendezvous arguments as one string, instead of --standalone (one host)")
     p.add_argument("script", help="the Python script each instance runs")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
 
@@ -67,8 +69,9 @@ def launch(num_instances: int, num_replicas: int, script: str, args: list[str] |
 
 
 def _run(ns: argparse.Namespace, out: Any) -> int:
+    extra = shlex.split(ns.torchrun) if ns.torchrun is not None else None
     return launch(ns.num_instances, ns.num_replicas, ns.script, ns.args, ipus_per_replica=ns.ipus_per_replica,
-                  extra=ns.torchrun)
+                  extra=extra)
 
 
 register("run", "run a script as several processes, each holding some of the replicas (PopRun)",
