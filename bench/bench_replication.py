@@ -10,7 +10,9 @@ the small gradients all live there, and so do their 26 collectives' exchange cod
   ``CrossReplicaCopy`` steps), ``link_cycles`` (the ``CrossReplicaCopy`` steps alone) and
   ``estimate_cycles``: ``links.collective_cost(..., compute=True)`` summed over the gradients
   (the estimate-only model of the same all-reduces: ring steps + adds);
-* ``lower_s`` / ``compile_s`` of this R beside R = 1's.
+* ``lower_s`` / ``compile_s`` of this R beside R = 1's;
+* ``merged_*``: the same with PopART's ``mergeAllReduceCollectives`` (one all-reduce of all the
+  gradients, concatenated).
 
 Run: ``.venv/bin/python bench/bench_replication.py [--replicas 2 4]``
 """
@@ -49,10 +51,11 @@ class Encoder(nn.Module):
         return out, F.cross_entropy(out, y)
 
 
-def step(replicas: int) -> dict:
+def step(replicas: int, merge: bool = False) -> dict:
     torch.manual_seed(0)
     net = Encoder()
     o = poptorch.Options().replicationFactor(replicas).setTarget(CHIP).logCycleCount(True)
+    o._Popart.set("replicatedCollectivesSettings.mergeAllReduceCollectives", merge)
     model = poptorch.trainingModel(net, o, torch.optim.SGD(net.parameters(), lr=0.01))
     x, y = torch.randn(replicas * 2, 8, 32), torch.randint(0, 4, (replicas * 2,))
     model(x, y)
@@ -81,10 +84,15 @@ def main() -> None:
     base = step(1)
     for r in args.replicas:
         got = step(r)
+        merged = step(r, merge=True)
         print(json.dumps({"bench": "replication_training_step", "replicas": r, **got,
                           "baseline_cycles": base["cycles"], "baseline_lower_s": base["lower_s"],
                           "baseline_compile_s": base["compile_s"],
-                          "all_reduce_share": round(got["all_reduce_cycles"] / got["cycles"], 3)}),
+                          "all_reduce_share": round(got["all_reduce_cycles"] / got["cycles"], 3),
+                          "merged_cycles": merged["cycles"],
+                          "merged_all_reduce_cycles": merged["all_reduce_cycles"],
+                          "merged_link_cycles": merged["link_cycles"],
+                          "merged_lower_s": merged["lower_s"], "merged_compile_s": merged["compile_s"]}),
               flush=True)
 
 

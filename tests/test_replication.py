@@ -221,3 +221,30 @@ def test_bad_input_replica_grouping_is_a_clear_error():
     with pytest.raises(SoftIPUError, match=r"batch size 6, .* replicationFactor \(4\) / input group size \(2\) "
                                            r"x gradientAccumulation \(2\) = 4"):
         poptorch.trainingModel(Encoder(), o, None)(*batch(6, 0))
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_merged_all_reduce_is_one_collective_with_the_same_result(accumulation):
+    torch.manual_seed(7)
+    net = Encoder()
+    ref = copy.deepcopy(net)
+    R, micro = 4, 2
+    o = options(R, accumulation).logCycleCount(True)
+    o._Popart.set("replicatedCollectivesSettings.mergeAllReduceCollectives", True)
+    model = poptorch.trainingModel(net, o, torch.optim.SGD(net.parameters(), lr=0.1))
+    x, y = batch(R * accumulation * micro, 40)
+    model(x, y)
+    eager = torch.optim.SGD(ref.parameters(), lr=0.1)
+    micro_losses(ref, x, y, R, accumulation).mean().backward()
+    eager.step()
+    relative_close(net, ref)
+    # One all-reduce of every float32 gradient, concatenated: its links are the link model's
+    # price of one collective of the total bytes.
+    b, _ = per_step(model)
+    assert {k.split("upd/all_reduce/")[1].split("/")[0] for k in b if "upd/all_reduce/" in k} == {"merged_float32"}
+    system = systems.smallest_fabric(R, CHIP)
+    nbytes = sum(p.numel() for p in net.parameters()) * 4
+    method = sp.collectives.auto_method(system, "all_reduce", nbytes, R).name.lower()
+    method = {"meet_in_middle_ring": "bidirectional_ring_pair"}.get(method, method)
+    expected = links.collective_cost(system, "all_reduce", nbytes, R, method=method, compute=False).cycles
+    assert sum(v for k, v in b.items() if k.startswith("CrossReplicaCopy:")) == expected

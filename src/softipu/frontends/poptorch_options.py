@@ -100,6 +100,14 @@ class _Section:
 class _Popart(_Section):
     _label = "_Popart"
 
+    def set(self, key: str, value: Any) -> _Popart:
+        """PopART session options: ``replicatedCollectivesSettings.mergeAllReduceCollectives`` has
+        a softipu meaning (one all-reduce per dtype for replicated training); the rest are stored."""
+        if key == "replicatedCollectivesSettings.mergeAllReduceCollectives":
+            self._owner._set("merge_all_reduce", bool(value))
+            return self
+        return self._owner._stored_setter("_Popart.set", self)(key, value)
+
 
 class _Precision(_Section):
     _label = "Precision"

@@ -103,6 +103,9 @@ class Options:
       replicas of a group (``"consecutive"`` {0..k-1}, {k..2k-1}...; ``"orthogonal"`` {0, m, 2m...}
       with m = replicas / k) are fed the same micro-batches, so inputs carry
       ``replication_factor / input_group_size`` replicas' worth.
+    * ``merge_all_reduce``: replicated training all-reduces all gradients of a dtype as one
+      collective (PopART's ``replicatedCollectivesSettings.mergeAllReduceCollectives``; default
+      one collective per gradient, as PopART).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -126,6 +129,7 @@ class Options:
     auto_loss_scaling: bool = False
     input_group_size: int = 1
     input_group_type: str = "consecutive"
+    merge_all_reduce: bool = False
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,7 +156,7 @@ class Options:
         if not isinstance(self.output_mode, OutputMode):
             self._bad(f"output_mode must be an OutputMode ({', '.join(m.name for m in OutputMode)}), "
                       f"got {self.output_mode!r}")
-        for name in ("log_cycle_count", "recompile_on_shape_change", "auto_loss_scaling"):
+        for name in ("log_cycle_count", "recompile_on_shape_change", "auto_loss_scaling", "merge_all_reduce"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.executable_cache_dir is not None and not isinstance(self.executable_cache_dir, str):

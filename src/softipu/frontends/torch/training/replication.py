@@ -24,7 +24,7 @@ import numpy as np
 from softipu.collectives import CollectiveOperator, all_reduce, all_reduce_in_place
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Tensor, concat
 
 __all__ = ["per_replica", "reduce_gradients", "replica_view"]
 
@@ -35,12 +35,26 @@ def reduce_gradients(graph: Graph, grads: dict[str, Tensor], prog: P.Sequence, o
 
     ``in_place``: the gradients are whole variables (the accumulators) and are replaced by the
     reduction, as PopART does; else each reduction is a new tensor laid out like its gradient.
-    With one replica, ``grads`` as they are."""
+    With ``options.merge_all_reduce``, the gradients of each dtype are reduced as one collective
+    over their concatenation (PopART's ``mergeAllReduceCollectives``). With one replica, ``grads``
+    as they are."""
     if graph.replication_factor == 1:
         return grads
     op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
     reduce = all_reduce_in_place if in_place else all_reduce
-    return {name: reduce(graph, g, prog, op=op, name=f"upd/all_reduce/{name}") for name, g in grads.items()}
+    if not options.merge_all_reduce:
+        return {n: reduce(graph, g, prog, op=op, name=f"upd/all_reduce/{n}") for n, g in grads.items()}
+    out: dict[str, Tensor] = {}
+    for dtype in dict.fromkeys(g.dtype for g in grads.values()):  # one collective per dtype
+        names = [n for n, g in grads.items() if g.dtype is dtype]
+        merged = concat([grads[n].flatten() for n in names])
+        reduced = reduce(graph, merged, prog, op=op, name=f"upd/all_reduce/merged_{dtype.name}")
+        start = 0
+        for n in names:
+            g = grads[n]
+            out[n] = g if in_place else reduced[start:start + g.numel].reshape(g.shape)
+            start += g.numel
+    return {n: out[n] for n in grads}
 
 
 def replica_view(values: np.ndarray, replicas: int) -> np.ndarray:
