@@ -92,6 +92,8 @@ def test_popdist_queries_read_the_launchers_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert (popdist.isPopdistEnvSet(), popdist.getNumInstances(), popdist.getInstanceIndex(),
             popdist.getNumLocalReplicas(), popdist.getReplicaIndexOffset()) == (False, 1, 0, 1, 0)
+    import doctest
+    assert doctest.testmod(popdist).failed == 0
     _, env = torchrun_arguments(4, 16, 2, "s.py", [])
     for name, value in {**env, "RANK": "2", "WORLD_SIZE": "4"}.items():
         monkeypatch.setenv(name, value)
