@@ -287,3 +287,16 @@ def test_mutated_models_fail_only_with_softipu_errors() -> None:
     models = fuzz.seeds()
     outcomes = {fuzz.try_one(fuzz.mutant(rnd.choice(models), rnd), rnd) for _ in range(200)}
     assert outcomes <= {"refused", "run_refused", "ran"} and "refused" in outcomes
+
+
+def test_fp16_precision_holds_floats_as_half() -> None:
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x = torch.randn(3, 8)
+    data = export(net, x, input_names=["x"])
+    sess = so.InferenceSession(data, so.Options(target=OPTS.target, precision="fp16"))
+    got = sess.run(None, {"x": x.numpy()})[0]
+    assert got.dtype == np.float32  # the model's type on the host
+    assert all(dtype.name == "float16" for _, dtype in [(w, v.dtype) for w, v in sess.lowered.weights])
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)

@@ -59,7 +59,10 @@ NO_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli", "Multinomial"})
 
 
-def device_dtype(elem_type: int, what: str = "a tensor") -> DType:
+def device_dtype(elem_type: int, what: str = "a tensor", precision: str = "fp32") -> DType:
+    """The IPU dtype holding ONNX type ``elem_type``; with precision "fp16" every float is float16."""
+    if precision == "fp16" and int(elem_type) in (T.FLOAT, T.DOUBLE, T.FLOAT16):
+        return float16
     found = DEVICE_DTYPES.get(int(elem_type))
     if found is None:
         raise LoweringError(f"{what} has ONNX type {onnx_type_name(elem_type)}, which the IPU does not "
@@ -87,10 +90,13 @@ class OnnxOptions:
     replication_factor: int = 1
     engine_options: Mapping[str, Any] = field(default_factory=dict)
     fold_constants: bool = True
+    precision: str = "fp32"  # "fp16": float inputs, weights and constants held (and computed) as float16
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, Target):
             raise TypeError(f"OnnxOptions.target must be a softipu Target, got {type(self.target).__name__}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"OnnxOptions.precision must be 'fp32' or 'fp16', got {self.precision!r}")
         if int(self.replication_factor) < 1:
             raise ValueError(f"OnnxOptions.replication_factor must be >= 1, got {self.replication_factor}")
 
@@ -203,6 +209,15 @@ class OnnxContext:
         map_tensor(self.graph, t)
         return t
 
+    def conv_weight(self, i: int, input_shape: tuple[int, ...], **geometry: Any) -> Tensor:
+        """Input ``i`` as a convolution's weights (laid out for the convolution when it is an
+        initializer only convolutions use); ``geometry``: stride, padding, dilation, groups."""
+        return self._lw.conv_weight(self.node.input[i], tuple(input_shape), geometry)
+
+    def device_dtype(self, elem_type: int, what: str = "") -> DType:
+        """The IPU dtype of ONNX type ``elem_type`` under the options' precision."""
+        return self._lw.dtype(elem_type, what or f"{self.node.op_type} node {self.name!r}")
+
     def cast(self, t: Any, dtype: DType) -> Any:
         if not isinstance(t, Tensor) or t.dtype is dtype:
             return t
@@ -279,6 +294,9 @@ class _Lowerer:
         self.folded = 0
 
     # -- values ---------------------------------------------------------------------------------
+    def dtype(self, elem_type: int, what: str) -> DType:
+        return device_dtype(elem_type, what, self.options.precision)
+
     def value(self, name: str) -> Any:
         if name in self.dev:
             return self.dev[name]
@@ -296,7 +314,7 @@ class _Lowerer:
             host = self.host.get(name)
             if host is None:
                 raise LoweringError(f"ONNX value {name!r} is used before any node makes it")
-            dtype = device_dtype(self.types.get(name, _elem_type_of(host)), f"value {name!r}")
+            dtype = self.dtype(self.types.get(name, _elem_type_of(host)), f"value {name!r}")
             t = self.make_constant(host, dtype, name)
         self.dev[name] = t
         return t
@@ -307,11 +325,15 @@ class _Lowerer:
         map_tensor(self.graph, t)
         return t
 
-    def _weight(self, name: str) -> Tensor:
+    def _weight(self, name: str, made: Tensor | None = None) -> Tensor:
+        """An initializer as a device variable streamed in by the load program (``made``: one laid
+        out for its use already, else mapped linearly)."""
         host = self.initializers[name]
-        dtype = device_dtype(self.types[name], f"initializer {name!r}")
-        t = self.graph.add_variable(dtype, host.shape, name=name)
-        map_tensor(self.graph, t)
+        dtype = self.dtype(self.types[name], f"initializer {name!r}")
+        t = made
+        if t is None:
+            t = self.graph.add_variable(dtype, host.shape, name=name)
+            map_tensor(self.graph, t)
         stream = f"weights/{name}"
         self.graph.add_host_to_device_fifo(stream, dtype, t.numel)
         if t.numel:
@@ -319,6 +341,26 @@ class _Lowerer:
         self.weights.append((stream, _to_device(host, dtype, f"initializer {name!r}", LoweringError)))
         self.weight_names.append(name)
         return t
+
+    def conv_weight(self, name: str, input_shape: tuple[int, ...], geometry: dict[str, Any]) -> Tensor:
+        """A convolution's weights: an initializer only convolutions use is created as the
+        convolution's plan lays it out (poplin's createWeights: no re-layout on every call)."""
+        if name in self.dev or name not in self.initializers or not self._only_conv_weight(name):
+            return self.device(name)
+        dtype = self.dtype(self.types[name], f"initializer {name!r}")
+        if not dtype.is_float:
+            return self.device(name)
+        from softipu.ops.conv import create_conv_weights  # noqa: PLC0415
+
+        made = create_conv_weights(self.graph, dtype, input_shape, self.initializers[name].shape, name=name,
+                                   **geometry)
+        self.dev[name] = t = self._weight(name, made)
+        return t
+
+    def _only_conv_weight(self, name: str) -> bool:
+        uses = [(n, i) for n in self.model.graph.node for i, x in enumerate(n.input) if x == name]
+        return bool(uses) and all(n.op_type == "Conv" and n.domain in ("", "ai.onnx") and i == 1
+                                  for n, i in uses)
 
     # -- the graph ------------------------------------------------------------------------------
     def run(self) -> OnnxLowered:
@@ -350,7 +392,7 @@ class _Lowerer:
             self.host[vi.name] = self.static_feeds[vi.name]
             return
         shape = self.shapes[vi.name]
-        dtype = device_dtype(elem, f"input {vi.name!r}")
+        dtype = self.dtype(elem, f"input {vi.name!r}")
         var = self.graph.add_variable(dtype, shape, name=f"inputs/{vi.name}")
         map_tensor(self.graph, var)
         stream = f"inputs/{len(self.inputs)}/{vi.name}"

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from softipu.dtypes import bool_, float32
-from softipu.frontends.onnx.lower import device_dtype
 from softipu.frontends.onnx.registry import register_onnx_lowering
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -204,7 +203,7 @@ def _type_name(t: int) -> str:
 @register_onnx_lowering("Cast", check=_cast_check)
 def _cast(ctx: Any, node: Any) -> Tensor:
     x = ctx.input(0)
-    dtype = device_dtype(int(ctx.attr("to")), f"Cast node {ctx.name!r}")
+    dtype = ctx.device_dtype(int(ctx.attr("to")))
     if x.dtype is dtype:
         return ctx.copy(x)
     return ew.cast(ctx.graph, x, dtype, ctx.prog, name=ctx.name)
@@ -217,7 +216,7 @@ def _cast_like(ctx: Any, node: Any) -> Any:
         import onnx  # noqa: PLC0415
         return np.asarray(host).astype(onnx.helper.tensor_dtype_to_np_dtype(ctx.elem_type(1)))
     x = ctx.input(0)
-    dtype = device_dtype(ctx.elem_type(1), f"CastLike node {ctx.name!r}")
+    dtype = ctx.device_dtype(ctx.elem_type(1))
     return ctx.copy(x) if x.dtype is dtype else ew.cast(ctx.graph, x, dtype, ctx.prog, name=ctx.name)
 
 

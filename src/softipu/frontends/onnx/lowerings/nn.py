@@ -110,18 +110,23 @@ def _conv_check(ctx: Any) -> str | None:
 
 @register_onnx_lowering("Conv", check=_conv_check)
 def _conv(ctx: Any, node: Any) -> Tensor:
-    return convolve(ctx, ctx.input(0), ctx.input(1), ctx.input(2) if ctx.has(2) else None)
+    return convolve(ctx, ctx.input(0), None, ctx.input(2) if ctx.has(2) else None)
 
 
-def convolve(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    """The node's convolution (its pads, strides, dilations and groups) of ``x`` by ``w``."""
-    spatial = w.ndim - 2
-    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+def convolve(ctx: Any, x: Tensor, w: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The node's convolution (its pads, strides, dilations and groups) of ``x`` by ``w`` (None:
+    the node's input 1, laid out for this convolution when it is a weight)."""
+    w_shape = w.shape if w is not None else ctx.shape(1)
+    spatial = len(w_shape) - 2
+    kernel = list(ctx.attr("kernel_shape", w_shape[2:]))
     strides = list(ctx.attr("strides", [1] * spatial))
     dil = list(ctx.attr("dilations", [1] * spatial))
     x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
-    out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, stride=tuple(strides), padding=pads,
-               dilation=tuple(dil), groups=int(ctx.attr("group", 1)),
+    geometry = {"stride": tuple(strides), "padding": pads, "dilation": tuple(dil),
+                "groups": int(ctx.attr("group", 1))}
+    if w is None:
+        w = ctx.conv_weight(1, x.shape, **geometry) if x.dtype.is_float else ctx.input(1)
+    out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, **geometry,
                name=f"{ctx.name}/conv" if bias is not None else ctx.name)
     if bias is None:
         return out
