@@ -268,3 +268,16 @@ def test_unfold_histc_and_triangle_indices_match_torch():
     x = torch.tensor([[0.5, -1.0, 2.0, 3.0, 0.0], [1.0, 1.5, -2.0, 2.0, 4.0]])
     _compare(lambda x: (x.unfold(1, 2, 2), torch.histc(x, 4), torch.histc(x, 3, min=-1.0, max=2.0),
                         torch.triu_indices(3, 4, 1), torch.tril_indices(4, 3, -1)), x)
+
+
+def test_fold_segment_reduce_and_masked_index_put_match_torch():
+    g = torch.Generator().manual_seed(4)
+    cols = torch.rand(1, 2 * 4, 12, generator=g)
+    data = torch.rand(6, 2, generator=g)
+    x = torch.zeros(4, 3)
+    mask = torch.tensor([True, False, True, True])
+    rows = torch.arange(9, dtype=torch.float32).reshape(3, 3)
+    _compare(lambda cols, data, x, mask, rows: (
+        F.fold(cols, (4, 5), 2, stride=1), torch.segment_reduce(data, "max", lengths=torch.tensor([2, 0, 3, 1])),
+        torch.segment_reduce(data, "mean", offsets=torch.tensor([0, 2, 2, 6]), initial=1.0),
+        x.index_put((mask,), rows, accumulate=True)), cols, data, x, mask, rows)

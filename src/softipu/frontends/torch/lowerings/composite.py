@@ -461,3 +461,6 @@ def _segment_reduce(ctx: Any, node: Any, data: Tensor, reduce: str, *, lengths: 
         mean = E.select(E.gt(E.input(1), 0.0), E.div(E.input(0), E.input(1)), empty)
         out = _map(ctx, mean, [out, n], "/mean")
     return out
+
+
+register_lowering("aten::_embedding_bag", _embedding_bag, check=_bag_check)

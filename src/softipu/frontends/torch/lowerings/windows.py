@@ -373,3 +373,35 @@ def _fractional_max_pool(nsp: int) -> Any:
 
 register_lowering("aten::fractional_max_pool2d", _fractional_max_pool(2))
 register_lowering("aten::fractional_max_pool3d", _fractional_max_pool(3))
+
+
+@register_lowering("aten::col2im")
+def _col2im(ctx: Any, node: Any, cols: Tensor, output_size: Any, kernel_size: Any, dilation: Any,
+            padding: Any, stride: Any) -> Tensor:
+    """``fold``: each column entry added into the image position its window places it at (the
+    window table, static), one scatter-add; positions outside the image are dropped."""
+    unbatched = cols.ndim == 2
+    cols = cols.expand_dims(0) if unbatched else cols
+    n, ck, length = cols.shape
+    k, d, p, s = (_pair(v, 2) for v in (kernel_size, dilation, padding, stride))
+    sizes = _pair(output_size, 2)
+    outs = tuple(_out_size(i, kk, ss, pp, dd, False)
+                 for i, kk, ss, pp, dd in zip(sizes, k, s, p, d, strict=True))
+    table = _combine([_axis_windows(i, o, kk, ss, pp, dd)
+                      for i, o, kk, ss, pp, dd in zip(sizes, outs, k, s, p, d, strict=True)], sizes)  # (L, K)
+    window = math.prod(k)
+    c = ck // window
+    plane = math.prod(sizes)
+    # cols[n, c * K + kk, l] goes to image[n, c, table[l, kk]]
+    planes = np.arange(n)[:, None, None, None] * c + np.arange(c)[None, :, None, None]
+    pos = table.T[None, None, :, :] + planes * plane
+    pos = np.where(table.T[None, None, :, :] < 0, -1, pos).astype(np.int32)
+    dtype = ctx.out_dtype()
+    zeros = ctx.constant(0, dtype, (n * c * plane,), "zeros")
+    if not pos.size:
+        out = zeros
+    else:
+        positions = ctx.constant(pos.reshape(-1), int32, (pos.size,), "positions")
+        out = _reduce_into(ctx, zeros, positions, ctx.cast(cols, dtype).reshape(-1), "sum", True)
+    out = out.reshape((n, c) + sizes)
+    return out[0] if unbatched else out
