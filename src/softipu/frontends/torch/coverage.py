@@ -37,6 +37,8 @@ _WHY: dict[str, tuple[str, str]] = {
     "aten::resize_": ("n/a", "in place: never in the functional graph torch.export makes"),
     "aten::_local_scalar_dense": ("refused", "`.item()`: the error says to keep the value a tensor"),
     "aten::nonzero": ("refused", "data-dependent shape: the error suggests `torch.where`"),
+    "aten::_fft_r2c": ("refused", "complex results: the IPU has no complex dtypes (the error says so)"),
+    "aten::_fft_c2r": ("refused", "complex inputs: the IPU has no complex dtypes (the error says so)"),
     "aten::_native_batch_norm_legit": ("training", "batch statistics; modules are exported in eval mode"),
     "aten::_native_batch_norm_legit.no_stats": ("training", "batch statistics"),
 }
