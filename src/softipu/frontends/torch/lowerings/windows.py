@@ -188,11 +188,21 @@ def _avg1d_check(node: Any) -> str | None:
     return "ceil_mode" if len(node.args) > 4 and node.args[4] else None
 
 
+def _float_input(node: Any) -> str | None:
+    """Average pooling averages floats; eager truncates integer averages (refused up front)."""
+    dtype = node.args[0].meta["val"].dtype
+    if not dtype.is_floating_point:
+        return f"{str(dtype).removeprefix('torch.')} input: average pooling is lowered for floats only"
+    return None
+
+
 register_lowering("aten::max_pool2d_with_indices", _max_pool(2), override=True)
 register_lowering("aten::max_pool3d_with_indices", _max_pool(3))
-register_lowering("aten::avg_pool2d", _avg_pool(2, (nnl._avg_pool2d, nnl._avg_pool_check)), override=True)
-register_lowering("aten::avg_pool1d", _avg_pool(1, (nnl._avg_pool1d, _avg1d_check)), override=True)
-register_lowering("aten::avg_pool3d", _avg_pool(3))
+register_lowering("aten::avg_pool2d", _avg_pool(2, (nnl._avg_pool2d, nnl._avg_pool_check)), override=True,
+                  check=_float_input)
+register_lowering("aten::avg_pool1d", _avg_pool(1, (nnl._avg_pool1d, _avg1d_check)), override=True,
+                  check=_float_input)
+register_lowering("aten::avg_pool3d", _avg_pool(3), check=_float_input)
 
 
 def _adaptive(nsp: int, kind: str, fast: Any = None) -> Any:
@@ -211,10 +221,12 @@ def _adaptive(nsp: int, kind: str, fast: Any = None) -> Any:
 
 
 register_lowering("aten::_adaptive_avg_pool2d",
-                  _adaptive(2, "avg", (nnl._adaptive_avg_pool2d, nnl._adaptive_check)), override=True)
+                  _adaptive(2, "avg", (nnl._adaptive_avg_pool2d, nnl._adaptive_check)), override=True,
+                  check=_float_input)
 register_lowering("aten::adaptive_avg_pool1d",
-                  _adaptive(1, "avg", (nnl._adaptive_avg_pool1d, nnl._adaptive_1d_check)), override=True)
-register_lowering("aten::_adaptive_avg_pool3d", _adaptive(3, "avg"))
+                  _adaptive(1, "avg", (nnl._adaptive_avg_pool1d, nnl._adaptive_1d_check)), override=True,
+                  check=_float_input)
+register_lowering("aten::_adaptive_avg_pool3d", _adaptive(3, "avg"), check=_float_input)
 register_lowering("aten::adaptive_max_pool2d", _adaptive(2, "max"))
 register_lowering("aten::adaptive_max_pool3d", _adaptive(3, "max"))
 
