@@ -75,16 +75,20 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
     return RingReduce
 
 
-def ring_reduce(ctx: OpContext, acc: Tensor, rows: Tensor, offset: Tensor, op: str, prog: P.Sequence) -> None:
-    """``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a multi-vertex per tile piece of ``acc``."""
+def ring_reduce(ctx: OpContext, parts: list[tuple[Tensor, Tensor, Tensor]], op: str, prog: P.Sequence) -> None:
+    """Each ``(acc, rows, offset)`` of ``parts``: ``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a
+    multi-vertex per tile piece of ``acc``, every part in ONE compute set (GCL concatenates the
+    directions' reductions into one ``ReduceProg``, CollectivesProgram.hpp: one compute set, one
+    sync, a step)."""
     graph: Graph = ctx.graph
-    codelet = ring_reduce_codelet(acc.dtype, offset.dtype, op)
-    starts, lengths, tiles = tile_regions(graph, acc)
     cs = graph.add_compute_set(f"{ctx.name}/reduce", op=ctx.op)
-    for width in np.unique(lengths).tolist():
-        pick = lengths == width
-        s = starts[pick]
-        graph.add_vertices(cs, codelet, {"offset": offset.reshape(1, 1).broadcast((s.size, 1)),
-                                         "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])],
-                                         "acc": rows_of(acc, s, width)}, tiles[pick])
+    for acc, rows, offset in parts:
+        codelet = ring_reduce_codelet(acc.dtype, offset.dtype, op)
+        starts, lengths, tiles = tile_regions(graph, acc)
+        for width in np.unique(lengths).tolist():
+            pick = lengths == width
+            s = starts[pick]
+            graph.add_vertices(cs, codelet, {"offset": offset.reshape(1, 1).broadcast((s.size, 1)),
+                                             "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])],
+                                             "acc": rows_of(acc, s, width)}, tiles[pick])
     prog.add(P.Execute(cs))

@@ -149,9 +149,20 @@ def _steps(ring: Ring, prog: P.Sequence) -> Tensor:
     return counter
 
 
-def _row(ring: Ring, rows: Tensor, step: Tensor, body: P.Sequence) -> Tensor:
-    """This step's fragment row: ``rows[step]`` of the replica's row sequence."""
-    return ops.dynamic_slice(ring.ctx.graph, rows, step, body, size=1, name=f"{ring.ctx.name}/row")
+def _sequences(rings: list[Ring], steps_on: int, length: int, prog: P.Sequence) -> Tensor:
+    """Every ring's fragment rows (:meth:`Ring.sequence`) side by side, a (length, rings) table
+    made once before the loop (GCL's ``initIndex``), so that one look-up a step serves every
+    direction."""
+    ring0 = rings[0]
+    values = [[[ring.rank_at(ring.position(r) - (steps_on + j) * ring.d) for ring in rings]
+               for j in range(length)] for r in range(ring0.groups.replicas)]
+    return ring0.per_replica(values, "rows", prog).reshape(length, len(rings))
+
+
+def _rows(ring: Ring, table: Tensor, step: Tensor, body: P.Sequence) -> list[Tensor]:
+    """This step's fragment row of every ring: ``table[step]`` (one compute set), as (1,) views."""
+    row = ops.dynamic_slice(ring.ctx.graph, table, step, body, size=1, name=f"{ring.ctx.name}/row")
+    return [row[0, i:i + 1] for i in range(table.shape[1])]
 
 
 def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.CrossReplicaCopy:
@@ -174,16 +185,17 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     if n == 1:
         return firsts
     recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
-    sequences = [ring.sequence(2, n - 1, "rows", prog) for ring in rings]
+    table = _sequences(rings, 2, n - 1, prog)
     counter = _steps(ring0, prog)
+    fused = _FUSED_OP.get(op) if pieces[0].dtype.name in FUSED_DTYPES else None
 
     def step(sends: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # into = into op own row
         seq = P.Sequence([_exchange(rings, sends, intos)])
-        for ring, rows, into, order in zip(rings, pieces, intos, sequences, strict=True):
-            row, fused = _row(ring, order, counter, seq), _FUSED_OP.get(op)
-            if fused and rows.dtype.name in FUSED_DTYPES:  # GCL's one pass: into op= rows[row]
-                ring_reduce(ring.ctx, into, rows, row, fused, seq)
-            else:
+        rows_now = _rows(ring0, table, counter, seq)
+        if fused:  # GCL's one pass, every direction in one compute set: into op= rows[row]
+            ring_reduce(ring0.ctx, list(zip(intos, pieces, rows_now, strict=True)), fused, seq)
+        else:
+            for rows, into, row in zip(pieces, intos, rows_now, strict=True):
                 own = ops.dynamic_slice(graph, rows, row, seq, size=1, name=f"{name}/fragment")
                 _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
         ops.add_(graph, counter, 1, seq, name=f"{name}/next")
@@ -210,14 +222,13 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
     recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
     for own, send in zip(owns, sends, strict=True):
         prog.add(P.Copy(own, send))
-    sequences = [ring.sequence(1, n - 1, "rows", prog) for ring in rings]
+    table = _sequences(rings, 1, n - 1, prog)
     counter = _steps(ring0, prog)
 
     def step(froms: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # z[row] = arrival, forwarded
         seq = P.Sequence([_exchange(rings, froms, intos)])
-        for ring, z, into, order in zip(rings, zs, intos, sequences, strict=True):
-            ops.dynamic_update(graph, z, into.reshape(1, -1), _row(ring, order, counter, seq), seq,
-                               name=f"{name}/store")
+        for z, into, row in zip(zs, intos, _rows(ring0, table, counter, seq), strict=True):
+            ops.dynamic_update(graph, z, into.reshape(1, -1), row, seq, name=f"{name}/store")
         ops.add_(graph, counter, 1, seq, name=f"{name}/next")
         return seq
 
