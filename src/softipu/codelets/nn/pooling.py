@@ -21,7 +21,7 @@ from softipu.dtypes import DType, int32
 from softipu.graph.vertex import Input, Output, Param, Vertex
 from softipu.target import Target
 
-__all__ = ["PoolMode", "pool_codelet", "pool_grad_codelet"]
+__all__ = ["PoolMode", "pool_codelet", "pool_grad_codelet", "group_pool_codelet", "group_pool_cycles"]
 
 
 # -- pooling: a band of output rows of one plane ----------------------------------------------
@@ -71,6 +71,26 @@ def _divisor(oh: int, g: dict, mode: PoolMode) -> np.ndarray | float:
     return (rows[:, None] * cols[None, :]).astype(np.float32)
 
 
+def _pool_planes(x: np.ndarray, g: dict, oh: int, mode: PoolMode) -> np.ndarray:
+    """Pool ``x`` (``(..., rows * W)``: input rows ``max(0, row0) ..`` of planes) into
+    ``(..., oh, OW)``: max in the input dtype, averages in fp32."""
+    span, wp = (oh - 1) * g["sh"] + g["kh"], (g["OW"] - 1) * g["sw"] + g["kw"]
+    is_max = mode is PoolMode.MAX
+    frame = _padded(x, x.shape[-1] // g["W"], g, span, wp, -np.inf if is_max else 0.0,
+                    x.dtype if is_max else np.float32)
+    acc = None
+    for _, win in _windows(frame, oh, g):
+        if acc is None:
+            acc = win.copy()
+        elif is_max:
+            np.maximum(acc, win, out=acc)
+        else:
+            acc += win
+    if not is_max:
+        acc /= _divisor(oh, g, mode)
+    return acc
+
+
 def _pool_cycles(dtype: DType, out_elems, kernel, target: Target, per: int):
     return VERTEX_CYCLES + _vectors(out_elems, target) * kernel * per + 2 * _io(out_elems, dtype, target)
 
@@ -92,21 +112,7 @@ def pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
         def compute(x, out, **params):
             g = _geometry(params)
             oh = out.shape[-1] // g["OW"]
-            span, wp = (oh - 1) * g["sh"] + g["kh"], (g["OW"] - 1) * g["sw"] + g["kw"]
-            is_max = mode is PoolMode.MAX
-            frame = _padded(x, x.shape[-1] // g["W"], g, span, wp, -np.inf if is_max else 0.0,
-                            x.dtype if is_max else np.float32)
-            acc = None
-            for _, win in _windows(frame, oh, g):
-                if acc is None:
-                    acc = win.copy()
-                elif is_max:
-                    np.maximum(acc, win, out=acc)
-                else:
-                    acc += win
-            if not is_max:
-                acc /= _divisor(oh, g, mode)
-            out[...] = acc.reshape(out.shape)
+            out[...] = _pool_planes(x, g, oh, mode).reshape(out.shape)
 
         @staticmethod
         def cycles(x, out, H, W, OW, kh, kw, sh, sw, pw, row0, target):
@@ -178,3 +184,86 @@ def pool_grad_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
     body |= {k: Param(int32) for k in (*_GEOMETRY, "dx_row0")}
     name = f"{mode.name.title().replace('_', '')}PoolGrad<{dtype.name}>"
     return type(name, (Vertex,), body)
+
+
+# -- pooling over channel groups: a band of output rows of one sample, channels innermost ---------
+# popnn pools activations laid out in channel groups (lib/popnn/Pooling.cpp, PoolVertices.cpp in
+# graphcore/poplibs): a MaxPooling / SumPooling vertex walks a worklist of (output offset, input
+# offset, run length) items per output row and kernel position, and for each item runs its inner
+# loop over whole runs of ``chansPerGroup`` contiguous channels; the output keeps the input's
+# grouped layout. Here the group is every channel (the input stores channels innermost), so a
+# vertex's input and output are each one contiguous run, whatever the batch.
+_GROUP_GEOMETRY = (*_GEOMETRY, "C")
+
+
+def _worker_cycles(rows: list[list[int]], init: int, chans_d: int, is_max: bool, workers: int) -> int:
+    """popnn's ``getPoolingCycles`` workerCycles (lib/popnn/PerformanceEstimation.hpp, planning
+    unpack costs 2) for one worker: ``rows`` holds, per output row, each work item's
+    ``numElementsM1``; ``init`` output positions are initialised by all workers; one channel
+    group of ``chans_d`` 64-bit channel vectors."""
+    cycles = 4 + 2 + 2 + 7 + 2 + 2  # vertex state, init work split, unpack out [V]
+    cycles += 4 + -(-init * chans_d // workers)  # init loop (one channel group) [V]
+    cycles += 5 + 1 + 2  # startPos, numRows, unpack [V]
+    if not rows:
+        return cycles + 1
+    cycles += 2 + (1 if is_max else 2) + 3 + 2 + 2 * 2 + 1  # pointers, worklist unpack [V]
+    rpt0 = 4 if is_max else 5  # rpt loop: 4 + 3n (max), 5 + 3n (sum) [V]
+    for items in rows:
+        cycles += 13 + 2  # row loop [V]
+        for n in items:
+            cycles += 20 + 1 + chans_d * (2 + rpt0 + 3 * n + 1) + 1 + 3  # work item [V]
+    return cycles + 1
+
+
+def _row_items(g: dict, oh: int) -> list[list[int]]:
+    """Per output row of a band, each non-empty (kernel row, kernel column) run's length - 1."""
+    cols = []
+    for j in range(g["kw"]):
+        ox = np.arange(g["OW"]) * g["sw"] - g["pw"] + j
+        count = int(np.count_nonzero((ox >= 0) & (ox < g["W"])))
+        if count:
+            cols.append(count - 1)
+    rows = []
+    for r in range(oh):
+        iy = g["row0"] + r * g["sh"] + np.arange(g["kh"])
+        rows.append(cols * int(np.count_nonzero((iy >= 0) & (iy < g["H"]))))
+    return rows
+
+
+def group_pool_cycles(dtype: DType, mode: PoolMode, g: dict, oh: int, target: Target) -> int:
+    """One vertex's cycles: a worker running popnn's pooling inner loops over ``oh`` output rows
+    of ``g["C"]`` channels (``chansPerGroupD`` = channel vectors of 64 bits: 4 halves or 2 floats);
+    init split over the tile's workers as popnn splits it [V]; the supervisor's 7 + 6 cycles
+    [V] are spread over the workers' vertices and not counted [U]."""
+    chans_d = -(-g["C"] // target.vector_width(dtype.itemsize))
+    return _worker_cycles(_row_items(g, oh), oh * g["OW"], chans_d, mode is PoolMode.MAX,
+                          target.workers_per_tile)
+
+
+@cache
+def group_pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
+    """Max or average pooling of a band of output rows of one sample stored channels innermost:
+    ``x`` holds input rows ``max(0, row0) ..`` as ``(rows, W, C)``, ``out`` the band's outputs as
+    ``(oh, OW, C)``. Values as :func:`pool_codelet`; cycles: :func:`group_pool_cycles`."""
+
+    def compute(x, out, **params):
+        g = {k: int(_param(params[k])) for k in _GROUP_GEOMETRY}
+        c, w = g["C"], g["W"]
+        rows = x.shape[-1] // (w * c)
+        oh = out.shape[-1] // (g["OW"] * c)
+        planes = np.moveaxis(x.reshape(*x.shape[:-1], rows, w, c), -1, -3)
+        acc = _pool_planes(planes.reshape(*x.shape[:-1], c, rows * w), g, oh, mode)
+        out[...] = np.moveaxis(acc, -3, -1).reshape(out.shape)
+
+    def cycles(x, out, target, **params):
+        g = {k: int(np.asarray(params[k]).flat[0]) for k in _GROUP_GEOMETRY}
+        oh = int(np.asarray(out).flat[0]) // max(g["OW"] * g["C"], 1)
+        return np.asarray(out) * 0 + group_pool_cycles(dtype, mode, g, oh, target)
+
+    def flops(x, out, target, **params):
+        return np.asarray(out) * int(np.asarray(params["kh"]).flat[0]) * int(np.asarray(params["kw"]).flat[0])
+
+    body = dict(x=Input(dtype), out=Output(dtype), compute=staticmethod(compute),
+                cycles=staticmethod(cycles), flops=staticmethod(flops))
+    body |= {k: Param(int32) for k in _GROUP_GEOMETRY}
+    return type(f"{mode.name.title().replace('_', '')}PoolGroups<{dtype.name}>", (Vertex,), body)

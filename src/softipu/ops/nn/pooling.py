@@ -98,10 +98,61 @@ def _plane_rows(t: Tensor, planes: int, rows: int, width: int, r0: int, r1: int)
     return rows_of(t.flatten(), np.arange(planes) * rows * width + r0 * width, (r1 - r0) * width)
 
 
+def _channels_innermost(x: Tensor) -> Tensor | None:
+    """``x`` (``(N, C, L)`` or ``(N, C, H, W)``) as one contiguous ``N x spatial x C`` run, or None
+    when its channels are not stored innermost (a convolution's output is: its NHWC layout)."""
+    if x.ndim not in (3, 4) or x.shape[1] <= 1 or not x.is_strided:
+        return None
+    flat = x.transpose(0, *range(2, x.ndim), 1).flatten()
+    return flat if flat.is_strided and flat.strides == (1,) else None
+
+
+def _group_bands(g: _Pool, n: int, target) -> np.ndarray:
+    """Output-row band bounds for channel-group vertices: about one vertex per worker over the
+    chip (``n`` samples' bands), whatever the batch."""
+    want = -(-target.num_tiles * target.workers_per_tile // max(n, 1))
+    bands = max(1, min(g.OH, want))
+    return (np.arange(bands + 1) * g.OH) // bands
+
+
+def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMode) -> Tensor:
+    """Pooling of input stored channels innermost, as popnn pools channel groups: a vertex per
+    band of output rows of one sample reads its input rows as one run of whole pixels (every
+    channel), and writes an output stored channels innermost too, so the next convolution reads
+    it in place. Vertices and field regions: about one per worker, not one per element."""
+    n, c = x.shape[:2]
+    out_nhwc = ctx.graph.add_variable(x.dtype, (n, g.OH, g.OW, c), name=f"{ctx.name}/out")
+    out = out_nhwc.transpose(0, 3, 1, 2)
+    if x.ndim == 3:
+        out = out.reshape(g.out_shape)
+    if not out.numel:
+        return out
+    pix_in, pix_out = g.W * c, g.OW * c
+    samples = np.arange(n)
+    cs = ctx.compute_set()
+    codelet = C.group_pool_codelet(x.dtype, mode)
+    x4 = x if x.ndim == 4 else x.expand_dims(-1)
+    bounds = _group_bands(g, n, ctx.graph.target)
+    for o0, o1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        r0, r1 = g.input_rows(o0, o1)
+        mid = (r0 + r1 - 1) // 2
+        tiles = _tiles_at(ctx, x4, (samples, np.zeros(n, np.int64), np.full(n, mid), np.full(n, g.W // 2)))
+        ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1], tiles)
+        ctx.graph.add_vertices(cs, codelet, {
+            "x": rows_of(flat, samples * g.H * pix_in + r0 * pix_in, (r1 - r0) * pix_in),
+            "out": rows_of(out_nhwc.flatten(), samples * g.OH * pix_out + o0 * pix_out, (o1 - o0) * pix_out),
+            **g.params(o0 * g.sh - g.ph), "C": c}, tiles)
+    ctx.execute(cs)
+    return out
+
+
 def _pool(graph, x, prog, kernel, stride, padding, mode: PoolMode, op, name, options) -> Tensor:
     ctx, _ = _start(graph, prog, op, name, options, x)
     _check_float(ctx, x)
     g = _pool_geometry(ctx, x.shape, kernel, stride, padding)
+    flat = _channels_innermost(x)
+    if flat is not None:
+        return _pool_groups(ctx, x, flat, g, mode)
     out = _variable(ctx, x.dtype, g.out_shape, "out")
     if g.planes == 0:
         return out
