@@ -110,3 +110,20 @@ def test_group_pool_cycles_hand_worked_from_popnn_estimator():
     assert codelets.group_pool_cycles(sp.float32, PoolMode.MAX, g, 1, SMALL) == 241
     # avg (SumPooling): the rpt loop is one cycle dearer per item, the pointer set-up one more
     assert codelets.group_pool_cycles(sp.float32, PoolMode.AVG, g, 1, SMALL) == 241 + 1 + 4 * 2
+
+
+def test_channels_innermost_1d_pools_match_torch():
+    a = np.random.default_rng(3).standard_normal((2, 5, 9)).astype(np.float32)
+    g = sp.Graph(SMALL)
+    prog = P.Sequence()
+    var = g.add_variable(sp.float32, (2, 9, 5), name="x")  # (N, L, C): channels innermost
+    sp.ops.map_linearly(g, var)
+    x = var.transpose(0, 2, 1)
+    y = nn.max_pool(g, x, prog, kernel=3, stride=2, padding=1)
+    z = nn.avg_pool(g, x, prog, kernel=2, count_include_pad=False)
+    assert any("Groups" in grp.codelet.__name__ for grp in _groups(g, "max_pool"))
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(x, a)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), F.max_pool1d(torch.tensor(a), 3, 2, 1).numpy())
+    np.testing.assert_allclose(eng.read_tensor(z), F.avg_pool1d(torch.tensor(a), 2).numpy(), rtol=1e-6)
