@@ -1,4 +1,9 @@
-"""The ring step's reduction as one vertex: ``acc = acc op rows[offset]``.
+"""A ring step's compute as ONE compute set: the reduction (or the all-gather's store) of every
+direction with the loop's index increment beside it.
+
+The row a replica works on at a step is read inside the vertex from its row sequence (a table
+made before the loop) at the step counter; two counters take turns (``RingNext`` writes the one
+the next step reads), so the loop body is a cross-replica copy and one compute set.
 
 GCL reduces what arrives with the replica's own fragment, picked at run time, in one pass; the
 same done with popops would be a dynamic slice (a copy of the fragment) and then the binary op.
@@ -21,10 +26,10 @@ from softipu.dtypes import DType
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
-from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Vertex
+from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Output, Vertex
 from softipu.ops.common import OpContext, rows_of, tile_regions
 
-__all__ = ["FUSED", "ring_reduce_codelet", "ring_reduce"]
+__all__ = ["FUSED", "ring_reduce_codelet", "ring_store_codelet", "ring_next_codelet", "ring_step"]
 
 # Operators (by popops BinaryOp) and dtypes the fused vertex takes: numpy's ufunc gives popops'
 # values exactly there (float16 arithmetic is left to popops' own codelets).
@@ -33,28 +38,29 @@ FUSED = {"add": (np.add, BinaryOp.ADD), "mul": (np.multiply, BinaryOp.MULTIPLY),
 FUSED_DTYPES = ("float32", "int32", "uint32", "bool")
 
 
+def _offsets(step: np.ndarray, table: np.ndarray, size: int) -> np.ndarray:
+    """Each vertex's row: ``table[step]`` (a step past the table reads its last entry), then
+    popops' offset rule (out of range starts at 0)."""
+    at = np.clip(step[..., :1].astype(np.int64), 0, table.shape[-1] - 1)
+    return _dynamic_start(np.take_along_axis(table, at, axis=-1), size)
+
+
 @cache
 def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vertex]:
-    """``RingReduce<op, dtype>``: ``acc = acc op rows[offset]`` (popops' offset rule: out of range
-    starts at 0); offsets may differ by replica."""
+    """``RingReduce<op, dtype>``: ``acc = acc op rows[table[step]]``: the row this replica works
+    on at this step read from its row sequence (``table``, made before the loop) at the step
+    counter, so no index compute set runs in the loop."""
     ufunc, binary = FUSED[op]
 
     class RingReduce(MultiVertex):
-        offset = Input(offset_dtype, FieldShape.SCALAR)
+        step = Input(offset_dtype, FieldShape.SCALAR)
+        table = Input(offset_dtype)
         rows = Input(dtype, FieldShape.VECTOR_LIST)
         acc = InOut(dtype)
 
         @staticmethod
-        def compute(offset, rows, acc):
-            if offset.ndim == 3 and offset.strides[1] == 0:  # one offset per replica, broadcast
-                per_replica = _dynamic_start(offset[:, :1], len(rows))[:, 0].tolist()
-                if len(set(per_replica)) == 1:
-                    ufunc(acc, rows[per_replica[0]], out=acc)
-                else:
-                    for r, at_r in enumerate(per_replica):
-                        ufunc(acc[r], rows[at_r][r], out=acc[r])
-                return
-            start = _dynamic_start(offset, len(rows))
+        def compute(step, table, rows, acc):
+            start = _offsets(step, table, len(rows))
             first = int(start.flat[0]) if start.size else 0
             if np.all(start == first):
                 ufunc(acc, rows[first], out=acc)
@@ -66,7 +72,7 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
                 ufunc(acc, own[..., 0, :], out=acc)
 
         @staticmethod
-        def cycles(offset, rows, acc, target):  # the workers share the piece, as popops' BinaryOp1D
+        def cycles(step, table, rows, acc, target):  # the workers share the piece, as popops' BinaryOp1D
             workers = target.workers_per_tile
             return (workers * _dynamic_cycles(dtype, 1, -(-acc // workers), target)
                     + binary_op_cycles(binary, dtype, acc, target))
@@ -75,20 +81,97 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
     return RingReduce
 
 
-def ring_reduce(ctx: OpContext, parts: list[tuple[Tensor, Tensor, Tensor]], op: str, prog: P.Sequence) -> None:
-    """Each ``(acc, rows, offset)`` of ``parts``: ``acc`` (w,) op= ``rows[offset]`` (rows (n, w)), a
-    multi-vertex per tile piece of ``acc``, every part in ONE compute set (GCL concatenates the
-    directions' reductions into one ``ReduceProg``, CollectivesProgram.hpp: one compute set, one
-    sync, a step)."""
+@cache
+def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
+    """``RingStore<dtype>``: ``rows[table[step]] = update`` (GCL's ``allgatherCopy`` into the
+    fragment picked by the step's index)."""
+
+    class RingStore(MultiVertex):
+        step = Input(offset_dtype, FieldShape.SCALAR)
+        table = Input(offset_dtype)
+        update = Input(dtype)
+        rows = InOut(dtype, FieldShape.VECTOR_LIST)
+
+        @staticmethod
+        def compute(step, table, update, rows):
+            start = _offsets(step, table, len(rows))
+            first = int(start.flat[0]) if start.size else 0
+            if np.all(start == first):
+                rows[first][...] = update
+                return
+            for k in np.unique(start).tolist():
+                hit = start == k
+                rows[k][hit] = update[hit]
+
+        @staticmethod
+        def cycles(step, table, update, rows, target):
+            workers = target.workers_per_tile
+            return workers * _dynamic_cycles(dtype, 1, -(-update // workers), target)
+
+    RingStore.__name__ = RingStore.__qualname__ = f"RingStore<{dtype.name}>"
+    return RingStore
+
+
+# [U] One worker's scalar increment: load, add, store, exit; a lone worker issues one instruction
+# every ``workers_per_tile`` tile cycles (the barrel), so the tile pays that many per instruction.
+NEXT_INSTRUCTIONS = 4
+
+
+@cache
+def ring_next_codelet(dtype: DType) -> type[Vertex]:
+    """``RingNext``: ``next = step + 1``, the loop's index increment (GCL's ``incrementIndex``),
+    run in the step's compute set: it writes the other of two counters that take turns. Its
+    estimate is whole-tile cycles (``NEXT_INSTRUCTIONS`` per worker slot)."""
+
+    class RingNext(MultiVertex):
+        step = Input(dtype, FieldShape.SCALAR)
+        next = Output(dtype, FieldShape.SCALAR)
+
+        @staticmethod
+        def compute(step, next):  # noqa: A002 - the field's name
+            next[...] = step + 1
+
+        @staticmethod
+        def cycles(step, next, target):  # noqa: A002
+            return NEXT_INSTRUCTIONS * target.workers_per_tile
+
+    RingNext.__name__ = RingNext.__qualname__ = f"RingNext<{dtype.name}>"
+    return RingNext
+
+
+def _add_pieces(graph: Graph, cs, codelet, t: Tensor, fields) -> None:
+    """Vertices of ``codelet`` over ``t``'s tile pieces (``fields(starts, width)`` gives the rest)."""
+    starts, lengths, tiles = tile_regions(graph, t)
+    for width in np.unique(lengths).tolist():
+        pick = lengths == width
+        graph.add_vertices(cs, codelet, fields(starts[pick], width), tiles[pick])
+
+
+def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, Tensor]],
+              step: Tensor, next_step: Tensor, prog: P.Sequence) -> None:
+    """One ring step's compute, ONE compute set (one sync) for every direction, as GCL's loop body
+    runs one reduction for both directions (CollectivesProgram.hpp: ``ReduceProg`` concatenated):
+
+    * ``op`` given (reduce-scatter): each ``(acc, rows, table)``: ``acc op= rows[table[step]]``;
+    * ``op`` None (all-gather): each ``(update, rows, table)``: ``rows[table[step]] = update``;
+
+    and ``next_step = step + 1`` (the counters take turns: even steps read one, odd the other).
+    ``table`` is this replica's (L,) row sequence; ``rows`` (n, w); ``acc`` / ``update`` (w,).
+    """
     graph: Graph = ctx.graph
-    cs = graph.add_compute_set(f"{ctx.name}/reduce", op=ctx.op)
-    for acc, rows, offset in parts:
-        codelet = ring_reduce_codelet(acc.dtype, offset.dtype, op)
-        starts, lengths, tiles = tile_regions(graph, acc)
-        for width in np.unique(lengths).tolist():
-            pick = lengths == width
-            s = starts[pick]
-            graph.add_vertices(cs, codelet, {"offset": offset.reshape(1, 1).broadcast((s.size, 1)),
-                                             "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])],
-                                             "acc": rows_of(acc, s, width)}, tiles[pick])
+    cs = graph.add_compute_set(f"{ctx.name}/{'reduce' if op else 'store'}", op=ctx.op)
+    for t, rows, table in parts:
+        codelet = (ring_reduce_codelet(t.dtype, step.dtype, op) if op else
+                   ring_store_codelet(t.dtype, step.dtype))
+        n, length = rows.shape[0], table.numel
+
+        def fields(s, width, t=t, rows=rows, table=table, n=n, length=length):
+            return {"step": step.reshape(1, 1).broadcast((s.size, 1)),
+                    "table": table.reshape(1, length).broadcast((s.size, length)),
+                    "rows": [rows_of(rows[k], s, width) for k in range(n)],
+                    ("acc" if op else "update"): rows_of(t, s, width)}
+        _add_pieces(graph, cs, codelet, t, fields)
+    _, _, tiles = tile_regions(graph, next_step)
+    graph.add_vertices(cs, ring_next_codelet(step.dtype),
+                       {"step": step.reshape(1, 1), "next": next_step.reshape(1, 1)}, tiles[:1])
     prog.add(P.Execute(cs))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import softipu.ops as ops
-from softipu.collectives.codelets import FUSED_DTYPES, ring_reduce
+from softipu.collectives.codelets import FUSED_DTYPES, ring_step
 from softipu.collectives.groups import CollectiveOperator, Groups
 from softipu.dtypes import int32
 from softipu.graph import program as P
@@ -139,30 +139,24 @@ class Ring:
         return self.per_replica(values, suffix, prog).reshape(length)
 
 
-def _steps(ring: Ring, prog: P.Sequence) -> Tensor:
-    """The ring steps' counter, 0 at the first step, the same on every replica."""
+def _counters(ring: Ring, prog: P.Sequence) -> tuple[Tensor, Tensor]:
+    """The ring steps' two counters (even steps read the first and write the second, odd steps
+    the other way round), the first 0 at the first step, the same on every replica."""
     graph = ring.ctx.graph
-    counter = ring.var(int32, (1,), "step")
+    counters = ring.var(int32, (1,), "step"), ring.var(int32, (1,), "step")
     zero = graph.add_constant(int32, (1,), 0, name=f"{ring.ctx.name}/first_step")
     graph.set_tile_mapping(zero, 0)
-    prog.add(P.Copy(zero, counter))
-    return counter
+    prog.add(P.Copy(zero, counters[0]))
+    return counters
 
 
 def _sequences(rings: list[Ring], steps_on: int, length: int, prog: P.Sequence) -> Tensor:
-    """Every ring's fragment rows (:meth:`Ring.sequence`) side by side, a (length, rings) table
-    made once before the loop (GCL's ``initIndex``), so that one look-up a step serves every
-    direction."""
+    """Every ring's fragment rows (:meth:`Ring.sequence`), a (rings, length) table made once
+    before the loop (GCL's ``initIndex``: no index arithmetic in the loop)."""
     ring0 = rings[0]
-    values = [[[ring.rank_at(ring.position(r) - (steps_on + j) * ring.d) for ring in rings]
-               for j in range(length)] for r in range(ring0.groups.replicas)]
-    return ring0.per_replica(values, "rows", prog).reshape(length, len(rings))
-
-
-def _rows(ring: Ring, table: Tensor, step: Tensor, body: P.Sequence) -> list[Tensor]:
-    """This step's fragment row of every ring: ``table[step]`` (one compute set), as (1,) views."""
-    row = ops.dynamic_slice(ring.ctx.graph, table, step, body, size=1, name=f"{ring.ctx.name}/row")
-    return [row[0, i:i + 1] for i in range(table.shape[1])]
+    values = [[[ring.rank_at(ring.position(r) - (steps_on + j) * ring.d) for j in range(length)]
+               for ring in rings] for r in range(ring0.groups.replicas)]
+    return ring0.per_replica(values, "rows", prog).reshape(len(rings), length)
 
 
 def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.CrossReplicaCopy:
@@ -186,22 +180,25 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
         return firsts
     recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
     table = _sequences(rings, 2, n - 1, prog)
-    counter = _steps(ring0, prog)
+    tables = [table[i] for i in range(len(rings))]
+    counters = _counters(ring0, prog)
     fused = _FUSED_OP.get(op) if pieces[0].dtype.name in FUSED_DTYPES else None
 
-    def step(sends: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # into = into op own row
+    def step(sends: list[Tensor], intos: list[Tensor], turn: int) -> P.Sequence:  # into op= own row
         seq = P.Sequence([_exchange(rings, sends, intos)])
-        rows_now = _rows(ring0, table, counter, seq)
-        if fused:  # GCL's one pass, every direction in one compute set: into op= rows[row]
-            ring_reduce(ring0.ctx, list(zip(intos, pieces, rows_now, strict=True)), fused, seq)
-        else:
-            for rows, into, row in zip(pieces, intos, rows_now, strict=True):
-                own = ops.dynamic_slice(graph, rows, row, seq, size=1, name=f"{name}/fragment")
-                _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
-        ops.add_(graph, counter, 1, seq, name=f"{name}/next")
+        now, after = counters[turn], counters[1 - turn]
+        if fused:  # GCL's one pass, every direction and the index increment in one compute set
+            ring_step(ring0.ctx, fused, list(zip(intos, pieces, tables, strict=True)), now, after, seq)
+            return seq
+        for i, (rows, into) in enumerate(zip(pieces, intos, strict=True)):  # popops' ops
+            row = ops.dynamic_slice(graph, tables[i], now, seq, size=1, name=f"{name}/row")
+            own = ops.dynamic_slice(graph, rows, row, seq, size=1, name=f"{name}/fragment")
+            _OP_INPLACE[op](graph, into, own.reshape(into.shape), seq, name=f"{name}/reduce")
+        seq.add(P.Copy(now, after))
+        ops.add_(graph, after, 1, seq, name=f"{name}/next")
         return seq
 
-    return _alternating(n - 1, step(firsts, recvs), step(recvs, firsts), (recvs, firsts), prog)
+    return _alternating(n - 1, step(firsts, recvs, 0), step(recvs, firsts, 1), (recvs, firsts), prog)
 
 
 def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
@@ -223,16 +220,16 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
     for own, send in zip(owns, sends, strict=True):
         prog.add(P.Copy(own, send))
     table = _sequences(rings, 1, n - 1, prog)
-    counter = _steps(ring0, prog)
+    tables = [table[i] for i in range(len(rings))]
+    counters = _counters(ring0, prog)
 
-    def step(froms: list[Tensor], intos: list[Tensor]) -> P.Sequence:  # z[row] = arrival, forwarded
+    def step(froms: list[Tensor], intos: list[Tensor], turn: int) -> P.Sequence:  # z[row] = arrival
         seq = P.Sequence([_exchange(rings, froms, intos)])
-        for z, into, row in zip(zs, intos, _rows(ring0, table, counter, seq), strict=True):
-            ops.dynamic_update(graph, z, into.reshape(1, -1), row, seq, name=f"{name}/store")
-        ops.add_(graph, counter, 1, seq, name=f"{name}/next")
+        parts = list(zip(intos, zs, tables, strict=True))
+        ring_step(ring0.ctx, None, parts, counters[turn], counters[1 - turn], seq)
         return seq
 
-    _alternating(n - 1, step(sends, recvs), step(recvs, sends), (recvs, sends), prog)
+    _alternating(n - 1, step(sends, recvs, 0), step(recvs, sends, 1), (recvs, sends), prog)
     return zs
 
 
