@@ -215,7 +215,8 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
     return [(own, c0, c1) for own, (_, c0, c1) in zip(owns, rings, strict=True)], m
 
 
-def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor) -> Tensor:
+def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
+                scratch: bool = False) -> Tensor:
     """Every rank's (w,) parts gathered into ``dst`` (viewed as (n, columns)), the last writes.
 
     Without an injected fault, no cross-replica step can fail, so the rings store straight into
@@ -225,7 +226,7 @@ def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor) 
     rings = [ring for ring, _, _ in call.rings(columns)]
     direct = call.fault is None and call.groups.n * columns == dst.numel
     into = [dst.reshape(call.groups.n, columns)[:, c0:c1] for _, c0, c1 in parts] if direct else None
-    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into)
+    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch)
     return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns)
 
 
@@ -249,8 +250,8 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
         if t is not dst:
             prog.add(P.Copy(t, dst))
         return dst
-    parts, m = _reduce_scatter(call, t)
-    return _all_gather(call, parts, dst)
+    parts, m = _reduce_scatter(call, t)  # its results are the collective's own buffers
+    return _all_gather(call, parts, dst, scratch=call.groups.n > 1)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,

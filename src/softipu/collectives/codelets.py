@@ -38,6 +38,10 @@ FUSED = {"add": (np.add, BinaryOp.ADD), "mul": (np.multiply, BinaryOp.MULTIPLY),
 FUSED_DTYPES = ("float32", "int32", "uint32", "bool")
 
 
+def _copy(acc, row, out) -> None:  # "copy": acc = row (the first send's fragment), any dtype
+    out[...] = row
+
+
 def _offsets(step: np.ndarray, table: np.ndarray, size: int) -> np.ndarray:
     """Each vertex's row: ``table[step]`` (a step past the table reads its last entry), then
     popops' offset rule (out of range starts at 0)."""
@@ -50,7 +54,7 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
     """``RingReduce<op, dtype>``: ``acc = acc op rows[table[step]]``: the row this replica works
     on at this step read from its row sequence (``table``, made before the loop) at the step
     counter, so no index compute set runs in the loop."""
-    ufunc, binary = FUSED[op]
+    ufunc, binary = FUSED[op] if op != "copy" else (_copy, None)
 
     class RingReduce(MultiVertex):
         step = Input(offset_dtype, FieldShape.SCALAR)
@@ -75,7 +79,7 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
         def cycles(step, table, rows, acc, target):  # the workers share the piece, as popops' BinaryOp1D
             workers = target.workers_per_tile
             return (workers * _dynamic_cycles(dtype, 1, -(-acc // workers), target)
-                    + binary_op_cycles(binary, dtype, acc, target))
+                    + (binary_op_cycles(binary, dtype, acc, target) if binary else 0))
 
     RingReduce.__name__ = RingReduce.__qualname__ = f"RingReduce<{op},{dtype.name}>"
     return RingReduce
@@ -152,7 +156,8 @@ def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, 
     """One ring step's compute, ONE compute set (one sync) for every direction, as GCL's loop body
     runs one reduction for both directions (CollectivesProgram.hpp: ``ReduceProg`` concatenated):
 
-    * ``op`` given (reduce-scatter): each ``(acc, rows, table)``: ``acc op= rows[table[step]]``;
+    * ``op`` given (reduce-scatter): each ``(acc, rows, table)``: ``acc op= rows[table[step]]``
+      (``op`` "copy": ``acc = rows[table[step]]``, the first send);
     * ``op`` None (all-gather): each ``(update, rows, table)``: ``rows[table[step]] = update``;
 
     and ``next_step = step + 1`` (the counters take turns: even steps read one, odd the other).

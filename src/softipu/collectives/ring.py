@@ -173,15 +173,15 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     ``q``; the rings step together."""
     ring0 = rings[0]
     graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
-    firsts = [ops.dynamic_slice(graph, rows, ring.rows_at(1, "first", prog), prog, size=1,
-                                name=f"{name}/first").reshape(rows.shape[1])
-              for ring, rows in zip(rings, pieces, strict=True)]
     if n == 1:
-        return firsts
+        return [rows[0] for rows in pieces]
+    firsts = [ring.var(rows.dtype, (rows.shape[1],), "first")
+              for ring, rows in zip(rings, pieces, strict=True)]
     recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
-    table = _sequences(rings, 2, n - 1, prog)
+    table = _sequences(rings, 1, n, prog)  # the first send's row, then each step's
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
+    ring_step(ring0.ctx, "copy", list(zip(firsts, pieces, tables, strict=True)), *counters, prog)
     fused = _FUSED_OP.get(op) if pieces[0].dtype.name in FUSED_DTYPES else None
 
     def step(sends: list[Tensor], intos: list[Tensor], turn: int) -> P.Sequence:  # into op= own row
@@ -198,30 +198,33 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
         ops.add_(graph, after, 1, seq, name=f"{name}/next")
         return seq
 
-    return _alternating(n - 1, step(firsts, recvs, 0), step(recvs, firsts, 1), (recvs, firsts), prog)
+    return _alternating(n - 1, step(firsts, recvs, 1), step(recvs, firsts, 0), (recvs, firsts), prog)
 
 
 def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
-               into: list[Tensor] | None = None) -> list[Tensor]:
+               into: list[Tensor] | None = None, scratch: bool = False) -> list[Tensor]:
     """Per ring, (n, w) rows in rank order of every group member's (w,) ``own`` (written into
-    ``into``'s tensors if given); the rings step together."""
+    ``into``'s tensors if given); the rings step together. ``scratch``: the owns are the
+    collective's own buffers (an all-reduce's reduce-scatter results), so they send the first
+    step and take turns receiving (no copy into a send buffer)."""
     ring0 = rings[0]
-    graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
-    zs = []
-    for i, (ring, own) in enumerate(zip(rings, owns, strict=True)):
-        z = into[i] if into else ring.var(own.dtype, (n, own.shape[0]), "gathered")
-        ops.dynamic_update(graph, z, own.reshape(1, -1), ring.rows_at(0, "rank", prog), prog,
-                           name=f"{name}/own")
-        zs.append(z)
+    n = ring0.n
+    zs = [into[i] if into else ring.var(own.dtype, (n, own.shape[0]), "gathered")
+          for i, (ring, own) in enumerate(zip(rings, owns, strict=True))]
     if n == 1:
+        for z, own in zip(zs, owns, strict=True):
+            prog.add(P.Copy(own, z[0]))
         return zs
-    sends = [ring.var(own.dtype, own.shape, "send") for ring, own in zip(rings, owns, strict=True)]
-    recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
-    for own, send in zip(owns, sends, strict=True):
-        prog.add(P.Copy(own, send))
-    table = _sequences(rings, 1, n - 1, prog)
+    table = _sequences(rings, 0, n, prog)  # the own row, then each step's
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
+    ring_step(ring0.ctx, None, list(zip(owns, zs, tables, strict=True)), *counters, prog)
+    sends = owns if scratch else [ring.var(own.dtype, own.shape, "send")
+                                  for ring, own in zip(rings, owns, strict=True)]
+    recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
+    for own, send in zip(owns, sends, strict=True):
+        if own is not send:
+            prog.add(P.Copy(own, send))
 
     def step(froms: list[Tensor], intos: list[Tensor], turn: int) -> P.Sequence:  # z[row] = arrival
         seq = P.Sequence([_exchange(rings, froms, intos)])
@@ -229,7 +232,7 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
         ring_step(ring0.ctx, None, parts, counters[turn], counters[1 - turn], seq)
         return seq
 
-    _alternating(n - 1, step(sends, recvs, 0), step(recvs, sends, 1), (recvs, sends), prog)
+    _alternating(n - 1, step(sends, recvs, 1), step(recvs, sends, 0), (recvs, sends), prog)
     return zs
 
 
