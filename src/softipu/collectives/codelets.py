@@ -7,9 +7,9 @@ the next step reads), so the loop body is a cross-replica copy and one compute s
 
 GCL reduces what arrives with the replica's own fragment, picked at run time, in one pass; the
 same done with popops would be a dynamic slice (a copy of the fragment) and then the binary op.
-A multi-vertex (the tile's workers share its piece); the cycle estimate is the sum of the two
-library estimates it replaces (a row set-up and vector copy per worker, ``codelets.indexing``;
-the binary op, ``codelets.elementwise.estimates``), an upper bound.
+A multi-vertex (the tile's workers share its piece); its cycle estimate is
+``links.ring_vertex_cycles`` (a worker's row set-up, then one pass a vector at a time), the same
+formula ``links.collective_cost`` prices a ring step's compute set with: one source of truth.
 Values are the binary op's: numpy's ufunc on the same dtype, as popops' codelets compute it.
 """
 
@@ -19,15 +19,15 @@ from functools import cache
 
 import numpy as np
 
-from softipu.codelets.elementwise.estimates import binary_op_cycles
 from softipu.codelets.elementwise.ops import BinaryOp
-from softipu.codelets.indexing import _dynamic_cycles, _dynamic_start
+from softipu.codelets.indexing import _dynamic_start
 from softipu.dtypes import DType
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Output, Vertex
 from softipu.ops.common import OpContext, rows_of, tile_regions
+from softipu.target.links import RING_NEXT_INSTRUCTIONS, ring_vertex_cycles
 
 __all__ = ["FUSED", "ring_reduce_codelet", "ring_store_codelet", "ring_next_codelet", "ring_step"]
 
@@ -76,10 +76,8 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
                 ufunc(acc, own[..., 0, :], out=acc)
 
         @staticmethod
-        def cycles(step, table, rows, acc, target):  # the workers share the piece, as popops' BinaryOp1D
-            workers = target.workers_per_tile
-            return (workers * _dynamic_cycles(dtype, 1, -(-acc // workers), target)
-                    + (binary_op_cycles(binary, dtype, acc, target) if binary else 0))
+        def cycles(step, table, rows, acc, target):  # the workers share the piece: links' model
+            return ring_vertex_cycles(target, acc, dtype.itemsize, binary is not None)
 
     RingReduce.__name__ = RingReduce.__qualname__ = f"RingReduce<{op},{dtype.name}>"
     return RingReduce
@@ -109,23 +107,18 @@ def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(step, table, update, rows, target):
-            workers = target.workers_per_tile
-            return workers * _dynamic_cycles(dtype, 1, -(-update // workers), target)
+            return ring_vertex_cycles(target, update, dtype.itemsize, False)
 
     RingStore.__name__ = RingStore.__qualname__ = f"RingStore<{dtype.name}>"
     return RingStore
-
-
-# [U] One worker's scalar increment: load, add, store, exit; a lone worker issues one instruction
-# every ``workers_per_tile`` tile cycles (the barrel), so the tile pays that many per instruction.
-NEXT_INSTRUCTIONS = 4
 
 
 @cache
 def ring_next_codelet(dtype: DType) -> type[Vertex]:
     """``RingNext``: ``next = step + 1``, the loop's index increment (GCL's ``incrementIndex``),
     run in the step's compute set: it writes the other of two counters that take turns. Its
-    estimate is whole-tile cycles (``NEXT_INSTRUCTIONS`` per worker slot)."""
+    estimate is whole-tile cycles: a lone worker issues one instruction every ``workers_per_tile``
+    tile cycles (the barrel), ``RING_NEXT_INSTRUCTIONS`` of them."""
 
     class RingNext(MultiVertex):
         step = Input(dtype, FieldShape.SCALAR)
@@ -137,7 +130,7 @@ def ring_next_codelet(dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(step, next, target):  # noqa: A002
-            return NEXT_INSTRUCTIONS * target.workers_per_tile
+            return RING_NEXT_INSTRUCTIONS * target.workers_per_tile
 
     RingNext.__name__ = RingNext.__qualname__ = f"RingNext<{dtype.name}>"
     return RingNext

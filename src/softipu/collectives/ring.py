@@ -32,7 +32,7 @@ from softipu.collectives.groups import CollectiveOperator, Groups
 from softipu.dtypes import int32
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
-from softipu.ops.common import OpContext
+from softipu.ops.common import OpContext, tile_regions
 from softipu.ops.mapping import map_linearly
 
 __all__ = ["Ring", "map_by_columns"]
@@ -92,9 +92,18 @@ class Ring:
         return {r: self.groups.member(r, self.rank_at(self.position(r) + self.d))
                 for r in range(self.groups.replicas)}
 
-    def var(self, dtype, shape: tuple[int, ...], suffix: str) -> Tensor:
-        t = self.ctx.graph.add_variable(dtype, shape, name=f"{self.ctx.name}/{suffix}")
-        map_by_columns(self.ctx.graph, t)
+    def var(self, dtype, shape: tuple[int, ...], suffix: str, like: Tensor | None = None) -> Tensor:
+        """A ring buffer, mapped as ``like`` (a fragment row of the input, same shape) where that is
+        mapped, as GCL clones its buffers from the input: a fragment's columns then sit on the
+        tiles that hold those columns of every row of a column-mapped input (no exchange in the
+        steps' compute sets); by columns otherwise."""
+        graph = self.ctx.graph
+        t = graph.add_variable(dtype, shape, name=f"{self.ctx.name}/{suffix}")
+        starts, lengths, tiles = tile_regions(graph, like) if like is not None else ((), (), np.zeros(0))
+        if like is None or tiles.size == 0 or tiles.min() < 0 or int(np.sum(lengths)) != t.numel:
+            map_by_columns(graph, t)
+        else:
+            graph.map_intervals(t, starts, starts + lengths, tiles)
         return t
 
     def per_replica(self, values: list, suffix: str, prog: P.Sequence) -> Tensor:
@@ -175,9 +184,10 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
     graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
     if n == 1:
         return [rows[0] for rows in pieces]
-    firsts = [ring.var(rows.dtype, (rows.shape[1],), "first")
+    firsts = [ring.var(rows.dtype, (rows.shape[1],), "first", rows[0])
               for ring, rows in zip(rings, pieces, strict=True)]
-    recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv") for ring, rows in zip(rings, pieces, strict=True)]
+    recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv", rows[0])
+             for ring, rows in zip(rings, pieces, strict=True)]
     table = _sequences(rings, 1, n, prog)  # the first send's row, then each step's
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
@@ -219,9 +229,9 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
     ring_step(ring0.ctx, None, list(zip(owns, zs, tables, strict=True)), *counters, prog)
-    sends = owns if scratch else [ring.var(own.dtype, own.shape, "send")
+    sends = owns if scratch else [ring.var(own.dtype, own.shape, "send", own)
                                   for ring, own in zip(rings, owns, strict=True)]
-    recvs = [ring.var(own.dtype, own.shape, "recv") for ring, own in zip(rings, owns, strict=True)]
+    recvs = [ring.var(own.dtype, own.shape, "recv", own) for ring, own in zip(rings, owns, strict=True)]
     for own, send in zip(owns, sends, strict=True):
         if own is not send:
             prog.add(P.Copy(own, send))

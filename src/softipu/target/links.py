@@ -42,7 +42,9 @@ from softipu.target.targets import Target
 
 __all__ = ["Link", "StepCost", "CollectiveCost", "route", "ring_order", "ring_pattern", "ring_step",
            "flows_cost", "choose_method", "collective_cost", "group_rings", "data_parallel_step",
-           "exchange_link_cycles", "METHODS", "OPERATIONS", "RING_PATTERNS"]
+           "exchange_link_cycles", "ring_vertex_cycles", "ring_compute_set_cycles",
+           "ring_phase_compute_cycles", "RING_WORKER_SETUP_CYCLES", "RING_NEXT_INSTRUCTIONS", "METHODS",
+           "OPERATIONS", "RING_PATTERNS"]
 
 Link = tuple[str, int]  # ("card" | "cross" | "up" | "down", ipu) or ("gw_out" | "gw_in", machine)
 
@@ -255,7 +257,7 @@ class CollectiveCost:
     nbytes: int  # per replica, the input's bytes
     num_ranks: int
     steps: tuple[tuple[str, int, StepCost], ...]  # (what, how many, one step)
-    compute_cycles: int = 0  # the reductions' adds, where priced
+    compute_cycles: int = 0  # the ring phases' compute sets (ring_phase_compute_cycles), where priced
     clock_hz: float = field(default=1.0, repr=False)
 
     @property
@@ -311,12 +313,85 @@ def _ring_steps(system: System, rings, nbytes: float, method: str, k: int, what:
     raise TargetError(f"unknown collective method {method!r}; choose auto or one of {', '.join(METHODS)}")
 
 
-def _reduce_compute(system: System, nbytes: float, k: int, itemsize: int) -> int:
-    """Cycles of one reduction step's adds on a fragment of ``nbytes`` per replica spread over
-    every tile of its ``k`` IPUs: one vector add per tile per cycle [D] from the chip's vector
-    width (Target docs); loads and stores overlap [U]."""
-    elems = nbytes / itemsize / (k * system.chip.compute_tiles_per_ipu)
-    return math.ceil(elems / system.chip.vector_width(itemsize))
+# --- A ring step's compute set (the one model the functional collectives' vertices use) ----------
+#
+# GCL runs each ring step as one Repeat body: the cross-replica copy, then the reduction of what
+# arrived with the replica's own fragment (or, all-gather, its store), every direction in one
+# compute set (CollectivesProgram.hpp, ``ReduceProg`` concatenated), the fragment picked by an
+# index that the loop increments. softipu.collectives builds exactly that: one compute set a step
+# holding, on every tile, one ``RingReduce`` / ``RingStore`` multi-vertex per direction over the
+# tile's columns of the fragment, plus the index increment (``RingNext``) on one tile.
+
+RING_WORKER_SETUP_CYCLES = 20 + 19  # [U] a worker's set-up + [V] a dynamic row's (codelets.indexing)
+RING_NEXT_INSTRUCTIONS = 4  # [U] the increment: load, add, store, exit (one worker)
+
+
+def ring_vertex_cycles(chip: Target, width: int, itemsize: int, reduce: bool) -> int:
+    """Whole-tile cycles of one ``RingReduce`` (``reduce``) or ``RingStore`` multi-vertex over
+    ``width`` elements: each worker sets up its row and streams its share a vector at a time, one
+    pass (load, [op], store); a reduction reads two operands, so two vector slots per vector [U]."""
+    workers = chip.workers_per_tile
+    vectors = -(-(-(-width // workers) * itemsize) // chip.vector_width_bytes)
+    return workers * (RING_WORKER_SETUP_CYCLES + vectors * (2 if reduce else 1))
+
+
+def _busiest_pieces(chip: Target, columns: int, directions: int, tiles: int,
+                    itemsize: int) -> tuple[int, int]:
+    """(pieces, widest piece) on the busiest tile: the fragment's ``columns`` (every direction's,
+    side by side) mapped by columns over ``tiles`` in whole vectors (``ring.map_by_columns``);
+    a direction's columns are a block, so a tile holds one piece unless it straddles blocks."""
+    per_dir = max(1, math.ceil(columns / directions))
+    vw = chip.vector_width(itemsize)
+    per_tile = min(columns, vw * math.ceil(columns / tiles / vw))
+    if per_tile >= per_dir:
+        return min(directions, math.ceil(per_tile / per_dir)), per_dir
+    return (1, per_tile) if per_dir % per_tile == 0 else (2, per_tile)
+
+
+def ring_compute_set_cycles(chip: Target, direction_bytes: float, directions: int, ipus_per_replica: int,
+                            itemsize: int, reduce: bool) -> int:
+    """One ring step's compute set: sync, the exchange that reads the step index, and its busiest
+    tile's vertices (one a piece, :func:`_busiest_pieces`) plus the index increment;
+    ``direction_bytes`` per replica in each of ``directions`` rings."""
+    columns = max(1, math.ceil(direction_bytes * directions / itemsize))
+    pieces, width = _busiest_pieces(chip, columns, directions, ipus_per_replica * chip.compute_tiles_per_ipu,
+                                    itemsize)
+    return (chip.on_chip_sync_cycles + chip.exchange_latency_cycles
+            + pieces * ring_vertex_cycles(chip, width, itemsize, reduce)
+            + RING_NEXT_INSTRUCTIONS * chip.workers_per_tile)
+
+
+def _ring_shape(method: str, n: int, frag: float) -> list[tuple[int, int, float]]:
+    """(steps, directions, bytes per direction) of a ring phase by ``method`` (as _ring_steps)."""
+    if method in ("clockwise_ring", "anticlockwise_ring"):
+        return [(n - 1, 1, frag)]
+    if method == "bidirectional_ring_pair":
+        return [(n - 1, 2, frag / 2)]
+    if method == "quad_directional_ring":
+        return [(n - 1, 4, frag / 4)]
+    both = (n - 1) // 2  # meet-in-middle
+    return [e for e in ((both, 2, frag), ((n - 1) - 2 * both, 1, frag)) if e[0]]
+
+
+def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, ipus_per_replica: int = 1,
+                              itemsize: int = 4, reduce: bool = True) -> int:
+    """The compute of one ring phase (reduce-scatter: ``reduce``; all-gather) of ``nbytes`` per
+    replica over ``n`` ranks, as softipu.collectives builds it (GCL's program): before the loop
+    the replica's row table looked up (a compute set of one row), the counter set (a copy) and
+    the first send's slice or the own row's store (a ring compute set); then one ring compute set
+    per step, two steps a ``Repeat`` turn. Syncs of the link steps are priced with the links
+    (:func:`ring_step`)."""
+    if n < 2:
+        return 0
+    shape = _ring_shape(method, n, nbytes / n)
+    _, dirs, per_dir = shape[0]
+    k = ipus_per_replica
+    prologue = (2 * chip.on_chip_sync_cycles + chip.exchange_latency_cycles
+                + ring_vertex_cycles(chip, 1, 4, False)
+                + ring_compute_set_cycles(chip, per_dir, dirs, k, itemsize, False))
+    loop = sum(steps for steps, _, _ in shape) // 2 * chip.control_cycles_per_step  # Repeat turns
+    return prologue + loop + sum(steps * ring_compute_set_cycles(chip, b, d, k, itemsize, reduce)
+                                 for steps, d, b in shape)
 
 
 def collective_cost(system: System, operation: str, nbytes: int, num_replicas: int | None = None, *,
@@ -364,11 +439,11 @@ def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute) -
         method = "direct"
     else:
         if operation in ("all_reduce", "reduce_scatter"):
-            rs = _ring_steps(system, rings, nbytes, method, k, "reduce-scatter step")
-            steps += rs
-            adds = sum(c for _, c, _ in rs) * _reduce_compute(system, nbytes / n, k, itemsize)
+            steps += _ring_steps(system, rings, nbytes, method, k, "reduce-scatter step")
+            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, True)
         if operation in ("all_reduce", "all_gather"):
             steps += _ring_steps(system, rings, nbytes, method, k, "all-gather step")
+            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False)
     return CollectiveCost(operation, method, int(nbytes), n, tuple(steps), adds if compute else 0,
                           system.chip.clock_hz)
 
@@ -390,16 +465,18 @@ def _two_level(system, operation, nbytes, size, k, method, itemsize, compute) ->
     sync_ipus = size * k
     if operation in ("all_reduce", "reduce_scatter", "all_gather"):
         across = flows_cost(system, pairs, shard / ilds / k, sync_ipus=sync_ipus)
-        if operation != "all_gather":
-            steps.append(("GW reduce-scatter step", ilds - 1, across))
-            adds += (ilds - 1) * _reduce_compute(system, shard / ilds, k, itemsize) if compute else 0
-        if operation != "reduce_scatter":
-            steps.append(("GW all-gather step", ilds - 1, across))
+        for phase, reduce in (("reduce-scatter", True), ("all-gather", False)):
+            if operation != ("all_gather" if reduce else "reduce_scatter"):
+                steps.append((f"GW {phase} step", ilds - 1, across))
+                adds += ring_phase_compute_cycles(system.chip, "clockwise_ring", shard, ilds, k, itemsize,
+                                                  reduce) if compute else 0
     else:  # all-to-all: each IPU sends (ilds-1)/ilds of its data off its domain through its machine
         steps.append(("GW all-to-all", 1, flows_cost(system, pairs, nbytes * (ilds - 1) / ilds / k,
                                                      sync_ipus=sync_ipus)))
     if operation == "all_reduce":
         steps += _ring_steps(system, rings, nbytes, inner_method, k, "all-gather step")
+        adds += ring_phase_compute_cycles(system.chip, inner.method, nbytes, per_ild, k, itemsize,
+                                          False) if compute else 0
     return CollectiveCost(operation, f"two_level({inner.method})", int(nbytes), size, tuple(steps),
                           adds, system.chip.clock_hz)
 
