@@ -27,7 +27,7 @@ def _nhwc_input(g, a: np.ndarray, dtype=sp.float32):
     return var.transpose(0, 3, 1, 2)
 
 
-def _run(a, fn, dtype=sp.float32, target=SMALL):
+def _run(a, fn, dtype=sp.float32, target=SMALL):  # SMALL: small shapes split output columns too
     g = sp.Graph(target)
     prog = P.Sequence()
     x = _nhwc_input(g, a, dtype)
@@ -65,6 +65,10 @@ def test_channels_innermost_pools_match_torch_and_stay_channels_innermost(shape,
             g, x, p, kernel=kernel, stride=stride, padding=padding, count_include_pad=inc))
         want = F.avg_pool2d(t, kernel, s, padding, count_include_pad=include).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    one_tile = sp.targets.ipu_model(tiles=1)  # 6 workers: whole bands of rows, no column split
+    _, _, got = _run(a, lambda g, x, p: nn.max_pool(g, x, p, kernel=kernel, stride=stride, padding=padding),
+                     target=one_tile)
+    np.testing.assert_array_equal(got, F.max_pool2d(t, kernel, s, padding).numpy())
 
 
 def test_channels_innermost_fp16_and_nchw_input_still_match_torch():
@@ -85,18 +89,30 @@ def test_channels_innermost_fp16_and_nchw_input_still_match_torch():
     np.testing.assert_array_equal(eng.read_tensor(y), F.max_pool2d(torch.tensor(b), 3, 2, 1).numpy())
 
 
+def _regions(field) -> int:
+    """Contiguous runs in a vertex field (rows of a strided field are runs when contiguous)."""
+    if field.is_strided:
+        assert field.strides[-1] == 1
+        return field.shape[0]
+    index = np.asarray(field.index).reshape(field.shape[0], -1)
+    return int(field.shape[0] + np.count_nonzero(np.diff(index, axis=1) != 1))
+
+
 def test_vertex_field_regions_do_not_grow_with_the_batch():
-    """Each vertex's input and output are one contiguous run (strided fields, no per-element
-    index); the vertex count stays about one per worker of the chip as the batch grows."""
-    counts = []
+    """Vertices read whole pixels: runs per vertex are the input rows of its band, never one per
+    element or channel; vertices stay about one per worker of the chip (8 tiles x 6) as the batch
+    grows. At b1 the 24 output rows are split in 2 column bands (48 vertices of 3 or 2 input rows);
+    from b2 a vertex is a whole band of one sample (one run each side)."""
+    regions, vertices = [], []
     for n in (1, 2, 4, 8):
         g = sp.Graph(SMALL)
         x = _nhwc_input(g, np.zeros((n, 16, 48, 48), np.float32))
         nn.max_pool(g, x, P.Sequence(), kernel=3, stride=2, padding=1)
         groups = _groups(g, "max_pool")
-        assert all(grp.fields["x"].is_strided and grp.fields["out"].is_strided for grp in groups)
-        counts.append(sum(grp.num_vertices for grp in groups))
-    assert counts == [24, 48, 48, 48]  # 24 output rows at b1; then 8 tiles x 6 workers
+        vertices.append(sum(grp.num_vertices for grp in groups))
+        regions.append(sum(_regions(grp.fields["x"]) + _regions(grp.fields["out"]) for grp in groups))
+    assert vertices == [48, 48, 48, 48]
+    assert regions[0] == 2 * (3 * 23 + 2) + 48 and regions[1:] == [96, 96, 96]
 
 
 def test_group_pool_cycles_hand_worked_from_popnn_estimator():

@@ -107,19 +107,31 @@ def _channels_innermost(x: Tensor) -> Tensor | None:
     return flat if flat.is_strided and flat.strides == (1,) else None
 
 
-def _group_bands(g: _Pool, n: int, target) -> np.ndarray:
-    """Output-row band bounds for channel-group vertices: about one vertex per worker over the
-    chip (``n`` samples' bands), whatever the batch."""
+def _group_bands(g: _Pool, n: int, target) -> tuple[np.ndarray, np.ndarray]:
+    """Output-row and output-column band bounds for channel-group vertices: about a vertex per
+    worker of the chip over the ``n`` samples' bands, whatever the batch. Columns are split only
+    when rows run out (small batches): popnn's planner splits the field as well as the batch."""
     want = -(-target.num_tiles * target.workers_per_tile // max(n, 1))
-    bands = max(1, min(g.OH, want))
-    return (np.arange(bands + 1) * g.OH) // bands
+    rows = max(1, min(g.OH, want))
+    cols = max(1, min(g.OW, -(-want // rows)))
+    return (np.arange(rows + 1) * g.OH) // rows, (np.arange(cols + 1) * g.OW) // cols
+
+
+def _runs(base: int, starts: np.ndarray, rows: int, row_step: int, length: int, t: Tensor) -> Tensor:
+    """A ``(len(starts), rows * length)`` field: per vertex ``rows`` runs of ``length`` elements,
+    ``row_step`` apart, from element ``base + start`` of the contiguous 1-D tensor ``t``."""
+    if rows == 1:
+        return rows_of(t, base + starts, length)
+    offs = (np.arange(rows)[:, None] * row_step + np.arange(length)[None, :]).reshape(-1)
+    index = t.offset + base + starts[:, None] + offs[None, :]
+    return Tensor(t.graph, t.dtype, index.shape, 0, (), index)
 
 
 def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMode) -> Tensor:
     """Pooling of input stored channels innermost, as popnn pools channel groups: a vertex per
-    band of output rows of one sample reads its input rows as one run of whole pixels (every
-    channel), and writes an output stored channels innermost too, so the next convolution reads
-    it in place. Vertices and field regions: about one per worker, not one per element."""
+    band of output rows (and, at small batch, columns) of one sample reads its input as runs of
+    whole pixels (every channel), and writes an output stored channels innermost too, so the next
+    convolution reads it in place. One ``add_vertices`` per band geometry, not per element."""
     n, c = x.shape[:2]
     out_nhwc = ctx.graph.add_variable(x.dtype, (n, g.OH, g.OW, c), name=f"{ctx.name}/out")
     out = out_nhwc.transpose(0, 3, 1, 2)
@@ -127,21 +139,31 @@ def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMo
         out = out.reshape(g.out_shape)
     if not out.numel:
         return out
-    pix_in, pix_out = g.W * c, g.OW * c
     samples = np.arange(n)
     cs = ctx.compute_set()
     codelet = C.group_pool_codelet(x.dtype, mode)
     x4 = x if x.ndim == 4 else x.expand_dims(-1)
-    bounds = _group_bands(g, n, ctx.graph.target)
-    for o0, o1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+    out_flat = out_nhwc.flatten()
+    row_bounds, col_bounds = _group_bands(g, n, ctx.graph.target)
+    for o0, o1 in zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist(), strict=True):
         r0, r1 = g.input_rows(o0, o1)
-        mid = (r0 + r1 - 1) // 2
-        tiles = _tiles_at(ctx, x4, (samples, np.zeros(n, np.int64), np.full(n, mid), np.full(n, g.W // 2)))
-        ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1], tiles)
-        ctx.graph.add_vertices(cs, codelet, {
-            "x": rows_of(flat, samples * g.H * pix_in + r0 * pix_in, (r1 - r0) * pix_in),
-            "out": rows_of(out_nhwc.flatten(), samples * g.OH * pix_out + o0 * pix_out, (o1 - o0) * pix_out),
-            **g.params(o0 * g.sh - g.ph), "C": c}, tiles)
+        by_geometry: dict[tuple[int, ...], list[tuple[int, int, int, np.ndarray]]] = {}
+        for q0, q1 in zip(col_bounds[:-1].tolist(), col_bounds[1:].tolist(), strict=True):
+            left = q0 * g.sw - g.pw  # input column of the band's first window origin
+            a, b = max(0, left), min(g.W, (q1 - 1) * g.sw - g.pw + g.kw)
+            tiles = _tiles_at(ctx, x4, (samples, np.zeros(n, np.int64), np.full(n, (r0 + r1 - 1) // 2),
+                                        np.full(n, (a + b - 1) // 2)))
+            ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1], tiles)
+            by_geometry.setdefault((b - a, a - left, q1 - q0), []).append((a, q0, q1, tiles))
+        for (w_in, pw, ow), bands in by_geometry.items():
+            x_starts = np.concatenate([samples * g.H * g.W * c + (r0 * g.W + a) * c for a, _, _, _ in bands])
+            o_starts = np.concatenate([samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c
+                                       for _, q0, _, _ in bands])
+            ctx.graph.add_vertices(cs, codelet, {
+                "x": _runs(0, x_starts, r1 - r0, g.W * c, w_in * c, flat),
+                "out": _runs(0, o_starts, o1 - o0, g.OW * c, ow * c, out_flat),
+                "H": g.H, "W": w_in, "OW": ow, "kh": g.kh, "kw": g.kw, "sh": g.sh, "sw": g.sw, "pw": pw,
+                "row0": o0 * g.sh - g.ph, "C": c}, np.concatenate([t for _, _, _, t in bands]))
     ctx.execute(cs)
     return out
 
