@@ -452,3 +452,22 @@ def test_gc200_estimate_of_a_nearly_full_chip_uses_little_host_memory():
     assert report.fits
     # BinaryOp1D<ADD,float> of 45,000: 6 x (29 + ceil(7500 / 2) x 3) + 11, plus the sync.
     assert report.cycles == 6 * (29 + 3750 * 3) + 11 + target.on_chip_sync_cycles
+
+
+def test_an_empty_variable_beside_a_used_one_does_not_confuse_liveness():
+    """An empty variable shares its start address with the next one; the liveness walk used to
+    attribute the next variable's reads to it and fail with a KeyError (ONNX's ReduceLogSumExp of
+    an empty set: its exp output was empty)."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    prog = P.Sequence([])
+    before = g.add_variable(sp.float32, (8,), name="before")
+    empty = g.add_variable(sp.float32, (0,), name="empty")
+    after = g.add_variable(sp.float32, (8,), name="after")
+    for v in (before, empty, after):
+        sp.ops.map_linearly(g, v)
+    out = sp.ops.add(g, before, after, prog, name="sum")
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(before, np.arange(8, dtype=np.float32))
+    eng.write_tensor(after, np.full(8, 2.0, np.float32))
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(out), np.arange(8, dtype=np.float32) + 2)

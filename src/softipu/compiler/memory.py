@@ -129,7 +129,7 @@ class _Timeline:
         self.loops: list[tuple[int, int]] = []
         self.program_starts: list[int] = []
         self._cs_fields: dict[int, list] = {}
-        self._ranges: dict[DType, ResolvedMapping] = {}
+        self._ranges: dict[DType, tuple[ResolvedMapping, np.ndarray]] = {}
 
     def _point(self, node: P.Program) -> int:
         self.points.append(self.step_of.get(id(node), -1))
@@ -157,21 +157,25 @@ class _Timeline:
         """The variables the intervals touch, and whether the intervals cover each completely."""
         if starts.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, bool)
-        ranges = self._variable_ranges(space)
+        ranges, sizes = self._variable_ranges(space)
         p_starts, p_ends, k, _ = split_by_mapping(starts, ends, ranges)
-        covered, _ = union_per_key(k, p_starts, p_ends, ranges.starts.size)
+        covered, _ = union_per_key(k, p_starts, p_ends, sizes.size)
         ks = np.unique(k)
-        full = covered[ks] >= ranges.ends[ks] - ranges.starts[ks]
+        full = covered[ks] >= sizes[ks]
         return np.array([space.variables[i].id for i in ks.tolist()], np.int64), full
 
-    def _variable_ranges(self, space) -> ResolvedMapping:
-        """The space's variables as an interval table whose 'tile' is the variable's index."""
-        ranges = self._ranges.get(space.dtype)
-        if ranges is None:
+    def _variable_ranges(self, space) -> tuple[ResolvedMapping, np.ndarray]:
+        """The space's variables as an interval table whose 'tile' is the variable's index, and
+        each variable's size. Empty variables hold no address, so they are left out of the table
+        (one would share its start with the next variable, which then looks split in two)."""
+        found = self._ranges.get(space.dtype)
+        if found is None:
             starts = np.asarray(space.starts, np.int64)
             ends = np.array([v.end for v in space.variables], np.int64)
-            ranges = self._ranges[space.dtype] = ResolvedMapping(starts, ends, np.arange(starts.size))
-        return ranges
+            held = np.flatnonzero(ends > starts)
+            found = self._ranges[space.dtype] = (
+                ResolvedMapping(starts[held], ends[held], held), ends - starts)
+        return found
 
     def walk(self, node: P.Program) -> None:
         getattr(self, f"walk_{node.kind.name.lower()}")(node)
