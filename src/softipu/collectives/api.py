@@ -186,14 +186,27 @@ def _fault(where: str, fault: Any, replicas: int) -> tuple[int, ...] | None:
     return tuple(fault[1:])
 
 
+def _column_aligned(graph: Graph, rows: Tensor) -> bool:
+    """Whether every row of ``rows`` (n, m) has its columns on the same tiles as row 0's: the
+    layout a ring wants (a step's fragment and the replica's own row on the same tiles)."""
+    first = tile_regions(graph, rows[0])
+    if first[2].size == 0 or first[2].min() < 0:
+        return False
+    return all(all(np.array_equal(a, b) for a, b in zip(first, tile_regions(graph, rows[k]), strict=True))
+               for k in range(1, rows.shape[0]))
+
+
 def _fragments(call: _Call, t: Tensor) -> tuple[Tensor, int]:
-    """``t`` as (n, m) rows, zero-padded to a multiple of the group size: a view, or a padded copy."""
+    """``t`` as (n, m) rows, zero-padded to a multiple of the group size: a view where ``t`` is
+    laid out as the ring wants (:func:`_column_aligned`), else a padded or rearranged copy mapped
+    by columns (GCL's ``rearrangePre``: one copy, not an exchange in every step)."""
     n, numel = call.groups.n, t.numel
     m = max(1, math.ceil(numel / n))
-    if numel == n * m:
+    if numel == n * m and (n == 1 or _column_aligned(call.ctx.graph, t.reshape(n, m))):
         return t.reshape(n, m), m
-    padded = call.output(t, (n, m), "padded").reshape(n * m)
-    ops.zero(call.ctx.graph, padded, call.ctx.prog, name=f"{call.ctx.name}/pad")
+    padded = call.output(t, (n, m), "padded" if numel != n * m else "rearranged").reshape(n * m)
+    if numel != n * m:
+        ops.zero(call.ctx.graph, padded, call.ctx.prog, name=f"{call.ctx.name}/pad")
     call.ctx.prog.add(P.Copy(t.flatten(), padded[:numel]))
     return padded.reshape(n, m), m
 
@@ -220,12 +233,18 @@ def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
     """Every rank's (w,) parts gathered into ``dst`` (viewed as (n, columns)), the last writes.
 
     Without an injected fault, no cross-replica step can fail, so the rings store straight into
-    ``dst`` (as GCL does); with one, they gather into their own buffers and ``dst`` is written
-    after the last step (``_Call.finish``), so a failure leaves it as it was."""
+    ``dst`` (as GCL does) where it is laid out by columns; otherwise (a fault, another layout)
+    they gather into their own buffer and ``dst`` is written after the last step
+    (``_Call.finish``), so a failure leaves it as it was."""
     columns = sum(c1 - c0 for _, c0, c1 in parts)
     rings = [ring for ring, _, _ in call.rings(columns)]
-    direct = call.fault is None and call.groups.n * columns == dst.numel
-    into = [dst.reshape(call.groups.n, columns)[:, c0:c1] for _, c0, c1 in parts] if direct else None
+    n = call.groups.n
+    direct = call.fault is None and n * columns == dst.numel and (
+        n == 1 or _column_aligned(call.ctx.graph, dst.reshape(n, columns)))
+    # Else gather into a buffer laid out as the ring wants, copied to ``dst`` at the end (GCL's
+    # ``rearrangePost``); with a fault, that also keeps ``dst`` as it was.
+    gathered = dst.reshape(n, columns) if direct else call.output(dst, (n, columns), "gathered")
+    into = [gathered[:, c0:c1] for _, c0, c1 in parts]
     zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch)
     return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns)
 
