@@ -48,6 +48,8 @@ GEOMETRIES = [  # (shape, kernel, stride, padding)
     ((1, 3, 6, 6), 2, None, 0),
     ((3, 4, 7, 5), (3, 2), (1, 2), (1, 0)),
     ((2, 6, 5, 5), 3, 1, 1),
+    ((2, 40, 4, 4), 4, None, 0),  # a global pool: channels split in 2 groups of 20 over vertices
+    ((1, 36, 5, 6), 3, 2, 1),  # columns and channel groups split
 ]
 
 
@@ -113,6 +115,16 @@ def test_vertex_field_regions_do_not_grow_with_the_batch():
         regions.append(sum(_regions(grp.fields["x"]) + _regions(grp.fields["out"]) for grp in groups))
     assert vertices == [48, 48, 48, 48]
     assert regions[0] == 2 * (3 * 23 + 2) + 48 and regions[1:] == [96, 96, 96]
+
+
+def test_a_global_pool_splits_channel_groups_over_vertices():
+    """ResNet's final 7x7 average pool at b1 has one output pixel: popnn spreads its channel
+    groups over tiles. 64 channels in 4 groups of 16: 4 vertices, each reading 49 pixel runs."""
+    a = np.random.default_rng(4).standard_normal((1, 64, 7, 7)).astype(np.float32)
+    g, _, got = _run(a, lambda g, x, p: nn.avg_pool(g, x, p, kernel=7))
+    (grp,) = _groups(g, "avg_pool")
+    assert grp.num_vertices == 4 and _regions(grp.fields["x"]) == 4 * 49 and _regions(grp.fields["out"]) == 4
+    np.testing.assert_allclose(got, F.avg_pool2d(torch.tensor(a), 7).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_group_pool_cycles_hand_worked_from_popnn_estimator():

@@ -107,31 +107,48 @@ def _channels_innermost(x: Tensor) -> Tensor | None:
     return flat if flat.is_strided and flat.strides == (1,) else None
 
 
-def _group_bands(g: _Pool, n: int, target) -> tuple[np.ndarray, np.ndarray]:
-    """Output-row and output-column band bounds for channel-group vertices: about a vertex per
-    worker of the chip over the ``n`` samples' bands, whatever the batch. Columns are split only
-    when rows run out (small batches): popnn's planner splits the field as well as the batch."""
+# A channel group holds at least this many channels when channels are split over vertices: the
+# fp16 AMP's output grouping poplin gives a convolution's output (popnn pools in the input's
+# groups) [U: the grouping varies with the plan; 16 is the common fp16 one].
+_MIN_GROUP_CHANNELS = 16
+
+
+def _group_bands(g: _Pool, n: int, c: int, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output-row, output-column and channel bounds for channel-group vertices: about a vertex
+    per worker of the chip over the ``n`` samples, whatever the batch. Columns, then channels, are
+    split only when rows run out (small batches, small images): popnn's planner splits the field
+    and the channel groups as well as the batch."""
     want = -(-target.num_tiles * target.workers_per_tile // max(n, 1))
     rows = max(1, min(g.OH, want))
     cols = max(1, min(g.OW, -(-want // rows)))
-    return (np.arange(rows + 1) * g.OH) // rows, (np.arange(cols + 1) * g.OW) // cols
+    groups = max(1, min(c // _MIN_GROUP_CHANNELS, -(-want // (rows * cols))))
+    chans = np.unique(np.minimum(c, (np.arange(groups + 1) * c // groups + 3) // 4 * 4))
+    return (np.arange(rows + 1) * g.OH) // rows, (np.arange(cols + 1) * g.OW) // cols, chans
 
 
-def _runs(base: int, starts: np.ndarray, rows: int, row_step: int, length: int, t: Tensor) -> Tensor:
-    """A ``(len(starts), rows * length)`` field: per vertex ``rows`` runs of ``length`` elements,
-    ``row_step`` apart, from element ``base + start`` of the contiguous 1-D tensor ``t``."""
-    if rows == 1:
-        return rows_of(t, base + starts, length)
-    offs = (np.arange(rows)[:, None] * row_step + np.arange(length)[None, :]).reshape(-1)
-    index = t.offset + base + starts[:, None] + offs[None, :]
+def _runs(starts: np.ndarray, offsets: np.ndarray, length: int, t: Tensor) -> Tensor:
+    """A ``(len(starts), len(offsets) * length)`` field: per vertex a run of ``length`` elements
+    at each of ``offsets`` past its start in the contiguous 1-D tensor ``t``."""
+    if offsets.size == 1:
+        return rows_of(t, starts + int(offsets[0]), length)
+    runs = (offsets[:, None] + np.arange(length)[None, :]).reshape(-1)
+    index = t.offset + starts[:, None] + runs[None, :]
     return Tensor(t.graph, t.dtype, index.shape, 0, (), index)
+
+
+def _pixel_runs(rows: int, row_step: int, cols: int, c: int, cg: int) -> tuple[np.ndarray, int]:
+    """Run offsets and run length of ``rows x cols`` pixels' ``cg`` of ``c`` channels: a run per
+    row when every channel is taken (whole pixels side by side), else a run per pixel."""
+    if cg == c:
+        return np.arange(rows) * row_step, cols * c
+    return (np.arange(rows)[:, None] * row_step + np.arange(cols)[None, :] * c).reshape(-1), cg
 
 
 def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMode) -> Tensor:
     """Pooling of input stored channels innermost, as popnn pools channel groups: a vertex per
-    band of output rows (and, at small batch, columns) of one sample reads its input as runs of
-    whole pixels (every channel), and writes an output stored channels innermost too, so the next
-    convolution reads it in place. One ``add_vertices`` per band geometry, not per element."""
+    band of output rows (and, at small batch, columns and channel groups) of one sample reads its
+    input as runs of pixels' channels, and writes an output stored channels innermost too, so the
+    next convolution reads it in place. One ``add_vertices`` per band geometry, not per element."""
     n, c = x.shape[:2]
     out_nhwc = ctx.graph.add_variable(x.dtype, (n, g.OH, g.OW, c), name=f"{ctx.name}/out")
     out = out_nhwc.transpose(0, 3, 1, 2)
@@ -144,26 +161,29 @@ def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMo
     codelet = C.group_pool_codelet(x.dtype, mode)
     x4 = x if x.ndim == 4 else x.expand_dims(-1)
     out_flat = out_nhwc.flatten()
-    row_bounds, col_bounds = _group_bands(g, n, ctx.graph.target)
+    row_bounds, col_bounds, chans = _group_bands(g, n, c, ctx.graph.target)
     for o0, o1 in zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist(), strict=True):
         r0, r1 = g.input_rows(o0, o1)
-        by_geometry: dict[tuple[int, ...], list[tuple[int, int, int, np.ndarray]]] = {}
+        by_geometry: dict[tuple[int, ...], list[tuple[int, int, np.ndarray]]] = {}
         for q0, q1 in zip(col_bounds[:-1].tolist(), col_bounds[1:].tolist(), strict=True):
             left = q0 * g.sw - g.pw  # input column of the band's first window origin
             a, b = max(0, left), min(g.W, (q1 - 1) * g.sw - g.pw + g.kw)
-            tiles = _tiles_at(ctx, x4, (samples, np.zeros(n, np.int64), np.full(n, (r0 + r1 - 1) // 2),
-                                        np.full(n, (a + b - 1) // 2)))
-            ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1], tiles)
-            by_geometry.setdefault((b - a, a - left, q1 - q0), []).append((a, q0, q1, tiles))
-        for (w_in, pw, ow), bands in by_geometry.items():
-            x_starts = np.concatenate([samples * g.H * g.W * c + (r0 * g.W + a) * c for a, _, _, _ in bands])
-            o_starts = np.concatenate([samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c
-                                       for _, q0, _, _ in bands])
+            for c0, c1 in zip(chans[:-1].tolist(), chans[1:].tolist(), strict=True):
+                tiles = _tiles_at(ctx, x4, (samples, np.full(n, c0), np.full(n, (r0 + r1 - 1) // 2),
+                                            np.full(n, (a + b - 1) // 2)))
+                ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1, c0:c1], tiles)
+                x_start = samples * g.H * g.W * c + (r0 * g.W + a) * c + c0
+                o_start = samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c + c0
+                by_geometry.setdefault((b - a, a - left, q1 - q0, c1 - c0), []).append(
+                    (x_start, o_start, tiles))
+        for (w_in, pw, ow, cg), bands in by_geometry.items():
+            x_offs, x_len = _pixel_runs(r1 - r0, g.W * c, w_in, c, cg)
+            o_offs, o_len = _pixel_runs(o1 - o0, g.OW * c, ow, c, cg)
             ctx.graph.add_vertices(cs, codelet, {
-                "x": _runs(0, x_starts, r1 - r0, g.W * c, w_in * c, flat),
-                "out": _runs(0, o_starts, o1 - o0, g.OW * c, ow * c, out_flat),
+                "x": _runs(np.concatenate([v[0] for v in bands]), x_offs, x_len, flat),
+                "out": _runs(np.concatenate([v[1] for v in bands]), o_offs, o_len, out_flat),
                 "H": g.H, "W": w_in, "OW": ow, "kh": g.kh, "kw": g.kw, "sh": g.sh, "sw": g.sw, "pw": pw,
-                "row0": o0 * g.sh - g.ph, "C": c}, np.concatenate([t for _, _, _, t in bands]))
+                "row0": o0 * g.sh - g.ph, "C": cg}, np.concatenate([v[2] for v in bands]))
     ctx.execute(cs)
     return out
 
