@@ -49,7 +49,7 @@ GEOMETRIES = [  # (shape, kernel, stride, padding)
     ((3, 4, 7, 5), (3, 2), (1, 2), (1, 0)),
     ((2, 6, 5, 5), 3, 1, 1),
     ((2, 40, 4, 4), 4, None, 0),  # a global pool: channels split in 2 groups of 20 over vertices
-    ((1, 36, 5, 6), 3, 2, 1),  # columns and channel groups split
+    ((1, 36, 5, 6), 3, 2, 1),  # columns split (9 bands >= 8 tiles: channels not split)
 ]
 
 

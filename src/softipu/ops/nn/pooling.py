@@ -116,12 +116,14 @@ _MIN_GROUP_CHANNELS = 16
 def _group_bands(g: _Pool, n: int, c: int, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Output-row, output-column and channel bounds for channel-group vertices: about a vertex
     per worker of the chip over the ``n`` samples, whatever the batch. Columns, then channels, are
-    split only when rows run out (small batches, small images): popnn's planner splits the field
-    and the channel groups as well as the batch."""
+    split only when rows run out (small batches, small images), channels only when some tile would
+    get no band: popnn's planner splits the field and the channel groups as well as the batch."""
     want = -(-target.num_tiles * target.workers_per_tile // max(n, 1))
     rows = max(1, min(g.OH, want))
     cols = max(1, min(g.OW, -(-want // rows)))
-    groups = max(1, min(c // _MIN_GROUP_CHANNELS, -(-want // (rows * cols))))
+    groups = 1  # channels are split only when not every tile has a band (pixel runs cost regions)
+    if n * rows * cols < target.num_tiles:
+        groups = max(1, min(c // _MIN_GROUP_CHANNELS, -(-want // (rows * cols))))
     chans = np.unique(np.minimum(c, (np.arange(groups + 1) * c // groups + 3) // 4 * 4))
     return (np.arange(rows + 1) * g.OH) // rows, (np.arange(cols + 1) * g.OW) // cols, chans
 
