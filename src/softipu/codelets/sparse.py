@@ -1,0 +1,203 @@
+"""popsparse-style static block-sparse codelets: one vertex multiplies the non-zero blocks of one
+block-row (sparse x dense) or block-column (dense x sparse) of a sparse matrix by the matching
+slices of a dense operand, for one slice of the dense operand's free dimension.
+
+**SparseDenseBlock** (``SupervisorVertex``), fields ``nz`` (``nb`` blocks of ``b x b``, row-major
+each), ``dense`` (the ``nb`` matching dense pieces, concatenated) and ``out`` (one ``b``-wide band
+of the result):
+
+* mode ``"sd"`` (sparse x dense, popsparse's ForwardAMPBlock): ``dense`` holds ``nb`` pieces of
+  ``b x z`` (the rows of the dense operand that each block's columns select), ``out`` is ``b x z``
+  and ``out = sum_j nz_j . dense_j``;
+* mode ``"ds"`` (dense x sparse, TransposeAMPBlock): ``dense`` holds ``nb`` pieces of ``z x b``,
+  ``out`` is ``z x b`` and ``out = sum_j dense_j . nz_j``.
+
+Block length 1 (element sparsity) uses the same fields with ``b = 1``.
+
+Cycle estimates. poplibs' static vertices (``popsparse::StaticSparseDenseMatMulBlock`` and
+``StaticSparseDenseElementWise``, lib/popsparse/StaticMatMulPartitioner / codelets) have no
+published estimator of their own: ``MAKE_CYCLE_ESTIMATOR_NAME(SparseDenseMatMulBlock)`` in
+lib/popsparse/popsparseCycleEstimators.cpp returns 0 [V]. We use the planner's model of the same
+AMP block kernels, ``sparseDenseBlockMultiply`` (block lengths 4, 8, 16) and
+``sparseDenseElementwiseMultiply`` (length 1), graphcore/poplibs lib/popsparse/
+PerformanceEstimation.hpp [V formulas], with one bucket holding this vertex's one sub-group
+(``numBuckets = numBucketsWithInfoForPN = averageSubgroupsPerBucket = 1``: a static pattern has no
+bucket search) [U: that the static vertex costs what the dynamic planner's model says], ``numX = 1``
+block-row, ``numY = [nb]``, ``numZ`` = the busiest worker's share ``ceil(z / W)`` of the free
+dimension (the planner's ``workerZElems``). Partials are the data type (ipu-facts-scale §5), so
+``floatPartials = floatInput``. Every figure is in :data:`BLOCK` / :data:`ELEMENT`.
+
+Worked check (fp16, 16x16 block, one block, z = 16 so numZ = 3, 16 conv units, retainX):
+workers ``6 x (22 + (22 + 3 x 4 - 3)) = 318``; supervisor ``40 + (0 + 1) x 46 + 56 = 142`` plus
+block loads ``(1 x (256 / 4 + 3 + 12) + 1) x 1 + 2 = 82``: **542** cycles.
+
+The engine evaluates a batch of vertices as one stacked ``matmul`` and sums over blocks, in fp32
+for fp16 data (any accumulation order, design.md principle 6), rounding once to the output type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from softipu.codelets._common import ceil_div
+from softipu.dtypes import DType
+from softipu.graph.vertex import Input, Output, SupervisorVertex, Vertex
+from softipu.target import Target
+
+__all__ = ["BLOCK", "ELEMENT", "BLOCK_SIZES", "BlockEstimates", "ElementEstimates",
+           "block_multiply_cycles", "element_multiply_cycles", "sparse_block_codelet"]
+
+BLOCK_SIZES = (1, 4, 8, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEstimates:
+    """``sparseDenseBlockMultiply`` figures [V] (poplibs lib/popsparse/PerformanceEstimation.hpp)."""
+
+    supervisor_overhead: int = 40
+    per_bucket_not_for_pn: int = 33  # x (buckets without info for this PN) x subgroups
+    per_subgroup_searched: int = 46  # x (subgroups searched until the first match)
+    per_bucket_for_pn: int = 56
+    coeff_load_divisor: tuple[int, int] = (4, 2)  # elements per 64-bit load: (half, float)
+    per_block_load: int = 3
+    per_weight_load: int = 12
+    retain_x_saving: int = 3  # worker cycles saved per weight load when X is retained
+    # by block length: cycles per Z element (half, float)
+    cycles_per_z: tuple[tuple[int, tuple[int, int]], ...] = ((4, (2, 4)), (8, (4, 8)), (16, (4, 4)))
+
+    def worker_overhead(self, block: int, float_in: bool, float_partials: bool, conv_units: int) -> int:
+        if block == 4:
+            return 26
+        if block == 8:
+            return 23 if float_in else (20 if float_partials else 23)
+        if float_partials:
+            return 23
+        return 22 if conv_units == 16 else 23
+
+    def inner_overhead(self, block: int, float_in: bool, float_partials: bool, conv_units: int,
+                       num_z: np.ndarray) -> np.ndarray:
+        """``innerOverhead`` by numZ = 1, 2, >= 3 [V]."""
+        if block == 4:
+            table = (14, 14, 14) if float_partials and float_in else (
+                (17, 18, 19) if float_partials else (15, 16, 17))
+        elif block == 8:
+            table = ((22, 22, 23) if float_in else (22, 23, 23)) if float_partials else (19, 20, 20)
+        elif float_partials or conv_units == 8:
+            table = (24, 25, 24)
+        else:
+            table = (22, 23, 22)
+        return np.asarray(table, np.int64)[np.clip(num_z, 1, 3) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class ElementEstimates:
+    """``sparseDenseElementwiseMultiply`` figures [V] (same file), block length 1."""
+
+    supervisor_overhead: int = 30
+    per_subgroup_searched: int = 44
+    per_bucket_for_pn: int = 46
+
+
+BLOCK = BlockEstimates()
+ELEMENT = ElementEstimates()
+
+
+def block_multiply_cycles(num_y, num_z, block: int, float_in: bool, conv_units: int,
+                          workers: int, retain_x: bool):
+    """Tile cycles of one vertex: one X block against ``num_y`` non-zero blocks, ``num_z``
+    free-dimension elements per worker (ints or int arrays) [V formula, see :data:`BLOCK`]."""
+    e = BLOCK
+    num_y = np.asarray(num_y, np.int64)
+    num_z = np.asarray(num_z, np.int64)
+    float_partials = float_in  # static: partials are the data type
+    supervisor = e.supervisor_overhead + e.per_subgroup_searched + e.per_bucket_for_pn
+    loads = 2 if (block == 16 and conv_units == 8) else 1
+    coeff = block * block // e.coeff_load_divisor[int(float_in)]
+    block_loads = (num_y * (coeff + e.per_block_load + e.per_weight_load * loads) + int(retain_x)) + 2
+    inner = (e.inner_overhead(block, float_in, float_partials, conv_units, num_z)
+             + num_z * dict(e.cycles_per_z)[block][int(float_in)])
+    worker = (e.worker_overhead(block, float_in, float_partials, conv_units)
+              + num_y * loads * (inner - e.retain_x_saving * int(retain_x)))
+    return worker * workers + supervisor + block_loads
+
+
+def _half_inner(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``sparseDenseElementwiseMultiply`` worker inner cycles of one row, half input [V]."""
+    general = (np.where(z // 8 > 0, 16 + z // 8 * 3 * y, 0) + np.where(z & 4, 13 + 2 * y, 0)
+               + np.where(z & 3, 11 + 2 * y * (z & 3), 0))
+    return np.where(z == 8, 3 * y, np.where(z == 4, 2 * y, general))
+
+
+def _float_inner(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The same, float input [V]."""
+    general = (np.where(z // 4 > 0, 12 + z // 4 * 3 * y, 0) + np.where(z & 2, 8 + z // 2 * 2 * y, 0)
+               + np.where(z & 1, 8 + 2 * y, 0) + np.where(z & 3, 3, 1))
+    return np.where(z == 4, 3 * y, np.where(z == 2, 2 * y, general))
+
+
+def element_multiply_cycles(num_y, num_z, float_in: bool, workers: int):
+    """Tile cycles of one element-sparse vertex: one row with ``num_y`` non-zeros, ``num_z``
+    free-dimension elements per worker [V formula, see :data:`ELEMENT`]."""
+    e = ELEMENT
+    y = np.asarray(num_y, np.int64)
+    z = np.asarray(num_z, np.int64)
+    supervisor = e.supervisor_overhead + e.per_subgroup_searched + e.per_bucket_for_pn
+    if float_in:
+        overhead = np.where(z == 4, 22, np.where(z == 2, 24, 27))
+        x_overhead = np.where(z == 4, 13, np.where(z == 2, 11, 12))
+        inner = _float_inner(y, z)
+    else:
+        overhead = np.where(z == 8, 25, np.where(z == 4, 27, 30))
+        x_overhead = np.where(z == 8, 15, 11)
+        inner = _half_inner(y, z)
+    return (overhead + x_overhead + inner) * workers + supervisor
+
+
+@cache
+def sparse_block_codelet(dtype: DType, block: int, mode: str) -> type[Vertex]:
+    """The static block-sparse product vertex for ``dtype``, block length ``block`` and ``mode``
+    ``"sd"`` (sparse x dense) or ``"ds"`` (dense x sparse); see the module docstring."""
+    if block not in BLOCK_SIZES or mode not in ("sd", "ds"):
+        raise ValueError(f"sparse_block_codelet: block {block} mode {mode!r}")
+    area = block * block
+    sd = mode == "sd"
+
+    class SparseDenseBlock(SupervisorVertex):
+        nz = Input(dtype)
+        dense = Input(dtype)
+        out = Output(dtype)
+
+        @staticmethod
+        def compute(nz, dense, out):
+            lead = out.shape[:-1]
+            nb = nz.shape[-1] // area
+            z = out.shape[-1] // block
+            s = nz.reshape(lead + (nb, block, block)).astype(np.float32, copy=False)
+            if sd:
+                d = dense.reshape(lead + (nb, block, z)).astype(np.float32, copy=False)
+                prod = np.matmul(s, d)
+            else:
+                d = dense.reshape(lead + (nb, z, block)).astype(np.float32, copy=False)
+                prod = np.matmul(d, s)
+            out[...] = prod.sum(axis=-3).reshape(out.shape)
+
+        @staticmethod
+        def cycles(nz, dense, out, target: Target):
+            workers = target.workers_per_tile
+            num_z = ceil_div(out // block, workers)
+            float_in = dtype.itemsize == 4
+            if block == 1:
+                return element_multiply_cycles(nz, num_z, float_in, workers)
+            units = target.conv_units_fp32 if float_in else target.conv_units_fp16
+            return block_multiply_cycles(nz // area, num_z, block, float_in, units, workers, sd)
+
+        @staticmethod
+        def flops(nz, dense, out):
+            return 2 * (nz // area) * area * (out // block)
+
+    name = "StaticSparseDenseMatMulBlock" if sd else "StaticDenseSparseMatMulBlock"
+    SparseDenseBlock.__name__ = SparseDenseBlock.__qualname__ = f"{name}<{dtype.name},{block}>"
+    return SparseDenseBlock

@@ -1,0 +1,128 @@
+"""Static block-sparse products (ops.sparse) against a dense numpy oracle, their partition, a
+hand-worked cycle figure from poplibs' formula, and the errors for bad patterns and operands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.codelets._common import contraction_bound
+from softipu.codelets.sparse import block_multiply_cycles
+from softipu.ops import OpError, sparse
+
+
+def _mask(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    mask = rng.random((rows, cols)) < 0.4
+    if kind == "empty_rows":
+        mask[::2] = False
+    elif kind == "full_rows":
+        mask[1] = True
+        mask[0] = True
+    elif kind == "one_block":
+        mask[:] = False
+        mask[rows - 1, cols // 2] = True
+    elif kind == "empty":
+        mask[:] = False
+    return mask
+
+
+def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int = 4, seed: int = 0):
+    """(result, oracle, |terms| for the bound, k) for one product."""
+    rng = np.random.default_rng(seed)
+    pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
+    g = sp.Graph(sp.targets.ipu_model(tiles=tiles))
+    prog = P.Sequence()
+    if mode == "sd":
+        nz = sparse.create_sparse_dense_matmul_lhs(g, pat, free, dtype)
+        d = sparse.create_sparse_dense_matmul_rhs(g, pat, free, dtype)
+        y = sparse.sparse_dense_matmul(g, nz, d, prog, pattern=pat)
+    else:
+        d = sparse.create_dense_sparse_matmul_lhs(g, pat, free, dtype)
+        nz = sparse.create_dense_sparse_matmul_rhs(g, pat, free, dtype)
+        y = sparse.dense_sparse_matmul(g, d, nz, prog, pattern=pat)
+    np_dtype = dtype.numpy
+    vals = rng.standard_normal((pat.nnz_blocks, block, block)).astype(np_dtype)
+    dense = rng.standard_normal(d.shape).astype(np_dtype)
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(nz, vals)
+    eng.write_tensor(d, dense)
+    eng.run(0)
+    s = pat.to_dense(vals.astype(np.float64))
+    dd = dense.astype(np.float64)
+    if mode == "sd":
+        want, terms = s @ dd, np.abs(s) @ np.abs(dd)
+    else:
+        want, terms = dd @ s, np.abs(dd) @ np.abs(s)
+    return eng.read_tensor(y).astype(np.float64), want, terms, pat.shape[1] if mode == "sd" else pat.shape[0]
+
+
+@pytest.mark.parametrize("mode", ["sd", "ds"])
+@pytest.mark.parametrize("kind", ["random", "empty_rows", "full_rows", "one_block", "empty"])
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+def test_fp32_matches_dense_oracle(mode, kind, block):
+    rng = np.random.default_rng(block)
+    blocks = 3 if block == 16 else 4
+    mask = _mask(kind, blocks, blocks + 1, rng)
+    got, want, terms, k = _run(mask, block, 7, sp.float32, mode)
+    assert got.shape == want.shape
+    assert np.all(np.abs(got - want) <= contraction_bound(terms, k) + 1e-30)
+
+
+@pytest.mark.parametrize("mode", ["sd", "ds"])
+@pytest.mark.parametrize("block", [4, 16])
+def test_fp16_within_bound(mode, block):
+    rng = np.random.default_rng(1)
+    mask = _mask("random", 3, 4, rng)
+    got, want, terms, k = _run(mask, block, 20, sp.float16, mode)
+    assert np.all(np.abs(got - want) <= contraction_bound(terms, k, out=np.float16))
+
+
+def test_partition_spreads_blocks_over_tiles():
+    # 8 block-rows, one with 8 blocks, seven with 1: with 8 tiles and a narrow free dim the full
+    # row gets a tile of its own and the others share the rest.
+    mask = np.zeros((8, 8), bool)
+    mask[0] = True
+    mask[1:, 0] = True
+    pat = sparse.CSRMatrix.from_mask(mask, 4)
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    plan = sparse.sparse_partition(g, pat, 6, sp.float32, "sd")
+    heavy = plan.tiles[plan.bands.index(0)]
+    assert sum(1 for t in plan.tiles if t == heavy) == 1
+    assert len(set(plan.tiles.tolist())) == 8
+
+
+def test_cycle_figure_worked_by_hand():
+    # poplibs sparseDenseBlockMultiply, fp16 16x16, one block, z = 16 over 6 workers (numZ 3),
+    # 16 conv units, retainX: workers 6 x (22 + (22 + 3*4 - 3)) = 318; supervisor
+    # 40 + 46 + 56 = 142; block load (256/4 + 3 + 12 + 1) + 2 = 82.
+    assert int(block_multiply_cycles(1, 3, 16, False, 16, 6, True)) == 318 + 142 + 82
+    g = sp.Graph(sp.targets.ipu_model(tiles=1))
+    pat = sparse.CSRMatrix.from_mask([[True]], 16)
+    prog = P.Sequence()
+    nz = sparse.create_sparse_dense_matmul_lhs(g, pat, 16, sp.float16)
+    d = sparse.create_sparse_dense_matmul_rhs(g, pat, 16, sp.float16)
+    sparse.sparse_dense_matmul(g, nz, d, prog, pattern=pat, name="spmm")
+    report = sp.Engine(g, [prog]).report
+    step = next(s for s in report.steps if s["name"] == "spmm")
+    assert step["compute_cycles"] == 542
+
+
+def test_bad_block_size_names_pattern_and_line():
+    with pytest.raises(OpError, match=r"block size 3 .*test_ops_sparse.py|test_ops_sparse.py.*block size 3"):
+        sparse.CSRMatrix((6, 6), 3, [0, 0, 0], [], name="w")
+
+
+def test_block_out_of_range():
+    with pytest.raises(OpError, match=r"'w'.*test_ops_sparse.py.*block-column 5, out of range 0..1"):
+        sparse.CSRMatrix((8, 8), 4, [0, 1, 1], [5], name="w")
+
+
+def test_values_of_wrong_shape_name_tensor_and_op():
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    pat = sparse.CSRMatrix.from_mask([[1, 1], [0, 1]], 4, name="w")
+    d = sparse.create_sparse_dense_matmul_rhs(g, pat, 5, sp.float32)
+    bad = g.add_variable(sp.float32, (2, 4, 4), name="vals")
+    with pytest.raises(OpError, match=r"sparse_dense_matmul.*test_ops_sparse.py.*vals.*\(3, 4, 4\)"):
+        sparse.sparse_dense_matmul(g, bad, d, P.Sequence(), pattern=pat)
