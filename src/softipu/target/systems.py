@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields, replace
 
 from softipu.debug import at, caller_location
 from softipu.errors import TargetError
-from softipu.target.targets import BOW, GC200, Target
+from softipu.target.targets import BOW, GC200, Target, checked_number
 
 __all__ = ["LinkLadder", "System", "ladder_of", "ipu_fabric", "smallest_fabric", "M2000", "BOW_2000", "POD4",
            "POD16", "POD64", "POD128", "POD256", "BOW_POD16", "BOW_POD64", "BOW_POD128", "BOW_POD256"]
@@ -147,16 +147,8 @@ class System:
         self._check_shape()
 
     def _check_number(self, name: str, annotation: str) -> None:
-        value = getattr(self, name)
-        want_int = annotation.startswith("int")
-        kind = numbers.Integral if want_int else numbers.Real
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if ok:
-            value = int(value) if want_int else float(value)
-            ok = math.isfinite(value) and (value > 0 or (value == 0 and name in _MAY_BE_ZERO))
-        if not ok:
-            raise TargetError(f"System {self.name!r}: {name} must be a positive "
-                              f"{'int' if want_int else 'number'}, got {value!r}")
+        value = checked_number(f"System {self.name!r}", name, getattr(self, name), annotation,
+                               name in _MAY_BE_ZERO)
         object.__setattr__(self, name, value)
 
     def _check_shape(self) -> None:

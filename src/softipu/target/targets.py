@@ -210,16 +210,7 @@ class Target:
         value = getattr(self, name)
         if value is None and annotation.endswith("| None"):
             return
-        want_int = annotation.startswith("int")
-        kind = numbers.Integral if want_int else numbers.Real
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if ok:
-            value = int(value) if want_int else float(value)
-            ok = math.isfinite(value) and (value > 0 or (value == 0 and name in _MAY_BE_ZERO))
-        if not ok:
-            sign = "non-negative" if name in _MAY_BE_ZERO else "positive"
-            what = f"a {sign} {'int' if want_int else 'finite number'}"
-            raise TargetError(f"Target {self.name!r}: {name} must be {what}, got {value!r}")
+        value = checked_number(f"Target {self.name!r}", name, value, annotation, name in _MAY_BE_ZERO)
         object.__setattr__(self, name, value)
 
     # --- Sizes ------------------------------------------------------------------------------------
@@ -416,6 +407,23 @@ class Target:
     @property
     def host_link_bytes_per_cycle(self) -> float:
         return self.host_link_bytes_per_second / self.clock_hz
+
+
+def checked_number(owner: str, name: str, value: Any, annotation: str, may_be_zero: bool) -> int | float:
+    """A hardware description's numeric field as a plain ``int`` (annotation ``int...``) or
+    ``float``: finite and positive (or zero where ``may_be_zero``), else a ``TargetError`` naming
+    ``owner`` (``"Target 'GC200'"``, say) and the field."""
+    want_int = annotation.startswith("int")
+    kind = numbers.Integral if want_int else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok:
+        value = int(value) if want_int else float(value)
+        ok = math.isfinite(value) and (value > 0 or (value == 0 and may_be_zero))
+    if not ok:
+        sign = "non-negative" if may_be_zero else "positive"
+        what = f"a {sign} {'int' if want_int else 'finite number'}"
+        raise TargetError(f"{owner}: {name} must be {what}, got {value!r}")
+    return value
 
 
 def _apply(value: int | IntArray, fn: Callable[[Any], Any]) -> int | IntArray:
