@@ -293,18 +293,11 @@ class Chains:
         self._reads: np.ndarray | None = None
         if executable.replication_factor != 1 or not FUSE_MATMULS:
             return
-        roots = list(executable.programs) + list(executable.functions.values())
-        executions: dict[int, int] = {}
-        for root in roots:
-            for node in P.walk(root):
-                if node.kind is P.ProgramKind.EXECUTE:
-                    executions[node.compute_set.id] = executions.get(node.compute_set.id, 0) + 1
-        for root in roots:
-            for node in P.walk(root):
-                if node.kind is P.ProgramKind.SEQUENCE:
-                    for cand in _candidates(executable, node.programs, executions):
-                        self.first[cand.steps[0]] = cand
-                        self.later.update(dict.fromkeys(cand.steps[1:], cand))
+        sequences, executions = sequences_and_executions(executable)
+        for children in sequences:
+            for cand in _candidates(executable, children, executions):
+                self.first[cand.steps[0]] = cand
+                self.later.update(dict.fromkeys(cand.steps[1:], cand))
 
     def __bool__(self) -> bool:
         return bool(self.first)
@@ -372,6 +365,20 @@ def _codelet_kind(codelet: type) -> tuple[str, Any] | None:
         if part == float32 and out in (float16, float32) and codelet is reduce_codelet(part, out):
             return "reduce", out
     return None
+
+
+def sequences_and_executions(executable: Executable) -> tuple[list[list[P.Program]], dict[int, int]]:
+    """What a fusion pass scans: the children of every Sequence in the executable's programs and
+    functions (in walk order), and how many Execute nodes run each compute set."""
+    sequences: list[list[P.Program]] = []
+    executions: dict[int, int] = {}
+    for root in list(executable.programs) + list(executable.functions.values()):
+        for node in P.walk(root):
+            if node.kind is P.ProgramKind.EXECUTE:
+                executions[node.compute_set.id] = executions.get(node.compute_set.id, 0) + 1
+            elif node.kind is P.ProgramKind.SEQUENCE:
+                sequences.append(node.programs)
+    return sequences, executions
 
 
 def _candidates(executable: Executable, children: list[P.Program],

@@ -38,7 +38,7 @@ import numpy as np
 
 from softipu.codelets.reduce import ReduceOp, columns_codelet, partials_dtype, rows_codelet
 from softipu.compiler.executable import Executable, VertexGroup
-from softipu.engine.chains import _overlaps, _param, _reads, _row_starts
+from softipu.engine.chains import _overlaps, _param, _reads, _row_starts, sequences_and_executions
 from softipu.graph import program as P
 
 __all__ = ["Reductions", "FUSE_REDUCTIONS", "EXACT_OPS"]
@@ -90,18 +90,11 @@ class Reductions:
         self._reads: list[tuple[int, Any, int, int]] | None = None
         if not FUSE_REDUCTIONS:
             return
-        roots = list(executable.programs) + list(executable.functions.values())
-        executions: dict[int, int] = {}
-        for root in roots:
-            for node in P.walk(root):
-                if node.kind is P.ProgramKind.EXECUTE:
-                    executions[node.compute_set.id] = executions.get(node.compute_set.id, 0) + 1
-        for root in roots:
-            for node in P.walk(root):
-                if node.kind is P.ProgramKind.SEQUENCE:
-                    for cand in _candidates(executable, node.programs, executions):
-                        self.first[cand.steps[0]] = cand
-                        self.second[cand.steps[1]] = cand
+        sequences, executions = sequences_and_executions(executable)
+        for children in sequences:
+            for cand in _candidates(executable, children, executions):
+                self.first[cand.steps[0]] = cand
+                self.second[cand.steps[1]] = cand
 
     def __bool__(self) -> bool:
         return bool(self.first)
