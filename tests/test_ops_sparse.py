@@ -28,7 +28,8 @@ def _mask(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarr
     return mask
 
 
-def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int = 4, seed: int = 0):
+def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int = 4, seed: int = 0,
+         reference: bool = False):
     """(result, oracle, |terms| for the bound, k) for one product."""
     rng = np.random.default_rng(seed)
     pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
@@ -45,7 +46,7 @@ def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int =
     np_dtype = dtype.numpy
     vals = rng.standard_normal((pat.nnz_blocks, block, block)).astype(np_dtype)
     dense = rng.standard_normal(d.shape).astype(np_dtype)
-    eng = sp.Engine(g, [prog])
+    eng = sp.Engine(g, [prog], {"engine.reference": reference})
     eng.write_tensor(nz, vals)
     eng.write_tensor(d, dense)
     eng.run(0)
@@ -77,6 +78,15 @@ def test_fp16_within_bound(mode, block):
     mask = _mask("random", 3, 4, rng)
     got, want, terms, k = _run(mask, block, 20, sp.float16, mode)
     assert np.all(np.abs(got - want) <= contraction_bound(terms, k, out=np.float16))
+
+
+@pytest.mark.parametrize("mode", ["sd", "ds"])
+def test_reference_interpreter_agrees(mode):
+    mask = _mask("random", 4, 3, np.random.default_rng(5))
+    fast, want, terms, k = _run(mask, 4, 9, sp.float32, mode)
+    ref, *_ = _run(mask, 4, 9, sp.float32, mode, reference=True)
+    assert np.all(np.abs(fast - ref) <= contraction_bound(terms, k) + 1e-30)
+    assert np.all(np.abs(ref - want) <= contraction_bound(terms, k) + 1e-30)
 
 
 def test_partition_spreads_blocks_over_tiles():
@@ -126,3 +136,15 @@ def test_values_of_wrong_shape_name_tensor_and_op():
     bad = g.add_variable(sp.float32, (2, 4, 4), name="vals")
     with pytest.raises(OpError, match=r"sparse_dense_matmul.*test_ops_sparse.py.*vals.*\(3, 4, 4\)"):
         sparse.sparse_dense_matmul(g, bad, d, P.Sequence(), pattern=pat)
+
+
+def test_dense_operand_of_wrong_shape_or_dtype():
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    pat = sparse.CSRMatrix.from_mask([[1, 0], [1, 1]], 4, name="w")
+    nz = sparse.create_dense_sparse_matmul_rhs(g, pat, 3, sp.float32)
+    wrong = g.add_variable(sp.float32, (3, 7), name="x")
+    with pytest.raises(OpError, match=r"dense_sparse_matmul.*x has shape \(3, 7\).*needs 8 along axis 1"):
+        sparse.dense_sparse_matmul(g, wrong, nz, P.Sequence(), pattern=pat)
+    half = g.add_variable(sp.float16, (3, 8), name="h")
+    with pytest.raises(OpError, match=r"both must be float16 or both float32"):
+        sparse.dense_sparse_matmul(g, half, nz, P.Sequence(), pattern=pat)
