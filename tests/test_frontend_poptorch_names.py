@@ -257,8 +257,7 @@ def test_enums_options_and_log_levels():
     assert {m.name for m in OverlapMode} == {"NoOverlap", "OverlapAccumulationLoop",
                                              "OverlapDeviceIterationLoop"}
     o = opts()
-    with pytest.warns(st.UnusedOptionWarning, match="broadcastBuffers"):
-        assert o.broadcastBuffers(False) is o
+    assert o.broadcastBuffers(False) is o  # implemented: tests/test_frontend_poptorch_state.py
     with pytest.warns(st.UnusedOptionWarning, match="TensorLocations.numIOTiles"):
         o.TensorLocations.numIOTiles(32)
     settings = poptorch.TensorLocationSettings().useIOTilesToLoad(True).useOnChipStorage(True)

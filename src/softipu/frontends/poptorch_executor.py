@@ -33,6 +33,13 @@ from softipu.frontends.errors import FrontendError, PoptorchError, RecoverableEr
 from softipu.frontends.poptorch_enums import HalfFloatCastingBehavior
 from softipu.frontends.poptorch_ops import POST_COMPILE_HOOKS
 from softipu.frontends.poptorch_options import Options
+from softipu.frontends.poptorch_state import (
+    anchored_values,
+    check_broadcast_buffers,
+    read_rng_state,
+    tensor_names,
+    write_rng_state,
+)
 from softipu.frontends.torch.options import UnusedOptionWarning
 from softipu.frontends.torch.runtime import InferenceModel
 from softipu.frontends.torch.training import TrainingModel
@@ -179,6 +186,8 @@ def _latency(counters: dict[str, list[list[float]]], first: str, last: str) -> t
 class PoplarExecutor:
     """PopTorch's executor: call it like the model; ``compile``, ``cycleCount``, weights, attach."""
 
+    _anchor_memory: dict[str, torch.Tensor] = {}  # replaced (never changed in place) per call
+
     def __init__(self, model: torch.nn.Module, options: Options | None = None) -> None:
         self._options = options or Options()
         opts = self._options.toSoftipu()
@@ -189,6 +198,7 @@ class PoplarExecutor:
         self._impl = InferenceModel(model, opts)
         self.model = model
         self._seen_version = model.__dict__.get("_softipu_host_version", 0)
+        self._anchor_memory: dict[str, torch.Tensor] = {}
 
     @_poptorch_errors
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -199,18 +209,72 @@ class PoplarExecutor:
                 self._impl.copy_weights_to_device()
         before = self._impl.compile_seconds
         args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
+        if self._impl.options.replication_factor > 1:  # PopTorch refuses at compile time
+            self._impl.compile(*args, **kwargs)
+            self._check_buffers()
         out = _as_32bit(self._impl(*args, **kwargs))
         if self._impl.compile_seconds is not before:
             _run_hooks()
+        if self._options._anchors:
+            self._anchor_memory = anchored_values(self._impl.lowered, self._impl.engine,
+                                                  self._options._anchors, self._impl.options)
         return out
+
+    def _check_buffers(self) -> None:
+        check_broadcast_buffers(self._impl.lowered.mutations, self._impl.options.replication_factor,
+                                self._options._values.get("_broadcast_buffers", True))
 
     @_poptorch_errors
     def compile(self, *args: Any, **kwargs: Any) -> None:
         before = self._impl.compile_seconds
         args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
         self._impl.compile(*args, **kwargs)
+        self._check_buffers()
         if self._impl.compile_seconds is not before:
             _run_hooks()
+
+    @_poptorch_errors
+    def getTensorNames(self) -> list[str]:  # noqa: N802
+        """The names of every tensor of the compiled graph (its variables: weights, inputs, op
+        results); the model must be compiled. Any of them can be anchored (``anchorTensor``)."""
+        self._need_compiled("getTensorNames")
+        return tensor_names(self._impl.lowered)
+
+    def getAnchoredTensor(self, short_name: str) -> torch.Tensor:  # noqa: N802
+        """The value after the last call of the tensor anchored as ``short_name``
+        (``Options.anchorTensor``)."""
+        if short_name not in self._anchor_memory:
+            raise as_poptorch_error(FrontendError(
+                f"getAnchoredTensor: no tensor with name {short_name!r} found (anchored: "
+                f"{sorted(self._options._anchors) or 'none'}); anchor it with "
+                "options.anchorTensor(short_name, name) and run the model first"))
+        return self._anchor_memory[short_name]
+
+    @property
+    def rng_state(self) -> list[int]:
+        """The random generator's seed and state of the compiled model: ``[seed, low, high]``, the
+        device seed's two words (advanced after every run). Setting it back makes the next runs
+        draw the same numbers again."""
+        self._need_compiled("rng_state")
+        graph, engine = self._devices()[0]
+        return read_rng_state(graph, engine, self._impl.options.seed or 0)
+
+    @rng_state.setter
+    def rng_state(self, state: list[int]) -> None:
+        self._need_compiled("rng_state")
+        for graph, engine in self._devices():
+            write_rng_state(graph, engine, state)
+
+    def _devices(self) -> list[tuple[Any, Any]]:
+        """(graph, engine) of every compiled signature, the current one first."""
+        current = self._impl._current
+        others = [c for c in self._impl._compiled.values() if c is not current]
+        return [(c.lowered.graph, c.engine) for c in ([current] if current else []) + others]
+
+    def _need_compiled(self, what: str) -> None:
+        if not self.isCompiled():
+            raise as_poptorch_error(FrontendError(
+                f"{what}: the model has not been compiled; call it or model.compile(inputs) first"))
 
     @_poptorch_errors
     def compileAndExport(self, filename: str | os.PathLike, *args: Any, export_model: bool = True,  # noqa: N802
@@ -348,6 +412,10 @@ class TrainingExecutor(PoplarExecutor):
 
     def __init__(self, model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> None:
         self._options = options or Options()
+        if self._options._anchors:
+            raise as_poptorch_error(FrontendError(
+                f"anchorTensor ({', '.join(sorted(self._options._anchors))}): softipu reads anchored "
+                "tensors back from inference models only; return the tensor from forward instead"))
         self._impl = TrainingModel(model, optimizer, self._options.toSoftipu())
         self.model = model
 
@@ -361,6 +429,9 @@ class TrainingExecutor(PoplarExecutor):
 
     def isCompiled(self) -> bool:  # noqa: N802
         return self._impl._lowered is not None
+
+    def _devices(self) -> list[tuple[Any, Any]]:
+        return [(self._impl.lowered.graph, self._impl.engine)]
 
     @_poptorch_errors
     def setOptimizer(self, optimizer: Any) -> None:  # noqa: N802

@@ -57,7 +57,7 @@ _STORED = {
     "": ("autoRoundNumIPUs", "connectionType", "disableModuleNamescope", "enableProfiling",
          "enableStableNorm", "enableSyntheticData", "logDir", "loadFromFile", "modelName",
          "setExecutionStrategy", "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
-         "useIpuId", "updatableNamedBuffers", "broadcastBuffers", "relaxOptimizerAttributesChecks",
+         "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
     "Training": ("setConvolutionDithering",),
@@ -204,6 +204,7 @@ class Options:
         self._values: dict[str, Any] = {}
         self._engine: dict[str, Any] = {}
         self._stored: dict[str, Any] = {}
+        self._anchors: dict[str, tuple[str, _Mode | None]] = {}
         self.Precision = _Precision(self)
         self.Training = _Training(self)
         self.TensorLocations = _TensorLocations(self)
@@ -274,6 +275,31 @@ class Options:
     def setTarget(self, target: Target) -> Options:  # noqa: N802 - softipu's extension
         return self._set("target", target)
 
+    def broadcastBuffers(self, broadcast_buffers: bool = True) -> Options:  # noqa: N802
+        """PopTorch's buffer broadcasting (on by default): PopTorch cannot broadcast buffers, so a
+        replicated model that changes a buffer raises unless this is False, which lets each
+        replica keep its own buffers (they drift apart)."""
+        self._values["_broadcast_buffers"] = bool(broadcast_buffers)
+        return self
+
+    def anchorTensor(self, short_name: str, long_name: str,  # noqa: N802
+                     output_mode: OutputMode | None = None, output_return_period: int | None = 1) -> Options:
+        """Read the tensor ``long_name`` (a name from the executor's ``getTensorNames()``) back after
+        each run, as ``getAnchoredTensor(short_name)``. softipu keeps the value at the end of the
+        run: ``output_mode`` (default: the model's) must be Final when deviceIterations > 1."""
+        mode = None if output_mode is None else _MODES[OutputMode(output_mode)]
+        if mode not in (None, _Mode.FINAL, _Mode.ALL, _Mode.DEFAULT):
+            raise FrontendError(f"anchorTensor({short_name!r}, {long_name!r}): output mode "
+                                f"{OutputMode(output_mode).name} is not supported for anchors; softipu "
+                                "returns the last iteration's value (OutputMode.Final)")
+        self._anchors[str(short_name)] = (str(long_name), mode)
+        return self
+
+    @property
+    def anchored_tensors(self) -> dict[str, str]:
+        """Short name -> tensor name of each anchored tensor (PopTorch's attribute)."""
+        return {short: long for short, (long, _) in self._anchors.items()}
+
     # -- reading back (PopTorch has these properties) ------------------------------------------------
     @property
     def replication_factor(self) -> int:
@@ -300,7 +326,7 @@ class Options:
         """An independent copy of these options (PopTorch's ``Options.clone``)."""
         twin = Options()
         twin._values, twin._engine = dict(self._values), dict(self._engine)
-        twin._stored = dict(self._stored)
+        twin._stored, twin._anchors = dict(self._stored), dict(self._anchors)
         return twin
 
     def toDict(self) -> dict[str, Any]:  # noqa: N802

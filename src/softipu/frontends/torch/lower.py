@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,6 +129,9 @@ class Lowered:
     # In-place changes of user inputs and buffers: ("input", flat input index, slot) or ("buffer",
     # buffer name, slot); streamed out every iteration (a buffer is also updated on the device).
     mutations: tuple[tuple[str, str, StreamSlot], ...] = ()
+    # Each graph node's result on the device by node name (PopTorch's anchorTensor reads these after
+    # a run); empty for a model loaded from an executable cache or export.
+    views: dict[str, Tensor] = field(default_factory=dict)
 
 
 class LoweringContext:
@@ -482,7 +485,8 @@ class _Lowerer:
             run = P.Sequence([run, *copies], name="run")
         return Lowered(self.graph, (self.load, run), tuple(self.inputs), tuple(outs),
                        tuple(self.weights), count, tuple(self.rewrites),
-                       mutations=tuple(mutations))
+                       mutations=tuple(mutations),
+                       views={n.name: v for n, v in self.env.items() if isinstance(v, Tensor)})
 
     def _mutations(self, output: torch.fx.Node, specs: Any) -> tuple[list, list[P.Program]]:
         """In-place changes of inputs and buffers: each new value streamed out every iteration

@@ -1,0 +1,143 @@
+"""PopTorch's executor state beyond weights, as PopTorch documents it: ``getTensorNames``,
+``Options.anchorTensor`` / ``getAnchoredTensor``, ``rng_state`` and ``Options.broadcastBuffers``.
+Values are compared with eager torch on the same module and inputs."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import softipu as sp
+import softipu.poptorch as poptorch
+import softipu.torch as st
+
+SMALL = sp.targets.ipu_model(tiles=8, bytes_per_tile=512 * 1024)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", st.UnusedOptionWarning)
+        yield
+
+
+def opts() -> poptorch.Options:
+    return poptorch.Options().setTarget(SMALL)
+
+
+class Hidden(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)) * 2
+
+
+def _relu_name(x: torch.Tensor) -> str:
+    probe = poptorch.inferenceModel(Hidden(), opts())
+    probe.compile(x)
+    names = probe.getTensorNames()
+    assert all(isinstance(n, str) for n in names) and {"x", "p_fc_weight", "p_fc_bias"} <= set(names)
+    return next(n for n in names if n.startswith("relu"))
+
+
+def test_get_tensor_names_needs_a_compiled_model():
+    model = poptorch.inferenceModel(Hidden(), opts())
+    with pytest.raises(poptorch.Error, match="not been compiled"):
+        model.getTensorNames()
+
+
+def test_anchored_tensors_hold_the_values_eager_torch_computes():
+    x = torch.randn(2, 4)
+    o = opts().anchorTensor("hidden", _relu_name(x)).anchorTensor("w", "p_fc_weight")
+    assert o.anchored_tensors["w"] == "p_fc_weight"
+    module = Hidden()
+    model = poptorch.inferenceModel(module, o)
+    with pytest.raises(poptorch.Error, match="no tensor with name 'hidden'"):
+        model.getAnchoredTensor("hidden")
+    out = model(x)
+    torch.testing.assert_close(model.getAnchoredTensor("hidden"), torch.relu(module.fc(x)).detach())
+    torch.testing.assert_close(model.getAnchoredTensor("w"), module.fc.weight.detach())
+    torch.testing.assert_close(out, model.getAnchoredTensor("hidden") * 2)
+
+
+def test_anchors_over_device_iterations_keep_the_last_iteration_with_output_mode_final():
+    x = torch.randn(3 * 2, 4)
+    name = _relu_name(x[:2])
+    module = Hidden()
+    model = poptorch.inferenceModel(module, opts().deviceIterations(3).anchorTensor(
+        "hidden", name, poptorch.OutputMode.Final))
+    model(x)
+    torch.testing.assert_close(model.getAnchoredTensor("hidden"), torch.relu(module.fc(x[4:])).detach())
+    every = poptorch.inferenceModel(Hidden(), opts().deviceIterations(3).anchorTensor("hidden", name))
+    with pytest.raises(poptorch.Error, match="OutputMode.Final"):
+        every(x)
+    with pytest.raises(poptorch.Error, match="no tensor 'reluu'; did you mean 'relu'"):
+        poptorch.inferenceModel(Hidden(), opts().anchorTensor("h", "reluu"))(x[:2])
+
+
+class Noisy(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.rand(x.shape)
+
+
+def test_rng_state_read_back_and_set_repeats_the_draws():
+    x = torch.zeros(2, 5)
+    model = poptorch.inferenceModel(Noisy(), opts().randomSeed(42))
+    with pytest.raises(poptorch.Error, match="not been compiled"):
+        model.rng_state  # noqa: B018
+    first = model(x)
+    state = model.rng_state
+    assert state[0] == 42 and len(state) == 3 and all(isinstance(v, int) for v in state)
+    second, third = model(x), model(x)
+    assert not torch.equal(first, second) and not torch.equal(second, third)  # each run draws anew
+    assert model.rng_state != state
+    model.rng_state = state
+    torch.testing.assert_close(model(x), second, rtol=0, atol=0)
+    torch.testing.assert_close(model(x), third, rtol=0, atol=0)
+    with pytest.raises(poptorch.Error, match="rng_state"):
+        model.rng_state = [1, 2]
+
+
+class Counter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(3))
+
+    def forward(self, x):
+        self.count += x.sum(0)
+        return x + self.count
+
+
+def test_replicated_buffer_changes_need_broadcast_buffers_false():
+    x = torch.arange(12.0).reshape(4, 3)
+    model = poptorch.inferenceModel(Counter(), opts().replicationFactor(2))
+    with pytest.raises(poptorch.Error, match=r"does not support broadcasting buffers.*broadcastBuffers\(False\)"):
+        model(x)
+    # broadcastBuffers(False): each replica keeps its own buffer, as two eager copies would.
+    module = Counter()
+    model = poptorch.inferenceModel(module, opts().replicationFactor(2).broadcastBuffers(False))
+    eager = [copy.deepcopy(Counter()) for _ in range(2)]
+    for _ in range(2):
+        want = torch.cat([eager[r](x[2 * r:2 * r + 2]) for r in range(2)])
+        torch.testing.assert_close(model(x), want)
+    model.copyWeightsToHost()
+    torch.testing.assert_close(module.count, eager[0].count)  # replica 0's
+
+
+def test_replicated_model_with_constant_buffers_runs_with_broadcast_on():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.full((3,), 2.0))
+
+        def forward(self, x):
+            return x * self.scale
+
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(poptorch.inferenceModel(Scaled(), opts().replicationFactor(2))(x), x * 2)
