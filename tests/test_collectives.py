@@ -130,6 +130,57 @@ def test_float_sums_follow_the_ring_order_bitwise_and_reference_agrees(method, s
     np.testing.assert_array_equal(ref.read_tensor(y), fast.read_tensor(y))
 
 
+def meet_sum(rows: np.ndarray, q: int) -> np.ndarray:
+    """Rank q's fragment as meet-in-middle adds it (poplibs' meetInMiddle sequences): the clockwise
+    partial from c = n // 2 places back up to q (own row last), plus the anticlockwise one from
+    a = (n - 1) // 2 places on down to q + 1."""
+    n, p = rows.shape[0], RING4.index(q)
+    c, a = n // 2, (n - 1) // 2
+    cw = rows[RING4[(p - c) % n]].copy()
+    for i in range(c - 1, -1, -1):
+        cw = cw + rows[RING4[(p - i) % n]]
+    acw = rows[RING4[(p + a) % n]].copy()
+    for i in range(a - 1, 0, -1):
+        acw = acw + rows[RING4[(p + i) % n]]
+    return cw + acw
+
+
+def test_meet_in_middle_runs_half_way_round_both_ways_bitwise():
+    replicas, numel = 4, 12
+    g = sp.Graph(TARGET, replication_factor=replicas)
+    x = g.add_variable(sp.float32, (numel,), "x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    y = C.all_reduce(g, x, prog, options={"method": Method.MEET_IN_MIDDLE_RING})
+    gathered = C.all_gather(g, x, prog, options={"method": Method.MEET_IN_MIDDLE_RING})
+    values = (data(sp.float32, (replicas, numel), seed=5) * np.float32(1e4)) ** 3  # order shows
+    eng = run(g, prog, x, values)
+    rows = values.reshape(replicas, replicas, numel // replicas)
+    want = np.concatenate([meet_sum(rows[:, f], f) for f in range(replicas)])
+    np.testing.assert_array_equal(eng.read_tensor(y), np.broadcast_to(want, (replicas, numel)))
+    np.testing.assert_array_equal(eng.read_tensor(gathered), np.broadcast_to(values, (replicas,) * 2 + (numel,)))
+    # A phase (three here: the all-reduce's two, the all-gather) is n - 1 = 3 exchanges: (n - 1) // 2
+    # = 1 both ways and one clockwise (n even), as GCL's and as links.collective_cost prices it.
+    copies = [node for node in P.walk(prog) if isinstance(node, P.CrossReplicaCopy)]
+    assert sorted(len(node.transfers) for node in copies) == [1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("replicas", [3, 5, 6, 8])
+def test_meet_in_middle_matches_numpy_for_odd_and_even_groups(replicas):
+    g = sp.Graph(TARGET, replication_factor=replicas)
+    x = g.add_variable(sp.int32, (2 * replicas + 1,), "x")
+    sp.ops.map_linearly(g, x)
+    prog, o = P.Sequence(), {"method": Method.MEET_IN_MIDDLE_RING}
+    total = C.all_reduce(g, x, prog, options=o)
+    low = C.reduce_scatter(g, x, prog, op=Op.MIN, options=o)
+    values = data(sp.int32, (replicas, x.numel), seed=replicas)
+    eng = run(g, prog, x, values)
+    np.testing.assert_array_equal(eng.read_tensor(total), np.broadcast_to(values.sum(0), values.shape))
+    padded = np.zeros((replicas, 3), np.int32)
+    padded.flat[: x.numel] = values.min(0)
+    np.testing.assert_array_equal(eng.read_tensor(low), padded)
+
+
 def test_all_to_all_transposes_rows_across_replicas():
     replicas = 4
     g = sp.Graph(TARGET, replication_factor=replicas)
@@ -231,15 +282,13 @@ def test_built_all_reduce_costs_what_collective_cost_prices_and_adds_exactly(rep
     np.testing.assert_array_equal(eng.read_tensor(y), np.broadcast_to(values.sum(0), (replicas, numel)))
     steps = eng.executable.steps
     built = sum(count * steps[i].cycles for i, count in enumerate(eng.log.step_counts))
-    # The analytic price of the steps built: links + one compute set a ring step + each phase's
-    # set-up (softipu.target.links.ring_phase_compute_cycles). AUTO's meet-in-middle runs as the
-    # bidirectional ring pair (softipu.collectives.api), so that is what is priced. Margin 3%: the
-    # compiler prices each compute set's read of the step index as the exchange it is (38 to 115
-    # cycles here, by tile placement), the model as one exchange start (30).
+    # The analytic price (AUTO: clockwise at 2 ranks, meet-in-middle above at these sizes): links
+    # + one compute set a ring step + each phase's set-up (links.ring_phase_compute_cycles).
+    # Margin 3%: the compiler prices each compute set's read of the step index as the exchange it
+    # is (38 to 115 cycles here, by tile placement), the model as one exchange start (30).
     system = systems.smallest_fabric(replicas, TARGET)
-    method = C.auto_method(system, "all_reduce", numel * 4, replicas).name.lower()
-    method = {"meet_in_middle_ring": "bidirectional_ring_pair"}.get(method, method)
-    model = links.collective_cost(system, "all_reduce", numel * 4, replicas, method=method)
+    model = links.collective_cost(system, "all_reduce", numel * 4, replicas)
+    assert model.method == ("clockwise_ring" if replicas == 2 else "meet_in_middle_ring")
     assert built == pytest.approx(model.cycles, rel=0.03)
     assert model.compute_cycles > 0
 

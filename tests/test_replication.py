@@ -148,14 +148,13 @@ def test_cycles_grow_by_the_all_reduces_priced_on_the_links():
     assert total_many - total_one == sum(collective.values()) + loops
     # Their links: one all-reduce per gradient (float32, Mean) over the 4 IPUs of the smallest
     # fabric holding the replicas, each priced by the link model for the whole collective by the
-    # rings run (softipu.collectives runs poplibs' meet-in-middle choice as the bidirectional pair).
+    # rings run (poplibs' AUTO choice, meet-in-middle included, run as such by softipu.collectives).
     links_cycles = sum(v for k, v in collective.items() if k.startswith("CrossReplicaCopy:"))
     system = systems.smallest_fabric(R, CHIP)
     expected = 0
     for p in Encoder().parameters():
         nbytes = p.numel() * 4
         method = sp.collectives.auto_method(system, "all_reduce", nbytes, R).name.lower()
-        method = {"meet_in_middle_ring": "bidirectional_ring_pair"}.get(method, method)
         expected += links.collective_cost(system, "all_reduce", nbytes, R, method=method,
                                           compute=False).cycles
     assert links_cycles == expected > 0
@@ -245,6 +244,5 @@ def test_merged_all_reduce_is_one_collective_with_the_same_result(accumulation):
     system = systems.smallest_fabric(R, CHIP)
     nbytes = sum(p.numel() for p in net.parameters()) * 4
     method = sp.collectives.auto_method(system, "all_reduce", nbytes, R).name.lower()
-    method = {"meet_in_middle_ring": "bidirectional_ring_pair"}.get(method, method)
     expected = links.collective_cost(system, "all_reduce", nbytes, R, method=method, compute=False).cycles
     assert sum(v for k, v in b.items() if k.startswith("CrossReplicaCopy:")) == expected

@@ -185,21 +185,22 @@ def test_pod16_all_reduce_meet_in_middle_by_hand():
     assert cost.method == "meet_in_middle_ring" and cost.num_steps == 16
     link_only = 16 * (2985 + 50 + 350)
     # Compute, as softipu.collectives builds it (GCL's loop: one compute set a step; GC200: sync
-    # 150, exchange start 30, 6 workers, 8-byte vectors, a loop turn 10). A fragment is 16,384
-    # floats a direction; over 1472 tiles in whole vectors of 2, a tile holds 2*ceil(32768/1472/2)
-    # = 24 columns both ways (12 one way), straddling direction blocks (16384 % 24 != 0): two
-    # pieces. A piece's vertex: 6 x (39 set-up + vectors x 2 for a reduce, x 1 for a store/copy).
-    rs_both = 150 + 30 + 2 * 6 * (39 + 2 * 2) + 24  # ceil(24/6)=4 floats = 2 vectors: 720
-    rs_one = 150 + 30 + 2 * 6 * (39 + 1 * 2) + 24  # 12 -> 2 floats a worker, 1 vector: 696
-    ag_both = 150 + 30 + 2 * 6 * (39 + 2) + 24  # 696
-    ag_one = 150 + 30 + 2 * 6 * (39 + 1) + 24  # 684
-    # Before each phase's loop: the row table's look-up (2 syncs with the counter's copy, an
-    # exchange start, one 1-row vertex) and the first send / own store (a both-ways store: 696).
-    prologue = 2 * 150 + 30 + 6 * (39 + 1) + ag_both
-    turns = 8 // 2 * 10
-    assert cost.compute_cycles == (prologue + turns + 7 * rs_both + rs_one) + (prologue + turns + 7 * ag_both
-                                                                               + ag_one) == 13904
-    assert cost.cycles == link_only + 13904
+    # 150, exchange start 30, 6 workers, 8-byte vectors, a loop turn 10, increment 4 x 6 = 24).
+    # Meet-in-middle, 16 ranks: c = 8 clockwise steps, a = 7 anticlockwise, both rings over the
+    # whole 16,384-float fragment: a tile holds 2*ceil(16384/1472/2) = 12 columns, 2 a worker (one
+    # vector). A vertex: 6 x (39 set-up + 2 slots a vector to reduce, 1 to store or copy).
+    red, store = 6 * (39 + 2), 6 * (39 + 1)  # 246, 240
+    cs = 150 + 30 + 24  # sync, exchange start, increment
+    setup = 2 * 150 + 30 + 6 * (39 + 1)  # row table look-up (a compute set) + the counter's copy
+    turns = (7 - 1) // 2 * 10
+    # reduce-scatter: first sends both ways (copies); 6 both-way steps; step 7 (the anticlockwise
+    # arrival not reduced), step 8 (clockwise only) and the combine: one reduction each.
+    rs = setup + (cs + 2 * store) + turns + 6 * (cs + 2 * red) + 3 * (cs + red)
+    # all-gather: the own row stored; 7 both-way steps, 1 clockwise.
+    ag = setup + (cs + store) + turns + 7 * (cs + 2 * store) + (cs + store)
+    assert (rs, ag) == (6810, 6276)
+    assert cost.compute_cycles == rs + ag == 13086
+    assert cost.cycles == link_only + 13086
     assert L.collective_cost(POD16, "all_reduce", 2**20, compute=False).cycles == link_only
     # busbw = algbw x 2 x 15/16
     assert cost.bus_bandwidth == pytest.approx(2**20 / (cost.cycles / CLOCK) * 30 / 16)

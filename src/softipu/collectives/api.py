@@ -12,10 +12,12 @@ Options (``options={...}``):
 * ``"method"`` — a :class:`Method` or its name (default ``AUTO``: poplibs' choice,
   :func:`auto_method`). Clockwise and anticlockwise rings run as such; the bidirectional ring
   pair runs half the columns each way, both rings stepping together (one exchange a step).
-  NOTE: meet-in-middle runs as the bidirectional ring pair and quad-directional as four rings
-  over quarters (two each way, on the same ring rather than a mirrored one): the values are the
-  same up to float summation order, which is each ring's (see :mod:`softipu.collectives.ring`),
-  and the price is that of the rings run.
+  Meet-in-middle runs as poplibs' (:mod:`softipu.collectives.meet`: both rings over the whole
+  fragment, half way round) from 3 ranks, its reductions with the fused vertex (float16 falls
+  back to the bidirectional pair). NOTE: quad-directional runs as four rings over quarters (two
+  each way, on the same ring rather than a mirrored one): the values are the same up to float
+  summation order, which is each ring's (see :mod:`softipu.collectives.ring`), and the price is
+  that of the rings run.
 * ``"injectFault"`` — ``("link", a, b)`` or ``("replica", r)``: the collective's cross-replica
   steps fail when they use that link or replica, raising ``LinkFailure`` (an ``EngineError``)
   at run time; nothing the collective writes for the user is touched.
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 import softipu.ops as ops
+from softipu.collectives.codelets import FUSED_DTYPES
 from softipu.collectives.groups import (
     CollectiveError,
     CollectiveOperator,
@@ -46,7 +49,8 @@ from softipu.collectives.groups import (
     Method,
     auto_method,
 )
-from softipu.collectives.ring import Ring, map_by_columns
+from softipu.collectives.meet import meet_all_gather, meet_reduce_scatter
+from softipu.collectives.ring import _FUSED_OP, Ring, map_by_columns
 from softipu.collectives.ring import all_gather as ring_all_gather
 from softipu.collectives.ring import reduce_scatter as ring_reduce_scatter
 from softipu.debug import at, caller_location
@@ -88,12 +92,23 @@ class _Call:
         self.method = method
         self.order = links.ring_order(self.groups.n, links.ring_pattern(system, k))  # poplibs' ring
         self.where = where
+        # Meet-in-middle runs as such (collectives.meet) from 3 ranks, reductions with the fused
+        # vertex; else as the bidirectional ring pair.
+        reduces = kind in ("all_reduce", "reduce_scatter") and self.op is not CollectiveOperator.LOCAL
+        self.meets = method is Method.MEET_IN_MIDDLE_RING and self.groups.n >= 3 and (
+            not reduces or (t.dtype.name in FUSED_DTYPES and self.op in _FUSED_OP))
+
+    def pair(self) -> tuple[Ring, Ring]:
+        """The clockwise and anticlockwise rings of a meet-in-middle collective."""
+        return tuple(Ring(self.ctx, self.groups, cw, self.fault, self.order) for cw in (True, False))
 
     def error(self, message: str) -> CollectiveError:
         return CollectiveError(f"{self.where}: {message}")
 
     def rings(self, width: int) -> list[tuple[Ring, int, int]]:
         """(ring, first column, end column) per direction the method uses over ``width`` columns."""
+        if self.meets:  # both rings over every column: one part
+            return [(self.pair()[0], 0, width)]
         directions = {Method.CLOCKWISE_RING: [True], Method.ANTICLOCKWISE_RING: [False],
                       Method.QUAD_DIRECTIONAL_RING: [True, False, True, False]}.get(
                           self.method, [True, False])
@@ -145,8 +160,12 @@ def _like(graph: Graph, t: Tensor, copies: int | None, name: str) -> Tensor:
 
 
 def _same_view(a: Tensor, b: Tensor) -> bool:
-    return (a.index is None and b.index is None and a.dtype == b.dtype and a.shape == b.shape
-            and a.offset == b.offset and a.strides == b.strides)
+    """Whether ``a`` and ``b`` are the same elements in the same order (a copy would be a no-op)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.index is None and b.index is None:
+        return a.offset == b.offset and a.strides == b.strides
+    return bool(np.array_equal(a.addresses(), b.addresses()))
 
 
 def _operator(ctx: OpContext, op: Any, t: Tensor, where: str) -> CollectiveOperator:
@@ -223,6 +242,8 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
         owns = [ops.dynamic_slice(graph, piece, ring.rows_at(0, "rank", prog), prog, size=1,
                                   name=f"{name}/local").reshape(piece.shape[1])
                 for (ring, _, _), piece in zip(rings, pieces, strict=True)]
+    elif call.meets:
+        owns = [meet_reduce_scatter(call.pair(), rows, _FUSED_OP[call.op], prog)]
     else:
         owns = ring_reduce_scatter([ring for ring, _, _ in rings], pieces, call.op, prog)
     return [(own, c0, c1) for own, (_, c0, c1) in zip(owns, rings, strict=True)], m
@@ -245,7 +266,10 @@ def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
     # ``rearrangePost``); with a fault, that also keeps ``dst`` as it was.
     gathered = dst.reshape(n, columns) if direct else call.output(dst, (n, columns), "gathered")
     into = [gathered[:, c0:c1] for _, c0, c1 in parts]
-    zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch)
+    if call.meets:
+        zs = [meet_all_gather(call.pair(), parts[0][0], into[0], call.ctx.prog, scratch)]
+    else:
+        zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch)
     return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns)
 
 

@@ -85,29 +85,31 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
 
 @cache
 def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
-    """``RingStore<dtype>``: ``rows[table[step]] = update`` (GCL's ``allgatherCopy`` into the
-    fragment picked by the step's index)."""
+    """``RingStore<dtype>``: ``rows[tables[i][step]] = updates[i]`` for each direction ``i`` (GCL's
+    ``allgatherCopy`` into the fragment picked by the step's index); the directions of a
+    meet-in-middle ring store into the same rows, so one vertex does both (distinct rows)."""
 
     class RingStore(MultiVertex):
         step = Input(offset_dtype, FieldShape.SCALAR)
-        table = Input(offset_dtype)
-        update = Input(dtype)
+        tables = Input(offset_dtype, FieldShape.VECTOR_LIST)
+        updates = Input(dtype, FieldShape.VECTOR_LIST)
         rows = InOut(dtype, FieldShape.VECTOR_LIST)
 
         @staticmethod
-        def compute(step, table, update, rows):
-            start = _offsets(step, table, len(rows))
-            first = int(start.flat[0]) if start.size else 0
-            if np.all(start == first):
-                rows[first][...] = update
-                return
-            for k in np.unique(start).tolist():
-                hit = start == k
-                rows[k][hit] = update[hit]
+        def compute(step, tables, updates, rows):
+            for table, update in zip(tables, updates, strict=True):
+                start = _offsets(step, table, len(rows))
+                first = int(start.flat[0]) if start.size else 0
+                if np.all(start == first):
+                    rows[first][...] = update
+                    continue
+                for k in np.unique(start).tolist():
+                    hit = start == k
+                    rows[k][hit] = update[hit]
 
         @staticmethod
-        def cycles(step, table, update, rows, target):
-            return ring_vertex_cycles(target, update, dtype.itemsize, False)
+        def cycles(step, tables, updates, rows, target):
+            return sum(ring_vertex_cycles(target, u, dtype.itemsize, False) for u in updates)
 
     RingStore.__name__ = RingStore.__qualname__ = f"RingStore<{dtype.name}>"
     return RingStore
@@ -158,17 +160,34 @@ def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, 
     """
     graph: Graph = ctx.graph
     cs = graph.add_compute_set(f"{ctx.name}/{'reduce' if op else 'store'}", op=ctx.op)
-    for t, rows, table in parts:
-        codelet = (ring_reduce_codelet(t.dtype, step.dtype, op) if op else
-                   ring_store_codelet(t.dtype, step.dtype))
-        n, length = rows.shape[0], table.numel
 
-        def fields(s, width, t=t, rows=rows, table=table, n=n, length=length):
-            return {"step": step.reshape(1, 1).broadcast((s.size, 1)),
-                    "table": table.reshape(1, length).broadcast((s.size, length)),
-                    "rows": [rows_of(rows[k], s, width) for k in range(n)],
-                    ("acc" if op else "update"): rows_of(t, s, width)}
-        _add_pieces(graph, cs, codelet, t, fields)
+    def bcast(table, s):
+        return table.reshape(1, table.numel).broadcast((s.size, table.numel))
+
+    if op:
+        for t, rows, table in parts:
+            def fields(s, width, t=t, rows=rows, table=table):
+                return {"step": step.reshape(1, 1).broadcast((s.size, 1)), "table": bcast(table, s),
+                        "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])],
+                        "acc": rows_of(t, s, width)}
+            _add_pieces(graph, cs, ring_reduce_codelet(t.dtype, step.dtype, op), t, fields)
+    else:  # parts storing into the same rows (meet-in-middle's two directions): one vertex
+        groups: list[list] = []
+        for part in parts:
+            same = [g for g in groups if g[0][1] is part[1]]
+            if same:
+                same[0].append(part)
+            else:
+                groups.append([part])
+        for group in groups:
+            rows = group[0][1]
+
+            def fields(s, width, group=group, rows=rows):
+                return {"step": step.reshape(1, 1).broadcast((s.size, 1)),
+                        "tables": [bcast(table, s) for _, _, table in group],
+                        "updates": [rows_of(u, s, width) for u, _, _ in group],
+                        "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])]}
+            _add_pieces(graph, cs, ring_store_codelet(rows.dtype, step.dtype), group[0][0], fields)
     _, _, tiles = tile_regions(graph, next_step)
     graph.add_vertices(cs, ring_next_codelet(step.dtype),
                        {"step": step.reshape(1, 1), "next": next_step.reshape(1, 1)}, tiles[:1])

@@ -159,12 +159,14 @@ def _counters(ring: Ring, prog: P.Sequence) -> tuple[Tensor, Tensor]:
     return counters
 
 
-def _sequences(rings: list[Ring], steps_on: int, length: int, prog: P.Sequence) -> Tensor:
-    """Every ring's fragment rows (:meth:`Ring.sequence`), a (rings, length) table made once
-    before the loop (GCL's ``initIndex``: no index arithmetic in the loop)."""
+def _sequences(rings: list[Ring], steps_on: int | list[int], length: int, prog: P.Sequence) -> Tensor:
+    """Every ring's fragment rows (:meth:`Ring.sequence`; ``steps_on`` one for all or one a
+    ring), a (rings, length) table made once before the loop (GCL's ``initIndex``: no index
+    arithmetic in the loop)."""
     ring0 = rings[0]
-    values = [[[ring.rank_at(ring.position(r) - (steps_on + j) * ring.d) for j in range(length)]
-               for ring in rings] for r in range(ring0.groups.replicas)]
+    ons = steps_on if isinstance(steps_on, list) else [steps_on] * len(rings)
+    values = [[[ring.rank_at(ring.position(r) - (on + j) * ring.d) for j in range(length)]
+               for ring, on in zip(rings, ons, strict=True)] for r in range(ring0.groups.replicas)]
     return ring0.per_replica(values, "rows", prog).reshape(len(rings), length)
 
 

@@ -349,28 +349,40 @@ def _busiest_pieces(chip: Target, columns: int, directions: int, tiles: int,
 
 
 def ring_compute_set_cycles(chip: Target, direction_bytes: float, directions: int, ipus_per_replica: int,
-                            itemsize: int, reduce: bool) -> int:
+                            itemsize: int, reduce: bool, shared: bool = False) -> int:
     """One ring step's compute set: sync, the exchange that reads the step index, and its busiest
     tile's vertices (one a piece, :func:`_busiest_pieces`) plus the index increment;
-    ``direction_bytes`` per replica in each of ``directions`` rings."""
-    columns = max(1, math.ceil(direction_bytes * directions / itemsize))
-    pieces, width = _busiest_pieces(chip, columns, directions, ipus_per_replica * chip.compute_tiles_per_ipu,
-                                    itemsize)
+    ``direction_bytes`` per replica in each of ``directions`` rings, side by side, or (``shared``,
+    meet-in-middle) over the same columns: then every tile works on its columns once a direction."""
+    tiles = ipus_per_replica * chip.compute_tiles_per_ipu
+    if shared:
+        columns = max(1, math.ceil(direction_bytes / itemsize))
+        vw = chip.vector_width(itemsize)
+        pieces, width = directions, min(columns, vw * math.ceil(columns / tiles / vw))
+    else:
+        columns = max(1, math.ceil(direction_bytes * directions / itemsize))
+        pieces, width = _busiest_pieces(chip, columns, directions, tiles, itemsize)
     return (chip.on_chip_sync_cycles + chip.exchange_latency_cycles
             + pieces * ring_vertex_cycles(chip, width, itemsize, reduce)
             + RING_NEXT_INSTRUCTIONS * chip.workers_per_tile)
 
 
-def _ring_shape(method: str, n: int, frag: float) -> list[tuple[int, int, float]]:
-    """(steps, directions, bytes per direction) of a ring phase by ``method`` (as _ring_steps)."""
+def _ring_shape(method: str, n: int, frag: float, reduce: bool) -> list[tuple[int, int, float, bool]]:
+    """(compute sets, directions, bytes a direction, reduce?) of a ring phase by ``method``, after
+    its first compute set, as softipu.collectives builds it (rings: ring.py; meet-in-middle:
+    meet.py, ``c = n // 2`` clockwise and ``a = (n - 1) // 2`` anticlockwise steps over the whole
+    fragment; its reduce-scatter's last anticlockwise arrival is not reduced and the two partials
+    are combined in one more compute set)."""
     if method in ("clockwise_ring", "anticlockwise_ring"):
-        return [(n - 1, 1, frag)]
+        return [(n - 1, 1, frag, reduce)]
     if method == "bidirectional_ring_pair":
-        return [(n - 1, 2, frag / 2)]
+        return [(n - 1, 2, frag / 2, reduce)]
     if method == "quad_directional_ring":
-        return [(n - 1, 4, frag / 4)]
-    both = (n - 1) // 2  # meet-in-middle
-    return [e for e in ((both, 2, frag), ((n - 1) - 2 * both, 1, frag)) if e[0]]
+        return [(n - 1, 4, frag / 4, reduce)]
+    c, a = n // 2, (n - 1) // 2  # meet-in-middle
+    if reduce:
+        return [(a - 1, 2, frag, True), (1 + (c - a) + 1, 1, frag, True)]
+    return [(a, 2, frag, False), (c - a, 1, frag, False)]
 
 
 def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, ipus_per_replica: int = 1,
@@ -378,20 +390,24 @@ def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, 
     """The compute of one ring phase (reduce-scatter: ``reduce``; all-gather) of ``nbytes`` per
     replica over ``n`` ranks, as softipu.collectives builds it (GCL's program): before the loop
     the replica's row table looked up (a compute set of one row), the counter set (a copy) and
-    the first send's slice or the own row's store (a ring compute set); then one ring compute set
-    per step, two steps a ``Repeat`` turn. Syncs of the link steps are priced with the links
-    (:func:`ring_step`)."""
+    the first sends' slices or the own row's store (a ring compute set); then one ring compute
+    set per step (:func:`_ring_shape`), two steps a ``Repeat`` turn. Syncs of the link steps are
+    priced with the links (:func:`ring_step`). Meet-in-middle from 3 ranks; at 2 it is a ring."""
     if n < 2:
         return 0
-    shape = _ring_shape(method, n, nbytes / n)
-    _, dirs, per_dir = shape[0]
-    k = ipus_per_replica
+    meet = method == "meet_in_middle_ring"
+    if meet and n < 3:
+        method, meet = "clockwise_ring", False
+    frag, k = nbytes / n, ipus_per_replica
+    shape = _ring_shape(method, n, frag, reduce)
+    first = (2, frag) if meet and reduce else (1, frag) if meet else shape[0][1:3]
     prologue = (2 * chip.on_chip_sync_cycles + chip.exchange_latency_cycles
                 + ring_vertex_cycles(chip, 1, 4, False)
-                + ring_compute_set_cycles(chip, per_dir, dirs, k, itemsize, False))
-    loop = sum(steps for steps, _, _ in shape) // 2 * chip.control_cycles_per_step  # Repeat turns
-    return prologue + loop + sum(steps * ring_compute_set_cycles(chip, b, d, k, itemsize, reduce)
-                                 for steps, d, b in shape)
+                + ring_compute_set_cycles(chip, first[1], first[0], k, itemsize, False, meet))
+    turns = ((n - 1) // 2 - 1) // 2 if meet else (n - 1) // 2
+    steps = sum(sets * ring_compute_set_cycles(chip, b, d, k, itemsize, r, meet)
+                for sets, d, b, r in shape if sets > 0)
+    return prologue + turns * chip.control_cycles_per_step + steps
 
 
 def collective_cost(system: System, operation: str, nbytes: int, num_replicas: int | None = None, *,
