@@ -258,8 +258,7 @@ def test_enums_options_and_log_levels():
                                              "OverlapDeviceIterationLoop"}
     o = opts()
     assert o.broadcastBuffers(False) is o  # implemented: tests/test_frontend_poptorch_state.py
-    with pytest.warns(st.UnusedOptionWarning, match="TensorLocations.numIOTiles"):
-        o.TensorLocations.numIOTiles(32)
+    assert o.TensorLocations.numIOTiles(32) is o.TensorLocations  # tests/test_frontend_poptorch_state.py
     settings = poptorch.TensorLocationSettings().useIOTilesToLoad(True).useOnChipStorage(True)
     assert settings.stored == {"useIOTilesToLoad": True, "useOnChipStorage": True}
     x = torch.randn(2, 3)

@@ -141,3 +141,25 @@ def test_replicated_model_with_constant_buffers_runs_with_broadcast_on():
 
     x = torch.randn(4, 3)
     torch.testing.assert_close(poptorch.inferenceModel(Scaled(), opts().replicationFactor(2))(x), x * 2)
+
+
+def test_num_io_tiles_takes_compute_tiles_away():
+    """numIOTiles: an even number from 32 to 192; the IO tiles reduce the tiles available for
+    computation (PopTorch's reference). Values stay those of eager torch."""
+    chip = sp.targets.ipu_model(tiles=64, bytes_per_tile=512 * 1024)
+    for bad in (31, 30, 194, 33):
+        with pytest.raises(sp.SoftIPUError, match="even number between 32 and 192"):
+            poptorch.Options().TensorLocations.numIOTiles(bad)
+    o = poptorch.Options().setTarget(chip)
+    o.TensorLocations.numIOTiles(48)
+    target = o.toSoftipu().target
+    assert target.tiles_per_ipu == 64 - 48 and target.bytes_per_tile == chip.bytes_per_tile
+    module = torch.nn.Linear(64, 64)
+    x = torch.randn(16, 64)
+    model = poptorch.inferenceModel(module, o)
+    torch.testing.assert_close(model(x), module(x).detach(), rtol=1e-5, atol=1e-5)
+    assert model._impl.graph.num_tiles == 16  # the model is placed on the 16 compute tiles only
+    small = poptorch.Options().setTarget(SMALL)
+    small.TensorLocations.numIOTiles(32)
+    with pytest.raises(sp.SoftIPUError, match="leaves no compute tiles"):
+        small.toSoftipu()

@@ -7,6 +7,7 @@ distribution...) are accepted and stored; each is named in a one-time
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -62,7 +63,7 @@ _STORED = {
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
     "Training": ("setConvolutionDithering",),
     "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
-                        "setAccumulatorLocation", "numIOTiles"),
+                        "setAccumulatorLocation"),
     "Distributed": ("configureProcessId", "setEnvVarNames", "disableProcessGroup"),
     "Jit": ("traceModel",),
     "_Popart": ("set", "setPatterns"),
@@ -173,6 +174,16 @@ class _Training(_Section):
 
 class _TensorLocations(_Section):
     _label = "TensorLocations"
+
+    def numIOTiles(self, num_tiles: int) -> _TensorLocations:  # noqa: N802 - PopTorch's name
+        """Reserve ``num_tiles`` tiles of each IPU for I/O (an even number from 32 to 192, as
+        PopTorch checks): the model is placed on the other tiles only, a chip with that many
+        fewer compute tiles. Overlapping I/O with compute is not modeled (``set_overlap_for_*``)."""
+        if isinstance(num_tiles, bool) or not isinstance(num_tiles, int) or num_tiles % 2 \
+                or not 32 <= num_tiles <= 192:
+            raise FrontendError(f"numIOTiles must be an even number between 32 and 192, got {num_tiles!r}")
+        self._owner._values["_num_io_tiles"] = num_tiles
+        return self
 
 
 class _Distributed(_Section):
@@ -317,6 +328,9 @@ class Options:
     def toSoftipu(self) -> TorchOptions:  # noqa: N802
         """The :class:`softipu.torch.Options` these options describe (validated)."""
         values = {k: v for k, v in self._values.items() if not k.startswith("_")}
+        io_tiles = self._values.get("_num_io_tiles", 0)
+        if io_tiles:
+            values["target"] = _compute_tiles(values.get("target", GC200), io_tiles)
         engine = dict(self._engine)
         if engine.get("prng.enableStochasticRounding") and "seed" in values:
             engine.setdefault("prng.seed", values["seed"])
@@ -354,6 +368,16 @@ class Options:
             own = [m for m in dir(type(self)) if not m.startswith("_")]
             raise _no_such_setter("", name, own + list(_STORED[""]))
         return self._stored_setter(name, self)
+
+
+def _compute_tiles(target: Target, io_tiles: int) -> Target:
+    """``target`` with ``io_tiles`` of each IPU's tiles kept for I/O: the chip the model is placed
+    on has that many fewer tiles per IPU (softipu's mappings spread over every tile they get)."""
+    if io_tiles >= target.tiles_per_ipu:
+        raise FrontendError(f"TensorLocations.numIOTiles({io_tiles}) leaves no compute tiles on "
+                            f"{target.name} ({target.tiles_per_ipu} tiles per IPU); use fewer I/O tiles")
+    return dataclasses.replace(target, name=f"{target.name} ({io_tiles} I/O tiles)",
+                               tiles_per_ipu=target.tiles_per_ipu - io_tiles)
 
 
 class TensorLocationSettings:
