@@ -102,6 +102,11 @@ def test_rng_state_read_back_and_set_repeats_the_draws():
     torch.testing.assert_close(model(x), third, rtol=0, atol=0)
     with pytest.raises(poptorch.Error, match="rng_state"):
         model.rng_state = [1, 2]
+    # randomSeed: the same seed draws the same numbers in another executor, another seed others.
+    same = poptorch.inferenceModel(Noisy(), opts().randomSeed(42))(x)
+    other = poptorch.inferenceModel(Noisy(), opts().randomSeed(7))(x)
+    torch.testing.assert_close(same, first, rtol=0, atol=0)
+    assert not torch.equal(other, first)
 
 
 class Counter(torch.nn.Module):
