@@ -45,7 +45,11 @@ def _copy(acc, row, out) -> None:  # "copy": acc = row (the first send's fragmen
 def _offsets(step: np.ndarray, table: np.ndarray, size: int) -> np.ndarray:
     """Each vertex's row: ``table[step]`` (a step past the table reads its last entry), then
     popops' offset rule (out of range starts at 0)."""
-    at = np.clip(step[..., :1].astype(np.int64), 0, table.shape[-1] - 1)
+    last = table.shape[-1] - 1
+    first = int(step.flat[0]) if step.size else 0
+    if np.all(step[..., 0] == first):  # the counter is the same on every replica: a column
+        return _dynamic_start(table[..., min(max(first, 0), last), None], size)
+    at = np.clip(step[..., :1].astype(np.int64), 0, last)
     return _dynamic_start(np.take_along_axis(table, at, axis=-1), size)
 
 
@@ -102,6 +106,10 @@ def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
                 first = int(start.flat[0]) if start.size else 0
                 if np.all(start == first):
                     rows[first][...] = update
+                    continue
+                if start.ndim == 2 and np.all(start == start[:, :1]):  # one row per replica
+                    for r, at_r in enumerate(start[:, 0].tolist()):
+                        rows[at_r][r] = update[r]
                     continue
                 for k in np.unique(start).tolist():
                     hit = start == k
