@@ -209,8 +209,9 @@ class PoplarExecutor:
                 self._impl.copy_weights_to_device()
         before = self._impl.compile_seconds
         args, kwargs = _half_inputs(self.model, self._options, args, kwargs)
-        if self._impl.options.replication_factor > 1:  # PopTorch refuses at compile time
-            self._impl.compile(*args, **kwargs)
+        broadcast = self._options._values.get("_broadcast_buffers", True)
+        if self._impl.options.replication_factor > 1 and broadcast:
+            self._impl.compile(*args, **kwargs)  # PopTorch refuses at compile time
             self._check_buffers()
         out = _as_32bit(self._impl(*args, **kwargs))
         if self._impl.compile_seconds is not before:
