@@ -164,28 +164,33 @@ def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMo
     x4 = x if x.ndim == 4 else x.expand_dims(-1)
     out_flat = out_nhwc.flatten()
     row_bounds, col_bounds, chans = _group_bands(g, n, c, ctx.graph.target)
-    for o0, o1 in zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist(), strict=True):
-        r0, r1 = g.input_rows(o0, o1)
-        by_geometry: dict[tuple[int, ...], list[tuple[int, int, np.ndarray]]] = {}
-        for q0, q1 in zip(col_bounds[:-1].tolist(), col_bounds[1:].tolist(), strict=True):
-            left = q0 * g.sw - g.pw  # input column of the band's first window origin
-            a, b = max(0, left), min(g.W, (q1 - 1) * g.sw - g.pw + g.kw)
-            for c0, c1 in zip(chans[:-1].tolist(), chans[1:].tolist(), strict=True):
-                tiles = _tiles_at(ctx, x4, (samples, np.full(n, c0), np.full(n, (r0 + r1 - 1) // 2),
-                                            np.full(n, (a + b - 1) // 2)))
-                ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1, c0:c1], tiles)
-                x_start = samples * g.H * g.W * c + (r0 * g.W + a) * c + c0
-                o_start = samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c + c0
-                by_geometry.setdefault((b - a, a - left, q1 - q0, c1 - c0), []).append(
-                    (x_start, o_start, tiles))
-        for (w_in, pw, ow, cg), bands in by_geometry.items():
-            x_offs, x_len = _pixel_runs(r1 - r0, g.W * c, w_in, c, cg)
-            o_offs, o_len = _pixel_runs(o1 - o0, g.OW * c, ow, c, cg)
-            ctx.graph.add_vertices(cs, codelet, {
-                "x": _runs(np.concatenate([v[0] for v in bands]), x_offs, x_len, flat),
-                "out": _runs(np.concatenate([v[1] for v in bands]), o_offs, o_len, out_flat),
-                "H": g.H, "W": w_in, "OW": ow, "kh": g.kh, "kw": g.kw, "sh": g.sh, "sw": g.sw, "pw": pw,
-                "row0": o0 * g.sh - g.ph, "C": cg}, np.concatenate([v[2] for v in bands]))
+    bands = [(o0, o1, *g.input_rows(o0, o1), q0, q1, c0, c1)
+             for o0, o1 in zip(row_bounds[:-1].tolist(), row_bounds[1:].tolist(), strict=True)
+             for q0, q1 in zip(col_bounds[:-1].tolist(), col_bounds[1:].tolist(), strict=True)
+             for c0, c1 in zip(chans[:-1].tolist(), chans[1:].tolist(), strict=True)]
+    # every band's tiles in one look-up (a look-up between mapping calls re-resolves the mapping)
+    spot = np.array([(c0, (r0 + r1 - 1) // 2, max(0, q0 * g.sw - g.pw) + (q1 - q0) * g.sw // 2)
+                     for _, _, r0, r1, q0, q1, c0, _ in bands])
+    where = (np.tile(samples, len(bands)), *(np.repeat(np.minimum(spot[:, i], lim - 1), n)
+                                            for i, lim in enumerate((c, g.H, g.W))))
+    all_tiles = _tiles_at(ctx, x4, where).reshape(len(bands), n)
+    by_geometry: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for (o0, o1, r0, r1, q0, q1, c0, c1), tiles in zip(bands, all_tiles, strict=True):
+        ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1, c0:c1], tiles)
+        left = q0 * g.sw - g.pw  # input column of the band's first window origin
+        a, b = max(0, left), min(g.W, (q1 - 1) * g.sw - g.pw + g.kw)
+        x_start = samples * g.H * g.W * c + (r0 * g.W + a) * c + c0
+        o_start = samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c + c0
+        by_geometry.setdefault((o0, o1, r0, r1, b - a, a - left, q1 - q0, c1 - c0), []).append(
+            (x_start, o_start, tiles))
+    for (o0, o1, r0, r1, w_in, pw, ow, cg), parts in by_geometry.items():
+        x_offs, x_len = _pixel_runs(r1 - r0, g.W * c, w_in, c, cg)
+        o_offs, o_len = _pixel_runs(o1 - o0, g.OW * c, ow, c, cg)
+        ctx.graph.add_vertices(cs, codelet, {
+            "x": _runs(np.concatenate([v[0] for v in parts]), x_offs, x_len, flat),
+            "out": _runs(np.concatenate([v[1] for v in parts]), o_offs, o_len, out_flat),
+            "H": g.H, "W": w_in, "OW": ow, "kh": g.kh, "kw": g.kw, "sh": g.sh, "sw": g.sw, "pw": pw,
+            "row0": o0 * g.sh - g.ph, "C": cg}, np.concatenate([v[2] for v in parts]))
     ctx.execute(cs)
     return out
 
