@@ -40,6 +40,7 @@ import enum
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ _POOL_OF = {np.dtype(s).str: k for k, s in _POOLS.items()}
 _DTYPE_OF = {s: np.dtype(s) for s in _POOLS.values()}
 # Integer arrays at least this long are stored as runs of equal steps when that is much smaller.
 _RLE_MIN = 1024
+# Arrays over this many bytes are checked against the host's free memory before decoding.
+_BIG_ARRAY = 1 << 26
 
 _NODES: dict[str, type] = {c.__name__: c for c in (
     P.Execute, P.Copy, P.Repeat, P.RepeatWhileTrue, P.RepeatWhileFalse, P.If, P.Switch, P.Call,
@@ -349,13 +352,14 @@ def load_executable(path: str | os.PathLike) -> tuple[Executable, Graph, dict[st
     """
     directory = Path(path)
     try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        with _open_plain(directory, MANIFEST) as f:
+            manifest = json.loads(f.read().decode("utf-8"))
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ExecutableFormatError(f"{directory} is not a saved softipu executable")
         if manifest.get("version") != FORMAT_VERSION:
             raise ExecutableFormatError(f"{directory} holds format version {manifest.get('version')!r}; "
                                         f"this softipu reads version {FORMAT_VERSION}")
-        with np.load(directory / ARRAYS, allow_pickle=False) as npz:
+        with _open_plain(directory, ARRAYS) as f, np.load(f, allow_pickle=False) as npz:
             pools = {key: npz[key] for key in npz.files}
         return _Reader(manifest, pools).load()
     except ExecutableFormatError:
@@ -363,6 +367,40 @@ def load_executable(path: str | os.PathLike) -> tuple[Executable, Graph, dict[st
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file provokes, it is not loadable
         raise ExecutableFormatError(f"cannot load the executable in {directory}: "
                                     f"{type(exc).__name__}: {exc}") from None
+
+
+def _checked_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The elements of an array of ``shape``, refused before allocating when the shape is negative
+    or the array would not fit in the host's free memory (a damaged or hostile size)."""
+    n = math.prod(shape)
+    if min(shape, default=0) < 0:
+        raise ExecutableFormatError(f"an array has the negative shape {list(shape)}")
+    nbytes = n * max(dtype.itemsize, 8)  # run-length arrays decode through int64
+    if nbytes > _BIG_ARRAY:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 1 << 40
+        if nbytes > free:
+            raise ExecutableFormatError(f"an array of shape {list(shape)} would need {nbytes} bytes, more "
+                                        f"than the host's {free} free bytes: a damaged size")
+    return n
+
+
+def _open_plain(directory: Path, name: str) -> Any:
+    """``directory / name`` opened for reading if it is a plain file: a symlink (which could point
+    outside the folder, at ``/dev/zero``), a pipe (a read that never ends) or a device is refused."""
+    path = directory / name
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise ExecutableFormatError(f"{directory} is not a saved softipu executable: no {name} "
+                                    f"({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ExecutableFormatError(f"{path} is not a plain file (a link, pipe, device or folder): a saved "
+                                    "executable is read only from plain files inside its folder")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    return os.fdopen(os.open(path, flags), "rb")
 
 
 class _Reader:
@@ -529,7 +567,7 @@ class _Reader:
         if "broadcast" in e:
             return np.broadcast_to(self.array(int(e["broadcast"])), shape)
         dtype = _DTYPE_OF[e["dtype"]]
-        n = math.prod(shape)
+        n = _checked_size(shape, dtype)
         if "outer" in e:
             starts, pattern = self.array(int(e["outer"][0])), self.array(int(e["outer"][1]))
             if starts.dtype != dtype or pattern.dtype != dtype or pattern.shape != shape[-1:] \

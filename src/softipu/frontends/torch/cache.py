@@ -160,6 +160,10 @@ class ExecutableCache:
         if key is None:
             return None
         path = self.path(key)
+        if path.is_symlink():  # could point anywhere: an entry is read only inside the cache folder
+            logger.warning("executable cache: entry %s in %s is a symbolic link, which the cache does not "
+                           "follow; compiling instead (remove the link)", key[:12], self.directory)
+            return None
         if not (path / MANIFEST).is_file():
             logger.info("executable cache miss %s in %s", key[:12], self.directory)
             return None
@@ -186,9 +190,15 @@ class ExecutableCache:
             extra = _extra(key, module, lowered, out_spec)
             self.directory.mkdir(parents=True, exist_ok=True)
             nbytes = save_executable(executable, temp, extra)
-        except (_Uncacheable, ExecutableFormatError, OSError) as exc:
+        except (_Uncacheable, ExecutableFormatError) as exc:
             shutil.rmtree(temp, ignore_errors=True)
             logger.info("executable cache: not storing %s: %s", key[:12], exc)
+            return False
+        except OSError as exc:  # a read-only folder, a full disk: the model runs, compiled each time
+            shutil.rmtree(temp, ignore_errors=True)
+            logger.warning("executable cache: cannot write %s (%s); the model was compiled and runs, but "
+                           "it is not cached: make the folder writable or choose another "
+                           "(executable_cache_dir)", self.directory, exc)
             return False
         except Exception:  # a bug in saving: say so loudly, but the user's call goes on
             shutil.rmtree(temp, ignore_errors=True)

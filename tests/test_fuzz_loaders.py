@@ -1,0 +1,132 @@
+"""The executable and cache loaders under mutated files (issue 18): a short run of the campaign in
+bench/fuzz_loaders.py, and one regression test for each kind of failure it found."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import softipu as sp
+import softipu.torch as st
+from softipu import program as P
+from softipu.compiler.serialize import (
+    ARRAYS,
+    MANIFEST,
+    ExecutableFormatError,
+    load_executable,
+    save_executable,
+)
+from softipu.frontends.torch.cache import ExecutableCache
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_loaders.py"
+
+
+def fuzz_module():
+    spec = importlib.util.spec_from_file_location("fuzz_loaders", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def saved(path: Path, values: np.ndarray | None = None) -> Path:
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x, y = g.add_variable(sp.float32, (4,), name="x"), g.add_variable(sp.float32, (4,), name="y")
+    sp.ops.map_linearly(g, x)
+    sp.ops.map_linearly(g, y)
+    extra = {} if values is None else {"values": values}
+    save_executable(sp.Engine(g, [P.Copy(x, y)]).executable, path, extra)
+    return path
+
+
+def test_a_short_campaign_finds_no_internal_error_hang_or_escape():
+    result = fuzz_module().campaign(count=120, seconds=60, seed=1, limit=5.0)
+    bad = {k: result[k] for k in ("other_exceptions", "hangs", "escaped")}
+    assert bad == {"other_exceptions": 0, "hangs": 0, "escaped": 0}, result["examples"]
+    assert result["tried"] == 120
+    # the mutations bite: most inputs are refused, a few are harmless
+    assert result["softipu_errors"] + result["cache_misses"] > 80
+
+
+@pytest.mark.parametrize("name", [MANIFEST, ARRAYS])
+def test_a_file_linked_out_of_the_folder_is_refused_unread(name, tmp_path):
+    """Found by the campaign: a symlinked manifest (or array file) pointing at a valid executable
+    outside the folder loaded it, i.e. the loader read outside its folder."""
+    outside = saved(tmp_path / "outside")
+    folder = saved(tmp_path / "folder")
+    (folder / name).unlink()
+    (folder / name).symlink_to(outside / name)
+    with pytest.raises(ExecutableFormatError, match="not a plain file"):
+        load_executable(folder)
+
+
+def test_a_pipe_in_place_of_the_manifest_fails_at_once_instead_of_blocking(tmp_path):
+    """Found by the campaign: a named pipe as manifest.json made the loader wait forever."""
+    folder = saved(tmp_path / "folder")
+    (folder / MANIFEST).unlink()
+    os.mkfifo(folder / MANIFEST)
+    def blocked(signum, frame):
+        raise TimeoutError("load_executable blocked on the pipe")
+
+    old = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)  # without the fix, the open would never return
+    try:
+        start = time.monotonic()
+        with pytest.raises(ExecutableFormatError, match="not a plain file"):
+            load_executable(folder)
+        assert time.monotonic() - start < 1.0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_huge_run_length_array_is_refused_before_allocating(tmp_path):
+    """A run-length array whose shape says 2**40 int32 elements, with runs adding up to it, would
+    allocate 8 TiB (or, with overcommit, swap the host to death) before any check."""
+    folder = saved(tmp_path / "folder", np.arange(5000, dtype=np.int32))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (i, entry), = [(i, e) for i, e in enumerate(manifest["arrays"]) if "rle" in e]
+    n = 2**40
+    with np.load(folder / ARRAYS) as npz:
+        pools = dict(npz)
+    pools["i8"] = np.concatenate((pools["i8"], [1, n - 1]))  # one run of step 1, n - 1 long
+    base = pools["i8"].size - 2
+    entry.update(shape=[n], rle=[0, ["i8", base, 1], ["i8", base + 1, 1]])
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    np.savez(folder / ARRAYS, **pools)
+    with pytest.raises(ExecutableFormatError, match=r"would need 8796093022208 bytes"):
+        load_executable(folder)  # the size check comes before np.empty (else MemoryError or swapping)
+
+
+def test_a_negative_array_shape_is_a_format_error(tmp_path):
+    folder = saved(tmp_path / "folder", np.arange(5000, dtype=np.int32))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (entry,) = [e for e in manifest["arrays"] if "rle" in e]
+    entry["shape"] = [-5000]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExecutableFormatError, match="negative shape"):
+        load_executable(folder)
+
+
+def test_a_cache_entry_linked_out_of_the_cache_is_a_miss_and_not_followed(tmp_path, caplog):
+    """An entry that is a symlink to a folder elsewhere is not read (nor removed, nor its target)."""
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4), executable_cache_dir=str(tmp_path / "cache"))
+    st.inference_model(net, opts)(x)
+    cache = ExecutableCache.for_options(opts)
+    (entry,) = [p for p, _, _ in cache.entries()]
+    elsewhere = tmp_path / "elsewhere"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere, target_is_directory=True)
+    with caplog.at_level(logging.WARNING, "softipu.torch.cache"):
+        assert cache.load(entry.name, net) is None
+    assert "symbolic link" in caplog.text
+    assert (elsewhere / MANIFEST).is_file() and entry.is_symlink()
