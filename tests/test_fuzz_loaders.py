@@ -130,3 +130,22 @@ def test_a_cache_entry_linked_out_of_the_cache_is_a_miss_and_not_followed(tmp_pa
         assert cache.load(entry.name, net) is None
     assert "symbolic link" in caplog.text
     assert (elsewhere / MANIFEST).is_file() and entry.is_symlink()
+
+
+@pytest.mark.parametrize("parts", [{"li": [1]}, "x"])
+def test_an_export_whose_key_parts_are_not_a_dict_is_a_frontend_error(parts, tmp_path):
+    """Found by the campaign: AttributeError ('list' object has no attribute 'get') escaped
+    load_exported when the export's recorded key parts were damaged into a list or a string."""
+    from softipu.frontends.errors import FrontendError
+
+    torch.manual_seed(0)
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4))
+    st.inference_model(net, opts).export(tmp_path / "e", x)
+    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    (export,) = [v for k, v in manifest["extra"]["di"] if k == "export"]
+    (row,) = [kv for kv in export["di"] if kv[0] == "parts"]
+    row[1] = parts
+    (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FrontendError, match="description is damaged"):
+        st.inference_model(net, opts).load_executable(tmp_path / "e")

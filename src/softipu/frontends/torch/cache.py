@@ -462,7 +462,7 @@ def load_exported(path: str | os.PathLike, module: torch.nn.Module, options: Opt
                             f"({type(exc).__name__}: {exc})") from exc
     try:
         wrong = _mismatches(info, parts, module, options)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # e.g. parts not a dict
         raise FrontendError(f"cannot load {directory}: its description is damaged ({exc!r}); export "
                             "the model again") from None
     if wrong:
