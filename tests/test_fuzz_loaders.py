@@ -3,6 +3,7 @@ bench/fuzz_loaders.py, and one regression test for each kind of failure it found
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -47,6 +48,23 @@ def saved(path: Path, values: np.ndarray | None = None) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fail (instead of hanging the suite) when the body takes over 10 s, and when over ``seconds``."""
+    def stuck(signum, frame):
+        raise TimeoutError("the loader hangs")
+
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(10)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - start < seconds
+
+
 def test_a_short_campaign_finds_no_internal_error_hang_or_escape():
     result = fuzz_module().campaign(count=120, seconds=60, seed=1, limit=5.0)
     bad = {k: result[k] for k in ("other_exceptions", "hangs", "escaped")}
@@ -73,19 +91,8 @@ def test_a_pipe_in_place_of_the_manifest_fails_at_once_instead_of_blocking(tmp_p
     folder = saved(tmp_path / "folder")
     (folder / MANIFEST).unlink()
     os.mkfifo(folder / MANIFEST)
-    def blocked(signum, frame):
-        raise TimeoutError("load_executable blocked on the pipe")
-
-    old = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(10)  # without the fix, the open would never return
-    try:
-        start = time.monotonic()
-        with pytest.raises(ExecutableFormatError, match="not a plain file"):
-            load_executable(folder)
-        assert time.monotonic() - start < 1.0
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    with within(1.0), pytest.raises(ExecutableFormatError, match="not a plain file"):
+        load_executable(folder)  # without the fix, the open would never return
 
 
 def test_a_huge_run_length_array_is_refused_before_allocating(tmp_path):
@@ -149,3 +156,19 @@ def test_an_export_whose_key_parts_are_not_a_dict_is_a_frontend_error(parts, tmp
     (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(FrontendError, match="description is damaged"):
         st.inference_model(net, opts).load_executable(tmp_path / "e")
+
+
+@pytest.mark.parametrize("table", ["compute_sets", "functions"])
+def test_a_huge_compute_set_or_function_id_is_refused_at_once(table, tmp_path):
+    """Found by the campaign: a compute set id of 2**62 made the loader fill the graph's list with
+    placeholders up to it (a hang, then memory exhaustion)."""
+    torch.manual_seed(0)
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    st.inference_model(net, st.Options(target=sp.targets.ipu_model(tiles=4))).export(tmp_path / "e", x)
+    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    if table == "functions":  # an inference step has no function: add one naming the first program node
+        manifest["functions"].append([0, "f", 0, manifest["programs"][0]])
+    manifest[table][0][0] = 2**62
+    (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
+    with within(2.0), pytest.raises(ExecutableFormatError, match=f"{table[:-1].replace('_', ' ')} id .* out"):
+        load_executable(tmp_path / "e")

@@ -77,6 +77,9 @@ _POOL_OF = {np.dtype(s).str: k for k, s in _POOLS.items()}
 _DTYPE_OF = {s: np.dtype(s) for s in _POOLS.values()}
 # Integer arrays at least this long are stored as runs of equal steps when that is much smaller.
 _RLE_MIN = 1024
+# Compute set and function ids are indices into the graph's lists: a damaged one must not make a
+# list of 2**62 placeholders.
+_MAX_ID = 1 << 22
 # Arrays over this many bytes are checked against the host's free memory before decoding.
 _BIG_ARRAY = 1 << 26
 
@@ -421,6 +424,9 @@ class _Reader:
         self.compute_sets = {int(i): ComputeSet(int(i), str(n), self.locations[loc], str(op))
                              for i, n, loc, op in manifest["compute_sets"]}
         self.function_rows = {int(row[0]): row for row in manifest["functions"]}
+        for what, ids in (("compute set", self.compute_sets), ("function", self.function_rows)):
+            if ids and not 0 <= min(ids) <= max(ids) < _MAX_ID:  # the gaps are filled: bound them
+                raise ExecutableFormatError(f"a {what} id of {min(ids)} or {max(ids)} is out of range")
         self.functions: dict[int, Function] = {}
         self.streams = {str(n): DataStream(str(n), as_dtype(str(d)), int(k), StreamDirection(d2),
                                            self.locations[loc]) for n, d, k, d2, loc in manifest["streams"]}
