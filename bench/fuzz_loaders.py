@@ -238,7 +238,10 @@ def _mutate_file(rng: random.Random, folder: Path, outside: Path) -> str:
     name = rng.choice(("manifest.json", "arrays.npz"))
     path = folder / name
     action = rng.choice(("symlink_out", "symlink_dev", "fifo", "dir", "delete"))
-    path.unlink(missing_ok=True)
+    if path.is_dir() and not path.is_symlink():  # made a folder by an earlier mutation
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
     if action == "symlink_out":
         path.symlink_to(outside / name)
     elif action == "symlink_dev":
