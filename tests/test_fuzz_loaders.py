@@ -172,3 +172,14 @@ def test_a_huge_compute_set_or_function_id_is_refused_at_once(table, tmp_path):
     (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
     with within(2.0), pytest.raises(ExecutableFormatError, match=f"{table[:-1].replace('_', ' ')} id .* out"):
         load_executable(tmp_path / "e")
+
+
+def test_an_address_space_larger_than_the_hosts_memory_is_refused_before_the_engine_allocates(tmp_path):
+    """Found by the campaign: a space size of 2**40 loaded, then Engine.from_executable raised
+    MemoryError allocating 4 TiB."""
+    folder = saved(tmp_path / "folder")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["space_sizes"][0][1] = 2**40
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExecutableFormatError, match="would need 4398046511104 bytes"):
+        load_executable(folder)

@@ -372,13 +372,14 @@ def load_executable(path: str | os.PathLike) -> tuple[Executable, Graph, dict[st
                                     f"{type(exc).__name__}: {exc}") from None
 
 
-def _checked_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """The elements of an array of ``shape``, refused before allocating when the shape is negative
-    or the array would not fit in the host's free memory (a damaged or hostile size)."""
+def _checked_size(shape: tuple[int, ...], itemsize: int) -> int:
+    """The elements of an array of ``shape`` (decoded ``itemsize`` bytes each), refused before
+    allocating when the shape is negative or the array would not fit in the host's free memory (a
+    damaged or hostile size)."""
     n = math.prod(shape)
     if min(shape, default=0) < 0:
         raise ExecutableFormatError(f"an array has the negative shape {list(shape)}")
-    nbytes = n * max(dtype.itemsize, 8)  # run-length arrays decode through int64
+    nbytes = n * itemsize
     if nbytes > _BIG_ARRAY:
         try:
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -437,6 +438,8 @@ class _Reader:
                                    self.locations[loc], self.value(init))
                           for i, n, d, s, start, loc, init in m["variables"])
         space_sizes = {as_dtype(str(d)): int(n) for d, n in m["space_sizes"]}
+        for dtype, size in space_sizes.items():  # the engine allocates each space, once per replica
+            _checked_size((self.graph.replication_factor, size), dtype.numpy.itemsize)
         mappings = {as_dtype(str(d)): ResolvedMapping(self.value(s), self.value(e), self.value(t))
                     for d, s, e, t in m["mappings"]}
         self._fill_graph(variables, space_sizes, mappings)
@@ -573,7 +576,7 @@ class _Reader:
         if "broadcast" in e:
             return np.broadcast_to(self.array(int(e["broadcast"])), shape)
         dtype = _DTYPE_OF[e["dtype"]]
-        n = _checked_size(shape, dtype)
+        n = _checked_size(shape, max(dtype.itemsize, 8))  # run-length arrays decode through int64
         if "outer" in e:
             starts, pattern = self.array(int(e["outer"][0])), self.array(int(e["outer"][1]))
             if starts.dtype != dtype or pattern.dtype != dtype or pattern.shape != shape[-1:] \
