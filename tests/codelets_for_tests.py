@@ -144,6 +144,21 @@ class WritesItsParam(sp.Vertex):
         y[...] = 1
 
 
+class Move(sp.Vertex):
+    """y = x, costing a flat 7 cycles, so an exchange around it is the interesting part."""
+
+    x = sp.Input(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, y):
+        y[...] = x
+
+    @staticmethod
+    def cycles(x, y):
+        return 7
+
+
 class Boom(sp.Vertex):
     """A codelet whose compute raises."""
 

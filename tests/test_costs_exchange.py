@@ -17,24 +17,10 @@ import pytest
 
 import softipu as sp
 from _costs_helpers import W, only_step, variable
+from codelets_for_tests import Move
 from softipu import program as P
 
 # --- codelets whose estimates are whatever the test says -----------------------------------------
-
-
-class Move(sp.Vertex):
-    """y = x, costing a flat 7 cycles, so the exchange is the interesting part."""
-
-    x = sp.Input(sp.float32)
-    y = sp.Output(sp.float32)
-
-    @staticmethod
-    def compute(x, y):
-        y[...] = x
-
-    @staticmethod
-    def cycles(x, y):
-        return 7
 
 
 # Exchange code set-up per contiguous region a tile sends or receives (Target, [U]).

@@ -31,6 +31,7 @@ from softipu.target.systems import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _costs_helpers import only_step, variable  # noqa: E402
+from codelets_for_tests import Move  # noqa: E402
 
 CLOCK = 1.33e9
 LINK = 128 * 2**30 / 8 * 0.85  # one IPU-Link's payload bytes per second, one direction
@@ -248,19 +249,6 @@ def test_64000_ipus_price_without_a_replica_each():
 
 
 # --- The compiler's inter-IPU exchange over routes ------------------------------------------------
-
-
-class Move(sp.Vertex):
-    x = sp.Input(sp.float32)
-    y = sp.Output(sp.float32)
-
-    @staticmethod
-    def compute(x, y):
-        y[...] = x
-
-    @staticmethod
-    def cycles(x, y):
-        return 7
 
 
 def _reads(target, reads, n):
