@@ -139,6 +139,22 @@ class Graph:
     def num_tiles(self) -> int:
         return self.target.num_tiles
 
+    @property
+    def root(self) -> Graph:
+        """The top-level graph (this one; a virtual graph's parent's root): tensors belong to it."""
+        return self
+
+    @property
+    def tile_offset(self) -> int:
+        """The global number of this graph's tile 0 (0; nonzero for a virtual graph)."""
+        return 0
+
+    def create_virtual_graph(self, lo: int, hi: int) -> Graph:
+        """Poplar's ``createVirtualGraph``: tiles ``[lo, hi)`` as a graph of local tile ids
+        sharing this graph's tensors and programs (graph/virtual.py)."""
+        from softipu.graph.virtual import VirtualGraph  # noqa: PLC0415 - virtual.py subclasses Graph
+        return VirtualGraph(self, lo, hi)
+
     def __repr__(self) -> str:
         return (
             f"Graph({self.target.name}, {len(self.variables)} variables, "
@@ -428,7 +444,7 @@ class Graph:
                 f"field {name!r} of {codelet.__name__}{at(location)} expects {f.dtype} but "
                 f"tensor {value.name} is {value.dtype}; cast it or use a codelet for {value.dtype}"
             )
-        if value.graph is not self:
+        if value.graph is not self.root:
             raise FieldError(f"tensor {value.name} for field {name!r}{at(location)} belongs to another graph")
         return value
 
@@ -511,7 +527,7 @@ class Graph:
     def _check_tensor(self, tensor: Any, what: str) -> None:
         if not isinstance(tensor, Tensor):
             raise TensorError(f"{what} needs a tensor, got {type(tensor).__name__}")
-        if tensor.graph is not self:
+        if tensor.graph is not self.root:
             raise TensorError(f"{what}: tensor {tensor.name} belongs to another graph")
 
     def _check_tile(self, tile: Any, what: str) -> int:

@@ -49,7 +49,7 @@ class OpContext:
             if not isinstance(t, Tensor):
                 raise OpError(f"{op}{at(caller_location())}: input {i} must be a tensor, got "
                               f"{type(t).__name__}")
-            if t.graph is not graph:
+            if t.graph is not graph.root:  # a virtual graph's tensors are its root's
                 raise OpError(f"{op}{at(caller_location())}: tensor {t.name} belongs to another graph")
         return cls(graph, prog, op, name or op)
 

@@ -60,7 +60,7 @@ def _seed_words(value: int) -> np.ndarray:
 
 def _seed(ctx: OpContext, seed: Any) -> Tensor:
     if isinstance(seed, Tensor):
-        if seed.graph is not ctx.graph:
+        if seed.graph is not ctx.graph.root:
             raise ctx.error(f"seed tensor {seed.name} belongs to another graph")
         if seed.dtype is not uint32 or seed.numel != 2:
             raise ctx.error(f"a seed tensor holds two uint32 words [low, high]; {seed.name} is "
@@ -93,7 +93,7 @@ def clone_mapping(graph: Graph, out: Tensor, like: Tensor) -> None:
 
 def _output(ctx: OpContext, shape: Any, dtype: Any, reference: Tensor | None) -> Tensor:
     if reference is not None:
-        if not isinstance(reference, Tensor) or reference.graph is not ctx.graph:
+        if not isinstance(reference, Tensor) or reference.graph is not ctx.graph.root:
             raise ctx.error(f"reference must be a tensor of this graph, got {reference!r}")
         if shape is not None and tuple(shape) != reference.shape:
             raise ctx.error(f"shape {tuple(shape)} differs from reference {reference.name} "
