@@ -136,7 +136,16 @@ def Block(user_id: Any = None, ipu_id: int | None = None) -> Iterator[None]:  # 
 
 
 def recomputationCheckpoint(*tensors: torch.Tensor) -> Any:  # noqa: N802
-    return tensors[0] if len(tensors) == 1 else tensors
+    """Keep ``tensors`` from the forward to the backward when recomputation is on (PopART's
+    ``autoRecomputation``): the ops between checkpoints are recomputed in the backward. An identity
+    whose gradient passes through (``softipu::recomputation_checkpoint``)."""
+    from softipu.frontends.torch.training.recompute import checkpoint_op  # noqa: PLC0415
+
+    bad = [type(t).__name__ for t in tensors if not isinstance(t, torch.Tensor)]
+    if bad or not tensors:
+        raise FrontendError(f"recomputationCheckpoint takes tensors, got {bad or 'nothing'}")
+    out = tuple(checkpoint_op(t) for t in tensors)
+    return out[0] if len(out) == 1 else out
 
 
 def set_available_memory(tensor: torch.Tensor, available_memory_proportion: float) -> torch.Tensor:

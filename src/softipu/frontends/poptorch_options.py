@@ -107,6 +107,11 @@ class _Popart(_Section):
         if key == "replicatedCollectivesSettings.mergeAllReduceCollectives":
             self._owner._set("merge_all_reduce", bool(value))
             return self
+        if key == "autoRecomputation":  # a RecomputationType: recomputation in training
+            from softipu.frontends.torch.training.recompute import recomputation_mode  # noqa: PLC0415
+
+            self._owner._set("recomputation", recomputation_mode(value))
+            return self
         return self._owner._stored_setter("_Popart.set", self)(key, value)
 
 

@@ -20,9 +20,11 @@ from softipu.frontends.onnx.popart import (
     TrainingSession,
     VirtualGraphMode,
 )
+from softipu.frontends.torch.training.recompute import RecomputationType
 
 __all__ = ["AnchorReturnType", "Builder", "DataFlow", "DeviceInfo", "DeviceManager", "InferenceSession",
-           "PopartError", "PyStepIO", "ReductionType", "SessionOptions", "TensorInfo", "TrainingSession",
+           "PopartError", "PyStepIO", "RecomputationType", "ReductionType", "SessionOptions", "TensorInfo",
+           "TrainingSession",
            "VirtualGraphMode", "popart_exception"]
 
 popart_exception = PopartError

@@ -64,6 +64,8 @@ def warn_unused(names: list[str] | tuple[str, ...], what: str = "option") -> Non
 
 _PRECISIONS = ("fp32", "fp16")
 _PARTIALS = ("float", "half")
+_RECOMPUTATION = ("none", "standard", "norm_only", "pipeline", "recompute_all")
+_LOCATION_KINDS = ("weight", "optimizer", "accumulator", "activation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,13 @@ class Options:
     * ``merge_all_reduce``: replicated training all-reduces all gradients of a dtype as one
       collective (PopART's ``replicatedCollectivesSettings.mergeAllReduceCollectives``; default
       one collective per gradient, as PopART).
+    * ``recomputation``: training only: which forward values the backward recomputes instead of
+      keeping (PopART's ``autoRecomputation``: ``"none"``, ``"standard"``, ``"norm_only"``,
+      ``"pipeline"``, ``"recompute_all"``; see ``frontends/torch/training/recompute.py``).
+    * ``tensor_locations``: training only: where weights, optimizer state, accumulators and
+      activations live (PopTorch's ``TensorLocations``: on chip, in Streaming Memory, sharded over
+      replicas), ``{"weight" | "optimizer" | "accumulator" | "activation": {setting: value}}``
+      (see ``frontends/torch/training/locations.py``).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -130,6 +139,8 @@ class Options:
     input_group_size: int = 1
     input_group_type: str = "consecutive"
     merge_all_reduce: bool = False
+    recomputation: str = "none"
+    tensor_locations: Mapping[str, Any] = field(default_factory=dict)
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,7 +155,8 @@ class Options:
         for name, allowed in (("precision", _PRECISIONS), ("partials_type", _PARTIALS),
                               ("accumulation_reduction", ("mean", "sum")),
                               ("mean_reduction_strategy", (None, "post", "running")),
-                              ("input_group_type", ("consecutive", "orthogonal"))):
+                              ("input_group_type", ("consecutive", "orthogonal")),
+                              ("recomputation", _RECOMPUTATION)):
             if getattr(self, name) not in allowed:
                 self._bad(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         self._check_input_groups()
@@ -165,6 +177,11 @@ class Options:
         # Read-only copies, so a frozen Options cannot change under a compiled model.
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
         object.__setattr__(self, "stored", MappingProxyType(dict(self.stored)))
+        if not isinstance(self.tensor_locations, Mapping) or set(self.tensor_locations) - set(_LOCATION_KINDS):
+            self._bad(f"tensor_locations must map {' / '.join(_LOCATION_KINDS)} to settings, got "
+                      f"{self.tensor_locations!r}")
+        object.__setattr__(self, "tensor_locations", MappingProxyType(
+            {k: MappingProxyType(dict(v)) for k, v in self.tensor_locations.items()}))
 
     def _check_input_groups(self) -> None:
         if self.replication_factor % self.input_group_size:

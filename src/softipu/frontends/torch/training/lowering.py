@@ -96,7 +96,8 @@ class _TrainLowerer(_Lowerer):
             if node.op != "call_function":
                 continue
             forward = node in j.forward_nodes
-            self.ctx.phase = "fwd/" if forward else "bwd/"
+            self.ctx.phase = "fwd/" if forward else "bwd/recompute/" if node.meta.get("softipu_recomputed") \
+                else "bwd/"
             self.env[node] = self.lower_node(node, self.env)
             count += 1
             if forward and any(u not in j.forward_nodes for u in node.users):

@@ -31,6 +31,7 @@ from softipu.frontends.torch.replicas import input_slices
 from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+from softipu.frontends.torch.training.recompute import recompute
 from softipu.frontends.torch.training.replication import per_replica, replica_view
 from softipu.log import progress_stage, progress_task
 
@@ -176,6 +177,7 @@ class TrainingModel:
             joint = joint_graph(self.module, margs, mkwargs, scaled)
         finally:
             self.module.train(was_training)
+        joint = recompute(joint, self.options.recomputation, self._label)
         times["export"] = time.perf_counter() - start
         progress_stage("lower")
         t = time.perf_counter()
