@@ -123,25 +123,37 @@ class MappingTable:
 
     def resolved(self, variable_at: Callable[[int], Any]) -> ResolvedMapping:
         if self._resolved is None:
-            new, calls = _resolve(self, variable_at, self.columns())
+            new, calls = _resolve(self, variable_at, self._take_columns())
             top = int(self._buffers[1][self._size - 1]) if self._size else -1
             if new.starts.size == 0 or int(new.starts[0]) >= top:
                 self._append(new, calls)
-            else:  # new runs reach below what is mapped: resolve them with the resolved intervals
+            else:  # new runs reach below what is mapped: resolve both sets of intervals together
                 n = self._size
                 s, e, t, c = (b[:n] for b in self._buffers)
-                old = (s, e - s, t, c.astype(np.int64))
-                whole, calls = _resolve(self, variable_at, _joined(old, self.columns()))
+                old = (s, e - s, t, c)
+                added = (new.starts, new.ends - new.starts, new.tiles, calls)
+                whole, calls = _resolve(self, variable_at, list(_joined(old, added)))
                 self._size = 0
                 self._append(whole, calls)
-            self._chunks = []
             s, e, t, _ = self._buffers
             n = self._size
             self._resolved = ResolvedMapping(s[:n], e[:n], t[:n])
         return self._resolved
 
+    def _take_columns(self) -> list[np.ndarray]:
+        """:meth:`columns` as a list :func:`_resolve` empties, with the unresolved runs dropped: each
+        array is freed as soon as it has been used (estimate-only pricing of large ops keeps one
+        run table alive at a time)."""
+        columns = list(self.columns())
+        self._chunks = []
+        return columns
+
     def _append(self, new: ResolvedMapping, calls: np.ndarray) -> None:
         k = new.starts.size
+        if self._size == 0:  # the first intervals become the buffers as they are: no copy
+            self._buffers = (new.starts, new.ends, new.tiles, calls.astype(np.int32, copy=False))
+            self._size = k
+            return
         if self._size + k > self._buffers[0].size:  # grow geometrically: amortised O(new runs)
             # NOTE: by 1.5x into fresh arrays, copying only the used part; np.resize fills the
             # new capacity by repeating the old array (a second, useless copy of every run).
@@ -159,11 +171,11 @@ class MappingTable:
         chunks = self._chunks
         if not chunks:
             z = np.zeros(0, np.int64)
-            return z, z, z.astype(np.int32), z
+            return z, z, z.astype(np.int32), z.astype(np.int32)
         starts = np.concatenate([c[0] for c in chunks]).astype(np.int64, copy=False)
         lengths = np.concatenate([c[1] for c in chunks]).astype(np.int64, copy=False)
         tiles = np.concatenate([c[2] for c in chunks]).astype(np.int32, copy=False)
-        calls = np.concatenate([np.full(c[0].shape, c[3], np.int64) for c in chunks])
+        calls = np.concatenate([np.full(c[0].shape, c[3], np.int32) for c in chunks])
         return starts, lengths, tiles, calls
 
     def location(self, call: int) -> SourceLocation:
@@ -173,7 +185,7 @@ class MappingTable:
 def resolve_mapping(table: MappingTable, variable_at: Callable[[int], Any]) -> ResolvedMapping:
     """Sort and merge a table's unresolved runs; raise MappingError naming any element on two
     tiles."""
-    return _resolve(table, variable_at, table.columns())[0]
+    return _resolve(table, variable_at, list(table.columns()))[0]
 
 
 def _joined(a: tuple, b: tuple) -> tuple:
@@ -181,41 +193,56 @@ def _joined(a: tuple, b: tuple) -> tuple:
 
 
 def _resolve(table: MappingTable, variable_at: Callable[[int], Any],
-             columns: tuple[np.ndarray, ...]) -> tuple[ResolvedMapping, np.ndarray]:
+             columns: list[np.ndarray]) -> tuple[ResolvedMapping, np.ndarray]:
     """Runs (starts, lengths, tiles, calls) sorted and merged into disjoint intervals, and the
-    call of each interval's first run.
+    call of each interval's first run. ``columns`` is emptied: each array is dropped once used,
+    so the host holds about two run tables at a time, not a dozen.
 
     NOTE: touching intervals on one tile merge even when two calls mapped them (lookups stay
     small); such an interval keeps the first call, so a later conflict inside its second part
     names the call that mapped the part before it."""
     starts, lengths, tiles, calls = columns
+    columns.clear()
     keep = lengths > 0
-    starts, lengths, tiles, calls = starts[keep], lengths[keep], tiles[keep], calls[keep]
+    if not keep.all():
+        starts, lengths, tiles, calls = starts[keep], lengths[keep], tiles[keep], calls[keep]
+    del keep
     order = np.lexsort((tiles, starts))
-    starts, tiles, calls = starts[order], tiles[order], calls[order]
-    ends = starts + lengths[order]
+    starts = starts[order]
+    ends = lengths[order]
+    del lengths
+    ends += starts
+    tiles, calls = tiles[order], calls[order]
+    del order
     if starts.size == 0:
         return ResolvedMapping(starts, ends, tiles), calls
     # Overlapping runs form groups; a group is fine when all its runs name the same tile.
     reach = np.maximum.accumulate(ends)
-    new_group = np.concatenate(([True], starts[1:] >= reach[:-1]))
-    first = np.flatnonzero(new_group)
-    lo_tile = np.minimum.reduceat(tiles, first)
-    hi_tile = np.maximum.reduceat(tiles, first)
-    bad = np.flatnonzero(lo_tile != hi_tile)
-    if bad.size:
-        g0 = first[bad[0]]
-        g1 = first[bad[0] + 1] if bad[0] + 1 < first.size else starts.size
-        raise MappingError(_double_mapping_message(table, variable_at, starts[g0:g1], ends[g0:g1],
-                                                   tiles[g0:g1], calls[g0:g1]))
-    g_starts = starts[first]
-    g_ends = np.maximum.reduceat(ends, first)
-    g_tiles = tiles[first]
+    new_group = np.empty(starts.size, bool)
+    new_group[0] = True
+    np.greater_equal(starts[1:], reach[:-1], out=new_group[1:])
+    del reach
+    if not new_group.all():  # some runs overlap: check and merge them
+        first = np.flatnonzero(new_group)
+        bad = np.flatnonzero(np.minimum.reduceat(tiles, first) != np.maximum.reduceat(tiles, first))
+        if bad.size:
+            g0 = first[bad[0]]
+            g1 = first[bad[0] + 1] if bad[0] + 1 < first.size else starts.size
+            raise MappingError(_double_mapping_message(table, variable_at, starts[g0:g1], ends[g0:g1],
+                                                       tiles[g0:g1], calls[g0:g1]))
+        ends = np.maximum.reduceat(ends, first)
+        starts, tiles, calls = starts[first], tiles[first], calls[first]
+        del first
+    del new_group
     # Merge touching intervals on the same tile so lookups stay small.
-    touch = np.concatenate(([False], (g_starts[1:] == g_ends[:-1]) & (g_tiles[1:] == g_tiles[:-1])))
+    touch = np.zeros(starts.size, bool)
+    np.equal(starts[1:], ends[:-1], out=touch[1:])
+    touch[1:] &= tiles[1:] == tiles[:-1]
+    if not touch.any():
+        return ResolvedMapping(starts, ends, tiles), calls
     head = np.flatnonzero(~touch)
-    merged_ends = np.maximum.reduceat(g_ends, head)
-    return ResolvedMapping(g_starts[head], merged_ends, g_tiles[head]), calls[first][head]
+    del touch
+    return ResolvedMapping(starts[head], np.maximum.reduceat(ends, head), tiles[head]), calls[head]
 
 
 def _double_mapping_message(table: MappingTable, variable_at: Callable[[int], Any],
