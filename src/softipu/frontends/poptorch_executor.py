@@ -34,7 +34,7 @@ from softipu.frontends.poptorch_enums import HalfFloatCastingBehavior
 from softipu.frontends.poptorch_ops import POST_COMPILE_HOOKS
 from softipu.frontends.poptorch_options import Options
 from softipu.frontends.poptorch_state import (
-    anchored_values,
+    AnchorPlan,
     check_broadcast_buffers,
     read_rng_state,
     tensor_names,
@@ -195,7 +195,11 @@ class PoplarExecutor:
             raise as_poptorch_error(FrontendError(
                 f"Training.gradientAccumulation is {opts.gradient_accumulation}, but it must be 1 for "
                 "inference: use poptorch.trainingModel, or other Options"))
+        self._anchors = _anchor_plan(self._options, opts, training=False)
+        if self._anchors is not None:  # a cached executable would lack the anchors' streams
+            opts = opts.replace(executable_cache_dir=None)
         self._impl = InferenceModel(model, opts)
+        self._impl.lowered_hook = self._anchors
         self.model = model
         self._seen_version = model.__dict__.get("_softipu_host_version", 0)
         self._anchor_memory: dict[str, torch.Tensor] = {}
@@ -216,9 +220,9 @@ class PoplarExecutor:
         out = _as_32bit(self._impl(*args, **kwargs))
         if self._impl.compile_seconds is not before:
             _run_hooks()
-        if self._options._anchors:
-            self._anchor_memory = anchored_values(self._impl.lowered, self._impl.engine,
-                                                  self._options._anchors, self._impl.options)
+        if self._anchors is not None:
+            current = self._impl._current
+            self._anchor_memory = self._anchors.values(current.extra, current.extra_out)
         return out
 
     def _check_buffers(self) -> None:
@@ -401,6 +405,16 @@ def load(filename: str | os.PathLike, edit_opts_fn: Any = None) -> PoplarExecuto
         "edit_opts_fn) and model.loadExecutable(filename)"))
 
 
+def _anchor_plan(options: Options, softipu_options: Any, training: bool) -> AnchorPlan | None:
+    """The executor's anchored tensors (``Options.anchorTensor``), streamed out by its lowering."""
+    if not options._anchors:
+        return None
+    try:
+        return AnchorPlan(options._anchors, softipu_options, training)
+    except FrontendError as exc:
+        raise as_poptorch_error(exc) from None
+
+
 def inferenceModel(model: torch.nn.Module, options: Options | None = None) -> PoplarExecutor:  # noqa: N802
     """PopTorch's ``inferenceModel``: ``model`` compiled for a (simulated) IPU on its first call."""
     return PoplarExecutor(model, options)
@@ -413,11 +427,11 @@ class TrainingExecutor(PoplarExecutor):
 
     def __init__(self, model: torch.nn.Module, options: Options | None = None, optimizer: Any = None) -> None:
         self._options = options or Options()
-        if self._options._anchors:
-            raise as_poptorch_error(FrontendError(
-                f"anchorTensor ({', '.join(sorted(self._options._anchors))}): softipu reads anchored "
-                "tensors back from inference models only; return the tensor from forward instead"))
-        self._impl = TrainingModel(model, optimizer, self._options.toSoftipu())
+        opts = self._options.toSoftipu()
+        self._anchors = _anchor_plan(self._options, opts, training=True)
+        self._anchor_memory = {}
+        self._impl = TrainingModel(model, optimizer, opts)
+        self._impl.lowered_hook = self._anchors
         self.model = model
 
     @_poptorch_errors
@@ -426,6 +440,8 @@ class TrainingExecutor(PoplarExecutor):
         out = _as_32bit(self._impl(*args, **kwargs))
         if not was:
             _run_hooks()
+        if self._anchors is not None:
+            self._anchor_memory = self._anchors.values(self._impl._extra, self._impl.extra_out)
         return out
 
     def isCompiled(self) -> bool:  # noqa: N802

@@ -13,6 +13,13 @@ from typing import Any
 import torch
 
 from softipu.frontends.errors import FrontendError
+from softipu.frontends.poptorch_blocks import (
+    ParallelPhasedExecution,
+    PipelinedExecution,
+    SerialPhasedExecution,
+    ShardedExecution,
+    _Strategy,
+)
 from softipu.frontends.poptorch_enums import CommGroupType, MeanReductionStrategy, OutputMode, ReductionType
 from softipu.frontends.torch.options import Options as TorchOptions
 from softipu.frontends.torch.options import OutputMode as _Mode
@@ -27,43 +34,16 @@ _MODES = {OutputMode.Final: _Mode.FINAL, OutputMode.EveryN: _Mode.EVERY_N, Outpu
           OutputMode.Sum: _Mode.SUM, OutputMode.Default: _Mode.DEFAULT}
 
 
-class _Strategy:
-    """An execution strategy (pipelining, sharding, phases): accepted and stored."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(map(repr, self.args))})"
-
-
-class ShardedExecution(_Strategy):
-    pass
-
-
-class PipelinedExecution(_Strategy):
-    pass
-
-
-class SerialPhasedExecution(_Strategy):
-    pass
-
-
-class ParallelPhasedExecution(_Strategy):
-    pass
-
-
 # PopTorch's setters that softipu stores without giving them a meaning yet, per section.
 _STORED = {
-    "": ("autoRoundNumIPUs", "connectionType", "disableModuleNamescope", "enableProfiling",
+    "": ("connectionType", "disableModuleNamescope", "enableProfiling",
          "enableStableNorm", "enableSyntheticData", "logDir", "loadFromFile", "modelName",
-         "setExecutionStrategy", "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
+         "sourceLocationExcludes", "appendToLocationExcludes", "syncPattern",
          "useIpuId", "updatableNamedBuffers", "relaxOptimizerAttributesChecks",
          "showCompilationProgressBar", "defaultOutputMode", "setPopartLogLevel"),
     "Precision": ("autocastEnabled", "halfFloatCasting", "runningStatisticsAlwaysFloat"),
     "Training": ("setConvolutionDithering",),
-    "TensorLocations": ("setActivationLocation", "setWeightLocation", "setOptimizerLocation",
-                        "setAccumulatorLocation"),
+    "TensorLocations": (),
     "Distributed": ("configureProcessId", "setEnvVarNames", "disableProcessGroup"),
     "Jit": ("traceModel",),
     "_Popart": ("set", "setPatterns"),
@@ -180,6 +160,30 @@ class _Training(_Section):
 class _TensorLocations(_Section):
     _label = "TensorLocations"
 
+    def _location(self, kind: str, location: TensorLocationSettings) -> _TensorLocations:
+        """A tensor class's location (``frontends/torch/training/locations.py``)."""
+        from softipu.frontends.torch.training.locations import poptorch_location  # noqa: PLC0415
+
+        if not isinstance(location, TensorLocationSettings):
+            raise FrontendError(f"TensorLocations.set{kind.capitalize()}Location takes a "
+                                f"poptorch.TensorLocationSettings, got {type(location).__name__}")
+        current = dict(self._owner._values.get("tensor_locations", {}))
+        current[kind] = poptorch_location(kind, location.stored)
+        self._owner._set("tensor_locations", current)
+        return self
+
+    def setWeightLocation(self, location: TensorLocationSettings) -> _TensorLocations:  # noqa: N802
+        return self._location("weight", location)
+
+    def setOptimizerLocation(self, location: TensorLocationSettings) -> _TensorLocations:  # noqa: N802
+        return self._location("optimizer", location)
+
+    def setAccumulatorLocation(self, location: TensorLocationSettings) -> _TensorLocations:  # noqa: N802
+        return self._location("accumulator", location)
+
+    def setActivationLocation(self, location: TensorLocationSettings) -> _TensorLocations:  # noqa: N802
+        return self._location("activation", location)
+
     def numIOTiles(self, num_tiles: int) -> _TensorLocations:  # noqa: N802 - PopTorch's name
         """Reserve ``num_tiles`` tiles of each IPU for I/O (an even number from 32 to 192, as
         PopTorch checks): the model is placed on the other tiles only, a chip with that many
@@ -220,7 +224,8 @@ class Options:
         self._values: dict[str, Any] = {}
         self._engine: dict[str, Any] = {}
         self._stored: dict[str, Any] = {}
-        self._anchors: dict[str, tuple[str, _Mode | None]] = {}
+        self._anchors: dict[str, tuple[str, _Mode | None, int]] = {}
+        self._parallel: dict[str, Any] = {}  # strategy, auto_round, per-IPU memory: model_parallel
         self.Precision = _Precision(self)
         self.Training = _Training(self)
         self.TensorLocations = _TensorLocations(self)
@@ -267,11 +272,34 @@ class Options:
 
     def setAvailableMemoryProportion(  # noqa: N802
             self, available_memory_proportion: dict[str, float]) -> Options:
-        values = set(available_memory_proportion.values())
-        if len(values) > 1:  # one IPU today: one proportion
-            self._stored["setAvailableMemoryProportion"] = dict(available_memory_proportion)
-            warn_unused(["setAvailableMemoryProportion (different values per IPU)"], "PopTorch option")
-        return self._set("available_memory_proportion", float(min(values)))
+        """Per IPU (``{"IPU0": 0.5, "IPU1": 0.3}``), the share of each tile's memory the matmul and
+        convolution planners of that IPU may use; IPUs not named keep the default."""
+        per_ipu: dict[int, float] = {}
+        for key, value in dict(available_memory_proportion).items():
+            if not (isinstance(key, str) and key.startswith("IPU") and key[3:].isdigit()):
+                raise FrontendError('Available memory proportions are expected to be in a dictionary of '
+                                    '{"IPU0": 0.5} where the 0 in IPU is the index of the IPU. Invalid '
+                                    f"key: {key}")
+            per_ipu[int(key[3:])] = float(value)
+        self._set("available_memory_proportion", float(min(per_ipu.values())) if per_ipu else 0.6)
+        self._parallel["memory"] = per_ipu
+        return self
+
+    # -- model parallelism (frontends/poptorch_blocks.py, frontends/torch/pipeline.py) ------------------
+    def setExecutionStrategy(self, strategy: _Strategy) -> Options:  # noqa: N802 - PopTorch's names
+        """How the blocks' stages use the IPUs: ``PipelinedExecution`` (the default),
+        ``ShardedExecution``, ``SerialPhasedExecution`` or ``ParallelPhasedExecution``."""
+        if not isinstance(strategy, _Strategy):
+            raise FrontendError(f"setExecutionStrategy: strategy must be one of PipelinedExecution, "
+                                f"ShardedExecution, SerialPhasedExecution, ParallelPhasedExecution; got "
+                                f"{type(strategy).__name__}")
+        self._parallel["strategy"] = strategy
+        return self
+
+    def autoRoundNumIPUs(self, auto_round_num_ipus: bool = True) -> Options:  # noqa: N802
+        """Round the IPU count the blocks use up to a power of two (else that is an error)."""
+        self._parallel["auto_round"] = bool(auto_round_num_ipus)
+        return self
 
     def enableExecutableCaching(self, path: str) -> Options:  # noqa: N802
         return self._set("executable_cache_dir", str(path))
@@ -299,22 +327,28 @@ class Options:
         return self
 
     def anchorTensor(self, short_name: str, long_name: str,  # noqa: N802
-                     output_mode: OutputMode | None = None, output_return_period: int | None = 1) -> Options:
-        """Read the tensor ``long_name`` (a name from the executor's ``getTensorNames()``) back after
-        each run, as ``getAnchoredTensor(short_name)``. softipu keeps the value at the end of the
-        run: ``output_mode`` (default: the model's) must be Final when deviceIterations > 1."""
+                     output_mode: OutputMode | None = None, output_return_period: int | None = 1, *,
+                     anchor_mode: OutputMode | None = None,
+                     anchor_return_period: int | None = None) -> Options:
+        """Stream the tensor ``long_name`` (a name from the executor's ``getTensorNames()``) back
+        each run, as ``getAnchoredTensor(short_name)``, in ``output_mode`` (default: the model's;
+        ``EveryN`` takes ``output_return_period``; PopTorch 2.x's ``anchor_mode`` and
+        ``anchor_return_period`` are the same), shaped as PopART's anchor buffer
+        (``softipu.frontends.poptorch_state``)."""
+        output_mode = anchor_mode if anchor_mode is not None else output_mode
+        output_return_period = anchor_return_period or output_return_period
         mode = None if output_mode is None else _MODES[OutputMode(output_mode)]
-        if mode not in (None, _Mode.FINAL, _Mode.ALL, _Mode.DEFAULT):
-            raise FrontendError(f"anchorTensor({short_name!r}, {long_name!r}): output mode "
-                                f"{OutputMode(output_mode).name} is not supported for anchors; softipu "
-                                "returns the last iteration's value (OutputMode.Final)")
-        self._anchors[str(short_name)] = (str(long_name), mode)
+        period = 1 if output_return_period is None else int(output_return_period)
+        if mode is _Mode.EVERY_N and period < 1:
+            raise FrontendError(f"anchorTensor({short_name!r}, {long_name!r}): OutputMode.EveryN needs "
+                                f"output_return_period >= 1, got {output_return_period!r}")
+        self._anchors[str(short_name)] = (str(long_name), mode, period)
         return self
 
     @property
     def anchored_tensors(self) -> dict[str, str]:
         """Short name -> tensor name of each anchored tensor (PopTorch's attribute)."""
-        return {short: long for short, (long, _) in self._anchors.items()}
+        return {short: long for short, (long, _, _) in self._anchors.items()}
 
     # -- reading back (PopTorch has these properties) ------------------------------------------------
     @property
@@ -339,13 +373,25 @@ class Options:
         engine = dict(self._engine)
         if engine.get("prng.enableStochasticRounding") and "seed" in values:
             engine.setdefault("prng.seed", values["seed"])
-        return TorchOptions(**values, engine_options=engine, stored=dict(self._stored))
+        return TorchOptions(**values, engine_options=engine, stored=dict(self._stored),
+                            model_parallel=self._model_parallel())
+
+    def _model_parallel(self) -> dict[str, Any]:
+        """The torch options' ``model_parallel``: the strategy's config, the IPU rounding and the
+        per-IPU memory proportions (empty: the strategy is the default pipelining)."""
+        p = self._parallel
+        if not p:
+            return {}
+        strategy = p.get("strategy") or PipelinedExecution()
+        return {**strategy.config(), "auto_round": p.get("auto_round", False),
+                "memory": dict(p.get("memory", {}))}
 
     def clone(self) -> Options:
         """An independent copy of these options (PopTorch's ``Options.clone``)."""
         twin = Options()
         twin._values, twin._engine = dict(self._values), dict(self._engine)
         twin._stored, twin._anchors = dict(self._stored), dict(self._anchors)
+        twin._parallel = dict(self._parallel)
         return twin
 
     def toDict(self) -> dict[str, Any]:  # noqa: N802
@@ -387,7 +433,8 @@ def _compute_tiles(target: Target, io_tiles: int) -> Target:
 
 class TensorLocationSettings:
     """PopTorch's per-kind tensor location settings (``TensorLocations.setWeightLocation(...)``):
-    every setter chains and is stored; softipu keeps every tensor on chip today."""
+    every setter chains; training models place the optimizer state by them (off chip, sharded over
+    replicas: ``frontends/torch/training/locations.py``), other tensor classes off chip are refused."""
 
     def __init__(self) -> None:
         self.stored: dict[str, Any] = {}

@@ -117,6 +117,8 @@ class _Compiled:
         connect_host_calls(self.engine, lowered.graph, options.replication_factor)
         self.skeleton: Any = None  # the inputs' structure, tensors as None (dict key order)
         self.mutated: list[tuple[str, str, torch.Tensor]] = []  # the last run's in-place changes
+        self.extra: dict[str, tuple[StreamSlot, int]] = {}  # streams a lowered_hook added: (slot, turns)
+        self.extra_out: dict[str, np.ndarray] = {}  # their last run's (replicas, turns, elements)
 
     def load_weights(self, weights: Sequence[tuple[str, Any]] | None = None) -> None:
         """Run the load program (program 0) on ``weights`` (default: the current ones): host arrays
@@ -155,6 +157,7 @@ class _Compiled:
             for r in range(rf):
                 self.engine.connect_stream(slot.stream, buf[r], replica=r)
             changed.append((kind, target, slot, buf))
+        self.extra_out = connect_extra(self.engine, self.extra, rf)
         self.engine.run(1)
         every = opts.replace(output_mode=OutputMode.ALL)
         self.mutated = [(kind, target, unpack_output(slot, buf, every) if kind == "input" else
@@ -170,6 +173,18 @@ class _Compiled:
     def cycles(self) -> int:
         runs = [cycles for index, cycles in self.engine.log.runs if index == 1]
         return int(runs[-1]) if runs else 0
+
+
+def connect_extra(engine: Engine, extra: Mapping[str, tuple[StreamSlot, int]],
+                  rf: int) -> dict[str, np.ndarray]:
+    """Host buffers ``(replicas, turns, elements)`` connected to extra device-to-host streams."""
+    out = {}
+    for name, (slot, turns) in extra.items():
+        out[name] = buf = np.zeros((rf, turns, int(np.prod(slot.shape))), slot.dtype.numpy)
+        if buf.size:
+            for r in range(rf):
+                engine.connect_stream(slot.stream, buf[r], replica=r)
+    return out
 
 
 def unpack_output(slot: Any, buf: np.ndarray | None, opts: Options) -> Any:
@@ -219,6 +234,9 @@ class InferenceModel:
         self._attached = True
         self._arg_names = _positional_names(module)
         self._buffers: dict[str, torch.Tensor] = {}  # buffers the device changed, by name
+        # Run on each new lowering before its engine is made: returns the lowering to compile and
+        # the device-to-host streams it added, {name: (slot, turns per run)} (PopTorch's anchors).
+        self.lowered_hook: Any = None
 
     # -- calling ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -351,10 +369,12 @@ class InferenceModel:
         progress_stage("lower")
         t = time.perf_counter()
         lowered = lower_program(ep, self.options, [leaf.name for leaf in leaves])
+        lowered, extra = self.lowered_hook(lowered) if self.lowered_hook is not None else (lowered, {})
         times["lower"] = time.perf_counter() - t
         progress_stage("compile")
         t = time.perf_counter()
         compiled = _Compiled(lowered, ep.call_spec.out_spec, self.options, leaves)
+        compiled.extra = extra
         times["compile"] = time.perf_counter() - t
         progress_stage("load")
         t = time.perf_counter()

@@ -27,6 +27,15 @@ from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_s
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize
 from softipu.frontends.torch.training.joint import Joint
+from softipu.frontends.torch.training.locations import (
+    add_buffers,
+    gather_weight,
+    load_state,
+    plan_state,
+    shard_update_inputs,
+    state_shape,
+    store_state,
+)
 from softipu.frontends.torch.training.replication import reduce_gradients
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -54,6 +63,11 @@ class TrainLowered:
     saved_bytes: int  # forward values the backward reads (activations kept for the backward)
     grad_bytes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    locations: Any = None  # where the optimizer state lives (training/locations.py StatePlacement)
+    # Each graph node's result and each micro-batch's gradient by parameter (PopTorch's anchors read
+    # them); empty for a step loaded from an export.
+    views: dict[str, Tensor] = field(default_factory=dict)
+    gradients: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _zeros(spec_dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
@@ -67,6 +81,8 @@ class _TrainLowerer(_Lowerer):
         self.joint = joint
         self.spec = spec
         self.named = named
+        # Where the optimizer state lives (on chip, Streaming Memory, sharded): training/locations.py
+        self.locations = plan_state(spec, options, named, "the training model")
         self._update_traces: dict[Any, torch.fx.GraphModule] = {}  # per-parameter update signature
         # Core ATen's table, materialized once: make_fx materializes a CustomDecompTable on every
         # trace (walking every op namespace for composite ops), a fixed cost per traced update
@@ -112,6 +128,7 @@ class _TrainLowerer(_Lowerer):
         user = outs[n_mut:n_mut + j.num_user_outputs]
         grad_nodes = outs[n_mut + j.num_user_outputs:]
         grads = {name: self.env[node] for name, node in zip(j.trainable, grad_nodes, strict=True)}
+        micro_grads = dict(grads)
         grad_bytes = sum(int(g.numel) * g.dtype.itemsize for g in grads.values())
         grad_vars = variable_ids(self.graph, list(grads.values()))
         slots, copies = self._outputs(user)
@@ -126,7 +143,10 @@ class _TrainLowerer(_Lowerer):
             grad_bytes = sum(int(a.numel) * a.dtype.itemsize for a in grads.values())
         else:
             iteration = P.Sequence([body, update], name="iteration")
-        grads = reduce_gradients(self.graph, grads, update, opts, in_place=ga > 1)  # across replicas
+        # across replicas (the sharded weights' gradients are reduce-scattered in the update)
+        grads = {**grads, **reduce_gradients(self.graph, {n: g for n, g in grads.items()
+                                                          if n not in self.locations.sharded},
+                                             update, opts, in_place=ga > 1)}
         state, hyper, step = self._update(params, grads, update)
         self._load_seed()
         di = opts.device_iterations
@@ -135,7 +155,8 @@ class _TrainLowerer(_Lowerer):
             run = P.Sequence([run, *copies], name="run")
         return TrainLowered(self.graph, (self.load, run), tuple(self.inputs), tuple(slots), params, buffers,
                             state, hyper, step, list(self.weights), count, saved, grad_bytes,
-                            {"saved_variables": sorted(saved_vars), "gradient_variables": sorted(grad_vars)})
+                            {"saved_variables": sorted(saved_vars), "gradient_variables": sorted(grad_vars)},
+                            {n.name: v for n, v in self.env.items() if isinstance(v, Tensor)}, micro_grads)
 
     def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Variables for the parameters and buffers, streams for the user inputs, and the loss
@@ -152,6 +173,7 @@ class _TrainLowerer(_Lowerer):
         params: dict[str, Tensor] = {}
         buffers: dict[str, Tensor] = {}
         for i, node in enumerate(placeholders):
+            self.place(node)  # a weight on its layer's IPU (model parallelism)
             val = node.meta.get("val")
             if i < len(j.params):
                 name = j.params[i]
@@ -164,6 +186,7 @@ class _TrainLowerer(_Lowerer):
                 buffers[name] = self.env[node] = self._var(f"buffers/{name}", val.dtype, val.shape)
             else:
                 self.env[node] = self._user_input(node, val)
+        self.place(None)
         return params, buffers
 
     def _accumulate(self, grads: dict[str, Tensor], body: P.Sequence,
@@ -224,8 +247,13 @@ class _TrainLowerer(_Lowerer):
     def _update(self, params: dict[str, Tensor], grads: dict[str, Tensor],
                 prog: P.Sequence) -> tuple[dict, dict, Tensor]:
         spec = self.spec
-        state = {(s.param_name, s.name): self._var(f"optimizer/{s.param_name}/{s.name}", s.torch_dtype,
-                                                   s.shape, params.get(s.param_name)) for s in spec.state}
+        plan = self.locations
+        home = {k: "streaming/optimizer" if k in plan.off_chip else "optimizer" for k in plan.shapes}
+        state = {(s.param_name, s.name): self._var(
+            f"{home[(s.param_name, s.name)]}/{s.param_name}/{s.name}", s.torch_dtype,
+            state_shape(plan, (s.param_name, s.name), s.shape), params.get(s.param_name))
+            for s in spec.state}
+        add_buffers(self.graph, plan, state)
         hyper = self.hyper
         step = self.graph.add_variable(float32, (), name="optimizer/step")
         self.graph.set_tile_mapping(step, 0)
@@ -235,14 +263,22 @@ class _TrainLowerer(_Lowerer):
         try:
             for pnames in self._update_chunks(grads):
                 skeys = [k for k in state if k[0] in pnames]
-                gm = self._traced_update(pnames, skeys, grads, state)
-                inputs = ([params[n] for n in pnames] + [grads[n] for n in pnames] + [state[k] for k in skeys]
+                pin, gin = {n: params[n] for n in pnames}, {n: grads[n] for n in pnames}
+                for n in (n for n in pnames if n in plan.sharded):  # this replica's fragments
+                    pin[n], gin[n] = shard_update_inputs(self.graph, n, params[n], grads[n], prog,
+                                                         self.options)
+                load_state(plan, skeys, state, prog)
+                gm = self._traced_update(pnames, skeys, gin, state)
+                inputs = ([pin[n] for n in pnames] + [gin[n] for n in pnames] + [state[k] for k in skeys]
                           + list(hyper.values()) + [step])
-                targets = [params[n] for n in pnames] + [state[k] for k in skeys]
+                targets = [pin[n] for n in pnames] + [state[k] for k in skeys]
                 if self.options.auto_loss_scaling:
                     targets.append(hyper["loss_scaling"])
                 results = self._lower_fx(gm, inputs, targets)
                 self._write_back(results, targets, prog)
+                store_state(plan, skeys, state, prog)
+                for n in (n for n in pnames if n in plan.sharded):
+                    gather_weight(self.graph, plan, n, pin[n], params[n], prog)
         finally:
             self.ctx.prog, self.ctx.phase = outer, ""
         return state, hyper, step
@@ -253,7 +289,8 @@ class _TrainLowerer(_Lowerer):
         several, each with make_fx's fixed cost), else one by one, each signature traced once."""
         coupled = self.options.auto_loss_scaling or math.isfinite(self.spec.max_grad_norm)
         signatures = {self._signature(n, grads) for n in grads}
-        if coupled or 2 * len(signatures) > len(grads):
+        placed = bool(self.locations.sharded or self.locations.off_chip)  # loads and stores per weight
+        if coupled or (2 * len(signatures) > len(grads) and not placed):
             return [list(grads)]
         return [[n] for n in grads]
 
@@ -261,9 +298,9 @@ class _TrainLowerer(_Lowerer):
         """What a parameter's traced update depends on: shapes, dtypes, group and state slots."""
         spec, p = self.spec, self.named[name]
         group = next((g.index for g in spec.groups if name in g.params), None)
-        slots = tuple((sl.name, sl.torch_dtype, tuple(sl.shape)) for sl in spec.state
-                      if sl.param_name == name)
-        return (p.dtype, tuple(p.shape), grads[name].dtype, group, slots)
+        slots = tuple((sl.name, sl.torch_dtype, state_shape(self.locations, (name, sl.name), sl.shape))
+                      for sl in spec.state if sl.param_name == name)
+        return (p.dtype, tuple(grads[name].shape), grads[name].dtype, group, slots)  # a fragment's, sharded
 
     def _traced_update(self, pnames: list[str], skeys: list[tuple[str, str]], grads: dict[str, Tensor],
                        state: dict[tuple[str, str], Tensor]) -> torch.fx.GraphModule:
@@ -296,7 +333,7 @@ class _TrainLowerer(_Lowerer):
                                              LossScalingSettings(clip_output=clip)))
             return out
 
-        examples = ([_zeros(named[n].dtype, named[n].shape) for n in pnames]
+        examples = ([_zeros(named[n].dtype, grads[n].shape) for n in pnames]  # the weight's or fragment's
                     + [_zeros(_torch_dtype(grads[n]), grads[n].shape) for n in pnames]
                     + [_zeros(slot_of[k].torch_dtype, state[k].shape) for k in skeys]
                     + [_zeros(hs.torch_dtype, ()) for hs in hyper_slots]
@@ -428,5 +465,10 @@ def lower_training(joint: Joint, spec: Any, options: Options, input_names: Seque
                    named: dict[str, torch.Tensor]) -> TrainLowered:
     """Lower a joint graph and an optimizer spec onto a new graph (see the module docstring)."""
     check_supported(joint.gm.graph)
+    from softipu.frontends.torch.training.pipeline import lower_placed, placement_of  # noqa: PLC0415
+
+    placement = placement_of(joint, options)  # PopTorch blocks: each node on its block's IPU
+    if placement is not None:
+        return lower_placed(joint, spec, options, input_names, named, placement)
     return _TrainLowerer(joint, spec, options, input_names, named).build()
 

@@ -28,11 +28,14 @@ from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.lower import StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.replicas import input_slices
-from softipu.frontends.torch.runtime import _positional_names, logger, unpack_output
+from softipu.frontends.torch.runtime import _positional_names, connect_extra, logger, unpack_output
 from softipu.frontends.torch.training.joint import joint_graph
+from softipu.frontends.torch.training.locations import check_exportable, read_state, write_state
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+from softipu.frontends.torch.training.pipeline import keep_annotations, placed_summary
 from softipu.frontends.torch.training.recompute import recompute
 from softipu.frontends.torch.training.replication import per_replica, replica_view
+from softipu.graph.remote import RemoteBuffer
 from softipu.log import progress_stage, progress_task
 
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
@@ -83,6 +86,9 @@ class TrainingModel:
         self._hyper_written: dict[str, float] = {}
         self._attached = True
         self._arg_names = _positional_names(module)
+        self.lowered_hook: Any = None  # as InferenceModel's (runtime.py): PopTorch's anchors
+        self._extra: dict[str, Any] = {}
+        self.extra_out: dict[str, np.ndarray] = {}
         _LiveModule.wrap(module, self)
 
     # -- checks --------------------------------------------------------------------------------------
@@ -174,7 +180,8 @@ class TrainingModel:
         was_training = self.module.training
         self.module.train(True)
         try:
-            joint = joint_graph(self.module, margs, mkwargs, scaled)
+            with keep_annotations():  # PopTorch blocks and name scopes reach the joint graph's nodes
+                joint = joint_graph(self.module, margs, mkwargs, scaled)
         finally:
             self.module.train(was_training)
         joint = recompute(joint, self.options.recomputation, self._label)
@@ -185,6 +192,7 @@ class TrainingModel:
         names = [self._input_name(n) for n, _ in flat]
         every = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
         lowered = lower_training(joint, spec, self.options, names, every)
+        lowered, self._extra = self.lowered_hook(lowered) if self.lowered_hook is not None else (lowered, {})
         times["lower"] = time.perf_counter() - t
         progress_stage("compile")
         t = time.perf_counter()
@@ -220,6 +228,7 @@ class TrainingModel:
 
         if self._lowered is None or args or kwargs:
             self._prepare(args, kwargs)
+        check_exportable(self._lowered, self._label)
         if not self._attached:
             self.attach()
         leaves = [InputRecord(s[0], s[1], s[2], None) if len(s) == 3 else InputRecord(s[0], None, None, s[1])
@@ -276,9 +285,8 @@ class TrainingModel:
 
     def _write_state(self) -> None:
         low, eng = self._need("optimizer state"), self._engine
-        for slot in self._spec.state:
-            var = low.state[(slot.param_name, slot.name)]
-            eng.write_tensor(var, np.broadcast_to(np.asarray(slot.initial, var.dtype.numpy), var.shape))
+        for slot in self._spec.state:  # where the state lives: on chip, off chip, sharded (locations.py)
+            write_state(eng, low, (slot.param_name, slot.name), np.broadcast_to(slot.initial, slot.shape))
         eng.write_tensor(low.step, np.zeros((), np.float32))
 
     def _write_hyper(self, force: bool = False) -> None:
@@ -299,8 +307,7 @@ class TrainingModel:
     def _optimizer_state_dict(self) -> dict[str, Any]:
         low, eng = self._need("optimizer state_dict"), self._engine
         rf = self.options.replication_factor  # replicas hold the same state: replica 0's
-        values = {k: torch.from_numpy(np.array(replica_view(eng.read_tensor(v), rf)))
-                  for k, v in low.state.items()}
+        values = {k: torch.from_numpy(read_state(eng, low, k)) for k in low.state}
         step = int(round(float(replica_view(eng.read_tensor(low.step), rf))))
         return self._spec.state_dict(values, self.optimizer, step)
 
@@ -312,7 +319,7 @@ class TrainingModel:
         low, eng = self._need("optimizer load_state_dict"), self._engine
         values, step = self._spec.load_state_dict(opt._ipu_state)
         for key, t in values.items():
-            eng.write_tensor(low.state[key], t.detach().cpu().numpy())
+            write_state(eng, low, key, t.detach().cpu().numpy())
         if step is not None:
             eng.write_tensor(low.step, np.asarray(step, np.float32))
         opt.ipu_state_is_dirty = False
@@ -320,7 +327,8 @@ class TrainingModel:
     def _snapshot(self) -> list[tuple[Any, np.ndarray]]:
         low, eng = self._lowered, self._engine
         vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
-        return [(v, eng.read_tensor(v)) for v in vars_]
+        remote = list(low.locations.remote.values()) if low.locations is not None else []
+        return [(v, eng.read_tensor(v)) for v in vars_] + [(b, eng.read_remote_buffer(b)) for b in remote]
 
     def copy_weights_to_host(self) -> None:
         """Copy the device's weights and buffers into the module (PopTorch's ``copyWeightsToHost``)."""
@@ -362,7 +370,10 @@ class TrainingModel:
             out = self._run(values)
         except BaseException:
             for var, data in snapshot:  # nothing half-updated
-                self._engine.write_tensor(var, data)
+                if isinstance(var, RemoteBuffer):
+                    self._engine.write_remote_buffer(var, data)
+                else:
+                    self._engine.write_tensor(var, data)
             raise
         self._dirty = True
         if hasattr(self.optimizer, "host_state_is_dirty"):
@@ -394,6 +405,7 @@ class TrainingModel:
             for r in range(rf):
                 eng.connect_stream(slot.stream, buf[r], replica=r)
             buffers.append(buf)
+        self.extra_out = connect_extra(eng, self._extra, rf)
         eng.run(1)
         leaves = [self._output(slot, buf) for slot, buf in zip(low.outputs, buffers, strict=True)]
         # A loss forward does not return was traced as one more output: not handed back.
@@ -466,13 +478,16 @@ class TrainingModel:
     def cycle_count(self) -> int:
         """Modeled cycles of the last call (all its device iterations)."""
         runs = [c for i, c in self.engine.log.runs if i == 1]
-        return int(runs[-1]) if runs else 0
+        placed = placed_summary(self._lowered, self.engine) if runs else None  # blocks' strategy priced
+        return placed["cycles"] if placed else int(runs[-1]) if runs else 0
 
     def summary(self) -> dict[str, Any]:
         """Memory split by role (bytes over all tiles) and the last call's cycles split by phase."""
         from softipu.frontends.torch.training.summary import training_summary  # noqa: PLC0415
 
-        return training_summary(self)
+        out = training_summary(self)
+        placed = placed_summary(self._lowered, self.engine)  # model parallelism (training/pipeline.py)
+        return {**out, "pipeline": placed} if placed else out
 
     def __repr__(self) -> str:
         state = "not compiled" if self._lowered is None else f"{self._lowered.nodes} ops"
