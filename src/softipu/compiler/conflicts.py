@@ -45,8 +45,20 @@ def field_intervals(t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         base = t.offset + np.arange(rows, dtype=np.int64) * t.strides[0]
         starts = base if n == 1 or t.strides[1] > 0 else base - (n - 1)
         return starts, starts + n, np.arange(rows, dtype=np.int64)
-    starts = t.addresses().reshape(-1)
-    return starts, starts + 1, np.repeat(np.arange(rows, dtype=np.int64), n)
+    # Runs of consecutive addresses in element order, cut where a row ends: a gathered or grouped
+    # field is a few runs per row (a pooling window's pixel rows), not one interval per element.
+    starts, lengths = t.element_runs()
+    first = np.cumsum(lengths) - lengths  # element position of each run's first element
+    row, last_row = first // n, (first + lengths - 1) // n
+    if np.array_equal(row, last_row):
+        return starts, starts + lengths, row
+    count = last_row - row + 1  # a run crossing rows is cut at each row's end
+    run = np.repeat(np.arange(starts.size), count)
+    piece_row = row[run] + np.arange(run.size) - np.repeat(np.cumsum(count) - count, count)
+    lo = np.maximum(first[run], piece_row * n)
+    hi = np.minimum(first[run] + lengths[run], (piece_row + 1) * n)
+    piece_starts = starts[run] + (lo - first[run])
+    return piece_starts, piece_starts + (hi - lo), piece_row
 
 
 def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -380,11 +380,56 @@ def _split_progressions(s0: np.ndarray, length: int, d0: np.ndarray, step: int,
     return starts, starts + (k_hi - k_lo), s_tile[piece], d_tile
 
 
+def _run_length(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Elements of the run of consecutive addresses the innermost axes of a strided view make."""
+    run = 1
+    for size, stride in zip(reversed(shape), reversed(strides), strict=True):
+        if size != 1 and stride != run:
+            break
+        run *= size
+    return run
+
+
+def _paired_order(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """``src`` and ``dst`` with their axes permuted alike so the runs contiguous on BOTH sides are
+    longest (element ``i`` of one still meets element ``i`` of the other: the same copy).
+
+    A copy's exchange region is a run contiguous in source and destination; the order the view
+    happens to list its axes in does not change which element goes where. An im2col copy listed
+    kernel-position first, channels innermost, is cut into runs of one pixel's ``Cg`` channels;
+    walked pixel first, a whole kernel row (``kw * Cg`` elements, contiguous in an NHWC input and
+    in the column slab) is one region. Of the orders that sort either side's strides, the one with
+    the longest shorter run wins (the pieces are ``numel / min(src run, dst run)``)."""
+    if not (src.is_strided and dst.is_strided) or src.ndim < 2:
+        return src, dst
+    axes = [k for k in range(src.ndim) if src.shape[k] > 1]
+    best, best_run = None, _paired_run(src, dst, list(range(src.ndim)))
+    for side in (dst, src):
+        order = sorted(axes, key=lambda k, t=side: -abs(t.strides[k]))
+        run = _paired_run(src, dst, order)
+        if run > best_run:
+            best, best_run = order, run
+    if best is None:
+        return src, dst
+
+    def permuted(t: Tensor) -> Tensor:
+        return Tensor(t.graph, t.dtype, tuple(t.shape[k] for k in best), t.offset,
+                      tuple(t.strides[k] for k in best))
+
+    return permuted(src), permuted(dst)
+
+
+def _paired_run(src: Tensor, dst: Tensor, order: list[int]) -> int:
+    return min(_run_length(tuple(t.shape[k] for k in order), tuple(t.strides[k] for k in order))
+               for t in (src, dst))
+
+
 def _paired_runs(src: Tensor, dst: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(src starts, dst starts, lengths) of pieces contiguous on both sides of a copy."""
     if src.is_contiguous() and dst.is_contiguous():
         n = np.array([src.numel], np.int64)
         return np.array([src.offset], np.int64), np.array([dst.offset], np.int64), n
+    src, dst = _paired_order(src, dst)
     (ss, sl), (ds, dl) = src.element_runs(), dst.element_runs()
     s_edge, d_edge = np.cumsum(sl) - sl, np.cumsum(dl) - dl  # first element of each run
     if ss.size == ds.size and np.array_equal(sl, dl):

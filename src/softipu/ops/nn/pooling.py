@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from softipu.codelets import nn as C
 from softipu.codelets.nn import PoolMode
 from softipu.graph.graph import Graph
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Slabs, Tensor
 from softipu.ops.common import OpContext, rows_of
 from softipu.ops.nn._common import _check_float, _start, _tiles_at, _variable
 
@@ -128,22 +129,38 @@ def _group_bands(g: _Pool, n: int, c: int, target) -> tuple[np.ndarray, np.ndarr
     return (np.arange(rows + 1) * g.OH) // rows, (np.arange(cols + 1) * g.OW) // cols, chans
 
 
-def _runs(starts: np.ndarray, offsets: np.ndarray, length: int, t: Tensor) -> Tensor:
-    """A ``(len(starts), len(offsets) * length)`` field: per vertex a run of ``length`` elements
-    at each of ``offsets`` past its start in the contiguous 1-D tensor ``t``."""
-    if offsets.size == 1:
-        return rows_of(t, starts + int(offsets[0]), length)
-    runs = (offsets[:, None] + np.arange(length)[None, :]).reshape(-1)
-    index = t.offset + starts[:, None] + runs[None, :]
-    return Tensor(t.graph, t.dtype, index.shape, 0, (), index)
+def _runs(bands: list[int], samples: int, sample_step: int, block: tuple[tuple[int, int], ...],
+          t: Tensor) -> Tensor:
+    """A ``(len(bands) * samples, L)`` field of the contiguous 1-D tensor ``t``: vertex ``(b, s)``
+    reads the block ``block`` (``(size, stride)`` per axis, read row-major: rows of pixels' channels)
+    from ``bands[b] + s * sample_step``. A slab layout, one strided piece per band: a few ints per
+    band whatever the batch (an index of every element read grew with the batch: ResNet-50's max
+    pool at batch 16 built 20 M addresses)."""
+    sizes, strides = zip(*block, strict=True)
+    length = math.prod(sizes)
+    pieces = tuple((t.offset + start, (samples, *sizes), (sample_step, *strides), (samples, length))
+                   for start in bands)
+    if len(pieces) == 1 and _is_one_run(sizes, strides):
+        return Tensor(t.graph, t.dtype, (samples, length), t.offset + bands[0], (sample_step, 1))
+    return Tensor(t.graph, t.dtype, (len(bands) * samples, length), 0, (), None, Slabs(pieces, 0, (0, 1)))
 
 
-def _pixel_runs(rows: int, row_step: int, cols: int, c: int, cg: int) -> tuple[np.ndarray, int]:
-    """Run offsets and run length of ``rows x cols`` pixels' ``cg`` of ``c`` channels: a run per
-    row when every channel is taken (whole pixels side by side), else a run per pixel."""
+def _is_one_run(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """True when the block is one contiguous run (every axis continues the one inside it)."""
+    run = 1
+    for size, stride in zip(reversed(sizes), reversed(strides), strict=True):
+        if size != 1 and stride != run:
+            return False
+        run *= size
+    return True
+
+
+def _pixel_block(rows: int, row_step: int, cols: int, c: int, cg: int) -> tuple[tuple[int, int], ...]:
+    """``(size, stride)`` axes of ``rows x cols`` pixels' ``cg`` of ``c`` channels: a run per row
+    when every channel is taken (whole pixels side by side), else a run per pixel."""
     if cg == c:
-        return np.arange(rows) * row_step, cols * c
-    return (np.arange(rows)[:, None] * row_step + np.arange(cols)[None, :] * c).reshape(-1), cg
+        return ((rows, row_step), (cols * c, 1))
+    return ((rows, row_step), (cols, c), (cg, 1))
 
 
 def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMode) -> Tensor:
@@ -179,16 +196,16 @@ def _pool_groups(ctx: OpContext, x: Tensor, flat: Tensor, g: _Pool, mode: PoolMo
         ctx.graph.set_tile_mappings(out_nhwc[:, o0:o1, q0:q1, c0:c1], tiles)
         left = q0 * g.sw - g.pw  # input column of the band's first window origin
         a, b = max(0, left), min(g.W, (q1 - 1) * g.sw - g.pw + g.kw)
-        x_start = samples * g.H * g.W * c + (r0 * g.W + a) * c + c0
-        o_start = samples * g.OH * g.OW * c + (o0 * g.OW + q0) * c + c0
+        x_start = (r0 * g.W + a) * c + c0  # of sample 0; samples follow every H * W * c
+        o_start = (o0 * g.OW + q0) * c + c0
         by_geometry.setdefault((o0, o1, r0, r1, b - a, a - left, q1 - q0, c1 - c0), []).append(
             (x_start, o_start, tiles))
     for (o0, o1, r0, r1, w_in, pw, ow, cg), parts in by_geometry.items():
-        x_offs, x_len = _pixel_runs(r1 - r0, g.W * c, w_in, c, cg)
-        o_offs, o_len = _pixel_runs(o1 - o0, g.OW * c, ow, c, cg)
+        x_block = _pixel_block(r1 - r0, g.W * c, w_in, c, cg)
+        o_block = _pixel_block(o1 - o0, g.OW * c, ow, c, cg)
         ctx.graph.add_vertices(cs, codelet, {
-            "x": _runs(np.concatenate([v[0] for v in parts]), x_offs, x_len, flat),
-            "out": _runs(np.concatenate([v[1] for v in parts]), o_offs, o_len, out_flat),
+            "x": _runs([v[0] for v in parts], n, g.H * g.W * c, x_block, flat),
+            "out": _runs([v[1] for v in parts], n, g.OH * g.OW * c, o_block, out_flat),
             "H": g.H, "W": w_in, "OW": ow, "kh": g.kh, "kw": g.kw, "sh": g.sh, "sw": g.sw, "pw": pw,
             "row0": o0 * g.sh - g.ph, "C": cg}, np.concatenate([v[2] for v in parts]))
     ctx.execute(cs)
