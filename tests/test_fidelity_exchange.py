@@ -43,3 +43,19 @@ def test_the_reordered_im2col_copy_still_pairs_element_for_element():
     starts, ends = transfers.starts[0], transfers.ends[0]
     got = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
     assert sorted(got.tolist()) == sorted(src.addresses().ravel().tolist())
+
+
+def test_a_window_field_is_one_interval_per_pixel_row():
+    """A vertex reading a 3x3-pixel window of 3 channels from an NHWC ``[2, 5, 6, 3]`` input: each
+    window row (3 pixels x 3 channels = 9 addresses) is contiguous, so 3 intervals per vertex,
+    6 in all (not 2 x 27 single elements)."""
+    from softipu.compiler.conflicts import field_intervals
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (2, 5, 6, 3), name="x")
+    window = x[:, 1:4, 2:5, :].reshape(2, -1)
+    starts, ends, row = field_intervals(window)
+    assert row.tolist() == [0, 0, 0, 1, 1, 1]
+    first = x.offset + (1 * 6 + 2) * 3
+    assert starts.tolist() == [first + r * 18 + s * 90 for s in range(2) for r in range(3)]
+    assert (ends - starts).tolist() == [9] * 6
