@@ -91,8 +91,8 @@ def test_options_without_meaning_are_stored_and_warned_once():
         opts.Training.setConvolutionDithering(True)  # the second time: stored, no warning
     with pytest.warns(st.UnusedOptionWarning, match="Precision.halfFloatCasting"):
         opts.Precision.halfFloatCasting(poptorch.HalfFloatCastingBehavior.HalfUpcastToFloat)
-    with pytest.warns(st.UnusedOptionWarning, match="setExecutionStrategy"):
-        opts.setExecutionStrategy(poptorch.PipelinedExecution("a", "b"))
+    with pytest.warns(st.UnusedOptionWarning, match="syncPattern"):
+        opts.syncPattern(poptorch.SyncPattern.SinglePipeline)
     assert opts.stored["Training.setConvolutionDithering"] is True
     assert opts.toSoftipu().stored["Precision.halfFloatCasting"] == poptorch.HalfFloatCastingBehavior.HalfUpcastToFloat
     opts.Precision.enableFloatingPointExceptions(True)

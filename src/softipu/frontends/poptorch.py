@@ -16,13 +16,19 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import torch
+from softipu.frontends.poptorch_blocks import (
+    BeginBlock,
+    Block,
+    BlockFunction,
+    Phase,
+    Stage,
+    block_of,
+    removeBlocks,
+)
 
 from softipu.frontends.errors import FrontendError, RecoverableError, UnrecoverableError
 from softipu.frontends.errors import PoptorchError as Error
@@ -84,12 +90,14 @@ from softipu.frontends.torch.runtime import logger
 from softipu.frontends.torch.training import record_loss
 
 __all__ = [
-    "AsynchronousDataAccessor", "AutoStage", "BeginBlock", "Block", "CPU", "CommGroupType", "ConnectionType",
+    "AsynchronousDataAccessor", "AutoStage", "BeginBlock", "Block", "BlockFunction", "CPU", "CommGroupType",
+    "ConnectionType",
     "DataLoader", "DataLoaderMode", "Error", "HalfFloatCastingBehavior", "ICustomArgParser", "Liveness",
     "MatMulSerializationMode", "MeanReductionStrategy", "MultiConv", "MultiConvPlanType", "NameScope",
     "Options", "OutputMode", "OverlapMode", "ParallelPhasedExecution", "PipelinedExecution",
-    "PoplarExecutor", "RecoverableError", "ReductionType", "SerialPhasedExecution", "ShardedExecution",
-    "SharingStrategy", "SyncPattern", "TensorLocationSettings", "TrainingExecutor", "UnrecoverableError",
+    "Phase", "PoplarExecutor", "RecoverableError", "ReductionType", "SerialPhasedExecution",
+    "ShardedExecution", "SharingStrategy", "Stage", "SyncPattern", "TensorLocationSettings",
+    "TrainingExecutor", "UnrecoverableError",
     "VariableRetrievalMode", "__version__", "block_of", "cond", "ctc_beam_search_decoder", "custom_op",
     "dynamic_slice", "dynamic_update", "for_loop", "identity_loss", "inferenceModel",
     "ipuHardwareIsAvailable", "ipuHardwareVersion", "ipu_print_tensor", "isRunningOnIpu", "load", "nop",
@@ -103,36 +111,7 @@ __version__ = "3.3.0+softipu"
 
 
 # -- annotations ------------------------------------------------------------------------------------------
-_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def BeginBlock(layer_to_call: torch.nn.Module, user_id: Any = None, ipu_id: int | None = None) -> Any:  # noqa: N802
-    """Mark where a pipeline stage begins: accepted and recorded (``block_of``); everything runs on
-    one IPU until multi-IPU placement lands."""
-    _BLOCKS[layer_to_call] = (user_id, ipu_id)
-    if ipu_id not in (None, 0):
-        warn_unused(["BeginBlock(ipu_id > 0)"], "PopTorch annotation")
-    return layer_to_call
-
-
-def block_of(layer: torch.nn.Module) -> tuple[Any, int | None] | None:
-    """The ``(user_id, ipu_id)`` a layer was given with :func:`BeginBlock`, if any."""
-    return _BLOCKS.get(layer)
-
-
-def removeBlocks(module: torch.nn.Module) -> torch.nn.Module:  # noqa: N802 - PopTorch's name
-    """Forget the :func:`BeginBlock` marks of ``module`` and its submodules."""
-    for layer in module.modules():
-        _BLOCKS.pop(layer, None)
-    return module
-
-
-@contextlib.contextmanager
-def Block(user_id: Any = None, ipu_id: int | None = None) -> Iterator[None]:  # noqa: N802
-    """PopTorch's ``with poptorch.Block(...)``: accepted; placement comes with multi-IPU support."""
-    if ipu_id not in (None, 0):
-        warn_unused(["Block(ipu_id > 0)"], "PopTorch annotation")
-    yield
+# BeginBlock, Block, BlockFunction, Stage, Phase and the strategies: frontends/poptorch_blocks.py
 
 
 def recomputationCheckpoint(*tensors: torch.Tensor) -> Any:  # noqa: N802

@@ -83,7 +83,7 @@ KEY_OPTIONS = ("target", "replication_factor", "device_iterations", "precision",
                "engine_options", "stored", "gradient_accumulation", "accumulation_reduction",
                "mean_reduction_strategy",
                "auto_loss_scaling", "input_group_size", "input_group_type", "merge_all_reduce",
-               "recomputation", "tensor_locations")
+               "recomputation", "tensor_locations", "model_parallel")
 NOT_KEY_OPTIONS = ("log_cycle_count", "recompile_on_shape_change", "executable_cache_dir",
                    "executable_cache_max_bytes")
 

@@ -416,6 +416,10 @@ class _Lowerer:
         self.inputs.append(StreamSlot(name, stream, shape, val.dtype, dtype))
         return var
 
+    def place(self, node: torch.fx.Node | None) -> None:
+        """Model parallelism's hook (frontends/torch/pipeline.py): what follows is made on ``node``'s
+        IPU. One IPU here: nothing to do."""
+
     def lower_node(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any]) -> Any:
         if node.target is operator.getitem:
             source, index = node.args

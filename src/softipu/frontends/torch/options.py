@@ -115,6 +115,10 @@ class Options:
       activations live (PopTorch's ``TensorLocations``: on chip, in Streaming Memory, sharded over
       replicas), ``{"weight" | "optimizer" | "accumulator" | "activation": {setting: value}}``
       (see ``frontends/torch/training/locations.py``).
+    * ``model_parallel``: PopTorch's execution strategy over the blocks' IPUs (``strategy``
+      ``"pipelined"`` | ``"sharded"`` | ``"serial_phased"`` | ``"parallel_phased"``, ``blocks``,
+      ``auto_stage``, ``auto_round``, per-IPU ``memory``; see ``frontends/torch/pipeline.py``); used
+      only when the model has blocks (``poptorch.BeginBlock`` / ``Block``).
     * ``stored``: options accepted for compatibility (PopTorch's) that have no effect yet.
     """
 
@@ -141,6 +145,7 @@ class Options:
     merge_all_reduce: bool = False
     recomputation: str = "none"
     tensor_locations: Mapping[str, Any] = field(default_factory=dict)
+    model_parallel: Mapping[str, Any] = field(default_factory=dict)
     stored: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
