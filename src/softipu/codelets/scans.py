@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import enum
 from functools import cache
+from typing import Any
 
 import numpy as np
 
-from softipu.codelets.indexing import FIXED_CYCLES, SORT_CYCLES_PER_COMPARE, _named
+from softipu.codelets.indexing import FIXED_CYCLES, SCAN_CYCLES_PER_ELEMENT, SORT_CYCLES_PER_COMPARE, _named
 from softipu.dtypes import DType, float32, int32
 from softipu.graph.vertex import Input, Output, Vertex
 
-__all__ = ["Scan", "Select", "scan_codelet", "select_codelet", "SCAN_CYCLES"]
+__all__ = ["Scan", "Select", "scan_codelet", "select_codelet", "SCAN_CYCLES", "scan_total_codelet",
+           "scan_carry_codelet", "scan_apply_codelet"]
 
 
 class Scan(enum.Enum):
+    SUM = "sum"  # cumsum's own codelet is indexing.cumsum_codelet; this is for rows in pieces
     PROD = "prod"
     MAX = "max"
     MIN = "min"
@@ -35,22 +38,28 @@ class Select(enum.Enum):
 
 
 # [U] cycles per element of each scan: a multiply; a compare, select and index store; exp + log.
-SCAN_CYCLES = {Scan.PROD: 2, Scan.MAX: 4, Scan.MIN: 4, Scan.LOGSUMEXP: 24}
+SCAN_CYCLES = {Scan.SUM: SCAN_CYCLES_PER_ELEMENT, Scan.PROD: 2, Scan.MAX: 4, Scan.MIN: 4, Scan.LOGSUMEXP: 24}
 
 
-def _extremum(x: np.ndarray, is_max: bool) -> tuple[np.ndarray, np.ndarray]:
-    """torch's cummax/cummin: NaN propagates; ties and NaNs take the latest index."""
+def _extremum(x: np.ndarray, is_max: bool, best: np.ndarray | None = None, at: np.ndarray | None = None,
+              offset: Any = 0) -> tuple[np.ndarray, np.ndarray]:
+    """torch's cummax/cummin: NaN propagates; ties and NaNs take the latest index. ``best`` and
+    ``at`` carry in a value and index from before the row (a row in pieces); ``offset`` is added
+    to the positions."""
     out = np.empty_like(x)
     idx = np.empty(x.shape, np.int32)
-    best = x[..., 0].copy()
-    at = np.zeros(x.shape[:-1], np.int32)
-    out[..., 0], idx[..., 0] = best, 0
-    for i in range(1, x.shape[-1]):
+    start = 0
+    if best is None:
+        best = x[..., 0].copy()
+        at = np.zeros(x.shape[:-1], np.int32) + offset
+        out[..., 0], idx[..., 0] = best, at
+        start = 1
+    for i in range(start, x.shape[-1]):
         v = x[..., i]
         better = (v >= best) if is_max else (v <= best)
         take = np.isnan(v) | (~np.isnan(best) & better)
         best = np.where(take, v, best)
-        at = np.where(take, i, at)
+        at = np.where(take, i + offset, at)
         out[..., i], idx[..., i] = best, at
     return out, idx
 
@@ -83,10 +92,7 @@ def scan_codelet(op: Scan, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def compute(x, out):
-            if op is Scan.PROD:
-                out[...] = np.cumprod(x, axis=-1, dtype=work)
-            else:
-                out[...] = np.logaddexp.accumulate(x.astype(work), axis=-1)
+            out[...] = _accumulate(op, x.astype(work))
 
         @staticmethod
         def cycles(x, out, target):
@@ -160,3 +166,164 @@ def select_codelet(op: Select, dtype: DType, k: int = 0) -> type[Vertex]:
             return FIXED_CYCLES + SORT_CYCLES_PER_COMPARE * x * max(1, int(np.ceil(np.log2(max(x, 2)))))
 
     return _named(SelectKV, f"Select<{dtype.name},{op.name},{k}>")
+
+
+def _accumulate(op: Scan, x: np.ndarray) -> np.ndarray:
+    """The inclusive running ``op`` along the last axis, in ``x``'s (working) dtype."""
+    if op is Scan.SUM:
+        return np.cumsum(x, axis=-1, dtype=x.dtype)
+    if op is Scan.PROD:
+        return np.cumprod(x, axis=-1, dtype=x.dtype)
+    return np.logaddexp.accumulate(x, axis=-1)
+
+
+def _identity(op: Scan, dtype: np.dtype) -> Any:
+    """The value that leaves ``op`` unchanged (the carry into a row's first piece)."""
+    if op is Scan.SUM:
+        return 0
+    if op is Scan.PROD:
+        return 1
+    if dtype.kind == "f":
+        return np.inf if op is Scan.MIN else -np.inf
+    info = np.iinfo(dtype)
+    return info.max if op is Scan.MIN else info.min
+
+
+# -- rows in pieces over tiles (ops.indexing.row_pieces): reduce, carry, scan again ---------------
+# A running op over a row cut into pieces on several tiles runs as a scan over tiles does: each
+# piece reduces to its total (the op's last running value), one vertex per row turns the totals
+# into each piece's carry-in (an exclusive running op over the pieces), then each piece runs its
+# scan again from its carry. Floats are accumulated in float32 throughout (as the whole-row
+# codelets do); MAX/MIN carry the value and its index. Estimates [U] as the whole-row codelets.
+def _work(op: Scan, dtype: DType) -> DType:
+    return float32 if dtype.is_float and dtype.itemsize < 4 and op not in (Scan.MAX, Scan.MIN) else dtype
+
+
+@cache
+def scan_total_codelet(op: Scan, dtype: DType) -> type[Vertex]:
+    """One piece's total: the last value of its running ``op`` (in the working dtype); MAX/MIN also
+    its index in the row (``start``: the piece's first position)."""
+    work = _work(op, dtype)
+    per = SCAN_CYCLES[op]
+    if op in (Scan.MAX, Scan.MIN):
+        class ScanTotalKV(Vertex):
+            x = Input(dtype)
+            start = Input(int32)
+            total = Output(dtype)
+            tindex = Output(int32)
+
+            @staticmethod
+            def compute(x, start, total, tindex):
+                values, index = _extremum(x, op is Scan.MAX, offset=start[..., 0])
+                total[...], tindex[...] = values[..., -1:], index[..., -1:]
+
+            @staticmethod
+            def cycles(x, start, total, tindex, target):
+                return FIXED_CYCLES + per * x
+
+        return _named(ScanTotalKV, f"ScanTotal<{dtype.name},{op.name}>")
+
+    class ScanTotal(Vertex):
+        x = Input(dtype)
+        total = Output(work)
+
+        @staticmethod
+        def compute(x, total):
+            total[...] = _accumulate(op, x.astype(work.numpy))[..., -1:]
+
+        @staticmethod
+        def cycles(x, total, target):
+            return FIXED_CYCLES + per * x
+
+    return _named(ScanTotal, f"ScanTotal<{dtype.name},{op.name}>")
+
+
+@cache
+def scan_carry_codelet(op: Scan, dtype: DType) -> type[Vertex]:
+    """One row's carries: ``carry[j]`` is ``op`` over the totals of pieces ``0 .. j - 1`` (the
+    identity for the first piece); MAX/MIN also the index of that value."""
+    work = _work(op, dtype)
+    per = SCAN_CYCLES[op]
+    if op in (Scan.MAX, Scan.MIN):
+        class ScanCarryKV(Vertex):
+            total = Input(dtype)
+            tindex = Input(int32)
+            carry = Output(dtype)
+            cindex = Output(int32)
+
+            @staticmethod
+            def compute(total, tindex, carry, cindex):
+                best = np.full(total.shape[:-1], _identity(op, total.dtype), total.dtype)
+                at = np.zeros(total.shape[:-1], np.int32)
+                for j in range(total.shape[-1]):
+                    carry[..., j], cindex[..., j] = best, at
+                    v = total[..., j]
+                    better = (v >= best) if op is Scan.MAX else (v <= best)
+                    take = np.isnan(v) | (~np.isnan(best) & better)
+                    best, at = np.where(take, v, best), np.where(take, tindex[..., j], at)
+
+            @staticmethod
+            def cycles(total, tindex, carry, cindex, target):
+                return FIXED_CYCLES + per * total
+
+        return _named(ScanCarryKV, f"ScanCarry<{dtype.name},{op.name}>")
+
+    class ScanCarry(Vertex):
+        total = Input(work)
+        carry = Output(work)
+
+        @staticmethod
+        def compute(total, carry):
+            first = np.full(total.shape[:-1] + (1,), _identity(op, total.dtype), total.dtype)
+            carry[...] = _accumulate(op, np.concatenate([first, total[..., :-1]], axis=-1))
+
+        @staticmethod
+        def cycles(total, carry, target):
+            return FIXED_CYCLES + per * total
+
+    return _named(ScanCarry, f"ScanCarry<{dtype.name},{op.name}>")
+
+
+@cache
+def scan_apply_codelet(op: Scan, dtype: DType) -> type[Vertex]:
+    """One piece's running ``op`` from its carry-in: ``out`` (and MAX/MIN's ``index`` in the row)."""
+    work = _work(op, dtype)
+    per = SCAN_CYCLES[op]
+    if op in (Scan.MAX, Scan.MIN):
+        class ScanApplyKV(Vertex):
+            x = Input(dtype)
+            carry = Input(dtype)
+            cindex = Input(int32)
+            start = Input(int32)
+            out = Output(dtype)
+            index = Output(int32)
+
+            @staticmethod
+            def compute(x, carry, cindex, start, out, index):
+                out[...], index[...] = _extremum(x, op is Scan.MAX, carry[..., 0].copy(),
+                                                 cindex[..., 0].copy(), offset=start[..., 0])
+
+            @staticmethod
+            def cycles(x, carry, cindex, start, out, index, target):
+                return FIXED_CYCLES + per * x
+
+        return _named(ScanApplyKV, f"ScanApply<{dtype.name},{op.name}>")
+
+    class ScanApply(Vertex):
+        x = Input(dtype)
+        carry = Input(work)
+        out = Output(dtype)
+
+        @staticmethod
+        def compute(x, carry, out):
+            out[...] = _accumulate(op, np.concatenate([carry, x.astype(work.numpy)], axis=-1))[..., 1:]
+
+        @staticmethod
+        def cycles(x, carry, out, target):
+            return FIXED_CYCLES + per * x
+
+        @staticmethod
+        def flops(x, carry, out):
+            return x
+
+    return _named(ScanApply, f"ScanApply<{dtype.name},{op.name}>")

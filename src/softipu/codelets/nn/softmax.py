@@ -19,10 +19,11 @@ from softipu.codelets.nn._common import (
     _row_cycles,
     _split,
 )
-from softipu.dtypes import DType, int32
-from softipu.graph.vertex import Input, Output, Param, Vertex
+from softipu.dtypes import DType, float32, int32
+from softipu.graph.vertex import InOut, Input, Output, Param, Vertex
 
-__all__ = ["softmax_rows_codelet", "softmax_grad_rows_codelet"]
+__all__ = ["softmax_rows_codelet", "softmax_grad_rows_codelet", "softmax_piece_max_codelet",
+           "row_combine_codelet", "softmax_piece_exp_codelet", "softmax_piece_scale_codelet"]
 
 
 # -- softmax -------------------------------------------------------------------------------------
@@ -95,3 +96,95 @@ def softmax_grad_rows_codelet(dtype: DType, log: bool) -> type[Vertex]:
             return 4 * y
 
     return _named(SoftmaxGradRows, f"{'LogSoftmax' if log else 'Softmax'}GradRows<{dtype.name}>")
+
+
+# -- rows cut into pieces over tiles (ops.indexing.row_pieces) -------------------------------------
+# popnn's softmax on a tensor spread over tiles is popops passes: a MAX reduction of each row
+# (each tile's piece, then the row's partials), a subtract and exp in place with an ADD reduction,
+# then a divide (log-softmax: subtract the log of the sum). Each vertex below is one piece's pass
+# of that chain, priced per vector as the popops estimators it stands for [U].
+@cache
+def softmax_piece_max_codelet(dtype: DType) -> type[Vertex]:
+    """``m = max(x)`` of one piece, fp32 (the first stage of the row max)."""
+
+    class SoftmaxPieceMax(Vertex):
+        x = Input(dtype)
+        m = Output(float32)
+
+        @staticmethod
+        def compute(x, m):
+            m[...] = _f32(x).max(axis=-1, keepdims=True)
+
+        @staticmethod
+        def cycles(x, m, target):
+            return _row_cycles(x, 1, C_MAX, 0, dtype, target, 1)
+
+    return _named(SoftmaxPieceMax, f"SoftmaxPieceMax<{dtype.name}>")
+
+
+@cache
+def row_combine_codelet(is_max: bool) -> type[Vertex]:
+    """``out = max(partial)`` or ``sum(partial)`` of one row's per-piece fp32 partials (the second
+    stage of the row's reduction)."""
+
+    class RowCombine(Vertex):
+        partial = Input(float32)
+        out = Output(float32)
+
+        @staticmethod
+        def compute(partial, out):
+            out[...] = partial.max(axis=-1, keepdims=True) if is_max else \
+                partial.sum(axis=-1, keepdims=True, dtype=np.float32)
+
+        @staticmethod
+        def cycles(partial, out, target):
+            return _row_cycles(partial, 1, C_MAX if is_max else C_ACC, 0, float32, target, 0)
+
+    return _named(RowCombine, f"RowCombine<{'max' if is_max else 'add'}>")
+
+
+@cache
+def softmax_piece_exp_codelet(dtype: DType, log: bool) -> type[Vertex]:
+    """``d = x - m`` (the row max); ``s = sum(exp(d))`` fp32; ``out = exp(d)`` (softmax) or ``d``
+    (log-softmax), in ``dtype``."""
+
+    class SoftmaxPieceExp(Vertex):
+        x = Input(dtype)
+        m = Input(float32)
+        out = Output(dtype)
+        s = Output(float32)
+
+        @staticmethod
+        def compute(x, m, out, s):
+            d = _f32(x) - m
+            e = np.exp(d)
+            s[...] = e.sum(axis=-1, keepdims=True, dtype=np.float32)
+            out[...] = d if log else e
+
+        @staticmethod
+        def cycles(x, m, out, s, target):
+            return _row_cycles(x, 1, C_ADD + C_EXP + C_ACC, 0, dtype, target, 2)
+
+    return _named(SoftmaxPieceExp, f"{'LogSoftmax' if log else 'Softmax'}PieceExp<{dtype.name}>")
+
+
+@cache
+def softmax_piece_scale_codelet(dtype: DType, log: bool) -> type[Vertex]:
+    """In place on one output piece: ``out *= 1 / s`` (softmax) or ``out -= log(s)``."""
+
+    class SoftmaxPieceScale(Vertex):
+        s = Input(float32)
+        out = InOut(dtype)
+
+        @staticmethod
+        def compute(s, out):
+            if log:
+                out[...] = _f32(out) - np.log(s)
+            else:
+                out[...] = _f32(out) * (np.float32(1) / s)
+
+        @staticmethod
+        def cycles(s, out, target):
+            return _row_cycles(out, 1, C_ADD, C_LOG if log else C_DIVIDE, dtype, target, 2)
+
+    return _named(SoftmaxPieceScale, f"{'LogSoftmax' if log else 'Softmax'}PieceScale<{dtype.name}>")

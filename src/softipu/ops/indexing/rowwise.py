@@ -11,16 +11,53 @@ from typing import Any
 import numpy as np
 
 from softipu.codelets.indexing import SortOrder, cumsum_codelet, sort_codelet
-from softipu.dtypes import int32
+from softipu.codelets.scans import Scan, scan_apply_codelet, scan_carry_codelet, scan_total_codelet
+from softipu.dtypes import float32, int32
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
+from softipu.ops.indexing import row_pieces as rp
 from softipu.ops.indexing._common import _axis, _int, _moveaxis, _prod
 
 __all__ = ["sort", "sort_with_indices", "top_k", "cumsum"]
 
 
 # -- row-wise: sort, top-k, cumsum ---------------------------------------------------------------------
+def _scan_pieces(ctx: OpContext, x: Tensor, axis: int, op: Scan) -> tuple[Tensor, Tensor | None]:
+    """A running ``op`` along ``axis`` whose rows are longer than a vertex takes: each row cut into
+    pieces over the tiles that hold it (``row_pieces``); each piece's total, each row's carries
+    into its pieces (one vertex per row), then each piece's scan from its carry where it lives
+    (``codelets.scans``). MAX/MIN also return the int32 index of each value."""
+    moved = _moveaxis(x, axis, -1)
+    n = moved.shape[-1]
+    x2 = moved.reshape(_prod(moved.shape[:-1]), n)
+    plan = rp.plan_pieces(ctx, x2)
+    kv = op in (Scan.MAX, Scan.MIN)
+    work = x.dtype if kv or not (x.dtype.is_float and x.dtype.itemsize < 4) else float32
+    totals = {"total": rp.piece_values(ctx, plan, work, "piece_total")}
+    carries = {"carry": rp.row_values(ctx, plan, work, "carry", plan.pieces)}
+    starts = {}
+    if kv:
+        totals["tindex"] = rp.piece_values(ctx, plan, int32, "piece_total_index")
+        carries["cindex"] = rp.row_values(ctx, plan, int32, "carry_index", plan.pieces)
+        first = np.tile(plan.starts(), (plan.rows, 1))
+        starts["start"] = rp.piece_constant(ctx, plan, int32, first, "starts")
+    cs = ctx.compute_set("totals")
+    rp.add_piece_vertices(ctx, cs, scan_total_codelet(op, x.dtype), plan, {"x": x2}, totals | starts)
+    ctx.execute(cs)
+    cs = ctx.compute_set("carries")
+    rp.add_row_vertices(ctx, cs, scan_carry_codelet(op, x.dtype), plan, totals | carries)
+    ctx.execute(cs)
+    outs = {"out": rp.piece_output(ctx, plan, x.dtype, "out")}
+    if kv:
+        outs["index"] = rp.piece_output(ctx, plan, int32, "indices")
+    cs = ctx.compute_set("scan")
+    rp.add_piece_vertices(ctx, cs, scan_apply_codelet(op, x.dtype), plan, {"x": x2} | outs, carries | starts)
+    ctx.execute(cs)
+    back = [_moveaxis(t.reshape(moved.shape), -1, axis) for t in outs.values()]
+    return back[0], (back[1] if kv else None)
+
+
 def _row_op(ctx: OpContext, x: Tensor, axis: int, codelet: type, keep: int,
             with_index: bool) -> tuple[Tensor, Tensor | None]:
     """One vertex per row along ``axis``; outputs mapped in whole rows, returned in x's layout."""
@@ -138,5 +175,7 @@ def cumsum(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1, name: str = ""
     ctx = OpContext.start(graph, prog, "cumsum", name, x)
     parse_options(ctx, options, {})
     axis = _sort_args(ctx, x, axis)
+    if rp.needs_pieces(x.shape[axis]):  # a row too long for one vertex: split it across tiles
+        return _scan_pieces(ctx, x, axis, Scan.SUM)[0]
     values, _ = _row_op(ctx, x, axis, cumsum_codelet(x.dtype), x.shape[axis], False)
     return values

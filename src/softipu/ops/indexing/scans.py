@@ -14,7 +14,8 @@ from softipu.codelets.scans import Scan, Select, scan_codelet, select_codelet
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
-from softipu.ops.indexing.rowwise import _row_op, _sort_args
+from softipu.ops.indexing.row_pieces import needs_pieces
+from softipu.ops.indexing.rowwise import _row_op, _scan_pieces, _sort_args
 
 __all__ = ["cumprod", "cummax", "cummin", "logcumsumexp", "median", "nanmedian", "kthvalue", "mode"]
 
@@ -26,6 +27,8 @@ def _scan(op: Scan, label: str, graph: Graph, x: Tensor, prog: Any, axis: int, n
     axis = _sort_args(ctx, x, axis)
     if op is Scan.LOGSUMEXP and not x.dtype.is_float:
         raise ctx.error(f"{label} of {x.dtype} tensor {x.name}: cast to a float dtype first")
+    if needs_pieces(x.shape[axis]):  # a row too long for one vertex: split it across tiles
+        return _scan_pieces(ctx, x, axis, op)
     return _row_op(ctx, x, axis, scan_codelet(op, x.dtype), x.shape[axis], op in (Scan.MAX, Scan.MIN))
 
 

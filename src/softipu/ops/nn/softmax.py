@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from softipu.codelets import nn as C
+from softipu.dtypes import float32
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext
 from softipu.ops.nn._common import (
+    ROW_VERTEX_ELEMENTS,
     _add_rows,
     _check_float,
     _check_same,
@@ -64,6 +67,8 @@ def _softmax(graph, x, prog, dim, log, op, name, options) -> Tensor:
     x2, restore = _rows_along(ctx, x, dim)
     if x2.numel == 0:
         return restore(_variable(ctx, x.dtype, x2.shape, "out"))
+    if x2.shape[1] > ROW_VERTEX_ELEMENTS:  # a row too long for one vertex: split it across tiles
+        return restore(_softmax_pieces(ctx, x2, log))
     plan = _plan_rows(ctx, x2)
     out2 = _row_output(ctx, plan, x.dtype, x2.shape[1], "out")
     cs = ctx.compute_set()
@@ -71,6 +76,40 @@ def _softmax(graph, x, prog, dim, log, op, name, options) -> Tensor:
               params={"n": x2.shape[1]})
     ctx.execute(cs)
     return restore(out2)
+
+
+def _softmax_pieces(ctx: OpContext, x2: Tensor, log: bool) -> Tensor:
+    """(Log-)softmax of rows longer than a vertex takes, each row cut into pieces over the tiles
+    that hold it (``ops.indexing.row_pieces``), as popnn runs it on a spread tensor: the row max
+    (each piece's, then combined per row), ``exp(x - max)`` with each piece's sum, the row sum,
+    then each piece scaled (or, log-softmax, shifted by the log of the sum) where it lives."""
+    from softipu.ops.indexing import row_pieces as rp  # noqa: PLC0415 - ops.indexing imports ops.nn
+
+    plan = rp.plan_pieces(ctx, x2)
+    dtype = x2.dtype
+    piece_max = rp.piece_values(ctx, plan, float32, "piece_max")
+    cs = ctx.compute_set("max")
+    rp.add_piece_vertices(ctx, cs, C.softmax_piece_max_codelet(dtype), plan, {"x": x2}, {"m": piece_max})
+    ctx.execute(cs)
+    row_max = rp.row_values(ctx, plan, float32, "row_max")
+    cs = ctx.compute_set("max/rows")
+    rp.add_row_vertices(ctx, cs, C.row_combine_codelet(True), plan, {"partial": piece_max, "out": row_max})
+    ctx.execute(cs)
+    out = rp.piece_output(ctx, plan, dtype, "out")
+    piece_sum = rp.piece_values(ctx, plan, float32, "piece_sum")
+    cs = ctx.compute_set("exp")
+    rp.add_piece_vertices(ctx, cs, C.softmax_piece_exp_codelet(dtype, log), plan, {"x": x2, "out": out},
+                          {"s": piece_sum}, {"m": row_max})
+    ctx.execute(cs)
+    row_sum = rp.row_values(ctx, plan, float32, "row_sum")
+    cs = ctx.compute_set("sum/rows")
+    rp.add_row_vertices(ctx, cs, C.row_combine_codelet(False), plan, {"partial": piece_sum, "out": row_sum})
+    ctx.execute(cs)
+    cs = ctx.compute_set("scale")
+    rp.add_piece_vertices(ctx, cs, C.softmax_piece_scale_codelet(dtype, log), plan, {"out": out},
+                          per_row={"s": row_sum})
+    ctx.execute(cs)
+    return out
 
 
 def softmax_grad(graph: Graph, y: Tensor, grad_out: Tensor, prog: Any, *, dim: int = -1,
