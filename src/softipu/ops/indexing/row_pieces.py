@@ -68,12 +68,12 @@ class RowPieces:
         return np.arange(self.pieces, dtype=np.int64) * self.length
 
 
-def plan_pieces(ctx: OpContext, x2: Tensor) -> RowPieces:
+def plan_pieces(ctx: OpContext, x2: Tensor, spread: bool = True) -> RowPieces:
     """Pieces of each row of ``x2`` (``(rows, n)``): at most ``ROW_VERTEX_ELEMENTS`` long, and
-    enough of them to give every worker of the tiles a piece when rows are few."""
+    (``spread``) enough of them to give every worker of the tiles a piece when rows are few."""
     rows, n = x2.shape
     target = ctx.graph.target
-    want = target.num_tiles * target.workers_per_tile
+    want = target.num_tiles * target.workers_per_tile if spread else 1
     pieces = max(-(-n // ROW_VERTEX_ELEMENTS), min(-(-want // rows), n // MIN_PIECE), 1)
     length = -(-n // pieces)
     pieces = -(-n // length)

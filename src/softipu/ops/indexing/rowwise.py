@@ -12,10 +12,12 @@ import numpy as np
 
 from softipu.codelets.indexing import SortOrder, cumsum_codelet, sort_codelet
 from softipu.codelets.scans import Scan, scan_apply_codelet, scan_carry_codelet, scan_total_codelet
+from softipu.codelets.sort_pieces import merge_split_codelet, sort_piece_codelet
 from softipu.dtypes import float32, int32
+from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
-from softipu.ops.common import OpContext, parse_options
+from softipu.ops.common import OpContext, parse_options, rows_of
 from softipu.ops.indexing import row_pieces as rp
 from softipu.ops.indexing._common import _axis, _int, _moveaxis, _prod
 
@@ -58,6 +60,64 @@ def _scan_pieces(ctx: OpContext, x: Tensor, axis: int, op: Scan) -> tuple[Tensor
     return back[0], (back[1] if kv else None)
 
 
+def _sort_pieces(ctx: OpContext, x: Tensor, axis: int, order: SortOrder,
+                 with_index: bool) -> tuple[Tensor, Tensor | None]:
+    """``x`` sorted along ``axis`` (and each value's int32 position) when rows are longer than a
+    vertex takes: each row cut into pieces over the tiles that hold it (``row_pieces``), each
+    piece sorted where it lives, then ``pieces`` rounds of merge-split between neighbouring pieces
+    (``codelets.sort_pieces``), two buffers taking turns."""
+    moved = _moveaxis(x, axis, -1)
+    n = moved.shape[-1]
+    x2 = moved.reshape(_prod(moved.shape[:-1]), n)
+    plan = rp.plan_pieces(ctx, x2, spread=False)
+    buffers = [{"out": rp.piece_output(ctx, plan, x.dtype, f"sorted{b}")} for b in (0, 1)]
+    if with_index:
+        for b, buf in enumerate(buffers):
+            buf["index"] = rp.piece_output(ctx, plan, int32, f"indices{b}")
+    starts = {"start": rp.piece_constant(ctx, plan, int32, np.tile(plan.starts(), (plan.rows, 1)), "starts")}
+    cs = ctx.compute_set("pieces")
+    rp.add_piece_vertices(ctx, cs, sort_piece_codelet(x.dtype, order, with_index), plan,
+                          {"x": x2} | buffers[0], starts if with_index else None)
+    ctx.execute(cs)
+    for t in range(plan.pieces if plan.pieces > 1 else 0):
+        _merge_round(ctx, plan, t, buffers[t % 2], buffers[(t + 1) % 2], x.dtype, order)
+    done = buffers[plan.pieces % 2 if plan.pieces > 1 else 0]
+    back = {k: _moveaxis(v.reshape(moved.shape), -1, axis) for k, v in done.items()}
+    return back["out"], back.get("index")
+
+
+def _merge_round(ctx: OpContext, plan: rp.RowPieces, t: int, src: dict[str, Tensor], dst: dict[str, Tensor],
+                 dtype: Any, order: SortOrder) -> None:
+    """Round ``t``: pieces ``(j, j + 1)``, ``j = t mod 2, t mod 2 + 2, ...`` merge-split from ``src``
+    into ``dst``; a piece in no pair is copied across."""
+    def view(t2: Tensor, r: np.ndarray, j: np.ndarray, length: int) -> Tensor:
+        return rows_of(t2.flatten(), r * plan.n + j * plan.length, length)
+
+    with_index = "index" in src
+    firsts = np.arange(t % 2, plan.pieces - 1, 2)
+    cs = ctx.compute_set(f"merge{t}")
+    for pick in (firsts + 1 < plan.pieces - 1, firsts + 1 == plan.pieces - 1):
+        if not pick.any():
+            continue
+        r, j = (a.ravel() for a in np.meshgrid(np.arange(plan.rows), firsts[pick], indexing="ij"))
+        right = plan.length if (j[0] + 1) < plan.pieces - 1 else plan.last
+        fields = {"a": view(src["out"], r, j, plan.length), "b": view(src["out"], r, j + 1, right)}
+        if with_index:
+            fields |= {"ai": view(src["index"], r, j, plan.length), "bi": view(src["index"], r, j + 1, right)}
+        for lower, piece, length in ((True, j, plan.length), (False, j + 1, right)):
+            outs = {name: view(dst[name], r, piece, length) for name in dst}
+            ctx.graph.add_vertices(cs, merge_split_codelet(dtype, order, with_index, lower), fields | outs,
+                                   plan.tiles[r, piece])
+    ctx.execute(cs)
+    alone = sorted(set(range(plan.pieces)) - set(firsts.tolist()) - set((firsts + 1).tolist()))
+    for j in alone:
+        length = plan.last if j == plan.pieces - 1 else plan.length
+        r = np.arange(plan.rows)
+        for name in src:
+            ctx.prog.add(P.Copy(view(src[name], r, np.full(r.size, j), length),
+                                view(dst[name], r, np.full(r.size, j), length)))
+
+
 def _row_op(ctx: OpContext, x: Tensor, axis: int, codelet: type, keep: int,
             with_index: bool) -> tuple[Tensor, Tensor | None]:
     """One vertex per row along ``axis``; outputs mapped in whole rows, returned in x's layout."""
@@ -79,6 +139,13 @@ def _row_op(ctx: OpContext, x: Tensor, axis: int, codelet: type, keep: int,
         ctx.execute(cs)
     back = (lambda t: _moveaxis(t, -1, axis)) if x.ndim else (lambda t: t)
     return back(out), (back(index) if index is not None else None)
+
+
+def _first_along(t: Tensor, axis: int, k: int) -> Tensor:
+    """The first ``k`` entries of ``t`` along ``axis`` (a view)."""
+    moved = _moveaxis(t, axis, -1)
+    rows = _prod(moved.shape[:-1])
+    return _moveaxis(moved.reshape(rows, moved.shape[-1])[:, :k].reshape(moved.shape[:-1] + (k,)), -1, axis)
 
 
 def _sort_args(ctx: OpContext, x: Tensor, axis: Any) -> int:
@@ -106,6 +173,8 @@ def sort(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1, descending: bool
     parse_options(ctx, options, {})
     axis = _sort_args(ctx, x, axis)
     order = SortOrder.DESCENDING if descending else SortOrder.ASCENDING
+    if rp.needs_pieces(x.shape[axis]):  # a row too long for one vertex: split it across tiles
+        return _sort_pieces(ctx, x, axis, order, False)[0]
     values, _ = _row_op(ctx, x, axis, sort_codelet(x.dtype, order, False), x.shape[axis], False)
     return values
 
@@ -128,7 +197,10 @@ def sort_with_indices(graph: Graph, x: Tensor, prog: Any, *, axis: int = -1,
     parse_options(ctx, options, {})
     axis = _sort_args(ctx, x, axis)
     order = SortOrder.DESCENDING if descending else SortOrder.ASCENDING
-    values, index = _row_op(ctx, x, axis, sort_codelet(x.dtype, order, True), x.shape[axis], True)
+    if rp.needs_pieces(x.shape[axis]):  # a row too long for one vertex: split it across tiles
+        values, index = _sort_pieces(ctx, x, axis, order, True)
+    else:
+        values, index = _row_op(ctx, x, axis, sort_codelet(x.dtype, order, True), x.shape[axis], True)
     assert index is not None
     return values, index
 
@@ -154,6 +226,10 @@ def top_k(graph: Graph, x: Tensor, prog: Any, *, k: int, axis: int = -1, name: s
     k = _int(ctx, k, "k")
     if not 0 <= k <= x.shape[axis]:
         raise ctx.error(f"k={k} must be in 0..{x.shape[axis]} (dim {axis} of {x.name} {x.shape})")
+    if rp.needs_pieces(x.shape[axis]):  # a row too long for one vertex: sort it across tiles
+        values, index = _sort_pieces(ctx, x, axis, SortOrder.DESCENDING, True)
+        assert index is not None
+        return tuple(_first_along(t, axis, k) for t in (values, index))  # type: ignore[return-value]
     values, index = _row_op(ctx, x, axis, sort_codelet(x.dtype, SortOrder.DESCENDING, True), k, True)
     assert index is not None
     return values, index
