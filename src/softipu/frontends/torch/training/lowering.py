@@ -63,7 +63,6 @@ class TrainLowered:
     saved_bytes: int  # forward values the backward reads (activations kept for the backward)
     grad_bytes: int
     extra: dict[str, Any] = field(default_factory=dict)
-    locations: Any = None  # where the optimizer state lives (training/locations.py StatePlacement)
     # Each graph node's result and each micro-batch's gradient by parameter (PopTorch's anchors read
     # them); empty for a step loaded from an export.
     views: dict[str, Tensor] = field(default_factory=dict)
@@ -470,5 +469,8 @@ def lower_training(joint: Joint, spec: Any, options: Options, input_names: Seque
     placement = placement_of(joint, options)  # PopTorch blocks: each node on its block's IPU
     if placement is not None:
         return lower_placed(joint, spec, options, input_names, named, placement)
-    return _TrainLowerer(joint, spec, options, input_names, named).build()
+    lowerer = _TrainLowerer(joint, spec, options, input_names, named)
+    low = lowerer.build()
+    low.locations = lowerer.locations  # where the optimizer state lives (training/locations.py)
+    return low
 

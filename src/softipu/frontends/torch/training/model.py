@@ -327,7 +327,8 @@ class TrainingModel:
     def _snapshot(self) -> list[tuple[Any, np.ndarray]]:
         low, eng = self._lowered, self._engine
         vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
-        remote = list(low.locations.remote.values()) if low.locations is not None else []
+        plan = getattr(low, "locations", None)  # the optimizer state in Streaming Memory too
+        remote = list(plan.remote.values()) if plan is not None else []
         return [(v, eng.read_tensor(v)) for v in vars_] + [(b, eng.read_remote_buffer(b)) for b in remote]
 
     def copy_weights_to_host(self) -> None:

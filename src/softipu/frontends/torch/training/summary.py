@@ -7,9 +7,11 @@ step's gradients), ``optimizer_state`` (state slots, variable hyper-parameters, 
 and ``activations`` (the variables of forward values the backward reads). ``memory_per_tile`` holds
 each role's bytes on every tile, ``memory`` their totals; ``worst_tile`` is the fullest tile with
 its bytes by role and ``dominant`` the role with the most bytes there. When the step does not fit,
-``advice`` names that role and what to do. Cycles: the step cycles per call (averaged over the
-calls so far), split by the phase prefix of each compute set's name (``fwd/``, ``bwd/``,
-``upd/``); the rest (streams, copies, loops) is ``other``.
+``advice`` names that role and what to do. ``locations``: where each role lives (on chip,
+Streaming Memory, sharded over replicas) with its bytes per replica and per IPU
+(:func:`~softipu.frontends.torch.training.locations.tensor_locations`). Cycles: the step cycles
+per call (averaged over the calls so far), split by the phase prefix of each compute set's name
+(``fwd/``, ``bwd/``, ``upd/``); the rest (streams, copies, loops) is ``other``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from softipu.frontends.torch.training.locations import tensor_locations
 
 __all__ = ["training_summary", "memory_by_role_per_tile", "ROLES"]
 
@@ -91,7 +95,7 @@ def training_summary(model: Any) -> dict[str, Any]:
             "memory_total": int(report.tile_memory.sum()),
             "memory_by_category": report.memory_by_category, "fit": fit,
             "cycles": {k: v // calls for k, v in cycles.items()}, "cycles_per_call": model.cycle_count,
-            "calls": calls}
+            "calls": calls, "locations": tensor_locations(model, memory)}
 
 
 _ADVICE = {

@@ -1,0 +1,304 @@
+"""Where a training step's tensors live: on chip, in Streaming Memory, sharded over replicas.
+
+PopTorch's ``opts.TensorLocations.set{Weight,Optimizer,Accumulator,Activation}Location(
+TensorLocationSettings()...)`` (softipu: ``Options(tensor_locations={"optimizer": {...}})``) with
+PopART's rules (``docs/popart/tensor_locations.rst``):
+
+* ``useOnChipStorage(False)`` (``on_chip``): a tensor of at least ``minElementsForOffChip``
+  (``min_elements_off_chip``, default 2) elements lives in a remote buffer (Streaming Memory).
+  It is loaded into an on-chip variable with a ``RemoteCopy`` just before the optimizer update
+  that reads it and stored back right after: on chip it is a transient value of the update
+  (live only there, sharing bytes with the step's other temporaries), and the copies are priced
+  on the Streaming Memory path.
+* ``useReplicatedTensorSharding(True)`` (``sharded``): with replicas, a tensor of at least
+  ``minElementsForReplicatedTensorSharding`` (``min_elements_sharded``, default 8192) elements
+  is split over the replicas: each holds ``ceil(n / R)`` elements (zero-padded: fragment ``q`` of
+  the flattened tensor, GCL's reduce-scatter layout; PopART's balanced reorder spreads the padding
+  over the replicas instead, the same bytes per replica). For the
+  optimizer state, the gradient's all-reduce becomes a reduce-scatter (each replica gets its
+  fragment reduced), the update runs on the fragment of the weight, the state and the gradient,
+  and an all-gather rebuilds the weight on every replica (``softipu.collectives``). Only
+  replica-identical tensors can be sharded (the weights' optimizer state here).
+
+softipu implements the optimizer location (off chip, sharded, or both, as Graphcore's BERT
+configurations use). Weights, accumulators and activations off chip, and sharded weights, are
+refused with a clear error rather than silently kept on chip. Off-chip tensors are kept per
+replica; sharded ones per replica's fragment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from softipu.frontends.errors import FrontendError
+from softipu.graph.remote import RemoteBuffer
+
+__all__ = ["Location", "StatePlacement", "location_of", "plan_state", "read_state", "write_state",
+           "state_locations", "poptorch_location"]
+
+_KINDS = ("weight", "optimizer", "accumulator", "activation")
+_SETTINGS = {"on_chip": bool, "sharded": bool, "min_elements_off_chip": int, "min_elements_sharded": int,
+             "io_tiles_load": bool, "io_tiles_store": bool}
+# PopTorch's TensorLocationSettings methods -> softipu's setting names.
+_POPTORCH = {"useOnChipStorage": "on_chip", "useReplicatedTensorSharding": "sharded",
+             "minElementsForOffChip": "min_elements_off_chip",
+             "minElementsForReplicatedTensorSharding": "min_elements_sharded",
+             "useIOTilesToLoad": "io_tiles_load", "useIOTilesToStore": "io_tiles_store"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """One tensor class's settings (PopART's ``TensorLocationSettings``, with its defaults)."""
+
+    on_chip: bool = True
+    sharded: bool = False
+    min_elements_off_chip: int = 2
+    min_elements_sharded: int = 8192
+    io_tiles_load: bool = False
+    io_tiles_store: bool = False
+
+    def off_chip_for(self, numel: int) -> bool:
+        return not self.on_chip and numel >= self.min_elements_off_chip
+
+    def sharded_for(self, numel: int, replicas: int) -> bool:
+        return self.sharded and replicas > 1 and numel >= self.min_elements_sharded
+
+
+def poptorch_location(kind: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """PopTorch's ``TensorLocationSettings`` values (by method name) as softipu's settings."""
+    out = {}
+    for name, value in stored.items():
+        if name not in _POPTORCH:
+            raise FrontendError(f"TensorLocations.set{kind.capitalize()}Location: unknown setting {name!r}")
+        out[_POPTORCH[name]] = value
+    return out
+
+
+def location_of(options: Any, kind: str) -> Location:
+    """The checked :class:`Location` of tensor class ``kind`` in ``options``."""
+    settings = dict(options.tensor_locations.get(kind, {}))
+    for name, value in settings.items():
+        want = _SETTINGS.get(name)
+        if want is None:
+            raise FrontendError(f"tensor_locations[{kind!r}]: unknown setting {name!r}; the settings are "
+                                f"{sorted(_SETTINGS)}")
+        if not isinstance(value, want) or (want is int and (isinstance(value, bool) or value < 0)):
+            raise FrontendError(f"tensor_locations[{kind!r}][{name!r}] must be a {want.__name__}"
+                                f"{' >= 0' if want is int else ''}, got {value!r}")
+    return Location(**settings)
+
+
+@dataclass
+class StatePlacement:
+    """Where each optimizer state slot lives, and which weights' updates run sharded."""
+
+    replicas: int
+    location: Location
+    # parameter -> (elements, elements per replica): its state and update are sharded
+    sharded: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # (parameter, slot) -> the remote buffer holding it (per replica; a fragment when sharded)
+    off_chip: set[tuple[str, str]] = field(default_factory=set)
+    remote: dict[tuple[str, str], RemoteBuffer] = field(default_factory=dict)
+    shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)  # the slot's own shape
+
+
+def check_locations(options: Any, spec: Any, label: str) -> Location:
+    """The optimizer's location; the locations softipu does not implement yet are refused."""
+    for kind in ("weight", "accumulator", "activation"):
+        loc = location_of(options, kind)
+        if not loc.on_chip or loc.sharded:
+            raise FrontendError(
+                f"{label}: TensorLocations.set{kind.capitalize()}Location("
+                f"{'useOnChipStorage(False)' if not loc.on_chip else 'useReplicatedTensorSharding(True)'}) "
+                "is not supported by softipu yet (only the optimizer state can live off chip or be "
+                "sharded); keep these tensors on chip")
+    loc = location_of(options, "optimizer")
+    if loc.sharded and options.replication_factor == 1:
+        raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state needs replicas: "
+                            "useReplicatedTensorSharding(True) with replicationFactor 1 has no replicas "
+                            "to shard over; set replicationFactor(n > 1) or "
+                            "useReplicatedTensorSharding(False)")
+    if loc.sharded and _coupled(spec, options):
+        raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state runs each replica's "
+                            f"update on a fragment of the weight; {_coupled(spec, options)} reads the whole "
+                            "tensor, which softipu does not shard yet: turn sharding off for this optimizer")
+    return loc
+
+
+def _coupled(spec: Any, options: Any) -> str:
+    if spec.kind.value == "LAMB":
+        return "LAMB's trust ratio (norms of the weight and the update)"
+    if math.isfinite(spec.max_grad_norm):
+        return "max_grad_norm (a global gradient norm)"
+    if options.auto_loss_scaling:
+        return "automatic loss scaling (a histogram of every gradient)"
+    return ""
+
+
+def plan_state(spec: Any, options: Any, named: dict[str, Any], label: str) -> StatePlacement:
+    """Where the optimizer state of ``spec`` goes (:func:`add_buffers` adds the remote buffers)."""
+    loc = check_locations(options, spec, label)
+    replicas = options.replication_factor
+    plan = StatePlacement(replicas, loc)
+    for name, p in named.items():
+        n = int(p.numel())
+        if loc.sharded_for(n, replicas):
+            plan.sharded[name] = (n, math.ceil(n / replicas))
+    for slot in spec.state:
+        key = (slot.param_name, slot.name)
+        shape = tuple(int(s) for s in slot.shape)
+        plan.shapes[key] = shape
+        numel = math.prod(shape)
+        if slot.param_name in plan.sharded and numel == plan.sharded[slot.param_name][0]:
+            shape = (plan.sharded[slot.param_name][1],)
+        if loc.off_chip_for(numel):
+            plan.off_chip.add(key)
+    return plan
+
+
+def add_buffers(graph: Any, plan: StatePlacement, state: dict[tuple[str, str], Any]) -> None:
+    """A remote buffer for each off-chip state slot, of its on-chip variable's dtype and shape."""
+    for key in sorted(plan.off_chip):
+        var = state[key]
+        plan.remote[key] = graph.add_remote_buffer(f"optimizer/{key[0]}/{key[1]}", var.dtype, var.shape)
+
+
+def state_shape(plan: StatePlacement | None, key: tuple[str, str], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The on-chip shape of state slot ``key``: its fragment's when its weight is sharded."""
+    if plan is not None and key[0] in plan.sharded and math.prod(shape) == plan.sharded[key[0]][0]:
+        return (plan.sharded[key[0]][1],)
+    return tuple(shape)
+
+
+# -- the host's view: whole tensors, whatever the placement -------------------------------------
+def _shard(values: np.ndarray, n: int, m: int, replicas: int) -> np.ndarray:
+    flat = np.zeros(replicas * m, values.dtype)
+    flat[:n] = values.reshape(-1)
+    return flat.reshape(replicas, m)
+
+
+def write_state(engine: Any, low: Any, key: tuple[str, str], values: np.ndarray) -> None:
+    """Write a state slot's whole value (its own shape) where it lives."""
+    plan, var = getattr(low, "locations", None), low.state[key]
+    values = np.asarray(values, var.dtype.numpy)
+    if plan is not None and key[0] in plan.sharded and values.size == plan.sharded[key[0]][0]:
+        n, m = plan.sharded[key[0]]
+        values = _shard(values, n, m, plan.replicas)
+    else:
+        values = np.broadcast_to(values, var.shape)
+    buffer = plan.remote.get(key) if plan is not None else None
+    if buffer is None:
+        engine.write_tensor(var, values)
+    elif values.ndim > len(var.shape):  # one per replica (the fragments)
+        engine.write_remote_buffer(buffer, values.reshape(values.shape[0], 1, *var.shape))
+    else:
+        engine.write_remote_buffer(buffer, values.reshape(1, *var.shape))
+
+
+def read_state(engine: Any, low: Any, key: tuple[str, str]) -> np.ndarray:
+    """A state slot's whole value (its own shape; replica 0's when every replica holds one)."""
+    plan, var = getattr(low, "locations", None), low.state[key]
+    buffer = plan.remote.get(key) if plan is not None else None
+    replicas = plan.replicas if plan is not None else 1
+    raw = engine.read_tensor(var) if buffer is None else engine.read_remote_buffer(buffer)
+    if buffer is not None:
+        raw = raw.reshape((replicas, *var.shape) if replicas > 1 else var.shape)
+    if plan is not None and key[0] in plan.sharded and var.shape == (plan.sharded[key[0]][1],):
+        n, _ = plan.sharded[key[0]]
+        return np.ascontiguousarray(raw.reshape(-1)[:n]).reshape(plan.shapes[key])
+    return np.array(raw[0] if replicas > 1 and raw.ndim > len(var.shape) else raw)
+
+
+def state_locations(low: Any) -> dict[str, Any]:
+    """Per optimizer state slot: where it lives and its bytes per replica there."""
+    plan = getattr(low, "locations", None)
+    out = {}
+    for key, var in low.state.items():
+        nbytes = int(var.numel) * var.dtype.itemsize
+        remote = plan is not None and key in plan.remote
+        sharded = plan is not None and key[0] in plan.sharded and var.shape == (plan.sharded[key[0]][1],)
+        out["/".join(key)] = {"where": "streaming_memory" if remote else "on_chip", "sharded": sharded,
+                              "bytes_per_replica": nbytes}
+    return out
+
+
+# -- the device's side: loads, stores, fragments ------------------------------------------------
+def load_state(plan: StatePlacement, keys: list[tuple[str, str]], state: dict[tuple[str, str], Any],
+               prog: Any) -> None:
+    """Off-chip state slots of ``keys`` copied from Streaming Memory into their on-chip variables."""
+    from softipu.graph import program as P  # noqa: PLC0415
+
+    for k in keys:
+        if k in plan.remote:
+            prog.add(P.RemoteCopy(plan.remote[k], state[k]))
+
+
+def store_state(plan: StatePlacement, keys: list[tuple[str, str]], state: dict[tuple[str, str], Any],
+                prog: Any) -> None:
+    """The updated off-chip state slots of ``keys`` copied back to Streaming Memory."""
+    from softipu.graph import program as P  # noqa: PLC0415
+
+    for k in keys:
+        if k in plan.remote:
+            prog.add(P.RemoteCopy(state[k], plan.remote[k]))
+
+
+def shard_update_inputs(graph: Any, name: str, weight: Any, grad: Any, prog: Any,
+                        options: Any) -> tuple[Any, Any]:
+    """(this replica's fragment of the weight, the gradient reduce-scattered over the replicas):
+    the reduce-scatter replaces the gradient's all-reduce (PopART's RTS), with the same reduction
+    (Mean or Sum over the replicas)."""
+    from softipu.collectives import CollectiveOperator, reduce_scatter  # noqa: PLC0415
+
+    op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
+    g = reduce_scatter(graph, grad, prog, op=op, name=f"upd/reduce_scatter/{name}")
+    w = reduce_scatter(graph, weight, prog, op=CollectiveOperator.LOCAL, name=f"upd/shard/{name}")
+    return w, g
+
+
+def gather_weight(graph: Any, plan: StatePlacement, name: str, fragment: Any, weight: Any, prog: Any) -> None:
+    """The updated fragments all-gathered into the whole weight on every replica."""
+    from softipu.collectives import all_gather  # noqa: PLC0415
+    from softipu.graph import program as P  # noqa: PLC0415
+
+    full = all_gather(graph, fragment, prog, name=f"upd/all_gather/{name}")
+    n = plan.sharded[name][0]
+    prog.add(P.Copy(full.flatten()[:n].reshape(weight.shape), weight))
+
+
+def check_exportable(low: Any, label: str) -> None:
+    """Exports record on-chip variables only: a step with state off chip or sharded is refused."""
+    plan = getattr(low, "locations", None)
+    if plan is not None and (plan.remote or plan.sharded):
+        raise FrontendError(f"cannot export {label}: its optimizer state lives off chip or sharded over "
+                            "replicas (TensorLocations), which softipu's export format does not record yet; "
+                            "export it with the optimizer state on chip")
+
+
+def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per tensor class (the summary's roles): where it lives and its bytes per replica and per
+    IPU, on chip (``memory``: the summary's bytes by role) and in Streaming Memory; ``sharded_over``
+    is the replicas a class's sharded tensors are split over (1: none). The optimizer state's
+    slots are listed one by one under ``slots``."""
+    low, options = model.lowered, model.options
+    plan = getattr(low, "locations", None)
+    ipus = max(1, options.target.num_ipus)
+    streaming = sum(b.nbytes for b in plan.remote.values()) if plan is not None else 0
+    out: dict[str, dict[str, Any]] = {}
+    off = len(plan.off_chip) if plan is not None else 0
+    for role, on_chip in memory.items():
+        remote = streaming if role == "optimizer_state" else 0
+        sharded = role == "optimizer_state" and plan is not None and bool(plan.sharded)
+        # the optimizer's scalars (hyper-parameters, step) stay on chip whatever the location
+        where = "on_chip" if not (role == "optimizer_state" and off) else \
+            "streaming_memory" if off == len(low.state) else "on_chip+streaming_memory"
+        out[role] = {"where": where, "sharded_over": plan.replicas if sharded else 1,
+                     "on_chip_bytes_per_replica": int(on_chip), "on_chip_bytes_per_ipu": int(on_chip) // ipus,
+                     "streaming_bytes_per_replica": int(remote),
+                     "streaming_bytes_per_ipu": int(remote) // ipus}
+    out.setdefault("optimizer_state", {})["slots"] = state_locations(low)
+    return out
