@@ -1,0 +1,84 @@
+"""Pod-scale pricing (frontends/torch/scale/pod.py) composed from hand-made layer costs.
+
+The layer figures are made up so every expected value can be worked by hand from the rules in the
+module docstring; link and collective prices come from ``target.links`` (tested on their own), the
+schedule from ``target.pipeline`` (tests/test_pipeline_schedule.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from softipu.frontends.errors import FrontendError
+from softipu.frontends.torch.scale import LayerCost
+from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
+from softipu.target import links
+from softipu.target.systems import POD16
+
+
+def layer(name, fwd, bwd, params=100, saved=1000, inp=50, out=0, code=300, temp=400, upd=0.5):
+    return LayerCost(name=name, forward=fwd, backward=bwd, update_per_param=upd, params=params,
+                     param_bytes=2 * params, saved_bytes=saved, input_bytes=inp, output_bytes=out,
+                     code_bytes=code, temporary_bytes=temp)
+
+
+def test_two_stage_pipeline_one_replica():
+    layers = [layer("a", 10, 20), layer("b", 30, 40)]
+    cfg = TrainingConfig(micro_batch=2, accumulation=4, replicas=1, layers_per_ipu=(1, 1), recompute=False)
+    est = price_training(layers, cfg, POD16)
+    t0 = links.flows_cost(POD16, [(0, 1)], 0).cycles  # forward activation IPU0 -> IPU1
+    t1 = links.flows_cost(POD16, [(1, 0)], 0).cycles  # its gradient back
+    o = POD16.sync_cycles(2)
+    m = max(t0, t1)
+    # stages (10, 30+40, 20) on IPUs (0, 1, 0), A = 4, 6 pipeline cycles:
+    # p0 {0}: 10+t0 | p1 {0,1}: 70+m | p2,p3 steady: max(10+20, 70)+m | p4 {1,2}: 70+t1 | p5 {2}: 20
+    want = (10 + t0) + (70 + m) * 3 + (70 + t1) + 20 + 6 * o
+    assert est.timeline.fill + est.timeline.main + est.timeline.flush == want
+    assert est.split["forward"] == 30 * 4 and est.split["backward"] == 40 * 4  # the slowest IPU (1)
+    assert est.split["recompute"] == 0 and est.split["gradient_reduction"] == 0
+    assert est.split["optimizer"] == 50  # the slower IPU: 100 params x 0.5 cycles
+    assert est.cycles == want + 50
+    assert est.samples_per_second == pytest.approx(2 * 4 / (est.cycles / POD16.chip.clock_hz))
+    m0, m1 = est.memory
+    # IPU0: stash depth 2(2-1-0)+1 = 3 x saved 1000 (no recomputation); IPU1 none.
+    assert m0.by_class == {"weights": 200, "gradients": 200, "optimizer_state": 800, "stash": 3000,
+                           "activations": 400, "code": 300}
+    assert m1.by_class["stash"] == 0 and m1.total == 200 + 200 + 800 + 400 + 300
+    assert est.fits
+
+
+def test_replicas_rts_offchip_recompute():
+    layers = [layer("L[0]", 10, 20, params=1000), layer("L[1]", 10, 20, params=3000)]
+    cfg = TrainingConfig(micro_batch=1, accumulation=8, replicas=4, layers_per_ipu=(2,), recompute=True,
+                         optimizer_off_chip=True, rts=True, input_bytes_per_sample=100)
+    est = price_training(layers, cfg, POD16)
+    # One IPU a replica: S = 1, 8 micro-batches of fwd 20 + bwd 40 + recompute 20.
+    assert est.timeline.total == 8 * 80
+    assert (est.split["forward"], est.split["backward"], est.split["recompute"]) == (160, 320, 160)
+    grad = 4000 * 2
+    rs = links.collective_cost(POD16, "reduce_scatter", grad, 4, itemsize=2).cycles
+    ag = links.collective_cost(POD16, "all_gather", grad, 4, itemsize=2).cycles
+    assert est.split["gradient_reduction"] == rs and est.split["weight_all_gather"] == ag
+    assert est.split["optimizer"] == math.ceil(4000 * 0.5 / 4)
+    clock = POD16.chip.clock_hz
+    state = 1000 * 8  # a quarter of 4000 params x 8 B
+    rate = POD16.streaming_memory_bytes_per_second_per_ipu
+    assert est.split["streaming_memory"] == math.ceil(2 * state / rate * clock)
+    assert est.split["host_io"] == math.ceil(8 * 100 / POD16.host_bytes_per_second_per_ipu * clock)
+    (mem,) = est.memory
+    assert mem.by_class["optimizer_state"] == 0 and mem.by_class["stash"] == 0  # last IPU: no stash
+    assert mem.by_class["code"] == 300  # two layers of one kind: code once (outlining)
+    assert est.off_chip_bytes_per_replica == state
+    assert est.as_dict()["samples_per_step"] == 32
+
+
+def test_bad_input():
+    layers = [layer("a", 1, 1), layer("b", 1, 1)]
+    with pytest.raises(FrontendError, match="must place each of the 2 layers once"):
+        price_training(layers, TrainingConfig(1, 4, 1, (1, 2)), POD16)
+    with pytest.raises(Exception, match="must equal at least the number of pipeline stages"):
+        price_training(layers, TrainingConfig(1, 2, 1, (1, 1)), POD16)
+    with pytest.raises(Exception, match="16"):
+        price_training(layers, TrainingConfig(1, 4, 16, (1, 1)), POD16)  # 32 IPUs on a POD16
