@@ -1,8 +1,10 @@
 """From a ``torch.nn.Module`` to a Core ATen graph, and the checks made before building anything.
 
-* :func:`export_program` runs ``torch.export.export`` (in eval mode, without gradients) and
-  ``run_decompositions()`` to Core ATen. Export failures (data-dependent control flow,
-  unsupported Python) become :class:`ExportError` naming the user's line and what to do instead.
+* :func:`export_program` exports to Core ATen (in eval mode, without gradients) in one trace:
+  torch's post-autograd export given the decomposition table ``run_decompositions()`` would apply
+  (the same graph as ``torch.export.export(...).run_decompositions()``, which is the fallback).
+  Export failures (data-dependent control flow, unsupported Python) become :class:`ExportError`
+  naming the user's line and what to do instead.
 * :func:`check_supported` walks the graph once and raises one :class:`UnsupportedOpsError` that
   lists every op without a lowering and every dtype the IPU cannot hold (bfloat16, complex...),
   each with the user's source lines, before anything is built.
@@ -11,12 +13,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import operator
 import os
 import re
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -149,15 +153,50 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
     module.train(False)
     try:
         with torch.no_grad(), _quiet_torch():
-            exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
             table = torch.export.default_decompositions()
             for op in KEPT_WHOLE:
                 table.pop(op)
+            try:
+                return _export_decomposed(module, tuple(args), dict(kwargs or {}), table)
+            except Exception:  # noqa: BLE001 - the two-trace export below reports (or passes) it
+                pass
+            exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
             return exported.run_decompositions(table)
     except Exception as exc:  # noqa: BLE001 - every export failure is reported the same way
         raise ExportError(_explain(module, exc)) from exc
     finally:
         module.train(was_training)
+
+
+_ONE_TRACE = threading.Lock()
+
+
+def _export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict, table: dict) -> Any:
+    """``torch.export.export(...).run_decompositions(table)`` in one trace: torch's own
+    post-autograd export (``torch.export._trace._export`` without pre-dispatch, the path
+    ``run_decompositions`` re-traces with) given the decomposition table while it traces, as
+    ``run_decompositions`` gives it (CompositeImplicitAutograd decompositions overridden, the rest
+    applied by AOTAutograd). The graph is the same Core ATen graph without a second trace of the
+    model. Raises whatever torch raises; :func:`export_program` then exports the usual way.
+
+    NOTE: ``_export`` fixes the table its AOTAutograd trace uses (none); the table is bound into
+    ``torch.export._trace._export_to_aten_ir`` for the call only, under a lock.
+    """
+    from torch.export import _trace
+    from torch.export.exported_program import (
+        _override_composite_implicit_decomp,
+        _split_decomp_table_to_cia_and_python_decomp,
+    )
+
+    cia, python = _split_decomp_table_to_cia_and_python_decomp(table)
+    with _ONE_TRACE:
+        plain = _trace._export_to_aten_ir
+        _trace._export_to_aten_ir = functools.partial(plain, decomp_table=python)
+        try:
+            with _override_composite_implicit_decomp(cia):
+                return _trace._export(module, args, kwargs, strict=False, pre_dispatch=False)
+        finally:
+            _trace._export_to_aten_ir = plain
 
 
 # torch logs the failures it raises (with tracebacks and graph dumps); softipu re-raises them
