@@ -135,3 +135,12 @@ def test_bad_recomputation_values_are_named():
         poptorch.Options()._Popart.set("autoRecomputation", 7)
     with pytest.raises(sp.errors.OptionError, match="recomputation must be"):
         st.Options(recomputation="all")
+
+
+def test_inference_models_say_recomputation_is_for_training():
+    module = torch.nn.Linear(4, 2)
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4), recomputation="recompute_all")
+    with pytest.warns(st.UnusedOptionWarning, match="recomputation .for training"):
+        model = st.inference_model(module, opts)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model(x), module(x))

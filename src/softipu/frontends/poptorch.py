@@ -123,8 +123,21 @@ def recomputationCheckpoint(*tensors: torch.Tensor) -> Any:  # noqa: N802
     bad = [type(t).__name__ for t in tensors if not isinstance(t, torch.Tensor)]
     if bad or not tensors:
         raise FrontendError(f"recomputationCheckpoint takes tensors, got {bad or 'nothing'}")
+    if not _tracing(tensors):  # eager PyTorch: the tensors themselves
+        return tensors[0] if len(tensors) == 1 else tensors
     out = tuple(checkpoint_op(t) for t in tensors)
     return out[0] if len(out) == 1 else out
+
+
+def _tracing(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``tensors`` are being traced (export, AOTAutograd: fake or functional tensors, or a
+    dispatch mode such as make_fx's), where an annotation must leave an op in the graph."""
+    from torch._subclasses.fake_tensor import FakeTensor  # noqa: PLC0415 - torch internals
+    from torch._subclasses.functional_tensor import FunctionalTensor  # noqa: PLC0415
+    from torch.utils._python_dispatch import _get_current_dispatch_mode  # noqa: PLC0415
+
+    return (_get_current_dispatch_mode() is not None or torch.compiler.is_compiling()
+            or any(isinstance(t, (FakeTensor, FunctionalTensor)) for t in tensors))
 
 
 def set_available_memory(tensor: torch.Tensor, available_memory_proportion: float) -> torch.Tensor:

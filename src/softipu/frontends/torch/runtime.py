@@ -40,7 +40,7 @@ from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load
 from softipu.frontends.torch.custom_ops import NAME_SCOPES, connect_host_calls
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, lower_program, to_host_array
-from softipu.frontends.torch.options import Options, OutputMode
+from softipu.frontends.torch.options import Options, OutputMode, warn_unused
 from softipu.frontends.torch.replicas import input_slices
 from softipu.log import progress_stage, progress_task
 from softipu.profile import Report
@@ -226,6 +226,11 @@ class InferenceModel:
         if not isinstance(options, Options):
             raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
         options.warn_unused()
+        inert = [n for n, on in (("recomputation", options.recomputation != "none"),
+                                 ("tensor_locations", bool(options.tensor_locations))) if on]
+        if inert:  # PopART applies both to training graphs only
+            warn_unused([f"{n} (for training: an inference model keeps no activations for a backward "
+                         "and has no optimizer state)" for n in inert])
         self.module = module
         self.options = options
         self.compile_seconds: dict[str, float] = {}
