@@ -32,6 +32,7 @@ import numpy as np
 from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
+from softipu.engine.blas_warmup import warm_blas_buffers
 from softipu.engine.chains import Chains
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.reductions import Reductions
@@ -364,6 +365,7 @@ class FastInterpreter(ProgramInterpreter):
                  log: RunLog, out: Any = None) -> None:
         super().__init__(executable, storage, streams, log, out)
         keep_freed_pages()  # codelets' temporaries reuse pages instead of faulting fresh ones
+        warm_blas_buffers()  # numpy's OpenBLAS at full speed from the first product (blas_warmup.py)
         self._runners: dict[int, _ComputeSetRunner] = {}
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
