@@ -44,8 +44,8 @@ def test_two_stage_pipeline_one_replica():
     m0, m1 = est.memory
     # IPU0: stash depth 2(2-1-0)+1 = 3 x saved 1000 (no recomputation); IPU1 none.
     assert m0.by_class == {"weights": 200, "gradients": 200, "optimizer_state": 800, "stash": 3000,
-                           "activations": 400, "code": 300}
-    assert m1.by_class["stash"] == 0 and m1.total == 200 + 200 + 800 + 400 + 300
+                           "activations": 400 + 1000, "code": 300}  # peak + this micro-batch's saved
+    assert m1.by_class["stash"] == 0 and m1.total == 200 + 200 + 800 + 1400 + 300
     assert est.fits
 
 
@@ -69,6 +69,7 @@ def test_replicas_rts_offchip_recompute():
     assert est.split["host_io"] == math.ceil(8 * 100 / POD16.host_bytes_per_second_per_ipu * clock)
     (mem,) = est.memory
     assert mem.by_class["optimizer_state"] == 0 and mem.by_class["stash"] == 0  # last IPU: no stash
+    assert mem.by_class["activations"] == 400 + 2 * 50  # peak + both checkpoints
     assert mem.by_class["code"] == 300  # two layers of one kind: code once (outlining)
     assert est.off_chip_bytes_per_replica == state
     assert est.as_dict()["samples_per_step"] == 32

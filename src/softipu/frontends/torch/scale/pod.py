@@ -23,9 +23,11 @@ multiplies. For a configuration of ``R`` replicas of ``k`` IPUs each (pipelined)
 
 Memory per IPU, by class: weights; gradients (accumulators, with GA > 1); optimizer state on chip
 (none when off chip; ``1/R`` of it with RTS); stash (per layer its recomputation checkpoint, or all
-its saved activations without recomputation, x the IPU's stash depth); activations (the largest
-layer's temporary peak: one layer's backward at a time); code (exchange, control, codelet code and
-vertex state of each DISTINCT layer on the IPU once: PopART outlines identical layers). Off-chip
+its saved activations without recomputation, x the IPU's stash depth: the micro-batches in flight);
+activations (the current micro-batch's: the largest layer's temporary peak, one layer's backward at
+a time, plus every layer's checkpoint or saved activations: an upper bound by one layer's); code
+(exchange, control, codelet code and vertex state of each DISTINCT layer on the IPU once: PopART
+outlines identical layers). Off-chip
 state is reported per replica against the system's Streaming Memory.
 """
 
@@ -112,6 +114,7 @@ class PodEstimate:
     memory: tuple[IpuMemory, ...]
     off_chip_bytes_per_replica: int
     streaming_memory_bytes_per_replica: int
+    stage_cycles: tuple[int, ...] = ()  # the PopART stages' compute cycles, in schedule order
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -133,14 +136,17 @@ class PodEstimate:
 
     def as_dict(self) -> dict[str, Any]:
         c = self.config
-        return {"system": self.system, "label": c.label, "micro_batch": c.micro_batch,
+        return {"system": self.system, "clock_hz": self.clock_hz, "label": c.label,
+                "micro_batch": c.micro_batch,
                 "accumulation": c.accumulation, "replicas": c.replicas,
                 "ipus_per_replica": c.ipus_per_replica,
                 "layers_per_ipu": list(c.layers_per_ipu), "recompute": c.recompute,
                 "optimizer_off_chip": c.optimizer_off_chip, "rts": c.rts,
                 "samples_per_step": c.samples_per_step, "step_cycles": self.cycles,
                 "step_seconds": self.seconds, "samples_per_second": self.samples_per_second,
-                "split_cycles": dict(self.split), "pipeline": self.timeline.as_dict(),
+                "split_cycles": dict(self.split),
+                "pipeline": {**self.timeline.as_dict(), "stage_cycles": list(self.stage_cycles),
+                             "cycle_lengths": list(self.timeline.cycle_lengths)},
                 "collectives": self.collectives, "memory_per_ipu": [m.as_dict() for m in self.memory],
                 "off_chip_bytes_per_replica": self.off_chip_bytes_per_replica,
                 "streaming_memory_bytes_per_replica": self.streaming_memory_bytes_per_replica,
@@ -174,7 +180,7 @@ def ipu_memory(ipu: int, layers: Sequence[LayerCost], config: TrainingConfig, de
         "gradients": params * config.accumulator_bytes_per_param if config.accumulation > 1 else 0,
         "optimizer_state": on_chip_state,
         "stash": depth * sum(stash_each),
-        "activations": max((x.temporary_bytes for x in layers), default=0),
+        "activations": max((x.temporary_bytes for x in layers), default=0) + sum(stash_each),
         "code": sum(distinct.values()),
     }
     return IpuMemory(ipu, tuple(x.name for x in layers), by_class, capacity)
@@ -236,7 +242,8 @@ def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: 
     sm = system.streaming_memory_bytes // max(1, r)
     notes = tuple(f"IPU {m.ipu} does not fit: {m.total:,} B of {m.capacity:,} B, {m.dominant} dominates "
                   f"({m.by_class[m.dominant]:,} B)" for m in memory if not m.fits)
-    return PodEstimate(system.name, config, clock, timeline, split, coll, memory, off_chip, sm, notes)
+    return PodEstimate(system.name, config, clock, timeline, split, coll, memory, off_chip, sm,
+                       tuple(per_stage), notes)
 
 
 def _time_split(timeline: PipelineTimeline, stages: Sequence[list[LayerCost]],
