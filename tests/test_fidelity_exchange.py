@@ -59,3 +59,40 @@ def test_a_window_field_is_one_interval_per_pixel_row():
     first = x.offset + (1 * 6 + 2) * 3
     assert starts.tolist() == [first + r * 18 + s * 90 for s in range(2) for r in range(3)]
     assert (ends - starts).tolist() == [9] * 6
+
+
+def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel_run():
+    """A ``[2, 3, 8, 8]`` NCHW input on tile 0 into a 3x3 convolution on 8 tiles: each sample's 64
+    pixels go in 4 blocks of 16 pixels (8 tiles / 2 samples), one block a tile; a block arrives as
+    3 regions (one run of 16 pixels per channel, contiguous in the source) and is transposed on its
+    tile: tiles 1-7 receive 3 regions each and tile 0 sends 7 x 3 = 21, not one region per element
+    (16 pixels x 3 channels = 48 a tile). Values against torch."""
+    import torch
+
+    from softipu import program as P
+    from softipu.ops.conv import conv
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    x = g.add_variable(sp.float32, (2, 3, 8, 8), name="x")
+    g.set_tile_mapping(x, 0)
+    w = g.add_variable(sp.float32, (4, 3, 3, 3), name="w")
+    sp.ops.map_linearly(g, w)
+    prog = P.Sequence()
+    y = conv(g, x, w, prog, padding=1)
+    mappings = {sp.float32: g.resolved_mapping(sp.float32)}
+    send, recv = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    for node in prog.programs:
+        if isinstance(node, P.Copy) and "nhwc/rearranged" in node.dst.name:
+            transfers, _ = copy_transfers(node.src, node.dst, mappings, 8)
+            s, r = transfers.pieces_per_tile(8)
+            send, recv = send + s, recv + r
+    assert send.tolist() == [21, 0, 0, 0, 0, 0, 0, 0]
+    assert recv.tolist() == [0, 3, 3, 3, 3, 3, 3, 3]
+    eng = sp.Engine(g, [prog])
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((2, 3, 8, 8), np.float32), rng.standard_normal((4, 3, 3, 3), np.float32)
+    eng.write_tensor(x, xv)
+    eng.write_tensor(w, wv)
+    eng.run(0)
+    want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=1).numpy()
+    np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-5, atol=1e-5)
