@@ -246,3 +246,88 @@ def test_block_api():
     with pytest.raises(SoftIPUError, match="associated with more than one stage"):
         poptorch.PipelinedExecution("a", poptorch.Stage("a"))
     assert VirtualGraph.of_ipu(sp.Graph(CHIP.with_num_ipus(2)), 1).tile_offset == 4
+
+
+# -- inference, per-IPU memory, phases, a stage that does not fit -----------------------------------------
+class _TwoLayers(torch.nn.Module):
+    def __init__(self, width: int = 16):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = torch.nn.Linear(width, 2 * width)
+        self.b = poptorch.BeginBlock(torch.nn.Linear(2 * width, width), "b", ipu_id=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _infer(strategy=None, memory=None, chip=CHIP, width=16):
+    opts = poptorch.Options().setTarget(chip).deviceIterations(4)
+    if strategy is not None:
+        opts.setExecutionStrategy(strategy)
+    if memory is not None:
+        opts.setAvailableMemoryProportion(memory)
+    net = _TwoLayers(width).eval()
+    model = poptorch.inferenceModel(net, opts)
+    x = torch.randn(8, width)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    return model
+
+
+def test_pipelined_inference_values_and_schedule():
+    piped, sharded = _infer(), _infer(poptorch.ShardedExecution())
+    low = piped._impl._current.lowered
+    plan = low.extra["pipeline"]
+    assert low.graph.target.num_ipus == 2 and [i for _, _, i in plan.placement.stages] == [0, 1]
+    s = plan.summary(piped._impl.engine.executable, sharded._impl.cycle_count)
+    f0, f1 = (st["forward_cycles"] for st in s["stages"])
+    c = s["stages"][1]["copy_in_cycles"]
+    # inference: S = 2 stages over A = 4 device iterations: 5 pipeline cycles
+    # p0: f0 + c; p1..p3: max(f0, f1) + c; p4: f1
+    assert s["schedule"]["fill_cycles"] + s["schedule"]["main_cycles"] + s["schedule"]["flush_cycles"] == \
+        f0 + c + 3 * (max(f0, f1) + c) + f1
+    assert piped._impl.cycle_count < sharded._impl.cycle_count
+
+
+def test_available_memory_proportion_per_ipu_reaches_each_ipu_s_planner(monkeypatch):
+    import importlib
+
+    matmul = importlib.import_module("softipu.ops.matmul")
+    seen = []
+    plan = matmul._plan
+
+    def spy(spec, opts, *args, **kwargs):
+        seen.append(opts["availableMemoryProportion"])
+        return plan(spec, opts, *args, **kwargs)
+
+    monkeypatch.setattr(matmul, "_plan", spy)
+    _infer(memory={"IPU0": 0.6, "IPU1": 0.05})
+    assert seen[:2] == [0.6, 0.05]  # layer a on IPU 0, layer b on IPU 1
+
+
+def test_phased_strategies_give_the_same_values():
+    for strategy in (poptorch.SerialPhasedExecution(poptorch.Phase(poptorch.Stage("b").ipu(1))),
+                     poptorch.ParallelPhasedExecution(poptorch.Phase(poptorch.Stage("b").ipu(1)))):
+        model = _infer(strategy)
+        s = model._impl._current.lowered.extra["pipeline"]
+        assert s.placement.strategy in ("serial_phased", "parallel_phased")
+    with pytest.raises(SoftIPUError, match="Unknown Block 'b'"):
+        _infer(poptorch.PipelinedExecution("x"))
+
+
+def test_a_stage_that_does_not_fit_names_its_ipu():
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 8)
+            self.b = poptorch.BeginBlock(torch.nn.Linear(8, 2000), "wide", ipu_id=1)  # 64 KB of weights
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    tiny = sp.targets.ipu_model(tiles=4, bytes_per_tile=8 * 1024)
+    model = poptorch.inferenceModel(Wide().eval(), poptorch.Options().setTarget(tiny).deviceIterations(2))
+    # layer b cannot fit IPU 1's four 8 KiB tiles: the message names the IPU, the stage and what
+    # dominates (the matmul planner's operands per tile)
+    with pytest.raises(SoftIPUError, match=r"(?s)pipelined execution, IPU 1 \(stage 1\).*no plan.*operands"):
+        model(torch.randn(4, 8))

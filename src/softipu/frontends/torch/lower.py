@@ -132,6 +132,7 @@ class Lowered:
     # Each graph node's result on the device by node name (PopTorch's anchorTensor reads these after
     # a run); empty for a model loaded from an executable cache or export.
     views: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # model parallelism's plan (pipeline.py)
 
 
 class LoweringContext:
@@ -335,7 +336,9 @@ class _Lowerer:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
         specs = self.ep.graph_signature.input_specs
         for node, spec in zip(placeholders, specs, strict=True):
+            self.place(node)  # a weight on its layer's IPU (model parallelism)
             self._placeholder(node, spec)
+        self.place(None)
         self.ctx.lower_subgraph = self.lower_subgraph
         count = 0
         for node in self.ep.graph.nodes:
@@ -530,7 +533,10 @@ class _Lowerer:
 
 def lower_program(ep: Any, options: Options, input_names: Sequence[str] = ()) -> Lowered:
     """Lower an exported, decomposed program (checked by ``check_supported``) onto a new graph."""
-    lowerer = _Lowerer(ep, options, input_names)
-    lowerer.folded, lowerer.rewrites = inference_passes(ep)  # PopART's inference patterns (passes.py)
+    from softipu.frontends.torch.pipeline import placed_lowerer  # noqa: PLC0415 - it subclasses _Lowerer
+
+    folded, rewrites = inference_passes(ep)  # PopART's inference patterns (passes.py)
+    lowerer = placed_lowerer(ep, options, input_names) or _Lowerer(ep, options, input_names)  # blocks
+    lowerer.folded, lowerer.rewrites = folded, rewrites
     return lowerer.run()
 

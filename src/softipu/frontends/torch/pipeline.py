@@ -31,13 +31,14 @@ program steps by stage and IPU (their static cycles), and prices the strategy:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from softipu.frontends.errors import FrontendError
+from softipu.frontends.errors import FrontendError, LoweringError
 from softipu.frontends.torch.export import user_line
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -50,7 +51,8 @@ from softipu.target.pipeline import (
     training_stages,
 )
 
-__all__ = ["Placement", "PlacedLowering", "place_nodes", "pipeline_summary"]
+__all__ = ["PipelinePlan", "Placement", "PlacedLowering", "place_nodes", "placed_lowerer", "placed_summary",
+           "pipeline_summary", "stage_errors"]
 
 BLOCK_KEY = "poptorch_block"  # as frontends/poptorch_blocks.py writes it (frontends may not import up)
 
@@ -299,7 +301,12 @@ class PlacedLowering:
                 if home is not None and home != ipu:
                     replaced[a] = self._copy_to(a, value, ipu)
             copied = len(prog.programs)
-            result = lower(node, _Overlay(env, replaced) if replaced else env)
+            try:
+                result = lower(node, _Overlay(env, replaced) if replaced else env)
+            except LoweringError as exc:  # a layer too large for its IPU: say which IPU and stage
+                stage = self.placement.stage_of.get(node)
+                what = f"stage {self.placement.stages[stage][1]}" if stage is not None else "optimizer update"
+                raise LoweringError(f"{self.placement.strategy} execution, IPU {ipu} ({what}): {exc}") from exc
         if phase is not None:
             stage = self.placement.stage_of.get(node, -1)
             self.tags += [(p, stage, f"copy_{phase}") for p in prog.programs[start:copied]]
@@ -403,3 +410,85 @@ def _transfers(cf: list[int], cb: list[int], training: bool) -> list[int]:
     if not training:
         return forward
     return forward + [cb[i - 1] for i in range(n - 1, 0, -1)]
+
+
+@dataclass
+class PipelinePlan:
+    """What pricing a placed program needs after the compile: the placement and the micro-batch's
+    steps by stage (``Lowered.extra["pipeline"]``, ``TrainLowered.extra["pipeline"]``)."""
+
+    placement: Placement
+    tags: list[tuple[P.Program, int, str]]
+    stash_bytes: list[int]
+    accumulation: int  # micro-batches through the pipeline per step (GA; device iterations for inference)
+    device_iterations: int  # steps per call (1 for inference: its device iterations are the pipeline's)
+    training: bool
+
+    def summary(self, executable: Any, run_cycles: int) -> dict[str, Any]:
+        return pipeline_summary(self.placement, self.tags, executable, run_cycles, self.accumulation,
+                                self.device_iterations, self.training, self.stash_bytes)
+
+
+def placed_summary(lowered: Any, engine: Any) -> dict[str, Any] | None:
+    """The strategy's cost for the last call (before any call: the program's static cost), as
+    :func:`pipeline_summary` gives it; None for a model without blocks."""
+    plan = lowered.extra.get("pipeline") if lowered is not None else None
+    if plan is None:
+        return None
+    from softipu.engine.estimate import StaticCost  # noqa: PLC0415
+
+    runs = [c for i, c in engine.log.runs if i == 1]
+    run = int(runs[-1]) if runs else StaticCost(engine.executable, 1).cost(engine.executable.programs[1])[0]
+    return plan.summary(engine.executable, run)
+
+
+def placed_lowerer(ep: Any, options: Any, input_names: Sequence[str]) -> Any:
+    """An inference lowerer placing nodes on their blocks' IPUs (None: the model has no blocks)."""
+    from softipu.frontends.torch.lower import _Lowerer  # noqa: PLC0415 - lower.py calls this
+
+    placement = place_nodes(ep.graph, None, dict(options.model_parallel or {}), False,
+                            options.device_iterations, "the model")
+    if placement is None:
+        return None
+    if options.target.num_ipus != placement.num_ipus:
+        options = options.replace(target=options.target.with_num_ipus(placement.num_ipus))
+
+    class _PlacedLowerer(PlacedLowering, _Lowerer):
+        def lower_node(self, node: torch.fx.Node, env: Any) -> Any:
+            tag = "fwd" if self.ctx.prog is self.step else None
+            return self.placed_node(node, env, super().lower_node, tag)
+
+        def run(self) -> Any:
+            self.step = self.ctx.prog
+            lowered = super().run()
+            self.place(None)
+            lowered.extra["pipeline"] = PipelinePlan(self.placement, self.tags, self.stash_bytes,
+                                                     self.options.device_iterations, 1, False)
+            return lowered
+
+    lowerer = _PlacedLowerer(ep, options, input_names)
+    lowerer.init_placement(placement)
+    return lowerer
+
+
+
+@contextlib.contextmanager
+def stage_errors(lowered: Any) -> Iterator[None]:
+    """Around the compile of a placed model: an out-of-memory error also names the IPU of the
+    worst tile and the stage(s) placed there."""
+    from softipu.errors import OutOfMemoryError  # noqa: PLC0415
+
+    plan = lowered.extra.get("pipeline") if lowered is not None else None
+    try:
+        yield
+    except OutOfMemoryError as exc:
+        found = re.search(r"tile (\d+) needs", str(exc))
+        if plan is None or found is None:
+            raise
+        ipu = int(found[1]) // lowered.graph.target.tiles_per_ipu
+        stages = [str(st) for _, st, i in plan.placement.stages if i == ipu]
+        stash = plan.stash_bytes[ipu] if ipu < len(plan.stash_bytes) else 0
+        what = f"stage {', '.join(stages)}" if stages else "no stage (inputs, optimizer or copies)"
+        raise OutOfMemoryError(f"{plan.placement.strategy} execution: IPU {ipu} ({what}; pipeline stash "
+                               f"{stash:,} B) does not fit:\n{exc}\n  or move layers off IPU {ipu} "
+                               "(BeginBlock / Stage(...).ipu(n))") from exc

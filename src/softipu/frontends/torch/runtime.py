@@ -41,6 +41,7 @@ from softipu.frontends.torch.custom_ops import NAME_SCOPES, connect_host_calls
 from softipu.frontends.torch.export import check_supported, export_program
 from softipu.frontends.torch.lower import Lowered, StreamSlot, host_values, lower_program, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode, warn_unused
+from softipu.frontends.torch.pipeline import stage_errors
 from softipu.frontends.torch.replicas import input_slices
 from softipu.log import progress_stage, progress_task
 from softipu.profile import Report
@@ -111,7 +112,8 @@ class _Compiled:
         self.weights = list(lowered.weights)  # what the device holds: (stream, host values or HostWeight)
         engine_options = dict(options.engine_options)
         if executable is None:
-            self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)
+            with stage_errors(lowered):  # an IPU out of memory names its pipeline stage (PopTorch blocks)
+                self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)
         else:  # loaded from the executable cache: lowered.graph is the loaded skeleton
             self.engine = Engine.from_executable(executable, lowered.graph, options=engine_options)
         connect_host_calls(self.engine, lowered.graph, options.replication_factor)
@@ -172,7 +174,9 @@ class _Compiled:
     @property
     def cycles(self) -> int:
         runs = [cycles for index, cycles in self.engine.log.runs if index == 1]
-        return int(runs[-1]) if runs else 0
+        plan = self.lowered.extra.get("pipeline") if runs else None  # PopTorch blocks' strategy priced
+        return plan.summary(self.engine.executable, int(runs[-1]))["cycles"] if plan else \
+            int(runs[-1]) if runs else 0
 
 
 def connect_extra(engine: Engine, extra: Mapping[str, tuple[StreamSlot, int]],

@@ -32,7 +32,7 @@ from softipu.frontends.torch.runtime import _positional_names, connect_extra, lo
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.locations import check_exportable, read_state, write_state
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
-from softipu.frontends.torch.training.pipeline import keep_annotations, placed_summary
+from softipu.frontends.torch.training.pipeline import keep_annotations, placed_summary, stage_errors
 from softipu.frontends.torch.training.recompute import recompute
 from softipu.frontends.torch.training.replication import per_replica, replica_view
 from softipu.graph.remote import RemoteBuffer
@@ -196,7 +196,8 @@ class TrainingModel:
         times["lower"] = time.perf_counter() - t
         progress_stage("compile")
         t = time.perf_counter()
-        engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
+        with stage_errors(lowered):  # an IPU out of memory names its pipeline stage
+            engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
         times["compile"] = time.perf_counter() - t
         progress_stage("load")
         t = time.perf_counter()

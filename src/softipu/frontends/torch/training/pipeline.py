@@ -11,35 +11,25 @@ by :func:`~softipu.frontends.torch.pipeline.pipeline_summary` (``TrainingModel.s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from softipu.frontends.torch.options import Options
-from softipu.frontends.torch.pipeline import PlacedLowering, Placement, pipeline_summary, place_nodes
+from softipu.frontends.torch.pipeline import (
+    PipelinePlan,
+    PlacedLowering,
+    Placement,
+    place_nodes,
+    placed_summary,
+    stage_errors,
+)
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.lowering import TrainLowered, _TrainLowerer
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 
-__all__ = ["PipelinePlan", "lower_placed", "placement_of"]
-
-
-@dataclass
-class PipelinePlan:
-    """What pricing a placed step needs after the compile: the placement and the micro-batch's
-    steps by stage (kept in ``TrainLowered.extra["pipeline"]``)."""
-
-    placement: Placement
-    tags: list[tuple[P.Program, int, str]]
-    stash_bytes: list[int]
-    accumulation: int
-    device_iterations: int
-
-    def summary(self, executable: Any, run_cycles: int) -> dict[str, Any]:
-        return pipeline_summary(self.placement, self.tags, executable, run_cycles, self.accumulation,
-                                self.device_iterations, True, self.stash_bytes)
+__all__ = ["keep_annotations", "lower_placed", "placed_summary", "placement_of", "stage_errors"]
 
 
 def placement_of(joint: Joint, options: Options, label: str = "the model") -> Placement | None:
@@ -100,7 +90,7 @@ class _PlacedTrainLowerer(PlacedLowering, _TrainLowerer):
         self.place(None)
         lowered.extra["pipeline"] = PipelinePlan(self.placement, self.tags, self.stash_bytes,
                                                  self.options.gradient_accumulation,
-                                                 self.options.device_iterations)
+                                                 self.options.device_iterations, True)
         return lowered
 
 
@@ -110,19 +100,6 @@ def lower_placed(joint: Joint, spec: Any, options: Options, input_names: Sequenc
     if options.target.num_ipus != placement.num_ipus:
         options = options.replace(target=options.target.with_num_ipus(placement.num_ipus))
     return _PlacedTrainLowerer(joint, spec, options, input_names, named, placement).build()
-
-
-def placed_summary(lowered: TrainLowered, engine: Any) -> dict[str, Any] | None:
-    """The strategy's cost for the last call (or, before any call, the program's static cost):
-    ``pipeline_summary``'s dict; None for a one-IPU model."""
-    plan = lowered.extra.get("pipeline") if lowered is not None else None
-    if plan is None:
-        return None
-    from softipu.engine.estimate import StaticCost  # noqa: PLC0415
-
-    runs = [c for i, c in engine.log.runs if i == 1]
-    run = int(runs[-1]) if runs else StaticCost(engine.executable, 1).cost(engine.executable.programs[1])[0]
-    return plan.summary(engine.executable, run)
 
 
 def keep_annotations() -> Any:
