@@ -141,3 +141,23 @@ def test_sort_and_top_k_along_a_long_first_axis():
     want = torch.topk(torch.from_numpy(x), 5, dim=0)
     np.testing.assert_array_equal(values, want.values.numpy())
     np.testing.assert_array_equal(index, want.indices.numpy())
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_gradient_in_pieces(log):
+    x = RNG.standard_normal((2, 20000)).astype(np.float32)
+    dy = RNG.standard_normal((2, 20000)).astype(np.float32)
+    t = torch.from_numpy(x).requires_grad_()
+    y = (torch.log_softmax if log else torch.softmax)(t, 1)
+    y.backward(torch.from_numpy(dy))
+    g = sp.Graph(sp.targets.ipu_model(tiles=4, bytes_per_tile=300 * 1024))
+    yt, dyt = (g.add_variable(sp.float32, x.shape, name=n) for n in ("y", "dy"))
+    for v in (yt, dyt):
+        sp.ops.map_linearly(g, v)
+    prog = P.Sequence()
+    dx = (nn.log_softmax_grad if log else nn.softmax_grad)(g, yt, dyt, prog, dim=1)
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(yt, y.detach().numpy())
+    eng.write_tensor(dyt, dy)
+    eng.run(0)
+    np.testing.assert_allclose(eng.read_tensor(dx), t.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -23,7 +23,8 @@ from softipu.dtypes import DType, float32, int32
 from softipu.graph.vertex import InOut, Input, Output, Param, Vertex
 
 __all__ = ["softmax_rows_codelet", "softmax_grad_rows_codelet", "softmax_piece_max_codelet",
-           "row_combine_codelet", "softmax_piece_exp_codelet", "softmax_piece_scale_codelet"]
+           "row_combine_codelet", "softmax_piece_exp_codelet", "softmax_piece_scale_codelet",
+           "softmax_grad_piece_sum_codelet", "softmax_grad_piece_codelet"]
 
 
 # -- softmax -------------------------------------------------------------------------------------
@@ -188,3 +189,46 @@ def softmax_piece_scale_codelet(dtype: DType, log: bool) -> type[Vertex]:
             return _row_cycles(out, 1, C_ADD, C_LOG if log else C_DIVIDE, dtype, target, 2)
 
     return _named(SoftmaxPieceScale, f"{'LogSoftmax' if log else 'Softmax'}PieceScale<{dtype.name}>")
+
+
+@cache
+def softmax_grad_piece_sum_codelet(dtype: DType, log: bool) -> type[Vertex]:
+    """One piece's part of the gradient's row sum, fp32: ``sum(dy * y)`` (softmax) or ``sum(dy)``."""
+
+    class SoftmaxGradPieceSum(Vertex):
+        y = Input(dtype)
+        dy = Input(dtype)
+        s = Output(float32)
+
+        @staticmethod
+        def compute(y, dy, s):
+            g = _f32(dy)
+            s[...] = (g if log else g * _f32(y)).sum(axis=-1, keepdims=True, dtype=np.float32)
+
+        @staticmethod
+        def cycles(y, dy, s, target):
+            return _row_cycles(y, 1, C_ACC if log else C_ADD + C_ACC, 0, dtype, target, 2)
+
+    return _named(SoftmaxGradPieceSum, f"{'LogSoftmax' if log else 'Softmax'}GradPieceSum<{dtype.name}>")
+
+
+@cache
+def softmax_grad_piece_codelet(dtype: DType, log: bool) -> type[Vertex]:
+    """One piece of the gradient from its row's sum ``s``: ``y * (dy - s)`` or ``dy - exp(y) * s``."""
+
+    class SoftmaxGradPiece(Vertex):
+        y = Input(dtype)
+        dy = Input(dtype)
+        s = Input(float32)
+        dx = Output(dtype)
+
+        @staticmethod
+        def compute(y, dy, s, dx):
+            ys, g = _f32(y), _f32(dy)
+            dx[...] = g - np.exp(ys) * s if log else ys * (g - s)
+
+        @staticmethod
+        def cycles(y, dy, s, dx, target):
+            return _row_cycles(y, 1, C_EXP + 2 * C_ADD if log else 2 * C_ADD, 0, dtype, target, 3)
+
+    return _named(SoftmaxGradPiece, f"{'LogSoftmax' if log else 'Softmax'}GradPiece<{dtype.name}>")

@@ -156,6 +156,8 @@ def _softmax_grad(graph, y, grad_out, prog, dim, log, op, name, options) -> Tens
     dy2, _ = _rows_along(ctx, grad_out, dim)
     if y2.numel == 0:
         return restore(_variable(ctx, y.dtype, y2.shape, "dx"))
+    if y2.shape[1] > ROW_VERTEX_ELEMENTS:  # a row too long for one vertex: split it across tiles
+        return restore(_softmax_grad_pieces(ctx, y2, dy2, log))
     plan = _plan_rows(ctx, dy2)
     dx2 = _row_output(ctx, plan, y.dtype, y2.shape[1], "dx")
     cs = ctx.compute_set()
@@ -163,3 +165,26 @@ def _softmax_grad(graph, y, grad_out, prog, dim, log, op, name, options) -> Tens
               {"y": y2, "dy": dy2, "dx": dx2}, params={"n": y2.shape[1]})
     ctx.execute(cs)
     return restore(dx2)
+
+
+def _softmax_grad_pieces(ctx: OpContext, y2: Tensor, dy2: Tensor, log: bool) -> Tensor:
+    """The gradient of rows longer than a vertex takes, in pieces (``ops.indexing.row_pieces``):
+    each piece's part of the row sum, the row sums, then each piece's ``dx`` where it lives."""
+    from softipu.ops.indexing import row_pieces as rp  # noqa: PLC0415 - ops.indexing imports ops.nn
+
+    plan = rp.plan_pieces(ctx, dy2)
+    piece_sum = rp.piece_values(ctx, plan, float32, "piece_sum")
+    cs = ctx.compute_set("sum")
+    rp.add_piece_vertices(ctx, cs, C.softmax_grad_piece_sum_codelet(y2.dtype, log), plan,
+                          {"y": y2, "dy": dy2}, {"s": piece_sum})
+    ctx.execute(cs)
+    row_sum = rp.row_values(ctx, plan, float32, "row_sum")
+    cs = ctx.compute_set("sum/rows")
+    rp.add_row_vertices(ctx, cs, C.row_combine_codelet(False), plan, {"partial": piece_sum, "out": row_sum})
+    ctx.execute(cs)
+    dx = rp.piece_output(ctx, plan, y2.dtype, "dx")
+    cs = ctx.compute_set("dx")
+    rp.add_piece_vertices(ctx, cs, C.softmax_grad_piece_codelet(y2.dtype, log), plan,
+                          {"y": y2, "dy": dy2, "dx": dx}, per_row={"s": row_sum})
+    ctx.execute(cs)
+    return dx
