@@ -114,15 +114,17 @@ class _Priced(torch.nn.Module):
     """The layer with its activation input as a parameter (so dX is computed) and a sum loss."""
 
     def __init__(self, layer: torch.nn.Module, activation: torch.Tensor | None,
-                 call: Callable[..., torch.Tensor]) -> None:
+                 call: Callable[..., torch.Tensor], placeholder: bool) -> None:
         super().__init__()
         self.layer = layer
         self.act = None if activation is None else torch.nn.Parameter(activation)
         self._call = call
+        self._placeholder = placeholder  # the one input is a stand-in (a layer fed by its activation only)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         from softipu.frontends.poptorch import identity_loss  # noqa: PLC0415 - the PopTorch name
 
+        inputs = () if self._placeholder else inputs
         args = inputs if self.act is None else (self.act, *inputs)
         out = self._call(self.layer, *args)
         return identity_loss(out, reduction="sum")
@@ -153,7 +155,7 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     if activation is not None:
         with mode:
             act = torch.zeros(tuple(activation), dtype=dtype)
-    model = _Priced(layer, act, call or (lambda m, *a: m(*a)))
+    model = _Priced(layer, act, call or (lambda m, *a: m(*a)), placeholder=not inputs)
     from softipu.frontends.torch.optim import (
         SGD,  # noqa: PLC0415 - poptorch.optim's definitions
         optimizer_spec,  # noqa: PLC0415
@@ -183,7 +185,7 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     cats = report.memory_by_category
     code = sum(int(cats.get(k, 0)) for k in ("exchange_code", "control_code", "codelet_code", "vertex_state"))
     with mode:
-        out = model._call(layer, *((act,) if act is not None else ()), *args)
+        out = model._call(layer, *((act,) if act is not None else ()), *inputs)
     param_bytes = sum(_nbytes(p) for n, p in model.named_parameters() if n != "act")
     saved = int(lowered.saved_bytes)
     return LayerCost(name=name, forward=phases["forward"], backward=phases["backward"],
