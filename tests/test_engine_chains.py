@@ -211,18 +211,3 @@ def test_switched_off_gives_the_per_group_path(monkeypatch):
     g, prog, a, b, c = _matmul(30, 700, 50)
     eng, _ = _run(g, [prog], {a: np.ones(a.shape, np.float32), b: np.ones(b.shape, np.float32)}, [c])
     assert not _fused(eng)
-
-
-def test_a_chain_over_the_size_limit_runs_per_group(monkeypatch):
-    """30 x 700 x 50 = 1,050,000 multiply-accumulates: fused at the small limit, per group one under it,
-    fused again from the large limit."""
-    macs = 30 * 700 * 50
-    for small, big, fused in ((macs, 1 << 40, True), (macs - 1, 1 << 40, False), (macs - 1, macs, True)):
-        monkeypatch.setattr(chains, "CHAIN_MAX_MACS", small)
-        monkeypatch.setattr(chains, "CHAIN_BIG_MACS", big)
-        g, prog, a, b, c = _matmul(30, 700, 50)
-        av = np.random.default_rng(2).standard_normal(a.shape, np.float32)
-        bv = np.random.default_rng(3).standard_normal(b.shape, np.float32)
-        eng, (got,) = _run(g, [prog], {a: av, b: bv}, [c])
-        assert bool(_fused(eng)) is fused
-        np.testing.assert_allclose(got, av.astype(np.float64) @ bv, rtol=1e-4, atol=1e-4)

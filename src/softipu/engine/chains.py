@@ -57,18 +57,13 @@ __all__ = ["ChainRunner", "Chains", "FUSE_MATMULS"]
 
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
-# Chains whose GEMMs hold between these two counts of multiply-accumulates run per vertex group.
-# NOTE: a host-speed rule, measured idle on one 2-core host, not understood: BERT-base's products
-# (12 x 768, b2 s128; 100-600 M MACs a chain) took 2.7x eager fused against 1.8x per group: the
-# fused path's single-threaded OpenBLAS pieces hit a slow path there (256 x 768 x 288 at
-# 12 GFLOP/s in one thread against 36 for most shapes, varying with the operands' addresses).
-# Small products, where per-call overhead dominates (the demo encoder: 16 ms fused against
-# 29 ms), and large ones (2048^3: 1.13x numpy fused against 1.84x per group) stay fused.
-# fp32 operands only: per group, fp16 operands are converted to fp32 block by block on every
-# call (the small fp16 training step spent 14.4 s of 32.6 profiled in its matmuls per group
-# against 8.9 of 20.0 fused, same load), fused once into the GEMM's scratch.
-CHAIN_MAX_MACS = 1 << 25
-CHAIN_BIG_MACS = 1 << 31
+# Every chain is fused whatever its size. (A size band once ran per vertex group: BERT-base's
+# products, 256 x 768 x 288 pieces among them, ran at a third of OpenBLAS's speed fused. The cause
+# was OpenBLAS's untouched work buffer, not the fusion: engine/blas_warmup.py. Fused, BERT-base
+# 4 layers takes 0.62 s of CPU a later call against 0.81 per group, same load.) fp16 operands are
+# converted to fp32 once, into the GEMM's scratch; per group they would be converted block by
+# block on every call (the small fp16 training step spent 14.4 s of 32.6 profiled in its matmuls
+# per group against 8.9 of 20.0 fused, same load).
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Band:
@@ -427,12 +422,6 @@ def _param(group: VertexGroup, name: str) -> np.ndarray:
     return np.broadcast_to(np.asarray(group.fields[name], np.int64).reshape(-1), (group.num_vertices,))
 
 
-def _macs(executable: Executable, cs_ids: list[int]) -> int:
-    """Multiply-accumulates of the chain's AMP vertices, from their ``m``, ``k``, ``n`` params."""
-    return sum(int((_param(g, "m") * _param(g, "k") * _param(g, "n")).sum())
-               for cs_id in cs_ids for g in executable.compute_sets[cs_id].groups)
-
-
 def _amp_table(executable: Executable, cs_ids: list[int]) -> np.ndarray | None:
     """One row per AMP vertex of the chain: step, a start, a bits, b start, b bits, out start, m, k, n."""
     rows = []
@@ -458,8 +447,6 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
     if len(nodes) < 2 and not has_reduce and len(amp_ids) == 1 \
             and sum(g.num_vertices for g in executable.compute_sets[amp_ids[0]].groups) < 2:
         return None
-    if in_dtype == float32 and CHAIN_MAX_MACS < _macs(executable, amp_ids) < CHAIN_BIG_MACS:
-        return None  # from the params alone, before the table and the banding (most of the analysis)
     table = _amp_table(executable, amp_ids)
     if table is None:
         return None
