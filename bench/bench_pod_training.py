@@ -1,0 +1,375 @@
+"""Issue 14's Numbers: training configurations priced on IPU-PODs, estimate-only.
+
+Run: ``.venv/bin/python bench/bench_pod_training.py`` (every model, each in a fresh subprocess so
+its host peak is its own), or ``--model bert_large|bert_base|resnet50|gpt2_xl`` for one, in
+process. ``compile_price_seconds`` is the wall time of pricing the model's layers and composing
+every configuration of it (they share the layers), ``compile_price_cpu_seconds`` the process's CPU
+time (the figure to read on a loaded machine). ``--html DIR`` / ``--trace DIR`` also write each
+configuration's report page and Perfetto trace (one track per IPU). Prints one JSON line per
+configuration and a table at the end.
+
+How: each DISTINCT layer of a model (embedding, one transformer layer, the head; ResNet-50's stem,
+each bottleneck kind and the head) is built in plain torch.nn at its real size under fake
+tensors, lowered through softipu's training path for one micro-batch on one GC200 and priced by an
+estimate-only engine (``softipu.frontends.torch.scale.price_layer``); the configuration is composed
+from those (``price_training``: PopART's pipeline schedule, IPU-Link transfers, the gradient
+collectives of ``target.links``, the optimizer update, Streaming Memory, host I/O). Nothing is
+tuned to a published throughput: every figure is the cost model's.
+
+Inputs assumed, and where each comes from (also printed in every JSON line's ``inputs``):
+
+* BERT-Large phase 1 (SL128): ``graphcore/examples nlp/bert/pytorch/configs_pretraining.yml``
+  ``pretrain_large_128`` [V]: micro-batch 8, 4 IPUs a replica, layers_per_ipu [3, 7, 7, 7]
+  (embedding with the first 3 layers), POD16: 4 replicas x GA 2048; ``pretrain_large_128_POD64``:
+  16 replicas x GA 512; fp16 (half partials), LAMB, optimizer state off chip, RTS, a recomputation
+  checkpoint every layer, 20 masked tokens per sequence. POD128 / POD256 are not in that file
+  [U]: 32 x GA 256 and 64 x GA 128 (the same global batch 65,536).
+* BERT-Base phase 1: ``pretrain_base_128`` [V]: micro-batch 32, 4 replicas x GA 512, layers_per_ipu
+  [0, 4, 4, 4] (the embedding alone on IPU 0), the rest as BERT-Large.
+* LAMB state: two fp32 moments (``enable_half_first_order_momentum: False``) = 8 B a parameter
+  [V config]; gradient accumulators in the gradients' dtype (fp16) [U].
+* The MLM head sits on the last IPU with its own decoder weight [U]: Graphcore ties it to the
+  word embedding on IPU 0 (serialised); the head here is priced where the pipeline ends.
+* ResNet-50: ``vision/cnns/pytorch/train/configs.yml`` ``resnet50`` [V]: batch 18 a replica of 1 IPU,
+  POD16: 16 replicas x GA 57; ``resnet50-pod64``: 64 x GA 14; precision 16.16, SGD with momentum
+  (combined: one fp32 velocity, 4 B a parameter [U: PopTorch's default accum type]), optimizer on
+  chip, no RTS; recomputation: a checkpoint at each bottleneck's input [U: the config lists
+  manual checkpoints].
+* GPT-2 XL (1.5 B: 48 layers, hidden 1600, 25 heads, vocab 50257, context 1024) [V: the GPT-2
+  paper's sizes]; micro-batch 1, sequence 1024, fp16, one replica pipelined over all 16 IPUs of a
+  POD16, GA 1024, Adam (two fp32 moments) off chip, a checkpoint every layer [U: no public IPU
+  configuration was used]; the split is the automatic placement's.
+* Host input bytes per sample [D from the inputs' shapes]: BERT 3 x 128 int32 + 2 x 20 int32 + 1 =
+  1,700 B; ResNet-50 224 x 224 x 3 uint8 + a label (``eight_bit_io``) = 150,532 B; GPT-2 2 x 1024
+  int32 = 8,192 B.
+* System figures: ``softipu.target.systems`` (IPU-Links, GW-Links, Streaming Memory at 20 GB/s per
+  IPU [U], 256 GB a machine), one GC200 per IPU (1,472 tiles x 624 KiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = ("bert_large", "bert_base", "resnet50", "gpt2_xl")
+BERT_INPUT_BYTES = 3 * 128 * 4 + 2 * 20 * 4 + 4 * 1  # ids, types, mask; MLM labels + positions; NSP
+RESNET_INPUT_BYTES = 224 * 224 * 3 + 4
+GPT2_INPUT_BYTES = 2 * 1024 * 4
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+# --- the models' distinct layers, in plain torch.nn ------------------------------------------------
+
+
+def bert_layers(hidden: int, heads: int, micro: int, seq: int = 128, vocab: int = 30522, masked: int = 20):
+    """(path, kind, LayerCost) for BERT's embedding, one encoder layer, the MLM + NSP head."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    sys.path.insert(0, HERE)
+    import bench_torch_bert as bert
+
+    from softipu.frontends.torch.scale import price_layer
+    from softipu.frontends.torch.scale.layers import mm_flops
+
+    class Embedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.words, self.positions = torch.nn.Embedding(vocab, hidden), torch.nn.Embedding(512, hidden)
+            self.types, self.norm = torch.nn.Embedding(2, hidden), torch.nn.LayerNorm(hidden, eps=1e-3)
+
+        def forward(self, ids, types):
+            return self.norm(self.words(ids) + self.positions(torch.arange(ids.shape[1])) + self.types(types))
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transform, self.norm = torch.nn.Linear(hidden, hidden), torch.nn.LayerNorm(hidden, eps=1e-3)
+            self.decoder = torch.nn.Linear(hidden, vocab)
+            self.pooler, self.nsp = torch.nn.Linear(hidden, hidden), torch.nn.Linear(hidden, 2)
+
+        def forward(self, x, labels, nsp_labels):
+            m = x[:, :masked]  # Graphcore's packing puts the masked tokens first
+            logits = self.decoder(self.norm(F.gelu(self.transform(m)))).float()
+            mlm = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1))
+            nsp = F.cross_entropy(self.nsp(torch.tanh(self.pooler(x[:, 0]))).float(), nsp_labels)
+            return mlm + nsp
+
+    ids = torch.zeros(micro, seq, dtype=torch.long)
+    mask = torch.zeros(micro, 1, 1, seq, dtype=torch.float16)
+    tokens = micro * seq
+    emb = price_layer("embedding", Embedding, None, (ids, ids.clone()))
+    layer = price_layer("encoder", lambda: bert.Layer(hidden, heads), (micro, seq, hidden), (mask,),
+                        flops=mm_flops((tokens, hidden, 3 * hidden), (tokens, hidden, hidden),
+                                       (tokens, hidden, 8 * hidden), (micro * heads * seq, hidden // heads,
+                                                                      2 * seq)))
+    head = price_layer("head", Head, (micro, seq, hidden),
+                       (torch.zeros(micro, masked, dtype=torch.long), torch.zeros(micro, dtype=torch.long)))
+    return emb, layer, head
+
+
+def resnet50_layers(batch: int):
+    """ResNet-50's stem, each distinct bottleneck (input channels, width, stride) and the head."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    sys.path.insert(0, HERE)
+    import fidelity_models as fm
+
+    from softipu.frontends.torch.scale import price_layer
+
+    class Stem(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = torch.nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), \
+                torch.nn.BatchNorm2d(64)
+            self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.pool(F.relu(self.bn1(self.conv1(x))))
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(2048, 1000)
+
+        def forward(self, x, labels):
+            return F.cross_entropy(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)).float(), labels)
+
+    images = torch.zeros(batch, 3, 224, 224, dtype=torch.float16)
+    out = [("stem", price_layer("stem", Stem, None, (images,)), 1)]
+    size, inplanes = 56, 64
+    for i, (planes, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
+        stride = 1 if i == 0 else 2
+        first = price_layer(f"block{i}_0", lambda p=planes, s=stride, c=inplanes: fm.Bottleneck(c, p, s),
+                            (batch, inplanes, size, size))
+        size //= stride
+        rest = price_layer(f"block{i}_n", lambda p=planes: fm.Bottleneck(4 * p, p, 1),
+                           (batch, 4 * planes, size, size))
+        out += [(f"block{i}_0", first, 1), (f"block{i}_n", rest, count - 1)]
+        inplanes = 4 * planes
+    labels = torch.zeros(batch, dtype=torch.long)
+    out.append(("head", price_layer("head", Head, (batch, 2048, 7, 7), (labels,)), 1))
+    return out
+
+
+def gpt2_layers(micro: int, seq: int = 1024, hidden: int = 1600, heads: int = 25, vocab: int = 50257):
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from softipu.frontends.torch.scale import price_layer
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1, self.ln2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
+            self.qkv, self.proj = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(hidden, hidden)
+            self.up, self.down = torch.nn.Linear(hidden, 4 * hidden), torch.nn.Linear(4 * hidden, hidden)
+
+        def forward(self, x, causal):
+            b, s, h = x.shape
+            d = h // heads
+            q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4)
+            att = (q @ k.transpose(-1, -2) / d**0.5 + causal).softmax(-1) @ v
+            x = x + self.proj(att.transpose(1, 2).reshape(b, s, h))
+            return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+    class Embedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte, self.wpe = torch.nn.Embedding(vocab, hidden), torch.nn.Embedding(seq, hidden)
+
+        def forward(self, ids):
+            return self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.lm = torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, vocab, bias=False)
+
+        def forward(self, x, labels):
+            return F.cross_entropy(self.lm(self.ln(x)).float().reshape(-1, vocab), labels.reshape(-1))
+
+    ids = torch.zeros(micro, seq, dtype=torch.long)
+    causal = torch.triu(torch.full((seq, seq), -10000.0, dtype=torch.float16), 1)
+    return (price_layer("embedding", Embedding, None, (ids,)),
+            price_layer("block", Block, (micro, seq, hidden), (causal,)),
+            price_layer("head", Head, (micro, seq, hidden), (ids.clone(),)))
+
+
+# --- configurations ------------------------------------------------------------------------------
+
+
+def bert_configs(name: str):
+    from softipu.target import systems
+
+    if name == "bert_large":
+        hidden, heads, layers, micro, split = 1024, 16, 24, 8, (4, 7, 7, 8)
+        runs = [(systems.POD16, 4, 2048), (systems.POD64, 16, 512), (systems.POD128, 32, 256),
+                (systems.POD256, 64, 128)]
+    else:
+        hidden, heads, layers, micro, split = 768, 12, 12, 32, (1, 4, 4, 5)
+        runs = [(systems.POD16, 4, 512)]
+    return hidden, heads, layers, micro, split, runs
+
+
+def run_bert(name: str, out: dict) -> list:
+    from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
+
+    hidden, heads, n_layers, micro, split, runs = bert_configs(name)
+    start = time.perf_counter()
+    emb, layer, head = bert_layers(hidden, heads, micro)
+    price_s = time.perf_counter() - start
+    layers = [emb] + [layer.scaled(f"encoder[{i}]", 1) for i in range(n_layers)] + [head]
+    results = []
+    for system, replicas, ga in runs:
+        cfg = TrainingConfig(micro_batch=micro, accumulation=ga, replicas=replicas, layers_per_ipu=split,
+                             recompute=True, optimizer_off_chip=True, rts=True,
+                             input_bytes_per_sample=BERT_INPUT_BYTES, label=f"{name}_{system.name}")
+        results.append(price_training(layers, cfg, system))
+    out.update(price_seconds=price_s, layers=[x.as_dict() for x in (emb, layer, head)])
+    return results
+
+
+def run_resnet(out: dict) -> list:
+    from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
+    from softipu.target import systems
+
+    start = time.perf_counter()
+    kinds = resnet50_layers(18)
+    price_s = time.perf_counter() - start
+    layers = [c.scaled(f"{name}[{i}]", 1) for name, c, count in kinds for i in range(count)]
+    results = []
+    for system, replicas, ga in ((systems.POD16, 16, 57), (systems.POD64, 64, 14)):
+        cfg = TrainingConfig(micro_batch=18, accumulation=ga, replicas=replicas,
+                             layers_per_ipu=(len(layers),),
+                             recompute=True, optimizer_state_bytes_per_param=4, optimizer_off_chip=False,
+                             rts=False, input_bytes_per_sample=RESNET_INPUT_BYTES,
+                             label=f"resnet50_{system.name}")
+        results.append(price_training(layers, cfg, system))
+    out.update(price_seconds=price_s, layers=[c.as_dict() for _, c, _ in kinds])
+    return results
+
+
+def run_gpt2(out: dict) -> list:
+    from softipu.frontends.torch.scale.placement import begin_block_lines, propose_split
+    from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
+    from softipu.target import systems
+
+    start = time.perf_counter()
+    emb, block, head = gpt2_layers(1)
+    price_s = time.perf_counter() - start
+    layers = [emb] + [block.scaled(f"block[{i}]", 1) for i in range(48)] + [head]
+    base = TrainingConfig(micro_batch=1, accumulation=1024, replicas=1, layers_per_ipu=(len(layers),),
+                          recompute=True, optimizer_off_chip=True, rts=False,
+                          input_bytes_per_sample=GPT2_INPUT_BYTES, label="gpt2_xl_POD16")
+    capacity = systems.POD16.chip.num_tiles * systems.POD16.chip.bytes_per_tile
+    try:
+        placement = propose_split(layers, 16, base, capacity)
+        fits = True
+    except Exception as exc:  # noqa: BLE001 - reported, then priced on the time-balanced split
+        out["placement_error"] = str(exc)
+        placement = propose_split(layers, 16, base, 10**30)
+        fits = False
+    paths = ["embedding"] + [f"blocks[{i}]" for i in range(48)] + ["head"]
+    out.update(price_seconds=price_s, layers=[x.as_dict() for x in (emb, block, head)],
+               placement=placement.as_dict(), placement_fits=fits,
+               begin_blocks=begin_block_lines(paths, placement.layers_per_ipu))
+    from dataclasses import replace
+
+    return [price_training(layers, replace(base, layers_per_ipu=placement.layers_per_ipu), systems.POD16)]
+
+
+PIPELINE_KEYS = ("stages", "accumulation", "bubble_fraction", "fill_cycles", "main_cycles", "flush_cycles")
+INPUT_KEYS = ("micro_batch", "accumulation", "replicas", "ipus_per_replica", "layers_per_ipu", "recompute",
+              "optimizer_off_chip", "rts")
+
+
+def _memory_mb(m: dict) -> dict:
+    return {"ipu": m["ipu"], **{k: round(v / 1e6, 1) for k, v in m["bytes"].items()},
+            "total": round(m["total"] / 1e6, 1), "fits": m["fits"]}
+
+
+def run_model(name: str, html: str | None, trace: str | None) -> None:
+    start, cpu = time.perf_counter(), time.process_time()
+    out: dict = {}
+    if name.startswith("bert"):
+        results = run_bert(name, out)
+    elif name == "resnet50":
+        results = run_resnet(out)
+    else:
+        results = run_gpt2(out)
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for est in results:
+        d = est.as_dict()
+        emit(bench="pod_training", model=name, config=d["label"], system=d["system"],
+             step_ms=round(1e3 * est.seconds, 3), samples_per_s=round(est.samples_per_second, 1),
+             split_ms={k: round(1e3 * v / est.clock_hz, 3) for k, v in est.split.items()},
+             pipeline={k: d["pipeline"][k] for k in PIPELINE_KEYS},
+             memory_per_ipu_mb=[_memory_mb(m) for m in d["memory_per_ipu"]],
+             off_chip_mb_per_replica=round(d["off_chip_bytes_per_replica"] / 1e6, 1), fits=d["fits"],
+             collectives=d["collectives"], inputs={k: d[k] for k in INPUT_KEYS},
+             compile_price_seconds=round(total, 1), compile_price_cpu_seconds=round(cpu, 1),
+             compile_price_target_s=60.0,
+             host_peak_mb=round(peak_mb), host_peak_target_mb=4096, notes=d["notes"],
+             **{k: v for k, v in out.items() if k != "layers"})
+        if html or trace:
+            from softipu.frontends.torch.scale.report import save_html, save_trace
+
+            if html:
+                save_html(est, os.path.join(html, f"{d['label']}.html"))
+            if trace:
+                save_trace(est, os.path.join(trace, f"{d['label']}.trace.json"))
+    emit(bench="pod_training", model=name, figure="layers", layers=out.get("layers"))
+
+
+def table(lines: list[dict]) -> None:
+    rows = [r for r in lines if "config" in r]
+    print(f"{'config':<24}{'step ms':>10}{'samples/s':>12}{'bubble':>8}{'coll ms':>9}{'opt+SM ms':>10}"
+          f"{'max IPU MB':>11}{'fits':>6}{'price s':>9}{'peak MB':>9}")
+    for r in rows:
+        s = r["split_ms"]
+        coll = s["gradient_reduction"] + s["weight_all_gather"]
+        print(f"{r['config']:<24}{r['step_ms']:>10.1f}{r['samples_per_s']:>12.1f}"
+              f"{r['pipeline']['bubble_fraction']:>8.3f}{coll:>9.2f}"
+              f"{s['optimizer'] + s['streaming_memory']:>10.2f}"
+              f"{max(m['total'] for m in r['memory_per_ipu_mb']):>11.0f}{str(r['fits']):>6}"
+              f"{r['compile_price_seconds']:>9.1f}{r['host_peak_mb']:>9}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=MODELS)
+    parser.add_argument("--html")
+    parser.add_argument("--trace")
+    args = parser.parse_args()
+    if args.model:
+        run_model(args.model, args.html, args.trace)
+        return
+    lines = []
+    for name in MODELS:
+        cmd = [sys.executable, __file__, "--model", name]
+        cmd += ["--html", args.html] if args.html else []
+        cmd += ["--trace", args.trace] if args.trace else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        for line in proc.stdout.splitlines():
+            print(line, flush=True)
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        if proc.returncode:
+            emit(bench="pod_training", model=name, error=proc.stderr[-2000:])
+    table(lines)
+
+
+if __name__ == "__main__":
+    main()
