@@ -95,6 +95,7 @@ def test_four_ipu_pipelined_encoder_equals_one_ipu_and_eager_torch():
     assert [s["ipu"] for s in pipe["stages"]] == [0, 1, 2, 3]
     assert pipe["schedule"]["stages"] == 7 and pipe["schedule"]["stash_depth"] == [7, 5, 3, 0]
     assert pipe["stash_bytes"][3] == 0 and min(pipe["stash_bytes"][:3]) > 0
+    assert len(pipe["ipu_memory_bytes"]) == 4 and min(pipe["ipu_memory_bytes"]) > max(pipe["stash_bytes"])
     assert 0 < pipe["cycles"] < pipe["sequential_cycles"]  # the stages overlap
 
 

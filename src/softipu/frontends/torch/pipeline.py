@@ -306,7 +306,8 @@ class PlacedLowering:
             except LoweringError as exc:  # a layer too large for its IPU: say which IPU and stage
                 stage = self.placement.stage_of.get(node)
                 what = f"stage {self.placement.stages[stage][1]}" if stage is not None else "optimizer update"
-                raise LoweringError(f"{self.placement.strategy} execution, IPU {ipu} ({what}): {exc}") from exc
+                where = f"{self.placement.strategy} execution, IPU {ipu} ({what})"
+                raise LoweringError(f"{where}: {exc}") from exc
         if phase is not None:
             stage = self.placement.stage_of.get(node, -1)
             self.tags += [(p, stage, f"copy_{phase}") for p in prog.programs[start:copied]]
@@ -363,7 +364,8 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
     ``run_cycles``: the program's cycles for one call (all device iterations, micro-batches one
     after another); ``tags``: the micro-batch's steps by stage. Keys: ``strategy``, ``num_ipus``,
     ``stages`` (per stage: ``ipu``, ``forward_cycles``, ``backward_cycles``, ``copy_cycles``),
-    ``ipu_cycles`` (per IPU, one micro-batch), ``stash_bytes`` (per IPU), ``schedule`` (the
+    ``ipu_cycles`` (per IPU, one micro-batch), ``stash_bytes`` (per IPU), ``ipu_memory_bytes`` and
+    ``ipu_max_tile_bytes`` (per IPU, from the compiled memory plan), ``schedule`` (the
     :class:`~softipu.target.pipeline.PipelineTimeline` as a dict, pipelined only) and
     ``step_cycles`` / ``cycles`` (one call)."""
     from softipu.engine.estimate import StaticCost  # noqa: PLC0415 - frontends price with the engine's walk
@@ -387,6 +389,11 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
         "ipu_cycles": ipu_cycles, "stash_bytes": list(stash_bytes) or [0] * placement.num_ipus,
         "sequential_cycles": int(run_cycles),
     }
+    memory = getattr(executable, "memory", None)
+    if memory is not None:  # per IPU: bytes over its tiles (stash included) and its fullest tile
+        per_ipu = memory.tile_bytes.reshape(-1, executable.target.tiles_per_ipu)
+        out["ipu_memory_bytes"] = [int(b) for b in per_ipu.sum(axis=1)]
+        out["ipu_max_tile_bytes"] = [int(b) for b in per_ipu.max(axis=1)]
     cycles = int(run_cycles)
     if placement.strategy == "pipelined" and n > 1:
         stage_cycles = training_stages(fwd, bwd) if training else fwd
