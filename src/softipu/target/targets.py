@@ -286,6 +286,16 @@ class Target:
             raise TargetError(f"IPU {ipu} does not exist on {self.name!r} ({self.num_ipus} IPUs)")
         return range(ipu * self.tiles_per_ipu, (ipu + 1) * self.tiles_per_ipu)
 
+    def compute_tiles_of_ipu(self, ipu: int) -> range:
+        """Global tile numbers of IPU ``ipu`` left for compute: all but its ``num_io_tiles`` last."""
+        tiles = self.tiles_of_ipu(ipu)
+        return range(tiles.start, tiles.stop - self.num_io_tiles)
+
+    def io_tiles_of_ipu(self, ipu: int) -> range:
+        """Global tile numbers of IPU ``ipu`` reserved for host I/O (its ``num_io_tiles`` last)."""
+        tiles = self.tiles_of_ipu(ipu)
+        return range(tiles.stop - self.num_io_tiles, tiles.stop)
+
     def with_num_ipus(self, num_ipus: int) -> Target:
         """The same chip, ``num_ipus`` of them in one replica."""
         return replace(self, num_ipus=num_ipus)

@@ -25,7 +25,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 from softipu.debug import SourceLocation, user_location
 from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
 from softipu.frontends.errors import FrontendError, LoweringError
-from softipu.frontends.placement import map_tensor  # shared with the ONNX frontend
+from softipu.frontends.placement import compute_graph, io_graph, map_tensor  # shared with ONNX
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.passes import conv_weight_use, inference_passes
@@ -320,7 +320,8 @@ class _Lowerer:
         self.ep = ep
         self.options = options
         self.graph = Graph(options.target, options.replication_factor)
-        self.ctx = LoweringContext(self.graph, P.Sequence(name="step"), options)
+        # with I/O tiles reserved, the model's work on the compute tiles only (placement.compute_graph)
+        self.ctx = LoweringContext(compute_graph(self.graph), P.Sequence(name="step"), options)
         self.env: dict[torch.fx.Node, Any] = {}
         self.input_names = list(input_names)
         self.weights: list[tuple[str, np.ndarray | HostWeight]] = []
@@ -411,7 +412,7 @@ class _Lowerer:
         dtype = self.ctx.dtype(val.dtype)
         shape = tuple(int(d) for d in val.shape)
         var = self.graph.add_variable(dtype, shape, name=f"inputs/{name}")
-        map_tensor(self.graph, var)
+        map_tensor(io_graph(self.graph), var)  # on the I/O tiles, where any are reserved
         stream = f"inputs/{index}/{name}"
         self.graph.add_host_to_device_fifo(stream, dtype, var.numel)
         if var.numel:
