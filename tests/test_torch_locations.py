@@ -148,6 +148,34 @@ def test_sharded_and_off_chip_together_like_bert():
                                                  "bytes_per_replica": 60 * 4}
 
 
+def test_accumulators_off_chip_with_gradient_accumulation():
+    torch.manual_seed(0)
+    module = Net()
+    eager = copy.deepcopy(module)
+    opts = poptorch.Options().setTarget(_chip())
+    opts.Training.gradientAccumulation(2)
+    opts.TensorLocations.setAccumulatorLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
+    executor = poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9))
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1, momentum=0.9)
+    for i in range(STEPS):
+        g = torch.Generator().manual_seed(i)
+        x, y = torch.randn(8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+        executor(x, y)
+        eager_opt.zero_grad()
+        eager(x, y)[1].backward()  # the mean over both micro-batches
+        eager_opt.step()
+    for (name, p), q in zip(module.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=name)
+    model = executor._impl
+    loc = model.summary()["locations"]["gradients"]
+    # One fp32 accumulator per parameter in Streaming Memory: 363 x 4 B.
+    assert loc["where"] == "streaming_memory" and loc["streaming_bytes_per_replica"] == sum(SIZES.values()) * 4
+    # Per step and accumulator: a load and a store per micro-batch, a store after zeroing, a load
+    # before the update: 2 x 2 + 2 = 6 copies.
+    copies = sum(int(s["count"]) for s in model.report.steps if "RemoteCopy" in str(s["name"]))
+    assert copies == STEPS * len(SIZES) * 6
+
+
 def test_bad_locations_are_named():
     module = Net()
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
@@ -163,6 +191,10 @@ def test_bad_locations_are_named():
     opts = poptorch.Options()
     opts.TensorLocations.setWeightLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
     with pytest.raises(FrontendError, match="setWeightLocation.*not supported"):
+        compile_with(opts)
+    opts = poptorch.Options().replicationFactor(2)
+    opts.TensorLocations.setAccumulatorLocation(_sharded())
+    with pytest.raises(FrontendError, match="setAccumulatorLocation.*not supported"):
         compile_with(opts)
     opts = poptorch.Options().replicationFactor(2)
     opts.TensorLocations.setOptimizerLocation(_sharded())

@@ -103,6 +103,10 @@ class StatePlacement:
     # (parameter, slot) -> the remote buffer holding it (per replica; a fragment when sharded)
     off_chip: set[tuple[str, str]] = field(default_factory=set)
     remote: dict[tuple[str, str], RemoteBuffer] = field(default_factory=dict)
+    # gradient accumulators (with gradientAccumulation > 1) in Streaming Memory, by parameter
+    accum_off_chip: set[str] = field(default_factory=set)
+    accum_remote: dict[str, tuple[RemoteBuffer, Any]] = field(default_factory=dict)
+    trainable: int = 0  # parameters with a gradient (each has an accumulator under accumulation)
     shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)  # the slot's own shape
 
 
@@ -110,12 +114,14 @@ def check_locations(options: Any, spec: Any, label: str) -> Location:
     """The optimizer's location; the locations softipu does not implement yet are refused."""
     for kind in ("weight", "accumulator", "activation"):
         loc = location_of(options, kind)
+        if kind == "accumulator" and not loc.sharded:
+            continue  # on chip or in Streaming Memory
         if not loc.on_chip or loc.sharded:
             raise FrontendError(
                 f"{label}: TensorLocations.set{kind.capitalize()}Location("
                 f"{'useOnChipStorage(False)' if not loc.on_chip else 'useReplicatedTensorSharding(True)'}) "
-                "is not supported by softipu yet (only the optimizer state can live off chip or be "
-                "sharded); keep these tensors on chip")
+                "is not supported by softipu yet (the optimizer state can live off chip or be sharded, "
+                "the gradient accumulators off chip); keep these tensors on chip")
     loc = location_of(options, "optimizer")
     if loc.sharded and options.replication_factor == 1:
         raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state needs replicas: "
@@ -143,11 +149,14 @@ def plan_state(spec: Any, options: Any, named: dict[str, Any], label: str) -> St
     """Where the optimizer state of ``spec`` goes (:func:`add_buffers` adds the remote buffers)."""
     loc = check_locations(options, spec, label)
     replicas = options.replication_factor
-    plan = StatePlacement(replicas, loc)
+    plan = StatePlacement(replicas, loc, trainable=len(named))
+    accum = location_of(options, "accumulator")
     for name, p in named.items():
         n = int(p.numel())
         if loc.sharded_for(n, replicas):
             plan.sharded[name] = (n, math.ceil(n / replicas))
+        if options.gradient_accumulation > 1 and accum.off_chip_for(n):
+            plan.accum_off_chip.add(name)
     for slot in spec.state:
         key = (slot.param_name, slot.name)
         shape = tuple(int(s) for s in slot.shape)
@@ -227,6 +236,31 @@ def state_locations(low: Any) -> dict[str, Any]:
 
 
 # -- the device's side: loads, stores, fragments ------------------------------------------------
+def add_accumulator_buffers(graph: Any, plan: StatePlacement, accums: dict[str, Any]) -> None:
+    """A remote buffer for each off-chip gradient accumulator, of its on-chip variable's shape."""
+    for name in sorted(plan.accum_off_chip):
+        var = accums[name]
+        plan.accum_remote[name] = (graph.add_remote_buffer(f"accum/{name}", var.dtype, var.shape), var)
+
+
+def load_accumulator(plan: StatePlacement, name: str, prog: Any) -> None:
+    """An off-chip accumulator copied into its on-chip variable (before it is read)."""
+    from softipu.graph import program as P  # noqa: PLC0415
+
+    if name in plan.accum_remote:
+        buffer, var = plan.accum_remote[name]
+        prog.add(P.RemoteCopy(buffer, var))
+
+
+def store_accumulator(plan: StatePlacement, name: str, prog: Any) -> None:
+    """An off-chip accumulator's on-chip variable copied back to Streaming Memory (after it is written)."""
+    from softipu.graph import program as P  # noqa: PLC0415
+
+    if name in plan.accum_remote:
+        buffer, var = plan.accum_remote[name]
+        prog.add(P.RemoteCopy(var, buffer))
+
+
 def load_state(plan: StatePlacement, keys: list[tuple[str, str]], state: dict[tuple[str, str], Any],
                prog: Any) -> None:
     """Off-chip state slots of ``keys`` copied from Streaming Memory into their on-chip variables."""
@@ -290,12 +324,16 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
     streaming = sum(b.nbytes for b in plan.remote.values()) if plan is not None else 0
     out: dict[str, dict[str, Any]] = {}
     off = len(plan.off_chip) if plan is not None else 0
+    accum_streaming = sum(b.nbytes for b, _ in plan.accum_remote.values()) if plan is not None else 0
     for role, on_chip in memory.items():
-        remote = streaming if role == "optimizer_state" else 0
+        remote = streaming if role == "optimizer_state" else accum_streaming if role == "gradients" else 0
         sharded = role == "optimizer_state" and plan is not None and bool(plan.sharded)
         # the optimizer's scalars (hyper-parameters, step) stay on chip whatever the location
         where = "on_chip" if not (role == "optimizer_state" and off) else \
             "streaming_memory" if off == len(low.state) else "on_chip+streaming_memory"
+        if role == "gradients" and accum_streaming:
+            every = len(plan.accum_remote) == plan.trainable
+            where = "streaming_memory" if every else "on_chip+streaming_memory"
         out[role] = {"where": where, "sharded_over": plan.replicas if sharded else 1,
                      "on_chip_bytes_per_replica": int(on_chip), "on_chip_bytes_per_ipu": int(on_chip) // ipus,
                      "streaming_bytes_per_replica": int(remote),

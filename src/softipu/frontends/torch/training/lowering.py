@@ -28,12 +28,15 @@ from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.locations import (
+    add_accumulator_buffers,
     add_buffers,
     gather_weight,
+    load_accumulator,
     load_state,
     plan_state,
     shard_update_inputs,
     state_shape,
+    store_accumulator,
     store_state,
 )
 from softipu.frontends.torch.training.replication import reduce_gradients
@@ -197,7 +200,10 @@ class _TrainLowerer(_Lowerer):
         ``MeanReductionStrategy``: never larger than the largest gradient, so no fp16 overflow)."""
         ga = self.options.gradient_accumulation
         dtype = self.spec.accum_type
-        accums = {n: self._var(f"accum/{n}", dtype, g.shape, g) for n, g in grads.items()}
+        plan = self.locations  # accumulators in Streaming Memory: loaded and stored around each use
+        home = {n: "streaming/accum" if n in plan.accum_off_chip else "accum" for n in grads}
+        accums = {n: self._var(f"{home[n]}/{n}", dtype, g.shape, g) for n, g in grads.items()}
+        add_accumulator_buffers(self.graph, plan, accums)
         zeroing = P.Sequence(name="zero_accumulators")
         strategy = self.mean_strategy()
         if strategy == "running":
@@ -209,12 +215,18 @@ class _TrainLowerer(_Lowerer):
             f = e.input(2)  # micro-batches seen, this one included
             running = e.add(e.mul(e.input(0), e.div(e.sub(f, 1.0), f)), e.div(e.input(1), f))
             for n, g in grads.items():
+                load_accumulator(plan, n, body)
                 ew.map_(self.graph, running, [accums[n], g, count], body, name=f"accum/{n}/running_mean")
+                store_accumulator(plan, n, body)
         else:
             for n, g in grads.items():
+                load_accumulator(plan, n, body)
                 ew.add_(self.graph, accums[n], self.ctx.cast(g, accums[n].dtype), body, name=f"accum/{n}")
+                store_accumulator(plan, n, body)
         for n, a in accums.items():
             zero(self.graph, a, zeroing, name=f"accum/{n}/zero")
+            store_accumulator(plan, n, zeroing)
+            load_accumulator(plan, n, update)
         if strategy == "post":
             for n, a in accums.items():
                 ew.mul_(self.graph, a, 1.0 / ga, update, name=f"upd/accum/{n}/mean")
