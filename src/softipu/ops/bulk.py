@@ -55,51 +55,64 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
     key_mat = np.stack([c[idx] for c in cols]) if cols else np.zeros((0, idx.size), np.int64)
     change = np.flatnonzero(np.any(key_mat[:, 1:] != key_mat[:, :-1], axis=0)) + 1
     bounds = np.concatenate(([0], change, [idx.size]))
-    rows = {name: np.asarray(s, np.int64)[..., idx] for name, s in starts.items()}
-    spacing = {name: _Spacing(r) for name, r in rows.items()}
+    lo_hi = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     params = {name: _as_field_dtype(codelet, name, values) for name, values in params.items()}
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        if fine_key is not None and not all(sp.regular(lo, hi).all() for sp in spacing.values()):
-            sel = idx[lo:hi]
+    rows = {name: np.asarray(s, np.int64)[..., idx] for name, s in starts.items()}
+    spacing = {name: _group_spacing(r.reshape(-1, r.shape[-1]), bounds) for name, r in rows.items()}
+    lengths = {name: _group_lengths(length, idx, bounds) for name, (_, length) in tensors.items()}
+    for g, (lo, hi) in enumerate(lo_hi):
+        sel = idx[lo:hi]
+        if fine_key is not None and not all(all(ok[g] for ok in sp[0]) for sp in spacing.values()):
             fk = fine_key[sel]
             for piece in np.split(sel, np.flatnonzero(fk[1:] != fk[:-1]) + 1):
                 _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
             continue
         fields: dict[str, Any] = {}
-        sel = idx[lo:hi]
         for name, r in rows.items():
-            dtype, length = tensors[name]
-            n = int(np.asarray(length).reshape(-1)[sel[0]]) if np.ndim(length) else int(length)
-            regular, steps = spacing[name].regular(lo, hi), spacing[name].step(lo, hi)
-            made = [_rows(graph, dtype, row[lo:hi], n, bool(ok), int(st))
-                    for row, ok, st in zip(r.reshape(-1, r.shape[-1]), regular.reshape(-1),
-                                           steps.reshape(-1), strict=True)]
+            dtype, n = tensors[name][0], lengths[name][g]
+            regular, steps, firsts = spacing[name]
+            made = [Tensor(graph, dtype, (hi - lo, n), first[g], (step[g], 1)) if ok[g]
+                    else _indexed(graph, dtype, row[lo:hi], n)
+                    for row, ok, step, first in zip(r.reshape(-1, r.shape[-1]), regular, steps, firsts,
+                                                    strict=True)]
             fields[name] = made if r.ndim == 2 else made[0]
         for name, values in params.items():
             fields[name] = values[sel] if values.ndim else values
         graph.add_vertices(cs, codelet, fields, tiles[sel])
 
 
-class _Spacing:
-    """Each row's steps between neighbours of ``starts`` (``(V,)`` or ``(entries, V)``) and a
-    running count of where the step changes: whether ``starts[..., lo:hi]`` is evenly spaced is
-    then two look-ups."""
+def _group_spacing(rows: np.ndarray, bounds: np.ndarray) -> tuple[list, list, list]:
+    """Per row of ``rows`` (``(entries, V)`` starts in the sorted order) and per group
+    ``[bounds[g], bounds[g + 1])``: whether its starts are evenly spaced, the step and the first
+    start (lists of Python ints). From one pass: each row's steps and a running count of where
+    the step changes."""
+    lo, hi = bounds[:-1], bounds[1:]
+    size = hi - lo
+    v = rows.shape[-1]
+    steps = np.diff(rows, axis=-1)
+    changes = np.zeros((rows.shape[0], max(v - 1, 0)), np.int64)
+    np.cumsum(steps[:, 1:] != steps[:, :-1], axis=-1, out=changes[:, 1:])
+    if v > 1:
+        step = np.where(size > 1, steps[:, np.minimum(lo, v - 2)], 0)
+        long = size > 2
+        same = changes[:, np.clip(hi - 2, 0, v - 2)] == changes[:, np.minimum(lo, v - 2)]
+        regular = ~long | same
+    else:
+        step = np.zeros((rows.shape[0], lo.size), np.int64)
+        regular = np.ones((rows.shape[0], lo.size), bool)
+    return regular.tolist(), step.tolist(), rows[:, lo].tolist()
 
-    __slots__ = ("steps", "changes")
 
-    def __init__(self, starts: np.ndarray) -> None:
-        self.steps = np.diff(starts, axis=-1)
-        changed = self.steps[..., 1:] != self.steps[..., :-1]
-        self.changes = np.zeros(starts.shape[:-1] + (max(starts.shape[-1] - 1, 0),), np.int64)
-        np.cumsum(changed, axis=-1, out=self.changes[..., 1:])
+def _group_lengths(length: Any, idx: np.ndarray, bounds: np.ndarray) -> list[int]:
+    """Each group's field length: one for all, or the first vertex's of each group."""
+    if not np.ndim(length):
+        return [int(length)] * (bounds.size - 1)
+    return np.asarray(length).reshape(-1)[idx[bounds[:-1]]].astype(np.int64).tolist()
 
-    def regular(self, lo: int, hi: int) -> np.ndarray:
-        if hi - lo <= 2:
-            return np.ones(self.steps.shape[:-1], bool)
-        return self.changes[..., hi - 2] == self.changes[..., lo]
 
-    def step(self, lo: int, hi: int) -> np.ndarray:
-        return self.steps[..., lo] if hi - lo > 1 else np.zeros(self.steps.shape[:-1], np.int64)
+def _indexed(graph: Graph, dtype: DType, starts: np.ndarray, length: int) -> Tensor:
+    addresses = starts[:, None] + np.arange(length, dtype=np.int64)
+    return Tensor(graph, dtype, (starts.size, length), 0, (), addresses)
 
 
 def _as_field_dtype(codelet, name: str, values: Any) -> np.ndarray:
@@ -115,13 +128,6 @@ def _as_field_dtype(codelet, name: str, values: Any) -> np.ndarray:
     if info.min <= int(arr.min()) and int(arr.max()) <= info.max:
         return arr.astype(want)
     return arr
-
-
-def _rows(graph: Graph, dtype: DType, starts: np.ndarray, length: int, regular: bool, step: int) -> Tensor:
-    if regular:
-        return Tensor(graph, dtype, (starts.size, length), int(starts[0]), (step, 1))
-    return Tensor(graph, dtype, (starts.size, length), 0, (),
-                  starts[:, None] + np.arange(length, dtype=np.int64))
 
 
 def _bulk(graph: Graph, cs: ComputeSet, codelet, tiles, starts, tensors, params, sel) -> None:
