@@ -99,7 +99,10 @@ def lower_placed(joint: Joint, spec: Any, options: Options, input_names: Sequenc
     """Lower ``joint`` with every node on its block's IPU (a target of ``placement.num_ipus``)."""
     if options.target.num_ipus != placement.num_ipus:
         options = options.replace(target=options.target.with_num_ipus(placement.num_ipus))
-    return _PlacedTrainLowerer(joint, spec, options, input_names, named, placement).build()
+    lowerer = _PlacedTrainLowerer(joint, spec, options, input_names, named, placement)
+    low = lowerer.build()
+    low.locations = lowerer.locations  # where the optimizer state lives (training/locations.py)
+    return low
 
 
 def keep_annotations() -> Any:
