@@ -34,6 +34,7 @@ from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.blas_warmup import warm_blas_buffers
 from softipu.engine.chains import Chains
+from softipu.engine.inplace import InPlace, plan
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
@@ -60,7 +61,8 @@ class GroupRunner:
 
     __slots__ = ("group", "where", "fixed", "gathers", "scatters", "compute", "calls")
 
-    def __init__(self, group: VertexGroup, storage: Storage, where: str) -> None:
+    def __init__(self, group: VertexGroup, storage: Storage, where: str,
+                 bodies: dict[type, InPlace | None] | None = None) -> None:
         self.group = group
         self.where = where
         self.compute = group.codelet.compute
@@ -84,6 +86,15 @@ class GroupRunner:
                         self.scatters.append((name, k, t))
             self.fixed[name] = FrozenList(parts) if isinstance(value, tuple) else parts[0]
         self.calls = [self.fixed] if self.gathers else _chunks(self.fixed, group, storage.replicas)
+        if bodies is not None and not self.gathers and not _host_safe(group.codelet):
+            # A user's ``y[...] = x + 1`` as ``np.add(x, 1, out=y)``: bitwise the same (inplace.py).
+            codelet = group.codelet
+            if codelet not in bodies:
+                bodies[codelet] = plan(codelet, set(codelet.fields))
+            body = bodies[codelet]
+            if body is not None and body.fits(self.fixed):
+                self.compute = body
+                self.calls = [self.fixed]  # no temporaries to keep in cache: one call
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
         """This group as pieces that may run side by side: its chunks, or the whole group where
@@ -272,14 +283,16 @@ def _even_runs(groups: list[VertexGroup]) -> list[list[VertexGroup]]:
     return runs
 
 
-def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str) -> list[Any]:
-    """A runner per group; small groups alike and evenly spaced merged (:class:`MergedRunner`)."""
+def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str,
+             bodies: dict[type, InPlace | None] | None = None) -> list[Any]:
+    """A runner per group; small groups alike and evenly spaced merged (:class:`MergedRunner`).
+    ``bodies``: the in-place forms of codelets' bodies found so far (see :class:`GroupRunner`)."""
     runners: list[Any] = []
     alike: dict[tuple, list[VertexGroup]] = {}
     for g in groups:
         key = _merge_key(g, storage.replicas)
         if key is None:
-            runners.append(GroupRunner(g, storage, where))
+            runners.append(GroupRunner(g, storage, where, bodies))
         else:
             alike.setdefault(key, []).append(g)
     for gs in alike.values():
@@ -367,9 +380,11 @@ class FastInterpreter(ProgramInterpreter):
         keep_freed_pages()  # codelets' temporaries reuse pages instead of faulting fresh ones
         warm_blas_buffers()  # numpy's OpenBLAS at full speed from the first product (blas_warmup.py)
         self._runners: dict[int, _ComputeSetRunner] = {}
+        bodies: dict[type, InPlace | None] = {}  # codelet -> its body in place (engine/inplace.py)
         for cs_id, compiled in executable.compute_sets.items():
             where = f"compute set {compiled.compute_set.name!r}"
-            self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where), storage)
+            self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where, bodies),
+                                                     storage)
         # Library matmuls as whole GEMMs (engine/chains.py), each built on its first run. Not under
         # stochastic rounding, which counts executed compute sets and rounds from the partials.
         # Outer max/min/logical reductions as one numpy reduction (engine/reductions.py), likewise.
