@@ -147,14 +147,15 @@ def test_inference_models_say_recomputation_is_for_training():
 
 
 class TwoBlocks(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, checkpoint: bool = True) -> None:
         super().__init__()
         self.fc1, self.ln, self.fc2 = torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)
+        self.checkpoint = checkpoint
 
     def forward(self, x, y):
         h = torch.tanh(self.ln(self.fc1(x)))
         with poptorch.Block(ipu_id=1):
-            out = self.fc2(poptorch.recomputationCheckpoint(h))
+            out = self.fc2(poptorch.recomputationCheckpoint(h) if self.checkpoint else h)
         return out, F.cross_entropy(out, y)
 
 
@@ -180,3 +181,21 @@ def test_recomputation_and_off_chip_state_under_sharded_execution_over_two_ipus(
     # of the [16, 3] log-probabilities.
     assert 16 * 16 * 4 <= model._impl.lowered.saved_bytes <= 16 * 16 * 4 + 16 * 3 * 4 + 64
     assert model.summary()["locations"]["optimizer_state"]["where"] == "streaming_memory"
+
+
+def test_pipeline_mode_keeps_each_stage_input():
+    # No checkpoint: RecomputeAll keeps nothing of the [16, 16] stage input h, Pipeline keeps it
+    # (each stage recomputes from its inputs) and still recomputes the layer norm before it.
+    from softipu.frontends.torch.training.joint import joint_graph  # noqa: PLC0415
+    from softipu.frontends.torch.training.recompute import recompute, recomputed_nodes  # noqa: PLC0415
+
+    x, y = _data(0)
+    joint = joint_graph(TwoBlocks(checkpoint=False), (x, y), {})
+
+    def kept(j):
+        return {n.name for n in j.forward_nodes if n.op == "call_function"
+                and any(u not in j.forward_nodes for u in n.users) and tuple(n.meta["val"].shape) == (16, 16)}
+
+    every, staged = recompute(joint, "recompute_all"), recompute(joint, "pipeline")
+    assert kept(every) == set() and len(kept(staged)) == 1
+    assert any(n.target is torch.ops.aten.native_layer_norm.default for n in recomputed_nodes(staged))

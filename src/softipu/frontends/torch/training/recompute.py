@@ -18,10 +18,11 @@ Modes (PopART's ``RecomputationType``, by value):
   peak): cheap ops whose inputs are kept anyway are recomputed, matmuls and convolutions kept.
 * ``norm_only`` (2): only normalisations (and elementwise ops reading their results) are
   recomputed; every other value is kept.
-* ``pipeline`` (3) and ``recompute_all`` (4): everything is recomputed from the weights and
-  inputs except the tensors marked with ``poptorch.recomputationCheckpoint`` (and random ops,
-  whose second draw would differ). With pipelining PopART recomputes each stage from its
-  inputs; softipu's stages are the checkpoints.
+* ``recompute_all`` (4): everything is recomputed from the weights and inputs except the
+  tensors marked with ``poptorch.recomputationCheckpoint`` (and random ops, whose second draw
+  would differ).
+* ``pipeline`` (3): as ``recompute_all``, and each PopTorch block's (stage's) inputs are kept too,
+  so each stage recomputes from its own inputs as PopART does under pipelining.
 
 ``recomputationCheckpoint(t)`` is the op ``softipu::recomputation_checkpoint``: an identity
 (its gradient passes through) that marks ``t`` as kept, whatever the mode.
@@ -109,13 +110,29 @@ def _is_random(node: torch.fx.Node) -> bool:
     return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
 
 
+def _stage_inputs(graph: torch.fx.Graph, forward: set[str]) -> set[torch.fx.Node]:
+    """Forward values read by a forward op of another PopTorch block (a stage's inputs), each
+    node's block inherited from the node before it as PopTorch places them."""
+    from softipu.frontends.torch.pipeline import BLOCK_KEY  # noqa: PLC0415
+
+    block: dict[torch.fx.Node, Any] = {}
+    current = None
+    for node in graph.nodes:
+        ann = (node.meta.get("custom") or {}).get(BLOCK_KEY)
+        current = tuple(ann) if ann is not None else current
+        block[node] = current
+    return {n for n in graph.nodes if n.op == "call_function" and n.name in forward
+            and any(u.name in forward and block[u] != block[n] for u in n.users)}
+
+
 def _tag(graph: torch.fx.Graph, forward: set[str], mode: str) -> None:
     """Checkpoint policies on the forward nodes (by the node names in ``forward``) for ``mode``."""
     norm_values: set[torch.fx.Node] = set()
+    kept = _stage_inputs(graph, forward) if mode == "pipeline" else set()
     for node in graph.nodes:
         if node.op != "call_function" or node.name not in forward:
             continue
-        if _is_checkpoint(node) or _is_random(node):
+        if _is_checkpoint(node) or _is_random(node) or node in kept:
             policy = CheckpointPolicy.MUST_SAVE
         elif mode in ("pipeline", "recompute_all"):
             policy = CheckpointPolicy.MUST_RECOMPUTE
