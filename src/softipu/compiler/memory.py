@@ -158,6 +158,16 @@ class _Timeline:
         if starts.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, bool)
         ranges, sizes = self._variable_ranges(space)
+        if starts.size == 1 and ends[0] > starts[0]:  # one interval (a contiguous copy end)
+            lo, hi = int(starts[0]), int(ends[0])
+            a = max(int(np.searchsorted(ranges.starts, lo, side="right")) - 1, 0)
+            b = int(np.searchsorted(ranges.starts, hi, side="left"))
+            inside = np.flatnonzero(ranges.ends[a:b] > lo) + a
+            if inside.size:
+                ks = ranges.tiles[inside]
+                full = (ranges.starts[inside] >= lo) & (ranges.ends[inside] <= hi)
+                return np.array([space.variables[i].id for i in ks.tolist()], np.int64), full
+            return np.zeros(0, np.int64), np.zeros(0, bool)
         p_starts, p_ends, k, _ = split_by_mapping(starts, ends, ranges)
         covered, _ = union_per_key(k, p_starts, p_ends, sizes.size)
         ks = np.unique(k)
@@ -432,13 +442,22 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
 
 def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target) -> dict[int, np.ndarray]:
     out = {}
+    each_of: dict[tuple, int] = {}  # (codelet, vector-list lengths) -> bytes a vertex, this compile
     for cs_id, compiled in compute_sets.items():
-        per_tile = np.zeros(target.num_tiles, np.int64)
+        tiles, weights = [], []
         for g in compiled.groups:
-            lists = {name: len(g.tensors(name)) for name, f in g.codelet.fields.items()
-                     if f.shape is FieldShape.VECTOR_LIST}
-            each = vertex_state_bytes(g.codelet, target, lists)  # the rule the planner uses too
-            per_tile += np.bincount(g.tiles, minlength=target.num_tiles) * each
+            lists = tuple((name, len(g.tensors(name))) for name, f in g.codelet.fields.items()
+                          if f.shape is FieldShape.VECTOR_LIST)
+            each = each_of.get((g.codelet, lists))
+            if each is None:  # the rule the planner uses too
+                each = each_of[(g.codelet, lists)] = vertex_state_bytes(g.codelet, target, dict(lists))
+            tiles.append(g.tiles)
+            weights.append(np.full(g.tiles.size, float(each)))
+        per_tile = np.zeros(target.num_tiles, np.int64)
+        if tiles:  # one bincount a compute set; its float sums of whole bytes are exact (< 2**53)
+            counted = np.bincount(np.concatenate(tiles), weights=np.concatenate(weights),
+                                  minlength=target.num_tiles)
+            per_tile += np.rint(counted).astype(np.int64)
         out[cs_id] = per_tile
     return out
 
