@@ -20,6 +20,9 @@ import logging
 from typing import Any
 
 import torch
+
+from softipu.frontends.errors import FrontendError, RecoverableError, UnrecoverableError
+from softipu.frontends.errors import PoptorchError as Error
 from softipu.frontends.poptorch_blocks import (
     BeginBlock,
     Block,
@@ -29,9 +32,6 @@ from softipu.frontends.poptorch_blocks import (
     block_of,
     removeBlocks,
 )
-
-from softipu.frontends.errors import FrontendError, RecoverableError, UnrecoverableError
-from softipu.frontends.errors import PoptorchError as Error
 from softipu.frontends.poptorch_data import AsynchronousDataAccessor, DataLoaderMode, SharingStrategy
 from softipu.frontends.poptorch_enums import (
     AutoStage,
