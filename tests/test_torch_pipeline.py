@@ -190,6 +190,7 @@ def test_two_stage_schedule_by_hand():
     assert sched["flush_cycles"] == cycle[3] + cycle[4]
     staged = f0 + b0 + f1 + b1 + c01 + c10
     assert s["cycles"] == s["sequential_cycles"] - 3 * staged + sum(cycle)
+    assert s["other_cycles"] == s["cycles"] - sum(cycle)  # streams, accumulation, the update
     assert ipu._impl.cycle_count == s["cycles"]
 
 

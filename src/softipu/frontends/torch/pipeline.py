@@ -366,7 +366,8 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
     ``stages`` (per stage: ``ipu``, ``forward_cycles``, ``backward_cycles``, ``copy_cycles``),
     ``ipu_cycles`` (per IPU, one micro-batch), ``stash_bytes`` (per IPU), ``ipu_memory_bytes`` and
     ``ipu_max_tile_bytes`` (per IPU, from the compiled memory plan), ``schedule`` (the
-    :class:`~softipu.target.pipeline.PipelineTimeline` as a dict, pipelined only) and
+    :class:`~softipu.target.pipeline.PipelineTimeline` as a dict, pipelined only), ``other_cycles``
+    (pipelined: the call's cycles outside the schedule: streams, accumulation, optimizer) and
     ``step_cycles`` / ``cycles`` (one call)."""
     from softipu.engine.estimate import StaticCost  # noqa: PLC0415 - frontends price with the engine's walk
 
@@ -403,6 +404,8 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
         out["schedule"] = t.as_dict()
         cycles = int(run_cycles) - device_iterations * accumulation * staged \
             + device_iterations * (t.fill + t.main + t.flush)
+        # what is not stage work: streaming, accumulation, the optimizer update, sync
+        out["other_cycles"] = cycles - device_iterations * (t.fill + t.main + t.flush)
     out["cycles"] = cycles
     out["step_cycles"] = cycles // max(device_iterations, 1)
     return out
