@@ -139,7 +139,9 @@ def test_sharded_optimizer_state_equals_eager_and_unsharded(replicas):
 
 def test_sharded_and_off_chip_together_like_bert():
     # Graphcore's BERT configurations: the optimizer state off chip and sharded over the replicas.
-    run = _train(4, _sharded().useOnChipStorage(False))
+    # Loading through I/O tiles is accepted and named as not modeled (no overlap of I/O and compute).
+    with pytest.warns(st.UnusedOptionWarning, match="useIOTilesToLoad"):
+        run = _train(4, _sharded().useOnChipStorage(False).useIOTilesToLoad(True))
     _check_against_eager(*run)
     loc = run[3].summary()["locations"]["optimizer_state"]
     assert loc["where"] == "streaming_memory" and loc["sharded_over"] == 4

@@ -122,6 +122,13 @@ def check_locations(options: Any, spec: Any, label: str) -> Location:
                 f"{'useOnChipStorage(False)' if not loc.on_chip else 'useReplicatedTensorSharding(True)'}) "
                 "is not supported by softipu yet (the optimizer state can live off chip or be sharded, "
                 "the gradient accumulators off chip); keep these tensors on chip")
+    io = [f"TensorLocationSettings.useIOTilesTo{'Load' if n == 'io_tiles_load' else 'Store'} ({kind})"
+          for kind in _KINDS for n in ("io_tiles_load", "io_tiles_store")
+          if getattr(location_of(options, kind), n)]
+    if io:  # overlapping I/O with compute is not modeled
+        from softipu.frontends.torch.options import warn_unused  # noqa: PLC0415
+
+        warn_unused(io, "PopTorch option")
     loc = location_of(options, "optimizer")
     if loc.sharded and options.replication_factor == 1:
         raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state needs replicas: "
