@@ -115,8 +115,7 @@ def test_poptorch_script_with_blocks_pipelining_replication_and_accumulation_run
 
     torch.manual_seed(3)
     model = Net()
-    opts = poptorch.Options()
-    opts.setTarget(CHIP)  # softipu's extension: a small chip keeps the test fast
+    opts = poptorch.Options()  # GC200s, as PopTorch's default Mk2 IPUs
     opts.setExecutionStrategy(poptorch.PipelinedExecution(poptorch.AutoStage.SameAsIpu))
     opts.replicationFactor(2)
     opts.Training.gradientAccumulation(3)
