@@ -68,13 +68,15 @@ class RowPieces:
         return np.arange(self.pieces, dtype=np.int64) * self.length
 
 
-def plan_pieces(ctx: OpContext, x2: Tensor, spread: bool = True) -> RowPieces:
+def plan_pieces(ctx: OpContext, x2: Tensor, most: int | None = None) -> RowPieces:
     """Pieces of each row of ``x2`` (``(rows, n)``): at most ``ROW_VERTEX_ELEMENTS`` long, and
-    (``spread``) enough of them to give every worker of the tiles a piece when rows are few."""
+    enough of them to give every worker of the tiles a piece when rows are few, but no more than
+    ``most`` a row where more pieces cost more steps (sort's merge rounds) unless the length needs
+    them."""
     rows, n = x2.shape
     target = ctx.graph.target
-    want = target.num_tiles * target.workers_per_tile if spread else 1
-    pieces = max(-(-n // ROW_VERTEX_ELEMENTS), min(-(-want // rows), n // MIN_PIECE), 1)
+    want = min(-(-(target.num_tiles * target.workers_per_tile) // rows), n // MIN_PIECE, most or n)
+    pieces = max(-(-n // ROW_VERTEX_ELEMENTS), want, 1)
     length = -(-n // pieces)
     pieces = -(-n // length)
     r, j = np.meshgrid(np.arange(rows), np.arange(pieces), indexing="ij")

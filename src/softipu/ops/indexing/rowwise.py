@@ -23,6 +23,10 @@ from softipu.ops.indexing._common import _axis, _int, _moveaxis, _prod
 
 __all__ = ["sort", "sort_with_indices", "top_k", "cumsum"]
 
+# A sort in pieces runs one merge round per piece: more pieces shorten each piece's sort and each
+# round but add rounds (compute sets), so a row takes at most this many unless its length needs more.
+SORT_MOST_PIECES = 8
+
 
 # -- row-wise: sort, top-k, cumsum ---------------------------------------------------------------------
 def _scan_pieces(ctx: OpContext, x: Tensor, axis: int, op: Scan) -> tuple[Tensor, Tensor | None]:
@@ -69,7 +73,7 @@ def _sort_pieces(ctx: OpContext, x: Tensor, axis: int, order: SortOrder,
     moved = _moveaxis(x, axis, -1)
     n = moved.shape[-1]
     x2 = moved.reshape(_prod(moved.shape[:-1]), n)
-    plan = rp.plan_pieces(ctx, x2, spread=False)
+    plan = rp.plan_pieces(ctx, x2, most=SORT_MOST_PIECES)
     buffers = [{"out": rp.piece_output(ctx, plan, x.dtype, f"sorted{b}")} for b in (0, 1)]
     if with_index:
         for b, buf in enumerate(buffers):
