@@ -36,6 +36,9 @@ def test_view_of_ipu1_has_local_tiles():
     y = g.add_variable(sp.float32, (2,), name="y")
     g.set_tile_mapping(y, 0)  # on IPU 0: outside the view
     assert v.tile_of(y).tolist() == [-1, -1]
+    m = v.resolved_mapping(sp.float32)  # the ops' interval reads, in local ids
+    assert sorted(m.tiles[:].tolist()) == [-1, 1, 3] and len(m.tiles) == 3
+    assert m.tiles_of(np.array([0, 4, 8])).tolist() == [1, 3, -1]
 
 
 def test_matmul_and_add_on_ipu1_give_numpy_values_on_ipu1_tiles():

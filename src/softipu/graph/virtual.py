@@ -35,7 +35,7 @@ from softipu.graph.mapping import ResolvedMapping
 from softipu.graph.tensor import Tensor
 from softipu.target import Target
 
-__all__ = ["VirtualGraph", "virtual_target"]
+__all__ = ["LocalMapping", "VirtualGraph", "virtual_target"]
 
 
 def virtual_target(target: Target, lo: int, hi: int) -> Target:
@@ -53,6 +53,58 @@ def virtual_target(target: Target, lo: int, hi: int) -> Target:
     return replace(target, tiles_per_ipu=hi - lo, num_ipus=1, num_io_tiles=0)
 
 
+def _local(tiles: np.ndarray, lo: int, n: int) -> np.ndarray:
+    local = np.asarray(tiles, np.int64) - lo
+    return np.where((local >= 0) & (local < n), local, -1).astype(np.int32)
+
+
+class _LocalTiles:
+    """A resolved mapping's tile column in a view's local ids, translated per slice."""
+
+    __slots__ = ("_tiles", "_lo", "_n")
+
+    def __init__(self, tiles: np.ndarray, lo: int, n: int) -> None:
+        self._tiles, self._lo, self._n = tiles, lo, n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return _local(self._tiles[key], self._lo, self._n)
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = _local(self._tiles, self._lo, self._n)
+        return out if dtype is None else out.astype(dtype)
+
+
+class LocalMapping:
+    """A :class:`~softipu.graph.mapping.ResolvedMapping` seen from a virtual graph: the same
+    intervals, tiles in local ids (-1 outside the view)."""
+
+    __slots__ = ("_whole", "_lo", "_n")
+
+    def __init__(self, whole: ResolvedMapping, lo: int, n: int) -> None:
+        self._whole, self._lo, self._n = whole, lo, n
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self._whole.starts
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self._whole.ends
+
+    @property
+    def tiles(self) -> _LocalTiles:
+        return _LocalTiles(self._whole.tiles, self._lo, self._n)
+
+    def tiles_of(self, addresses: np.ndarray) -> np.ndarray:
+        return _local(self._whole.tiles_of(addresses), self._lo, self._n)
+
+    def mapped_between(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return self._whole.mapped_between(lo, hi)
+
+
 class VirtualGraph(Graph):
     """The tiles ``[lo, hi)`` of ``parent`` as a graph of their own (local tile ids).
 
@@ -66,10 +118,9 @@ class VirtualGraph(Graph):
         self._lo = parent.tile_offset + lo
         self._hi = parent.tile_offset + hi
         self.target = virtual_target(parent.target, lo, hi)
-        self._translated: dict[Any, tuple[ResolvedMapping, ResolvedMapping]] = {}
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_parent", "_lo", "_hi", "_translated"):
+        if name.startswith("__") or name in ("_parent", "_lo", "_hi"):
             raise AttributeError(name)
         return getattr(self._parent, name)
 
@@ -134,17 +185,11 @@ class VirtualGraph(Graph):
         self._check_tiles(tiles, f"add_vertices({getattr(codelet, '__name__', codelet)})", "vertex")
         return self.root.add_vertices(compute_set, codelet, fields, self._global(tiles))
 
-    def resolved_mapping(self, dtype: Any) -> ResolvedMapping:
-        """The parent's mapping in local tile ids; elements on tiles outside the view read -1."""
-        whole = self.root.resolved_mapping(dtype)
-        held = self._translated.get(dtype)
-        if held is not None and held[0] is whole:
-            return held[1]
-        local = whole.tiles.astype(np.int64) - self._lo
-        local = np.where((local >= 0) & (local < self.num_tiles), local, -1).astype(np.int32)
-        view = ResolvedMapping(whole.starts, whole.ends, local)
-        self._translated[dtype] = (whole, view)
-        return view
+    def resolved_mapping(self, dtype: Any) -> LocalMapping:
+        """The parent's mapping in local tile ids (elements on tiles outside the view read -1),
+        translated lazily: only what a caller slices or looks up is translated, so a view costs
+        nothing per call however large the graph grows."""
+        return LocalMapping(self.root.resolved_mapping(dtype), self._lo, self.num_tiles)
 
     def tile_of(self, tensor: Tensor) -> np.ndarray:
         self._check_tensor(tensor, "tile_of")
