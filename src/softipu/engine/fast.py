@@ -67,8 +67,10 @@ class GroupRunner:
         self.where = where
         self.compute = group.codelet.compute
         self.fixed: dict[str, Any] = {}
-        self.gathers: list[tuple[str, int, Tensor, bool]] = []  # (field, part, tensor, read-only)
-        self.scatters: list[tuple[str, int, Tensor]] = []
+        # (field, part, tensor, read-only, bound): ``bound`` for a strided tensor is (its view, a
+        # contiguous array, what the codelet gets of it), made once; indexed tensors get None.
+        self.gathers: list[tuple[str, int, Tensor, bool, tuple | None]] = []
+        self.scatters: list[tuple[str, int, Tensor, tuple | None]] = []
         replica_axis = storage.replicas > 1
         for name, f in group.codelet.fields.items():
             value = group.fields[name]
@@ -81,9 +83,10 @@ class GroupRunner:
                     parts.append(storage.view(t, writeable=f.direction.writes, replica_axis=replica_axis))
                 else:
                     parts.append(None)
-                    self.gathers.append((name, k, t, not f.direction.writes))
+                    bound = _bound(storage, t, f.direction.writes, replica_axis)
+                    self.gathers.append((name, k, t, not f.direction.writes, bound))
                     if f.direction.writes:
-                        self.scatters.append((name, k, t))
+                        self.scatters.append((name, k, t, bound))
             self.fixed[name] = FrozenList(parts) if isinstance(value, tuple) else parts[0]
         self.calls = [self.fixed] if self.gathers else _chunks(self.fixed, group, storage.replicas)
         if bodies is not None and not self.gathers and not _host_safe(group.codelet):
@@ -114,21 +117,40 @@ class GroupRunner:
         for args in calls:
             self._compute(args)
         args = calls[0]
-        for name, k, t in self.scatters:
+        for name, k, t, bound in self.scatters:
             value = args[name]
-            storage.scatter(t, value[k] if isinstance(value, list) else value,
-                            replica_axis=storage.replicas > 1)
+            value = value[k] if isinstance(value, list) else value
+            if bound is not None:
+                assign(bound[0], value)
+            else:
+                storage.scatter(t, value, replica_axis=storage.replicas > 1)
 
     def _gather(self, storage: Storage) -> dict[str, Any]:
         args = {n: list(v) if isinstance(v, list) else v for n, v in self.fixed.items()}
-        for name, k, t, read_only in self.gathers:
-            arr = storage.gather(t, replica_axis=storage.replicas > 1)
-            arr.flags.writeable = not read_only
+        for name, k, t, read_only, bound in self.gathers:
+            if bound is not None:  # a strided tensor: copied through its view bound at load
+                view, buf, arr = bound
+                assign(buf, view)
+            else:
+                arr = storage.gather(t, replica_axis=storage.replicas > 1)
+                arr.flags.writeable = not read_only
             if isinstance(args[name], list):
                 args[name][k] = arr
             else:
                 args[name] = arr
         return args
+
+
+def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tuple | None:
+    """(view, contiguous array, the array as the codelet gets it: read-only unless written) of a
+    strided tensor that is gathered (rows not consecutive), made once; None for an indexed one."""
+    if t.index is not None or t.slabs is not None or t.numel == 0:
+        return None
+    view = storage.view(t, writeable=writes, replica_axis=replica_axis)
+    buf = np.empty(view.shape, view.dtype)
+    handed = buf if writes else buf.view()
+    handed.flags.writeable = writes
+    return view, buf, handed
 
 
 def _unit_inner_stride(t: Tensor) -> bool:
