@@ -81,5 +81,7 @@ def test_bad_input():
         price_training(layers, TrainingConfig(1, 4, 1, (1, 2)), POD16)
     with pytest.raises(Exception, match="must equal at least the number of pipeline stages"):
         price_training(layers, TrainingConfig(1, 2, 1, (1, 1)), POD16)
+    with pytest.raises(FrontendError, match="3 IPUs a replica: the number of IPUs must be a power of 2"):
+        price_training([*layers, layer("c", 1, 1)], TrainingConfig(1, 8, 1, (1, 1, 1)), POD16)
     with pytest.raises(Exception, match="16"):
         price_training(layers, TrainingConfig(1, 4, 16, (1, 1)), POD16)  # 32 IPUs on a POD16

@@ -198,6 +198,9 @@ def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: 
     """Price one training step of ``config`` on ``system`` from the model's layers in order."""
     k, r = config.ipus_per_replica, config.replicas
     label = config.label or "training configuration"
+    if k & (k - 1):
+        raise FrontendError(f"{label} uses {k} IPUs a replica: the number of IPUs must be a power of 2 "
+                            f"(PopTorch; Options.autoRoundNumIPUs(True) rounds it up): add or drop a stage")
     system.check_fits(k, r, what=label)
     stages = _split_layers(layers, config.layers_per_ipu, label)
     fwd = [sum(x.forward for x in s) for s in stages]
