@@ -271,7 +271,8 @@ def _options_section() -> list[str]:
         "",
         "`softipu.poptorch.Options` setters with an effect: `deviceIterations`, `replicationFactor`, "
         "`randomSeed`, `logCycleCount`, `outputMode` / `anchorMode`, `setAvailableMemoryProportion` "
-        "(one value: one IPU), `useOfflineIpuTarget`, `setTarget` (softipu's), "
+        "(per IPU), `setExecutionStrategy`, `autoRoundNumIPUs`, `useOfflineIpuTarget`, "
+        "`setTarget` (softipu's), "
         "`Precision.setPartialsType`, `Precision.enableFloatingPointExceptions`, "
         "`Training.gradientAccumulation`, `Training.accumulationAndReplicationReductionType`, "
         "`Training.setMeanAccumulationAndReplicationReductionStrategy`, "
@@ -281,7 +282,9 @@ def _options_section() -> list[str]:
         "`executable_cache_dir`. Stored without effect yet, each named in a one-time "
         "`UnusedOptionWarning`: " + ", ".join(stored) + ".",
         "",
-        "Annotations: `BeginBlock` and `Block` are recorded (one IPU until multi-IPU placement), "
+        "Annotations: `BeginBlock`, `Block` and `BlockFunction` place layers on IPUs (each node "
+        "lowered on its IPU's virtual graph; `PipelinedExecution` priced by PopART's schedule, "
+        "`ShardedExecution` and the phased strategies stage after stage), "
         "`ipu_print_tensor` prints on the host when the program runs, `identity_loss` reduces as "
         "PopTorch does, `recomputationCheckpoint` and `set_available_memory` are accepted. "
         "`trainingModel` trains on the device (forward, backward, optimizer update). "
