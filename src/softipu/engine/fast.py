@@ -442,13 +442,28 @@ class FastInterpreter(ProgramInterpreter):
 
     def _bound_copy(self, node: P.Copy) -> Callable[[], Any] | None:
         src, dst = node.src, node.dst
-        if not (isinstance(src, Tensor) and isinstance(dst, Tensor)) or src.index is not None \
-                or dst.index is not None:
+        if not (isinstance(src, Tensor) and isinstance(dst, Tensor)) or dst.index is not None:
             return None
+        if src.index is not None:
+            return self._bound_take(src, dst)
         view = self.storage.view
         to, of = view(dst, writeable=True, replica_axis=True), view(src, writeable=False, replica_axis=True)
         # In blocks where the layouts cross (a transposing copy), else one call.
         return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
+
+    def _bound_take(self, src: Tensor, dst: Tensor) -> Callable[[], Any] | None:
+        """An indexed source copied into a strided destination: one ``take`` of the source's
+        addresses straight into the destination's view (a gather and a scatter before). numpy
+        buffers the take where the two may overlap."""
+        if dst.slabs is not None or src.dtype != dst.dtype \
+                or src.index.shape != dst.shape or dst.numel == 0:
+            return None
+        to = self.storage.view(dst, writeable=True, replica_axis=True)
+        index = np.ascontiguousarray(src.index, dtype=np.intp)
+        reach = [(n - 1) * st for n, st in zip(dst.shape, dst.strides, strict=True)]
+        lo, hi = dst.offset + sum(min(r, 0) for r in reach), dst.offset + sum(max(r, 0) for r in reach)
+        apart = int(index.max()) < lo or int(index.min()) > hi
+        return partial(np.take, self.storage.buffers[src.dtype], index, 1, to, "clip" if apart else "raise")
 
     def execute(self, compute_set_id: int) -> None:
         self._runners[compute_set_id]()
