@@ -17,7 +17,9 @@ codelets are shared out so: a user's codelet runs on the calling thread, in orde
 without threads.
 
 A library matmul's AMP steps and partials reduction run instead as a few whole GEMMs
-(:mod:`softipu.engine.chains`), and a copy between two strided tensors binds its views once.
+(:mod:`softipu.engine.chains`), and a copy between two strided tensors (or from an indexed one
+into a strided one) binds its views once. A user's codelet whose body is one elementwise
+assignment runs as the same ufunc calls writing into its output (:mod:`softipu.engine.inplace`).
 """
 
 from __future__ import annotations
