@@ -65,6 +65,19 @@ def test_training_model_default_optimizer_and_lazy_copy_back():
     assert torch.allclose(sd["fc1.weight"], ref.fc1.weight.detach(), atol=1e-5)
 
 
+def test_compile_then_call_trains_as_calling_alone():
+    torch.manual_seed(0)
+    net = Net()
+    ref = copy.deepcopy(net)
+    model = poptorch.trainingModel(net, opts())
+    batch = data()
+    model.compile(*batch)  # compiles without running: the weights are untouched
+    assert model.isCompiled() and close(net, ref, tol=0)
+    model(*batch)
+    eager_sgd(ref, [batch], 0.01)
+    assert close(net, ref)
+
+
 def test_inference_model_on_the_same_module_sees_the_trained_weights():
     torch.manual_seed(0)
     net = Net()

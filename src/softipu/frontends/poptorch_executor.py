@@ -447,6 +447,10 @@ class TrainingExecutor(PoplarExecutor):
     def isCompiled(self) -> bool:  # noqa: N802
         return self._impl._lowered is not None
 
+    def _check_buffers(self) -> None:
+        """Training checks no buffers at compile, as its calls do not: the replicated-buffer refusal
+        is the inference rule (``PoplarExecutor._check_buffers``)."""
+
     def _devices(self) -> list[tuple[Any, Any]]:
         return [(self._impl.lowered.graph, self._impl.engine)]
 
