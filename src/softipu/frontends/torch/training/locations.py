@@ -226,7 +226,8 @@ def read_state(engine: Any, low: Any, key: tuple[str, str]) -> np.ndarray:
     if plan is not None and key[0] in plan.sharded and var.shape == (plan.sharded[key[0]][1],):
         n, _ = plan.sharded[key[0]]
         return np.ascontiguousarray(raw.reshape(-1)[:n]).reshape(plan.shapes[key])
-    return np.array(raw[0] if replicas > 1 and raw.ndim > len(var.shape) else raw)
+    # replicated: a leading replica axis (also for a step loaded from an export, which has no plan)
+    return np.array(raw[0] if raw.ndim > len(var.shape) else raw)
 
 
 def state_locations(low: Any) -> dict[str, Any]:
