@@ -6,6 +6,8 @@ Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_engine.py``
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -130,7 +132,42 @@ def bench_bulk(vertices: int = 1 << 20, n: int = 16) -> None:
          compile_s=round(t2 - t1, 3), total_s=round(t2 - t0, 3), target_s=2.0)
 
 
+_NARROW_PRODUCT = """
+import time
+import numpy as np
+from softipu.codelets.host import BLAS
+from softipu.engine.blas_warmup import warm_blas_buffers
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((256, 768), np.float32), rng.standard_normal((768, 288), np.float32)
+c = np.empty((256, 288), np.float32)
+def rate():
+    np.matmul(a, b, out=c)
+    t = time.thread_time()
+    for _ in range(20):
+        np.matmul(a, b, out=c)
+    return 2 * 256 * 768 * 288 * 20 / (time.thread_time() - t) / 1e9
+with BLAS.single_threaded():
+    cold = rate()
+    before = c.copy()
+    warm_blas_buffers()
+    warmed = rate()
+print(cold, warmed, int(before.tobytes() == c.tobytes()))
+"""
+
+
+def bench_blas_warmup() -> None:
+    """numpy's OpenBLAS on one thread, a 256 x 768 x 288 product (a BERT-base GEMM piece) in a
+    fresh process: before and after engine/blas_warmup.py's warm-up, GFLOP/s of thread CPU time
+    (wall clock varies with other load; CPU time does not), and whether the bits are the same."""
+    out = subprocess.run([sys.executable, "-c", _NARROW_PRODUCT], capture_output=True, text=True, check=True)
+    cold, warmed, same = out.stdout.split()
+    emit(bench="openblas_narrow_product", shape=[256, 768, 288], cold_gflops_cpu=round(float(cold), 1),
+         warmed_gflops_cpu=round(float(warmed), 1), speedup=round(float(warmed) / float(cold), 2),
+         same_bits=bool(int(same)))
+
+
 if __name__ == "__main__":
+    bench_blas_warmup()
     bench_build()
     bench_bulk()
     bench_overhead()
