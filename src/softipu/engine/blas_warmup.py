@@ -34,7 +34,7 @@ __all__ = ["warm_blas_buffers", "WARM_SHAPE"]
 # the first ~0.4 MiB of its buffer (384 deep x 256 rows); ~2 ms a thread. Cured every shape
 # tried, 2048 x 2048 x 128 and 64 x 3072 x 96 among them.
 WARM_SHAPE = (256, 384, 352)
-_WAIT_S = 2.0  # a pool thread that does not start in this long is skipped (a busy host)
+_WAIT_S = 0.2  # a pool thread not there in this long (busy with other work) warms on its own later
 _warmed = False
 _lock = threading.Lock()
 
@@ -54,16 +54,15 @@ def warm_blas_buffers() -> None:
     together = threading.Barrier(helpers + 1)
 
     def product() -> None:
-        try:
-            together.wait(_WAIT_S)  # every thread in its product at once: one buffer each
-            np.matmul(a, b)
-            together.wait(_WAIT_S)
-        except threading.BrokenBarrierError:
-            np.matmul(a, b)
+        with host.BLAS.single_threaded():
+            try:
+                together.wait(_WAIT_S)  # every thread in its product at once: one buffer each
+                np.matmul(a, b)
+                together.wait(_WAIT_S)
+            except threading.BrokenBarrierError:
+                np.matmul(a, b)
 
     pool = host._pool() if helpers else None
-    with host.BLAS.single_threaded():
-        futures = [pool.submit(product) for _ in range(helpers)] if pool else []
-        product()
-        for f in futures:
-            f.result()
+    for _ in range(helpers):  # not waited for: a pool thread busy elsewhere must not hold us up
+        pool.submit(product)
+    product()
