@@ -96,3 +96,42 @@ def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel
     eng.run(0)
     want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=1).numpy()
     np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_norm_of_scattered_rows_is_normalised_where_its_elements_live():
+    """Rows of 64 read whole by one vertex arrive one exchange region per run. A ``(24, 64)`` view
+    of a ``(64, 24)`` variable (stride 24: 64 runs a row) and one of 16 runs a row (slabs of 4
+    columns) are cut into more than 4 runs a row and take the path that computes the statistics
+    where the elements live (no whole-row vertex); contiguous rows (1 run) and rows of 4 runs of 16
+    keep whole-row vertices. Values vs torch."""
+    import torch
+
+    from softipu import program as P
+    from softipu.ops import nn
+    from softipu.ops.nn.norms import _rows_scattered
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    v = g.add_variable(sp.float32, (64, 24), name="v")
+    sp.ops.map_linearly(g, v)
+    slabs = g.add_variable(sp.float32, (16, 24, 4), name="slabs")  # 16 column slabs of width 4
+    quads = g.add_variable(sp.float32, (4, 24, 16), name="quads")  # 4 column slabs of width 16
+    assert _rows_scattered(v.transpose(1, 0))
+    assert _rows_scattered(slabs.transpose(1, 0, 2).reshape(24, 64))
+    assert not _rows_scattered(quads.transpose(1, 0, 2).reshape(24, 64))
+    assert not _rows_scattered(v.reshape(24, 64))
+    w = g.add_variable(sp.float32, (64,), name="w")
+    b = g.add_variable(sp.float32, (64,), name="b")
+    for t in (w, b, slabs, quads):
+        sp.ops.map_linearly(g, t)
+    prog = P.Sequence()
+    y, _, _ = nn.layer_norm(g, v.transpose(1, 0), w, b, prog, eps=1e-5)
+    eng = sp.Engine(g, [prog])
+    assert not any("Rows" in grp.codelet.__name__ for c in eng.executable.compute_sets.values()
+                   for grp in c.groups)
+    rng = np.random.default_rng(0)
+    vv, wv, bv = (rng.standard_normal(s, np.float32) for s in ((64, 24), 64, 64))
+    for t, val in ((v, vv), (w, wv), (b, bv)):
+        eng.write_tensor(t, val)
+    eng.run(0)
+    want = torch.nn.functional.layer_norm(torch.tensor(vv.T), (64,), torch.tensor(wv), torch.tensor(bv), 1e-5)
+    np.testing.assert_allclose(eng.read_tensor(y), want.numpy(), rtol=1e-5, atol=1e-5)
