@@ -186,9 +186,10 @@ class StructureKeys:
                 hi += (n - 1) * s
             else:
                 lo += (n - 1) * s
-        first = max(len(used.ranges) - 8, 0)  # usually one of the few numbered last
-        for n, (d, start, end) in enumerate(used.ranges[first:], first):
-            if d is dtype and start <= lo and hi < end:
+        ranges = used.ranges  # usually one of the few numbered last (variables never overlap)
+        for n in range(len(ranges) - 1, max(len(ranges) - 9, -1), -1):
+            d, start, end = ranges[n]
+            if start <= lo and hi < end and d is dtype:
                 return (n, offset - start, shape, strides)
         var = self._holder(dtype, lo, hi)
         return (used.number(dtype, var), offset - var.start, shape, strides)
