@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import softipu.ops as ops
-from softipu.collectives.codelets import FUSED_DTYPES, ring_step
+from softipu.collectives.codelets import FUSED, FUSED_DTYPES, ring_step
 from softipu.collectives.groups import CollectiveOperator, Groups
+from softipu.collectives.whole import RingRepeat, WholeRing
 from softipu.dtypes import int32
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -170,6 +171,23 @@ def _sequences(rings: list[Ring], steps_on: int | list[int], length: int, prog: 
     return ring0.per_replica(values, "rows", prog).reshape(len(rings), length)
 
 
+def _whole(rings: list[Ring], ufunc, pieces: list[Tensor], first: list[Tensor], second: list[Tensor],
+           steps_on: int, counters: tuple[Tensor, Tensor], steps: int) -> WholeRing:
+    """The values of the rings' ``Repeat`` computed whole (collectives/whole.py): each ring's row
+    sequences (as :func:`_sequences`) and each replica's sender."""
+    rows, senders = [], []
+    for ring in rings:
+        replicas = ring.groups.replicas
+        rows.append(np.array([[ring.rank_at(ring.position(r) - (steps_on + j) * ring.d)
+                               for j in range(ring.n)] for r in range(replicas)], np.int64))
+        back = np.zeros(replicas, np.int64)
+        for r, to in ring.step_map().items():
+            back[to] = r
+        senders.append(back)
+    return WholeRing(ufunc, pieces, first, second, rows, senders, counters, steps // 2,
+                     rings[0].fault is not None)
+
+
 def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.CrossReplicaCopy:
     """One exchange in which every ring sends its buffer to its neighbour (both directions of a
     bidirectional pair at once: one step, priced as such)."""
@@ -210,7 +228,8 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
         ops.add_(graph, after, 1, seq, name=f"{name}/next")
         return seq
 
-    return _alternating(n - 1, step(firsts, recvs, 1), step(recvs, firsts, 0), (recvs, firsts), prog)
+    whole = _whole(rings, FUSED[fused][0], pieces, firsts, recvs, 1, counters, n - 1) if fused else None
+    return _alternating(n - 1, step(firsts, recvs, 1), step(recvs, firsts, 0), (recvs, firsts), prog, whole)
 
 
 def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
@@ -244,15 +263,18 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
         ring_step(ring0.ctx, None, parts, counters[turn], counters[1 - turn], seq)
         return seq
 
-    _alternating(n - 1, step(sends, recvs, 1), step(recvs, sends, 0), (recvs, sends), prog)
+    whole = _whole(rings, None, zs, sends, recvs, 0, counters, n - 1)
+    _alternating(n - 1, step(sends, recvs, 1), step(recvs, sends, 0), (recvs, sends), prog, whole)
     return zs
 
 
-def _alternating(steps: int, even: P.Sequence, odd: P.Sequence, results: tuple, prog: P.Sequence):
+def _alternating(steps: int, even: P.Sequence, odd: P.Sequence, results: tuple, prog: P.Sequence,
+                 whole: WholeRing | None = None):
     """``steps`` ring steps as ``Repeat(steps // 2, [even, odd])`` (plus ``even`` once more for an
     odd count): two buffers take turns sending and receiving, so nothing is copied between steps.
-    Returns the buffers the last step received into (``results`` = (even's, odd's))."""
-    prog.add(P.Repeat(steps // 2, P.Sequence([even, odd])))
+    Returns the buffers the last step received into (``results`` = (even's, odd's)). ``whole``:
+    the Repeat's values in fewer passes, for the fast engine (collectives/whole.py)."""
+    prog.add(RingRepeat(steps // 2, P.Sequence([even, odd]), whole=whole))
     if steps % 2:
         prog.add(even)
     return results[0] if steps % 2 else results[1]

@@ -286,6 +286,9 @@ class _Writer:
         elif _NODES.get(type(node).__name__) is type(node):
             row = {"k": type(node).__name__} | {f.name: self.value(getattr(node, f.name))
                                                for f in dataclasses.fields(node) if f.init}
+        elif isinstance(node, P.Repeat):  # a collective's ring run whole: saved as its steps
+            row = {"k": "Repeat"} | {f.name: self.value(getattr(node, f.name))
+                                     for f in dataclasses.fields(P.Repeat) if f.init}
         else:
             raise ExecutableFormatError(f"cannot save a {type(node).__name__} program node")
         self.node_rows.append(row)

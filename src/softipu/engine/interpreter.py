@@ -76,9 +76,20 @@ class ProgramInterpreter:
             run(child)
 
     def run_repeat(self, node: P.Repeat) -> None:
+        whole = getattr(node, "whole", None)  # a collective's ring run whole (collectives/whole.py)
+        if whole is not None and not self.by_address and whole(self.storage):
+            for _ in range(node.count):  # the steps' cycles and counts, as if they ran
+                self.account(node)
+                self.account_tree(node.body)
+            return
         for _ in range(node.count):
             self.account(node)
             self.run(node.body)
+
+    def account_tree(self, node: P.Program) -> None:
+        self.account(node)
+        for child in node.children():
+            self.account_tree(child)
 
     def run_repeat_while(self, node: P.RepeatWhileTrue) -> None:
         while True:
