@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import softipu as sp
 from softipu.compiler.exchange import copy_transfers
@@ -61,7 +62,8 @@ def test_a_window_field_is_one_interval_per_pixel_row():
     assert (ends - starts).tolist() == [9] * 6
 
 
-def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel_run():
+@pytest.mark.parametrize("padding", [1, 0])  # unpadded too: ViT's patch convolution reads its image directly
+def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel_run(padding):
     """A ``[2, 3, 8, 8]`` NCHW input on tile 0 into a 3x3 convolution on 8 tiles: each sample's 64
     pixels go in 4 blocks of 16 pixels (8 tiles / 2 samples), one block a tile; a block arrives as
     3 regions (one run of 16 pixels per channel, contiguous in the source) and is transposed on its
@@ -78,7 +80,7 @@ def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel
     w = g.add_variable(sp.float32, (4, 3, 3, 3), name="w")
     sp.ops.map_linearly(g, w)
     prog = P.Sequence()
-    y = conv(g, x, w, prog, padding=1)
+    y = conv(g, x, w, prog, padding=padding)
     mappings = {sp.float32: g.resolved_mapping(sp.float32)}
     send, recv = np.zeros(8, np.int64), np.zeros(8, np.int64)
     for node in prog.programs:
@@ -94,7 +96,7 @@ def test_an_nchw_input_is_regrouped_into_a_convolution_with_a_region_per_channel
     eng.write_tensor(x, xv)
     eng.write_tensor(w, wv)
     eng.run(0)
-    want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=1).numpy()
+    want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=padding).numpy()
     np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-5, atol=1e-5)
 
 

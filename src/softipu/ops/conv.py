@@ -506,12 +506,12 @@ def _nhwc_variable(ctx: OpContext, dtype: DType, shape: tuple[int, ...], suffix:
 
 def _padded(ctx: OpContext, x: Tensor, top: int, left: int, bottom: int, right: int) -> Tensor:
     """``x [N, C, H, W]`` with zero borders, as a strided tensor (``x`` itself when possible)."""
+    if x.numel and _planes_innermost(x):  # padded or not: a window reads it pixel by pixel
+        x = _regrouped(ctx, x)
     if top == left == bottom == right == 0 and x.is_strided:
         return x
     n, c, h, w = x.shape
     var = _nhwc_variable(ctx, x.dtype, (n, c, h + top + bottom, w + left + right), "padded")
-    if x.numel and _planes_innermost(x):
-        x = _regrouped(ctx, x)
     if x.numel:
         # in storage order (channels innermost on both sides): a run per row, not per element
         inside = var[:, :, top:top + h, left:left + w]
