@@ -158,8 +158,9 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
                 table.pop(op)
             try:
                 return _export_decomposed(module, tuple(args), dict(kwargs or {}), table)
-            except Exception:  # noqa: BLE001 - the two-trace export below reports (or passes) it
-                pass
+            except Exception as exc:  # noqa: BLE001 - the two-trace export below reports (or passes) it
+                _LOG.debug("one-trace export of %s failed (%s: %s); exporting in two traces",
+                           type(module).__name__, type(exc).__name__, _first_lines(str(exc), 1))
             exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
             return exported.run_decompositions(table)
     except Exception as exc:  # noqa: BLE001 - every export failure is reported the same way
@@ -169,6 +170,7 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
 
 
 _ONE_TRACE = threading.Lock()
+_LOG = logging.getLogger(__name__)
 
 
 def _export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict, table: dict) -> Any:
