@@ -60,7 +60,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, tile_regions
 from softipu.ops.mapping import map_linearly
 from softipu.target import links
-from softipu.target.systems import smallest_fabric
+from softipu.target.systems import system_of
 
 __all__ = ["all_reduce", "all_reduce_in_place", "all_reduce_to_destination", "reduce_scatter",
            "reduce_scatter_to_destination", "all_gather", "all_gather_to_destination", "all_to_all",
@@ -85,8 +85,8 @@ class _Call:
         self.op = _operator(ctx, op, t, where)
         self.fault = _fault(where, opts["injectFault"], graph.replication_factor)
         method = _method(where, opts["method"])
-        k = graph.target.num_ipus  # on the smallest IPU-Fabric holding the replicas:
-        system = smallest_fabric(graph.replication_factor * k, graph.target)
+        k = graph.target.num_ipus  # on the graph's system (or the smallest IPU-Fabric holding it):
+        system = system_of(graph)
         if method is Method.AUTO:
             method = auto_method(system, kind, t.numel * t.dtype.itemsize, self.groups.n, ipus_per_replica=k)
         self.method = method

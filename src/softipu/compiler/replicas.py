@@ -54,14 +54,15 @@ def _transfer_problems(graph: Graph, where: str, src: Tensor, dst: Tensor, repli
 
 
 def cross_replica_copy_cost(target: Target, replicas: int, replica_maps: list[dict[int, int]],
-                            num_bytes: int) -> links.StepCost:
+                            num_bytes: int, system: systems.System | None = None) -> links.StepCost:
     """The link-level cost of one cross-replica step: in every map, every replica that moves sends
-    ``num_bytes`` at the same time (the maps' flows share the links)."""
+    ``num_bytes`` at the same time (the maps' flows share the links) on ``system`` (None: the
+    smallest that holds the replicas)."""
     k = target.num_ipus
     moving = [(s, d) for m in replica_maps for s, d in m.items() if s != d]
     pairs = [(s * k + j, d * k + j) for s, d in moving for j in range(k)]
     touched = {r for pair in moving for r in pair}
-    system = systems.smallest_fabric(replicas * k, target)
+    system = system or systems.smallest_fabric(replicas * k, target)
     return links.flows_cost(system, pairs, num_bytes / k if pairs else 0, sync_ipus=len(touched) * k)
 
 
@@ -72,7 +73,8 @@ def price_cross_replica_copy(pricer, node: P.CrossReplicaCopy, index: int) -> St
     transfers = node.transfers
     num_bytes = max(src.numel * src.dtype.itemsize for src, _, _ in transfers)
     maps = [m for _, _, m in transfers]
-    cost = cross_replica_copy_cost(pricer.target, pricer.replication_factor, maps, num_bytes)
+    cost = cross_replica_copy_cost(pricer.target, pricer.replication_factor, maps, num_bytes,
+                                   systems.system_of(node.src.graph))
     sent = sum(src.numel * src.dtype.itemsize * sum(1 for s, d in m.items() if s != d)
                for src, _, m in transfers)
     return Step(index, StepKind.COPY, f"CrossReplicaCopy {node.src.name} -> {node.dst.name}",
@@ -108,11 +110,12 @@ def check_remote_copy(graph: Graph, node: P.RemoteCopy) -> list[str]:
     return problems
 
 
-def remote_copy_cycles(target: Target, replicas: int, num_bytes: int) -> int:
+def remote_copy_cycles(target: Target, replicas: int, num_bytes: int,
+                       system: systems.System | None = None) -> int:
     """Cycles to move ``num_bytes`` per replica to or from Streaming Memory: at each IPU's
     Streaming Memory rate (``System.streaming_memory_bytes_per_second_per_ipu``), plus the
     exchange latency."""
-    system = systems.smallest_fabric(replicas * target.num_ipus, target)
+    system = system or systems.smallest_fabric(replicas * target.num_ipus, target)
     rate = system.streaming_memory_bytes_per_second_per_ipu * target.num_ipus / target.clock_hz
     return target.exchange_latency_cycles + math.ceil(num_bytes / rate) if num_bytes else 0
 
@@ -123,5 +126,6 @@ def price_remote_copy(pricer, node: P.RemoteCopy, index: int) -> Step:
     num_bytes = tensor.numel * tensor.dtype.itemsize
     name = f"RemoteCopy {node.src.name} -> {node.dst.name}"
     return Step(index, StepKind.HOST, name, node.location, "RemoteCopy",
-                exchange_cycles=remote_copy_cycles(target, pricer.replication_factor, num_bytes),
+                exchange_cycles=remote_copy_cycles(target, pricer.replication_factor, num_bytes,
+                                                   systems.system_of(tensor.graph)),
                 sync_cycles=target.on_chip_sync_cycles, host_bytes=num_bytes)

@@ -36,6 +36,7 @@ from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction, Field, FieldShape, Vertex
 from softipu.graph.vertices import BulkGroup, VertexTable
 from softipu.target import Target
+from softipu.target.systems import check_graph
 
 __all__ = ["Graph", "Variable", "ComputeSet", "Function", "VertexRef"]
 
@@ -118,13 +119,15 @@ class AddressSpace:
 class Graph:
     """A Poplar-style graph for one replica of a (multi-)IPU target."""
 
-    def __init__(self, target: Target, replication_factor: int = 1) -> None:
+    def __init__(self, target: Target, replication_factor: int = 1, *, system: Any = None) -> None:
         if not isinstance(target, Target):
             raise TargetError(f"Graph needs a softipu Target (sp.targets.GC200, ...), got {target!r}")
         if not isinstance(replication_factor, int) or replication_factor < 1:
             raise TargetError(f"replication_factor must be an int >= 1, got {replication_factor!r}")
         self.target = target
         self.replication_factor = replication_factor
+        # The multi-IPU system the replicas run on (None: the smallest that holds them; target/systems.py)
+        self.system = None if system is None else check_graph(system, target, replication_factor)
         self.spaces: dict[DType, AddressSpace] = {}
         self.variables: list[Variable] = []
         self.compute_sets: list[ComputeSet] = []

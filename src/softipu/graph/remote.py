@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from softipu.debug import SourceLocation, at
 from softipu.dtypes import DType, as_dtype
 from softipu.errors import StreamError
-from softipu.target.systems import smallest_fabric
+from softipu.target.systems import system_of
 
 if TYPE_CHECKING:
     from softipu.graph.graph import Graph
@@ -49,7 +49,7 @@ class RemoteBuffer:
 
 def streaming_memory_bytes_per_replica(graph: Graph) -> int:
     """One replica's share of Streaming Memory: its IPUs' share of their machine's."""
-    system = smallest_fabric(graph.replication_factor * graph.target.num_ipus, graph.target)
+    system = system_of(graph)
     return system.streaming_memory_bytes_per_machine * graph.target.num_ipus // system.ipus_per_machine
 
 

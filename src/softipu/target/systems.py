@@ -33,7 +33,8 @@ from softipu.debug import at, caller_location
 from softipu.errors import TargetError
 from softipu.target.targets import BOW, GC200, Target, checked_number
 
-__all__ = ["LinkLadder", "System", "ladder_of", "ipu_fabric", "smallest_fabric", "M2000", "BOW_2000", "POD4",
+__all__ = ["LinkLadder", "System", "ladder_of", "ipu_fabric", "smallest_fabric", "system_of", "check_graph",
+           "M2000", "BOW_2000", "POD4",
            "POD16", "POD64", "POD128", "POD256", "BOW_POD16", "BOW_POD64", "BOW_POD128", "BOW_POD256"]
 
 
@@ -282,6 +283,33 @@ def smallest_fabric(num_ipus: int, chip: Target = GC200) -> System:
     up to a POD64, whole POD64s beyond (what a graph of replicas runs on when no system is named)."""
     need = max(4, int(num_ipus))
     return ipu_fabric(-(-need // 4) * 4 if need <= 64 else -(-need // 64) * 64, chip=chip.with_num_ipus(1))
+
+
+def system_of(graph) -> System:
+    """The system a graph's replicas run on: the one it was built for (``sp.Graph(target,
+    replication_factor, system=sp.systems.POD16)``), else the smallest :func:`ipu_fabric` of its
+    chip that holds every replica. Cross-replica copies, collectives' ring orders and AUTO choice
+    and Streaming Memory sizes are priced and checked on it."""
+    system = getattr(graph, "system", None)
+    if system is not None:
+        return system
+    return smallest_fabric(graph.replication_factor * graph.target.num_ipus, graph.target)
+
+
+def check_graph(system: object, target: Target, replication_factor: int, location=None) -> System:
+    """``system`` checked for a graph of ``replication_factor`` replicas of ``target`` (made of the
+    system's chip, every replica's IPUs on it): a clear :class:`TargetError` naming the graph and
+    the user's line otherwise."""
+    where = at(location if location is not None else caller_location())
+    if not isinstance(system, System):
+        raise TargetError(f"Graph{where}: system must be a softipu System (sp.systems.POD16, "
+                          f"sp.systems.ipu_fabric(n), ...), got {system!r}")
+    if target.with_num_ipus(1) != system.chip:
+        raise TargetError(f"Graph{where}: its target {target.name} is not the chip {system.name} is made of "
+                          f"({system.chip.name}); build the graph for {system.name}.target(ipus_per_replica) "
+                          f"or the system for the chip (sp.systems.ipu_fabric(n, chip=target))")
+    system.check_fits(target.num_ipus, replication_factor, what="Graph", location=location)
+    return system
 
 
 # --- Presets ---------------------------------------------------------------------------------------
