@@ -96,5 +96,5 @@ def test_wrong_order_and_bad_anchors_are_clear_errors() -> None:
         popart.InferenceSession(b.getModelProto(), popart.DataFlow(1, ["nope"]), _device())
     with pytest.raises(popart.popart_exception, match="EVERYN"):
         popart.AnchorReturnType("EVERYN", 0)
-    with pytest.raises(popart.popart_exception, match="TrainingSession"):
-        popart.TrainingSession()
+    with pytest.raises(popart.popart_exception, match="loss tensor 'nope'"):
+        popart.TrainingSession(b.getModelProto(), popart.DataFlow(1, []), "nope", popart.ConstSGD(0.1), _device())

@@ -17,14 +17,22 @@ from softipu.frontends.onnx.popart import (
     ReductionType,
     SessionOptions,
     TensorInfo,
-    TrainingSession,
     VirtualGraphMode,
+)
+from softipu.frontends.onnx.popart_training import (
+    SGD,
+    Adam,
+    AdamMode,
+    ConstSGD,
+    PyWeightsIO,
+    TrainingSession,
+    WeightDecayMode,
 )
 from softipu.frontends.torch.training.recompute import RecomputationType
 
-__all__ = ["AnchorReturnType", "Builder", "DataFlow", "DeviceInfo", "DeviceManager", "InferenceSession",
-           "PopartError", "PyStepIO", "RecomputationType", "ReductionType", "SessionOptions", "TensorInfo",
-           "TrainingSession",
-           "VirtualGraphMode", "popart_exception"]
+__all__ = ["SGD", "Adam", "AdamMode", "AnchorReturnType", "Builder", "ConstSGD", "DataFlow", "DeviceInfo",
+           "DeviceManager", "InferenceSession", "PopartError", "PyStepIO", "PyWeightsIO", "RecomputationType",
+           "ReductionType", "SessionOptions", "TensorInfo", "TrainingSession", "VirtualGraphMode",
+           "WeightDecayMode", "popart_exception"]
 
 popart_exception = PopartError

@@ -18,7 +18,8 @@ array([[2., 2., 2., 2.],
        [0., 0., 0., 0.]], dtype=float32)
 
 What differs from PopART: the model runs on one simulated IPU (``virtualGraph`` annotations are
-kept in the model but every op runs on IPU 0); ``TrainingSession`` is not provided yet.
+kept in the model but every op runs on IPU 0). ``TrainingSession`` and the optimizers are in
+:mod:`.popart_training`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from softipu.frontends.onnx.session import InferenceSession as _OrtSession
 from softipu.target import GC200, Target, ipu_model
 
 __all__ = ["AnchorReturnType", "Builder", "DataFlow", "DeviceInfo", "DeviceManager", "InferenceSession",
-           "PyStepIO", "ReductionType", "SessionOptions", "TensorInfo", "TrainingSession", "VirtualGraphMode"]
+           "PyStepIO", "ReductionType", "SessionOptions", "TensorInfo", "VirtualGraphMode"]
 
 GRAPHCORE = "ai.graphcore"
 _OPSET = 11  # the highest ONNX opset PopART supports (ipu-facts-scale.md §6)
@@ -110,6 +111,10 @@ _SPECIAL = {"matmul": "MatMul", "nllloss": "NllLoss", "identityloss": "IdentityL
             "gathernd": "GatherND", "scatternd": "ScatterND", "cumsum": "CumSum", "onehot": "OneHot"}
 
 
+_POSITIONAL = {"L1Loss": ("lambda", "reduction"), "IdentityLoss": ("reduction",),
+               "NllLoss": ("reduction", "ignoreIndex", "inputIsLogProbability")}
+
+
 def _op_type(name: str, domain: str) -> str:
     """PopART's method name (``matmul``, ``reducesum``...) -> the op type (``MatMul``, ``ReduceSum``)."""
     found = _SPECIAL.get(name.lower())
@@ -169,6 +174,8 @@ class Builder:
                                                 value=onnx.numpy_helper.from_array(value)))
             return name
         inputs = list(args[0]) if args else list(kwargs.pop("args", []))
+        for attr, value in zip(_POSITIONAL.get(op, ()), args[1:], strict=False):  # PopART's positional attrs
+            kwargs.setdefault(attr, value)
         debug = kwargs.pop("debugContext", "") or kwargs.pop("debugPrefix", "")
         n_out = int(kwargs.pop("num_outputs", 1))
         attrs = {k: (v.value if hasattr(v, "value") and not isinstance(v, np.ndarray) else v)
@@ -467,14 +474,6 @@ class InferenceSession:
         if self._session is None:
             raise PopartError(f"{what}: call prepareDevice() first")
         return self._session
-
-
-class TrainingSession:
-    """Not provided yet: it needs gradients of ONNX graphs (a backward lowering per op)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise PopartError("popart.TrainingSession is not implemented in softipu yet (ONNX graphs have no "
-                          "gradient lowerings); train with softipu.poptorch.trainingModel instead")
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int]:
