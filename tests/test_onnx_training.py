@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 
 import softipu.popart as popart  # noqa: E402
 from softipu.frontends.errors import FrontendError  # noqa: E402
+from softipu.graph.graph import _row_major_strides  # noqa: E402
+from softipu.graph.tensor import Tensor  # noqa: E402
 
 DEVICE = popart.DeviceManager().createIpuModelDevice({"numIPUs": 1, "tilesPerIPU": 4})
 
@@ -136,3 +138,39 @@ def test_training_errors_are_clear() -> None:
     assert z
     with pytest.raises(popart.PopartError, match="unknown hyper-parameter"):
         popart.SGD({"defaultLearningRat": 0.1})
+
+
+def test_virtual_graphs_place_ops_on_their_ipu() -> None:
+    rng = np.random.default_rng(2)
+    xv = rng.standard_normal((6, 8)).astype(np.float32)
+    wv = rng.standard_normal((8, 16)).astype(np.float32)
+    b = popart.Builder()
+    x = b.addInputTensor(popart.TensorInfo("FLOAT", [6, 8]))
+    w = b.addInitializedInputTensor(wv)
+    with b.virtualGraph(0):
+        h = b.aiOnnx.matmul([x, w], debugContext="mm")
+    with b.virtualGraph(1):
+        y = b.aiOnnx.relu([h], debugContext="act")
+    b.addOutputTensor(y)
+    device = popart.DeviceManager().createIpuModelDevice({"numIPUs": 2, "tilesPerIPU": 4})
+    assert device.numIpus == 2 and device.tilesPerIPU == 4
+    sess = popart.InferenceSession(b.getModelProto(), popart.DataFlow(1, [y]), device)
+    sess.prepareDevice()
+    sess.weightsFromHost()
+    anchors = sess.initAnchorArrays()
+    sess.run(popart.PyStepIO({x: xv}, anchors))
+    np.testing.assert_allclose(anchors[y], np.maximum(xv @ wv, 0), rtol=1e-5, atol=1e-5)
+    graph = sess._session.lowered.graph  # noqa: SLF001 - where the ops' outputs live
+    tiles = {}
+    for var in graph.variables:
+        for node in ("mm", "act"):
+            if var.name.startswith(node) and var.numel:
+                whole = Tensor(graph, var.dtype, var.shape, var.start, _row_major_strides(var.shape))
+                tiles.setdefault(node, set()).update(np.unique(graph.tile_of(whole)).tolist())
+    assert tiles["mm"] and tiles["mm"] <= {0, 1, 2, 3}, tiles
+    assert tiles["act"] and tiles["act"] <= {4, 5, 6, 7}, tiles
+    with b.virtualGraph(2):
+        b.aiOnnx.relu([y])
+    bad = popart.InferenceSession(b.getModelProto(), popart.DataFlow(1, [y]), device)
+    with pytest.raises(FrontendError, match="virtual graph 2.*2 IPUs"):
+        bad.prepareDevice()

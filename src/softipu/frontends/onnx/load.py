@@ -8,6 +8,7 @@ the folder is ever opened), a tensor bigger than the host's memory.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,25 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     return proto
 
 
+IPU_NUMBERS = "softipu.ipu_numbers"  # metadata: {a node's first output: its __ipu_number}
+
+
 def _strip_annotations(proto: onnx.ModelProto) -> None:
     """PopART's placement annotations (``__ipu_number``...) are not ONNX attributes: the checker
-    would refuse them. softipu runs a model on one IPU, so they are dropped."""
+    would refuse them. They are dropped from the nodes; each node's ``__ipu_number`` (its virtual
+    graph) is kept in the model's metadata (:data:`IPU_NUMBERS`) for the lowering."""
+    placed: dict[str, int] = {}
     for node in proto.graph.node:
         keep = [a for a in node.attribute if not str(a.name).startswith("__")]
         if len(keep) != len(node.attribute):
+            for a in node.attribute:
+                if a.name == "__ipu_number" and node.output:
+                    placed[node.output[0]] = int(a.i)
             del node.attribute[:]
             node.attribute.extend(keep)
+    if placed:
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            IPU_NUMBERS: json.dumps(placed)})
 
 
 def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -12,6 +12,7 @@ in, runs the step and streams the outputs out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +36,13 @@ from softipu.dtypes import (
     value_range,
 )
 from softipu.frontends.errors import InputError, LoweringError, UnsupportedOpsError
-from softipu.frontends.onnx.load import to_numpy
+from softipu.frontends.onnx.load import IPU_NUMBERS, to_numpy
 from softipu.frontends.onnx.registry import ONNX_LOWERINGS, OnnxLowering, onnx_op_name
 from softipu.frontends.placement import map_tensor
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
+from softipu.graph.virtual import VirtualGraph
 from softipu.ops import elementwise as ew
 from softipu.target import GC200, Target
 
@@ -290,6 +292,9 @@ class _Lowerer:
         self.inputs: list[Slot] = []
         self.static_feeds = dict(static_feeds)
         self.shapes = dict(shapes)
+        self.ipu_graphs: dict[int, Graph] = {}  # virtual graph number -> that IPU's view
+        placed = next((p.value for p in model.metadata_props if p.key == IPU_NUMBERS), "{}")
+        self.ipu_numbers: dict[str, int] = {str(k): int(v) for k, v in json.loads(placed).items()}
         self.ctx = OnnxContext(self)
         self.folded = 0
 
@@ -409,6 +414,8 @@ class _Lowerer:
             self._expand(node, name)
             return
         self.ctx.node = node
+        outer = self.ctx.graph  # a subgraph's nodes stay on their If/Loop node's IPU
+        self.ctx.graph = self._ipu_graph(node, outer)
         try:
             if self._can_fold(node, lowering):
                 results = self._fold(node)
@@ -425,12 +432,29 @@ class _Lowerer:
                                 f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.ctx.node = None
+            self.ctx.graph = outer
         if not isinstance(results, (tuple, list)):
             results = (results,)
         for k, out in enumerate(node.output):
             if not out or k >= len(results) or results[k] is None:
                 continue
             self._bind(node, out, results[k])
+
+    def _ipu_graph(self, node: onnx.NodeProto, outer: Graph) -> Graph:
+        """The graph a node's ops are planned on: its ``virtualGraph`` IPU (PopART's ``__ipu_number``
+        attribute) of a multi-IPU target, else the whole graph (one IPU: the annotation is kept)."""
+        ipu = next((int(a.i) for a in node.attribute if a.name == "__ipu_number"), None)
+        if ipu is None and node.output:
+            ipu = self.ipu_numbers.get(node.output[0])
+        if ipu is None or self.graph.target.num_ipus == 1:
+            return outer
+        if not 0 <= ipu < self.graph.target.num_ipus:
+            raise LoweringError(f"ONNX {node.op_type} node {node.name or node.output[0]!r} is placed on "
+                                f"virtual graph {ipu}, but {self.graph.target.name} has "
+                                f"{self.graph.target.num_ipus} IPUs: use 0..{self.graph.target.num_ipus - 1}")
+        if ipu not in self.ipu_graphs:
+            self.ipu_graphs[ipu] = VirtualGraph.of_ipu(self.graph, ipu)
+        return self.ipu_graphs[ipu]
 
     def _expand(self, node: onnx.NodeProto, name: str) -> None:
         """An op with no lowering of its own that ONNX defines as a function of other ops: its

@@ -17,8 +17,8 @@
 array([[2., 2., 2., 2.],
        [0., 0., 0., 0.]], dtype=float32)
 
-What differs from PopART: the model runs on one simulated IPU (``virtualGraph`` annotations are
-kept in the model but every op runs on IPU 0). ``TrainingSession`` and the optimizers are in
+``virtualGraph`` places an op on that IPU of a multi-IPU device (``numIPUs``); on one IPU the
+annotation is kept and every op runs there. ``TrainingSession`` and the optimizers are in
 :mod:`.popart_training`.
 """
 
@@ -359,17 +359,16 @@ class DeviceManager:
         opts = {k.lower(): v for k, v in dict(options or {}).items()}
         tiles = int(opts.get("tilesperipu", 4))
         ipus = int(opts.get("numipus", 1))
-        if ipus != 1:
-            raise PopartError("createIpuModelDevice: softipu's PopART sessions run on one IPU (numIPUs=1)")
-        return DeviceInfo(ipu_model(tiles=tiles), ipus, 0, "ipu-model")
+        if ipus < 1:
+            raise PopartError(f"createIpuModelDevice: numIPUs must be >= 1, got {ipus}")
+        return DeviceInfo(ipu_model(tiles=tiles).with_num_ipus(ipus), ipus, 0, "ipu-model")
 
     def acquireAvailableDevice(self, numIpus: int = 1, tilesPerIpu: int = 0, **kwargs: Any) -> DeviceInfo:  # noqa: N802, N803
-        if int(numIpus) != 1:
-            raise PopartError("acquireAvailableDevice: softipu's PopART sessions run on one simulated IPU; "
-                              f"asked for {numIpus} (use numIpus=1)")
+        if int(numIpus) < 1:
+            raise PopartError(f"acquireAvailableDevice: numIpus must be >= 1, got {numIpus}")
         whole = not tilesPerIpu or tilesPerIpu == GC200.num_tiles
         target = GC200 if whole else ipu_model(tiles=int(tilesPerIpu))
-        return DeviceInfo(target, 1, 0, "ipu")
+        return DeviceInfo(target.with_num_ipus(int(numIpus)), int(numIpus), 0, "ipu")
 
     def acquireDeviceById(self, device_id: int, **kwargs: Any) -> DeviceInfo:  # noqa: N802
         return DeviceInfo(GC200, 1, int(device_id), "ipu")
