@@ -54,15 +54,17 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
         return
     key_mat = np.stack([c[idx] for c in cols]) if cols else np.zeros((0, idx.size), np.int64)
     change = np.flatnonzero(np.any(key_mat[:, 1:] != key_mat[:, :-1], axis=0)) + 1
+    del key_mat, cols
     bounds = np.concatenate(([0], change, [idx.size]))
     lo_hi = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     params = {name: _as_field_dtype(codelet, name, values) for name, values in params.items()}
-    rows = {name: np.asarray(s, np.int64)[..., idx] for name, s in starts.items()}
-    spacing = {name: _group_spacing(r.reshape(-1, r.shape[-1]), bounds) for name, r in rows.items()}
+    rows = {name: np.asarray(s, np.int64).reshape(-1, np.shape(s)[-1]) for name, s in starts.items()}
+    # per field, per row: (evenly spaced?, step, first start) of every group, as Python ints
+    spacing = {name: [_group_spacing(row, idx, bounds) for row in r] for name, r in rows.items()}
     lengths = {name: _group_lengths(length, idx, bounds) for name, (_, length) in tensors.items()}
     for g, (lo, hi) in enumerate(lo_hi):
         sel = idx[lo:hi]
-        if fine_key is not None and not all(all(ok[g] for ok in sp[0]) for sp in spacing.values()):
+        if fine_key is not None and not all(sp[0][g] for rows_sp in spacing.values() for sp in rows_sp):
             fk = fine_key[sel]
             for piece in np.split(sel, np.flatnonzero(fk[1:] != fk[:-1]) + 1):
                 _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
@@ -70,37 +72,35 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
         fields: dict[str, Any] = {}
         for name, r in rows.items():
             dtype, n = tensors[name][0], lengths[name][g]
-            regular, steps, firsts = spacing[name]
             made = [Tensor(graph, dtype, (hi - lo, n), first[g], (step[g], 1)) if ok[g]
-                    else _indexed(graph, dtype, row[lo:hi], n)
-                    for row, ok, step, first in zip(r.reshape(-1, r.shape[-1]), regular, steps, firsts,
-                                                    strict=True)]
-            fields[name] = made if r.ndim == 2 else made[0]
+                    else _indexed(graph, dtype, row[sel], n)
+                    for row, (ok, step, first) in zip(r, spacing[name], strict=True)]
+            fields[name] = made if np.ndim(starts[name]) == 2 else made[0]
         for name, values in params.items():
             fields[name] = values[sel] if values.ndim else values
         graph.add_vertices(cs, codelet, fields, tiles[sel])
 
 
-def _group_spacing(rows: np.ndarray, bounds: np.ndarray) -> tuple[list, list, list]:
-    """Per row of ``rows`` (``(entries, V)`` starts in the sorted order) and per group
-    ``[bounds[g], bounds[g + 1])``: whether its starts are evenly spaced, the step and the first
-    start (lists of Python ints). From one pass: each row's steps and a running count of where
-    the step changes."""
+def _group_spacing(row: np.ndarray, idx: np.ndarray, bounds: np.ndarray) -> tuple[list, list, list]:
+    """For one row of starts (``(V,)``, taken in the order ``idx``) and each group
+    ``[bounds[g], bounds[g + 1])`` of that order: whether its starts are evenly spaced, the step
+    and the first start (lists of Python ints). From one pass: the steps and a running count of
+    where the step changes (one row at a time: a few arrays of V live at once)."""
     lo, hi = bounds[:-1], bounds[1:]
     size = hi - lo
-    v = rows.shape[-1]
-    steps = np.diff(rows, axis=-1)
-    changes = np.zeros((rows.shape[0], max(v - 1, 0)), np.int64)
-    np.cumsum(steps[:, 1:] != steps[:, :-1], axis=-1, out=changes[:, 1:])
-    if v > 1:
-        step = np.where(size > 1, steps[:, np.minimum(lo, v - 2)], 0)
-        long = size > 2
-        same = changes[:, np.clip(hi - 2, 0, v - 2)] == changes[:, np.minimum(lo, v - 2)]
-        regular = ~long | same
-    else:
-        step = np.zeros((rows.shape[0], lo.size), np.int64)
-        regular = np.ones((rows.shape[0], lo.size), bool)
-    return regular.tolist(), step.tolist(), rows[:, lo].tolist()
+    ordered = row[idx]
+    firsts = ordered[lo].tolist()
+    v = ordered.size
+    if v < 2:
+        return [True] * lo.size, [0] * lo.size, firsts
+    steps = np.diff(ordered)
+    del ordered
+    changes = np.zeros(v - 1, np.int32 if v < 1 << 31 else np.int64)
+    np.cumsum(steps[1:] != steps[:-1], out=changes[1:])
+    step = np.where(size > 1, steps[np.minimum(lo, v - 2)], 0)
+    del steps
+    regular = (size <= 2) | (changes[np.clip(hi - 2, 0, v - 2)] == changes[np.minimum(lo, v - 2)])
+    return regular.tolist(), step.tolist(), firsts
 
 
 def _group_lengths(length: Any, idx: np.ndarray, bounds: np.ndarray) -> list[int]:
