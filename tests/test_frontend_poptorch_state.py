@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,12 +160,18 @@ def test_num_io_tiles_takes_compute_tiles_away():
     o = poptorch.Options().setTarget(chip)
     o.TensorLocations.numIOTiles(48)
     target = o.toSoftipu().target
-    assert target.tiles_per_ipu == 64 - 48 and target.bytes_per_tile == chip.bytes_per_tile
+    assert (target.tiles_per_ipu, target.num_io_tiles, target.compute_tiles_per_ipu) == (64, 48, 16)
     module = torch.nn.Linear(64, 64)
     x = torch.randn(16, 64)
     model = poptorch.inferenceModel(module, o)
     torch.testing.assert_close(model(x), module(x).detach(), rtol=1e-5, atol=1e-5)
-    assert model._impl.graph.num_tiles == 16  # the model is placed on the 16 compute tiles only
+    ex = model._impl.engine.executable
+    vertex_tiles = np.concatenate([g.tiles for c in ex.compute_sets.values() for g in c.groups])
+    assert vertex_tiles.max() < 16  # the work runs on the 16 compute tiles only ...
+    graph = model._impl.graph
+    var = next(v for v in graph.variables if v.name.startswith("inputs/"))
+    tiles = graph.resolved_mapping(var.dtype).tiles_of(np.arange(var.start, var.start + var.numel))
+    assert np.unique(tiles).min() >= 16  # ... and the input lives on the I/O tiles inside the chip
     small = poptorch.Options().setTarget(SMALL)
     small.TensorLocations.numIOTiles(32)
     with pytest.raises(sp.SoftIPUError, match="leaves no compute tiles"):

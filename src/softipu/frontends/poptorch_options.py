@@ -422,13 +422,13 @@ class Options:
 
 
 def _compute_tiles(target: Target, io_tiles: int) -> Target:
-    """``target`` with ``io_tiles`` of each IPU's tiles kept for I/O: the chip the model is placed
-    on has that many fewer tiles per IPU (softipu's mappings spread over every tile they get)."""
+    """``target`` with ``io_tiles`` of each IPU's tiles reserved for I/O (``Target.num_io_tiles``):
+    the frontends lower the model's work onto the remaining compute tiles and place its inputs on
+    the I/O tiles, as PopART splits each IPU into two virtual graphs (``frontends/placement.py``)."""
     if io_tiles >= target.tiles_per_ipu:
         raise FrontendError(f"TensorLocations.numIOTiles({io_tiles}) leaves no compute tiles on "
                             f"{target.name} ({target.tiles_per_ipu} tiles per IPU); use fewer I/O tiles")
-    return dataclasses.replace(target, name=f"{target.name} ({io_tiles} I/O tiles)",
-                               tiles_per_ipu=target.tiles_per_ipu - io_tiles)
+    return dataclasses.replace(target, name=f"{target.name} ({io_tiles} I/O tiles)", num_io_tiles=io_tiles)
 
 
 class TensorLocationSettings:
