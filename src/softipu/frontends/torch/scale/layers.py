@@ -28,6 +28,7 @@ How one layer is priced:
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -188,6 +189,10 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
         out = model._call(layer, *((act,) if act is not None else ()), *inputs)
     param_bytes = sum(_nbytes(p) for n, p in model.named_parameters() if n != "act")
     saved = int(lowered.saved_bytes)
+    # The engine, graph and trace hold reference cycles; free them now, not at some later
+    # collection, so pricing several layers in one process peaks at the largest one's memory.
+    del engine, report, lowered, joint
+    gc.collect()
     return LayerCost(name=name, forward=phases["forward"], backward=phases["backward"],
                      update_per_param=per_param, params=layer_params, param_bytes=param_bytes,
                      saved_bytes=saved, input_bytes=_nbytes(act) if act is not None else 0,
