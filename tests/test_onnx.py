@@ -300,3 +300,19 @@ def test_fp16_precision_holds_floats_as_half() -> None:
     assert all(dtype.name == "float16" for _, dtype in [(w, v.dtype) for w, v in sess.lowered.weights])
     want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 1, 2], "pads": [1, 0, 1, 1, 0, 1], "group": 2},
+                                   {"dilations": [2, 1, 1], "pads": [0, 1, 1, 1, 1, 0]}])
+def test_conv_3d_matches_onnxruntime(attrs: dict) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 6, 5, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 4 // attrs.get("group", 1), 3, 2, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
+    graph = helper.make_graph([node], "conv3d", [helper.make_tensor_value_info("x", T.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", T.FLOAT, list("nodhw"))],
+                              initializer=[onnx.numpy_helper.from_array(w, "w"),
+                                           onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    against_ort(model.SerializeToString(), {"x": x})

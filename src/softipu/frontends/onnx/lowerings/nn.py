@@ -103,8 +103,8 @@ def _pad_input(ctx: Any, x: Tensor, pads: list[tuple[int, int]], value: float = 
 
 def _conv_check(ctx: Any) -> str | None:
     w = ctx.shape(1)
-    if len(w) not in (3, 4):
-        return f"{len(w) - 2}-d convolution is not supported (1-d and 2-d are)"
+    if len(w) not in (3, 4, 5):
+        return f"{len(w) - 2}-d convolution is not supported (1-d, 2-d and 3-d are)"
     return _float_check(ctx)
 
 
@@ -124,14 +124,42 @@ def convolve(ctx: Any, x: Tensor, w: Tensor | None, bias: Tensor | None) -> Tens
     x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
     geometry = {"stride": tuple(strides), "padding": pads, "dilation": tuple(dil),
                 "groups": int(ctx.attr("group", 1))}
-    if w is None:
-        w = ctx.conv_weight(1, x.shape, **geometry) if x.dtype.is_float else ctx.input(1)
-    out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, **geometry,
-               name=f"{ctx.name}/conv" if bias is not None else ctx.name)
+    if spatial == 3:
+        out = _conv3d(ctx, x, w if w is not None else ctx.input(1), geometry)
+    else:
+        if w is None:
+            w = ctx.conv_weight(1, x.shape, **geometry) if x.dtype.is_float else ctx.input(1)
+        out = conv(ctx.graph, x, ctx.cast(w, x.dtype), ctx.prog, **geometry,
+                   name=f"{ctx.name}/conv" if bias is not None else ctx.name)
     if bias is None:
         return out
     per_channel = ctx.cast(bias, out.dtype).reshape((bias.shape[0],) + (1,) * spatial)
     return _map(ctx, E.add(E.input(0), E.input(1)), [out, per_channel])
+
+
+def _conv3d(ctx: Any, x: Tensor, w: Tensor, geometry: dict[str, Any]) -> Tensor:
+    """A 3-d convolution as one 2-d convolution per depth tap of the kernel: tap ``k`` reads the
+    input's depth planes ``k*dilation + stride*j`` (j over the output depth) folded into the batch,
+    and the taps' results are added (the IPU's convolutions are 1-d/2-d; poplin folds depth alike)."""
+    (sd, sh, sw), (dd, dh, dw) = geometry["stride"], geometry["dilation"]
+    (pd, ph, pw), groups = geometry["padding"], geometry["groups"]
+    if pd:
+        x = ix.pad(ctx.graph, x, ctx.prog, pad_width=[(0, 0), (0, 0), (pd, pd), (0, 0), (0, 0)],
+                   mode="constant", value=0, name=f"{ctx.name}/pad_depth")
+    n, c, d, h, wd = x.shape
+    w = ctx.cast(w, x.dtype)
+    taps = w.shape[2]
+    dout = (d - dd * (taps - 1) - 1) // sd + 1
+    total = None
+    for k in range(taps):
+        start = k * dd
+        planes = x[:, :, start:start + sd * (dout - 1) + 1:sd].transpose(0, 2, 1, 3, 4)
+        planes = ctx.copy(planes).reshape(n * dout, c, h, wd)
+        y = conv(ctx.graph, planes, w[:, :, k], ctx.prog, stride=(sh, sw), padding=(ph, pw),
+                 dilation=(dh, dw), groups=groups, name=f"{ctx.name}/tap{k}")
+        total = y if total is None else _map(ctx, E.add(E.input(0), E.input(1)), [total, y], f"/sum{k}")
+    o, ho, wo = total.shape[1:]
+    return ctx.copy(total.reshape(n, dout, o, ho, wo).transpose(0, 2, 1, 3, 4))
 
 
 def _pool_geometry(ctx: Any, x: Tensor) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
