@@ -8,11 +8,12 @@ chain of elementwise ops whose intermediate values have one user is one ``popops
 (:func:`softipu.ops.elementwise.map`): one compute set, one pass over the data.
 
 A value is materialized (its chain lowered as one map) when it has more than one user, is an
-output of the update, feeds an op that is not fused (a reduction, a cast, a ``where``...), or is
+output of the update, feeds an op that is not fused (a reduction, a ``where``...), or is
 smaller than the op consuming it (a 0-d scalar chain, the bias correction, is computed once and
 broadcast, not once per element). Only float ops whose tensor operands all have the result's
-dtype are fused, so no dtype promotion happens inside an expression; each node of the expression
-rounds to that dtype as the separate op would, giving the same values bit for bit.
+dtype are fused, so no dtype promotion happens inside an expression, and casts between float
+dtypes (an fp16 weight's ``p.float()`` ... ``.half()``) are nodes of it; each node of the
+expression rounds to its dtype as the separate op would, giving the same values bit for bit.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from typing import Any
 
 import torch
 
+from softipu.dtypes import float16
 from softipu.frontends.torch.lowerings.pointwise import ordered
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 
-__all__ = ["Pending", "fusible", "fuse_node", "materialize"]
+__all__ = ["Pending", "fusible", "fuse_node", "materialize", "materialize_into"]
 
 _aten = torch.ops.aten
 _BINARY = {_aten.add.Tensor: "add", _aten.sub.Tensor: "sub", _aten.mul.Tensor: "mul",
@@ -36,6 +38,7 @@ _BINARY = {_aten.add.Tensor: "add", _aten.sub.Tensor: "sub", _aten.mul.Tensor: "
            _aten.maximum.default: "maximum"}
 _UNARY = {_aten.sqrt.default: "sqrt", _aten.neg.default: "neg", _aten.expm1.default: "expm1",
           _aten.exp.default: "exp", _aten.reciprocal.default: "reciprocal", _aten.rsqrt.default: "rsqrt"}
+_FLOATS = (torch.float32, torch.float16)
 _MAX_LEAVES = 8  # operands of one map: more would be a wide vertex with many fields
 
 
@@ -66,12 +69,24 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def fusible(node: torch.fx.Node, dtype_of: Callable[[torch.dtype], Any]) -> bool:
-    """Whether ``node`` is an elementwise float op this module fuses (no alpha or rounding mode)."""
-    if node.target not in _BINARY and node.target not in _UNARY or node.kwargs:
+def _is_cast(node: torch.fx.Node) -> bool:
+    """``x.to(dtype)`` between float dtypes (``_to_copy`` with only a dtype): a cast node of the map
+    (round to nearest even, as the separate cast; a downcast stays a Cast vertex when the
+    device rounds stochastically, see :func:`fuse_node`)."""
+    if node.target is not _aten._to_copy.default or set(node.kwargs) != {"dtype"} or len(node.args) != 1:
         return False
+    src = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+    return isinstance(src, torch.Tensor) and src.dtype in _FLOATS
+
+
+def fusible(node: torch.fx.Node, dtype_of: Callable[[torch.dtype], Any]) -> bool:
+    """Whether ``node`` is an elementwise float op this module fuses (no alpha or rounding mode),
+    or a cast between float dtypes."""
+    if not (node.target in _BINARY or node.target in _UNARY) or node.kwargs:
+        if not _is_cast(node):
+            return False
     val = node.meta.get("val")
-    return isinstance(val, torch.Tensor) and val.dtype in (torch.float32, torch.float16)
+    return isinstance(val, torch.Tensor) and val.dtype in _FLOATS
 
 
 def materialize(value: Any, ctx: Any, node: torch.fx.Node | None = None) -> Any:
@@ -91,9 +106,35 @@ def materialize(value: Any, ctx: Any, node: torch.fx.Node | None = None) -> Any:
         ctx.node = outer
 
 
+def materialize_into(value: Pending, ctx: Any, node: torch.fx.Node, into: Tensor) -> Tensor | None:
+    """``value`` lowered as one in-place ``map_`` into ``into`` (popops::mapInPlace), which must be
+    one of its operands with its shape and dtype: an optimizer's new weight or state written where
+    it lives, no new tensor and no copy back. None (nothing lowered) when it cannot be."""
+    leaves = value.leaves()
+    if value.shape != into.shape or value.dtype is not into.dtype or not any(t is into for t in leaves):
+        return None
+    leaves = [into, *(t for t in leaves if t is not into)]
+    expr = _expr(value, leaves)
+    outer, ctx.node = ctx.node, node
+    try:
+        ordered(lambda *ts: ew.map_(ctx.graph, expr, list(ts), ctx.prog, name=f"{ctx.name}/fused"), *leaves)
+    finally:
+        ctx.node = outer
+    return into
+
+
+def _stochastic(ctx: Any) -> bool:
+    """Whether the engine will round float32 -> float16 casts stochastically (``prng.
+    enableStochasticRounding``): it rounds Cast vertices, not the float16 results of a map."""
+    options = getattr(ctx, "options", None)
+    return bool(getattr(options, "engine_options", {}).get("prng.enableStochasticRounding", False))
+
+
 def _expr(value: Any, leaves: list[Tensor]) -> Any:
     if isinstance(value, Pending):
         args = [_expr(a, leaves) for a in value.args]
+        if value.op == "cast":
+            return ew.E.cast(args[0], value.dtype)
         return getattr(ew.E, value.op)(*args)
     if isinstance(value, Tensor):
         return ew.E.input(next(i for i, t in enumerate(leaves) if t is value))
@@ -106,6 +147,14 @@ def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any) -> P
     val = node.meta["val"]
     dtype = ctx.dtype(val.dtype)
     shape = tuple(int(d) for d in val.shape)
+    if node.target is _aten._to_copy.default:
+        v = env[node.args[0]]
+        if not isinstance(v, (Pending, Tensor)) or v.dtype is dtype or tuple(v.shape) != shape:
+            return None  # no conversion (or not a tensor): lowered as usual
+        if dtype is float16 and _stochastic(ctx):
+            return None  # a Cast vertex, which the device's stochastic rounding mode rounds
+        pending = Pending("cast", (v,), shape, dtype)
+        return pending if 0 < len(pending.leaves()) <= _MAX_LEAVES else None
     args = []
     for a in node.args:
         v = env[a] if isinstance(a, torch.fx.Node) else a

@@ -25,7 +25,7 @@ from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
 from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize
+from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize, materialize_into
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.locations import (
     add_accumulator_buffers,
@@ -391,14 +391,39 @@ class _TrainLowerer(_Lowerer):
                 if node.target is torch.ops.aten.lift_fresh_copy.default:
                     env[node] = env[node.args[0]]
                     continue
-                env[node] = self._fused_or_lowered(node, env)
-                if targets is not None and node in outputs:
+                into = self._free_target(node, env, outputs, targets, order) \
+                    if targets is not None and node in outputs else None
+                env[node] = self._fused_or_lowered(node, env, into)
+                if into is not None and env[node] is into:
+                    outputs[outputs.index(node)] = _WRITTEN  # computed in place
+                elif targets is not None and node in outputs:
                     self._write_early(node, env, outputs, targets, order)
             elif node.op == "output":
                 return [targets[i] if a is _WRITTEN and targets is not None else
                         materialize(env[a], self.ctx, a) if isinstance(a, torch.fx.Node) else a
                         for i, a in enumerate(outputs)]
         return []
+
+    def _free_target(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any], outputs: list[Any],
+                     targets: Sequence[Tensor], order: dict[torch.fx.Node, int]) -> Tensor | None:
+        """The variable ``node``'s value (an output of the update, for one variable) may be computed
+        into in place: no node after it reads the variable's old value (:meth:`_write_early`)."""
+        slots = [i for i, a in enumerate(outputs) if a is node]
+        if len(slots) != 1:
+            return None
+        var = targets[slots[0]]
+        home = self.graph.variable_of(var)
+        if home is None:
+            return None
+        for n, v in env.items():
+            later = any(order[u] > order[node] for u in n.users)
+            if not later:
+                continue
+            if isinstance(v, Tensor) and self.graph.variable_of(v) is home:
+                return None
+            if isinstance(v, Pending) and any(self.graph.variable_of(t) is home for t in v.leaves()):
+                return None
+        return var
 
     def _write_early(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any], outputs: list[Any],
                      targets: Sequence[Tensor], order: dict[torch.fx.Node, int]) -> None:
@@ -426,15 +451,18 @@ class _TrainLowerer(_Lowerer):
                 env[node] = var  # the same values: readers after this read the variable
             outputs[i] = _WRITTEN
 
-    def _fused_or_lowered(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any]) -> Any:
+    def _fused_or_lowered(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any],
+                          into: Tensor | None = None) -> Any:
         """An elementwise op joins its operands' pending expression (:mod:`.fuse`) while its value
-        has one user that is not the output; else the expression so far is lowered as one map."""
+        has one user that is not the output; else the expression so far is lowered as one map
+        (in place into ``into``, a variable it reads that nothing later reads, when given)."""
         pending = fuse_node(node, env, self.ctx) if fusible(node, self.ctx.dtype) else None
         if pending is not None:
             users = list(node.users)
             if len(users) == 1 and users[0].op != "output":
                 return pending
-            return materialize(pending, self.ctx, node)
+            done = materialize_into(pending, self.ctx, node, into) if into is not None else None
+            return done if done is not None else materialize(pending, self.ctx, node)
         for a in node.all_input_nodes:
             env[a] = materialize(env[a], self.ctx, a)
         return self.lower_node(node, env)
