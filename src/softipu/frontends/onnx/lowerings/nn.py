@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from softipu.dtypes import float32, int32
+from softipu.frontends.errors import LoweringError
 from softipu.frontends.onnx.registry import register_onnx_lowering
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -654,3 +655,28 @@ def _conv_transpose(ctx: Any, node: Any) -> Tensor:
         return out
     bias = ctx.input(2)
     return _map(ctx, E.add(E.input(0), E.input(1)), [out, bias.reshape((bias.shape[0],) + (1,) * spatial)])
+
+
+@register_onnx_lowering("MaxUnpool", static=(2,))
+def _max_unpool(ctx: Any, node: Any) -> Tensor:
+    """MaxPool's inverse: each input value written at its flat index (MaxPool's ``Indices``, over the
+    whole N x C x spatial output) of a zero tensor of the inferred shape; an ``output_shape`` larger
+    than that keeps it in the leading corner, zeros after (ONNX's reference)."""
+    x, idx = ctx.input(0), ctx.input(1)
+    kernel = list(ctx.attr("kernel_shape"))
+    spatial = len(kernel)
+    strides = list(ctx.attr("strides", [1] * spatial))
+    pads = list(ctx.attr("pads", [0] * (2 * spatial)))
+    inferred = tuple(x.shape[:2]) + tuple((x.shape[2 + d] - 1) * strides[d] - pads[d] - pads[spatial + d]
+                                          + kernel[d] for d in range(spatial))
+    zeros = ctx.constant(np.zeros(int(np.prod(inferred)), x.dtype.numpy), x.dtype, "zeros")
+    y = ix.scatter(ctx.graph, zeros, ctx.cast(idx, int32).reshape(-1), x.reshape(-1), ctx.prog,
+                   name=ctx.name).reshape(inferred)
+    if not ctx.has(2):
+        return y
+    shape = [int(d) for d in ctx.static(2, "output_shape")]
+    extra = [(0, s - i) for s, i in zip(shape, inferred, strict=True)]
+    if any(hi < 0 for _, hi in extra):
+        raise LoweringError(f"MaxUnpool node {ctx.name!r}: output_shape {shape} is smaller than the "
+                            f"unpooled shape {list(inferred)}")
+    return ix.pad(ctx.graph, y, ctx.prog, pad_width=extra, mode="constant", value=0, name=f"{ctx.name}/pad")
