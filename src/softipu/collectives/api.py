@@ -50,7 +50,7 @@ from softipu.collectives.groups import (
     auto_method,
 )
 from softipu.collectives.meet import meet_all_gather, meet_reduce_scatter
-from softipu.collectives.ring import _FUSED_OP, Ring, map_by_columns
+from softipu.collectives.ring import _FUSED_OP, Ring, map_by_columns, ring_rows
 from softipu.collectives.ring import all_gather as ring_all_gather
 from softipu.collectives.ring import reduce_scatter as ring_reduce_scatter
 from softipu.debug import at, caller_location
@@ -97,6 +97,14 @@ class _Call:
         reduces = kind in ("all_reduce", "reduce_scatter") and self.op is not CollectiveOperator.LOCAL
         self.meets = method is Method.MEET_IN_MIDDLE_RING and self.groups.n >= 3 and (
             not reduces or (t.dtype.name in FUSED_DTYPES and self.op in _FUSED_OP))
+        self._rows: Tensor | None = None  # the rings' row sequences, looked up once a call
+
+    def rows(self, rings: list[Ring]) -> Tensor:
+        """Every ring's row sequence from its own row (``ring.ring_rows``), looked up by replica
+        once for the call: an all-reduce's reduce-scatter and all-gather read the same table."""
+        if self._rows is None:
+            self._rows = ring_rows(rings, self.ctx.prog)
+        return self._rows
 
     def pair(self) -> tuple[Ring, Ring]:
         """The clockwise and anticlockwise rings of a meet-in-middle collective."""
@@ -122,14 +130,14 @@ class _Call:
         map_by_columns(self.ctx.graph, out)
         return out
 
-    def finish(self, parts: list[tuple[Tensor, int, int]], dst: Tensor, columns: int) -> Tensor:
-        """The collective's last steps, after every cross-replica step: each part (MEAN: divided
-        by the group size) copied to its columns of ``dst`` seen as ``(..., columns)`` (zero
-        padding dropped), the only writes the user sees."""
-        prog, graph, name = self.ctx.prog, self.ctx.graph, self.ctx.name
-        if self.op is CollectiveOperator.MEAN:
-            for part, _, _ in parts:
-                ops.div_(graph, part, self.groups.n, prog, name=f"{name}/mean")
+    def finish(self, parts: list[tuple[Tensor, int, int]], dst: Tensor, columns: int,
+               divide: bool = True) -> Tensor:
+        """The collective's last steps, after every cross-replica step: each part (MEAN, unless
+        ``divide`` is False: divided by the group size) copied to its columns of ``dst`` seen as
+        ``(..., columns)`` (zero padding dropped), the only writes the user sees."""
+        prog = self.ctx.prog
+        if divide:
+            self.mean(parts)
         lead = parts[0][0].shape[:-1]
         if math.prod(lead) * columns == dst.numel:
             cols = dst.reshape(lead + (columns,))
@@ -141,6 +149,13 @@ class _Call:
         if cols.numel != dst.numel:
             prog.add(P.Copy(cols.flatten()[: dst.numel].reshape(dst.shape), dst))
         return dst
+
+
+    def mean(self, parts: list[tuple[Tensor, int, int]]) -> None:
+        """MEAN: each part divided by the group size, in place (nothing otherwise)."""
+        if self.op is CollectiveOperator.MEAN:
+            for part, _, _ in parts:
+                ops.div_(self.ctx.graph, part, self.groups.n, self.ctx.prog, name=f"{self.ctx.name}/mean")
 
 
 def _like(graph: Graph, t: Tensor, copies: int | None, name: str) -> Tensor:
@@ -245,12 +260,13 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
     elif call.meets:
         owns = [meet_reduce_scatter(call.pair(), rows, _FUSED_OP[call.op], prog)]
     else:
-        owns = ring_reduce_scatter([ring for ring, _, _ in rings], pieces, call.op, prog)
+        just = [ring for ring, _, _ in rings]
+        owns = ring_reduce_scatter(just, pieces, call.op, prog, call.rows(just))
     return [(own, c0, c1) for own, (_, c0, c1) in zip(owns, rings, strict=True)], m
 
 
 def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
-                scratch: bool = False) -> Tensor:
+                scratch: bool = False, divide: bool = True) -> Tensor:
     """Every rank's (w,) parts gathered into ``dst`` (viewed as (n, columns)), the last writes.
 
     Without an injected fault, no cross-replica step can fail, so the rings store straight into
@@ -269,8 +285,9 @@ def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
     if call.meets:
         zs = [meet_all_gather(call.pair(), parts[0][0], into[0], call.ctx.prog, scratch)]
     else:
-        zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch)
-    return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns)
+        zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch,
+                             call.rows(rings))
+    return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns, divide)
 
 
 def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
@@ -294,7 +311,10 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
             prog.add(P.Copy(t, dst))
         return dst
     parts, m = _reduce_scatter(call, t)  # its results are the collective's own buffers
-    return _all_gather(call, parts, dst, scratch=call.groups.n > 1)
+    # MEAN divides each reduced fragment before it is gathered (1/n of the elements; the same
+    # division of the same values as after, so the same bits)
+    call.mean(parts)
+    return _all_gather(call, parts, dst, scratch=call.groups.n > 1, divide=False)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,

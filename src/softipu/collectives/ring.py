@@ -36,7 +36,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, tile_regions
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["Ring", "map_by_columns"]
+__all__ = ["Ring", "map_by_columns", "ring_rows"]
 
 _OP_INPLACE = {
     CollectiveOperator.ADD: ops.add_, CollectiveOperator.MEAN: ops.add_,
@@ -171,6 +171,12 @@ def _sequences(rings: list[Ring], steps_on: int | list[int], length: int, prog: 
     return ring0.per_replica(values, "rows", prog).reshape(len(rings), length)
 
 
+def ring_rows(rings: list[Ring], prog: P.Sequence) -> Tensor:
+    """Every ring's fragment rows from the replica's own on, ``n + 1`` of them: the all-gather
+    reads the first ``n``, the reduce-scatter the last ``n`` (one table, one look-up)."""
+    return _sequences(rings, 0, rings[0].n + 1, prog)
+
+
 def _whole(rings: list[Ring], ufunc, pieces: list[Tensor], first: list[Tensor], second: list[Tensor],
            steps_on: int, counters: tuple[Tensor, Tensor], steps: int) -> WholeRing:
     """The values of the rings' ``Repeat`` computed whole (collectives/whole.py): each ring's row
@@ -197,9 +203,9 @@ def _exchange(rings: list[Ring], sends: list[Tensor], recvs: list[Tensor]) -> P.
 
 
 def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperator,
-                   prog: P.Sequence) -> list[Tensor]:
+                   prog: P.Sequence, rows: Tensor | None = None) -> list[Tensor]:
     """Per ring, the (w,) fragment ``q`` of its piece (n, w) reduced over the group, on rank
-    ``q``; the rings step together."""
+    ``q``; the rings step together. ``rows``: :func:`ring_rows` (looked up here if None)."""
     ring0 = rings[0]
     graph, name, n = ring0.ctx.graph, ring0.ctx.name, ring0.n
     if n == 1:
@@ -208,8 +214,8 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
               for ring, rows in zip(rings, pieces, strict=True)]
     recvs = [ring.var(rows.dtype, (rows.shape[1],), "recv", rows[0])
              for ring, rows in zip(rings, pieces, strict=True)]
-    table = _sequences(rings, 1, n, prog)  # the first send's row, then each step's
-    tables = [table[i] for i in range(len(rings))]
+    table = _sequences(rings, 1, n, prog) if rows is None else rows[:, 1:]  # the first send's row, then
+    tables = [table[i] for i in range(len(rings))]  # each step's
     counters = _counters(ring0, prog)
     ring_step(ring0.ctx, "copy", list(zip(firsts, pieces, tables, strict=True)), *counters, prog)
     fused = _FUSED_OP.get(op) if pieces[0].dtype.name in FUSED_DTYPES else None
@@ -233,7 +239,8 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
 
 
 def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
-               into: list[Tensor] | None = None, scratch: bool = False) -> list[Tensor]:
+               into: list[Tensor] | None = None, scratch: bool = False,
+               rows: Tensor | None = None) -> list[Tensor]:
     """Per ring, (n, w) rows in rank order of every group member's (w,) ``own`` (written into
     ``into``'s tensors if given); the rings step together. ``scratch``: the owns are the
     collective's own buffers (an all-reduce's reduce-scatter results), so they send the first
@@ -246,7 +253,7 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
         for z, own in zip(zs, owns, strict=True):
             prog.add(P.Copy(own, z[0]))
         return zs
-    table = _sequences(rings, 0, n, prog)  # the own row, then each step's
+    table = _sequences(rings, 0, n, prog) if rows is None else rows[:, :n]  # the own row, then each step's
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
     ring_step(ring0.ctx, None, list(zip(owns, zs, tables, strict=True)), *counters, prog)

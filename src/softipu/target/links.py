@@ -386,13 +386,15 @@ def _ring_shape(method: str, n: int, frag: float, reduce: bool) -> list[tuple[in
 
 
 def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, ipus_per_replica: int = 1,
-                              itemsize: int = 4, reduce: bool = True) -> int:
+                              itemsize: int = 4, reduce: bool = True, lookup: bool = True) -> int:
     """The compute of one ring phase (reduce-scatter: ``reduce``; all-gather) of ``nbytes`` per
     replica over ``n`` ranks, as softipu.collectives builds it (GCL's program): before the loop
     the replica's row table looked up (a compute set of one row), the counter set (a copy) and
     the first sends' slices or the own row's store (a ring compute set); then one ring compute
     set per step (:func:`_ring_shape`), two steps a ``Repeat`` turn. Syncs of the link steps are
-    priced with the links (:func:`ring_step`). Meet-in-middle from 3 ranks; at 2 it is a ring."""
+    priced with the links (:func:`ring_step`). Meet-in-middle from 3 ranks; at 2 it is a ring.
+    ``lookup`` False: the row table was looked up by an earlier phase of the same collective (an
+    all-reduce's rings read one table in both phases: ``collectives.ring.ring_rows``)."""
     if n < 2:
         return 0
     meet = method == "meet_in_middle_ring"
@@ -401,8 +403,8 @@ def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, 
     frag, k = nbytes / n, ipus_per_replica
     shape = _ring_shape(method, n, frag, reduce)
     first = (2, frag) if meet and reduce else (1, frag) if meet else shape[0][1:3]
-    prologue = (2 * chip.on_chip_sync_cycles + chip.exchange_latency_cycles
-                + ring_vertex_cycles(chip, 1, 4, False)
+    table = chip.on_chip_sync_cycles + chip.exchange_latency_cycles + ring_vertex_cycles(chip, 1, 4, False)
+    prologue = (chip.on_chip_sync_cycles + (table if lookup else 0)
                 + ring_compute_set_cycles(chip, first[1], first[0], k, itemsize, False, meet))
     turns = ((n - 1) // 2 - 1) // 2 if meet else (n - 1) // 2
     steps = sum(sets * ring_compute_set_cycles(chip, b, d, k, itemsize, r, meet)
@@ -459,7 +461,9 @@ def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute) -
             adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, True)
         if operation in ("all_reduce", "all_gather"):
             steps += _ring_steps(system, rings, nbytes, method, k, "all-gather step")
-            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False)
+            # an all-reduce's rings look their row table up once (meet-in-middle: once a phase)
+            again = operation == "all_gather" or (method == "meet_in_middle_ring" and n >= 3)
+            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False, again)
     return CollectiveCost(operation, method, int(nbytes), n, tuple(steps), adds if compute else 0,
                           system.chip.clock_hz)
 
