@@ -107,7 +107,7 @@ def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
         raise ctx.error(f"op must be a ReduceOp ({', '.join(o.name for o in ReduceOp)}), got {op!r}")
     _check_dtype(ctx, x.dtype, op)
     axes = _normalize_dims(ctx, x, dims)
-    cv = _canonical(x, axes)
+    cv = _by_layout(ctx.graph, x, axes, _canonical(x, axes))
     out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
     out = _output(ctx, cv, x.dtype, out_shape)
     factor = 1.0
@@ -175,6 +175,25 @@ def _canonical(x: Tensor, axes: tuple[int, ...]) -> _Canonical:
         r1, r2 = _prod(shape[: kept[0]]), _prod(shape[kept[-1] + 1 :])
         return _Canonical(x.reshape(r1, m, r2), m, r, 1, seg=r2, wrap=True)
     return _Canonical(x.transpose(kept + list(axes)).reshape(m, r, 1), m, r, 1)
+
+
+def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical) -> _Canonical:
+    """An inner reduction seen as popops sees every reduction, ``(1, R, M)`` with the outputs
+    inner (popops ``reduce`` shuffles the reduced dims outermost), when the input's tile mapping
+    makes that view's pieces fewer: a channels-last layout (a convolution's output) holds each
+    output's elements on many tiles, one element per piece in the ``(M, R)`` view, but long runs
+    of outputs in the ``(R, M)`` one (ResNet-50's global average pool: 273 one-element pieces per
+    tile at batch 4, each a vertex, against one run of 273 outputs)."""
+    if cv.B != 1 or cv.R <= 1 or cv.A <= 1 or not axes or len(axes) == x.ndim:
+        return cv
+    inner = tile_regions(graph, cv.view)[0].size
+    if inner * cv.R <= x.numel:  # pieces already average a whole reduction or more
+        return cv
+    kept = [d for d in range(x.ndim) if d not in axes]
+    view = x.transpose(list(axes) + kept).reshape(1, cv.R, cv.A)
+    if tile_regions(graph, view)[0].size >= inner:
+        return cv
+    return _Canonical(view, 1, cv.R, cv.A)
 
 
 def _prod(values) -> int:
