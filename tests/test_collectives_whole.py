@@ -97,3 +97,16 @@ def test_faulty_ring_runs_step_by_step_and_raises(taken):
     with pytest.raises(sp.errors.EngineError, match="replica 1"):
         eng.run(0)
     assert taken[0] == 0
+
+
+@pytest.mark.parametrize("method", [Method.CLOCKWISE_RING, Method.BIDIRECTIONAL_RING_PAIR, Method.MEET_IN_MIDDLE_RING])
+def test_all_reduce_mean_divides_the_fragments_with_the_sums_bits(method):
+    """MEAN divides each reduced fragment before the all-gather: the bits of the ADD result
+    divided by the group size afterwards (numpy's float32 division)."""
+    replicas, numel = 4, 4 * 12
+    values = ((np.random.default_rng(3).standard_normal((replicas, numel)) * 1e4) ** 3).astype(np.float32)
+    got = {}
+    for op in (Op.ADD, Op.MEAN):
+        g, prog, x, y = build(replicas, numel, method, op)
+        got[op] = run(g, prog, x, values, False).read_tensor(y)
+    np.testing.assert_array_equal(got[Op.MEAN], got[Op.ADD] / np.float32(replicas))
