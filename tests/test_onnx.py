@@ -18,6 +18,7 @@ from onnx import helper  # noqa: E402
 
 import softipu as sp  # noqa: E402
 import softipu.onnx as so  # noqa: E402
+from softipu.frontends.errors import LoweringError  # noqa: E402
 
 OPTS = so.Options(target=sp.targets.ipu_model(tiles=16, bytes_per_tile=1 << 20))
 
@@ -316,3 +317,21 @@ def test_conv_3d_matches_onnxruntime(attrs: dict) -> None:
                                            onnx.numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     against_ort(model.SerializeToString(), {"x": x})
+
+
+def test_det_matches_numpy_and_refuses_large_matrices() -> None:
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 4):
+        x = rng.standard_normal((2, 3, n, n)).astype(np.float32)
+        graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"])], "det",
+                                  [helper.make_tensor_value_info("x", T.FLOAT, x.shape)],
+                                  [helper.make_tensor_value_info("y", T.FLOAT, [2, 3])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        got = so.InferenceSession(model.SerializeToString(), OPTS).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, np.linalg.det(x.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"], name="big")], "det",
+                              [helper.make_tensor_value_info("x", T.FLOAT, [5, 5])],
+                              [helper.make_tensor_value_info("y", T.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(LoweringError, match=r"big.*5x5.*numpy.linalg.det"):
+        so.InferenceSession(model.SerializeToString(), OPTS)

@@ -5,6 +5,7 @@ from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the low
     einsum,
     elementwise,
     graphcore,
+    linalg,
     nn,
     quant,
     recurrent,
