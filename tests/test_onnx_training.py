@@ -149,7 +149,7 @@ def test_virtual_graphs_place_ops_on_their_ipu() -> None:
     w = b.addInitializedInputTensor(wv)
     with b.virtualGraph(0):
         h = b.aiOnnx.matmul([x, w], debugContext="mm")
-    with b.virtualGraph(1):
+    with b.virtualGraph(1), b.pipelineStage(1):
         y = b.aiOnnx.relu([h], debugContext="act")
     b.addOutputTensor(y)
     device = popart.DeviceManager().createIpuModelDevice({"numIPUs": 2, "tilesPerIPU": 4})

@@ -137,6 +137,7 @@ class Builder:
         self._inits: list[onnx.TensorProto] = []
         self._count = 0
         self._ipu: int | None = None
+        self._stage: int | None = None
         self._scopes: list[str] = []
         version = dict(opsets or {}).get("ai.onnx", _OPSET)
         self.aiOnnx = _OpSet(self, "", version)
@@ -185,6 +186,8 @@ class Builder:
         node = helper.make_node(op, [str(i) for i in inputs], outputs, name=base, domain=domain, **attrs)
         if self._ipu is not None:
             node.attribute.append(helper.make_attribute("__ipu_number", self._ipu))
+        if self._stage is not None:
+            node.attribute.append(helper.make_attribute("__pipeline_stage", self._stage))
         self._nodes.append(node)
         return outputs[0] if n_out == 1 else outputs
 
@@ -207,6 +210,17 @@ class Builder:
             yield
         finally:
             self._ipu = outer
+
+    @contextlib.contextmanager
+    def pipelineStage(self, stage: int) -> Iterator[None]:  # noqa: N802
+        """``with builder.pipelineStage(1):`` tags the ops added inside with PopART's
+        ``__pipeline_stage``; softipu keeps the tag, runs the stages in order (not pipelined) and
+        places ops by ``virtualGraph`` only."""
+        outer, self._stage = self._stage, int(stage)
+        try:
+            yield
+        finally:
+            self._stage = outer
 
     @contextlib.contextmanager
     def nameScope(self, name: str) -> Iterator[None]:  # noqa: N802
