@@ -56,14 +56,32 @@ def _as_32bit(out: Any) -> Any:
     return pytree.tree_map(narrow, out)
 
 
+def _float_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    """The dtypes of ``model``'s floating-point parameters and buffers, read afresh on every call
+    (so ``.half()`` or a new submodule after compiling counts) by one plain walk of the module
+    tree: torch's ``parameters()``/``buffers()`` generators cost ~5x more, and this runs per call."""
+    dtypes: set[torch.dtype] = set()
+    stack, seen = [model], {model}
+    while stack:
+        m = stack.pop()
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    dtypes.add(t.dtype)
+        for c in m._modules.values():
+            if c is not None and c not in seen:  # a module shared by two parents is read once
+                seen.add(c)
+                stack.append(c)
+    return {d for d in dtypes if d.is_floating_point}
+
+
 def _half_inputs(model: torch.nn.Module, options: Options, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """A model converted with ``.half()`` (every float parameter and buffer float16) gets its
     float32 inputs as float16, as PopTorch's default half casting (``FloatDowncastToHalf``) does;
     ``Precision.halfFloatCasting(HalfUpcastToFloat)`` keeps them float32 (torch's promotion)."""
     if options.stored.get("Precision.halfFloatCasting") == HalfFloatCastingBehavior.HalfUpcastToFloat:
         return args, kwargs
-    floats = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
-    if floats != {torch.float16}:
+    if _float_dtypes(model) != {torch.float16}:
         return args, kwargs
     def cast(t: Any) -> Any:
         return t.half() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t

@@ -1,0 +1,64 @@
+"""The PopTorch wrapper's per-call path: what it reads afresh on every call stays right when the
+user changes the module after compiling (``.half()``, a new submodule), and the Transpose2d
+codelet's one-shape shortcut and mixed-shape path both give numpy's transpose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import softipu as sp
+import softipu.poptorch as poptorch
+from softipu.codelets.transpose import transpose_codelet
+from softipu.frontends.poptorch_executor import _float_dtypes
+
+SMALL = sp.targets.ipu_model(tiles=4)
+
+
+def _torch_float_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    """The oracle: torch's own parameters()/buffers() walk."""
+    return {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+
+
+def test_float_dtypes_match_torchs_walk_for_shared_half_and_mixed_modules():
+    shared = torch.nn.Linear(3, 3)
+    net = torch.nn.Sequential(shared, torch.nn.BatchNorm1d(3), torch.nn.Sequential(shared, torch.nn.ReLU()))
+    net.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
+    net.register_buffer("absent", None)
+    assert _float_dtypes(net) == _torch_float_dtypes(net) == {torch.float32}
+    net.half()
+    assert _float_dtypes(net) == _torch_float_dtypes(net) == {torch.float16}
+    net.add_module("late", torch.nn.Linear(2, 2))  # a float32 submodule added afterwards
+    assert _float_dtypes(net) == _torch_float_dtypes(net) == {torch.float16, torch.float32}
+
+
+def test_half_after_the_first_call_is_seen_on_the_next_call():
+    """The module's dtypes are read on every call, never from a stale copy: after ``.half()`` the
+    float32 input goes as float16 (so it no longer matches the float32 executable: a clear error,
+    as before), and after ``.float()`` again the call runs as at first."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    model = poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL))
+    x = torch.randn(5, 8)
+    want = net(x)
+    assert torch.allclose(model(x), want, atol=1e-5)
+    net.half()
+    with pytest.raises(poptorch.Error, match="float16 but Sequential was compiled for torch.float32"):
+        model(x)
+    net.float()
+    assert torch.allclose(model(x), want, atol=1e-5)
+
+
+def test_transpose2d_one_shape_and_mixed_shapes_give_numpys_transpose():
+    compute = transpose_codelet(sp.float32).compute
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((3, 12)).astype(np.float32)
+    for rows in ([[3], [3], [3]], [[2], [3], [4]], [[4], [6], [4]]):
+        dst = np.empty_like(src)
+        r = np.array(rows, np.int32)
+        compute(src, dst, r, 12 // r)
+        want = np.stack([s.reshape(k[0], 12 // k[0]).T.ravel() for s, k in zip(src, rows, strict=True)])
+        np.testing.assert_array_equal(dst, want)
+    empty = np.empty((0, 12), np.float32)
+    compute(empty, empty.copy(), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int32))
