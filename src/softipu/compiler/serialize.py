@@ -56,6 +56,7 @@ from softipu.graph import program as P
 from softipu.graph.codelet_registry import UnnameableCodelet, codelet_name, rebuild_codelet
 from softipu.graph.graph import AddressSpace, ComputeSet, Function, Graph, Variable
 from softipu.graph.mapping import ResolvedMapping
+from softipu.graph.remote import RemoteBuffer
 from softipu.graph.streams import DataStream, StreamDirection
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
@@ -85,7 +86,7 @@ _BIG_ARRAY = 1 << 26
 
 _NODES: dict[str, type] = {c.__name__: c for c in (
     P.Execute, P.Copy, P.Repeat, P.RepeatWhileTrue, P.RepeatWhileFalse, P.If, P.Switch, P.Call,
-    P.WriteUndef, P.PrintTensor, P.Sync, P.CycleCount, P.CrossReplicaCopy)}
+    P.WriteUndef, P.PrintTensor, P.Sync, P.CycleCount, P.CrossReplicaCopy, P.RemoteCopy)}
 _ENUMS: dict[str, type[enum.Enum]] = {c.__name__: c for c in (StepKind, P.SyncType, StreamDirection)}
 
 
@@ -335,6 +336,8 @@ class _Writer:
             (SourceLocation, lambda v: {"l": self.location(v)}),
             (Tensor, lambda v: {"t": self.tensor(v)}),
             (DataStream, lambda v: {"s": v.name}),
+            (RemoteBuffer, lambda v: {"rb": [v.name, v.dtype.name, list(v.shape), v.repeats,
+                                             self.location(v.location)]}),
             (ComputeSet, lambda v: {"cs": self.compute_sets.setdefault(v.id, v).id}),
             (Function, lambda v: {"fn": self.function(v)}),
             (P.Program, lambda v: {"p": self.node(v)}),
@@ -562,11 +565,25 @@ class _Reader:
             "f": float, "a": lambda x: self.array(int(x)), "dt": lambda x: as_dtype(str(x)),
             "e": lambda x: _ENUMS[x[0]][x[1]], "l": lambda x: self.locations[x],
             "t": lambda x: self.tensor(int(x)), "s": lambda x: self.streams[x],
+            "rb": self.remote_buffer,
             "cs": lambda x: self.compute_sets[x], "fn": lambda x: self.function(int(x)),
             "p": lambda x: self.nodes[int(x)], "tu": lambda x: tuple(self.value(y) for y in x),
             "li": lambda x: [self.value(y) for y in x],
             "di": lambda x: {self.value(k): self.value(y) for k, y in x},
         }
+
+    def remote_buffer(self, x: list) -> RemoteBuffer:
+        """A remote buffer of the loaded graph, made on its first mention (one object a name)."""
+        try:
+            name, dtype, shape, repeats, loc = x
+            found = self.graph.remote_buffers.get(str(name))
+            if found is None:
+                found = RemoteBuffer(str(name), as_dtype(str(dtype)), tuple(int(n) for n in shape),
+                                     int(repeats), self.locations[loc])
+                self.graph.remote_buffers[found.name] = found
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            raise ExecutableFormatError(f"a damaged remote buffer {str(x)[:80]!r} in the manifest") from e
+        return found
 
     def array(self, i: int) -> np.ndarray:
         found = self.arrays.get(i)
