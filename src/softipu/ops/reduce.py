@@ -4,7 +4,9 @@ The plan, like PopLibs':
 
 1. The input is viewed as ``(A, R, B)`` — kept dims before, the reduced dims (``R`` elements per
    output), kept dims after — or, when the reduced dims are not adjacent, transposed to
-   ``(M, R, 1)``. Output element ``(a, b)`` reduces ``x[a, :, b]``.
+   ``(M, R, 1)``. Output element ``(a, b)`` reduces ``x[a, :, b]``. An inner reduction whose
+   tile mapping cuts that view into more pieces than popops' own ``(1, R, M)`` view (outputs
+   inner; a channels-last input such as a convolution's output) is planned over the latter.
 2. **Stage 1** (one compute set): every contiguous piece of the input that lives on one tile is
    reduced there into partials (fp32 for fp16 inputs). An inner reduction (``B == 1``) cuts the
    piece into segments of one output each; an outer one folds the piece's rows of ``B`` columns
