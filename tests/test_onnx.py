@@ -335,3 +335,14 @@ def test_det_matches_numpy_and_refuses_large_matrices() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(LoweringError, match=r"big.*5x5.*numpy.linalg.det"):
         so.InferenceSession(model.SerializeToString(), OPTS)
+
+
+def test_new_ops_pass_onnx_node_tests() -> None:
+    """ONNX's own expected outputs for Det, MaxUnpool and RoiAlign (the oracle is onnx's data)."""
+    from softipu.frontends.onnx import conformance
+
+    cases = conformance.collect(["det", "maxunpool", "roialign"])
+    outcomes = [conformance.run_case(c) for c in cases]
+    assert len(outcomes) == 7
+    failed = [f"{o.name}: {o.reason}" for o in outcomes if o.status != "pass"]
+    assert not failed, "\n".join(failed)

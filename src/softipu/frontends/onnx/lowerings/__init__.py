@@ -10,6 +10,7 @@ from softipu.frontends.onnx.lowerings import (  # noqa: F401 - registers the low
     quant,
     recurrent,
     resize,
+    roialign,
     sampling,
     shape,
 )
