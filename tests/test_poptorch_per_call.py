@@ -62,3 +62,28 @@ def test_transpose2d_one_shape_and_mixed_shapes_give_numpys_transpose():
         np.testing.assert_array_equal(dst, want)
     empty = np.empty((0, 12), np.float32)
     compute(empty, empty.copy(), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int32))
+
+
+def _layer_norm_oracle(x, w, b, k, eps):
+    """The textbook numpy layer norm in float32 (np.mean's two passes), rows of ``x`` split in ``k``."""
+    xs = x.astype(np.float32).reshape(*x.shape[:-1], k, -1)
+    mean = xs.mean(axis=-1, keepdims=True, dtype=np.float32)
+    centred = xs - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True, dtype=np.float32)
+    rstd = np.float32(1) / np.sqrt(var + np.float32(eps))
+    res = centred * rstd * w.astype(np.float32)[..., None, :] + b.astype(np.float32)[..., None, :]
+    return res.reshape(x.shape).astype(x.dtype), mean[..., 0], rstd[..., 0]
+
+
+@pytest.mark.parametrize(("dtype", "lead", "k", "n"), [(sp.float32, 128, 1, 128), (sp.float32, 3, 4, 768),
+                                                       (sp.float16, 5, 2, 100), (sp.float32, 2, 3, 7)])
+def test_layer_norm_rows_are_bitwise_numpys_mean_formula(dtype, lead, k, n):
+    from softipu.codelets.nn.norms import norm_rows_codelet
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((lead, k * n)) * 3 + 1).astype(dtype.numpy)
+    w, b = (rng.standard_normal((lead, n)).astype(dtype.numpy) for _ in range(2))
+    eps = np.full((lead, 1), 1e-5, np.float32)
+    out, mean, inv_std = np.empty_like(x), np.empty((lead, k), np.float32), np.empty((lead, k), np.float32)
+    norm_rows_codelet(dtype, dtype, False).compute(x, w, b, out, mean, inv_std, eps)
+    for got, want in zip((out, mean, inv_std), _layer_norm_oracle(x, w, b, k, 1e-5), strict=True):
+        assert got.tobytes() == want.tobytes()
