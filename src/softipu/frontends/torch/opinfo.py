@@ -55,7 +55,9 @@ HALF_RTOL, HALF_ATOL = 2e-3, 1e-3
 TARGET = ipu_model(tiles=4, bytes_per_tile=1 << 20)
 DTYPES = (torch.float32, torch.int64, torch.bool)  # an op's samples are of the first it supports
 # Data-dependent ops softipu refuses by design (export.py's list): a skip, not a missing lowering.
-_REFUSED = tuple(_DATA_DEPENDENT)
+# ``torch::sym_ite`` is the symbolic if-then-else an export keeps beside ``.item()`` when a size
+# depends on a tensor's value (``narrow`` with a tensor start): data-dependent too.
+_REFUSED = (*_DATA_DEPENDENT, "torch::sym_ite")
 # Ops whose results are uninitialised memory: only shape and dtype mean anything.
 _UNDEFINED_VALUES = {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
                      "new_empty_strided"}
