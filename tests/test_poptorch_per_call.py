@@ -87,3 +87,32 @@ def test_layer_norm_rows_are_bitwise_numpys_mean_formula(dtype, lead, k, n):
     norm_rows_codelet(dtype, dtype, False).compute(x, w, b, out, mean, inv_std, eps)
     for got, want in zip((out, mean, inv_std), _layer_norm_oracle(x, w, b, k, 1e-5), strict=True):
         assert got.tobytes() == want.tobytes()
+
+
+def _gelu_erf_oracle(x: np.ndarray) -> np.ndarray:
+    """popnn's GELU_ERF in float32 as written: 0.5 x (1 + erf(x / sqrt 2)), erf = t p(t^2) / q(t^2)
+    on t clamped to [-4, 4], both polynomials by Horner's rule from 0."""
+    from softipu.codelets.elementwise._numerics import _ERF_P, _ERF_Q
+    y = x.astype(np.float32)
+    t = np.clip(y * np.float32(np.sqrt(0.5)), np.float32(-4), np.float32(4))
+    t2 = t * t
+    p, q = np.zeros_like(t2), np.zeros_like(t2)
+    for c in _ERF_P:
+        p = p * t2 + np.float32(c)
+    for c in _ERF_Q:
+        q = q * t2 + np.float32(c)
+    return (np.float32(0.5) * y * (np.float32(1) + p * t / q)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gelu_erf_is_bitwise_the_written_formula_also_in_place(dtype):
+    from softipu.codelets.elementwise._numerics import _gelu_erf
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(5000) * 3, [0.0, -0.0, 4.0, -4.0, 7.5, -9.0, 1e-30]]).astype(dtype)
+    want = _gelu_erf_oracle(x)
+    assert _gelu_erf(x).tobytes() == want.tobytes()
+    out = np.empty_like(x)
+    _gelu_erf(x, out=out)
+    assert out.tobytes() == want.tobytes()
+    _gelu_erf(x, out=x)  # out aliasing the input
+    assert x.tobytes() == want.tobytes()
