@@ -341,7 +341,8 @@ def test_new_ops_pass_onnx_node_tests() -> None:
     """ONNX's own expected outputs for Det, MaxUnpool and RoiAlign (the oracle is onnx's data)."""
     from softipu.frontends.onnx import conformance
 
-    cases = conformance.collect(["det", "maxunpool", "roialign"])
+    cases = [c for c in conformance.collect(["det", "maxunpool", "roialign"])
+             if c.model.graph.node[0].op_type in {"Det", "MaxUnpool", "RoiAlign"}]
     outcomes = [conformance.run_case(c) for c in cases]
     assert len(outcomes) == 7
     failed = [f"{o.name}: {o.reason}" for o in outcomes if o.status != "pass"]
