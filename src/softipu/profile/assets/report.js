@@ -110,6 +110,10 @@
       tbody.textContent = "";
       shown.slice(0, limit).forEach(function (r) {
         var row = el("tr", {cls: r._hl ? "hl" : ""});
+        if (opts.rowTip) {
+          row.addEventListener("mousemove", function (ev) { showTip(ev, opts.rowTip(r)); });
+          row.addEventListener("mouseleave", hideTip);
+        }
         columns.forEach(function (c) {
           var v = r[c.key];
           var td = el("td", {cls: (c.text ? "t " : "") + (c.cls || ""), text: c.fmt ? c.fmt(v, r) : (typeof v === "number" ? fmt(v) : String(v === undefined ? "" : v))});
@@ -261,6 +265,8 @@
     });
     host.appendChild(bar);
 
+    opMemory(host);
+
     var named = R.memory.named;
     host.appendChild(el("h2", {text: "Largest variables"}));
     host.appendChild(el("p", {cls: "note", text: named.list.length + " of " + fmt(named.count) + " variables listed: the largest overall and the largest on each tile."}));
@@ -318,6 +324,37 @@
       {key: "name", label: "variable", text: true}, {key: "shape", label: "shape", text: true}, {key: "bytes", label: "bytes"},
       {key: "source", label: "source", text: true, cls: "src"},
     ], contrib, {sortKey: "bytes", filter: false});
+  }
+
+  // -- memory by op: the vertex state of each op's steps (step_memory), grouped by the step's op --------
+  function opRows(d) {
+    var by = {}, all = 0;
+    (d.step_memory || []).forEach(function (p) {
+      var s = d.steps[p[0]], k = s.op || s.kind;
+      var o = by[k] = by[k] || {op: k, steps: 0, bytes: 0, largest: "", largestBytes: -1, list: []};
+      o.steps += 1; o.bytes += p[1]; all += p[1];
+      o.list.push([s.index, s.name, p[1]]);
+      if (p[1] > o.largestBytes) { o.largestBytes = p[1]; o.largest = s.name; }
+    });
+    return Object.keys(by).map(function (k) { var o = by[k]; o.share = all ? o.bytes / all : 0; return o; });
+  }
+  function viewOpMemoryTip(o) {
+    var lines = [o.op + ": " + fmt(o.bytes) + " B of vertex state in " + o.steps + " step(s)"];
+    o.list.slice().sort(function (a, b) { return b[2] - a[2]; }).slice(0, 12).forEach(function (x) {
+      lines.push("  step " + x[0] + ": " + x[1] + ", " + fmt(x[2]) + " B");
+    });
+    if (o.list.length > 12) lines.push("  ... " + (o.list.length - 12) + " more");
+    return lines.join("\n");
+  }
+  function opMemory(host) {
+    var rows = opRows(R);
+    host.appendChild(el("h2", {text: "By op (vertex state)"}));
+    host.appendChild(el("p", {cls: "note", id: "op-memory-note", text: rows.length + " ops; the memory their steps' vertices " +
+      "hold (the vertex-state category), summed over each op's steps. Hover a row for its steps."}));
+    makeTable(host, "op-memory", [
+      {key: "op", label: "op", text: true}, {key: "steps", label: "steps"}, {key: "bytes", label: "vertex state B"},
+      {key: "share", label: "share", fmt: function (v) { return pct(v); }}, {key: "largest", label: "largest step", text: true},
+    ], rows, {sortKey: "bytes", limit: 300, rowTip: viewOpMemoryTip});
   }
 
   // -- execution: timeline ------------------------------------------------------------------------------
