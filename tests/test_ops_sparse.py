@@ -148,3 +148,68 @@ def test_dense_operand_of_wrong_shape_or_dtype():
     half = g.add_variable(sp.float16, (3, 8), name="h")
     with pytest.raises(OpError, match=r"both must be float16 or both float32"):
         sparse.dense_sparse_matmul(g, half, nz, P.Sequence(), pattern=pat)
+
+
+def _grad_case(mask: np.ndarray, block: int, free: int, mode: str, dtype=sp.float32, seed: int = 1):
+    """(dense grad, its oracle, values grad, its oracle) for one product's backward pass."""
+    rng = np.random.default_rng(seed)
+    pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    prog = P.Sequence()
+    m, k = pat.shape
+    if mode == "sd":
+        nz = sparse.create_sparse_dense_matmul_lhs(g, pat, free, dtype)
+        d = sparse.create_sparse_dense_matmul_rhs(g, pat, free, dtype)
+        gy = g.add_variable(dtype, (m, free), name="gy")
+        dd = sparse.sparse_dense_matmul_grad_rhs(g, nz, gy, prog, pattern=pat)
+    else:
+        d = sparse.create_dense_sparse_matmul_lhs(g, pat, free, dtype)
+        nz = sparse.create_dense_sparse_matmul_rhs(g, pat, free, dtype)
+        gy = g.add_variable(dtype, (free, k), name="gy")
+        dd = sparse.dense_sparse_matmul_grad_lhs(g, gy, nz, prog, pattern=pat)
+    sp.ops.map_linearly(g, gy)
+    dv = sparse.sparse_values_grad(g, gy, d, prog, pattern=pat, mode=mode)
+    vals = rng.standard_normal((pat.nnz_blocks, block, block)).astype(dtype.numpy)
+    dense = rng.standard_normal(d.shape).astype(dtype.numpy)
+    grad = rng.standard_normal(gy.shape).astype(dtype.numpy)
+    eng = sp.Engine(g, [prog])
+    for t, v in ((nz, vals), (d, dense), (gy, grad)):
+        eng.write_tensor(t, v)
+    eng.run(0)
+    # Oracle: torch autograd of the dense product, the weight's gradient read at the pattern's blocks.
+    import torch
+
+    s = torch.tensor(pat.to_dense(vals.astype(np.float64)), requires_grad=True)
+    x = torch.tensor(dense.astype(np.float64), requires_grad=True)
+    y = s @ x if mode == "sd" else x @ s
+    y.backward(torch.tensor(grad.astype(np.float64)))
+    return (eng.read_tensor(dd).astype(np.float64), x.grad.numpy(), eng.read_tensor(dv).astype(np.float64),
+            pat.blocks_of(s.grad.numpy()))
+
+
+@pytest.mark.parametrize("mode", ["sd", "ds"])
+@pytest.mark.parametrize("kind,block", [("random", 4), ("empty_rows", 8), ("full_rows", 1), ("one_block", 16),
+                                        ("empty", 4)])
+def test_gradients_match_torch_autograd(mode, kind, block):
+    mask = _mask(kind, 3, 4, np.random.default_rng(7))
+    got_d, want_d, got_v, want_v = _grad_case(mask, block, 5, mode)
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-5, atol=1e-5)
+    assert got_v.shape == want_v.shape
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_fp16_within_bound():
+    mask = _mask("random", 4, 4, np.random.default_rng(3))
+    got_d, want_d, got_v, want_v = _grad_case(mask, 8, 24, "sd", dtype=sp.float16)
+    # fp32 accumulation, one fp16 rounding of each output (plus fp16 inputs already exact).
+    np.testing.assert_allclose(got_d, want_d, rtol=2 ** -10, atol=2 ** -10 * np.abs(want_d).max())
+    np.testing.assert_allclose(got_v, want_v, rtol=2 ** -10, atol=2 ** -10 * np.abs(want_v).max())
+
+
+def test_values_grad_rejects_mismatched_shapes():
+    pat = sparse.CSRMatrix.from_mask([[1, 0], [0, 1]], 4, name="w")
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    gy = g.add_variable(sp.float32, (8, 3), name="gy")
+    d = g.add_variable(sp.float32, (5, 3), name="d")
+    with pytest.raises(OpError, match=r"sparse_values_grad.*gy.*d.*need grad_out \(8, 3\) and dense \(8, 3\)"):
+        sparse.sparse_values_grad(g, gy, d, P.Sequence(), pattern=pat, mode="sd")

@@ -48,7 +48,8 @@ from softipu.graph.vertex import Input, Output, SupervisorVertex, Vertex
 from softipu.target import Target
 
 __all__ = ["BLOCK", "ELEMENT", "BLOCK_SIZES", "BlockEstimates", "ElementEstimates",
-           "block_multiply_cycles", "element_multiply_cycles", "sparse_block_codelet"]
+           "block_multiply_cycles", "element_multiply_cycles", "sparse_block_codelet",
+           "sparse_grad_codelet"]
 
 BLOCK_SIZES = (1, 4, 8, 16)
 
@@ -201,3 +202,50 @@ def sparse_block_codelet(dtype: DType, block: int, mode: str) -> type[Vertex]:
     name = "StaticSparseDenseMatMulBlock" if sd else "StaticDenseSparseMatMulBlock"
     SparseDenseBlock.__name__ = SparseDenseBlock.__qualname__ = f"{name}<{dtype.name},{block}>"
     return SparseDenseBlock
+
+
+@cache
+def sparse_grad_codelet(dtype: DType, block: int) -> type[Vertex]:
+    """The gradient of a sparse operand's values, one non-zero block per vertex (a sampled dense x
+    dense^T product): fields ``a`` and ``b`` (``block x L`` each, already laid out by the op's index
+    arrays) and ``out`` (``block x block``), ``out = a . b^T``.
+
+    Cycles [U]: poplibs' static ops have no gradient of the values; popsparse's dynamic
+    ``GradWAMPBlock`` estimator is not modelled yet. We price one vertex as the forward AMP kernel
+    above running the same multiply-accumulates: ``ceil(L / block)`` blocks against a free dimension
+    of ``block`` (block lengths 4, 8, 16), or the element kernel with ``L`` non-zeros and a free
+    dimension of 1 (block length 1)."""
+    if block not in BLOCK_SIZES:
+        raise ValueError(f"sparse_grad_codelet: block {block}")
+    area = block * block
+
+    class SparseGradBlock(SupervisorVertex):
+        a = Input(dtype)
+        b = Input(dtype)
+        out = Output(dtype)
+
+        @staticmethod
+        def compute(a, b, out):
+            lead = out.shape[:-1]
+            length = a.shape[-1] // block
+            x = a.reshape(lead + (block, length)).astype(np.float32, copy=False)
+            y = b.reshape(lead + (block, length)).astype(np.float32, copy=False)
+            out[...] = np.matmul(x, np.swapaxes(y, -1, -2)).reshape(out.shape)
+
+        @staticmethod
+        def cycles(a, b, out, target: Target):
+            workers = target.workers_per_tile
+            length = a // block
+            float_in = dtype.itemsize == 4
+            if block == 1:
+                return element_multiply_cycles(length, 1, float_in, workers)
+            units = target.conv_units_fp32 if float_in else target.conv_units_fp16
+            return block_multiply_cycles(ceil_div(length, block), ceil_div(block, workers), block, float_in,
+                                         units, workers, True)
+
+        @staticmethod
+        def flops(a, b, out):
+            return 2 * area * (a // block)
+
+    SparseGradBlock.__name__ = SparseGradBlock.__qualname__ = f"StaticSparseGradW<{dtype.name},{block}>"
+    return SparseGradBlock

@@ -15,7 +15,13 @@ cut into as many slices as keep every tile busy, and units are placed largest fi
 loaded tile (by the codelet's own cycle estimate), so non-zero blocks spread evenly. A unit's
 non-zero blocks, output band and (for the first slice) values live on its tile. Output bands with
 no non-zero blocks are zeroed. Not done yet: splitting one long row over tiles with a partials
-reduction (popsparse's K split), gradients, grouped products.
+reduction (popsparse's K split), grouped products.
+
+Gradients (training): of the dense operand, through the other product with the same values
+(:func:`sparse_dense_matmul_grad_rhs`: ``dD = S^T . G = (G^T . S)^T``;
+:func:`dense_sparse_matmul_grad_lhs`: ``dD = G . S^T = (S . G^T)^T``); of the values at the
+pattern's blocks only (:func:`sparse_values_grad`, a sampled dense product, one vertex per block on
+the block's own tile, the contraction not split over tiles yet).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.sparse import BLOCK_SIZES, sparse_block_codelet
+from softipu.codelets.sparse import BLOCK_SIZES, sparse_block_codelet, sparse_grad_codelet
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType, as_dtype
 from softipu.graph.graph import Graph
@@ -36,7 +42,8 @@ from softipu.ops.mapping import map_linearly
 
 __all__ = ["CSRMatrix", "create_sparse_dense_matmul_lhs", "create_sparse_dense_matmul_rhs",
            "create_dense_sparse_matmul_lhs", "create_dense_sparse_matmul_rhs", "sparse_dense_matmul",
-           "dense_sparse_matmul", "sparse_partition"]
+           "dense_sparse_matmul", "sparse_partition", "sparse_dense_matmul_grad_rhs",
+           "dense_sparse_matmul_grad_lhs", "sparse_values_grad"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,3 +305,69 @@ def dense_sparse_matmul(graph: Graph, lhs: Tensor, rhs_nz: Tensor, prog: Any, *,
     parse_options(ctx, options, {})
     _check(ctx, pattern, rhs_nz, lhs, 1)
     return _product(ctx, pattern, rhs_nz, lhs, "ds")
+
+
+def sparse_dense_matmul_grad_rhs(graph: Graph, lhs_nz: Tensor, grad_out: Tensor, prog: Any, *,
+                                 pattern: CSRMatrix, name: str = "") -> Tensor:
+    """The gradient ``(K, N)`` of ``S . D``'s dense ``D`` given ``grad_out`` ``(M, N)``: ``S^T . G``,
+    computed as ``(G^T . S)^T`` by :func:`dense_sparse_matmul` on the same values."""
+    out = dense_sparse_matmul(graph, grad_out.transpose(), lhs_nz, prog, pattern=pattern,
+                              name=name or "sparse_dense_matmul_grad_rhs")
+    return out.transpose()
+
+
+def dense_sparse_matmul_grad_lhs(graph: Graph, grad_out: Tensor, rhs_nz: Tensor, prog: Any, *,
+                                 pattern: CSRMatrix, name: str = "") -> Tensor:
+    """The gradient ``(M, K)`` of ``D . S``'s dense ``D`` given ``grad_out`` ``(M, N)``: ``G . S^T``,
+    computed as ``(S . G^T)^T`` by :func:`sparse_dense_matmul` on the same values."""
+    out = sparse_dense_matmul(graph, rhs_nz, grad_out.transpose(), prog, pattern=pattern,
+                              name=name or "dense_sparse_matmul_grad_lhs")
+    return out.transpose()
+
+
+def sparse_values_grad(graph: Graph, grad_out: Tensor, dense: Tensor, prog: Any, *, pattern: CSRMatrix,
+                       mode: str, name: str = "") -> Tensor:
+    """The gradient ``(nnz_blocks, b, b)`` of the sparse operand's values, at its blocks only.
+
+    ``mode="sd"`` for ``Y = S . D`` (``dense`` is ``D`` ``(K, N)``): block ``(r, c)`` gets
+    ``G[r] . D[c]^T`` over the rows of band ``r`` / ``c``. ``mode="ds"`` for ``Y = D . S``
+    (``dense`` is ``D`` ``(M, K)``): block ``(r, c)`` gets ``D[:, r]^T . G[:, c]``. The result is
+    mapped like the values (each block on the tile of the forward plan)."""
+    ctx = OpContext.start(graph, prog, "sparse_values_grad", name, grad_out, dense)
+    if mode not in ("sd", "ds"):
+        raise ctx.error(f"mode must be 'sd' (S . D) or 'ds' (D . S), got {mode!r}")
+    sd = mode == "sd"
+    if not isinstance(pattern, CSRMatrix):
+        raise ctx.error(f"pattern must be an ops.sparse.CSRMatrix, got {type(pattern).__name__}")
+    (m, k), b = pattern.shape, pattern.block_size
+    want_d = (k, grad_out.shape[1]) if sd else (grad_out.shape[0], m)
+    want_g = (m, want_d[1]) if sd else (want_d[0], k)
+    if grad_out.ndim != 2 or dense.ndim != 2 or grad_out.shape != want_g or dense.shape != want_d:
+        raise ctx.error(f"grad_out {grad_out.name} {grad_out.shape} and dense {dense.name} {dense.shape} do "
+                        f"not fit pattern {pattern.name!r} {pattern.shape} in mode {mode!r}: "
+                        f"need grad_out {want_g} and dense {want_d}")
+    if grad_out.dtype is not dense.dtype or dense.dtype.name not in ("float16", "float32"):
+        raise ctx.error(f"{grad_out.name} is {grad_out.dtype} and {dense.name} is {dense.dtype}; both must "
+                        "be float16 or both float32")
+    length = grad_out.shape[1] if sd else grad_out.shape[0]
+    plan = sparse_partition(graph, pattern, length, dense.dtype, mode)
+    out = graph.add_variable(dense.dtype, (pattern.nnz_blocks, b, b), name=f"{ctx.name}/out")
+    if not pattern.nnz_blocks:
+        return out
+    graph.set_tile_mappings(out, plan.block_tiles)
+    ii, ll = np.arange(b), np.arange(length)
+    rows, cols = pattern.block_rows, pattern.column_indices
+    if sd:  # a = G[r*b + i, l], b = D[c*b + j, l]
+        a_idx = ((rows[:, None] * b + ii)[:, :, None] * length + ll).reshape(len(rows), -1)
+        b_idx = ((cols[:, None] * b + ii)[:, :, None] * length + ll).reshape(len(rows), -1)
+        a_src, b_src = grad_out, dense
+    else:  # a = D[l, r*b + i], b = G[l, c*b + j]
+        a_idx = (ll[None, None, :] * m + (rows[:, None] * b + ii)[:, :, None]).reshape(len(rows), -1)
+        b_idx = (ll[None, None, :] * k + (cols[:, None] * b + ii)[:, :, None]).reshape(len(rows), -1)
+        a_src, b_src = dense, grad_out
+    fields = {"a": a_src.flatten()[a_idx], "b": b_src.flatten()[b_idx],
+              "out": out.reshape((pattern.nnz_blocks, b * b))}
+    cs = ctx.compute_set()
+    graph.add_vertices(cs, sparse_grad_codelet(dense.dtype, b), fields, plan.block_tiles)
+    ctx.execute(cs)
+    return out
