@@ -116,3 +116,17 @@ def test_gelu_erf_is_bitwise_the_written_formula_also_in_place(dtype):
     assert out.tobytes() == want.tobytes()
     _gelu_erf(x, out=x)  # out aliasing the input
     assert x.tobytes() == want.tobytes()
+
+
+def test_forwards_signature_is_read_again_when_forward_is_replaced():
+    class Add(torch.nn.Module):
+        def forward(self, x, y=None):
+            return x if y is None else x + y
+
+    net = Add()
+    model = poptorch.inferenceModel(net, poptorch.Options().setTarget(SMALL))
+    x = torch.randn(3)
+    assert torch.equal(model(x, y=x), x + x)  # keyword input bound to forward's y
+    assert list(model._impl._signature().parameters) == ["x", "y"]
+    net.forward = lambda a, b, c=1: a  # the user replaces forward: its own signature counts
+    assert list(model._impl._signature().parameters) == ["a", "b", "c"]

@@ -242,6 +242,7 @@ class InferenceModel:
         self._current: _Compiled | None = None
         self._attached = True
         self._arg_names = _positional_names(module)
+        self._forward_sig: tuple[Any, inspect.Signature] | None = None  # (forward's function, its signature)
         self._buffers: dict[str, torch.Tensor] = {}  # buffers the device changed, by name
         # Run on each new lowering before its engine is made: returns the lowering to compile and
         # the device-to-host streams it added, {name: (slot, turns per run)} (PopTorch's anchors).
@@ -279,7 +280,7 @@ class InferenceModel:
         passed by position or keyword, or left to their defaults, match the same compiled model
         (PopTorch matches inputs by position)."""
         try:
-            sig = inspect.signature(self.module.forward)
+            sig = self._signature()
             bound = sig.bind(*args, **kwargs)
         except TypeError as exc:
             given = ", ".join([_leaf_of(f"input {i}", a).describe() for i, a in enumerate(args)]
@@ -304,6 +305,14 @@ class InferenceModel:
             else:
                 named.update(value)
         return tuple(positional), named
+
+    def _signature(self) -> inspect.Signature:
+        """forward's signature, read again only when ``module.forward`` is another function."""
+        forward = self.module.forward
+        func = getattr(forward, "__func__", forward)
+        if self._forward_sig is None or self._forward_sig[0] is not func:
+            self._forward_sig = (func, inspect.signature(forward))
+        return self._forward_sig[1]
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[_Compiled, list[Any]]:
         args, kwargs = _plain(self._bind(args, kwargs))
