@@ -157,3 +157,42 @@ def test_options_stored_without_effect_are_logged_at_info(caplog):
     with caplog.at_level(logging.INFO, logger="softipu"), pytest.warns(UserWarning):
         warn_unused(["h8.test_option_never_used"])
     assert "option(s) stored without effect: h8.test_option_never_used" in caplog.text
+
+
+def test_a_plain_engine_compile_has_a_progress_line_by_stage(monkeypatch):
+    """sp.Engine(graph, programs) draws ``compile | load`` on a terminal (drawn here into a string
+    with a clock that jumps a second at each reading, so the line appears at once)."""
+    import softipu as sp
+    from softipu import program as P
+    from softipu.engine import engine as engine_module
+
+    stream, bars = io.StringIO(), []
+
+    class Jumps(Clock):
+        def __call__(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    def terminal(name, stages):
+        bars.append(log.Progress(name, stages, stream=stream, enabled=True, clock=Jumps()))
+        return bars[-1]
+
+    monkeypatch.setattr(log, "progress_task", terminal)
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (8,), name="x")
+    g.set_tile_mapping(x, 0)
+    assert engine_module.progress_job is log.progress_job
+    sp.Engine(g, P.Sequence(P.Copy(x, x)))
+    (b,) = bars
+    assert b.finished and b.name == f"Engine on {g.target.name}" and list(b.times) == ["compile", "load"]
+    final = stream.getvalue().split("\r\x1b[2K")[-1]
+    assert final.startswith(f"softipu: done in Engine on {g.target.name} ") and final.endswith("s\n")
+    assert " | load " in final and ": compile " in final
+    # Inside a job already in progress (a model's compile), the engine adds no bar of its own.
+    with log.Progress("Bert", ("export", "compile"), stream=io.StringIO(), enabled=False) as outer:
+        outer.stage("compile")
+        sp.Engine(g, P.Sequence(P.Copy(x, x)))
+        assert outer.current == "compile"
+    assert len(bars) == 1
+    # Under pytest (and in a pipe) the real bar never draws.
+    assert not log.Progress("Engine", ("compile", "load")).enabled

@@ -27,6 +27,7 @@ a second, so quick compiles stay silent. Code deep inside the job marks stages w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -37,7 +38,7 @@ from contextvars import ContextVar
 from typing import IO
 
 __all__ = ["LEVELS", "TRACE", "configure", "configure_from_env", "progress_task", "progress_stage",
-           "progress_detail", "Progress", "progress_enabled"]
+           "progress_job", "progress_detail", "Progress", "progress_enabled"]
 
 TRACE = 5  # below DEBUG, like PopTorch's TRACE
 logging.addLevelName(TRACE, "TRACE")
@@ -213,6 +214,12 @@ def progress_task(name: str, stages: Sequence[str]) -> Progress:
     """A progress line for a job of ``stages`` (the first starts now): use it as a context
     manager, so that the line ends however the job does; see the module docstring."""
     return Progress(name, stages)
+
+
+def progress_job(name: str, stages: Sequence[str]) -> Progress | contextlib.nullcontext[None]:
+    """:func:`progress_task`, unless a job is already in progress (a model's compile builds an
+    engine inside its own bar): then a context that does nothing and gives ``None``."""
+    return contextlib.nullcontext() if _CURRENT.get() is not None else progress_task(name, stages)
 
 
 def progress_stage(name: str) -> None:

@@ -43,6 +43,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.remote import RemoteBuffer
 from softipu.graph.tensor import Tensor
+from softipu.log import progress_job
 from softipu.profile import Report
 
 __all__ = ["Engine", "EngineOptions"]
@@ -166,8 +167,11 @@ class Engine:
         if not isinstance(graph, Graph):
             raise EngineError(f"Engine needs a softipu Graph, got {type(graph).__name__}")
         self.options = EngineOptions.parse(options)
-        executable = compile_graph(graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
-        self._load(graph, executable, estimate_only)
+        with progress_job(f"Engine on {graph.target.name}", ("compile", "load")) as bar:  # terminals only
+            executable = compile_graph(graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
+            if bar is not None:
+                bar.stage("load")
+            self._load(graph, executable, estimate_only)
 
     @classmethod
     def from_executable(cls, executable: Executable, graph: Graph, options: Mapping[str, Any] | None = None,
