@@ -3,6 +3,7 @@ Dockerfile passes hadolint (skipped, with the reason, where hadolint is not inst
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,24 @@ def test_the_wheel_has_the_page_assets_the_script_and_the_extras(tmp_path):
     assert 'torch==2.13.0; extra == "torch"' in requires
     assert any(r.startswith("rich") and 'extra == "report"' in r for r in requires)
     assert "softipu = softipu.cli:main" in scripts
+
+
+def test_every_file_the_dockerfile_copies_is_in_the_build_context():
+    """No Docker engine runs the build here: check that each COPY source exists in the checkout and
+    is not left out by .dockerignore, and that the demo's `make demo` needs only what is copied."""
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    copied: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "COPY":
+            assert not any(w.startswith("--from") for w in words), line  # one stage, from the context
+            copied += words[1:-1]
+    assert copied == ["pyproject.toml", "README.md", "src", "Makefile", "examples"]
+    for path in copied:
+        assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which this checkout lacks"
+        assert path not in ignored, f"the Dockerfile copies {path}, which .dockerignore leaves out"
+    recipe = (ROOT / "Makefile").read_text().split("\ndemo:")[1].splitlines()[1:]
+    demo = list(itertools.takewhile(lambda line: line.startswith("\t"), recipe))
+    assert demo and all(word.split("/")[0] in ("examples", "$(BIN)")
+                        for line in demo for word in line.split() if "/" in word), demo
