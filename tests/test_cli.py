@@ -195,3 +195,15 @@ def test_plugins_register_subcommands_and_a_broken_one_is_skipped(monkeypatch, t
     assert run("hello") == (0, "hello\n")
     assert "subcommands of h8_no_such_module unavailable" in capsys.readouterr().err
     assert run("info")[0] == 0  # the built-in commands still work
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`softipu info | head -0`: the reader has gone before the first line; no traceback, status 141
+    (128 + SIGPIPE) as from a Unix tool."""
+    proc = subprocess.Popen([sys.executable, "-m", "softipu", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

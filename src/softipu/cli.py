@@ -21,6 +21,7 @@ extra), and plain text in a pipe, a file, or with ``NO_COLOR`` set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -347,6 +348,11 @@ def main(argv: Sequence[str] | None = None, stream: IO[str] | None = None) -> in
     except SoftIPUError as exc:
         print(f"softipu {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `softipu info | head`: the reader left; end quietly, as Unix tools do
+        if stream is None:
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 if __name__ == "__main__":
