@@ -161,7 +161,7 @@ class _Compiled:
             changed.append((kind, target, slot, buf))
         self.extra_out = connect_extra(self.engine, self.extra, rf)
         self.engine.run(1)
-        every = opts.replace(output_mode=OutputMode.ALL)
+        every = opts.replace(output_mode=OutputMode.ALL) if changed else opts  # a copy only when used
         self.mutated = [(kind, target, unpack_output(slot, buf, every) if kind == "input" else
                          torch.from_numpy(buf[0, -1].reshape(slot.shape)).to(slot.torch_dtype))
                         for kind, target, slot, buf in changed]
