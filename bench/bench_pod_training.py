@@ -275,8 +275,8 @@ def price_piece(name: str) -> None:
 
 
 def gpt2_apart() -> tuple:
-    """GPT-2 XL's three layers, each priced in its own process: priced in one process they reach
-    6.8 GB (what one pricing leaves behind adds up), apart they peak at 0.8, 1.3 and 2.8 GB."""
+    """GPT-2 XL's three layers, each priced in its own process (priced in one process, what one
+    pricing leaves behind added up past 6.8 GB); each child's peak is printed (``piece_peaks_mb``)."""
     from softipu.frontends.torch.scale import LayerCost
 
     keys = ("name", "forward", "backward", "update_per_param", "params", "param_bytes", "saved_bytes",
