@@ -137,3 +137,34 @@ def test_a_layer_norm_of_scattered_rows_is_normalised_where_its_elements_live():
     eng.run(0)
     want = torch.nn.functional.layer_norm(torch.tensor(vv.T), (64,), torch.tensor(wv), torch.tensor(bv), 1e-5)
     np.testing.assert_allclose(eng.read_tensor(y), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_by_one_convolution_reads_its_unpadded_nchw_input_where_it_is():
+    """A 1x1 kernel reads each pixel's channels once, so its unpadded NCHW input is not regrouped
+    (regrouping a many-channel input costs a region per channel on every tile: ONNX ResNet-50's 1x1
+    convolutions no longer fit a GC200 when they were); a 2x2 kernel's input still is. Values
+    against torch."""
+    import torch
+
+    from softipu import program as P
+    from softipu.ops.conv import conv
+
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((2, 3, 8, 8), np.float32)
+    for k, regrouped in ((1, False), (2, True)):
+        g = sp.Graph(sp.targets.ipu_model(tiles=8))
+        x = g.add_variable(sp.float32, (2, 3, 8, 8), name="x")
+        g.set_tile_mapping(x, 0)
+        w = g.add_variable(sp.float32, (4, 3, k, k), name="w")
+        sp.ops.map_linearly(g, w)
+        prog = P.Sequence()
+        y = conv(g, x, w, prog)
+        names = [v.name for v in g.variables]
+        assert any("nhwc" in name for name in names) is regrouped, (k, names)
+        eng = sp.Engine(g, [prog])
+        wv = rng.standard_normal((4, 3, k, k), np.float32)
+        eng.write_tensor(x, xv)
+        eng.write_tensor(w, wv)
+        eng.run(0)
+        want = torch.nn.functional.conv2d(torch.from_numpy(xv), torch.from_numpy(wv)).numpy()
+        np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-5, atol=1e-5)
