@@ -182,11 +182,15 @@ class Options:
         # Read-only copies, so a frozen Options cannot change under a compiled model.
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
         object.__setattr__(self, "stored", MappingProxyType(dict(self.stored)))
-        if not isinstance(self.tensor_locations, Mapping) or set(self.tensor_locations) - set(_LOCATION_KINDS):
+        self._freeze_locations()
+
+    def _freeze_locations(self) -> None:
+        locations = self.tensor_locations
+        if not isinstance(locations, Mapping) or set(locations) - set(_LOCATION_KINDS):
             self._bad(f"tensor_locations must map {' / '.join(_LOCATION_KINDS)} to settings, got "
-                      f"{self.tensor_locations!r}")
+                      f"{locations!r}")
         object.__setattr__(self, "tensor_locations", MappingProxyType(
-            {k: MappingProxyType(dict(v)) for k, v in self.tensor_locations.items()}))
+            {k: MappingProxyType(dict(v)) for k, v in locations.items()}))
 
     def _check_input_groups(self) -> None:
         if self.replication_factor % self.input_group_size:
