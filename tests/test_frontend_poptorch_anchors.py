@@ -7,39 +7,15 @@ size-1 leading dim dropped), and a training model's ``Gradient___model.<param>``
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
-import softipu as sp
 import softipu.poptorch as poptorch
-import softipu.torch as st
 from softipu.frontends.errors import FrontendError
+from test_frontend_poptorch_state import Hidden as Net  # the same one-layer model and set-up
+from test_frontend_poptorch_state import opts, quiet  # noqa: F401  (quiet: an autouse fixture)
 
-SMALL = sp.targets.ipu_model(tiles=8, bytes_per_tile=512 * 1024)
 Mode = poptorch.OutputMode
-
-
-@pytest.fixture(autouse=True)
-def quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", st.UnusedOptionWarning)
-        yield
-
-
-def opts() -> poptorch.Options:
-    return poptorch.Options().setTarget(SMALL)
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return torch.relu(self.fc(x)) * 2
 
 
 def _hidden(module: Net, x: torch.Tensor) -> torch.Tensor:
