@@ -67,9 +67,24 @@ def _multi(n, per_vector: int, fixed: int, target: Target):
 def _param(p: np.ndarray):
     """The one value of a param across a batch of vertices (see the package NOTE)."""
     first = p.flat[0]
-    if p.size > 1 and np.any(p != first):
+    if p.size > 1 and (p != first).any():
         raise CodeletError("nn codelets need one param value per vertex group")
     return first.item()
+
+
+def _int_params(params: dict, names: tuple[str, ...]) -> dict[str, int]:
+    """``{name: int(_param(params[name]))}`` for the ``names`` present, checked in one pass (a
+    vertex group's geometry: one numpy comparison, not one per param, on every run)."""
+    names = tuple(k for k in names if k in params)
+    if not names:
+        return {}
+    flat = [np.asarray(params[k]).reshape(-1) for k in names]
+    if len({f.size for f in flat}) > 1:  # params of different lengths: one check each
+        return {k: int(_param(f)) for k, f in zip(names, flat, strict=True)}
+    rows = np.stack(flat)
+    if rows.shape[1] > 1 and (rows != rows[:, :1]).any():
+        raise CodeletError("nn codelets need one param value per vertex group")
+    return dict(zip(names, rows[:, 0].tolist(), strict=True))
 
 
 def _split(a: np.ndarray, count: int) -> np.ndarray:

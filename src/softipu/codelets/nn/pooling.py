@@ -12,6 +12,7 @@ from softipu.codelets.nn._common import (
     C_MAX,
     VERTEX_CYCLES,
     _f32,
+    _int_params,
     _io,
     _named,
     _param,
@@ -35,7 +36,7 @@ _GEOMETRY = ("H", "W", "OW", "kh", "kw", "sh", "sw", "pw", "row0")
 
 
 def _geometry(params: dict) -> dict:
-    return {k: int(_param(params[k])) for k in _GEOMETRY if k in params}
+    return _int_params(params, _GEOMETRY)
 
 
 def _padded(x: np.ndarray, rows: int, g: dict, span: int, wp: int, fill: float, dtype) -> np.ndarray:
@@ -247,7 +248,7 @@ def group_pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
     ``(oh, OW, C)``. Values as :func:`pool_codelet`; cycles: :func:`group_pool_cycles`."""
 
     def compute(x, out, **params):
-        g = {k: int(_param(params[k])) for k in _GROUP_GEOMETRY}
+        g = _int_params(params, _GROUP_GEOMETRY)
         c, w = g["C"], g["W"]
         rows = x.shape[-1] // (w * c)
         oh = out.shape[-1] // (g["OW"] * c)
