@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 import softipu as sp
+from codelets_for_tests import AddOne
 from softipu import program as P
 from softipu.engine.fast import GroupRunner
 from softipu.engine.inplace import InPlace, plan
 
 K = 0.5  # a module-level name: not a field, so a body using it is not taken
-
-
-class AddOne(sp.Vertex):
-    x = sp.Input(sp.float32)
-    y = sp.Output(sp.float32)
-
-    @staticmethod
-    def compute(x, y):
-        y[...] = x + 1
 
 
 class Mixed(sp.Vertex):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import softipu as sp
+from codelets_for_tests import Move
 from softipu import program as P
 from softipu.codelets import BinaryOp, UnaryOp, binary_op_codelet, unary_op_codelet
 
@@ -43,15 +44,6 @@ class Drain(sp.Vertex):
     @staticmethod
     def compute(x):
         pass
-
-
-class Move(sp.Vertex):
-    x = sp.Input(sp.float32)
-    y = sp.Output(sp.float32)
-
-    @staticmethod
-    def compute(x, y):
-        y[...] = x
 
 
 class AddInPlace(sp.Vertex):
