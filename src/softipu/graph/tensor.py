@@ -62,8 +62,9 @@ class Tensor:
     slabs: Slabs | None = None  # the structure an indexed tensor's addresses are built from, lazily
 
     def __post_init__(self) -> None:
-        if type(self.graph).__name__ == "VirtualGraph":  # tensors belong to the top-level graph
-            object.__setattr__(self, "graph", self.graph.root)
+        root = getattr(self.graph, "root", self.graph)  # a virtual graph's tensors are its root's
+        if root is not self.graph:
+            object.__setattr__(self, "graph", root)
         if self.slabs is not None:
             if self.slabs.shape != self.shape:
                 raise TensorError(f"slab layout {self.slabs.shape} does not match shape {self.shape}")
