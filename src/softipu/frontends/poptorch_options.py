@@ -369,7 +369,7 @@ class Options:
         values = {k: v for k, v in self._values.items() if not k.startswith("_")}
         io_tiles = self._values.get("_num_io_tiles", 0)
         if io_tiles:
-            values["target"] = _compute_tiles(values.get("target", GC200), io_tiles)
+            values["target"] = _with_io_tiles(values.get("target", GC200), io_tiles)
         engine = dict(self._engine)
         if engine.get("prng.enableStochasticRounding") and "seed" in values:
             engine.setdefault("prng.seed", values["seed"])
@@ -421,7 +421,7 @@ class Options:
         return self._stored_setter(name, self)
 
 
-def _compute_tiles(target: Target, io_tiles: int) -> Target:
+def _with_io_tiles(target: Target, io_tiles: int) -> Target:
     """``target`` with ``io_tiles`` of each IPU's tiles reserved for I/O (``Target.num_io_tiles``):
     the frontends lower the model's work onto the remaining compute tiles and place its inputs on
     the I/O tiles, as PopART splits each IPU into two virtual graphs (``frontends/placement.py``)."""
