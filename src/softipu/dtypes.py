@@ -80,7 +80,7 @@ def as_dtype(value: object) -> DType:
         return _BY_NAME[value]
     try:
         found = _BY_NUMPY.get(np.dtype(value))  # type: ignore[call-overload]
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: an object whose .dtype is not a numpy dtype
         found = None
     if found is None:
         names = ", ".join(d.name for d in ALL_DTYPES)

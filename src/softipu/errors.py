@@ -8,6 +8,11 @@ Subclasses also derive from the matching builtin (``ValueError``, ``IndexError``
 
 from __future__ import annotations
 
+import sys
+import sysconfig
+
+from softipu.debug import UNKNOWN, caller_location
+
 __all__ = [
     "SoftIPUError",
     "TargetError",
@@ -28,7 +33,30 @@ __all__ = [
 
 
 class SoftIPUError(Exception):
-    """Base class of every error softipu raises on purpose."""
+    """Base class of every error softipu raises on purpose.
+
+    A message that names no source line gets the user's line it was raised from (the innermost
+    frame outside softipu, as :func:`softipu.debug.caller_location` finds it) appended, so every
+    error points at the user's code; none where that frame is Python's or a library's own (a
+    thread pool, torch), which would mislead.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and "(at " not in args[0]:
+            args = (args[0] + _raised_at(),)
+        super().__init__(*args)
+
+
+def _raised_at() -> str:
+    location = caller_location()
+    if location is UNKNOWN or location.filename.startswith(_LIBRARIES):
+        return ""
+    return f" (at {location})"
+
+
+# Where Python's own modules and installed packages live: a frame there is not the user's line.
+_LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+                   | {sys.base_prefix + "/lib/", sys.prefix + "/lib/", "<frozen"})
 
 
 class TargetError(SoftIPUError, ValueError):

@@ -362,7 +362,11 @@ PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (
 def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program], *,
                   allow_out_of_memory: bool = False) -> Executable:
     """Run every pass; raise the first pass's CompileError (listing all its problems)."""
-    progs = (programs,) if isinstance(programs, P.Program) else tuple(programs)
+    try:
+        progs = (programs,) if isinstance(programs, P.Program) else tuple(programs)
+    except TypeError:
+        raise ProgramError(f"an engine's programs are a program or a list of programs, got "
+                           f"{type(programs).__name__}") from None
     if not progs:
         raise ProgramError("an engine needs at least one program; pass [program.Sequence(...)]")
     state = CompileState(graph, progs, allow_out_of_memory=allow_out_of_memory)

@@ -116,9 +116,9 @@ class EngineOptions:
 
     @classmethod
     def _attr(cls, key: str, where: str) -> str:
-        attr = cls.KEYS.get(key)
+        attr = cls.KEYS.get(key) if isinstance(key, str) else None
         if attr is None:
-            near = difflib.get_close_matches(key, list(cls.KEYS), n=2)
+            near = difflib.get_close_matches(key, list(cls.KEYS), n=2) if isinstance(key, str) else []
             hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
             raise OptionError(f"unknown engine option {key!r}{where}{hint}; options are {sorted(cls.KEYS)}")
         return attr

@@ -67,12 +67,12 @@ class HostStreams:
         self._connections: dict[tuple[str, int | None], Any] = {}
 
     def connect(self, name: str, data: Any, replica: int | None = None) -> None:
-        stream = self.streams.get(name)
+        stream = self.streams.get(name) if isinstance(name, str) else None
         if stream is None:
-            near = difflib.get_close_matches(name, list(self.streams), n=2)
+            near = difflib.get_close_matches(name, list(self.streams), n=2) if isinstance(name, str) else []
             hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
             raise StreamError(f"no stream named {name!r}; streams are {sorted(self.streams)}{hint}")
-        if replica is not None and not 0 <= replica < self.replicas:
+        if replica is not None and not (isinstance(replica, int) and 0 <= replica < self.replicas):
             raise StreamError(f"replica {replica} of stream {name!r} does not exist "
                               f"(replication factor {self.replicas})")
         self._connections[(name, replica)] = self._connection(stream, data)

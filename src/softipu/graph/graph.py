@@ -174,8 +174,13 @@ class Graph:
         dtype = as_dtype(dtype)
         location = caller_location()
         shape_t = _shape(shape, name)
-        given = np.asarray(values)
-        cast, bad = narrow(given, dtype) if given.dtype.kind in "biuf" else (given.astype(dtype.numpy), None)
+        try:
+            given = np.asarray(values)
+            cast, bad = (narrow(given, dtype) if given.dtype.kind in "biuf"
+                         else (given.astype(dtype.numpy), None))
+        except (ValueError, TypeError, OverflowError) as exc:  # ragged lists, strings, objects
+            raise TensorError(f"constant {name!r}{at(location)}: values {values!r:.80} are not an array of "
+                              f"{dtype} ({exc})") from None
         # NOTE: only integers are refused: a float constant may overflow to inf on purpose (a mask's
         # -1e9 in float16), and a bool constant is True where the value is nonzero.
         if bad is not None and dtype.numpy.kind in "iu":
@@ -201,6 +206,7 @@ class Graph:
     def _add(self, dtype: DType, shape: Any, name: str, value: np.ndarray | None,
              location: SourceLocation) -> Tensor:
         shape_t = _shape(shape, name)
+        _check_name(name, "variable", location)
         space = self.spaces.get(dtype)
         if space is None:
             space = self.spaces[dtype] = AddressSpace(dtype)
@@ -263,8 +269,9 @@ class Graph:
     def map_intervals(self, tensor: Tensor, begins: Any, ends: Any, tiles: Any) -> None:
         """Map ``tensor.flatten()[begins[i]:ends[i]]`` to ``tiles[i]`` for every i, in one call."""
         self._check_tensor(tensor, "map_intervals")
-        begins, ends, tiles = (np.asarray(a, np.int64).reshape(-1) for a in (begins, ends, tiles))
         what = f"map_intervals of {tensor.name}{at(caller_location())}"
+        begins, ends, tiles = (_int_array(a, what, k) for a, k in ((begins, "begins"), (ends, "ends"),
+                                                                   (tiles, "tiles")))
         if not begins.shape == ends.shape == tiles.shape:
             raise MappingError(f"{what}: begins, ends and tiles differ in length")
         if begins.size and (begins.min() < 0 or ends.max() > tensor.numel or np.any(ends < begins)):
@@ -284,7 +291,7 @@ class Graph:
     def set_tile_mappings(self, tensor: Tensor, tiles: Any) -> None:
         """Map row ``i`` of ``tensor`` (its first axis) to ``tiles[i]``, in one call."""
         self._check_tensor(tensor, "set_tile_mappings")
-        tiles = np.asarray(tiles, dtype=np.int64).reshape(-1)
+        tiles = _int_array(tiles, f"set_tile_mappings of {tensor.name}{at(caller_location())}", "tiles")
         if tensor.ndim == 0 or tiles.shape[0] != tensor.shape[0]:
             raise MappingError(
                 f"set_tile_mappings of {tensor.name}{at(caller_location())}: need one tile per row "
@@ -350,6 +357,7 @@ class Graph:
     # -- compute sets and vertices -----------------------------------------------------------
     def add_compute_set(self, name: str = "", op: str = "") -> ComputeSet:
         """A new compute set; ``op`` labels it in reports (default: its name)."""
+        _check_name(name, "compute set", caller_location())
         name = name or f"cs{len(self.compute_sets)}"
         cs = ComputeSet(len(self.compute_sets), name, caller_location(), op or name)
         self.compute_sets.append(cs)
@@ -493,6 +501,7 @@ class Graph:
     def _add_stream(self, name: str, dtype: Any, num_elements: int,
                     direction: StreamDirection) -> DataStream:
         location = caller_location()
+        _check_name(name, "stream", location)
         if not name or name in self.streams:
             raise StreamError(f"stream name {name!r}{at(location)} is empty or already used")
         try:
@@ -554,6 +563,24 @@ class Graph:
                 f"{self.target.name} has tiles 0..{self.target.num_tiles - 1}: map to one of those, or "
                 "use a target with more tiles"
             )
+
+
+def _check_name(name: Any, what: str, location: SourceLocation) -> None:
+    if not isinstance(name, str):
+        raise TensorError(f"the name of a {what}{at(location)} must be a str, got {type(name).__name__}")
+
+
+def _int_array(values: Any, what: str, which: str) -> np.ndarray:
+    """``values`` as a flat int64 array, or a MappingError naming ``what`` (the call and line)."""
+    try:
+        found = np.asarray(values)
+        if found.dtype.kind == "f" and not np.all(np.isfinite(found) & (found == np.round(found))):
+            raise TypeError("values that are not whole numbers")
+        if found.dtype.kind in "USVc":
+            raise TypeError(f"{found.dtype} values")
+        return found.astype(np.int64).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MappingError(f"{what}: {which} must be integers, got {values!r:.80} ({exc})") from None
 
 
 def _shape(shape: Any, name: str) -> tuple[int, ...]:

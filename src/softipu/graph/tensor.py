@@ -656,10 +656,16 @@ def _check_slices(key: tuple, t: Tensor) -> None:
 def _flat_args(args: tuple) -> tuple[int, ...]:
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = tuple(args[0])
-    return tuple(operator.index(a) for a in args)
+    try:
+        return tuple(operator.index(a) for a in args)
+    except TypeError:
+        raise TensorError(f"a shape or axis list{at(caller_location())} must hold ints, "
+                          f"got {args!r:.80}") from None
 
 
 def _normalize_axis(axis: int, ndim: int, t: Tensor) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TensorError(f"axis of {t.name}{at(caller_location())} must be an int, got {axis!r:.80}")
     if not -ndim <= axis < ndim:
         raise TensorError(f"axis {axis} is out of range for {t.name} with {ndim} dimensions")
     return axis % ndim

@@ -27,9 +27,13 @@ def map_linearly(graph: Graph, tensor: Tensor, grain_size: int = 1, min_elements
     [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
     """
     tiles = range(graph.num_tiles) if tiles is None else tiles
-    if grain_size < 1 or min_elements_per_tile < 1 or len(tiles) == 0:
+    if not isinstance(tensor, Tensor):
+        raise MappingError(f"map_linearly needs a tensor, got {type(tensor).__name__}")
+    sizes = (grain_size, min_elements_per_tile)
+    if not all(isinstance(v, (int, np.integer)) and 1 <= v < 2**62 for v in sizes) or len(tiles) == 0:
         raise MappingError(f"map_linearly of {tensor.name}: grain_size and min_elements_per_tile "
-                           "must be >= 1 and tiles non-empty")
+                           f"must be ints >= 1 (got {grain_size!r:.40}, {min_elements_per_tile!r:.40}) and "
+                           "tiles non-empty")
     n = tensor.numel
     if n == 0:
         return
