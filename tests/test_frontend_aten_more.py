@@ -264,6 +264,16 @@ def test_grid_sample_matches_torch():
                               F.grid_sample(x, grid, "nearest", "border", align_corners=False)), x, grid)
 
 
+def test_grid_sample_3d_matches_torch_in_every_mode():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 2, 3, 4, 5, generator=g)
+    grid = torch.rand(2, 2, 3, 2, 3, generator=g) * 2.6 - 1.3  # (x, y, z) points, some outside
+    _compare(lambda x, grid: tuple(F.grid_sample(x, grid, mode, padding, align_corners=align)
+                                   for mode in ("bilinear", "nearest")
+                                   for padding in ("zeros", "border", "reflection")
+                                   for align in (False, True)), x, grid)
+
+
 def test_unfold_histc_and_triangle_indices_match_torch():
     x = torch.tensor([[0.5, -1.0, 2.0, 3.0, 0.0], [1.0, 1.5, -2.0, 2.0, 4.0]])
     _compare(lambda x: (x.unfold(1, 2, 2), torch.histc(x, 4), torch.histc(x, 3, min=-1.0, max=2.0),

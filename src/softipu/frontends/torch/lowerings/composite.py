@@ -231,52 +231,61 @@ def _source_coordinate(g: Any, size: int, align: bool, padding: int) -> Any:
 
 
 @register_lowering("aten::grid_sampler_2d", check=_grid_check)
-def _grid_sampler_2d(ctx: Any, node: Any, x: Tensor, grid: Tensor, interpolation: int, padding: int,
-                     align_corners: bool) -> Tensor:
-    """Bilinear (weights of the four neighbours) or nearest sampling at the grid's points: the
-    neighbours' positions are computed elementwise and gathered; outside ones count zero."""
-    n, c, h, w = x.shape
-    ho, wo = grid.shape[1:3]
+@register_lowering("aten::grid_sampler_3d", check=_grid_check)
+def _grid_sampler(ctx: Any, node: Any, x: Tensor, grid: Tensor, interpolation: int, padding: int,
+                  align_corners: bool) -> Tensor:
+    """Bilinear or trilinear (weights of the 2**k neighbours) or nearest sampling at the grid's
+    points, for k = 2 or 3 spatial axes: the neighbours' positions are computed elementwise and
+    gathered; outside ones count zero. The grid's last axis holds (x, y[, z]): x indexes the
+    last spatial axis."""
+    n, c, *spatial = x.shape
+    k = len(spatial)
+    out_spatial = tuple(grid.shape[1:1 + k])
     dtype = ctx.out_dtype()
     if not x.numel or not grid.numel:
         return ctx.constant(0, dtype, ctx.out_shape())
     grid = ctx.cast(grid, float32)
-    gx, gy = grid[..., 0], grid[..., 1]  # (n, ho, wo)
-    ix_e = _source_coordinate(E.input(0), w, bool(align_corners), int(padding))
-    iy_e = _source_coordinate(E.input(0), h, bool(align_corners), int(padding))
-    ix = _map(ctx, ix_e, [gx], "/ix")
-    iy = _map(ctx, iy_e, [gy], "/iy")
-    base = (np.arange(n * c, dtype=np.int32) * (h * w)).reshape(n, c, 1, 1)
-    base = ctx.constant(base, int32, (n, c, 1, 1), "base")
-    full = (n, c, ho, wo)
+    sizes = spatial[::-1]  # the size each grid coordinate indexes: (w, h[, d])
+    coords = [_map(ctx, _source_coordinate(E.input(0), size, bool(align_corners), int(padding)),
+                   [grid[..., a]], f"/i{a}") for a, size in enumerate(sizes)]
+    volume = math.prod(spatial)
+    base = (np.arange(n * c, dtype=np.int32) * volume).reshape(n, c, *([1] * k))
+    base = ctx.constant(base, int32, base.shape, "base")
+    full = (n, c, *out_spatial)
+    one_channel = (n, 1, *out_spatial)
     flat = ctx.cast(x, float32).reshape(-1)
+    steps = [math.prod(sizes[:a]) for a in range(k)]  # element step of each coordinate's axis
 
-    def corner(dx: int, dy: int, weight: Any) -> Tensor:
-        X, Y = E.input(0), E.input(1)
-        cx = E.add(E.floor(X), float(dx)) if interpolation == 0 else E.round(X)
-        cy = E.add(E.floor(Y), float(dy)) if interpolation == 0 else E.round(Y)
-        inside = E.logical_and(E.logical_and(E.ge(cx, 0.0), E.le(cx, float(w - 1))),
-                               E.logical_and(E.ge(cy, 0.0), E.le(cy, float(h - 1))))
-        offset = E.add(E.mul(E.clamp(cy, 0.0, float(h - 1)), float(w)), E.clamp(cx, 0.0, float(w - 1)))
-        off = _map(ctx, E.cast(offset, int32), [ix, iy], f"/offset{dx}{dy}").reshape(n, 1, ho, wo)
-        wt = _map(ctx, E.mul(weight(X, Y, cx, cy), E.cast(inside, float32)), [ix, iy], f"/weight{dx}{dy}")
+    def corner(offsets: tuple[int, ...]) -> Tensor:
+        X = [E.input(a) for a in range(k)]
+        cs = [E.round(v) if interpolation == 1 else E.add(E.floor(v), float(d))
+              for v, d in zip(X, offsets, strict=True)]
+        inside = E.logical_and(E.ge(cs[0], 0.0), E.le(cs[0], float(sizes[0] - 1)))
+        offset = E.mul(E.clamp(cs[0], 0.0, float(sizes[0] - 1)), float(steps[0]))
+        weight = E.const(1.0)
+        for a in range(1, k):
+            inside = E.logical_and(inside, E.logical_and(E.ge(cs[a], 0.0), E.le(cs[a], float(sizes[a] - 1))))
+            offset = E.add(offset, E.mul(E.clamp(cs[a], 0.0, float(sizes[a] - 1)), float(steps[a])))
+        if interpolation != 1:
+            for v, d in zip(X, offsets, strict=True):
+                frac = E.sub(v, E.floor(v))
+                weight = E.mul(weight, frac if d else E.sub(1.0, frac))
+        tag = "".join(map(str, offsets))
+        off = _map(ctx, E.cast(offset, int32), coords, f"/offset{tag}").reshape(one_channel)
+        wt = _map(ctx, E.mul(weight, E.cast(inside, float32)), coords, f"/weight{tag}")
         pos = _map(ctx, E.add(E.input(0), E.input(1)), [base.broadcast(full), off.broadcast(full)],
-                   f"/pos{dx}{dy}")
+                   f"/pos{tag}")
         vals = ix_gather(ctx, flat, pos.reshape(-1)).reshape(full)
-        return _map(ctx, E.mul(E.input(0), E.input(1)), [vals, wt.reshape(n, 1, ho, wo).broadcast(full)],
-                    f"/term{dx}{dy}")
+        return _map(ctx, E.mul(E.input(0), E.input(1)), [vals, wt.reshape(one_channel).broadcast(full)],
+                    f"/term{tag}")
 
     if interpolation == 1:
-        return ctx.cast(corner(0, 0, lambda X, Y, cx, cy: E.const(1.0)), dtype)
-    def bilinear(dx: int, dy: int) -> Any:
-        def weight(X: Any, Y: Any, cx: Any, cy: Any) -> Any:
-            fx, fy = E.sub(X, E.floor(X)), E.sub(Y, E.floor(Y))
-            return E.mul(fx if dx else E.sub(1.0, fx), fy if dy else E.sub(1.0, fy))
-        return weight
-
-    terms = [corner(dx, dy, bilinear(dx, dy)) for dy in (0, 1) for dx in (0, 1)]
-    total = _map(ctx, E.add(E.add(E.input(0), E.input(1)), E.add(E.input(2), E.input(3))), terms, "/sum")
-    return ctx.cast(total, dtype)
+        return ctx.cast(corner((0,) * k), dtype)
+    terms = [corner(tuple((i >> a) & 1 for a in range(k))) for i in range(2 ** k)]
+    total = E.input(0)
+    for i in range(1, len(terms)):
+        total = E.add(total, E.input(i))
+    return ctx.cast(_map(ctx, total, terms, "/sum"), dtype)
 
 
 def ix_gather(ctx: Any, flat: Tensor, positions: Tensor) -> Tensor:
