@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 import softipu.ops as ops
-from softipu.collectives.codelets import FUSED_DTYPES
+from softipu.collectives.codelets import FUSED_DTYPES, ring_divide
 from softipu.collectives.groups import (
     CollectiveError,
     CollectiveOperator,
@@ -152,10 +152,10 @@ class _Call:
 
 
     def mean(self, parts: list[tuple[Tensor, int, int]]) -> None:
-        """MEAN: each part divided by the group size, in place (nothing otherwise)."""
-        if self.op is CollectiveOperator.MEAN:
-            for part, _, _ in parts:
-                ops.div_(self.ctx.graph, part, self.groups.n, self.ctx.prog, name=f"{self.ctx.name}/mean")
+        """MEAN: each part divided by the group size, in place, one compute set (nothing
+        otherwise)."""
+        if self.op is CollectiveOperator.MEAN and self.groups.n > 1:
+            ring_divide(self.ctx, [part for part, _, _ in parts], self.groups.n, self.ctx.prog)
 
 
 def _like(graph: Graph, t: Tensor, copies: int | None, name: str) -> Tensor:
@@ -266,13 +266,15 @@ def _reduce_scatter(call: _Call, t: Tensor) -> tuple[list[tuple[Tensor, int, int
 
 
 def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
-                scratch: bool = False, divide: bool = True) -> Tensor:
+                scratch: bool = False, divisor: int = 1) -> Tensor:
     """Every rank's (w,) parts gathered into ``dst`` (viewed as (n, columns)), the last writes.
 
     Without an injected fault, no cross-replica step can fail, so the rings store straight into
     ``dst`` (as GCL does) where it is laid out by columns; otherwise (a fault, another layout)
     they gather into their own buffer and ``dst`` is written after the last step
-    (``_Call.finish``), so a failure leaves it as it was."""
+    (``_Call.finish``), so a failure leaves it as it was. ``divisor`` (an all-reduce's MEAN, with
+    ``scratch``): the first store divides the parts by it (one compute set fewer than a
+    division of its own; ``links.collective_cost`` prices it so)."""
     columns = sum(c1 - c0 for _, c0, c1 in parts)
     rings = [ring for ring, _, _ in call.rings(columns)]
     n = call.groups.n
@@ -283,11 +285,12 @@ def _all_gather(call: _Call, parts: list[tuple[Tensor, int, int]], dst: Tensor,
     gathered = dst.reshape(n, columns) if direct else call.output(dst, (n, columns), "gathered")
     into = [gathered[:, c0:c1] for _, c0, c1 in parts]
     if call.meets:
-        zs = [meet_all_gather(call.pair(), parts[0][0], into[0], call.ctx.prog, scratch)]
+        zs = [meet_all_gather(call.pair(), parts[0][0], into[0], call.ctx.prog, scratch, divisor)]
     else:
         zs = ring_all_gather(rings, [part for part, _, _ in parts], call.ctx.prog, into, scratch,
-                             call.rows(rings))
-    return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns, divide)
+                             call.rows(rings), divisor)
+    return call.finish([(z, c0, c1) for z, (_, c0, c1) in zip(zs, parts, strict=True)], dst, columns,
+                       divide=False)
 
 
 def _check_destination(call: _Call, dst: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
@@ -311,10 +314,11 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
             prog.add(P.Copy(t, dst))
         return dst
     parts, m = _reduce_scatter(call, t)  # its results are the collective's own buffers
-    # MEAN divides each reduced fragment before it is gathered (1/n of the elements; the same
-    # division of the same values as after, so the same bits)
-    call.mean(parts)
-    return _all_gather(call, parts, dst, scratch=call.groups.n > 1, divide=False)
+    # MEAN divides each reduced fragment in the all-gather's first store, before it is sent (1/n
+    # of the elements; the same division of the same values as after, so the same bits)
+    n = call.groups.n
+    divisor = n if call.op is CollectiveOperator.MEAN and n > 1 else 1
+    return _all_gather(call, parts, dst, scratch=n > 1, divisor=divisor)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,

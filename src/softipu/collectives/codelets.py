@@ -29,7 +29,8 @@ from softipu.graph.vertex import FieldShape, InOut, Input, MultiVertex, Output, 
 from softipu.ops.common import OpContext, rows_of, tile_regions
 from softipu.target.links import RING_NEXT_INSTRUCTIONS, ring_vertex_cycles
 
-__all__ = ["FUSED", "ring_reduce_codelet", "ring_store_codelet", "ring_next_codelet", "ring_step"]
+__all__ = ["FUSED", "ring_reduce_codelet", "ring_store_codelet", "ring_next_codelet", "ring_step",
+           "ring_divide_codelet", "ring_divide"]
 
 # Operators (by popops BinaryOp) and dtypes the fused vertex takes: numpy's ufunc gives popops'
 # values exactly there (float16 arithmetic is left to popops' own codelets).
@@ -88,19 +89,25 @@ def ring_reduce_codelet(dtype: DType, offset_dtype: DType, op: str) -> type[Vert
 
 
 @cache
-def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
+def ring_store_codelet(dtype: DType, offset_dtype: DType, divisor: int = 1) -> type[Vertex]:
     """``RingStore<dtype>``: ``rows[tables[i][step]] = updates[i]`` for each direction ``i`` (GCL's
     ``allgatherCopy`` into the fragment picked by the step's index); the directions of a
-    meet-in-middle ring store into the same rows, so one vertex does both (distinct rows)."""
+    meet-in-middle ring store into the same rows, so one vertex does both (distinct rows).
+    ``divisor`` > 1 (MEAN, the all-gather's first store): each update is first divided by it in
+    place (``updates[i] /= divisor``, the dtype's division, as popops' ``div_``), then stored."""
+    scale = dtype.numpy.type(divisor)
 
     class RingStore(MultiVertex):
         step = Input(offset_dtype, FieldShape.SCALAR)
         tables = Input(offset_dtype, FieldShape.VECTOR_LIST)
-        updates = Input(dtype, FieldShape.VECTOR_LIST)
+        updates = (InOut if divisor > 1 else Input)(dtype, FieldShape.VECTOR_LIST)
         rows = InOut(dtype, FieldShape.VECTOR_LIST)
 
         @staticmethod
         def compute(step, tables, updates, rows):
+            if divisor > 1:
+                for update in updates:
+                    np.divide(update, scale, out=update)
             for table, update in zip(tables, updates, strict=True):
                 start = _offsets(step, table, len(rows))
                 first = int(start.flat[0]) if start.size else 0
@@ -117,10 +124,43 @@ def ring_store_codelet(dtype: DType, offset_dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(step, tables, updates, rows, target):
-            return sum(ring_vertex_cycles(target, u, dtype.itemsize, False) for u in updates)
+            return sum(ring_vertex_cycles(target, u, dtype.itemsize, divisor > 1, divisor > 1)
+                       for u in updates)
 
-    RingStore.__name__ = RingStore.__qualname__ = f"RingStore<{dtype.name}>"
+    mean = f",/{divisor}" if divisor > 1 else ""
+    RingStore.__name__ = RingStore.__qualname__ = f"RingStore<{dtype.name}{mean}>"
     return RingStore
+
+
+@cache
+def ring_divide_codelet(dtype: DType, divisor: int) -> type[Vertex]:
+    """``RingDivide<dtype,/n>``: ``acc /= n`` (MEAN after a reduce-scatter), one pass; its estimate
+    is ``links.ring_vertex_cycles`` with the divide loop, as ``links.collective_cost`` prices it."""
+    scale = dtype.numpy.type(divisor)
+
+    class RingDivide(MultiVertex):
+        acc = InOut(dtype)
+
+        @staticmethod
+        def compute(acc):
+            np.divide(acc, scale, out=acc)
+
+        @staticmethod
+        def cycles(acc, target):
+            return ring_vertex_cycles(target, acc, dtype.itemsize, True, True)
+
+    RingDivide.__name__ = RingDivide.__qualname__ = f"RingDivide<{dtype.name},/{divisor}>"
+    return RingDivide
+
+
+def ring_divide(ctx: OpContext, parts: list[Tensor], divisor: int, prog: P.Sequence) -> None:
+    """Every tensor of ``parts`` divided by ``divisor`` in place, ONE compute set (MEAN)."""
+    graph: Graph = ctx.graph
+    cs = graph.add_compute_set(f"{ctx.name}/mean", op=ctx.op)
+    for t in parts:
+        _add_pieces(graph, cs, ring_divide_codelet(t.dtype, divisor), t,
+                    lambda s, width, t=t: {"acc": rows_of(t, s, width)})
+    prog.add(P.Execute(cs))
 
 
 @cache
@@ -155,7 +195,7 @@ def _add_pieces(graph: Graph, cs, codelet, t: Tensor, fields) -> None:
 
 
 def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, Tensor]],
-              step: Tensor, next_step: Tensor, prog: P.Sequence) -> None:
+              step: Tensor, next_step: Tensor, prog: P.Sequence, divisor: int = 1) -> None:
     """One ring step's compute, ONE compute set (one sync) for every direction, as GCL's loop body
     runs one reduction for both directions (CollectivesProgram.hpp: ``ReduceProg`` concatenated):
 
@@ -164,6 +204,7 @@ def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, 
     * ``op`` None (all-gather): each ``(update, rows, table)``: ``rows[table[step]] = update``;
 
     and ``next_step = step + 1`` (the counters take turns: even steps read one, odd the other).
+    ``divisor`` > 1 (all-gather only): each update is divided by it before it is stored (MEAN).
     ``table`` is this replica's (L,) row sequence; ``rows`` (n, w); ``acc`` / ``update`` (w,).
     """
     graph: Graph = ctx.graph
@@ -195,7 +236,7 @@ def ring_step(ctx: OpContext, op: str | None, parts: list[tuple[Tensor, Tensor, 
                         "tables": [bcast(table, s) for _, _, table in group],
                         "updates": [rows_of(u, s, width) for u, _, _ in group],
                         "rows": [rows_of(rows[k], s, width) for k in range(rows.shape[0])]}
-            _add_pieces(graph, cs, ring_store_codelet(rows.dtype, step.dtype), group[0][0], fields)
+            _add_pieces(graph, cs, ring_store_codelet(rows.dtype, step.dtype, divisor), group[0][0], fields)
     _, _, tiles = tile_regions(graph, next_step)
     graph.add_vertices(cs, ring_next_codelet(step.dtype),
                        {"step": step.reshape(1, 1), "next": next_step.reshape(1, 1)}, tiles[:1])

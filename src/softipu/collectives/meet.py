@@ -80,16 +80,17 @@ def meet_reduce_scatter(pair: tuple[Ring, Ring], rows: Tensor, op: str, prog: P.
 
 
 def meet_all_gather(pair: tuple[Ring, Ring], own: Tensor, z: Tensor, prog: P.Sequence,
-                    scratch: bool = False) -> Tensor:
+                    scratch: bool = False, divisor: int = 1) -> Tensor:
     """``z`` (n, w) gets every group member's (w,) ``own`` at its rank's row; ``n >= 3``.
-    ``scratch``: ``own`` is the collective's own buffer (it sends, then receives)."""
+    ``scratch``: ``own`` is the collective's own buffer (it sends, then receives); ``divisor``
+    > 1 (MEAN, with ``scratch``): the first store divides it in place first."""
     cw, acw = pair
     n = cw.n
     c, a = chains(n)
     table = _sequences([cw, acw], 0, c + 1, prog)  # the own row, then each step's arrival
     tables = [table[0], table[1]]
     counters = _counters(cw, prog)
-    ring_step(cw.ctx, None, [(own, z, tables[0])], *counters, prog)
+    ring_step(cw.ctx, None, [(own, z, tables[0])], *counters, prog, divisor)
     first = own if scratch else cw.var(own.dtype, own.shape, "send", own)
     if first is not own:
         prog.add(P.Copy(own, first))

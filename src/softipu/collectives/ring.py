@@ -240,11 +240,12 @@ def reduce_scatter(rings: list[Ring], pieces: list[Tensor], op: CollectiveOperat
 
 def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
                into: list[Tensor] | None = None, scratch: bool = False,
-               rows: Tensor | None = None) -> list[Tensor]:
+               rows: Tensor | None = None, divisor: int = 1) -> list[Tensor]:
     """Per ring, (n, w) rows in rank order of every group member's (w,) ``own`` (written into
     ``into``'s tensors if given); the rings step together. ``scratch``: the owns are the
     collective's own buffers (an all-reduce's reduce-scatter results), so they send the first
-    step and take turns receiving (no copy into a send buffer)."""
+    step and take turns receiving (no copy into a send buffer). ``divisor`` > 1 (MEAN, with
+    ``scratch``): the first store divides each own by it in place before it is stored and sent."""
     ring0 = rings[0]
     n = ring0.n
     zs = [into[i] if into else ring.var(own.dtype, (n, own.shape[0]), "gathered")
@@ -256,7 +257,7 @@ def all_gather(rings: list[Ring], owns: list[Tensor], prog: P.Sequence,
     table = _sequences(rings, 0, n, prog) if rows is None else rows[:, :n]  # the own row, then each step's
     tables = [table[i] for i in range(len(rings))]
     counters = _counters(ring0, prog)
-    ring_step(ring0.ctx, None, list(zip(owns, zs, tables, strict=True)), *counters, prog)
+    ring_step(ring0.ctx, None, list(zip(owns, zs, tables, strict=True)), *counters, prog, divisor)
     sends = owns if scratch else [ring.var(own.dtype, own.shape, "send", own)
                                   for ring, own in zip(rings, owns, strict=True)]
     recvs = [ring.var(own.dtype, own.shape, "recv", own) for ring, own in zip(rings, owns, strict=True)]

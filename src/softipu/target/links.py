@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -259,10 +259,11 @@ class CollectiveCost:
     steps: tuple[tuple[str, int, StepCost], ...]  # (what, how many, one step)
     compute_cycles: int = 0  # the ring phases' compute sets (ring_phase_compute_cycles), where priced
     clock_hz: float = field(default=1.0, repr=False)
+    layout_cycles: int = 0  # copies into and out of the ring's layout, MEAN's own division (_extras)
 
     @property
     def cycles(self) -> int:
-        return sum(count * s.cycles for _, count, s in self.steps) + self.compute_cycles
+        return sum(count * s.cycles for _, count, s in self.steps) + self.compute_cycles + self.layout_cycles
 
     @property
     def seconds(self) -> float:
@@ -324,15 +325,32 @@ def _ring_steps(system: System, rings, nbytes: float, method: str, k: int, what:
 
 RING_WORKER_SETUP_CYCLES = 20 + 19  # [U] a worker's set-up + [V] a dynamic row's (codelets.indexing)
 RING_NEXT_INSTRUCTIONS = 4  # [U] the increment: load, add, store, exit (one worker)
+# MEAN's division by the group size, a vector at a time by itemsize: popops' float divide loop,
+# 10 cycles a float32 pair, 21 a float16 quad [V] (the same figures as codelets/elementwise DIVIDE).
+RING_DIVIDE_CYCLES_PER_VECTOR = {4: 10, 2: 21}
 
 
-def ring_vertex_cycles(chip: Target, width: int, itemsize: int, reduce: bool) -> int:
+def ring_vertex_cycles(chip: Target, width: int, itemsize: int, reduce: bool, divide: bool = False) -> int:
     """Whole-tile cycles of one ``RingReduce`` (``reduce``) or ``RingStore`` multi-vertex over
     ``width`` elements: each worker sets up its row and streams its share a vector at a time, one
-    pass (load, [op], store); a reduction reads two operands, so two vector slots per vector [U]."""
+    pass (load, [op], store); a reduction reads two operands, so two vector slots per vector [U].
+    ``divide``: MEAN's division on the way (``RingStore``'s divided form, ``RingDivide``), a
+    divide loop a vector (:data:`RING_DIVIDE_CYCLES_PER_VECTOR`)."""
     workers = chip.workers_per_tile
     vectors = -(-(-(-width // workers) * itemsize) // chip.vector_width_bytes)
-    return workers * (RING_WORKER_SETUP_CYCLES + vectors * (2 if reduce else 1))
+    per_vector = (2 if reduce else 1) + (RING_DIVIDE_CYCLES_PER_VECTOR.get(itemsize, 10) if divide else 0)
+    return workers * (RING_WORKER_SETUP_CYCLES + vectors * per_vector)
+
+
+def layout_copy_cycles(chip: Target, nbytes: float, regions: int, ipus_per_replica: int = 1) -> int:
+    """One copy that lays ``nbytes`` per replica out again over the replica's tiles (GCL's
+    ``rearrangePre`` / ``rearrangePost``: a tensor not laid out as the ring wants, copied into the
+    ring's layout or back): a sync, then each tile receives its share in ``regions`` pieces (one
+    a fragment row), priced by the rule the compiler's exchange plan uses
+    (``Target.exchange_phase_cycles``)."""
+    tiles = ipus_per_replica * chip.compute_tiles_per_ipu
+    per_tile = max(1, math.ceil(nbytes / tiles))
+    return chip.on_chip_sync_cycles + int(chip.exchange_phase_cycles(per_tile, regions))
 
 
 def _busiest_pieces(chip: Target, columns: int, directions: int, tiles: int,
@@ -345,15 +363,16 @@ def _busiest_pieces(chip: Target, columns: int, directions: int, tiles: int,
     per_tile = min(columns, vw * math.ceil(columns / tiles / vw))
     if per_tile >= per_dir:
         return min(directions, math.ceil(per_tile / per_dir)), per_dir
-    return (1, per_tile) if per_dir % per_tile == 0 else (2, per_tile)
+    return (1, per_tile) if directions == 1 or per_dir % per_tile == 0 else (2, per_tile)
 
 
 def ring_compute_set_cycles(chip: Target, direction_bytes: float, directions: int, ipus_per_replica: int,
-                            itemsize: int, reduce: bool, shared: bool = False) -> int:
+                            itemsize: int, reduce: bool, shared: bool = False, divide: bool = False) -> int:
     """One ring step's compute set: sync, the exchange that reads the step index, and its busiest
     tile's vertices (one a piece, :func:`_busiest_pieces`) plus the index increment;
     ``direction_bytes`` per replica in each of ``directions`` rings, side by side, or (``shared``,
-    meet-in-middle) over the same columns: then every tile works on its columns once a direction."""
+    meet-in-middle) over the same columns: then every tile works on its columns once a direction.
+    ``divide``: the all-gather's own store divides by the group size first (MEAN)."""
     tiles = ipus_per_replica * chip.compute_tiles_per_ipu
     if shared:
         columns = max(1, math.ceil(direction_bytes / itemsize))
@@ -363,7 +382,7 @@ def ring_compute_set_cycles(chip: Target, direction_bytes: float, directions: in
         columns = max(1, math.ceil(direction_bytes * directions / itemsize))
         pieces, width = _busiest_pieces(chip, columns, directions, tiles, itemsize)
     return (chip.on_chip_sync_cycles + chip.exchange_latency_cycles
-            + pieces * ring_vertex_cycles(chip, width, itemsize, reduce)
+            + pieces * ring_vertex_cycles(chip, width, itemsize, reduce or divide, divide)
             + RING_NEXT_INSTRUCTIONS * chip.workers_per_tile)
 
 
@@ -386,7 +405,8 @@ def _ring_shape(method: str, n: int, frag: float, reduce: bool) -> list[tuple[in
 
 
 def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, ipus_per_replica: int = 1,
-                              itemsize: int = 4, reduce: bool = True, lookup: bool = True) -> int:
+                              itemsize: int = 4, reduce: bool = True, lookup: bool = True,
+                              divide: bool = False) -> int:
     """The compute of one ring phase (reduce-scatter: ``reduce``; all-gather) of ``nbytes`` per
     replica over ``n`` ranks, as softipu.collectives builds it (GCL's program): before the loop
     the replica's row table looked up (a compute set of one row), the counter set (a copy) and
@@ -394,7 +414,8 @@ def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, 
     set per step (:func:`_ring_shape`), two steps a ``Repeat`` turn. Syncs of the link steps are
     priced with the links (:func:`ring_step`). Meet-in-middle from 3 ranks; at 2 it is a ring.
     ``lookup`` False: the row table was looked up by an earlier phase of the same collective (an
-    all-reduce's rings read one table in both phases: ``collectives.ring.ring_rows``)."""
+    all-reduce's rings read one table in both phases: ``collectives.ring.ring_rows``). ``divide``
+    (an all-reduce's all-gather, MEAN): its own store divides by the group size first."""
     if n < 2:
         return 0
     meet = method == "meet_in_middle_ring"
@@ -405,7 +426,8 @@ def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, 
     first = (2, frag) if meet and reduce else (1, frag) if meet else shape[0][1:3]
     table = chip.on_chip_sync_cycles + chip.exchange_latency_cycles + ring_vertex_cycles(chip, 1, 4, False)
     prologue = (chip.on_chip_sync_cycles + (table if lookup else 0)
-                + ring_compute_set_cycles(chip, first[1], first[0], k, itemsize, False, meet))
+                + ring_compute_set_cycles(chip, first[1], first[0], k, itemsize, False, meet,
+                                          divide and not reduce))
     turns = ((n - 1) // 2 - 1) // 2 if meet else (n - 1) // 2
     steps = sum(sets * ring_compute_set_cycles(chip, b, d, k, itemsize, r, meet)
                 for sets, d, b, r in shape if sets > 0)
@@ -414,7 +436,8 @@ def ring_phase_compute_cycles(chip: Target, method: str, nbytes: float, n: int, 
 
 def collective_cost(system: System, operation: str, nbytes: int, num_replicas: int | None = None, *,
                     ipus_per_replica: int = 1, method: str = "auto", group_size: int | None = None,
-                    group_kind: str = "all", itemsize: int = 4, compute: bool = True) -> CollectiveCost:
+                    group_kind: str = "all", itemsize: int = 4, compute: bool = True, op: str = "add",
+                    rearranged: bool = False) -> CollectiveCost:
     """Price one collective of ``nbytes`` per replica over the replica groups of a program of
     ``num_replicas`` (default: all the system holds) replicas of ``ipus_per_replica`` IPUs.
 
@@ -426,6 +449,12 @@ def collective_cost(system: System, operation: str, nbytes: int, num_replicas: i
     builds a flow per IPU beyond one domain, so 64,000 IPUs price in milliseconds.
     ``compute``: add the reductions' adds (estimate-only use; the functional collectives price
     their compute sets through the compiler and pass False).
+    ``op``: the operator's name (``"mean"`` adds its division by the group size: fused into an
+    all-reduce's first all-gather store, a compute set of its own after a reduce-scatter).
+    ``rearranged``: the tensor is not laid out as the rings want (every tile holding the same
+    columns of every fragment, ``collectives.map_by_columns``), so it is copied into that layout
+    first and the result back (GCL's ``rearrangePre`` / ``Post``; :func:`layout_copy_cycles`).
+    With ``compute``, these are priced as ``softipu.collectives`` builds them (``layout_cycles``).
     """
     k = ipus_per_replica
     n_all = system.num_ipus // k if num_replicas is None else num_replicas
@@ -434,18 +463,48 @@ def collective_cost(system: System, operation: str, nbytes: int, num_replicas: i
         raise TargetError(f"unknown collective {operation!r}; choose one of {', '.join(OPERATIONS)}")
     size = n_all if group_size is None or group_kind == "all" else group_size
     per_ild = max(1, system.ipus_per_ild // k)
+    mean = op.lower() == "mean"
     if size > per_ild and group_kind != "orthogonal" and size % per_ild == 0:
-        return _two_level(system, operation, nbytes, size, k, method, itemsize, compute)
-    pattern = ring_pattern(system, k)
-    rings = group_rings(n_all, group_size, group_kind, pattern)
-    n = len(rings[0])
-    # Other groups spanning domains (orthogonal ones, say) run one level: their routes cross
-    # GW-Links where they must, priced flow by flow like any step.
-    chosen = choose_method(system, operation, nbytes, n, k) if method == "auto" else method
-    return _one_level(system, operation, nbytes, rings, chosen, k, itemsize, compute)
+        cost = _two_level(system, operation, nbytes, size, k, method, itemsize, compute)
+    else:
+        pattern = ring_pattern(system, k)
+        rings = group_rings(n_all, group_size, group_kind, pattern)
+        # Other groups spanning domains (orthogonal ones, say) run one level: their routes cross
+        # GW-Links where they must, priced flow by flow like any step.
+        chosen = choose_method(system, operation, nbytes, size, k) if method == "auto" else method
+        cost = _one_level(system, operation, nbytes, rings, chosen, k, itemsize, compute, mean)
+    if not compute:
+        return cost
+    return replace(cost, layout_cycles=_extras(system.chip, operation, nbytes, size, k, itemsize, mean,
+                                               rearranged))
 
 
-def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute) -> CollectiveCost:
+def _extras(chip: Target, operation: str, nbytes: float, n: int, k: int, itemsize: int, mean: bool,
+            rearranged: bool) -> int:
+    """What ``softipu.collectives`` builds around the rings: the copies into and out of the
+    rings' layout (``rearranged``; an all-to-all always rotates its rows in and out, and a
+    reduce-scatter always copies its fragment to its output, an all-gather its input to its
+    first send buffer, on each tile), and a reduce-scatter's MEAN division (a compute set of
+    ``RingDivide`` vertices; an all-reduce's is in its all-gather's first store, priced with the
+    ring's compute)."""
+    if n < 2:
+        return 0
+    cycles = 0
+    tiles = k * chip.compute_tiles_per_ipu
+    if operation == "all_gather":  # the input to the send buffer, tile by tile
+        cycles += chip.on_chip_sync_cycles + math.ceil(nbytes / n / tiles / chip.on_tile_copy_bytes_per_cycle)
+    if operation == "reduce_scatter":
+        frag = nbytes / n
+        cycles += layout_copy_cycles(chip, frag, 1, k)
+        if mean:
+            vw = chip.vector_width(itemsize)
+            width = vw * math.ceil(frag / itemsize / tiles / vw)
+            cycles += chip.on_chip_sync_cycles + ring_vertex_cycles(chip, width, itemsize, True, True)
+    copies = {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1, "all_to_all": 0}[operation]
+    return cycles + (copies * layout_copy_cycles(chip, nbytes, n, k) if rearranged else 0)
+
+
+def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute, mean=False) -> CollectiveCost:
     n = len(rings[0])
     steps: list = []
     adds = 0
@@ -463,7 +522,8 @@ def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute) -
             steps += _ring_steps(system, rings, nbytes, method, k, "all-gather step")
             # an all-reduce's rings look their row table up once (meet-in-middle: once a phase)
             again = operation == "all_gather" or (method == "meet_in_middle_ring" and n >= 3)
-            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False, again)
+            adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False, again,
+                                              mean and operation == "all_reduce")
     return CollectiveCost(operation, method, int(nbytes), n, tuple(steps), adds if compute else 0,
                           system.chip.clock_hz)
 
