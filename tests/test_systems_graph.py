@@ -96,3 +96,25 @@ def test_cross_replica_copy_priced_on_the_graphs_system():
     rate = 2 * base.gw_link_bytes_per_second * base.gw_link_efficiency
     assert abs((cycles(slow) - cycles(base)) - (4 << 16) / rate * clock) <= 2
     np.testing.assert_equal(systems.system_of(sp.Graph(sp.targets.GC200, 128)).num_ilds, 2)
+
+
+def test_sync_priced_by_its_scope_on_the_graphs_system():
+    """A GLOBAL sync of 128 replicas on a POD128 spans two POD64 domains: the Sync-Link term over
+    64 IPUs plus the GW-Link sync; on a POD64-sized fabric it is the Sync-Link term alone."""
+    chip = sp.targets.GC200
+    clock = chip.clock_hz
+
+    def sync_cycles(replicas: int, system, kind) -> int:
+        g = sp.Graph(chip, replicas, system=system)
+        eng = sp.Engine(g, [P.Sequence([P.Sync(kind)])], estimate_only=True)
+        (step,) = eng.executable.steps
+        return step.sync_cycles
+    # By hand (ipu-facts §2, poplibs' model): 64 IPUs -> 1 + (64 // 2) // 2 = 17 hops, each way.
+    fabric_64 = math.ceil(chip.sync_seconds_per_hop * clock * 17 * 2)
+    gw = math.ceil(sp.systems.POD128.gw_sync_seconds * clock)
+    assert sync_cycles(128, sp.systems.POD128, P.SyncType.GLOBAL) == chip.on_chip_sync_cycles + fabric_64 + gw
+    assert sync_cycles(64, sp.systems.POD64, P.SyncType.GLOBAL) == chip.on_chip_sync_cycles + fabric_64
+    assert sync_cycles(128, sp.systems.POD128, P.SyncType.INTERNAL) == chip.on_chip_sync_cycles
+    slower = sp.systems.ipu_fabric(128, name="slow GW sync", gw_sync_seconds=2 * sp.systems.POD128.gw_sync_seconds)
+    assert sync_cycles(128, slower, P.SyncType.GLOBAL) - sync_cycles(128, sp.systems.POD128, P.SyncType.GLOBAL) \
+        == math.ceil(2 * sp.systems.POD128.gw_sync_seconds * clock) - gw

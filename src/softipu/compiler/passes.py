@@ -25,6 +25,7 @@ from softipu.compiler.replicas import (
     check_remote_copy,
     price_cross_replica_copy,
     price_remote_copy,
+    price_sync,
 )
 from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
@@ -333,6 +334,7 @@ def price_steps(state: CompileState) -> None:
                         state.graph.replication_factor, keys=state.keys)
     pricer.price_cross_replica_copy = partial(price_cross_replica_copy, pricer)  # compiler/replicas.py
     pricer.price_remote_copy = partial(price_remote_copy, pricer)
+    pricer.price_sync = partial(price_sync, pricer, state.graph)  # by its scope on the graph's system
     for root in list(state.programs) + list(state.functions.values()):
         for node in P.walk(root):
             pricer.price(node)

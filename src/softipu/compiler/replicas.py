@@ -23,7 +23,7 @@ from softipu.graph.tensor import Tensor
 from softipu.target import Target, links, systems
 
 __all__ = ["check_cross_replica_copy", "cross_replica_copy_cost", "price_cross_replica_copy",
-           "check_remote_copy", "remote_copy_cycles", "price_remote_copy"]
+           "check_remote_copy", "remote_copy_cycles", "price_remote_copy", "price_sync"]
 
 
 def check_cross_replica_copy(graph: Graph, node: P.CrossReplicaCopy) -> list[str]:
@@ -82,6 +82,18 @@ def price_cross_replica_copy(pricer, node: P.CrossReplicaCopy, index: int) -> St
                 exchange_cycles=cost.link_cycles + cost.latency_cycles, sync_cycles=cost.sync_cycles,
                 inter_ipu_bytes=sent // max(1, pricer.replication_factor),
                 recv_tiles=np.zeros(0, np.int64), recv_tile_bytes=np.zeros(0, np.int64))
+
+
+def price_sync(pricer, graph: Graph, node: P.Sync, index: int) -> Step:
+    """The step of one ``Sync`` (``StepPricer`` calls it as its ``price_`` method), by its scope on
+    the graph's system (``System.sync_cycles``: on chip, over Sync-Links within an IPU-Link domain,
+    plus the GW-Link sync across domains): INTERNAL this IPU's tiles; EXTERNAL every IPU of the
+    replica; GLOBAL every IPU of every replica."""
+    k = pricer.target.num_ipus
+    ipus = {P.SyncType.INTERNAL: 1, P.SyncType.EXTERNAL: k,
+            P.SyncType.GLOBAL: k * pricer.replication_factor}[node.sync_type]
+    return Step(index, StepKind.SYNC, f"Sync {node.sync_type.value}", node.location, "Sync",
+                sync_cycles=systems.system_of(graph).sync_cycles(ipus))
 
 
 # -- remote buffers (Streaming Memory) -----------------------------------------------------------
