@@ -29,8 +29,9 @@ def test_pool_of_channels_last_input_costs_one_vertex_per_tile_by_hand() -> None
     """(1, 8, 2, 2) fp32 over 4 tiles, tile t holding the 8 channels of position t. In the
     (4 rows, 8 outputs) view each tile holds one row, no tile two rows of an output: the only
     stage reduces at the outputs (mapped 2 per tile, fp32's vector width). Per tile one
-    ReduceColumnsRaw of 4 rows x 2 columns: 6 workers x (30 fixed + ceil(4 rows x 1 vector / 6)
-    = 1 + ceil(4 / 6) x 4 per row = 4) + the supervisor's overhead = 210 + 11 cycles. The
+    ReduceColumnsRaw of 4 rows x 2 columns, rows evenly spaced: poplibs' strided reduce,
+    4 + 11 + one loop of 2 outputs (3 + 5 after the loop + 3 + 3 rows) = 29 worker cycles,
+    6 workers x 29 + the supervisor's overhead = 174 + 11 cycles. The
     (8 outputs, 4) view would have made 8 one-element ReduceSegments per tile: 8 x (6 x (30 + 1
     + 8) + 11) = 1,960 cycles, then a gather stage."""
     g, x = _nhwc(4, (1, 8, 2, 2), sp.float32, 8)
@@ -41,7 +42,7 @@ def test_pool_of_channels_last_input_costs_one_vertex_per_tile_by_hand() -> None
     eng.run(0)
     steps = [s for s in eng.executable.steps if s.compute_cycles]
     assert [s.name for s in steps] == ["reduce_mean/reduce"]
-    assert steps[0].compute_cycles == 6 * (30 + 1 + 4) + g.target.supervisor_overhead_cycles
+    assert steps[0].compute_cycles == 6 * (4 + 11 + (3 + 5 + 3 + 3)) + g.target.supervisor_overhead_cycles
     assert np.bincount(g.tile_of(y).reshape(-1)).tolist() == [2] * 4
 
 

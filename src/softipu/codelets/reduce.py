@@ -27,10 +27,12 @@ once. For max, min and the logical ops (exact, so any grouping gives the same bi
 engine runs both stages of an outer reduction as that one numpy reduction
 (:mod:`softipu.engine.reductions`), where the vertices prove it equivalent.
 
-Cycle estimates: poplibs' reduction estimators are not among the figures of ipu-facts.md §5, so
-these are documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per
-worker, ``target.vector_width`` elements, fp16 read 4-wide and accumulated in fp32) plus a fixed
-cost per vertex and per output written.
+Cycle estimates: stage 2's ``ReduceColumns`` (float partials) is priced with poplibs' own
+reduction estimators, ``getCyclesEstimateForStridedReduce`` and ``getCyclesEstimateForReduce``
+(lib/popops/reduction/CycleEstimationFunctions.cpp in graphcore/poplibs), per worker share
+(:func:`columns_cycles`). The others are documented estimates **[U]**: the vector loop of
+BinaryOp1D (one vector per cycle per worker, ``target.vector_width`` elements, fp16 read 4-wide
+and accumulated in fp32) plus a fixed cost per vertex and per output written.
 """
 
 from __future__ import annotations
@@ -50,17 +52,17 @@ from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, 
 from softipu.target import Target
 
 __all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
-           "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet"]
+           "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet",
+           "columns_cycles", "strided_reduce_cycles", "default_reduce_cycles"]
 
 
 @dataclass(frozen=True, slots=True)
 class ReduceEstimates:
-    """Every figure of this module's cycle estimates, all [U] (see the module docstring: poplibs'
-    popops reduction estimators are not among the sourced figures), in one place to change."""
+    """The [U] figures of this module's cycle estimates (see the module docstring: ReduceColumns
+    of float partials follows poplibs' estimators instead), in one place to change."""
 
     fixed: int = 30  # [U] worker cycles of a reduce vertex (set-up, pointers, loop entry)
     per_output: int = 8  # [U] per output that ends a segment: a horizontal add and a store
-    per_row: int = 4  # [U] per partial row a worker walks in ReduceColumns (pointer, loop)
     gather_fixed: int = 12  # [U] a single-worker stage-2 vertex
     gather_per_vector: int = 2  # [U] ReduceGather: a load and an op per vector of partials
     arg_gather_per_value: int = 3  # [U] ArgGather: compare, select value and index per value
@@ -361,15 +363,7 @@ def columns_codelet(op: ReduceOp, parts_dtype: DType, out_dtype: DType, raw: boo
 
         @staticmethod
         def cycles(parts, out, scale, part_step, target):
-            # The workers share the (row, vector) pairs and each walks its share of rows.
-            workers = target.workers_per_tile
-            width = target.vector_width(parts_dtype.itemsize) if partial.is_float else 1
-            rows = len(parts)
-            per_vector = 1 if partial.is_float else ESTIMATES.int_cycles_per_element
-            vectors = rows * _ceil_div(out, width) * per_vector
-            return workers * (ESTIMATES.fixed + _ceil_div(vectors, workers)
-                              + _ceil_div(rows, workers) * ESTIMATES.per_row) \
-                + target.supervisor_overhead_cycles
+            return columns_cycles(op, parts_dtype, out_dtype, len(parts), out, part_step, target)
 
         @staticmethod
         def flops(parts, out, scale, part_step):
@@ -379,6 +373,101 @@ def columns_codelet(op: ReduceOp, parts_dtype: DType, out_dtype: DType, raw: boo
     ReduceColumns.__name__ = ReduceColumns.__qualname__ = (
         f"{kind}<{op.name},{parts_dtype.name},{out_dtype.name}>")
     return ReduceColumns
+
+
+# popops' reduce vertices that use the accumulators (ADD, SQUARE_ADD) work on 128 bits a loop:
+# accVectorWidth of getCycleEstimateForReduceVertex, lib/popops/reduction/CycleEstimationFunctions.cpp.
+_ACC_VECTOR_BYTES = 16
+_VECTORISED = (ReduceOp.ADD, ReduceOp.SQUARE_ADD, ReduceOp.MUL, ReduceOp.MAX, ReduceOp.MIN)
+
+
+def columns_cycles(op: ReduceOp, parts_dtype: DType, out_dtype: DType, rows: int, n, part_step,
+                   target: Target):
+    """Tile cycles of a ``ReduceColumns`` vertex: ``rows`` rows of ``n`` columns, per vertex.
+
+    popops (lib/popops/reduction/ReductionConnection.cpp) splits a tile's output columns between
+    its six workers and picks the vertex by the partials' layout: rows at one address distance
+    (``part_step`` != 0) run the ``STRIDED_REDUCE`` vertex, any other rows the ``DEFAULT`` one,
+    which fetches each row's pointer again for every output vector. Each worker is priced with
+    poplibs' own estimators, :func:`strided_reduce_cycles` and :func:`default_reduce_cycles`
+    (CycleEstimationFunctions.cpp, not an update, no scale); the tile runs the longest worker's
+    share at one issue slot in six. Integer and logical reductions keep the [U] rule
+    (ESTIMATES.int_cycles_per_element a row element: popops runs them as C++ vertices).
+    """
+    scalar = np.ndim(n) == 0 and np.size(part_step) <= 1
+    step = np.asarray(part_step, np.int64)
+    n, step = np.broadcast_arrays(np.asarray(n, np.int64).reshape(-1), step.reshape(-1))
+    workers = target.workers_per_tile
+    if not (parts_dtype.is_float and op in _VECTORISED):
+        per_worker = _ceil_div(rows * n * ESTIMATES.int_cycles_per_element, workers)
+        result = workers * (ESTIMATES.fixed + per_worker) + target.supervisor_overhead_cycles
+        return int(result[0]) if scalar else result
+    strided = strided_reduce_cycles(op, parts_dtype, out_dtype, rows, n, step, target)
+    default = default_reduce_cycles(op, parts_dtype, out_dtype, rows, n, target)
+    worker = np.where(step != 0, strided, default)
+    result = workers * worker + target.supervisor_overhead_cycles
+    return int(result[0]) if scalar else result
+
+
+def _op_width(op: ReduceOp, parts_dtype: DType, target: Target) -> int:
+    """Elements one vectorised loop of the op handles (opVectorWidth)."""
+    if op in (ReduceOp.ADD, ReduceOp.SQUARE_ADD):
+        return _ACC_VECTOR_BYTES // parts_dtype.itemsize
+    return target.vector_width(parts_dtype.itemsize)
+
+
+def _worker_share(n: np.ndarray, grain: int, workers: int) -> np.ndarray:
+    """The columns of the busiest worker when ``n`` columns are split in ``grain``-wide pieces."""
+    return np.minimum(n, _ceil_div(_ceil_div(n, grain), workers) * grain)
+
+
+def strided_reduce_cycles(op: ReduceOp, parts_dtype: DType, out_dtype: DType, rows: int, n, step,
+                          target: Target) -> np.ndarray:
+    """Worker cycles of the busiest worker of a ``STRIDED_REDUCE`` vertex (poplibs'
+    getCyclesEstimateForStridedReduce, one outer stride, cyclesPerOp 1): entry/exit 4 and loop
+    set-up 11, then per ``elemsPerLoop`` outputs ``3 + post + 3 + (rows - 1)`` cycles, where
+    ``elemsPerLoop = gcd(min(opVectorWidth, dataPathWidth), stride)`` and ``post`` is the
+    store after the inner loop: half partials 1 + (7, or 6 for ADD into float), float partials
+    (3 for ADD, else 2) + 2."""
+    load = min(_op_width(op, parts_dtype, target), target.vector_width(parts_dtype.itemsize))
+    per_loop = np.gcd(load, np.maximum(np.asarray(step, np.int64), 1))
+    if parts_dtype.itemsize == 2:
+        post = 1 + (6 if (op is ReduceOp.ADD and out_dtype.itemsize == 4) else 7)
+    else:
+        post = (3 if op is ReduceOp.ADD else 2) + 2
+    outer = 3 + post + 3 + (rows - 1)
+    cols = _worker_share(np.asarray(n, np.int64), per_loop, target.workers_per_tile)
+    return 4 + 11 + outer * _ceil_div(cols, per_loop)
+
+
+def default_reduce_cycles(op: ReduceOp, parts_dtype: DType, out_dtype: DType, rows: int, n,
+                          target: Target) -> np.ndarray:
+    """Worker cycles of the busiest worker of a ``DEFAULT`` reduce vertex with one output region
+    of its columns and ``rows`` partials of the same size (poplibs' getCyclesEstimateForReduce):
+    entry/exit 7, state 26, region set-up ``16 + 6 + 2 log2(w) + 2``; per output vector of
+    ``w = opVectorWidth``: its loop (5 with accumulators, else 3, a store of
+    ``2 min(w, outVectorWidth) + acc`` and 1) and per row a pointer fetch (10) and a load and op
+    (``acc 2 + 2 + w / dataPathWidth`` + 3); a remainder of ``r`` outputs per set bit of it."""
+    acc = int(op in (ReduceOp.ADD, ReduceOp.SQUARE_ADD))
+    width = _op_width(op, parts_dtype, target)
+    path = target.vector_width(parts_dtype.itemsize)
+    out_width = target.vector_width(out_dtype.itemsize)
+    checks = max(width - 1, 0).bit_length()  # ceilLog2(width)
+
+    def store(w: int) -> int:
+        return 2 * min(w, out_width) + acc
+
+    cols = _worker_share(np.asarray(n, np.int64), width, target.workers_per_tile)
+    vectors, rest = cols // width, cols % width
+    cycles = 7 + 26 + 16 + 6 + 2 * checks + 2
+    cycles = cycles + vectors * ((5 if acc else 3) + store(width) + 1 + rows * 10)
+    cycles = cycles + vectors * rows * (2 * acc + 2 + width // min(width, path) + 3)
+    for i in range(checks):
+        r = 1 << i
+        has = (rest & r) != 0
+        cycles = cycles + has * ((4 if acc else 2) + store(r) + rows * 10
+                                 + rows * (2 + r // min(r, path) + 3))
+    return cycles
 
 
 def _root(a: object) -> object:
