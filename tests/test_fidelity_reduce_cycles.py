@@ -1,6 +1,7 @@
 """Issue 19: popops' stage-2 reduce vertex priced with poplibs' own estimators.
 
-Figures worked by hand from getCyclesEstimateForStridedReduce and getCyclesEstimateForReduce
+Figures worked by hand from getCyclesEstimateForStridedReduce, getCyclesEstimateForReduce and
+getCycleEstimateReduceAllRegionsContinuous
 (lib/popops/reduction/CycleEstimationFunctions.cpp in graphcore/poplibs) on a GC200 tile: six
 workers, a 64-bit data path (2 floats or 4 halves a load), 128-bit accumulator ops for ADD.
 """
@@ -15,6 +16,7 @@ from softipu.codelets.reduce import (
     columns_codelet,
     columns_cycles,
     default_reduce_cycles,
+    segments_codelet,
     strided_reduce_cycles,
 )
 
@@ -58,3 +60,13 @@ def test_codelet_prices_each_vertex_by_its_layout():
     step = np.array([[96], [0]])  # one strided vertex, one not
     cycles = codelet.cycles(parts=(48, 48, 48), out=n, scale=np.ones((2, 1)), part_step=step, target=T)
     assert cycles.tolist() == [6 * 67 + SUP, 6 * 205 + SUP]
+
+
+def test_continuous_reduce_hand_worked():
+    # ReduceSegments of 96 halves into 4 outputs of 24: each worker ceil(96 / 6) = 16 elements
+    # at 4 a cycle (64-bit data path) = 4, ceil(4 / 6) = 1 output x 12, 10 + 7 call and return:
+    # 33 worker cycles. Runs of 25 (100 elements): ceil(17 / 4) = 5 + 12 + 2 (odd) + 17 = 36.
+    codelet = segments_codelet(ReduceOp.ADD, sp.float16)
+    one = np.ones((1, 1), np.int64)
+    assert codelet.cycles(x=96, out=4, first=24 * one, period=24 * one, target=T) == 6 * 33 + SUP
+    assert codelet.cycles(x=100, out=4, first=25 * one, period=25 * one, target=T) == 6 * 36 + SUP

@@ -27,12 +27,14 @@ once. For max, min and the logical ops (exact, so any grouping gives the same bi
 engine runs both stages of an outer reduction as that one numpy reduction
 (:mod:`softipu.engine.reductions`), where the vertices prove it equivalent.
 
-Cycle estimates: stage 2's ``ReduceColumns`` (float partials) is priced with poplibs' own
-reduction estimators, ``getCyclesEstimateForStridedReduce`` and ``getCyclesEstimateForReduce``
-(lib/popops/reduction/CycleEstimationFunctions.cpp in graphcore/poplibs), per worker share
-(:func:`columns_cycles`). The others are documented estimates **[U]**: the vector loop of
-BinaryOp1D (one vector per cycle per worker, ``target.vector_width`` elements, fp16 read 4-wide
-and accumulated in fp32) plus a fixed cost per vertex and per output written.
+Cycle estimates: stage 1's ``ReduceSegments`` and stage 2's ``ReduceColumns`` (float partials)
+are priced with poplibs' own reduction estimators, per worker share (:func:`segments_cycles`,
+:func:`columns_cycles`: getCycleEstimateReduceAllRegionsContinuous,
+getCyclesEstimateForStridedReduce and getCyclesEstimateForReduce of
+lib/popops/reduction/CycleEstimationFunctions.cpp in graphcore/poplibs). The others are
+documented estimates **[U]**: the vector loop of BinaryOp1D (one vector per cycle per worker,
+``target.vector_width`` elements, fp16 read 4-wide and accumulated in fp32) plus a fixed cost
+per vertex and per output written.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from softipu.target import Target
 
 __all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
            "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet",
-           "columns_cycles", "strided_reduce_cycles", "default_reduce_cycles"]
+           "columns_cycles", "strided_reduce_cycles", "default_reduce_cycles", "segments_cycles"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,26 @@ def _vector_cycles(dtype: DType, elements, outputs, target: Target, vector_outpu
     return workers * (ESTIMATES.fixed + loop + store) + target.supervisor_overhead_cycles
 
 
+def segments_cycles(dtype: DType, elements, outputs, period, target: Target):
+    """Tile cycles of a ``ReduceSegments`` vertex: popops' ``ContinuousReduce`` (the
+    ``ALL_REGIONS_CONTINUOUS`` specialisation: each output reduces a contiguous run) with the
+    outputs split between the six workers, each priced with poplibs'
+    getCycleEstimateReduceAllRegionsContinuous (lib/popops/reduction/CycleEstimationFunctions.cpp):
+    one cycle per ``dataPathWidth`` elements (64 bits: 4 halves, 2 floats), 12 per output, 2 when
+    a run is odd, 10 and 7 of call and return. Integer runs take ESTIMATES.int_cycles_per_element
+    an element ([U]: popops runs them as C++ vertices)."""
+    workers = target.workers_per_tile
+    per_worker = _ceil_div(elements, workers)
+    if dtype.is_float:
+        loop = _ceil_div(per_worker, target.vector_width(dtype.itemsize))
+    else:
+        loop = per_worker * ESTIMATES.int_cycles_per_element
+    odd = 2 * (np.asarray(period, np.int64).reshape(-1) % 2)
+    worker = loop + 12 * _ceil_div(outputs, workers) + odd + 10 + 7
+    result = workers * worker + target.supervisor_overhead_cycles
+    return int(result[0]) if np.ndim(elements) == 0 and result.size == 1 else result
+
+
 def _finish(res: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
     """Scale float results (reduce_mean) and write them in the output type."""
     if res.dtype.kind == "f":
@@ -199,7 +221,7 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
 
         @staticmethod
         def cycles(x, out, first, period, target):
-            return _vector_cycles(dtype, x, out, target)
+            return segments_cycles(dtype, x, out, period, target)
 
         @staticmethod
         def flops(x, out, first, period):
