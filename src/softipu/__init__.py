@@ -28,6 +28,7 @@ from softipu.errors import (
     DTypeError,
     EngineError,
     FieldError,
+    HostMemoryError,
     MappingError,
     OptionError,
     OutOfMemoryError,
@@ -71,8 +72,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CodeletError", "CompileError", "ComputeSet", "DType", "DTypeError", "DataStream", "Engine",
-    "EngineError", "EngineOptions", "FieldError", "FieldShape", "Function", "Graph", "InOut",
-    "Input", "MappingError", "MultiVertex", "OptionError", "OutOfMemoryError", "Output", "Param",
+    "EngineError", "EngineOptions", "FieldError", "FieldShape", "Function", "Graph", "HostMemoryError",
+    "InOut", "Input", "MappingError", "MultiVertex", "OptionError", "OutOfMemoryError", "Output", "Param",
     "ProgramError", "Report", "ReportError", "SCALAR", "SoftIPUError", "StreamError",
     "SupervisorVertex", "Target", "TargetError", "Tensor", "TensorError", "VECTOR", "VECTOR_LIST",
     "Vertex", "VertexRef", "WriteConflictError", "bool_", "collectives", "compiler", "concat", "cycle_count",

@@ -27,6 +27,7 @@ __all__ = [
     "CompileError",
     "EngineError",
     "OutOfMemoryError",
+    "HostMemoryError",
     "ReportError",
     "OptionError",
 ]
@@ -102,6 +103,10 @@ class CompileError(SoftIPUError, ValueError):
 class OutOfMemoryError(CompileError):
     """Some tile needs more bytes than it has; the message names the tiles, the largest
     contributors and what to change."""
+
+
+class HostMemoryError(SoftIPUError, MemoryError):
+    """The values of a program would not fit in this host's free memory; refused before allocating."""
 
 
 class ReportError(SoftIPUError, ValueError):

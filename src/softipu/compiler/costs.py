@@ -30,6 +30,7 @@ from softipu.compiler.exchange import (
     traffic,
 )
 from softipu.compiler.executable import CompiledComputeSet, VertexGroup
+from softipu.compiler.outline import Outline
 from softipu.compiler.structure import StructureKeys
 from softipu.debug import SourceLocation, at
 from softipu.dtypes import DType
@@ -183,7 +184,7 @@ class StepPricer:
 
     def __init__(self, target: Target, mappings: dict[DType, ResolvedMapping],
                  compute_sets: dict[int, CompiledComputeSet], replication_factor: int = 1, *,
-                 keys: StructureKeys | None = None) -> None:
+                 keys: StructureKeys | None = None, outline: bool = False) -> None:
         self.target = target
         self.replication_factor = replication_factor
         self.mappings = mappings
@@ -191,6 +192,8 @@ class StepPricer:
         self.steps: list[Step] = []
         self.step_of: dict[int, int] = {}
         self.exchange_code_regions = np.zeros(target.num_tiles, np.int64)
+        # Outlining (compiler/outline.py): code of work repeating an earlier one's exactly is shared.
+        self.outline = Outline() if outline else None
         self._cs_cache: dict[int, dict] = {}
         # Structurally identical work (a repeated layer's) is priced once: compute by work key,
         # exchange by layout key, copies by copy key (softipu.compiler.structure).
@@ -211,8 +214,9 @@ class StepPricer:
             return self.target.global_sync_cycles()
         return self.target.on_chip_sync_cycles
 
-    def _moved(self, t: Traffic) -> dict:
-        self.exchange_code_regions += t.send_regions + t.recv_regions
+    def _moved(self, t: Traffic, code: bool = True) -> dict:
+        if code:  # not when its code is an outlined subgraph's, counted once (compiler/outline.py)
+            self.exchange_code_regions += t.send_regions + t.recv_regions
         cycles, _ = exchange_cycles(t, self.target)
         recv_tiles = np.flatnonzero(t.recv_bytes)
         return dict(exchange_cycles=cycles, bytes_exchanged=t.total_bytes,
@@ -224,7 +228,8 @@ class StepPricer:
         parts = self._cs_cache.get(cs.id)
         if parts is None:
             compiled = self.compute_sets[cs.id]
-            parts = self._compute_parts(compiled) | self._moved(self._exchange(compiled))
+            code = self.outline is None or self.outline.first(self.keys, compiled)
+            parts = self._compute_parts(compiled) | self._moved(self._exchange(compiled), code)
             self._cs_cache[cs.id] = parts
         else:  # the same compute set again: its exchange code is reused, not repeated
             parts = dict(parts)
@@ -238,10 +243,11 @@ class StepPricer:
             return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
                                    to_device=isinstance(src, DataStream))
         moved, local = self._copy_traffic(src, dst)
+        code = self.outline is None or self.outline.first_copy(self.keys, src, dst)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
-                    **self._moved(moved))
+                    **self._moved(moved, code))
 
     def _compute_parts(self, compiled: CompiledComputeSet) -> dict:
         key = self.keys.work(compiled) if self.keys is not None else None

@@ -28,6 +28,7 @@ import numpy as np
 from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import split_by_mapping, union_per_key
 from softipu.compiler.executable import CompiledComputeSet
+from softipu.compiler.outline import Outline
 from softipu.compiler.structure import StructureKeys
 from softipu.debug import at
 from softipu.dtypes import DType
@@ -128,6 +129,7 @@ class _Timeline:
         self.access: list[tuple[int, np.ndarray, int]] = []  # (point, variable ids, kind)
         self.loops: list[tuple[int, int]] = []
         self.program_starts: list[int] = []
+        self.executes: list[tuple[int, int]] = []  # (point, compute set id) of each Execute
         self._cs_fields: dict[int, list] = {}
         self._ranges: dict[DType, tuple[ResolvedMapping, np.ndarray]] = {}
 
@@ -196,6 +198,7 @@ class _Timeline:
 
     def walk_execute(self, node: P.Execute) -> None:
         point = self._point(node)
+        self.executes.append((point, node.compute_set.id))
         for ids, full, kind in self._compute_set_fields(node.compute_set.id):
             self._record_ids(point, ids, full, kind)
 
@@ -397,7 +400,7 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
                 compute_sets: dict[int, CompiledComputeSet], programs: tuple[P.Program, ...],
                 functions: dict[int, P.Program], steps: list, step_of: dict[int, int],
                 exchange_regions: np.ndarray, allow_out_of_memory: bool,
-                keys: StructureKeys | None = None) -> MemoryPlan:
+                keys: StructureKeys | None = None, outline: Outline | None = None) -> MemoryPlan:
     tiles = target.num_tiles
     var_ids, var_tiles, var_bytes = _placement(graph, mappings, target)
     timeline = _Timeline(graph, compute_sets, functions, step_of, keys)
@@ -425,8 +428,10 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
         if step.recv_tiles.size:
             events.append((np.full(step.recv_tiles.size, p), step.recv_tiles, step.recv_tile_bytes))
             events.append((np.full(step.recv_tiles.size, p + 1), step.recv_tiles, -step.recv_tile_bytes))
+    if outline is not None:  # each call of an outlined subgraph holds a copy of its weights
+        events += _call_input_copies(timeline, outline, always & ~constant, var_ids, var_tiles, var_bytes)
     cats["not_always_live"], liveness = _peak_per_tile(events, tiles, num_points)
-    cs_state = _vertex_state(compute_sets, target)
+    cs_state = _vertex_state(compute_sets, target, outline)
     cats["vertex_state"] = sum(cs_state.values(), np.zeros(tiles, np.int64))
     cats["codelet_code"] = _codelet_code(compute_sets, target)
     cats["exchange_code"] = exchange_code_bytes(exchange_regions, target)
@@ -440,10 +445,41 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
     return plan
 
 
-def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target) -> dict[int, np.ndarray]:
+def _call_input_copies(timeline: _Timeline, outline: Outline, weight: np.ndarray, var_ids: np.ndarray,
+                       var_tiles: np.ndarray, var_bytes: np.ndarray) -> list:
+    """(point, tile, +/- bytes) events: at each Execute of an outlined compute set, the weights
+    (always-live, non-constant variables) it reads are held once more on their tiles, in the
+    subgraph's input tensor that CallOpx copies them into (compiler/outline.py)."""
+    order = np.argsort(var_ids, kind="stable")
+    sorted_ids = var_ids[order]
+    points, tiles, nbytes = [], [], []
+    for point, cs_id in timeline.executes:
+        if not outline.called(cs_id):
+            continue
+        read = [ids for ids, _, kind in timeline._compute_set_fields(cs_id) if kind == _READ]
+        ids = np.unique(np.concatenate(read)) if read else np.zeros(0, np.int64)
+        ids = ids[weight[ids]]
+        if not ids.size:
+            continue
+        lo, hi = np.searchsorted(sorted_ids, ids), np.searchsorted(sorted_ids, ids, side="right")
+        rows = order[np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])]
+        points.append(np.full(rows.size, point, np.int64))
+        tiles.append(var_tiles[rows])
+        nbytes.append(var_bytes[rows])
+    if not points:
+        return []
+    p, t, b = np.concatenate(points), np.concatenate(tiles), np.concatenate(nbytes)
+    return [(p, t, b), (p + 1, t, -b)]
+
+
+def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target,
+                  outline: Outline | None = None) -> dict[int, np.ndarray]:
     out = {}
     each_of: dict[tuple, int] = {}  # (codelet, vector-list lengths) -> bytes a vertex, this compile
     for cs_id, compiled in compute_sets.items():
+        if outline is not None and outline.shares_code(cs_id):  # its vertices are the subgraph's
+            out[cs_id] = np.zeros(target.num_tiles, np.int64)
+            continue
         tiles, weights = [], []
         for g in compiled.groups:
             lists = tuple((name, len(g.tensors(name))) for name, f in g.codelet.fields.items()

@@ -54,6 +54,7 @@ class CompileState:
     used_compute_sets: tuple[ComputeSet, ...] = ()
     compute_sets: dict[int, CompiledComputeSet] = field(default_factory=dict)
     allow_out_of_memory: bool = False
+    outline: bool = False  # repeated work's code held once, as PopART outlines (compiler/outline.py)
     pricer: StepPricer | None = None
     memory: MemoryPlan | None = None
     keys: StructureKeys | None = None  # structurally identical work is checked and priced once
@@ -76,8 +77,7 @@ def verify_mapping(state: CompileState) -> None:
         unmapped = (ends - starts) - resolved.mapped_between(starts, ends)
         for i in np.flatnonzero(unmapped).tolist():
             var = space.variables[i]
-            tiles = resolved.tiles_of(np.arange(var.start, var.end))
-            first = int(np.flatnonzero(tiles < 0)[0])
+            first = _first_unmapped(resolved, var.start) - var.start
             problems.append(
                 f"variable {var.name!r} {var.shape}{at(var.location)}: {int(unmapped[i])} of "
                 f"{var.numel} elements are not mapped to a tile (first: flat element {first}); "
@@ -85,6 +85,17 @@ def verify_mapping(state: CompileState) -> None:
             )
     if problems:
         raise CompileError(_listing("tile mapping", problems))
+
+
+def _first_unmapped(resolved: Any, lo: int) -> int:
+    """The first address from ``lo`` that no interval maps, found among the intervals rather than
+    by listing the variable's addresses (a 2**31-element variable took minutes and 16 GiB)."""
+    starts, ends = resolved.starts, resolved.ends
+    i = int(np.searchsorted(ends, lo, side="right"))  # the first interval ending after lo
+    if i == starts.size or starts[i] > lo:
+        return lo
+    gaps = np.flatnonzero(starts[i + 1 :] != ends[i:-1])  # back-to-back intervals up to the first gap
+    return int(ends[i + int(gaps[0]) if gaps.size else starts.size - 1])
 
 
 # -- pass: verify_programs -----------------------------------------------------------------------
@@ -331,7 +342,7 @@ def verify_compute_sets(state: CompileState) -> None:
 def price_steps(state: CompileState) -> None:
     """The static cost of every program step: compute, exchange and sync cycles, bytes moved."""
     pricer = StepPricer(state.graph.target, state.mappings, state.compute_sets,
-                        state.graph.replication_factor, keys=state.keys)
+                        state.graph.replication_factor, keys=state.keys, outline=state.outline)
     pricer.price_cross_replica_copy = partial(price_cross_replica_copy, pricer)  # compiler/replicas.py
     pricer.price_remote_copy = partial(price_remote_copy, pricer)
     pricer.price_sync = partial(price_sync, pricer, state.graph)  # by its scope on the graph's system
@@ -348,7 +359,7 @@ def plan_memory_pass(state: CompileState) -> None:
     state.memory = plan_memory(state.graph, state.graph.target, state.mappings, state.compute_sets,
                                state.programs, state.functions, state.pricer.steps,
                                state.pricer.step_of, state.pricer.exchange_code_regions,
-                               state.allow_out_of_memory, keys=state.keys)
+                               state.allow_out_of_memory, keys=state.keys, outline=state.pricer.outline)
 
 
 PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (
@@ -362,7 +373,7 @@ PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (
 
 
 def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program], *,
-                  allow_out_of_memory: bool = False) -> Executable:
+                  allow_out_of_memory: bool = False, outline: bool = False) -> Executable:
     """Run every pass; raise the first pass's CompileError (listing all its problems)."""
     try:
         progs = (programs,) if isinstance(programs, P.Program) else tuple(programs)
@@ -371,7 +382,7 @@ def compile_graph(graph: Graph, programs: P.Program | Iterable[P.Program], *,
                            f"{type(programs).__name__}") from None
     if not progs:
         raise ProgramError("an engine needs at least one program; pass [program.Sequence(...)]")
-    state = CompileState(graph, progs, allow_out_of_memory=allow_out_of_memory)
+    state = CompileState(graph, progs, allow_out_of_memory=allow_out_of_memory, outline=outline)
     for name, run_pass in PASSES:
         t0 = time.perf_counter()
         progress_detail(name)

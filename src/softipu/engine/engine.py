@@ -60,6 +60,9 @@ class EngineOptions:
     * ``prng.enableStochasticRounding`` (bool): float32 -> float16 casts round stochastically,
       keyed by ``prng.seed`` (int, default 0) (:mod:`softipu.engine.rounding`).
     * ``debug.allowOutOfMemory`` (bool): compile even when a tile overflows, to read the report.
+    * ``opt.enableOutlining`` (bool): hold the code (vertex state, exchange code) of work that
+      repeats an earlier compute set or copy exactly once, and charge each occurrence its input
+      copy, as PopART's outlining of repeated layers does (:mod:`softipu.compiler.outline`).
     * ``estimate.whileIterations`` (int): turns an estimate-only engine assumes for each
       ``RepeatWhileTrue``/``RepeatWhileFalse`` (default 1).
     * ``debug.poisonUnwritten`` (bool): memory nothing has written (and a ``WriteUndef``'s tensor)
@@ -76,6 +79,7 @@ class EngineOptions:
     reference: bool = False
     floating_point_exceptions: bool = False
     allow_out_of_memory: bool = False
+    outline: bool = False
     while_iterations: int = 1
     poison_unwritten: bool = False
     stochastic_rounding: bool = False
@@ -87,6 +91,7 @@ class EngineOptions:
         "engine.reference": "reference",
         "debug.floatingPointExceptions": "floating_point_exceptions",
         "debug.allowOutOfMemory": "allow_out_of_memory",
+        "opt.enableOutlining": "outline",
         "estimate.whileIterations": "while_iterations",
         "debug.poisonUnwritten": "poison_unwritten",
         "prng.enableStochasticRounding": "stochastic_rounding",
@@ -100,6 +105,9 @@ class EngineOptions:
     def parse(cls, options: Mapping[str, Any] | None) -> EngineOptions:
         values: dict[str, Any] = {}
         where: dict[str, str] = {}  # attr -> where its value came from, for the error
+        if options is not None and not isinstance(options, Mapping):
+            raise OptionError(f"engine options are a dict such as {{'debug.poisonUnwritten': True}}, "
+                              f"got {type(options).__name__}")
         for key, value in cls._from_environment().items():
             attr = cls._attr(key, f" (in ${cls.ENVIRONMENT})")
             values[attr], where[attr] = value, f" (in ${cls.ENVIRONMENT})"
@@ -168,7 +176,8 @@ class Engine:
             raise EngineError(f"Engine needs a softipu Graph, got {type(graph).__name__}")
         self.options = EngineOptions.parse(options)
         with progress_job(f"Engine on {graph.target.name}", ("compile", "load")) as bar:  # terminals only
-            executable = compile_graph(graph, programs, allow_out_of_memory=self.options.allow_out_of_memory)
+            executable = compile_graph(graph, programs, allow_out_of_memory=self.options.allow_out_of_memory,
+                                       outline=self.options.outline)
             if bar is not None:
                 bar.stage("load")
             self._load(graph, executable, estimate_only)

@@ -6,6 +6,7 @@ arrays (strided tensors) or gathers/scatters through their address arrays (index
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from softipu.compiler.executable import Executable
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType, narrow, value_range
-from softipu.errors import EngineError
+from softipu.errors import EngineError, HostMemoryError
 from softipu.graph.tensor import Tensor
 
 __all__ = ["Storage", "assign"]
@@ -95,6 +96,41 @@ def poison_value(dtype: DType) -> np.generic:
     return np.frombuffer((0xDEADBEEFDEADBEEF).to_bytes(8, "little")[: dtype.itemsize], dtype.numpy)[0]
 
 
+def host_available_bytes() -> int | None:
+    """Bytes this host can still hand out without swapping: Linux's ``MemAvailable`` (free memory
+    plus the page cache it can drop), else the free pages, else None (not known: no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_host_memory(executable: Executable, replicas: int) -> None:
+    """Refuse, before allocating, storage that would not fit in the host's available memory: a
+    program too big to hold in values gets an error that says so, not a MemoryError from numpy or
+    the kernel's OOM killer halfway through. Pricing it needs no values (estimate-only mode)."""
+    needed = sum(replicas * n * d.numpy.itemsize for d, n in executable.space_sizes.items())
+    if needed < _CHECKED_FROM:
+        return
+    available = host_available_bytes()
+    if available is not None and needed > available:
+        raise HostMemoryError(
+            f"the values of this program need {needed:,} bytes of host memory ({replicas} replica(s) of "
+            f"{executable.target.name}), more than the {available:,} bytes this host has available "
+            "(MemAvailable); price it without values in estimate-only mode: "
+            "sp.Engine(graph, programs, estimate_only=True)")
+
+
+_CHECKED_FROM = 64 << 20  # smaller storage is never refused (reading /proc/meminfo costs ~20 us)
+
+
 class Storage:
     """The values of every variable of every replica.
 
@@ -110,6 +146,7 @@ class Storage:
         self.replicas = r
         self.poison = poison
         self.group = group
+        check_host_memory(executable, r)
         # np.zeros is lazily committed by the OS: untouched memory costs nothing (poison costs it all).
         self.buffers: dict[DType, np.ndarray] = {
             d: np.full((r, n), poison_value(d)) if poison else np.zeros((r, n), dtype=d.numpy)

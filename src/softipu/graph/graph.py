@@ -210,6 +210,9 @@ class Graph:
         space = self.spaces.get(dtype)
         if space is None:
             space = self.spaces[dtype] = AddressSpace(dtype)
+        if space.size + math.prod(shape_t) > MAX_ELEMENTS:
+            raise TensorError(f"variable {name!r}{at(location)} of shape {shape_t} would take the graph's "
+                              f"{dtype} elements past {MAX_ELEMENTS:,} (2**53), more than any system holds")
         name = self._unique_name(name or ("const" if value is not None else "var"))
         var = Variable(len(self.variables), name, dtype, shape_t, space.size, location, value)
         self.variables.append(var)
@@ -256,7 +259,11 @@ class Graph:
         """
         self._check_tensor(tensor, "set_tile_mapping")
         if isinstance(tile, (list, tuple)):
-            pieces = [(b, e, t) for t, intervals in enumerate(tile) for b, e in intervals]
+            try:
+                pieces = [(b, e, t) for t, intervals in enumerate(tile) for b, e in intervals]
+            except (TypeError, ValueError):
+                raise MappingError(f"set_tile_mapping of {tensor.name}: a mapping is a list with, per tile, "
+                                   f"a list of (begin, end) intervals; got {tile!r:.80}") from None
             b, e, t = (np.array(col, np.int64) for col in zip(*pieces, strict=True)) if pieces else \
                 (np.zeros(0, np.int64),) * 3
             self.map_intervals(tensor, b, e, t)
@@ -563,6 +570,11 @@ class Graph:
                 f"{self.target.name} has tiles 0..{self.target.num_tiles - 1}: map to one of those, or "
                 "use a target with more tiles"
             )
+
+
+# Elements of one dtype a graph may hold: addresses stay exact in int64 and float64 arithmetic
+# (2**53 float32 elements are 32 PiB, far beyond any Pod's memory).
+MAX_ELEMENTS = 2**53
 
 
 def _check_name(name: Any, what: str, location: SourceLocation) -> None:

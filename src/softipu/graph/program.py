@@ -225,7 +225,11 @@ class Switch(Program):
 
     def __post_init__(self) -> None:
         _check_scalar(self.control, "Switch control", self)
-        cases = dict(self.cases.items() if isinstance(self.cases, Mapping) else self.cases)
+        try:
+            cases = dict(self.cases.items() if isinstance(self.cases, Mapping) else self.cases)
+        except (TypeError, ValueError):
+            raise ProgramError(f"Switch cases are a dict of int -> program, got {self.cases!r:.80}"
+                               f"{_at(self)}") from None
         for value, prog in cases.items():
             if not isinstance(value, int):
                 raise ProgramError(f"Switch case values must be ints, got {value!r}{_at(self)}")

@@ -263,7 +263,7 @@ class Tensor:
         if any(_is_fancy(k) for k in key):
             try:
                 return self._indexed(self.addresses()[_to_numpy_key(key)])
-            except (IndexError, ValueError) as exc:
+            except (IndexError, ValueError, TypeError, OverflowError) as exc:
                 raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
                                   f"{key!r}: {exc}") from None
         if not self.is_strided:
@@ -383,7 +383,7 @@ class Tensor:
 
     def broadcast(self, shape: Sequence[int]) -> Tensor:
         """This tensor repeated to ``shape`` by numpy's broadcasting rules (stride 0, no copy)."""
-        shape = tuple(int(d) for d in shape)
+        shape = _flat_args((shape,))
         lead = len(shape) - self.ndim
         if lead < 0 or any(d < 0 for d in shape) or any(
             d not in (1, s) for d, s in zip(self.shape, shape[lead:], strict=True)
@@ -419,8 +419,8 @@ class Tensor:
     def subsample(self, stride: int, axis: int = 0) -> Tensor:
         """Every ``stride``-th element along ``axis``, starting with the first."""
         axis = _normalize_axis(axis, self.ndim, self)
-        if stride < 1:
-            raise TensorError(f"subsample stride must be >= 1, got {stride} for {self.name}")
+        if not isinstance(stride, (int, np.integer)) or stride < 1:
+            raise TensorError(f"subsample stride must be an int >= 1, got {stride!r:.40} for {self.name}")
         key = [slice(None)] * self.ndim
         key[axis] = slice(None, None, stride)
         return self[tuple(key)]
@@ -529,6 +529,9 @@ def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along ``axis``; a view when the pieces are adjacent, else indexed."""
     if not tensors:
         raise TensorError("concat needs at least one tensor")
+    odd = next((t for t in tensors if not isinstance(t, Tensor)), None)
+    if odd is not None:
+        raise TensorError(f"concat joins tensors, got a {type(odd).__name__}")
     first = tensors[0]
     for t in tensors[1:]:
         if t.graph is not first.graph:
