@@ -529,9 +529,9 @@ def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along ``axis``; a view when the pieces are adjacent, else indexed."""
     if not tensors:
         raise TensorError("concat needs at least one tensor")
-    odd = next((t for t in tensors if not isinstance(t, Tensor)), None)
-    if odd is not None:
-        raise TensorError(f"concat joins tensors, got a {type(odd).__name__}")
+    odd = [t for t in tensors if not isinstance(t, Tensor)]
+    if odd:
+        raise TensorError(f"concat joins tensors, got a {type(odd[0]).__name__}")
     first = tensors[0]
     for t in tensors[1:]:
         if t.graph is not first.graph:
