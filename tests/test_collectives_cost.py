@@ -104,3 +104,25 @@ def test_mean_division_and_layout_copy_figures_by_hand():
     add, mean = (links.collective_cost(system, "all_reduce", 64, 2, op=op) for op in ("add", "mean"))
     assert mean.cycles - add.cycles == 6 * (12 - 1) == 66  # a vector: 12 slots instead of 1
     assert add.layout_cycles == mean.layout_cycles == 0
+
+
+def test_all_to_all_is_one_exchange_whatever_the_group_size_and_priced_as_such():
+    def build(replicas: int):
+        g = sp.Graph(TARGET, replication_factor=replicas)
+        x = g.add_variable(sp.int32, (replicas, 5), "x")
+        sp.ops.map_linearly(g, x)
+        prog = P.Sequence()
+        return g, x, prog, C.all_to_all(g, x, prog)
+    assert len(list(P.walk(build(4)[2]))) == len(list(P.walk(build(8)[2]))) == len(list(P.walk(build(16)[2])))
+    g, x, prog, y = build(8)
+    v = np.arange(8 * 8 * 5, dtype=np.int32).reshape(8, 8, 5)
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(x, v)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), v.transpose(1, 0, 2))  # replica q's row r = r's row q
+    (step,) = [s for s in eng.executable.steps if s.op == "CrossReplicaCopy"]
+    model = links.collective_cost(systems.smallest_fabric(8, TARGET), "all_to_all", 8 * 5 * 4, 8, compute=False)
+    (_, count, priced), = model.steps
+    assert count == 1 and step.exchange_cycles + step.sync_cycles == priced.cycles
+    # by hand: 8 replicas send 5 int32 (20 B) to each of the 7 others at once; one sync over 8 IPUs
+    assert step.sync_cycles == TARGET.global_sync_cycles(8) and step.inter_ipu_bytes == 7 * 20

@@ -382,8 +382,10 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
                               options: dict | None = None) -> Tensor:
     """GCL ``allToAllCrossReplica``: ``t`` (n, ...) per replica; replica ``q``'s ``dst[r]`` is
     replica ``r``'s ``t[q]`` (``[A,B], [C,D] -> [A,C], [B,D]``). Rows are rotated by rank so
-    that step ``d`` (1..n-1) sends row ``d`` to the replica ``d`` ranks on: n - 1 cross-replica
-    steps, each a different map (all-to-all is not a ring)."""
+    that row ``d`` (1..n-1) goes to the replica ``d`` ranks on; the n - 1 shifts are ONE
+    cross-replica exchange (every pair's flow at once over the links, one sync, as
+    ``links.collective_cost`` prices it), so the program's structure does not grow with the
+    group: a rotation, one exchange, the rotation back."""
     call = _Call("all_to_all", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
                  CollectiveOperator.LOGICAL_OR, group, name, options)
     n = call.groups.n
@@ -395,8 +397,9 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
     y = ring.rotated(rows, prog)
     v = call.output(t, rows.shape, "received")
     prog.add(P.Copy(y[0], v[0]))
-    for d in range(1, n):
-        prog.add(P.CrossReplicaCopy(y[d], v[(n - d) % n], call.groups.shifted(d), call.fault))
+    if n > 1:
+        shifts = tuple((y[d], v[(n - d) % n], call.groups.shifted(d)) for d in range(2, n))
+        prog.add(P.CrossReplicaCopy(y[1], v[n - 1], call.groups.shifted(1), call.fault, shifts))
     return call.finish([(ring.unrotated(v, prog), 0, rows.shape[1])], dst, rows.shape[1])
 
 

@@ -482,11 +482,11 @@ def collective_cost(system: System, operation: str, nbytes: int, num_replicas: i
 def _extras(chip: Target, operation: str, nbytes: float, n: int, k: int, itemsize: int, mean: bool,
             rearranged: bool) -> int:
     """What ``softipu.collectives`` builds around the rings: the copies into and out of the
-    rings' layout (``rearranged``; an all-to-all always rotates its rows in and out, and a
-    reduce-scatter always copies its fragment to its output, an all-gather its input to its
-    first send buffer, on each tile), and a reduce-scatter's MEAN division (a compute set of
-    ``RingDivide`` vertices; an all-reduce's is in its all-gather's first store, priced with the
-    ring's compute)."""
+    rings' layout (``rearranged``; a reduce-scatter always copies its fragment to its output, an
+    all-gather its input to its first send buffer, on each tile), and a reduce-scatter's MEAN
+    division (a compute set of ``RingDivide`` vertices; an all-reduce's is in its all-gather's
+    first store, priced with the ring's compute). NOTE: an all-to-all's row rotations in and out
+    (popops dynamic slices around its one exchange) are not priced here."""
     if n < 2:
         return 0
     cycles = 0
