@@ -80,6 +80,7 @@ BAD_CALLS = {
     "constant string": (lambda g, x: g.add_constant(sp.int32, (2,), "x"), sp.TensorError),
     "variable name slice": (lambda g, x: g.add_variable(sp.float32, (2,), slice(None)), sp.TensorError),
     "variable name array": (lambda g, x: g.add_variable(sp.float32, (2,), np.arange(2)), sp.TensorError),
+    "bad shape and name": (lambda g, x: g.add_variable(sp.float32, (object(),), np.arange(2)), sp.TensorError),
     "variable too big": (lambda g, x: g.add_variable(sp.float32, (2**63,)), sp.TensorError),
     "compute set name": (lambda g, x: g.add_compute_set(np.arange(2)), sp.TensorError),
     "stream name array": (lambda g, x: g.add_device_to_host_fifo(np.arange(2), sp.float32, 2),

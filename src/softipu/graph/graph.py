@@ -596,6 +596,7 @@ def _int_array(values: Any, what: str, which: str) -> np.ndarray:
 
 
 def _shape(shape: Any, name: str) -> tuple[int, ...]:
+    name = name if isinstance(name, str) else ""  # a name of another type is refused after the shape
     try:
         shape_t = (operator.index(shape),) if not isinstance(shape, (tuple, list)) else tuple(
             operator.index(d) for d in shape)
