@@ -280,6 +280,21 @@ def test_unfold_histc_and_triangle_indices_match_torch():
                         torch.triu_indices(3, 4, 1), torch.tril_indices(4, 3, -1)), x)
 
 
+def test_histogram_matches_torch_on_edges_weights_and_density():
+    # 0.7 sits on torch's float32 edge 0.70000005 (linspace's second half counts down from the end):
+    # it belongs in bin 1, so the edges must be computed as torch computes them.
+    x = torch.tensor([0.1, 0.2, 0.3, 0.7, 1.0, 0.4, 0.55])
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.5, 2.5])
+    same = torch.full((3,), 2.0)  # one value: the range is widened by 0.5 each way
+    edges = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    _compare(lambda x, w, same, edges: (
+        *torch.histogram(x, 3), *torch.histogram(same, 4), *torch.histogram(x, 4, range=(0.2, 0.7)),
+        *torch.histogram(x, edges, weight=w, density=True), *torch.histogram(x, 5, weight=w),
+        *torch.histogram(x, 2, density=True)), x, w, same, edges)
+    # by hand: edges 0.1, 0.39999998, 0.70000005, 1.0 -> 0.1 0.2 0.3 | 0.4 0.55 0.7 | 1.0
+    assert run(lambda x: torch.histogram(x, 3), x)[0].tolist() == [3.0, 3.0, 1.0]
+
+
 def test_fold_segment_reduce_and_masked_index_put_match_torch():
     g = torch.Generator().manual_seed(4)
     cols = torch.rand(1, 2 * 4, 12, generator=g)

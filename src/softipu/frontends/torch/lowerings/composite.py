@@ -410,11 +410,82 @@ def _histc(ctx: Any, node: Any, x: Tensor, bins: int = 100, min: Any = 0, max: A
     b = E.select(E.eq(X, hi_e), float(bins - 1), b)
     b = E.select(E.logical_and(E.ge(X, lo_e), E.le(X, hi_e)), b, -1.0)
     which = _map(ctx, b, [flat, lo.reshape(()).broadcast((n,)), hi.reshape(()).broadcast((n,))], "/bin")
-    edges = ctx.constant(np.arange(bins, dtype=np.float32), float32, (bins,), "bins")
+    return ctx.cast(_count_bins(ctx, which, bins), dtype)
+
+
+def _count_bins(ctx: Any, which: Tensor, bins: int, weight: Tensor | None = None) -> Tensor:
+    """The float32 sums, per bin, of ``weight`` (1 when None) over the elements whose bin index
+    ``which`` (float32; -1: in none) is that bin: a one-hot comparison reduced over elements."""
+    n = which.numel
+    index = ctx.constant(np.arange(bins, dtype=np.float32), float32, (bins,), "bins")
     grid = (n, bins)
-    hits = _map(ctx, E.cast(E.eq(E.input(0), E.input(1)), float32),
-                [which.reshape(n, 1).broadcast(grid), edges.reshape(1, bins).broadcast(grid)], "/hits")
-    return ctx.cast(reduce_to(ctx, hits, ReduceOp.ADD, (0,), False, "/count"), dtype)
+    operands = [which.reshape(n, 1).broadcast(grid), index.reshape(1, bins).broadcast(grid)]
+    hit = E.cast(E.eq(E.input(0), E.input(1)), float32)
+    if weight is not None:
+        operands.append(ctx.cast(weight, float32).reshape(n, 1).broadcast(grid))
+        hit = E.mul(hit, E.input(2))
+    hits = _map(ctx, hit, operands, "/hits")
+    return reduce_to(ctx, hits, ReduceOp.ADD, (0,), False, "/count")
+
+
+def _linspace_edges(ctx: Any, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
+    """``torch.linspace(lo, hi, bins + 1)`` of device scalars, in float32 as torch's kernel
+    computes it: ``lo + step * i`` for the first half, ``hi - step * (bins - i)`` for the rest."""
+    steps = bins + 1
+    i = ctx.constant(np.arange(steps, dtype=np.float32), float32, (steps,), "edge")
+    step = E.div(E.sub(E.input(1), E.input(0)), float(bins))
+    first = E.add(E.input(0), E.mul(step, E.input(2)))
+    rest = E.sub(E.input(1), E.mul(step, E.sub(float(bins), E.input(2))))
+    edge = E.select(E.lt(E.input(2), float(steps // 2)), first, rest)
+    ends = [lo.reshape(()).broadcast((steps,)), hi.reshape(()).broadcast((steps,))]
+    return _map(ctx, edge, [*ends, i], "/edges")
+
+
+@register_lowering("aten::histogram")
+def _histogram(ctx: Any, node: Any, x: Tensor, bins: Any = 100, *, range: Any = None,  # noqa: A002
+               weight: Tensor | None = None, density: bool = False) -> tuple[Tensor, Tensor]:
+    """numpy's histogram as torch computes it: ``bins`` equal bins of ``range`` (the data's, widened
+    by 0.5 each way when that is one value; [0, 1] when empty) or the given edges; an element's bin
+    is the number of edges at or below it less one (the last edge in the last bin), which is
+    what torch's interpolation with local search finds; ``density`` divides by the total and
+    the bin widths."""
+    dtype = ctx.out_dtype(0)
+    flat = ctx.cast(x, float32).reshape(-1)
+    n = flat.numel
+    if isinstance(bins, Tensor):
+        edges = ctx.cast(bins, float32).reshape(-1)
+    elif range is not None:
+        values = torch.linspace(float(range[0]), float(range[1]), int(bins) + 1, dtype=torch.float32)
+        edges = ctx.constant(values.numpy(), float32, tuple(values.shape), "edges")
+    elif not n:
+        values = torch.linspace(0.0, 1.0, int(bins) + 1, dtype=torch.float32)
+        edges = ctx.constant(values.numpy(), float32, tuple(values.shape), "edges")
+    else:
+        lo = reduce_to(ctx, flat, ReduceOp.MIN, (0,), False, "/min")
+        hi = reduce_to(ctx, flat, ReduceOp.MAX, (0,), False, "/max")
+        same = E.eq(E.input(0), E.input(1))
+        lo2 = _map(ctx, E.select(same, E.sub(E.input(0), 0.5), E.input(0)), [lo, hi], "/lo")
+        hi2 = _map(ctx, E.select(same, E.add(E.input(1), 0.5), E.input(1)), [lo, hi], "/hi")
+        edges = _linspace_edges(ctx, lo2, hi2, int(bins))
+    count = edges.numel - 1
+    if not n:
+        hist = ctx.constant(0, float32, (count,), "hist")
+    else:
+        grid = (n, edges.numel)
+        below = _map(ctx, E.cast(E.ge(E.input(0), E.input(1)), float32),
+                     [flat.reshape(n, 1).broadcast(grid), edges.reshape(1, -1).broadcast(grid)], "/below")
+        rank = reduce_to(ctx, below, ReduceOp.ADD, (1,), False, "/rank")
+        first, last = edges[0].reshape(()).broadcast((n,)), edges[count].reshape(()).broadcast((n,))
+        X, R, F0, FN = E.input(0), E.input(1), E.input(2), E.input(3)
+        b = E.select(E.eq(X, FN), float(count - 1), E.sub(R, 1.0))
+        b = E.select(E.logical_and(E.ge(X, F0), E.le(X, FN)), b, -1.0)
+        which = _map(ctx, b, [flat, rank, first, last], "/bin")
+        hist = _count_bins(ctx, which, count, weight)
+    if density:
+        total = reduce_to(ctx, hist, ReduceOp.ADD, (0,), False, "/total")
+        hist = _map(ctx, E.div(E.input(0), E.mul(E.input(1), E.sub(E.input(3), E.input(2)))),
+                    [hist, total.reshape(()).broadcast((count,)), edges[:count], edges[1:]], "/density")
+    return ctx.cast(hist, dtype), ctx.cast(edges, ctx.out_dtype(1))
 
 
 _SEGMENT_IDENTITY = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": -math.inf, "min": math.inf}
