@@ -26,3 +26,64 @@ def test_linear_layer_sizes_and_phases():
 def test_bad_precision():
     with pytest.raises(FrontendError, match="precision must be fp16 or fp32"):
         price_layer("fc", lambda: torch.nn.Linear(2, 2), (1, 2), precision="bf16")
+
+
+class _Scale(torch.nn.Module):
+    """y = x * w, w a (4, 8) parameter: the smallest layer with a weight, its gradient and an update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def test_memory_classes_of_a_small_layer_hand_worked():
+    """Every memory class of one priced layer, worked by hand, so per-layer figures cannot drift unseen.
+
+    The layer (fp32, on 4 tiles of ``ipu_model``): the wrapper's activation ``act`` (4, 8) and the
+    weight ``w`` (4, 8), 128 B each, are mapped linearly, 64 B on each of two tiles: act on tiles
+    1-2, w on tiles 0-1. The step's compute sets (an elementwise op runs where its tensor operand
+    lives; a scalar is one region its tile sends once, multicast, and each reader receives):
+
+    ====================  =========  ==========================================================
+    step                   tiles      exchange regions (send + receive, per tile 0/1/2/3)
+    ====================  =========  ==========================================================
+    fwd/mul  x*w           1, 2       w's halves 0->1, 1->2: 1/2/1/0
+    fwd/sum partials       1, 2       none
+    fwd/sum reduce         0          a partial from 1 and from 2: 1/1/1/0
+    bwd/mul_1 g*act (dw)   1, 2       the scalar g (a constant on tile 3) to 1 and 2: 0/1/1/1
+    bwd/mul_2 g*w (dact)   0, 1       g to 0 and 1: 1/1/0/1
+    upd/step counter += 1  0          none
+    upd act -= lr*dact     1, 2       dact's halves 0->1, 1->2 and lr (tile 0) to 1, 2: 2/3/2/0
+    upd w -= lr*dw         0, 1       dw's halves 1->0, 2->1 and lr to 1: 2/3/1/0
+    ====================  =========  ==========================================================
+
+    plus the host copies of the (placeholder) input and the loss: 10 program steps in all.
+    """
+    t = sp.targets.ipu_model(tiles=4)
+    cost = price_layer("scale", _Scale, (4, 8), precision="fp32", target=t)
+    mem = cost.extra["compile_memory"]
+    assert (cost.params, cost.param_bytes, cost.input_bytes, cost.output_bytes) == (32, 128, 128, 128)
+    # act + w, and three fp32 scalars (lr, the input placeholder, the step counter) in 8-byte slots
+    assert mem["always_live_variables"] == 128 + 128 + 3 * 8
+    assert mem["constants"] == 8  # g = 1.0, the sum loss's gradient
+    regions = (1 + 1 + 0 + 1 + 2 + 2) + (2 + 1 + 1 + 1 + 3 + 3) + (1 + 1 + 1 + 0 + 2 + 1) + (1 + 1)
+    assert regions == 26 and mem["exchange_code"] == regions * t.exchange_code_bytes_per_region
+    assert mem["control_code"] == 10 * t.control_code_bytes_per_step * 4  # every step, on every tile
+    # codelet types per tile: tile 0 {ReduceGather, BinaryOp1D, MapInPlace add, MapInPlace fused},
+    # tiles 1 and 2 {BinaryOp1D, ReduceSegments, MapInPlace fused}, tile 3 none
+    assert mem["codelet_code"] == (4 + 3 + 3) * t.codelet_code_bytes
+    f = t.vertex_state_bytes_per_field  # a vector field: pointer + size
+    binary, fused, counter = 3 * f, 3 * f, f  # (in1, in2, out); (in0, in1, in2); (in0)
+    segments, gather = 2 * f + 8 + 8, 2 * f + 4  # (x, out, first: int64, period: int64); (parts, out, scale)
+    assert mem["vertex_state"] == 6 * binary + 4 * fused + counter + 2 * segments + gather
+    assert mem["stacks"] == 4 * (6 * t.worker_stack_bytes + t.supervisor_stack_bytes)
+    # Each tile's peak of not-always-live bytes (outputs and what it receives in that step):
+    # tile 0 at bwd/mul_2: dact 64 + the loss 8 + g received 4; tile 1 at the act update: dw 64 +
+    # dact 64 + received 64 + 4; tile 2 at the act update: dw 64 + received 64 + 4; tile 3 none.
+    assert mem["not_always_live"] == (64 + 8 + 4) + (64 + 64 + 68) + (64 + 68) + 0
+    assert cost.temporary_bytes == mem["not_always_live"]
+    assert cost.code_bytes == sum(mem[k] for k in ("exchange_code", "control_code", "codelet_code",
+                                                   "vertex_state"))
