@@ -323,10 +323,7 @@ class Chains:
             return None
         if ch.partials:
             if self._reads is None:
-                roots = list(self.executable.programs) + list(self.executable.functions.values())
-                reads = _reads(self.executable, roots, set(), float32)
-                self._reads = np.array([(cs, lo, hi) for cs, d, lo, hi in reads if d == float32],
-                                       np.int64).reshape(-1, 3)
+                self._reads = _read_table(self.executable, float32)
             table = self._reads
             blocks = np.array(sorted(ch.partials), np.int64)
             if _overlaps(table[~np.isin(table[:, 0], ch.cs_ids), 1:], blocks[:, 0], blocks[:, 1]):
@@ -422,22 +419,49 @@ def _param(group: VertexGroup, name: str) -> np.ndarray:
     return np.broadcast_to(np.asarray(group.fields[name], np.int64).reshape(-1), (group.num_vertices,))
 
 
+def _rows_of(tensors: list[Tensor], sizes: np.ndarray) -> np.ndarray | None:
+    """:func:`_row_starts` of many ``(V, L)`` tensors, concatenated (``sizes``: each one's V): for
+    strided tensors (the usual bulk fields) from their offsets and row strides in a few array
+    operations, not a few per tensor (a first run builds thousands of groups' tables)."""
+    if all(t.is_strided and (t.shape[1] <= 1 or t.strides[1] == 1) for t in tensors):
+        offsets = np.array([t.offset for t in tensors], np.int64)
+        strides = np.array([t.strides[0] for t in tensors], np.int64)
+        local = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return np.repeat(offsets, sizes) + local * np.repeat(strides, sizes)
+    starts = [_row_starts(t) for t in tensors]
+    return None if any(s is None for s in starts) else np.concatenate(starts).astype(np.int64, copy=False)
+
+
+def _widths(tensors: list[Tensor], sizes: np.ndarray) -> np.ndarray:
+    """Each vertex's field length (the tensors' second axis), per vertex."""
+    return np.repeat(np.array([t.shape[1] for t in tensors], np.int64), sizes)
+
+
+def _params(groups: list[VertexGroup], name: str, sizes: np.ndarray) -> np.ndarray:
+    """A param's values of every vertex of ``groups``, concatenated."""
+    values = [np.asarray(g.fields[name], np.int64).reshape(-1) for g in groups]
+    if all(v.size == n for v, n in zip(values, sizes.tolist(), strict=True)):
+        return np.concatenate(values)
+    return np.concatenate([np.broadcast_to(v, (n,)) for v, n in zip(values, sizes.tolist(), strict=True)])
+
+
 def _amp_table(executable: Executable, cs_ids: list[int]) -> np.ndarray | None:
     """One row per AMP vertex of the chain: step, a start, a bits, b start, b bits, out start, m, k, n."""
-    rows = []
-    for step, cs_id in enumerate(cs_ids):
-        for g in executable.compute_sets[cs_id].groups:
-            starts = [_row_starts(g.fields[f]) for f in ("a", "b", "out")]
-            if any(s is None for s in starts):
-                return None
-            m, k, n, bits = (_param(g, f) for f in ("m", "k", "n", "layout"))
-            if (g.fields["a"].shape[1] != m * k).any() or (g.fields["b"].shape[1] != k * n).any() \
-                    or (g.fields["out"].shape[1] != m * n).any():
-                return None
-            v = g.num_vertices
-            rows.append(np.stack([np.full(v, step), starts[0], bits & A_TRANSPOSED, starts[1],
-                                  bits & B_TRANSPOSED, starts[2], m, k, n], axis=1))
-    return np.concatenate(rows) if rows else None
+    groups = [g for cs_id in cs_ids for g in executable.compute_sets[cs_id].groups]
+    if not groups:
+        return None
+    sizes = np.array([g.num_vertices for g in groups], np.int64)
+    steps = [step for step, cs_id in enumerate(cs_ids) for _ in executable.compute_sets[cs_id].groups]
+    fields = {f: [g.fields[f] for g in groups] for f in ("a", "b", "out")}
+    starts = [_rows_of(fields[f], sizes) for f in ("a", "b", "out")]
+    if any(s is None for s in starts):
+        return None
+    m, k, n, bits = (_params(groups, f, sizes) for f in ("m", "k", "n", "layout"))
+    if (_widths(fields["a"], sizes) != m * k).any() or (_widths(fields["b"], sizes) != k * n).any() \
+            or (_widths(fields["out"], sizes) != m * n).any():
+        return None
+    return np.stack([np.repeat(np.array(steps, np.int64), sizes), starts[0], bits & A_TRANSPOSED, starts[1],
+                     bits & B_TRANSPOSED, starts[2], m, k, n], axis=1)
 
 
 def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Chain | None:
@@ -532,34 +556,56 @@ def _reduced(executable: Executable, cs_id: int, p_start: np.ndarray, p_m: np.nd
              p_n: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
     """Which final block each partial block is reduced into, and each final block's (start, row
     stride) in the output space; None unless every partial row is read once, by one reduce row
-    that reads the same row of every partial block of its final block."""
+    that reads the same row of every partial block of its final block.
+
+    Final blocks are numbered in order of their first reduce vertex; the vertices are taken all
+    at once per number of partials they add (one set of array operations, not one per group)."""
     row_base = np.concatenate(([0], np.cumsum(p_m)[:-1]))
-    f_key: dict[tuple[int, ...], int] = {}
-    found, flats = [], []  # (final block, row, output row start) per reduce vertex; partial rows read
-    for g in executable.compute_sets[cs_id].groups:
-        rows = _reduce_rows(g, p_start, p_m, p_n)
+    groups = executable.compute_sets[cs_id].groups
+    sizes = np.array([g.num_vertices for g in groups], np.int64)
+    seq_start = np.cumsum(sizes) - sizes
+    by_width: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_width.setdefault(len(g.tensors("partials")), []).append(i)
+    flats, keys, key_seq, parts = [], [], [], []  # partial rows read; distinct final blocks; vertices
+    for members in by_width.values():
+        rows = _reduce_rows([groups[i] for i in members], sizes[members], p_start, p_m, p_n)
         if rows is None:
             return None
         p_idx, r, outs = rows
+        n = sizes[members]
+        seq = np.repeat(seq_start[members] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
         flats.append((row_base[p_idx] + r[:, None]).reshape(-1))
-        keys, first, inverse = _unique_rows(np.sort(p_idx, axis=1))
-        if keys is None:
+        sorted_idx = np.sort(p_idx, axis=1)
+        distinct, first, inverse = _unique_rows(sorted_idx)
+        if distinct is None:
             return None
-        f_of_key = np.array([f_key.setdefault(tuple(keys[i].tolist()), len(f_key)) for i in first])
-        found.append(np.stack([f_of_key[inverse], r, outs], 1))
+        keys.append(sorted_idx[first])
+        key_seq.append(seq[first])
+        parts.append((inverse, r, outs, seq))
     if (np.bincount(np.concatenate(flats), minlength=int(p_m.sum())) != 1).any():
         return None  # a partial row read twice, or never
-    key_f = np.repeat(np.arange(len(f_key)), [len(k) for k in f_key])
-    key_p = np.fromiter((p for k in f_key for p in k), np.int64, len(key_f))
+    num_f = sum(len(k) for k in keys)
+    number = np.empty(num_f, np.int64)
+    number[np.argsort(np.concatenate(key_seq), kind="stable")] = np.arange(num_f)
+    found, key_f, key_p, base = [], [], [], 0
+    first_p = np.empty(num_f, np.int64)
+    for mine, (inverse, r, outs, seq) in zip(keys, parts, strict=True):
+        numbers = number[base:base + len(mine)]
+        found.append(np.stack([numbers[inverse], r, outs, seq], 1))
+        key_f.append(np.repeat(numbers, mine.shape[1]))
+        key_p.append(mine.reshape(-1))
+        first_p[numbers] = mine[:, 0]
+        base += len(mine)
+    key_f, key_p = np.concatenate(key_f), np.concatenate(key_p)
     if (np.bincount(key_p, minlength=p_start.size) > 1).any():
         return None  # a partial block in two final blocks
     f_of_p = np.full(p_start.size, -1, np.int64)
     f_of_p[key_p] = key_f
-    first_p = np.array([k[0] for k in f_key], np.int64)
     m_f, n_f = p_m[first_p], p_n[first_p]
     table = np.concatenate(found)
-    table = table[np.lexsort((table[:, 1], table[:, 0]))]
-    bounds = np.searchsorted(table[:, 0], np.arange(len(f_key) + 1))
+    table = table[np.lexsort((table[:, 3], table[:, 1], table[:, 0]))]
+    bounds = np.searchsorted(table[:, 0], np.arange(num_f + 1))
     f, pos = table[:, 0], np.arange(len(table)) - bounds[table[:, 0]]
     if (p_m[key_p] != m_f[key_f]).any() or (np.diff(bounds) != m_f).any() or (table[:, 1] != pos).any():
         return None  # one final block's partial blocks differ in rows, or it misses a row
@@ -587,13 +633,16 @@ def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.nd
     return keys, first, inverse.reshape(-1)
 
 
-def _reduce_rows(g: VertexGroup, p_start: np.ndarray, p_m: np.ndarray,
+def _reduce_rows(groups: list[VertexGroup], sizes: np.ndarray, p_start: np.ndarray, p_m: np.ndarray,
                  p_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per reduce vertex of ``g``: the partial block of each partial it reads, the row it reads
-    of them (one row of every block), and its output row's start; None if it reads elsewhere."""
-    width = g.fields["out"].shape[1]
-    outs = _row_starts(g.fields["out"])
-    parts = [_row_starts(t) for t in g.tensors("partials")]
+    """Per reduce vertex of ``groups`` (each adding as many partials): the partial block of each
+    partial it reads, the row it reads of them (one row of every block), and its output row's
+    start; None if one reads elsewhere."""
+    outs_t = [g.fields["out"] for g in groups]
+    width = _widths(outs_t, sizes)
+    outs = _rows_of(outs_t, sizes)
+    parts = [_rows_of([g.tensors("partials")[c] for g in groups], sizes)
+             for c in range(len(groups[0].tensors("partials")))]
     if outs is None or any(x is None for x in parts):
         return None
     starts = np.stack(parts, 1)
@@ -601,7 +650,7 @@ def _reduce_rows(g: VertexGroup, p_start: np.ndarray, p_m: np.ndarray,
     if (p_idx < 0).any():
         return None
     rows, rem = np.divmod(starts - p_start[p_idx], p_n[p_idx])
-    if (rem != 0).any() or (rows >= p_m[p_idx]).any() or (p_n[p_idx] != width).any() \
+    if (rem != 0).any() or (rows >= p_m[p_idx]).any() or (p_n[p_idx] != width[:, None]).any() \
             or (rows != rows[:, :1]).any() or (np.diff(np.sort(p_idx, axis=1), axis=1) == 0).any():
         return None
     return p_idx, rows[:, 0], outs
@@ -721,6 +770,43 @@ def _reads(executable: Executable, roots: list[P.Program], skip: set[int],
             if node.kind is not P.ProgramKind.EXECUTE:
                 tensors = [getattr(node, slot, None) for slot in _slots(node)]
                 yield from _spans(-1, [t for t in tensors if isinstance(t, Tensor)], dtype)
+
+
+def _read_table(executable: Executable, dtype: Any) -> np.ndarray:
+    """``(compute set id or -1, lo, hi)`` rows of what :func:`_reads` lists of ``dtype``: the
+    strided fields' extents (nearly all of them) from arrays of their offsets, shapes and strides
+    at once, the rest one by one."""
+    rows: list[tuple[int, int, int]] = []
+    strided: dict[int, list[tuple]] = {}  # ndim -> (compute set, offset, *shape, *strides)
+    for cs_id, compiled in executable.compute_sets.items():
+        for g in compiled.groups:
+            for name, f in g.codelet.fields.items():
+                if f.direction is Direction.PARAM:
+                    continue
+                for t in g.tensors(name):
+                    if t.dtype != dtype:
+                        continue
+                    if t.is_strided:
+                        strided.setdefault(len(t.shape), []).append((cs_id, t.offset, *t.shape, *t.strides))
+                    else:
+                        rows += [(o, lo, hi) for o, _, lo, hi in _spans(cs_id, (t,))]
+    roots = list(executable.programs) + list(executable.functions.values())
+    for root in roots:
+        for node in P.walk(root):
+            if node.kind is not P.ProgramKind.EXECUTE:
+                tensors = [getattr(node, slot, None) for slot in _slots(node)]
+                tensors = [t for t in tensors if isinstance(t, Tensor)]
+                rows += [(o, lo, hi) for o, _, lo, hi in _spans(-1, tensors, dtype)]
+    tables = [np.array(rows, np.int64).reshape(-1, 3)]
+    for ndim, entries in strided.items():
+        a = np.array(entries, np.int64).reshape(-1, 2 + 2 * ndim)
+        shape, strides = a[:, 2:2 + ndim], a[:, 2 + ndim:]
+        reach = (shape - 1) * strides
+        keep = (shape > 0).all(axis=1)
+        lo = a[:, 1] + np.minimum(reach, 0).sum(axis=1)
+        hi = a[:, 1] + np.maximum(reach, 0).sum(axis=1) + 1
+        tables.append(np.stack([a[:, 0], lo, hi], 1)[keep])
+    return np.concatenate(tables)
 
 
 def _spans(owner: int, tensors: Iterable[Tensor], dtype: Any = None) -> Iterable[tuple[int, Any, int, int]]:
