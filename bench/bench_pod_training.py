@@ -57,12 +57,14 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("bert_large", "bert_base", "resnet50", "gpt2_xl")
 BERT_INPUT_BYTES = 3 * 128 * 4 + 2 * 20 * 4 + 4 * 1  # ids, types, mask; MLM labels + positions; NSP
 RESNET_INPUT_BYTES = 224 * 224 * 3 + 4
+RESNET_BATCH = 18  # a replica's micro-batch (configs.yml resnet50)
 GPT2_INPUT_BYTES = 2 * 1024 * 4
 
 
@@ -239,65 +241,104 @@ def run_bert(name: str, out: dict) -> list:
                              recompute=True, optimizer_off_chip=True, rts=True,
                              input_bytes_per_sample=BERT_INPUT_BYTES, label=f"{name}_{system.name}")
         results.append(price_training(layers, cfg, system))
-    out.update(price_seconds=price_s, layers=[x.as_dict() for x in (emb, layer, head)])
+    out.update(price_seconds=price_s, layers=[_layer_figures(x) for x in (emb, layer, head)])
     return results
 
 
-def run_resnet(out: dict) -> list:
+def run_resnet(out: dict, jobs: int = 1) -> list:
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
     from softipu.target import systems
 
     start = time.perf_counter()
-    kinds = resnet50_layers(18)
+    kinds, peaks = price_apart("resnet50", jobs)
+    out["piece_peaks_mb"] = [round(p) for p in peaks]
     price_s = time.perf_counter() - start
-    layers = [c.scaled(f"{name}[{i}]", 1) for name, c, count in kinds for i in range(count)]
+    counts = {"stem": 1, "head": 1, **{f"block{i}_0": 1 for i in range(4)},
+              **{f"block{i}_n": n - 1 for i, n in enumerate(RESNET_BLOCKS)}}
+    layers = [kinds[name].scaled(f"{name}[{i}]", 1) for name in PIECES["resnet50"]
+              for i in range(counts[name])]
     results = []
     for system, replicas, ga in ((systems.POD16, 16, 57), (systems.POD64, 64, 14)):
-        cfg = TrainingConfig(micro_batch=18, accumulation=ga, replicas=replicas,
+        cfg = TrainingConfig(micro_batch=RESNET_BATCH, accumulation=ga, replicas=replicas,
                              layers_per_ipu=(len(layers),),
                              recompute=True, optimizer_state_bytes_per_param=4, optimizer_off_chip=False,
                              rts=False, input_bytes_per_sample=RESNET_INPUT_BYTES,
                              label=f"resnet50_{system.name}")
         results.append(price_training(layers, cfg, system))
-    out.update(price_seconds=price_s, layers=[c.as_dict() for _, c, _ in kinds])
+    out.update(price_seconds=price_s, layers=[_layer_figures(kinds[n]) for n in PIECES["resnet50"]])
     return results
 
 
-def price_piece(name: str) -> None:
-    """Child: price only the GPT-2 XL layer ``name`` and print its LayerCost as JSON."""
+def _layer_figures(cost) -> dict:
+    """A priced layer's figures with its compiled memory by category (MB) and its process's CPU and peak."""
+    mem = cost.extra.get("compile_memory", {})
+    return {**cost.as_dict(), "compiled_mb": {k: round(v / 1e6, 1) for k, v in mem.items()},
+            **{k: round(cost.extra[k], 1) for k in ("cpu_s", "peak_mb") if k in cost.extra}}
+
+
+RESNET_BLOCKS = (3, 4, 6, 3)  # bottlenecks per stage (ResNet-50)
+PIECES = {
+    "gpt2_xl": ("embedding", "block", "head"),
+    "resnet50": ("stem", *(f"block{i}_{k}" for i in range(4) for k in "0n"), "head"),
+}
+LAYER_KEYS = ("name", "forward", "backward", "update_per_param", "params", "param_bytes", "saved_bytes",
+              "input_bytes", "output_bytes", "code_bytes", "temporary_bytes", "other_cycles", "price_seconds",
+              "flops")
+
+
+def price_piece(spec: str) -> None:
+    """Child: price only the layer ``model:name`` and print its LayerCost as JSON (with its compiled
+    memory by category, this process's peak and CPU seconds)."""
     import softipu.frontends.torch.scale as scale
 
+    model, name = spec.split(":", 1)
     real = scale.price_layer
     scale.price_layer = lambda n, *a, **k: real(n, *a, **k) if n == name else None
-    (cost,) = [c for c in gpt2_layers(1) if c is not None]
-    print(json.dumps({**cost.as_dict(), "update_per_param": cost.update_per_param,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    found = gpt2_layers(1) if model == "gpt2_xl" else [c for _, c, _ in resnet50_layers(RESNET_BATCH)]
+    (cost,) = [c for c in found if c is not None]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({**{k: getattr(cost, k) for k in LAYER_KEYS},
+                      "compile_memory": cost.extra.get("compile_memory", {}),
+                      "peak_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}),
+          flush=True)
 
 
-def gpt2_apart() -> tuple:
-    """GPT-2 XL's three layers, each priced in its own process (priced in one process, what one
-    pricing leaves behind added up past 6.8 GB); each child's peak is printed (``piece_peaks_mb``)."""
+def price_apart(model: str, jobs: int = 1) -> tuple[dict, list[float]]:
+    """Each distinct layer of ``model`` priced once, each in its own process (``jobs`` at a time):
+    a process's peak is one layer's, not what every pricing before it left behind (GPT-2 XL's three
+    layers in one process reached 6.8 GB). Returns {name: LayerCost} and the children's peaks (MB)."""
     from softipu.frontends.torch.scale import LayerCost
 
-    keys = ("name", "forward", "backward", "update_per_param", "params", "param_bytes", "saved_bytes",
-            "input_bytes", "output_bytes", "code_bytes", "temporary_bytes", "price_seconds")
-    costs, peaks = [], []
-    for piece in ("embedding", "block", "head"):
-        proc = subprocess.run([sys.executable, __file__, "--piece", piece], capture_output=True, text=True,
-                              check=True)
-        d = json.loads(proc.stdout.strip().splitlines()[-1])
-        costs.append(LayerCost(**{k: d[k] for k in keys}))
+    todo, running, done, peaks = list(PIECES[model]), [], {}, []
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            piece = todo.pop(0)
+            cmd = [sys.executable, __file__, "--piece", f"{model}:{piece}"]
+            err = tempfile.TemporaryFile("w+")  # not a pipe: a child waiting its turn never blocks on it
+            running.append((piece, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True), err))
+        piece, proc, err = running.pop(0)
+        stdout, _ = proc.communicate()
+        err.seek(0)
+        stderr = err.read()
+        err.close()
+        if proc.returncode:
+            raise RuntimeError(f"pricing {model}:{piece} failed ({proc.returncode}): {stderr[-3000:]}")
+        d = json.loads(stdout.strip().splitlines()[-1])
+        done[piece] = LayerCost(**{k: d[k] for k in LAYER_KEYS},
+                                extra={"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"],
+                                       "peak_mb": d["peak_mb"]})
         peaks.append(d["peak_mb"])
-    return (*costs, peaks)
+    return done, peaks
 
 
-def run_gpt2(out: dict) -> list:
+def run_gpt2(out: dict, jobs: int = 1) -> list:
     from softipu.frontends.torch.scale.placement import begin_block_lines, propose_split
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
     from softipu.target import systems
 
     start = time.perf_counter()
-    emb, block, head, peaks = gpt2_apart()
+    pieces, peaks = price_apart("gpt2_xl", jobs)
+    emb, block, head = (pieces[n] for n in PIECES["gpt2_xl"])
     out["piece_peaks_mb"] = [round(p) for p in peaks]
     price_s = time.perf_counter() - start
     layers = [emb] + [block.scaled(f"block[{i}]", 1) for i in range(48)] + [head]
@@ -313,7 +354,7 @@ def run_gpt2(out: dict) -> list:
         placement = propose_split(layers, 16, base, 10**30)
         fits = False
     paths = ["embedding"] + [f"blocks[{i}]" for i in range(48)] + ["head"]
-    out.update(price_seconds=price_s, layers=[x.as_dict() for x in (emb, block, head)],
+    out.update(price_seconds=price_s, layers=[_layer_figures(x) for x in (emb, block, head)],
                placement=placement.as_dict(), placement_fits=fits,
                begin_blocks=begin_block_lines(paths, placement.layers_per_ipu))
     from dataclasses import replace
@@ -331,15 +372,15 @@ def _memory_mb(m: dict) -> dict:
             "total": round(m["total"] / 1e6, 1), "fits": m["fits"]}
 
 
-def run_model(name: str, html: str | None, trace: str | None) -> None:
+def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> None:
     start, cpu = time.perf_counter(), time.process_time()
     out: dict = {}
     if name.startswith("bert"):
         results = run_bert(name, out)
     elif name == "resnet50":
-        results = run_resnet(out)
+        results = run_resnet(out, jobs)
     else:
-        results = run_gpt2(out)
+        results = run_gpt2(out, jobs)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu + children.ru_utime + children.ru_stime
@@ -386,13 +427,15 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--html")
     parser.add_argument("--trace")
+    parser.add_argument("--jobs", type=int, default=1, help="layers priced at a time (ResNet-50, GPT-2 XL: "
+                        "each in its own process; host peak is then up to this many layers' peaks)")
     parser.add_argument("--piece", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.piece:
         price_piece(args.piece)
         return
     if args.model:
-        run_model(args.model, args.html, args.trace)
+        run_model(args.model, args.html, args.trace, args.jobs)
         return
     lines = []
     for name in MODELS:
