@@ -80,3 +80,21 @@ def test_bad_input():
         training_stages([1, 2], [1])
     with pytest.raises(TargetError, match="accumulation"):
         pipeline_schedule([1], accumulation=0, training=False)
+
+
+def test_two_stages_on_one_ipu():
+    # Forward stages on IPUs (0, 1, 0) (a head back on IPU 0, as Graphcore's BERT): F = 3, S = 5,
+    # schedule stages (fwd0, fwd1, fwd2+bwd2, bwd1, bwd0) on IPUs (0, 1, 0, 1, 0), cycles 1..5; A = 5,
+    # 9 pipeline cycles; stage s active in p = s..s+4; a cycle is its busiest IPU's active stages:
+    # p0 {0}: 1 | p1 {0,1}: max(1, 2) | p2 {0,1,2}: max(1+3, 2) | p3 {0..3}: max(4, 2+4)
+    # p4 {0..4}: max(1+3+5, 6) = 9 | p5 {1..4}: max(3+5, 6) | p6 {2,3,4}: max(8, 4) | p7 {3,4}: max(5, 4) | p8 {4}: 5
+    t = pipeline_schedule([1, 2, 3, 4, 5], accumulation=5, training=True, stage_ipus=[0, 1, 0])
+    assert t.cycle_lengths == (1, 2, 4, 6, 9, 8, 8, 5, 5)
+    assert (t.fill, t.main, t.flush) == (13, 9, 26)
+    assert t.num_ipus == 2 and t.stage_ipus == (0, 1, 0, 1, 0)
+    assert t.ipu_busy == ((1 + 3 + 5) * 5, (2 + 4) * 5)
+    assert t.stash_depth == (5, 3, 0)  # per forward stage: 2(F-1-f)+1, the last none
+    with pytest.raises(TargetError, match="leaves IPU 1 without a stage"):
+        pipeline_schedule([1] * 5, accumulation=5, training=True, stage_ipus=[0, 2, 0])
+    with pytest.raises(TargetError, match="each of the 3 forward stages"):
+        pipeline_schedule([1] * 5, accumulation=5, training=True, stage_ipus=[0, 1])

@@ -28,6 +28,14 @@ The rule [V] (PopART ``willow/src/transforms/pipeline.cpp``, ``popx/popprograms.
 * **Stash.** In training, IPU ``i`` keeps ``2 x (IPUs to the end) + 1 = 2(N-1-i) + 1`` micro-batches
   of its forward activations (the stash depth), the last IPU none (its backward follows its
   forward in the same stage). Inference stashes nothing.
+* **Several stages on one IPU.** A model may come back to an IPU it has used (PopTorch's
+  ``AutoStage.AutoIncrement``: Graphcore's BERT puts its embedding on IPU 0, the encoder on IPUs
+  1..3 and the MLM/NSP head, tied to the embedding, on IPU 0 again [V graphcore/examples
+  ``nlp/bert/pytorch/modeling.py``]). ``stage_ipus`` gives the IPU of each FORWARD stage (``F``
+  of them; ``S = 2F - 1`` for training, as above with stages in place of IPUs); backward stage
+  ``s`` runs on the IPU of forward stage ``S-1-s``. An IPU runs all its active stages in a
+  pipeline cycle, one after the other; the stash depth is then per forward stage,
+  ``2(F-1-f) + 1`` (the last forward stage none).
 
 >>> t = pipeline_schedule([10] * 7, accumulation=512, training=True)
 >>> t.stages, t.num_ipus, t.pipeline_cycles, str(t.bubble_fraction)
@@ -54,7 +62,7 @@ DEPTH_MESSAGE = "depth (gradient accumulation factor) must equal at least the nu
 class PipelineTimeline:
     """One pipelined step (one weight update) laid out in time; every figure in chip cycles."""
 
-    stages: int  # S: 2N-1 training, N inference
+    stages: int  # S: 2F-1 training, F inference (F forward stages; F = N with one stage an IPU)
     num_ipus: int  # N
     accumulation: int  # A: micro-batches through the pipeline per step
     training: bool
@@ -64,8 +72,9 @@ class PipelineTimeline:
     optimizer: int  # the accumulate / optimizer fragment after the flush
     steady_cycle: int  # one steady pipeline cycle: busiest IPU + dearest copy + overhead
     ipu_busy: tuple[int, ...]  # per IPU: cycles it computes during the step (all its stages x A)
-    stash_depth: tuple[int, ...]  # per IPU: micro-batches of activations stashed
+    stash_depth: tuple[int, ...]  # per forward stage (= per IPU when one stage each): micro-batches stashed
     cycle_lengths: tuple[int, ...]  # every pipeline cycle's length, fill, main, flush (A+S-1 values)
+    stage_ipus: tuple[int, ...] = ()  # the IPU of each schedule stage (S values)
 
     @property
     def pipeline_cycles(self) -> int:
@@ -96,7 +105,8 @@ class PipelineTimeline:
                 "flush_cycles": self.flush, "optimizer_cycles": self.optimizer, "total_cycles": self.total,
                 "steady_cycle": self.steady_cycle, "pipeline_cycles": self.pipeline_cycles,
                 "bubble_fraction": float(self.bubble_fraction), "bubble_cycles": self.bubble_cycles,
-                "ipu_busy_cycles": list(self.ipu_busy), "stash_depth": list(self.stash_depth)}
+                "ipu_busy_cycles": list(self.ipu_busy), "stash_depth": list(self.stash_depth),
+                "stage_ipus": list(self.stage_ipus)}
 
 
 def num_stages(num_ipus: int, training: bool) -> int:
@@ -159,24 +169,42 @@ def _check(stage_cycles: Sequence[int], accumulation: int, training: bool,
     return stages
 
 
+def _ipus_of_stages(stages: int, training: bool, stage_ipus: Sequence[int] | None) -> list[int]:
+    """The IPU of each of the ``stages`` schedule stages from the forward stages' IPUs."""
+    forward = (stages + 1) // 2 if training else stages
+    if stage_ipus is None:
+        stage_ipus = range(forward)
+    ipus = [int(i) for i in stage_ipus]
+    if len(ipus) != forward or any(i < 0 for i in ipus):
+        raise TargetError(f"stage_ipus gives the IPU (>= 0) of each of the {forward} forward stages, got "
+                          f"{list(stage_ipus)}")
+    unused = sorted(set(range(max(ipus) + 1)) - set(ipus))
+    if unused:
+        raise TargetError(f"stage_ipus {ipus} leaves IPU {unused[0]} without a stage; number the IPUs "
+                          f"0..N-1 with every one used")
+    return [ipus[min(s, stages - 1 - s)] if training else ipus[s] for s in range(stages)]
+
+
 def pipeline_schedule(stage_cycles: Sequence[int], *, accumulation: int, training: bool,
                       transfer_cycles: Sequence[int] = (), optimizer_cycles: int = 0,
-                      cycle_overhead: int = 0) -> PipelineTimeline:
+                      cycle_overhead: int = 0, stage_ipus: Sequence[int] | None = None) -> PipelineTimeline:
     """Lay out one pipelined step of ``accumulation`` micro-batches.
 
     ``stage_cycles``: the S pipeline stages' compute cycles in schedule order (for training, from
     :func:`training_stages`). ``transfer_cycles``: S-1 values, the inter-IPU copy of each stage's
     output to the next stage (paid in the cycles that stage runs). ``optimizer_cycles``: the
     accumulate / optimizer fragment after the flush. ``cycle_overhead``: paid by every pipeline
-    cycle (its sync and control).
+    cycle (its sync and control). ``stage_ipus``: the IPU of each forward stage (default: forward
+    stage ``f`` on IPU ``f``); see "Several stages on one IPU" in the module docstring.
     """
     stages = _check(stage_cycles, accumulation, training, transfer_cycles)
     _positive("optimizer_cycles", optimizer_cycles, 0)
     _positive("cycle_overhead", cycle_overhead, 0)
-    n = (stages + 1) // 2 if training else stages
+    ipu_of = _ipus_of_stages(stages, training, stage_ipus)
+    n = max(ipu_of) + 1
+    forward = (stages + 1) // 2 if training else stages
     cycles = [int(c) for c in stage_cycles]
     copies = [int(c) for c in transfer_cycles] or [0] * (stages - 1)
-    ipu_of = [stage_ipu(s, stages, training) for s in range(stages)]
 
     def cycle_length(active: range) -> int:
         work = [0] * n
@@ -201,4 +229,5 @@ def pipeline_schedule(stage_cycles: Sequence[int], *, accumulation: int, trainin
     for s in range(stages):
         busy[ipu_of[s]] += cycles[s] * accumulation
     return PipelineTimeline(stages, n, accumulation, training, fill, main, flush, int(optimizer_cycles),
-                            steady, tuple(busy), stash_depths(n, training), tuple(lengths))
+                            steady, tuple(busy), stash_depths(forward, training), tuple(lengths),
+                            tuple(ipu_of))
