@@ -45,6 +45,7 @@ from softipu.collectives.groups import (
     CollectiveError,
     CollectiveOperator,
     CommGroup,
+    CommGroupType,
     Groups,
     Method,
     auto_method,
@@ -313,12 +314,50 @@ def all_reduce_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
         if t is not dst:
             prog.add(P.Copy(t, dst))
         return dst
+    domain = _domain_size(call, group)
+    if domain:
+        return _two_level_all_reduce(call, t, dst, domain, options)
     parts, m = _reduce_scatter(call, t)  # its results are the collective's own buffers
     # MEAN divides each reduced fragment in the all-gather's first store, before it is sent (1/n
     # of the elements; the same division of the same values as after, so the same bits)
     n = call.groups.n
     divisor = n if call.op is CollectiveOperator.MEAN and n > 1 else 1
     return _all_gather(call, parts, dst, scratch=n > 1, divisor=divisor)
+
+
+def _domain_size(call: _Call, group: CommGroup) -> int:
+    """Replicas a GW-Link domain holds, where the call's group (every replica) spans several
+    domains of the graph's system and so runs the two-level form (as ``links.collective_cost``
+    prices it); else 0."""
+    system, k = system_of(call.ctx.graph), call.ctx.graph.target.num_ipus
+    per_ild = max(1, system.ipus_per_ild // k)
+    n = call.groups.n
+    spans = group.type is not CommGroupType.ORTHOGONAL and n == call.groups.replicas
+    return per_ild if spans and n > per_ild and n % per_ild == 0 else 0
+
+
+_CROSS_OP = {CollectiveOperator.MEAN: ADD, CollectiveOperator.SQUARE_ADD: ADD}
+
+
+def _two_level_all_reduce(call: _Call, t: Tensor, dst: Tensor, per_ild: int, options: dict | None) -> Tensor:
+    """GCL's hierarchical all-reduce across GW-Links: a reduce-scatter inside each IPU-Link domain
+    (its rings over IPU-Links, AUTO choosing as for one domain), an all-reduce of each fragment
+    across the domains (a clockwise ring of the same in-domain rank, one per domain, over the
+    GW-Links: ORTHOGONAL groups of the domain count), then the all-gather inside each domain
+    (MEAN divides there, by the whole group's size). Each ring part of the fragment crosses the
+    domains in place; nothing the user sees is written before the last step."""
+    graph, prog, name = call.ctx.graph, call.ctx.prog, call.ctx.name
+    opts = dict(options or {})
+    inner = _Call("all_reduce", graph, t, prog, call.op, CommGroup(CommGroupType.CONSECUTIVE, per_ild),
+                  f"{name}/domain", opts)
+    parts, _ = _reduce_scatter(inner, t)
+    across = CommGroup(CommGroupType.ORTHOGONAL, call.groups.n // per_ild)
+    cross_opts = opts | {"method": Method.CLOCKWISE_RING}
+    for i, (part, _, _) in enumerate(parts):
+        all_reduce_in_place(graph, part, prog, op=_CROSS_OP.get(call.op, call.op), group=across,
+                            name=f"{name}/gw{i}", options=cross_opts)
+    divisor = call.groups.n if call.op is CollectiveOperator.MEAN else 1
+    return _all_gather(inner, parts, dst, scratch=True, divisor=divisor)
 
 
 def all_reduce(graph: Graph, t: Tensor, prog: Any, *, op: CollectiveOperator = ADD,

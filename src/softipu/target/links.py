@@ -207,16 +207,19 @@ def _ring_pairs(rings: Sequence[Sequence[int]], direction: int, ipus_per_replica
 
 
 def ring_step(system: System, rings: Sequence[Sequence[int]], nbytes: float, directions: Sequence[int] = (1,),
-              ipus_per_replica: int = 1, mirrored: bool = False, sync: bool = True) -> StepCost:
+              ipus_per_replica: int = 1, mirrored: bool = False, sync: bool = True,
+              sync_ipus: int | None = None) -> StepCost:
     """One step of a ring collective: in every ring (replica numbers, clockwise) every replica sends
     ``nbytes`` to its neighbour in each of ``directions`` (+1 clockwise, -1 anticlockwise), all rings
     and directions at once. A replica of ``k`` IPUs sends ``nbytes / k`` from each IPU to the same
     IPU of its neighbour. ``mirrored``: the rings with each replica swapped for its rung partner
-    (the quad-directional ring's second pair). ``sync``: include the sync across the rings' IPUs.
+    (the quad-directional ring's second pair). ``sync``: include the sync across the rings' IPUs
+    (``sync_ipus``: across that many instead, e.g. every domain's where one domain's rings stand
+    for all of them).
     """
     k = ipus_per_replica
     pairs = [p for d in directions for p in _ring_pairs(rings, d, k, mirrored)]
-    used = len({r for ring in rings for r in ring}) * k if sync and pairs else 0
+    used = (sync_ipus or len({r for ring in rings for r in ring}) * k) if sync and pairs else 0
     return flows_cost(system, pairs, nbytes / k, sync_ipus=used)
 
 
@@ -287,29 +290,34 @@ class CollectiveCost:
         return self.algorithm_bandwidth * factor
 
 
-def _ring_steps(system: System, rings, nbytes: float, method: str, k: int, what: str) -> list:
-    """(what, count, StepCost) of one reduce-scatter or all-gather over ``rings`` by ``method``."""
+def _ring_steps(system: System, rings, nbytes: float, method: str, k: int, what: str,
+                sync_ipus: int | None = None) -> list:
+    """(what, count, StepCost) of one reduce-scatter or all-gather over ``rings`` by ``method``
+    (``sync_ipus``: each step's sync spans that many IPUs, :func:`ring_step`)."""
     n = len(rings[0])
     if n < 2:
         return []
     frag = nbytes / n
+
+    def step(nb: float, directions: tuple[int, ...]) -> StepCost:
+        return ring_step(system, rings, nb, directions, k, sync_ipus=sync_ipus)
     if method == "clockwise_ring":
-        return [(what, n - 1, ring_step(system, rings, frag, (1,), k))]
+        return [(what, n - 1, step(frag, (1,)))]
     if method == "anticlockwise_ring":
-        return [(what, n - 1, ring_step(system, rings, frag, (-1,), k))]
+        return [(what, n - 1, step(frag, (-1,)))]
     if method == "bidirectional_ring_pair":
-        return [(what, n - 1, ring_step(system, rings, frag / 2, (1, -1), k))]
+        return [(what, n - 1, step(frag / 2, (1, -1)))]
     if method == "meet_in_middle_ring":
         both = (n - 1) // 2
-        out = [(what, both, ring_step(system, rings, frag, (1, -1), k))] if both else []
+        out = [(what, both, step(frag, (1, -1)))] if both else []
         if (n - 1) - 2 * both:
-            out.append((what + " (last, one way)", 1, ring_step(system, rings, frag, (1,), k)))
+            out.append((what + " (last, one way)", 1, step(frag, (1,))))
         return out
     if method == "quad_directional_ring":
         # A quarter each way on the ring and on its mirror (each replica swapped with its rung
         # partner), all four at once: they contend on shared link groups like any flows.
         pairs = [p for m in (False, True) for d in (1, -1) for p in _ring_pairs(rings, d, k, m)]
-        used = len({r for ring in rings for r in ring}) * k
+        used = sync_ipus or len({r for ring in rings for r in ring}) * k
         return [(what, n - 1, flows_cost(system, pairs, frag / 4 / k, sync_ipus=used))]
     raise TargetError(f"unknown collective method {method!r}; choose auto or one of {', '.join(METHODS)}")
 
@@ -465,7 +473,7 @@ def collective_cost(system: System, operation: str, nbytes: int, num_replicas: i
     per_ild = max(1, system.ipus_per_ild // k)
     mean = op.lower() == "mean"
     if size > per_ild and group_kind != "orthogonal" and size % per_ild == 0:
-        cost = _two_level(system, operation, nbytes, size, k, method, itemsize, compute)
+        cost = _two_level(system, operation, nbytes, size, k, method, itemsize, compute, mean)
     else:
         pattern = ring_pattern(system, k)
         rings = group_rings(n_all, group_size, group_kind, pattern)
@@ -504,7 +512,8 @@ def _extras(chip: Target, operation: str, nbytes: float, n: int, k: int, itemsiz
     return cycles + (copies * layout_copy_cycles(chip, nbytes, n, k) if rearranged else 0)
 
 
-def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute, mean=False) -> CollectiveCost:
+def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute, mean=False,
+               sync_ipus=None) -> CollectiveCost:
     n = len(rings[0])
     steps: list = []
     adds = 0
@@ -516,10 +525,10 @@ def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute, m
         method = "direct"
     else:
         if operation in ("all_reduce", "reduce_scatter"):
-            steps += _ring_steps(system, rings, nbytes, method, k, "reduce-scatter step")
+            steps += _ring_steps(system, rings, nbytes, method, k, "reduce-scatter step", sync_ipus)
             adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, True)
         if operation in ("all_reduce", "all_gather"):
-            steps += _ring_steps(system, rings, nbytes, method, k, "all-gather step")
+            steps += _ring_steps(system, rings, nbytes, method, k, "all-gather step", sync_ipus)
             # an all-reduce's rings look their row table up once (meet-in-middle: once a phase)
             again = operation == "all_gather" or (method == "meet_in_middle_ring" and n >= 3)
             adds += ring_phase_compute_cycles(system.chip, method, nbytes, n, k, itemsize, False, again,
@@ -528,35 +537,43 @@ def _one_level(system, operation, nbytes, rings, method, k, itemsize, compute, m
                           system.chip.clock_hz)
 
 
-def _two_level(system, operation, nbytes, size, k, method, itemsize, compute) -> CollectiveCost:
+def _two_level(system, operation, nbytes, size, k, method, itemsize, compute, mean=False) -> CollectiveCost:
+    """The hierarchical form (``softipu.collectives`` builds it for an all-reduce): inside each
+    domain by ``method``, every domain's rings at once (each step syncs all ``size`` replicas'
+    IPUs); across domains a clockwise ring over GW-Links for each ring part of the fragment (the
+    bidirectional pair's two halves cross separately, as built)."""
     per_ild = system.ipus_per_ild // k
     ilds = size // per_ild
+    sync_ipus = size * k
     rings = group_rings(per_ild, None, "all", ring_pattern(system, k))
     inner_method = choose_method(system, operation, nbytes, per_ild, k) if method == "auto" else method
     inner = _one_level(system, "reduce_scatter" if operation != "all_gather" else "all_gather",
-                       nbytes, rings, inner_method, k, itemsize, compute)
+                       nbytes, rings, inner_method, k, itemsize, compute, sync_ipus=sync_ipus)
     steps = list(inner.steps)
     adds = inner.compute_cycles
     shard = nbytes / per_ild
+    parts = {"bidirectional_ring_pair": 2, "quad_directional_ring": 4}.get(inner_method, 1)
     # Across domains: each IPU of domain 0 talks to the same IPU of domain 1 (every domain pair of
     # the ring does the same at once, on its own machines' GW-Links: symmetric, so one pair prices it).
     d = system.ipus_per_ild
     pairs = [(i, d + i) for i in range(d)]
-    sync_ipus = size * k
     if operation in ("all_reduce", "reduce_scatter", "all_gather"):
-        across = flows_cost(system, pairs, shard / ilds / k, sync_ipus=sync_ipus)
+        across = flows_cost(system, pairs, shard / parts / ilds / k, sync_ipus=sync_ipus)
         for phase, reduce in (("reduce-scatter", True), ("all-gather", False)):
             if operation != ("all_gather" if reduce else "reduce_scatter"):
-                steps.append((f"GW {phase} step", ilds - 1, across))
-                adds += ring_phase_compute_cycles(system.chip, "clockwise_ring", shard, ilds, k, itemsize,
-                                                  reduce) if compute else 0
+                steps.append((f"GW {phase} step", parts * (ilds - 1), across))
+                again = operation != "all_reduce" or reduce  # an all-reduce looks its rows up once
+                phase_cycles = ring_phase_compute_cycles(system.chip, "clockwise_ring", shard / parts, ilds,
+                                                         k, itemsize, reduce, again)
+                adds += parts * phase_cycles if compute else 0
     else:  # all-to-all: each IPU sends (ilds-1)/ilds of its data off its domain through its machine
         steps.append(("GW all-to-all", 1, flows_cost(system, pairs, nbytes * (ilds - 1) / ilds / k,
                                                      sync_ipus=sync_ipus)))
     if operation == "all_reduce":
-        steps += _ring_steps(system, rings, nbytes, inner_method, k, "all-gather step")
+        steps += _ring_steps(system, rings, nbytes, inner_method, k, "all-gather step", sync_ipus)
+        again = inner.method == "meet_in_middle_ring" and per_ild >= 3
         adds += ring_phase_compute_cycles(system.chip, inner.method, nbytes, per_ild, k, itemsize,
-                                          False) if compute else 0
+                                          False, again, mean) if compute else 0
     return CollectiveCost(operation, f"two_level({inner.method})", int(nbytes), size, tuple(steps),
                           adds, system.chip.clock_hz)
 
