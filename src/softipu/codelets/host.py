@@ -32,16 +32,26 @@ from typing import Any
 
 import numpy as np
 
+from softipu.errors import OptionError
+
 __all__ = ["BLAS", "PARALLEL_WORK", "Frozen", "FrozenList", "frozen", "idle_cores", "keep_freed_pages",
            "memo", "on_idle_cores", "run_pieces", "run_side_by_side", "scratch"]
 
 
 def _host_cores() -> int:
+    """The cores the engine may use: ``$SOFTIPU_HOST_THREADS`` when set (1 runs everything on the
+    calling thread; results are the same bits either way), else the cores this process may run on."""
+    forced = os.environ.get(HOST_THREADS, "").strip()
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise OptionError(f"${HOST_THREADS} must be a whole number >= 1, got {forced!r}")
+        return int(forced)
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
+HOST_THREADS = "SOFTIPU_HOST_THREADS"
 CORES = _host_cores()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
