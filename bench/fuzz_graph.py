@@ -187,7 +187,7 @@ def add_constant(c: Case) -> None:
     shape = c.shape()
     dtype = c.maybe(c.rng.choice(DTYPES), 0.05)
     values = c.rng.choice((1.5, 0, -(2**40), math.nan, "x", np.arange(3), np.ones(shape) if isinstance(
-        shape, tuple) else 1, [[1, 2], [3]]))
+        shape, tuple) and all(isinstance(d, int) and 0 <= d < 64 for d in shape) else 1, [[1, 2], [3]]))
     c.tensors.append(c.graph.add_constant(dtype, shape, values, name="k"))
     c.roots.append(c.tensors[-1])
 
@@ -297,7 +297,7 @@ def add_program(c: Case) -> None:
     elif kind == 1:
         p = P.Execute(c.maybe(rng.choice(c.compute_sets) if c.compute_sets else c.odd(), 0.05))
     elif kind == 2:
-        p = P.Repeat(c.maybe(rng.randint(0, 3), 0.1), c.maybe(rng.choice(kids), 0.05))
+        p = P.Repeat(c.maybe(rng.randint(0, 2), 0.1), c.maybe(rng.choice(kids), 0.05))  # nests: 2**depth
     elif kind == 3:
         p = P.If(c.maybe(c.vector(rng.choice(DTYPES[2:]), 1), 0.2), rng.choice(kids),
                  c.maybe(rng.choice(kids + [None]), 0.05))

@@ -20,6 +20,16 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_graph.py"
 HERE = Path(__file__).name
 
 
+class Scale(sp.Vertex):
+    x = sp.Input(sp.float32)
+    factor = sp.Param(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, factor, y):
+        y[...] = x * factor
+
+
 def fuzz_module():
     spec = importlib.util.spec_from_file_location("fuzz_graph", BENCH)
     module = importlib.util.module_from_spec(spec)
@@ -82,6 +92,8 @@ BAD_CALLS = {
     "variable name array": (lambda g, x: g.add_variable(sp.float32, (2,), np.arange(2)), sp.TensorError),
     "bad shape and name": (lambda g, x: g.add_variable(sp.float32, (object(),), np.arange(2)), sp.TensorError),
     "variable too big": (lambda g, x: g.add_variable(sp.float32, (2**63,)), sp.TensorError),
+    "param ragged list": (lambda g, x: g.add_vertex(g.add_compute_set(), Scale, {"factor": [1, [2]]}),
+                          sp.FieldError),
     "compute set name": (lambda g, x: g.add_compute_set(np.arange(2)), sp.TensorError),
     "stream name array": (lambda g, x: g.add_device_to_host_fifo(np.arange(2), sp.float32, 2),
                           sp.TensorError),

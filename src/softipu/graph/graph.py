@@ -631,7 +631,7 @@ def _unknown_field(codelet: type[Vertex], spec: dict[str, Field], name: str,
 
 def _param_value(codelet: type[Vertex], name: str, f: Field, value: Any,
                  location: SourceLocation) -> Any:
-    if isinstance(value, Tensor) or np.ndim(value) != 0:
+    if isinstance(value, (Tensor, list, tuple, dict, set)) or np.ndim(value) != 0:
         raise FieldError(
             f"param {name!r} of {codelet.__name__}{at(location)} takes one number, got "
             f"{type(value).__name__}"
