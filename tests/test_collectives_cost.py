@@ -170,3 +170,31 @@ def test_two_level_all_reduce_over_gw_links_matches_numpy_and_its_price(op, dtyp
         whole = links.collective_cost(DOMAINS, "all_reduce", 64 * 4, 16, method=method or "auto",
                                       op=op.name.lower(), rearranged=True)
         assert built_cycles(eng) == pytest.approx(whole.cycles, rel=0.05)
+
+
+@pytest.mark.parametrize("replicas", [4, 5, 8])
+def test_quad_directional_runs_on_the_ring_and_its_mirror_and_is_priced_so(replicas):
+    g = sp.Graph(sp.targets.ipu_model(tiles=4), replicas)
+    x = g.add_variable(sp.float32, (replicas * 1024,), "x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    y = C.all_reduce(g, x, prog, options={"method": "quad_directional_ring"})
+    eng = sp.Engine(g, [prog])
+    v = values(replicas, replicas * 1024, 5)
+    eng.write_tensor(x, v)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), np.broadcast_to(v.sum(0), v.shape))
+    steps = eng.executable.steps
+    crossings = [steps[i] for i, c in enumerate(eng.log.step_counts) for _ in range(c)
+                 if steps[i].op == "CrossReplicaCopy"]
+    model = links.collective_cost(systems.smallest_fabric(replicas, g.target), "all_reduce", v[0].nbytes,
+                                  replicas, method="quad_directional_ring", compute=False)
+    assert sorted(s.cycles for s in crossings) == sorted(s.cycles for _, c, s in model.steps for _ in range(c))
+    # by hand: each of the 2 (n - 1) steps moves a quarter of a fragment four ways at once:
+    # 4 x 1024 / 4 = 1024 floats sent by every replica a step, 1 KiB a ring.
+    assert len(crossings) == 2 * (replicas - 1) and all(s.inter_ipu_bytes == 4 * 1024 for s in crossings)
+    if replicas == 4:  # poplibs' interleaved ring 0, 2, 3, 1 and its mirror 1, 3, 2, 0, each both ways
+        node = next(n for n in P.walk(prog) if isinstance(n, P.CrossReplicaCopy))
+        ring, mirror = {0: 2, 2: 3, 3: 1, 1: 0}, {1: 3, 3: 2, 2: 0, 0: 1}
+        back = [{b: a for a, b in m.items()} for m in (ring, mirror)]
+        assert [m for _, _, m in node.transfers] == [ring, back[0], mirror, back[1]]

@@ -14,10 +14,13 @@ Options (``options={...}``):
   pair runs half the columns each way, both rings stepping together (one exchange a step).
   Meet-in-middle runs as poplibs' (:mod:`softipu.collectives.meet`: both rings over the whole
   fragment, half way round) from 3 ranks, its reductions with the fused vertex (float16 falls
-  back to the bidirectional pair). NOTE: quad-directional runs as four rings over quarters (two
-  each way, on the same ring rather than a mirrored one): the values are the same up to float
-  summation order, which is each ring's (see :mod:`softipu.collectives.ring`), and the price is
-  that of the rings run.
+  back to the bidirectional pair). Quad-directional runs four rings over quarters, stepping
+  together: clockwise and anticlockwise on the ring and on its mirror (each rank swapped with its
+  rung partner), as poplibs' and as ``links.collective_cost`` prices it. poplibs' AUTO never
+  picks it (ipu-facts-scale §3), nor does :func:`auto_method`.
+* An all-reduce of every replica whose group spans several IPU-Link domains of the graph's
+  system runs GCL's two-level form (reduce-scatter in each domain, all-reduce across domains
+  over GW-Links, all-gather in each domain), as ``links.collective_cost`` prices it.
 * ``"injectFault"`` — ``("link", a, b)`` or ``("replica", r)``: the collective's cross-replica
   steps fail when they use that link or replica, raising ``LinkFailure`` (an ``EngineError``)
   at run time; nothing the collective writes for the user is touched.
@@ -118,13 +121,18 @@ class _Call:
         """(ring, first column, end column) per direction the method uses over ``width`` columns."""
         if self.meets:  # both rings over every column: one part
             return [(self.pair()[0], 0, width)]
-        directions = {Method.CLOCKWISE_RING: [True], Method.ANTICLOCKWISE_RING: [False],
-                      Method.QUAD_DIRECTIONAL_RING: [True, False, True, False]}.get(
-                          self.method, [True, False])
+        order = self.order
+        # quad-directional: the second pair runs on the mirrored ring, each rank swapped with its
+        # rung partner (poplibs' "mirrored and non mirrored ring pattern")
+        mirror = tuple(r ^ 1 if (r ^ 1) < len(order) else r for r in order)
+        directions = {Method.CLOCKWISE_RING: [(True, order)], Method.ANTICLOCKWISE_RING: [(False, order)],
+                      Method.QUAD_DIRECTIONAL_RING: [(True, order), (False, order), (True, mirror),
+                                                     (False, mirror)]}.get(
+                          self.method, [(True, order), (False, order)])
         parts = min(len(directions), max(width, 1))
         cuts = [width * i // parts for i in range(parts + 1)]
-        return [(Ring(self.ctx, self.groups, directions[i], self.fault, self.order), cuts[i], cuts[i + 1])
-                for i in range(parts)]
+        return [(Ring(self.ctx, self.groups, directions[i][0], self.fault, directions[i][1]), cuts[i],
+                 cuts[i + 1]) for i in range(parts)]
 
     def output(self, like: Tensor, shape: tuple[int, ...], suffix: str = "out") -> Tensor:
         out = self.ctx.graph.add_variable(like.dtype, shape, name=f"{self.ctx.name}/{suffix}")
