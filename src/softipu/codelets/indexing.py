@@ -148,6 +148,7 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = F
         index = Input(index_dtype)
         out = Output(dtype)
         chunk_fields = ("index", "out")  # a lookup reads a few elements of a long table block
+        join_fields = ("index", "out")  # index i fills out row i alone (engine/joins.py)
 
         @staticmethod
         def compute(table, index, out):

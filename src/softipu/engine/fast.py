@@ -38,6 +38,7 @@ from softipu.engine.blas_warmup import warm_blas_buffers
 from softipu.engine.chains import Chains
 from softipu.engine.inplace import InPlace, plan
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
+from softipu.engine.joins import join_groups
 from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
 from softipu.engine.storage import BLOCKED_MIN, Storage, assign
@@ -313,7 +314,7 @@ def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str,
     ``bodies``: the in-place forms of codelets' bodies found so far (see :class:`GroupRunner`)."""
     runners: list[Any] = []
     alike: dict[tuple, list[VertexGroup]] = {}
-    for g in groups:
+    for g in join_groups(groups):  # pieces of one group (a lookup over tiles) as one (joins.py)
         key = _merge_key(g, storage.replicas)
         if key is None:
             runners.append(GroupRunner(g, storage, where, bodies))
