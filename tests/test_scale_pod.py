@@ -85,3 +85,33 @@ def test_bad_input():
         price_training([*layers, layer("c", 1, 1)], TrainingConfig(1, 8, 1, (1, 1, 1)), POD16)
     with pytest.raises(Exception, match="16"):
         price_training(layers, TrainingConfig(1, 4, 16, (1, 1)), POD16)  # 32 IPUs on a POD16
+
+
+def test_head_back_on_ipu0():
+    # Graphcore's BERT layout: stages (a | b | c) on IPUs (0, 1, 0), c the head. F = 3 forward
+    # stages, S = 5: (a 10, b 30, c 5+6, b 40, a 20) on IPUs (0, 1, 0, 1, 0); A = 5, 9 cycles.
+    layers = [layer("a", 10, 20), layer("b", 30, 40), layer("c", 5, 6)]
+    cfg = TrainingConfig(micro_batch=1, accumulation=5, replicas=1, layers_per_ipu=(1, 1, 1), recompute=False,
+                         stage_ipus=(0, 1, 0))
+    assert cfg.ipus_per_replica == 2
+    est = price_training(layers, cfg, POD16)
+    t01 = links.flows_cost(POD16, [(0, 1)], 0).cycles
+    t10 = links.flows_cost(POD16, [(1, 0)], 0).cycles
+    # copies after stages 0..3: a->b (0->1), b->c (1->0), c's gradient to b (0->1), b's to a (1->0)
+    c = [t01, t10, t01, t10]
+    o = POD16.sync_cycles(2)
+    # a cycle: the busiest IPU's active stages + the dearest copy of its active stages + sync
+    want = [10 + c[0], 30 + max(c[:2]), max(10 + 11, 30) + max(c[:3]), max(21, 30 + 40) + max(c),
+            max(10 + 11 + 20, 70) + max(c), max(11 + 20, 70) + max(c[1:]), max(31, 40) + max(c[2:]),
+            max(20, 40) + c[3], 20]
+    assert est.timeline.cycle_lengths == tuple(w + o for w in want)
+    assert est.timeline.stage_ipus == (0, 1, 0, 1, 0)
+    m0, m1 = est.memory
+    assert m0.layers == ("a", "c") and m1.layers == ("b",)
+    # stash per forward stage 2(F-1-f)+1: a 5, b 3, c (the last) none; saved 1000 each
+    assert (m0.by_class["stash"], m1.by_class["stash"]) == (5 * 1000, 3 * 1000)
+    assert m0.by_class["weights"] == 400 and m0.by_class["code"] == 600  # a and c: two kinds
+    # the slowest IPU in a steady cycle is IPU 1 (70 > 41): its forward and backward x A
+    assert (est.split["forward"], est.split["backward"]) == (30 * 5, 40 * 5)
+    with pytest.raises(FrontendError, match="stage_ipus"):
+        price_training(layers, TrainingConfig(1, 5, 1, (1, 1, 1), stage_ipus=(0, 1)), POD16)

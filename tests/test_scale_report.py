@@ -46,6 +46,16 @@ def test_trace_one_track_per_ipu_and_every_stage_run(estimate):
     assert last == pytest.approx(estimate.cycles * us)  # the trace ends with the step
 
 
+def test_trace_head_back_on_ipu0():
+    # stages (a | b | head) on IPUs (0, 1, 0): the head's merged stage FB runs on IPU 0's track
+    cfg = TrainingConfig(micro_batch=1, accumulation=5, replicas=1, layers_per_ipu=(1, 1, 1), stage_ipus=(0, 1, 0))
+    est = price_training([layer("a", 100, 200), layer("b", 300, 400), layer("head", 50, 60)], cfg, POD16)
+    stages = [e for e in scale_trace_events(scale_document(est)) if e.get("cat") == "stage"]
+    assert sorted(e["name"] for e in stages if e["tid"] == 0 and e["name"].startswith("FB")) == \
+        [f"FB{m}" for m in range(5)]
+    assert {e["tid"] for e in stages} == {0, 1} and len(stages) == 5 * 5
+
+
 def test_summary_html_and_files(estimate, tmp_path):
     text = summary(estimate)
     assert "tiny on IPU-POD16: 2 replicas x 2 IPUs" in text and "samples/s" in text

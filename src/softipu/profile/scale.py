@@ -78,7 +78,7 @@ def scale_trace_events(data: dict[str, Any]) -> list[dict[str, Any]]:
     us = 1e6 / d["clock_hz"]
     p = d["pipeline"]
     n, stages, a = p["num_ipus"], p["stages"], p["accumulation"]
-    stage_ipu = [min(s, stages - 1 - s) for s in range(stages)]
+    stage_ipu = list(p.get("stage_ipus") or [min(s, stages - 1 - s) for s in range(stages)])
     merged = stages // 2  # the last IPU's forward + backward stage
     events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0,
                                      "args": {"name": f"softipu {d['system']} (one replica)"}}]

@@ -9,6 +9,9 @@ multiplies. For a configuration of ``R`` replicas of ``k`` IPUs each (pipelined)
    recomputation is on), ``A`` micro-batches; stage outputs cross IPU-Links
    (:func:`softipu.target.links.flows_cost` between consecutive IPUs of the replica, forward
    activations and their gradients back), a sync over the replica's IPUs per pipeline cycle.
+   A model may come back to an IPU (``TrainingConfig.stage_ipus``, PopTorch's
+   ``AutoStage.AutoIncrement``: Graphcore's BERT runs its head on IPU 0 with the embedding): that IPU
+   then runs several stages a cycle, holds all their layers and stashes each at its stage's depth.
 2. **Gradient reduction across replicas**: each IPU's gradients, all at once (the replica's IPUs
    run their rings side by side; the IPU with the most gradient bytes bounds it: priced as
    ``k x`` its bytes over ``k`` IPUs per replica); an all-reduce, or with replicated tensor
@@ -56,7 +59,7 @@ class TrainingConfig:
     micro_batch: int
     accumulation: int  # gradientAccumulation
     replicas: int  # replicationFactor (over the whole system)
-    layers_per_ipu: tuple[int, ...]  # consecutive layers on each IPU of a replica (k = its length)
+    layers_per_ipu: tuple[int, ...]  # consecutive layers of each pipeline stage (one stage an IPU by default)
     recompute: bool = True  # a recomputation checkpoint at each layer's input
     optimizer_state_bytes_per_param: int = 8  # e.g. LAMB/Adam: two fp32 moments
     optimizer_off_chip: bool = False  # TensorLocations: optimizer state in Streaming Memory
@@ -65,10 +68,17 @@ class TrainingConfig:
     gradient_bytes_per_param: int = 2  # what the replicas reduce
     input_bytes_per_sample: int = 0  # host -> device per sample (ids, labels...)
     label: str = ""
+    # The IPU of each stage of ``layers_per_ipu`` when a model comes back to an IPU (PopTorch's
+    # AutoStage.AutoIncrement, e.g. (0, 1, 2, 3, 0): BERT's head on IPU 0); None: stage i on IPU i.
+    stage_ipus: tuple[int, ...] | None = None
 
     @property
     def ipus_per_replica(self) -> int:
-        return len(self.layers_per_ipu)
+        return max(self.stage_ipus) + 1 if self.stage_ipus else len(self.layers_per_ipu)
+
+    @property
+    def ipu_of_stage(self) -> tuple[int, ...]:
+        return tuple(self.stage_ipus) if self.stage_ipus else tuple(range(len(self.layers_per_ipu)))
 
     @property
     def samples_per_step(self) -> int:
@@ -164,14 +174,16 @@ def _split_layers(layers: Sequence[LayerCost], counts: Sequence[int], label: str
     return out
 
 
-def ipu_memory(ipu: int, layers: Sequence[LayerCost], config: TrainingConfig, depth: int,
+def ipu_memory(ipu: int, layers: Sequence[LayerCost], config: TrainingConfig, depth: int | Sequence[int],
                capacity: int) -> IpuMemory:
-    """One IPU's bytes by class for ``layers`` at stash ``depth`` (see the module docstring)."""
+    """One IPU's bytes by class for ``layers`` at stash ``depth`` (one for all, or one per layer:
+    the depth of its pipeline stage) (see the module docstring)."""
     params = sum(x.params for x in layers)
     shard = config.replicas if config.rts else 1
     on_chip_state = 0 if config.optimizer_off_chip else math.ceil(params / shard) * \
         config.optimizer_state_bytes_per_param
     stash_each = [x.input_bytes if config.recompute else x.saved_bytes for x in layers]
+    depths = [depth] * len(layers) if isinstance(depth, int) else list(depth)
     distinct: dict[str, int] = {}
     for x in layers:
         distinct[x.name.split("[")[0]] = max(distinct.get(x.name.split("[")[0], 0), x.code_bytes)
@@ -179,19 +191,33 @@ def ipu_memory(ipu: int, layers: Sequence[LayerCost], config: TrainingConfig, de
         "weights": sum(x.param_bytes for x in layers),
         "gradients": params * config.accumulator_bytes_per_param if config.accumulation > 1 else 0,
         "optimizer_state": on_chip_state,
-        "stash": depth * sum(stash_each),
+        "stash": sum(d * b for d, b in zip(depths, stash_each, strict=True)),
         "activations": max((x.temporary_bytes for x in layers), default=0) + sum(stash_each),
         "code": sum(distinct.values()),
     }
     return IpuMemory(ipu, tuple(x.name for x in layers), by_class, capacity)
 
 
-def _transfers(system: System, stages: Sequence[list[LayerCost]], k: int) -> list[int]:
-    """Training pipeline boundaries: forward activations IPU i -> i+1, then gradients back."""
+def _transfers(system: System, stages: Sequence[list[LayerCost]], ipus: Sequence[int]) -> list[int]:
+    """Training pipeline boundaries: forward activations stage f -> f+1 (IPU ``ipus[f]`` to
+    ``ipus[f+1]``; nothing when both are one IPU), then the gradients back."""
     out_bytes = [s[-1].output_bytes if s else 0 for s in stages]
-    fwd = [links.flows_cost(system, [(i, i + 1)], out_bytes[i]).cycles for i in range(k - 1)]
-    bwd = [links.flows_cost(system, [(i + 1, i)], out_bytes[i]).cycles for i in reversed(range(k - 1))]
+
+    def cost(a: int, b: int, nbytes: int) -> int:
+        return 0 if a == b else links.flows_cost(system, [(a, b)], nbytes).cycles
+
+    f = len(stages)
+    fwd = [cost(ipus[i], ipus[i + 1], out_bytes[i]) for i in range(f - 1)]
+    bwd = [cost(ipus[i + 1], ipus[i], out_bytes[i]) for i in reversed(range(f - 1))]
     return fwd + bwd
+
+
+def _per_ipu(stages: Sequence[list[LayerCost]], ipus: Sequence[int], k: int) -> list[list[LayerCost]]:
+    """Each IPU's layers, its stages' in stage order."""
+    out: list[list[LayerCost]] = [[] for _ in range(k)]
+    for s, i in zip(stages, ipus, strict=True):
+        out[i].extend(s)
+    return out
 
 
 def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: System) -> PodEstimate:
@@ -203,16 +229,21 @@ def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: 
                             f"(PopTorch; Options.autoRoundNumIPUs(True) rounds it up): add or drop a stage")
     system.check_fits(k, r, what=label)
     stages = _split_layers(layers, config.layers_per_ipu, label)
+    ipus = config.ipu_of_stage
+    if len(ipus) != len(stages):
+        raise FrontendError(f"{label}: stage_ipus {list(ipus)} must give the IPU of each of the "
+                            f"{len(stages)} stages of layers_per_ipu")
     fwd = [sum(x.forward for x in s) for s in stages]
     bwd = [sum(x.backward + (x.recompute() if config.recompute else 0) for x in s) for s in stages]
     per_stage = training_stages(fwd, bwd)
     overhead = system.sync_cycles(k) if k > 1 else 0
     timeline = pipeline_schedule(per_stage, accumulation=config.accumulation, training=True,
-                                 transfer_cycles=_transfers(system, stages, k) if k > 1 else (),
-                                 cycle_overhead=overhead)
+                                 transfer_cycles=_transfers(system, stages, ipus) if len(stages) > 1 else (),
+                                 cycle_overhead=overhead, stage_ipus=ipus)
     clock = system.chip.clock_hz
+    on_ipu = _per_ipu(stages, ipus, k)
     # Gradients across replicas: the busiest IPU's bytes bound the replica's rings.
-    grad_bytes = max(sum(x.params for x in s) for s in stages) * config.gradient_bytes_per_param
+    grad_bytes = max(sum(x.params for x in s) for s in on_ipu) * config.gradient_bytes_per_param
     coll: dict[str, Any] = {}
     reduce_cycles = gather_cycles = 0
     if r > 1:
@@ -227,20 +258,23 @@ def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: 
             gather_cycles = g.cycles
             coll["all_gather"] = {"bytes_per_ipu": grad_bytes, "method": g.method, "cycles": g.cycles}
     shard = r if config.rts else 1
-    update = max(math.ceil(sum(x.params * x.update_per_param for x in s) / shard) for s in stages)
+    update = max(math.ceil(sum(x.params * x.update_per_param for x in s) / shard) for s in on_ipu)
     state_bytes = [math.ceil(sum(x.params for x in s) / shard) * config.optimizer_state_bytes_per_param
-                   for s in stages]
+                   for s in on_ipu]
     streaming = 0
     if config.optimizer_off_chip:  # load and store the IPU's (share of the) state
         streaming = math.ceil(2 * max(state_bytes) / system.streaming_memory_bytes_per_second_per_ipu * clock)
     host = math.ceil(config.micro_batch * config.accumulation * config.input_bytes_per_sample
                      / system.host_bytes_per_second_per_ipu * clock)
-    split = _time_split(timeline, stages, config)
+    split = _time_split(timeline, on_ipu, config)
     split.update({"gradient_reduction": reduce_cycles, "weight_all_gather": gather_cycles,
                   "optimizer": update, "streaming_memory": streaming, "host_io": host})
-    depths = stash_depths(k, True)
+    depth_of_stage = stash_depths(len(stages), True)
+    layer_depths: list[list[int]] = [[] for _ in range(k)]
+    for f, (s, i) in enumerate(zip(stages, ipus, strict=True)):
+        layer_depths[i] += [depth_of_stage[f]] * len(s)
     capacity = system.chip.num_tiles * system.chip.bytes_per_tile
-    memory = tuple(ipu_memory(i, s, config, depths[i], capacity) for i, s in enumerate(stages))
+    memory = tuple(ipu_memory(i, s, config, layer_depths[i], capacity) for i, s in enumerate(on_ipu))
     off_chip = sum(state_bytes) if config.optimizer_off_chip else 0
     sm = system.streaming_memory_bytes // max(1, r)
     notes = tuple(f"IPU {m.ipu} does not fit: {m.total:,} B of {m.capacity:,} B, {m.dominant} dominates "
@@ -251,6 +285,7 @@ def price_training(layers: Sequence[LayerCost], config: TrainingConfig, system: 
 
 def _time_split(timeline: PipelineTimeline, stages: Sequence[list[LayerCost]],
                 config: TrainingConfig) -> dict[str, int]:
+    # ``stages``: each IPU's layers (all its pipeline stages')
     """The pipeline's cycles split into forward, backward, recomputation (the slowest IPU's, as in a
     steady cycle), inter-IPU copies and syncs (a steady cycle's beyond its work, every pipeline
     cycle) and the bubble (fill and flush beyond full use: what is left)."""
