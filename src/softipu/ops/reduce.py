@@ -193,9 +193,25 @@ def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical) -
         return cv
     kept = [d for d in range(x.ndim) if d not in axes]
     view = x.transpose(list(axes) + kept).reshape(1, cv.R, cv.A)
-    if tile_regions(graph, view)[0].size >= inner:
+    if not _fewer_pieces(graph, view[0], inner):
         return cv
     return _Canonical(view, 1, cv.R, cv.A)
+
+
+def _fewer_pieces(graph: Graph, rows: Tensor, limit: int) -> bool:
+    """Whether the tile mapping cuts ``rows`` (flattened) into fewer than ``limit`` pieces, as
+    ``tile_regions`` counts them. The tiles are read a growing block of rows at a time and the
+    count stops at ``limit``: a row-major layout seen transposed (a vocabulary-wide logits
+    tensor's, tens of millions of elements) has a piece every few elements and is refused after
+    its first rows, not after a tile lookup per element."""
+    pieces, last, r, block = 0, None, 0, max(1, -(-limit // max(1, rows.shape[1])))
+    while r < rows.shape[0] and pieces < limit:
+        tiles = graph.tile_of(rows[r : min(r + block, rows.shape[0])]).reshape(-1)
+        if tiles.size:
+            pieces += int(np.count_nonzero(tiles[1:] != tiles[:-1])) + (tiles[0] != last)
+            last = tiles[-1]
+        r, block = r + block, 2 * block
+    return pieces < limit
 
 
 def _prod(values) -> int:
@@ -416,8 +432,14 @@ def _raw_columns_stage(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor
         first = (edges[which] // b) * r * b + edges[which] % b  # element (a, 0, b0) of each run
         rows = first[:, None] + np.arange(r) * b  # (V, R) positions of each run's rows
         starts = _addresses(flat, rows)
-        parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
-                 for k in range(r)]
+        first_row = tensor_at(graph, flat.dtype, _addresses(flat, rows[:, :1] + np.arange(n)))
+        if first_row.index is None and flat.index is None:  # row k is row 0 moved k * b elements on
+            step = b * flat.strides[0]
+            parts = [Tensor(graph, flat.dtype, first_row.shape, first_row.offset + k * step,
+                            first_row.strides) for k in range(r)]
+        else:
+            parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
+                     for k in range(r)]
         graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
                                          "scale": scale, "part_step": _even_step(starts)},
                            tile_of[which])

@@ -105,56 +105,78 @@ def _record_loss(module: torch.nn.Module, state: dict[str, Any], args: tuple, kw
 
 
 @contextlib.contextmanager
-def _own_signature() -> Iterator[dict[str, Any]]:
-    """AOTAutograd builds its graph signature keyed by output names, which breaks when two
-    gradients are the same node (an LSTM's two biases); softipu reads the outputs by position, so
-    the signature step is replaced by one that keeps what is needed."""
-    import torch._functorch.aot_autograd as aot  # noqa: PLC0415 - torch internals, used here only
-
-    captured: dict[str, Any] = {}
-
-    def capture(fx_g: Any, fw_metadata: Any, in_spec: Any, out_spec: Any, **kwargs: Any) -> Any:
-        captured.update(kwargs, fw_metadata=fw_metadata)
-        return None
-
-    original = aot.create_graph_signature
-    aot.create_graph_signature = capture
-    try:
-        yield captured
-    finally:
-        aot.create_graph_signature = original
-
-
-@contextlib.contextmanager
 def _user_stack_traces() -> Iterator[None]:
-    """AOTAutograd traces the joint graph without stack traces, then traces that graph again, so its
-    nodes name lines of generated code. Here the first trace records the user's stack and the second
-    copies each node's meta (stack trace, autograd ``seq_nr``) from the node it retraces: a fault on
-    the device then names the line of ``forward`` as inference does (:func:`_backward_lines`)."""
+    """AOTAutograd traces the joint graph without stack traces; here its trace records the user's
+    stack, so a fault on the device names the line of ``forward`` as inference does
+    (:func:`_backward_lines` gives the backward nodes their forward op's line)."""
     import torch._functorch._aot_autograd.graph_capture as capture  # noqa: PLC0415 - torch internals
-    import torch._functorch.aot_autograd as aot  # noqa: PLC0415
-    from torch.fx import traceback as fx_traceback  # noqa: PLC0415
 
-    make_fx, export = capture.make_fx, aot._aot_export_function
+    make_fx = capture.make_fx
 
     def traced(*args: Any, **kwargs: Any) -> Any:
         return make_fx(*args, **{**kwargs, "record_stack_traces": True})
 
-    def exported(*args: Any, **kwargs: Any) -> Any:
-        fx_g, *rest = export(*args, **kwargs)
-        if isinstance(fx_g, torch.fx.GraphModule):
-            _backward_lines(fx_g.graph)
-
-        def rerun(*inputs: Any) -> Any:
-            with fx_traceback.preserve_node_meta():
-                return torch.fx.Interpreter(fx_g).run(*inputs)
-        return (rerun, *rest) if isinstance(fx_g, torch.fx.GraphModule) else (fx_g, *rest)
-
-    capture.make_fx, aot._aot_export_function = traced, exported
+    capture.make_fx = traced
     try:
         yield
     finally:
-        capture.make_fx, aot._aot_export_function = make_fx, export
+        capture.make_fx = make_fx
+
+
+def _export_joint(flat: torch.nn.Module, args: tuple, loss_index: int, decompositions: Any
+                  ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """``aot_export_module(trace_joint=True)`` in one trace: AOTAutograd's joint graph is used as
+    traced, its tangent inputs dropped and its outputs flattened to (forward outputs, gradients of
+    the inputs that require grad) in place, where ``aot_export_module`` traces the whole graph a
+    second time (``make_fx`` of an interpreter over it) to do the same: that retrace was a third of
+    the first call's export. Returns the graph and what its signature needs."""
+    from torch._functorch._aot_autograd.graph_capture_wrappers import (  # noqa: PLC0415 - torch internals
+        create_functional_call,
+    )
+    from torch._functorch.aot_autograd import _aot_export_function  # noqa: PLC0415
+
+    named = {**dict(flat.named_parameters(remove_duplicate=False)),
+             **dict(flat.named_buffers(remove_duplicate=False))}
+    state, state_spec = pytree.tree_flatten(named)
+    call = create_functional_call(flat, state_spec, len(state), store_orig_mod=True)
+    num_outs: list[int] = []
+
+    def forward(*inputs: Any) -> Any:
+        out = call(*inputs)
+        out = (out,) if isinstance(out, torch.Tensor) else out
+        loss = out[loss_index]
+        if not loss.requires_grad or loss.numel() != 1:  # aot_export_module's own checks
+            raise RuntimeError(f"The output at index {loss_index} was marked as the loss, but it "
+                               + ("is not a scalar" if loss.requires_grad else "does not require gradients"))
+        num_outs.append(len(out))
+        return out
+
+    full = (*state, *args)
+    fx_g, meta, _, _ = _aot_export_function(forward, full, decompositions=decompositions,
+                                            num_params_buffers=len(state), no_tangents=True,
+                                            trace_joint=True)
+    graph = fx_g.graph
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    for tangent in inputs[len(full):]:
+        if tangent.users:
+            raise AssertionError(f"the joint graph reads its tangent input {tangent.name}")
+        graph.erase_node(tangent)
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    outs = list(output.args[0])
+    n_fwd = len(outs) - len(full)
+    grads = []
+    for a, g in zip(full, outs[n_fwd:], strict=True):
+        if isinstance(a, torch.Tensor) and a.requires_grad:
+            if g is None:
+                raise AssertionError("a parameter that requires grad got no gradient in the joint graph")
+            grads.append(g)
+    output.args = ((*outs[:n_fwd], *grads),)
+    graph._codegen = torch.fx.graph.CodeGen()
+    fx_g.recompile()
+    n_params = sum(1 for _ in flat.named_parameters(remove_duplicate=False))
+    names = list(named)
+    return fx_g, {"param_names": names[:n_params], "buffer_names": names[n_params:], "fw_metadata": meta,
+                  "params_and_buffers_flat": state, "num_user_fw_outs": num_outs[-1]}
 
 
 def _backward_lines(graph: torch.fx.Graph) -> None:
@@ -174,7 +196,6 @@ def _backward_lines(graph: torch.fx.Graph) -> None:
 def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool = False) -> Joint:
     """Trace ``module``'s forward and backward on these (micro-batch) inputs; with ``scaled`` the
     backward starts from the loss times a loss-scaling input (the last user input)."""
-    from torch._functorch.aot_autograd import aot_export_module  # noqa: PLC0415 - heavy import
     from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
 
     label = type(module).__name__
@@ -190,14 +211,12 @@ def joint_graph(module: torch.nn.Module, args: tuple, kwargs: dict, scaled: bool
         flat_in = [*flat_in, torch.ones((), dtype=torch.float32)]
     try:
         # Attention as its math form and RNNs without oneDNN: their backwards then decompose too.
-        with _quiet_torch(), warnings.catch_warnings(), _own_signature() as captured, \
-                sdpa_kernel([SDPBackend.MATH]), _user_stack_traces():
+        with _quiet_torch(), warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]), _user_stack_traces():
             # NOTE: torch warns about oneDNN's TF32 (for Intel GPUs) whenever its flags are set.
             warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN")
             with torch.backends.mkldnn.flags(enabled=False):
-                gm, _ = aot_export_module(flat, tuple(flat_in), trace_joint=True,
-                                          output_loss_index=loss_index,
-                                          decompositions=_decompositions())
+                gm, captured = _export_joint(flat, tuple(flat_in), loss_index, _decompositions())
+        _backward_lines(gm.graph)
     except FrontendError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure is reported the same way
