@@ -28,8 +28,13 @@ Inputs assumed, and where each comes from (also printed in every JSON line's ``i
   [0, 4, 4, 4] (the embedding alone on IPU 0), the rest as BERT-Large.
 * LAMB state: two fp32 moments (``enable_half_first_order_momentum: False``) = 8 B a parameter
   [V config]; gradient accumulators in the gradients' dtype (fp16) [U].
-* The MLM head sits on the last IPU with its own decoder weight [U]: Graphcore ties it to the
-  word embedding on IPU 0 (serialised); the head here is priced where the pipeline ends.
+* The MLM + NSP head (pooler included) runs on IPU 0 again, its decoder weight tied to the word
+  embedding [V ``nlp/bert/pytorch/modeling.py``: ``BeginBlock(self.cls, "Classifier", ipu_id=0)``,
+  ``tie_weights()``]: a fifth pipeline stage on IPU 0 (``stage_ipus`` (0, 1, 2, 3, 0), S = 9
+  stages), the head priced with its own decoder whose weight is then taken off the head's
+  parameters (the embedding's weight, its gradient and state are the embedding's). The head reads
+  the whole sequence output (sent from IPU 3); Graphcore's decoder serialisation
+  (``embedding_serialization_factor``) is not modelled [U].
 * ResNet-50: ``vision/cnns/pytorch/train/configs.yml`` ``resnet50`` [V]: batch 18 a replica of 1 IPU,
   POD16: 16 replicas x GA 57; ``resnet50-pod64``: 64 x GA 14; precision 16.16, SGD with momentum
   (combined: one fp32 velocity, 4 B a parameter [U: PopTorch's default accum type]), optimizer on
@@ -59,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("bert_large", "bert_base", "resnet50", "gpt2_xl")
@@ -66,6 +72,7 @@ BERT_INPUT_BYTES = 3 * 128 * 4 + 2 * 20 * 4 + 4 * 1  # ids, types, mask; MLM lab
 RESNET_INPUT_BYTES = 224 * 224 * 3 + 4
 RESNET_BATCH = 18  # a replica's micro-batch (configs.yml resnet50)
 GPT2_INPUT_BYTES = 2 * 1024 * 4
+BERT_VOCAB = 30522
 
 
 def emit(**fields) -> None:
@@ -75,7 +82,8 @@ def emit(**fields) -> None:
 # --- the models' distinct layers, in plain torch.nn ------------------------------------------------
 
 
-def bert_layers(hidden: int, heads: int, micro: int, seq: int = 128, vocab: int = 30522, masked: int = 20):
+def bert_layers(hidden: int, heads: int, micro: int, seq: int = 128, vocab: int = BERT_VOCAB,
+                masked: int = 20):
     """(path, kind, LayerCost) for BERT's embedding, one encoder layer, the MLM + NSP head."""
     import torch
     import torch.nn.functional as F  # noqa: N812
@@ -218,11 +226,11 @@ def bert_configs(name: str):
     from softipu.target import systems
 
     if name == "bert_large":
-        hidden, heads, layers, micro, split = 1024, 16, 24, 8, (4, 7, 7, 8)
+        hidden, heads, layers, micro, split = 1024, 16, 24, 8, (4, 7, 7, 7, 1)
         runs = [(systems.POD16, 4, 2048), (systems.POD64, 16, 512), (systems.POD128, 32, 256),
                 (systems.POD256, 64, 128)]
     else:
-        hidden, heads, layers, micro, split = 768, 12, 12, 32, (1, 4, 4, 5)
+        hidden, heads, layers, micro, split = 768, 12, 12, 32, (1, 4, 4, 4, 1)
         runs = [(systems.POD16, 4, 512)]
     return hidden, heads, layers, micro, split, runs
 
@@ -234,11 +242,13 @@ def run_bert(name: str, out: dict) -> list:
     start = time.perf_counter()
     emb, layer, head = bert_layers(hidden, heads, micro)
     price_s = time.perf_counter() - start
+    tied = BERT_VOCAB * hidden  # the decoder's weight is the word embedding's (on the same IPU)
+    head = replace(head, params=head.params - tied, param_bytes=head.param_bytes - 2 * tied)
     layers = [emb] + [layer.scaled(f"encoder[{i}]", 1) for i in range(n_layers)] + [head]
     results = []
     for system, replicas, ga in runs:
         cfg = TrainingConfig(micro_batch=micro, accumulation=ga, replicas=replicas, layers_per_ipu=split,
-                             recompute=True, optimizer_off_chip=True, rts=True,
+                             stage_ipus=(0, 1, 2, 3, 0), recompute=True, optimizer_off_chip=True, rts=True,
                              input_bytes_per_sample=BERT_INPUT_BYTES, label=f"{name}_{system.name}")
         results.append(price_training(layers, cfg, system))
     out.update(price_seconds=price_s, layers=[_layer_figures(x) for x in (emb, layer, head)])
@@ -357,8 +367,6 @@ def run_gpt2(out: dict, jobs: int = 1) -> list:
     out.update(price_seconds=price_s, layers=[_layer_figures(x) for x in (emb, block, head)],
                placement=placement.as_dict(), placement_fits=fits,
                begin_blocks=begin_block_lines(paths, placement.layers_per_ipu))
-    from dataclasses import replace
-
     return [price_training(layers, replace(base, layers_per_ipu=placement.layers_per_ipu), systems.POD16)]
 
 
