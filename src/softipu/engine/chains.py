@@ -572,9 +572,10 @@ def _reduced(executable: Executable, cs_id: int, p_start: np.ndarray, p_m: np.nd
         rows = _reduce_rows([groups[i] for i in members], sizes[members], p_start, p_m, p_n)
         if rows is None:
             return None
-        p_idx, r, outs = rows
+        p_idx, r, outs, count = rows
         n = sizes[members]
         seq = np.repeat(seq_start[members] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
+        seq = np.repeat(seq, count)  # a vertex of several rows: each row in its place
         flats.append((row_base[p_idx] + r[:, None]).reshape(-1))
         sorted_idx = np.sort(p_idx, axis=1)
         distinct, first, inverse = _unique_rows(sorted_idx)
@@ -635,9 +636,10 @@ def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.nd
 
 def _reduce_rows(groups: list[VertexGroup], sizes: np.ndarray, p_start: np.ndarray, p_m: np.ndarray,
                  p_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per reduce vertex of ``groups`` (each adding as many partials): the partial block of each
-    partial it reads, the row it reads of them (one row of every block), and its output row's
-    start; None if one reads elsewhere."""
+    """Per row reduced by ``groups``' vertices (each adding as many partials): the partial block of
+    each partial it reads, the row it reads of them (one row of every block), its output row's
+    start, and how many rows each vertex reduces (a vertex of whole consecutive rows, output rows
+    contiguous, counts as its rows: ops.matmul's worker shares); None if one reads elsewhere."""
     outs_t = [g.fields["out"] for g in groups]
     width = _widths(outs_t, sizes)
     outs = _rows_of(outs_t, sizes)
@@ -649,11 +651,18 @@ def _reduce_rows(groups: list[VertexGroup], sizes: np.ndarray, p_start: np.ndarr
     p_idx = np.searchsorted(p_start, starts, side="right") - 1
     if (p_idx < 0).any():
         return None
+    count, rem = np.divmod(width, np.maximum(p_n[p_idx[:, 0]], 1))
+    if (rem != 0).any() or (count < 1).any():
+        return None
+    if (count > 1).any():  # one row per entry: rows follow each other in partials and output
+        v = np.repeat(np.arange(count.size), count)
+        step = (np.arange(v.size) - np.repeat(np.cumsum(count) - count, count)) * p_n[p_idx[v, 0]]
+        starts, outs, width, p_idx = starts[v] + step[:, None], outs[v] + step, p_n[p_idx[v, 0]], p_idx[v]
     rows, rem = np.divmod(starts - p_start[p_idx], p_n[p_idx])
     if (rem != 0).any() or (rows >= p_m[p_idx]).any() or (p_n[p_idx] != width[:, None]).any() \
             or (rows != rows[:, :1]).any() or (np.diff(np.sort(p_idx, axis=1), axis=1) == 0).any():
         return None
-    return p_idx, rows[:, 0], outs
+    return p_idx, rows[:, 0], outs, count
 
 
 def _grid_of(start: np.ndarray, transposed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -275,9 +275,14 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
                                            zeroing=False))
     runs = bg * -(-bm // sk)  # output rows each tile reduces
     recv_red = (sk - 1) * runs * bn * psz
-    each = reduce_cycles(sk, bn, p.partials_dtype, p.out_dtype, target)
     workers = target.workers_per_tile
-    red = np.where(two_stage, workers * np.maximum(each, -(-(runs * each) // workers)), 0)
+    # One N block: a vertex per worker's share of each block's rows (ops.matmul, poplin's
+    # ReduceAdd over a tile's region); several: a vertex per row.
+    rows = -(-bm // sk)
+    share = np.where(direct, -(-rows // workers), 1)
+    verts = np.where(direct, bg * -(-rows // share), runs)
+    each = reduce_cycles(sk, share * bn, p.partials_dtype, p.out_dtype, target)
+    red = np.where(two_stage, workers * np.maximum(each, -(-(verts * each) // workers)), 0)
     sync = target.on_chip_sync_cycles
     # Regions received per step: a piece of the A block from each other tile sharing it and of
     # the B block likewise; in the reduction, partials from the other K ranges.
@@ -293,7 +298,7 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     # and so must the code and state of every step (exchange code per region received).
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
-    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, runs, two_stage)
+    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage)
     return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
             "serial": serial,
             "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
@@ -302,7 +307,7 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
             "fits": (serial > 0) & (temp <= budget) & (temp + resident <= target.bytes_per_tile)}
 
 
-def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, runs, two_stage) -> np.ndarray:
+def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, two_stage) -> np.ndarray:
     """Per tile: exchange code (a region per sending tile), control code and vertex state of
     the AMP steps and the reduction, by the rules the compiler's memory plan charges
     (:mod:`softipu.graph.accounting`), for the codelets :mod:`softipu.ops.matmul` adds."""
@@ -310,7 +315,7 @@ def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, runs, t
     per_step = (exchange_code_bytes(sn + sm, target) + control_code_bytes(1, target)
                 + bg * amp_state)
     red = reduce_codelet(p.partials_dtype, p.out_dtype)
-    reduce_state = (runs * vertex_state_bytes(red, target, {"partials": sk})
+    reduce_state = (verts * vertex_state_bytes(red, target, {"partials": sk})
                     + exchange_code_bytes(sk + 1, target) + control_code_bytes(1, target))
     return steps * per_step + np.where(two_stage, reduce_state, 0)
 
