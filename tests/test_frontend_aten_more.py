@@ -306,3 +306,27 @@ def test_fold_segment_reduce_and_masked_index_put_match_torch():
         F.fold(cols, (4, 5), 2, stride=1), torch.segment_reduce(data, "max", lengths=torch.tensor([2, 0, 3, 1])),
         torch.segment_reduce(data, "mean", offsets=torch.tensor([0, 2, 2, 6]), initial=1.0),
         x.index_put((mask,), rows, accumulate=True)), cols, data, x, mask, rows)
+
+
+def test_chunked_linear_cross_entropy_is_its_reference_composition():
+    from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions
+
+    g = torch.Generator().manual_seed(6)
+    x, w, b = torch.randn(6, 5, generator=g), torch.randn(7, 5, generator=g), torch.randn(7, generator=g)
+    target = torch.tensor([0, 3, 6, -100, 2, 2])
+    cw = torch.rand(7, generator=g) + 0.5
+    opts = LinearCrossEntropyOptions(batch_chunk_size=2, allow_retain_graph=True)  # the chunked custom ops, not the reference
+
+    def losses(x, w, b, target, cw):
+        return (F.linear_cross_entropy(x, w, target, linear_bias=b, weight=cw, options=opts),
+                F.linear_cross_entropy(x, w, target, reduction="sum", options=opts),
+                F.linear_cross_entropy(x, w, target, linear_bias=b, reduction="none", options=opts))
+
+    got = run(losses, x, w, b, target, cw)
+    with torch.no_grad():  # the oracle: the reference composition its documentation gives
+        logits = F.linear(x, w, b)
+        want = (F.cross_entropy(logits, target, cw),
+                F.cross_entropy(F.linear(x, w), target, reduction="sum"),
+                F.cross_entropy(logits, target, reduction="none"))
+    for g_, w_ in zip(got, want, strict=True):
+        close(g_, w_, rtol=1e-4, atol=1e-5)

@@ -31,6 +31,7 @@ import torch
 
 from softipu.dtypes import DType, bool_, float16, float32, int8, int16, int32, uint8, uint16, uint32
 from softipu.frontends.errors import ExportError, UnsupportedOpsError
+from softipu.frontends.torch.decompositions import extra_decompositions
 from softipu.frontends.torch.registry import find_lowering
 
 __all__ = ["UserLine", "export_program", "check_supported", "user_line", "graph_nodes", "IPU_DTYPES",
@@ -156,6 +157,7 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
             table = torch.export.default_decompositions()
             for op in KEPT_WHOLE:
                 table.pop(op)
+            table.update(extra_decompositions())
             try:
                 return _export_decomposed(module, tuple(args), dict(kwargs or {}), table)
             except Exception as exc:  # noqa: BLE001 - the two-trace export below reports (or passes) it
