@@ -113,7 +113,9 @@ def main() -> None:
     if ns.reference:
         np.savez(os.path.join(ns.out, f"rank{rank}_ref.npz"), **run_program(ns.numel, True, reference=True)[0])
     with open(os.path.join(ns.out, f"times{rank}.json"), "w") as f:
-        json.dump({**times, "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet()}, f)
+        json.dump({**times, "instances": popdist.getNumInstances(), "popdist": popdist.isPopdistEnvSet(),
+                   "host": popdist.getHostIndex(), "hosts": popdist.getNumHosts(),
+                   "host_name": popdist.getHostName()}, f)
     if ns.lose:
         try:
             run_program(ns.numel, True, die=0, timeout=5)

@@ -9,6 +9,7 @@ MAX all-reduce; the float sum against float64 numpy within a tolerance (its orde
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,28 @@ def test_softipu_run_is_a_registered_subcommand():
     with pytest.raises(SystemExit) as exc:
         cli.main(["run", "--help"], out)
     assert exc.value.code == 0
+
+
+def test_two_hosts_on_loopback_match_1_process_bitwise(tmp_path):
+    """``softipu run --hosts localhost,127.0.0.1``: two torchrun agents, each a host (node rank
+    0 and 1, its own name), one instance each holding its 4 replicas, joined by a TCP rendezvous
+    and gloo on loopback, as two machines would be. Oracle: the program run whole here."""
+    cmd = [sys.executable, "-m", "softipu", "run", "--hosts", "localhost,127.0.0.1", "--num-instances", "2",
+           "--num-replicas", "8", str(TESTS / "distributed_script.py"), "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, _ = D.run_program(64, distributed=False)
+    parts = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+    for name, want in whole.items():
+        np.testing.assert_array_equal(_bits(np.concatenate([p[name] for p in parts])), _bits(want), err_msg=name)
+    hosts = [json.loads((tmp_path / f"times{r}.json").read_text()) for r in range(2)]
+    assert [(h["host"], h["hosts"], h["host_name"], h["first"], h["local"]) for h in hosts] == [
+        (0, 2, "localhost", 0, 4), (1, 2, "127.0.0.1", 4, 4)]
+
+
+def test_hosts_must_split_the_instances_and_be_reachable():
+    from softipu.poprun import launch_hosts
+    with pytest.raises(OptionError, match="3 instances do not split evenly over the 2 hosts"):
+        launch_hosts(["localhost", "localhost"], 3, 6, "s.py")
+    with pytest.raises(OptionError, match=r"cannot start agents on \['ipu-host-2'\].*--node-rank h"):
+        launch_hosts(["localhost", "ipu-host-2"], 2, 8, "s.py")

@@ -16,8 +16,9 @@ import os
 
 from softipu.engine.distributed import ENV, layout_from_environment
 
-__all__ = ["getInstanceIndex", "getNumInstances", "getNumIpusPerReplica", "getNumLocalReplicas",
-           "getNumTotalReplicas", "getReplicaIndexOffset", "isPopdistEnvSet"]
+__all__ = ["getHostIndex", "getHostName", "getInstanceIndex", "getNumHosts", "getNumInstances",
+           "getNumIpusPerReplica", "getNumLocalReplicas", "getNumTotalReplicas", "getReplicaIndexOffset",
+           "isPopdistEnvSet"]
 
 
 def isPopdistEnvSet() -> bool:  # noqa: N802 - popdist's names
@@ -54,3 +55,27 @@ def getReplicaIndexOffset() -> int:  # noqa: N802
 def getNumIpusPerReplica() -> int:  # noqa: N802
     """IPUs per replica, as the launcher was told."""
     return layout_from_environment().ipus_per_replica
+
+
+def getHostIndex() -> int:  # noqa: N802
+    """The host this process runs on, 0 .. hosts - 1 (torchrun's node rank, ``GROUP_RANK``; 0
+    outside a launcher). ``softipu run --hosts`` runs one torchrun agent a host; its instances
+    are consecutive, so host h holds replicas ``h * R / H .. (h + 1) * R / H - 1``."""
+    return _env_int(ENV["host"], 0)
+
+
+def getNumHosts() -> int:  # noqa: N802
+    """How many hosts the instances run on (instances / instances a host; 1 outside a launcher)."""
+    return max(1, getNumInstances() // _env_int(ENV["local_instances"], getNumInstances()))
+
+
+def getHostName() -> str:  # noqa: N802
+    """The name of this process's host as the launcher gave it (``softipu run --hosts``;
+    ``SOFTIPU_HOST``), else this machine's."""
+    import socket
+    return os.environ.get("SOFTIPU_HOST", "").strip() or socket.gethostname()
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.lstrip("-").isdigit() else default

@@ -45,6 +45,8 @@ ENV = {  # what the launcher sets (PopRun's names for the replica layout, torchr
     "ipus": "POPDIST_NUM_IPUS_PER_REPLICA",
     "instances": "WORLD_SIZE",
     "instance": "RANK",
+    "host": "GROUP_RANK",  # torchrun's node rank: which host (agent) this instance runs on
+    "local_instances": "LOCAL_WORLD_SIZE",  # instances on this host
 }
 DEFAULT_TIMEOUT_S = 60
 
