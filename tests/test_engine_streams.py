@@ -247,3 +247,26 @@ def test_control_flow_must_agree_across_replicas(reference):
     for program in (0, 1):
         with pytest.raises(sp.EngineError, match="replicas disagree"):
             eng.run(program)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+@ENGINES
+def test_a_stream_into_a_slab_layout_fills_its_pieces_on_every_run(reference, replicas):
+    """A matmul input laid out in column slabs (pieces of the variable, in another order) is
+    written through views the fast engine makes on the first run and keeps."""
+    from softipu.ops.matmul import _Grid, _slab_view
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=4), replication_factor=replicas)
+    var = variable(g, sp.float32, (2 * 5 * 7,), "var")
+    slab = _slab_view(var, 2, _Grid.of(5, 2), _Grid.of(7, 3))  # (2, 5, 7): columns in slabs of 3
+    assert slab.slabs is not None
+    y = variable(g, sp.float32, (2, 5, 7), "y")
+    feed = g.add_host_to_device_fifo("feed", sp.float32, 70)
+    eng = sp.Engine(g, [P.Sequence([P.Copy(feed, slab), P.Copy(slab, y)])], {"engine.reference": reference})
+    runs = np.random.default_rng(4).standard_normal((3, replicas, 2, 5, 7)).astype(np.float32)
+    for values in runs:
+        for r in range(replicas):
+            eng.connect_stream("feed", values[r].reshape(-1), replica=r if replicas > 1 else None)
+        eng.run(0)
+        got = eng.read_tensor(y)
+        np.testing.assert_array_equal(got if replicas > 1 else got[None], values)

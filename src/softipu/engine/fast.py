@@ -45,6 +45,7 @@ from softipu.engine.storage import BLOCKED_MIN, Storage, assign
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
 from softipu.graph import program as P
+from softipu.graph.streams import DataStream
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
@@ -445,6 +446,10 @@ class FastInterpreter(ProgramInterpreter):
 
     def _bound_copy(self, node: P.Copy) -> Callable[[], Any] | None:
         src, dst = node.src, node.dst
+        if isinstance(src, DataStream) and isinstance(dst, Tensor) and dst.slabs is not None and dst.numel:
+            # A stream into a slab-laid tensor (a matmul's input): its pieces' views made once.
+            return partial(self._stream_into, src, dst, self.storage.slab_writer(dst, replica_axis=True),
+                           at(node.location))
         if not (isinstance(src, Tensor) and isinstance(dst, Tensor)) or dst.index is not None:
             return None
         if src.index is not None:
@@ -453,6 +458,10 @@ class FastInterpreter(ProgramInterpreter):
         to, of = view(dst, writeable=True, replica_axis=True), view(src, writeable=False, replica_axis=True)
         # In blocks where the layouts cross (a transposing copy), else one call.
         return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
+
+    def _stream_into(self, src: DataStream, dst: Tensor, write: Callable[[np.ndarray], None],
+                     where: str) -> None:
+        write(self.streams.pull(src, where).reshape((self.storage.replicas,) + dst.shape))
 
     def _bound_take(self, src: Tensor, dst: Tensor) -> Callable[[], Any] | None:
         """An indexed source copied into a strided destination: one ``take`` of the source's

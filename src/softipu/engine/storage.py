@@ -17,7 +17,7 @@ from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError, HostMemoryError
 from softipu.graph.tensor import Tensor
 
-__all__ = ["Storage", "assign"]
+__all__ = ["SlabWriter", "Storage", "assign"]
 
 # A copy between two layouts that cross (the destination's fastest axis is not the source's: a
 # transposed weight written, read or copied) goes in square blocks of this many elements a side,
@@ -131,6 +131,20 @@ def check_host_memory(executable: Executable, replicas: int) -> None:
 _CHECKED_FROM = 64 << 20  # smaller storage is never refused (reading /proc/meminfo costs ~20 us)
 
 
+class SlabWriter:
+    """Values of a slab-laid tensor's shape written into its pieces' strided views (made once)."""
+
+    __slots__ = ("shape", "order", "parts")
+
+    def __init__(self, shape: tuple[int, ...], order: tuple[int, ...], parts: list[tuple]) -> None:
+        self.shape, self.order, self.parts = shape, order, parts
+
+    def __call__(self, values: np.ndarray) -> None:
+        mid = np.broadcast_to(values, self.shape).transpose(self.order)
+        for view, part, shape in self.parts:
+            assign(view, mid[part].reshape(shape))
+
+
 class Storage:
     """The values of every variable of every replica.
 
@@ -203,25 +217,30 @@ class Storage:
     def _scatter_slabs(self, t: Tensor, values: np.ndarray, replica_axis: bool) -> None:
         """A slab layout written piece by piece through strided views: no address array is built
         (loading a model's matmul weights would otherwise make one int64 per element)."""
+        self.slab_writer(t, replica_axis)(values)
+
+    def slab_writer(self, t: Tensor, replica_axis: bool) -> SlabWriter:
+        """What writes values into a slab-laid tensor, its views made now: a fast engine keeps one
+        per stream copy into such a tensor (an input of a model's matmul) for every later call."""
         slabs, buf = t.slabs, self.buffers[t.dtype]
         lead = (buf.shape[0],) if replica_axis else ()
-        mid = np.broadcast_to(values, lead + t.shape)
         # Back to the joined pieces' axis order: the tensor's axis i is the pieces' perm[i].
         back = [0] * len(slabs.perm)
         for i, a in enumerate(slabs.perm):
             back[a] = i
-        mid = mid.transpose(tuple(range(len(lead))) + tuple(len(lead) + i for i in back))
+        order = tuple(range(len(lead))) + tuple(len(lead) + i for i in back)
+        parts = []
         at_ = 0
         axis = len(lead) + slabs.axis
         for offset, shape, strides, piece_mid in slabs.pieces:
             size = piece_mid[slabs.axis]
             if size and 0 not in shape:
-                part = mid[(slice(None),) * axis + (slice(at_, at_ + size),)]
                 view = np.ndarray(lead + shape, buf.dtype, buf, offset * buf.itemsize,
                                   ((buf.strides[0],) if replica_axis else ())
                                   + tuple(s * buf.itemsize for s in strides))
-                assign(view, part.reshape(lead + shape))
+                parts.append((view, (slice(None),) * axis + (slice(at_, at_ + size),), lead + shape))
             at_ += size
+        return SlabWriter(lead + t.shape, order, parts)
 
     def undefine(self, t: Tensor) -> None:
         """A ``WriteUndef``: with poison, the tensor's elements read as poison again."""
