@@ -198,3 +198,25 @@ def test_quad_directional_runs_on_the_ring_and_its_mirror_and_is_priced_so(repli
         ring, mirror = {0: 2, 2: 3, 3: 1, 1: 0}, {1: 3, 3: 2, 2: 0, 0: 1}
         back = [{b: a for a, b in m.items()} for m in (ring, mirror)]
         assert [m for _, _, m in node.transfers] == [ring, back[0], mirror, back[1]]
+
+
+@pytest.mark.parametrize("replicas", [2, 5])
+def test_mean_vertices_give_the_reference_interpreters_bits(replicas):
+    """RingStore's divided form and RingDivide, run by the fast engine and by the reference
+    interpreter: the same bits (elementwise work, design principle 6), and numpy's sum / n."""
+    def run_mean(reference: bool) -> tuple[np.ndarray, np.ndarray]:
+        g = sp.Graph(TARGET, replication_factor=replicas)
+        x = g.add_variable(sp.float32, (40,), "x")
+        sp.ops.map_linearly(g, x)
+        prog = P.Sequence()
+        y = C.all_reduce(g, x, prog, op=Op.MEAN, options={"method": "clockwise_ring"})
+        z = C.reduce_scatter(g, x, prog, op=Op.MEAN)
+        eng = sp.Engine(g, [prog], options={"engine.reference": reference})
+        eng.write_tensor(x, np.arange(replicas * 40, dtype=np.float32).reshape(replicas, 40) / 7)
+        eng.run(0)
+        return eng.read_tensor(y), eng.read_tensor(z)
+    (fast_y, fast_z), (ref_y, ref_z) = run_mean(False), run_mean(True)
+    np.testing.assert_array_equal(fast_y.view(np.uint32), ref_y.view(np.uint32))
+    np.testing.assert_array_equal(fast_z.view(np.uint32), ref_z.view(np.uint32))
+    v = np.arange(replicas * 40, dtype=np.float32).reshape(replicas, 40) / 7
+    np.testing.assert_allclose(fast_y[0], v.astype(np.float64).sum(0) / replicas, rtol=1e-6)
