@@ -119,7 +119,8 @@ def transpose_codelet(dtype: DType) -> type[Vertex]:
             lead = dst.shape[:-1]
             k = int(r.flat[0])
             if r.size == 1 or (r == k).all():  # one shape (the usual case): no sort, one copy
-                dst[...] = src.reshape(lead + (k, n // k)).swapaxes(-1, -2).reshape(lead + (n,))
+                # one pass into dst's rows viewed as (cols, rows): no transposed temporary
+                dst.reshape(lead + (n // k, k))[...] = src.reshape(lead + (k, n // k)).swapaxes(-1, -2)
                 return
             r = np.broadcast_to(r, lead)
             for k in np.unique(r).tolist():
