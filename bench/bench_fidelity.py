@@ -50,7 +50,7 @@ def target():
     return getattr(sp.targets, "C600", sp.targets.GC200)
 
 
-def child(model: str, precision: str, batch: int, seq: int) -> dict:
+def child(model: str, precision: str, batch: int, seq: int, outline: bool = True) -> dict:
     """Price one configuration in this (fresh) process."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -76,8 +76,11 @@ def child(model: str, precision: str, batch: int, seq: int) -> dict:
     lowered = lower_program(ep, opts, names)
     stages["lower"] = time.perf_counter() - t
     t = time.perf_counter()
-    eng = sp.Engine(lowered.graph, list(lowered.programs), estimate_only=True,
-                    options={"debug.allowOutOfMemory": True})
+    # PopTorch compiles through PopART, whose outlining is on by default (compiler/outline.py);
+    # a --baseline checkout older than the option prices without it.
+    outline = outline and "opt.enableOutlining" in sp.EngineOptions.KEYS
+    options = {"debug.allowOutOfMemory": True} | ({"opt.enableOutlining": True} if outline else {})
+    eng = sp.Engine(lowered.graph, list(lowered.programs), estimate_only=True, options=options)
     stages["compile"] = time.perf_counter() - t
     t = time.perf_counter()
     eng.run(0)
@@ -93,7 +96,7 @@ def child(model: str, precision: str, batch: int, seq: int) -> dict:
     rewrites = getattr(lowered, "rewrites", None)
     return {
         "model": model, "precision": precision, "batch": batch, "seq": seq or None,
-        "target": tgt.name, "cycles": int(cycles),
+        "target": tgt.name, "outlining": outline, "cycles": int(cycles),
         "items_per_s": round(batch * tgt.clock_hz / max(cycles, 1), 1),
         "fits": bool(fit["fits"]), "max_tile_kib": round(int(mem.max()) / 1024, 1),
         "mean_tile_kib": round(float(np.mean(mem)) / 1024, 1),
@@ -106,11 +109,12 @@ def child(model: str, precision: str, batch: int, seq: int) -> dict:
     }
 
 
-def measure(config: tuple, src: str | None, timeout: float) -> dict:
+def measure(config: tuple, src: str | None, timeout: float, outline: bool = True) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", ":".join(map(str, config))]
+    cmd += [] if outline else ["--no-outlining"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -150,16 +154,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", help="a softipu checkout whose src/ is measured beside")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--no-outlining", action="store_true",
+                        help="price without PopART's outlining of repeated layers (opt.enableOutlining)")
     a = parser.parse_args()
     if a.child:
-        print(json.dumps(child(*parse(a.child))))
+        print(json.dumps(child(*parse(a.child), outline=not a.no_outlining)))
         return
     configs = [parse(c) for c in a.configs.split(",")] if a.configs else (QUICK if a.quick else CONFIGS)
     if a.only:
         configs = [c for c in configs if c[0] in a.only.split(",")]
     rows = []
     for config in configs:
-        row = {"bench": "fidelity", **measure(config, None, a.timeout)}
+        row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining)}
         row.setdefault("model", config[0])
         row.setdefault("precision", config[1])
         row.setdefault("batch", config[2])

@@ -71,6 +71,10 @@ def test_two_identical_layers_hold_their_code_once():
     # on tile 0), one layer at a time.
     np.testing.assert_array_equal(off["not_always_live"], [0, 8, 8, 8])
     np.testing.assert_array_equal(on["not_always_live"], [40, 16, 16, 16])
+    # Control code, 24 B a step on every tile: two Executes; outlined, the second is the
+    # subgraph's own (held once) and each call adds a step copying its weight in: 2 - 1 + 2.
+    np.testing.assert_array_equal(off["control_code"], [48] * 4)
+    np.testing.assert_array_equal(on["control_code"], [72] * 4)
     # What is always live does not change.
     np.testing.assert_array_equal(off["always_live_variables"], on["always_live_variables"])
 

@@ -194,6 +194,7 @@ class StepPricer:
         self.exchange_code_regions = np.zeros(target.num_tiles, np.int64)
         # Outlining (compiler/outline.py): code of work repeating an earlier one's exactly is shared.
         self.outline = Outline() if outline else None
+        self.shared_steps = 0  # steps whose code (control code included) an outlined subgraph holds
         self._cs_cache: dict[int, dict] = {}
         # Structurally identical work (a repeated layer's) is priced once: compute by work key,
         # exchange by layout key, copies by copy key (softipu.compiler.structure).
@@ -217,6 +218,8 @@ class StepPricer:
     def _moved(self, t: Traffic, code: bool = True) -> dict:
         if code:  # not when its code is an outlined subgraph's, counted once (compiler/outline.py)
             self.exchange_code_regions += t.send_regions + t.recv_regions
+        else:
+            self.shared_steps += 1
         cycles, _ = exchange_cycles(t, self.target)
         recv_tiles = np.flatnonzero(t.recv_bytes)
         return dict(exchange_cycles=cycles, bytes_exchanged=t.total_bytes,

@@ -400,7 +400,8 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
                 compute_sets: dict[int, CompiledComputeSet], programs: tuple[P.Program, ...],
                 functions: dict[int, P.Program], steps: list, step_of: dict[int, int],
                 exchange_regions: np.ndarray, allow_out_of_memory: bool,
-                keys: StructureKeys | None = None, outline: Outline | None = None) -> MemoryPlan:
+                keys: StructureKeys | None = None, outline: Outline | None = None,
+                outline_shared_steps: int = 0) -> MemoryPlan:
     tiles = target.num_tiles
     var_ids, var_tiles, var_bytes = _placement(graph, mappings, target)
     timeline = _Timeline(graph, compute_sets, functions, step_of, keys)
@@ -428,14 +429,18 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
         if step.recv_tiles.size:
             events.append((np.full(step.recv_tiles.size, p), step.recv_tiles, step.recv_tile_bytes))
             events.append((np.full(step.recv_tiles.size, p + 1), step.recv_tiles, -step.recv_tile_bytes))
+    control_steps = len(steps)
     if outline is not None:  # each call of an outlined subgraph holds a copy of its weights
-        events += _call_input_copies(timeline, outline, always & ~constant, var_ids, var_tiles, var_bytes)
+        copies, count = _call_input_copies(timeline, outline, always & ~constant, var_ids, var_tiles,
+                                           var_bytes)
+        events += copies
+        control_steps += count - outline_shared_steps
     cats["not_always_live"], liveness = _peak_per_tile(events, tiles, num_points)
     cs_state = _vertex_state(compute_sets, target, outline)
     cats["vertex_state"] = sum(cs_state.values(), np.zeros(tiles, np.int64))
     cats["codelet_code"] = _codelet_code(compute_sets, target)
     cats["exchange_code"] = exchange_code_bytes(exchange_regions, target)
-    cats["control_code"] = np.full(tiles, control_code_bytes(len(steps), target), np.int64)
+    cats["control_code"] = np.full(tiles, control_code_bytes(control_steps, target), np.int64)
     cats["stacks"] = np.full(tiles, target.workers_per_tile * target.worker_stack_bytes
                              + target.supervisor_stack_bytes, np.int64)
     plan = MemoryPlan(target.bytes_per_tile, cats, always, var_ids, var_tiles, var_bytes,
@@ -446,10 +451,11 @@ def plan_memory(graph: Graph, target: Target, mappings: dict[DType, ResolvedMapp
 
 
 def _call_input_copies(timeline: _Timeline, outline: Outline, weight: np.ndarray, var_ids: np.ndarray,
-                       var_tiles: np.ndarray, var_bytes: np.ndarray) -> list:
+                       var_tiles: np.ndarray, var_bytes: np.ndarray) -> tuple[list, int]:
     """(point, tile, +/- bytes) events: at each Execute of an outlined compute set, the weights
     (always-live, non-constant variables) it reads are held once more on their tiles, in the
-    subgraph's input tensor that CallOpx copies them into (compiler/outline.py)."""
+    subgraph's input tensor that CallOpx copies them into (compiler/outline.py); and how many
+    such copies there are (each a program step of the caller's, with its control code)."""
     order = np.argsort(var_ids, kind="stable")
     sorted_ids = var_ids[order]
     points, tiles, nbytes = [], [], []
@@ -467,9 +473,9 @@ def _call_input_copies(timeline: _Timeline, outline: Outline, weight: np.ndarray
         tiles.append(var_tiles[rows])
         nbytes.append(var_bytes[rows])
     if not points:
-        return []
+        return [], 0
     p, t, b = np.concatenate(points), np.concatenate(tiles), np.concatenate(nbytes)
-    return [(p, t, b), (p + 1, t, -b)]
+    return [(p, t, b), (p + 1, t, -b)], len(points)
 
 
 def _vertex_state(compute_sets: dict[int, CompiledComputeSet], target: Target,

@@ -23,9 +23,14 @@ equal copy keys the same subgraph copy. With the engine option ``opt.enableOutli
   held a second time on their tiles for that step: the subgraph's input copy
   (``compiler.memory`` adds them to the not-always-live peak).
 
+* control code: the steps of an outlined compute set or copy after the first are the
+  subgraph's, held once; each call's input copy is a step of its own (one per occurrence of an
+  outlined compute set that reads weights).
+
 Not modelled: the on-tile copy cycles of those inputs (one layer's weights at
 ``Target.on_tile_copy_bytes_per_cycle``: ~1,100 cycles per BERT-base layer, against ~600,000 for
-the layer itself) and the control code of the calls (control code stays one entry per step).
+the layer itself), the copies of activation inputs and outputs, and PopART's
+``outlineThreshold`` (every repeat is outlined, however small).
 """
 
 from __future__ import annotations

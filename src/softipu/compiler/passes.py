@@ -359,7 +359,8 @@ def plan_memory_pass(state: CompileState) -> None:
     state.memory = plan_memory(state.graph, state.graph.target, state.mappings, state.compute_sets,
                                state.programs, state.functions, state.pricer.steps,
                                state.pricer.step_of, state.pricer.exchange_code_regions,
-                               state.allow_out_of_memory, keys=state.keys, outline=state.pricer.outline)
+                               state.allow_out_of_memory, keys=state.keys, outline=state.pricer.outline,
+                               outline_shared_steps=state.pricer.shared_steps)
 
 
 PASSES: tuple[tuple[str, Callable[[CompileState], None]], ...] = (
