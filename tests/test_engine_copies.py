@@ -57,3 +57,23 @@ def test_the_fast_engine_binds_the_take():
     eng.run(0)
     bound = [c for c in eng._interpreter._copies.values() if c is not None]
     assert bound and all(getattr(c, "func", None) is np.take for c in bound)
+
+
+@ENGINES
+def test_a_large_copy_cut_into_pieces_moves_every_element(reference):
+    """A copy of 2 x 384 x 512 elements (the fast engine cuts it into pieces along its longest
+    axis for idle cores), straight and transposing, equals numpy's."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (2, 384, 512), name="x")
+    y = g.add_variable(sp.float32, (2, 384, 512), name="y")
+    z = g.add_variable(sp.float32, (2, 512, 384), name="z")
+    for v in (x, y, z):
+        sp.ops.map_linearly(g, v)
+    eng = sp.Engine(g, [P.Sequence([P.Copy(x, y), P.Copy(x.transpose(0, 2, 1), z)])],
+                    {"engine.reference": reference, "debug.allowOutOfMemory": True})  # values only
+    for seed in range(2):  # the second run uses the pieces bound on the first
+        xs = np.random.default_rng(seed).standard_normal((2, 384, 512)).astype(np.float32)
+        eng.write_tensor(x, xs)
+        eng.run(0)
+        np.testing.assert_array_equal(eng.read_tensor(y), xs)
+        np.testing.assert_array_equal(eng.read_tensor(z), xs.transpose(0, 2, 1))

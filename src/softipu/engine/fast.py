@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_side_by_side
+from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_pieces, run_side_by_side
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.blas_warmup import warm_blas_buffers
@@ -397,6 +397,24 @@ def _host_safe(codelet: type) -> bool:
     return codelet.__module__.startswith("softipu.")
 
 
+# A copy of at least two pieces of this many elements is cut into such pieces along its longest
+# axis (by its shape alone), run on idle cores: a copy's values do not depend on the cut.
+COPY_PIECE = 1 << 17
+_COPY_PIECES = 4
+
+
+def _copy_pieces(to: np.ndarray, of: np.ndarray) -> list[Callable[[], Any]]:
+    """``to[...] = of`` (same shapes, not overlapping) as pieces along ``to``'s longest axis."""
+    axis = int(np.argmax(to.shape))
+    parts = max(1, min(_COPY_PIECES, to.size // COPY_PIECE, to.shape[axis]))
+    cuts = [to.shape[axis] * p // parts for p in range(parts + 1)]
+    pieces = []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        at_ = (slice(None),) * axis + (slice(lo, hi),)
+        pieces.append(partial(assign, to[at_], of[at_]))
+    return pieces
+
+
 class FastInterpreter(ProgramInterpreter):
     """The engine's executor: batched compute sets, precomputed views."""
 
@@ -456,6 +474,8 @@ class FastInterpreter(ProgramInterpreter):
             return self._bound_take(src, dst)
         view = self.storage.view
         to, of = view(dst, writeable=True, replica_axis=True), view(src, writeable=False, replica_axis=True)
+        if to.size >= 2 * COPY_PIECE and of.shape == to.shape and not np.may_share_memory(to, of):
+            return partial(run_pieces, _copy_pieces(to, of))  # a convolution's im2col window, say
         # In blocks where the layouts cross (a transposing copy), else one call.
         return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
 
