@@ -11,7 +11,10 @@ programs). Each line prints:
   (``worst_kib``: KiB by memory category on the fullest tile);
 * ``compile_s`` (export + lower + compile + price, wall) with its ``stages_s``, and ``rss_mb``:
   the growth of the process's peak resident size over the case (ru_maxrss);
-* ``rewrites``: what the frontend graph passes rewrote (batch norms folded, ...), where any.
+* ``rewrites``: what the frontend graph passes rewrote (batch norms folded, ...), where any;
+* ``outlining``: whether repeated layers were priced as PopART outlines them (engine option
+  ``opt.enableOutlining``, on unless ``--no-outlining``: their code held once, each call holding
+  a copy of its weights).
 
 Then a table. Run: ``.venv/bin/python bench/bench_fidelity.py`` (all configurations, some minutes)
 or ``--only resnet50`` / ``--configs resnet50:fp16:1,resnet50:fp16:32`` / ``--quick`` (a small
