@@ -154,17 +154,13 @@ def export_program(module: torch.nn.Module, args: tuple, kwargs: dict | None) ->
     module.train(False)
     try:
         with torch.no_grad(), _quiet_torch():
-            table = torch.export.default_decompositions()
-            for op in KEPT_WHOLE:
-                table.pop(op)
-            table.update(extra_decompositions())
             try:
-                return _export_decomposed(module, tuple(args), dict(kwargs or {}), table)
+                return _export_decomposed(module, tuple(args), dict(kwargs or {}), *_split_tables())
             except Exception as exc:  # noqa: BLE001 - the two-trace export below reports (or passes) it
                 _LOG.debug("one-trace export of %s failed (%s: %s); exporting in two traces",
                            type(module).__name__, type(exc).__name__, _first_lines(str(exc), 1))
             exported = torch.export.export(module, tuple(args), dict(kwargs or {}))
-            return exported.run_decompositions(table)
+            return exported.run_decompositions(_table())
     except Exception as exc:  # noqa: BLE001 - every export failure is reported the same way
         raise ExportError(_explain(module, exc)) from exc
     finally:
@@ -175,24 +171,74 @@ _ONE_TRACE = threading.Lock()
 _LOG = logging.getLogger(__name__)
 
 
-def _export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict, table: dict) -> Any:
+def _table() -> Any:
+    """The decomposition table: torch's defaults but :data:`KEPT_WHOLE`, and softipu's own."""
+    table = torch.export.default_decompositions()
+    for op in KEPT_WHOLE:
+        table.pop(op)
+    table.update(extra_decompositions())
+    return table
+
+
+class _DefaultSplit:
+    """torch's split of its default table (less :data:`KEPT_WHOLE`) into CompositeImplicitAutograd
+    overrides and Python decompositions, and the set of CIA ops export may keep: made once per
+    process (the split reads every registered op: ~0.2 s of CPU an export), copied for each."""
+
+    _lock = threading.Lock()
+    _made: tuple[dict, dict, frozenset] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[dict, dict, frozenset]:
+        with cls._lock:
+            if cls._made is None:
+                from torch.export.exported_program import (
+                    _collect_all_valid_cia_ops,
+                    _split_decomp_table_to_cia_and_python_decomp,
+                )
+
+                table = torch.export.default_decompositions()
+                for op in KEPT_WHOLE:
+                    table.pop(op)
+                cia, python = _split_decomp_table_to_cia_and_python_decomp(table)
+                cls._made = dict(cia), dict(python), frozenset(_collect_all_valid_cia_ops())
+            return cls._made
+
+
+def _split_tables() -> tuple[dict, dict]:
+    """``_split_decomp_table_to_cia_and_python_decomp(_table())``: the default split (made once)
+    with softipu's own entries added as that function files them (a core CIA op's entry replaces
+    its override and leaves the Python table; a custom CIA op's goes to both; any other op's to
+    the Python table)."""
+    from torch.export.exported_program import _is_preservable_cia_op
+
+    default_cia, default_python, preservable = _DefaultSplit.get()
+    cia, python = dict(default_cia), dict(default_python)
+    for op, fn in extra_decompositions().items():
+        if op in preservable:
+            cia[op] = fn
+            python.pop(op, None)
+        elif _is_preservable_cia_op(op):
+            cia[op] = python[op] = fn
+        else:
+            python[op] = fn
+    return cia, python
+
+
+def _export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict, cia: dict, python: dict) -> Any:
     """``torch.export.export(...).run_decompositions(table)`` in one trace: torch's own
     post-autograd export (``torch.export._trace._export`` without pre-dispatch, the path
     ``run_decompositions`` re-traces with) given the decomposition table while it traces, as
-    ``run_decompositions`` gives it (CompositeImplicitAutograd decompositions overridden, the rest
-    applied by AOTAutograd). The graph is the same Core ATen graph without a second trace of the
+    ``run_decompositions`` gives it (:func:`_split_tables`: ``cia``'s CompositeImplicitAutograd
+    decompositions overridden, ``python``'s applied by AOTAutograd). The graph is the same Core ATen graph without a second trace of the
     model. Raises whatever torch raises; :func:`export_program` then exports the usual way.
 
     NOTE: ``_export`` fixes the table its AOTAutograd trace uses (none); the table is bound into
     ``torch.export._trace._export_to_aten_ir`` for the call only, under a lock.
     """
     from torch.export import _trace
-    from torch.export.exported_program import (
-        _override_composite_implicit_decomp,
-        _split_decomp_table_to_cia_and_python_decomp,
-    )
+    from torch.export.exported_program import _override_composite_implicit_decomp
 
-    cia, python = _split_decomp_table_to_cia_and_python_decomp(table)
     with _ONE_TRACE:
         plain = _trace._export_to_aten_ir
         _trace._export_to_aten_ir = functools.partial(plain, decomp_table=python)
