@@ -53,7 +53,8 @@ def target():
     return getattr(sp.targets, "C600", sp.targets.GC200)
 
 
-def child(model: str, precision: str, batch: int, seq: int, outline: bool = True) -> dict:
+def child(model: str, precision: str, batch: int, seq: int, outline: bool = True,
+          amp: float | None = None) -> dict:
     """Price one configuration in this (fresh) process."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -75,7 +76,8 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
         ep = export_program(net, args, {})
     stages["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    opts = st.Options(target=tgt, precision=precision)
+    opts = st.Options(target=tgt, precision=precision,
+                      **({} if amp is None else {"available_memory_proportion": amp}))
     lowered = lower_program(ep, opts, names)
     stages["lower"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -100,6 +102,7 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
     return {
         "model": model, "precision": precision, "batch": batch, "seq": seq or None,
         "target": tgt.name, "outlining": outline, "cycles": int(cycles),
+        **({} if amp is None else {"available_memory_proportion": amp}),
         "items_per_s": round(batch * tgt.clock_hz / max(cycles, 1), 1),
         "fits": bool(fit["fits"]), "max_tile_kib": round(int(mem.max()) / 1024, 1),
         "mean_tile_kib": round(float(np.mean(mem)) / 1024, 1),
@@ -112,12 +115,13 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
     }
 
 
-def measure(config: tuple, src: str | None, timeout: float, outline: bool = True) -> dict:
+def measure(config: tuple, src: str | None, timeout: float, outline: bool = True,
+            amp: float | None = None) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", ":".join(map(str, config))]
-    cmd += [] if outline else ["--no-outlining"]
+    cmd += ([] if outline else ["--no-outlining"]) + ([] if amp is None else ["--amp", str(amp)])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -159,16 +163,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--no-outlining", action="store_true",
                         help="price without PopART's outlining of repeated layers (opt.enableOutlining)")
+    parser.add_argument("--amp", type=float, help="availableMemoryProportion for every matmul (default: "
+                        "PopTorch's 0.6)")
     a = parser.parse_args()
     if a.child:
-        print(json.dumps(child(*parse(a.child), outline=not a.no_outlining)))
+        print(json.dumps(child(*parse(a.child), outline=not a.no_outlining, amp=a.amp)))
         return
     configs = [parse(c) for c in a.configs.split(",")] if a.configs else (QUICK if a.quick else CONFIGS)
     if a.only:
         configs = [c for c in configs if c[0] in a.only.split(",")]
     rows = []
     for config in configs:
-        row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining)}
+        row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining, a.amp)}
         row.setdefault("model", config[0])
         row.setdefault("precision", config[1])
         row.setdefault("batch", config[2])
