@@ -20,6 +20,8 @@ import softipu as sp
 from softipu import collectives as C
 from softipu import program as P
 from softipu.collectives import CollectiveOperator as Op
+from softipu.collectives import CommGroup, CommGroupType
+from softipu.engine.replicas import LinkFailure
 from softipu.target import links, systems
 
 TARGET = sp.targets.ipu_model(tiles=16)
@@ -220,3 +222,30 @@ def test_mean_vertices_give_the_reference_interpreters_bits(replicas):
     np.testing.assert_array_equal(fast_z.view(np.uint32), ref_z.view(np.uint32))
     v = np.arange(replicas * 40, dtype=np.float32).reshape(replicas, 40) / 7
     np.testing.assert_allclose(fast_y[0], v.astype(np.float64).sum(0) / replicas, rtol=1e-6)
+
+
+def test_all_to_all_in_place_and_under_a_fault():
+    g = sp.Graph(TARGET, replication_factor=4)
+    x = g.add_variable(sp.int32, (4, 2), "x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    y = g.add_variable(sp.int32, (2, 2), "y")
+    sp.ops.map_linearly(g, y)
+    C.all_to_all_to_destination(g, y, y, prog, group=CommGroup(CommGroupType.CONSECUTIVE, 2))
+    eng = sp.Engine(g, [prog])
+    v = np.arange(4 * 2 * 2, dtype=np.int32).reshape(4, 2, 2)
+    eng.write_tensor(y, v)
+    eng.run(0)
+    got = eng.read_tensor(y)
+    for grp in ([0, 1], [2, 3]):  # in each pair, replica q's row r is replica r's row q
+        for q, rq in enumerate(grp):
+            np.testing.assert_array_equal(got[rq], np.stack([v[rr, q] for rr in grp]))
+    prog = P.Sequence()
+    out = g.add_variable(sp.int32, (4, 2), "out")
+    sp.ops.map_linearly(g, out)
+    C.all_to_all_to_destination(g, x, out, prog, options={"injectFault": ("link", 1, 2)})
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(out, np.full((4, 4, 2), 7, np.int32))
+    with pytest.raises(LinkFailure, match="link from replica 1 to replica 2 failed"):
+        eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(out), np.full((4, 4, 2), 7, np.int32))

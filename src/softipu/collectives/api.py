@@ -428,26 +428,38 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
                               group: CommGroup = ALL, name: str = "",
                               options: dict | None = None) -> Tensor:
     """GCL ``allToAllCrossReplica``: ``t`` (n, ...) per replica; replica ``q``'s ``dst[r]`` is
-    replica ``r``'s ``t[q]`` (``[A,B], [C,D] -> [A,C], [B,D]``). Rows are rotated by rank so
-    that row ``d`` (1..n-1) goes to the replica ``d`` ranks on; the n - 1 shifts are ONE
-    cross-replica exchange (every pair's flow at once over the links, one sync, as
-    ``links.collective_cost`` prices it), so the program's structure does not grow with the
-    group: a rotation, one exchange, the rotation back."""
+    replica ``r``'s ``t[q]`` (``[A,B], [C,D] -> [A,C], [B,D]``). ONE cross-replica exchange:
+    for each pair of ranks ``(r, q)`` a transfer of row ``q`` of the rank-``r`` replica of each
+    group to row ``r`` of its rank-``q`` replica, all side by side (every pair's flow at once over
+    the links, one sync, as ``links.collective_cost`` prices it; no rotation, no dynamic slices),
+    so the program's structure does not grow with the group. An injected fault fails the
+    exchange before anything lands: ``dst`` keeps its values."""
     call = _Call("all_to_all", graph, t, prog, ADD if t.dtype.numpy.kind != "b" else
                  CollectiveOperator.LOGICAL_OR, group, name, options)
-    n = call.groups.n
+    groups, n = call.groups, call.groups.n
     if t.ndim == 0 or t.shape[0] != n:
         raise call.error(f"{t.name} {t.shape} needs a leading dim of the group size {n}")
     _check_destination(call, dst, t.shape, t)
-    ring, prog = Ring(call.ctx, call.groups, True, call.fault), call.ctx.prog
     rows = t.reshape(n, t.numel // n)
-    y = ring.rotated(rows, prog)
-    v = call.output(t, rows.shape, "received")
-    prog.add(P.Copy(y[0], v[0]))
-    if n > 1:
-        shifts = tuple((y[d], v[(n - d) % n], call.groups.shifted(d)) for d in range(2, n))
-        prog.add(P.CrossReplicaCopy(y[1], v[n - 1], call.groups.shifted(1), call.fault, shifts))
-    return call.finish([(ring.unrotated(v, prog), 0, rows.shape[1])], dst, rows.shape[1])
+    # Into ``dst`` directly unless it shares elements with ``t`` (in place): then into a buffer
+    # laid out as ``t``, copied to ``dst`` after the exchange.
+    into = _like(graph, t, None, f"{call.ctx.name}/received") if _shares(t, dst) else dst
+    out = into.reshape(n, t.numel // n)
+    of_rank = [[m for m in range(groups.replicas) if groups.rank(m) == r] for r in range(n)]
+    transfers = [(rows[q], out[r], {m: groups.member(m, q) for m in of_rank[r]})
+                 for r in range(n) for q in range(n)]
+    (src, to, first), rest = transfers[0], tuple(transfers[1:])
+    prog.add(P.CrossReplicaCopy(src, to, first, call.fault, rest))
+    if into is not dst:
+        prog.add(P.Copy(into, dst))
+    return dst
+
+
+def _shares(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` may hold the same elements (same dtype and overlapping addresses)."""
+    if a.dtype != b.dtype:
+        return False
+    return bool(np.intersect1d(a.addresses().reshape(-1), b.addresses().reshape(-1)).size)
 
 
 def all_to_all(graph: Graph, t: Tensor, prog: Any, *, group: CommGroup = ALL, name: str = "",

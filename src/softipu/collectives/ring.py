@@ -17,7 +17,7 @@ counter that is the same on every replica, so every step is the same program on 
 * all-gather: ``z[q] = own``; then ``n - 1`` times: ``send`` goes to the next replica, which
   stores it at ``z[c]``, ``c = q - d, q - 2d, ...``, and forwards it.
 
-All-to-all (not a ring) rotates rows by rank instead: see :meth:`Ring.rotated`.
+All-to-all (not a ring) is one exchange of every rank pair's row (``api.all_to_all_to_destination``).
 """
 
 from __future__ import annotations
@@ -118,22 +118,6 @@ class Ring:
         graph.set_tile_mapping(table, 0)
         graph.set_tile_mapping(index, 0)
         return ops.dynamic_slice(graph, table, index, prog, size=1, name=f"{self.ctx.name}/{suffix}")
-
-    def rotated(self, rows: Tensor, prog: P.Sequence) -> Tensor:
-        """``rows`` (n, w) as ``y[j] = rows[(q + j) % n]`` on the replica of rank ``q``."""
-        if self.n == 1:
-            return rows
-        offsets = self.per_replica([self.groups.rank(r) for r in range(self.groups.replicas)], "offset", prog)
-        return ops.dynamic_slice(self.ctx.graph, rows, offsets, prog, size=self.n,
-                                 name=f"{self.ctx.name}/rotate")
-
-    def unrotated(self, z: Tensor, prog: P.Sequence) -> Tensor:
-        """The inverse of :meth:`rotated`."""
-        if self.n == 1:
-            return z
-        back = [(self.n - self.groups.rank(r)) % self.n for r in range(self.groups.replicas)]
-        return ops.dynamic_slice(self.ctx.graph, z, self.per_replica(back, "unrotate", prog), prog,
-                                 size=self.n, name=f"{self.ctx.name}/unrotate")
 
     def rows_at(self, steps_on: int, suffix: str, prog: P.Sequence) -> Tensor:
         """Per replica (position p), the rank at position ``p - steps_on * d``: a fragment row."""

@@ -493,8 +493,7 @@ def _extras(chip: Target, operation: str, nbytes: float, n: int, k: int, itemsiz
     rings' layout (``rearranged``; a reduce-scatter always copies its fragment to its output, an
     all-gather its input to its first send buffer, on each tile), and a reduce-scatter's MEAN
     division (a compute set of ``RingDivide`` vertices; an all-reduce's is in its all-gather's
-    first store, priced with the ring's compute). NOTE: an all-to-all's row rotations in and out
-    (popops dynamic slices around its one exchange) are not priced here."""
+    first store, priced with the ring's compute). An all-to-all is its one exchange alone."""
     if n < 2:
         return 0
     cycles = 0
