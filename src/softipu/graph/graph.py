@@ -416,7 +416,7 @@ class Graph:
         missing = [n for n in spec if n not in fields]
         if missing:
             raise FieldError(f"{what}: fields {missing} are not connected; the bulk form needs all of them")
-        batched = {n: self._bulk_field(codelet, spec, n, v, num, what) for n, v in fields.items()}
+        batched = {n: self._bulk_field(codelet, spec, n, v, num, what, location) for n, v in fields.items()}
         return table.add_bulk(BulkGroup(codelet, tiles.astype(np.int32), batched, location))
 
     def _table(self, compute_set: ComputeSet) -> VertexTable:
@@ -467,7 +467,7 @@ class Graph:
         return value
 
     def _bulk_field(self, codelet: type[Vertex], spec: dict[str, Field], name: str, value: Any,
-                    num: int, what: str) -> Any:
+                    num: int, what: str, location: SourceLocation) -> Any:
         f = spec.get(name)
         if f is None:
             raise FieldError(_unknown_field(codelet, spec, name, None) + f" in {what}")
@@ -483,7 +483,7 @@ class Graph:
             raise FieldError(f"field {name!r} in {what} is a vector list: pass a list of tensors")
         out = []
         for part in parts:
-            t = self._field_tensor(codelet, name, f, part, caller_location())
+            t = self._field_tensor(codelet, name, f, part, location)  # add_vertices' caller's line
             if t.ndim == 0 or t.shape[0] != num:
                 raise FieldError(
                     f"field {name!r} in {what}: tensor {t.name} has shape {t.shape}; its first "
