@@ -540,7 +540,8 @@ def _two_level(system, operation, nbytes, size, k, method, itemsize, compute, me
     """The hierarchical form (``softipu.collectives`` builds it for an all-reduce): inside each
     domain by ``method``, every domain's rings at once (each step syncs all ``size`` replicas'
     IPUs); across domains a clockwise ring over GW-Links for each ring part of the fragment (the
-    bidirectional pair's two halves cross separately, as built)."""
+    bidirectional pair's two halves cross separately, as built; each part copied into the GW
+    ring's layout and back, as built from a domain-laid-out input)."""
     per_ild = system.ipus_per_ild // k
     ilds = size // per_ild
     sync_ipus = size * k
@@ -565,6 +566,8 @@ def _two_level(system, operation, nbytes, size, k, method, itemsize, compute, me
                 phase_cycles = ring_phase_compute_cycles(system.chip, "clockwise_ring", shard / parts, ilds,
                                                          k, itemsize, reduce, again)
                 adds += parts * phase_cycles if compute else 0
+        if operation == "all_reduce" and compute:  # each part into and out of the GW ring's layout
+            adds += parts * 2 * layout_copy_cycles(system.chip, shard / parts, ilds, k)
     else:  # all-to-all: each IPU sends (ilds-1)/ilds of its data off its domain through its machine
         steps.append(("GW all-to-all", 1, flows_cost(system, pairs, nbytes * (ilds - 1) / ilds / k,
                                                      sync_ipus=sync_ipus)))
