@@ -55,9 +55,10 @@ def _raised_at() -> str:
     return f" (at {location})"
 
 
-# Where Python's own modules and installed packages live: a frame there is not the user's line.
+# Where Python's own modules and installed packages live, and doctests' pseudo-files (their
+# expected output shows the message alone): a frame there is not the user's line.
 _LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-                   | {sys.base_prefix + "/lib/", sys.prefix + "/lib/", "<frozen"})
+                   | {sys.base_prefix + "/lib/", sys.prefix + "/lib/", "<frozen", "<doctest"})
 
 
 class TargetError(SoftIPUError, ValueError):
