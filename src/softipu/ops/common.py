@@ -153,6 +153,9 @@ def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
         rows = flat[first : first + num * length].reshape(num, length)
         if rows.is_strided or rows.slabs is not None:
             return rows
-    addresses = flat.addresses().reshape(-1)
-    index = addresses[starts[:, None] + np.arange(length)]
+    positions = starts[:, None] + np.arange(length)
+    if flat.is_strided and flat.ndim == 1:  # irregular rows: only their addresses, not all of flat's
+        index = flat.offset + positions * flat.strides[0]
+    else:
+        index = flat.addresses().reshape(-1)[positions]
     return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
