@@ -146,6 +146,19 @@ def vertex_cycles(group: VertexGroup, target: Target) -> tuple[np.ndarray, bool]
     return np.full(group.num_vertices, DEFAULT_VERTEX_OVERHEAD_CYCLES + elements, np.int64), True
 
 
+def _estimate_key(group: VertexGroup) -> tuple:
+    """What a group's estimates depend on (:func:`_field_lengths`: its codelet, field lengths and
+    params, and how many vertices): a matmul's groups differ mostly in their tiles alone."""
+    parts: list[object] = [group.codelet, group.num_vertices]
+    for name, f in group.codelet.fields.items():
+        if f.direction is Direction.PARAM:
+            value = np.asarray(group.fields[name])
+            parts.append((value.dtype.str, value.shape, value.tobytes()))
+        else:
+            parts.append(tuple(t.shape[1] for t in group.tensors(name)))
+    return tuple(parts)
+
+
 def tile_compute_cycles(compiled: CompiledComputeSet, target: Target) -> tuple[np.ndarray, int, bool]:
     """(compute cycles per tile, flops, any default estimates) of one compute set."""
     tiles, workers = target.num_tiles, target.workers_per_tile
@@ -153,11 +166,17 @@ def tile_compute_cycles(compiled: CompiledComputeSet, target: Target) -> tuple[n
     worker_longest = np.zeros(tiles, np.int64)
     supervisor = np.zeros(tiles, np.int64)
     flops, defaulted = 0, False
+    estimated: dict[tuple, tuple[np.ndarray, bool, int]] = {}  # groups alike but for their tiles
     for group in compiled.groups:
-        cycles, used_default = vertex_cycles(group, target)
+        key = _estimate_key(group)
+        found = estimated.get(key)
+        if found is None:
+            cycles, used_default = vertex_cycles(group, target)
+            f = _estimate(group, "flops", target)
+            found = estimated[key] = (cycles, used_default, int(f.sum()) if f is not None else 0)
+        cycles, used_default, group_flops = found
         defaulted |= used_default
-        f = _estimate(group, "flops", target)
-        flops += int(f.sum()) if f is not None else 0
+        flops += group_flops
         if group.codelet.kind is VertexKind.VERTEX:
             worker_total += np.bincount(group.tiles, weights=cycles, minlength=tiles).astype(np.int64)
             if cycles.size and cycles.min() == cycles.max():
