@@ -371,8 +371,8 @@ def run_gpt2(out: dict, jobs: int = 1) -> list:
 
 
 PIPELINE_KEYS = ("stages", "accumulation", "bubble_fraction", "fill_cycles", "main_cycles", "flush_cycles")
-INPUT_KEYS = ("micro_batch", "accumulation", "replicas", "ipus_per_replica", "layers_per_ipu", "recompute",
-              "optimizer_off_chip", "rts")
+INPUT_KEYS = ("micro_batch", "accumulation", "replicas", "ipus_per_replica", "layers_per_ipu", "stage_ipus",
+              "recompute", "optimizer_off_chip", "rts")
 
 
 def _memory_mb(m: dict) -> dict:
