@@ -456,9 +456,16 @@ def all_to_all_to_destination(graph: Graph, t: Tensor, dst: Tensor, prog: Any, *
 
 
 def _shares(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` may hold the same elements (same dtype and overlapping addresses)."""
+    """Whether ``a`` and ``b`` may hold the same elements: same dtype and overlapping address
+    extents (strided views), or a common address (gathered views)."""
     if a.dtype != b.dtype:
         return False
+    if a.index is None and b.index is None:
+        def extent(t: Tensor) -> tuple[int, int]:
+            span = [st * (n - 1) for st, n in zip(t.strides, t.shape, strict=True)]
+            return t.offset + sum(x for x in span if x < 0), t.offset + sum(x for x in span if x > 0)
+        (a0, a1), (b0, b1) = extent(a), extent(b)
+        return a0 <= b1 and b0 <= a1
     return bool(np.intersect1d(a.addresses().reshape(-1), b.addresses().reshape(-1)).size)
 
 
