@@ -41,7 +41,7 @@ from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.joins import join_groups
 from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
-from softipu.engine.storage import BLOCKED_MIN, Storage, assign
+from softipu.engine.storage import BLOCKED_MIN, Storage, assign, strided_form
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
 from softipu.graph import program as P
@@ -147,13 +147,39 @@ class GroupRunner:
 
 def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tuple | None:
     """(view, contiguous array, the array as the codelet gets it: read-only unless written) of a
-    strided tensor that is gathered (rows not consecutive), made once; None for an indexed one."""
-    if t.index is not None or t.slabs is not None or t.numel == 0:
+    strided tensor that is gathered (rows not consecutive), made once; likewise for an indexed
+    input whose addresses form a strided view of other axes (:func:`_as_strided`); else None."""
+    if t.numel == 0:
         return None
+    if t.index is not None or t.slabs is not None:
+        return None if writes else _as_strided(storage, t, replica_axis)
     view = storage.view(t, writeable=writes, replica_axis=replica_axis)
     buf = np.empty(view.shape, view.dtype)
     handed = buf if writes else buf.view()
     handed.flags.writeable = writes
+    return view, buf, handed
+
+
+# Indexed inputs up to this many elements are checked for a strided form when a group is bound.
+STRIDED_FORM_MAX = 1 << 20
+
+
+def _as_strided(storage: Storage, t: Tensor, replica_axis: bool) -> tuple | None:
+    """An indexed input (a broadcast attention mask, rows of a column-major table) whose
+    addresses are a strided view of other axes (:func:`strided_form`): copied through that view
+    into a contiguous array on every run, instead of a ``take`` reading an int64 per element."""
+    if t.numel > STRIDED_FORM_MAX:
+        return None
+    form = strided_form(t.index)
+    if form is None:
+        return None
+    offset, shape, strides = form
+    view = storage.view(Tensor(t.graph, t.dtype, shape, offset, strides), writeable=False,
+                        replica_axis=replica_axis)
+    lead = view.shape[:len(view.shape) - len(shape)]
+    handed = np.empty(lead + t.shape, view.dtype)
+    buf = handed.reshape(view.shape)
+    handed.flags.writeable = False
     return view, buf, handed
 
 

@@ -17,7 +17,7 @@ from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError, HostMemoryError
 from softipu.graph.tensor import Tensor
 
-__all__ = ["SlabWriter", "Storage", "assign"]
+__all__ = ["SlabWriter", "Storage", "assign", "strided_form"]
 
 # A copy between two layouts that cross (the destination's fastest axis is not the source's: a
 # transposed weight written, read or copied) goes in square blocks of this many elements a side,
@@ -84,6 +84,30 @@ def _fastest(a: np.ndarray) -> int | None:
         if n > 1 and stride and (best is None or abs(stride) < abs(a.strides[best])):
             best = k
     return best
+
+
+def strided_form(index: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
+    """(offset, shape, strides) of a strided view whose elements, in C order, are the addresses
+    ``index`` (any shape) lists, or None: runs of evenly spaced addresses, themselves evenly
+    spaced (a broadcast mask's rows: a zero stride), nested. Several passes over ``index``."""
+    flat = np.asarray(index, np.int64).reshape(-1)
+    if flat.size == 0:
+        return None
+    shape: list[int] = []
+    strides: list[int] = []
+    while flat.size > 1:
+        step = flat[1] - flat[0]
+        off = np.flatnonzero(np.diff(flat) != step)
+        n = int(off[0]) + 1 if off.size else flat.size
+        if n == 1 or flat.size % n:
+            return None
+        rows = flat.reshape(-1, n)
+        if not np.array_equal(rows, rows[:, :1] + step * np.arange(n, dtype=np.int64)):
+            return None
+        shape.append(n)
+        strides.append(int(step))
+        flat = rows[:, 0]
+    return int(flat[0]), tuple(reversed(shape)), tuple(reversed(strides))
 
 
 def poison_value(dtype: DType) -> np.generic:
