@@ -268,7 +268,8 @@ class Graph:
                 (np.zeros(0, np.int64),) * 3
             self.map_intervals(tensor, b, e, t)
             return
-        tile = self._check_tile(tile, f"set_tile_mapping of {tensor.name}")
+        if type(tile) is not int or not 0 <= tile < self.target.num_tiles:  # named only when wrong
+            tile = self._check_tile(tile, f"set_tile_mapping of {tensor.name}")
         starts, lengths = tensor.runs()
         space = self.spaces[tensor.dtype]
         space.mapping.add(starts, lengths, np.full(starts.shape, tile, np.int32), caller_location())
