@@ -130,9 +130,17 @@ def _output(ctx: OpContext, cv: _Canonical, dtype: DType, shape: tuple[int, ...]
     """
     if cv.B == 1 or cv.R <= 1:
         return ctx.output(dtype, shape)
-    out = ctx.graph.add_variable(dtype, shape, name=f"{ctx.name}/out")
-    grain = max(1, ctx.graph.target.vector_width(dtype.itemsize))
-    map_linearly(ctx.graph, out, grain_size=grain, min_elements_per_tile=grain)
+    graph = ctx.graph
+    out = graph.add_variable(dtype, shape, name=f"{ctx.name}/out")
+    grain = max(1, graph.target.vector_width(dtype.itemsize))
+    # Each output tile receives a row of partials from every input tile, one exchange region each:
+    # successive reductions start their outputs at staggered tiles (by the graph's variable count,
+    # so the same graph gets the same layout) instead of all at tile 0, whose exchange code would
+    # otherwise hold every reduction's receives (a training step's bias and norm gradients).
+    used = min(graph.num_tiles, -(-out.numel // grain))
+    start = (len(graph.variables) * used) % graph.num_tiles
+    tiles = np.roll(np.arange(graph.num_tiles), -start)
+    map_linearly(graph, out, grain_size=grain, min_elements_per_tile=grain, tiles=tiles)
     return out
 
 
