@@ -4,9 +4,11 @@ concatenations), compute sets, vertices and their fields, programs, host streams
 runs, reads and writes — each of which must either work or raise a ``SoftIPUError`` that names the
 user's line, never a numpy or Python error from inside softipu, and never hang.
 
-Each input is a fresh small graph (1-4 tiles) and 2-14 calls drawn from a menu; about a third of
-the arguments are "odd" (negative, huge, wrong type, NaN, another graph's tensor...). The input
-stops at its first exception. Outcomes are counted as
+Each input is a fresh small graph (1-4 tiles, 1 or 2 replicas) and 2-14 calls drawn from a menu;
+a few percent of the arguments are "odd" (negative, huge, wrong type, NaN, another graph's tensor,
+a ragged list...), and shapes, indices and mappings are often out of range. Most inputs end by
+compiling and running every program. The input stops at its first exception. Outcomes are
+counted as
 
 * ``ok`` (every call worked, including the engine's runs),
 * ``softipu`` (a SoftIPUError whose message names a line of this file: the user's line),
@@ -106,7 +108,7 @@ CODELETS = (AddOne, Scale, Accumulate, Total, Count)
 
 # -- the state of one input ----------------------------------------------------------------------
 class Case:
-    """One input: a graph, what was made on it, and the calls made (for the reproducer)."""
+    """One input: a graph and what the calls made on it so far."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
