@@ -100,8 +100,9 @@ def test_mean_division_and_layout_copy_figures_by_hand():
     # 9 vectors of 8 bytes; each vector 2 slots + popops' float divide (10): 6 x (39 + 9 x 12).
     assert links.ring_vertex_cycles(TARGET, 100, 4, True, True) == 6 * (39 + 9 * 12) == 882
     # A copy of 4000 bytes into the rings' layout over 16 tiles, 2 regions a tile: sync 150, then
-    # 250 bytes at 4 a cycle (63) + 2 regions x 4 + latency 30.
-    assert links.layout_copy_cycles(TARGET, 4000, 2) == 150 + 63 + 8 + 30
+    # 250 bytes at 4 a cycle (63) + 2 regions x 4 + latency 30, and the half already on the tile
+    # (125 bytes) copied at 8 bytes a cycle (16).
+    assert links.layout_copy_cycles(TARGET, 4000, 2) == 150 + 63 + 8 + 30 + 16
     # MEAN adds the division to an all-reduce's first all-gather store (one fragment: 8 x 4 bytes
     # on 16 tiles -> 2 elements on the busiest tile, 1 vector): 6 x 10 divide cycles more than ADD.
     system = systems.smallest_fabric(2, TARGET)

@@ -355,10 +355,12 @@ def layout_copy_cycles(chip: Target, nbytes: float, regions: int, ipus_per_repli
     ``rearrangePre`` / ``rearrangePost``: a tensor not laid out as the ring wants, copied into the
     ring's layout or back): a sync, then each tile receives its share in ``regions`` pieces (one
     a fragment row), priced by the rule the compiler's exchange plan uses
-    (``Target.exchange_phase_cycles``)."""
+    (``Target.exchange_phase_cycles``), and copies the part already on it (one piece in
+    ``regions``, as a linear layout against a by-columns one has) at the on-tile copy rate."""
     tiles = ipus_per_replica * chip.compute_tiles_per_ipu
     per_tile = max(1, math.ceil(nbytes / tiles))
-    return chip.on_chip_sync_cycles + int(chip.exchange_phase_cycles(per_tile, regions))
+    local = math.ceil(per_tile / max(1, regions) / chip.on_tile_copy_bytes_per_cycle)
+    return chip.on_chip_sync_cycles + int(chip.exchange_phase_cycles(per_tile, regions)) + local
 
 
 def _busiest_pieces(chip: Target, columns: int, directions: int, tiles: int,
