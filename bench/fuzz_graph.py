@@ -299,7 +299,10 @@ def add_program(c: Case) -> None:
     elif kind == 1:
         p = P.Execute(c.maybe(rng.choice(c.compute_sets) if c.compute_sets else c.odd(), 0.05))
     elif kind == 2:
-        p = P.Repeat(c.maybe(rng.randint(0, 2), 0.1), c.maybe(rng.choice(kids), 0.05))  # nests: 2**depth
+        # Counts 0..2 (nested Repeats run 2**depth times) or invalid: a valid huge count is a
+        # program that legitimately runs for ages.
+        count = rng.randint(0, 2) if rng.random() < 0.9 else rng.choice((-1, 1.5, "x", None, 2**32, 2**70))
+        p = P.Repeat(count, c.maybe(rng.choice(kids), 0.05))
     elif kind == 3:
         p = P.If(c.maybe(c.vector(rng.choice(DTYPES[2:]), 1), 0.2), rng.choice(kids),
                  c.maybe(rng.choice(kids + [None]), 0.05))

@@ -112,6 +112,8 @@ BAD_CALLS = {
     "reverse object": (lambda g, x: x.reverse(object()), sp.TensorError),
     "subsample object": (lambda g, x: x.subsample(object()), sp.TensorError),
     "fancy index overflow": (lambda g, x: x[[2**70]], sp.TensorError),
+    "broadcast past 2**53": (lambda g, x: x.broadcast((2**63, 8)), sp.TensorError),
+    "repeat past uint32": (lambda g, x: P.Repeat(2**32, P.Sequence()), sp.ProgramError),
     "concat with None": (lambda g, x: sp.concat([x, None]), sp.TensorError),
     "switch cases int": (lambda g, x: P.Switch(g.add_variable(sp.int32, (1,)), 3), sp.ProgramError),
     "engine programs bool": (lambda g, x: sp.Engine(g, True), sp.ProgramError),

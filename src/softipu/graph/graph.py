@@ -32,7 +32,7 @@ from softipu.graph.mapping import MappingTable, resolve_mapping
 from softipu.graph.program import Program
 from softipu.graph.remote import RemoteBuffer, make_remote_buffer
 from softipu.graph.streams import MAX_STREAM_BYTES, DataStream, StreamDirection
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import MAX_ELEMENTS, Tensor
 from softipu.graph.vertex import Direction, Field, FieldShape, Vertex
 from softipu.graph.vertices import BulkGroup, VertexTable
 from softipu.target import Target
@@ -571,11 +571,6 @@ class Graph:
                 f"{self.target.name} has tiles 0..{self.target.num_tiles - 1}: map to one of those, or "
                 "use a target with more tiles"
             )
-
-
-# Elements of one dtype a graph may hold: addresses stay exact in int64 and float64 arithmetic
-# (2**53 float32 elements are 32 PiB, far beyond any Pod's memory).
-MAX_ELEMENTS = 2**53
 
 
 def _check_name(name: Any, what: str, location: SourceLocation) -> None:

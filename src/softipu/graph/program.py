@@ -158,8 +158,8 @@ class Repeat(Program):
     kind: ClassVar[ProgramKind] = ProgramKind.REPEAT
 
     def __post_init__(self) -> None:
-        if not isinstance(self.count, int) or self.count < 0:
-            raise ProgramError(f"Repeat count must be an int >= 0, got {self.count!r}{_at(self)}")
+        if not isinstance(self.count, int) or not 0 <= self.count < 2**32:  # Poplar's: an unsigned
+            raise ProgramError(f"Repeat count must be an int in 0..2**32-1, got {self.count!r}{_at(self)}")
         _check_program(self.body, "Repeat body", self)
 
     def children(self) -> tuple[Program, ...]:

@@ -384,6 +384,9 @@ class Tensor:
     def broadcast(self, shape: Sequence[int]) -> Tensor:
         """This tensor repeated to ``shape`` by numpy's broadcasting rules (stride 0, no copy)."""
         shape = _flat_args((shape,))
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise TensorError(f"cannot broadcast {self.name} to {shape}: more than {MAX_ELEMENTS:,} (2**53) "
+                              "elements")
         lead = len(shape) - self.ndim
         if lead < 0 or any(d < 0 for d in shape) or any(
             d not in (1, s) for d, s in zip(self.shape, shape[lead:], strict=True)
@@ -514,6 +517,11 @@ class Slabs:
         added = iter(range(len(keep), len(keep) + ones))
         perm = tuple(next(added) if d == 1 else next(taken) for d in new_shape)
         return Slabs(pieces, pos[self.axis], perm)
+
+
+# Elements of one dtype a graph may hold, and of any view: addresses stay exact in int64 and
+# float64 arithmetic (2**53 float32 elements are 32 PiB, far beyond any Pod's memory).
+MAX_ELEMENTS = 2**53
 
 
 def _strided_addresses(offset: int, shape: Shape, strides: Shape) -> np.ndarray:
