@@ -246,7 +246,11 @@ class Operand(enum.Enum):
 
 def _shaped(out: np.ndarray, operands: list[np.ndarray], kinds: tuple[Operand, ...]):
     """``out`` and the operands as broadcastable ``(..., k, C)`` arrays (views, no copies)."""
-    row = next((a.shape[-1] for a, k in zip(operands, kinds, strict=True) if k is Operand.ROW), None)
+    row = None
+    for a, k in zip(operands, kinds, strict=True):
+        if k is Operand.ROW:
+            row = a.shape[-1]
+            break
     if row is None:
         col = next(a.shape[-1] for a, k in zip(operands, kinds, strict=True) if k is Operand.COL)
         row = out.shape[-1] // max(col, 1)
@@ -281,13 +285,21 @@ def map_codelet(expr: Expr, in_dtypes: tuple[DType, ...], kinds: tuple[Operand, 
         if not (inplace and i == 0)}
     namespace["out"] = (InOut if inplace else Output)(expr.dtype)
     reshape = any(k in (Operand.ROW, Operand.COL) for k in kinds)
+    # One op over the inputs themselves (a bias add, a relu): its function called straight, as
+    # evaluate would call it (the same ufunc call, without walking the tree on every run).
+    direct = expr.kind in (ExprKind.UNARY, ExprKind.BINARY, ExprKind.TERNARY) \
+        and all(a.kind is ExprKind.INPUT for a in expr.args)
+    fn, picks = (expr.op.fn, tuple(a.index for a in expr.args)) if direct else (None, ())
 
     def compute(**fields):
         out = fields["out"]
         operands = [out if inplace and i == 0 else fields[n] for i, n in enumerate(names)]
         if reshape:
             out, operands = _shaped(out, operands, kinds)
-        evaluate(expr, operands, out)
+        if direct:
+            fn(*[operands[i] for i in picks], out=out)
+        else:
+            evaluate(expr, operands, out)
 
     def cycles(target, **fields):
         return map_cycles(expr, len(names), fields["out"], target, worker)
