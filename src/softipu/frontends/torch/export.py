@@ -230,8 +230,9 @@ def _export_decomposed(module: torch.nn.Module, args: tuple, kwargs: dict, cia: 
     post-autograd export (``torch.export._trace._export`` without pre-dispatch, the path
     ``run_decompositions`` re-traces with) given the decomposition table while it traces, as
     ``run_decompositions`` gives it (:func:`_split_tables`: ``cia``'s CompositeImplicitAutograd
-    decompositions overridden, ``python``'s applied by AOTAutograd). The graph is the same Core ATen graph without a second trace of the
-    model. Raises whatever torch raises; :func:`export_program` then exports the usual way.
+    decompositions overridden, ``python``'s applied by AOTAutograd). The graph is the same Core
+    ATen graph without a second trace of the model. Raises whatever torch raises;
+    :func:`export_program` then exports the usual way.
 
     NOTE: ``_export`` fixes the table its AOTAutograd trace uses (none); the table is bound into
     ``torch.export._trace._export_to_aten_ir`` for the call only, under a lock.
