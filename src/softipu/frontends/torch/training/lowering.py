@@ -73,7 +73,9 @@ class TrainLowered:
 
 
 def _zeros(spec_dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
-    return torch.zeros(tuple(shape), dtype=spec_dtype)
+    # An example for make_fx's fake-tensor trace, whose values are never read: uninitialized (an
+    # embedding table's update traced with zeros wrote hundreds of MB for nothing).
+    return torch.empty(tuple(shape), dtype=spec_dtype) if len(shape) else torch.zeros((), dtype=spec_dtype)
 
 
 class _TrainLowerer(_Lowerer):
