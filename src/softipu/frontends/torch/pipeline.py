@@ -24,7 +24,8 @@ program steps by stage and IPU (their static cycles), and prices the strategy:
 
 * ``pipelined``: PopART's schedule (``target/pipeline.py``): the stage work of the ``A``
   micro-batches is replaced by ``fill + main + flush``; streaming, accumulation and the optimizer
-  stay as they run;
+  stay as they run. Stages sharing an IPU (a model coming back to IPU 0, as Graphcore's BERT head)
+  run one after the other in a pipeline cycle (the schedule's ``stage_ipus``);
 * ``sharded`` and the phased strategies: the stages run one after another: the program's cycles.
 """
 
@@ -167,8 +168,9 @@ def place_nodes(graph: torch.fx.Graph, forward: set[torch.fx.Node] | None, confi
 
 def _stage_order(chosen: list[tuple[str, int, int]], nodes: list[torch.fx.Node],
                  strategy: str) -> list[tuple[int, int]]:
-    """The distinct (stage, ipu) pairs in forward order; under pipelining stage ids must ascend and
-    each IPU holds one stage."""
+    """The distinct (stage, ipu) pairs in forward order; under pipelining stage ids must ascend (an IPU
+    may hold several stages: PopTorch's ``Stage``s sharing an ``ipu_id``, PopART runs them one after
+    the other in a pipeline cycle)."""
     order: list[tuple[int, int]] = []
     for (block, stage, ipu), node in zip(chosen, nodes, strict=True):
         if order and order[-1] == (stage, ipu):
@@ -181,11 +183,6 @@ def _stage_order(chosen: list[tuple[str, int, int]], nodes: list[torch.fx.Node],
                     f"{_at(node)}: under PipelinedExecution the stages must ascend in the order the model "
                     "runs its blocks; give later layers higher stage / ipu_id numbers, or use "
                     "ShardedExecution")
-            if any(i == ipu for _, i in order):
-                raise FrontendError(
-                    f"pipelining: stage {stage} of block '{block}' is on IPU {ipu}, which already runs an "
-                    f"earlier stage{_at(node)}: softipu pipelines one stage per IPU; merge the blocks into "
-                    "one stage or use another IPU")
         if (stage, ipu) not in order:
             order.append((stage, ipu))
     return order
@@ -400,7 +397,7 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
         stage_cycles = training_stages(fwd, bwd) if training else fwd
         transfers = _transfers(cf, cb, training)
         t = pipeline_schedule(stage_cycles, accumulation=accumulation, training=training,
-                              transfer_cycles=transfers)
+                              transfer_cycles=transfers, stage_ipus=ipus)
         out["schedule"] = t.as_dict()
         cycles = int(run_cycles) - device_iterations * accumulation * staged \
             + device_iterations * (t.fill + t.main + t.flush)
