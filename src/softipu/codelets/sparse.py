@@ -33,6 +33,10 @@ block loads ``(1 x (256 / 4 + 3 + 12) + 1) x 1 + 2 = 82``: **542** cycles.
 
 The engine evaluates a batch of vertices as one stacked ``matmul`` and sums over blocks, in fp32
 for fp16 data (any accumulation order, design.md principle 6), rounding once to the output type.
+The fast engine hands every group of a product's compute set to :class:`SparseProductRunner`
+(the codelet's ``group_runner``): the vertices of one band (same non-zero values, slices of the
+free dimension) run as one, so each block's values are read once and the dense operand once per
+block, then one batched block product and a segmented sum, like scipy's BSR product.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from softipu.dtypes import DType
 from softipu.graph.vertex import Input, Output, SupervisorVertex, Vertex
 from softipu.target import Target
 
-__all__ = ["BLOCK", "ELEMENT", "BLOCK_SIZES", "BlockEstimates", "ElementEstimates",
+__all__ = ["BLOCK", "ELEMENT", "BLOCK_SIZES", "BlockEstimates", "ElementEstimates", "SparseProductRunner",
            "block_multiply_cycles", "element_multiply_cycles", "sparse_block_codelet",
            "sparse_grad_codelet"]
 
@@ -199,6 +203,10 @@ def sparse_block_codelet(dtype: DType, block: int, mode: str) -> type[Vertex]:
         def flops(nz, dense, out):
             return 2 * (nz // area) * area * (out // block)
 
+        @staticmethod
+        def group_runner(groups, storage, where):  # the fast engine's whole-compute-set hook
+            return SparseProductRunner(groups, storage, where, block, sd)
+
     name = "StaticSparseDenseMatMulBlock" if sd else "StaticDenseSparseMatMulBlock"
     SparseDenseBlock.__name__ = SparseDenseBlock.__qualname__ = f"{name}<{dtype.name},{block}>"
     return SparseDenseBlock
@@ -249,3 +257,59 @@ def sparse_grad_codelet(dtype: DType, block: int) -> type[Vertex]:
 
     SparseGradBlock.__name__ = SparseGradBlock.__qualname__ = f"StaticSparseGradW<{dtype.name},{block}>"
     return SparseGradBlock
+
+
+class SparseProductRunner:
+    """All groups of one :func:`sparse_block_codelet` codelet in a compute set, run as one product
+    (the fast engine's ``group_runner`` hook; one replica).
+
+    Built once from the fields' addresses alone: vertices whose ``nz`` addresses are the same (one
+    band, cut into slices of the free dimension) merge into one whose dense pieces and output are
+    the slices side by side. A merged vertex's ``nb`` blocks are one GEMM with a contraction of
+    ``nb * b``: ``[S_1 .. S_nb] . [D_1; ..; D_nb]`` (``"sd"``) or ``[D_1 .. D_nb] . [S_1; ..; S_nb]``
+    (``"ds"``); merged vertices of equal ``nb`` and free length are one batched ``matmul``. A run
+    is, per such class, two ``take`` s of addresses laid out for that GEMM (fp32 for fp16 data),
+    the ``matmul`` and one write of the outputs, rounded once to their type: each output element's
+    contraction in another fixed order, within the same bound (design.md principle 6)."""
+
+    __slots__ = ("group", "where", "classes", "sd")
+
+    def __init__(self, groups, storage, where: str, block: int, sd: bool) -> None:
+        self.group, self.where, self.sd = groups[0], where, sd
+        b, area = block, block * block
+        merged: dict[bytes, tuple[np.ndarray, list, list]] = {}
+        for g in groups:
+            nz, dense, out = (g.fields[n].addresses() for n in ("nz", "dense", "out"))
+            nb, z = nz.shape[1] // area, out.shape[1] // b
+            d_shape, o_shape = ((nb, b, z), (b, z)) if sd else ((nb, z, b), (z, b))
+            for v in range(nz.shape[0]):
+                entry = merged.setdefault(nz[v].tobytes(), (nz[v], [], []))
+                entry[1].append(dense[v].reshape(d_shape))
+                entry[2].append(out[v].reshape(o_shape))
+        axis = -1 if sd else -2
+        classes: dict[tuple[int, int], list] = {}
+        for nz_row, ds, os in merged.values():
+            d, o = np.concatenate(ds, axis=axis), np.concatenate(os, axis=axis)
+            classes.setdefault((d.shape[0], o.shape[axis]), []).append((nz_row, d, o))
+        buf = storage.buffers[groups[0].codelet.fields["out"].dtype][0]
+        self.classes = []
+        for (nb, z), members in classes.items():
+            nz_idx = np.stack([m[0] for m in members]).reshape(-1, nb, b, b)
+            d_idx = np.stack([m[1] for m in members])
+            if sd:  # S (b, nb*b) . D (nb*b, z)
+                left = nz_idx.transpose(0, 2, 1, 3).reshape(-1, b, nb * b)
+                right = d_idx.reshape(-1, nb * b, z)
+            else:  # D (z, nb*b) . S (nb*b, b)
+                left = d_idx.transpose(0, 2, 1, 3).reshape(-1, z, nb * b)
+                right = nz_idx.reshape(-1, nb * b, b)
+            o_idx = np.stack([m[2] for m in members])
+            self.classes.append((buf, *(np.ascontiguousarray(a, np.intp) for a in (left, right, o_idx))))
+
+    def jobs(self, storage) -> list:
+        return [self.run]
+
+    def run(self) -> None:
+        for buf, left, right, out in self.classes:
+            a = buf.take(left).astype(np.float32, copy=False)
+            c = buf.take(right).astype(np.float32, copy=False)
+            buf[out] = np.matmul(a, c)
