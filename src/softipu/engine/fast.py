@@ -340,6 +340,13 @@ def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str,
     """A runner per group; small groups alike and evenly spaced merged (:class:`MergedRunner`).
     ``bodies``: the in-place forms of codelets' bodies found so far (see :class:`GroupRunner`)."""
     runners: list[Any] = []
+    own: dict[type, list[VertexGroup]] = {}  # codelets running all their groups as one (group_runner)
+    for g in groups if storage.replicas == 1 else ():
+        if getattr(g.codelet, "group_runner", None) is not None:
+            own.setdefault(g.codelet, []).append(g)
+    if own:
+        groups = tuple(g for g in groups if g.codelet not in own)
+        runners.extend(c.group_runner(gs, storage, where) for c, gs in own.items())
     alike: dict[tuple, list[VertexGroup]] = {}
     for g in join_groups(groups):  # pieces of one group (a lookup over tiles) as one (joins.py)
         key = _merge_key(g, storage.replicas)
