@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from softipu.frontends.onnx.errors import OnnxModelError
 
-__all__ = ["load_model", "MAX_TENSOR_BYTES", "OLDEST_OPSET", "to_numpy"]
+__all__ = ["IPU_NUMBERS", "PIPELINE_STAGES", "load_model", "MAX_TENSOR_BYTES", "OLDEST_OPSET", "to_numpy"]
 
 OLDEST_OPSET = 7  # older models are converted up to this opset (onnx's version converter)
 MAX_TENSOR_BYTES = 16 << 30  # one initializer bigger than this is refused before it is read
@@ -84,24 +84,27 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
 
 
 IPU_NUMBERS = "softipu.ipu_numbers"  # metadata: {a node's first output: its __ipu_number}
+PIPELINE_STAGES = "softipu.pipeline_stages"  # metadata: {a node's first output: its __pipeline_stage}
 
 
 def _strip_annotations(proto: onnx.ModelProto) -> None:
     """PopART's placement annotations (``__ipu_number``...) are not ONNX attributes: the checker
     would refuse them. They are dropped from the nodes; each node's ``__ipu_number`` (its virtual
-    graph) is kept in the model's metadata (:data:`IPU_NUMBERS`) for the lowering."""
-    placed: dict[str, int] = {}
+    graph) and ``__pipeline_stage`` are kept in the model's metadata (:data:`IPU_NUMBERS`,
+    :data:`PIPELINE_STAGES`) for the lowering and the training session."""
+    kept: dict[str, dict[str, int]] = {"__ipu_number": {}, "__pipeline_stage": {}}
     for node in proto.graph.node:
         keep = [a for a in node.attribute if not str(a.name).startswith("__")]
         if len(keep) != len(node.attribute):
             for a in node.attribute:
-                if a.name == "__ipu_number" and node.output:
-                    placed[node.output[0]] = int(a.i)
+                if a.name in kept and node.output:
+                    kept[a.name][node.output[0]] = int(a.i)
             del node.attribute[:]
             node.attribute.extend(keep)
-    if placed:
-        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                            IPU_NUMBERS: json.dumps(placed)})
+    pairs = ((IPU_NUMBERS, "__ipu_number"), (PIPELINE_STAGES, "__pipeline_stage"))
+    props = {key: json.dumps(kept[attr]) for key, attr in pairs if kept[attr]}
+    if props:
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
 
 
 def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:

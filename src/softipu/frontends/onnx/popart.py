@@ -214,8 +214,9 @@ class Builder:
     @contextlib.contextmanager
     def pipelineStage(self, stage: int) -> Iterator[None]:  # noqa: N802
         """``with builder.pipelineStage(1):`` tags the ops added inside with PopART's
-        ``__pipeline_stage``; softipu keeps the tag, runs the stages in order (not pipelined) and
-        places ops by ``virtualGraph`` only."""
+        ``__pipeline_stage``. A TrainingSession with ``enablePipelining`` (and
+        ``VirtualGraphMode.Manual``) pipelines the stages over their ``virtualGraph`` IPUs with the
+        torch frontend's pipeline machinery; inference runs the stages in order."""
         outer, self._stage = self._stage, int(stage)
         try:
             yield
@@ -328,7 +329,8 @@ class DataFlow:
 @dataclasses.dataclass
 class SessionOptions:
     """PopART's ``SessionOptions`` with its defaults (ipu-facts-scale.md §6); the ones softipu
-    acts on are ``replicatedGraphCount`` and ``engineOptions``, the rest are kept as set."""
+    acts on are ``replicatedGraphCount``, ``enableOutlining`` and ``engineOptions``, the rest are
+    kept as set."""
 
     replicatedGraphCount: int = 1  # noqa: N815
     enableReplicatedGraphs: bool = False  # noqa: N815
@@ -414,7 +416,8 @@ class InferenceSession:
     def prepareDevice(self, loadEngine: bool = True) -> None:  # noqa: N802, N803
         rf = int(self.options.replicatedGraphCount) if self.options.enableReplicatedGraphs else 1
         opts = OnnxOptions(target=self.deviceInfo.target, replication_factor=rf,
-                           engine_options=dict(self.options.engineOptions))
+                           engine_options={"opt.enableOutlining": bool(self.options.enableOutlining),
+                                           **self.options.engineOptions})
         self._session = _OrtSession(self._model, opts)
 
     def weightsFromHost(self) -> None:  # noqa: N802

@@ -25,7 +25,7 @@ import torch
 
 from softipu.frontends.errors import InputError
 from softipu.frontends.onnx.popart import DataFlow, DeviceInfo, PopartError, PyStepIO, SessionOptions
-from softipu.frontends.onnx.to_torch import OnnxModule
+from softipu.frontends.onnx.to_torch import OnnxModule, node_placement
 
 __all__ = ["Adam", "AdamMode", "ConstSGD", "PyWeightsIO", "SGD", "TrainingSession", "WeightDecayMode"]
 
@@ -178,19 +178,85 @@ class TrainingSession:
         rf = int(o.replicatedGraphCount) if o.enableReplicatedGraphs else 1
         return af, rf
 
+    def _check_options(self) -> int:
+        """PopART's refusals of bad option combinations; the IPUs of one replica."""
+        o, (af, rf) = self.options, self._factors()
+        if int(o.accumulationFactor) > 1 and not o.enableGradientAccumulation:
+            raise PopartError(f"SessionOptions: accumulationFactor is {o.accumulationFactor} but "
+                              "enableGradientAccumulation is False; set it True (or the factor to 1)")
+        if int(o.replicatedGraphCount) > 1 and not o.enableReplicatedGraphs:
+            raise PopartError(f"SessionOptions: replicatedGraphCount is {o.replicatedGraphCount} but "
+                              "enableReplicatedGraphs is False; set it True (or the count to 1)")
+        if af < 1 or rf < 1:
+            raise PopartError(f"SessionOptions: accumulationFactor ({af}) and replicatedGraphCount ({rf}) "
+                              "must be >= 1")
+        ipus = self.deviceInfo.numIpus
+        if ipus % rf:
+            raise PopartError(f"SessionOptions: replicatedGraphCount {rf} does not divide the device's "
+                              f"{ipus} IPUs; acquire a device with a multiple of {rf} IPUs")
+        per_replica = ipus // rf
+        mode = str(o.virtualGraphMode).split(".")[-1]
+        if o.enablePipelining and (mode == "Off" or per_replica < 2):
+            raise PopartError(f"Pipelining requires more than 1 IPU (currently {per_replica} a replica: "
+                              f"{ipus} IPUs / {rf} replicas) and the 'virtualGraphMode' session option to "
+                              f"not be VirtualGraphMode::Off (it is {mode}); set "
+                              "virtualGraphMode = popart.VirtualGraphMode.Manual and place the ops with "
+                              "builder.virtualGraph")
+        if mode == "Auto":
+            raise PopartError("SessionOptions: virtualGraphMode Auto is not supported by softipu; use "
+                              "VirtualGraphMode.Manual with builder.virtualGraph")
+        return per_replica
+
+    def _model_parallel(self, per_replica: int) -> dict[str, Any] | None:
+        """The torch frontend's ``model_parallel`` config from the ops' virtual graphs and pipeline
+        stages (VirtualGraphMode.Manual), or None when the model runs on one IPU."""
+        if str(self.options.virtualGraphMode).split(".")[-1] != "Manual":
+            return None
+        placed, unplaced = {}, []
+        for k, (node, (ipu, stage)) in enumerate(zip(self._model.graph.node, node_placement(self._model),
+                                                      strict=True)):
+            if node.op_type == "Constant":
+                continue
+            if ipu is None:
+                unplaced.append(node.name or f"#{k}")
+                continue
+            if not 0 <= ipu < per_replica:
+                raise PopartError(f"op {node.name or node.op_type!r} is on virtual graph {ipu}, but a "
+                                  f"replica has {per_replica} IPU(s) (virtual graphs 0..{per_replica - 1})")
+            placed[f"stage{ipu if stage is None else stage}"] = (ipu if stage is None else stage, 0, ipu)
+        if placed and unplaced:
+            raise PopartError(f"Either all Ops in the main graph must have their virtual graph ids set, or "
+                              f"none must: {len(unplaced)} op(s) have none ({', '.join(unplaced[:5])}); "
+                              "place them with builder.virtualGraph")
+        if not placed:
+            return None
+        strategy = "pipelined" if self.options.enablePipelining else "sharded"
+        return {"strategy": strategy, "blocks": placed}
+
     def prepareDevice(self, loadEngine: bool = True) -> None:  # noqa: N802, N803
         from softipu.frontends.torch.options import Options, OutputMode  # noqa: PLC0415
         from softipu.frontends.torch.training.model import training_model  # noqa: PLC0415
 
         af, rf = self._factors()
-        self._module = OnnxModule(self._model, self._outputs)
+        per_replica = self._check_options()
+        parallel = self._model_parallel(per_replica)
+        self._module = OnnxModule(self._model, self._outputs, placed=parallel is not None)
         reduction = str(self.options.accumulationAndReplicationReductionType).lower()
-        opts = Options(target=self.deviceInfo.target, replication_factor=rf,
+        opts = Options(target=self.deviceInfo.target.with_num_ipus(per_replica), replication_factor=rf,
                        device_iterations=self.dataFlow.batchesPerStep, gradient_accumulation=af,
-                       accumulation_reduction="sum" if reduction == "sum" else "mean",
-                       output_mode=OutputMode.ALL, engine_options=dict(self.options.engineOptions))
+                       accumulation_reduction="sum" if reduction.endswith("sum") else "mean",
+                       output_mode=OutputMode.ALL, engine_options=dict(self.options.engineOptions),
+                       model_parallel=parallel or {})
         optimizer = self._optimizer.torch_optimizer(self._module.parameters())
         self._trainer = training_model(self._module, optimizer, opts)
+        # PopART compiles here (and refuses a bad placement here): with every input's shape known,
+        # the step is compiled for a step's inputs now rather than at the first run.
+        shapes, lead = self._input_shapes(), self.dataFlow.batchesPerStep * af * rf
+        names = self._module.input_names
+        if all(n in shapes for n in names):
+            dims = [[lead * shapes[n][0], *shapes[n][1:]] if shapes[n] else [lead] for n in names]
+            self._trainer.compile(*(torch.from_numpy(np.zeros(d, self._anchor_dtype(n)))
+                                    for n, d in zip(names, dims, strict=True)))
 
     def weightsFromHost(self) -> None:  # noqa: N802
         self._need("weightsFromHost")
@@ -239,6 +305,15 @@ class TrainingSession:
             self._out_shapes = {n: tuple(o.shape) for n, o in zip(self._outputs, outs, strict=True)}
         return self._out_shapes
 
+    def _input_shapes(self) -> dict[str, list[int]]:
+        """The model's inputs' shapes, where every dimension is known."""
+        shapes = {}
+        for vi in self._model.graph.input:
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = [int(d.dim_value) for d in dims]
+        return shapes
+
     def _anchor_dtype(self, name: str) -> np.dtype:
         from softipu.frontends.onnx.popart import _elem  # noqa: PLC0415
 
@@ -262,6 +337,11 @@ class TrainingSession:
                 raise InputError(f"PyStepIO input {n!r} has shape {value.shape}; a step needs leading "
                                  f"dimensions {micro} (batchesPerStep, accumulationFactor, replicas)")
             rest = value.shape[len(micro):]
+            want = self._input_shapes().get(n)
+            if want is not None and list(rest) != want:
+                raise InputError(f"PyStepIO input {n!r} has shape {value.shape}: after the leading "
+                                 f"dimensions {micro} (batchesPerStep, accumulationFactor, replicas, those "
+                                 f"> 1) a micro-batch must have the input's shape {want}")
             feeds.append(torch.from_numpy(np.ascontiguousarray(value.reshape((-1,) + rest[1:]))
                                           if rest else value.reshape(-1)))
         outs = trainer(*feeds)

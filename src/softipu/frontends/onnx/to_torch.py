@@ -19,6 +19,8 @@ losses (``ai.graphcore`` ``L1Loss``, ``NllLoss``, ``IdentityLoss``) call torch's
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,10 +30,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 
 from softipu.frontends.errors import UnsupportedOpsError
-from softipu.frontends.onnx.load import to_numpy
+from softipu.frontends.onnx.load import IPU_NUMBERS, PIPELINE_STAGES, to_numpy
+from softipu.frontends.poptorch_blocks import Block
+from softipu.frontends.torch.custom_ops import NAME_SCOPES
 from softipu.frontends.torch.training.losses import record_loss
 
-__all__ = ["OnnxModule", "TORCH_OPS", "missing_torch_ops"]
+__all__ = ["OnnxModule", "TORCH_OPS", "missing_torch_ops", "node_placement"]
 
 Fn = Callable[[list[Any], dict[str, Any], int], Any]  # (inputs, attributes, opset) -> value(s)
 
@@ -223,14 +227,33 @@ def missing_torch_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
     return missing
 
 
+def node_placement(model: onnx.ModelProto) -> list[tuple[int | None, int | None]]:
+    """(``virtualGraph`` IPU, ``pipelineStage``) of each node, None where not set: PopART's
+    ``__ipu_number`` and ``__pipeline_stage``, as attributes or as the metadata the loader keeps
+    them in (:data:`~softipu.frontends.onnx.load.IPU_NUMBERS`)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    ipus = {k: int(v) for k, v in json.loads(props.get(IPU_NUMBERS, "{}")).items()}
+    stages = {k: int(v) for k, v in json.loads(props.get(PIPELINE_STAGES, "{}")).items()}
+    out = []
+    for node in model.graph.node:
+        attrs = {a.name: int(a.i) for a in node.attribute if a.name in ("__ipu_number", "__pipeline_stage")}
+        first = node.output[0] if node.output else ""
+        out.append((attrs.get("__ipu_number", ipus.get(first)),
+                    attrs.get("__pipeline_stage", stages.get(first))))
+    return out
+
+
 def _safe(name: str) -> str:
     return "w_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
 class OnnxModule(torch.nn.Module):
-    """``model``'s graph as a module returning ``outputs`` (tensor names) in order."""
+    """``model``'s graph as a module returning ``outputs`` (tensor names) in order. With ``placed``
+    each node with a ``virtualGraph`` runs in a PopTorch block on that IPU (block ``stage{s}`` of
+    its ``pipelineStage``, else of its IPU), so the torch frontend's model parallelism
+    (``frontends/torch/pipeline.py``) places, shards or pipelines it."""
 
-    def __init__(self, model: onnx.ModelProto, outputs: Sequence[str]) -> None:
+    def __init__(self, model: onnx.ModelProto, outputs: Sequence[str], placed: bool = False) -> None:
         super().__init__()
         missing = missing_torch_ops(model)
         if missing:
@@ -242,6 +265,12 @@ class OnnxModule(torch.nn.Module):
         inits = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in inits]
         self.output_names = list(outputs)
+        self._blocks: list[tuple[str, int] | None] = []
+        for ipu, stage in node_placement(model):
+            self._blocks.append(None if not placed or ipu is None
+                                else (f"stage{ipu if stage is None else stage}", ipu))
+        if any(self._blocks):
+            NAME_SCOPES[0] += 1  # traces keep node annotations (the blocks) from now on
         self.param_names: dict[str, str] = {}  # initializer -> attribute
         for t in model.graph.initializer:
             value = torch.from_numpy(np.array(to_numpy(t)))
@@ -255,9 +284,10 @@ class OnnxModule(torch.nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: dict[str, Any] = {name: getattr(self, attr) for name, attr in self.param_names.items()}
         env.update(zip(self.input_names, inputs, strict=True))
-        for node in self._graph.node:
+        for node, block in zip(self._graph.node, self._blocks, strict=True):
             args = [env[i] if i else None for i in node.input]
-            out = TORCH_OPS[_key(node)](args, _attrs(node), self._opset)
+            with contextlib.nullcontext() if block is None else Block(block[0], ipu_id=block[1]):
+                out = TORCH_OPS[_key(node)](args, _attrs(node), self._opset)
             outs = out if isinstance(out, (tuple, list)) else (out,)
             env.update(zip(node.output, outs, strict=False))
         return tuple(env[name] for name in self.output_names)

@@ -124,4 +124,12 @@ def find_loss(losses: list[tuple[torch.Tensor, str]], flat_outputs: list[Any],
         raise FrontendError(f"the loss of {label} has shape {list(loss.shape)}; it must be a "
                             "scalar: use poptorch.identity_loss(x, reduction='sum' or 'mean')")
     position = next(k for k, (t, _) in enumerate(losses) if t is loss)
-    return next((i for i, out in enumerate(flat_outputs) if out is loss), None), position
+    index = next((i for i, out in enumerate(flat_outputs) if out is loss), None)
+    if index is None:
+        # forward returns a scalar made from the loss (``0.5 * F.l1_loss(...)``, ``loss + aux``):
+        # that returned value is what is differentiated, as eager ``.backward()`` on it would.
+        derived = [i for i, out in enumerate(flat_outputs)
+                   if isinstance(out, torch.Tensor) and out.numel() == 1 and out.grad_fn is not None
+                   and _reaches(out.grad_fn, loss.grad_fn)]
+        index = derived[0] if len(derived) == 1 else None
+    return index, position
