@@ -329,8 +329,9 @@ class DataFlow:
 @dataclasses.dataclass
 class SessionOptions:
     """PopART's ``SessionOptions`` with its defaults (ipu-facts-scale.md §6); the ones softipu
-    acts on are ``replicatedGraphCount``, ``enableOutlining`` and ``engineOptions``, the rest are
-    kept as set."""
+    acts on are ``replicatedGraphCount``, ``enableOutlining`` and ``engineOptions`` (both sessions),
+    and in a TrainingSession ``accumulationFactor``, ``accumulationAndReplicationReductionType``,
+    ``virtualGraphMode`` (Manual) and ``enablePipelining``; the rest are kept as set."""
 
     replicatedGraphCount: int = 1  # noqa: N815
     enableReplicatedGraphs: bool = False  # noqa: N815
