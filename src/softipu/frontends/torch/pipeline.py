@@ -203,9 +203,10 @@ def _check_depth(stages: int, training: bool, accumulation: int, label: str) -> 
     if accumulation < s:
         what = ("gradient accumulation (Options.Training.gradientAccumulation)" if training
                 else "device iterations (Options.deviceIterations)")
-        raise FrontendError(f"{label}: pipelining: {DEPTH_MESSAGE}: {stages} IPUs give {s} pipeline stages"
-                            f"{' (2 x IPUs - 1 for training)' if training else ''} but the {what} is "
-                            f"{accumulation}; raise it to at least {s}")
+        rule = " (2 x forward stages - 1 for training)" if training else ""
+        raise FrontendError(f"{label}: pipelining: {DEPTH_MESSAGE}: {stages} forward stages give {s} "
+                            f"pipeline stages{rule} but the {what} is {accumulation}; raise it to at "
+                            f"least {s}")
 
 
 # -- lowering ------------------------------------------------------------------------------------------
