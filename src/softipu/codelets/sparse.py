@@ -303,13 +303,37 @@ class SparseProductRunner:
                 left = d_idx.transpose(0, 2, 1, 3).reshape(-1, z, nb * b)
                 right = nz_idx.reshape(-1, nb * b, b)
             o_idx = np.stack([m[2] for m in members])
-            self.classes.append((buf, *(np.ascontiguousarray(a, np.intp) for a in (left, right, o_idx))))
+            self.classes.append(tuple(_access(buf, a) for a in (left, right, o_idx)))
 
     def jobs(self, storage) -> list:
         return [self.run]
 
     def run(self) -> None:
-        for buf, left, right, out in self.classes:
-            a = buf.take(left).astype(np.float32, copy=False)
-            c = buf.take(right).astype(np.float32, copy=False)
-            buf[out] = np.matmul(a, c)
+        for left, right, out in self.classes:
+            product = np.matmul(_read(left), _read(right))
+            if out[0] is None:
+                out[1][out[2]] = product
+            else:
+                out[0][out[1]] = product
+
+
+def _access(buf: np.ndarray, index: np.ndarray) -> tuple:
+    """How a run reads or writes the elements at ``index``: ``(rows, row ids)`` where the last
+    axis is runs of consecutive addresses starting a whole number of runs apart (a row-major
+    dense operand's rows: copied row by row), else ``(None, buf, addresses)`` (element by element)."""
+    index = np.ascontiguousarray(index, np.intp)
+    w = index.shape[-1]
+    starts = index[..., 0]
+    if index.size and w > 1 and np.all(np.diff(index, axis=-1) == 1):
+        lo = int(starts.min())
+        if np.all((starts - lo) % w == 0):
+            hi = int(starts.max()) + w
+            return buf[lo:hi].reshape(-1, w), (starts - lo) // w
+    return None, buf, index
+
+
+def _read(access: tuple) -> np.ndarray:
+    """The fp32 values ``access`` (from :func:`_access`) points at."""
+    if access[0] is None:
+        return access[1].take(access[2]).astype(np.float32, copy=False)
+    return access[0].take(access[1], axis=0).astype(np.float32, copy=False)
