@@ -347,3 +347,26 @@ def test_new_ops_pass_onnx_node_tests() -> None:
     assert len(outcomes) == 7
     failed = [f"{o.name}: {o.reason}" for o in outcomes if o.status != "pass"]
     assert not failed, "\n".join(failed)
+
+
+def test_conv_transpose_3d_matches_torch() -> None:
+    """A 3-d ConvTranspose (strides, pads, output_padding, groups, bias): one 2-d convolution per
+    depth tap of the flipped kernel over the zero-dilated input, vs torch's conv_transpose3d."""
+    import torch  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, 3, 4, 3)).astype(np.float32)
+    w = rng.standard_normal((4, 1, 2, 3, 2)).astype(np.float32)  # [C_in, C_out/groups, kd, kh, kw]
+    b = rng.standard_normal(2).astype(np.float32)
+    attrs = {"strides": [2, 1, 2], "pads": [0, 1, 1, 1, 0, 0], "output_padding": [1, 0, 0], "group": 2}
+    # ONNX's pads are begin/end per axis: (0, 1, 1) begin and (1, 0, 0) end trim the full output as below.
+    full = torch.nn.functional.conv_transpose3d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                                stride=(2, 1, 2), output_padding=(1, 0, 0), groups=2)
+    want = full[:, :, 0:full.shape[2] - 1, 1:, 1:].numpy()
+    m = _model([helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)],
+               [helper.make_tensor_value_info("x", T.FLOAT, list(x.shape))],
+               [helper.make_tensor_value_info("y", T.FLOAT, [1, 2, 6, 5, 5])],
+               inits=[onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    (got,) = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": x})
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -648,9 +648,12 @@ def _conv_transpose(ctx: Any, node: Any) -> Tensor:
     wt = wt.reshape((g * mg, c // g) + w.shape[2:])
     for axis in range(2, 2 + spatial):
         wt = wt.reverse(axis)
-    out = conv(ctx.graph, x, ctx.cast(wt, x.dtype), ctx.prog, stride=1, padding=0, dilation=tuple(dil),
-               groups=g,
-               name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
+    if spatial == 3:  # one 2-d convolution per depth tap, as Conv's 3-d
+        out = _conv3d(ctx, x, wt, {"stride": (1, 1, 1), "padding": (0, 0, 0), "dilation": tuple(dil),
+                                   "groups": g})
+    else:
+        out = conv(ctx.graph, x, ctx.cast(wt, x.dtype), ctx.prog, stride=1, padding=0, dilation=tuple(dil),
+                   groups=g, name=f"{ctx.name}/conv" if ctx.has(2) else ctx.name)
     if not ctx.has(2):
         return out
     bias = ctx.input(2)
