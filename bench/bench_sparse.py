@@ -12,8 +12,9 @@ densities, no host timing).
   times a dense ``(1024, 256)`` (each block size, densities 0.01 and 0.1), beside scipy.sparse's BSR
   product of the same matrices (``bsr @ dense``) and numpy's dense matmul, timed interleaved in the
   same run (best of ``REPEATS`` after a warm-up; ``spread`` is (worst - best) / best of the engine's
-  runs). Target (issue 17): ``ratio_vs_scipy <= 2`` (``meets_target``). scipy is a dev dependency
-  (pyproject's ``dev`` extra); without it the line says so.
+  runs). The engine's fast path runs the product as batched GEMMs (codelets.sparse.
+  SparseProductRunner). Target (issue 17): ``ratio_vs_scipy <= 2`` (``meets_target``). scipy is a
+  dev dependency (pyproject's ``dev`` extra); without it the line says so.
 """
 
 from __future__ import annotations
