@@ -370,3 +370,16 @@ def test_conv_transpose_3d_matches_torch() -> None:
     (got,) = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": x})
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lp_normalization_of_a_zero_slice_is_zero() -> None:
+    """A slice whose norm is 0 normalises to zeros (ONNX: ``where(norm == 0, 0, x / norm)``), not NaN."""
+    x = np.array([[[1, 2, 2], [3, 4, 0]], [[0, 5, 5], [6, 8, 0]]], np.float32)
+    m = _model([helper.make_node("LpNormalization", ["x"], ["y"], axis=0, p=2)],
+               [helper.make_tensor_value_info("x", T.FLOAT, list(x.shape))],
+               [helper.make_tensor_value_info("y", T.FLOAT, list(x.shape))])
+    (got,) = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": x})
+    norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=0, keepdims=True))
+    want = np.divide(x, norm, out=np.zeros_like(x, np.float64), where=norm != 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert got[0, 1, 2] == 0 and got[1, 1, 2] == 0

@@ -375,6 +375,8 @@ def _lp_norm(ctx: Any, node: Any) -> Tensor:
     norm = reduce(ctx.graph, src, ctx.prog, dims=[a], op=op, name=f"{ctx.name}/norm",
                   options={"keepdims": True})
     expr = E.div(E.input(0), E.sqrt(E.input(1)) if p == 2 else E.input(1))
+    # A zero norm gives zeros, not 0/0 (ONNX's reference: np.where(norm == 0, 0, x / norm)).
+    expr = E.select(E.eq(E.input(1), E.cast(0, x.dtype)), E.cast(0, x.dtype), expr)
     return _map(ctx, expr, [x, norm])
 
 
