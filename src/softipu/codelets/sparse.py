@@ -259,6 +259,10 @@ def sparse_grad_codelet(dtype: DType, block: int) -> type[Vertex]:
     return SparseGradBlock
 
 
+# Bytes of fp32 operands one piece of a runner's class copies (about half a core's L2).
+PIECE_BYTES = 512 * 1024
+
+
 class SparseProductRunner:
     """All groups of one :func:`sparse_block_codelet` codelet in a compute set, run as one product
     (the fast engine's ``group_runner`` hook; one replica).
@@ -267,7 +271,8 @@ class SparseProductRunner:
     band, cut into slices of the free dimension) merge into one whose dense pieces and output are
     the slices side by side. A merged vertex's ``nb`` blocks are one GEMM with a contraction of
     ``nb * b``: ``[S_1 .. S_nb] . [D_1; ..; D_nb]`` (``"sd"``) or ``[D_1 .. D_nb] . [S_1; ..; S_nb]``
-    (``"ds"``); merged vertices of equal ``nb`` and free length are one batched ``matmul``. A run
+    (``"ds"``); merged vertices of equal ``nb`` and free length are one batched ``matmul`` (in
+    pieces of :data:`PIECE_BYTES`). A run
     is, per such class, two ``take`` s of addresses laid out for that GEMM (fp32 for fp16 data),
     the ``matmul`` and one write of the outputs, rounded once to their type: each output element's
     contraction in another fixed order, within the same bound (design.md principle 6)."""
@@ -303,7 +308,10 @@ class SparseProductRunner:
                 left = d_idx.transpose(0, 2, 1, 3).reshape(-1, z, nb * b)
                 right = nz_idx.reshape(-1, nb * b, b)
             o_idx = np.stack([m[2] for m in members])
-            self.classes.append(tuple(_access(buf, a) for a in (left, right, o_idx)))
+            # In pieces whose copied operands stay in cache until the product reads them.
+            step = max(1, PIECE_BYTES // ((left[0].size + right[0].size) * 4))
+            for lo in range(0, len(o_idx), step):
+                self.classes.append(tuple(_access(buf, a[lo:lo + step]) for a in (left, right, o_idx)))
 
     def jobs(self, storage) -> list:
         return [self.run]
