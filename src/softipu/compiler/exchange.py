@@ -400,8 +400,10 @@ def _paired_order(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
     walked pixel first, a whole kernel row (``kw * Cg`` elements, contiguous in an NHWC input and
     in the column slab) is one region. Of the orders that sort either side's strides, the one with
     the longest shorter run wins (the pieces are ``numel / min(src run, dst run)``)."""
-    if not (src.is_strided and dst.is_strided) or src.ndim < 2:
+    if src.ndim < 2 or not (src.is_strided or dst.is_strided):
         return src, dst
+    if not (src.is_strided and dst.is_strided):
+        return _strided_side_order(src, dst)
     axes = [k for k in range(src.ndim) if src.shape[k] > 1]
     best, best_run = None, _paired_run(src, dst, list(range(src.ndim)))
     for side in (dst, src):
@@ -417,6 +419,22 @@ def _paired_order(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
                       tuple(t.strides[k] for k in best))
 
     return permuted(src), permuted(dst)
+
+
+def _strided_side_order(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_paired_order` where one side is indexed (a matmul operand's column slabs, a
+    ``createWeights`` layout): both walked in the order that sorts the strided side's strides, when
+    that makes its runs longer. A weight update written from a gradient laid out ``(kh, kw, C, O)``
+    into the weights' slabs, listed ``(O, C, kh, kw)``, is contiguous on neither side in that order,
+    one piece per element; walked ``(kh, kw, C, O)`` its pieces are the slabs' rows."""
+    strided = src if src.is_strided else dst
+    axes = [k for k in range(src.ndim) if src.shape[k] > 1]
+    order = sorted(axes, key=lambda k: -abs(strided.strides[k]))
+    order += [k for k in range(src.ndim) if k not in order]  # size-1 axes, innermost
+    if order == list(range(src.ndim)) or _paired_run(strided, strided, order) <= \
+            _paired_run(strided, strided, list(range(src.ndim))):
+        return src, dst
+    return src.transpose(order), dst.transpose(order)
 
 
 def _paired_run(src: Tensor, dst: Tensor, order: list[int]) -> int:
