@@ -383,3 +383,16 @@ def test_lp_normalization_of_a_zero_slice_is_zero() -> None:
     want = np.divide(x, norm, out=np.zeros_like(x, np.float64), where=norm != 0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert got[0, 1, 2] == 0 and got[1, 1, 2] == 0
+
+
+def test_host_folding_follows_the_models_opset() -> None:
+    """An opset-11 Unsqueeze (``axes`` an attribute) of a constant folds on the host at opset 11 (onnx's
+    reference evaluator given a bare node would run it at its latest opset and refuse the attribute)."""
+    m = _model([helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", T.INT64, [], [3])),
+                helper.make_node("Unsqueeze", ["c"], ["u"], axes=[0]),
+                helper.make_node("Expand", ["x", "u"], ["y"])],
+               [helper.make_tensor_value_info("x", T.FLOAT, [1])],
+               [helper.make_tensor_value_info("y", T.FLOAT, [3])], opset=11)
+    sess = so.InferenceSession(m.SerializeToString(), OPTS)
+    (got,) = sess.run(None, {"x": np.array([2.5], np.float32)})
+    np.testing.assert_array_equal(got, np.full(3, 2.5, np.float32))

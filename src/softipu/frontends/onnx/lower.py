@@ -534,8 +534,14 @@ class _Lowerer:
 
         self.folded += 1
         feeds = {n: self.host[n] for n in node.input if n}
-        ref = ReferenceEvaluator(node, opsets=self.opset)
-        return list(ref.run(None, feeds))
+        # As a one-node model with the graph's opsets: a bare NodeProto is evaluated at onnx's latest
+        # opset whatever ``opsets`` says (an opset-11 Unsqueeze's ``axes`` attribute is then refused).
+        info = onnx.helper.make_value_info
+        graph = onnx.helper.make_graph([node], "fold", [info(n, onnx.TypeProto()) for n in feeds],
+                                       [info(n, onnx.TypeProto()) for n in node.output if n])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v)
+                                                             for d, v in self.opset.items()])
+        return list(ReferenceEvaluator(model).run(None, feeds))
 
     def _finish(self, count: int) -> OnnxLowered:
         outs: list[Slot | np.ndarray] = []
