@@ -135,14 +135,25 @@ def inference_passes(ep: Any) -> tuple[Folded, list[str]]:
     return folded, rewrites
 
 
+def _weights_of_backward(user: torch.fx.Node, node: torch.fx.Node, conv: torch.fx.Node) -> bool:
+    """Whether ``user`` is the ``convolution_backward`` of ``conv`` reading ``node`` as its weights."""
+    if _op_name(user) != "aten::convolution_backward" or len(user.args) < 10 or len(conv.args) < 9 \
+            or user.args[2] is not node:
+        return False
+    return list(user.args[4:8]) + [user.args[9]] == list(conv.args[3:7]) + [conv.args[8]]
+
+
 def conv_weight_use(node: torch.fx.Node) -> dict[str, Any] | None:
     """The ``create_conv_weights`` arguments for a weight placeholder whose only use is as the
     weights of one (not transposed) convolution; else None. The lowering then lays the weights out
     as the convolution's plan wants them, as poplin's ``createWeights`` does."""
-    users = list(node.users)
-    if len(users) != 1 or _op_name(users[0]) != _CONV:
+    convs = [u for u in node.users if _op_name(u) == _CONV]
+    # training: the backward's convolution_backward reads the same weights (its argument 2),
+    # as PopART's ConvFlipWeights reads the weights createWeights laid out for the forward
+    if len(convs) != 1 or any(u is not convs[0] and not _weights_of_backward(u, node, convs[0])
+                              for u in node.users):
         return None
-    conv = users[0]
+    conv = convs[0]
     args = list(conv.args) + [None] * 9
     x = args[0].meta.get("val") if isinstance(args[0], torch.fx.Node) else None
     if args[1] is not node or args[6] or x is None or x.ndim not in (3, 4) \
