@@ -396,3 +396,25 @@ def test_host_folding_follows_the_models_opset() -> None:
     sess = so.InferenceSession(m.SerializeToString(), OPTS)
     (got,) = sess.run(None, {"x": np.array([2.5], np.float32)})
     np.testing.assert_array_equal(got, np.full(3, 2.5, np.float32))
+
+
+def test_batch_norm_training_mode_matches_numpy() -> None:
+    """BatchNormalization ``training_mode=1``: the batch's own mean and population variance over every axis
+    but the channels, and running statistics ``momentum * running + (1 - momentum) * batch`` (numpy)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    s, b = np.array([1.5, 0.5], np.float32), np.array([0.1, -0.2], np.float32)
+    rm, rv = np.array([0.3, -0.1], np.float32), np.array([1.2, 0.8], np.float32)
+    vi = helper.make_tensor_value_info
+    m = _model([helper.make_node("BatchNormalization", ["x", "s", "b", "rm", "rv"], ["y", "m", "v"],
+                                 training_mode=1, momentum=0.8, epsilon=1e-3)],
+               [vi("x", T.FLOAT, list(x.shape))],
+               [vi("y", T.FLOAT, list(x.shape)), vi("m", T.FLOAT, [2]), vi("v", T.FLOAT, [2])], opset=15,
+               inits=[onnx.numpy_helper.from_array(a, n) for a, n in ((s, "s"), (b, "b"), (rm, "rm"), (rv, "rv"))])
+    y, mean, var = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": x})
+    xd = x.astype(np.float64)
+    bm, bv = xd.mean(axis=(0, 2, 3)), xd.var(axis=(0, 2, 3))
+    want = (xd - bm[:, None, None]) / np.sqrt(bv[:, None, None] + 1e-3) * s[:, None, None] + b[:, None, None]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, 0.8 * rm + 0.2 * bm, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, 0.8 * rv + 0.2 * bv, rtol=1e-5, atol=1e-6)

@@ -301,15 +301,44 @@ register_onnx_lowering("GlobalMaxPool", _global(ReduceOp.MAX, False))
 # -- normalisation -------------------------------------------------------------------------------------
 @register_onnx_lowering("BatchNormalization", check=_float_check)
 def _batch_norm(ctx: Any, node: Any) -> Tensor:
-    if int(ctx.attr("training_mode", 0)):
-        raise ValueError("training_mode=1 is not supported by the inference lowering")
     x, scale, bias, mean, var = (ctx.input(i) for i in range(5))
     x3 = x.reshape(x.shape[:2] + (-1,)) if x.ndim != 3 else x
     if x.ndim == 2:
         x3 = x.reshape(x.shape + (1,))
+    if int(ctx.attr("training_mode", 0)):
+        return _batch_norm_training(ctx, node, x, x3)
     out = nn.batch_norm(ctx.graph, x3, scale, bias, mean, var, ctx.prog, eps=float(ctx.attr("epsilon", 1e-5)),
                         name=ctx.name)
     return out.reshape(x.shape)
+
+
+def _batch_norm_training(ctx: Any, node: Any, x: Tensor, x3: Tensor) -> Any:
+    """``training_mode=1`` (opset 14+): normalised by the batch's own mean and (population) variance
+    over every axis but the channels; the running mean and variance outputs are
+    ``momentum * running + (1 - momentum) * batch`` (ONNX's reference)."""
+    c, count = x3.shape[1], float(x3.shape[0] * x3.shape[2])
+    src = ctx.cast(x3, float32)
+    keep = {"keepdims": True}
+    total = reduce(ctx.graph, src, ctx.prog, dims=[0, 2], name=f"{ctx.name}/sum", options=keep)
+    mean = _map(ctx, E.div(E.input(0), count), [total], "/mean")
+    centred = _map(ctx, E.sub(E.input(0), E.input(1)), [src, mean], "/centred")
+    squares = reduce(ctx.graph, centred, ctx.prog, dims=[0, 2], op=ReduceOp.SQUARE_ADD,
+                     name=f"{ctx.name}/sumsq", options=keep)
+    var = _map(ctx, E.div(E.input(0), count), [squares], "/var")
+    per_channel = [ctx.cast(ctx.input(i), float32).reshape((1, c, 1)) for i in (1, 2)]
+    eps = float(ctx.attr("epsilon", 1e-5))
+    normed = E.mul(E.mul(E.input(0), E.rsqrt(E.add(E.input(1), eps))), E.input(2))
+    y = _map(ctx, E.cast(E.add(normed, E.input(3)), x.dtype), [centred, var, *per_channel], "/y")
+    y = y.reshape(x.shape)
+    if len([o for o in node.output if o]) == 1:
+        return y
+    m = float(ctx.attr("momentum", 0.9))
+    outs = [y]
+    for i, batch in ((3, mean), (4, var)):
+        running = ctx.input(i)
+        expr = E.cast(E.add(E.mul(E.input(0), m), E.mul(E.input(1), 1.0 - m)), running.dtype)
+        outs.append(_map(ctx, expr, [ctx.cast(running, float32), batch.reshape(c)], f"/running{i}"))
+    return tuple(outs)
 
 
 @register_onnx_lowering("InstanceNormalization", check=_float_check)
