@@ -67,3 +67,18 @@ def test_available_bytes_is_linux_memavailable():
         line = next(x for x in f if x.startswith("MemAvailable:"))
     kib = int(line.split()[1])
     assert found is not None and abs(found - kib * 1024) < 256 << 20  # moved a little since
+
+
+def test_listing_a_huge_tensors_addresses_is_refused_before_allocating(monkeypatch):
+    """Fancy indexing of a 2**31-element variable listed all its addresses (16 GiB, plus a
+    temporary as large): the graph-API campaign's process was OOM-killed (fuzz_graph seed 101
+    input 5895). Views made with ints and slices list nothing and still work."""
+    from softipu.graph import accounting
+
+    monkeypatch.setattr(accounting, "host_available_bytes", lambda: 8 << 30)
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    x = g.add_variable(sp.float32, (2**31,), name="big")
+    with pytest.raises(sp.HostMemoryError, match=f"addresses of big .*needs {2**31 * 16:,} bytes") as info:
+        x[[0, 1]]
+    assert "test_resources.py" in str(info.value) and "ints and slices" in str(info.value)
+    assert x[2**30 : 2**30 + 4][[0, 3]].shape == (2,)  # a small view's list is made as before

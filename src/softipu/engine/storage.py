@@ -6,7 +6,6 @@ arrays (strided tensors) or gathers/scatters through their address arrays (index
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from softipu.compiler.executable import Executable
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType, narrow, value_range
 from softipu.errors import EngineError, HostMemoryError
+from softipu.graph.accounting import host_available_bytes
 from softipu.graph.tensor import Tensor
 
 __all__ = ["SlabWriter", "Storage", "assign", "strided_form"]
@@ -118,22 +118,6 @@ def poison_value(dtype: DType) -> np.generic:
     if dtype.numpy.kind == "b":
         return np.True_
     return np.frombuffer((0xDEADBEEFDEADBEEF).to_bytes(8, "little")[: dtype.itemsize], dtype.numpy)[0]
-
-
-def host_available_bytes() -> int | None:
-    """Bytes this host can still hand out without swapping: Linux's ``MemAvailable`` (free memory
-    plus the page cache it can drop), else the free pages, else None (not known: no check)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_host_memory(executable: Executable, replicas: int) -> None:

@@ -8,6 +8,7 @@ the compiled plan is charged; they cannot drift. The byte figures are :class:`Ta
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,3 +64,19 @@ def exchange_code_bytes(regions: npt.ArrayLike, target: Target) -> np.ndarray:
 def control_code_bytes(steps: npt.ArrayLike, target: Target) -> np.ndarray:
     """Control code for ``steps`` program steps, on every tile (elementwise)."""
     return np.asarray(steps, np.int64) * target.control_code_bytes_per_step
+
+
+def host_available_bytes() -> int | None:
+    """Bytes this host can still hand out without swapping: Linux's ``MemAvailable`` (free memory
+    plus the page cache it can drop), else the free pages, else None (not known: no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

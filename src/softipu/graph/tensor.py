@@ -31,7 +31,7 @@ import numpy as np
 
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType
-from softipu.errors import TensorError
+from softipu.errors import HostMemoryError, TensorError
 from softipu.graph.grouped import Grouped, refine
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class Tensor:
         index = _INDEX_SLOT.__get__(self, Tensor)
         if index is not None:
             return index
+        _check_addresses_fit(self)
         if self.slabs is not None:
             return self.slabs.addresses()
         out = np.full(self.shape, self.offset, dtype=np.int64)
@@ -518,6 +519,23 @@ class Slabs:
         perm = tuple(next(added) if d == 1 else next(taken) for d in new_shape)
         return Slabs(pieces, pos[self.axis], perm)
 
+
+def _check_addresses_fit(t: Tensor) -> None:
+    """Refuse, before allocating, a list of addresses larger than the host's available memory
+    (fancy indexing of a 2**31-element variable asked numpy for 16 GiB and was OOM-killed)."""
+    if t.numel < _ADDRESSES_CHECKED_FROM:
+        return
+    from softipu.graph.accounting import host_available_bytes  # (accounting imports this module)
+
+    need, available = t.numel * 16, host_available_bytes()  # the list and a temporary as large
+    if available is not None and need > available:
+        raise HostMemoryError(
+            f"listing the {t.numel:,} element addresses of {t.name} {t.shape}{at(caller_location())} needs "
+            f"{need:,} bytes, more than the {available:,} bytes this host has available (MemAvailable); "
+            "index it with ints and slices (views list no addresses) or work on a smaller view")
+
+
+_ADDRESSES_CHECKED_FROM = 1 << 27  # elements (1 GiB of addresses): smaller lists are never refused
 
 # Elements of one dtype a graph may hold, and of any view: addresses stay exact in int64 and
 # float64 arithmetic (2**53 float32 elements are 32 PiB, far beyond any Pod's memory).
