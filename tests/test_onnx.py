@@ -418,3 +418,32 @@ def test_batch_norm_training_mode_matches_numpy() -> None:
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mean, 0.8 * rm + 0.2 * bm, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, 0.8 * rv + 0.2 * bv, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["max", "min", "mul"])
+def test_scatter_reductions_with_repeated_indices_match_numpy(reduction: str) -> None:
+    """ScatterElements / ScatterND with reduction max/min/mul: repeated indices all combine (numpy's
+    ufunc.at is the oracle), elements no update reaches keep their data."""
+    rng = np.random.default_rng(9)
+    ufunc = {"max": np.maximum, "min": np.minimum, "mul": np.multiply}[reduction]
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    idx = np.array([[0, 2, 0], [3, 3, 1], [0, 0, 0]], np.int64)  # repeats along axis 1, negative none
+    upd = rng.standard_normal((3, 3)).astype(np.float32)
+    want = x.copy()
+    ufunc.at(want, (np.repeat(np.arange(3), 3).reshape(3, 3), idx), upd)
+    vi = helper.make_tensor_value_info
+    m = _model([helper.make_node("ScatterElements", ["x", "i", "u"], ["y"], axis=1, reduction=reduction)],
+               [vi("x", T.FLOAT, [3, 4]), vi("i", T.INT64, [3, 3]), vi("u", T.FLOAT, [3, 3])],
+               [vi("y", T.FLOAT, [3, 4])], opset=18)
+    (got,) = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": x, "i": idx, "u": upd})
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    xi = rng.integers(-5, 5, (4, 2)).astype(np.int32)
+    rows = np.array([[1], [3], [1], [-1]], np.int64)  # row 1 twice, -1 is row 3
+    ui = rng.integers(-3, 4, (4, 2)).astype(np.int32)
+    want_i = xi.copy()
+    ufunc.at(want_i, rows[:, 0] % 4, ui)
+    m = _model([helper.make_node("ScatterND", ["x", "i", "u"], ["y"], reduction=reduction)],
+               [vi("x", T.INT32, [4, 2]), vi("i", T.INT64, [4, 1]), vi("u", T.INT32, [4, 2])],
+               [vi("y", T.INT32, [4, 2])], opset=18)
+    (got,) = so.InferenceSession(m.SerializeToString(), OPTS).run(None, {"x": xi, "i": rows, "u": ui})
+    np.testing.assert_array_equal(got, want_i)

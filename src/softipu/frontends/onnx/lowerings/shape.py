@@ -13,6 +13,7 @@ from softipu.graph.tensor import Tensor, concat
 from softipu.ops import elementwise as ew
 from softipu.ops import indexing as ix
 from softipu.ops.elementwise import E
+from softipu.ops.reduce import ReduceOp, reduce
 
 
 def _axis(a: int, ndim: int) -> int:
@@ -188,9 +189,50 @@ def _gather_elements(ctx: Any, node: Any) -> Tensor:
     return out.reshape(indices.shape)
 
 
+_DENSE_LIMIT = 1 << 22  # updates x destination elements of the compare-all form of max/min/mul
+
+
 def _scatter_check(ctx: Any) -> str | None:
     red = ctx.attr("reduction", "none")
-    return None if red in ("none", "add") else f"reduction={red!r} is not supported (none and add are)"
+    if red in ("none", "add"):
+        return None
+    if red not in _REDUCED:
+        return f"reduction={red!r} is not supported (none, add, mul, max and min are)"
+    dense = int(np.prod(ctx.shape(2), dtype=np.int64)) * int(np.prod(ctx.shape(0), dtype=np.int64))
+    if dense > _DENSE_LIMIT:
+        return (f"reduction={red!r} compares each of the updates with each element of the data "
+                f"({dense} pairs, over {_DENSE_LIMIT}); only none and add scatter that many")
+    return None
+
+
+_REDUCED = {"max": (ReduceOp.MAX, E.maximum), "min": (ReduceOp.MIN, E.minimum),
+            "mul": (ReduceOp.MUL, E.mul)}
+
+
+def _scatter_reduced(ctx: Any, x: Tensor, flat: Tensor, updates: Tensor, width: int) -> Tensor:
+    """``x`` (rows of ``width``) with updates ``u`` (one row each, at row ``flat[u]``) combined by
+    max/min/mul, duplicates included: each update is compared with every row (a [U, rows, width]
+    selection, the reduction's identity where it does not land), reduced over the updates, then
+    combined with ``x`` (ONNX's ``reduction`` semantics, in update order for an associative op)."""
+    op, combine = _REDUCED[ctx.attr("reduction")]
+    rows = int(np.prod(x.shape, dtype=np.int64)) // width
+    dt = x.dtype.numpy
+    if op is ReduceOp.MUL:
+        identity = 1
+    elif np.issubdtype(dt, np.floating):
+        identity = float("-inf") if op is ReduceOp.MAX else float("inf")
+    else:
+        info = np.iinfo(dt)
+        identity = int(info.min if op is ReduceOp.MAX else info.max)
+    iota = ctx.constant(np.arange(rows, dtype=np.int32).reshape(1, rows, 1), int32, "rows")
+    n = flat.shape[0]
+    hit = E.eq(E.input(0), E.input(1))
+    picked = ew.map(ctx.graph, E.select(hit, E.input(2), E.cast(identity, x.dtype)),
+                    [flat.reshape((n, 1, 1)), iota, updates.reshape((n, 1, width))], ctx.prog,
+                    name=f"{ctx.name}/picked")
+    merged = reduce(ctx.graph, picked, ctx.prog, dims=[0], op=op, name=f"{ctx.name}/merged")
+    return ew.map(ctx.graph, combine(E.input(0), E.input(1)), [x.reshape((rows, width)), merged], ctx.prog,
+                  name=ctx.name)
 
 
 @register_onnx_lowering(("ScatterElements", "Scatter"), check=_scatter_check)
@@ -198,6 +240,8 @@ def _scatter_elements(ctx: Any, node: Any) -> Tensor:
     x, indices, updates = ctx.input(0), ctx.input(1), ctx.input(2)
     a = _axis(ctx.attr("axis", 0), x.ndim)
     flat = _element_index(ctx, x, indices, a).reshape(-1)
+    if ctx.attr("reduction", "none") in _REDUCED:
+        return _scatter_reduced(ctx, x, flat, updates.reshape(-1), 1).reshape(x.shape)
     op = ix.scatter_add if ctx.attr("reduction", "none") == "add" else ix.scatter
     return op(ctx.graph, x.reshape(-1), flat, updates.reshape(-1), ctx.prog, name=ctx.name).reshape(x.shape)
 
@@ -240,6 +284,9 @@ def _scatter_nd(ctx: Any, node: Any) -> Tensor:
     x, indices, updates = ctx.input(0), ctx.input(1), ctx.input(2)
     flat, rest = _nd_index(ctx, x, indices, 0)
     width = int(np.prod(rest, dtype=np.int64))
+    if ctx.attr("reduction", "none") in _REDUCED:
+        out = _scatter_reduced(ctx, x, flat.reshape(-1), updates.reshape((-1, width)), width)
+        return out.reshape(x.shape)
     op = ix.scatter_add if ctx.attr("reduction", "none") == "add" else ix.scatter
     out = op(ctx.graph, x.reshape((-1, width)), flat.reshape(-1), updates.reshape((-1, width)), ctx.prog,
              axis=0, name=ctx.name)
