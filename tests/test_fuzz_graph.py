@@ -114,6 +114,7 @@ BAD_CALLS = {
     "fancy index overflow": (lambda g, x: x[[2**70]], sp.TensorError),
     "broadcast past 2**53": (lambda g, x: x.broadcast((2**63, 8)), sp.TensorError),
     "repeat past uint32": (lambda g, x: P.Repeat(2**32, P.Sequence()), sp.ProgramError),
+    "more than 63 dims": (lambda g, x: x.reshape((1,) * 63 + (8,)), sp.TensorError),
     "concat with None": (lambda g, x: sp.concat([x, None]), sp.TensorError),
     "switch cases int": (lambda g, x: P.Switch(g.add_variable(sp.int32, (1,)), 3), sp.ProgramError),
     "engine programs bool": (lambda g, x: sp.Engine(g, True), sp.ProgramError),

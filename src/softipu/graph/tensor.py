@@ -70,6 +70,9 @@ class Tensor:
                 raise TensorError(f"slab layout {self.slabs.shape} does not match shape {self.shape}")
         elif self.index is None and len(self.strides) != len(self.shape):
             raise TensorError(f"strides {self.strides} do not match shape {self.shape}")
+        if len(self.shape) > MAX_DIMS:
+            raise TensorError(f"a view of {len(self.shape)} dimensions; tensors have at most {MAX_DIMS} "
+                              "(numpy's 64 less the engine's replica axis)")
 
     # -- basic facts -------------------------------------------------------------------------
     @property
@@ -536,6 +539,8 @@ def _check_addresses_fit(t: Tensor) -> None:
 
 
 _ADDRESSES_CHECKED_FROM = 1 << 27  # elements (1 GiB of addresses): smaller lists are never refused
+
+MAX_DIMS = 63  # numpy allows 64, and the engine's views add the replica axis in front
 
 # Elements of one dtype a graph may hold, and of any view: addresses stay exact in int64 and
 # float64 arithmetic (2**53 float32 elements are 32 PiB, far beyond any Pod's memory).
