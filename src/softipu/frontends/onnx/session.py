@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from softipu.engine import Engine
+from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import InputError
 from softipu.frontends.onnx.load import load_model
 from softipu.frontends.onnx.lower import (
@@ -127,7 +128,8 @@ class _Compiled:
     def __init__(self, lowered: OnnxLowered, options: OnnxOptions) -> None:
         self.lowered = lowered
         self.options = options
-        self.engine = Engine(lowered.graph, list(lowered.programs), options=dict(options.engine_options))
+        self.engine = Engine(lowered.graph, list(lowered.programs),
+                             options=frontend_engine_options(options.engine_options))
         self.load_weights()
 
     def load_weights(self, weights: Sequence[tuple[str, np.ndarray]] | None = None) -> None:

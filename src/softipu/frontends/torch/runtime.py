@@ -35,6 +35,7 @@ from torch.utils import _pytree as pytree
 from softipu.compiler.executable import Executable
 from softipu.engine import Engine
 from softipu.errors import SoftIPUError
+from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import ExportError, FrontendError, InputError
 from softipu.frontends.torch.cache import ExecutableCache, export_compiled, load_exported
 from softipu.frontends.torch.custom_ops import NAME_SCOPES, connect_host_calls
@@ -110,7 +111,7 @@ class _Compiled:
         self.options = options
         self.leaves = leaves
         self.weights = list(lowered.weights)  # what the device holds: (stream, host values or HostWeight)
-        engine_options = dict(options.engine_options)
+        engine_options = frontend_engine_options(options.engine_options)
         if executable is None:
             with stage_errors(lowered):  # an IPU out of memory names its pipeline stage (PopTorch blocks)
                 self.engine = Engine(lowered.graph, list(lowered.programs), options=engine_options)

@@ -24,6 +24,7 @@ from torch.utils import _pytree as pytree
 
 from softipu.engine import Engine
 from softipu.errors import SoftIPUError
+from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import FrontendError, InputError
 from softipu.frontends.torch.lower import StreamSlot, to_host_array
 from softipu.frontends.torch.options import Options, OutputMode
@@ -197,7 +198,8 @@ class TrainingModel:
         progress_stage("compile")
         t = time.perf_counter()
         with stage_errors(lowered):  # an IPU out of memory names its pipeline stage
-            engine = Engine(lowered.graph, list(lowered.programs), options=dict(self.options.engine_options))
+            engine = Engine(lowered.graph, list(lowered.programs),
+                            options=frontend_engine_options(self.options.engine_options))
         times["compile"] = time.perf_counter() - t
         progress_stage("load")
         t = time.perf_counter()
@@ -252,7 +254,7 @@ class TrainingModel:
         self._spec = optimizer_spec(self.optimizer, named, **auto)
         loaded = load_training(path, self)
         engine = Engine.from_executable(loaded.executable, loaded.lowered.graph,
-                                        options=dict(self.options.engine_options))
+                                        options=frontend_engine_options(self.options.engine_options))
         times = {"executable_load": time.perf_counter() - start}
         t = time.perf_counter()
         low = loaded.lowered
