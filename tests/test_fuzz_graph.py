@@ -138,6 +138,18 @@ def test_a_stream_name_of_another_type_is_a_stream_error():
     refused(lambda: eng.connect_stream(["s"], np.zeros(2)), sp.StreamError)
 
 
+def test_a_huge_step_over_one_element_reads_it():
+    """A step past the axis (2**63) made a stride numpy could not hold (fuzz_graph seed 101 input
+    26485): with one element taken, the step no longer matters."""
+    g, x = graph()
+    sp.ops.map_linearly(g, x)
+    eng = sp.Engine(g, [P.Sequence()])
+    eng.write_tensor(x, np.arange(8, dtype=np.float32))
+    assert eng.read_tensor(x[::2**63]).tolist() == [0.0]
+    assert eng.read_tensor(x[3:4].subsample(2**63)).tolist() == [3.0]
+    assert eng.read_tensor(x.reshape(2, 4)[1:, ::2**63]).tolist() == [[4.0]]
+
+
 def test_good_fractions_of_whole_numbers_still_map():
     g, x = graph()
     g.map_intervals(x, np.array([0.0, 4.0]), np.array([4.0, 8.0]), [0, 1])  # whole floats are fine

@@ -262,7 +262,8 @@ class Tensor:
             start, stop, step = _slice_indices(key, self.shape[0], self, 0)  # the common 1-D slice, kept fast
             n = len(range(start, stop, step))
             stride = self.strides[0]
-            return Tensor(self.graph, self.dtype, (n,), self.offset + start * stride, (stride * step,))
+            return Tensor(self.graph, self.dtype, (n,), self.offset + start * stride,
+                          (stride * step if n > 1 else stride,))
         key = key if isinstance(key, tuple) else (key,)
         if any(_is_fancy(k) for k in key):
             try:
@@ -297,7 +298,7 @@ class Tensor:
             else:
                 start, n, step = k
                 shape.append(n)
-                strides.append(stride * step)
+                strides.append(stride * step if n > 1 else stride)  # one element: any step (2**63 overflowed)
                 offset += start * stride if n else 0
             axis += 1
         return self._strided(tuple(shape), offset, tuple(strides))
