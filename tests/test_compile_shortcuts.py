@@ -60,3 +60,18 @@ def test_export_tables_made_once_equal_torchs_split_of_the_whole_table():
     cia.clear()
     python.clear()  # each export gets its own copies
     assert export._split_tables()[0] and export._split_tables()[1]
+
+
+def test_export_tables_follow_ops_registered_after_the_first_split():
+    import torch
+    from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
+
+    from softipu.frontends.torch import export
+
+    export._split_tables()
+    lib = torch.library.Library("softipu_test_split", "DEF")  # a new CompositeImplicit op
+    lib.define("twice(Tensor x) -> Tensor")
+    lib.impl("twice", lambda x: x + x, "CompositeImplicitAutograd")
+    want_cia, want_python = _split_decomp_table_to_cia_and_python_decomp(export._table())
+    cia, python = export._split_tables()
+    assert set(cia) == set(want_cia) and set(python) == set(want_python)

@@ -183,15 +183,20 @@ def _table() -> Any:
 class _DefaultSplit:
     """torch's split of its default table (less :data:`KEPT_WHOLE`) into CompositeImplicitAutograd
     overrides and Python decompositions, and the set of CIA ops export may keep: made once per
-    process (the split reads every registered op: ~0.2 s of CPU an export), copied for each."""
+    process (the split reads every registered op: ~0.2 s of CPU an export), copied for each, and
+    made again when more ops have been registered since (importing ``torch.distributed``'s
+    functional collectives, a custom op: torch's split of the moment would include them)."""
 
     _lock = threading.Lock()
     _made: tuple[dict, dict, frozenset] | None = None
+    _ops_seen = 0  # how many operators were registered when _made was made
 
     @classmethod
     def get(cls) -> tuple[dict, dict, frozenset]:
         with cls._lock:
-            if cls._made is None:
+            registered = len(torch._C._dispatch_get_all_op_names())  # ~4 ms
+            if cls._made is None or registered != cls._ops_seen:
+                cls._ops_seen = registered
                 from torch.export.exported_program import (
                     _collect_all_valid_cia_ops,
                     _split_decomp_table_to_cia_and_python_decomp,
@@ -212,9 +217,10 @@ def _split_tables() -> tuple[dict, dict]:
     the Python table)."""
     from torch.export.exported_program import _is_preservable_cia_op
 
+    extras = extra_decompositions()  # first: it may register the ops it names
     default_cia, default_python, preservable = _DefaultSplit.get()
     cia, python = dict(default_cia), dict(default_python)
-    for op, fn in extra_decompositions().items():
+    for op, fn in extras.items():
         if op in preservable:
             cia[op] = fn
             python.pop(op, None)
