@@ -12,7 +12,7 @@ from softipu import program as P
 from softipu.codelets import host
 from softipu.codelets._common import contraction_bound
 from softipu.codelets.matmul import A_TRANSPOSED, B_TRANSPOSED, amp_codelet
-from softipu.engine import chains
+from softipu.engine import chain_run, chains
 from softipu.graph.tensor import Tensor
 from softipu.ops.matmul import plan_matmul
 
@@ -96,8 +96,8 @@ def test_the_first_shape_has_serial_and_split_k():
 
 def test_same_bits_on_every_run_and_with_one_or_two_threads(monkeypatch):
     """The GEMM cut into pieces by its size alone: one thread or two, the same bits."""
-    monkeypatch.setattr(chains, "CHAIN_PIECE_MACS", 1 << 12)  # many pieces
-    monkeypatch.setattr(chains, "PIECE_LINES", 4)
+    monkeypatch.setattr(chain_run, "CHAIN_PIECE_MACS", 1 << 12)  # many pieces
+    monkeypatch.setattr(chain_run, "PIECE_LINES", 4)
     g, prog, a, b, c = _matmul(128, 512, 128)
     rng = np.random.default_rng(2)
     av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)

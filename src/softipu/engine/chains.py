@@ -14,7 +14,7 @@ evaluate a contraction in any order, deterministically and within
   left blocks are copied side by side (``m x K``), and rows whose right-hand columns are the same
   form a *band* whose right blocks are copied once (``K x N``);
 * one GEMM per band, cut into row or column pieces by its shape alone (:func:`_gemm_pieces`,
-  never by the host's cores), the pieces side by side on idle cores;
+  never by the host's cores), the pieces side by side on idle cores (``engine/chain_run.py``);
 * a *scatter* of the product into the output blocks (the reduce's rows, or the AMP's own blocks
   where nothing reduces them) — or none, where the output blocks tile one row-major matrix and
   the GEMM writes straight into it (likewise an operand read in place where its blocks tile one).
@@ -37,23 +37,21 @@ reads what was there before.) One replica; a matmul on replicated graphs runs as
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from softipu.codelets.gemm import MAX_PIECES
-from softipu.codelets.host import BLAS, run_pieces
 from softipu.codelets.matmul import A_TRANSPOSED, B_TRANSPOSED, amp_codelet, reduce_codelet
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.dtypes import float16, float32
+from softipu.engine.chain_run import Band, ChainRunner, Scratch
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["ChainRunner", "Chains", "FUSE_MATMULS"]
+__all__ = ["Chains", "FUSE_MATMULS"]
 
 # Off: every compute set runs group by group (tests of the per-group runners switch it off).
 FUSE_MATMULS = True
@@ -65,196 +63,11 @@ FUSE_MATMULS = True
 # block on every call (the small fp16 training step spent 14.4 s of 32.6 profiled in its matmuls
 # per group against 8.9 of 20.0 fused, same load).
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Band:
-    """One GEMM: left blocks ``a[i, l]`` (row i, K slot l), right blocks ``b[l, j]`` and output
-    blocks ``out[i, j]``, each grid of (start, row stride, column stride) in its dtype's space;
-    row i is ``m[i]`` high, K slot l ``k[l]`` deep, column j ``n[j]`` wide."""
-
-    a: np.ndarray  # (R, T, 3)
-    b: np.ndarray  # (T, J, 3)
-    out: np.ndarray  # (R, J, 3)
-    m: np.ndarray
-    k: np.ndarray
-    n: np.ndarray
-
-    @property
-    def sizes(self) -> tuple[int, int, int]:
-        return int(self.m.sum()), int(self.k.sum()), int(self.n.sum())
-
-
-class ChainRunner:
-    """Runs one matmul chain (module doc) against the engine's storage: per band, strided copies
-    of its operand blocks into the interpreter's scratch matrices (one ``copyto`` per rectangle
-    of equal, evenly spaced blocks), the GEMM, and the product copied out (or the GEMM writes
-    straight into storage where the band's output blocks tile one row-major matrix)."""
-
-    __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans")
-
-    def __init__(self, bands: list[_Band], in_buf: np.ndarray, out_buf: np.ndarray,
-                 group: VertexGroup, where: str, scratch: _Scratch) -> None:
-        self.bands, self.in_buf, self.out_buf = bands, in_buf, out_buf
-        self.group, self.where, self.scratch = group, where, scratch
-        self.plans: list[tuple] | None = None
-
-    def __call__(self) -> None:
-        from softipu.engine.fast import _codelet_failure  # the fast engine's error wording
-
-        try:
-            if self.plans is None:
-                self.plans = [self._plan(band) for band in self.bands]
-            with BLAS.single_threaded():
-                for copies_in, products, copies_out in self.plans:
-                    for dst, src in copies_in:
-                        np.copyto(dst, src)
-                    if len(products) == 1:
-                        products[0]()
-                    else:
-                        run_pieces(products)
-                    for dst, src in copies_out:
-                        np.copyto(dst, src)
-        except Exception as exc:
-            raise _codelet_failure(self.group, self.where, exc) from exc
-
-    def _plan(self, band: _Band) -> tuple:
-        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
-        m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
-        rows, ks, cols = band.sizes
-        src, dst = self.in_buf, self.out_buf
-        copies_in: list[tuple[np.ndarray, np.ndarray]] = []
-        a_grid, b_grid, out_grid = band.a, band.b, band.out
-        a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 else None
-        if a is None:
-            a = self.scratch.get("a", (rows, ks))
-            copies_in += _copies(a, src, a_grid, m_at, k_at)
-        b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None
-        if b is None:
-            b = self.scratch.get("b", (ks, cols))
-            copies_in += _copies(b, src, b_grid, k_at, n_at)
-        c = _direct(dst, out_grid, m_at, n_at, writeable=True) if dst.dtype == np.float32 else None
-        copies_out: list[tuple[np.ndarray, np.ndarray]] = []
-        if c is None:
-            c = self.scratch.get("c", (rows, cols))
-            copies_out = [(d, s) for s, d in _copies(c, dst, out_grid, m_at, n_at, writeable=True)]
-        return copies_in, _gemm_pieces(a, b, c), copies_out
-
-
-# A band's GEMM is cut into pieces of at least this many multiply-accumulates (at most
-# MAX_PIECES, and at least PIECE_LINES rows or columns each): a product of a small model's layer
-# (128 x 512 x 128) still keeps a second core busy; pieces of a few hundred microseconds pay for
-# handing one to another thread.
-CHAIN_PIECE_MACS = 1 << 21
-PIECE_LINES = 32
-
-
-def _gemm_pieces(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> list[Callable[[], Any]]:
-    """``c = a @ b`` cut into pieces by its shape alone (never by the host's cores): along the
-    rows, or along the columns where there are more of them (each piece then packs only its
-    part of ``b``). Each element is one piece's dot product, the same on every run."""
-    macs = c.size * a.shape[1]
-    wide = c.shape[1] > c.shape[0]
-    lines = c.shape[1] if wide else c.shape[0]
-    parts = max(1, min(MAX_PIECES, macs // CHAIN_PIECE_MACS, lines // PIECE_LINES))
-    cuts = [lines * p // parts for p in range(parts + 1)]
-    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-    if wide:
-        return [partial(np.matmul, a, b[:, lo:hi], out=c[:, lo:hi]) for lo, hi in spans]
-    return [partial(np.matmul, a[lo:hi], b, out=c[lo:hi]) for lo, hi in spans]
-
-
-class _Scratch:
-    """The interpreter's matrices for gathered operands and products, shared by its chains (they
-    run one at a time). A band that needs more than the current buffer gets a larger one; plans
-    made earlier keep the views of the old one (alive through them)."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        size = shape[0] * shape[1]
-        buf = self.buffers.get(name)
-        if buf is None or buf.size < size:
-            buf = self.buffers[name] = np.empty(size, np.float32)
-        return buf[:size].reshape(shape)
-
-
-def _direct(buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,
-            writeable: bool = False) -> np.ndarray | None:
-    """The whole grid as one strided matrix of ``buf`` where its blocks tile one, else None."""
-    start, rs, cs = grid[0, 0]
-    if (grid[..., 1] != rs).any() or (grid[..., 2] != cs).any():
-        return None
-    want = start + r_at[:-1, None] * rs + c_at[None, :-1] * cs
-    if (grid[..., 0] != want).any():
-        return None
-    return _view(buf, int(start), (int(r_at[-1]), int(c_at[-1])), (int(rs), int(cs)), writeable)
-
-
-def _view(buf: np.ndarray, start: int, shape: tuple[int, ...], strides: tuple[int, ...],
-          writeable: bool) -> np.ndarray:
-    item = buf.itemsize
-    view = np.ndarray(shape, buf.dtype, buf, start * item, tuple(s * item for s in strides))
-    view.flags.writeable = writeable
-    return view
-
-
-def _copies(mat: np.ndarray, buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,
-            writeable: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(part of ``mat``, view of ``buf``) pairs covering the grid of blocks: one per rectangle of
-    equal blocks at evenly spaced starts, as ``(I, rows, J, cols)`` views."""
-    r_size, c_size = np.diff(r_at), np.diff(c_at)
-    out = []
-    for i0, i1 in _runs(r_size):
-        for j0, j1 in _runs(c_size):
-            for ri0, ri1, rj0, rj1 in _rectangles(grid, i0, i1, j0, j1):
-                m, n = int(r_size[ri0]), int(c_size[rj0])
-                start, rs, cs = (int(x) for x in grid[ri0, rj0])
-                si = int(grid[ri0 + 1, rj0, 0]) - start if ri1 - ri0 > 1 else 0
-                sj = int(grid[ri0, rj0 + 1, 0]) - start if rj1 - rj0 > 1 else 0
-                part = mat[r_at[ri0]:r_at[ri1], c_at[rj0]:c_at[rj1]].reshape(ri1 - ri0, m, rj1 - rj0, n)
-                shape = (ri1 - ri0, m, rj1 - rj0, n)
-                out.append((part, _view(buf, start, shape, (si, rs, sj, cs), writeable)))
-    return out
-
-
-def _runs(sizes: np.ndarray) -> list[tuple[int, int]]:
-    """[lo, hi) runs of equal sizes."""
-    cuts = [0] + [i for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]] + [len(sizes)]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def _rectangles(grid: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> list[tuple[int, int, int, int]]:
-    """The sub-grid as rectangles whose blocks share inner strides and start evenly spaced:
-    itself, else its rows, else (per row) runs of evenly spaced blocks."""
-    if _even(grid[i0:i1, j0:j1]):
-        return [(i0, i1, j0, j1)]
-    out = []
-    for i in range(i0, i1):
-        j = j0
-        while j < j1:
-            hi = j + 1
-            while hi < j1 and _even(grid[i:i + 1, j:hi + 1]):
-                hi += 1
-            out.append((i, i + 1, j, hi))
-            j = hi
-    return out
-
-
-def _even(sub: np.ndarray) -> bool:
-    if (sub[..., 1:] != sub[0, 0, 1:]).any():
-        return False
-    starts = sub[..., 0]
-    si = starts[1, 0] - starts[0, 0] if starts.shape[0] > 1 else 0
-    sj = starts[0, 1] - starts[0, 0] if starts.shape[1] > 1 else 0
-    want = starts[0, 0] + np.arange(starts.shape[0])[:, None] * si + np.arange(starts.shape[1])[None, :] * sj
-    return bool((starts == want).all())
-
-
 # -- finding chains -------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Chain:
     cs_ids: list[int]
-    bands: list[_Band]
+    bands: list[Band]
     in_dtype: Any
     out_dtype: Any
     partials: list[tuple[int, int]]  # [start, end) of every partial block the chain leaves unwritten
@@ -284,7 +97,7 @@ class Chains:
         self.executable, self.storage = executable, storage
         self.first: dict[int, _Candidate] = {}
         self.later: dict[int, _Candidate] = {}
-        self.scratch = _Scratch()
+        self.scratch = Scratch()
         self._reads: np.ndarray | None = None
         if executable.replication_factor != 1 or not FUSE_MATMULS:
             return
@@ -515,7 +328,7 @@ def _build(executable: Executable, nodes: list[P.Program], in_dtype: Any) -> _Ch
                   name)
 
 
-def _writes_operands(bands: list[_Band], in_dtype: Any, out_dtype: Any) -> bool:
+def _writes_operands(bands: list[Band], in_dtype: Any, out_dtype: Any) -> bool:
     """Whether an output block meets an operand block (the fused chain reads every operand of a
     band before it writes, but writes one band before the next reads)."""
     if in_dtype != out_dtype:
@@ -680,7 +493,7 @@ def _mix(*columns: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.int64(29))
 
 
-def _bands(table: np.ndarray, f_v: np.ndarray, f_out: np.ndarray, m_f: np.ndarray) -> list[_Band] | None:
+def _bands(table: np.ndarray, f_v: np.ndarray, f_out: np.ndarray, m_f: np.ndarray) -> list[Band] | None:
     """Final blocks grouped into rows (the same left blocks) and bands (rows with the same
     right-hand columns), by hashes of their term sequences, every grouping then checked exactly.
 
@@ -718,7 +531,7 @@ def _bands(table: np.ndarray, f_v: np.ndarray, f_out: np.ndarray, m_f: np.ndarra
 
 
 def _band(grid: np.ndarray, seg: np.ndarray, cols: dict[str, np.ndarray], m_f: np.ndarray,
-          f_out: np.ndarray, num_terms: int) -> _Band | None:
+          f_out: np.ndarray, num_terms: int) -> Band | None:
     """One band from its (R, J) grid of final blocks, after checking that every block of a row
     has the row's left blocks and every block of a column the column's right blocks."""
     slots = np.arange(num_terms)
@@ -736,7 +549,7 @@ def _band(grid: np.ndarray, seg: np.ndarray, cols: dict[str, np.ndarray], m_f: n
     b_t = b_terms.transpose(1, 0, 2)  # (T, J, 3)
     b_grid = _grid_of(b_t[..., 0], b_t[..., 1] != 0, k[:, None], n[None, :])
     out_grid = np.stack([f_out[grid, 0], f_out[grid, 1], np.ones_like(grid)], -1)
-    return _Band(a_grid, b_grid, out_grid, m, k, n)
+    return Band(a_grid, b_grid, out_grid, m, k, n)
 
 
 # -- who else reads the partials ------------------------------------------------------------------
