@@ -13,21 +13,12 @@ import numpy as np
 import pytest
 
 import softipu as sp
+from codelets_for_tests import Scale
 from softipu import program as P
 from softipu.errors import SoftIPUError
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_graph.py"
 HERE = Path(__file__).name
-
-
-class Scale(sp.Vertex):
-    x = sp.Input(sp.float32)
-    factor = sp.Param(sp.float32)
-    y = sp.Output(sp.float32)
-
-    @staticmethod
-    def compute(x, factor, y):
-        y[...] = x * factor
 
 
 def fuzz_module():
