@@ -6,7 +6,6 @@ softipu, never a hang."""
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +153,8 @@ def test_an_unmapped_huge_variable_is_named_at_once():
     x = g.add_variable(sp.float32, (2**40,), name="big")
     g.set_tile_mapping(x[: 2**39], 0)
     g.set_tile_mapping(x[2**39 + 5 :], 1)
-    start = time.perf_counter()
+    # Listing its 2**40 addresses, as before, cannot even be allocated: this fails, not hangs.
     text = refused(lambda: sp.Engine(g, [P.Sequence()]), sp.CompileError)
-    assert time.perf_counter() - start < 10  # was a hang; normally ~1 ms
     assert f"5 of {2**40} elements" in text and f"first: flat element {2**39})" in text
 
 
