@@ -20,17 +20,13 @@ import torch.nn.functional as F  # noqa: N812
 __all__ = ["extra_decompositions"]
 
 
-def _logits(input: torch.Tensor, linear_weight: torch.Tensor, linear_bias: Any) -> torch.Tensor:  # noqa: A002
-    return F.linear(input, linear_weight, linear_bias)
-
-
 def _chunked(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor, linear_bias: Any,  # noqa: A002
              weight: Any, reduction: str, ignore_index: int, label_smoothing: float, *rest: Any) -> tuple:
     *_, compute_input, compute_weight, compute_bias = rest
     if compute_input or compute_weight or compute_bias:
         raise NotImplementedError("linear_cross_entropy with options computes its gradients in the forward "
                                   "pass, which softipu does not; call it with options=None to train")
-    loss = F.cross_entropy(_logits(input, linear_weight, linear_bias), target, weight,
+    loss = F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, weight,
                            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
     empty = input.new_zeros((0, 0))
     return loss, empty, empty, input.new_zeros((0,))
@@ -38,7 +34,7 @@ def _chunked(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Ten
 
 def _chunked_none(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,  # noqa: A002
                   linear_bias: Any, weight: Any, ignore_index: int, *rest: Any) -> torch.Tensor:
-    return F.cross_entropy(_logits(input, linear_weight, linear_bias), target, weight,
+    return F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, weight,
                            ignore_index=ignore_index, reduction="none")
 
 
