@@ -650,7 +650,7 @@ BASIC_OPS = [_op_index, _op_reshape, _op_transpose, _op_broadcast, _op_reverse, 
 @given(shape=st.lists(st.integers(1, 4), max_size=3).map(tuple), data=st.data())
 def test_random_basic_chains_are_strided_exactly_when_numpy_returns_a_view(shape, data):
     # numpy mirrors softipu's strided form here (same strides, same no-copy reshape rule), so a
-    # result that numpy can only produce as a copy must be indexed, and a numpy view strided.
+    # numpy view must be strided, and a copy indexed unless its addresses are affine again.
     x, a = variable(shape)
     t, expected = x, a
     for _ in range(data.draw(st.integers(1, 4), label="chain length")):
@@ -659,11 +659,23 @@ def test_random_basic_chains_are_strided_exactly_when_numpy_returns_a_view(shape
         note(label)
         t, expected = on_tensor(t), on_array(expected)
         assert_view(t, expected)
-        shares = expected.size > 0 and np.shares_memory(expected, a)  # never through an empty array
-        if expected.size > 1:
-            assert t.is_strided == shares
-        elif expected.size == 1:  # one address is a strided view of it, even out of numpy's copy
-            assert t.is_strided or not shares
+        if expected.size:  # numpy never shares memory through an empty array
+            # A numpy view is strided; so is a copy whose addresses happen to be affine in the
+            # index again (transpose, flatten, reshape back; one element), which softipu finds.
+            assert t.is_strided == (np.shares_memory(expected, a) or _affine(expected))
+
+
+def _affine(addresses: np.ndarray) -> bool:
+    """Whether ``addresses`` is ``first + sum(index[i] * step[i])`` for some steps: a strided view."""
+    first = addresses.reshape(-1)[0]
+    want = np.full(addresses.shape, first, dtype=np.int64)
+    for axis, n in enumerate(addresses.shape):
+        if n > 1:
+            step = np.take(addresses, 1, axis=axis).reshape(-1)[0] - first
+            shape = [1] * addresses.ndim
+            shape[axis] = n
+            want = want + np.arange(n, dtype=np.int64).reshape(shape) * step
+    return bool(np.array_equal(addresses, want))
 
 
 @pytest.mark.parametrize("make", [
@@ -695,3 +707,16 @@ def test_address_runs_cover_the_elements_as_a_multiset(make, one_run):
     expanded = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
     np.testing.assert_array_equal(np.sort(expanded), np.sort(t.addresses().reshape(-1)))
     assert (starts.size == 1) == one_run
+
+
+@pytest.mark.parametrize("chain", [
+    lambda t: t.transpose((1, 0)).reshape((4,)).reshape((2, 2)),  # the transpose again
+    lambda t: t.transpose((1, 0)).reshape((4,))[0],  # one element
+    lambda t: t.transpose((1, 0)).reshape((4,)),  # a true gather: stays indexed
+])
+def test_a_copy_in_numpy_is_strided_exactly_when_its_addresses_are_affine(chain):
+    x, a = variable((2, 2))
+    t, expected = chain(x), chain(a)
+    assert_view(t, expected)
+    assert not np.shares_memory(expected, a)  # numpy copied in every case
+    assert t.is_strided == _affine(expected)
