@@ -12,7 +12,7 @@ Families, each documented in its module and re-exported here as ``sp.ops.<name>`
 """
 
 from softipu.ops import conv as _conv_family
-from softipu.ops import elementwise, indexing, nn, random, sparse
+from softipu.ops import elementwise, indexing, nn, random, sparse, sparse_dynamic
 from softipu.ops import matmul as _matmul_family
 from softipu.ops import reduce as _reduce_family  # ``sp.ops.reduce`` is the op, as in popops
 from softipu.ops.common import OpError
@@ -26,7 +26,7 @@ from softipu.ops.random import *  # noqa: F403
 from softipu.ops.reduce import *  # noqa: F403
 
 __all__ = [
-    "OpError", "elementwise", "indexing", "map_linearly", "nn", "random", "sparse",
+    "OpError", "elementwise", "indexing", "map_linearly", "nn", "random", "sparse", "sparse_dynamic",
     *elementwise.__all__, *indexing.__all__, *nn.__all__, *random.__all__, *_reduce_family.__all__,
     *_matmul_family.__all__, *_conv_family.__all__,
 ]
