@@ -64,3 +64,46 @@ def test_tiles_of_many_addresses_matches_each_interval(span):
     np.testing.assert_array_equal(resolved.tiles_of(addresses), want_at[addresses])
     grid = addresses.reshape(50, 100)  # any shape, kept
     assert resolved.tiles_of(grid).shape == (50, 100)
+
+
+@pytest.mark.parametrize("view", ["columns", "transpose", "reversed", "slabs"])
+@pytest.mark.parametrize("call", ["map_intervals", "set_tile_mappings"])
+def test_mapping_calls_on_a_non_contiguous_view(view, call):
+    """Flat ranges or rows of a view map the elements numpy's same view holds (oracle: per-element tiles)."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
+    x = g.add_variable(sp.float32, (6, 10), name="x")
+    ids = np.arange(60).reshape(6, 10)  # the oracle: which element of x each view element is
+    views = {"columns": (x[:, 2:7], ids[:, 2:7]), "transpose": (x.transpose(), ids.T),
+             "reversed": (x[::-1, ::2], ids[::-1, ::2]),
+             "slabs": (sp.concat([x[:2, :5], x[3:5, :5]]), np.concatenate([ids[:2, :5], ids[3:5, :5]]))}
+    v, oracle = views[view]
+    want = np.full(60, -1)  # unmapped
+    if call == "map_intervals":
+        flat = oracle.reshape(-1)
+        cuts = np.array([0, 3, 4, 11, flat.size])
+        g.map_intervals(v, cuts[:-1], cuts[1:], [1, 2, 3, 4])
+        for b, e, t in zip(cuts[:-1], cuts[1:], [1, 2, 3, 4], strict=True):
+            want[flat[b:e]] = t
+    else:
+        rows = np.arange(v.shape[0]) % 5 + 1
+        g.set_tile_mappings(v, rows)
+        want[oracle] = rows[:, None]
+    np.testing.assert_array_equal(g.tile_of(x).reshape(-1), want)
+
+
+def test_mapping_a_huge_broadcast_or_strided_view_is_refused_at_once_or_mapped_once():
+    """The fuzz campaign's hang: 2**31 flat elements of a one-element broadcast were listed one by one."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    v = g.add_variable(sp.float32, (1,), name="v")
+    huge = v.broadcast((2**31,))
+    with pytest.raises(MappingError, match=r"map_intervals of v.*test_graph_mapping.py.*broadcast.*2,147,483,648"):
+        g.map_intervals(huge, [0, 5], [5, 2**31], [1, 2])
+    with pytest.raises(MappingError, match=r"set_tile_mappings of v.*broadcast.*map the variable it views"):
+        g.set_tile_mappings(huge.reshape(2, -1), [1, 2])
+    g.set_tile_mapping(huge, 3)  # one tile for all: the one element it repeats
+    assert g.tile_of(v).tolist() == [3]
+    w = g.add_variable(sp.float32, (2**14, 2**13), name="w")  # 2**27 runs of one element in element order
+    with pytest.raises(MappingError, match=r"map_intervals of w.*strided.*134,217,728"):
+        g.map_intervals(w.transpose(), [0], [2**27], [1])
+    g.set_tile_mapping(w.transpose(), 2)  # in address order it is one run
+    assert g.resolved_mapping(sp.float32).starts.size <= 3

@@ -270,7 +270,11 @@ class Graph:
             return
         if type(tile) is not int or not 0 <= tile < self.target.num_tiles:  # named only when wrong
             tile = self._check_tile(tile, f"set_tile_mapping of {tensor.name}")
-        starts, lengths = tensor.runs()
+        distinct = _without_broadcast(tensor)  # one tile for all: a repeated element maps once
+        if not distinct.is_contiguous():
+            _check_view_runs(distinct, f"set_tile_mapping of {tensor.name}{at(caller_location())}",
+                             in_order=False)
+        starts, lengths = distinct.runs()
         space = self.spaces[tensor.dtype]
         space.mapping.add(starts, lengths, np.full(starts.shape, tile, np.int32), caller_location())
 
@@ -287,12 +291,8 @@ class Graph:
         self._check_tiles(tiles, what, "interval")
         if tensor.is_contiguous():
             starts, lengths, tile_col = tensor.offset + begins, ends - begins, tiles
-        else:  # element by element through the view's addresses
-            lengths = ends - begins
-            flat = np.concatenate([np.arange(b, e) for b, e in zip(begins, ends, strict=True)]) \
-                if begins.size else np.zeros(0, np.int64)
-            starts = tensor.addresses().reshape(-1)[flat]
-            tile_col, lengths = np.repeat(tiles, lengths), np.ones(flat.size, np.int64)
+        else:
+            starts, lengths, tile_col = _view_pieces(tensor, begins, ends, tiles, what)
         space = self.spaces[tensor.dtype]
         space.mapping.add(starts, lengths, tile_col.astype(np.int32), caller_location())
 
@@ -316,10 +316,11 @@ class Graph:
             keep = lengths > 0
             starts, lengths, tile_col = starts[keep], lengths[keep], tiles[keep]
         else:
-            addrs = tensor.addresses().reshape(tiles.shape[0], -1)
-            starts = addrs.ravel()
-            lengths = np.ones(starts.shape, np.int64)
-            tile_col = np.repeat(tiles, addrs.shape[1])
+            row_len = tensor.numel // tiles.shape[0]
+            begins = np.arange(tiles.shape[0], dtype=np.int64) * row_len
+            starts, lengths, tile_col = _view_pieces(
+                tensor, begins, begins + row_len, tiles,
+                f"set_tile_mappings of {tensor.name}{at(caller_location())}")
         space = self.spaces[tensor.dtype]
         space.mapping.add(starts, lengths, tile_col.astype(np.int32), caller_location())
 
@@ -576,6 +577,64 @@ class Graph:
 def _check_name(name: Any, what: str, location: SourceLocation) -> None:
     if not isinstance(name, str):
         raise TensorError(f"the name of a {what}{at(location)} must be a str, got {type(name).__name__}")
+
+
+# The most address runs one mapping call may list for a view that is not contiguous (each run is three
+# int64s in the mapping table): past it, mapping the view element by element costs gigabytes and minutes.
+MAX_VIEW_RUNS = 1 << 26
+
+
+def _view_pieces(tensor: Tensor, begins: np.ndarray, ends: np.ndarray, tiles: np.ndarray,
+                 what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, tiles) mapping flat ranges ``begins..ends`` of a non-contiguous view: each
+    range cut at the view's runs of consecutive addresses (in element order), without a loop."""
+    _check_view_runs(tensor, what)
+    run_starts, run_lengths = tensor.element_runs()
+    first = np.cumsum(run_lengths) - run_lengths  # each run's first flat position
+    lo = np.searchsorted(first, begins, side="right") - 1
+    hi = np.searchsorted(first, ends, side="left")
+    counts = np.where(ends > begins, hi - lo, 0)
+    which = np.repeat(np.arange(begins.size), counts)
+    run = lo[which] + np.arange(which.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    piece_begin = np.maximum(begins[which], first[run])
+    piece_end = np.minimum(ends[which], first[run] + run_lengths[run])
+    return run_starts[run] + (piece_begin - first[run]), piece_end - piece_begin, tiles[which]
+
+
+def _check_view_runs(tensor: Tensor, what: str, in_order: bool = True) -> None:
+    """A MappingError naming ``what`` when mapping ``tensor`` would list more than MAX_VIEW_RUNS runs
+    (runs in element order, or in address order where the order does not matter)."""
+    if tensor.index is not None or tensor.numel <= MAX_VIEW_RUNS:
+        return  # an indexed view's addresses are already held
+    runs = tensor.numel // _inner_run(tensor, in_order) if tensor.is_strided else tensor.numel
+    if runs > MAX_VIEW_RUNS:
+        kind = "repeats elements (a broadcast)" if _without_broadcast(tensor) is not tensor else "is strided"
+        raise MappingError(
+            f"{what}: this {tensor.shape} view {kind} and splits into {runs:,} separate address runs, "
+            f"more than one mapping call lists ({MAX_VIEW_RUNS:,}); map the variable it views, or a "
+            "contiguous view of it, instead"
+        )
+
+
+def _without_broadcast(tensor: Tensor) -> Tensor:
+    """``tensor`` with its broadcast (stride 0) axes cut to one element: each element once."""
+    if not tensor.is_strided or all(n <= 1 or st for n, st in zip(tensor.shape, tensor.strides, strict=True)):
+        return tensor
+    shape = tuple(1 if st == 0 else n for n, st in zip(tensor.shape, tensor.strides, strict=True))
+    return tensor._strided(shape, tensor.offset, tensor.strides)
+
+
+def _inner_run(tensor: Tensor, in_order: bool = True) -> int:
+    """Elements in each run of consecutive addresses of a strided view: its trailing packed axes, or
+    with ``in_order`` False its packed axes in any order (as ``Tensor.runs`` walks them)."""
+    axes = [(st, n) for n, st in zip(tensor.shape, tensor.strides, strict=True) if n != 1]
+    axes = axes[::-1] if in_order else sorted((abs(st), n) for st, n in axes)
+    run = 1
+    for stride, size in axes:
+        if stride != run:
+            break
+        run *= size
+    return run
 
 
 def _int_array(values: Any, what: str, which: str) -> np.ndarray:
