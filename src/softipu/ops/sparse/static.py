@@ -9,13 +9,22 @@ the device as a tensor ``(nnz_blocks, b, b)`` in CSR order, created for the plan
 * :func:`sparse_dense_matmul`: ``out (M, N) = S (M, K) . D (K, N)``;
 * :func:`dense_sparse_matmul`: ``out (M, N) = D (M, K) . S (K, N)``.
 
-Partitioner: a work unit is one block-row (sparse x dense) or block-column (dense x sparse) of
-the sparse matrix against one slice of the dense operand's free dimension; the free dimension is
-cut into as many slices as keep every tile busy, and units are placed largest first on the least
-loaded tile (by the codelet's own cycle estimate), so non-zero blocks spread evenly. A unit's
-non-zero blocks, output band and (for the first slice) values live on its tile. Output bands with
-no non-zero blocks are zeroed. Not done yet: splitting one long row over tiles with a partials
-reduction (popsparse's K split), grouped products.
+Partitioner (popsparse's static plan, lib/popsparse/StaticMatMulPartitioner.cpp): the contraction
+is cut into ``k_split`` column bands holding about equal numbers of non-zero blocks
+(:func:`column_bands`, buildColumnBandInfo); a work unit is the blocks of one block-row (sparse x
+dense) or block-column (dense x sparse) that fall in one column band, against one slice of the dense
+operand's free dimension, which is cut into as many slices as keep every tile busy. Units are placed
+largest first on the least loaded tile by their modeled cycles (the codelet's own estimate plus the
+exchange that brings in their dense rows and, when sliced, their values). A unit's non-zero blocks,
+output band (or partials) and, for the first slice, values live on its tile. Where a row has blocks
+in more than one column band, each of its units writes partials in the data type (popsparse's static
+partials) and a second compute set reduces them where the output lives (popops' ``ReduceColumns``,
+priced by poplibs' reduce estimators). The planner tries ``k_split`` = 1, 2, 4, .. (up to
+:data:`MAX_K_SPLIT`, popsparse's maxKSplit) and keeps the one with the fewest modeled cycles: the
+busiest tile's units, plus, when split, the partials' exchange, the reduction and a sync (the terms
+popsparse's getPartition adds); option ``numBands`` fixes it (popsparse's MatMulOptions.numBands).
+Output bands with no non-zero blocks are zeroed. Not done: popsparse's row/column permutation
+pre-processing, its search over the free dimension's split, grouped products.
 
 Gradients (training): of the dense operand, through the other product with the same values
 (:func:`sparse_dense_matmul_grad_rhs`: ``dD = S^T . G = (G^T . S)^T``;
@@ -27,11 +36,12 @@ the block's own tile, the contraction not split over tiles yet).
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from softipu.codelets.reduce import ReduceOp, columns_codelet, columns_cycles
 from softipu.codelets.sparse import BLOCK_SIZES, sparse_block_codelet, sparse_grad_codelet
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType, as_dtype
@@ -40,7 +50,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, OpError, parse_options
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["CSRMatrix", "create_sparse_dense_matmul_lhs", "create_sparse_dense_matmul_rhs",
+__all__ = ["CSRMatrix", "column_bands", "create_sparse_dense_matmul_lhs", "create_sparse_dense_matmul_rhs",
            "create_dense_sparse_matmul_lhs", "create_dense_sparse_matmul_rhs", "sparse_dense_matmul",
            "dense_sparse_matmul", "sparse_partition", "sparse_dense_matmul_grad_rhs",
            "dense_sparse_matmul_grad_lhs", "sparse_values_grad"]
@@ -111,7 +121,9 @@ class CSRMatrix:
 @dataclass(frozen=True)
 class _Plan:
     """Work units: output band ``band``, non-zero blocks ``blocks`` (CSR positions) with their
-    inner block indices ``inner``, free-dimension slice ``[z0, z1)``, tile."""
+    inner block indices ``inner``, free-dimension slice ``[z0, z1)``, tile, and ``partial``: the
+    unit's slot in the partials (``-1``: it writes the output itself). ``column_bands`` are the
+    K split's boundaries in inner blocks (``k_split + 1`` of them)."""
 
     mode: str
     bands: list[int]
@@ -121,50 +133,147 @@ class _Plan:
     tiles: np.ndarray
     empty_bands: np.ndarray
     block_tiles: np.ndarray
+    k_split: int = 1
+    column_bands: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    partial: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
-def _unit_cost(nb: int, width: int, block: int, dtype: DType, sd: bool, graph: Graph) -> int:
+# popsparse's static planner searches K splits up to this many column bands (maxKSplit).
+MAX_K_SPLIT = 128
+
+
+def _unit_costs(nb: np.ndarray, width: np.ndarray, block: int, dtype: DType, sd: bool, graph: Graph):
     codelet = sparse_block_codelet(dtype, block, "sd" if sd else "ds")
-    return int(codelet.cycles(nb * block * block, 0, block * width, graph.target))
+    return np.asarray(codelet.cycles(nb * block * block, 0, block * width, graph.target), np.int64)
 
 
-def sparse_partition(graph: Graph, pattern: CSRMatrix, free: int, dtype: DType, mode: str) -> _Plan:
-    """Spread the pattern's work over the tiles (see the module docstring)."""
+def column_bands(inner_counts: np.ndarray, k_split: int) -> np.ndarray:
+    """Boundaries (in inner blocks) of at most ``k_split`` column bands holding about equal numbers
+    of non-zero blocks: each band takes columns in order until it holds ``ceil(nnz / k_split)``
+    (popsparse's buildColumnBandInfo, lib/popsparse/StaticMatMulPartitioner.cpp)."""
+    n = inner_counts.size
+    cum = np.concatenate([[0], np.cumsum(inner_counts)])
+    avg = -(-int(cum[-1]) // k_split) if cum[-1] else n
+    bounds = [0]
+    while bounds[-1] < n and len(bounds) <= k_split and cum[bounds[-1]] < cum[-1]:
+        nxt = int(np.searchsorted(cum, cum[bounds[-1]] + avg, side="left"))
+        bounds.append(min(max(nxt, bounds[-1] + 1), n))
+    if len(bounds) == 1:
+        bounds.append(n)
+    bounds[-1] = n
+    return np.asarray(bounds, np.int64)
+
+
+def _slices(graph: Graph, pieces: int, free: int) -> np.ndarray:
+    """Edges of the free dimension's slices: as many as keep every tile busy, at most one per
+    ``workers`` elements."""
+    workers = graph.target.workers_per_tile
+    slices = int(max(1, min(-(-graph.num_tiles // max(pieces, 1)), -(-free // workers))))
+    return np.linspace(0, free, slices + 1).astype(np.int64)
+
+
+def _lpt(costs: np.ndarray, tiles: int) -> tuple[np.ndarray, int]:
+    """Units placed largest first on the least loaded tile: (tile of each unit, busiest load)."""
+    heap = [(0, t) for t in range(tiles)]
+    placed = np.zeros(costs.size, np.int64)
+    for u in np.argsort(-costs, kind="stable").tolist():
+        load, t = heapq.heappop(heap)
+        placed[u] = t
+        heapq.heappush(heap, (load + int(costs[u]), t))
+    return placed, max(load for load, _ in heap)
+
+
+def _units(graph: Graph, nb: np.ndarray, free: int, block: int, dtype: DType, sd: bool):
+    """Each piece (``nb`` blocks) against each slice of the free dimension: (piece, z0, z1) per
+    unit and its modeled cycles, the vertex's (poplibs' AMP formula) plus the exchange that brings
+    in its dense rows and, when the free dimension is sliced, its values (popsparse's planner adds
+    exchangeRhsDenseRowsCycles and exchangeNZDataCycles the same way)."""
+    edges = _slices(graph, nb.size, free)
+    widths = np.diff(edges)
+    keep = widths > 0
+    piece = np.repeat(np.arange(nb.size), int(keep.sum()))
+    z0 = np.tile(edges[:-1][keep], nb.size)
+    z1 = np.tile(edges[1:][keep], nb.size)
+    w, n = z1 - z0, nb[piece]
+    values = n * block * block * int(widths.size > 1)
+    moved = (n * block * w + values) * dtype.itemsize / graph.target.exchange_bytes_per_cycle
+    return piece, z0, z1, _unit_costs(n, w, block, dtype, sd, graph) + moved.astype(np.int64)
+
+
+def _split_estimate(graph: Graph, band_of: np.ndarray, cb_of: np.ndarray, k_split: int, free: int,
+                    block: int, dtype: DType, sd: bool) -> int:
+    """Modeled cycles of one K split: the busiest tile's units once placed, then, with more than one
+    column band, the partials' exchange into the reducing tile and popops' reduction (the
+    ReduceColumns estimator of the vertex that runs) after a sync, as popsparse's planner adds
+    partialsExchange and reductionCompute."""
+    pieces, nb = np.unique(band_of * k_split + cb_of, return_counts=True)
+    _, z0, z1, costs = _units(graph, nb, free, block, dtype, sd)
+    compute = _lpt(costs, graph.num_tiles)[1]
+    rows = np.bincount(pieces // k_split)
+    r = int(rows.max())
+    if r < 2:
+        return compute
+    target = graph.target
+    w = int((z1 - z0).max())
+    n_red = int(np.count_nonzero(rows > 1)) * (costs.size // nb.size)  # rows with partials x slices
+    one = int(columns_cycles(ReduceOp.ADD, dtype, dtype, r, block * w, 0, target))
+    exchange = int((r - 1) * block * w * dtype.itemsize / target.exchange_bytes_per_cycle)
+    reduce = one * -(-n_red // graph.num_tiles) + exchange
+    return compute + reduce + target.on_chip_sync_cycles + target.exchange_latency_cycles
+
+
+def sparse_partition(graph: Graph, pattern: CSRMatrix, free: int, dtype: DType, mode: str, *,
+                     k_split: int | None = None) -> _Plan:
+    """Spread the pattern's work over the tiles (see the module docstring). ``k_split``: the number
+    of column bands to cut the contraction into (default: the one of ``1, 2, 4, ..``
+    (up to :data:`MAX_K_SPLIT`) with the fewest modeled cycles)."""
     sd = mode == "sd"
     b = pattern.block_size
     if sd:
         band_of, inner_of = pattern.block_rows, pattern.column_indices
-        num_bands = pattern.shape[0] // b
+        num_bands, num_inner = pattern.shape[0] // b, pattern.shape[1] // b
     else:
         band_of, inner_of = pattern.column_indices, pattern.block_rows
-        num_bands = pattern.shape[1] // b
-    order = np.argsort(band_of, kind="stable")
+        num_bands, num_inner = pattern.shape[1] // b, pattern.shape[0] // b
     counts = np.bincount(band_of, minlength=num_bands)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    busy = np.flatnonzero(counts)
-    tiles = graph.num_tiles
-    workers = graph.target.workers_per_tile
-    slices = int(max(1, min(-(-tiles // max(busy.size, 1)), -(-free // workers))))
-    edges = np.linspace(0, free, slices + 1).astype(np.int64)
-    units = [(int(g), int(edges[s]), int(edges[s + 1])) for g in busy for s in range(slices)
-             if edges[s + 1] > edges[s]]
-    costs = [_unit_cost(int(counts[g]), z1 - z0, b, dtype, sd, graph) for g, z0, z1 in units]
-    heap = [(0, t) for t in range(tiles)]
-    placed = np.zeros(len(units), np.int64)
-    for u in sorted(range(len(units)), key=lambda i: -costs[i]):
-        load, t = heapq.heappop(heap)
-        placed[u] = t
-        heapq.heappush(heap, (load + costs[u], t))
+    inner_counts = np.bincount(inner_of, minlength=num_inner)
+    if k_split is None:
+        best = None
+        ks = 1
+        while pattern.nnz_blocks and ks <= min(MAX_K_SPLIT, num_inner):
+            bounds = column_bands(inner_counts, ks)
+            cb = np.searchsorted(bounds, inner_of, side="right") - 1
+            est = _split_estimate(graph, band_of, cb, bounds.size - 1, free, b, dtype, sd)
+            if best is None or est < best[0]:
+                best = (est, ks)
+            ks *= 2
+        k_split = best[1] if best else 1
+    bounds = column_bands(inner_counts, max(1, min(int(k_split), num_inner)))
+    k_split = bounds.size - 1
+    cb_of = np.searchsorted(bounds, inner_of, side="right") - 1
+    key = band_of * k_split + cb_of
+    order = np.lexsort((inner_of, key))
+    pieces, starts_p, nb = np.unique(key[order], return_index=True, return_counts=True)
+    rows_of_band = np.bincount(pieces // k_split, minlength=num_bands)
+    piece, z0s, z1s, costs = _units(graph, nb, free, b, dtype, sd)
+    placed = _lpt(costs, graph.num_tiles)[0]
+    units = [(int(p), int(starts_p[p]), int(a), int(e)) for p, a, e in zip(piece, z0s, z1s, strict=True)]
     block_tiles = np.zeros(pattern.nnz_blocks, np.int64)
-    blocks, inner = [], []
-    for u, (g, z0, _) in enumerate(units):
-        pos = order[starts[g]:starts[g + 1]]
+    blocks, inner, bands, partial = [], [], [], np.full(len(units), -1, np.int64)
+    slot = 0
+    for u, (p, s, z0, _) in enumerate(units):
+        pos = order[s:s + nb[p]]
+        band = int(pieces[p] // k_split)
         blocks.append(pos)
         inner.append(inner_of[pos])
+        bands.append(band)
+        if rows_of_band[band] > 1:
+            partial[u] = slot
+            slot += 1
         if z0 == 0:
             block_tiles[pos] = placed[u]
-    return _Plan(mode, [g for g, _, _ in units], blocks, inner, [(z0, z1) for _, z0, z1 in units],
-                 placed, np.flatnonzero(counts == 0), block_tiles)
+    return _Plan(mode, bands, blocks, inner, [(z0, z1) for *_, z0, z1 in units], placed,
+                 np.flatnonzero(counts == 0), block_tiles, k_split, bounds, partial)
 
 
 def _nz_tensor(graph: Graph, pattern: CSRMatrix, free: int, dtype: Any, mode: str, name: str) -> Tensor:
@@ -222,15 +331,18 @@ def _check(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, k_axis
                         "float16 or both float32")
 
 
-def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode: str) -> Tensor:
+_OPTIONS = {"numBands": 0}  # popsparse's MatMulOptions numBands: fix the K split (0: the planner's)
+
+
+def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode: str,
+             k_split: int = 0) -> Tensor:
     graph, b = ctx.graph, pattern.block_size
     sd = mode == "sd"
     m, n = (pattern.shape[0], dense.shape[1]) if sd else (dense.shape[0], pattern.shape[1])
     free = n if sd else m
-    plan = sparse_partition(graph, pattern, free, nz.dtype, mode)
+    plan = sparse_partition(graph, pattern, free, nz.dtype, mode, k_split=k_split or None)
     out = graph.add_variable(nz.dtype, (m, n), name=f"{ctx.name}/out")
     ii = np.arange(b)
-    kd = dense.shape[1]
 
     def out_index(g: int, z0: int, z1: int) -> np.ndarray:
         zz = np.arange(z0, z1)
@@ -242,9 +354,16 @@ def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode
         empty = np.concatenate([out_index(int(g), 0, free).ravel() for g in plan.empty_bands])
         out_tiles[empty] = np.repeat(spread, b * free)
     groups: dict[tuple[int, int], list[int]] = {}
+    sums: dict[tuple[int, int], list[int]] = {}  # (band, z0) -> its units writing partials
     for u, (g, (z0, z1)) in enumerate(zip(plan.bands, plan.z, strict=True)):
-        out_tiles[out_index(g, z0, z1).ravel()] = plan.tiles[u]
+        if plan.partial[u] < 0:
+            out_tiles[out_index(g, z0, z1).ravel()] = plan.tiles[u]
+        else:
+            sums.setdefault((g, z0), []).append(u)
         groups.setdefault((plan.blocks[u].size, z1 - z0), []).append(u)
+    for units in sums.values():  # each reduced output where its first partial is
+        g, (z0, z1) = plan.bands[units[0]], plan.z[units[0]]
+        out_tiles[out_index(g, z0, z1).ravel()] = plan.tiles[units[0]]
     graph.set_tile_mappings(out.flatten(), out_tiles)
     if plan.empty_bands.size:
         from softipu.ops.indexing import zero  # same layer: popops' zero of the empty bands
@@ -252,12 +371,25 @@ def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode
         zero(graph, out.flatten()[empty], ctx.prog, name=f"{ctx.name}/zero")
     if not plan.bands:
         return out
-    codelet = sparse_block_codelet(nz.dtype, b, mode)
+    part_flat, part_start = _partials(ctx, plan, b, nz.dtype)
+    out_flat = out.flatten()
+    _add_products(ctx, plan, nz, dense, out_flat, part_flat, part_start, groups, out_index)
+    if sums:
+        _reduce_partials(ctx, plan, sums, part_flat, part_start, out_flat, out_index, b)
+    return out
+
+
+def _add_products(ctx: OpContext, plan: _Plan, nz: Tensor, dense: Tensor, out_flat: Tensor, part_flat: Any,
+                  part_start: np.ndarray, groups: dict, out_index: Any) -> None:
+    """The product vertices, one per unit, writing the output or (K split) their partials."""
+    b, sd = nz.shape[-1], plan.mode == "sd"
+    ii, kd = np.arange(b), dense.shape[1]
+    codelet = sparse_block_codelet(nz.dtype, b, plan.mode)
     cs = ctx.compute_set()
-    nz_flat, dense_flat, out_flat = nz.flatten(), dense.flatten(), out.flatten()
+    nz_flat, dense_flat = nz.flatten(), dense.flatten()
     area = np.arange(b * b)
     for units in groups.values():
-        nz_idx, d_idx, o_idx = [], [], []
+        nz_idx, d_idx, o_idx, p_idx = [], [], [], []
         for u in units:
             z0, z1 = plan.z[u]
             zz = np.arange(z0, z1)
@@ -268,12 +400,56 @@ def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode
             else:
                 d = zz[None, :, None] * kd + rows[:, None, :]
             d_idx.append(d.ravel())
-            o_idx.append(out_index(plan.bands[u], z0, z1).ravel())
-        fields = {"nz": nz_flat[np.stack(nz_idx)], "dense": dense_flat[np.stack(d_idx)],
-                  "out": out_flat[np.stack(o_idx)]}
-        graph.add_vertices(cs, codelet, fields, plan.tiles[units])
+            if plan.partial[u] < 0:
+                o_idx.append(out_index(plan.bands[u], z0, z1).ravel())
+            else:
+                p_idx.append(part_start[plan.partial[u]] + np.arange(b * (z1 - z0)))
+        for sel, idx, flat in ((plan.partial[units] < 0, o_idx, out_flat),
+                               (plan.partial[units] >= 0, p_idx, part_flat)):
+            if not idx:
+                continue
+            which = np.flatnonzero(sel)
+            fields = {"nz": nz_flat[np.stack([nz_idx[i] for i in which])],
+                      "dense": dense_flat[np.stack([d_idx[i] for i in which])], "out": flat[np.stack(idx)]}
+            ctx.graph.add_vertices(cs, codelet, fields, plan.tiles[np.asarray(units)[which]])
     ctx.execute(cs)
-    return out
+
+
+def _partials(ctx: OpContext, plan: _Plan, b: int, dtype: DType) -> tuple[Any, np.ndarray]:
+    """The K split's partials: one ``b x z`` piece per unit that writes them, on the unit's tile
+    (in the data type, as popsparse's static partials), and each piece's first element."""
+    units = np.flatnonzero(plan.partial >= 0)
+    if not units.size:
+        return None, np.zeros(0, np.int64)
+    sizes = np.asarray([b * (plan.z[u][1] - plan.z[u][0]) for u in units], np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    part = ctx.graph.add_variable(dtype, (int(sizes.sum()),), name=f"{ctx.name}/partials")
+    ctx.graph.set_tile_mappings(part, np.repeat(plan.tiles[units], sizes))
+    slot_start = np.zeros(units.size, np.int64)
+    slot_start[plan.partial[units]] = start
+    return part.flatten(), slot_start
+
+
+def _reduce_partials(ctx: OpContext, plan: _Plan, sums: dict, part_flat: Tensor, part_start: np.ndarray,
+                     out_flat: Tensor, out_index: Any, b: int) -> None:
+    """popops' reduction of each output piece's partials (one per column band that touches it)
+    where the output lives: ``ReduceColumns`` vertices (fp32 accumulation for fp16, one rounding),
+    priced by poplibs' reduce estimators (codelets.reduce.columns_cycles)."""
+    cs = ctx.compute_set("reduce")
+    codelet = columns_codelet(ReduceOp.ADD, out_flat.dtype, out_flat.dtype, raw=True)
+    by_shape: dict[tuple[int, int], list[list[int]]] = {}
+    for units in sums.values():
+        z0, z1 = plan.z[units[0]]
+        by_shape.setdefault((len(units), z1 - z0), []).append(units)
+    for (r, z), members in by_shape.items():
+        starts = np.asarray([[part_start[plan.partial[u]] for u in units] for units in members], np.int64)
+        parts = [part_flat[starts[:, j:j + 1] + np.arange(b * z)] for j in range(r)]
+        outs = out_flat[np.stack([out_index(plan.bands[u[0]], *plan.z[u[0]]).ravel() for u in members])]
+        step = starts[:, 1:] - starts[:, :-1]
+        even = int(step[0, 0]) if step.size and step[0, 0] > 0 and np.all(step == step[0, 0]) else 0
+        ctx.graph.add_vertices(cs, codelet, {"parts": parts, "out": outs, "scale": 1.0, "part_step": even},
+                               plan.tiles[[u[0] for u in members]])
+    ctx.execute(cs)
 
 
 def sparse_dense_matmul(graph: Graph, lhs_nz: Tensor, rhs: Tensor, prog: Any, *, pattern: CSRMatrix,
@@ -293,18 +469,18 @@ def sparse_dense_matmul(graph: Graph, lhs_nz: Tensor, rhs: Tensor, prog: Any, *,
     24.0
     """
     ctx = OpContext.start(graph, prog, "sparse_dense_matmul", name, lhs_nz, rhs)
-    parse_options(ctx, options, {})
+    opts = parse_options(ctx, options, _OPTIONS)
     _check(ctx, pattern, lhs_nz, rhs, 0)
-    return _product(ctx, pattern, lhs_nz, rhs, "sd")
+    return _product(ctx, pattern, lhs_nz, rhs, "sd", opts["numBands"])
 
 
 def dense_sparse_matmul(graph: Graph, lhs: Tensor, rhs_nz: Tensor, prog: Any, *, pattern: CSRMatrix,
                         name: str = "", options: dict | None = None) -> Tensor:
     """``lhs . S`` for the block-sparse ``S`` of ``pattern`` with values ``rhs_nz``; ``(M, N)``."""
     ctx = OpContext.start(graph, prog, "dense_sparse_matmul", name, lhs, rhs_nz)
-    parse_options(ctx, options, {})
+    opts = parse_options(ctx, options, _OPTIONS)
     _check(ctx, pattern, rhs_nz, lhs, 1)
-    return _product(ctx, pattern, rhs_nz, lhs, "ds")
+    return _product(ctx, pattern, rhs_nz, lhs, "ds", opts["numBands"])
 
 
 def sparse_dense_matmul_grad_rhs(graph: Graph, lhs_nz: Tensor, grad_out: Tensor, prog: Any, *,
