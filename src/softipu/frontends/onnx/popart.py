@@ -33,8 +33,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from softipu.frontends.errors import FrontendError, InputError
+from softipu.frontends.errors import InputError
+from softipu.frontends.onnx.errors import PopartError
 from softipu.frontends.onnx.lower import OnnxOptions
+from softipu.frontends.onnx.popart_parallel import (
+    PipelinedInference,
+    model_blocks,
+    placed_model,
+    replica_ipus,
+)
 from softipu.frontends.onnx.session import InferenceSession as _OrtSession
 from softipu.target import GC200, Target, ipu_model
 
@@ -49,10 +56,6 @@ _TYPES = {"FLOAT": onnx.TensorProto.FLOAT, "FLOAT16": onnx.TensorProto.FLOAT16,
           "INT16": onnx.TensorProto.INT16, "UINT16": onnx.TensorProto.UINT16,
           "UINT32": onnx.TensorProto.UINT32,
           "BOOL": onnx.TensorProto.BOOL, "DOUBLE": onnx.TensorProto.DOUBLE}
-
-
-class PopartError(FrontendError, RuntimeError):
-    """``popart.popart_exception``: a PopART-API call in the wrong order or with bad arguments."""
 
 
 class TensorInfo:
@@ -329,9 +332,10 @@ class DataFlow:
 @dataclasses.dataclass
 class SessionOptions:
     """PopART's ``SessionOptions`` with its defaults (ipu-facts-scale.md §6); the ones softipu
-    acts on are ``replicatedGraphCount``, ``enableOutlining`` and ``engineOptions`` (both sessions),
-    and in a TrainingSession ``accumulationFactor``, ``accumulationAndReplicationReductionType``,
-    ``virtualGraphMode`` (Manual) and ``enablePipelining``; the rest are kept as set."""
+    acts on are ``replicatedGraphCount``, ``enableOutlining`` and ``engineOptions``,
+    ``virtualGraphMode`` (Manual or Auto) and ``enablePipelining`` (both sessions), and in a
+    TrainingSession ``accumulationFactor`` and ``accumulationAndReplicationReductionType``; the rest
+    are kept as set."""
 
     replicatedGraphCount: int = 1  # noqa: N815
     enableReplicatedGraphs: bool = False  # noqa: N815
@@ -412,14 +416,28 @@ class InferenceSession:
         model = fnModel if isinstance(fnModel, onnx.ModelProto) else _read_model(fnModel)
         self._model = _with_anchor_outputs(model, list(dataFlow.anchors))
         self._session: _OrtSession | None = None
+        self._pipelined: PipelinedInference | None = None
         self._weights_loaded = False
 
     def prepareDevice(self, loadEngine: bool = True) -> None:  # noqa: N802, N803
+        """Compiles; with ``virtualGraphMode`` Auto the ops are placed first (PopART's
+        AutoVirtualGraph), with ``enablePipelining`` the step's batches are pipelined over the IPUs."""
         rf = int(self.options.replicatedGraphCount) if self.options.enableReplicatedGraphs else 1
+        per_replica = replica_ipus(self.options, self.deviceInfo.numIpus, rf)
+        model = placed_model(self._model, self.options, per_replica, training=False)
+        engine_options = {"opt.enableOutlining": bool(self.options.enableOutlining),
+                          **self.options.engineOptions}
         opts = OnnxOptions(target=self.deviceInfo.target, replication_factor=rf,
-                           engine_options={"opt.enableOutlining": bool(self.options.enableOutlining),
-                                           **self.options.engineOptions})
-        self._session = _OrtSession(self._model, opts)
+                           engine_options=engine_options)
+        self._session = _OrtSession(model, opts)
+        if self.options.enablePipelining:
+            blocks = model_blocks(model, self.options, per_replica)
+            if blocks is None:
+                raise PopartError("enablePipelining: no op of the model is placed on a virtual graph; place "
+                                  "them with builder.virtualGraph or use VirtualGraphMode.Auto")
+            self._pipelined = PipelinedInference(
+                model, list(self.dataFlow.anchors), blocks, self.deviceInfo.target.with_num_ipus(per_replica),
+                rf, self.dataFlow.batchesPerStep, engine_options)
 
     def weightsFromHost(self) -> None:  # noqa: N802
         self._need("weightsFromHost")
@@ -455,7 +473,10 @@ class InferenceSession:
         if missing:
             raise InputError(f"PyStepIO has no data for input(s) {missing}; the model's inputs are {names}")
         results: list[dict[str, np.ndarray]] = []
-        for b in range(bps):
+        if self._pipelined is not None:  # the step's batches are the pipeline's micro-batches
+            shapes = {o.name: [d if isinstance(d, int) else 1 for d in o.shape] for o in sess.get_outputs()}
+            results = self._pipelined.run({n: stepio.inputs[n] for n in names}, shapes)
+        for b in range(0 if self._pipelined is not None else bps):
             feeds = {n: np.asarray(stepio.inputs[n])[b] if bps > 1 else np.asarray(stepio.inputs[n])
                      for n in names}
             outs = sess.run(list(self.dataFlow.anchors), feeds)
@@ -474,7 +495,8 @@ class InferenceSession:
             np.copyto(stepio.outputs[name], picked.reshape(stepio.outputs[name].shape))
 
     def getCycleCount(self) -> int:  # noqa: N802
-        return self._need("getCycleCount").cycle_count
+        sess = self._need("getCycleCount")
+        return (self._pipelined or sess).cycle_count
 
     def getInfo(self, name: str) -> TensorInfo:  # noqa: N802
         sess = self._need("getInfo")
@@ -485,7 +507,8 @@ class InferenceSession:
 
     @property
     def report(self) -> Any:
-        return self._need("report").report
+        sess = self._need("report")
+        return (self._pipelined or sess).report
 
     def _need(self, what: str) -> _OrtSession:
         if self._session is None:

@@ -25,7 +25,8 @@ import torch
 
 from softipu.frontends.errors import InputError
 from softipu.frontends.onnx.popart import DataFlow, DeviceInfo, PopartError, PyStepIO, SessionOptions
-from softipu.frontends.onnx.to_torch import OnnxModule, node_placement
+from softipu.frontends.onnx.popart_parallel import model_blocks, placed_model, replica_ipus
+from softipu.frontends.onnx.to_torch import OnnxModule
 
 __all__ = ["Adam", "AdamMode", "ConstSGD", "PyWeightsIO", "SGD", "TrainingSession", "WeightDecayMode"]
 
@@ -190,48 +191,7 @@ class TrainingSession:
         if af < 1 or rf < 1:
             raise PopartError(f"SessionOptions: accumulationFactor ({af}) and replicatedGraphCount ({rf}) "
                               "must be >= 1")
-        ipus = self.deviceInfo.numIpus
-        if ipus % rf:
-            raise PopartError(f"SessionOptions: replicatedGraphCount {rf} does not divide the device's "
-                              f"{ipus} IPUs; acquire a device with a multiple of {rf} IPUs")
-        per_replica = ipus // rf
-        mode = str(o.virtualGraphMode).split(".")[-1]
-        if o.enablePipelining and (mode == "Off" or per_replica < 2):
-            raise PopartError(f"Pipelining requires more than 1 IPU (currently {per_replica} a replica: "
-                              f"{ipus} IPUs / {rf} replicas) and the 'virtualGraphMode' session option to "
-                              f"not be VirtualGraphMode::Off (it is {mode}); set "
-                              "virtualGraphMode = popart.VirtualGraphMode.Manual and place the ops with "
-                              "builder.virtualGraph")
-        if mode == "Auto":
-            raise PopartError("SessionOptions: virtualGraphMode Auto is not supported by softipu; use "
-                              "VirtualGraphMode.Manual with builder.virtualGraph")
-        return per_replica
-
-    def _model_parallel(self, per_replica: int) -> dict[str, Any] | None:
-        """The torch frontend's ``model_parallel`` config from the ops' virtual graphs and pipeline
-        stages (VirtualGraphMode.Manual), or None when the model runs on one IPU."""
-        if str(self.options.virtualGraphMode).split(".")[-1] != "Manual":
-            return None
-        placed, unplaced = {}, []
-        for k, (node, (ipu, stage)) in enumerate(zip(self._model.graph.node, node_placement(self._model),
-                                                      strict=True)):
-            if node.op_type == "Constant":
-                continue
-            if ipu is None:
-                unplaced.append(node.name or f"#{k}")
-                continue
-            if not 0 <= ipu < per_replica:
-                raise PopartError(f"op {node.name or node.op_type!r} is on virtual graph {ipu}, but a "
-                                  f"replica has {per_replica} IPU(s) (virtual graphs 0..{per_replica - 1})")
-            placed[f"stage{ipu if stage is None else stage}"] = (ipu if stage is None else stage, 0, ipu)
-        if placed and unplaced:
-            raise PopartError(f"Either all Ops in the main graph must have their virtual graph ids set, or "
-                              f"none must: {len(unplaced)} op(s) have none ({', '.join(unplaced[:5])}); "
-                              "place them with builder.virtualGraph")
-        if not placed:
-            return None
-        strategy = "pipelined" if self.options.enablePipelining else "sharded"
-        return {"strategy": strategy, "blocks": placed}
+        return replica_ipus(o, self.deviceInfo.numIpus, rf)
 
     def prepareDevice(self, loadEngine: bool = True) -> None:  # noqa: N802, N803
         from softipu.frontends.torch.options import Options, OutputMode  # noqa: PLC0415
@@ -239,7 +199,9 @@ class TrainingSession:
 
         af, rf = self._factors()
         per_replica = self._check_options()
-        parallel = self._model_parallel(per_replica)
+        self._model = placed_model(self._model, self.options, per_replica, training=True,
+                                   accumulation=af > 1)
+        parallel = model_blocks(self._model, self.options, per_replica)
         self._module = OnnxModule(self._model, self._outputs, placed=parallel is not None)
         reduction = str(self.options.accumulationAndReplicationReductionType).lower()
         opts = Options(target=self.deviceInfo.target.with_num_ipus(per_replica), replication_factor=rf,
