@@ -29,19 +29,25 @@ from typing import Any
 
 import numpy as np
 
+from softipu.codelets.matmul import B_TRANSPOSED
+from softipu.codelets.nn.conv import conv_window_codelet
 from softipu.dtypes import DType, float32
 from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
+from softipu.ops.bulk import add_vertex_runs
 from softipu.ops.common import OpContext
 from softipu.ops.indexing.fills import zero as zero_fill
 from softipu.ops.mapping import map_linearly
 from softipu.ops.matmul import (
+    _add_reduce_vertices,
     _Blocks,
     _Grid,
     _grouped,
     _Operand,
     _options,
+    _output,
+    _partials,
     _plan,
     _PlanContext,
     _slab_variable,
@@ -358,8 +364,84 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
     rhs = _Operand(wmat, np.arange(inner.groups))
     grains = _conv_grains(inner)
     direct = _pointwise_matrix(xp, inner)
+    if direct is None and spec.m * spec.n and _windows_readable(xp, inner):
+        pl, swapped = _plan(spec, opts, ctx.graph.target, grains, allow_swap=False)
+        if pl.fits and not swapped and pl.k_split == 1 and pl.k_serial == 1:
+            return _run_windows(ctx, pl, xp, rhs, inner)
     lhs = _Im2Col(xp, inner) if direct is None else _Operand(direct, np.arange(inner.groups))
     return _grouped(ctx, lhs, rhs, spec, opts, grains=grains, allow_swap=False)
+
+
+def _windows_readable(xp: Tensor, inner: _Inner) -> bool:
+    """Whether the convolution's vertices can read their windows straight from the padded input:
+    one group, stored channels innermost and contiguous (NHWC, as :func:`_padded` and every
+    convolution's output leave it), so a block of output pixels reads one address range."""
+    if inner.groups != 1 or not xp.is_strided or xp.numel == 0:
+        return False
+    n, c, hp, wp = xp.shape
+    want = (hp * wp * c, 1, wp * c, c)
+    return all(size == 1 or stride == w for size, stride, w in zip(xp.shape, xp.strides, want, strict=True))
+
+
+def _run_windows(ctx: OpContext, pl: Plan, xp: Tensor, rhs: _Operand, inner: _Inner) -> Tensor:
+    """The convolution of plan ``pl`` (whole K on each tile) without an im2col copy: each block of
+    output pixels is one :func:`~softipu.codelets.nn.conv.conv_window_codelet` vertex reading the
+    input range its windows cover, as poplin's convolution vertices read the tile's input field
+    through worklists (no input element copied per kernel position; lib/poplin/ConvVertices.cpp).
+    Each element of the im2col matrix was a copy: ResNet-50's 7x7 stem at batch 64 put 160 KB of
+    it on a tile, and 5.6 M copy pieces in the compiler."""
+    q = pl.problem
+    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(q.k, pl.blocks[3])
+    b = rhs.place(ctx, pl, grids[2], grids[1], "b")
+    out, direct = _output(ctx, pl, grids)
+    partials = None if direct is not None else _partials(ctx, pl, grids)
+    cs = ctx.compute_set("conv")
+    _add_window_vertices(ctx, cs, pl, grids, xp, inner, b, direct if direct is not None else partials)
+    ctx.execute(cs)
+    if partials is not None:
+        cs = ctx.compute_set("reduce")
+        _add_reduce_vertices(ctx, cs, pl, grids, partials, out)
+        ctx.execute(cs)
+    return out
+
+
+def _add_window_vertices(ctx: OpContext, cs: Any, pl: Plan, grids, xp: Tensor, inner: _Inner,
+                         b: _Blocks, out: _Blocks) -> None:
+    """One ConvWindow vertex per (M block, N block): its ``x`` field the input range from the
+    first element the block's first pixel reads to the last its last pixel reads."""
+    q, gm, gn = pl.problem, grids[0], grids[1]
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(len(gm)), np.arange(len(gn)), indexing="ij"))
+    geo = _window_geometry(xp, inner)
+    first, last = gm.starts[i], gm.starts[i] + gm.sizes[i] - 1
+    x0 = _pixel_address(first, geo)
+    x1 = _pixel_address(last, geo) + ((inner.kh - 1) * inner.dh * geo["wp"] + (inner.kw - 1) * inner.dw
+                                      + 1) * geo["c"]
+    msz, nsz = gm.sizes[i], gn.sizes[j]
+    g = np.zeros_like(i)
+    starts = {"x": xp.offset + x0, "w": b.starts[b.group_of[g], 0, j],
+              "out": out.starts[g, i, j] if out.starts.ndim == 3 else out.starts[g, i, j, 0]}
+    tensors = {"x": (xp.dtype, x1 - x0), "w": (b.tensor.dtype, q.k * nsz),
+               "out": (out.tensor.dtype, msz * nsz)}
+    params = {"p0": first, "x0": x0, "m": msz, "n": nsz,
+              "layout": np.full(i.shape, B_TRANSPOSED if b.transposed else 0)}
+    params |= {k: np.full(i.shape, v) for k, v in geo.items()}
+    codelet = conv_window_codelet(q.in_dtype, out.tensor.dtype)
+    tiles = pl.tile_of(g, i, j, 0)
+    add_vertex_runs(ctx.graph, cs, codelet, [x1 - x0, msz, nsz], i * len(gn) + j, tiles, starts,
+                    tensors, params)
+
+
+def _window_geometry(xp: Tensor, inner: _Inner) -> dict[str, int]:
+    _, c, hp, wp = xp.shape
+    return {"ho": inner.ho, "wo": inner.wo, "hp": hp, "wp": wp, "c": c, "kh": inner.kh, "kw": inner.kw,
+            "sh": inner.sh, "sw": inner.sw, "dh": inner.dh, "dw": inner.dw}
+
+
+def _pixel_address(p: np.ndarray, geo: dict[str, int]) -> np.ndarray:
+    """Offset in the padded NHWC input of the first element output pixel ``p``'s window reads."""
+    n, rest = np.divmod(p, geo["ho"] * geo["wo"])
+    oh, ow = np.divmod(rest, geo["wo"])
+    return ((n * geo["hp"] + oh * geo["sh"]) * geo["wp"] + ow * geo["sw"]) * geo["c"]
 
 
 def _pointwise_matrix(xp: Tensor, inner: _Inner) -> Tensor | None:

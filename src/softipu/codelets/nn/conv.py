@@ -1,0 +1,119 @@
+"""The convolution vertex that reads its input field in place: no im2col copy.
+
+poplin's convolution vertices (``ConvPartialnx1``, ``ConvPartial1x1Out``; graphcore/poplibs
+lib/poplin/codelets) take the input field and the weights of a tile's slice of the convolution and
+walk the kernel positions with *worklists*: per worker, (output offset, number of field elements,
+input offset) triples into the tile's input and output (lib/poplin/ConvVertices.cpp builds them,
+``createConvPartialAmpVertex``). The input window is never copied out per kernel position: each
+input element is stored once on the tile, however many output positions read it.
+
+**ConvWindow** (``MultiVertex``) is that vertex for one block of ``m`` consecutive output pixels
+(in ``(n, ho, wo)`` order) and one block of ``n`` output channels, with all ``kh * kw * c`` of
+the reduction. Fields:
+
+* ``x``: one contiguous range of the padded input stored channels innermost (NHWC), from the
+  first input element any of the block's windows reads to the last one; ``x0`` (param) is the
+  address of the range's first element relative to the padded input's first element;
+* ``w``: the weights block ``(kh * kw * c) x n`` (K in ``(kh, kw, c)`` order), row-major or, with
+  the ``layout`` bit :data:`~softipu.codelets.matmul.B_TRANSPOSED`, stored as its transpose;
+* ``out``: the ``m x n`` result block (fp32 partials or the output dtype);
+
+params: ``p0`` (the block's first output pixel) and the geometry ``(ho, wo, hp, wp, c, kh, kw,
+sh, sw, dh, dw)``.
+
+Cycles: the AMP estimate of the equivalent ``(m x kh*kw*c) . (kh*kw*c x n)`` product
+(:func:`~softipu.codelets.matmul.amp_cycles`, poplibs' ConvPartial1x1Out estimator) — the same
+MACs through the same AMP passes. [U]: poplin's nx1 vertex prices each kernel row as its own
+pass over the field (``getConvPartialnx1SupervisorCycleEstimate``); its worklist overheads are
+not modelled.
+
+Numerics: the products accumulate in fp32 (design.md principle 6), rounded once to ``out``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from softipu.codelets.gemm import as_float32 as _as_float32
+from softipu.codelets.gemm import gemm
+from softipu.codelets.matmul import B_TRANSPOSED, amp_cycles
+from softipu.dtypes import DType, int32
+from softipu.graph.vertex import Input, MultiVertex, Output, Param, Vertex
+
+__all__ = ["GEOMETRY", "conv_window_codelet", "window_indices"]
+
+# The geometry params of a ConvWindow vertex, in order.
+GEOMETRY = ("ho", "wo", "hp", "wp", "c", "kh", "kw", "sh", "sw", "dh", "dw")
+
+# Elements of gathered windows the host builds at a time (bounds its scratch memory).
+_GATHER_ELEMENTS = 1 << 22
+
+
+def window_indices(p0: np.ndarray, x0: np.ndarray, m: int, geo: dict[str, int]) -> np.ndarray:
+    """``(V, m, kh * kw * c)`` offsets into each vertex's ``x`` range of the input elements its
+    ``m`` output pixels read, K in ``(kh, kw, c)`` order: pixel ``p = (n, ho, wo)`` and kernel
+    position ``(i, j)`` read padded row ``n * hp + ho * sh + i * dh``, column ``wo * sw + j * dw``."""
+    ho, wo, hp, wp, c = (geo[k] for k in ("ho", "wo", "hp", "wp", "c"))
+    p = p0.reshape(-1, 1) + np.arange(m)
+    n, rest = np.divmod(p, ho * wo)
+    oh, ow = np.divmod(rest, wo)
+    base = ((n * hp + oh * geo["sh"]) * wp + ow * geo["sw"]) * c - x0.reshape(-1, 1)  # (V, m)
+    i = np.arange(geo["kh"])[:, None, None] * geo["dh"] * wp * c
+    j = np.arange(geo["kw"])[None, :, None] * geo["dw"] * c
+    k = (i + j + np.arange(c)).reshape(-1)  # (kh * kw * c,)
+    return base[:, :, None] + k
+
+
+@cache
+def conv_window_codelet(in_dtype: DType, out_dtype: DType) -> type[Vertex]:
+    """``ConvWindow<in, out>``: ``out = windows(x) . w`` for one block (see the module doc)."""
+
+    class ConvWindow(MultiVertex):
+        chunk_fields = ()
+        x = Input(in_dtype)
+        w = Input(in_dtype)
+        out = Output(out_dtype)
+        p0 = Param(int32)
+        x0 = Param(int32)
+        m = Param(int32)
+        n = Param(int32)
+        layout = Param(int32)
+        ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw = (Param(int32) for _ in GEOMETRY)
+
+        @staticmethod
+        def compute(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
+            if out.size == 0:
+                return
+            geo = dict(zip(GEOMETRY, (int(np.ravel(v)[0]) for v in (ho, wo, hp, wp, c, kh, kw, sh, sw,
+                                                                     dh, dw)), strict=True))
+            mm, nn, bits = int(np.ravel(m)[0]), int(np.ravel(n)[0]), int(np.ravel(layout)[0])
+            kk = geo["kh"] * geo["kw"] * geo["c"]
+            xs = x.reshape(-1, x.shape[-1])
+            ws = w.reshape(-1, w.shape[-1])
+            os_ = out.reshape(-1, out.shape[-1])
+            starts, offs = np.ravel(p0).astype(np.int64), np.ravel(x0).astype(np.int64)
+            step = max(1, _GATHER_ELEMENTS // max(1, mm * kk))
+            for lo in range(0, os_.shape[0], step):
+                hi = min(lo + step, os_.shape[0])
+                idx = window_indices(starts[lo:hi], offs[lo:hi], mm, geo).reshape(hi - lo, -1)
+                a3 = np.take_along_axis(xs[lo:hi], idx, axis=1).reshape(hi - lo, mm, kk)
+                b3 = ws[lo:hi].reshape(hi - lo, nn, kk).swapaxes(-1, -2) if bits & B_TRANSPOSED else \
+                    ws[lo:hi].reshape(hi - lo, kk, nn)
+                acc = np.zeros((hi - lo, mm, nn), np.float32)
+                gemm(_as_float32(a3), _as_float32(b3), acc, False)
+                os_[lo:hi] = acc.reshape(hi - lo, -1)
+
+        @staticmethod
+        def cycles(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw, target):
+            k = np.asarray(kh, np.int64) * np.asarray(kw, np.int64) * np.asarray(c, np.int64)
+            return amp_cycles(m, k, n, in_dtype, out_dtype, target)
+
+        @staticmethod
+        def flops(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
+            k = np.asarray(kh, np.int64) * np.asarray(kw, np.int64) * np.asarray(c, np.int64)
+            return 2 * np.asarray(m, np.int64) * k * np.asarray(n, np.int64)
+
+    ConvWindow.__name__ = ConvWindow.__qualname__ = f"ConvWindow<{in_dtype.name},{out_dtype.name}>"
+    return ConvWindow
