@@ -53,7 +53,8 @@ from softipu.graph.vertex import InOut, Input, Output, Param, SupervisorVertex, 
 from softipu.target import Target
 
 __all__ = ["META_HEADER", "PASSES", "fill_buckets", "dynamic_fc_codelet", "dynamic_slice_codelet",
-           "count_down_codelet", "fwd_cycles", "grada_cycles", "gradw_cycles", "meta_entries"]
+           "count_down_codelet", "moe_meta_codelet", "moe_gate_codelet", "fwd_cycles", "grada_cycles",
+           "gradw_cycles", "meta_entries"]
 
 META_HEADER = 2  # steps, count
 PASSES = ("fwd", "grada", "gradw")
@@ -433,3 +434,80 @@ def count_down_codelet() -> type[Vertex]:
             return (8 if np.max(init) else 6) * target.workers_per_tile
 
     return SparsePropagationCount
+
+
+# -- mixture of experts: the routing's pattern made on the device --------------------------------
+
+@cache
+def moe_meta_codelet(tokens: int, k: int, hidden: int, xw: int, yw: int, qy: int, parts: int,
+                     cap: int) -> type[Vertex]:
+    """The meta-information of a top-``k`` routing on the device: token ``t`` and expert ``e`` of
+    ``idx`` ``(tokens * k)`` make the non-zeros ``(t, e * hidden + i)``, ``i < hidden``, placed by
+    :func:`fill_buckets` (the same host rule); each vertex writes its own bucket's row.
+
+    Cycles [U: popsparse builds meta-information on the host; no device figure exists]: a worker
+    pass over the routing (``8`` cycles per choice: read, count per partition) and one over the
+    bucket (``3`` cycles per entry: three 32-bit stores), split over the workers."""
+
+    class MoEMetaInfo(SupervisorVertex):
+        idx = Input(int32)
+        meta = Output(int32)
+        pid = Param(int32)
+
+        @staticmethod
+        def compute(idx, meta, pid):
+            flat_idx = idx.reshape(-1, idx.shape[-2], idx.shape[-1])
+            out = meta.reshape(-1, meta.shape[-2], meta.shape[-1])
+            rows = np.repeat(np.arange(tokens), k * hidden)
+            for r in range(flat_idx.shape[0]):  # replicas; every vertex holds the same routing
+                choice = flat_idx[r, 0].reshape(tokens, k).astype(np.int64)
+                cols = (choice[:, :, None] * hidden + np.arange(hidden)).reshape(-1)
+                full, _ = fill_buckets(rows, cols, xw, yw, qy, parts, cap)
+                out[r] = full[pid.reshape(-1)]
+
+        @staticmethod
+        def cycles(idx, meta, pid, target: Target):
+            w = target.workers_per_tile
+            return w * (20 + ceil_div(idx, w) * 8 + ceil_div(cap, w) * 3)
+
+    MoEMetaInfo.__name__ = MoEMetaInfo.__qualname__ = f"MoEMetaInfo<{tokens}x{k},{hidden}>"
+    return MoEMetaInfo
+
+
+@cache
+def moe_gate_codelet(dtype: DType, k: int, hidden: int, xw: int, yw: int, qy: int) -> type[Vertex]:
+    """Scale every used entry of a bucket by its token's gate for the entry's expert, in place
+    (any partition's entries: the gates of every token are on every tile, so no propagation).
+
+    Cycles [U]: per entry, a meta-information read, ``k`` compares and a multiply-store:
+    ``6 + k`` cycles, split over the workers."""
+
+    class MoEGateScale(SupervisorVertex):
+        meta = Input(int32)
+        nz = InOut(dtype)
+        idx = Input(int32)
+        gates = Input(dtype)
+
+        @staticmethod
+        def compute(meta, nz, idx, gates):
+            mm = meta.reshape(-1, meta.shape[-1])
+            nv, cap = mm.shape[0], nz.shape[-1]
+            ent = mm[:, META_HEADER:].reshape(nv, cap, 3)
+            v, e = np.nonzero(np.arange(cap)[None, :] < mm[:, 1:2])
+            pid, row, col = ent[v, e, 0], ent[v, e, 1], ent[v, e, 2]
+            token = pid // qy * xw + row
+            expert = (pid % qy * yw + col) // hidden
+            choice = idx.reshape(nv, -1, k)[v, token]  # (n, k)
+            g = gates.reshape(nv, -1, k)[v, token].astype(np.float32)
+            gate = np.sum(np.where(choice == expert[:, None], g, 0), axis=1)
+            res = nz.reshape(nv, cap).astype(np.float32)
+            res[v, e] *= gate
+            nz[...] = res.reshape(nz.shape).astype(nz.dtype)
+
+        @staticmethod
+        def cycles(meta, nz, idx, gates, target: Target):
+            w = target.workers_per_tile
+            return w * (20 + ceil_div(nz, w) * (6 + k))
+
+    MoEGateScale.__name__ = MoEGateScale.__qualname__ = f"MoEGateScale<{dtype.name},{k}>"
+    return MoEGateScale

@@ -19,6 +19,7 @@ from softipu.frontends.torch import (
     Options,
     OutputMode,
     RegistryError,
+    SparseMoE,
     TrainingModel,
     UnsupportedOpsError,
     UnusedOptionWarning,
@@ -33,5 +34,5 @@ __all__ = [
     "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
     "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "TrainingModel",
     "UnsupportedOpsError", "UnusedOptionWarning", "find_lowering", "inference_model", "logger",
-    "register_lowering", "training_model",
+    "register_lowering", "training_model", "SparseMoE",
 ]
