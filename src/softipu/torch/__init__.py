@@ -8,6 +8,7 @@
 
 from softipu.frontends.torch import (
     LOWERINGS,
+    BlockSparseLinear,
     ExportError,
     FrontendError,
     InferenceModel,
@@ -23,6 +24,7 @@ from softipu.frontends.torch import (
     TrainingModel,
     UnsupportedOpsError,
     UnusedOptionWarning,
+    block_sparse_linear,
     find_lowering,
     inference_model,
     logger,
@@ -34,5 +36,5 @@ __all__ = [
     "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
     "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "TrainingModel",
     "UnsupportedOpsError", "UnusedOptionWarning", "find_lowering", "inference_model", "logger",
-    "register_lowering", "training_model", "SparseMoE",
+    "register_lowering", "training_model", "SparseMoE", "BlockSparseLinear", "block_sparse_linear",
 ]

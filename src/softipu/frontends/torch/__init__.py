@@ -14,6 +14,7 @@ from softipu.frontends.errors import (
 )
 from softipu.frontends.torch import custom_ops, lowerings  # noqa: F401 - register lowerings
 from softipu.frontends.torch.lower import Lowered, LoweringContext
+from softipu.frontends.torch.lowerings.block_sparse import BlockSparseLinear, block_sparse_linear
 from softipu.frontends.torch.moe import SparseMoE
 from softipu.frontends.torch.options import Options, OutputMode, UnusedOptionWarning
 from softipu.frontends.torch.registry import LOWERINGS, Lowering, find_lowering, register_lowering
@@ -24,5 +25,5 @@ __all__ = [
     "ExportError", "FrontendError", "InferenceModel", "InputError", "LOWERINGS", "Lowered", "Lowering",
     "LoweringContext", "LoweringError", "Options", "OutputMode", "RegistryError", "TrainingModel",
     "UnsupportedOpsError", "UnusedOptionWarning", "find_lowering", "inference_model", "logger",
-    "register_lowering", "training_model", "SparseMoE",
+    "register_lowering", "training_model", "SparseMoE", "BlockSparseLinear", "block_sparse_linear",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu import program as P
+from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor, concat
 from softipu.ops.common import OpContext, parse_options

@@ -2,6 +2,7 @@
 
 from softipu.frontends.torch.lowerings import (
     backward,
+    block_sparse,
     composite,
     control,
     indexing,
@@ -17,5 +18,5 @@ from softipu.frontends.torch.lowerings import (
     windows,
 )
 
-__all__ = ["backward", "composite", "control", "indexing", "linalg", "nn", "pointwise", "poptorch_ops",
-           "random", "reduce", "scans", "shape", "special", "windows"]
+__all__ = ["backward", "block_sparse", "composite", "control", "indexing", "linalg", "nn", "pointwise",
+           "poptorch_ops", "random", "reduce", "scans", "shape", "special", "windows"]
