@@ -293,7 +293,7 @@ PIECES = {
 }
 LAYER_KEYS = ("name", "forward", "backward", "update_per_param", "params", "param_bytes", "saved_bytes",
               "input_bytes", "output_bytes", "code_bytes", "temporary_bytes", "other_cycles", "price_seconds",
-              "flops")
+              "flops", "codelet_bytes", "stack_bytes")
 
 
 def price_piece(spec: str) -> None:

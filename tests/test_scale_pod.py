@@ -115,3 +115,22 @@ def test_head_back_on_ipu0():
     assert (est.split["forward"], est.split["backward"]) == (30 * 5, 40 * 5)
     with pytest.raises(FrontendError, match="stage_ipus"):
         price_training(layers, TrainingConfig(1, 5, 1, (1, 1, 1), stage_ipus=(0, 1)), POD16)
+
+
+def test_code_once_per_distinct_layer_codelets_and_stacks_once_per_ipu():
+    # IPU 0 holds a, b[0], b[1] (two kinds); a tile keeps each codelet's code and its stacks once,
+    # whatever layers run there: the IPU's code is a's + b's own code + the larger codelet set +
+    # one set of stacks. Optimizer state off chip is none of its SRAM.
+    def with_shared(x, codelets, stacks):
+        return LayerCost(**{**x.as_dict(), "price_seconds": 0.0, "codelet_bytes": codelets,
+                            "stack_bytes": stacks, "update_per_param": x.update_per_param})
+
+    a = with_shared(layer("a", 1, 1, code=300), 40, 7)
+    b = with_shared(layer("b", 1, 1, code=500), 60, 7)
+    layers = [a, b.scaled("b[0]", 1), b.scaled("b[1]", 1)]
+    cfg = TrainingConfig(micro_batch=1, accumulation=2, replicas=2, layers_per_ipu=(3,),
+                         optimizer_off_chip=True, rts=True)
+    (mem,) = price_training(layers, cfg, POD16).memory
+    assert mem.by_class["code"] == 300 + 500 + 60 + 7
+    assert mem.by_class["optimizer_state"] == 0
+    assert mem.by_class["weights"] == 3 * 200 and mem.by_class["gradients"] == 3 * 200

@@ -21,8 +21,10 @@ How one layer is priced:
   elementwise pass over every element, spread over the tiles [D]).
 * Memory: weights, saved activations (forward values the backward reads, per micro-batch), the
   layer's output (the activation a pipeline stage passes on), and what the compiled graph holds
-  besides variables (exchange code, vertex state, control and codelet code, the peak of temporary
-  values), from the memory plan.
+  besides variables, from the memory plan: the layer's own code (exchange and control code,
+  vertex state), what a tile holds once whatever runs on it (codelet code, stacks: :mod:`.pod`
+  counts them once per IPU), the peak of temporary values. It is compiled with the frontends'
+  engine options (PopART's: outlining on), as in a PopTorch program.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 
 from softipu.engine import Engine
+from softipu.frontends.defaults import engine_options
 from softipu.frontends.errors import FrontendError
 from softipu.frontends.torch.options import Options
 from softipu.frontends.torch.training.joint import joint_graph
@@ -63,11 +66,15 @@ class LayerCost:
     saved_bytes: int  # activations the backward reads, per micro-batch
     input_bytes: int  # the activation entering the layer (a recomputation checkpoint), per micro-batch
     output_bytes: int  # the activation leaving it (sent to the next stage), per micro-batch
-    code_bytes: int  # exchange + control + codelet code and vertex state of the compiled layer
+    code_bytes: int  # the layer's own code: exchange + control code and vertex state
     temporary_bytes: int  # peak of not-always-live values while the layer runs
     other_cycles: int = 0  # steps of the priced step outside fwd/bwd/upd (reported only)
     price_seconds: float = 0.0
     flops: float = 0.0  # 2 x multiply-accumulates of its matmuls/convs, forward (for reporting only)
+    # Held once per tile whatever runs there, so once per IPU, not per layer: the codelets' code
+    # (per codelet type on a tile) and the workers' and supervisor's stacks.
+    codelet_bytes: int = 0
+    stack_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recompute(self) -> int:
@@ -79,14 +86,16 @@ class LayerCost:
         return LayerCost(name, self.forward * times, self.backward * times, self.update_per_param,
                          self.params * times, self.param_bytes * times, self.saved_bytes * times,
                          self.input_bytes, self.output_bytes, self.code_bytes, self.temporary_bytes,
-                         self.other_cycles * times, 0.0, self.flops * times, dict(self.extra))
+                         self.other_cycles * times, 0.0, self.flops * times, self.codelet_bytes,
+                         self.stack_bytes, dict(self.extra))
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "forward": self.forward, "backward": self.backward,
                 "update_per_param": round(self.update_per_param, 6), "params": self.params,
                 "param_bytes": self.param_bytes, "saved_bytes": self.saved_bytes,
                 "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
-                "code_bytes": self.code_bytes, "temporary_bytes": self.temporary_bytes,
+                "code_bytes": self.code_bytes, "codelet_bytes": self.codelet_bytes,
+                "stack_bytes": self.stack_bytes, "temporary_bytes": self.temporary_bytes,
                 "price_seconds": round(self.price_seconds, 2)}
 
 
@@ -172,8 +181,10 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     names = [f"input{i}" for i in range(len(args))]
     every = dict(model.named_parameters(remove_duplicate=False))
     lowered = lower_training(joint, spec, options, names, every)
-    engine = Engine(lowered.graph, list(lowered.programs), options={"debug.allowOutOfMemory": True},
-                    estimate_only=True)
+    # The frontends' engine options (PopART's defaults: outlining on, so a compute set or copy the
+    # layer repeats keeps its code once), as the layer compiles in a PopTorch program.
+    engine = Engine(lowered.graph, list(lowered.programs),
+                    options=engine_options({"debug.allowOutOfMemory": True}), estimate_only=True)
     for i in range(engine.num_programs):
         engine.run(i)
     report = engine.report
@@ -184,7 +195,7 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     act_elems = int(act.numel()) if act is not None else 0
     per_param = phases["weight_update"] / max(1, layer_params + act_elems)
     cats = report.memory_by_category
-    code = sum(int(cats.get(k, 0)) for k in ("exchange_code", "control_code", "codelet_code", "vertex_state"))
+    code = sum(int(cats.get(k, 0)) for k in ("exchange_code", "control_code", "vertex_state"))
     with mode:
         out = model._call(layer, *((act,) if act is not None else ()), *inputs)
     param_bytes = sum(_nbytes(p) for n, p in model.named_parameters() if n != "act")
@@ -199,6 +210,7 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
                      output_bytes=_nbytes(out), code_bytes=code,
                      temporary_bytes=int(cats.get("not_always_live", 0)), other_cycles=phases["other"],
                      price_seconds=time.perf_counter() - start, flops=flops,
+                     codelet_bytes=int(cats.get("codelet_code", 0)), stack_bytes=int(cats.get("stacks", 0)),
                      extra={"compile_memory": {k: int(v) for k, v in cats.items()},
                             "target": target.name, "precision": precision})
 

@@ -29,9 +29,10 @@ Memory per IPU, by class: weights; gradients (accumulators, with GA > 1); optimi
 its saved activations without recomputation, x the IPU's stash depth: the micro-batches in flight);
 activations (the current micro-batch's: the largest layer's temporary peak, one layer's backward at
 a time, plus every layer's checkpoint or saved activations: an upper bound by one layer's); code
-(exchange, control, codelet code and vertex state of each DISTINCT layer on the IPU once: PopART
-outlines identical layers). Off-chip
-state is reported per replica against the system's Streaming Memory.
+(exchange and control code and vertex state of each DISTINCT layer on the IPU once: PopART
+outlines identical layers; codelet code and stacks once per IPU, held per tile whatever runs
+there). Optimizer state off chip (``TensorLocations``, sharded over the replicas with RTS) is no
+SRAM: it is charged to Streaming Memory, reported per replica against the system's.
 """
 
 from __future__ import annotations
@@ -194,7 +195,11 @@ def ipu_memory(ipu: int, layers: Sequence[LayerCost], config: TrainingConfig, de
         "optimizer_state": on_chip_state,
         "stash": sum(d * b for d, b in zip(depths, stash_each, strict=True)),
         "activations": max((x.temporary_bytes for x in layers), default=0) + sum(stash_each),
-        "code": sum(distinct.values()),
+        # per tile whatever runs there, so once per IPU: codelet code (the distinct layers' codelet
+        # types mostly coincide, matmul, map and reduce vertices; the largest layer's set is a lower
+        # bound on their union) and the workers' stacks
+        "code": sum(distinct.values()) + max((x.codelet_bytes for x in layers), default=0)
+        + max((x.stack_bytes for x in layers), default=0),
     }
     return IpuMemory(ipu, tuple(x.name for x in layers), by_class, capacity)
 
