@@ -78,3 +78,9 @@ def test_window_indices_by_hand():
     assert idx[0, 0, 0] == 48 and idx[0, 0, 16] == 76
     # relative to a field that starts at x0 = 48
     assert window_indices(np.array([4]), np.array([48]), 1, geo)[0, 0, 16] == 28
+
+
+def test_strided_pointwise_convolution_keeps_its_subsampling_copy():
+    # 1x1 stride 2: a block's input range would hold 4x the elements its pixels read.
+    g, x, wt, y, prog = _conv(2, 8, 8, 8, 4, 1, 2, 0, tiles=1)
+    assert not _window_groups(sp.Engine(g, [prog]))

@@ -375,8 +375,13 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
 def _windows_readable(xp: Tensor, inner: _Inner) -> bool:
     """Whether the convolution's vertices can read their windows straight from the padded input:
     one group, stored channels innermost and contiguous (NHWC, as :func:`_padded` and every
-    convolution's output leave it), so a block of output pixels reads one address range."""
+    convolution's output leave it), so a block of output pixels reads one address range; and a
+    window at least as wide and tall as the stride, so that range holds little the block does not
+    read (a 1x1 stride-2 convolution would receive four times the input it uses: it keeps the
+    strided copy of :class:`_Im2Col`, which replicates nothing)."""
     if inner.groups != 1 or not xp.is_strided or xp.numel == 0:
+        return False
+    if (inner.kh - 1) * inner.dh + 1 < inner.sh or (inner.kw - 1) * inner.dw + 1 < inner.sw:
         return False
     n, c, hp, wp = xp.shape
     want = (hp * wp * c, 1, wp * c, c)
