@@ -190,9 +190,9 @@ def test_bad_locations_are_named():
     opts.TensorLocations.setOptimizerLocation(_sharded())
     with pytest.raises(FrontendError, match="needs replicas.*replicationFactor"):
         compile_with(opts)
-    opts = poptorch.Options()
-    opts.TensorLocations.setWeightLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
-    with pytest.raises(FrontendError, match="setWeightLocation.*not supported"):
+    opts = poptorch.Options().replicationFactor(2)  # weights off chip: tests/test_locations_offload.py
+    opts.TensorLocations.setActivationLocation(_sharded())
+    with pytest.raises(FrontendError, match="setActivationLocation.*not supported"):
         compile_with(opts)
     opts = poptorch.Options().replicationFactor(2)
     opts.TensorLocations.setAccumulatorLocation(_sharded())

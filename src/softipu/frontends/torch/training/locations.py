@@ -21,9 +21,10 @@ PopART's rules (``docs/popart/tensor_locations.rst``):
   replica-identical tensors can be sharded (the weights' optimizer state here).
 
 softipu implements the optimizer location (off chip, sharded, or both, as Graphcore's BERT
-configurations use). Weights, accumulators and activations off chip, and sharded weights, are
-refused with a clear error rather than silently kept on chip. Off-chip tensors are kept per
-replica; sharded ones per replica's fragment.
+configurations use), gradient accumulators off chip, and weights and activations off chip
+(:mod:`.offload`). Sharded weights, accumulators and activations are refused with a clear error
+rather than silently kept whole. Off-chip tensors are kept per replica; sharded ones per
+replica's fragment.
 """
 
 from __future__ import annotations
@@ -114,14 +115,11 @@ def check_locations(options: Any, spec: Any, label: str) -> Location:
     """The optimizer's location; the locations softipu does not implement yet are refused."""
     for kind in ("weight", "accumulator", "activation"):
         loc = location_of(options, kind)
-        if kind == "accumulator" and not loc.sharded:
-            continue  # on chip or in Streaming Memory
-        if not loc.on_chip or loc.sharded:
+        if loc.sharded:  # off chip is implemented (weights and activations: training/offload.py)
             raise FrontendError(
-                f"{label}: TensorLocations.set{kind.capitalize()}Location("
-                f"{'useOnChipStorage(False)' if not loc.on_chip else 'useReplicatedTensorSharding(True)'}) "
-                "is not supported by softipu yet (the optimizer state can live off chip or be sharded, "
-                "the gradient accumulators off chip); keep these tensors on chip")
+                f"{label}: TensorLocations.set{kind.capitalize()}Location(useReplicatedTensorSharding(True)) "
+                "is not supported by softipu yet (the optimizer state can be sharded; weights, "
+                "accumulators and activations can live off chip); keep these tensors unsharded")
     io = [f"TensorLocationSettings.useIOTilesTo{'Load' if n == 'io_tiles_load' else 'Store'} ({kind})"
           for kind in _KINDS for n in ("io_tiles_load", "io_tiles_store")
           if getattr(location_of(options, kind), n)]
@@ -315,10 +313,11 @@ def gather_weight(graph: Any, plan: StatePlacement, name: str, fragment: Any, we
 def check_exportable(low: Any, label: str) -> None:
     """Exports record on-chip variables only: a step with state off chip or sharded is refused."""
     plan = getattr(low, "locations", None)
-    if plan is not None and (plan.remote or plan.sharded):
-        raise FrontendError(f"cannot export {label}: its optimizer state lives off chip or sharded over "
-                            "replicas (TensorLocations), which softipu's export format does not record yet; "
-                            "export it with the optimizer state on chip")
+    offload = getattr(low, "offload", None)
+    if (plan is not None and (plan.remote or plan.sharded)) or (offload is not None and offload.weights):
+        raise FrontendError(f"cannot export {label}: its optimizer state or weights live off chip or "
+                            "sharded over replicas (TensorLocations), which softipu's export format does not "
+                            "record yet; export it with the optimizer state and weights on chip")
 
 
 def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -333,8 +332,11 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
     out: dict[str, dict[str, Any]] = {}
     off = len(plan.off_chip) if plan is not None else 0
     accum_streaming = sum(b.nbytes for b, _ in plan.accum_remote.values()) if plan is not None else 0
+    offload = getattr(low, "offload", None)  # weights and activations (training/offload.py)
+    streamed = offload.streaming_bytes() if offload is not None else {}
     for role, on_chip in memory.items():
-        remote = streaming if role == "optimizer_state" else accum_streaming if role == "gradients" else 0
+        remote = streaming if role == "optimizer_state" else accum_streaming if role == "gradients" else \
+            streamed.get(role, 0)
         sharded = role == "optimizer_state" and plan is not None and bool(plan.sharded)
         # the optimizer's scalars (hyper-parameters, step) stay on chip whatever the location
         where = "on_chip" if not (role == "optimizer_state" and off) else \
@@ -342,6 +344,8 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
         if role == "gradients" and accum_streaming:
             every = len(plan.accum_remote) == plan.trainable
             where = "streaming_memory" if every else "on_chip+streaming_memory"
+        if role in streamed and remote:
+            where = "streaming_memory" if not on_chip else "on_chip+streaming_memory"
         out[role] = {"where": where, "sharded_over": plan.replicas if sharded else 1,
                      "on_chip_bytes_per_replica": int(on_chip), "on_chip_bytes_per_ipu": int(on_chip) // ipus,
                      "streaming_bytes_per_replica": int(remote),

@@ -39,6 +39,7 @@ from softipu.frontends.torch.training.locations import (
     store_accumulator,
     store_state,
 )
+from softipu.frontends.torch.training.offload import Offload
 from softipu.frontends.torch.training.replication import reduce_gradients
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -87,6 +88,7 @@ class _TrainLowerer(_Lowerer):
         self.named = named
         # Where the optimizer state lives (on chip, Streaming Memory, sharded): training/locations.py
         self.locations = plan_state(spec, options, named, "the training model")
+        self.offload = Offload(options)  # weights and activations in Streaming Memory (training/offload.py)
         self._update_traces: dict[Any, torch.fx.GraphModule] = {}  # per-parameter update signature
         # Core ATen's table, materialized once: make_fx materializes a CustomDecompTable on every
         # trace (walking every op namespace for composite ops), a fixed cost per traced update
@@ -118,9 +120,11 @@ class _TrainLowerer(_Lowerer):
             forward = node in j.forward_nodes
             self.ctx.phase = "fwd/" if forward else "bwd/recompute/" if node.meta.get("softipu_recomputed") \
                 else "bwd/"
+            self.offload.before(self, node, forward)
             self.env[node] = self.lower_node(node, self.env)
             count += 1
-            if forward and any(u not in j.forward_nodes for u in node.users):
+            offloaded = self.offload.after(self, node, forward)  # stored off chip for the backward
+            if forward and not offloaded and any(u not in j.forward_nodes for u in node.users):
                 saved += _nbytes(node.meta.get("val"), opts.precision)
                 saved_vars |= variable_ids(self.graph, self.env[node])
         self.ctx.phase = ""
@@ -183,7 +187,8 @@ class _TrainLowerer(_Lowerer):
                 name = j.params[i]
                 # Laid out for what uses it (an embedding table in column blocks...), as for inference.
                 shape = tuple(int(d) for d in val.shape)
-                var = _weight_variable(self.ctx, node, self.ctx.dtype(val.dtype), shape, f"weights/{name}")
+                var = _weight_variable(self.ctx, node, self.ctx.dtype(val.dtype), shape,
+                                       self.offload.variable_name(name, shape))
                 params[name] = self.env[node] = var
             elif i < len(j.params) + len(j.buffers):
                 name = j.buffers[i - len(j.params)]
@@ -191,6 +196,7 @@ class _TrainLowerer(_Lowerer):
             else:
                 self.env[node] = self._user_input(node, val)
         self.place(None)
+        self.offload.setup(self, params)
         return params, buffers
 
     def _accumulate(self, grads: dict[str, Tensor], body: P.Sequence,
@@ -276,9 +282,11 @@ class _TrainLowerer(_Lowerer):
         try:
             for pnames in self._update_chunks(grads):
                 skeys = [k for k in state if k[0] in pnames]
-                pin, gin = {n: params[n] for n in pnames}, {n: grads[n] for n in pnames}
+                # an off-chip weight: loaded into a variable of its own for the update (offload.py)
+                full = {n: self._streamed(n, prog, params[n]) for n in pnames}
+                pin, gin = dict(full), {n: grads[n] for n in pnames}
                 for n in (n for n in pnames if n in plan.sharded):  # this replica's fragments
-                    pin[n], gin[n] = shard_update_inputs(self.graph, n, params[n], grads[n], prog,
+                    pin[n], gin[n] = shard_update_inputs(self.graph, n, full[n], grads[n], prog,
                                                          self.options)
                 load_state(plan, skeys, state, prog)
                 gm = self._traced_update(pnames, skeys, gin, state)
@@ -291,10 +299,16 @@ class _TrainLowerer(_Lowerer):
                 self._write_back(results, targets, prog)
                 store_state(plan, skeys, state, prog)
                 for n in (n for n in pnames if n in plan.sharded):
-                    gather_weight(self.graph, plan, n, pin[n], params[n], prog)
+                    gather_weight(self.graph, plan, n, pin[n], full[n], prog)
+                for n in pnames:
+                    self.offload.store_after_update(n, full[n], prog)
         finally:
             self.ctx.prog, self.ctx.phase = outer, ""
         return state, hyper, step
+
+    def _streamed(self, name: str, prog: P.Sequence, on_chip: Tensor) -> Tensor:
+        streamed = self.offload.load_for_update(self, name, prog)
+        return on_chip if streamed is None else streamed
 
     def _update_chunks(self, grads: dict[str, Tensor]) -> list[list[str]]:
         """The parameters traced together: all at once when the update couples them (a global
@@ -302,7 +316,7 @@ class _TrainLowerer(_Lowerer):
         several, each with make_fx's fixed cost), else one by one, each signature traced once."""
         coupled = self.options.auto_loss_scaling or math.isfinite(self.spec.max_grad_norm)
         signatures = {self._signature(n, grads) for n in grads}
-        placed = bool(self.locations.sharded or self.locations.off_chip)  # loads and stores per weight
+        placed = bool(self.locations.sharded or self.locations.off_chip or self.offload.weights)  # per weight
         if coupled or (2 * len(signatures) > len(grads) and not placed):
             return [list(grads)]
         return [[n] for n in grads]
@@ -514,5 +528,6 @@ def lower_training(joint: Joint, spec: Any, options: Options, input_names: Seque
     lowerer = _TrainLowerer(joint, spec, options, input_names, named)
     low = lowerer.build()
     low.locations = lowerer.locations  # where the optimizer state lives (training/locations.py)
+    low.offload = lowerer.offload  # weights and activations in Streaming Memory (training/offload.py)
     return low
 

@@ -33,6 +33,7 @@ from softipu.frontends.torch.runtime import _positional_names, connect_extra, lo
 from softipu.frontends.torch.training.joint import joint_graph
 from softipu.frontends.torch.training.locations import check_exportable, read_state, write_state
 from softipu.frontends.torch.training.lowering import TrainLowered, lower_training
+from softipu.frontends.torch.training.offload import read_weight, write_weight
 from softipu.frontends.torch.training.pipeline import keep_annotations, placed_summary, stage_errors
 from softipu.frontends.torch.training.recompute import recompute
 from softipu.frontends.torch.training.replication import per_replica, replica_view
@@ -281,8 +282,8 @@ class TrainingModel:
         low, eng = self._need("copy_weights_to_device"), self._engine
         params = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
         buffers = dict(_raw(self.module, "named_buffers")(remove_duplicate=False))
-        for name, var in low.params.items():
-            eng.write_tensor(var, to_host_array(params[name], var.dtype, f"parameter {name!r}"))
+        for name, var in low.params.items():  # on chip, or in Streaming Memory (training/offload.py)
+            write_weight(eng, low, name, to_host_array(params[name], var.dtype, f"parameter {name!r}"))
         for name, var in low.buffers.items():
             eng.write_tensor(var, to_host_array(buffers[name], var.dtype, f"buffer {name!r}"))
 
@@ -332,6 +333,8 @@ class TrainingModel:
         vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
         plan = getattr(low, "locations", None)  # the optimizer state in Streaming Memory too
         remote = list(plan.remote.values()) if plan is not None else []
+        offload = getattr(low, "offload", None)  # and the weights kept there
+        remote += list(offload.weights.values()) if offload is not None else []
         return [(v, eng.read_tensor(v)) for v in vars_] + [(b, eng.read_remote_buffer(b)) for b in remote]
 
     def copy_weights_to_host(self) -> None:
@@ -344,8 +347,8 @@ class TrainingModel:
             params = dict(_raw(self.module, "named_parameters")(remove_duplicate=False))
             buffers = dict(_raw(self.module, "named_buffers")(remove_duplicate=False))
             rf = self.options.replication_factor  # replicas hold the same weights: replica 0's
-            for name, var in low.params.items():
-                _assign(params[name], replica_view(eng.read_tensor(var), rf))
+            for name in low.params:
+                _assign(params[name], replica_view(read_weight(eng, low, name), rf))
             for name, var in low.buffers.items():
                 _assign(buffers[name], replica_view(eng.read_tensor(var), rf))
 

@@ -102,6 +102,7 @@ def lower_placed(joint: Joint, spec: Any, options: Options, input_names: Sequenc
     lowerer = _PlacedTrainLowerer(joint, spec, options, input_names, named, placement)
     low = lowerer.build()
     low.locations = lowerer.locations  # where the optimizer state lives (training/locations.py)
+    low.offload = lowerer.offload  # weights and activations in Streaming Memory (training/offload.py)
     return low
 
 

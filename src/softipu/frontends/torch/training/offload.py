@@ -1,0 +1,250 @@
+"""Weights and activations in Streaming Memory during a training step.
+
+PopTorch's ``opts.TensorLocations.setWeightLocation(TensorLocationSettings().useOnChipStorage(False))``
+and ``setActivationLocation(...)`` (softipu: ``Options(tensor_locations={"weight": {"on_chip":
+False}})``), with PopART's rule that a tensor of at least ``minElementsForOffChip`` elements goes
+off chip (:class:`~softipu.frontends.torch.training.locations.Location`).
+
+* **Weights.** Each off-chip parameter's home is a remote buffer (one row per replica). It is
+  loaded with a ``RemoteCopy`` just before its first reader in each context of the step, as
+  PopART's streaming-memory op inserter loads a weight once per context: the forward, the
+  backward and the optimizer update; the update's copy is stored back right after. Each context
+  loads into its own on-chip variable (``streaming/weights/<name>[/bwd|/update]``), so on chip a
+  weight lives only from its load to its last reader in that context: between the forward and the
+  backward its bytes are free for activations. Forward values computed from weights alone (a
+  transpose, a view, a cast) are computed again in the backward from the backward's copy.
+* **Activations.** A forward value the backward reads is stored to a remote buffer right after it
+  is made and loaded into a new on-chip variable before its first backward reader, so it no
+  longer lives on chip across the rest of the forward and the backward up to that reader.
+
+Every copy is a ``RemoteCopy`` step priced on the Streaming Memory path; the values are those of
+the on-chip step (the same ops on the same values). The host reads and writes an off-chip weight
+in its remote buffer (:func:`write_weight`, :func:`read_weight`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from softipu.frontends.torch.training.locations import location_of
+from softipu.graph import program as P
+from softipu.graph.remote import RemoteBuffer
+from softipu.graph.tensor import Tensor
+
+__all__ = ["Offload", "read_weight", "write_weight"]
+
+_aten = torch.ops.aten
+_VIEWS = {_aten.alias.default, _aten.view.default, _aten.permute.default, _aten.t.default,
+          _aten.transpose.int, _aten.unsqueeze.default, _aten.squeeze.dim, _aten.expand.default}
+
+
+class Offload:
+    """Which weights and activations of one lowering live in Streaming Memory, and the copies that
+    move them (the lowerer calls :meth:`before` and :meth:`after` around each graph node)."""
+
+    def __init__(self, options: Any) -> None:
+        self.weight = location_of(options, "weight")
+        self.activation = location_of(options, "activation")
+        self.replicas = options.replication_factor
+        self.weights: dict[str, RemoteBuffer] = {}  # parameter -> its home in Streaming Memory
+        self.activations: dict[str, RemoteBuffer] = {}  # forward node -> its remote buffer
+        self._param_of: dict[torch.fx.Node, str] = {}  # off-chip weights' placeholders
+        self._derived: dict[torch.fx.Node, frozenset[torch.fx.Node]] = {}  # from off-chip weights alone
+        self._constant: set[torch.fx.Node] = set()  # from parameters and buffers alone
+        self._context = ""
+        self._loaded: set[torch.fx.Node] = set()
+        self._again: set[torch.fx.Node] = set()  # derived nodes lowered again in this context
+        self._saved: dict[torch.fx.Node, RemoteBuffer] = {}
+        self._restored: set[torch.fx.Node] = set()
+        # backward views of stored activations (AOTAutograd aliases every saved value at the start of
+        # the backward): made again from the loaded copy before their first reader that is not a view
+        self._views: dict[torch.fx.Node, torch.fx.Node] = {}
+
+    @property
+    def active(self) -> bool:
+        return not (self.weight.on_chip and self.activation.on_chip)
+
+    def weight_off_chip(self, shape: Any) -> bool:
+        return self.weight.off_chip_for(int(np.prod(shape, dtype=np.int64)))
+
+    def variable_name(self, name: str, shape: Any) -> str:
+        """A parameter's (forward) variable name: ``weights/`` on chip, ``streaming/weights/`` off."""
+        return f"streaming/weights/{name}" if self.weight_off_chip(shape) else f"weights/{name}"
+
+    # -- set up once the parameters have variables -------------------------------------------------
+    def setup(self, lowerer: Any, params: dict[str, Tensor]) -> None:
+        """A remote buffer for each off-chip parameter; which forward nodes come from weights alone."""
+        if not self.active:
+            return
+        j = lowerer.joint
+        placeholders = [n for n in j.gm.graph.nodes if n.op == "placeholder"]
+        node_of = dict(zip(j.params, placeholders, strict=False))
+        for name, var in params.items():
+            if self.weight_off_chip(var.shape):
+                self.weights[name] = lowerer.graph.add_remote_buffer(f"weights/{name}", var.dtype, var.shape)
+                self._param_of[node_of[name]] = name
+        stored = set(placeholders[:len(j.params) + len(j.buffers)])
+        for node in j.gm.graph.nodes:
+            if node.op != "call_function" or node not in j.forward_nodes or not node.all_input_nodes:
+                continue
+            inputs = node.all_input_nodes
+            if all(a in stored or a in self._constant for a in inputs):
+                self._constant.add(node)
+            if all(a in self._param_of or a in self._derived for a in inputs):
+                self._derived[node] = frozenset().union(*({a} if a in self._param_of else self._derived[a]
+                                                          for a in inputs))
+
+    # -- around each node of the joint graph -------------------------------------------------------
+    def before(self, lowerer: Any, node: torch.fx.Node, forward: bool) -> None:
+        """Loads ``node`` needs first: its weights (once per context) and, in the backward, the
+        activations it reads and the weight-derived values it reads, made again."""
+        if not self.active:
+            return
+        context = "fwd" if forward else "bwd"
+        if context != self._context:
+            self._context, self._loaded, self._again = context, set(), set()
+        inputs = node.all_input_nodes
+        if not forward and node.target in _VIEWS and len(inputs) == 1 and \
+                (inputs[0] in self._saved or inputs[0] in self._views):
+            self._views[node] = self._views.get(inputs[0], inputs[0])
+            return  # a view of a stored activation: nothing read until a reader that is not a view
+        for a in inputs:
+            for p in ({a} if a in self._param_of else self._derived.get(a, ())):
+                if p not in self._loaded:
+                    self._load(lowerer, p, forward)
+            if not forward and a in self._derived:
+                self._lower_again(lowerer, a)
+            root = self._views.get(a, a)
+            if not forward and root in self._saved and root not in self._restored:
+                self._restore(lowerer, root)
+            if not forward and a in self._views:
+                self._view_again(lowerer, a)
+
+    def after(self, lowerer: Any, node: torch.fx.Node, forward: bool) -> bool:
+        """After a forward node: its value stored to Streaming Memory when the backward reads it and
+        activations live off chip. True when the backward does not read it on chip (stored, or made
+        again from off-chip weights)."""
+        if forward and node in self._derived:
+            return True  # made again from the backward's copy of its weights
+        if not forward or self.activation.on_chip or node in self._constant:
+            return False
+        inputs = node.all_input_nodes
+        if node.target in _VIEWS and len(inputs) == 1 and inputs[0] in self._saved.keys() | self._views:
+            self._views[node] = self._views.get(inputs[0], inputs[0])  # stored once, as its source
+            return True
+        value = lowerer.env[node]
+        if not isinstance(value, Tensor) or not self.activation.off_chip_for(int(value.numel)):
+            return False
+        if all(u in lowerer.joint.forward_nodes or u.op == "output" for u in node.users):
+            return False  # no backward reader (a user output is streamed to the host from chip)
+        buffer = lowerer.graph.add_remote_buffer(f"activations/{node.name}", value.dtype, value.shape)
+        lowerer.ctx.prog.add(P.RemoteCopy(value, buffer))
+        self.activations[node.name] = self._saved[node] = buffer
+        return True
+
+    def _load(self, lowerer: Any, p: torch.fx.Node, forward: bool) -> None:
+        name = self._param_of[p]
+        self._loaded.add(p)
+        if not forward:  # a variable of its own: the forward's is free from its last forward reader
+            with _on_ipu(lowerer, p):
+                lowerer.env[p] = _like_weight(lowerer, p, f"streaming/weights/{name}/bwd")
+        lowerer.ctx.prog.add(P.RemoteCopy(self.weights[name], lowerer.env[p]))
+
+    def _lower_again(self, lowerer: Any, a: torch.fx.Node) -> None:
+        """A forward value made from off-chip weights alone, made again from the backward's copies."""
+        if a in self._again:
+            return
+        self._again.add(a)
+        for b in a.all_input_nodes:
+            if b in self._derived:
+                self._lower_again(lowerer, b)
+        lowerer.env[a] = lowerer.lower_node(a, lowerer.env)
+
+    def _view_again(self, lowerer: Any, a: torch.fx.Node) -> None:
+        """A backward view of a stored activation, made again on its loaded copy."""
+        if a in self._again:
+            return
+        self._again.add(a)
+        b = a.all_input_nodes[0]
+        if b in self._views:
+            self._view_again(lowerer, b)
+        lowerer.env[a] = lowerer.lower_node(a, lowerer.env)
+
+    def _restore(self, lowerer: Any, a: torch.fx.Node) -> None:
+        from softipu.ops.random import clone_mapping  # noqa: PLC0415
+
+        self._restored.add(a)
+        value = lowerer.env[a]
+        with _on_ipu(lowerer, a):
+            var = lowerer.graph.add_variable(value.dtype, value.shape, name=f"streaming/activations/{a.name}")
+            clone_mapping(lowerer.graph, var, value)
+        lowerer.ctx.prog.add(P.RemoteCopy(self._saved[a], var))
+        lowerer.env[a] = var
+
+    # -- the optimizer update ----------------------------------------------------------------------
+    def load_for_update(self, lowerer: Any, name: str, prog: P.Sequence) -> Tensor | None:
+        """An off-chip weight loaded into a variable of its own for its update (None: on chip)."""
+        if name not in self.weights:
+            return None
+        p = next(n for n, m in self._param_of.items() if m == name)
+        with _on_ipu(lowerer, p):
+            var = _like_weight(lowerer, p, f"streaming/weights/{name}/update")
+        prog.add(P.RemoteCopy(self.weights[name], var))
+        return var
+
+    def store_after_update(self, name: str, var: Tensor, prog: P.Sequence) -> None:
+        if name in self.weights:
+            prog.add(P.RemoteCopy(var, self.weights[name]))
+
+    def streaming_bytes(self) -> dict[str, int]:
+        """Bytes per replica in Streaming Memory: the weights and the activations."""
+        return {"weights": sum(b.nbytes for b in self.weights.values()),
+                "activations": sum(b.nbytes for b in self.activations.values())}
+
+
+def _like_weight(lowerer: Any, p: torch.fx.Node, name: str) -> Tensor:
+    """A new variable laid out as parameter ``p``'s forward variable (for what uses it)."""
+    from softipu.frontends.torch.lower import _weight_variable  # noqa: PLC0415
+
+    val = p.meta.get("val")
+    shape = tuple(int(d) for d in val.shape)
+    return _weight_variable(lowerer.ctx, p, lowerer.ctx.dtype(val.dtype), shape, name)
+
+
+@contextlib.contextmanager
+def _on_ipu(lowerer: Any, node: torch.fx.Node) -> Iterator[None]:
+    """Under model parallelism: what is made here lives on ``node``'s IPU."""
+    placement = getattr(lowerer, "placement", None)
+    if placement is None:
+        yield
+        return
+    with lowerer.on_ipu(placement.ipu_of.get(node)):
+        yield
+
+
+# -- the host's view ----------------------------------------------------------------------------
+def write_weight(engine: Any, low: Any, name: str, values: np.ndarray) -> None:
+    """A parameter's value written where it lives (its variable, or its remote buffer)."""
+    var = low.params[name]
+    offload = getattr(low, "offload", None)
+    buffer = offload.weights.get(name) if offload is not None else None
+    if buffer is None:
+        engine.write_tensor(var, values)
+    else:
+        engine.write_remote_buffer(buffer, np.asarray(values, var.dtype.numpy).reshape(1, *buffer.shape))
+
+
+def read_weight(engine: Any, low: Any, name: str) -> np.ndarray:
+    """A parameter's value where it lives (a leading replica axis when replicated)."""
+    var = low.params[name]
+    offload = getattr(low, "offload", None)
+    buffer = offload.weights.get(name) if offload is not None else None
+    if buffer is None:
+        return engine.read_tensor(var)
+    raw = engine.read_remote_buffer(buffer)
+    return raw.reshape((offload.replicas, *buffer.shape) if offload.replicas > 1 else buffer.shape)
