@@ -211,3 +211,52 @@ def test_switched_off_gives_the_per_group_path(monkeypatch):
     g, prog, a, b, c = _matmul(30, 700, 50)
     eng, _ = _run(g, [prog], {a: np.ones(a.shape, np.float32), b: np.ones(b.shape, np.float32)}, [c])
     assert not _fused(eng)
+
+
+def test_a_fused_chains_compute_sets_get_no_per_group_runners():
+    """The per-group runners of a chain's compute sets are made only if the chain is not taken:
+    a fused matmul never builds them (a model's matmuls are most of its vertex groups); one whose
+    partials are read elsewhere builds them on its first run and runs as the reference."""
+    g, prog, a, b, c = _matmul(128, 512, 128)
+    chain_sets = {cs.id for cs in g.compute_sets}
+    rng = np.random.default_rng(5)
+    av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+    eng = sp.Engine(g, [prog], {"debug.allowOutOfMemory": True})
+    assert eng._interpreter._chains.compute_sets() == chain_sets
+    assert not chain_sets & set(eng._interpreter._runners)
+    _, (got,) = _run(g, [prog], {a: av, b: bv}, [c])
+    eng.write_tensor(a, av)
+    eng.write_tensor(b, bv)
+    eng.run(0)
+    assert _fused(eng) and not chain_sets & set(eng._interpreter._runners)
+    np.testing.assert_array_equal(eng.read_tensor(c), got)
+    _check(got, np.matmul(av, bv), av, bv, 512)
+
+
+def test_a_repeated_matmul_takes_the_first_ones_plan_moved_to_its_own_variables():
+    """Two matmuls of the same shapes on other variables (a repeated layer's): the second chain's
+    plan is the first's with every address moved (engine/chain_keys.py), equal to the plan built
+    from its own fields, and both products are within the bound of numpy's."""
+    g = sp.Graph(TARGET)
+    prog = P.Sequence()
+    pairs = []
+    for name in ("x", "y"):
+        pad = g.add_variable(F32, (7 if name == "y" else 1,), name=f"{name}_pad")  # other offsets
+        a = g.add_variable(F32, (128, 512), name=f"{name}_a")
+        b = g.add_variable(F32, (512, 128), name=f"{name}_b")
+        for t in (pad, a, b):
+            sp.ops.map_linearly(g, t)
+        pairs.append((a, b, sp.ops.matmul(g, a, b, prog)))
+    rng = np.random.default_rng(7)
+    values = {t: rng.standard_normal(t.shape, np.float32) for a, b, _ in pairs for t in (a, b)}
+    eng, got = _run(g, [prog], values, [c for _, _, c in pairs])
+    chains_ = eng._interpreter._chains
+    built = _fused(eng)
+    assert len(built) == 2 and len(chains_.plans._plans) == 1  # one plan, used twice
+    second = next(c for c in chains_.first.values() if c.runner is built[1])
+    own = chains._build(eng._interpreter.executable, second.nodes, second.in_dtype)
+    for mine, theirs in zip(built[1].bands, own.bands, strict=True):
+        for field in ("a", "b", "out", "m", "k", "n"):
+            np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
+    for (a, b, _), out in zip(pairs, got, strict=True):
+        _check(out, np.matmul(values[a], values[b]), values[a], values[b], 512)

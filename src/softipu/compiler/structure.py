@@ -37,7 +37,7 @@ from softipu.graph.mapping import ResolvedMapping
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["StructureKeys"]
+__all__ = ["Key", "StructureKeys"]
 
 
 
@@ -48,6 +48,27 @@ def _digest(*arrays: np.ndarray) -> bytes:
     for a in arrays:
         h.update(np.ascontiguousarray(a, np.int64).data)
     return h.digest()
+
+
+class Key(tuple):
+    """A key tuple that hashes once: keys are looked up in several tables (conflicts, pricing,
+    outlining, memory), and a tuple hashes its whole nested content on every lookup."""
+
+    def __new__(cls, items: Any) -> Key:
+        self = super().__new__(cls, items)
+        self._hash = tuple.__hash__(self)
+        return self
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Key) and other._hash != self._hash:
+            return False
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
 
 class _Unkeyable(Exception):
@@ -62,6 +83,7 @@ class StructureKeys:
         self.mappings = mappings
         self._variable_keys: dict[tuple[DType, int], tuple] = {}  # (dtype, variable id) -> key
         self._layouts: dict[int, tuple | None] = {}  # compute set id -> its layout key
+        self._works: dict[int, tuple] = {}  # compute set id -> its work key
         # compute set id -> the variables its layout key numbers, in number order
         self._layout_variables: dict[int, tuple[tuple[DType, Variable], ...]] = {}
         self._codelet_fields: dict[type, tuple[tuple[str, bool], ...]] = {}  # (name, is a param)
@@ -96,11 +118,18 @@ class StructureKeys:
         except _Unkeyable:
             return None
         self._layout_variables[compiled.compute_set.id] = tuple(used.variables)
-        return tuple(parts), self._variables(used)
+        return Key((Key(parts), self._variables(used)))
 
     def work(self, compiled: CompiledComputeSet) -> tuple:
         """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
         field lengths and params (fields in the codelet's order: names are implied by it)."""
+        cs_id = compiled.compute_set.id
+        found = self._works.get(cs_id)
+        if found is None:
+            found = self._works[cs_id] = self._work(compiled)
+        return found
+
+    def _work(self, compiled: CompiledComputeSet) -> tuple:
         parts = []
         for group in compiled.groups:
             fields = []
@@ -115,7 +144,7 @@ class StructureKeys:
                 else:
                     fields.append(value.shape)
             parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
-        return tuple(parts)
+        return Key(parts)
 
     def _fields_of(self, codelet: type) -> tuple[tuple[str, bool], ...]:
         found = self._codelet_fields.get(codelet)
@@ -132,7 +161,7 @@ class StructureKeys:
             ends = (self._tensor(src, used), self._tensor(dst, used))
         except _Unkeyable:
             return None
-        return ends, self._variables(used)
+        return Key((ends, self._variables(used)))
 
     # -- pieces ------------------------------------------------------------------------------------
     def _tensor(self, t: Tensor, used: _Used) -> tuple:

@@ -46,6 +46,7 @@ import numpy as np
 from softipu.codelets.matmul import A_TRANSPOSED, B_TRANSPOSED, amp_codelet, reduce_codelet
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.dtypes import float16, float32
+from softipu.engine.chain_keys import ChainPlans
 from softipu.engine.chain_run import Band, ChainRunner, Scratch
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
@@ -98,6 +99,7 @@ class Chains:
         self.first: dict[int, _Candidate] = {}
         self.later: dict[int, _Candidate] = {}
         self.scratch = Scratch()
+        self.plans = ChainPlans(executable)
         self._reads: np.ndarray | None = None
         if executable.replication_factor != 1 or not FUSE_MATMULS:
             return
@@ -110,9 +112,32 @@ class Chains:
     def __bool__(self) -> bool:
         return bool(self.first)
 
+    def _chain(self, cand: _Candidate) -> _Chain | None:
+        """:func:`_build`, or an earlier chain's plan where the structure is the same (a repeated
+        layer's matmul: engine/chain_keys.py)."""
+        cs_ids = [n.compute_set.id for n in cand.nodes]
+        keyed = self.plans.key(cs_ids)
+        found = self.plans.get(*keyed) if keyed is not None else None
+        if found is None:
+            ch = _build(self.executable, cand.nodes, cand.in_dtype)
+            if keyed is not None:
+                self.plans.put(*keyed, *((ch.bands, ch.in_dtype, ch.out_dtype, ch.partials) if ch is not None
+                                         else (None, None, None, [])))
+            return ch
+        bands, in_dtype, out_dtype, partials = found
+        if bands is None:
+            return None
+        first_group = self.executable.compute_sets[cs_ids[0]].groups[0]
+        name = "', '".join(self.executable.compute_sets[i].compute_set.name for i in cs_ids)
+        return _Chain(cs_ids, bands, in_dtype, out_dtype, partials, first_group, name)
+
     def steps(self) -> list[int]:
         """The steps ``handle`` may take over."""
         return list(self.first) + list(self.later)
+
+    def compute_sets(self) -> set[int]:
+        """The compute sets of every chain found: run as usual only where a chain is not taken."""
+        return {node.compute_set.id for c in self.first.values() for node in c.nodes}
 
     def fused(self) -> list[ChainRunner]:
         return [c.runner for c in self.first.values() if c.runner is not None]
@@ -131,7 +156,7 @@ class Chains:
         return cand is not None and cand.active
 
     def _build(self, cand: _Candidate) -> ChainRunner | None:
-        ch = _build(self.executable, cand.nodes, cand.in_dtype)
+        ch = self._chain(cand)
         if ch is None:
             return None
         if ch.partials:

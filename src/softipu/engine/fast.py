@@ -124,8 +124,8 @@ class GroupRunner:
         for name, k, t, bound in self.scatters:
             value = args[name]
             value = value[k] if isinstance(value, list) else value
-            if bound is not None:
-                assign(bound[0], value)
+            if bound is not None:  # the codelet wrote ``bound[2]``, a view of ``bound[1]``
+                assign(bound[0], bound[1])
             else:
                 storage.scatter(t, value, replica_axis=storage.replicas > 1)
 
@@ -152,7 +152,7 @@ def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tup
     if t.numel == 0:
         return None
     if t.index is not None or t.slabs is not None:
-        return None if writes else _as_strided(storage, t, replica_axis)
+        return _as_strided(storage, t, replica_axis, writes)
     view = storage.view(t, writeable=writes, replica_axis=replica_axis)
     buf = np.empty(view.shape, view.dtype)
     handed = buf if writes else buf.view()
@@ -164,22 +164,26 @@ def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tup
 STRIDED_FORM_MAX = 1 << 20
 
 
-def _as_strided(storage: Storage, t: Tensor, replica_axis: bool) -> tuple | None:
-    """An indexed input (a broadcast attention mask, rows of a column-major table) whose
-    addresses are a strided view of other axes (:func:`strided_form`): copied through that view
-    into a contiguous array on every run, instead of a ``take`` reading an int64 per element."""
+def _as_strided(storage: Storage, t: Tensor, replica_axis: bool, writes: bool = False) -> tuple | None:
+    """An indexed or slab-laid field (a broadcast attention mask, rows of a column-major table, a
+    pooling vertex's pixels) whose addresses are a strided view of other axes
+    (:func:`strided_form`): copied through that view into a contiguous array on every run (and
+    back, where written), instead of a ``take`` reading an int64 per element or a slab writer
+    made per run. A written field's view must not repeat an element."""
     if t.numel > STRIDED_FORM_MAX:
         return None
-    form = strided_form(t.index)
+    form = strided_form(t.index if t.index is not None else t.addresses())
     if form is None:
         return None
     offset, shape, strides = form
-    view = storage.view(Tensor(t.graph, t.dtype, shape, offset, strides), writeable=False,
+    if writes and any(n > 1 and st == 0 for n, st in zip(shape, strides, strict=True)):
+        return None
+    view = storage.view(Tensor(t.graph, t.dtype, shape, offset, strides), writeable=writes,
                         replica_axis=replica_axis)
     lead = view.shape[:len(view.shape) - len(shape)]
     handed = np.empty(lead + t.shape, view.dtype)
     buf = handed.reshape(view.shape)
-    handed.flags.writeable = False
+    handed.flags.writeable = writes
     return view, buf, handed
 
 
@@ -457,16 +461,18 @@ class FastInterpreter(ProgramInterpreter):
         keep_freed_pages()  # codelets' temporaries reuse pages instead of faulting fresh ones
         warm_blas_buffers()  # numpy's OpenBLAS at full speed from the first product (blas_warmup.py)
         self._runners: dict[int, _ComputeSetRunner] = {}
-        bodies: dict[type, InPlace | None] = {}  # codelet -> its body in place (engine/inplace.py)
-        for cs_id, compiled in executable.compute_sets.items():
-            where = f"compute set {compiled.compute_set.name!r}"
-            self._runners[cs_id] = _ComputeSetRunner(_runners(compiled.groups, storage, where, bodies),
-                                                     storage)
+        self._bodies: dict[type, InPlace | None] = {}  # codelet -> its body in place (engine/inplace.py)
         # Library matmuls as whole GEMMs (engine/chains.py), each built on its first run. Not under
         # stochastic rounding, which counts executed compute sets and rounds from the partials.
         # Outer max/min/logical reductions as one numpy reduction (engine/reductions.py), likewise.
         rounding = isinstance(self, StochasticRounding)
         self._chains = None if rounding else Chains(executable, storage)
+        # A chain's compute sets get their runners only if one runs as usual (the chain is not
+        # taken): a model's matmuls are most of its vertex groups, and their GEMMs never use them.
+        lazy = self._chains.compute_sets() if self._chains else set()
+        for cs_id in executable.compute_sets:
+            if cs_id not in lazy:
+                self._runners[cs_id] = self._runner(cs_id)
         self._reductions = None if rounding else Reductions(executable, storage)
         # Step -> the fusion that may take it over (a step belongs to one at most).
         self._fused = {step: f for f in (self._chains, self._reductions) if f for step in f.steps()}
@@ -530,5 +536,13 @@ class FastInterpreter(ProgramInterpreter):
         apart = int(index.max()) < lo or int(index.min()) > hi
         return partial(np.take, self.storage.buffers[src.dtype], index, 1, to, "clip" if apart else "raise")
 
+    def _runner(self, cs_id: int) -> _ComputeSetRunner:
+        compiled = self.executable.compute_sets[cs_id]
+        where = f"compute set {compiled.compute_set.name!r}"
+        return _ComputeSetRunner(_runners(compiled.groups, self.storage, where, self._bodies), self.storage)
+
     def execute(self, compute_set_id: int) -> None:
-        self._runners[compute_set_id]()
+        runner = self._runners.get(compute_set_id)
+        if runner is None:
+            runner = self._runners[compute_set_id] = self._runner(compute_set_id)
+        runner()

@@ -1,0 +1,151 @@
+"""Matmul chains planned once per structure: a model's repeated layers hold chains that differ only
+in where their variables sit, and each is planned (:func:`softipu.engine.chains._build`) from its
+own vertex fields in a few dozen array operations. :class:`ChainPlans` keys a chain by what its
+plan depends on, with every field address written relative to its variable (the variables
+numbered per dtype in order of first use), and gives a chain whose key it has seen the earlier
+plan with each address moved into the same place of the corresponding variable.
+
+A key holds, per compute set of the chain and per vertex group: the codelet, the vertex count,
+every param's values and every field tensor's shape, strides, variable number and offset in
+that variable. Two chains with equal keys have the same plan up to those variables: the plan
+reads nothing else (a band groups blocks by equal addresses, which stay equal or unequal under
+the move; a block never spans two variables, as no key is made for a field that does). A chain
+with a field that is not one strided view gets no key (planned on its own). Held by the
+engine's :class:`~softipu.engine.chains.Chains` (one per loaded executable); nothing is keyed by
+object identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import Executable
+from softipu.engine.chain_run import Band
+from softipu.graph.vertex import Direction
+
+__all__ = ["ChainPlans"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    bands: list[Band] | None  # None: the chain's own checks refused it
+    in_dtype: Any
+    out_dtype: Any
+    partials: list[tuple[int, int]]
+    starts: dict[Any, np.ndarray]  # dtype -> its variables' starts, by number
+
+
+class ChainPlans:
+    """Plans of the chains built so far, by their relative keys (module doc)."""
+
+    def __init__(self, executable: Executable) -> None:
+        self.executable = executable
+        self._plans: dict[tuple, _Plan] = {}
+        self._spaces: dict[Any, tuple[np.ndarray, np.ndarray]] | None = None  # dtype -> (starts, ends)
+
+    def key(self, cs_ids: list[int]) -> tuple[tuple, dict[Any, np.ndarray]] | None:
+        """The chain's relative key and its variables' starts per dtype (by number); None when a
+        field is not one strided view inside one variable."""
+        parts: list[tuple] = []
+        found: dict[Any, list[tuple[int, int, int]]] = {}  # dtype -> (offset, lo, hi) per tensor
+        for cs_id in cs_ids:
+            for g in self.executable.compute_sets[cs_id].groups:
+                fields: list[Any] = [g.codelet, g.num_vertices]
+                for name, f in g.codelet.fields.items():
+                    if f.direction is Direction.PARAM:
+                        v = np.asarray(g.fields[name])
+                        fields.append((v.dtype.str, v.shape, v.tobytes()))
+                        continue
+                    for t in g.tensors(name):
+                        if not t.is_strided or t.numel == 0:
+                            return None
+                        lo = hi = t.offset
+                        for size, stride in zip(t.shape, t.strides, strict=True):
+                            reach = (size - 1) * stride
+                            lo, hi = lo + min(reach, 0), hi + max(reach, 0)
+                        found.setdefault(t.dtype, []).append((t.offset, lo, hi))
+                        fields.append((t.dtype, t.shape, t.strides))
+                parts.append(tuple(fields))
+        relative, starts = [], {}
+        for dtype, rows in found.items():
+            placed = self._place(dtype, np.array(rows, np.int64))
+            if placed is None:
+                return None
+            number, offset, starts[dtype] = placed
+            relative.append((dtype, number.tobytes(), offset.tobytes()))
+        return (tuple(parts), tuple(relative)), starts
+
+    def _place(self, dtype: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Each tensor's variable number (in order of first use) and offset in it, and the used
+        variables' starts by number; None if a tensor is outside every variable or spans two."""
+        if self._spaces is None:
+            self._spaces = {}
+            for d in {v.dtype for v in self.executable.variables}:
+                held = sorted((v.start, v.end) for v in self.executable.variables if v.dtype == d and v.numel)
+                self._spaces[d] = (np.array([s for s, _ in held], np.int64).reshape(-1),
+                                   np.array([e for _, e in held], np.int64).reshape(-1))
+        space = self._spaces.get(dtype)
+        if space is None or space[0].size == 0:
+            return None
+        var_starts, var_ends = space
+        var = np.searchsorted(var_starts, rows[:, 1], side="right") - 1
+        if (var < 0).any() or (rows[:, 2] >= var_ends[np.maximum(var, 0)]).any():
+            return None
+        used, first, inverse = np.unique(var, return_index=True, return_inverse=True)
+        rank = np.empty(used.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(used.size)
+        number = rank[inverse.reshape(-1)]
+        starts = np.empty(used.size, np.int64)
+        starts[number] = var_starts[var]
+        return number, rows[:, 0] - var_starts[var], starts
+
+    def get(self, key: tuple, starts: dict[Any, np.ndarray]) -> tuple | None:
+        """(bands or None, in dtype, out dtype, partials) of an earlier chain with this key,
+        moved to this chain's variables; None if none had it."""
+        plan = self._plans.get(key)
+        if plan is None:
+            return None
+        if plan.bands is None:
+            return None, plan.in_dtype, plan.out_dtype, []
+        move_in = _Move(plan.starts[plan.in_dtype], starts[plan.in_dtype])
+        move_out = _Move(plan.starts[plan.out_dtype], starts[plan.out_dtype])
+        bands = [Band(_moved(b.a, move_in), _moved(b.b, move_in), _moved(b.out, move_out), b.m, b.k, b.n)
+                 for b in plan.bands]
+        partials = []
+        if plan.partials:
+            from softipu.dtypes import float32
+
+            move_p = _Move(plan.starts[float32], starts[float32])
+            edges = np.array(plan.partials, np.int64)
+            lo, hi = move_p(edges[:, 0]), move_p(edges[:, 1] - 1) + 1
+            partials = list(zip(lo.tolist(), hi.tolist(), strict=True))
+        return bands, plan.in_dtype, plan.out_dtype, partials
+
+    def put(self, key: tuple, starts: dict[Any, np.ndarray], bands: list[Band] | None, in_dtype: Any,
+            out_dtype: Any, partials: list[tuple[int, int]]) -> None:
+        self._plans[key] = _Plan(bands, in_dtype, out_dtype, partials, starts)
+
+
+class _Move:
+    """Addresses in the earlier chain's variables to the same places in this chain's."""
+
+    __slots__ = ("order", "sorted_starts", "shift")
+
+    def __init__(self, old: np.ndarray, new: np.ndarray) -> None:
+        self.order = np.argsort(old, kind="stable")
+        self.sorted_starts = old[self.order]
+        self.shift = (new - old)[self.order]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(self.sorted_starts, x, side="right") - 1
+        return x + self.shift[i]
+
+
+def _moved(grid: np.ndarray, move: _Move) -> np.ndarray:
+    """A band's (start, row stride, column stride) grid with its starts moved."""
+    out = grid.copy()
+    out[..., 0] = move(grid[..., 0])
+    return out
