@@ -63,6 +63,7 @@ def test_fully_connected_passes_and_embedding_vs_dense(block, dtype):
     y = sd.fully_connected_fwd(g, w, x, prog, params=fc)
     ga = sd.fully_connected_grad_a(g, w, gy, prog, params=fc)
     gw = sd.fully_connected_sparse_grad_w(g, w.meta_info, gy, x, prog, plan=w.plan)
+    gw_t = sd.fully_connected_sparse_grad_w_t(g, w.meta_info, gy.transpose(), x.transpose(), prog, plan=w.plan)
     rows = sd.embedding_slice(g, w, idx, prog, params=fc)
     sd.embedding_update_add(g, w, sl, idx, scale, prog, params=fc)
     eng = sp.Engine(g, [prog])
@@ -87,8 +88,9 @@ def test_fully_connected_passes_and_embedding_vs_dense(block, dtype):
         np.testing.assert_allclose(eng.read_tensor(y), x32 @ d32.T, rtol=rtol, atol=atol * 10)
         np.testing.assert_allclose(eng.read_tensor(ga), g32 @ d32, rtol=rtol, atol=atol * 10)
         keep = np.kron(mask, np.ones((block, block)))
-        np.testing.assert_allclose(w.plan.decode(meta, eng.read_tensor(gw)), (g32.T @ x32) * keep,
-                                   rtol=rtol, atol=atol * 10)
+        for out in (gw, gw_t):
+            np.testing.assert_allclose(w.plan.decode(meta, eng.read_tensor(out)), (g32.T @ x32) * keep,
+                                       rtol=rtol, atol=atol * 10)
         np.testing.assert_allclose(eng.read_tensor(rows), d32[iv], rtol=rtol, atol=atol)
         want = d32.copy()
         np.add.at(want, iv, 0.5 * sv.astype(np.float32) * keep[iv])

@@ -57,7 +57,7 @@ __all__ = ["META_HEADER", "PASSES", "fill_buckets", "dynamic_fc_codelet", "dynam
            "gradw_cycles", "meta_entries"]
 
 META_HEADER = 2  # steps, count
-PASSES = ("fwd", "grada", "gradw")
+PASSES = ("fwd", "grada", "gradw", "gradw_rows")
 
 
 def meta_entries(meta: np.ndarray, pid: np.ndarray, cap: int):
@@ -289,7 +289,7 @@ def _fwd_class(dtype: DType, b: int, grada: bool) -> type[Vertex]:
     return DynamicFCGradA
 
 
-def _gradw_class(dtype: DType, b: int) -> type[Vertex]:
+def _gradw_class(dtype: DType, b: int, by_rows: bool) -> type[Vertex]:
     class DynamicFCGradW(SupervisorVertex):
         meta = Input(int32)
         act = Input(dtype)
@@ -304,10 +304,14 @@ def _gradw_class(dtype: DType, b: int) -> type[Vertex]:
             nv, z = mm.shape[0], int(batch.reshape(-1)[0])
             cap = out.shape[-1] // (b * b)
             v, e, r, c = meta_entries(mm, pid.reshape(-1), cap)
-            g = grad.reshape(nv, z, -1, b)[v, :, r, :].astype(np.float32, copy=False)
-            a = act.reshape(nv, z, -1, b)[v, :, c, :].astype(np.float32, copy=False)
+            if by_rows:  # (w * b, Z): whole rows
+                g = grad.reshape(nv, -1, b, z)[v, r].astype(np.float32, copy=False)
+                a = act.reshape(nv, -1, b, z)[v, c].astype(np.float32, copy=False)
+            else:  # (Z, w * b)
+                g = grad.reshape(nv, z, -1, b)[v, :, r, :].astype(np.float32, copy=False).transpose(0, 2, 1)
+                a = act.reshape(nv, z, -1, b)[v, :, c, :].astype(np.float32, copy=False).transpose(0, 2, 1)
             res = out.reshape(nv, cap, b, b).copy()
-            res[v, e] = np.matmul(g.transpose(0, 2, 1), a)
+            res[v, e] = np.matmul(g, a.transpose(0, 2, 1))
             out[...] = res.reshape(out.shape)
 
         @staticmethod
@@ -326,8 +330,12 @@ def dynamic_fc_codelet(dtype: DType, block: int, pass_: str) -> type[Vertex]:
     """The dynamic sparse fully-connected vertex for ``pass_`` in :data:`PASSES` (module docstring)."""
     if block not in BLOCK_SIZES or pass_ not in PASSES:
         raise ValueError(f"dynamic_fc_codelet: block {block} pass {pass_!r}")
-    cls = _gradw_class(dtype, block) if pass_ == "gradw" else _fwd_class(dtype, block, pass_ == "grada")
-    name = {"fwd": "SparseDenseMatMul", "grada": "SparseDenseMatMulGradA", "gradw": "SparseDenseMatMulGradW"}
+    if pass_.startswith("gradw"):
+        cls = _gradw_class(dtype, block, pass_ == "gradw_rows")
+    else:
+        cls = _fwd_class(dtype, block, pass_ == "grada")
+    name = {"fwd": "SparseDenseMatMul", "grada": "SparseDenseMatMulGradA", "gradw": "SparseDenseMatMulGradW",
+            "gradw_rows": "SparseDenseMatMulGradWRows"}
     kind = "ElementWise" if block == 1 else f"Block<{block},{block}>"
     cls.__name__ = cls.__qualname__ = f"Dynamic{name[pass_]}{kind}<{dtype.name}>"
     return cls

@@ -49,6 +49,7 @@ from softipu.codelets.sparse_dynamic import (
     dynamic_fc_codelet,
     dynamic_slice_codelet,
     fill_buckets,
+    fwd_cycles,
 )
 from softipu.debug import at, caller_location
 from softipu.dtypes import DType, as_dtype, float32, int32
@@ -60,7 +61,8 @@ from softipu.ops.mapping import map_linearly
 
 __all__ = ["FullyConnectedParams", "FCPlan", "SparseTensor", "plan_fully_connected",
            "create_fully_connected_weights", "create_fully_connected_input", "fully_connected_fwd",
-           "fully_connected_grad_a", "fully_connected_sparse_grad_w", "sparse_dense_matmul",
+           "fully_connected_grad_a", "fully_connected_sparse_grad_w", "fully_connected_sparse_grad_w_t",
+           "sparse_dense_matmul",
            "embedding_slice", "embedding_update_add", "DEFAULT_OPTIONS"]
 
 DEFAULT_OPTIONS = {"metaInfoBucketOversizeProportion": 0.3, "availableMemoryProportion": 0.6,
@@ -212,10 +214,29 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _plan_cycles(graph: Graph, params: FullyConnectedParams, dtype: DType, qx: int, qy: int,
+                 oversize: float) -> int:
+    """The planner's estimate of a forward pass cut ``qx x qy``: the busiest vertex (the codelet's
+    own estimate at the bucket's capacity), the exchange bringing in its activations and taking
+    out its partials, and the reduction of the ``qy`` partials spread over every tile (the
+    compiler's exchange rule, ``Target.exchange_phase_cycles``)."""
+    target, b, z = graph.target, params.block_size, params.batch_size
+    xw, yw = params.output_size // b // qx, params.input_size // b // qy
+    cap = max(1, math.ceil(params.max_nz_blocks / (qx * qy) * (1 + oversize)))
+    compute = fwd_cycles(cap * b * b, z * xw * b, np.asarray([z]), b, dtype, target)
+    move = target.exchange_phase_cycles(z * (yw * b * dtype.itemsize + xw * b * 4), 2 * z)
+    reduce = 0
+    if qy > 1:
+        per_tile = qy * z * params.output_size * 4 // graph.num_tiles + 1
+        reduce = target.exchange_phase_cycles(per_tile, 1) + per_tile // 4
+    return int(compute + move + reduce)
+
+
 def plan_fully_connected(graph: Graph, params: FullyConnectedParams, dtype: Any,
                          options: dict | None = None) -> FCPlan:
-    """The partitions, bucket capacity and tiles of a layer (see the module docstring): as many
-    partitions as tiles (and non-zero blocks) allow, cut as squarely as the blocks divide."""
+    """The partitions, bucket capacity and tiles of a layer (see the module docstring): of the cuts
+    ``qx x qy`` that divide the blocks and fit the tiles, the one :func:`_plan_cycles` prices
+    lowest."""
     ctx = OpContext.start(graph, P.Sequence(), "plan_fully_connected", params.name)
     opts = parse_options(ctx, options, DEFAULT_OPTIONS)
     if str(opts["partialsType"]).lower() != "float":
@@ -223,21 +244,14 @@ def plan_fully_connected(graph: Graph, params: FullyConnectedParams, dtype: Any,
     oversize = float(opts["metaInfoBucketOversizeProportion"])
     if not 0 <= oversize:
         raise ctx.error(f"metaInfoBucketOversizeProportion {oversize} must be >= 0")
-    b = params.block_size
+    b, dtype = params.block_size, as_dtype(dtype)
     nx, ny = params.output_size // b, params.input_size // b
-    limit = min(graph.num_tiles, params.max_nz_blocks)
-    best = (1, 1)
-    for qx in _divisors(nx):
-        for qy in _divisors(ny):
-            if qx * qy > limit:
-                continue
-            key = (qx * qy, -abs(math.log((nx / qx) / (ny / qy))))
-            if key > (best[0] * best[1], -abs(math.log((nx / best[0]) / (ny / best[1])))):
-                best = (qx, qy)
-    parts = best[0] * best[1]
+    cuts = [(qx, qy) for qx in _divisors(nx) for qy in _divisors(ny) if qx * qy <= graph.num_tiles]
+    qx, qy = min(cuts, key=lambda c: (_plan_cycles(graph, params, dtype, *c, oversize), -c[0] * c[1]))
+    parts = qx * qy
     cap = max(1, math.ceil(params.max_nz_blocks / parts * (1 + oversize)))
     tiles = np.arange(parts, dtype=np.int64) * graph.num_tiles // parts
-    return FCPlan(params, as_dtype(dtype), best[0], best[1], cap, tiles, oversize)
+    return FCPlan(params, dtype, qx, qy, cap, tiles, oversize)
 
 
 def create_fully_connected_weights(graph: Graph, dtype: Any, params: FullyConnectedParams, *, name: str = "",
@@ -349,34 +363,49 @@ def _dense_index(plan: FCPlan, rows: int, width: int, along_x: bool) -> np.ndarr
     return (np.arange(rows)[None, :, None] * width + cols[:, None, :]).reshape(plan.partitions, -1)
 
 
-def _partials(ctx: OpContext, plan: FCPlan, rows: int, width: int, along_x: bool, count: int) -> tuple:
-    """fp32 partials ``(count, rows, width)``: partition ``p`` writes slice ``(its other index)``
-    of its X/Y range, on its tile; zeroed."""
-    graph = ctx.graph
-    parts = graph.add_variable(float32, (count, rows, width), name=f"{ctx.name}/partials")
-    idx = _dense_index(plan, rows, width, along_x)
+def _row_index(plan: FCPlan, length: int, along_x: bool) -> np.ndarray:
+    """Per partition, the flat indices of the rows of a dense ``(n, length)`` operand that its X
+    (``along_x``) or Y range covers: ``(partitions, w * b * length)``."""
+    b = plan.params.block_size
+    w = plan.xw if along_x else plan.yw
     part = np.arange(plan.partitions)
-    layer = part % plan.qy if along_x else part // plan.qy
-    flat = idx + (layer * rows * width)[:, None]
-    tiles = np.zeros(count * rows * width, np.int64)
-    tiles[flat.ravel()] = np.repeat(plan.tiles, flat.shape[1])
-    graph.set_tile_mappings(parts.flatten(), tiles)
+    start = (part // plan.qy if along_x else part % plan.qy) * w * b
+    rows = start[:, None] + np.arange(w * b)[None, :]
+    return (rows[:, :, None] * length + np.arange(length)).reshape(plan.partitions, -1)
+
+
+def _partials(ctx: OpContext, plan: FCPlan, rows: int, along_x: bool) -> tuple[Tensor, Tensor]:
+    """Zeroed fp32 partials ``(layers, pieces, rows, w * b)``: partition ``p`` writes the
+    contiguous piece ``[its other index, its own index]`` on its tile, where its own index is
+    along X (``along_x``: the output's columns, one layer per Y partition) or Y. Returns them and
+    the vertices' ``(partitions, rows * w * b)`` view."""
+    graph, b = ctx.graph, plan.params.block_size
+    width = (plan.xw if along_x else plan.yw) * b
+    layers, pieces = (plan.qy, plan.qx) if along_x else (plan.qx, plan.qy)
+    parts = graph.add_variable(float32, (layers, pieces, rows, width), name=f"{ctx.name}/partials")
+    part = np.arange(plan.partitions)
+    px, py = part // plan.qy, part % plan.qy
+    slot = py * pieces + px if along_x else px * pieces + py  # partition p's piece
+    flat = parts.reshape((layers * pieces, rows * width))
+    tiles = np.empty(layers * pieces, np.int64)
+    tiles[slot] = plan.tiles
+    graph.set_tile_mappings(flat, tiles)
     from softipu.ops.indexing import zero  # same layer
 
     zero(graph, parts, ctx.prog, name=f"{ctx.name}/zero")
-    return parts, parts.flatten()[flat]
+    return parts, flat[slot]
 
 
 def _finish(ctx: OpContext, parts: Tensor, dtype: DType) -> Tensor:
-    """The sum of the partials over their first axis, in ``dtype``."""
+    """The sum of the partials over their layers, ``(rows, pieces * w * b)``, in ``dtype``."""
     from softipu.ops.elementwise import cast
     from softipu.ops.reduce import reduce
 
-    out = parts[0] if parts.shape[0] == 1 else reduce(ctx.graph, parts, ctx.prog, dims=0,
-                                                      name=f"{ctx.name}/reduce")
+    layers, pieces, rows, width = parts.shape
+    out = parts[0] if layers == 1 else reduce(ctx.graph, parts, ctx.prog, dims=0, name=f"{ctx.name}/reduce")
     if dtype is not float32:
         out = cast(ctx.graph, out, dtype, ctx.prog, name=f"{ctx.name}/cast")
-    return out
+    return out.transpose(1, 0, 2).reshape((rows, pieces * width))
 
 
 def _check_weights(ctx: OpContext, weights: Any, params: FullyConnectedParams) -> FCPlan:
@@ -412,7 +441,7 @@ def fully_connected_fwd(graph: Graph, weights: SparseTensor, activations: Tensor
     plan = _check_weights(ctx, weights, params)
     z = params.batch_size
     _check_dense(ctx, activations, (z, params.input_size), "activations", plan.dtype)
-    parts, out_f = _partials(ctx, plan, z, params.output_size, True, plan.qy)
+    parts, out_f = _partials(ctx, plan, z, True)
     meta = _working(ctx, plan, weights.meta_info, "metaInfo")
     nz = _working(ctx, plan, weights.nz_values, "nzValues")
     act = activations.flatten()[_dense_index(plan, z, params.input_size, False)]
@@ -431,7 +460,7 @@ def fully_connected_grad_a(graph: Graph, weights: SparseTensor, gradients: Tenso
     plan = _check_weights(ctx, weights, params)
     z = params.batch_size
     _check_dense(ctx, gradients, (z, params.output_size), "gradients", plan.dtype)
-    parts, out_f = _partials(ctx, plan, z, params.input_size, False, plan.qx)
+    parts, out_f = _partials(ctx, plan, z, False)
     meta = _working(ctx, plan, weights.meta_info, "metaInfo")
     nz = _working(ctx, plan, weights.nz_values, "nzValues")
     grad = gradients.flatten()[_dense_index(plan, z, params.output_size, True)]
@@ -449,12 +478,34 @@ def fully_connected_sparse_grad_w(graph: Graph, meta_info: Tensor, gradients: Te
     ctx = OpContext.start(graph, prog, "fully_connected_sparse_grad_w", name, meta_info, gradients,
                           activations)
     parse_options(ctx, options, DEFAULT_OPTIONS)
-    p, b = plan.params, plan.params.block_size
+    p = plan.params
+    _check_dense(ctx, gradients, (p.batch_size, p.output_size), "gradients", plan.dtype)
+    _check_dense(ctx, activations, (p.batch_size, p.input_size), "activations", plan.dtype)
+    return _grad_w(ctx, plan, meta_info, gradients, activations, False)
+
+
+def fully_connected_sparse_grad_w_t(graph: Graph, meta_info: Tensor, gradients_t: Tensor,
+                                    activations_t: Tensor, prog: Any, *, plan: FCPlan, name: str = "",
+                                    options: dict | None = None) -> Tensor:
+    """:func:`fully_connected_sparse_grad_w` of operands given transposed, ``gradients_t``
+    ``(out, batch)`` and ``activations_t`` ``(in, batch)``: each vertex reads whole rows of them
+    (a sampled product ``gradients_t . activations_t^T``, e.g. the hidden layer of
+    :mod:`softipu.ops.sparse_moe`)."""
+    ctx = OpContext.start(graph, prog, "fully_connected_sparse_grad_w", name, meta_info, gradients_t,
+                          activations_t)
+    parse_options(ctx, options, DEFAULT_OPTIONS)
+    p = plan.params
+    _check_dense(ctx, gradients_t, (p.output_size, p.batch_size), "gradients_t", plan.dtype)
+    _check_dense(ctx, activations_t, (p.input_size, p.batch_size), "activations_t", plan.dtype)
+    return _grad_w(ctx, plan, meta_info, gradients_t, activations_t, True)
+
+
+def _grad_w(ctx: OpContext, plan: FCPlan, meta_info: Tensor, grad: Tensor, act: Tensor,
+            by_rows: bool) -> Tensor:
+    graph, p, b = ctx.graph, plan.params, plan.params.block_size
     if meta_info.shape != (plan.partitions, plan.meta_length):
         raise ctx.error(f"meta-information {meta_info.name} has shape {meta_info.shape}; the plan's is "
                         f"{(plan.partitions, plan.meta_length)}")
-    _check_dense(ctx, gradients, (p.batch_size, p.output_size), "gradients", plan.dtype)
-    _check_dense(ctx, activations, (p.batch_size, p.input_size), "activations", plan.dtype)
     z = p.batch_size
     out = graph.add_variable(float32, (plan.partitions, plan.capacity, b, b), name=f"{ctx.name}/partials")
     graph.set_tile_mappings(out, plan.tiles)
@@ -462,10 +513,14 @@ def fully_connected_sparse_grad_w(graph: Graph, meta_info: Tensor, gradients: Te
 
     zero(graph, out, ctx.prog, name=f"{ctx.name}/zero")
     meta = _working(ctx, plan, meta_info, "metaInfo")
-    act = activations.flatten()[_dense_index(plan, z, p.input_size, False)]
-    grad = gradients.flatten()[_dense_index(plan, z, p.output_size, True)]
-    step = _fc_vertices(ctx, plan, "gradw", {"meta": meta, "act": act, "grad": grad,
-                                             "out": out.reshape((plan.partitions, -1))}, z)
+    if by_rows:
+        act_f = act.flatten()[_row_index(plan, z, False)]
+        grad_f = grad.flatten()[_row_index(plan, z, True)]
+    else:
+        act_f = act.flatten()[_dense_index(plan, z, p.input_size, False)]
+        grad_f = grad.flatten()[_dense_index(plan, z, p.output_size, True)]
+    fields = {"meta": meta, "act": act_f, "grad": grad_f, "out": out.reshape((plan.partitions, -1))}
+    step = _fc_vertices(ctx, plan, "gradw_rows" if by_rows else "gradw", fields, z)
     _run_buckets(ctx, plan, meta_info, [meta, out], [out], step)
     if plan.dtype is float32:
         return out
@@ -506,7 +561,7 @@ def embedding_slice(graph: Graph, t: SparseTensor, indices: Tensor, prog: Any, *
     plan = _check_weights(ctx, t, params)
     _check_indices(ctx, indices)
     k = indices.shape[0]
-    parts, out_f = _partials(ctx, plan, k, params.input_size, False, plan.qx)
+    parts, out_f = _partials(ctx, plan, k, False)
     meta = _working(ctx, plan, t.meta_info, "metaInfo")
     nz = _working(ctx, plan, t.nz_values, "nzValues")
     cs = ctx.compute_set("slice")

@@ -11,8 +11,8 @@ dynamic sparse plan (element sparsity, :mod:`softipu.ops.sparse_dynamic`) holds 
 
 1. the routing's meta-information is made on the device from ``indices``
    (:func:`~softipu.codelets.sparse_dynamic.moe_meta_codelet`, one vertex per bucket);
-2. ``H = x . W1s^T`` at the pattern only: :func:`fully_connected_sparse_grad_w` with
-   ``gradients = x^T`` and ``activations = W1s^T`` (a sampled dense product);
+2. ``H = x . W1s^T`` at the pattern only: :func:`fully_connected_sparse_grad_w_t` with
+   ``gradients_t = x`` and ``activations_t = W1s`` (a sampled dense product, rows of each);
 3. the activation, in place on ``H``'s values, and each value scaled by its token's gate for that
    expert (:func:`~softipu.codelets.sparse_dynamic.moe_gate_codelet`);
 4. ``y^T = W2s^T . H^T``: :func:`fully_connected_fwd` with ``H`` as the sparse weights and
@@ -40,7 +40,7 @@ from softipu.ops.sparse_dynamic import (
     FullyConnectedParams,
     SparseTensor,
     fully_connected_fwd,
-    fully_connected_sparse_grad_w,
+    fully_connected_sparse_grad_w_t,
     plan_fully_connected,
 )
 
@@ -98,8 +98,8 @@ def moe_experts(graph: Graph, x: Tensor, indices: Tensor, gates: Tensor, w1: Ten
     codelet = moe_meta_codelet(t, k, h, plan.xw, plan.yw, plan.qy, parts, cap)
     graph.add_vertices(cs, codelet, {"idx": idx_rows, "meta": meta, "pid": np.arange(parts)}, plan.tiles)
     ctx.execute(cs)
-    hid = fully_connected_sparse_grad_w(graph, meta, x.transpose(), w1.reshape((e * h, d)).transpose(), prog,
-                                        plan=plan, name=f"{ctx.name}/hidden", options=opts)
+    hid = fully_connected_sparse_grad_w_t(graph, meta, x, w1.reshape((e * h, d)), prog, plan=plan,
+                                          name=f"{ctx.name}/hidden", options=opts)
     if activation != "none":
         from softipu.ops.elementwise import gelu_erf_, relu_  # same layer
 
