@@ -11,6 +11,8 @@ programs). Each line prints:
   (``worst_kib``: KiB by memory category on the fullest tile);
 * ``compile_s`` (export + lower + compile + price, wall) with its ``stages_s``, and ``rss_mb``:
   the growth of the process's peak resident size over the case (ru_maxrss);
+* ``partials``: the type fp16 matmuls and convolutions accumulate in, as the published run set it
+  (``PARTIALS``; ``--partials`` overrides);
 * ``rewrites``: what the frontend graph passes rewrote (batch norms folded, ...), where any;
 * ``outlining``: whether repeated layers were priced as PopART outlines them (engine option
   ``opt.enableOutlining``, on unless ``--no-outlining``: their code held once, each call holding
@@ -36,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # (model, precision, batch, seq): the configurations of issue 19 (GC200/C600 inference figures).
 CONFIGS = [
-    ("resnet50", "fp16", b, 0) for b in (1, 4, 16, 32, 90)
+    ("resnet50", "fp16", b, 0) for b in (1, 4, 16, 32, 64, 90)
 ] + [
     ("resnet50", "fp32", b, 0) for b in (1, 8, 16)
 ] + [
@@ -46,6 +48,12 @@ CONFIGS = [
 ]
 QUICK = [("resnet50", "fp16", 1, 0), ("resnet50", "fp16", 16, 0), ("bert_base", "fp16", 16, 128)]
 
+# The partials type each model's published run used. Graphcore's ResNet-50 inference benchmark on
+# one IPU (graphcore/examples applications/pytorch/cnns/inference/configs.yml, ``resnet50-mk2``:
+# precision "16.16", ``half_partial: true``, batch 90; README_Benchmarks.md runs it at batch 1 to
+# 90) accumulates its fp16 convolutions and matmuls in half. Others: PopTorch's default, float.
+PARTIALS = {("resnet50", "fp16"): "half"}
+
 
 def target():
     import softipu as sp  # noqa: PLC0415
@@ -54,7 +62,7 @@ def target():
 
 
 def child(model: str, precision: str, batch: int, seq: int, outline: bool = True,
-          amp: float | None = None) -> dict:
+          amp: float | None = None, partials: str | None = None) -> dict:
     """Price one configuration in this (fresh) process."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -76,7 +84,8 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
         ep = export_program(net, args, {})
     stages["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    opts = st.Options(target=tgt, precision=precision,
+    partials = partials or PARTIALS.get((model, precision), "float")
+    opts = st.Options(target=tgt, precision=precision, partials_type=partials,
                       **({} if amp is None else {"available_memory_proportion": amp}))
     lowered = lower_program(ep, opts, names)
     stages["lower"] = time.perf_counter() - t
@@ -101,7 +110,7 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
     rewrites = getattr(lowered, "rewrites", None)
     return {
         "model": model, "precision": precision, "batch": batch, "seq": seq or None,
-        "target": tgt.name, "outlining": outline, "cycles": int(cycles),
+        "target": tgt.name, "outlining": outline, "partials": partials, "cycles": int(cycles),
         **({} if amp is None else {"available_memory_proportion": amp}),
         "items_per_s": round(batch * tgt.clock_hz / max(cycles, 1), 1),
         "fits": bool(fit["fits"]), "max_tile_kib": round(int(mem.max()) / 1024, 1),
@@ -116,12 +125,13 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
 
 
 def measure(config: tuple, src: str | None, timeout: float, outline: bool = True,
-            amp: float | None = None) -> dict:
+            amp: float | None = None, partials: str | None = None) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", ":".join(map(str, config))]
     cmd += ([] if outline else ["--no-outlining"]) + ([] if amp is None else ["--amp", str(amp)])
+    cmd += [] if partials is None else ["--partials", partials]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -165,21 +175,27 @@ def main() -> None:
                         help="price without PopART's outlining of repeated layers (opt.enableOutlining)")
     parser.add_argument("--amp", type=float, help="availableMemoryProportion for every matmul (default: "
                         "PopTorch's 0.6)")
+    parser.add_argument("--partials", choices=("float", "half"),
+                        help="partials type of every configuration (default: each model's published "
+                        "run, PARTIALS)")
     a = parser.parse_args()
     if a.child:
-        print(json.dumps(child(*parse(a.child), outline=not a.no_outlining, amp=a.amp)))
+        print(json.dumps(child(*parse(a.child), outline=not a.no_outlining, amp=a.amp,
+                               partials=a.partials)))
         return
     configs = [parse(c) for c in a.configs.split(",")] if a.configs else (QUICK if a.quick else CONFIGS)
     if a.only:
         configs = [c for c in configs if c[0] in a.only.split(",")]
     rows = []
     for config in configs:
-        row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining, a.amp)}
+        row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining, a.amp,
+                                              a.partials)}
         row.setdefault("model", config[0])
         row.setdefault("precision", config[1])
         row.setdefault("batch", config[2])
         if a.baseline:
-            row["baseline"] = measure(config, os.path.join(a.baseline, "src"), a.timeout)
+            row["baseline"] = measure(config, os.path.join(a.baseline, "src"), a.timeout, True, a.amp,
+                                      a.partials)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(table(rows), flush=True)

@@ -11,7 +11,8 @@ from softipu.codelets.nn.conv import window_indices
 from softipu.ops.conv import conv
 
 
-def _conv(n, c, h, w, o, k, stride, padding, dilation=1, dtype=sp.float32, tiles=4, one_d=False):
+def _conv(n, c, h, w, o, k, stride, padding, dilation=1, dtype=sp.float32, tiles=4, one_d=False,
+          options=None):
     g = sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=512 * 1024))
     xs, ws = ((n, c, w), (o, c, k)) if one_d else ((n, c, h, w), (o, c, k, k))
     x = g.add_variable(dtype, xs, name="x")
@@ -19,7 +20,7 @@ def _conv(n, c, h, w, o, k, stride, padding, dilation=1, dtype=sp.float32, tiles
     wt = g.add_variable(dtype, ws, name="w")
     sp.ops.map_linearly(g, wt)
     prog = P.Sequence()
-    y = conv(g, x, wt, prog, stride=stride, padding=padding, dilation=dilation)
+    y = conv(g, x, wt, prog, stride=stride, padding=padding, dilation=dilation, options=options)
     return g, x, wt, y, prog
 
 
@@ -34,6 +35,8 @@ def _window_groups(eng):
     dict(n=2, c=3, h=12, w=12, o=8, k=7, stride=2, padding=3, tiles=1),  # a ResNet stem, small
     dict(n=2, c=4, h=1, w=13, o=3, k=3, stride=2, padding=1, one_d=True),
     dict(n=2, c=3, h=6, w=6, o=4, k=3, stride=1, padding=1, dtype=sp.float16),
+    dict(n=2, c=3, h=6, w=6, o=4, k=3, stride=1, padding=1, dtype=sp.float16,
+         options={"partialsType": "half"}),                               # written straight in fp16
 ])
 def test_window_convolution_matches_torch(case):
     dtype = case.get("dtype", sp.float32)
