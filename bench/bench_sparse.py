@@ -1,13 +1,20 @@
 """Issue 17's static block-sparse numbers: modeled sparse vs dense time over density, and host speed.
 
-Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_sparse.py`` (``--quick``: fewer
-densities, no host timing).
+Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_sparse.py`` (``--curves``,
+``--check``, ``--host``: only those parts; ``--quick``: the curves at 1024 only, four densities;
+``--svg PATH``: where the plot goes, default ``sparse_curves.svg``).
 
-* ``modeled``: a GC200, weight ``S`` (``size x size``, blocks of ``block``) times a dense
-  ``(size, n)``, fp16 and fp32, compiled and priced estimate-only: cycles of
-  ``ops.sparse.sparse_dense_matmul`` beside those of the dense ``ops.matmul`` of the same shapes
-  (operands from ``create_matmul_input_lhs/rhs``), and the speed-up. Figures are the cost model's
-  (poplibs' own estimator formulas), not hardware measurements, and are not tuned to any.
+* ``curve`` / ``crossover`` / ``plot``: a GC200, weight ``S`` (``size x size`` for 1024..8192,
+  blocks of 1, 4, 8, 16, random patterns at densities 1%..100%) times a dense ``(size, n)``
+  (``n`` = :data:`CURVE_N`), fp16 and fp32: the static sparse product's modeled cycles
+  (``ops.sparse.planned_cycles``, the partitioner's own model of its plan: busiest tile's vertices
+  and their exchange, the K split's reduction, zeroing) beside the dense ``ops.matmul`` of the same
+  shapes compiled and priced estimate-only (operands from ``create_matmul_input_lhs/rhs``), the
+  speed-up, and per (size, block, type) the crossover density where the speed-up falls through 1
+  (log-log interpolation); an SVG with one panel per (size, type). Figures are the cost model's
+  (poplibs' estimator formulas), not hardware measurements, and are not tuned to any.
+* ``model_check``: the planned cycles beside the compiled sparse product's priced cycles (1024,
+  n = 256), so the curves' model can be read against the full cost model.
 * ``host``: the simulation-speed figure. ``engine.run`` of one fp32 ``1024 x 1024`` sparse weight
   times a dense ``(1024, 256)`` (each block size, densities 0.01 and 0.1), beside scipy.sparse's BSR
   product of the same matrices (``bsr @ dense``) and numpy's dense matmul, timed interleaved in the
@@ -71,17 +78,6 @@ def dense_cycles(size: int, n: int, dtype) -> int:
     return _priced(g, prog)
 
 
-def modeled(size: int, n: int, block: int, densities: list[float]) -> None:
-    for dtype in (sp.float16, sp.float32):
-        dense = dense_cycles(size, n, dtype)
-        for density in densities:
-            pat = pattern(size, block, density)
-            cyc = sparse_cycles(pat, n, dtype)
-            emit(figure="modeled", size=size, n=n, block=block, dtype=dtype.name, density=density,
-                 nnz_blocks=pat.nnz_blocks, sparse_cycles=int(cyc), dense_cycles=int(dense),
-                 speedup=round(dense / cyc, 3))
-
-
 REPEATS = 5
 TARGET_VS_SCIPY = 2.0
 
@@ -135,11 +131,127 @@ def host(size: int, n: int, block: int, density: float) -> None:
     emit(**fields)
 
 
+# -- curves: modeled sparse vs dense over density, block size, size and type (issue 17) -----------------
+CURVE_SIZES = (1024, 2048, 4096, 8192)
+CURVE_DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+CURVE_N = 1024  # the dense operand's free dimension (tokens x batch)
+MAX_CURVE_BLOCKS = 2_000_000  # patterns with more non-zero blocks are left out (host memory)
+
+
+def crossover(densities: list[float], speedups: list[float]) -> float | None:
+    """The density where the speed-up falls through 1, interpolated in log-log between the two
+    grid points around it (None when sparse is faster everywhere or nowhere on the grid)."""
+    pts = [(d, s) for d, s in zip(densities, speedups, strict=True) if s is not None]
+    for (d0, s0), (d1, s1) in zip(pts, pts[1:], strict=False):
+        if s0 >= 1 > s1:
+            t = np.log(s0) / (np.log(s0) - np.log(s1))
+            return float(np.exp(np.log(d0) + t * (np.log(d1) - np.log(d0))))
+    return None
+
+
+def curves(sizes=CURVE_SIZES, densities=CURVE_DENSITIES, n: int = CURVE_N,
+           svg: str | None = None) -> list[dict]:
+    """Speed-up of the static block-sparse product over poplin's dense matmul, modeled: sparse
+    cycles from the partitioner's model (``ops.sparse.planned_cycles``: the plan's busiest tile,
+    exchange, K split reduction, zeroing; within ~10% of the compiled product's priced cycles, see
+    ``model_check``), dense cycles from compiling and pricing ``ops.matmul`` estimate-only."""
+    from softipu.codelets.sparse import BLOCK_SIZES
+
+    rows = []
+    for size in sizes:
+        for dtype in (sp.float16, sp.float32):
+            dense = dense_cycles(size, n, dtype)
+            for block in BLOCK_SIZES:
+                speedups = []
+                for density in densities:
+                    if density * (size // block) ** 2 > MAX_CURVE_BLOCKS:
+                        speedups.append(None)
+                        continue
+                    pat = pattern(size, block, density)
+                    plan = sparse.planned_cycles(sp.Graph(GC200), pat, n, dtype)
+                    speedups.append(round(dense / plan["cycles"], 3))
+                    emit(figure="curve", size=size, n=n, block=block, dtype=dtype.name, density=density,
+                         nnz_blocks=pat.nnz_blocks, k_split=plan["k_split"], sparse_cycles=plan["cycles"],
+                         dense_cycles=int(dense), speedup=speedups[-1])
+                cross = crossover(list(densities), speedups)
+                row = dict(figure="crossover", size=size, n=n, block=block, dtype=dtype.name,
+                           crossover_density=None if cross is None else round(cross, 4),
+                           densities=list(densities), speedups=speedups)
+                if any(s is None for s in speedups):
+                    row["note"] = f"densities over {MAX_CURVE_BLOCKS:,} non-zero blocks left out"
+                emit(**row)
+                rows.append(row)
+    if svg:
+        write_svg(rows, svg)
+        emit(figure="plot", path=svg)
+    return rows
+
+
+def model_check(size: int = 1024, n: int = 256) -> None:
+    """The partitioner's model beside the compiled product's priced cycles (the same plan)."""
+    for block in (16, 4, 1):
+        for density in (0.01, 0.1, 0.5):
+            for dtype in (sp.float16, sp.float32):
+                pat = pattern(size, block, density)
+                planned = sparse.planned_cycles(sp.Graph(GC200), pat, n, dtype)["cycles"]
+                priced = sparse_cycles(pat, n, dtype)
+                emit(figure="model_check", size=size, n=n, block=block, density=density, dtype=dtype.name,
+                     planned_cycles=planned, priced_cycles=int(priced), ratio=round(planned / priced, 3))
+
+
+_COLOURS = {1: "#1b9e77", 4: "#d95f02", 8: "#7570b3", 16: "#e7298a"}
+
+
+def write_svg(rows: list[dict], path: str) -> None:
+    """One panel per (size, type): speed-up (log) against density (log), a line per block size,
+    the break-even line at 1. Plain SVG, no plotting library."""
+    panels = sorted({(r["size"], r["dtype"]) for r in rows}, key=lambda p: (p[1], p[0]))
+    cols, w, h, pad = 4, 260, 200, 40
+    nrows = -(-len(panels) // cols)
+    ys = [s for r in rows for s in r["speedups"] if s]
+    lo, hi = np.log10(min(ys + [0.5])), np.log10(max(ys + [2.0]))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * (w + pad) + pad}" '
+           f'height="{nrows * (h + pad) + 2 * pad}" font-family="sans-serif" font-size="10">',
+           f'<text x="{pad}" y="16" font-size="13">Modeled static block-sparse vs dense speed-up (GC200, '
+           f'n = {rows[0]["n"]}); x: density 1%..100% (log), y: speed-up (log)</text>']
+    for i, (size, dtype) in enumerate(panels):
+        x0, y0 = pad + (i % cols) * (w + pad), 2 * pad + (i // cols) * (h + pad)
+
+        def px(d, x0=x0):
+            return x0 + (np.log10(d) + 2) / 2 * w
+
+        def py(s, y0=y0):
+            return y0 + h - (np.log10(s) - lo) / (hi - lo) * h
+
+        out.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
+        out.append(f'<text x="{x0}" y="{y0 - 4}">{size} x {size}, {dtype}</text>')
+        out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{py(1):.1f}" y2="{py(1):.1f}" stroke="#000" '
+                   'stroke-dasharray="4,3"/>')
+        for k, r in enumerate(r for r in rows if (r["size"], r["dtype"]) == (size, dtype)):
+            pts = " ".join(f"{px(d):.1f},{py(s):.1f}"
+                           for d, s in zip(r["densities"], r["speedups"], strict=True) if s)
+            colour = _COLOURS.get(r["block"], "#333")
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
+            cross = r["crossover_density"]
+            label = f'b{r["block"]}: x {cross:.0%}' if cross else f'b{r["block"]}'
+            out.append(f'<text x="{x0 + w - 70}" y="{y0 + 12 + 11 * k}" fill="{colour}">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
-    densities = [0.01, 0.1, 0.5, 1.0] if quick else [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
-    modeled(1024, 1024, 16, densities)
-    if not quick:
+    svg = argv[argv.index("--svg") + 1] if "--svg" in argv else "sparse_curves.svg"
+    parts = [p for p in ("--curves", "--check", "--host") if p in argv] or ["--curves", "--check", "--host"]
+    if "--curves" in parts:
+        if quick:
+            curves(sizes=(1024,), densities=(0.01, 0.1, 0.5, 1.0), svg=svg)
+        else:
+            curves(svg=svg)
+    if "--check" in parts and not quick:
+        model_check()
+    if "--host" in parts and not quick:
         for block in sparse_blocks():
             for density in (0.01, 0.1):
                 host(1024, 256, block, density)

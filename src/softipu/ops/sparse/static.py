@@ -50,7 +50,8 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, OpError, parse_options
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["CSRMatrix", "column_bands", "create_sparse_dense_matmul_lhs", "create_sparse_dense_matmul_rhs",
+__all__ = ["CSRMatrix", "column_bands", "planned_cycles", "create_sparse_dense_matmul_lhs",
+           "create_sparse_dense_matmul_rhs",
            "create_dense_sparse_matmul_lhs", "create_dense_sparse_matmul_rhs", "sparse_dense_matmul",
            "dense_sparse_matmul", "sparse_partition", "sparse_dense_matmul_grad_rhs",
            "dense_sparse_matmul_grad_lhs", "sparse_values_grad"]
@@ -222,6 +223,57 @@ def _split_estimate(graph: Graph, band_of: np.ndarray, cb_of: np.ndarray, k_spli
     return compute + reduce + target.on_chip_sync_cycles + target.exchange_latency_cycles
 
 
+def _operands(pattern: CSRMatrix, mode: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each block's output band and inner (contracted) block index, and the number of inner blocks."""
+    b = pattern.block_size
+    if mode == "sd":
+        return pattern.block_rows, pattern.column_indices, pattern.shape[1] // b
+    return pattern.column_indices, pattern.block_rows, pattern.shape[0] // b
+
+
+def _choose_split(graph: Graph, pattern: CSRMatrix, free: int, dtype: DType, mode: str,
+                  k_split: int | None = None) -> tuple[int, int]:
+    """(k_split, modeled cycles): the given split's, or the best of 1, 2, 4, .. :data:`MAX_K_SPLIT`."""
+    band_of, inner_of, num_inner = _operands(pattern, mode)
+    if not pattern.nnz_blocks:
+        return 1, 0
+    inner_counts = np.bincount(inner_of, minlength=num_inner)
+    tries = [k_split] if k_split else [1 << i for i in range(MAX_K_SPLIT.bit_length())
+                                        if 1 << i <= min(MAX_K_SPLIT, num_inner)]
+    best = None
+    for ks in tries:
+        bounds = column_bands(inner_counts, max(1, min(int(ks), num_inner)))
+        cb = np.searchsorted(bounds, inner_of, side="right") - 1
+        est = _split_estimate(graph, band_of, cb, bounds.size - 1, free, pattern.block_size, dtype,
+                              mode == "sd")
+        if best is None or est < best[1]:
+            best = (int(ks), est)
+    return best
+
+
+def planned_cycles(graph: Graph, pattern: CSRMatrix, free: int, dtype: Any, mode: str = "sd", *,
+                   k_split: int | None = None) -> dict:
+    """The partitioner's model of one product (``free``: the dense operand's free dimension) without
+    building it: ``{"k_split", "cycles"}``, ``cycles`` the busiest tile's units (vertex estimate plus
+    their exchange) and, when split, the partials' exchange and reduction, each step with its sync
+    and exchange start-up, and the zeroing of empty bands (popsparse's zeroingCycles of a tile's
+    share, StaticMatMulPartitioner.cpp). The same figure (less the zeroing) picks the split;
+    the compiled product's priced cycles are the reference (bench_sparse prints both)."""
+    dtype = as_dtype(dtype)
+    ks, est = _choose_split(graph, pattern, free, dtype, mode, k_split)
+    target = graph.target
+    est += target.on_chip_sync_cycles + target.exchange_latency_cycles
+    band_of, _, _ = _operands(pattern, mode)
+    b = pattern.block_size
+    empty = (pattern.shape[0 if mode == "sd" else 1] // b) - np.unique(band_of).size
+    if empty:  # popsparse's zeroingCycles of the tile's share of the empty bands' outputs, a sync
+        per_tile = -(-empty * b * free // graph.num_tiles) * dtype.itemsize
+        w = target.workers_per_tile
+        loads = -(-per_tile // target.vector_width_bytes)
+        est += (12 + -(-loads // w)) * w + target.on_chip_sync_cycles
+    return {"k_split": ks, "cycles": int(est)}
+
+
 def sparse_partition(graph: Graph, pattern: CSRMatrix, free: int, dtype: DType, mode: str, *,
                      k_split: int | None = None) -> _Plan:
     """Spread the pattern's work over the tiles (see the module docstring). ``k_split``: the number
@@ -238,16 +290,7 @@ def sparse_partition(graph: Graph, pattern: CSRMatrix, free: int, dtype: DType, 
     counts = np.bincount(band_of, minlength=num_bands)
     inner_counts = np.bincount(inner_of, minlength=num_inner)
     if k_split is None:
-        best = None
-        ks = 1
-        while pattern.nnz_blocks and ks <= min(MAX_K_SPLIT, num_inner):
-            bounds = column_bands(inner_counts, ks)
-            cb = np.searchsorted(bounds, inner_of, side="right") - 1
-            est = _split_estimate(graph, band_of, cb, bounds.size - 1, free, b, dtype, sd)
-            if best is None or est < best[0]:
-                best = (est, ks)
-            ks *= 2
-        k_split = best[1] if best else 1
+        k_split = _choose_split(graph, pattern, free, dtype, mode)[0]
     bounds = column_bands(inner_counts, max(1, min(int(k_split), num_inner)))
     k_split = bounds.size - 1
     cb_of = np.searchsorted(bounds, inner_of, side="right") - 1
@@ -350,9 +393,8 @@ def _product(ctx: OpContext, pattern: CSRMatrix, nz: Tensor, dense: Tensor, mode
 
     out_tiles = np.zeros(m * n, np.int64)
     if plan.empty_bands.size:
-        spread = np.arange(plan.empty_bands.size) % graph.num_tiles
         empty = np.concatenate([out_index(int(g), 0, free).ravel() for g in plan.empty_bands])
-        out_tiles[empty] = np.repeat(spread, b * free)
+        out_tiles[empty] = np.arange(empty.size) * graph.num_tiles // empty.size  # spread evenly
     groups: dict[tuple[int, int], list[int]] = {}
     sums: dict[tuple[int, int], list[int]] = {}  # (band, z0) -> its units writing partials
     for u, (g, (z0, z1)) in enumerate(zip(plan.bands, plan.z, strict=True)):
