@@ -10,7 +10,10 @@ update; an activation stored once after the forward and loaded once before its b
 from __future__ import annotations
 
 import copy
+import math
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -53,22 +56,31 @@ def _off() -> poptorch.TensorLocationSettings:
     return poptorch.TensorLocationSettings().useOnChipStorage(False)
 
 
-def _train(cls, weights: bool = False, activations: bool = False, batch: int = 4, ga: int = 1):
-    """Trained STEPS steps with Adam through PopTorch's API, beside eager torch on the same batches."""
+def _sharded() -> poptorch.TensorLocationSettings:
+    return poptorch.TensorLocationSettings().useReplicatedTensorSharding(True) \
+        .minElementsForReplicatedTensorSharding(8)
+
+
+def _train(cls, weights: Any = False, activations: bool = False, batch: int = 4, ga: int = 1,
+           replicas: int = 1):
+    """Trained STEPS steps with Adam through PopTorch's API, beside eager torch on the same
+    (effective) batches; ``weights``: True (off chip) or the weights' TensorLocationSettings."""
     torch.manual_seed(0)
     module = cls()
     eager = copy.deepcopy(module)
     opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4, bytes_per_tile=256 * 1024))
     opts.Training.gradientAccumulation(ga)
+    opts.replicationFactor(replicas)
     if weights:
-        opts.TensorLocations.setWeightLocation(_off())
+        opts.TensorLocations.setWeightLocation(_off() if weights is True else weights)
     if activations:
         opts.TensorLocations.setActivationLocation(_off())
     executor = poptorch.trainingModel(module, opts, torch.optim.Adam(module.parameters(), lr=0.01))
     eager_opt = torch.optim.Adam(eager.parameters(), lr=0.01)
     for i in range(STEPS):
         g = torch.Generator().manual_seed(i)
-        x, y = torch.randn(batch * ga, 8, generator=g), torch.randint(0, 3, (batch * ga,), generator=g)
+        n = batch * ga * replicas
+        x, y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
         executor(x, y)
         eager_opt.zero_grad()
         eager(x, y)[1].backward()
@@ -79,7 +91,11 @@ def _train(cls, weights: bool = False, activations: bool = False, batch: int = 4
 
 
 def _remote_copies(model) -> int:
-    return sum(int(s["count"]) for s in model.report.steps if "RemoteCopy" in str(s["name"]))
+    return _count(model, "RemoteCopy")
+
+
+def _count(model, fragment: str) -> int:
+    return sum(int(s["count"]) for s in model.report.steps if fragment in str(s["name"]))
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +157,57 @@ def test_sharded_weights_are_refused_and_off_chip_weights_not_exported(tmp_path)
     with pytest.raises(FrontendError, match="setActivationLocation.*not supported"):
         poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1)).compile(
             torch.randn(8, 8), torch.randint(0, 3, (8,)))
+    opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4))
+    opts.TensorLocations.setWeightLocation(_sharded())
+    with pytest.raises(FrontendError, match="sharding of the weights needs replicas"):
+        poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1)).compile(x, y)
     opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4, bytes_per_tile=256 * 1024))
     opts.TensorLocations.setWeightLocation(_off())
     model = poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1))
     with pytest.raises(FrontendError, match="weights live off chip"):
         model.compileAndExport(str(tmp_path / "m"), x, y, export_model=False)
+
+
+SIZES = {"fc1.weight": 240, "fc1.bias": 30, "fc2.weight": 90, "fc2.bias": 3}
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_sharded_weights_train_as_eager_and_keep_a_fragment_per_replica(replicas):
+    model = _train(Net, weights=_sharded(), replicas=replicas)  # values vs eager on the effective batch
+    offload = model.lowered.offload
+    # Each weight of >= 8 elements: ceil(n / R) elements per replica, the weight's only home; the
+    # optimizer state of a sharded weight is sharded alike (its update runs on the fragment).
+    for name, n in SIZES.items():
+        fragment = offload.fragments.get(name)
+        assert (fragment.shape if fragment is not None else None) == \
+            ((math.ceil(n / replicas),) if n >= 8 else None), name
+        for (param, _), var in model.lowered.state.items():
+            if param == name and n >= 8:
+                assert var.shape == (math.ceil(n / replicas),)
+    # The whole weights are transient now (gathered per use), not a role's always-live bytes.
+    on_chip = sum(math.ceil(n / replicas) if n >= 8 else n for n in SIZES.values()) * 4
+    assert on_chip <= model.summary()["memory"]["weights"] < on_chip + 64  # tile alignment
+    # All-gathers in the forward (every sharded weight) and backward (fc2.weight only), the
+    # gradients reduce-scattered, and no all-gather after the update (the fragment is the home).
+    assert _count(model, "fwd/all_gather/fc1.weight") > 0 and _count(model, "bwd/all_gather/fc2.weight") > 0
+    assert _count(model, "bwd/all_gather/fc1.weight") == 0
+    assert _count(model, "upd/reduce_scatter/fc1.weight") > 0 and _count(model, "upd/all_gather") == 0
+
+
+def test_sharded_weights_equal_unsharded_replicated_and_can_live_off_chip():
+    plain = _train(Net, replicas=2)
+    both = _train(Net, weights=_sharded().useOnChipStorage(False), replicas=2)  # fragments in Streaming Memory
+    for name in SIZES:  # the host reads the fragments put together
+        torch.testing.assert_close(torch.from_numpy(np.asarray(_weight(both, name))),
+                                   torch.from_numpy(np.asarray(_weight(plain, name))), rtol=0, atol=1e-6)
+    loc = both.summary()["locations"]["weights"]
+    assert loc["where"] == "streaming_memory"
+    # fragments of the weights of >= 8 elements; fc2.bias (3) whole, off chip too (>= 2 elements)
+    assert loc["streaming_bytes_per_replica"] == sum(math.ceil(n / 2) if n >= 8 else n for n in SIZES.values()) * 4
+    assert _remote_copies(both) > 0
+
+
+def _weight(model, name):
+    from softipu.frontends.torch.training.offload import read_weight
+
+    return read_weight(model.engine, model.lowered, name)[0]

@@ -113,12 +113,12 @@ class StatePlacement:
 
 def check_locations(options: Any, spec: Any, label: str) -> Location:
     """The optimizer's location; the locations softipu does not implement yet are refused."""
-    for kind in ("weight", "accumulator", "activation"):
+    for kind in ("accumulator", "activation"):
         loc = location_of(options, kind)
         if loc.sharded:  # off chip is implemented (weights and activations: training/offload.py)
             raise FrontendError(
                 f"{label}: TensorLocations.set{kind.capitalize()}Location(useReplicatedTensorSharding(True)) "
-                "is not supported by softipu yet (the optimizer state can be sharded; weights, "
+                "is not supported by softipu yet (the optimizer state and the weights can be sharded; "
                 "accumulators and activations can live off chip); keep these tensors unsharded")
     io = [f"TensorLocationSettings.useIOTilesTo{'Load' if n == 'io_tiles_load' else 'Store'} ({kind})"
           for kind in _KINDS for n in ("io_tiles_load", "io_tiles_store")
@@ -127,17 +127,19 @@ def check_locations(options: Any, spec: Any, label: str) -> Location:
         from softipu.frontends.torch.options import warn_unused  # noqa: PLC0415
 
         warn_unused(io, "PopTorch option")
-    loc = location_of(options, "optimizer")
-    if loc.sharded and options.replication_factor == 1:
-        raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state needs replicas: "
-                            "useReplicatedTensorSharding(True) with replicationFactor 1 has no replicas "
-                            "to shard over; set replicationFactor(n > 1) or "
-                            "useReplicatedTensorSharding(False)")
-    if loc.sharded and _coupled(spec, options):
-        raise FrontendError(f"{label}: replicated tensor sharding of the optimizer state runs each replica's "
-                            f"update on a fragment of the weight; {_coupled(spec, options)} reads the whole "
-                            "tensor, which softipu does not shard yet: turn sharding off for this optimizer")
-    return loc
+    for kind in ("optimizer", "weight"):
+        what = "the optimizer state" if kind == "optimizer" else "the weights"
+        if location_of(options, kind).sharded and options.replication_factor == 1:
+            raise FrontendError(f"{label}: replicated tensor sharding of {what} needs replicas: "
+                                "useReplicatedTensorSharding(True) with replicationFactor 1 has no replicas "
+                                "to shard over; set replicationFactor(n > 1) or "
+                                "useReplicatedTensorSharding(False)")
+        if location_of(options, kind).sharded and _coupled(spec, options):
+            raise FrontendError(f"{label}: replicated tensor sharding of {what} runs each replica's "
+                                f"update on a fragment of the weight; {_coupled(spec, options)} reads the "
+                                "whole tensor, which softipu does not shard yet: turn sharding off for this "
+                                "optimizer")
+    return location_of(options, "optimizer")
 
 
 def _coupled(spec: Any, options: Any) -> str:
@@ -155,10 +157,10 @@ def plan_state(spec: Any, options: Any, named: dict[str, Any], label: str) -> St
     loc = check_locations(options, spec, label)
     replicas = options.replication_factor
     plan = StatePlacement(replicas, loc, trainable=len(named))
-    accum = location_of(options, "accumulator")
+    accum, weight = location_of(options, "accumulator"), location_of(options, "weight")
     for name, p in named.items():
         n = int(p.numel())
-        if loc.sharded_for(n, replicas):
+        if loc.sharded_for(n, replicas) or weight.sharded_for(n, replicas):  # a sharded weight's update too
             plan.sharded[name] = (n, math.ceil(n / replicas))
         if options.gradient_accumulation > 1 and accum.off_chip_for(n):
             plan.accum_off_chip.add(name)
@@ -288,14 +290,17 @@ def store_state(plan: StatePlacement, keys: list[tuple[str, str]], state: dict[t
 
 
 def shard_update_inputs(graph: Any, name: str, weight: Any, grad: Any, prog: Any,
-                        options: Any) -> tuple[Any, Any]:
+                        options: Any, fragment: bool = False) -> tuple[Any, Any]:
     """(this replica's fragment of the weight, the gradient reduce-scattered over the replicas):
     the reduce-scatter replaces the gradient's all-reduce (PopART's RTS), with the same reduction
-    (Mean or Sum over the replicas)."""
+    (Mean or Sum over the replicas). With ``fragment`` the weight is its fragment already (a
+    sharded weight, :mod:`.offload`)."""
     from softipu.collectives import CollectiveOperator, reduce_scatter  # noqa: PLC0415
 
     op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
     g = reduce_scatter(graph, grad, prog, op=op, name=f"upd/reduce_scatter/{name}")
+    if fragment:
+        return weight, g
     w = reduce_scatter(graph, weight, prog, op=CollectiveOperator.LOCAL, name=f"upd/shard/{name}")
     return w, g
 
@@ -314,7 +319,8 @@ def check_exportable(low: Any, label: str) -> None:
     """Exports record on-chip variables only: a step with state off chip or sharded is refused."""
     plan = getattr(low, "locations", None)
     offload = getattr(low, "offload", None)
-    if (plan is not None and (plan.remote or plan.sharded)) or (offload is not None and offload.weights):
+    if (plan is not None and (plan.remote or plan.sharded)) or (offload is not None and
+                                                                (offload.weights or offload.sharded)):
         raise FrontendError(f"cannot export {label}: its optimizer state or weights live off chip or "
                             "sharded over replicas (TensorLocations), which softipu's export format does not "
                             "record yet; export it with the optimizer state and weights on chip")

@@ -286,8 +286,8 @@ class _TrainLowerer(_Lowerer):
                 full = {n: self._streamed(n, prog, params[n]) for n in pnames}
                 pin, gin = dict(full), {n: grads[n] for n in pnames}
                 for n in (n for n in pnames if n in plan.sharded):  # this replica's fragments
-                    pin[n], gin[n] = shard_update_inputs(self.graph, n, full[n], grads[n], prog,
-                                                         self.options)
+                    pin[n], gin[n] = shard_update_inputs(self.graph, n, full[n], grads[n], prog, self.options,
+                                                         fragment=self.offload.holds_fragment(n))
                 load_state(plan, skeys, state, prog)
                 gm = self._traced_update(pnames, skeys, gin, state)
                 inputs = ([pin[n] for n in pnames] + [gin[n] for n in pnames] + [state[k] for k in skeys]
@@ -298,7 +298,7 @@ class _TrainLowerer(_Lowerer):
                 results = self._lower_fx(gm, inputs, targets)
                 self._write_back(results, targets, prog)
                 store_state(plan, skeys, state, prog)
-                for n in (n for n in pnames if n in plan.sharded):
+                for n in (n for n in pnames if n in plan.sharded and not self.offload.holds_fragment(n)):
                     gather_weight(self.graph, plan, n, pin[n], full[n], prog)
                 for n in pnames:
                     self.offload.store_after_update(n, full[n], prog)

@@ -333,8 +333,9 @@ class TrainingModel:
         vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
         plan = getattr(low, "locations", None)  # the optimizer state in Streaming Memory too
         remote = list(plan.remote.values()) if plan is not None else []
-        offload = getattr(low, "offload", None)  # and the weights kept there
+        offload = getattr(low, "offload", None)  # and the weights kept there, or sharded
         remote += list(offload.weights.values()) if offload is not None else []
+        vars_ += list(offload.fragments.values()) if offload is not None else []
         return [(v, eng.read_tensor(v)) for v in vars_] + [(b, eng.read_remote_buffer(b)) for b in remote]
 
     def copy_weights_to_host(self) -> None:

@@ -13,6 +13,13 @@ off chip (:class:`~softipu.frontends.torch.training.locations.Location`).
   weight lives only from its load to its last reader in that context: between the forward and the
   backward its bytes are free for activations. Forward values computed from weights alone (a
   transpose, a view, a cast) are computed again in the backward from the backward's copy.
+* **Sharded weights** (``useReplicatedTensorSharding(True)`` on the weight location, R > 1, at
+  least ``minElementsForReplicatedTensorSharding`` elements): each replica keeps ``ceil(n / R)``
+  elements of the flattened weight (``weights/<name>/fragment``, zero-padded as the optimizer
+  state's fragments, in Streaming Memory too when also off chip). Each context's reader gets the
+  whole weight by an all-gather of the fragments into a transient variable
+  (``gathered/weights/<name>...``); the gradient is reduce-scattered and the update (with its state,
+  sharded alike) runs on the fragment, which stays the weight's only home.
 * **Activations.** A forward value the backward reads is stored to a remote buffer right after it
   is made and loaded into a new on-chip variable before its first backward reader, so it no
   longer lives on chip across the rest of the forward and the backward up to that reader.
@@ -52,6 +59,8 @@ class Offload:
         self.activation = location_of(options, "activation")
         self.replicas = options.replication_factor
         self.weights: dict[str, RemoteBuffer] = {}  # parameter -> its home in Streaming Memory
+        self.sharded: dict[str, tuple[int, int]] = {}  # parameter -> (elements, elements per replica)
+        self.fragments: dict[str, Tensor] = {}  # sharded parameter -> its on-chip fragment (on chip)
         self.activations: dict[str, RemoteBuffer] = {}  # forward node -> its remote buffer
         self._param_of: dict[torch.fx.Node, str] = {}  # off-chip weights' placeholders
         self._derived: dict[torch.fx.Node, frozenset[torch.fx.Node]] = {}  # from off-chip weights alone
@@ -67,14 +76,24 @@ class Offload:
 
     @property
     def active(self) -> bool:
-        return not (self.weight.on_chip and self.activation.on_chip)
+        return not (self.weight.on_chip and self.activation.on_chip and not self.weight.sharded)
 
     def weight_off_chip(self, shape: Any) -> bool:
         return self.weight.off_chip_for(int(np.prod(shape, dtype=np.int64)))
 
+    def weight_sharded(self, shape: Any) -> bool:
+        return self.weight.sharded_for(int(np.prod(shape, dtype=np.int64)), self.replicas)
+
     def variable_name(self, name: str, shape: Any) -> str:
-        """A parameter's (forward) variable name: ``weights/`` on chip, ``streaming/weights/`` off."""
+        """A parameter's (forward) variable name: ``weights/`` when it is its home, else that of a
+        transient copy (``streaming/weights/`` loaded, ``gathered/weights/`` all-gathered)."""
+        if self.weight_sharded(shape):
+            return f"gathered/weights/{name}"
         return f"streaming/weights/{name}" if self.weight_off_chip(shape) else f"weights/{name}"
+
+    def holds_fragment(self, name: str) -> bool:
+        """The update of ``name`` runs on this replica's fragment, which is its home."""
+        return name in self.sharded
 
     # -- set up once the parameters have variables -------------------------------------------------
     def setup(self, lowerer: Any, params: dict[str, Tensor]) -> None:
@@ -85,9 +104,13 @@ class Offload:
         placeholders = [n for n in j.gm.graph.nodes if n.op == "placeholder"]
         node_of = dict(zip(j.params, placeholders, strict=False))
         for name, var in params.items():
-            if self.weight_off_chip(var.shape):
+            if self.weight_sharded(var.shape):
+                self._add_fragment(lowerer, name, var, node_of[name])
+            elif self.weight_off_chip(var.shape):
                 self.weights[name] = lowerer.graph.add_remote_buffer(f"weights/{name}", var.dtype, var.shape)
-                self._param_of[node_of[name]] = name
+            else:
+                continue
+            self._param_of[node_of[name]] = name
         stored = set(placeholders[:len(j.params) + len(j.buffers)])
         for node in j.gm.graph.nodes:
             if node.op != "call_function" or node not in j.forward_nodes or not node.all_input_nodes:
@@ -98,6 +121,17 @@ class Offload:
             if all(a in self._param_of or a in self._derived for a in inputs):
                 self._derived[node] = frozenset().union(*({a} if a in self._param_of else self._derived[a]
                                                           for a in inputs))
+
+    def _add_fragment(self, lowerer: Any, name: str, var: Tensor, p: torch.fx.Node) -> None:
+        """A sharded weight's home: its fragment on chip, or a fragment-sized remote buffer."""
+        n = int(var.numel)
+        m = -(-n // self.replicas)
+        self.sharded[name] = (n, m)
+        if self.weight_off_chip((m,)):
+            self.weights[name] = lowerer.graph.add_remote_buffer(f"weights/{name}", var.dtype, (m,))
+            return
+        with _on_ipu(lowerer, p):
+            self.fragments[name] = _fragment(lowerer, var.dtype, m, f"weights/{name}/fragment")
 
     # -- around each node of the joint graph -------------------------------------------------------
     def before(self, lowerer: Any, node: torch.fx.Node, forward: bool) -> None:
@@ -152,8 +186,28 @@ class Offload:
         self._loaded.add(p)
         if not forward:  # a variable of its own: the forward's is free from its last forward reader
             with _on_ipu(lowerer, p):
-                lowerer.env[p] = _like_weight(lowerer, p, f"streaming/weights/{name}/bwd")
-        lowerer.ctx.prog.add(P.RemoteCopy(self.weights[name], lowerer.env[p]))
+                home = "gathered" if name in self.sharded else "streaming"
+                lowerer.env[p] = _like_weight(lowerer, p, f"{home}/weights/{name}/bwd")
+        if name not in self.sharded:
+            lowerer.ctx.prog.add(P.RemoteCopy(self.weights[name], lowerer.env[p]))
+            return
+        from softipu.collectives import all_gather  # noqa: PLC0415
+
+        prog, dst = lowerer.ctx.prog, lowerer.env[p]
+        with _on_ipu(lowerer, p):
+            fragment = self._fragment_of(lowerer, name, p, prog)
+            full = all_gather(lowerer.graph, fragment, prog,
+                              name=f"{'fwd' if forward else 'bwd'}/all_gather/{name}")
+        prog.add(P.Copy(full.flatten()[:self.sharded[name][0]].reshape(dst.shape), dst))
+
+    def _fragment_of(self, lowerer: Any, name: str, p: torch.fx.Node, prog: P.Sequence) -> Tensor:
+        """A sharded weight's fragment on chip: its home, or loaded from Streaming Memory."""
+        if name in self.fragments:
+            return self.fragments[name]
+        buffer = self.weights[name]
+        fragment = _fragment(lowerer, buffer.dtype, buffer.shape[0], f"streaming/weights/{name}/fragment")
+        prog.add(P.RemoteCopy(buffer, fragment))
+        return fragment
 
     def _lower_again(self, lowerer: Any, a: torch.fx.Node) -> None:
         """A forward value made from off-chip weights alone, made again from the backward's copies."""
@@ -189,10 +243,12 @@ class Offload:
     # -- the optimizer update ----------------------------------------------------------------------
     def load_for_update(self, lowerer: Any, name: str, prog: P.Sequence) -> Tensor | None:
         """An off-chip weight loaded into a variable of its own for its update (None: on chip)."""
-        if name not in self.weights:
+        if name not in self.weights and name not in self.sharded:
             return None
         p = next(n for n, m in self._param_of.items() if m == name)
         with _on_ipu(lowerer, p):
+            if name in self.sharded:  # the update runs on the fragment
+                return self._fragment_of(lowerer, name, p, prog)
             var = _like_weight(lowerer, p, f"streaming/weights/{name}/update")
         prog.add(P.RemoteCopy(self.weights[name], var))
         return var
@@ -205,6 +261,14 @@ class Offload:
         """Bytes per replica in Streaming Memory: the weights and the activations."""
         return {"weights": sum(b.nbytes for b in self.weights.values()),
                 "activations": sum(b.nbytes for b in self.activations.values())}
+
+
+def _fragment(lowerer: Any, dtype: Any, m: int, name: str) -> Tensor:
+    from softipu.frontends.placement import map_tensor  # noqa: PLC0415
+
+    var = lowerer.ctx.graph.add_variable(dtype, (m,), name=name)
+    map_tensor(lowerer.ctx.graph, var)
+    return var
 
 
 def _like_weight(lowerer: Any, p: torch.fx.Node, name: str) -> Tensor:
@@ -229,14 +293,24 @@ def _on_ipu(lowerer: Any, node: torch.fx.Node) -> Iterator[None]:
 
 # -- the host's view ----------------------------------------------------------------------------
 def write_weight(engine: Any, low: Any, name: str, values: np.ndarray) -> None:
-    """A parameter's value written where it lives (its variable, or its remote buffer)."""
+    """A parameter's value written where it lives (its variable, its remote buffer, its fragments)."""
     var = low.params[name]
     offload = getattr(low, "offload", None)
     buffer = offload.weights.get(name) if offload is not None else None
+    values = np.asarray(values, var.dtype.numpy)
+    if offload is not None and name in offload.sharded:  # one fragment per replica
+        n, m = offload.sharded[name]
+        flat = np.zeros(offload.replicas * m, values.dtype)
+        flat[:n] = values.reshape(-1)
+        values = flat.reshape(offload.replicas, *((1, m) if buffer is not None else (m,)))
+        if buffer is None:
+            engine.write_tensor(offload.fragments[name], values)
+            return
     if buffer is None:
         engine.write_tensor(var, values)
     else:
-        engine.write_remote_buffer(buffer, np.asarray(values, var.dtype.numpy).reshape(1, *buffer.shape))
+        engine.write_remote_buffer(buffer, values if values.ndim > len(buffer.shape) + 1 else
+                                   values.reshape(1, *buffer.shape))
 
 
 def read_weight(engine: Any, low: Any, name: str) -> np.ndarray:
@@ -244,6 +318,12 @@ def read_weight(engine: Any, low: Any, name: str) -> np.ndarray:
     var = low.params[name]
     offload = getattr(low, "offload", None)
     buffer = offload.weights.get(name) if offload is not None else None
+    if offload is not None and name in offload.sharded:  # the fragments put together
+        raw = engine.read_remote_buffer(buffer) if buffer is not None else \
+            engine.read_tensor(offload.fragments[name])
+        n, _ = offload.sharded[name]
+        whole = raw.reshape(-1)[:n].reshape(var.shape)  # as every replica holds it, gathered
+        return np.array(np.broadcast_to(whole, (offload.replicas, *var.shape)))
     if buffer is None:
         return engine.read_tensor(var)
     raw = engine.read_remote_buffer(buffer)
