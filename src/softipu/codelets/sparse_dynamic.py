@@ -53,8 +53,8 @@ from softipu.graph.vertex import InOut, Input, Output, Param, SupervisorVertex, 
 from softipu.target import Target
 
 __all__ = ["META_HEADER", "PASSES", "fill_buckets", "dynamic_fc_codelet", "dynamic_slice_codelet",
-           "count_down_codelet", "moe_meta_codelet", "moe_gate_codelet", "fwd_cycles", "grada_cycles",
-           "gradw_cycles", "meta_entries"]
+           "count_down_codelet", "moe_meta_codelet", "moe_gate_codelet", "moe_gate_grad_codelet",
+           "fwd_cycles", "grada_cycles", "gradw_cycles", "meta_entries"]
 
 META_HEADER = 2  # steps, count
 PASSES = ("fwd", "grada", "gradw", "gradw_rows")
@@ -519,3 +519,45 @@ def moe_gate_codelet(dtype: DType, k: int, hidden: int, xw: int, yw: int, qy: in
 
     MoEGateScale.__name__ = MoEGateScale.__qualname__ = f"MoEGateScale<{dtype.name},{k}>"
     return MoEGateScale
+
+
+@cache
+def moe_gate_grad_codelet(dtype: DType, tokens: int, k: int, hidden: int, xw: int, yw: int,
+                          qy: int) -> type[Vertex]:
+    """A bucket's share of the gates' gradient: ``out (tokens * k)`` fp32 gets, for each used
+    entry, ``dg x a`` (the gated value's gradient times the ungated activation) at its token's
+    choice of the entry's expert; the buckets' shares are summed by a reduction.
+
+    Cycles [U]: per entry a meta-information read, ``k`` compares and a multiply-add (``6 + k``),
+    plus zeroing the share (one 64-bit store per two floats), split over the workers."""
+
+    class MoEGateGrad(SupervisorVertex):
+        meta = Input(int32)
+        dg = Input(dtype)
+        act = Input(dtype)
+        idx = Input(int32)
+        out = Output(float32)
+
+        @staticmethod
+        def compute(meta, dg, act, idx, out):
+            mm = meta.reshape(-1, meta.shape[-1])
+            nv, cap = mm.shape[0], dg.shape[-1]
+            ent = mm[:, META_HEADER:].reshape(nv, cap, 3)
+            v, e = np.nonzero(np.arange(cap)[None, :] < mm[:, 1:2])
+            pid, row, col = ent[v, e, 0], ent[v, e, 1], ent[v, e, 2]
+            token = pid // qy * xw + row
+            expert = (pid % qy * yw + col) // hidden
+            choice = idx.reshape(nv, tokens, k)[v, token]
+            prod = dg.reshape(nv, cap)[v, e].astype(np.float32) * act.reshape(nv, cap)[v, e]
+            res = np.zeros((nv, tokens, k), np.float32)
+            n, j = np.nonzero(choice == expert[:, None])  # entry n is token's choice j
+            np.add.at(res, (v[n], token[n], j), prod[n])
+            out[...] = res.reshape(out.shape)
+
+        @staticmethod
+        def cycles(meta, dg, act, idx, out, target: Target):
+            w = target.workers_per_tile
+            return w * (20 + ceil_div(dg, w) * (6 + k) + ceil_div(out, 2 * w))
+
+    MoEGateGrad.__name__ = MoEGateGrad.__qualname__ = f"MoEGateGrad<{dtype.name},{k}>"
+    return MoEGateGrad

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.sparse_dynamic import moe_gate_codelet, moe_meta_codelet
-from softipu.dtypes import int32
+from softipu.codelets.sparse_dynamic import moe_gate_codelet, moe_gate_grad_codelet, moe_meta_codelet
+from softipu.dtypes import float32, int32
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
@@ -40,11 +40,12 @@ from softipu.ops.sparse_dynamic import (
     FullyConnectedParams,
     SparseTensor,
     fully_connected_fwd,
+    fully_connected_grad_a,
     fully_connected_sparse_grad_w_t,
     plan_fully_connected,
 )
 
-__all__ = ["ACTIVATIONS", "plan_moe", "moe_experts"]
+__all__ = ["ACTIVATIONS", "plan_moe", "moe_experts", "moe_experts_grad"]
 
 ACTIVATIONS = ("relu", "gelu", "none")
 
@@ -79,37 +80,124 @@ def _check(ctx: OpContext, x: Tensor, indices: Tensor, gates: Tensor, w1: Tensor
     return t, d, e, h, indices.shape[1]
 
 
+def _routing(ctx: OpContext, plan: FCPlan, indices: Tensor, k: int, hidden: int) -> tuple[Tensor, Tensor]:
+    """The routing's meta-information (made on the device) and each bucket's view of ``indices``."""
+    graph, parts = ctx.graph, plan.partitions
+    t = plan.params.output_size
+    meta = graph.add_variable(int32, (parts, plan.meta_length), name=f"{ctx.name}/metaInfo")
+    graph.set_tile_mappings(meta, plan.tiles)
+    idx_rows = indices.flatten()[np.tile(np.arange(t * k), (parts, 1))]
+    cs = ctx.compute_set("routing")
+    codelet = moe_meta_codelet(t, k, hidden, plan.xw, plan.yw, plan.qy, parts, plan.capacity)
+    graph.add_vertices(cs, codelet, {"idx": idx_rows, "meta": meta, "pid": np.arange(parts)}, plan.tiles)
+    ctx.execute(cs)
+    return meta, idx_rows
+
+
+def _gate(ctx: OpContext, plan: FCPlan, meta: Tensor, values: Tensor, idx_rows: Tensor, gates: Tensor,
+          k: int, hidden: int, stage: str) -> None:
+    """Each of ``values`` (bucket-shaped) times its token's gate for its expert, in place."""
+    parts, cap = plan.partitions, plan.capacity
+    cs = ctx.compute_set(stage)
+    gate = moe_gate_codelet(values.dtype, k, hidden, plan.xw, plan.yw, plan.qy)
+    rows = gates.flatten()[np.tile(np.arange(gates.numel), (parts, 1))]
+    ctx.graph.add_vertices(cs, gate, {"meta": meta, "nz": values.reshape((parts, cap)), "idx": idx_rows,
+                                      "gates": rows}, plan.tiles)
+    ctx.execute(cs)
+
+
+def _start(graph, prog, op, name, x, indices, gates, w1, w2, activation, options, *more):
+    ctx = OpContext.start(graph, prog, op, name, x, indices, gates, w1, w2, *more)
+    opts = parse_options(ctx, options, DEFAULT_OPTIONS)
+    t, d, e, h, k = _check(ctx, x, indices, gates, w1, w2, activation)
+    plan = plan_moe(graph, t, d, h, e, k, x.dtype, opts)
+    meta, idx_rows = _routing(ctx, plan, indices, k, h)
+    hid = fully_connected_sparse_grad_w_t(graph, meta, x, w1.reshape((e * h, d)), prog, plan=plan,
+                                          name=f"{ctx.name}/hidden", options=opts)
+    return ctx, opts, (t, d, e, h, k), plan, meta, idx_rows, hid
+
+
 def moe_experts(graph: Graph, x: Tensor, indices: Tensor, gates: Tensor, w1: Tensor, w2: Tensor, prog: Any,
                 *, activation: str = "relu", name: str = "", options: dict | None = None) -> Tensor:
     """``(tokens, d)``: the routed experts' outputs, gate-weighted and summed (module docstring).
 
     Options: those of :mod:`softipu.ops.sparse_dynamic` (``metaInfoBucketOversizeProportion`` ...).
     ``activation``: "relu", "gelu" (erf form, torch's default) or "none"."""
-    ctx = OpContext.start(graph, prog, "moe_experts", name, x, indices, gates, w1, w2)
-    opts = parse_options(ctx, options, DEFAULT_OPTIONS)
-    t, d, e, h, k = _check(ctx, x, indices, gates, w1, w2, activation)
-    plan = plan_moe(graph, t, d, h, e, k, x.dtype, opts)
-    parts, cap = plan.partitions, plan.capacity
-    meta = graph.add_variable(int32, (parts, plan.meta_length), name=f"{ctx.name}/metaInfo")
-    graph.set_tile_mappings(meta, plan.tiles)
-    every = np.tile(np.arange(t * k), (parts, 1))
-    idx_rows = indices.flatten()[every]
-    cs = ctx.compute_set("routing")
-    codelet = moe_meta_codelet(t, k, h, plan.xw, plan.yw, plan.qy, parts, cap)
-    graph.add_vertices(cs, codelet, {"idx": idx_rows, "meta": meta, "pid": np.arange(parts)}, plan.tiles)
-    ctx.execute(cs)
-    hid = fully_connected_sparse_grad_w_t(graph, meta, x, w1.reshape((e * h, d)), prog, plan=plan,
-                                          name=f"{ctx.name}/hidden", options=opts)
+    ctx, opts, (t, d, e, h, k), plan, meta, idx_rows, hid = _start(
+        graph, prog, "moe_experts", name, x, indices, gates, w1, w2, activation, options)
     if activation != "none":
         from softipu.ops.elementwise import gelu_erf_, relu_  # same layer
 
         (relu_ if activation == "relu" else gelu_erf_)(graph, hid, prog, name=f"{ctx.name}/{activation}")
-    cs = ctx.compute_set("gates")
-    gate = moe_gate_codelet(x.dtype, k, h, plan.xw, plan.yw, plan.qy)
-    graph.add_vertices(cs, gate, {"meta": meta, "nz": hid.reshape((parts, cap)), "idx": idx_rows,
-                                  "gates": gates.flatten()[every]}, plan.tiles)
-    ctx.execute(cs)
+    _gate(ctx, plan, meta, hid, idx_rows, gates, k, h, "gates")
     w2s_t = w2.transpose(1, 0, 2).reshape((d, e * h))
     y_t = fully_connected_fwd(graph, SparseTensor(meta, hid, plan), w2s_t, prog, params=plan.params,
                               name=f"{ctx.name}/out", options=opts)
     return y_t.transpose()
+
+
+def _dgates(ctx: OpContext, plan: FCPlan, meta: Tensor, dg: Tensor, act: Tensor, idx_rows: Tensor, k: int,
+            hidden: int) -> Tensor:
+    """``(tokens, k)``: per token and choice, the sum of ``dg x act`` over its expert's entries
+    (each bucket's share, then a reduction over the buckets)."""
+    from softipu.ops.reduce import reduce
+
+    graph, parts, cap = ctx.graph, plan.partitions, plan.capacity
+    t = plan.params.output_size
+    shares = graph.add_variable(float32, (parts, t * k), name=f"{ctx.name}/dgates_shares")
+    graph.set_tile_mappings(shares, plan.tiles)
+    cs = ctx.compute_set("dgates")
+    codelet = moe_gate_grad_codelet(dg.dtype, t, k, hidden, plan.xw, plan.yw, plan.qy)
+    fields = {"meta": meta, "dg": dg.reshape((parts, cap)), "act": act.reshape((parts, cap)), "idx": idx_rows,
+              "out": shares}
+    graph.add_vertices(cs, codelet, fields, plan.tiles)
+    ctx.execute(cs)
+    dgates = reduce(graph, shares, ctx.prog, dims=0, name=f"{ctx.name}/dgates").reshape((t, k))
+    if dg.dtype is not float32:
+        from softipu.ops.elementwise import cast
+
+        dgates = cast(graph, dgates, dg.dtype, ctx.prog, name=f"{ctx.name}/dgates_cast")
+    return dgates
+
+
+def moe_experts_grad(graph: Graph, grad_out: Tensor, x: Tensor, indices: Tensor, gates: Tensor, w1: Tensor,
+                     w2: Tensor, prog: Any, *, activation: str = "relu", name: str = "",
+                     options: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients ``(dx, dgates, dw1, dw2)`` of :func:`moe_experts` given ``grad_out``
+    ``(tokens, d)``, all on dynamic sparse ops over the same routing (the hidden layer recomputed):
+    ``dG = dy . W2s^T`` and ``dA = dG x gate`` at the pattern (sampled product), ``dgates`` the
+    sum of ``dG x A`` per token and expert, ``dH = dA x act'(H)``; ``dx = dH . W1s`` (forward
+    pass), ``dW1s = dH^T . x`` and ``dW2s = G^T . dy`` (grad-A passes with the values as ``W``)."""
+    from softipu.ops.elementwise import gelu_erf, relu
+    from softipu.ops.nn import NonLinearity, non_linearity_grad
+
+    ctx, opts, (t, d, e, h, k), plan, meta, idx_rows, pre = _start(
+        graph, prog, "moe_experts_grad", name, x, indices, gates, w1, w2, activation, options, grad_out)
+    if grad_out.shape != (t, d) or grad_out.dtype is not x.dtype:
+        raise ctx.error(f"grad_out {grad_out.name} {grad_out.dtype} {grad_out.shape} must be {x.dtype} "
+                        f"{(t, d)}")
+    acts = {"relu": relu, "gelu": gelu_erf}
+    act = acts[activation](graph, pre, prog, name=f"{ctx.name}/{activation}") if activation in acts else pre
+    w2s = w2.transpose(0, 2, 1).reshape((e * h, d))
+    dg = fully_connected_sparse_grad_w_t(graph, meta, grad_out, w2s, prog, plan=plan,
+                                         name=f"{ctx.name}/dgated", options=opts)
+    dgates = _dgates(ctx, plan, meta, dg, act, idx_rows, k, h)
+    _gate(ctx, plan, meta, dg, idx_rows, gates, k, h, "dact")  # dA, in place
+    if activation in acts:
+        kind = NonLinearity.RELU if activation == "relu" else NonLinearity.GELU_ERF
+        dh = non_linearity_grad(graph, act if activation == "relu" else pre, dg, prog, kind=kind,
+                                name=f"{ctx.name}/dhidden")
+    else:
+        dh = dg
+    gated = act if activation in acts else pre
+    _gate(ctx, plan, meta, gated, idx_rows, gates, k, h, "gated")  # G (act is not needed again)
+    w1s = w1.reshape((e * h, d))
+    dx_t = fully_connected_fwd(graph, SparseTensor(meta, dh, plan), w1s.transpose(), prog, params=plan.params,
+                               name=f"{ctx.name}/dx", options=opts)
+    dw1s_t = fully_connected_grad_a(graph, SparseTensor(meta, dh, plan), x.transpose(), prog,
+                                    params=plan.params, name=f"{ctx.name}/dw1", options=opts)
+    dw2s_t = fully_connected_grad_a(graph, SparseTensor(meta, gated, plan), grad_out.transpose(), prog,
+                                    params=plan.params, name=f"{ctx.name}/dw2", options=opts)
+    dw1 = dw1s_t.transpose().reshape((e, h, d))
+    dw2 = dw2s_t.reshape((d, e, h)).transpose(1, 0, 2)
+    return dx_t.transpose(), dgates, dw1, dw2

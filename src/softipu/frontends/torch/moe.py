@@ -7,7 +7,9 @@ per expert a two-layer MLP ``W2 act(W1 x)`` without biases. The experts run as o
 routed experts only (a gather of their weights); on softipu it lowers to
 :func:`softipu.ops.sparse_moe.moe_experts`, which builds the routing's sparsity pattern on the device
 and computes the ``tokens x k`` routed expert products with popsparse-style dynamic sparse ops
-instead of every expert densely. Inference only: the op has no backward on softipu yet.
+instead of every expert densely. Training: the op's backward is a second custom op,
+``softipu::moe_experts_backward``, lowered to :func:`softipu.ops.sparse_moe.moe_experts_grad`
+(the same routing, the hidden layer recomputed).
 
 >>> import torch, softipu as sp, softipu.torch as st
 >>> from softipu.frontends.torch.moe import SparseMoE
@@ -27,9 +29,9 @@ import torch
 from softipu.dtypes import int32
 from softipu.frontends.torch.registry import register_lowering
 from softipu.graph.tensor import Tensor
-from softipu.ops.sparse_moe import ACTIVATIONS, moe_experts
+from softipu.ops.sparse_moe import ACTIVATIONS, moe_experts, moe_experts_grad
 
-__all__ = ["SparseMoE", "moe_experts_op"]
+__all__ = ["SparseMoE", "moe_experts_backward_op", "moe_experts_op"]
 
 
 def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
@@ -40,19 +42,66 @@ def _act(h: torch.Tensor, activation: str) -> torch.Tensor:
     return h
 
 
-@torch.library.custom_op("softipu::moe_experts", mutates_args=())
-def moe_experts_op(x: torch.Tensor, indices: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor,
-                   w2: torch.Tensor, activation: str) -> torch.Tensor:
-    """``y[t] = sum_j gates[t, j] w2[e] act(w1[e] x[t])``, ``e = indices[t, j]``; ``x`` ``(T, d)``,
-    ``w1`` ``(E, H, d)``, ``w2`` ``(E, d, H)``."""
+def _experts(x: torch.Tensor, indices: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+             activation: str) -> torch.Tensor:
     idx = indices.long()
     hidden = _act(torch.einsum("tkhd,td->tkh", w1[idx], x), activation)
     return torch.einsum("tkdh,tkh->td", w2[idx], hidden * gates[..., None])
 
 
+@torch.library.custom_op("softipu::moe_experts", mutates_args=())
+def moe_experts_op(x: torch.Tensor, indices: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor,
+                   w2: torch.Tensor, activation: str) -> torch.Tensor:
+    """``y[t] = sum_j gates[t, j] w2[e] act(w1[e] x[t])``, ``e = indices[t, j]``; ``x`` ``(T, d)``,
+    ``w1`` ``(E, H, d)``, ``w2`` ``(E, d, H)``."""
+    return _experts(x, indices, gates, w1, w2, activation)
+
+
+@torch.library.custom_op("softipu::moe_experts_backward", mutates_args=())
+def moe_experts_backward_op(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, gates: torch.Tensor,
+                            w1: torch.Tensor, w2: torch.Tensor,
+                            activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients ``(dx, dgates, dw1, dw2)`` of :func:`moe_experts_op` given ``grad``."""
+    def fn(x_, g_, w1_, w2_):
+        return _experts(x_, indices, g_, w1_, w2_, activation)
+
+    _, vjp = torch.func.vjp(fn, x, gates, w1, w2)
+    return tuple(t.contiguous() for t in vjp(grad))
+
+
+@moe_experts_backward_op.register_fake
+def _moe_backward_fake(grad, x, indices, gates, w1, w2, activation):
+    return torch.empty_like(x), torch.empty_like(gates), torch.empty_like(w1), torch.empty_like(w2)
+
+
+def _setup(ctx, inputs, output):
+    x, indices, gates, w1, w2, activation = inputs
+    ctx.save_for_backward(x, indices, gates, w1, w2)
+    ctx.activation = activation
+
+
+def _backward(ctx, grad):
+    x, indices, gates, w1, w2 = ctx.saved_tensors
+    dx, dgates, dw1, dw2 = moe_experts_backward_op(grad, x, indices, gates, w1, w2, ctx.activation)
+    return dx, None, dgates, dw1, dw2, None
+
+
+moe_experts_op.register_autograd(_backward, setup_context=_setup)
+
+
 @moe_experts_op.register_fake
 def _moe_fake(x, indices, gates, w1, w2, activation):
     return torch.empty_like(x)
+
+
+@register_lowering("softipu::moe_experts_backward")
+def _lower_moe_backward(ctx: Any, node: Any, grad: Tensor, x: Tensor, indices: Tensor, gates: Tensor,
+                        w1: Tensor, w2: Tensor, activation: str) -> list[Tensor]:
+    dt = x.dtype
+    outs = moe_experts_grad(ctx.graph, ctx.cast(grad, dt), x, ctx.cast(indices, int32),
+                            ctx.cast(gates, dt), ctx.cast(w1, dt), ctx.cast(w2, dt), ctx.prog,
+                            activation=activation, name=ctx.name)
+    return list(outs)
 
 
 @register_lowering("softipu::moe_experts")
