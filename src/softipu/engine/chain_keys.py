@@ -44,39 +44,60 @@ class ChainPlans:
     def __init__(self, executable: Executable) -> None:
         self.executable = executable
         self._plans: dict[tuple, _Plan] = {}
+        self._codelets: dict[type, tuple] = {}
         self._spaces: dict[Any, tuple[np.ndarray, np.ndarray]] | None = None  # dtype -> (starts, ends)
 
     def key(self, cs_ids: list[int]) -> tuple[tuple, dict[Any, np.ndarray]] | None:
         """The chain's relative key and its variables' starts per dtype (by number); None when a
-        field is not one strided view inside one variable."""
+        field is not one strided ``(vertices, n)`` view inside one variable."""
         parts: list[tuple] = []
-        found: dict[Any, list[tuple[int, int, int]]] = {}  # dtype -> (offset, lo, hi) per tensor
+        tensors: list[Any] = []
+        dtypes: list[Any] = []  # per field: its dtype and how many tensors it has
         for cs_id in cs_ids:
             for g in self.executable.compute_sets[cs_id].groups:
-                fields: list[Any] = [g.codelet, g.num_vertices]
-                for name, f in g.codelet.fields.items():
-                    if f.direction is Direction.PARAM:
-                        v = np.asarray(g.fields[name])
-                        fields.append((v.dtype.str, v.shape, v.tobytes()))
-                        continue
-                    for t in g.tensors(name):
-                        if not t.is_strided or t.numel == 0:
-                            return None
-                        lo = hi = t.offset
-                        for size, stride in zip(t.shape, t.strides, strict=True):
-                            reach = (size - 1) * stride
-                            lo, hi = lo + min(reach, 0), hi + max(reach, 0)
-                        found.setdefault(t.dtype, []).append((t.offset, lo, hi))
-                        fields.append((t.dtype, t.shape, t.strides))
-                parts.append(tuple(fields))
-        relative, starts = [], {}
-        for dtype, rows in found.items():
-            placed = self._place(dtype, np.array(rows, np.int64))
+                params, data = self._fields(g.codelet)
+                meta: list[Any] = [g.codelet, g.num_vertices]
+                for name in params:
+                    v = np.asarray(g.fields[name])
+                    meta.append((v.dtype.str, v.shape, v.tobytes()))
+                for name, dtype in data:
+                    ts = g.tensors(name)
+                    tensors += ts
+                    dtypes.append((dtype, len(ts)))
+                    meta.append(len(ts))
+                parts.append(tuple(meta))
+        if not all([t.is_strided for t in tensors]):
+            return None
+        try:
+            rows = np.array([(t.offset, *t.shape, *t.strides) for t in tensors], np.int64)
+        except ValueError:  # a field that is not (vertices, n)
+            return None
+        if rows.ndim != 2 or rows.shape[1] != 5 or not (rows[:, 1:3] > 0).all():
+            return None
+        reach = (rows[:, 1:3] - 1) * rows[:, 3:5]
+        extent = np.stack([rows[:, 0], rows[:, 0] + np.minimum(reach, 0).sum(1),
+                           rows[:, 0] + np.maximum(reach, 0).sum(1)], 1)
+        of = np.repeat(np.arange(len(dtypes)), [n for _, n in dtypes])
+        relative: list[Any] = [rows[:, 1:].tobytes()]
+        starts: dict[Any, np.ndarray] = {}
+        for dtype in dict.fromkeys(d for d, _ in dtypes):
+            mine = np.isin(of, [i for i, (d, _) in enumerate(dtypes) if d is dtype])
+            placed = self._place(dtype, extent[mine])
             if placed is None:
                 return None
             number, offset, starts[dtype] = placed
             relative.append((dtype, number.tobytes(), offset.tobytes()))
         return (tuple(parts), tuple(relative)), starts
+
+    def _fields(self, codelet: type) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+        """A codelet's param names, and its other fields' names and dtypes."""
+        found = self._codelets.get(codelet)
+        if found is None:
+            items = codelet.fields.items()
+            found = self._codelets[codelet] = (
+                tuple(n for n, f in items if f.direction is Direction.PARAM),
+                tuple((n, f.dtype) for n, f in items if f.direction is not Direction.PARAM))
+        return found
 
     def _place(self, dtype: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Each tensor's variable number (in order of first use) and offset in it, and the used

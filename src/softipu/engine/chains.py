@@ -625,18 +625,21 @@ def _read_table(executable: Executable, dtype: Any) -> np.ndarray:
     at once, the rest one by one."""
     rows: list[tuple[int, int, int]] = []
     strided: dict[int, list[tuple]] = {}  # ndim -> (compute set, offset, *shape, *strides)
+    names: dict[type, list[str]] = {}  # codelet -> its fields of ``dtype`` (a field's tensors have its dtype)
     for cs_id, compiled in executable.compute_sets.items():
+        tensors: list[Tensor] = []
         for g in compiled.groups:
-            for name, f in g.codelet.fields.items():
-                if f.direction is Direction.PARAM:
-                    continue
-                for t in g.tensors(name):
-                    if t.dtype != dtype:
-                        continue
-                    if t.is_strided:
-                        strided.setdefault(len(t.shape), []).append((cs_id, t.offset, *t.shape, *t.strides))
-                    else:
-                        rows += [(o, lo, hi) for o, _, lo, hi in _spans(cs_id, (t,))]
+            mine = names.get(g.codelet)
+            if mine is None:
+                mine = names[g.codelet] = [n for n, f in g.codelet.fields.items()
+                                           if f.direction is not Direction.PARAM and f.dtype == dtype]
+            for name in mine:
+                tensors += g.tensors(name)
+        for t in tensors:
+            if t.is_strided:
+                strided.setdefault(len(t.shape), []).append((cs_id, t.offset, *t.shape, *t.strides))
+            else:
+                rows += [(o, lo, hi) for o, _, lo, hi in _spans(cs_id, (t,))]
     roots = list(executable.programs) + list(executable.functions.values())
     for root in roots:
         for node in P.walk(root):
