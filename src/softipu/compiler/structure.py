@@ -71,6 +71,9 @@ class Key(tuple):
         return not self == other
 
 
+_SLOW = object()  # a compute set _layout_of_rows leaves to the general path
+
+
 class _Unkeyable(Exception):
     """A tensor the layout key cannot describe relative to one variable."""
 
@@ -105,8 +108,11 @@ class StructureKeys:
         return self._layout_variables.get(compiled.compute_set.id, ())
 
     def _layout(self, compiled: CompiledComputeSet) -> tuple | None:
-        used = _Used()
         self._layout_variables[compiled.compute_set.id] = ()
+        fast = self._layout_of_rows(compiled)
+        if fast is not _SLOW:
+            return fast
+        used = _Used()
         parts: list[Any] = []
         try:
             for group in compiled.groups:
@@ -119,6 +125,65 @@ class StructureKeys:
             return None
         self._layout_variables[compiled.compute_set.id] = tuple(used.variables)
         return Key((Key(parts), self._variables(used)))
+
+    def _layout_of_rows(self, compiled: CompiledComputeSet) -> Any:
+        """:meth:`_layout` where every field is a non-empty strided ``(vertices, n)`` view (nearly
+        every compute set): the same information from array operations over all its tensors at
+        once, as bytes of (variable number, offset in it, shape, strides) rows — the variables
+        numbered in order of first use, as there. ``_SLOW`` for any other compute set."""
+        parts: list[Any] = []
+        tensors: list[Tensor] = []
+        dtypes: list[tuple[DType, int]] = []  # per field: its dtype and how many tensors
+        for group in compiled.groups:
+            fields = []
+            for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                ts = group.tensors(name)
+                tensors += ts
+                dtypes.append((f.dtype, len(ts)))
+                fields.append((name, f.direction, len(ts)))
+            parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
+        if not tensors or not all([t.is_strided for t in tensors]):
+            return _SLOW
+        try:
+            rows = np.array([(t.offset, *t.shape, *t.strides) for t in tensors], np.int64)
+        except ValueError:  # not all (vertices, n)
+            return _SLOW
+        if rows.ndim != 2 or rows.shape[1] != 5 or not (rows[:, 1:3] > 0).all():
+            return _SLOW
+        reach = (rows[:, 1:3] - 1) * rows[:, 3:5]
+        lo = rows[:, 0] + np.minimum(reach, 0).sum(1)
+        hi = rows[:, 0] + np.maximum(reach, 0).sum(1)
+        field_of = np.repeat(np.arange(len(dtypes)), [n for _, n in dtypes])
+        kinds = list(dict.fromkeys(d for d, _ in dtypes))
+        code = {d: i for i, d in enumerate(kinds)}
+        kind = np.array([code[d] for d, _ in dtypes], np.int64)[field_of]
+        var = np.empty(len(tensors), np.int64)
+        start = np.empty(len(tensors), np.int64)
+        spaces = []
+        for i, dtype in enumerate(kinds):
+            space = self.graph.spaces.get(dtype)
+            if space is None or not space.variables:
+                return None
+            starts, ends = self._space_bounds(space)
+            mine = kind == i
+            at = np.searchsorted(starts, lo[mine], side="right") - 1
+            if (at < 0).any() or (hi[mine] >= ends[np.maximum(at, 0)]).any():
+                return None  # outside every variable, or across two
+            var[mine], start[mine] = at, starts[at]
+            spaces.append(space)
+        pair = kind * (int(var.max()) + 1) + var
+        held, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+        rank = np.empty(held.size, np.int64)
+        order = np.argsort(first, kind="stable")
+        rank[order] = np.arange(held.size)
+        number = rank[inverse.reshape(-1)]
+        used = _Used()
+        for t in first[order].tolist():
+            dtype = kinds[int(kind[t])]
+            used.number(dtype, spaces[int(kind[t])].variables[int(var[t])])
+        self._layout_variables[compiled.compute_set.id] = tuple(used.variables)
+        cells = np.stack([number, rows[:, 0] - start], 1).tobytes()
+        return Key((Key((tuple(parts), "rows", cells, rows[:, 1:].tobytes())), self._variables(used)))
 
     def work(self, compiled: CompiledComputeSet) -> tuple:
         """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
