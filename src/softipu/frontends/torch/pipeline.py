@@ -26,7 +26,14 @@ program steps by stage and IPU (their static cycles), and prices the strategy:
   micro-batches is replaced by ``fill + main + flush``; streaming, accumulation and the optimizer
   stay as they run. Stages sharing an IPU (a model coming back to IPU 0, as Graphcore's BERT head)
   run one after the other in a pipeline cycle (the schedule's ``stage_ipus``);
-* ``sharded`` and the phased strategies: the stages run one after another: the program's cycles.
+* ``sharded``: the stages run one after another: the program's cycles;
+* the phased strategies (:func:`phase_sequence`, :func:`phased_cycles`): the phases run in
+  PopTorch's order (forward phases, the last one also the first backward phase, then the backward
+  phases in reverse), each phase its slowest stage's compute and loads (``load_fwd`` /
+  ``load_bwd`` tags: weights and activations from Streaming Memory, ``training/offload.py``; and
+  the activations copied in). ``serial_phased``: load then compute, phase after phase.
+  ``parallel_phased`` alternates two groups of IPUs, so phase ``i + 1``'s loads overlap phase
+  ``i``'s compute: ``L0 + sum(max(C_i, L_{i+1}))`` per micro-batch.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class Placement:
     ipu_of: dict[torch.fx.Node, int]
     stage_of: dict[torch.fx.Node, int]  # index into ``stages``
     memory: dict[int, float] = field(default_factory=dict)  # per-IPU availableMemoryProportion
+    phases: list[int] = field(default_factory=list)  # each stage's phase (phased strategies)
 
     @property
     def stage_ipus(self) -> list[int]:
@@ -158,9 +166,11 @@ def place_nodes(graph: torch.fx.Graph, forward: set[torch.fx.Node] | None, confi
             if user is not None:
                 ipu_of[n], stage_of[n] = ipu_of[user], stage_of[user]
     num_ipus = _num_ipus(max(ipu_of.values()) + 1, bool(config.get("auto_round")), label)
+    phase_of = {int(st): int(ph) for st, ph, _ in (config.get("blocks") or {}).values()}
     placement = Placement(config.get("strategy", "pipelined"), num_ipus,
                           [(f"stage {s}", s, ipu) for (s, ipu) in index], ipu_of, stage_of,
-                          {int(k): float(v) for k, v in (config.get("memory") or {}).items()})
+                          {int(k): float(v) for k, v in (config.get("memory") or {}).items()},
+                          [phase_of.get(s, 0) for (s, _) in index])
     if placement.strategy == "pipelined" and len(stages) > 1:
         _check_depth(len(stages), training, accumulation, label)
     return placement
@@ -371,7 +381,7 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
 
     cost = StaticCost(executable, 1)
     n = len(placement.stages)
-    sums = {k: [0] * n for k in ("fwd", "bwd", "copy_fwd", "copy_bwd")}
+    sums = {k: [0] * n for k in ("fwd", "bwd", "copy_fwd", "copy_bwd", "load_fwd", "load_bwd")}
     for prog, stage, kind in tags:
         if 0 <= stage < n:
             sums[kind][stage] += cost.cost(prog)[0]
@@ -404,9 +414,51 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
             + device_iterations * (t.fill + t.main + t.flush)
         # what is not stage work: streaming, accumulation, the optimizer update, sync
         out["other_cycles"] = cycles - device_iterations * (t.fill + t.main + t.flush)
+    if placement.strategy in ("serial_phased", "parallel_phased"):
+        seq = phase_sequence(placement.phases, sums, training)
+        total = phased_cycles(seq, placement.strategy == "parallel_phased")
+        loads = sum(sums["load_fwd"]) + sum(sums["load_bwd"])
+        out["phases"] = seq
+        out["phased_cycles"] = total  # one micro-batch's phases, as the strategy runs them
+        out["overlapped_cycles"] = sum(p["compute_cycles"] + p["load_cycles"] for p in seq) - total
+        cycles = int(run_cycles) - device_iterations * accumulation * (staged + loads) \
+            + device_iterations * accumulation * total
     out["cycles"] = cycles
     out["step_cycles"] = cycles // max(device_iterations, 1)
     return out
+
+
+def phase_sequence(phases: Sequence[int], sums: dict[str, list[int]], training: bool) -> list[dict[str, Any]]:
+    """The phases in the order they run, each with its compute (the slowest of its stages, which
+    run side by side on their IPUs) and its loads (weights and activations from Streaming Memory
+    and the activations copied in from the previous phase's IPUs; the slowest stage's). Training
+    runs the forward phases, then the backward phases in reverse; the last forward phase and the
+    first backward phase are one phase (PopTorch's default, without ``useSeparateBackwardPhase``)."""
+    order = sorted(set(phases))
+
+    def entry(p: int, kinds: tuple[str, ...], label: str) -> dict[str, Any]:
+        stages = [s for s, ph in enumerate(phases) if ph == p]
+        compute = max(sum(sums[k][s] for k in kinds) for s in stages)
+        load = max(sum(sums[f"{c}_{k}"][s] for k in kinds for c in ("load", "copy")) for s in stages)
+        return {"phase": p, "pass": label, "compute_cycles": int(compute), "load_cycles": int(load)}
+
+    seq = [entry(p, ("fwd",), "fwd") for p in order[:-1]]
+    if order:
+        last = ("fwd", "bwd") if training else ("fwd",)
+        seq.append(entry(order[-1], last, "+".join(last)))
+    if training:
+        seq += [entry(p, ("bwd",), "bwd") for p in reversed(order[:-1])]
+    return seq
+
+
+def phased_cycles(seq: Sequence[dict[str, Any]], parallel: bool) -> int:
+    """One micro-batch through the phases. Serial: each phase loads, then computes. Parallel (the
+    phases alternate between two groups of IPUs): phase ``i + 1``'s loads run on the other group
+    while phase ``i`` computes, so ``L0 + sum(max(C_i, L_{i+1}))``."""
+    if not parallel:
+        return sum(p["compute_cycles"] + p["load_cycles"] for p in seq)
+    loads = [p["load_cycles"] for p in seq] + [0]
+    return loads[0] + sum(max(p["compute_cycles"], loads[i + 1]) for i, p in enumerate(seq))
 
 
 def _transfers(cf: list[int], cb: list[int], training: bool) -> list[int]:

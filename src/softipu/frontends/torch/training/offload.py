@@ -177,11 +177,16 @@ class Offload:
         if all(u in lowerer.joint.forward_nodes or u.op == "output" for u in node.users):
             return False  # no backward reader (a user output is streamed to the host from chip)
         buffer = lowerer.graph.add_remote_buffer(f"activations/{node.name}", value.dtype, value.shape)
-        lowerer.ctx.prog.add(P.RemoteCopy(value, buffer))
+        with _tagged(lowerer, node, "fwd"):
+            lowerer.ctx.prog.add(P.RemoteCopy(value, buffer))
         self.activations[node.name] = self._saved[node] = buffer
         return True
 
     def _load(self, lowerer: Any, p: torch.fx.Node, forward: bool) -> None:
+        with _tagged(lowerer, p, "fwd" if forward else "bwd"):
+            self._load_into(lowerer, p, forward)
+
+    def _load_into(self, lowerer: Any, p: torch.fx.Node, forward: bool) -> None:
         name = self._param_of[p]
         self._loaded.add(p)
         if not forward:  # a variable of its own: the forward's is free from its last forward reader
@@ -237,7 +242,8 @@ class Offload:
         with _on_ipu(lowerer, a):
             var = lowerer.graph.add_variable(value.dtype, value.shape, name=f"streaming/activations/{a.name}")
             clone_mapping(lowerer.graph, var, value)
-        lowerer.ctx.prog.add(P.RemoteCopy(self._saved[a], var))
+        with _tagged(lowerer, a, "bwd"):
+            lowerer.ctx.prog.add(P.RemoteCopy(self._saved[a], var))
         lowerer.env[a] = var
 
     # -- the optimizer update ----------------------------------------------------------------------
@@ -289,6 +295,19 @@ def _on_ipu(lowerer: Any, node: torch.fx.Node) -> Iterator[None]:
         return
     with lowerer.on_ipu(placement.ipu_of.get(node)):
         yield
+
+
+@contextlib.contextmanager
+def _tagged(lowerer: Any, node: torch.fx.Node, context: str) -> Iterator[None]:
+    """Under model parallelism: the steps added here are loads of ``node``'s stage in ``context``
+    (``load_fwd`` / ``load_bwd``: what a phased strategy overlaps with the previous phase)."""
+    prog = lowerer.ctx.prog
+    start = len(prog.programs)
+    yield
+    placement = getattr(lowerer, "placement", None)
+    stage = placement.stage_of.get(node) if placement is not None else None
+    if stage is not None:
+        lowerer.tags += [(q, stage, f"load_{context}") for q in prog.programs[start:]]
 
 
 # -- the host's view ----------------------------------------------------------------------------
