@@ -241,6 +241,37 @@ def group_pool_cycles(dtype: DType, mode: PoolMode, g: dict, oh: int, target: Ta
                           target.workers_per_tile)
 
 
+def _pool_pixels(x: np.ndarray, g: dict, oh: int, mode: PoolMode) -> np.ndarray:
+    """:func:`_pool_planes` of input stored channels innermost (``(..., rows * W * C)``), into
+    ``(..., oh, OW, C)``: the same frame, windows and pass order with the channels kept innermost
+    (contiguous vectors, no transposing copies), so the same values."""
+    c, w = g["C"], g["W"]
+    rows = x.shape[-1] // (w * c)
+    span, wp = (oh - 1) * g["sh"] + g["kh"], (g["OW"] - 1) * g["sw"] + g["kw"]
+    is_max = mode is PoolMode.MAX
+    lead = x.shape[:-1]
+    frame = np.full((*lead, span, wp, c), -np.inf if is_max else 0.0, x.dtype if is_max else np.float32)
+    top, pw = max(0, g["row0"]) - g["row0"], g["pw"]
+    r, cols = min(rows, span - top), min(w, wp - pw)
+    if r > 0 and cols > 0:
+        frame[..., top:top + r, pw:pw + cols, :] = x.reshape(*lead, rows, w, c)[..., :r, :cols, :]
+    acc = None
+    sh, sw = g["sh"], g["sw"]
+    for i in range(g["kh"]):
+        for j in range(g["kw"]):
+            win = frame[..., i:i + (oh - 1) * sh + 1:sh, j:j + (g["OW"] - 1) * sw + 1:sw, :]
+            if acc is None:
+                acc = win.copy()
+            elif is_max:
+                np.maximum(acc, win, out=acc)
+            else:
+                acc += win
+    if not is_max:
+        divisor = _divisor(oh, g, mode)
+        acc /= divisor[..., None] if isinstance(divisor, np.ndarray) else divisor
+    return acc
+
+
 @cache
 def group_pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
     """Max or average pooling of a band of output rows of one sample stored channels innermost:
@@ -249,12 +280,8 @@ def group_pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
 
     def compute(x, out, **params):
         g = _int_params(params, _GROUP_GEOMETRY)
-        c, w = g["C"], g["W"]
-        rows = x.shape[-1] // (w * c)
-        oh = out.shape[-1] // (g["OW"] * c)
-        planes = np.moveaxis(x.reshape(*x.shape[:-1], rows, w, c), -1, -3)
-        acc = _pool_planes(planes.reshape(*x.shape[:-1], c, rows * w), g, oh, mode)
-        out[...] = np.moveaxis(acc, -3, -1).reshape(out.shape)
+        oh = out.shape[-1] // (g["OW"] * g["C"])
+        out[...] = _pool_pixels(x, g, oh, mode).reshape(out.shape)
 
     def cycles(x, out, target, **params):
         g = {k: int(np.asarray(params[k]).flat[0]) for k in _GROUP_GEOMETRY}

@@ -3,6 +3,7 @@ codelet, add the vertices (in place: check the target and copy aliased operands 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,10 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
     shape = broadcast_shapes(ctx, *(t.shape for t in tensors))
     if seed is None and _all_transposed(ctx.graph, tensors, shape):  # an embedding table and its gradient
         return _run(ctx, expr, [t.T if t.ndim else t for t in tensors], inplace=inplace).T
+    if seed is None and not inplace and _channels_last(tensors, shape):  # a convolution's output
+        perm = (0, *range(2, len(shape)), 1)
+        inv = (0, len(shape) - 1, *range(1, len(shape) - 1))
+        return _run(ctx, expr, [t.broadcast(shape).transpose(perm) for t in tensors]).transpose(inv)
     target = tensors[0] if inplace else None
     if target is not None:
         typed, tensors = _prepare_inplace(ctx, typed, tensors, shape)
@@ -100,6 +105,24 @@ def _all_transposed(graph: Graph, tensors: list[Tensor], shape: tuple[int, ...])
         return False
     starts, lengths, _ = tile_regions(graph, full[0].T)
     return bool(starts.size) and not np.any(starts % rows) and not np.any(lengths % rows)
+
+
+def _channels_last(tensors: list[Tensor], shape: tuple[int, ...]) -> bool:
+    """Whether the first full-size operand of a 3- to 5-d result is stored channels innermost
+    (``[N, C, *spatial]`` with C fastest, the rest row-major: every convolution's output). The
+    op then runs in that order and its result keeps the layout, as popops' map clones its
+    input's: the next convolution reads it without a transposing copy, and each vertex reads
+    contiguous runs, not elements a channel count apart."""
+    if not 3 <= len(shape) <= 5 or shape[1] < 2 or math.prod(shape[2:]) < 2:
+        return False
+    full = next((t for t in tensors if t.shape == shape), None)
+    if full is None or not full.is_strided:
+        return False
+    want, step = [0] * len(shape), 1
+    for axis in (1, *range(len(shape) - 1, 1, -1), 0):
+        want[axis] = step if shape[axis] > 1 else full.strides[axis]
+        step *= shape[axis]
+    return list(full.strides) == want
 
 
 def _prepare_inplace(ctx: OpContext, typed: Expr, tensors: list[Tensor], shape: tuple[int, ...]):
