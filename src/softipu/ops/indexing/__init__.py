@@ -56,10 +56,10 @@ from softipu.ops.indexing.tables import _slice_rows as _slice_rows
 from softipu.ops.indexing.tables import _table_blocks as _table_blocks
 from softipu.ops.indexing.tables import _update_rows as _update_rows
 from softipu.ops.indexing.tables import create_slicable_like as create_slicable_like
-from softipu.ops.indexing.tables import create_slicable_table, multi_slice, multi_update_add
+from softipu.ops.indexing.tables import create_slicable_table, multi_slice, multi_update_add, plan_table_split
 
 __all__ = ["fill", "zero", "full", "zeros", "iota", "pad", "PadMode", "one_hot", "gather",
            "scatter", "scatter_add", "multi_slice", "multi_update_add", "create_slicable_table",
-           "create_slicable_like",
+           "create_slicable_like", "plan_table_split",
            "dynamic_slice", "dynamic_update", "sort", "sort_with_indices", "top_k", "cumsum"]
 

@@ -27,7 +27,41 @@ from softipu.ops.indexing._common import _index_tensor, _map_rest, _runs
 from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce import tensor_at
 
-__all__ = ["multi_slice", "multi_update_add", "create_slicable_table", "create_slicable_like"]
+__all__ = ["multi_slice", "multi_update_add", "create_slicable_table", "create_slicable_like",
+           "plan_table_split"]
+
+# popops' slice plan splits the sliced dimension (rows) as well as the columns when the columns
+# leave tiles idle (BERT's 768-wide embedding on 1472 tiles). Here a row split cuts every column
+# into equal row blocks, one vertex each (several on a tile when a tile holds several columns),
+# so every vertex field stays a strided view of the table (the engine never gathers it): block
+# (c, r) is storage run c * row_blocks + r. A lookup's row blocks give partial rows, summed.
+MAX_ROW_BLOCKS = 8
+MIN_BLOCK_ROWS = 64
+
+
+def plan_table_split(rows: int, cols: int, tiles: int) -> tuple[int, int]:
+    """``(width, row_blocks)`` of a ``[rows, cols]`` slicable table on ``tiles`` tiles: ``width``
+    columns a tile and each column cut into ``row_blocks`` equal blocks (a divisor of ``rows``, at
+    most ``MAX_ROW_BLOCKS``, each at least ``MIN_BLOCK_ROWS`` rows), the pair holding the fewest
+    elements on the fullest tile (the table's, its gradient's and optimizer state's bytes there,
+    and the update's work), ties to fewer row blocks (fewer partial rows to sum after a lookup).
+    Without a row split the width is ``ceil(cols / tiles)``, one block of whole columns a tile.
+
+    >>> plan_table_split(8192, 256, 1472)
+    (1, 4)
+    >>> plan_table_split(30522, 768, 1472)
+    (2, 3)
+    >>> plan_table_split(100, 8, 4)
+    (2, 1)
+    """
+    width = -(-cols // tiles) if cols else 1
+    best = (width * rows, width, 1)
+    for w in range(1, cols + 1):
+        most = min(MAX_ROW_BLOCKS, tiles // -(-cols // w), rows // MIN_BLOCK_ROWS)
+        blocks = next((k for k in range(most, 1, -1) if rows % k == 0), 1)
+        if blocks > 1 and w * (rows // blocks) < best[0]:
+            best = (w * (rows // blocks), w, blocks)
+    return best[1], best[2]
 
 
 # -- multi-slice / multi-update -----------------------------------------------------------------------
@@ -83,21 +117,35 @@ def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
 
 
 def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: str = "table") -> Tensor:
-    """A ``[rows, columns]`` table laid out for multi_slice: whole column blocks per tile.
+    """A ``[rows, columns]`` table laid out for multi_slice: column blocks, and row blocks when
+    columns alone leave tiles idle (:func:`plan_table_split`), one block a tile.
 
-    (popops ``createSliceableTensor``): each tile holds every row of a few columns, so a lookup
-    is local wherever the index points. The variable is stored transposed (``[columns, rows]``;
-    the result is its ``.T`` view) so each tile's block is one contiguous region.
+    (popops ``createSliceableTensor``): each tile holds a few columns of every row, or of a
+    block of rows, so a lookup is local wherever the index points (a row-split table's lookups
+    are partial rows, zero outside the block, summed). The variable is stored transposed
+    (``[columns, rows]``; the result is its ``.T`` view) so each column of a block is one
+    contiguous region.
 
     >>> import softipu as sp
     >>> g = sp.Graph(sp.targets.ipu_model(tiles=4))
     >>> t = create_slicable_table(g, (10, 8)); sorted(set(g.tile_of(t)[0].tolist()))
     [0, 1, 2, 3]
+    >>> t = create_slicable_table(g, (256, 2)); sorted(set(g.tile_of(t).reshape(-1).tolist()))
+    [0, 1, 2, 3]
     """
     rows, cols = (operator.index(d) for d in shape)
     t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
-    for c0, c1, tile in _column_blocks(graph, t) if rows else []:
-        graph.set_tile_mapping(t[:, c0:c1], tile)
+    if not rows or not cols:
+        return t
+    width, row_blocks = plan_table_split(rows, cols, graph.num_tiles)
+    if row_blocks == 1:
+        for c0, c1, tile in _column_blocks(graph, t):
+            graph.set_tile_mapping(t[:, c0:c1], tile)
+        return t
+    col, block = np.divmod(np.arange(cols * row_blocks), row_blocks)  # storage run c * row_blocks + r
+    total = -(-cols // width) * row_blocks
+    graph.set_tile_mappings(t.T.reshape(cols * row_blocks, rows // row_blocks),
+                            ((col // width) * row_blocks + block) * graph.num_tiles // total)
     return t
 
 
@@ -117,12 +165,11 @@ def create_slicable_like(graph: Graph, like: Tensor, dtype: Any = None, name: st
         return None
     rows, cols = like.shape
     starts, lengths, tiles = tile_regions(graph, like.T)  # pieces of its storage, one tile each
-    if starts.size == 0 or np.any(starts % rows) or np.any(lengths % rows):
-        return None  # not whole columns a tile (e.g. a matmul operand's blocks)
+    whole = not np.any(starts % rows) and not np.any(lengths % rows)
+    if starts.size == 0 or not (whole or np.all(starts // rows == (starts + lengths - 1) // rows)):
+        return None  # not whole columns or parts of one column a tile (e.g. a matmul operand's blocks)
     t = graph.add_variable(as_dtype(dtype) if dtype is not None else like.dtype, (cols, rows), name=name)
-    flat = t.reshape(-1)
-    for s0, n, tile in zip(starts.tolist(), lengths.tolist(), tiles.tolist(), strict=True):
-        graph.set_tile_mapping(flat[s0:s0 + n], tile)
+    graph.map_intervals(t, starts, starts + lengths, tiles)
     return t.T
 
 
@@ -137,6 +184,10 @@ def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> 
     n = indices.shape[0]
     blocks = _column_blocks(graph, table)
     if n == 0 or not blocks:
+        return
+    grid = _row_grid(graph, table)
+    if grid is not None:
+        _slice_split(ctx, table, indices, out, grid)
         return
     whole_rows = out.is_contiguous()
     if whole_rows:
@@ -175,6 +226,10 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
     blocks = _column_blocks(graph, table)
     if indices.shape[0] == 0 or not blocks or table.shape[0] == 0:
         return
+    grid = _row_grid(graph, table)
+    if grid is not None:
+        _update_split(ctx, table, indices, updates, scale, accumulate, grid)
+        return
     i_addr, u_addr = indices.addresses(), updates.addresses()
     widths: dict[int, list[tuple[int, int, int]]] = {}
     for block in blocks:
@@ -194,6 +249,89 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
         graph.add_vertices(cs, codelet, fields, [m[2] for m in members])
     ctx.execute(cs)
 
+
+
+# -- row-split tables (create_slicable_table's plan with row blocks) ----------------------------------
+def _row_grid(graph: Graph, table: Tensor) -> np.ndarray | None:
+    """``[cols, row_blocks]`` tiles of a column-major table whose columns are cut into equal row
+    blocks on distinct tiles (:func:`create_slicable_table`'s row split), from its storage's
+    tile regions; else None (whole columns a tile)."""
+    rows, cols = table.shape
+    if not _column_major(table) or rows < 2:
+        return None
+    starts, lengths, tiles = tile_regions(graph, table.T)
+    if starts.size <= cols or starts.size % cols or np.any(lengths != lengths[0]):
+        return None
+    height = int(lengths[0])
+    if rows % height or starts.size != cols * (rows // height) or np.any(starts % height):
+        return None
+    return tiles.reshape(cols, rows // height)
+
+
+def _block_rows(table: Tensor, tiles: np.ndarray) -> Tensor:
+    """``(cols * row_blocks, height)``: block ``(c, r)`` as row ``c * row_blocks + r``, a strided view."""
+    height = table.shape[0] // tiles.shape[1]
+    return Tensor(table.graph, table.dtype, (tiles.size, height), table.offset, (height, 1))
+
+
+def _shifted(ctx: OpContext, indices: Tensor, tiles: np.ndarray, height: int) -> Tensor:
+    """``(cols * row_blocks, n)``: each block's copy of the indices less its first row (popops'
+    ``baseOffset``), on the block's tile: the codelets treat rows outside the block as out of
+    range, and each vertex reads its own row (a strided field)."""
+    from softipu.ops.elementwise import E, map_  # noqa: PLC0415 - elementwise imports indexing
+
+    graph, n = ctx.graph, indices.shape[0]
+    cols, row_blocks = tiles.shape
+    first = graph.add_constant(indices.dtype, (1, row_blocks, 1),
+                               (np.arange(row_blocks) * height).reshape(1, -1, 1),
+                               name=f"{ctx.name}/first_rows")
+    graph.set_tile_mapping(first, int(tiles[0, 0]))
+    out = graph.add_variable(indices.dtype, (cols * row_blocks, n), name=f"{ctx.name}/rows")
+    graph.set_tile_mappings(out, tiles.reshape(-1))
+    map_(graph, E.sub(E.input(1), E.input(2)),
+         [out.reshape(cols, row_blocks, n), indices.reshape(1, 1, n), first], ctx.prog,
+         name=f"{ctx.name}/rows")
+    return out
+
+
+def _slice_split(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor, tiles: np.ndarray) -> None:
+    """Each block looks up every index (zeros outside its rows) into its own partial column; the
+    row blocks' partials are summed into ``out`` (mapped in whole rows when contiguous)."""
+    from softipu.ops.elementwise import E, map_  # noqa: PLC0415 - elementwise imports indexing
+
+    graph, n = ctx.graph, indices.shape[0]
+    cols, row_blocks = tiles.shape
+    if out.is_contiguous():
+        map_linearly(graph, out, grain_size=max(1, out.shape[1]))
+    blocks = _block_rows(table, tiles)
+    shifted = _shifted(ctx, indices, tiles, blocks.shape[1])
+    partial = graph.add_variable(table.dtype, (cols * row_blocks, n), name=f"{ctx.name}/partials")
+    graph.set_tile_mappings(partial, tiles.reshape(-1))
+    cs = ctx.compute_set()
+    graph.add_vertices(cs, multi_slice_codelet(table.dtype, indices.dtype, True),
+                       {"table": blocks, "index": shifted, "out": partial}, tiles.reshape(-1))
+    ctx.execute(cs)
+    parts = partial.reshape(cols, row_blocks, n)
+    total = E.input(1)
+    for r in range(1, row_blocks):
+        total = E.add(total, E.input(r + 1))
+    map_(graph, total, [out.T, *(parts[:, r] for r in range(row_blocks))], ctx.prog, name=f"{ctx.name}/sum")
+
+
+def _update_split(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor, scale: float,
+                  accumulate: bool, tiles: np.ndarray) -> None:
+    """Each block updates its rows from every index (the others skipped): the table does not
+    move, each tile receives its column of the updates."""
+    graph = ctx.graph
+    cols, row_blocks = tiles.shape
+    blocks = _block_rows(table, tiles)
+    shifted = _shifted(ctx, indices, tiles, blocks.shape[1])
+    u_addr = np.repeat(updates.addresses().T, row_blocks, axis=0)  # block (c, r) reads column c
+    cs = ctx.compute_set()
+    graph.add_vertices(cs, multi_update_codelet(table.dtype, indices.dtype, accumulate, True),
+                       {"table": blocks, "index": shifted, "updates": tensor_at(graph, updates.dtype, u_addr),
+                        "scale": scale}, tiles.reshape(-1))
+    ctx.execute(cs)
 
 def multi_slice(graph: Graph, table: Tensor, indices: Tensor, prog: Any, *, name: str = "",
                 options: dict | None = None) -> Tensor:

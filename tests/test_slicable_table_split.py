@@ -1,0 +1,82 @@
+"""create_slicable_table's row split (popops' slice plan splitting the sliced dimension): a table
+narrower than the chip is cut into row blocks too, lookups sum the blocks' partial rows and
+updates land in the block holding the row; oracles are numpy's indexing and ``np.add.at``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.ops.indexing import (
+    create_slicable_like,
+    create_slicable_table,
+    multi_slice,
+    multi_update_add,
+    plan_table_split,
+)
+
+
+def graph(tiles: int) -> sp.Graph:
+    return sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=256 * 1024))
+
+
+def test_plan_cuts_rows_when_columns_leave_tiles_idle() -> None:
+    # 256 columns on 1472 tiles: 5 tiles a column, 4 (the largest divisor of 8192 up to 5) rows blocks.
+    assert plan_table_split(8192, 256, 1472) == (1, 4)
+    # 768 columns: two a tile (384 blocks, 3 tiles each; 3 divides 30522) hold 2 * 10174 elements,
+    # fewer than one whole column (30522) or four columns of 6 blocks (4 * 5087 = 20348, a tie).
+    assert plan_table_split(30522, 768, 1472) == (2, 3)
+    assert plan_table_split(100, 8, 4) == (2, 1)  # more columns than tiles: whole columns
+    assert plan_table_split(127, 2, 64) == (1, 1)  # too few rows for two 64-row blocks
+
+
+@pytest.mark.parametrize(("rows", "cols", "tiles"), [(256, 2, 4), (512, 6, 16), (640, 7, 16)])
+def test_split_table_lookups_and_updates_match_numpy(rows: int, cols: int, tiles: int) -> None:
+    g = graph(tiles)
+    width, blocks = plan_table_split(rows, cols, tiles)
+    assert blocks > 1
+    table = create_slicable_table(g, (rows, cols))
+    held = np.bincount(g.tile_of(table).reshape(-1), minlength=tiles)
+    assert held.max() == width * rows // blocks  # each tile: `width` columns of one row block
+    n = 37
+    idx = g.add_variable(sp.int32, (n,), name="idx")
+    upd = g.add_variable(sp.float32, (n, cols), name="upd")
+    sp.ops.map_linearly(g, idx)
+    sp.ops.map_linearly(g, upd)
+    prog = P.Sequence()
+    out = multi_slice(g, table, idx, prog)
+    multi_update_add(g, table, idx, upd, 0.5, prog)
+    rng = np.random.default_rng(cols)
+    values = rng.standard_normal((rows, cols)).astype(np.float32)
+    picks = rng.integers(-3, rows + 3, n).astype(np.int32)
+    picks[:4] = picks[4]  # a repeated row adds every update
+    updates = rng.standard_normal((n, cols)).astype(np.float32)
+    valid = (picks >= 0) & (picks < rows)
+    want_out = np.where(valid[:, None], values[np.clip(picks, 0, rows - 1)], 0)
+    want_table = values.astype(np.float64)
+    np.add.at(want_table, picks[valid], 0.5 * updates[valid].astype(np.float64))
+    results = []
+    for options in ({}, {"engine.reference": True}):
+        eng = sp.Engine(g, [prog], options=options)
+        eng.write_tensor(table, values)
+        eng.write_tensor(idx, picks)
+        eng.write_tensor(upd, updates)
+        eng.run(0)
+        results.append((eng.read_tensor(out), eng.read_tensor(table)))
+        np.testing.assert_array_equal(results[-1][0], want_out)  # one block holds the row: x + 0 + ...
+        np.testing.assert_allclose(results[-1][1], want_table, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    groups = [grp for cs in eng.executable.compute_sets.values() for grp in cs.groups
+              if grp.codelet.__name__.startswith("MultiSlice")]
+    assert groups and all(grp.tensors("table")[0].is_strided and grp.tensors("index")[0].is_strided
+                          for grp in groups)  # the engine reads the blocks in place, no gather
+
+
+def test_slicable_like_keeps_the_row_blocks() -> None:
+    g = graph(16)
+    table = create_slicable_table(g, (512, 6))
+    state = create_slicable_like(g, table, sp.float16, "state")
+    assert state is not None and state.dtype is sp.float16
+    np.testing.assert_array_equal(g.tile_of(state), g.tile_of(table))
