@@ -12,7 +12,7 @@ from softipu import program as P
 from softipu.ops import OpError
 from softipu.ops import sparse_dynamic as sd
 
-O_, I_, Z, K = 32, 48, 5, 4  # output, input, batch, embedding indices
+O_, I_, Z, K = 32, 48, 6, 4  # output, input, batch, embedding indices
 
 
 def _patterns(rng, nrb, ncb, max_nz):
@@ -45,14 +45,16 @@ def _tol(dtype):
     return (2e-2, 2e-2) if dtype is sp.float16 else (1e-5, 1e-5)
 
 
-@pytest.mark.parametrize("block,dtype", [(1, sp.float32), (4, sp.float32), (8, sp.float16),
-                                         (16, sp.float32), (4, sp.float16)])
-def test_fully_connected_passes_and_embedding_vs_dense(block, dtype):
+@pytest.mark.parametrize("block,dtype,cut", [(1, sp.float32, {}), (4, sp.float32, {}), (8, sp.float16, {}),
+                                             (16, sp.float32, {}), (4, sp.float16, {}),
+                                             (4, sp.float32, {"qz": 2, "qx": 2, "qy": 2})])
+def test_fully_connected_passes_and_embedding_vs_dense(block, dtype, cut):
     rng = np.random.default_rng(block)
-    g = sp.Graph(sp.targets.ipu_model(tiles=6))
+    g = sp.Graph(sp.targets.ipu_model(tiles=8))
     prog = P.Sequence()
     fc = sd.FullyConnectedParams.with_nz_ratio(block, 0.4, Z, I_, O_, name="w")
-    w = sd.create_fully_connected_weights(g, dtype, fc)
+    w = sd.create_fully_connected_weights(g, dtype, fc, options={"planConstraints": cut})
+    assert all(getattr(w.plan, k) == v for k, v in cut.items())
     x = sd.create_fully_connected_input(g, dtype, fc)
     gy = g.add_variable(dtype, (Z, O_), name="gy")
     idx = g.add_variable(sp.int32, (K,), name="idx")

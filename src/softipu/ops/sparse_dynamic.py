@@ -7,13 +7,16 @@ and run again. The weights ``W`` are ``(output_size, input_size)`` in square blo
 16; the dense activations are ``(batch, input_size)``.
 
 Plan (:func:`plan_fully_connected`): ``W``'s block grid is cut into ``qx x qy`` partitions (output
-blocks x input blocks), one per tile. Each partition has a *bucket*: a meta-information row
-(layout in :mod:`softipu.codelets.sparse_dynamic`) and room for ``capacity`` non-zero blocks,
-``capacity = ceil(max_nz_blocks / partitions x (1 + metaInfoBucketOversizeProportion))`` as
-popsparse sizes its buckets. The host encoder (:meth:`FCPlan.encode`) puts each non-zero block in
-its partition's bucket; a partition with more blocks than its bucket holds spills them into the
-nearest buckets with room (popsparse's overflow allocation "for speed": shortest distance), and a
-pattern with more non-zeros than planned is an :class:`OpError` naming the tensor and the line.
+blocks x input blocks) and the batch into ``qz`` groups, one (partition, group) per tile; each group
+works on its own copy of the buckets (broadcast at the start of an op: cheap while the weights are
+sparse, and it divides the activations' exchange by ``qz``). Each partition has a *bucket*: a
+meta-information row (layout in :mod:`softipu.codelets.sparse_dynamic`) and room for ``capacity``
+non-zero blocks, ``capacity = ceil(max_nz_blocks / partitions x (1 +
+metaInfoBucketOversizeProportion))`` as popsparse sizes its buckets. The host encoder
+(:meth:`FCPlan.encode`) puts each non-zero block in its partition's bucket; a partition with more
+blocks than its bucket holds spills them into the nearest buckets with room (popsparse's overflow
+allocation "for speed": shortest distance), and a pattern with more non-zeros than planned is an
+:class:`OpError` naming the tensor and the line.
 
 Program of every op: the partition's vertex works on its own bucket; then, while the pattern's
 ``steps`` (the longest spill distance, in the meta-information) is not reached, every bucket moves
@@ -29,9 +32,10 @@ pattern's blocks, in the values' layout); :func:`sparse_dense_matmul` ``(M, N) =
 :func:`embedding_slice` (rows of ``W``) and :func:`embedding_update_add`.
 
 Options (popsparse's names): ``metaInfoBucketOversizeProportion`` (0.3); ``partialsType`` ("float"
-only); ``availableMemoryProportion``, ``doGradAPass``, ``doGradWPass``, ``sharedBuckets`` are
-accepted and do not change the plan (buckets are always shared by the three passes). Not done:
-grouped layers (``numGroups`` > 1), non-square blocks, splitting the batch over tiles.
+only); ``planConstraints`` (a dict fixing any of the partition counts ``qx``, ``qy``, ``qz``);
+``availableMemoryProportion``, ``doGradAPass``, ``doGradWPass``, ``sharedBuckets`` are accepted and
+do not change the plan (buckets are always shared by the three passes). Not done: grouped layers
+(``numGroups`` > 1), non-square blocks.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ __all__ = ["FullyConnectedParams", "FCPlan", "SparseTensor", "plan_fully_connect
            "embedding_slice", "embedding_update_add", "DEFAULT_OPTIONS"]
 
 DEFAULT_OPTIONS = {"metaInfoBucketOversizeProportion": 0.3, "availableMemoryProportion": 0.6,
-                   "partialsType": "float", "doGradAPass": False, "doGradWPass": False, "sharedBuckets": True}
+                   "partialsType": "float", "doGradAPass": False, "doGradWPass": False, "sharedBuckets": True,
+                   "planConstraints": {}}
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,19 @@ class FCPlan:
     qx: int
     qy: int
     capacity: int
-    tiles: np.ndarray
+    tile_grid: np.ndarray  # the tile of vertex (z, p): tile_grid[z * partitions + p]
     oversize: float
+    qz: int = 1
 
     @property
     def partitions(self) -> int:
+        """The buckets: ``qx x qy`` partitions of ``W``'s blocks."""
         return self.qx * self.qy
+
+    @property
+    def tiles(self) -> np.ndarray:
+        """Bucket ``p``'s tile (the first batch group's)."""
+        return self.tile_grid[:self.partitions]
 
     @property
     def xw(self) -> int:  # output blocks per partition
@@ -214,20 +226,23 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _plan_cycles(graph: Graph, params: FullyConnectedParams, dtype: DType, qx: int, qy: int,
+def _plan_cycles(graph: Graph, params: FullyConnectedParams, dtype: DType, qx: int, qy: int, qz: int,
                  oversize: float) -> int:
-    """The planner's estimate of a forward pass cut ``qx x qy``: the busiest vertex (the codelet's
-    own estimate at the bucket's capacity), the exchange bringing in its activations and taking
-    out its partials, and the reduction of the ``qy`` partials spread over every tile (the
-    compiler's exchange rule, ``Target.exchange_phase_cycles``)."""
-    target, b, z = graph.target, params.block_size, params.batch_size
+    """The planner's estimate of a forward pass cut ``qx x qy`` (and the batch in ``qz``): the
+    busiest vertex (the codelet's own estimate at the bucket's capacity), the exchange bringing in
+    its activations and its bucket's copy and taking out its partials, and the reduction of the
+    ``qy`` partials spread over every tile (the compiler's exchange rule,
+    ``Target.exchange_phase_cycles``)."""
+    target, b = graph.target, params.block_size
+    z = params.batch_size // qz
     xw, yw = params.output_size // b // qx, params.input_size // b // qy
     cap = max(1, math.ceil(params.max_nz_blocks / (qx * qy) * (1 + oversize)))
     compute = fwd_cycles(cap * b * b, z * xw * b, np.asarray([z]), b, dtype, target)
-    move = target.exchange_phase_cycles(z * (yw * b * dtype.itemsize + xw * b * 4), 2 * z)
+    bucket = (cap * b * b * dtype.itemsize + (META_HEADER + 3 * cap) * 4) if qz > 1 else 0
+    move = target.exchange_phase_cycles(z * (yw * b * dtype.itemsize + xw * b * 4) + bucket, 2 * z + 2)
     reduce = 0
     if qy > 1:
-        per_tile = qy * z * params.output_size * 4 // graph.num_tiles + 1
+        per_tile = qy * params.batch_size * params.output_size * 4 // graph.num_tiles + 1
         reduce = target.exchange_phase_cycles(per_tile, 1) + per_tile // 4
     return int(compute + move + reduce)
 
@@ -235,8 +250,8 @@ def _plan_cycles(graph: Graph, params: FullyConnectedParams, dtype: DType, qx: i
 def plan_fully_connected(graph: Graph, params: FullyConnectedParams, dtype: Any,
                          options: dict | None = None) -> FCPlan:
     """The partitions, bucket capacity and tiles of a layer (see the module docstring): of the cuts
-    ``qx x qy`` that divide the blocks and fit the tiles, the one :func:`_plan_cycles` prices
-    lowest."""
+    ``qx x qy`` of the blocks and ``qz`` of the batch that divide them and fit the tiles, the one
+    :func:`_plan_cycles` prices lowest."""
     ctx = OpContext.start(graph, P.Sequence(), "plan_fully_connected", params.name)
     opts = parse_options(ctx, options, DEFAULT_OPTIONS)
     if str(opts["partialsType"]).lower() != "float":
@@ -246,12 +261,21 @@ def plan_fully_connected(graph: Graph, params: FullyConnectedParams, dtype: Any,
         raise ctx.error(f"metaInfoBucketOversizeProportion {oversize} must be >= 0")
     b, dtype = params.block_size, as_dtype(dtype)
     nx, ny = params.output_size // b, params.input_size // b
-    cuts = [(qx, qy) for qx in _divisors(nx) for qy in _divisors(ny) if qx * qy <= graph.num_tiles]
-    qx, qy = min(cuts, key=lambda c: (_plan_cycles(graph, params, dtype, *c, oversize), -c[0] * c[1]))
-    parts = qx * qy
-    cap = max(1, math.ceil(params.max_nz_blocks / parts * (1 + oversize)))
-    tiles = np.arange(parts, dtype=np.int64) * graph.num_tiles // parts
-    return FCPlan(params, dtype, qx, qy, cap, tiles, oversize)
+    tiles = graph.num_tiles
+    fixed = dict(opts["planConstraints"])
+    if set(fixed) - {"qx", "qy", "qz"}:
+        raise ctx.error(f"planConstraints {fixed} may fix only 'qx', 'qy' and 'qz'")
+    cuts = [(qx, qy, qz) for qx in _divisors(nx) for qy in _divisors(ny) if qx * qy <= tiles
+            for qz in _divisors(params.batch_size) if qx * qy * qz <= tiles
+            if all(fixed.get(k, v) == v for k, v in (("qx", qx), ("qy", qy), ("qz", qz)))]
+    if not cuts:
+        raise ctx.error(f"planConstraints {fixed} leave no cut of {nx} x {ny} blocks and batch "
+                        f"{params.batch_size} over {tiles} tiles")
+    qx, qy, qz = min(cuts, key=lambda c: (_plan_cycles(graph, params, dtype, *c, oversize), -c[0] * c[1],
+                                          c[2]))
+    cap = max(1, math.ceil(params.max_nz_blocks / (qx * qy) * (1 + oversize)))
+    count = qx * qy * qz
+    return FCPlan(params, dtype, qx, qy, cap, np.arange(count, dtype=np.int64) * tiles // count, oversize, qz)
 
 
 def create_fully_connected_weights(graph: Graph, dtype: Any, params: FullyConnectedParams, *, name: str = "",
@@ -292,21 +316,26 @@ def create_fully_connected_input(graph: Graph, dtype: Any, params: FullyConnecte
 
 
 # -- the bucket machinery --------------------------------------------------------------------------
+# An op runs ``groups`` copies of the buckets (the plan's batch groups ``qz`` for the products, 1
+# for the embedding ops): vertex ``z * partitions + p`` works on bucket ``p`` for batch group ``z``
+# on ``plan.tile_grid[z * partitions + p]``.
 
-def _like(graph: Graph, t: Tensor, plan: FCPlan, name: str) -> Tensor:
-    out = graph.add_variable(t.dtype, t.shape, name=name)
-    graph.set_tile_mappings(out, plan.tiles)
+def _like(graph: Graph, t: Tensor, plan: FCPlan, name: str, groups: int = 1) -> Tensor:
+    out = graph.add_variable(t.dtype, (groups * t.shape[0],) + t.shape[1:], name=name)
+    graph.set_tile_mappings(out, plan.tile_grid[:out.shape[0]])
     return out
 
 
-def _rotate(ctx: OpContext, plan: FCPlan, tensors: list[Tensor], back: bool) -> P.Sequence:
-    """Move every bucket one partition along (``back``: the other way), through a temporary."""
+def _rotate(ctx: OpContext, plan: FCPlan, tensors: list[Tensor], back: bool, groups: int) -> P.Sequence:
+    """Move every bucket one partition along within its group (``back``: the other way)."""
     body = P.Sequence()
     n = plan.partitions
     for t in tensors:
-        moved = concat([t[1:n], t[0:1]]) if back else concat([t[n - 1:n], t[0:n - 1]])
+        g3 = t.reshape((groups, n, -1))
+        moved = concat([g3[:, 1:n], g3[:, 0:1]], axis=1) if back else concat([g3[:, n - 1:n], g3[:, 0:n - 1]],
+                                                                             axis=1)
         tmp = _like(ctx.graph, t, plan, f"{ctx.name}/{t.name.rsplit('/', 1)[-1]}_moved")
-        body.add(P.Copy(moved, tmp))
+        body.add(P.Copy(moved, tmp.reshape((groups, n, -1))))
         body.add(P.Copy(tmp, t))
     return body
 
@@ -329,7 +358,7 @@ def _counter(ctx: OpContext, plan: FCPlan, meta: Tensor) -> tuple[P.Sequence, P.
 
 
 def _run_buckets(ctx: OpContext, plan: FCPlan, meta: Tensor, moving: list[Tensor], written: list[Tensor],
-                 step: P.Program) -> None:
+                 step: P.Program, groups: int) -> None:
     """``step`` on the buckets as they lie, then once per propagation step after moving
     ``moving``; then ``written`` moved back home."""
     ctx.prog.add(step)
@@ -337,58 +366,69 @@ def _run_buckets(ctx: OpContext, plan: FCPlan, meta: Tensor, moving: list[Tensor
         return
     init, turn, go = _counter(ctx, plan, meta)
     ctx.prog.add(init)
-    body = _rotate(ctx, plan, moving, back=False)
+    body = _rotate(ctx, plan, moving, False, groups)
     body.add(step)
     ctx.prog.add(P.RepeatWhileTrue(turn, go, body))
     if written:
         ctx.prog.add(init)
-        ctx.prog.add(P.RepeatWhileTrue(turn, go, _rotate(ctx, plan, written, back=True)))
+        ctx.prog.add(P.RepeatWhileTrue(turn, go, _rotate(ctx, plan, written, True, groups)))
 
 
-def _working(ctx: OpContext, plan: FCPlan, t: Tensor, suffix: str) -> Tensor:
-    """An on-tile copy of bucket tensor ``t`` to move around."""
-    w = _like(ctx.graph, t, plan, f"{ctx.name}/{suffix}")
-    ctx.prog.add(P.Copy(t, w))
+def _working(ctx: OpContext, plan: FCPlan, t: Tensor, suffix: str, groups: int = 1) -> Tensor:
+    """A copy of bucket tensor ``t`` for each group (on-tile for the first) to move around."""
+    w = _like(ctx.graph, t, plan, f"{ctx.name}/{suffix}", groups)
+    ctx.prog.add(P.Copy(concat([t] * groups) if groups > 1 else t, w))
     return w
 
 
-def _dense_index(plan: FCPlan, rows: int, width: int, along_x: bool) -> np.ndarray:
-    """Per partition, the flat indices of a dense ``(rows, width)`` operand's columns that
-    partition's X (``along_x``) or Y range covers: ``(partitions, rows * w * b)``."""
+def _ranges(plan: FCPlan, along_x: bool, groups: int) -> tuple[np.ndarray, int]:
+    """Each vertex's first column (in elements) of its X or Y range, and the range's width."""
     b = plan.params.block_size
-    w = plan.xw if along_x else plan.yw
-    part = np.arange(plan.partitions)
-    start = (part // plan.qy if along_x else part % plan.qy) * w * b
-    cols = start[:, None] + np.arange(w * b)[None, :]
-    return (np.arange(rows)[None, :, None] * width + cols[:, None, :]).reshape(plan.partitions, -1)
+    w = (plan.xw if along_x else plan.yw) * b
+    part = np.tile(np.arange(plan.partitions), groups)
+    return (part // plan.qy if along_x else part % plan.qy) * w, w
 
 
-def _row_index(plan: FCPlan, length: int, along_x: bool) -> np.ndarray:
-    """Per partition, the flat indices of the rows of a dense ``(n, length)`` operand that its X
-    (``along_x``) or Y range covers: ``(partitions, w * b * length)``."""
-    b = plan.params.block_size
-    w = plan.xw if along_x else plan.yw
-    part = np.arange(plan.partitions)
-    start = (part // plan.qy if along_x else part % plan.qy) * w * b
-    rows = start[:, None] + np.arange(w * b)[None, :]
-    return (rows[:, :, None] * length + np.arange(length)).reshape(plan.partitions, -1)
+def _dense_index(plan: FCPlan, rows: int, width: int, along_x: bool, groups: int = 1) -> np.ndarray:
+    """Per vertex, the flat indices of its batch group's rows of a dense ``(rows, width)`` operand
+    at the columns of its X (``along_x``) or Y range: ``(groups * partitions, rows / groups * w)``."""
+    start, w = _ranges(plan, along_x, groups)
+    zg = rows // groups
+    z0 = np.repeat(np.arange(groups) * zg, plan.partitions)
+    r = z0[:, None] + np.arange(zg)[None, :]
+    cols = start[:, None] + np.arange(w)[None, :]
+    return (r[:, :, None] * width + cols[:, None, :]).reshape(len(start), -1)
 
 
-def _partials(ctx: OpContext, plan: FCPlan, rows: int, along_x: bool) -> tuple[Tensor, Tensor]:
-    """Zeroed fp32 partials ``(layers, pieces, rows, w * b)``: partition ``p`` writes the
-    contiguous piece ``[its other index, its own index]`` on its tile, where its own index is
-    along X (``along_x``: the output's columns, one layer per Y partition) or Y. Returns them and
-    the vertices' ``(partitions, rows * w * b)`` view."""
+def _row_index(plan: FCPlan, length: int, along_x: bool, groups: int = 1) -> np.ndarray:
+    """Per vertex, the flat indices of the rows of a dense ``(n, length)`` operand its X
+    (``along_x``) or Y range covers, at its batch group's columns: ``(groups * partitions, w *
+    length / groups)``."""
+    start, w = _ranges(plan, along_x, groups)
+    zg = length // groups
+    z0 = np.repeat(np.arange(groups) * zg, plan.partitions)
+    rows = start[:, None] + np.arange(w)[None, :]
+    cols = z0[:, None] + np.arange(zg)[None, :]
+    return (rows[:, :, None] * length + cols[:, None, :]).reshape(len(start), -1)
+
+
+def _partials(ctx: OpContext, plan: FCPlan, rows: int, along_x: bool,
+              groups: int = 1) -> tuple[Tensor, Tensor]:
+    """Zeroed fp32 partials ``(layers, pieces, rows, w * b)``: vertex ``(z, p)`` writes batch
+    group ``z``'s rows of the piece ``[its other index, its own index]``, contiguous, on its tile,
+    where its own index is along X (``along_x``: the output's columns, one layer per Y partition)
+    or Y. Returns them and the vertices' ``(groups * partitions, rows / groups * w * b)`` view."""
     graph, b = ctx.graph, plan.params.block_size
     width = (plan.xw if along_x else plan.yw) * b
     layers, pieces = (plan.qy, plan.qx) if along_x else (plan.qx, plan.qy)
     parts = graph.add_variable(float32, (layers, pieces, rows, width), name=f"{ctx.name}/partials")
     part = np.arange(plan.partitions)
     px, py = part // plan.qy, part % plan.qy
-    slot = py * pieces + px if along_x else px * pieces + py  # partition p's piece
-    flat = parts.reshape((layers * pieces, rows * width))
-    tiles = np.empty(layers * pieces, np.int64)
-    tiles[slot] = plan.tiles
+    piece = py * pieces + px if along_x else px * pieces + py  # bucket p's piece
+    slot = (piece[None, :] * groups + np.arange(groups)[:, None]).reshape(-1)  # vertex (z, p)
+    flat = parts.reshape((layers * pieces * groups, rows // groups * width))
+    tiles = np.empty(layers * pieces * groups, np.int64)
+    tiles[slot] = plan.tile_grid[:groups * plan.partitions]
     graph.set_tile_mappings(flat, tiles)
     from softipu.ops.indexing import zero  # same layer
 
@@ -424,13 +464,29 @@ def _check_dense(ctx: OpContext, t: Tensor, shape: tuple[int, int], what: str, d
         raise ctx.error(f"{what} {t.name} is {t.dtype}; the weights are {dtype}")
 
 
-def _fc_vertices(ctx: OpContext, plan: FCPlan, pass_: str, fields: dict, batch: int) -> P.Program:
+def _fc_vertices(ctx: OpContext, plan: FCPlan, pass_: str, fields: dict) -> P.Program:
     cs = ctx.compute_set(pass_)
-    part = np.arange(plan.partitions)
-    fields = dict(fields, pid=part, batch=np.full(plan.partitions, batch))
+    count = plan.qz * plan.partitions
+    fields = dict(fields, pid=np.tile(np.arange(plan.partitions), plan.qz),
+                  batch=np.full(count, plan.params.batch_size // plan.qz))
     codelet = dynamic_fc_codelet(plan.dtype, plan.params.block_size, pass_)
-    ctx.graph.add_vertices(cs, codelet, fields, plan.tiles)
+    ctx.graph.add_vertices(cs, codelet, fields, plan.tile_grid[:count])
     return P.Execute(cs)
+
+
+def _product(ctx: OpContext, plan: FCPlan, weights: SparseTensor, dense: Tensor, pass_: str) -> Tensor:
+    """The forward (``dense`` the activations) or grad-A pass (``dense`` the gradients)."""
+    p, g = plan.params, plan.qz
+    fwd = pass_ == "fwd"
+    parts, out_f = _partials(ctx, plan, p.batch_size, fwd, g)
+    meta = _working(ctx, plan, weights.meta_info, "metaInfo", g)
+    nz = _working(ctx, plan, weights.nz_values, "nzValues", g)
+    width = p.input_size if fwd else p.output_size
+    index = _dense_index(plan, p.batch_size, width, not fwd, g)  # fwd: Y range of act; grad-A: X of grad
+    fields = {"meta": meta, "nz": nz.reshape((g * plan.partitions, -1)), "out": out_f,
+              ("act" if fwd else "grad"): dense.flatten()[index]}
+    _run_buckets(ctx, plan, weights.meta_info, [meta, nz], [], _fc_vertices(ctx, plan, pass_, fields), g)
+    return _finish(ctx, parts, plan.dtype)
 
 
 def fully_connected_fwd(graph: Graph, weights: SparseTensor, activations: Tensor, prog: Any, *,
@@ -439,16 +495,8 @@ def fully_connected_fwd(graph: Graph, weights: SparseTensor, activations: Tensor
     ctx = OpContext.start(graph, prog, "fully_connected_fwd", name, activations)
     parse_options(ctx, options, DEFAULT_OPTIONS)
     plan = _check_weights(ctx, weights, params)
-    z = params.batch_size
-    _check_dense(ctx, activations, (z, params.input_size), "activations", plan.dtype)
-    parts, out_f = _partials(ctx, plan, z, True)
-    meta = _working(ctx, plan, weights.meta_info, "metaInfo")
-    nz = _working(ctx, plan, weights.nz_values, "nzValues")
-    act = activations.flatten()[_dense_index(plan, z, params.input_size, False)]
-    step = _fc_vertices(ctx, plan, "fwd", {"meta": meta, "nz": nz.reshape((plan.partitions, -1)), "act": act,
-                                           "out": out_f}, z)
-    _run_buckets(ctx, plan, weights.meta_info, [meta, nz], [], step)
-    return _finish(ctx, parts, plan.dtype)
+    _check_dense(ctx, activations, (params.batch_size, params.input_size), "activations", plan.dtype)
+    return _product(ctx, plan, weights, activations, "fwd")
 
 
 def fully_connected_grad_a(graph: Graph, weights: SparseTensor, gradients: Tensor, prog: Any, *,
@@ -458,16 +506,8 @@ def fully_connected_grad_a(graph: Graph, weights: SparseTensor, gradients: Tenso
     ctx = OpContext.start(graph, prog, "fully_connected_grad_a", name, gradients)
     parse_options(ctx, options, DEFAULT_OPTIONS)
     plan = _check_weights(ctx, weights, params)
-    z = params.batch_size
-    _check_dense(ctx, gradients, (z, params.output_size), "gradients", plan.dtype)
-    parts, out_f = _partials(ctx, plan, z, False)
-    meta = _working(ctx, plan, weights.meta_info, "metaInfo")
-    nz = _working(ctx, plan, weights.nz_values, "nzValues")
-    grad = gradients.flatten()[_dense_index(plan, z, params.output_size, True)]
-    step = _fc_vertices(ctx, plan, "grada", {"meta": meta, "nz": nz.reshape((plan.partitions, -1)),
-                                             "grad": grad, "out": out_f}, z)
-    _run_buckets(ctx, plan, weights.meta_info, [meta, nz], [], step)
-    return _finish(ctx, parts, plan.dtype)
+    _check_dense(ctx, gradients, (params.batch_size, params.output_size), "gradients", plan.dtype)
+    return _product(ctx, plan, weights, gradients, "grada")
 
 
 def fully_connected_sparse_grad_w(graph: Graph, meta_info: Tensor, gradients: Tensor, activations: Tensor,
@@ -502,26 +542,33 @@ def fully_connected_sparse_grad_w_t(graph: Graph, meta_info: Tensor, gradients_t
 
 def _grad_w(ctx: OpContext, plan: FCPlan, meta_info: Tensor, grad: Tensor, act: Tensor,
             by_rows: bool) -> Tensor:
-    graph, p, b = ctx.graph, plan.params, plan.params.block_size
+    """Each batch group's sampled product in its copy of the buckets' layout, moved with the
+    buckets and back, then summed over the groups."""
+    graph, p, b, g = ctx.graph, plan.params, plan.params.block_size, plan.qz
     if meta_info.shape != (plan.partitions, plan.meta_length):
         raise ctx.error(f"meta-information {meta_info.name} has shape {meta_info.shape}; the plan's is "
                         f"{(plan.partitions, plan.meta_length)}")
     z = p.batch_size
-    out = graph.add_variable(float32, (plan.partitions, plan.capacity, b, b), name=f"{ctx.name}/partials")
-    graph.set_tile_mappings(out, plan.tiles)
+    out = graph.add_variable(float32, (g * plan.partitions, plan.capacity, b, b), name=f"{ctx.name}/partials")
+    graph.set_tile_mappings(out, plan.tile_grid[:g * plan.partitions])
     from softipu.ops.indexing import zero  # same layer
 
     zero(graph, out, ctx.prog, name=f"{ctx.name}/zero")
-    meta = _working(ctx, plan, meta_info, "metaInfo")
+    meta = _working(ctx, plan, meta_info, "metaInfo", g)
     if by_rows:
-        act_f = act.flatten()[_row_index(plan, z, False)]
-        grad_f = grad.flatten()[_row_index(plan, z, True)]
+        act_f = act.flatten()[_row_index(plan, z, False, g)]
+        grad_f = grad.flatten()[_row_index(plan, z, True, g)]
     else:
-        act_f = act.flatten()[_dense_index(plan, z, p.input_size, False)]
-        grad_f = grad.flatten()[_dense_index(plan, z, p.output_size, True)]
-    fields = {"meta": meta, "act": act_f, "grad": grad_f, "out": out.reshape((plan.partitions, -1))}
-    step = _fc_vertices(ctx, plan, "gradw_rows" if by_rows else "gradw", fields, z)
-    _run_buckets(ctx, plan, meta_info, [meta, out], [out], step)
+        act_f = act.flatten()[_dense_index(plan, z, p.input_size, False, g)]
+        grad_f = grad.flatten()[_dense_index(plan, z, p.output_size, True, g)]
+    fields = {"meta": meta, "act": act_f, "grad": grad_f, "out": out.reshape((g * plan.partitions, -1))}
+    step = _fc_vertices(ctx, plan, "gradw_rows" if by_rows else "gradw", fields)
+    _run_buckets(ctx, plan, meta_info, [meta, out], [out], step, g)
+    if g > 1:
+        from softipu.ops.reduce import reduce
+
+        out = reduce(graph, out.reshape((g, plan.partitions, plan.capacity, b, b)), ctx.prog, dims=0,
+                     name=f"{ctx.name}/reduce")
     if plan.dtype is float32:
         return out
     from softipu.ops.elementwise import cast
@@ -568,7 +615,7 @@ def embedding_slice(graph: Graph, t: SparseTensor, indices: Tensor, prog: Any, *
     fields = dict(_slice_fields(ctx, plan, indices), meta=meta, nz=nz.reshape((plan.partitions, -1)),
                   out=out_f)
     graph.add_vertices(cs, dynamic_slice_codelet(plan.dtype, params.block_size, False), fields, plan.tiles)
-    _run_buckets(ctx, plan, t.meta_info, [meta, nz], [], P.Execute(cs))
+    _run_buckets(ctx, plan, t.meta_info, [meta, nz], [], P.Execute(cs), 1)
     return _finish(ctx, parts, plan.dtype)
 
 
@@ -593,5 +640,5 @@ def embedding_update_add(graph: Graph, t: SparseTensor, slices: Tensor, indices:
                   slices=slices.flatten()[_dense_index(plan, k, params.input_size, False)],
                   scale=scale.flatten()[np.zeros((plan.partitions, 1), np.int64)])
     graph.add_vertices(cs, dynamic_slice_codelet(plan.dtype, params.block_size, True), fields, plan.tiles)
-    _run_buckets(ctx, plan, t.meta_info, [meta, nz], [nz], P.Execute(cs))
+    _run_buckets(ctx, plan, t.meta_info, [meta, nz], [nz], P.Execute(cs), 1)
     ctx.prog.add(P.Copy(nz, t.nz_values))
