@@ -5,6 +5,7 @@ Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_sparse_dyna
 (``--quick``: fewer points). Also run by ``bench/bench_sparse.py``.
 
 * ``dynamic_fc``: a GC200, fully-connected forward ``(batch, size) . W^T`` with ``W`` ``size x size``
+  (2048 and batch 256; ``--quick`` 1024 and 64)
   planned for ``nz_ratio`` of its ``block`` blocks (``ops.sparse_dynamic.fully_connected_fwd``),
   priced estimate-only for a pattern without bucket spills (``estimate.whileIterations`` 0) and with
   one propagation step (1), beside the dense ``ops.matmul`` of the same shapes.
@@ -71,7 +72,8 @@ def dynamic_fc(size: int, batch: int, block: int, ratios: list[float], dtype) ->
             sd.fully_connected_fwd(g, w, x, prog, params=fc)
             figures.append(_priced(g, prog, loops))
         emit(figure="dynamic_fc", size=size, batch=batch, block=block, dtype=dtype.name, nz_ratio=ratio,
-             partitions=w.plan.partitions, bucket_capacity=w.plan.capacity, sparse_cycles=figures[0][0],
+             cut=[w.plan.qx, w.plan.qy, w.plan.qz], bucket_capacity=w.plan.capacity,
+             sparse_cycles=figures[0][0],
              sparse_cycles_one_spill_step=figures[1][0], dense_cycles=dense[0],
              speedup=round(dense[0] / figures[0][0], 3), sparse_max_tile_bytes=figures[0][1],
              dense_max_tile_bytes=dense[1])
@@ -107,7 +109,7 @@ def moe(tokens: int, d: int, hidden: int, experts: int, k: int, dtype=sp.float16
     dense = moe_dense(tokens, d, hidden, experts, dtype)
     (sparse, plan), (spill, _) = (moe_sparse(tokens, d, hidden, experts, k, dtype, n) for n in (0, 1))
     emit(figure="moe", tokens=tokens, d_model=d, hidden=hidden, experts=experts, k=k, dtype=dtype.name,
-         partitions=plan.partitions, bucket_capacity=plan.capacity, sparse_cycles=sparse[0],
+         cut=[plan.qx, plan.qy, plan.qz], bucket_capacity=plan.capacity, sparse_cycles=sparse[0],
          sparse_cycles_one_spill_step=spill[0], dense_cycles=dense[0], speedup=round(dense[0] / sparse[0], 3),
          sparse_max_tile_bytes=sparse[1], dense_max_tile_bytes=dense[1], sparse_total_bytes=sparse[2],
          dense_total_bytes=dense[2], memory_ratio=round(dense[2] / sparse[2], 3))
@@ -116,7 +118,7 @@ def moe(tokens: int, d: int, hidden: int, experts: int, k: int, dtype=sp.float16
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
     ratios = [0.01, 0.1, 0.5] if quick else [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-    dynamic_fc(1024, 64, 16, ratios, sp.float16)
+    dynamic_fc(1024, 64, 16, ratios, sp.float16) if quick else dynamic_fc(2048, 256, 16, ratios, sp.float16)
     for experts, k in ((8, 2),) if quick else ((8, 2), (32, 2), (64, 1)):
         moe(128, 128, 256, experts, k)
 

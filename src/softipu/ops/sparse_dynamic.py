@@ -158,7 +158,7 @@ class FCPlan:
         return META_HEADER + 3 * self.capacity
 
     def _where(self, name: str) -> str:
-        return f"dynamic sparse weights {name or self.params.name!r}{at(caller_location())}"
+        return f"FCPlan.encode of dynamic sparse weights {name or self.params.name!r}{at(caller_location())}"
 
     def encode(self, rows: Any, cols: Any, values: Any, *, name: str = "") -> tuple[np.ndarray, np.ndarray]:
         """``(meta_info, nz_values)`` host arrays of the pattern with non-zero blocks at block-rows
