@@ -235,3 +235,23 @@ def test_reference_interpreter_agrees_with_spills():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-6)
     assert results[0][2] == results[1][2]
+
+
+def test_replicated_graph():
+    rng = np.random.default_rng(2)
+    g = sp.Graph(sp.targets.ipu_model(tiles=4), replication_factor=2)
+    prog = P.Sequence()
+    fc = sd.FullyConnectedParams.with_nz_ratio(4, 0.5, 3, 16, 16)
+    w = sd.create_fully_connected_weights(g, sp.float32, fc)
+    x = sd.create_fully_connected_input(g, sp.float32, fc)
+    y = sd.fully_connected_fwd(g, w, x, prog, params=fc)
+    eng = sp.Engine(g, [prog])
+    n = fc.max_nz_blocks
+    meta, nz = w.plan.encode(np.arange(n) // 4, np.arange(n) % 4, rng.standard_normal((n, 4, 4)))
+    xv = rng.standard_normal((3, 16))
+    for t, v in ((w.meta_info, meta), (w.nz_values, nz), (x, xv)):
+        eng.write_tensor(t, v)
+    eng.run(0)
+    out = eng.read_tensor(y)
+    want = xv @ w.plan.decode(meta, nz).T
+    np.testing.assert_allclose(out, np.stack([want, want]), rtol=1e-5, atol=1e-5)

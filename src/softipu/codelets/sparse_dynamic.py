@@ -60,6 +60,13 @@ META_HEADER = 2  # steps, count
 PASSES = ("fwd", "grada", "gradw", "gradw_rows")
 
 
+def _per_row(param: np.ndarray, rows: int) -> np.ndarray:
+    """A per-vertex param for each of ``rows`` (replicas x vertices) rows: params are not
+    replicated, fields are."""
+    flat = np.asarray(param).reshape(-1)
+    return np.tile(flat, rows // flat.size)
+
+
 def meta_entries(meta: np.ndarray, pid: np.ndarray, cap: int):
     """``(vertex, slot, row, col)`` of every entry of the buckets ``meta`` ``(V, 2 + 3 cap)`` that
     belongs to the vertex's own partition ``pid`` ``(V,)``."""
@@ -230,7 +237,7 @@ def _fwd(meta, nz, act, out, pid, batch, b, grada):
     mm = meta.reshape(-1, meta.shape[-1])
     nv, z = mm.shape[0], int(batch.reshape(-1)[0])
     cap = nz.shape[-1] // (b * b)
-    v, e, r, c = meta_entries(mm, pid.reshape(-1), cap)
+    v, e, r, c = meta_entries(mm, _per_row(pid, mm.shape[0]), cap)
     w = nz.reshape(nv, cap, b, b)[v, e].astype(np.float32, copy=False)
     a = act.reshape(nv, z, -1, b)
     width = out.shape[-1] // (z * b)
@@ -303,7 +310,7 @@ def _gradw_class(dtype: DType, b: int, by_rows: bool) -> type[Vertex]:
             mm = meta.reshape(-1, meta.shape[-1])
             nv, z = mm.shape[0], int(batch.reshape(-1)[0])
             cap = out.shape[-1] // (b * b)
-            v, e, r, c = meta_entries(mm, pid.reshape(-1), cap)
+            v, e, r, c = meta_entries(mm, _per_row(pid, mm.shape[0]), cap)
             if by_rows:  # (w * b, Z): whole rows
                 g = grad.reshape(nv, -1, b, z)[v, r].astype(np.float32, copy=False)
                 a = act.reshape(nv, -1, b, z)[v, c].astype(np.float32, copy=False)
@@ -350,9 +357,9 @@ def _slice_cycles(nz: int, block: int, dtype: DType, target: Target) -> int:
 
 def _slice_matches(meta, indices, pid, xoff, b, cap):
     mm = meta.reshape(-1, meta.shape[-1])
-    v, e, r, c = meta_entries(mm, pid.reshape(-1), cap)
+    v, e, r, c = meta_entries(mm, _per_row(pid, mm.shape[0]), cap)
     idx = indices.reshape(mm.shape[0], -1)
-    rows = idx // b - xoff.reshape(-1, 1)  # (V, K) block-row inside the partition
+    rows = idx // b - _per_row(xoff, mm.shape[0])[:, None]  # (V, K) block-row inside the partition
     m_ent, m_k = np.nonzero(rows[v] == r[:, None])
     return mm.shape[0], idx, v[m_ent], e[m_ent], c[m_ent], m_k
 
