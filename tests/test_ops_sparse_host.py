@@ -54,8 +54,9 @@ def _product(mode: str, block: int, dtype, free: int, tiles: int, reference: boo
 @pytest.mark.parametrize("dtype", [sp.float32, sp.float16])
 def test_runner_taken_and_matches_oracle(mode, block, dtype, monkeypatch):
     calls = []
-    real = sparse_codelets.SparseProductRunner.run
-    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "run", lambda self: calls.append(1) or real(self))
+    real = sparse_codelets.SparseProductRunner._run
+    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "_run",
+                        lambda self, classes: calls.append(1) or real(self, classes))
     # 16 tiles and a free length of 13: each busy band cut into slices of 5, 4 and 4 (two groups).
     (first, second), want, terms, k = _product(mode, block, dtype, 13, 16)
     assert calls, "the sparse product did not run through SparseProductRunner"
@@ -77,8 +78,9 @@ def test_replicated_graph_runs_per_group_and_matches_oracle(monkeypatch):
     """Two replicas: the whole-set runner is for one replica; groups run as usual, each replica
     its own values."""
     calls = []
-    real = sparse_codelets.SparseProductRunner.run
-    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "run", lambda self: calls.append(1) or real(self))
+    real = sparse_codelets.SparseProductRunner._run
+    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "_run",
+                        lambda self, classes: calls.append(1) or real(self, classes))
     pat = sparse.CSRMatrix.from_mask([[1, 0, 1], [0, 0, 1]], 4, name="w")
     g = sp.Graph(sp.targets.ipu_model(tiles=8), replication_factor=2)
     prog = P.Sequence()
@@ -97,3 +99,17 @@ def test_replicated_graph_runs_per_group_and_matches_oracle(monkeypatch):
     for r in range(2):
         s, dd = pat.to_dense(vals[r].astype(np.float64)), dense[r].astype(np.float64)
         assert np.all(np.abs(got[r] - s @ dd) <= contraction_bound(np.abs(s) @ np.abs(dd), 12) + 1e-30)
+
+
+def test_runner_shares_are_the_same_bits(monkeypatch):
+    """The runner's pieces cut into shares the engine may run side by side (codelets.sparse
+    SparseProductRunner.jobs) give the same bits as one job."""
+    monkeypatch.setattr(sparse_codelets, "CORES", 2)
+    shared, *_ = _product("sd", 1, sp.float32, 13, 16)
+    seen = []
+    real = sparse_codelets.SparseProductRunner.jobs
+    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "jobs",
+                        lambda self, storage: seen.append(len(real(self, storage))) or [self.run])
+    single, *_ = _product("sd", 1, sp.float32, 13, 16)
+    assert seen and seen[0] > 1  # the same product does cut into shares
+    assert np.array_equal(shared[0], single[0]) and np.array_equal(shared[1], single[1])

@@ -42,11 +42,12 @@ block, then one batched block product and a segmented sum, like scipy's BSR prod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 
 from softipu.codelets._common import ceil_div
+from softipu.codelets.host import CORES
 from softipu.dtypes import DType
 from softipu.graph.vertex import Input, Output, SupervisorVertex, Vertex
 from softipu.target import Target
@@ -314,10 +315,26 @@ class SparseProductRunner:
                 self.classes.append(tuple(_access(buf, a[lo:lo + step]) for a in (left, right, o_idx)))
 
     def jobs(self, storage) -> list:
-        return [self.run]
+        """The pieces in up to ``2 x`` the host's cores shares of about equal work (largest first),
+        which the fast engine may run side by side: each piece writes its own outputs, so the
+        values are the same bits however they are shared."""
+        shares = min(len(self.classes), 2 * CORES)
+        if shares < 2:
+            return [self.run]
+        work = [_elements(left) + _elements(right) for left, right, _ in self.classes]
+        loads = [[0, i, []] for i in range(shares)]
+        for c in sorted(range(len(work)), key=work.__getitem__, reverse=True):
+            share = min(loads)
+            share[0] += work[c]
+            share[2].append(c)
+        loads.sort(reverse=True)
+        return [partial(self._run, [self.classes[c] for c in members]) for _, _, members in loads if members]
 
     def run(self) -> None:
-        for left, right, out in self.classes:
+        self._run(self.classes)
+
+    def _run(self, classes: list) -> None:
+        for left, right, out in classes:
             product = np.matmul(_read(left), _read(right))
             if out[0] is None:
                 out[1][out[2]] = product
@@ -338,6 +355,11 @@ def _access(buf: np.ndarray, index: np.ndarray) -> tuple:
             hi = int(starts.max()) + w
             return buf[lo:hi].reshape(-1, w), (starts - lo) // w
     return None, buf, index
+
+
+def _elements(access: tuple) -> int:
+    """How many values :func:`_read` of ``access`` reads."""
+    return int(access[2].size) if access[0] is None else int(access[1].size) * access[0].shape[1]
 
 
 def _read(access: tuple) -> np.ndarray:
