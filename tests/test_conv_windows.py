@@ -87,3 +87,26 @@ def test_strided_pointwise_convolution_keeps_its_subsampling_copy():
     # 1x1 stride 2: a block's input range would hold 4x the elements its pixels read.
     g, x, wt, y, prog = _conv(2, 8, 8, 8, 4, 1, 2, 0, tiles=1)
     assert not _window_groups(sp.Engine(g, [prog]))
+
+
+def test_window_convolution_replicated():
+    # Each replica's fields are its own rows of the group (replica-major): both replicas right.
+    g = sp.Graph(sp.targets.ipu_model(tiles=2, bytes_per_tile=512 * 1024), replication_factor=2)
+    x = g.add_variable(sp.float32, (2, 3, 9, 9), name="x")
+    sp.ops.map_linearly(g, x)
+    wt = g.add_variable(sp.float32, (4, 3, 3, 3), name="w")
+    sp.ops.map_linearly(g, wt)
+    prog = P.Sequence()
+    y = conv(g, x, wt, prog, stride=2, padding=1)
+    eng = sp.Engine(g, [prog])
+    assert _window_groups(eng)
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((2, 2, 3, 9, 9)).astype(np.float32)
+    wv = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    eng.write_tensor(x, xv)
+    eng.write_tensor(wt, wv)
+    eng.run(0)
+    got = eng.read_tensor(y)
+    for r in range(2):
+        ref = torch.nn.functional.conv2d(torch.tensor(xv[r]), torch.tensor(wv), stride=2, padding=1).numpy()
+        np.testing.assert_allclose(got[r], ref, atol=1e-4, rtol=0)

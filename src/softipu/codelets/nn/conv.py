@@ -92,18 +92,21 @@ def conv_window_codelet(in_dtype: DType, out_dtype: DType) -> type[Vertex]:
             kk = geo["kh"] * geo["kw"] * geo["c"]
             xs = x.reshape(-1, x.shape[-1])
             ws = w.reshape(-1, w.shape[-1])
-            os_ = out.reshape(-1, out.shape[-1])
-            starts, offs = np.ravel(p0).astype(np.int64), np.ravel(x0).astype(np.int64)
+            res = np.empty((xs.shape[0], out.shape[-1]), np.float32)  # out may be a strided view
+            lead = out.shape[:-1] + (1,)  # params may lack a replica axis the fields have
+            starts = np.broadcast_to(p0, lead).reshape(-1).astype(np.int64)
+            offs = np.broadcast_to(x0, lead).reshape(-1).astype(np.int64)
             step = max(1, _GATHER_ELEMENTS // max(1, mm * kk))
-            for lo in range(0, os_.shape[0], step):
-                hi = min(lo + step, os_.shape[0])
+            for lo in range(0, res.shape[0], step):
+                hi = min(lo + step, res.shape[0])
                 idx = window_indices(starts[lo:hi], offs[lo:hi], mm, geo).reshape(hi - lo, -1)
                 a3 = np.take_along_axis(xs[lo:hi], idx, axis=1).reshape(hi - lo, mm, kk)
                 b3 = ws[lo:hi].reshape(hi - lo, nn, kk).swapaxes(-1, -2) if bits & B_TRANSPOSED else \
                     ws[lo:hi].reshape(hi - lo, kk, nn)
                 acc = np.zeros((hi - lo, mm, nn), np.float32)
                 gemm(_as_float32(a3), _as_float32(b3), acc, False)
-                os_[lo:hi] = acc.reshape(hi - lo, -1)
+                res[lo:hi] = acc.reshape(hi - lo, -1)
+            out[...] = res.reshape(out.shape)
 
         @staticmethod
         def cycles(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw, target):
