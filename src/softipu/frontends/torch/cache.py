@@ -188,7 +188,7 @@ class ExecutableCache:
             return False
         temp = self.directory / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            extra = _extra(key, module, lowered, out_spec)
+            extra = _extra(key, module, lowered, out_spec, executable)
             self.directory.mkdir(parents=True, exist_ok=True)
             nbytes = save_executable(executable, temp, extra)
         except (_Uncacheable, ExecutableFormatError) as exc:
@@ -296,7 +296,12 @@ def _module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         module.named_buffers(remove_duplicate=False))
 
 
-def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any) -> dict[str, Any]:
+def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any,
+           executable: Executable) -> dict[str, Any]:
+    from softipu.frontends.torch.pipeline import plan_to_json  # noqa: PLC0415 - model parallelism's plan
+
+    plan = lowered.extra.get("pipeline")
+    placement = {"pipeline": plan_to_json(plan, executable)} if plan is not None else {}
     state = _module_state(module)
     weights = []
     for stream, values in lowered.weights:
@@ -313,7 +318,8 @@ def _extra(key: str, module: torch.nn.Module, lowered: Lowered, out_spec: Any) -
             "outputs": [{"slot": _slot(s)} if isinstance(s, StreamSlot) else {"const": _constant(s)}
                         for s in lowered.outputs],
             "weights": weights, "nodes": lowered.nodes,
-            "mutations": [[kind, target, _slot(slot)] for kind, target, slot in lowered.mutations]}
+            "mutations": [[kind, target, _slot(slot)] for kind, target, slot in lowered.mutations],
+            **placement}
 
 
 def _slot(s: StreamSlot) -> dict[str, Any]:
@@ -359,6 +365,10 @@ def _restore(executable: Executable, graph: Graph, extra: dict[str, Any], key: s
                       tuple(weights), int(extra["nodes"]),
                       mutations=tuple((str(kind), str(target), _unslot(slot))
                                       for kind, target, slot in extra.get("mutations", [])))
+    if "pipeline" in extra:  # model parallelism's plan: the strategy priced as when it was compiled
+        from softipu.frontends.torch.pipeline import plan_from_json  # noqa: PLC0415
+
+        lowered.extra["pipeline"] = plan_from_json(extra["pipeline"], executable)
     return CachedModel(lowered, out_spec, executable)
 
 
@@ -414,7 +424,7 @@ def export_compiled(path: str | os.PathLike, module: torch.nn.Module, options: O
                             "remove it or choose another path")
     try:
         parts = key_parts(module, structure, leaves, options)
-        extra = _extra(_key_of(parts), module, lowered, out_spec)
+        extra = _extra(_key_of(parts), module, lowered, out_spec, executable)
         extra["export"] = {
             "format": EXPORT_FORMAT, "parts": parts, "versions": _versions(),
             "signature": {"structure": structure, "leaves": [_record(leaf) for leaf in leaves]},

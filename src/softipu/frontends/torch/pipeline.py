@@ -60,7 +60,7 @@ from softipu.target.pipeline import (
 )
 
 __all__ = ["PipelinePlan", "Placement", "PlacedLowering", "place_nodes", "placed_lowerer", "placed_summary",
-           "pipeline_summary", "stage_errors"]
+           "pipeline_summary", "plan_from_json", "plan_to_json", "stage_errors"]
 
 BLOCK_KEY = "poptorch_block"  # as frontends/poptorch_blocks.py writes it (frontends may not import up)
 
@@ -487,6 +487,37 @@ class PipelinePlan:
     def summary(self, executable: Any, run_cycles: int) -> dict[str, Any]:
         return pipeline_summary(self.placement, self.tags, executable, run_cycles, self.accumulation,
                                 self.device_iterations, self.training, self.stash_bytes)
+
+
+def _program_nodes(executable: Any) -> list[P.Program]:
+    """Every program node of ``executable`` in one fixed order (its programs, then its functions by
+    id): the same order for an executable and the one saved and loaded from it."""
+    roots = [*executable.programs, *(executable.functions[k] for k in sorted(executable.functions))]
+    return [node for root in roots for node in P.walk(root)]
+
+
+def plan_to_json(plan: PipelinePlan, executable: Any) -> dict[str, Any]:
+    """The placement plan as an export records it (JSON values): the placement without its FX
+    nodes, and each tagged step as its position in :func:`_program_nodes` (-1: not in the
+    executable, e.g. outlined away; it is then dropped on load, as it is never priced)."""
+    index = {id(node): i for i, node in enumerate(_program_nodes(executable))}
+    pl = plan.placement
+    return {"strategy": pl.strategy, "num_ipus": pl.num_ipus, "stages": [list(s) for s in pl.stages],
+            "memory": {str(k): v for k, v in pl.memory.items()}, "phases": list(pl.phases),
+            "tags": [[index.get(id(q), -1), int(stage), kind] for q, stage, kind in plan.tags],
+            "stash_bytes": [int(b) for b in plan.stash_bytes], "accumulation": plan.accumulation,
+            "device_iterations": plan.device_iterations, "training": plan.training}
+
+
+def plan_from_json(d: dict[str, Any], executable: Any) -> PipelinePlan:
+    """The plan :func:`plan_to_json` recorded, its tags on the loaded executable's steps."""
+    nodes = _program_nodes(executable)
+    placement = Placement(str(d["strategy"]), int(d["num_ipus"]),
+                          [(str(b), int(s), int(i)) for b, s, i in d["stages"]], {}, {},
+                          {int(k): float(v) for k, v in d["memory"].items()}, [int(p) for p in d["phases"]])
+    tags = [(nodes[i], int(s), str(k)) for i, s, k in d["tags"] if 0 <= int(i) < len(nodes)]
+    return PipelinePlan(placement, tags, [int(b) for b in d["stash_bytes"]], int(d["accumulation"]),
+                        int(d["device_iterations"]), bool(d["training"]))
 
 
 def placed_summary(lowered: Any, engine: Any) -> dict[str, Any] | None:

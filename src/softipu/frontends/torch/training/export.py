@@ -115,7 +115,8 @@ def export_training(path: str | Path, model: Any, structure: str, leaves: list[_
                 "hyper_written": dict(model._hyper_written),
                 "seed_weights": [[stream, host_values(v)] for stream, v in low.seed_weights],
                 "nodes": low.nodes, "saved_bytes": low.saved_bytes, "grad_bytes": low.grad_bytes,
-                "variables": {k: [int(i) for i in v] for k, v in low.extra.items()}},
+                "variables": {k: [int(i) for i in v] for k, v in low.extra.items() if k != "pipeline"},
+                **_placement(low, eng)},
         }
     except _cache._Uncacheable as exc:
         raise FrontendError(f"cannot export {label}: {exc}") from None
@@ -125,6 +126,16 @@ def export_training(path: str | Path, model: Any, structure: str, leaves: list[_
         raise FrontendError(f"cannot export {label}: describing it failed ({type(exc).__name__}: "
                             f"{exc})") from exc
     return _cache._write_replacing(target, lambda temp: save_executable(eng.executable, temp, extra))
+
+
+def _placement(low: TrainLowered, engine: Any) -> dict[str, Any]:
+    """Model parallelism's plan (blocks, stages, the steps of each stage), when there is one."""
+    plan = low.extra.get("pipeline")
+    if plan is None:
+        return {}
+    from softipu.frontends.torch.pipeline import plan_to_json  # noqa: PLC0415
+
+    return {"pipeline": plan_to_json(plan, engine.executable)}
 
 
 def _parts(module: torch.nn.Module, structure: str, leaves: Any, options: Options,
@@ -216,6 +227,10 @@ def _restore(executable: Executable, graph: Graph, train: dict[str, Any], struct
         [(str(s), np.asarray(v)) for s, v in train["seed_weights"]], int(train["nodes"]),
         int(train["saved_bytes"]), int(train["grad_bytes"]),
         {str(k): [int(i) for i in v] for k, v in train["variables"].items()})
+    if "pipeline" in train:  # the placement plan: the strategy is priced as the exporting model's
+        from softipu.frontends.torch.pipeline import plan_from_json  # noqa: PLC0415
+
+        lowered.extra["pipeline"] = plan_from_json(train["pipeline"], executable)
     out_spec = pytree.treespec_loads(train["out_spec"])
     written = {str(k): float(v) for k, v in train["hyper_written"].items()}
     return LoadedTraining(lowered, executable, out_spec, structure, leaves, train["values"], written)
