@@ -24,6 +24,7 @@ from softipu.frontends.errors import LoweringError
 from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
 from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
+from softipu.frontends.torch.optim.spec import Kind
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize, materialize_into
 from softipu.frontends.torch.training.joint import Joint
@@ -41,6 +42,7 @@ from softipu.frontends.torch.training.locations import (
 )
 from softipu.frontends.torch.training.offload import Offload
 from softipu.frontends.torch.training.replication import reduce_gradients
+from softipu.frontends.torch.training.traces import canonical_shape, is_pointwise, with_shape
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
@@ -333,15 +335,42 @@ class _TrainLowerer(_Lowerer):
                        state: dict[tuple[str, str], Tensor]) -> torch.fx.GraphModule:
         """The optimizer's update of ``pnames`` traced with ``make_fx`` (fake tensors) to Core ATen;
         a single parameter's trace is reused for every parameter of the same shapes, dtypes, group
-        and state slots (a transformer's layers share a handful)."""
-        spec, named = self.spec, self.named
-        slot_of = {(sl.param_name, sl.name): sl for sl in spec.state}
+        and state slots, and a pointwise one for every shape of the same rank (:mod:`.traces`)."""
         key = None
         if len(pnames) == 1:
             key = self._signature(pnames[0], grads)
             found = self._update_traces.get(key)
+            found = found if found is not None else self._shared_trace(pnames[0], key, skeys, grads, state)
             if found is not None:
+                self._update_traces[key] = found
                 return found
+        gm = self._trace_update(pnames, skeys, {n: tuple(grads[n].shape) for n in pnames},
+                                {n: _torch_dtype(grads[n]) for n in pnames},
+                                {k: state[k].shape for k in skeys})
+        if key is not None:
+            self._update_traces[key] = gm
+        return gm
+
+    def _shared_trace(self, name: str, key: tuple[Any, ...], skeys: list[tuple[str, str]],
+                      grads: dict[str, Tensor], state: dict[tuple[str, str], Tensor]) -> Any:
+        """A pointwise update traced once per rank (:mod:`.traces`) as ``name``'s, or None."""
+        shape = tuple(grads[name].shape)
+        canonical = canonical_shape(len(shape))
+        if canonical is None or self.spec.kind is Kind.LAMB or any(state[k].shape != shape for k in skeys):
+            return None
+        shared = (key[0], len(shape), *key[2:4], tuple(slot[:2] for slot in key[4]))
+        gm = self._update_traces.get(shared)
+        if gm is None:
+            gm = self._trace_update([name], skeys, {name: canonical}, {name: _torch_dtype(grads[name])},
+                                    {k: canonical for k in skeys})
+            gm = gm if is_pointwise(gm, canonical) else False
+            self._update_traces[shared] = gm
+        return with_shape(gm, canonical, shape) if gm is not False else None
+
+    def _trace_update(self, pnames: list[str], skeys: list[tuple[str, str]], shapes: dict[str, Any],
+                      grad_dtypes: dict[str, torch.dtype], state_shapes: dict[Any, Any]) -> Any:
+        spec, named = self.spec, self.named
+        slot_of = {(sl.param_name, sl.name): sl for sl in spec.state}
         hyper_slots = list(spec.hyper)
         auto = self.options.auto_loss_scaling
         clip = any(named[n].dtype == torch.float16 for n in pnames)
@@ -360,9 +389,9 @@ class _TrainLowerer(_Lowerer):
                                              LossScalingSettings(clip_output=clip)))
             return out
 
-        examples = ([_zeros(named[n].dtype, grads[n].shape) for n in pnames]  # the weight's or fragment's
-                    + [_zeros(_torch_dtype(grads[n]), grads[n].shape) for n in pnames]
-                    + [_zeros(slot_of[k].torch_dtype, state[k].shape) for k in skeys]
+        examples = ([_zeros(named[n].dtype, shapes[n]) for n in pnames]  # the weight's or fragment's
+                    + [_zeros(grad_dtypes[n], shapes[n]) for n in pnames]
+                    + [_zeros(slot_of[k].torch_dtype, state_shapes[k]) for k in skeys]
                     + [_zeros(hs.torch_dtype, ()) for hs in hyper_slots]
                     + [torch.zeros((), dtype=torch.float32)])
         if self._decompositions is None:
@@ -371,8 +400,6 @@ class _TrainLowerer(_Lowerer):
             gm = make_fx(flat_update, decomposition_table=self._decompositions,
                          tracing_mode="fake")(*examples)
         check_supported(gm.graph)
-        if key is not None:
-            self._update_traces[key] = gm
         return gm
 
     def _write_back(self, results: list[Any], targets: list[Tensor], prog: P.Sequence) -> None:
