@@ -1,12 +1,14 @@
 """Issue 14's Numbers: training configurations priced on IPU-PODs, estimate-only.
 
 Run: ``.venv/bin/python bench/bench_pod_training.py`` (every model, each in a fresh subprocess so
-its host peak is its own), or ``--model bert_large|bert_base|resnet50|gpt2_xl`` for one, in
-process. ``compile_price_seconds`` is the wall time of pricing the model's layers and composing
-every configuration of it (they share the layers), ``compile_price_cpu_seconds`` the process's CPU
-time (the figure to read on a loaded machine). ``--html DIR`` / ``--trace DIR`` also write each
-configuration's report page and Perfetto trace (one track per IPU). Prints one JSON line per
-configuration and a table at the end.
+its host peak is its own), or ``--model bert_large|bert_base|resnet50|gpt2_xl`` for one. Each
+distinct layer is priced in a process of its own, ``--jobs`` (default 2, this machine's cores) at a
+time. ``compile_price_seconds`` is the wall time of pricing the model's layers and composing every
+configuration of it (they share the layers), ``compile_price_cpu_seconds`` the CPU time of the
+process and its children (the figure to read on a loaded machine); ``host_peak_mb`` the parent's
+peak plus the ``jobs`` largest children's (an upper bound on what the host held at once).
+``--html DIR`` / ``--trace DIR`` also write each configuration's report page and Perfetto trace
+(one track per IPU). Prints one JSON line per configuration and a table at the end.
 
 How: each DISTINCT layer of a model (embedding, one transformer layer, the head; ResNet-50's stem,
 each bottleneck kind and the head) is built in plain torch.nn at its real size under fake
@@ -39,7 +41,8 @@ Inputs assumed, and where each comes from (also printed in every JSON line's ``i
   POD16: 16 replicas x GA 57; ``resnet50-pod64``: 64 x GA 14; precision 16.16, SGD with momentum
   (combined: one fp32 velocity, 4 B a parameter [U: PopTorch's default accum type]), optimizer on
   chip, no RTS; recomputation: a checkpoint at each bottleneck's input [U: the config lists
-  manual checkpoints].
+  manual checkpoints]. A block's input arrives channels innermost (``price_layer(...,
+  channels_last=True)``), as the previous block's residual sum over convolution outputs leaves it.
 * GPT-2 XL (1.5 B: 48 layers, hidden 1600, 25 heads, vocab 50257, context 1024) [V: the GPT-2
   paper's sizes]; micro-batch 1, sequence 1024, fp16, one replica pipelined over all 16 IPUs of a
   POD16, GA 1024, Adam (two fp32 moments) off chip, a checkpoint every layer [U: no public IPU
@@ -164,14 +167,14 @@ def resnet50_layers(batch: int):
     for i, (planes, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
         stride = 1 if i == 0 else 2
         first = price_layer(f"block{i}_0", lambda p=planes, s=stride, c=inplanes: fm.Bottleneck(c, p, s),
-                            (batch, inplanes, size, size))
+                            (batch, inplanes, size, size), channels_last=True)
         size //= stride
         rest = price_layer(f"block{i}_n", lambda p=planes: fm.Bottleneck(4 * p, p, 1),
-                           (batch, 4 * planes, size, size))
+                           (batch, 4 * planes, size, size), channels_last=True)
         out += [(f"block{i}_0", first, 1), (f"block{i}_n", rest, count - 1)]
         inplanes = 4 * planes
     labels = torch.zeros(batch, dtype=torch.long)
-    out.append(("head", price_layer("head", Head, (batch, 2048, 7, 7), (labels,)), 1))
+    out.append(("head", price_layer("head", Head, (batch, 2048, 7, 7), (labels,), channels_last=True), 1))
     return out
 
 
@@ -235,12 +238,14 @@ def bert_configs(name: str):
     return hidden, heads, layers, micro, split, runs
 
 
-def run_bert(name: str, out: dict) -> list:
+def run_bert(name: str, out: dict, jobs: int = 1) -> list:
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
 
     hidden, heads, n_layers, micro, split, runs = bert_configs(name)
     start = time.perf_counter()
-    emb, layer, head = bert_layers(hidden, heads, micro)
+    pieces, peaks = price_apart(name, jobs)
+    emb, layer, head = (pieces[n] for n in PIECES[name])
+    out["piece_peaks_mb"] = [round(p) for p in peaks]
     price_s = time.perf_counter() - start
     tied = BERT_VOCAB * hidden  # the decoder's weight is the word embedding's (on the same IPU)
     head = replace(head, params=head.params - tied, param_bytes=head.param_bytes - 2 * tied)
@@ -288,6 +293,8 @@ def _layer_figures(cost) -> dict:
 
 RESNET_BLOCKS = (3, 4, 6, 3)  # bottlenecks per stage (ResNet-50)
 PIECES = {
+    "bert_large": ("embedding", "encoder", "head"),
+    "bert_base": ("embedding", "encoder", "head"),
     "gpt2_xl": ("embedding", "block", "head"),
     "resnet50": ("stem", *(f"block{i}_{k}" for i in range(4) for k in "0n"), "head"),
 }
@@ -304,7 +311,13 @@ def price_piece(spec: str) -> None:
     model, name = spec.split(":", 1)
     real = scale.price_layer
     scale.price_layer = lambda n, *a, **k: real(n, *a, **k) if n == name else None
-    found = gpt2_layers(1) if model == "gpt2_xl" else [c for _, c, _ in resnet50_layers(RESNET_BATCH)]
+    if model.startswith("bert"):
+        hidden, heads, _, micro, _, _ = bert_configs(model)
+        found = bert_layers(hidden, heads, micro)
+    elif model == "gpt2_xl":
+        found = gpt2_layers(1)
+    else:
+        found = [c for _, c, _ in resnet50_layers(RESNET_BATCH)]
     (cost,) = [c for c in found if c is not None]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**{k: getattr(cost, k) for k in LAYER_KEYS},
@@ -313,31 +326,50 @@ def price_piece(spec: str) -> None:
           flush=True)
 
 
-def price_apart(model: str, jobs: int = 1) -> tuple[dict, list[float]]:
-    """Each distinct layer of ``model`` priced once, each in its own process (``jobs`` at a time):
-    a process's peak is one layer's, not what every pricing before it left behind (GPT-2 XL's three
-    layers in one process reached 6.8 GB). Returns {name: LayerCost} and the children's peaks (MB)."""
+# The order children start in: the dearest first (measured: a vocabulary-wide head, then a
+# transformer layer; ResNet-50's 56 x 56 bottlenecks), so the cheap ones fill in beside them.
+START_ORDER = {"bert_large": ("head", "encoder", "embedding"), "bert_base": ("head", "encoder", "embedding"),
+               "gpt2_xl": ("head", "block", "embedding"),
+               "resnet50": ("block0_0", "block0_n", "block1_0", "stem", "block1_n", "block2_0", "block2_n",
+                            "block3_0", "block3_n", "head")}
+
+
+def _finished(model: str, piece: str, proc, out, err):
     from softipu.frontends.torch.scale import LayerCost
 
-    todo, running, done, peaks = list(PIECES[model]), [], {}, []
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    out.close()
+    err.close()
+    if proc.returncode:
+        raise RuntimeError(f"pricing {model}:{piece} failed ({proc.returncode}): {stderr[-3000:]}")
+    d = json.loads(stdout.strip().splitlines()[-1])
+    extra = {"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"], "peak_mb": d["peak_mb"]}
+    return LayerCost(**{k: d[k] for k in LAYER_KEYS}, extra=extra)
+
+
+def price_apart(model: str, jobs: int = 1) -> tuple[dict, list[float]]:
+    """Each distinct layer of ``model`` priced once, each in its own process (``jobs`` at a time,
+    the next started as soon as any finishes): a process's peak is one layer's, not what every
+    pricing before it left behind (GPT-2 XL's three layers in one process reached 6.8 GB). Returns
+    {name: LayerCost} and the children's peaks (MB)."""
+    todo, running, done, peaks = list(START_ORDER[model]), [], {}, []
     while todo or running:
         while todo and len(running) < max(1, jobs):
             piece = todo.pop(0)
             cmd = [sys.executable, __file__, "--piece", f"{model}:{piece}"]
-            err = tempfile.TemporaryFile("w+")  # not a pipe: a child waiting its turn never blocks on it
-            running.append((piece, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True), err))
-        piece, proc, err = running.pop(0)
-        stdout, _ = proc.communicate()
-        err.seek(0)
-        stderr = err.read()
-        err.close()
-        if proc.returncode:
-            raise RuntimeError(f"pricing {model}:{piece} failed ({proc.returncode}): {stderr[-3000:]}")
-        d = json.loads(stdout.strip().splitlines()[-1])
-        done[piece] = LayerCost(**{k: d[k] for k in LAYER_KEYS},
-                                extra={"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"],
-                                       "peak_mb": d["peak_mb"]})
-        peaks.append(d["peak_mb"])
+            # files, not pipes: a child never blocks on output nobody reads yet
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            running.append((piece, subprocess.Popen(cmd, stdout=out, stderr=err, text=True), out, err))
+        ended = [r for r in running if r[1].poll() is not None]
+        if not ended:
+            time.sleep(0.2)
+            continue
+        for r in ended:
+            running.remove(r)
+            done[r[0]] = _finished(model, *r)
+            peaks.append(done[r[0]].extra["peak_mb"])
     return done, peaks
 
 
@@ -384,7 +416,7 @@ def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> 
     start, cpu = time.perf_counter(), time.process_time()
     out: dict = {}
     if name.startswith("bert"):
-        results = run_bert(name, out)
+        results = run_bert(name, out, jobs)
     elif name == "resnet50":
         results = run_resnet(out, jobs)
     else:
@@ -392,7 +424,9 @@ def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu + children.ru_utime + children.ru_stime
-    peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, *out.get("piece_peaks_mb", [0]))
+    # Children priced side by side: the host holds up to the ``jobs`` largest of their peaks at once.
+    peaks = sorted(out.get("piece_peaks_mb", []))[-max(1, jobs):]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + sum(peaks)
     for est in results:
         d = est.as_dict()
         emit(bench="pod_training", model=name, config=d["label"], system=d["system"],
@@ -435,8 +469,9 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--html")
     parser.add_argument("--trace")
-    parser.add_argument("--jobs", type=int, default=1, help="layers priced at a time (ResNet-50, GPT-2 XL: "
-                        "each in its own process; host peak is then up to this many layers' peaks)")
+    parser.add_argument("--jobs", type=int, default=2, help="distinct layers priced at a time, each in its "
+                        "own process (default 2: this machine's cores); host peak is then the sum of the "
+                        "largest this many layers' peaks")
     parser.add_argument("--piece", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.piece:
@@ -450,6 +485,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--model", name]
         cmd += ["--html", args.html] if args.html else []
         cmd += ["--trace", args.trace] if args.trace else []
+        cmd += ["--jobs", str(args.jobs)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         for line in proc.stdout.splitlines():
             print(line, flush=True)

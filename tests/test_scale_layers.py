@@ -88,3 +88,21 @@ def test_memory_classes_of_a_small_layer_hand_worked():
     # the layer's own code; codelet code and stacks apart (a tile holds them once, pod.py per IPU)
     assert cost.code_bytes == mem["exchange_code"] + mem["control_code"] + mem["vertex_state"]
     assert (cost.codelet_bytes, cost.stack_bytes) == (mem["codelet_code"], mem["stacks"])
+
+
+def test_channels_last_activation_is_a_cnn_layout():
+    """A CNN layer's input arrives as its producer left it, channels innermost (a convolution's
+    output): the wrapper stores the activation (N, H, W, C) and hands the layer the (N, C, H, W)
+    view, so the layer's dX is computed into that storage too."""
+    from softipu.frontends.torch.scale.layers import _Priced
+
+    act = torch.zeros(2, 5, 6, 3)  # (N, H, W, C)
+    wrapper = _Priced(torch.nn.Identity(), act, lambda m, x: m(x), placeholder=True, channels_last=True)
+    view = wrapper.activation()
+    assert view.shape == (2, 3, 5, 6) and view.stride() == (90, 1, 18, 3)
+    assert _Priced(torch.nn.Identity(), act, lambda m, x: m(x), True).activation() is not None
+    t = sp.targets.ipu_model(tiles=4)
+    conv = price_layer("conv", lambda: torch.nn.Conv2d(3, 4, 1, bias=False), (2, 3, 4, 4), precision="fp32",
+                       target=t, channels_last=True)
+    assert (conv.params, conv.input_bytes, conv.output_bytes) == (12, 2 * 3 * 16 * 4, 2 * 4 * 16 * 4)
+    assert conv.forward > 0 and conv.backward > 0

@@ -124,18 +124,24 @@ class _Priced(torch.nn.Module):
     """The layer with its activation input as a parameter (so dX is computed) and a sum loss."""
 
     def __init__(self, layer: torch.nn.Module, activation: torch.Tensor | None,
-                 call: Callable[..., torch.Tensor], placeholder: bool) -> None:
+                 call: Callable[..., torch.Tensor], placeholder: bool, channels_last: bool = False) -> None:
         super().__init__()
         self.layer = layer
         self.act = None if activation is None else torch.nn.Parameter(activation)
         self._call = call
         self._placeholder = placeholder  # the one input is a stand-in (a layer fed by its activation only)
+        self._channels_last = channels_last  # act is stored (N, *spatial, C): the layer sees (N, C, *spatial)
+
+    def activation(self) -> torch.Tensor | None:
+        if self.act is None or not self._channels_last:
+            return self.act
+        return self.act.movedim(-1, 1)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         from softipu.frontends.poptorch import identity_loss  # noqa: PLC0415 - the PopTorch name
 
         inputs = () if self._placeholder else inputs
-        args = inputs if self.act is None else (self.act, *inputs)
+        args = inputs if self.act is None else (self.activation(), *inputs)
         out = self._call(self.layer, *args)
         return identity_loss(out, reduction="sum")
 
@@ -147,14 +153,18 @@ def _nbytes(t: torch.Tensor) -> int:
 def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: Sequence[int] | None,
                 inputs: Sequence[torch.Tensor] = (), *, precision: str = "fp16", target: Target = GC200,
                 optimizer: Callable[[Any], Any] | None = None,
-                call: Callable[..., torch.Tensor] | None = None, flops: float = 0.0) -> LayerCost:
+                call: Callable[..., torch.Tensor] | None = None, flops: float = 0.0,
+                channels_last: bool = False) -> LayerCost:
     """Price ``factory()`` (one layer) for one training micro-batch on ``target`` (one IPU).
 
     ``activation``: the shape of the activation input (made a parameter so its gradient is priced),
     or None for a first layer fed only by ``inputs`` (token ids...). ``inputs``: the other inputs,
     real (small) tensors. ``optimizer``: ``params -> optimizer`` (default plain SGD: the update is
     scaled per element by the caller's optimizer model). ``call(layer, *args)``: how to run the
-    layer (default ``layer(*args)``).
+    layer (default ``layer(*args)``). ``channels_last``: the ``(N, C, *spatial)`` activation arrives
+    stored channels innermost, as a convolution's output (and the elementwise ops after it) leave
+    it in a CNN, not in the host's NCHW order (a ResNet block's input is the previous block's
+    residual sum).
     """
     if precision not in _DTYPES:
         raise FrontendError(f"price_layer {name}: precision must be fp16 or fp32, got {precision!r}")
@@ -164,8 +174,10 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     act = None
     if activation is not None:
         with mode:
-            act = torch.zeros(tuple(activation), dtype=dtype)
-    model = _Priced(layer, act, call or (lambda m, *a: m(*a)), placeholder=not inputs)
+            shape = tuple(activation)
+            act = torch.zeros((shape[0], *shape[2:], shape[1]) if channels_last else shape, dtype=dtype)
+    model = _Priced(layer, act, call or (lambda m, *a: m(*a)), placeholder=not inputs,
+                    channels_last=channels_last)
     from softipu.frontends.torch.optim import (
         SGD,  # noqa: PLC0415 - poptorch.optim's definitions
         optimizer_spec,  # noqa: PLC0415
@@ -197,7 +209,7 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
     cats = report.memory_by_category
     code = sum(int(cats.get(k, 0)) for k in ("exchange_code", "control_code", "vertex_state"))
     with mode:
-        out = model._call(layer, *((act,) if act is not None else ()), *inputs)
+        out = model._call(layer, *((model.activation(),) if act is not None else ()), *inputs)
     param_bytes = sum(_nbytes(p) for n, p in model.named_parameters() if n != "act")
     saved = int(lowered.saved_bytes)
     # The engine, graph and trace hold reference cycles; free them now, not at some later
