@@ -260,3 +260,50 @@ def test_a_repeated_matmul_takes_the_first_ones_plan_moved_to_its_own_variables(
             np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))
     for (a, b, _), out in zip(pairs, got, strict=True):
         _check(out, np.matmul(values[a], values[b]), values[a], values[b], 512)
+
+
+def test_chain_keys_tell_apart_what_a_plan_depends_on():
+    """Equal for the same matmul on other variables; different for another K; none for a chain
+    whose field spans two variables (its plan cannot be moved variable by variable)."""
+    from softipu.engine.chain_keys import ChainPlans
+
+    def chain_keys(g, prog):
+        eng = sp.Engine(g, [prog], {"debug.allowOutOfMemory": True})
+        chains_ = eng._interpreter._chains
+        plans = ChainPlans(eng._interpreter.executable)
+        cands = sorted(chains_.first.values(), key=lambda c: c.steps[0])
+        return [plans.key([n.compute_set.id for n in c.nodes]) for c in cands]
+
+    g = sp.Graph(TARGET)
+    prog = P.Sequence()
+    for k in (512, 512, 256):
+        a = g.add_variable(F32, (64, k))
+        b = g.add_variable(F32, (k, 64))
+        for t in (a, b):
+            sp.ops.map_linearly(g, t)
+        sp.ops.matmul(g, a, b, prog)
+    first, second, third = chain_keys(g, prog)
+    assert first[0] == second[0] and first[0] != third[0]
+    assert not np.array_equal(first[1][F32], second[1][F32])  # other variables
+
+    g2, (a, b, out, _) = _spanning_chain()
+    assert chain_keys(g2, P.Sequence([P.Execute(cs) for cs in g2.compute_sets])) == [None]
+
+
+def _spanning_chain():
+    """One AMP vertex whose ``a`` field spans two variables that touch in the address space."""
+    m, k, n = 2, 4, 2
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    a0 = g.add_variable(F32, (m * k // 2,), name="a0")
+    a1 = g.add_variable(F32, (m * k // 2,), name="a1")
+    b = g.add_variable(F32, (k * n,), name="b")
+    out = g.add_variable(F32, (m * n,), name="out")
+    for t in (a0, a1, b, out):
+        g.set_tile_mapping(t, 0)
+    a = Tensor(g, F32, (m * k,), a0.offset, (1,))  # both variables: they are adjacent
+    assert a1.offset == a0.offset + m * k // 2
+    for step in range(2):
+        cs = g.add_compute_set(f"amp{step}")
+        g.add_vertex(cs, amp_codelet(F32, F32, step > 0), {"a": a, "b": b, "out": out, "m": m, "k": k, "n": n,
+                                                          "layout": 0}, tile=0)
+    return g, (a, b, out, (m, k, n))
