@@ -52,10 +52,15 @@ ACTIVATIONS = ("relu", "gelu", "none")
 
 def plan_moe(graph: Graph, tokens: int, d_model: int, hidden: int, experts: int, k: int, dtype: Any,
              options: dict | None = None) -> FCPlan:
-    """The dynamic sparse plan of a layer's hidden activations (see the module docstring)."""
+    """The dynamic sparse plan of a layer's hidden activations (see the module docstring). The
+    "batch" of these products is ``d_model``, the hidden layer's contraction: the batch is not split
+    (``planConstraints`` ``qz`` 1) unless the options say so, since the planner prices the forward
+    pass only and a split hidden layer sums bucket-shaped partials over the groups."""
     params = FullyConnectedParams(1, experts * hidden, tokens, d_model, tokens * k * hidden,
                                   name="moe/hidden")
-    return plan_fully_connected(graph, params, dtype, options)
+    opts = dict(options or {})
+    opts["planConstraints"] = {"qz": 1, **dict(opts.get("planConstraints") or {})}
+    return plan_fully_connected(graph, params, dtype, opts)
 
 
 def _check(ctx: OpContext, x: Tensor, indices: Tensor, gates: Tensor, w1: Tensor, w2: Tensor,
