@@ -251,7 +251,8 @@ def write_svg(rows: list[dict], path: str) -> None:
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
     svg = argv[argv.index("--svg") + 1] if "--svg" in argv else "sparse_curves.svg"
-    parts = [p for p in ("--curves", "--check", "--host") if p in argv] or ["--curves", "--check", "--host"]
+    every = ["--curves", "--check", "--host", "--dynamic"]
+    parts = [p for p in every if p in argv] or every
     if "--curves" in parts:
         if quick:
             curves(sizes=(1024,), densities=(0.01, 0.1, 0.5, 1.0), svg=svg)
@@ -263,6 +264,10 @@ def main(argv: list[str]) -> None:
         for block in sparse_blocks():
             for density in (0.01, 0.1):
                 host(1024, 256, block, density)
+    if "--dynamic" in parts:  # dynamic sparse layers and the MoE layer: bench_sparse_dynamic.py (SP1)
+        import bench_sparse_dynamic
+
+        bench_sparse_dynamic.main(["--quick"] if quick else [])
 
 
 def sparse_blocks() -> tuple[int, ...]:
