@@ -1,8 +1,9 @@
 """Issue 17's static block-sparse numbers: modeled sparse vs dense time over density, and host speed.
 
 Prints one JSON line per figure. Run: ``.venv/bin/python bench/bench_sparse.py`` (``--curves``,
-``--check``, ``--host``: only those parts; ``--quick``: the curves at 1024 only, four densities;
-``--svg PATH``: where the plot goes, default ``sparse_curves.svg``).
+``--check``, ``--host``, ``--dynamic``: only those parts; ``--quick``: the curves at 1024 only, four
+densities; ``--svg PATH``: where the plot goes, default ``sparse_curves.svg``). ``--dynamic`` runs
+``bench_sparse_dynamic.py`` (dynamic sparse layers, the MoE layer).
 
 * ``curve`` / ``crossover`` / ``plot``: a GC200, weight ``S`` (``size x size`` for 1024..8192,
   blocks of 1, 4, 8, 16, random patterns at densities 1%..100%) times a dense ``(size, n)``
