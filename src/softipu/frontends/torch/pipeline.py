@@ -16,7 +16,9 @@ that IPU's tiles; an input produced on another IPU is first copied over (the int
 activation or gradient: a priced inter-IPU copy). Weights live on the IPU of their first user,
 optimizer state and accumulators with their weight. Under pipelining each forward activation the
 backward reads on IPU ``i`` is stashed (a ``depth x`` buffer on that IPU, PopART's stash depth
-``2 x (IPUs to the end) + 1``, the last IPU none) and restored before the backward.
+``2 x (IPUs to the end) + 1``, the last IPU none) and restored before the backward. Pipelined
+inference stashes a value a later stage on the same IPU reads (a skip over stages, or two stages
+sharing the IPU): ``d + 1`` rows for a reader ``d`` pipeline cycles later.
 
 **Cost.** The program runs the micro-batches one after another (the values of a pipelined step
 are those of gradient accumulation on one IPU). :func:`pipeline_summary` groups the micro-batch's
@@ -251,6 +253,8 @@ class PlacedLowering:
         self.tags: list[tuple[P.Program, int, str]] = []
         self.activations: set[Any] = set()  # variables made by forward nodes
         self.stash_bytes = [0] * placement.num_ipus
+        self.skips: dict[torch.fx.Node, Tensor] = {}  # inference: values stashed for a later same-IPU stage
+        self.skips_restored: set[tuple[torch.fx.Node, int]] = set()
 
     def place(self, node: torch.fx.Node | None) -> None:
         """Lower what follows on ``node``'s IPU (None: the whole target again)."""
@@ -333,6 +337,42 @@ class PlacedLowering:
             self.ctx.prog.add(P.Copy(value, out))
             self._copies[key] = out
         return self._copies[key]
+
+    def stash_skip(self, node: torch.fx.Node, value: Any) -> None:
+        """Pipelined inference: a value read by a later stage on the same IPU (a skip over stages, or
+        the next of two stages sharing the IPU) is stashed there, ``d + 1`` rows for a reader ``d``
+        pipeline cycles later (the stage in between runs the next micro-batches; within a cycle
+        the stash comes before the restore, as PopART orders them)."""
+        stage, ipu = self.placement.stage_of.get(node), self.placement.ipu_of.get(node)
+        if stage is None or not isinstance(value, Tensor) or value.numel == 0:
+            return
+        later = [self.placement.stage_of[u] for u in node.users
+                 if self.placement.ipu_of.get(u) == ipu and self.placement.stage_of.get(u, stage) > stage]
+        if not later:
+            return
+        depth = max(later) - stage + 1
+        with self.on_ipu(ipu):
+            buf = self.ctx.graph.add_variable(value.dtype, (depth, *value.shape), name=f"stash/{node.name}")
+            from softipu.frontends.placement import map_tensor  # noqa: PLC0415
+
+            map_tensor(self.ctx.graph, buf)
+            self.ctx.prog.add(P.Copy(value, buf[0]))
+        self.stash_bytes[ipu] += buf.numel * buf.dtype.itemsize
+        self.tags.append((self.ctx.prog.programs[-1], stage, "fwd"))
+        self.skips[node] = buf
+
+    def restore_skips(self, node: torch.fx.Node, env: Any) -> None:
+        """Before a later stage's reader of a stashed value: the value back from the stash."""
+        stage = self.placement.stage_of.get(node)
+        for a in node.all_input_nodes:
+            buf = self.skips.get(a)
+            if buf is None or stage is None or stage <= self.placement.stage_of[a] or \
+                    (a, stage) in self.skips_restored:
+                continue
+            self.skips_restored.add((a, stage))
+            with self.on_ipu(self.placement.ipu_of[a]):
+                self.ctx.prog.add(P.Copy(buf[0], env[a]))
+            self.tags.append((self.ctx.prog.programs[-1], stage, "fwd"))
 
     def stash(self, node: torch.fx.Node, value: Any) -> Tensor | None:
         """Stash a forward activation read by the backward (pipelining): a ``depth``-row buffer on
@@ -547,7 +587,13 @@ def placed_lowerer(ep: Any, options: Any, input_names: Sequence[str]) -> Any:
     class _PlacedLowerer(PlacedLowering, _Lowerer):
         def lower_node(self, node: torch.fx.Node, env: Any) -> Any:
             tag = "fwd" if self.ctx.prog is self.step else None
-            return self.placed_node(node, env, super().lower_node, tag)
+            pipelined = tag is not None and self.placement.strategy == "pipelined"
+            if pipelined:
+                self.restore_skips(node, env)
+            result = self.placed_node(node, env, super().lower_node, tag)
+            if pipelined:
+                self.stash_skip(node, result)
+            return result
 
         def run(self) -> Any:
             self.step = self.ctx.prog
