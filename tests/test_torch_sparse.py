@@ -29,7 +29,7 @@ def _mask(rows, cols, seed):
     return mask
 
 
-@pytest.mark.parametrize("block", [1, 4, 8])
+@pytest.mark.parametrize("block", [1, 8])
 def test_inference_matches_eager_and_masked_dense(block):
     torch.manual_seed(block)
     dense = nn.Linear(32, 24)
@@ -68,7 +68,7 @@ class Net(nn.Module):
         return out, F.cross_entropy(out, y)
 
 
-@pytest.mark.parametrize("block", [4, 8])
+@pytest.mark.parametrize("block", [4])
 def test_training_matches_eager_sgd(block):
     torch.manual_seed(0)
     net = Net(block)
