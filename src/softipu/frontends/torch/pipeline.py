@@ -426,6 +426,7 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
         if 0 <= stage < n:
             sums[kind][stage] += cost.cost(prog)[0]
     fwd, bwd, cf, cb = sums["fwd"], sums["bwd"], sums["copy_fwd"], sums["copy_bwd"]
+    lf, lb = sums["load_fwd"], sums["load_bwd"]  # Streaming Memory loads and stores (offload.py)
     ipus = placement.stage_ipus
     ipu_cycles = [0] * placement.num_ipus
     for s in range(n):
@@ -434,7 +435,8 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
     out: dict[str, Any] = {
         "strategy": placement.strategy, "num_ipus": placement.num_ipus,
         "stages": [{"stage": st, "ipu": ipu, "forward_cycles": fwd[i], "backward_cycles": bwd[i],
-                    "copy_in_cycles": cf[i] + cb[i]} for i, (_, st, ipu) in enumerate(placement.stages)],
+                    "copy_in_cycles": cf[i] + cb[i], "load_cycles": lf[i] + lb[i]}
+                   for i, (_, st, ipu) in enumerate(placement.stages)],
         "ipu_cycles": ipu_cycles, "stash_bytes": list(stash_bytes) or [0] * placement.num_ipus,
         "sequential_cycles": int(run_cycles),
     }
@@ -445,12 +447,14 @@ def pipeline_summary(placement: Placement, tags: Sequence[tuple[P.Program, int, 
         out["ipu_max_tile_bytes"] = [int(b) for b in per_ipu.max(axis=1)]
     cycles = int(run_cycles)
     if placement.strategy == "pipelined" and n > 1:
-        stage_cycles = training_stages(fwd, bwd) if training else fwd
+        # a stage's Streaming Memory traffic (off-chip weights, activations) is part of its work
+        fl, bl = [a + b for a, b in zip(fwd, lf, strict=True)], [a + b for a, b in zip(bwd, lb, strict=True)]
+        stage_cycles = training_stages(fl, bl) if training else fl
         transfers = _transfers(cf, cb, training)
         t = pipeline_schedule(stage_cycles, accumulation=accumulation, training=training,
                               transfer_cycles=transfers, stage_ipus=ipus)
         out["schedule"] = t.as_dict()
-        cycles = int(run_cycles) - device_iterations * accumulation * staged \
+        cycles = int(run_cycles) - device_iterations * accumulation * (staged + sum(lf) + sum(lb)) \
             + device_iterations * (t.fill + t.main + t.flush)
         # what is not stage work: streaming, accumulation, the optimizer update, sync
         out["other_cycles"] = cycles - device_iterations * (t.fill + t.main + t.flush)

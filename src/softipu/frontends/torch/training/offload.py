@@ -176,11 +176,19 @@ class Offload:
             return False
         if all(u in lowerer.joint.forward_nodes or u.op == "output" for u in node.users):
             return False  # no backward reader (a user output is streamed to the host from chip)
-        buffer = lowerer.graph.add_remote_buffer(f"activations/{node.name}", value.dtype, value.shape)
+        buffer = lowerer.graph.add_remote_buffer(f"activations/{node.name}", value.dtype, value.shape,
+                                                 _stash_rows(lowerer, node))
         with _tagged(lowerer, node, "fwd"):
             lowerer.ctx.prog.add(P.RemoteCopy(value, buffer))
         self.activations[node.name] = self._saved[node] = buffer
         return True
+
+    def stores(self, node: torch.fx.Node, value: Any) -> bool:
+        """``node``'s value will be stored off chip for the backward (:meth:`after`): under
+        pipelining its remote buffer is the stash, one row per micro-batch in flight."""
+        if self.activation.on_chip or node in self._constant or node in self._derived:
+            return False
+        return isinstance(value, Tensor) and self.activation.off_chip_for(int(value.numel))
 
     def _load(self, lowerer: Any, p: torch.fx.Node, forward: bool) -> None:
         with _tagged(lowerer, p, "fwd" if forward else "bwd"):
@@ -295,6 +303,18 @@ def _on_ipu(lowerer: Any, node: torch.fx.Node) -> Iterator[None]:
         return
     with lowerer.on_ipu(placement.ipu_of.get(node)):
         yield
+
+
+def _stash_rows(lowerer: Any, node: torch.fx.Node) -> int:
+    """Rows of an activation's remote buffer: under pipelining the stash depth of its stage
+    (PopART's ``2 x (IPUs to the end) + 1``; the copies use row 0: the values are those of the
+    micro-batches run one after another), else one."""
+    if not getattr(lowerer, "pipelined", False):
+        return 1
+    from softipu.target.pipeline import stash_depths  # noqa: PLC0415
+
+    stages = lowerer.placement.stages
+    return max(1, stash_depths(len(stages), True)[lowerer.placement.stage_of.get(node, 0)])
 
 
 @contextlib.contextmanager

@@ -55,7 +55,9 @@ class _PlacedTrainLowerer(PlacedLowering, _TrainLowerer):
         result = self.placed_node(node, env, super().lower_node, phase)
         if phase == "fwd":
             self.activations.update(self.graph.variables[before:])
-            if self.pipelined and any(u not in self.joint.forward_nodes for u in node.users):
+            # an activation stored off chip is stashed there (training/offload.py), not on chip
+            if self.pipelined and any(u not in self.joint.forward_nodes for u in node.users) \
+                    and not self.offload.stores(node, result):
                 buf = self.stash(node, result)
                 if buf is not None:
                     self.stashed[node] = buf
