@@ -231,14 +231,24 @@ class _Timeline:
         """(dtype, variable ids, fully covered?, kind) per dtype and access kind, from the fields'
         address runs."""
         parts: dict[tuple, list] = {}
+        rows: dict[tuple, list] = {}  # (offset, vertices, n, row stride) of (vertices, n) rows fields
         for group in compiled.groups:
             for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
                 kinds = [_WRITE] if f.direction is Direction.OUTPUT else [_READ]
                 kinds += [_WRITE] if f.direction is Direction.INOUT else []
                 for t in group.tensors(name):
+                    shape, strides = t.shape, t.strides
+                    if t.is_strided and len(shape) == 2 and shape[0] and shape[1] \
+                            and (shape[1] == 1 or strides[1] == 1):
+                        for kind in kinds:
+                            parts.setdefault((t.dtype, kind), [])
+                            rows.setdefault((t.dtype, kind), []).append((t.offset, *shape, strides[0]))
+                        continue
                     starts, lengths = address_runs(t)
                     for kind in kinds:
                         parts.setdefault((t.dtype, kind), []).append((starts, starts + lengths))
+        for key, found in rows.items():
+            parts[key].append(_row_intervals(np.array(found, np.int64)))
         return [(dtype, *self._ids_in(self.graph.spaces[dtype], np.concatenate([p[0] for p in pieces]),
                                       np.concatenate([p[1] for p in pieces])), kind)
                 for (dtype, kind), pieces in parts.items()]
@@ -548,3 +558,18 @@ def out_of_memory_message(plan: MemoryPlan, graph: Graph, compute_sets: dict[int
         "IPUs, or compile anyway with options={'debug.allowOutOfMemory': True} and read eng.report")
     return "\n".join(lines)
 
+
+def _row_intervals(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) covering the rows of strided ``(vertices, n)`` fields given as (offset,
+    vertices, n, row stride): one interval for a field whose rows follow each other, else one per
+    row (the same addresses as their address runs; only their union is used)."""
+    offset, v, n, step = rows.T
+    whole = (step == n) | (v == 1)
+    starts, ends = [offset[whole]], [offset[whole] + v[whole] * n[whole]]
+    if not whole.all():
+        o, vv, nn, st = offset[~whole], v[~whole], n[~whole], step[~whole]
+        local = np.arange(int(vv.sum()), dtype=np.int64) - np.repeat(np.cumsum(vv) - vv, vv)
+        first = np.repeat(o, vv) + local * np.repeat(st, vv)
+        starts.append(first)
+        ends.append(first + np.repeat(nn, vv))
+    return np.concatenate(starts), np.concatenate(ends)
