@@ -12,6 +12,7 @@ for sorting).
 from __future__ import annotations
 
 import enum
+import math
 from functools import cache
 
 import numpy as np
@@ -134,6 +135,19 @@ def _rows_in_range(index: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray
     return np.where(valid, i, 0), valid
 
 
+def _column_take(table: np.ndarray, safe: np.ndarray, width: int, rows: int) -> np.ndarray:
+    """Each vertex's ``(width, rows)`` table block at its rows ``safe`` (``(..., n)``), as
+    ``(..., width, n)``: ``take_along_axis``'s values, by one flat ``take`` at computed addresses
+    where the blocks lie contiguous (a broadcast index over three axes cost 4x the lookup)."""
+    lead = safe.shape[:-1]
+    if not table.flags.c_contiguous:
+        block = table.reshape(lead + (width, rows))
+        return np.take_along_axis(block, safe[..., None, :], axis=-1)
+    base = np.arange(math.prod(lead), dtype=np.int64).reshape(lead + (1, 1)) * (width * rows)
+    return np.take(table.reshape(-1), base + (np.arange(width, dtype=np.int64) * rows)[:, None]
+                   + safe[..., None, :])
+
+
 @cache
 def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = False) -> type[Vertex]:
     """``MultiSlice``: rows ``index[i]`` of a column block of a table; out-of-range rows give 0.
@@ -172,8 +186,7 @@ def multi_slice_codelet(dtype: DType, index_dtype: DType, column_major: bool = F
                 return
             safe, valid = _rows_in_range(index, rows)
             if column_major:
-                block = table.reshape(lead + (width, rows))
-                picked = np.take_along_axis(block, np.broadcast_to(safe, lead + (n,))[..., None, :], axis=-1)
+                picked = _column_take(table, np.broadcast_to(safe, lead + (n,)), width, rows)
                 picked = np.where(np.broadcast_to(valid, lead + (n,))[..., None, :], picked, 0)
                 out[...] = np.swapaxes(picked, -1, -2).reshape(out.shape)
                 return
