@@ -29,11 +29,16 @@ class Net(torch.nn.Module):
         return out, F.cross_entropy(out, y)
 
 
-def _train(off_chip: bool):
+def _train(off_chip: bool, sharded: bool = False):
     module = Net()
     eager = copy.deepcopy(module)
+    replicas = 2 if sharded else 1
     opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4, bytes_per_tile=256 * 1024))
     opts.Training.gradientAccumulation(GA)  # 2 IPUs pipelined: 3 stages
+    opts.replicationFactor(replicas)
+    if sharded:  # each replica keeps half of every weight of >= 8 elements
+        opts.TensorLocations.setWeightLocation(poptorch.TensorLocationSettings().useReplicatedTensorSharding(True)
+                                               .minElementsForReplicatedTensorSharding(8))
     if off_chip:
         off = poptorch.TensorLocationSettings().useOnChipStorage(False)
         opts.TensorLocations.setWeightLocation(off)
@@ -41,7 +46,8 @@ def _train(off_chip: bool):
     model = poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1))
     eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(GA * MICRO, 8, generator=g), torch.randint(0, 3, (GA * MICRO,), generator=g)
+    n = GA * MICRO * replicas
+    x, y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
     model(x, y)
     eager_opt.zero_grad()
     eager(x, y)[1].backward()
@@ -64,3 +70,12 @@ def test_pipelined_step_with_weights_and_activations_off_chip():
     # the schedule's stages carry their loads: it is longer than the on-chip one
     assert s["schedule"]["total_cycles"] > s0["schedule"]["total_cycles"]
     assert model.cycle_count > base.cycle_count
+
+
+def test_pipelined_step_with_sharded_weights():
+    model = _train(False, sharded=True)  # values vs eager torch on the effective batch
+    stages = model.summary()["pipeline"]["stages"]
+    # each stage all-gathers its weights' fragments before its forward and backward readers
+    assert all(st["load_cycles"] > 0 for st in stages)
+    offload = model.lowered.offload
+    assert offload.fragments["fc1.weight"].shape == (120,) and offload.fragments["fc2.weight"].shape == (45,)
