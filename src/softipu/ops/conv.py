@@ -432,8 +432,33 @@ def _add_window_vertices(ctx: OpContext, cs: Any, pl: Plan, grids, xp: Tensor, i
     params |= {k: np.full(i.shape, v) for k, v in geo.items()}
     codelet = conv_window_codelet(q.in_dtype, out.tensor.dtype)
     tiles = pl.tile_of(g, i, j, 0)
-    add_vertex_runs(ctx.graph, cs, codelet, [x1 - x0, msz, nsz], i * len(gn) + j, tiles, starts,
-                    tensors, params)
+    keys, order = [x1 - x0, msz, nsz], j * len(gm) + i
+    add_vertex_runs(ctx.graph, cs, codelet, keys, order, tiles, starts, tensors, params,
+                    fine_key=_evenly_spaced_runs(keys, order, x0, j))
+
+
+def _evenly_spaced_runs(keys: list[np.ndarray], order: np.ndarray, x0: np.ndarray,
+                        j: np.ndarray) -> np.ndarray:
+    """A key that cuts the vertices, taken as :func:`add_vertex_runs` orders them, into runs of
+    one N block whose input ranges start at evenly spaced addresses. A block of output pixels
+    that wraps an output row or a sample moves its range's start irregularly; cut there, each run
+    is a strided field (none is listed address by address: ResNet-50 b64's 7x7 stem had 33 M)."""
+    idx = np.lexsort([order] + keys[::-1])
+    if idx.size < 3:
+        return np.zeros(idx.size, np.int64)
+    first = np.concatenate(([True], np.any([k[idx][1:] != k[idx][:-1] for k in (*keys, j)], axis=0)))
+    step = np.diff(x0[idx])
+    run = np.zeros(idx.size, np.int64)
+    cut, current = 0, None
+    for v in range(1, idx.size):  # greedy: a run keeps the step between its first two vertices
+        if first[v] or (current is not None and step[v - 1] != current):
+            cut, current = cut + 1, None
+        elif current is None:
+            current = step[v - 1]
+        run[v] = cut
+    out = np.empty(idx.size, np.int64)
+    out[idx] = run
+    return out
 
 
 def _window_geometry(xp: Tensor, inner: _Inner) -> dict[str, int]:
