@@ -268,10 +268,13 @@ def _row_grid(graph: Graph, table: Tensor) -> np.ndarray | None:
     return tiles.reshape(cols, rows // height)
 
 
-def _block_rows(table: Tensor, tiles: np.ndarray) -> Tensor:
-    """``(cols * row_blocks, height)``: block ``(c, r)`` as row ``c * row_blocks + r``, a strided view."""
-    height = table.shape[0] // tiles.shape[1]
-    return Tensor(table.graph, table.dtype, (tiles.size, height), table.offset, (height, 1))
+def _block_column(table: Tensor, tiles: np.ndarray, r: int) -> Tensor:
+    """``(cols, height)``: row block ``r`` of every column (storage run ``c * row_blocks + r``), a
+    strided view: one vertex group per row block keeps every field strided."""
+    cols, row_blocks = tiles.shape
+    height = table.shape[0] // row_blocks
+    return Tensor(table.graph, table.dtype, (cols, height), table.offset + r * height,
+                  (row_blocks * height, 1))
 
 
 def _shifted(ctx: OpContext, indices: Tensor, tiles: np.ndarray, height: int) -> Tensor:
@@ -303,15 +306,16 @@ def _slice_split(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor, ti
     cols, row_blocks = tiles.shape
     if out.is_contiguous():
         map_linearly(graph, out, grain_size=max(1, out.shape[1]))
-    blocks = _block_rows(table, tiles)
-    shifted = _shifted(ctx, indices, tiles, blocks.shape[1])
+    shifted = _shifted(ctx, indices, tiles, table.shape[0] // row_blocks).reshape(cols, row_blocks, n)
     partial = graph.add_variable(table.dtype, (cols * row_blocks, n), name=f"{ctx.name}/partials")
     graph.set_tile_mappings(partial, tiles.reshape(-1))
-    cs = ctx.compute_set()
-    graph.add_vertices(cs, multi_slice_codelet(table.dtype, indices.dtype, True),
-                       {"table": blocks, "index": shifted, "out": partial}, tiles.reshape(-1))
-    ctx.execute(cs)
     parts = partial.reshape(cols, row_blocks, n)
+    cs = ctx.compute_set()
+    codelet = multi_slice_codelet(table.dtype, indices.dtype, True)
+    for r in range(row_blocks):
+        graph.add_vertices(cs, codelet, {"table": _block_column(table, tiles, r), "index": shifted[:, r],
+                                         "out": parts[:, r]}, tiles[:, r])
+    ctx.execute(cs)
     total = E.input(1)
     for r in range(1, row_blocks):
         total = E.add(total, E.input(r + 1))
@@ -324,14 +328,15 @@ def _update_split(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tenso
     move, each tile receives its column of the updates."""
     graph = ctx.graph
     cols, row_blocks = tiles.shape
-    blocks = _block_rows(table, tiles)
-    shifted = _shifted(ctx, indices, tiles, blocks.shape[1])
-    u_addr = np.repeat(updates.addresses().T, row_blocks, axis=0)  # block (c, r) reads column c
+    n = indices.shape[0]
+    shifted = _shifted(ctx, indices, tiles, table.shape[0] // row_blocks).reshape(cols, row_blocks, n)
     cs = ctx.compute_set()
-    graph.add_vertices(cs, multi_update_codelet(table.dtype, indices.dtype, accumulate, True),
-                       {"table": blocks, "index": shifted, "updates": tensor_at(graph, updates.dtype, u_addr),
-                        "scale": scale}, tiles.reshape(-1))
+    codelet = multi_update_codelet(table.dtype, indices.dtype, accumulate, True)
+    for r in range(row_blocks):  # block (c, r) reads column c of the updates
+        graph.add_vertices(cs, codelet, {"table": _block_column(table, tiles, r), "index": shifted[:, r],
+                                         "updates": updates.T, "scale": scale}, tiles[:, r])
     ctx.execute(cs)
+
 
 def multi_slice(graph: Graph, table: Tensor, indices: Tensor, prog: Any, *, name: str = "",
                 options: dict | None = None) -> Tensor:
