@@ -62,3 +62,78 @@ def test_column_take_equals_a_lookup_per_vertex(lead):
     np.testing.assert_array_equal(_column_take(table, safe, width, rows), want)
     strided = np.repeat(table, 2, axis=-1)[..., ::2]  # not contiguous: the take_along_axis path
     np.testing.assert_array_equal(_column_take(strided, safe, width, rows), want)
+
+
+def _kept_runners(eng):
+    return [r for r in eng._interpreter._chains.fused() if r.kept]
+
+
+def test_weights_only_the_host_writes_stay_gathered_and_are_gathered_again_after_a_write():
+    """A matmul's right-hand blocks (laid out for the matmul, so gathered for the GEMM) that no
+    program writes are kept gathered between calls; a host write makes the next call gather them
+    again. Oracle: numpy's product."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
+    prog = P.Sequence()
+    a = sp.ops.create_matmul_input_lhs(g, sp.float32, (64, 96), (96, 80), name="a")
+    b = sp.ops.create_matmul_input_rhs(g, sp.float32, (64, 96), (96, 80), name="b")
+    c = sp.ops.matmul(g, a, b, prog)
+    rng = np.random.default_rng(4)
+    av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(a, av)
+    eng.write_tensor(b, bv)
+    eng.run(0)
+    assert _kept_runners(eng), "the weights were not kept"
+    np.testing.assert_allclose(eng.read_tensor(c), av @ bv, rtol=1e-5, atol=1e-4)
+    eng.write_tensor(a, 2 * av)
+    eng.run(0)
+    np.testing.assert_allclose(eng.read_tensor(c), 2 * av @ bv, rtol=1e-5, atol=1e-4)
+    eng.write_tensor(b, -bv)
+    eng.run(0)
+    np.testing.assert_allclose(eng.read_tensor(c), -2 * av @ bv, rtol=1e-5, atol=1e-4)
+
+
+def test_weights_a_program_updates_are_gathered_every_call():
+    """The same matmul with both operands updated in place after it (an optimizer step; the
+    chain may take either as its right-hand side): nothing is kept, and every call's product uses
+    the operands as they are then."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
+    prog = P.Sequence()
+    a = sp.ops.create_matmul_input_lhs(g, sp.float32, (64, 96), (96, 80), name="a")
+    b = sp.ops.create_matmul_input_rhs(g, sp.float32, (64, 96), (96, 80), name="b")
+    c = sp.ops.matmul(g, a, b, prog)
+    map_ = sp.ops.elementwise.map_
+    map_(g, E.add(E.input(0), 1.0), [b], prog)
+    map_(g, E.mul(E.input(0), 2.0), [a], prog)
+    rng = np.random.default_rng(5)
+    av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(a, av)
+    eng.write_tensor(b, bv)
+    for step in range(3):
+        eng.run(0)
+        np.testing.assert_allclose(eng.read_tensor(c), (av * 2**step) @ (bv + step), rtol=1e-5, atol=1e-3)
+    assert not _kept_runners(eng)
+
+
+def test_kept_weights_are_gathered_again_after_a_stream_loads_new_ones():
+    """Weights loaded by a host-to-device stream program (a session's weightsFromHost), then used
+    by a matmul program: the product follows every load. Oracle: numpy's product."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
+    a = sp.ops.create_matmul_input_lhs(g, sp.float32, (64, 96), (96, 80), name="a")
+    b = sp.ops.create_matmul_input_rhs(g, sp.float32, (64, 96), (96, 80), name="b")
+    feeds = [g.add_host_to_device_fifo(n, sp.float32, t.numel) for n, t in (("fa", a), ("fb", b))]
+    load = P.Sequence([P.Copy(feeds[0], a), P.Copy(feeds[1], b)])
+    prog = P.Sequence()
+    c = sp.ops.matmul(g, a, b, prog)
+    eng = sp.Engine(g, [prog, load])
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        av, bv = rng.standard_normal(a.shape, np.float32), rng.standard_normal(b.shape, np.float32)
+        eng.connect_stream("fa", av.reshape(-1))
+        eng.connect_stream("fb", bv.reshape(-1))
+        eng.run(1)
+        for _ in range(2):
+            eng.run(0)
+            np.testing.assert_allclose(eng.read_tensor(c), av @ bv, rtol=1e-5, atol=1e-4)
+    assert _kept_runners(eng)

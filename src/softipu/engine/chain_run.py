@@ -16,6 +16,7 @@ import numpy as np
 from softipu.codelets.gemm import MAX_PIECES
 from softipu.codelets.host import BLAS, run_pieces
 from softipu.compiler.executable import VertexGroup
+from softipu.engine.constants import WrittenSpans
 
 __all__ = ["ChainRunner", "Band", "Scratch"]
 
@@ -43,13 +44,17 @@ class ChainRunner:
     of equal, evenly spaced blocks), the GEMM, and the product copied out (or the GEMM writes
     straight into storage where the band's output blocks tile one row-major matrix)."""
 
-    __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans")
+    __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans", "kept", "kept_at")
 
     def __init__(self, bands: list[Band], in_buf: np.ndarray, out_buf: np.ndarray,
                  group: VertexGroup, where: str, scratch: Scratch) -> None:
         self.bands, self.in_buf, self.out_buf = bands, in_buf, out_buf
         self.group, self.where, self.scratch = group, where, scratch
         self.plans: list[tuple] | None = None
+        # Copies of right-hand blocks only the host writes (engine/constants.py) into matrices this
+        # runner keeps: made again when the host wrote since (``kept_at``: its write count then).
+        self.kept: list[Callable[[], Any]] = []
+        self.kept_at = -1
 
     def __call__(self) -> None:
         from softipu.engine.fast import _codelet_failure  # the fast engine's error wording
@@ -58,6 +63,10 @@ class ChainRunner:
             if self.plans is None:
                 self.plans = [self._plan(band) for band in self.bands]
             with BLAS.single_threaded():
+                writes = self.scratch.host_writes()
+                if self.kept and self.kept_at != writes:
+                    run_pieces(self.kept)
+                    self.kept_at = writes
                 for copies_in, products, copies_out in self.plans:
                     if len(copies_in) == 1:
                         copies_in[0]()
@@ -84,7 +93,10 @@ class ChainRunner:
             a = self.scratch.get("a", (rows, ks))
             copies_in += _copies(a, src, a_grid, m_at, k_at)
         b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None
-        if b is None:
+        if b is None and self.scratch.keeps(band, ks * cols, src):
+            b = np.empty((ks, cols), np.float32)
+            self.kept += _copy_jobs(_copies(b, src, b_grid, k_at, n_at))
+        elif b is None:
             b = self.scratch.get("b", (ks, cols))
             copies_in += _copies(b, src, b_grid, k_at, n_at)
         c = _direct(dst, out_grid, m_at, n_at, writeable=True) if dst.dtype == np.float32 else None
@@ -138,13 +150,54 @@ def _copy_jobs(copies: list[tuple[np.ndarray, np.ndarray]]) -> list[Callable[[],
     return jobs
 
 
+# At most this many bytes of right-hand operands (weights) are kept gathered between calls.
+KEPT_BYTES = 512 << 20
+
+
 class Scratch:
     """The interpreter's matrices for gathered operands and products, shared by its chains (they
     run one at a time). A band that needs more than the current buffer gets a larger one; plans
-    made earlier keep the views of the old one (alive through them)."""
+    made earlier keep the views of the old one (alive through them).
 
-    def __init__(self) -> None:
+    With the executable's :class:`WrittenSpans` and the storage, it also says which bands'
+    right-hand blocks only the host writes (:meth:`keeps`), up to :data:`KEPT_BYTES` in all."""
+
+    def __init__(self, written: WrittenSpans | None = None, storage: Any = None) -> None:
         self.buffers: dict[str, np.ndarray] = {}
+        self.written, self.storage = written, storage
+        self.kept_bytes = 0
+        self.kept_spans: dict[Any, list[tuple[int, int]]] = {}  # dtype -> [lo, hi) of kept blocks
+
+    def streamed(self, t: Any) -> None:
+        """A host-to-device stream copy into ``t`` ran: where it meets a kept block, count it as
+        a host write (every kept copy is then made again on its next run)."""
+        spans = self.kept_spans.get(t.dtype)
+        if not spans:
+            return
+        from softipu.engine.chains import _extent
+
+        span = _extent(t)
+        if span is not None and any(lo < span[1] and span[0] < hi for lo, hi in spans):
+            self.storage.host_writes += 1
+
+    def host_writes(self) -> int:
+        return self.storage.host_writes if self.storage is not None else 0
+
+    def keeps(self, band: Band, elements: int, src: np.ndarray) -> bool:
+        """Whether a band's gathered right-hand matrix (``elements`` of float32, from ``src``, a
+        storage buffer's row) is kept between calls; counted against the budget if so."""
+        if self.written is None or self.storage.replicas != 1 or self.kept_bytes + 4 * elements > KEPT_BYTES:
+            return False
+        start, rs, cs = band.b[..., 0], band.b[..., 1], band.b[..., 2]
+        if (rs <= 0).any() or (cs <= 0).any():
+            return False
+        hi = start + (band.k[:, None] - 1) * rs + (band.n[None, :] - 1) * cs + 1
+        dtype = next((d for d, buf in self.storage.buffers.items() if np.shares_memory(buf, src)), None)
+        if dtype is None or not self.written.untouched(dtype, start.reshape(-1), hi.reshape(-1)):
+            return False
+        self.kept_bytes += 4 * elements
+        self.kept_spans.setdefault(dtype, []).append((int(start.min()), int(hi.max())))
+        return True
 
     def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
         size = shape[0] * shape[1]

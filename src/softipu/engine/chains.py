@@ -48,6 +48,7 @@ from softipu.compiler.executable import Executable, VertexGroup
 from softipu.dtypes import float16, float32
 from softipu.engine.chain_keys import ChainPlans
 from softipu.engine.chain_run import Band, ChainRunner, Scratch
+from softipu.engine.constants import WrittenSpans
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
@@ -98,7 +99,7 @@ class Chains:
         self.executable, self.storage = executable, storage
         self.first: dict[int, _Candidate] = {}
         self.later: dict[int, _Candidate] = {}
-        self.scratch = Scratch()
+        self.scratch = Scratch(WrittenSpans(executable), storage)  # weights kept gathered (constants.py)
         self.plans = ChainPlans(executable)
         self._reads: np.ndarray | None = None
         if executable.replication_factor != 1 or not FUSE_MATMULS:

@@ -495,6 +495,8 @@ class FastInterpreter(ProgramInterpreter):
         copy = self._copies.get(step, False) if step is not None else None
         if copy is False:
             copy = self._copies[step] = self._bound_copy(node)
+        if isinstance(node.src, DataStream) and isinstance(node.dst, Tensor) and self._chains:
+            self._chains.scratch.streamed(node.dst)  # weights loaded: kept copies are stale
         if copy is None:
             super().run_copy(node)
             return

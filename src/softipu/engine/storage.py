@@ -160,13 +160,14 @@ class Storage:
     program that reads what it never wrote shows it.
     """
 
-    __slots__ = ("buffers", "replicas", "poison", "group")
+    __slots__ = ("buffers", "replicas", "poison", "group", "host_writes")
 
     def __init__(self, executable: Executable, *, poison: bool = False, group: Any = None) -> None:
         # With ``group`` (engine/distributed.py) this process holds only its block of replicas.
         first, r = (group.first, group.local) if group else (0, executable.replication_factor)
         self.replicas = r
         self.poison = poison
+        self.host_writes = 0  # writes from the host (``write``): kept copies of constants compare it
         self.group = group
         check_host_memory(executable, r)
         # np.zeros is lazily committed by the OS: untouched memory costs nothing (poison costs it all).
@@ -261,6 +262,7 @@ class Storage:
         return values[0, ...] if self.replicas == 1 else values
 
     def write(self, t: Tensor, values: object) -> None:
+        self.host_writes += 1
         if t.repeats_elements():
             raise EngineError(f"cannot write tensor {t.name}{at(caller_location())}: it repeats elements "
                               "(a broadcast view?); write the underlying variable")
