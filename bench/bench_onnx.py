@@ -3,6 +3,7 @@ exported with ``torch.onnx.export``, loaded, compiled and run by ``softipu.onnx.
 beside onnxruntime on the same machine in the same run.
 
     python bench/bench_onnx.py [--image 224] [--batch 1] [--repeats 3] [--tiles 0]
+    SOFTIPU_HOST_THREADS=1 python bench/bench_onnx.py --single-thread   # both on one thread, CPU s
 
 Prints one JSON line per figure: ``first_call_s`` (load + check + lower + compile + weights + one
 batch) and ``later_call_s`` (median of the repeats) beside onnxruntime's session creation + first
@@ -77,10 +78,10 @@ def export_resnet50(image: int, batch: int) -> bytes:
     return f.getvalue()
 
 
-def _timed(fn):  # noqa: ANN001, ANN202
-    start = time.perf_counter()
+def _timed(fn, clock=time.perf_counter):  # noqa: ANN001, ANN202
+    start = clock()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def main() -> None:
@@ -91,7 +92,13 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=0, help="0: a whole GC200; else a small ipu_model")
     parser.add_argument("--precision", default="fp32", choices=["fp16", "fp32"],
                         help="fp32 (the model as exported) or fp16 (floats held as half on the IPU)")
+    parser.add_argument("--single-thread", action="store_true",
+                        help="onnxruntime on one thread and both timed in CPU seconds of this thread "
+                             "(run with SOFTIPU_HOST_THREADS=1): a figure a loaded host does not skew")
     args = parser.parse_args()
+    if args.single_thread and sp.codelets.host.CORES != 1:
+        parser.error("--single-thread needs SOFTIPU_HOST_THREADS=1 in the environment")
+    clock = time.thread_time if args.single_thread else time.perf_counter
     data = export_resnet50(args.image, args.batch)
     x = np.random.default_rng(0).standard_normal((args.batch, 3, args.image, args.image)).astype(np.float32)
     target = sp.targets.GC200 if not args.tiles else \
@@ -109,13 +116,18 @@ def main() -> None:
         return sess, sess.run(None, {"x": x})[0]
 
     def first_ort():  # noqa: ANN202
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        if args.single_thread:
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         return sess, sess.run(None, {"x": x})[0]
 
     (sess, got), first_s = _timed(first_softipu)
     (ref_sess, want), first_ort_s = _timed(first_ort)
-    later = [_timed(lambda: sess.run(None, {"x": x}))[1] for _ in range(args.repeats)]
-    later_ort = [_timed(lambda: ref_sess.run(None, {"x": x}))[1] for _ in range(args.repeats)]
+    later, later_ort = [], []
+    for _ in range(args.repeats):  # interleaved: a change in the host's load hits both alike
+        later.append(_timed(lambda: sess.run(None, {"x": x}), clock)[1])
+        later_ort.append(_timed(lambda: ref_sess.run(None, {"x": x}), clock)[1])
     diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
     common = {"model": "resnet50", "image": args.image, "batch": args.batch, "target": target.name,
               "precision": args.precision}
@@ -123,7 +135,8 @@ def main() -> None:
                       "onnxruntime_first_call_s": round(first_ort_s, 3),
                       "compile_s": round(sess.compile_seconds, 3), "fits_in_memory": fits["value"],
                       "target_s": 15.0}))
-    print(json.dumps({"bench": "onnx_later_call", **common,
+    clock_name = "thread_cpu_1_thread" if args.single_thread else "wall"
+    print(json.dumps({"bench": "onnx_later_call", **common, "clock": clock_name,
                       "later_call_s": round(statistics.median(later), 4),
                       "later_call_spread_s": [round(t, 4) for t in later],
                       "onnxruntime_s": round(statistics.median(later_ort), 4),
