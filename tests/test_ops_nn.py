@@ -587,3 +587,25 @@ def test_bench_sized_softmax_fits_a_gc200_and_needs_no_exchange_when_rows_are_lo
 
 def test_docstring_examples_run():
     assert doctest.testmod(nn).failed == 0
+
+
+def test_norm_and_activation_outputs_keep_a_channels_last_input_s_layout():
+    """A convolution's output is an NCHW view of channels-innermost storage; batch norm's and
+    ReLU's outputs are laid out the same way (Poplar's clone), each element on its input's tile,
+    so the ops read and write whole runs: oracle numpy/torch for values, the strides by hand."""
+    r = Run()
+    x = rand(2, 3, 4, 5, seed=7)
+    base = r.g.add_variable(sp.float32, (2, 4, 5, 3), name="nhwc")
+    sp.ops.map_linearly(r.g, base, grain_size=6)
+    view = base.transpose(0, 3, 1, 2)  # NCHW view, channels innermost in memory
+    r.feeds[base] = x.transpose(0, 2, 3, 1)
+    w, b, m, v = (np.abs(rand(3, seed=s)) + 0.5 for s in range(4))
+    y = nn.batch_norm(r.g, view, *(r.input(a) for a in (w, b, m, v)), r.prog, eps=1e-3)
+    z = nn.non_linearity(r.g, y, r.prog)
+    assert y.strides == (60, 1, 15, 3) and z.strides == (60, 1, 15, 3)  # (N, C, H, W) over NHWC storage
+    np.testing.assert_array_equal(r.g.tile_of(y), r.g.tile_of(view))
+    got_y, got_z = r(y, z)
+    want = F.batch_norm(tt(x, False), tt(m, False), tt(v, False), tt(w, False), tt(b, False),
+                        training=False, eps=1e-3).numpy()
+    close(got_y, want)
+    close(got_z, np.maximum(want, 0))
