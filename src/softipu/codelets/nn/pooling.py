@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from functools import cache
 
 import numpy as np
@@ -79,16 +80,22 @@ def _pool_planes(x: np.ndarray, g: dict, oh: int, mode: PoolMode) -> np.ndarray:
     is_max = mode is PoolMode.MAX
     frame = _padded(x, x.shape[-1] // g["W"], g, span, wp, -np.inf if is_max else 0.0,
                     x.dtype if is_max else np.float32)
+    acc = _fold((win for _, win in _windows(frame, oh, g)), is_max)
+    if not is_max:
+        acc /= _divisor(oh, g, mode)
+    return acc
+
+
+def _fold(windows: Iterable[np.ndarray], is_max: bool) -> np.ndarray:
+    """The windows' elementwise max (or sum), in the order given."""
     acc = None
-    for _, win in _windows(frame, oh, g):
+    for win in windows:
         if acc is None:
             acc = win.copy()
         elif is_max:
             np.maximum(acc, win, out=acc)
         else:
             acc += win
-    if not is_max:
-        acc /= _divisor(oh, g, mode)
     return acc
 
 
@@ -255,17 +262,9 @@ def _pool_pixels(x: np.ndarray, g: dict, oh: int, mode: PoolMode) -> np.ndarray:
     r, cols = min(rows, span - top), min(w, wp - pw)
     if r > 0 and cols > 0:
         frame[..., top:top + r, pw:pw + cols, :] = x.reshape(*lead, rows, w, c)[..., :r, :cols, :]
-    acc = None
     sh, sw = g["sh"], g["sw"]
-    for i in range(g["kh"]):
-        for j in range(g["kw"]):
-            win = frame[..., i:i + (oh - 1) * sh + 1:sh, j:j + (g["OW"] - 1) * sw + 1:sw, :]
-            if acc is None:
-                acc = win.copy()
-            elif is_max:
-                np.maximum(acc, win, out=acc)
-            else:
-                acc += win
+    acc = _fold((frame[..., i:i + (oh - 1) * sh + 1:sh, j:j + (g["OW"] - 1) * sw + 1:sw, :]
+                 for i in range(g["kh"]) for j in range(g["kw"])), is_max)
     if not is_max:
         divisor = _divisor(oh, g, mode)
         acc /= divisor[..., None] if isinstance(divisor, np.ndarray) else divisor
