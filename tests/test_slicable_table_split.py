@@ -4,11 +4,15 @@ updates land in the block holding the row; oracles are numpy's indexing and ``np
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 import softipu as sp
 from softipu import program as P
+from softipu.graph.tensor import Tensor
 from softipu.ops.indexing import (
     create_slicable_like,
     create_slicable_table,
@@ -80,3 +84,37 @@ def test_slicable_like_keeps_the_row_blocks() -> None:
     state = create_slicable_like(g, table, sp.float16, "state")
     assert state is not None and state.dtype is sp.float16
     np.testing.assert_array_equal(g.tile_of(state), g.tile_of(table))
+
+
+def test_an_inference_table_keeps_whole_columns_and_a_training_table_splits_rows():
+    """A table only looked up (inference) stays in whole columns — a row-split lookup sums partial
+    rows — while in training its gradient and optimizer state share the row blocks; values vs eager."""
+    from torch import nn  # noqa: PLC0415
+
+    import softipu.torch as st  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    emb = nn.Embedding(512, 4)  # 4 columns on 64 tiles: columns alone leave tiles idle
+    target = sp.targets.ipu_model(tiles=64, bytes_per_tile=256 * 1024)
+    ids = torch.randint(0, 512, (3, 5))
+    model = st.inference_model(emb, st.Options(target=target))
+    np.testing.assert_array_equal(model(ids).numpy(), emb(ids).detach().numpy())
+    graph = model._current.lowered.graph  # noqa: SLF001
+    var = next(v for v in graph.variables if v.shape == (4, 512))  # the table, stored [columns, rows]
+    tiles = graph.tile_of(Tensor(graph, var.dtype, var.shape, var.start, (512, 1)))
+    assert all(np.unique(tiles[c]).size == 1 for c in range(4))  # each column on one tile
+
+    class Loss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = copy.deepcopy(emb)
+
+        def forward(self, x):
+            return torch.nn.functional.mse_loss(self.emb(x), torch.zeros(()).expand(*x.shape, 4))
+
+    loss = Loss()
+    trainer = st.training_model(loss, torch.optim.SGD(loss.parameters(), lr=0.1), st.Options(target=target))
+    trainer(ids)
+    low = trainer.lowered
+    tiles = low.graph.tile_of(low.params["emb.weight"])
+    assert np.unique(tiles[:, 0]).size == plan_table_split(512, 4, 64)[1] > 1

@@ -237,16 +237,17 @@ class LoweringContext:
 
 
 def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
-                     name: str) -> Tensor:
+                     name: str, training: bool = False) -> Tensor:
     """A parameter's variable, laid out for what uses it: an embedding table in whole column
-    blocks (every lookup stays on the tiles holding the columns), a linear layer's weight in the
+    blocks (every lookup stays on the tiles holding the columns; in training also row blocks, which
+    its gradient and optimizer state share: ``create_slicable_table``), a linear layer's weight in the
     blocks its matmul plan wants (poplin's ``createMatMulInputRHS``: the matmul then neither
     copies nor re-lays it out on every call), anything else linearly."""
     graph = ctx.graph
     embedding = torch.ops.aten.embedding.default
     if len(shape) == 2 and node.users and all(u.target is embedding and u.args[0] is node
                                               and not _static_index(u.args[1]) for u in node.users):
-        return create_slicable_table(graph, shape, dtype, name=name)
+        return create_slicable_table(graph, shape, dtype, name=name, split_rows=training)
     conv = conv_weight_use(node) if dtype.is_float else None
     if conv is not None:  # poplin's createWeights (passes.conv_weight_use)
         return create_conv_weights(graph, dtype, weight_shape=shape, name=name,

@@ -116,9 +116,13 @@ def _check_table(ctx: OpContext, table: Tensor, indices: Tensor) -> Tensor:
     return indices
 
 
-def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: str = "table") -> Tensor:
-    """A ``[rows, columns]`` table laid out for multi_slice: column blocks, and row blocks when
-    columns alone leave tiles idle (:func:`plan_table_split`), one block a tile.
+def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: str = "table", *,
+                          split_rows: bool = True) -> Tensor:
+    """A ``[rows, columns]`` table laid out for multi_slice: column blocks, and (with
+    ``split_rows``) row blocks when columns alone leave tiles idle (:func:`plan_table_split`), one
+    block a tile. Row blocks pay where the table's gradient and optimizer state share its layout
+    (training); a lookup of a row-split table sums partial rows, so a table only looked up is
+    better kept in whole columns (``split_rows=False``).
 
     (popops ``createSliceableTensor``): each tile holds a few columns of every row, or of a
     block of rows, so a lookup is local wherever the index points (a row-split table's lookups
@@ -137,7 +141,7 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
     t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
     if not rows or not cols:
         return t
-    width, row_blocks = plan_table_split(rows, cols, graph.num_tiles)
+    width, row_blocks = plan_table_split(rows, cols, graph.num_tiles) if split_rows else (1, 1)
     if row_blocks == 1:
         for c0, c1, tile in _column_blocks(graph, t):
             graph.set_tile_mapping(t[:, c0:c1], tile)

@@ -190,7 +190,7 @@ class _TrainLowerer(_Lowerer):
                 # Laid out for what uses it (an embedding table in column blocks...), as for inference.
                 shape = tuple(int(d) for d in val.shape)
                 var = _weight_variable(self.ctx, node, self.ctx.dtype(val.dtype), shape,
-                                       self.offload.variable_name(name, shape))
+                                       self.offload.variable_name(name, shape), training=True)
                 params[name] = self.env[node] = var
             elif i < len(j.params) + len(j.buffers):
                 name = j.buffers[i - len(j.params)]

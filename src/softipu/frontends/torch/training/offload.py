@@ -291,7 +291,7 @@ def _like_weight(lowerer: Any, p: torch.fx.Node, name: str) -> Tensor:
 
     val = p.meta.get("val")
     shape = tuple(int(d) for d in val.shape)
-    return _weight_variable(lowerer.ctx, p, lowerer.ctx.dtype(val.dtype), shape, name)
+    return _weight_variable(lowerer.ctx, p, lowerer.ctx.dtype(val.dtype), shape, name, training=True)
 
 
 @contextlib.contextmanager
