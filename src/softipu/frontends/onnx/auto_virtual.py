@@ -154,9 +154,9 @@ def auto_virtual_graphs(model: onnx.ModelProto, num_ipus: int, training: bool = 
     weights = {t.name for t in model.graph.initializer}
     shapes = _shapes(model)
     splitter = _Splitter(nodes, [vi.name for vi in model.graph.input if vi.name not in weights])
-    total = 0.0
+    total, w_weights = 0.0, 2.0 if accumulation else 1.0  # an accumulator beside each weight
     for k, node in enumerate(nodes):
-        cost = _op_cost(node, weights, shapes, training, 2.0 if accumulation else 1.0)
+        cost = _op_cost(node, weights, shapes, training, w_weights)
         total += cost
         splitter.visit(k, node, cost)
     _assign(splitter.subgraphs, num_ipus, total)

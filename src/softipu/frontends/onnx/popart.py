@@ -444,12 +444,10 @@ class InferenceSession:
         self._weights_loaded = True  # the engine loaded them when it was compiled
 
     def initAnchorArrays(self) -> dict[str, np.ndarray]:  # noqa: N802
-        sess = self._need("initAnchorArrays")
-        infos = {o.name: o for o in sess.get_outputs()}
+        shapes = _output_shapes(self._need("initAnchorArrays"))
         out = {}
         for name, art in self.dataFlow.anchors.items():
-            info = infos[name]
-            shape = [d if isinstance(d, int) else 1 for d in info.shape]
+            shape = shapes[name]
             lead = self._turns(art)
             dtype = onnx.helper.tensor_dtype_to_np_dtype(_elem(self._model, name))
             out[name] = np.zeros(([lead] if lead > 1 else []) + shape, dtype)
@@ -472,15 +470,15 @@ class InferenceSession:
         missing = [n for n in names if n not in stepio.inputs]
         if missing:
             raise InputError(f"PyStepIO has no data for input(s) {missing}; the model's inputs are {names}")
-        results: list[dict[str, np.ndarray]] = []
         if self._pipelined is not None:  # the step's batches are the pipeline's micro-batches
-            shapes = {o.name: [d if isinstance(d, int) else 1 for d in o.shape] for o in sess.get_outputs()}
-            results = self._pipelined.run({n: stepio.inputs[n] for n in names}, shapes)
-        for b in range(0 if self._pipelined is not None else bps):
-            feeds = {n: np.asarray(stepio.inputs[n])[b] if bps > 1 else np.asarray(stepio.inputs[n])
-                     for n in names}
-            outs = sess.run(list(self.dataFlow.anchors), feeds)
-            results.append(dict(zip(self.dataFlow.anchors, outs, strict=True)))
+            results = self._pipelined.run({n: stepio.inputs[n] for n in names}, _output_shapes(sess))
+        else:
+            results = []
+            for b in range(bps):
+                feeds = {n: np.asarray(stepio.inputs[n])[b] if bps > 1 else np.asarray(stepio.inputs[n])
+                         for n in names}
+                outs = sess.run(list(self.dataFlow.anchors), feeds)
+                results.append(dict(zip(self.dataFlow.anchors, outs, strict=True)))
         for name, art in self.dataFlow.anchors.items():
             values = np.stack([r[name] for r in results])
             if art.kind == "FINAL":
@@ -514,6 +512,11 @@ class InferenceSession:
         if self._session is None:
             raise PopartError(f"{what}: call prepareDevice() first")
         return self._session
+
+
+def _output_shapes(sess: _OrtSession) -> dict[str, list[int]]:
+    """Each output's shape in one batch (a symbolic dimension as 1)."""
+    return {o.name: [d if isinstance(d, int) else 1 for d in o.shape] for o in sess.get_outputs()}
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int]:
