@@ -31,7 +31,16 @@ def _mask(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarr
 def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int = 4, seed: int = 0,
          reference: bool = False):
     """(result, oracle, |terms| for the bound, k) for one product."""
-    rng = np.random.default_rng(seed)
+    eng, y, want, terms, k = build_product(mask, block, free, dtype, mode, tiles, np.random.default_rng(seed),
+                                           reference)
+    eng.run(0)
+    return eng.read_tensor(y).astype(np.float64), want, terms, k
+
+
+def build_product(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int,
+                  rng: np.random.Generator, reference: bool = False):
+    """(engine with random operands written, result tensor, float64 oracle, |terms| for the bound, k)
+    of one sparse x dense ("sd") or dense x sparse ("ds") product over ``mask``'s blocks."""
     pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
     g = sp.Graph(sp.targets.ipu_model(tiles=tiles))
     prog = P.Sequence()
@@ -49,14 +58,13 @@ def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int =
     eng = sp.Engine(g, [prog], {"engine.reference": reference})
     eng.write_tensor(nz, vals)
     eng.write_tensor(d, dense)
-    eng.run(0)
     s = pat.to_dense(vals.astype(np.float64))
     dd = dense.astype(np.float64)
     if mode == "sd":
         want, terms = s @ dd, np.abs(s) @ np.abs(dd)
     else:
         want, terms = dd @ s, np.abs(dd) @ np.abs(s)
-    return eng.read_tensor(y).astype(np.float64), want, terms, pat.shape[1] if mode == "sd" else pat.shape[0]
+    return eng, y, want, terms, pat.shape[1] if mode == "sd" else pat.shape[0]
 
 
 @pytest.mark.parametrize("mode", ["sd", "ds"])

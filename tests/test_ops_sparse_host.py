@@ -13,6 +13,7 @@ from softipu import program as P
 from softipu.codelets import sparse as sparse_codelets
 from softipu.codelets._common import contraction_bound
 from softipu.ops import sparse
+from test_ops_sparse import build_product
 
 
 def _product(mode: str, block: int, dtype, free: int, tiles: int, reference: bool = False):
@@ -23,25 +24,7 @@ def _product(mode: str, block: int, dtype, free: int, tiles: int, reference: boo
     mask[2, :] = [False, True, False, False]  # one block
     if mode == "ds":
         mask = mask.T
-    pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
-    g = sp.Graph(sp.targets.ipu_model(tiles=tiles))
-    prog = P.Sequence()
-    if mode == "sd":
-        nz = sparse.create_sparse_dense_matmul_lhs(g, pat, free, dtype)
-        d = sparse.create_sparse_dense_matmul_rhs(g, pat, free, dtype)
-        y = sparse.sparse_dense_matmul(g, nz, d, prog, pattern=pat)
-    else:
-        d = sparse.create_dense_sparse_matmul_lhs(g, pat, free, dtype)
-        nz = sparse.create_dense_sparse_matmul_rhs(g, pat, free, dtype)
-        y = sparse.dense_sparse_matmul(g, d, nz, prog, pattern=pat)
-    vals = rng.standard_normal((pat.nnz_blocks, block, block)).astype(dtype.numpy)
-    dense = rng.standard_normal(d.shape).astype(dtype.numpy)
-    eng = sp.Engine(g, [prog], {"engine.reference": reference})
-    eng.write_tensor(nz, vals)
-    eng.write_tensor(d, dense)
-    s, dd = pat.to_dense(vals.astype(np.float64)), dense.astype(np.float64)
-    want, terms = (s @ dd, np.abs(s) @ np.abs(dd)) if mode == "sd" else (dd @ s, np.abs(dd) @ np.abs(s))
-    k = pat.shape[1] if mode == "sd" else pat.shape[0]
+    eng, y, want, terms, k = build_product(mask, block, free, dtype, mode, tiles, rng, reference)
     runs = []
     for _ in range(2):
         eng.run(0)
