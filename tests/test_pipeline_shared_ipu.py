@@ -125,26 +125,39 @@ def test_shared_ipu_needs_ascending_stages_and_enough_accumulation():
         _train(True, None, ga=5, steps=1)
 
 
-def test_shared_ipu_pipelined_inference_values():
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(4)
-            self.a = torch.nn.Linear(W, W)
-            self.b = poptorch.BeginBlock(torch.nn.Linear(W, W), "b", ipu_id=1)
-            self.c = poptorch.BeginBlock(torch.nn.Linear(W, W), "c", ipu_id=0)
+class ThreeBlocks(torch.nn.Module):
+    """a (IPU 0, stage 0) -> b (IPU 1, stage 1) -> c (IPU 0, stage 2); with ``skip`` a's output is
+    also added after c: a value that skips stage 1 and comes back to IPU 0 two pipeline cycles later."""
 
-        def forward(self, x):
-            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+    def __init__(self, skip: bool) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.skip = skip
+        self.a = torch.nn.Linear(W, W)
+        self.b = poptorch.BeginBlock(torch.nn.Linear(W, W), "b", ipu_id=1)
+        self.c = poptorch.BeginBlock(torch.nn.Linear(W, W), "c", ipu_id=0)
 
-    net = Net().eval()
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        out = self.c(torch.relu(self.b(h)))
+        return out + h if self.skip else out
+
+
+def _pipelined_inference(skip: bool):
+    """The model run pipelined (AutoIncrement, 3 device iterations), checked against eager; the
+    model and its pipeline plan."""
+    net = ThreeBlocks(skip).eval()
     opts = poptorch.Options().setTarget(CHIP).deviceIterations(3)
     opts.setExecutionStrategy(poptorch.PipelinedExecution(poptorch.AutoStage.AutoIncrement))
     model = poptorch.inferenceModel(net, opts)
     x = torch.randn(6, W)
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
-    plan = model._impl._current.lowered.extra["pipeline"]
+    return model, model._impl._current.lowered.extra["pipeline"]
+
+
+def test_shared_ipu_pipelined_inference_values():
+    model, plan = _pipelined_inference(skip=False)
     # layer a before any block: stage 0 on IPU 0; AutoIncrement: b stage 1 on IPU 1, c stage 2 on IPU 0
     assert [st for _, st, _ in plan.placement.stages] == [0, 1, 2] and plan.placement.stage_ipus == [0, 1, 0]
     sched = plan.summary(model._impl.engine.executable, model._impl.cycle_count)["schedule"]
@@ -152,29 +165,7 @@ def test_shared_ipu_pipelined_inference_values():
 
 
 def test_same_ipu_skip_in_pipelined_inference_is_stashed():
-    class Skip(torch.nn.Module):
-        """a (IPU 0, stage 0) -> b (IPU 1, stage 1) -> c (IPU 0, stage 2), plus a's output added
-        after c: a value that skips stage 1 and comes back to IPU 0 two pipeline cycles later."""
-
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(4)
-            self.a = torch.nn.Linear(W, W)
-            self.b = poptorch.BeginBlock(torch.nn.Linear(W, W), "b", ipu_id=1)
-            self.c = poptorch.BeginBlock(torch.nn.Linear(W, W), "c", ipu_id=0)
-
-        def forward(self, x):
-            h = torch.relu(self.a(x))
-            return self.c(torch.relu(self.b(h))) + h
-
-    net = Skip().eval()
-    opts = poptorch.Options().setTarget(CHIP).deviceIterations(3)
-    opts.setExecutionStrategy(poptorch.PipelinedExecution(poptorch.AutoStage.AutoIncrement))
-    model = poptorch.inferenceModel(net, opts)
-    x = torch.randn(6, W)
-    with torch.no_grad():
-        np.testing.assert_allclose(model(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
-    plan = model._impl._current.lowered.extra["pipeline"]
+    model, plan = _pipelined_inference(skip=True)
     assert plan.placement.stage_ipus == [0, 1, 0]
     # h (2 rows x 8 fp32 per micro-batch) is read 2 pipeline cycles after it is made: 2 + 1 rows
     # (within a cycle the next micro-batch's stash comes before the restore); IPU 1 stashes nothing
