@@ -22,7 +22,8 @@ from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.mapping import map_linearly
 
-__all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of"]
+__all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of",
+           "storage_order"]
 
 
 class OpError(SoftIPUError, ValueError):
@@ -159,3 +160,19 @@ def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
     else:
         index = flat.addresses().reshape(-1)[positions]
     return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
+
+
+def storage_order(t: Tensor) -> tuple[int, ...]:
+    """The axes of ``t`` from slowest to fastest in memory where ``t`` is a dense strided view
+    of one block (every element once), else row-major order."""
+    rowmajor = tuple(range(t.ndim))
+    if not t.is_strided or t.ndim < 2 or t.numel < 2 or t.is_contiguous():
+        return rowmajor
+    axes = sorted((a for a in rowmajor if t.shape[a] > 1), key=lambda a: -t.strides[a])
+    step = 1
+    for a in reversed(axes):
+        if t.strides[a] != step:
+            return rowmajor
+        step *= t.shape[a]
+    ones = [a for a in rowmajor if t.shape[a] == 1]
+    return tuple(ones + axes)

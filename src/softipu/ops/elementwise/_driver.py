@@ -26,7 +26,7 @@ from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Vertex
-from softipu.ops.common import OpContext, broadcast_shapes, tile_regions
+from softipu.ops.common import OpContext, broadcast_shapes, storage_order, tile_regions
 from softipu.ops.elementwise._expr import _expr
 from softipu.ops.elementwise._planning import _plan, _Problem, _reference
 from softipu.ops.mapping import map_linearly
@@ -116,13 +116,10 @@ def _channels_last(tensors: list[Tensor], shape: tuple[int, ...]) -> bool:
     if not 3 <= len(shape) <= 5 or shape[1] < 2 or math.prod(shape[2:]) < 2:
         return False
     full = next((t for t in tensors if t.shape == shape), None)
-    if full is None or not full.is_strided:
+    if full is None:
         return False
-    want, step = [0] * len(shape), 1
-    for axis in (1, *range(len(shape) - 1, 1, -1), 0):
-        want[axis] = step if shape[axis] > 1 else full.strides[axis]
-        step *= shape[axis]
-    return list(full.strides) == want
+    want = (0, *range(2, len(shape)), 1)
+    return [a for a in storage_order(full) if shape[a] > 1] == [a for a in want if shape[a] > 1]
 
 
 def _prepare_inplace(ctx: OpContext, typed: Expr, tensors: list[Tensor], shape: tuple[int, ...]):

@@ -14,7 +14,7 @@ from softipu.dtypes import DType, float16, float32
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
-from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
+from softipu.ops.common import OpContext, parse_options, rows_of, storage_order, tile_regions
 
 __all__: list[str] = []
 
@@ -92,7 +92,7 @@ def _output_like(ctx: OpContext, ref: Tensor, dtype: DType, suffix: str = "out")
     is a permuted dense view (a convolution's output is stored channels innermost), laid out in
     the same order, as Poplar's ``Graph::clone`` keeps its input's regions: vertices then read and
     write whole runs, not elements a channel count apart."""
-    perm = _storage_order(ref)
+    perm = storage_order(ref)
     out = _variable(ctx, dtype, tuple(ref.shape[a] for a in perm), suffix)
     stored = ref.transpose(perm) if perm != tuple(range(ref.ndim)) else ref
     if ref.numel:
@@ -101,22 +101,6 @@ def _output_like(ctx: OpContext, ref: Tensor, dtype: DType, suffix: str = "out")
             raise ctx.error(f"input {ref.name} {ref.shape} is not mapped to tiles; map it first")
         _map_pieces(ctx.graph, out.flatten(), starts, lengths, tiles)
     return out.transpose(tuple(np.argsort(perm))) if stored is not ref else out
-
-
-def _storage_order(t: Tensor) -> tuple[int, ...]:
-    """The axes of ``t`` from slowest to fastest in memory where ``t`` is a dense strided view
-    of one block (every element once), else row-major order."""
-    rowmajor = tuple(range(t.ndim))
-    if not t.is_strided or t.ndim < 2 or t.numel < 2 or t.is_contiguous():
-        return rowmajor
-    axes = sorted((a for a in rowmajor if t.shape[a] > 1), key=lambda a: -t.strides[a])
-    step = 1
-    for a in reversed(axes):
-        if t.strides[a] != step:
-            return rowmajor
-        step *= t.shape[a]
-    ones = [a for a in rowmajor if t.shape[a] == 1]
-    return tuple(ones + axes)
 
 
 def _on_one_tile(ctx: OpContext, t: Tensor, suffix: str) -> Tensor:
