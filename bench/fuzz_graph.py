@@ -26,13 +26,11 @@ alone with ``--seed S --first I --count 1 --verbose`` (which prints the calls an
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import math
 import random
-import signal
 import sys
 import time
 import traceback
@@ -46,14 +44,13 @@ import softipu as sp
 from softipu import program as P
 from softipu.errors import SoftIPUError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fuzz_common import Timeout, alarm_handler, bounded, campaign_parser  # noqa: E402
+
 HERE = Path(__file__).resolve()
 PACKAGE = Path(sp.__file__).resolve().parent
 BAD = ("other", "hang", "no_line")
 DTYPES = (sp.float32, sp.float16, sp.int32, sp.bool_)
-
-
-class _Timeout(BaseException):  # not an Exception: code catching those must not swallow it
-    pass
 
 
 # -- codelets the vertices use -------------------------------------------------------------------
@@ -380,17 +377,12 @@ def _inside_softipu(exc: BaseException) -> bool:
     return any(Path(f.filename).resolve().is_relative_to(PACKAGE) for f in frames)
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _Timeout
-
-
 def run_one(rng: random.Random, limit: float, verbose: bool = False) -> tuple[str, list[str], str]:
     """(outcome, calls, detail) of one input."""
     funcs, weights = zip(*CALLS, strict=True)
-    signal.setitimer(signal.ITIMER_REAL, limit)
-    start = time.perf_counter()
     calls: list[str] = []
-    try:
+
+    def body() -> None:
         c = Case(rng)
         for _ in range(rng.randint(2, 14)):
             call = rng.choices(funcs, weights)[0]
@@ -399,24 +391,21 @@ def run_one(rng: random.Random, limit: float, verbose: bool = False) -> tuple[st
         if rng.random() < 0.7:
             calls.append("finish")
             _finish(c)
+
+    _, exc, hang = bounded(body, limit)
+    if exc is None or isinstance(exc, Timeout):
         outcome, detail = "ok", ""
-    except _Timeout:
-        outcome, detail = "hang", f"over {limit} s"
-    except SoftIPUError as exc:
+    elif isinstance(exc, SoftIPUError):
         outcome = "softipu" if f"{HERE.name}:" in str(exc) else "no_line"
         detail = f"{type(exc).__name__}: {str(exc)[:240]}"
-        if verbose:
-            traceback.print_exc()
-    except Exception as exc:  # noqa: BLE001 - what the campaign looks for
+    else:
         outcome = "other" if _inside_softipu(exc) else "python"
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         detail = f"{type(exc).__name__}: {str(exc)[:200]} [{Path(frame.filename).name}:{frame.lineno}]"
-        if verbose:
-            traceback.print_exc()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    if time.perf_counter() - start > limit and outcome != "hang":
-        outcome, detail = "hang", f"took {time.perf_counter() - start:.2f} s ({outcome})"
+    if verbose and exc is not None and not isinstance(exc, Timeout):
+        traceback.print_exception(exc)
+    if hang:
+        outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
     return outcome, calls, detail
 
 
@@ -427,14 +416,14 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, first: i
     import warnings
 
     logging.getLogger("softipu").setLevel(logging.ERROR)
-    old = signal.signal(signal.SIGALRM, _on_alarm)
     counts: Counter = Counter()
     details: Counter = Counter()
     examples: list[dict[str, Any]] = []
     end = time.monotonic() + seconds
     tried = first
     printed = io.StringIO()  # what PrintTensor programs print: the JSON line stays alone on stdout
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stdout if verbose else printed):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stdout if verbose else printed), \
+            alarm_handler():
         warnings.simplefilter("ignore")
         while tried < first + count and time.monotonic() < end:
             rng = random.Random(f"{seed}-{tried}")  # each input reproducible alone: --seed S --first I
@@ -449,7 +438,6 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, first: i
             tried += 1
             printed.seek(0)
             printed.truncate()
-    signal.signal(signal.SIGALRM, old)
     return {"bench": "fuzz_graph", "seed": seed, "tried": tried - first, "ok": counts["ok"],
             "softipu_errors": counts["softipu"], "softipu_errors_without_line": counts["no_line"],
             "python_call_errors": counts["python"], "other_exceptions": counts["other"],
@@ -457,12 +445,7 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, first: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=600.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=float, default=5.0, help="seconds one input may take")
-    parser.add_argument("--first", type=int, default=0, help="index of the first input (to rerun one)")
+    parser = campaign_parser(__doc__)
     parser.add_argument("--verbose", action="store_true", help="print each input's calls and tracebacks")
     args = parser.parse_args(argv)
     result = campaign(args.count, args.seconds, args.seed, args.limit, args.first, args.verbose)

@@ -23,14 +23,12 @@ line with the counts and the first few reproducers of each bad kind.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -40,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fuzz_common import Timeout, alarm_handler, bounded, campaign_parser  # noqa: E402
 
 KINDS = ("executable", "cache", "export")
 BAD = ("other", "hang", "escaped")
@@ -55,10 +56,6 @@ class _Payload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open, (self.path, "w"))
-
-
-class _Timeout(BaseException):  # not an Exception: loaders catching those must not swallow it
-    pass
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -289,10 +286,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.lstat().st_mtime_ns, p.lstat().st_size) for p in sorted(folder.rglob("*"))}
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _Timeout
-
-
 def run_one(kind: str, seeds: dict[str, Any], rng: random.Random, work: Path, limit: float
             ) -> tuple[str, list[str], str]:
     """(outcome, mutations, detail) of one input."""
@@ -305,20 +298,15 @@ def run_one(kind: str, seeds: dict[str, Any], rng: random.Random, work: Path, li
     outside = work / "outside"
     mutations = mutate(rng, folder, outside)
     before = _snapshot(outside)
-    signal.setitimer(signal.ITIMER_REAL, limit)
-    start = time.perf_counter()
-    try:
-        outcome, detail = load(kind, folder, seeds), ""
-    except _Timeout:
-        outcome, detail = "hang", f"over {limit} s"
-    except SoftIPUError as exc:
+    loaded, exc, hang = bounded(lambda: load(kind, folder, seeds), limit)
+    if exc is None or isinstance(exc, Timeout):
+        outcome, detail = loaded or "hang", ""
+    elif isinstance(exc, SoftIPUError):
         outcome, detail = "softipu", f"{type(exc).__name__}: {str(exc)[:160]}"
-    except Exception as exc:  # noqa: BLE001 - what the campaign looks for
+    else:
         outcome, detail = "other", f"{type(exc).__name__}: {str(exc)[:200]}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    if time.perf_counter() - start > limit and outcome != "hang":
-        outcome, detail = "hang", f"took {time.perf_counter() - start:.2f} s ({outcome})"
+    if hang:
+        outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
     if outcome == "loaded" and any(m.startswith("symlink") for m in mutations):
         outcome, detail = "escaped", "loaded through a symlink out of its folder"
     if _snapshot(outside) != before or (outside / "pwned").exists():
@@ -330,10 +318,9 @@ def run_one(kind: str, seeds: dict[str, Any], rng: random.Random, work: Path, li
 def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, kinds: tuple[str, ...] = KINDS,
              first: int = 0) -> dict[str, Any]:
     """Run up to ``count`` inputs for at most ``seconds``; the counts and a few reproducers."""
-    old = signal.signal(signal.SIGALRM, _on_alarm)
     counts: dict[str, Counter] = {k: Counter() for k in kinds}
     examples: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="softipu-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="softipu-fuzz-") as tmp, alarm_handler():
         work = Path(tmp)
         seeds = make_seeds(work)
         outside = work / "outside"
@@ -352,7 +339,6 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, kinds: t
             if outcome in BAD and sum(e["outcome"] == outcome for e in examples) < 5:
                 examples.append({"kind": kind, "outcome": outcome, "mutations": mutations, "detail": detail,
                                  "input": tried - 1})
-    signal.signal(signal.SIGALRM, old)
     total = sum(counts.values(), Counter())
     return {"bench": "fuzz_loaders", "seed": seed, "tried": tried - first,
             "softipu_errors": total["softipu"], "cache_misses": total["miss"], "loaded": total["loaded"],
@@ -361,13 +347,8 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, kinds: t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=600.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=float, default=5.0, help="seconds one input may take")
+    parser = campaign_parser(__doc__)
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--first", type=int, default=0, help="index of the first input (to rerun one)")
     args = parser.parse_args(argv)
     result = campaign(args.count, args.seconds, args.seed, args.limit, tuple(args.kinds.split(",")),
                       args.first)

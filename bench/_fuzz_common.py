@@ -1,0 +1,68 @@
+"""What the fuzz campaigns (bench/fuzz_graph.py, fuzz_loaders.py, bench_onnx_fuzz.py) share: the
+per-input time bound and the command line every campaign takes.
+
+The bound is ``signal.setitimer``: its alarm raises :class:`Timeout`, a ``BaseException`` so that
+code catching ``Exception`` (as loaders and lowerings do to turn failures into clear errors) cannot
+swallow it. A body that holds the GIL in C (a numpy call) is interrupted only when it returns, so
+the wall time is checked as well: an input over the bound is a hang either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["Timeout", "alarm_handler", "bounded", "campaign_parser"]
+
+
+class Timeout(BaseException):  # not an Exception: code catching those must not swallow it
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise Timeout
+
+
+@contextlib.contextmanager
+def alarm_handler() -> Iterator[None]:
+    """Install the alarm handler for a campaign's inputs (each then bounded with :func:`bounded`)."""
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def bounded(body: Callable[[], Any], limit: float) -> tuple[Any, BaseException | None, bool]:
+    """``(value, error, hang)`` of ``body()`` run under a ``limit``-second bound: ``error`` is the
+    exception it raised (None when it returned), ``hang`` whether it ran over the bound (then
+    ``error`` is a :class:`Timeout`, or whatever it raised late, or None). Needs :func:`alarm_handler`."""
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    start = time.perf_counter()
+    value, error = None, None
+    try:
+        value = body()
+    except Timeout as exc:
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - the campaigns classify it
+        error = exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return value, error, isinstance(error, Timeout) or time.perf_counter() - start > limit
+
+
+def campaign_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every campaign takes: how many inputs, for how long, from which seed, how long
+    one input may take, and the index of the first input (``--first I --count 1`` reruns one)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=float, default=5.0, help="seconds one input may take")
+    parser.add_argument("--first", type=int, default=0, help="index of the first input (to rerun one)")
+    return parser
