@@ -274,22 +274,6 @@ def test_lstm_and_gru_match_onnxruntime() -> None:
     against_ort(data, {"x": x.numpy()})
 
 
-def test_mutated_models_fail_only_with_softipu_errors() -> None:
-    """A few hundred mutants of the fuzz benchmark's seed models (bench/bench_onnx_fuzz.py runs 10,000)."""
-    import importlib.util
-    import pathlib
-    import random
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_onnx_fuzz.py"
-    spec = importlib.util.spec_from_file_location("bench_onnx_fuzz", path)
-    fuzz = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fuzz)
-    rnd = random.Random(7)
-    models = fuzz.seeds()
-    outcomes = {fuzz.try_one(fuzz.mutant(rnd.choice(models), rnd), rnd) for _ in range(200)}
-    assert outcomes <= {"refused", "run_refused", "ran"} and "refused" in outcomes
-
-
 def test_fp16_precision_holds_floats_as_half() -> None:
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
