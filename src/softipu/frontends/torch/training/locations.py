@@ -21,10 +21,33 @@ PopART's rules (``docs/popart/tensor_locations.rst``):
   replica-identical tensors can be sharded (the weights' optimizer state here).
 
 softipu implements the optimizer location (off chip, sharded, or both, as Graphcore's BERT
-configurations use), gradient accumulators off chip, and weights and activations off chip
-(:mod:`.offload`). Sharded weights, accumulators and activations are refused with a clear error
-rather than silently kept whole. Off-chip tensors are kept per replica; sharded ones per
-replica's fragment.
+configurations use), gradient accumulators off chip and sharded, and weights and activations off
+chip, weights sharded too (:mod:`.offload`). Off-chip tensors are kept per replica; sharded ones
+per replica's fragment.
+
+* **Updates that read whole tensors** on fragments (LAMB's trust ratio, a global-norm clip,
+  automatic loss scaling): every sum over a sharded tensor in the traced update is a partial sum
+  on each replica, so it is all-reduced (Add) across the replicas right after it
+  (:func:`sum_partials_across_replicas`), as PopART appends a ``ReplicatedAllReduceInplace`` to
+  ``LambSquareOp`` and ``ReduceSumSquareOp`` under RTS (``configureForReplicatedTensorSharding``
+  in willow/src/op/lamb.cpp and reducesumsquare.cpp) and all-reduces the summed loss-scaling
+  histograms across replicas (``AutomaticLossScale::apply``). The fragments' zero padding adds
+  nothing to a sum of squares nor to an upper-bin count; the loss-scaling rule counts the whole
+  tensors' elements. Sums over replica-identical (unsharded) tensors are not all-reduced. Any
+  other op that mixes a fragment's elements is refused by name.
+* **Sharded gradient accumulators** (``setAccumulatorLocation(...useReplicatedTensorSharding(
+  True))``, with gradient accumulation): a weight whose update runs on fragments (its optimizer
+  state or itself sharded) gets a fragment accumulator: each micro-batch's gradient is
+  reduce-scattered (the step's Mean or Sum over replicas) before it is accumulated, and the
+  update reads the accumulated fragment as it is (no reduction after the loop). PopART links a
+  weight, its accumulator and its optimizer state in one sharding domain; an accumulator
+  sharding without a sharded update is refused.
+* **Sharded activations** are accepted and kept whole: each replica's activations are its own
+  micro-batch's, and only tensors equal across replicas can be sharded (PopART's
+  tensor_locations.rst; PopTorch documents the setting as "relevant for weights and optimiser
+  states"); PopART's ``StreamingMemoryOpInserter::determineTensorLocation`` keeps them unsharded
+  ("Activations are currently never sharded", tests/unittests/transforms/unittest_streamingmemory.cpp).
+  softipu does the same and says so with a warning; ``useOnChipStorage(False)`` still applies.
 """
 
 from __future__ import annotations
@@ -34,12 +57,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from softipu.frontends.errors import FrontendError
+from softipu.frontends.torch.registry import register_lowering
 from softipu.graph.remote import RemoteBuffer
 
 __all__ = ["Location", "StatePlacement", "location_of", "plan_state", "read_state", "write_state",
-           "state_locations", "poptorch_location"]
+           "state_locations", "poptorch_location", "sum_partials_across_replicas"]
 
 _KINDS = ("weight", "optimizer", "accumulator", "activation")
 _SETTINGS = {"on_chip": bool, "sharded": bool, "min_elements_off_chip": int, "min_elements_sharded": int,
@@ -107,19 +132,14 @@ class StatePlacement:
     # gradient accumulators (with gradientAccumulation > 1) in Streaming Memory, by parameter
     accum_off_chip: set[str] = field(default_factory=set)
     accum_remote: dict[str, tuple[RemoteBuffer, Any]] = field(default_factory=dict)
+    # gradient accumulators sharded with their update: each replica accumulates its fragment
+    accum_sharded: set[str] = field(default_factory=set)
     trainable: int = 0  # parameters with a gradient (each has an accumulator under accumulation)
     shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)  # the slot's own shape
 
 
 def check_locations(options: Any, spec: Any, label: str) -> Location:
-    """The optimizer's location; the locations softipu does not implement yet are refused."""
-    for kind in ("accumulator", "activation"):
-        loc = location_of(options, kind)
-        if loc.sharded:  # off chip is implemented (weights and activations: training/offload.py)
-            raise FrontendError(
-                f"{label}: TensorLocations.set{kind.capitalize()}Location(useReplicatedTensorSharding(True)) "
-                "is not supported by softipu yet (the optimizer state and the weights can be sharded; "
-                "accumulators and activations can live off chip); keep these tensors unsharded")
+    """The optimizer's location; the combinations softipu refuses are named with what to do."""
     io = [f"TensorLocationSettings.useIOTilesTo{'Load' if n == 'io_tiles_load' else 'Store'} ({kind})"
           for kind in _KINDS for n in ("io_tiles_load", "io_tiles_store")
           if getattr(location_of(options, kind), n)]
@@ -127,29 +147,39 @@ def check_locations(options: Any, spec: Any, label: str) -> Location:
         from softipu.frontends.torch.options import warn_unused  # noqa: PLC0415
 
         warn_unused(io, "PopTorch option")
-    for kind in ("optimizer", "weight"):
-        what = "the optimizer state" if kind == "optimizer" else "the weights"
+    if location_of(options, "activation").sharded:
+        _warn_sharded_activations()
+    for kind in ("optimizer", "weight", "accumulator"):
+        what = {"optimizer": "the optimizer state", "weight": "the weights",
+                "accumulator": "the gradient accumulators"}[kind]
         if location_of(options, kind).sharded and options.replication_factor == 1:
-            raise FrontendError(f"{label}: replicated tensor sharding of {what} needs replicas: "
-                                "useReplicatedTensorSharding(True) with replicationFactor 1 has no replicas "
-                                "to shard over; set replicationFactor(n > 1) or "
-                                "useReplicatedTensorSharding(False)")
-        if location_of(options, kind).sharded and _coupled(spec, options):
-            raise FrontendError(f"{label}: replicated tensor sharding of {what} runs each replica's "
-                                f"update on a fragment of the weight; {_coupled(spec, options)} reads the "
-                                "whole tensor, which softipu does not shard yet: turn sharding off for this "
-                                "optimizer")
+            raise FrontendError(
+                f"{label}: replicated tensor sharding of {what} needs replicas: TensorLocations.set"
+                f"{kind.capitalize()}Location(useReplicatedTensorSharding(True)) with replicationFactor "
+                "1 has no replicas to shard over; set replicationFactor(n > 1) or "
+                "useReplicatedTensorSharding(False)")
+    if location_of(options, "accumulator").sharded and not (location_of(options, "optimizer").sharded
+                                                             or location_of(options, "weight").sharded):
+        raise FrontendError(
+            f"{label}: TensorLocations.setAccumulatorLocation(useReplicatedTensorSharding(True)) shards each "
+            "gradient accumulator with the update it feeds, but neither the optimizer state nor the "
+            "weights are sharded, so every update reads whole gradients (PopART links a weight, its "
+            "accumulator and its optimizer state in one sharding domain); also set setOptimizerLocation("
+            "TensorLocationSettings().useReplicatedTensorSharding(True)), or keep the accumulators unsharded")
     return location_of(options, "optimizer")
 
 
-def _coupled(spec: Any, options: Any) -> str:
-    if spec.kind.value == "LAMB":
-        return "LAMB's trust ratio (norms of the weight and the update)"
-    if math.isfinite(spec.max_grad_norm):
-        return "max_grad_norm (a global gradient norm)"
-    if options.auto_loss_scaling:
-        return "automatic loss scaling (a histogram of every gradient)"
-    return ""
+def _warn_sharded_activations() -> None:
+    import warnings  # noqa: PLC0415
+
+    from softipu.frontends.torch.options import UnusedOptionWarning  # noqa: PLC0415
+
+    warnings.warn("TensorLocations.setActivationLocation(useReplicatedTensorSharding(True)): activations "
+                  "are never sharded over replicas (each replica's are its own micro-batch's; only tensors "
+                  "equal on every replica can be sharded, and PopTorch documents the setting as relevant for "
+                  "weights and optimiser states); as PopART, softipu keeps them whole (useOnChipStorage "
+                  "still applies): shard the optimizer state or the weights instead", UnusedOptionWarning,
+                  stacklevel=4)
 
 
 def plan_state(spec: Any, options: Any, named: dict[str, Any], label: str) -> StatePlacement:
@@ -164,6 +194,8 @@ def plan_state(spec: Any, options: Any, named: dict[str, Any], label: str) -> St
             plan.sharded[name] = (n, math.ceil(n / replicas))
         if options.gradient_accumulation > 1 and accum.off_chip_for(n):
             plan.accum_off_chip.add(name)
+        if options.gradient_accumulation > 1 and name in plan.sharded and accum.sharded_for(n, replicas):
+            plan.accum_sharded.add(name)
     for slot in spec.state:
         key = (slot.param_name, slot.name)
         shape = tuple(int(s) for s in slot.shape)
@@ -290,19 +322,38 @@ def store_state(plan: StatePlacement, keys: list[tuple[str, str]], state: dict[t
 
 
 def shard_update_inputs(graph: Any, name: str, weight: Any, grad: Any, prog: Any,
-                        options: Any, fragment: bool = False) -> tuple[Any, Any]:
+                        options: Any, fragment: bool = False, reduced: bool = False) -> tuple[Any, Any]:
     """(this replica's fragment of the weight, the gradient reduce-scattered over the replicas):
     the reduce-scatter replaces the gradient's all-reduce (PopART's RTS), with the same reduction
     (Mean or Sum over the replicas). With ``fragment`` the weight is its fragment already (a
-    sharded weight, :mod:`.offload`)."""
+    sharded weight, :mod:`.offload`); with ``reduced`` the gradient is (a sharded accumulator's,
+    reduce-scattered micro-batch by micro-batch: :func:`shard_accumulated`)."""
     from softipu.collectives import CollectiveOperator, reduce_scatter  # noqa: PLC0415
 
     op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
-    g = reduce_scatter(graph, grad, prog, op=op, name=f"upd/reduce_scatter/{name}")
+    g = grad if reduced else reduce_scatter(graph, grad, prog, op=op, name=f"upd/reduce_scatter/{name}")
     if fragment:
         return weight, g
     w = reduce_scatter(graph, weight, prog, op=CollectiveOperator.LOCAL, name=f"upd/shard/{name}")
     return w, g
+
+
+def accumulator_shape(plan: StatePlacement, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The on-chip shape of ``name``'s gradient accumulator: its fragment's when sharded."""
+    return (plan.sharded[name][1],) if name in plan.accum_sharded else tuple(int(s) for s in shape)
+
+
+def shard_accumulated(graph: Any, plan: StatePlacement, grads: dict[str, Any], prog: Any,
+                      options: Any) -> dict[str, Any]:
+    """Each micro-batch's gradients, those of sharded accumulators reduce-scattered over the
+    replicas (the step's Mean or Sum) before they are accumulated: each replica adds its fragment."""
+    if not plan.accum_sharded:
+        return grads
+    from softipu.collectives import CollectiveOperator, reduce_scatter  # noqa: PLC0415
+
+    op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
+    return {n: reduce_scatter(graph, g, prog, op=op, name=f"accum/reduce_scatter/{n}")
+            if n in plan.accum_sharded else g for n, g in grads.items()}
 
 
 def gather_weight(graph: Any, plan: StatePlacement, name: str, fragment: Any, weight: Any, prog: Any) -> None:
@@ -343,7 +394,8 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
     for role, on_chip in memory.items():
         remote = streaming if role == "optimizer_state" else accum_streaming if role == "gradients" else \
             streamed.get(role, 0)
-        sharded = role == "optimizer_state" and plan is not None and bool(plan.sharded)
+        sharded = plan is not None and bool(plan.sharded if role == "optimizer_state" else
+                                            plan.accum_sharded if role == "gradients" else False)
         # the optimizer's scalars (hyper-parameters, step) stay on chip whatever the location
         where = "on_chip" if not (role == "optimizer_state" and off) else \
             "streaming_memory" if off == len(low.state) else "on_chip+streaming_memory"
@@ -357,4 +409,79 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
                      "streaming_bytes_per_replica": int(remote),
                      "streaming_bytes_per_ipu": int(remote) // ipus}
     out.setdefault("optimizer_state", {})["slots"] = state_locations(low)
+    return out
+
+
+# -- updates that read whole tensors, on fragments ----------------------------------------------
+@torch.library.custom_op("softipu::replica_sum", mutates_args=())
+def replica_sum_op(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the replicas (a partial sum made whole); one replica, the host: ``x``."""
+    return x.clone()
+
+
+@replica_sum_op.register_fake
+def _replica_sum_fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@register_lowering("softipu::replica_sum")
+def _lower_replica_sum(ctx: Any, node: Any, x: Any) -> Any:
+    from softipu.collectives import CollectiveOperator, all_reduce  # noqa: PLC0415
+
+    if ctx.graph.replication_factor == 1:
+        return x
+    label = node.meta.get("softipu_replica_sum", node.name)  # <parameter>/<k>: its k-th partial sum
+    return all_reduce(ctx.graph, x, ctx.prog, op=CollectiveOperator.ADD, name=f"upd/replica_sum/{label}")
+
+
+_aten = torch.ops.aten
+_SUMS = {_aten.sum.default, _aten.sum.dim_IntList}
+# elementwise on a fragment without the pointwise tag: casts, copies, views of the same shape
+_ELEMENTWISE = {_aten._to_copy.default, _aten.clone.default, _aten.alias.default, _aten.where.self,
+                _aten.lift_fresh_copy.default, _aten.copy.default}
+
+
+def sum_partials_across_replicas(gm: torch.fx.GraphModule, plan: StatePlacement | None, pnames: list[str],
+                                 skeys: list[tuple[str, str]], state: dict[tuple[str, str], Any]) -> Any:
+    """The traced update of ``pnames`` (placeholders: weights, gradients, state slots of ``skeys``,
+    then scalars) with each sum over a sharded fragment followed by a ``softipu::replica_sum``
+    (an all-reduce, Add, across the replicas): a copy of ``gm``, or ``gm`` itself when nothing
+    sums a fragment. An op that mixes a fragment's elements otherwise is refused by name."""
+    if plan is None or not any(n in plan.sharded for n in pnames):
+        return gm
+    flags = [n in plan.sharded for n in pnames] * 2 + [
+        k[0] in plan.sharded and tuple(state[k].shape) == (plan.sharded[k[0]][1],) for k in skeys]
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    owners = [*pnames, *pnames, *(k[0] for k in skeys)]
+    # each fragment (and each value made from it alone, elementwise) -> its parameter
+    fragments = {p: owner for p, f, owner in zip(placeholders, flags, owners, strict=False) if f}
+    partial: list[tuple[torch.fx.Node, str]] = []
+    for node in graph.nodes:
+        read = [fragments[a] for a in node.all_input_nodes if a in fragments]
+        if node.op != "call_function" or not read:
+            continue
+        val = node.meta.get("val")
+        if node.target in _SUMS and isinstance(val, torch.Tensor) and val.numel() == 1:
+            partial.append((node, read[0]))  # a partial sum: whole (replica-identical) once all-reduced
+        elif node.target in _ELEMENTWISE or torch.Tag.pointwise in getattr(node.target, "tags", ()):
+            fragments[node] = read[0]
+        else:
+            raise FrontendError(
+                f"replicated tensor sharding: the optimizer update of {', '.join(pnames)} reads a "
+                f"fragment of a sharded tensor through {node.target}, which softipu does not split over "
+                "replicas (sums and elementwise ops only); turn useReplicatedTensorSharding off for this "
+                "optimizer's state and weights")
+    if not partial:
+        return gm
+    counts: dict[str, int] = {}
+    for node, owner in partial:
+        with graph.inserting_after(node):
+            whole = graph.call_function(torch.ops.softipu.replica_sum.default, (node,))
+        counts[owner] = counts.get(owner, -1) + 1
+        whole.meta = {**node.meta, "softipu_replica_sum": f"{owner}/{counts[owner]}"}
+        node.replace_all_uses_with(whole, delete_user_cb=lambda u, w=whole: u is not w)
+    out = torch.fx.GraphModule(gm, graph)
+    out.recompile()
     return out
