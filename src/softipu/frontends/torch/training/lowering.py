@@ -23,22 +23,25 @@ from softipu.dtypes import float16, float32
 from softipu.frontends.errors import LoweringError
 from softipu.frontends.torch.export import check_supported
 from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
-from softipu.frontends.torch.optim.als import LossScalingSettings, update_loss_scale
+from softipu.frontends.torch.optim.als import LossScalingSettings, scale_from_counts, upper_bin_count
 from softipu.frontends.torch.optim.spec import Kind
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize, materialize_into
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.locations import (
+    accumulator_shape,
     add_accumulator_buffers,
     add_buffers,
     gather_weight,
     load_accumulator,
     load_state,
     plan_state,
+    shard_accumulated,
     shard_update_inputs,
     state_shape,
     store_accumulator,
     store_state,
+    sum_partials_across_replicas,
 )
 from softipu.frontends.torch.training.offload import Offload
 from softipu.frontends.torch.training.replication import reduce_gradients
@@ -212,10 +215,12 @@ class _TrainLowerer(_Lowerer):
         dtype = self.spec.accum_type
         plan = self.locations  # accumulators in Streaming Memory: loaded and stored around each use
         home = {n: "streaming/accum" if n in plan.accum_off_chip else "accum" for n in grads}
-        accums = {n: self._var(f"{home[n]}/{n}", dtype, g.shape, g) for n, g in grads.items()}
+        accums = {n: self._var(f"{home[n]}/{n}", dtype, accumulator_shape(plan, n, g.shape), g)
+                  for n, g in grads.items()}
         add_accumulator_buffers(self.graph, plan, accums)
         zeroing = P.Sequence(name="zero_accumulators")
         strategy = self.mean_strategy()
+        grads = shard_accumulated(self.graph, plan, grads, body, self.options)  # sharded: reduce-scattered
         if strategy == "running":
             count = self.graph.add_variable(float32, (), name="accum/micro_batches")
             self.graph.set_tile_mapping(count, 0)
@@ -289,9 +294,12 @@ class _TrainLowerer(_Lowerer):
                 pin, gin = dict(full), {n: grads[n] for n in pnames}
                 for n in (n for n in pnames if n in plan.sharded):  # this replica's fragments
                     pin[n], gin[n] = shard_update_inputs(self.graph, n, full[n], grads[n], prog, self.options,
-                                                         fragment=self.offload.holds_fragment(n))
+                                                         fragment=self.offload.holds_fragment(n),
+                                                         reduced=n in plan.accum_sharded)
                 load_state(plan, skeys, state, prog)
                 gm = self._traced_update(pnames, skeys, gin, state)
+                # sums over fragments (LAMB's norms, a clip's, loss-scaling counts) all-reduced
+                gm = sum_partials_across_replicas(gm, plan, pnames, skeys, state)
                 inputs = ([pin[n] for n in pnames] + [gin[n] for n in pnames] + [state[k] for k in skeys]
                           + list(hyper.values()) + [step])
                 targets = [pin[n] for n in pnames] + [state[k] for k in skeys]
@@ -385,7 +393,9 @@ class _TrainLowerer(_Lowerer):
             new_p, new_s = spec.update(p, g, s, h, step_)
             out = [new_p[n] for n in pnames if n in new_p] + [new_s[k] for k in skeys if k in new_s]
             if auto:  # PopART's automatic loss scaling, from this step's gradients (0-based step)
-                out.append(update_loss_scale(h["loss_scaling"], [g[n] for n in pnames], step_ - 1,
+                # the whole gradients' elements counted (each may be a fragment: locations.py)
+                out.append(scale_from_counts(h["loss_scaling"], upper_bin_count([g[n] for n in pnames]),
+                                             sum(named[n].numel() for n in pnames), step_ - 1,
                                              LossScalingSettings(clip_output=clip)))
             return out
 
