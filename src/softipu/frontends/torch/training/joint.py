@@ -21,6 +21,7 @@ from torch.utils import _pytree as pytree
 
 from softipu.frontends.errors import ExportError, FrontendError
 from softipu.frontends.torch.export import _explain, _quiet_torch
+from softipu.frontends.torch.training import nll_mask  # noqa: F401 - registers softipu::label_mask
 from softipu.frontends.torch.training.losses import find_loss, recording
 
 __all__ = ["Joint", "joint_graph"]
@@ -263,9 +264,8 @@ def _decompositions() -> Any:
 
 
 def _label_mask(logp: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, ...]:
-    valid = target != ignore_index
-    classes = torch.arange(logp.shape[-1], device=logp.device)
-    return (classes == target.unsqueeze(-1)) & valid.unsqueeze(-1), valid
+    # The one-hot in the log-probabilities' layout (PopART clones them for it): .nll_mask.
+    return torch.ops.softipu.label_mask(logp, target, ignore_index), target != ignore_index
 
 
 def _nll_forward(logp: torch.Tensor, target: torch.Tensor, weight: Any, reduction: int,
