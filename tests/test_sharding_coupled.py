@@ -171,11 +171,15 @@ def test_sharded_accumulators_reduce_scatter_each_micro_batch():
     _close(module, plain, rtol=0, atol=1e-6)
     loc, loc0 = model.summary()["locations"]["gradients"], base.summary()["locations"]["gradients"]
     assert loc["sharded_over"] == 2 and loc0["sharded_over"] == 1
-    # fp32 accumulators: sharded ones hold ceil(n / 2) elements, fc2.bias its 3
+    # fp32 accumulators: sharded ones hold ceil(n / 2) elements, fc2.bias its 3; the role's bytes
+    # on chip drop by at least those (tile memory adds each piece's alignment)
+    accums = {v.name: v.shape for v in model.lowered.graph.variables if v.name.startswith("accum/")}
+    for n, k in SIZES.items():
+        assert accums[f"accum/{n}"] == ((math.ceil(k / 2),) if n in SHARDED else base.lowered.params[n].shape)
     saved = 4 * sum(SIZES[n] - math.ceil(SIZES[n] / 2) for n in SHARDED)
-    assert loc0["on_chip_bytes_per_replica"] - loc["on_chip_bytes_per_replica"] == saved
+    assert loc0["on_chip_bytes_per_replica"] - loc["on_chip_bytes_per_replica"] >= saved
     for n in SHARDED:
-        per_step = {int(s["count"]) for s in _steps(model, f"accum/reduce_scatter/{n}/")}
+        per_step = {int(s["count"]) for s in _steps(model, f"bwd/reduce_scatter/{n}/")}
         assert per_step and max(per_step) == STEPS * ga, (n, per_step)  # once per micro-batch
         assert _cycles(model, f"upd/reduce_scatter/{n}/") == 0 < _cycles(base, f"upd/reduce_scatter/{n}/")
 
@@ -206,7 +210,7 @@ def test_refused_sharding_combinations_are_named():
                                             r"neither the optimizer state nor the weights.*setOptimizerLocation"):
         compile_with(2, Accumulator=_sharded())
     with pytest.raises(FrontendError, match=r"gradient accumulators needs replicas.*replicationFactor"):
-        compile_with(1, Accumulator=_sharded(), Optimizer=_sharded())
+        compile_with(1, Accumulator=_sharded())
 
 
 def test_partial_sums_get_an_all_reduce_and_mixing_ops_are_refused():

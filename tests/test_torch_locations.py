@@ -190,20 +190,7 @@ def test_bad_locations_are_named():
     opts.TensorLocations.setOptimizerLocation(_sharded())
     with pytest.raises(FrontendError, match="needs replicas.*replicationFactor"):
         compile_with(opts)
-    opts = poptorch.Options().replicationFactor(2)  # weights off chip: tests/test_locations_offload.py
-    opts.TensorLocations.setActivationLocation(_sharded())
-    with pytest.raises(FrontendError, match="setActivationLocation.*not supported"):
-        compile_with(opts)
-    opts = poptorch.Options().replicationFactor(2)
-    opts.TensorLocations.setAccumulatorLocation(_sharded())
-    with pytest.raises(FrontendError, match="setAccumulatorLocation.*not supported"):
-        compile_with(opts)
-    opts = poptorch.Options().replicationFactor(2)
-    opts.TensorLocations.setOptimizerLocation(_sharded())
-    lamb = poptorch.optim.LAMB(module.parameters(), lr=0.01)
-    with pytest.raises(FrontendError, match="LAMB"):
-        poptorch.trainingModel(module, opts.setTarget(_chip()), lamb).compile(torch.randn(8, 8),
-                                                                            torch.randint(0, 3, (8,)))
+    # sharded activations, accumulators, LAMB, clipping, loss scaling: tests/test_sharding_coupled.py
     with pytest.raises(FrontendError, match="TensorLocationSettings"):
         poptorch.Options().TensorLocations.setOptimizerLocation({"useOnChipStorage": False})
     with pytest.raises(FrontendError, match="must be a bool"):

@@ -352,7 +352,7 @@ def shard_accumulated(graph: Any, plan: StatePlacement, grads: dict[str, Any], p
     from softipu.collectives import CollectiveOperator, reduce_scatter  # noqa: PLC0415
 
     op = CollectiveOperator.MEAN if options.accumulation_reduction == "mean" else CollectiveOperator.ADD
-    return {n: reduce_scatter(graph, g, prog, op=op, name=f"accum/reduce_scatter/{n}")
+    return {n: reduce_scatter(graph, g, prog, op=op, name=f"bwd/reduce_scatter/{n}")
             if n in plan.accum_sharded else g for n, g in grads.items()}
 
 
