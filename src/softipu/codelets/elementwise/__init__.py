@@ -139,6 +139,7 @@ def binary_op_codelet(op: BinaryOp, dtype: DType) -> type[Vertex]:
         a = Input(dtype)
         b = Input(dtype)
         out = Output(out_dtype)
+        join_fields, join_same_length = ("a", "b", "out"), True  # pieces joined (engine/joins.py)
 
         @staticmethod
         def compute(a, b, out):
@@ -192,6 +193,7 @@ def unary_op_codelet(op: UnaryOp, dtype: DType) -> type[Vertex]:
     class UnaryOp1D(MultiVertex):
         x = Input(dtype)
         out = Output(out_dtype)
+        join_fields, join_same_length = ("x", "out"), True  # pieces joined (engine/joins.py)
 
         @staticmethod
         def compute(x, out):
@@ -309,6 +311,12 @@ def map_codelet(expr: Expr, in_dtypes: tuple[DType, ...], kinds: tuple[Operand, 
 
     namespace |= {"compute": staticmethod(compute), "cycles": staticmethod(cycles),
                   "flops": staticmethod(flops), "__module__": __name__}
+    # Pieces over abutting rows run joined (engine/joins.py): every full or row operand and the
+    # output, entry for entry; scalar and per-row operands must then be the same in every piece.
+    joined = (n for i, (n, k) in enumerate(zip(names, kinds, strict=True))
+              if k in (Operand.FULL, Operand.ROW) and not (inplace and i == 0))
+    namespace["join_fields"] = (*joined, "out")
+    namespace["join_same_length"] = True
     shape = "" if not reshape else "[" + ",".join(k.value for k in kinds) + "]"
     name = f"Map{'2D' if worker else ''}{'InPlace' if inplace else ''}<{expr}{shape},{expr.dtype.name}>"
     return type(name, (Vertex if worker else MultiVertex,), namespace)
