@@ -37,7 +37,7 @@ from softipu.frontends.torch.training.offload import read_weight, write_weight
 from softipu.frontends.torch.training.pipeline import keep_annotations, placed_summary, stage_errors
 from softipu.frontends.torch.training.recompute import recompute
 from softipu.frontends.torch.training.replication import per_replica, replica_view
-from softipu.graph.remote import RemoteBuffer
+from softipu.frontends.torch.training.rollback import Rollback
 from softipu.log import progress_stage, progress_task
 
 __all__ = ["TrainingModel", "training_model", "optimizer_spec"]
@@ -80,6 +80,7 @@ class TrainingModel:
         self._check_optimizer(self.optimizer)
         self._lowered: TrainLowered | None = None
         self._engine: Engine | None = None
+        self._rollback: Rollback | None = None  # the step's in-place targets, saved before it
         self._spec: Any = None
         self._leaves: tuple | None = None
         self._in_spec: Any = None
@@ -328,15 +329,19 @@ class TrainingModel:
             eng.write_tensor(low.step, np.asarray(step, np.float32))
         opt.ipu_state_is_dirty = False
 
-    def _snapshot(self) -> list[tuple[Any, np.ndarray]]:
+    def _snapshot(self) -> Rollback:
+        """What the step writes in place, saved (:mod:`.rollback`); the spans are found once per engine."""
         low, eng = self._lowered, self._engine
-        vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
-        plan = getattr(low, "locations", None)  # the optimizer state in Streaming Memory too
-        remote = list(plan.remote.values()) if plan is not None else []
-        offload = getattr(low, "offload", None)  # and the weights kept there, or sharded
-        remote += list(offload.weights.values()) if offload is not None else []
-        vars_ += list(offload.fragments.values()) if offload is not None else []
-        return [(v, eng.read_tensor(v)) for v in vars_] + [(b, eng.read_remote_buffer(b)) for b in remote]
+        if self._rollback is None or self._rollback.engine is not eng:
+            vars_ = [*low.params.values(), *low.buffers.values(), *low.state.values(), low.step]
+            plan = getattr(low, "locations", None)  # the optimizer state in Streaming Memory too
+            remote = list(plan.remote.values()) if plan is not None else []
+            offload = getattr(low, "offload", None)  # and the weights kept there, or sharded
+            remote += list(offload.weights.values()) if offload is not None else []
+            vars_ += list(offload.fragments.values()) if offload is not None else []
+            self._rollback = Rollback(eng, vars_ + remote)
+        self._rollback.save()
+        return self._rollback
 
     def copy_weights_to_host(self) -> None:
         """Copy the device's weights and buffers into the module (PopTorch's ``copyWeightsToHost``)."""
@@ -377,11 +382,7 @@ class TrainingModel:
         try:
             out = self._run(values)
         except BaseException:
-            for var, data in snapshot:  # nothing half-updated
-                if isinstance(var, RemoteBuffer):
-                    self._engine.write_remote_buffer(var, data)
-                else:
-                    self._engine.write_tensor(var, data)
+            snapshot.restore()  # nothing half-updated
             raise
         self._dirty = True
         if hasattr(self.optimizer, "host_state_is_dirty"):

@@ -1,0 +1,77 @@
+"""Nothing half-updated: what a training step writes in place, saved before it and put back if it fails.
+
+A step updates the weights, buffers, optimizer state and step counter where they live. Reading
+each of them as a tensor before every step (a gather through its layout: an embedding table's
+column blocks, a transposed weight) cost ~60 ms a step for a 2-layer hidden-256 encoder. Here the
+storage spans those tensors occupy are found once, merged per dtype, and copied as raw spans of
+the engine's memory into arrays kept between steps: a memcpy, nothing allocated, no layout walked.
+A failing step copies them back. Remote buffers (state in Streaming Memory) are read and written
+back whole, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from softipu.graph.remote import RemoteBuffer
+from softipu.graph.tensor import Tensor
+
+__all__ = ["Rollback"]
+
+
+def merged_spans(tensors: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the storage the tensors' elements cover (one dtype), sorted, overlapping
+    and adjacent runs merged."""
+    parts = [t.runs() for t in tensors if t.numel]
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return z, z
+    starts = np.concatenate([p[0] for p in parts])
+    ends = starts + np.concatenate([p[1] for p in parts])
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    new = np.concatenate(([True], starts[1:] > reach[:-1]))  # a gap before this run: a new span
+    first = np.flatnonzero(new)
+    last = np.concatenate((first[1:], [starts.size])) - 1
+    return starts[first], reach[last]
+
+
+class Rollback:
+    """The saved copy of a step's in-place targets in one engine's storage (see the module docstring)."""
+
+    def __init__(self, engine: Any, targets: list[Any]) -> None:
+        self.engine = engine
+        self._remote = [b for b in targets if isinstance(b, RemoteBuffer)]
+        by_dtype: dict[Any, list[Tensor]] = {}
+        for t in targets:
+            if isinstance(t, Tensor):
+                by_dtype.setdefault(t.dtype, []).append(t)
+        self._spans: list[tuple[Any, list[tuple[int, int, int]], np.ndarray]] = []
+        for dtype, ts in by_dtype.items():
+            starts, ends = merged_spans(ts)
+            at = np.concatenate(([0], np.cumsum(ends - starts)))
+            spans = list(zip(starts.tolist(), ends.tolist(), at[:-1].tolist(), strict=True))
+            rows = engine.storage.buffers[dtype].shape[0]
+            self._spans.append((dtype, spans, np.empty((rows, int(at[-1])), dtype.numpy)))
+        self._remote_saved: list[np.ndarray] = []
+
+    def save(self) -> None:
+        buffers = self.engine.storage.buffers
+        for dtype, spans, saved in self._spans:
+            buf = buffers[dtype]
+            for s, e, o in spans:
+                saved[:, o : o + e - s] = buf[:, s:e]
+        self._remote_saved = [self.engine.read_remote_buffer(b) for b in self._remote]
+
+    def restore(self) -> None:
+        storage = self.engine.storage
+        storage.host_writes += 1  # written from the host: copies kept of host-written values are stale
+        for dtype, spans, saved in self._spans:
+            buf = storage.buffers[dtype]
+            for s, e, o in spans:
+                buf[:, s:e] = saved[:, o : o + e - s]
+        for b, data in zip(self._remote, self._remote_saved, strict=True):
+            self.engine.write_remote_buffer(b, data)
