@@ -56,8 +56,9 @@ from _fuzz_common import Timeout, alarm_handler, bounded, campaign_parser  # noq
 BAD = ("other", "hang", "escaped")
 OPTS = so.Options(target=sp.targets.ipu_model(tiles=4, bytes_per_tile=1 << 20))
 HUGE = (0, -1, 2**31, 2**40, 2**62, 10**12, -(2**40))
-OUT_PATHS = ("../outside/bait.bin", "../../outside/bait.bin", "sub/../../outside/bait.bin", "/etc/passwd",
-             "../../../../../../etc/passwd", "/dev/zero", "missing.bin", "", ".", "link.bin", "w.bin\x00x")
+OUT_PATHS = ("bait.bin", "w.bin", "../outside/bait.bin", "../../outside/bait.bin",
+             "sub/../../outside/bait.bin", "/etc/passwd", "../../../../../../etc/passwd", "/dev/zero",
+             "missing.bin", "", ".", "link.bin", "w.bin\x00x")
 OP_TYPES = ("Frob", "", "Add", "Conv", "Loop", "If", "MatMul", "Gather", "TopK", "Reshape", "Concat",
             "Slice", "Softmax", "Transpose", "Cast", "Identity", "Scan", "Expand", "Tile", "Range",
             "ConstantOfShape", "BatchNormalization", "Einsum", "Resize", "NonZero", "Split")
@@ -142,12 +143,15 @@ def _control(rng: np.random.Generator) -> onnx.GraphProto:
     n = helper.make_node
     then_g = helper.make_graph([n("Mul", ["x", "two"], ["t"])], "then", [], [_vi("t", T.FLOAT, [2, 3])],
                                initializer=[numpy_helper.from_array(np.array(2.0, np.float32), "two")])
-    else_g = helper.make_graph([n("Neg", ["x"], ["e"])], "else", [], [_vi("e", T.FLOAT, [2, 3])])
+    else_g = helper.make_graph([n("Sub", ["half", "x"], ["e"])], "else", [], [_vi("e", T.FLOAT, [2, 3])],
+                               initializer=[numpy_helper.from_array(np.array(0.5, np.float32), "half")])
     body = helper.make_graph(
-        [n("Identity", ["cond_in"], ["cond_out"]), n("Add", ["acc_in", "x"], ["acc_out"]),
+        [n("Identity", ["cond_in"], ["cond_out"]), n("Add", ["acc_in", "x"], ["sum"]),
+         n("Mul", ["sum", "decay"], ["acc_out"]),
          n("Cast", ["i"], ["fi"], to=T.FLOAT), n("Mul", ["acc_out", "fi"], ["scan"])],
         "body", [_vi("i", T.INT64, []), _vi("cond_in", T.BOOL, []), _vi("acc_in", T.FLOAT, [2, 3])],
-        [_vi("cond_out", T.BOOL, []), _vi("acc_out", T.FLOAT, [2, 3]), _vi("scan", T.FLOAT, [2, 3])])
+        [_vi("cond_out", T.BOOL, []), _vi("acc_out", T.FLOAT, [2, 3]), _vi("scan", T.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(np.array(0.75, np.float32), "decay")])
     return helper.make_graph(
         [n("ReduceSum", ["x"], ["total"], keepdims=0), n("Greater", ["total", "zero"], ["cond"]),
          n("If", ["cond"], ["branch"], then_branch=then_g, else_branch=else_g),
@@ -251,14 +255,16 @@ def m_subgraph(m: onnx.ModelProto, g: onnx.GraphProto, rnd: random.Random) -> st
         return f"graph attribute on {node.op_type}"
     sub = rnd.choice(subs)
     action = rnd.random()
-    if action < 0.25:
+    if action < 0.2:
         del sub.output[rnd.randrange(len(sub.output))]
         return f"subgraph {sub.name} loses an output"
-    if action < 0.4:
+    if action < 0.3:
         sub.input.append(_vi("extra", T.FLOAT, [2]))
         return f"subgraph {sub.name} gains an input"
     if not sub.node:
         return "empty subgraph"
+    if action < 0.65:  # a subgraph's tensors are easy to forget: external data in them, often
+        return f"in subgraph {sub.name}: " + m_external(m, sub, rnd)
     return f"in subgraph {sub.name}: " + rnd.choices(PROTO[:-2], WEIGHTS[:-2])[0](m, sub, rnd)
 
 
@@ -382,7 +388,7 @@ def m_external(m: onnx.ModelProto, g: onnx.GraphProto, rnd: random.Random) -> st
     t.ClearField("raw_data")
     del t.external_data[:]
     t.data_location = T.EXTERNAL
-    info = {"location": rnd.choice(OUT_PATHS)}
+    info = {"location": rnd.choice(OUT_PATHS if rnd.random() < 0.7 else OUT_PATHS[:2])}
     if rnd.random() < 0.4:
         info["offset"] = str(rnd.choice([*HUGE, 3, "x"]))
     if rnd.random() < 0.4:
@@ -451,7 +457,7 @@ def _itemsize(elem: int) -> int:
 PROTO = (m_op_type, m_domain, m_input_name, m_attribute, m_attribute_value, m_value_info, m_duplicate,
          m_cycle, m_order, m_outputs, m_input_type, m_initializer, m_constant, m_remove, m_external,
          m_opset, m_subgraph)
-WEIGHTS = (2, 1, 3, 2, 6, 3, 1, 1, 1, 1, 4, 5, 2, 3, 2, 2, 4)
+WEIGHTS = (2, 1, 3, 2, 6, 3, 1, 1, 1, 1, 4, 5, 2, 3, 2, 2, 6)
 
 
 def mutant(model: onnx.ModelProto, rnd: random.Random) -> tuple[bytes, list[str]]:
@@ -509,7 +515,12 @@ class _Opens:
 
     @classmethod
     def hook(cls, event: str, args: tuple) -> None:
-        if event == "open" and cls.armed is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        if event != "open" or cls.armed is None:
+            return
+        if isinstance(args[0], int):  # os.fdopen of a descriptor opened in C (onnx's external data)
+            with contextlib.suppress(OSError):
+                cls.armed.append(os.readlink(f"/proc/self/fd/{args[0]}"))
+        elif isinstance(args[0], (str, bytes, os.PathLike)):
             cls.armed.append(os.fsdecode(args[0]))
 
 
@@ -557,7 +568,7 @@ def run_one(seeds: dict[str, Any], rng: random.Random, work: Path, limit: float,
         (folder / "link.bin").symlink_to(work / "outside" / "bait.bin")
         mutations.append("link.bin -> ../outside/bait.bin")
     source = path if rng.random() < 0.8 else data
-    before = _snapshot(work / "outside")
+    before = _snapshot(work / "outside"), _snapshot(work / "cwd")
     _Opens.armed = []
     outcome, exc, hang = bounded(lambda: try_one(source), limit)
     opened, _Opens.armed = _Opens.armed, None
@@ -567,7 +578,7 @@ def run_one(seeds: dict[str, Any], rng: random.Random, work: Path, limit: float,
     if hang:
         outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
     escaped = _escapes(opened, case)
-    if escaped or _snapshot(work / "outside") != before:
+    if escaped or (_snapshot(work / "outside"), _snapshot(work / "cwd")) != before:
         outcome, detail = "escaped", f"opened {escaped[:3]} ({outcome}: {detail})"
     return outcome, name, mutations, detail
 
@@ -588,11 +599,16 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 5.0, first: i
     tried = first
     printed = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="softipu-onnx-fuzz-") as tmp, alarm_handler(), \
-            warnings.catch_warnings(), contextlib.redirect_stdout(sys.stdout if verbose else printed):
+            warnings.catch_warnings(), contextlib.redirect_stdout(sys.stdout if verbose else printed), \
+            contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore")
         work = Path(tmp).resolve()
         (work / "outside").mkdir()
         (work / "outside" / "bait.bin").write_bytes(np.ones(12, np.float32).tobytes())
+        (work / "cwd").mkdir()  # the current folder holds bait too: a relative name must not reach it
+        for bait in ("bait.bin", "w.bin"):
+            (work / "cwd" / bait).write_bytes(np.ones(12, np.float32).tobytes())
+        stack.enter_context(contextlib.chdir(work / "cwd"))
         while tried < first + count and time.perf_counter() - start < seconds:
             rng = random.Random(f"{seed}-{tried}")  # each input reproducible alone: --seed S --first I
             outcome, name, mutations, detail = run_one(models, rng, work, limit, verbose)

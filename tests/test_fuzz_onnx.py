@@ -64,3 +64,40 @@ def test_the_escape_detector_sees_an_open_outside_the_case_folder(fuzz, tmp_path
     finally:
         opened, fuzz._Opens.armed = fuzz._Opens.armed, None
     assert fuzz._escapes(opened, case) == [str(bait)]
+
+
+def test_external_data_of_a_subgraph_initializer_is_read_only_from_the_models_folder(fuzz, tmp_path,
+                                                                                     monkeypatch):
+    """Found by the campaign: an initializer inside an If branch naming external data 'w.bin' was not
+    checked (only the main graph's tensors were), and onnx then read 'w.bin' from the CURRENT folder
+    — a file outside the model's folder, whose values the model returned."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from softipu.frontends.onnx.errors import OnnxModelError
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, T.FLOAT, [2])
+
+    w = numpy_helper.from_array(np.zeros(2, np.float32), "w")
+    onnx.external_data_helper.set_external_data(w, "w.bin", offset=0, length=8)
+    w.ClearField("raw_data")
+    then_g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["t"])], "then", [], [vi("t")],
+                               initializer=[w])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [vi("e")])
+    cond = numpy_helper.from_array(np.array(True))
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=cond),
+                               helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+                              "m", [vi("x")], [vi("y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "m.onnx").write_bytes(model.SerializeToString())
+    np.full(2, 7.0, np.float32).tofile(tmp_path / "w.bin")  # the secret, in the current folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OnnxModelError, match="'w.bin' not found in .*model"):
+        fuzz.so.InferenceSession(tmp_path / "model" / "m.onnx", fuzz.OPTS)
+    np.full(2, 3.0, np.float32).tofile(tmp_path / "model" / "w.bin")  # next to the model: read
+    sess = fuzz.so.InferenceSession(tmp_path / "model" / "m.onnx", fuzz.OPTS)
+    got = sess.run(None, {"x": np.ones(2, np.float32)})
+    np.testing.assert_array_equal(got[0], [3.0, 3.0])

@@ -107,12 +107,41 @@ def _strip_annotations(proto: onnx.ModelProto) -> None:
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
 
 
-def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    found = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    for node in proto.graph.node:
-        found += [a.t for a in node.attribute if a.HasField("t")
-                  and a.t.data_location == onnx.TensorProto.EXTERNAL]
+def _all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor of the model: initializers (sparse ones too) and attribute tensors of the graph,
+    of its subgraphs (If, Loop, Scan bodies) and of its functions. NOTE: any of them may name an
+    external file, and onnx reads one it meets later relative to the current folder, not the model's."""
+    found: list[onnx.TensorProto] = []
+    _graph_tensors(proto.graph, found)
+    for f in proto.functions:
+        _node_tensors(f.node, found)
     return found
+
+
+def _graph_tensors(graph: onnx.GraphProto, found: list[onnx.TensorProto]) -> None:
+    found += graph.initializer
+    for s in graph.sparse_initializer:
+        found += (s.values, s.indices)
+    _node_tensors(graph.node, found)
+
+
+def _node_tensors(nodes: Any, found: list[onnx.TensorProto]) -> None:
+    for node in nodes:
+        for a in node.attribute:
+            found += [a.t] if a.HasField("t") else []
+            found += a.tensors
+            for s in [a.sparse_tensor] if a.HasField("sparse_tensor") else []:
+                found += (s.values, s.indices)
+            for s in a.sparse_tensors:
+                found += (s.values, s.indices)
+            for g in [a.g] if a.HasField("g") else []:
+                _graph_tensors(g, found)
+            for g in a.graphs:
+                _graph_tensors(g, found)
+
+
+def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in _all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _load_external(proto: onnx.ModelProto, folder: Path | None, label: str) -> None:
@@ -148,7 +177,7 @@ def _load_external(proto: onnx.ModelProto, folder: Path | None, label: str) -> N
 
 
 def _check_sizes(proto: onnx.ModelProto, label: str) -> None:
-    for t in proto.graph.initializer:
+    for t in _all_tensors(proto):
         count = int(np.prod([max(int(d), 0) for d in t.dims], dtype=np.float64))
         itemsize = _itemsize(t.data_type)
         if count * itemsize > MAX_TENSOR_BYTES:
