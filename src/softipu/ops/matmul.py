@@ -681,21 +681,26 @@ def _add_reduce_worker_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, gm: _G
     the workers. Here: one vertex per worker's share of whole rows (the fast engine's matmul
     chains read a reduce by rows), so a tile's reduce holds at most six vertices whatever the
     batch, not one per output row (ResNet-50 fp16 b32: 137 rows, 2,740 B of vertex state per tile
-    and reduce; it grew with the batch). A tile with fewer than six rows uses fewer workers."""
+    and reduce; it grew with the batch). A tile with fewer than six rows uses fewer workers.
+
+    The shares are cut at multiples of one ``piece`` of rows over the whole ``G*M`` matrix (one N
+    block: the output and every K range's partials are row-major over all of it, ``_partials``),
+    so all full shares are one evenly spaced run: one strided bulk call, not an address per
+    element (a share cut at each tile's own rows is spaced irregularly from tile to tile: ResNet-50
+    fp16 b16 listed ~2.7 M addresses per reduce). A share starts on the tile whose ``chunk`` of
+    its block holds its first row; at most ``ceil(chunk / piece) <= workers`` start in a chunk."""
     q, graph = pl.problem, ctx.graph
     kS, n, workers = pl.k_split, q.n, graph.target.workers_per_tile
-    g, i, h, w = (x.ravel() for x in np.meshgrid(np.arange(q.groups), np.arange(len(gm)), np.arange(kS),
-                                                 np.arange(workers), indexing="ij"))
-    chunk = -(-gm.sizes[i] // kS)  # the rows of block (g, i) each of its kS tiles reduces
-    rows = np.maximum(np.minimum((h + 1) * chunk, gm.sizes[i]) - h * chunk, 0)
-    share = -(-rows // workers)
-    lo = np.minimum(w * share, rows)
-    length = (np.minimum(lo + share, rows) - lo) * n
-    keep = length > 0
-    g, i, h, lo, length, chunk = (x[keep] for x in (g, i, h, lo, length, chunk))
-    offset = (h * chunk + lo) * n
-    out_start = out.offset + (g * q.m + gm.starts[i]) * n + offset
-    part_starts = partials.starts[g, i, 0, :].T + offset
+    total = q.groups * q.m
+    chunk = -(-int(gm.sizes.max()) // kS)  # the rows of a block each of its kS tiles reduces
+    piece = -(-chunk // workers)
+    r0 = np.arange(0, total, piece, dtype=np.int64)
+    length = np.minimum(piece, total - r0) * n
+    g, row = r0 // q.m, r0 % q.m
+    i = np.searchsorted(gm.starts, row, side="right") - 1
+    h = np.minimum((row - gm.starts[i]) // chunk, kS - 1)
+    out_start = out.offset + r0 * n
+    part_starts = partials.starts[g, i, 0, :].T + (row - gm.starts[i]) * n
     tiles = pl.tile_of(g // pl.blocks[0], i, 0, h)
     map_runs(graph, out, out_start, length, tiles)
     codelet = reduce_codelet(q.partials_dtype, q.out_dtype)
