@@ -1,7 +1,10 @@
 """Running matmul chains (:mod:`softipu.engine.chains` finds them): a chain's bands, each one GEMM
 over gathered left and right blocks, cut into pieces by shape and run side by side on idle cores,
 then scattered into the output blocks (or written in place where the blocks tile one matrix).
-See :mod:`softipu.engine.chains` for the rules and the rounding bound.
+Consecutive bands of one shape whose outputs each tile one matrix, evenly spaced (attention's
+heads), run as one batched GEMM over their gathered blocks: the demo encoder's 32 head products a
+later call were a GEMM and a round of copies each. See :mod:`softipu.engine.chains` for the rules
+and the rounding bound.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class ChainRunner:
 
         try:
             if self.plans is None:
-                self.plans = [self._plan(band) for band in self.bands]
+                self.plans = self._plans()
             with BLAS.single_threaded():
                 writes = self.scratch.host_writes()
                 if self.kept and self.kept_at != writes:
@@ -80,6 +83,50 @@ class ChainRunner:
                         np.copyto(dst, src)
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
+
+    def _plans(self) -> list[tuple]:
+        """A plan per band, except that runs of alike bands (:func:`_alike`: attention's heads,
+        each a small product) share one: one batched GEMM over their blocks."""
+        plans, i = [], 0
+        while i < len(self.bands):
+            j = i + 1
+            while j < len(self.bands) and _alike(self.bands[i], self.bands[j]):
+                j += 1
+            run = self.bands[i:j]
+            batch = self._batch_plan(run) if len(run) > 1 else None
+            plans.extend([batch] if batch is not None else [self._plan(band) for band in run])
+            i = j
+        return plans
+
+    def _batch_plan(self, run: list[Band]) -> tuple | None:
+        """(copies in, GEMM pieces, no copies out) of bands of one shape whose output blocks each
+        tile one matrix, the matrices evenly spaced: every band's operands gathered into one
+        ``(bands, rows, depth)`` and ``(bands, depth, cols)`` scratch pair, one batched product
+        (numpy calls the same GEMM per band) written into the outputs, cut along the bands by
+        their work alone. None where that does not hold, or a band's right-hand blocks may be
+        kept between calls (:meth:`Scratch.keeps` decides those band by band)."""
+        src, dst = self.in_buf, self.out_buf
+        if src.dtype != np.float32 or dst.dtype != np.float32 or \
+                any(self.scratch.may_keep(band, src) for band in run):
+            return None
+        band = run[0]
+        m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
+        rows, ks, cols = band.sizes
+        c = _batched_view(dst, [b.out for b in run], m_at, n_at)
+        if c is None:
+            return None
+        count = len(run)
+        a = self.scratch.get("a", (count * rows, ks)).reshape(count, rows, ks)
+        b = self.scratch.get("b", (count * ks, cols)).reshape(count, ks, cols)
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, each in enumerate(run):
+            copies += _copies(a[i], src, each.a, m_at, k_at)
+            copies += _copies(b[i], src, each.b, k_at, n_at)
+        parts = max(1, min(MAX_PIECES, count, count * rows * ks * cols // CHAIN_PIECE_MACS))
+        cuts = [count * p // parts for p in range(parts + 1)]
+        products = [partial(np.matmul, a[lo:hi], b[lo:hi], out=c[lo:hi])
+                    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+        return _copy_jobs(copies), products, []
 
     def _plan(self, band: Band) -> tuple:
         """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
@@ -183,18 +230,32 @@ class Scratch:
     def host_writes(self) -> int:
         return self.storage.host_writes if self.storage is not None else 0
 
-    def keeps(self, band: Band, elements: int, src: np.ndarray) -> bool:
-        """Whether a band's gathered right-hand matrix (``elements`` of float32, from ``src``, a
-        storage buffer's row) is kept between calls; counted against the budget if so."""
-        if self.written is None or self.storage.replicas != 1 or self.kept_bytes + 4 * elements > KEPT_BYTES:
-            return False
+    def may_keep(self, band: Band, src: np.ndarray) -> bool:
+        """Whether only the host writes a band's right-hand blocks (budget aside): no change."""
+        return self._host_only(band, src) is not None
+
+    def _host_only(self, band: Band, src: np.ndarray) -> tuple | None:
+        """(dtype, start, hi) of a band's right-hand blocks where only the host writes them."""
+        if self.written is None or self.storage.replicas != 1:
+            return None
         start, rs, cs = band.b[..., 0], band.b[..., 1], band.b[..., 2]
         if (rs <= 0).any() or (cs <= 0).any():
-            return False
+            return None
         hi = start + (band.k[:, None] - 1) * rs + (band.n[None, :] - 1) * cs + 1
         dtype = next((d for d, buf in self.storage.buffers.items() if np.shares_memory(buf, src)), None)
         if dtype is None or not self.written.untouched(dtype, start.reshape(-1), hi.reshape(-1)):
+            return None
+        return dtype, start, hi
+
+    def keeps(self, band: Band, elements: int, src: np.ndarray) -> bool:
+        """Whether a band's gathered right-hand matrix (``elements`` of float32, from ``src``, a
+        storage buffer's row) is kept between calls; counted against the budget if so."""
+        if self.kept_bytes + 4 * elements > KEPT_BYTES:
             return False
+        found = self._host_only(band, src)
+        if found is None:
+            return False
+        dtype, start, hi = found
         self.kept_bytes += 4 * elements
         self.kept_spans.setdefault(dtype, []).append((int(start.min()), int(hi.max())))
         return True
@@ -205,6 +266,38 @@ class Scratch:
         if buf is None or buf.size < size:
             buf = self.buffers[name] = np.empty(size, np.float32)
         return buf[:size].reshape(shape)
+
+
+def _alike(x: Band, y: Band) -> bool:
+    """Two bands of one shape: blocks of the same heights, depths and widths."""
+    return all(np.array_equal(p, q) for p, q in ((x.m, y.m), (x.k, y.k), (x.n, y.n)))
+
+
+def _batched_view(buf: np.ndarray, grids: list[np.ndarray], r_at: np.ndarray,
+                  c_at: np.ndarray) -> np.ndarray | None:
+    """The bands' output grids as one writeable ``(bands, rows, cols)`` view of ``buf`` where each
+    tiles one matrix (:func:`_direct`) of the same strides, the matrices evenly spaced; else None."""
+    views = [_direct(buf, grid, r_at, c_at, writeable=True) for grid in grids]
+    if any(v is None for v in views) or len({v.strides for v in views}) > 1:
+        return None
+    starts = [int(grid[0, 0, 0]) for grid in grids]
+    step = starts[1] - starts[0]
+    if any(b - a != step for a, b in zip(starts[:-1], starts[1:], strict=True)):
+        return None
+    rows, cols = views[0].shape
+    rs, cs = (s // buf.itemsize for s in views[0].strides)
+    if len(grids) * rows * cols > BATCH_CHECK_MAX:
+        return None
+    at = (np.arange(len(grids)) * step)[:, None, None] + (np.arange(rows) * rs)[:, None] \
+        + np.arange(cols) * cs
+    if np.unique(at).size != at.size:  # outputs that overlap: one band at a time, in order
+        return None
+    return _view(buf, starts[0], (len(grids), rows, cols), (step, rs, cs), writeable=True)
+
+
+# Bands are batched only where their outputs hold at most this many elements (their addresses
+# are checked for overlap once, at the chain's first run).
+BATCH_CHECK_MAX = 1 << 22
 
 
 def _direct(buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,

@@ -1,0 +1,88 @@
+"""Alike bands of a matmul chain (engine/chain_run.py ``_batch_plan``): a grouped product — an
+attention layer's heads, each a small ``(m, k) . (k, n)`` — runs as one batched GEMM over every
+band's gathered blocks instead of a GEMM per band, within the contraction bound of the per-vertex
+reference, the same bits on every run and with one or two host threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.codelets import host
+from softipu.codelets._common import contraction_bound
+from softipu.engine import chain_run
+
+TARGET = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
+HEADS, M, K, N = 6, 16, 24, 20
+
+
+def _grouped():
+    """``c = q @ kt`` per head, ``q`` and ``kt`` written by the program (copies of the host's
+    ``q0``/``kt0``), as attention's operands are: not weights a chain keeps gathered."""
+    g = sp.Graph(TARGET)
+    prog = P.Sequence()
+    host_side, device_side = [], []
+    for name, shape in (("q", (HEADS, M, K)), ("kt", (HEADS, K, N))):
+        h, t = g.add_variable(sp.float32, shape, name=name + "0"), g.add_variable(sp.float32, shape, name=name)
+        for x in (h, t):
+            sp.ops.map_linearly(g, x)
+        prog.add(P.Copy(h, t))
+        host_side.append(h)
+        device_side.append(t)
+    return g, prog, *host_side, sp.ops.matmul(g, *device_side, prog)
+
+
+def _values():
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((HEADS, M, K), np.float32), rng.standard_normal((HEADS, K, N), np.float32)
+
+
+def _run(reference: bool, runs: int = 2):
+    g, prog, a, b, c = _grouped()
+    av, bv = _values()
+    eng = sp.Engine(g, [prog], {"engine.reference": reference})
+    outs = []
+    for _ in range(runs):
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        eng.run(0)
+        outs.append(eng.read_tensor(c))
+    return eng, outs
+
+
+def test_the_heads_run_as_one_batched_product_within_the_bound_of_the_reference():
+    eng, (first, second) = _run(False)
+    (runner,) = eng._interpreter._chains.fused()
+    assert len(runner.bands) >= HEADS and len(runner.plans) < len(runner.bands)
+    _, (ref,) = _run(True, runs=1)
+    av, bv = _values()
+    terms = np.matmul(np.abs(av.astype(np.float64)), np.abs(bv.astype(np.float64)))
+    diff = np.abs(first.astype(np.float64) - ref.astype(np.float64))
+    assert np.all(diff <= contraction_bound(terms, K))
+    np.testing.assert_allclose(first, np.matmul(av.astype(np.float64), bv), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("piece_macs", [1, 1 << 30])
+def test_same_bits_with_one_or_two_threads_and_any_cut(monkeypatch, piece_macs):
+    """Cut into one piece per band or not at all, on one thread or two: the same bits (each band's
+    product is one GEMM whatever the cut)."""
+    _, (want, _) = _run(False)
+    monkeypatch.setattr(chain_run, "CHAIN_PIECE_MACS", piece_macs)
+    for cores in (1, 2):
+        monkeypatch.setattr(host, "idle_cores", lambda cores=cores: cores - 1)
+        _, (got, _) = _run(False)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_overlapping_outputs_are_not_batched():
+    """Bands whose output matrices share elements (not produced by the library, built here) keep
+    one plan each: a batched product would write them in another order."""
+    buf = np.zeros(64, np.float32)
+    grid = np.array([[[0, 4, 1]]])
+    r_at, c_at = np.array([0, 2]), np.array([0, 4])
+    assert chain_run._batched_view(buf, [grid, grid + [2, 0, 0]], r_at, c_at) is None
+    batched = chain_run._batched_view(buf, [grid, grid + [8, 0, 0]], r_at, c_at)
+    assert batched is not None and batched.shape == (2, 2, 4)
