@@ -85,9 +85,10 @@ def test_replicated_graph_runs_per_group_and_matches_oracle(monkeypatch):
 
 
 def test_runner_shares_are_the_same_bits(monkeypatch):
-    """The runner's pieces cut into shares the engine may run side by side (codelets.sparse
+    """The runner's products cut into row shares the engine may run side by side (codelets.sparse
     SparseProductRunner.jobs) give the same bits as one job."""
     monkeypatch.setattr(sparse_codelets, "CORES", 2)
+    monkeypatch.setattr(sparse_codelets, "SHARE_WORK", 1)
     shared, *_ = _product("sd", 1, sp.float32, 13, 16)
     seen = []
     real = sparse_codelets.SparseProductRunner.jobs

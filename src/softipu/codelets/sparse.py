@@ -34,9 +34,10 @@ block loads ``(1 x (256 / 4 + 3 + 12) + 1) x 1 + 2 = 82``: **542** cycles.
 The engine evaluates a batch of vertices as one stacked ``matmul`` and sums over blocks, in fp32
 for fp16 data (any accumulation order, design.md principle 6), rounding once to the output type.
 The fast engine hands every group of a product's compute set to :class:`SparseProductRunner`
-(the codelet's ``group_runner``): the vertices of one band (same non-zero values, slices of the
-free dimension) run as one, so each block's values are read once and the dense operand once per
-block, then one batched block product and a segmented sum, like scipy's BSR product.
+(the codelet's ``group_runner``): the pattern is fixed at load, so the whole compute set becomes
+one element-wise CSR matrix whose data is a fixed permutation of the values' storage, and a run is
+one ``take`` of the values, scipy.sparse's product with the dense operand read in place (a view of
+the buffer), and one write of the outputs (scipy is a runtime dependency for this).
 """
 
 from __future__ import annotations
@@ -260,110 +261,175 @@ def sparse_grad_codelet(dtype: DType, block: int) -> type[Vertex]:
     return SparseGradBlock
 
 
-# Bytes of fp32 operands one piece of a runner's class copies (about half a core's L2).
-PIECE_BYTES = 512 * 1024
-
-
 class SparseProductRunner:
-    """All groups of one :func:`sparse_block_codelet` codelet in a compute set, run as one product
-    (the fast engine's ``group_runner`` hook; one replica).
+    """All groups of one :func:`sparse_block_codelet` codelet in a compute set, run as scipy.sparse
+    CSR products (the fast engine's ``group_runner`` hook; one replica).
 
-    Built once from the fields' addresses alone: vertices whose ``nz`` addresses are the same (one
-    band, cut into slices of the free dimension) merge into one whose dense pieces and output are
-    the slices side by side. A merged vertex's ``nb`` blocks are one GEMM with a contraction of
-    ``nb * b``: ``[S_1 .. S_nb] . [D_1; ..; D_nb]`` (``"sd"``) or ``[D_1 .. D_nb] . [S_1; ..; S_nb]``
-    (``"ds"``); merged vertices of equal ``nb`` and free length are one batched ``matmul`` (in
-    pieces of :data:`PIECE_BYTES`). A run
-    is, per such class, two ``take`` s of addresses laid out for that GEMM (fp32 for fp16 data),
-    the ``matmul`` and one write of the outputs, rounded once to their type: each output element's
-    contraction in another fixed order, within the same bound (design.md principle 6)."""
+    The pattern is fixed when the engine loads, so this is built once, from the fields' addresses
+    alone. Vertices whose ``nz`` addresses are the same (one band, cut into slices of the free
+    dimension) merge into one whose dense pieces and output are the slices side by side, in address
+    order. A merged vertex is ``b`` rows of one product ``Y = A . X`` (one per free length, see
+    :class:`_CsrProduct`): ``X``'s rows are the distinct dense rows the vertices read (``"sd"``: rows
+    of the dense operand; ``"ds"``: its columns), ``A`` is element-wise CSR whose data is a fixed
+    permutation of the ``nz`` values (``"sd"``: row ``i`` of a merged vertex holds row ``i`` of its
+    blocks; ``"ds"``: column ``i``). A K split's partials are outputs like any other: the reduction's
+    compute set reads them as planned. Each output element's contraction runs in scipy's fixed order,
+    in fp32 (fp16 data too), rounded once to its type: within the same bound as the vertices' sums
+    (design.md principle 6)."""
 
-    __slots__ = ("group", "where", "classes", "sd")
+    __slots__ = ("group", "where", "shares")
 
     def __init__(self, groups, storage, where: str, block: int, sd: bool) -> None:
-        self.group, self.where, self.sd = groups[0], where, sd
-        b, area = block, block * block
-        merged: dict[bytes, tuple[np.ndarray, list, list]] = {}
-        for g in groups:
-            nz, dense, out = (g.fields[n].addresses() for n in ("nz", "dense", "out"))
-            nb, z = nz.shape[1] // area, out.shape[1] // b
-            d_shape, o_shape = ((nb, b, z), (b, z)) if sd else ((nb, z, b), (z, b))
-            for v in range(nz.shape[0]):
-                entry = merged.setdefault(nz[v].tobytes(), (nz[v], [], []))
-                entry[1].append(dense[v].reshape(d_shape))
-                entry[2].append(out[v].reshape(o_shape))
-        axis = -1 if sd else -2
-        classes: dict[tuple[int, int], list] = {}
-        for nz_row, ds, os in merged.values():
-            d, o = np.concatenate(ds, axis=axis), np.concatenate(os, axis=axis)
-            classes.setdefault((d.shape[0], o.shape[axis]), []).append((nz_row, d, o))
+        self.group, self.where = groups[0], where
         buf = storage.buffers[groups[0].codelet.fields["out"].dtype][0]
-        self.classes = []
-        for (nb, z), members in classes.items():
-            nz_idx = np.stack([m[0] for m in members]).reshape(-1, nb, b, b)
-            d_idx = np.stack([m[1] for m in members])
-            if sd:  # S (b, nb*b) . D (nb*b, z)
-                left = nz_idx.transpose(0, 2, 1, 3).reshape(-1, b, nb * b)
-                right = d_idx.reshape(-1, nb * b, z)
-            else:  # D (z, nb*b) . S (nb*b, b)
-                left = d_idx.transpose(0, 2, 1, 3).reshape(-1, z, nb * b)
-                right = nz_idx.reshape(-1, nb * b, b)
-            o_idx = np.stack([m[2] for m in members])
-            # In pieces whose copied operands stay in cache until the product reads them.
-            step = max(1, PIECE_BYTES // ((left[0].size + right[0].size) * 4))
-            for lo in range(0, len(o_idx), step):
-                self.classes.append(tuple(_access(buf, a[lo:lo + step]) for a in (left, right, o_idx)))
+        by_free: dict[int, list] = {}
+        for vals, rows, out in _merged(groups, block, sd):
+            by_free.setdefault(rows.shape[1], []).append((vals, rows, out))
+        self.shares = [share for members in by_free.values() for share in _CsrProduct(buf, members).shares]
 
     def jobs(self, storage) -> list:
-        """The pieces in up to ``2 x`` the host's cores shares of about equal work (largest first),
-        which the fast engine may run side by side: each piece writes its own outputs, so the
-        values are the same bits however they are shared."""
-        shares = min(len(self.classes), 2 * CORES)
-        if shares < 2:
+        """The products' row shares, largest first (each writes its own outputs, so the values
+        are the same bits however the engine runs them)."""
+        if len(self.shares) < 2:
             return [self.run]
-        work = [_elements(left) + _elements(right) for left, right, _ in self.classes]
-        loads = [[0, i, []] for i in range(shares)]
-        for c in sorted(range(len(work)), key=work.__getitem__, reverse=True):
-            share = min(loads)
-            share[0] += work[c]
-            share[2].append(c)
-        loads.sort(reverse=True)
-        return [partial(self._run, [self.classes[c] for c in members]) for _, _, members in loads if members]
+        shares = sorted(self.shares, key=lambda s: s.matrix.nnz, reverse=True)
+        return [partial(self._run, [s]) for s in shares]
 
     def run(self) -> None:
-        self._run(self.classes)
+        self._run(self.shares)
 
-    def _run(self, classes: list) -> None:
-        for left, right, out in classes:
-            product = np.matmul(_read(left), _read(right))
-            if out[0] is None:
-                out[1][out[2]] = product
-            else:
-                out[0][out[1]] = product
+    def _run(self, shares: list) -> None:
+        for share in shares:
+            share()
 
 
-def _access(buf: np.ndarray, index: np.ndarray) -> tuple:
-    """How a run reads or writes the elements at ``index``: ``(rows, row ids)`` where the last
-    axis is runs of consecutive addresses starting a whole number of runs apart (a row-major
-    dense operand's rows: copied row by row), else ``(None, buf, addresses)`` (element by element)."""
-    index = np.ascontiguousarray(index, np.intp)
+def _merged(groups, b: int, sd: bool):
+    """Each merged vertex (see :class:`SparseProductRunner`) as ``(values, rows, out)`` addresses:
+    ``values`` ``(b, nb * b)`` (row ``i``: the values output row ``i`` contracts with ``rows``),
+    ``rows`` ``(nb * b, Z)`` (the dense rows, ``Z`` the free length), ``out`` ``(b, Z)``."""
+    area = b * b
+    merged: dict[bytes, tuple[np.ndarray, list, list]] = {}
+    for g in groups:
+        nz, dense, out = (g.fields[n].addresses() for n in ("nz", "dense", "out"))
+        nb, z = nz.shape[1] // area, out.shape[1] // b
+        for v in range(nz.shape[0]):
+            if sd:  # out (b, z) = sum_j S_j (b, b) . D_j (b, z)
+                rows, o = dense[v].reshape(nb * b, z), out[v].reshape(b, z)
+            else:  # out^T (b, z) = sum_j S_j^T . D_j^T, D_j (z, b)
+                rows = dense[v].reshape(nb, z, b).transpose(0, 2, 1).reshape(nb * b, z)
+                o = out[v].reshape(z, b).T
+            entry = merged.setdefault(nz[v].tobytes(), (nz[v], [], []))
+            entry[1].append(rows)
+            entry[2].append(o)
+    for nz_row, rows, outs in merged.values():
+        rows, out = np.concatenate(rows, axis=1), np.concatenate(outs, axis=1)
+        order = np.argsort(rows[0], kind="stable")  # the slices in address order
+        blocks = nz_row.reshape(-1, b, b)
+        vals = blocks.transpose(1, 0, 2) if sd else blocks.transpose(2, 0, 1)
+        yield vals.reshape(b, -1), rows[:, order], out[:, order]
+
+
+class _CsrProduct:
+    """``Y = A . X`` for the merged vertices of one free length ``Z`` (see
+    :class:`SparseProductRunner`), in row shares of about equal non-zeros (:class:`_Share`, the jobs
+    the engine may run side by side: scipy's product releases the interpreter lock). ``X`` is a
+    view of the buffer when its rows are ``Z`` consecutive addresses a whole number of rows apart
+    (a row-major dense operand's rows), read in place; else one ``take`` a run (then one share)."""
+
+    __slots__ = ("shares",)
+
+    def __init__(self, buf: np.ndarray, members: list) -> None:
+        x_addr, cols = _distinct_rows([m[1] for m in members])
+        view = _row_view(buf, x_addr)
+        if view is None:
+            x, ncols = np.ascontiguousarray(x_addr, np.intp), x_addr.shape[0]
+        else:
+            x, ids = view
+            ncols, cols = x.shape[0], [ids[c] for c in cols]
+        b = members[0][0].shape[0]
+        indices = np.concatenate([np.tile(c, b) for c in cols])
+        lengths = np.concatenate([np.full(m[0].shape[0], m[0].shape[1], np.int64) for m in members])
+        values = np.concatenate([m[0].ravel() for m in members])
+        # Each row's non-zeros in column order: the product walks X's rows in address order.
+        order = np.lexsort((indices, np.repeat(np.arange(lengths.size), lengths)))
+        indices, values = indices[order], values[order]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        out = np.concatenate([m[2] for m in members])
+        work = int(indptr[-1]) * x.shape[-1]
+        parts = 1 if view is None or buf.dtype != np.float32 else max(1, min(2 * CORES, work // SHARE_WORK))
+        cuts = np.unique(np.searchsorted(indptr, np.arange(parts + 1) * indptr[-1] / parts))
+        cuts[0], cuts[-1] = 0, lengths.size
+        self.shares = [_Share(buf, x, ncols, view is not None, values[indptr[lo]:indptr[hi]],
+                              indices[indptr[lo]:indptr[hi]], indptr[lo:hi + 1] - indptr[lo], out[lo:hi])
+                       for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True) if hi > lo]
+
+
+# Multiply-accumulates of one share of a product (rows cut into at most 2 x the host's cores).
+SHARE_WORK = 1 << 21
+
+
+class _Share:
+    """Rows of one :class:`_CsrProduct`: a run takes the values into ``A.data`` (fp32), reads
+    ``X``, multiplies with scipy.sparse and writes ``Y`` to the outputs (by rows where they lie as
+    rows of ``Z`` consecutive addresses a whole number of rows apart, else element by element)."""
+
+    __slots__ = ("buf", "matrix", "values", "x", "x_view", "out", "out_rows")
+
+    def __init__(self, buf, x, ncols: int, x_view: bool, values, indices, indptr, out) -> None:
+        import scipy.sparse  # a runtime dependency: the host's product of a static pattern
+
+        self.buf, self.x, self.x_view = buf, x, x_view
+        self.values = np.ascontiguousarray(values, np.intp)
+        self.matrix = scipy.sparse.csr_matrix((np.zeros(indices.size, np.float32), indices, indptr),
+                                              shape=(indptr.size - 1, ncols))
+        view = _row_view(buf, out)
+        self.out_rows = view is not None
+        self.out = view if view is not None else np.ascontiguousarray(out, np.intp)
+
+    def __call__(self) -> None:
+        data = self.matrix.data
+        if self.buf.dtype == np.float32:
+            np.take(self.buf, self.values, out=data, mode="clip")  # addresses are in range
+        else:
+            data[...] = self.buf.take(self.values)
+        x = self.x if self.x_view else self.buf.take(self.x)
+        y = self.matrix @ x.astype(np.float32, copy=False)
+        if self.out_rows:
+            rows, ids = self.out
+            rows[ids] = y
+        else:
+            self.buf[self.out] = y
+
+
+def _distinct_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct dense rows of the merged vertices (``(R, Z)`` addresses) and, per merged vertex,
+    each of its rows' index among them. Rows are told apart by their first address and checked whole
+    (a tensor's element has one address, so rows that start alike are the same row)."""
+    first = np.concatenate([r[:, 0] for r in rows])
+    keys, at, inv = np.unique(first, return_index=True, return_inverse=True)
+    starts = np.concatenate([[0], np.cumsum([r.shape[0] for r in rows])])
+    member = np.searchsorted(starts, at, side="right") - 1
+    x_addr = np.stack([rows[m][i] for m, i in zip(member.tolist(), (at - starts[member]).tolist(),
+                                                    strict=True)])
+    cols = [inv[starts[m]:starts[m + 1]] for m in range(len(rows))]
+    if all(np.array_equal(x_addr[c], r) for c, r in zip(cols, rows, strict=True)):
+        return x_addr, cols
+    whole = np.concatenate(rows)  # rows that start alike but differ: told apart whole
+    x_addr, inv = np.unique(whole, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    return x_addr, [inv[starts[m]:starts[m + 1]] for m in range(len(rows))]
+
+
+def _row_view(buf: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows, row ids)``: ``buf`` as rows of ``w`` (``index``'s last axis) and the row of each
+    of ``index``'s rows, when each is ``w`` consecutive addresses starting a whole number of rows
+    from the lowest (a row-major operand's rows); else None."""
     w = index.shape[-1]
-    starts = index[..., 0]
-    if index.size and w > 1 and np.all(np.diff(index, axis=-1) == 1):
-        lo = int(starts.min())
-        if np.all((starts - lo) % w == 0):
-            hi = int(starts.max()) + w
-            return buf[lo:hi].reshape(-1, w), (starts - lo) // w
-    return None, buf, index
-
-
-def _elements(access: tuple) -> int:
-    """How many values :func:`_read` of ``access`` reads."""
-    return int(access[2].size) if access[0] is None else int(access[1].size) * access[0].shape[1]
-
-
-def _read(access: tuple) -> np.ndarray:
-    """The fp32 values ``access`` (from :func:`_access`) points at."""
-    if access[0] is None:
-        return access[1].take(access[2]).astype(np.float32, copy=False)
-    return access[0].take(access[1], axis=0).astype(np.float32, copy=False)
+    if not index.size or (w > 1 and not np.all(np.diff(index, axis=-1) == 1)):
+        return None
+    starts = index[:, 0]
+    lo = int(starts.min())
+    if np.any((starts - lo) % w):
+        return None
+    hi = int(starts.max()) + w
+    return buf[lo:hi].reshape(-1, w), (starts - lo) // w
