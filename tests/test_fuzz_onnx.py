@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,40 @@ def test_external_data_of_a_subgraph_initializer_is_read_only_from_the_models_fo
     sess = fuzz.so.InferenceSession(tmp_path / "model" / "m.onnx", fuzz.OPTS)
     got = sess.run(None, {"x": np.ones(2, np.float32)})
     np.testing.assert_array_equal(got[0], [3.0, 3.0])
+
+
+def _loop_model(fuzz, trips: int, cond: bool | None):
+    """The campaign's If/Loop seed with the Loop's trip count set and, unless ``cond`` is None, a
+    constant condition input (its body passes the condition through unchanged)."""
+    from onnx import numpy_helper
+
+    model, _ = fuzz.seeds()["control"]
+    (t,) = [t for t in model.graph.initializer if t.name == "trips"]
+    t.CopyFrom(numpy_helper.from_array(np.array([trips], np.int64), "trips"))
+    if cond is not None:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(cond), "cond0"))
+        (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+        loop.input[1] = "cond0"
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(("trips", "cond", "said"), [(10**12, None, "condition input is absent"),
+                                                     (10**6, True, "condition never changes")])
+def test_a_loop_that_would_run_past_the_unroll_limit_is_refused_at_once(fuzz, trips, cond, said):
+    """Found by the campaign (a hang): a Loop whose trip count was mutated to 10**12 lowered 4,096
+    copies of its body (35 s) before refusing."""
+    from softipu.frontends.errors import LoweringError
+
+    start = time.monotonic()
+    with pytest.raises(LoweringError, match=f"{trips} iterations whose {said} is not unrolled"):
+        sess = fuzz.so.InferenceSession(_loop_model(fuzz, trips, cond), fuzz.OPTS)
+        sess.run(None, {"x": np.ones((2, 3), np.float32)})  # compiles here: x decides the If
+    assert time.monotonic() - start < 30  # generous: a loaded machine; the bug took minutes there
+
+
+def test_a_loop_whose_condition_starts_false_runs_no_iteration(fuzz):
+    data = _loop_model(fuzz, 10**6, False)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    got = fuzz.so.InferenceSession(data, fuzz.OPTS).run(None, {"x": x})[0]
+    want = ort.InferenceSession(data).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

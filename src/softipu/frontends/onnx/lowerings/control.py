@@ -62,6 +62,13 @@ def _loop(ctx: Any, node: Any) -> list[Any]:
     cond = ctx.host(1) if ctx.has(1) else np.array(True)
     if ctx.has(1) and cond is None:
         raise ValueError("a Loop whose condition is known only at run time cannot be unrolled")
+    runs = bool(np.asarray(cond).reshape(-1)[0])
+    if runs and (trips is None or trips > MAX_UNROLL) and (not ctx.has(1) or _condition_is_fixed(body)):
+        # it would run more than MAX_UNROLL times (with no condition input ONNX ignores the body's
+        # condition): refused before lowering thousands of copies of the body to find out
+        raise ValueError(f"a Loop of {'unbounded' if trips is None else trips} iterations whose condition "
+                         f"{'input is absent' if not ctx.has(1) else 'never changes'} is not unrolled "
+                         f"(softipu unrolls at most {MAX_UNROLL})")
     carried = [ctx.host(i) if ctx.host(i) is not None else ctx.input(i) for i in range(2, ctx.n_inputs)]
     n_carried = len(carried)
     scans: list[list[Any]] = []
@@ -81,6 +88,21 @@ def _loop(ctx: Any, node: Any) -> list[Any]:
     for k in range(n_scan):
         results.append(_stack(ctx, [s[k] for s in scans], 0) if scans else np.zeros((0,), np.float32))
     return results
+
+
+def _condition_is_fixed(body: Any) -> bool:
+    """Whether a Loop body's condition output is its condition input passed through (Identity), so
+    the loop runs until its trip count."""
+    if len(body.input) < 2 or not body.output:
+        return False
+    name = body.output[0].name
+    producers = {out: node for node in body.node for out in node.output}
+    for _ in range(len(body.node) + 1):
+        node = producers.get(name)
+        if node is None or node.op_type != "Identity" or not node.input:
+            break
+        name = node.input[0]
+    return name == body.input[1].name
 
 
 @register_onnx_lowering("Scan")
