@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -557,9 +556,10 @@ def run_one(seeds: dict[str, Any], rng: random.Random, work: Path, limit: float,
     model, files = seeds[name]
     data, mutations = mutant(model, rng)
     case = work / "case"
-    shutil.rmtree(case, ignore_errors=True)
     folder = case / "model"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():  # (unlinking the files is cheaper than removing the folder)
+        old.unlink()
     path = folder / "model.onnx"
     path.write_bytes(data)
     for fname, raw in files.items():
