@@ -152,11 +152,7 @@ def test_weights_and_activations_off_chip_together():
 def test_sharded_weights_are_refused_and_off_chip_weights_not_exported(tmp_path):
     module = Net()
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4)).replicationFactor(2)
-    opts.TensorLocations.setActivationLocation(poptorch.TensorLocationSettings().useReplicatedTensorSharding(True))
-    with pytest.raises(FrontendError, match="setActivationLocation.*not supported"):
-        poptorch.trainingModel(module, opts, torch.optim.SGD(module.parameters(), lr=0.1)).compile(
-            torch.randn(8, 8), torch.randint(0, 3, (8,)))
+    # sharded activations (kept whole, with a warning): tests/test_sharding_coupled.py
     opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4))
     opts.TensorLocations.setWeightLocation(_sharded())
     with pytest.raises(FrontendError, match="sharding of the weights needs replicas"):

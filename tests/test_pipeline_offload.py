@@ -79,3 +79,36 @@ def test_pipelined_step_with_sharded_weights():
     assert all(st["load_cycles"] > 0 for st in stages)
     offload = model.lowered.offload
     assert offload.fragments["fc1.weight"].shape == (120,) and offload.fragments["fc2.weight"].shape == (45,)
+
+
+def test_pipelined_lamb_with_sharded_state_and_accumulators_equals_eager():
+    # Graphcore's BERT configurations: pipelined and replicated, LAMB with its optimizer state and
+    # gradient accumulators sharded over the replicas. Eager: PopTorch's LAMB stepping on the host
+    # (its published rule: tests/test_training_optim.py), on the effective batch.
+    module = Net()
+    eager = copy.deepcopy(module)
+    opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4, bytes_per_tile=256 * 1024))
+    opts.Training.gradientAccumulation(GA)
+    opts.replicationFactor(2)
+    sharded = poptorch.TensorLocationSettings().useReplicatedTensorSharding(True) \
+        .minElementsForReplicatedTensorSharding(8)
+    opts.TensorLocations.setOptimizerLocation(sharded)
+    opts.TensorLocations.setAccumulatorLocation(sharded)
+    model = poptorch.trainingModel(module, opts, poptorch.optim.LAMB(module.parameters(), lr=0.02))
+    eager_opt = poptorch.optim.LAMB(eager.parameters(), lr=0.02)
+    for step in range(2):
+        g = torch.Generator().manual_seed(step)
+        n = GA * MICRO * 2
+        x, y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+        model(x, y)
+        eager_opt.zero_grad()
+        eager(x, y)[1].backward()
+        eager_opt.step()
+    for (name, p), q in zip(module.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=name)
+    low = model._impl.lowered
+    # fragments: fc1 (240 + 30 elements) and fc2.weight (90) halved; fc2.bias (3) whole
+    assert low.state[("fc1.weight", "exp_avg")].shape == (120,) and low.state[("fc2.bias", "exp_avg")].shape == (3,)
+    accums = {v.name: v.shape for v in low.graph.variables if v.name.startswith("accum/fc")}
+    assert accums == {"accum/fc1.weight": (120,), "accum/fc1.bias": (15,), "accum/fc2.weight": (45,),
+                      "accum/fc2.bias": (3,)}

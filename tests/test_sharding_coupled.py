@@ -111,11 +111,8 @@ def test_sharded_lamb_equals_eager_and_unsharded_with_norms_all_reduced():
     module, eager, model, _ = _run(_lamb, locations={"Optimizer": _sharded()},
                                    eager_step=lambda m, opt: opt.step())
     _close(module, eager)
-    plain, _, base, _ = _run(_lamb)
-    _close(module, plain, rtol=0, atol=1e-6)
     # two scalar all-reduces (|w|^2, |r|^2) per sharded weight; fc2.bias (3 elements) is whole
-    assert len(_replica_sums(model)) == 2 * len(SHARDED)
-    assert _replica_sums(base) == set()
+    assert _replica_sums(model) == {f"{n}/{k}" for n in SHARDED for k in (0, 1)}
     # the moments of the sharded weights are fragments: ceil(n / 2) elements per replica
     for (name, _slot), var in model.lowered.state.items():
         assert var.shape == ((math.ceil(SIZES[name] / 2),) if name in SHARDED else (SIZES[name],))

@@ -428,10 +428,11 @@ def _replica_sum_fake(x: torch.Tensor) -> torch.Tensor:
 def _lower_replica_sum(ctx: Any, node: Any, x: Any) -> Any:
     from softipu.collectives import CollectiveOperator, all_reduce  # noqa: PLC0415
 
-    if ctx.graph.replication_factor == 1:
+    graph = ctx.graph.root  # under model parallelism ctx.graph is an IPU's view; collectives span replicas
+    if graph.replication_factor == 1:
         return x
     label = node.meta.get("softipu_replica_sum", node.name)  # <parameter>/<k>: its k-th partial sum
-    return all_reduce(ctx.graph, x, ctx.prog, op=CollectiveOperator.ADD, name=f"upd/replica_sum/{label}")
+    return all_reduce(graph, x, ctx.prog, op=CollectiveOperator.ADD, name=f"upd/replica_sum/{label}")
 
 
 _aten = torch.ops.aten
