@@ -20,6 +20,7 @@ from softipu.codelets.gemm import MAX_PIECES
 from softipu.codelets.host import BLAS, run_pieces
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.constants import WrittenSpans
+from softipu.engine.storage import as_rows
 
 __all__ = ["ChainRunner", "Band", "Scratch"]
 
@@ -193,7 +194,7 @@ def _copy_jobs(copies: list[tuple[np.ndarray, np.ndarray]]) -> list[Callable[[],
         cuts = [dst.shape[axis] * p // parts for p in range(parts + 1)]
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             at_ = (slice(None),) * axis + (slice(lo, hi),)
-            jobs.append(partial(np.copyto, dst[at_], src[at_]))
+            jobs.append(partial(np.copyto, *as_rows(dst[at_], src[at_])))
     return jobs
 
 

@@ -41,7 +41,7 @@ from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.joins import join_groups
 from softipu.engine.reductions import Reductions
 from softipu.engine.rounding import StochasticRounding
-from softipu.engine.storage import BLOCKED_MIN, Storage, assign, strided_form
+from softipu.engine.storage import BLOCKED_MIN, Storage, assign, copy_rows, strided_form
 from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
 from softipu.graph import program as P
@@ -448,7 +448,7 @@ def _copy_pieces(to: np.ndarray, of: np.ndarray) -> list[Callable[[], Any]]:
     pieces = []
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
         at_ = (slice(None),) * axis + (slice(lo, hi),)
-        pieces.append(partial(assign, to[at_], of[at_]))
+        pieces.append(copy_rows(to[at_], of[at_]))
     return pieces
 
 
@@ -517,8 +517,10 @@ class FastInterpreter(ProgramInterpreter):
         to, of = view(dst, writeable=True, replica_axis=True), view(src, writeable=False, replica_axis=True)
         if to.size >= 2 * COPY_PIECE and of.shape == to.shape and not np.may_share_memory(to, of):
             return partial(run_pieces, _copy_pieces(to, of))  # a convolution's im2col window, say
-        # In blocks where the layouts cross (a transposing copy), else one call.
-        return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
+        # In blocks where the layouts cross (a transposing copy), else one call over rows.
+        if np.may_share_memory(to, of) or of.shape != to.shape:
+            return partial(assign, to, of) if to.size >= BLOCKED_MIN else partial(np.copyto, to, of)
+        return copy_rows(to, of)
 
     def _stream_into(self, src: DataStream, dst: Tensor, write: Callable[[np.ndarray], None],
                      where: str) -> None:
