@@ -348,9 +348,11 @@ def _runners(groups: tuple[VertexGroup, ...], storage: Storage, where: str,
     for g in groups if storage.replicas == 1 else ():
         if getattr(g.codelet, "group_runner", None) is not None:
             own.setdefault(g.codelet, []).append(g)
-    if own:
-        groups = tuple(g for g in groups if g.codelet not in own)
-        runners.extend(c.group_runner(gs, storage, where) for c, gs in own.items())
+    for c, gs in own.items():  # None: the codelet's groups run one by one after all
+        runner = c.group_runner(gs, storage, where)
+        if runner is not None:
+            runners.append(runner)
+            groups = tuple(g for g in groups if g.codelet is not c)
     alike: dict[tuple, list[VertexGroup]] = {}
     for g in join_groups(groups):  # pieces of one group (a lookup over tiles) as one (joins.py)
         key = _merge_key(g, storage.replicas)

@@ -290,7 +290,12 @@ def group_pool_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
     def flops(x, out, target, **params):
         return np.asarray(out) * int(np.asarray(params["kh"]).flat[0]) * int(np.asarray(params["kw"]).flat[0])
 
-    body = dict(x=Input(dtype), out=Output(dtype), compute=staticmethod(compute),
-                cycles=staticmethod(cycles), flops=staticmethod(flops))
+    def group_runner(groups, storage, where):  # the fast engine's hook: alike bands batched
+        from softipu.codelets.nn.pool_groups import PoolGroupsRunner
+
+        return PoolGroupsRunner.build(groups, storage, where, mode)
+
+    body = dict(x=Input(dtype), out=Output(dtype), compute=staticmethod(compute), cycles=staticmethod(cycles),
+                flops=staticmethod(flops), group_runner=staticmethod(group_runner))
     body |= {k: Param(int32) for k in _GROUP_GEOMETRY}
     return type(f"{mode.name.title().replace('_', '')}PoolGroups<{dtype.name}>", (Vertex,), body)
