@@ -139,3 +139,32 @@ def test_a_loop_whose_condition_starts_false_runs_no_iteration(fuzz):
     got = fuzz.so.InferenceSession(data, fuzz.OPTS).run(None, {"x": x})[0]
     want = ort.InferenceSession(data).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _one_node(op: str, inits: dict[str, np.ndarray], inputs: list[str], rank: int) -> bytes:
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"])], op, [],
+                              [helper.make_tensor_value_info("y", T.FLOAT, [f"d{i}" for i in range(rank)])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+@pytest.mark.parametrize(("op", "inits", "inputs", "rank"), [
+    ("ConstantOfShape", {"s": np.array([2**40], np.int64)}, ["s"], 1),
+    ("Range", {"a": np.array(0.0, np.float32), "b": np.array(1e12, np.float32), "c": np.array(1.0, np.float32)},
+     ["a", "b", "c"], 1),
+    ("Resize", {"x": np.ones((1, 1, 2, 2), np.float32), "sc": np.array([1, 1, 1e6, 1e6], np.float32)},
+     ["x", "", "sc"], 4),
+])
+def test_an_output_whose_size_a_value_sets_too_big_is_refused_before_it_is_made(fuzz, op, inits, inputs, rank):
+    """A shape value of 2**40 (a damaged or hostile model) was allocated on the host (MemoryError, or
+    gigabytes of swapping for 2**31), and a Resize by 10**6 was folded by onnx's reference evaluator
+    element by element (a hang): the output's size is now bounded before the node is lowered."""
+    from softipu.frontends.errors import LoweringError
+
+    start = time.monotonic()
+    with pytest.raises(LoweringError, match=f"{op} node .* its output would hold .* more than the 4194304 bytes"):
+        fuzz.so.InferenceSession(_one_node(op, inits, inputs, rank), fuzz.OPTS)
+    assert time.monotonic() - start < 30  # generous: a loaded machine; the Resize took hours

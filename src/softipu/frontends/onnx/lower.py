@@ -36,7 +36,8 @@ from softipu.dtypes import (
     value_range,
 )
 from softipu.frontends.errors import InputError, LoweringError, UnsupportedOpsError
-from softipu.frontends.onnx.load import IPU_NUMBERS, to_numpy
+from softipu.frontends.onnx.bounds import check_output_size
+from softipu.frontends.onnx.load import IPU_NUMBERS, MAX_TENSOR_BYTES, to_numpy
 from softipu.frontends.onnx.registry import ONNX_LOWERINGS, OnnxLowering, onnx_op_name
 from softipu.frontends.placement import map_tensor
 from softipu.graph import program as P
@@ -417,6 +418,7 @@ class _Lowerer:
         outer = self.ctx.graph  # a subgraph's nodes stay on their If/Loop node's IPU
         self.ctx.graph = self._ipu_graph(node, outer)
         try:
+            self._check_size(node)
             if self._can_fold(node, lowering):
                 results = self._fold(node)
             else:
@@ -516,6 +518,13 @@ class _Lowerer:
                 value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(want), copy=False)
             self.host[out] = value
             self.types[out] = want or _elem_type_of(value)
+
+    def _check_size(self, node: onnx.NodeProto) -> None:
+        """Refuse a node whose output, set by a value (ConstantOfShape's shape...), could not be held."""
+        shapes = [np.shape(self.host[n]) if n in self.host else tuple(self.dev[n].shape) if n in self.dev
+                  else None for n in node.input]
+        check_output_size(node, [self.host.get(n) for n in node.input], shapes,
+                          min(self.options.target.total_bytes, MAX_TENSOR_BYTES))
 
     def _can_fold(self, node: onnx.NodeProto, lowering: OnnxLowering) -> bool:
         if not self.options.fold_constants or node.op_type in NO_FOLD or node.domain not in ("", "ai.onnx"):
