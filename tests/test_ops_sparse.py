@@ -38,20 +38,21 @@ def _run(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int =
 
 
 def build_product(mask: np.ndarray, block: int, free: int, dtype, mode: str, tiles: int,
-                  rng: np.random.Generator, reference: bool = False):
+                  rng: np.random.Generator, reference: bool = False, options: dict | None = None):
     """(engine with random operands written, result tensor, float64 oracle, |terms| for the bound, k)
-    of one sparse x dense ("sd") or dense x sparse ("ds") product over ``mask``'s blocks."""
+    of one sparse x dense ("sd") or dense x sparse ("ds") product over ``mask``'s blocks
+    (``options``: the product's, e.g. ``numBands``)."""
     pat = sparse.CSRMatrix.from_mask(mask, block, name="w")
     g = sp.Graph(sp.targets.ipu_model(tiles=tiles))
     prog = P.Sequence()
     if mode == "sd":
         nz = sparse.create_sparse_dense_matmul_lhs(g, pat, free, dtype)
         d = sparse.create_sparse_dense_matmul_rhs(g, pat, free, dtype)
-        y = sparse.sparse_dense_matmul(g, nz, d, prog, pattern=pat)
+        y = sparse.sparse_dense_matmul(g, nz, d, prog, pattern=pat, options=options)
     else:
         d = sparse.create_dense_sparse_matmul_lhs(g, pat, free, dtype)
         nz = sparse.create_dense_sparse_matmul_rhs(g, pat, free, dtype)
-        y = sparse.dense_sparse_matmul(g, d, nz, prog, pattern=pat)
+        y = sparse.dense_sparse_matmul(g, d, nz, prog, pattern=pat, options=options)
     np_dtype = dtype.numpy
     vals = rng.standard_normal((pat.nnz_blocks, block, block)).astype(np_dtype)
     dense = rng.standard_normal(d.shape).astype(np_dtype)

@@ -97,3 +97,79 @@ def test_runner_shares_are_the_same_bits(monkeypatch):
     single, *_ = _product("sd", 1, sp.float32, 13, 16)
     assert seen and seen[0] > 1  # the same product does cut into shares
     assert np.array_equal(shared[0], single[0]) and np.array_equal(shared[1], single[1])
+
+
+def _shares(eng) -> list:
+    """The row shares of the engine's sparse product runners (codelets.sparse._Share)."""
+    found = []
+    for runner in eng._interpreter._runners.values():
+        for job in runner.jobs:
+            owner = getattr(job, "__self__", None) or getattr(getattr(job, "func", None), "__self__", None)
+            if isinstance(owner, sparse_codelets.SparseProductRunner):
+                found.extend(s for s in owner.shares if s not in found)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["sd", "ds"])
+@pytest.mark.parametrize("block,dtype", [(1, sp.float32), (4, sp.float16), (8, sp.float32), (16, sp.float16)])
+def test_k_split_through_runner_matches_oracle_and_reference(mode, block, dtype, monkeypatch):
+    """A forced K split: the runner writes every unit's partials, the reduction's compute set sums
+    them; the result against float64 numpy and the reference interpreter's per-vertex sums."""
+    calls = []
+    real = sparse_codelets.SparseProductRunner._run
+    monkeypatch.setattr(sparse_codelets.SparseProductRunner, "_run",
+                        lambda self, shares: calls.append(1) or real(self, shares))
+    rng = np.random.default_rng(block)
+    mask = rng.random((3, 6)) < 0.6
+    mask[0], mask[1], mask[2] = True, False, False
+    mask[2, 4] = True  # a full row (split over every band), an empty one, one block
+    mask = mask if mode == "sd" else mask.T
+    outs = []
+    for reference in (False, True):
+        eng, y, want, terms, k = build_product(mask, block, 9, dtype, mode, 8, np.random.default_rng(5),
+                                               reference, options={"numBands": 3})
+        eng.run(0)
+        assert any(s["name"].endswith("/reduce") for s in eng.report.steps)
+        outs.append(eng.read_tensor(y).astype(np.float64))
+    assert calls  # the fast engine's run went through the runner
+    bound = contraction_bound(terms, k, out=dtype.numpy)
+    assert np.all(np.abs(outs[0] - want) <= bound + 1e-30)
+    assert np.all(np.abs(outs[0] - outs[1]) <= 2 * bound + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", [sp.float32, sp.float16])
+def test_dense_operand_not_row_major_is_taken(dtype):
+    """``S . D`` with ``D`` a transposed view of a ``(n, K)`` variable: its rows are not runs of
+    addresses, so the runner takes them each run (no view); right against float64 numpy."""
+    rng = np.random.default_rng(2)
+    pat = sparse.CSRMatrix.from_mask(rng.random((3, 5)) < 0.5, 4, name="w")
+    g = sp.Graph(sp.targets.ipu_model(tiles=6))
+    prog = P.Sequence()
+    nz = sparse.create_sparse_dense_matmul_lhs(g, pat, 7, dtype)
+    dt = g.add_variable(dtype, (7, pat.shape[1]), name="dt")
+    g.set_tile_mapping(dt, 0)
+    y = sparse.sparse_dense_matmul(g, nz, dt.transpose(), prog, pattern=pat)
+    eng = sp.Engine(g, [prog])
+    vals = rng.standard_normal((pat.nnz_blocks, 4, 4)).astype(dtype.numpy)
+    dense = rng.standard_normal((7, pat.shape[1])).astype(dtype.numpy)
+    eng.write_tensor(nz, vals)
+    eng.write_tensor(dt, dense)
+    eng.run(0)
+    assert _shares(eng) and not any(s.x_view for s in _shares(eng))
+    s, d = pat.to_dense(vals.astype(np.float64)), dense.astype(np.float64).T
+    bound = contraction_bound(np.abs(s) @ np.abs(d), pat.shape[1], out=dtype.numpy)
+    assert np.all(np.abs(eng.read_tensor(y).astype(np.float64) - s @ d) <= bound + 1e-30)
+
+
+def test_distinct_rows_tell_apart_rows_that_start_alike():
+    """Rows are keyed by their first address and checked whole; rows that start alike but differ
+    (not made by the ops, which read one tensor's rows) are told apart whole."""
+    same = [np.array([[0, 1, 2], [6, 7, 8]]), np.array([[6, 7, 8], [3, 4, 5]])]
+    x, cols = sparse_codelets._distinct_rows(same)
+    assert x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert [c.tolist() for c in cols] == [[0, 2], [2, 1]]
+    odd = [np.array([[0, 1, 2]]), np.array([[0, 5, 9], [0, 1, 2]])]
+    x, cols = sparse_codelets._distinct_rows(odd)
+    for rows, c in zip(odd, cols, strict=True):
+        assert np.array_equal(x[c], rows)
+    assert len(x) == 2

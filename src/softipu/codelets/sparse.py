@@ -364,8 +364,9 @@ class _CsrProduct:
                        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True) if hi > lo]
 
 
-# Multiply-accumulates of one share of a product (rows cut into at most 2 x the host's cores).
-SHARE_WORK = 1 << 21
+# Multiply-accumulates of one share of a product at least (rows cut into at most 2 x the host's
+# cores; a share of this many takes about 0.2 ms).
+SHARE_WORK = 1 << 19
 
 
 class _Share:
