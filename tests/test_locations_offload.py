@@ -183,6 +183,7 @@ def test_sharded_weights_train_as_eager_and_keep_a_fragment_per_replica(replicas
     # The whole weights are transient now (gathered per use), not a role's always-live bytes.
     on_chip = sum(math.ceil(n / replicas) if n >= 8 else n for n in SIZES.values()) * 4
     assert on_chip <= model.summary()["memory"]["weights"] < on_chip + 64  # tile alignment
+    assert model.summary()["locations"]["weights"]["sharded_over"] == replicas
     # All-gathers in the forward (every sharded weight) and backward (fc2.weight only), the
     # gradients reduce-scattered, and no all-gather after the update (the fragment is the home).
     assert _count(model, "fwd/all_gather/fc1.weight") > 0 and _count(model, "bwd/all_gather/fc2.weight") > 0

@@ -391,11 +391,13 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
     accum_streaming = sum(b.nbytes for b, _ in plan.accum_remote.values()) if plan is not None else 0
     offload = getattr(low, "offload", None)  # weights and activations (training/offload.py)
     streamed = offload.streaming_bytes() if offload is not None else {}
+    split = {"optimizer_state": plan is not None and bool(plan.sharded),  # roles with sharded tensors
+             "gradients": plan is not None and bool(plan.accum_sharded),
+             "weights": offload is not None and bool(offload.sharded)}
     for role, on_chip in memory.items():
         remote = streaming if role == "optimizer_state" else accum_streaming if role == "gradients" else \
             streamed.get(role, 0)
-        sharded = plan is not None and bool(plan.sharded if role == "optimizer_state" else
-                                            plan.accum_sharded if role == "gradients" else False)
+        sharded = split.get(role, False)
         # the optimizer's scalars (hyper-parameters, step) stay on chip whatever the location
         where = "on_chip" if not (role == "optimizer_state" and off) else \
             "streaming_memory" if off == len(low.state) else "on_chip+streaming_memory"
@@ -404,7 +406,7 @@ def tensor_locations(model: Any, memory: dict[str, int]) -> dict[str, dict[str, 
             where = "streaming_memory" if every else "on_chip+streaming_memory"
         if role in streamed and remote:
             where = "streaming_memory" if not on_chip else "on_chip+streaming_memory"
-        out[role] = {"where": where, "sharded_over": plan.replicas if sharded else 1,
+        out[role] = {"where": where, "sharded_over": options.replication_factor if sharded else 1,
                      "on_chip_bytes_per_replica": int(on_chip), "on_chip_bytes_per_ipu": int(on_chip) // ipus,
                      "streaming_bytes_per_replica": int(remote),
                      "streaming_bytes_per_ipu": int(remote) // ipus}
