@@ -77,3 +77,46 @@ def test_no_vertices_adds_nothing() -> None:
     add_vertex_runs(g, cs, Gather, [empty], empty, empty, {"out": empty, "parts": empty[None]},
                     {"out": (sp.float32, 2), "parts": (sp.float32, 2)}, {"k": empty})
     assert _groups(g, cs) == []
+
+
+def test_evenly_spaced_groups_are_one_call_and_compile_to_the_same_groups() -> None:
+    """Key groups of one size whose starts step alike (rows of a 2-D grid of blocks) are one bulk
+    call with grid fields; the compiler cuts it back into one strided group per key, as if each
+    had been its own call."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (4096,), name="x")
+    sp.ops.map_linearly(g, x)
+    cs = g.add_compute_set("cs")
+    # Three key groups of two vertices. In each, out steps 10 and parts 7; from group to group
+    # out steps 100 and parts 50: one grid. A fourth group (one vertex) ends the run.
+    key = np.array([0, 0, 1, 1, 2, 2, 3])
+    out = np.array([0, 10, 100, 110, 200, 210, 900])
+    parts = np.stack([1000 + np.array([0, 7, 50, 57, 100, 107, 990])])
+    k = np.arange(7) + 1
+    add_vertex_runs(g, cs, Gather, [key], np.arange(7), np.arange(7) % 4, {"out": out, "parts": parts},
+                    {"out": (sp.float32, 4), "parts": (sp.float32, 4)}, {"k": k})
+    grid, single = _groups(g, cs)
+    assert grid.num_vertices == 6 and single.num_vertices == 1
+    assert grid.fields["out"].slabs is not None  # a few ints, no address list
+    np.testing.assert_array_equal(grid.fields["out"].addresses(), out[:6, None] + np.arange(4))
+    np.testing.assert_array_equal(grid.fields["parts"][0].addresses(), parts[0, :6, None] + np.arange(4))
+    g.add_vertex(cs, Gather, {"parts": [x[3000:3004]], "out": x[3100:3104], "k": 1}, tile=0)
+    eng = sp.Engine(g, [sp.program.Sequence([sp.program.Execute(cs)])])
+    groups = [gr for gr in eng.executable.compute_sets[cs.id].groups if gr.vertex_indices[0] < 7]
+    groups.sort(key=lambda gr: int(gr.vertex_indices[0]))
+    assert [gr.num_vertices for gr in groups] == [2, 2, 2, 1]
+    for r, gr in enumerate(groups[:3]):
+        assert gr.fields["out"].is_strided and gr.fields["out"].offset == x.offset + 100 * r
+        assert gr.fields["out"].strides == (10, 1)
+        assert gr.fields["parts"][0].strides == (7, 1)
+        assert gr.fields["parts"][0].offset == x.offset + 1000 + 50 * r
+        np.testing.assert_array_equal(gr.vertex_indices, [2 * r, 2 * r + 1])
+        np.testing.assert_array_equal(gr.fields["k"], [2 * r + 1, 2 * r + 2])
+        np.testing.assert_array_equal(gr.tiles, np.arange(2 * r, 2 * r + 2) % 4)
+    # values: each vertex sums its one part times k
+    host = np.arange(4096, dtype=np.float32)
+    eng.write_tensor(x, host)
+    eng.run(0)
+    got = eng.read_tensor(x)
+    for v in range(6):
+        np.testing.assert_array_equal(got[out[v]:out[v] + 4], host[parts[0, v]:parts[0, v] + 4] * (v + 1))

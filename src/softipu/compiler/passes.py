@@ -260,21 +260,69 @@ def build_vertex_groups(state: CompileState) -> None:
             problems.append(f"vertex {index} ({codelet.__name__}) in compute set {cs.name!r}"
                             f"{at(location)}: fields {missing} are not connected")
         groups = [_batch_pending(g) for g in table.pending.values()]
-        groups += [_batch_bulk(g, start) for g, start in zip(table.bulk, table.bulk_starts, strict=True)]
+        groups += [row for g, start in zip(table.bulk, table.bulk_starts, strict=True)
+                   for row in _batch_bulk(g, start)]
         state.compute_sets[cs.id] = CompiledComputeSet(cs, tuple(groups))
     if problems:
         raise CompileError(_listing("vertices", problems))
     state.keys = StructureKeys(state.graph, state.mappings)
 
 
-def _batch_bulk(group: BulkGroup, start: int) -> VertexGroup:
+def _batch_bulk(group: BulkGroup, start: int) -> list[VertexGroup]:
+    """A bulk call's vertex groups: one, or one per row of a grid call (:func:`_grid_rows`)."""
     fields = {}
     for name, f in group.codelet.fields.items():
         value = group.fields[name]
         fields[name] = value.reshape(-1) if f.direction is Direction.PARAM else value
     end = start + group.num_vertices  # int32 where it fits: kept for the compile, one a vertex
     indices = np.arange(start, end, dtype=np.int32 if end < 1 << 31 else np.int64)
-    return VertexGroup(group.codelet, group.tiles, fields, indices, (group.location,))
+    grid = _grid_rows(group)
+    if grid is None:
+        return [VertexGroup(group.codelet, group.tiles, fields, indices, (group.location,))]
+    count, size = grid
+    rows = []
+    for r in range(count):
+        lo, hi = r * size, (r + 1) * size
+        row = {}
+        for name, f in group.codelet.fields.items():
+            value = fields[name]
+            if f.direction is Direction.PARAM:
+                row[name] = value[lo:hi]
+            elif isinstance(value, tuple):
+                row[name] = tuple(_grid_row(t, r) for t in value)
+            else:
+                row[name] = _grid_row(value, r)
+        rows.append(VertexGroup(group.codelet, group.tiles[lo:hi], row, indices[lo:hi], (group.location,)))
+    return rows
+
+
+def _grid_rows(group: BulkGroup) -> tuple[int, int] | None:
+    """(rows, vertices a row) where every field of a bulk call is a grid: a one-piece slab layout
+    ``(rows, size, n)`` read as ``(rows * size, n)`` (``ops.bulk.add_vertex_runs`` joins evenly
+    spaced groups so, one call for them all); None for any other call. Each row is the group
+    that call would have added alone: the same vertices, fields and figures."""
+    shape = None
+    for name, f in group.codelet.fields.items():
+        if f.direction is Direction.PARAM:
+            continue
+        value = group.fields[name]
+        for t in value if isinstance(value, tuple) else (value,):
+            s = t.slabs
+            if s is None or len(s.pieces) != 1 or s.axis != 0 or s.perm != (0, 1):
+                return None
+            _, piece, strides, mid = s.pieces[0]
+            if len(piece) != 3 or strides[2] != 1 or mid != (piece[0] * piece[1], piece[2]):
+                return None
+            if shape is not None and piece[:2] != shape:
+                return None
+            shape = piece[:2]
+    return shape
+
+
+def _grid_row(t: Tensor, r: int) -> Tensor:
+    """Row ``r`` of a grid field (:func:`_grid_rows`) as the strided ``(size, n)`` view."""
+    offset, (_, size, n), (outer, step, _), _ = t.slabs.pieces[0]
+    return Tensor(t.graph, t.dtype, (size, n), offset + r * outer, (step, 1))
 
 
 def _batch_pending(group: PendingGroup) -> VertexGroup:

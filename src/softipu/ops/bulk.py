@@ -15,7 +15,7 @@ import numpy as np
 
 from softipu.dtypes import DType
 from softipu.graph.graph import ComputeSet, Graph
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Slabs, Tensor
 
 __all__ = ["add_vertex_runs", "evenly_spaced", "map_runs", "row_tensor"]
 
@@ -62,23 +62,62 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
     # per field, per row: (evenly spaced?, step, first start) of every group, as Python ints
     spacing = {name: [_group_spacing(row, idx, bounds) for row in r] for name, r in rows.items()}
     lengths = {name: _group_lengths(length, idx, bounds) for name, (_, length) in tensors.items()}
-    for g, (lo, hi) in enumerate(lo_hi):
+    g, count = 0, len(lo_hi)
+    while g < count:
+        lo, hi = lo_hi[g]
         sel = idx[lo:hi]
         if fine_key is not None and not all(sp[0][g] for rows_sp in spacing.values() for sp in rows_sp):
             fk = fine_key[sel]
             for piece in np.split(sel, np.flatnonzero(fk[1:] != fk[:-1]) + 1):
                 _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
+            g += 1
             continue
+        last = _grid_end(g, lo_hi, spacing, lengths)
+        hi = lo_hi[last - 1][1]
+        sel = idx[lo:hi]
         fields: dict[str, Any] = {}
         for name, r in rows.items():
             dtype, n = tensors[name][0], lengths[name][g]
-            made = [Tensor(graph, dtype, (hi - lo, n), first[g], (step[g], 1)) if ok[g]
+            made = [_rows_tensor(graph, dtype, last - g, lo_hi[g], n, *sp, g) if sp[0][g]
                     else _indexed(graph, dtype, row[sel], n)
-                    for row, (ok, step, first) in zip(r, spacing[name], strict=True)]
+                    for row, sp in zip(r, spacing[name], strict=True)]
             fields[name] = made if np.ndim(starts[name]) == 2 else made[0]
         for name, values in params.items():
             fields[name] = values[sel] if values.ndim else values
         graph.add_vertices(cs, codelet, fields, tiles[sel])
+        g = last
+
+
+def _grid_end(g: int, lo_hi: list[tuple[int, int]], spacing: dict, lengths: dict) -> int:
+    """The end of the run of groups from ``g`` that form one grid: groups of the same size whose
+    every field row is evenly spaced with the same step and length, and whose first starts step
+    evenly from group to group (each field row its own step). One bulk call then holds them all,
+    each field a :func:`_rows_tensor` (the compiler cuts it back into the groups)."""
+    size = lo_hi[g][1] - lo_hi[g][0]
+    rows = [sp for sps in spacing.values() for sp in sps]
+    if not all(ok[g] for ok, _, _ in rows) or any(n[g] == 0 for n in lengths.values()):
+        return g + 1
+    end = g + 1
+    while end < len(lo_hi) and lo_hi[end][1] - lo_hi[end][0] == size:
+        if not all(ok[end] and step[end] == step[g] for ok, step, _ in rows) \
+                or any(n[end] != n[g] for n in lengths.values()):
+            break
+        if end > g + 1 and any(f[end] - f[end - 1] != f[g + 1] - f[g] for _, _, f in rows):
+            break
+        end += 1
+    return end
+
+
+def _rows_tensor(graph: Graph, dtype: DType, count: int, lo_hi: tuple[int, int], n: int,
+                 ok: list, step: list, first: list, g: int) -> Tensor:
+    """Groups ``g .. g + count`` of one field row as one ``(vertices, n)`` tensor: a strided view
+    for one group; for several, a :class:`Slabs` layout of one piece, the grid ``(count, size, n)``
+    with strides ``(first step, step, 1)`` (a few ints, whatever the vertex count)."""
+    size = lo_hi[1] - lo_hi[0]
+    if count == 1:
+        return Tensor(graph, dtype, (size, n), first[g], (step[g], 1))
+    piece = (first[g], (count, size, n), (first[g + 1] - first[g], step[g], 1), (count * size, n))
+    return Tensor(graph, dtype, (count * size, n), 0, (), None, Slabs((piece,), 0, (0, 1)))
 
 
 def _group_spacing(row: np.ndarray, idx: np.ndarray, bounds: np.ndarray) -> tuple[list, list, list]:

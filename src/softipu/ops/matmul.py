@@ -614,7 +614,8 @@ def _add_amp_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, a: _Block
     tiles = pl.tile_of(g // pl.blocks[0], i, j, kr)
     coords = {"g": g, "m": i, "n": j, "k": kr}
     vary = _vary(coords, {"g": np.zeros_like(g), "m": msz, "n": nsz, "k": ksz}, a, b)
-    keys = [coords[d] for d in "gmnk" if d != vary] + [msz, nsz, ksz]
+    # Sizes first: a grid's rows (equal sizes) follow each other and join in one call (ops.bulk).
+    keys = [msz, nsz, ksz] + [coords[d] for d in "gmnk" if d != vary]
     tensors = {"a": (a.tensor.dtype, msz * ksz), "b": (b.tensor.dtype, ksz * nsz),
                "out": (out.tensor.dtype, msz * nsz)}
     params = {"m": msz, "k": ksz, "n": nsz, "layout": np.full(g.shape, layout)}
