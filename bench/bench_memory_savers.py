@@ -6,7 +6,9 @@ optimizer state on chip with the same replicas): bytes kept for the backward (``
 summary's activations and optimizer-state bytes on chip per replica, Streaming Memory bytes per
 replica, the whole chip's memory, modeled cycles per step and the largest weight difference from
 the baseline after the same steps (0 or rounding: the savers change memory and cycles, never
-results).
+results). Sharding under LAMB (its norms' partial sums all-reduced) against LAMB with the state
+whole, and sharded gradient accumulators (gradient accumulation 2) against whole ones with the same
+sharded optimizer state, at R = 4.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import softipu as sp
+import softipu.poptorch as poptorch
 import softipu.torch as st
 
 
@@ -40,17 +43,22 @@ class Encoder(torch.nn.Module):
         return F.cross_entropy(out.flatten(0, 1), y.flatten())
 
 
-def _run(module: torch.nn.Module, options: st.Options, replicas: int, steps: int = 2) -> dict:
-    model = st.training_model(module, torch.optim.Adam(module.parameters(), lr=1e-3), options)
+def _run(module: torch.nn.Module, options: st.Options, replicas: int, steps: int = 2,
+         lamb: bool = False) -> dict:
+    optimizer = poptorch.optim.LAMB(module.parameters(), lr=1e-3) if lamb else \
+        torch.optim.Adam(module.parameters(), lr=1e-3)
+    model = st.training_model(module, optimizer, options)
     start = time.perf_counter()
+    batch = 4 * replicas * options.gradient_accumulation
     for i in range(steps):
         g = torch.Generator().manual_seed(i)
-        x = torch.randn(4 * replicas, 16, 32, generator=g)
-        model(x, torch.randint(0, 8, (4 * replicas, 16), generator=g))
+        x = torch.randn(batch, 16, 32, generator=g)
+        model(x, torch.randint(0, 8, (batch, 16), generator=g))
     s = model.summary()
     loc = s["locations"]["optimizer_state"]
     return {"saved_bytes": model.lowered.saved_bytes, "activations": s["memory"]["activations"],
             "optimizer_state_on_chip": s["memory"]["optimizer_state"],
+            "gradients_on_chip": s["memory"]["gradients"],
             "streaming_bytes": loc["streaming_bytes_per_replica"], "sharded_over": loc["sharded_over"],
             "memory_total": s["memory_total"], "cycles": s["cycles_per_call"],
             "backward_cycles": s["cycles"]["backward"], "seconds": round(time.perf_counter() - start, 2),
@@ -82,6 +90,15 @@ def main() -> None:
                               tensor_locations={"optimizer": placed[config]})
             _line("optimizer_location", f"{config} R={replicas}",
                   _run(copy.deepcopy(proto), opts, replicas), plain)
+    sharded = placed["sharded"]
+    plain = _run(copy.deepcopy(proto), st.Options(target=chip, replication_factor=4), 4, lamb=True)
+    opts = st.Options(target=chip, replication_factor=4, tensor_locations={"optimizer": sharded})
+    _line("optimizer_location", "sharded LAMB R=4", _run(copy.deepcopy(proto), opts, 4, lamb=True), plain)
+    opts = st.Options(target=chip, replication_factor=4, gradient_accumulation=2,
+                      tensor_locations={"optimizer": sharded})
+    plain = _run(copy.deepcopy(proto), opts, 4)
+    opts = opts.replace(tensor_locations={"optimizer": sharded, "accumulator": sharded})
+    _line("accumulator_location", "sharded GA=2 R=4", _run(copy.deepcopy(proto), opts, 4), plain)
 
 
 if __name__ == "__main__":
