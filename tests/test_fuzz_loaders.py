@@ -183,3 +183,15 @@ def test_an_address_space_larger_than_the_hosts_memory_is_refused_before_the_eng
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ExecutableFormatError, match="would need 4398046511104 bytes"):
         load_executable(folder)
+
+
+def test_a_step_field_of_the_wrong_type_is_a_format_error(tmp_path):
+    """Found by the campaign (seed 0, input 4002): a step's sync_cycles damaged into a list loaded,
+    then Engine.from_executable raised TypeError summing the step's cycles."""
+    folder = saved(tmp_path / "folder")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    fields = manifest["steps"]["fields"]
+    manifest["steps"]["rows"][0][fields.index("sync_cycles")] = {"li": [{"tu": []}]}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExecutableFormatError, match="sync_cycles is a list, not int"):
+        load_executable(folder)

@@ -413,6 +413,23 @@ def _open_plain(directory: Path, name: str) -> Any:
     return os.fdopen(os.open(path, flags), "rb")
 
 
+# What each field of a Step holds (its annotations are strings: ``from __future__ import annotations``).
+_STEP_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "StepKind": StepKind,
+               "SourceLocation": SourceLocation, "np.ndarray": np.ndarray}
+
+
+def _checked_step(step: Step) -> Step:
+    """``step`` if each field holds its type: a damaged row (a list for a cycle count) would fail far
+    from here, as a TypeError in the engine's cost sums."""
+    for f in dataclasses.fields(step):
+        value = getattr(step, f.name)
+        want = _STEP_TYPES.get(str(f.type))
+        if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise ExecutableFormatError(f"step {step.index!r}'s {f.name} is a {type(value).__name__}, not "
+                                        f"{f.type}: a damaged manifest")
+    return step
+
+
 class _Reader:
     def __init__(self, manifest: dict[str, Any], pools: dict[str, np.ndarray]) -> None:
         self.m = manifest
@@ -457,7 +474,7 @@ class _Reader:
                                                    tuple(self.group(g, codelets) for g in groups))
                     for cs_id, groups in m["compiled"]}
         names = m["steps"]["fields"]
-        steps = tuple(Step(**dict(zip(names, (self.value(v) for v in row), strict=True)))
+        steps = tuple(_checked_step(Step(**dict(zip(names, (self.value(v) for v in row), strict=True))))
                       for row in m["steps"]["rows"])
         memory = m["memory"] and MemoryPlan(**{k: self.value(v) for k, v in m["memory"].items()})
         executable = Executable(
