@@ -516,6 +516,9 @@ def _copy_into_slabs(ctx: OpContext, x: Tensor, slab: Tensor, rows: _Grid, cols:
         ctx.prog.add(P.Copy(x[:, :, full * width:], dst))
 
 
+_MIN_BYTES_PER_TILE = {"a": 128, "b": 256}  # the plan's A is poplin's input, B its weights
+
+
 def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _Grid, cols: _Grid,
                 role: str, group_of: np.ndarray) -> None:
     """Spread each block over the tiles that read it (A: its N blocks; B: its M blocks)."""
@@ -533,7 +536,13 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
         spread = pl.m_split
         tiles = [pl.tile_of(gi, i, j, lt // pl.k_serial) for i in range(spread)]
     size = rows.sizes[None, :, None] * cols.sizes[None, None, :]
-    piece = -(-size // spread)
+    # No piece under poplin's minimum per tile (lib/poplin/Convolution.cpp, mapActivationsOrWeights:
+    # "Limit the minimum number of bytes per tile to reduce the amount of exchange code", 128 B of
+    # activations, 256 B of weights): a small block sits on fewer of its users, each of whom then
+    # receives fewer regions (ResNet-50's 7x7 stem: 9,408 weights had been cut over 1,344 tiles,
+    # 7 elements each, and every tile received all 1,344 pieces).
+    least = -(-_MIN_BYTES_PER_TILE[role] // var.dtype.itemsize)
+    piece = np.maximum(-(-size // spread), least)
     runs_s, runs_l, runs_t = [], [], []
     for p, t in enumerate(tiles):
         lo = np.minimum(p * piece, size)
