@@ -409,7 +409,7 @@ INPUT_KEYS = ("micro_batch", "accumulation", "replicas", "ipus_per_replica", "la
 
 def _memory_mb(m: dict) -> dict:
     return {"ipu": m["ipu"], **{k: round(v / 1e6, 1) for k, v in m["bytes"].items()},
-            "total": round(m["total"] / 1e6, 1), "fits": m["fits"]}
+            "total": round(m["total"] / 1e6, 1), "fits": m["fits"], "dominant": m["dominant"]}
 
 
 def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> None:
@@ -453,15 +453,16 @@ def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> 
 def table(lines: list[dict]) -> None:
     rows = [r for r in lines if "config" in r]
     print(f"{'config':<24}{'step ms':>10}{'samples/s':>12}{'bubble':>8}{'coll ms':>9}{'opt+SM ms':>10}"
-          f"{'max IPU MB':>11}{'fits':>6}{'price s':>9}{'peak MB':>9}")
+          f"{'max IPU MB':>11}{'dominant':>17}{'fits':>6}{'price s':>9}{'cpu s':>8}{'peak MB':>9}")
     for r in rows:
         s = r["split_ms"]
         coll = s["gradient_reduction"] + s["weight_all_gather"]
+        full = max(r["memory_per_ipu_mb"], key=lambda m: m["total"])  # the fullest IPU and its largest class
         print(f"{r['config']:<24}{r['step_ms']:>10.1f}{r['samples_per_s']:>12.1f}"
               f"{r['pipeline']['bubble_fraction']:>8.3f}{coll:>9.2f}"
               f"{s['optimizer'] + s['streaming_memory']:>10.2f}"
-              f"{max(m['total'] for m in r['memory_per_ipu_mb']):>11.0f}{str(r['fits']):>6}"
-              f"{r['compile_price_seconds']:>9.1f}{r['host_peak_mb']:>9}")
+              f"{full['total']:>11.0f}{full['dominant']:>17}{str(r['fits']):>6}"
+              f"{r['compile_price_seconds']:>9.1f}{r['compile_price_cpu_seconds']:>8.1f}{r['host_peak_mb']:>9}")
 
 
 def main() -> None:
