@@ -71,10 +71,8 @@ class ChainRunner:
                     run_pieces(self.kept)
                     self.kept_at = writes
                 for copies_in, products, copies_out in self.plans:
-                    if len(copies_in) == 1:
-                        copies_in[0]()
-                    elif copies_in:
-                        run_pieces(copies_in)
+                    if copies_in is not None:
+                        copies_in()
                     if len(products) == 1:
                         products[0]()
                     else:
@@ -126,7 +124,7 @@ class ChainRunner:
         cuts = [count * p // parts for p in range(parts + 1)]
         products = [partial(np.matmul, a[lo:hi], b[lo:hi], out=c[lo:hi])
                     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
-        return _copy_jobs(copies), products, []
+        return _copy_round(copies), products, []
 
     def _plan(self, band: Band) -> tuple:
         """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
@@ -151,7 +149,7 @@ class ChainRunner:
         if c is None:
             c = self.scratch.get("c", (rows, cols))
             copies_out = [(d, s) for s, d in _copies(c, dst, out_grid, m_at, n_at, writeable=True)]
-        return _copy_jobs(copies_in), _gemm_pieces(a, b, c), copies_out
+        return _copy_round(copies_in), _gemm_pieces(a, b, c), copies_out
 
 
 # A band's GEMM is cut into pieces of at least this many multiply-accumulates (at most
@@ -199,6 +197,28 @@ def _copy_jobs(copies: list[tuple[np.ndarray, np.ndarray]]) -> list[Callable[[],
             at_ = (slice(None),) * axis + (slice(lo, hi),)
             jobs.append(partial(np.copyto, *as_rows(dst[at_], src[at_])))
     return jobs
+
+
+# A band's operand copies of fewer elements than this, all together, run on the calling thread:
+# handing a round of small copies to another thread cost more than the copies (the demo encoder's
+# bands, up to 128 x 512 each: 3.5 ms a later call shared out, against well under 1 ms in turn).
+SHARED_COPY_MIN = 1 << 17
+
+
+def _copy_round(copies: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[], Any] | None:
+    """One call making a band's operand copies: in pieces side by side on idle cores where they
+    are large together (:data:`SHARED_COPY_MIN`), else one after another; None for no copies."""
+    jobs = _copy_jobs(copies)
+    if not jobs:
+        return None
+    if len(jobs) > 1 and sum(dst.size for dst, _ in copies) >= SHARED_COPY_MIN:
+        return partial(run_pieces, jobs)
+    return partial(_in_turn, jobs)
+
+
+def _in_turn(jobs: list[Callable[[], Any]]) -> None:
+    for job in jobs:
+        job()
 
 
 # At most this many bytes of right-hand operands (weights) are kept gathered between calls.
