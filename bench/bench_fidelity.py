@@ -14,6 +14,8 @@ programs). Each line prints:
 * ``partials``: the type fp16 matmuls and convolutions accumulate in, as the published run set it
   (``PARTIALS``; ``--partials`` overrides);
 * ``rewrites``: what the frontend graph passes rewrote (batch norms folded, ...), where any;
+* ``peak`` (``--explain``): what the fullest tile's ``not_always_live`` is at its peak point —
+  the step, its receive buffers and the largest intermediates live there;
 * ``outlining``: whether repeated layers were priced as PopART outlines them (engine option
   ``opt.enableOutlining``, on unless ``--no-outlining``: their code held once, each call holding
   a copy of its weights).
@@ -65,7 +67,7 @@ def target():
 
 
 def child(model: str, precision: str, batch: int, seq: int, outline: bool = True,
-          amp: float | None = None, partials: str | None = None) -> dict:
+          amp: float | None = None, partials: str | None = None, explain: bool = False) -> dict:
     """Price one configuration in this (fresh) process."""
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -124,17 +126,50 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
         "compile_s": round(seconds, 2), "stages_s": {k: round(v, 2) for k, v in stages.items()},
         "rss_mb": round(rss, 1),
         **({"rewrites": len(rewrites), "rewrite_example": rewrites[0]} if rewrites else {}),
+        **({"peak": peak_on_tile(eng.executable, fit["worst_tile"])} if explain else {}),
     }
 
 
+def peak_on_tile(exe, tile: int, top: int = 8) -> dict:
+    """What the ``not_always_live`` category of one tile is: the program point where its live
+    intermediates and that step's receive buffers (the memory plan's two kinds of events,
+    compiler/memory.py) add up most, the step there, and the largest variables live then."""
+    import numpy as np  # noqa: PLC0415
+
+    mem = exe.memory
+    on = (mem.var_tiles == tile) & ~mem.always_live[mem.var_ids]
+    on &= mem.var_first[mem.var_ids] >= 0
+    v, b = mem.var_ids[on], mem.var_bytes[on]
+    points = mem.point_steps.size
+    live = np.zeros(points + 1, np.int64)
+    np.add.at(live, mem.var_first[v], b)
+    np.add.at(live, mem.var_last[v] + 1, -b)
+    live = np.cumsum(live)[:points]
+    recv = np.zeros(points, np.int64)
+    for p in np.flatnonzero(mem.point_steps >= 0).tolist():
+        step = exe.steps[mem.point_steps[p]]
+        hit = np.flatnonzero(step.recv_tiles == tile)
+        recv[p] = int(step.recv_tile_bytes[hit[0]]) if hit.size else 0
+    point = int(np.argmax(live + recv))
+    at = (mem.var_first[v] <= point) & (mem.var_last[v] >= point)
+    order = np.argsort(-b[at], kind="stable")[:top]
+    step = int(mem.point_steps[point])
+    return {"kib": round(int(live[point] + recv[point]) / 1024, 1),
+            "step": exe.steps[step].name if step >= 0 else None,
+            "receive_kib": round(int(recv[point]) / 1024, 1),
+            "variables_kib": {exe.variables[int(i)].name: round(int(n) / 1024, 1)
+                              for i, n in zip(v[at][order], b[at][order], strict=True)}}
+
+
 def measure(config: tuple, src: str | None, timeout: float, outline: bool = True,
-            amp: float | None = None, partials: str | None = None) -> dict:
+            amp: float | None = None, partials: str | None = None, explain: bool = False) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", ":".join(map(str, config))]
     cmd += ([] if outline else ["--no-outlining"]) + ([] if amp is None else ["--amp", str(amp)])
     cmd += [] if partials is None else ["--partials", partials]
+    cmd += ["--explain"] if explain else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -181,10 +216,12 @@ def main() -> None:
     parser.add_argument("--partials", choices=("float", "half"),
                         help="partials type of every configuration (default: each model's published "
                         "run, PARTIALS)")
+    parser.add_argument("--explain", action="store_true",
+                        help="also print what the fullest tile's not_always_live peak holds (peak_on_tile)")
     a = parser.parse_args()
     if a.child:
         print(json.dumps(child(*parse(a.child), outline=not a.no_outlining, amp=a.amp,
-                               partials=a.partials)))
+                               partials=a.partials, explain=a.explain)))
         return
     configs = [parse(c) for c in a.configs.split(",")] if a.configs else (QUICK if a.quick else CONFIGS)
     if a.only:
@@ -192,7 +229,7 @@ def main() -> None:
     rows = []
     for config in configs:
         row = {"bench": "fidelity", **measure(config, None, a.timeout, not a.no_outlining, a.amp,
-                                              a.partials)}
+                                              a.partials, a.explain)}
         row.setdefault("model", config[0])
         row.setdefault("precision", config[1])
         row.setdefault("batch", config[2])
