@@ -173,3 +173,22 @@ def test_distinct_rows_tell_apart_rows_that_start_alike():
     for rows, c in zip(odd, cols, strict=True):
         assert np.array_equal(x[c], rows)
     assert len(x) == 2
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_outputs_in_row_order_written_directly(block, monkeypatch):
+    """On one tile the output is one block of rows in row order: scipy's kernel accumulates
+    straight into the buffer (_Share.direct). Right against float64 numpy, and the same bits as
+    the product through ``csr @ dense`` and a copy (the same kernel)."""
+    rng = np.random.default_rng(block)
+    mask = rng.random((6, 5)) < 0.4
+    mask[:, 2] = True  # no empty band (its rows would break the block: written the usual way)
+    got = []
+    for matvecs in (sparse_codelets._MATVECS, None):
+        monkeypatch.setattr(sparse_codelets, "_MATVECS", matvecs)
+        eng, y, want, terms, k = build_product(mask, block, 9, sp.float32, "sd", 1, np.random.default_rng(0))
+        eng.run(0)
+        assert [s.direct is not None for s in _shares(eng)] == [matvecs is not None]
+        got.append(eng.read_tensor(y))
+    assert np.array_equal(got[0], got[1])
+    assert np.all(np.abs(got[0].astype(np.float64) - want) <= contraction_bound(terms, k) + 1e-30)

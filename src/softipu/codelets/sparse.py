@@ -350,11 +350,15 @@ class _CsrProduct:
         indices = np.concatenate([np.tile(c, b) for c in cols])
         lengths = np.concatenate([np.full(m[0].shape[0], m[0].shape[1], np.int64) for m in members])
         values = np.concatenate([m[0].ravel() for m in members])
-        # Each row's non-zeros in column order: the product walks X's rows in address order.
-        order = np.lexsort((indices, np.repeat(np.arange(lengths.size), lengths)))
-        indices, values = indices[order], values[order]
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
         out = np.concatenate([m[2] for m in members])
+        # Rows in their outputs' address order (a share's outputs one block of the buffer where
+        # they lie so), each row's non-zeros in column order (X's rows read in address order).
+        rank = np.empty(lengths.size, np.int64)
+        rank[np.argsort(out[:, 0], kind="stable")] = np.arange(lengths.size)
+        order = np.lexsort((indices, np.repeat(rank, lengths)))
+        indices, values = indices[order], values[order]
+        lengths, out = lengths[np.argsort(rank)], out[np.argsort(rank)]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
         work = int(indptr[-1]) * x.shape[-1]
         parts = 1 if view is None or buf.dtype != np.float32 else max(1, min(2 * CORES, work // SHARE_WORK))
         cuts = np.unique(np.searchsorted(indptr, np.arange(parts + 1) * indptr[-1] / parts))
@@ -363,6 +367,11 @@ class _CsrProduct:
                               indices[indptr[lo]:indptr[hi]], indptr[lo:hi + 1] - indptr[lo], out[lo:hi])
                        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True) if hi > lo]
 
+
+try:  # scipy.sparse's own kernel behind ``csr @ dense`` (Y += A . X), called with Y given
+    from scipy.sparse._sparsetools import csr_matvecs as _MATVECS
+except ImportError:  # a scipy without it: ``csr @ dense`` and a copy
+    _MATVECS = None
 
 # Multiply-accumulates of one share of a product at least (rows cut into at most 2 x the host's
 # cores; a share of this many takes about 0.2 ms).
@@ -374,7 +383,7 @@ class _Share:
     ``X``, multiplies with scipy.sparse and writes ``Y`` to the outputs (by rows where they lie as
     rows of ``Z`` consecutive addresses a whole number of rows apart, else element by element)."""
 
-    __slots__ = ("buf", "matrix", "values", "x", "x_view", "out", "out_rows")
+    __slots__ = ("buf", "matrix", "values", "x", "x_view", "out", "out_rows", "direct")
 
     def __init__(self, buf, x, ncols: int, x_view: bool, values, indices, indptr, out) -> None:
         import scipy.sparse  # a runtime dependency: the host's product of a static pattern
@@ -386,6 +395,12 @@ class _Share:
         view = _row_view(buf, out)
         self.out_rows = view is not None
         self.out = view if view is not None else np.ascontiguousarray(out, np.intp)
+        # fp32 outputs that are one block of rows in row order, X read in place: scipy's kernel
+        # accumulates straight into them (no result to allocate and copy).
+        self.direct = None
+        if (_MATVECS is not None and view is not None and x_view and buf.dtype == np.float32
+                and np.array_equal(view[1], view[1][0] + np.arange(view[1].size))):
+            self.direct = view[0][int(view[1][0]):int(view[1][0]) + view[1].size].reshape(-1)
 
     def __call__(self) -> None:
         data = self.matrix.data
@@ -393,6 +408,12 @@ class _Share:
             np.take(self.buf, self.values, out=data, mode="clip")  # addresses are in range
         else:
             data[...] = self.buf.take(self.values)
+        if self.direct is not None:
+            a = self.matrix
+            self.direct.fill(0)
+            _MATVECS(a.shape[0], a.shape[1], self.x.shape[1], a.indptr, a.indices, data, self.x.reshape(-1),
+                     self.direct)
+            return
         x = self.x if self.x_view else self.buf.take(self.x)
         y = self.matrix @ x.astype(np.float32, copy=False)
         if self.out_rows:
