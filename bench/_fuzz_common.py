@@ -1,10 +1,13 @@
 """What the fuzz campaigns (bench/fuzz_graph.py, fuzz_loaders.py, bench_onnx_fuzz.py) share: the
 per-input time bound and the command line every campaign takes.
 
-The bound is ``signal.setitimer``: its alarm raises :class:`Timeout`, a ``BaseException`` so that
-code catching ``Exception`` (as loaders and lowerings do to turn failures into clear errors) cannot
-swallow it. A body that holds the GIL in C (a numpy call) is interrupted only when it returns, so
-the wall time is checked as well: an input over the bound is a hang either way.
+The bound is on the process's CPU time (``setitimer(ITIMER_PROF)``), so that a machine shared with
+other work does not turn slow inputs into hangs; a wall-clock alarm at ``WALL_FACTOR`` times the
+bound catches an input blocked without using CPU (a read from a pipe). Either raises
+:class:`Timeout`, a ``BaseException`` so that code catching ``Exception`` (as loaders and lowerings
+do to turn failures into clear errors) cannot swallow it. A body that holds the GIL in C (a numpy
+call) is interrupted only when it returns, so the CPU time is checked as well: an input over the
+bound is a hang either way.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+WALL_FACTOR = 10  # a blocked input (no CPU used) is a hang after this many times the CPU bound
 
 __all__ = ["Timeout", "alarm_handler", "bounded", "campaign_parser"]
 
@@ -30,20 +35,24 @@ def _on_alarm(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def alarm_handler() -> Iterator[None]:
     """Install the alarm handler for a campaign's inputs (each then bounded with :func:`bounded`)."""
-    old = signal.signal(signal.SIGALRM, _on_alarm)
+    old = signal.signal(signal.SIGALRM, _on_alarm), signal.signal(signal.SIGPROF, _on_alarm)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGALRM, old[0])
+        signal.signal(signal.SIGPROF, old[1])
 
 
 def bounded(body: Callable[[], Any], limit: float) -> tuple[Any, BaseException | None, bool]:
-    """``(value, error, hang)`` of ``body()`` run under a ``limit``-second bound: ``error`` is the
-    exception it raised (None when it returned), ``hang`` whether it ran over the bound (then
-    ``error`` is a :class:`Timeout`, or whatever it raised late, or None). Needs :func:`alarm_handler`."""
-    signal.setitimer(signal.ITIMER_REAL, limit)
-    start = time.perf_counter()
+    """``(value, error, hang)`` of ``body()`` run under a bound of ``limit`` CPU seconds (and
+    ``WALL_FACTOR * limit`` wall seconds): ``error`` is the exception it raised (None when it
+    returned), ``hang`` whether it ran over the bound (then ``error`` is a :class:`Timeout`, or
+    whatever it raised late, or None). Needs :func:`alarm_handler`."""
+    signal.setitimer(signal.ITIMER_PROF, limit)
+    signal.setitimer(signal.ITIMER_REAL, limit * WALL_FACTOR)
+    start = time.process_time()
     value, error = None, None
     try:
         value = body()
@@ -53,7 +62,8 @@ def bounded(body: Callable[[], Any], limit: float) -> tuple[Any, BaseException |
         error = exc
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return value, error, isinstance(error, Timeout) or time.perf_counter() - start > limit
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    return value, error, isinstance(error, Timeout) or time.process_time() - start > limit
 
 
 def campaign_parser(doc: str) -> argparse.ArgumentParser:
@@ -63,6 +73,6 @@ def campaign_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=float, default=5.0, help="seconds one input may take")
+    parser.add_argument("--limit", type=float, default=5.0, help="CPU seconds one input may take")
     parser.add_argument("--first", type=int, default=0, help="index of the first input (to rerun one)")
     return parser

@@ -524,7 +524,8 @@ class _Opens:
 
 
 _HOOKED: list[bool] = []
-_ALLOWED = tuple(str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, *sys.path} if p)
+_ALLOWED = (*(str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, *sys.path} if p),
+            "/proc/", "/sys/")  # system facts (the engine reads /proc/loadavg), never a model's data
 
 
 def _escapes(opened: list[str], case: Path) -> list[str]:
@@ -576,7 +577,7 @@ def run_one(seeds: dict[str, Any], rng: random.Random, work: Path, limit: float,
     if verbose and exc is not None and not isinstance(exc, Timeout):
         traceback.print_exception(exc)
     if hang:
-        outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
+        outcome, detail = "hang", f"over {limit} CPU s ({outcome}: {detail})"
     escaped = _escapes(opened, case)
     if escaped or (_snapshot(work / "outside"), _snapshot(work / "cwd")) != before:
         outcome, detail = "escaped", f"opened {escaped[:3]} ({outcome}: {detail})"

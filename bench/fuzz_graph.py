@@ -405,7 +405,7 @@ def run_one(rng: random.Random, limit: float, verbose: bool = False) -> tuple[st
     if verbose and exc is not None and not isinstance(exc, Timeout):
         traceback.print_exception(exc)
     if hang:
-        outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
+        outcome, detail = "hang", f"over {limit} CPU s ({outcome}: {detail})"
     return outcome, calls, detail
 
 

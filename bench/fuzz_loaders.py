@@ -306,7 +306,7 @@ def run_one(kind: str, seeds: dict[str, Any], rng: random.Random, work: Path, li
     else:
         outcome, detail = "other", f"{type(exc).__name__}: {str(exc)[:200]}"
     if hang:
-        outcome, detail = "hang", f"over {limit} s ({outcome}: {detail})"
+        outcome, detail = "hang", f"over {limit} CPU s ({outcome}: {detail})"
     if outcome == "loaded" and any(m.startswith("symlink") for m in mutations):
         outcome, detail = "escaped", "loaded through a symlink out of its folder"
     if _snapshot(outside) != before or (outside / "pwned").exists():

@@ -168,3 +168,30 @@ def test_an_output_whose_size_a_value_sets_too_big_is_refused_before_it_is_made(
     with pytest.raises(LoweringError, match=f"{op} node .* its output would hold .* more than the 4194304 bytes"):
         fuzz.so.InferenceSession(_one_node(op, inits, inputs, rank), fuzz.OPTS)
     assert time.monotonic() - start < 30  # generous: a loaded machine; the Resize took hours
+
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool"])
+def test_a_stride_past_the_input_gives_one_output_as_the_input_long_stride_does(fuzz, op):
+    """Found by the campaign (seed 0, input 2322): a Conv stride of 2**62 made a view whose byte
+    strides overflowed numpy's 64-bit integers (ValueError from the engine). Any stride past the
+    padded input gives one output per window start 0: the same as a stride of the input's length,
+    which onnxruntime runs."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    def model(stride: int) -> bytes:
+        attrs = {"strides": [stride, 1], "pads": [1, 1, 1, 1]}
+        if op == "MaxPool":
+            node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3], **attrs)
+            inits = []
+        else:
+            node = helper.make_node(op, ["x", "k"], ["y"], **attrs)
+            inits = [numpy_helper.from_array(np.arange(18, dtype=np.float32).reshape(2, 1, 3, 3) / 9, "k")]
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 1, 4, 4])],
+                                  [helper.make_tensor_value_info("y", T.FLOAT, list("nchw"))], initializer=inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+    x = np.random.default_rng(2).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    got = fuzz.so.InferenceSession(model(2**62), fuzz.OPTS).run(None, {"x": x})[0]
+    want = ort.InferenceSession(model(6)).run(None, {"x": x})[0]  # 6: the padded height
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -102,6 +102,12 @@ def _pad_input(ctx: Any, x: Tensor, pads: list[tuple[int, int]], value: float = 
     return x, sym
 
 
+def _clamped(strides: list[int], sizes: tuple[int, ...], pads: list[int]) -> list[int]:
+    """A stride past the padded length gives one output all the same: it is clamped to that length,
+    as a stride of 2**62 makes a view whose byte strides overflow the host's 64-bit integers."""
+    return [min(int(s), max(int(n) + int(p), 1)) for s, n, p in zip(strides, sizes, pads, strict=False)]
+
+
 def _conv_check(ctx: Any) -> str | None:
     w = ctx.shape(1)
     if len(w) not in (3, 4, 5):
@@ -123,6 +129,7 @@ def convolve(ctx: Any, x: Tensor, w: Tensor | None, bias: Tensor | None) -> Tens
     strides = list(ctx.attr("strides", [1] * spatial))
     dil = list(ctx.attr("dilations", [1] * spatial))
     x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
+    strides = _clamped(strides, x.shape[2:], [2 * p for p in pads])
     geometry = {"stride": tuple(strides), "padding": pads, "dilation": tuple(dil),
                 "groups": int(ctx.attr("group", 1))}
     if spatial == 3:
@@ -168,7 +175,8 @@ def _pool_geometry(ctx: Any, x: Tensor) -> tuple[list[int], list[int], list[int]
     spatial = len(kernel)
     strides = list(ctx.attr("strides", [1] * spatial))
     dil = list(ctx.attr("dilations", [1] * spatial))
-    return kernel, strides, dil, _pads(ctx, x.shape, kernel, strides, dil)
+    pads = _pads(ctx, x.shape, kernel, strides, dil)
+    return kernel, _clamped(strides, x.shape[2:], [lo + hi for lo, hi in pads]), dil, pads
 
 
 def _native_pool(ctx: Any, x: Tensor, kind: str, kernel: list[int], strides: list[int], dil: list[int],
