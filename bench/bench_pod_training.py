@@ -288,7 +288,8 @@ def _layer_figures(cost) -> dict:
     """A priced layer's figures with its compiled memory by category (MB) and its process's CPU and peak."""
     mem = cost.extra.get("compile_memory", {})
     return {**cost.as_dict(), "compiled_mb": {k: round(v / 1e6, 1) for k, v in mem.items()},
-            **{k: round(cost.extra[k], 1) for k in ("cpu_s", "peak_mb") if k in cost.extra}}
+            **{k: round(cost.extra[k], 1) for k in ("cpu_s", "peak_mb", "harness_loss_cycles")
+               if k in cost.extra}}
 
 
 RESNET_BLOCKS = (3, 4, 6, 3)  # bottlenecks per stage (ResNet-50)
@@ -322,6 +323,7 @@ def price_piece(spec: str) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**{k: getattr(cost, k) for k in LAYER_KEYS},
                       "compile_memory": cost.extra.get("compile_memory", {}),
+                      "harness_loss_cycles": cost.extra.get("harness_loss_cycles", 0),
                       "peak_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}),
           flush=True)
 
@@ -345,7 +347,8 @@ def _finished(model: str, piece: str, proc, out, err):
     if proc.returncode:
         raise RuntimeError(f"pricing {model}:{piece} failed ({proc.returncode}): {stderr[-3000:]}")
     d = json.loads(stdout.strip().splitlines()[-1])
-    extra = {"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"], "peak_mb": d["peak_mb"]}
+    extra = {"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"], "peak_mb": d["peak_mb"],
+             "harness_loss_cycles": d.get("harness_loss_cycles", 0)}
     return LayerCost(**{k: d[k] for k in LAYER_KEYS}, extra=extra)
 
 

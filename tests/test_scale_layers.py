@@ -106,3 +106,15 @@ def test_channels_last_activation_is_a_cnn_layout():
                        target=t, channels_last=True)
     assert (conv.params, conv.input_bytes, conv.output_bytes) == (12, 2 * 3 * 16 * 4, 2 * 4 * 16 * 4)
     assert conv.forward > 0 and conv.backward > 0
+
+
+def test_the_wrappers_sum_loss_is_not_the_layers_forward():
+    """The sum of the layer's output is the pricing harness (in a model the next layer reads the
+    output): an identity layer does no work, so its forward is 0 cycles; the harness's reduction
+    is reported apart, and the scale layer's forward is its multiply alone."""
+    t = sp.targets.ipu_model(tiles=4)
+    ident = price_layer("id", torch.nn.Identity, (4, 8), precision="fp32", target=t)
+    assert ident.forward == 0 and ident.extra["harness_loss_cycles"] > 0
+    scale = price_layer("scale", _Scale, (4, 8), precision="fp32", target=t)
+    assert scale.extra["harness_loss_cycles"] == ident.extra["harness_loss_cycles"]  # the same (4, 8) sum
+    assert 0 < scale.forward < scale.backward  # x*w; the backward is two products (dw, dx)

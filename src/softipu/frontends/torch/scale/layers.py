@@ -201,8 +201,17 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
         engine.run(i)
     report = engine.report
     phases = {"forward": 0, "backward": 0, "weight_update": 0, "other": 0}
+    # The wrapper's loss (the sum of the layer's output) is the pricing harness, not the layer: in
+    # a model the next layer consumes the output. Its steps are left out (reported apart).
+    harness = _loss_steps(joint)
+    loss_cycles = 0
     for step in report.steps:
-        phases[phase_of(str(step["name"]))] += int(step["cycles"]) * int(step["count"])
+        cycles = int(step["cycles"]) * int(step["count"])
+        step_name = str(step["name"])
+        if harness and (step_name == harness or step_name.startswith(harness + "/")):
+            loss_cycles += cycles
+            continue
+        phases[phase_of(step_name)] += cycles
     layer_params = sum(int(p.numel()) for n, p in model.named_parameters() if n != "act")
     act_elems = int(act.numel()) if act is not None else 0
     per_param = phases["weight_update"] / max(1, layer_params + act_elems)
@@ -223,8 +232,18 @@ def price_layer(name: str, factory: Callable[[], torch.nn.Module], activation: S
                      temporary_bytes=int(cats.get("not_always_live", 0)), other_cycles=phases["other"],
                      price_seconds=time.perf_counter() - start, flops=flops,
                      codelet_bytes=int(cats.get("codelet_code", 0)), stack_bytes=int(cats.get("stacks", 0)),
-                     extra={"compile_memory": {k: int(v) for k, v in cats.items()},
-                            "target": target.name, "precision": precision})
+                     extra={"compile_memory": {k: int(v) for k, v in cats.items()}, "target": target.name,
+                            "precision": precision, "harness_loss_cycles": loss_cycles})
+
+
+def _loss_steps(joint: Any) -> str:
+    """The step name of the wrapper's loss: the forward output node the loss is (the sum of
+    ``identity_loss(out, "sum")``), its compute sets named ``fwd/<node>/...``; "" if not found."""
+    output = next(n for n in reversed(joint.gm.graph.nodes) if n.op == "output")
+    node = output.args[0][len(joint.mutated) + joint.loss_index]
+    if not isinstance(node, torch.fx.Node) or node.target is not torch.ops.aten.sum.dim_IntList:
+        return ""
+    return f"fwd/{node.name}"
 
 
 def mm_flops(*shapes: tuple[int, int, int]) -> float:
