@@ -55,6 +55,10 @@ __all__ = ["FastInterpreter", "GroupRunner", "MergedRunner", "CHUNK_BYTES", "MER
 # Measured on the 8,832-vertex AddOne benchmark: 256 KiB-1 MiB chunks run 0.64-0.75x numpy's
 # `y = x + 1`; one call over the whole group runs 1.47x (bench/bench_engine.py).
 CHUNK_BYTES = 512 * 1024
+# A group of at least this many bytes a field is cut into two chunks or more, so that a costly
+# op on one mid-sized group (the demo encoder's erf GELU over 64 K floats: 0.55 ms) can share its
+# work with a second core where that proves faster (below).
+HALVES_BYTES = 256 * 1024
 # A compute set that took less than this on its first run stays on one thread: handing work to
 # another costs tens of microseconds.
 SIDE_BY_SIDE_SECONDS = 5e-4
@@ -204,7 +208,11 @@ def _chunks(args: dict[str, Any], group: VertexGroup, replicas: int) -> list[dic
     row_bytes = replicas * max((t.shape[1] * t.dtype.itemsize for name, _ in group.field_items(*_DATA)
                                 if sizing is None or name in sizing for t in group.tensors(name)), default=0)
     rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    if num <= 2 * rows:
+    if num * row_bytes >= HALVES_BYTES:  # at least two chunks: a second core may take one
+        rows = min(rows, -(-num // 2))
+    elif num <= 2 * rows:
+        return [args]
+    if rows >= num:
         return [args]
     axis_of = {name: (1 if replica_axis and f.direction is not Direction.PARAM else 0)
                for name, f in group.codelet.fields.items()}
