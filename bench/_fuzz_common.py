@@ -28,8 +28,13 @@ class Timeout(BaseException):  # not an Exception: code catching those must not 
     pass
 
 
+_ARMED = [False]  # one Timeout an input: the other timer may still fire while the first unwinds
+
+
 def _on_alarm(signum: int, frame: Any) -> None:
-    raise Timeout
+    if _ARMED[0]:
+        _ARMED[0] = False
+        raise Timeout
 
 
 @contextlib.contextmanager
@@ -50,19 +55,22 @@ def bounded(body: Callable[[], Any], limit: float) -> tuple[Any, BaseException |
     ``WALL_FACTOR * limit`` wall seconds): ``error`` is the exception it raised (None when it
     returned), ``hang`` whether it ran over the bound (then ``error`` is a :class:`Timeout`, or
     whatever it raised late, or None). Needs :func:`alarm_handler`."""
+    _ARMED[0] = True
     signal.setitimer(signal.ITIMER_PROF, limit)
     signal.setitimer(signal.ITIMER_REAL, limit * WALL_FACTOR)
     start = time.process_time()
     value, error = None, None
-    try:
-        value = body()
+    try:  # (nested: a Timeout that lands in the inner ``except`` is caught by the outer one)
+        try:
+            value = body()
+        except Exception as exc:  # noqa: BLE001 - the campaigns classify it
+            error = exc
+        finally:
+            _ARMED[0] = False  # before disarming: a signal between here and there is ignored
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     except Timeout as exc:
         error = exc
-    except Exception as exc:  # noqa: BLE001 - the campaigns classify it
-        error = exc
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.setitimer(signal.ITIMER_PROF, 0)
     return value, error, isinstance(error, Timeout) or time.process_time() - start > limit
 
 
