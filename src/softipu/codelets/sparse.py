@@ -434,7 +434,9 @@ def _distinct_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]
     x_addr = np.stack([rows[m][i] for m, i in zip(member.tolist(), (at - starts[member]).tolist(),
                                                     strict=True)])
     cols = [inv[starts[m]:starts[m + 1]] for m in range(len(rows))]
-    if all(np.array_equal(x_addr[c], r) for c, r in zip(cols, rows, strict=True)):
+    step = 64  # merged vertices checked at a time
+    if all(np.array_equal(x_addr[np.concatenate(cols[i:i + step])], np.concatenate(rows[i:i + step]))
+           for i in range(0, len(rows), step)):
         return x_addr, cols
     whole = np.concatenate(rows)  # rows that start alike but differ: told apart whole
     x_addr, inv = np.unique(whole, axis=0, return_inverse=True)
