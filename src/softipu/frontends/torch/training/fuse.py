@@ -11,9 +11,11 @@ A value is materialized (its chain lowered as one map) when it has more than one
 output of the update, feeds an op that is not fused (a reduction, a ``where``...), or is
 smaller than the op consuming it (a 0-d scalar chain, the bias correction, is computed once and
 broadcast, not once per element). Only float ops whose tensor operands all have the result's
-dtype are fused, so no dtype promotion happens inside an expression, and casts between float
-dtypes (an fp16 weight's ``p.float()`` ... ``.half()``) are nodes of it; each node of the
-expression rounds to its dtype as the separate op would, giving the same values bit for bit.
+dtype, or are float16 operands of a float32 result (torch's promotion: an exact cast node), are
+fused, and casts between float dtypes (an fp16 weight's ``p.float()`` ... ``.half()``) are nodes
+of it; each node of the expression rounds to its dtype as the separate op would, giving the same
+values bit for bit. The training lowering fuses the joint graph's casts the same way
+(``lowering._joint_node``).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any
 
 import torch
 
-from softipu.dtypes import float16
+from softipu.dtypes import float16, float32
 from softipu.frontends.torch.lowerings.pointwise import ordered
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 
-__all__ = ["Pending", "fusible", "fuse_node", "materialize", "materialize_into"]
+__all__ = ["Pending", "fusible", "fuse_node", "is_cast", "materialize", "materialize_into"]
 
 _aten = torch.ops.aten
 _BINARY = {_aten.add.Tensor: "add", _aten.sub.Tensor: "sub", _aten.mul.Tensor: "mul",
@@ -69,7 +71,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _is_cast(node: torch.fx.Node) -> bool:
+def is_cast(node: torch.fx.Node) -> bool:
     """``x.to(dtype)`` between float dtypes (``_to_copy`` with only a dtype): a cast node of the map
     (round to nearest even, as the separate cast; a downcast stays a Cast vertex when the
     device rounds stochastically, see :func:`fuse_node`)."""
@@ -83,7 +85,7 @@ def fusible(node: torch.fx.Node, dtype_of: Callable[[torch.dtype], Any]) -> bool
     """Whether ``node`` is an elementwise float op this module fuses (no alpha or rounding mode),
     or a cast between float dtypes."""
     if not (node.target in _BINARY or node.target in _UNARY) or node.kwargs:
-        if not _is_cast(node):
+        if not is_cast(node):
             return False
     val = node.meta.get("val")
     return isinstance(val, torch.Tensor) and val.dtype in _FLOATS
@@ -159,10 +161,12 @@ def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any) -> P
     for a in node.args:
         v = env[a] if isinstance(a, torch.fx.Node) else a
         if isinstance(v, (Pending, Tensor)):
-            if v.dtype is not dtype:
-                return None  # a promotion inside the expression: leave it to the lowering
+            if v.dtype is not dtype and not (v.dtype is float16 and dtype is float32):
+                return None  # a narrowing promotion inside the expression: left to the lowering
             if isinstance(v, Pending) and _numel(v.shape) < _numel(shape):
-                v = materialize(v, ctx, a)  # a scalar chain: computed once, then broadcast
+                env[a] = v = materialize(v, ctx, a)  # a scalar chain: computed once, then broadcast
+            if v.dtype is not dtype:  # torch's promotion of a float16 operand: exact
+                v = Pending("cast", (v,), tuple(int(d) for d in v.shape), dtype)
         elif not isinstance(v, (int, float)) or isinstance(v, bool):
             return None
         args.append(v)

@@ -26,7 +26,14 @@ from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable
 from softipu.frontends.torch.optim.als import LossScalingSettings, scale_from_counts, upper_bin_count
 from softipu.frontends.torch.optim.spec import Kind
 from softipu.frontends.torch.options import Options, OutputMode
-from softipu.frontends.torch.training.fuse import Pending, fuse_node, fusible, materialize, materialize_into
+from softipu.frontends.torch.training.fuse import (
+    Pending,
+    fuse_node,
+    fusible,
+    is_cast,
+    materialize,
+    materialize_into,
+)
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.locations import (
     accumulator_shape,
@@ -119,6 +126,9 @@ class _TrainLowerer(_Lowerer):
         count = 0
         saved = 0
         saved_vars: set[int] = set()
+        # Casts fused into the elementwise op next to them (not with offloading or placed blocks).
+        fuse_casts = FUSE_JOINT_CASTS and not self.offload.active \
+            and type(self).lower_node is _TrainLowerer.lower_node
         for node in j.gm.graph.nodes:
             if node.op != "call_function":
                 continue
@@ -126,7 +136,7 @@ class _TrainLowerer(_Lowerer):
             self.ctx.phase = "fwd/" if forward else "bwd/recompute/" if node.meta.get("softipu_recomputed") \
                 else "bwd/"
             self.offload.before(self, node, forward)
-            self.env[node] = self.lower_node(node, self.env)
+            self.env[node] = self._joint_node(node, fuse_casts)
             count += 1
             offloaded = self.offload.after(self, node, forward)  # stored off chip for the backward
             if forward and not offloaded and any(u not in j.forward_nodes for u in node.users):
@@ -170,6 +180,27 @@ class _TrainLowerer(_Lowerer):
                             state, hyper, step, list(self.weights), count, saved, grad_bytes,
                             {"saved_variables": sorted(saved_vars), "gradient_variables": sorted(grad_vars)},
                             {n.name: v for n, v in self.env.items() if isinstance(v, Tensor)}, micro_grads)
+
+    def _joint_node(self, node: torch.fx.Node, fuse_casts: bool) -> Any:
+        """A joint-graph node lowered; with ``fuse_casts``, a float cast and the elementwise op
+        beside it (its producer or its one user, :mod:`.fuse`) become one ``map``: mixed-precision
+        graphs (an fp16 model's layer-norm backward, its fp32 sums) convert around nearly every op,
+        each cast a compute set and a pass over the data of its own otherwise. Every node of the
+        expression rounds to its dtype as the separate op would: the same values bit for bit."""
+        env = self.env
+        if fuse_casts and fusible(node, self.ctx.dtype):
+            joins = _joins_users(node, self.joint.forward_nodes)
+            if joins and len(node.users) > 1 and isinstance(env[node.args[0]], Pending):
+                joins = False  # a cast of a chain read by several: the chain is computed once
+            operands = [env[a] for a in node.all_input_nodes]
+            mixed = len({v.dtype for v in operands if isinstance(v, (Pending, Tensor))}) > 1  # a promotion
+            if joins or mixed or any(isinstance(v, Pending) for v in operands):
+                pending = fuse_node(node, env, self.ctx)
+                if pending is not None:
+                    return pending if joins else materialize(pending, self.ctx, node)
+        for a in node.all_input_nodes:
+            env[a] = materialize(env[a], self.ctx, a)
+        return self.lower_node(node, env)
 
     def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Variables for the parameters and buffers, streams for the user inputs, and the loss
@@ -522,6 +553,25 @@ class _TrainLowerer(_Lowerer):
 
 
 _WRITTEN = object()  # an output already copied into its variable
+FUSE_JOINT_CASTS = True  # False: every joint-graph cast a compute set of its own (tests compare both)
+
+
+def _joins_users(node: torch.fx.Node, forward: set[torch.fx.Node]) -> bool:
+    """Whether ``node``'s value is left pending for its users to fuse: an elementwise op feeding a
+    cast, or a cast whose every user is an elementwise op (each user's expression converts again:
+    the same values, and it reads the narrower operand), all in ``node``'s phase (forward,
+    backward, recomputed), so nothing the backward keeps or a phase's compute sets own moves."""
+    users = list(node.users)
+    if not users or (len(users) > 1 and not is_cast(node)):
+        return False
+    for user in users:
+        if user.op != "call_function" or not fusible(user, None) or not (is_cast(node) or is_cast(user)):
+            return False
+        if (node in forward) != (user in forward):
+            return False
+        if bool(node.meta.get("softipu_recomputed")) != bool(user.meta.get("softipu_recomputed")):
+            return False
+    return True
 
 
 def variable_ids(graph: Any, values: Any) -> set[int]:
