@@ -47,7 +47,8 @@ class ChainRunner:
     of equal, evenly spaced blocks), the GEMM, and the product copied out (or the GEMM writes
     straight into storage where the band's output blocks tile one row-major matrix)."""
 
-    __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans", "kept", "kept_at")
+    __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans", "kept", "kept_at",
+                 "redirect")
 
     def __init__(self, bands: list[Band], in_buf: np.ndarray, out_buf: np.ndarray,
                  group: VertexGroup, where: str, scratch: Scratch) -> None:
@@ -58,6 +59,9 @@ class ChainRunner:
         # runner keeps: made again when the host wrote since (``kept_at``: its write count then).
         self.kept: list[Callable[[], Any]] = []
         self.kept_at = -1
+        # The copies filling the left operand, where the gather may read their source instead
+        # (engine/copy_fusion.py); decided at the first run, their steps then skipped.
+        self.redirect: Any = None
 
     def __call__(self) -> None:
         from softipu.engine.fast import _codelet_failure  # the fast engine's error wording
@@ -85,6 +89,11 @@ class ChainRunner:
     def _plans(self) -> list[tuple]:
         """A plan per band, except that runs of alike bands (:func:`_alike`: attention's heads,
         each a small product) share one: one batched GEMM over their blocks."""
+        fused = self._fused_left()
+        if fused is not None:
+            plans = [self._plan(band, a_pairs) for band, a_pairs in zip(self.bands, fused, strict=True)]
+            self.redirect.commit()
+            return plans
         plans, i = [], 0
         while i < len(self.bands):
             j = i + 1
@@ -126,15 +135,34 @@ class ChainRunner:
                     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
         return _copy_round(copies), products, []
 
-    def _plan(self, band: Band) -> tuple:
-        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
+    def _fused_left(self) -> list[list[tuple[np.ndarray, np.ndarray]]] | None:
+        """Each band's left-operand gather pairs read from the source of the copies that fill
+        them (:attr:`redirect`), or None where that does not hold for every band."""
+        if self.redirect is None or self.in_buf.dtype != np.float32:
+            return None
+        out = []
+        for band in self.bands:
+            m_at, k_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k))
+            a = self.scratch.get("a", (int(m_at[-1]), int(k_at[-1])))
+            pairs = self.redirect.compose(_copies(a, self.in_buf, band.a, m_at, k_at))
+            if pairs is None:
+                return None
+            out.append(pairs)
+        return out
+
+    def _plan(self, band: Band, a_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple:
+        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run;
+        ``a_pairs``: the left operand's gather, where :meth:`_fused_left` made it."""
         m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
         rows, ks, cols = band.sizes
         src, dst = self.in_buf, self.out_buf
         copies_in: list[tuple[np.ndarray, np.ndarray]] = []
         a_grid, b_grid, out_grid = band.a, band.b, band.out
-        a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 else None
-        if a is None:
+        a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 and a_pairs is None else None
+        if a is None and a_pairs is not None:
+            a = self.scratch.get("a", (rows, ks))
+            copies_in += a_pairs
+        elif a is None:
             a = self.scratch.get("a", (rows, ks))
             copies_in += _copies(a, src, a_grid, m_at, k_at)
         b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None

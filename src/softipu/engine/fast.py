@@ -35,7 +35,7 @@ from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_piec
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.blas_warmup import warm_blas_buffers
-from softipu.engine.chains import Chains
+from softipu.engine.copy_fusion import FusedChains
 from softipu.engine.inplace import InPlace, plan
 from softipu.engine.interpreter import ProgramInterpreter, RunLog
 from softipu.engine.joins import join_groups
@@ -476,7 +476,7 @@ class FastInterpreter(ProgramInterpreter):
         # stochastic rounding, which counts executed compute sets and rounds from the partials.
         # Outer max/min/logical reductions as one numpy reduction (engine/reductions.py), likewise.
         rounding = isinstance(self, StochasticRounding)
-        self._chains = None if rounding else Chains(executable, storage)
+        self._chains = None if rounding else FusedChains(executable, storage)
         # A chain's compute sets get their runners only if one runs as usual (the chain is not
         # taken): a model's matmuls are most of its vertex groups, and their GEMMs never use them.
         lazy = self._chains.compute_sets() if self._chains else set()
@@ -503,6 +503,9 @@ class FastInterpreter(ProgramInterpreter):
         model's later call makes dozens); anything else as the base interpreter copies."""
         step = self._step_of.get(id(node))
         copy = self._copies.get(step, False) if step is not None else None
+        if self._chains and step in self._chains.skipped():  # a chain gathers from its source
+            self.log.add(step, self._step_cycles[step])
+            return
         if copy is False:
             copy = self._copies[step] = self._bound_copy(node)
         if isinstance(node.src, DataStream) and isinstance(node.dst, Tensor) and self._chains:

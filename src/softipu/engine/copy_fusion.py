@@ -1,0 +1,276 @@
+"""A matmul chain's left operand gathered straight from the source of the copies that fill it.
+
+A convolution's im2col matrix is written by ``Copy`` programs just before its matmul (ops/conv.py)
+and then gathered again by the chain (engine/chain_run.py) into the GEMM's left matrix: each
+window element copied twice a call. Where it is safe, the chain's gather reads the copies' source
+instead (one strided copy per rectangle of blocks, its axes split where the window's addresses
+jump) and the copies themselves are no longer run: the same values reach the same GEMM, bitwise.
+
+Taken only when every check holds, else everything runs as before:
+
+* the copies are ``Copy`` programs between strided float32 tensors (no index, no slabs), each run
+  once, in the chain's ``Sequence`` among the ``Copy``/``WriteUndef`` nodes just before it;
+* nothing else reads their destinations: no compute set but the chain's, no other program node
+  (the copies' destinations are the chain's own operand, rewritten before each use;
+  ``Engine.read_tensor`` of it reads what was there before, as for a chain's partials);
+* no copy writes another's source, the nodes in between do not write a source or read a
+  destination, the chain's right-hand blocks do not read a destination and its outputs do not
+  write a source;
+* every element the chain reads of the destinations was written by a copy, and each gathered
+  rectangle's source addresses form one strided view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from softipu.compiler.executable import Executable
+from softipu.dtypes import float32
+from softipu.engine.chain_run import ChainRunner
+from softipu.engine.chains import Chains, _Candidate, _extent, _read_table
+from softipu.graph import program as P
+from softipu.graph.tensor import Tensor
+
+__all__ = ["CopyFusion", "FusedChains", "Redirect"]
+
+# The destinations' address table spans at most this many times the elements the copies write.
+SPAN_SLACK = 4
+
+
+def _span(t: Tensor) -> tuple[int, int] | None:
+    return _extent(t)
+
+
+def _meets(spans: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a < hi and lo < b for a, b in spans)
+
+
+class CopyFusion:
+    """Finds, per chain (by its first step), the copies just before it that may be fused, and
+    holds the copy steps no longer run (:attr:`skipped`)."""
+
+    def __init__(self, executable: Executable) -> None:
+        self.executable = executable
+        self.skipped: set[int] = set()
+        self._before: dict[int, list[P.Program]] = {}  # first node id -> Copy/WriteUndef run before it
+        self._counts: dict[int, int] = {}
+        self._table: np.ndarray | None = None
+        roots = list(executable.programs) + list(executable.functions.values())
+        for root in roots:
+            for node in P.walk(root):
+                self._counts[id(node)] = self._counts.get(id(node), 0) + 1
+                if node.kind is P.ProgramKind.SEQUENCE:
+                    run: list[P.Program] = []
+                    for child in node.programs:
+                        if child.kind in (P.ProgramKind.COPY, P.ProgramKind.WRITE_UNDEF):
+                            run.append(child)
+                        else:
+                            if run and child.kind is P.ProgramKind.EXECUTE:
+                                self._before[id(child)] = run
+                            run = []
+
+    def redirect(self, first: P.Program, cs_ids: list[int], bands: list[Any],
+                 buf: np.ndarray) -> Redirect | None:
+        """A :class:`Redirect` for the chain whose first node is ``first``, or None."""
+        run = self._before.get(id(first))
+        if not run or buf.dtype != np.float32:
+            return None
+        a_spans = [_grid_span(b.a, b.m, b.k) for b in bands]
+        copies, others = [], []  # others: the nodes after the first copy taken
+        for node in run:
+            if node.kind is P.ProgramKind.COPY and isinstance(node.dst, Tensor) and node.dst.dtype == float32:
+                span = _span(node.dst)
+                if span is not None and _meets(a_spans, *span):
+                    copies.append(node)
+                    continue
+            if copies:
+                others.append(node)
+        if not copies or not self._safe(copies, others, cs_ids, bands):
+            return None
+        return Redirect(self, copies, buf)
+
+    def _safe(self, copies: list[P.Copy], others: list[P.Program], cs_ids: list[int],
+              bands: list[Any]) -> bool:
+        step_of = self.executable.step_of
+        for c in copies:
+            src, dst = c.src, c.dst
+            if not (isinstance(src, Tensor) and src.dtype == float32 and src.is_strided and dst.is_strided) \
+                    or src.index is not None or dst.index is not None or src.slabs is not None \
+                    or dst.slabs is not None or self._counts.get(id(c)) != 1 or step_of.get(id(c)) is None:
+                return False
+        dsts = [_span(c.dst) for c in copies]
+        srcs = [_span(c.src) for c in copies]
+        if any(s is None for s in dsts + srcs) or any(_meets(dsts, *s) for s in srcs):
+            return False
+        for node in others:  # the nodes between: write no source, read no destination
+            for slot in ("src", "dst", "tensor"):
+                t = getattr(node, slot, None)
+                if isinstance(t, Tensor) and t.dtype == float32 and (s := _span(t)) is not None \
+                        and (_meets(srcs, *s) or (node.kind is P.ProgramKind.COPY and _meets(dsts, *s))):
+                    return False
+        for b in bands:
+            if _meets(dsts, *_grid_span(b.b, b.k, b.n)) or _meets(srcs, *_grid_span(b.out, b.m, b.n)):
+                return False
+        return not self._read_elsewhere(dsts, set(map(id, copies)), cs_ids)
+
+    def _read_elsewhere(self, dsts: list[tuple[int, int]], mine: set[int], cs_ids: list[int]) -> bool:
+        if self._table is None:
+            self._table = _read_table(self.executable, float32)
+        table = self._table
+        rows = table[(table[:, 0] >= 0) & ~np.isin(table[:, 0], cs_ids)]
+        for lo, hi in dsts:
+            if ((rows[:, 1] < hi) & (lo < rows[:, 2])).any():
+                return True
+        roots = list(self.executable.programs) + list(self.executable.functions.values())
+        for root in roots:
+            for node in P.walk(root):
+                if node.kind in (P.ProgramKind.EXECUTE, P.ProgramKind.SEQUENCE, P.ProgramKind.WRITE_UNDEF) \
+                        or id(node) in mine:
+                    continue
+                for slot in ("src", "dst", "tensor", "condition", "predicate"):
+                    t = getattr(node, slot, None)
+                    if isinstance(t, Tensor) and t.dtype == float32 and (s := _span(t)) is not None \
+                            and _meets(dsts, *s):
+                        return True
+        return False
+
+
+def _grid_span(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[int, int]:
+    """[lo, hi) of a band's grid of blocks ``(start, row stride, column stride)``."""
+    start, rs, cs = grid[..., 0], grid[..., 1], grid[..., 2]
+    r = np.broadcast_to((rows.reshape(-1, 1) - 1), start.shape)
+    c = np.broadcast_to((cols.reshape(1, -1) - 1), start.shape)
+    lo = start + np.minimum(r * rs, 0) + np.minimum(c * cs, 0)
+    hi = start + np.maximum(r * rs, 0) + np.maximum(c * cs, 0) + 1
+    return int(lo.min()), int(hi.max())
+
+
+class Redirect:
+    """One chain's fusable copies: :meth:`compose` turns the chain's gather pairs (scratch part,
+    view of the destinations) into pairs reading the copies' source; :meth:`commit` stops the
+    copies running."""
+
+    def __init__(self, owner: CopyFusion, copies: list[P.Copy], buf: np.ndarray) -> None:
+        self.owner, self.copies, self.buf = owner, copies, buf
+        self.spans = [_span(c.dst) for c in copies]
+        self._inv: np.ndarray | None = None
+        self._lo = 0
+
+    def _table(self) -> np.ndarray | None:
+        if self._inv is None:
+            lo, hi = min(s[0] for s in self.spans), max(s[1] for s in self.spans)
+            if hi - lo > SPAN_SLACK * sum(c.dst.numel for c in self.copies):
+                return None
+            inv = np.full(hi - lo, -1, np.int64)
+            for c in self.copies:  # in program order: a later copy's element wins
+                inv[c.dst.addresses().reshape(-1) - lo] = c.src.addresses().reshape(-1)
+            self._inv, self._lo = inv, lo
+        return self._inv
+
+    def compose(self, pairs: list[tuple[np.ndarray, np.ndarray]]
+                ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        out = []
+        item = self.buf.itemsize
+        for part, view in pairs:
+            off = (view.__array_interface__["data"][0] - self.buf.__array_interface__["data"][0]) // item
+            strides = tuple(s // item for s in view.strides)
+            addr = _addresses(off, view.shape, strides)
+            if not _meets(self.spans, int(addr.min()), int(addr.max()) + 1):
+                out.append((part, view))
+                continue
+            inv = self._table()
+            if inv is None:
+                return None
+            rel = addr - self._lo
+            if rel.min() < 0 or rel.max() >= inv.size:
+                return None
+            src = inv[rel]
+            if (src < 0).any():
+                return None  # an element no copy writes
+            form = _strided_form(src)
+            if form is None:
+                return None
+            shape, src_strides, splits = form
+            fused = np.ndarray(shape, self.buf.dtype, self.buf, int(src.flat[0]) * item,
+                               tuple(s * item for s in src_strides))
+            fused.flags.writeable = False
+            out.append((_split(part, splits), fused))
+        return out
+
+    def commit(self) -> None:
+        step_of = self.owner.executable.step_of
+        self.owner.skipped.update(step_of[id(c)] for c in self.copies)
+
+
+def _addresses(off: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    addr = np.full(shape, off, np.int64)
+    for ax, (n, s) in enumerate(zip(shape, strides, strict=True)):
+        addr += (np.arange(n, dtype=np.int64) * s).reshape((n,) + (1,) * (len(shape) - ax - 1))
+    return addr
+
+
+def _factor(line: np.ndarray) -> list[tuple[int, int]] | None:
+    """(length, stride) factors, outer first, of a line of addresses, or None."""
+    dims, cur = [], line
+    while cur.size > 1:
+        d = np.diff(cur)
+        bad = np.flatnonzero(d != d[0])
+        r = cur.size if bad.size == 0 else int(bad[0]) + 1
+        if cur.size % r:
+            return None
+        dims.append((r, int(d[0])))
+        cur = cur[::r]
+    return dims[::-1] or [(1, 0)]
+
+
+def _strided_form(src: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], list[list[int]]] | None:
+    """(shape, strides, each axis's factor lengths) of an address array as one strided view whose
+    axes split the array's own, checked exactly; None where no such view holds it."""
+    shape, strides, splits = [], [], []
+    for ax in range(src.ndim):
+        line = np.moveaxis(src, ax, -1)[(0,) * (src.ndim - 1)] - src.flat[0]
+        dims = _factor(line)
+        if dims is None:
+            return None
+        shape += [n for n, _ in dims]
+        strides += [s for _, s in dims]
+        splits.append([n for n, _ in dims])
+    if not np.array_equal(_addresses(int(src.flat[0]), tuple(shape), tuple(strides)).reshape(src.shape), src):
+        return None
+    return tuple(shape), tuple(strides), splits
+
+
+def _split(part: np.ndarray, splits: list[list[int]]) -> np.ndarray:
+    """``part`` with each axis split into ``splits[axis]`` (outer first): a view, never a copy."""
+    shape, strides = [], []
+    for lengths, stride in zip(splits, part.strides, strict=True):
+        inner = 1
+        mine = []
+        for n in reversed(lengths):
+            mine.append(stride * inner)
+            inner *= n
+        shape += lengths
+        strides += mine[::-1]
+    return np.lib.stride_tricks.as_strided(part, tuple(shape), tuple(strides))
+
+
+class FusedChains(Chains):
+    """The fast engine's :class:`Chains`, each runner given the :class:`Redirect` of the copies
+    just before it (if any) when it is built."""
+
+    def __init__(self, executable: Executable, storage: Any) -> None:
+        super().__init__(executable, storage)
+        self.copies = CopyFusion(executable) if self.first else None
+
+    def _build(self, cand: _Candidate) -> ChainRunner | None:
+        runner = super()._build(cand)
+        if runner is not None and self.copies is not None:
+            cs_ids = [n.compute_set.id for n in cand.nodes]
+            runner.redirect = self.copies.redirect(cand.nodes[0], cs_ids, runner.bands, runner.in_buf)
+        return runner
+
+    def skipped(self) -> set[int]:
+        """The copy steps whose work a chain does (none before its first run)."""
+        return self.copies.skipped if self.copies is not None else set()
