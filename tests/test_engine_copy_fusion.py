@@ -101,3 +101,19 @@ def test_strided_form_splits_axes_where_addresses_jump():
     shape, strides, splits = copy_fusion._strided_form(addr)
     assert shape == (3, 2, 4) and strides == (100, 10, 1) and splits == [[3, 2], [4]]
     assert copy_fusion._strided_form(np.array([[0, 1, 3]])) is None
+
+
+def test_pieces_cut_block_rows_where_pixels_wrap_to_the_next_image_row():
+    """Blocks of 5 output pixels over image rows of 4 (row pitch 10, pixel pitch 2): no one
+    strided view holds them, pieces of whole and partial rows do, every element once."""
+    p = np.arange(15).reshape(3, 5)
+    src = ((p // 4) * 10 + (p % 4) * 2)[:, :, None, None] + np.arange(2)[None, None, None, :] + 100
+    pieces = copy_fusion._pieces(src)
+    assert pieces is not None and len(pieces) > 1
+    seen = np.zeros(src.shape, int)
+    for at_, (shape, strides, _) in pieces:
+        want = src[at_]
+        got = copy_fusion._addresses(int(want.flat[0]), shape, strides).reshape(want.shape)
+        assert np.array_equal(got, want)
+        seen[at_] += 1
+    assert (seen == 1).all()

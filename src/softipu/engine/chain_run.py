@@ -89,11 +89,8 @@ class ChainRunner:
     def _plans(self) -> list[tuple]:
         """A plan per band, except that runs of alike bands (:func:`_alike`: attention's heads,
         each a small product) share one: one batched GEMM over their blocks."""
-        fused = self._fused_left()
-        if fused is not None:
-            plans = [self._plan(band, a_pairs) for band, a_pairs in zip(self.bands, fused, strict=True)]
-            self.redirect.commit()
-            return plans
+        if not self._fusable():
+            self.redirect = None
         plans, i = [], 0
         while i < len(self.bands):
             j = i + 1
@@ -103,6 +100,8 @@ class ChainRunner:
             batch = self._batch_plan(run) if len(run) > 1 else None
             plans.extend([batch] if batch is not None else [self._plan(band) for band in run])
             i = j
+        if self.redirect is not None:
+            self.redirect.commit()
         return plans
 
     def _batch_plan(self, run: list[Band]) -> tuple | None:
@@ -127,7 +126,7 @@ class ChainRunner:
         b = self.scratch.get("b", (count * ks, cols)).reshape(count, ks, cols)
         copies: list[tuple[np.ndarray, np.ndarray]] = []
         for i, each in enumerate(run):
-            copies += _copies(a[i], src, each.a, m_at, k_at)
+            copies += self._left(_copies(a[i], src, each.a, m_at, k_at))
             copies += _copies(b[i], src, each.b, k_at, n_at)
         parts = max(1, min(CHAIN_MAX_PIECES, count, count * rows * ks * cols // CHAIN_PIECE_MACS))
         cuts = [count * p // parts for p in range(parts + 1)]
@@ -135,36 +134,38 @@ class ChainRunner:
                     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
         return _copy_round(copies), products, []
 
-    def _fused_left(self) -> list[list[tuple[np.ndarray, np.ndarray]]] | None:
-        """Each band's left-operand gather pairs read from the source of the copies that fill
-        them (:attr:`redirect`), or None where that does not hold for every band."""
+    def _fusable(self) -> bool:
+        """Whether every band's left-operand gather may read the source of the copies that fill
+        it (:attr:`redirect`) instead of their destination."""
         if self.redirect is None or self.in_buf.dtype != np.float32:
-            return None
-        out = []
+            return False
         for band in self.bands:
             m_at, k_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k))
             a = self.scratch.get("a", (int(m_at[-1]), int(k_at[-1])))
-            pairs = self.redirect.compose(_copies(a, self.in_buf, band.a, m_at, k_at))
-            if pairs is None:
-                return None
-            out.append(pairs)
-        return out
+            if self.redirect.compose(_copies(a, self.in_buf, band.a, m_at, k_at)) is None:
+                return False
+        return True
 
-    def _plan(self, band: Band, a_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple:
-        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run;
-        ``a_pairs``: the left operand's gather, where :meth:`_fused_left` made it."""
+    def _left(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A left operand's gather pairs, from the copies' source where :attr:`redirect` holds."""
+        if self.redirect is None:
+            return pairs
+        fused = self.redirect.compose(pairs)
+        if fused is None:  # _fusable checked the same views
+            raise RuntimeError("a left operand's gather could not be fused after all")
+        return fused
+
+    def _plan(self, band: Band) -> tuple:
+        """(copies in, GEMM pieces, copies out) of one band: views built once, reused every run."""
         m_at, k_at, n_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k, band.n))
         rows, ks, cols = band.sizes
         src, dst = self.in_buf, self.out_buf
         copies_in: list[tuple[np.ndarray, np.ndarray]] = []
         a_grid, b_grid, out_grid = band.a, band.b, band.out
-        a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 and a_pairs is None else None
-        if a is None and a_pairs is not None:
+        a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 and self.redirect is None else None
+        if a is None:
             a = self.scratch.get("a", (rows, ks))
-            copies_in += a_pairs
-        elif a is None:
-            a = self.scratch.get("a", (rows, ks))
-            copies_in += _copies(a, src, a_grid, m_at, k_at)
+            copies_in += self._left(_copies(a, src, a_grid, m_at, k_at))
         b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None
         if b is None and self.scratch.keeps(band, ks * cols, src):
             b = np.empty((ks, cols), np.float32)

@@ -189,14 +189,14 @@ class Redirect:
             src = inv[rel]
             if (src < 0).any():
                 return None  # an element no copy writes
-            form = _strided_form(src)
-            if form is None:
+            pieces = _pieces(src)
+            if pieces is None:
                 return None
-            shape, src_strides, splits = form
-            fused = np.ndarray(shape, self.buf.dtype, self.buf, int(src.flat[0]) * item,
-                               tuple(s * item for s in src_strides))
-            fused.flags.writeable = False
-            out.append((_split(part, splits), fused))
+            for at_, (shape, src_strides, splits) in pieces:
+                fused = np.ndarray(shape, self.buf.dtype, self.buf, int(src[at_].flat[0]) * item,
+                                   tuple(s * item for s in src_strides))
+                fused.flags.writeable = False
+                out.append((_split(part[at_], splits), fused))
         return out
 
     def commit(self) -> None:
@@ -240,6 +240,50 @@ def _strided_form(src: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], li
     if not np.array_equal(_addresses(int(src.flat[0]), tuple(shape), tuple(strides)).reshape(src.shape), src):
         return None
     return tuple(shape), tuple(strides), splits
+
+
+def _pieces(src: np.ndarray) -> list[tuple[tuple[slice, ...], tuple]] | None:
+    """(index, :func:`_strided_form`) pieces covering a gathered rectangle's ``(I, rows, J, cols)``
+    source addresses: the whole, else each block row, each cut along its rows where a window's
+    pixels wrap to the next image row (a partial row, whole rows, a partial row: ResNet-50's
+    3x3 blocks of output pixels start mid-row); None where that does not hold them."""
+    form = _strided_form(src)
+    if form is not None:
+        return [((slice(None),) * src.ndim, form)]
+    if src.ndim != 4:
+        return None
+    out = []
+    for i in range(src.shape[0]):
+        line, p = src[i, :, 0, 0], 0
+        while p < line.size:
+            q = _segment(line, p)
+            at_ = (slice(i, i + 1), slice(p, q), slice(None), slice(None))
+            form = _strided_form(src[at_])
+            if form is None:
+                return None
+            out.append((at_, form))
+            p = q
+    return out
+
+
+def _segment(line: np.ndarray, p: int) -> int:
+    """The end of the piece of rows starting at ``p``: up to the first jump where that is not
+    after whole runs of the line's run length, else as many whole runs as factor evenly."""
+    rest = line[p:]
+    if rest.size < 3:
+        return line.size
+    d = np.diff(rest)
+    bad = np.flatnonzero(d != d[0])
+    if bad.size == 0:
+        return line.size
+    r = int(bad[0]) + 1
+    whole = rest.size // r * r
+    runs = rest[:whole] - rest[0]
+    dims = _factor(runs)  # checked whole: _factor reads only each level's first run
+    if dims is not None and np.array_equal(
+            _addresses(0, tuple(n for n, _ in dims), tuple(st for _, st in dims)).reshape(-1), runs):
+        return p + whole
+    return p + r
 
 
 def _split(part: np.ndarray, splits: list[list[int]]) -> np.ndarray:
