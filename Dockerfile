@@ -28,7 +28,7 @@ COPY src ./src
 # The Makefile's venv target would install the [dev] extra; the image has what the demo needs and
 # marks the venv as made.
 RUN .venv/bin/pip install --no-deps -e . \
-    && .venv/bin/pip install "numpy>=1.26" "rich>=13" \
+    && .venv/bin/pip install "numpy>=1.26" "scipy>=1.11" "rich>=13" \
     && touch .venv/.stamp
 
 COPY Makefile ./

@@ -184,8 +184,8 @@ def test_outputs_in_row_order_written_directly(block, monkeypatch):
     mask = rng.random((6, 5)) < 0.4
     mask[:, 2] = True  # no empty band (its rows would break the block: written the usual way)
     got = []
-    for matvecs in (sparse_codelets._MATVECS, None):
-        monkeypatch.setattr(sparse_codelets, "_MATVECS", matvecs)
+    for matvecs in (sparse_codelets._matvecs(), None):
+        monkeypatch.setattr(sparse_codelets, "_matvecs", lambda matvecs=matvecs: matvecs)
         eng, y, want, terms, k = build_product(mask, block, 9, sp.float32, "sd", 1, np.random.default_rng(0))
         eng.run(0)
         assert [s.direct is not None for s in _shares(eng)] == [matvecs is not None]

@@ -368,10 +368,16 @@ class _CsrProduct:
                        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True) if hi > lo]
 
 
-try:  # scipy.sparse's own kernel behind ``csr @ dense`` (Y += A . X), called with Y given
-    from scipy.sparse._sparsetools import csr_matvecs as _MATVECS
-except ImportError:  # a scipy without it: ``csr @ dense`` and a copy
-    _MATVECS = None
+@cache
+def _matvecs():
+    """scipy.sparse's own kernel behind ``csr @ dense`` (Y += A . X, called with Y given), or None
+    in a scipy without it (then ``csr @ dense`` and a copy). Imported at the first product: scipy.sparse
+    costs ~0.2 s, which ``import softipu`` should not pay."""
+    try:
+        from scipy.sparse._sparsetools import csr_matvecs
+    except ImportError:
+        return None
+    return csr_matvecs
 
 # Multiply-accumulates of one share of a product at least (rows cut into at most 2 x the host's
 # cores; a share of this many takes about 0.2 ms).
@@ -383,7 +389,7 @@ class _Share:
     ``X``, multiplies with scipy.sparse and writes ``Y`` to the outputs (by rows where they lie as
     rows of ``Z`` consecutive addresses a whole number of rows apart, else element by element)."""
 
-    __slots__ = ("buf", "matrix", "values", "x", "x_view", "out", "out_rows", "direct")
+    __slots__ = ("buf", "matrix", "values", "x", "x_view", "out", "out_rows", "direct", "kernel")
 
     def __init__(self, buf, x, ncols: int, x_view: bool, values, indices, indptr, out) -> None:
         import scipy.sparse  # a runtime dependency: the host's product of a static pattern
@@ -397,8 +403,8 @@ class _Share:
         self.out = view if view is not None else np.ascontiguousarray(out, np.intp)
         # fp32 outputs that are one block of rows in row order, X read in place: scipy's kernel
         # accumulates straight into them (no result to allocate and copy).
-        self.direct = None
-        if (_MATVECS is not None and view is not None and x_view and buf.dtype == np.float32
+        self.direct, self.kernel = None, _matvecs()
+        if (self.kernel is not None and view is not None and x_view and buf.dtype == np.float32
                 and np.array_equal(view[1], view[1][0] + np.arange(view[1].size))):
             self.direct = view[0][int(view[1][0]):int(view[1][0]) + view[1].size].reshape(-1)
 
@@ -411,8 +417,8 @@ class _Share:
         if self.direct is not None:
             a = self.matrix
             self.direct.fill(0)
-            _MATVECS(a.shape[0], a.shape[1], self.x.shape[1], a.indptr, a.indices, data, self.x.reshape(-1),
-                     self.direct)
+            self.kernel(a.shape[0], a.shape[1], self.x.shape[1], a.indptr, a.indices, data,
+                        self.x.reshape(-1), self.direct)
             return
         x = self.x if self.x_view else self.buf.take(self.x)
         y = self.matrix @ x.astype(np.float32, copy=False)
