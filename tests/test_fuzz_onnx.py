@@ -195,3 +195,18 @@ def test_a_stride_past_the_input_gives_one_output_as_the_input_long_stride_does(
     got = fuzz.so.InferenceSession(model(2**62), fuzz.OPTS).run(None, {"x": x})[0]
     want = ort.InferenceSession(model(6)).run(None, {"x": x})[0]  # 6: the padded height
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pool_kernel_below_one_is_refused_at_once(fuzz):
+    """Found by the campaign (seed 0, inputs 6401, 7903, ...: 9 hangs in 31,661 inputs): a MaxPool
+    kernel_shape mutated to -2**31 made 2**30 windows a row (minutes of lowering)."""
+    from softipu.frontends.errors import LoweringError
+
+    model, _ = fuzz.seeds()["cnn"]
+    (pool,) = [n for n in model.graph.node if n.op_type == "MaxPool"]
+    (kernel,) = [a for a in pool.attribute if a.name == "kernel_shape"]
+    kernel.ints[0] = -(2**31)
+    start = time.monotonic()
+    with pytest.raises(LoweringError, match=r"kernel_shape \[-2147483648, 2\] must be positive"):
+        fuzz.so.InferenceSession(model.SerializeToString(), fuzz.OPTS)
+    assert time.monotonic() - start < 30

@@ -102,6 +102,13 @@ def _pad_input(ctx: Any, x: Tensor, pads: list[tuple[int, int]], value: float = 
     return x, sym
 
 
+def _positive(**lists: list[int]) -> None:
+    """A kernel, stride or dilation below 1 is refused (a kernel of -2**31 made 2**30 windows)."""
+    for what, values in lists.items():
+        if any(int(v) < 1 for v in values):
+            raise ValueError(f"{what} {list(values)} must be positive")
+
+
 def _clamped(strides: list[int], sizes: tuple[int, ...], pads: list[int]) -> list[int]:
     """A stride past the padded length gives one output all the same: it is clamped to that length,
     as a stride of 2**62 makes a view whose byte strides overflow the host's 64-bit integers."""
@@ -128,6 +135,7 @@ def convolve(ctx: Any, x: Tensor, w: Tensor | None, bias: Tensor | None) -> Tens
     kernel = list(ctx.attr("kernel_shape", w_shape[2:]))
     strides = list(ctx.attr("strides", [1] * spatial))
     dil = list(ctx.attr("dilations", [1] * spatial))
+    _positive(kernel_shape=kernel, strides=strides, dilations=dil)
     x, pads = _pad_input(ctx, x, _pads(ctx, x.shape, kernel, strides, dil))
     strides = _clamped(strides, x.shape[2:], [2 * p for p in pads])
     geometry = {"stride": tuple(strides), "padding": pads, "dilation": tuple(dil),
@@ -175,6 +183,7 @@ def _pool_geometry(ctx: Any, x: Tensor) -> tuple[list[int], list[int], list[int]
     spatial = len(kernel)
     strides = list(ctx.attr("strides", [1] * spatial))
     dil = list(ctx.attr("dilations", [1] * spatial))
+    _positive(kernel_shape=kernel, strides=strides, dilations=dil)
     pads = _pads(ctx, x.shape, kernel, strides, dil)
     return kernel, _clamped(strides, x.shape[2:], [lo + hi for lo, hi in pads]), dil, pads
 
