@@ -70,6 +70,7 @@ def test_im2col_copies_fused_give_the_oracles_values_on_every_call(x_shape, w_sh
     g2, prog2, x2, w2, y2, _ = _conv(x_shape, w_shape, **kw)
     plain = sp.Engine(g2, [prog2], OPTS)
     plain._interpreter._chains.copies = None
+    assert not plain._interpreter._chains.skipped()
     for out, want in zip(got, _calls(plain, x2, w2, y2, values), strict=True):
         assert np.array_equal(out, want)
 
@@ -117,3 +118,16 @@ def test_pieces_cut_block_rows_where_pixels_wrap_to_the_next_image_row():
         assert np.array_equal(got, want)
         seen[at_] += 1
     assert (seen == 1).all()
+
+
+def test_switched_off_the_copies_run(monkeypatch):
+    monkeypatch.setattr(copy_fusion, "FUSE_COPIES", False)
+    g, prog, x, w, y, _ = _conv((1, 64, 8, 8), (32, 64, 3, 3), padding=1)
+    eng = sp.Engine(g, [prog], OPTS)
+    rng = np.random.default_rng(9)
+    values = [(rng.standard_normal((1, 64, 8, 8)).astype(np.float32),
+               rng.standard_normal((32, 64, 3, 3)).astype(np.float32)) for _ in range(2)]
+    got = _calls(eng, x, w, y, values)
+    assert eng._interpreter._chains.fused() and not eng._interpreter._chains.skipped()
+    ref, terms = _oracle(*values[-1], padding=1)
+    assert np.all(np.abs(got[-1] - ref) <= contraction_bound(terms, 64 * 9))

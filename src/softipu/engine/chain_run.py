@@ -89,8 +89,19 @@ class ChainRunner:
     def _plans(self) -> list[tuple]:
         """A plan per band, except that runs of alike bands (:func:`_alike`: attention's heads,
         each a small product) share one: one batched GEMM over their blocks."""
-        if not self._fusable():
-            self.redirect = None
+        if self.redirect is not None:  # undone where a band's gather does not compose
+            spans = {k: list(v) for k, v in self.scratch.kept_spans.items()}
+            saved = list(self.kept), self.scratch.kept_bytes, spans
+            try:
+                plans = self._band_plans()
+                self.redirect.commit()
+                return plans
+            except _NotFused:
+                self.kept, self.scratch.kept_bytes, self.scratch.kept_spans = saved
+                self.redirect = None
+        return self._band_plans()
+
+    def _band_plans(self) -> list[tuple]:
         plans, i = [], 0
         while i < len(self.bands):
             j = i + 1
@@ -100,8 +111,6 @@ class ChainRunner:
             batch = self._batch_plan(run) if len(run) > 1 else None
             plans.extend([batch] if batch is not None else [self._plan(band) for band in run])
             i = j
-        if self.redirect is not None:
-            self.redirect.commit()
         return plans
 
     def _batch_plan(self, run: list[Band]) -> tuple | None:
@@ -134,25 +143,13 @@ class ChainRunner:
                     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
         return _copy_round(copies), products, []
 
-    def _fusable(self) -> bool:
-        """Whether every band's left-operand gather may read the source of the copies that fill
-        it (:attr:`redirect`) instead of their destination."""
-        if self.redirect is None or self.in_buf.dtype != np.float32:
-            return False
-        for band in self.bands:
-            m_at, k_at = (np.concatenate(([0], np.cumsum(x))) for x in (band.m, band.k))
-            a = self.scratch.get("a", (int(m_at[-1]), int(k_at[-1])))
-            if self.redirect.compose(_copies(a, self.in_buf, band.a, m_at, k_at)) is None:
-                return False
-        return True
-
     def _left(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """A left operand's gather pairs, from the copies' source where :attr:`redirect` holds."""
         if self.redirect is None:
             return pairs
-        fused = self.redirect.compose(pairs)
-        if fused is None:  # _fusable checked the same views
-            raise RuntimeError("a left operand's gather could not be fused after all")
+        fused = self.redirect.compose(pairs) if self.in_buf.dtype == np.float32 else None
+        if fused is None:
+            raise _NotFused
         return fused
 
     def _plan(self, band: Band) -> tuple:
@@ -179,6 +176,10 @@ class ChainRunner:
             c = self.scratch.get("c", (rows, cols))
             copies_out = [(d, s) for s, d in _copies(c, dst, out_grid, m_at, n_at, writeable=True)]
         return _copy_round(copies_in), _gemm_pieces(a, b, c), copies_out
+
+
+class _NotFused(Exception):
+    """A band's left operand does not compose with the copies that fill it: plan them as before."""
 
 
 # A band's GEMM is cut into pieces of at least this many multiply-accumulates (at most

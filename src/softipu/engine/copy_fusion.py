@@ -33,8 +33,11 @@ from softipu.engine.chains import Chains, _Candidate, _extent, _read_table
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 
-__all__ = ["CopyFusion", "FusedChains", "Redirect"]
+__all__ = ["CopyFusion", "FUSE_COPIES", "FusedChains", "Redirect"]
 
+# Off: every chain gathers from the copies' destinations, the copies run (first call ~1.6 s of CPU
+# less on ResNet-50 b1, later call ~20-30 ms more on one thread).
+FUSE_COPIES = True
 # The destinations' address table spans at most this many times the elements the copies write.
 SPAN_SLACK = 4
 
@@ -51,12 +54,11 @@ class CopyFusion:
     """Finds, per chain (by its first step), the copies just before it that may be fused, and
     holds the copy steps no longer run (:attr:`skipped`)."""
 
-    def __init__(self, executable: Executable) -> None:
-        self.executable = executable
+    def __init__(self, executable: Executable, chains: Chains) -> None:
+        self.executable, self.chains = executable, chains
         self.skipped: set[int] = set()
         self._before: dict[int, list[P.Program]] = {}  # first node id -> Copy/WriteUndef run before it
         self._counts: dict[int, int] = {}
-        self._table: np.ndarray | None = None
         roots = list(executable.programs) + list(executable.functions.values())
         for root in roots:
             for node in P.walk(root):
@@ -116,9 +118,9 @@ class CopyFusion:
         return not self._read_elsewhere(dsts, set(map(id, copies)), cs_ids)
 
     def _read_elsewhere(self, dsts: list[tuple[int, int]], mine: set[int], cs_ids: list[int]) -> bool:
-        if self._table is None:
-            self._table = _read_table(self.executable, float32)
-        table = self._table
+        if self.chains._reads is None:  # the chains' table of who reads float32 (one for both)
+            self.chains._reads = _read_table(self.executable, float32)
+        table = self.chains._reads
         rows = table[(table[:, 0] >= 0) & ~np.isin(table[:, 0], cs_ids)]
         for lo, hi in dsts:
             if ((rows[:, 1] < hi) & (lo < rows[:, 2])).any():
@@ -306,7 +308,7 @@ class FusedChains(Chains):
 
     def __init__(self, executable: Executable, storage: Any) -> None:
         super().__init__(executable, storage)
-        self.copies = CopyFusion(executable) if self.first else None
+        self.copies = CopyFusion(executable, self) if self.first and FUSE_COPIES else None
 
     def _build(self, cand: _Candidate) -> ChainRunner | None:
         runner = super()._build(cand)
