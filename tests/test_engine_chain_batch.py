@@ -86,3 +86,24 @@ def test_overlapping_outputs_are_not_batched():
     assert chain_run._batched_view(buf, [grid, grid + [2, 0, 0]], r_at, c_at) is None
     batched = chain_run._batched_view(buf, [grid, grid + [8, 0, 0]], r_at, c_at)
     assert batched is not None and batched.shape == (2, 2, 4)
+
+
+def test_nested_strides_imply_distinct_addresses():
+    """chain_run._nested (the batched outputs' overlap test by strides) never passes a view whose
+    addresses repeat, against listing them; and it passes heads' score blocks side by side."""
+    from softipu.engine.chain_run import _nested
+
+    rng = np.random.default_rng(0)
+    passed = 0
+    for _ in range(2000):
+        shape = tuple(int(x) for x in rng.integers(1, 5, size=3))
+        strides = tuple(int(x) for x in rng.integers(-12, 13, size=3))
+        at = sum(np.arange(n).reshape([-1 if a == i else 1 for a in range(3)]) * st
+                 for i, (n, st) in enumerate(zip(shape, strides, strict=True)))
+        distinct = np.unique(at).size == at.size
+        if _nested(shape, strides):
+            passed += 1
+            assert distinct, (shape, strides)
+    assert passed > 200
+    assert _nested((12, 128, 128), (128 * 128, 128, 1))
+    assert not _nested((12, 128, 128), (128, 128, 1))
