@@ -195,3 +195,20 @@ def test_a_step_field_of_the_wrong_type_is_a_format_error(tmp_path):
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ExecutableFormatError, match="sync_cycles is a list, not int"):
         load_executable(folder)
+
+
+def test_a_variable_whose_initial_value_is_not_an_array_is_a_format_error(tmp_path):
+    """Found by the campaign (seed 0, input 21918): a constant's initial value damaged into a nested
+    list loaded, then the engine raised AttributeError ('list' object has no attribute 'size')."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    c = g.add_constant(sp.float32, (4,), np.arange(4, dtype=np.float32), name="c")
+    y = g.add_variable(sp.float32, (4,), name="y")
+    sp.ops.map_linearly(g, c)
+    sp.ops.map_linearly(g, y)
+    save_executable(sp.Engine(g, [P.Copy(c, y)]).executable, tmp_path / "e")
+    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    (row,) = [v for v in manifest["variables"] if v[6] is not None]
+    row[6] = {"li": [{"li": [1]}]}
+    (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExecutableFormatError, match="initial value is a list, not an array"):
+        load_executable(tmp_path / "e")

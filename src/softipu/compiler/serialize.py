@@ -460,6 +460,11 @@ class _Reader:
         variables = tuple(Variable(int(i), str(n), as_dtype(str(d)), tuple(int(x) for x in s), int(start),
                                    self.locations[loc], self.value(init))
                           for i, n, d, s, start, loc, init in m["variables"])
+        for v in variables:  # a damaged value (a list) would fail in the engine, far from here
+            if v.initial_value is not None and not isinstance(v.initial_value, np.ndarray):
+                raise ExecutableFormatError(f"variable {v.name!r}'s initial value is a "
+                                            f"{type(v.initial_value).__name__}, not an array: a damaged "
+                                            "manifest")
         space_sizes = {as_dtype(str(d)): int(n) for d, n in m["space_sizes"]}
         for dtype, size in space_sizes.items():  # the engine allocates each space, once per replica
             _checked_size((self.graph.replication_factor, size), dtype.numpy.itemsize)
