@@ -20,19 +20,13 @@ import torch.nn.functional as F  # noqa: N812
 
 import softipu as sp
 import softipu.poptorch as poptorch
+from _torch_models import TanhMLP
 from softipu.frontends.errors import FrontendError
 
 STEPS = 2
 
 
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = torch.nn.Linear(8, 30), torch.nn.Linear(30, 3)
-
-    def forward(self, x, y):
-        out = self.fc2(torch.tanh(self.fc1(x)))
-        return out, F.cross_entropy(out, y)
+Net = TanhMLP
 
 
 class Deep(torch.nn.Module):

@@ -16,12 +16,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import softipu as sp
 import softipu.poptorch as poptorch
 import softipu.torch as st
+from _torch_models import TanhMLP
 from softipu.frontends.errors import FrontendError
 from softipu.frontends.torch.training.locations import Location, StatePlacement, sum_partials_across_replicas
 
@@ -32,14 +32,7 @@ SIZES = {"fc1.weight": 240, "fc1.bias": 30, "fc2.weight": 90, "fc2.bias": 3}
 SHARDED = [n for n, k in SIZES.items() if k >= 8]
 
 
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = torch.nn.Linear(8, 30), torch.nn.Linear(30, 3)
-
-    def forward(self, x, y):
-        out = self.fc2(torch.tanh(self.fc1(x)))
-        return out, F.cross_entropy(out, y)
+Net = TanhMLP
 
 
 def _chip():

@@ -7,21 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 import softipu as sp
 import softipu.poptorch as poptorch
+from _torch_models import TanhMLP
 from softipu.errors import SoftIPUError
 
-
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = torch.nn.Linear(8, 30), torch.nn.Linear(30, 3)
-
-    def forward(self, x, y):
-        out = self.fc2(torch.tanh(self.fc1(x)))
-        return out, F.cross_entropy(out, y)
+Net = TanhMLP
 
 
 def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
