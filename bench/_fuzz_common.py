@@ -1,5 +1,5 @@
-"""What the fuzz campaigns (bench/fuzz_graph.py, fuzz_loaders.py, bench_onnx_fuzz.py) share: the
-per-input time bound and the command line every campaign takes.
+"""What the fuzz campaigns (bench/fuzz_graph.py, fuzz_loaders.py, fuzz_torch.py, bench_onnx_fuzz.py)
+share: the per-input time bound and the command line every campaign takes.
 
 The bound is on the process's CPU time (``setitimer(ITIMER_PROF)``), so that a machine shared with
 other work does not turn slow inputs into hangs; a wall-clock alarm at ``WALL_FACTOR`` times the

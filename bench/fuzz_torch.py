@@ -11,19 +11,17 @@ a Linear to 3 classes. Training returns the cross-entropy loss beside the logits
 Outcomes are counted as ``ok``, ``refused`` (a softipu error: the model is not supported, or too
 big for the target), ``mismatch_inference`` / ``mismatch_training`` (values or weights differ from
 eager beyond fp32 tolerances), ``other`` (any other exception: a bug) and ``hang`` (over the
-time bound). Each bad input is written to ``--out`` as a JSON reproducer (the spec, the seed and
-what differed) that ``--replay FILE`` runs again.
+CPU-time bound, bench/_fuzz_common). Each bad input is written to ``--out`` as a JSON reproducer
+(the spec, the seed and what differed) that ``--replay FILE`` runs again.
 
     .venv/bin/python bench/fuzz_torch.py --count 100000 --seconds 3600 --seed 0 --out /tmp/fuzz_torch
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
-import signal
 import sys
 import time
 import traceback
@@ -32,13 +30,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fuzz_common import alarm_handler, bounded, campaign_parser  # noqa: E402
+
 BAD = ("mismatch_inference", "mismatch_training", "other", "hang")
 RTOL, ATOL = 1e-4, 1e-4  # fp32 against eager: accumulation orders differ, nothing else may
 LR = 0.05
-
-
-class _Timeout(BaseException):
-    pass
 
 
 # -- the grammar ---------------------------------------------------------------------------------
@@ -234,35 +231,29 @@ def check_training(spec: dict[str, Any], seed: int) -> str:
     return ""
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _Timeout
-
-
 def run_one(spec: dict[str, Any], seed: int, limit: float, verbose: bool = False) -> tuple[str, str]:
-    """(outcome, detail) of one spec."""
+    """(outcome, detail) of one spec, under a bound of ``limit`` CPU seconds (bench/_fuzz_common;
+    needs its ``alarm_handler``)."""
     from softipu.errors import SoftIPUError
 
-    signal.setitimer(signal.ITIMER_REAL, limit)
-    try:
+    def body() -> tuple[str, str]:
         bad = check_inference(spec, seed)
-        outcome = "mismatch_inference" if bad else "ok"
-        if not bad:
-            bad = check_training(spec, seed)
-            outcome = "mismatch_training" if bad else "ok"
-        detail = bad
-    except _Timeout:
-        outcome, detail = "hang", f"over {limit} s"
-    except SoftIPUError as exc:
-        outcome, detail = "refused", f"{type(exc).__name__}: {str(exc)[:200]}"
-    except Exception as exc:  # noqa: BLE001 - what the campaign looks for
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        outcome = "other"
-        detail = f"{type(exc).__name__}: {str(exc)[:200]} [{Path(frame.filename).name}:{frame.lineno}]"
-        if verbose:
-            traceback.print_exc()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return outcome, detail
+        if bad:
+            return "mismatch_inference", bad
+        bad = check_training(spec, seed)
+        return ("mismatch_training" if bad else "ok"), bad
+
+    value, exc, hang = bounded(body, limit)
+    if hang:
+        return "hang", f"over {limit} CPU s"
+    if exc is None:
+        return value
+    if isinstance(exc, SoftIPUError):
+        return "refused", f"{type(exc).__name__}: {str(exc)[:200]}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    if verbose:
+        traceback.print_exception(exc)
+    return "other", f"{type(exc).__name__}: {str(exc)[:200]} [{Path(frame.filename).name}:{frame.lineno}]"
 
 
 def campaign(count: int, seconds: float, seed: int, limit: float = 120.0, first: int = 0,
@@ -270,13 +261,12 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 120.0, first:
     import logging
 
     logging.getLogger("softipu").setLevel(logging.ERROR)
-    old = signal.signal(signal.SIGALRM, _on_alarm)
     counts: Counter = Counter()
     refusals: Counter = Counter()
     examples: list[dict[str, Any]] = []
     end = time.monotonic() + seconds
     tried = first
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), alarm_handler():
         warnings.simplefilter("ignore")
         while tried < first + count and time.monotonic() < end:
             spec = random_spec(random.Random(f"{seed}-{tried}"))
@@ -295,7 +285,6 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 120.0, first:
                 if len(examples) < 8:
                     examples.append(case)
             tried += 1
-    signal.signal(signal.SIGALRM, old)
     return {"bench": "fuzz_torch", "seed": seed, "tried": tried - first, "ok": counts["ok"],
             "refused": counts["refused"], "mismatch_inference": counts["mismatch_inference"],
             "mismatch_training": counts["mismatch_training"], "other_exceptions": counts["other"],
@@ -304,18 +293,14 @@ def campaign(count: int, seconds: float, seed: int, limit: float = 120.0, first:
 
 def replay(path: Path, limit: float) -> dict[str, Any]:
     case = json.loads(path.read_text())
-    signal.signal(signal.SIGALRM, _on_alarm)
-    outcome, detail = run_one(case["spec"], case["model_seed"], limit, verbose=True)
+    with alarm_handler():
+        outcome, detail = run_one(case["spec"], case["model_seed"], limit, verbose=True)
     return {"bench": "fuzz_torch", "replay": str(path), "outcome": outcome, "detail": detail}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=600.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=float, default=120.0, help="seconds one input may take")
-    parser.add_argument("--first", type=int, default=0, help="index of the first input (to rerun one)")
+    parser = campaign_parser(__doc__)
+    parser.set_defaults(limit=120.0)  # an input exports, compiles and trains a model
     parser.add_argument("--out", type=Path, default=None, help="folder for reproducers of bad inputs")
     parser.add_argument("--replay", type=Path, default=None, help="run one saved reproducer again")
     parser.add_argument("--verbose", action="store_true")
