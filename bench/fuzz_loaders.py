@@ -175,7 +175,8 @@ def _mutate_json(rng: random.Random, tree: Any) -> tuple[Any, str]:
         for _ in range(rng.choice((50, 2000, 100000))):
             value = {"li": [value]}
         return _set(tree, path, value), f"deep nesting at {list(path)}"
-    if action == "huge_entry" and isinstance(tree, dict) and tree.get("arrays"):
+    if action == "huge_entry" and isinstance(tree, dict) and isinstance(tree.get("arrays"), list) \
+            and tree["arrays"]:  # (an earlier mutation may have made it a dict or a string)
         i = rng.randrange(len(tree["arrays"]))
         entry = tree["arrays"][i]
         if isinstance(entry, dict):

@@ -212,3 +212,14 @@ def test_a_variable_whose_initial_value_is_not_an_array_is_a_format_error(tmp_pa
     (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ExecutableFormatError, match="initial value is a list, not an array"):
         load_executable(tmp_path / "e")
+
+
+def test_json_mutations_take_any_tree_earlier_mutations_left():
+    """The harness's own bug (it stopped a campaign at an unknown input): a manifest whose
+    ``arrays`` an earlier mutation made a dict or a string must still mutate, never raise."""
+    import random
+
+    fz = fuzz_module()
+    for i in range(300):
+        for arrays in ({"x": 1}, "abc", [], [1, {"shape": [2]}]):
+            fz._mutate_json(random.Random(i), {"arrays": arrays, "steps": [1, 2]})
