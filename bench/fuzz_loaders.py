@@ -194,7 +194,10 @@ def _rewrite_npz(rng: random.Random, path: Path, outside: Path) -> str:
     if action == "object":
         pools[key] = np.array([_Payload(str(outside / "pwned")), 1], dtype=object)
     elif action == "dtype":
-        pools[key] = pools.get(key, np.zeros(1)).astype(rng.choice(("<f8", "<i8", "|u1", "<c8", "<U3")))
+        try:  # (values that do not fit the new dtype: numpy refuses some casts outright)
+            pools[key] = pools.get(key, np.zeros(1)).astype(rng.choice(("<f8", "<i8", "|u1", "<c8", "<U3")))
+        except (OverflowError, ValueError, TypeError):
+            pools[key] = np.zeros(1, "|u1")
     elif action == "2d":
         pools[key] = np.zeros((2, 3), pools.get(key, np.zeros(1)).dtype)
     elif action == "drop":

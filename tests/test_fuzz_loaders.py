@@ -223,3 +223,15 @@ def test_json_mutations_take_any_tree_earlier_mutations_left():
     for i in range(300):
         for arrays in ({"x": 1}, "abc", [], [1, {"shape": [2]}]):
             fz._mutate_json(random.Random(i), {"arrays": arrays, "steps": [1, 2]})
+
+
+def test_npz_mutations_take_values_no_dtype_holds(tmp_path):
+    """The harness's own bug (it stopped a campaign run): recasting a pool of strings such as
+    '768' to uint8 raises in numpy; the mutation must still write an archive, never raise."""
+    import random
+
+    fz = fuzz_module()
+    path = tmp_path / "arrays.npz"
+    for i in range(200):
+        np.savez(path, s=np.array(["768"]), f=np.array([1.5e300]))
+        fz._rewrite_npz(random.Random(i), path, tmp_path)
