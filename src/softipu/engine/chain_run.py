@@ -20,6 +20,7 @@ from softipu.codelets.host import BLAS, run_pieces
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.constants import WrittenSpans
 from softipu.engine.storage import as_rows
+from softipu.graph.tensor import strides_never_meet
 
 __all__ = ["ChainRunner", "Band", "Scratch"]
 
@@ -340,7 +341,7 @@ def _batched_view(buf: np.ndarray, grids: list[np.ndarray], r_at: np.ndarray,
         return None
     rows, cols = views[0].shape
     rs, cs = (s // buf.itemsize for s in views[0].strides)
-    if not _nested((len(grids), rows, cols), (step, rs, cs)):
+    if not strides_never_meet((len(grids), rows, cols), (step, rs, cs)):
         if len(grids) * rows * cols > BATCH_CHECK_MAX:
             return None
         at = (np.arange(len(grids)) * step)[:, None, None] + (np.arange(rows) * rs)[:, None] \
@@ -350,22 +351,10 @@ def _batched_view(buf: np.ndarray, grids: list[np.ndarray], r_at: np.ndarray,
     return _view(buf, starts[0], (len(grids), rows, cols), (step, rs, cs), writeable=True)
 
 
-# Bands whose outputs are not nested (:func:`_nested`) are batched only where they hold at most this
-# many elements (their addresses are checked for overlap once, at the chain's first run).
+# Bands whose outputs the strides alone do not show apart (``graph.tensor.strides_never_meet``) are
+# batched only where they hold at most this many elements (their addresses are checked for overlap
+# once, at the chain's first run).
 BATCH_CHECK_MAX = 1 << 22
-
-
-def _nested(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
-    """Whether a strided view's elements are all distinct by its strides alone: taken by rising
-    stride, each axis steps past everything the axes before it span (a sufficient test, in
-    O(axes); heads' score blocks side by side pass it without listing their addresses)."""
-    span = 0
-    for size, stride in sorted(((n, abs(st)) for n, st in zip(shape, strides, strict=True) if n > 1),
-                               key=lambda a: a[1]):
-        if stride <= span:
-            return False
-        span += (size - 1) * stride
-    return True
 
 
 def _direct(buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray, c_at: np.ndarray,

@@ -37,7 +37,7 @@ from softipu.graph.grouped import Grouped, refine
 if TYPE_CHECKING:
     from softipu.graph.graph import Graph
 
-__all__ = ["Tensor", "Slabs", "concat"]
+__all__ = ["Tensor", "Slabs", "concat", "strides_never_meet"]
 
 Shape = tuple[int, ...]
 
@@ -198,10 +198,10 @@ class Tensor:
 
     def repeats_elements(self) -> bool:
         """True when some element appears twice (a broadcast view, or repeated indices)."""
-        if self.is_strided and _strides_never_meet(self.shape, self.strides):
+        if self.is_strided and strides_never_meet(self.shape, self.strides):
             return False
         grouped = self._grouped() if self.slabs is not None else None
-        if grouped is not None and _strides_never_meet(grouped.shape, grouped.strides):
+        if grouped is not None and strides_never_meet(grouped.shape, grouped.strides):
             return False
         if self.slabs is None and self.index is not None and self.index.size > 1:
             flat = self.index.ravel(order="K")  # any order will do: no copy of a transposed view
@@ -609,7 +609,7 @@ def _merge_adjacent(tensors: Sequence[Tensor], axis: int) -> Tensor | None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _strides_never_meet(shape: Shape, strides: Shape) -> bool:
+def strides_never_meet(shape: Shape, strides: Shape) -> bool:
     """A sufficient test that a strided view addresses no element twice: with its axes sorted by
     |stride|, each stride steps past everything the smaller axes reach (numpy's own test)."""
     reach = 0
