@@ -42,10 +42,6 @@ FUSE_COPIES = True
 SPAN_SLACK = 4
 
 
-def _span(t: Tensor) -> tuple[int, int] | None:
-    return _extent(t)
-
-
 def _meets(spans: list[tuple[int, int]], lo: int, hi: int) -> bool:
     return any(a < hi and lo < b for a, b in spans)
 
@@ -83,7 +79,7 @@ class CopyFusion:
         copies, others = [], []  # others: the nodes after the first copy taken
         for node in run:
             if node.kind is P.ProgramKind.COPY and isinstance(node.dst, Tensor) and node.dst.dtype == float32:
-                span = _span(node.dst)
+                span = _extent(node.dst)
                 if span is not None and _meets(a_spans, *span):
                     copies.append(node)
                     continue
@@ -102,14 +98,14 @@ class CopyFusion:
                     or src.index is not None or dst.index is not None or src.slabs is not None \
                     or dst.slabs is not None or self._counts.get(id(c)) != 1 or step_of.get(id(c)) is None:
                 return False
-        dsts = [_span(c.dst) for c in copies]
-        srcs = [_span(c.src) for c in copies]
+        dsts = [_extent(c.dst) for c in copies]
+        srcs = [_extent(c.src) for c in copies]
         if any(s is None for s in dsts + srcs) or any(_meets(dsts, *s) for s in srcs):
             return False
         for node in others:  # the nodes between: write no source, read no destination
             for slot in ("src", "dst", "tensor"):
                 t = getattr(node, slot, None)
-                if isinstance(t, Tensor) and t.dtype == float32 and (s := _span(t)) is not None \
+                if isinstance(t, Tensor) and t.dtype == float32 and (s := _extent(t)) is not None \
                         and (_meets(srcs, *s) or (node.kind is P.ProgramKind.COPY and _meets(dsts, *s))):
                     return False
         for b in bands:
@@ -133,7 +129,7 @@ class CopyFusion:
                     continue
                 for slot in ("src", "dst", "tensor", "condition", "predicate"):
                     t = getattr(node, slot, None)
-                    if isinstance(t, Tensor) and t.dtype == float32 and (s := _span(t)) is not None \
+                    if isinstance(t, Tensor) and t.dtype == float32 and (s := _extent(t)) is not None \
                             and _meets(dsts, *s):
                         return True
         return False
@@ -156,7 +152,7 @@ class Redirect:
 
     def __init__(self, owner: CopyFusion, copies: list[P.Copy], buf: np.ndarray) -> None:
         self.owner, self.copies, self.buf = owner, copies, buf
-        self.spans = [_span(c.dst) for c in copies]
+        self.spans = [_extent(c.dst) for c in copies]
         self._inv: np.ndarray | None = None
         self._lo = 0
 
