@@ -46,6 +46,7 @@ from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.mapping import map_linearly
+from softipu.ops.reduce_stages import PartialRows, even_step, intermediate_stages, tensor_at
 
 __all__ = ["ReduceOp", "reduce", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min",
            "reduce_prod", "argmax", "argmin"]
@@ -241,18 +242,6 @@ def _plan(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: floa
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-def tensor_at(graph: Graph, dtype: DType, addresses: np.ndarray) -> Tensor:
-    """A ``(V, n)`` tensor over explicit addresses: strided when they are regular, else indexed."""
-    v, n = addresses.shape
-    if v and n:
-        inner = int(addresses[0, 1] - addresses[0, 0]) if n > 1 else 1
-        outer = int(addresses[1, 0] - addresses[0, 0]) if v > 1 else 0
-        expect = addresses[0, 0] + np.arange(v)[:, None] * outer + np.arange(n) * inner
-        if np.array_equal(expect, addresses):
-            return Tensor(graph, dtype, (v, n), int(addresses[0, 0]), (outer, inner))
-    return Tensor(graph, dtype, (v, n), 0, (), addresses.astype(np.int64, copy=False))
-
-
 def partials_variable(ctx: OpContext, dtype: DType, sizes: Sequence[tuple[int, int]],
                       tiles: Sequence[np.ndarray], suffix: str = "partials") -> list[Tensor]:
     """One variable holding a ``(V_g, S_g)`` block per group, row ``i`` mapped to ``tiles[g][i]``."""
@@ -368,7 +357,9 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     ctx.execute(cs1)
     # Piece p supplies outputs [lo[p], lo[p] + width[p]) from its partials row.
     lo = (starts // (r * b)) * b + np.where(full, 0, starts % b)
-    _columns_stage(ctx, op, partial, out, lo, width, parts.offset + row0, scale)
+    rows = intermediate_stages(ctx, op, partial, PartialRows(lo, width, parts.offset + row0, tiles),
+                               out.numel)
+    _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
 
 
 def _even_runs(picks: np.ndarray, *positions: np.ndarray) -> list[np.ndarray]:
@@ -417,7 +408,7 @@ def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo
         starts = row0[owners] + (edges[which][:, None] - lo[owners])
         parts = [tensor_at(graph, partial, starts[:, j : j + 1] + np.arange(n))
                  for j in range(k_rows)]
-        step = _even_step(starts)
+        step = even_step(starts)
         graph.add_vertices(cs2, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
                                           "scale": scale, "part_step": step}, tile_of[which])
     ctx.execute(cs2)
@@ -449,7 +440,7 @@ def _raw_columns_stage(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor
             parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
                      for k in range(r)]
         graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
-                                         "scale": scale, "part_step": _even_step(starts)},
+                                         "scale": scale, "part_step": even_step(starts)},
                            tile_of[which])
     ctx.execute(cs)
 
@@ -459,15 +450,6 @@ def _addresses(flat: Tensor, positions: np.ndarray) -> np.ndarray:
     if flat.index is not None:
         return flat.index[positions]
     return flat.offset + positions * flat.strides[0]
-
-
-def _even_step(starts: np.ndarray) -> int:
-    """The address step between consecutive rows when it is the same for every vertex, else 0."""
-    if starts.shape[1] < 2:
-        return 0
-    step = starts[:, 1:] - starts[:, :-1]
-    s = int(step[0, 0])
-    return s if s > 0 and np.all(step == s) else 0
 
 
 # -- conveniences -------------------------------------------------------------------------------------
