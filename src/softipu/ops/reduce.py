@@ -46,7 +46,13 @@ from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.mapping import map_linearly
-from softipu.ops.reduce_stages import PartialRows, even_step, intermediate_stages, tensor_at
+from softipu.ops.reduce_stages import (
+    PartialRows,
+    even_step,
+    intermediate_stages,
+    needs_intermediate,
+    tensor_at,
+)
 
 __all__ = ["ReduceOp", "reduce", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min",
            "reduce_prod", "argmax", "argmin"]
@@ -329,7 +335,14 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     starts, lengths, tiles = _split_at(*tile_regions(graph, cv.view), r * b)
     if lengths.max() < 2 * b:
         # No tile holds two rows of any output's elements: stage 1 could not reduce anything.
-        _raw_columns_stage(ctx, cv, op, out, scale)
+        # popops then takes the input itself as the partials (tensorToIntermediatePartials) and
+        # may still reduce them in intermediate stages before the output.
+        rows = _input_rows(cv, starts, lengths, tiles)
+        if rows is None or not needs_intermediate(rows, out.numel, graph.num_tiles):
+            _raw_columns_stage(ctx, cv, op, out, scale)
+            return
+        rows = intermediate_stages(ctx, op, partial, rows, out.numel, source=dtype)
+        _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
         return
     short = lengths < b  # pieces shorter than a row: cut at row ends, kept column by column
     if np.any(short):
@@ -360,6 +373,17 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     rows = intermediate_stages(ctx, op, partial, PartialRows(lo, width, parts.offset + row0, tiles),
                                out.numel)
     _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
+
+
+def _input_rows(cv: _Canonical, starts: np.ndarray, lengths: np.ndarray,
+                tiles: np.ndarray) -> PartialRows | None:
+    """The input's pieces as rows of partials (each within one row of ``B``), where the input is
+    contiguous (its rows are then runs of addresses); else None."""
+    flat, r, b = cv.flat, cv.R, cv.B
+    if not flat.is_strided or flat.strides[0] != 1:
+        return None
+    s, n, t = _split_at(starts, lengths, tiles, b)
+    return PartialRows((s // (r * b)) * b + s % b, n, flat.offset + s, t)
 
 
 def _even_runs(picks: np.ndarray, *positions: np.ndarray) -> list[np.ndarray]:

@@ -115,7 +115,7 @@ def _pieces(sources: np.ndarray, cols: np.ndarray, total: int, tiles: int) -> np
 
 
 def _stage(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, start_tile: int,
-           index: int) -> PartialRows:
+           index: int, source: DType) -> PartialRows:
     """One intermediate stage (see the module docstring); returns the new rows."""
     graph, tiles = ctx.graph, ctx.graph.num_tiles
     edges, count = _fan_in(rows)
@@ -145,15 +145,19 @@ def _stage(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, star
     within = np.arange(region.size) - np.repeat(np.cumsum(sources) - sources, sources)
     member = (np.cumsum(chunks) - chunks)[region] + within // k[region]  # piece of each (region, row)
     key = np.unique(piece_region * tiles + tile, return_inverse=True)[1]  # merged piece
-    return _build(ctx, op, partial, rows, r_lo, cols, region, row_of, key[member], tile, key, index)
+    return _build(ctx, op, (source, partial), rows, (r_lo, cols), (region, row_of, key[member]), (tile, key),
+                  index)
 
 
-def _build(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, r_lo: np.ndarray,
-           cols: np.ndarray, region: np.ndarray, row_of: np.ndarray, merged: np.ndarray,
-           tile: np.ndarray, key: np.ndarray, index: int) -> PartialRows:
+def _build(ctx: OpContext, op: ReduceOp, types: tuple[DType, DType], rows: PartialRows,
+           regions: tuple[np.ndarray, np.ndarray], members: tuple[np.ndarray, np.ndarray, np.ndarray],
+           tiles: tuple[np.ndarray, np.ndarray], index: int) -> PartialRows:
     """Vertices of one stage: merged piece ``m`` reduces the rows ``row_of[merged == m]`` over its
-    region's columns into a new row on its tile."""
+    region's columns into a new row on its tile. ``types``: the rows' dtype (the input's when
+    they are its own elements, as popops' tensorToIntermediatePartials takes them) and the
+    partials'."""
     graph = ctx.graph
+    (source, partial), (r_lo, cols), (region, row_of, merged), (tile, key) = types, regions, members, tiles
     n_new = int(key.max()) + 1
     new_region = np.zeros(n_new, np.int64)
     new_region[merged] = region
@@ -174,14 +178,14 @@ def _build(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, r_lo
     k_of = np.bincount(merged, minlength=n_new)
     begin = np.cumsum(k_of) - k_of
     cs = ctx.compute_set(f"stage{index}")
-    codelet = columns_codelet(op, partial, partial)
+    codelet = columns_codelet(op, source, partial, raw=source is not partial)
     group_key = k_of * (int(cols.max()) + 1) + width
     for gk in np.unique(group_key).tolist():
         which = np.flatnonzero(group_key == gk)
         kk, n = int(k_of[which[0]]), int(width[which[0]])
         owners = src[begin[which][:, None] + np.arange(kk)]  # (V, k) source rows
         starts = rows.address[owners] + (r_lo[new_region[which]][:, None] - rows.lo[owners])
-        parts = [tensor_at(graph, partial, starts[:, j : j + 1] + np.arange(n)) for j in range(kk)]
+        parts = [tensor_at(graph, source, starts[:, j : j + 1] + np.arange(n)) for j in range(kk)]
         graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(var, offset[which], n),
                                          "scale": 1.0, "part_step": even_step(starts)}, new_tile[which])
     ctx.execute(cs)
@@ -189,15 +193,17 @@ def _build(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, r_lo
 
 
 def intermediate_stages(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows,
-                        outputs: int) -> PartialRows:
+                        outputs: int, source: DType | None = None) -> PartialRows:
     """As many intermediate stages as popops' planner takes (none when it goes straight to the
-    output); the rows left for the output stage."""
+    output); the rows left for the output stage. ``source``: the rows' dtype when they are the
+    input's own elements (the first stage converts them, squaring for SQUARE_ADD), else None
+    (rows of partials)."""
     graph, index = ctx.graph, 0
     while needs_intermediate(rows, outputs, graph.num_tiles):
         # Successive stages (and reductions) start their round-robin at different tiles.
         start = (len(graph.variables) * 97 + index * 389) % graph.num_tiles
-        rows = _stage(ctx, op, partial, rows, start, index)
-        index += 1
+        rows = _stage(ctx, op, partial, rows, start, index, source or partial)
+        source, index = None, index + 1
     return rows
 
 
