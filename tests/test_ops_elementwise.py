@@ -455,3 +455,32 @@ def test_docstring_examples_run():
     modules = [ew] + [importlib.import_module(f"{ew.__name__}.{m.name}") for m in pkgutil.iter_modules(ew.__path__)]
     results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in modules]
     assert sum(r.attempted for r in results) > 100 and all(r.failed == 0 for r in results)
+
+
+def _greedy_runs(starts: list[int], lengths: list[int]) -> list[tuple[int, int]]:
+    """The region runs by their definition, one region at a time: a run's first two regions set
+    its length and spacing, and it takes every following region that keeps both."""
+    runs, i = [], 0
+    while i < len(starts):
+        j = i + 1
+        if j < len(starts) and lengths[j] == lengths[i]:
+            step = starts[j] - starts[i]
+            while j < len(starts) and lengths[j] == lengths[i] and starts[j] - starts[j - 1] == step:
+                j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def test_region_runs_match_the_greedy_definition():
+    from softipu.ops.elementwise._planning import _runs
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        k = int(rng.integers(0, 40))
+        lengths = rng.choice([1, 2, 3], size=k) if trial % 2 else np.full(k, 4)
+        gaps = rng.choice([0, 1, 5], size=k) if trial % 3 else np.zeros(k, np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths[:-1] + gaps[:-1]))).astype(np.int64)[:k]
+        want = _greedy_runs(starts.tolist(), lengths.tolist())
+        assert _runs(starts, lengths.astype(np.int64)) == want
+        assert _runs(starts, lengths.astype(np.int64), 2) == want[:3]

@@ -3,6 +3,7 @@ regions (1-D problems) or blocks of rows (broadcast operands), each placed on a 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +118,7 @@ def _plan_regions(ctx: OpContext, problem: _Problem, out2d: Tensor, fresh: bool,
         map_linearly(graph, out1d, grain_size=grain, min_elements_per_tile=grain * 8)
         regions = _regions(graph, out1d)
     starts, lengths, tiles = regions
-    runs = _runs(starts, lengths)
+    runs = _runs(starts, lengths, MAX_RUNS)
     if len(runs) > MAX_RUNS:
         return None
     calls = []
@@ -162,16 +163,27 @@ def _regions(graph: Graph, t: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return starts, np.diff(np.concatenate((starts, [n]))), tiles
 
 
-def _runs(starts: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int]]:
-    """Index ranges of consecutive regions with one length and one spacing (one bulk call each)."""
-    s, n = starts.tolist(), lengths.tolist()
+def _runs(starts: np.ndarray, lengths: np.ndarray, limit: int | None = None) -> list[tuple[int, int]]:
+    """Index ranges of consecutive regions with one length and one spacing (one bulk call each),
+    taken greedily from the first region: a run's first two regions set its spacing. Stops after
+    ``limit`` + 1 runs where given (the caller gives up beyond ``limit``). Work per run, not per
+    region: region ``j`` continues a run begun before ``j - 1`` exactly when its length and its
+    spacing equal its predecessor's, so a run ends at the first region from its third on where
+    that fails (one array pass finds them all)."""
+    k = int(starts.size)
+    if k == 0:
+        return []
+    same_len = lengths[1:] == lengths[:-1]  # [j - 1]: region j's length is region j - 1's
+    gaps = np.diff(starts)
+    breaks = np.flatnonzero(~(same_len[1:] & (gaps[1:] == gaps[:-1]))) + 2  # regions that end a run
+    breaks_list = breaks.tolist()
     runs, i = [], 0
-    while i < len(s):
-        j = i + 1
-        if j < len(s) and n[j] == n[i]:
-            step = s[j] - s[i]
-            while j < len(s) and n[j] == n[i] and s[j] - s[j - 1] == step:
-                j += 1
+    while i < k and (limit is None or len(runs) <= limit):
+        if i + 1 < k and same_len[i]:
+            at = bisect.bisect_left(breaks_list, i + 2)
+            j = breaks_list[at] if at < len(breaks_list) else k
+        else:
+            j = i + 1
         runs.append((i, j))
         i = j
     return runs
