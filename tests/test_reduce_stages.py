@@ -113,3 +113,26 @@ def test_input_rows_taken_as_partials_match_numpy(op, reference):
     terms = w * w if op is ReduceOp.SQUARE_ADD else w
     bound = contraction_bound(np.abs(terms).sum(0), 96, out=np.float16)
     assert np.all(np.abs(got - terms.sum(0)) <= bound)
+
+
+def test_full_reduction_on_gc200_hand_worked():
+    """A sum of everything, 8 floats a tile on a GC200: 1,472 partials for one output. Stage 0
+    (one column region): ideal piece 1472 / 1472 = 1 partial, N = 1472, but pieces keep 64
+    partials: N = 1472 / 64 = 23 pieces of 64 rows, 1 column, evenly spaced (step 1):
+    elemsPerLoop gcd(2, 1) = 1, 3 + 5 + 3 + 63 = 74, worker 4 + 11 + 74 = 89. Then 23 partials
+    (on 23 tiles, and 23 <= 32): the output stage, 3 + 5 + 3 + 22 = 33, 4 + 11 + 33 = 48. Before,
+    one tile received all 1,472 partials and reduced them in one vertex."""
+    target = sp.targets.GC200
+    g = sp.Graph(target)
+    x = g.add_variable(sp.float32, (target.num_tiles * 8,), name="x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    reduce_sum(g, x, prog)
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    eng.run(0)
+    steps = {s["name"]: s["compute_cycles"] for s in eng.report.steps}
+    sup = target.supervisor_overhead_cycles
+    assert steps["reduce_sum/stage0"] == 6 * 89 + sup
+    assert steps["reduce_sum/reduce"] == 6 * 48 + sup
+    stage0 = [c for c in eng.executable.compute_sets.values() if c.compute_set.name == "reduce_sum/stage0"]
+    assert stage0 and stage0[0].num_vertices == 23

@@ -306,9 +306,23 @@ def _plan_inner(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     output = starts[piece] // r + k
     if cv.wrap:
         output %= cv.A
+    rows = _partial_rows(piece, output, slot0[piece] + k, tiles)
+    if needs_intermediate(rows, out.numel, graph.num_tiles):  # a high fan-in (a full reduction)
+        rows = intermediate_stages(ctx, op, partial, rows, out.numel)
+        _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
+        return
     order = np.lexsort((starts[piece], output))
     address = (slot0[piece] + k)[order]
     _gather_stage(ctx, op, partial, out, output[order], address, scale)
+
+
+def _partial_rows(piece: np.ndarray, output: np.ndarray, address: np.ndarray,
+                  tiles: np.ndarray) -> PartialRows:
+    """Stage 1's partials (in piece order) as rows: runs of consecutive outputs of one piece."""
+    cut = np.flatnonzero((piece[1:] != piece[:-1]) | (output[1:] != output[:-1] + 1)) + 1
+    first = np.concatenate(([0], cut)).astype(np.int64)
+    width = np.diff(np.append(first, piece.size))
+    return PartialRows(output[first], width, address[first], tiles[piece[first]])
 
 
 def _gather_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, output: np.ndarray,
