@@ -184,6 +184,12 @@ class Tensor:
         if grouped is not None:  # the fine axes, read row-major, are the elements in order
             fine = Tensor(self.graph, self.dtype, grouped.shape, grouped.offset, grouped.strides)
             return fine.element_runs()
+        slabs = self.slabs if _INDEX_SLOT.__get__(self, Tensor) is None else None
+        if slabs is not None and slabs.axis == 0 and slabs.perm == tuple(range(self.ndim)):
+            # pieces stacked along the first axis, read in order: each piece's runs in turn
+            parts = [Tensor(self.graph, self.dtype, sh, o, st).element_runs()
+                     for o, sh, st, _ in slabs.pieces]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if not self.is_strided:
             flat = self.addresses().reshape(-1)
             first = np.concatenate(([0], np.flatnonzero(np.diff(flat) != 1) + 1))

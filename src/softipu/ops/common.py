@@ -19,7 +19,7 @@ from softipu.dtypes import DType
 from softipu.errors import SoftIPUError
 from softipu.graph import program as P
 from softipu.graph.graph import ComputeSet, Graph
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Slabs, Tensor
 from softipu.ops.mapping import map_linearly
 
 __all__ = ["OpError", "OpContext", "parse_options", "broadcast_shapes", "tile_regions", "rows_of",
@@ -154,12 +154,40 @@ def rows_of(flat: Tensor, starts: np.ndarray, length: int) -> Tensor:
         rows = flat[first : first + num * length].reshape(num, length)
         if rows.is_strided or rows.slabs is not None:
             return rows
+    if flat.is_strided and flat.ndim == 1 and num > 1:
+        slabs = _row_slabs(flat, starts, length)
+        if slabs is not None:
+            return Tensor(flat.graph, flat.dtype, (num, length), 0, (), None, slabs)
     positions = starts[:, None] + np.arange(length)
     if flat.is_strided and flat.ndim == 1:  # irregular rows: only their addresses, not all of flat's
         index = flat.offset + positions * flat.strides[0]
     else:
         index = flat.addresses().reshape(-1)[positions]
     return Tensor(flat.graph, flat.dtype, (num, length), 0, (), index)
+
+
+def _row_slabs(flat: Tensor, starts: np.ndarray, length: int) -> Slabs | None:
+    """Irregular rows of a strided 1-D tensor as a slab layout: rows whose starts step evenly
+    are one strided piece, so a field costs a few ints per piece, not an int64 per element
+    (a vocabulary-wide reduction's pieces: tens of millions of addresses). None when the pieces
+    would average fewer than 64 elements (an index is then as small)."""
+    n = starts.size
+    step = np.diff(starts)
+    change = np.flatnonzero(step[1:] != step[:-1]) + 1
+    run_end = np.concatenate((change, [n - 1]))  # the end of each run of equal steps
+    run_of = np.repeat(np.arange(run_end.size), np.diff(np.concatenate(([0], run_end))))
+    bounds, i, budget = [], 0, n * length // 64
+    while i < n:  # greedy: a piece takes the rows that keep its first row's step
+        j = n if i == n - 1 else int(run_end[run_of[i]]) + 1
+        bounds.append((i, j))
+        i = j
+        if len(bounds) > budget:
+            return None
+    stride = flat.strides[0]
+    pieces = tuple((flat.offset + int(starts[a]) * stride, (b - a, length),
+                    (int(starts[a + 1] - starts[a]) * stride if b - a > 1 else 0, stride), (b - a, length))
+                   for a, b in bounds)
+    return Slabs(pieces, 0, (0, 1))
 
 
 def storage_order(t: Tensor) -> tuple[int, ...]:
