@@ -15,7 +15,7 @@ from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options
 from softipu.ops.indexing._common import _axis, _index_tensor, _map_rest, _rows_view
-from softipu.ops.indexing.tables import _slice_rows, _update_rows
+from softipu.ops.indexing.tables import _slice_rows, _update_rows, slice_output
 from softipu.ops.random import clone_mapping
 
 __all__ = ["gather", "scatter", "scatter_add"]
@@ -47,8 +47,15 @@ def gather(graph: Graph, x: Tensor, indices: Tensor, prog: Any, *, axis: int = 0
         raise ctx.error(f"cannot gather from 0-d tensor {x.name}")
     axis = _axis(ctx, x, axis)
     _index_tensor(ctx, indices)
+    table = _rows_view(x, axis, 1)
+    if x.ndim == 2 and axis == 0:  # a lookup: the result in the table's column blocks
+        rows = slice_output(ctx.graph, table, indices.numel, f"{ctx.name}/out")
+        out = rows.reshape(_gathered_shape(x, indices, axis))
+        _slice_rows(ctx, table, indices.reshape(-1), rows)
+        _map_rest(ctx, out)
+        return out
     out = ctx.graph.add_variable(x.dtype, _gathered_shape(x, indices, axis), name=f"{ctx.name}/out")
-    _slice_rows(ctx, _rows_view(x, axis, 1), indices.reshape(-1), _rows_view(out, axis, indices.ndim))
+    _slice_rows(ctx, table, indices.reshape(-1), _rows_view(out, axis, indices.ndim))
     _map_rest(ctx, out)
     return out
 

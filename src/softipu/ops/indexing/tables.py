@@ -28,7 +28,7 @@ from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce import tensor_at
 
 __all__ = ["multi_slice", "multi_update_add", "create_slicable_table", "create_slicable_like",
-           "plan_table_split"]
+           "plan_table_split", "slice_output"]
 
 # popops' slice plan splits the sliced dimension (rows) as well as the columns when the columns
 # leave tiles idle (BERT's 768-wide embedding on 1472 tiles). Here a row split cuts every column
@@ -177,6 +177,18 @@ def create_slicable_like(graph: Graph, like: Tensor, dtype: Any = None, name: st
     return t.T
 
 
+def slice_output(graph: Graph, table: Tensor, n: int, name: str) -> Tensor:
+    """A fresh ``[n, columns]`` result for looking up ``n`` rows of ``table``: stored transposed
+    when the table is (:func:`create_slicable_table`), so that each column block of the result
+    is one contiguous region on its table block's tile (popops ``createSliceTensor``: the slices
+    are partitioned by lookup and column blocks like the sliceable tensor and each part is made
+    where its columns live); row-major otherwise."""
+    cols = table.shape[1]
+    if _column_major(table) and n > 1:
+        return graph.add_variable(table.dtype, (cols, n), name=name).T
+    return graph.add_variable(table.dtype, (n, cols), name=name)
+
+
 def _slice_rows(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor) -> None:
     """``out[i, :] = table[indices[i], :]`` by column blocks and lookup blocks; maps ``out``.
 
@@ -310,6 +322,8 @@ def _slice_split(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor, ti
     cols, row_blocks = tiles.shape
     if out.is_contiguous():
         map_linearly(graph, out, grain_size=max(1, out.shape[1]))
+    elif _column_major(out):  # slice_output's: each column where its first row block lives
+        graph.set_tile_mappings(out.T, tiles[:, 0])
     shifted = _shifted(ctx, indices, tiles, table.shape[0] // row_blocks).reshape(cols, row_blocks, n)
     partial = graph.add_variable(table.dtype, (cols * row_blocks, n), name=f"{ctx.name}/partials")
     graph.set_tile_mappings(partial, tiles.reshape(-1))
@@ -364,7 +378,7 @@ def multi_slice(graph: Graph, table: Tensor, indices: Tensor, prog: Any, *, name
     ctx = OpContext.start(graph, prog, "multi_slice", name, table, indices)
     parse_options(ctx, options, {})
     indices = _check_table(ctx, table, indices)
-    out = graph.add_variable(table.dtype, (indices.shape[0], table.shape[1]), name=f"{ctx.name}/out")
+    out = slice_output(graph, table, indices.shape[0], f"{ctx.name}/out")
     _slice_rows(ctx, table, indices, out)
     _map_rest(ctx, out)
     return out
