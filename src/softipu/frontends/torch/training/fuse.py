@@ -39,7 +39,9 @@ _BINARY = {_aten.add.Tensor: "add", _aten.sub.Tensor: "sub", _aten.mul.Tensor: "
            _aten.mul.Scalar: "mul", _aten.div.Scalar: "div", _aten.minimum.default: "minimum",
            _aten.maximum.default: "maximum"}
 _UNARY = {_aten.sqrt.default: "sqrt", _aten.neg.default: "neg", _aten.expm1.default: "expm1",
-          _aten.exp.default: "exp", _aten.reciprocal.default: "reciprocal", _aten.rsqrt.default: "rsqrt"}
+          _aten.exp.default: "exp", _aten.reciprocal.default: "reciprocal", _aten.rsqrt.default: "rsqrt",
+          _aten.erf.default: "erf", _aten.log.default: "log", _aten.tanh.default: "tanh",
+          _aten.sigmoid.default: "sigmoid", _aten.abs.default: "abs", _aten.log1p.default: "log1p"}
 _FLOATS = (torch.float32, torch.float16)
 _MAX_LEAVES = 8  # operands of one map: more would be a wide vertex with many fields
 

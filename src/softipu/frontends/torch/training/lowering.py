@@ -554,18 +554,26 @@ class _TrainLowerer(_Lowerer):
 
 _WRITTEN = object()  # an output already copied into its variable
 FUSE_JOINT_CASTS = True  # False: every joint-graph cast a compute set of its own (tests compare both)
+FUSE_BACKWARD_CHAINS = True  # False: only casts join their neighbours (tests compare both)
 
 
 def _joins_users(node: torch.fx.Node, forward: set[torch.fx.Node]) -> bool:
     """Whether ``node``'s value is left pending for its users to fuse: an elementwise op feeding a
     cast, or a cast whose every user is an elementwise op (each user's expression converts again:
     the same values, and it reads the narrower operand), all in ``node``'s phase (forward,
-    backward, recomputed), so nothing the backward keeps or a phase's compute sets own moves."""
+    backward, recomputed), so nothing the backward keeps or a phase's compute sets own moves.
+    In the backward (not recomputed) any elementwise op with one elementwise user joins it
+    (``FUSE_BACKWARD_CHAINS``): Core ATen spells PopART's one-op gradients (``GeluGradOp``,
+    ``LayerNormGradOp``, ``SoftmaxGradOp``: one popnn/popops call each) as chains of ten or more
+    elementwise ops, each a compute set and a pass over the data of its own otherwise."""
     users = list(node.users)
     if not users or (len(users) > 1 and not is_cast(node)):
         return False
+    chains = FUSE_BACKWARD_CHAINS and node not in forward and not node.meta.get("softipu_recomputed")
     for user in users:
-        if user.op != "call_function" or not fusible(user, None) or not (is_cast(node) or is_cast(user)):
+        if user.op != "call_function" or not fusible(user, None):
+            return False
+        if not (chains or is_cast(node) or is_cast(user)):
             return False
         if (node in forward) != (user in forward):
             return False
