@@ -23,7 +23,6 @@ line with the counts and the first few reproducers of each bad kind.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import io
 import json
@@ -46,6 +45,7 @@ from _fuzz_common import Timeout, alarm_handler, bounded, campaign_parser  # noq
 KINDS = ("executable", "cache", "export")
 BAD = ("other", "hang", "escaped")
 HUGE = (2**31, 2**40, 2**62, 2**63, 2**64 + 5, -1, -(2**40), 10**30)
+DEEP = "<deep nesting>"  # marks where mutate() writes a nesting too deep for json.dumps
 PATHS = ("..", "../..", "../../etc/passwd", "/etc/passwd", "/dev/zero", "a/../../b", "\x00", "~root")
 
 
@@ -171,14 +171,9 @@ def _mutate_json(rng: random.Random, tree: Any) -> tuple[Any, str]:
             p = rng.choice(numbers)
             value = rng.choice((*HUGE, _get(tree, p) + rng.choice((-1, 1)), 0))
             return _set(tree, p, value), f"number {list(p)} = {value}"
-    if action == "deep":
+    if action == "deep":  # a marker that mutate() writes as the nesting (json.dumps cannot go so deep)
         depth = rng.choice((50, 2000, 100000))
-        if 2 * depth >= sys.getrecursionlimit():  # json.dumps cannot write it: not built (0.1-0.4 s
-            return None, f"deep nesting at {list(path)}"  # of allocating and collecting, for nothing)
-        value: Any = 1
-        for _ in range(depth):
-            value = {"li": [value]}
-        return _set(tree, path, value), f"deep nesting at {list(path)}"
+        return _set(tree, path, f"{DEEP}{depth}"), f"deep nesting {depth} at {list(path)}"
     if action == "huge_entry" and isinstance(tree, dict) and isinstance(tree.get("arrays"), list) \
             and tree["arrays"]:  # (an earlier mutation may have made it a dict or a string)
         i = rng.randrange(len(tree["arrays"]))
@@ -188,6 +183,17 @@ def _mutate_json(rng: random.Random, tree: Any) -> tuple[Any, str]:
             return tree, f"arrays[{i}].shape = {entry['shape']}"
     value = _odd_value(rng, tree)
     return _set(tree, path, value), f"replace {list(path)} = {str(value)[:60]}"
+
+
+def _dumps(tree: Any) -> str:
+    """``tree`` as JSON text, a ``deep`` marker written as that many nested ``{"li": [...]}``."""
+    text = json.dumps(tree)
+    start = text.find(f'"{DEEP}')
+    if start < 0:
+        return text
+    end = text.index('"', start + 1)
+    depth = int(text[start + 1 + len(DEEP):end])
+    return text[:start] + '{"li":[' * depth + "1" + "]}" * depth + text[end + 1:]
 
 
 def _rewrite_npz(rng: random.Random, path: Path, outside: Path) -> str:
@@ -267,14 +273,11 @@ def mutate(rng: random.Random, folder: Path, outside: Path) -> list[str]:
         if what < 0.55 and plain:
             try:
                 tree = json.loads(manifest.read_text())
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # (an earlier deep nesting)
                 continue
             tree, said = _mutate_json(rng, tree)
-            if tree is None:  # nesting too deep to write: the manifest stays as it is
-                continue
-            with contextlib.suppress(RecursionError):
-                manifest.write_text(json.dumps(tree))
-                done.append(said)
+            manifest.write_text(_dumps(tree))
+            done.append(said)
         elif what < 0.75 and arrays.is_file() and not arrays.is_symlink():
             try:
                 done.append(_rewrite_npz(rng, arrays, outside))

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -235,3 +236,31 @@ def test_npz_mutations_take_values_no_dtype_holds(tmp_path):
     for i in range(200):
         np.savez(path, s=np.array(["768"]), f=np.array([1.5e300]))
         fz._rewrite_npz(random.Random(i), path, tmp_path)
+
+
+def test_deep_nesting_mutations_reach_the_file_and_the_loader_refuses_them(tmp_path):
+    """The harness's own bug: a 2000- or 100000-deep nesting was built as a Python tree that
+    json.dumps cannot write (RecursionError, suppressed), so those mutations never reached a loader.
+    They are now written as text; the loader must refuse them as a format error."""
+    import random
+    import shutil
+
+    fz = fuzz_module()
+    seed = saved(tmp_path / "seed")
+    found = set()
+    for i in range(400):
+        folder = tmp_path / "case"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(seed, folder)
+        mutations = fz.mutate(random.Random(i), folder, tmp_path)
+        last = re.match(r"deep nesting (\d+)", mutations[-1] if mutations else "")
+        if last:  # (the last mutation: nothing overwrote it)
+            depth = int(last[1])
+            assert (folder / MANIFEST).read_text().count('{"li":[') >= depth
+            if depth > 50:
+                with pytest.raises(ExecutableFormatError):
+                    load_executable(folder)
+            found.add(depth)
+        if {2000, 100000} <= found:
+            break
+    assert {2000, 100000} <= found
