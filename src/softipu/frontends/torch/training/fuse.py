@@ -93,21 +93,46 @@ def fusible(node: torch.fx.Node, dtype_of: Callable[[torch.dtype], Any]) -> bool
     return isinstance(val, torch.Tensor) and val.dtype in _FLOATS
 
 
-def materialize(value: Any, ctx: Any, node: torch.fx.Node | None = None) -> Any:
+def materialize(value: Any, ctx: Any, node: torch.fx.Node | None = None,
+                scalars: dict[tuple, Tensor] | None = None) -> Any:
     """``value`` as a tensor: a pending expression lowered as one ``map`` (named after ``node``,
-    the op that completes it); anything else as it is."""
+    the op that completes it); anything else as it is. With ``scalars`` (a table the caller keeps
+    for one program), a 0-d expression over whole 0-d variables is lowered once and its tensor
+    reused: every parameter's update computes the same bias corrections from the step and the
+    hyper-parameters (PopART has no compute set of their own: ``AdamUpdaterOpx`` folds them into
+    its one map), so they are computed once per step, not once per parameter."""
     if not isinstance(value, Pending):
         return value
     leaves = value.leaves()
     expr = _expr(value, leaves)
+    key = _scalar_key(value, leaves, expr, ctx.graph) if scalars is not None else None
+    if key is not None and key in scalars:
+        return scalars[key]
     outer = ctx.node
     if node is not None:
         ctx.node = node
     try:
-        return ordered(lambda *ts: ew.map(ctx.graph, expr, list(ts), ctx.prog, name=f"{ctx.name}/fused"),
-                       *leaves)
+        out = ordered(lambda *ts: ew.map(ctx.graph, expr, list(ts), ctx.prog, name=f"{ctx.name}/fused"),
+                      *leaves)
     finally:
         ctx.node = outer
+    if key is not None:
+        scalars[key] = out
+    return out
+
+
+def _scalar_key(value: Pending, leaves: list[Tensor], expr: Any, graph: Any) -> tuple | None:
+    """A 0-d expression's identity: its text, dtype and the variables it reads (each leaf a whole
+    0-d variable); None for anything else."""
+    if value.shape != ():
+        return None
+    ids = []
+    for t in leaves:
+        var = graph.variable_of(t)
+        if t.shape != () or var is None or var.numel != 1:
+            return None
+        ids.append(var.id)
+    return str(expr), str(value.dtype), tuple(ids)
 
 
 def materialize_into(value: Pending, ctx: Any, node: torch.fx.Node, into: Tensor) -> Tensor | None:
@@ -145,9 +170,11 @@ def _expr(value: Any, leaves: list[Tensor]) -> Any:
     return value  # a number: a constant of the expression
 
 
-def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any) -> Pending | None:
+def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any,
+              scalars: dict[tuple, Tensor] | None = None) -> Pending | None:
     """``node`` as a pending expression over its operands, or None when it cannot be fused with
-    them (then its operands are materialized and it is lowered as usual)."""
+    them (then its operands are materialized and it is lowered as usual); ``scalars``: see
+    :func:`materialize`."""
     val = node.meta["val"]
     dtype = ctx.dtype(val.dtype)
     shape = tuple(int(d) for d in val.shape)
@@ -166,7 +193,7 @@ def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any) -> P
             if v.dtype is not dtype and not (v.dtype is float16 and dtype is float32):
                 return None  # a narrowing promotion inside the expression: left to the lowering
             if isinstance(v, Pending) and _numel(v.shape) < _numel(shape):
-                env[a] = v = materialize(v, ctx, a)  # a scalar chain: computed once, then broadcast
+                env[a] = v = materialize(v, ctx, a, scalars)  # a scalar chain: computed once, then broadcast
             if v.dtype is not dtype:  # torch's promotion of a float16 operand: exact
                 v = Pending("cast", (v,), tuple(int(d) for d in v.shape), dtype)
         elif not isinstance(v, (int, float)) or isinstance(v, bool):

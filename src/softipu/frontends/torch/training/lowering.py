@@ -105,6 +105,8 @@ class _TrainLowerer(_Lowerer):
         # Core ATen's table, materialized once: make_fx materializes a CustomDecompTable on every
         # trace (walking every op namespace for composite ops), a fixed cost per traced update
         self._decompositions: dict | None = None
+        # The update's 0-d expressions (bias corrections...) by identity, lowered once (fuse.materialize)
+        self._scalars: dict[tuple, Tensor] | None = None
 
     def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int],
              like: Tensor | None = None) -> Tensor:
@@ -317,6 +319,9 @@ class _TrainLowerer(_Lowerer):
         ew.add_(self.graph, step, 1.0, prog, name="upd/step")
         self.ctx.phase = "upd/"
         outer, self.ctx.prog = self.ctx.prog, prog
+        # one program, one placement: each bias correction computed once for every parameter
+        one = type(self).lower_node is _TrainLowerer.lower_node
+        self._scalars = {} if SHARE_UPDATE_SCALARS and one else None
         try:
             for pnames in self._update_chunks(grads):
                 skeys = [k for k in state if k[0] in pnames]
@@ -344,7 +349,7 @@ class _TrainLowerer(_Lowerer):
                 for n in pnames:
                     self.offload.store_after_update(n, full[n], prog)
         finally:
-            self.ctx.prog, self.ctx.phase = outer, ""
+            self.ctx.prog, self.ctx.phase, self._scalars = outer, "", None
         return state, hyper, step
 
     def _streamed(self, name: str, prog: P.Sequence, on_chip: Tensor) -> Tensor:
@@ -484,7 +489,7 @@ class _TrainLowerer(_Lowerer):
                     self._write_early(node, env, outputs, targets, order)
             elif node.op == "output":
                 return [targets[i] if a is _WRITTEN and targets is not None else
-                        materialize(env[a], self.ctx, a) if isinstance(a, torch.fx.Node) else a
+                        materialize(env[a], self.ctx, a, self._scalars) if isinstance(a, torch.fx.Node) else a
                         for i, a in enumerate(outputs)]
         return []
 
@@ -540,21 +545,23 @@ class _TrainLowerer(_Lowerer):
         """An elementwise op joins its operands' pending expression (:mod:`.fuse`) while its value
         has one user that is not the output; else the expression so far is lowered as one map
         (in place into ``into``, a variable it reads that nothing later reads, when given)."""
-        pending = fuse_node(node, env, self.ctx) if fusible(node, self.ctx.dtype) else None
+        scalars = self._scalars
+        pending = fuse_node(node, env, self.ctx, scalars) if fusible(node, self.ctx.dtype) else None
         if pending is not None:
             users = list(node.users)
             if len(users) == 1 and users[0].op != "output":
                 return pending
             done = materialize_into(pending, self.ctx, node, into) if into is not None else None
-            return done if done is not None else materialize(pending, self.ctx, node)
+            return done if done is not None else materialize(pending, self.ctx, node, scalars)
         for a in node.all_input_nodes:
-            env[a] = materialize(env[a], self.ctx, a)
+            env[a] = materialize(env[a], self.ctx, a, scalars)
         return self.lower_node(node, env)
 
 
 _WRITTEN = object()  # an output already copied into its variable
 FUSE_JOINT_CASTS = True  # False: every joint-graph cast a compute set of its own (tests compare both)
 FUSE_BACKWARD_CHAINS = True  # False: only casts join their neighbours (tests compare both)
+SHARE_UPDATE_SCALARS = True  # False: each parameter's update computes its own bias corrections
 
 
 def _joins_users(node: torch.fx.Node, forward: set[torch.fx.Node]) -> bool:
