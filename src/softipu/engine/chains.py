@@ -177,7 +177,7 @@ def _kind(executable: Executable, cs_id: int) -> tuple[str, Any] | None:
     groups = executable.compute_sets[cs_id].groups
     if not groups:
         return None
-    kinds = {_codelet_kind(g.codelet) for g in groups}
+    kinds = {_codelet_kind(c) for c in {g.codelet for g in groups}}
     return kinds.pop() if len(kinds) == 1 else None
 
 

@@ -42,6 +42,9 @@ FUSE_COPIES = True
 SPAN_SLACK = 4
 
 
+_NOT_READERS = (P.ProgramKind.EXECUTE, P.ProgramKind.SEQUENCE, P.ProgramKind.WRITE_UNDEF)
+
+
 def _meets(spans: list[tuple[int, int]], lo: int, hi: int) -> bool:
     return any(a < hi and lo < b for a, b in spans)
 
@@ -55,6 +58,7 @@ class CopyFusion:
         self.skipped: set[int] = set()
         self._before: dict[int, list[P.Program]] = {}  # first node id -> Copy/WriteUndef run before it
         self._counts: dict[int, int] = {}
+        self._nodes: tuple[list[int], np.ndarray] | None = None  # _node_spans, made on first use
         roots = list(executable.programs) + list(executable.functions.values())
         for root in roots:
             for node in P.walk(root):
@@ -121,18 +125,28 @@ class CopyFusion:
         for lo, hi in dsts:
             if ((rows[:, 1] < hi) & (lo < rows[:, 2])).any():
                 return True
-        roots = list(self.executable.programs) + list(self.executable.functions.values())
-        for root in roots:
-            for node in P.walk(root):
-                if node.kind in (P.ProgramKind.EXECUTE, P.ProgramKind.SEQUENCE, P.ProgramKind.WRITE_UNDEF) \
-                        or id(node) in mine:
-                    continue
-                for slot in ("src", "dst", "tensor", "condition", "predicate"):
-                    t = getattr(node, slot, None)
-                    if isinstance(t, Tensor) and t.dtype == float32 and (s := _extent(t)) is not None \
-                            and _meets(dsts, *s):
-                        return True
-        return False
+        nodes, spans = self._node_spans()
+        hit = np.zeros(len(nodes), bool)
+        for lo, hi in dsts:
+            hit |= (spans[:, 0] < hi) & (lo < spans[:, 1])
+        return any(nodes[i] not in mine for i in np.flatnonzero(hit).tolist())
+
+    def _node_spans(self) -> tuple[list[int], np.ndarray]:
+        """``id`` of each program node (but Executes, Sequences and undefs) naming a float32 tensor,
+        beside ``[lo, hi)`` of that tensor: one walk of the programs for every chain's question."""
+        if self._nodes is None:
+            nodes, spans = [], []
+            for root in list(self.executable.programs) + list(self.executable.functions.values()):
+                for node in P.walk(root):
+                    if node.kind in _NOT_READERS:
+                        continue
+                    for slot in ("src", "dst", "tensor", "condition", "predicate"):
+                        t = getattr(node, slot, None)
+                        if isinstance(t, Tensor) and t.dtype == float32 and (s := _extent(t)) is not None:
+                            nodes.append(id(node))
+                            spans.append(s)
+            self._nodes = nodes, np.array(spans, np.int64).reshape(-1, 2)
+        return self._nodes
 
 
 def _grid_span(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[int, int]:
@@ -228,7 +242,7 @@ def _strided_form(src: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], li
     axes split the array's own, checked exactly; None where no such view holds it."""
     shape, strides, splits = [], [], []
     for ax in range(src.ndim):
-        line = np.moveaxis(src, ax, -1)[(0,) * (src.ndim - 1)] - src.flat[0]
+        line = src[(0,) * ax + (slice(None),) + (0,) * (src.ndim - ax - 1)] - src.flat[0]
         dims = _factor(line)
         if dims is None:
             return None

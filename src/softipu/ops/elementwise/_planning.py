@@ -241,6 +241,8 @@ def _row_block(v: Tensor, kind: Operand, r0: int, nv: int, kk: int) -> Tensor:
 def _col_chunk(v: Tensor, kind: Operand, c0: int, c1: int) -> Tensor:
     """One vertex per row over columns ``c0:c1``."""
     rows = v.shape[0]
+    if kind is Operand.FULL and v.is_strided:  # v[:, c0:c1], made directly (hundreds a layer)
+        return Tensor(v.graph, v.dtype, (rows, c1 - c0), v.offset + c0 * v.strides[1], v.strides)
     if kind is Operand.FULL:
         return v[:, c0:c1]
     if kind is Operand.ROW:
@@ -261,7 +263,7 @@ def _place(graph: Graph, problem: _Problem, calls: list[_Call], ref: int | None)
     """Each block's tile: where the reference holds the block's middle element, unless that
     leaves some tile with much more than its share (a transposed input, say); else linear."""
     total = problem.rows * problem.cols
-    placed = [None if ref is None else _middle_tiles(graph, c.operands[ref]) for c in calls]
+    placed = [None] * len(calls) if ref is None else _middle_tiles(graph, [c.operands[ref] for c in calls])
     if all(t is not None and (t.size == 0 or t.min() >= 0) for t in placed):
         load = np.zeros(graph.num_tiles, np.int64)
         for c, t in zip(calls, placed, strict=True):
@@ -274,10 +276,18 @@ def _place(graph: Graph, problem: _Problem, calls: list[_Call], ref: int | None)
                       c.out, c.operands) for c in calls]
 
 
-def _middle_tiles(graph: Graph, field: Tensor) -> np.ndarray | None:
-    v, n = field.shape
-    if field.is_strided:
-        address = field.offset + np.arange(v, dtype=np.int64) * field.strides[0] + (n // 2) * field.strides[1]
-    else:
-        address = field[:, n // 2].addresses()
-    return graph.resolved_mapping(field.dtype).tiles_of(address).astype(np.int64)
+def _middle_tiles(graph: Graph, fields: list[Tensor]) -> list[np.ndarray]:
+    """The tile of each vertex's middle element, per ``(V, n)`` field (one dtype): one mapping
+    lookup for all of them."""
+    if not fields:
+        return []
+    addresses = []
+    for field in fields:
+        v, n = field.shape
+        if field.is_strided:
+            addresses.append(field.offset + np.arange(v, dtype=np.int64) * field.strides[0]
+                             + (n // 2) * field.strides[1])
+        else:
+            addresses.append(field[:, n // 2].addresses().reshape(-1))
+    tiles = graph.resolved_mapping(fields[0].dtype).tiles_of(np.concatenate(addresses)).astype(np.int64)
+    return np.split(tiles, np.cumsum([a.size for a in addresses])[:-1])
