@@ -9,7 +9,8 @@ programs). Each line prints:
   throughput of one IPU (the step's host streams included, as the engine prices them);
 * ``fits``, ``max_tile_kib``, ``mean_tile_kib``, ``worst_tile`` and its categories
   (``worst_kib``: KiB by memory category on the fullest tile);
-* ``compile_s`` (export + lower + compile + price, wall) with its ``stages_s``, and ``rss_mb``:
+* ``compile_s`` (export + lower + compile + price, wall) with its ``stages_s``; ``cpu_s`` and
+  ``stages_cpu_s`` the same in this process's CPU seconds (steadier on a loaded host); ``rss_mb``:
   the growth of the process's peak resident size over the case (ru_maxrss);
 * ``partials``: the type fp16 matmuls and convolutions accumulate in, as the published run set it
   (``PARTIALS``; ``--partials`` overrides);
@@ -83,31 +84,32 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
     tgt = target()
     net, args, names = fidelity_models.build(model, batch, seq or 128)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    stages = {}
+    stages, cpu = {}, {}
     t0 = t = time.perf_counter()
+    c0 = c = time.process_time()
     with torch.no_grad():
         ep = export_program(net, args, {})
-    stages["export"] = time.perf_counter() - t
-    t = time.perf_counter()
+    stages["export"], cpu["export"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     partials = partials or PARTIALS.get((model, precision), "float")
     opts = st.Options(target=tgt, precision=precision, partials_type=partials,
                       **({} if amp is None else {"available_memory_proportion": amp}))
     lowered = lower_program(ep, opts, names)
-    stages["lower"] = time.perf_counter() - t
-    t = time.perf_counter()
+    stages["lower"], cpu["lower"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     # PopTorch compiles through PopART, whose outlining is on by default (compiler/outline.py);
     # a --baseline checkout older than the option prices without it.
     outline = outline and "opt.enableOutlining" in sp.EngineOptions.KEYS
     options = {"debug.allowOutOfMemory": True} | ({"opt.enableOutlining": True} if outline else {})
     eng = sp.Engine(lowered.graph, list(lowered.programs), estimate_only=True, options=options)
-    stages["compile"] = time.perf_counter() - t
-    t = time.perf_counter()
+    stages["compile"], cpu["compile"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     eng.run(0)
     before = eng.log.cycles
     eng.run(1)
     cycles = eng.log.cycles - before
-    stages["price"] = time.perf_counter() - t
-    seconds = time.perf_counter() - t0
+    stages["price"], cpu["price"] = time.perf_counter() - t, time.process_time() - c
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     report = eng.report
     fit = report.fit()
@@ -124,6 +126,7 @@ def child(model: str, precision: str, batch: int, seq: int, outline: bool = True
         "worst_kib": {k: round(v / 1024, 1) for k, v in sorted(fit["worst_tile_categories"].items(),
                                                                  key=lambda kv: -kv[1])},
         "compile_s": round(seconds, 2), "stages_s": {k: round(v, 2) for k, v in stages.items()},
+        "cpu_s": round(cpu_seconds, 2), "stages_cpu_s": {k: round(v, 2) for k, v in cpu.items()},
         "rss_mb": round(rss, 1),
         **({"rewrites": len(rewrites), "rewrite_example": rewrites[0]} if rewrites else {}),
         **({"peak": peak_on_tile(eng.executable, fit["worst_tile"])} if explain else {}),

@@ -62,3 +62,32 @@ def test_layer_norm_rows_longer_than_a_vertex_split_across_tiles() -> None:
         np.testing.assert_allclose(eng.read_tensor(mean), want_mean, rtol=1e-5)
         np.testing.assert_allclose(eng.read_tensor(inv_std), want_inv, rtol=1e-4)
         assert eng.report.fit()["worst_tile_bytes"] < 24_000 * 2
+
+
+def test_layer_norm_of_rows_stored_column_major_reads_where_the_columns_live() -> None:
+    # A (rows, n) = (96, 64) input stored transposed (an embedding lookup keeps its table's column
+    # blocks): each of 16 tiles holds 4 whole columns, every row has one element per column, so 64
+    # runs a row. Cut along the rows, each row piece's vertices sat on one tile and gathered the
+    # piece from the others. As planes (n, rows, 1) each vertex reads a run of rows of one column
+    # where it lives; the apply step then receives only per-row statistics: at most every row's
+    # fp32 mean and variance and fp16 unit weight and zero bias, 96 x (4 + 4 + 2 + 2) = 1,152 B a
+    # tile, against 96 x 64 x 2 / 16 = 768 B of x per tile had the data moved.
+    rows, n = 96, 64
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
+    stored = g.add_variable(sp.float16, (n, rows), name="stored")
+    sp.ops.map_linearly(g, stored, grain_size=rows)
+    x = stored.transpose(1, 0)
+    prog = P.Sequence()
+    y, mean, inv_std = nn.layer_norm(g, x, None, None, prog, name="ln")
+    eng = sp.Engine(g, [prog])
+    rng = np.random.default_rng(1)
+    v = (rng.standard_normal((rows, n)) * 2 + 3).astype(np.float16)
+    eng.write_tensor(x, v)
+    eng.run(0)
+    f32 = torch.tensor(v, dtype=torch.float32)
+    want = torch.nn.functional.layer_norm(f32, (n,)).numpy()
+    np.testing.assert_allclose(eng.read_tensor(y).astype(np.float32), want, atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(eng.read_tensor(mean), f32.mean(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(eng.read_tensor(inv_std), (1 / f32.std(1, correction=0)).numpy(), rtol=1e-4)
+    apply = [s for s in eng.executable.steps if s.name == "ln/apply"]
+    assert apply and int(apply[0].recv_tile_bytes.max(initial=0)) <= rows * 12
