@@ -14,7 +14,7 @@ import pytest
 import softipu as sp
 from softipu import program as P
 from softipu.codelets._common import contraction_bound
-from softipu.ops.reduce import ReduceOp, reduce, reduce_sum
+from softipu.ops.reduce import reduce_sum
 from softipu.ops.reduce_stages import PartialRows, needs_intermediate
 
 TILES = 64
@@ -86,33 +86,6 @@ def _rows(fan_in: int, tiles_used: int) -> tuple[PartialRows, int]:
 def test_next_step_follows_popops_rule(fan_in, tiles_used, staged):
     rows, outputs = _rows(fan_in, tiles_used)
     assert needs_intermediate(rows, outputs, 1472) is staged
-
-
-@pytest.mark.parametrize("op", [ReduceOp.ADD, ReduceOp.SQUARE_ADD, ReduceOp.MAX])
-@pytest.mark.parametrize("reference", [False, True])
-def test_input_rows_taken_as_partials_match_numpy(op, reference):
-    """(96, 128) fp16 on 64 tiles: 1.5 rows a tile, so no tile can reduce anything itself; popops
-    takes the input as the partials (tensorToIntermediatePartials): 96 rows feed each output
-    (>= 16, 96 > 32 partials an output), so an intermediate stage converts (squares) and reduces
-    them first."""
-    g = sp.Graph(sp.targets.ipu_model(tiles=TILES, bytes_per_tile=64 * 1024))
-    x = g.add_variable(sp.float16, (96, 128), name="x")
-    sp.ops.map_linearly(g, x)
-    prog = P.Sequence()
-    y = reduce(g, x, prog, dims=0, op=op)
-    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
-    v = np.random.default_rng(3).standard_normal((96, 128)).astype(np.float16)
-    eng.write_tensor(x, v)
-    eng.run(0)
-    assert "reduce/stage0" in {s["name"] for s in eng.report.steps}
-    w = v.astype(np.float64)
-    got = eng.read_tensor(y).astype(np.float64)
-    if op is ReduceOp.MAX:
-        np.testing.assert_array_equal(got, w.max(0))
-        return
-    terms = w * w if op is ReduceOp.SQUARE_ADD else w
-    bound = contraction_bound(np.abs(terms).sum(0), 96, out=np.float16)
-    assert np.all(np.abs(got - terms.sum(0)) <= bound)
 
 
 def test_full_reduction_on_gc200_hand_worked():

@@ -48,6 +48,7 @@ from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce_stages import (
     PartialRows,
+    even_runs,
     even_step,
     intermediate_stages,
     needs_intermediate,
@@ -349,14 +350,11 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     starts, lengths, tiles = _split_at(*tile_regions(graph, cv.view), r * b)
     if lengths.max() < 2 * b:
         # No tile holds two rows of any output's elements: stage 1 could not reduce anything.
-        # popops then takes the input itself as the partials (tensorToIntermediatePartials) and
-        # may still reduce them in intermediate stages before the output.
-        rows = _input_rows(cv, starts, lengths, tiles)
-        if rows is None or not needs_intermediate(rows, out.numel, graph.num_tiles):
-            _raw_columns_stage(ctx, cv, op, out, scale)
-            return
-        rows = intermediate_stages(ctx, op, partial, rows, out.numel, source=dtype)
-        _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
+        # NOTE: popops would take the input itself as the partials (tensorToIntermediatePartials)
+        # and may add intermediate stages; not modelled: the regions are then cut at every row's
+        # tile boundaries, and a vertex list per (region, row) costs O(rows x regions) host time
+        # (a (1024, 30522) bias gradient: 0.8 -> 50 s).
+        _raw_columns_stage(ctx, cv, op, out, scale)
         return
     short = lengths < b  # pieces shorter than a row: cut at row ends, kept column by column
     if np.any(short):
@@ -375,7 +373,7 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     cs1 = ctx.compute_set("partials")
     codelet = rows_codelet(op, dtype)
     for length in np.unique(lengths).tolist():
-        for run in _even_runs(np.flatnonzero(lengths == length), starts, row0):
+        for run in even_runs(np.flatnonzero(lengths == length), starts, row0):
             block = rows_of(parts, row0[run], int(width[run[0]]))
             graph.set_tile_mappings(block, tiles[run])
             phase = np.where(full[run], starts[run] % b, 0)
@@ -384,40 +382,14 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     ctx.execute(cs1)
     # Piece p supplies outputs [lo[p], lo[p] + width[p]) from its partials row.
     lo = (starts // (r * b)) * b + np.where(full, 0, starts % b)
-    rows = intermediate_stages(ctx, op, partial, PartialRows(lo, width, parts.offset + row0, tiles),
-                               out.numel)
+    rows = PartialRows(lo, width, parts.offset + row0, tiles)
+    if np.all(full):
+        # NOTE: only when every row of partials spans whole rows of B (a channels-last batch norm
+        # gradient): pieces cut mid-row would cut popops' column regions at every tile boundary
+        # (popops folds a tile's pieces into one partial per column first; stage 1 here keeps a
+        # row per piece), and a vertex list per (region, row) would cost O(rows x regions).
+        rows = intermediate_stages(ctx, op, partial, rows, out.numel)
     _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
-
-
-def _input_rows(cv: _Canonical, starts: np.ndarray, lengths: np.ndarray,
-                tiles: np.ndarray) -> PartialRows | None:
-    """The input's pieces as rows of partials (each within one row of ``B``), where the input is
-    contiguous (its rows are then runs of addresses); else None."""
-    flat, r, b = cv.flat, cv.R, cv.B
-    if not flat.is_strided or flat.strides[0] != 1:
-        return None
-    s, n, t = _split_at(starts, lengths, tiles, b)
-    return PartialRows((s // (r * b)) * b + s % b, n, flat.offset + s, t)
-
-
-def _even_runs(picks: np.ndarray, *positions: np.ndarray) -> list[np.ndarray]:
-    """``picks`` cut into runs over which every ``positions[picks]`` steps evenly.
-
-    Each run becomes one ``add_vertices`` call whose fields are strided (zero-copy for the
-    engine); a linear mapping gives one or two runs per piece length.
-    """
-    if picks.size <= 2:
-        return [picks] if picks.size else []
-    steps = np.stack([np.diff(p[picks]) for p in positions])
-    breaks = np.flatnonzero(np.any(steps[:, 1:] != steps[:, :-1], axis=0))  # step i+1 != step i
-    runs, a = [], 0
-    while a < picks.size:
-        # The run from a takes step a; it ends at the first later step that differs.
-        k = np.searchsorted(breaks, a)
-        b = int(breaks[k]) + 2 if k < breaks.size else picks.size
-        runs.append(picks[a:b])
-        a = b
-    return runs
 
 
 def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo: np.ndarray,

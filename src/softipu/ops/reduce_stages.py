@@ -33,11 +33,11 @@ import numpy as np
 
 from softipu.codelets.reduce import ReduceOp, columns_codelet
 from softipu.dtypes import DType
-from softipu.graph.graph import Graph
+from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, rows_of
 
-__all__ = ["PartialRows", "needs_intermediate", "intermediate_stages", "tensor_at", "even_step"]
+__all__ = ["PartialRows", "needs_intermediate", "intermediate_stages", "tensor_at", "even_step", "even_runs"]
 
 # popops' empirical figures (ReductionPlan.cpp calculateNextStep, ReductionStages.cpp
 # intermediateToIntermediate).
@@ -115,7 +115,7 @@ def _pieces(sources: np.ndarray, cols: np.ndarray, total: int, tiles: int) -> np
 
 
 def _stage(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, start_tile: int,
-           index: int, source: DType) -> PartialRows:
+           index: int) -> PartialRows:
     """One intermediate stage (see the module docstring); returns the new rows."""
     graph, tiles = ctx.graph, ctx.graph.num_tiles
     edges, count = _fan_in(rows)
@@ -145,19 +145,17 @@ def _stage(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows, star
     within = np.arange(region.size) - np.repeat(np.cumsum(sources) - sources, sources)
     member = (np.cumsum(chunks) - chunks)[region] + within // k[region]  # piece of each (region, row)
     key = np.unique(piece_region * tiles + tile, return_inverse=True)[1]  # merged piece
-    return _build(ctx, op, (source, partial), rows, (r_lo, cols), (region, row_of, key[member]), (tile, key),
+    return _build(ctx, op, partial, rows, (r_lo, cols), (region, row_of, key[member]), (tile, key),
                   index)
 
 
-def _build(ctx: OpContext, op: ReduceOp, types: tuple[DType, DType], rows: PartialRows,
+def _build(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows,
            regions: tuple[np.ndarray, np.ndarray], members: tuple[np.ndarray, np.ndarray, np.ndarray],
            tiles: tuple[np.ndarray, np.ndarray], index: int) -> PartialRows:
     """Vertices of one stage: merged piece ``m`` reduces the rows ``row_of[merged == m]`` over its
-    region's columns into a new row on its tile. ``types``: the rows' dtype (the input's when
-    they are its own elements, as popops' tensorToIntermediatePartials takes them) and the
-    partials'."""
+    region's columns into a new row on its tile."""
     graph = ctx.graph
-    (source, partial), (r_lo, cols), (region, row_of, merged), (tile, key) = types, regions, members, tiles
+    (r_lo, cols), (region, row_of, merged), (tile, key) = regions, members, tiles
     n_new = int(key.max()) + 1
     new_region = np.zeros(n_new, np.int64)
     new_region[merged] = region
@@ -178,32 +176,59 @@ def _build(ctx: OpContext, op: ReduceOp, types: tuple[DType, DType], rows: Parti
     k_of = np.bincount(merged, minlength=n_new)
     begin = np.cumsum(k_of) - k_of
     cs = ctx.compute_set(f"stage{index}")
-    codelet = columns_codelet(op, source, partial, raw=source is not partial)
+    codelet = columns_codelet(op, partial, partial)
     group_key = k_of * (int(cols.max()) + 1) + width
+    first_address = rows.address[src[begin]] + r_lo[new_region] - rows.lo[src[begin]]
+    # Vertices ordered by their piece's place in its region, then by region: the p-th pieces of
+    # successive regions start evenly spaced (runs as long as the regions' sequence).
+    place = np.arange(n_new) - np.searchsorted(new_region[order], new_region, side="left")
     for gk in np.unique(group_key).tolist():
-        which = np.flatnonzero(group_key == gk)
-        kk, n = int(k_of[which[0]]), int(width[which[0]])
-        owners = src[begin[which][:, None] + np.arange(kk)]  # (V, k) source rows
-        starts = rows.address[owners] + (r_lo[new_region[which]][:, None] - rows.lo[owners])
-        parts = [tensor_at(graph, source, starts[:, j : j + 1] + np.arange(n)) for j in range(kk)]
-        graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(var, offset[which], n),
-                                         "scale": 1.0, "part_step": even_step(starts)}, new_tile[which])
+        group = np.flatnonzero(group_key == gk)
+        group = group[np.lexsort((new_region[group], place[group]))]
+        # Runs of vertices whose first rows and outputs step evenly: strided fields, one call each.
+        for which in even_runs(group, first_address, offset):
+            owners = src[begin[which][:, None] + np.arange(int(k_of[which[0]]))]  # (V, k) source rows
+            _add_pieces(ctx, cs, codelet, rows, (var, offset[which], int(width[which[0]])), owners,
+                        r_lo[new_region[which]], new_tile[which])
     ctx.execute(cs)
     return PartialRows(r_lo[new_region], width, var.offset + offset, new_tile)
 
 
+def _add_pieces(ctx: OpContext, cs: ComputeSet, codelet: type, rows: PartialRows,
+                out: tuple[Tensor, np.ndarray, int], owners: np.ndarray, lo: np.ndarray,
+                tiles: np.ndarray) -> None:
+    """Vertices reducing rows ``owners`` (``(V, k)``) over ``n`` columns from ``lo`` into the new
+    rows ``out`` = (the variable, each vertex's offset in it, ``n``)."""
+    var, offset, n = out
+    starts = rows.address[owners] + (lo[:, None] - rows.lo[owners])
+    step = even_step(starts)
+    parts = _row_fields(ctx.graph, var.dtype, starts, n, step)
+    ctx.graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(var, offset, n), "scale": 1.0,
+                                         "part_step": step}, tiles)
+
+
+def _row_fields(graph: Graph, dtype: DType, starts: np.ndarray, n: int, step: int) -> list[Tensor]:
+    """The ``k`` row fields ``(V, n)`` of a group of vertices whose row ``j`` starts at
+    ``starts[:, j]``: row ``j`` is row 0 moved ``j * step`` when the rows are evenly spaced (no
+    address arrays: a piece may reduce a thousand rows), else each row's own addresses."""
+    first = tensor_at(graph, dtype, starts[:, :1] + np.arange(n))
+    if step and first.index is None:
+        return [Tensor(graph, dtype, first.shape, first.offset + j * step, first.strides)
+                for j in range(starts.shape[1])]
+    return [first] + [tensor_at(graph, dtype, starts[:, j : j + 1] + np.arange(n))
+                      for j in range(1, starts.shape[1])]
+
+
 def intermediate_stages(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows,
-                        outputs: int, source: DType | None = None) -> PartialRows:
+                        outputs: int) -> PartialRows:
     """As many intermediate stages as popops' planner takes (none when it goes straight to the
-    output); the rows left for the output stage. ``source``: the rows' dtype when they are the
-    input's own elements (the first stage converts them, squaring for SQUARE_ADD), else None
-    (rows of partials)."""
+    output); the rows of partials left for the output stage."""
     graph, index = ctx.graph, 0
     while needs_intermediate(rows, outputs, graph.num_tiles):
         # Successive stages (and reductions) start their round-robin at different tiles.
         start = (len(graph.variables) * 97 + index * 389) % graph.num_tiles
-        rows = _stage(ctx, op, partial, rows, start, index, source or partial)
-        source, index = None, index + 1
+        rows = _stage(ctx, op, partial, rows, start, index)
+        index += 1
     return rows
 
 
@@ -227,3 +252,23 @@ def even_step(starts: np.ndarray) -> int:
     step = starts[:, 1:] - starts[:, :-1]
     s = int(step[0, 0])
     return s if s > 0 and np.all(step == s) else 0
+
+
+def even_runs(picks: np.ndarray, *positions: np.ndarray) -> list[np.ndarray]:
+    """``picks`` cut into runs over which every ``positions[picks]`` steps evenly.
+
+    Each run becomes one ``add_vertices`` call whose fields are strided (zero-copy for the
+    engine); a linear mapping gives one or two runs per piece length.
+    """
+    if picks.size <= 2:
+        return [picks] if picks.size else []
+    steps = np.stack([np.diff(p[picks]) for p in positions])
+    breaks = np.flatnonzero(np.any(steps[:, 1:] != steps[:, :-1], axis=0))  # step i+1 != step i
+    runs, a = [], 0
+    while a < picks.size:
+        # The run from a takes step a; it ends at the first later step that differs.
+        k = np.searchsorted(breaks, a)
+        b = int(breaks[k]) + 2 if k < breaks.size else picks.size
+        runs.append(picks[a:b])
+        a = b
+    return runs
