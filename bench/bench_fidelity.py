@@ -203,6 +203,11 @@ def table(rows: list[dict]) -> str:
         out.append(f"{r['model']:<11}{r['precision']:<5}{r['batch']:>4}{r['seq'] or '':>5}"
                    f"{r['items_per_s']:>10.1f}{'yes' if r['fits'] else 'NO':>6}{r['max_tile_kib']:>9.0f}"
                    f"{r['mean_tile_kib']:>9.0f}{r['compile_s']:>10.1f}{r['rss_mb']:>8.0f}  {cats}")
+        if "peak" in r:  # --explain: what the fullest tile's not_always_live peak holds
+            p = r["peak"]
+            held = ", ".join(f"{k} {v:.0f}" for k, v in list(p["variables_kib"].items())[:4])
+            out.append(f"{'':>9}tile {r['worst_tile']}: not_always_live peak {p['kib']:.0f} KiB at "
+                       f"{p['step']}: receive {p['receive_kib']:.0f}, {held}")
     return "\n".join(out)
 
 
