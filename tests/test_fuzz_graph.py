@@ -140,6 +140,21 @@ def test_a_huge_step_over_one_element_reads_it():
     assert eng.read_tensor(x.reshape(2, 4)[1:, ::2**63]).tolist() == [[4.0]]
 
 
+
+def test_the_engine_runs_a_view_with_a_huge_stride_on_a_one_element_axis():
+    """The graph API keeps such strides small (above); a view an op builds directly may not, and
+    the engine's numpy view of it raised ValueError ('Maximum allowed dimension exceeded')."""
+    g, x = graph()
+    y = g.add_variable(sp.float32, (1, 8), name="y")
+    sp.ops.map_linearly(g, x)
+    sp.ops.map_linearly(g, y)
+    row = x._strided((1, 8), x.offset, (2**62, 1))  # as an op might: one row, any stride
+    eng = sp.Engine(g, [P.Copy(row, y)])
+    eng.write_tensor(x, np.arange(8, dtype=np.float32))
+    eng.run()
+    assert eng.read_tensor(y).tolist() == [list(range(8))]
+    assert eng.read_tensor(row).tolist() == [list(range(8))]
+
 def test_good_fractions_of_whole_numbers_still_map():
     g, x = graph()
     g.map_intervals(x, np.array([0.0, 4.0]), np.array([4.0, 8.0]), [0, 1])  # whole floats are fine

@@ -218,8 +218,14 @@ class Storage:
         strides = tuple(s * item for s in t.strides)
         # The ndarray constructor (which also checks the view stays inside the buffer) costs a
         # fraction of as_strided: a later call of a small model makes ~100 views a run.
-        view = np.ndarray(lead + t.shape, buf.dtype, buf, t.offset * item,
-                          ((buf.strides[0],) if replica_axis else ()) + strides)
+        try:
+            view = np.ndarray(lead + t.shape, buf.dtype, buf, t.offset * item,
+                              ((buf.strides[0],) if replica_axis else ()) + strides)
+        except ValueError:  # a stride numpy cannot hold on a one-element axis, where any stride is
+            # the same view (the graph API keeps such strides small; a view an op builds may not)
+            strides = tuple(s if n > 1 else 0 for n, s in zip(t.shape, strides, strict=True))
+            view = np.ndarray(lead + t.shape, buf.dtype, buf, t.offset * item,
+                              ((buf.strides[0],) if replica_axis else ()) + strides)
         if not writeable:
             view.flags.writeable = False
         return view
