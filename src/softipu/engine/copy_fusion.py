@@ -240,6 +240,11 @@ def _factor(line: np.ndarray) -> list[tuple[int, int]] | None:
 def _strided_form(src: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], list[list[int]]] | None:
     """(shape, strides, each axis's factor lengths) of an address array as one strided view whose
     axes split the array's own, checked exactly; None where no such view holds it."""
+    origin = int(src.flat[0])
+    plain = tuple(int(src[(0,) * ax + (1,) + (0,) * (src.ndim - ax - 1)]) - origin if n > 1 else 0
+                  for ax, n in enumerate(src.shape))
+    if np.array_equal(_addresses(origin, src.shape, plain), src):  # the usual case: no axis splits
+        return src.shape, plain, [[n] for n in src.shape]
     shape, strides, splits = [], [], []
     for ax in range(src.ndim):
         line = src[(0,) * ax + (slice(None),) + (0,) * (src.ndim - ax - 1)] - src.flat[0]
