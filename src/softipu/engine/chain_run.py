@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from softipu.codelets.halves import from_half, to_half_contiguous
 from softipu.codelets.host import BLAS, run_pieces
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.constants import WrittenSpans
@@ -82,8 +83,8 @@ class ChainRunner:
                         products[0]()
                     else:
                         run_pieces(products)
-                    for dst, src in copies_out:
-                        np.copyto(dst, src)
+                    for job in copies_out:
+                        job()
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
 
@@ -161,22 +162,42 @@ class ChainRunner:
         copies_in: list[tuple[np.ndarray, np.ndarray]] = []
         a_grid, b_grid, out_grid = band.a, band.b, band.out
         a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 and self.redirect is None else None
+        half = src.dtype == np.float16  # operands gathered as halves, then widened whole
+        widen: list[tuple[np.ndarray, np.ndarray]] = []
         if a is None:
             a = self.scratch.get("a", (rows, ks))
-            copies_in += self._left(_copies(a, src, a_grid, m_at, k_at))
+            into = self.scratch.get("a16", (rows, ks), np.float16) if half else a
+            copies_in += self._left(_copies(into, src, a_grid, m_at, k_at))
+            widen += [(into, a)] if half else []
         b = _direct(src, b_grid, k_at, n_at) if src.dtype == np.float32 else None
         if b is None and self.scratch.keeps(band, ks * cols, src):
             b = np.empty((ks, cols), np.float32)
             self.kept += _copy_jobs(_copies(b, src, b_grid, k_at, n_at))
         elif b is None:
             b = self.scratch.get("b", (ks, cols))
-            copies_in += _copies(b, src, b_grid, k_at, n_at)
+            into = self.scratch.get("b16", (ks, cols), np.float16) if half else b
+            copies_in += _copies(into, src, b_grid, k_at, n_at)
+            widen += [(into, b)] if half else []
         c = _direct(dst, out_grid, m_at, n_at, writeable=True) if dst.dtype == np.float32 else None
-        copies_out: list[tuple[np.ndarray, np.ndarray]] = []
+        copies_out: list[Callable[[], Any]] = []
         if c is None:
             c = self.scratch.get("c", (rows, cols))
-            copies_out = [(d, s) for s, d in _copies(c, dst, out_grid, m_at, n_at, writeable=True)]
-        return _copy_round(copies_in), _gemm_pieces(a, b, c), copies_out
+            copies_out = self._out(c, dst, out_grid, m_at, n_at)
+        return _then(_copy_round(copies_in), _converted(from_half, widen)), _gemm_pieces(a, b, c), copies_out
+
+    def _out(self, c: np.ndarray, dst: np.ndarray, grid: np.ndarray, m_at: np.ndarray,
+             n_at: np.ndarray) -> list[Callable[[], Any]]:
+        """The calls writing a band's product ``c`` into its output blocks: copies, or for float16
+        blocks the product narrowed whole (:func:`softipu.codelets.halves.to_half`) and then
+        copied as halves (into the blocks' matrix itself where they tile a contiguous one)."""
+        if dst.dtype != np.float16:
+            return _copy_jobs([(d, s) for s, d in _copies(c, dst, grid, m_at, n_at, writeable=True)])
+        whole = _direct(dst, grid, m_at, n_at, writeable=True)
+        if whole is not None and whole.flags.c_contiguous:
+            return [_converted(to_half_contiguous, [(c, whole)])]
+        c16 = self.scratch.get("c16", c.shape, np.float16)
+        pairs = [(d, s) for s, d in _copies(c16, dst, grid, m_at, n_at, writeable=True)]
+        return [_converted(to_half_contiguous, [(c, c16)])] + _copy_jobs(pairs)
 
 
 class _NotFused(Exception):
@@ -252,6 +273,34 @@ def _in_turn(jobs: list[Callable[[], Any]]) -> None:
         job()
 
 
+def _then(*calls: Callable[[], Any] | None) -> Callable[[], Any] | None:
+    """One call making the given calls in turn (None where there are none)."""
+    jobs = [c for c in calls if c is not None]
+    return None if not jobs else jobs[0] if len(jobs) == 1 else partial(_in_turn, jobs)
+
+
+# A float16 <-> float32 conversion of a band's operand or product is cut into pieces of at least
+# this many elements (at most CHAIN_MAX_PIECES), side by side on idle cores: element by element,
+# so the cut changes no bit.
+CONVERT_PIECE = 1 << 16
+
+
+def _converted(convert: Callable[[np.ndarray, np.ndarray], None],
+               pairs: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[], Any] | None:
+    """One call converting each (contiguous source, contiguous destination) pair with
+    ``convert``, in pieces by size alone; None for no pairs."""
+    jobs: list[Callable[[], Any]] = []
+    for src, dst in pairs:
+        flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+        parts = max(1, min(CHAIN_MAX_PIECES, flat_src.size // CONVERT_PIECE))
+        cuts = [flat_src.size * p // parts for p in range(parts + 1)]
+        jobs += [partial(convert, flat_src[lo:hi], flat_dst[lo:hi])
+                 for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+    if not jobs:
+        return None
+    return jobs[0] if len(jobs) == 1 else partial(run_pieces, jobs)
+
+
 # At most this many bytes of right-hand operands (weights) are kept gathered between calls.
 KEPT_BYTES = 512 << 20
 
@@ -315,11 +364,11 @@ class Scratch:
         self.kept_spans.setdefault(dtype, []).append((int(start.min()), int(hi.max())))
         return True
 
-    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, int], dtype: Any = np.float32) -> np.ndarray:
         size = shape[0] * shape[1]
         buf = self.buffers.get(name)
         if buf is None or buf.size < size:
-            buf = self.buffers[name] = np.empty(size, np.float32)
+            buf = self.buffers[name] = np.empty(size, dtype)
         return buf[:size].reshape(shape)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from softipu.codelets.elementwise._numerics import _store
+from softipu.codelets.halves import HALVES_MIN, from_half, to_half
 
 
 # -- cast semantics --------------------------------------------------------------------------------
@@ -19,6 +20,12 @@ def cast_values(x: np.ndarray, to: np.dtype, out: np.ndarray | None = None) -> n
         return _store(x != 0, out)
     if x.dtype.kind == "f" and to.kind in "iu":
         return _store(_float_to_int(x, to), out)
+    if x.dtype.kind == "f" and to.kind == "f" and x.size >= HALVES_MIN and x.itemsize + to.itemsize == 6:
+        # float32 <-> float16 at a cost independent of the values (codelets/halves.py): same bits
+        if out is None or (out.shape == x.shape and not np.may_share_memory(x, out)):
+            out = np.empty(x.shape, to) if out is None else out
+            (to_half if to == np.float16 else from_half)(x, out)
+            return out
     if out is None:
         return x.astype(to)
     np.copyto(out, x, casting="unsafe")
