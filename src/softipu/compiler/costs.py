@@ -219,8 +219,8 @@ class StepPricer:
         # exchange by layout key, copies by copy key (softipu.compiler.structure).
         self.keys = keys
         self._work: dict[tuple, dict] = {}
-        self._layouts: dict[tuple, Traffic] = {}
-        self._copies: dict[tuple, tuple[Traffic, np.ndarray]] = {}
+        self._layouts: dict[tuple, tuple[Traffic, dict]] = {}
+        self._copies: dict[tuple, tuple[Traffic, np.ndarray, dict]] = {}
 
     def price(self, node: P.Program) -> None:
         method = getattr(self, f"price_{node.kind.name.lower()}", None)
@@ -234,11 +234,16 @@ class StepPricer:
             return self.target.global_sync_cycles()
         return self.target.on_chip_sync_cycles
 
-    def _moved(self, t: Traffic, code: bool = True) -> dict:
+    def _moved(self, t: Traffic, code: bool = True, summary: dict | None = None) -> dict:
+        """A step's exchange fields; ``summary``: :meth:`_summary` of ``t`` when kept with it."""
         if code:  # not when its code is an outlined subgraph's, counted once (compiler/outline.py)
             self.exchange_code_regions += t.send_regions + t.recv_regions
         else:
             self.shared_steps += 1
+        return dict(self._summary(t) if summary is None else summary)
+
+    def _summary(self, t: Traffic) -> dict:
+        """What a step's traffic costs: kept with traffic shared by key, computed once."""
         cycles, _ = exchange_cycles(t, self.target)
         recv_tiles = np.flatnonzero(t.recv_bytes)
         return dict(exchange_cycles=cycles, bytes_exchanged=t.total_bytes,
@@ -251,7 +256,8 @@ class StepPricer:
         if parts is None:
             compiled = self.compute_sets[cs.id]
             code = self.outline is None or self.outline.first(self.keys, compiled)
-            parts = self._compute_parts(compiled) | self._moved(self._exchange(compiled), code)
+            moved, summary = self._exchange(compiled)
+            parts = self._compute_parts(compiled) | self._moved(moved, code, summary)
             self._cs_cache[cs.id] = parts
         else:  # the same compute set again: its exchange code is reused, not repeated
             parts = dict(parts)
@@ -264,12 +270,12 @@ class StepPricer:
             stream = src if isinstance(src, DataStream) else dst
             return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
                                    to_device=isinstance(src, DataStream))
-        moved, local = self._copy_traffic(src, dst)
+        moved, local, summary = self._copy_traffic(src, dst)
         code = self.outline is None or self.outline.first_copy(self.keys, src, dst)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
-                    **self._moved(moved, code))
+                    **self._moved(moved, code, summary))
 
     def _compute_parts(self, compiled: CompiledComputeSet) -> dict:
         key = self.keys.work(compiled) if self.keys is not None else None
@@ -284,26 +290,28 @@ class StepPricer:
                 self._work[key] = parts
         return dict(parts)
 
-    def _exchange(self, compiled: CompiledComputeSet) -> Traffic:
+    def _exchange(self, compiled: CompiledComputeSet) -> tuple[Traffic, dict]:
+        """A compute set's traffic and its :meth:`_summary`, once per layout key."""
         key = self.keys.layout(compiled) if self.keys is not None else None
-        moved = self._layouts.get(key) if key is not None else None
-        if moved is None:
+        found = self._layouts.get(key) if key is not None else None
+        if found is None:
             moved = traffic(compute_set_transfers(compiled, self.mappings), self.target)
+            found = moved, self._summary(moved)
             if key is not None:
-                self._layouts[key] = moved
-        return moved
+                self._layouts[key] = found
+        return found
 
-    def _copy_traffic(self, src: Tensor, dst: Tensor) -> tuple[Traffic, np.ndarray]:
+    def _copy_traffic(self, src: Tensor, dst: Tensor) -> tuple[Traffic, np.ndarray, dict]:
+        """A copy's traffic, on-tile bytes per tile and :meth:`_summary`, once per copy key."""
         key = self.keys.copy(src, dst) if self.keys is not None else None
         found = self._copies.get(key) if key is not None else None
         if found is None:
             counted = copy_traffic(src, dst, self.mappings, self.target)  # a transpose, per tile
-            if counted is not None:
-                found = counted
-            else:
+            if counted is None:
                 tiles = self.target.num_tiles
                 transfers, local = copy_transfers(src, dst, self.mappings, tiles)
-                found = _piece_regions(traffic(transfers, self.target), transfers, tiles), local
+                counted = _piece_regions(traffic(transfers, self.target), transfers, tiles), local
+            found = (*counted, self._summary(counted[0]))
             if key is not None:
                 self._copies[key] = found
         return found

@@ -253,6 +253,7 @@ def _check_recursion(functions: Mapping[int, P.Program], defined: list[Function]
 def build_vertex_groups(state: CompileState) -> None:
     """Turn each compute set's vertices into batched groups over strided views where possible."""
     problems: list[str] = []
+    grids: dict[int, tuple] = {}  # compute set id -> its grid calls cut into rows (StructureKeys)
     for cs in state.used_compute_sets:
         table = state.graph.vertex_tables[cs.id]
         for index, (codelet, _tile, values, location) in sorted(table.unfinished.items()):
@@ -260,40 +261,63 @@ def build_vertex_groups(state: CompileState) -> None:
             problems.append(f"vertex {index} ({codelet.__name__}) in compute set {cs.name!r}"
                             f"{at(location)}: fields {missing} are not connected")
         groups = [_batch_pending(g) for g in table.pending.values()]
-        groups += [row for g, start in zip(table.bulk, table.bulk_starts, strict=True)
-                   for row in _batch_bulk(g, start)]
+        cut: list[tuple[int, int, int, BulkGroup]] = []  # (first group, rows, vertices a row, call)
+        for g, start in zip(table.bulk, table.bulk_starts, strict=True):
+            grid = _grid_rows(g)
+            rows = _batch_bulk(g, start, grid)
+            if grid is not None:
+                cut.append((len(groups), *grid, g))
+            groups += rows
         state.compute_sets[cs.id] = CompiledComputeSet(cs, tuple(groups))
+        if cut:
+            grids[cs.id] = tuple(cut)
     if problems:
         raise CompileError(_listing("vertices", problems))
-    state.keys = StructureKeys(state.graph, state.mappings)
+    state.keys = StructureKeys(state.graph, state.mappings, grids)
 
 
-def _batch_bulk(group: BulkGroup, start: int) -> list[VertexGroup]:
-    """A bulk call's vertex groups: one, or one per row of a grid call (:func:`_grid_rows`)."""
+def _batch_bulk(group: BulkGroup, start: int, grid: tuple[int, int] | None) -> list[VertexGroup]:
+    """A bulk call's vertex groups: one, or one per row of a grid call (``grid``: its rows and
+    vertices a row, from :func:`_grid_rows`)."""
     fields = {}
     for name, f in group.codelet.fields.items():
         value = group.fields[name]
         fields[name] = value.reshape(-1) if f.direction is Direction.PARAM else value
     end = start + group.num_vertices  # int32 where it fits: kept for the compile, one a vertex
     indices = np.arange(start, end, dtype=np.int32 if end < 1 << 31 else np.int64)
-    grid = _grid_rows(group)
     if grid is None:
         return [VertexGroup(group.codelet, group.tiles, fields, indices, (group.location,))]
     count, size = grid
+    # Per field: its params, or each of its tensors as :func:`_grid_piece` describes it.
+    plan = []
+    for name, f in group.codelet.fields.items():
+        value = fields[name]
+        if f.direction is Direction.PARAM:
+            plan.append((name, None, value))
+        else:
+            ends = value if isinstance(value, tuple) else (value,)
+            plan.append((name, isinstance(value, tuple), [_grid_piece(t) for t in ends]))
     rows = []
+    location = (group.location,)
     for r in range(count):
         lo, hi = r * size, (r + 1) * size
         row = {}
-        for name, f in group.codelet.fields.items():
-            value = fields[name]
-            if f.direction is Direction.PARAM:
+        for name, is_list, value in plan:
+            if is_list is None:
                 row[name] = value[lo:hi]
-            elif isinstance(value, tuple):
-                row[name] = tuple(_grid_row(t, r) for t in value)
-            else:
-                row[name] = _grid_row(value, r)
-        rows.append(VertexGroup(group.codelet, group.tiles[lo:hi], row, indices[lo:hi], (group.location,)))
+                continue
+            ts = tuple(Tensor(g, d, shape, offset + r * outer, strides)
+                       for g, d, shape, offset, outer, strides in value)
+            row[name] = ts if is_list else ts[0]
+        rows.append(VertexGroup(group.codelet, group.tiles[lo:hi], row, indices[lo:hi], location))
     return rows
+
+
+def _grid_piece(t: Tensor) -> tuple:
+    """(graph, dtype, row shape, offset, row step, row strides) of a grid field (:func:`_grid_rows`):
+    row ``r`` is the strided ``(size, n)`` view at ``offset + r * step``."""
+    offset, (_, size, n), (outer, step, _), _ = t.slabs.pieces[0]
+    return (t.graph, t.dtype, (size, n), offset, outer, (step, 1))
 
 
 def _grid_rows(group: BulkGroup) -> tuple[int, int] | None:
@@ -317,12 +341,6 @@ def _grid_rows(group: BulkGroup) -> tuple[int, int] | None:
                 return None
             shape = piece[:2]
     return shape
-
-
-def _grid_row(t: Tensor, r: int) -> Tensor:
-    """Row ``r`` of a grid field (:func:`_grid_rows`) as the strided ``(size, n)`` view."""
-    offset, (_, size, n), (outer, step, _), _ = t.slabs.pieces[0]
-    return Tensor(t.graph, t.dtype, (size, n), offset + r * outer, (step, 1))
 
 
 def _batch_pending(group: PendingGroup) -> VertexGroup:

@@ -81,9 +81,14 @@ class _Unkeyable(Exception):
 class StructureKeys:
     """Layout and work keys of one compile's compute sets and copies (see the module docs)."""
 
-    def __init__(self, graph: Graph, mappings: dict[DType, ResolvedMapping]) -> None:
+    def __init__(self, graph: Graph, mappings: dict[DType, ResolvedMapping],
+                 grids: dict[int, tuple] | None = None) -> None:
         self.graph = graph
         self.mappings = mappings
+        # compute set id -> (first group, rows, vertices a row, bulk call) of each grid call that
+        # build_vertex_groups cut into one group per row: their rows' key parts come from the
+        # call's few slab pieces by array arithmetic, not from each row's tensors
+        self._grids = grids or {}
         self._variable_keys: dict[tuple[DType, int], tuple] = {}  # (dtype, variable id) -> key
         self._layouts: dict[int, tuple | None] = {}  # compute set id -> its layout key
         self._works: dict[int, tuple] = {}  # compute set id -> its work key
@@ -131,23 +136,10 @@ class StructureKeys:
         every compute set): the same information from array operations over all its tensors at
         once, as bytes of (variable number, offset in it, shape, strides) rows — the variables
         numbered in order of first use, as there. ``_SLOW`` for any other compute set."""
-        parts: list[Any] = []
-        tensors: list[Tensor] = []
-        dtypes: list[tuple[DType, int]] = []  # per field: its dtype and how many tensors
-        for group in compiled.groups:
-            fields = []
-            for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
-                ts = group.tensors(name)
-                tensors += ts
-                dtypes.append((f.dtype, len(ts)))
-                fields.append((name, f.direction, len(ts)))
-            parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
-        if not tensors or not all([t.is_strided for t in tensors]):
+        table = self._row_table(compiled)
+        if table is _SLOW:
             return _SLOW
-        try:
-            rows = np.array([(t.offset, *t.shape, *t.strides) for t in tensors], np.int64)
-        except ValueError:  # not all (vertices, n)
-            return _SLOW
+        parts, rows, dtypes = table
         if rows.ndim != 2 or rows.shape[1] != 5 or not (rows[:, 1:3] > 0).all():
             return _SLOW
         reach = (rows[:, 1:3] - 1) * rows[:, 3:5]
@@ -157,8 +149,8 @@ class StructureKeys:
         kinds = list(dict.fromkeys(d for d, _ in dtypes))
         code = {d: i for i, d in enumerate(kinds)}
         kind = np.array([code[d] for d, _ in dtypes], np.int64)[field_of]
-        var = np.empty(len(tensors), np.int64)
-        start = np.empty(len(tensors), np.int64)
+        var = np.empty(rows.shape[0], np.int64)
+        start = np.empty(rows.shape[0], np.int64)
         spaces = []
         for i, dtype in enumerate(kinds):
             space = self.graph.spaces.get(dtype)
@@ -185,6 +177,68 @@ class StructureKeys:
         cells = np.stack([number, rows[:, 0] - start], 1).tobytes()
         return Key((Key((tuple(parts), "rows", cells, rows[:, 1:].tobytes())), self._variables(used)))
 
+    def _row_table(self, compiled: CompiledComputeSet) -> Any:
+        """(parts, one (offset, shape, strides) row per tensor, per-field dtypes) of
+        :meth:`_layout_of_rows`, or ``_SLOW`` where a tensor is not strided."""
+        parts: list[Any] = []
+        blocks: list[Any] = []  # row tables: lists of tensors, or a grid call's array
+        dtypes: list[tuple[DType, int]] = []  # per field: its dtype and how many tensors
+        groups, grids = compiled.groups, self._grids.get(compiled.compute_set.id, ())
+        g, cut = 0, 0
+        while g < len(groups):
+            if cut < len(grids) and grids[cut][0] == g:
+                g = self._grid_parts(grids[cut], groups, parts, blocks, dtypes)
+                cut += 1
+                continue
+            group, fields, tensors = groups[g], [], []
+            for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+                ts = group.tensors(name)
+                tensors += ts
+                dtypes.append((f.dtype, len(ts)))
+                fields.append((name, f.direction, len(ts)))
+            parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
+            if not all([t.is_strided for t in tensors]):
+                return _SLOW
+            if tensors:
+                blocks.append(tensors)
+            g += 1
+        try:
+            rows = np.concatenate([np.array([(t.offset, *t.shape, *t.strides) for t in b], np.int64)
+                                   .reshape(len(b), -1) if isinstance(b, list) else b for b in blocks])
+        except ValueError:  # not all (vertices, n), or no tensors
+            return _SLOW
+        if not rows.size:
+            return _SLOW
+        return parts, rows, dtypes
+
+    def _grid_parts(self, grid: tuple, groups: tuple, parts: list, blocks: list, dtypes: list) -> int:
+        """:meth:`_layout_of_rows`' parts, row table and dtypes of a grid call's row groups, as
+        each row's own tensors would give them; the index of the group after its rows."""
+        first, count, size, call = grid
+        fields, pieces, row = [], [], groups[first]
+        for name, f in row.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
+            value = call.fields[name]
+            ts = value if isinstance(value, tuple) else (value,)
+            fields.append((name, f.direction, len(ts)))
+            for t in ts:
+                offset, (_, _, n), (outer, step, _), _ = t.slabs.pieces[0]
+                pieces.append((offset, outer, size, n, step))
+        fields = tuple(fields)
+        per_row = [(f.dtype, len(row.tensors(name)))
+                   for name, f in row.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT)]
+        for r in range(count):
+            tiles = groups[first + r].tiles
+            parts.append((call.codelet, tiles.dtype.str, tiles.tobytes(), fields))
+            dtypes += per_row
+        if pieces:
+            p = np.array(pieces, np.int64)
+            table = np.empty((count, len(pieces), 5), np.int64)
+            table[:, :, 0] = p[:, 0] + np.arange(count, dtype=np.int64)[:, None] * p[:, 1]
+            table[:, :, 1:4] = p[:, 2:5]
+            table[:, :, 4] = 1
+            blocks.append(table.reshape(-1, 5))
+        return first + count
+
     def work(self, compiled: CompiledComputeSet) -> tuple:
         """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
         field lengths and params (fields in the codelet's order: names are implied by it)."""
@@ -195,8 +249,16 @@ class StructureKeys:
         return found
 
     def _work(self, compiled: CompiledComputeSet) -> tuple:
-        parts = []
-        for group in compiled.groups:
+        parts: list[Any] = []
+        groups, grids = compiled.groups, self._grids.get(compiled.compute_set.id, ())
+        cut = 0
+        for g, group in enumerate(groups):
+            if cut < len(grids) and grids[cut][0] <= g:
+                if grids[cut][0] == g:  # a grid call's rows: field shapes alike, params sliced
+                    self._grid_work(grids[cut], groups, parts)
+                if g == grids[cut][0] + grids[cut][1] - 1:
+                    cut += 1
+                continue
             fields = []
             values = group.fields
             for name, is_param in self._fields_of(group.codelet):
@@ -210,6 +272,31 @@ class StructureKeys:
                     fields.append(value.shape)
             parts.append((group.codelet, group.tiles.dtype.str, group.tiles.tobytes(), tuple(fields)))
         return Key(parts)
+
+    def _grid_work(self, grid: tuple, groups: tuple, parts: list) -> None:
+        """:meth:`_work`'s parts of a grid call's row groups, as each row group would give them."""
+        first, count, size, call = grid
+        row = groups[first]
+        shapes: list[Any] = []  # per field: its shapes, or None for a params field
+        params = []
+        for name, is_param in self._fields_of(call.codelet):
+            value = row.fields[name]
+            if is_param:
+                shapes.append(None)
+                params.append(np.asarray(call.fields[name]).reshape(-1))
+            else:
+                shapes.append(tuple(t.shape for t in value) if isinstance(value, tuple) else value.shape)
+        for r in range(count):
+            tiles = groups[first + r].tiles
+            lo, hi, k, fields = r * size, (r + 1) * size, 0, []
+            for shape in shapes:
+                if shape is None:
+                    value = params[k][lo:hi]
+                    fields.append((value.dtype.str, value.shape, value.tobytes()))
+                    k += 1
+                else:
+                    fields.append(shape)
+            parts.append((call.codelet, tiles.dtype.str, tiles.tobytes(), tuple(fields)))
 
     def _fields_of(self, codelet: type) -> tuple[tuple[str, bool], ...]:
         found = self._codelet_fields.get(codelet)
