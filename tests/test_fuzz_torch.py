@@ -52,3 +52,26 @@ def test_a_mismatch_is_saved_and_replayed(tmp_path, monkeypatch):
     assert fz.replay(saved, 300)["outcome"] == "mismatch_inference"
     monkeypatch.setattr(fz, "ATOL", 1e-4)
     assert fz.replay(saved, 300)["outcome"] == "ok"
+
+
+def test_the_shared_composite_op_listing_is_torchs_and_follows_new_registrations():
+    """The campaign memoises torch.export's listing of composite ops (a quarter of its CPU): it must
+    equal torch's own, list an op registered later, and leave torch's function in place after."""
+    import torch._export.utils as utils
+    import torch.export.exported_program as exported_program
+
+    fz = fuzz_module()
+    plain = utils._collect_all_valid_cia_ops
+    lib = torch.library.Library("softipu_fuzz_test", "DEF")
+    try:
+        with fz.shared_cia_listing():
+            listing = exported_program._collect_all_valid_cia_ops
+            assert listing is not plain and listing() == plain()
+            assert listing() is listing()  # made once
+            lib.define("twice(Tensor x) -> Tensor")
+            lib.impl("twice", lambda x: x * 2, "CompositeImplicitAutograd")
+            op = torch.ops.softipu_fuzz_test.twice.default
+            assert op in listing()  # made again: an op was registered
+        assert exported_program._collect_all_valid_cia_ops is plain
+    finally:
+        lib._destroy()
