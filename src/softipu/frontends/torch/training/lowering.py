@@ -21,8 +21,15 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from softipu.dtypes import float16, float32
 from softipu.frontends.errors import LoweringError
-from softipu.frontends.torch.export import check_supported
-from softipu.frontends.torch.lower import StreamSlot, _Lowerer, _weight_variable, map_tensor, stream_out
+from softipu.frontends.torch.export import check_supported, user_line
+from softipu.frontends.torch.lower import (
+    StreamSlot,
+    _at_user_line,
+    _Lowerer,
+    _weight_variable,
+    map_tensor,
+    stream_out,
+)
 from softipu.frontends.torch.optim.als import LossScalingSettings, scale_from_counts, upper_bin_count
 from softipu.frontends.torch.optim.spec import Kind
 from softipu.frontends.torch.options import Options, OutputMode
@@ -131,6 +138,8 @@ class _TrainLowerer(_Lowerer):
         # Casts fused into the elementwise op next to them (not with offloading or placed blocks).
         fuse_casts = FUSE_JOINT_CASTS and not self.offload.active \
             and type(self).lower_node is _TrainLowerer.lower_node
+        # and the backward's elementwise chains, except when a floating-point trap must name its op
+        self._chains = FUSE_BACKWARD_CHAINS and not opts.engine_options.get("debug.floatingPointExceptions")
         for node in j.gm.graph.nodes:
             if node.op != "call_function":
                 continue
@@ -191,7 +200,7 @@ class _TrainLowerer(_Lowerer):
         expression rounds to its dtype as the separate op would: the same values bit for bit."""
         env = self.env
         if fuse_casts and fusible(node, self.ctx.dtype):
-            joins = _joins_users(node, self.joint.forward_nodes)
+            joins = _joins_users(node, self.joint.forward_nodes, self._chains)
             if joins and len(node.users) > 1 and isinstance(env[node.args[0]], Pending):
                 joins = False  # a cast of a chain read by several: the chain is computed once
             operands = [env[a] for a in node.all_input_nodes]
@@ -199,10 +208,16 @@ class _TrainLowerer(_Lowerer):
             if joins or mixed or any(isinstance(v, Pending) for v in operands):
                 pending = fuse_node(node, env, self.ctx)
                 if pending is not None:
-                    return pending if joins else materialize(pending, self.ctx, node)
+                    return pending if joins else self._materialize(pending, node)
         for a in node.all_input_nodes:
-            env[a] = materialize(env[a], self.ctx, a)
+            env[a] = self._materialize(env[a], a)
         return self.lower_node(node, env)
+
+    def _materialize(self, value: Any, node: torch.fx.Node) -> Any:
+        """A joint-graph expression lowered as one map, attributed to ``node``'s line of forward."""
+        if not isinstance(value, Pending):
+            return value
+        return _at_user_line(user_line(node), lambda: materialize(value, self.ctx, node))
 
     def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Variables for the parameters and buffers, streams for the user inputs, and the loss
@@ -549,7 +564,7 @@ class _TrainLowerer(_Lowerer):
         pending = fuse_node(node, env, self.ctx, scalars) if fusible(node, self.ctx.dtype) else None
         if pending is not None:
             users = list(node.users)
-            if len(users) == 1 and users[0].op != "output":
+            if len(users) == 1 and users[0].op != "output" or _cast_for_all(pending, users):
                 return pending
             done = materialize_into(pending, self.ctx, node, into) if into is not None else None
             return done if done is not None else materialize(pending, self.ctx, node, scalars)
@@ -564,19 +579,29 @@ FUSE_BACKWARD_CHAINS = True  # False: only casts join their neighbours (tests co
 SHARE_UPDATE_SCALARS = True  # False: each parameter's update computes its own bias corrections
 
 
-def _joins_users(node: torch.fx.Node, forward: set[torch.fx.Node]) -> bool:
+def _cast_for_all(pending: Pending, users: list[torch.fx.Node]) -> bool:
+    """Whether ``pending`` converts a tensor read by several elementwise ops (an fp16 gradient's
+    ``g.float()``, read by both of Adam's moments): each user's map converts it again (exact, and
+    it reads the narrower operand), as PopART's optimizer expressions cast their inputs, instead
+    of a compute set writing an fp32 copy laid out as the gradient."""
+    return pending.op == "cast" and isinstance(pending.args[0], Tensor) and bool(users) and all(
+        u.op == "call_function" and fusible(u, None) for u in users)
+
+
+def _joins_users(node: torch.fx.Node, forward: set[torch.fx.Node], chains: bool) -> bool:
     """Whether ``node``'s value is left pending for its users to fuse: an elementwise op feeding a
     cast, or a cast whose every user is an elementwise op (each user's expression converts again:
     the same values, and it reads the narrower operand), all in ``node``'s phase (forward,
     backward, recomputed), so nothing the backward keeps or a phase's compute sets own moves.
-    In the backward (not recomputed) any elementwise op with one elementwise user joins it
-    (``FUSE_BACKWARD_CHAINS``): Core ATen spells PopART's one-op gradients (``GeluGradOp``,
-    ``LayerNormGradOp``, ``SoftmaxGradOp``: one popnn/popops call each) as chains of ten or more
-    elementwise ops, each a compute set and a pass over the data of its own otherwise."""
+    With ``chains``, in the backward (not recomputed) any elementwise op with one elementwise user
+    joins it (``FUSE_BACKWARD_CHAINS``; not under floating-point exceptions): Core ATen spells
+    PopART's one-op gradients (``GeluGradOp``, ``LayerNormGradOp``, ``SoftmaxGradOp``: one
+    popnn/popops call each) as chains of ten or more elementwise ops, each a compute set and a
+    pass over the data of its own otherwise."""
     users = list(node.users)
     if not users or (len(users) > 1 and not is_cast(node)):
         return False
-    chains = FUSE_BACKWARD_CHAINS and node not in forward and not node.meta.get("softipu_recomputed")
+    chains = chains and node not in forward and not node.meta.get("softipu_recomputed")
     for user in users:
         if user.op != "call_function" or not fusible(user, None):
             return False
