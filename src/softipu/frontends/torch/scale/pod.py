@@ -33,6 +33,14 @@ a time, plus every layer's checkpoint or saved activations: an upper bound by on
 outlines identical layers; codelet code and stacks once per IPU, held per tile whatever runs
 there). Optimizer state off chip (``TensorLocations``, sharded over the replicas with RTS) is no
 SRAM: it is charged to Streaming Memory, reported per replica against the system's.
+
+The stash follows PopART (graphcore/popart ``willow/src/transforms/pipeline.cpp``): PopTorch turns
+``autoRecomputation`` to ``Pipeline`` when it pipelines over several IPUs; PopART then stashes only
+an IPU's inputs (what an IpuCopy brings) and the tensors the user checkpointed
+(``getStashCandidateTensors``: ``isProducedOnIPU`` / ``hasCheckpointProducer``), each in a stash of
+``restore stage - stash stage + 1`` entries (``2 x (IPUs to the end) + 1``; the last IPU, whose
+forward and backward are one stage, none). With a checkpoint at every layer's input (Graphcore's
+``recompute_checkpoint_every_layer``) that is each layer's input here, the first one being the IPU's.
 """
 
 from __future__ import annotations
