@@ -100,3 +100,38 @@ def test_grid_call_and_row_by_row_vertices_price_alike():
     for v in range(6):
         want = (host[PARTS[0, v]:PARTS[0, v] + 4] + host[PARTS[1, v]:PARTS[1, v] + 4]) * (v + 1)
         np.testing.assert_array_equal(got[OUT[v]:OUT[v] + 4], want)
+
+
+def test_peak_per_tile_dense_and_sorted_agree_with_a_replay(monkeypatch):
+    """Not-always-live peaks: the dense (point, tile) table and the sorted events both equal a
+    replay of each tile's events in program order, frees before allocations at a point."""
+    from softipu.compiler import memory
+
+    rng = np.random.default_rng(0)
+    tiles, points = 5, 40
+    events = []
+    for _ in range(6):
+        n = int(rng.integers(1, 30))
+        first = rng.integers(0, points, n)
+        last = np.minimum(first + rng.integers(0, 10, n), points - 1)
+        t = rng.integers(0, tiles, n)
+        b = rng.integers(1, 1000, n)
+        events += [(first, t, b), (last + 1, t, -b)]
+    want = np.zeros(tiles, np.int64)
+    want_time = np.zeros(points, np.int64)
+    for tile in range(tiles):
+        live = 0
+        for p in range(points + 1):
+            at = [(int(w), q) for ps, ts, ws in events for q, u, w in zip(ps, ts, ws, strict=True)
+                  if q == p and u == tile]
+            for w, _ in sorted(at):  # frees (negative) first
+                live += w
+                want[tile] = max(want[tile], live)
+    for ps, _, ws in events:
+        for q, w in zip(ps, ws, strict=True):
+            want_time[q:] += w if q < points else 0
+    for cells in (0, 1 << 22):  # the sorted events, then the dense table
+        monkeypatch.setattr(memory, "_DENSE_CELLS", cells)
+        peak, over_time = memory._peak_per_tile(list(events), tiles, points)
+        np.testing.assert_array_equal(peak, want)
+        np.testing.assert_array_equal(over_time, want_time)

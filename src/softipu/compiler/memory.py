@@ -370,6 +370,8 @@ def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile
     list is consumed)."""
     if not events:
         return np.zeros(tiles, np.int64), np.zeros(points, np.int64)
+    if (points + 2) * tiles <= _DENSE_CELLS:
+        return _peak_dense(events, tiles, points)
     # One int64 key per event orders them by tile, point, then frees before allocations (the
     # order among frees, or among allocations, cannot change a running maximum). The events are
     # consumed: each is let go once copied into the keys and deltas, which with their order are
@@ -403,6 +405,29 @@ def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile
     peak = np.zeros(tiles, np.int64)
     peak[t[head]] = np.maximum.reduceat(running, head)
     return np.maximum(peak, 0), np.cumsum(over_time)[:points].astype(np.int64)
+
+
+_DENSE_CELLS = 1 << 22  # (point, tile) cells _peak_dense holds at once: 32 MiB of int64
+
+
+def _peak_dense(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles: int,
+                points: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_peak_per_tile` from a (point, tile) table of net byte changes, no sort: within a
+    point its frees come before its allocations there, so a tile's running total is highest at
+    the end of some point (or before its first event, at 0): the peak is the largest of the
+    table's running sums down the points, at least 0."""
+    p = np.concatenate([e[0] for e in events]).astype(np.int64, copy=False)
+    cell = p * tiles
+    cell += np.concatenate([e[1] for e in events])
+    w = np.concatenate([e[2] for e in events]).astype(np.float64)
+    events.clear()
+    # float sums of whole bytes are exact (< 2**53), as for over_time in _peak_per_tile
+    table = np.rint(np.bincount(cell, weights=w, minlength=(points + 2) * tiles)).astype(np.int64)
+    over_time = np.rint(np.bincount(p, weights=w, minlength=points + 2)).astype(np.int64)
+    del p, cell, w
+    table = table.reshape(points + 2, tiles)
+    np.cumsum(table, axis=0, out=table)
+    return np.maximum(table.max(axis=0), 0), np.cumsum(over_time)[:points]
 
 
 # -- the pass --------------------------------------------------------------------------------
