@@ -442,51 +442,23 @@ def _raw_columns_stage(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor
     flat = cv.flat
     cs = ctx.compute_set("reduce")
     codelet = columns_codelet(op, flat.dtype, out.dtype, raw=True)
-    runs_of = _contiguous_runs(flat)
     for n in np.unique(n_of).tolist():
-        picks = np.flatnonzero(n_of == n)
-        first = (edges[picks] // b) * r * b + edges[picks] % b  # element (a, 0, b0) of each run
+        which = np.flatnonzero(n_of == n)
+        first = (edges[which] // b) * r * b + edges[which] % b  # element (a, 0, b0) of each run
         rows = first[:, None] + np.arange(r) * b  # (V, R) positions of each run's rows
         starts = _addresses(flat, rows)
-        # Vertices whose first rows and outputs step evenly, one call each: row k of such a run
-        # is its row 0 moved by one step when every row is contiguous (no address arrays).
-        for run in even_runs(np.arange(picks.size), starts[:, 0], edges[picks]):
-            which = picks[run]
-            _add_raw_columns(ctx, cs, codelet, flat, (rows[run], starts[run], n, runs_of),
-                             {"out": rows_of(out, edges[which], n), "scale": scale}, tile_of[which])
+        first_row = tensor_at(graph, flat.dtype, _addresses(flat, rows[:, :1] + np.arange(n)))
+        if first_row.index is None and flat.index is None:  # row k is row 0 moved k * b elements on
+            step = b * flat.strides[0]
+            parts = [Tensor(graph, flat.dtype, first_row.shape, first_row.offset + k * step,
+                            first_row.strides) for k in range(r)]
+        else:
+            parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
+                     for k in range(r)]
+        graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(out, edges[which], n),
+                                         "scale": scale, "part_step": even_step(starts)},
+                           tile_of[which])
     ctx.execute(cs)
-
-
-def _contiguous_runs(flat: Tensor) -> np.ndarray | None:
-    """For an indexed 1-D tensor, the count of address breaks before each position (position
-    ``p..p+n-1`` are consecutive addresses when the count does not change); None when strided."""
-    if flat.index is None:
-        return None
-    index = flat.index.reshape(-1)
-    return np.concatenate(([0], np.cumsum(np.diff(index) != 1)))
-
-
-def _add_raw_columns(ctx: OpContext, cs: Any, codelet: type, flat: Tensor, layout: tuple,
-                     fields: dict, tiles: np.ndarray) -> None:
-    """One group of raw-column vertices: ``layout`` = (rows (V, R) positions, their addresses,
-    columns ``n``, :func:`_contiguous_runs` of ``flat``)."""
-    graph = ctx.graph
-    rows, starts, n, breaks = layout
-    step = even_step(starts)
-    first_row = tensor_at(graph, flat.dtype, _addresses(flat, rows[:, :1] + np.arange(n)))
-    if flat.index is None:  # affine addresses: row k is row 0 moved k rows of B on
-        shift, shifted = rows.shape[1] > 1 and int(starts[0, 1] - starts[0, 0]), True
-    else:  # each row's n addresses consecutive, the rows evenly spaced
-        shift = step
-        shifted = (step != 0 or rows.shape[1] == 1) and (
-            n == 1 or bool(np.all(breaks[rows + n - 1] == breaks[rows])))
-    if first_row.index is None and shifted:
-        parts = [Tensor(graph, flat.dtype, first_row.shape, first_row.offset + k * shift, first_row.strides)
-                 for k in range(starts.shape[1])]
-    else:
-        parts = [tensor_at(graph, flat.dtype, _addresses(flat, rows[:, k : k + 1] + np.arange(n)))
-                 for k in range(starts.shape[1])]
-    graph.add_vertices(cs, codelet, {"parts": parts, "part_step": step} | fields, tiles)
 
 
 def _addresses(flat: Tensor, positions: np.ndarray) -> np.ndarray:

@@ -68,21 +68,18 @@ def _fan_in(rows: PartialRows) -> tuple[np.ndarray, np.ndarray]:
     ``[edges[k], edges[k + 1])``."""
     hi = rows.lo + rows.width
     edges = np.unique(np.concatenate((rows.lo, hi)))
-    delta = np.zeros(edges.size, np.int64)
-    np.add.at(delta, np.searchsorted(edges, rows.lo), 1)
-    np.add.at(delta, np.searchsorted(edges, hi), -1)
+    delta = (np.bincount(np.searchsorted(edges, rows.lo), minlength=edges.size)
+             - np.bincount(np.searchsorted(edges, hi), minlength=edges.size))
     return edges, np.cumsum(delta)[:-1]
 
 
 def needs_intermediate(rows: PartialRows, outputs: int, tiles: int) -> bool:
     """popops' calculateNextStep: True for another intermediate stage, False for the output stage."""
-    if rows.lo.size == 0:
-        return False
+    if rows.lo.size == 0 or int(rows.width.sum()) <= outputs * PARTIALS_PER_OUTPUT:
+        return False  # few partials left: the output stage, whatever the fan-in
     _, count = _fan_in(rows)
     fan_in = int(count.max()) if count.size else 0
-    if fan_in < 2 * np.sqrt(tiles) and np.unique(rows.tile).size > tiles * 3 // 4:
-        return False
-    return int(rows.width.sum()) > outputs * PARTIALS_PER_OUTPUT
+    return not (fan_in < 2 * np.sqrt(tiles) and np.unique(rows.tile).size > tiles * 3 // 4)
 
 
 def _regions(edges: np.ndarray, count: np.ndarray, grain: int, tiles: int) -> tuple[np.ndarray, np.ndarray]:
