@@ -130,8 +130,12 @@ def test_peak_per_tile_dense_and_sorted_agree_with_a_replay(monkeypatch):
     for ps, _, ws in events:
         for q, w in zip(ps, ws, strict=True):
             want_time[q:] += w if q < points else 0
+    dense = memory._peak_dense
+    used = []
+    monkeypatch.setattr(memory, "_peak_dense", lambda *a: used.append(1) or dense(*a))
     for cells in (0, 1 << 22):  # the sorted events, then the dense table
         monkeypatch.setattr(memory, "_DENSE_CELLS", cells)
         peak, over_time = memory._peak_per_tile(list(events), tiles, points)
         np.testing.assert_array_equal(peak, want)
         np.testing.assert_array_equal(over_time, want_time)
+    assert used == [1]  # the table was used once

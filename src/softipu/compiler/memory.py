@@ -370,7 +370,8 @@ def _peak_per_tile(events: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tile
     list is consumed)."""
     if not events:
         return np.zeros(tiles, np.int64), np.zeros(points, np.int64)
-    if (points + 2) * tiles <= _DENSE_CELLS:
+    cells = (points + 2) * tiles
+    if cells <= _DENSE_CELLS and cells <= 8 * sum(e[0].size for e in events):  # not for a few events
         return _peak_dense(events, tiles, points)
     # One int64 key per event orders them by tile, point, then frees before allocations (the
     # order among frees, or among allocations, cannot change a running maximum). The events are
