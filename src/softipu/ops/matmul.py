@@ -529,12 +529,16 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
         i = np.arange(len(rows))[None, :, None]
         lt = np.arange(len(cols))[None, None, :]
         spread = pl.n_split
-        tiles = [pl.tile_of(gi, i, j, lt // pl.k_serial) for j in range(spread)]
+
+        def tile(p: int) -> np.ndarray:
+            return pl.tile_of(gi, i, p, lt // pl.k_serial)
     else:  # block (g, lt, j): users (g, i, j, lt // serial) for every i
         lt = np.arange(len(rows))[None, :, None]
         j = np.arange(len(cols))[None, None, :]
         spread = pl.m_split
-        tiles = [pl.tile_of(gi, i, j, lt // pl.k_serial) for i in range(spread)]
+
+        def tile(p: int) -> np.ndarray:
+            return pl.tile_of(gi, p, j, lt // pl.k_serial)
     size = rows.sizes[None, :, None] * cols.sizes[None, None, :]
     # No piece under poplin's minimum per tile (lib/poplin/Convolution.cpp, mapActivationsOrWeights:
     # "Limit the minimum number of bytes per tile to reduce the amount of exchange code", 128 B of
@@ -543,8 +547,12 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
     # 7 elements each, and every tile received all 1,344 pieces).
     least = -(-_MIN_BYTES_PER_TILE[role] // var.dtype.itemsize)
     piece = np.maximum(-(-size // spread), least)
+    # Only the users a piece lands on: past the largest block's piece count every piece is empty
+    # (a convolution's weights at batch 64 looped over 1,472 users for ~32 pieces a block).
+    used = max(1, min(spread, int((-(-size // piece)).max(initial=0))))
     runs_s, runs_l, runs_t = [], [], []
-    for p, t in enumerate(tiles):
+    for p in range(used):
+        t = tile(p)
         lo = np.minimum(p * piece, size)
         hi = np.minimum(lo + piece, size)
         shape = np.broadcast_shapes(starts.shape, t.shape)
