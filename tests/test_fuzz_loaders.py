@@ -264,3 +264,24 @@ def test_deep_nesting_mutations_reach_the_file_and_the_loader_refuses_them(tmp_p
         if {2000, 100000} <= found:
             break
     assert {2000, 100000} <= found
+
+
+@pytest.mark.parametrize("size", [{"f": "inf"}, {"f": "2.5"}, -4, True])
+def test_an_export_whose_recorded_input_shape_is_not_sizes_is_a_frontend_error(size, tmp_path):
+    """Found by the campaign (seed 0, input 89045): an input's recorded shape damaged to hold inf
+    raised OverflowError from load_exported (and 2.5 was read as 2)."""
+    from softipu.frontends.errors import FrontendError
+
+    torch.manual_seed(0)
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4))
+    st.inference_model(net, opts).export(tmp_path / "e", x)
+    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    (export,) = [v for k, v in manifest["extra"]["di"] if k == "export"]
+    (signature,) = [v for k, v in export["di"] if k == "signature"]
+    (leaves,) = [v for k, v in signature["di"] if k == "leaves"]
+    (shape,) = [v for k, v in leaves["li"][0]["di"] if k == "shape"]
+    shape["li"][1] = size
+    (tmp_path / "e" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FrontendError, match="not a list of sizes"):
+        st.inference_model(net, opts).load_executable(tmp_path / "e")

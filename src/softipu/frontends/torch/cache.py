@@ -528,8 +528,13 @@ def _record(leaf: Any) -> dict[str, Any]:
 
 
 def _unrecord(d: dict[str, Any]) -> InputRecord:
+    """The input recorded by :func:`_record`; ValueError for a damaged record (a shape of anything
+    but sizes: a float such as inf raised OverflowError, 2.5 became 2)."""
     if "shape" in d:
-        return InputRecord(str(d["name"]), tuple(int(x) for x in d["shape"]), _torch_dtype(d["dtype"]), None)
+        shape = d["shape"]
+        if not isinstance(shape, list) or not all(type(x) is int and x >= 0 for x in shape):
+            raise ValueError(f"input {d['name']!r} has the recorded shape {shape!r}, not a list of sizes")
+        return InputRecord(str(d["name"]), tuple(shape), _torch_dtype(d["dtype"]), None)
     return InputRecord(str(d["name"]), None, None, _unconstant(d["value"]))
 
 
