@@ -166,7 +166,33 @@ def bench_blas_warmup() -> None:
          same_bits=bool(int(same)))
 
 
+def bench_half_casts(n: int = 1 << 22) -> None:
+    """float32 -> float16 and back, ns an element of CPU time: codelets/halves.py beside numpy's
+    cast on the same data, for values of one scale (normal halves) and of a gradient's (1e-6:
+    subnormal halves, each of which makes numpy raise its underflow flag), with the bits compared."""
+    from softipu.codelets.halves import from_half, to_half
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-6):
+        x = (rng.standard_normal(n) * scale).astype(np.float32)
+        h, mine, wide = np.empty(n, np.float16), np.empty(n, np.float16), np.empty(n, np.float32)
+        figures = {}
+        for name, fn in (("numpy_to_half", partial(np.copyto, h, x, casting="unsafe")),
+                         ("to_half", partial(to_half, x, mine)),
+                         ("numpy_from_half", partial(np.copyto, wide, h)),
+                         ("from_half", partial(from_half, h, wide))):
+            fn()
+            t = time.process_time()
+            for _ in range(3):
+                fn()
+            figures[name] = round((time.process_time() - t) / 3 / n * 1e9, 2)
+        emit(bench="half_casts", scale=scale, elements=n, ns_per_element_cpu=figures,
+             same_bits=bool(np.array_equal(h.view(np.uint16), mine.view(np.uint16))
+                            and np.array_equal(wide, h.astype(np.float32))))
+
+
 if __name__ == "__main__":
+    bench_half_casts()
     bench_blas_warmup()
     bench_build()
     bench_bulk()

@@ -92,3 +92,15 @@ def test_cast_codelets_values_take_the_same_bits():
         assert np.array_equal(out.view(np.uint16), _numpy_half(x))
         h = x.astype(np.float16)
         assert np.array_equal(cast_values(h, np.float32).view(np.uint32), h.astype(np.float32).view(np.uint32))
+
+
+def test_to_half_of_mostly_normal_values_with_a_few_tiny_ones():
+    """Chunks with few values below 2**-14 are cast as they are, the others rounded first: both
+    give numpy's bits."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(70000).astype(np.float32)
+    x[rng.integers(0, x.size, 40)] = (rng.standard_normal(40) * 1e-7).astype(np.float32)
+    x[20000:40000] *= np.float32(1e-6)  # a stretch of tiny ones
+    out = np.empty(x.shape, np.float16)
+    to_half(x, out)
+    assert np.array_equal(out.view(np.uint16), _numpy_half(x))
