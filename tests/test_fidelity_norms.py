@@ -91,32 +91,3 @@ def test_layer_norm_of_rows_stored_column_major_reads_where_the_columns_live() -
     np.testing.assert_allclose(eng.read_tensor(inv_std), (1 / f32.std(1, correction=0)).numpy(), rtol=1e-4)
     apply = [s for s in eng.executable.steps if s.name == "ln/apply"]
     assert apply and int(apply[0].recv_tile_bytes.max(initial=0)) <= rows * 12
-
-
-def test_layer_norm_affine_of_column_major_rows_applied_in_place() -> None:
-    # The same (96, 64) column-major input with a weight and bias (64 halves each): applied in
-    # place, one map over the output's own regions (x's: 4 whole columns a tile), so the step moves
-    # at most the weight and bias, 64 x 2 x 2 = 256 B a tile, never the 96 x 64 x 2 / 16 = 768 B
-    # of activations a tile that a freshly laid-out product received.
-    rows, n = 96, 64
-    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
-    stored = g.add_variable(sp.float16, (n, rows), name="stored")
-    sp.ops.map_linearly(g, stored, grain_size=rows)
-    x = stored.transpose(1, 0)
-    w, b = (g.add_variable(sp.float16, (n,), name=s) for s in ("w", "b"))
-    for t in (w, b):
-        sp.ops.map_linearly(g, t)
-    prog = P.Sequence()
-    y, _, _ = nn.layer_norm(g, x, w, b, prog, name="ln")
-    eng = sp.Engine(g, [prog])
-    rng = np.random.default_rng(2)
-    values = {x: (rng.standard_normal((rows, n)) * 2 + 3).astype(np.float16),
-              w: rng.standard_normal(n).astype(np.float16), b: rng.standard_normal(n).astype(np.float16)}
-    for t, v in values.items():
-        eng.write_tensor(t, v)
-    eng.run(0)
-    f32 = {t: torch.tensor(v, dtype=torch.float32) for t, v in values.items()}
-    want = torch.nn.functional.layer_norm(f32[x], (n,), f32[w], f32[b]).numpy()
-    np.testing.assert_allclose(eng.read_tensor(y).astype(np.float32), want, atol=2e-2, rtol=2e-2)
-    affine = [s for s in eng.executable.steps if s.name.startswith("ln/affine")]
-    assert affine and int(affine[0].recv_tile_bytes.max(initial=0)) <= n * 2 * 2

@@ -133,19 +133,6 @@ def _layer_norm_split(ctx: OpContext, x: Tensor, x2: Tensor, weight: Tensor | No
     _bn_apply(ctx, x3, out3, mean, var, *unit, eps, plan)
     inv_std = ew.rsqrt(ctx.graph, ew.add(ctx.graph, var, eps, ctx.prog, name=f"{ctx.name}/var_eps"),
                        ctx.prog, name=f"{ctx.name}/inv_std")
-    o2 = out.reshape(rows, n)
-    terms = [t for t in (weight, bias) if t is not None]
-    if terms and o2.is_strided and o2.strides[0] == 1 and rows > 1:
-        # Column-major rows: the affine in place by columns, one map over the output's own
-        # regions (x's), each tile reading only its columns' weight and bias (popops mapInPlace).
-        e, i = ew.E.input(0), 1
-        if weight is not None:
-            e, i = ew.E.mul(e, ew.E.input(1)), 2
-        if bias is not None:
-            e = ew.E.add(e, ew.E.input(i))
-        ew.map_(ctx.graph, e, [o2.transpose(1, 0), *(t.reshape(n, 1) for t in terms)], ctx.prog,
-                name=f"{ctx.name}/affine")
-        return out, mean, inv_std
     if weight is not None:
         out = ew.mul(ctx.graph, out, weight, ctx.prog, name=f"{ctx.name}/weight")
     if bias is not None:
