@@ -17,3 +17,20 @@ class TanhMLP(torch.nn.Module):
     def forward(self, x, y):
         out = self.fc2(torch.tanh(self.fc1(x)))
         return out, F.cross_entropy(out, y)
+
+
+def assert_matches_eager_adamw(eager: torch.nn.Module, data, losses: list[float], weights: list,
+                               lr: float = 1e-2) -> None:
+    """Train ``eager`` with torch's AdamW on ``data(step)`` for ``len(losses)`` steps: each step's loss
+    within 1e-4 relative of ``losses`` and the final parameters within 1e-4 of ``weights``."""
+    import numpy as np
+
+    opt = torch.optim.AdamW(eager.parameters(), lr=lr)
+    for step, loss in enumerate(losses):
+        opt.zero_grad()
+        ref = eager(*data(step))
+        ref.backward()
+        opt.step()
+        assert abs(loss - ref.item()) <= 1e-4 * max(1.0, abs(ref.item()))
+    for p, w in zip(eager.parameters(), weights, strict=True):
+        np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-4, atol=1e-5)
