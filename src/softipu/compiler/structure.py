@@ -26,11 +26,12 @@ sets); nothing is keyed by object identity.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from softipu.compiler.executable import CompiledComputeSet
+from softipu.compiler.executable import CompiledComputeSet, VertexGroup
 from softipu.dtypes import DType
 from softipu.graph.graph import Graph, Variable
 from softipu.graph.mapping import ResolvedMapping
@@ -177,20 +178,29 @@ class StructureKeys:
         cells = np.stack([number, rows[:, 0] - start], 1).tobytes()
         return Key((Key((tuple(parts), "rows", cells, rows[:, 1:].tobytes())), self._variables(used)))
 
+    def _walk(self, compiled: CompiledComputeSet) -> Iterator[tuple[tuple | None, VertexGroup | None]]:
+        """A compute set's groups in order as (None, group), except that each grid call's row
+        groups (``self._grids``) come as one (grid, None)."""
+        groups, g = compiled.groups, 0
+        for grid in self._grids.get(compiled.compute_set.id, ()):
+            first, count = grid[0], grid[1]
+            yield from ((None, group) for group in groups[g:first])
+            yield grid, None
+            g = first + count
+        yield from ((None, group) for group in groups[g:])
+
     def _row_table(self, compiled: CompiledComputeSet) -> Any:
         """(parts, one (offset, shape, strides) row per tensor, per-field dtypes) of
         :meth:`_layout_of_rows`, or ``_SLOW`` where a tensor is not strided."""
         parts: list[Any] = []
         blocks: list[Any] = []  # row tables: lists of tensors, or a grid call's array
         dtypes: list[tuple[DType, int]] = []  # per field: its dtype and how many tensors
-        groups, grids = compiled.groups, self._grids.get(compiled.compute_set.id, ())
-        g, cut = 0, 0
-        while g < len(groups):
-            if cut < len(grids) and grids[cut][0] == g:
-                g = self._grid_parts(grids[cut], groups, parts, blocks, dtypes)
-                cut += 1
+        groups = compiled.groups
+        for grid, group in self._walk(compiled):
+            if grid is not None:
+                self._grid_parts(grid, groups, parts, blocks, dtypes)
                 continue
-            group, fields, tensors = groups[g], [], []
+            fields, tensors = [], []
             for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
                 ts = group.tensors(name)
                 tensors += ts
@@ -201,7 +211,6 @@ class StructureKeys:
                 return _SLOW
             if tensors:
                 blocks.append(tensors)
-            g += 1
         try:
             rows = np.concatenate([np.array([(t.offset, *t.shape, *t.strides) for t in b], np.int64)
                                    .reshape(len(b), -1) if isinstance(b, list) else b for b in blocks])
@@ -211,9 +220,9 @@ class StructureKeys:
             return _SLOW
         return parts, rows, dtypes
 
-    def _grid_parts(self, grid: tuple, groups: tuple, parts: list, blocks: list, dtypes: list) -> int:
+    def _grid_parts(self, grid: tuple, groups: tuple, parts: list, blocks: list, dtypes: list) -> None:
         """:meth:`_layout_of_rows`' parts, row table and dtypes of a grid call's row groups, as
-        each row's own tensors would give them; the index of the group after its rows."""
+        each row's own tensors would give them."""
         first, count, size, call = grid
         fields, pieces, row = [], [], groups[first]
         for name, f in row.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
@@ -237,7 +246,6 @@ class StructureKeys:
             table[:, :, 1:4] = p[:, 2:5]
             table[:, :, 4] = 1
             blocks.append(table.reshape(-1, 5))
-        return first + count
 
     def work(self, compiled: CompiledComputeSet) -> tuple:
         """What a compute set's compute cycles and flops depend on: per group its codelet, tiles,
@@ -250,14 +258,9 @@ class StructureKeys:
 
     def _work(self, compiled: CompiledComputeSet) -> tuple:
         parts: list[Any] = []
-        groups, grids = compiled.groups, self._grids.get(compiled.compute_set.id, ())
-        cut = 0
-        for g, group in enumerate(groups):
-            if cut < len(grids) and grids[cut][0] <= g:
-                if grids[cut][0] == g:  # a grid call's rows: field shapes alike, params sliced
-                    self._grid_work(grids[cut], groups, parts)
-                if g == grids[cut][0] + grids[cut][1] - 1:
-                    cut += 1
+        for grid, group in self._walk(compiled):
+            if grid is not None:  # a grid call's rows: field shapes alike, params sliced
+                self._grid_work(grid, compiled.groups, parts)
                 continue
             fields = []
             values = group.fields
