@@ -229,7 +229,7 @@ def test_made_operands_are_taken_in_place_by_what_they_were_made_for(shape_a, sh
     """create_matmul_input_* remembers its operands' blocks; the matmul they were made for takes
     them as the full address check would, through transposed round trips (a linear layer's
     ``W.T`` then ``permute``), and another plan still checks every address."""
-    mm = sys.modules["softipu.ops.matmul"]
+    mm = sys.modules["softipu.ops._matmul_blocks"]  # the operand-layout section of ops.matmul
     checked = []
     real = mm._indexed_blocks_ok
     monkeypatch.setattr(mm, "_indexed_blocks_ok", lambda *a: checked.append(1) or real(*a))
