@@ -18,14 +18,14 @@ TARGET = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
 HEADS, M, K, N = 6, 16, 24, 20
 
 
-def _grouped():
+def _grouped(dtype=sp.float32):
     """``c = q @ kt`` per head, ``q`` and ``kt`` written by the program (copies of the host's
     ``q0``/``kt0``), as attention's operands are: not weights a chain keeps gathered."""
     g = sp.Graph(TARGET)
     prog = P.Sequence()
     host_side, device_side = [], []
     for name, shape in (("q", (HEADS, M, K)), ("kt", (HEADS, K, N))):
-        h, t = g.add_variable(sp.float32, shape, name=name + "0"), g.add_variable(sp.float32, shape, name=name)
+        h, t = g.add_variable(dtype, shape, name=name + "0"), g.add_variable(dtype, shape, name=name)
         for x in (h, t):
             sp.ops.map_linearly(g, x)
         prog.add(P.Copy(h, t))
@@ -34,14 +34,15 @@ def _grouped():
     return g, prog, *host_side, sp.ops.matmul(g, *device_side, prog)
 
 
-def _values():
+def _values(dtype=np.float32):
     rng = np.random.default_rng(3)
-    return rng.standard_normal((HEADS, M, K), np.float32), rng.standard_normal((HEADS, K, N), np.float32)
+    return (rng.standard_normal((HEADS, M, K), np.float32).astype(dtype),
+            rng.standard_normal((HEADS, K, N), np.float32).astype(dtype))
 
 
-def _run(reference: bool, runs: int = 2):
-    g, prog, a, b, c = _grouped()
-    av, bv = _values()
+def _run(reference: bool, runs: int = 2, dtype=sp.float32):
+    g, prog, a, b, c = _grouped(dtype)
+    av, bv = _values(dtype.numpy)
     eng = sp.Engine(g, [prog], {"engine.reference": reference})
     outs = []
     for _ in range(runs):
@@ -62,6 +63,23 @@ def test_the_heads_run_as_one_batched_product_within_the_bound_of_the_reference(
     diff = np.abs(first.astype(np.float64) - ref.astype(np.float64))
     assert np.all(diff <= contraction_bound(terms, K))
     np.testing.assert_allclose(first, np.matmul(av.astype(np.float64), bv), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_float16_heads_run_as_one_batched_product_within_a_half_step_of_the_reference():
+    """float16 operands gathered as halves and widened whole, the float32 products narrowed whole
+    into the float16 outputs: one plan for the heads, each output within the contraction bound
+    and one float16 rounding of the reference's (which rounds its float32 partials once)."""
+    eng, (first, second) = _run(False, dtype=sp.float16)
+    (runner,) = eng._interpreter._chains.fused()
+    assert first.dtype == np.float16 and len(runner.plans) < len(runner.bands)
+    _, (ref,) = _run(True, runs=1, dtype=sp.float16)
+    av, bv = (x.astype(np.float64) for x in _values(np.float16))
+    exact = np.matmul(av, bv)
+    bound = contraction_bound(np.matmul(np.abs(av), np.abs(bv)), K)
+    step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)  # one fp16 step at |exact|
+    assert np.all(np.abs(first - exact) <= step / 2 + bound)  # rounded once, to nearest
+    assert np.all(np.abs(first.astype(np.float64) - ref) <= step + 2 * bound)
     np.testing.assert_array_equal(first, second)
 
 

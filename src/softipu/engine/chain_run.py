@@ -116,14 +116,16 @@ class ChainRunner:
         return plans
 
     def _batch_plan(self, run: list[Band]) -> tuple | None:
-        """(copies in, GEMM pieces, no copies out) of bands of one shape whose output blocks each
+        """(copies in, GEMM pieces, copies out) of bands of one shape whose output blocks each
         tile one matrix, the matrices evenly spaced: every band's operands gathered into one
         ``(bands, rows, depth)`` and ``(bands, depth, cols)`` scratch pair, one batched product
         (numpy calls the same GEMM per band) written into the outputs, cut along the bands by
-        their work alone. None where that does not hold, or a band's right-hand blocks may be
-        kept between calls (:meth:`Scratch.keeps` decides those band by band)."""
+        their work alone. float16 operands are gathered as halves and widened whole, a float16
+        product narrowed whole (as :meth:`_plan` does a band's). None where that does not hold,
+        or a band's right-hand blocks may be kept between calls (:meth:`Scratch.keeps` decides
+        those band by band)."""
         src, dst = self.in_buf, self.out_buf
-        if src.dtype != np.float32 or dst.dtype != np.float32 or \
+        if src.dtype not in _FLOATS or dst.dtype not in _FLOATS or \
                 any(self.scratch.may_keep(band, src) for band in run):
             return None
         band = run[0]
@@ -135,15 +137,33 @@ class ChainRunner:
         count = len(run)
         a = self.scratch.get("a", (count * rows, ks)).reshape(count, rows, ks)
         b = self.scratch.get("b", (count * ks, cols)).reshape(count, ks, cols)
+        half = src.dtype == np.float16  # operands gathered as halves, then widened whole
+        a_in = self.scratch.get("a16", (count * rows, ks), np.float16).reshape(a.shape) if half else a
+        b_in = self.scratch.get("b16", (count * ks, cols), np.float16).reshape(b.shape) if half else b
         copies: list[tuple[np.ndarray, np.ndarray]] = []
         for i, each in enumerate(run):
-            copies += self._left(_copies(a[i], src, each.a, m_at, k_at))
-            copies += _copies(b[i], src, each.b, k_at, n_at)
+            copies += self._left(_copies(a_in[i], src, each.a, m_at, k_at))
+            copies += _copies(b_in[i], src, each.b, k_at, n_at)
+        copies_out: list[Callable[[], Any]] = []
+        if dst.dtype == np.float16:  # the product in float32 scratch, narrowed whole
+            into = self.scratch.get("c", (count * rows, cols)).reshape(count, rows, cols)
+            copies_out = self._narrowed(into, c)
+            c = into
         parts = max(1, min(CHAIN_MAX_PIECES, count, count * rows * ks * cols // CHAIN_PIECE_MACS))
         cuts = [count * p // parts for p in range(parts + 1)]
         products = [partial(np.matmul, a[lo:hi], b[lo:hi], out=c[lo:hi])
                     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
-        return _copy_round(copies), products, []
+        widen = [(a_in, a), (b_in, b)] if half else []
+        return _then(_copy_round(copies), _converted(from_half, widen)), products, copies_out
+
+    def _narrowed(self, c: np.ndarray, whole: np.ndarray) -> list[Callable[[], Any]]:
+        """The calls writing a float32 product ``c`` into ``whole``, a float16 view of the output
+        of its shape: narrowed whole (:func:`softipu.codelets.halves.to_half`) straight into it
+        where it is contiguous, else into scratch halves copied into it."""
+        if whole.flags.c_contiguous:
+            return [_converted(to_half_contiguous, [(c, whole)])]
+        c16 = self.scratch.get("c16", (c.size // c.shape[-1], c.shape[-1]), np.float16).reshape(c.shape)
+        return [_converted(to_half_contiguous, [(c, c16)])] + _copy_jobs([(whole, c16)])
 
     def _left(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """A left operand's gather pairs, from the copies' source where :attr:`redirect` holds."""
@@ -193,11 +213,14 @@ class ChainRunner:
         if dst.dtype != np.float16:
             return _copy_jobs([(d, s) for s, d in _copies(c, dst, grid, m_at, n_at, writeable=True)])
         whole = _direct(dst, grid, m_at, n_at, writeable=True)
-        if whole is not None and whole.flags.c_contiguous:
-            return [_converted(to_half_contiguous, [(c, whole)])]
+        if whole is not None:
+            return self._narrowed(c, whole)
         c16 = self.scratch.get("c16", c.shape, np.float16)
         pairs = [(d, s) for s, d in _copies(c16, dst, grid, m_at, n_at, writeable=True)]
         return [_converted(to_half_contiguous, [(c, c16)])] + _copy_jobs(pairs)
+
+
+_FLOATS = (np.float16, np.float32)
 
 
 class _NotFused(Exception):
