@@ -622,25 +622,8 @@ def _reads(executable: Executable, roots: list[P.Program], skip: set[int],
 
 def _read_table(executable: Executable, dtype: Any) -> np.ndarray:
     """``(compute set id or -1, lo, hi)`` rows of what :func:`_reads` lists of ``dtype``: the
-    strided fields' extents (nearly all of them) from arrays of their offsets, shapes and strides
-    at once, the rest one by one."""
+    compute sets' fields (:func:`_field_extents`) and the program nodes' tensors."""
     rows: list[tuple[int, int, int]] = []
-    strided: dict[int, list[tuple]] = {}  # ndim -> (compute set, offset, *shape, *strides)
-    names: dict[type, list[str]] = {}  # codelet -> its fields of ``dtype`` (a field's tensors have its dtype)
-    for cs_id, compiled in executable.compute_sets.items():
-        tensors: list[Tensor] = []
-        for g in compiled.groups:
-            mine = names.get(g.codelet)
-            if mine is None:
-                mine = names[g.codelet] = [n for n, f in g.codelet.fields.items()
-                                           if f.direction is not Direction.PARAM and f.dtype == dtype]
-            for name in mine:
-                tensors += g.tensors(name)
-        for t in tensors:
-            if t.is_strided:
-                strided.setdefault(len(t.shape), []).append((cs_id, t.offset, *t.shape, *t.strides))
-            else:
-                rows += [(o, lo, hi) for o, _, lo, hi in _spans(cs_id, (t,))]
     roots = list(executable.programs) + list(executable.functions.values())
     for root in roots:
         for node in P.walk(root):
@@ -648,6 +631,34 @@ def _read_table(executable: Executable, dtype: Any) -> np.ndarray:
                 tensors = [getattr(node, slot, None) for slot in _slots(node)]
                 tensors = [t for t in tensors if isinstance(t, Tensor)]
                 rows += [(o, lo, hi) for o, _, lo, hi in _spans(-1, tensors, dtype)]
+    return np.concatenate([_field_extents(executable, dtype), np.array(rows, np.int64).reshape(-1, 3)])
+
+
+def _field_extents(executable: Executable, dtype: Any, writes_only: bool = False) -> np.ndarray:
+    """``(compute set id, lo, hi)`` of every non-param field tensor of ``dtype`` in the
+    executable's compute sets (only the fields that write, if ``writes_only``), ``[lo, hi)`` the
+    addresses it touches: strided tensors (nearly all) from arrays of their offsets, shapes and
+    strides at once, grouped by rank; the rest (slabs, indexed) one by one (:func:`_extent`).
+    One pass over the groups, a few list appends per field (BERT-base: ~16 k tensors)."""
+    rows: list[tuple[int, int, int]] = []
+    strided: dict[int, list[tuple]] = {}  # ndim -> (compute set, offset, *shape, *strides)
+    names: dict[type, list[str]] = {}  # codelet -> its fields of ``dtype`` (a field's tensors have its dtype)
+    for cs_id, compiled in executable.compute_sets.items():
+        for g in compiled.groups:
+            mine = names.get(g.codelet)
+            if mine is None:
+                mine = names[g.codelet] = [
+                    n for n, f in g.codelet.fields.items() if f.direction is not Direction.PARAM
+                    and f.dtype == dtype and (f.direction.writes or not writes_only)]
+            for name in mine:
+                value = g.fields[name]
+                for t in value if isinstance(value, tuple) else (value,):
+                    if t.is_strided:
+                        strided.setdefault(len(t.shape), []).append((cs_id, t.offset, *t.shape, *t.strides))
+                    else:
+                        span = _extent(t)
+                        if span is not None:
+                            rows.append((cs_id, *span))
     tables = [np.array(rows, np.int64).reshape(-1, 3)]
     for ndim, entries in strided.items():
         a = np.array(entries, np.int64).reshape(-1, 2 + 2 * ndim)

@@ -43,25 +43,20 @@ class WrittenSpans:
 
 
 def _written(executable: Executable, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    from softipu.engine.chains import _extent, _union
+    from softipu.engine.chains import _extent, _field_extents, _union
 
     spans = [_extent(t) for t in _written_tensors(executable) if t.dtype == dtype]
     rows = [span for span in spans if span is not None]
-    if not rows:
+    fields = _field_extents(executable, dtype, writes_only=True)[:, 1:]  # every field a compute set writes
+    if not rows and not len(fields):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return _union(np.array(rows, np.int64).reshape(-1, 2))
+    return _union(np.concatenate([np.array(rows, np.int64).reshape(-1, 2), fields]))
 
 
 def _written_tensors(executable: Executable) -> Iterator[Tensor]:
-    """Every field a compute set writes, and every tensor a program node other than an Execute
-    names (its reads too)."""
+    """Every tensor a program node other than an Execute names (its reads too)."""
     from softipu.engine.chains import _slots
 
-    for compiled in executable.compute_sets.values():
-        for g in compiled.groups:
-            for name, f in g.codelet.fields.items():
-                if f.direction.writes:
-                    yield from g.tensors(name)
     for root in list(executable.programs) + list(executable.functions.values()):
         for node in P.walk(root):
             if node.kind is P.ProgramKind.EXECUTE:
