@@ -366,7 +366,7 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
     direct = _pointwise_matrix(xp, inner)
     if direct is None and spec.m * spec.n and _windows_readable(xp, inner):
         pl, swapped = _plan(spec, opts, ctx.graph.target, grains, allow_swap=False)
-        if pl.fits and not swapped and pl.k_split == 1 and pl.k_serial == 1:
+        if pl.fits and not swapped and pl.k_serial == 1 and _windows_no_larger(pl, xp, inner):
             return _run_windows(ctx, pl, xp, rhs, inner)
     lhs = _Im2Col(xp, inner) if direct is None else _Operand(direct, np.arange(inner.groups))
     return _grouped(ctx, lhs, rhs, spec, opts, grains=grains, allow_swap=False)
@@ -388,13 +388,37 @@ def _windows_readable(xp: Tensor, inner: _Inner) -> bool:
     return all(size == 1 or stride == w for size, stride, w in zip(xp.shape, xp.strides, want, strict=True))
 
 
+def _windows_no_larger(pl: Plan, xp: Tensor, inner: _Inner) -> bool:
+    """Whether no vertex's input range holds more than ``_WINDOW_RANGE_LIMIT`` times the elements
+    of a full block of the im2col matrix (the plan's M block x K block), which the plan's exchange
+    and memory were priced with. A K range holding part of a kernel position's channels reads them from pixels
+    stored channels innermost, so its range holds every channel of the pixels it spans (ResNet-50
+    b64's 3x3 convolutions over 512 channels split 18 ways: 1.7 MB received on one tile for a
+    160 KB block); those keep the im2col copy. Below the limit a range holds the padding columns
+    and the rows between its pixels, which poplin's worklists skip."""
+    q = pl.problem
+    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(q.k, pl.blocks[3])
+    v = _window_vertices(grids, _window_geometry(xp, inner))
+    return int(np.max(v["x1"] - v["x0"])) <= _WINDOW_RANGE_LIMIT * pl.blocks[1] * pl.blocks[3]
+
+
+# [U] How much larger than its im2col block a window vertex's input range may be: the range's
+# extra elements (padding columns, the rows between a block's pixels) are received but not read.
+_WINDOW_RANGE_LIMIT = 1
+
+
 def _run_windows(ctx: OpContext, pl: Plan, xp: Tensor, rhs: _Operand, inner: _Inner) -> Tensor:
-    """The convolution of plan ``pl`` (whole K on each tile) without an im2col copy: each block of
-    output pixels is one :func:`~softipu.codelets.nn.conv.conv_window_codelet` vertex reading the
-    input range its windows cover, as poplin's convolution vertices read the tile's input field
-    through worklists (no input element copied per kernel position; lib/poplin/ConvVertices.cpp).
-    Each element of the im2col matrix was a copy: ResNet-50's 7x7 stem at batch 64 put 160 KB of
-    it on a tile, and 5.6 M copy pieces in the compiler."""
+    """The convolution of plan ``pl`` (one K range a tile, no serial split) without an im2col
+    copy: each block of output pixels and K range is one
+    :func:`~softipu.codelets.nn.conv.conv_window_codelet` vertex reading the input range its
+    windows cover, as poplin's convolution vertices read the tile's input field through worklists
+    (no input element copied per kernel position; lib/poplin/ConvVertices.cpp). Each element of the
+    im2col matrix was a copy: ResNet-50's 7x7 stem at batch 64 put 160 KB of it on a tile, and 5.6 M
+    copy pieces in the compiler. A plan that splits K (poplin's ``inChanSplit.parallel``, the
+    input channels and kernel positions over ``k_split`` tiles) writes each tile's partial sums
+    and reduces them as :func:`softipu.ops.matmul.matmul` does: each K range's vertices read
+    only the kernel positions of their range, in place (the 3x3 convolutions of ResNet-50 at
+    batch 64 had each replicated their input 9 times through im2col copies)."""
     q = pl.problem
     grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(q.k, pl.blocks[3])
     b = rhs.place(ctx, pl, grids[2], grids[1], "b")
@@ -412,29 +436,52 @@ def _run_windows(ctx: OpContext, pl: Plan, xp: Tensor, rhs: _Operand, inner: _In
 
 def _add_window_vertices(ctx: OpContext, cs: Any, pl: Plan, grids, xp: Tensor, inner: _Inner,
                          b: _Blocks, out: _Blocks) -> None:
-    """One ConvWindow vertex per (M block, N block): its ``x`` field the input range from the
-    first element the block's first pixel reads to the last its last pixel reads."""
-    q, gm, gn = pl.problem, grids[0], grids[1]
-    i, j = (a.ravel() for a in np.meshgrid(np.arange(len(gm)), np.arange(len(gn)), indexing="ij"))
+    """One ConvWindow vertex per (M block, N block, K range), reading :func:`_window_vertices`'s
+    input range."""
+    q, gn = pl.problem, grids[1]
     geo = _window_geometry(xp, inner)
-    first, last = gm.starts[i], gm.starts[i] + gm.sizes[i] - 1
-    x0 = _pixel_address(first, geo)
-    x1 = _pixel_address(last, geo) + ((inner.kh - 1) * inner.dh * geo["wp"] + (inner.kw - 1) * inner.dw
-                                      + 1) * geo["c"]
-    msz, nsz = gm.sizes[i], gn.sizes[j]
+    v = _window_vertices(grids, geo)
+    i, j, kr, first, k0 = (v[k] for k in ("i", "j", "kr", "p0", "k0"))
+    x0, x1, msz, ksz = (v[k] for k in ("x0", "x1", "msz", "ksz"))
+    nsz = gn.sizes[j]
     g = np.zeros_like(i)
-    starts = {"x": xp.offset + x0, "w": b.starts[b.group_of[g], 0, j],
-              "out": out.starts[g, i, j] if out.starts.ndim == 3 else out.starts[g, i, j, 0]}
-    tensors = {"x": (xp.dtype, x1 - x0), "w": (b.tensor.dtype, q.k * nsz),
+    starts = {"x": xp.offset + x0, "w": b.starts[b.group_of[g], kr, j],
+              "out": out.starts[g, i, j] if out.starts.ndim == 3 else out.starts[g, i, j, kr]}
+    tensors = {"x": (xp.dtype, x1 - x0), "w": (b.tensor.dtype, ksz * nsz),
                "out": (out.tensor.dtype, msz * nsz)}
-    params = {"p0": first, "x0": x0, "m": msz, "n": nsz,
+    params = {"p0": first, "x0": x0, "k0": k0, "kk": ksz, "m": msz, "n": nsz,
               "layout": np.full(i.shape, B_TRANSPOSED if b.transposed else 0)}
     params |= {k: np.full(i.shape, v) for k, v in geo.items()}
     codelet = conv_window_codelet(q.in_dtype, out.tensor.dtype)
-    tiles = pl.tile_of(g, i, j, 0)
-    keys, order = [x1 - x0, msz, nsz], j * len(gm) + i
+    tiles = pl.tile_of(g, i, j, kr)
+    col = kr * len(gn) + j  # the (K range, N block) a vertex's weights block is
+    keys, order = [x1 - x0, msz, nsz, ksz], col * len(grids[0]) + i
     add_vertex_runs(ctx.graph, cs, codelet, keys, order, tiles, starts, tensors, params,
-                    fine_key=_evenly_spaced_runs(keys, order, x0, j))
+                    fine_key=_evenly_spaced_runs(keys, order, x0, col))
+
+
+def _window_vertices(grids, geo: dict[str, int]) -> dict[str, np.ndarray]:
+    """Each window vertex's (M block, N block, K range) ``i, j, kr``, first pixel ``p0``, K range
+    ``[k0, k0 + ksz)``, M block size ``msz`` and input range ``[x0, x1)`` (from the padded
+    input's first element): from the first element its first pixel reads in the range's first
+    kernel position to the last its last pixel reads in the range's last one."""
+    gm, gn, gk = grids
+    i, j, kr = (a.ravel() for a in np.meshgrid(np.arange(len(gm)), np.arange(len(gn)),
+                                               np.arange(len(gk)), indexing="ij"))
+    first, last = gm.starts[i], gm.starts[i] + gm.sizes[i] - 1
+    k0, ksz = gk.starts[kr], gk.sizes[kr]
+    x0 = _pixel_address(first, geo) + _kernel_offset(k0, geo)
+    x1 = _pixel_address(last, geo) + _kernel_offset(k0 + ksz - 1, geo) + 1
+    return {"i": i, "j": j, "kr": kr, "p0": first, "k0": k0, "ksz": ksz, "msz": gm.sizes[i],
+            "x0": x0, "x1": x1}
+
+
+def _kernel_offset(k: np.ndarray, geo: dict[str, int]) -> np.ndarray:
+    """Offset in the padded NHWC input, from a window's first element, of K index ``k`` (K in
+    ``(kh, kw, c)`` order); increasing with ``k``, so a K range's first and last bound its reads."""
+    pos, ch = np.divmod(k, geo["c"])
+    ki, kj = np.divmod(pos, geo["kw"])
+    return (ki * geo["dh"] * geo["wp"] + kj * geo["dw"]) * geo["c"] + ch
 
 
 def _evenly_spaced_runs(keys: list[np.ndarray], order: np.ndarray, x0: np.ndarray,

@@ -8,20 +8,22 @@ input offset) triples into the tile's input and output (lib/poplin/ConvVertices.
 input element is stored once on the tile, however many output positions read it.
 
 **ConvWindow** (``MultiVertex``) is that vertex for one block of ``m`` consecutive output pixels
-(in ``(n, ho, wo)`` order) and one block of ``n`` output channels, with all ``kh * kw * c`` of
-the reduction. Fields:
+(in ``(n, ho, wo)`` order) and one block of ``n`` output channels, with a range of ``kk`` of the
+``kh * kw * c`` reduction (all of it unless the plan splits K). Fields:
 
 * ``x``: one contiguous range of the padded input stored channels innermost (NHWC), from the
   first input element any of the block's windows reads to the last one; ``x0`` (param) is the
   address of the range's first element relative to the padded input's first element;
-* ``w``: the weights block ``(kh * kw * c) x n`` (K in ``(kh, kw, c)`` order), row-major or, with
+* ``w``: the weights block ``kk x n`` (its K range), row-major or, with
   the ``layout`` bit :data:`~softipu.codelets.matmul.B_TRANSPOSED`, stored as its transpose;
 * ``out``: the ``m x n`` result block (fp32 partials or the output dtype);
 
-params: ``p0`` (the block's first output pixel) and the geometry ``(ho, wo, hp, wp, c, kh, kw,
-sh, sw, dh, dw)``.
+params: ``p0`` (the block's first output pixel), ``k0`` and ``kk`` (the vertex's range
+``[k0, k0 + kk)`` of the reduction, K in ``(kh, kw, c)`` order: all of it, or one K range of a plan
+that splits the input channels and kernel positions over tiles, each writing its partials as
+poplin's partial-sum vertices do) and the geometry ``(ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw)``.
 
-Cycles: the AMP estimate of the equivalent ``(m x kh*kw*c) . (kh*kw*c x n)`` product
+Cycles: the AMP estimate of the equivalent ``(m x kk) . (kk x n)`` product
 (:func:`~softipu.codelets.matmul.amp_cycles`, poplibs' ConvPartial1x1Out estimator) — the same
 MACs through the same AMP passes. [U]: poplin's nx1 vertex prices each kernel row as its own
 pass over the field (``getConvPartialnx1SupervisorCycleEstimate``); its worklist overheads are
@@ -51,10 +53,12 @@ GEOMETRY = ("ho", "wo", "hp", "wp", "c", "kh", "kw", "sh", "sw", "dh", "dw")
 _GATHER_ELEMENTS = 1 << 22
 
 
-def window_indices(p0: np.ndarray, x0: np.ndarray, m: int, geo: dict[str, int]) -> np.ndarray:
-    """``(V, m, kh * kw * c)`` offsets into each vertex's ``x`` range of the input elements its
-    ``m`` output pixels read, K in ``(kh, kw, c)`` order: pixel ``p = (n, ho, wo)`` and kernel
-    position ``(i, j)`` read padded row ``n * hp + ho * sh + i * dh``, column ``wo * sw + j * dw``."""
+def window_indices(p0: np.ndarray, x0: np.ndarray, m: int, geo: dict[str, int], k0: int = 0,
+                   kk: int | None = None) -> np.ndarray:
+    """``(V, m, kk)`` offsets into each vertex's ``x`` range of the input elements its ``m``
+    output pixels read for K indices ``[k0, k0 + kk)`` (default all ``kh * kw * c``), K in
+    ``(kh, kw, c)`` order: pixel ``p = (n, ho, wo)`` and kernel position ``(i, j)`` read padded
+    row ``n * hp + ho * sh + i * dh``, column ``wo * sw + j * dw``."""
     ho, wo, hp, wp, c = (geo[k] for k in ("ho", "wo", "hp", "wp", "c"))
     p = p0.reshape(-1, 1) + np.arange(m)
     n, rest = np.divmod(p, ho * wo)
@@ -63,7 +67,7 @@ def window_indices(p0: np.ndarray, x0: np.ndarray, m: int, geo: dict[str, int]) 
     i = np.arange(geo["kh"])[:, None, None] * geo["dh"] * wp * c
     j = np.arange(geo["kw"])[None, :, None] * geo["dw"] * c
     k = (i + j + np.arange(c)).reshape(-1)  # (kh * kw * c,)
-    return base[:, :, None] + k
+    return base[:, :, None] + k[k0:None if kk is None else k0 + kk]
 
 
 @cache
@@ -77,46 +81,49 @@ def conv_window_codelet(in_dtype: DType, out_dtype: DType) -> type[Vertex]:
         out = Output(out_dtype)
         p0 = Param(int32)
         x0 = Param(int32)
+        k0 = Param(int32)
+        kk = Param(int32)
         m = Param(int32)
         n = Param(int32)
         layout = Param(int32)
         ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw = (Param(int32) for _ in GEOMETRY)
 
         @staticmethod
-        def compute(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
+        def compute(x, w, out, p0, x0, k0, kk, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
             if out.size == 0:
                 return
             geo = dict(zip(GEOMETRY, (int(np.ravel(v)[0]) for v in (ho, wo, hp, wp, c, kh, kw, sh, sw,
                                                                      dh, dw)), strict=True))
             mm, nn, bits = int(np.ravel(m)[0]), int(np.ravel(n)[0]), int(np.ravel(layout)[0])
-            kk = geo["kh"] * geo["kw"] * geo["c"]
+            width = int(np.ravel(kk)[0])  # one K range length a call (its w field's rows)
             xs = x.reshape(-1, x.shape[-1])
             ws = w.reshape(-1, w.shape[-1])
             res = np.empty((xs.shape[0], out.shape[-1]), np.float32)  # out may be a strided view
             lead = out.shape[:-1] + (1,)  # params may lack a replica axis the fields have
-            starts = np.broadcast_to(p0, lead).reshape(-1).astype(np.int64)
-            offs = np.broadcast_to(x0, lead).reshape(-1).astype(np.int64)
-            step = max(1, _GATHER_ELEMENTS // max(1, mm * kk))
-            for lo in range(0, res.shape[0], step):
-                hi = min(lo + step, res.shape[0])
-                idx = window_indices(starts[lo:hi], offs[lo:hi], mm, geo).reshape(hi - lo, -1)
-                a3 = np.take_along_axis(xs[lo:hi], idx, axis=1).reshape(hi - lo, mm, kk)
-                b3 = ws[lo:hi].reshape(hi - lo, nn, kk).swapaxes(-1, -2) if bits & B_TRANSPOSED else \
-                    ws[lo:hi].reshape(hi - lo, kk, nn)
-                acc = np.zeros((hi - lo, mm, nn), np.float32)
-                gemm(_as_float32(a3), _as_float32(b3), acc, False)
-                res[lo:hi] = acc.reshape(hi - lo, -1)
+            starts, offs, firsts = (np.broadcast_to(v, lead).reshape(-1).astype(np.int64)
+                                    for v in (p0, x0, k0))
+            step = max(1, _GATHER_ELEMENTS // max(1, mm * width))
+            for first in np.unique(firsts).tolist():  # each K range's window offsets
+                rows = np.flatnonzero(firsts == first)
+                for lo in range(0, rows.size, step):
+                    sel = rows[lo:lo + step]
+                    idx = window_indices(starts[sel], offs[sel], mm, geo, first, width).reshape(sel.size, -1)
+                    a3 = np.take_along_axis(xs[sel], idx, axis=1).reshape(sel.size, mm, width)
+                    b3 = ws[sel].reshape(sel.size, nn, width).swapaxes(-1, -2) if bits & B_TRANSPOSED \
+                        else ws[sel].reshape(sel.size, width, nn)
+                    acc = np.zeros((sel.size, mm, nn), np.float32)
+                    gemm(_as_float32(a3), _as_float32(b3), acc, False)
+                    res[sel] = acc.reshape(sel.size, -1)
             out[...] = res.reshape(out.shape)
 
         @staticmethod
-        def cycles(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw, target):
-            k = np.asarray(kh, np.int64) * np.asarray(kw, np.int64) * np.asarray(c, np.int64)
-            return amp_cycles(m, k, n, in_dtype, out_dtype, target)
+        def cycles(x, w, out, p0, x0, k0, kk, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw,
+                   target):
+            return amp_cycles(m, kk, n, in_dtype, out_dtype, target)
 
         @staticmethod
-        def flops(x, w, out, p0, x0, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
-            k = np.asarray(kh, np.int64) * np.asarray(kw, np.int64) * np.asarray(c, np.int64)
-            return 2 * np.asarray(m, np.int64) * k * np.asarray(n, np.int64)
+        def flops(x, w, out, p0, x0, k0, kk, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
+            return 2 * np.asarray(m, np.int64) * np.asarray(kk, np.int64) * np.asarray(n, np.int64)
 
     ConvWindow.__name__ = ConvWindow.__qualname__ = f"ConvWindow<{in_dtype.name},{out_dtype.name}>"
     return ConvWindow
