@@ -104,3 +104,38 @@ def test_to_half_of_mostly_normal_values_with_a_few_tiny_ones():
     out = np.empty(x.shape, np.float16)
     to_half(x, out)
     assert np.array_equal(out.view(np.uint16), _numpy_half(x))
+
+
+def test_to_half_of_finite_chunks_makes_numpys_bits_without_its_cast(monkeypatch):
+    """Chunks whose magnitudes all round to a finite half take the vector passes (numpy's cast, the
+    fallback, made to fail here): every exponent up to the half's largest, the rounding edges, the
+    largest magnitudes that still round to 65504, both zeros, float32 subnormals."""
+    from softipu.codelets import halves
+
+    def fail(*args):
+        raise AssertionError("numpy's cast taken")
+
+    monkeypatch.setattr(halves, "_cast", fail)
+    x = _edge_floats(np.random.default_rng(4))
+    x = x[np.abs(x) < np.float32(65520)]
+    top = np.nextafter(np.float32(65520), np.float32(0))
+    x = np.tile(np.concatenate([x, np.array([top, -top, 65504, -65504, 0.0, -0.0], np.float32)]), 2)
+    assert x.size % halves._CHUNK >= halves._SMALL
+    out = np.empty(x.shape, np.float16)
+    to_half(x, out)
+    assert np.array_equal(out.view(np.uint16), _numpy_half(x))
+
+
+def test_to_half_of_a_short_chunk_with_few_tiny_values_is_numpys_cast():
+    """An array's last chunk, short, with 1 tiny value in 100, goes to numpy's cast; with many
+    it takes the passes: numpy's bits either way."""
+    from softipu.codelets import halves
+
+    rng = np.random.default_rng(5)
+    for tiny in (0.01, 0.5):
+        x = rng.standard_normal(halves._CHUNK + 5000).astype(np.float32)
+        picked = rng.random(x.size) < tiny
+        x[picked] *= np.float32(1e-7)
+        out = np.empty(x.shape, np.float16)
+        to_half(x, out)
+        assert np.array_equal(out.view(np.uint16), _numpy_half(x))
