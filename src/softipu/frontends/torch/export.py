@@ -185,7 +185,13 @@ class _DefaultSplit:
     overrides and Python decompositions, and the set of CIA ops export may keep: made once per
     process (the split reads every registered op: ~0.2 s of CPU an export), copied for each, and
     made again when more ops have been registered since (importing ``torch.distributed``'s
-    functional collectives, a custom op: torch's split of the moment would include them)."""
+    functional collectives, a custom op: torch's split of the moment would include them).
+
+    The set of CIA ops is collected once for the three uses torch's own calls would each collect
+    it for (``default_decompositions()``'s materializing, the split, and the set kept here;
+    ~0.1 s of CPU each, walking every op namespace): :meth:`_made_now` is
+    ``_split_decomp_table_to_cia_and_python_decomp(default_decompositions() less KEPT_WHOLE)``
+    with that one set (the same dicts: tests/test_compile_shortcuts.py)."""
 
     _lock = threading.Lock()
     _made: tuple[dict, dict, frozenset] | None = None
@@ -197,17 +203,39 @@ class _DefaultSplit:
             registered = len(torch._C._dispatch_get_all_op_names())  # ~4 ms
             if cls._made is None or registered != cls._ops_seen:
                 cls._ops_seen = registered
-                from torch.export.exported_program import (
-                    _collect_all_valid_cia_ops,
-                    _split_decomp_table_to_cia_and_python_decomp,
-                )
-
-                table = torch.export.default_decompositions()
-                for op in KEPT_WHOLE:
-                    table.pop(op)
-                cia, python = _split_decomp_table_to_cia_and_python_decomp(table)
-                cls._made = dict(cia), dict(python), frozenset(_collect_all_valid_cia_ops())
+                cls._made = cls._made_now()
             return cls._made
+
+    @staticmethod
+    def _made_now() -> tuple[dict, dict, frozenset]:
+        from torch._export.utils import (
+            _collect_all_valid_cia_ops,
+            _get_decomp_for_cia,
+            _is_aten_op,
+            _is_preservable_cia_op,
+        )
+        from torch.export.exported_program import _special_op_to_preserve_cia
+
+        preservable = frozenset(_collect_all_valid_cia_ops())
+        # default_decompositions() materialized (CustomDecompTable.materialize) with that set
+        table = dict(torch.export.default_decompositions().decomp_table)
+        for op in preservable:
+            if not _is_aten_op(op) and op not in table:
+                table[op] = _get_decomp_for_cia(op)
+        for op in KEPT_WHOLE:
+            table.pop(op)
+        # _split_decomp_table_to_cia_and_python_decomp(table) with that set
+        cia: dict = {}
+        unclaimed = set(preservable)
+        for op in list(table):
+            if op in unclaimed:
+                cia[op] = table.pop(op)
+                unclaimed.remove(op)
+            elif _is_preservable_cia_op(op):  # a custom op: kept in both, as torch's split does
+                cia[op] = table[op]
+        for op in unclaimed:
+            cia[op] = _special_op_to_preserve_cia
+        return cia, table, preservable
 
 
 def _split_tables() -> tuple[dict, dict]:
