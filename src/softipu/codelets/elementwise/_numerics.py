@@ -5,12 +5,14 @@ the op vocabularies bind (NaN rules, integer division, erf/GELU polynomials).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from softipu.codelets.halves import HALVES_MIN, from_half, to_half
 from softipu.dtypes import DType, bool_
 
 
@@ -71,10 +73,57 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 def _ufunc(f: np.ufunc) -> Callable[..., Any]:
-    def apply(*xs, out=None):
-        return f(*xs) if out is None else f(*xs, out=out)
+    if f in _ROUNDED_ONCE:
+        def apply(*xs, out=None):
+            done = _halves_in_float32(f, xs, out)
+            if done is not None:
+                return done
+            return f(*xs) if out is None else f(*xs, out=out)
+    else:
+        def apply(*xs, out=None):
+            return f(*xs) if out is None else f(*xs, out=out)
     apply.__name__ = f.__name__
     return apply
+
+
+# Correctly rounded float ops: a float16 result is the float32 result of the
+# widened operands rounded once to float16 (float32 carries 24 >= 2 x 11 + 2 bits, so rounding
+# twice gives the correctly rounded half), which is how numpy's float16 loops compute them. numpy's
+# loop makes each half with a scalar cast that raises the underflow flag for every subnormal result
+# (~120 ns an element, against ~8 for a normal one); widened by table and narrowed by
+# codelets/halves.py the same bits cost ~5 ns whatever the values. The value says whether numpy's
+# float16 loop hands the float32 operation its operands swapped (add and multiply: where both are
+# NaN the result is the second's, quieted), so that NaN payloads match too. exp, log, tanh and the
+# like are not correctly rounded (a float16 loop may use another approximation), and numpy's
+# float16 max/min pick another zero of +0 and -0 than its float32 ones: they stay numpy's float16
+# loops.
+_ROUNDED_ONCE = {np.add: True, np.multiply: True, np.subtract: False, np.divide: False,
+                 np.square: False, np.sqrt: False}
+
+
+def _halves_in_float32(f: np.ufunc, xs: tuple, out: np.ndarray | None) -> np.ndarray | None:
+    """``f(*xs, out=out)`` for float16 operands and result, computed in float32 and rounded once
+    (:data:`_ROUNDED_ONCE`); None where the operands are not all float16 arrays or the result is
+    small (numpy's loop then)."""
+    if not all(isinstance(x, np.ndarray) and x.dtype == np.float16 for x in xs):
+        return None
+    if out is not None and out.dtype != np.float16:
+        return None
+    shape = out.shape if out is not None else np.broadcast_shapes(*(x.shape for x in xs))
+    if math.prod(shape) < HALVES_MIN:
+        return None
+    wide = f(*(_widened(x) for x in (xs[::-1] if _ROUNDED_ONCE[f] else xs)))
+    if out is None:
+        out = np.empty(wide.shape, np.float16)
+    to_half(np.broadcast_to(wide, out.shape) if out.shape != wide.shape else wide, out)
+    return out
+
+
+def _widened(x: np.ndarray) -> np.ndarray:
+    """float16 ``x`` as float32: by table where large (codelets/halves.py)."""
+    wide = np.empty(x.shape, np.float32)
+    from_half(x, wide)
+    return wide
 
 
 def _sigmoid(x, out=None):
@@ -175,6 +224,9 @@ def _count_leading_zeros(x, out=None):
 
 def _divide(a, b, out=None):
     if np.result_type(a, b).kind == "f":
+        done = _halves_in_float32(np.divide, (a, b), out)
+        if done is not None:
+            return done
         return np.divide(a, b) if out is None else np.divide(a, b, out=out)
     r = np.fmod(a, b)  # C semantics: truncate toward zero; x / 0 = 0
     return _store((a - r) // b, out)
