@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-__all__ = ["to_half", "to_half_contiguous", "from_half", "HALF_TINY", "HALVES_MIN"]
+__all__ = ["to_half", "to_half_contiguous", "from_half", "widened", "HALF_TINY", "HALVES_MIN"]
 
 # Below this magnitude a float32 rounds onto float16's subnormal grid (steps of 2**-24).
 HALF_TINY = np.float32(2.0**-14)
@@ -138,3 +138,10 @@ def from_half(h: np.ndarray, out: np.ndarray) -> None:
     bits, flat = np.ascontiguousarray(h).view(np.uint16).reshape(-1), out.reshape(-1)
     for lo in range(0, bits.size, _CHUNK):
         np.take(_WIDE, bits[lo:lo + _CHUNK], out=flat[lo:lo + _CHUNK], mode="clip")
+
+
+def widened(h: np.ndarray) -> np.ndarray:
+    """float16 ``h`` as a new float32 array of its shape (:func:`from_half`)."""
+    out = np.empty(h.shape, np.float32)
+    from_half(h, out)
+    return out

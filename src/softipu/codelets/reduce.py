@@ -48,6 +48,7 @@ from functools import cache
 import numpy as np
 
 from softipu.codelets._common import ceil_div as _ceil_div
+from softipu.codelets.halves import widened
 from softipu.codelets.host import memo, scratch
 from softipu.dtypes import DType, bool_, float16, float32, int32, int64
 from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
@@ -138,6 +139,8 @@ def _prepare(op: ReduceOp, partial: DType) -> Callable[[np.ndarray], np.ndarray]
     want = partial.numpy
     if op is ReduceOp.SQUARE_ADD:
         return lambda x: np.square(x, dtype=want)
+    if partial is float32:  # float16 widened by table (halves.py: no slow loop for subnormals)
+        return lambda x: x if x.dtype == want else widened(x) if x.dtype == np.float16 else x.astype(want)
     return lambda x: x if x.dtype == want else x.astype(want)
 
 

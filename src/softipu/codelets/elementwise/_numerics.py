@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.halves import HALVES_MIN, from_half, to_half
+from softipu.codelets.halves import HALVES_MIN, to_half, widened
 from softipu.dtypes import DType, bool_
 
 
@@ -112,18 +112,11 @@ def _halves_in_float32(f: np.ufunc, xs: tuple, out: np.ndarray | None) -> np.nda
     shape = out.shape if out is not None else np.broadcast_shapes(*(x.shape for x in xs))
     if math.prod(shape) < HALVES_MIN:
         return None
-    wide = f(*(_widened(x) for x in (xs[::-1] if _ROUNDED_ONCE[f] else xs)))
+    wide = f(*(widened(x) for x in (xs[::-1] if _ROUNDED_ONCE[f] else xs)))
     if out is None:
         out = np.empty(wide.shape, np.float16)
     to_half(np.broadcast_to(wide, out.shape) if out.shape != wide.shape else wide, out)
     return out
-
-
-def _widened(x: np.ndarray) -> np.ndarray:
-    """float16 ``x`` as float32: by table where large (codelets/halves.py)."""
-    wide = np.empty(x.shape, np.float32)
-    from_half(x, wide)
-    return wide
 
 
 def _sigmoid(x, out=None):
