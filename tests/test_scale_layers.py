@@ -118,3 +118,28 @@ def test_the_wrappers_sum_loss_is_not_the_layers_forward():
     scale = price_layer("scale", _Scale, (4, 8), precision="fp32", target=t)
     assert scale.extra["harness_loss_cycles"] == ident.extra["harness_loss_cycles"]  # the same (4, 8) sum
     assert 0 < scale.forward < scale.backward  # x*w; the backward is two products (dw, dx)
+
+
+def test_a_priced_layers_classes_on_each_ipu_by_hand():
+    """The hand-worked layer above, three times over a pipelined replica of 2 IPUs as Graphcore's
+    configurations run (a checkpoint at each layer's input, optimizer state off chip and sharded
+    over 2 replicas): each IPU's memory classes worked by hand from the layer's priced figures."""
+    from softipu.frontends.torch.scale import TrainingConfig, price_training
+    from softipu.target.systems import POD16
+
+    cost = price_layer("scale", _Scale, (4, 8), precision="fp32", target=sp.targets.ipu_model(tiles=4))
+    layers = [cost.scaled(f"scale[{i}]", 1) for i in range(3)]
+    cfg = TrainingConfig(micro_batch=4, accumulation=4, replicas=2, layers_per_ipu=(2, 1), recompute=True,
+                         optimizer_off_chip=True, rts=True)
+    est = price_training(layers, cfg, POD16)
+    m0, m1 = est.memory
+    # off chip: each IPU's half of its layers' two fp32 moments, (64 / 2 + 32 / 2) x 8 B
+    assert est.off_chip_bytes_per_replica == (32 + 16) * 8
+    own = cost.code_bytes + cost.codelet_bytes + cost.stack_bytes  # one kind of layer: its code once an IPU
+    # IPU 0 (forward stage 0 of 2): a stash of 2 x (2 - 1 - 0) + 1 = 3 checkpoints (each layer's
+    # 128 B input); IPU 1, the last, whose forward and backward are one stage, none. Gradient
+    # accumulators in fp16 (2 B a parameter); the optimizer state is in Streaming Memory.
+    assert m0.by_class == {"weights": 2 * 128, "gradients": 2 * 32 * 2, "optimizer_state": 0, "stash": 3 * 256,
+                           "activations": cost.temporary_bytes + 2 * 128, "code": own}
+    assert m1.by_class == {"weights": 128, "gradients": 32 * 2, "optimizer_state": 0, "stash": 0,
+                           "activations": cost.temporary_bytes + 128, "code": own}
