@@ -22,7 +22,7 @@ import numpy as np
 from softipu.compiler.conflicts import address_runs
 from softipu.compiler.exchange import (
     Traffic,
-    compute_set_transfers,
+    compute_set_traffic,
     copy_traffic,
     copy_transfers,
     exchange_cycles,
@@ -295,7 +295,7 @@ class StepPricer:
         key = self.keys.layout(compiled) if self.keys is not None else None
         found = self._layouts.get(key) if key is not None else None
         if found is None:
-            moved = traffic(compute_set_transfers(compiled, self.mappings), self.target)
+            moved = compute_set_traffic(compiled, self.mappings, self.target)
             found = moved, self._summary(moved)
             if key is not None:
                 self._layouts[key] = found

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from softipu.compiler.conflicts import field_intervals
+from softipu.compiler.dense import FieldRows, dense_clusters
 from softipu.compiler.executable import CompiledComputeSet
 from softipu.dtypes import DType
 from softipu.graph.mapping import ResolvedMapping
@@ -31,8 +32,8 @@ from softipu.graph.vertex import Direction
 from softipu.target import Target
 from softipu.target.links import exchange_link_cycles
 
-__all__ = ["Transfers", "Traffic", "compute_set_transfers", "copy_transfers", "copy_traffic", "traffic",
-           "union_per_key", "exchange_cycles"]
+__all__ = ["Transfers", "Traffic", "compute_set_traffic", "compute_set_transfers", "copy_transfers",
+           "copy_traffic", "traffic", "union_per_key", "exchange_cycles"]
 
 
 @dataclass(slots=True)
@@ -144,6 +145,29 @@ def _intervals_holding(mapping_starts: np.ndarray, first: np.ndarray, last: np.n
     return index[first - lo], index[last - lo]
 
 
+def compute_set_traffic(compiled: CompiledComputeSet, mappings: dict[DType, ResolvedMapping],
+                        target: Target) -> Traffic:
+    """:func:`traffic` of :func:`compute_set_transfers`, with the fields' dense address clusters
+    counted per address (:func:`softipu.compiler.dense.dense_clusters`) instead of listed piece
+    by piece: the same figures."""
+    sparse: list[tuple[DType, FieldRows]] = []
+    dense = []
+    for dtype, rows in _field_rows(compiled).items():
+        counts, rest = dense_clusters(rows, mappings[dtype], target) if target.num_ipus == 1 else (None, rows)
+        sparse += [(dtype, r) for r in rest]
+        if counts is not None:
+            item = dtype.itemsize
+            dense.append((counts[0] * item, counts[1] * item, counts[2], counts[3], counts[4] * item))
+    moved = traffic(_transfers(sparse, mappings), target)
+    if not dense:
+        return moved
+    send, recv, send_regions, recv_regions, st_recv = (sum(c) for c in zip(*dense, strict=True))
+    return Traffic(moved.send_bytes + send, moved.recv_bytes + recv,
+                   moved.send_regions + send_regions, moved.recv_regions + recv_regions,
+                   moved.ipu_out_bytes, moved.ipu_in_bytes, moved.supertile_recv_bytes + st_recv,
+                   moved.ipu_pair_bytes)
+
+
 def compute_set_transfers(compiled: CompiledComputeSet,
                           mappings: dict[DType, ResolvedMapping]) -> Transfers:
     """Remote reads (home tile -> vertex tile) and remote writes (vertex tile -> home tile).
@@ -151,20 +175,37 @@ def compute_set_transfers(compiled: CompiledComputeSet,
     Every field row of every group is collected first, so the mapping is searched once per
     dtype and direction, however many vertex groups the compute set has.
     """
-    parts: dict[tuple[DType, bool], tuple[list, list, list]] = {}
+    return _transfers([(dtype, r) for dtype, rows in _field_rows(compiled).items() for r in rows], mappings)
+
+
+def _field_rows(compiled: CompiledComputeSet) -> dict[DType, list[FieldRows]]:
+    """Per dtype, each field tensor's rows."""
+    fields: dict[DType, list[FieldRows]] = {}
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
                 starts, ends, row = field_intervals(t)
+                if not starts.size:
+                    continue
                 tiles = group.tiles[row]
                 if starts.size > 512:  # join a long field at once, before it is held with the rest
                     starts, ends, tiles = _joined(starts, ends, tiles)
-                for reads in (True, False):
-                    if (f.direction.reads if reads else f.direction.writes):
-                        cols = parts.setdefault((t.dtype, reads), ([], [], []))
-                        cols[0].append(starts)
-                        cols[1].append(ends)
-                        cols[2].append(tiles)
+                fields.setdefault(t.dtype, []).append(FieldRows(
+                    starts, ends, tiles, f.direction.reads, f.direction.writes,
+                    int(starts.min()), int(ends.max())))
+    return fields
+
+
+def _transfers(rows: list[tuple[DType, FieldRows]], mappings: dict[DType, ResolvedMapping]) -> Transfers:
+    """The moving pieces of field rows."""
+    parts: dict[tuple[DType, bool], tuple[list, list, list]] = {}
+    for dtype, r in rows:
+        for side, wanted in ((True, r.reads), (False, r.writes)):
+            if wanted:
+                cols = parts.setdefault((dtype, side), ([], [], []))
+                cols[0].append(r.starts)
+                cols[1].append(r.ends)
+                cols[2].append(r.tiles)
     out = Transfers.empty()
     for (dtype, reads), cols in parts.items():
         starts, ends, tiles = _joined(*(np.concatenate(c) for c in cols))
