@@ -104,6 +104,8 @@ from softipu.codelets.elementwise.expr import (  # noqa: F401 - every name of th
     _weak_with,
     evaluate,
     promote,
+    run_steps,
+    steps_of,
     typecheck,
 )
 from softipu.codelets.elementwise.ops import (  # noqa: F401 - every name of the former module
@@ -292,6 +294,7 @@ def map_codelet(expr: Expr, in_dtypes: tuple[DType, ...], kinds: tuple[Operand, 
     direct = expr.kind in (ExprKind.UNARY, ExprKind.BINARY, ExprKind.TERNARY) \
         and all(a.kind is ExprKind.INPUT for a in expr.args)
     fn, picks = (expr.op.fn, tuple(a.index for a in expr.args)) if direct else (None, ())
+    steps = steps_of(expr)  # each subexpression once (expr.py)
 
     def compute(**fields):
         out = fields["out"]
@@ -301,7 +304,7 @@ def map_codelet(expr: Expr, in_dtypes: tuple[DType, ...], kinds: tuple[Operand, 
         if direct:
             fn(*[operands[i] for i in picks], out=out)
         else:
-            evaluate(expr, operands, out)
+            run_steps(steps, operands, out)
 
     def cycles(target, **fields):
         return map_cycles(expr, len(names), fields["out"], target, worker)

@@ -174,3 +174,59 @@ def evaluate(node: Expr, operands: list[np.ndarray], out: np.ndarray | None = No
     if kind is ExprKind.CAST:
         return cast_values(args[0], node.dtype.numpy, out)
     return node.op.fn(*args, out=out)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Steps:
+    """A typed expression as the steps :func:`evaluate` takes, each subexpression once (AdamW's
+    ``cast<float32>(g)`` squared, GELU's widened input: equal subtrees share a step), made once
+    for a codelet by :func:`steps_of`. Step i is ``nodes[i]`` over the values of the steps
+    ``args[i]``; after it the values of ``drop[i]`` are used no more."""
+
+    nodes: tuple[Expr, ...]
+    args: tuple[tuple[int, ...], ...]
+    drop: tuple[tuple[int, ...], ...]
+
+
+def steps_of(expr: Expr) -> Steps:
+    """:class:`Steps` of a typed expression, in postorder (the root last)."""
+    at: dict[Expr, int] = {}
+    nodes: list[Expr] = []
+    args: list[tuple[int, ...]] = []
+
+    def visit(node: Expr) -> int:
+        found = at.get(node)
+        if found is None:
+            pos = tuple(visit(a) for a in node.args)
+            found = at[node] = len(nodes)
+            nodes.append(node)
+            args.append(pos)
+        return found
+
+    visit(expr)
+    last = {p: i for i, pos in enumerate(args) for p in pos}
+    drop = tuple(tuple(p for p in set(pos) if last[p] == i) for i, pos in enumerate(args))
+    return Steps(tuple(nodes), tuple(args), drop)
+
+
+def run_steps(steps: Steps, operands: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`evaluate` of the expression ``steps`` was made from: the same ops on the same values
+    (no op writes its operands, so a value used twice is the same either way), the root writing
+    ``out`` after every other step."""
+    values: list[Any] = [None] * len(steps.nodes)
+    root = len(values) - 1
+    for i, node in enumerate(steps.nodes):
+        into = out if i == root else None
+        kind = node.kind
+        if kind is ExprKind.INPUT:
+            value = _store(operands[node.index], into)
+        elif kind is ExprKind.CONST:
+            value = _store(np.asarray(node.value).astype(node.dtype.numpy), into)
+        elif kind is ExprKind.CAST:
+            value = cast_values(values[steps.args[i][0]], node.dtype.numpy, into)
+        else:
+            value = node.op.fn(*[values[p] for p in steps.args[i]], out=into)
+        for p in steps.drop[i]:
+            values[p] = None
+        values[i] = value
+    return values[root]
