@@ -52,6 +52,7 @@ from softipu.ops.reduce_stages import (
     even_step,
     intermediate_stages,
     needs_intermediate,
+    row_fields,
     tensor_at,
 )
 
@@ -117,7 +118,8 @@ def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
         raise ctx.error(f"op must be a ReduceOp ({', '.join(o.name for o in ReduceOp)}), got {op!r}")
     _check_dtype(ctx, x.dtype, op)
     axes = _normalize_dims(ctx, x, dims)
-    cv = _by_layout(ctx.graph, x, axes, _canonical(x, axes))
+    stored, stored_axes = _storage_order(x, axes)
+    cv = _by_layout(ctx.graph, stored, stored_axes, _canonical(stored, stored_axes))
     out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
     out = _output(ctx, cv, x.dtype, out_shape)
     factor = 1.0
@@ -176,6 +178,30 @@ def _normalize_dims(ctx: OpContext, x: Tensor, dims: Any) -> tuple[int, ...]:
     if len(set(axes)) != len(axes):
         raise ctx.error(f"dims {dims!r} name a dimension twice (shape {x.shape})")
     return axes
+
+
+def _storage_order(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+    """``x`` with its dims in the order its elements lie in memory, and the reduced dims there.
+
+    popops plans a reduction over the input's contiguous regions on each tile
+    (ReductionPlan.cpp / Reduction.cpp: ``getSortedContiguousRegions`` of each tile's mapping),
+    not over the logical view: a transposed view (a matmul's logits stored ``(vocab, tokens)``,
+    read ``(tokens, vocab)``) reduces over the same address runs as its storage. Planned over the
+    logical view, every element of such a view would be a piece of its own (an interval each:
+    16.8 M for a GPT-2 head's logits). Used only when the permuted view is contiguous and keeps
+    the kept dims in their order (the output's elements then come in the same order).
+    """
+    if not x.is_strided or x.ndim < 2 or x.is_contiguous():
+        return x, axes
+    big = [d for d in range(x.ndim) if x.shape[d] != 1]
+    if any(x.strides[d] <= 0 for d in big):
+        return x, axes
+    perm = sorted(big, key=lambda d: -x.strides[d]) + [d for d in range(x.ndim) if x.shape[d] == 1]
+    kept = [d for d in perm if d not in axes and x.shape[d] != 1]
+    stored = x.transpose(perm)
+    if kept != sorted(kept) or not stored.is_contiguous():
+        return x, axes
+    return stored, tuple(sorted(perm.index(d) for d in axes))
 
 
 def _canonical(x: Tensor, axes: tuple[int, ...]) -> _Canonical:
@@ -354,14 +380,6 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     graph, dtype, r, b = ctx.graph, cv.view.dtype, cv.R, cv.B
     partial = partials_dtype(dtype)
     starts, lengths, tiles = _split_at(*tile_regions(graph, cv.view), r * b)
-    if lengths.max() < 2 * b:
-        # No tile holds two rows of any output's elements: stage 1 could not reduce anything.
-        # NOTE: popops would take the input itself as the partials (tensorToIntermediatePartials)
-        # and may add intermediate stages; not modelled: the regions are then cut at every row's
-        # tile boundaries, and a vertex list per (region, row) costs O(rows x regions) host time
-        # (a (1024, 30522) bias gradient: 0.8 -> 50 s).
-        _raw_columns_stage(ctx, cv, op, out, scale)
-        return
     short = lengths < b  # pieces shorter than a row: cut at row ends, kept column by column
     if np.any(short):
         s2, l2, t2 = _split_at(starts[short], lengths[short], tiles[short], b)
@@ -370,32 +388,140 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
         tiles = np.concatenate((tiles[~short], t2))
         order = np.argsort(starts, kind="stable")
         starts, lengths, tiles = starts[order], lengths[order], tiles[order]
-    width = np.minimum(lengths, b)
     full = lengths >= b
-    # One row of partials per piece, in input order, on the piece's tile: the rows an output
-    # reduces in stage 2 are then evenly spaced (one strided view), whatever the pieces' lengths.
-    row0 = np.cumsum(width) - width
+    fold = _Fold.of(starts, lengths, tiles, full, r * b, b)
+    if lengths.max() < 2 * b and not fold.reduces:
+        # No tile holds two rows of any output's elements: stage 1 could not reduce anything.
+        # NOTE: popops would take the input itself as the partials (tensorToIntermediatePartials)
+        # and may add intermediate stages; not modelled: the regions are then cut at every row's
+        # tile boundaries, and a vertex list per (region, row) costs O(rows x regions) host time
+        # (a (1024, 30522) bias gradient: 0.8 -> 50 s).
+        _raw_columns_stage(ctx, cv, op, out, scale)
+        return
+    # One row of partials per whole-row piece (its rows folded) and per fold of a tile's shorter
+    # pieces over the same columns, in input order (of their first piece), on their tile: the rows
+    # an output reduces in stage 2 are then evenly spaced where the pieces are.
+    first = np.concatenate((np.flatnonzero(full), fold.first))
+    width = np.concatenate((np.full(int(full.sum()), b, np.int64), lengths[fold.first]))
+    order = np.argsort(starts[first], kind="stable")
+    row0 = np.zeros(first.size, np.int64)
+    row0[order] = np.cumsum(width[order]) - width[order]
     parts = graph.add_variable(partial, (int(width.sum()),), name=f"{ctx.name}/partials")
     cs1 = ctx.compute_set("partials")
+    whole = np.flatnonzero(full)
+    piece_row = np.zeros(starts.size, np.int64)
+    piece_row[whole] = row0[: whole.size]
     codelet = rows_codelet(op, dtype)
-    for length in np.unique(lengths).tolist():
-        for run in even_runs(np.flatnonzero(lengths == length), starts, row0):
-            block = rows_of(parts, row0[run], int(width[run[0]]))
+    for length in np.unique(lengths[whole]).tolist():
+        for run in even_runs(whole[lengths[whole] == length], starts, piece_row):
+            block = rows_of(parts, piece_row[run], b)
             graph.set_tile_mappings(block, tiles[run])
-            phase = np.where(full[run], starts[run] % b, 0)
             graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[run], length), "out": block,
-                                              "phase": phase}, tiles[run])
+                                              "phase": starts[run] % b}, tiles[run])
+    _fold_stage(ctx, cs1, cv, op, fold, (starts, lengths, tiles), (parts, row0[whole.size :]), b)
     ctx.execute(cs1)
-    # Piece p supplies outputs [lo[p], lo[p] + width[p]) from its partials row.
-    lo = (starts // (r * b)) * b + np.where(full, 0, starts % b)
-    rows = PartialRows(lo, width, parts.offset + row0, tiles)
-    if np.all(full):
-        # NOTE: only when every row of partials spans whole rows of B (a channels-last batch norm
-        # gradient): pieces cut mid-row would cut popops' column regions at every tile boundary
-        # (popops folds a tile's pieces into one partial per column first; stage 1 here keeps a
-        # row per piece), and a vertex list per (region, row) would cost O(rows x regions).
+    # Row i supplies outputs [lo[i], lo[i] + width[i]) from its partials.
+    lo = (starts[first] // (r * b)) * b + starts[first] % b * ~full[first]
+    rows = PartialRows(lo[order], width[order], (parts.offset + row0)[order], tiles[first][order])
+    if np.all(full) or fold.reduces:
+        # NOTE: not when the rows are pieces cut mid-row left as they are (no tile folds any):
+        # they would cut popops' column regions at every tile boundary, and a vertex list per
+        # (region, row) would cost O(rows x regions) host time.
         rows = intermediate_stages(ctx, op, partial, rows, out.numel)
     _columns_stage(ctx, op, partial, out, rows.lo, rows.width, rows.address, scale)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fold:
+    """A tile's pieces shorter than a row, grouped by the columns they hold (popops folds every
+    value of a column on a tile into one partial: inputToIntermediateNoExchange over the tile's
+    contiguous regions). Group ``g`` is the pieces ``member[begin[g] : begin[g] + count[g]]``, in
+    input order; ``first[g]`` is its first piece."""
+
+    member: np.ndarray
+    begin: np.ndarray
+    count: np.ndarray
+
+    @property
+    def first(self) -> np.ndarray:
+        return self.member[self.begin]
+
+    @property
+    def reduces(self) -> bool:
+        return bool(self.count.size) and int(self.count.max()) > 1
+
+    @staticmethod
+    def of(starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray, full: np.ndarray, block: int,
+           b: int) -> _Fold:
+        member = np.flatnonzero(~full)
+        s, t = starts[member], tiles[member]
+        member = member[np.lexsort((s, lengths[member], s % b, s // block, t))]
+        s, n, t = starts[member], lengths[member], tiles[member]
+        new = np.ones(member.size, bool)
+        new[1:] = (t[1:] != t[:-1]) | (s[1:] // block != s[:-1] // block) | (s[1:] % b != s[:-1] % b) | \
+            (n[1:] != n[:-1])
+        begin = _even_folds(s, np.flatnonzero(new))
+        count = np.diff(np.append(begin, member.size))
+        by_start = np.argsort(s[begin], kind="stable")  # groups in input order of their first piece
+        begin, count = begin[by_start], count[by_start]
+        return _Fold(member, begin, count)
+
+
+def _even_folds(s: np.ndarray, begin: np.ndarray) -> np.ndarray:
+    """The groups starting at ``begin`` (of positions ``s``, ascending in each) cut into runs of
+    evenly spaced pieces: each fold's rows are then one strided pattern, popops' STRIDED_REDUCE
+    (a tile holding several blocks of a matmul's output folds each block apart)."""
+    end = np.append(begin[1:], s.size)
+    d = np.diff(s)
+    step = np.where(end - begin > 1, d[np.minimum(begin, d.size - 1)] if d.size else 0, 0)
+    uneven = np.zeros(begin.size, bool)
+    if d.size:
+        same = np.append(d == np.repeat(step, end - begin)[:-1], True)
+        same[end - 1] = True  # the step from a group's last piece to the next group's first
+        uneven = np.logical_and.reduceat(same, begin) == 0
+    if not np.any(uneven):
+        return begin
+    cuts = [begin[~uneven]]
+    for g in np.flatnonzero(uneven).tolist():
+        runs = even_runs(np.arange(begin[g], end[g]), s)
+        cuts.append(np.array([r[0] for r in runs], np.int64))
+    return np.sort(np.concatenate(cuts))
+
+
+def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fold,
+                pieces: tuple[np.ndarray, np.ndarray, np.ndarray], rows: tuple[Tensor, np.ndarray],
+                b: int) -> None:
+    """Stage 1 for the folds: one ``ReduceColumnsRaw`` vertex per fold, reducing its pieces (rows
+    of the input) into its row of partials ``rows[1][g]`` of ``rows[0]``."""
+    if not fold.count.size:
+        return
+    graph, flat = ctx.graph, cv.flat
+    starts, lengths, tiles = pieces
+    parts_var, row0 = rows
+    partial = parts_var.dtype
+    codelet = columns_codelet(op, flat.dtype, partial, raw=True)
+    first = fold.first
+    n_of = lengths[first]
+    keys = fold.count * (int(n_of.max()) + 1) + n_of
+    contiguous = flat.is_contiguous()
+    for key in np.unique(keys).tolist():
+        group = np.flatnonzero(keys == key)
+        k, n = int(fold.count[group[0]]), int(n_of[group[0]])
+        block = rows_of(parts_var, row0[group], n)
+        graph.set_tile_mappings(block, tiles[first[group]])
+        # By column, then input order: the folds of one column block step evenly (a matmul's
+        # output blocks), so a run of them is one call with strided fields.
+        group = group[np.lexsort((starts[first[group]], starts[first[group]] % b))]
+        for run in even_runs(group, starts[first], row0):
+            at = starts[fold.member[fold.begin[run][:, None] + np.arange(k)]]  # (V, k) positions
+            if contiguous:
+                address = flat.offset + at
+                step = even_step(address)
+                fields = row_fields(graph, flat.dtype, address, n, step)
+            else:
+                step, fields = 0, [rows_of(flat, at[:, j], n) for j in range(k)]
+            graph.add_vertices(cs, codelet, {"parts": fields, "out": rows_of(parts_var, row0[run], n),
+                                             "scale": 1.0, "part_step": step}, tiles[first[run]])
 
 
 def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo: np.ndarray,

@@ -37,7 +37,8 @@ from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, rows_of
 
-__all__ = ["PartialRows", "needs_intermediate", "intermediate_stages", "tensor_at", "even_step", "even_runs"]
+__all__ = ["PartialRows", "needs_intermediate", "intermediate_stages", "tensor_at", "even_step", "even_runs",
+           "row_fields"]
 
 # popops' empirical figures (ReductionPlan.cpp calculateNextStep, ReductionStages.cpp
 # intermediateToIntermediate).
@@ -199,21 +200,26 @@ def _add_pieces(ctx: OpContext, cs: ComputeSet, codelet: type, rows: PartialRows
     var, offset, n = out
     starts = rows.address[owners] + (lo[:, None] - rows.lo[owners])
     step = even_step(starts)
-    parts = _row_fields(ctx.graph, var.dtype, starts, n, step)
+    parts = row_fields(ctx.graph, var.dtype, starts, n, step)
     ctx.graph.add_vertices(cs, codelet, {"parts": parts, "out": rows_of(var, offset, n), "scale": 1.0,
                                          "part_step": step}, tiles)
 
 
-def _row_fields(graph: Graph, dtype: DType, starts: np.ndarray, n: int, step: int) -> list[Tensor]:
+def row_fields(graph: Graph, dtype: DType, starts: np.ndarray, n: int, step: int) -> list[Tensor]:
     """The ``k`` row fields ``(V, n)`` of a group of vertices whose row ``j`` starts at
     ``starts[:, j]``: row ``j`` is row 0 moved ``j * step`` when the rows are evenly spaced (no
-    address arrays: a piece may reduce a thousand rows), else each row's own addresses."""
+    address arrays: a piece may reduce a thousand rows); else each row ``j`` whose starts step
+    evenly from vertex to vertex is one strided view, and any other row lists its addresses."""
     first = tensor_at(graph, dtype, starts[:, :1] + np.arange(n))
     if step and first.index is None:
         return [Tensor(graph, dtype, first.shape, first.offset + j * step, first.strides)
                 for j in range(starts.shape[1])]
-    return [first] + [tensor_at(graph, dtype, starts[:, j : j + 1] + np.arange(n))
-                      for j in range(1, starts.shape[1])]
+    v = starts.shape[0]
+    outer = starts[1] - starts[0] if v > 1 else np.zeros(starts.shape[1], np.int64)
+    regular = np.all(np.diff(starts, axis=0) == outer, axis=0) if v > 2 else np.ones(outer.size, bool)
+    return [Tensor(graph, dtype, (v, n), int(starts[0, j]), (int(outer[j]), 1)) if regular[j]
+            else tensor_at(graph, dtype, starts[:, j : j + 1] + np.arange(n))
+            for j in range(starts.shape[1])]
 
 
 def intermediate_stages(ctx: OpContext, op: ReduceOp, partial: DType, rows: PartialRows,
