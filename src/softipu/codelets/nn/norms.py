@@ -24,6 +24,7 @@ from softipu.dtypes import DType, float32
 from softipu.graph.vertex import Input, Output, Param, Vertex
 
 __all__ = ["norm_rows_codelet", "norm_grad_rows_codelet", "plane_moments_codelet", "BatchNormStatsFinish",
+           "RowMomentsFinish", "layer_norm_apply_codelet",
            "batch_norm_apply_codelet", "batch_norm_grad_sums_codelet", "batch_norm_grad_finish_codelet",
            "batch_norm_grad_apply_codelet"]
 
@@ -205,6 +206,79 @@ class BatchNormStatsFinish(Vertex):
     @staticmethod
     def cycles(sums, shift, mean, var, count, target):
         return VERTEX_CYCLES + mean * (ROW_CYCLES + C_DIVIDE)
+
+
+# -- layer norm over the tile pieces of its rows (rows cut across tiles) -------------------------
+# A vertex holds one piece of one row (the run of it on one tile): its moments are PlaneMoments
+# with one channel; the row's statistics finish on one tile from its pieces' moments; the apply
+# vertex normalises the piece where it lives with the weight and bias of the piece's columns.
+class RowMomentsFinish(Vertex):
+    """One row's statistics from the moments of its ``k`` pieces: ``partial`` holds ``k`` pairs
+    ``[s1, s2]`` of ``x - shift``; ``mean = shift + S1 / M`` and ``inv_std = 1 / sqrt(S2 / M -
+    (S1 / M)^2 + eps)`` over the row's ``M = count`` elements (popops reduce's last stage and
+    poplin's ``InverseStdDeviation`` vertex, lib/poplin/Norms.cpp ``computeInvStdDev``, in one)."""
+
+    partial = Input(float32)
+    shift = Input(float32)
+    mean = Output(float32)
+    inv_std = Output(float32)
+    count = Param(float32)
+    eps = Param(float32)
+
+    @staticmethod
+    def compute(partial, shift, mean, inv_std, count, eps):
+        s = _split(partial, partial.shape[-1] // 2).sum(axis=-2, dtype=np.float32)
+        m = np.float32(_param(count))
+        m1 = s[..., 0:1] / m
+        mean[...] = shift + m1
+        var = np.maximum(s[..., 1:2] / m - m1 * m1, np.float32(0))
+        var += np.float32(_param(eps))
+        inv_std[...] = np.float32(1) / np.sqrt(var)
+
+    @staticmethod
+    def cycles(partial, shift, mean, inv_std, count, eps, target):
+        return VERTEX_CYCLES + ROW_CYCLES + _ceil_div(partial, 2) * C_ACC + C_DIVIDE + C_RSQRT
+
+    @staticmethod
+    def flops(partial, shift, mean, inv_std, count, eps, target):
+        return partial + 8
+
+
+@cache
+def layer_norm_apply_codelet(dtype: DType, wdtype: DType) -> type[Vertex]:
+    """``out = (x - mean) * inv_std * weight + bias`` over one piece of a row: ``mean`` and
+    ``inv_std`` the row's (one each), ``weight``/``bias`` the piece's columns."""
+
+    class LayerNormApply(Vertex):
+        x = Input(dtype)
+        mean = Input(float32)
+        inv_std = Input(float32)
+        weight = Input(wdtype)
+        bias = Input(wdtype)
+        out = Output(dtype)
+
+        @staticmethod
+        def compute(x, mean, inv_std, weight, bias, out):
+            res = _f32(x) - mean
+            res *= inv_std
+            res *= _f32(weight)
+            res += _f32(bias)
+            out[...] = res
+
+        @staticmethod
+        def cycles(x, mean, inv_std, weight, bias, out, target):
+            # popnn's group/layer norm whitens then scales: poplin::normWhiten (addToChannel of
+            # -mean, channelMul by iStdDev) and poplin::normalise (channelMul by gamma,
+            # addToChannel of beta), lib/poplin/Norms.cpp [V]: four popops passes of C_ADD per
+            # vector of ``dtype``, each over the activations where they live.
+            vectors = _ceil_div(x, target.vector_width(dtype.itemsize))
+            return VERTEX_CYCLES + ROW_CYCLES + vectors * 4 * C_ADD
+
+        @staticmethod
+        def flops(x, mean, inv_std, weight, bias, out, target):
+            return 4 * x
+
+    return _named(LayerNormApply, f"LayerNormApply<{dtype.name},{wdtype.name}>")
 
 
 @cache
