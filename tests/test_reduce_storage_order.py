@@ -125,3 +125,27 @@ def test_permuted_three_dim_view_matches_numpy() -> None:
     eng.run(0)
     for d, o in zip((1, (0, 2), 2), outs, strict=True):
         np.testing.assert_array_equal(eng.read_tensor(o), a.transpose(2, 0, 1).sum(axis=d))
+
+
+def test_tall_blocks_stay_in_storage_order_without_element_lookups(monkeypatch) -> None:
+    """Blocks of (6 vocab rows x 2 tokens): the user's (tokens, vocab) view has fewer pieces (runs
+    of 6) than the storage (runs of 2), but reading it means a tile and an address per element (a
+    GPT-2 head's 100 M): the sum over tokens stays an inner reduction of the storage's 48 runs, one
+    partial each, with no per-element tile lookup."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=TILES, bytes_per_tile=64 * 1024))
+    y = g.add_variable(sp.float32, (V, N), name="y")
+    for i, (v0, n0) in enumerate((v, n) for v in range(0, V, 6) for n in range(0, N, 2)):
+        g.set_tile_mapping(y[v0 : v0 + 6, n0 : n0 + 2], i % TILES)
+    looked = []
+    real = sp.Graph.tile_of
+    monkeypatch.setattr(sp.Graph, "tile_of", lambda self, t: looked.append(t.numel) or real(self, t))
+    prog = P.Sequence()
+    out = reduce(g, y.T, prog, dims=0)
+    assert sum(looked) <= V  # the output's tiles at most
+    assert next(v for v in g.variables if v.name == "reduce/partials").numel == V * N // 2
+    eng = sp.Engine(g, [prog])
+    a = np.random.default_rng(4).standard_normal((V, N)).astype(np.float32)
+    eng.write_tensor(y, a)
+    eng.run(0)
+    assert np.all(np.abs(eng.read_tensor(out) - a.astype(np.float64).sum(1))
+                  <= contraction_bound(np.abs(a).sum(axis=1), N))

@@ -119,7 +119,7 @@ def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
     _check_dtype(ctx, x.dtype, op)
     axes = _normalize_dims(ctx, x, dims)
     stored, stored_axes = _storage_order(x, axes)
-    cv = _by_layout(ctx.graph, stored, stored_axes, _canonical(stored, stored_axes))
+    cv = _by_layout(ctx.graph, stored, stored_axes, _canonical(stored, stored_axes), stored is not x)
     out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
     out = _output(ctx, cv, x.dtype, out_shape)
     factor = 1.0
@@ -221,7 +221,8 @@ def _canonical(x: Tensor, axes: tuple[int, ...]) -> _Canonical:
     return _Canonical(x.transpose(kept + list(axes)).reshape(m, r, 1), m, r, 1)
 
 
-def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical) -> _Canonical:
+def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical,
+               reordered: bool = False) -> _Canonical:
     """An inner reduction seen as popops sees every reduction, ``(1, R, M)`` with the outputs
     inner (popops ``reduce`` shuffles the reduced dims outermost), when the input's tile mapping
     makes that view's pieces fewer: a channels-last layout (a convolution's output) holds each
@@ -238,6 +239,13 @@ def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical) -
         alt = tile_regions(graph, view)[0].size
         rows = cv.view.reshape(-1, cv.view.shape[-1])  # read in runs of its innermost dim
         return cv if _fewer_pieces(graph, rows, max(alt, cv.A) + 1) else _Canonical(view, 1, cv.R, cv.A)
+    if reordered and cv.view.is_contiguous():
+        # A view put in storage order: the pieces are the storage's runs (popops' contiguous
+        # regions); the user's view, (R, M) here, would look up every element's tile and address
+        # (a logits tensor's 100 M).
+        # NOTE: each run is a ReduceSegments vertex here, popops reduces a tile's runs in one
+        # ContinuousReduce a worker: many short runs a tile cost more vertex overhead than popops'.
+        return cv
     inner = tile_regions(graph, cv.view)[0].size
     if inner * cv.R <= x.numel:  # pieces already average a whole reduction or more
         return cv
@@ -503,7 +511,8 @@ def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fo
     first = fold.first
     n_of = lengths[first]
     keys = fold.count * (int(n_of.max()) + 1) + n_of
-    contiguous = flat.is_contiguous()
+    index = None if flat.is_strided else flat.addresses()  # any other view: its addresses, once
+    stride = int(flat.strides[0]) if index is None else 0
     for key in np.unique(keys).tolist():
         group = np.flatnonzero(keys == key)
         k, n = int(fold.count[group[0]]), int(n_of[group[0]])
@@ -514,12 +523,14 @@ def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fo
         group = group[np.lexsort((starts[first[group]], starts[first[group]] % b))]
         for run in even_runs(group, starts[first], row0):
             at = starts[fold.member[fold.begin[run][:, None] + np.arange(k)]]  # (V, k) positions
-            if contiguous:
-                address = flat.offset + at
-                step = even_step(address)
-                fields = row_fields(graph, flat.dtype, address, n, step)
+            if index is None:  # a strided 1-D view: rows of n elements `stride` apart
+                address = flat.offset + at * stride
+                step = even_step(address) if stride == 1 else 0
+                fields = row_fields(graph, flat.dtype, address, n, step, stride)
             else:
-                step, fields = 0, [rows_of(flat, at[:, j], n) for j in range(k)]
+                step = 0
+                fields = [tensor_at(graph, flat.dtype, index[at[:, j : j + 1] + np.arange(n)])
+                          for j in range(k)]
             graph.add_vertices(cs, codelet, {"parts": fields, "out": rows_of(parts_var, row0[run], n),
                                              "scale": 1.0, "part_step": step}, tiles[first[run]])
 

@@ -205,20 +205,23 @@ def _add_pieces(ctx: OpContext, cs: ComputeSet, codelet: type, rows: PartialRows
                                          "part_step": step}, tiles)
 
 
-def row_fields(graph: Graph, dtype: DType, starts: np.ndarray, n: int, step: int) -> list[Tensor]:
+def row_fields(graph: Graph, dtype: DType, starts: np.ndarray, n: int, step: int,
+               inner: int = 1) -> list[Tensor]:
     """The ``k`` row fields ``(V, n)`` of a group of vertices whose row ``j`` starts at
-    ``starts[:, j]``: row ``j`` is row 0 moved ``j * step`` when the rows are evenly spaced (no
-    address arrays: a piece may reduce a thousand rows); else each row ``j`` whose starts step
-    evenly from vertex to vertex is one strided view, and any other row lists its addresses."""
-    first = tensor_at(graph, dtype, starts[:, :1] + np.arange(n))
+    ``starts[:, j]`` (its elements ``inner`` apart): row ``j`` is row 0 moved ``j * step`` when
+    the rows are evenly spaced (no address arrays: a piece may reduce a thousand rows); else each
+    row ``j`` whose starts step evenly from vertex to vertex is one strided view, and any other
+    row lists its addresses."""
+    cols = np.arange(n) * inner
+    first = tensor_at(graph, dtype, starts[:, :1] + cols)
     if step and first.index is None:
         return [Tensor(graph, dtype, first.shape, first.offset + j * step, first.strides)
                 for j in range(starts.shape[1])]
     v = starts.shape[0]
     outer = starts[1] - starts[0] if v > 1 else np.zeros(starts.shape[1], np.int64)
     regular = np.all(np.diff(starts, axis=0) == outer, axis=0) if v > 2 else np.ones(outer.size, bool)
-    return [Tensor(graph, dtype, (v, n), int(starts[0, j]), (int(outer[j]), 1)) if regular[j]
-            else tensor_at(graph, dtype, starts[:, j : j + 1] + np.arange(n))
+    return [Tensor(graph, dtype, (v, n), int(starts[0, j]), (int(outer[j]), inner)) if regular[j]
+            else tensor_at(graph, dtype, starts[:, j : j + 1] + cols)
             for j in range(starts.shape[1])]
 
 
