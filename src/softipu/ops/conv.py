@@ -160,7 +160,8 @@ def create_conv_weights(graph: Graph, dtype: DType, input_shape: Sequence[int], 
     opts = _options(ctx, options, dtype)
     inner = geo.inner()
     spec = _conv_spec(inner, dtype)
-    pl, _ = _plan(spec, opts, graph.target, _conv_grains(inner), allow_swap=False)
+    grains = _forward_grains(inner, spec, opts, graph.target)
+    pl, _ = _plan(spec, opts, graph.target, grains, allow_swap=False)
     q = pl.problem
     rows, cols = _Grid.of(q.k, pl.blocks[3]), _Grid.of(q.n, pl.blocks[2])
     fake = OpContext(graph, P.Sequence(), "create_conv_weights", name or "create_conv_weights")
@@ -177,8 +178,40 @@ def _conv_spec(inner: _Inner, dtype: DType) -> _Spec:
 
 
 def _conv_grains(inner: _Inner) -> tuple[int, int, int]:
-    """The plan's grains: K blocks of channel blocks dividing ``Cg``; any K block for a 1x1."""
-    return (1, 1, 1) if (inner.kh, inner.kw) == (1, 1) else (1, math.gcd(inner.cg, _K_GRAIN), 1)
+    """The plan's grains: K blocks of channel blocks dividing ``Cg``; any K block for a 1x1. A
+    convolution with a window takes M blocks of whole output rows (poplin splits the output
+    field by its dimensions, so a tile's field is a box of rows, not a flat run of pixels): the
+    block starts then step evenly within a sample and a window vertex's input range is the same
+    length for every block, so its vertices join in a few strided bulk calls."""
+    if (inner.kh, inner.kw) == (1, 1):
+        return (1, 1, 1)
+    return (inner.wo if inner.m > inner.wo else 1, math.gcd(inner.cg, _K_GRAIN), 1)
+
+
+def _forward_grains(inner: _Inner, spec: _Spec, opts: dict[str, Any], target: Any) -> tuple[int, int, int]:
+    """:func:`_conv_grains`, or N blocks of whole output rows (every output channel of a pixel on
+    one tile) where that plan fits and costs no more than the best plan with its output re-laid.
+
+    A plan that splits N leaves each pixel's channels on several tiles of a row-major output
+    (``[G, M, O]``, read as NHWC): its AMP cannot write whole rows (a second compute set moves
+    each row's pieces, one vertex per row and N block), and the ops that follow, which map whole
+    pixels (bias, batch norm, relu, add, pooling), receive their rows from every tile holding a
+    piece. poplin's channel-grouped layout has neither cost; here the planner weighs it, priced as
+    poplin prices rearranging a tensor between layouts (lib/poplin/ConvModel.cpp,
+    addTransformCycleEstimate: the bytes over the tiles used, exchanged at
+    ``target.exchange_bytes_per_cycle``)."""
+    grains = _conv_grains(inner)
+    if spec.m * spec.n * spec.k == 0:
+        return grains
+    free, _ = _plan(spec, opts, target, grains, allow_swap=False)
+    if free.n_split == 1:
+        return grains
+    whole = (grains[0], grains[1], inner.og)
+    rows, _ = _plan(spec, opts, target, whole, allow_swap=False)
+    q = free.problem
+    relayout = int(np.ceil(q.groups * q.m * q.n * q.out_dtype.itemsize / max(free.tiles_used, 1)
+                           / target.exchange_bytes_per_cycle))
+    return whole if rows.fits and rows.cycles <= free.cycles + relayout else grains
 
 
 # The K grain of a convolution with a window: channel blocks that divide Cg (so a slab cut inside
@@ -362,7 +395,7 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
     """``[G, N*Ho*Wo, Og]`` = im2col(xp) . wmat, planned so K blocks hold whole kernels."""
     spec = _conv_spec(inner, xp.dtype)
     rhs = _Operand(wmat, np.arange(inner.groups))
-    grains = _conv_grains(inner)
+    grains = _forward_grains(inner, spec, opts, ctx.graph.target)
     direct = _pointwise_matrix(xp, inner)
     if direct is None and spec.m * spec.n and _windows_readable(xp, inner):
         pl, swapped = _plan(spec, opts, ctx.graph.target, grains, allow_swap=False)

@@ -1,0 +1,78 @@
+"""A convolution's plan keeps each pixel's output channels on one tile where that costs no more
+than the plan that splits them plus the re-layout its output would need (ops/conv.py
+_forward_grains): figures worked out by hand; values against torch."""
+
+import importlib
+
+import numpy as np
+import torch
+
+import softipu as sp
+from softipu import program as P
+from softipu.ops.conv import conv
+
+conv_mod = importlib.import_module("softipu.ops.conv")
+
+
+def _target():
+    return sp.targets.ipu_model(tiles=8, bytes_per_tile=256 * 1024)
+
+
+def _plans(c, h, o):
+    """The best plan of a 1x1 convolution of [1, c, h, h] fp16 into o channels, and the best one
+    with whole output rows (N blocks of all o channels)."""
+    ctx = conv_mod._PlanContext("test")
+    geo = conv_mod._Geometry.of(ctx, (1, c, h, h), (o, c, 1, 1), sp.float16, sp.float16, 1, 0, 1, 1)
+    inner, opts = geo.inner(), conv_mod._options(ctx, None, sp.float16)
+    spec = conv_mod._conv_spec(inner, sp.float16)
+    free, _ = conv_mod._plan(spec, opts, _target(), (1, 1, 1), allow_swap=False)
+    rows, _ = conv_mod._plan(spec, opts, _target(), (1, 1, o), allow_swap=False)
+    return free, rows
+
+
+def _pixel_tiles(c, h, o):
+    g = sp.Graph(_target())
+    x = g.add_variable(sp.float16, (1, c, h, h), name="x")
+    sp.ops.map_linearly(g, x)
+    w = g.add_variable(sp.float16, (o, c, 1, 1), name="w")
+    sp.ops.map_linearly(g, w)
+    prog = P.Sequence()
+    y = conv(g, x, w, prog)
+    tiles = g.resolved_mapping(sp.float16).tiles_of(y.transpose(0, 2, 3, 1).reshape(h * h, o).addresses())
+    return g, x, w, y, prog, tiles
+
+
+def test_whole_rows_taken_when_cheaper_than_the_relayout():
+    # [1, 16, 8, 8] -> 32 channels: M = 64, K = 16, N = 32. The best plan splits N in two over 8
+    # tiles; the whole-row plan costs more, but less than that plus re-laying the output: 64 x 32
+    # fp16 = 4096 B over the 8 tiles used, 512 B a tile at 4 B a cycle = 128 cycles.
+    free, rows = _plans(16, 8, 32)
+    assert free.n_split == 2 and free.tiles_used == 8 and rows.n_split == 1
+    assert free.cycles < rows.cycles <= free.cycles + 128
+    g, x, w, y, prog, tiles = _pixel_tiles(16, 8, 32)
+    assert np.all(tiles == tiles[:, :1]), "every pixel's 32 channels on one tile"
+    # Whole rows: 6 M blocks of 11 rows (6 tiles). The second compute set (fp32 partials cast to
+    # fp16) has a vertex per worker's share of a block's rows, ceil(11 / 6) = 2 rows, over the 64
+    # rows: 32 vertices, not one per row and N block (64 x 2 = 128).
+    eng = sp.Engine(g, [prog])
+    reduce = sum(grp.num_vertices for cs in eng.executable.compute_sets.values() for grp in cs.groups
+                 if grp.codelet.__name__.startswith("ReducePartials"))
+    assert rows.blocks[1] == 11 and reduce == 32
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal(x.shape).astype(np.float16)
+    wv = rng.standard_normal(w.shape).astype(np.float16)
+    eng.write_tensor(x, xv)
+    eng.write_tensor(w, wv)
+    eng.run(0)
+    ref = torch.nn.functional.conv2d(torch.tensor(xv.astype(np.float32)), torch.tensor(wv.astype(np.float32)))
+    np.testing.assert_allclose(eng.read_tensor(y).astype(np.float32), ref.numpy(), atol=2e-2 * float(ref.abs().max()))
+
+
+def test_split_kept_when_whole_rows_cost_more_than_the_relayout():
+    # [1, 16, 4, 4] -> 32 channels: M = 16. Re-laying 16 x 32 fp16 = 1024 B over the 8 tiles used
+    # is 32 cycles a tile; the whole-row plan costs more than that over the split one.
+    free, rows = _plans(16, 4, 32)
+    assert free.n_split == 2 and free.tiles_used == 8
+    assert rows.cycles > free.cycles + 32
+    *_, tiles = _pixel_tiles(16, 4, 32)
+    assert np.all(tiles[:, :16] != tiles[:, 16:]), "each pixel's channels on two tiles"
