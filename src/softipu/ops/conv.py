@@ -180,7 +180,8 @@ def _conv_spec(inner: _Inner, dtype: DType) -> _Spec:
 def _conv_grains(inner: _Inner) -> tuple[int, int, int]:
     """The plan's grains: K blocks of channel blocks dividing ``Cg``; any K block for a 1x1. A
     convolution with a window takes M blocks of whole output rows (poplin splits the output
-    field by its dimensions, so a tile's field is a box of rows, not a flat run of pixels): the
+    field by its dimensions, ``Partition::batchSplit`` and a ``fieldSplit`` per spatial dimension
+    in lib/poplin/ConvPlan.hpp, so a tile's field is a box of rows, not a flat run of pixels): the
     block starts then step evenly within a sample and a window vertex's input range is the same
     length for every block, so its vertices join in a few strided bulk calls."""
     if (inner.kh, inner.kw) == (1, 1):
