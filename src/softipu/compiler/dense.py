@@ -120,7 +120,7 @@ def dense_counts(reads: list[FieldRows], writes: list[FieldRows], mapping: Resol
         writer = _one_tile(*w_chunks[k], c0, n, kind)
         if reader is _TWO or writer is _TWO:
             return None
-        home = _homes(mapping, c0, c0 + n, kind)
+        home = _Homes(mapping, c0, c0 + n, kind)
         carry = _count_chunk(reader, writer, home, carry, out, target.tiles_per_supertile)
     return tuple(a[1:] for a in out)  # type: ignore[return-value]
 
@@ -192,37 +192,56 @@ def _one_tile(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray, c0: int, 
     return total.astype(kind)
 
 
-def _homes(mapping: ResolvedMapping, c0: int, c1: int, kind: type) -> np.ndarray:
-    """The home tile of each address of ``[c0, c1)``, -1 where unmapped."""
-    a = max(int(np.searchsorted(mapping.starts, c0, side="right")) - 1, 0)
-    b = int(np.searchsorted(mapping.starts, c1, side="left"))
-    s = np.clip(mapping.starts[a:b], c0, c1) - c0
-    e = np.clip(mapping.ends[a:b], c0, c1) - c0
-    gaps = s - np.concatenate(([0], e[:-1]))
-    lengths = np.stack([gaps, e - s], 1).reshape(-1)
-    values = np.stack([np.full(s.size, -1, kind), mapping.tiles[a:b].astype(kind)], 1).reshape(-1)
-    home = np.repeat(values, lengths)
-    if home.size < c1 - c0:
-        home = np.concatenate((home, np.full(c1 - c0 - home.size, -1, kind)))
-    return home
+class _Homes:
+    """The home tile of each address of ``[c0, c1)`` (``tile``, -1 where unmapped), from the
+    mapping's intervals there (``starts``, ``tiles``: the runs of one home tile, gaps as -1)."""
+
+    def __init__(self, mapping: ResolvedMapping, c0: int, c1: int, kind: type) -> None:
+        a = max(int(np.searchsorted(mapping.starts, c0, side="right")) - 1, 0)
+        b = int(np.searchsorted(mapping.starts, c1, side="left"))
+        s = np.clip(mapping.starts[a:b], c0, c1) - c0
+        e = np.clip(mapping.ends[a:b], c0, c1) - c0
+        lengths = np.stack([s - np.concatenate(([0], e[:-1])), e - s], 1).reshape(-1)
+        values = np.stack([np.full(s.size, -1, kind), mapping.tiles[a:b].astype(kind)], 1).reshape(-1)
+        if int(lengths.sum()) < c1 - c0:
+            lengths = np.concatenate((lengths, [c1 - c0 - int(lengths.sum())]))
+            values = np.concatenate((values, np.full(1, -1, kind)))
+        keep = lengths > 0
+        self.tiles, lengths = values[keep], lengths[keep]
+        self.starts = np.cumsum(lengths) - lengths
+        self.tile = np.repeat(self.tiles, lengths)
+
+    def count(self, picked: np.ndarray, size: int) -> np.ndarray:
+        """How many ``picked`` addresses each home tile holds (index 0: none; + 1 as ``size``)."""
+        per_run = np.add.reduceat(picked.view(np.int8), self.starts, dtype=np.int64)
+        return np.bincount(self.tiles.astype(np.int64) + 1, weights=per_run, minlength=size).astype(np.int64)
 
 
-def _count_chunk(reader, writer, home: np.ndarray, carry: tuple, out: list, per_supertile: int) -> tuple:
+def _count_chunk(reader, writer, home: _Homes, carry: tuple, out: list, per_supertile: int) -> tuple:
     """Add one chunk's counts to ``out`` (index 0 of each: no tile); the next chunk's carry.
 
     A tile sends what it holds that a remote tile reads (``sent_home``) and what it writes on a
     remote tile (``sent_write``); it receives what it reads from a remote tile (``got_read``) and
     what a remote tile writes into its memory (``got_home``). Each set is two arrays of tiles
-    (-1: none; None: none at all) that never agree: a remote tile is not the home tile."""
+    (-1: none; None: none at all) that never agree: a remote tile is not the home tile. The
+    home-tile sets are counted along the mapping's runs, not element by element."""
     sent_home = got_read = sent_write = got_home = None
+    counted: list[np.ndarray | None] = [None, None, None, None]  # elements of the four arrays
     if reader is not None:
-        remote = (reader != home) & (reader >= 0)
-        sent_home, got_read = np.where(remote, home, -1), np.where(remote, reader, -1)
+        remote = (reader != home.tile) & (reader >= 0)
+        sent_home, got_read = np.where(remote, home.tile, -1), np.where(remote, reader, -1)
+        counted[0] = home.count(remote, out[0].size)
     if writer is not None:
-        remote = (writer != home) & (writer >= 0)
-        sent_write, got_home = np.where(remote, writer, -1), np.where(remote, home, -1)
-    sent = _count_set(sent_home, sent_write, carry[:2], out[0], out[2])
-    got = _count_set(got_read, got_home, carry[2:], out[1], out[3])
+        remote = (writer != home.tile) & (writer >= 0)
+        sent_write, got_home = np.where(remote, writer, -1), np.where(remote, home.tile, -1)
+        counted[3] = home.count(remote, out[1].size)
+    sent = _count_set(sent_home, sent_write, counted[:2], carry[:2], out[0], out[2])
+    got = _count_set(got_read, got_home, counted[2:], carry[2:], out[1], out[3])
+    if got[0] is not None and got[1] is None:  # one reader an address: the partners' sums
+        per_tile = np.zeros(out[4].size * per_supertile, np.int64)
+        per_tile[:out[1].size - 1] = got[2][1:]
+        out[4][1:] += per_tile[:(out[4].size - 1) * per_supertile].reshape(-1, per_supertile).sum(1)
+        return tuple(-1 if a is None else int(a[-1]) for a in (*sent[:2], *got[:2]))
     if got[0] is not None:
         out[4] += np.bincount(got[0] // per_supertile + 1, minlength=out[4].size)  # -1 // k = -1
     if got[1] is not None:
@@ -230,20 +249,26 @@ def _count_chunk(reader, writer, home: np.ndarray, carry: tuple, out: list, per_
         if got[0] is not None:
             st_home[st_home == got[0] // per_supertile] = -1
         out[4] += np.bincount(st_home + 1, minlength=out[4].size)
-    return tuple(-1 if a is None else int(a[-1]) for a in (*sent, *got))
+    return tuple(-1 if a is None else int(a[-1]) for a in (*sent[:2], *got[:2]))
 
 
-def _count_set(first, second, before: tuple[int, int], elements: np.ndarray, regions: np.ndarray) -> tuple:
+def _count_set(first, second, counted: list, before: tuple[int, int], elements: np.ndarray,
+               regions: np.ndarray) -> tuple:
     """Add to ``elements`` and ``regions`` (per tile + 1) a set of (address, tile) given as two
-    tile arrays (or None) that never name one tile at one address, ``before`` the tiles at the
-    address before; a region starts where a tile is in the set and was not at the address
-    before. Returns the two arrays."""
-    arrays = [a for a in (first, second) if a is not None]
-    for tile in arrays:
-        elements += np.bincount(tile + 1, minlength=elements.size)
+    tile arrays (or None) that never name one tile at one address (``counted``: their elements
+    per tile where known), ``before`` the tiles at the address before; a region starts where a
+    tile is in the set and was not at the address before. Returns the two arrays and the first
+    one's elements per tile."""
+    arrays = [(a, c) for a, c in zip((first, second), counted, strict=True) if a is not None]
+    first_count = None
+    for tile, count in arrays:
+        if count is None:
+            count = np.bincount(tile + 1, minlength=elements.size)
+        first_count = count if first_count is None else first_count
+        elements += count
         new = np.ones(tile.size, bool)
         new[0] = int(tile[0]) not in before
-        for other in arrays:
+        for other, _ in arrays:
             new[1:] &= tile[1:] != other[:-1]
         regions += np.bincount(tile[new] + 1, minlength=regions.size)
-    return first, second
+    return first, second, first_count
