@@ -2,11 +2,13 @@
 
 Run: ``.venv/bin/python bench/bench_pod_training.py`` (every model, each in a fresh subprocess so
 its host peak is its own), or ``--model bert_large|bert_base|resnet50|gpt2_xl`` for one. Each
-distinct layer is priced in a process of its own, ``--jobs`` (default 2, this machine's cores) at a
-time. ``compile_price_seconds`` is the wall time of pricing the model's layers and composing every
-configuration of it (they share the layers), ``compile_price_cpu_seconds`` the CPU time of the
-process and its children (the figure to read on a loaded machine); ``host_peak_mb`` the parent's
-peak plus the ``jobs`` largest children's (an upper bound on what the host held at once).
+distinct layer is priced in a child process forked once the imports are done (``price_apart``),
+``--jobs`` (default 2, this machine's cores) at a time while their expected peaks stay within
+``--host-budget-mb`` (default 4096). ``compile_price_seconds`` is the wall time of pricing the
+model's layers and composing every configuration of it (they share the layers),
+``compile_price_cpu_seconds`` the CPU time of the process and its children (the figure to read on a
+loaded machine); ``host_peak_mb`` the largest host memory of the process and its children sampled
+while they ran (proportional set sizes: the pages children share with the parent counted once).
 ``--html DIR`` / ``--trace DIR`` also write each configuration's report page and Perfetto trace
 (one track per IPU). Prints one JSON line per configuration and a table at the end.
 
@@ -75,6 +77,7 @@ BERT_INPUT_BYTES = 3 * 128 * 4 + 2 * 20 * 4 + 4 * 1  # ids, types, mask; MLM lab
 RESNET_INPUT_BYTES = 224 * 224 * 3 + 4
 RESNET_BATCH = 18  # a replica's micro-batch (configs.yml resnet50)
 GPT2_INPUT_BYTES = 2 * 1024 * 4
+GPT2_VOCAB = 50257  # --gpt2-vocab changes it (a check of the rest while the full head is out of reach)
 BERT_VOCAB = 30522
 
 
@@ -178,11 +181,13 @@ def resnet50_layers(batch: int):
     return out
 
 
-def gpt2_layers(micro: int, seq: int = 1024, hidden: int = 1600, heads: int = 25, vocab: int = 50257):
+def gpt2_layers(micro: int, seq: int = 1024, hidden: int = 1600, heads: int = 25, vocab: int | None = None):
     import torch
     import torch.nn.functional as F  # noqa: N812
 
     from softipu.frontends.torch.scale import price_layer
+
+    vocab = vocab or GPT2_VOCAB
 
     class Block(torch.nn.Module):
         def __init__(self) -> None:
@@ -238,14 +243,13 @@ def bert_configs(name: str):
     return hidden, heads, layers, micro, split, runs
 
 
-def run_bert(name: str, out: dict, jobs: int = 1) -> list:
+def run_bert(name: str, out: dict, jobs: int = 2, budget_mb: float = 4096) -> list:
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
 
     hidden, heads, n_layers, micro, split, runs = bert_configs(name)
     start = time.perf_counter()
-    pieces, peaks = price_apart(name, jobs)
+    pieces = price_apart(name, out, jobs, budget_mb)
     emb, layer, head = (pieces[n] for n in PIECES[name])
-    out["piece_peaks_mb"] = [round(p) for p in peaks]
     price_s = time.perf_counter() - start
     tied = BERT_VOCAB * hidden  # the decoder's weight is the word embedding's (on the same IPU)
     head = replace(head, params=head.params - tied, param_bytes=head.param_bytes - 2 * tied)
@@ -260,13 +264,12 @@ def run_bert(name: str, out: dict, jobs: int = 1) -> list:
     return results
 
 
-def run_resnet(out: dict, jobs: int = 1) -> list:
+def run_resnet(out: dict, jobs: int = 2, budget_mb: float = 4096) -> list:
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
     from softipu.target import systems
 
     start = time.perf_counter()
-    kinds, peaks = price_apart("resnet50", jobs)
-    out["piece_peaks_mb"] = [round(p) for p in peaks]
+    kinds = price_apart("resnet50", out, jobs, budget_mb)
     price_s = time.perf_counter() - start
     counts = {"stem": 1, "head": 1, **{f"block{i}_0": 1 for i in range(4)},
               **{f"block{i}_n": n - 1 for i, n in enumerate(RESNET_BLOCKS)}}
@@ -334,9 +337,102 @@ START_ORDER = {"bert_large": ("head", "encoder", "embedding"), "bert_base": ("he
                "gpt2_xl": ("head", "block", "embedding"),
                "resnet50": ("block0_0", "block0_n", "block1_0", "stem", "block1_n", "block2_0", "block2_n",
                             "block3_0", "block3_n", "head")}
+# What a child adds to the host at its peak beyond what it shares with the parent (proportional set
+# size, MB), measured 2026-12-07 (bench output ``piece_peaks_mb``). Only the schedule reads it: a
+# child starts beside the running ones when the parent's and their hints and its own stay within
+# ``--host-budget-mb``; a stale hint changes the schedule, never the reported peak (sampled).
+PEAK_HINT_MB = {
+    ("bert_large", "head"): 2300, ("bert_large", "encoder"): 1600, ("bert_large", "embedding"): 1300,
+    ("bert_base", "head"): 2300, ("bert_base", "encoder"): 1300, ("bert_base", "embedding"): 1300,
+    ("gpt2_xl", "head"): 3000, ("gpt2_xl", "block"): 2600, ("gpt2_xl", "embedding"): 1500,
+}
 
 
-def _finished(model: str, piece: str, proc, out, err):
+def _warm(model: str) -> None:
+    """Import in the parent what every child's pricing imports (torch, torch's FakeTensorMode and
+    dynamo, softipu's frontends, the model's bench module): forked children share those pages and
+    do not pay the imports again (about 6 CPU s and 300 MB each)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import softipu.frontends.poptorch  # noqa: F401 - identity_loss, imported by every priced layer
+    import softipu.frontends.torch.optim  # noqa: F401
+    import softipu.frontends.torch.scale  # noqa: F401
+
+    FakeTensorMode()  # its first construction imports torch._dynamo
+    sys.path.insert(0, HERE)
+    __import__("fidelity_models" if model == "resnet50" else "bench_torch_bert")
+
+
+def _pss_mb(pid: int) -> float:
+    """A process's proportional set size (its private pages and its share of shared ones), MB; 0
+    where /proc does not say. Dear (the kernel walks the page tables: ~10 ms for 1.5 GB)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _rss_mb(pid: int) -> float:
+    """A process's resident set size, MB (cheap: /proc/PID/statm); 0 where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class HostMemory:
+    """The host memory of this process and its running children, sampled. Each sample reads the
+    cheap resident sizes; the proportional set sizes (shared pages, the imports forked children
+    share with the parent, counted once) are read again only when a process has grown by
+    ``step_mb`` since they were (a sample adds each process's growth since to them)."""
+
+    def __init__(self, step_mb: float = 128.0) -> None:
+        self.step, self.peak, self.pieces = step_mb, 0.0, {}
+        self._pss: dict[int, float] = {}
+        self._rss: dict[int, float] = {}
+
+    def sample(self, children: dict[str, int]) -> None:
+        pids = {"": os.getpid(), **children}
+        rss = {pid: _rss_mb(pid) for pid in pids.values()}
+        if set(rss) != set(self._rss) or any(r > self._rss[p] + self.step for p, r in rss.items()):
+            self._pss = {pid: _pss_mb(pid) for pid in rss}
+            self._rss = rss
+        now = {name: self._pss[pid] + max(0.0, rss[pid] - self._rss[pid]) for name, pid in pids.items()}
+        self.peak = max(self.peak, sum(now.values()))
+        for name in children:
+            self.pieces[name] = max(self.pieces.get(name, 0.0), now[name])
+
+
+def _fork_piece(model: str, piece: str):
+    """Price ``model:piece`` in a forked child (stdout and stderr to files); (piece, pid, out, err)."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: price, print the JSON line, leave without the parent's cleanup
+        code = 1
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            price_piece(f"{model}:{piece}")
+            sys.stdout.flush()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported to the parent through the child's stderr
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    return piece, pid, out, err
+
+
+def _finished(model: str, piece: str, status: int, usage, out, err):
     from softipu.frontends.torch.scale import LayerCost
 
     out.seek(0)
@@ -344,52 +440,63 @@ def _finished(model: str, piece: str, proc, out, err):
     stdout, stderr = out.read(), err.read()
     out.close()
     err.close()
-    if proc.returncode:
-        raise RuntimeError(f"pricing {model}:{piece} failed ({proc.returncode}): {stderr[-3000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise RuntimeError(f"pricing {model}:{piece} failed ({code}): {stderr[-3000:]}")
     d = json.loads(stdout.strip().splitlines()[-1])
-    extra = {"compile_memory": d["compile_memory"], "cpu_s": d["cpu_s"], "peak_mb": d["peak_mb"],
-             "harness_loss_cycles": d.get("harness_loss_cycles", 0)}
+    extra = {"compile_memory": d["compile_memory"], "cpu_s": usage.ru_utime + usage.ru_stime,
+             "peak_mb": d["peak_mb"], "harness_loss_cycles": d.get("harness_loss_cycles", 0)}
     return LayerCost(**{k: d[k] for k in LAYER_KEYS}, extra=extra)
 
 
-def price_apart(model: str, jobs: int = 1) -> tuple[dict, list[float]]:
-    """Each distinct layer of ``model`` priced once, each in its own process (``jobs`` at a time,
-    the next started as soon as any finishes): a process's peak is one layer's, not what every
-    pricing before it left behind (GPT-2 XL's three layers in one process reached 6.8 GB). Returns
-    {name: LayerCost} and the children's peaks (MB)."""
-    todo, running, done, peaks = list(START_ORDER[model]), [], {}, []
+def price_apart(model: str, out: dict, jobs: int = 2, budget_mb: float = 4096) -> dict:
+    """Each distinct layer of ``model`` priced once, each in a child forked from this process once
+    it has imported what pricing needs (:func:`_warm`), so a child's peak is one layer's, not what
+    every pricing before it left behind (GPT-2 XL's three layers in one process reached 6.8 GB),
+    and the imports are paid once. Up to ``jobs`` run at a time, a further one only while the
+    parent's and the running children's expected peaks (:data:`PEAK_HINT_MB`) and its own stay
+    within ``budget_mb``. The host's memory is sampled as it goes (this process's and its
+    children's, every 0.1 s: :class:`HostMemory`): ``out["host_peak_mb"]`` is the largest sum
+    seen, ``out["piece_peaks_mb"]`` each child's largest. Returns {name: LayerCost}."""
+    _warm(model)
+    host = HostMemory()
+    host.sample({})
+    base = host.peak
+    todo, running, done = list(START_ORDER[model]), [], {}
+
+    def hint(piece: str) -> float:
+        return PEAK_HINT_MB.get((model, piece), budget_mb / max(1, jobs))
+
     while todo or running:
-        while todo and len(running) < max(1, jobs):
-            piece = todo.pop(0)
-            cmd = [sys.executable, __file__, "--piece", f"{model}:{piece}"]
-            # files, not pipes: a child never blocks on output nobody reads yet
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-            running.append((piece, subprocess.Popen(cmd, stdout=out, stderr=err, text=True), out, err))
-        ended = [r for r in running if r[1].poll() is not None]
-        if not ended:
-            time.sleep(0.2)
-            continue
-        for r in ended:
-            running.remove(r)
-            done[r[0]] = _finished(model, *r)
-            peaks.append(done[r[0]].extra["peak_mb"])
-    return done, peaks
+        while todo and len(running) < max(1, jobs) and (
+                not running or base + sum(hint(r[0]) for r in running) + hint(todo[0]) <= budget_mb):
+            running.append(_fork_piece(model, todo.pop(0)))
+        host.sample({r[0]: r[1] for r in running})
+        for r in list(running):
+            pid, status, usage = os.wait4(r[1], os.WNOHANG)
+            if pid:
+                running.remove(r)
+                done[r[0]] = _finished(model, r[0], status, usage, *r[2:])
+        if running:
+            time.sleep(0.1)
+    out.update(piece_peaks_mb={p: round(v) for p, v in host.pieces.items()}, host_peak_mb=round(host.peak))
+    return done
 
 
-def run_gpt2(out: dict, jobs: int = 1) -> list:
+def run_gpt2(out: dict, jobs: int = 2, budget_mb: float = 4096) -> list:
     from softipu.frontends.torch.scale.placement import begin_block_lines, propose_split
     from softipu.frontends.torch.scale.pod import TrainingConfig, price_training
     from softipu.target import systems
 
     start = time.perf_counter()
-    pieces, peaks = price_apart("gpt2_xl", jobs)
+    pieces = price_apart("gpt2_xl", out, jobs, budget_mb)
     emb, block, head = (pieces[n] for n in PIECES["gpt2_xl"])
-    out["piece_peaks_mb"] = [round(p) for p in peaks]
     price_s = time.perf_counter() - start
     layers = [emb] + [block.scaled(f"block[{i}]", 1) for i in range(48)] + [head]
     base = TrainingConfig(micro_batch=1, accumulation=1024, replicas=1, layers_per_ipu=(len(layers),),
                           recompute=True, optimizer_off_chip=True, rts=False,
-                          input_bytes_per_sample=GPT2_INPUT_BYTES, label="gpt2_xl_POD16")
+                          input_bytes_per_sample=GPT2_INPUT_BYTES,
+                          label="gpt2_xl_POD16" + ("" if GPT2_VOCAB == 50257 else f"_vocab{GPT2_VOCAB}"))
     capacity = systems.POD16.chip.num_tiles * systems.POD16.chip.bytes_per_tile
     try:
         placement = propose_split(layers, 16, base, capacity)
@@ -415,21 +522,20 @@ def _memory_mb(m: dict) -> dict:
             "total": round(m["total"] / 1e6, 1), "fits": m["fits"], "dominant": m["dominant"]}
 
 
-def run_model(name: str, html: str | None, trace: str | None, jobs: int = 1) -> None:
+def run_model(name: str, html: str | None, trace: str | None, jobs: int = 2, budget_mb: float = 4096) -> None:
     start, cpu = time.perf_counter(), time.process_time()
     out: dict = {}
     if name.startswith("bert"):
-        results = run_bert(name, out, jobs)
+        results = run_bert(name, out, jobs, budget_mb)
     elif name == "resnet50":
-        results = run_resnet(out, jobs)
+        results = run_resnet(out, jobs, budget_mb)
     else:
-        results = run_gpt2(out, jobs)
+        results = run_gpt2(out, jobs, budget_mb)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu + children.ru_utime + children.ru_stime
-    # Children priced side by side: the host holds up to the ``jobs`` largest of their peaks at once.
-    peaks = sorted(out.get("piece_peaks_mb", []))[-max(1, jobs):]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + sum(peaks)
+    # sampled while the children ran (price_apart); the parent alone afterwards, composing
+    peak_mb = max(out.pop("host_peak_mb"), _rss_mb(os.getpid()))
     for est in results:
         d = est.as_dict()
         emit(bench="pod_training", model=name, config=d["label"], system=d["system"],
@@ -469,6 +575,7 @@ def table(lines: list[dict]) -> None:
 
 
 def main() -> None:
+    global GPT2_VOCAB  # noqa: PLW0603 - --gpt2-vocab, read by gpt2_layers in the forked children
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--html")
@@ -476,20 +583,26 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="distinct layers priced at a time, each in its "
                         "own process (default 2: this machine's cores); host peak is then the sum of the "
                         "largest this many layers' peaks")
+    parser.add_argument("--host-budget-mb", type=float, default=4096, help="a further layer starts beside "
+                        "the running ones only while their expected peaks and its own stay within this")
+    parser.add_argument("--gpt2-vocab", type=int, default=GPT2_VOCAB, help="GPT-2's vocabulary (a smaller "
+                        "one checks the rest of the configuration; the figures are then not GPT-2 XL's)")
     parser.add_argument("--piece", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    GPT2_VOCAB = args.gpt2_vocab  # forked children inherit it
     if args.piece:
         price_piece(args.piece)
         return
     if args.model:
-        run_model(args.model, args.html, args.trace, args.jobs)
+        run_model(args.model, args.html, args.trace, args.jobs, args.host_budget_mb)
         return
     lines = []
     for name in MODELS:
         cmd = [sys.executable, __file__, "--model", name]
         cmd += ["--html", args.html] if args.html else []
         cmd += ["--trace", args.trace] if args.trace else []
-        cmd += ["--jobs", str(args.jobs)]
+        cmd += ["--jobs", str(args.jobs), "--host-budget-mb", str(args.host_budget_mb),
+                "--gpt2-vocab", str(args.gpt2_vocab)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         for line in proc.stdout.splitlines():
             print(line, flush=True)
