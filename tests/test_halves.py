@@ -139,3 +139,10 @@ def test_to_half_of_a_short_chunk_with_few_tiny_values_is_numpys_cast():
         out = np.empty(x.shape, np.float16)
         to_half(x, out)
         assert np.array_equal(out.view(np.uint16), _numpy_half(x))
+
+
+def test_from_half_into_a_strided_destination_is_numpys_cast():
+    h = (np.random.default_rng(6).standard_normal((300, 70)) * 1e-6).astype(np.float16)  # subnormals
+    out = np.empty((70, 300), np.float32).T
+    from_half(h, out)
+    assert np.array_equal(out.view(np.uint32), h.astype(np.float32).view(np.uint32))

@@ -132,8 +132,11 @@ _WIDE.flags.writeable = False
 def from_half(h: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = h`` for float16 ``h`` and float32 ``out`` of one shape, bitwise numpy's cast
     (module doc). ``out`` must not share memory with ``h``."""
-    if not out.flags.c_contiguous or h.size < HALVES_MIN or h.shape != out.shape:
+    if h.size < HALVES_MIN or h.shape != out.shape:
         np.copyto(out, h)
+        return
+    if not out.flags.c_contiguous:  # widened into a contiguous array, then copied (float32 bits)
+        np.copyto(out, widened(h))
         return
     bits, flat = np.ascontiguousarray(h).view(np.uint16).reshape(-1), out.reshape(-1)
     for lo in range(0, bits.size, _CHUNK):
