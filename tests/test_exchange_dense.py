@@ -143,3 +143,21 @@ def test_two_tiles_under_one_address_are_told_apart():
     single = np.array([1, 2, 2], np.int64)
     assert dense._one_tile(single, single + 1, np.array([5, 6, 7]), 0, 4, np.int16) is dense._TWO
     assert dense._one_tile(single, single + 1, np.array([5, 6, 6]), 0, 4, np.int16).tolist() == [-1, 5, 6, -1]
+
+
+def test_a_slab_layout_of_contiguous_pieces_is_one_run_a_piece():
+    from softipu.compiler.conflicts import address_runs
+    from softipu.graph.tensor import Slabs, Tensor
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    g.add_variable(sp.float32, (64,), name="v")
+    # Two contiguous 2 x 4 blocks (at 40 and 8) and an empty one, stacked along the rows; then
+    # a block whose rows lie apart (at 20, rows of 2 every 4), which is not one run.
+    contiguous = ((40, (2, 4), (4, 1), (2, 4)), (8, (2, 4), (4, 1), (2, 4)), (0, (0, 4), (4, 1), (0, 4)))
+    t = Tensor(g, sp.float32, (4, 4), 0, (), None, Slabs(contiguous, 0, (0, 1)))
+    starts, lengths = address_runs(t)
+    assert starts.tolist() == [40, 8] and lengths.tolist() == [8, 8]
+    gapped = Tensor(g, sp.float32, (4, 2), 0, (), None, Slabs(((20, (4, 2), (4, 1), (4, 2)),), 0, (0, 1)))
+    starts, lengths = address_runs(gapped)
+    covered = sorted(a for s, n in zip(starts.tolist(), lengths.tolist(), strict=True) for a in range(s, s + n))
+    assert covered == sorted(gapped.addresses().reshape(-1).tolist()) == [20, 21, 24, 25, 28, 29, 32, 33]

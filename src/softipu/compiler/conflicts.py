@@ -66,13 +66,32 @@ def address_runs(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     view's own runs; an indexed view that reorders one whole range (a weight laid out in its
     matmul's blocks, say) as that one range; any other indexed view's runs in element order
     (its addresses are not sorted)."""
-    if t.is_strided or t.slabs is not None:  # a slab layout's pieces are its runs: no index built
+    if t.slabs is not None:  # a slab layout's pieces are its runs: no index built
+        found = _contiguous_pieces(t)
+        return found if found is not None else t.runs()
+    if t.is_strided:
         return t.runs()
     if t.index.size > 1:
         lo, hi = int(t.index.min()), int(t.index.max())
         if hi - lo + 1 == t.index.size and not t.repeats_elements():  # all of [lo, hi], once
             return np.array([lo], np.int64), np.array([t.index.size], np.int64)
     return t.element_runs()
+
+
+def _contiguous_pieces(t: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """(starts, lengths) of a slab layout whose pieces are each one contiguous run (a layer
+    norm's column blocks, say: a thousand pieces), without a view a piece; None otherwise."""
+    starts, lengths = [], []
+    for offset, shape, strides, _ in t.slabs.pieces:
+        run = 1
+        for size, stride in zip(reversed(shape), reversed(strides), strict=True):
+            if size != 1 and stride != run:
+                return None
+            run *= size
+        if run:
+            starts.append(offset)
+            lengths.append(run)
+    return np.array(starts, np.int64), np.array(lengths, np.int64)
 
 
 def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
