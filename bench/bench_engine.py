@@ -191,8 +191,32 @@ def bench_half_casts(n: int = 1 << 22) -> None:
                             and np.array_equal(wide, h.astype(np.float32))))
 
 
+def bench_half_ops(n: int = 1 << 22) -> None:
+    """float16 multiply and add as the elementwise codelets run them (float32 and one rounding,
+    codelets/elementwise/_numerics.py) beside numpy's float16 loops on the same data, ns an element
+    of CPU time, for normal results and for a gradient's scale (subnormal results), bits compared."""
+    from softipu.codelets.elementwise.ops import BinaryOp
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-3):
+        a, b = ((rng.standard_normal(n) * scale).astype(np.float16) for _ in range(2))
+        for op, ufunc in ((BinaryOp.MULTIPLY, np.multiply), (BinaryOp.ADD, np.add)):
+            mine, theirs = np.empty(n, np.float16), np.empty(n, np.float16)
+            figures = {}
+            for name, fn in (("numpy", partial(ufunc, a, b, out=theirs)),
+                             ("softipu", partial(op.value.fn, a, b, out=mine))):
+                fn()
+                t = time.process_time()
+                for _ in range(3):
+                    fn()
+                figures[name] = round((time.process_time() - t) / 3 / n * 1e9, 2)
+            emit(bench="half_ops", op=op.name.lower(), scale=scale, elements=n, ns_per_element_cpu=figures,
+                 same_bits=bool(np.array_equal(mine.view(np.uint16), theirs.view(np.uint16))))
+
+
 if __name__ == "__main__":
     bench_half_casts()
+    bench_half_ops()
     bench_blas_warmup()
     bench_build()
     bench_bulk()

@@ -94,3 +94,24 @@ def test_traps_as_numpys_float16_loops():
             fn(*args)
     with np.errstate(**TRAPS):
         BinaryOp.MULTIPLY.value.fn(x * np.float16(1e-6), x * np.float16(1e-6))  # underflow: no trap
+
+
+def test_large_results_made_in_pieces_are_numpys_bits():
+    """Past 64 K elements the result is made in pieces along its first axis: full operands cut,
+    broadcast ones (a row, a column, a scalar) whole; in place (out is the first operand) too."""
+    rng = np.random.default_rng(7)
+    grid = _halves(rng, 40000)[:150000].reshape(1500, 100)
+    row, col = _halves(rng, 100)[:100], _halves(rng, 1500)[:1500, None]
+    scalar = np.array(3.0, np.float16)
+    with np.errstate(all="ignore"):
+        for op, oracle in BINARY:
+            for y in (grid[::-1].copy(), row, col, scalar):
+                _same(op.value.fn(grid, y), oracle(grid, y))
+                inplace = grid.copy()
+                op.value.fn(inplace, y, out=inplace)
+                _same(inplace, oracle(grid, y))
+        shifted = np.concatenate([grid.reshape(-1), grid.reshape(-1)[:100]])
+        out = shifted[100:].reshape(grid.shape)  # overlaps the operand one row on: made whole
+        want = np.multiply(shifted[:-100].reshape(grid.shape), row)
+        BinaryOp.MULTIPLY.value.fn(shifted[:-100].reshape(grid.shape), row, out=out)
+        _same(out, want)

@@ -104,19 +104,49 @@ _ROUNDED_ONCE = {np.add: True, np.multiply: True, np.subtract: False, np.divide:
 def _halves_in_float32(f: np.ufunc, xs: tuple, out: np.ndarray | None) -> np.ndarray | None:
     """``f(*xs, out=out)`` for float16 operands and result, computed in float32 and rounded once
     (:data:`_ROUNDED_ONCE`); None where the operands are not all float16 arrays or the result is
-    small (numpy's loop then)."""
+    small (numpy's loop then). A large result is made in pieces along its first axis, so that the
+    float32 temporaries stay in cache (4 M elements in one piece: 9.5 ns an element, in pieces of
+    64 K: ~6.5)."""
     if not all(isinstance(x, np.ndarray) and x.dtype == np.float16 for x in xs):
         return None
     if out is not None and out.dtype != np.float16:
         return None
     shape = out.shape if out is not None else np.broadcast_shapes(*(x.shape for x in xs))
-    if math.prod(shape) < HALVES_MIN:
+    size = math.prod(shape)
+    if size < HALVES_MIN:
         return None
-    wide = f(*(widened(x) for x in (xs[::-1] if _ROUNDED_ONCE[f] else xs)))
     if out is None:
-        out = np.empty(wide.shape, np.float16)
-    to_half(np.broadcast_to(wide, out.shape) if out.shape != wide.shape else wide, out)
+        out = np.empty(shape, np.float16)
+    swap = _ROUNDED_ONCE[f]
+    step = max(1, _OP_PIECE // max(size // shape[0], 1)) if shape and size > _OP_PIECE else None
+    if step is None or step >= shape[0] or not all(_apart_or_same(x, out) for x in xs):
+        _rounded_once(f, xs, swap, out)
+        return out
+    nd = len(shape)
+    for lo in range(0, shape[0], step):
+        part = slice(lo, lo + step)
+        pieces = tuple(x[part] if x.ndim == nd and x.shape[0] > 1 else x for x in xs)
+        _rounded_once(f, pieces, swap, out[part])
     return out
+
+
+# A float16 op's float32 temporaries are made this many elements at a time (three of them, 768 KiB,
+# stay in a core's 1 MiB cache).
+_OP_PIECE = 1 << 16
+
+
+def _rounded_once(f: np.ufunc, xs: tuple, swap: bool, out: np.ndarray) -> None:
+    wide = f(*(widened(x) for x in (xs[::-1] if swap else xs)))
+    to_half(np.broadcast_to(wide, out.shape) if out.shape != wide.shape else wide, out)
+
+
+def _apart_or_same(x: np.ndarray, out: np.ndarray) -> bool:
+    """Whether an operand shares no memory with ``out`` or is the same view of it (in place), so
+    that ``out`` may be written piece by piece."""
+    if not np.may_share_memory(x, out):
+        return True
+    return x.shape == out.shape and x.strides == out.strides and \
+        x.__array_interface__["data"][0] == out.__array_interface__["data"][0]
 
 
 def _sigmoid(x, out=None):
