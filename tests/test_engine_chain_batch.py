@@ -83,15 +83,16 @@ def test_float16_heads_run_as_one_batched_product_within_a_half_step_of_the_refe
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.parametrize("dtype", [sp.float32, sp.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("piece_macs", [1, 1 << 30])
-def test_same_bits_with_one_or_two_threads_and_any_cut(monkeypatch, piece_macs):
+def test_same_bits_with_one_or_two_threads_and_any_cut(monkeypatch, piece_macs, dtype):
     """Cut into one piece per band or not at all, on one thread or two: the same bits (each band's
     product is one GEMM whatever the cut)."""
-    _, (want, _) = _run(False)
+    _, (want, _) = _run(False, dtype=dtype)
     monkeypatch.setattr(chain_run, "CHAIN_PIECE_MACS", piece_macs)
     for cores in (1, 2):
         monkeypatch.setattr(host, "idle_cores", lambda cores=cores: cores - 1)
-        _, (got, _) = _run(False)
+        _, (got, _) = _run(False, dtype=dtype)
         np.testing.assert_array_equal(got, want)
 
 
