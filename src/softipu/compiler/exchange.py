@@ -181,18 +181,27 @@ def compute_set_transfers(compiled: CompiledComputeSet,
 def _field_rows(compiled: CompiledComputeSet) -> dict[DType, list[FieldRows]]:
     """Per dtype, each field tensor's rows."""
     fields: dict[DType, list[FieldRows]] = {}
+    ramp = np.arange(max((g.num_vertices for g in compiled.groups), default=0), dtype=np.int64)
     for group in compiled.groups:
         for name, f in group.field_items(Direction.INPUT, Direction.OUTPUT, Direction.INOUT):
             for t in group.tensors(name):
-                starts, ends, row = field_intervals(t)
-                if not starts.size:
+                rows, n = t.shape
+                if rows == 0 or n == 0:
                     continue
-                tiles = group.tiles[row]
+                if t.is_strided and (n == 1 or abs(t.strides[1]) == 1):  # a row an interval, in order
+                    starts = t.offset + ramp[:rows] * t.strides[0]
+                    if n > 1 and t.strides[1] < 0:
+                        starts -= n - 1
+                    ends, tiles = starts + n, group.tiles
+                    lo, hi = min(int(starts[0]), int(starts[-1])), max(int(starts[0]), int(starts[-1])) + n
+                else:
+                    starts, ends, row = field_intervals(t)
+                    tiles = group.tiles[row]
+                    lo, hi = int(starts.min()), int(ends.max())
                 if starts.size > 512:  # join a long field at once, before it is held with the rest
                     starts, ends, tiles = _joined(starts, ends, tiles)
                 fields.setdefault(t.dtype, []).append(FieldRows(
-                    starts, ends, tiles, f.direction.reads, f.direction.writes,
-                    int(starts.min()), int(ends.max())))
+                    starts, ends, tiles, f.direction.reads, f.direction.writes, lo, hi))
     return fields
 
 
