@@ -25,7 +25,6 @@ from softipu.target import Target
 __all__ = ["DenseCounts", "FieldRows", "dense_clusters", "dense_counts"]
 
 CHUNK = 1 << 21  # addresses held per pass (about 4 MiB an array of tiles)
-_MAX_COVER = 1 << 20  # intervals over one address past which the one-tile test could overflow
 _MIN_INTERVALS = 1 << 11  # fewer sort quickly
 _SPAN = 8  # addresses an interval may stand for, at most, in a cluster counted per address
 
@@ -183,7 +182,7 @@ def _one_tile(starts: np.ndarray, ends: np.ndarray, tiles: np.ndarray, c0: int, 
     total = covered(t)
     most = int(count.max())
     if most > 1:
-        if most > _MAX_COVER:
+        if most * (int(tiles.max()) + 1) >= 1 << 31:  # the squares below could pass 2**63
             return _TWO
         if not np.array_equal(total * total, count * covered(t * t)):
             return _TWO
