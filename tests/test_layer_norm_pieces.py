@@ -26,23 +26,20 @@ def test_apply_and_finish_cycles_by_hand() -> None:
     assert int(np.asarray(finish).reshape(-1)[0]) == 72
 
 
-def _vit_like(affine: bool):
-    # x (B, S, n) = (4, 2, 128) halves laid out as ViT-B/16's residual stream is: each tile holds
-    # one token's slab of 16 columns across the batch, stored together (a (S, n / 16, B, 16)
-    # variable, 64 halves a tile): tile t holds x[b, t // 8, 16 (t % 8) : 16 (t % 8) + 16] for
-    # every b, 4 pieces of 16 columns, so each row has 8 runs.
-    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=64 * 1024))
-    b_, s_, n = 4, 2, 128
-    stored = g.add_variable(sp.float16, (s_, n // 16, b_, 16), name="stored")
-    sp.ops.map_linearly(g, stored, grain_size=64)
-    x = stored.transpose(2, 0, 1, 3).reshape(b_, s_, n)
+def _long_rows(affine: bool):
+    # x (2, 24,576) halves mapped linearly over 16 tiles, 3,072 a tile: each row lies on 8 tiles,
+    # longer than a row vertex takes (ROW_VERTEX_ELEMENTS = 16,384).
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=128 * 1024))
+    rows, n = 2, 24_576
+    x = g.add_variable(sp.float16, (rows, n), name="x")
+    sp.ops.map_linearly(g, x)
     rng = np.random.default_rng(0)
-    values = {x: (rng.standard_normal((b_, s_, n)) * 3 + 5).astype(np.float16)}
+    values = {x: (rng.standard_normal((rows, n)) * 3 + 5).astype(np.float16)}
     w = bias = None
-    if affine:  # weight and bias 8 halves a tile
+    if affine:  # weight and bias mapped linearly: 1,536 halves a tile
         w, bias = (g.add_variable(sp.float16, (n,), name=k) for k in ("w", "b"))
         for t in (w, bias):
-            sp.ops.map_linearly(g, t, grain_size=4)
+            sp.ops.map_linearly(g, t)
             values[t] = rng.standard_normal(n).astype(np.float16)
     prog = P.Sequence()
     y, mean, inv_std = nn.layer_norm(g, x, w, bias, prog, name="ln")
@@ -66,24 +63,25 @@ def _recv_max(eng, name: str) -> int:
 
 
 def test_pieces_are_normalised_where_they_live() -> None:
-    # Each of the 8 rows is cut in 8 pieces of 16 columns on 8 tiles (more than 4 runs a row:
-    # _rows_scattered). Moments: x is read where it lives; a tile receives at most its 4 rows'
-    # shift (the first pass reads a zero vector spread over the tiles, the second the rows'
-    # means on their home tiles): 4 x 4 B = 16 B.
-    # Apply: row r's statistics live on its home tile (the tile of its middle piece, 8 s + 4);
-    # a tile receives its 4 rows' mean and 1/std, 4 x 8 = 32 B, and the weight and bias of its
-    # 16 columns, one region of each, 16 x 2 x 2 = 64 B, from the 2 tiles holding them: 96 B on
-    # a tile that is no row's home and holds none of its columns' weights (tile 1, for one).
-    # Whole-row vertices gathered 112 of each row's 128 halves onto one tile (224 B a row).
-    eng = _vit_like(affine=True)
-    assert _recv_max(eng, "ln/moments") <= 16
-    assert _recv_max(eng, "ln/centred_moments") <= 16
-    assert _recv_max(eng, "ln/apply") == 96
+    # Pieces: each tile's 3,072 halves of a row, cut in 6 of 512 (a worker's share: 49,152 /
+    # (16 x 6)). Moments read x where it lives; a tile receives at most its row's shift (4 B,
+    # fp32). Each row's 48 pieces' moments (8 B each) finish on its home tile, the tile of its
+    # middle piece (piece 24: tile 4 for row 0, 12 for row 1), which holds 6 of them: 42 x 8 =
+    # 336 B, and in the first pass the row's zero shift from the tile it was spread to, 4 B.
+    # Apply, in chunks of 512 columns (one tile's worth each, so x is read where it lives): a
+    # tile receives its row's mean and 1/std, 8 B, and the weight and bias of its 3,072
+    # columns, one region of each (held on two other tiles), 3,072 x 2 x 2 = 12,288 B: 12,296 B
+    # on tile 1 (it holds none of its columns' weights and is no row's home).
+    eng = _long_rows(affine=True)
+    assert _recv_max(eng, "ln/moments") <= 4
+    assert _recv_max(eng, "ln/moments/finish") == 340
+    assert _recv_max(eng, "ln/centred_moments/finish") == 336
+    assert _recv_max(eng, "ln/apply") == 12_296
     # The affine is applied in the same vertices: no separate weight and bias compute sets.
     names = [s.name for s in eng.executable.steps]
     assert not any(k.startswith(("ln/weight", "ln/bias")) for k in names), names
 
 
 def test_pieces_without_affine_match_torch() -> None:
-    eng = _vit_like(affine=False)
-    assert _recv_max(eng, "ln/apply") <= 96
+    eng = _long_rows(affine=False)
+    assert _recv_max(eng, "ln/apply") <= 12_296

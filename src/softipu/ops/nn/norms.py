@@ -75,7 +75,7 @@ def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
         return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, float32, lead, "mean"),
                 _variable(ctx, float32, lead, "inv_std"))
     if n > ROW_VERTEX_ELEMENTS or _rows_scattered(x2):  # statistics where the elements live
-        split = _layer_norm_split if _column_major(x2) else layer_norm_pieces
+        split = _layer_norm_split if _rows_scattered(x2) else layer_norm_pieces
         out, mean, inv_std = split(ctx, x, x2, weight, bias, float(eps))
         return out, mean.reshape(lead), inv_std.reshape(lead)
     wdtype = (weight if weight is not None else bias if bias is not None else x).dtype
@@ -110,13 +110,6 @@ def _rows_scattered(x2: Tensor) -> bool:
         return abs(x2.strides[1]) != 1
     starts, _ = x2.element_runs()
     return starts.size > _MAX_RUNS_PER_ROW * rows
-
-
-def _column_major(x2: Tensor) -> bool:
-    """Whether the ``(rows, n)`` view runs down its rows innermost (an embedding lookup's output,
-    each tile holding whole columns): normalised by :func:`_layer_norm_split`'s planes, not by
-    row pieces (each piece would be one element)."""
-    return x2.is_strided and x2.strides[0] == 1 and x2.shape[0] > 1
 
 
 def _layer_norm_split(ctx: OpContext, x: Tensor, x2: Tensor, weight: Tensor | None, bias: Tensor | None,
