@@ -18,6 +18,9 @@ minute or two: export, lower and price).
 * ``broadcast_constant_4096sq``: a 4096 x 4096 float32 constant of one value, mapped and priced.
 * ``default_names_8000`` / ``default_names_16000``: variables with the default name; linear
   means twice the names take about twice the time.
+* ``transposed_cast_8192x1024_fp16``: ``ops.cast`` of a transposed 8192 x 1024 fp16 variable to
+  fp32 (an fp16 training step's logits cast): every vertex reads a column, one exchange piece an
+  element, which the compiler counts per address (``compiler/dense.py``) rather than sorting.
 * ``bert_large_fp16`` (``--bert``): the BERT-Large model of bench_torch_bert.py, exported,
   lowered and priced estimate-only (tracemalloc starts after torch.export, so the figure is
   softipu's; ``rss_mb`` includes torch's model and export).
@@ -42,6 +45,7 @@ TARGETS = {  # case: (peak MB target, seconds target, the issue's "now" figure)
     "default_names_8000": (None, None, "quadratic, 6.4 s"),
     "default_names_16000": (None, None, "quadratic"),
     "bert_large_fp16": (500, None, "1,218 MB (tracemalloc, d016d14)"),
+    "transposed_cast_8192x1024_fp16": (None, None, "25.2 s, 1,216 MB (56b4ed3, loaded machine)"),
 }
 
 
@@ -89,6 +93,20 @@ def case_constant() -> int:
     return eng.log.cycles
 
 
+def case_transposed_cast() -> int:
+    import softipu as sp
+    from softipu import program as P
+
+    g = sp.Graph(sp.targets.GC200)
+    x = g.add_variable(sp.float16, (8192, 1024), name="x")
+    sp.ops.map_linearly(g, x)
+    prog = P.Sequence()
+    sp.ops.cast(g, x.T, sp.float32, prog)  # each vertex reads a column: one piece an element
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    eng.run(0)
+    return eng.log.cycles
+
+
 def case_names(n: int) -> int:
     import softipu as sp
 
@@ -130,6 +148,7 @@ CASES = {
     "broadcast_constant_4096sq": case_constant,
     "default_names_8000": lambda: case_names(8000),
     "default_names_16000": lambda: case_names(16000),
+    "transposed_cast_8192x1024_fp16": case_transposed_cast,
 }
 
 
