@@ -340,11 +340,11 @@ START_ORDER = {"bert_large": ("head", "encoder", "embedding"), "bert_base": ("he
 # What a child adds to the host at its peak beyond what it shares with the parent (proportional set
 # size, MB), measured 2026-12-07 (bench output ``piece_peaks_mb``). Only the schedule reads it: a
 # child starts beside the running ones when the parent's and their hints and its own stay within
-# ``--host-budget-mb``; a stale hint changes the schedule, never the reported peak (sampled).
+# ``--host-budget-mb``; a stale hint changes the schedule, never the reported peak (sampled). A
+# layer without one is priced alone.
 PEAK_HINT_MB = {
     ("bert_large", "head"): 2300, ("bert_large", "encoder"): 1600, ("bert_large", "embedding"): 1300,
-    ("bert_base", "head"): 2300, ("bert_base", "encoder"): 1300, ("bert_base", "embedding"): 1300,
-    ("gpt2_xl", "head"): 3000, ("gpt2_xl", "block"): 2600, ("gpt2_xl", "embedding"): 1500,
+    ("bert_base", "head"): 900, ("bert_base", "encoder"): 1300, ("bert_base", "embedding"): 1700,
 }
 
 
@@ -465,7 +465,7 @@ def price_apart(model: str, out: dict, jobs: int = 2, budget_mb: float = 4096) -
     todo, running, done = list(START_ORDER[model]), [], {}
 
     def hint(piece: str) -> float:
-        return PEAK_HINT_MB.get((model, piece), budget_mb / max(1, jobs))
+        return PEAK_HINT_MB.get((model, piece), budget_mb)
 
     while todo or running:
         while todo and len(running) < max(1, jobs) and (
