@@ -415,6 +415,7 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     row0 = np.zeros(first.size, np.int64)
     row0[order] = np.cumsum(width[order]) - width[order]
     parts = graph.add_variable(partial, (int(width.sum()),), name=f"{ctx.name}/partials")
+    graph.map_intervals(parts, row0, row0 + width, tiles[first])  # each row on its piece's tile
     cs1 = ctx.compute_set("partials")
     whole = np.flatnonzero(full)
     piece_row = np.zeros(starts.size, np.int64)
@@ -423,7 +424,6 @@ def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale
     for length in np.unique(lengths[whole]).tolist():
         for run in even_runs(whole[lengths[whole] == length], starts, piece_row):
             block = rows_of(parts, piece_row[run], b)
-            graph.set_tile_mappings(block, tiles[run])
             graph.add_vertices(cs1, codelet, {"x": rows_of(cv.flat, starts[run], length), "out": block,
                                               "phase": starts[run] % b}, tiles[run])
     _fold_stage(ctx, cs1, cv, op, fold, (starts, lengths, tiles), (parts, row0[whole.size :]), b)
@@ -516,12 +516,11 @@ def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fo
     for key in np.unique(keys).tolist():
         group = np.flatnonzero(keys == key)
         k, n = int(fold.count[group[0]]), int(n_of[group[0]])
-        block = rows_of(parts_var, row0[group], n)
-        graph.set_tile_mappings(block, tiles[first[group]])
         # By column, then input order: the folds of one column block step evenly (a matmul's
         # output blocks), so a run of them is one call with strided fields.
         group = group[np.lexsort((starts[first[group]], starts[first[group]] % b))]
-        for run in even_runs(group, starts[first], row0):
+        # An indexed view lists addresses whatever the order: one call for the whole group.
+        for run in even_runs(group, starts[first], row0) if index is None else [group]:
             at = starts[fold.member[fold.begin[run][:, None] + np.arange(k)]]  # (V, k) positions
             if index is None:  # a strided 1-D view: rows of n elements `stride` apart
                 address = flat.offset + at * stride
