@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: N812
 import softipu as sp
 import softipu.torch as st
 from _torch_models import assert_matches_eager_adamw
-from softipu.frontends.torch.training import lowering
+from softipu.frontends.torch.training import fuse, lowering
 
 
 class Net(torch.nn.Module):
@@ -46,6 +46,9 @@ def test_backward_chains_fuse_with_the_same_bits_as_separate_ops(monkeypatch):
     torch.manual_seed(0)
     net = Net()
     eager = copy.deepcopy(net)
+    # A fused map laid out like its forward operand (test_training_map_layout.py) moves the matmuls
+    # after it onto other tiles, whose sums may round otherwise: fusion alone is compared here.
+    monkeypatch.setattr(fuse, "LEAD_BY_LAYOUT", False)
     losses, weights, names = _train(copy.deepcopy(net), 3)
     monkeypatch.setattr(lowering, "FUSE_BACKWARD_CHAINS", False)
     losses0, weights0, names0 = _train(copy.deepcopy(net), 3)
