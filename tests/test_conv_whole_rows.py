@@ -76,3 +76,26 @@ def test_split_kept_when_whole_rows_cost_more_than_the_relayout():
     assert rows.cycles > free.cycles + 32
     *_, tiles = _pixel_tiles(16, 4, 32)
     assert np.all(tiles[:, :16] != tiles[:, 16:]), "each pixel's channels on two tiles"
+
+
+def _window_block_sizes(n, h, tiles):
+    g = sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=256 * 1024))
+    x = g.add_variable(sp.float32, (n, 16, h, h), name="x")
+    sp.ops.map_linearly(g, x)
+    w = g.add_variable(sp.float32, (16, 16, 3, 3), name="w")
+    sp.ops.map_linearly(g, w)
+    prog = P.Sequence()
+    conv(g, x, w, prog, padding=1)
+    eng = sp.Engine(g, [prog])
+    return sorted({int(m) for cs in eng.executable.compute_sets.values() for grp in cs.groups
+                   if grp.codelet.__name__.startswith("ConvWindow") for m in np.ravel(grp.fields["m"])})
+
+
+def test_window_blocks_of_whole_output_rows_where_no_slower():
+    # [2, 16, 7, 7] 3x3 padding 1 on 4 tiles: M = 2 x 7 x 7 = 98. The best plan's M blocks of 25
+    # pixels cost the same as blocks of whole 7-pixel rows (28 = 4 rows), so rows are taken:
+    # blocks 28, 28, 28 and 98 - 84 = 14.
+    assert _window_block_sizes(2, 7, 4) == [14, 28]
+    # [1, 16, 7, 7] on 16 tiles: M = 49; blocks of rows (28) are slower than blocks of 17, which
+    # stay: 17, 17 and 49 - 34 = 15.
+    assert _window_block_sizes(1, 7, 16) == [15, 17]
