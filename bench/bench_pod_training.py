@@ -65,6 +65,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -467,18 +468,23 @@ def price_apart(model: str, out: dict, jobs: int = 2, budget_mb: float = 4096) -
     def hint(piece: str) -> float:
         return PEAK_HINT_MB.get((model, piece), budget_mb)
 
-    while todo or running:
-        while todo and len(running) < max(1, jobs) and (
-                not running or base + sum(hint(r[0]) for r in running) + hint(todo[0]) <= budget_mb):
-            running.append(_fork_piece(model, todo.pop(0)))
-        host.sample({r[0]: r[1] for r in running})
-        for r in list(running):
-            pid, status, usage = os.wait4(r[1], os.WNOHANG)
-            if pid:
-                running.remove(r)
-                done[r[0]] = _finished(model, r[0], status, usage, *r[2:])
-        if running:
-            time.sleep(0.1)
+    try:
+        while todo or running:
+            while todo and len(running) < max(1, jobs) and (
+                    not running or base + sum(hint(r[0]) for r in running) + hint(todo[0]) <= budget_mb):
+                running.append(_fork_piece(model, todo.pop(0)))
+            host.sample({r[0]: r[1] for r in running})
+            for r in list(running):
+                pid, status, usage = os.wait4(r[1], os.WNOHANG)
+                if pid:
+                    running.remove(r)
+                    done[r[0]] = _finished(model, r[0], status, usage, *r[2:])
+            if running:
+                time.sleep(0.1)
+    finally:  # a failed layer (or an interrupt) leaves no child pricing on
+        for r in running:
+            os.kill(r[1], signal.SIGKILL)
+            os.waitpid(r[1], 0)
     out.update(piece_peaks_mb={p: round(v) for p, v in host.pieces.items()}, host_peak_mb=round(host.peak))
     return done
 
