@@ -475,6 +475,9 @@ class _Fold:
         return _Fold(member, begin, count)
 
 
+_MAX_RUNS = 8  # a (rows, width) class of folds cut into more runs goes in one call, rows listed
+
+
 def _even_folds(s: np.ndarray, begin: np.ndarray) -> np.ndarray:
     """The groups starting at ``begin`` (of positions ``s``, ascending in each) cut into runs of
     evenly spaced pieces: each fold's rows are then one strided pattern, popops' STRIDED_REDUCE
@@ -519,8 +522,10 @@ def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fo
         # By column, then input order: the folds of one column block step evenly (a matmul's
         # output blocks), so a run of them is one call with strided fields.
         group = group[np.lexsort((starts[first[group]], starts[first[group]] % b))]
-        # An indexed view lists addresses whatever the order: one call for the whole group.
-        for run in even_runs(group, starts[first], row0) if index is None else [group]:
+        # An indexed view lists addresses whatever the order: one call for the whole group; so
+        # do folds that step evenly only a few at a time (a call per run would cost more).
+        runs = even_runs(group, starts[first], row0) if index is None else [group]
+        for run in runs if len(runs) <= _MAX_RUNS else [group]:
             at = starts[fold.member[fold.begin[run][:, None] + np.arange(k)]]  # (V, k) positions
             if index is None:  # a strided 1-D view: rows of n elements `stride` apart
                 address = flat.offset + at * stride
