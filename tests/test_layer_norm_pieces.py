@@ -85,3 +85,35 @@ def test_pieces_are_normalised_where_they_live() -> None:
 def test_pieces_without_affine_match_torch() -> None:
     eng = _long_rows(affine=False)
     assert _recv_max(eng, "ln/apply") <= 12_296
+
+
+def test_rows_stored_batch_innermost_are_read_as_strided_views() -> None:
+    # x (B, S, n) = (4, 3, 128) stored (S, n, B), the batch innermost (ViT-B/16's residual
+    # stream): its rows (b, s) are no single strided view, but each row is one run of step B = 4.
+    # Cut in 2 pieces of 64 (24 plane vertices of 64: 1,536 / 64), each piece's 12 vertices fall
+    # in runs of one address step (s for a fixed b: 512 = n x B): 4 runs of 3, each a strided
+    # view, so no field gathers through a per-element index.
+    g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=64 * 1024))
+    b_, s_, n = 4, 3, 128
+    stored = g.add_variable(sp.float16, (s_, n, b_), name="stored")
+    sp.ops.map_linearly(g, stored, grain_size=24)
+    x = stored.transpose(2, 0, 1)
+    rng = np.random.default_rng(0)
+    v = (rng.standard_normal((b_, s_, n)) * 3 + 5).astype(np.float16)
+    prog = P.Sequence()
+    y, mean, _ = nn.layer_norm(g, x, None, None, prog, name="ln")
+    eng = sp.Engine(g, [prog])
+    eng.write_tensor(x, v)
+    eng.run(0)
+    f = torch.tensor(v, dtype=torch.float32)
+    want = torch.nn.functional.layer_norm(f, (n,)).numpy()
+    np.testing.assert_allclose(eng.read_tensor(y).astype(np.float32), want, atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(eng.read_tensor(mean), f.mean(-1).numpy(), rtol=1e-5)
+    for name in ("ln/moments", "ln/centred_moments", "ln/apply"):
+        groups = [grp for c in eng.executable.compute_sets.values() if c.compute_set.name == name
+                  for grp in c.groups]
+        assert groups and all(grp.fields["x"].is_strided for grp in groups), name
+        assert sum(grp.num_vertices for grp in groups) == 24
+        if name == "ln/apply":
+            strides = {grp.fields["x"].strides for grp in groups}
+            assert strides == {(512, 4)}, strides

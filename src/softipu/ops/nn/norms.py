@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -404,20 +405,63 @@ def _add_planes(ctx: OpContext, cs: ComputeSet, codelet: type, plan: _Planes,
     """``planes``: tensors shaped like x as ``(N, C, P)``; ``channels``: ``(C, q)`` per-channel
     tensors; ``partial``: the ``(pieces, N, C, 2)`` fp32 partial sums the vertices write."""
     n_, c_, p_ = plan.shape
-    for sel in plan.groups():
-        fields: dict[str, Any] = dict(params or {})
-        length = int(plan.count[sel[0]] * plan.length[sel[0]])
-        starts = (plan.n[sel] * c_ + plan.c0[sel]) * p_ + plan.p0[sel]
-        for name, t in planes.items():
-            fields[name] = rows_of(t.flatten(), starts, length)
-        cnt = int(plan.count[sel[0]])
-        for name, t in channels.items():
-            q = t.shape[1]
-            fields[name] = rows_of(t.flatten(), plan.c0[sel] * q, cnt * q)
-        if partial is not None:
-            at = ((plan.piece[sel] * n_ + plan.n[sel]) * c_ + plan.c0[sel]) * 2
-            fields["partial"] = rows_of(partial.flatten(), at, cnt * 2)
-        ctx.graph.add_vertices(cs, codelet, fields, plan.tiles[sel])
+    rowed = {name: r for name, t in planes.items() if (r := _row_strides(t)) is not None}
+    for group in plan.groups():
+        starts = (plan.n[group] * c_ + plan.c0[group]) * p_ + plan.p0[group]
+        for sel, first in _strided_runs(plan, group, rowed):
+            fields: dict[str, Any] = dict(params or {})
+            length = int(plan.count[sel[0]] * plan.length[sel[0]])
+            for name, t in planes.items():
+                if name in rowed and plan.count[sel[0]] == 1:
+                    base, step = rowed[name]
+                    a = base[plan.c0[sel]] + plan.p0[sel] * step
+                    fields[name] = Tensor(t.graph, t.dtype, (sel.size, length), int(a[0]),
+                                          (int(a[1] - a[0]) if sel.size > 1 else 0, step))
+                else:
+                    fields[name] = rows_of(t.flatten(), starts[first:first + sel.size], length)
+            cnt = int(plan.count[sel[0]])
+            for name, t in channels.items():
+                q = t.shape[1]
+                fields[name] = rows_of(t.flatten(), plan.c0[sel] * q, cnt * q)
+            if partial is not None:
+                at = ((plan.piece[sel] * n_ + plan.n[sel]) * c_ + plan.c0[sel]) * 2
+                fields["partial"] = rows_of(partial.flatten(), at, cnt * 2)
+            ctx.graph.add_vertices(cs, codelet, fields, plan.tiles[sel])
+
+
+def _row_strides(t: Tensor) -> tuple[np.ndarray, int] | None:
+    """``(address of each row's first element, element step along the row)`` of a ``(1, C, P)``
+    indexed plane view whose rows are each one strided run (a ViT residual stream stored with
+    the batch innermost, seen as rows: its rows are not one strided view, but each row is): its
+    fields are then strided views of the address space, not gathers through the index."""
+    if t.is_strided or t.shape[0] != 1 or t.shape[2] < 2:
+        return None
+    index = t.addresses()[0]
+    step = index[0, 1] - index[0, 0]
+    if step < 1 or np.any(np.diff(index, axis=1) != step):
+        return None
+    return index[:, 0].astype(np.int64), int(step)
+
+
+def _strided_runs(plan: _Planes, group: np.ndarray, rowed: Mapping[str, Any]):
+    """The group's vertices as runs of one address step in every row-strided plane tensor
+    (``(selection, offset in the group)``); the whole group where there is none."""
+    if not rowed or plan.count[group[0]] != 1 or group.size < 3:
+        yield group, 0
+        return
+    change = np.zeros(group.size - 1, bool)  # change[k]: gap k (vertex k to k + 1) differs from gap k - 1
+    for base, _ in rowed.values():
+        gaps = np.diff(base[plan.c0[group]])
+        change[1:] |= gaps[1:] != gaps[:-1]
+    points = np.flatnonzero(change).tolist()
+    lo, cuts = 0, [0]
+    while lo < group.size:  # a run takes vertex lo and every next one while the gap stays lo's
+        at = bisect.bisect_right(points, lo)
+        hi = points[at] + 1 if at < len(points) else group.size
+        cuts.append(hi)
+        lo = hi
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        yield group[lo:hi], lo
 
 
 def _plane_partials(ctx: OpContext, plan: _Planes, suffix: str) -> Tensor:
