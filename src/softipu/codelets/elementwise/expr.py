@@ -176,12 +176,13 @@ def evaluate(node: Expr, operands: list[np.ndarray], out: np.ndarray | None = No
     return node.op.fn(*args, out=out)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Steps:
     """A typed expression as the steps :func:`evaluate` takes, each subexpression once (AdamW's
     ``cast<float32>(g)`` squared, GELU's widened input: equal subtrees share a step), made once
     for a codelet by :func:`steps_of`. Step i is ``nodes[i]`` over the values of the steps
-    ``args[i]``; after it the values of ``drop[i]`` are used no more."""
+    ``args[i]``; after it the values of ``drop[i]`` are used no more. Compared by value: a codelet
+    its factory makes again holds equal steps, which is how a saved executable names it."""
 
     nodes: tuple[Expr, ...]
     args: tuple[tuple[int, ...], ...]
