@@ -346,6 +346,9 @@ START_ORDER = {"bert_large": ("head", "encoder", "embedding"), "bert_base": ("he
 PEAK_HINT_MB = {
     ("bert_large", "head"): 600, ("bert_large", "encoder"): 1100, ("bert_large", "embedding"): 1300,
     ("bert_base", "head"): 900, ("bert_base", "encoder"): 1300, ("bert_base", "embedding"): 1700,
+    # ResNet-50 at batch 18 (stem 4,394, block0_0 4,778, block0_n 4,481, block1_0 2,376 MB: alone)
+    ("resnet50", "block1_n"): 1400, ("resnet50", "block2_0"): 1500, ("resnet50", "block2_n"): 1100,
+    ("resnet50", "block3_0"): 1000, ("resnet50", "block3_n"): 1000, ("resnet50", "head"): 700,
 }
 
 
