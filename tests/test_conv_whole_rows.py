@@ -91,7 +91,9 @@ def _window_block_sizes(n, h, tiles):
                    if grp.codelet.__name__.startswith("ConvWindow") for m in np.ravel(grp.fields["m"])})
 
 
-def test_window_blocks_of_whole_output_rows_where_no_slower():
+def test_window_blocks_of_whole_output_rows_where_no_slower(monkeypatch):
+    # These plans split K: their windows are read in place only with WINDOWS_FOR_K_SPLIT on.
+    monkeypatch.setattr(conv_mod, "WINDOWS_FOR_K_SPLIT", True)
     # [2, 16, 7, 7] 3x3 padding 1 on 4 tiles: M = 2 x 7 x 7 = 98. The best plan's M blocks of 25
     # pixels cost the same as blocks of whole 7-pixel rows (28 = 4 rows), so rows are taken:
     # blocks 28, 28, 28 and 98 - 84 = 14.

@@ -3,6 +3,8 @@ poplin's ``inChanSplit.parallel``: each K range's vertices read their kernel pos
 place and write partial sums, then one reduction adds ``k_split`` partials per output element.
 Figures worked out by hand; values against torch."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,12 @@ import torch
 import softipu as sp
 from softipu import program as P
 from softipu.ops.conv import conv
+
+
+@pytest.fixture(autouse=True)
+def _windows_for_k_split(monkeypatch):
+    """The path is switched off by default (ops/conv.py WINDOWS_FOR_K_SPLIT: engine speed)."""
+    monkeypatch.setattr(importlib.import_module("softipu.ops.conv"), "WINDOWS_FOR_K_SPLIT", True)
 
 
 def _build(n, c, h, o, dtype, tiles=16, options=None):

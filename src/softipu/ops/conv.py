@@ -411,7 +411,8 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
     direct = _pointwise_matrix(xp, inner)
     if direct is None and spec.m * spec.n and _windows_readable(xp, inner):
         pl, swapped = _plan(spec, opts, ctx.graph.target, grains, allow_swap=False)
-        if pl.fits and not swapped and pl.k_serial == 1 and _windows_no_larger(pl, xp, inner):
+        k_ok = pl.k_split == 1 or WINDOWS_FOR_K_SPLIT
+        if pl.fits and not swapped and pl.k_serial == 1 and k_ok and _windows_no_larger(pl, xp, inner):
             return _run_windows(ctx, pl, xp, rhs, inner)
     lhs = _Im2Col(xp, inner) if direct is None else _Operand(direct, np.arange(inner.groups))
     return _grouped(ctx, lhs, rhs, spec, opts, grains=grains, allow_swap=False)
@@ -446,6 +447,14 @@ def _windows_no_larger(pl: Plan, xp: Tensor, inner: _Inner) -> bool:
     v = _window_vertices(grids, _window_geometry(xp, inner))
     return int(np.max(v["x1"] - v["x0"])) <= _WINDOW_RANGE_LIMIT * pl.blocks[1] * pl.blocks[3]
 
+
+# Whether plans that split K (poplin's inChanSplit.parallel) read their windows in place, one
+# ConvWindow vertex per K range, as poplin does (it never builds an im2col matrix). Off: the engine
+# runs those vertices as many small GEMMs, and ONNX ResNet-50's later call went 0.21 -> 0.42 s
+# (bench/bench_onnx.py, 1.86x -> 3.75x onnxruntime, target 2x); on, ResNet-50 fp16 priced 2-6% faster
+# with up to 77 KiB less on the fullest tile. Turn on once the engine runs a K range's windows as
+# one GEMM.
+WINDOWS_FOR_K_SPLIT = False
 
 # [U] How much larger than its im2col block a window vertex's input range may be: the range's
 # extra elements (padding columns, the rows between a block's pixels) are received but not read.
