@@ -213,3 +213,15 @@ def family(dtype: sp.DType) -> dict[str, type[sp.Vertex]]:
         name: type(f"{name}_{dtype.name}", (sp.Vertex,), {**fields, "compute": staticmethod(fn)})
         for name, (fields, fn) in specs.items()
     }
+
+
+class Gather(sp.Vertex):
+    """out = sum of the parts (a vector list) scaled by ``k``."""
+
+    parts = sp.Input(sp.float32, sp.VECTOR_LIST)
+    out = sp.Output(sp.float32)
+    k = sp.Param(sp.int32)
+
+    @staticmethod
+    def compute(parts, out, k):
+        out[...] = sum(parts) * k

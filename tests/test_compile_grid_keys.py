@@ -8,23 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 import softipu as sp
+from codelets_for_tests import Gather
 from softipu import program as P
 from softipu.compiler import passes
 from softipu.compiler.structure import StructureKeys
 from softipu.ops.bulk import add_vertex_runs
-
-
-class Gather(sp.Vertex):
-    """out = sum of the parts (a vector list) scaled by ``k``."""
-
-    parts = sp.Input(sp.float32, sp.VECTOR_LIST)
-    out = sp.Output(sp.float32)
-    k = sp.Param(sp.int32)
-
-    @staticmethod
-    def compute(parts, out, k):
-        out[...] = sum(parts) * k
-
 
 KEY = np.array([0, 0, 1, 1, 2, 2])
 OUT = np.array([0, 10, 100, 110, 200, 210])  # a vertex steps 10, a row 100

@@ -6,19 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 import softipu as sp
+from codelets_for_tests import Gather
 from softipu.ops.bulk import add_vertex_runs
-
-
-class Gather(sp.Vertex):
-    """out = sum of the parts (a vector list) scaled by ``k``."""
-
-    parts = sp.Input(sp.float32, sp.VECTOR_LIST)
-    out = sp.Output(sp.float32)
-    k = sp.Param(sp.int32)
-
-    @staticmethod
-    def compute(parts, out, k):
-        out[...] = sum(parts) * k
 
 
 def _groups(g: sp.Graph, cs) -> list:
