@@ -49,6 +49,16 @@ def saved(path: Path, values: np.ndarray | None = None) -> Path:
     return path
 
 
+def exported_linear(path: Path) -> tuple[torch.nn.Module, st.Options, dict]:
+    """A Linear(4, 3) exported to ``path`` for a 4-tile IPU: the model, its options and the
+    export's manifest as JSON (tests damage it and write it back)."""
+    torch.manual_seed(0)
+    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4))
+    st.inference_model(net, opts).export(path, x)
+    return net, opts, json.loads((path / MANIFEST).read_text())
+
+
 @contextlib.contextmanager
 def within(seconds: float):
     """Fail (instead of hanging the suite) when the body takes over 10 s, and when over ``seconds``."""
@@ -146,11 +156,7 @@ def test_an_export_whose_key_parts_are_not_a_dict_is_a_frontend_error(parts, tmp
     load_exported when the export's recorded key parts were damaged into a list or a string."""
     from softipu.frontends.errors import FrontendError
 
-    torch.manual_seed(0)
-    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    opts = st.Options(target=sp.targets.ipu_model(tiles=4))
-    st.inference_model(net, opts).export(tmp_path / "e", x)
-    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    net, opts, manifest = exported_linear(tmp_path / "e")
     (export,) = [v for k, v in manifest["extra"]["di"] if k == "export"]
     (row,) = [kv for kv in export["di"] if kv[0] == "parts"]
     row[1] = parts
@@ -163,10 +169,7 @@ def test_an_export_whose_key_parts_are_not_a_dict_is_a_frontend_error(parts, tmp
 def test_a_huge_compute_set_or_function_id_is_refused_at_once(table, tmp_path):
     """Found by the campaign: a compute set id of 2**62 made the loader fill the graph's list with
     placeholders up to it (a hang, then memory exhaustion)."""
-    torch.manual_seed(0)
-    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    st.inference_model(net, st.Options(target=sp.targets.ipu_model(tiles=4))).export(tmp_path / "e", x)
-    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    _, _, manifest = exported_linear(tmp_path / "e")
     if table == "functions":  # an inference step has no function: add one naming the first program node
         manifest["functions"].append([0, "f", 0, manifest["programs"][0]])
     manifest[table][0][0] = 2**62
@@ -272,11 +275,7 @@ def test_an_export_whose_recorded_input_shape_is_not_sizes_is_a_frontend_error(s
     raised OverflowError from load_exported (and 2.5 was read as 2)."""
     from softipu.frontends.errors import FrontendError
 
-    torch.manual_seed(0)
-    net, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
-    opts = st.Options(target=sp.targets.ipu_model(tiles=4))
-    st.inference_model(net, opts).export(tmp_path / "e", x)
-    manifest = json.loads((tmp_path / "e" / MANIFEST).read_text())
+    net, opts, manifest = exported_linear(tmp_path / "e")
     (export,) = [v for k, v in manifest["extra"]["di"] if k == "export"]
     (signature,) = [v for k, v in export["di"] if k == "signature"]
     (leaves,) = [v for k, v in signature["di"] if k == "leaves"]
