@@ -136,8 +136,7 @@ class _TrainLowerer(_Lowerer):
         saved = 0
         saved_vars: set[int] = set()
         # Casts fused into the elementwise op next to them (not with offloading or placed blocks).
-        fuse_casts = FUSE_JOINT_CASTS and not self.offload.active \
-            and type(self).lower_node is _TrainLowerer.lower_node
+        fuse_casts = FUSE_JOINT_CASTS and not self.offload.active and self._one_placement
         # and the backward's elementwise chains, except when a floating-point trap must name its op
         self._chains = FUSE_BACKWARD_CHAINS and not opts.engine_options.get("debug.floatingPointExceptions")
         for node in j.gm.graph.nodes:
@@ -218,6 +217,12 @@ class _TrainLowerer(_Lowerer):
         if not isinstance(value, Pending):
             return value
         return _at_user_line(user_line(node), lambda: materialize(value, self.ctx, node))
+
+    @property
+    def _one_placement(self) -> bool:
+        """Whether every op is lowered into one program with one placement: the lowerers of
+        placed blocks and pipelines override ``lower_node`` to place ops per IPU."""
+        return type(self).lower_node is _TrainLowerer.lower_node
 
     def _placeholders(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Variables for the parameters and buffers, streams for the user inputs, and the loss
@@ -335,8 +340,7 @@ class _TrainLowerer(_Lowerer):
         self.ctx.phase = "upd/"
         outer, self.ctx.prog = self.ctx.prog, prog
         # one program, one placement: each bias correction computed once for every parameter
-        one = type(self).lower_node is _TrainLowerer.lower_node
-        self._scalars = {} if SHARE_UPDATE_SCALARS and one else None
+        self._scalars = {} if SHARE_UPDATE_SCALARS and self._one_placement else None
         try:
             for pnames in self._update_chunks(grads):
                 skeys = [k for k in state if k[0] in pnames]
