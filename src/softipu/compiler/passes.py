@@ -27,7 +27,7 @@ from softipu.compiler.replicas import (
     price_remote_copy,
     price_sync,
 )
-from softipu.compiler.structure import StructureKeys
+from softipu.compiler.structure import StructureKeys, grid_piece
 from softipu.debug import at
 from softipu.dtypes import DType
 from softipu.errors import CompileError, MappingError, ProgramError, SoftIPUError
@@ -316,7 +316,7 @@ def _batch_bulk(group: BulkGroup, start: int, grid: tuple[int, int] | None) -> l
 def _grid_piece(t: Tensor) -> tuple:
     """(graph, dtype, row shape, offset, row step, row strides) of a grid field (:func:`_grid_rows`):
     row ``r`` is the strided ``(size, n)`` view at ``offset + r * step``."""
-    offset, (_, size, n), (outer, step, _), _ = t.slabs.pieces[0]
+    offset, outer, size, n, step = grid_piece(t)
     return (t.graph, t.dtype, (size, n), offset, outer, (step, 1))
 
 

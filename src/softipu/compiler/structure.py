@@ -38,8 +38,16 @@ from softipu.graph.mapping import ResolvedMapping
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
 
-__all__ = ["Key", "StructureKeys"]
+__all__ = ["Key", "StructureKeys", "grid_piece"]
 
+
+
+def grid_piece(t: Tensor) -> tuple[int, int, int, int, int]:
+    """(offset, row step, size, n, size stride) of a grid field: its one slab piece ``(rows, size,
+    n)`` (``ops.bulk.add_vertex_runs``) holds row ``r`` as the strided ``(size, n)`` view at
+    ``offset + r * row step``, its ``size`` axis ``size stride`` elements apart."""
+    offset, (_, size, n), (outer, step, _), _ = t.slabs.pieces[0]
+    return offset, outer, size, n, step
 
 
 def _digest(*arrays: np.ndarray) -> bytes:
@@ -230,7 +238,7 @@ class StructureKeys:
             ts = value if isinstance(value, tuple) else (value,)
             fields.append((name, f.direction, len(ts)))
             for t in ts:
-                offset, (_, _, n), (outer, step, _), _ = t.slabs.pieces[0]
+                offset, outer, _, n, step = grid_piece(t)
                 pieces.append((offset, outer, size, n, step))
         fields = tuple(fields)
         per_row = [(f.dtype, len(row.tensors(name)))
