@@ -297,7 +297,7 @@ class TrainingModel:
         zeros = fresh and not eng.storage.poison
         for slot in self._spec.state:  # where the state lives: on chip, off chip, sharded (locations.py)
             key = (slot.param_name, slot.name)
-            if zeros and (plan is None or key not in plan.remote) and not np.any(slot.initial):
+            if zeros and (plan is None or key not in plan.remote) and _all_zero_bits(slot.initial):
                 continue
             write_state(eng, low, key, np.broadcast_to(slot.initial, slot.shape))
         eng.write_tensor(low.step, np.zeros((), np.float32))
@@ -577,3 +577,8 @@ def training_model(module: torch.nn.Module, optimizer: Any = None,
     """``module`` trained by ``optimizer`` (default ``poptorch.optim.SGD(lr=0.01)``) on a simulated IPU;
     see :class:`TrainingModel`."""
     return TrainingModel(module, optimizer, options)
+
+
+def _all_zero_bits(value: Any) -> bool:
+    """Whether every bit of ``value`` is 0, as untouched engine memory reads (a -0.0 is not)."""
+    return not np.ascontiguousarray(value).view(np.uint8).any()
