@@ -9,7 +9,8 @@ import pytest
 import softipu as sp
 from softipu import program as P
 from softipu.ops.common import tile_regions
-from softipu.ops.reduce import _fewer_pieces, reduce_sum
+from softipu.ops.reduce import reduce_sum
+from softipu.ops.reduce_layout import fewer_pieces as _fewer_pieces
 
 
 def test_successive_outer_reductions_receive_on_different_tiles_and_match_numpy() -> None:

@@ -23,7 +23,6 @@ NaN propagates through max and min like numpy.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,13 @@ from softipu.codelets.reduce import (
     rows_codelet,
     segments_codelet,
 )
-from softipu.dtypes import DType, bool_, int32
+from softipu.dtypes import DType, as_dtype, bool_, float16, float32, int32
+from softipu.errors import DTypeError
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.mapping import map_linearly
+from softipu.ops.reduce_layout import Canonical, by_layout, canonical, normalize_dims, storage_order
 from softipu.ops.reduce_stages import (
     PartialRows,
     even_runs,
@@ -62,39 +63,21 @@ __all__ = ["ReduceOp", "reduce", "reduce_sum", "reduce_mean", "reduce_max", "red
 _OPTIONS = {"keepdims": False}
 
 
-@dataclass(frozen=True, slots=True)
-class _Canonical:
-    """The input as ``(A, R, B)``: output ``(a, b)`` reduces ``view[a, :, b]``.
-
-    With ``wrap`` (an inner reduction, ``B == 1``) the view is ``(R1, A, R2)`` in memory order
-    instead: runs of ``seg = R2`` elements belong to output ``run % A`` (reduced dims on both
-    sides of the kept ones, as batch norm's). Otherwise ``seg == R``.
-    """
-
-    view: Tensor
-    A: int
-    R: int
-    B: int
-    seg: int = 0
-    wrap: bool = False
-
-    @property
-    def flat(self) -> Tensor:
-        return self.view.reshape(-1)
-
-    @property
-    def period(self) -> int:
-        return self.seg or self.R
-
-
 def reduce(graph: Graph, x: Tensor, prog: Any, *, dims: int | Sequence[int] | None = None,
-           op: ReduceOp = ReduceOp.ADD, name: str = "", options: dict | None = None) -> Tensor:
+           op: ReduceOp = ReduceOp.ADD, name: str = "", options: dict | None = None,
+           out_dtype: DType | None = None) -> Tensor:
     """Reduce ``x`` over ``dims`` (all dims when None) with ``op``; popops ``reduce``.
 
     Options: ``keepdims`` (bool, default False) keeps the reduced dims with size 1.
 
-    The result has ``x``'s dtype; fp16 inputs are accumulated in fp32. Reducing no elements
-    gives the operator's identity (0, 1, -inf, +inf, True, False).
+    The result has ``out_dtype`` (default ``x``'s dtype; popops ``reduce(graph, in, outType,
+    dims, params)``): fp16 inputs are accumulated in fp32, and the last stage's vertices write
+    the fp32 accumulator straight in ``out_dtype``, rounded once (no cast compute set). A float
+    input may give either float type; other dtypes give their own. For fp32 input and fp16
+    output this is bitwise ``reduce`` then a cast (which rounds the same fp32 result once); for
+    fp16 input and fp32 output it is the unrounded fp32 accumulator, where ``reduce`` then a cast
+    keeps the fp16 rounding (the cast itself is exact). Reducing no elements gives the
+    operator's identity (0, 1, -inf, +inf, True, False).
 
     >>> import numpy as np, softipu as sp
     >>> from softipu import program as P
@@ -108,20 +91,21 @@ def reduce(graph: Graph, x: Tensor, prog: Any, *, dims: int | Sequence[int] | No
     array([ 4.,  9., 14.], dtype=float32)
     """
     ctx = OpContext.start(graph, prog, "reduce", name, x)
-    return _reduce(ctx, x, dims, op, options, scale=None)
+    return _reduce(ctx, x, dims, op, options, scale=None, out_dtype=out_dtype)
 
 
 def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
-            scale: str | None) -> Tensor:
+            scale: str | None, out_dtype: DType | None) -> Tensor:
     opts = parse_options(ctx, options, _OPTIONS)
     if not isinstance(op, ReduceOp):
         raise ctx.error(f"op must be a ReduceOp ({', '.join(o.name for o in ReduceOp)}), got {op!r}")
     _check_dtype(ctx, x.dtype, op)
-    axes = _normalize_dims(ctx, x, dims)
-    stored, stored_axes = _storage_order(x, axes)
-    cv = _by_layout(ctx.graph, stored, stored_axes, _canonical(stored, stored_axes), stored is not x)
+    out_dtype = _check_out_dtype(ctx, x, out_dtype)
+    axes = normalize_dims(ctx, x, dims)
+    stored, stored_axes = storage_order(x, axes)
+    cv = by_layout(ctx.graph, stored, stored_axes, canonical(stored, stored_axes), stored is not x)
     out_shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-    out = _output(ctx, cv, x.dtype, out_shape)
+    out = _output(ctx, cv, out_dtype, out_shape)
     factor = 1.0
     if scale == "mean":
         factor = 1.0 / cv.R if cv.R else float("nan")
@@ -131,7 +115,7 @@ def _reduce(ctx: OpContext, x: Tensor, dims: Any, op: Any, options: dict | None,
     return out
 
 
-def _output(ctx: OpContext, cv: _Canonical, dtype: DType, shape: tuple[int, ...]) -> Tensor:
+def _output(ctx: OpContext, cv: Canonical, dtype: DType, shape: tuple[int, ...]) -> Tensor:
     """The result, mapped linearly in vector-sized grains.
 
     An outer reduction's stage 2 reduces one row of partials per input tile for every output:
@@ -154,6 +138,25 @@ def _output(ctx: OpContext, cv: _Canonical, dtype: DType, shape: tuple[int, ...]
     return out
 
 
+def _check_out_dtype(ctx: OpContext, x: Tensor, out_dtype: Any) -> DType:
+    """``out_dtype`` (``x``'s dtype when None): float inputs give float16 or float32, others
+    their own dtype."""
+    if out_dtype is None:
+        return x.dtype
+    try:
+        out_dtype = as_dtype(out_dtype)
+    except DTypeError:
+        raise ctx.error(f"out_dtype must be a dtype (sp.float16, sp.float32, ...), "
+                        f"got {out_dtype!r}") from None
+    if out_dtype is x.dtype:
+        return out_dtype
+    if not (x.dtype.is_float and out_dtype in (float16, float32)):
+        allowed = "float16 or float32" if x.dtype.is_float else f"{x.dtype} (its own dtype)"
+        raise ctx.error(f"out_dtype {out_dtype} for {x.dtype} tensor {x.name}: a reduce of {x.dtype} "
+                        f"writes {allowed}; cast the input or the result instead")
+    return out_dtype
+
+
 def _check_dtype(ctx: OpContext, dtype: DType, op: ReduceOp) -> None:
     if op.is_logical and dtype is not bool_:
         raise ctx.error(f"{op.name} reduces bool tensors, got {dtype}; compare first to get bools")
@@ -163,118 +166,8 @@ def _check_dtype(ctx: OpContext, dtype: DType, op: ReduceOp) -> None:
                         "cast to a number first")
 
 
-def _normalize_dims(ctx: OpContext, x: Tensor, dims: Any) -> tuple[int, ...]:
-    if dims is None:
-        return tuple(range(x.ndim))
-    raw = (dims,) if not isinstance(dims, (tuple, list)) else tuple(dims)
-    try:
-        raw = tuple(operator.index(d) for d in raw)
-    except TypeError:
-        raise ctx.error(f"dims must be ints, got {dims!r}") from None
-    for d in raw:
-        if not -x.ndim <= d < x.ndim:
-            raise ctx.error(f"dim {d} is out of range for {x.name} of shape {x.shape}")
-    axes = tuple(sorted(d % x.ndim for d in raw))
-    if len(set(axes)) != len(axes):
-        raise ctx.error(f"dims {dims!r} name a dimension twice (shape {x.shape})")
-    return axes
 
-
-def _storage_order(x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
-    """``x`` with its dims in the order its elements lie in memory, and the reduced dims there.
-
-    popops plans a reduction over the input's contiguous regions on each tile
-    (ReductionPlan.cpp / Reduction.cpp: ``getSortedContiguousRegions`` of each tile's mapping),
-    not over the logical view: a transposed view (a matmul's logits stored ``(vocab, tokens)``,
-    read ``(tokens, vocab)``) reduces over the same address runs as its storage. Planned over the
-    logical view, every element of such a view would be a piece of its own (an interval each:
-    16.8 M for a GPT-2 head's logits). Used only when the permuted view is contiguous and keeps
-    the kept dims in their order (the output's elements then come in the same order).
-    """
-    if not x.is_strided or x.ndim < 2 or x.is_contiguous():
-        return x, axes
-    big = [d for d in range(x.ndim) if x.shape[d] != 1]
-    if any(x.strides[d] <= 0 for d in big):
-        return x, axes
-    perm = sorted(big, key=lambda d: -x.strides[d]) + [d for d in range(x.ndim) if x.shape[d] == 1]
-    kept = [d for d in perm if d not in axes and x.shape[d] != 1]
-    stored = x.transpose(perm)
-    if kept != sorted(kept) or not stored.is_contiguous():
-        return x, axes
-    return stored, tuple(sorted(perm.index(d) for d in axes))
-
-
-def _canonical(x: Tensor, axes: tuple[int, ...]) -> _Canonical:
-    shape = x.shape
-    r = _prod(shape[d] for d in axes)
-    if not axes or axes == tuple(range(axes[0], axes[-1] + 1)):
-        lo, hi = (axes[0], axes[-1] + 1) if axes else (x.ndim, x.ndim)
-        a, b = _prod(shape[:lo]), _prod(shape[hi:])
-        if not axes:
-            a, b = a * b, 1
-        return _Canonical(x.reshape(a, r, b), a, r, b)
-    kept = [d for d in range(x.ndim) if d not in axes]
-    m = _prod(shape[d] for d in kept)
-    if kept == list(range(kept[0], kept[-1] + 1)):  # reduced dims before and after the kept ones
-        r1, r2 = _prod(shape[: kept[0]]), _prod(shape[kept[-1] + 1 :])
-        return _Canonical(x.reshape(r1, m, r2), m, r, 1, seg=r2, wrap=True)
-    return _Canonical(x.transpose(kept + list(axes)).reshape(m, r, 1), m, r, 1)
-
-
-def _by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: _Canonical,
-               reordered: bool = False) -> _Canonical:
-    """An inner reduction seen as popops sees every reduction, ``(1, R, M)`` with the outputs
-    inner (popops ``reduce`` shuffles the reduced dims outermost), when the input's tile mapping
-    makes that view's pieces fewer: a channels-last layout (a convolution's output) holds each
-    output's elements on many tiles, one element per piece in the ``(M, R)`` view, but long runs
-    of outputs in the ``(R, M)`` one (ResNet-50's global average pool: 273 one-element pieces per
-    tile at batch 4, each a vertex, against one run of 273 outputs)."""
-    if cv.B != 1 or cv.R <= 1 or cv.A <= 1 or not axes or len(axes) == x.ndim:
-        return cv
-    kept = [d for d in range(x.ndim) if d not in axes]
-    view = x.transpose(list(axes) + kept).reshape(1, cv.R, cv.A)
-    if view.is_contiguous():
-        # popops' view's pieces are the mapping's intervals (no lookup per element): switch when
-        # the inner view has more pieces than those and than outputs, counted only that far.
-        alt = tile_regions(graph, view)[0].size
-        rows = cv.view.reshape(-1, cv.view.shape[-1])  # read in runs of its innermost dim
-        return cv if _fewer_pieces(graph, rows, max(alt, cv.A) + 1) else _Canonical(view, 1, cv.R, cv.A)
-    if reordered and cv.view.is_contiguous():
-        # A view put in storage order: the pieces are the storage's runs (popops' contiguous
-        # regions); the user's view, (R, M) here, would look up every element's tile and address
-        # (a logits tensor's 100 M).
-        # NOTE: each run is a ReduceSegments vertex here, popops reduces a tile's runs in one
-        # ContinuousReduce a worker: many short runs a tile cost more vertex overhead than popops'.
-        return cv
-    inner = tile_regions(graph, cv.view)[0].size
-    if inner * cv.R <= x.numel:  # pieces already average a whole reduction or more
-        return cv
-    if not _fewer_pieces(graph, view[0], inner):
-        return cv
-    return _Canonical(view, 1, cv.R, cv.A)
-
-
-def _fewer_pieces(graph: Graph, rows: Tensor, limit: int) -> bool:
-    """Whether the tile mapping cuts ``rows`` (flattened) into fewer than ``limit`` pieces, as
-    ``tile_regions`` counts them. The tiles are read a growing block of rows at a time and the
-    count stops at ``limit``: a row-major layout seen transposed (a vocabulary-wide logits
-    tensor's, tens of millions of elements) has a piece every few elements and is refused after
-    its first rows, not after a tile lookup per element."""
-    pieces, last, r, block = 0, None, 0, max(1, -(-limit // max(1, rows.shape[1])))
-    while r < rows.shape[0] and pieces < limit:
-        tiles = graph.tile_of(rows[r : min(r + block, rows.shape[0])]).reshape(-1)
-        if tiles.size:
-            pieces += int(np.count_nonzero(tiles[1:] != tiles[:-1])) + (tiles[0] != last)
-            last = tiles[-1]
-        r, block = r + block, 2 * block
-    return pieces < limit
-
-
-def _prod(values) -> int:
-    return int(np.prod(list(values), dtype=np.int64))
-
-
-def _plan(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+def _plan(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
     if out.numel == 0:
         return
     if cv.R == 0:
@@ -323,7 +216,7 @@ def _split_at(starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray, period
 
 
 # -- inner reductions: B == 1 ------------------------------------------------------------------------
-def _plan_inner(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+def _plan_inner(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
     graph, dtype, r = ctx.graph, cv.view.dtype, cv.period
     partial = partials_dtype(dtype)
     starts, lengths, tiles = tile_regions(graph, cv.view)
@@ -384,7 +277,7 @@ def _gather_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, out
 
 
 # -- outer reductions: B > 1 -------------------------------------------------------------------------
-def _plan_outer(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
+def _plan_outer(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale: float) -> None:
     graph, dtype, r, b = ctx.graph, cv.view.dtype, cv.R, cv.B
     partial = partials_dtype(dtype)
     starts, lengths, tiles = _split_at(*tile_regions(graph, cv.view), r * b)
@@ -499,7 +392,7 @@ def _even_folds(s: np.ndarray, begin: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(cuts))
 
 
-def _fold_stage(ctx: OpContext, cs: Any, cv: _Canonical, op: ReduceOp, fold: _Fold,
+def _fold_stage(ctx: OpContext, cs: Any, cv: Canonical, op: ReduceOp, fold: _Fold,
                 pieces: tuple[np.ndarray, np.ndarray, np.ndarray], rows: tuple[Tensor, np.ndarray],
                 b: int) -> None:
     """Stage 1 for the folds: one ``ReduceColumnsRaw`` vertex per fold, reducing its pieces (rows
@@ -571,7 +464,7 @@ def _columns_stage(ctx: OpContext, op: ReduceOp, partial: DType, out: Tensor, lo
     ctx.execute(cs2)
 
 
-def _raw_columns_stage(ctx: OpContext, cv: _Canonical, op: ReduceOp, out: Tensor,
+def _raw_columns_stage(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor,
                        scale: float) -> None:
     """The only stage: each output run reduces its ``R`` input rows where the output lives."""
     graph, r, b = ctx.graph, cv.R, cv.B
@@ -612,16 +505,16 @@ def _addresses(flat: Tensor, positions: np.ndarray) -> np.ndarray:
 # -- conveniences -------------------------------------------------------------------------------------
 def _convenience(op_name: str, op: ReduceOp, scale: str | None = None):
     def fn(graph: Graph, x: Tensor, prog: Any, *, dims: int | Sequence[int] | None = None,
-           name: str = "", options: dict | None = None) -> Tensor:
+           name: str = "", options: dict | None = None, out_dtype: DType | None = None) -> Tensor:
         ctx = OpContext.start(graph, prog, op_name, name, x)
         if scale == "mean" and not x.dtype.is_float:
             raise ctx.error(f"the mean of {x.dtype} tensor {x.name} is not representable in its "
                             "dtype; cast to a float type first")
-        return _reduce(ctx, x, dims, op, options, scale)
+        return _reduce(ctx, x, dims, op, options, scale, out_dtype)
 
     fn.__name__ = fn.__qualname__ = op_name
     fn.__doc__ = (f"``reduce(..., op=ReduceOp.{op.name})``{' divided by the count' if scale else ''}"
-                  f" over ``dims`` (all when None); options as :func:`reduce`.\n\n"
+                  f" over ``dims`` (all when None); options and ``out_dtype`` as :func:`reduce`.\n\n"
                   f"    >>> import softipu as sp\n"
                   f"    >>> from softipu import program as P\n"
                   f"    >>> from softipu.ops.reduce import {op_name}\n"
@@ -680,15 +573,15 @@ def _arg(ctx: OpContext, x: Tensor, dim: Any, largest: bool, options: dict | Non
     opts = parse_options(ctx, options, _OPTIONS)
     if x.ndim == 0:
         raise ctx.error(f"{ctx.op} needs at least one dimension; {x.name} is 0-d")
-    (axis,) = _normalize_dims(ctx, x, dim)
+    (axis,) = normalize_dims(ctx, x, dim)
     if x.shape[axis] == 0:
         raise ctx.error(f"{ctx.op} over dim {axis} of {x.name} {x.shape}: the dim is empty")
     if x.dtype is bool_:
         raise ctx.error(f"{ctx.op} of bool tensor {x.name}: cast to a number first")
-    cv = _canonical(x, (axis,))
+    cv = canonical(x, (axis,))
     if cv.B != 1:  # move the axis last: every output's elements form one segment
         kept = [d for d in range(x.ndim) if d != axis]
-        cv = _Canonical(x.transpose(kept + [axis]).reshape(cv.A * cv.B, cv.R, 1), cv.A * cv.B,
+        cv = Canonical(x.transpose(kept + [axis]).reshape(cv.A * cv.B, cv.R, 1), cv.A * cv.B,
                         cv.R, 1)
     out_shape = tuple(d for i, d in enumerate(x.shape) if i != axis)
     out = ctx.output(int32, out_shape)
@@ -699,7 +592,7 @@ def _arg(ctx: OpContext, x: Tensor, dim: Any, largest: bool, options: dict | Non
     return out
 
 
-def _plan_arg(ctx: OpContext, cv: _Canonical, largest: bool, out: Tensor) -> None:
+def _plan_arg(ctx: OpContext, cv: Canonical, largest: bool, out: Tensor) -> None:
     graph, dtype, r = ctx.graph, cv.view.dtype, cv.R
     starts, lengths, tiles = tile_regions(graph, cv.view)
     segments = (starts + lengths - 1) // r - starts // r + 1
