@@ -156,9 +156,21 @@ def norm_grad_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> ty
 
 # -- batch norm: channel blocks of one sample ----------------------------------------------------
 # A vertex holds ``cb`` channels x ``L`` spatial elements of one sample; per-channel vectors
-# (``shift``, ``mean``, ``weight`` ...) have length ``cb``.
+# (``shift``, ``mean``, ``weight`` ...) have length ``cb``. With ``pixels`` (an activation stored
+# channels innermost, ops/nn/norm_pixels.py) a vertex's field is ``L`` pixels x ``cb`` channels
+# instead, pixel by pixel: the same arithmetic per element, read through a transposed view.
+def _by_channel(a: np.ndarray, cb: int, pixels: bool) -> np.ndarray:
+    """A vertex field ``(..., cb * L)`` as ``(..., cb, L)``: channel-major, or a view of the
+    pixel-major ``(..., L, cb)`` (writes through it land in place)."""
+    return a.reshape(*a.shape[:-1], -1, cb).swapaxes(-1, -2) if pixels else _split(a, cb)
+
+
+def _layout(name: str, pixels: bool) -> str:
+    return name.replace("Plane", "Pixel") if pixels else name
+
+
 @cache
-def plane_moments_codelet(dtype: DType) -> type[Vertex]:
+def plane_moments_codelet(dtype: DType, pixels: bool = False) -> type[Vertex]:
     """``partial = [sum(x - shift), sum((x - shift)^2)]`` per channel, fp32. ``shift`` is 0 in
     the one-pass statistics and the first-pass mean in the stable (two-pass) ones."""
 
@@ -170,7 +182,7 @@ def plane_moments_codelet(dtype: DType) -> type[Vertex]:
         @staticmethod
         def compute(x, shift, partial):
             cb = shift.shape[-1]
-            d = _split(_f32(x), cb) - shift[..., None]
+            d = _by_channel(_f32(x), cb, pixels) - shift[..., None]
             p = _split(partial, cb)
             p[..., 0] = d.sum(axis=-1, dtype=np.float32)
             p[..., 1] = (d * d).sum(axis=-1, dtype=np.float32)
@@ -183,7 +195,7 @@ def plane_moments_codelet(dtype: DType) -> type[Vertex]:
         def flops(x, shift, partial, target):
             return 4 * x
 
-    return _named(PlaneMoments, f"PlaneMoments<{dtype.name}>")
+    return _named(PlaneMoments, f"{_layout('PlaneMoments', pixels)}<{dtype.name}>")
 
 
 class BatchNormStatsFinish(Vertex):
@@ -282,7 +294,8 @@ def layer_norm_apply_codelet(dtype: DType, wdtype: DType) -> type[Vertex]:
 
 
 @cache
-def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type[Vertex]:
+def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType,
+                             pixels: bool = False) -> type[Vertex]:
     """``out = (x - mean) / sqrt(var + eps) * weight + bias`` per channel (``cb`` channels)."""
 
     class BatchNormApply(Vertex):
@@ -299,7 +312,8 @@ def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type
             cb = mean.shape[-1]
             scale = _f32(weight) / np.sqrt(_f32(var) + np.float32(_param(eps)))
             shift = _f32(bias) - _f32(mean) * scale
-            _split(out, cb)[...] = _split(_f32(x), cb) * scale[..., None] + shift[..., None]
+            res = _by_channel(_f32(x), cb, pixels) * scale[..., None] + shift[..., None]
+            _by_channel(out, cb, pixels)[...] = res
 
         @staticmethod
         def cycles(x, mean, var, weight, bias, out, eps, target):
@@ -316,11 +330,12 @@ def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type
         def flops(x, mean, var, weight, bias, out, eps, target):
             return 2 * x
 
-    return _named(BatchNormApply, f"BatchNormApply<{dtype.name},{sdtype.name},{wdtype.name}>")
+    kind = "BatchNormPixelApply" if pixels else "BatchNormApply"
+    return _named(BatchNormApply, f"{kind}<{dtype.name},{sdtype.name},{wdtype.name}>")
 
 
 @cache
-def batch_norm_grad_sums_codelet(dtype: DType, sdtype: DType) -> type[Vertex]:
+def batch_norm_grad_sums_codelet(dtype: DType, sdtype: DType, pixels: bool = False) -> type[Vertex]:
     """``partial = [sum(dy), sum(dy * xhat)]`` per channel, ``xhat = (x - mean) / sqrt(var + eps)``."""
 
     class BatchNormGradSums(Vertex):
@@ -335,8 +350,8 @@ def batch_norm_grad_sums_codelet(dtype: DType, sdtype: DType) -> type[Vertex]:
         def compute(dy, x, mean, var, partial, eps):
             cb = mean.shape[-1]
             rstd = np.float32(1) / np.sqrt(_f32(var) + np.float32(_param(eps)))
-            xhat = (_split(_f32(x), cb) - _f32(mean)[..., None]) * rstd[..., None]
-            g = _split(_f32(dy), cb)
+            xhat = (_by_channel(_f32(x), cb, pixels) - _f32(mean)[..., None]) * rstd[..., None]
+            g = _by_channel(_f32(dy), cb, pixels)
             p = _split(partial, cb)
             p[..., 0] = g.sum(axis=-1, dtype=np.float32)
             p[..., 1] = (g * xhat).sum(axis=-1, dtype=np.float32)
@@ -349,7 +364,8 @@ def batch_norm_grad_sums_codelet(dtype: DType, sdtype: DType) -> type[Vertex]:
         def flops(dy, x, mean, var, partial, eps, target):
             return 5 * x
 
-    return _named(BatchNormGradSums, f"BatchNormGradSums<{dtype.name},{sdtype.name}>")
+    kind = "BatchNormPixelGradSums" if pixels else "BatchNormGradSums"
+    return _named(BatchNormGradSums, f"{kind}<{dtype.name},{sdtype.name}>")
 
 
 @cache
@@ -379,7 +395,8 @@ def batch_norm_grad_finish_codelet(wdtype: DType) -> type[Vertex]:
 
 
 @cache
-def batch_norm_grad_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) -> type[Vertex]:
+def batch_norm_grad_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType,
+                                  pixels: bool = False) -> type[Vertex]:
     """``dx = weight * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))`` per channel, the means
     coming in ``coef``."""
 
@@ -398,9 +415,9 @@ def batch_norm_grad_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) ->
             cb = mean.shape[-1]
             rstd = (np.float32(1) / np.sqrt(_f32(var) + np.float32(_param(eps))))[..., None]
             c = _split(coef, cb)
-            xhat = (_split(_f32(x), cb) - _f32(mean)[..., None]) * rstd
-            res = _split(_f32(dy), cb) - c[..., 0:1] - xhat * c[..., 1:2]
-            _split(dx, cb)[...] = res * (rstd * _f32(weight)[..., None])
+            xhat = (_by_channel(_f32(x), cb, pixels) - _f32(mean)[..., None]) * rstd
+            res = _by_channel(_f32(dy), cb, pixels) - c[..., 0:1] - xhat * c[..., 1:2]
+            _by_channel(dx, cb, pixels)[...] = res * (rstd * _f32(weight)[..., None])
 
         @staticmethod
         def cycles(dy, x, mean, var, weight, coef, dx, eps, target):
@@ -410,4 +427,5 @@ def batch_norm_grad_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType) ->
         def flops(dy, x, mean, var, weight, coef, dx, eps, target):
             return 6 * x
 
-    return _named(BatchNormGradApply, f"BatchNormGradApply<{dtype.name},{sdtype.name},{wdtype.name}>")
+    kind = "BatchNormPixelGradApply" if pixels else "BatchNormGradApply"
+    return _named(BatchNormGradApply, f"{kind}<{dtype.name},{sdtype.name},{wdtype.name}>")

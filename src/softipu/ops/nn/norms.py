@@ -40,6 +40,7 @@ from softipu.ops.nn._common import (
     _vertex_output,
 )
 from softipu.ops.nn.norm_pieces import layer_norm_pieces
+from softipu.ops.nn.norm_pixels import Pixels, plan_pixels
 
 __all__ = ["layer_norm", "layer_norm_grad", "group_norm", "group_norm_grad", "batch_norm",
            "batch_norm_training", "batch_norm_grad"]
@@ -480,6 +481,30 @@ def _channel_sums(ctx: OpContext, plan: _Planes, partial: Tensor) -> Tensor:
     return _sum_rows(ctx, partial.reshape(plan.pieces * n, c * 2), grain=2)
 
 
+def _plan_of(ctx: OpContext, x3: Tensor, *others: Tensor) -> _Planes | Pixels:
+    """Blocks of pixels where ``x3`` and ``others`` are stored channels innermost (a convolution's
+    output: ops/nn/norm_pixels.py, popnn's statistics and channel ops over the activations' own
+    mapping), else planes of one channel of a sample."""
+    return plan_pixels(ctx, x3, *others) or _plan_planes(ctx, x3)
+
+
+def _add_any(ctx: OpContext, cs: ComputeSet, codelet: type, plan: _Planes | Pixels,
+             planes: Mapping[str, Tensor], channels: Mapping[str, Tensor],
+             partial: Tensor | None = None, params: Mapping[str, Any] | None = None) -> None:
+    if isinstance(plan, Pixels):
+        plan.add(ctx, cs, codelet, planes, channels, partial, params)
+    else:
+        _add_planes(ctx, cs, codelet, plan, planes, channels, partial, params)
+
+
+def _partials_of(ctx: OpContext, plan: _Planes | Pixels, suffix: str) -> Tensor:
+    return plan.partials(ctx, suffix) if isinstance(plan, Pixels) else _plane_partials(ctx, plan, suffix)
+
+
+def _sums_of(ctx: OpContext, plan: _Planes | Pixels, partial: Tensor) -> Tensor:
+    return plan.sums(ctx, partial) if isinstance(plan, Pixels) else _channel_sums(ctx, plan, partial)
+
+
 def _bn_input(ctx: OpContext, x: Tensor, *vectors: tuple[Tensor | None, str]):
     _check_float(ctx, x)
     if x.ndim < 2:
@@ -530,13 +555,13 @@ def batch_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
 
 
 def _bn_apply(ctx: OpContext, x: Tensor, out: Tensor, mean: Tensor, var: Tensor, weight: Tensor,
-              bias: Tensor, eps: float, plan: _Planes | None = None) -> None:
+              bias: Tensor, eps: float, plan: _Planes | Pixels | None = None) -> None:
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)
-    plan = plan or _plan_planes(ctx, x3)
+    plan = plan or _plan_of(ctx, x3, out.reshape(x3.shape))
     cs = ctx.compute_set("apply")
-    codelet = C.batch_norm_apply_codelet(x.dtype, mean.dtype, weight.dtype)
-    _add_planes(ctx, cs, codelet, plan, {"x": x3, "out": out.reshape(x3.shape)},
+    codelet = C.batch_norm_apply_codelet(x.dtype, mean.dtype, weight.dtype, isinstance(plan, Pixels))
+    _add_any(ctx, cs, codelet, plan, {"x": x3, "out": out.reshape(x3.shape)},
                 {k: t.reshape(c, 1) for k, t in (("mean", mean), ("var", var), ("weight", weight),
                                                  ("bias", bias))}, params={"eps": float(eps)})
     ctx.execute(cs)
@@ -574,7 +599,7 @@ def batch_norm_training(graph: Graph, x: Tensor, weight: Tensor | None, bias: Te
     if x.numel == 0:
         return out, *(_constant(ctx, float32, (c,), np.nan, s) for s in ("mean", "var"))
     x3 = x.reshape(n, c, p)
-    plan = _plan_planes(ctx, x3)
+    plan = _plan_of(ctx, x3, out.reshape(n, c, p))
     mean, var = _bn_statistics(ctx, plan, x3, _constant(ctx, float32, (c,), 0.0, "zeros"), "moments")
     if opts["stable_algorithm"]:
         mean, var = _bn_statistics(ctx, plan, x3, mean, "centred_moments")
@@ -584,15 +609,15 @@ def batch_norm_training(graph: Graph, x: Tensor, weight: Tensor | None, bias: Te
     return out, mean, var
 
 
-def _bn_statistics(ctx: OpContext, plan: _Planes, x3: Tensor, shift: Tensor, stage: str):
+def _bn_statistics(ctx: OpContext, plan: _Planes | Pixels, x3: Tensor, shift: Tensor, stage: str):
     """(mean, biased var) per channel from the moments of ``x - shift``."""
-    n, c, p = plan.shape
-    partial = _plane_partials(ctx, plan, f"{stage}/partials")
+    n, c, p = x3.shape
+    partial = _partials_of(ctx, plan, f"{stage}/partials")
     cs = ctx.compute_set(stage)
-    _add_planes(ctx, cs, C.plane_moments_codelet(x3.dtype), plan, {"x": x3},
-                {"shift": shift.reshape(c, 1)}, partial)
+    _add_any(ctx, cs, C.plane_moments_codelet(x3.dtype, isinstance(plan, Pixels)), plan, {"x": x3},
+             {"shift": shift.reshape(c, 1)}, partial)
     ctx.execute(cs)
-    sums = _channel_sums(ctx, plan, partial)
+    sums = _sums_of(ctx, plan, partial)
     blocks = _blocks_of(ctx, sums, 2)
     mean, var = (_block_output(ctx, blocks, float32, c, 1, f"{stage}/{s}") for s in ("mean", "var"))
     cs = ctx.compute_set(f"{stage}/finish")
@@ -634,14 +659,15 @@ def batch_norm_grad(graph: Graph, grad_out: Tensor, x: Tensor, mean: Tensor, var
         return dx, zeros, zeros
     w = weight if weight is not None else _constant(ctx, wdtype, (c,), 1.0, "ones")
     x3, dy3 = x.reshape(n, c, p), grad_out.reshape(n, c, p)
-    plan = _plan_planes(ctx, x3)
+    plan = _plan_of(ctx, x3, dy3, dx.reshape(n, c, p))
+    pixels = isinstance(plan, Pixels)
     stats = {"mean": mean.reshape(c, 1), "var": var.reshape(c, 1)}
-    partial = _plane_partials(ctx, plan, "partials")
+    partial = _partials_of(ctx, plan, "partials")
     cs = ctx.compute_set("sums")
-    _add_planes(ctx, cs, C.batch_norm_grad_sums_codelet(x.dtype, mean.dtype), plan,
-                {"dy": dy3, "x": x3}, stats, partial, params={"eps": float(eps)})
+    _add_any(ctx, cs, C.batch_norm_grad_sums_codelet(x.dtype, mean.dtype, pixels), plan,
+             {"dy": dy3, "x": x3}, stats, partial, params={"eps": float(eps)})
     ctx.execute(cs)
-    sums = _channel_sums(ctx, plan, partial)
+    sums = _sums_of(ctx, plan, partial)
     blocks = _blocks_of(ctx, sums, 2)
     coef = _block_output(ctx, blocks, float32, c, 2, "coef")
     dweight, dbias = (_block_output(ctx, blocks, wdtype, c, 1, s) for s in ("dweight", "dbias"))
@@ -651,9 +677,9 @@ def batch_norm_grad(graph: Graph, grad_out: Tensor, x: Tensor, mean: Tensor, var
                 params={"count": float(n * p)})
     ctx.execute(cs)
     cs = ctx.compute_set("dx")
-    _add_planes(ctx, cs, C.batch_norm_grad_apply_codelet(x.dtype, mean.dtype, wdtype), plan,
-                {"dy": dy3, "x": x3, "dx": dx.reshape(x3.shape)},
-                stats | {"weight": w.reshape(c, 1), "coef": coef}, params={"eps": float(eps)})
+    _add_any(ctx, cs, C.batch_norm_grad_apply_codelet(x.dtype, mean.dtype, wdtype, pixels), plan,
+             {"dy": dy3, "x": x3, "dx": dx.reshape(x3.shape)},
+             stats | {"weight": w.reshape(c, 1), "coef": coef}, params={"eps": float(eps)})
     ctx.execute(cs)
     if weight is None:
         return dx, None, None
