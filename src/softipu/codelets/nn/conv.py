@@ -29,7 +29,10 @@ MACs through the same AMP passes. [U]: poplin's nx1 vertex prices each kernel ro
 pass over the field (``getConvPartialnx1SupervisorCycleEstimate``); its worklist overheads are
 not modelled.
 
-Numerics: the products accumulate in fp32 (design.md principle 6), rounded once to ``out``.
+Numerics: the products accumulate in fp32 (design.md principle 6), rounded once to ``out``. The
+fast engine runs a compute set's ConvWindow vertices as one GEMM per K range and chunk of pixel
+blocks (:mod:`softipu.codelets.nn.conv_groups`, the ``group_runner`` hook), within the
+contraction bound of this per-vertex ``compute`` (which the reference interpreter runs).
 """
 
 from __future__ import annotations
@@ -120,6 +123,12 @@ def conv_window_codelet(in_dtype: DType, out_dtype: DType) -> type[Vertex]:
         def cycles(x, w, out, p0, x0, k0, kk, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw,
                    target):
             return amp_cycles(m, kk, n, in_dtype, out_dtype, target)
+
+        @staticmethod
+        def group_runner(groups, storage, where):  # the fast engine's hook: a K range one GEMM
+            from softipu.codelets.nn.conv_groups import ConvWindowsRunner
+
+            return ConvWindowsRunner.build(groups, storage, where)
 
         @staticmethod
         def flops(x, w, out, p0, x0, k0, kk, m, n, layout, ho, wo, hp, wp, c, kh, kw, sh, sw, dh, dw):
