@@ -54,8 +54,8 @@ from softipu.dtypes import DType, bool_, float16, float32, int32, int64
 from softipu.graph.vertex import FieldShape, Input, MultiVertex, Output, Param, Vertex
 from softipu.target import Target
 
-__all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "rows_codelet",
-           "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet",
+__all__ = ["ReduceOp", "partials_dtype", "identity_of", "segments_codelet", "runs_codelet", "run_cycles",
+           "rows_codelet", "gather_codelet", "columns_codelet", "arg_segments_codelet", "arg_gather_codelet",
            "columns_cycles", "strided_reduce_cycles", "default_reduce_cycles", "segments_cycles"]
 
 
@@ -232,6 +232,59 @@ def segments_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
 
     ReduceSegments.__name__ = ReduceSegments.__qualname__ = f"ReduceSegments<{op.name},{dtype.name}>"
     return ReduceSegments
+
+
+@cache
+def runs_codelet(op: ReduceOp, dtype: DType) -> type[Vertex]:
+    """``ReduceRun<op, dtype>``: one run of a worker's share of a tile's runs, one output.
+
+    ``x`` is the run (``n`` contiguous elements), ``out`` its partial. popops reduces a worker's
+    share of a tile's runs in one ``ContinuousReduce`` (ops/reduce_runs.py); here each run is a
+    plain (one-worker) vertex and ``lead`` is the share's size on its first run (0 on the others),
+    which carries the share's whole estimate (:func:`run_cycles`). Reduced along its own
+    elements (numpy's pairwise order), as a one-segment ``ReduceSegments``.
+    """
+    partial = partials_dtype(dtype)
+    prepare, ufunc = _prepare(op, partial), op.ufunc
+
+    class ReduceRun(Vertex):
+        x = Input(dtype)
+        out = Output(partial)
+        lead = Param(int64)
+
+        @staticmethod
+        def compute(x, out, lead):
+            ufunc.reduce(prepare(x), axis=-1, out=out[..., 0])
+
+        @staticmethod
+        def cycles(x, out, lead, target):
+            return run_cycles(dtype, x, lead, target)
+
+        @staticmethod
+        def flops(x, out, lead):
+            return x * (2 if op is ReduceOp.SQUARE_ADD else 1) if dtype.is_float else 0
+
+    ReduceRun.__name__ = ReduceRun.__qualname__ = f"ReduceRun<{op.name},{dtype.name}>"
+    return ReduceRun
+
+
+def run_cycles(dtype: DType, n, lead, target: Target):
+    """Worker cycles of a ``ReduceRun`` vertex: 0, or on a share's first run (``lead = k``, the
+    share's size) popops' ``ContinuousReduce`` of ``k`` outputs of ``n`` partials each, priced by
+    poplibs' getCycleEstimateReduceAllRegionsContinuous
+    (lib/popops/reduction/CycleEstimationFunctions.cpp): ``k * (n // w)`` for the inner loop
+    (``w = min(accumulator width, dataPathWidth)``: 4 halves, 2 floats a cycle), 2 when ``n`` is
+    odd, 12 per output, 10, and 7 of call and return. (getCycleEstimateForReduceVertex passes it
+    ``numOutputsM1``; every output runs the loop, so all ``k`` count here, as in
+    :func:`segments_cycles`.) Integer runs take ESTIMATES.int_cycles_per_element an element."""
+    n = np.asarray(n, np.int64)
+    k = np.asarray(lead, np.int64).reshape(-1)
+    if dtype.is_float:
+        loop = k * (n // target.vector_width(dtype.itemsize))
+    else:
+        loop = k * n * ESTIMATES.int_cycles_per_element
+    result = np.where(k > 0, loop + 2 * (n % 2) + 12 * k + 10 + 7, 0)
+    return int(result[0]) if np.ndim(n) == 0 and result.size == 1 else result
 
 
 def _segment_index(first: np.ndarray, period: np.ndarray, slots: int, length: int,

@@ -38,6 +38,7 @@ from softipu.codelets.reduce import (
     identity_of,
     partials_dtype,
     rows_codelet,
+    runs_codelet,
     segments_codelet,
 )
 from softipu.dtypes import DType, as_dtype, bool_, float16, float32, int32
@@ -47,6 +48,7 @@ from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
 from softipu.ops.mapping import map_linearly
 from softipu.ops.reduce_layout import Canonical, by_layout, canonical, normalize_dims, storage_order
+from softipu.ops.reduce_runs import RUN_OPS, memory_runs, share_leads
 from softipu.ops.reduce_stages import (
     PartialRows,
     even_runs,
@@ -221,18 +223,29 @@ def _plan_inner(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale:
     partial = partials_dtype(dtype)
     starts, lengths, tiles = tile_regions(graph, cv.view)
     segments = (starts + lengths - 1) // r - starts // r + 1
-    groups = [lengths == n for n in np.unique(lengths).tolist()]
-    sizes = [(int(p.sum()), int(segments[p].max())) for p in groups]
-    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p in groups])
-    cs1 = ctx.compute_set("partials")
-    codelet = segments_codelet(op, dtype)
-    slot0 = np.zeros(starts.size, np.int64)  # address of each piece's first partial
     flat = cv.flat
-    for pick, block, (v, s) in zip(groups, blocks, sizes, strict=True):
+    in_run, lead = np.zeros(starts.size, bool), np.zeros(starts.size, np.int64)
+    if op in RUN_OPS:  # a tile's runs of one output each: popops' ContinuousReduce a worker
+        runs = memory_runs(starts, lengths, tiles, segments)
+        if runs:
+            in_run[np.concatenate(runs)] = True
+            lead = share_leads(runs, starts.size, graph.target.workers_per_tile)
+    groups = [(p, run) for run in (False, True) for n in np.unique(lengths[in_run == run]).tolist()
+              if (p := (in_run == run) & (lengths == n)).any()]
+    sizes = [(int(p.sum()), int(segments[p].max())) for p, _ in groups]
+    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p, _ in groups])
+    cs1 = ctx.compute_set("partials")
+    slot0 = np.zeros(starts.size, np.int64)  # address of each piece's first partial
+    for (pick, run), block, (v, s) in zip(groups, blocks, sizes, strict=True):
         length = int(lengths[pick][0])
-        first = np.minimum(r - starts[pick] % r, length)
-        graph.add_vertices(cs1, codelet, {"x": rows_of(flat, starts[pick], length), "out": block,
-                                          "first": first, "period": r}, tiles[pick])
+        x = rows_of(flat, starts[pick], length)
+        if run:
+            graph.add_vertices(cs1, runs_codelet(op, dtype), {"x": x, "out": block, "lead": lead[pick]},
+                               tiles[pick])
+        else:
+            first = np.minimum(r - starts[pick] % r, length)
+            graph.add_vertices(cs1, segments_codelet(op, dtype), {"x": x, "out": block, "first": first,
+                                                                  "period": r}, tiles[pick])
         # A piece's segments fill the last slots of its row (padding first: segments_codelet).
         slot0[pick] = block.offset + np.arange(v) * s + (s - segments[pick])
     ctx.execute(cs1)

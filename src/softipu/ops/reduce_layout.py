@@ -15,6 +15,7 @@ import numpy as np
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, tile_regions
+from softipu.ops.reduce_runs import memory_runs
 
 __all__ = ["Canonical", "normalize_dims", "storage_order", "canonical", "by_layout", "fewer_pieces", "prod"]
 
@@ -103,7 +104,7 @@ def canonical(x: Tensor, axes: tuple[int, ...]) -> Canonical:
 
 
 def by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: Canonical,
-               reordered: bool = False) -> Canonical:
+              reordered: bool = False) -> Canonical:
     """An inner reduction seen as popops sees every reduction, ``(1, R, M)`` with the outputs
     inner (popops ``reduce`` shuffles the reduced dims outermost), when the input's tile mapping
     makes that view's pieces fewer: a channels-last layout (a convolution's output) holds each
@@ -124,9 +125,21 @@ def by_layout(graph: Graph, x: Tensor, axes: tuple[int, ...], cv: Canonical,
         # A view put in storage order: the pieces are the storage's runs (popops' contiguous
         # regions); the user's view, (R, M) here, would look up every element's tile and address
         # (a logits tensor's 100 M).
-        # NOTE: each run is a ReduceSegments vertex here, popops reduces a tile's runs in one
-        # ContinuousReduce a worker: many short runs a tile cost more vertex overhead than popops'.
         return cv
+    if cv.view.is_contiguous():
+        # The inner view is the storage order: popops' regions are a tile's runs of memory, and
+        # a tile's evenly spaced pieces of one output each (a matmul's output blocks summed over
+        # the row, ops/reduce_runs.py) are one region of many outputs. Switch only when the
+        # (R, M) view has fewer pieces than those regions: planned through that non-contiguous
+        # view, every element is a piece address (a GPT-2 XL softmax-backward row sum over the dP
+        # matmul's blocks: 26 M, 2.9 GB pricing its fields).
+        starts, lengths, tiles = tile_regions(graph, cv.view)
+        r = cv.period
+        runs = memory_runs(starts, lengths, tiles, (starts + lengths - 1) // r - starts // r + 1)
+        regions = starts.size - sum(run.size for run in runs) + len(runs)
+        if regions * cv.R <= x.numel or not fewer_pieces(graph, view[0], regions):
+            return cv
+        return Canonical(view, 1, cv.R, cv.A)
     inner = tile_regions(graph, cv.view)[0].size
     if inner * cv.R <= x.numel:  # pieces already average a whole reduction or more
         return cv
