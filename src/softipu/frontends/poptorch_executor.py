@@ -81,6 +81,9 @@ def _half_inputs(model: torch.nn.Module, options: Options, args: tuple, kwargs: 
     ``Precision.halfFloatCasting(HalfUpcastToFloat)`` keeps them float32 (torch's promotion)."""
     if options.stored.get("Precision.halfFloatCasting") == HalfFloatCastingBehavior.HalfUpcastToFloat:
         return args, kwargs
+    leaves = pytree.tree_leaves((args, kwargs))
+    if not any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in leaves):
+        return args, kwargs  # nothing to cast (token ids, masks): the module's walk is skipped
     if _float_dtypes(model) != {torch.float16}:
         return args, kwargs
     def cast(t: Any) -> Any:

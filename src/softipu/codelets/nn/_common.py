@@ -107,6 +107,9 @@ def _row_cycles(elements, rows, per_vector: int, per_row: int, dtype: DType, tar
 
 
 # -- the column reduction and cast-scale (finishing sums) --------------------------------------
+SHORT_ROWS = 64  # ReduceAddColumns blocks narrower than this are summed over a transposed copy
+
+
 class ReduceAddColumns(MultiVertex):
     """``out[j] = sum_s partial[s, j]`` over a ``(S, w)`` block in fp32, rows in order: the
     on-tile and cross-tile stages of the two-stage reduction (popops ReduceAdd's shape:
@@ -118,7 +121,14 @@ class ReduceAddColumns(MultiVertex):
     @staticmethod
     def compute(partial, out):
         w = out.shape[-1]
-        out[...] = partial.reshape(*partial.shape[:-1], partial.shape[-1] // w, w).sum(axis=-2)
+        rows = partial.reshape(*partial.shape[:-1], partial.shape[-1] // w, w)
+        if 2 <= w < SHORT_ROWS and rows.size > rows.shape[-2] * w:
+            # numpy sums a (vertices, S, w) block's S axis in order with an inner loop of w: slow
+            # for narrow blocks (the demo encoder's embedding LayerNorm, w = 2: 0.26 ms a run).
+            # The same order, S outermost over one contiguous copy: the same bits, ~3x faster.
+            np.add.reduce(np.ascontiguousarray(np.moveaxis(rows, -2, 0)), axis=0, out=out)
+        else:  # (w = 1 sums pairwise, as numpy sums a contiguous axis)
+            out[...] = rows.sum(axis=-2)
 
     @staticmethod
     def cycles(partial, out, target):

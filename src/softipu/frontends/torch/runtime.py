@@ -174,10 +174,12 @@ class _Compiled:
 
     @property
     def cycles(self) -> int:
-        runs = [cycles for index, cycles in self.engine.log.runs if index == 1]
-        plan = self.lowered.extra.get("pipeline") if runs else None  # PopTorch blocks' strategy priced
-        return plan.summary(self.engine.executable, int(runs[-1]))["cycles"] if plan else \
-            int(runs[-1]) if runs else 0
+        # the last run of program 1, looked for from the end (the log holds every call's run)
+        last = next((cycles for index, cycles in reversed(self.engine.log.runs) if index == 1), None)
+        if last is None:
+            return 0
+        plan = self.lowered.extra.get("pipeline")  # PopTorch blocks' strategy priced
+        return plan.summary(self.engine.executable, int(last))["cycles"] if plan else int(last)
 
 
 def connect_extra(engine: Engine, extra: Mapping[str, tuple[StreamSlot, int]],
@@ -256,7 +258,7 @@ class InferenceModel:
             self.attach()
         out = compiled.run(values)
         self._write_back(compiled, values)
-        if self.options.log_cycle_count:
+        if self.options.log_cycle_count and logger.isEnabledFor(logging.INFO):
             logger.info("%s: %d cycles (%.3g ms at %.0f MHz)", self._label, compiled.cycles,
                         1e3 * compiled.cycles / self.options.target.clock_hz,
                         self.options.target.clock_hz / 1e6)

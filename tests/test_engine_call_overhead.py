@@ -1,0 +1,95 @@
+"""A later call's fixed costs cut without changing a bit: the narrow column reduction summed over
+a transposed copy, the torch frontend's cycle count and half-input check."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import softipu as sp
+import softipu.poptorch as poptorch
+from softipu.codelets.nn._common import ReduceAddColumns
+from softipu.frontends.poptorch_executor import _half_inputs
+
+
+def _sequential(rows: np.ndarray) -> np.ndarray:
+    """``sum_s rows[..., s, :]`` in float32, s = 0, 1, ... in order (one add per term)."""
+    total = rows[..., 0, :].copy()
+    for s in range(1, rows.shape[-2]):
+        total += rows[..., s, :]
+    return total
+
+
+@pytest.mark.parametrize(("lead", "terms", "width"), list(itertools.product(
+    [(2,), (128,), (3, 5)], [1, 2, 9, 130], [2, 3, 16, 63, 64])))
+def test_reduce_add_columns_sums_each_column_in_order(lead, terms, width):
+    rng = np.random.default_rng(terms * width)
+    # magnitudes over 16 binary orders: a reordered sum differs in its last bits
+    partial = (rng.standard_normal(lead + (terms * width,))
+               * np.exp2(rng.integers(-8, 8, lead + (terms * width,)))).astype(np.float32)
+    out = np.full(lead + (width,), np.nan, np.float32)
+    ReduceAddColumns.compute(partial, out)
+    want = _sequential(partial.reshape(lead + (terms, width)))
+    assert np.array_equal(out, want)
+
+
+def test_reduce_add_columns_one_wide_sums_as_numpy_sums_a_row():
+    rng = np.random.default_rng(0)
+    partial = (rng.standard_normal((4, 300)) * np.exp2(rng.integers(-8, 8, (4, 300)))).astype(np.float32)
+    out = np.empty((4, 1), np.float32)
+    ReduceAddColumns.compute(partial, out)
+    assert np.array_equal(out[:, 0], np.array([np.add.reduce(row) for row in partial], np.float32))
+
+
+def test_reduce_add_columns_writes_a_strided_output():
+    rng = np.random.default_rng(1)
+    partial = rng.standard_normal((16, 40 * 4)).astype(np.float32)
+    whole = np.zeros((16, 8), np.float32)
+    ReduceAddColumns.compute(partial, whole[:, ::2])
+    assert np.array_equal(whole[:, ::2], _sequential(partial.reshape(16, 40, 4)))
+    assert not whole[:, 1::2].any()
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.embed(ids))
+
+
+def _opts() -> poptorch.Options:
+    return poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4)).logCycleCount(True)
+
+
+def test_cycle_count_is_the_last_call_after_a_weights_load():
+    net = _Net().eval()
+    model = poptorch.inferenceModel(net, _opts())
+    ids = torch.tensor([[1, 2, 3]])
+    model(ids)
+    first = model.cycleCount()
+    model(ids)
+    assert model.cycleCount() == first > 0  # the same program, the same modeled cycles
+    runs = model._impl.engine.log.runs
+    before = len(runs)
+    model.copyWeightsToDevice()  # runs the load program (0) again: not a call
+    assert len(runs) == before + 1 and runs[-1][0] == 0
+    assert model.cycleCount() == first
+
+
+def test_half_model_casts_only_float32_inputs():
+    net = _Net().half().eval()
+    opts = poptorch.Options()
+    ids = torch.tensor([[1, 2]])
+    args, kwargs = _half_inputs(net, opts, (ids,), {})
+    assert args[0] is ids and kwargs == {}  # nothing to cast: the inputs as given
+    x = torch.ones(2, 4)
+    args, kwargs = _half_inputs(net, opts, (ids,), {"x": x})
+    assert args[0] is ids and kwargs["x"].dtype == torch.float16
+    args, _ = _half_inputs(_Net().eval(), opts, (x,), {})  # a float32 model keeps float32 inputs
+    assert args[0].dtype == torch.float32
