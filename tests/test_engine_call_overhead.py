@@ -11,6 +11,7 @@ import torch
 
 import softipu as sp
 import softipu.poptorch as poptorch
+from softipu import program as P
 from softipu.codelets.nn._common import ReduceAddColumns
 from softipu.frontends.poptorch_executor import _half_inputs
 
@@ -93,3 +94,48 @@ def test_half_model_casts_only_float32_inputs():
     assert args[0] is ids and kwargs["x"].dtype == torch.float16
     args, _ = _half_inputs(_Net().eval(), opts, (x,), {})  # a float32 model keeps float32 inputs
     assert args[0].dtype == torch.float32
+
+
+class _Twice(sp.Vertex):
+    """``acc = 2 acc + 1`` in place and ``out = acc + x`` (a gathered InOut, a scattered Output)."""
+
+    acc = sp.InOut(sp.float32)
+    x = sp.Input(sp.float32)
+    out = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(acc, x, out):
+        acc[...] = acc * 2 + 1
+        out[...] = acc + x
+
+    @staticmethod
+    def cycles(acc, x, out):
+        return 10
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+def test_fields_of_short_runs_far_apart_gathered_and_scattered(reference):
+    """Vertex i's fields are ``v[:, i, :]`` of (8, 16, 2) variables: pairs of elements 32 apart,
+    copied through views bound once into contiguous rows and back (a LayerNorm's cross-tile
+    partials are laid out so)."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    acc, x, out = (g.add_variable(sp.float32, (8, 16, 2), name=n) for n in ("acc", "x", "out"))
+    for v in (acc, x, out):
+        sp.ops.map_linearly(g, v)
+    cs = g.add_compute_set("twice")
+    rows = {name: v.transpose(1, 0, 2).reshape(16, 16) for name, v in (("acc", acc), ("x", x), ("out", out))}
+    g.add_vertices(cs, _Twice, rows, np.arange(16) % 4)
+    eng = sp.Engine(g, [P.Execute(cs)], {"engine.reference": reference})
+    rng = np.random.default_rng(3)
+    a0, xs = (rng.standard_normal((8, 16, 2)).astype(np.float32) for _ in range(2))
+    eng.write_tensor(acc, a0)
+    eng.write_tensor(x, xs)
+    want = a0
+    for _ in range(2):  # the second run copies through the views bound on the first
+        eng.run(0)
+        want = want * np.float32(2) + np.float32(1)
+        np.testing.assert_array_equal(eng.read_tensor(acc), want)
+        np.testing.assert_array_equal(eng.read_tensor(out), want + xs)
+    if not reference:
+        runners = [job.func for r in eng._interpreter._runners.values() for job in r.jobs]
+        assert sum(bound is not None for r in runners for *_, bound in getattr(r, "gathers", ())) == 3

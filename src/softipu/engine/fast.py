@@ -76,7 +76,8 @@ class GroupRunner:
         self.compute = group.codelet.compute
         self.fixed: dict[str, Any] = {}
         # (field, part, tensor, read-only, bound): ``bound`` for a strided tensor is (its view, a
-        # contiguous array, what the codelet gets of it), made once; indexed tensors get None.
+        # contiguous array, what the codelet gets of it, the copy in, the copy out if written),
+        # made once; indexed tensors get None.
         self.gathers: list[tuple[str, int, Tensor, bool, tuple | None]] = []
         self.scatters: list[tuple[str, int, Tensor, tuple | None]] = []
         replica_axis = storage.replicas > 1
@@ -129,7 +130,7 @@ class GroupRunner:
             value = args[name]
             value = value[k] if isinstance(value, list) else value
             if bound is not None:  # the codelet wrote ``bound[2]``, a view of ``bound[1]``
-                assign(bound[0], bound[1])
+                bound[4]()
             else:
                 storage.scatter(t, value, replica_axis=storage.replicas > 1)
 
@@ -137,8 +138,8 @@ class GroupRunner:
         args = {n: list(v) if isinstance(v, list) else v for n, v in self.fixed.items()}
         for name, k, t, read_only, bound in self.gathers:
             if bound is not None:  # a strided tensor: copied through its view bound at load
-                view, buf, arr = bound
-                assign(buf, view)
+                arr = bound[2]
+                bound[3]()
             else:
                 arr = storage.gather(t, replica_axis=storage.replicas > 1)
                 arr.flags.writeable = not read_only
@@ -155,13 +156,20 @@ def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tup
     input whose addresses form a strided view of other axes (:func:`_as_strided`); else None."""
     if t.numel == 0:
         return None
-    if t.index is not None or t.slabs is not None:
+    if not t.is_strided:  # indexed, or slab-laid (its index not built to say so)
         return _as_strided(storage, t, replica_axis, writes)
     view = storage.view(t, writeable=writes, replica_axis=replica_axis)
     buf = np.empty(view.shape, view.dtype)
     handed = buf if writes else buf.view()
     handed.flags.writeable = writes
-    return view, buf, handed
+    return _with_copies(view, buf, handed, writes)
+
+
+def _with_copies(view: np.ndarray, buf: np.ndarray, handed: np.ndarray, writes: bool) -> tuple:
+    """``(view, buf, handed)`` and the copies between the view and its contiguous buffer, bound
+    once (:func:`~softipu.engine.storage.copy_rows`: rows of a few contiguous elements moved as
+    one item each; a LayerNorm's cross-tile partials, pairs 1 KiB apart, 93 -> 12 us a run)."""
+    return view, buf, handed, copy_rows(buf, view), copy_rows(view, buf) if writes else None
 
 
 # Indexed inputs up to this many elements are checked for a strided form when a group is bound.
@@ -174,12 +182,16 @@ def _as_strided(storage: Storage, t: Tensor, replica_axis: bool, writes: bool = 
     (:func:`strided_form`): copied through that view into a contiguous array on every run (and
     back, where written), instead of a ``take`` reading an int64 per element or a slab writer
     made per run. A written field's view must not repeat an element."""
-    if t.numel > STRIDED_FORM_MAX:
-        return None
-    form = strided_form(t.index if t.index is not None else t.addresses())
-    if form is None:
-        return None
-    offset, shape, strides = form
+    grouped = t._grouped() if t.slabs is not None else None  # a grid read from its structure
+    if grouped is not None:
+        offset, shape, strides = grouped.offset, grouped.shape, grouped.strides
+    else:
+        if t.numel > STRIDED_FORM_MAX:
+            return None
+        form = strided_form(t.index if t.index is not None else t.addresses())
+        if form is None:
+            return None
+        offset, shape, strides = form
     if writes and any(n > 1 and st == 0 for n, st in zip(shape, strides, strict=True)):
         return None
     view = storage.view(Tensor(t.graph, t.dtype, shape, offset, strides), writeable=writes,
@@ -188,7 +200,7 @@ def _as_strided(storage: Storage, t: Tensor, replica_axis: bool, writes: bool = 
     handed = np.empty(lead + t.shape, view.dtype)
     buf = handed.reshape(view.shape)
     handed.flags.writeable = writes
-    return view, buf, handed
+    return _with_copies(view, buf, handed, writes)
 
 
 def _unit_inner_stride(t: Tensor) -> bool:
@@ -198,7 +210,7 @@ def _unit_inner_stride(t: Tensor) -> bool:
     instead: numpy sums a non-contiguous axis in another order, and results must not depend
     on how the engine batches (design.md principle 6).
     """
-    return t.index is None and (t.shape[1] <= 1 or t.strides[1] == 1)
+    return t.is_strided and (t.shape[1] <= 1 or t.strides[1] == 1)  # no index built to say so
 
 
 def _chunks(args: dict[str, Any], group: VertexGroup, replicas: int) -> list[dict[str, Any]]:
@@ -309,7 +321,7 @@ def _merge_key(group: VertexGroup, replicas: int) -> tuple | None:
     for name, f in codelet.fields.items():  # the size first: most large groups stop here
         if f.direction is not Direction.PARAM:
             tensors = group.tensors(name)
-            if any(t.index is not None or not _unit_inner_stride(t) for t in tensors):
+            if not all(_unit_inner_stride(t) for t in tensors):
                 return None
             key.append(tuple((t.shape, t.strides) for t in tensors))
             size += sum((t.shape[1] if t.strides[0] == 0 else t.numel) * t.dtype.itemsize for t in tensors)

@@ -126,7 +126,7 @@ class ReduceAddColumns(MultiVertex):
             # numpy sums a (vertices, S, w) block's S axis in order with an inner loop of w: slow
             # for narrow blocks (the demo encoder's embedding LayerNorm, w = 2: 0.26 ms a run).
             # The same order, S outermost over one contiguous copy: the same bits, ~3x faster.
-            np.add.reduce(np.ascontiguousarray(np.moveaxis(rows, -2, 0)), axis=0, out=out)
+            np.add.reduce(_s_outermost(rows), axis=0, out=out)
         else:  # (w = 1 sums pairwise, as numpy sums a contiguous axis)
             out[...] = rows.sum(axis=-2)
 
@@ -137,6 +137,18 @@ class ReduceAddColumns(MultiVertex):
     @staticmethod
     def flops(partial, out, target):
         return partial
+
+
+def _s_outermost(rows: np.ndarray) -> np.ndarray:
+    """A ``(..., S, w)`` block as a contiguous ``(S, ..., w)`` copy, each row's ``w`` elements
+    moved as one item (a copy element by element of 2-element runs cost 7x as much)."""
+    moved = np.moveaxis(rows, -2, 0)
+    if rows.strides[-1] != rows.itemsize:
+        return np.ascontiguousarray(moved)
+    flat = np.empty(moved.shape, rows.dtype)
+    item = np.dtype((np.void, rows.shape[-1] * rows.itemsize))
+    np.copyto(flat.view(item)[..., 0], moved.view(item)[..., 0])
+    return flat
 
 
 @cache
