@@ -27,6 +27,7 @@ from softipu.dtypes import DType, float16, float32, narrow, uint32, value_range
 from softipu.frontends.errors import FrontendError, LoweringError
 from softipu.frontends.placement import compute_graph, io_graph, map_tensor  # shared with ONNX
 from softipu.frontends.torch.export import IPU_DTYPES, UserLine, dtype_problem, user_line
+from softipu.frontends.torch.lowerings.pointwise import ordered
 from softipu.frontends.torch.options import Options, OutputMode
 from softipu.frontends.torch.passes import conv_weight_use, inference_passes
 from softipu.frontends.torch.registry import find_lowering
@@ -214,10 +215,15 @@ class LoweringContext:
         return out
 
     def cast(self, t: Any, dtype: DType) -> Any:
-        """``t`` as ``dtype`` (``t`` itself when it already is; numbers pass through)."""
+        """``t`` as ``dtype`` (``t`` itself when it already is; numbers pass through), computed in
+        ``t``'s memory order (:func:`.lowerings.pointwise.ordered`): popops' ``cast`` makes its
+        result with ``graph.clone(dstType, src)``, laid out like its input. A cast of a transposed
+        view (an fp16 model's logits gradient, stored as its matmul's output; an embedding
+        table's gradient, stored as the table) then reads and writes each tile's own elements,
+        not one exchange piece per element into a row-major result."""
         if not isinstance(t, Tensor) or t.dtype is dtype:
             return t
-        return ew.cast(self.graph, t, dtype, self.prog, name=f"{self.name}/cast")
+        return ordered(lambda x: ew.cast(self.graph, x, dtype, self.prog, name=f"{self.name}/cast"), t)
 
     def matmul_options(self, dtype: DType = float32) -> dict[str, Any]:
         return self.options.matmul_options(half=dtype is float16)

@@ -30,12 +30,14 @@ def _count(x: Tensor, dims: tuple[int, ...] | None) -> int:
     return math.prod(x.shape) if dims is None else math.prod(x.shape[d] for d in dims)
 
 
-def reduce_to(ctx: Any, x: Tensor, op: ReduceOp, dims: Any, keepdim: bool, suffix: str = "") -> Tensor:
-    """``reduce`` with torch's 0-d conventions: a 0-d input reduces to itself."""
+def reduce_to(ctx: Any, x: Tensor, op: ReduceOp, dims: Any, keepdim: bool, suffix: str = "",
+              out_dtype: Any = None) -> Tensor:
+    """``reduce`` with torch's 0-d conventions: a 0-d input reduces to itself (in its own dtype,
+    whatever ``out_dtype``, the result's dtype otherwise: popops ``reduce``'s ``outType``)."""
     if x.ndim == 0:
         return x
     return reduce(ctx.graph, x, ctx.prog, dims=dims, op=op, name=f"{ctx.name}{suffix}",
-                     options={"keepdims": bool(keepdim)})
+                  options={"keepdims": bool(keepdim)}, out_dtype=out_dtype)
 
 
 def _reduction(op: ReduceOp, logical: bool = False) -> Any:

@@ -31,7 +31,8 @@ from softipu.frontends.torch.lowerings.pointwise import ordered
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 
-__all__ = ["Pending", "fusible", "fuse_node", "is_cast", "materialize", "materialize_into"]
+__all__ = ["Pending", "fusible", "fuse_node", "is_cast", "materialize", "materialize_into",
+           "stochastic_rounding"]
 
 _aten = torch.ops.aten
 _BINARY = {_aten.add.Tensor: "add", _aten.sub.Tensor: "sub", _aten.mul.Tensor: "mul",
@@ -177,7 +178,7 @@ def materialize_into(value: Pending, ctx: Any, node: torch.fx.Node, into: Tensor
     return into
 
 
-def _stochastic(ctx: Any) -> bool:
+def stochastic_rounding(ctx: Any) -> bool:
     """Whether the engine will round float32 -> float16 casts stochastically (``prng.
     enableStochasticRounding``): it rounds Cast vertices, not the float16 results of a map."""
     options = getattr(ctx, "options", None)
@@ -207,7 +208,7 @@ def fuse_node(node: torch.fx.Node, env: dict[torch.fx.Node, Any], ctx: Any,
         v = env[node.args[0]]
         if not isinstance(v, (Pending, Tensor)) or v.dtype is dtype or tuple(v.shape) != shape:
             return None  # no conversion (or not a tensor): lowered as usual
-        if dtype is float16 and _stochastic(ctx):
+        if dtype is float16 and stochastic_rounding(ctx):
             return None  # a Cast vertex, which the device's stochastic rounding mode rounds
         pending = Pending("cast", (v,), shape, dtype)
         return pending if 0 < len(pending.leaves()) <= _MAX_LEAVES else None

@@ -30,6 +30,7 @@ from softipu.frontends.torch.lower import (
     map_tensor,
     stream_out,
 )
+from softipu.frontends.torch.lowerings.reduce import dims_of, reduce_to
 from softipu.frontends.torch.optim.als import LossScalingSettings, scale_from_counts, upper_bin_count
 from softipu.frontends.torch.optim.spec import Kind
 from softipu.frontends.torch.options import Options, OutputMode
@@ -40,6 +41,7 @@ from softipu.frontends.torch.training.fuse import (
     is_cast,
     materialize,
     materialize_into,
+    stochastic_rounding,
 )
 from softipu.frontends.torch.training.joint import Joint
 from softipu.frontends.torch.training.locations import (
@@ -64,6 +66,7 @@ from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 from softipu.ops.indexing import create_slicable_like, zero
+from softipu.ops.reduce import ReduceOp
 
 __all__ = ["TrainLowered", "lower_training"]
 
@@ -198,6 +201,13 @@ class _TrainLowerer(_Lowerer):
         each cast a compute set and a pass over the data of its own otherwise. Every node of the
         expression rounds to its dtype as the separate op would: the same values bit for bit."""
         env = self.env
+        # (not when the device rounds float16 stochastically: the cast stays a Cast vertex, fuse.py)
+        fold = fuse_casts and FOLD_REDUCE_CASTS and not stochastic_rounding(self.ctx)
+        narrow = _sum_then_narrowing_cast(node, self.ctx.dtype) if fold else None
+        if narrow is not None:
+            x = env[node.args[0]] = self._materialize(env[node.args[0]], node.args[0])
+            if isinstance(x, Tensor) and x.dtype is float32:
+                return self._sum_as(node, narrow)
         if fuse_casts and fusible(node, self.ctx.dtype):
             joins = _joins_users(node, self.joint.forward_nodes, self._chains)
             if joins and len(node.users) > 1 and isinstance(env[node.args[0]], Pending):
@@ -211,6 +221,23 @@ class _TrainLowerer(_Lowerer):
         for a in node.all_input_nodes:
             env[a] = self._materialize(env[a], a)
         return self.lower_node(node, env)
+
+    def _sum_as(self, node: torch.fx.Node, dtype: Any) -> Any:
+        """A float32 ``sum`` whose one user narrows it (an fp16 model's layer-norm weight and bias
+        gradients, summed in float32 and cast to float16) reduced straight to ``dtype``: popops
+        ``reduce(graph, in, outType, dims, params)`` writes its last stage in the output type, so
+        PopART's reductions have no cast compute set after them. The same bits as the sum and
+        then the cast (each rounds the same float32 sum once to float16: ops/reduce.py's
+        ``out_dtype``); the cast node is then a no-op (its input already has its dtype)."""
+        x = self.env[node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else None
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        outer, self.ctx.node = self.ctx.node, node
+        try:
+            return _at_user_line(user_line(node), lambda: reduce_to(
+                self.ctx, x, ReduceOp.ADD, dims_of(x, dim), keepdim, out_dtype=dtype))
+        finally:
+            self.ctx.node = outer
 
     def _materialize(self, value: Any, node: torch.fx.Node) -> Any:
         """A joint-graph expression lowered as one map, attributed to ``node``'s line of forward."""
@@ -581,6 +608,24 @@ _WRITTEN = object()  # an output already copied into its variable
 FUSE_JOINT_CASTS = True  # False: every joint-graph cast a compute set of its own (tests compare both)
 FUSE_BACKWARD_CHAINS = True  # False: only casts join their neighbours (tests compare both)
 SHARE_UPDATE_SCALARS = True  # False: each parameter's update computes its own bias corrections
+FOLD_REDUCE_CASTS = True  # False: a float32 sum then its float16 cast, two compute sets (tests compare)
+_aten = torch.ops.aten
+
+
+def _sum_then_narrowing_cast(node: torch.fx.Node, dtype_of: Any) -> Any:
+    """The float16 dtype when ``node`` is a float32 ``sum`` over float32 values (no dtype
+    argument) whose only user casts it to float16, else None (:meth:`_TrainLowerer._sum_as`)."""
+    if node.target not in (_aten.sum.dim_IntList, _aten.sum.default) or "dtype" in node.kwargs:
+        return None
+    users = list(node.users)
+    if len(users) != 1 or not is_cast(users[0]) or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    val, src, out = (n.meta.get("val") for n in (node, node.args[0], users[0]))
+    if not all(isinstance(v, torch.Tensor) for v in (val, src, out)) or val.ndim == 0:
+        return None
+    if not (src.dtype == val.dtype == torch.float32 and out.dtype == torch.float16):
+        return None
+    return dtype_of(out.dtype) if dtype_of(val.dtype) is float32 else None
 
 
 def _cast_for_all(pending: Pending, users: list[torch.fx.Node]) -> bool:
