@@ -27,7 +27,6 @@ The sums are fp32 in another order than the plane vertices': within the bound of
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 from softipu.dtypes import float32
 from softipu.graph.graph import ComputeSet
 from softipu.graph.tensor import Tensor
+from softipu.ops._tile_blocks import even_runs, matrix_blocks
 from softipu.ops.common import OpContext, rows_of, tile_regions
 from softipu.ops.indexing.fills import zero as zero_fill
 from softipu.ops.nn._common import PLANE_VERTEX_MIN_ELEMENTS, _map_pieces, _sum_rows, _variable
@@ -57,6 +57,7 @@ class Pixels:
     cb: np.ndarray
     tiles: np.ndarray
     slot: np.ndarray
+    chunk: np.ndarray  # the vertex's row chunk in its block (vertices of one chunk step evenly)
     slots: int
     gaps: bool  # some (slot, channel) of the partials no vertex writes (zeroed first)
     slot_tiles: np.ndarray | None  # the tile of each slot row, where each lies on one
@@ -72,8 +73,8 @@ class Pixels:
         key = self.rows * (c + 1) + self.cb  # one field shape a group
         for value in np.unique(key).tolist():
             group = np.flatnonzero(key == value)
-            group = group[np.lexsort((self.m0[group], self.c0[group]))]  # channel range, then rows
-            for sel in _even_runs(self.m0[group] * c + self.c0[group], group):
+            group = group[np.lexsort((self.m0[group], self.c0[group], self.chunk[group]))]
+            for sel in even_runs(self.m0[group] * c + self.c0[group], group):
                 rows, cb = int(self.rows[sel[0]]), int(self.cb[sel[0]])
                 starts = self.m0[sel] * c + self.c0[sel]
                 fields: dict[str, Any] = dict(params or {})
@@ -126,7 +127,7 @@ def plan_pixels(ctx: OpContext, x3: Tensor, *others: Tensor) -> Pixels | None:
     starts, lengths, tiles = tile_regions(ctx.graph, v)
     if tiles.size == 0 or tiles.min() < 0:
         return None
-    m0, rows, c0, cb, tile = _blocks(starts, lengths, tiles, c)
+    m0, rows, c0, cb, tile = matrix_blocks(starts, lengths, tiles, c)
     target = ctx.graph.target
     workers, vw = target.workers_per_tile, target.vector_width(x3.dtype.itemsize)
     # Per block: channel chunks (kc, each >= a vector) then row chunks, up to `workers` vertices.
@@ -165,58 +166,8 @@ def plan_pixels(ctx: OpContext, x3: Tensor, *others: Tensor) -> Pixels | None:
     slot_tiles = np.full(slots, -1, np.int64)
     slot_tiles[v_slot] = tile[b]
     one_tile = bool(np.all(slot_tiles[v_slot] == tile[b]))
-    return Pixels((n * p, c), v_m0, v_rows, v_c0, v_cb, tile[b], v_slot, slots, not shared,
+    return Pixels((n * p, c), v_m0, v_rows, v_c0, v_cb, tile[b], v_slot, i, slots, not shared,
                   slot_tiles if one_tile else None)
-
-
-def _blocks(starts: np.ndarray, lengths: np.ndarray, tiles: np.ndarray, c: int):
-    """The tile pieces of a ``(M, C)`` row-major matrix (flat ``starts``/``lengths``) as blocks
-    ``(m0, rows, c0, cb, tile)``: runs of whole rows, and runs of one channel range over
-    consecutive rows of one tile (a piece cut inside a row is one row of a range)."""
-    a, e = starts, starts + lengths
-    ra, re = a // c, (e - 1) // c
-    one = ra == re
-    parts = [(ra[one], np.ones(int(one.sum()), np.int64), a[one] % c, lengths[one], tiles[one])]
-    many = ~one
-    a, e, ra, re, t = a[many], e[many], ra[many], re[many], tiles[many]
-    head = a % c != 0
-    parts.append((ra[head], np.ones(int(head.sum()), np.int64), a[head] % c, c - a[head] % c, t[head]))
-    tail = e % c != 0
-    parts.append((re[tail], np.ones(int(tail.sum()), np.int64), np.zeros(int(tail.sum()), np.int64),
-                  e[tail] % c, t[tail]))
-    lo, hi = -(-a // c), e // c
-    body = hi > lo
-    parts.append((lo[body], (hi - lo)[body], np.zeros(int(body.sum()), np.int64),
-                  np.full(int(body.sum()), c, np.int64), t[body]))
-    m0, rows, c0, cb, tile = (np.concatenate(col).astype(np.int64) for col in zip(*parts, strict=True))
-    # join one-row pieces of one channel range on one tile over consecutive rows
-    single = (rows == 1) & (cb < c)
-    if np.any(single):
-        s = np.flatnonzero(single)
-        order = s[np.lexsort((m0[s], cb[s], c0[s], tile[s]))]
-        brk = np.ones(order.size, bool)
-        brk[1:] = ((tile[order][1:] != tile[order][:-1]) | (c0[order][1:] != c0[order][:-1])
-                   | (cb[order][1:] != cb[order][:-1]) | (m0[order][1:] != m0[order][:-1] + 1))
-        heads = order[brk]
-        run = np.diff(np.append(np.flatnonzero(brk), order.size))
-        keep = ~single
-        m0 = np.concatenate((m0[keep], m0[heads]))
-        rows = np.concatenate((rows[keep], run))
-        c0, cb, tile = (np.concatenate((col[keep], col[heads])) for col in (c0, cb, tile))
-    return m0, rows, c0, cb, tile
-
-
-def _even_runs(starts: np.ndarray, members: np.ndarray):
-    """``members`` (ordered) in runs whose ``starts`` step evenly: one strided field each."""
-    n = members.size
-    gaps = np.diff(starts)
-    points = (np.flatnonzero(gaps[1:] != gaps[:-1]) + 1).tolist()
-    lo = 0
-    while lo < n:  # a run takes vertex lo and every next one while the gap stays lo's
-        at = bisect.bisect_right(points, lo)
-        hi = points[at] + 1 if at < len(points) else n
-        yield members[lo:hi]
-        lo = hi
 
 
 def _block_field(v: Tensor, starts: np.ndarray, rows: int, cb: int) -> Tensor:
