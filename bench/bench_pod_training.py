@@ -78,7 +78,7 @@ BERT_INPUT_BYTES = 3 * 128 * 4 + 2 * 20 * 4 + 4 * 1  # ids, types, mask; MLM lab
 RESNET_INPUT_BYTES = 224 * 224 * 3 + 4
 RESNET_BATCH = 18  # a replica's micro-batch (configs.yml resnet50)
 GPT2_INPUT_BYTES = 2 * 1024 * 4
-GPT2_VOCAB = 50257  # --gpt2-vocab changes it (a check of the rest while the full head is out of reach)
+GPT2_VOCAB = 50257  # --gpt2-vocab changes it (a quicker check of the rest of the configuration)
 BERT_VOCAB = 30522
 
 
@@ -349,6 +349,8 @@ PEAK_HINT_MB = {
     # ResNet-50 at batch 18 (stem 4,394, block0_0 4,778, block0_n 4,481, block1_0 2,376 MB: alone)
     ("resnet50", "block1_n"): 1400, ("resnet50", "block2_0"): 1500, ("resnet50", "block2_n"): 1100,
     ("resnet50", "block3_0"): 1000, ("resnet50", "block3_n"): 1000, ("resnet50", "head"): 700,
+    # GPT-2 XL (vocab 50257, s1024), each alone (piece_peaks_mb): head 479, block 701, embedding 430
+    ("gpt2_xl", "head"): 700, ("gpt2_xl", "block"): 1000, ("gpt2_xl", "embedding"): 650,
 }
 
 
