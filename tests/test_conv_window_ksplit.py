@@ -16,7 +16,7 @@ from softipu.ops.conv import conv
 
 @pytest.fixture(autouse=True)
 def _windows_for_k_split(monkeypatch):
-    """The path is switched off by default (ops/conv.py WINDOWS_FOR_K_SPLIT: engine speed)."""
+    """The path is on by default (ops/conv.py WINDOWS_FOR_K_SPLIT); these tests need it whatever."""
     monkeypatch.setattr(importlib.import_module("softipu.ops.conv"), "WINDOWS_FOR_K_SPLIT", True)
 
 

@@ -5,6 +5,8 @@ with the fusion off, on every call with fresh inputs."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,13 @@ from softipu.ops.conv import conv
 SMALL = sp.targets.ipu_model(tiles=4, bytes_per_tile=128 * 1024)  # K split: an im2col matrix
 OPTS = {"debug.allowOutOfMemory": True}
 F32 = sp.float32
+
+
+@pytest.fixture(autouse=True)
+def _im2col_path(monkeypatch):
+    """These K-split convs would read their windows in place (ops/conv.py WINDOWS_FOR_K_SPLIT); the
+    im2col copies this file fuses are what a conv whose windows are not read in place still builds."""
+    monkeypatch.setattr(importlib.import_module("softipu.ops.conv"), "WINDOWS_FOR_K_SPLIT", False)
 
 
 def _conv(x_shape, w_shape, after=None, **kw):

@@ -454,12 +454,11 @@ def _conv_matmul(ctx: OpContext, xp: Tensor, wmat: Tensor, inner: _Inner,
 
 
 # Whether plans that split K (poplin's inChanSplit.parallel) read their windows in place, one
-# ConvWindow vertex per K range, as poplin does (it never builds an im2col matrix). Off: the engine
-# runs those vertices as many small GEMMs, and ONNX ResNet-50's later call went 0.21 -> 0.42 s
-# (bench/bench_onnx.py, 1.86x -> 3.75x onnxruntime, target 2x); on, ResNet-50 fp16 priced 2-6% faster
-# with up to 77 KiB less on the fullest tile. Turn on once the engine runs a K range's windows as
-# one GEMM.
-WINDOWS_FOR_K_SPLIT = False
+# ConvWindow vertex per K range, as poplin does (it never builds an im2col matrix). On: ResNet-50
+# fp16 priced 5-6% faster with up to 73 KiB less on the fullest tile; the fast engine runs a K
+# range's windows as one GEMM (codelets/nn/conv_groups.py: as many small GEMMs, ONNX ResNet-50's
+# later call had doubled).
+WINDOWS_FOR_K_SPLIT = True
 
 
 def _pointwise_matrix(xp: Tensor, inner: _Inner) -> Tensor | None:
