@@ -114,3 +114,27 @@ def test_blocks_plan_from_the_mapping_without_element_lookups(monkeypatch) -> No
     stage1 = next(c for c in eng.executable.compute_sets.values() if c.compute_set.name == "reduce_sum/partials")
     assert {grp.codelet.__name__ for grp in stage1.groups} == {"ReduceRun<ADD,float32>"}
     assert sum(grp.num_vertices for grp in stage1.groups) == 96 * 4  # a run a vertex, 4 a row
+
+
+def test_sum_over_tokens_of_a_transposed_view_by_hand() -> None:
+    """Logits stored (vocab 12, tokens 4) in blocks of 6 vocab rows x 2 tokens, one a tile (4
+    tiles), read (tokens, vocab) and summed over the tokens (a decoder bias gradient): in storage
+    order each tile holds 6 runs of 2 floats, 4 apart, one output each. popops: 6 workers of 1
+    output each, ContinuousReduce 1 * (2 // 2) + 12 + 10 + 7 = 30; 6 x 30 = 180 cycles a tile
+    (a ReduceSegments a run: 6 x (6 x 30 + the supervisor's overhead), over 6 times as many)."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4, bytes_per_tile=64 * 1024))
+    y = g.add_variable(sp.float32, (12, 4), name="y")
+    for i, (v0, n0) in enumerate((v, n) for v in (0, 6) for n in (0, 2)):
+        g.set_tile_mapping(y[v0 : v0 + 6, n0 : n0 + 2], i)
+    prog = P.Sequence()
+    out = reduce(g, y.T, prog, dims=0)
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    eng.run(0)
+    steps = {s.name: s for s in eng.executable.steps if s.compute_cycles}
+    assert steps["reduce/partials"].compute_cycles == 6 * (1 * 1 + 12 + 10 + 7) == 180
+    a = np.random.default_rng(2).standard_normal((12, 4)).astype(np.float32)
+    run = sp.Engine(g, [prog])
+    run.write_tensor(y, a)
+    run.run(0)
+    assert np.all(np.abs(run.read_tensor(out) - a.astype(np.float64).sum(1))
+                  <= contraction_bound(np.abs(a.astype(np.float64)).sum(1), 4))

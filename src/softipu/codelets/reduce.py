@@ -5,7 +5,9 @@ A reduction runs in two compute sets (ops/reduce.py plans them):
 * **stage 1** on the tiles that hold the input: each vertex reduces one contiguous piece of the
   input into partials (fp32 partials for fp16 inputs, as PopLibs' ``accumType.inVertex``);
   :func:`segments_codelet` when the reduced elements of an output are contiguous (an inner
-  reduction), :func:`rows_codelet` when they are strided rows of a 2-D piece (an outer one);
+  reduction), :func:`runs_codelet` for a tile's evenly spaced runs of one output each (popops'
+  ContinuousReduce a worker's share, ops/reduce_runs.py), :func:`rows_codelet` when they are
+  strided rows of a 2-D piece (an outer one);
 * **stage 2** on the tiles that own the outputs: :func:`gather_codelet` reduces a few partials
   per output element, :func:`columns_codelet` reduces whole rows of partials column-wise.
 
