@@ -138,3 +138,19 @@ def test_sum_over_tokens_of_a_transposed_view_by_hand() -> None:
     run.run(0)
     assert np.all(np.abs(run.read_tensor(out) - a.astype(np.float64).sum(1))
                   <= contraction_bound(np.abs(a.astype(np.float64)).sum(1), 4))
+
+
+def test_a_tiles_partials_leave_it_side_by_side() -> None:
+    """(96, 64) in 24 x 16 blocks over 12 tiles: a tile's 24 runs write 24 partials side by side,
+    those of 24 consecutive rows, whose outputs lie on at most 2 of the output tiles (12 to 16
+    outputs a tile): the gather stage reads at most 2 regions from any tile (ordered by input
+    position, the partials of one row's 4 tiles would interleave: 24 to 48 regions a tile)."""
+    from softipu.compiler.exchange import compute_set_traffic  # noqa: PLC0415
+
+    g, x = _blocks((96, 64), (24, 16), 12)
+    prog = P.Sequence()
+    reduce_sum(g, x, prog, dims=1)
+    ex = sp.Engine(g, [prog], estimate_only=True).executable
+    stage2 = next(c for c in ex.compute_sets.values() if c.compute_set.name == "reduce_sum/reduce")
+    traffic = compute_set_traffic(stage2, ex.mappings, ex.target)
+    assert int(traffic.send_regions.max()) <= 2

@@ -231,8 +231,11 @@ def _plan_inner(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale:
             in_run[np.concatenate(runs)] = True
             lead = share_leads(runs, starts.size, graph.target.workers_per_tile)
     groups = [(p, run) for run in (False, True) for n in np.unique(lengths[in_run == run]).tolist()
-              if (p := (in_run == run) & (lengths == n)).any()]
-    sizes = [(int(p.sum()), int(segments[p].max())) for p, _ in groups]
+              if (p := np.flatnonzero((in_run == run) & (lengths == n))).size]
+    # A tile's runs write its partials side by side (popops' per-tile partials tensor): the
+    # outputs' partials then leave each tile in a few regions, not one a run.
+    groups = [(p[np.lexsort((starts[p], tiles[p]))] if run else p, run) for p, run in groups]
+    sizes = [(int(p.size), int(segments[p].max())) for p, _ in groups]
     blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p, _ in groups])
     cs1 = ctx.compute_set("partials")
     slot0 = np.zeros(starts.size, np.int64)  # address of each piece's first partial
