@@ -151,3 +151,18 @@ def test_window_views_by_hand():
     # A window whose last element lies past the buffer is refused (the groups then run one by one).
     with pytest.raises(ValueError):
         conv_groups._window_views(buf[:40], 0, geo, 0, 18)
+
+
+def test_window_cycles_of_alike_and_mixed_blocks():
+    # A group whose blocks share one size is priced once per size (a memo of amp_cycles); a group
+    # of mixed sizes vertex by vertex: both as amp_cycles prices each block.
+    from softipu.codelets.matmul import amp_cycles
+    from softipu.codelets.nn.conv import GEOMETRY, conv_window_codelet
+
+    target = sp.targets.GC200
+    codelet = conv_window_codelet(sp.float16, sp.float32)
+    rest = {k: np.zeros(3, np.int32) for k in ("x", "w", "out", "p0", "x0", "k0", "layout", *GEOMETRY)}
+    for m, kk, n in (([64] * 3, [72] * 3, [16] * 3), ([64, 30, 64], [72, 72, 16], [16, 8, 16])):
+        got = codelet.cycles(m=np.array(m), kk=np.array(kk), n=np.array(n), target=target, **rest)
+        want = amp_cycles(np.array(m), np.array(kk), np.array(n), sp.float16, sp.float32, target)
+        assert np.array_equal(np.broadcast_to(got, (3,)), want)
