@@ -23,7 +23,8 @@ from softipu.dtypes import DType, int32
 from softipu.graph.vertex import Input, Output, Param, Vertex
 from softipu.target import Target
 
-__all__ = ["PoolMode", "pool_codelet", "pool_grad_codelet", "group_pool_codelet", "group_pool_cycles"]
+__all__ = ["PoolMode", "pool_codelet", "pool_grad_codelet", "group_pool_codelet", "group_pool_cycles",
+           "group_pool_grad_codelet"]
 
 
 # -- pooling: a band of output rows of one plane ----------------------------------------------
@@ -192,6 +193,37 @@ def pool_grad_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
     body |= {k: Param(int32) for k in (*_GEOMETRY, "dx_row0")}
     name = f"{mode.name.title().replace('_', '')}PoolGrad<{dtype.name}>"
     return type(name, (Vertex,), body)
+
+
+@cache
+def group_pool_grad_codelet(dtype: DType, mode: PoolMode) -> type[Vertex]:
+    """:func:`pool_grad_codelet` for a band of input rows of one sample stored channels innermost
+    (popnn's pooling gradient walks the same channel-group worklists as its forward,
+    lib/popnn/Pooling.cpp): ``dy`` ``(oh, OW, C)``, ``x`` ``(rows, W, C)`` (max), ``dx`` ``(rows_dx,
+    W, C)``. Each channel's values are its plane's, computed the same way (the same bits); cycles
+    as the ``C`` plane vertices' work, one vertex's overhead."""
+    plane = pool_grad_codelet(dtype, mode)
+    names = ("x", "dy") if mode is PoolMode.MAX else ("dy",)
+
+    def planes(a: np.ndarray, c: int) -> np.ndarray:  # (..., n * C) pixel-major -> (..., C, n)
+        return np.ascontiguousarray(a.reshape(*a.shape[:-1], -1, c).swapaxes(-1, -2))
+
+    def compute(**args):
+        c = int(_param(args.pop("C")))
+        dx = args["dx"]
+        args |= {k: planes(args[k], c) for k in names}
+        args["dx"] = np.empty((*dx.shape[:-1], c, dx.shape[-1] // c), dx.dtype)
+        plane.compute(**args)
+        dx[...] = args["dx"].swapaxes(-1, -2).reshape(dx.shape)
+
+    def cycles(target, **args):
+        args.pop("C")
+        return plane.cycles(target, **args)
+
+    fields = dict(dy=Input(dtype), dx=Output(dtype)) | ({"x": Input(dtype)} if mode is PoolMode.MAX else {})
+    body = dict(fields, compute=staticmethod(compute), cycles=staticmethod(cycles))
+    body |= {k: Param(int32) for k in (*_GEOMETRY, "dx_row0", "C")}
+    return type(f"{mode.name.title().replace('_', '')}PoolGroupsGrad<{dtype.name}>", (Vertex,), body)
 
 
 # -- pooling over channel groups: a band of output rows of one sample, channels innermost ---------

@@ -294,6 +294,11 @@ def _grad_bands(g: _Pool, target) -> list[tuple[int, int, int, int]]:
 
 def _pool_grad(ctx: OpContext, g: _Pool, x: Tensor | None, grad_out: Tensor, mode: PoolMode,
                in_shape: tuple[int, ...]) -> Tensor:
+    dy_flat = _pixel_major(grad_out) if len(in_shape) == 4 else None
+    x_flat = _channels_innermost(x) if x is not None and dy_flat is not None else None
+    if dy_flat is not None and g.planes and (x is None or x_flat is not None) and \
+            (x is not None or _channels_innermost(grad_out) is not None) and _bands_fit(ctx, g, in_shape):
+        return _pool_grad_groups(ctx, g, x_flat, dy_flat, mode, in_shape, grad_out.dtype)
     dx = _variable(ctx, grad_out.dtype, in_shape, "dx")
     if g.planes == 0:
         return dx
@@ -314,6 +319,81 @@ def _pool_grad(ctx: OpContext, g: _Pool, x: Tensor | None, grad_out: Tensor, mod
         ctx.graph.add_vertices(cs, codelet, fields, tiles)
     ctx.execute(cs)
     return dx
+
+
+def _bands_fit(ctx: OpContext, g: _Pool, in_shape: tuple[int, ...]) -> bool:
+    """Whether a band of input rows of one sample (the rows of one output row's windows) holds
+    no more than two tiles' share of the pixels, so a vertex per band reads mostly its own tile's
+    pixels. Bands are whole rows (the gradient's frame spans the width): wider, as ResNet-50's
+    stem at batch 2 (224 pixels a band, 17 a tile), one tile per band read its neighbours' and
+    left most tiles idle (backward cycles 171 k -> 1.8 M); the plane vertices spread it instead."""
+    n, _, h, w = in_shape
+    band = min(g.H, g.sh + g.kh - 1) * w
+    return band <= 2 * max(1, n * h * w // ctx.graph.num_tiles)
+
+
+def _pixel_major(t: Tensor) -> Tensor | None:
+    """An ``(N, C, H, W)`` tensor's elements in NHWC order as one strided 1-D view (stored channels
+    innermost, or a broadcast), else None."""
+    if t.ndim != 4 or not t.is_strided:
+        return None
+    flat = t.transpose(0, 2, 3, 1).flatten()
+    return flat if flat.is_strided else None
+
+
+def _pool_grad_groups(ctx: OpContext, g: _Pool, x_flat: Tensor | None, dy_flat: Tensor, mode: PoolMode,
+                      in_shape: tuple[int, ...], dtype: Any) -> Tensor:
+    """The gradient of pooling whose input (or, for average pooling, output gradient) is stored
+    channels innermost (a convolution's NHWC output; the output gradient read in NHWC order, as
+    stored or broadcast), as popnn's pooling gradient
+    works in channel groups: a vertex per band of input rows of one sample reads its output
+    gradient rows and input rows as runs of whole pixels and writes ``dx`` stored channels
+    innermost (the ReLU gradient after it reads it in place). A vertex per channel plane read
+    those rows an element per channel-count apart and left ``dx`` plane by plane (NCHW)."""
+    n, c, h, w = in_shape
+    dx_nhwc = ctx.graph.add_variable(dtype, (n, h, w, c), name=f"{ctx.name}/dx")
+    dx, dx_flat = dx_nhwc.transpose(0, 3, 1, 2), dx_nhwc.flatten()
+    target = ctx.graph.target
+    want = -(-target.num_tiles * target.workers_per_tile // n)
+    rows = max(1, min(g.OH, want))
+    bounds = (np.arange(rows + 1) * g.OH) // rows
+    starts = [0] + [min(g.H, max(0, o * g.sh - g.ph)) for o in bounds[1:-1].tolist()] + [g.H]
+    # channel groups (whole vectors) where the row bands leave workers idle
+    groups = max(1, min(c // 4, -(-want // rows)))
+    chans = np.unique(np.minimum(c, (np.arange(groups + 1) * c // groups + 3) // 4 * 4)).tolist()
+    samples = np.arange(n)
+    ref, ref_rows = (x_flat, g.H) if x_flat is not None else (dy_flat, g.OH)
+    cs = ctx.compute_set()
+    codelet = C.group_pool_grad_codelet(dtype, mode)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        if b <= a:
+            continue
+        oa = max(0, (a + g.ph - g.kh) // g.sh + 1)
+        ob = min(g.OH, (b - 1 + g.ph) // g.sh + 1)
+        mid = (a + b - 1) // 2 if x_flat is not None else (oa + ob - 1) // 2
+        width = g.W if x_flat is not None else g.OW
+        at = ((samples * ref_rows + mid) * width + width // 2) * c + c // 2
+        tiles = ctx.graph.resolved_mapping(dtype).tiles_of(ref.offset + at * ref.strides[0]).astype(np.int64)
+        ctx.graph.set_tile_mappings(dx_nhwc[:, a:b], tiles)
+        for c0, c1 in zip(chans[:-1], chans[1:], strict=True):
+            fields = {"dy": _pixels(dy_flat, c, g.OH * g.OW, oa * g.OW, (ob - oa) * g.OW, c0, c1, n),
+                      "dx": _pixels(dx_flat, c, g.H * g.W, a * g.W, (b - a) * g.W, c0, c1, n),
+                      "dx_row0": a, "C": c1 - c0, **g.params(oa * g.sh - g.ph)}
+            if x_flat is not None:
+                r0, r1 = g.input_rows(oa, ob)
+                fields["x"] = _pixels(x_flat, c, g.H * g.W, r0 * g.W, (r1 - r0) * g.W, c0, c1, n)
+            ctx.graph.add_vertices(cs, codelet, fields, tiles)
+    ctx.execute(cs)
+    return dx
+
+
+def _pixels(flat: Tensor, c: int, per_sample: int, p0: int, count: int, c0: int, c1: int, n: int) -> Tensor:
+    """Each sample's pixels ``[p0, p0 + count)``, channels ``[c0, c1)``, of a pixel-major 1-D view
+    (``c`` channels a pixel), as ``(n, count * (c1 - c0))`` vertex rows: one strided view."""
+    st = flat.strides[0]
+    block = Tensor(flat.graph, flat.dtype, (n, count, c1 - c0), flat.offset + (p0 * c + c0) * st,
+                   (per_sample * c * st, c * st, st))
+    return block.reshape(n, count * (c1 - c0))
 
 
 def max_pool_grad(graph: Graph, x: Tensor, grad_out: Tensor, prog: Any, *, kernel: Any,
