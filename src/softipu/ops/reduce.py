@@ -233,22 +233,26 @@ def _plan_inner(ctx: OpContext, cv: Canonical, op: ReduceOp, out: Tensor, scale:
     groups = [(p, run) for run in (False, True) for n in np.unique(lengths[in_run == run]).tolist()
               if (p := np.flatnonzero((in_run == run) & (lengths == n))).size]
     # A tile's runs write its partials side by side (popops' per-tile partials tensor): the
-    # outputs' partials then leave each tile in a few regions, not one a run.
-    groups = [(p[np.lexsort((starts[p], tiles[p]))] if run else p, run) for p, run in groups]
+    # outputs' partials then leave each tile in a few regions, not one a run. The vertices stay
+    # in input order (their rows of the input one strided field), their partials' rows not.
+    order = [np.lexsort((starts[p], tiles[p])) if run else np.arange(p.size) for p, run in groups]
     sizes = [(int(p.size), int(segments[p].max())) for p, _ in groups]
-    blocks = partials_variable(ctx, partial, sizes, [tiles[p] for p, _ in groups])
+    blocks = partials_variable(ctx, partial, sizes,
+                               [tiles[p][o] for (p, _), o in zip(groups, order, strict=True)])
     cs1 = ctx.compute_set("partials")
     slot0 = np.zeros(starts.size, np.int64)  # address of each piece's first partial
-    for (pick, run), block, (v, s) in zip(groups, blocks, sizes, strict=True):
+    for (pick, run), o, block, (v, s) in zip(groups, order, blocks, sizes, strict=True):
         length = int(lengths[pick][0])
         x = rows_of(flat, starts[pick], length)
         if run:
-            graph.add_vertices(cs1, runs_codelet(op, dtype), {"x": x, "out": block, "lead": lead[pick]},
-                               tiles[pick])
-        else:
-            first = np.minimum(r - starts[pick] % r, length)
-            graph.add_vertices(cs1, segments_codelet(op, dtype), {"x": x, "out": block, "first": first,
-                                                                  "period": r}, tiles[pick])
+            rank = np.argsort(o)  # the row of its tile's partials each piece writes
+            fields = {"x": x, "out": rows_of(block.reshape(-1), rank, 1), "lead": lead[pick]}
+            graph.add_vertices(cs1, runs_codelet(op, dtype), fields, tiles[pick])
+            slot0[pick] = block.offset + rank
+            continue
+        first = np.minimum(r - starts[pick] % r, length)
+        graph.add_vertices(cs1, segments_codelet(op, dtype), {"x": x, "out": block, "first": first,
+                                                              "period": r}, tiles[pick])
         # A piece's segments fill the last slots of its row (padding first: segments_codelet).
         slot0[pick] = block.offset + np.arange(v) * s + (s - segments[pick])
     ctx.execute(cs1)
