@@ -128,3 +128,26 @@ def test_tile_pieces_cut_inside_pixels(shape) -> None:
     # every tile holds some of every channel: the shift (C fp32, on tile 0) to 3 tiles, and no
     # activation element moves (a vertex per channel plane read them across the tiles)
     assert steps["bn/moments"]["bytes_exchanged"] == 3 * shape[1] * 4
+
+
+def test_many_slots_are_added_in_runs_first() -> None:
+    # (4, 16, 12, 12) fp32 on 64 tiles, 9 whole pixels (144 elements) a tile: two vertices a tile
+    # (channels 0-7 and 8-15), one slot a tile: 64 slots, more than 2 sqrt(64) = 16, so popops'
+    # intermediate stage: runs of ceil(sqrt(64)) = 8 slots, each channel range added on the tile
+    # of the run's first slot, receiving the 7 other rows' 8 channels x [s1, s2]: 8 runs x 2
+    # ranges x 7 x 16 x 4 B = 7,168 B. The cross-tile stage then reads 8 rows, not 64: at most
+    # 16 column blocks x 8 rows x 2 x 4 B. Values against numpy.
+    g = sp.Graph(sp.targets.ipu_model(tiles=64))
+    var, x = _nhwc(g, (4, 16, 12, 12))
+    sp.ops.map_linearly(g, var, grain_size=16)
+    prog = P.Sequence()
+    _, mean, var_ = nn.batch_norm_training(g, x, None, None, prog, name="bn")
+    eng = sp.Engine(g, [prog])
+    xv = np.random.default_rng(2).standard_normal((4, 16, 12, 12)).astype(np.float32) + 3
+    eng.write_tensor(x, xv)
+    eng.run(0)
+    steps = _steps(eng)
+    assert steps["bn/reduce/intermediate"]["bytes_exchanged"] == 8 * 2 * 7 * 16 * 4
+    assert steps["bn/reduce/cross_tile"]["bytes_exchanged"] <= 16 * 8 * 2 * 4
+    np.testing.assert_allclose(eng.read_tensor(mean), xv.mean(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(eng.read_tensor(var_), xv.var(axis=(0, 2, 3)), rtol=1e-4)
