@@ -10,7 +10,8 @@ every param's values and every field tensor's shape, strides, variable number an
 that variable. Two chains with equal keys have the same plan up to those variables: the plan
 reads nothing else (a band groups blocks by equal addresses, which stay equal or unequal under
 the move; a block never spans two variables, as no key is made for a field that does). A chain
-with a field that is not one strided view gets no key (planned on its own). Held by the
+with a field that is neither one strided view nor a one-piece grid layout (a matmul reduce's
+shares, :func:`_grid_fields`) gets no key (planned on its own). Held by the
 engine's :class:`~softipu.engine.chains.Chains` (one per loaded executable); nothing is keyed by
 object identity.
 """
@@ -67,18 +68,23 @@ class ChainPlans:
                     meta.append(len(ts))
                 parts.append(tuple(meta))
         if not all([t.is_strided for t in tensors]):
-            return None
-        try:
-            rows = np.array([(t.offset, *t.shape, *t.strides) for t in tensors], np.int64)
-        except ValueError:  # a field that is not (vertices, n)
-            return None
-        if rows.ndim != 2 or rows.shape[1] != 5 or not (rows[:, 1:3] > 0).all():
-            return None
-        reach = (rows[:, 1:3] - 1) * rows[:, 3:5]
-        extent = np.stack([rows[:, 0], rows[:, 0] + np.minimum(reach, 0).sum(1),
-                           rows[:, 0] + np.maximum(reach, 0).sum(1)], 1)
+            found = _grid_fields(tensors)
+            if found is None:
+                return None
+            structure, extent = found
+        else:
+            try:
+                rows = np.array([(t.offset, *t.shape, *t.strides) for t in tensors], np.int64)
+            except ValueError:  # a field that is not (vertices, n)
+                return None
+            if rows.ndim != 2 or rows.shape[1] != 5 or not (rows[:, 1:3] > 0).all():
+                return None
+            reach = (rows[:, 1:3] - 1) * rows[:, 3:5]
+            extent = np.stack([rows[:, 0], rows[:, 0] + np.minimum(reach, 0).sum(1),
+                               rows[:, 0] + np.maximum(reach, 0).sum(1)], 1)
+            structure = rows[:, 1:].tobytes()
         of = np.repeat(np.arange(len(dtypes)), [n for _, n in dtypes])
-        relative: list[Any] = [rows[:, 1:].tobytes()]
+        relative: list[Any] = [structure]
         starts: dict[Any, np.ndarray] = {}
         for dtype in dict.fromkeys(d for d, _ in dtypes):
             mine = np.isin(of, [i for i, (d, _) in enumerate(dtypes) if d is dtype])
@@ -148,6 +154,29 @@ class ChainPlans:
     def put(self, key: tuple, starts: dict[Any, np.ndarray], bands: list[Band] | None, in_dtype: Any,
             out_dtype: Any, partials: list[tuple[int, int]]) -> None:
         self._plans[key] = _Plan(bands, in_dtype, out_dtype, partials, starts)
+
+
+def _grid_fields(tensors: list[Any]) -> tuple[tuple, np.ndarray] | None:
+    """(structure, ``(offset, lo, hi)`` rows) of fields that are strided views or one-piece grid
+    layouts (ops.matmul's reduce shares with several N blocks: each vertex ``rows x width`` of the
+    output, N apart): a grid keyed by its piece's shape, strides and reading order, its offset
+    placed like a strided view's; None for any other layout."""
+    structure, rows = [], []
+    for t in tensors:
+        if t.is_strided:
+            shape, strides, extra = t.shape, t.strides, ()
+            offset = t.offset
+        elif len(t.slabs.pieces) == 1:
+            offset, shape, strides, mid = t.slabs.pieces[0]
+            extra = (mid, t.slabs.axis, t.slabs.perm, t.shape)
+        else:
+            return None
+        if not shape or min(shape) <= 0:
+            return None
+        reach = [(d - 1) * st for d, st in zip(shape, strides, strict=True)]
+        structure.append((tuple(shape), tuple(strides)) + extra)
+        rows.append((offset, offset + sum(min(r, 0) for r in reach), offset + sum(max(r, 0) for r in reach)))
+    return tuple(structure), np.array(rows, np.int64).reshape(-1, 3)
 
 
 class _Move:

@@ -477,31 +477,80 @@ def _reduce_rows(groups: list[VertexGroup], sizes: np.ndarray, p_start: np.ndarr
                  p_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per row reduced by ``groups``' vertices (each adding as many partials): the partial block of
     each partial it reads, the row it reads of them (one row of every block), its output row's
-    start, and how many rows each vertex reduces (a vertex of whole consecutive rows, output rows
-    contiguous, counts as its rows: ops.matmul's worker shares); None if one reads elsewhere."""
+    start, and how many rows each vertex reduces (a vertex of whole consecutive rows counts as its
+    rows: ops.matmul's worker shares, whose partials are contiguous and whose output rows are
+    contiguous or, with several N blocks, runs of the block's width N apart); None if one reads
+    elsewhere."""
     outs_t = [g.fields["out"] for g in groups]
     width = _widths(outs_t, sizes)
-    outs = _rows_of(outs_t, sizes)
-    parts = [_rows_of([g.tensors("partials")[c] for g in groups], sizes)
+    found = _fields_runs(outs_t, sizes)
+    parts = [_fields_runs([g.tensors("partials")[c] for g in groups], sizes)
              for c in range(len(groups[0].tensors("partials")))]
-    if outs is None or any(x is None for x in parts):
+    if found is None or any(x is None or (x[1] != width).any() for x in parts):
         return None
-    starts = np.stack(parts, 1)
+    outs, o_run, o_stride = found
+    starts = np.stack([x[0] for x in parts], 1)
     p_idx = np.searchsorted(p_start, starts, side="right") - 1
     if (p_idx < 0).any():
         return None
-    count, rem = np.divmod(width, np.maximum(p_n[p_idx[:, 0]], 1))
-    if (rem != 0).any() or (count < 1).any():
+    p_w = p_n[p_idx[:, 0]]
+    count, rem = np.divmod(width, np.maximum(p_w, 1))
+    if (rem != 0).any() or (count < 1).any() or ((o_run != width) & (o_run != p_w)).any():
         return None
-    if (count > 1).any():  # one row per entry: rows follow each other in partials and output
+    if (count > 1).any():  # one row per entry: partial rows follow each other, output rows step
         v = np.repeat(np.arange(count.size), count)
-        step = (np.arange(v.size) - np.repeat(np.cumsum(count) - count, count)) * p_n[p_idx[v, 0]]
-        starts, outs, width, p_idx = starts[v] + step[:, None], outs[v] + step, p_n[p_idx[v, 0]], p_idx[v]
+        r = np.arange(v.size) - np.repeat(np.cumsum(count) - count, count)
+        o_step = np.where(o_run == width, p_w, o_stride)
+        starts, outs, width = starts[v] + (r * p_w[v])[:, None], outs[v] + r * o_step[v], p_w[v]
+        p_idx = np.searchsorted(p_start, starts, side="right") - 1
+        if (p_idx < 0).any():
+            return None
     rows, rem = np.divmod(starts - p_start[p_idx], p_n[p_idx])
     if (rem != 0).any() or (rows >= p_m[p_idx]).any() or (p_n[p_idx] != width[:, None]).any() \
             or (rows != rows[:, :1]).any() or (np.diff(np.sort(p_idx, axis=1), axis=1) == 0).any():
         return None
     return p_idx, rows[:, 0], outs, count
+
+
+def _fields_runs(tensors: list[Tensor],
+                 sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_field_runs` of many ``(V, L)`` tensors, per vertex, concatenated (``sizes``: each
+    one's V); strided tensors (the usual bulk fields) in a few array operations for them all."""
+    if all(t.is_strided and (t.shape[1] <= 1 or t.strides[1] == 1) for t in tensors):
+        starts = _rows_of(tensors, sizes)
+        width = _widths(tensors, sizes)
+        return starts, width, width
+    found = [_field_runs(t) for t in tensors]
+    if any(f is None for f in found):
+        return None
+    starts = np.concatenate([f[0] for f in found]).astype(np.int64, copy=False)
+    run = np.repeat(np.array([f[1] for f in found], np.int64), sizes)
+    stride = np.repeat(np.array([f[2] for f in found], np.int64), sizes)
+    return starts, run, stride
+
+
+def _field_runs(t: Tensor) -> tuple[np.ndarray, int, int] | None:
+    """(each row's first address, run, stride) of a ``(V, L)`` tensor whose every row is runs of
+    ``run`` consecutive elements, ``stride`` apart (a contiguous row: one run, ``run = stride =
+    L``); read from a strided view's or a one-piece grid layout's structure (ops.matmul's reduce
+    shares: ``rows x width`` of the output at a row stride of N, on a grid of vertices), not its
+    addresses; any other layout from its addresses, contiguous rows only. None where not such."""
+    v, length = t.shape
+    grouped = t._grouped() if t.slabs is not None else None
+    if grouped is not None and len(grouped.counts) == 2:
+        (outer, o_st), (inner, i_st) = grouped.compact().groups()
+        if inner == (length,) and i_st == (1,):
+            run, stride = length, length
+        elif len(inner) == 2 and i_st[1] == 1:
+            run, stride = inner[1], i_st[0]
+        else:
+            return None
+        first = np.array([grouped.offset], np.int64)
+        for d, st in zip(outer, o_st, strict=True):
+            first = (first[:, None] + np.arange(d, dtype=np.int64) * st).reshape(-1)
+        return first, run, stride
+    starts = _row_starts(t)
+    return None if starts is None else (starts, length, length)
 
 
 def _grid_of(start: np.ndarray, transposed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

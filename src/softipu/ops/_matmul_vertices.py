@@ -116,66 +116,65 @@ def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Block
 
 def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
                          out: Tensor) -> None:
-    """ReducePartials vertices: one per output row of a block, adding its ``k_split`` partials.
+    """The reduce as poplin builds it (lib/poplin/ConvReduce.cpp, ``reduce``): the rows of block
+    ``(g, i, j)`` are shared out over its ``k_split`` tiles, which hold its partials, a ``chunk``
+    of ``ceil(rows / k_split)`` rows each, and each tile's rows are one region (concatenated)
+    connected to one ``ReduceAdd`` vertex that divides it between the workers. Here: one
+    ``ReducePartials`` vertex per worker's share of whole rows of a chunk (the fast engine's
+    matmul chains read a reduce by rows), ``piece = ceil(chunk / workers)`` rows, so a tile's
+    reduce holds at most six vertices whatever the batch, not one per output row (issue 11's
+    BERT-width training layer: 0.88 M of its 1.38 M vertices were reduce rows of 32 elements;
+    ResNet-50 fp16 b32: 137 rows a tile). A chunk of fewer than six rows uses fewer workers.
 
-    The rows of block (g, i, j) are shared out over its ``k_split`` tiles, which hold its partials;
-    the output rows are mapped to the tile that writes them. Each N block's vertices are one bulk
-    call: over the rows ``g*M + row`` both the output rows and (column slabs) the partial rows are
-    evenly spaced.
-    """
-    q = pl.problem
-    gm, gn, _ = grids
-    if len(gn) == 1:
-        _add_reduce_worker_vertices(ctx, cs, pl, gm, partials, out)
-        return
-    kS, rows = pl.k_split, q.groups * q.m
-    j, v = (x.ravel() for x in np.meshgrid(np.arange(len(gn)), np.arange(rows), indexing="ij"))
-    g, row = v // q.m, v % q.m
-    i = np.searchsorted(gm.starts, row, side="right") - 1
-    r = row - gm.starts[i]
-    length = gn.sizes[j]
-    home = r // -(-gm.sizes[i] // kS)
-    tiles = pl.tile_of(g // pl.blocks[0], i, j, home)
-    out_start = out.offset + v * q.n + gn.starts[j]
-    part_starts = partials.starts[g, i, j, :].T + r * length
-    map_runs(ctx.graph, out, out_start, length, tiles)
-    codelet = reduce_codelet(q.partials_dtype, q.out_dtype)
-    add_vertex_runs(ctx.graph, cs, codelet, [j], v, tiles,
-                    {"out": out_start, "partials": part_starts},
-                    {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {})
-
-
-def _add_reduce_worker_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, gm: _Grid, partials: _Blocks,
-                                out: Tensor) -> None:
-    """The reduce of a plan with one N block, as poplin builds it (lib/poplin/ConvReduce.cpp,
-    ``reduce``): each tile's rows of a block are one contiguous region of the output and of every
-    partial, and poplin connects that region to one ``ReduceAdd`` vertex that divides it between
-    the workers. Here: one vertex per worker's share of whole rows (the fast engine's matmul
-    chains read a reduce by rows), so a tile's reduce holds at most six vertices whatever the
-    batch, not one per output row (ResNet-50 fp16 b32: 137 rows, 2,740 B of vertex state per tile
-    and reduce; it grew with the batch). A tile with fewer than six rows uses fewer workers.
-
-    The shares are cut at multiples of one ``piece`` of rows over the whole ``G*M`` matrix (one N
-    block: the output and every K range's partials are row-major over all of it, ``_partials``),
-    so all full shares are one evenly spaced run: one strided bulk call, not an address per
-    element (a share cut at each tile's own rows is spaced irregularly from tile to tile: ResNet-50
-    fp16 b16 listed ~2.7 M addresses per reduce). A share starts on the tile whose ``chunk`` of
-    its block holds its first row; at most ``ceil(chunk / piece) <= workers`` start in a chunk."""
+    A share's output is ``rows x width`` elements at a row stride of N (one N block: one
+    contiguous run), its partials one contiguous run per K range (column slabs, ``_partials``);
+    each output row lives on its share's tile. The shares of a kind (N blocks of one width,
+    M blocks of one size, chunks of one size, shares of one size) start on a regular grid of
+    (N block, group, M block, chunk, share), so each kind is one bulk call whose fields are
+    grid views (a few ints, not an address per element)."""
     q, graph = pl.problem, ctx.graph
-    kS, n, workers = pl.k_split, q.n, graph.target.workers_per_tile
-    total = q.groups * q.m
-    chunk = -(-int(gm.sizes.max()) // kS)  # the rows of a block each of its kS tiles reduces
-    piece = -(-chunk // workers)
-    r0 = np.arange(0, total, piece, dtype=np.int64)
-    length = np.minimum(piece, total - r0) * n
-    g, row = r0 // q.m, r0 % q.m
-    i = np.searchsorted(gm.starts, row, side="right") - 1
-    h = np.minimum((row - gm.starts[i]) // chunk, kS - 1)
-    out_start = out.offset + r0 * n
-    part_starts = partials.starts[g, i, 0, :].T + (row - gm.starts[i]) * n
-    tiles = pl.tile_of(g // pl.blocks[0], i, 0, h)
-    map_runs(graph, out, out_start, length, tiles)
+    gm, gn, _ = grids
+    kS, n, m, workers = pl.k_split, q.n, q.m, graph.target.workers_per_tile
     codelet = reduce_codelet(q.partials_dtype, q.out_dtype)
-    add_vertex_runs(graph, cs, codelet, [length], out_start, tiles,
-                    {"out": out_start, "partials": part_starts},
-                    {"out": (q.out_dtype, length), "partials": (q.partials_dtype, length)}, {})
+    slab0 = partials.starts[0, 0]  # row 0 of K range kr's slab j: row v is v * width further
+    gs = np.arange(q.groups, dtype=np.int64)
+    for msz, i_s in _runs_of(gm.sizes):
+        chunk = -(-msz // kS)
+        piece = -(-chunk // workers)
+        for csz, h_s in _runs_of(np.minimum(chunk, msz - np.arange(-(-msz // chunk)) * chunk)):
+            for p, s_s in _runs_of(np.minimum(piece, csz - np.arange(-(-csz // piece)) * piece)):
+                first = int(gm.starts[i_s[0]]) + int(h_s[0]) * chunk + int(s_s[0]) * piece  # share 0's row
+                grid = (q.groups, i_s.size, h_s.size, s_s.size)
+                row_steps = (m, int(gm.sizes[0]), chunk, piece)  # i_s: equal blocks, bm apart
+                rows = (gs[:, None, None, None] * m + gm.starts[i_s][:, None, None]
+                        + h_s[:, None] * chunk + s_s * piece)  # (grid) first rows
+                for width, j_s in _runs_of(gn.sizes):
+                    lead = (j_s.size,) + grid
+                    tiles = np.broadcast_to(pl.tile_of(
+                        gs[None, :, None, None, None] // pl.blocks[0], i_s[None, None, :, None, None],
+                        j_s[:, None, None, None, None], h_s[None, None, None, :, None]), lead)
+                    o = out.offset + first * n + int(gn.starts[j_s[0]])
+                    out_t = Tensor(graph, q.out_dtype, lead + (p, width), o,
+                                   (width,) + tuple(r * n for r in row_steps) + (n, 1))
+                    part_t = [Tensor(graph, q.partials_dtype, lead + (p * width,),
+                                     int(slab0[j_s[0], kr]) + first * width,
+                                     (int(slab0[j_s[-1], kr] - slab0[j_s[0], kr]) // max(j_s.size - 1, 1),)
+                                     + tuple(r * width for r in row_steps) + (1,))
+                              for kr in range(kS)]
+                    # Each output row on its share's tile (whole rows of N: one run a share).
+                    each = 1 if width == n else p
+                    starts = (out.offset + (rows[None, ..., None] + np.arange(each)) * n
+                              + gn.starts[j_s].reshape(-1, 1, 1, 1, 1, 1))
+                    map_runs(graph, out, starts.ravel(), np.full(starts.size, width * p // each, np.int64),
+                             np.repeat(tiles.ravel(), each))
+                    graph.add_vertices(cs, codelet, {"out": out_t.reshape(-1, p * width),
+                                                     "partials": [t.reshape(-1, p * width) for t in part_t]},
+                                       tiles.ravel())
+
+
+def _runs_of(sizes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(size, indices) of each run of equal consecutive sizes (a grid's blocks: all equal but
+    the last, which may be smaller)."""
+    sizes = np.asarray(sizes, np.int64)
+    cut = np.flatnonzero(sizes[1:] != sizes[:-1]) + 1
+    return [(int(sizes[c[0]]), c) for c in np.split(np.arange(sizes.size), cut) if c.size and sizes[c[0]] > 0]
