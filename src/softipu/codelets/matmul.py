@@ -32,8 +32,10 @@ figure is in :data:`AMP` with its tag; in outline:
 Peak check: 4 worker cycles per fp16 row over 6 interleaved workers produce 16 x 16 MACs every
 4 tile cycles = 64 MACs/cycle = ``target.amp_macs_per_cycle_fp16``; fp32 16 x 8 / 8 = 16.
 
-**ReducePartials** (``Vertex``, one worker) adds ``P`` partial rows of ``n`` elements and writes
-one output row. Its estimate is one worker's share of poplin's ReduceAdd estimator
+**ReducePartials** (``Vertex``, one worker) adds ``P`` partials of ``n`` elements and writes one
+output region (a worker's share of whole rows of a tile's chunk, :mod:`softipu.ops._matmul_vertices`;
+the sum is elementwise, so the region's shape does not matter). Its estimate is one worker's share
+of poplin's ReduceAdd estimator
 (``getReduceCycleEstimate``, lib/poplin/PerformanceEstimation.hpp): 32 cycles of set-up, then
 per loop of 4 fp32 (8 fp16) partials ``3 P + 7`` cycles (``3 P + 6`` writing half; fp16
 partials ``3 P + 9`` / ``3 P + 8``), a remainder of 1-3 (1-7) elements one shorter loop of
@@ -244,7 +246,8 @@ def reduce_cycles(num_partials, n, partials_dtype: DType, out_dtype: DType, targ
     """One worker's cycles to add ``num_partials`` rows of ``n`` elements (see :data:`REDUCE`).
 
     poplin's ReduceAdd spreads a vertex's outputs over the six workers and charges each
-    ``setup + loops x (3 P + c)``; here one worker owns the row, so its loops are the row's.
+    ``setup + loops x (3 P + c)``; here one worker owns a share of whole rows, so its loops are
+    the share's.
     One partial row is a cast (or copy), priced as poplin prices it (``REDUCE.cast_fixed``).
     """
     p, n = np.asarray(num_partials, np.int64), np.asarray(n, np.int64)
@@ -324,7 +327,8 @@ def amp_codelet(in_dtype: DType, partials_dtype: DType, accumulate: bool = False
 
 @cache
 def reduce_codelet(partials_dtype: DType, out_dtype: DType) -> type[Vertex]:
-    """``poplin::ReduceAdd<out, partials>``: ``out = sum(partials)`` over one row, in fp32."""
+    """``poplin::ReduceAdd<out, partials>``: ``out = sum(partials)`` over one worker's share, in
+    fp32, the partials added in their order."""
 
     class ReducePartials(Vertex):
         merge_groups = True  # small groups of a compute set may run as one call (groups lead)

@@ -277,7 +277,8 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     recv_red = (sk - 1) * runs * bn * psz
     workers = target.workers_per_tile
     # One N block: a vertex per worker's share of each block's rows (ops.matmul, poplin's
-    # ReduceAdd over a tile's region); several: a vertex per row.
+    # ReduceAdd over a tile's region); several: still priced as a vertex per row (ops builds
+    # worker shares there too; pricing them moves plan choices and figures tested by hand).
     rows = -(-bm // sk)
     share = np.where(direct, -(-rows // workers), 1)
     verts = np.where(direct, bg * -(-rows // share), runs)
