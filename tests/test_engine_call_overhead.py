@@ -139,3 +139,32 @@ def test_fields_of_short_runs_far_apart_gathered_and_scattered(reference):
     if not reference:
         runners = [job.func for r in eng._interpreter._runners.values() for job in r.jobs]
         assert sum(bound is not None for r in runners for *_, bound in getattr(r, "gathers", ())) == 3
+
+
+def test_collector_held_off_over_a_torch_compile_and_back_on_after(monkeypatch):
+    import gc
+
+    import softipu.torch as st
+    from softipu.frontends.torch import runtime
+
+    seen = []
+    lower = runtime.lower_program
+
+    def lowering(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return lower(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "lower_program", lowering)
+    assert gc.isenabled()
+    model = st.inference_model(_Net().eval(), st.Options(target=sp.targets.ipu_model(tiles=4)))
+    ids = torch.tensor([[1, 2, 3]])
+    model(ids)
+    assert seen == [False] and gc.isenabled()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("lowering failed")
+
+    monkeypatch.setattr(runtime, "lower_program", failing)
+    with pytest.raises(RuntimeError, match="lowering failed"):
+        st.inference_model(_Net().eval(), st.Options(target=sp.targets.ipu_model(tiles=4)))(ids)
+    assert gc.isenabled()  # on again after a failed compile

@@ -46,7 +46,7 @@ from softipu.graph.tensor import Tensor
 from softipu.log import progress_job
 from softipu.profile import Report
 
-__all__ = ["Engine", "EngineOptions"]
+__all__ = ["Engine", "EngineOptions", "collector_paused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +147,12 @@ class EngineOptions:
 
 
 @contextlib.contextmanager
-def _collector_paused():
+def collector_paused():
     """Python's cyclic garbage collector held off while the engine loads or runs: both make many
     small objects that live on (views, bound calls, chain plans), and a full collection walks every
     object of the process — after a model's export and compile, millions (profiled: ~0.75 s of a
-    4-layer BERT-base load went to collections). Garbage made meanwhile is collected afterwards."""
+    4-layer BERT-base load went to collections). Garbage made meanwhile is collected afterwards.
+    The torch frontend holds it off over a whole compile too (export, lowering, compile, load)."""
     if not gc.isenabled():
         yield
         return
@@ -193,7 +194,7 @@ class Engine:
         return self
 
     def _load(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
-        with _collector_paused():
+        with collector_paused():
             self._load_now(graph, executable, estimate_only)
 
     def _load_now(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
@@ -228,7 +229,7 @@ class Engine:
                 if times:  # a loop of zero turns runs nothing
                     self.log.add(step, self.executable.steps[step].cycles, times)
         else:
-            with np.errstate(**self._errstate), BLAS.single_threaded(), _collector_paused():
+            with np.errstate(**self._errstate), BLAS.single_threaded(), collector_paused():
                 try:
                     self._interpreter.run(program)
                 except CodeletError as exc:

@@ -34,6 +34,7 @@ from torch.utils import _pytree as pytree
 
 from softipu.compiler.executable import Executable
 from softipu.engine import Engine
+from softipu.engine.engine import collector_paused
 from softipu.errors import SoftIPUError
 from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import ExportError, FrontendError, InputError
@@ -332,7 +333,11 @@ class InferenceModel:
         if compiled is None:
             if self._current is not None:
                 self._check_against(self._current.leaves, leaves)
-            with progress_task(self._label, ("export", "lower", "compile", "load")):
+            # Python's cyclic collector held off over the whole compile: export, lowering and
+            # compile make millions of objects that live on, and each full collection while they
+            # pile up walks them all (BERT-base 4 layers: 4 collections, 0.68 s of a 3.9 s first
+            # call, against 0.13 s for the one owed afterwards; peak memory the same).
+            with progress_task(self._label, ("export", "lower", "compile", "load")), collector_paused():
                 compiled = self._compile(args, kwargs, leaves)
             compiled.skeleton = pytree.tree_map(lambda v: None if isinstance(v, torch.Tensor) else v,
                                                 (tuple(args), dict(kwargs)))
