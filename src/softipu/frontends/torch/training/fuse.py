@@ -44,6 +44,7 @@ _UNARY = {_aten.sqrt.default: "sqrt", _aten.neg.default: "neg", _aten.expm1.defa
           _aten.erf.default: "erf", _aten.log.default: "log", _aten.tanh.default: "tanh",
           _aten.sigmoid.default: "sigmoid", _aten.abs.default: "abs", _aten.log1p.default: "log1p"}
 _FLOATS = (torch.float32, torch.float16)
+_PLAIN_FORMATS = (None, torch.contiguous_format, torch.preserve_format)
 _MAX_LEAVES = 8  # operands of one map: more would be a wide vertex with many fields
 LEAD_BY_LAYOUT = True  # False: a fused map's result follows its first operand (tests compare both)
 
@@ -76,10 +77,16 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def is_cast(node: torch.fx.Node) -> bool:
-    """``x.to(dtype)`` between float dtypes (``_to_copy`` with only a dtype): a cast node of the map
-    (round to nearest even, as the separate cast; a downcast stays a Cast vertex when the
-    device rounds stochastically, see :func:`fuse_node`)."""
-    if node.target is not _aten._to_copy.default or set(node.kwargs) != {"dtype"} or len(node.args) != 1:
+    """``x.to(dtype)`` between float dtypes (``_to_copy`` with only a dtype, and perhaps a
+    contiguous or preserved memory format: autograd's layer-norm backward writes
+    ``x.to(float32, memory_format=torch.contiguous_format)``, and a device tensor has no memory
+    format, the ``_to_copy`` lowering ignores it): a cast node of the map (round to nearest even,
+    as the separate cast; a downcast stays a Cast vertex when the device rounds stochastically,
+    see :func:`fuse_node`)."""
+    if node.target is not _aten._to_copy.default or "dtype" not in node.kwargs or len(node.args) != 1:
+        return False
+    if any(k != "dtype" and not (k == "memory_format" and v in _PLAIN_FORMATS)
+           for k, v in node.kwargs.items()):
         return False
     src = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
     return isinstance(src, torch.Tensor) and src.dtype in _FLOATS
