@@ -161,3 +161,49 @@ def test_a_slab_layout_of_contiguous_pieces_is_one_run_a_piece():
     starts, lengths = address_runs(gapped)
     covered = sorted(a for s, n in zip(starts.tolist(), lengths.tolist(), strict=True) for a in range(s, s + n))
     assert covered == sorted(gapped.addresses().reshape(-1).tolist()) == [20, 21, 24, 25, 28, 29, 32, 33]
+
+
+class MoveShifted(sp.Vertex):
+    """y = x + w[0]: every vertex reads all of ``w`` (a multicast)."""
+
+    x = sp.Input(sp.float32)
+    w = sp.Input(sp.float32)
+    y = sp.Output(sp.float32)
+
+    @staticmethod
+    def compute(x, w, y):
+        y[...] = x + w[0]
+
+    @staticmethod
+    def cycles(x, w, y):
+        return 7
+
+
+@pytest.mark.parametrize("w_home", [1, 5])
+def test_a_dense_field_touching_a_multicast_is_counted_per_address(small_chunks, w_home):
+    # ``w`` lies right after ``a`` (addresses 384..387) and every vertex reads it: a multicast,
+    # left to the sort. ``a``'s transposed columns are still counted per address; vertex 15
+    # (tile 2) reads a[23, 15] (address 383, home tile 1) and w[0] (address 384) from afar, so its
+    # received region runs over the touching address; with ``w`` on tile 1 too, tile 1's sent
+    # region does as well.
+    target = sp.targets.ipu_model(tiles=8)
+    g = sp.Graph(target)
+    a = g.add_variable(sp.float32, (24, 16), name="a")
+    w = g.add_variable(sp.float32, (4,), name="w")
+    b = g.add_variable(sp.float32, (16, 24), name="b")
+    flat = a.reshape(-1)
+    for k in range(0, 24 * 16, 40):
+        g.set_tile_mapping(flat[k:min(k + 40, 24 * 16)], (k // 40) % 8)
+    g.set_tile_mapping(w, w_home)
+    sp.ops.map_linearly(g, b)
+    assert (w.addresses()[0], b.addresses()[0, 0]) == (384, 388)
+    cs = g.add_compute_set("columns")
+    for j, tile in enumerate([0, 0, 1, 3, 3, 3, 2, 5, 6, 7, 7, 4, 0, 1, 1, 2]):
+        g.add_vertex(cs, MoveShifted, {"x": a[:, j], "w": w, "y": b[j]}, tile=tile)
+    exe = sp.Engine(g, [P.Execute(cs)], estimate_only=True).executable
+    got = compute_set_traffic(exe.compute_sets[cs.id], exe.mappings, target)
+    want = by_definition(exe, cs.id, target)
+    assert figures(got) == want
+    assert any(a is not None for a in small_chunks)  # ``a`` was counted per address
+    assert figures(got) == figures(traffic(compute_set_transfers(exe.compute_sets[cs.id], exe.mappings),
+                                           target))

@@ -49,29 +49,78 @@ def dense_clusters(rows: list[FieldRows], mapping: ResolvedMapping,
                    target: Target) -> tuple[DenseCounts | None, list[FieldRows]]:
     """(counts of the dense clusters, the rows left to sort) of one dtype's field rows.
 
-    Rows are clustered by their address ranges (ranges that overlap or touch join), so clusters
-    lie apart and their unions, bytes and regions add up. A cluster is counted per address where
-    its intervals number at least ``1 / _SPAN`` of the addresses it spans and no two of its read
-    (or written) fields overlap (a field read by several tiles, a multicast, is sorted)."""
+    Rows are clustered by their address ranges (ranges that overlap join), so clusters lie apart
+    and their unions and bytes add up. A cluster is counted per address where its intervals
+    number at least ``1 / _SPAN`` of the addresses it spans and no two of its read (or written)
+    fields overlap (a field read by several tiles, a multicast, is sorted). Clusters that touch
+    (one ends where the next starts: a transposed field just below a broadcast row) are counted
+    apart, so a multicast beside a dense field does not send the dense one to the sort; a tile's
+    region running over the touching address is then one region, not two (:func:`_joins`)."""
     total = None
     rest: list[FieldRows] = []
-    for cluster in _clusters(rows):
+    clusters = _clusters(rows)
+    counted = []
+    for cluster in clusters:
         counts = _dense(cluster, mapping, target)
+        counted.append(counts is not None)
         if counts is None:
             rest += cluster
         else:
             total = counts if total is None else tuple(a + b for a, b in zip(total, counts, strict=True))
+    for k in range(1, len(clusters)):
+        below, above = clusters[k - 1], clusters[k]
+        x = min(r.lo for r in above)
+        if (counted[k - 1] or counted[k]) and max(r.hi for r in below) == x:
+            assert total is not None
+            for joined, regions in zip(_joins(below, above, x, mapping), (total[2], total[3]), strict=True):
+                np.subtract.at(regions, joined, 1)
     return total, rest
 
 
+def _joins(below: list[FieldRows], above: list[FieldRows], x: int,
+           mapping: ResolvedMapping) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles whose send (and receive) set holds address ``x - 1`` from ``below`` and ``x``
+    from ``above``: their regions, counted once in each cluster, are one."""
+    (send_a, recv_a), (send_b, recv_b) = _sets_at(below, x - 1, mapping), _sets_at(above, x, mapping)
+    return (np.array(sorted(send_a & send_b), np.int64), np.array(sorted(recv_a & recv_b), np.int64))
+
+
+def _sets_at(rows: list[FieldRows], a: int, mapping: ResolvedMapping) -> tuple[set[int], set[int]]:
+    """The tiles whose send set and receive set hold address ``a``, by the definition: the home
+    tile sends what a remote tile reads, and receives what a remote tile writes; a vertex's tile
+    receives what it reads from a remote tile and sends what it writes onto one."""
+    readers: set[int] = set()
+    writers: set[int] = set()
+    for r in rows:
+        if r.lo <= a < r.hi:
+            tiles = np.unique(r.tiles[(r.starts <= a) & (r.ends > a)]).tolist()
+            if r.reads:
+                readers.update(tiles)
+            if r.writes:
+                writers.update(tiles)
+    home = int(mapping.tiles_of(np.array([a], np.int64))[0])
+    send: set[int] = set()
+    recv: set[int] = set()
+    if readers - {home}:
+        recv |= readers - {home}
+        if home >= 0:
+            send.add(home)
+    if writers - {home}:
+        send |= writers - {home}
+        if home >= 0:
+            recv.add(home)
+    return send, recv
+
+
 def _clusters(rows: list[FieldRows]) -> list[list[FieldRows]]:
+    """Rows joined where their address ranges overlap, in address order."""
     if len(rows) == 1:
         return [rows]
     lo = np.array([r.lo for r in rows], np.int64)
     hi = np.array([r.hi for r in rows], np.int64)
     order = np.argsort(lo, kind="stable")
     reach = np.maximum.accumulate(hi[order])
-    head = np.concatenate(([True], lo[order][1:] > reach[:-1]))
+    head = np.concatenate(([True], lo[order][1:] >= reach[:-1]))
     label = np.cumsum(head) - 1
     out: list[list[FieldRows]] = [[] for _ in range(int(label[-1]) + 1)]
     for i, k in zip(order.tolist(), label.tolist(), strict=True):

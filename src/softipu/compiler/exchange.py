@@ -18,6 +18,7 @@ and destination elements sit on different tiles. Everything is computed on addre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -516,12 +517,14 @@ def _paired_runs(src: Tensor, dst: Tensor) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def union_per_key(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_keys: int,
-                  by_start: np.ndarray | None = None):
+                  by_start: np.ndarray | Callable[[], np.ndarray] | None = None):
     """Per key: total length of the union of its intervals, and how many regions that union has.
 
-    ``by_start``: the intervals' order by start (``argsort(starts, kind="stable")``), when the
-    caller has it for several keyings of the same intervals: a tile-sized key is then ordered
-    by a radix sort of 16-bit keys instead of a comparison sort of 64-bit ones.
+    ``by_start``: the intervals' order by start (``argsort(starts, kind="stable")``), or a function
+    giving it, when the caller has it for several keyings of the same intervals: a tile-sized key
+    is then ordered by a radix sort of 16-bit keys instead of a comparison sort of 64-bit ones.
+    Intervals already in (key, start) order (a read field's pieces listed tile by tile, say) are
+    not sorted at all: the unions do not depend on the order of intervals with equal starts.
     """
     if starts.size == 0:
         z = np.zeros(num_keys, np.int64)
@@ -529,11 +532,13 @@ def union_per_key(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_ke
     span = int(ends.max()) + 1
     s = keys.astype(np.int64) * span + starts  # keys never overlap after this shift
     e = keys.astype(np.int64) * span + ends
-    if by_start is not None and num_keys <= np.iinfo(np.int16).max:
-        order = by_start[np.argsort(keys[by_start].astype(np.int16), kind="stable")]
-    else:
-        order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
+    if s.size > 1 and not bool((s[1:] >= s[:-1]).all()):
+        if by_start is not None and num_keys <= np.iinfo(np.int16).max:
+            by_start = by_start() if callable(by_start) else by_start
+            order = by_start[np.argsort(keys[by_start].astype(np.int16), kind="stable")]
+        else:
+            order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
     reach = np.maximum.accumulate(e)
     head = np.concatenate(([True], s[1:] > reach[:-1]))
     first = np.flatnonzero(head)
@@ -561,7 +566,7 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
     # One union per dtype: a tile receives an element once however many fields of the step
     # read it, and sends it once however many tiles listen.
     for starts, ends, src, dst, item in transfers.per_dtype():
-        by_start = np.argsort(starts, kind="stable")
+        by_start = _Once(lambda starts=starts: np.argsort(starts, kind="stable"))  # if one needs it
         length, regions = union_per_key(src, starts, ends, tiles, by_start)
         send += length * item
         send_regions += regions
@@ -581,6 +586,20 @@ def traffic(transfers: Transfers, target: Target, extra_recv: np.ndarray | None 
             ipu_in += per_pair.sum(axis=0)
     return Traffic(send, recv, send_regions, recv_regions, ipu_out, ipu_in, st_recv,
                    ipu_pairs if ipus > 1 else None)
+
+
+class _Once:
+    """A value computed on first call and kept: the order by start that several unions may share."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], np.ndarray]) -> None:
+        self._make, self._value = make, None
+
+    def __call__(self) -> np.ndarray:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
 
 
 def exchange_cycles(t: Traffic, target: Target) -> tuple[int, np.ndarray]:
