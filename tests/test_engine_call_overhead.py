@@ -4,6 +4,7 @@ a transposed copy, the torch frontend's cycle count and half-input check."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -168,3 +169,46 @@ def test_collector_held_off_over_a_torch_compile_and_back_on_after(monkeypatch):
     with pytest.raises(RuntimeError, match="lowering failed"):
         st.inference_model(_Net().eval(), st.Options(target=sp.targets.ipu_model(tiles=4)))(ids)
     assert gc.isenabled()  # on again after a failed compile
+
+
+@pytest.mark.parametrize(("a", "b", "want"), [
+    ((8, 32, 8, 8), (2, 128, 64), (2, 4, 32, 8, 8)),  # an attention head's block, worked by hand
+    ((2, 3), (2, 3), (2, 3)),
+    ((3, 1, 2), (6,), (3, 2)),
+    ((6, 4), (4, 6), None),  # cuts at 4 and 6 elements do not nest
+    ((2, 0), (0,), None),
+])
+def test_common_refinement_splits_both_shapes(a, b, want):
+    from softipu.engine.storage import common_refinement
+
+    got = common_refinement(a, b)
+    assert got == want
+    if got is not None:  # both reshape into it as views, elements in the same order
+        for shape in (a, b):
+            base = np.arange(math.prod(shape)).reshape(shape)
+            assert np.array_equal(base.reshape(got, copy=False).reshape(-1), base.reshape(-1))
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@pytest.mark.parametrize("transposed_dst", [False, True])
+def test_copy_from_an_indexed_view_with_a_strided_form(reference, transposed_dst):
+    """``dst[...] = x.transpose(1, 0, 2).reshape(16, 16)``: the source's addresses form a strided
+    view (pairs 32 apart), copied view to view by the fast engine, into a plain or transposed
+    destination."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=4))
+    x = g.add_variable(sp.float32, (8, 16, 2), name="x")
+    y = g.add_variable(sp.float32, (16, 16), name="y")
+    for v in (x, y):
+        sp.ops.map_linearly(g, v)
+    src = x.transpose(1, 0, 2).reshape(16, 16)
+    dst = y.transpose(1, 0) if transposed_dst else y
+    eng = sp.Engine(g, [P.Copy(src, dst)], {"engine.reference": reference})
+    for seed in range(2):  # the second run copies through the views bound on the first
+        xs = np.random.default_rng(seed).standard_normal((8, 16, 2)).astype(np.float32)
+        eng.write_tensor(x, xs)
+        eng.run(0)
+        want = xs.transpose(1, 0, 2).reshape(16, 16)
+        np.testing.assert_array_equal(eng.read_tensor(y), want.T if transposed_dst else want)
+    if not reference:
+        assert src.index is not None  # an indexed source, as the test means
+        assert all(getattr(c, "func", None) is not np.take for c in eng._interpreter._copies.values())

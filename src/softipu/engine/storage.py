@@ -6,6 +6,7 @@ arrays (strided tensors) or gathers/scatters through their address arrays (index
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -120,6 +121,26 @@ def _fastest(a: np.ndarray) -> int | None:
         if n > 1 and stride and (best is None or abs(stride) < abs(a.strides[best])):
             best = k
     return best
+
+
+def common_refinement(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape both ``a`` and ``b`` (of one size) reach by splitting axes alone, so that both
+    reshape into it as views with their elements in the same C order: cut wherever either has
+    an axis boundary (its products of trailing axes). None where the cuts do not nest (an axis
+    of 6 beside one of 4) or there are no elements."""
+    def cuts(shape: tuple[int, ...]) -> set[int]:
+        out, p = set(), 1
+        for n in reversed(shape):
+            p *= n
+            out.add(p)
+        return out
+
+    if not a or not b or math.prod(a) != math.prod(b) or math.prod(a) == 0:
+        return None
+    bounds = sorted(cuts(a) | cuts(b) | {1})
+    if any(hi % lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)):
+        return None
+    return tuple(hi // lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))[::-1]
 
 
 def strided_form(index: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
