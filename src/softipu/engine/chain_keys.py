@@ -166,7 +166,7 @@ def _grid_fields(tensors: list[Any]) -> tuple[tuple, np.ndarray] | None:
         if t.is_strided:
             shape, strides, extra = t.shape, t.strides, ()
             offset = t.offset
-        elif len(t.slabs.pieces) == 1:
+        elif t.slabs is not None and len(t.slabs.pieces) == 1:
             offset, shape, strides, mid = t.slabs.pieces[0]
             extra = (mid, t.slabs.axis, t.slabs.perm, t.shape)
         else:
