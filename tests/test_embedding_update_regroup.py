@@ -10,6 +10,7 @@ The region figures are worked out by hand from the layout (see each test).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import softipu as sp
 from softipu import program as P
@@ -26,13 +27,17 @@ def _update_regions(eng, name: str) -> np.ndarray:
     return traffic(compute_set_transfers(found[0], ex.mappings), ex.target).recv_regions
 
 
-def _build(updates_tile: int):
-    g = sp.Graph(sp.targets.ipu_model(tiles=TILES, bytes_per_tile=256 * 1024))
-    table = create_slicable_table(g, (ROWS, COLS), sp.float32, name="table")
-    idx = g.add_variable(sp.int32, (N,), name="idx")
-    upd = g.add_variable(sp.float32, (N, COLS), name="upd")  # by rows: update i's columns contiguous
-    g.set_tile_mapping(idx, updates_tile)
-    g.set_tile_mapping(upd, updates_tile)
+def _build(updates_tile: int | None, cols: int = COLS, n: int = N, dtype=sp.float32, tiles: int = TILES):
+    g = sp.Graph(sp.targets.ipu_model(tiles=tiles, bytes_per_tile=256 * 1024))
+    table = create_slicable_table(g, (ROWS, cols), dtype, name="table")
+    idx = g.add_variable(sp.int32, (n,), name="idx")
+    upd = g.add_variable(dtype, (n, cols), name="upd")  # by rows: update i's columns contiguous
+    if updates_tile is None:  # spread by rows, as a layer's output
+        sp.ops.map_linearly(g, idx)
+        sp.ops.map_linearly(g, upd)
+    else:
+        g.set_tile_mapping(idx, updates_tile)
+        g.set_tile_mapping(upd, updates_tile)
     prog = P.Sequence()
     multi_update_add(g, table, idx, upd, 0.5, prog, name="update")
     return g, table, idx, upd, prog
@@ -57,16 +62,23 @@ def test_each_block_reads_its_column_of_the_updates_as_one_region() -> None:
     assert {int(t) for grp in transposes for t in grp.tiles} == {0}
 
 
-def test_regrouped_updates_add_like_numpy_on_both_engines() -> None:
-    g, table, idx, upd, prog = _build(updates_tile=5)
-    rng = np.random.default_rng(7)
-    values = rng.standard_normal((ROWS, COLS)).astype(np.float32)
-    picks = rng.integers(-3, ROWS + 3, N).astype(np.int32)
+@pytest.mark.parametrize(("updates_tile", "cols", "n", "dtype"), [
+    (5, COLS, N, sp.float32),
+    (None, 19, 37, sp.float32),  # blocks of 8, 8 and 3 columns; 37 updates (Transpose2d's slow path)
+    (None, 24, 40, sp.float16),
+])
+def test_regrouped_updates_add_like_numpy_on_both_engines(updates_tile, cols, n, dtype) -> None:
+    g, table, idx, upd, prog = _build(updates_tile, cols, n, dtype, tiles=64)
+    assert any(c.compute_set.name == "update/transpose" for c in sp.Engine(g, [prog]).executable.compute_sets.values())
+    rng = np.random.default_rng(cols)
+    values = rng.standard_normal((ROWS, cols)).astype(dtype.numpy)
+    picks = rng.integers(-3, ROWS + 3, n).astype(np.int32)
     picks[:4] = picks[4]  # a repeated row adds every update
-    updates = rng.standard_normal((N, COLS)).astype(np.float32)
+    updates = rng.standard_normal((n, cols)).astype(dtype.numpy)
     valid = (picks >= 0) & (picks < ROWS)
     want = values.astype(np.float64)
     np.add.at(want, picks[valid], 0.5 * updates[valid].astype(np.float64))
+    tol = 1e-6 if dtype is sp.float32 else 2e-3
     got = []
     for options in ({}, {"engine.reference": True}):
         eng = sp.Engine(g, [prog], options=options)
@@ -75,5 +87,5 @@ def test_regrouped_updates_add_like_numpy_on_both_engines() -> None:
         eng.write_tensor(upd, updates)
         eng.run(0)
         got.append(eng.read_tensor(table))
-        np.testing.assert_allclose(got[-1], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[-1].astype(np.float64), want, rtol=tol, atol=tol)
     np.testing.assert_array_equal(got[0], got[1])
