@@ -68,9 +68,11 @@ def dense_clusters(rows: list[FieldRows], mapping: ResolvedMapping,
         else:
             total = counts if total is None else tuple(a + b for a, b in zip(total, counts, strict=True))
     for k in range(1, len(clusters)):
+        if not (counted[k - 1] or counted[k]):  # two sorted clusters are unioned together
+            continue
         below, above = clusters[k - 1], clusters[k]
         x = min(r.lo for r in above)
-        if (counted[k - 1] or counted[k]) and max(r.hi for r in below) == x:
+        if max(r.hi for r in below) == x:
             assert total is not None
             for joined, regions in zip(_joins(below, above, x, mapping), (total[2], total[3]), strict=True):
                 np.subtract.at(regions, joined, 1)
