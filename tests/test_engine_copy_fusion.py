@@ -140,3 +140,26 @@ def test_switched_off_the_copies_run(monkeypatch):
     assert eng._interpreter._chains.fused() and not eng._interpreter._chains.skipped()
     ref, terms = _oracle(*values[-1], padding=1)
     assert np.all(np.abs(got[-1] - ref) <= contraction_bound(terms, 64 * 9))
+
+
+
+@pytest.mark.parametrize("dst_view,src_view", [
+    (lambda a: a, lambda b: b.transpose()),                               # the logits' transposed copy
+    (lambda a: a[::-1, 1:], lambda b: b[1:, :].transpose()[::-1]),        # negative and gapped strides
+    (lambda a: a.reshape(24), lambda b: b.transpose().reshape(24)),       # a listed source
+    (lambda a: a.transpose().reshape(24), lambda b: b.reshape(24)),       # a listed destination
+])
+def test_source_table_equals_the_definition_written_by_addresses(dst_view, src_view):
+    # Redirect's table of sources: inv[dst address - lo] = src address, copy by copy.
+    g = sp.Graph(sp.targets.ipu_model(tiles=2))
+    a = g.add_variable(sp.float32, (4, 6), name="a")
+    b = g.add_variable(sp.float32, (6, 4), name="b")
+    dst, src = dst_view(a), src_view(b)
+    assert dst.shape == src.shape
+    lo = int(a.addresses().min())
+    size = int(a.addresses().max()) + 1 - lo
+    expected = np.full(size, -1, np.int64)
+    expected[dst.addresses().reshape(-1) - lo] = src.addresses().reshape(-1)
+    got = np.full(size, -1, np.int64)
+    copy_fusion._write_sources(got, lo, P.Copy(src, dst))
+    np.testing.assert_array_equal(got, expected)

@@ -177,7 +177,7 @@ class Redirect:
                 return None
             inv = np.full(hi - lo, -1, np.int64)
             for c in self.copies:  # in program order: a later copy's element wins
-                inv[c.dst.addresses().reshape(-1) - lo] = c.src.addresses().reshape(-1)
+                _write_sources(inv, lo, c)
             self._inv, self._lo = inv, lo
         return self._inv
 
@@ -214,6 +214,27 @@ class Redirect:
     def commit(self) -> None:
         step_of = self.owner.executable.step_of
         self.owner.skipped.update(step_of[id(c)] for c in self.copies)
+
+
+def _write_sources(inv: np.ndarray, lo: int, copy: P.Copy) -> None:
+    """``inv[dst - lo] = src`` element by element for one copy. A strided destination whose
+    elements are distinct (no zero stride) is written through a strided view of ``inv``, and a
+    strided source of the same shape as ramps added in place: no address list of either (a
+    training step's logits copy is 31 M elements)."""
+    dst, src = copy.dst, copy.src
+    if not (dst.is_strided and all(s != 0 or n == 1 for n, s in zip(dst.shape, dst.strides, strict=True))):
+        inv[dst.addresses().reshape(-1) - lo] = src.addresses().reshape(-1)
+        return
+    item = inv.itemsize
+    view = np.ndarray(dst.shape, inv.dtype, inv, (dst.offset - lo) * item,
+                      tuple(s * item for s in dst.strides))
+    if not (src.is_strided and src.shape == dst.shape):
+        view[...] = src.addresses().reshape(dst.shape)
+        return
+    view[...] = src.offset
+    for axis, (size, stride) in enumerate(zip(src.shape, src.strides, strict=True)):
+        if size > 1 and stride != 0:
+            view += (np.arange(size, dtype=np.int64) * stride).reshape((size,) + (1,) * (src.ndim - axis - 1))
 
 
 def _addresses(off: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
