@@ -346,9 +346,13 @@ START_ORDER = {"bert_large": ("head", "encoder", "embedding"), "bert_base": ("he
 PEAK_HINT_MB = {
     ("bert_large", "head"): 600, ("bert_large", "encoder"): 1100, ("bert_large", "embedding"): 1300,
     ("bert_base", "head"): 900, ("bert_base", "encoder"): 1300, ("bert_base", "embedding"): 1700,
-    # ResNet-50 at batch 18 (stem 4,394, block0_0 4,778, block0_n 4,481, block1_0 2,376 MB: alone)
-    ("resnet50", "block1_n"): 1400, ("resnet50", "block2_0"): 1500, ("resnet50", "block2_n"): 1100,
-    ("resnet50", "block3_0"): 1000, ("resnet50", "block3_n"): 1000, ("resnet50", "head"): 700,
+    # ResNet-50 at batch 18, measured after batch norm on the conv's layout (piece_peaks_mb, 2026-12-07:
+    # stem 1,432, block0_0 732, block0_n 652, block1_0 913, block1_n 784, block2_0 1,051, block2_n 896,
+    # block3_0 907, block3_n 888, head 503 MB), about a quarter above each
+    ("resnet50", "stem"): 1800, ("resnet50", "block0_0"): 950, ("resnet50", "block0_n"): 850,
+    ("resnet50", "block1_0"): 1150, ("resnet50", "block1_n"): 1000, ("resnet50", "block2_0"): 1300,
+    ("resnet50", "block2_n"): 1100, ("resnet50", "block3_0"): 1150, ("resnet50", "block3_n"): 1100,
+    ("resnet50", "head"): 650,
     # GPT-2 XL (vocab 50257, s1024), each alone (piece_peaks_mb): head 479, block 701, embedding 430
     ("gpt2_xl", "head"): 700, ("gpt2_xl", "block"): 1000, ("gpt2_xl", "embedding"): 650,
 }
