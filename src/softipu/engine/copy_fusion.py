@@ -31,7 +31,7 @@ from softipu.dtypes import float32
 from softipu.engine.chain_run import ChainRunner
 from softipu.engine.chains import Chains, _Candidate, _extent, _read_table
 from softipu.graph import program as P
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Tensor, strides_never_meet
 
 __all__ = ["CopyFusion", "FUSE_COPIES", "FusedChains", "Redirect"]
 
@@ -217,31 +217,33 @@ class Redirect:
 
 
 def _write_sources(inv: np.ndarray, lo: int, copy: P.Copy) -> None:
-    """``inv[dst - lo] = src`` element by element for one copy. A strided destination whose
-    elements are distinct (no zero stride) is written through a strided view of ``inv``, and a
-    strided source of the same shape as ramps added in place: no address list of either (a
+    """``inv[dst - lo] = src`` element by element for one copy. A strided destination that
+    addresses no element twice is written through a strided view of ``inv``, and a strided source
+    of the same shape straight into that view (:func:`_addresses`): no address list of either (a
     training step's logits copy is 31 M elements)."""
     dst, src = copy.dst, copy.src
-    if not (dst.is_strided and all(s != 0 or n == 1 for n, s in zip(dst.shape, dst.strides, strict=True))):
+    if not (dst.is_strided and strides_never_meet(dst.shape, dst.strides)):
         inv[dst.addresses().reshape(-1) - lo] = src.addresses().reshape(-1)
         return
     item = inv.itemsize
     view = np.ndarray(dst.shape, inv.dtype, inv, (dst.offset - lo) * item,
                       tuple(s * item for s in dst.strides))
-    if not (src.is_strided and src.shape == dst.shape):
+    if src.is_strided and src.shape == dst.shape:
+        _addresses(src.offset, src.shape, src.strides, out=view)
+    else:
         view[...] = src.addresses().reshape(dst.shape)
-        return
-    view[...] = src.offset
-    for axis, (size, stride) in enumerate(zip(src.shape, src.strides, strict=True)):
-        if size > 1 and stride != 0:
-            view += (np.arange(size, dtype=np.int64) * stride).reshape((size,) + (1,) * (src.ndim - axis - 1))
 
 
-def _addresses(off: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
-    addr = np.full(shape, off, np.int64)
+def _addresses(off: int, shape: tuple[int, ...], strides: tuple[int, ...],
+               out: np.ndarray | None = None) -> np.ndarray:
+    """The int64 addresses of a strided view, written into ``out`` when given."""
+    if out is None:
+        out = np.empty(shape, np.int64)
+    out[...] = off
     for ax, (n, s) in enumerate(zip(shape, strides, strict=True)):
-        addr += (np.arange(n, dtype=np.int64) * s).reshape((n,) + (1,) * (len(shape) - ax - 1))
-    return addr
+        if n > 1 and s != 0:
+            out += (np.arange(n, dtype=np.int64) * s).reshape((n,) + (1,) * (len(shape) - ax - 1))
+    return out
 
 
 def _factor(line: np.ndarray) -> list[tuple[int, int]] | None:
