@@ -177,10 +177,18 @@ def segments_cycles(dtype: DType, elements, outputs, period, target: Target):
         loop = _ceil_div(per_worker, target.vector_width(dtype.itemsize))
     else:
         loop = per_worker * ESTIMATES.int_cycles_per_element
-    odd = 2 * (np.asarray(period, np.int64).reshape(-1) % 2)
-    worker = loop + 12 * _ceil_div(outputs, workers) + odd + 10 + 7
+    odd = np.asarray(period, np.int64).reshape(-1) % 2
+    worker = loop + _continuous_overhead(_ceil_div(outputs, workers), odd)
     result = workers * worker + target.supervisor_overhead_cycles
     return int(result[0]) if np.ndim(elements) == 0 and result.size == 1 else result
+
+
+def _continuous_overhead(outputs, odd):
+    """getCycleEstimateReduceAllRegionsContinuous's worker cycles beside the inner loop
+    (lib/popops/reduction/CycleEstimationFunctions.cpp): 12 per output, 2 when a run is odd
+    (``odd`` 1), 10, and 7 of call and return; shared by :func:`segments_cycles` and
+    :func:`run_cycles`."""
+    return 12 * outputs + 2 * odd + 10 + 7
 
 
 def _finish(res: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
@@ -285,7 +293,7 @@ def run_cycles(dtype: DType, n, lead, target: Target):
         loop = k * (n // target.vector_width(dtype.itemsize))
     else:
         loop = k * n * ESTIMATES.int_cycles_per_element
-    result = np.where(k > 0, loop + 2 * (n % 2) + 12 * k + 10 + 7, 0)
+    result = np.where(k > 0, loop + _continuous_overhead(k, n % 2), 0)
     return int(result[0]) if np.ndim(n) == 0 and result.size == 1 else result
 
 
