@@ -13,7 +13,7 @@ from softipu.codelets.nn.conv import conv_window_codelet
 from softipu.graph.tensor import Tensor
 from softipu.ops.bulk import add_vertex_runs
 from softipu.ops.common import OpContext
-from softipu.ops.matmul import _add_reduce_vertices, _Blocks, _Grid, _Operand, _output, _partials
+from softipu.ops.matmul import _Blocks, _Grid, _Operand, _output, _partials, _reduce_stage
 from softipu.ops.planner import Plan
 
 if TYPE_CHECKING:
@@ -77,10 +77,7 @@ def _run_windows(ctx: OpContext, pl: Plan, xp: Tensor, rhs: _Operand, inner: _In
     cs = ctx.compute_set("conv")
     _add_window_vertices(ctx, cs, pl, grids, xp, inner, b, direct if direct is not None else partials)
     ctx.execute(cs)
-    if partials is not None:
-        cs = ctx.compute_set("reduce")
-        _add_reduce_vertices(ctx, cs, pl, grids, partials, out)
-        ctx.execute(cs)
+    _reduce_stage(ctx, pl, grids, partials, out)
     return out
 
 

@@ -114,6 +114,16 @@ def _vary(coords: dict[str, np.ndarray], sizes: dict[str, np.ndarray], a: _Block
     return best
 
 
+def _reduce_stage(ctx: OpContext, pl: Plan, grids, partials: _Blocks | None, out: Tensor) -> None:
+    """The ``reduce`` compute set adding ``partials`` into ``out``, executed; nothing where the
+    AMP (or ConvWindow) vertices wrote the output directly (``partials`` None)."""
+    if partials is None:
+        return
+    cs = ctx.compute_set("reduce")
+    _add_reduce_vertices(ctx, cs, pl, grids, partials, out)
+    ctx.execute(cs)
+
+
 def _add_reduce_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, partials: _Blocks,
                          out: Tensor) -> None:
     """The reduce as poplin builds it (lib/poplin/ConvReduce.cpp, ``reduce``): the rows of block

@@ -46,6 +46,7 @@ from softipu.ops._matmul_vertices import (  # noqa: F401 - re-exported for ops.c
     _add_reduce_vertices,
     _output,
     _partials,
+    _reduce_stage,
 )
 from softipu.ops.common import OpContext, OpError, broadcast_shapes, parse_options
 from softipu.ops.mapping import map_linearly
@@ -319,10 +320,7 @@ def _run_plan(ctx: OpContext, pl: Plan, lhs: Any, rhs: Any) -> Tensor:
         cs = ctx.compute_set(f"amp{step}" if pl.k_serial > 1 else "amp")
         _add_amp_vertices(ctx, cs, pl, grids, a_blocks, b_blocks, target_blocks, step)
         ctx.execute(cs)
-    if partials is not None:
-        cs = ctx.compute_set("reduce")
-        _add_reduce_vertices(ctx, cs, pl, grids, partials, out)
-        ctx.execute(cs)
+    _reduce_stage(ctx, pl, grids, partials, out)
     return out
 
 
