@@ -27,8 +27,9 @@ The price of a candidate is built from the cost model's own pieces (see :func:`p
 cycles from the codelet's estimator, exchange cycles of the bytes crossing each supertile's bus
 at ``target.exchange_cycles`` per tile (as the compiler charges them), sync, and the reduction
 stage (ReducePartials vertices on the workers plus the partials' exchange). Temporary bytes per
-tile (received blocks and partials) must stay below ``availableMemoryProportion x
-target.bytes_per_tile``, and with the tile's own share of A, B and C below
+tile, counted as poplin's planner counts them (:func:`temp_bytes`: a step's whole A and B blocks,
+the partials, the running sum of a serial split), must stay below ``availableMemoryProportion x
+target.bytes_per_tile``, and what they add beside the tile's own share of A, B and C below
 ``target.bytes_per_tile``. The fastest candidate wins; plans are cached by problem,
 target and options.
 """
@@ -46,7 +47,8 @@ from softipu.dtypes import DType
 from softipu.graph.accounting import control_code_bytes, exchange_code_bytes, vertex_state_bytes
 from softipu.target import Target
 
-__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "rearrange_cycles", "DIMS", "PAIRINGS"]
+__all__ = ["MatMulProblem", "Plan", "plan", "plan_report", "rearrange_cycles", "temp_bytes", "DIMS",
+           "PAIRINGS"]
 
 DIMS = ("g", "m", "n", "k")
 # What the two tiles of a supertile split between them (poplin's use of the shared exchange bus):
@@ -243,24 +245,67 @@ def _inputs_per_k(c: dict[str, np.ndarray], isz: int, tps: int) -> tuple[np.ndar
     return a_recv + b_recv, bus
 
 
+def temp_bytes(p: MatMulProblem, bg, bm, bn, chunk, k_split, steps) -> np.ndarray:
+    """Temporary bytes per tile of a plan, as poplin's planner counts them [V] (ints or arrays).
+
+    lib/poplin/ConvModel.cpp, ``addEstimates``: ``totalTempBytes = max(transform temp, tile
+    transform temp + convTempBytes, reduceTempBytes, ...) + addInPlaceTempBytes``, with
+
+    * ``addConvTempMemoryEstimate``: the tile's WHOLE input block (``inputsPerLevel.back()``,
+      taken before ``addExchangeCycleEstimates`` subtracts the share already on the tile, which
+      only the exchange cycles leave out), its whole weights block, and its partials
+      (``addPartialsPerTile``, ``partialType``), one serial step's worth ("when splitting
+      serially the temp memory should not outlive an iteration of the loop"; the tile-level
+      sizes divide K by ``inChanSplit.parallel x inChanSplit.serial``, constructModel). The
+      partials count whether or not a second compute set follows. Here: ``bg x (bm x chunk +
+      chunk x bn) x in bytes + bg x bm x bn x partial bytes``;
+    * ``addReduceCycleEstimate``: with a reduction depth (``inChanSplit.parallel``) above 1, its
+      first stage holds ``ceil(partials / depth) x depth`` partials of the tile level's result
+      type (the partials type here: ``interTilePartialsType`` is never wider, getConvTypes);
+    * ``addInPlaceEstimate``: with ``inChanSplit.serial`` above 1, the running sum of the
+      tile's outputs, ``ceil(partials / depth)`` of the same type, live across the serial loop
+      and so added on top;
+    * the transform terms (operands rearranged into the plan's layout) are 0 for operands made
+      by ``create_matmul_input_lhs/rhs``, as :attr:`Plan.cycles` leaves out their cycles; the
+      AMP padding terms (``addTileLevelTransformEstimates``) are 0 for a 1x1 convolution with
+      a full AMP input group (convUnitWeightHeight 1), and blocks here are whole grains.
+    """
+    isz, psz = p.in_dtype.itemsize, p.partials_dtype.itemsize
+    bg, bm, bn, chunk, k_split, steps = (np.asarray(x, np.int64)
+                                         for x in (bg, bm, bn, chunk, k_split, steps))
+    partials = bg * bm * bn
+    outputs = -(-partials // k_split)  # outputsPerLevel: what each tile reduces and keeps
+    conv = bg * (bm * chunk + chunk * bn) * isz + partials * psz
+    reduce = np.where(k_split > 1, outputs * k_split * psz, 0)
+    in_place = np.where(steps > 1, outputs * psz, 0)
+    return np.maximum(conv, reduce) + in_place
+
+
 def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
           budget: int) -> dict[str, np.ndarray]:
     """Cycles and temporary bytes per tile of each candidate (columns of ``c``), vectorized.
 
     Per tile: ``k_serial`` steps of (sync, exchange of the step's A and B chunks, AMP), then, when
     partials must be added or cast, a second step (sync, exchange of the partials, ReducePartials
-    on the workers). Temporaries: the received chunks and the partials block; in the second step
-    the partials and the received partials.
+    on the workers). Temporaries: as poplin's planner counts them (:func:`temp_bytes`).
     """
     sg, sm, sn, sk = c["sg"], c["sm"], c["sn"], c["sk"]
     bg, bm, bn, bk = c["bg"], c["bm"], c["bn"], c["bk"]
     isz, psz, osz = p.in_dtype.itemsize, p.partials_dtype.itemsize, p.out_dtype.itemsize
     direct = sn == 1  # the AMP writes whole output rows: no second stage needed
-    staged = (sk > 1) | (psz != osz) | ~direct
-    partial_bytes = np.where(staged, bg * bm * bn * psz, 0)
     tps = target.tiles_per_supertile
-    recv_per_k, bus_per_k = _inputs_per_k(c, isz, tps)
-    serial, chunk = _serial_chunks(p, bk, recv_per_k, budget - partial_bytes)
+    _, bus_per_k = _inputs_per_k(c, isz, tps)
+    # The fewest serial steps whose temporaries fit: one step if the whole K range does, else
+    # as many as needed with the running sum of the outputs beside each step's blocks.
+    block_per_k = bg * (bm + bn) * isz
+    partial_bytes = bg * bm * bn * psz
+    running = -(-(bg * bm * bn) // sk) * psz
+    reduce_room = budget - np.where(sk > 1, -(-(bg * bm * bn) // sk) * sk * psz, 0)
+    one, whole_chunk = _serial_chunks(p, bk, block_per_k, budget - partial_bytes)
+    many, part_chunk = _serial_chunks(p, bk, block_per_k, budget - partial_bytes - running)
+    alone = (one == 1) & (reduce_room >= 0)
+    serial = np.where(alone, 1, np.where(reduce_room - running >= 0, many, 0))
+    chunk = np.where(alone, whole_chunk, part_chunk)
     steps = np.maximum(serial, 1)
     k_blocks = -(-p.k // chunk)
     sk = -(-k_blocks // steps)  # K ranges actually used with these chunks
@@ -269,7 +314,6 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     pair = c["pair"]
     spread = np.where((pair == 0) & (used * tps <= target.num_tiles), tps, 1)
     bus_in = -(-bus_per_k * chunk // tps)
-    recv_in = recv_per_k * chunk
     amp = bg * (amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target)
                 + (steps - 1) * amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target,
                                            zeroing=False))
@@ -289,23 +333,26 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     # the B block likewise; in the reduction, partials from the other K ranges.
     exchange = steps * target.exchange_phase_cycles(bus_in, (sn - 1) + (sm - 1), spread) + np.where(
         two_stage, target.exchange_phase_cycles(recv_red, sk - 1, spread), 0)
-    partial_bytes = np.where(two_stage, bg * bm * bn * psz, 0)
-    reduce_temp = np.where(two_stage, partial_bytes + recv_red, 0)
-    temp = np.maximum(recv_in + partial_bytes, reduce_temp)
+    temp = temp_bytes(p, bg, bm, bn, chunk, sk, steps)
     # What the candidate needs at least: one grain of K at a time (for the no-fit message).
-    least = np.maximum(recv_per_k * np.minimum(p.k_grain, bk) + partial_bytes, reduce_temp)
+    least = temp_bytes(p, bg, bm, bn, np.minimum(p.k_grain, bk), c["sk"], 2)
     temp = np.where(serial > 0, temp, least)
-    # The tile's own share of A, B and C, laid out as planned, must fit beside the temporaries,
-    # and so must the code and state of every step (exchange code per region received).
+    # The tile's own share of A, B and C, laid out as planned, must fit beside what the step
+    # really adds, and so must the code and state of every step (exchange code per region
+    # received). poplin's count holds the tile's own share of each block, which the AMP here
+    # reads in place, and partials the AMP writes straight into C when no second stage follows.
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
     resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage)
+    read_in_place = bg * (bm * chunk * isz // sn + chunk * bn * isz // sm) + np.where(
+        two_stage, 0, bg * bm * bn * psz)
     return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
             "serial": serial,
             "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
             "sync": steps * sync + np.where(two_stage, sync, 0), "temp": temp,
-            "resident": resident,
-            "fits": (serial > 0) & (temp <= budget) & (temp + resident <= target.bytes_per_tile)}
+            "resident": resident, "held": temp - read_in_place,
+            "fits": (serial > 0) & (temp <= budget)
+            & (temp - read_in_place + resident <= target.bytes_per_tile)}
 
 
 def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, two_stage) -> np.ndarray:
@@ -404,7 +451,7 @@ def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
         best = int(np.lexsort((costs["serial"], costs["used"], key))[0])
     else:  # nothing fits: the least memory, so the caller can say how much is missing
         over = (np.maximum(costs["temp"] - budget, 0)
-                + np.maximum(costs["temp"] + costs["resident"] - target.bytes_per_tile, 0))
+                + np.maximum(costs["held"] + costs["resident"] - target.bytes_per_tile, 0))
         best = int(np.lexsort((total, over))[0])
     get = {k: int(v[best]) for k, v in costs.items()}
     splits = (int(cols["sg"][best]), int(cols["sm"][best]), int(cols["sn"][best]), get["sk"])
