@@ -32,6 +32,16 @@ the partials, the running sum of a serial split), must stay below ``availableMem
 target.bytes_per_tile``, and what they add beside the tile's own share of A, B and C below
 ``target.bytes_per_tile``. The fastest candidate wins; plans are cached by problem,
 target and options.
+
+Where the price differs from poplin's cost model (it only orders the candidates): poplin
+(lib/poplin/ConvModel.cpp addExchangeCycleEstimates, ExchangeEstimator.hpp) charges a tile's
+received inputs at twice ``exchangeBytesPerCycle`` when ``outChanSplit.parallel`` is even, its
+received weights at once, and its whole block of partials at once even with no reduction, all
+times the serial steps, with no sync, per-region or latency terms, and it reduces after every
+serial step; here exchange is priced as the compiled program charges it (the supertile's bus,
+a region per piece received, the phase's latency), partials only where K is split, and a serial
+split accumulates in its partials and reduces once. poplin also requires ``inChanSplit.serial``
+to divide K (constructModel, ``m.factorOf``); the serial chunks here need not.
 """
 
 from __future__ import annotations
