@@ -57,7 +57,8 @@ class ChainRunner:
         self.bands, self.in_buf, self.out_buf = bands, in_buf, out_buf
         self.group, self.where, self.scratch = group, where, scratch
         self.plans: list[tuple] | None = None
-        # Copies of right-hand blocks only the host writes (engine/constants.py) into matrices this
+        # Copies of operand blocks only the host writes (engine/constants.py: a model's weights, on
+        # the right, or on the left where the plan computes out^T = W x^T) into matrices this
         # runner keeps: made again when the host wrote since (``kept_at``: its write count then).
         self.kept: list[Callable[[], Any]] = []
         self.kept_at = -1
@@ -184,7 +185,10 @@ class ChainRunner:
         a = _direct(src, a_grid, m_at, k_at) if src.dtype == np.float32 and self.redirect is None else None
         half = src.dtype == np.float16  # operands gathered as halves, then widened whole
         widen: list[tuple[np.ndarray, np.ndarray]] = []
-        if a is None:
+        if a is None and self.redirect is None and self.scratch.keeps(band, rows * ks, src, left=True):
+            a = np.empty((rows, ks), np.float32)  # a weight on the left (out^T = W x^T): kept too
+            self.kept += _copy_jobs(_copies(a, src, a_grid, m_at, k_at))
+        elif a is None:
             a = self.scratch.get("a", (rows, ks))
             into = self.scratch.get("a16", (rows, ks), np.float16) if half else a
             copies_in += self._left(_copies(into, src, a_grid, m_at, k_at))
@@ -324,7 +328,7 @@ def _converted(convert: Callable[[np.ndarray, np.ndarray], None],
     return jobs[0] if len(jobs) == 1 else partial(run_pieces, jobs)
 
 
-# At most this many bytes of right-hand operands (weights) are kept gathered between calls.
+# At most this many bytes of operands only the host writes (weights) are kept gathered between calls.
 KEPT_BYTES = 512 << 20
 
 
@@ -334,7 +338,8 @@ class Scratch:
     made earlier keep the views of the old one (alive through them).
 
     With the executable's :class:`WrittenSpans` and the storage, it also says which bands'
-    right-hand blocks only the host writes (:meth:`keeps`), up to :data:`KEPT_BYTES` in all."""
+    right-hand (or left-hand) blocks only the host writes (:meth:`keeps`), up to
+    :data:`KEPT_BYTES` in all."""
 
     def __init__(self, written: WrittenSpans | None = None, storage: Any = None) -> None:
         self.buffers: dict[str, np.ndarray] = {}
@@ -361,25 +366,28 @@ class Scratch:
         """Whether only the host writes a band's right-hand blocks (budget aside): no change."""
         return self._host_only(band, src) is not None
 
-    def _host_only(self, band: Band, src: np.ndarray) -> tuple | None:
-        """(dtype, start, hi) of a band's right-hand blocks where only the host writes them."""
+    def _host_only(self, band: Band, src: np.ndarray, left: bool = False) -> tuple | None:
+        """(dtype, start, hi) of a band's right-hand blocks (left-hand with ``left``) where only
+        the host writes them."""
         if self.written is None or self.storage.replicas != 1:
             return None
-        start, rs, cs = band.b[..., 0], band.b[..., 1], band.b[..., 2]
+        grid, heights, widths = (band.a, band.m, band.k) if left else (band.b, band.k, band.n)
+        start, rs, cs = grid[..., 0], grid[..., 1], grid[..., 2]
         if (rs <= 0).any() or (cs <= 0).any():
             return None
-        hi = start + (band.k[:, None] - 1) * rs + (band.n[None, :] - 1) * cs + 1
+        hi = start + (heights[:, None] - 1) * rs + (widths[None, :] - 1) * cs + 1
         dtype = next((d for d, buf in self.storage.buffers.items() if np.shares_memory(buf, src)), None)
         if dtype is None or not self.written.untouched(dtype, start.reshape(-1), hi.reshape(-1)):
             return None
         return dtype, start, hi
 
-    def keeps(self, band: Band, elements: int, src: np.ndarray) -> bool:
-        """Whether a band's gathered right-hand matrix (``elements`` of float32, from ``src``, a
-        storage buffer's row) is kept between calls; counted against the budget if so."""
+    def keeps(self, band: Band, elements: int, src: np.ndarray, left: bool = False) -> bool:
+        """Whether a band's gathered right-hand matrix (left-hand with ``left``: ``elements`` of
+        float32, from ``src``, a storage buffer's row) is kept between calls; counted against the
+        budget if so."""
         if self.kept_bytes + 4 * elements > KEPT_BYTES:
             return False
-        found = self._host_only(band, src)
+        found = self._host_only(band, src, left)
         if found is None:
             return False
         dtype, start, hi = found
