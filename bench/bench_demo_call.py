@@ -5,17 +5,20 @@ The encoder, its inputs and its PopTorch options come from ``examples/demo_torch
 measures exactly what the demo prints. After the first call (export, lower, compile, load, run),
 each repeat times ``--calls`` later calls of the simulator and as many of eager PyTorch (under
 ``torch.no_grad()``, with torch's default threads, as the demo runs it), interleaved in blocks of
-``--block`` calls of each (torch's pool threads spin for a while after each of its calls, and the
-engine's host pool hands GEMM pieces to a second core only where it finds one idle: a call right
-after an eager one sees torch's spinning thread, which a user calling one model repeatedly does
-not), and prints one JSON line: per repeat the best and median of each, and the ratio of the bests and of
-the medians; over the repeats the best, and the spread (max - min) of the ratios.
+``--block`` calls of each, with a ``--pause-ms`` pause after each eager block: torch's pool
+threads spin for a while after its calls, and the engine hands a GEMM's pieces to a second core
+only where it finds one idle (``codelets/host.py: idle_cores``, sampled every 50 ms), so a call
+right after eager ones would see torch's spinning thread, which a user calling one model
+repeatedly does not (measured: the 13 chains of a call take 1.10 ms on one thread, 0.89 ms
+shared). It prints one JSON line: per repeat the best and median of each, and the ratio of the
+bests and of the medians; over the repeats the best, and the spread (max - min) of the ratios.
 
 ``--baseline DIR`` runs the same in a fresh process on the softipu source tree in DIR (a checkout
 of an earlier commit), alternately with this tree, ``--processes`` times each, and prints both.
 The load average at the start and the end is printed with each line: the host is shared.
 
-Run: ``.venv/bin/python bench/bench_demo_call.py [--calls 200] [--repeats 3] [--block 10] [--baseline DIR]``.
+Run: ``.venv/bin/python bench/bench_demo_call.py [--calls 200] [--repeats 3] [--block 10] [--pause-ms 60]
+[--baseline DIR]``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def _demo_sizes(demo) -> dict[str, int]:
     return {k: params[k].default for k in ("layers", "hidden", "heads", "seq", "batch")}
 
 
-def measure(calls: int, repeats: int, block: int = 10) -> dict:
+def measure(calls: int, repeats: int, block: int = 10, pause_ms: float = 60.0) -> dict:
     import torch
 
     import softipu
@@ -77,12 +80,14 @@ def measure(calls: int, repeats: int, block: int = 10) -> dict:
                     t = time.perf_counter()
                     model(*inputs)
                     eager.append(time.perf_counter() - t)
+            time.sleep(pause_ms / 1e3)
         rounds.append({"ipu_best_ms": min(ipu) * 1e3, "ipu_median_ms": statistics.median(ipu) * 1e3,
                        "eager_best_ms": min(eager) * 1e3, "eager_median_ms": statistics.median(eager) * 1e3})
         rounds[-1]["ratio_best"] = rounds[-1]["ipu_best_ms"] / rounds[-1]["eager_best_ms"]
         rounds[-1]["ratio_median"] = rounds[-1]["ipu_median_ms"] / rounds[-1]["eager_median_ms"]
     load.append(os.getloadavg()[0])
     line = {"bench": "demo_encoder_later_call", **sizes, "calls": calls, "repeats": repeats, "block": block,
+            "pause_ms": pause_ms,
             "src": str(Path(softipu.__file__).resolve().parent.parent), "first_call_s": round(first, 2),
             "torch_threads": torch.get_num_threads(), "load_avg": [round(x, 2) for x in load]}
     for key in rounds[0]:
@@ -112,13 +117,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="later calls of each per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block", type=int, default=10, help="calls of each in a row")
+    parser.add_argument("--pause-ms", type=float, default=60.0, help="pause after each eager block")
     parser.add_argument("--baseline", help="a softipu checkout whose src/ is measured beside")
     parser.add_argument("--processes", type=int, default=1, help="processes per tree with --baseline")
     a = parser.parse_args()
     if not a.baseline:
-        print(json.dumps(measure(a.calls, a.repeats, a.block)), flush=True)
+        print(json.dumps(measure(a.calls, a.repeats, a.block, a.pause_ms)), flush=True)
         return
-    argv = ["--calls", str(a.calls), "--repeats", str(a.repeats), "--block", str(a.block)]
+    argv = ["--calls", str(a.calls), "--repeats", str(a.repeats), "--block", str(a.block),
+            "--pause-ms", str(a.pause_ms)]
     for _ in range(a.processes):
         for tree, src in (("now", None), ("baseline", a.baseline)):
             line = _child(argv, src)
