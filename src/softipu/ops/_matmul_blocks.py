@@ -119,11 +119,24 @@ def _contiguous_blocks(x: Tensor, rows: _Grid, cols: _Grid):
                           + rows.starts[None, :, None] * sr + cols.starts[None, None, :] * sc)
                 return starts, transposed
         return None
+    # Block (0, 0) of the first group alone first: a layout whose first block is not one run in
+    # an order is rejected in that order without listing its addresses (BERT-Large's attention
+    # heads at batch 18: 96 operands, 5.8 CPU s of address lists and whole-tensor comparisons).
+    first = x[0, : int(rows.sizes[0]), : int(cols.sizes[0])].addresses()
+    orders = [t for t in (False, True) if _is_one_run(first.T if t else first)]
+    if not orders:
+        return None
     addr = x.addresses()
-    for transposed in (False, True):
+    for transposed in orders:
         if _indexed_blocks_ok(addr, rows, cols, transposed):
             return addr[:, rows.starts][:, :, cols.starts], transposed
     return None
+
+
+def _is_one_run(block: np.ndarray) -> bool:
+    """True when a block's addresses, read row-major, step by one."""
+    flat = block.reshape(-1)
+    return bool(np.array_equal(flat, flat[0] + np.arange(flat.size, dtype=np.int64)))
 
 
 def _strided_blocks_ok(strides: tuple[int, ...], rows: _Grid, cols: _Grid, transposed: bool) -> bool:
