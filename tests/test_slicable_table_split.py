@@ -27,23 +27,30 @@ def graph(tiles: int) -> sp.Graph:
 
 
 def test_plan_cuts_rows_when_columns_leave_tiles_idle() -> None:
-    # 256 columns on 1472 tiles: 5 tiles a column, 4 (the largest divisor of 8192 up to 5) rows blocks.
-    assert plan_table_split(8192, 256, 1472) == (1, 4)
-    # 768 columns: two a tile (384 blocks, 3 tiles each; 3 divides 30522) hold 2 * 10174 elements,
-    # fewer than one whole column (30522) or four columns of 6 blocks (4 * 5087 = 20348, a tie).
-    assert plan_table_split(30522, 768, 1472) == (2, 3)
+    # 256 columns on 1472 tiles: 5 tiles a column (1472 // 256), 5 row blocks of ceil(8192 / 5) =
+    # 1,639 rows (the last 1,636), not 4 of 2,048 (a divisor of 8192).
+    assert plan_table_split(8192, 256, 1472) == (1, 5)
+    # BERT-base's 768 columns: 4 a tile (192 blocks, 7 tiles each) hold 4 * ceil(30522 / 7) =
+    # 17,444 elements, fewer than 2 a tile in 3 row blocks (2 * 10,174 = 20,348) or whole columns.
+    assert plan_table_split(30522, 768, 1472) == (4, 7)
+    # BERT-Large's 1024 columns: 5 a tile (205 blocks on 7 tiles each, 1,435 tiles) hold
+    # 5 * ceil(30522 / 7) = 21,805 elements (43,610 B in fp16), against a whole column on each of
+    # 1,024 tiles (30,522: 61,044 B) and ceil(30522 * 1024 / 1472) = 21,233 spread perfectly.
+    assert plan_table_split(30522, 1024, 1472) == (5, 7)
     assert plan_table_split(100, 8, 4) == (2, 1)  # more columns than tiles: whole columns
     assert plan_table_split(127, 2, 64) == (1, 1)  # too few rows for two 64-row blocks
 
 
-@pytest.mark.parametrize(("rows", "cols", "tiles"), [(256, 2, 4), (512, 6, 16), (640, 7, 16)])
+@pytest.mark.parametrize(("rows", "cols", "tiles"), [(256, 2, 4), (512, 6, 16), (640, 7, 16), (331, 3, 16)])
 def test_split_table_lookups_and_updates_match_numpy(rows: int, cols: int, tiles: int) -> None:
     g = graph(tiles)
     width, blocks = plan_table_split(rows, cols, tiles)
     assert blocks > 1
     table = create_slicable_table(g, (rows, cols))
     held = np.bincount(g.tile_of(table).reshape(-1), minlength=tiles)
-    assert held.max() == width * rows // blocks  # each tile: `width` columns of one row block
+    height = -(-rows // blocks)  # (331, 3, 16): 5 blocks of 67 rows, the last of 63
+    assert held.max() == width * height  # each tile: `width` columns of one row block
+    assert held.sum() == rows * cols
     n = 37
     idx = g.add_variable(sp.int32, (n,), name="idx")
     upd = g.add_variable(sp.float32, (n, cols), name="upd")
@@ -86,9 +93,10 @@ def test_slicable_like_keeps_the_row_blocks() -> None:
     np.testing.assert_array_equal(g.tile_of(state), g.tile_of(table))
 
 
-def test_an_inference_table_keeps_whole_columns_and_a_training_table_splits_rows():
-    """A table only looked up (inference) stays in whole columns — a row-split lookup sums partial
-    rows — while in training its gradient and optimizer state share the row blocks; values vs eager."""
+def test_an_inference_table_is_spread_evenly_and_a_training_table_splits_rows():
+    """A table only looked up (inference) is spread evenly over every tile (each lookup receives
+    the rest of its column), while in training its gradient and optimizer state share the row
+    blocks; values vs eager."""
     from torch import nn  # noqa: PLC0415
 
     import softipu.torch as st  # noqa: PLC0415
@@ -102,7 +110,9 @@ def test_an_inference_table_keeps_whole_columns_and_a_training_table_splits_rows
     graph = model._current.lowered.graph  # noqa: SLF001
     var = next(v for v in graph.variables if v.shape == (4, 512))  # the table, stored [columns, rows]
     tiles = graph.tile_of(Tensor(graph, var.dtype, var.shape, var.start, (512, 1)))
-    assert all(np.unique(tiles[c]).size == 1 for c in range(4))  # each column on one tile
+    # By hand: 2,048 elements in grains of 2 (8 B of fp32) over 64 tiles: 32 on every tile, where
+    # whole columns held 512 on each of 4 tiles.
+    np.testing.assert_array_equal(np.bincount(tiles.reshape(-1), minlength=64), np.full(64, 32))
 
     class Loss(nn.Module):
         def __init__(self) -> None:

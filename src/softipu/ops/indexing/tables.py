@@ -20,6 +20,7 @@ import numpy as np
 
 from softipu.codelets.indexing import multi_slice_codelet, multi_update_codelet
 from softipu.dtypes import as_dtype, float32
+from softipu.graph import program as P
 from softipu.graph.graph import Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, parse_options, rows_of, tile_regions
@@ -32,35 +33,43 @@ __all__ = ["multi_slice", "multi_update_add", "create_slicable_table", "create_s
 
 # popops' slice plan splits the sliced dimension (rows) as well as the columns when the columns
 # leave tiles idle (BERT's 768-wide embedding on 1472 tiles). Here a row split cuts every column
-# into equal row blocks, one vertex each (several on a tile when a tile holds several columns),
-# so every vertex field stays a strided view of the table (the engine never gathers it): block
-# (c, r) is storage run c * row_blocks + r. A lookup's row blocks give partial rows, summed.
+# into row blocks of ceil(rows / row_blocks) rows, the last one shorter (popops' partitions:
+# graphcore/poplibs lib/popops/DynamicSlice.cpp multiSlicePlanned, ``sElemsPerPartition =
+# ceildiv(sTotalElems, sSplit)``), one vertex each (several on a tile when a tile holds several
+# columns), so every vertex field stays a strided view of the table (the engine never gathers
+# it): block (c, r) is rows [r h, (r + 1) h) of column c's contiguous storage. A lookup's row
+# blocks give partial rows, summed.
 MAX_ROW_BLOCKS = 8
 MIN_BLOCK_ROWS = 64
 
 
 def plan_table_split(rows: int, cols: int, tiles: int) -> tuple[int, int]:
     """``(width, row_blocks)`` of a ``[rows, cols]`` slicable table on ``tiles`` tiles: ``width``
-    columns a tile and each column cut into ``row_blocks`` equal blocks (a divisor of ``rows``, at
-    most ``MAX_ROW_BLOCKS``, each at least ``MIN_BLOCK_ROWS`` rows), the pair holding the fewest
-    elements on the fullest tile (the table's, its gradient's and optimizer state's bytes there,
-    and the update's work), ties to fewer row blocks (fewer partial rows to sum after a lookup).
-    Without a row split the width is ``ceil(cols / tiles)``, one block of whole columns a tile.
+    columns a tile and each column cut into ``row_blocks`` blocks of ``ceil(rows / row_blocks)``
+    rows (the last one shorter; at most ``MAX_ROW_BLOCKS``, each at least ``MIN_BLOCK_ROWS``
+    rows), the pair holding the fewest elements on the fullest tile (the table's, its gradient's
+    and optimizer state's bytes there, and the update's work), ties to fewer row blocks (fewer
+    partial rows to sum after a lookup). Without a row split the width is ``ceil(cols / tiles)``,
+    one block of whole columns a tile.
+
+    popops' embedding planner (graphcore/poplibs lib/popops/DynamicSlice.cpp, ``embedding::plan``)
+    splits the rows (``slicedDimSplit``, any count: ``ceildiv`` partitions) and charges a table
+    spread less evenly than ``ceil(elements / tiles)`` a tile as if it had to be exchanged into
+    place (``alwaysIncludeBaseRearrangementCost``, on by default), for lookups alone too.
 
     >>> plan_table_split(8192, 256, 1472)
-    (1, 4)
+    (1, 5)
     >>> plan_table_split(30522, 768, 1472)
-    (2, 3)
+    (4, 7)
     >>> plan_table_split(100, 8, 4)
     (2, 1)
     """
     width = -(-cols // tiles) if cols else 1
     best = (width * rows, width, 1)
     for w in range(1, cols + 1):
-        most = min(MAX_ROW_BLOCKS, tiles // -(-cols // w), rows // MIN_BLOCK_ROWS)
-        blocks = next((k for k in range(most, 1, -1) if rows % k == 0), 1)
-        if blocks > 1 and w * (rows // blocks) < best[0]:
-            best = (w * (rows // blocks), w, blocks)
+        blocks = min(MAX_ROW_BLOCKS, tiles // -(-cols // w), rows // MIN_BLOCK_ROWS)
+        if blocks > 1 and w * -(-rows // blocks) < best[0]:
+            best = (w * -(-rows // blocks), w, blocks)
     return best[1], best[2]
 
 
@@ -120,9 +129,13 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
                           split_rows: bool = True) -> Tensor:
     """A ``[rows, columns]`` table laid out for multi_slice: column blocks, and (with
     ``split_rows``) row blocks when columns alone leave tiles idle (:func:`plan_table_split`), one
-    block a tile. Row blocks pay where the table's gradient and optimizer state share its layout
-    (training); a lookup of a row-split table sums partial rows, so a table only looked up is
-    better kept in whole columns (``split_rows=False``).
+    block a tile: BERT-Large's 30522 x 1024 words table holds 43,610 B on its fullest tile so,
+    61,044 B in whole columns (popops' planner charges a table spread less evenly than the chip
+    allows as an exchange into place, ``alwaysIncludeBaseRearrangementCost``).
+    A lookup of a row-split table sums partial rows. With ``split_rows=False`` (a table only looked
+    up) the columns are spread whole when there are as many as tiles; fewer, and the storage is
+    spread evenly over every tile, each lookup receiving the rest of its column from the next
+    tiles (:func:`_slice_rows`): no partial rows to sum, one vertex a column.
 
     (popops ``createSliceableTensor``): each tile holds a few columns of every row, or of a
     block of rows, so a lookup is local wherever the index points (a row-split table's lookups
@@ -141,15 +154,26 @@ def create_slicable_table(graph: Graph, shape: Any, dtype: Any = float32, name: 
     t = graph.add_variable(as_dtype(dtype), (cols, rows), name=name).T
     if not rows or not cols:
         return t
+    if not split_rows and cols < graph.num_tiles:
+        # Whole columns would leave tiles idle: the storage is spread over every tile instead and
+        # each lookup's vertex (on the tile of its column's first row) receives the rest of its
+        # column, as popops' planned layout spreads a partition over the tiles of its lookup split
+        # and broadcasts it to them for each lookup (graphcore/poplibs lib/popops/DynamicSlice.cpp,
+        # createSliceableTensor: "we will broadcast each contiguous chunk of the tensor between
+        # tiles while respecting grain size", in grains of the 8-byte exchange atom).
+        map_linearly(graph, t.T, grain_size=graph.target.vector_width(t.dtype.itemsize))
+        return t
     width, row_blocks = plan_table_split(rows, cols, graph.num_tiles) if split_rows else (1, 1)
     if row_blocks == 1:
         for c0, c1, tile in _column_blocks(graph, t):
             graph.set_tile_mapping(t[:, c0:c1], tile)
         return t
-    col, block = np.divmod(np.arange(cols * row_blocks), row_blocks)  # storage run c * row_blocks + r
+    col, block = np.divmod(np.arange(cols * row_blocks), row_blocks)  # block (c, r): c * row_blocks + r
+    height = -(-rows // row_blocks)
     total = -(-cols // width) * row_blocks
-    graph.set_tile_mappings(t.T.reshape(cols * row_blocks, rows // row_blocks),
-                            ((col // width) * row_blocks + block) * graph.num_tiles // total)
+    starts = col * rows + block * height
+    graph.map_intervals(t.T, starts, np.minimum(starts + height, (col + 1) * rows),
+                        ((col // width) * row_blocks + block) * graph.num_tiles // total)
     return t
 
 
@@ -269,48 +293,80 @@ def _update_rows(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tensor
 
 # -- row-split tables (create_slicable_table's plan with row blocks) ----------------------------------
 def _row_grid(graph: Graph, table: Tensor) -> np.ndarray | None:
-    """``[cols, row_blocks]`` tiles of a column-major table whose columns are cut into equal row
-    blocks on distinct tiles (:func:`create_slicable_table`'s row split), from its storage's
-    tile regions; else None (whole columns a tile)."""
+    """``[cols, row_blocks]`` tiles of a column-major table whose columns are cut into row blocks
+    of ``ceil(rows / row_blocks)`` rows (the last shorter) on distinct tiles
+    (:func:`create_slicable_table`'s row split), from its storage's tile regions; else None
+    (whole columns a tile)."""
     rows, cols = table.shape
     if not _column_major(table) or rows < 2:
         return None
     starts, lengths, tiles = tile_regions(graph, table.T)
-    if starts.size <= cols or starts.size % cols or np.any(lengths != lengths[0]):
+    if starts.size <= cols or starts.size % cols:
         return None
-    height = int(lengths[0])
-    if rows % height or starts.size != cols * (rows // height) or np.any(starts % height):
+    row_blocks = starts.size // cols
+    height = -(-rows // row_blocks)
+    if row_blocks > MAX_ROW_BLOCKS or height < MIN_BLOCK_ROWS or (row_blocks - 1) * height >= rows:
+        return None  # not plan_table_split's blocks (e.g. a table spread evenly, split_rows=False)
+    first = np.arange(row_blocks) * height
+    want_starts = (np.arange(cols)[:, None] * rows + first[None, :]).reshape(-1)
+    want_lengths = np.tile(np.minimum(height, rows - first), cols)
+    if not (np.array_equal(starts, want_starts) and np.array_equal(lengths, want_lengths)):
         return None
-    return tiles.reshape(cols, rows // height)
+    return tiles.reshape(cols, row_blocks)
 
 
 def _block_column(table: Tensor, tiles: np.ndarray, r: int) -> Tensor:
-    """``(cols, height)``: row block ``r`` of every column (storage run ``c * row_blocks + r``), a
-    strided view: one vertex group per row block keeps every field strided."""
+    """``(cols, rows of block r)``: row block ``r`` of every column (rows ``[r h, (r + 1) h)`` of
+    each column's storage), a strided view: one vertex group per row block keeps every field
+    strided."""
+    rows = table.shape[0]
     cols, row_blocks = tiles.shape
-    height = table.shape[0] // row_blocks
-    return Tensor(table.graph, table.dtype, (cols, height), table.offset + r * height,
-                  (row_blocks * height, 1))
+    height = -(-rows // row_blocks)
+    return Tensor(table.graph, table.dtype, (cols, min(height, rows - r * height)),
+                  table.offset + r * height, (rows, 1))
 
 
-def _shifted(ctx: OpContext, indices: Tensor, tiles: np.ndarray, height: int) -> Tensor:
-    """``(cols * row_blocks, n)``: each block's copy of the indices less its first row (popops'
-    ``baseOffset``), on the block's tile: the codelets treat rows outside the block as out of
-    range, and each vertex reads its own row (a strided field)."""
+def _block_width(tiles: np.ndarray) -> int:
+    """The columns a tile holds of each row block (``plan_table_split``'s width): the length of the
+    runs of equal tiles down ``tiles[:, 0]``, all equal but the last (shorter); 1 when they are not."""
+    _, lengths = _runs(tiles[:, 0])
+    width = int(lengths[0])
+    return width if np.all(lengths[:-1] == width) and lengths[-1] <= width else 1
+
+
+def _shifted(ctx: OpContext, indices: Tensor, tiles: np.ndarray, height: int, width: int) -> Tensor:
+    """``(column blocks, row_blocks, n)``: each tile's copy of the indices less its row block's
+    first row (popops' ``baseOffset``, a vertex parameter there; here the index field), on the
+    block's tile: the codelets treat rows outside the block as out of range. One copy a tile,
+    read by the vertices of all ``width`` columns it holds (a lookup's indices arrive on every
+    tile that looks up, once, as popops' broadcast of the offsets does). Declared dead before it
+    is written, so it lives only while the lookup runs."""
     from softipu.ops.elementwise import E, map_  # noqa: PLC0415 - elementwise imports indexing
 
     graph, n = ctx.graph, indices.shape[0]
     cols, row_blocks = tiles.shape
+    blocks = -(-cols // width)
     first = graph.add_constant(indices.dtype, (1, row_blocks, 1),
                                (np.arange(row_blocks) * height).reshape(1, -1, 1),
                                name=f"{ctx.name}/first_rows")
     graph.set_tile_mapping(first, int(tiles[0, 0]))
-    out = graph.add_variable(indices.dtype, (cols * row_blocks, n), name=f"{ctx.name}/rows")
-    graph.set_tile_mappings(out, tiles.reshape(-1))
-    map_(graph, E.sub(E.input(1), E.input(2)),
-         [out.reshape(cols, row_blocks, n), indices.reshape(1, 1, n), first], ctx.prog,
+    out = graph.add_variable(indices.dtype, (blocks, row_blocks, n), name=f"{ctx.name}/rows")
+    graph.set_tile_mappings(out.reshape(blocks * row_blocks, n), tiles[::width].reshape(-1))
+    ctx.prog.add(P.WriteUndef(out))
+    map_(graph, E.sub(E.input(1), E.input(2)), [out, indices.reshape(1, 1, n), first], ctx.prog,
          name=f"{ctx.name}/rows")
     return out
+
+
+def _split_groups(table: Tensor, tiles: np.ndarray, width: int):
+    """``(r, j, table block, column selector, vertex tiles)`` per vertex group: row block ``r``
+    of the ``j``-th column of every tile's ``width`` (columns ``j, j + width, ...``), whose table
+    blocks, indices and outputs are then each evenly spaced (strided fields, never gathered)."""
+    cols, row_blocks = tiles.shape
+    for r in range(row_blocks):
+        block = _block_column(table, tiles, r)
+        for j in range(min(width, cols)):
+            yield r, j, block[j::width], slice(j, None, width), tiles[j::width, r]
 
 
 def _slice_split(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor, tiles: np.ndarray) -> None:
@@ -320,23 +376,29 @@ def _slice_split(ctx: OpContext, table: Tensor, indices: Tensor, out: Tensor, ti
 
     graph, n = ctx.graph, indices.shape[0]
     cols, row_blocks = tiles.shape
+    width = _block_width(tiles)
     if out.is_contiguous():
         map_linearly(graph, out, grain_size=max(1, out.shape[1]))
-    elif _column_major(out):  # slice_output's: each column where its first row block lives
-        graph.set_tile_mappings(out.T, tiles[:, 0])
-    shifted = _shifted(ctx, indices, tiles, table.shape[0] // row_blocks).reshape(cols, row_blocks, n)
+    elif _column_major(out):  # slice_output's: the j-th column of a tile group's `width` on the
+        # tile of its row block j (mod row_blocks), where its sum runs: the lookup's result spread
+        # over `width` tiles of each group, as many as whole columns used, not piled on the first
+        # row block's (popops spreads its second stage's slices over the sliced split's tiles)
+        c = np.arange(cols)
+        graph.set_tile_mappings(out.T, tiles[c, (c % width) % row_blocks])
+    shifted = _shifted(ctx, indices, tiles, -(-table.shape[0] // row_blocks), width)
     partial = graph.add_variable(table.dtype, (cols * row_blocks, n), name=f"{ctx.name}/partials")
     graph.set_tile_mappings(partial, tiles.reshape(-1))
     parts = partial.reshape(cols, row_blocks, n)
     cs = ctx.compute_set()
     codelet = multi_slice_codelet(table.dtype, indices.dtype, True)
-    for r in range(row_blocks):
-        graph.add_vertices(cs, codelet, {"table": _block_column(table, tiles, r), "index": shifted[:, r],
-                                         "out": parts[:, r]}, tiles[:, r])
+    for r, _, block, sel, vertex_tiles in _split_groups(table, tiles, width):
+        graph.add_vertices(cs, codelet, {"table": block, "index": shifted[: block.shape[0], r],
+                                         "out": parts[sel, r]}, vertex_tiles)
     ctx.execute(cs)
     total = E.input(1)
     for r in range(1, row_blocks):
         total = E.add(total, E.input(r + 1))
+    ctx.prog.add(P.WriteUndef(out))  # every element written by the sum: dead until then
     map_(graph, total, [out.T, *(parts[:, r] for r in range(row_blocks))], ctx.prog, name=f"{ctx.name}/sum")
 
 
@@ -346,14 +408,14 @@ def _update_split(ctx: OpContext, table: Tensor, indices: Tensor, updates: Tenso
     move, each tile receives its column of the updates."""
     graph = ctx.graph
     cols, row_blocks = tiles.shape
-    n = indices.shape[0]
-    shifted = _shifted(ctx, indices, tiles, table.shape[0] // row_blocks).reshape(cols, row_blocks, n)
+    width = _block_width(tiles)
+    shifted = _shifted(ctx, indices, tiles, -(-table.shape[0] // row_blocks), width)
     by_column = _updates_by_column(ctx, updates)
     cs = ctx.compute_set()
     codelet = multi_update_codelet(table.dtype, indices.dtype, accumulate, True)
-    for r in range(row_blocks):  # block (c, r) reads column c of the updates
-        graph.add_vertices(cs, codelet, {"table": _block_column(table, tiles, r), "index": shifted[:, r],
-                                         "updates": by_column, "scale": scale}, tiles[:, r])
+    for r, _, block, sel, vertex_tiles in _split_groups(table, tiles, width):  # column c's updates
+        graph.add_vertices(cs, codelet, {"table": block, "index": shifted[: block.shape[0], r],
+                                         "updates": by_column[sel], "scale": scale}, vertex_tiles)
     ctx.execute(cs)
 
 
