@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -139,7 +140,7 @@ class _Compiled:
         opts = self.options
         di, rf = opts.device_iterations, opts.replication_factor
         for slot, value in zip(self.lowered.inputs, values, strict=True):
-            if slot is None or int(np.prod(slot.shape)) == 0:
+            if slot is None or math.prod(slot.shape) == 0:
                 continue
             host = to_host_array(value, slot.dtype, f"input {slot.name!r}", InputError).reshape(
                 di, rf // opts.input_group_size, -1)  # a replica group shares its slice
@@ -148,16 +149,17 @@ class _Compiled:
         turns = 1 if opts.output_mode is OutputMode.FINAL else di
         buffers: list[np.ndarray | None] = []
         for slot in self.lowered.outputs:
-            if not isinstance(slot, StreamSlot) or int(np.prod(slot.shape)) == 0:
+            size = math.prod(slot.shape) if isinstance(slot, StreamSlot) else 0
+            if size == 0:
                 buffers.append(None)
                 continue
-            buf = np.empty((rf, turns, int(np.prod(slot.shape))), slot.dtype.numpy)
+            buf = np.empty((rf, turns, size), slot.dtype.numpy)
             for r in range(rf):
                 self.engine.connect_stream(slot.stream, buf[r], replica=r)
             buffers.append(buf)
         changed = []
         for kind, target, slot in self.lowered.mutations:  # every iteration's value
-            buf = np.empty((rf, di, int(np.prod(slot.shape))), slot.dtype.numpy)
+            buf = np.empty((rf, di, math.prod(slot.shape)), slot.dtype.numpy)
             for r in range(rf):
                 self.engine.connect_stream(slot.stream, buf[r], replica=r)
             changed.append((kind, target, slot, buf))
@@ -216,7 +218,9 @@ def unpack_output(slot: Any, buf: np.ndarray | None, opts: Options) -> Any:
         data = data.reshape((turns * rf * slot.shape[0],) + slot.shape[1:])
     else:
         data = data.reshape(turns * rf)
-    return torch.from_numpy(np.array(data, order="C")).to(slot.torch_dtype)  # keeps 0-d
+    # A fresh buffer of this call (the callers make one per call): copied only where not C-ordered
+    data = data if data.flags.c_contiguous else np.array(data, order="C")  # keeps 0-d
+    return torch.from_numpy(data).to(slot.torch_dtype)
 
 
 class InferenceModel:
