@@ -175,7 +175,9 @@ class Redirect:
             lo, hi = min(s[0] for s in self.spans), max(s[1] for s in self.spans)
             if hi - lo > SPAN_SLACK * sum(c.dst.numel for c in self.copies):
                 return None
-            inv = np.full(hi - lo, -1, np.int64)
+            # int32 where every address fits: half the memory a first call touches (the training
+            # step's logits copy lists 31 M sources).
+            inv = np.full(hi - lo, -1, np.int32 if self.buf.size < 2**31 else np.int64)
             for c in self.copies:  # in program order: a later copy's element wins
                 _write_sources(inv, lo, c)
             self._inv, self._lo = inv, lo
@@ -183,25 +185,26 @@ class Redirect:
 
     def compose(self, pairs: list[tuple[np.ndarray, np.ndarray]]
                 ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The gather pairs reading the copies' source where a view reads their destinations:
+        the view's sources are read as the same strided view of the table (no address list of
+        the view, no gather of the table), then checked to be strided views themselves."""
         out = []
         item = self.buf.itemsize
         for part, view in pairs:
             off = (view.__array_interface__["data"][0] - self.buf.__array_interface__["data"][0]) // item
             strides = tuple(s // item for s in view.strides)
-            addr = _addresses(off, view.shape, strides)
-            if not _meets(self.spans, int(addr.min()), int(addr.max()) + 1):
+            span = _view_span(off, view.shape, strides)
+            if span is None or not _meets(self.spans, *span):
                 out.append((part, view))
                 continue
             inv = self._table()
             if inv is None:
                 return None
-            rel = addr - self._lo
-            if rel.min() < 0 or rel.max() >= inv.size:
+            if span[0] < self._lo or span[1] > self._lo + inv.size:
                 return None
-            src = inv[rel]
-            if (src < 0).any():
-                return None  # an element no copy writes
-            pieces = _pieces(src)
+            src = np.ndarray(view.shape, inv.dtype, inv, (off - self._lo) * inv.itemsize,
+                             tuple(s * inv.itemsize for s in strides))
+            pieces = _pieces(src)  # None also where an element no copy writes (-1) is read
             if pieces is None:
                 return None
             for at_, (shape, src_strides, splits) in pieces:
@@ -260,26 +263,70 @@ def _factor(line: np.ndarray) -> list[tuple[int, int]] | None:
     return dims[::-1] or [(1, 0)]
 
 
+def _view_span(off: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int] | None:
+    """[lo, hi) of the addresses of a strided view (None where it has no elements)."""
+    if 0 in shape:
+        return None
+    lo = off + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True))
+    hi = off + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True)) + 1
+    return lo, hi
+
+
 def _strided_form(src: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], list[list[int]]] | None:
     """(shape, strides, each axis's factor lengths) of an address array as one strided view whose
-    axes split the array's own, checked exactly; None where no such view holds it."""
+    axes split the array's own, checked exactly; None where no such view holds it, or where it
+    holds a negative address (an element no copy writes). Each axis's line of addresses through
+    the first element is factored (:func:`_factor`, checked against the line), then every element
+    is checked to be the first plus its index's step along each line (:func:`_separable`)."""
     origin = int(src.flat[0])
-    plain = tuple(int(src[(0,) * ax + (1,) + (0,) * (src.ndim - ax - 1)]) - origin if n > 1 else 0
-                  for ax, n in enumerate(src.shape))
-    if np.array_equal(_addresses(origin, src.shape, plain), src):  # the usual case: no axis splits
-        return src.shape, plain, [[n] for n in src.shape]
-    shape, strides, splits = [], [], []
+    shape, strides, splits, lines = [], [], [], []
     for ax in range(src.ndim):
-        line = src[(0,) * ax + (slice(None),) + (0,) * (src.ndim - ax - 1)] - src.flat[0]
+        line = src[(0,) * ax + (slice(None),) + (0,) * (src.ndim - ax - 1)].astype(np.int64) - origin
         dims = _factor(line)
         if dims is None:
             return None
-        shape += [n for n, _ in dims]
-        strides += [s for _, s in dims]
-        splits.append([n for n, _ in dims])
-    if not np.array_equal(_addresses(int(src.flat[0]), tuple(shape), tuple(strides)).reshape(src.shape), src):
+        lengths, steps = tuple(n for n, _ in dims), tuple(st for _, st in dims)
+        if len(dims) > 1 and not np.array_equal(_addresses(0, lengths, steps).reshape(-1), line):
+            return None  # (one factor: _factor saw every step of the line)
+        shape += lengths
+        strides += steps
+        splits.append(list(lengths))
+        lines.append(line)
+    if origin + sum(int(line.min()) for line in lines) < 0 or not _separable(src, origin, lines):
         return None
     return tuple(shape), tuple(strides), splits
+
+
+# Elements compared at a time by _separable: the expected addresses stay in cache.
+SEPARABLE_CHUNK = 1 << 16
+
+
+def _separable(src: np.ndarray, origin: int, lines: list[np.ndarray]) -> bool:
+    """Whether ``src[i0, i1, ...] == origin + lines[0][i0] + lines[1][i1] + ...`` everywhere,
+    compared a chunk of trailing axes at a time (a whole expected array of a training step's
+    31 M-element left operand would be 250 MB of fresh memory)."""
+    ndim = src.ndim
+    if ndim == 0:
+        return True
+    k, inner = ndim, 1  # the axes from k on fit in a chunk
+    while k > 0 and inner * src.shape[k - 1] <= SEPARABLE_CHUNK:
+        k -= 1
+        inner *= src.shape[k]
+    rest = np.zeros((), np.int64)  # the trailing axes' steps, broadcast over them
+    for ax in range(k, ndim):
+        rest = rest + lines[ax].reshape((-1,) + (1,) * (ndim - ax - 1))
+    if k == 0:
+        return bool(np.array_equal(src, origin + rest))
+    cut = k - 1  # taken in slices of `step` along this axis, the axes before it one index at a time
+    step = max(1, SEPARABLE_CHUNK // inner)
+    for idx in np.ndindex(*src.shape[:cut]):
+        base = origin + sum(int(lines[ax][i]) for ax, i in enumerate(idx))
+        for lo in range(0, src.shape[cut], step):
+            hi = min(lo + step, src.shape[cut])
+            want = (base + lines[cut][lo:hi]).reshape((-1,) + (1,) * (ndim - cut - 1)) + rest
+            if not np.array_equal(src[idx + (slice(lo, hi),)], want):
+                return False
+    return True
 
 
 def _pieces(src: np.ndarray) -> list[tuple[tuple[slice, ...], tuple]] | None:

@@ -46,7 +46,7 @@ from softipu.engine.streams import HostStreams
 from softipu.errors import CodeletError
 from softipu.graph import program as P
 from softipu.graph.streams import DataStream
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Tensor, strides_never_meet
 from softipu.graph.vertex import Direction
 
 __all__ = ["FastInterpreter", "GroupRunner", "MergedRunner", "CHUNK_BYTES", "MERGE_BYTES",
@@ -157,7 +157,10 @@ def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tup
     if t.numel == 0:
         return None
     if not t.is_strided:  # indexed, or slab-laid (its index not built to say so)
-        return _as_strided(storage, t, replica_axis, writes)
+        found = _as_strided(storage, t, replica_axis, writes)
+        if found is None and t.slabs is not None:
+            found = _slab_bound(storage, t, replica_axis, writes)
+        return found
     view = storage.view(t, writeable=writes, replica_axis=replica_axis)
     buf = np.empty(view.shape, view.dtype)
     handed = buf if writes else buf.view()
@@ -201,6 +204,31 @@ def _as_strided(storage: Storage, t: Tensor, replica_axis: bool, writes: bool = 
     buf = handed.reshape(view.shape)
     handed.flags.writeable = writes
     return _with_copies(view, buf, handed, writes)
+
+
+def _slab_bound(storage: Storage, t: Tensor, replica_axis: bool, writes: bool) -> tuple | None:
+    """A slab-laid field of several pieces (rows of a matrix laid out in column slabs, cut between
+    tiles: a training step's logits-sized fields come in hundreds of row runs) copied piece by
+    piece through strided views into a contiguous array kept for every run (and back, where
+    written: then no piece may repeat an element), instead of a ``take`` through an int64 index
+    built from the slabs on first use and a fresh array each run. Same elements in the same
+    order, so the codelet computes the same values."""
+    lead = (storage.replicas,) if replica_axis else ()
+    handed = np.empty(lead + t.shape, t.dtype.numpy)
+    pairs = storage.slab_pairs(t, handed)
+    if pairs is None or (writes and not all(strides_never_meet(v.shape[len(lead):], v.strides[len(lead):])
+                                            for v, _ in pairs)):
+        return None
+    copy_in = partial(_run_all, [copy_rows(part, view) for view, part in pairs])
+    copy_out = partial(_run_all, [copy_rows(view, part) for view, part in pairs]) if writes else None
+    out = handed if writes else handed.view()
+    out.flags.writeable = writes
+    return None, handed, out, copy_in, copy_out
+
+
+def _run_all(calls: list[Callable[[], Any]]) -> None:
+    for call in calls:
+        call()
 
 
 def _unit_inner_stride(t: Tensor) -> bool:

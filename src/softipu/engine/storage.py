@@ -263,13 +263,20 @@ class Storage:
     def gather(self, t: Tensor, *, replica_axis: bool) -> np.ndarray:
         """A copy of the tensor's values: ``(replicas, *shape)`` or ``shape``."""
         buf = self.buffers[t.dtype]
-        if t.index is None:
+        if t.is_strided:
             view = self.view(t, writeable=False, replica_axis=replica_axis)
             if view.size < BLOCKED_MIN:
                 return view.copy()
             out = np.empty(view.shape, view.dtype)
             assign(out, view)
             return out
+        if t.slabs is not None and t.numel:  # piece by piece through strided views: no index built
+            out = np.empty(((buf.shape[0],) if replica_axis else ()) + t.shape, buf.dtype)
+            pairs = self.slab_pairs(t, out)
+            if pairs is not None:
+                for view, part in pairs:
+                    assign(part, view)
+                return out
         # NOTE: buf[:, index] would lay the result out replica-innermost; take() keeps C order, so
         # numpy reduces gathered rows in the same order as contiguous ones (and takes 2/3 of the
         # time of buf[0, index]).
@@ -295,6 +302,29 @@ class Storage:
     def slab_writer(self, t: Tensor, replica_axis: bool) -> SlabWriter:
         """What writes values into a slab-laid tensor, its views made now: a fast engine keeps one
         per stream copy into such a tensor (an input of a model's matmul) for every later call."""
+        lead, order, parts = self._slab_parts(t, replica_axis)
+        return SlabWriter(lead + t.shape, order, parts)
+
+    def slab_pairs(self, t: Tensor, out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """(a piece's strided view of storage, the part of ``out`` holding its elements) for each
+        piece of a slab-laid tensor, ``out`` an array of the tensor's shape (after a replica axis,
+        where it has one): copying each view into its part gathers the tensor, each part into its
+        view scatters it, and no address array is built (an index of a training step's
+        logits-sized fields is an int64 an element). None where a part is not a view of ``out``."""
+        lead, order, parts = self._slab_parts(t, out.ndim > t.ndim)
+        mid = out.transpose(order)  # the joined pieces' axis order
+        pairs = []
+        for view, part, shape in parts:
+            try:
+                pairs.append((view, np.reshape(mid[part], shape, copy=False)))
+            except ValueError:  # the part of the joined pieces does not split into the piece's axes
+                return None
+        return pairs
+
+    def _slab_parts(self, t: Tensor, replica_axis: bool) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                                  list[tuple]]:
+        """(the replica axis, the order back to the joined pieces' axes, and per non-empty piece
+        its strided view of storage, its slice of the joined pieces and its shape)."""
         slabs, buf = t.slabs, self.buffers[t.dtype]
         lead = (buf.shape[0],) if replica_axis else ()
         # Back to the joined pieces' axis order: the tensor's axis i is the pieces' perm[i].
@@ -313,7 +343,7 @@ class Storage:
                                   + tuple(s * buf.itemsize for s in strides))
                 parts.append((view, (slice(None),) * axis + (slice(at_, at_ + size),), lead + shape))
             at_ += size
-        return SlabWriter(lead + t.shape, order, parts)
+        return lead, order, parts
 
     def undefine(self, t: Tensor) -> None:
         """A ``WriteUndef``: with poison, the tensor's elements read as poison again."""
