@@ -10,8 +10,9 @@ threads spin for a while after its calls, and the engine hands a GEMM's pieces t
 only where it finds one idle (``codelets/host.py: idle_cores``, sampled every 50 ms), so a call
 right after eager ones would see torch's spinning thread, which a user calling one model
 repeatedly does not (measured: the 13 chains of a call take 1.10 ms on one thread, 0.89 ms
-shared). It prints one JSON line: per repeat the best and median of each, and the ratio of the
-bests and of the medians; over the repeats the best, and the spread (max - min) of the ratios.
+shared). It prints one JSON line: per repeat the best and median of each and the ratios of the
+bests and of the medians; over the repeats the fastest call of each and their ratio, the median
+round's medians and median ratio, and the spread (max - min) of the rounds' ratios.
 
 ``--baseline DIR`` runs the same in a fresh process on the softipu source tree in DIR (a checkout
 of an earlier commit), alternately with this tree, ``--processes`` times each, and prints both.
@@ -90,11 +91,15 @@ def measure(calls: int, repeats: int, block: int = 10, pause_ms: float = 60.0) -
             "pause_ms": pause_ms,
             "src": str(Path(softipu.__file__).resolve().parent.parent), "first_call_s": round(first, 2),
             "torch_threads": torch.get_num_threads(), "load_avg": [round(x, 2) for x in load]}
-    for key in rounds[0]:
+    for key in ("ipu_best_ms", "eager_best_ms"):  # the fastest call of all rounds
+        line[key] = round(min(r[key] for r in rounds), 3)
+    for key in ("ipu_median_ms", "eager_median_ms"):  # the middle round's median
+        line[key] = round(statistics.median(r[key] for r in rounds), 3)
+    line["ratio_best"] = round(line["ipu_best_ms"] / line["eager_best_ms"], 3)
+    line["ratio_median"] = round(statistics.median(r["ratio_median"] for r in rounds), 3)
+    for key in ("ratio_best", "ratio_median"):  # how far the rounds' own ratios lie apart
         values = [r[key] for r in rounds]
-        line[key] = round(min(values), 3)
-        if key.startswith("ratio"):
-            line[key + "_spread"] = round(max(values) - min(values), 3)
+        line[key + "_spread"] = round(max(values) - min(values), 3)
     line["rounds"] = [{k: round(v, 3) for k, v in r.items()} for r in rounds]
     line["target_ratio"] = 3.0
     return line
