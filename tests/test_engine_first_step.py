@@ -91,3 +91,59 @@ def test_separable_check_finds_one_wrong_address_in_a_large_view():
     unwritten -= 17 + 1  # the first element reads -1: an element no copy writes
     assert copy_fusion._strided_form(unwritten) is None
 
+
+def _data(seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
+
+
+def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(monkeypatch):
+    """Before the first step Adam's moments are all zero bits: the rollback marks their chunks
+    instead of copying them, copies only chunks holding weights (-0.0 included: its bits are not
+    zero), and a first step that fails leaves every bit as it was."""
+    import torch
+
+    import softipu.poptorch as poptorch
+    from _torch_models import TanhMLP
+    from softipu.errors import SoftIPUError
+    from softipu.frontends.torch.training import rollback
+
+    monkeypatch.setattr(rollback, "CHUNK", 16)
+    torch.manual_seed(0)
+    net = TanhMLP()
+    with torch.no_grad():
+        net.fc1.bias.fill_(-0.0)
+    opts = poptorch.Options().setTarget(sp.targets.ipu_model(tiles=4, bytes_per_tile=256 * 1024))
+    optimizer = poptorch.optim.Adam(net.parameters(), lr=0.01)
+    model = poptorch.trainingModel(net, opts, optimizer)
+    model.compile(*_data(0))
+    before = [p.detach().numpy().tobytes() for p in net.parameters()]
+    state = {k: {n: np.asarray(v).tobytes() for n, v in s.items()}
+             for k, s in optimizer.state_dict()["state"].items()}
+    engine = model._impl.engine
+    run = engine.run
+
+    def run_then_fail(index: int = 0) -> None:
+        run(index)  # the step ran and updated everything, then something fails
+        raise SoftIPUError("simulated failure")
+
+    monkeypatch.setattr(engine, "run", run_then_fail)
+    with pytest.raises(SoftIPUError, match="simulated"):
+        model(*_data(0))
+    monkeypatch.setattr(engine, "run", run)
+    assert [p.detach().numpy().tobytes() for p in net.parameters()] == before
+    assert np.signbit(net.fc1.bias.detach().numpy()).all()
+    after = optimizer.state_dict()["state"]
+    assert {k: {n: np.asarray(v).tobytes() for n, v in s.items()} for k, s in after.items()} == state
+    # the chunks copied are exactly those holding a weight: none of the moments alone
+    weights = np.zeros(engine.storage.buffers[sp.float32].shape[1], bool)
+    for var in model._impl._lowered.params.values():
+        starts, lengths = var.runs()
+        for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
+            weights[s : s + n] = True
+    (_, spans, _, zero), = [x for x in model._impl._rollback._spans if x[0] == sp.float32]
+    copied = [not z for z in zero.tolist()]
+    assert copied == [bool(weights[s:e].any()) for s, e, _ in spans]
+    assert sum(copied) < len(spans)
