@@ -147,3 +147,21 @@ def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(mon
     copied = [not z for z in zero.tolist()]
     assert copied == [bool(weights[s:e].any()) for s, e, _ in spans]
     assert sum(copied) < len(spans)
+
+
+def test_gathered_slab_fields_share_arrays_between_compute_sets_only():
+    """storage.SharedArrays: the k-th ask of a shape in each compute set gets the same array;
+    two asks in one compute set (groups that may run side by side) never do."""
+    from softipu.engine.storage import SharedArrays
+
+    shared = SharedArrays()
+    shared.compute_set()
+    a, b = shared.get((3, 4), np.dtype(np.float32)), shared.get((3, 4), np.dtype(np.float32))
+    c = shared.get((3, 4), np.dtype(np.float16))
+    assert a is not b and c.dtype == np.float16
+    shared.compute_set()
+    assert shared.get((3, 4), np.dtype(np.float32)) is a
+    assert shared.get((3, 4), np.dtype(np.float32)) is b
+    third = shared.get((3, 4), np.dtype(np.float32))
+    assert third is not a and third is not b
+    assert shared.get((4, 3), np.dtype(np.float32)).shape == (4, 3)

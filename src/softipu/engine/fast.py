@@ -153,7 +153,10 @@ class GroupRunner:
 def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tuple | None:
     """(view, contiguous array, the array as the codelet gets it: read-only unless written) of a
     strided tensor that is gathered (rows not consecutive), made once; likewise for an indexed
-    input whose addresses form a strided view of other axes (:func:`_as_strided`); else None."""
+    input whose addresses form a strided view of other axes (:func:`_as_strided`) and a slab
+    layout of several pieces (:func:`_slab_bound`); else None. The contiguous arrays are lent by
+    :class:`~softipu.engine.storage.SharedArrays` (filled before every use, so nothing carries
+    over from another compute set)."""
     if t.numel == 0:
         return None
     if not t.is_strided:  # indexed, or slab-laid (its index not built to say so)
@@ -162,7 +165,7 @@ def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tup
             found = _slab_bound(storage, t, replica_axis, writes)
         return found
     view = storage.view(t, writeable=writes, replica_axis=replica_axis)
-    buf = np.empty(view.shape, view.dtype)
+    buf = storage.shared.get(view.shape, view.dtype)  # the compute sets run one at a time: shared
     handed = buf if writes else buf.view()
     handed.flags.writeable = writes
     return _with_copies(view, buf, handed, writes)
@@ -200,8 +203,8 @@ def _as_strided(storage: Storage, t: Tensor, replica_axis: bool, writes: bool = 
     view = storage.view(Tensor(t.graph, t.dtype, shape, offset, strides), writeable=writes,
                         replica_axis=replica_axis)
     lead = view.shape[:len(view.shape) - len(shape)]
-    handed = np.empty(lead + t.shape, view.dtype)
-    buf = handed.reshape(view.shape)
+    kept = storage.shared.get(lead + t.shape, view.dtype)
+    buf, handed = kept.reshape(view.shape), kept.view()
     handed.flags.writeable = writes
     return _with_copies(view, buf, handed, writes)
 
@@ -212,9 +215,10 @@ def _slab_bound(storage: Storage, t: Tensor, replica_axis: bool, writes: bool) -
     piece through strided views into a contiguous array kept for every run (and back, where
     written: then no piece may repeat an element), instead of a ``take`` through an int64 index
     built from the slabs on first use and a fresh array each run. Same elements in the same
-    order, so the codelet computes the same values."""
+    order, so the codelet computes the same values. The array is lent by
+    :class:`~softipu.engine.storage.SharedArrays`: other compute sets' fields of its shape use it too."""
     lead = (storage.replicas,) if replica_axis else ()
-    handed = np.empty(lead + t.shape, t.dtype.numpy)
+    handed = storage.shared.get(lead + t.shape, t.dtype.numpy)  # shared with other compute sets
     pairs = storage.slab_pairs(t, handed)
     if pairs is None or (writes and not all(strides_never_meet(v.shape[len(lead):], v.strides[len(lead):])
                                             for v, _ in pairs)):
@@ -625,6 +629,7 @@ class FastInterpreter(ProgramInterpreter):
     def _runner(self, cs_id: int) -> _ComputeSetRunner:
         compiled = self.executable.compute_sets[cs_id]
         where = f"compute set {compiled.compute_set.name!r}"
+        self.storage.shared.compute_set()  # its gathered slab fields' arrays: shared with other sets
         return _ComputeSetRunner(_runners(compiled.groups, self.storage, where, self._bodies), self.storage)
 
     def execute(self, compute_set_id: int) -> None:

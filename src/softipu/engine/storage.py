@@ -19,7 +19,7 @@ from softipu.errors import EngineError, HostMemoryError
 from softipu.graph.accounting import host_available_bytes
 from softipu.graph.tensor import Tensor
 
-__all__ = ["SlabWriter", "Storage", "assign", "strided_form"]
+__all__ = ["SharedArrays", "SlabWriter", "Storage", "assign", "strided_form"]
 
 # A copy between two layouts that cross (the destination's fastest axis is not the source's: a
 # transposed weight written, read or copied) goes in square blocks of this many elements a side,
@@ -210,6 +210,34 @@ class SlabWriter:
             assign(view, mid[part].reshape(shape))
 
 
+class SharedArrays:
+    """Arrays lent to the fast engine's gathered fields, kept between runs: the k-th array of a
+    shape and dtype that one compute set asks for is the k-th that every other compute set gets
+    too. Compute sets run one after another, so one set of arrays serves them all; within a
+    compute set (whose groups may run side by side) each ask gets its own array. A training
+    step's logits-row fields (three compute sets of 913 x 21234 floats each at 1 layer) then
+    share their arrays instead of each faulting in its own pages on the first step."""
+
+    __slots__ = ("arrays", "asked")
+
+    def __init__(self) -> None:
+        self.arrays: dict[tuple, list[np.ndarray]] = {}
+        self.asked: dict[tuple, int] = {}
+
+    def compute_set(self) -> None:
+        """The asks from here on come from another compute set."""
+        self.asked = {}
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (shape, np.dtype(dtype).str)
+        k = self.asked.get(key, 0)
+        self.asked[key] = k + 1
+        held = self.arrays.setdefault(key, [])
+        if k == len(held):
+            held.append(np.empty(shape, dtype))
+        return held[k]
+
+
 class Storage:
     """The values of every variable of every replica.
 
@@ -217,7 +245,7 @@ class Storage:
     program that reads what it never wrote shows it.
     """
 
-    __slots__ = ("buffers", "replicas", "poison", "group", "host_writes")
+    __slots__ = ("buffers", "replicas", "poison", "group", "host_writes", "shared")
 
     def __init__(self, executable: Executable, *, poison: bool = False, group: Any = None) -> None:
         # With ``group`` (engine/distributed.py) this process holds only its block of replicas.
@@ -225,6 +253,7 @@ class Storage:
         self.replicas = r
         self.poison = poison
         self.host_writes = 0  # writes from the host (``write``): kept copies of constants compare it
+        self.shared = SharedArrays()  # the fast engine's arrays of gathered fields
         self.group = group
         check_host_memory(executable, r)
         # np.zeros is lazily committed by the OS: untouched memory costs nothing (poison costs it all).
