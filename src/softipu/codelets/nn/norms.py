@@ -59,11 +59,12 @@ def _row_affine(w: np.ndarray, k: int, n: int, per_channel: bool) -> np.ndarray:
 
 
 @cache
-def norm_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> type[Vertex]:
+def norm_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool, stats: DType = float32) -> type[Vertex]:
     """Layer norm (``per_channel=False``: ``weight``/``bias`` of the row length, shared by all
     rows) or group norm (``True``: one weight per row and channel, ``k * cg`` of them) over
-    ``k = mean.size`` rows; writes each row's mean and 1/std. Passes: sum, centre-square-sum,
-    scale-shift [U]."""
+    ``k = mean.size`` rows; writes each row's mean and 1/std, computed in float32 and stored as
+    ``stats`` (float16: rounded to nearest, as poplin's ``InverseStdDeviation<MeanType,
+    PowerType, OutType>`` writes its OutType). Passes: sum, centre-square-sum, scale-shift [U]."""
     per_vector = C_ACC + 2 * C_ADD + C_ACC + 2 * C_ADD
 
     class NormRows(Vertex):
@@ -71,8 +72,8 @@ def norm_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> type[Ve
         weight = Input(wdtype)
         bias = Input(wdtype)
         out = Output(dtype)
-        mean = Output(float32)
-        inv_std = Output(float32)
+        mean = Output(stats)
+        inv_std = Output(stats)
         eps = Param(float32)
 
         @staticmethod
@@ -99,7 +100,8 @@ def norm_rows_codelet(dtype: DType, wdtype: DType, per_channel: bool) -> type[Ve
             return 7 * x
 
     kind = "GroupNorm" if per_channel else "LayerNorm"
-    return _named(NormRows, f"{kind}Rows<{dtype.name},{wdtype.name}>")
+    types = f"{dtype.name},{wdtype.name}" + ("" if stats is float32 else f",{stats.name}")
+    return _named(NormRows, f"{kind}Rows<{types}>")
 
 
 @cache

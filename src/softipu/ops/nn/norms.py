@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from softipu.codelets import nn as C
-from softipu.dtypes import DType, float32
+from softipu.dtypes import DType, as_dtype, float16, float32
 from softipu.graph.graph import ComputeSet, Graph
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, rows_of
@@ -48,11 +48,16 @@ __all__ = ["layer_norm", "layer_norm_grad", "group_norm", "group_norm_grad", "ba
 # -- layer norm and group norm -----------------------------------------------------------------
 def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | None, prog: Any, *,
                normalized_shape: Sequence[int] | None = None, eps: float = 1e-5, name: str = "",
-               options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               options: Mapping[str, Any] | None = None,
+               stats_dtype: Any = None) -> tuple[Tensor, Tensor, Tensor]:
     """Layer norm over the last dims (``normalized_shape``; default: ``weight``'s shape, else the
     last dim): ``(x - mean) / sqrt(var + eps) * weight + bias``. ``weight``/``bias`` may be None.
-    Returns ``(out, mean, inv_std)``; the statistics are fp32 of shape ``x.shape[:-d]`` (what
-    :func:`layer_norm_grad` takes). Each vertex owns whole rows. No options.
+    Returns ``(out, mean, inv_std)``; the statistics, computed in fp32, have shape
+    ``x.shape[:-d]`` and the dtype ``stats_dtype`` (default fp32, what :func:`layer_norm_grad`
+    takes; float16 rounds them to nearest where they are written, as popnn's layer norm returns
+    the statistics in the activations' type: poplin ``normStatistics``, lib/poplin/Norms.cpp,
+    reduces the mean into ``acts.elementType()`` and ``computeInvStdDev`` writes that type).
+    Each vertex owns whole rows. No options.
 
     >>> import softipu as sp
     >>> from softipu import program as P
@@ -69,29 +74,49 @@ def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
     _check_float(ctx, x)
     _check_vector(ctx, weight, shape, "weight")
     _check_vector(ctx, bias, shape, "bias")
+    stats = _stats_dtype(ctx, stats_dtype)
     n = math.prod(shape)
     rows = x.numel // n
     x2 = x.reshape(rows, n)
     lead = x.shape[: x.ndim - len(shape)]
     if rows == 0:
-        return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, float32, lead, "mean"),
-                _variable(ctx, float32, lead, "inv_std"))
+        return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, stats, lead, "mean"),
+                _variable(ctx, stats, lead, "inv_std"))
     if n > ROW_VERTEX_ELEMENTS or _rows_scattered(x2):  # statistics where the elements live
         split = _layer_norm_split if _rows_scattered(x2) else layer_norm_pieces
         out, mean, inv_std = split(ctx, x, x2, weight, bias, float(eps))
+        mean, inv_std = (_as_stats(ctx, t, stats, s) for t, s in ((mean, "mean"), (inv_std, "inv_std")))
         return out, mean.reshape(lead), inv_std.reshape(lead)
     wdtype = (weight if weight is not None else bias if bias is not None else x).dtype
     weight = weight if weight is not None else _constant(ctx, wdtype, shape, 1.0, "ones")
     bias = bias if bias is not None else _constant(ctx, wdtype, shape, 0.0, "zeros")
     plan = _plan_rows(ctx, x2)
     out2 = _row_output(ctx, plan, x.dtype, n, "out")
-    mean, inv_std = (_row_output(ctx, plan, float32, 1, s) for s in ("mean", "inv_std"))
+    mean, inv_std = (_row_output(ctx, plan, stats, 1, s) for s in ("mean", "inv_std"))
     cs = ctx.compute_set()
-    _add_rows(ctx, cs, C.norm_rows_codelet(x.dtype, wdtype, False), plan,
+    _add_rows(ctx, cs, C.norm_rows_codelet(x.dtype, wdtype, False, stats), plan,
               {"x": x2, "out": out2, "mean": mean, "inv_std": inv_std},
               shared={"weight": weight, "bias": bias}, params={"eps": float(eps)})
     ctx.execute(cs)
     return out2.reshape(x.shape), mean.reshape(lead), inv_std.reshape(lead)
+
+
+def _stats_dtype(ctx: OpContext, stats_dtype: Any) -> DType:
+    if stats_dtype is None:
+        return float32
+    d = as_dtype(stats_dtype)
+    if d not in (float16, float32):
+        raise ctx.error(f"stats_dtype must be float16 or float32, got {d}")
+    return d
+
+
+def _as_stats(ctx: OpContext, t: Tensor, stats: DType, suffix: str) -> Tensor:
+    """A statistic computed in float32 (the pieces' and split paths), cast to ``stats``."""
+    if t.dtype is stats:
+        return t
+    from softipu.ops import elementwise as ew  # noqa: PLC0415 - a sibling family, used here only
+
+    return ew.cast(ctx.graph, t, stats, ctx.prog, name=f"{ctx.name}/{suffix}")
 
 
 # A row read whole by one vertex arrives as one exchange region per run of it held on another

@@ -138,9 +138,14 @@ def _stat(ctx: Any, t: Tensor, index: int) -> Tensor:
 @register_lowering("aten::native_layer_norm")
 def _layer_norm(ctx: Any, node: Any, x: Tensor, normalized_shape: Any, weight: Tensor | None,
                 bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    # The statistics in the dtype torch gives them (an fp16 model's: fp16), written so by the norm's
+    # own vertices (popnn returns them in the activations' type), not cast after it. Not where
+    # float16 casts round stochastically: a Cast vertex would round them so (training/fuse.py).
+    sr = ctx.options.engine_options.get("prng.enableStochasticRounding", False)
+    stats = ctx.out_dtype(1) if ctx.out_dtype(1).is_float and not sr else None
     out, mean, inv_std = nn.layer_norm(ctx.graph, x, weight, bias, ctx.prog,
                                        normalized_shape=tuple(normalized_shape), eps=float(eps),
-                                       name=ctx.name)
+                                       name=ctx.name, stats_dtype=stats)
     return out, _stat(ctx, mean, 1), _stat(ctx, inv_std, 2)
 
 
