@@ -243,12 +243,13 @@ class LoweringContext:
 
 
 def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, shape: tuple[int, ...],
-                     name: str, training: bool = False) -> Tensor:
+                     name: str, training: bool = False, read_back: bool = False) -> Tensor:
     """A parameter's variable, laid out for what uses it: an embedding table in whole column
     blocks (every lookup stays on the tiles holding the columns; in training also row blocks, which
     its gradient and optimizer state share: ``create_slicable_table``), a linear layer's weight in the
     blocks its matmul plan wants (poplin's ``createMatMulInputRHS``: the matmul then neither
-    copies nor re-lays it out on every call), anything else linearly."""
+    copies nor re-lays it out on every call; with ``read_back``, also a training weight that the
+    backward reads again, :func:`linear_rows`), anything else linearly."""
     graph = ctx.graph
     embedding = torch.ops.aten.embedding.default
     if len(shape) == 2 and node.users and all(u.target is embedding and u.args[0] is node
@@ -258,7 +259,7 @@ def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, sh
     if conv is not None:  # poplin's createWeights (passes.conv_weight_use)
         return create_conv_weights(graph, dtype, weight_shape=shape, name=name,
                                    options=ctx.matmul_options(dtype), **conv)
-    rows = _linear_rows(node) if len(shape) == 2 and dtype.is_float else None
+    rows = linear_rows(node, read_back) if len(shape) == 2 and dtype.is_float else None
     if rows is not None:
         n, k = shape
         rhs = create_matmul_input_rhs(graph, dtype, (rows, k), (k, n), name=name,
@@ -269,9 +270,10 @@ def _weight_variable(ctx: LoweringContext, node: torch.fx.Node, dtype: DType, sh
     return var
 
 
-def _linear_rows(node: torch.fx.Node) -> int | None:
+def linear_rows(node: torch.fx.Node, read_back: bool = False) -> int | None:
     """The lhs row count M when a 2-D weight's only use is ``mm``/``addmm(bias, x[M, K], W.T)``
-    (a linear layer, every use with the same M); else None."""
+    (a linear layer, every use with the same M); else None. With ``read_back``, also when the
+    training graph's backward reads ``W.T`` transposed back (the input gradient's matmul)."""
     aten = torch.ops.aten
     users = list(node.users)
     if len(users) != 1 or users[0].target not in (aten.permute.default, aten.t.default):
@@ -285,6 +287,8 @@ def _linear_rows(node: torch.fx.Node) -> int | None:
             lhs = u.args[0]
         elif u.target is aten.addmm.default and u.args[2] is t and u.args[1] is not t:
             lhs = u.args[1]
+        elif read_back and _transposes_back(u, t):
+            continue  # autograd's backward (the input gradient's matmul reads W again)
         else:
             return None
         val = lhs.meta.get("val") if isinstance(lhs, torch.fx.Node) else None
@@ -292,6 +296,16 @@ def _linear_rows(node: torch.fx.Node) -> int | None:
             return None
         rows.add(int(val.shape[0]))
     return rows.pop() if len(rows) == 1 else None
+
+
+def _transposes_back(node: torch.fx.Node, t: torch.fx.Node) -> bool:
+    """Whether ``node`` is ``t`` transposed back (``permute(t, [1, 0])`` or ``t(t)``): in a
+    training graph autograd's backward of ``x @ W.T`` reads ``W`` as ``permute(permute(W))`` for
+    the input gradient's matmul, a view of the weight, not another use of its layout."""
+    aten = torch.ops.aten
+    if node.target is aten.t.default:
+        return node.args[0] is t
+    return node.target is aten.permute.default and node.args[0] is t and list(node.args[1]) == [1, 0]
 
 
 def _static_index(node: Any) -> bool:

@@ -27,6 +27,7 @@ from softipu.frontends.torch.lower import (
     _at_user_line,
     _Lowerer,
     _weight_variable,
+    linear_rows,
     map_tensor,
     stream_out,
 )
@@ -63,8 +64,9 @@ from softipu.frontends.torch.training.offload import Offload
 from softipu.frontends.torch.training.replication import reduce_gradients
 from softipu.frontends.torch.training.traces import canonical_shape, is_pointwise, with_shape
 from softipu.graph import program as P
-from softipu.graph.tensor import Tensor
+from softipu.graph.tensor import Slabs, Tensor
 from softipu.ops import elementwise as ew
+from softipu.ops.common import tile_regions
 from softipu.ops.indexing import create_slicable_like, zero
 from softipu.ops.reduce import ReduceOp
 
@@ -117,13 +119,16 @@ class _TrainLowerer(_Lowerer):
         self._decompositions: dict | None = None
         # The update's 0-d expressions (bias corrections...) by identity, lowered once (fuse.materialize)
         self._scalars: dict[tuple, Tensor] | None = None
+        self.matmul_weights: set[str] = set()  # parameters laid out as their matmul's RHS
 
     def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int],
-             like: Tensor | None = None) -> Tensor:
+             like: Tensor | None = None, clone: bool = False) -> Tensor:
         shape = tuple(int(s) for s in shape)
+        same = like is not None and like.shape == shape
         # An embedding table's accumulator and optimizer state: laid out as the table (on tile).
-        t = create_slicable_like(self.graph, like, self.ctx.dtype(torch_dtype), name) \
-            if like is not None and like.shape == shape else None
+        t = create_slicable_like(self.graph, like, self.ctx.dtype(torch_dtype), name) if same else None
+        if t is None and same and clone:  # a linear weight's optimizer state: as the weight
+            t = clone_layout(self.graph, like, self.ctx.dtype(torch_dtype), name)
         if t is None:
             t = self.graph.add_variable(self.ctx.dtype(torch_dtype), shape, name=name)
             map_tensor(self.graph, t)
@@ -273,7 +278,11 @@ class _TrainLowerer(_Lowerer):
                 # Laid out for what uses it (an embedding table in column blocks...), as for inference.
                 shape = tuple(int(d) for d in val.shape)
                 var = _weight_variable(self.ctx, node, self.ctx.dtype(val.dtype), shape,
-                                       self.offload.variable_name(name, shape), training=True)
+                                       self.offload.variable_name(name, shape), training=True,
+                                       read_back=LINEAR_WEIGHTS_READ_BACK_AS_RHS)
+                if len(shape) == 2 and var.dtype.is_float and \
+                        linear_rows(node, LINEAR_WEIGHTS_READ_BACK_AS_RHS) is not None:
+                    self.matmul_weights.add(name)
                 params[name] = self.env[node] = var
             elif i < len(j.params) + len(j.buffers):
                 name = j.buffers[i - len(j.params)]
@@ -355,9 +364,12 @@ class _TrainLowerer(_Lowerer):
         spec = self.spec
         plan = self.locations
         home = {k: "streaming/optimizer" if k in plan.off_chip else "optimizer" for k in plan.shapes}
+        # A linear weight's state laid out as the weight (its matmul's RHS layout): the update's
+        # elementwise work then reads the state where it writes the weight (see clone_layout).
         state = {(s.param_name, s.name): self._var(
             f"{home[(s.param_name, s.name)]}/{s.param_name}/{s.name}", s.torch_dtype,
-            state_shape(plan, (s.param_name, s.name), s.shape), params.get(s.param_name))
+            state_shape(plan, (s.param_name, s.name), s.shape), params.get(s.param_name),
+            clone=self._one_placement and s.param_name in self.matmul_weights)
             for s in spec.state}
         add_buffers(self.graph, plan, state)
         hyper = self.hyper
@@ -379,12 +391,17 @@ class _TrainLowerer(_Lowerer):
                                                          fragment=self.offload.holds_fragment(n),
                                                          reduced=n in plan.accum_sharded)
                 load_state(plan, skeys, state, prog)
-                gm = self._traced_update(pnames, skeys, gin, state)
-                # sums over fragments (LAMB's norms, a clip's, loss-scaling counts) all-reduced
-                gm = sum_partials_across_replicas(gm, plan, pnames, skeys, state)
-                inputs = ([pin[n] for n in pnames] + [gin[n] for n in pnames] + [state[k] for k in skeys]
+                stored = self._in_storage_order(pnames, skeys, pin, gin, state, prog)
+                if stored is not None:  # a linear weight's pointwise update, on its blocks in order
+                    pin, gin, st, gm = stored
+                else:
+                    st = state
+                    gm = self._traced_update(pnames, skeys, gin, state)
+                    # sums over fragments (LAMB's norms, a clip's, loss-scaling counts) all-reduced
+                    gm = sum_partials_across_replicas(gm, plan, pnames, skeys, state)
+                inputs = ([pin[n] for n in pnames] + [gin[n] for n in pnames] + [st[k] for k in skeys]
                           + list(hyper.values()) + [step])
-                targets = [pin[n] for n in pnames] + [state[k] for k in skeys]
+                targets = [pin[n] for n in pnames] + [st[k] for k in skeys]
                 if self.options.auto_loss_scaling:
                     targets.append(hyper["loss_scaling"])
                 results = self._lower_fx(gm, inputs, targets)
@@ -397,6 +414,39 @@ class _TrainLowerer(_Lowerer):
         finally:
             self.ctx.prog, self.ctx.phase, self._scalars = outer, "", None
         return state, hyper, step
+
+    def _in_storage_order(self, pnames: list[str], skeys: list[tuple[str, str]], pin: dict[str, Tensor],
+                          gin: dict[str, Tensor], state: dict[tuple[str, str], Tensor],
+                          prog: P.Sequence) -> tuple[dict, dict, dict, Any] | None:
+        """A linear weight's pointwise update (SGD, Adam, AdamW, RMSprop) run over the weight's
+        variable in memory order: its optimizer state is laid out as the weight (clone_layout),
+        and the gradient is first copied into that layout too (one rearranging copy, PopART's
+        exchange of the gradient into the weight's layout before its ``VarUpdate``), so every
+        operand of the update is one contiguous run per tile, as a linearly mapped weight's are.
+        The same arithmetic on each element: the same bits. None where that does not apply."""
+        if len(pnames) != 1 or pnames[0] not in self.matmul_weights or not self._one_placement:
+            return None
+        name = pnames[0]
+        w, g = pin[name], gin[name]
+        if any(name in where for where in (self.locations.sharded, self.offload.weights)) \
+                or w.shape != g.shape or any(state[k].shape != w.shape for k in skeys):
+            return None
+        var = self.graph.variable_of(w)
+        if var is None or var.numel != w.numel:
+            return None
+        flat = {name: _storage(self.graph, w)}
+        if not all(_same_view(self.graph, w, state[k]) for k in skeys):  # state not laid out as w
+            return None
+        st = {k: _storage(self.graph, state[k]) for k in skeys}
+        g_w = clone_layout(self.graph, w, g.dtype, f"upd/{name}/gradient")
+        if g_w is None:
+            return None
+        grad = {name: _storage(self.graph, g_w)}
+        gm = self._shared_trace(name, self._signature(name, grad), skeys, grad, st)
+        if gm is None:  # not pointwise (LAMB's norms...): on the logical views
+            return None
+        prog.add(P.Copy(g, g_w))
+        return flat, grad, st, gm
 
     def _streamed(self, name: str, prog: P.Sequence, on_chip: Tensor) -> Tensor:
         streamed = self.offload.load_for_update(self, name, prog)
@@ -608,6 +658,14 @@ _WRITTEN = object()  # an output already copied into its variable
 FUSE_JOINT_CASTS = True  # False: every joint-graph cast a compute set of its own (tests compare both)
 FUSE_BACKWARD_CHAINS = True  # False: only casts join their neighbours (tests compare both)
 SHARE_UPDATE_SCALARS = True  # False: each parameter's update computes its own bias corrections
+# A linear weight that the backward reads again (the input gradient's matmul: every linear layer but
+# one fed by data) laid out as its forward matmul's RHS (createMatMulInputRHS), its state as the
+# weight and its gradient copied into that layout before the update (_in_storage_order). Off: the
+# forward's rearrangement of the weight only moves to the gradient, and the slab layout costs more
+# exchange regions in the backward matmul and the update (1-layer BERT-base-width step, fp32:
+# cycles +2.3 %, compile CPU x2, exchange code on the fullest tile 395 -> 1,044 KB). poplin plans a
+# fully connected layer's three passes together (fullyConnectedPass); softipu plans each alone.
+LINEAR_WEIGHTS_READ_BACK_AS_RHS = False
 FOLD_REDUCE_CASTS = True  # False: a float32 sum then its float16 cast, two compute sets (tests compare)
 _aten = torch.ops.aten
 
@@ -677,6 +735,55 @@ def variable_ids(graph: Any, values: Any) -> set[int]:
                                     np.concatenate([starts, starts + lengths - 1]), side="right") - 1
             out |= {space.variables[i].id for i in np.unique(found).tolist() if i >= 0}
     return out
+
+
+def clone_layout(graph: Any, like: Tensor, dtype: Any, name: str) -> Tensor | None:
+    """A fresh variable laid out as ``like``: the same tile for each element and the same memory
+    order, ``like``'s view of its variable repeated on the new one (a weight made by
+    ``create_matmul_input_rhs`` is a view of column slabs: so is the clone). Poplar's
+    ``Graph::clone`` (``TensorCloneMethod::PRESERVE_ORDER_UNLESS_ALIASES``), as PopART lays out
+    an optimizer's state by cloning a tensor of its update (``AccumulateBaseOpx::
+    createInputTensor``, willow/src/popx/op/accumulatex.cpp); here the weight, which the update
+    writes. None when ``like`` is not the whole of one variable."""
+    var = graph.variable_of(like)
+    if var is None or var.numel != like.numel or like.repeats_elements():
+        return None
+    whole = graph.add_variable(dtype, var.shape, name=name).flatten()
+    source = Tensor(graph, like.dtype, (var.numel,), var.start, (1,))
+    starts, lengths, tiles = tile_regions(graph, source)
+    graph.map_intervals(whole, starts, starts + lengths, tiles)
+    shift = whole.offset - var.start
+    if like.slabs is not None:
+        slabs = like.slabs
+        pieces = tuple((o + shift, sh, st, mid) for o, sh, st, mid in slabs.pieces)
+        return Tensor(graph, whole.dtype, like.shape, slabs=Slabs(pieces, slabs.axis, slabs.perm))
+    if like.index is not None:
+        return Tensor(graph, whole.dtype, like.shape, index=like.index + shift)
+    return Tensor(graph, whole.dtype, like.shape, like.offset + shift, like.strides)
+
+
+def _storage(graph: Any, t: Tensor) -> Tensor | None:
+    """The whole variable of ``t`` as a 1-D tensor in memory order, when ``t`` is all of it."""
+    var = graph.variable_of(t)
+    if var is None or var.numel != t.numel:
+        return None
+    return Tensor(graph, t.dtype, (var.numel,), var.start, (1,))
+
+
+def _same_view(graph: Any, a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` view their variables alike (element ``i`` of each at the same
+    position in its variable's memory): ``b`` made by :func:`clone_layout` from ``a``."""
+    va, vb = graph.variable_of(a), graph.variable_of(b)
+    if va is None or vb is None or va.shape != vb.shape or a.shape != b.shape:
+        return False
+    shift = vb.start - va.start
+    if a.slabs is not None or b.slabs is not None:
+        return a.slabs is not None and b.slabs is not None and (a.slabs.axis, a.slabs.perm) == (
+            b.slabs.axis, b.slabs.perm) and b.slabs.pieces == tuple(
+            (o + shift, sh, st, mid) for o, sh, st, mid in a.slabs.pieces)
+    if a.index is not None or b.index is not None:
+        return a.index is not None and b.index is not None and np.array_equal(a.index + shift, b.index)
+    return b.offset == a.offset + shift and a.strides == b.strides
 
 
 def _torch_dtype(t: Tensor) -> torch.dtype:

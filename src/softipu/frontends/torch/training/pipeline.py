@@ -75,15 +75,15 @@ class _PlacedTrainLowerer(PlacedLowering, _TrainLowerer):
             self.tags.append((self.ctx.prog.programs[-1], self.placement.stage_of[a], "bwd"))
 
     def _var(self, name: str, torch_dtype: torch.dtype, shape: Sequence[int],
-             like: Tensor | None = None) -> Tensor:
+             like: Tensor | None = None, clone: bool = False) -> Tensor:
         """Accumulators and optimizer state on their weight's (gradient's) IPU."""
         ipu = self.home_of(like)
         if ipu is None:
-            return super()._var(name, torch_dtype, shape, like)
+            return super()._var(name, torch_dtype, shape, like, clone)
         root, self.graph = self.graph, self.views[ipu]
         try:
             with self.on_ipu(ipu):
-                return super()._var(name, torch_dtype, shape, like)
+                return super()._var(name, torch_dtype, shape, like, clone)
         finally:
             self.graph = root
 
