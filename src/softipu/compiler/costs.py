@@ -270,8 +270,9 @@ class StepPricer:
             stream = src if isinstance(src, DataStream) else dst
             return self._host_step(index, f"Copy {stream.name!r}", node.location, tensor,
                                    to_device=isinstance(src, DataStream))
-        moved, local, summary = self._copy_traffic(src, dst)
-        code = self.outline is None or self.outline.first_copy(self.keys, src, dst)
+        key = self.keys.copy(src, dst) if self.keys is not None else None  # once: a digest pass
+        moved, local, summary = self._copy_traffic(src, dst, key)
+        code = self.outline is None or self.outline.first_copy(key)
         compute = int(np.ceil(local.max(initial=0) / self.target.on_tile_copy_bytes_per_cycle))
         return Step(index, StepKind.COPY, f"Copy {src.name} -> {dst.name}", node.location, "Copy",
                     compute_cycles=compute, busiest_tile=int(np.argmax(local)) if local.size else 0,
@@ -301,9 +302,9 @@ class StepPricer:
                 self._layouts[key] = found
         return found
 
-    def _copy_traffic(self, src: Tensor, dst: Tensor) -> tuple[Traffic, np.ndarray, dict]:
-        """A copy's traffic, on-tile bytes per tile and :meth:`_summary`, once per copy key."""
-        key = self.keys.copy(src, dst) if self.keys is not None else None
+    def _copy_traffic(self, src: Tensor, dst: Tensor, key: tuple | None) -> tuple[Traffic, np.ndarray, dict]:
+        """A copy's traffic, on-tile bytes per tile and :meth:`_summary`, once per copy key
+        (``key``: :meth:`StructureKeys.copy`, None for none)."""
         found = self._copies.get(key) if key is not None else None
         if found is None:
             counted = copy_traffic(src, dst, self.mappings, self.target)  # a transpose, per tile

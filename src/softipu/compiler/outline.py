@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from softipu.compiler.executable import CompiledComputeSet
 from softipu.compiler.structure import StructureKeys
-from softipu.graph.tensor import Tensor
 
 __all__ = ["Outline"]
 
@@ -69,9 +68,9 @@ class Outline:
             self._first[key] = compiled.compute_set.id
         return count == 0
 
-    def first_copy(self, keys: StructureKeys | None, src: Tensor, dst: Tensor) -> bool:
-        """Whether this copy brings its own exchange code (no earlier copy had its copy key)."""
-        key = keys.copy(src, dst) if keys is not None else None
+    def first_copy(self, key: tuple | None) -> bool:
+        """Whether a copy with this copy key (:meth:`StructureKeys.copy`; None: none) brings its own
+        exchange code: no earlier copy had the key."""
         if key is None:
             return True
         if key in self._copies:

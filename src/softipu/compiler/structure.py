@@ -353,13 +353,24 @@ class StructureKeys:
             raise _Unkeyable
         starts, ends = self._space_bounds(space)
         flat = t.index.reshape(-1).astype(np.int64, copy=False)
-        k = np.searchsorted(starts, flat, side="right") - 1
-        if k.min() < 0 or np.any(flat >= ends[k]):
-            raise _Unkeyable
+        # The elements as runs of consecutive offsets in one variable (where each run begins, its
+        # variable's number and its first offset: the runs are cut wherever the element sequence
+        # steps otherwise, so equal runs are equal sequences). Each run of consecutive addresses
+        # is looked up once; only where one leaves its variable is every element looked up.
+        step = flat[1:] != flat[:-1] + 1
+        first = np.flatnonzero(np.concatenate(([True], step)))
+        k = np.searchsorted(starts, flat[first], side="right") - 1
+        last = np.concatenate((first[1:], [flat.size])) - 1
+        if k.min() < 0 or np.any(flat[last] >= ends[k]):
+            each = np.searchsorted(starts, flat, side="right") - 1
+            if each.min() < 0 or np.any(flat >= ends[each]):
+                raise _Unkeyable
+            first = np.flatnonzero(np.concatenate(([True], step | (each[1:] != each[:-1]))))
+            k = each[first]
         held = np.unique(k)
         numbers = np.array([used.number(t.dtype, space.variables[i]) for i in held.tolist()], np.int64)
         number = numbers[np.searchsorted(held, k)]
-        return ("indexed across", t.dtype, t.shape, _digest(number, flat - starts[k]))
+        return ("indexed across", t.dtype, t.shape, _digest(first, number, flat[first] - starts[k]))
 
     def _space_bounds(self, space: Any) -> tuple[np.ndarray, np.ndarray]:
         """Each variable's (start, end) in a dtype's space, as arrays (the graph is only read)."""
