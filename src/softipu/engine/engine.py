@@ -46,7 +46,7 @@ from softipu.graph.tensor import Tensor
 from softipu.log import progress_job
 from softipu.profile import Report
 
-__all__ = ["Engine", "EngineOptions", "collector_paused"]
+__all__ = ["Engine", "EngineOptions", "base_pages", "collector_paused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +163,31 @@ def collector_paused():
         gc.enable()
 
 
+# numpy asks the kernel for transparent huge pages on every array of 4 MiB or more
+# (madvise(MADV_HUGEPAGE)). Where the kernel's THP defrag setting is "madvise" (this machine's and
+# many VMs' default), the first touch of such memory compacts memory synchronously: measured here,
+# 1.4-2.2 s of system time per GiB against 0.31-0.39 s in base pages (np.zeros + fill of 1 GiB,
+# four times in one process; the first GiB, while free huge pages last, 0.07 s). A training step
+# first touches several GB (storage, gathered fields, the rollback's copies), so the engine
+# allocates in base pages. None where numpy has no such switch.
+_SET_HUGEPAGE = getattr(getattr(np, "_core", None), "multiarray", None)
+_SET_HUGEPAGE = getattr(_SET_HUGEPAGE, "_set_madvise_hugepage", None)
+
+
+@contextlib.contextmanager
+def base_pages():
+    """Arrays made meanwhile come in base pages (numpy's huge-page advice off), restored after.
+    numpy's switch is process-wide: arrays other threads make meanwhile follow it too."""
+    if _SET_HUGEPAGE is None:
+        yield
+        return
+    before = _SET_HUGEPAGE(False)
+    try:
+        yield
+    finally:
+        _SET_HUGEPAGE(before)
+
+
 class Engine:
     """Compile ``programs`` for ``graph`` and load them onto a simulated device.
 
@@ -194,7 +219,7 @@ class Engine:
         return self
 
     def _load(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
-        with collector_paused():
+        with collector_paused(), base_pages():
             self._load_now(graph, executable, estimate_only)
 
     def _load_now(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
@@ -229,7 +254,7 @@ class Engine:
                 if times:  # a loop of zero turns runs nothing
                     self.log.add(step, self.executable.steps[step].cycles, times)
         else:
-            with np.errstate(**self._errstate), BLAS.single_threaded(), collector_paused():
+            with np.errstate(**self._errstate), BLAS.single_threaded(), collector_paused(), base_pages():
                 try:
                     self._interpreter.run(program)
                 except CodeletError as exc:

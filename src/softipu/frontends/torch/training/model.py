@@ -23,6 +23,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from softipu.engine import Engine
+from softipu.engine.engine import base_pages
 from softipu.errors import SoftIPUError
 from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import FrontendError, InputError
@@ -348,7 +349,8 @@ class TrainingModel:
             remote += list(offload.weights.values()) if offload is not None else []
             vars_ += list(offload.fragments.values()) if offload is not None else []
             self._rollback = Rollback(eng, vars_ + remote)
-        self._rollback.save()
+        with base_pages():  # the saved copies are fresh memory (engine.base_pages)
+            self._rollback.save()
         return self._rollback
 
     def copy_weights_to_host(self) -> None:

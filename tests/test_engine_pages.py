@@ -1,0 +1,68 @@
+"""The engine allocates in base pages (engine.base_pages): numpy's huge-page advice is off inside
+the context and restored after it, also when the body raises; an array made inside carries no
+MADV_HUGEPAGE advice where one made outside does."""
+
+import re
+
+import numpy as np
+import pytest
+
+from softipu.engine.engine import base_pages
+
+_switch = getattr(getattr(np, "_core", None), "multiarray", None)
+_switch = getattr(_switch, "_set_madvise_hugepage", None)
+pytestmark = pytest.mark.skipif(_switch is None, reason="this numpy has no huge-page switch")
+
+
+def _current() -> bool:
+    before = _switch(True)
+    _switch(before)
+    return before
+
+
+@pytest.mark.parametrize("outside", [True, False])
+def test_advice_off_inside_and_restored_after(outside):
+    before = _switch(outside)
+    try:
+        with base_pages():
+            assert _current() is False
+        assert _current() is outside
+        with pytest.raises(RuntimeError), base_pages():
+            raise RuntimeError("boom")
+        assert _current() is outside
+    finally:
+        _switch(before)
+
+
+def _advised(a: np.ndarray) -> bool:
+    """Whether the mapping holding ``a``'s middle byte carries MADV_HUGEPAGE ("hg" in its VmFlags,
+    /proc/self/smaps): the advice itself, whether or not the kernel found a huge page to give.
+    (numpy advises from the array's first whole page on, so its first byte may lie outside.)"""
+    addr = a.__array_interface__["data"][0] + a.nbytes // 2
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                inside = int(m.group(1), 16) <= addr < int(m.group(2), 16)
+            elif inside and line.startswith("VmFlags:"):
+                return "hg" in line.split()[1:]
+    raise AssertionError("the array's mapping is not in /proc/self/smaps")
+
+
+def test_array_made_inside_is_not_advised():
+    try:
+        open("/proc/self/smaps").close()
+    except OSError:
+        pytest.skip("no /proc/self/smaps here")
+    before = _switch(True)
+    try:
+        advised = np.zeros(64 << 20, np.uint8)  # numpy advises from 4 MiB; above glibc's 32 MiB
+        # largest mmap threshold, so each array is a fresh mapping, not reused heap
+        if not _advised(advised):
+            pytest.skip("this numpy or kernel does not advise huge pages")
+        with base_pages():
+            plain = np.zeros(64 << 20, np.uint8)
+        assert not _advised(plain)
+    finally:
+        _switch(before)
