@@ -285,10 +285,16 @@ class Tensor:
                     return self._from_grouped(cut)
             _check_slices(key, self)
             try:
-                return self._indexed(self.addresses()[key])
+                index = self.addresses()[key]
             except (IndexError, TypeError) as exc:
                 raise TensorError(f"cannot index {self.name} {self.shape}{at(caller_location())} with "
                                   f"{key!r}: {exc}") from None
+            # A cut of one strided piece (inside one variable) whose addresses are affine in the
+            # index again (two elements always are) is a strided view, as numpy's would be.
+            affine = _affine(index) if self.slabs is not None and len(self.slabs.pieces) == 1 else None
+            if affine is not None:
+                return self._strided(tuple(index.shape), *affine)
+            return self._indexed(index)
         return self._basic_index(key)
 
     def _basic_index(self, key: tuple) -> Tensor:
@@ -679,6 +685,22 @@ def _slice_indices(k: slice, size: int, t: Tensor, axis: int) -> tuple[int, int,
             )
     return k.indices(size)
 
+
+
+def _affine(index: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
+    """``(offset, strides)`` when ``index[i] == offset + sum(i[k] * strides[k])`` over ``index``'s
+    own shape (an axis of one element takes stride 1), else None; None for no elements."""
+    if index.size == 0:
+        return None
+    first = int(index.reshape(-1)[0])
+    strides = tuple(int(np.take(index, 1, axis=a).reshape(-1)[0]) - first if n > 1 else 1
+                    for a, n in enumerate(index.shape))
+    want = np.full(index.shape, first, np.int64)
+    for a, (n, step) in enumerate(zip(index.shape, strides, strict=True)):
+        if n > 1:
+            axis_shape = (1,) * a + (n,) + (1,) * (index.ndim - a - 1)
+            want += (np.arange(n, dtype=np.int64) * step).reshape(axis_shape)
+    return (first, strides) if np.array_equal(index, want) else None
 
 def _check_slices(key: tuple, t: Tensor) -> None:
     """The bounds of every slice in ``key`` (an indexed view's numpy indexing clamps them too)."""
