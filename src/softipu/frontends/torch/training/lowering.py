@@ -45,6 +45,7 @@ from softipu.frontends.torch.training.fuse import (
     stochastic_rounding,
 )
 from softipu.frontends.torch.training.joint import Joint
+from softipu.frontends.torch.training.layouts import clone_layout, same_view, storage_view
 from softipu.frontends.torch.training.locations import (
     accumulator_shape,
     add_accumulator_buffers,
@@ -64,9 +65,8 @@ from softipu.frontends.torch.training.offload import Offload
 from softipu.frontends.torch.training.replication import reduce_gradients
 from softipu.frontends.torch.training.traces import canonical_shape, is_pointwise, with_shape
 from softipu.graph import program as P
-from softipu.graph.tensor import Slabs, Tensor
+from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
-from softipu.ops.common import tile_regions
 from softipu.ops.indexing import create_slicable_like, zero
 from softipu.ops.reduce import ReduceOp
 
@@ -434,14 +434,14 @@ class _TrainLowerer(_Lowerer):
         var = self.graph.variable_of(w)
         if var is None or var.numel != w.numel:
             return None
-        flat = {name: _storage(self.graph, w)}
-        if not all(_same_view(self.graph, w, state[k]) for k in skeys):  # state not laid out as w
+        flat = {name: storage_view(self.graph, w)}
+        if not all(same_view(self.graph, w, state[k]) for k in skeys):  # state not laid out as w
             return None
-        st = {k: _storage(self.graph, state[k]) for k in skeys}
+        st = {k: storage_view(self.graph, state[k]) for k in skeys}
         g_w = clone_layout(self.graph, w, g.dtype, f"upd/{name}/gradient")
         if g_w is None:
             return None
-        grad = {name: _storage(self.graph, g_w)}
+        grad = {name: storage_view(self.graph, g_w)}
         gm = self._shared_trace(name, self._signature(name, grad), skeys, grad, st)
         if gm is None:  # not pointwise (LAMB's norms...): on the logical views
             return None
@@ -735,55 +735,6 @@ def variable_ids(graph: Any, values: Any) -> set[int]:
                                     np.concatenate([starts, starts + lengths - 1]), side="right") - 1
             out |= {space.variables[i].id for i in np.unique(found).tolist() if i >= 0}
     return out
-
-
-def clone_layout(graph: Any, like: Tensor, dtype: Any, name: str) -> Tensor | None:
-    """A fresh variable laid out as ``like``: the same tile for each element and the same memory
-    order, ``like``'s view of its variable repeated on the new one (a weight made by
-    ``create_matmul_input_rhs`` is a view of column slabs: so is the clone). Poplar's
-    ``Graph::clone`` (``TensorCloneMethod::PRESERVE_ORDER_UNLESS_ALIASES``), as PopART lays out
-    an optimizer's state by cloning a tensor of its update (``AccumulateBaseOpx::
-    createInputTensor``, willow/src/popx/op/accumulatex.cpp); here the weight, which the update
-    writes. None when ``like`` is not the whole of one variable."""
-    var = graph.variable_of(like)
-    if var is None or var.numel != like.numel or like.repeats_elements():
-        return None
-    whole = graph.add_variable(dtype, var.shape, name=name).flatten()
-    source = Tensor(graph, like.dtype, (var.numel,), var.start, (1,))
-    starts, lengths, tiles = tile_regions(graph, source)
-    graph.map_intervals(whole, starts, starts + lengths, tiles)
-    shift = whole.offset - var.start
-    if like.slabs is not None:
-        slabs = like.slabs
-        pieces = tuple((o + shift, sh, st, mid) for o, sh, st, mid in slabs.pieces)
-        return Tensor(graph, whole.dtype, like.shape, slabs=Slabs(pieces, slabs.axis, slabs.perm))
-    if like.index is not None:
-        return Tensor(graph, whole.dtype, like.shape, index=like.index + shift)
-    return Tensor(graph, whole.dtype, like.shape, like.offset + shift, like.strides)
-
-
-def _storage(graph: Any, t: Tensor) -> Tensor | None:
-    """The whole variable of ``t`` as a 1-D tensor in memory order, when ``t`` is all of it."""
-    var = graph.variable_of(t)
-    if var is None or var.numel != t.numel:
-        return None
-    return Tensor(graph, t.dtype, (var.numel,), var.start, (1,))
-
-
-def _same_view(graph: Any, a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` view their variables alike (element ``i`` of each at the same
-    position in its variable's memory): ``b`` made by :func:`clone_layout` from ``a``."""
-    va, vb = graph.variable_of(a), graph.variable_of(b)
-    if va is None or vb is None or va.shape != vb.shape or a.shape != b.shape:
-        return False
-    shift = vb.start - va.start
-    if a.slabs is not None or b.slabs is not None:
-        return a.slabs is not None and b.slabs is not None and (a.slabs.axis, a.slabs.perm) == (
-            b.slabs.axis, b.slabs.perm) and b.slabs.pieces == tuple(
-            (o + shift, sh, st, mid) for o, sh, st, mid in a.slabs.pieces)
-    if a.index is not None or b.index is not None:
-        return a.index is not None and b.index is not None and np.array_equal(a.index + shift, b.index)
-    return b.offset == a.offset + shift and a.strides == b.strides
 
 
 def _torch_dtype(t: Tensor) -> torch.dtype:
