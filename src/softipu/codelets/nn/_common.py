@@ -65,11 +65,19 @@ def _multi(n, per_vector: int, fixed: int, target: Target):
 
 
 def _param(p: np.ndarray):
-    """The one value of a param across a batch of vertices (see the package NOTE)."""
+    """The one value of a param across a batch of vertices (see the package NOTE). The fast
+    engine's params are :class:`~softipu.codelets.host.Frozen`, the same read-only array on every
+    run of a group: their value is found and checked once and kept in the array's ``memo``."""
+    memo = getattr(p, "memo", None)
+    if memo is not None and "param" in memo:
+        return memo["param"]
     first = p.flat[0]
     if p.size > 1 and (p != first).any():
         raise CodeletError("nn codelets need one param value per vertex group")
-    return first.item()
+    value = first.item()
+    if memo is not None:
+        memo["param"] = value
+    return value
 
 
 def _int_params(params: dict, names: tuple[str, ...]) -> dict[str, int]:

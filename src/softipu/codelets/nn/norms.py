@@ -171,6 +171,16 @@ def _layout(name: str, pixels: bool) -> str:
     return name.replace("Plane", "Pixel") if pixels else name
 
 
+def _single_moments(d: np.ndarray, p: np.ndarray) -> None:
+    """``p[..., 0] = d.sum(axis=-1)``, ``p[..., 1] = (d * d).sum(axis=-1)`` of a ``(..., cb, 1)``
+    ``d`` handed as ``(..., cb)``, without numpy's reduction loop per element (256 x 64 channels
+    of one element: ~15 us, ~3x the arithmetic). numpy sums one element as ``0 + d`` (-0 gives
+    +0, a NaN keeps its payload): the same bits as ``d + 0``; ``d * d`` is never -0, so adding 0
+    leaves it as it is."""
+    np.add(d, np.float32(0), out=p[..., 0])
+    np.multiply(d, d, out=p[..., 1])
+
+
 @cache
 def plane_moments_codelet(dtype: DType, pixels: bool = False) -> type[Vertex]:
     """``partial = [sum(x - shift), sum((x - shift)^2)]`` per channel, fp32. ``shift`` is 0 in
@@ -184,8 +194,11 @@ def plane_moments_codelet(dtype: DType, pixels: bool = False) -> type[Vertex]:
         @staticmethod
         def compute(x, shift, partial):
             cb = shift.shape[-1]
-            d = _by_channel(_f32(x), cb, pixels) - shift[..., None]
             p = _split(partial, cb)
+            if x.shape[-1] == cb:  # one element a channel (a layer norm row cut over tiles)
+                _single_moments(np.subtract(_f32(x), shift), p)
+                return
+            d = _by_channel(_f32(x), cb, pixels) - shift[..., None]
             p[..., 0] = d.sum(axis=-1, dtype=np.float32)
             p[..., 1] = (d * d).sum(axis=-1, dtype=np.float32)
 
