@@ -113,7 +113,9 @@ class GroupRunner:
         it gathers and scatters."""
         if self.gathers:
             return [partial(self, storage)]
-        return [partial(self._compute, args) for args in self.calls]
+        if self.compute is not self.group.codelet.compute:  # a user's body in place
+            return [partial(self._compute, args) for args in self.calls]
+        return [_bound_run(self.group.codelet, args) or partial(self._compute, args) for args in self.calls]
 
     def _compute(self, args: dict[str, Any]) -> None:
         try:
@@ -148,6 +150,14 @@ class GroupRunner:
             else:
                 args[name] = arr
         return args
+
+
+def _bound_run(codelet: type, args: dict[str, Any]) -> Callable[[], Any] | None:
+    """The codelet's work on these arguments as a call bound once, where the codelet offers one
+    (``bound_run``: its fields' arrays and params in, a zero-argument callable or None out; a
+    transpose's one ``np.copyto`` between fixed views): the arrays are the same on every run."""
+    bind = getattr(codelet, "bound_run", None)
+    return None if bind is None else bind(**args)
 
 
 def _bound(storage: Storage, t: Tensor, writes: bool, replica_axis: bool) -> tuple | None:
@@ -314,7 +324,7 @@ class MergedRunner:
             self.args[name] = FrozenList(views) if isinstance(first, tuple) else views[0]
 
     def jobs(self, storage: Storage) -> list[Callable[[], None]]:
-        return [self.run]
+        return [_bound_run(self.group.codelet, self.args) or self.run]
 
     def run(self) -> None:
         try:
