@@ -576,6 +576,14 @@ class FastInterpreter(ProgramInterpreter):
             # A stream into a slab-laid tensor (a matmul's input): its pieces' views made once.
             return partial(self._stream_into, src, dst, self.storage.slab_writer(dst, replica_axis=True),
                            at(node.location))
+        if isinstance(src, DataStream) and isinstance(dst, Tensor) and dst.is_strided and dst.numel:
+            # A stream into a strided tensor (the demo's token ids): its view made once.
+            to = self.storage.view(dst, writeable=True, replica_axis=True)
+            return partial(self._stream_view, src, to, at(node.location))
+        if isinstance(src, Tensor) and isinstance(dst, DataStream) and src.is_strided and src.numel:
+            # A strided tensor to the host (a model's output): pushed from its view, no gather first.
+            of = self.storage.view(src, writeable=False, replica_axis=True)
+            return partial(self.streams.push, dst, of, at(node.location))
         if not (isinstance(src, Tensor) and isinstance(dst, Tensor)) or dst.index is not None:
             return None
         if src.index is not None:
@@ -592,6 +600,9 @@ class FastInterpreter(ProgramInterpreter):
     def _stream_into(self, src: DataStream, dst: Tensor, write: Callable[[np.ndarray], None],
                      where: str) -> None:
         write(self.streams.pull(src, where).reshape((self.storage.replicas,) + dst.shape))
+
+    def _stream_view(self, src: DataStream, to: np.ndarray, where: str) -> None:
+        assign(to, self.streams.pull(src, where).reshape(to.shape))
 
     def _bound_take(self, src: Tensor, dst: Tensor) -> Callable[[], Any] | None:
         """An indexed source copied into a strided destination: one ``take`` of the source's
