@@ -75,10 +75,14 @@ def _f32(x: np.ndarray) -> np.ndarray:
 def _ufunc(f: np.ufunc) -> Callable[..., Any]:
     if f in _ROUNDED_ONCE:
         def apply(*xs, out=None):
-            done = _halves_in_float32(f, xs, out)
-            if done is not None:
-                return done
-            return f(*xs) if out is None else f(*xs, out=out)
+            if out is None:
+                done = _halves_in_float32(f, xs, None)
+                return f(*xs) if done is None else done
+            if out.dtype == _HALF:  # (another result dtype never takes the float16 path)
+                done = _halves_in_float32(f, xs, out)
+                if done is not None:
+                    return done
+            return f(*xs, out=out)
     else:
         def apply(*xs, out=None):
             return f(*xs) if out is None else f(*xs, out=out)
@@ -86,6 +90,7 @@ def _ufunc(f: np.ufunc) -> Callable[..., Any]:
     return apply
 
 
+_HALF = np.dtype(np.float16)
 # Correctly rounded float ops: a float16 result is the float32 result of the
 # widened operands rounded once to float16 (float32 carries 24 >= 2 x 11 + 2 bits, so rounding
 # twice gives the correctly rounded half), which is how numpy's float16 loops compute them. numpy's
