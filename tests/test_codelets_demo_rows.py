@@ -80,3 +80,10 @@ def test_a_frozen_param_is_read_once_and_a_plain_one_every_time():
         _param(plain)
     with pytest.raises(CodeletError, match="one param value per vertex group"):
         _param(frozen(np.array([[1.0], [2.0]], np.float32)))
+
+
+@pytest.mark.parametrize("n", [6, 8, 12])
+def test_row_max_of_rows_in_a_wider_array_and_of_odd_lane_counts(n):
+    wide = _rows(64, 16, 9)[:, 1:1 + n]  # rows 64 bytes apart, 4-byte aligned only
+    got = _row_max(wide.reshape(32, 2, n))
+    assert np.array_equal(got, wide.max(axis=-1).reshape(32, 2, 1), equal_nan=True)
