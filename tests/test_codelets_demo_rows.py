@@ -87,3 +87,33 @@ def test_row_max_of_rows_in_a_wider_array_and_of_odd_lane_counts(n):
     wide = _rows(64, 16, 9)[:, 1:1 + n]  # rows 64 bytes apart, 4-byte aligned only
     got = _row_max(wide.reshape(32, 2, n))
     assert np.array_equal(got, wide.max(axis=-1).reshape(32, 2, 1), equal_nan=True)
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_batch_norm_apply_is_numpys_formula_bit_for_bit(pixels, dtype):
+    from softipu.codelets.nn.norms import batch_norm_apply_codelet
+    from softipu.dtypes import float16
+
+    dt = float32 if dtype == "float32" else float16
+    rng = np.random.default_rng(11)
+    cb, length = 8, 6
+    x = (rng.standard_normal((3, cb * length)) * 3).astype(dt.numpy)
+    with np.errstate(over="ignore"):
+        x[0, :SPECIALS.size] = SPECIALS.astype(dt.numpy)
+    mean, weight, bias = (rng.standard_normal((3, cb)).astype(np.float32) for _ in range(3))
+    var = np.abs(rng.standard_normal((3, cb))).astype(np.float32)
+    var[1, 0], weight[2, 1] = 0.0, -0.0
+    eps = np.full((3, 1), 1e-5, np.float32)
+    out = np.empty_like(x)
+    with np.errstate(all="ignore"):
+        batch_norm_apply_codelet(dt, float32, float32, pixels).compute(
+            x=x, mean=mean, var=var, weight=weight, bias=bias, out=out, eps=eps)
+        # the oracle: the formula as numpy evaluates it, temporaries and all
+        scale = weight / np.sqrt(var + np.float32(1e-5))
+        shift = bias - mean * scale
+        xs = x.astype(np.float32)
+        xs = xs.reshape(3, length, cb).swapaxes(-1, -2) if pixels else xs.reshape(3, cb, length)
+        res = (xs * scale[..., None] + shift[..., None]).astype(dt.numpy)
+        want = res.swapaxes(-1, -2).reshape(3, -1) if pixels else res.reshape(3, -1)
+    assert np.array_equal(out.view(np.uint8), np.ascontiguousarray(want).view(np.uint8))

@@ -325,10 +325,20 @@ def batch_norm_apply_codelet(dtype: DType, sdtype: DType, wdtype: DType,
         @staticmethod
         def compute(x, mean, var, weight, bias, out, eps):
             cb = mean.shape[-1]
-            scale = _f32(weight) / np.sqrt(_f32(var) + np.float32(_param(eps)))
-            shift = _f32(bias) - _f32(mean) * scale
-            res = _by_channel(_f32(x), cb, pixels) * scale[..., None] + shift[..., None]
-            _by_channel(out, cb, pixels)[...] = res
+            # the same ops in the same order, each into a buffer of its own, not a new one
+            scale = np.add(_f32(var), np.float32(_param(eps)), dtype=np.float32)
+            np.sqrt(scale, out=scale)
+            np.divide(_f32(weight), scale, out=scale)
+            shift = np.multiply(_f32(mean), scale)
+            np.subtract(_f32(bias), shift, out=shift)
+            rows = _by_channel(out, cb, pixels)
+            if out.dtype == np.float32:  # (numpy buffers an out that overlaps x)
+                np.multiply(_by_channel(_f32(x), cb, pixels), scale[..., None], out=rows)
+                rows += shift[..., None]
+            else:
+                res = _by_channel(_f32(x), cb, pixels) * scale[..., None]
+                res += shift[..., None]
+                rows[...] = res
 
         @staticmethod
         def cycles(x, mean, var, weight, bias, out, eps, target):
