@@ -141,10 +141,8 @@ class ChainRunner:
         half = src.dtype == np.float16  # operands gathered as halves, then widened whole
         a_in = self.scratch.get("a16", (count * rows, ks), np.float16).reshape(a.shape) if half else a
         b_in = self.scratch.get("b16", (count * ks, cols), np.float16).reshape(b.shape) if half else b
-        copies: list[tuple[np.ndarray, np.ndarray]] = []
-        for i, each in enumerate(run):
-            copies += self._left(_copies(a_in[i], src, each.a, m_at, k_at))
-            copies += _copies(b_in[i], src, each.b, k_at, n_at)
+        copies = _stacked([self._left(_copies(a_in[i], src, each.a, m_at, k_at))
+                           + _copies(b_in[i], src, each.b, k_at, n_at) for i, each in enumerate(run)])
         copies_out: list[Callable[[], Any]] = []
         if dst.dtype == np.float16:  # the product in float32 scratch, narrowed whole
             into = self.scratch.get("c", (count * rows, cols)).reshape(count, rows, cols)
@@ -474,6 +472,40 @@ def _copies(mat: np.ndarray, buf: np.ndarray, grid: np.ndarray, r_at: np.ndarray
                 shape = (ri1 - ri0, m, rj1 - rj0, n)
                 out.append((part, _view(buf, start, shape, (si, rs, sj, cs), writeable)))
     return out
+
+
+def _stacked(per_band: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The bands' gather pairs, the k-th pair of every band as one pair with the bands leading
+    where they have one shape and strides and both ends step evenly from band to band (attention's
+    heads: 8 bands of 3 pairs, 24 copies a chain, as 3); the rest as they are. A copy: the same
+    elements land in the same places."""
+    if len(per_band) < 2 or any(len(p) != len(per_band[0]) for p in per_band):
+        return [pair for pairs in per_band for pair in pairs]
+    out = []
+    for k in range(len(per_band[0])):
+        pairs = [p[k] for p in per_band]
+        step = _even_step([d for d, _ in pairs]), _even_step([v for _, v in pairs])
+        if None in step:
+            out += pairs
+            continue
+        (d0, v0), n = pairs[0], len(pairs)
+        out.append((np.lib.stride_tricks.as_strided(d0, (n,) + d0.shape, (step[0],) + d0.strides),
+                    np.lib.stride_tricks.as_strided(v0, (n,) + v0.shape, (step[1],) + v0.strides,
+                                                    writeable=False)))
+    return out
+
+
+def _even_step(arrays: list[np.ndarray]) -> int | None:
+    """The byte step between the starts of consecutive arrays of one shape, strides and dtype,
+    where it is even (and not zero), else None."""
+    first = arrays[0]
+    if any(a.shape != first.shape or a.strides != first.strides or a.dtype != first.dtype for a in arrays):
+        return None
+    starts = [a.__array_interface__["data"][0] for a in arrays]
+    step = starts[1] - starts[0]
+    if step == 0 or any(b - a != step for a, b in zip(starts, starts[1:], strict=False)):
+        return None
+    return step
 
 
 def _runs(sizes: np.ndarray) -> list[tuple[int, int]]:
