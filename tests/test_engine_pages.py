@@ -1,13 +1,17 @@
-"""The engine allocates in base pages (engine.base_pages): numpy's huge-page advice is off inside
-the context and restored after it, also when the body raises; an array made inside carries no
-MADV_HUGEPAGE advice where one made outside does."""
+"""Engine option host.hugePages (engine.host_pages): with False numpy's huge-page advice is off
+inside the context and restored after it, also when the body raises; an array made inside carries
+no MADV_HUGEPAGE advice where one made outside does; with True nothing changes. The torch training
+frontend's engines take False."""
 
 import re
 
 import numpy as np
 import pytest
+import torch
 
-from softipu.engine.engine import base_pages
+import softipu as sp
+import softipu.torch as st
+from softipu.engine.engine import host_pages
 
 _switch = getattr(getattr(np, "_core", None), "multiarray", None)
 _switch = getattr(_switch, "_set_madvise_hugepage", None)
@@ -24,10 +28,10 @@ def _current() -> bool:
 def test_advice_off_inside_and_restored_after(outside):
     before = _switch(outside)
     try:
-        with base_pages():
+        with host_pages(huge=False):
             assert _current() is False
         assert _current() is outside
-        with pytest.raises(RuntimeError), base_pages():
+        with pytest.raises(RuntimeError), host_pages(huge=False):
             raise RuntimeError("boom")
         assert _current() is outside
     finally:
@@ -61,8 +65,36 @@ def test_array_made_inside_is_not_advised():
         # largest mmap threshold, so each array is a fresh mapping, not reused heap
         if not _advised(advised):
             pytest.skip("this numpy or kernel does not advise huge pages")
-        with base_pages():
+        with host_pages(huge=False):
             plain = np.zeros(64 << 20, np.uint8)
         assert not _advised(plain)
     finally:
         _switch(before)
+
+
+def test_huge_true_changes_nothing():
+    before = _switch(True)
+    try:
+        with host_pages(huge=True):
+            assert _current() is True
+    finally:
+        _switch(before)
+
+
+class _Regress(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return torch.nn.functional.mse_loss(self.linear(x), y)
+
+
+@pytest.mark.parametrize(("given", "huge"), [({}, False), ({"host.hugePages": True}, True)])
+def test_training_engines_take_base_pages_unless_told(given, huge):
+    torch.manual_seed(0)
+    module = _Regress()
+    opts = st.Options(target=sp.targets.ipu_model(tiles=4), engine_options=given)
+    model = st.training_model(module, torch.optim.SGD(module.parameters(), lr=0.1), opts)
+    model(torch.ones(2, 4), torch.zeros(2, 2))
+    assert model._engine.options.huge_pages is huge

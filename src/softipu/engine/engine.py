@@ -46,7 +46,7 @@ from softipu.graph.tensor import Tensor
 from softipu.log import progress_job
 from softipu.profile import Report
 
-__all__ = ["Engine", "EngineOptions", "base_pages", "collector_paused"]
+__all__ = ["Engine", "EngineOptions", "collector_paused", "host_pages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,9 @@ class EngineOptions:
     * ``distributed.enabled`` (bool): this process holds only its instance's replicas and
       cross-replica copies reach the other processes over torch.distributed
       (:mod:`softipu.engine.distributed`); ``distributed.timeoutSeconds`` (int, default 60).
+    * ``host.hugePages`` (bool, default True): the host arrays the engine makes take numpy's
+      transparent-huge-page advice; False: base pages, cheaper to touch first, slower to stream
+      through (see :func:`host_pages`; the torch training frontend sets False).
 
     Options given in the JSON object of the environment variable ``SOFTIPU_ENGINE_OPTIONS`` (as
     Poplar's ``POPLAR_ENGINE_OPTIONS``) apply to every engine; those passed in ``options`` win.
@@ -86,6 +89,7 @@ class EngineOptions:
     seed: int = 0
     distributed: bool = False
     distributed_timeout: int = 60
+    huge_pages: bool = True
 
     KEYS: ClassVar[dict[str, str]] = {
         "engine.reference": "reference",
@@ -98,6 +102,7 @@ class EngineOptions:
         "prng.seed": "seed",
         "distributed.enabled": "distributed",
         "distributed.timeoutSeconds": "distributed_timeout",
+        "host.hugePages": "huge_pages",
     }
     ENVIRONMENT: ClassVar[str] = "SOFTIPU_ENGINE_OPTIONS"
 
@@ -167,18 +172,21 @@ def collector_paused():
 # (madvise(MADV_HUGEPAGE)). Where the kernel's THP defrag setting is "madvise" (this machine's and
 # many VMs' default), the first touch of such memory compacts memory synchronously: measured here,
 # 1.4-2.2 s of system time per GiB against 0.31-0.39 s in base pages (np.zeros + fill of 1 GiB,
-# four times in one process; the first GiB, while free huge pages last, 0.07 s). A training step
-# first touches several GB (storage, gathered fields, the rollback's copies), so the engine
-# allocates in base pages. None where numpy has no such switch.
+# four times in one process; the first GiB, while free huge pages last, 0.07 s). Once touched, huge
+# pages are faster to stream through (fewer TLB misses): the 8,832-vertex AddOne bench runs 1.00-1.03x
+# numpy's in-place add with them, 1.08-1.15x in base pages. So it is a choice per engine
+# (``host.hugePages``): a training step first touches several GB (storage, gathered fields, the
+# rollback's copies) and its frontend turns them off; inference engines keep numpy's default.
 _SET_HUGEPAGE = getattr(getattr(np, "_core", None), "multiarray", None)
 _SET_HUGEPAGE = getattr(_SET_HUGEPAGE, "_set_madvise_hugepage", None)
 
 
 @contextlib.contextmanager
-def base_pages():
-    """Arrays made meanwhile come in base pages (numpy's huge-page advice off), restored after.
-    numpy's switch is process-wide: arrays other threads make meanwhile follow it too."""
-    if _SET_HUGEPAGE is None:
+def host_pages(huge: bool = True):
+    """With ``huge=False``, arrays made meanwhile come in base pages (numpy's huge-page advice off,
+    restored after); with ``huge=True``, numpy's own choice. numpy's switch is process-wide:
+    arrays other threads make meanwhile follow it too."""
+    if huge or _SET_HUGEPAGE is None:
         yield
         return
     before = _SET_HUGEPAGE(False)
@@ -219,7 +227,7 @@ class Engine:
         return self
 
     def _load(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
-        with collector_paused(), base_pages():
+        with collector_paused(), host_pages(self.options.huge_pages):
             self._load_now(graph, executable, estimate_only)
 
     def _load_now(self, graph: Graph, executable: Executable, estimate_only: bool) -> None:
@@ -254,7 +262,8 @@ class Engine:
                 if times:  # a loop of zero turns runs nothing
                     self.log.add(step, self.executable.steps[step].cycles, times)
         else:
-            with np.errstate(**self._errstate), BLAS.single_threaded(), collector_paused(), base_pages():
+            with np.errstate(**self._errstate), BLAS.single_threaded(), collector_paused(), \
+                    host_pages(self.options.huge_pages):
                 try:
                     self._interpreter.run(program)
                 except CodeletError as exc:

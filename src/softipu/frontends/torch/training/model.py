@@ -23,7 +23,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from softipu.engine import Engine
-from softipu.engine.engine import base_pages
+from softipu.engine.engine import host_pages
 from softipu.errors import SoftIPUError
 from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import FrontendError, InputError
@@ -202,7 +202,7 @@ class TrainingModel:
         t = time.perf_counter()
         with stage_errors(lowered):  # an IPU out of memory names its pipeline stage
             engine = Engine(lowered.graph, list(lowered.programs),
-                            options=frontend_engine_options(self.options.engine_options))
+                            options=self._engine_options())
         times["compile"] = time.perf_counter() - t
         progress_stage("load")
         t = time.perf_counter()
@@ -257,7 +257,7 @@ class TrainingModel:
         self._spec = optimizer_spec(self.optimizer, named, **auto)
         loaded = load_training(path, self)
         engine = Engine.from_executable(loaded.executable, loaded.lowered.graph,
-                                        options=frontend_engine_options(self.options.engine_options))
+                                        options=self._engine_options())
         times = {"executable_load": time.perf_counter() - start}
         t = time.perf_counter()
         low = loaded.lowered
@@ -338,6 +338,12 @@ class TrainingModel:
             eng.write_tensor(low.step, np.asarray(step, np.float32))
         opt.ipu_state_is_dirty = False
 
+    def _engine_options(self) -> dict:
+        """The engine's options: a training step first touches several GB of host memory, which
+        base pages make several times cheaper (engine ``host.hugePages``, :func:`host_pages`)
+        than numpy's huge-page advice; the user's ``engine_options`` win."""
+        return frontend_engine_options({"host.hugePages": False, **self.options.engine_options})
+
     def _snapshot(self) -> Rollback:
         """What the step writes in place, saved (:mod:`.rollback`); the spans are found once per engine."""
         low, eng = self._lowered, self._engine
@@ -349,7 +355,7 @@ class TrainingModel:
             remote += list(offload.weights.values()) if offload is not None else []
             vars_ += list(offload.fragments.values()) if offload is not None else []
             self._rollback = Rollback(eng, vars_ + remote)
-        with base_pages():  # the saved copies are fresh memory (engine.base_pages)
+        with host_pages(eng.options.huge_pages):  # the saved copies are fresh memory too
             self._rollback.save()
         return self._rollback
 
