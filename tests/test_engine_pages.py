@@ -98,3 +98,33 @@ def test_training_engines_take_base_pages_unless_told(given, huge):
     model = st.training_model(module, torch.optim.SGD(module.parameters(), lr=0.1), opts)
     model(torch.ones(2, 4), torch.zeros(2, 2))
     assert model._engine.options.huge_pages is huge
+
+
+
+class _Wide(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2048, 4096)  # 8 M weights: a saved array of 32 MiB and more
+
+    def forward(self, x, y):
+        return torch.nn.functional.mse_loss(self.linear(x), y)
+
+
+def test_training_rollback_saves_into_base_pages():
+    # numpy advises at allocation, so the rollback's saved array must be made inside the context.
+    before = _switch(True)
+    try:
+        probe = np.zeros(64 << 20, np.uint8)
+        if not _advised(probe):
+            pytest.skip("this numpy or kernel does not advise huge pages")
+        del probe
+        torch.manual_seed(0)
+        module = _Wide()
+        opts = st.Options(target=sp.targets.ipu_model(tiles=4, bytes_per_tile=32 << 20))
+        model = st.training_model(module, torch.optim.SGD(module.parameters(), lr=0.1), opts)
+        model(torch.ones(2, 2048), torch.zeros(2, 4096))
+        saved = [s[2] for s in model._rollback._spans]
+        assert max(a.nbytes for a in saved) >= 32 << 20
+        assert not any(_advised(a) for a in saved)
+    finally:
+        _switch(before)

@@ -354,9 +354,9 @@ class TrainingModel:
             offload = getattr(low, "offload", None)  # and the weights kept there, or sharded
             remote += list(offload.weights.values()) if offload is not None else []
             vars_ += list(offload.fragments.values()) if offload is not None else []
-            self._rollback = Rollback(eng, vars_ + remote)
-        with host_pages(eng.options.huge_pages):  # the saved copies are fresh memory too
-            self._rollback.save()
+            with host_pages(eng.options.huge_pages):  # its saved copies are fresh memory too
+                self._rollback = Rollback(eng, vars_ + remote)  # (numpy advises at allocation)
+        self._rollback.save()
         return self._rollback
 
     def copy_weights_to_host(self) -> None:
