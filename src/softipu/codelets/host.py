@@ -35,7 +35,7 @@ import numpy as np
 from softipu.errors import OptionError
 
 __all__ = ["BLAS", "PARALLEL_WORK", "Frozen", "FrozenList", "frozen", "idle_cores", "keep_freed_pages",
-           "memo", "on_idle_cores", "run_pieces", "run_side_by_side", "scratch"]
+           "memo", "on_idle_cores", "run_in_turn", "run_pieces", "run_side_by_side", "scratch"]
 
 
 def _host_cores() -> int:
@@ -236,6 +236,12 @@ def on_idle_cores(job: Callable[[int, int], None], vertices: int, work: int) -> 
     cuts = [vertices * p // parts for p in range(parts + 1)]
     jobs = [partial(job, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
     _share(jobs, min(idle, len(jobs) - 1))
+
+
+def run_in_turn(jobs: Sequence[Callable[[], Any]]) -> None:
+    """Run ``jobs`` one after another on this thread (a bound call of several small ones)."""
+    for job in jobs:
+        job()
 
 
 def run_pieces(jobs: Sequence[Callable[[], None]]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from softipu.codelets.halves import from_half, to_half_contiguous
-from softipu.codelets.host import BLAS, run_pieces
+from softipu.codelets.host import BLAS, run_in_turn, run_pieces
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.constants import WrittenSpans
 from softipu.engine.storage import as_rows
@@ -290,18 +290,13 @@ def _copy_round(copies: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[], Any
         return None
     if len(jobs) > 1 and sum(dst.size for dst, _ in copies) >= SHARED_COPY_MIN:
         return partial(run_pieces, jobs)
-    return partial(_in_turn, jobs)
-
-
-def _in_turn(jobs: list[Callable[[], Any]]) -> None:
-    for job in jobs:
-        job()
+    return partial(run_in_turn, jobs)
 
 
 def _then(*calls: Callable[[], Any] | None) -> Callable[[], Any] | None:
     """One call making the given calls in turn (None where there are none)."""
     jobs = [c for c in calls if c is not None]
-    return None if not jobs else jobs[0] if len(jobs) == 1 else partial(_in_turn, jobs)
+    return None if not jobs else jobs[0] if len(jobs) == 1 else partial(run_in_turn, jobs)
 
 
 # A float16 <-> float32 conversion of a band's operand or product is cut into pieces of at least

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from softipu.codelets.host import FrozenList, frozen, keep_freed_pages, run_pieces, run_side_by_side
+from softipu.codelets.host import (
+    FrozenList,
+    frozen,
+    keep_freed_pages,
+    run_in_turn,
+    run_pieces,
+    run_side_by_side,
+)
 from softipu.compiler.executable import Executable, VertexGroup
 from softipu.debug import at
 from softipu.engine.blas_warmup import warm_blas_buffers
@@ -233,16 +240,11 @@ def _slab_bound(storage: Storage, t: Tensor, replica_axis: bool, writes: bool) -
     if pairs is None or (writes and not all(strides_never_meet(v.shape[len(lead):], v.strides[len(lead):])
                                             for v, _ in pairs)):
         return None
-    copy_in = partial(_run_all, [copy_rows(part, view) for view, part in pairs])
-    copy_out = partial(_run_all, [copy_rows(view, part) for view, part in pairs]) if writes else None
+    copy_in = partial(run_in_turn, [copy_rows(part, view) for view, part in pairs])
+    copy_out = partial(run_in_turn, [copy_rows(view, part) for view, part in pairs]) if writes else None
     out = handed if writes else handed.view()
     out.flags.writeable = writes
     return None, handed, out, copy_in, copy_out
-
-
-def _run_all(calls: list[Callable[[], Any]]) -> None:
-    for call in calls:
-        call()
 
 
 def _unit_inner_stride(t: Tensor) -> bool:
