@@ -70,6 +70,7 @@ def softmax_rows_codelet(dtype: DType, log: bool) -> type[Vertex]:
 # Rows at most this long take their maximum over a transposed copy (:func:`_row_max`).
 SHORT_ROW = 256
 SHORT_ROW_ELEMENTS = 1 << 20  # the scratch copy kept per thread stays <= 4 MiB
+_LANES = 4  # float32s a 16-byte item of _row_max's copy
 
 
 def _row_max(xs: np.ndarray) -> np.ndarray:
@@ -98,9 +99,6 @@ def _row_max(xs: np.ndarray) -> np.ndarray:
         m = m.reshape(rows, lanes)
         m = np.maximum(np.maximum(m[:, 0], m[:, 1]), np.maximum(m[:, 2], m[:, 3]))
     return m.reshape(*xs.shape[:-1], 1)
-
-
-_LANES = 4  # float32s a 16-byte item of _row_max's copy
 
 
 @cache
