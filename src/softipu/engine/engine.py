@@ -18,6 +18,8 @@ import contextlib
 import difflib
 import gc
 import json
+import math
+import mmap
 import operator
 import os
 from collections.abc import Iterable, Mapping
@@ -46,7 +48,7 @@ from softipu.graph.tensor import Tensor
 from softipu.log import progress_job
 from softipu.profile import Report
 
-__all__ = ["Engine", "EngineOptions", "collector_paused", "host_pages"]
+__all__ = ["Engine", "EngineOptions", "base_pages_array", "collector_paused", "host_pages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,16 @@ def host_pages(huge: bool = True):
         yield
     finally:
         _SET_HUGEPAGE(before)
+
+
+def base_pages_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array in memory mapped for it alone, so in base pages whatever the heap held:
+    :func:`host_pages` only stops numpy advising new memory, and malloc may hand out a freed heap
+    chunk that numpy advised before (the advice stays with the mapping)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 class Engine:

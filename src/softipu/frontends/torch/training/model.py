@@ -23,7 +23,6 @@ import torch
 from torch.utils import _pytree as pytree
 
 from softipu.engine import Engine
-from softipu.engine.engine import host_pages
 from softipu.errors import SoftIPUError
 from softipu.frontends.defaults import engine_options as frontend_engine_options
 from softipu.frontends.errors import FrontendError, InputError
@@ -354,8 +353,7 @@ class TrainingModel:
             offload = getattr(low, "offload", None)  # and the weights kept there, or sharded
             remote += list(offload.weights.values()) if offload is not None else []
             vars_ += list(offload.fragments.values()) if offload is not None else []
-            with host_pages(eng.options.huge_pages):  # its saved copies are fresh memory too
-                self._rollback = Rollback(eng, vars_ + remote)  # (numpy advises at allocation)
+            self._rollback = Rollback(eng, vars_ + remote)
         self._rollback.save()
         return self._rollback
 

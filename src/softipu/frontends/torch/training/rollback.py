@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from softipu.engine.engine import base_pages_array
 from softipu.graph.remote import RemoteBuffer
 from softipu.graph.tensor import Tensor
 
@@ -75,9 +76,16 @@ class Rollback:
                 spans.append((a, b, at))
                 at += b - a
             rows = engine.storage.buffers[dtype].shape[0]
-            self._spans.append((dtype, spans, np.empty((rows, at), dtype.numpy),
+            self._spans.append((dtype, spans, self._array((rows, at), dtype.numpy),
                                 np.ones(len(spans), bool)))
         self._remote_saved: list[np.ndarray] = []
+
+    def _array(self, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """A saved array: in base pages where the engine keeps its memory in them (engine option
+        ``host.hugePages`` off), mapped fresh, as a reused heap chunk may carry numpy's advice."""
+        if self.engine.options.huge_pages:
+            return np.empty(shape, dtype)
+        return base_pages_array(shape, dtype)
 
     def save(self) -> None:
         buffers = self.engine.storage.buffers
