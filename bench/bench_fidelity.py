@@ -24,9 +24,10 @@ programs). Each line prints:
 * ``available_memory_proportion``: the proportion its matmuls and convolutions planned with.
   Without ``--amp`` each configuration is priced first at its published run's setting (``AMP``)
   or else PopTorch's default 0.6; where that does not fit, at the next lower proportion of
-  ``AMP_STEPS`` until one fits, as Graphcore's memory guide tells a user whose model runs out of
-  tile memory to do (lower ``availableMemoryProportion``: less temporary memory per matmul, at
-  some cost in cycles); ``amp_tried`` lists the proportions that did not fit.
+  ``AMP_STEPS`` until one fits: what IPU users do when a model runs out of tile memory
+  (shared/ipu-facts.md, pain point 5, "hand-tuning availableMemoryProportion"; Graphcore's own
+  configurations do it too, e.g. the BERT-base micro-batch 80 run in ``AMP``): less temporary
+  memory per matmul, at some cost in cycles. ``amp_tried`` lists the proportions that did not fit.
 
 Then a table. Run: ``.venv/bin/python bench/bench_fidelity.py`` (all configurations, some minutes)
 or ``--only resnet50`` / ``--configs resnet50:fp16:1,resnet50:fp16:32`` / ``--quick`` (a small
