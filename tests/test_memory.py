@@ -322,6 +322,26 @@ def test_write_undef_after_the_last_read_keeps_a_temporary_temporary():
     assert cats["not_always_live"].tolist() == [32, 0, 0, 0]  # t
 
 
+def test_a_value_discarded_unread_lives_only_where_it_is_written():
+    # A value written and never read is a result the host may read (always live), unless a
+    # WriteUndef discards it: Poplar's liveness then frees it after its last write. s: written, then
+    # discarded (a layer norm's statistics in inference); acc: written, updated in place, discarded;
+    # r: written, never read, kept (a result).
+    g = sp.Graph(T4)
+    s, t = variable(g, 8, 0, "s"), variable(g, 16, 0, "t")
+    acc, r = variable(g, 4, 0, "acc"), variable(g, 2, 0, "r")
+    prog = P.Sequence(fill(g, s), P.WriteUndef(s), fill(g, t), drain(g, t), fill(g, acc),
+                      execute(g, AddInPlace, {"acc": acc}), P.WriteUndef(acc), fill(g, r))
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    assert eng.executable.memory.always_live.tolist() == [False, False, False, True]
+    # Points: fill s (32 B), undef s, fill t (64), drain t (64), fill acc (16), add acc (16),
+    # undef acc, fill r (always live).
+    assert eng.report.data["memory"]["liveness"]["bytes"] == [32, 0, 64, 64, 16, 16, 0, 0]
+    cats = eng.report.memory_by_category_per_tile()
+    assert cats["always_live_variables"].tolist() == [8, 0, 0, 0]  # r: 8 B, the alignment
+    assert cats["not_always_live"].tolist() == [64, 0, 0, 0]
+
+
 def test_receive_buffers_are_counted_at_their_step():
     g = sp.Graph(T4)
     x = variable(g, 100, 0, "x")  # host input on tile 0, always live

@@ -4,8 +4,10 @@ Categories follow PopVision's memory report:
 
 * ``always_live_variables`` / ``constants`` — values that must survive the whole program: read
   before they are written (their value comes from the host or an earlier run), never written on
-  the device, or written but never read back on the device (results the host will read);
-* ``not_always_live`` — intermediates written and then read on the device. They are allocated
+  the device, or written but never read back on the device (results the host will read), unless
+  a ``WriteUndef`` after the last write discards the value;
+* ``not_always_live`` — intermediates written and then read on the device, or written and then
+  discarded by a ``WriteUndef`` (live from the write to the last write). They are allocated
   by liveness: two never live at the same program point share bytes. The category is each tile's
   peak over program points, including the receive buffers of each step's exchange;
 * ``vertex_state`` — each vertex's field pointers and params;
@@ -338,8 +340,14 @@ def _live_ranges(timeline: _Timeline, num_vars: int) -> tuple[np.ndarray, np.nda
     last_use[group[not_kill]] = not_kill  # ascending, so the last write per group wins
     last_use = np.where(last_use < 0, starts, last_use)
     first[v], last[v] = point[starts], point[last_use]
-    # Intermediates: first touched by a write (or undef) and last used by a read.
-    always[v] = ~((kind[starts] != _READ) & (kind[last_use] == _READ))
+    # Intermediates: first touched by a write (or undef) and last used by a read. A value written
+    # and never read after is a result the host may read (eng.read_tensor: what Poplar's
+    # createHostRead handle makes always live), unless a WriteUndef after its last write discards
+    # it: then it is dead after that write, as Poplar's liveness frees it (a layer norm's
+    # statistics in inference, written and never read).
+    ends = np.append(starts[1:], kind.size) - 1
+    discarded = (kind[ends] == _KILL) & (kind[last_use] == _WRITE)
+    always[v] = ~((kind[starts] != _READ) & ((kind[last_use] == _READ) | discarded))
     # A program that reads a variable before writing it needs its value from before: always live.
     bounds = np.asarray(timeline.program_starts + [len(timeline.points)], np.int64)
     prog = np.searchsorted(bounds, point, side="right") - 1
