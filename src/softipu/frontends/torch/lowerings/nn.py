@@ -10,6 +10,7 @@ import numpy as np
 from softipu.dtypes import float32
 from softipu.frontends.torch.lowerings.pointwise import ordered
 from softipu.frontends.torch.registry import register_lowering
+from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops import elementwise as ew
 from softipu.ops import nn
@@ -146,6 +147,12 @@ def _layer_norm(ctx: Any, node: Any, x: Tensor, normalized_shape: Any, weight: T
     out, mean, inv_std = nn.layer_norm(ctx.graph, x, weight, bias, ctx.prog,
                                        normalized_shape=tuple(normalized_shape), eps=float(eps),
                                        name=ctx.name, stats_dtype=stats)
+    # Statistics nothing reads (inference) are discarded where written, as Poplar's liveness frees
+    # an output of popnn's layer norm that no later program step reads (compiler/memory.py).
+    used = {u.args[1] for u in node.users if u.target is operator.getitem}
+    for index, stat in ((1, mean), (2, inv_std)):
+        if index not in used:
+            ctx.prog.add(P.WriteUndef(stat))
     return out, _stat(ctx, mean, 1), _stat(ctx, inv_std, 2)
 
 
