@@ -44,23 +44,24 @@ def test_bert_large_ffn_plan_counts_what_poplin_counts():
     assert p.splits == (1, 7, 52, 4) and p.blocks == (1, 330, 80, 256) and p.k_serial == 1
     assert p.temp_bytes_per_tile == 262_720
     assert p.budget_bytes_per_tile == 383_385
-    # At 0.3 (191,692 B) the whole K range no longer fits; in 2 serial steps of 128: 330 x 128 x 2
-    # = 84,480 + 128 x 80 x 2 = 20,480 + 52,800 partials + the running sum of the outputs
-    # ceil(26,400 / 4) x 2 = 13,200 -> 170,960 B.
+    # At 0.3 (191,692 B) the whole K range no longer fits; the plan taken runs 2 serial steps of
+    # 256 as one loop (K = 2 tiles x 2 steps x 256): M 11 x N 64 x K 2 tiles, 210 x 256 x 2 =
+    # 107,520 + 256 x 64 x 2 = 32,768 + 26,880 partials (210 x 64 x 2) + the running sum of the
+    # outputs ceil(13,440 / 2) x 2 = 13,440 -> 180,608 B.
     q = plan_matmul(sp.targets.C600, F16, *FFN_UP, {**opts, "availableMemoryProportion": 0.3})
-    assert q.splits == (1, 7, 52, 4) and q.blocks == (1, 330, 80, 128) and q.k_serial == 2
-    assert q.temp_bytes_per_tile == 170_960
+    assert q.splits == (1, 11, 64, 2) and q.blocks == (1, 210, 64, 256) and q.k_serial == 2
+    assert q.temp_bytes_per_tile == 180_608
 
 
 def test_the_tiles_own_share_is_not_counted_twice_in_the_fit():
     # 8 tiles of 128 KiB, (128 x 512) . (512 x 128) fp32: budget 0.6 x 131,072 = 78,643 B.
-    # M 1 x N 4 x K 2 tiles in 4 serial steps of (128 x 64) . (64 x 32): (8,192 + 2,048) x 4 +
-    # 16,384 partials + ceil(4,096 / 2) x 4 running sum = 65,536 B. Of that, the tile's own
-    # share of the step's blocks (A over 4 tiles: 8,192 x 4 / 4; B on 1 tile: 2,048 x 4) is
-    # read in place from the operands it already holds, so it is not counted again beside them.
+    # M 2 x N 4 x K 1 tiles in 4 serial steps (a loop) of (64 x 128) . (128 x 32): (8,192 +
+    # 4,096) x 4 + 8,192 partials + ceil(2,048 / 1) x 4 running sum = 65,536 B. Of that, the
+    # tile's own share of the step's blocks (A over 4 tiles: 8,192 x 4 / 4; B over 2: 4,096 x 4
+    # / 2) is read in place from the operands it already holds, so it is not counted again.
     target = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
     p = plan_matmul(target, F32, (128, 512), (512, 128))
-    assert p.fits and p.splits == (1, 1, 4, 2) and p.blocks == (1, 128, 32, 64) and p.k_serial == 4
+    assert p.fits and p.splits == (1, 2, 4, 1) and p.blocks == (1, 64, 32, 128) and p.k_serial == 4
     assert p.temp_bytes_per_tile == 65_536
     own = 8_192 + 8_192
     assert p.temp_bytes_per_tile - own + p.resident_bytes_per_tile <= target.bytes_per_tile

@@ -203,10 +203,12 @@ def _indexed_blocks_ok(addr: np.ndarray, rows: _Grid, cols: _Grid, transposed: b
 
 
 def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _Grid, cols: _Grid,
-                   role: str, group_of: np.ndarray, name: str = "") -> tuple[Tensor, np.ndarray]:
+                   role: str, group_of: np.ndarray, name: str = "",
+                   serial: int | None = None) -> tuple[Tensor, np.ndarray]:
     """A new ``(groups, R, C)`` matrix in column slabs, mapped as the plan wants.
 
-    Returns its variable (flat) and the start address of each block.
+    Returns its variable (flat) and the start address of each block. ``serial``: the K blocks
+    of a tile's range (default the plan's ``k_serial``; 1 for one serial step's blocks).
     """
     r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
     var = ctx.graph.add_variable(dtype, (groups * r_total * c_total,),
@@ -214,7 +216,7 @@ def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _G
     slab_start = np.concatenate(([0], np.cumsum(cols.sizes[:-1] * r_total)))
     starts = (var.offset + np.arange(groups)[:, None, None] * r_total * c_total
               + slab_start[None, None, :] + rows.starts[None, :, None] * cols.sizes[None, None, :])
-    _map_blocks(ctx.graph, pl, var, starts, rows, cols, role, group_of)
+    _map_blocks(ctx.graph, pl, var, starts, rows, cols, role, group_of, serial)
     return var, starts
 
 
@@ -239,9 +241,22 @@ _MIN_BYTES_PER_TILE = {"a": 128, "b": 256}  # the plan's A is poplin's input, B 
 
 
 def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _Grid, cols: _Grid,
-                role: str, group_of: np.ndarray) -> None:
+                role: str, group_of: np.ndarray, serial: int | None = None) -> None:
     """Spread each block over the tiles that read it (A: its N blocks; B: its M blocks)."""
-    first_user = _first_user(group_of, starts.shape[0])
+    pieces = _block_pieces(pl, starts.shape[0], rows, cols, role, group_of, var.dtype.itemsize, serial)
+    runs = [(np.broadcast_to(starts + lo, lo.shape).ravel(), (hi - lo).ravel(), t.ravel())
+            for lo, hi, t in pieces]
+    map_runs(graph, var, *(np.concatenate(col) for col in zip(*runs, strict=True)))
+
+
+def _block_pieces(pl: Plan, groups: int, rows: _Grid, cols: _Grid, role: str, group_of: np.ndarray,
+                  itemsize: int, serial: int | None = None) -> list[tuple[np.ndarray, ...]]:
+    """``(lo, hi, tile)`` of piece ``p`` of every block, for each ``p`` used (arrays of the block
+    grid's shape ``(groups, len(rows), len(cols))``): elements ``[lo, hi)`` of the block sit on
+    ``tile``, one of the tiles that read it. ``serial``: the K blocks of a tile's range (default
+    the plan's ``k_serial``)."""
+    serial = pl.k_serial if serial is None else serial
+    first_user = _first_user(group_of, groups)
     bg = pl.blocks[0]
     gi = (first_user // bg)[:, None, None]
     if role == "a":  # block (g, i, lt): users (g, i, j, lt // serial) for every j
@@ -250,35 +265,32 @@ def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _
         spread = pl.n_split
 
         def tile(p: int) -> np.ndarray:
-            return pl.tile_of(gi, i, p, lt // pl.k_serial)
+            return pl.tile_of(gi, i, p, lt // serial)
     else:  # block (g, lt, j): users (g, i, j, lt // serial) for every i
         lt = np.arange(len(rows))[None, :, None]
         j = np.arange(len(cols))[None, None, :]
         spread = pl.m_split
 
         def tile(p: int) -> np.ndarray:
-            return pl.tile_of(gi, p, j, lt // pl.k_serial)
+            return pl.tile_of(gi, p, j, lt // serial)
     size = rows.sizes[None, :, None] * cols.sizes[None, None, :]
     # No piece under poplin's minimum per tile (lib/poplin/Convolution.cpp, mapActivationsOrWeights:
     # "Limit the minimum number of bytes per tile to reduce the amount of exchange code", 128 B of
     # activations, 256 B of weights): a small block sits on fewer of its users, each of whom then
     # receives fewer regions (ResNet-50's 7x7 stem: 9,408 weights had been cut over 1,344 tiles,
     # 7 elements each, and every tile received all 1,344 pieces).
-    least = -(-_MIN_BYTES_PER_TILE[role] // var.dtype.itemsize)
+    least = -(-_MIN_BYTES_PER_TILE[role] // itemsize)
     piece = np.maximum(-(-size // spread), least)
     # Only the users a piece lands on: past the largest block's piece count every piece is empty
     # (a convolution's weights at batch 64 looped over 1,472 users for ~32 pieces a block).
     used = max(1, min(spread, int((-(-size // piece)).max(initial=0))))
-    runs_s, runs_l, runs_t = [], [], []
+    shape = (groups, len(rows), len(cols))
+    out = []
     for p in range(used):
-        t = tile(p)
         lo = np.minimum(p * piece, size)
         hi = np.minimum(lo + piece, size)
-        shape = np.broadcast_shapes(starts.shape, t.shape)
-        runs_s.append(np.broadcast_to(starts + lo, shape).ravel())
-        runs_l.append(np.broadcast_to(hi - lo, shape).ravel())
-        runs_t.append(np.broadcast_to(t, shape).ravel())
-    map_runs(graph, var, np.concatenate(runs_s), np.concatenate(runs_l), np.concatenate(runs_t))
+        out.append(tuple(np.broadcast_to(x, shape) for x in (lo, hi, tile(p))))
+    return out
 
 
 def _slab_view(var: Tensor, groups: int, rows: _Grid, cols: _Grid) -> Tensor:

@@ -63,8 +63,9 @@ def _partials(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid]) -> _B
 
 # -- vertices ---------------------------------------------------------------------------------------
 def _add_amp_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, a: _Blocks, b: _Blocks,
-                      out: _Blocks, step: int) -> None:
-    """One AmpMatMul vertex per (g, i, j, l) whose K range has a chunk at serial ``step``."""
+                      out: _Blocks, step: int, accumulate: bool | None = None) -> None:
+    """One AmpMatMul vertex per (g, i, j, l) whose K range has a chunk at serial ``step``;
+    accumulating onto ``out`` after the first step (``accumulate``: always, or never)."""
     q = pl.problem
     gm, gn, gk = grids
     g_, mS, nS, kS = q.groups, len(gm), len(gn), pl.k_split
@@ -80,7 +81,7 @@ def _add_amp_vertices(ctx: OpContext, cs: ComputeSet, pl: Plan, grids, a: _Block
         "out": out.starts[g, i, j] if out.starts.ndim == 3 else out.starts[g, i, j, kr],
     }
     layout = (A_TRANSPOSED if a.transposed else 0) | (B_TRANSPOSED if b.transposed else 0)
-    accumulate = step > 0
+    accumulate = step > 0 if accumulate is None else accumulate
     codelet = amp_codelet(q.in_dtype, q.partials_dtype if pl.two_stage else q.out_dtype, accumulate)
     tiles = pl.tile_of(g // pl.blocks[0], i, j, kr)
     coords = {"g": g, "m": i, "n": j, "k": kr}

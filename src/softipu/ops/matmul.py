@@ -41,6 +41,7 @@ from softipu.ops._matmul_blocks import (  # noqa: F401 - re-exported for ops.con
     _slab_variable,
     _slab_view,
 )
+from softipu.ops._matmul_loop import run_serial_loop
 from softipu.ops._matmul_vertices import (  # noqa: F401 - re-exported for ops.conv and the tests
     _add_amp_vertices,
     _add_reduce_vertices,
@@ -316,6 +317,17 @@ def _run_plan(ctx: OpContext, pl: Plan, lhs: Any, rhs: Any) -> Tensor:
     out, direct = _output(ctx, pl, grids)
     partials = None if direct else _partials(ctx, pl, grids)
     target_blocks = direct if direct is not None else partials
+    if pl.looped:  # the serial steps as one loop body (ops._matmul_loop)
+        # The reduce built first, run after the loop: it maps the output, which lies below the
+        # partials, before the loop's zeroing resolves the tile mapping (a mapping reaching below
+        # a resolved one re-resolves the whole address space).
+        reduce = None if partials is None else ctx.compute_set("reduce")
+        if reduce is not None:
+            _add_reduce_vertices(ctx, reduce, pl, grids, partials, out)
+        run_serial_loop(ctx, pl, grids, a_blocks, b_blocks, target_blocks)
+        if reduce is not None:
+            ctx.execute(reduce)
+        return out
     for step in range(pl.k_serial):
         cs = ctx.compute_set(f"amp{step}" if pl.k_serial > 1 else "amp")
         _add_amp_vertices(ctx, cs, pl, grids, a_blocks, b_blocks, target_blocks, step)

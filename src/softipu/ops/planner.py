@@ -8,7 +8,8 @@ output channels = N, conv groups = G. A plan partitions the four dimensions over
 * ``k_split``: parallel split of the reduction dimension (inChanSplit.parallel): each of the
   ``k_split`` tiles of an output block computes a partial sum and a second compute set adds them;
 * ``k_serial``: serial split of each tile's K range (inChanSplit.serial): the tile receives and
-  multiplies its inputs chunk by chunk, accumulating in place, so that it needs less memory.
+  multiplies its inputs chunk by chunk, accumulating in place, so that it needs less memory; the
+  steps run as one loop body where they are alike (:func:`_loop_steps`, ``ops/_matmul_loop.py``).
 
 Tile ``(g, i, j, l)`` (a group block, an M block, an N block, a K block) runs one AMP partial
 product per group of its group block (codelet ``AmpMatMul``) over blocks of ``m_block x
@@ -41,7 +42,10 @@ times the serial steps, with no sync, per-region or latency terms, and it reduce
 serial step; here exchange is priced as the compiled program charges it (the supertile's bus,
 a region per piece received, the phase's latency), partials only where K is split, and a serial
 split accumulates in its partials and reduces once. poplin also requires ``inChanSplit.serial``
-to divide K (constructModel, ``m.factorOf``); the serial chunks here need not.
+to divide K (constructModel, ``m.factorOf``); here a serial split is made alike where it can be
+(``K = k_split x steps x chunk``, a stricter rule: poplin's serial slice is the outer cut, each
+turn's K then split unevenly over the tiles alike at every turn) and one that cannot stays
+unrolled, taken only where nothing else fits.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from softipu.codelets.indexing import _dynamic_cycles, _stream_cycles, dynamic_slice_codelet
 from softipu.codelets.matmul import amp_codelet, amp_cycles, reduce_codelet, reduce_cycles
-from softipu.dtypes import DType
+from softipu.dtypes import DType, uint32
 from softipu.graph.accounting import control_code_bytes, exchange_code_bytes, vertex_state_bytes
 from softipu.target import Target
 
@@ -65,6 +70,13 @@ DIMS = ("g", "m", "n", "k")
 # nothing in particular (""), two N blocks sharing one A block ("n"), or two M blocks sharing one
 # B block ("m"). Data both partners receive crosses their bus once (ipu-facts.md §1).
 PAIRINGS = ("", "n", "m")
+# Serial splits run as one loop body where their steps are alike (:func:`_loop_steps`), as poplin
+# runs them. Off: every serial step is its own compute set (the fast engine fuses those into one
+# GEMM chain, engine/chains.py; a loop's steps run group by group, ~4x the host time of a small
+# serial matmul). Part of the plan cache's key.
+SERIAL_LOOPS = True
+# poplin's serial loop counter (lib/poplin/Convolution.cpp, convolutionImpl: UNSIGNED_INT, tile 0).
+LOOP_COUNTER_DTYPE = uint32
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,10 @@ class Plan:
     # layout of the op before, a linear mapping): not part of ``cycles``, which is for operands
     # made by ``create_matmul_input_lhs/rhs`` (see :func:`rearrange_cycles`).
     rearrange_cycles: int = 0
+    # The serial steps run as one loop body (see :func:`_loop_steps`), and what the loop adds
+    # (zeroing, slices, counter, control: :func:`loop_cycles`), part of ``cycles``.
+    looped: bool = False
+    loop_cycles: int = 0
     planning_seconds: float = field(default=0.0, compare=False)
 
     @property
@@ -150,7 +166,8 @@ class Plan:
 
     @property
     def cycles(self) -> int:
-        return self.amp_cycles + self.exchange_cycles + self.reduce_cycles + self.sync_cycles
+        return (self.amp_cycles + self.exchange_cycles + self.reduce_cycles + self.sync_cycles
+                + self.loop_cycles)
 
     @property
     def k_blocks(self) -> int:
@@ -292,7 +309,7 @@ def temp_bytes(p: MatMulProblem, bg, bm, bn, chunk, k_split, steps) -> np.ndarra
 
 
 def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
-          budget: int) -> dict[str, np.ndarray]:
+          budget: int, loops: bool = True) -> dict[str, np.ndarray]:
     """Cycles and temporary bytes per tile of each candidate (columns of ``c``), vectorized.
 
     Per tile: ``k_serial`` steps of (sync, exchange of the step's A and B chunks, AMP), then, when
@@ -316,6 +333,7 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     alone = (one == 1) & (reduce_room >= 0)
     serial = np.where(alone, 1, np.where(reduce_room - running >= 0, many, 0))
     chunk = np.where(alone, whole_chunk, part_chunk)
+    serial, chunk, looped = _loop_steps(p, sk, serial, chunk, loops)
     steps = np.maximum(serial, 1)
     k_blocks = -(-p.k // chunk)
     sk = -(-k_blocks // steps)  # K ranges actually used with these chunks
@@ -324,9 +342,11 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     pair = c["pair"]
     spread = np.where((pair == 0) & (used * tps <= target.num_tiles), tps, 1)
     bus_in = -(-bus_per_k * chunk // tps)
-    amp = bg * (amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target)
-                + (steps - 1) * amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target,
-                                           zeroing=False))
+    # Unrolled: the first step writes its partials, the later ones accumulate. A loop's one body
+    # accumulates at every turn, onto partials zeroed before it (see :func:`_loop_steps`).
+    amp = bg * (np.where(looped, 0, amp_cycles(bm, chunk, bn, p.in_dtype, p.partials_dtype, target))
+                + np.where(looped, steps, steps - 1) * amp_cycles(bm, chunk, bn, p.in_dtype,
+                                                                  p.partials_dtype, target, zeroing=False))
     runs = bg * -(-bm // sk)  # output rows each tile reduces
     recv_red = (sk - 1) * runs * bn * psz
     workers = target.workers_per_tile
@@ -353,11 +373,12 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     # reads in place, and partials the AMP writes straight into C when no second stage follows.
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
-    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage)
+    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage, looped)
     read_in_place = bg * (bm * chunk * isz // sn + chunk * bn * isz // sm) + np.where(
         two_stage, 0, bg * bm * bn * psz)
     return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
-            "serial": serial,
+            "serial": serial, "looped": looped,
+            "loop": np.where(looped, loop_cycles(p, target, bg, bm, bn, chunk, sm, sn, steps), 0),
             "chunk": chunk, "amp": amp, "exchange": exchange, "reduce": red,
             "sync": steps * sync + np.where(two_stage, sync, 0), "temp": temp,
             "resident": resident, "held": temp - read_in_place,
@@ -365,17 +386,88 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
             & (temp - read_in_place + resident <= target.bytes_per_tile)}
 
 
-def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, two_stage) -> np.ndarray:
+def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, two_stage,
+                looped) -> np.ndarray:
     """Per tile: exchange code (a region per sending tile), control code and vertex state of
     the AMP steps and the reduction, by the rules the compiler's memory plan charges
-    (:mod:`softipu.graph.accounting`), for the codelets :mod:`softipu.ops.matmul` adds."""
+    (:mod:`softipu.graph.accounting`), for the codelets :mod:`softipu.ops.matmul` adds.
+
+    Unrolled serial steps each hold their own; a loop (``looped``) holds one step's, plus its
+    slice (a ``DynamicSlice2d`` per group of the tile's A and B pieces, ``steps`` rows each, and
+    the loop counter received), and 5 more program steps: the zeroing, the counter's reset, the
+    slice, the counter's increment and the ``Repeat`` (:mod:`softipu.ops._matmul_loop`)."""
     amp_state = vertex_state_bytes(amp_codelet(p.in_dtype, p.partials_dtype), target)
     per_step = (exchange_code_bytes(sn + sm, target) + control_code_bytes(1, target)
                 + bg * amp_state)
     red = reduce_codelet(p.partials_dtype, p.out_dtype)
     reduce_state = (verts * vertex_state_bytes(red, target, {"partials": sk})
                     + exchange_code_bytes(sk + 1, target) + control_code_bytes(1, target))
-    return steps * per_step + np.where(two_stage, reduce_state, 0)
+    slicer = dynamic_slice_codelet(p.in_dtype, LOOP_COUNTER_DTYPE)
+    loop = (2 * bg * vertex_state_bytes(slicer, target, {"base": steps, "out": 1})
+            + exchange_code_bytes(1, target) + control_code_bytes(5, target))
+    return np.where(looped, per_step + loop, steps * per_step) + np.where(two_stage, reduce_state, 0)
+
+
+def _loop_steps(p: MatMulProblem, sk, serial, chunk,
+                loops: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(serial steps, chunk, looped): serial splits made alike where they can be, so that they run
+    as one loop.
+
+    poplin runs a serial split as a loop (lib/poplin/ConvProgramTree.hpp, ``lower``:
+    ``Repeat(loopCount, Sequence{slice, body, update, loopPost})``; lib/poplin/Convolution.cpp,
+    ``convolutionImpl``: the serial slice of the input and the weights taken by
+    ``popops::dynamicSlice`` at a ``loopCounter`` that ``loopPost`` increments), so the body's
+    compute sets, their exchange code and vertex state exist once; its planner only takes a
+    serial split that divides the channels (ConvModel.cpp, constructModel: ``m.factorOf``). Here
+    the body is alike at every turn when every tile's K range is ``steps`` whole chunks of one
+    size: ``K = k_split x steps x chunk``, ``chunk`` whole K grains. A candidate's fewest fitting
+    steps are raised to the next count that makes it so (each chunk is then no larger, so it
+    still fits); a split that cannot be made alike stays unrolled (each step its own compute set
+    and code), and is chosen only where no other candidate fits (:func:`_eligible`). With
+    ``loops`` off (:data:`SERIAL_LOOPS`), every serial split stays unrolled as it comes.
+    """
+    sk, serial, chunk = (np.asarray(x, np.int64) for x in (sk, serial, chunk))
+    grain = p.k_grain
+    found = np.zeros(serial.shape, np.int64)
+    if loops and p.k % grain == 0:
+        units = p.k // grain
+        for d in (x for x in range(1, units + 1) if units % x == 0):  # divisors, ascending
+            s = d // sk
+            take = (found == 0) & (serial > 1) & (d % sk == 0) & (s >= serial)
+            found = np.where(take, s, found)
+    looped = found > 1
+    chunk = np.where(looped, p.k // np.maximum(sk * found, 1), chunk)
+    return np.where(looped, found, serial), chunk, looped
+
+
+def slice_share(target: Target, dtype: DType, length):
+    """The elements of a piece of ``length`` that one serial-slice vertex copies: a worker's share,
+    in whole vectors (popops' dynamicSlice divides a tile's regions between its workers)."""
+    vector = max(1, target.vector_width_bytes // dtype.itemsize)
+    per_worker = -(-np.asarray(length, np.int64) // target.workers_per_tile)
+    return np.maximum(vector, -(-per_worker // vector) * vector)
+
+
+def loop_cycles(p: MatMulProblem, target: Target, bg, bm, bn, chunk, sm, sn, steps) -> np.ndarray:
+    """Cycles a serial loop adds to its steps' own (see :func:`_loop_steps`): the partials zeroed
+    before it (popops ``zero``'s Fill, a tile's share), and at every turn the slice compute set
+    (``DynamicSlice2d`` vertices copying the tile's share of the step's A and B blocks, a
+    worker's share each, after the loop counter reaches every tile), the counter's increment compute set, and
+    the ``Repeat``'s control."""
+    workers = target.workers_per_tile
+    each, total = 0, 0
+    for piece in (-(-(bm * chunk) // sn), -(-(chunk * bn) // sm)):  # the tile's share of A, B
+        share = slice_share(target, p.in_dtype, piece)
+        vertex = _dynamic_cycles(p.in_dtype, 1, share, target)
+        each = np.maximum(each, vertex)
+        total = total + bg * -(-piece // share) * vertex
+    slice_ = workers * np.maximum(each, -(-total // workers))
+    counter = target.exchange_phase_cycles(np.full(np.shape(steps), LOOP_COUNTER_DTYPE.itemsize),
+                                           np.ones(np.shape(steps), np.int64), 1)
+    sync = target.on_chip_sync_cycles
+    turn = slice_ + counter + 2 * sync + target.control_cycles_per_step
+    zero = _stream_cycles(p.partials_dtype, bg * bm * bn, target) + sync
+    return steps * turn + zero
 
 
 def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
@@ -405,7 +497,7 @@ def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
 # -- the planner ---------------------------------------------------------------------------------
 def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6) -> Plan:
     """The fastest partition of ``p`` on ``target`` within the memory budget (cached)."""
-    return _plan_cached(p, target, float(available_memory_proportion))
+    return _plan_cached(p, target, float(available_memory_proportion), SERIAL_LOOPS)
 
 
 def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:
@@ -424,7 +516,7 @@ _FIRST_PRICED = 1024
 
 
 def _promising(p: MatMulProblem, target: Target, every: dict[str, np.ndarray],
-               budget: int) -> dict[str, np.ndarray]:
+               budget: int, loops: bool = True) -> dict[str, np.ndarray]:
     """The candidates that may be best: priced in order of their lower bounds, stopping where
     the bound passes the best fitting price found (branch and bound, vectorized)."""
     if every["used"].size <= _FIRST_PRICED:
@@ -432,32 +524,44 @@ def _promising(p: MatMulProblem, target: Target, every: dict[str, np.ndarray],
     bound = _lower_bound(p, target, every)
     order = np.argsort(bound, kind="stable")
     head = {k: v[order[:_FIRST_PRICED]] for k, v in every.items()}
-    costs = price(p, target, head, budget)
-    total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
+    costs = price(p, target, head, budget, loops)
+    total = _total(costs)
     if not costs["fits"].any():
         # Memory does not depend on the pairing: the unpaired partitions tell whether any fits
         # (and, if none does, hold the one needing least memory).
         alone = {k: v[every["pair"] == 0] for k, v in every.items()}
-        costs = price(p, target, alone, budget)
+        costs = price(p, target, alone, budget, loops)
         if not costs["fits"].any():
             return alone
-        total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
-    best = int(total[costs["fits"]].min())
+        total = _total(costs)
+    best = int(total[_eligible(costs, loops)].min())
     keep = order[bound[order] <= best]
     return {k: v[keep] for k, v in every.items()}
 
 
+def _total(costs: dict[str, np.ndarray]) -> np.ndarray:
+    return costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"] + costs["loop"]
+
+
+def _eligible(costs: dict[str, np.ndarray], loops: bool = True) -> np.ndarray:
+    """The fitting candidates to choose from: those whose serial steps (if any) run as a loop,
+    as poplin's always do (:func:`_loop_steps`); an unrolled serial split only where none fits."""
+    fits = costs["fits"]
+    alike = fits & ((costs["serial"] <= 1) | costs["looped"])
+    return alike if loops and alike.any() else fits
+
+
 @lru_cache(maxsize=512)
-def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
+def _plan_cached(p: MatMulProblem, target: Target, proportion: float, loops: bool = True) -> Plan:
     t0 = time.perf_counter()
     budget = int(proportion * target.bytes_per_tile)
     every = _candidates(p, target)
-    cols = _promising(p, target, every, budget)
-    costs = price(p, target, cols, budget)
-    total = costs["amp"] + costs["exchange"] + costs["reduce"] + costs["sync"]
+    cols = _promising(p, target, every, budget, loops)
+    costs = price(p, target, cols, budget, loops)
+    total = _total(costs)
     fits = costs["fits"]
     if fits.any():
-        key = np.where(fits, total, np.iinfo(np.int64).max)
+        key = np.where(_eligible(costs, loops), total, np.iinfo(np.int64).max)
         best = int(np.lexsort((costs["serial"], costs["used"], key))[0])
     else:  # nothing fits: the least memory, so the caller can say how much is missing
         over = (np.maximum(costs["temp"] - budget, 0)
@@ -478,6 +582,7 @@ def _plan_cached(p: MatMulProblem, target: Target, proportion: float) -> Plan:
         resident_bytes_per_tile=get["resident"], budget_bytes_per_tile=budget,
         peak_flops_per_cycle=peak, candidates=int(every["used"].size), fits=bool(fits[best]),
         rearrange_cycles=rearrange_cycles(p, target, int(np.prod(splits))),
+        looped=bool(get["looped"]), loop_cycles=get["loop"],
         planning_seconds=time.perf_counter() - t0)
 
 
@@ -499,6 +604,7 @@ def plan_report(plan_: Plan) -> str:
         + (" per serial step" if p.k_serial > 1 else ""),
         f"  cycles: {p.cycles:,} = AMP {p.amp_cycles:,} + exchange {p.exchange_cycles:,} + "
         f"reduce {p.reduce_cycles:,} + sync {p.sync_cycles:,}"
+        + (f" + loop {p.loop_cycles:,} (the serial steps as one loop body)" if p.looped else "")
         + (" (partials reduced in a second compute set)" if p.two_stage else ""),
         f"  efficiency: {100 * p.efficiency:.1f}% of the AMP peak "
         f"({p.peak_flops_per_cycle:,} flops/cycle); operands from another layout: "

@@ -1,0 +1,122 @@
+"""A matmul's serial K split runs as one loop body, as poplin runs it (lib/poplin/ConvProgramTree.hpp
+``lower``: ``Repeat(loopCount, {slice, body, update, loopPost})``): its exchange code, vertex state and
+control code are held once, its cycles paid at every turn, and its results equal numpy's within
+the matmul rounding bound on the fast engine and the reference interpreter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softipu as sp
+from softipu import program as P
+from softipu.codelets._common import contraction_bound
+from softipu.ops import planner
+from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul, plan_matmul
+from softipu.ops.planner import MatMulProblem, _loop_steps
+
+TARGET = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
+SA, SB = (128, 512), (512, 128)
+
+
+def _looped_matmul():
+    g = sp.Graph(TARGET)
+    a = create_matmul_input_lhs(g, sp.float32, SA, SB, name="a")
+    b = create_matmul_input_rhs(g, sp.float32, SA, SB, name="b")
+    prog = P.Sequence()
+    c = matmul(g, a, b, prog)
+    return g, prog, a, b, c
+
+
+def test_the_serial_steps_are_one_repeated_body():
+    g, prog, *_ = _looped_matmul()
+    p = plan_matmul(g, sp.float32, SA, SB)
+    assert p.looped and p.k_serial == 4 and p.splits == (1, 2, 4, 1) and p.blocks == (1, 64, 32, 128)
+    loops = [n for n in P.walk(prog) if isinstance(n, P.Repeat)]
+    assert len(loops) == 1 and loops[0].count == 4
+    body = [n.compute_set.name for n in P.walk(loops[0].body) if isinstance(n, P.Execute)]
+    assert body == ["matmul/serialSlice", "matmul/amp", "matmul/loopIncrement"]
+
+
+def test_a_looped_matmul_holds_one_steps_exchange_and_control_code():
+    """Hand count, 8 tiles, (128 x 512) . (512 x 128) fp32 planned as M 2 x N 4 tiles (tile
+    ``4 i + j``), 4 serial steps of (64 x 128) . (128 x 32), operands made by create_matmul_input_*.
+
+    The body's AMP step: each 64 x 128 block of A's step buffer lies in 4 pieces of 2,048 on the
+    tiles of its row (i, 0..3), each 128 x 32 block of B's in 2 pieces on the tiles of its column.
+    A tile sends 2 regions (its A piece, its B piece) and receives A's other 3 pieces (one run
+    for j = 0 or 3, two for j = 1, 2) and B's other piece (one run; tile 4's A run ends where B's
+    buffer begins, so its two runs are one). The slice: the loop counter (tile 0) sent once and
+    received by every other tile, 1 region each. The reduce (K not split) moves nothing.
+    Exchange code 16 B a region: 5, 6, 6, 5, 4, 6, 6, 5 regions. Unrolled, the 4 steps would
+    each hold theirs.
+
+    Control code, 24 B a step, on every tile: zero the partials, reset the counter, the Repeat,
+    the slice, the AMP, the counter's increment, the reduce: 7 steps = 168 B, not one a turn.
+    """
+    g, prog, *_ = _looped_matmul()
+    eng = sp.Engine(g, [prog], {"debug.allowOutOfMemory": True})
+    cats = eng.executable.memory.categories
+    assert TARGET.exchange_code_bytes_per_region == 16 and TARGET.control_code_bytes_per_step == 24
+    assert cats["exchange_code"].tolist() == [16 * r for r in (5, 6, 6, 5, 4, 6, 6, 5)]
+    assert cats["control_code"].tolist() == [7 * 24] * 8
+
+
+def _check(got, av, bv):
+    exact = np.matmul(av.astype(np.float64), bv.astype(np.float64))
+    terms = np.matmul(np.abs(av.astype(np.float64)), np.abs(bv.astype(np.float64)))
+    k = av.shape[-1]
+    out = sp.float16 if got.dtype == np.float16 else None
+    bound = contraction_bound(terms, k, **({"out": out} if out else {}))
+    assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize(("dtype", "shape_a", "shape_b", "transpose_a"), [
+    (sp.float32, (48, 1024), (1024, 40), False),
+    (sp.float32, (2, 40, 512), (512, 24), True),  # broadcast B, column-major A
+    (sp.float16, (3, 40, 512), (3, 512, 24), False),
+])
+def test_looped_matmuls_equal_numpy_within_the_rounding_bound(reference, dtype, shape_a, shape_b,
+                                                              transpose_a):
+    g = sp.Graph(sp.targets.ipu_model(tiles=16))
+    if transpose_a:  # A stored column-major: a transposed view of a (.., K, M) variable
+        at = g.add_variable(dtype, shape_a[:-2] + shape_a[-2:][::-1], name="at")
+        sp.ops.map_linearly(g, at)
+        a = at.transpose(*range(len(shape_a) - 2), len(shape_a) - 1, len(shape_a) - 2)
+    else:
+        a = at = g.add_variable(dtype, shape_a, name="a")
+        sp.ops.map_linearly(g, a)
+    b = g.add_variable(dtype, shape_b, name="b")
+    sp.ops.map_linearly(g, b)
+    opts = {"availableMemoryProportion": 0.05}
+    assert plan_matmul(g, dtype, shape_a, shape_b, opts).looped
+    prog = P.Sequence()
+    c = matmul(g, a, b, prog, options=opts)
+    eng = sp.Engine(g, [prog], {"engine.reference": reference, "debug.allowOutOfMemory": True})
+    rng = np.random.default_rng(3)
+    for _ in range(2):  # the counter and the partials start again at every run
+        av = rng.standard_normal(shape_a).astype(dtype.numpy)
+        bv = rng.standard_normal(shape_b).astype(dtype.numpy)
+        eng.write_tensor(at, np.swapaxes(av, -1, -2) if transpose_a else av)
+        eng.write_tensor(b, bv)
+        eng.run(0)
+        _check(eng.read_tensor(c), av, bv)
+
+
+def test_serial_steps_are_raised_to_the_next_count_that_makes_them_alike():
+    # fp16 K = 1,024 (AMP grain 16: 64 units). 2 K ranges in 3 steps of 176 leave a short last
+    # chunk; 4 steps of 128 make K = 2 x 4 x 128. 9 K ranges of a 4,096 K (256 units): no step
+    # count makes 9 x steps divide 256, so it stays unrolled.
+    p = MatMulProblem(1, 64, 1024, 64, sp.float16, sp.float16, sp.float16, k_grain=16)
+    serial, chunk, looped = _loop_steps(p, np.array([2, 1]), np.array([3, 1]), np.array([176, 1024]))
+    assert serial.tolist() == [4, 1] and chunk.tolist() == [128, 1024] and looped.tolist() == [True, False]
+    q = MatMulProblem(1, 64, 4096, 64, sp.float16, sp.float16, sp.float16, k_grain=16)
+    serial, chunk, looped = _loop_steps(q, np.array([9]), np.array([3]), np.array([160]))
+    assert serial.tolist() == [3] and chunk.tolist() == [160] and looped.tolist() == [False]
+
+
+def test_switched_off_the_serial_steps_stay_unrolled(monkeypatch):
+    monkeypatch.setattr(planner, "SERIAL_LOOPS", False)
+    p = plan_matmul(TARGET, sp.float32, SA, SB)
+    assert p.k_serial > 1 and not p.looped and p.loop_cycles == 0
