@@ -120,7 +120,7 @@ def _slice(ctx: OpContext, cs, pl: Plan, src: _Blocks, rows: _Grid, cols: _Grid,
     calls = []
     for vary in ("p", "vary"):
         keys = [length, k, got["g"], got["fixed"], got["vary" if vary == "p" else "p"]]
-        calls.append((np.unique(np.stack(keys), axis=1).shape[1], keys, got[vary]))
+        calls.append((_distinct(keys), keys, got[vary]))
     _, keys, order = min(calls, key=lambda c: c[0])
     add_vertex_runs(graph, cs, codelet, keys, order, got["tile"],
                     {"offset": np.full(out_s.size, counter.offset, np.int64), "base": base_s.T,
@@ -129,3 +129,9 @@ def _slice(ctx: OpContext, cs, pl: Plan, src: _Blocks, rows: _Grid, cols: _Grid,
                      "out": (dtype, length)}, {})
     return _Blocks(var, starts, src.transposed, src.group_of)
 
+
+def _distinct(keys: list[np.ndarray]) -> int:
+    """How many distinct key tuples (columns of ``keys``) there are."""
+    order = np.lexsort(keys[::-1])
+    ordered = np.stack([k[order] for k in keys])
+    return 1 + int(np.count_nonzero(np.any(ordered[:, 1:] != ordered[:, :-1], axis=0))) if order.size else 0
