@@ -30,6 +30,7 @@ from softipu.ops.common import OpContext, broadcast_shapes, storage_order, tile_
 from softipu.ops.elementwise._expr import _expr
 from softipu.ops.elementwise._planning import _plan, _Problem, _reference
 from softipu.ops.mapping import map_linearly
+from softipu.ops.regroup import regroup_operands
 
 
 def _bind(ctx: OpContext, args: Sequence[Any]) -> tuple[list[Expr], list[Tensor]]:
@@ -75,6 +76,9 @@ def _run(ctx: OpContext, expr: Expr, tensors: list[Tensor], *, inplace: bool = F
     target = tensors[0] if inplace else None
     if target is not None:
         typed, tensors = _prepare_inplace(ctx, typed, tensors, shape)
+    if seed is None:  # an operand stored across the output's grouping: regrouped first (popops)
+        ref = 0 if inplace else next((i for i, t in enumerate(tensors) if t.shape == shape), None)
+        tensors = regroup_operands(ctx, tensors, shape, ref)
     out = target if target is not None else ctx.graph.add_variable(
         typed.dtype, shape, name=f"{ctx.name}/out")
     if out.numel == 0:

@@ -1,0 +1,98 @@
+"""An elementwise operand laid out across the output's grouping, regrouped first as popops does.
+
+popops' binary ops first regroup each operand to the grouping of the output
+(graphcore/poplibs lib/popops/ElementWise.cpp ``binaryOpGeneral``: "First try to regroup to match
+the grouping of the output tensor", ``rearrange::regroupIfBeneficial(graph, in, out, copies,
+cs)``): when the operand's elements run contiguously along another dimension than the output's
+(a swapped matmul's output, stored column-major, added to a row-major residual stream), blocks of
+the operand are copied whole onto the tiles that hold them and transposed there
+(lib/popops/Rearrange.cpp ``regroupTensor``: it "maps the transposition across only the tiles to
+which the original tensor is already mapped", on ``Transpose2d`` vertices). The op then reads the
+operand in runs as long as a block's width instead of one exchange region per element: BERT-Large's
+first residual adds received 1,024 regions on every tile (16 KiB of exchange code each).
+
+Here (:func:`regroup_operands`) the block is :data:`GROUP` x :data:`GROUP` elements, at least
+popops' smallest regroup grain (``getMinimumRegroupGrainSize``: 4 half, 2 float elements), placed on
+a tile that holds one of its columns; the copy into the block's buffer and the transposes are
+:func:`softipu.ops.rearrange.transpose_into_slabs` (column blocks of :data:`GROUP`, pieces of
+:data:`GROUP` rows). The values are copied, never computed: the op's results are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from softipu.dtypes import float16, float32
+from softipu.graph import program as P
+from softipu.graph.tensor import Tensor
+from softipu.ops.common import OpContext, tile_regions
+
+__all__ = ["GROUP", "regroup_operands"]
+
+# Rows and columns of a regrouped block: a multiple of popops' smallest regroup grain (4 half, 2
+# float: Rearrange.cpp getMinimumRegroupGrainSize), the rows of rearrange.py's smallest piece
+# (MIN_PIECE_ROWS, below which a region's exchange code outweighs the data it moves). [U]
+GROUP = 16
+
+
+def regroup_operands(ctx: OpContext, tensors: list[Tensor], shape: tuple[int, ...],
+                     ref: int | None) -> list[Tensor]:
+    """``tensors`` with each full-shape operand other than ``ref`` (the one the output is laid out
+    like) that is stored column-major where the reference is not replaced by a regrouped copy (see
+    the module docstring); the others as they are."""
+    if ref is None or len(shape) < 2:
+        return tensors
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    if rows % GROUP or cols % GROUP or tensors[ref].shape != shape:
+        return tensors
+    if _column_major(tensors[ref].reshape(rows, cols)):
+        return tensors
+    out = list(tensors)
+    for i, t in enumerate(tensors):
+        if i == ref or t.shape != shape or t.dtype not in (float16, float32):
+            continue
+        t2 = t.reshape(rows, cols)
+        if _column_major(t2):
+            out[i] = _regrouped(ctx, t2, tensors[ref].reshape(rows, cols), i).reshape(shape)
+    return out
+
+
+def _column_major(t2: Tensor) -> bool:
+    from softipu.ops.rearrange import is_column_major  # noqa: PLC0415 - rearrange imports elementwise
+
+    return is_column_major(t2.reshape(1, *t2.shape))
+
+
+def _regrouped(ctx: OpContext, t2: Tensor, ref2: Tensor, index: int) -> Tensor:
+    """``t2`` (``(R, C)``, column-major) transposed in :data:`GROUP` x :data:`GROUP` blocks on
+    tiles that hold it, then copied in runs of :data:`GROUP` into a row-major variable mapped like
+    ``ref2`` (the reference operand, whose layout the op's output takes): the op reads it where
+    it runs, over plain strided fields."""
+    from softipu.ops.rearrange import transpose_into_slabs  # noqa: PLC0415 - rearrange imports elementwise
+
+    graph = ctx.graph
+    rows, cols = t2.shape
+    # Block (i, j) on the tile of its first row's element in column j G + i mod G: the blocks
+    # spread over the tiles holding the operand (regroupTensor balances the transposes over
+    # them), not piled on the tiles of every G-th column when each column has tiles of its own
+    # (a swapped matmul's output: 96 blocks on one tile of BERT-Large's).
+    first = graph.tile_of(t2[::GROUP, :]).astype(np.int64)  # (R / G, C)
+    i = np.arange(rows // GROUP)[:, None]
+    tiles = np.maximum(first[i, np.arange(0, cols, GROUP)[None, :] + i % GROUP], 0)  # (R / G, C / G)
+
+    def tile_of(g, rb, p, cb):  # a block is one piece (GROUP rows)
+        return tiles[rb, cb] + 0 * (g + p)
+
+    starts = np.arange(0, rows, GROUP, dtype=np.int64)
+    col_starts = np.arange(0, cols, GROUP, dtype=np.int64)
+    name = f"{ctx.name}/regrouped{index}"
+    flat = transpose_into_slabs(ctx, t2.reshape(1, rows, cols), starts, np.full(starts.size, GROUP),
+                                col_starts, np.full(col_starts.size, GROUP), 1, tile_of, name=name)
+    slabs = flat.reshape(cols // GROUP, rows, GROUP).transpose(1, 0, 2).reshape(rows, cols)
+    out = graph.add_variable(t2.dtype, (rows, cols), name=f"{name}/like_out")
+    r_starts, r_lengths, r_tiles = tile_regions(graph, ref2)
+    graph.map_intervals(out, r_starts, r_starts + r_lengths, r_tiles)
+    ctx.prog.add(P.Copy(slabs, out))
+    return out

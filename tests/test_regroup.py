@@ -1,0 +1,66 @@
+"""popops' regrouping of an elementwise operand stored across the output's grouping
+(lib/popops/ElementWise.cpp binaryOpGeneral -> rearrange::regroupIfBeneficial): results bitwise,
+exchange regions counted by hand (softipu/ops/regroup.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import softipu as sp
+from softipu import program as P
+from softipu.ops import elementwise as ew
+from softipu.ops.regroup import GROUP
+
+T4 = sp.targets.ipu_model(tiles=4)
+
+
+def _case(dtype=sp.float32):
+    """in0 (32, 32) row-major, 8 rows a tile; in1 = v.T with v (32, 32) row-major, 8 rows of v
+    (8 columns of in1) a tile: in1 runs down its columns, across the output's grouping."""
+    g = sp.Graph(T4)
+    a = g.add_variable(dtype, (32, 32), name="a")
+    v = g.add_variable(dtype, (32, 32), name="v")
+    sp.ops.map_linearly(g, a)
+    sp.ops.map_linearly(g, v)
+    prog = P.Sequence()
+    y = ew.add(g, a, v.T, prog)
+    return g, a, v, y, prog
+
+
+def test_a_column_major_operand_is_regrouped_and_the_sum_is_bitwise():
+    assert GROUP == 16
+    g, a, v, y, prog = _case()
+    eng = sp.Engine(g, [prog])
+    rng = np.random.default_rng(0)
+    xa, xv = (rng.standard_normal((32, 32)).astype(np.float32) for _ in range(2))
+    eng.write_tensor(a, xa)
+    eng.write_tensor(v, xv)
+    eng.run(0)
+    np.testing.assert_array_equal(eng.read_tensor(y), xa + xv.T)
+    assert any("regrouped" in var.name for var in g.variables)
+
+
+def test_regrouped_exchange_regions_by_hand():
+    """Blocks of 16 x 16: block (i, j) on the tile of in1[16 i, 16 j + i] (columns 0, 1 -> tile 0;
+    16, 17 -> tile 2). Copy into the blocks' buffers: each block takes 8 of its 16 columns (a run
+    of 16 rows each, contiguous in v) from the next tile: tiles 0 and 2 receive 16 regions, tiles 1
+    and 3 send 16. Transposes: on tile. Copy into the output's layout: a region per row of a block
+    (16 elements) landing on another tile: block (0, 0) sends rows 8-15 to tile 1, (1, 0) rows
+    16-31 to tiles 2 and 3, (0, 1) rows 0-15 to tiles 0 and 1, (1, 1) rows 24-31 to tile 3: tile 0
+    sends 24 and receives 8, tile 1 receives 16, tile 2 sends 24 and receives 8, tile 3 receives
+    16. The add: on tile. Regions per tile 48, 32, 48, 32, at 16 B each. Read in place, the add
+    would take every element of in1 from another tile as its own region (stride 32)."""
+    g, *_, prog = _case()
+    eng = sp.Engine(g, [prog], estimate_only=True)
+    code = eng.report.memory_by_category_per_tile()["exchange_code"]
+    assert code.tolist() == [48 * 16, 32 * 16, 48 * 16, 32 * 16]
+
+
+def test_no_regroup_when_the_operand_is_laid_out_like_the_output():
+    g = sp.Graph(T4)
+    a, b = (g.add_variable(sp.float32, (32, 32), name=n) for n in "ab")
+    sp.ops.map_linearly(g, a)
+    sp.ops.map_linearly(g, b)
+    prog = P.Sequence()
+    ew.add(g, a, b, prog)
+    assert not any("regrouped" in var.name for var in g.variables)
