@@ -120,3 +120,20 @@ def test_switched_off_the_serial_steps_stay_unrolled(monkeypatch):
     monkeypatch.setattr(planner, "SERIAL_LOOPS", False)
     p = plan_matmul(TARGET, sp.float32, SA, SB)
     assert p.k_serial > 1 and not p.looped and p.loop_cycles == 0
+
+
+def test_the_loops_own_cycles_as_worked_by_hand():
+    """The 8-tile plan above (fp32, blocks (64 x 128) . (128 x 32), 4 steps, A over 4 tiles, B
+    over 2): each turn's slice copies the tile's 2,048-element share of A's and of B's step
+    block in 6 vertices each (a worker's share, 342 = ceil(2,048 / 6) rounded to 2-element
+    vectors): DynamicSlice2d cycles 20 + 1 x (19 + ceil(342 x 4 / 8) = 171) = 210 a vertex, 12
+    vertices on 6 workers: 6 x max(210, 12 x 210 / 6) = 2,520; the counter's 4 B in 1 region,
+    30 latency + 1 + 4 = 35; the counter's + 1 (BinaryOp1D, one uint32: 209); 2 syncs of 150;
+    the Repeat's 10: 3,074 a turn. Before the loop, the partials (64 x 32 fp32) zeroed: 6 x (20
+    + ceil(1,024 / 6) = 171) + 11 = 1,157, and a sync: 1,307; the counter's reset, an on-tile
+    copy of 4 B (1 cycle) and a sync: 151. 4 turns: 4 x 3,074 + 1,307 + 151 = 13,754; the
+    compiled program's steps charge the same (zeroing 1,157, reset 1, slice 2,520 + 35,
+    increment 209, Repeat 10 a turn, a sync each)."""
+    p = plan_matmul(TARGET, sp.float32, SA, SB)
+    assert p.loop_cycles == 13_754
+    assert p.cycles == p.amp_cycles + p.exchange_cycles + p.reduce_cycles + p.sync_cycles + 13_754

@@ -56,6 +56,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from softipu.codelets.elementwise.estimates import binary_op_cycles
+from softipu.codelets.elementwise.ops import BinaryOp
 from softipu.codelets.indexing import _dynamic_cycles, _stream_cycles, dynamic_slice_codelet
 from softipu.codelets.matmul import amp_codelet, amp_cycles, reduce_codelet, reduce_cycles
 from softipu.dtypes import DType, uint32
@@ -452,8 +454,9 @@ def loop_cycles(p: MatMulProblem, target: Target, bg, bm, bn, chunk, sm, sn, ste
     """Cycles a serial loop adds to its steps' own (see :func:`_loop_steps`): the partials zeroed
     before it (popops ``zero``'s Fill, a tile's share), and at every turn the slice compute set
     (``DynamicSlice2d`` vertices copying the tile's share of the step's A and B blocks, a
-    worker's share each, after the loop counter reaches every tile), the counter's increment compute set, and
-    the ``Repeat``'s control."""
+    worker's share each, after the loop counter reaches every tile), the counter's increment
+    (popops' BinaryOp1D estimate for one element) and the ``Repeat``'s control; and the
+    counter's reset (an on-tile copy) before it: as the compiled program charges them."""
     workers = target.workers_per_tile
     each, total = 0, 0
     for piece in (-(-(bm * chunk) // sn), -(-(chunk * bn) // sm)):  # the tile's share of A, B
@@ -465,9 +468,11 @@ def loop_cycles(p: MatMulProblem, target: Target, bg, bm, bn, chunk, sm, sn, ste
     counter = target.exchange_phase_cycles(np.full(np.shape(steps), LOOP_COUNTER_DTYPE.itemsize),
                                            np.ones(np.shape(steps), np.int64), 1)
     sync = target.on_chip_sync_cycles
-    turn = slice_ + counter + 2 * sync + target.control_cycles_per_step
+    increment = binary_op_cycles(BinaryOp.ADD, LOOP_COUNTER_DTYPE, 1, target)
+    turn = slice_ + counter + increment + 2 * sync + target.control_cycles_per_step
+    reset = -(-LOOP_COUNTER_DTYPE.itemsize // int(target.on_tile_copy_bytes_per_cycle)) + sync
     zero = _stream_cycles(p.partials_dtype, bg * bm * bn, target) + sync
-    return steps * turn + zero
+    return steps * turn + zero + reset
 
 
 def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
