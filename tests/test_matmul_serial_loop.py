@@ -72,13 +72,17 @@ def _check(got, av, bv):
 
 
 @pytest.mark.parametrize("reference", [False, True])
-@pytest.mark.parametrize(("dtype", "shape_a", "shape_b", "transpose_a"), [
-    (sp.float32, (48, 1024), (1024, 40), False),
-    (sp.float32, (2, 40, 512), (512, 24), True),  # broadcast B, column-major A
-    (sp.float16, (3, 40, 512), (3, 512, 24), False),
+@pytest.mark.parametrize(("dtype", "shape_a", "shape_b", "transpose_a", "amp"), [
+    (sp.float32, (48, 1024), (1024, 40), False, 0.05),
+    (sp.float32, (2, 40, 512), (512, 24), True, 0.05),  # broadcast B, column-major A
+    (sp.float16, (3, 40, 512), (3, 512, 24), False, 0.05),
+    # the last K range's chunks shorter: 14 steps of 3 x 16 + 2 (700 = 3 x 14 x 16 + 14 x 2)
+    (sp.float32, (48, 700), (700, 40), False, 0.1),
+    (sp.float32, (48, 700), (700, 40), True, 0.1),
+    (sp.float16, (48, 600), (600, 40), False, 0.1),  # 2 ranges of 5 steps: 600 = 5 x 64 + 5 x 56
 ])
 def test_looped_matmuls_equal_numpy_within_the_rounding_bound(reference, dtype, shape_a, shape_b,
-                                                              transpose_a):
+                                                              transpose_a, amp):
     g = sp.Graph(sp.targets.ipu_model(tiles=16))
     if transpose_a:  # A stored column-major: a transposed view of a (.., K, M) variable
         at = g.add_variable(dtype, shape_a[:-2] + shape_a[-2:][::-1], name="at")
@@ -89,7 +93,7 @@ def test_looped_matmuls_equal_numpy_within_the_rounding_bound(reference, dtype, 
         sp.ops.map_linearly(g, a)
     b = g.add_variable(dtype, shape_b, name="b")
     sp.ops.map_linearly(g, b)
-    opts = {"availableMemoryProportion": 0.05}
+    opts = {"availableMemoryProportion": amp}
     assert plan_matmul(g, dtype, shape_a, shape_b, opts).looped
     prog = P.Sequence()
     c = matmul(g, a, b, prog, options=opts)

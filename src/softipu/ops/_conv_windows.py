@@ -13,7 +13,7 @@ from softipu.codelets.nn.conv import conv_window_codelet
 from softipu.graph.tensor import Tensor
 from softipu.ops.bulk import add_vertex_runs
 from softipu.ops.common import OpContext
-from softipu.ops.matmul import _Blocks, _Grid, _Operand, _output, _partials, _reduce_stage
+from softipu.ops.matmul import _Blocks, _Grid, _Operand, _output, _partials, _reduce_stage, k_grid
 from softipu.ops.planner import Plan
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _windows_no_larger(pl: Plan, xp: Tensor, inner: _Inner) -> bool:
     160 KB block); those keep the im2col copy. Below the limit a range holds the padding columns
     and the rows between its pixels, which poplin's worklists skip."""
     q = pl.problem
-    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(q.k, pl.blocks[3])
+    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), k_grid(pl)
     v = _window_vertices(grids, _window_geometry(xp, inner))
     return int(np.max(v["x1"] - v["x0"])) <= _WINDOW_RANGE_LIMIT * pl.blocks[1] * pl.blocks[3]
 
@@ -70,7 +70,7 @@ def _run_windows(ctx: OpContext, pl: Plan, xp: Tensor, rhs: _Operand, inner: _In
     only the kernel positions of their range, in place (the 3x3 convolutions of ResNet-50 at
     batch 64 had each replicated their input 9 times through im2col copies)."""
     q = pl.problem
-    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(q.k, pl.blocks[3])
+    grids = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), k_grid(pl)
     b = rhs.place(ctx, pl, grids[2], grids[1], "b")
     out, direct = _output(ctx, pl, grids)
     partials = None if direct is not None else _partials(ctx, pl, grids)

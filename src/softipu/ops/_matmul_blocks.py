@@ -39,6 +39,26 @@ class _Grid:
     def __len__(self) -> int:
         return int(self.starts.size)
 
+    @classmethod
+    def of_sizes(cls, sizes) -> _Grid:
+        sizes = np.asarray(sizes, np.int64)
+        return cls(np.concatenate(([0], np.cumsum(sizes[:-1]))).astype(np.int64), sizes)
+
+
+def k_grid(pl: Plan, serial: int | None = None) -> _Grid:
+    """The plan's K blocks: ``k_split`` ranges of ``k_serial`` chunks. Unrolled: chunks of
+    ``blocks[3]``, the last block short. A loop (:attr:`Plan.looped`): each range's chunks alike,
+    ``blocks[3]`` on every range but the last, whose ``k_serial`` chunks share what is left
+    (:func:`softipu.ops.planner._loop_steps`). ``serial``: chunks per range (1: one step's
+    blocks, the loop's step buffers)."""
+    q, c = pl.problem, pl.blocks[3]
+    if not pl.looped:
+        return _Grid.of(q.k, c)
+    steps, ranges = pl.k_serial, pl.k_split
+    last = (q.k - (ranges - 1) * steps * c) // steps
+    each = steps if serial is None else serial
+    return _Grid.of_sizes([c] * (each * (ranges - 1)) + [last] * each)
+
 
 # -- operand layouts -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -221,20 +241,31 @@ def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _G
 
 
 def _copy_into_slabs(ctx: OpContext, x: Tensor, slab: Tensor, rows: _Grid, cols: _Grid) -> None:
-    """Copy ``x`` (groups, R, C) into the column-slab variable ``slab``."""
+    """Copy ``x`` (groups, R, C) into the column-slab variable ``slab``: one copy per run of
+    slabs of one width (every slab but the last, and the last; a loop's K grid: two runs)."""
     g_, r_total, c_total = x.shape
-    width = int(cols.sizes[0])
-    full = int(np.sum(cols.sizes == width))
-    if full < len(cols):  # two partial writes: declared dead first, or liveness keeps it always
+    runs = _width_runs(cols)
+    if len(runs) > 1:  # partial writes: declared dead first, or liveness keeps it always
         ctx.prog.add(P.WriteUndef(slab))
-    dst = Tensor(slab.graph, slab.dtype, (g_, r_total, full, width), slab.offset,
-                 (r_total * c_total, width, r_total * width, 1))
-    ctx.prog.add(P.Copy(x[:, :, : full * width].reshape(g_, r_total, full, width), dst))
-    if full < len(cols):
-        tail = int(cols.sizes[-1])
-        dst = Tensor(slab.graph, slab.dtype, (g_, r_total, tail), slab.offset + full * width * r_total,
-                     (r_total * c_total, tail, 1))
-        ctx.prog.add(P.Copy(x[:, :, full * width:], dst))
+    for n, (c0, count, width) in enumerate(runs):
+        src = x[:, :, c0: c0 + count * width]
+        if n == 0 or count > 1:
+            dst = Tensor(slab.graph, slab.dtype, (g_, r_total, count, width), slab.offset + c0 * r_total,
+                         (r_total * c_total, width, r_total * width, 1))
+            src = src.reshape(g_, r_total, count, width)
+        else:  # a last, narrower slab
+            dst = Tensor(slab.graph, slab.dtype, (g_, r_total, width), slab.offset + c0 * r_total,
+                         (r_total * c_total, width, 1))
+        ctx.prog.add(P.Copy(src, dst))
+
+
+def _width_runs(cols: _Grid) -> list[tuple[int, int, int]]:
+    """(first column, slabs, width) of each run of consecutive slabs of one width."""
+    sizes = cols.sizes
+    cut = np.flatnonzero(sizes[1:] != sizes[:-1]) + 1
+    bounds = np.concatenate(([0], cut, [sizes.size])).tolist()
+    return [(int(cols.starts[lo]), hi - lo, int(sizes[lo]))
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
 
 
 _MIN_BYTES_PER_TILE = {"a": 128, "b": 256}  # the plan's A is poplin's input, B its weights
@@ -296,20 +327,21 @@ def _block_pieces(pl: Plan, groups: int, rows: _Grid, cols: _Grid, role: str, gr
 def _slab_view(var: Tensor, groups: int, rows: _Grid, cols: _Grid) -> Tensor:
     """The ``(groups, R, C)`` matrix a column-slab variable holds (strided when one slab).
 
-    Every slab but the last is ``w`` columns wide (:meth:`_Grid.of`), so the full ones are one
-    ``(groups, R, slabs, w)`` strided block read as ``(groups, R, slabs * w)``, and the last one
-    another: a :class:`~softipu.graph.tensor.Slabs` layout, a few ints however large the matrix.
+    Slabs come in runs of one width (:meth:`_Grid.of`: every slab but the last is ``w`` columns
+    wide; a loop's K grid, :func:`k_grid`: two runs), so each run is one ``(groups, R, slabs,
+    w)`` strided block read as ``(groups, R, slabs * w)`` (a last single slab: ``(groups, R,
+    w)``): a :class:`~softipu.graph.tensor.Slabs` layout, a few ints however large the matrix.
     """
     r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
     if len(cols) == 1:
         return var.reshape(groups, r_total, c_total)
-    w = int(cols.sizes[0])
-    full = int(np.count_nonzero(cols.sizes == w))
-    pieces = [(var.offset, (groups, r_total, full, w), (r_total * c_total, w, r_total * w, 1),
-               (groups, r_total, full * w))]
-    if full < len(cols):
-        last = c_total - full * w
-        pieces.append((var.offset + full * r_total * w, (groups, r_total, last), (r_total * c_total, last, 1),
-                       (groups, r_total, last)))
+    pieces = []
+    for n, (c0, count, w) in enumerate(_width_runs(cols)):
+        at = var.offset + c0 * r_total
+        if n == 0 or count > 1:
+            pieces.append((at, (groups, r_total, count, w), (r_total * c_total, w, r_total * w, 1),
+                           (groups, r_total, count * w)))
+        else:
+            pieces.append((at, (groups, r_total, w), (r_total * c_total, w, 1), (groups, r_total, w)))
     slabs = Slabs(tuple(pieces), axis=2, perm=(0, 1, 2))
     return Tensor(var.graph, var.dtype, (groups, r_total, c_total), 0, (), None, slabs)

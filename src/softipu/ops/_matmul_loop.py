@@ -37,7 +37,7 @@ import numpy as np
 
 from softipu.codelets.indexing import dynamic_slice_codelet
 from softipu.graph import program as P
-from softipu.ops._matmul_blocks import _block_pieces, _Blocks, _Grid, _slab_variable
+from softipu.ops._matmul_blocks import _block_pieces, _Blocks, _Grid, _slab_variable, k_grid
 from softipu.ops._matmul_vertices import _add_amp_vertices
 from softipu.ops.bulk import add_vertex_runs
 from softipu.ops.common import OpContext
@@ -54,8 +54,7 @@ def run_serial_loop(ctx: OpContext, pl: Plan, grids: tuple[_Grid, _Grid, _Grid],
 
     graph = ctx.graph
     gm, gn, _ = grids
-    chunk = pl.blocks[3]
-    step_k = _Grid.of(pl.k_split * chunk, chunk)
+    step_k = k_grid(pl, serial=1)  # one step's K blocks: one per K range
     zero(graph, target.tensor, ctx.prog, name=f"{ctx.name}/zeroPartials")
     counter = graph.add_variable(LOOP_COUNTER_DTYPE, (1,), name=f"{ctx.name}/loopCounter")
     graph.set_tile_mapping(counter, 0)

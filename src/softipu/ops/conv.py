@@ -38,7 +38,7 @@ from softipu.ops._conv_windows import (
     _windows_no_larger,
     _windows_readable,
 )
-from softipu.ops._matmul_blocks import _transposed_into_slabs
+from softipu.ops._matmul_blocks import _transposed_into_slabs, k_grid
 from softipu.ops.common import OpContext, tile_regions
 from softipu.ops.indexing.fills import zero as zero_fill
 from softipu.ops.mapping import map_linearly
@@ -163,7 +163,7 @@ def _like_weights(ctx: OpContext, geo: _Geometry, opts: dict[str, Any], dw: Tens
     pl, _ = _plan(spec, opts, ctx.graph.target, _forward_grains(inner, spec, opts, ctx.graph.target),
                   allow_swap=False)
     q = pl.problem
-    rows, cols = _Grid.of(q.k, pl.blocks[3]), _Grid.of(q.n, pl.blocks[2])
+    rows, cols = k_grid(pl), _Grid.of(q.n, pl.blocks[2])
     spread, tallest = pl.m_split, int(rows.sizes.max())
     if not pl.fits or not is_column_major(dw) or tallest // pieces_per_block(tallest, spread) < 2:
         return dw
@@ -198,7 +198,7 @@ def create_conv_weights(graph: Graph, dtype: DType, input_shape: Sequence[int], 
     grains = _forward_grains(inner, spec, opts, graph.target)
     pl, _ = _plan(spec, opts, graph.target, grains, allow_swap=False)
     q = pl.problem
-    rows, cols = _Grid.of(q.k, pl.blocks[3]), _Grid.of(q.n, pl.blocks[2])
+    rows, cols = k_grid(pl), _Grid.of(q.n, pl.blocks[2])
     fake = OpContext(graph, P.Sequence(), "create_conv_weights", name or "create_conv_weights")
     var, _ = _slab_variable(fake, pl, dtype, geo.groups, rows, cols, "b", np.arange(geo.groups),
                             name=name or "create_conv_weights")

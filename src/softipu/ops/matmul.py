@@ -40,6 +40,7 @@ from softipu.ops._matmul_blocks import (  # noqa: F401 - re-exported for ops.con
     _place_operand,
     _slab_variable,
     _slab_view,
+    k_grid,
 )
 from softipu.ops._matmul_loop import run_serial_loop
 from softipu.ops._matmul_vertices import (  # noqa: F401 - re-exported for ops.conv and the tests
@@ -311,7 +312,7 @@ def _run_plan(ctx: OpContext, pl: Plan, lhs: Any, rhs: Any) -> Tensor:
     """Build the program of plan ``pl`` for ``C = A . B`` (A, B in the plan's orientation)."""
     q = pl.problem
     bg, bm, bn, bk = pl.blocks
-    grids = _Grid.of(q.m, bm), _Grid.of(q.n, bn), _Grid.of(q.k, bk)
+    grids = _Grid.of(q.m, bm), _Grid.of(q.n, bn), k_grid(pl)
     a_blocks = lhs.place(ctx, pl, grids[0], grids[2], "a")
     b_blocks = rhs.place(ctx, pl, grids[2], grids[1], "b")
     out, direct = _output(ctx, pl, grids)
@@ -357,8 +358,7 @@ def _create_input(graph: Graph, dtype: Any, shape_a: Sequence[int], shape_b: Seq
         return t
     pl, swapped = _plan(spec, opts, graph.target)
     q = pl.problem
-    grid_m, grid_n, grid_k = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), _Grid.of(
-        q.k, pl.blocks[3])
+    grid_m, grid_n, grid_k = _Grid.of(q.m, pl.blocks[1]), _Grid.of(q.n, pl.blocks[2]), k_grid(pl)
     # In a swapped plan, A^T is the plan's right operand and B^T its left one.
     role = ("a" if lhs else "b") if not swapped else ("b" if lhs else "a")
     rows, cols = (grid_m, grid_k) if role == "a" else (grid_k, grid_n)

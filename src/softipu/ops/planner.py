@@ -420,25 +420,31 @@ def _loop_steps(p: MatMulProblem, sk, serial, chunk,
     ``convolutionImpl``: the serial slice of the input and the weights taken by
     ``popops::dynamicSlice`` at a ``loopCounter`` that ``loopPost`` increments), so the body's
     compute sets, their exchange code and vertex state exist once; its planner only takes a
-    serial split that divides the channels (ConvModel.cpp, constructModel: ``m.factorOf``). Here
-    the body is alike at every turn when every tile's K range is ``steps`` whole chunks of one
-    size: ``K = k_split x steps x chunk``, ``chunk`` whole K grains. A candidate's fewest fitting
-    steps are raised to the next count that makes it so (each chunk is then no larger, so it
-    still fits); a split that cannot be made alike stays unrolled (each step its own compute set
-    and code), and is chosen only where no other candidate fits (:func:`_eligible`). With
-    ``loops`` off (:data:`SERIAL_LOOPS`), every serial split stays unrolled as it comes.
+    serial split that divides the channels (ConvModel.cpp, constructModel: ``m.factorOf``), each
+    turn's slice then cut over the tiles, alike at every turn. Here the body is alike at every
+    turn when each tile's K range is ``steps`` chunks of one size: ``chunk`` (whole K grains,
+    ``ceil(K / (k_split x steps))``) on every K range but the last, and ``(K - (k_split - 1) x
+    steps x chunk) / steps`` on the last (:func:`softipu.ops._matmul_blocks.k_grid`). A
+    candidate's fewest fitting steps are raised to the next count that makes it so (each chunk is
+    then no larger, so it still fits); a split that cannot be made alike stays unrolled (each step
+    its own compute set and code), and is chosen only where no other candidate fits
+    (:func:`_eligible`). With ``loops`` off (:data:`SERIAL_LOOPS`), every serial split stays
+    unrolled as it comes.
     """
     sk, serial, chunk = (np.asarray(x, np.int64) for x in (sk, serial, chunk))
     grain = p.k_grain
     found = np.zeros(serial.shape, np.int64)
-    if loops and p.k % grain == 0:
-        units = p.k // grain
-        for d in (x for x in range(1, units + 1) if units % x == 0):  # divisors, ascending
-            s = d // sk
-            take = (found == 0) & (serial > 1) & (d % sk == 0) & (s >= serial)
-            found = np.where(take, s, found)
+    want = serial > 1
+    units = -(-p.k // grain)
+    if loops and want.any():
+        top = min(units, 4 * int(serial[want].max()))
+        for s in range(2, top + 1):  # the fewest steps, from each candidate's own
+            c = grain * -(-units // (sk * s))
+            last = p.k - (sk - 1) * s * c  # the last K range's share
+            ok = (last >= s) & (last % s == 0) & (last <= s * c)
+            found = np.where((found == 0) & want & (s >= serial) & ok, s, found)
     looped = found > 1
-    chunk = np.where(looped, p.k // np.maximum(sk * found, 1), chunk)
+    chunk = np.where(looped, grain * -(-units // np.maximum(sk * found, 1)), chunk)
     return np.where(looped, found, serial), chunk, looped
 
 
