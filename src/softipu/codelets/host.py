@@ -270,7 +270,7 @@ class HotHelpers:
                                             name=f"softipu-hot-{i}")
                 h.thread.start()
             threading.Thread(target=self._keep, daemon=True, name="softipu-hot-keeper").start()
-        self.hot, self.last = True, time.monotonic()
+        self.hot = True  # the share that made them hot sets self.last when it ends
         self.heat.set()
 
     def _cool(self) -> None:
