@@ -117,3 +117,50 @@ def test_rows_stored_batch_innermost_are_read_as_strided_views() -> None:
         if name == "ln/apply":
             strides = {grp.fields["x"].strides for grp in groups}
             assert strides == {(512, 4)}, strides
+
+
+def _embedding_like(regroup: bool):
+    """x (32, 64) stored column-major, each of its 64 columns (8 a tile) contiguous, as an
+    embedding lookup's output is (its table's column blocks); a layer norm with weight and bias."""
+    import softipu.ops.regroup as R  # noqa: PLC0415
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024))
+    rows, n = 32, 64
+    stored = g.add_variable(sp.float16, (n, rows), name="stored")
+    sp.ops.map_linearly(g, stored, grain_size=rows)
+    x = stored.T
+    w, b = (g.add_variable(sp.float16, (n,), name=k) for k in ("w", "b"))
+    for t in (w, b):
+        sp.ops.map_linearly(g, t)
+    rng = np.random.default_rng(1)
+    vals = {x: (rng.standard_normal((rows, n)) * 3 + 5).astype(np.float16),
+            w: rng.standard_normal(n).astype(np.float16), b: rng.standard_normal(n).astype(np.float16)}
+    prog = P.Sequence()
+    keep = R.can_regroup
+    R.can_regroup = keep if regroup else (lambda t2: False)
+    try:
+        y, _, _ = nn.layer_norm(g, x, w, b, prog, name="ln")
+    finally:
+        R.can_regroup = keep
+    eng = sp.Engine(g, [prog])
+    for t, v in vals.items():
+        eng.write_tensor(t, v)
+    eng.run(0)
+    return eng, eng.read_tensor(y), vals[x], vals[w], vals[b]
+
+
+def test_rows_stored_innermost_are_regrouped_before_the_affine() -> None:
+    # The affine broadcasts w and b along rows that are stored across the tiles (each column on
+    # its own tile): regrouped first in 16 x 16 blocks (ops/regroup.py), it reads whole rows where
+    # they live instead of one exchange region per element. Copies only: the same bits.
+    eng, y, x, w, b = _embedding_like(True)
+    plain, y0, *_ = _embedding_like(False)
+    np.testing.assert_array_equal(y.view(np.uint16), y0.view(np.uint16))
+    f = torch.tensor(x, dtype=torch.float32)
+    want = torch.nn.functional.layer_norm(f, (64,), torch.tensor(w, dtype=torch.float32),
+                                          torch.tensor(b, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(y.astype(np.float32), want, atol=3e-2, rtol=1e-2)
+    assert any(v.name == "ln/out/rows" for v in eng.executable.variables)
+    # Without it the weight's product gathers the normalised rows element by element.
+    code, code0 = (e.report.memory_by_category_per_tile()["exchange_code"] for e in (eng, plain))
+    assert code.max() < code0.max() and code.sum() < code0.sum(), (code, code0)

@@ -29,7 +29,7 @@ from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.ops.common import OpContext, tile_regions
 
-__all__ = ["GROUP", "regroup_operands"]
+__all__ = ["GROUP", "can_regroup", "regroup_into", "regroup_operands"]
 
 # Rows and columns of a regrouped block: a multiple of popops' smallest regroup grain (4 half, 2
 # float: Rearrange.cpp getMinimumRegroupGrainSize), the rows of rearrange.py's smallest piece
@@ -55,8 +55,19 @@ def regroup_operands(ctx: OpContext, tensors: list[Tensor], shape: tuple[int, ..
             continue
         t2 = t.reshape(rows, cols)
         if _column_major(t2):
-            out[i] = _regrouped(ctx, t2, tensors[ref].reshape(rows, cols), i).reshape(shape)
+            dst = ctx.graph.add_variable(t.dtype, (rows, cols), name=f"{ctx.name}/regrouped{i}/like_out")
+            r_starts, r_lengths, r_tiles = tile_regions(ctx.graph, tensors[ref].reshape(rows, cols))
+            ctx.graph.map_intervals(dst, r_starts, r_starts + r_lengths, r_tiles)
+            out[i] = regroup_into(ctx, t2, dst, f"{ctx.name}/regrouped{i}").reshape(shape)
     return out
+
+
+def can_regroup(t2: Tensor) -> bool:
+    """Whether :func:`regroup_into` takes the ``(R, C)`` view: float, stored column-major, both
+    sides multiples of :data:`GROUP`."""
+    rows, cols = t2.shape
+    return (t2.dtype in (float16, float32) and not rows % GROUP and not cols % GROUP
+            and _column_major(t2))
 
 
 def _column_major(t2: Tensor) -> bool:
@@ -65,11 +76,10 @@ def _column_major(t2: Tensor) -> bool:
     return is_column_major(t2.reshape(1, *t2.shape))
 
 
-def _regrouped(ctx: OpContext, t2: Tensor, ref2: Tensor, index: int) -> Tensor:
-    """``t2`` (``(R, C)``, column-major) transposed in :data:`GROUP` x :data:`GROUP` blocks on
-    tiles that hold it, then copied in runs of :data:`GROUP` into a row-major variable mapped like
-    ``ref2`` (the reference operand, whose layout the op's output takes): the op reads it where
-    it runs, over plain strided fields."""
+def regroup_into(ctx: OpContext, t2: Tensor, dst: Tensor, name: str) -> Tensor:
+    """Copy ``t2`` (``(R, C)``, column-major, :func:`can_regroup`) into ``dst`` (a fresh mapped
+    ``(R, C)`` row-major variable): transposed in :data:`GROUP` x :data:`GROUP` blocks on tiles
+    that hold ``t2``, then copied in runs of :data:`GROUP` into ``dst``. Returns ``dst``."""
     from softipu.ops.rearrange import transpose_into_slabs  # noqa: PLC0415 - rearrange imports elementwise
 
     graph = ctx.graph
@@ -87,12 +97,8 @@ def _regrouped(ctx: OpContext, t2: Tensor, ref2: Tensor, index: int) -> Tensor:
 
     starts = np.arange(0, rows, GROUP, dtype=np.int64)
     col_starts = np.arange(0, cols, GROUP, dtype=np.int64)
-    name = f"{ctx.name}/regrouped{index}"
     flat = transpose_into_slabs(ctx, t2.reshape(1, rows, cols), starts, np.full(starts.size, GROUP),
                                 col_starts, np.full(col_starts.size, GROUP), 1, tile_of, name=name)
-    slabs = flat.reshape(cols // GROUP, rows, GROUP).transpose(1, 0, 2).reshape(rows, cols)
-    out = graph.add_variable(t2.dtype, (rows, cols), name=f"{name}/like_out")
-    r_starts, r_lengths, r_tiles = tile_regions(graph, ref2)
-    graph.map_intervals(out, r_starts, r_starts + r_lengths, r_tiles)
-    ctx.prog.add(P.Copy(slabs, out))
-    return out
+    ctx.prog.add(P.Copy(flat.reshape(cols // GROUP, rows, GROUP).transpose(1, 0, 2).reshape(rows, cols),
+                        dst))
+    return dst
