@@ -41,19 +41,20 @@ def test_a_column_major_operand_is_regrouped_and_the_sum_is_bitwise():
 
 
 def test_regrouped_exchange_regions_by_hand():
-    """Blocks of 16 x 16: block (i, j) on the tile of in1[16 i, 16 j + i] (columns 0, 1 -> tile 0;
-    16, 17 -> tile 2). Copy into the blocks' buffers: each block takes 8 of its 16 columns (a run
-    of 16 rows each, contiguous in v) from the next tile: tiles 0 and 2 receive 16 regions, tiles 1
-    and 3 send 16. Transposes: on tile. Copy into the output's layout: a region per row of a block
-    (16 elements) landing on another tile: block (0, 0) sends rows 8-15 to tile 1, (1, 0) rows
-    16-31 to tiles 2 and 3, (0, 1) rows 0-15 to tiles 0 and 1, (1, 1) rows 24-31 to tile 3: tile 0
-    sends 24 and receives 8, tile 1 receives 16, tile 2 sends 24 and receives 8, tile 3 receives
-    16. The add: on tile. Regions per tile 48, 32, 48, 32, at 16 B each. Read in place, the add
-    would take every element of in1 from another tile as its own region (stride 32)."""
+    """Blocks of 16 x 16, in order (row block, column block), one a tile (popops spreads the
+    transpositions evenly over the tiles): (0, 0) on tile 0, (0, 1) on 1, (1, 0) on 2, (1, 1) on 3.
+    Gather into the blocks: each column's 16 rows are one run of v (8 columns a tile): (0, 0) takes
+    columns 8-15 from tile 1; (0, 1) columns 16-23 from tile 2 and 24-31 from tile 3; (1, 0)
+    columns 0-7 from tile 0 and 8-15 from tile 1; (1, 1) columns 16-23 from tile 2: regions sent +
+    received 16, 32, 32, 16. Transposes: on tile. Copy into the output's layout (8 rows a tile), a
+    region per row of a block (16 elements): (0, 0) rows 8-15 to tile 1, (0, 1) rows 0-7 to tile 0,
+    (1, 0) rows 24-31 to tile 3, (1, 1) rows 16-23 to tile 2: 16 on every tile. The add: on tile.
+    Regions per tile 32, 48, 48, 32, at 16 B each. Read in place, the add would take every element
+    of in1 from another tile as its own region (stride 32)."""
     g, *_, prog = _case()
     eng = sp.Engine(g, [prog], estimate_only=True)
     code = eng.report.memory_by_category_per_tile()["exchange_code"]
-    assert code.tolist() == [48 * 16, 32 * 16, 48 * 16, 32 * 16]
+    assert code.tolist() == [32 * 16, 48 * 16, 48 * 16, 32 * 16]
 
 
 def test_no_regroup_when_the_operand_is_laid_out_like_the_output():

@@ -4,18 +4,23 @@ popops' binary ops first regroup each operand to the grouping of the output
 (graphcore/poplibs lib/popops/ElementWise.cpp ``binaryOpGeneral``: "First try to regroup to match
 the grouping of the output tensor", ``rearrange::regroupIfBeneficial(graph, in, out, copies,
 cs)``): when the operand's elements run contiguously along another dimension than the output's
-(a swapped matmul's output, stored column-major, added to a row-major residual stream), blocks of
-the operand are copied whole onto the tiles that hold them and transposed there
-(lib/popops/Rearrange.cpp ``regroupTensor``: it "maps the transposition across only the tiles to
-which the original tensor is already mapped", on ``Transpose2d`` vertices). The op then reads the
-operand in runs as long as a block's width instead of one exchange region per element: BERT-Large's
-first residual adds received 1,024 regions on every tile (16 KiB of exchange code each).
+(a swapped matmul's output, stored column-major, added to a row-major residual stream), its
+blocks are copied into a ``preRegroup`` variable whose transpositions are spread evenly over the
+tiles and transposed there (lib/popops/Rearrange.cpp ``regroupTensorInternal``: "Map
+transpositions on this IPU evenly across the tiles", then ``partialTranspose`` on
+``Transpose2d`` vertices). The op then reads the operand in runs as long as a block's width
+instead of one exchange region per element: BERT-Large's first residual adds received 1,024
+regions on every tile (16 KiB of exchange code each).
 
-Here (:func:`regroup_operands`) the block is :data:`GROUP` x :data:`GROUP` elements, at least
-popops' smallest regroup grain (``getMinimumRegroupGrainSize``: 4 half, 2 float elements), placed on
-a tile that holds one of its columns; the copy into the block's buffer and the transposes are
-:func:`softipu.ops.rearrange.transpose_into_slabs` (column blocks of :data:`GROUP`, pieces of
-:data:`GROUP` rows). The values are copied, never computed: the op's results are unchanged.
+Here (:func:`regroup_operands`, :func:`regroup_into`) the block is :data:`GROUP` x :data:`GROUP`
+elements, a multiple of popops' smallest regroup grain (``getMinimumRegroupGrainSize``: 4 half,
+2 float elements; popops' own blocks are the detected groupings, ``detectDimGroupings``, cut by
+``updateGroupingInternal``: not modelled); the blocks, in order, ``ceil(blocks / tiles)`` a tile;
+the gather and the transposes are :func:`softipu.ops.rearrange.transpose_into_slabs` (column
+blocks of :data:`GROUP`, pieces of :data:`GROUP` rows), then one copy in runs of :data:`GROUP`
+into a variable laid out like the output (popops' op reads the blocks where they were
+transposed: the same runs, over exchange in its own step). The values are copied, never
+computed: the op's results are unchanged.
 """
 
 from __future__ import annotations
@@ -78,22 +83,21 @@ def _column_major(t2: Tensor) -> bool:
 
 def regroup_into(ctx: OpContext, t2: Tensor, dst: Tensor, name: str) -> Tensor:
     """Copy ``t2`` (``(R, C)``, column-major, :func:`can_regroup`) into ``dst`` (a fresh mapped
-    ``(R, C)`` row-major variable): transposed in :data:`GROUP` x :data:`GROUP` blocks on tiles
-    that hold ``t2``, then copied in runs of :data:`GROUP` into ``dst``. Returns ``dst``."""
+    ``(R, C)`` row-major variable): gathered in :data:`GROUP` x :data:`GROUP` blocks spread over
+    the tiles and transposed there, then copied in runs of :data:`GROUP` into ``dst``. Returns
+    ``dst``."""
     from softipu.ops.rearrange import transpose_into_slabs  # noqa: PLC0415 - rearrange imports elementwise
 
     graph = ctx.graph
     rows, cols = t2.shape
-    # Block (i, j) on the tile of its first row's element in column j G + i mod G: the blocks
-    # spread over the tiles holding the operand (regroupTensor balances the transposes over
-    # them), not piled on the tiles of every G-th column when each column has tiles of its own
-    # (a swapped matmul's output: 96 blocks on one tile of BERT-Large's).
-    first = graph.tile_of(t2[::GROUP, :]).astype(np.int64)  # (R / G, C)
-    i = np.arange(rows // GROUP)[:, None]
-    tiles = np.maximum(first[i, np.arange(0, cols, GROUP)[None, :] + i % GROUP], 0)  # (R / G, C / G)
+    # The blocks in order (row block, then column block) spread evenly over the tiles, as
+    # regroupTensorInternal maps its transpositions ("spread across all tiles": ceil(blocks /
+    # tiles) consecutive blocks a tile).
+    nrb, ncb = rows // GROUP, cols // GROUP
+    per_tile = -(-nrb * ncb // graph.num_tiles)
 
     def tile_of(g, rb, p, cb):  # a block is one piece (GROUP rows)
-        return tiles[rb, cb] + 0 * (g + p)
+        return (rb * ncb + cb) // per_tile + 0 * (g + p)
 
     starts = np.arange(0, rows, GROUP, dtype=np.int64)
     col_starts = np.arange(0, cols, GROUP, dtype=np.int64)
