@@ -141,3 +141,51 @@ def test_the_loops_own_cycles_as_worked_by_hand():
     p = plan_matmul(TARGET, sp.float32, SA, SB)
     assert p.loop_cycles == 13_754
     assert p.cycles == p.amp_cycles + p.exchange_cycles + p.reduce_cycles + p.sync_cycles + 13_754
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_looped_matmul_of_created_operands_with_a_narrower_last_k_range(reference):
+    """create_matmul_input_lhs/rhs lay A out in column slabs of two widths (the loop's K grid:
+    3 ranges of 14 x 16, the last 14 x 2), read in place by the slices."""
+    g = sp.Graph(sp.targets.ipu_model(tiles=16))
+    sa, sb, opts = (48, 700), (700, 40), {"availableMemoryProportion": 0.1}
+    a = create_matmul_input_lhs(g, sp.float32, sa, sb, name="a", options=opts)
+    b = create_matmul_input_rhs(g, sp.float32, sa, sb, name="b", options=opts)
+    p = plan_matmul(g, sp.float32, sa, sb, opts)
+    assert p.looped and (p.k_split, p.k_serial, p.blocks[3]) == (4, 14, 16)
+    prog = P.Sequence()
+    c = matmul(g, a, b, prog, options=opts)
+    assert not any(isinstance(n, P.Copy) and n.dst.numel > 1 for n in P.walk(prog))  # used in place
+    eng = sp.Engine(g, [prog], {"engine.reference": reference, "debug.allowOutOfMemory": True})
+    rng = np.random.default_rng(5)
+    av, bv = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+    eng.write_tensor(a, av)
+    eng.write_tensor(b, bv)
+    eng.run(0)
+    _check(eng.read_tensor(c), av, bv)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_looped_convolution_matches_torch(reference):
+    """A 3 x 3 convolution whose K (9 positions x 32 channels) runs as a loop with a narrower last
+    range: its im2col slabs are copied slab by slab (not as one copy of equal slabs)."""
+    torch = pytest.importorskip("torch")
+    from softipu.ops.conv import conv
+
+    g = sp.Graph(sp.targets.ipu_model(tiles=16))
+    xs, ws = (2, 32, 8, 8), (16, 32, 3, 3)
+    x = g.add_variable(sp.float32, xs, name="x")
+    w = g.add_variable(sp.float32, ws, name="w")
+    for t in (x, w):
+        sp.ops.map_linearly(g, t)
+    prog = P.Sequence()
+    y = conv(g, x, w, prog, padding=1, options={"availableMemoryProportion": 0.1})
+    assert any(isinstance(n, P.Repeat) for n in P.walk(prog))
+    eng = sp.Engine(g, [prog], {"engine.reference": reference, "debug.allowOutOfMemory": True})
+    rng = np.random.default_rng(7)
+    xv, wv = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    eng.write_tensor(x, xv)
+    eng.write_tensor(w, wv)
+    eng.run(0)
+    want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=1).numpy()
+    np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-4, atol=1e-4)

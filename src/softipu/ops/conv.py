@@ -38,7 +38,7 @@ from softipu.ops._conv_windows import (
     _windows_no_larger,
     _windows_readable,
 )
-from softipu.ops._matmul_blocks import _transposed_into_slabs, k_grid
+from softipu.ops._matmul_blocks import _transposed_into_slabs, _width_runs, k_grid
 from softipu.ops.common import OpContext, tile_regions
 from softipu.ops.indexing.fills import zero as zero_fill
 from softipu.ops.mapping import map_linearly
@@ -497,9 +497,10 @@ class _Im2Col:
             self._channels(ctx, var, cols)
             return _Blocks(var, starts, False, groups)
         width = int(cols.sizes[0])
-        if len(cols) == 1 or width == q.cg:  # one copy: one slab, or a slab per kernel position
+        alike = bool(np.all(cols.sizes == width))  # not a serial loop's K grid (last range narrower)
+        if len(cols) == 1 or (alike and width == q.cg):  # one copy: one slab, or one a position
             self._copy(ctx, var, 0, kk, width // q.cg)
-        elif q.cg % width == 0:  # one copy: each kernel position split over cg / width slabs
+        elif alike and q.cg % width == 0:  # one copy: each kernel position over cg / width slabs
             self._split(ctx, var, width)
         else:
             ctx.prog.add(P.WriteUndef(var))  # written in pieces: dead until the first
@@ -555,17 +556,14 @@ class _Im2Col:
         q, x = self.inner, self.xp
         s_n, s_c, s_h, s_w = x.strides
         m, k = q.m, q.k
-        width = int(cols.sizes[0])
-        full = int(np.sum(cols.sizes == width))
+        runs = _width_runs(cols)  # slabs of one width: all but the last, and the last (or a loop's)
         pixel = (s_n, q.sh * s_h, q.sw * s_w)
-        if full < len(cols):
-            ctx.prog.add(P.WriteUndef(var))  # written in two parts: dead until the first
-        for first, count, w in ((0, full, width), (full, len(cols) - full, int(cols.sizes[-1]))):
-            if not count:
-                continue
+        if len(runs) > 1:
+            ctx.prog.add(P.WriteUndef(var))  # written in parts: dead until the first
+        for c0, count, w in runs:
             src = Tensor(x.graph, x.dtype, (q.groups, count, q.n, q.ho, q.wo, w),
-                         x.offset + first * width * s_c, (q.cg * s_c, w * s_c, *pixel, s_c))
-            dst = Tensor(var.graph, var.dtype, src.shape, var.offset + first * width * m,
+                         x.offset + c0 * s_c, (q.cg * s_c, w * s_c, *pixel, s_c))
+            dst = Tensor(var.graph, var.dtype, src.shape, var.offset + c0 * m,
                          (m * k, m * w, q.ho * q.wo * w, q.wo * w, w, 1))
             ctx.prog.add(P.Copy(src, dst))
 
