@@ -5,14 +5,16 @@ The encoder, its inputs and its PopTorch options come from ``examples/demo_torch
 measures exactly what the demo prints. After the first call (export, lower, compile, load, run),
 each repeat times ``--calls`` later calls of the simulator and as many of eager PyTorch (under
 ``torch.no_grad()``, with torch's default threads, as the demo runs it), interleaved in blocks of
-``--block`` calls of each, with a ``--pause-ms`` pause after each eager block: torch's pool
-threads spin for a while after its calls, and the engine hands a GEMM's pieces to a second core
-only where it finds one idle (``codelets/host.py: idle_cores``, sampled every 50 ms), so a call
-right after eager ones would see torch's spinning thread, which a user calling one model
-repeatedly does not (measured: the 13 chains of a call take 1.10 ms on one thread, 0.89 ms
-shared). It prints one JSON line: per repeat the best and median of each and the ratios of the
-bests and of the medians; over the repeats the fastest call of each and their ratio, the median
-round's medians and median ratio, and the spread (max - min) of the rounds' ratios.
+``--block`` calls of each, with a ``--pause-ms`` pause after each block: torch's pool threads spin
+for a while after its calls, as do the engine's hot helpers (``codelets/host.py``:
+``HOT_IDLE_SECONDS`` after the last share; each would slow the other's first calls), and the engine
+hands a GEMM's pieces to a second core only where it finds one idle (``codelets/host.py:
+idle_cores``, sampled every 50 ms), so a call right after eager ones would see torch's spinning
+thread, which a user calling one model repeatedly does not (measured: the 13 chains of a call take
+1.10 ms on one thread, 0.89 ms shared). It prints one JSON line: per repeat the best and median of
+each and the ratios of the bests and of the medians; over the repeats the fastest call of each and
+their ratio, the median round's medians and median ratio, and the spread (max - min) of the rounds'
+ratios.
 
 ``--baseline DIR`` runs the same in a fresh process on the softipu source tree in DIR (a checkout
 of an earlier commit), alternately with this tree, ``--processes`` times each, and prints both.
@@ -76,6 +78,7 @@ def measure(calls: int, repeats: int, block: int = 10, pause_ms: float = 60.0) -
                 t = time.perf_counter()
                 ipu_model(*inputs)
                 ipu.append(time.perf_counter() - t)
+            time.sleep(pause_ms / 1e3)  # the engine's hot helpers spin a while too (see above)
             with torch.no_grad():
                 for _ in range(min(block, calls - len(eager))):
                     t = time.perf_counter()
@@ -122,7 +125,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="later calls of each per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block", type=int, default=10, help="calls of each in a row")
-    parser.add_argument("--pause-ms", type=float, default=60.0, help="pause after each eager block")
+    parser.add_argument("--pause-ms", type=float, default=60.0, help="pause after each block")
     parser.add_argument("--baseline", help="a softipu checkout whose src/ is measured beside")
     parser.add_argument("--processes", type=int, default=1, help="processes per tree with --baseline")
     a = parser.parse_args()
