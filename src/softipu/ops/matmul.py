@@ -4,7 +4,8 @@
 (1-D operands, broadcast batch dimensions). The work is planned by :mod:`softipu.ops.planner`:
 the groups, M, N and K are cut into blocks, tile ``(g, i, j, l)`` multiplies its blocks with an
 ``AmpMatMul`` vertex (fp32 partials by default), and when K is split over tiles a second compute
-set of ``ReducePartials`` vertices adds the partials into the output (and casts them).
+set of ``ReducePartials`` vertices adds the partials into the output (and casts them). A serial K
+split (less memory a tile) runs as one loop body over its steps.
 
 Block layout, and why it matters for speed: a vertex's field is one contiguous run of memory per
 block, and a bulk call's vertices sit at evenly spaced addresses, so the engine runs each call as
@@ -16,7 +17,8 @@ column blocks, each stored row-major), and the cost model prices that copy's exc
 
 Sections: this module (API, shapes and options, the op body, ``create_matmul_input_*``);
 :mod:`softipu.ops._matmul_blocks` (the block grid, operand blocks and column slabs);
-:mod:`softipu.ops._matmul_vertices` (result and partials variables, AMP and reduce vertices).
+:mod:`softipu.ops._matmul_vertices` (result and partials variables, AMP and reduce vertices);
+:mod:`softipu.ops._matmul_loop` (serial K steps as one loop body, as poplin runs them).
 """
 
 from __future__ import annotations
