@@ -64,14 +64,14 @@ def test_layer_norm_rows_longer_than_a_vertex_split_across_tiles() -> None:
         assert eng.report.fit()["worst_tile_bytes"] < 24_000 * 2
 
 
-def test_layer_norm_of_rows_stored_column_major_reads_where_the_columns_live() -> None:
+def test_layer_norm_of_rows_stored_column_major_is_regrouped_into_whole_rows() -> None:
     # A (rows, n) = (96, 64) input stored transposed (an embedding lookup keeps its table's column
     # blocks): each of 16 tiles holds 4 whole columns, every row has one element per column, so 64
-    # runs a row. Cut along the rows, each row piece's vertices sat on one tile and gathered the
-    # piece from the others. As planes (n, rows, 1) each vertex reads a run of rows of one column
-    # where it lives; the apply step then receives only per-row statistics: at most every row's
-    # fp32 mean and variance and fp16 unit weight and zero bias, 96 x (4 + 4 + 2 + 2) = 1,152 B a
-    # tile, against 96 x 64 x 2 / 16 = 768 B of x per tile had the data moved.
+    # runs a row. Read in place, every row's statistics gather a partial from every column's tile.
+    # popnn regroups the activations before the statistics (GroupNorm.cpp groupNormStatistics:
+    # poplin::regroupIfBeneficial): here into whole rows (ops/regroup.py), 24 blocks of 16 x 16,
+    # 2 a tile (1,024 B of halves at most received), then 6 whole rows a tile (768 B); the row
+    # vertices then receive only the shared unit weight and zero bias (2 x 64 halves, 256 B).
     rows, n = 96, 64
     g = sp.Graph(sp.targets.ipu_model(tiles=16, bytes_per_tile=256 * 1024))
     stored = g.add_variable(sp.float16, (n, rows), name="stored")
@@ -89,5 +89,9 @@ def test_layer_norm_of_rows_stored_column_major_reads_where_the_columns_live() -
     np.testing.assert_allclose(eng.read_tensor(y).astype(np.float32), want, atol=1e-2, rtol=1e-2)
     np.testing.assert_allclose(eng.read_tensor(mean), f32.mean(1).numpy(), rtol=1e-5)
     np.testing.assert_allclose(eng.read_tensor(inv_std), (1 / f32.std(1, correction=0)).numpy(), rtol=1e-4)
-    apply = [s for s in eng.executable.steps if s.name == "ln/apply"]
-    assert apply and int(apply[0].recv_tile_bytes.max(initial=0)) <= rows * 12
+    recv = {s.name: int(s.recv_tile_bytes.max(initial=0)) for s in eng.executable.steps}
+    assert not any("apply" in k or "cross_tile" in k for k in recv), recv
+    assert recv["ln"] == 2 * n * 2, recv
+    gather = [v for k, v in recv.items() if k.startswith("Copy stored")]
+    rows_copy = [v for k, v in recv.items() if k.startswith("Copy ln/x/rows/regrouped")]
+    assert gather == [2 * 16 * 16 * 2] and rows_copy == [6 * n * 2], recv

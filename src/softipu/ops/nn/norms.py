@@ -82,6 +82,8 @@ def layer_norm(graph: Graph, x: Tensor, weight: Tensor | None, bias: Tensor | No
     if rows == 0:
         return (_variable(ctx, x.dtype, x.shape, "out"), _variable(ctx, stats, lead, "mean"),
                 _variable(ctx, stats, lead, "inv_std"))
+    if n <= ROW_VERTEX_ELEMENTS and _rows_scattered(x2):  # rows stored innermost: whole rows first
+        x2 = _rows_regrouped(ctx, x2, "x/rows")
     if n > ROW_VERTEX_ELEMENTS or _rows_scattered(x2):  # statistics where the elements live
         split = _layer_norm_split if _rows_scattered(x2) else layer_norm_pieces
         out, mean, inv_std = split(ctx, x, x2, weight, bias, float(eps))
@@ -163,7 +165,7 @@ def _layer_norm_split(ctx: OpContext, x: Tensor, x2: Tensor, weight: Tensor | No
     inv_std = ew.rsqrt(ctx.graph, ew.add(ctx.graph, var, eps, ctx.prog, name=f"{ctx.name}/var_eps"),
                        ctx.prog, name=f"{ctx.name}/inv_std")
     if (weight is not None or bias is not None) and x3.shape[0] == n > 1:
-        out = _rows_regrouped(ctx, out.reshape(rows, n)).reshape(x.shape)
+        out = _rows_regrouped(ctx, out.reshape(rows, n), "out/rows").reshape(x.shape)
     if weight is not None:
         out = ew.mul(ctx.graph, out, weight, ctx.prog, name=f"{ctx.name}/weight")
     if bias is not None:
@@ -171,22 +173,27 @@ def _layer_norm_split(ctx: OpContext, x: Tensor, x2: Tensor, weight: Tensor | No
     return out, mean, inv_std
 
 
-def _rows_regrouped(ctx: OpContext, out2: Tensor) -> Tensor:
-    """The normalised ``(rows, n)`` output stored rows innermost (an embedding lookup's columns)
-    regrouped into whole rows a tile before the affine, which broadcasts the weight and bias along
-    the rows: popnn leaves the output laid out like x (poplin::normalise clones it) and its row-major
-    consumers regroup it (popops' binary ops and poplin's matmul input: rearrange::regroupTensor,
-    blocks transposed on tile); softipu does that regroup once, here, where the affine would read
-    every element as its own exchange region (BERT-Large b18's embedding norm: 1,024 regions on
-    every tile, 16 KiB of exchange code)."""
+def _rows_regrouped(ctx: OpContext, t2: Tensor, suffix: str) -> Tensor:
+    """``(rows, n)`` stored rows innermost (an embedding lookup's output: each column on its own
+    tile) regrouped into whole rows a tile (ops/regroup.py: 16 x 16 blocks transposed on tile),
+    or ``t2`` itself where it cannot be. popnn's group/layer norm regroups its activations before
+    the statistics (lib/popnn/GroupNorm.cpp groupNormStatistics: "reductions deal terribly with
+    reducing along the innermost dimension in memory. Ensure grouping is suitable for group norm",
+    poplin::regroupIfBeneficial to the channels grouped innermost) and its row-major consumers
+    regroup its output (popops' binary ops, poplin's matmul input); here the rows are regrouped
+    once, whole: the statistics are then a row vertex's (no cross-tile reduction of every row's
+    partials from every column's tile: 16 KiB of exchange code on each tile of BERT-Large b18's
+    embedding norm) and the result row-major. Rows of at most ``ROW_VERTEX_ELEMENTS``, before the
+    statistics (``x/rows``); longer rows after the normalisation, before the affine
+    (``out/rows``), which broadcasts the weight and bias along the rows."""
     from softipu.ops.regroup import can_regroup, regroup_into  # noqa: PLC0415 - regroup imports elementwise
 
-    if not can_regroup(out2):
-        return out2
-    rows, n = out2.shape
-    dst = _variable(ctx, out2.dtype, (rows, n), "out/rows")
+    if not can_regroup(t2):
+        return t2
+    rows, n = t2.shape
+    dst = _variable(ctx, t2.dtype, (rows, n), suffix)
     map_linearly(ctx.graph, dst, grain_size=n)
-    return regroup_into(ctx, out2, dst, f"{ctx.name}/out/regrouped")
+    return regroup_into(ctx, t2, dst, f"{ctx.name}/{suffix}/regrouped")
 
 
 def _row_planes(x2: Tensor) -> Tensor:
