@@ -375,7 +375,8 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
     # reads in place, and partials the AMP writes straight into C when no second stage follows.
     k_range = chunk * steps
     resident = bg * (bm * k_range * isz // sn + k_range * bn * isz // sm + bm * bn * osz // sk)
-    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage, looped)
+    resident = resident + _code_bytes(p, target, steps, bg, sm, sn, sk, verts, two_stage, looped,
+                                      bm * chunk, chunk * bn)
     read_in_place = bg * (bm * chunk * isz // sn + chunk * bn * isz // sm) + np.where(
         two_stage, 0, bg * bm * bn * psz)
     return {"sk": sk, "used": used, "spread": spread, "pair": pair, "two_stage": two_stage,
@@ -389,15 +390,17 @@ def price(p: MatMulProblem, target: Target, c: dict[str, np.ndarray],
 
 
 def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, two_stage,
-                looped) -> np.ndarray:
+                looped, a_block=0, b_block=0) -> np.ndarray:
     """Per tile: exchange code (a region per sending tile), control code and vertex state of
     the AMP steps and the reduction, by the rules the compiler's memory plan charges
     (:mod:`softipu.graph.accounting`), for the codelets :mod:`softipu.ops.matmul` adds.
 
     Unrolled serial steps each hold their own; a loop (``looped``) holds one step's, plus its
-    slice (a ``DynamicSlice2d`` per group of the tile's A and B pieces, ``steps`` rows each, and
-    the loop counter received), and 5 more program steps: the zeroing, the counter's reset, the
-    slice, the counter's increment and the ``Repeat`` (:mod:`softipu.ops._matmul_loop`)."""
+    slice (``DynamicSlice2d``s of ``steps`` rows, a worker's share of the tile's piece of each
+    group's A block (``a_block`` elements over ``sn`` tiles) and B block (``b_block`` over ``sm``),
+    :func:`slice_share`; and the loop counter received), and 5 more program steps: the zeroing,
+    the counter's reset, the slice, the counter's increment and the ``Repeat``
+    (:mod:`softipu.ops._matmul_loop`)."""
     amp_state = vertex_state_bytes(amp_codelet(p.in_dtype, p.partials_dtype), target)
     per_step = (exchange_code_bytes(sn + sm, target) + control_code_bytes(1, target)
                 + bg * amp_state)
@@ -405,7 +408,10 @@ def _code_bytes(p: MatMulProblem, target: Target, steps, bg, sm, sn, sk, verts, 
     reduce_state = (verts * vertex_state_bytes(red, target, {"partials": sk})
                     + exchange_code_bytes(sk + 1, target) + control_code_bytes(1, target))
     slicer = dynamic_slice_codelet(p.in_dtype, LOOP_COUNTER_DTYPE)
-    loop = (2 * bg * vertex_state_bytes(slicer, target, {"base": steps, "out": 1})
+    slices = 0
+    for piece in (-(-np.asarray(a_block, np.int64) // sn), -(-np.asarray(b_block, np.int64) // sm)):
+        slices = slices + -(-piece // slice_share(target, p.in_dtype, np.maximum(piece, 1)))
+    loop = (bg * slices * vertex_state_bytes(slicer, target, {"base": steps, "out": 1})
             + exchange_code_bytes(1, target) + control_code_bytes(5, target))
     return np.where(looped, per_step + loop, steps * per_step) + np.where(two_stage, reduce_state, 0)
 
