@@ -5,6 +5,7 @@ exchange regions counted by hand (softipu/ops/regroup.py)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import softipu as sp
 from softipu import program as P
@@ -27,10 +28,11 @@ def _case(dtype=sp.float32):
     return g, a, v, y, prog
 
 
-def test_a_column_major_operand_is_regrouped_and_the_sum_is_bitwise():
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_column_major_operand_is_regrouped_and_the_sum_is_bitwise(reference):
     assert GROUP == 16
     g, a, v, y, prog = _case()
-    eng = sp.Engine(g, [prog])
+    eng = sp.Engine(g, [prog], options={"engine.reference": reference})
     rng = np.random.default_rng(0)
     xa, xv = (rng.standard_normal((32, 32)).astype(np.float32) for _ in range(2))
     eng.write_tensor(a, xa)
