@@ -67,3 +67,34 @@ def test_no_regroup_when_the_operand_is_laid_out_like_the_output():
     prog = P.Sequence()
     ew.add(g, a, b, prog)
     assert not any("regrouped" in var.name for var in g.variables)
+
+
+def test_an_embedding_layer_norm_model_matches_torch_through_the_regroup():
+    """A BERT-like embedding sum, layer norm and residual linear: the lookup's output is stored
+    column-major, so its layer norm regroups it into whole rows (``x/rows``); outputs as eager."""
+    import torch  # noqa: PLC0415
+
+    import softipu.torch as st  # noqa: PLC0415
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(64, 32)
+            self.pos = torch.nn.Embedding(16, 32)
+            self.norm = torch.nn.LayerNorm(32)
+            self.lin = torch.nn.Linear(32, 32)
+            self.norm2 = torch.nn.LayerNorm(32)
+
+        def forward(self, ids):
+            h = self.norm(self.emb(ids) + self.pos.weight)
+            return self.norm2(h + self.lin(h))
+
+    torch.manual_seed(0)
+    module = Tiny().eval()
+    ids = torch.randint(0, 64, (2, 16))
+    model = st.inference_model(module, st.Options(target=sp.targets.ipu_model(tiles=8, bytes_per_tile=1 << 20)))
+    got = model(ids)
+    with torch.no_grad():
+        np.testing.assert_allclose(got.numpy(), module(ids).numpy(), rtol=1e-5, atol=1e-5)
+    names = {v.name for c in model._compiled.values() for v in c.engine.executable.variables}
+    assert "native_layer_norm/x/rows" in names
