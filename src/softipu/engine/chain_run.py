@@ -21,6 +21,7 @@ from softipu.codelets.host import BLAS, run_in_turn, run_pieces
 from softipu.compiler.executable import VertexGroup
 from softipu.engine.constants import WrittenSpans
 from softipu.engine.storage import as_rows
+from softipu.errors import CodeletError
 from softipu.graph.tensor import strides_never_meet
 
 __all__ = ["ChainRunner", "Band", "Scratch"]
@@ -50,7 +51,7 @@ class ChainRunner:
     straight into storage where the band's output blocks tile one row-major matrix)."""
 
     __slots__ = ("bands", "in_buf", "out_buf", "where", "group", "scratch", "plans", "kept", "kept_at",
-                 "redirect")
+                 "redirect", "bias")
 
     def __init__(self, bands: list[Band], in_buf: np.ndarray, out_buf: np.ndarray,
                  group: VertexGroup, where: str, scratch: Scratch) -> None:
@@ -65,6 +66,8 @@ class ChainRunner:
         # The copies filling the left operand, where the gather may read their source instead
         # (engine/copy_fusion.py); decided at the first run, their steps then skipped.
         self.redirect: Any = None
+        # The bias add right after the chain, bound once (engine/epilogues.py), or None.
+        self.bias: Callable[[], None] | None = None
 
     def __call__(self) -> None:
         from softipu.engine.fast import _codelet_failure  # the fast engine's error wording
@@ -86,6 +89,10 @@ class ChainRunner:
                         run_pieces(products)
                     for job in copies_out:
                         job()
+                if self.bias is not None:
+                    self.bias()
+        except CodeletError:  # the fused bias add's own failure (epilogues.py), worded for it
+            raise
         except Exception as exc:
             raise _codelet_failure(self.group, self.where, exc) from exc
 

@@ -49,6 +49,7 @@ from softipu.dtypes import float16, float32
 from softipu.engine.chain_keys import ChainPlans
 from softipu.engine.chain_run import Band, ChainRunner, Scratch
 from softipu.engine.constants import WrittenSpans
+from softipu.engine.epilogues import BiasAdd, bias_add, bound_add
 from softipu.graph import program as P
 from softipu.graph.tensor import Tensor
 from softipu.graph.vertex import Direction
@@ -89,6 +90,7 @@ class _Candidate:
     runner: ChainRunner | None = None
     failed: bool = False
     active: bool = False  # the runner did this pass's work at the first step
+    bias: BiasAdd | None = None  # the bias add right after it, maybe run by it (engine/epilogues.py)
 
 
 class Chains:
@@ -99,6 +101,7 @@ class Chains:
         self.executable, self.storage = executable, storage
         self.first: dict[int, _Candidate] = {}
         self.later: dict[int, _Candidate] = {}
+        self.biases: dict[int, _Candidate] = {}  # a chain's bias add step -> the chain
         self.scratch = Scratch(WrittenSpans(executable), storage)  # weights kept gathered (constants.py)
         self.plans = ChainPlans(executable)
         self._reads: np.ndarray | None = None
@@ -106,9 +109,12 @@ class Chains:
             return
         sequences, executions = sequences_and_executions(executable)
         for children in sequences:
-            for cand in _candidates(executable, children, executions):
+            for cand, after in _candidates(executable, children, executions):
                 self.first[cand.steps[0]] = cand
                 self.later.update(dict.fromkeys(cand.steps[1:], cand))
+                cand.bias = bias_add(executable, after, executions)
+                if cand.bias is not None:
+                    self.biases[cand.bias.step] = cand
 
     def __bool__(self) -> bool:
         return bool(self.first)
@@ -134,7 +140,7 @@ class Chains:
 
     def steps(self) -> list[int]:
         """The steps ``handle`` may take over."""
-        return list(self.first) + list(self.later)
+        return list(self.first) + list(self.later) + list(self.biases)
 
     def compute_sets(self) -> set[int]:
         """The compute sets of every chain found: run as usual only where a chain is not taken."""
@@ -154,7 +160,10 @@ class Chains:
                 cand.runner()
             return cand.active
         cand = self.later.get(step)
-        return cand is not None and cand.active
+        if cand is not None:
+            return cand.active
+        cand = self.biases.get(step)  # done by the chain where it took the add (epilogues.py)
+        return cand is not None and cand.active and cand.runner.bias is not None
 
     def _build(self, cand: _Candidate) -> ChainRunner | None:
         ch = self._chain(cand)
@@ -168,8 +177,10 @@ class Chains:
             if _overlaps(table[~np.isin(table[:, 0], ch.cs_ids), 1:], blocks[:, 0], blocks[:, 1]):
                 return None
         buffers = self.storage.buffers
-        return ChainRunner(ch.bands, buffers[ch.in_dtype][0], buffers[ch.out_dtype][0], ch.group,
-                           f"compute sets {ch.name!r}", self.scratch)
+        runner = ChainRunner(ch.bands, buffers[ch.in_dtype][0], buffers[ch.out_dtype][0], ch.group,
+                             f"compute sets {ch.name!r}", self.scratch)
+        runner.bias = bound_add(cand.bias, self.storage) if cand.bias is not None else None
+        return runner
 
 
 def _kind(executable: Executable, cs_id: int) -> tuple[str, Any] | None:
@@ -213,9 +224,10 @@ def sequences_and_executions(executable: Executable) -> tuple[list[list[P.Progra
 
 
 def _candidates(executable: Executable, children: list[P.Program],
-                executions: dict[int, int]) -> list[_Candidate]:
+                executions: dict[int, int]) -> list[tuple[_Candidate, P.Program | None]]:
     """Runs of children that look like a matmul chain: an AMP step, accumulating steps, and
-    optionally a partials reduction, each compute set run nowhere else."""
+    optionally a partials reduction, each compute set run nowhere else; each with the child
+    after it (None at the end)."""
     step_of = executable.step_of
     kinds = []
     for node in children:
@@ -236,7 +248,8 @@ def _candidates(executable: Executable, children: list[P.Program],
         if j < len(children) and kinds[j] is not None and kinds[j][0] == "reduce":
             j += 1
         nodes = children[i:j]
-        found.append(_Candidate(nodes, [step_of[id(n)] for n in nodes], in_dtype))
+        found.append((_Candidate(nodes, [step_of[id(n)] for n in nodes], in_dtype),
+                      children[j] if j < len(children) else None))
         i = j
     return found
 
