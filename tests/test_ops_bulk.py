@@ -109,3 +109,26 @@ def test_evenly_spaced_groups_are_one_call_and_compile_to_the_same_groups() -> N
     got = eng.read_tensor(x)
     for v in range(6):
         np.testing.assert_array_equal(got[out[v]:out[v] + 4], host[parts[0, v]:parts[0, v] + 4] * (v + 1))
+
+
+def test_grid_ends_by_hand() -> None:
+    """Where the run of groups from each group that one bulk call would hold ends (``_grid_ends``,
+    worked out for all groups at once; add_vertex_runs reads it at each call's first group).
+
+    Six groups of 2 vertices, one field row, step 4, length 3, first starts 0, 10, 20, 35, 45, 55:
+    from 0 the starts step by 10 up to 20 (ends at 3), 20 -> 35 breaks the step; from 1 also 3;
+    from 2 the pair 2, 3 (two alike groups always join; ends at 4); from 3 on they step by 10 again
+    (ends at 6). A group not evenly spaced, with an empty field or of another size joins none.
+    """
+    from softipu.ops.bulk import _grid_ends
+
+    bounds = np.arange(0, 14, 2)
+    first = [0, 10, 20, 35, 45, 55]
+    row = ([True] * 6, [4] * 6, first)
+    assert _grid_ends(bounds, {"f": [row]}, {"f": [3] * 6}) == [3, 3, 4, 6, 6, 6]
+    irregular = ([True, True, True, True, False, True], [4] * 6, first)
+    assert _grid_ends(bounds, {"f": [irregular]}, {"f": [3] * 6}) == [3, 3, 4, 4, 5, 6]
+    # a field of length 0, or another size, keeps a group out of any grid
+    assert _grid_ends(bounds, {"f": [row]}, {"f": [3, 3, 0, 3, 3, 3]}) == [2, 2, 3, 6, 6, 6]
+    three = ([True] * 3, [4] * 3, [0, 10, 20])
+    assert _grid_ends(np.array([0, 2, 4, 7]), {"f": [three]}, {"f": [3] * 3}) == [2, 2, 3]

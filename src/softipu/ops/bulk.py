@@ -62,6 +62,7 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
     # per field, per row: (evenly spaced?, step, first start) of every group, as Python ints
     spacing = {name: [_group_spacing(row, idx, bounds) for row in r] for name, r in rows.items()}
     lengths = {name: _group_lengths(length, idx, bounds) for name, (_, length) in tensors.items()}
+    ends = _grid_ends(bounds, spacing, lengths)
     g, count = 0, len(lo_hi)
     while g < count:
         lo, hi = lo_hi[g]
@@ -72,7 +73,7 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
                 _bulk(graph, cs, codelet, tiles, starts, tensors, params, piece)
             g += 1
             continue
-        last = _grid_end(g, lo_hi, spacing, lengths)
+        last = ends[g]
         hi = lo_hi[last - 1][1]
         sel = idx[lo:hi]
         fields: dict[str, Any] = {}
@@ -88,24 +89,41 @@ def add_vertex_runs(graph: Graph, cs: ComputeSet, codelet, keys: list[np.ndarray
         g = last
 
 
-def _grid_end(g: int, lo_hi: list[tuple[int, int]], spacing: dict, lengths: dict) -> int:
-    """The end of the run of groups from ``g`` that form one grid: groups of the same size whose
-    every field row is evenly spaced with the same step and length, and whose first starts step
-    evenly from group to group (each field row its own step). One bulk call then holds them all,
-    each field a :func:`_rows_tensor` (the compiler cuts it back into the groups)."""
-    size = lo_hi[g][1] - lo_hi[g][0]
+def _grid_ends(bounds: np.ndarray, spacing: dict, lengths: dict) -> list[int]:
+    """For each group ``g``, the end of the run of groups from ``g`` that form one grid: groups of
+    the same size whose every field row is evenly spaced with the same step and length, and whose
+    first starts step evenly from group to group (each field row its own step). One bulk call then
+    holds them all, each field a :func:`_rows_tensor` (the compiler cuts it back into the groups).
+    Found for every group at once from where neighbouring groups differ, not group by group."""
+    count = bounds.size - 1
+    size = np.diff(bounds)
     rows = [sp for sps in spacing.values() for sp in sps]
-    if not all(ok[g] for ok, _, _ in rows) or any(n[g] == 0 for n in lengths.values()):
-        return g + 1
-    end = g + 1
-    while end < len(lo_hi) and lo_hi[end][1] - lo_hi[end][0] == size:
-        if not all(ok[end] and step[end] == step[g] for ok, step, _ in rows) \
-                or any(n[end] != n[g] for n in lengths.values()):
-            break
-        if end > g + 1 and any(f[end] - f[end - 1] != f[g + 1] - f[g] for _, _, f in rows):
-            break
-        end += 1
-    return end
+    ok = np.ones(count, bool)  # a group that can begin or join a grid
+    for regular, _, _ in rows:
+        ok &= np.asarray(regular, bool)
+    for n in lengths.values():
+        ok &= np.asarray(n, np.int64) != 0
+    alike = ok[:-1] & ok[1:] & (size[:-1] == size[1:])  # alike[x]: group x + 1 may follow group x
+    for _, step, _ in rows:
+        st = np.asarray(step, np.int64)
+        alike &= st[:-1] == st[1:]
+    for n in lengths.values():
+        ln = np.asarray(n, np.int64)
+        alike &= ln[:-1] == ln[1:]
+    same = np.ones(max(count - 2, 0), bool)  # same[x]: first starts step alike x -> x+1 -> x+2
+    for _, _, first in rows:
+        d = np.diff(np.asarray(first, np.int64))
+        same &= d[:-1] == d[1:]
+    goes_on = np.zeros(count, bool)  # goes_on[x]: a grid begun before x that reached x takes x + 1
+    goes_on[1:count - 1] = alike[1:] & same
+    if count == 0:
+        return []
+    stops = np.flatnonzero(~goes_on)  # holds count - 1
+    after = np.arange(1, count + 1)
+    ends = stops[np.searchsorted(stops, np.minimum(after, count - 1))] + 1  # the first stop from g + 1
+    begins = np.zeros(count, bool)
+    begins[: count - 1] = alike
+    return np.where(begins, ends, after).tolist()
 
 
 def _rows_tensor(graph: Graph, dtype: DType, count: int, lo_hi: tuple[int, int], n: int,
