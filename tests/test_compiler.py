@@ -681,3 +681,20 @@ def test_programs_are_frozen_at_compile():
     assert len(frozen.programs[0].programs) == 1
     assert len(exe.functions[fn.id].programs) == 1
     assert set(exe.compute_sets) == {first.id}
+
+
+def test_a_space_wholly_mapped_is_found_from_two_sums() -> None:
+    """verify_mapping's shortcut (passes._covers): sorted disjoint intervals inside [0, size) whose
+    lengths add up to size map every address; a gap, or an interval past the end, is not."""
+    from softipu.compiler.passes import _covers
+    from softipu.graph.mapping import ResolvedMapping
+
+    def m(*runs):
+        s, e = (np.array(x, np.int64) for x in zip(*runs, strict=True)) if runs else (np.zeros(0, np.int64),) * 2
+        return ResolvedMapping(s, e, np.zeros(s.size, np.int32))
+
+    assert _covers(m((0, 4), (4, 10), (10, 12)), 12)
+    assert not _covers(m((0, 4), (5, 12)), 12)  # address 4 unmapped
+    assert not _covers(m((0, 4), (4, 10)), 12)  # 10, 11 unmapped
+    assert not _covers(m((2, 8), (8, 14)), 12)  # 0, 1 unmapped (12 elements, past the end)
+    assert _covers(m(), 0) and not _covers(m(), 3)
