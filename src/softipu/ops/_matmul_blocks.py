@@ -224,11 +224,12 @@ def _indexed_blocks_ok(addr: np.ndarray, rows: _Grid, cols: _Grid, transposed: b
 
 def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _Grid, cols: _Grid,
                    role: str, group_of: np.ndarray, name: str = "",
-                   serial: int | None = None) -> tuple[Tensor, np.ndarray]:
+                   serial: int | None = None, pieces: list | None = None) -> tuple[Tensor, np.ndarray]:
     """A new ``(groups, R, C)`` matrix in column slabs, mapped as the plan wants.
 
     Returns its variable (flat) and the start address of each block. ``serial``: the K blocks
-    of a tile's range (default the plan's ``k_serial``; 1 for one serial step's blocks).
+    of a tile's range (default the plan's ``k_serial``; 1 for one serial step's blocks);
+    ``pieces``: :func:`_block_pieces` of these arguments where the caller has them already.
     """
     r_total, c_total = int(rows.sizes.sum()), int(cols.sizes.sum())
     var = ctx.graph.add_variable(dtype, (groups * r_total * c_total,),
@@ -236,7 +237,7 @@ def _slab_variable(ctx: OpContext, pl: Plan, dtype: DType, groups: int, rows: _G
     slab_start = np.concatenate(([0], np.cumsum(cols.sizes[:-1] * r_total)))
     starts = (var.offset + np.arange(groups)[:, None, None] * r_total * c_total
               + slab_start[None, None, :] + rows.starts[None, :, None] * cols.sizes[None, None, :])
-    _map_blocks(ctx.graph, pl, var, starts, rows, cols, role, group_of, serial)
+    _map_blocks(ctx.graph, pl, var, starts, rows, cols, role, group_of, serial, pieces)
     return var, starts
 
 
@@ -272,9 +273,11 @@ _MIN_BYTES_PER_TILE = {"a": 128, "b": 256}  # the plan's A is poplin's input, B 
 
 
 def _map_blocks(graph: Graph, pl: Plan, var: Tensor, starts: np.ndarray, rows: _Grid, cols: _Grid,
-                role: str, group_of: np.ndarray, serial: int | None = None) -> None:
+                role: str, group_of: np.ndarray, serial: int | None = None,
+                pieces: list | None = None) -> None:
     """Spread each block over the tiles that read it (A: its N blocks; B: its M blocks)."""
-    pieces = _block_pieces(pl, starts.shape[0], rows, cols, role, group_of, var.dtype.itemsize, serial)
+    if pieces is None:
+        pieces = _block_pieces(pl, starts.shape[0], rows, cols, role, group_of, var.dtype.itemsize, serial)
     runs = [(np.broadcast_to(starts + lo, lo.shape).ravel(), (hi - lo).ravel(), t.ravel())
             for lo, hi, t in pieces]
     map_runs(graph, var, *(np.concatenate(col) for col in zip(*runs, strict=True)))

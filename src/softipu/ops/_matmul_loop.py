@@ -84,8 +84,9 @@ def _slice(ctx: OpContext, cs, pl: Plan, src: _Blocks, rows: _Grid, cols: _Grid,
     dtype = src.tensor.dtype
     groups = src.starts.shape[0]
     ks = pl.k_serial
+    pieces = _block_pieces(pl, groups, rows, cols, role, src.group_of, dtype.itemsize, serial=1)
     var, starts = _slab_variable(ctx, pl, dtype, groups, rows, cols, role, src.group_of,
-                                 name=f"{ctx.name}/{role}SerialSlice", serial=1)
+                                 name=f"{ctx.name}/{role}SerialSlice", serial=1, pieces=pieces)
     turns = np.arange(pl.k_split)[:, None] * ks + np.arange(ks)[None, :]  # (K range, turn): K block
     if role == "a":  # (groups, M blocks, K ranges, turns)
         src_starts = src.starts[:, :, turns]
@@ -97,7 +98,6 @@ def _slice(ctx: OpContext, cs, pl: Plan, src: _Blocks, rows: _Grid, cols: _Grid,
     gg, rr, cc = np.indices(starts.shape)
     vary, fixed = (rr, cc) if role == "a" else (cc, rr)
     cols_ = {name: [] for name in ("base", "out", "length", "tile", "vary", "g", "fixed", "p")}
-    pieces = _block_pieces(pl, groups, rows, cols, role, src.group_of, dtype.itemsize, serial=1)
     for p, (lo, hi, t) in enumerate(pieces):
         keep = hi > lo
         for name, value in (("base", src_starts + lo[..., None]), ("out", starts + lo),
