@@ -189,3 +189,32 @@ def test_a_looped_convolution_matches_torch(reference):
     eng.run(0)
     want = torch.nn.functional.conv2d(torch.tensor(xv), torch.tensor(wv), padding=1).numpy()
     np.testing.assert_allclose(eng.read_tensor(y), want, rtol=1e-4, atol=1e-4)
+
+
+def test_option_serial_loops_false_unrolls_the_same_split():
+    # The matmul option serialLoops (default True): False keeps the serial steps unrolled, each its
+    # own compute sets (what the torch training frontend asks for), with the same answer.
+    rng = np.random.default_rng(5)
+    av, bv = rng.standard_normal(SA).astype(np.float32), rng.standard_normal(SB).astype(np.float32)
+    outs = {}
+    for loops in (True, False):
+        g = sp.Graph(TARGET)
+        a = create_matmul_input_lhs(g, sp.float32, SA, SB, name="a")
+        b = create_matmul_input_rhs(g, sp.float32, SA, SB, name="b")
+        prog = P.Sequence()
+        c = matmul(g, a, b, prog, options={"serialLoops": loops})
+        repeats = [n for n in P.walk(prog) if isinstance(n, P.Repeat)]
+        amps = [n for n in P.walk(prog) if isinstance(n, P.Execute) and "amp" in n.compute_set.name]
+        assert (len(repeats), len(amps)) == ((1, 1) if loops else (0, 4))
+        eng = sp.Engine(g, [prog], {"debug.allowOutOfMemory": True})
+        eng.write_tensor(a, av)
+        eng.write_tensor(b, bv)
+        eng.run(0)
+        outs[loops] = eng.read_tensor(c)
+    ref = av.astype(np.float64) @ bv.astype(np.float64)
+    bound = contraction_bound(np.abs(av) @ np.abs(bv), SA[1])
+    for got in outs.values():
+        assert np.all(np.abs(got - ref) <= bound)
+    g, prog, a, b, _ = _looped_matmul()
+    with pytest.raises(sp.SoftIPUError, match="serialLoops"):
+        matmul(g, a, b, prog, options={"serialLoops": "no"})

@@ -59,7 +59,8 @@ from softipu.ops.planner import MatMulProblem, Plan, plan, plan_report
 __all__ = ["matmul", "plan_matmul", "matmul_plan_report", "create_matmul_input_lhs",
            "create_matmul_input_rhs", "MATMUL_OPTIONS"]
 
-MATMUL_OPTIONS: dict[str, Any] = {"availableMemoryProportion": 0.6, "partialsType": "float"}
+MATMUL_OPTIONS: dict[str, Any] = {"availableMemoryProportion": 0.6, "partialsType": "float",
+                                  "serialLoops": True}
 _PARTIALS_NAMES = {"float": float32, "float32": float32, "half": float16, "float16": float16}
 
 
@@ -77,6 +78,10 @@ def matmul(graph: Graph, a: Tensor, b: Tensor, prog: P.Sequence, *, name: str = 
       plan may use for temporaries (received blocks, partials).
     * ``partialsType`` (``"float"`` or ``"half"``; default float): the type the AMP accumulates
       in. ``"half"`` is allowed for float16 inputs only.
+    * ``serialLoops`` (bool, default True): a plan's serial K split runs as one loop body, as
+      poplin runs it (``ops/_matmul_loop.py``: one step's exchange, vertex state and control code
+      held once); False unrolls it step by step, which the fast engine runs as fused GEMM chains
+      (several times faster to simulate) at the price of each step's code in the memory plan.
 
     >>> import numpy as np, softipu as sp
     >>> from softipu import program as P
@@ -258,12 +263,13 @@ def _plan(spec: _Spec, opts: dict[str, Any], target: Any,
     # channels of one pass, the N grain the conv units.
     k_amp, n_amp = amp_in_chans(spec.dtype, target), amp_out_chans(spec.dtype, target)
     kg = math.lcm(kg, k_amp) if k >= k_amp else kg
+    loops = bool(opts["serialLoops"])
     straight = plan(MatMulProblem(g_, m, k, n, spec.dtype, partials, spec.dtype, mg, kg,
-                                  math.lcm(ng, n_amp) if n >= n_amp else ng), target, amp)
+                                  math.lcm(ng, n_amp) if n >= n_amp else ng), target, amp, loops)
     if not allow_swap:
         return straight, False
     swapped = plan(MatMulProblem(g_, n, k, m, spec.dtype, partials, spec.dtype, ng, kg,
-                                 math.lcm(mg, n_amp) if m >= n_amp else mg), target, amp)
+                                 math.lcm(mg, n_amp) if m >= n_amp else mg), target, amp, loops)
     if (swapped.fits, straight.fits) == (True, False) or (
             swapped.fits == straight.fits and swapped.cycles * _SWAP_GAIN < straight.cycles):
         return swapped, True

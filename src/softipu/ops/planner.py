@@ -512,9 +512,11 @@ def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
 
 
 # -- the planner ---------------------------------------------------------------------------------
-def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6) -> Plan:
-    """The fastest partition of ``p`` on ``target`` within the memory budget (cached)."""
-    return _plan_cached(p, target, float(available_memory_proportion), SERIAL_LOOPS)
+def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6,
+         loops: bool = True) -> Plan:
+    """The fastest partition of ``p`` on ``target`` within the memory budget (cached); its serial
+    split as one loop body where ``loops`` (matmul option ``serialLoops``) and :data:`SERIAL_LOOPS`."""
+    return _plan_cached(p, target, float(available_memory_proportion), bool(loops) and SERIAL_LOOPS)
 
 
 def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:

@@ -80,7 +80,7 @@ _STALE_TEMP_SECONDS = 3600.0
 
 # Options that change what is compiled (or loaded: the seed) are in the key; the rest are not.
 KEY_OPTIONS = ("target", "replication_factor", "device_iterations", "precision", "partials_type",
-               "available_memory_proportion", "seed", "output_mode", "output_return_period",
+               "available_memory_proportion", "serial_loops", "seed", "output_mode", "output_return_period",
                "engine_options", "stored", "gradient_accumulation", "accumulation_reduction",
                "mean_reduction_strategy",
                "auto_loss_scaling", "input_group_size", "input_group_type", "merge_all_reduce",

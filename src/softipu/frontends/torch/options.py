@@ -83,6 +83,10 @@ class Options:
       matmuls always accumulate in float32).
     * ``available_memory_proportion``: the share of each tile's memory a matmul plan may use for
       temporaries (PopTorch's ``setAvailableMemoryProportion``).
+    * ``serial_loops``: a matmul plan's serial split as one loop body, as poplin runs it (True),
+      or unrolled (False: the fast engine runs it as fused GEMM chains, several times faster to
+      simulate, and the memory plan holds each step's code); None, the default: True for
+      inference models, False for training models (which run every step on the host).
     * ``seed``: the seed of random ops on the device.
     * ``output_mode`` / ``output_return_period``: see :class:`OutputMode`.
     * ``log_cycle_count``: log the modeled cycles of each run (``model.cycle_count`` works always).
@@ -128,6 +132,7 @@ class Options:
     precision: str = "fp32"
     partials_type: str = "float"
     available_memory_proportion: float = 0.6
+    serial_loops: bool | None = None
     seed: int | None = None
     output_mode: OutputMode = OutputMode.DEFAULT
     output_return_period: int = 1
@@ -161,6 +166,7 @@ class Options:
                               ("accumulation_reduction", ("mean", "sum")),
                               ("mean_reduction_strategy", (None, "post", "running")),
                               ("input_group_type", ("consecutive", "orthogonal")),
+                              ("serial_loops", (None, True, False)),
                               ("recomputation", _RECOMPUTATION)):
             if getattr(self, name) not in allowed:
                 self._bad(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
@@ -222,7 +228,8 @@ class Options:
     def matmul_options(self, half: bool = False) -> dict[str, Any]:
         """The ``softipu.ops.matmul`` options these options imply (for a float16 matmul if ``half``)."""
         return {"availableMemoryProportion": float(self.available_memory_proportion),
-                "partialsType": self.partials_type if half else "float"}
+                "partialsType": self.partials_type if half else "float",
+                "serialLoops": self.serial_loops is not False}
 
     def warn_unused(self) -> None:
         """The one-time warning for options that are stored but have no effect yet."""

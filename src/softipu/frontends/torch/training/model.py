@@ -73,6 +73,8 @@ class TrainingModel:
         if not isinstance(options, Options):
             raise FrontendError(f"options must be softipu.torch.Options, got {type(options).__name__}")
         options.warn_unused()
+        if options.serial_loops is None:  # every step runs on the host: unrolled splits run as chains
+            options = options.replace(serial_loops=False)
         self.module = module
         self.options = options
         self.optimizer = optimizer if optimizer is not None else default_optimizer(module)
