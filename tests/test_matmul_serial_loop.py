@@ -12,10 +12,22 @@ import softipu as sp
 from softipu import program as P
 from softipu.codelets._common import contraction_bound
 from softipu.ops import planner
-from softipu.ops.matmul import create_matmul_input_lhs, create_matmul_input_rhs, matmul, plan_matmul
+from softipu.ops.matmul import (
+    MATMUL_OPTIONS,
+    create_matmul_input_lhs,
+    create_matmul_input_rhs,
+    matmul,
+    plan_matmul,
+)
 from softipu.ops.planner import MatMulProblem, _loop_steps
 
 TARGET = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
+
+
+@pytest.fixture(autouse=True)
+def _loops(monkeypatch):
+    """The loop is opt-in at the op level (matmul option serialLoops, default False)."""
+    monkeypatch.setitem(MATMUL_OPTIONS, "serialLoops", True)
 SA, SB = (128, 512), (512, 128)
 
 

@@ -39,7 +39,7 @@ def test_bert_large_ffn_plan_counts_what_poplin_counts():
     # = 52,800 -> 262,720 B (the reduction's ceil(26,400 / 4) x 4 x 2 = 52,800 is less). The
     # received bytes alone (the count before, 252,992 B) leave out the tile's own share. Still
     # well under the budget: counted as poplin counts, 0.6 lets the planner take ~257 KiB here.
-    opts = {"partialsType": "half"}
+    opts = {"partialsType": "half", "serialLoops": True}  # as the torch frontend plans inference
     p = plan_matmul(sp.targets.C600, F16, *FFN_UP, opts)
     assert p.splits == (1, 7, 52, 4) and p.blocks == (1, 330, 80, 256) and p.k_serial == 1
     assert p.temp_bytes_per_tile == 262_720
@@ -60,7 +60,7 @@ def test_the_tiles_own_share_is_not_counted_twice_in_the_fit():
     # tile's own share of the step's blocks (A over 4 tiles: 8,192 x 4 / 4; B over 2: 4,096 x 4
     # / 2) is read in place from the operands it already holds, so it is not counted again.
     target = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
-    p = plan_matmul(target, F32, (128, 512), (512, 128))
+    p = plan_matmul(target, F32, (128, 512), (512, 128), {"serialLoops": True})  # poplin's loop
     assert p.fits and p.splits == (1, 2, 4, 1) and p.blocks == (1, 64, 32, 128) and p.k_serial == 4
     assert p.temp_bytes_per_tile == 65_536
     own = 8_192 + 8_192

@@ -60,7 +60,7 @@ __all__ = ["matmul", "plan_matmul", "matmul_plan_report", "create_matmul_input_l
            "create_matmul_input_rhs", "MATMUL_OPTIONS"]
 
 MATMUL_OPTIONS: dict[str, Any] = {"availableMemoryProportion": 0.6, "partialsType": "float",
-                                  "serialLoops": True}
+                                  "serialLoops": False}
 _PARTIALS_NAMES = {"float": float32, "float32": float32, "half": float16, "float16": float16}
 
 
@@ -78,10 +78,12 @@ def matmul(graph: Graph, a: Tensor, b: Tensor, prog: P.Sequence, *, name: str = 
       plan may use for temporaries (received blocks, partials).
     * ``partialsType`` (``"float"`` or ``"half"``; default float): the type the AMP accumulates
       in. ``"half"`` is allowed for float16 inputs only.
-    * ``serialLoops`` (bool, default True): a plan's serial K split runs as one loop body, as
-      poplin runs it (``ops/_matmul_loop.py``: one step's exchange, vertex state and control code
-      held once); False unrolls it step by step, which the fast engine runs as fused GEMM chains
-      (several times faster to simulate) at the price of each step's code in the memory plan.
+    * ``serialLoops`` (bool, default False): True runs a plan's serial K split as one loop body,
+      as poplin runs it (``ops/_matmul_loop.py``: one step's exchange, vertex state and control
+      code held once: the memory a real IPU would spend); False, the default, unrolls it step by
+      step, which the fast engine runs as fused GEMM chains (2-4x faster to simulate: a 2048^3
+      fp32 product 0.16 s looped against 0.07 s for numpy) at the price of each step's code in the
+      memory plan. The torch frontend's inference models ask for True (``Options.serial_loops``).
 
     >>> import numpy as np, softipu as sp
     >>> from softipu import program as P
