@@ -56,10 +56,10 @@ def regroup_operands(ctx: OpContext, tensors: list[Tensor], shape: tuple[int, ..
         return tensors
     out = list(tensors)
     for i, t in enumerate(tensors):
-        if i == ref or t.shape != shape or t.dtype not in (float16, float32):
+        if i == ref or t.shape != shape:
             continue
         t2 = t.reshape(rows, cols)
-        if _column_major(t2):
+        if can_regroup(t2):
             dst = ctx.graph.add_variable(t.dtype, (rows, cols), name=f"{ctx.name}/regrouped{i}/like_out")
             r_starts, r_lengths, r_tiles = tile_regions(ctx.graph, tensors[ref].reshape(rows, cols))
             ctx.graph.map_intervals(dst, r_starts, r_starts + r_lengths, r_tiles)
@@ -96,8 +96,8 @@ def regroup_into(ctx: OpContext, t2: Tensor, dst: Tensor, name: str) -> Tensor:
     nrb, ncb = rows // GROUP, cols // GROUP
     per_tile = -(-nrb * ncb // graph.num_tiles)
 
-    def tile_of(g, rb, p, cb):  # a block is one piece (GROUP rows)
-        return (rb * ncb + cb) // per_tile + 0 * (g + p)
+    def tile_of(_g, rb, _p, cb):  # a block is one piece (GROUP rows); broadcast by the caller
+        return (rb * ncb + cb) // per_tile
 
     starts = np.arange(0, rows, GROUP, dtype=np.int64)
     col_starts = np.arange(0, cols, GROUP, dtype=np.int64)
