@@ -34,3 +34,14 @@ def assert_matches_eager_adamw(eager: torch.nn.Module, data, losses: list[float]
         assert abs(loss - ref.item()) <= 1e-4 * max(1.0, abs(ref.item()))
     for p, w in zip(eager.parameters(), weights, strict=True):
         np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+class LinearMSE(torch.nn.Module):
+    """One 4 -> 2 Linear with an MSE loss: the smallest training model (option tests train it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return F.mse_loss(self.linear(x), y)

@@ -3,6 +3,7 @@ every engine with unwritten memory poisoned, so an op that reads values it never
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -25,3 +26,27 @@ def poison_unwritten_memory(request: pytest.FixtureRequest, monkeypatch: pytest.
 def graph() -> sp.Graph:
     """A fresh graph on a 4-tile ipu_model."""
     return sp.Graph(sp.targets.ipu_model(tiles=4))
+
+
+@pytest.fixture
+def step_fails_after_running(monkeypatch: pytest.MonkeyPatch):
+    """``with step_fails_after_running(engine): model(...)``: the engine's runs inside do all their
+    work, then raise SoftIPUError("simulated failure") (expected here); the engine runs as before
+    after the block. For tests that nothing a failing step wrote is kept."""
+
+    @contextlib.contextmanager
+    def failing(engine):
+        run = engine.run
+
+        def run_then_fail(index: int = 0) -> None:
+            run(index)  # the step ran and updated everything, then something fails
+            raise sp.SoftIPUError("simulated failure")
+
+        monkeypatch.setattr(engine, "run", run_then_fail)
+        try:
+            with pytest.raises(sp.SoftIPUError, match="simulated"):
+                yield
+        finally:
+            monkeypatch.setattr(engine, "run", run)
+
+    return failing

@@ -99,7 +99,7 @@ def _data(seed: int):
     return torch.randn(4, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
 
 
-def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(monkeypatch):
+def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(monkeypatch, step_fails_after_running):
     """Before the first step Adam's moments are all zero bits: the rollback marks their chunks
     instead of copying them, copies only chunks holding weights (-0.0 included: its bits are not
     zero), and a first step that fails leaves every bit as it was."""
@@ -107,7 +107,6 @@ def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(mon
 
     import softipu.poptorch as poptorch
     from _torch_models import TanhMLP
-    from softipu.errors import SoftIPUError
     from softipu.frontends.torch.training import rollback
 
     monkeypatch.setattr(rollback, "CHUNK", 16)
@@ -123,16 +122,8 @@ def test_a_failing_first_step_puts_back_zero_state_and_negative_zero_weights(mon
     state = {k: {n: np.asarray(v).tobytes() for n, v in s.items()}
              for k, s in optimizer.state_dict()["state"].items()}
     engine = model._impl.engine
-    run = engine.run
-
-    def run_then_fail(index: int = 0) -> None:
-        run(index)  # the step ran and updated everything, then something fails
-        raise SoftIPUError("simulated failure")
-
-    monkeypatch.setattr(engine, "run", run_then_fail)
-    with pytest.raises(SoftIPUError, match="simulated"):
+    with step_fails_after_running(engine):
         model(*_data(0))
-    monkeypatch.setattr(engine, "run", run)
     assert [p.detach().numpy().tobytes() for p in net.parameters()] == before
     assert np.signbit(net.fc1.bias.detach().numpy()).all()
     after = optimizer.state_dict()["state"]

@@ -11,6 +11,7 @@ import torch
 
 import softipu as sp
 import softipu.torch as st
+from _torch_models import LinearMSE
 from softipu.engine.engine import base_pages_array, host_pages
 
 _switch = getattr(getattr(np, "_core", None), "multiarray", None)
@@ -103,24 +104,14 @@ def test_huge_true_changes_nothing():
         _switch(before)
 
 
-class _Regress(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 2)
-
-    def forward(self, x, y):
-        return torch.nn.functional.mse_loss(self.linear(x), y)
-
-
 @pytest.mark.parametrize(("given", "huge"), [({}, False), ({"host.hugePages": True}, True)])
 def test_training_engines_take_base_pages_unless_told(given, huge):
     torch.manual_seed(0)
-    module = _Regress()
+    module = LinearMSE()
     opts = st.Options(target=sp.targets.ipu_model(tiles=4), engine_options=given)
     model = st.training_model(module, torch.optim.SGD(module.parameters(), lr=0.1), opts)
     model(torch.ones(2, 4), torch.zeros(2, 2))
     assert model._engine.options.huge_pages is huge
-
 
 
 class _Wide(torch.nn.Module):

@@ -8,20 +8,12 @@ import torch
 
 import softipu as sp
 import softipu.torch as st
+from _torch_models import LinearMSE
 from softipu.errors import OptionError
 
 
-class _Regress(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 2)
-
-    def forward(self, x, y):
-        return torch.nn.functional.mse_loss(self.linear(x), y)
-
-
 def _train(**opts):
-    module = _Regress()
+    module = LinearMSE()
     return st.training_model(module, torch.optim.SGD(module.parameters(), lr=0.1),
                              st.Options(target=sp.targets.ipu_model(tiles=4), **opts))
 

@@ -186,7 +186,7 @@ def test_a_step_that_does_not_fit_names_what_dominates_its_fullest_tile():
     assert "the optimizer state dominates" in s["advice"] and f"fullest tile ({worst['tile']}" in s["advice"]
 
 
-def test_a_failing_step_leaves_weights_and_state_unchanged(monkeypatch):
+def test_a_failing_step_leaves_weights_and_state_unchanged(step_fails_after_running):
     torch.manual_seed(0)
     net = Net()
     model = st.training_model(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
@@ -196,15 +196,8 @@ def test_a_failing_step_leaves_weights_and_state_unchanged(monkeypatch):
     before = [p.detach().clone() for p in net.parameters()]
     engine = model.engine
     state = {k: engine.read_tensor(v) for k, v in model.lowered.state.items()}
-    run = engine.run
-
-    def run_then_fail(index: int = 0) -> None:
-        run(index)  # the step ran and updated everything, then something fails
-        raise SoftIPUError("simulated failure")
-    monkeypatch.setattr(engine, "run", run_then_fail)
-    with pytest.raises(SoftIPUError, match="simulated"):
+    with step_fails_after_running(engine):
         model(*data(seed=1))
-    monkeypatch.setattr(engine, "run", run)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
     for k, v in model.lowered.state.items():
         assert np.array_equal(engine.read_tensor(v), state[k])

@@ -11,7 +11,6 @@ import torch
 import softipu as sp
 import softipu.poptorch as poptorch
 from _torch_models import TanhMLP
-from softipu.errors import SoftIPUError
 
 Net = TanhMLP
 
@@ -34,21 +33,14 @@ def _model(off_chip: bool):
 
 
 @pytest.mark.parametrize("off_chip", [False, True], ids=["on_chip", "streaming_memory"])
-def test_a_failing_step_puts_weights_state_and_step_back(monkeypatch, off_chip):
+def test_a_failing_step_puts_weights_state_and_step_back(step_fails_after_running, off_chip):
     net, optimizer, model = _model(off_chip)
     model(*_data(0))
     before = [p.detach().clone() for p in net.parameters()]
     state = optimizer.state_dict()["state"]
     engine = model._impl.engine
-    run = engine.run
-
-    def run_then_fail(index: int = 0) -> None:
-        run(index)  # the step ran and updated everything, then something fails
-        raise SoftIPUError("simulated failure")
-    monkeypatch.setattr(engine, "run", run_then_fail)
-    with pytest.raises(SoftIPUError, match="simulated"):
+    with step_fails_after_running(engine):
         model(*_data(1))
-    monkeypatch.setattr(engine, "run", run)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
     after = optimizer.state_dict()["state"]
     for k, v in state.items():
