@@ -14,18 +14,10 @@ from softipu.codelets._common import contraction_bound
 from softipu.codelets.matmul import A_TRANSPOSED, B_TRANSPOSED, amp_codelet
 from softipu.engine import chain_run, chains
 from softipu.graph.tensor import Tensor
-from softipu.ops import planner
 from softipu.ops.matmul import plan_matmul
 
 TARGET = sp.targets.ipu_model(tiles=8, bytes_per_tile=128 * 1024)
 F32 = sp.float32
-
-
-@pytest.fixture(autouse=True)
-def _unrolled_serial_steps(monkeypatch):
-    """These chains are unrolled serial steps (each its own compute set), which a plan takes with
-    planner.SERIAL_LOOPS off (on, a serial split runs as one loop body: ops/_matmul_loop.py)."""
-    monkeypatch.setattr(planner, "SERIAL_LOOPS", False)
 
 
 def _matmul(m, k, n, batch=()):

@@ -27,8 +27,6 @@ def _im2col_path(monkeypatch):
     """These K-split convs would read their windows in place (ops/conv.py WINDOWS_FOR_K_SPLIT); the
     im2col copies this file fuses are what a conv whose windows are not read in place still builds."""
     monkeypatch.setattr(importlib.import_module("softipu.ops.conv"), "WINDOWS_FOR_K_SPLIT", False)
-    # and their K split unrolled: a looped one (ops/_matmul_loop.py) slices its operand each turn
-    monkeypatch.setattr(importlib.import_module("softipu.ops.planner"), "SERIAL_LOOPS", False)
 
 
 def _conv(x_shape, w_shape, after=None, **kw):

@@ -11,7 +11,6 @@ import pytest
 import softipu as sp
 from softipu import program as P
 from softipu.codelets._common import contraction_bound
-from softipu.ops import planner
 from softipu.ops.matmul import (
     MATMUL_OPTIONS,
     create_matmul_input_lhs,
@@ -132,9 +131,8 @@ def test_serial_steps_are_raised_to_the_next_count_that_makes_them_alike():
     assert serial.tolist() == [3] and chunk.tolist() == [160] and looped.tolist() == [False]
 
 
-def test_switched_off_the_serial_steps_stay_unrolled(monkeypatch):
-    monkeypatch.setattr(planner, "SERIAL_LOOPS", False)
-    p = plan_matmul(TARGET, sp.float32, SA, SB)
+def test_switched_off_the_serial_steps_stay_unrolled():
+    p = plan_matmul(TARGET, sp.float32, SA, SB, {"serialLoops": False})
     assert p.k_serial > 1 and not p.looped and p.loop_cycles == 0
 
 

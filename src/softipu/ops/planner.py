@@ -72,11 +72,6 @@ DIMS = ("g", "m", "n", "k")
 # nothing in particular (""), two N blocks sharing one A block ("n"), or two M blocks sharing one
 # B block ("m"). Data both partners receive crosses their bus once (ipu-facts.md §1).
 PAIRINGS = ("", "n", "m")
-# Serial splits run as one loop body where their steps are alike (:func:`_loop_steps`), as poplin
-# runs them. Off: every serial step is its own compute set (the fast engine fuses those into one
-# GEMM chain, engine/chains.py; a loop's steps run group by group, ~4x the host time of a small
-# serial matmul). Part of the plan cache's key.
-SERIAL_LOOPS = True
 # poplin's serial loop counter (lib/poplin/Convolution.cpp, convolutionImpl: UNSIGNED_INT, tile 0).
 LOOP_COUNTER_DTYPE = uint32
 
@@ -434,7 +429,7 @@ def _loop_steps(p: MatMulProblem, sk, serial, chunk,
     candidate's fewest fitting steps are raised to the next count that makes it so (each chunk is
     then no larger, so it still fits); a split that cannot be made alike stays unrolled (each step
     its own compute set and code), and is chosen only where no other candidate fits
-    (:func:`_eligible`). With ``loops`` off (:data:`SERIAL_LOOPS`), every serial split stays
+    (:func:`_eligible`). With ``loops`` off (the matmul option ``serialLoops``), every serial split stays
     unrolled as it comes.
     """
     sk, serial, chunk = (np.asarray(x, np.int64) for x in (sk, serial, chunk))
@@ -515,8 +510,10 @@ def rearrange_cycles(p: MatMulProblem, target: Target, tiles_used: int) -> int:
 def plan(p: MatMulProblem, target: Target, available_memory_proportion: float = 0.6,
          loops: bool = True) -> Plan:
     """The fastest partition of ``p`` on ``target`` within the memory budget (cached); its serial
-    split as one loop body where ``loops`` (matmul option ``serialLoops``) and :data:`SERIAL_LOOPS`."""
-    return _plan_cached(p, target, float(available_memory_proportion), bool(loops) and SERIAL_LOOPS)
+    split as one loop body where ``loops`` (the matmul option ``serialLoops``: off, every serial
+    step is its own compute set, which the fast engine fuses into one GEMM chain,
+    engine/chains.py; a loop's steps run group by group, 2-4x the host time)."""
+    return _plan_cached(p, target, float(available_memory_proportion), bool(loops))
 
 
 def _lower_bound(p: MatMulProblem, target: Target, c: dict[str, np.ndarray]) -> np.ndarray:
